@@ -1,0 +1,170 @@
+# qlab — reproducible QLoRA ablations in C.   `make help` lists the targets.
+#
+# Layout: core/ (library), kernels/ (SIMD + CUDA kernels), eval/, datasets/ all go into one static library
+# build/lib/libqlab.a; core/cli/ is the `qlab` tool; each experiments/NAME.c is one program; each
+# tests/test_*.c one test program; each tests/bench_*.c one benchmark. Extra rules live in mk/*.mk.
+
+BUILD ?= build
+CC ?= gcc
+NVCC ?= nvcc
+O := $(BUILD)/obj
+
+# ---------------------------------------------------------------- dependency detection
+have = $(shell pkg-config --exists $(1) 2>/dev/null && echo yes)
+HAVE_CJSON    := $(call have,libcjson)
+HAVE_HDF5     := $(call have,hdf5)
+HAVE_OPENBLAS := $(call have,openblas)
+HAVE_OPENMP   := $(shell echo 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o /dev/null 2>/dev/null && echo yes)
+HAVE_NVCC     := $(shell command -v $(NVCC) >/dev/null 2>&1 && echo yes)
+HAVE_GNUPLOT  := $(shell command -v gnuplot >/dev/null 2>&1 && echo yes)
+GIT_COMMIT    := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+
+mark = $(if $(1),✓,✗)
+
+CSTD      := -std=c11 -D_GNU_SOURCE
+WARN      := -Wall -Wextra -Wno-unused-parameter -Wshadow -Wstrict-prototypes -Wvla
+OPT       ?= -O2 -g
+DEPFLAGS   = -MMD -MP
+INCLUDES  := -Icore -Ikernels -Ieval -Idatasets
+CFLAGS_ALL = $(CSTD) $(OPT) $(WARN) $(INCLUDES) $(DEPFLAGS) \
+             $(if $(HAVE_OPENMP),-fopenmp) \
+             $(shell pkg-config --cflags libcjson hdf5 openblas 2>/dev/null) \
+             $(if $(HAVE_OPENBLAS),-DQLAB_HAVE_OPENBLAS) $(CFLAGS)
+LDLIBS_ALL = $(shell pkg-config --libs libcjson hdf5 openblas 2>/dev/null) $(if $(HAVE_OPENMP),-fopenmp) -lm -lpthread $(LDLIBS)
+
+# Per-file instruction sets: kernels named *_avx2.c / *_avx512.c are compiled for that ISA only and are
+# called through run-time CPU dispatch, so the binaries still run on any x86-64.
+AVX2_FLAGS   := -mavx2 -mfma -mf16c
+AVX512_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c
+
+LIB_SRCS   := $(wildcard core/*.c kernels/*.c eval/*.c datasets/*.c)
+CLI_SRCS   := $(wildcard core/cli/*.c)
+EXP_SRCS   := $(wildcard experiments/*.c)
+TEST_SRCS  := $(wildcard tests/test_*.c)
+BENCH_SRCS := $(wildcard tests/bench_*.c)
+CUDA_SRCS  := $(wildcard kernels/*.cu)
+
+LIB_OBJS  := $(LIB_SRCS:%.c=$(O)/%.o)
+CLI_OBJS  := $(CLI_SRCS:%.c=$(O)/%.o)
+LIB       := $(BUILD)/lib/libqlab.a
+QLAB      := $(BUILD)/bin/qlab
+EXP_BINS  := $(patsubst experiments/%.c,$(BUILD)/bin/%,$(EXP_SRCS))
+TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
+BENCH_BINS:= $(patsubst tests/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
+
+.DEFAULT_GOAL := all
+.SECONDARY:
+V ?= 0
+Q := $(if $(filter 1,$(V)),,@)
+.PHONY: all help deps test bench cuda clean summary check-deps format experiments
+
+all: summary $(LIB) $(QLAB) $(EXP_BINS) ## Build the library, the qlab tool and every experiment program
+
+summary:
+	@printf 'qlab build: cJSON %s  HDF5 %s  OpenBLAS %s  OpenMP %s  nvcc %s  gnuplot %s\n' \
+	  '$(call mark,$(HAVE_CJSON))' '$(call mark,$(HAVE_HDF5))' '$(call mark,$(HAVE_OPENBLAS))' \
+	  '$(call mark,$(HAVE_OPENMP))' '$(call mark,$(HAVE_NVCC))' '$(call mark,$(HAVE_GNUPLOT))'
+	@if [ -z "$(HAVE_CJSON)" ] || [ -z "$(HAVE_HDF5)" ] || [ -z "$(HAVE_OPENBLAS)" ]; then \
+	  echo "qlab build: cJSON, HDF5 and OpenBLAS are required: run 'make deps' first" >&2; exit 1; fi
+
+help: ## List the targets
+	@echo "qlab — make targets:"
+	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]+):.*## (.*)/  \1\t\2/' | \
+	  awk -F'\t' '{printf "  %-26s %s\n", $$1, $$2}' | sed 's/^    /  /'
+	@echo ""
+	@echo "Variables: BUILD=dir (default build), CONFIG=path (experiment config), OMP_NUM_THREADS=n"
+
+deps: ## Install the Debian/Ubuntu packages qlab needs (safe to run twice)
+	@pkgs="build-essential pkg-config libcjson-dev libhdf5-dev hdf5-tools gnuplot-nox libopenblas-dev curl ca-certificates"; \
+	missing=""; for p in $$pkgs; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then echo "deps: all packages present"; exit 0; fi; \
+	echo "deps: installing$$missing"; \
+	SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing
+
+# ---------------------------------------------------------------- compilation
+$(O)/%_avx2.o: %_avx2.c
+	@mkdir -p $(dir $@)
+	@echo "CC $<"
+	$(Q)$(CC) $(CFLAGS_ALL) $(AVX2_FLAGS) -c $< -o $@
+
+$(O)/%_avx512.o: %_avx512.c
+	@mkdir -p $(dir $@)
+	@echo "CC $<"
+	$(Q)$(CC) $(CFLAGS_ALL) $(AVX512_FLAGS) -c $< -o $@
+
+$(O)/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "CC $<"
+	$(Q)$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+$(LIB): $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	@rm -f $@
+	@echo "AR $@"
+	$(Q)ar rcs $@ $^
+
+# The CLI objects are linked directly (not through an archive) so every command's registration survives.
+$(QLAB): $(CLI_OBJS) $(LIB)
+	@mkdir -p $(dir $@)
+	@echo "LD $@"
+	$(Q)$(CC) $(CFLAGS_ALL) $(CLI_OBJS) $(LIB) $(LDLIBS_ALL) -o $@
+
+$(BUILD)/bin/%: $(O)/experiments/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	@echo "LD $@"
+	$(Q)$(CC) $(CFLAGS_ALL) $< $(LIB) $(LDLIBS_ALL) -o $@
+
+$(BUILD)/tests/%: $(O)/tests/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	@echo "LD $@"
+	$(Q)$(CC) $(CFLAGS_ALL) $< $(LIB) $(LDLIBS_ALL) -o $@
+
+$(BUILD)/bench/%: $(O)/tests/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	@echo "LD $@"
+	$(Q)$(CC) $(CFLAGS_ALL) $< $(LIB) $(LDLIBS_ALL) -o $@
+
+# ---------------------------------------------------------------- tests and benchmarks
+test: all $(TEST_BINS) ## Run the whole test suite (ends with "N passed, M failed")
+	@QLAB_QUIET=1 QLAB_BUILD=$(BUILD) tests/run_tests.sh $(BUILD)/tests
+
+bench: all $(BENCH_BINS) ## Run the benchmarks; prints a table and writes results/bench.json
+	@tests/run_bench.sh $(BUILD)
+
+# ---------------------------------------------------------------- CUDA (compiled and linked here; run on a GPU)
+NVCC_FLAGS ?= -O2 -std=c++17 -Icore -Ikernels -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -Xcompiler -Wall
+CUDA_OBJS := $(CUDA_SRCS:%.cu=$(O)/%.cu.o)
+
+$(O)/%.cu.o: %.cu
+	@mkdir -p $(dir $@)
+	@echo "NVCC $<"
+	$(Q)$(NVCC) $(NVCC_FLAGS) -c $< -o $@
+
+cuda: ## Compile the CUDA kernels with nvcc (needs the CUDA toolkit, not a GPU)
+ifeq ($(HAVE_NVCC),yes)
+	@$(MAKE) --no-print-directory $(CUDA_OBJS) $(BUILD)/bin/qlab-cuda-selftest
+else
+	@echo "cuda: nvcc not found; skipping the CUDA kernels"
+endif
+
+experiments: $(EXP_BINS)
+
+# ---------------------------------------------------------------- experiments
+# make experiment-double-quant runs experiments/double_quant.json (or CONFIG=...) through
+# build/bin/double_quant, then renders results/double_quant.md and plots/double_quant.png.
+experiment-%: all ## Run experiments/NAME.json (NAME with - for _), write results/NAME.{h5,md} and plots/NAME.png
+	@name=$(subst -,_,$*); \
+	cfg=$${CONFIG:-experiments/$$name.json}; \
+	[ -x $(BUILD)/bin/$$name ] || { echo "experiment-$*: no program experiments/$$name.c" >&2; exit 2; }; \
+	$(BUILD)/bin/$$name --config "$$cfg" --out results/$$name.h5 && \
+	$(QLAB) report results/$$name.h5 --md results/$$name.md --plot plots/$$name.png
+
+clean: ## Remove the build folder
+	rm -rf $(BUILD)
+
+format: ## Reformat the C sources with clang-format
+	clang-format -i $(LIB_SRCS) $(CLI_SRCS) $(EXP_SRCS) $(TEST_SRCS) $(BENCH_SRCS) $(wildcard core/*.h kernels/*.h eval/*.h datasets/*.h tests/*.h)
+
+-include mk/*.mk
+-include $(shell find $(O) -name '*.d' 2>/dev/null)

@@ -1,0 +1,81 @@
+/* Shared pieces of the benchmark programs (tests/bench_*.c): the limits every figure is compared with,
+ * measured in the same run (memcpy bandwidth, OpenBLAS sgemm), and one record per figure appended as a
+ * JSON line to $QLAB_BENCH_OUT (tests/run_bench.sh gathers them into results/bench.json). */
+#ifndef QLAB_BENCH_H
+#define QLAB_BENCH_H
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "progress.h"
+#ifdef QLAB_HAVE_OPENBLAS
+#include <cblas.h>
+#endif
+
+/* Best-of-reps memcpy rate in GB/s of bytes written, for a buffer of `bytes` (make it >> last-level
+ * cache to measure DRAM bandwidth). */
+static inline double bench_memcpy_gbps(size_t bytes, int reps) {
+    char *a = qlab_alloc_aligned(bytes), *b = qlab_alloc_aligned(bytes);
+    if (!a || !b) return 0;
+    memset(a, 1, bytes);
+    memset(b, 2, bytes); /* fault the pages in before timing */
+    double best = 1e30;
+    for (int r = 0; r < reps; r++) {
+        double t0 = qlab_now();
+        memcpy(b, a, bytes);
+        double dt = qlab_now() - t0;
+        if (dt < best) best = dt;
+        a[r % bytes] ^= b[(r * 7) % bytes]; /* keep the copies observable */
+    }
+    qlab_free_aligned(a);
+    qlab_free_aligned(b);
+    return (double)bytes / best / 1e9;
+}
+
+#ifdef QLAB_HAVE_OPENBLAS
+/* Best-of-reps OpenBLAS sgemm GFLOP/s for C(M,N) = A(M,K) B(K,N), with the thread count OpenBLAS uses. */
+static inline double bench_sgemm_gflops(int M, int N, int K, int reps) {
+    float *A = qlab_alloc_aligned(sizeof(float) * (size_t)M * K);
+    float *B = qlab_alloc_aligned(sizeof(float) * (size_t)K * N);
+    float *C = qlab_alloc_aligned(sizeof(float) * (size_t)M * N);
+    if (!A || !B || !C) return 0;
+    for (size_t i = 0; i < (size_t)M * K; i++) A[i] = (float)((i * 37) % 101) / 101.0f - 0.5f;
+    for (size_t i = 0; i < (size_t)K * N; i++) B[i] = (float)((i * 53) % 97) / 97.0f - 0.5f;
+    double best = 1e30;
+    for (int r = 0; r < reps + 1; r++) {
+        double t0 = qlab_now();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, K, B, N, 0.0f, C, N);
+        double dt = qlab_now() - t0;
+        if (r > 0 && dt < best) best = dt; /* the first call warms up threads and caches */
+    }
+    qlab_free_aligned(A);
+    qlab_free_aligned(B);
+    qlab_free_aligned(C);
+    return 2.0 * M * N * (double)K / best / 1e9;
+}
+#endif
+
+/* Prints one table row and appends one JSON record. ratio = value / limit_value; target is the ratio the
+ * figure should reach (0 when there is none); met is reported for convenience. */
+static inline void bench_emit(const char *name, double value, const char *unit, const char *limit_name,
+                              double limit_value, double target) {
+    double ratio = limit_value > 0 ? value / limit_value : 0;
+    int met = target <= 0 || ratio >= target;
+    printf("%-44s %10.3f %-8s %-26s %10.3f  ratio %6.3f  target %5.2f  %s\n", name, value, unit, limit_name,
+           limit_value, ratio, target, target > 0 ? (met ? "MET" : "MISSED") : "-");
+    fflush(stdout);
+    const char *out = getenv("QLAB_BENCH_OUT");
+    if (!out) return;
+    FILE *f = fopen(out, "a");
+    if (!f) return;
+    fprintf(f,
+            "{\"name\":\"%s\",\"value\":%.6g,\"unit\":\"%s\",\"limit\":{\"name\":\"%s\",\"value\":%.6g},"
+            "\"ratio\":%.6g,\"target\":%.6g,\"met\":%s,\"threads\":%d}\n",
+            name, value, unit, limit_name, limit_value, ratio, target, met ? "true" : "false",
+            qlab_num_threads());
+    fclose(f);
+}
+
+#endif
