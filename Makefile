@@ -133,7 +133,7 @@ bench: all $(BENCH_BINS) ## Run the benchmarks; prints a table and writes result
 	@tests/run_bench.sh $(BUILD)
 
 # ---------------------------------------------------------------- CUDA (compiled and linked here; run on a GPU)
-NVCC_FLAGS ?= -O2 -std=c++17 -Icore -Ikernels -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -Xcompiler -Wall
+NVCC_FLAGS ?= -O2 -std=c++17 -Icore -Ikernels -gencode arch=compute_75,code=sm_75 -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90 -Xcompiler -Wall
 CUDA_OBJS := $(CUDA_SRCS:%.cu=$(O)/%.cu.o)
 
 $(O)/%.cu.o: %.cu

@@ -83,4 +83,51 @@ qlab_status model_forward(model *m, const int *tokens, const int *targets, int B
 qlab_status model_backward(model *m);
 void model_zero_grad(model *m);
 
+/* ---- Parameter groups: the named tensors of the flat buffer, for optimizers and adapters. ---- */
+typedef enum {
+    MODEL_GROUP_TOKEN_EMBEDDING = 0,
+    MODEL_GROUP_RMS_ATT,
+    MODEL_GROUP_WQ,
+    MODEL_GROUP_WK,
+    MODEL_GROUP_WV,
+    MODEL_GROUP_WO,
+    MODEL_GROUP_RMS_FFN,
+    MODEL_GROUP_W1,
+    MODEL_GROUP_W2,
+    MODEL_GROUP_W3,
+    MODEL_GROUP_RMS_FINAL,
+    MODEL_GROUP_WCLS, /* count 0 when the classifier is shared with the embedding */
+    MODEL_GROUP_COUNT
+} model_group;
+
+typedef struct {
+    const char *name;  /* "token_embedding", "rms_att", "wq", ..., "wcls" */
+    size_t offset;     /* first element in the parameter (and gradient) buffer */
+    size_t count;      /* elements */
+    int trainable;     /* 0: backward forms no gradient for it (it stays as it was in the buffer) */
+    int quantized;     /* 1: replaced by quant_tensors (then never trainable) */
+} model_param_group;
+
+model_param_group model_get_param_group(const model *m, model_group g);
+/* Freezes (0) or unfreezes (1) a group; every group starts trainable. Freezing the fp32 projections
+ * skips their weight-gradient GEMMs, which is most of the backward cost when only adapters train. */
+void model_set_trainable(model *m, model_group g, int trainable);
+void model_set_all_trainable(model *m, int trainable);
+
+/* ---- Adapters (e.g. LoRA): extra terms added to the output of every projection. ---- */
+typedef struct {
+    void *ctx;
+    /* out (N, out_features) += adapter(inp (N, in_features)) for projection p of layer l. May be NULL. */
+    void (*forward)(void *ctx, int layer, model_proj p, const float *inp, float *out, int N);
+    /* Given the same inp and dout (N, out_features): accumulate the adapter's own gradients and
+     * dinp (N, in_features) += d(adapter output)/d(inp)^T dout. May be NULL. */
+    void (*backward)(void *ctx, int layer, model_proj p, const float *inp, const float *dout, float *dinp,
+                     int N);
+} model_adapter;
+/* Installs (copies) an adapter, or removes it with NULL. The callbacks run on the calling thread. */
+void model_set_adapter(model *m, const model_adapter *adapter);
+
+/* Number of positions with a non-ignored target in the last forward (the divisor of the mean loss). */
+int model_last_target_count(const model *m);
+
 #endif

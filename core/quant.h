@@ -86,8 +86,9 @@ qlab_status quant_tensor_quantize_ref(quant_tensor *qt, const float *x, int64_t 
 void quant_tensor_dequantize(const quant_tensor *qt, float *out);
 void quant_tensor_dequantize_ref(const quant_tensor *qt, float *out);
 void quant_tensor_dequantize_bf16(const quant_tensor *qt, uint16_t *out);
-/* Dequantizes elements [start, start+count) to fp32; start must be even. Used by linear layers to
- * dequantize a few rows at a time without materialising the whole fp32 weight. */
+/* Dequantizes elements [start, start+count) to fp32 (any start; an even one is fastest; an out-of-range
+ * request writes nothing). Used by linear layers to dequantize a few rows at a time without
+ * materialising the whole fp32 weight. */
 void quant_tensor_dequantize_range(const quant_tensor *qt, int64_t start, int64_t count, float *out);
 
 /* The fp32 absmax of block b, after undoing double quantization if it was applied (absmax types only);
@@ -111,6 +112,9 @@ typedef struct {
     double mse, max_abs_err, sqnr_db, bits_per_param;
 } quant_error_stats;
 void quant_error(const float *orig, const float *recon, int64_t n, quant_error_stats *st);
+/* Dequantizes qt and fills all of st against the original values (bits_per_param from the stored bytes).
+ * quant_error alone leaves bits_per_param 0. */
+qlab_status quant_tensor_error(const quant_tensor *qt, const float *orig, quant_error_stats *st);
 
 /* The kernel family chosen at run time ("avx512", "avx2", "scalar"), and a way to force one for tests and
  * benchmarks (returns QLAB_ERR_UNSUPPORTED when the CPU lacks it). */

@@ -1,0 +1,62 @@
+/* Perplexity evaluation of a language model on a token stream, and the distance of a (quantized) model
+ * from a reference (fp32) model on the same tokens: KL divergence, top-1 agreement, change in the
+ * probability of the correct token. Windows are batched so the matrix products run as GEMMs. */
+#ifndef QLAB_EVAL_PPL_H
+#define QLAB_EVAL_PPL_H
+
+#include <stdint.h>
+
+#include "common.h"
+#include "model.h"
+
+typedef enum {
+    /* llama.cpp's convention: non-overlapping windows of ctx tokens, scoring only the predictions in the
+     * second half of each window (positions ctx/2 .. ctx-2 predict tokens ctx/2+1 .. ctx-1), so every
+     * scored token has at least ctx/2 tokens of context. */
+    PPL_NONOVERLAP = 0,
+    /* Hugging Face's sliding window: windows of ctx tokens advancing by stride tokens; each window scores
+     * only the targets no earlier window scored, so every token after the first is scored exactly once
+     * with at least ctx - stride tokens of context (a stride of ctx advances by ctx-1, since a window of
+     * ctx tokens makes ctx-1 predictions). */
+    PPL_SLIDING = 1,
+} ppl_protocol;
+
+typedef struct {
+    ppl_protocol protocol;
+    int ctx;            /* window length in tokens (<= the model's seq_len) */
+    int stride;         /* PPL_SLIDING only: 1 <= stride <= ctx */
+    int64_t max_tokens; /* evaluate at most this many tokens of the stream (0 = all) */
+    int batch;          /* windows per forward pass (0 = choose from memory) */
+} ppl_options;
+
+typedef struct {
+    const char *protocol_name; /* "nonoverlap" or "sliding" */
+    int ctx, stride;
+    int64_t n_tokens_used; /* tokens of the stream covered */
+    int64_t n_scored;      /* predictions scored */
+    double mean_nll;       /* nats per scored token */
+    double nll_stderr;     /* standard error of the mean NLL (tokens treated as independent) */
+    double ppl, ppl_lo, ppl_hi; /* exp(mean_nll) and its 95% interval exp(mean +- 1.96 se) */
+    /* Distance from the reference model; valid when has_reference. */
+    int has_reference;
+    double kl_mean, kl_p50, kl_p90, kl_p99, kl_max; /* KL(p_ref || p_model) per token, nats */
+    double top1_agree;       /* share of scored positions where both argmaxes agree */
+    double dprob_correct;    /* mean of p_model(correct) - p_ref(correct) */
+    double ref_mean_nll, ref_ppl;
+} ppl_result;
+
+/* Evaluates m on tokens[0..n). If ref is non-NULL, it is run on the same windows and the distance of m
+ * from ref is reported. Shows a progress line with ETA on long runs. */
+qlab_status ppl_evaluate(model *m, model *ref, const int *tokens, int64_t n, const ppl_options *opt,
+                         ppl_result *out);
+
+/* The windows a protocol produces, for tests and for describing a run: window w covers tokens
+ * [start, start+len) and scores the predictions of positions [score_from, len-1) within it
+ * (position j predicts token start+j+1). Returns the number of windows (fills at most cap entries). */
+typedef struct {
+    int64_t start;
+    int len, score_from;
+} ppl_window;
+int64_t ppl_plan_windows(int64_t n, const ppl_options *opt, ppl_window *windows, int64_t cap);
+
+#endif

@@ -1,0 +1,174 @@
+/* Tests of eval/: the two perplexity window protocols, perplexity and KL on a real model, batching
+ * invariance, and greedy generation reproducing llama2.c's published stories260K story. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "checkpoint.h"
+#include "generate.h"
+#include "model.h"
+#include "ppl.h"
+#include "rng.h"
+#include "tokenizer.h"
+#include "tokens.h"
+
+/* Every prediction target must be scored exactly once (sliding) and with the promised context. */
+static void test_windows(void) {
+    int64_t sizes[] = {2, 3, 10, 100, 257, 1000};
+    int ctxs[] = {2, 4, 16, 64}, strides_frac[] = {1, 2, 4};
+    for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++)
+        for (size_t ci = 0; ci < 4; ci++)
+            for (size_t fi = 0; fi < 3; fi++) {
+                int64_t n = sizes[si];
+                ppl_options opt = {.protocol = PPL_SLIDING, .ctx = ctxs[ci], .stride = ctxs[ci] / strides_frac[fi]};
+                if (opt.stride < 1) opt.stride = 1;
+                int64_t nw = ppl_plan_windows(n, &opt, NULL, 0);
+                ppl_window *w = calloc((size_t)nw, sizeof *w);
+                ppl_plan_windows(n, &opt, w, nw);
+                int *hits = calloc((size_t)n, sizeof(int));
+                int context_ok = 1;
+                for (int64_t k = 0; k < nw; k++)
+                    for (int j = w[k].score_from; j < w[k].len - 1; j++) {
+                        hits[w[k].start + j + 1]++;
+                        /* at least ctx - stride tokens of context, unless the target is that early */
+                        int64_t target = w[k].start + j + 1;
+                        if (j + 1 < opt.ctx - opt.stride && target >= opt.ctx - opt.stride) context_ok = 0;
+                    }
+                int once = hits[0] == 0;
+                for (int64_t t = 1; t < n; t++) once &= hits[t] == 1;
+                CHECKF(once, "sliding n=%lld ctx=%d stride=%d: a target scored %s", (long long)n, opt.ctx,
+                       opt.stride, "not exactly once");
+                CHECKF(context_ok, "sliding n=%lld ctx=%d stride=%d: too little context", (long long)n, opt.ctx,
+                       opt.stride);
+                free(hits);
+                free(w);
+            }
+    /* --ctx N --stride N over N tokens scores all N-1 predictions in one window. */
+    ppl_options same = {.protocol = PPL_SLIDING, .ctx = 64, .stride = 64};
+    ppl_window w1[2];
+    CHECK(ppl_plan_windows(64, &same, w1, 2) == 1);
+    CHECK(w1[0].start == 0 && w1[0].len == 64 && w1[0].score_from == 0);
+    /* Non-overlapping: floor(n/ctx) windows, each scoring ctx/2 - 1 predictions of its second half. */
+    ppl_options non = {.protocol = PPL_NONOVERLAP, .ctx = 16};
+    ppl_window w2[8];
+    CHECK(ppl_plan_windows(100, &non, w2, 8) == 6);
+    CHECK(w2[5].start == 80 && w2[5].score_from == 8 && w2[5].len == 16);
+}
+
+static const char *expected_story =
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, "
+    "she saw a big, red ball. She wanted to play with it, but it was too high.\n"
+    "Lily's mom said, \"Lily, let's go to the park.\" Lily was sad and didn't know what to do. She said, \"I "
+    "want to play with your ball, but I can't find it.\"\n"
+    "Lily was sad and didn't know what to do. She said, \"I'm sorry, Lily. I didn't know what to do.\"\n"
+    "Lily didn't want to help her mom, so she said, \"I'm sorry, mom. I didn't know what to do.\" Her mom "
+    "said, \"Don't worry, Lily. We can help you.";
+
+static void test_real_model(void) {
+    const char *bin = shared_data_path("models/stories260K.bin");
+    const char *tok_path = shared_data_path("models/tok512.bin");
+    const char *text = shared_data_path("eval/tinystories_sample.txt");
+    if (!bin || !tok_path || !text) {
+        SKIP("../shared/data (stories260K.bin, tok512.bin, tinystories_sample.txt) not present");
+        return;
+    }
+    model *m = NULL, *q = NULL;
+    tokenizer *tok = NULL;
+    CHECK(checkpoint_load(bin, &m) == QLAB_OK);
+    CHECK(checkpoint_load(bin, &q) == QLAB_OK);
+    CHECK(tokenizer_load(tok_path, &tok) == QLAB_OK);
+    if (!m || !q || !tok) return;
+
+    /* Greedy generation from BOS for 256 steps, as `run stories260K.bin -z tok512.bin -t 0` in
+     * llama2.c's doc/stories260K.md, must give exactly the published story. */
+    int prompt = tokenizer_bos_id(tok), seq[257], n_out = 0;
+    generate_options g = {.temperature = 0, .top_p = 0.9f, .seed = 1, .max_tokens = 257,
+                          .stop_id_a = tokenizer_bos_id(tok), .stop_id_b = tokenizer_eos_id(tok)};
+    CHECK(generate(m, &prompt, 1, &g, seq, &n_out, NULL, NULL) == QLAB_OK);
+    char *story = NULL;
+    size_t story_len = 0;
+    CHECK(tokenizer_decode(tok, seq, (size_t)n_out, &story, &story_len) == QLAB_OK);
+    CHECKF(story && strcmp(story, expected_story) == 0, "greedy story differs:\n%s", story ? story : "(null)");
+    free(story);
+
+    int *ids = NULL;
+    int64_t n = 0;
+    CHECK(eval_load_tokens(text, NULL, tok_path, &ids, &n) == QLAB_OK);
+    CHECK(n > 1000);
+    /* fp32 against itself: KL exactly 0, full agreement. Batch 1 and batch 8 agree closely but not
+     * bit for bit: OpenBLAS blocks the GEMM differently for different row counts, so sums round
+     * differently (~1e-7 relative per logit). The same batch size is bit-identical (checked below). */
+    ppl_options opt = {.protocol = PPL_NONOVERLAP, .ctx = 128, .batch = 1};
+    ppl_result r1, r8, rq, rs;
+    CHECK(ppl_evaluate(m, m, ids, n, &opt, &r1) == QLAB_OK);
+    opt.batch = 8;
+    CHECK(ppl_evaluate(m, NULL, ids, n, &opt, &r8) == QLAB_OK);
+    CHECK_NEAR(r1.mean_nll, r8.mean_nll, 1e-5);
+    CHECK(r1.kl_mean == 0 && r1.top1_agree == 1.0);
+    CHECK(r1.n_scored == (n / 128) * 63);
+    /* stories260K reaches validation loss ~1.30 nats on TinyStories (doc/stories260K.md); on this short
+     * in-domain sample the NLL must be in the same region. A broken model gives ~6.2 (= ln 512). */
+    CHECKF(r1.mean_nll > 0.8 && r1.mean_nll < 2.5, "fp32 mean NLL %.4f", r1.mean_nll);
+    CHECK(r1.ppl_lo < r1.ppl && r1.ppl < r1.ppl_hi);
+    /* NF4: worse than fp32 but close, with a positive KL. */
+    CHECK(model_quantize(q, QUANT_NF4, 64, 1) == QLAB_OK);
+    CHECK(ppl_evaluate(q, m, ids, n, &opt, &rq) == QLAB_OK);
+    CHECK(rq.kl_mean > 0 && rq.kl_mean < 1.0);
+    CHECK(rq.top1_agree > 0.5 && rq.top1_agree < 1.0);
+    CHECK(rq.ref_mean_nll == r8.mean_nll);
+    CHECK(model_total_bits(q) < model_total_bits(m));
+    /* The sliding protocol with ctx == stride == n scores n-1 predictions. */
+    ppl_options s = {.protocol = PPL_SLIDING, .ctx = 256, .stride = 256, .max_tokens = 256};
+    CHECK(ppl_evaluate(m, NULL, ids, n, &s, &rs) == QLAB_OK);
+    CHECK(rs.n_scored == 255);
+    /* Determinism: the same evaluation twice gives the same bits. */
+    ppl_result again;
+    CHECK(ppl_evaluate(q, m, ids, n, &opt, &again) == QLAB_OK);
+    CHECK(memcmp(&again.mean_nll, &rq.mean_nll, sizeof(double)) == 0 && again.kl_mean == rq.kl_mean);
+    /* Bad options are refused with a message. */
+    ppl_options bad = {.protocol = PPL_SLIDING, .ctx = 100000, .stride = 1};
+    CHECK(ppl_evaluate(m, NULL, ids, n, &bad, &rs) == QLAB_ERR_ARG);
+    bad.ctx = 64;
+    bad.stride = 65;
+    CHECK(ppl_evaluate(m, NULL, ids, n, &bad, &rs) == QLAB_ERR_ARG);
+    int oov[4] = {1, 2, 600, 3};
+    ppl_options tiny = {.protocol = PPL_SLIDING, .ctx = 4, .stride = 4};
+    CHECK(ppl_evaluate(m, NULL, oov, 4, &tiny, &rs) == QLAB_ERR_ARG);
+    CHECK(strstr(qlab_last_error(), "600") != NULL);
+    free(ids);
+    tokenizer_free(tok);
+    model_free(m);
+    model_free(q);
+}
+
+static void test_sampling(void) {
+    /* Top-p keeps only the smallest set of tokens whose probability exceeds p. */
+    rng_state r;
+    rng_seed(&r, 3);
+    generate_options o = {.temperature = 1.0f, .top_p = 0.5f};
+    int counts[4] = {0};
+    for (int i = 0; i < 2000; i++) {
+        float logits[4] = {logf(0.6f), logf(0.3f), logf(0.05f), logf(0.05f)};
+        counts[generate_sample(logits, 4, &o, &r)]++;
+    }
+    CHECK(counts[0] == 2000); /* 0.6 > 0.5: only the top token survives */
+    o.top_p = 1.0f;
+    memset(counts, 0, sizeof counts);
+    for (int i = 0; i < 20000; i++) {
+        float logits[4] = {logf(0.6f), logf(0.3f), logf(0.05f), logf(0.05f)};
+        counts[generate_sample(logits, 4, &o, &r)]++;
+    }
+    /* Binomial standard deviation for p=0.6, n=20000 is ~69 draws; 400 is > 5 sigma. */
+    CHECK(abs(counts[0] - 12000) < 400 && counts[2] > 0 && counts[3] > 0);
+    float greedy[3] = {0.1f, 2.0f, 1.9f};
+    o.temperature = 0;
+    CHECK(generate_sample(greedy, 3, &o, &r) == 1);
+}
+
+int main(void) {
+    test_windows();
+    test_sampling();
+    test_real_model();
+    return check_summary();
+}

@@ -1,0 +1,319 @@
+/* Tests of quantized tensors in safetensors: every dtype, with and without double quantization, must
+ * round-trip every field of quant_tensor bit for bit; NF4/FP4 must use bitsandbytes' exact tensor names
+ * and JSON; malformed quantized entries must fail with the file and tensor named. */
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "common.h"
+#include "quant.h"
+#include "quant_io.h"
+#include "rng.h"
+#include "safetensors.h"
+
+static char tmpdir[256];
+
+/* A fresh string per call (never freed: a test makes a few dozen), so earlier paths stay valid. */
+static const char *tmp_path(const char *name) {
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s/%s", tmpdir, name);
+    return strdup(buf);
+}
+
+static int same_bits(const void *a, const void *b, size_t n) { return n == 0 || memcmp(a, b, n) == 0; }
+
+/* Every field of two quantized tensors, bit for bit. */
+static void check_same(const quant_tensor *a, const quant_tensor *b, const char *what) {
+    CHECKF(a->dtype == b->dtype && a->blocksize == b->blocksize && a->n == b->n && a->nblocks == b->nblocks, "%s",
+           what);
+    CHECKF(a->ndim == b->ndim && same_bits(a->shape, b->shape, sizeof(int64_t) * (size_t)a->ndim), "%s shape", what);
+    CHECKF(same_bits(a->codes, b->codes, (size_t)(a->n + 1) / 2), "%s codes", what);
+    CHECKF((a->absmax == NULL) == (b->absmax == NULL), "%s absmax presence", what);
+    CHECKF((a->scale8 == NULL) == (b->scale8 == NULL), "%s scale8 presence", what);
+    CHECKF((a->scale16 == NULL) == (b->scale16 == NULL), "%s scale16 presence", what);
+    CHECKF((a->dq_codes == NULL) == (b->dq_codes == NULL), "%s dq_codes presence", what);
+    CHECKF((a->dq_absmax == NULL) == (b->dq_absmax == NULL), "%s dq_absmax presence", what);
+    if (a->absmax && b->absmax)
+        CHECKF(same_bits(a->absmax, b->absmax, sizeof(float) * (size_t)a->nblocks), "%s absmax", what);
+    if (a->scale8 && b->scale8) CHECKF(same_bits(a->scale8, b->scale8, (size_t)a->nblocks), "%s scale8", what);
+    if (a->scale16 && b->scale16)
+        CHECKF(same_bits(a->scale16, b->scale16, sizeof(uint16_t) * (size_t)a->nblocks), "%s scale16", what);
+    CHECKF(same_bits(&a->tensor_scale, &b->tensor_scale, sizeof(float)), "%s tensor_scale", what);
+    CHECKF(a->double_quant == b->double_quant && a->dq_nblocks == b->dq_nblocks, "%s dq", what);
+    if (a->dq_codes && b->dq_codes)
+        CHECKF(same_bits(a->dq_codes, b->dq_codes, (size_t)a->nblocks), "%s dq_codes", what);
+    if (a->dq_absmax && b->dq_absmax)
+        CHECKF(same_bits(a->dq_absmax, b->dq_absmax, sizeof(float) * (size_t)a->dq_nblocks), "%s dq_absmax", what);
+    CHECKF(same_bits(&a->dq_offset, &b->dq_offset, sizeof(float)), "%s dq_offset %.9g vs %.9g", what,
+           (double)a->dq_offset, (double)b->dq_offset);
+}
+
+static void test_round_trips(void) {
+    rng_state r;
+    rng_seed(&r, 1234);
+    /* 37 x 65 = 2405 elements: odd (a half-filled last byte) and not a multiple of any block size. */
+    enum { ROWS = 37, COLS = 65, N = ROWS * COLS };
+    static float x[N], y1[N], y2[N];
+    for (int i = 0; i < N; i++) x[i] = (float)rng_normal(&r) * (i % 97 == 0 ? 8.0f : 0.05f);
+    for (int d = 0; d < QUANT_DTYPE_COUNT; d++) {
+        quant_dtype dt = (quant_dtype)d;
+        int bs_list[2] = {quant_default_blocksize(dt), quant_dtype_has_fp32_absmax(dt) ? 128 : 0};
+        for (int bi = 0; bi < 2; bi++) {
+            int bs = bs_list[bi];
+            if (!bs) continue;
+            for (int dq = 0; dq <= 1; dq++) {
+                if (dq && !quant_dtype_has_fp32_absmax(dt)) continue;
+                char what[96];
+                snprintf(what, sizeof what, "%s bs=%d dq=%d", quant_dtype_name(dt), bs, dq);
+                quant_tensor q, back;
+                qlab_status st = quant_tensor_quantize_ref(&q, x, N, dt, bs, dq);
+                CHECKF(st == QLAB_OK, "%s: %s", what, qlab_last_error());
+                if (st != QLAB_OK) continue;
+                q.ndim = 2;
+                q.shape[0] = ROWS;
+                q.shape[1] = COLS;
+                const char *path = tmp_path("q.safetensors");
+                st = quant_io_save(path, "model.layers.0.mlp.down_proj.weight", &q);
+                CHECKF(st == QLAB_OK, "%s: %s", what, qlab_last_error());
+                st = quant_io_load(path, "model.layers.0.mlp.down_proj.weight", &back);
+                CHECKF(st == QLAB_OK, "%s: %s", what, qlab_last_error());
+                if (st == QLAB_OK) {
+                    check_same(&q, &back, what);
+                    quant_tensor_dequantize_ref(&q, y1);
+                    quant_tensor_dequantize_ref(&back, y2);
+                    CHECKF(memcmp(y1, y2, sizeof y1) == 0, "%s dequantized values differ", what);
+                    quant_tensor_free(&back);
+                }
+                quant_tensor_free(&q);
+            }
+        }
+    }
+    /* A 4-D shape and an empty tensor survive too. */
+    quant_tensor q, back;
+    CHECK(quant_tensor_quantize_ref(&q, x, 2 * 3 * 4 * 5, QUANT_NF4, 64, 1) == QLAB_OK);
+    q.ndim = 4;
+    q.shape[0] = 2, q.shape[1] = 3, q.shape[2] = 4, q.shape[3] = 5;
+    CHECK(quant_io_save(tmp_path("q4d.safetensors"), "w", &q) == QLAB_OK);
+    CHECKF(quant_io_load(tmp_path("q4d.safetensors"), "w", &back) == QLAB_OK, "%s", qlab_last_error());
+    check_same(&q, &back, "4-D");
+    quant_tensor_free(&back);
+    quant_tensor_free(&q);
+    if (quant_tensor_quantize_ref(&q, x, 0, QUANT_FP4, 64, 0) == QLAB_OK) {
+        CHECKF(quant_io_save(tmp_path("q0.safetensors"), "w", &q) == QLAB_OK, "%s", qlab_last_error());
+        CHECKF(quant_io_load(tmp_path("q0.safetensors"), "w", &back) == QLAB_OK, "%s", qlab_last_error());
+        check_same(&q, &back, "empty");
+        quant_tensor_free(&back);
+        quant_tensor_free(&q);
+    }
+}
+
+/* NF4 + DQ must be stored exactly as transformers stores a bitsandbytes Linear4bit weight. */
+static void test_bitsandbytes_layout(void) {
+    float x[300];
+    for (int i = 0; i < 300; i++) x[i] = (float)((i * 37) % 101 - 50) / 50.0f;
+    quant_tensor q;
+    CHECK(quant_tensor_quantize_ref(&q, x, 300, QUANT_NF4, 64, 1) == QLAB_OK);
+    q.ndim = 2, q.shape[0] = 10, q.shape[1] = 30;
+    const char *path = tmp_path("bnb.safetensors");
+    CHECK(quant_io_save(path, "weight", &q) == QLAB_OK);
+    safetensors_file f;
+    CHECK(safetensors_open(&f, path) == QLAB_OK);
+    CHECK(f.n_tensors == 6);
+    const safetensors_tensor *t = safetensors_find(&f, "weight");
+    CHECK(t && t->dtype == SAFETENSORS_U8 && t->ndim == 2 && t->shape[0] == 150 && t->shape[1] == 1);
+    t = safetensors_find(&f, "weight.absmax");
+    CHECK(t && t->dtype == SAFETENSORS_U8 && t->ndim == 1 && t->shape[0] == 5);
+    t = safetensors_find(&f, "weight.quant_map");
+    CHECK(t && t->dtype == SAFETENSORS_F32 && t->count == 16 && !memcmp(t->data, quant_codebook(QUANT_NF4), 64));
+    t = safetensors_find(&f, "weight.nested_absmax");
+    CHECK(t && t->dtype == SAFETENSORS_F32 && t->count == 1);
+    t = safetensors_find(&f, "weight.nested_quant_map");
+    CHECK(t && t->dtype == SAFETENSORS_F32 && t->count == 256 && !memcmp(t->data, quant_dynamic_map_signed(), 1024));
+    t = safetensors_find(&f, "weight.quant_state.bitsandbytes__nf4");
+    CHECK(t && t->dtype == SAFETENSORS_U8 && t->ndim == 1);
+    if (t) {
+        char expect[512], off[64];
+        for (int prec = 1; prec <= 17; prec++) { /* shortest round-trip decimal, like Python's repr */
+            snprintf(off, sizeof off, "%.*g", prec, (double)q.dq_offset);
+            if (strtod(off, NULL) == (double)q.dq_offset) break;
+        }
+        snprintf(expect, sizeof expect,
+                 "{\"quant_type\": \"nf4\", \"blocksize\": 64, \"dtype\": \"float32\", \"shape\": [10, 30], "
+                 "\"nested_blocksize\": 256, \"nested_dtype\": \"float32\", \"nested_offset\": %s}",
+                 off);
+        CHECKF(t->nbytes == strlen(expect) && !memcmp(t->data, expect, t->nbytes), "got %.*s", (int)t->nbytes,
+               (const char *)t->data);
+    }
+    CHECK(quant_io_has(&f, "weight") && !quant_io_has(&f, "weigh") && !quant_io_has(&f, "weight.absmax"));
+    CHECK(quant_io_count(&f) == 1);
+    char name[64];
+    CHECK(quant_io_name_at(&f, 0, name, sizeof name) == QLAB_OK && !strcmp(name, "weight"));
+    CHECK(quant_io_name_at(&f, 1, name, sizeof name) == QLAB_ERR_ARG);
+    safetensors_close(&f);
+    quant_tensor_free(&q);
+
+    /* FP4 without DQ: fp32 absmax and the bitsandbytes__fp4 key; an extension type uses qlab__. */
+    CHECK(quant_tensor_quantize_ref(&q, x, 300, QUANT_FP4, 64, 0) == QLAB_OK);
+    quant_tensor q2;
+    CHECK(quant_tensor_quantize_ref(&q2, x, 300, QUANT_NVFP4, 16, 0) == QLAB_OK);
+    safetensors_writer *w = safetensors_writer_new();
+    CHECK(quant_io_add(w, "a.weight", &q) == QLAB_OK);
+    CHECK(quant_io_add(w, "b.weight", &q2) == QLAB_OK);
+    CHECK(safetensors_writer_write(w, path) == QLAB_OK);
+    safetensors_writer_free(w);
+    CHECK(safetensors_open(&f, path) == QLAB_OK);
+    t = safetensors_find(&f, "a.weight.absmax");
+    CHECK(t && t->dtype == SAFETENSORS_F32 && t->count == 5);
+    CHECK(safetensors_find(&f, "a.weight.quant_state.bitsandbytes__fp4") != NULL);
+    CHECK(safetensors_find(&f, "b.weight.quant_state.qlab__nvfp4") != NULL);
+    CHECK(safetensors_find(&f, "b.weight.scale8") && safetensors_find(&f, "b.weight.tensor_scale"));
+    CHECK(quant_io_count(&f) == 2);
+    CHECK(quant_io_name_at(&f, 1, name, sizeof name) == QLAB_OK && !strcmp(name, "b.weight"));
+    quant_tensor back;
+    CHECK(quant_io_read(&f, "b.weight", &back) == QLAB_OK);
+    check_same(&q2, &back, "nvfp4 in a two-tensor file");
+    quant_tensor_free(&back);
+    safetensors_close(&f);
+    quant_tensor_free(&q);
+    quant_tensor_free(&q2);
+}
+
+/* Writes a file holding the NF4+DQ tensor "w" from quant_io_add, then replaces/adds entries. */
+typedef struct {
+    const char *name;
+    safetensors_dtype dt;
+    int64_t count;
+    const void *data;
+} override;
+
+static void write_tampered(const char *path, const quant_tensor *q, const override *ov, int n_ov, const char *drop) {
+    /* Build the honest file, re-read it, then rewrite with changes. */
+    const char *honest = tmp_path("honest.safetensors");
+    CHECK(quant_io_save(honest, "w", q) == QLAB_OK);
+    safetensors_file f;
+    CHECK(safetensors_open(&f, honest) == QLAB_OK);
+    safetensors_writer *w = safetensors_writer_new();
+    for (int i = 0; i < f.n_tensors; i++) {
+        const safetensors_tensor *t = &f.tensors[i];
+        int replaced = drop && !strcmp(t->name, drop);
+        for (int k = 0; k < n_ov; k++) replaced |= !strcmp(t->name, ov[k].name);
+        if (!replaced) safetensors_writer_add_copy(w, t->name, t->dtype, t->ndim, t->shape, t->data);
+    }
+    for (int k = 0; k < n_ov; k++) safetensors_writer_add_copy(w, ov[k].name, ov[k].dt, 1, &ov[k].count, ov[k].data);
+    CHECK(safetensors_writer_write(w, path) == QLAB_OK);
+    safetensors_writer_free(w);
+    safetensors_close(&f);
+}
+
+static void expect_fail(const char *path, const char *keyword) {
+    quant_tensor q;
+    qlab_status st = quant_io_load(path, "w", &q);
+    CHECKF(st != QLAB_OK, "%s: loaded", keyword);
+    if (getenv("QLAB_TEST_VERBOSE")) fprintf(stderr, "  %s\n", qlab_last_error());
+    CHECKF(strstr(qlab_last_error(), path) != NULL, "message lacks the file: %s", qlab_last_error());
+    CHECKF(strstr(qlab_last_error(), "'w") != NULL, "message lacks the tensor: %s", qlab_last_error());
+    CHECKF(strstr(qlab_last_error(), keyword) != NULL, "message lacks '%s': %s", keyword, qlab_last_error());
+    CHECK(q.codes == NULL && q.absmax == NULL && q.dq_codes == NULL);
+    if (st == QLAB_OK) quant_tensor_free(&q);
+}
+
+static void json_override(override *o, char *buf, const char *json) {
+    snprintf(buf, 512, "%s", json);
+    o->name = "w.quant_state.bitsandbytes__nf4";
+    o->dt = SAFETENSORS_U8;
+    o->count = (int64_t)strlen(buf);
+    o->data = buf;
+}
+
+static void test_malformed(void) {
+    float x[300];
+    for (int i = 0; i < 300; i++) x[i] = (float)(i % 17) - 8.0f;
+    quant_tensor q;
+    CHECK(quant_tensor_quantize_ref(&q, x, 300, QUANT_NF4, 64, 1) == QLAB_OK);
+    char p[512];
+    snprintf(p, sizeof p, "%s", tmp_path("bad.safetensors"));
+    char json[512];
+    override o[2];
+
+    write_tampered(p, &q, NULL, 0, "w.absmax");
+    expect_fail(p, "lacks 'w.absmax'");
+    write_tampered(p, &q, NULL, 0, "w.quant_state.bitsandbytes__nf4");
+    expect_fail(p, "no quantized tensor");
+    write_tampered(p, &q, NULL, 0, "w.nested_absmax");
+    expect_fail(p, "nested_* keys");
+    float map[16];
+    memcpy(map, quant_codebook(QUANT_NF4), sizeof map);
+    map[3] += 1e-6f;
+    o[0] = (override){"w.quant_map", SAFETENSORS_F32, 16, map};
+    write_tampered(p, &q, o, 1, NULL);
+    expect_fail(p, "entry 3");
+    float dyn[256];
+    memcpy(dyn, quant_dynamic_map_signed(), sizeof dyn);
+    dyn[200] = 0;
+    o[0] = (override){"w.nested_quant_map", SAFETENSORS_F32, 256, dyn};
+    write_tampered(p, &q, o, 1, NULL);
+    expect_fail(p, "entry 200");
+    uint8_t codes[151] = {0};
+    o[0] = (override){"w", SAFETENSORS_U8, 151, codes};
+    write_tampered(p, &q, o, 1, NULL);
+    expect_fail(p, "151 elements");
+    float absmax[5] = {1, 1, 1, 1, 1};
+    o[0] = (override){"w.absmax", SAFETENSORS_F32, 5, absmax};
+    write_tampered(p, &q, o, 1, NULL);
+    expect_fail(p, "expected U8");
+    json_override(&o[0], json, "{\"quant_type\": \"fp4\", \"blocksize\": 64, \"dtype\": \"float32\", \"shape\": [300]}");
+    write_tampered(p, &q, o, 1, NULL);
+    expect_fail(p, "quant_type");
+    json_override(&o[0], json,
+                  "{\"quant_type\": \"nf4\", \"blocksize\": 48, \"dtype\": \"float32\", \"shape\": [300], "
+                  "\"nested_blocksize\": 256, \"nested_dtype\": \"float32\", \"nested_offset\": 0.5}");
+    write_tampered(p, &q, o, 1, NULL);
+    expect_fail(p, "48");
+    json_override(&o[0], json,
+                  "{\"quant_type\": \"nf4\", \"blocksize\": 64, \"dtype\": \"float32\", \"shape\": [301], "
+                  "\"nested_blocksize\": 256, \"nested_dtype\": \"float32\", \"nested_offset\": 0.5}");
+    write_tampered(p, &q, o, 1, NULL);
+    expect_fail(p, "expected U8 with 151");
+    json_override(&o[0], json,
+                  "{\"quant_type\": \"nf4\", \"blocksize\": 64, \"dtype\": \"float32\", \"shape\": [-300], "
+                  "\"nested_blocksize\": 256, \"nested_dtype\": \"float32\", \"nested_offset\": 0.5}");
+    write_tampered(p, &q, o, 1, NULL);
+    expect_fail(p, "shape entry 0");
+    json_override(&o[0], json,
+                  "{\"quant_type\": \"nf4\", \"blocksize\": 64, \"dtype\": \"float32\", \"shape\": [300], "
+                  "\"nested_blocksize\": 128, \"nested_dtype\": \"float32\", \"nested_offset\": 0.5}");
+    write_tampered(p, &q, o, 1, NULL);
+    expect_fail(p, "nested_blocksize must be 256");
+    json_override(&o[0], json, "not json at all");
+    write_tampered(p, &q, o, 1, NULL);
+    expect_fail(p, "not a JSON object");
+    json_override(&o[0], json, "{}");
+    o[0].name = "w.quant_state.bitsandbytes__int8";
+    write_tampered(p, &q, o, 1, "w.quant_state.bitsandbytes__nf4");
+    expect_fail(p, "unknown quant state 'bitsandbytes__int8'");
+    json_override(&o[0], json, "{\"quant_type\": \"fp4\", \"blocksize\": 64, \"dtype\": \"float32\", \"shape\": [300]}");
+    o[0].name = "w.quant_state.bitsandbytes__fp4";
+    write_tampered(p, &q, o, 1, NULL);
+    expect_fail(p, "two quant_state entries");
+    quant_tensor_free(&q);
+
+    /* Saving an inconsistent tensor is refused. */
+    CHECK(quant_tensor_quantize_ref(&q, x, 300, QUANT_INT4, 64, 0) == QLAB_OK);
+    q.ndim = 2, q.shape[0] = 7, q.shape[1] = 7;
+    CHECK(quant_io_save(p, "w", &q) == QLAB_ERR_ARG);
+    CHECK(strstr(qlab_last_error(), p) && strstr(qlab_last_error(), "'w'"));
+    quant_tensor_free(&q);
+}
+
+int main(void) {
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/qlab_test_quant_io_%ld", (long)getpid());
+    mkdir(tmpdir, 0700);
+    test_round_trips();
+    test_bitsandbytes_layout();
+    test_malformed();
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    if (system(cmd) != 0) fprintf(stderr, "warning: could not remove %s\n", tmpdir);
+    return check_summary();
+}
