@@ -110,45 +110,13 @@ void checkpoint_unmap(checkpoint_mapping *map) {
     map->size = 0;
 }
 
-/* ---------------------------------------------------------------- atomic streaming writer */
-
-qlab_status checkpoint_writer_open(checkpoint_writer *w, const char *path) {
-    memset(w, 0, sizeof *w);
-    size_t n = strlen(path) + 32;
-    w->path = strdup(path);
-    w->tmp_path = malloc(n);
-    if (!w->path || !w->tmp_path) {
-        free(w->path);
-        free(w->tmp_path);
-        return qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory", path);
-    }
-    snprintf(w->tmp_path, n, "%s.tmp.%ld", path, (long)getpid());
-    w->f = fopen(w->tmp_path, "wb");
-    if (!w->f) {
-        int e = errno;
-        free(w->path);
-        free(w->tmp_path);
-        return qlab_fail(QLAB_ERR_IO, "%s: cannot create: %s", path, strerror(e));
-    }
-    return QLAB_OK;
-}
-
-void checkpoint_writer_write(checkpoint_writer *w, const void *data, size_t bytes) {
-    if (w->failed || bytes == 0) return;
-    if (fwrite(data, 1, bytes, w->f) != bytes) {
-        w->failed = 1;
-        w->saved_errno = errno;
-    }
-    w->written += bytes;
-}
-
 size_t checkpoint_dtype_size(checkpoint_dtype dtype) {
     return dtype == CHECKPOINT_F32 ? 4 : 2;
 }
 
 void checkpoint_writer_write_floats(checkpoint_writer *w, const float *x, size_t n, checkpoint_dtype dtype) {
     if (dtype == CHECKPOINT_F32) {
-        checkpoint_writer_write(w, x, n * sizeof(float));
+        atomic_file_write(w, x, n * sizeof(float));
         return;
     }
     uint16_t chunk[4096];
@@ -156,48 +124,9 @@ void checkpoint_writer_write_floats(checkpoint_writer *w, const float *x, size_t
         size_t k = n - i < 4096 ? n - i : 4096;
         for (size_t j = 0; j < k; j++)
             chunk[j] = dtype == CHECKPOINT_F16 ? f32_to_fp16(x[i + j]) : f32_to_bf16(x[i + j]);
-        checkpoint_writer_write(w, chunk, k * sizeof(uint16_t));
+        atomic_file_write(w, chunk, k * sizeof(uint16_t));
         i += k;
     }
-}
-
-void checkpoint_writer_pad(checkpoint_writer *w, size_t bytes) {
-    static const uint8_t zeros[64];
-    while (bytes > 0) {
-        size_t k = bytes < sizeof zeros ? bytes : sizeof zeros;
-        checkpoint_writer_write(w, zeros, k);
-        bytes -= k;
-    }
-}
-
-static void checkpoint_writer_release(checkpoint_writer *w) {
-    free(w->path);
-    free(w->tmp_path);
-    w->path = w->tmp_path = NULL;
-    w->f = NULL;
-}
-
-void checkpoint_writer_abort(checkpoint_writer *w) {
-    if (w->f) fclose(w->f);
-    if (w->tmp_path) unlink(w->tmp_path);
-    checkpoint_writer_release(w);
-}
-
-qlab_status checkpoint_writer_commit(checkpoint_writer *w) {
-    if (!w->failed && fflush(w->f) != 0) w->failed = 1, w->saved_errno = errno;
-    /* fsync before rename so a crash cannot leave the new name pointing at unwritten blocks */
-    if (!w->failed && fsync(fileno(w->f)) != 0) w->failed = 1, w->saved_errno = errno;
-    if (fclose(w->f) != 0 && !w->failed) w->failed = 1, w->saved_errno = errno;
-    w->f = NULL;
-    if (!w->failed && rename(w->tmp_path, w->path) != 0) w->failed = 1, w->saved_errno = errno;
-    if (w->failed) {
-        qlab_status st = qlab_fail(QLAB_ERR_IO, "%s: write failed: %s", w->path, strerror(w->saved_errno));
-        unlink(w->tmp_path);
-        checkpoint_writer_release(w);
-        return st;
-    }
-    checkpoint_writer_release(w);
-    return QLAB_OK;
 }
 
 /* ---------------------------------------------------------------- element types and rotary order */

@@ -583,22 +583,22 @@ done:
 
 static void gguf_put_string(checkpoint_writer *w, const char *s) {
     uint64_t n = strlen(s);
-    checkpoint_writer_write(w, &n, 8);
-    checkpoint_writer_write(w, s, (size_t)n);
+    atomic_file_write(w, &n, 8);
+    atomic_file_write(w, s, (size_t)n);
 }
 
 static void gguf_put_kv_u32(checkpoint_writer *w, const char *key, uint32_t v) {
     uint32_t type = GGUF_TYPE_UINT32;
     gguf_put_string(w, key);
-    checkpoint_writer_write(w, &type, 4);
-    checkpoint_writer_write(w, &v, 4);
+    atomic_file_write(w, &type, 4);
+    atomic_file_write(w, &v, 4);
 }
 
 static void gguf_put_kv_f32(checkpoint_writer *w, const char *key, float v) {
     uint32_t type = GGUF_TYPE_FLOAT32;
     gguf_put_string(w, key);
-    checkpoint_writer_write(w, &type, 4);
-    checkpoint_writer_write(w, &v, 4);
+    atomic_file_write(w, &type, 4);
+    atomic_file_write(w, &v, 4);
 }
 
 typedef struct {
@@ -652,19 +652,19 @@ qlab_status checkpoint_save_gguf(const model *m, const char *path, checkpoint_dt
         offset += (bytes + GGUF_DEFAULT_ALIGNMENT - 1) / GGUF_DEFAULT_ALIGNMENT * GGUF_DEFAULT_ALIGNMENT;
     }
     checkpoint_writer w;
-    qlab_status st = checkpoint_writer_open(&w, path);
+    qlab_status st = atomic_file_open(&w, path);
     if (st != QLAB_OK) {
         free(ts);
         return st;
     }
     uint32_t version = 3, arch_type = GGUF_TYPE_STRING;
     uint64_t n_tensors = n, n_kv = 11;
-    checkpoint_writer_write(&w, "GGUF", 4);
-    checkpoint_writer_write(&w, &version, 4);
-    checkpoint_writer_write(&w, &n_tensors, 8);
-    checkpoint_writer_write(&w, &n_kv, 8);
+    atomic_file_write(&w, "GGUF", 4);
+    atomic_file_write(&w, &version, 4);
+    atomic_file_write(&w, &n_tensors, 8);
+    atomic_file_write(&w, &n_kv, 8);
     gguf_put_string(&w, "general.architecture");
-    checkpoint_writer_write(&w, &arch_type, 4);
+    atomic_file_write(&w, &arch_type, 4);
     gguf_put_string(&w, "llama");
     gguf_put_kv_u32(&w, "general.alignment", GGUF_DEFAULT_ALIGNMENT);
     gguf_put_kv_u32(&w, "llama.context_length", (uint32_t)c->seq_len);
@@ -682,20 +682,20 @@ qlab_status checkpoint_save_gguf(const model *m, const char *path, checkpoint_dt
                         : ts[i].dtype == CHECKPOINT_F16 ? GGML_TYPE_F16
                                                         : GGML_TYPE_BF16;
         gguf_put_string(&w, ts[i].name);
-        checkpoint_writer_write(&w, &n_dims, 4);
-        checkpoint_writer_write(&w, &ts[i].ne0, 8);
-        if (n_dims == 2) checkpoint_writer_write(&w, &ts[i].ne1, 8);
-        checkpoint_writer_write(&w, &type, 4);
-        checkpoint_writer_write(&w, &ts[i].offset, 8);
+        atomic_file_write(&w, &n_dims, 4);
+        atomic_file_write(&w, &ts[i].ne0, 8);
+        if (n_dims == 2) atomic_file_write(&w, &ts[i].ne1, 8);
+        atomic_file_write(&w, &type, 4);
+        atomic_file_write(&w, &ts[i].offset, 8);
     }
-    checkpoint_writer_pad(&w, (GGUF_DEFAULT_ALIGNMENT - w.written % GGUF_DEFAULT_ALIGNMENT) %
+    atomic_file_pad(&w, (GGUF_DEFAULT_ALIGNMENT - w.written % GGUF_DEFAULT_ALIGNMENT) %
                                   GGUF_DEFAULT_ALIGNMENT);
     uint64_t data_start = w.written;
     for (size_t i = 0; i < n; i++) {
-        checkpoint_writer_pad(&w, (size_t)(data_start + ts[i].offset - w.written));
+        atomic_file_pad(&w, (size_t)(data_start + ts[i].offset - w.written));
         checkpoint_writer_write_floats(&w, ts[i].data, (size_t)(ts[i].ne0 * (ts[i].ne1 ? ts[i].ne1 : 1)),
                                        ts[i].dtype);
     }
     free(ts);
-    return checkpoint_writer_commit(&w);
+    return atomic_file_commit(&w);
 }

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "atomic_file.h"
 #include "checkpoint.h"
 
 typedef struct {
@@ -17,24 +18,11 @@ typedef struct {
 qlab_status checkpoint_map(const char *path, checkpoint_mapping *map);
 void checkpoint_unmap(checkpoint_mapping *map);
 
-/* Streams a file to "<path>.tmp.<pid>"; commit flushes, syncs and renames it onto path, abort removes it.
- * Writes after a failure are ignored and the first error is reported by commit. */
-typedef struct {
-    FILE *f;
-    char *path;
-    char *tmp_path;
-    int failed;
-    int saved_errno;
-    uint64_t written;
-} checkpoint_writer;
+/* Checkpoint writers stream through an atomic_file (temp name, renamed on commit). */
+typedef atomic_file checkpoint_writer;
 
-qlab_status checkpoint_writer_open(checkpoint_writer *w, const char *path);
-void checkpoint_writer_write(checkpoint_writer *w, const void *data, size_t bytes);
 /* Writes n floats converted to dtype (little-endian, as every supported format stores them). */
 void checkpoint_writer_write_floats(checkpoint_writer *w, const float *x, size_t n, checkpoint_dtype dtype);
-void checkpoint_writer_pad(checkpoint_writer *w, size_t bytes);
-qlab_status checkpoint_writer_commit(checkpoint_writer *w);
-void checkpoint_writer_abort(checkpoint_writer *w);
 
 /* *out = a * b, returning 0 on size_t overflow. */
 static inline int checkpoint_mul(size_t a, size_t b, size_t *out) {

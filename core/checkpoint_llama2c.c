@@ -168,19 +168,19 @@ qlab_status checkpoint_save_llama2c(const model *m, const char *path) {
                                       c->n_kv_heads, c->shared_classifier ? c->vocab_size : -c->vocab_size,
                                       c->seq_len};
     checkpoint_writer w;
-    QLAB_TRY(checkpoint_writer_open(&w, path));
-    checkpoint_writer_write(&w, h, sizeof h);
+    QLAB_TRY(atomic_file_open(&w, path));
+    atomic_file_write(&w, h, sizeof h);
     float *ptr[LLAMA2C_SECTIONS];
     size_t count[LLAMA2C_SECTIONS];
     llama2c_sections(c, p, ptr, count);
     for (int i = 0; i < LLAMA2C_SECTIONS; i++)
-        checkpoint_writer_write(&w, ptr[i], count[i] * sizeof(float));
+        atomic_file_write(&w, ptr[i], count[i] * sizeof(float));
     /* The legacy tables llama2.c writes (cos, then sin, of pos * theta^(-2i/head_size)); readers ignore them
      * but their presence keeps the file byte-compatible with llama2.c's run.c. */
     int hs = c->dim / c->n_heads, half = hs / 2;
     float *row = qlab_calloc((size_t)half, sizeof(float));
     if (!row) {
-        checkpoint_writer_abort(&w);
+        atomic_file_abort(&w);
         return QLAB_ERR_NOMEM;
     }
     for (int table = 0; table < 2; table++)
@@ -191,9 +191,9 @@ qlab_status checkpoint_save_llama2c(const model *m, const char *path) {
                 float angle = (float)pos * freq;
                 row[i] = table == 0 ? cosf(angle) : sinf(angle);
             }
-            checkpoint_writer_write(&w, row, (size_t)half * sizeof(float));
+            atomic_file_write(&w, row, (size_t)half * sizeof(float));
         }
     free(row);
-    if (!c->shared_classifier) checkpoint_writer_write(&w, p->wcls, lay.classifier * sizeof(float));
-    return checkpoint_writer_commit(&w);
+    if (!c->shared_classifier) atomic_file_write(&w, p->wcls, lay.classifier * sizeof(float));
+    return atomic_file_commit(&w);
 }

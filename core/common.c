@@ -1,6 +1,8 @@
 /* Error messages, checked allocation and whole-file I/O shared by every module. */
 #include "common.h"
 
+#include "atomic_file.h"
+
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -13,11 +15,19 @@
 
 static _Thread_local char last_error[1024];
 
+/* A message is one line: names taken from files (JSON keys, tensor names) may hold control
+ * characters, which are shown as '?'. */
+static void keep_one_line(void) {
+    for (char *c = last_error; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
+}
+
 qlab_status qlab_fail(qlab_status st, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(last_error, sizeof last_error, fmt, ap);
     va_end(ap);
+    keep_one_line();
     return st;
 }
 
@@ -29,6 +39,7 @@ qlab_status qlab_fail_context(qlab_status st, const char *fmt, ...) {
     va_end(ap);
     memcpy(old, last_error, sizeof old);
     snprintf(last_error, sizeof last_error, "%.500s: %.500s", prefix, old);
+    keep_one_line();
     return st;
 }
 
@@ -102,24 +113,10 @@ qlab_status qlab_read_file(const char *path, char **data, size_t *len) {
 }
 
 qlab_status qlab_write_file_atomic(const char *path, const void *data, size_t len) {
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
-        return qlab_fail(QLAB_ERR_ARG, "%s: path too long", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) return qlab_fail(QLAB_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
-    int ok = (len == 0 || fwrite(data, 1, len, f) == len);
-    ok = (fflush(f) == 0) && ok;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok) {
-        remove(tmp);
-        return qlab_fail(QLAB_ERR_IO, "%s: write failed: %s", path, strerror(errno));
-    }
-    if (rename(tmp, path) != 0) {
-        int e = errno;
-        remove(tmp);
-        return qlab_fail(QLAB_ERR_IO, "%s: cannot rename into place: %s", path, strerror(e));
-    }
-    return QLAB_OK;
+    atomic_file w;
+    QLAB_TRY(atomic_file_open(&w, path));
+    atomic_file_write(&w, data, len);
+    return atomic_file_commit(&w);
 }
 
 int qlab_report_error(const char *prog) {

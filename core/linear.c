@@ -1,12 +1,11 @@
 /* Linear layers over fp32 or quantized frozen weights (see linear.h). For a quantized weight the output
  * columns [r0, r1) are produced by one sgemm against rows r0..r1 of the dequantized tile; the input
- * gradient accumulates tile by tile in row order, so the result is deterministic. */
+ * gradient accumulates tile by tile in row order, so the result is deterministic. The dequantization runs
+ * on the calling thread: it is ~100x cheaper than the tile's GEMM, and calling the quantizer from inside
+ * an OpenMP region would nest its own parallel loop (costly in libgomp). */
 #include "linear.h"
 
 #include "ops.h"
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 int linear_tile_rows(const linear_weight *lw, size_t tile_floats) {
     size_t in = lw->in_features > 0 ? (size_t)lw->in_features : 1;
@@ -23,22 +22,6 @@ size_t linear_tile_floats_needed(const linear_weight *lw, size_t tile_floats) {
     return tile_floats > two_rows ? tile_floats : two_rows;
 }
 
-/* Dequantizes elements [start, start+count) of q into tile, split between the OpenMP threads in pieces of
- * whole 64-element runs (so each piece starts at an even element, as the dequantizer requires). */
-static void linear_dequantize(const quant_tensor *q, int64_t start, int64_t count, float *tile) {
-#pragma omp parallel
-    {
-        int nt = 1, id = 0;
-#ifdef _OPENMP
-        nt = omp_get_num_threads();
-        id = omp_get_thread_num();
-#endif
-        int64_t piece = ((count + nt - 1) / nt + 63) & ~(int64_t)63;
-        int64_t s = id * piece, e = s + piece < count ? s + piece : count;
-        if (s < e) quant_tensor_dequantize_range(q, start + s, e - s, tile + s);
-    }
-}
-
 void linear_forward(float *out, const float *inp, const linear_weight *lw, int N, float *tile,
                     size_t tile_floats) {
     int OC = lw->out_features, IC = lw->in_features;
@@ -49,7 +32,7 @@ void linear_forward(float *out, const float *inp, const linear_weight *lw, int N
     int rows = linear_tile_rows(lw, tile_floats);
     for (int r0 = 0; r0 < OC; r0 += rows) {
         int nr = OC - r0 < rows ? OC - r0 : rows;
-        linear_dequantize(lw->q, (int64_t)r0 * IC, (int64_t)nr * IC, tile);
+        quant_tensor_dequantize_range(lw->q, (int64_t)r0 * IC, (int64_t)nr * IC, tile);
         ops_gemm(0, 1, N, nr, IC, 1.0f, inp, IC, tile, IC, 0.0f, out + r0, OC);
     }
 }
@@ -65,7 +48,7 @@ void linear_backward(float *dinp, float *dweight, const float *dout, const float
     int rows = linear_tile_rows(lw, tile_floats);
     for (int r0 = 0; r0 < OC; r0 += rows) {
         int nr = OC - r0 < rows ? OC - r0 : rows;
-        linear_dequantize(lw->q, (int64_t)r0 * IC, (int64_t)nr * IC, tile);
+        quant_tensor_dequantize_range(lw->q, (int64_t)r0 * IC, (int64_t)nr * IC, tile);
         ops_gemm(0, 0, N, IC, nr, 1.0f, dout + r0, OC, tile, IC, 1.0f, dinp, IC);
     }
 }

@@ -3,6 +3,8 @@
  * guess, because a silently misread shape corrupts every experiment downstream. */
 #include "npy.h"
 
+#include "atomic_file.h"
+
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -14,17 +16,6 @@
 #include "half.h"
 
 static const char npy_magic[6] = {'\x93', 'N', 'U', 'M', 'P', 'Y'};
-
-/* Names inside a file may hold control characters (JSON allows "\n" in a key); the error message must
- * stay one line, so they are shown as '?'. */
-static qlab_status npy_one_line(qlab_status st) {
-    if (st == QLAB_OK) return st;
-    char msg[1024];
-    snprintf(msg, sizeof msg, "%s", qlab_last_error());
-    for (char *c = msg; *c; c++)
-        if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
-    return qlab_fail(st, "%s", msg);
-}
 
 /* Canonical descrs and their sizes; "<u1"/"<i1" are mapped to the '|' spelling numpy uses. */
 static const struct {
@@ -64,7 +55,8 @@ typedef struct {
 } npy_parser;
 
 static void npy_skip_space(npy_parser *ps) {
-    while (ps->p < ps->end && (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\n' || *ps->p == '\r')) ps->p++;
+    while (ps->p < ps->end && (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\n' || *ps->p == '\r'))
+        ps->p++;
 }
 
 static int npy_accept(npy_parser *ps, char c) {
@@ -123,8 +115,8 @@ static qlab_status npy_parse_shape(npy_parser *ps, int *ndim, int64_t *shape) {
         if (npy_accept(ps, ')')) break;
         npy_skip_space(ps);
         if (ps->p >= ps->end || *ps->p < '0' || *ps->p > '9')
-            return qlab_fail(QLAB_ERR_FORMAT, "%s: malformed header: shape entries must be non-negative integers",
-                             ps->path);
+            return qlab_fail(QLAB_ERR_FORMAT,
+                             "%s: malformed header: shape entries must be non-negative integers", ps->path);
         int64_t v = 0;
         while (ps->p < ps->end && *ps->p >= '0' && *ps->p <= '9') {
             int d = *ps->p++ - '0';
@@ -134,7 +126,8 @@ static qlab_status npy_parse_shape(npy_parser *ps, int *ndim, int64_t *shape) {
         }
         if (ps->p < ps->end && *ps->p == 'L') ps->p++; /* Python 2 longs, written by old numpy */
         if (*ndim >= NPY_MAX_DIMS)
-            return qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: shape has more than %d dimensions", ps->path, NPY_MAX_DIMS);
+            return qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: shape has more than %d dimensions", ps->path,
+                             NPY_MAX_DIMS);
         shape[(*ndim)++] = v;
         if (npy_accept(ps, ',')) continue;
         if (npy_accept(ps, ')')) break;
@@ -158,7 +151,8 @@ static qlab_status npy_parse_header(const char *path, const char *p, const char 
         if (!npy_accept(&ps, ':'))
             return qlab_fail(QLAB_ERR_FORMAT, "%s: malformed header: expected ':' after '%s'", path, key);
         if (!strcmp(key, "descr")) {
-            if (have_descr++) return qlab_fail(QLAB_ERR_FORMAT, "%s: malformed header: 'descr' repeated", path);
+            if (have_descr++)
+                return qlab_fail(QLAB_ERR_FORMAT, "%s: malformed header: 'descr' repeated", path);
             npy_skip_space(&ps);
             if (ps.p < ps.end && *ps.p == '[')
                 return qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: structured dtypes are not supported", path);
@@ -168,7 +162,8 @@ static qlab_status npy_parse_header(const char *path, const char *p, const char 
                 return qlab_fail(QLAB_ERR_FORMAT, "%s: malformed header: 'fortran_order' repeated", path);
             QLAB_TRY(npy_parse_bool(&ps, &fortran));
         } else if (!strcmp(key, "shape")) {
-            if (have_shape++) return qlab_fail(QLAB_ERR_FORMAT, "%s: malformed header: 'shape' repeated", path);
+            if (have_shape++)
+                return qlab_fail(QLAB_ERR_FORMAT, "%s: malformed header: 'shape' repeated", path);
             QLAB_TRY(npy_parse_shape(&ps, &arr->ndim, arr->shape));
         } else {
             return qlab_fail(QLAB_ERR_FORMAT, "%s: malformed header: unexpected key '%s'", path, key);
@@ -181,21 +176,23 @@ static qlab_status npy_parse_header(const char *path, const char *p, const char 
     if (ps.p != ps.end) return qlab_fail(QLAB_ERR_FORMAT, "%s: malformed header: text after the dict", path);
     if (!have_descr || !have_fortran || !have_shape)
         return qlab_fail(QLAB_ERR_FORMAT, "%s: malformed header: missing '%s'", path,
-                         !have_descr ? "descr" : !have_fortran ? "fortran_order" : "shape");
+                         !have_descr     ? "descr"
+                         : !have_fortran ? "fortran_order"
+                                         : "shape");
     const char *canon = npy_canonical(descr);
     /* A 1-byte type has no byte order, whatever prefix it was written with. */
     if (!canon && (descr[0] == '>' || descr[0] == '=') && !strcmp(descr + 1, "u1")) canon = "|u1";
     if (!canon && (descr[0] == '>' || descr[0] == '=') && !strcmp(descr + 1, "i1")) canon = "|i1";
     if (!canon && descr[0] == '>')
-        return qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: big-endian dtype '%s' is not supported (save little-endian)",
-                         path, descr);
+        return qlab_fail(QLAB_ERR_UNSUPPORTED,
+                         "%s: big-endian dtype '%s' is not supported (save little-endian)", path, descr);
     if (!canon)
         return qlab_fail(QLAB_ERR_UNSUPPORTED,
-                         "%s: unsupported dtype '%s' (expected <f4, <f2, <f8, <i4, <i8, |u1, |i1 or <u2)", path,
-                         descr);
+                         "%s: unsupported dtype '%s' (expected <f4, <f2, <f8, <i4, <i8, |u1, |i1 or <u2)",
+                         path, descr);
     if (fortran)
-        return qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: fortran_order True is not supported (save a C-ordered array)",
-                         path);
+        return qlab_fail(QLAB_ERR_UNSUPPORTED,
+                         "%s: fortran_order True is not supported (save a C-ordered array)", path);
     snprintf(arr->dtype, sizeof arr->dtype, "%s", canon);
     arr->itemsize = npy_dtype_size(canon);
     int64_t count = 1;
@@ -203,7 +200,8 @@ static qlab_status npy_parse_header(const char *path, const char *p, const char 
         if (__builtin_mul_overflow(count, arr->shape[i], &count))
             return qlab_fail(QLAB_ERR_FORMAT, "%s: shape product overflows 64 bits", path);
     size_t bytes;
-    if (count < 0 || (uint64_t)count > SIZE_MAX || __builtin_mul_overflow((size_t)count, arr->itemsize, &bytes))
+    if (count < 0 || (uint64_t)count > SIZE_MAX ||
+        __builtin_mul_overflow((size_t)count, arr->itemsize, &bytes))
         return qlab_fail(QLAB_ERR_FORMAT, "%s: shape needs more bytes than this machine can address", path);
     arr->count = count;
     return QLAB_OK;
@@ -232,27 +230,31 @@ static qlab_status npy_read_inner(const char *path, npy_array *arr) {
     if (got < 8 || memcmp(pre, npy_magic, 6) != 0) {
         fclose(f);
         if (got >= 6 && memcmp(pre, npy_magic, 6) == 0)
-            return qlab_fail(QLAB_ERR_FORMAT, "%s: truncated header (file is %" PRIu64 " bytes)", path, file_size);
+            return qlab_fail(QLAB_ERR_FORMAT, "%s: truncated header (file is %" PRIu64 " bytes)", path,
+                             file_size);
         return qlab_fail(QLAB_ERR_FORMAT, "%s: bad magic (not a .npy file)", path);
     }
     int major = pre[6], minor = pre[7];
     if ((major != 1 && major != 2 && major != 3) || minor != 0) {
         fclose(f);
-        return qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: unsupported .npy format version %d.%d", path, major, minor);
+        return qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: unsupported .npy format version %d.%d", path, major,
+                         minor);
     }
     size_t prefix = major == 1 ? 10 : 12;
     if (major != 1) got += fread(pre + 10, 1, 2, f);
     if (got < prefix) {
         fclose(f);
-        return qlab_fail(QLAB_ERR_FORMAT, "%s: truncated header (file is %" PRIu64 " bytes)", path, file_size);
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: truncated header (file is %" PRIu64 " bytes)", path,
+                         file_size);
     }
     uint64_t header_len = major == 1 ? (uint64_t)pre[8] | (uint64_t)pre[9] << 8
                                      : (uint64_t)pre[8] | (uint64_t)pre[9] << 8 | (uint64_t)pre[10] << 16 |
                                            (uint64_t)pre[11] << 24;
     if (header_len > file_size - prefix) {
         fclose(f);
-        return qlab_fail(QLAB_ERR_FORMAT, "%s: header length %" PRIu64 " goes beyond the file (%" PRIu64 " bytes)",
-                         path, header_len, file_size);
+        return qlab_fail(QLAB_ERR_FORMAT,
+                         "%s: header length %" PRIu64 " goes beyond the file (%" PRIu64 " bytes)", path,
+                         header_len, file_size);
     }
     if (header_len > NPY_MAX_HEADER_BYTES) {
         fclose(f);
@@ -287,8 +289,8 @@ static qlab_status npy_read_inner(const char *path, npy_array *arr) {
         char shp[256];
         npy_shape_text(arr, shp, sizeof shp);
         fclose(f);
-        qlab_fail(QLAB_ERR_FORMAT, "%s: data is %" PRIu64 " bytes but shape %s of %s needs %" PRIu64 "%s", path,
-                  have, shp, arr->dtype, need, have > need ? " (trailing bytes)" : " (truncated)");
+        qlab_fail(QLAB_ERR_FORMAT, "%s: data is %" PRIu64 " bytes but shape %s of %s needs %" PRIu64 "%s",
+                  path, have, shp, arr->dtype, need, have > need ? " (trailing bytes)" : " (truncated)");
         memset(arr, 0, sizeof *arr);
         return QLAB_ERR_FORMAT;
     }
@@ -308,7 +310,7 @@ static qlab_status npy_read_inner(const char *path, npy_array *arr) {
 }
 
 qlab_status npy_read(const char *path, npy_array *arr) {
-    return npy_one_line(npy_read_inner(path, arr));
+    return npy_read_inner(path, arr);
 }
 
 qlab_status npy_read_f32(const char *path, int u2_is_bf16, npy_array *arr) {
@@ -321,8 +323,9 @@ qlab_status npy_read_f32(const char *path, int u2_is_bf16, npy_array *arr) {
     int is_f2 = !strcmp(raw.dtype, "<f2"), is_f8 = !strcmp(raw.dtype, "<f8");
     int is_bf16 = !strcmp(raw.dtype, "<u2") && u2_is_bf16;
     if (!is_f2 && !is_f8 && !is_bf16) {
-        qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: dtype '%s' cannot be read as fp32 (expected <f4, <f2, <f8%s)", path,
-                  raw.dtype, !strcmp(raw.dtype, "<u2") ? "; <u2 only when declared bf16" : " or bf16 as <u2");
+        qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: dtype '%s' cannot be read as fp32 (expected <f4, <f2, <f8%s)",
+                  path, raw.dtype,
+                  !strcmp(raw.dtype, "<u2") ? "; <u2 only when declared bf16" : " or bf16 as <u2");
         npy_free(&raw);
         return QLAB_ERR_UNSUPPORTED;
     }
@@ -359,17 +362,20 @@ qlab_status npy_format_header(const char *dtype, int ndim, const int64_t *shape,
     if (ndim < 0 || ndim > NPY_MAX_DIMS)
         return qlab_fail(QLAB_ERR_ARG, "npy: ndim %d outside 0..%d", ndim, NPY_MAX_DIMS);
     char dict[1024];
-    size_t n = (size_t)snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (", canon);
+    size_t n =
+        (size_t)snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (", canon);
     for (int i = 0; i < ndim; i++) {
         if (shape[i] < 0) return qlab_fail(QLAB_ERR_ARG, "npy: negative dimension %" PRId64, shape[i]);
         n += (size_t)snprintf(dict + n, sizeof dict - n, "%s%" PRId64, i ? ", " : "", shape[i]);
     }
     n += (size_t)snprintf(dict + n, sizeof dict - n, "%s), }", ndim == 1 ? "," : "");
-    /* numpy >= 1.24 leaves room for the first axis to grow to 21 digits, so files can be appended in place. */
+    /* numpy >= 1.24 leaves room for the first axis to grow to 21 digits, so files can be appended in place.
+     */
     if (ndim > 0) {
         char first[32];
         int digits = snprintf(first, sizeof first, "%" PRId64, shape[0]);
-        for (int i = digits; i < 21; i++) dict[n++] = ' ';
+        for (int i = digits; i < 21; i++)
+            dict[n++] = ' ';
     }
     /* numpy pads with 1..64 spaces (a full 64 when already aligned) so the total is a multiple of 64 ending
      * in '\n'; version 1.0 holds header lengths up to 65535, beyond that 2.0. */
@@ -380,7 +386,8 @@ qlab_status npy_format_header(const char *dtype, int ndim, const int64_t *shape,
         total = prefix + n + 1;
         total += 64 - total % 64;
     }
-    if (total > cap) return qlab_fail(QLAB_ERR_ARG, "npy: header needs %zu bytes, buffer holds %zu", total, cap);
+    if (total > cap)
+        return qlab_fail(QLAB_ERR_ARG, "npy: header needs %zu bytes, buffer holds %zu", total, cap);
     size_t hlen = total - prefix;
     memcpy(buf, npy_magic, 6);
     buf[6] = prefix == 10 ? 1 : 2;
@@ -412,24 +419,9 @@ qlab_status npy_write(const char *path, const char *dtype, int ndim, const int64
         return qlab_fail(QLAB_ERR_ARG, "%s: array too large", path);
     if (bytes && !data) return qlab_fail(QLAB_ERR_ARG, "%s: no data to write", path);
 
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
-        return qlab_fail(QLAB_ERR_ARG, "%s: path too long", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) return qlab_fail(QLAB_ERR_IO, "%s: cannot create %s: %s", path, tmp, strerror(errno));
-    int ok = fwrite(header, 1, hlen, f) == hlen;
-    ok = ok && (bytes == 0 || fwrite(data, 1, bytes, f) == bytes);
-    ok = (fflush(f) == 0) && ok;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok) {
-        int e = errno;
-        remove(tmp);
-        return qlab_fail(QLAB_ERR_IO, "%s: write failed: %s", path, strerror(e));
-    }
-    if (rename(tmp, path) != 0) {
-        int e = errno;
-        remove(tmp);
-        return qlab_fail(QLAB_ERR_IO, "%s: cannot rename into place: %s", path, strerror(e));
-    }
-    return QLAB_OK;
+    atomic_file w;
+    QLAB_TRY(atomic_file_open(&w, path));
+    atomic_file_write(&w, header, hlen);
+    atomic_file_write(&w, data, bytes);
+    return atomic_file_commit(&w);
 }

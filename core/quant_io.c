@@ -12,18 +12,9 @@
 
 #define QUANT_IO_NAME_MAX 1024
 
-/* Names inside a file may hold control characters (JSON allows "\n" in a key); the error message must
- * stay one line, so they are shown as '?'. */
-static qlab_status quant_io_one_line(qlab_status st) {
-    if (st == QLAB_OK) return st;
-    char msg[1024];
-    snprintf(msg, sizeof msg, "%s", qlab_last_error());
-    for (char *c = msg; *c; c++)
-        if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
-    return qlab_fail(st, "%s", msg);
+static int quant_io_is_bnb(quant_dtype dt) {
+    return dt == QUANT_NF4 || dt == QUANT_FP4;
 }
-
-static int quant_io_is_bnb(quant_dtype dt) { return dt == QUANT_NF4 || dt == QUANT_FP4; }
 
 static void quant_io_state_name(const char *name, quant_dtype dt, char *out, size_t cap) {
     snprintf(out, cap, "%s.quant_state.%s__%s", name, quant_io_is_bnb(dt) ? "bitsandbytes" : "qlab",
@@ -45,18 +36,18 @@ static qlab_status quant_io_check(const char *name, const quant_tensor *qt) {
     if (quant_check_blocksize(qt->dtype, qt->blocksize) != QLAB_OK)
         return qlab_fail_context(QLAB_ERR_ARG, "tensor '%s'", name);
     if (qt->n < 0 || qt->ndim < 1 || qt->ndim > 4)
-        return qlab_fail(QLAB_ERR_ARG, "tensor '%s': n=%" PRId64 ", ndim=%d (need n >= 0 and 1..4 dims)", name,
-                         qt->n, qt->ndim);
+        return qlab_fail(QLAB_ERR_ARG, "tensor '%s': n=%" PRId64 ", ndim=%d (need n >= 0 and 1..4 dims)",
+                         name, qt->n, qt->ndim);
     int64_t prod = 1;
     for (int i = 0; i < qt->ndim; i++)
         if (qt->shape[i] < 0 || __builtin_mul_overflow(prod, qt->shape[i], &prod))
             return qlab_fail(QLAB_ERR_ARG, "tensor '%s': bad shape", name);
     if (prod != qt->n)
-        return qlab_fail(QLAB_ERR_ARG, "tensor '%s': shape holds %" PRId64 " elements but n=%" PRId64, name, prod,
-                         qt->n);
+        return qlab_fail(QLAB_ERR_ARG, "tensor '%s': shape holds %" PRId64 " elements but n=%" PRId64, name,
+                         prod, qt->n);
     if (qt->nblocks != (qt->n + qt->blocksize - 1) / qt->blocksize)
-        return qlab_fail(QLAB_ERR_ARG, "tensor '%s': nblocks=%" PRId64 " does not match n and blocksize", name,
-                         qt->nblocks);
+        return qlab_fail(QLAB_ERR_ARG, "tensor '%s': nblocks=%" PRId64 " does not match n and blocksize",
+                         name, qt->nblocks);
     int has_absmax = quant_dtype_has_fp32_absmax(qt->dtype);
     if (qt->double_quant && !has_absmax)
         return qlab_fail(QLAB_ERR_ARG, "tensor '%s': double quantization set on %s", name,
@@ -66,9 +57,12 @@ static qlab_status quant_io_check(const char *name, const quant_tensor *qt) {
         if (has_absmax && qt->double_quant)
             missing |= !qt->dq_codes || !qt->dq_absmax ||
                        qt->dq_nblocks != (qt->nblocks + QUANT_DQ_BLOCKSIZE - 1) / QUANT_DQ_BLOCKSIZE;
-        else if (has_absmax) missing |= !qt->absmax;
-        else if (qt->dtype == QUANT_IQ4_NL) missing |= !qt->scale16;
-        else missing |= !qt->scale8;
+        else if (has_absmax)
+            missing |= !qt->absmax;
+        else if (qt->dtype == QUANT_IQ4_NL)
+            missing |= !qt->scale16;
+        else
+            missing |= !qt->scale8;
     }
     if (missing) return qlab_fail(QLAB_ERR_ARG, "tensor '%s': codes or block constants missing", name);
     if (qt->double_quant && !isfinite(qt->dq_offset))
@@ -79,7 +73,8 @@ static qlab_status quant_io_check(const char *name, const quant_tensor *qt) {
 qlab_status quant_io_add(safetensors_writer *w, const char *name, const quant_tensor *qt) {
     QLAB_TRY(quant_io_check(name, qt));
     char key[QUANT_IO_NAME_MAX + 64];
-    if (strlen(name) > QUANT_IO_NAME_MAX) return qlab_fail(QLAB_ERR_ARG, "tensor name too long: '%.64s...'", name);
+    if (strlen(name) > QUANT_IO_NAME_MAX)
+        return qlab_fail(QLAB_ERR_ARG, "tensor name too long: '%.64s...'", name);
     int64_t packed = (qt->n + 1) / 2;
     int64_t shape[2] = {packed, 1};
     QLAB_TRY(safetensors_writer_add(w, name, SAFETENSORS_U8, 2, shape, qt->codes));
@@ -93,7 +88,8 @@ qlab_status quant_io_add(safetensors_writer *w, const char *name, const quant_te
             snprintf(key, sizeof key, "%s.nested_absmax", name);
             QLAB_TRY(safetensors_writer_add(w, key, SAFETENSORS_F32, 1, dq, qt->dq_absmax));
             snprintf(key, sizeof key, "%s.nested_quant_map", name);
-            QLAB_TRY(safetensors_writer_add_copy(w, key, SAFETENSORS_F32, 1, map, quant_dynamic_map_signed()));
+            QLAB_TRY(
+                safetensors_writer_add_copy(w, key, SAFETENSORS_F32, 1, map, quant_dynamic_map_signed()));
         } else {
             QLAB_TRY(safetensors_writer_add(w, key, SAFETENSORS_F32, 1, nb, qt->absmax));
         }
@@ -115,7 +111,8 @@ qlab_status quant_io_add(safetensors_writer *w, const char *name, const quant_te
 
     /* The JSON text, with Python json.dumps' separators so the bytes match what bitsandbytes writes. */
     char json[512], num[64];
-    int len = snprintf(json, sizeof json, "{\"quant_type\": \"%s\", \"blocksize\": %d, \"dtype\": \"float32\", \"shape\": [",
+    int len = snprintf(json, sizeof json,
+                       "{\"quant_type\": \"%s\", \"blocksize\": %d, \"dtype\": \"float32\", \"shape\": [",
                        quant_dtype_name(qt->dtype), qt->blocksize);
     for (int i = 0; i < qt->ndim; i++)
         len += snprintf(json + len, sizeof json - (size_t)len, "%s%" PRId64, i ? ", " : "", qt->shape[i]);
@@ -143,8 +140,8 @@ static qlab_status quant_io_find_state(const safetensors_file *f, const char *na
         const safetensors_tensor *t = safetensors_find(f, key);
         if (t) {
             if (found++)
-                return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s' has two quant_state entries (%s and %s)", f->path,
-                                 name, quant_dtype_name(*dt), quant_dtype_name((quant_dtype)d));
+                return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s' has two quant_state entries (%s and %s)",
+                                 f->path, name, quant_dtype_name(*dt), quant_dtype_name((quant_dtype)d));
             *dt = (quant_dtype)d;
             *state = t;
         }
@@ -153,10 +150,10 @@ static qlab_status quant_io_find_state(const safetensors_file *f, const char *na
         snprintf(key, sizeof key, "%s.quant_state.", name);
         for (int i = 0; i < f->n_tensors; i++)
             if (!strncmp(f->tensors[i].name, key, strlen(key)))
-                return qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: tensor '%s': unknown quant state '%s'", f->path, name,
-                                 f->tensors[i].name + strlen(key));
-        return qlab_fail(QLAB_ERR_FORMAT, "%s: no quantized tensor named '%s' (no %s.quant_state.* entry)", f->path,
-                         name, name);
+                return qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: tensor '%s': unknown quant state '%s'", f->path,
+                                 name, f->tensors[i].name + strlen(key));
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: no quantized tensor named '%s' (no %s.quant_state.* entry)",
+                         f->path, name, name);
     }
     return QLAB_OK;
 }
@@ -179,7 +176,8 @@ static const char *quant_io_state_suffix(const char *tensor_name) {
 
 int quant_io_count(const safetensors_file *f) {
     int n = 0;
-    for (int i = 0; i < f->n_tensors; i++) n += quant_io_state_suffix(f->tensors[i].name) != NULL;
+    for (int i = 0; i < f->n_tensors; i++)
+        n += quant_io_state_suffix(f->tensors[i].name) != NULL;
     return n;
 }
 
@@ -216,8 +214,9 @@ static qlab_status quant_io_take(const safetensors_file *f, const char *name, co
     const safetensors_tensor *t = safetensors_find(f, key);
     if (!t) return qlab_fail(QLAB_ERR_FORMAT, "%s: quantized tensor '%s' lacks '%s'", f->path, name, key);
     if (t->dtype != dt || t->count != count)
-        return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s' is %s with %" PRId64 " elements, expected %s with %" PRId64,
-                         f->path, key, safetensors_dtype_name(t->dtype), t->count, safetensors_dtype_name(dt), count);
+        return qlab_fail(
+            QLAB_ERR_FORMAT, "%s: tensor '%s' is %s with %" PRId64 " elements, expected %s with %" PRId64,
+            f->path, key, safetensors_dtype_name(t->dtype), t->count, safetensors_dtype_name(dt), count);
     *out = qlab_alloc_aligned(t->nbytes);
     if (!*out) return qlab_fail_context(QLAB_ERR_NOMEM, "%s: tensor '%s'", f->path, key);
     if (t->nbytes) memcpy(*out, t->data, t->nbytes);
@@ -231,8 +230,9 @@ static qlab_status quant_io_check_map(const safetensors_file *f, const char *nam
     QLAB_TRY(quant_io_take(f, name, suffix, SAFETENSORS_F32, count, (void **)&map));
     for (int i = 0; i < count; i++)
         if (!(map[i] == expect[i])) {
-            qlab_status st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s%s' entry %d is %.9g, but the %s value is %.9g",
-                                       f->path, name, suffix, i, (double)map[i], what, (double)expect[i]);
+            qlab_status st =
+                qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s%s' entry %d is %.9g, but the %s value is %.9g",
+                          f->path, name, suffix, i, (double)map[i], what, (double)expect[i]);
             qlab_free_aligned(map);
             return st;
         }
@@ -244,8 +244,8 @@ static qlab_status quant_io_read_state(const safetensors_file *f, const char *na
                                        const safetensors_tensor *state, quant_tensor *qt) {
     const char *path = f->path;
     if (state->dtype != SAFETENSORS_U8)
-        return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s' quant_state is %s, expected U8 JSON bytes", path, name,
-                         safetensors_dtype_name(state->dtype));
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s' quant_state is %s, expected U8 JSON bytes", path,
+                         name, safetensors_dtype_name(state->dtype));
     cJSON *root = cJSON_ParseWithLength(state->data, state->nbytes);
     if (!root || !cJSON_IsObject(root)) {
         cJSON_Delete(root);
@@ -266,7 +266,8 @@ static qlab_status quant_io_read_state(const safetensors_file *f, const char *na
         goto done;
     }
     if (!quant_io_json_int(bs, 1, QUANT_MAX_BLOCKSIZE * 16, &v)) {
-        st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': quant_state blocksize missing or not an integer", path, name);
+        st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': quant_state blocksize missing or not an integer",
+                       path, name);
         goto done;
     }
     qt->blocksize = (int)v;
@@ -275,13 +276,14 @@ static qlab_status quant_io_read_state(const safetensors_file *f, const char *na
         goto done;
     }
     if (!cJSON_IsString(dtype)) {
-        st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': quant_state dtype missing or not a string", path, name);
+        st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': quant_state dtype missing or not a string", path,
+                       name);
         goto done;
     }
     int ndim = cJSON_IsArray(shape) ? cJSON_GetArraySize(shape) : -1;
     if (ndim < 1 || ndim > 4) {
-        st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': quant_state shape must be a list of 1 to 4 integers", path,
-                       name);
+        st = qlab_fail(QLAB_ERR_FORMAT,
+                       "%s: tensor '%s': quant_state shape must be a list of 1 to 4 integers", path, name);
         goto done;
     }
     qt->ndim = ndim;
@@ -290,7 +292,8 @@ static qlab_status quant_io_read_state(const safetensors_file *f, const char *na
     const cJSON *d;
     cJSON_ArrayForEach(d, shape) {
         if (!quant_io_json_int(d, 0, INT64_MAX / 2, &v) || __builtin_mul_overflow(qt->n, v, &qt->n)) {
-            st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': quant_state shape entry %d is invalid", path, name, i);
+            st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': quant_state shape entry %d is invalid", path,
+                           name, i);
             goto done;
         }
         qt->shape[i++] = v;
@@ -313,8 +316,8 @@ static qlab_status quant_io_read_state(const safetensors_file *f, const char *na
     qt->double_quant = has_nested_tensor;
     if (qt->double_quant) {
         if (!quant_dtype_has_fp32_absmax(dt)) {
-            st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': double quantization is not defined for %s", path, name,
-                           quant_dtype_name(dt));
+            st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': double quantization is not defined for %s",
+                           path, name, quant_dtype_name(dt));
             goto done;
         }
         if (!quant_io_json_int(nbs, 1, INT32_MAX, &v) || v != QUANT_DQ_BLOCKSIZE) {
@@ -323,11 +326,13 @@ static qlab_status quant_io_read_state(const safetensors_file *f, const char *na
             goto done;
         }
         if (!cJSON_IsNumber(noff) || !isfinite(noff->valuedouble) || fabs(noff->valuedouble) > 3.4e38) {
-            st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': nested_offset missing or not a finite number", path, name);
+            st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': nested_offset missing or not a finite number",
+                           path, name);
             goto done;
         }
         if (!cJSON_IsString(ndt)) {
-            st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': nested_dtype missing or not a string", path, name);
+            st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': nested_dtype missing or not a string", path,
+                           name);
             goto done;
         }
         qt->dq_offset = (float)noff->valuedouble;
@@ -382,15 +387,17 @@ static qlab_status quant_io_read_inner(const safetensors_file *f, const char *na
 }
 
 qlab_status quant_io_read(const safetensors_file *f, const char *name, quant_tensor *qt) {
-    return quant_io_one_line(quant_io_read_inner(f, name, qt));
+    return quant_io_read_inner(f, name, qt);
 }
 
 qlab_status quant_io_save(const char *path, const char *name, const quant_tensor *qt) {
     safetensors_writer *w = safetensors_writer_new();
     if (!w) return qlab_fail_context(QLAB_ERR_NOMEM, "%s", path);
     qlab_status st = quant_io_add(w, name, qt);
-    if (st != QLAB_OK) qlab_fail_context(st, "%s", path);
-    else st = safetensors_writer_write(w, path);
+    if (st != QLAB_OK)
+        qlab_fail_context(st, "%s", path);
+    else
+        st = safetensors_writer_write(w, path);
     safetensors_writer_free(w);
     return st;
 }

@@ -1,4 +1,4 @@
-/* safetensors reader (mmap + full validation) and writer (atomic, reference layout). The validation rules
+/* safetensors reader: memory-maps a file (or the shards of a checkpoint) and validates it completely. The rules
  * follow the reference implementation: tensors must tile the data section exactly, in offset order, with
  * no gap and no overlap, so a file we accept is one every other reader accepts too. */
 #include "safetensors.h"
@@ -16,17 +16,6 @@
 #include <unistd.h>
 
 #include "half.h"
-
-/* Names inside a file may hold control characters (JSON allows "\n" in a key); the error message must
- * stay one line, so they are shown as '?'. */
-static qlab_status safetensors_one_line(qlab_status st) {
-    if (st == QLAB_OK) return st;
-    char msg[1024];
-    snprintf(msg, sizeof msg, "%s", qlab_last_error());
-    for (char *c = msg; *c; c++)
-        if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
-    return qlab_fail(st, "%s", msg);
-}
 
 static const struct {
     const char *name;
@@ -66,7 +55,8 @@ static int safetensors_cmp_name(const void *a, const void *b) {
 }
 
 static int safetensors_cmp_offset(const void *a, const void *b) {
-    const safetensors_tensor *x = *(const safetensors_tensor *const *)a, *y = *(const safetensors_tensor *const *)b;
+    const safetensors_tensor *x = *(const safetensors_tensor *const *)a,
+                             *y = *(const safetensors_tensor *const *)b;
     if (x->offset != y->offset) return x->offset < y->offset ? -1 : 1;
     if (x->nbytes != y->nbytes) return x->nbytes < y->nbytes ? -1 : 1;
     return strcmp(x->name, y->name);
@@ -74,7 +64,8 @@ static int safetensors_cmp_offset(const void *a, const void *b) {
 
 void safetensors_close(safetensors_file *f) {
     if (!f) return;
-    for (int i = 0; i < f->n_tensors; i++) free(f->tensors[i].name);
+    for (int i = 0; i < f->n_tensors; i++)
+        free(f->tensors[i].name);
     free(f->tensors);
     for (int i = 0; i < f->n_metadata; i++) {
         free(f->metadata_keys[i]);
@@ -106,17 +97,20 @@ static qlab_status safetensors_parse_entry(const char *path, const cJSON *item, 
     const cJSON *offs = cJSON_GetObjectItemCaseSensitive(item, "data_offsets");
     if (!dtype || !shape || !offs)
         return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': missing '%s'", path, name,
-                         !dtype ? "dtype" : !shape ? "shape" : "data_offsets");
+                         !dtype   ? "dtype"
+                         : !shape ? "shape"
+                                  : "data_offsets");
     if (!cJSON_IsString(dtype))
         return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': dtype is not a string", path, name);
     if (safetensors_dtype_parse(dtype->valuestring, &t->dtype) != QLAB_OK)
         return qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: tensor '%s': unknown dtype '%s'", path, name,
                          dtype->valuestring);
-    if (!cJSON_IsArray(shape)) return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': shape is not a list", path, name);
+    if (!cJSON_IsArray(shape))
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': shape is not a list", path, name);
     int ndim = cJSON_GetArraySize(shape);
     if (ndim > SAFETENSORS_MAX_DIMS)
-        return qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: tensor '%s': %d dimensions (at most %d supported)", path, name,
-                         ndim, SAFETENSORS_MAX_DIMS);
+        return qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: tensor '%s': %d dimensions (at most %d supported)", path,
+                         name, ndim, SAFETENSORS_MAX_DIMS);
     t->ndim = ndim;
     int64_t count = 1;
     int i = 0;
@@ -124,8 +118,8 @@ static qlab_status safetensors_parse_entry(const char *path, const cJSON *item, 
     cJSON_ArrayForEach(d, shape) {
         uint64_t v;
         if (!safetensors_json_uint(d, &v))
-            return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': shape entry %d is not a non-negative integer", path,
-                             name, i);
+            return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': shape entry %d is not a non-negative integer",
+                             path, name, i);
         t->shape[i++] = (int64_t)v;
         if (__builtin_mul_overflow(count, (int64_t)v, &count))
             return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': shape product overflows 64 bits", path, name);
@@ -138,15 +132,16 @@ static qlab_status safetensors_parse_entry(const char *path, const cJSON *item, 
     t->nbytes = (size_t)nbytes;
     if (!cJSON_IsArray(offs) || cJSON_GetArraySize(offs) != 2 || !safetensors_json_uint(offs->child, begin) ||
         !safetensors_json_uint(offs->child->next, end))
-        return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': data_offsets must be two non-negative integers", path,
-                         name);
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': data_offsets must be two non-negative integers",
+                         path, name);
     if (*end < *begin)
-        return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] are reversed",
-                         path, name, *begin, *end);
+        return qlab_fail(QLAB_ERR_FORMAT,
+                         "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] are reversed", path, name,
+                         *begin, *end);
     if (*end - *begin != nbytes)
         return qlab_fail(QLAB_ERR_FORMAT,
-                         "%s: tensor '%s': data_offsets span %" PRIu64 " bytes but shape x %s needs %" PRIu64, path,
-                         name, *end - *begin, safetensors_dtype_name(t->dtype), nbytes);
+                         "%s: tensor '%s': data_offsets span %" PRIu64 " bytes but shape x %s needs %" PRIu64,
+                         path, name, *end - *begin, safetensors_dtype_name(t->dtype), nbytes);
     if (*end > data_size)
         return qlab_fail(QLAB_ERR_FORMAT,
                          "%s: tensor '%s': data_offsets end %" PRIu64 " is outside the data section (%" PRIu64
@@ -155,12 +150,35 @@ static qlab_status safetensors_parse_entry(const char *path, const cJSON *item, 
     return QLAB_OK;
 }
 
-static qlab_status safetensors_parse_header(safetensors_file *f, const char *json, size_t n, uint64_t data_size,
-                                            size_t data_start) {
+/* Offset of the first byte that breaks UTF-8 (overlong forms, surrogates and values above U+10FFFF
+ * included), or n when the text is valid. The reference refuses non-UTF-8 headers; so do we. */
+static size_t safetensors_utf8_error(const unsigned char *s, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = s[i];
+        size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        if (len == 0 || i + len > n) return i;
+        uint32_t cp = len == 1 ? c : len == 2 ? (c & 0x1f) : len == 3 ? (c & 0x0f) : (c & 0x07);
+        for (size_t k = 1; k < len; k++) {
+            if ((s[i + k] & 0xc0) != 0x80) return i;
+            cp = cp << 6 | (s[i + k] & 0x3f);
+        }
+        static const uint32_t min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
+        if (cp < min_cp[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return i;
+        i += len;
+    }
+    return n;
+}
+
+static qlab_status safetensors_parse_header(safetensors_file *f, const char *json, size_t n,
+                                            uint64_t data_size, size_t data_start) {
     const char *path = f->path, *parse_end = NULL;
+    size_t bad = safetensors_utf8_error((const unsigned char *)json, n);
+    if (bad < n) return qlab_fail(QLAB_ERR_FORMAT, "%s: header is not valid UTF-8 (byte %zu)", path, bad);
     cJSON *root = cJSON_ParseWithLengthOpts(json, n, &parse_end, 0);
     if (!root) {
-        size_t at = cJSON_GetErrorPtr() && cJSON_GetErrorPtr() >= json ? (size_t)(cJSON_GetErrorPtr() - json) : 0;
+        size_t at =
+            cJSON_GetErrorPtr() && cJSON_GetErrorPtr() >= json ? (size_t)(cJSON_GetErrorPtr() - json) : 0;
         return qlab_fail(QLAB_ERR_FORMAT, "%s: header is not valid JSON (near byte %zu)", path, at);
     }
     qlab_status st = QLAB_OK;
@@ -233,7 +251,8 @@ static qlab_status safetensors_parse_header(safetensors_file *f, const char *jso
     qsort(f->tensors, (size_t)f->n_tensors, sizeof *f->tensors, safetensors_cmp_name);
     for (int i = 1; i < f->n_tensors; i++)
         if (!strcmp(f->tensors[i - 1].name, f->tensors[i].name)) {
-            st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s' appears twice in the header", path, f->tensors[i].name);
+            st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s' appears twice in the header", path,
+                           f->tensors[i].name);
             goto done;
         }
     /* The tensors must tile [0, data_size) exactly, in offset order. */
@@ -242,7 +261,8 @@ static qlab_status safetensors_parse_header(safetensors_file *f, const char *jso
         st = QLAB_ERR_NOMEM;
         goto done;
     }
-    for (int i = 0; i < f->n_tensors; i++) order[i] = &f->tensors[i];
+    for (int i = 0; i < f->n_tensors; i++)
+        order[i] = &f->tensors[i];
     qsort(order, (size_t)f->n_tensors, sizeof *order, safetensors_cmp_offset);
     uint64_t pos = 0;
     for (int i = 0; i < f->n_tensors && st == QLAB_OK; i++) {
@@ -251,13 +271,15 @@ static qlab_status safetensors_parse_header(safetensors_file *f, const char *jso
             st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s' overlaps tensor '%s' (data_offsets)", path,
                            order[i]->name, order[i - 1]->name);
         else if (b > pos)
-            st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': gap of %" PRIu64 " unused bytes before its data", path,
-                           order[i]->name, b - pos);
+            st =
+                qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': gap of %" PRIu64 " unused bytes before its data",
+                          path, order[i]->name, b - pos);
         pos = b + order[i]->nbytes;
     }
     if (st == QLAB_OK && pos != data_size)
-        st = qlab_fail(QLAB_ERR_FORMAT, "%s: data section is %" PRIu64 " bytes but the tensors cover %" PRIu64
-                                        " (trailing bytes)",
+        st = qlab_fail(QLAB_ERR_FORMAT,
+                       "%s: data section is %" PRIu64 " bytes but the tensors cover %" PRIu64
+                       " (trailing bytes)",
                        path, data_size, pos);
     free(order);
 done:
@@ -280,7 +302,8 @@ static qlab_status safetensors_open_inner(safetensors_file *f, const char *path)
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
         st = qlab_fail(QLAB_ERR_IO, "%s: not a regular file", path);
     } else if ((uint64_t)sb.st_size < 8) {
-        st = qlab_fail(QLAB_ERR_FORMAT, "%s: file is %" PRIu64 " bytes, too short for the 8-byte header length", path,
+        st = qlab_fail(QLAB_ERR_FORMAT,
+                       "%s: file is %" PRIu64 " bytes, too short for the 8-byte header length", path,
                        (uint64_t)sb.st_size);
     } else if ((uint64_t)sb.st_size > SIZE_MAX) {
         st = qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: file too large to map", path);
@@ -301,11 +324,13 @@ static qlab_status safetensors_open_inner(safetensors_file *f, const char *path)
     }
     const unsigned char *b = f->map_base;
     uint64_t n = 0;
-    for (int i = 7; i >= 0; i--) n = n << 8 | b[i];
+    for (int i = 7; i >= 0; i--)
+        n = n << 8 | b[i];
     uint64_t size = f->map_size;
     if (n > size - 8)
-        st = qlab_fail(QLAB_ERR_FORMAT, "%s: header length %" PRIu64 " goes beyond the file (%" PRIu64 " bytes)%s",
-                       path, n, size, memcmp(b, "\x93NUMPY", 6) == 0 ? ": this is a .npy file, not safetensors" : "");
+        st = qlab_fail(QLAB_ERR_FORMAT,
+                       "%s: header length %" PRIu64 " goes beyond the file (%" PRIu64 " bytes)%s", path, n,
+                       size, memcmp(b, "\x93NUMPY", 6) == 0 ? ": this is a .npy file, not safetensors" : "");
     else if (n > SAFETENSORS_MAX_HEADER_BYTES)
         st = qlab_fail(QLAB_ERR_FORMAT, "%s: header length %" PRIu64 " exceeds the %u-byte limit", path, n,
                        SAFETENSORS_MAX_HEADER_BYTES);
@@ -321,7 +346,7 @@ static qlab_status safetensors_open_inner(safetensors_file *f, const char *path)
 }
 
 qlab_status safetensors_open(safetensors_file *f, const char *path) {
-    return safetensors_one_line(safetensors_open_inner(f, path));
+    return safetensors_open_inner(f, path);
 }
 
 const safetensors_tensor *safetensors_find(const safetensors_file *f, const char *name) {
@@ -346,7 +371,9 @@ qlab_status safetensors_tensor_to_f32(const safetensors_tensor *t, float *out) {
     const unsigned char *p = t->data;
     int64_t n = t->count;
     switch (t->dtype) {
-    case SAFETENSORS_F32: memcpy(out, p, t->nbytes); return QLAB_OK;
+    case SAFETENSORS_F32:
+        memcpy(out, p, t->nbytes);
+        return QLAB_OK;
     case SAFETENSORS_F16:
     case SAFETENSORS_BF16:
         for (int64_t i = 0; i < n; i++) {
@@ -362,13 +389,13 @@ qlab_status safetensors_tensor_to_f32(const safetensors_tensor *t, float *out) {
             out[i] = (float)d;
         }
         return QLAB_OK;
-#define SAFETENSORS_INT_CASE(DT, TYPE)                                                                    \
-    case DT:                                                                                              \
-        for (int64_t i = 0; i < n; i++) {                                                                 \
-            TYPE v;                                                                                       \
-            memcpy(&v, p + sizeof(TYPE) * i, sizeof(TYPE));                                              \
-            out[i] = (float)v;                                                                            \
-        }                                                                                                 \
+#define SAFETENSORS_INT_CASE(DT, TYPE)                                                                       \
+    case DT:                                                                                                 \
+        for (int64_t i = 0; i < n; i++) {                                                                    \
+            TYPE v;                                                                                          \
+            memcpy(&v, p + sizeof(TYPE) * i, sizeof(TYPE));                                                  \
+            out[i] = (float)v;                                                                               \
+        }                                                                                                    \
         return QLAB_OK;
         SAFETENSORS_INT_CASE(SAFETENSORS_U8, uint8_t)
         SAFETENSORS_INT_CASE(SAFETENSORS_I8, int8_t)
@@ -379,7 +406,8 @@ qlab_status safetensors_tensor_to_f32(const safetensors_tensor *t, float *out) {
         SAFETENSORS_INT_CASE(SAFETENSORS_I64, int64_t)
         SAFETENSORS_INT_CASE(SAFETENSORS_U64, uint64_t)
 #undef SAFETENSORS_INT_CASE
-    default: break;
+    default:
+        break;
     }
     return qlab_fail(QLAB_ERR_UNSUPPORTED, "tensor '%s': dtype %s cannot be converted to fp32", t->name,
                      safetensors_dtype_name(t->dtype));
@@ -389,14 +417,15 @@ qlab_status safetensors_read_f32(const safetensors_file *f, const char *name, fl
     const safetensors_tensor *t;
     QLAB_TRY(safetensors_require(f, name, &t));
     if (t->count != count)
-        return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s' has %" PRId64 " elements, expected %" PRId64, f->path,
-                         name, t->count, count);
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s' has %" PRId64 " elements, expected %" PRId64,
+                         f->path, name, t->count, count);
     qlab_status st = safetensors_tensor_to_f32(t, out);
     if (st != QLAB_OK) return qlab_fail_context(st, "%s", f->path);
     return QLAB_OK;
 }
 
-qlab_status safetensors_read_f32_alloc(const safetensors_file *f, const char *name, float **out, int64_t *count) {
+qlab_status safetensors_read_f32_alloc(const safetensors_file *f, const char *name, float **out,
+                                       int64_t *count) {
     const safetensors_tensor *t;
     *out = NULL;
     QLAB_TRY(safetensors_require(f, name, &t));
@@ -420,8 +449,8 @@ qlab_status safetensors_read_raw(const safetensors_file *f, const char *name, sa
         return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s' is %s, expected %s", f->path, name,
                          safetensors_dtype_name(t->dtype), safetensors_dtype_name(dt));
     if (count >= 0 && t->count != count)
-        return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s' has %" PRId64 " elements, expected %" PRId64, f->path,
-                         name, t->count, count);
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s' has %" PRId64 " elements, expected %" PRId64,
+                         f->path, name, t->count, count);
     if (t->nbytes) memcpy(out, t->data, t->nbytes);
     return QLAB_OK;
 }
@@ -430,7 +459,8 @@ qlab_status safetensors_read_raw(const safetensors_file *f, const char *name, sa
 
 void safetensors_checkpoint_close(safetensors_checkpoint *ck) {
     if (!ck) return;
-    for (int i = 0; i < ck->n_files; i++) safetensors_close(&ck->files[i]);
+    for (int i = 0; i < ck->n_files; i++)
+        safetensors_close(&ck->files[i]);
     free(ck->files);
     memset(ck, 0, sizeof *ck);
 }
@@ -450,8 +480,10 @@ static qlab_status safetensors_checkpoint_from_index(safetensors_checkpoint *ck,
     qlab_status st = QLAB_OK;
     char dir[4096];
     const char *slash = strrchr(index_path, '/');
-    if (slash) snprintf(dir, sizeof dir, "%.*s", (int)(slash - index_path), index_path);
-    else snprintf(dir, sizeof dir, ".");
+    if (slash)
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash - index_path), index_path);
+    else
+        snprintf(dir, sizeof dir, ".");
     const cJSON *map = cJSON_GetObjectItemCaseSensitive(root, "weight_map"), *e;
     if (!cJSON_IsObject(map)) {
         st = qlab_fail(QLAB_ERR_FORMAT, "%s: missing or non-object 'weight_map'", index_path);
@@ -472,7 +504,8 @@ static qlab_status safetensors_checkpoint_from_index(safetensors_checkpoint *ck,
     int n_shards = 0;
     cJSON_ArrayForEach(e, map) {
         if (!cJSON_IsString(e)) {
-            st = qlab_fail(QLAB_ERR_FORMAT, "%s: weight_map entry '%s' is not a file name", index_path, e->string);
+            st = qlab_fail(QLAB_ERR_FORMAT, "%s: weight_map entry '%s' is not a file name", index_path,
+                           e->string);
             break;
         }
         const char *s = e->valuestring;
@@ -482,15 +515,18 @@ static qlab_status safetensors_checkpoint_from_index(safetensors_checkpoint *ck,
             break;
         }
         int seen = 0;
-        for (int i = 0; i < n_shards && !seen; i++) seen = !strcmp(shard_names[i], s);
+        for (int i = 0; i < n_shards && !seen; i++)
+            seen = !strcmp(shard_names[i], s);
         if (!seen) shard_names[n_shards++] = s;
     }
     for (int i = 0; i < n_shards && st == QLAB_OK; i++) {
         char p[8192];
         snprintf(p, sizeof p, "%s/%s", dir, shard_names[i]);
         st = safetensors_open(&ck->files[i], p);
-        if (st == QLAB_OK) ck->n_files++;
-        else qlab_fail_context(st, "%s", index_path);
+        if (st == QLAB_OK)
+            ck->n_files++;
+        else
+            qlab_fail_context(st, "%s", index_path);
     }
     free(shard_names);
     /* Every weight_map entry must be where the index says. */
@@ -502,8 +538,8 @@ static qlab_status safetensors_checkpoint_from_index(safetensors_checkpoint *ck,
             if (!strcmp(base ? base + 1 : ck->files[i].path, e->valuestring)) in = &ck->files[i];
         }
         if (!in || !safetensors_find(in, e->string))
-            st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s' is listed in shard '%s' but not found there", index_path,
-                           e->string, e->valuestring);
+            st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s' is listed in shard '%s' but not found there",
+                           index_path, e->string, e->valuestring);
     }
 done:
     cJSON_Delete(root);
@@ -524,7 +560,8 @@ static qlab_status safetensors_checkpoint_open_inner(safetensors_checkpoint *ck,
         } else {
             snprintf(buf, sizeof buf, "%s/model.safetensors", path);
             if (stat(buf, &sb) != 0)
-                return qlab_fail(QLAB_ERR_IO, "%s: holds neither model.safetensors.index.json nor model.safetensors",
+                return qlab_fail(QLAB_ERR_IO,
+                                 "%s: holds neither model.safetensors.index.json nor model.safetensors",
                                  path);
         }
         file = buf;
@@ -556,7 +593,7 @@ static qlab_status safetensors_checkpoint_open_inner(safetensors_checkpoint *ck,
 }
 
 qlab_status safetensors_checkpoint_open(safetensors_checkpoint *ck, const char *path) {
-    return safetensors_one_line(safetensors_checkpoint_open_inner(ck, path));
+    return safetensors_checkpoint_open_inner(ck, path);
 }
 
 const safetensors_tensor *safetensors_checkpoint_find(const safetensors_checkpoint *ck, const char *name,
@@ -578,280 +615,4 @@ qlab_status safetensors_checkpoint_read_f32(const safetensors_checkpoint *ck, co
         return qlab_fail(QLAB_ERR_FORMAT, "%s: no tensor named '%s'",
                          ck->n_files ? ck->files[0].path : "checkpoint", name);
     return safetensors_read_f32(f, name, out, count);
-}
-
-/* ------------------------------------------------------------------ writer */
-
-typedef struct {
-    char *name;
-    safetensors_dtype dtype;
-    int ndim;
-    int64_t shape[SAFETENSORS_MAX_DIMS];
-    size_t nbytes;
-    const void *data;
-    void *owned; /* non-NULL when the writer copied the bytes */
-} safetensors_entry;
-
-struct safetensors_writer {
-    safetensors_entry *entries;
-    int n, cap;
-    char **meta_keys, **meta_values;
-    int n_meta, cap_meta;
-};
-
-safetensors_writer *safetensors_writer_new(void) { return qlab_calloc(1, sizeof(safetensors_writer)); }
-
-void safetensors_writer_free(safetensors_writer *w) {
-    if (!w) return;
-    for (int i = 0; i < w->n; i++) {
-        free(w->entries[i].name);
-        free(w->entries[i].owned);
-    }
-    free(w->entries);
-    for (int i = 0; i < w->n_meta; i++) {
-        free(w->meta_keys[i]);
-        free(w->meta_values[i]);
-    }
-    free(w->meta_keys);
-    free(w->meta_values);
-    free(w);
-}
-
-static qlab_status safetensors_writer_push(safetensors_writer *w, const char *name, safetensors_dtype dt, int ndim,
-                                           const int64_t *shape, const void *data, int copy) {
-    if (!name || !name[0] || !strcmp(name, "__metadata__"))
-        return qlab_fail(QLAB_ERR_ARG, "safetensors: invalid tensor name '%s'", name ? name : "(null)");
-    if ((unsigned)dt >= SAFETENSORS_DTYPE_COUNT)
-        return qlab_fail(QLAB_ERR_ARG, "safetensors: tensor '%s': invalid dtype %d", name, (int)dt);
-    if (ndim < 0 || ndim > SAFETENSORS_MAX_DIMS)
-        return qlab_fail(QLAB_ERR_ARG, "safetensors: tensor '%s': ndim %d outside 0..%d", name, ndim,
-                         SAFETENSORS_MAX_DIMS);
-    uint64_t count = 1, nbytes;
-    for (int i = 0; i < ndim; i++) {
-        if (shape[i] < 0)
-            return qlab_fail(QLAB_ERR_ARG, "safetensors: tensor '%s': negative dimension %" PRId64, name, shape[i]);
-        if (__builtin_mul_overflow(count, (uint64_t)shape[i], &count))
-            return qlab_fail(QLAB_ERR_ARG, "safetensors: tensor '%s': shape product overflows", name);
-    }
-    if (__builtin_mul_overflow(count, (uint64_t)safetensors_dtype_size(dt), &nbytes) || nbytes > SIZE_MAX / 2)
-        return qlab_fail(QLAB_ERR_ARG, "safetensors: tensor '%s' is too large", name);
-    if (nbytes && !data) return qlab_fail(QLAB_ERR_ARG, "safetensors: tensor '%s' has no data", name);
-    if (w->n == w->cap) {
-        int cap = w->cap ? 2 * w->cap : 16;
-        safetensors_entry *e = realloc(w->entries, (size_t)cap * sizeof *e);
-        if (!e) return qlab_fail(QLAB_ERR_NOMEM, "safetensors: out of memory");
-        w->entries = e;
-        w->cap = cap;
-    }
-    safetensors_entry *e = &w->entries[w->n];
-    memset(e, 0, sizeof *e);
-    e->name = strdup(name);
-    if (!e->name) return qlab_fail(QLAB_ERR_NOMEM, "safetensors: out of memory");
-    e->dtype = dt;
-    e->ndim = ndim;
-    for (int i = 0; i < ndim; i++) e->shape[i] = shape[i];
-    e->nbytes = (size_t)nbytes;
-    e->data = data;
-    if (copy) {
-        e->owned = malloc(e->nbytes ? e->nbytes : 1);
-        if (!e->owned) {
-            free(e->name);
-            return qlab_fail(QLAB_ERR_NOMEM, "safetensors: out of memory copying tensor '%s'", name);
-        }
-        if (e->nbytes) memcpy(e->owned, data, e->nbytes);
-        e->data = e->owned;
-    }
-    w->n++;
-    return QLAB_OK;
-}
-
-qlab_status safetensors_writer_add(safetensors_writer *w, const char *name, safetensors_dtype dt, int ndim,
-                                   const int64_t *shape, const void *data) {
-    return safetensors_writer_push(w, name, dt, ndim, shape, data, 0);
-}
-
-qlab_status safetensors_writer_add_copy(safetensors_writer *w, const char *name, safetensors_dtype dt, int ndim,
-                                        const int64_t *shape, const void *data) {
-    return safetensors_writer_push(w, name, dt, ndim, shape, data, 1);
-}
-
-qlab_status safetensors_writer_set_metadata(safetensors_writer *w, const char *key, const char *value) {
-    for (int i = 0; i < w->n_meta; i++)
-        if (!strcmp(w->meta_keys[i], key)) {
-            char *v = strdup(value);
-            if (!v) return qlab_fail(QLAB_ERR_NOMEM, "safetensors: out of memory");
-            free(w->meta_values[i]);
-            w->meta_values[i] = v;
-            return QLAB_OK;
-        }
-    if (w->n_meta == w->cap_meta) {
-        int cap = w->cap_meta ? 2 * w->cap_meta : 8;
-        char **k = realloc(w->meta_keys, (size_t)cap * sizeof *k);
-        if (!k) return qlab_fail(QLAB_ERR_NOMEM, "safetensors: out of memory");
-        w->meta_keys = k;
-        char **v = realloc(w->meta_values, (size_t)cap * sizeof *v);
-        if (!v) return qlab_fail(QLAB_ERR_NOMEM, "safetensors: out of memory");
-        w->meta_values = v;
-        w->cap_meta = cap;
-    }
-    w->meta_keys[w->n_meta] = strdup(key);
-    w->meta_values[w->n_meta] = strdup(value);
-    if (!w->meta_keys[w->n_meta] || !w->meta_values[w->n_meta]) {
-        free(w->meta_keys[w->n_meta]);
-        free(w->meta_values[w->n_meta]);
-        return qlab_fail(QLAB_ERR_NOMEM, "safetensors: out of memory");
-    }
-    w->n_meta++;
-    return QLAB_OK;
-}
-
-/* A growable byte buffer for the header text. */
-typedef struct {
-    char *p;
-    size_t n, cap;
-    int failed;
-} safetensors_text;
-
-static void safetensors_put(safetensors_text *t, const char *s, size_t len) {
-    if (t->failed) return;
-    if (t->n + len + 1 > t->cap) {
-        size_t cap = t->cap ? t->cap : 1024;
-        while (cap < t->n + len + 1) cap *= 2;
-        char *p = realloc(t->p, cap);
-        if (!p) {
-            t->failed = 1;
-            return;
-        }
-        t->p = p;
-        t->cap = cap;
-    }
-    memcpy(t->p + t->n, s, len);
-    t->n += len;
-}
-
-static void safetensors_puts(safetensors_text *t, const char *s) { safetensors_put(t, s, strlen(s)); }
-
-/* JSON string literal with the escapes JSON requires. */
-static void safetensors_put_json_string(safetensors_text *t, const char *s) {
-    safetensors_put(t, "\"", 1);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        char esc[8];
-        if (c == '"' || c == '\\') {
-            esc[0] = '\\';
-            esc[1] = (char)c;
-            safetensors_put(t, esc, 2);
-        } else if (c < 0x20) {
-            snprintf(esc, sizeof esc, "\\u%04x", c);
-            safetensors_put(t, esc, 6);
-        } else {
-            safetensors_put(t, (const char *)&c, 1);
-        }
-    }
-    safetensors_put(t, "\"", 1);
-}
-
-static int safetensors_cmp_entry_name(const void *a, const void *b) {
-    return strcmp(((const safetensors_entry *)a)->name, ((const safetensors_entry *)b)->name);
-}
-
-/* The reference implementation orders tensors by its Dtype enum (declared in increasing alignment) from
- * last to first, then by name; using the same ranks makes our files byte-identical to its output. */
-static int safetensors_reference_rank(safetensors_dtype dt) {
-    static const int rank[SAFETENSORS_DTYPE_COUNT] = {
-        [SAFETENSORS_BOOL] = 0, [SAFETENSORS_U8] = 1,   [SAFETENSORS_I8] = 2,   [SAFETENSORS_F8_E5M2] = 3,
-        [SAFETENSORS_F8_E4M3] = 4, [SAFETENSORS_I16] = 5, [SAFETENSORS_U16] = 6, [SAFETENSORS_F16] = 7,
-        [SAFETENSORS_BF16] = 8, [SAFETENSORS_I32] = 9,  [SAFETENSORS_U32] = 10, [SAFETENSORS_F32] = 11,
-        [SAFETENSORS_F64] = 12, [SAFETENSORS_I64] = 13, [SAFETENSORS_U64] = 14,
-    };
-    return rank[dt];
-}
-
-static int safetensors_cmp_entry_layout(const void *a, const void *b) {
-    const safetensors_entry *x = a, *y = b;
-    int rx = safetensors_reference_rank(x->dtype), ry = safetensors_reference_rank(y->dtype);
-    if (rx != ry) return rx > ry ? -1 : 1;
-    return strcmp(x->name, y->name);
-}
-
-qlab_status safetensors_writer_write(safetensors_writer *w, const char *path) {
-    qsort(w->entries, (size_t)w->n, sizeof *w->entries, safetensors_cmp_entry_name);
-    for (int i = 1; i < w->n; i++)
-        if (!strcmp(w->entries[i - 1].name, w->entries[i].name))
-            return qlab_fail(QLAB_ERR_ARG, "%s: tensor '%s' added twice", path, w->entries[i].name);
-    qsort(w->entries, (size_t)w->n, sizeof *w->entries, safetensors_cmp_entry_layout);
-
-    safetensors_text t = {0};
-    char num[64];
-    safetensors_puts(&t, "{");
-    int first = 1;
-    if (w->n_meta) {
-        safetensors_puts(&t, "\"__metadata__\":{");
-        for (int i = 0; i < w->n_meta; i++) {
-            if (i) safetensors_puts(&t, ",");
-            safetensors_put_json_string(&t, w->meta_keys[i]);
-            safetensors_puts(&t, ":");
-            safetensors_put_json_string(&t, w->meta_values[i]);
-        }
-        safetensors_puts(&t, "}");
-        first = 0;
-    }
-    uint64_t pos = 0;
-    for (int i = 0; i < w->n; i++) {
-        const safetensors_entry *e = &w->entries[i];
-        if (!first) safetensors_puts(&t, ",");
-        first = 0;
-        safetensors_put_json_string(&t, e->name);
-        safetensors_puts(&t, ":{\"dtype\":\"");
-        safetensors_puts(&t, safetensors_dtype_name(e->dtype));
-        safetensors_puts(&t, "\",\"shape\":[");
-        for (int d = 0; d < e->ndim; d++) {
-            snprintf(num, sizeof num, "%s%" PRId64, d ? "," : "", e->shape[d]);
-            safetensors_puts(&t, num);
-        }
-        snprintf(num, sizeof num, "],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}", pos, pos + e->nbytes);
-        safetensors_puts(&t, num);
-        pos += e->nbytes;
-    }
-    safetensors_puts(&t, "}");
-    while (t.n % 8) safetensors_puts(&t, " ");
-    if (t.failed) {
-        free(t.p);
-        return qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory building the header", path);
-    }
-    if (t.n > SAFETENSORS_MAX_HEADER_BYTES) {
-        free(t.p);
-        return qlab_fail(QLAB_ERR_ARG, "%s: header of %zu bytes exceeds the %u-byte limit", path, t.n,
-                         SAFETENSORS_MAX_HEADER_BYTES);
-    }
-
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp) {
-        free(t.p);
-        return qlab_fail(QLAB_ERR_ARG, "%s: path too long", path);
-    }
-    FILE *f = fopen(tmp, "wb");
-    if (!f) {
-        free(t.p);
-        return qlab_fail(QLAB_ERR_IO, "%s: cannot create %s: %s", path, tmp, strerror(errno));
-    }
-    unsigned char len8[8];
-    for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)t.n >> (8 * i));
-    int ok = fwrite(len8, 1, 8, f) == 8 && fwrite(t.p, 1, t.n, f) == t.n;
-    free(t.p);
-    for (int i = 0; i < w->n && ok; i++)
-        ok = w->entries[i].nbytes == 0 || fwrite(w->entries[i].data, 1, w->entries[i].nbytes, f) == w->entries[i].nbytes;
-    ok = (fflush(f) == 0) && ok;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok) {
-        int e = errno;
-        remove(tmp);
-        return qlab_fail(QLAB_ERR_IO, "%s: write failed: %s", path, strerror(e));
-    }
-    if (rename(tmp, path) != 0) {
-        int e = errno;
-        remove(tmp);
-        return qlab_fail(QLAB_ERR_IO, "%s: cannot rename into place: %s", path, strerror(e));
-    }
-    return QLAB_OK;
 }

@@ -48,9 +48,9 @@ typedef struct {
     safetensors_dtype dtype;
     int ndim; /* 0 = scalar */
     int64_t shape[SAFETENSORS_MAX_DIMS];
-    int64_t count;   /* product of shape (1 for a scalar) */
-    size_t nbytes;   /* count * dtype size */
-    size_t offset;   /* byte offset of the data inside the file */
+    int64_t count; /* product of shape (1 for a scalar) */
+    size_t nbytes; /* count * dtype size */
+    size_t offset; /* byte offset of the data inside the file */
     const void *data;
 } safetensors_tensor;
 
@@ -68,11 +68,11 @@ typedef struct {
 } safetensors_file;
 
 /* Maps and validates path. Fails (one line naming the file, and the tensor when there is one) when: the
- * file is shorter than 8 bytes; N exceeds the file or SAFETENSORS_MAX_HEADER_BYTES; the header is not a
- * JSON object; a tensor lacks dtype/shape/data_offsets or has a wrong type for one; the dtype is unknown;
- * a dimension is negative, non-integer, or the element count overflows; the offsets are reversed, do not
- * equal count * itemsize, overlap, leave a gap, or do not cover the data section exactly (the reference
- * implementation's rules); a name repeats; __metadata__ holds a non-string value. */
+ * file is shorter than 8 bytes; N exceeds the file or SAFETENSORS_MAX_HEADER_BYTES; the header is not
+ * UTF-8 or not a JSON object; a tensor lacks dtype/shape/data_offsets or has a wrong type for one; the dtype
+ * is unknown; a dimension is negative, non-integer, or the element count overflows; the offsets are reversed,
+ * do not equal count * itemsize, overlap, leave a gap, or do not cover the data section exactly (the
+ * reference implementation's rules); a name repeats; __metadata__ holds a non-string value. */
 qlab_status safetensors_open(safetensors_file *f, const char *path);
 void safetensors_close(safetensors_file *f);
 
@@ -94,8 +94,8 @@ qlab_status safetensors_read_f32_alloc(const safetensors_file *f, const char *na
                                        int64_t *count);
 /* Copies the raw bytes of a tensor of the given dtype into out (t->nbytes), checking the dtype and the
  * element count (pass count < 0 to accept any). For codes, scales and other non-float payloads. */
-qlab_status safetensors_read_raw(const safetensors_file *f, const char *name, safetensors_dtype dt,
-                                 void *out, int64_t count);
+qlab_status safetensors_read_raw(const safetensors_file *f, const char *name, safetensors_dtype dt, void *out,
+                                 int64_t count);
 
 /* A checkpoint that may be split into shards. path may be: a .safetensors file; an index JSON
  * (model.safetensors.index.json, {"weight_map": {"tensor": "shard file"}}); or a directory holding

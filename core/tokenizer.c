@@ -3,8 +3,6 @@
  * ("merge the best-scoring adjacent pair, leftmost on ties, until none is left") with a heap over a linked
  * list of symbols, so a 1.3 MB text encodes in about a second instead of hours, with identical ids and no
  * chunking of the text (chunking at whitespace would change the result: pieces such as "  " span it). */
-#include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,7 +18,8 @@ static int looks_like_json(const char *data, size_t size) {
     if (size >= 3 && (unsigned char)data[0] == 0xEF && (unsigned char)data[1] == 0xBB &&
         (unsigned char)data[2] == 0xBF)
         i = 3;
-    while (i < size && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' || data[i] == '\r')) i++;
+    while (i < size && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' || data[i] == '\r'))
+        i++;
     return i < size && (data[i] == '{' || data[i] == '[');
 }
 
@@ -67,9 +66,15 @@ void tokenizer_free(tokenizer *t) {
     free(t);
 }
 
-int tokenizer_vocab_size(const tokenizer *t) { return t->vocab_size; }
-int tokenizer_bos_id(const tokenizer *t) { return t->bos_id; }
-int tokenizer_eos_id(const tokenizer *t) { return t->eos_id; }
+int tokenizer_vocab_size(const tokenizer *t) {
+    return t->vocab_size;
+}
+int tokenizer_bos_id(const tokenizer *t) {
+    return t->bos_id;
+}
+int tokenizer_eos_id(const tokenizer *t) {
+    return t->eos_id;
+}
 
 const char *tokenizer_piece(const tokenizer *t, int id) {
     return (id >= 0 && id < t->vocab_size) ? t->pieces[id] : NULL;
@@ -79,13 +84,15 @@ const char *tokenizer_piece(const tokenizer *t, int id) {
 
 static uint64_t hash_bytes(const char *s, size_t len) {
     uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
     return h ^ (h >> 29);
 }
 
 qlab_status tokenizer_map_build(tokenizer *t) {
     size_t cap = 16;
-    while (cap < (size_t)t->vocab_size * 2) cap *= 2;
+    while (cap < (size_t)t->vocab_size * 2)
+        cap *= 2;
     t->map.slots = malloc(cap * sizeof *t->map.slots);
     if (!t->map.slots) return qlab_fail(QLAB_ERR_NOMEM, "out of memory for a %zu-slot piece map", cap);
     memset(t->map.slots, 0xFF, cap * sizeof *t->map.slots);
@@ -111,8 +118,10 @@ qlab_status tokenizer_map_build(tokenizer *t) {
 static int map_find_pair(const tokenizer *t, const char *a, size_t la, const char *b, size_t lb) {
     if (la + lb > (size_t)t->max_piece_len) return -1;
     uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < la; i++) h = (h ^ (unsigned char)a[i]) * 1099511628211ull;
-    for (size_t i = 0; i < lb; i++) h = (h ^ (unsigned char)b[i]) * 1099511628211ull;
+    for (size_t i = 0; i < la; i++)
+        h = (h ^ (unsigned char)a[i]) * 1099511628211ull;
+    for (size_t i = 0; i < lb; i++)
+        h = (h ^ (unsigned char)b[i]) * 1099511628211ull;
     size_t slot = (h ^ (h >> 29)) & t->map.mask;
     for (;;) {
         int id = t->map.slots[slot];
@@ -123,7 +132,9 @@ static int map_find_pair(const tokenizer *t, const char *a, size_t la, const cha
     }
 }
 
-int tokenizer_map_find(const tokenizer *t, const char *s, size_t len) { return map_find_pair(t, s, len, "", 0); }
+int tokenizer_map_find(const tokenizer *t, const char *s, size_t len) {
+    return map_find_pair(t, s, len, "", 0);
+}
 
 static int hex_digit(char c) {
     if (c >= '0' && c <= '9') return c - '0';
@@ -132,7 +143,8 @@ static int hex_digit(char c) {
 }
 
 void tokenizer_find_byte_pieces(tokenizer *t) {
-    for (int b = 0; b < 256; b++) t->byte_id[b] = -1;
+    for (int b = 0; b < 256; b++)
+        t->byte_id[b] = -1;
     for (int id = 0; id < t->vocab_size; id++) {
         const char *p = t->pieces[id];
         t->piece_byte[id] = -1;
@@ -169,7 +181,8 @@ void tokenizer_workspace_free(tokenizer_workspace *w) {
 /* The merged id of the pair (a, b) and its priority, or -1 when the pair does not merge. */
 static int pair_merge(const tokenizer *t, int a, int b, float *priority) {
     if (t->kind == TOKENIZER_LLAMA2C) {
-        int id = map_find_pair(t, t->pieces[a], (size_t)t->piece_len[a], t->pieces[b], (size_t)t->piece_len[b]);
+        int id =
+            map_find_pair(t, t->pieces[a], (size_t)t->piece_len[a], t->pieces[b], (size_t)t->piece_len[b]);
         /* run.c starts its search at best_score = -1e10 and takes a pair only when score > best, so a
          * piece scored at or below -1e10 (or NaN) is never produced by a merge. */
         if (id < 0 || !(t->scores[id] > -1e10f)) return -1;
@@ -230,7 +243,8 @@ static tokenizer_candidate heap_pop(tokenizer_workspace *w) {
     return top;
 }
 
-static qlab_status push_pair(const tokenizer *t, tokenizer_workspace *w, const int *ids, int left, int right) {
+static qlab_status push_pair(const tokenizer *t, tokenizer_workspace *w, const int *ids, int left,
+                             int right) {
     if (left < 0 || right < 0) return QLAB_OK;
     float priority;
     int merged = pair_merge(t, ids[left], ids[right], &priority);
@@ -262,7 +276,8 @@ qlab_status tokenizer_merge(const tokenizer *t, tokenizer_workspace *w, int *ids
         w->version[i] = 0;
     }
     w->heap_len = 0;
-    for (size_t i = 0; i + 1 < count; i++) QLAB_TRY(push_pair(t, w, ids, (int)i, (int)i + 1));
+    for (size_t i = 0; i + 1 < count; i++)
+        QLAB_TRY(push_pair(t, w, ids, (int)i, (int)i + 1));
     while (w->heap_len > 0) {
         tokenizer_candidate c = heap_pop(w);
         /* Any change to either symbol (a merge into it, or its removal) bumps its version, so a stale
@@ -278,7 +293,8 @@ qlab_status tokenizer_merge(const tokenizer *t, tokenizer_workspace *w, int *ids
         QLAB_TRY(push_pair(t, w, ids, c.left, after));
     }
     size_t out = 0; /* symbol 0 is never removed: only right halves of pairs are */
-    for (int i = 0; i >= 0; i = w->next[i]) ids[out++] = ids[i];
+    for (int i = 0; i >= 0; i = w->next[i])
+        ids[out++] = ids[i];
     *n = out;
     return QLAB_OK;
 }
@@ -289,7 +305,8 @@ static qlab_status push_byte_fallback(const tokenizer *t, unsigned char byte, in
                                       size_t *cap) {
     int id = byte + 3; /* run.c: <0x00> is id 3 */
     if (id >= t->vocab_size)
-        return qlab_fail(QLAB_ERR_FORMAT, "tokenizer has %d pieces, too few for the byte fallback piece of 0x%02X",
+        return qlab_fail(QLAB_ERR_FORMAT,
+                         "tokenizer has %d pieces, too few for the byte fallback piece of 0x%02X",
                          t->vocab_size, byte);
     return tokenizer_push_id(ids, n, cap, id);
 }
@@ -301,8 +318,10 @@ static qlab_status encode_llama2c(const tokenizer *t, const char *text, size_t l
     if (len > 0) {
         /* run.c assumes " " is a piece; a vocabulary without it gets the byte piece instead. */
         int dummy = tokenizer_map_find(t, " ", 1);
-        if (dummy >= 0) QLAB_TRY(tokenizer_push_id(ids, n, cap, dummy));
-        else QLAB_TRY(push_byte_fallback(t, ' ', ids, n, cap));
+        if (dummy >= 0)
+            QLAB_TRY(tokenizer_push_id(ids, n, cap, dummy));
+        else
+            QLAB_TRY(push_byte_fallback(t, ' ', ids, n, cap));
     }
     const unsigned char *s = (const unsigned char *)text;
     char buf[4];
@@ -315,7 +334,8 @@ static qlab_status encode_llama2c(const tokenizer *t, const char *text, size_t l
         if (id >= 0) {
             QLAB_TRY(tokenizer_push_id(ids, n, cap, id));
         } else {
-            for (size_t k = 0; k < buf_len; k++) QLAB_TRY(push_byte_fallback(t, (unsigned char)buf[k], ids, n, cap));
+            for (size_t k = 0; k < buf_len; k++)
+                QLAB_TRY(push_byte_fallback(t, (unsigned char)buf[k], ids, n, cap));
         }
         buf_len = 0;
     }
@@ -362,7 +382,8 @@ typedef struct {
 static qlab_status append(byte_buffer *b, const void *src, size_t len) {
     if (b->len + len + 1 > b->cap) {
         size_t grown = b->cap ? b->cap : 256;
-        while (grown < b->len + len + 1) grown *= 2;
+        while (grown < b->len + len + 1)
+            grown *= 2;
         char *p = realloc(b->data, grown);
         if (!p) return qlab_fail(QLAB_ERR_NOMEM, "out of memory for %zu bytes of decoded text", grown);
         b->data = p;
@@ -430,7 +451,8 @@ qlab_status tokenizer_decode(const tokenizer *t, const int *ids, size_t n, char 
         /* llama2.c's <s> and </s> ("\n<s>\n") are markers that never come from text. In a tokenizer.json
          * special tokens do come from text (they are matched in it), so only the BOS that add_bos puts
          * first is dropped and every other token decodes to its content. */
-        int marker = t->kind == TOKENIZER_LLAMA2C ? (id == t->bos_id || id == t->eos_id) : (i == 0 && id == t->bos_id);
+        int marker =
+            t->kind == TOKENIZER_LLAMA2C ? (id == t->bos_id || id == t->eos_id) : (i == 0 && id == t->bos_id);
         if (!marker) st = decode_piece(t, id, prev >= 0 && prev == t->bos_id, &b);
         prev = id;
     }

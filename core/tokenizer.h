@@ -12,8 +12,8 @@
 typedef struct tokenizer tokenizer;
 
 /* Loads a llama2.c tokenizer.bin or a Hugging Face tokenizer.json (JSON when the first non-blank byte is
- * '{' or '[' and the first four bytes hold no NUL, which a .bin's int32 header always has). Every size and key is
- * checked; errors name the file and the offset or key. */
+ * '{' or '[' and the first four bytes hold no NUL, which a .bin's int32 header always has). Every size and
+ * key is checked; errors name the file and the offset or key. */
 qlab_status tokenizer_load(const char *path, tokenizer **out);
 void tokenizer_free(tokenizer *t);
 

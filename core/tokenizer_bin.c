@@ -31,23 +31,27 @@ qlab_status tokenizer_load_bin(const char *path, const char *data, size_t size, 
     size_t offset = 4, count = 0, text_bytes = 0;
     while (offset < size) {
         if (size - offset < 8)
-            return qlab_fail(QLAB_ERR_FORMAT,
-                             "%s: truncated at piece %zu (offset %zu): %zu bytes left, need 8 for score and length",
-                             path, count, offset, size - offset);
+            return qlab_fail(
+                QLAB_ERR_FORMAT,
+                "%s: truncated at piece %zu (offset %zu): %zu bytes left, need 8 for score and length", path,
+                count, offset, size - offset);
         float score;
         memcpy(&score, data + offset, 4);
         int32_t len = read_i32(data + offset + 4);
         if (isnan(score))
-            return qlab_fail(QLAB_ERR_FORMAT, "%s: piece %zu (offset %zu) has a NaN score", path, count, offset);
+            return qlab_fail(QLAB_ERR_FORMAT, "%s: piece %zu (offset %zu) has a NaN score", path, count,
+                             offset);
         if (len < 0)
-            return qlab_fail(QLAB_ERR_FORMAT, "%s: piece %zu (offset %zu) has negative length %d", path, count,
-                             offset, len);
+            return qlab_fail(QLAB_ERR_FORMAT, "%s: piece %zu (offset %zu) has negative length %d", path,
+                             count, offset, len);
         if (len > max_len)
-            return qlab_fail(QLAB_ERR_FORMAT, "%s: piece %zu (offset %zu) has length %d > max_token_length %d",
-                             path, count, offset, len, max_len);
+            return qlab_fail(QLAB_ERR_FORMAT,
+                             "%s: piece %zu (offset %zu) has length %d > max_token_length %d", path, count,
+                             offset, len, max_len);
         if ((size_t)len > size - offset - 8)
-            return qlab_fail(QLAB_ERR_FORMAT, "%s: piece %zu (offset %zu) has length %d but only %zu bytes remain",
-                             path, count, offset, len, size - offset - 8);
+            return qlab_fail(QLAB_ERR_FORMAT,
+                             "%s: piece %zu (offset %zu) has length %d but only %zu bytes remain", path,
+                             count, offset, len, size - offset - 8);
         offset += 8 + (size_t)len;
         text_bytes += (size_t)len + 1;
         count++;
@@ -93,14 +97,15 @@ qlab_status tokenizer_save_bin(const char *path, int n, const char *const *piece
         if (isnan(scores[i])) return qlab_fail(QLAB_ERR_ARG, "%s: piece %d has a NaN score", path, i);
         size_t len = strlen(pieces[i]);
         if (len > TOKENIZER_BIN_MAX_PIECE_BYTES)
-            return qlab_fail(QLAB_ERR_ARG, "%s: piece %d is %zu bytes, above the format's limit of %d", path, i,
-                             len, TOKENIZER_BIN_MAX_PIECE_BYTES);
+            return qlab_fail(QLAB_ERR_ARG, "%s: piece %d is %zu bytes, above the format's limit of %d", path,
+                             i, len, TOKENIZER_BIN_MAX_PIECE_BYTES);
         if (len > longest) longest = len;
         total += 8 + len;
     }
     if (max_len <= 0) max_len = longest > 0 ? (int)longest : 1;
     if (max_len > TOKENIZER_BIN_MAX_PIECE_BYTES || longest > (size_t)max_len)
-        return qlab_fail(QLAB_ERR_ARG, "%s: max_len %d but the longest piece is %zu bytes", path, max_len, longest);
+        return qlab_fail(QLAB_ERR_ARG, "%s: max_len %d but the longest piece is %zu bytes", path, max_len,
+                         longest);
     char *buf = malloc(total);
     if (!buf) return qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory (%zu bytes)", path, total);
     size_t offset = 0;

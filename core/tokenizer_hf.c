@@ -17,8 +17,8 @@
 /* Looks up key in obj (which the caller has checked is an object); *item is NULL when absent. Fails when
  * present with the wrong type. type_mask is a cJSON type bit set; cJSON_NULL counts as absent when
  * allow_null. */
-static qlab_status get_key(const char *path, const char *where, const cJSON *obj, const char *key, int type_mask,
-                           const char *type_name, int required, const cJSON **item) {
+static qlab_status get_key(const char *path, const char *where, const cJSON *obj, const char *key,
+                           int type_mask, const char *type_name, int required, const cJSON **item) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
     *item = NULL;
     if (!v || (cJSON_IsNull(v) && !(type_mask & cJSON_NULL))) {
@@ -79,7 +79,8 @@ static qlab_status add_step(const char *path, tokenizer *t, tokenizer_step step)
 
 static qlab_status parse_normalizer(const char *path, const char *where, const cJSON *n, tokenizer *t,
                                     int depth) {
-    if (!cJSON_IsObject(n)) return qlab_fail(QLAB_ERR_FORMAT, "%s: '%s' must be an object or null", path, where);
+    if (!cJSON_IsObject(n))
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: '%s' must be an object or null", path, where);
     const char *type;
     char sub[256];
     snprintf(sub, sizeof sub, "%s.", where);
@@ -108,8 +109,8 @@ static qlab_status parse_normalizer(const char *path, const char *where, const c
         QLAB_TRY(get_key(path, sub, n, "pattern", cJSON_Object, "an object", 1, &pattern));
         snprintf(sub, sizeof sub, "%s.pattern.", where);
         if (cJSON_GetObjectItemCaseSensitive(pattern, "Regex"))
-            return qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: '%s.pattern' is a Regex; only String patterns are supported",
-                             path, where);
+            return qlab_fail(QLAB_ERR_UNSUPPORTED,
+                             "%s: '%s.pattern' is a Regex; only String patterns are supported", path, where);
         QLAB_TRY(get_string(path, sub, pattern, "String", 1, &find));
         snprintf(sub, sizeof sub, "%s.", where);
         QLAB_TRY(get_string(path, sub, n, "content", 1, &content));
@@ -122,13 +123,15 @@ static qlab_status parse_normalizer(const char *path, const char *where, const c
         }
         return add_step(path, t, step);
     }
-    return qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: '%s.type' is \"%s\"; supported normalizers: Sequence, Prepend, Replace",
-                     path, where, type);
+    return qlab_fail(QLAB_ERR_UNSUPPORTED,
+                     "%s: '%s.type' is \"%s\"; supported normalizers: Sequence, Prepend, Replace", path,
+                     where, type);
 }
 
 static qlab_status parse_pre_tokenizer(const char *path, const char *where, const cJSON *p, tokenizer *t,
                                        int depth) {
-    if (!cJSON_IsObject(p)) return qlab_fail(QLAB_ERR_FORMAT, "%s: '%s' must be an object or null", path, where);
+    if (!cJSON_IsObject(p))
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: '%s' must be an object or null", path, where);
     const char *type;
     char sub[256];
     snprintf(sub, sizeof sub, "%s.", where);
@@ -150,18 +153,24 @@ static qlab_status parse_pre_tokenizer(const char *path, const char *where, cons
         QLAB_TRY(get_string(path, sub, p, "replacement", 1, &replacement));
         QLAB_TRY(get_string(path, sub, p, "prepend_scheme", 0, &scheme));
         QLAB_TRY(get_bool(path, sub, p, "split", 1, &split));
-        QLAB_TRY(get_bool(path, sub, p, "add_prefix_space", 1, &add_prefix_space)); /* before prepend_scheme */
+        QLAB_TRY(
+            get_bool(path, sub, p, "add_prefix_space", 1, &add_prefix_space)); /* before prepend_scheme */
         int32_t cp;
         size_t rlen = strlen(replacement);
         if (rlen == 0 || unicode_next((const unsigned char *)replacement, rlen, &cp) != rlen || cp < 0)
             return qlab_fail(QLAB_ERR_FORMAT, "%s: '%s.replacement' must be one character", path, where);
         int flag = add_prefix_space ? TOKENIZER_PREPEND_ALWAYS : TOKENIZER_PREPEND_NEVER;
         if (scheme) {
-            if (!strcmp(scheme, "always")) flag = TOKENIZER_PREPEND_ALWAYS;
-            else if (!strcmp(scheme, "first")) flag = TOKENIZER_PREPEND_FIRST;
-            else if (!strcmp(scheme, "never")) flag = TOKENIZER_PREPEND_NEVER;
-            else return qlab_fail(QLAB_ERR_FORMAT, "%s: '%s.prepend_scheme' is \"%s\", expected always, first or never",
-                                  path, where, scheme);
+            if (!strcmp(scheme, "always"))
+                flag = TOKENIZER_PREPEND_ALWAYS;
+            else if (!strcmp(scheme, "first"))
+                flag = TOKENIZER_PREPEND_FIRST;
+            else if (!strcmp(scheme, "never"))
+                flag = TOKENIZER_PREPEND_NEVER;
+            else
+                return qlab_fail(QLAB_ERR_FORMAT,
+                                 "%s: '%s.prepend_scheme' is \"%s\", expected always, first or never", path,
+                                 where, scheme);
         }
         tokenizer_step step = {TOKENIZER_STEP_METASPACE, NULL, dup_string(replacement), flag, split};
         if (!step.text) return qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory", path);
@@ -171,22 +180,25 @@ static qlab_status parse_pre_tokenizer(const char *path, const char *where, cons
         int add_prefix_space, use_regex;
         QLAB_TRY(get_bool(path, sub, p, "add_prefix_space", 0, &add_prefix_space));
         QLAB_TRY(get_bool(path, sub, p, "use_regex", 1, &use_regex));
-        return add_step(path, t, (tokenizer_step){TOKENIZER_STEP_BYTELEVEL, NULL, NULL, add_prefix_space, use_regex});
+        return add_step(path, t,
+                        (tokenizer_step){TOKENIZER_STEP_BYTELEVEL, NULL, NULL, add_prefix_space, use_regex});
     }
     if (!strcmp(type, "Digits")) {
         int individual;
         QLAB_TRY(get_bool(path, sub, p, "individual_digits", 0, &individual));
         return add_step(path, t, (tokenizer_step){TOKENIZER_STEP_DIGITS, NULL, NULL, individual, 0});
     }
-    return qlab_fail(QLAB_ERR_UNSUPPORTED,
-                     "%s: '%s.type' is \"%s\"; supported pre-tokenizers: Sequence, Metaspace, ByteLevel, Digits", path,
-                     where, type);
+    return qlab_fail(
+        QLAB_ERR_UNSUPPORTED,
+        "%s: '%s.type' is \"%s\"; supported pre-tokenizers: Sequence, Metaspace, ByteLevel, Digits", path,
+        where, type);
 }
 
 static qlab_status pair_map_insert(tokenizer_pair_map *m, int a, int b, int rank, int merged) {
     uint64_t key = (((uint64_t)(uint32_t)a << 32) | (uint32_t)b) + 1;
     size_t slot = (size_t)((key * 0x9E3779B97F4A7C15ull) >> 20) & m->mask;
-    while (m->keys[slot] != 0 && m->keys[slot] != key) slot = (slot + 1) & m->mask;
+    while (m->keys[slot] != 0 && m->keys[slot] != key)
+        slot = (slot + 1) & m->mask;
     /* A repeated pair takes its last rank, as Hugging Face's map construction does. */
     m->keys[slot] = key;
     m->rank[slot] = rank;
@@ -197,7 +209,8 @@ static qlab_status pair_map_insert(tokenizer_pair_map *m, int a, int b, int rank
 static qlab_status parse_merges(const char *path, const cJSON *merges, tokenizer *t) {
     int n = cJSON_GetArraySize(merges);
     size_t cap = 16;
-    while (cap < (size_t)n * 2) cap *= 2;
+    while (cap < (size_t)n * 2)
+        cap *= 2;
     tokenizer_pair_map *m = &t->merges;
     m->keys = qlab_calloc(cap, sizeof *m->keys);
     m->rank = qlab_calloc(cap, sizeof *m->rank);
@@ -214,8 +227,10 @@ static qlab_status parse_merges(const char *path, const cJSON *merges, tokenizer
             /* "a b": exactly one space, as Hugging Face requires. */
             const char *s = item->valuestring, *space = strchr(s, ' ');
             if (!space || strchr(space + 1, ' ') || space == s || !space[1]) {
-                st = qlab_fail(QLAB_ERR_FORMAT, "%s: model.merges[%d] is \"%.60s\", expected two pieces separated by one space",
-                               path, rank, s);
+                st =
+                    qlab_fail(QLAB_ERR_FORMAT,
+                              "%s: model.merges[%d] is \"%.60s\", expected two pieces separated by one space",
+                              path, rank, s);
                 break;
             }
             a = s, la = (size_t)(space - s), b = space + 1, lb = strlen(b);
@@ -224,8 +239,9 @@ static qlab_status parse_merges(const char *path, const cJSON *merges, tokenizer
             a = item->child->valuestring, la = strlen(a);
             b = item->child->next->valuestring, lb = strlen(b);
         } else {
-            st = qlab_fail(QLAB_ERR_FORMAT, "%s: model.merges[%d] must be a string \"a b\" or an array of two strings",
-                           path, rank);
+            st = qlab_fail(QLAB_ERR_FORMAT,
+                           "%s: model.merges[%d] must be a string \"a b\" or an array of two strings", path,
+                           rank);
             break;
         }
         int ia = tokenizer_map_find(t, a, la), ib = tokenizer_map_find(t, b, lb);
@@ -241,8 +257,8 @@ static qlab_status parse_merges(const char *path, const cJSON *merges, tokenizer
         if (ia < 0 || ib < 0 || im < 0) {
             const char *missing = ia < 0 ? a : ib < 0 ? b : joined;
             size_t missing_len = ia < 0 ? la : ib < 0 ? lb : la + lb;
-            st = qlab_fail(QLAB_ERR_FORMAT, "%s: model.merges[%d]: \"%.*s\" is not in model.vocab", path, rank,
-                           (int)(missing_len < 60 ? missing_len : 60), missing);
+            st = qlab_fail(QLAB_ERR_FORMAT, "%s: model.merges[%d]: \"%.*s\" is not in model.vocab", path,
+                           rank, (int)(missing_len < 60 ? missing_len : 60), missing);
             break;
         }
         st = pair_map_insert(m, ia, ib, rank, im);
@@ -265,8 +281,8 @@ static qlab_status build_vocab(const char *path, const cJSON *vocab, const cJSON
     for (const cJSON *v = vocab->child; v; v = v->next) {
         int id;
         if (!json_id(v, &id))
-            return qlab_fail(QLAB_ERR_FORMAT, "%s: model.vocab[\"%.60s\"] must be an integer id in 0..%d", path,
-                             v->string, TOKENIZER_JSON_MAX_ID - 1);
+            return qlab_fail(QLAB_ERR_FORMAT, "%s: model.vocab[\"%.60s\"] must be an integer id in 0..%d",
+                             path, v->string, TOKENIZER_JSON_MAX_ID - 1);
         if (id > max_id) max_id = id;
         text_bytes += strlen(v->string) + 1;
     }
@@ -274,7 +290,8 @@ static qlab_status build_vocab(const char *path, const cJSON *vocab, const cJSON
     for (const cJSON *a = added ? added->child : NULL; a; a = a->next, i++) {
         char where[64];
         snprintf(where, sizeof where, "added_tokens[%d].", i);
-        if (!cJSON_IsObject(a)) return qlab_fail(QLAB_ERR_FORMAT, "%s: added_tokens[%d] must be an object", path, i);
+        if (!cJSON_IsObject(a))
+            return qlab_fail(QLAB_ERR_FORMAT, "%s: added_tokens[%d] must be an object", path, i);
         const cJSON *idv;
         const char *content;
         QLAB_TRY(get_key(path, where, a, "id", cJSON_Number, "an integer id", 1, &idv));
@@ -300,12 +317,13 @@ static qlab_status build_vocab(const char *path, const cJSON *vocab, const cJSON
         return qlab_fail_context(QLAB_ERR_NOMEM, "%s", path);
     char *dst = t->arena;
     char *empty = dst++; /* "" for ids no entry names */
-    for (size_t k = 0; k < count; k++) t->pieces[k] = empty;
+    for (size_t k = 0; k < count; k++)
+        t->pieces[k] = empty;
     for (const cJSON *v = vocab->child; v; v = v->next) {
         int id = (int)v->valuedouble;
         if (t->pieces[id] != empty)
-            return qlab_fail(QLAB_ERR_FORMAT, "%s: model.vocab gives id %d to both \"%.40s\" and \"%.40s\"", path, id,
-                             t->pieces[id], v->string);
+            return qlab_fail(QLAB_ERR_FORMAT, "%s: model.vocab gives id %d to both \"%.40s\" and \"%.40s\"",
+                             path, id, t->pieces[id], v->string);
         size_t len = strlen(v->string);
         memcpy(dst, v->string, len + 1);
         t->pieces[id] = dst;
@@ -316,8 +334,7 @@ static qlab_status build_vocab(const char *path, const cJSON *vocab, const cJSON
         int id = (int)cJSON_GetObjectItemCaseSensitive(a, "id")->valuedouble;
         const char *content = cJSON_GetObjectItemCaseSensitive(a, "content")->valuestring;
         size_t len = strlen(content);
-        if (t->is_added[id])
-            return qlab_fail(QLAB_ERR_FORMAT, "%s: added_tokens list id %d twice", path, id);
+        if (t->is_added[id]) return qlab_fail(QLAB_ERR_FORMAT, "%s: added_tokens list id %d twice", path, id);
         /* An added token decodes to its content, whatever model.vocab calls that id. */
         memcpy(dst, content, len + 1);
         t->pieces[id] = dst;
@@ -368,14 +385,17 @@ static void specials_from_template(tokenizer *t, const cJSON *post, int depth) {
         if (!cJSON_IsString(name)) continue;
         int id = find_piece_id(t, name->valuestring);
         if (id < 0) continue;
-        if (!seen_sequence) t->bos_id = id;
-        else t->eos_id = id;
+        if (!seen_sequence)
+            t->bos_id = id;
+        else
+            t->eos_id = id;
     }
 }
 
 static void find_specials(tokenizer *t, const cJSON *root) {
     specials_from_template(t, cJSON_GetObjectItemCaseSensitive(root, "post_processor"), 0);
-    static const char *const bos_names[] = {"<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>", "<|endoftext|>"};
+    static const char *const bos_names[] = {"<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>",
+                                            "<|endoftext|>"};
     static const char *const eos_names[] = {"</s>", "<|end_of_text|>", "<eos>", "<|endoftext|>"};
     for (size_t i = 0; t->bos_id < 0 && i < sizeof bos_names / sizeof bos_names[0]; i++)
         t->bos_id = find_piece_id(t, bos_names[i]);
@@ -387,7 +407,8 @@ static void build_byte_map(tokenizer *t) {
     /* GPT-2's bytes_to_unicode: printable Latin-1 bytes stand for themselves, the other 68 bytes are
      * moved to U+0100.. in byte order, so every byte is a visible character. */
     int next = 256;
-    for (int i = 0; i < 512; i++) t->codepoint_to_byte[i] = -1;
+    for (int i = 0; i < 512; i++)
+        t->codepoint_to_byte[i] = -1;
     for (int b = 0; b < 256; b++) {
         int printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
         t->byte_to_codepoint[b] = printable ? b : next++;
@@ -396,7 +417,8 @@ static void build_byte_map(tokenizer *t) {
 }
 
 static qlab_status load_json_model(const char *path, const cJSON *root, tokenizer *t) {
-    if (!cJSON_IsObject(root)) return qlab_fail(QLAB_ERR_FORMAT, "%s: the top level must be a JSON object", path);
+    if (!cJSON_IsObject(root))
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: the top level must be a JSON object", path);
     const cJSON *model, *vocab, *merges, *added, *normalizer, *pre;
     QLAB_TRY(get_key(path, "", root, "model", cJSON_Object, "an object", 1, &model));
     const char *type, *unk, *prefix, *suffix;
@@ -412,13 +434,14 @@ static qlab_status load_json_model(const char *path, const cJSON *root, tokenize
     QLAB_TRY(get_string(path, "model.", model, "continuing_subword_prefix", 0, &prefix));
     QLAB_TRY(get_string(path, "model.", model, "end_of_word_suffix", 0, &suffix));
     if ((prefix && prefix[0]) || (suffix && suffix[0]))
-        return qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: model.continuing_subword_prefix / end_of_word_suffix are not supported",
-                         path);
+        return qlab_fail(QLAB_ERR_UNSUPPORTED,
+                         "%s: model.continuing_subword_prefix / end_of_word_suffix are not supported", path);
     const cJSON *dropout;
     QLAB_TRY(get_key(path, "model.", model, "dropout", cJSON_Number, "a number or null", 0, &dropout));
     if (dropout && dropout->valuedouble != 0)
-        return qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: model.dropout is %g; BPE dropout is random, qlab needs determinism",
-                         path, dropout->valuedouble);
+        return qlab_fail(QLAB_ERR_UNSUPPORTED,
+                         "%s: model.dropout is %g; BPE dropout is random, qlab needs determinism", path,
+                         dropout->valuedouble);
     QLAB_TRY(get_key(path, "", root, "added_tokens", cJSON_Array, "an array", 0, &added));
     QLAB_TRY(get_key(path, "", root, "normalizer", cJSON_Object, "an object or null", 0, &normalizer));
     QLAB_TRY(get_key(path, "", root, "pre_tokenizer", cJSON_Object, "an object or null", 0, &pre));
@@ -430,7 +453,9 @@ static qlab_status load_json_model(const char *path, const cJSON *root, tokenize
     qsort(t->added, (size_t)t->n_added, sizeof *t->added, added_longer_first);
     if (unk) {
         t->unk_id = tokenizer_map_find(t, unk, strlen(unk));
-        if (t->unk_id < 0) return qlab_fail(QLAB_ERR_FORMAT, "%s: model.unk_token \"%.60s\" is not in model.vocab", path, unk);
+        if (t->unk_id < 0)
+            return qlab_fail(QLAB_ERR_FORMAT, "%s: model.unk_token \"%.60s\" is not in model.vocab", path,
+                             unk);
     }
     QLAB_TRY(parse_merges(path, merges, t));
     if (normalizer) QLAB_TRY(parse_normalizer(path, "normalizer", normalizer, t, 0));
@@ -474,7 +499,8 @@ static void words_free(word_list *w) {
 static qlab_status words_append(word_list *w, const char *bytes, size_t len) {
     if (w->len + len > w->cap) {
         size_t grown = w->cap ? w->cap : 1024;
-        while (grown < w->len + len) grown *= 2;
+        while (grown < w->len + len)
+            grown *= 2;
         char *p = realloc(w->buf, grown);
         if (!p) return qlab_fail(QLAB_ERR_NOMEM, "out of memory (%zu bytes) while tokenizing", grown);
         w->buf = p;
@@ -518,7 +544,8 @@ static char_class classify(int32_t cp) {
 static size_t gpt2_match(const unsigned char *s, size_t len) {
     if (s[0] == '\'' && len >= 2) {
         if (s[1] && strchr("stmd", s[1])) return 2;
-        if (len >= 3 && ((s[1] == 'r' && s[2] == 'e') || (s[1] == 'v' && s[2] == 'e') || (s[1] == 'l' && s[2] == 'l')))
+        if (len >= 3 &&
+            ((s[1] == 'r' && s[2] == 'e') || (s[1] == 'v' && s[2] == 'e') || (s[1] == 'l' && s[2] == 'l')))
             return 3;
     }
     int32_t cp;
@@ -557,8 +584,8 @@ static int starts_with(const char *s, size_t len, const char *prefix) {
 }
 
 /* Applies one pre-tokenizer step to every word of in, producing out. */
-static qlab_status apply_step(const tokenizer *t, const tokenizer_step *step, const word_list *in, int at_start,
-                              word_list *out) {
+static qlab_status apply_step(const tokenizer *t, const tokenizer_step *step, const word_list *in,
+                              int at_start, word_list *out) {
     out->len = 0;
     out->n = 0;
     size_t word_start = 0;
@@ -579,8 +606,10 @@ static qlab_status apply_step(const tokenizer *t, const tokenizer_step *step, co
                 int is_space = w[i] == ' ', is_rep = !is_space && starts_with(w + i, len - i, rep);
                 /* split: MergedWithNext, every replacement character begins a new word */
                 if ((is_space || is_rep) && step->split) QLAB_TRY(words_cut(out, &word_start));
-                if (is_space || is_rep) QLAB_TRY(words_append(out, rep, rlen));
-                else QLAB_TRY(words_append(out, w + i, 1));
+                if (is_space || is_rep)
+                    QLAB_TRY(words_append(out, rep, rlen));
+                else
+                    QLAB_TRY(words_append(out, w + i, 1));
                 if (is_rep) i += rlen - 1;
             }
             QLAB_TRY(words_cut(out, &word_start));
@@ -590,7 +619,8 @@ static qlab_status apply_step(const tokenizer *t, const tokenizer_step *step, co
                 int32_t cp;
                 size_t n = unicode_next(u + i, len - i, &cp);
                 int digit = unicode_is_number(cp);
-                if (i > 0 && (digit != prev_digit || (digit && step->flag))) QLAB_TRY(words_cut(out, &word_start));
+                if (i > 0 && (digit != prev_digit || (digit && step->flag)))
+                    QLAB_TRY(words_cut(out, &word_start));
                 QLAB_TRY(words_append(out, w + i, n));
                 prev_digit = digit;
                 i += n;
@@ -628,8 +658,8 @@ static qlab_status apply_step(const tokenizer *t, const tokenizer_step *step, co
 }
 
 /* The BPE model on one word: characters (or byte fallback / unk), then merges by rank. */
-static qlab_status encode_word(const tokenizer *t, tokenizer_workspace *ws, const char *w, size_t len, int **ids,
-                               size_t *n, size_t *cap) {
+static qlab_status encode_word(const tokenizer *t, tokenizer_workspace *ws, const char *w, size_t len,
+                               int **ids, size_t *n, size_t *cap) {
     if (t->ignore_merges) {
         int id = tokenizer_map_find(t, w, len);
         if (id >= 0) return tokenizer_push_id(ids, n, cap, id);
@@ -645,7 +675,8 @@ static qlab_status encode_word(const tokenizer *t, tokenizer_workspace *ws, cons
             prev_unk = 0;
         } else {
             int all_bytes = t->byte_fallback;
-            for (size_t k = 0; all_bytes && k < step; k++) all_bytes = t->byte_id[(unsigned char)w[i + k]] >= 0;
+            for (size_t k = 0; all_bytes && k < step; k++)
+                all_bytes = t->byte_id[(unsigned char)w[i + k]] >= 0;
             if (all_bytes) {
                 for (size_t k = 0; k < step; k++)
                     QLAB_TRY(tokenizer_push_id(ids, n, cap, t->byte_id[(unsigned char)w[i + k]]));
@@ -654,10 +685,11 @@ static qlab_status encode_word(const tokenizer *t, tokenizer_workspace *ws, cons
                 if (!(t->fuse_unk && prev_unk)) QLAB_TRY(tokenizer_push_id(ids, n, cap, t->unk_id));
                 prev_unk = 1;
             } else {
-                return qlab_fail(QLAB_ERR_ARG,
-                                 "text holds a character (bytes 0x%02X.., %zu long) that is not in the vocabulary, "
-                                 "and the tokenizer has neither byte fallback nor an unk_token",
-                                 (unsigned char)w[i], step);
+                return qlab_fail(
+                    QLAB_ERR_ARG,
+                    "text holds a character (bytes 0x%02X.., %zu long) that is not in the vocabulary, "
+                    "and the tokenizer has neither byte fallback nor an unk_token",
+                    (unsigned char)w[i], step);
             }
         }
         i += step;
@@ -736,7 +768,8 @@ static int match_added(const tokenizer *t, const char *text, size_t len, size_t 
 qlab_status tokenizer_encode_hf(const tokenizer *t, tokenizer_workspace *ws, const char *text, size_t len,
                                 int **ids, size_t *n, size_t *cap) {
     unsigned char first_byte[256] = {0};
-    for (int a = 0; a < t->n_added; a++) first_byte[(unsigned char)t->added[a].content[0]] = 1;
+    for (int a = 0; a < t->n_added; a++)
+        first_byte[(unsigned char)t->added[a].content[0]] = 1;
     word_list lists[2] = {{0}, {0}};
     qlab_status st = QLAB_OK;
     size_t segment = 0;
@@ -752,7 +785,8 @@ qlab_status tokenizer_encode_hf(const tokenizer *t, tokenizer_workspace *ws, con
         i += match_len;
         segment = i;
     }
-    if (st == QLAB_OK) st = encode_segment(t, ws, text + segment, len - segment, segment == 0, lists, ids, n, cap);
+    if (st == QLAB_OK)
+        st = encode_segment(t, ws, text + segment, len - segment, segment == 0, lists, ids, n, cap);
     words_free(&lists[0]);
     words_free(&lists[1]);
     return st;

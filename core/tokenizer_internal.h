@@ -9,9 +9,9 @@
 #include "tokenizer.h"
 
 typedef enum {
-    TOKENIZER_LLAMA2C,        /* tokenizer.bin: merges by piece score, run.c's rules */
+    TOKENIZER_LLAMA2C,          /* tokenizer.bin: merges by piece score, run.c's rules */
     TOKENIZER_HF_SENTENCEPIECE, /* tokenizer.json, "▁" for spaces, <0xNN> byte fallback */
-    TOKENIZER_HF_BYTELEVEL,   /* tokenizer.json, GPT-2 bytes_to_unicode alphabet */
+    TOKENIZER_HF_BYTELEVEL,     /* tokenizer.json, GPT-2 bytes_to_unicode alphabet */
 } tokenizer_kind;
 
 /* Open addressing over ids, keyed by the piece bytes themselves (no copy of the keys). */
@@ -41,10 +41,10 @@ enum { TOKENIZER_PREPEND_ALWAYS, TOKENIZER_PREPEND_FIRST, TOKENIZER_PREPEND_NEVE
 
 typedef struct {
     tokenizer_step_kind kind;
-    char *pattern;  /* REPLACE: what to find */
-    char *text;     /* PREPEND / REPLACE: what to insert; METASPACE: the replacement character */
-    int flag;       /* METASPACE: prepend scheme; BYTELEVEL: add_prefix_space; DIGITS: individual_digits */
-    int split;      /* METASPACE: split into words; BYTELEVEL: use_regex */
+    char *pattern; /* REPLACE: what to find */
+    char *text;    /* PREPEND / REPLACE: what to insert; METASPACE: the replacement character */
+    int flag;      /* METASPACE: prepend scheme; BYTELEVEL: add_prefix_space; DIGITS: individual_digits */
+    int split;     /* METASPACE: split into words; BYTELEVEL: use_regex */
 } tokenizer_step;
 
 typedef struct {
@@ -56,10 +56,10 @@ typedef struct {
 struct tokenizer {
     tokenizer_kind kind;
     int vocab_size;
-    char **pieces;  /* vocab_size NUL-terminated pieces (views into arena); "" for ids the file skips */
+    char **pieces; /* vocab_size NUL-terminated pieces (views into arena); "" for ids the file skips */
     int *piece_len;
     char *arena;
-    float *scores;  /* llama2.c only */
+    float *scores; /* llama2.c only */
     int max_piece_len;
     int bos_id, eos_id;
     int16_t *piece_byte; /* the byte a <0xNN> piece stands for, else -1 */
@@ -73,11 +73,11 @@ struct tokenizer {
     int n_added;
     tokenizer_step *steps;
     int n_steps;
-    int unk_id;         /* -1 if none */
-    int byte_fallback;  /* model.byte_fallback */
+    int unk_id;        /* -1 if none */
+    int byte_fallback; /* model.byte_fallback */
     int fuse_unk;
     int ignore_merges;
-    int byte_to_codepoint[256]; /* GPT-2 bytes_to_unicode */
+    int byte_to_codepoint[256];     /* GPT-2 bytes_to_unicode */
     int16_t codepoint_to_byte[512]; /* its inverse (all its code points are below 512), -1 elsewhere */
 };
 
@@ -122,9 +122,9 @@ qlab_status tokenizer_merge(const tokenizer *t, tokenizer_workspace *w, int *ids
 /* UTF-8: length of the character at s (1 for an invalid byte, never reading past len) and its code point
  * (-1 when invalid). */
 size_t unicode_next(const unsigned char *s, size_t len, int32_t *codepoint);
-int unicode_is_letter(int32_t cp);  /* \p{L} */
-int unicode_is_number(int32_t cp);  /* \p{N} */
-int unicode_is_space(int32_t cp);   /* White_Space, what \s means in the GPT-2 regex */
+int unicode_is_letter(int32_t cp); /* \p{L} */
+int unicode_is_number(int32_t cp); /* \p{N} */
+int unicode_is_space(int32_t cp);  /* White_Space, what \s means in the GPT-2 regex */
 size_t unicode_encode(int32_t cp, char out[4]);
 
 #endif

@@ -1,9 +1,9 @@
 /* The story grammar behind corpus.h: word lists (characters with pronouns, animals, toys, places,
  * feelings) and story plans (lost toy, sharing, helping an animal, a wish, the weather, a fear, a warning
- * not heeded), each written as sentence templates with random alternatives. Every plan has a setting, a
- * character who wants something, dialogue, an event, its consequence and an ending, so a small model can
- * learn real regularities: pronouns agree with the character, the wanted object recurs, causes have
- * effects. */
+ * not heeded, baking, a race), each written as sentence templates with random alternatives. Every plan has
+ * a setting, a character who wants something, dialogue, an event, its consequence and an ending, so a
+ * small model can learn real regularities: pronouns agree with the character, the wanted object recurs,
+ * causes have effects. */
 #include "corpus.h"
 
 #include <ctype.h>
@@ -40,6 +40,7 @@ static const char *const qualities[] = {"big", "small", "shiny", "soft", "pretty
                                         "special", "tiny", "bright", "funny", "fancy", "little"};
 static const char *const foods[] = {"apple", "cookie", "cake", "banana", "sandwich", "carrot", "pie",
                                     "muffin", "orange", "pear", "cupcake", "peach"};
+static const char *const pie_fruits[] = {"apple", "cherry", "peach", "pear", "berry", "pumpkin", "plum"};
 static const char *const happy_words[] = {"happy", "glad", "very happy", "so happy", "excited"};
 static const char *const sad_words[] = {"sad", "upset", "very sad", "worried", "unhappy"};
 static const char *const traits[] = {"kind", "curious", "brave", "shy", "happy", "funny", "clever", "gentle",
@@ -55,24 +56,25 @@ typedef struct {
     const char *activity;   /* "play on the swings" */
     const char *activity2;  /* "run on the grass" */
     const char *hide_spot;  /* where a lost thing turns up: "under the slide" */
+    const char *at;         /* "in the park", "at the beach", "on the farm" */
 } place;
 
 static const place places[] = {
-    {"park", "play on the swings", "run on the grass", "under the slide"},
-    {"garden", "pick flowers", "look for bugs", "behind the roses"},
-    {"forest", "climb trees", "look for pine cones", "under a big leaf"},
-    {"beach", "build a sand castle", "splash in the water", "in the sand"},
-    {"farm", "feed the chickens", "ride in the hay", "in the hay"},
-    {"river", "throw stones", "watch the fish", "by the water"},
-    {"lake", "feed the ducks", "sail a little boat", "near the dock"},
-    {"hill", "roll down the grass", "look at the clouds", "behind a rock"},
-    {"zoo", "see the lions", "watch the monkeys", "near the bench"},
-    {"school", "draw pictures", "sing songs", "under a desk"},
-    {"library", "read books", "look at pictures", "behind the shelf"},
-    {"playground", "go down the slide", "play tag", "under the swings"},
-    {"meadow", "chase butterflies", "pick daisies", "in the tall grass"},
-    {"pond", "catch frogs", "look at the lily pads", "by the reeds"},
-    {"backyard", "play catch", "dig in the dirt", "behind the shed"},
+    {"park", "play on the swings", "run on the grass", "under the slide", "in the park"},
+    {"garden", "pick flowers", "look for bugs", "behind the roses", "in the garden"},
+    {"forest", "climb trees", "look for pine cones", "under a big leaf", "in the forest"},
+    {"beach", "build a sand castle", "splash in the water", "in the sand", "at the beach"},
+    {"farm", "feed the chickens", "ride in the hay", "in the hay", "on the farm"},
+    {"river", "throw stones", "watch the fish", "by the water", "by the river"},
+    {"lake", "feed the ducks", "sail a little boat", "near the dock", "at the lake"},
+    {"hill", "roll down the grass", "look at the clouds", "behind a rock", "on the hill"},
+    {"zoo", "see the lions", "watch the monkeys", "near the bench", "at the zoo"},
+    {"school", "draw pictures", "sing songs", "under a desk", "at the school"},
+    {"library", "read books", "look at pictures", "behind the shelf", "in the library"},
+    {"playground", "go down the slide", "play tag", "under the swings", "at the playground"},
+    {"meadow", "chase butterflies", "pick daisies", "in the tall grass", "in the meadow"},
+    {"pond", "catch frogs", "look at the lily pads", "by the reeds", "at the pond"},
+    {"backyard", "play catch", "dig in the dirt", "behind the shed", "in the backyard"},
 };
 
 /* ------------------------------------------------------------------------------- story text building */
@@ -119,7 +121,7 @@ typedef struct {
     const char *name, *he, *him, *his, *himself, *kind;
     const char *friend_name, *fhe, *fhim, *fhis, *fkind;
     const char *parent, *phe, *phis; /* "mom"/"she"/"her" */
-    const char *toy, *color, *quality, *animal, *food, *trait, *scary, *stuck;
+    const char *toy, *color, *quality, *animal, *food, *fruit, *trait, *scary, *stuck;
     const place *where;
     const place *where2;
 } story;
@@ -149,6 +151,7 @@ static const char *slot(const story *s, const char *key, size_t n) {
     KEY("quality", s->quality);
     KEY("animal", s->animal);
     KEY("food", s->food);
+    KEY("fruit", s->fruit);
     KEY("trait", s->trait);
     KEY("scary", s->scary);
     KEY("stuck", s->stuck);
@@ -157,6 +160,7 @@ static const char *slot(const story *s, const char *key, size_t n) {
     KEY("activity", s->where->activity);
     KEY("activity2", s->where->activity2);
     KEY("hide", s->where->hide_spot);
+    KEY("at_place", s->where->at);
     KEY("happy", PICK(s->rng, happy_words));
     KEY("sad", PICK(s->rng, sad_words));
 #undef KEY
@@ -227,7 +231,7 @@ static void opening(story *s) {
     default: say(s, "Once upon a time, there was {a} {kind}. [^{his} name was {name}.|^{he} was called {name}.]");
     }
     switch (rng_below(s->rng, 4)) {
-    case 0: say(s, "{he} loved to {activity} in the {place}."); break;
+    case 0: say(s, "{he} loved to {activity} {at_place}."); break;
     case 1: say(s, "Every day, {he} liked to go to the {place} to {activity}."); break;
     case 2: say(s, "{he} lived near {a} [big|pretty|quiet] {place} and [loved|liked] to {activity2} there."); break;
     default: say(s, "{his} favorite thing to do was to {activity}.");
@@ -285,7 +289,7 @@ static void plan_sharing(story *s) {
     opening(s);
     own_toy(s);
     paragraph(s);
-    say(s, "One day, {name} was playing with {his} {toy} in the {place}.");
+    say(s, "One day, {name} was playing with {his} {toy} {at_place}.");
     meet_friend(s);
     say(s, "\"^Can I play with your {toy}?\" {friend} asked.");
     if (chance(s, 60)) {
@@ -329,7 +333,7 @@ static void plan_help_animal(story *s) {
     }
     say(s, "The {animal} was {happy}. \"^Thank you, {name}! You are very kind,\" said the {animal}.");
     if (chance(s, 50)) say(s, "The {animal} gave {name} {a} {food} to say thank you.");
-    else say(s, "The {animal} and {name} played in the {place} until the sun went down.");
+    else say(s, "The {animal} and {name} played {at_place} until the sun went down.");
     static const char *const morals[] = {
         "{name} felt proud that {he} had helped.",
         "From then on, the {animal} came to visit {name} every day.",
@@ -389,7 +393,7 @@ static void plan_weather(story *s) {
         say(s, "\"^Let's get some cold water,\" said {name}.");
         say(s, "They drank cold water and sat in the shade of a big tree.");
         paragraph(s);
-        say(s, "Soon they felt better, and they played in the {place} again.");
+        say(s, "Soon they felt better, and they played {at_place} again.");
     }
     static const char *const morals[] = {
         "It was a fun day after all.",
@@ -445,9 +449,60 @@ static void plan_warning(story *s) {
     moral(s, morals, COUNT(morals));
 }
 
+static void plan_baking(story *s) {
+    opening(s);
+    paragraph(s);
+    say(s, "One day, {name} wanted to make {a} {fruit} pie with {his} {parent}.");
+    say(s, "\"^Can I help you bake, please?\" {he} asked. {his} {parent} smiled and said, \"^Yes, you can help me.\"");
+    say(s, "They put flour, eggs and milk in a big bowl. {name} stirred and stirred.");
+    paragraph(s);
+    switch (rng_below(s->rng, 3)) {
+    case 0:
+        say(s, "When the pie came out of the oven, {name} wanted to eat it right away.");
+        say(s, "\"^Wait, it is too hot!\" said {his} {parent}. But {name} took a bite anyway and burned {his} tongue.");
+        say(s, "\"^Ouch!\" {he} cried. {his} {parent} gave {him} some cold water.");
+        say(s, "After a while the pie was cool, and it tasted very good.");
+        break;
+    case 1:
+        say(s, "But {name} forgot to put in the sugar! When they tasted the pie, it was not sweet at all.");
+        say(s, "{name} felt {sad}. \"^It's okay,\" said {his} {parent}. \"^We can make another one.\"");
+        say(s, "This time {name} remembered the sugar, and the pie was sweet and yummy.");
+        break;
+    default:
+        say(s, "The kitchen smelled so good that {his} friend {friend} came to see.");
+        say(s, "\"^What are you making?\" asked {friend}. \"^{a} {fruit} pie! You can have some too,\" said {name}.");
+        say(s, "They ate the warm pie together, and {friend} said it was the best pie ever.");
+    }
+    static const char *const morals[] = {
+        "{name} learned that good things take time.",
+        "{name} was proud that {he} had helped.",
+        "From then on, {name} helped in the kitchen every week.",
+    };
+    moral(s, morals, COUNT(morals));
+}
+
+static void plan_race(story *s) {
+    opening(s);
+    paragraph(s);
+    say(s, "One day, {name} and {friend} had a race {at_place}.");
+    say(s, "\"^I am the fastest!\" said {name}. \"^No, I am!\" said {friend}.");
+    say(s, "They ran and ran. {name} was in front, but then {he} tripped on a rock and fell down.");
+    say(s, "{he} hurt {his} knee and began to cry.");
+    paragraph(s);
+    say(s, "{friend} stopped running and came back to help. \"^Are you okay?\" {fhe} asked.");
+    say(s, "{friend} helped {name} stand up, and they walked to the finish together.");
+    if (chance(s, 50)) say(s, "{name}'s {parent} put a bandage on {his} knee, and soon it felt better.");
+    say(s, "\"^Thank you, {friend},\" said {name}. \"^You are a good friend.\"");
+    static const char *const morals[] = {
+        "{name} learned that being kind is more important than winning.",
+        "They did not care who won. They were {happy} to be friends.",
+    };
+    moral(s, morals, COUNT(morals));
+}
+
 typedef void (*story_plan)(story *);
-static const story_plan plans[] = {plan_lost_toy, plan_sharing, plan_help_animal, plan_wish,
-                                   plan_weather,  plan_fear,    plan_warning};
+static const story_plan plans[] = {plan_lost_toy, plan_sharing, plan_help_animal, plan_wish, plan_weather,
+                                   plan_fear,     plan_warning, plan_baking,      plan_race};
 
 /* Picks a character: a girl, a boy, or an animal with a name; fills name/pronouns/kind. */
 static void pick_character(rng_state *r, const char **name, const char **kind, int *female) {
@@ -482,6 +537,7 @@ static void write_story(rng_state *r, text_builder *t) {
     s.quality = PICK(r, qualities);
     s.animal = PICK(r, animals);
     s.food = PICK(r, foods);
+    s.fruit = PICK(r, pie_fruits);
     s.trait = PICK(r, traits);
     s.scary = PICK(r, scary_things);
     s.stuck = PICK(r, stuck_spots);

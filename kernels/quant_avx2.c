@@ -109,8 +109,8 @@ static void dequantize_avx2(const float *table, const uint8_t *codes, const floa
     int stream = streaming && ((uintptr_t)out & 31) == 0 && start % 16 == 0;
     int64_t i = start, end = start + count;
     float *o = out;
-    while (i < end) {
-        int64_t b = i / blocksize, bend = (b + 1) * blocksize < end ? (b + 1) * blocksize : end;
+    for (int64_t b = start / blocksize; i < end; b++) { /* no division per block: nvfp4 blocks are 16 */
+        int64_t bend = (b + 1) * blocksize < end ? (b + 1) * blocksize : end;
         float sc = scales[b - first_block];
         const __m256 vs = _mm256_set1_ps(sc);
         if (stream) {
@@ -165,8 +165,8 @@ static void dequantize_bf16_avx2(const float *table, const uint8_t *codes, const
     const __m256 lo = _mm256_loadu_ps(table), hi = _mm256_loadu_ps(table + 8);
     int64_t i = start, end = start + count;
     uint16_t *o = out;
-    while (i < end) {
-        int64_t b = i / blocksize, bend = (b + 1) * blocksize < end ? (b + 1) * blocksize : end;
+    for (int64_t b = start / blocksize; i < end; b++) { /* no division per block: nvfp4 blocks are 16 */
+        int64_t bend = (b + 1) * blocksize < end ? (b + 1) * blocksize : end;
         float sc = scales[b - first_block];
         const __m256 vs = _mm256_set1_ps(sc);
         for (; i + 16 <= bend; i += 16, o += 16) {

@@ -100,8 +100,8 @@ static void dequantize_avx512(const float *table, const uint8_t *codes, const fl
     int stream = streaming && ((uintptr_t)out & 63) == 0 && start % 16 == 0;
     int64_t i = start, end = start + count;
     float *o = out;
-    while (i < end) {
-        int64_t b = i / blocksize, bend = (b + 1) * blocksize < end ? (b + 1) * blocksize : end;
+    for (int64_t b = start / blocksize; i < end; b++) { /* no division per block: nvfp4 blocks are 16 */
+        int64_t bend = (b + 1) * blocksize < end ? (b + 1) * blocksize : end;
         float sc = scales[b - first_block];
         const __m512 vs = _mm512_set1_ps(sc);
         if (stream) {
@@ -150,8 +150,8 @@ static void dequantize_bf16_avx512(const float *table, const uint8_t *codes, con
     const __m512 tab = _mm512_loadu_ps(table);
     int64_t i = start, end = start + count;
     uint16_t *o = out;
-    while (i < end) {
-        int64_t b = i / blocksize, bend = (b + 1) * blocksize < end ? (b + 1) * blocksize : end;
+    for (int64_t b = start / blocksize; i < end; b++) { /* no division per block: nvfp4 blocks are 16 */
+        int64_t bend = (b + 1) * blocksize < end ? (b + 1) * blocksize : end;
         float sc = scales[b - first_block];
         const __m512 vs = _mm512_set1_ps(sc);
         for (; i + 32 <= bend; i += 32, o += 32) {

@@ -69,8 +69,8 @@ int main(int argc, char **argv) {
     for (int64_t i = 0; i < n; i++)
         x[i] = (float)rng_normal(&rng) * 0.02f;
 
-    double memcpy_f32 = bench_memcpy_gbps(sizeof(float) * (size_t)n, 3);
-    double memcpy_bf16 = bench_memcpy_gbps(sizeof(uint16_t) * (size_t)n, 3);
+    double memcpy_f32 = bench_memcpy_gbps(sizeof(float) * (size_t)n, 5);
+    double memcpy_bf16 = bench_memcpy_gbps(sizeof(uint16_t) * (size_t)n, 5);
     printf(
         "bench_quant: n = %lld elements (%.0f MB fp32), kernel %s, memcpy %.2f GB/s (fp32 size), %.2f GB/s "
         "(bf16 size)\n",
@@ -88,7 +88,7 @@ int main(int argc, char **argv) {
         double tq = qlab_now() - t0;
         snprintf(name, sizeof name, "quant_%s_quantize_1t", tn);
         emit_pair(name, n, sizeof(float) * (size_t)n, tq, memcpy_f32, 0);
-        double td = time_dequant(&qt, out, NULL, 3);
+        double td = time_dequant(&qt, out, NULL, 5);
         snprintf(name, sizeof name, "quant_%s_dequantize_fp32_1t", tn);
         emit_pair(name, n, sizeof(float) * (size_t)n, td, memcpy_f32, dt == QUANT_NF4 ? 0.70 : 0);
         if (dt == QUANT_NF4) {

@@ -44,7 +44,8 @@ static int run(const char *first, ...) {
     argv[argc++] = qlab_bin;
     va_list ap;
     va_start(ap, first);
-    for (const char *a = first; a && argc < 31; a = va_arg(ap, const char *)) argv[argc++] = a;
+    for (const char *a = first; a && argc < 31; a = va_arg(ap, const char *))
+        argv[argc++] = a;
     va_end(ap);
     argv[argc] = NULL;
     const char *out_path = tmp_path("stdout.txt"), *err_path = tmp_path("stderr.txt");
@@ -52,7 +53,8 @@ static int run(const char *first, ...) {
     fflush(stderr);
     pid_t pid = fork();
     if (pid == 0) {
-        int o = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0600), e = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        int o = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0600),
+            e = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
         if (o < 0 || e < 0) _exit(126);
         dup2(o, 1);
         dup2(e, 2);
@@ -69,7 +71,8 @@ static int run(const char *first, ...) {
 
 static int count_lines(const char *s) {
     int n = 0;
-    for (; *s; s++) n += *s == '\n';
+    for (; *s; s++)
+        n += *s == '\n';
     return n;
 }
 
@@ -77,8 +80,8 @@ static int count_lines(const char *s) {
 static void expect_error(int rc, int want, const char *mention, const char *what) {
     CHECKF(rc == want, "%s: exit %d, want %d (stderr: %s)", what, rc, want, err_text);
     size_t len = strlen(err_text);
-    CHECKF(count_lines(err_text) == 1 && len > 0 && err_text[len - 1] == '\n', "%s: stderr is not one line: '%s'",
-           what, err_text);
+    CHECKF(count_lines(err_text) == 1 && len > 0 && err_text[len - 1] == '\n',
+           "%s: stderr is not one line: '%s'", what, err_text);
     CHECKF(strstr(err_text, mention) != NULL, "%s: stderr lacks '%s': %s", what, mention, err_text);
 }
 
@@ -126,8 +129,10 @@ static void test_round_trips(void) {
     /* --bf16, --name, --blocksize=, --stats, an fp16 input and a 3-D shape. */
     int64_t shape3[3] = {2, 3, 70};
     uint16_t h[N];
-    for (int i = 0; i < N; i++) h[i] = (uint16_t)(0x3c00 + (i % 64) * 3); /* fp16 values in [1, 1.2) */
-    const char *in16 = tmp_path("in16.npy"), *st = tmp_path("named.safetensors"), *back = tmp_path("back16.npy");
+    for (int i = 0; i < N; i++)
+        h[i] = (uint16_t)(0x3c00 + (i % 64) * 3); /* fp16 values in [1, 1.2) */
+    const char *in16 = tmp_path("in16.npy"), *st = tmp_path("named.safetensors"),
+               *back = tmp_path("back16.npy");
     CHECK(npy_write(in16, "<f2", 3, shape3, h) == QLAB_OK);
     int rc = run("quant", "--blocksize=128", "--name", "layer.weight", "--stats", in16, st, NULL);
     CHECKF(rc == 0, "quant fp16: %d %s", rc, err_text);
@@ -147,8 +152,10 @@ static void test_round_trips(void) {
 
     rc = run("quant", "--help", NULL);
     CHECK(rc == 0);
-    const char *opts[] = {"--dtype", "--blocksize", "--double-quant", "--stats", "--name", "--input-bf16", "--help"};
-    for (int i = 0; i < 7; i++) CHECKF(strstr(out_text, opts[i]) != NULL, "quant --help lacks %s", opts[i]);
+    const char *opts[] = {"--dtype", "--blocksize",  "--double-quant", "--stats",
+                          "--name",  "--input-bf16", "--help"};
+    for (int i = 0; i < 7; i++)
+        CHECKF(strstr(out_text, opts[i]) != NULL, "quant --help lacks %s", opts[i]);
     rc = run("dequant", "--help", NULL);
     CHECK(rc == 0 && strstr(out_text, "--bf16") && strstr(out_text, "--name") && strstr(out_text, "--help"));
 }
@@ -161,10 +168,14 @@ static void test_errors(void) {
     expect_error(run("quant", "--bogus", in, out, NULL), 2, "--bogus", "unknown flag");
     expect_error(run("quant", in, out, "--dtype", NULL), 2, "--dtype", "missing value");
     expect_error(run("quant", "--dtype", "nf5", in, out, NULL), 2, "nf5", "unknown dtype");
-    expect_error(run("quant", "--blocksize", "8192", in, out, NULL), 2, "--blocksize", "block size too large");
-    expect_error(run("quant", "--blocksize", "48", in, out, NULL), 2, "--blocksize", "block size not a power of 2");
-    expect_error(run("quant", "--blocksize", "sixty", in, out, NULL), 2, "--blocksize", "block size not a number");
-    expect_error(run("quant", "--dtype", "nvfp4", "--blocksize", "32", in, out, NULL), 2, "nvfp4", "nvfp4 block 32");
+    expect_error(run("quant", "--blocksize", "8192", in, out, NULL), 2, "--blocksize",
+                 "block size too large");
+    expect_error(run("quant", "--blocksize", "48", in, out, NULL), 2, "--blocksize",
+                 "block size not a power of 2");
+    expect_error(run("quant", "--blocksize", "sixty", in, out, NULL), 2, "--blocksize",
+                 "block size not a number");
+    expect_error(run("quant", "--dtype", "nvfp4", "--blocksize", "32", in, out, NULL), 2, "nvfp4",
+                 "nvfp4 block 32");
     expect_error(run("quant", "--dtype", "mxfp4", "--double-quant", in, out, NULL), 2, "--double-quant",
                  "dq on mxfp4");
     expect_error(run("quant", in, NULL), 2, "OUT.safetensors", "one file argument");
@@ -189,8 +200,8 @@ static void test_errors(void) {
     const char *nan_path = tmp_path("nan.npy");
     CHECK(npy_write(nan_path, "<f4", 1, &four, nan_data) == QLAB_OK);
     expect_error(run("quant", nan_path, out, NULL), 1, nan_path, "NaN input");
-    expect_error(run("quant", in, "/nonexistent/qlab/out.safetensors", NULL), 1, "/nonexistent/qlab/out.safetensors",
-                 "unwritable output");
+    expect_error(run("quant", in, "/nonexistent/qlab/out.safetensors", NULL), 1,
+                 "/nonexistent/qlab/out.safetensors", "unwritable output");
     int64_t shape5[5] = {1, 1, 1, 2, 2};
     CHECK(npy_write(junk, "<f4", 5, shape5, x) == QLAB_OK);
     expect_error(run("quant", junk, out, NULL), 1, junk, "5-D input");
@@ -225,7 +236,8 @@ int main(void) {
     mkdir(tmpdir, 0700);
     rng_state r;
     rng_seed(&r, 7);
-    for (int i = 0; i < N; i++) x[i] = (float)rng_normal(&r) * 0.02f;
+    for (int i = 0; i < N; i++)
+        x[i] = (float)rng_normal(&r) * 0.02f;
     test_round_trips();
     test_errors();
     char cmd[512];

@@ -54,7 +54,7 @@ static void test_determinism(void) {
     size_t le;
     CHECK(corpus_generate(1, CORPUS_TRAIN, 0, 1, &e, &le) == QLAB_OK);
     uint64_t h = corpus_text_hash(e, le);
-    CHECKF(h == 0x340e5e639bea0b41ULL && le == 491, "seed 1 first story: hash %016llx, %zu bytes",
+    CHECKF(h == 0x22ccd4ba39823ecdULL && le == 649, "seed 1 first story: hash %016llx, %zu bytes",
            (unsigned long long)h, le);
     free(a);
     free(b);

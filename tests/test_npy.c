@@ -51,7 +51,8 @@ static void test_round_trips(void) {
     int64_t shapes[][8] = {{0}, {7}, {2, 3, 4}, {1, 2, 1, 2, 1, 2, 1, 3}, {0, 5}};
     int ndims[] = {0, 1, 3, 8, 2};
     unsigned char data[256];
-    for (int i = 0; i < 256; i++) data[i] = (unsigned char)(i * 37 + 11);
+    for (int i = 0; i < 256; i++)
+        data[i] = (unsigned char)(i * 37 + 11);
     for (size_t d = 0; d < sizeof dtypes / sizeof dtypes[0]; d++)
         for (int s = 0; s < 5; s++) {
             const char *path = tmp_path("rt.npy");
@@ -61,7 +62,8 @@ static void test_round_trips(void) {
             CHECKF(st == QLAB_OK, "%s %d: %s", dtypes[d], s, qlab_last_error());
             if (st != QLAB_OK) continue;
             int64_t count = 1;
-            for (int i = 0; i < ndims[s]; i++) count *= shapes[s][i];
+            for (int i = 0; i < ndims[s]; i++)
+                count *= shapes[s][i];
             CHECK(!strcmp(a.dtype, dtypes[d]));
             CHECK(a.ndim == ndims[s]);
             CHECK(a.count == count);
@@ -103,7 +105,8 @@ static void test_numpy_header_bytes(void) {
     CHECK(strncmp(got + 10, "{'descr': '<f2', 'fortran_order': False, 'shape': (5,), }", 57) == 0);
     /* A scalar: "()" and no growth padding: 10 + 55 + 1 -> 128. */
     CHECK(npy_format_header("<i8", 0, NULL, got, sizeof got, &len) == QLAB_OK);
-    CHECK(len == 128 && strncmp(got + 10, "{'descr': '<i8', 'fortran_order': False, 'shape': (), }   ", 58) == 0);
+    CHECK(len == 128 &&
+          strncmp(got + 10, "{'descr': '<i8', 'fortran_order': False, 'shape': (), }   ", 58) == 0);
     /* When dict + growth space + '\n' already fill a multiple of 64, numpy still adds 64 spaces. */
     int64_t aligned[3] = {1, 1000000000000000000LL, 100000000000000000LL};
     CHECK(npy_format_header("<f4", 3, aligned, got, sizeof got, &len) == QLAB_OK);

@@ -21,13 +21,16 @@ static const char *tmp_path(const char *name) {
     return strdup(buf);
 }
 
-static int same_bits(const void *a, const void *b, size_t n) { return n == 0 || memcmp(a, b, n) == 0; }
+static int same_bits(const void *a, const void *b, size_t n) {
+    return n == 0 || memcmp(a, b, n) == 0;
+}
 
 /* Every field of two quantized tensors, bit for bit. */
 static void check_same(const quant_tensor *a, const quant_tensor *b, const char *what) {
-    CHECKF(a->dtype == b->dtype && a->blocksize == b->blocksize && a->n == b->n && a->nblocks == b->nblocks, "%s",
+    CHECKF(a->dtype == b->dtype && a->blocksize == b->blocksize && a->n == b->n && a->nblocks == b->nblocks,
+           "%s", what);
+    CHECKF(a->ndim == b->ndim && same_bits(a->shape, b->shape, sizeof(int64_t) * (size_t)a->ndim), "%s shape",
            what);
-    CHECKF(a->ndim == b->ndim && same_bits(a->shape, b->shape, sizeof(int64_t) * (size_t)a->ndim), "%s shape", what);
     CHECKF(same_bits(a->codes, b->codes, (size_t)(a->n + 1) / 2), "%s codes", what);
     CHECKF((a->absmax == NULL) == (b->absmax == NULL), "%s absmax presence", what);
     CHECKF((a->scale8 == NULL) == (b->scale8 == NULL), "%s scale8 presence", what);
@@ -36,7 +39,8 @@ static void check_same(const quant_tensor *a, const quant_tensor *b, const char 
     CHECKF((a->dq_absmax == NULL) == (b->dq_absmax == NULL), "%s dq_absmax presence", what);
     if (a->absmax && b->absmax)
         CHECKF(same_bits(a->absmax, b->absmax, sizeof(float) * (size_t)a->nblocks), "%s absmax", what);
-    if (a->scale8 && b->scale8) CHECKF(same_bits(a->scale8, b->scale8, (size_t)a->nblocks), "%s scale8", what);
+    if (a->scale8 && b->scale8)
+        CHECKF(same_bits(a->scale8, b->scale8, (size_t)a->nblocks), "%s scale8", what);
     if (a->scale16 && b->scale16)
         CHECKF(same_bits(a->scale16, b->scale16, sizeof(uint16_t) * (size_t)a->nblocks), "%s scale16", what);
     CHECKF(same_bits(&a->tensor_scale, &b->tensor_scale, sizeof(float)), "%s tensor_scale", what);
@@ -44,7 +48,8 @@ static void check_same(const quant_tensor *a, const quant_tensor *b, const char 
     if (a->dq_codes && b->dq_codes)
         CHECKF(same_bits(a->dq_codes, b->dq_codes, (size_t)a->nblocks), "%s dq_codes", what);
     if (a->dq_absmax && b->dq_absmax)
-        CHECKF(same_bits(a->dq_absmax, b->dq_absmax, sizeof(float) * (size_t)a->dq_nblocks), "%s dq_absmax", what);
+        CHECKF(same_bits(a->dq_absmax, b->dq_absmax, sizeof(float) * (size_t)a->dq_nblocks), "%s dq_absmax",
+               what);
     CHECKF(same_bits(&a->dq_offset, &b->dq_offset, sizeof(float)), "%s dq_offset %.9g vs %.9g", what,
            (double)a->dq_offset, (double)b->dq_offset);
 }
@@ -55,7 +60,8 @@ static void test_round_trips(void) {
     /* 37 x 65 = 2405 elements: odd (a half-filled last byte) and not a multiple of any block size. */
     enum { ROWS = 37, COLS = 65, N = ROWS * COLS };
     static float x[N], y1[N], y2[N];
-    for (int i = 0; i < N; i++) x[i] = (float)rng_normal(&r) * (i % 97 == 0 ? 8.0f : 0.05f);
+    for (int i = 0; i < N; i++)
+        x[i] = (float)rng_normal(&r) * (i % 97 == 0 ? 8.0f : 0.05f);
     for (int d = 0; d < QUANT_DTYPE_COUNT; d++) {
         quant_dtype dt = (quant_dtype)d;
         int bs_list[2] = {quant_default_blocksize(dt), quant_dtype_has_fp32_absmax(dt) ? 128 : 0};
@@ -111,7 +117,8 @@ static void test_round_trips(void) {
 /* NF4 + DQ must be stored exactly as transformers stores a bitsandbytes Linear4bit weight. */
 static void test_bitsandbytes_layout(void) {
     float x[300];
-    for (int i = 0; i < 300; i++) x[i] = (float)((i * 37) % 101 - 50) / 50.0f;
+    for (int i = 0; i < 300; i++)
+        x[i] = (float)((i * 37) % 101 - 50) / 50.0f;
     quant_tensor q;
     CHECK(quant_tensor_quantize_ref(&q, x, 300, QUANT_NF4, 64, 1) == QLAB_OK);
     q.ndim = 2, q.shape[0] = 10, q.shape[1] = 30;
@@ -125,11 +132,13 @@ static void test_bitsandbytes_layout(void) {
     t = safetensors_find(&f, "weight.absmax");
     CHECK(t && t->dtype == SAFETENSORS_U8 && t->ndim == 1 && t->shape[0] == 5);
     t = safetensors_find(&f, "weight.quant_map");
-    CHECK(t && t->dtype == SAFETENSORS_F32 && t->count == 16 && !memcmp(t->data, quant_codebook(QUANT_NF4), 64));
+    CHECK(t && t->dtype == SAFETENSORS_F32 && t->count == 16 &&
+          !memcmp(t->data, quant_codebook(QUANT_NF4), 64));
     t = safetensors_find(&f, "weight.nested_absmax");
     CHECK(t && t->dtype == SAFETENSORS_F32 && t->count == 1);
     t = safetensors_find(&f, "weight.nested_quant_map");
-    CHECK(t && t->dtype == SAFETENSORS_F32 && t->count == 256 && !memcmp(t->data, quant_dynamic_map_signed(), 1024));
+    CHECK(t && t->dtype == SAFETENSORS_F32 && t->count == 256 &&
+          !memcmp(t->data, quant_dynamic_map_signed(), 1024));
     t = safetensors_find(&f, "weight.quant_state.bitsandbytes__nf4");
     CHECK(t && t->dtype == SAFETENSORS_U8 && t->ndim == 1);
     if (t) {
@@ -187,7 +196,8 @@ typedef struct {
     const void *data;
 } override;
 
-static void write_tampered(const char *path, const quant_tensor *q, const override *ov, int n_ov, const char *drop) {
+static void write_tampered(const char *path, const quant_tensor *q, const override *ov, int n_ov,
+                           const char *drop) {
     /* Build the honest file, re-read it, then rewrite with changes. */
     const char *honest = tmp_path("honest.safetensors");
     CHECK(quant_io_save(honest, "w", q) == QLAB_OK);
@@ -197,10 +207,12 @@ static void write_tampered(const char *path, const quant_tensor *q, const overri
     for (int i = 0; i < f.n_tensors; i++) {
         const safetensors_tensor *t = &f.tensors[i];
         int replaced = drop && !strcmp(t->name, drop);
-        for (int k = 0; k < n_ov; k++) replaced |= !strcmp(t->name, ov[k].name);
+        for (int k = 0; k < n_ov; k++)
+            replaced |= !strcmp(t->name, ov[k].name);
         if (!replaced) safetensors_writer_add_copy(w, t->name, t->dtype, t->ndim, t->shape, t->data);
     }
-    for (int k = 0; k < n_ov; k++) safetensors_writer_add_copy(w, ov[k].name, ov[k].dt, 1, &ov[k].count, ov[k].data);
+    for (int k = 0; k < n_ov; k++)
+        safetensors_writer_add_copy(w, ov[k].name, ov[k].dt, 1, &ov[k].count, ov[k].data);
     CHECK(safetensors_writer_write(w, path) == QLAB_OK);
     safetensors_writer_free(w);
     safetensors_close(&f);
@@ -228,7 +240,8 @@ static void json_override(override *o, char *buf, const char *json) {
 
 static void test_malformed(void) {
     float x[300];
-    for (int i = 0; i < 300; i++) x[i] = (float)(i % 17) - 8.0f;
+    for (int i = 0; i < 300; i++)
+        x[i] = (float)(i % 17) - 8.0f;
     quant_tensor q;
     CHECK(quant_tensor_quantize_ref(&q, x, 300, QUANT_NF4, 64, 1) == QLAB_OK);
     char p[512];
@@ -262,7 +275,8 @@ static void test_malformed(void) {
     o[0] = (override){"w.absmax", SAFETENSORS_F32, 5, absmax};
     write_tampered(p, &q, o, 1, NULL);
     expect_fail(p, "expected U8");
-    json_override(&o[0], json, "{\"quant_type\": \"fp4\", \"blocksize\": 64, \"dtype\": \"float32\", \"shape\": [300]}");
+    json_override(&o[0], json,
+                  "{\"quant_type\": \"fp4\", \"blocksize\": 64, \"dtype\": \"float32\", \"shape\": [300]}");
     write_tampered(p, &q, o, 1, NULL);
     expect_fail(p, "quant_type");
     json_override(&o[0], json,
@@ -292,7 +306,8 @@ static void test_malformed(void) {
     o[0].name = "w.quant_state.bitsandbytes__int8";
     write_tampered(p, &q, o, 1, "w.quant_state.bitsandbytes__nf4");
     expect_fail(p, "unknown quant state 'bitsandbytes__int8'");
-    json_override(&o[0], json, "{\"quant_type\": \"fp4\", \"blocksize\": 64, \"dtype\": \"float32\", \"shape\": [300]}");
+    json_override(&o[0], json,
+                  "{\"quant_type\": \"fp4\", \"blocksize\": 64, \"dtype\": \"float32\", \"shape\": [300]}");
     o[0].name = "w.quant_state.bitsandbytes__fp4";
     write_tampered(p, &q, o, 1, NULL);
     expect_fail(p, "two quant_state entries");

@@ -33,16 +33,19 @@ static void write_bytes(const char *path, const void *data, size_t len) {
 static void make_st(const char *path, const char *json, size_t data_len) {
     size_t n = strlen(json);
     unsigned char *buf = calloc(8 + n + data_len + 1, 1);
-    for (int i = 0; i < 8; i++) buf[i] = (unsigned char)((uint64_t)n >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        buf[i] = (unsigned char)((uint64_t)n >> (8 * i));
     memcpy(buf + 8, json, n);
-    for (size_t i = 0; i < data_len; i++) buf[8 + n + i] = (unsigned char)i;
+    for (size_t i = 0; i < data_len; i++)
+        buf[8 + n + i] = (unsigned char)i;
     write_bytes(path, buf, 8 + n + data_len);
     free(buf);
 }
 
 static void test_round_trip(void) {
     unsigned char data[512];
-    for (int i = 0; i < 512; i++) data[i] = (unsigned char)(i * 91 + 7);
+    for (int i = 0; i < 512; i++)
+        data[i] = (unsigned char)(i * 91 + 7);
     safetensors_writer *w = safetensors_writer_new();
     char name[64];
     int64_t shape[3] = {2, 3, 5};
@@ -55,7 +58,8 @@ static void test_round_trip(void) {
     float scalar = 2.5f;
     CHECK(safetensors_writer_add_copy(w, "scalar", SAFETENSORS_F32, 0, NULL, &scalar) == QLAB_OK);
     scalar = -1; /* the copy must not see this */
-    CHECK(safetensors_writer_add(w, "odd \"name\"\\\n\xc3\xa9", SAFETENSORS_U8, 1, (int64_t[]){3}, data) == QLAB_OK);
+    CHECK(safetensors_writer_add(w, "odd \"name\"\\\n\xc3\xa9", SAFETENSORS_U8, 1, (int64_t[]){3}, data) ==
+          QLAB_OK);
     CHECK(safetensors_writer_set_metadata(w, "format", "pt") == QLAB_OK);
     CHECK(safetensors_writer_set_metadata(w, "note", "quote \" and \\ and\ttab") == QLAB_OK);
     CHECK(safetensors_writer_set_metadata(w, "format", "qlab") == QLAB_OK); /* replaces */
@@ -70,7 +74,8 @@ static void test_round_trip(void) {
     CHECK(f.n_tensors == SAFETENSORS_DTYPE_COUNT + 3);
     CHECK(f.n_metadata == 2);
     CHECK(safetensors_metadata(&f, "format") && !strcmp(safetensors_metadata(&f, "format"), "qlab"));
-    CHECK(safetensors_metadata(&f, "note") && !strcmp(safetensors_metadata(&f, "note"), "quote \" and \\ and\ttab"));
+    CHECK(safetensors_metadata(&f, "note") &&
+          !strcmp(safetensors_metadata(&f, "note"), "quote \" and \\ and\ttab"));
     CHECK(safetensors_metadata(&f, "missing") == NULL);
     for (int d = 0; d < SAFETENSORS_DTYPE_COUNT; d++) {
         snprintf(name, sizeof name, "t.%s", safetensors_dtype_name((safetensors_dtype)d));
@@ -98,7 +103,8 @@ static void test_round_trip(void) {
     CHECK(strstr(qlab_last_error(), path) && strstr(qlab_last_error(), "'nope'"));
     /* Header length is a multiple of 8 (spaces), so data starts 8-aligned. */
     uint64_t n = 0;
-    for (int i = 7; i >= 0; i--) n = n << 8 | ((const unsigned char *)f.map_base)[i];
+    for (int i = 7; i >= 0; i--)
+        n = n << 8 | ((const unsigned char *)f.map_base)[i];
     CHECK(n % 8 == 0);
 
     float out[30];
@@ -116,11 +122,13 @@ static void test_round_trip(void) {
 /* The bytes the reference implementation writes for {"a": F32 [1.0, 2.0]} with metadata {"k": "v"}:
  * compact JSON, metadata first, padded with spaces to a multiple of 8. */
 static void test_exact_bytes(void) {
-    const char *json = "{\"__metadata__\":{\"k\":\"v\"},\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}";
+    const char *json =
+        "{\"__metadata__\":{\"k\":\"v\"},\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}";
     size_t n = strlen(json), padded = (n + 7) / 8 * 8;
     unsigned char expect[256];
     memset(expect, ' ', sizeof expect);
-    for (int i = 0; i < 8; i++) expect[i] = (unsigned char)((uint64_t)padded >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        expect[i] = (unsigned char)((uint64_t)padded >> (8 * i));
     memcpy(expect + 8, json, n);
     float v[2] = {1.0f, 2.0f};
     memcpy(expect + 8 + padded, v, 8);
@@ -152,11 +160,11 @@ static void test_reference_vectors(void) {
     const char *path = tmp_path("ref.safetensors");
     /* {"attn.0": F32 [1,2,3]}: the JSON is exactly 64 bytes, so no padding. */
     static const unsigned char attn_0[] = {
-        64,  0,   0,   0,   0,   0,   0,   0,   123, 34,  97,  116, 116, 110, 46,  48,  34,  58,  123, 34,  100,
-        116, 121, 112, 101, 34,  58,  34,  70,  51,  50,  34,  44,  34,  115, 104, 97,  112, 101, 34,  58,  91,
-        49,  44,  50,  44,  51,  93,  44,  34,  100, 97,  116, 97,  95,  111, 102, 102, 115, 101, 116, 115, 34,
-        58,  91,  48,  44,  50,  52,  93,  125, 125, 0,   0,   0,   0,   0,   0,   128, 63,  0,   0,   0,   64,
-        0,   0,   64,  64,  0,   0,   128, 64,  0,   0,   160, 64};
+        64,  0,   0,   0,   0,   0,  0,  0,  123, 34, 97,  116, 116, 110, 46,  48,  34,  58,  123, 34,
+        100, 116, 121, 112, 101, 34, 58, 34, 70,  51, 50,  34,  44,  34,  115, 104, 97,  112, 101, 34,
+        58,  91,  49,  44,  50,  44, 51, 93, 44,  34, 100, 97,  116, 97,  95,  111, 102, 102, 115, 101,
+        116, 115, 34,  58,  91,  48, 44, 50, 52,  93, 125, 125, 0,   0,   0,   0,   0,   0,   128, 63,
+        0,   0,   0,   64,  0,   0,  64, 64, 0,   0,  128, 64,  0,   0,   160, 64};
     safetensors_writer *w = safetensors_writer_new();
     CHECK(safetensors_writer_add(w, "attn.0", SAFETENSORS_F32, 3, (int64_t[]){1, 2, 3}, v) == QLAB_OK);
     CHECK(safetensors_writer_write(w, path) == QLAB_OK);
@@ -164,11 +172,11 @@ static void test_reference_vectors(void) {
     check_file_bytes(path, attn_0, sizeof attn_0, "attn.0");
     /* {"attn0": F32 [1,1,2,3]}: 65 bytes of JSON padded with 7 spaces to 72. */
     static const unsigned char attn0[] = {
-        72,  0,   0,   0,   0,   0,   0,   0,   123, 34,  97,  116, 116, 110, 48,  34,  58,  123, 34,  100, 116,
-        121, 112, 101, 34,  58,  34,  70,  51,  50,  34,  44,  34,  115, 104, 97,  112, 101, 34,  58,  91,  49,
-        44,  49,  44,  50,  44,  51,  93,  44,  34,  100, 97,  116, 97,  95,  111, 102, 102, 115, 101, 116, 115,
-        34,  58,  91,  48,  44,  50,  52,  93,  125, 125, 32,  32,  32,  32,  32,  32,  32,  0,   0,   0,   0,
-        0,   0,   128, 63,  0,   0,   0,   64,  0,   0,   64,  64,  0,   0,   128, 64,  0,   0,   160, 64};
+        72,  0,   0,   0,  0,  0,  0,  0,  123, 34,  97, 116, 116, 110, 48,  34,  58,  123, 34,  100, 116,
+        121, 112, 101, 34, 58, 34, 70, 51, 50,  34,  44, 34,  115, 104, 97,  112, 101, 34,  58,  91,  49,
+        44,  49,  44,  50, 44, 51, 93, 44, 34,  100, 97, 116, 97,  95,  111, 102, 102, 115, 101, 116, 115,
+        34,  58,  91,  48, 44, 50, 52, 93, 125, 125, 32, 32,  32,  32,  32,  32,  32,  0,   0,   0,   0,
+        0,   0,   128, 63, 0,  0,  0,  64, 0,   0,   64, 64,  0,   0,   128, 64,  0,   0,   160, 64};
     w = safetensors_writer_new();
     CHECK(safetensors_writer_add(w, "attn0", SAFETENSORS_F32, 4, (int64_t[]){1, 1, 2, 3}, v) == QLAB_OK);
     CHECK(safetensors_writer_write(w, path) == QLAB_OK);
@@ -179,9 +187,10 @@ static void test_reference_vectors(void) {
     w = safetensors_writer_new();
     CHECK(safetensors_writer_write(w, path) == QLAB_OK);
     check_file_bytes(path, empty, sizeof empty, "empty");
-    static const unsigned char meta[] = {40,  0,   0,   0,   0,   0,   0,   0,   123, 34,  95,  95,  109, 101, 116, 97,
-                                         100, 97,  116, 97,  95,  95,  34,  58,  123, 34,  102, 114, 97,  109, 101, 119,
-                                         111, 114, 107, 34,  58,  34,  112, 116, 34,  125, 125, 32,  32,  32,  32,  32};
+    static const unsigned char meta[] = {40,  0,   0,   0,   0,   0,   0,   0,   123, 34,  95,  95,
+                                         109, 101, 116, 97,  100, 97,  116, 97,  95,  95,  34,  58,
+                                         123, 34,  102, 114, 97,  109, 101, 119, 111, 114, 107, 34,
+                                         58,  34,  112, 116, 34,  125, 125, 32,  32,  32,  32,  32};
     CHECK(safetensors_writer_set_metadata(w, "framework", "pt") == QLAB_OK);
     CHECK(safetensors_writer_write(w, path) == QLAB_OK);
     safetensors_writer_free(w);
@@ -189,10 +198,10 @@ static void test_reference_vectors(void) {
 
     /* Layout order: the reference's dtype ranking (U64, I64, F64, F32, U32, I32, BF16, F16, ...). */
     w = safetensors_writer_new();
-    const safetensors_dtype order[] = {SAFETENSORS_U64, SAFETENSORS_I64, SAFETENSORS_F64, SAFETENSORS_F32,
-                                       SAFETENSORS_U32, SAFETENSORS_I32, SAFETENSORS_BF16, SAFETENSORS_F16,
-                                       SAFETENSORS_U16, SAFETENSORS_I16, SAFETENSORS_F8_E4M3, SAFETENSORS_F8_E5M2,
-                                       SAFETENSORS_I8, SAFETENSORS_U8, SAFETENSORS_BOOL};
+    const safetensors_dtype order[] = {
+        SAFETENSORS_U64,     SAFETENSORS_I64,     SAFETENSORS_F64, SAFETENSORS_F32, SAFETENSORS_U32,
+        SAFETENSORS_I32,     SAFETENSORS_BF16,    SAFETENSORS_F16, SAFETENSORS_U16, SAFETENSORS_I16,
+        SAFETENSORS_F8_E4M3, SAFETENSORS_F8_E5M2, SAFETENSORS_I8,  SAFETENSORS_U8,  SAFETENSORS_BOOL};
     char name[8];
     for (int i = SAFETENSORS_DTYPE_COUNT - 1; i >= 0; i--) { /* added in reverse, names sort the other way */
         snprintf(name, sizeof name, "%c", 'o' - i);
@@ -254,13 +263,14 @@ static void expect_fail(const char *path, qlab_status want, const char *keyword,
     CHECKF(strstr(qlab_last_error(), path) != NULL, "message lacks the file name: %s", qlab_last_error());
     CHECKF(strstr(qlab_last_error(), keyword) != NULL, "message lacks '%s': %s", keyword, qlab_last_error());
     if (tensor)
-        CHECKF(strstr(qlab_last_error(), tensor) != NULL, "message lacks tensor %s: %s", tensor, qlab_last_error());
+        CHECKF(strstr(qlab_last_error(), tensor) != NULL, "message lacks tensor %s: %s", tensor,
+               qlab_last_error());
     CHECK(strchr(qlab_last_error(), '\n') == NULL);
     CHECK(f.map_base == NULL && f.tensors == NULL);
     if (st == QLAB_OK) safetensors_close(&f);
 }
 
-#define T(name, dtype, shape, b, e)                                                                \
+#define T(name, dtype, shape, b, e)                                                                          \
     "\"" name "\":{\"dtype\":\"" dtype "\",\"shape\":" shape ",\"data_offsets\":[" #b "," #e "]}"
 
 static void test_malformed(void) {
@@ -275,6 +285,10 @@ static void test_malformed(void) {
     expect_fail(p, QLAB_ERR_FORMAT, "not a JSON object", NULL);
     make_st(p, "{\"a\":{\"dtype\":\"F32\",", 0);
     expect_fail(p, QLAB_ERR_FORMAT, "not valid JSON", NULL);
+    make_st(p, "{\"\xc3\x28\":{}}", 0);
+    expect_fail(p, QLAB_ERR_FORMAT, "UTF-8 (byte 2)", NULL);
+    make_st(p, "{\"\xed\xa0\x80\":{}}", 0); /* an encoded surrogate */
+    expect_fail(p, QLAB_ERR_FORMAT, "UTF-8", NULL);
     make_st(p, "{} xyz", 0);
     expect_fail(p, QLAB_ERR_FORMAT, "after the JSON", NULL);
     make_st(p, "{\"w\":{\"shape\":[2],\"data_offsets\":[0,8]}}", 8);
@@ -359,10 +373,10 @@ static void test_checkpoint(void) {
     snprintf(idx, sizeof idx, "%s/model.safetensors.index.json", dir);
     write_shard(p1, "model.embed_tokens.weight", "model.norm.weight", 10);
     write_shard(p2, "lm_head.weight", NULL, 20);
-    const char *index =
-        "{\"metadata\": {\"total_size\": 48}, \"weight_map\": {\"lm_head.weight\": "
-        "\"model-00002-of-00002.safetensors\", \"model.embed_tokens.weight\": \"model-00001-of-00002.safetensors\", "
-        "\"model.norm.weight\": \"model-00001-of-00002.safetensors\"}}";
+    const char *index = "{\"metadata\": {\"total_size\": 48}, \"weight_map\": {\"lm_head.weight\": "
+                        "\"model-00002-of-00002.safetensors\", \"model.embed_tokens.weight\": "
+                        "\"model-00001-of-00002.safetensors\", "
+                        "\"model.norm.weight\": \"model-00001-of-00002.safetensors\"}}";
     write_bytes(idx, index, strlen(index));
     safetensors_checkpoint ck;
     for (int via = 0; via < 2; via++) {
@@ -374,7 +388,8 @@ static void test_checkpoint(void) {
         const safetensors_tensor *t = safetensors_checkpoint_find(&ck, "lm_head.weight", &f);
         CHECK(t && f && strstr(f->path, "00002") && t->count == 4);
         float out[4];
-        CHECK(safetensors_checkpoint_read_f32(&ck, "model.norm.weight", out, 4) == QLAB_OK && out[3] == 13.0f);
+        CHECK(safetensors_checkpoint_read_f32(&ck, "model.norm.weight", out, 4) == QLAB_OK &&
+              out[3] == 13.0f);
         CHECK(safetensors_checkpoint_read_f32(&ck, "missing.weight", out, 4) == QLAB_ERR_FORMAT);
         CHECK(strstr(qlab_last_error(), "'missing.weight'"));
         safetensors_checkpoint_close(&ck);
@@ -400,7 +415,8 @@ static void test_checkpoint(void) {
     CHECK(strstr(qlab_last_error(), "model-00009.safetensors"));
     /* The same tensor in two shards. */
     write_shard(p2, "model.norm.weight", NULL, 20);
-    bad = "{\"weight_map\": {\"model.norm.weight\": \"model-00002-of-00002.safetensors\", \"model.embed_tokens.weight\": "
+    bad = "{\"weight_map\": {\"model.norm.weight\": \"model-00002-of-00002.safetensors\", "
+          "\"model.embed_tokens.weight\": "
           "\"model-00001-of-00002.safetensors\"}}";
     write_bytes(idx, bad, strlen(bad));
     CHECK(safetensors_checkpoint_open(&ck, idx) == QLAB_ERR_FORMAT);

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "atomic_file.h"
 #include "bpe.h"
 #include "cli.h"
 #include "common.h"
@@ -103,24 +104,13 @@ static int cmd_corpus(int argc, char **argv) {
         return 0;
     }
     /* Write to a temporary name and rename, so an interrupted run never leaves a truncated corpus. */
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", out_path, (long)getpid()) >= (int)sizeof tmp) {
-        fprintf(stderr, "qlab corpus: %s: path too long\n", out_path);
-        return 2;
-    }
-    FILE *f = fopen(tmp, "wb");
-    if (!f) {
-        fprintf(stderr, "qlab corpus: %s: cannot create: %s\n", tmp, strerror(errno));
-        return 1;
-    }
-    qlab_status st = corpus_write(seed, split, n_bytes, n_stories, f, out_path);
-    if (fclose(f) != 0 && st == QLAB_OK) st = qlab_fail(QLAB_ERR_IO, "%s: write failed: %s", out_path, strerror(errno));
-    if (st == QLAB_OK && rename(tmp, out_path) != 0)
-        st = qlab_fail(QLAB_ERR_IO, "%s: cannot rename into place: %s", out_path, strerror(errno));
-    if (st != QLAB_OK) {
-        remove(tmp);
+    atomic_file f;
+    if (atomic_file_open(&f, out_path) != QLAB_OK) return qlab_report_error("qlab corpus");
+    if (corpus_write(seed, split, n_bytes, n_stories, f.f, out_path) != QLAB_OK) {
+        atomic_file_abort(&f);
         return qlab_report_error("qlab corpus");
     }
+    if (atomic_file_commit(&f) != QLAB_OK) return qlab_report_error("qlab corpus");
     return 0;
 }
 

@@ -17,40 +17,43 @@
 #define CMD_QUANT_EXIT_USAGE 2
 
 static void quant_usage(FILE *f) {
-    fprintf(f,
-            "Usage: qlab quant [options] IN.npy OUT.safetensors\n"
-            "\n"
-            "Quantizes an array (.npy of <f4, <f2, <f8, or bf16 stored as <u2) to 4 bits, blockwise, and writes it\n"
-            "as safetensors in the layout transformers uses for bitsandbytes 4-bit weights.\n"
-            "\n"
-            "Options:\n"
-            "  --dtype D         data type: nf4 (default), fp4, fp4_e2m1, fp4_e3m0, int4, af4, mxfp4, nvfp4,\n"
-            "                    iq4_nl\n"
-            "  --blocksize B     elements per block (default: 64 for the absmax types; mxfp4 and iq4_nl are\n"
-            "                    fixed at 32, nvfp4 at 16); absmax types accept powers of two from %d to %d\n"
-            "  --double-quant    also quantize the per-block absmax (8-bit dynamic map, blocks of %d);\n"
-            "                    absmax types only\n"
-            "  --stats           print MSE, max abs error, SQNR (dB), bits/param and storage bytes\n"
-            "  --name P          tensor name in the output file (default: weight)\n"
-            "  --input-bf16      read a <u2 input array as bf16 bit patterns\n"
-            "  -h, --help        show this help\n"
-            "\n"
-            "Exit status: 0 ok, 1 bad or unreadable data, 2 usage error.\n",
-            QUANT_MIN_BLOCKSIZE, QUANT_MAX_BLOCKSIZE, QUANT_DQ_BLOCKSIZE);
+    fprintf(
+        f,
+        "Usage: qlab quant [options] IN.npy OUT.safetensors\n"
+        "\n"
+        "Quantizes an array (.npy of <f4, <f2, <f8, or bf16 stored as <u2) to 4 bits, blockwise, and writes "
+        "it\n"
+        "as safetensors in the layout transformers uses for bitsandbytes 4-bit weights.\n"
+        "\n"
+        "Options:\n"
+        "  --dtype D         data type: nf4 (default), fp4, fp4_e2m1, fp4_e3m0, int4, af4, mxfp4, nvfp4,\n"
+        "                    iq4_nl\n"
+        "  --blocksize B     elements per block (default: 64 for the absmax types; mxfp4 and iq4_nl are\n"
+        "                    fixed at 32, nvfp4 at 16); absmax types accept powers of two from %d to %d\n"
+        "  --double-quant    also quantize the per-block absmax (8-bit dynamic map, blocks of %d);\n"
+        "                    absmax types only\n"
+        "  --stats           print MSE, max abs error, SQNR (dB), bits/param and storage bytes\n"
+        "  --name P          tensor name in the output file (default: weight)\n"
+        "  --input-bf16      read a <u2 input array as bf16 bit patterns\n"
+        "  -h, --help        show this help\n"
+        "\n"
+        "Exit status: 0 ok, 1 bad or unreadable data, 2 usage error.\n",
+        QUANT_MIN_BLOCKSIZE, QUANT_MAX_BLOCKSIZE, QUANT_DQ_BLOCKSIZE);
 }
 
 static void dequant_usage(FILE *f) {
-    fprintf(f, "Usage: qlab dequant [options] IN.safetensors OUT.npy\n"
-               "\n"
-               "Dequantizes a 4-bit tensor written by 'qlab quant' (or a bitsandbytes NF4/FP4 tensor saved by\n"
-               "transformers) and writes it as .npy with its original shape.\n"
-               "\n"
-               "Options:\n"
-               "  --bf16            write bf16 bit patterns as <u2 instead of fp32 <f4\n"
-               "  --name P          which quantized tensor to read (default: the only one in the file)\n"
-               "  -h, --help        show this help\n"
-               "\n"
-               "Exit status: 0 ok, 1 bad or unreadable data, 2 usage error.\n");
+    fprintf(f,
+            "Usage: qlab dequant [options] IN.safetensors OUT.npy\n"
+            "\n"
+            "Dequantizes a 4-bit tensor written by 'qlab quant' (or a bitsandbytes NF4/FP4 tensor saved by\n"
+            "transformers) and writes it as .npy with its original shape.\n"
+            "\n"
+            "Options:\n"
+            "  --bf16            write bf16 bit patterns as <u2 instead of fp32 <f4\n"
+            "  --name P          which quantized tensor to read (default: the only one in the file)\n"
+            "  -h, --help        show this help\n"
+            "\n"
+            "Exit status: 0 ok, 1 bad or unreadable data, 2 usage error.\n");
 }
 
 /* Splits "--flag=value" / "--flag value"; returns the value or NULL (and prints) when it is missing. */
@@ -95,7 +98,8 @@ static int cmd_quant(int argc, char **argv) {
         } else if (is_flag(a, "--dtype")) {
             if (!(dtype_text = option_value("quant", argc, argv, &i, "--dtype"))) return CMD_QUANT_EXIT_USAGE;
         } else if (is_flag(a, "--blocksize")) {
-            if (!(blocksize_text = option_value("quant", argc, argv, &i, "--blocksize"))) return CMD_QUANT_EXIT_USAGE;
+            if (!(blocksize_text = option_value("quant", argc, argv, &i, "--blocksize")))
+                return CMD_QUANT_EXIT_USAGE;
         } else if (is_flag(a, "--name")) {
             if (!(name = option_value("quant", argc, argv, &i, "--name"))) return CMD_QUANT_EXIT_USAGE;
         } else if (!strcmp(a, "--double-quant")) {
@@ -110,7 +114,9 @@ static int cmd_quant(int argc, char **argv) {
         }
     }
     if (npos != 2) {
-        fprintf(stderr, "qlab quant: expected IN.npy and OUT.safetensors, got %d file argument%s (see qlab quant --help)\n",
+        fprintf(stderr,
+                "qlab quant: expected IN.npy and OUT.safetensors, got %d file argument%s (see qlab quant "
+                "--help)\n",
                 npos, npos == 1 ? "" : "s");
         return CMD_QUANT_EXIT_USAGE;
     }
@@ -120,7 +126,8 @@ static int cmd_quant(int argc, char **argv) {
         return CMD_QUANT_EXIT_USAGE;
     }
     long blocksize = quant_default_blocksize(dt);
-    if (blocksize_text && !cli_parse_int("quant", "--blocksize", blocksize_text, 1, QUANT_MAX_BLOCKSIZE, &blocksize))
+    if (blocksize_text &&
+        !cli_parse_int("quant", "--blocksize", blocksize_text, 1, QUANT_MAX_BLOCKSIZE, &blocksize))
         return CMD_QUANT_EXIT_USAGE;
     if (quant_check_blocksize(dt, (int)blocksize) != QLAB_OK) {
         fprintf(stderr, "qlab quant: --blocksize: %s\n", qlab_last_error());
@@ -153,7 +160,8 @@ static int cmd_quant(int argc, char **argv) {
         goto fail;
     }
     qt.ndim = arr.ndim;
-    for (int i = 0; i < arr.ndim; i++) qt.shape[i] = arr.shape[i];
+    for (int i = 0; i < arr.ndim; i++)
+        qt.shape[i] = arr.shape[i];
     if (quant_io_save(out, name, &qt) != QLAB_OK) goto fail;
     if (stats) {
         recon = qlab_alloc_aligned(sizeof(float) * (size_t)(arr.count > 0 ? arr.count : 1));
@@ -204,7 +212,8 @@ static int cmd_dequant(int argc, char **argv) {
     }
     if (npos != 2) {
         fprintf(stderr,
-                "qlab dequant: expected IN.safetensors and OUT.npy, got %d file argument%s (see qlab dequant --help)\n",
+                "qlab dequant: expected IN.safetensors and OUT.npy, got %d file argument%s (see qlab dequant "
+                "--help)\n",
                 npos, npos == 1 ? "" : "s");
         return CMD_QUANT_EXIT_USAGE;
     }
@@ -229,8 +238,10 @@ static int cmd_dequant(int argc, char **argv) {
     size_t n = (size_t)(qt.n > 0 ? qt.n : 1);
     buf = qlab_alloc_aligned(n * (bf16 ? sizeof(uint16_t) : sizeof(float)));
     if (!buf) goto done;
-    if (bf16) quant_tensor_dequantize_bf16(&qt, buf);
-    else quant_tensor_dequantize(&qt, buf);
+    if (bf16)
+        quant_tensor_dequantize_bf16(&qt, buf);
+    else
+        quant_tensor_dequantize(&qt, buf);
     if (npy_write(out, bf16 ? "<u2" : "<f4", qt.ndim, qt.shape, buf) != QLAB_OK) goto done;
     status = 0;
 done:

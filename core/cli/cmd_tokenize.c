@@ -11,25 +11,25 @@
 #include "tokenizer.h"
 
 static void tokenize_usage(FILE *f) {
-    fprintf(f,
-            "Usage: qlab tokenize --tokenizer T [--bos] IN.txt OUT.npy\n"
-            "\n"
-            "Encodes the bytes of IN.txt with T (a llama2.c tokenizer.bin or a Hugging Face tokenizer.json) and\n"
-            "writes the ids as a 1-D int32 .npy array. Any bytes are accepted (byte fallback covers the rest).\n"
-            "\n"
-            "  --tokenizer T   tokenizer file\n"
-            "  --bos           put the BOS id first (decoding then drops SentencePiece's dummy-prefix space)\n"
-            "  --quiet         print nothing on success\n");
+    fprintf(
+        f,
+        "Usage: qlab tokenize --tokenizer T [--bos] IN.txt OUT.npy\n"
+        "\n"
+        "Encodes the bytes of IN.txt with T (a llama2.c tokenizer.bin or a Hugging Face tokenizer.json) and\n"
+        "writes the ids as a 1-D int32 .npy array. Any bytes are accepted (byte fallback covers the rest).\n"
+        "\n"
+        "  --tokenizer T   tokenizer file\n"
+        "  --bos           put the BOS id first (decoding then drops SentencePiece's dummy-prefix space)\n"
+        "  --quiet         print nothing on success\n");
 }
 
 static void detokenize_usage(FILE *f) {
-    fprintf(f,
-            "Usage: qlab detokenize --tokenizer T IN.npy OUT.txt\n"
-            "\n"
-            "Decodes a 1-D integer .npy array of ids ('<i4' or '<i8') with T and writes the exact bytes.\n"
-            "\n"
-            "  --tokenizer T   tokenizer file (the one the ids were made with)\n"
-            "  --quiet         print nothing on success\n");
+    fprintf(f, "Usage: qlab detokenize --tokenizer T IN.npy OUT.txt\n"
+               "\n"
+               "Decodes a 1-D integer .npy array of ids ('<i4' or '<i8') with T and writes the exact bytes.\n"
+               "\n"
+               "  --tokenizer T   tokenizer file (the one the ids were made with)\n"
+               "  --quiet         print nothing on success\n");
 }
 
 typedef struct {
@@ -96,7 +96,8 @@ static int cmd_tokenize(int argc, char **argv) {
         int64_t shape[1] = {(int64_t)n};
         int32_t *ids32 = malloc((n ? n : 1) * sizeof *ids32);
         if (!ids32) st = qlab_fail(QLAB_ERR_NOMEM, "out of memory for %zu ids", n);
-        for (size_t i = 0; ids32 && i < n; i++) ids32[i] = ids[i];
+        for (size_t i = 0; ids32 && i < n; i++)
+            ids32[i] = ids[i];
         if (st == QLAB_OK) st = npy_write(a.out, "<i4", 1, shape, ids32);
         free(ids32);
         if (st == QLAB_OK && !a.quiet)
@@ -121,20 +122,25 @@ static int cmd_detokenize(int argc, char **argv) {
     size_t len = 0;
     if (st == QLAB_OK) {
         int is32 = !strcmp(arr.dtype, "<i4"), is64 = !strcmp(arr.dtype, "<i8");
-        if (!is32 && !is64) st = qlab_fail(QLAB_ERR_FORMAT, "%s: dtype %s, expected int32 '<i4' or int64 '<i8'", a.in, arr.dtype);
-        else if (arr.ndim != 1) st = qlab_fail(QLAB_ERR_FORMAT, "%s: %d dimensions, expected a 1-D array of ids", a.in, arr.ndim);
+        if (!is32 && !is64)
+            st = qlab_fail(QLAB_ERR_FORMAT, "%s: dtype %s, expected int32 '<i4' or int64 '<i8'", a.in,
+                           arr.dtype);
+        else if (arr.ndim != 1)
+            st = qlab_fail(QLAB_ERR_FORMAT, "%s: %d dimensions, expected a 1-D array of ids", a.in, arr.ndim);
         else if (!(ids = malloc(((size_t)arr.count ? (size_t)arr.count : 1) * sizeof *ids)))
             st = qlab_fail(QLAB_ERR_NOMEM, "out of memory for %lld ids", (long long)arr.count);
         for (int64_t i = 0; st == QLAB_OK && i < arr.count; i++) {
             int64_t v = is32 ? ((const int32_t *)arr.data)[i] : ((const int64_t *)arr.data)[i];
             if (v < 0 || v >= tokenizer_vocab_size(t))
-                st = qlab_fail(QLAB_ERR_FORMAT, "%s: element %lld is %lld, outside the vocabulary of %d", a.in,
-                               (long long)i, (long long)v, tokenizer_vocab_size(t));
-            else ids[i] = (int)v;
+                st = qlab_fail(QLAB_ERR_FORMAT, "%s: element %lld is %lld, outside the vocabulary of %d",
+                               a.in, (long long)i, (long long)v, tokenizer_vocab_size(t));
+            else
+                ids[i] = (int)v;
         }
         if (st == QLAB_OK) st = tokenizer_decode(t, ids, (size_t)arr.count, &text, &len);
         if (st == QLAB_OK) st = qlab_write_file_atomic(a.out, text, len);
-        if (st == QLAB_OK && !a.quiet) printf("%s: %lld tokens -> %zu bytes\n", a.out, (long long)arr.count, len);
+        if (st == QLAB_OK && !a.quiet)
+            printf("%s: %lld tokens -> %zu bytes\n", a.out, (long long)arr.count, len);
         npy_free(&arr);
     }
     free(ids);
