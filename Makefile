@@ -87,6 +87,11 @@ help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]+):.*## (.*)/  \1\t\2/' | \
 	  awk -F'\t' '{printf "  %-26s %s\n", $$1, $$2}' | sed 's/^    /  /'
 	@echo ""
+	@echo "Experiments (make experiment-NAME; CONFIG=path for another config):"
+	@for c in $(EXP_SRCS); do n=$$(basename $$c .c); \
+	  d=$$(sed -n '1s|^/\* *||; 1s| *\*/$$||; 1s/ *[(:.].*//; 1p' $$c); \
+	  printf "  %-26s %s\n" "experiment-$$(echo $$n | tr _ -)" "$$d"; done
+	@echo ""
 	@echo "Variables: BUILD=dir (default build), CONFIG=path (experiment config), OMP_NUM_THREADS=n"
 
 deps: ## Install the Debian/Ubuntu packages qlab needs (safe to run twice)

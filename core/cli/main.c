@@ -22,7 +22,7 @@ static int by_name(const void *a, const void *b) {
 static void usage(FILE *f) {
     fprintf(f, "qlab %s — reproducible QLoRA experiments\n\nUsage: qlab COMMAND [options]\n\nCommands:\n",
             QLAB_VERSION);
-    for (int i = 0; i < n_commands; i++) fprintf(f, "  %-10s %s\n", commands[i]->name, commands[i]->summary);
+    for (int i = 0; i < n_commands; i++) fprintf(f, "  %-16s %s\n", commands[i]->name, commands[i]->summary);
     fprintf(f, "\nRun 'qlab COMMAND --help' for the options of a command.\n");
 }
 
