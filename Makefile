@@ -95,7 +95,7 @@ help: ## List the targets
 	@echo "Variables: BUILD=dir (default build), CONFIG=path (experiment config), OMP_NUM_THREADS=n"
 
 deps: ## Install the Debian/Ubuntu packages qlab needs (safe to run twice)
-	@pkgs="build-essential pkg-config libcjson-dev libhdf5-dev hdf5-tools gnuplot-nox libopenblas-dev libopenblas-openmp-dev curl ca-certificates"; \
+	@pkgs="build-essential pkg-config libcjson-dev libhdf5-dev hdf5-tools gnuplot-nox libopenblas-dev libopenblas-openmp-dev zlib1g-dev curl ca-certificates"; \
 	missing=""; for p in $$pkgs; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then echo "deps: all packages present"; exit 0; fi; \
 	echo "deps: installing$$missing"; \

@@ -445,7 +445,9 @@ qlab_status model_forward(model *m, const int *tokens, const int *targets, int B
         return qlab_fail(QLAB_ERR_ARG, "model_forward: B=%d, T=%d (need B >= 1 and 1 <= T <= seq_len %d)", B, T,
                          c->seq_len);
     /* Keep every (N, width) product comfortably inside int for the BLAS interface. */
-    if ((double)B * T * (c->hidden_dim > c->vocab_size ? c->hidden_dim : c->vocab_size) > 2147483647.0)
+    int widest = c->hidden_dim > c->vocab_size ? c->hidden_dim : c->vocab_size;
+    widest = widest > c->dim ? widest : c->dim;
+    if ((double)B * T * widest > 2147483647.0 || (double)B * c->n_heads * T * T > 2147483647.0)
         return qlab_fail(QLAB_ERR_ARG, "model_forward: B*T = %d*%d positions is too many for one call", B, T);
     int N = B * T, D = c->dim, V = c->vocab_size, H = c->hidden_dim, L = c->n_layers;
     int NH = c->n_heads, NKV = c->n_kv_heads, HS = m->head_size, KV = m->kv_dim;

@@ -34,9 +34,23 @@ static void ops_gemm_serial(int ta, int tb, int M, int N, int K, float alpha, co
 #endif
 }
 
-/* OpenBLAS runs single-threaded between begin and end; the previous setting is restored after. */
+/* Whether OpenBLAS was built on OpenMP (openblas_get_parallel() == 2): it then shares libgomp's thread
+ * pool, threads a GEMM itself, and runs single-threaded when called inside a parallel region, so nothing
+ * needs managing. The pthread build has its own pool, whose workers spin against OpenMP's: there the rows
+ * of C are split between OpenMP threads, each calling OpenBLAS single-threaded. */
+static int ops_blas_is_openmp(void) {
+#ifdef QLAB_HAVE_OPENBLAS
+    return openblas_get_parallel() == 2;
+#else
+    return 0;
+#endif
+}
+
+/* For the pthread build only: OpenBLAS runs single-threaded between begin and end (the OpenMP build's
+ * set_num_threads would change OpenMP's own thread count, so it is left alone). */
 static int ops_blas_serial_begin(void) {
 #ifdef QLAB_HAVE_OPENBLAS
+    if (ops_blas_is_openmp()) return 1;
     int prev = openblas_get_num_threads();
     if (prev != 1) openblas_set_num_threads(1);
     return prev;
@@ -63,6 +77,10 @@ void ops_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const 
     }
     threads = omp_get_max_threads();
 #endif
+    if (ops_blas_is_openmp()) {
+        ops_gemm_serial(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
     int prev = ops_blas_serial_begin();
     if (threads <= 1 || M < 32) {
         ops_gemm_serial(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -200,8 +218,12 @@ void attention_forward(float *out, float *att, const float *q, const float *k, c
                        int NH, int NKV, int HS) {
     int group = NH / NKV, qstride = NH * HS, kvstride = NKV * HS;
     float scale = 1.0f / sqrtf((float)HS);
+    int threads = 1;
+#ifdef _OPENMP
+    threads = omp_get_max_threads();
+#endif
     int prev = ops_blas_serial_begin();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(threads)
     for (int bh = 0; bh < B * NH; bh++) {
         int b = bh / NH, h = bh % NH, kvh = h / group;
         const float *qb = q + (size_t)b * T * qstride + (size_t)h * HS;

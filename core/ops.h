@@ -8,9 +8,10 @@
 #include <stddef.h>
 
 /* C (M,N) = alpha op(A) op(B) + beta C, row-major; op transposes when trans_* is non-zero (A is then
- * (K,M), B (N,K)). The rows of C are split statically between the OpenMP threads, each running a
- * single-threaded sgemm, so OpenMP is the only thread pool: OpenBLAS's own workers would otherwise spin
- * on the cores the elementwise loops need. Inside a parallel region it runs on the calling thread. */
+ * (K,M), B (N,K)). OpenMP is the only thread pool: with OpenBLAS built on OpenMP this is one threaded
+ * sgemm; with the pthread build the rows of C are split statically between the OpenMP threads, each
+ * running a single-threaded sgemm (OpenBLAS's own workers would spin on the cores the elementwise loops
+ * need). Inside a parallel region it runs on the calling thread. */
 void ops_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
               int ldb, float beta, float *C, int ldc);
 
