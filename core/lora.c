@@ -320,7 +320,8 @@ static void lora_hook_forward(void *ctx, int layer, model_proj p, const float *i
     lora_set *l = ctx;
     int s = lora_slot(l, layer, p);
     if (s < 0) return;
-    /* The model reserves through lora_hook_begin; growing here only covers a model without that hook. On
+    /* model_forward reserved B*T rows through lora_hook_begin; growing here covers a caller that set the
+     * hook without lora_attach. On
      * failure the adapter is skipped and its backward is skipped too (last_N = 0). */
     if (N > l->capacity && lora_reserve(l, N) != QLAB_OK) {
         l->last_N[s] = 0;
@@ -363,9 +364,9 @@ qlab_status lora_attach(lora_set *l, model *m, int freeze_base) {
                          c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads);
     QLAB_TRY(lora_reserve(l, c->seq_len));
     model_adapter hook = {.ctx = l, .forward = lora_hook_forward, .backward = lora_hook_backward};
-    (void)lora_hook_begin;
     if (freeze_base) model_set_all_trainable(m, 0);
     model_set_adapter(m, &hook);
+    model_set_adapter_begin(m, lora_hook_begin);
     return QLAB_OK;
 }
 

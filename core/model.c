@@ -55,6 +55,7 @@ struct model {
     float *rope_cos, *rope_sin; /* (seq_len, head_size/2) */
     model_adapter adapter;
     int has_adapter;
+    qlab_status (*adapter_begin)(void *ctx, int B, int T);
 
     /* Activations of the last forward, sized for act_capacity floats. */
     float *act_buffer;
@@ -300,10 +301,15 @@ void model_set_all_trainable(model *m, int trainable) {
 
 void model_set_adapter(model *m, const model_adapter *adapter) {
     m->has_adapter = adapter != NULL;
+    m->adapter_begin = NULL;
     if (adapter)
         m->adapter = *adapter;
     else
         memset(&m->adapter, 0, sizeof m->adapter);
+}
+
+void model_set_adapter_begin(model *m, qlab_status (*begin)(void *ctx, int B, int T)) {
+    m->adapter_begin = m->has_adapter ? begin : NULL;
 }
 
 int model_last_target_count(const model *m) { return m->target_count; }
@@ -475,6 +481,7 @@ qlab_status model_forward(model *m, const int *tokens, const int *targets, int B
         m->saved_capacity = (size_t)N;
     }
     memcpy(m->saved_tokens, tokens, sizeof(int) * N);
+    if (m->has_adapter && m->adapter_begin) QLAB_TRY(m->adapter_begin(m->adapter.ctx, B, T));
     m->B = B, m->T = T;
 
     const model_params *p = &m->params;
@@ -545,7 +552,11 @@ static void model_linear_backward(model *m, int l, model_proj p, float *dinp, co
 qlab_status model_backward(model *m) {
     if (!m->have_targets)
         return qlab_fail(QLAB_ERR_ARG, "model_backward: the last model_forward had no targets (or failed)");
-    if (!model_get_grad_buffer(m, NULL)) return QLAB_ERR_NOMEM;
+    /* With every base group frozen (LoRA on a frozen or quantized base) no base gradient is formed, so
+     * the gradient buffer, as large as the model, is not allocated. */
+    int any_trains = 0;
+    for (int gi = 0; gi < MODEL_GROUP_COUNT; gi++) any_trains |= model_group_trains(m, (model_group)gi);
+    if (any_trains && !model_get_grad_buffer(m, NULL)) return QLAB_ERR_NOMEM;
     const model_config *c = &m->cfg;
     int B = m->B, T = m->T, N = B * T, D = c->dim, V = c->vocab_size, H = c->hidden_dim, L = c->n_layers;
     int NH = c->n_heads, NKV = c->n_kv_heads, HS = m->head_size, KV = m->kv_dim;

@@ -126,6 +126,10 @@ typedef struct {
 } model_adapter;
 /* Installs (copies) an adapter, or removes it with NULL. The callbacks run on the calling thread. */
 void model_set_adapter(model *m, const model_adapter *adapter);
+/* Optional, after model_set_adapter (which clears it): begin(adapter ctx, B, T) runs at every
+ * model_forward before the first projection, so the adapter can size what it keeps for backward; its
+ * failure fails the forward. */
+void model_set_adapter_begin(model *m, qlab_status (*begin)(void *ctx, int B, int T));
 
 /* Number of positions with a non-ignored target in the last forward (the divisor of the mean loss). */
 int model_last_target_count(const model *m);

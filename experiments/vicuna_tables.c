@@ -481,8 +481,8 @@ static qlab_status write_elo(results *r, const rating_set *s, int n_orderings, d
         snprintf(note, sizeof note,
                  "The ranking %s the paper's. %s: %+.0f against the paper's %.0f; every other system within "
                  "%.0f. The paper's Elo script is not released; tie handling, K and averaging over the "
-                 "sequence (checked offline) do not close the gap at the top, which may come from an earlier "
-                 "set of ratings. Guanaco 13B is 916 in Table 1, 913 in Table 7.",
+                 "sequence (checked offline) do not close the gap at the top, "
+                 "which stays unexplained. Guanaco 13B is 916 in Table 1, 913 in Table 7.",
                  same_order ? "matches" : "differs from", players[top].key, mean[top] - paper[top], paper[top],
                  ceil(fabs(mean[worst] - paper[worst])));
         st = results_table_note(t, note);
