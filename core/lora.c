@@ -32,7 +32,8 @@ static void lora_dropout_mask(float *mask, int N, int IC, float p, uint64_t seed
         rng_state rs;
         rng_seed(&rs, lora_mix64(seed ^ lora_mix64((uint64_t)n)));
         float *row = mask + (size_t)n * IC;
-        for (int i = 0; i < IC; i++) row[i] = rng_uniform(&rs) >= (double)p ? keep_scale : 0.0f;
+        for (int i = 0; i < IC; i++)
+            row[i] = rng_uniform(&rs) >= (double)p ? keep_scale : 0.0f;
     }
 }
 
@@ -47,7 +48,8 @@ void lora_forward(float *out, float *hidden, float *dropped, const float *inp, c
     if (dropout > 0) {
         size_t n = (size_t)N * IC;
         lora_dropout_mask(dropped, N, IC, dropout, mask_seed);
-        for (size_t i = 0; i < n; i++) dropped[i] *= inp[i];
+        for (size_t i = 0; i < n; i++)
+            dropped[i] *= inp[i];
         x = dropped;
     }
     /* hidden (N,r) = x A^T; out += scale hidden B^T. With B = 0 this adds exact zeros: out is unchanged. */
@@ -55,9 +57,9 @@ void lora_forward(float *out, float *hidden, float *dropped, const float *inp, c
     ops_gemm(0, 1, N, OC, rank, scale, hidden, rank, B, rank, 1.0f, out, OC);
 }
 
-void lora_backward(float *dA, float *dB, float *dinp, const float *dout, const float *inp, const float *hidden,
-                   const float *A, const float *B, int N, int IC, int OC, int rank, float scale, float dropout,
-                   uint64_t mask_seed, float *scratch) {
+void lora_backward(float *dA, float *dB, float *dinp, const float *dout, const float *inp,
+                   const float *hidden, const float *A, const float *B, int N, int IC, int OC, int rank,
+                   float scale, float dropout, uint64_t mask_seed, float *scratch) {
     float *dhidden = scratch; /* (N,r) = scale dout B */
     ops_gemm(0, 0, N, rank, OC, scale, dout, OC, B, rank, 0.0f, dhidden, rank);
     /* dB (OC,r) += scale dout^T hidden */
@@ -70,11 +72,13 @@ void lora_backward(float *dA, float *dB, float *dinp, const float *dout, const f
     size_t n = (size_t)N * IC;
     float *mask = scratch + (size_t)N * rank, *plane = mask + n;
     lora_dropout_mask(mask, N, IC, dropout, mask_seed);
-    for (size_t i = 0; i < n; i++) plane[i] = mask[i] * inp[i]; /* the forward's dropout(inp), bit for bit */
+    for (size_t i = 0; i < n; i++)
+        plane[i] = mask[i] * inp[i]; /* the forward's dropout(inp), bit for bit */
     ops_gemm(1, 0, rank, IC, N, 1.0f, dhidden, rank, plane, IC, 1.0f, dA, IC);
     if (!dinp) return;
     ops_gemm(0, 0, N, IC, rank, 1.0f, dhidden, rank, A, IC, 0.0f, plane, IC);
-    for (size_t i = 0; i < n; i++) dinp[i] += plane[i] * mask[i];
+    for (size_t i = 0; i < n; i++)
+        dinp[i] += plane[i] * mask[i];
 }
 
 /* ---------------------------------------------------------------- target names */
@@ -83,7 +87,8 @@ static const char *lora_short_names[PROJ_COUNT] = {"q", "k", "v", "o", "gate", "
 
 qlab_status lora_parse_targets(const char *text, unsigned *targets) {
     *targets = 0;
-    if (!text || !*text) return qlab_fail(QLAB_ERR_ARG, "lora targets: empty (use all, attention, qv or q_proj,...)");
+    if (!text || !*text)
+        return qlab_fail(QLAB_ERR_ARG, "lora targets: empty (use all, attention, qv or q_proj,...)");
     if (!strcmp(text, "all")) return *targets = LORA_TARGETS_ALL, QLAB_OK;
     if (!strcmp(text, "attention")) return *targets = LORA_TARGETS_ATTENTION, QLAB_OK;
     if (!strcmp(text, "qv")) return *targets = LORA_TARGETS_QV, QLAB_OK;
@@ -95,14 +100,16 @@ qlab_status lora_parse_targets(const char *text, unsigned *targets) {
         int found = -1;
         for (int p = 0; p < PROJ_COUNT && found < 0; p++) {
             const char *full = model_proj_name((model_proj)p), *brief = lora_short_names[p];
-            if ((strlen(full) == len && !strncmp(s, full, len)) || (strlen(brief) == len && !strncmp(s, brief, len)))
+            if ((strlen(full) == len && !strncmp(s, full, len)) ||
+                (strlen(brief) == len && !strncmp(s, brief, len)))
                 found = p;
         }
         if (found < 0)
-            return qlab_fail(QLAB_ERR_ARG,
-                             "lora targets '%s': unknown projection '%.*s' (known: q_proj k_proj v_proj o_proj "
-                             "gate_proj up_proj down_proj, or all, attention, qv)",
-                             text, (int)len, s);
+            return qlab_fail(
+                QLAB_ERR_ARG,
+                "lora targets '%s': unknown projection '%.*s' (known: q_proj k_proj v_proj o_proj "
+                "gate_proj up_proj down_proj, or all, attention, qv)",
+                text, (int)len, s);
         mask |= LORA_TARGET(found);
         if (!end) break;
         s = end + 1;
@@ -141,26 +148,45 @@ struct lora_set {
 static void lora_proj_shape(const model_config *c, model_proj p, int *out_features, int *in_features) {
     int D = c->dim, H = c->hidden_dim, KV = c->n_kv_heads * (c->dim / c->n_heads);
     switch (p) {
-    case PROJ_Q: *out_features = D, *in_features = D; break;
-    case PROJ_K: *out_features = KV, *in_features = D; break;
-    case PROJ_V: *out_features = KV, *in_features = D; break;
-    case PROJ_O: *out_features = D, *in_features = D; break;
-    case PROJ_GATE: *out_features = H, *in_features = D; break;
-    case PROJ_UP: *out_features = H, *in_features = D; break;
-    case PROJ_DOWN: *out_features = D, *in_features = H; break;
-    default: *out_features = 0, *in_features = 0; break;
+    case PROJ_Q:
+        *out_features = D, *in_features = D;
+        break;
+    case PROJ_K:
+        *out_features = KV, *in_features = D;
+        break;
+    case PROJ_V:
+        *out_features = KV, *in_features = D;
+        break;
+    case PROJ_O:
+        *out_features = D, *in_features = D;
+        break;
+    case PROJ_GATE:
+        *out_features = H, *in_features = D;
+        break;
+    case PROJ_UP:
+        *out_features = H, *in_features = D;
+        break;
+    case PROJ_DOWN:
+        *out_features = D, *in_features = H;
+        break;
+    default:
+        *out_features = 0, *in_features = 0;
+        break;
     }
 }
 
 static qlab_status lora_check_config(const model_config *mc, const lora_config *lc) {
     if (mc->dim <= 0 || mc->hidden_dim <= 0 || mc->n_layers <= 0 || mc->n_heads <= 0 || mc->n_kv_heads <= 0 ||
         mc->dim % mc->n_heads != 0)
-        return qlab_fail(QLAB_ERR_ARG, "lora: model config is invalid (dim %d, hidden_dim %d, n_layers %d, n_heads %d, "
-                                       "n_kv_heads %d)",
+        return qlab_fail(QLAB_ERR_ARG,
+                         "lora: model config is invalid (dim %d, hidden_dim %d, n_layers %d, n_heads %d, "
+                         "n_kv_heads %d)",
                          mc->dim, mc->hidden_dim, mc->n_layers, mc->n_heads, mc->n_kv_heads);
     if (lc->targets == 0 || (lc->targets & ~LORA_TARGETS_ALL))
-        return qlab_fail(QLAB_ERR_ARG, "lora: target mask 0x%x selects no projection or unknown ones", lc->targets);
-    if (lc->rank < 1 || lc->rank > 65536) return qlab_fail(QLAB_ERR_ARG, "lora: rank %d outside [1, 65536]", lc->rank);
+        return qlab_fail(QLAB_ERR_ARG, "lora: target mask 0x%x selects no projection or unknown ones",
+                         lc->targets);
+    if (lc->rank < 1 || lc->rank > 65536)
+        return qlab_fail(QLAB_ERR_ARG, "lora: rank %d outside [1, 65536]", lc->rank);
     if (!isfinite(lc->alpha)) return qlab_fail(QLAB_ERR_ARG, "lora: alpha %g is not finite", lc->alpha);
     if (!(lc->dropout >= 0 && lc->dropout < 1))
         return qlab_fail(QLAB_ERR_ARG, "lora: dropout %g outside [0, 1)", lc->dropout);
@@ -186,7 +212,8 @@ qlab_status lora_create(lora_set **out, const model_config *mc, const lora_confi
     l->scale = lc->alpha / (float)lc->rank;
     l->training = 1;
     int L = mc->n_layers, per_layer = 0;
-    for (int p = 0; p < PROJ_COUNT; p++) per_layer += (lc->targets & LORA_TARGET(p)) ? 1 : 0;
+    for (int p = 0; p < PROJ_COUNT; p++)
+        per_layer += (lc->targets & LORA_TARGET(p)) ? 1 : 0;
     l->n_adapters = L * per_layer;
     size_t na = (size_t)l->n_adapters;
     l->slot_of = qlab_calloc((size_t)L * PROJ_COUNT, sizeof *l->slot_of);
@@ -195,7 +222,8 @@ qlab_status lora_create(lora_set **out, const model_config *mc, const lora_confi
     l->last_mask_seed = qlab_calloc(na, sizeof *l->last_mask_seed);
     l->last_dropout = qlab_calloc(na, sizeof *l->last_dropout);
     l->last_N = qlab_calloc(na, sizeof *l->last_N);
-    if (!l->slot_of || !l->adapters || !l->forward_count || !l->last_mask_seed || !l->last_dropout || !l->last_N) {
+    if (!l->slot_of || !l->adapters || !l->forward_count || !l->last_mask_seed || !l->last_dropout ||
+        !l->last_N) {
         lora_free(l);
         return QLAB_ERR_NOMEM;
     }
@@ -254,8 +282,12 @@ void lora_free(lora_set *l) {
     free(l);
 }
 
-const lora_config *lora_get_config(const lora_set *l) { return &l->cfg; }
-float lora_scale(const lora_set *l) { return l->scale; }
+const lora_config *lora_get_config(const lora_set *l) {
+    return &l->cfg;
+}
+float lora_scale(const lora_set *l) {
+    return l->scale;
+}
 
 float *lora_get_param_buffer(lora_set *l, size_t *count) {
     if (count) *count = l->num_params;
@@ -267,10 +299,18 @@ float *lora_get_grad_buffer(lora_set *l, size_t *count) {
     return l->grads;
 }
 
-void lora_zero_grad(lora_set *l) { memset(l->grads, 0, l->num_params * sizeof(float)); }
-size_t lora_num_params(const lora_set *l) { return l->num_params; }
-size_t lora_param_bytes(const lora_set *l) { return l->num_params * sizeof(float); }
-void lora_set_training(lora_set *l, int training) { l->training = training ? 1 : 0; }
+void lora_zero_grad(lora_set *l) {
+    memset(l->grads, 0, l->num_params * sizeof(float));
+}
+size_t lora_num_params(const lora_set *l) {
+    return l->num_params;
+}
+size_t lora_param_bytes(const lora_set *l) {
+    return l->num_params * sizeof(float);
+}
+void lora_set_training(lora_set *l, int training) {
+    l->training = training ? 1 : 0;
+}
 
 static int lora_slot(const lora_set *l, int layer, model_proj p) {
     if (layer < 0 || layer >= l->mc.n_layers || p < 0 || p >= PROJ_COUNT) return -1;
@@ -305,7 +345,8 @@ qlab_status lora_reserve(lora_set *l, int n_positions) {
     l->scratch = s;
     l->scratch_floats = scratch;
     l->capacity = n_positions;
-    for (int i = 0; i < l->n_adapters; i++) l->last_N[i] = 0; /* saved hidden states are gone */
+    for (int i = 0; i < l->n_adapters; i++)
+        l->last_N[i] = 0; /* saved hidden states are gone */
     return QLAB_OK;
 }
 
@@ -320,9 +361,8 @@ static void lora_hook_forward(void *ctx, int layer, model_proj p, const float *i
     lora_set *l = ctx;
     int s = lora_slot(l, layer, p);
     if (s < 0) return;
-    /* model_forward reserved B*T rows through lora_hook_begin; growing here covers a caller that set the
-     * hook without lora_attach. On
-     * failure the adapter is skipped and its backward is skipped too (last_N = 0). */
+    /* model_forward reserved B*T rows through lora_hook_begin (and failed if it could not), so this is a
+     * safeguard only: should it fail, the adapter and its backward are skipped (last_N = 0). */
     if (N > l->capacity && lora_reserve(l, N) != QLAB_OK) {
         l->last_N[s] = 0;
         return;
@@ -335,33 +375,34 @@ static void lora_hook_forward(void *ctx, int layer, model_proj p, const float *i
         mask_seed = lora_mix64(l->cfg.seed ^ lora_mix64(stream ^ lora_mix64(l->forward_count[s]++)));
     }
     float *hidden = l->hidden + (size_t)s * l->capacity * a->rank;
-    lora_forward(out, hidden, l->scratch, inp, a->A, a->B, N, a->in_features, a->out_features, a->rank, l->scale,
-                 dropout, mask_seed);
+    lora_forward(out, hidden, l->scratch, inp, a->A, a->B, N, a->in_features, a->out_features, a->rank,
+                 l->scale, dropout, mask_seed);
     l->last_mask_seed[s] = mask_seed;
     l->last_dropout[s] = dropout;
     l->last_N[s] = N;
 }
 
-static void lora_hook_backward(void *ctx, int layer, model_proj p, const float *inp, const float *dout, float *dinp,
-                               int N) {
+static void lora_hook_backward(void *ctx, int layer, model_proj p, const float *inp, const float *dout,
+                               float *dinp, int N) {
     lora_set *l = ctx;
     int s = lora_slot(l, layer, p);
     if (s < 0 || l->last_N[s] != N) return;
     const lora_adapter *a = &l->adapters[s];
     const float *hidden = l->hidden + (size_t)s * l->capacity * a->rank;
-    lora_backward(a->dA, a->dB, dinp, dout, inp, hidden, a->A, a->B, N, a->in_features, a->out_features, a->rank,
-                  l->scale, l->last_dropout[s], l->last_mask_seed[s], l->scratch);
+    lora_backward(a->dA, a->dB, dinp, dout, inp, hidden, a->A, a->B, N, a->in_features, a->out_features,
+                  a->rank, l->scale, l->last_dropout[s], l->last_mask_seed[s], l->scratch);
 }
 
 qlab_status lora_attach(lora_set *l, model *m, int freeze_base) {
     const model_config *c = model_get_config(m);
     if (c->dim != l->mc.dim || c->hidden_dim != l->mc.hidden_dim || c->n_layers != l->mc.n_layers ||
         c->n_heads != l->mc.n_heads || c->n_kv_heads != l->mc.n_kv_heads)
-        return qlab_fail(QLAB_ERR_ARG,
-                         "lora_attach: adapters were made for dim %d, hidden_dim %d, %d layers, %d/%d heads; the "
-                         "model has dim %d, hidden_dim %d, %d layers, %d/%d heads",
-                         l->mc.dim, l->mc.hidden_dim, l->mc.n_layers, l->mc.n_heads, l->mc.n_kv_heads, c->dim,
-                         c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads);
+        return qlab_fail(
+            QLAB_ERR_ARG,
+            "lora_attach: adapters were made for dim %d, hidden_dim %d, %d layers, %d/%d heads; the "
+            "model has dim %d, hidden_dim %d, %d layers, %d/%d heads",
+            l->mc.dim, l->mc.hidden_dim, l->mc.n_layers, l->mc.n_heads, l->mc.n_kv_heads, c->dim,
+            c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads);
     QLAB_TRY(lora_reserve(l, c->seq_len));
     model_adapter hook = {.ctx = l, .forward = lora_hook_forward, .backward = lora_hook_backward};
     if (freeze_base) model_set_all_trainable(m, 0);
@@ -370,7 +411,9 @@ qlab_status lora_attach(lora_set *l, model *m, int freeze_base) {
     return QLAB_OK;
 }
 
-void lora_detach(model *m) { model_set_adapter(m, NULL); }
+void lora_detach(model *m) {
+    model_set_adapter(m, NULL);
+}
 
 /* ---------------------------------------------------------------- merge */
 
@@ -379,8 +422,9 @@ qlab_status lora_merge(const lora_set *l, model *m) {
     if (c->dim != l->mc.dim || c->hidden_dim != l->mc.hidden_dim || c->n_layers != l->mc.n_layers ||
         c->n_heads != l->mc.n_heads || c->n_kv_heads != l->mc.n_kv_heads)
         return qlab_fail(QLAB_ERR_ARG, "lora_merge: the adapters do not match the model's configuration");
-    static const model_group group_of[PROJ_COUNT] = {MODEL_GROUP_WQ, MODEL_GROUP_WK, MODEL_GROUP_WV, MODEL_GROUP_WO,
-                                                     MODEL_GROUP_W1, MODEL_GROUP_W3, MODEL_GROUP_W2};
+    static const model_group group_of[PROJ_COUNT] = {MODEL_GROUP_WQ, MODEL_GROUP_WK, MODEL_GROUP_WV,
+                                                     MODEL_GROUP_WO, MODEL_GROUP_W1, MODEL_GROUP_W3,
+                                                     MODEL_GROUP_W2};
     float *params = model_get_param_buffer(m, NULL);
     for (int layer = 0; layer < c->n_layers; layer++)
         for (int p = 0; p < PROJ_COUNT; p++) {
@@ -388,15 +432,16 @@ qlab_status lora_merge(const lora_set *l, model *m) {
             if (s < 0) continue;
             linear_weight lw = model_get_linear(m, layer, (model_proj)p);
             if (!lw.w)
-                return qlab_fail(QLAB_ERR_UNSUPPORTED,
-                                 "lora_merge: layer %d %s is quantized; merge into an fp32 (dequantized) model", layer,
-                                 model_proj_name((model_proj)p));
+                return qlab_fail(
+                    QLAB_ERR_UNSUPPORTED,
+                    "lora_merge: layer %d %s is quantized; merge into an fp32 (dequantized) model", layer,
+                    model_proj_name((model_proj)p));
             const lora_adapter *a = &l->adapters[s];
             model_param_group g = model_get_param_group(m, group_of[p]);
             float *W = params + g.offset + (size_t)layer * a->out_features * a->in_features;
             /* W (OC,IC) += scale B (OC,r) A (r,IC) */
-            ops_gemm(0, 0, a->out_features, a->in_features, a->rank, l->scale, a->B, a->rank, a->A, a->in_features,
-                     1.0f, W, a->in_features);
+            ops_gemm(0, 0, a->out_features, a->in_features, a->rank, l->scale, a->B, a->rank, a->A,
+                     a->in_features, 1.0f, W, a->in_features);
         }
     return QLAB_OK;
 }
@@ -405,8 +450,8 @@ qlab_status lora_merge(const lora_set *l, model *m) {
 
 static void lora_tensor_name(char *buf, size_t size, int layer, model_proj p, char which) {
     const char *block = p <= PROJ_O ? "self_attn" : "mlp";
-    snprintf(buf, size, "base_model.model.model.layers.%d.%s.%s.lora_%c.weight", layer, block, model_proj_name(p),
-             which);
+    snprintf(buf, size, "base_model.model.model.layers.%d.%s.%s.lora_%c.weight", layer, block,
+             model_proj_name(p), which);
 }
 
 static void lora_targets_text(unsigned targets, char *buf, size_t size) {
@@ -455,8 +500,9 @@ static qlab_status lora_load_tensor(const safetensors_file *f, const char *name,
     const safetensors_tensor *t;
     QLAB_TRY(safetensors_require(f, name, &t));
     if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols)
-        return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s' has shape %s(%lld, %lld), expected (%lld, %lld)", f->path,
-                         name, t->ndim == 2 ? "" : "of other rank ", (long long)(t->ndim > 0 ? t->shape[0] : 0),
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s' has shape %s(%lld, %lld), expected (%lld, %lld)",
+                         f->path, name, t->ndim == 2 ? "" : "of other rank ",
+                         (long long)(t->ndim > 0 ? t->shape[0] : 0),
                          (long long)(t->ndim > 1 ? t->shape[1] : 0), (long long)rows, (long long)cols);
     return safetensors_tensor_to_f32(t, out);
 }
@@ -494,17 +540,25 @@ qlab_status lora_load(lora_set *l, const char *path) {
         if (!strstr(tn, ".lora_A.") && !strstr(tn, ".lora_B.")) continue;
         int layer = -1, known = 0;
         char block[16], proj[16], which = 0;
-        if (sscanf(tn, "base_model.model.model.layers.%d.%15[^.].%15[^.].lora_%c", &layer, block, proj, &which) == 4)
+        if (sscanf(tn, "base_model.model.model.layers.%d.%15[^.].%15[^.].lora_%c", &layer, block, proj,
+                   &which) == 4)
             for (int p = 0; p < PROJ_COUNT && !known; p++)
-                if (!strcmp(proj, model_proj_name((model_proj)p)) && lora_slot(l, layer, (model_proj)p) >= 0) {
+                if (!strcmp(proj, model_proj_name((model_proj)p)) &&
+                    lora_slot(l, layer, (model_proj)p) >= 0) {
                     lora_tensor_name(name, sizeof name, layer, (model_proj)p, which);
                     known = !strcmp(name, tn);
                 }
         if (!known)
-            st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s' is a LoRA adapter these adapters do not have (targets, "
-                                            "layers or name differ)",
+            st = qlab_fail(QLAB_ERR_FORMAT,
+                           "%s: tensor '%s' is a LoRA adapter these adapters do not have (targets, "
+                           "layers or name differ)",
                            path, tn);
     }
+    for (size_t i = 0; i < l->num_params && st == QLAB_OK; i++)
+        if (!isfinite(staged[i]))
+            st = qlab_fail(QLAB_ERR_NUMERIC,
+                           "%s: adapter weights hold a non-finite value (element %zu of %zu)", path, i,
+                           l->num_params);
     if (st == QLAB_OK) memcpy(l->params, staged, l->num_params * sizeof(float));
     qlab_free_aligned(staged);
     safetensors_close(&f);

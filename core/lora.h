@@ -14,7 +14,8 @@
 /* Bit p of a target mask selects projection p (model_proj). */
 #define LORA_TARGET(p) (1u << (p))
 #define LORA_TARGETS_ALL ((1u << PROJ_COUNT) - 1u) /* QLoRA: every linear layer of every block */
-#define LORA_TARGETS_ATTENTION (LORA_TARGET(PROJ_Q) | LORA_TARGET(PROJ_K) | LORA_TARGET(PROJ_V) | LORA_TARGET(PROJ_O))
+#define LORA_TARGETS_ATTENTION                                                                               \
+    (LORA_TARGET(PROJ_Q) | LORA_TARGET(PROJ_K) | LORA_TARGET(PROJ_V) | LORA_TARGET(PROJ_O))
 #define LORA_TARGETS_QV (LORA_TARGET(PROJ_Q) | LORA_TARGET(PROJ_V)) /* the original LoRA paper */
 
 typedef struct {
@@ -45,9 +46,9 @@ void lora_forward(float *out, float *hidden, float *dropped, const float *inp, c
  * dinp (N,IC, may be NULL) += dropout^T(scale dout B A), from dout (N,OC), inp (N,IC) and the hidden
  * (N,r) of the matching lora_forward with the same dropout and mask_seed. scratch holds
  * lora_scratch_floats(N, IC, rank, dropout) floats. */
-void lora_backward(float *dA, float *dB, float *dinp, const float *dout, const float *inp, const float *hidden,
-                   const float *A, const float *B, int N, int IC, int OC, int rank, float scale, float dropout,
-                   uint64_t mask_seed, float *scratch);
+void lora_backward(float *dA, float *dB, float *dinp, const float *dout, const float *inp,
+                   const float *hidden, const float *A, const float *B, int N, int IC, int OC, int rank,
+                   float scale, float dropout, uint64_t mask_seed, float *scratch);
 
 /* ---------------------------------------------------------------- a set of adapters for a model */
 
@@ -90,8 +91,9 @@ qlab_status lora_reserve(lora_set *l, int n_positions);
 /* Installs the adapters into the model's adapter hook (model_set_adapter). With freeze_base non-zero every
  * base parameter group is frozen (model_set_all_trainable(m, 0)), so backward forms only input gradients
  * through the base weights and the adapters' own gradients; quantized projections are always frozen.
- * The set must outlive the attachment and match the model's configuration. lora_detach removes it (the
- * base groups' trainable flags stay as they are). */
+ * The set must outlive the attachment, match the model's configuration and serve one model at a time
+ * (it keeps that model's hidden states for backward). lora_detach removes it (the base groups'
+ * trainable flags stay as they are). */
 qlab_status lora_attach(lora_set *l, model *m, int freeze_base);
 void lora_detach(model *m);
 

@@ -325,7 +325,7 @@ static qlab_status write_table2(results *r, const row_record *rows, int nrows, c
     QLAB_TRY(results_table_column(t, "mean_ppl", RESULTS_FLOAT64, NULL, "mean perplexity over the models"));
     QLAB_TRY(results_table_column(t, "mean_kl", RESULTS_FLOAT64, "nats/token", "mean KL from fp32 over the models"));
     QLAB_TRY(results_table_column(t, "mean_bits_per_param", RESULTS_FLOAT64, "bits", "total bits / params, mean"));
-    QLAB_TRY(results_table_column(t, "rank", RESULTS_INT64, NULL, "1 = lowest mean perplexity among the 4-bit rows"));
+    QLAB_TRY(results_table_column(t, "rank", RESULTS_INT64, NULL, "1 = lowest mean perplexity among the 4-bit rows (0: fp32)"));
     QLAB_TRY(results_table_column(t, "rank_of_paper_rows", RESULTS_INT64, NULL,
                                   "rank among the four data types of the paper's Table 2 (0: not one of them)"));
     QLAB_TRY(results_table_column(t, "paper_rank", RESULTS_INT64, NULL, "the paper's rank of that row (0: none)"));
@@ -407,6 +407,14 @@ static qlab_status write_table2(results *r, const row_record *rows, int nrows, c
             }
             char label[64];
             variant_label(v >= 0 ? &variants[v] : NULL, label, sizeof label);
+            if (v < 0)
+                printf("\n%s: mean over %d models   (paper Table 2: mean Pile CC ppl of 125M-13B models; compare "
+                       "ranks only)\n  %-12s %10s %12s %5s %12s\n",
+                       benchmarks[b].name, n_complete, "dtype", "mean ppl", "mean KL", "rank", "paper ppl");
+            char rank_text[16] = "-", paper_text[32] = "";
+            if (v >= 0) snprintf(rank_text, sizeof rank_text, "%d", rank);
+            if (!isnan(paper)) snprintf(paper_text, sizeof paper_text, "%.2f (rank %d)", paper, paper_rank);
+            printf("  %-12s %10.4f %12.3e %5s %16s\n", label, mean_ppl[v + 1], kl / n_complete, rank_text, paper_text);
             QLAB_TRY(results_set_string(t, "benchmark", benchmarks[b].name));
             QLAB_TRY(results_set_string(t, "dtype", label));
             QLAB_TRY(results_set_int(t, "n_models", n_complete));

@@ -1,4 +1,4 @@
-/* `make zoo`: pretrains the embedded model family that lets qlab's perplexity experiments run offline.
+/* Pretrains the embedded model family that lets qlab's perplexity experiments run offline (`make zoo`).
  * Generates the story corpus (train and held-out splits), trains a BPE tokenizer on it, then pretrains
  * each LLaMA model of the config in turn and caches it with a manifest (config, seed, sha256) under
  * models/zoo/. A model whose manifest entry and file still match its config is reused, not retrained. */
@@ -277,18 +277,24 @@ static qlab_status tokenize_file(const char *dir, const char *file, const tokeni
 
 /* ---------------------------------------------------------------- training */
 
+/* Progress is counted in work units (about parameters x tokens / 1e6 per step) so the ETA stays right
+ * when a small fast model is followed by a large slow one. */
 typedef struct {
     progress *prog;
-    int64_t steps_before;
+    int64_t work_before, work_per_step;
     const char *name;
 } step_context;
+
+static int64_t work_per_step(const zoo_model *z) {
+    return (int64_t)(model_num_params(&z->mc) / 1000 + 1) * z->opt.batch * z->opt.seq_len / 1000 + 1;
+}
 
 static void on_step(void *ctx, int64_t step, int64_t total, double loss) {
     (void)total;
     step_context *s = ctx;
     char extra[96];
     snprintf(extra, sizeof extra, "%s loss %.3f", s->name, loss);
-    progress_update(s->prog, s->steps_before + step, extra);
+    progress_update(s->prog, s->work_before + step * s->work_per_step, extra);
 }
 
 static cJSON *curve_json(const train_point *points, int64_t n, int with_train_fields) {
@@ -524,7 +530,7 @@ int main(int argc, char **argv) {
     if (prepare_data(cfg, dir, manifest, &data_key) != QLAB_OK) goto done;
 
     /* Which models need training: key = data files + the model's effective entry. */
-    int64_t steps_to_train = 0;
+    int64_t work_to_train = 0;
     cJSON *old_models = cJSON_DetachItemFromObjectCaseSensitive(manifest, "models");
     cJSON *new_models = cJSON_AddArrayToObject(manifest, "models");
     if (!new_models) goto done;
@@ -538,7 +544,7 @@ int main(int argc, char **argv) {
             z->cached = 1;
             z->entry = cJSON_Duplicate(old, 1);
         } else {
-            steps_to_train += z->opt.steps;
+            work_to_train += z->opt.steps * work_per_step(z);
         }
     }
     cJSON_Delete(old_models);
@@ -548,8 +554,8 @@ int main(int argc, char **argv) {
     if (results_attr_string(r, "zoo_dir", dir) != QLAB_OK) goto done;
 
     progress prog;
-    progress_begin(&prog, "zoo", steps_to_train > 0 ? steps_to_train : 1);
-    step_context sc = {&prog, 0, ""};
+    progress_begin(&prog, "zoo", work_to_train > 0 ? work_to_train : 1);
+    step_context sc = {&prog, 0, 0, ""};
     for (int i = 0; i < n_models; i++) {
         zoo_model *z = &models[i];
         size_t params = model_num_params(&z->mc);
@@ -575,8 +581,9 @@ int main(int argc, char **argv) {
             printf("zoo: %-10s %9zu params  training %lld steps x %d x %d tokens\n", z->name, params,
                    (long long)z->opt.steps, z->opt.batch, z->opt.seq_len);
             fflush(stdout);
+            sc.work_per_step = work_per_step(z);
             if (train_one(z, dir, train_ids, n_train, heldout_ids, n_heldout, &sc, &z->entry) != QLAB_OK) goto done;
-            sc.steps_before += z->opt.steps;
+            sc.work_before += z->opt.steps * sc.work_per_step;
             printf("zoo: %-10s train loss %.3f  held-out loss %.3f  (%.0f s, %.0f tok/s)\n", z->name,
                    json_number(z->entry, "final_train_loss"), json_number(z->entry, "final_heldout_loss"),
                    json_number(z->entry, "train_seconds"), json_number(z->entry, "tokens_per_second"));

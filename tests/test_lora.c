@@ -45,7 +45,8 @@ static model *make_model(model_config c, int quantize) {
         model_param_group pg = model_get_param_group(m, (model_group)g);
         float *p = model_get_param_buffer(m, NULL) + pg.offset;
         int is_norm = g == MODEL_GROUP_RMS_ATT || g == MODEL_GROUP_RMS_FFN || g == MODEL_GROUP_RMS_FINAL;
-        double sd = g == MODEL_GROUP_TOKEN_EMBEDDING ? 1.0 : 1.0 / sqrt(g == MODEL_GROUP_W2 ? c.hidden_dim : c.dim);
+        double sd =
+            g == MODEL_GROUP_TOKEN_EMBEDDING ? 1.0 : 1.0 / sqrt(g == MODEL_GROUP_W2 ? c.hidden_dim : c.dim);
         for (size_t i = 0; i < pg.count; i++)
             p[i] = is_norm ? (float)(1.0 + 0.1 * rng_normal(&rng)) : (float)(sd * rng_normal(&rng));
     }
@@ -73,12 +74,14 @@ static void randomize_b(lora_set *l, const model_config *mc, double sd) {
         for (int p = 0; p < PROJ_COUNT; p++) {
             lora_adapter a;
             if (!lora_get_adapter(l, layer, (model_proj)p, &a)) continue;
-            for (size_t i = 0; i < (size_t)a.out_features * a.rank; i++) a.B[i] = (float)(sd * rng_normal(&rng));
+            for (size_t i = 0; i < (size_t)a.out_features * a.rank; i++)
+                a.B[i] = (float)(sd * rng_normal(&rng));
         }
 }
 
 static void random_tokens(int *tokens, int n, int V) {
-    for (int i = 0; i < n; i++) tokens[i] = (int)rng_below(&rng, (uint64_t)V);
+    for (int i = 0; i < n; i++)
+        tokens[i] = (int)rng_below(&rng, (uint64_t)V);
 }
 
 /* ---------------------------------------------------------------- configuration and initialisation */
@@ -109,7 +112,8 @@ static void test_config_and_init(void) {
     CHECK(lora_num_params(l) == 2 * per_layer && lora_param_bytes(l) == 4 * 2 * per_layer);
     CHECK(lora_scale(l) == 4.0f);
     lora_adapter a;
-    CHECK(lora_get_adapter(l, 1, PROJ_DOWN, &a) && a.in_features == 40 && a.out_features == 16 && a.rank == r);
+    CHECK(lora_get_adapter(l, 1, PROJ_DOWN, &a) && a.in_features == 40 && a.out_features == 16 &&
+          a.rank == r);
     CHECK(!lora_get_adapter(l, 2, PROJ_Q, &a) && a.A == NULL);
     /* PEFT's init: B = 0 exactly; A uniform in (-1/sqrt(in), 1/sqrt(in)) and filling it (the largest of
      * r*in >= 64 uniform draws reaches 0.9 of the bound with probability > 0.998). */
@@ -123,8 +127,10 @@ static void test_config_and_init(void) {
                 largest = fmax(largest, fabs(a.A[i]));
             }
             a_spread &= largest > 0.9 * bound;
-            for (int i = 0; i < a.out_features * a.rank; i++) b_zero &= a.B[i] == 0.0f;
-            CHECK(a.B == a.A + (size_t)a.rank * a.in_features && a.dA == lora_get_grad_buffer(l, NULL) + a.offset);
+            for (int i = 0; i < a.out_features * a.rank; i++)
+                b_zero &= a.B[i] == 0.0f;
+            CHECK(a.B == a.A + (size_t)a.rank * a.in_features &&
+                  a.dA == lora_get_grad_buffer(l, NULL) + a.offset);
         }
     CHECK(b_zero && a_inside && a_spread);
     lora_free(l);
@@ -140,24 +146,30 @@ static void test_config_and_init(void) {
 /* f = sum(out .* w) is linear in each of A, B and inp separately (the dropout mask is fixed by its seed),
  * so a central difference has no truncation error at any step: a large step h = 0.5 leaves only the fp32
  * rounding of out (~1e-7 relative on ~40 O(1) terms, divided by 2h = 1). Tolerance 1e-4 abs + 1e-4 rel. */
-static double op_objective(const float *base, const float *inp, const float *A, const float *B, const float *w,
-                           float *out, float *hidden, float *dropped, int N, int IC, int OC, int r, float scale,
-                           float dropout, uint64_t seed) {
+static double op_objective(const float *base, const float *inp, const float *A, const float *B,
+                           const float *w, float *out, float *hidden, float *dropped, int N, int IC, int OC,
+                           int r, float scale, float dropout, uint64_t seed) {
     memcpy(out, base, sizeof(float) * (size_t)N * OC);
     lora_forward(out, hidden, dropped, inp, A, B, N, IC, OC, r, scale, dropout, seed);
     double f = 0;
-    for (int i = 0; i < N * OC; i++) f += (double)out[i] * w[i];
+    for (int i = 0; i < N * OC; i++)
+        f += (double)out[i] * w[i];
     return f;
 }
 
 static void test_op_gradients(void) {
     enum { N = 6, IC = 10, OC = 7, R = 3 };
     const float scale = 2.5f;
-    float inp[N * IC], A[R * IC], B[OC * R], w[N * OC], base[N * OC], out[N * OC], hidden[N * R], dropped[N * IC];
-    for (int i = 0; i < N * IC; i++) inp[i] = (float)rng_normal(&rng);
-    for (int i = 0; i < R * IC; i++) A[i] = (float)(0.3 * rng_normal(&rng));
-    for (int i = 0; i < OC * R; i++) B[i] = (float)(0.3 * rng_normal(&rng));
-    for (int i = 0; i < N * OC; i++) w[i] = (float)rng_normal(&rng), base[i] = (float)rng_normal(&rng);
+    float inp[N * IC], A[R * IC], B[OC * R], w[N * OC], base[N * OC], out[N * OC], hidden[N * R],
+        dropped[N * IC];
+    for (int i = 0; i < N * IC; i++)
+        inp[i] = (float)rng_normal(&rng);
+    for (int i = 0; i < R * IC; i++)
+        A[i] = (float)(0.3 * rng_normal(&rng));
+    for (int i = 0; i < OC * R; i++)
+        B[i] = (float)(0.3 * rng_normal(&rng));
+    for (int i = 0; i < N * OC; i++)
+        w[i] = (float)rng_normal(&rng), base[i] = (float)rng_normal(&rng);
     float dropouts[2] = {0.0f, 0.4f};
     for (int di = 0; di < 2; di++) {
         float p = dropouts[di];
@@ -187,9 +199,12 @@ static void test_op_gradients(void) {
                 dropped_count += dropped[i] == 0.0f;
                 mask_ok &= dropped[i] == 0.0f || dropped[i] == inp[i] * (1.0f / (1.0f - p));
             }
-        CHECKF(worst_out < 1e-5, "dropout %g: lora_forward vs double reference %.3g", p, worst_out); /* fp32 sums of ~30 O(1) terms */
+        CHECKF(worst_out < 1e-5, "dropout %g: lora_forward vs double reference %.3g", p,
+               worst_out); /* fp32 sums of ~30 O(1) terms */
         /* 60 elements at p = 0.4: 24 expected, sd 3.8; [8, 40] is beyond 4 sd either side. */
-        if (p > 0) CHECKF(mask_ok && dropped_count >= 8 && dropped_count <= 40, "mask: %d of 60 dropped", dropped_count);
+        if (p > 0)
+            CHECKF(mask_ok && dropped_count >= 8 && dropped_count <= 40, "mask: %d of 60 dropped",
+                   dropped_count);
 
         lora_backward(dA, dB, dinp, w, inp, hidden, A, B, N, IC, OC, R, scale, p, seed, scratch);
         float *vars[3] = {A, B, inp}, *grads[3] = {dA, dB, dinp};
@@ -201,30 +216,36 @@ static void test_op_gradients(void) {
                 float saved = vars[v][i];
                 const double h = 0.5;
                 vars[v][i] = (float)(saved + h);
-                double fp = op_objective(base, inp, A, B, w, out, hidden, dropped, N, IC, OC, R, scale, p, seed);
+                double fp =
+                    op_objective(base, inp, A, B, w, out, hidden, dropped, N, IC, OC, R, scale, p, seed);
                 vars[v][i] = (float)(saved - h);
-                double fm = op_objective(base, inp, A, B, w, out, hidden, dropped, N, IC, OC, R, scale, p, seed);
+                double fm =
+                    op_objective(base, inp, A, B, w, out, hidden, dropped, N, IC, OC, R, scale, p, seed);
                 vars[v][i] = saved;
                 double numeric = (fp - fm) / (2 * h);
                 worst = fmax(worst, fabs(numeric - grads[v][i]) / (1e-4 + 1e-4 * fabs(numeric)));
             }
             CHECKF(worst <= 1.0, "dropout %g: %s off by %.3g tolerances", p, names[v], worst);
-            printf("  op dropout %.1f %-4s: worst |numeric - analytic| = %.3g of the tolerance\n", p, names[v], worst);
+            printf("  op dropout %.1f %-4s: worst |numeric - analytic| = %.3g of the tolerance\n", p,
+                   names[v], worst);
         }
         /* Backward accumulates; dinp may be NULL. */
         float dA2[R * IC];
         memcpy(dA2, dA, sizeof dA);
         lora_backward(dA, dB, NULL, w, inp, hidden, A, B, N, IC, OC, R, scale, p, seed, scratch);
         int doubled = 1;
-        for (int i = 0; i < R * IC; i++) doubled &= fabs(dA[i] - 2 * dA2[i]) <= 1e-5 * fabs(dA2[i]) + 1e-7;
+        for (int i = 0; i < R * IC; i++)
+            doubled &= fabs(dA[i] - 2 * dA2[i]) <= 1e-5 * fabs(dA2[i]) + 1e-7;
         CHECK(doubled);
     }
 #ifdef _OPENMP
     /* The mask depends on the seed only, not on the split of rows between threads. */
     enum { NB = 64, ICB = 96 };
-    float *x = malloc(sizeof(float) * NB * ICB), *d1 = malloc(sizeof(float) * NB * ICB), *d2 = malloc(sizeof(float) * NB * ICB);
+    float *x = malloc(sizeof(float) * NB * ICB), *d1 = malloc(sizeof(float) * NB * ICB),
+          *d2 = malloc(sizeof(float) * NB * ICB);
     float Ab[ICB] = {0}, Bb[1] = {0}, hb[NB], ob[NB];
-    for (int i = 0; i < NB * ICB; i++) x[i] = (float)rng_normal(&rng);
+    for (int i = 0; i < NB * ICB; i++)
+        x[i] = (float)rng_normal(&rng);
     int threads = omp_get_max_threads();
     omp_set_num_threads(1);
     lora_forward(ob, hb, d1, x, Ab, Bb, NB, ICB, 1, 1, 1.0f, 0.3f, 99);
@@ -251,8 +272,10 @@ static double loss_double(model *m, const int *tokens, const int *targets, int B
         if (targets[n] < 0) continue;
         const float *z = logits + (size_t)n * V;
         double maxv = z[0], s = 0;
-        for (int i = 1; i < V; i++) maxv = fmax(maxv, z[i]);
-        for (int i = 0; i < V; i++) s += exp(z[i] - maxv);
+        for (int i = 1; i < V; i++)
+            maxv = fmax(maxv, z[i]);
+        for (int i = 0; i < V; i++)
+            s += exp(z[i] - maxv);
         sum += log(s) + maxv - z[targets[n]];
         count++;
     }
@@ -266,7 +289,8 @@ static double loss_double(model *m, const int *tokens, const int *targets, int B
  * tolerance 2e-3 abs + 1% rel; single elements use h = 1e-2 (noise ~2e-5, truncation ~h^2): 2e-4 abs +
  * 2% rel. Returns the worst single-element error in units of its tolerance. */
 static double check_gradient(model *m, float *params, const float *grads, size_t count, const int *tokens,
-                             const int *targets, int B, int T, const size_t *samples, int n_samples, const char *tag) {
+                             const int *targets, int B, int T, const size_t *samples, int n_samples,
+                             const char *tag) {
     float *saved = malloc(sizeof(float) * count), *u = malloc(sizeof(float) * count);
     memcpy(saved, params, sizeof(float) * count);
     double h = 1e-3, analytic = 0;
@@ -274,9 +298,11 @@ static double check_gradient(model *m, float *params, const float *grads, size_t
         u[i] = rng_below(&rng, 2) ? 1.0f : -1.0f;
         analytic += (double)u[i] * grads[i];
     }
-    for (size_t i = 0; i < count; i++) params[i] = (float)(saved[i] + h * u[i]);
+    for (size_t i = 0; i < count; i++)
+        params[i] = (float)(saved[i] + h * u[i]);
     double lp = loss_double(m, tokens, targets, B, T);
-    for (size_t i = 0; i < count; i++) params[i] = (float)(saved[i] - h * u[i]);
+    for (size_t i = 0; i < count; i++)
+        params[i] = (float)(saved[i] - h * u[i]);
     double lm = loss_double(m, tokens, targets, B, T);
     memcpy(params, saved, sizeof(float) * count);
     double directional = (lp - lm) / (2 * h), numeric;
@@ -306,7 +332,8 @@ static double check_gradient(model *m, float *params, const float *grads, size_t
 static void test_model_gradients(int quantized) {
     enum { B = 2, T = 8 };
     const char *tag = quantized ? "nf4 base" : "fp32 frozen base";
-    model_config mc = quantized ? tiny_config(64, 96) : tiny_config(16, 40); /* NF4: whole 64-blocks per row */
+    model_config mc =
+        quantized ? tiny_config(64, 96) : tiny_config(16, 40); /* NF4: whole 64-blocks per row */
     model *m = make_model(mc, quantized);
     lora_set *l = make_lora(&mc, LORA_TARGETS_ALL, 4, 8.0f, 0.0f, 11);
     randomize_b(l, &mc, 0.2);
@@ -321,7 +348,8 @@ static void test_model_gradients(int quantized) {
     targets[5] = -1;
     size_t base_count, n;
     float *base_grads = model_get_grad_buffer(m, &base_count);
-    for (size_t i = 0; i < base_count; i++) base_grads[i] = 0.25f; /* a sentinel frozen groups must keep */
+    for (size_t i = 0; i < base_count; i++)
+        base_grads[i] = 0.25f; /* a sentinel frozen groups must keep */
     model_param_group emb = model_get_param_group(m, MODEL_GROUP_TOKEN_EMBEDDING);
     memset(base_grads + emb.offset, 0, sizeof(float) * emb.count);
     lora_zero_grad(l);
@@ -342,17 +370,20 @@ static void test_model_gradients(int quantized) {
             lora_adapter a;
             lora_get_adapter(l, layer, (model_proj)p, &a);
             size_t na = (size_t)a.rank * a.in_features, nb = (size_t)a.out_features * a.rank;
-            for (int k = 0; k < 2; k++) samples[ns++] = a.offset + rng_below(&rng, na);
-            for (int k = 0; k < 2; k++) samples[ns++] = a.offset + na + rng_below(&rng, nb);
+            for (int k = 0; k < 2; k++)
+                samples[ns++] = a.offset + rng_below(&rng, na);
+            for (int k = 0; k < 2; k++)
+                samples[ns++] = a.offset + na + rng_below(&rng, nb);
         }
     char name[96];
     snprintf(name, sizeof name, "%s: lora dA/dB", tag);
     check_gradient(m, params, grads, n, tokens, targets, B, T, samples, ns, name);
     size_t emb_samples[8];
-    for (int k = 0; k < 8; k++) emb_samples[k] = (size_t)tokens[k] * mc.dim + rng_below(&rng, (uint64_t)mc.dim);
+    for (int k = 0; k < 8; k++)
+        emb_samples[k] = (size_t)tokens[k] * mc.dim + rng_below(&rng, (uint64_t)mc.dim);
     snprintf(name, sizeof name, "%s: embedding (dx through W and LoRA)", tag);
-    check_gradient(m, model_get_param_buffer(m, NULL) + emb.offset, base_grads + emb.offset, emb.count, tokens,
-                   targets, B, T, emb_samples, 8, name);
+    check_gradient(m, model_get_param_buffer(m, NULL) + emb.offset, base_grads + emb.offset, emb.count,
+                   tokens, targets, B, T, emb_samples, 8, name);
     lora_detach(m);
     lora_free(l);
     model_free(m);
@@ -365,7 +396,8 @@ static void test_identity_and_merge(void) {
     int tokens[B * T];
     random_tokens(tokens, B * T, 32);
     size_t nl = (size_t)B * T * 32;
-    float *base = malloc(sizeof(float) * nl), *adapted = malloc(sizeof(float) * nl), *merged = malloc(sizeof(float) * nl);
+    float *base = malloc(sizeof(float) * nl), *adapted = malloc(sizeof(float) * nl),
+          *merged = malloc(sizeof(float) * nl);
     for (int quantized = 0; quantized < 2; quantized++) {
         model_config mc = tiny_config(64, 96);
         model *m = make_model(mc, quantized);
@@ -381,7 +413,8 @@ static void test_identity_and_merge(void) {
         lora_set_training(l, 0);
         model_forward(m, tokens, NULL, B, T, adapted, NULL);
         double moved = 0;
-        for (size_t i = 0; i < nl; i++) moved = fmax(moved, fabs(adapted[i] - base[i]));
+        for (size_t i = 0; i < nl; i++)
+            moved = fmax(moved, fabs(adapted[i] - base[i]));
         CHECKF(moved > 1e-2, "random B moved the logits by only %.3g", moved);
         if (quantized) {
             CHECK(lora_merge(l, m) == QLAB_ERR_UNSUPPORTED && strstr(qlab_last_error(), "quantized"));
@@ -396,9 +429,11 @@ static void test_identity_and_merge(void) {
             CHECK(lora_merge(l, mm) == QLAB_OK);
             model_forward(mm, tokens, NULL, B, T, merged, NULL);
             double worst = 0;
-            for (size_t i = 0; i < nl; i++) worst = fmax(worst, fabs(merged[i] - adapted[i]));
+            for (size_t i = 0; i < nl; i++)
+                worst = fmax(worst, fabs(merged[i] - adapted[i]));
             CHECKF(worst < 1e-4, "merged vs adapter logits differ by %.3g", worst);
-            printf("  merge: |merged - adapted| logits max %.3g (adapter moved them by %.3g)\n", worst, moved);
+            printf("  merge: |merged - adapted| logits max %.3g (adapter moved them by %.3g)\n", worst,
+                   moved);
             model_free(mm);
         }
         /* Detached: the base model again, bit for bit. */
@@ -493,8 +528,10 @@ static void test_training_save_load_determinism(void) {
             /* The file carries PEFT's names and shapes. */
             safetensors_file f;
             if (safetensors_open(&f, path) == QLAB_OK) {
-                const safetensors_tensor *t = safetensors_find(&f, "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
-                CHECK(t && t->ndim == 2 && t->shape[0] == 8 && t->shape[1] == 64 && t->dtype == SAFETENSORS_F32);
+                const safetensors_tensor *t =
+                    safetensors_find(&f, "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
+                CHECK(t && t->ndim == 2 && t->shape[0] == 8 && t->shape[1] == 64 &&
+                      t->dtype == SAFETENSORS_F32);
                 t = safetensors_find(&f, "base_model.model.model.layers.1.mlp.down_proj.lora_B.weight");
                 CHECK(t && t->ndim == 2 && t->shape[0] == 64 && t->shape[1] == 8);
                 CHECK(f.n_tensors == 2 * 2 * PROJ_COUNT);
@@ -509,11 +546,13 @@ static void test_training_save_load_determinism(void) {
             float *before = malloc(sizeof(float) * lora_num_params(other));
             memcpy(before, lora_get_param_buffer(other, NULL), sizeof(float) * lora_num_params(other));
             CHECK(lora_load(other, path) == QLAB_ERR_FORMAT && strstr(qlab_last_error(), "expected (4, 64)"));
-            CHECK(memcmp(before, lora_get_param_buffer(other, NULL), sizeof(float) * lora_num_params(other)) == 0);
+            CHECK(memcmp(before, lora_get_param_buffer(other, NULL),
+                         sizeof(float) * lora_num_params(other)) == 0);
             free(before);
             lora_free(other);
             other = make_lora(&mc, LORA_TARGETS_QV, 8, 16.0f, 0, 1);
-            CHECK(lora_load(other, path) == QLAB_ERR_FORMAT && strstr(qlab_last_error(), "adapters do not have"));
+            CHECK(lora_load(other, path) == QLAB_ERR_FORMAT &&
+                  strstr(qlab_last_error(), "adapters do not have"));
             lora_free(other);
             other = make_lora(&mc, LORA_TARGETS_ALL, 8, 32.0f, 0, 1);
             CHECK(lora_load(other, path) == QLAB_ERR_FORMAT && strstr(qlab_last_error(), "lora_alpha"));
@@ -533,9 +572,10 @@ static void test_training_save_load_determinism(void) {
         lora_detach(m);
         lora_free(l);
     }
-    printf("  training (NF4 base, LoRA r=8 on all projections, dropout 0.05, AdamW lr 1e-2): loss %.4f -> %.4f "
-           "after %d steps\n",
-           first[0], last[0], STEPS);
+    printf(
+        "  training (NF4 base, LoRA r=8 on all projections, dropout 0.05, AdamW lr 1e-2): loss %.4f -> %.4f "
+        "after %d steps\n",
+        first[0], last[0], STEPS);
     /* A period-5 cycle is fully predictable after the first token of each row; 30 steps must at least
      * halve the loss from its ~ln(32) start (a stub or a broken gradient leaves it near 3.5). */
     CHECKF(last[0] < 0.5f * first[0], "loss %.4f -> %.4f", first[0], last[0]);
@@ -545,7 +585,8 @@ static void test_training_save_load_determinism(void) {
     /* The frozen base was neither changed nor given a gradient. */
     CHECK(memcmp(base_copy, base_params, sizeof(float) * base_count) == 0);
     int zero = 1;
-    for (size_t i = 0; i < base_count; i++) zero &= base_grads[i] == 0.0f;
+    for (size_t i = 0; i < base_count; i++)
+        zero &= base_grads[i] == 0.0f;
     CHECKF(zero, "the quantized base's gradient buffer was written");
     free(trained[0]), free(trained[1]), free(base_copy);
     model_free(m);
@@ -555,7 +596,8 @@ static void test_training_save_load_determinism(void) {
 static void test_seeds_and_modes(void) {
     enum { B = 2, T = 8 };
     model_config mc = tiny_config(16, 40);
-    lora_set *a = make_lora(&mc, LORA_TARGETS_ALL, 4, 8.0f, 0.3f, 5), *b = make_lora(&mc, LORA_TARGETS_ALL, 4, 8.0f, 0.3f, 5);
+    lora_set *a = make_lora(&mc, LORA_TARGETS_ALL, 4, 8.0f, 0.3f, 5),
+             *b = make_lora(&mc, LORA_TARGETS_ALL, 4, 8.0f, 0.3f, 5);
     lora_set *c = make_lora(&mc, LORA_TARGETS_ALL, 4, 8.0f, 0.3f, 6);
     size_t n;
     float *pa = lora_get_param_buffer(a, &n);
@@ -567,7 +609,8 @@ static void test_seeds_and_modes(void) {
     random_tokens(tokens, B * T, 32);
     size_t nl = (size_t)B * T * 32;
     float *z[4];
-    for (int i = 0; i < 4; i++) z[i] = malloc(sizeof(float) * nl);
+    for (int i = 0; i < 4; i++)
+        z[i] = malloc(sizeof(float) * nl);
     CHECK(lora_attach(a, m, 1) == QLAB_OK);
     lora_set_training(a, 0);
     model_forward(m, tokens, NULL, B, T, z[0], NULL);
@@ -578,9 +621,25 @@ static void test_seeds_and_modes(void) {
     model_forward(m, tokens, NULL, B, T, z[3], NULL);
     CHECK(memcmp(z[2], z[0], sizeof(float) * nl) != 0); /* dropout is applied in training */
     CHECK(memcmp(z[2], z[3], sizeof(float) * nl) != 0); /* and a new mask is drawn at every forward */
+    /* A fully frozen base trains the adapters without the model's gradient buffer ever being needed. */
+    int targets[B * T];
+    random_tokens(targets, B * T, 32);
+    lora_zero_grad(a);
+    CHECK(model_forward(m, tokens, targets, B, T, NULL, NULL) == QLAB_OK);
+    CHECKF(model_backward(m) == QLAB_OK, "%s", qlab_last_error());
+    double norm = 0;
+    for (size_t i = 0; i < n; i++)
+        norm += (double)lora_get_grad_buffer(a, NULL)[i] * lora_get_grad_buffer(a, NULL)[i];
+    CHECK(norm > 0);
     lora_detach(m);
     model_free(m);
-    for (int i = 0; i < 4; i++) free(z[i]);
+    /* Adapters made for another shape are refused. */
+    model_config other = tiny_config(32, 40);
+    m = make_model(other, 0);
+    CHECK(lora_attach(a, m, 1) == QLAB_ERR_ARG && strstr(qlab_last_error(), "dim 16"));
+    model_free(m);
+    for (int i = 0; i < 4; i++)
+        free(z[i]);
     lora_free(a), lora_free(b), lora_free(c);
 }
 
@@ -625,18 +684,21 @@ static void test_stories_qlora(void) {
     size_t split = n_ids * 4 / 5;
     CHECK(split > 2 * T && n_ids - split > (size_t)T + 1);
     int starts[WINDOWS];
-    for (int w = 0; w < WINDOWS; w++) starts[w] = (int)(split + (size_t)w * (n_ids - split - T - 1) / WINDOWS);
+    for (int w = 0; w < WINDOWS; w++)
+        starts[w] = (int)(split + (size_t)w * (n_ids - split - T - 1) / WINDOWS);
     const model_config *mc = model_get_config(m);
     lora_set *l = make_lora(mc, LORA_TARGETS_ALL, 8, 16.0f, 0.1f, 42);
     CHECK(lora_attach(l, m, 1) == QLAB_OK);
     lora_set_training(l, 0);
     size_t base_count;
     float *base_grads = model_get_grad_buffer(m, &base_count);
-    for (size_t i = 0; i < base_count; i++) base_grads[i] = 0.25f; /* a sentinel backward must not touch */
+    for (size_t i = 0; i < base_count; i++)
+        base_grads[i] = 0.25f; /* a sentinel backward must not touch */
     double before = heldout_loss(m, ids, starts, WINDOWS, T);
     optim_adamw o;
     CHECK(optim_adamw_init(&o, lora_num_params(l), OPTIM_STATE_PAGED) == QLAB_OK);
-    optim_adamw_hyper hyper = {.lr = 3e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.0f};
+    optim_adamw_hyper hyper = {
+        .lr = 3e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.0f};
     int tokens[B * T], targets[B * T];
     rng_state data_rng;
     rng_seed(&data_rng, 7);
@@ -646,7 +708,8 @@ static void test_stories_qlora(void) {
     for (int s = 0; s < STEPS; s++) {
         for (int b = 0; b < B; b++) {
             size_t at = (size_t)rng_below(&data_rng, split - T - 1);
-            for (int t = 0; t < T; t++) tokens[b * T + t] = ids[at + t], targets[b * T + t] = ids[at + t + 1];
+            for (int t = 0; t < T; t++)
+                tokens[b * T + t] = ids[at + t], targets[b * T + t] = ids[at + t + 1];
         }
         lora_zero_grad(l);
         if (model_forward(m, tokens, targets, B, T, NULL, &loss) != QLAB_OK || model_backward(m) != QLAB_OK) {
@@ -659,14 +722,16 @@ static void test_stories_qlora(void) {
     }
     lora_set_training(l, 0);
     double after = heldout_loss(m, ids, starts, WINDOWS, T);
-    printf("  stories260K NF4+DQ + LoRA r=8 (%zu trainable of %zu params) on Tiny Shakespeare: train loss %.3f -> "
+    printf("  stories260K NF4+DQ + LoRA r=8 (%zu trainable of %zu params) on Tiny Shakespeare: train loss "
+           "%.3f -> "
            "%.3f, held-out %.3f -> %.3f after %d steps of %dx%d tokens\n",
            n, model_num_params(mc), first, loss, before, after, STEPS, B, T);
     /* Out-of-domain text starts far from the model (~5 nats); 60 steps of real adaptation move the
      * held-out loss by much more than the 0.1-nat noise of 16 windows. */
     CHECKF(after < before - 0.2, "held-out loss %.3f -> %.3f", before, after);
     int untouched = 1;
-    for (size_t i = 0; i < base_count; i++) untouched &= base_grads[i] == 0.25f;
+    for (size_t i = 0; i < base_count; i++)
+        untouched &= base_grads[i] == 0.25f;
     CHECKF(untouched, "the quantized base's gradient buffer was written");
     optim_adamw_free(&o);
     lora_detach(m);
