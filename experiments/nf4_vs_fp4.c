@@ -617,6 +617,12 @@ int main(int argc, char **argv) {
         goto done;
     if (build_variants(cfg, &variants, &nvariants) != QLAB_OK) goto done;
     if (collect_benchmarks(cfg, r, &benchmarks, &nbench) != QLAB_OK) goto done;
+    int n_present = 0;
+    for (int b = 0; b < nbench; b++) n_present += benchmarks[b].text_path != NULL;
+    if (n_present == 0) {
+        qlab_fail(QLAB_ERR_ARG, "%s: none of the %d benchmarks has its text present", config_file, nbench);
+        goto done;
+    }
     if (collect_models(cfg, r, &models, &nmodels) != QLAB_OK) goto done;
     rows_cap = nmodels * nbench * (nvariants + 1) + 1;
     rows = qlab_calloc((size_t)rows_cap, sizeof *rows);
@@ -722,7 +728,7 @@ int main(int argc, char **argv) {
     }
     r = NULL;
     printf("nf4_vs_fp4: wrote %s (%d models x %d data types x %d benchmarks, %d rows)\n", out_path, nmodels,
-           nvariants + 1, nbench, nrows);
+           nvariants + 1, n_present, nrows);
     rc = 0;
 done:
     if (rc != 0) qlab_report_error("nf4_vs_fp4");

@@ -27,7 +27,9 @@ set format x '10^{%L}'
 set xlabel 'total model bits (log scale)'
 set key outside right top vertical Left reverse samplen 3 spacing 1.15 font ',11' noenhanced
 
-set multiplot layout 1, 2 title sprintf("{/:Bold 4-bit data types across a family of %d models} (%s, block size 64)\n{/*0.85 fewer bits and lower perplexity/KL is better: lower-left wins. Solid = fp32 block constants, dashed = double quantization}", nmodels, bench) font ',15'
+set multiplot title sprintf("{/:Bold 4-bit data types across a family of %d models} (%s, block size 64)\n{/*0.85 fewer bits and lower perplexity/KL is better: lower-left wins. Solid = fp32 block constants, dashed = double quantization}", nmodels, bench) font ',15'
+set tmargin at screen 0.83; set bmargin at screen 0.1
+set lmargin at screen 0.06; set rmargin at screen 0.44
 set title 'Perplexity' font ',13'
 set ylabel 'perplexity (lower is better)'
 unset logscale y
@@ -36,6 +38,7 @@ unset key
 plot for [i=1:nlabels] f using (matches(word(labels, i)) ? $6 : NaN):7 with linespoints lw 2 \
      dt dash(word(labels, i)) pt point(word(labels, i)) ps 1.3 lc rgb color(word(labels, i)) title word(labels, i)
 
+set lmargin at screen 0.52; set rmargin at screen 0.87
 set title 'KL divergence from the fp32 model' font ',13'
 set ylabel 'mean KL(p_{fp32} || p_{4-bit}) per token (nats, log scale)'
 set logscale y
