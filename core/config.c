@@ -398,3 +398,39 @@ void config_print_keys(const config_key *keys, int nkeys, void *file) {
         fprintf(f, "  %-16s %-9s default %-28s %s\n", keys[i].key, type_short(keys[i].type),
                 keys[i].default_json ? keys[i].default_json : "(required)", keys[i].help ? keys[i].help : "");
 }
+
+int experiment_parse_args(experiment_args *a, const char *name, int argc, char **argv,
+                          void (*usage)(FILE *file)) {
+    memset(a, 0, sizeof *a);
+    a->name = name;
+    snprintf(a->default_config, sizeof a->default_config, "experiments/%s.json", name);
+    snprintf(a->default_out, sizeof a->default_out, "results/%s.h5", name);
+    a->config_path = a->default_config;
+    a->out_path = a->default_out;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            usage(stdout);
+            return 0;
+        }
+        int known = !strcmp(argv[i], "--config") || !strcmp(argv[i], "--out") || !strcmp(argv[i], "--set");
+        if (!known || i + 1 >= argc) {
+            fprintf(stderr, "%s: unknown or incomplete option '%s' (see --help)\n", name, argv[i]);
+            return 2;
+        }
+        if (!strcmp(argv[i], "--config")) {
+            a->config_path = argv[++i];
+        } else if (!strcmp(argv[i], "--out")) {
+            a->out_path = argv[++i];
+        } else if (a->n_overrides < EXPERIMENT_MAX_OVERRIDES) {
+            a->overrides[a->n_overrides++] = argv[++i];
+        } else {
+            fprintf(stderr, "%s: more than %d --set options\n", name, EXPERIMENT_MAX_OVERRIDES);
+            return 2;
+        }
+    }
+    return -1;
+}
+
+qlab_status experiment_load_config(const experiment_args *a, config **out, const config_key *keys, int nkeys) {
+    return config_load(out, a->config_path, keys, nkeys, a->overrides, a->n_overrides);
+}

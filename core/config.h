@@ -7,6 +7,7 @@
 #define QLAB_CONFIG_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "common.h"
 
@@ -60,5 +61,23 @@ const void *config_object(const config *c, const char *key);
 
 /* Prints the declared keys with type, default and help (for a program's --help). */
 void config_print_keys(const config_key *keys, int nkeys, void *file /* FILE * */);
+
+/* The command line every experiment program shares: [--config FILE.json] [--out RESULTS.h5]
+ * [--set key=value ...] [--help]. Defaults: experiments/<name>.json and results/<name>.h5. */
+#define EXPERIMENT_MAX_OVERRIDES 64
+typedef struct {
+    const char *name;
+    const char *config_path, *out_path;
+    const char *overrides[EXPERIMENT_MAX_OVERRIDES];
+    int n_overrides;
+    char default_config[256], default_out[256];
+} experiment_args;
+
+/* Parses argv. Returns -1 when the program should go on, otherwise the exit code to return at once
+ * (0 after printing usage for --help, 2 with one line on stderr for a bad option). */
+int experiment_parse_args(experiment_args *a, const char *name, int argc, char **argv,
+                          void (*usage)(FILE *file));
+/* config_load of a->config_path with the --set overrides. */
+qlab_status experiment_load_config(const experiment_args *a, config **out, const config_key *keys, int nkeys);
 
 #endif

@@ -197,29 +197,12 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
-    const char *config_file = "experiments/double_quant.json", *out_path = "results/double_quant.h5";
-    const char *overrides[64];
-    int noverrides = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            usage(stdout);
-            return 0;
-        }
-        if (i + 1 >= argc ||
-            (strcmp(argv[i], "--config") && strcmp(argv[i], "--out") && strcmp(argv[i], "--set"))) {
-            fprintf(stderr, "double_quant: unknown or incomplete option '%s' (see --help)\n", argv[i]);
-            return 2;
-        }
-        if (!strcmp(argv[i], "--config"))
-            config_file = argv[++i];
-        else if (!strcmp(argv[i], "--out"))
-            out_path = argv[++i];
-        else if (noverrides < 64)
-            overrides[noverrides++] = argv[++i];
-    }
-
+    experiment_args args;
+    int early = experiment_parse_args(&args, "double_quant", argc, argv, usage);
+    if (early >= 0) return early;
+    const char *config_file = args.config_path, *out_path = args.out_path;
     config *cfg = NULL;
-    if (config_load(&cfg, config_file, config_keys, N_CONFIG_KEYS, overrides, noverrides) != QLAB_OK)
+    if (experiment_load_config(&args, &cfg, config_keys, N_CONFIG_KEYS) != QLAB_OK)
         return qlab_report_error("double_quant");
     int64_t n_weights = config_int(cfg, "n_weights"), seed = config_int(cfg, "seed");
     double nu = config_double(cfg, "student_t_nu");

@@ -514,29 +514,12 @@ static int fail_config(config *cfg, const char *fmt, const char *key, double val
 }
 
 int main(int argc, char **argv) {
-    const char *config_file = "experiments/vicuna_tables.json", *out_path = "results/vicuna_tables.h5";
-    const char *overrides[64];
-    int noverrides = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            usage(stdout);
-            return 0;
-        }
-        if (i + 1 >= argc ||
-            (strcmp(argv[i], "--config") && strcmp(argv[i], "--out") && strcmp(argv[i], "--set"))) {
-            fprintf(stderr, PROG ": unknown or incomplete option '%s' (see --help)\n", argv[i]);
-            return 2;
-        }
-        if (!strcmp(argv[i], "--config"))
-            config_file = argv[++i];
-        else if (!strcmp(argv[i], "--out"))
-            out_path = argv[++i];
-        else if (noverrides < 64)
-            overrides[noverrides++] = argv[++i];
-    }
-
+    experiment_args args;
+    int early = experiment_parse_args(&args, "vicuna_tables", argc, argv, usage);
+    if (early >= 0) return early;
+    const char *out_path = args.out_path;
     config *cfg = NULL;
-    if (config_load(&cfg, config_file, config_keys, N_CONFIG_KEYS, overrides, noverrides) != QLAB_OK)
+    if (experiment_load_config(&args, &cfg, config_keys, N_CONFIG_KEYS) != QLAB_OK)
         return qlab_report_error(PROG);
     const char *archive = config_string(cfg, "ratings_archive");
     int64_t seed = config_int(cfg, "seed"), n_orderings = config_int(cfg, "n_orderings"),
