@@ -124,6 +124,12 @@ int qlab_report_error(const char *prog) {
     return 1;
 }
 
+void qlab_openmp_prefer_passive(char **argv) {
+    if (getenv("OMP_WAIT_POLICY")) return;
+    if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0) return;
+    execv("/proc/self/exe", argv);
+}
+
 int qlab_num_threads(void) {
 #ifdef _OPENMP
     return omp_get_max_threads();

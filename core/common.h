@@ -41,6 +41,13 @@ qlab_status qlab_write_file_atomic(const char *path, const void *data, size_t le
 /* Program-side helper: prints "prog: <last error>" to stderr and returns exit code 1. */
 int qlab_report_error(const char *prog);
 
+/* Called first thing in main(): restarts the program (execv of /proc/self/exe) with
+ * OMP_WAIT_POLICY=PASSIVE when the variable is unset, since libgomp reads it only at start-up. With
+ * OpenBLAS and OpenMP sharing few cores, spinning OpenMP workers starve the BLAS threads (measured 13-37x
+ * slower on a loaded 2-core machine). Does nothing when the variable is set or the restart fails; the
+ * numbers are the same either way, only the speed differs. */
+void qlab_openmp_prefer_passive(char **argv);
+
 /* Number of OpenMP threads in use (1 without OpenMP). */
 int qlab_num_threads(void);
 

@@ -176,6 +176,20 @@ static void shuffle(int64_t *order, int64_t n, rng_state *rng) {
     }
 }
 
+/* Appends a held-out point (step, tokens and lr given in at) to h->heldout. Evaluation runs without
+ * dropout, and lora_set_training leaves the adapters' mask sequence where it was, so evaluating does not
+ * change the training trajectory. */
+static qlab_status evaluate(model *m, lora_set *lora, const finetune_rows *heldout, int eval_batch, train_point at,
+                            double t0, finetune_result *h, int64_t *cap) {
+    if (lora) lora_set_training(lora, 0);
+    qlab_status st = finetune_heldout_nll(m, heldout, eval_batch, &at.loss, &h->heldout_scored);
+    if (lora) lora_set_training(lora, 1);
+    QLAB_TRY(st);
+    h->final_heldout_nll = at.loss;
+    at.seconds = qlab_now() - t0;
+    return curve_push(&h->heldout, &h->n_heldout, cap, at);
+}
+
 qlab_status finetune_run(model *m, const finetune_rows *train, const finetune_rows *heldout,
                          const finetune_options *o, finetune_step_callback callback, void *ctx,
                          lora_set **adapters_out, finetune_result *h) {
@@ -245,24 +259,9 @@ qlab_status finetune_run(model *m, const finetune_rows *train, const finetune_ro
     int window_count = 0;
     int64_t tokens_seen = 0;
 
-    /* Held-out NLL without dropout; the LoRA mask sequence is left where it was (lora_set_training). */
-#define FINETUNE_EVAL(step_done)                                                                              \
-    do {                                                                                                      \
-        double nll_;                                                                                          \
-        if (lora) lora_set_training(lora, 0);                                                                 \
-        st = finetune_heldout_nll(m, heldout, o->eval_batch, &nll_, &h->heldout_scored);                      \
-        if (lora) lora_set_training(lora, 1);                                                                 \
-        if (st == QLAB_OK) {                                                                                  \
-            h->final_heldout_nll = nll_;                                                                      \
-            st = curve_push(&h->heldout, &h->n_heldout, &cap_heldout,                                         \
-                            (train_point){(step_done), tokens_seen, nll_, lr, NAN, qlab_now() - t0});         \
-        }                                                                                                     \
-    } while (0)
-
-    if (st == QLAB_OK) {
-        FINETUNE_EVAL(0);
-        h->initial_heldout_nll = h->final_heldout_nll;
-    }
+    if (st == QLAB_OK)
+        st = evaluate(m, lora, heldout, o->eval_batch, (train_point){0, 0, 0, 0, NAN, 0}, t0, h, &cap_heldout);
+    if (st == QLAB_OK) h->initial_heldout_nll = h->final_heldout_nll;
     for (int64_t s = 0; st == QLAB_OK && s < o->steps; s++) {
         for (int b = 0; b < B; b++) {
             if (cursor == train->n_rows) shuffle(order, train->n_rows, &rng), cursor = 0;
@@ -318,10 +317,10 @@ qlab_status finetune_run(model *m, const finetune_rows *train, const finetune_ro
             window_loss = 0, window_count = 0;
         }
         if (st == QLAB_OK && ((o->eval_every > 0 && done % o->eval_every == 0) || done == o->steps))
-            FINETUNE_EVAL(done);
+            st = evaluate(m, lora, heldout, o->eval_batch, (train_point){done, tokens_seen, 0, lr, NAN, 0}, t0, h,
+                          &cap_heldout);
         if (st == QLAB_OK && callback) callback(ctx, done, o->steps, loss);
     }
-#undef FINETUNE_EVAL
     if (st == QLAB_OK && h->steps_skipped == o->steps)
         st = qlab_fail(QLAB_ERR_NUMERIC, "finetune: every one of the %lld steps had a non-finite loss or "
                                          "gradient, or no scored target",

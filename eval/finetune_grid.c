@@ -35,7 +35,7 @@ qlab_status finetune_resolve_model(const char *model_spec, const char *tokenizer
         else
             return qlab_fail(QLAB_ERR_IO, "no base model: neither %s nor %s exists; run `make zoo` to build the "
                                           "embedded model family (offline), or set model_path",
-                             ZOO_MODEL, SHARED_MODEL);
+                             SHARED_MODEL, ZOO_MODEL);
     } else {
         if (!readable(model_spec)) return qlab_fail(QLAB_ERR_IO, "%s: cannot read the base model", model_spec);
         QLAB_TRY(copy_path(model_path, model_cap, model_spec));
@@ -521,11 +521,4 @@ qlab_status finetune_grid_seeds(const config *cfg, int64_t **seeds, int *n) {
     }
     *seeds = s, *n = count;
     return QLAB_OK;
-}
-
-void finetune_grid_passive_openmp(char **argv) {
-    if (getenv("OMP_WAIT_POLICY")) return;
-    if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0) return;
-    execv("/proc/self/exe", argv);
-    /* Still here: the restart failed; run on with the active policy (slower, same numbers). */
 }

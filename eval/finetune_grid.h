@@ -125,10 +125,4 @@ qlab_status finetune_grid_load_task(const config *cfg, finetune_task *t);
 /* The seeds array from the "seeds" key (malloc'd); fails on an empty list or duplicates. */
 qlab_status finetune_grid_seeds(const config *cfg, int64_t **seeds, int *n);
 
-/* Restarts the program (execv of /proc/self/exe) with OMP_WAIT_POLICY=PASSIVE when the variable is unset,
- * since libgomp reads it only at start-up. With OpenBLAS and OpenMP sharing two cores, spinning OpenMP
- * workers starve the BLAS threads: the finetuning grid measured 13x slower (mk/zoo.mk sets the same).
- * Returns (doing nothing) when the variable is set or the restart fails. */
-void finetune_grid_passive_openmp(char **argv);
-
 #endif

@@ -197,6 +197,7 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+    qlab_openmp_prefer_passive(argv);
     experiment_args args;
     int early = experiment_parse_args(&args, "double_quant", argc, argv, usage);
     if (early >= 0) return early;

@@ -487,8 +487,9 @@ static qlab_status write_model_table(results *r, const row_record *rows, int nro
                                      const benchmark_spec *benchmarks, const model_spec *spec, int model_index) {
     char name[200], title[300];
     snprintf(name, sizeof name, "model_%s", spec->name);
-    for (char *c = name; *c; c++)
-        if (*c == '/' || *c == ' ') *c = '_';
+    for (char *c = name; *c; c++) /* table names hold only letters, digits, '_' and '-' */
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || *c == '-'))
+            *c = '_';
     snprintf(title, sizeof title, "%s (%lld parameters, %s)", spec->name, (long long)spec->params, spec->path);
     results_table *t;
     QLAB_TRY(results_table_begin(r, &t, name, title));

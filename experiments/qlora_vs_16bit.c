@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "common.h"
 #include "config.h"
@@ -105,7 +104,7 @@ static qlab_status build_grid(const config *cfg, const finetune_options *base, f
 }
 
 int main(int argc, char **argv) {
-    finetune_grid_passive_openmp(argv);
+    qlab_openmp_prefer_passive(argv);
     const char *config_file = "experiments/qlora_vs_16bit.json", *out_path = "results/qlora_vs_16bit.h5";
     const char *overrides[64];
     int noverrides = 0;

@@ -14,6 +14,9 @@ if (!file_exists(f)) { print 'nf4_vs_fp4.gp: no '.f; exit status 1 }
 bench = system("awk '!/^#/ { gsub(/\"/, \"\", $1); print $1; exit }' '".f."'")
 labels = system("awk -v b='".bench."' '!/^#/ { gsub(/\"/, \"\", $1); gsub(/\"/, \"\", $2); if ($1 == b && !seen[$2]++) printf \"%s \", $2 }' '".f."'")
 nlabels = words(labels)
+qlabels = ''
+do for [i=1:nlabels] { if (word(labels, i) ne 'fp32') { qlabels = qlabels.word(labels, i).' ' } }
+nq = words(qlabels)
 nmodels = system("awk -v b='".bench."' '!/^#/ { gsub(/\"/, \"\", $1); gsub(/\"/, \"\", $4); if ($1 == b && !seen[$4]++) n++ } END { print n + 0 }' '".f."'") + 0
 base(s) = strstrt(s, '+') > 0 ? s[1:strstrt(s, '+') - 1] : s
 is_dq(s) = strstrt(s, '+dq') > 0
@@ -44,8 +47,8 @@ set ylabel 'mean KL(p_{fp32} || p_{4-bit}) per token (nats, log scale)'
 set logscale y
 set format y '10^{%L}'
 set key outside right top vertical Left reverse samplen 3 spacing 1.15 font ',11' noenhanced
-plot for [i=1:nlabels] f using (matches(word(labels, i)) && word(labels, i) ne 'fp32' ? $6 : NaN):($8 > 0 ? $8 : NaN) \
-     with linespoints lw 2 dt dash(word(labels, i)) pt point(word(labels, i)) ps 1.3 \
-     lc rgb color(word(labels, i)) title word(labels, i), \
+plot for [i=1:nq] f using (matches(word(qlabels, i)) ? $6 : NaN):($8 > 0 ? $8 : NaN) \
+     with linespoints lw 2 dt dash(word(qlabels, i)) pt point(word(qlabels, i)) ps 1.3 \
+     lc rgb color(word(qlabels, i)) title word(qlabels, i), \
      keyentry with linespoints lw 2 pt 5 ps 1.3 lc rgb '#111111' title 'fp32 (left panel only)'
 unset multiplot

@@ -52,6 +52,7 @@ int cli_parse_double(const char *cmd, const char *flag, const char *text, double
 }
 
 int main(int argc, char **argv) {
+    qlab_openmp_prefer_passive(argv);
     qsort(commands, (size_t)n_commands, sizeof commands[0], by_name);
     if (argc < 2) {
         usage(stderr);
