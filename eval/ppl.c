@@ -115,6 +115,7 @@ qlab_status ppl_evaluate(model *m, model *ref, const int *tokens, int64_t n, con
 
     progress prog;
     progress_begin(&prog, "perplexity", n_windows);
+    prog.quiet |= opt->quiet;
     int64_t scored_so_far = 0;
     for (int64_t w0 = 0; w0 < n_windows;) {
         /* A batch is a run of consecutive windows of equal length (all but a sliding protocol's last). */

@@ -27,6 +27,7 @@ typedef struct {
     int stride;         /* PPL_SLIDING only: 1 <= stride <= ctx */
     int64_t max_tokens; /* evaluate at most this many tokens of the stream (0 = all) */
     int batch;          /* windows per forward pass (0 = choose from memory) */
+    int quiet;          /* no progress line (the caller shows its own) */
 } ppl_options;
 
 typedef struct {

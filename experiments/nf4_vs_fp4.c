@@ -574,27 +574,13 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
-    const char *config_file = "experiments/nf4_vs_fp4.json", *out_path = "results/nf4_vs_fp4.h5";
-    const char *overrides[64];
-    int noverrides = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            usage(stdout);
-            return 0;
-        }
-        if (i + 1 >= argc || (strcmp(argv[i], "--config") && strcmp(argv[i], "--out") && strcmp(argv[i], "--set"))) {
-            fprintf(stderr, "nf4_vs_fp4: unknown or incomplete option '%s' (see --help)\n", argv[i]);
-            return 2;
-        }
-        if (!strcmp(argv[i], "--config"))
-            config_file = argv[++i];
-        else if (!strcmp(argv[i], "--out"))
-            out_path = argv[++i];
-        else if (noverrides < 64)
-            overrides[noverrides++] = argv[++i];
-    }
+    qlab_openmp_prefer_passive(argv);
+    experiment_args args;
+    int early = experiment_parse_args(&args, "nf4_vs_fp4", argc, argv, usage);
+    if (early >= 0) return early;
+    const char *config_file = args.config_path, *out_path = args.out_path;
     config *cfg = NULL;
-    if (config_load(&cfg, config_file, config_keys, N_CONFIG_KEYS, overrides, noverrides) != QLAB_OK)
+    if (experiment_load_config(&args, &cfg, config_keys, N_CONFIG_KEYS) != QLAB_OK)
         return qlab_report_error("nf4_vs_fp4");
 
     int rc = 1, nmodels = 0, nbench = 0, nvariants = 0, nrows = 0, rows_cap = 0;
@@ -688,7 +674,11 @@ int main(int argc, char **argv) {
                 if (ctx > mc->seq_len) ctx = mc->seq_len;
                 int stride = (int)config_int(bs->cfg, "stride");
                 if (stride == 0 || stride > ctx) stride = ctx / 2;
-                ppl_options opt = {bs->protocol, ctx, stride, config_int(bs->cfg, "max_tokens"), 0};
+                ppl_options opt = {.protocol = bs->protocol,
+                                   .ctx = ctx,
+                                   .stride = stride,
+                                   .max_tokens = config_int(bs->cfg, "max_tokens"),
+                                   .quiet = 1};
                 ppl_result res;
                 if (ppl_evaluate(evaluated, v >= 0 ? ref : NULL, bench_tokens[b], bench_n[b], &opt, &res) != QLAB_OK) {
                     qlab_fail_context(QLAB_ERR_NUMERIC, "model %s, %s, benchmark %s", spec->name, label, bs->name);

@@ -105,27 +105,12 @@ static qlab_status build_grid(const config *cfg, const finetune_options *base, f
 
 int main(int argc, char **argv) {
     qlab_openmp_prefer_passive(argv);
-    const char *config_file = "experiments/qlora_vs_16bit.json", *out_path = "results/qlora_vs_16bit.h5";
-    const char *overrides[64];
-    int noverrides = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            usage(stdout);
-            return 0;
-        }
-        if (i + 1 >= argc || (strcmp(argv[i], "--config") && strcmp(argv[i], "--out") && strcmp(argv[i], "--set"))) {
-            fprintf(stderr, "qlora_vs_16bit: unknown or incomplete option '%s' (see --help)\n", argv[i]);
-            return 2;
-        }
-        if (!strcmp(argv[i], "--config"))
-            config_file = argv[++i];
-        else if (!strcmp(argv[i], "--out"))
-            out_path = argv[++i];
-        else if (noverrides < 64)
-            overrides[noverrides++] = argv[++i];
-    }
+    experiment_args args;
+    int early = experiment_parse_args(&args, "qlora_vs_16bit", argc, argv, usage);
+    if (early >= 0) return early;
+    const char *out_path = args.out_path;
     config *cfg = NULL;
-    if (config_load(&cfg, config_file, config_keys, N_CONFIG_KEYS, overrides, noverrides) != QLAB_OK)
+    if (experiment_load_config(&args, &cfg, config_keys, N_CONFIG_KEYS) != QLAB_OK)
         return qlab_report_error("qlora_vs_16bit");
 
     int rc = 1, n_cells = 0, n_seeds = 0, n_done = 0;

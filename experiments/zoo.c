@@ -462,27 +462,13 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
-    const char *config_file = "experiments/zoo.json", *out_path = "results/zoo.h5";
-    const char *overrides[64];
-    int noverrides = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            usage(stdout);
-            return 0;
-        }
-        if (i + 1 >= argc || (strcmp(argv[i], "--config") && strcmp(argv[i], "--out") && strcmp(argv[i], "--set"))) {
-            fprintf(stderr, "zoo: unknown or incomplete option '%s' (see --help)\n", argv[i]);
-            return 2;
-        }
-        if (!strcmp(argv[i], "--config"))
-            config_file = argv[++i];
-        else if (!strcmp(argv[i], "--out"))
-            out_path = argv[++i];
-        else if (noverrides < 64)
-            overrides[noverrides++] = argv[++i];
-    }
+    qlab_openmp_prefer_passive(argv);
+    experiment_args args;
+    int early = experiment_parse_args(&args, "zoo", argc, argv, usage);
+    if (early >= 0) return early;
+    const char *config_file = args.config_path, *out_path = args.out_path;
     config *cfg = NULL;
-    if (config_load(&cfg, config_file, config_keys, N_CONFIG_KEYS, overrides, noverrides) != QLAB_OK)
+    if (experiment_load_config(&args, &cfg, config_keys, N_CONFIG_KEYS) != QLAB_OK)
         return qlab_report_error("zoo");
 
     int rc = 1, n_models = 0, capacity = 0;
