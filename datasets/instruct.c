@@ -8,13 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <zlib.h>
 
+#include "gzip.h"
 #include "rng.h"
-
-/* A gzip'd dataset is a few MB unpacked; the bound only stops a corrupt or hostile stream from exhausting
- * memory. */
-#define INSTRUCT_MAX_UNPACKED_BYTES ((size_t)1 << 31)
 
 const char *instruct_source_name(instruct_source s) {
     switch (s) {
@@ -29,73 +25,6 @@ const char *instruct_source_name(instruct_source s) {
 }
 
 /* ---------------------------------------------------------------- reading */
-
-static qlab_status gunzip_buffer(const char *path, const unsigned char *in, size_t in_len, char **out,
-                                 size_t *out_len) {
-    z_stream z;
-    memset(&z, 0, sizeof z);
-    if (inflateInit2(&z, 15 + 16) != Z_OK) return qlab_fail(QLAB_ERR_NOMEM, "%s: zlib init failed", path);
-    size_t cap = in_len * 4 + 4096, len = 0, fed = 0;
-    char *buf = malloc(cap + 1);
-    if (!buf) {
-        inflateEnd(&z);
-        return qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory (%zu bytes)", path, cap + 1);
-    }
-    int rc = Z_OK;
-    while (rc != Z_STREAM_END) {
-        if (len == cap) {
-            char *bigger = cap < INSTRUCT_MAX_UNPACKED_BYTES ? realloc(buf, cap * 2 + 1) : NULL;
-            if (!bigger) {
-                rc = Z_MEM_ERROR;
-                break;
-            }
-            buf = bigger;
-            cap *= 2;
-        }
-        if (z.avail_in == 0 && fed < in_len) { /* avail_in is a uInt: feed in chunks */
-            size_t chunk = in_len - fed < (1u << 30) ? in_len - fed : (1u << 30);
-            z.next_in = (unsigned char *)in + fed;
-            z.avail_in = (uInt)chunk;
-            fed += chunk;
-        }
-        size_t room = cap - len < (1u << 30) ? cap - len : (1u << 30);
-        z.next_out = (unsigned char *)buf + len;
-        z.avail_out = (uInt)room;
-        rc = inflate(&z, Z_NO_FLUSH);
-        len += room - z.avail_out;
-        if (rc == Z_BUF_ERROR && z.avail_in == 0 && fed == in_len) break; /* input ended early */
-        if (rc != Z_OK && rc != Z_STREAM_END && rc != Z_BUF_ERROR) break;
-    }
-    const char *zmsg = z.msg;
-    inflateEnd(&z);
-    if (rc != Z_STREAM_END) {
-        free(buf);
-        if (rc == Z_MEM_ERROR)
-            return qlab_fail(QLAB_ERR_NOMEM, "%s: unpacks to more than %zu bytes or out of memory", path,
-                             INSTRUCT_MAX_UNPACKED_BYTES);
-        return qlab_fail(QLAB_ERR_FORMAT, "%s: truncated or corrupt gzip data (%s)", path,
-                         zmsg ? zmsg : "unexpected end of input");
-    }
-    buf[len] = 0;
-    *out = buf;
-    *out_len = len;
-    return QLAB_OK;
-}
-
-/* The whole file, gunzipped when it starts with the gzip magic; NUL-terminated. */
-static qlab_status read_text(const char *path, char **text, size_t *len) {
-    char *raw = NULL;
-    size_t raw_len = 0;
-    QLAB_TRY(qlab_read_file(path, &raw, &raw_len));
-    if (raw_len >= 2 && (unsigned char)raw[0] == 0x1f && (unsigned char)raw[1] == 0x8b) {
-        qlab_status st = gunzip_buffer(path, (const unsigned char *)raw, raw_len, text, len);
-        free(raw);
-        return st;
-    }
-    *text = raw;
-    *len = raw_len;
-    return QLAB_OK;
-}
 
 /* Offset of the first byte that is not valid UTF-8 (overlongs, surrogates and > U+10FFFF are invalid), or
  * -1 when the string is valid. */
@@ -383,7 +312,7 @@ static qlab_status load_with(const char *path, instruct_source source, int as_ar
     memset(out, 0, sizeof *out);
     char *text = NULL;
     size_t len = 0;
-    QLAB_TRY(read_text(path, &text, &len));
+    QLAB_TRY(gzip_read_file(path, &text, &len));
     qlab_status st =
         as_array ? load_array(path, text, len, source, out) : load_lines(path, text, len, source, out);
     free(text);
@@ -408,7 +337,7 @@ qlab_status instruct_load(const char *path, instruct_set *out) {
     memset(out, 0, sizeof *out);
     char *text = NULL;
     size_t len = 0;
-    QLAB_TRY(read_text(path, &text, &len));
+    QLAB_TRY(gzip_read_file(path, &text, &len));
     size_t i = 0;
     while (i < len && (text[i] == ' ' || text[i] == '\n' || text[i] == '\r' || text[i] == '\t'))
         i++;

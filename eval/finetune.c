@@ -136,17 +136,6 @@ qlab_status finetune_heldout_nll(model *m, const finetune_rows *rows, int eval_b
     return QLAB_OK;
 }
 
-static qlab_status curve_push(train_point **curve, int64_t *n, int64_t *cap, train_point p) {
-    if (*n == *cap) {
-        int64_t c = *cap ? *cap * 2 : 64;
-        train_point *grown = realloc(*curve, sizeof **curve * (size_t)c);
-        if (!grown) return qlab_fail(QLAB_ERR_NOMEM, "finetune: out of memory for the loss curve");
-        *curve = grown, *cap = c;
-    }
-    (*curve)[(*n)++] = p;
-    return QLAB_OK;
-}
-
 qlab_status finetune_copy_model(const model *src, model **out) {
     model *s = (model *)src; /* the getters are not const-qualified; nothing is written */
     for (int g = MODEL_GROUP_WQ; g <= MODEL_GROUP_W3; g++)
@@ -187,7 +176,7 @@ static qlab_status evaluate(model *m, lora_set *lora, const finetune_rows *heldo
     QLAB_TRY(st);
     h->final_heldout_nll = at.loss;
     at.seconds = qlab_now() - t0;
-    return curve_push(&h->heldout, &h->n_heldout, cap, at);
+    return train_curve_push("finetune", &h->heldout, &h->n_heldout, cap, at);
 }
 
 qlab_status finetune_run(model *m, const finetune_rows *train, const finetune_rows *heldout,
@@ -289,22 +278,12 @@ qlab_status finetune_run(model *m, const finetune_rows *train, const finetune_ro
             if (o->grad_clip > 0 && norm > o->grad_clip) h->steps_clipped++;
             lr = optim_lr_at(&schedule, s);
             int64_t t = adam.step + 1;
-            if (lora) {
-                optim_adamw_hyper hyper = {(float)lr, (float)o->beta1, (float)o->beta2, (float)o->eps,
-                                           (float)o->weight_decay};
+            optim_adamw_hyper hyper = {(float)lr, (float)o->beta1, (float)o->beta2, (float)o->eps,
+                                       (float)o->weight_decay};
+            if (lora)
                 st = optim_adamw_update(params, grads, adam.m.data, adam.v.data, n_trainable, &hyper, t);
-            } else {
-                /* As in pretraining: decoupled weight decay on the matrices and embeddings, not the gains. */
-                for (int g = 0; g < MODEL_GROUP_COUNT && st == QLAB_OK; g++) {
-                    model_param_group pg = model_get_param_group(m, (model_group)g);
-                    if (!pg.trainable || pg.count == 0) continue;
-                    int is_norm = g == MODEL_GROUP_RMS_ATT || g == MODEL_GROUP_RMS_FFN || g == MODEL_GROUP_RMS_FINAL;
-                    optim_adamw_hyper hyper = {(float)lr, (float)o->beta1, (float)o->beta2, (float)o->eps,
-                                               is_norm ? 0.0f : (float)o->weight_decay};
-                    st = optim_adamw_update(params + pg.offset, grads + pg.offset, adam.m.data + pg.offset,
-                                            adam.v.data + pg.offset, pg.count, &hyper, t);
-                }
-            }
+            else /* as in pretraining: decoupled weight decay on the matrices and embeddings, not the gains */
+                st = train_adamw_update_groups(m, params, grads, &adam, &hyper, t);
             adam.step = t;
             window_loss += loss;
             window_count++;
@@ -312,8 +291,9 @@ qlab_status finetune_run(model *m, const finetune_rows *train, const finetune_ro
         int64_t done = s + 1;
         if (st == QLAB_OK && (done % o->log_every == 0 || done == o->steps) && window_count > 0) {
             h->final_train_loss = window_loss / window_count;
-            st = curve_push(&h->train, &h->n_train, &cap_train,
-                            (train_point){done, tokens_seen, h->final_train_loss, lr, norm, qlab_now() - t0});
+            st = train_curve_push("finetune", &h->train, &h->n_train, &cap_train,
+                                  (train_point){done, tokens_seen, h->final_train_loss, lr, norm,
+                                                qlab_now() - t0});
             window_loss = 0, window_count = 0;
         }
         if (st == QLAB_OK && ((o->eval_every > 0 && done % o->eval_every == 0) || done == o->steps))

@@ -522,3 +522,65 @@ qlab_status finetune_grid_seeds(const config *cfg, int64_t **seeds, int *n) {
     *seeds = s, *n = count;
     return QLAB_OK;
 }
+
+qlab_status finetune_grid_run_experiment(const finetune_experiment *e, const config *cfg, const char *out_path,
+                                         int argc, char *const *argv) {
+    finetune_options base;
+    finetune_cell cells[FINETUNE_GRID_MAX_CELLS];
+    int n_cells = 0;
+    QLAB_TRY(finetune_grid_options(cfg, &base));
+    QLAB_TRY(e->build_grid(cfg, &base, cells, &n_cells));
+    qlab_status st;
+    int n_seeds = 0, n_done = 0;
+    int64_t *seeds = NULL;
+    finetune_cell_result res[FINETUNE_GRID_MAX_CELLS];
+    memset(res, 0, sizeof res);
+    finetune_task task;
+    memset(&task, 0, sizeof task);
+    results *r = NULL;
+    if ((st = finetune_grid_seeds(cfg, &seeds, &n_seeds)) != QLAB_OK) goto done;
+    if ((st = finetune_grid_load_task(cfg, &task)) != QLAB_OK) goto done;
+    if ((st = results_create(&r, out_path, e->program, cfg, argc, argv)) != QLAB_OK) goto done;
+    if ((st = results_attr_int(r, "seed", seeds[0])) != QLAB_OK ||
+        (st = results_attr_string(r, "model", task.model_path)) != QLAB_OK ||
+        (st = results_attr_string(r, "tokenizer", task.tokenizer_path)) != QLAB_OK)
+        goto done;
+    fprintf(stderr, "%s: %s, %lld training / %lld held-out rows of %d tokens, %d configurations x %d seeds\n",
+            e->program, task.model_name, (long long)task.train.n_rows, (long long)task.heldout.n_rows,
+            task.train.row_len, n_cells, n_seeds);
+
+    progress prog;
+    progress_begin(&prog, e->program, (int64_t)n_cells * n_seeds * base.steps);
+    int64_t steps_done = 0;
+    for (int c = 0; c < n_cells; c++, n_done++)
+        if ((st = finetune_run_cell(&task, &cells[c], seeds, n_seeds, &prog, &steps_done, &res[c])) !=
+            QLAB_OK)
+            goto done;
+    progress_end(&prog, NULL);
+
+    char note[512];
+    snprintf(note, sizeof note, "AdamW moments: %s", res[0].first.state_note);
+    if ((st = results_note(r, "optimizer_state", note)) != QLAB_OK) goto done;
+    if ((st = results_note(r, "metric", e->metric_note)) != QLAB_OK) goto done;
+    if ((st = finetune_write_tables(r, &task, cells, res, n_cells, seeds, n_seeds, e->reference,
+                                    e->summary_title)) != QLAB_OK)
+        goto done;
+    st = results_commit(r);
+    r = NULL; /* commit frees the handle, whether or not it succeeded */
+    if (st != QLAB_OK) goto done;
+    printf("%s: wrote %s\n", e->program, out_path);
+    for (int c = 0; c < n_cells; c++) {
+        double s = 0;
+        for (int k = 0; k < n_seeds; k++)
+            s += res[c].final_nll[k];
+        printf("  %-24s held-out NLL %.4f (mean of %d seeds; base %.4f)\n", cells[c].name, s / n_seeds,
+               n_seeds, res[c].initial_nll[0]);
+    }
+done:
+    results_abort(r);
+    for (int c = 0; c < n_done; c++)
+        finetune_cell_result_free(&res[c]);
+    finetune_task_free(&task);
+    free(seeds);
+    return st;
+}

@@ -86,6 +86,29 @@ qlab_status finetune_write_tables(results *r, const finetune_task *task, const f
 /* Two-sided 95% Student-t quantile for df degrees of freedom (df >= 1; exact table to 30, then normal). */
 double finetune_t95(int df);
 
+/* ---------------------------------------------------------------- the experiment driver */
+
+/* Most configurations one experiment's grid may hold. */
+#define FINETUNE_GRID_MAX_CELLS 32
+
+/* What differs between the finetuning experiments. */
+typedef struct {
+    const char *program;       /* "lora_placement": results experiment name and prefix of printed lines */
+    const char *reference;     /* configuration the summary's paired differences are taken to (or NULL) */
+    const char *metric_note;   /* the results note "metric": what the NLL stands in for */
+    const char *summary_title; /* title of the summary table */
+    /* Fills cells[0..*n) (at most FINETUNE_GRID_MAX_CELLS) from the experiment's own keys, each starting
+     * from the common options base; one line naming the key on a bad value. */
+    qlab_status (*build_grid)(const config *cfg, const finetune_options *base, finetune_cell *cells, int *n);
+} finetune_experiment;
+
+/* The whole experiment from its loaded config: the common options (finetune_grid_options), the grid, seeds
+ * and task from the keys below, every cell over every seed with one progress line (stderr), the tables and
+ * notes into out_path (committed only when everything succeeded), then "wrote" and one mean held-out NLL
+ * line per configuration on stdout. The program prints the error line on failure. */
+qlab_status finetune_grid_run_experiment(const finetune_experiment *e, const config *cfg, const char *out_path,
+                                         int argc, char *const *argv);
+
 /* ---------------------------------------------------------------- config keys both experiments share */
 
 /* Entries of a config_key array (core/config.h) for the task, the training budget and the recipe; an

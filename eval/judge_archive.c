@@ -4,70 +4,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <zlib.h>
 
+#include "gzip.h"
 #include "judge.h"
-
-/* A rating archive is ~11 MB unpacked; this bound only stops a corrupt or hostile gzip from exhausting
- * memory. */
-#define ARCHIVE_MAX_BYTES ((size_t)1 << 31)
-
-static qlab_status gunzip(const char *path, const unsigned char *in, size_t in_len, char **out,
-                          size_t *out_len) {
-    z_stream z;
-    memset(&z, 0, sizeof z);
-    if (inflateInit2(&z, 15 + 16) != Z_OK) return qlab_fail(QLAB_ERR_NOMEM, "%s: zlib init failed", path);
-    size_t cap = in_len * 4 + 4096, len = 0;
-    char *buf = malloc(cap);
-    if (!buf) {
-        inflateEnd(&z);
-        return qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory (%zu bytes)", path, cap);
-    }
-    z.next_in = (unsigned char *)in;
-    size_t fed = 0;
-    int rc = Z_OK;
-    while (rc != Z_STREAM_END) {
-        if (len == cap) {
-            if (cap >= ARCHIVE_MAX_BYTES) {
-                rc = Z_MEM_ERROR;
-                break;
-            }
-            char *bigger = realloc(buf, cap * 2);
-            if (!bigger) {
-                rc = Z_MEM_ERROR;
-                break;
-            }
-            buf = bigger;
-            cap *= 2;
-        }
-        /* avail_in is a uInt: feed the input in chunks. */
-        if (z.avail_in == 0 && fed < in_len) {
-            size_t chunk = in_len - fed < (1u << 30) ? in_len - fed : (1u << 30);
-            z.next_in = (unsigned char *)in + fed;
-            z.avail_in = (uInt)chunk;
-            fed += chunk;
-        }
-        size_t room = cap - len < (1u << 30) ? cap - len : (1u << 30);
-        z.next_out = (unsigned char *)buf + len;
-        z.avail_out = (uInt)room;
-        rc = inflate(&z, Z_NO_FLUSH);
-        len += room - z.avail_out;
-        if (rc == Z_BUF_ERROR && z.avail_in == 0 && fed == in_len) break; /* input ended early */
-        if (rc != Z_OK && rc != Z_STREAM_END && rc != Z_BUF_ERROR) break;
-    }
-    inflateEnd(&z);
-    if (rc != Z_STREAM_END) {
-        free(buf);
-        if (rc == Z_MEM_ERROR)
-            return qlab_fail(QLAB_ERR_NOMEM, "%s: unpacks to more than %zu bytes or out of memory", path,
-                             ARCHIVE_MAX_BYTES);
-        return qlab_fail(QLAB_ERR_FORMAT, "%s: corrupt or truncated gzip data (zlib: %s)", path,
-                         z.msg ? z.msg : "unexpected end of input");
-    }
-    *out = buf;
-    *out_len = len;
-    return QLAB_OK;
-}
 
 /* An octal tar number field (NUL/space padded). Returns 0 when it is not one. */
 static int parse_octal(const char *field, size_t n, uint64_t *value) {
@@ -210,18 +149,10 @@ static qlab_status walk_tar(const char *path, const char *tar, size_t len, judge
 
 qlab_status judge_archive_read(const char *path, judge_archive *out) {
     memset(out, 0, sizeof *out);
-    char *raw = NULL, *tar = NULL;
-    size_t raw_len = 0, tar_len = 0;
-    QLAB_TRY(qlab_read_file(path, &raw, &raw_len));
-    qlab_status st = QLAB_OK;
-    if (raw_len >= 2 && (unsigned char)raw[0] == 0x1f && (unsigned char)raw[1] == 0x8b) {
-        st = gunzip(path, (const unsigned char *)raw, raw_len, &tar, &tar_len);
-        free(raw);
-    } else {
-        tar = raw;
-        tar_len = raw_len;
-    }
-    if (st == QLAB_OK) st = walk_tar(path, tar, tar_len, out);
+    char *tar = NULL;
+    size_t tar_len = 0;
+    QLAB_TRY(gzip_read_file(path, &tar, &tar_len));
+    qlab_status st = walk_tar(path, tar, tar_len, out);
     free(tar);
     if (st == QLAB_OK && out->count == 0) st = qlab_fail(QLAB_ERR_FORMAT, "%s: archive holds no files", path);
     if (st != QLAB_OK) judge_archive_free(out);

@@ -110,16 +110,31 @@ qlab_status train_heldout_loss(model *m, const int *tokens, int64_t n, int seq_l
     return st;
 }
 
-/* Appends a point to a growable curve. */
-static qlab_status curve_push(train_point **curve, int64_t *n, int64_t *cap, train_point p) {
+qlab_status train_curve_push(const char *who, train_point **curve, int64_t *n, int64_t *cap,
+                             train_point p) {
     if (*n == *cap) {
         int64_t c = *cap ? *cap * 2 : 64;
         train_point *grown = realloc(*curve, sizeof **curve * (size_t)c);
-        if (!grown) return qlab_fail(QLAB_ERR_NOMEM, "train: out of memory for the loss curve");
+        if (!grown) return qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory for the loss curve", who);
         *curve = grown, *cap = c;
     }
     (*curve)[(*n)++] = p;
     return QLAB_OK;
+}
+
+qlab_status train_adamw_update_groups(model *m, float *params, const float *grads, optim_adamw *adam,
+                                      const optim_adamw_hyper *hyper, int64_t t) {
+    qlab_status st = QLAB_OK;
+    for (int g = 0; g < MODEL_GROUP_COUNT && st == QLAB_OK; g++) {
+        model_param_group pg = model_get_param_group(m, (model_group)g);
+        if (!pg.trainable || pg.count == 0) continue;
+        int is_norm = g == MODEL_GROUP_RMS_ATT || g == MODEL_GROUP_RMS_FFN || g == MODEL_GROUP_RMS_FINAL;
+        optim_adamw_hyper group_hyper = *hyper;
+        if (is_norm) group_hyper.weight_decay = 0.0f;
+        st = optim_adamw_update(params + pg.offset, grads + pg.offset, adam->m.data + pg.offset,
+                                adam->v.data + pg.offset, pg.count, &group_hyper, t);
+    }
+    return st;
 }
 
 qlab_status train_run(model *m, const int *train_tokens, int64_t n_train, const int *heldout_tokens,
@@ -157,7 +172,8 @@ qlab_status train_run(model *m, const int *train_tokens, int64_t n_train, const 
         double l;
         st = train_heldout_loss(m, heldout_tokens, n_heldout, T, opt->eval_windows, B, &l);
         if (st == QLAB_OK)
-            st = curve_push(&h->heldout, &h->n_heldout, &cap_heldout, (train_point){0, 0, l, 0, NAN, qlab_now() - t0});
+            st = train_curve_push("train", &h->heldout, &h->n_heldout, &cap_heldout,
+                                  (train_point){0, 0, l, 0, NAN, qlab_now() - t0});
     }
     for (int64_t s = 0; st == QLAB_OK && s < opt->steps; s++) {
         for (int b = 0; b < B; b++)
@@ -178,15 +194,9 @@ qlab_status train_run(model *m, const int *train_tokens, int64_t n_train, const 
             lr = optim_lr_at(&schedule, s);
             int64_t t = adam.step + 1;
             /* Decoupled weight decay on the matrices and embeddings only; the RMSNorm gains are exempt. */
-            for (int g = 0; g < MODEL_GROUP_COUNT && st == QLAB_OK; g++) {
-                model_param_group pg = model_get_param_group(m, (model_group)g);
-                if (!pg.trainable || pg.count == 0) continue;
-                int is_norm = g == MODEL_GROUP_RMS_ATT || g == MODEL_GROUP_RMS_FFN || g == MODEL_GROUP_RMS_FINAL;
-                optim_adamw_hyper hyper = {(float)lr, (float)opt->beta1, (float)opt->beta2, (float)opt->eps,
-                                           is_norm ? 0.0f : (float)opt->weight_decay};
-                st = optim_adamw_update(params + pg.offset, grads + pg.offset, adam.m.data + pg.offset,
-                                        adam.v.data + pg.offset, pg.count, &hyper, t);
-            }
+            optim_adamw_hyper hyper = {(float)lr, (float)opt->beta1, (float)opt->beta2, (float)opt->eps,
+                                       (float)opt->weight_decay};
+            st = train_adamw_update_groups(m, params, grads, &adam, &hyper, t);
             adam.step = t;
             window_loss += loss;
             window_count++;
@@ -199,8 +209,9 @@ qlab_status train_run(model *m, const int *train_tokens, int64_t n_train, const 
                 break;
             }
             h->final_train_loss = window_loss / window_count;
-            st = curve_push(&h->train, &h->n_train, &cap_train,
-                            (train_point){done, tokens_seen, h->final_train_loss, lr, norm, qlab_now() - t0});
+            st = train_curve_push("train", &h->train, &h->n_train, &cap_train,
+                                  (train_point){done, tokens_seen, h->final_train_loss, lr, norm,
+                                                qlab_now() - t0});
             window_loss = 0, window_count = 0;
         }
         if (st == QLAB_OK && ((opt->eval_every > 0 && done % opt->eval_every == 0) || done == opt->steps)) {
@@ -208,8 +219,8 @@ qlab_status train_run(model *m, const int *train_tokens, int64_t n_train, const 
             st = train_heldout_loss(m, heldout_tokens, n_heldout, T, opt->eval_windows, B, &l);
             if (st == QLAB_OK) {
                 h->final_heldout_loss = l;
-                st = curve_push(&h->heldout, &h->n_heldout, &cap_heldout,
-                                (train_point){done, tokens_seen, l, lr, NAN, qlab_now() - t0});
+                st = train_curve_push("train", &h->heldout, &h->n_heldout, &cap_heldout,
+                                      (train_point){done, tokens_seen, l, lr, NAN, qlab_now() - t0});
             }
         }
         if (st == QLAB_OK && callback) callback(ctx, done, opt->steps, loss);

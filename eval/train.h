@@ -9,6 +9,7 @@
 
 #include "common.h"
 #include "model.h"
+#include "optim.h"
 
 typedef struct {
     int batch;            /* sequences per step */
@@ -61,6 +62,17 @@ void train_init_params(model *m, uint64_t seed);
  * batch windows per forward pass. */
 qlab_status train_heldout_loss(model *m, const int *tokens, int64_t n, int seq_len, int windows, int batch,
                                double *loss);
+
+/* Building blocks shared with finetuning (eval/finetune.c). */
+
+/* Appends p to a growable curve (*cap points allocated); who starts the out-of-memory line ("train"). */
+qlab_status train_curve_push(const char *who, train_point **curve, int64_t *n, int64_t *cap, train_point p);
+
+/* One AdamW update, step number t, of every trainable parameter group of m, whose values and gradients are
+ * params / grads and moments adam->m / adam->v (flat, in model parameter order): hyper's weight decay on the
+ * matrices and embeddings, none on the RMSNorm gains. Leaves adam->step to the caller. */
+qlab_status train_adamw_update_groups(model *m, float *params, const float *grads, optim_adamw *adam,
+                                      const optim_adamw_hyper *hyper, int64_t t);
 
 /* Called after every step (may be NULL): step done so far, total, and that step's loss. */
 typedef void (*train_step_callback)(void *ctx, int64_t step, int64_t total, double loss);

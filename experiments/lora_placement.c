@@ -3,14 +3,11 @@
  * layers), and QLoRA NF4+DQ on all layers; held-out response NLL over seeds, trainable parameters, exact
  * training-state memory and wall time. The metric is held-out loss, not the paper's RougeL. */
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
 #include "config.h"
 #include "finetune_grid.h"
-#include "progress.h"
-#include "results.h"
 
 static const config_key config_keys[] = {
     FINETUNE_GRID_CONFIG_KEYS,
@@ -21,7 +18,7 @@ static const config_key config_keys[] = {
     {"qlora", CONFIG_BOOL, "true", "include QLoRA (NF4 + DQ base, all layers, rank r)"},
 };
 #define N_CONFIG_KEYS ((int)(sizeof config_keys / sizeof config_keys[0]))
-#define MAX_CELLS 32
+#define MAX_CELLS FINETUNE_GRID_MAX_CELLS
 
 static void usage(FILE *f) {
     fprintf(f, "Usage: lora_placement [--config FILE.json] [--out RESULTS.h5] [--set key=value ...]\n\n"
@@ -91,74 +88,25 @@ static qlab_status build_grid(const config *cfg, const finetune_options *base, f
     return QLAB_OK;
 }
 
+static const finetune_experiment experiment = {
+    .program = "lora_placement",
+    .reference = "full",
+    .metric_note =
+        "Held-out mean NLL of the response tokens (prompt and padding masked) on Alpaca records split off "
+        "before training. The models are tiny TinyStories-style LLaMAs, so this stands in for the "
+        "paper's RougeL / MMLU; fp32 stands in for the paper's 16-bit (BF16) baselines.",
+    .summary_title = "Figure 2: LoRA placement and rank vs full finetuning (held-out response NLL)",
+    .build_grid = build_grid,
+};
+
 int main(int argc, char **argv) {
     qlab_openmp_prefer_passive(argv);
     experiment_args args;
     int early = experiment_parse_args(&args, "lora_placement", argc, argv, usage);
     if (early >= 0) return early;
-    const char *out_path = args.out_path;
     config *cfg = NULL;
-    if (experiment_load_config(&args, &cfg, config_keys, N_CONFIG_KEYS) != QLAB_OK)
-        return qlab_report_error("lora_placement");
-
-    int rc = 1, n_cells = 0, n_seeds = 0, n_done = 0;
-    int64_t *seeds = NULL;
-    finetune_cell cells[MAX_CELLS];
-    finetune_cell_result res[MAX_CELLS];
-    memset(res, 0, sizeof res);
-    finetune_task task;
-    memset(&task, 0, sizeof task);
-    results *r = NULL;
-    finetune_options base;
-    if (finetune_grid_options(cfg, &base) != QLAB_OK || build_grid(cfg, &base, cells, &n_cells) != QLAB_OK ||
-        finetune_grid_seeds(cfg, &seeds, &n_seeds) != QLAB_OK)
-        goto done;
-    if (finetune_grid_load_task(cfg, &task) != QLAB_OK) goto done;
-    if (results_create(&r, out_path, "lora_placement", cfg, argc, argv) != QLAB_OK) goto done;
-    if (results_attr_int(r, "seed", seeds[0]) != QLAB_OK || results_attr_string(r, "model", task.model_path) != QLAB_OK ||
-        results_attr_string(r, "tokenizer", task.tokenizer_path) != QLAB_OK)
-        goto done;
-    fprintf(stderr, "lora_placement: %s, %lld training / %lld held-out rows of %d tokens, %d configurations x %d seeds\n",
-            task.model_name, (long long)task.train.n_rows, (long long)task.heldout.n_rows, task.train.row_len, n_cells,
-            n_seeds);
-
-    progress prog;
-    progress_begin(&prog, "lora_placement", (int64_t)n_cells * n_seeds * base.steps);
-    int64_t steps_done = 0;
-    for (int c = 0; c < n_cells; c++, n_done++)
-        if (finetune_run_cell(&task, &cells[c], seeds, n_seeds, &prog, &steps_done, &res[c]) != QLAB_OK) goto done;
-    progress_end(&prog, NULL);
-
-    char note[512];
-    snprintf(note, sizeof note, "AdamW moments: %s", res[0].first.state_note);
-    if (results_note(r, "optimizer_state", note) != QLAB_OK) goto done;
-    if (results_note(r, "metric",
-                     "Held-out mean NLL of the response tokens (prompt and padding masked) on Alpaca records split off "
-                     "before training. The models are tiny TinyStories-style LLaMAs, so this stands in for the "
-                     "paper's RougeL / MMLU; fp32 stands in for the paper's 16-bit (BF16) baselines.") != QLAB_OK)
-        goto done;
-    if (finetune_write_tables(r, &task, cells, res, n_cells, seeds, n_seeds, "full",
-                              "Figure 2: LoRA placement and rank vs full finetuning (held-out response NLL)") != QLAB_OK)
-        goto done;
-    if (results_commit(r) != QLAB_OK) {
-        r = NULL;
-        goto done;
-    }
-    r = NULL;
-    printf("lora_placement: wrote %s\n", out_path);
-    for (int c = 0; c < n_cells; c++) {
-        double s = 0;
-        for (int k = 0; k < n_seeds; k++) s += res[c].final_nll[k];
-        printf("  %-24s held-out NLL %.4f (mean of %d seeds; base %.4f)\n", cells[c].name, s / n_seeds, n_seeds,
-               res[c].initial_nll[0]);
-    }
-    rc = 0;
-done:
-    if (rc != 0) qlab_report_error("lora_placement");
-    results_abort(r);
-    for (int c = 0; c < n_done; c++) finetune_cell_result_free(&res[c]);
-    finetune_task_free(&task);
-    free(seeds);
+    qlab_status st = experiment_load_config(&args, &cfg, config_keys, N_CONFIG_KEYS);
+    if (st == QLAB_OK) st = finetune_grid_run_experiment(&experiment, cfg, args.out_path, argc, argv);
     config_free(cfg);
-    return rc;
+    return st == QLAB_OK ? 0 : qlab_report_error("lora_placement");
 }

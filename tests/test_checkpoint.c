@@ -13,16 +13,7 @@
 #include "half.h"
 #include "rng.h"
 #include "safetensors.h"
-
-static char tmp_dir[64];
-
-static const char *tmp_path(const char *name) {
-    static char buf[8][256];
-    static int slot;
-    char *b = buf[slot++ % 8];
-    snprintf(b, sizeof buf[0], "%s/%s", tmp_dir, name);
-    return b;
-}
+#include "test_util.h"
 
 /* 1 when every parameter (classifier included) of a and b is bit-identical. */
 static int same_params(model *a, model *b) {
@@ -366,11 +357,7 @@ done:
 }
 
 int main(void) {
-    snprintf(tmp_dir, sizeof tmp_dir, "/tmp/qlab_test_checkpointXXXXXX");
-    if (!mkdtemp(tmp_dir)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    test_tmp_dir_create("checkpoint");
     test_rotary_permutation();
     const char *bin = shared_data_path("models/stories260K.bin");
     const char *gguf = shared_data_path("models/stories260K.gguf");
@@ -387,8 +374,6 @@ int main(void) {
             test_logits(bin, gguf);
         }
     }
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp_dir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmp_dir);
+    test_tmp_dir_remove();
     return check_summary();
 }

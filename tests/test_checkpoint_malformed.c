@@ -13,22 +13,7 @@
 #include "common.h"
 #include "rng.h"
 #include "safetensors.h"
-
-static char tmp_dir[64];
-
-static const char *tmp_path(const char *name) {
-    static char buf[8][256];
-    static int slot;
-    char *b = buf[slot++ % 8];
-    snprintf(b, sizeof buf[0], "%s/%s", tmp_dir, name);
-    return b;
-}
-
-static void write_bytes(const char *path, const void *data, size_t len) {
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(data, 1, len, f) != len) fprintf(stderr, "cannot write %s\n", path);
-    if (f) fclose(f);
-}
+#include "test_util.h"
 
 /* Loads path with loader, expecting status want and a message containing the path and every given word. */
 #define EXPECT_REFUSED(loader, path, want, ...)                                                              \
@@ -397,11 +382,7 @@ static void test_hf(const char *bin) {
 }
 
 int main(void) {
-    snprintf(tmp_dir, sizeof tmp_dir, "/tmp/qlab_test_ckpt_badXXXXXX");
-    if (!mkdtemp(tmp_dir)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    test_tmp_dir_create("ckpt_bad");
     const char *bin = shared_data_path("models/stories260K.bin");
     const char *gguf = shared_data_path("models/stories260K.gguf");
     if (!bin)
@@ -415,8 +396,6 @@ int main(void) {
         SKIP("../shared/data/models/stories260K.gguf is absent: GGUF cases not run");
     else
         test_gguf(gguf);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp_dir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmp_dir);
+    test_tmp_dir_remove();
     return check_summary();
 }

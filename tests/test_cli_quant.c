@@ -15,17 +15,10 @@
 #include "quant.h"
 #include "quant_io.h"
 #include "rng.h"
+#include "test_util.h"
 
 static char qlab_bin[1024];
-static char tmpdir[256];
 static char out_text[65536], err_text[65536];
-
-/* A fresh string per call (never freed: a test makes a few dozen), so earlier paths stay valid. */
-static const char *tmp_path(const char *name) {
-    char buf[512];
-    snprintf(buf, sizeof buf, "%s/%s", tmpdir, name);
-    return strdup(buf);
-}
 
 static void slurp(const char *path, char *buf, size_t cap) {
     buf[0] = 0;
@@ -83,13 +76,6 @@ static void expect_error(int rc, int want, const char *mention, const char *what
     CHECKF(count_lines(err_text) == 1 && len > 0 && err_text[len - 1] == '\n',
            "%s: stderr is not one line: '%s'", what, err_text);
     CHECKF(strstr(err_text, mention) != NULL, "%s: stderr lacks '%s': %s", what, mention, err_text);
-}
-
-static void write_file(const char *path, const void *data, size_t len) {
-    FILE *f = fopen(path, "wb");
-    if (!f) return;
-    fwrite(data, 1, len, f);
-    fclose(f);
 }
 
 enum { ROWS = 6, COLS = 70, N = ROWS * COLS };
@@ -191,9 +177,9 @@ static void test_errors(void) {
     CHECK(npy_write(ints, "<i4", 1, &four, iv) == QLAB_OK);
     expect_error(run("quant", ints, out, NULL), 1, ints, "int32 input");
     const char *junk = tmp_path("junk.npy");
-    write_file(junk, "\x93NUMPY\x01\x00\xff\x00{'descr'", 17);
+    write_bytes(junk, "\x93NUMPY\x01\x00\xff\x00{'descr'", 17);
     expect_error(run("quant", junk, out, NULL), 1, junk, "truncated npy");
-    write_file(junk, "hello world", 11);
+    write_bytes(junk, "hello world", 11);
     expect_error(run("quant", junk, out, NULL), 1, junk, "not an npy");
     expect_error(run("quant", tmp_path("absent.npy"), out, NULL), 1, "absent.npy", "missing input");
     float nan_data[4] = {1, NAN, 2, 3};
@@ -207,11 +193,11 @@ static void test_errors(void) {
     expect_error(run("quant", junk, out, NULL), 1, junk, "5-D input");
 
     const char *bad_st = tmp_path("bad.safetensors");
-    write_file(bad_st, "\x20\0\0\0\0\0\0\0{\"w\":{\"dtype\":\"F32\"}}          ", 40);
+    write_bytes(bad_st, "\x20\0\0\0\0\0\0\0{\"w\":{\"dtype\":\"F32\"}}          ", 40);
     expect_error(run("dequant", bad_st, tmp_path("o.npy"), NULL), 1, bad_st, "malformed safetensors");
     expect_error(run("dequant", in, tmp_path("o.npy"), NULL), 1, in, "npy given to dequant");
     /* A valid safetensors file holding no quantized tensor. */
-    write_file(bad_st, "\x08\0\0\0\0\0\0\0{}      ", 16);
+    write_bytes(bad_st, "\x08\0\0\0\0\0\0\0{}      ", 16);
     expect_error(run("dequant", bad_st, tmp_path("o.npy"), NULL), 1, bad_st, "no quantized tensor");
     /* A file with two quantized tensors needs --name. */
     quant_tensor q;
@@ -232,16 +218,13 @@ int main(void) {
         SKIP("%s not found (build it with make, or set QLAB_BUILD)", qlab_bin);
         return check_summary();
     }
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/qlab_test_cli_quant_%ld", (long)getpid());
-    mkdir(tmpdir, 0700);
+    test_tmp_dir_create("cli_quant");
     rng_state r;
     rng_seed(&r, 7);
     for (int i = 0; i < N; i++)
         x[i] = (float)rng_normal(&r) * 0.02f;
     test_round_trips();
     test_errors();
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) fprintf(stderr, "warning: could not remove %s\n", tmpdir);
+    test_tmp_dir_remove();
     return check_summary();
 }

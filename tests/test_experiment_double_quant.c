@@ -10,24 +10,12 @@
 #include "check.h"
 #include "common.h"
 #include "results.h"
+#include "results_cells.h"
+#include "test_util.h"
 
 #define SMALL_CONFIG "experiments/double_quant_small.json"
 
 static char build_dir[512];
-
-static int is_iso8601_utc(const char *s) {
-    if (!s || strlen(s) != 20) return 0;
-    for (int i = 0; i < 20; i++) {
-        char c = s[i];
-        int ok = (i == 4 || i == 7)     ? c == '-'
-                 : i == 10              ? c == 'T'
-                 : (i == 13 || i == 16) ? c == ':'
-                 : i == 19              ? c == 'Z'
-                                        : (c >= '0' && c <= '9');
-        if (!ok) return 0;
-    }
-    return 1;
-}
 
 /* The row of table t where dtype, blocksize and double_quant match, or -1. */
 static int64_t find_row(const results_table_data *t, const char *dtype, int64_t bs, int64_t dq) {
@@ -39,11 +27,6 @@ static int64_t find_row(const results_table_data *t, const char *dtype, int64_t 
     for (int64_t i = 0; i < t->nrows; i++)
         if (!strcmp(d->str[i], dtype) && b->i64[i] == bs && q->i64[i] == dq) return i;
     return -1;
-}
-
-static double cell(const results_table_data *t, const char *column, int64_t row) {
-    const results_column *c = results_table_find_column(t, column);
-    return c && c->type == RESULTS_FLOAT64 && row >= 0 && row < t->nrows ? c->f64[row] : NAN;
 }
 
 static void check_error_table(const results_table_data *t, const char *name) {
@@ -64,21 +47,16 @@ static void check_error_table(const results_table_data *t, const char *name) {
     CHECK(find_row(t, "mxfp4", 32, 1) < 0); /* no DQ for the fixed-format types */
     /* Every SQNR finite and in a plausible 4-bit range: 4-bit codes give roughly 5-25 dB. */
     for (int64_t i = 0; i < t->nrows; i++) {
-        double s = cell(t, "sqnr_db", i);
+        double s = table_f64(t, "sqnr_db", i);
         CHECKF(s > 3 && s < 30, "table '%s' row %lld: SQNR %g dB", name, (long long)i, s);
     }
     /* DQ must cost almost nothing in error: the 8-bit constants add < 0.1 dB of loss at block 64 (the
      * dynamic map's relative error on absmax is ~1%, a second-order effect on the SQNR). */
     int64_t plain = find_row(t, "nf4", 64, 0), dq = find_row(t, "nf4", 64, 1);
     CHECK(plain >= 0 && dq >= 0);
-    CHECKF(fabs(cell(t, "sqnr_db", plain) - cell(t, "sqnr_db", dq)) < 0.1,
+    CHECKF(fabs(table_f64(t, "sqnr_db", plain) - table_f64(t, "sqnr_db", dq)) < 0.1,
            "table '%s': DQ changes NF4 SQNR by %g dB", name,
-           cell(t, "sqnr_db", plain) - cell(t, "sqnr_db", dq));
-}
-
-static int run(const char *command) {
-    int rc = system(command);
-    return rc == -1 ? -1 : WEXITSTATUS(rc);
+           table_f64(t, "sqnr_db", plain) - table_f64(t, "sqnr_db", dq));
 }
 
 static void test_full_run(void) {
@@ -88,7 +66,7 @@ static void test_full_run(void) {
     snprintf(log, sizeof log, "/tmp/qlab_test_double_quant_%ld.log", (long)getpid());
     snprintf(command, sizeof command, "QLAB_QUIET=1 '%s' --config %s --out '%s' > '%s' 2>&1", program,
              SMALL_CONFIG, out, log);
-    int rc = run(command);
+    int rc = run_shell(command);
     CHECKF(rc == 0, "%s exited with %d (log in %s)", program, rc, log);
     if (rc != 0) return;
     unlink(log);
@@ -114,10 +92,10 @@ static void test_full_run(void) {
     const results_table_data *g = results_file_table(&f, "gaussian");
     if (g) {
         int64_t plain = find_row(g, "nf4", 64, 0), dq = find_row(g, "nf4", 64, 1);
-        CHECK_NEAR(cell(g, "bits_per_param", plain), 4.5, 1e-12);
-        CHECK_NEAR(cell(g, "bits_per_param", dq), 4.12744140625, 1e-12);
-        CHECK_NEAR(cell(g, "bits_per_param", dq), 4.127, 1e-3); /* the paper's figure */
-        CHECK_NEAR(cell(g, "bits_analytic", dq), 4.126953125, 1e-12);
+        CHECK_NEAR(table_f64(g, "bits_per_param", plain), 4.5, 1e-12);
+        CHECK_NEAR(table_f64(g, "bits_per_param", dq), 4.12744140625, 1e-12);
+        CHECK_NEAR(table_f64(g, "bits_per_param", dq), 4.127, 1e-3); /* the paper's figure */
+        CHECK_NEAR(table_f64(g, "bits_analytic", dq), 4.126953125, 1e-12);
     }
     const results_table_data *p = results_file_table(&f, "paper");
     CHECK(p && p->nrows == 7);
@@ -163,14 +141,14 @@ static void test_full_run(void) {
     snprintf(qlab, sizeof qlab, "%s/bin/qlab", build_dir);
     snprintf(md, sizeof md, "/tmp/qlab_test_double_quant_%ld.md", (long)getpid());
     snprintf(png, sizeof png, "/tmp/qlab_test_double_quant_%ld.png", (long)getpid());
-    int have_gnuplot = run("command -v gnuplot > /dev/null 2>&1") == 0;
+    int have_gnuplot = run_shell("command -v gnuplot > /dev/null 2>&1") == 0;
     if (access(qlab, X_OK) != 0) {
         SKIP("%s not built: report not checked", qlab);
     } else {
         snprintf(command, sizeof command, "'%s' report '%s' --md '%s' --data-dir /tmp %s%s%s > /dev/null",
                  qlab, out, md, have_gnuplot ? "--plot '" : "", have_gnuplot ? png : "",
                  have_gnuplot ? "'" : "");
-        CHECK(run(command) == 0);
+        CHECK(run_shell(command) == 0);
         char *report = NULL;
         CHECK(qlab_read_file(md, &report, &len) == QLAB_OK);
         CHECK(report && strstr(report, "## Gaussian weights") && strstr(report, "| nf4 | 64 | 1 | 4.127 |"));
@@ -208,7 +186,7 @@ static void test_missing_model_and_bad_config(void) {
              "n_weights=4096 "
              "--set 'dtypes=[\"nf4\"]' --set 'blocksizes=[64]' > /dev/null 2>&1",
              program, SMALL_CONFIG, out);
-    CHECK(run(command) == 0);
+    CHECK(run_shell(command) == 0);
     results_file f;
     CHECK(results_read(out, &f) == QLAB_OK);
     CHECK(results_file_table(&f, "stories260k") == NULL);
@@ -223,7 +201,7 @@ static void test_missing_model_and_bad_config(void) {
     snprintf(log, sizeof log, "/tmp/qlab_test_double_quant_bad_%ld.log", (long)getpid());
     snprintf(command, sizeof command, "'%s' --config %s --out '%s' --set 'blocksizes=[48]' > '%s' 2>&1",
              program, SMALL_CONFIG, out, log);
-    CHECK(run(command) != 0);
+    CHECK(run_shell(command) != 0);
     char *text = NULL;
     size_t len = 0;
     CHECK(qlab_read_file(log, &text, &len) == QLAB_OK);

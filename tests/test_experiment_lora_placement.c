@@ -10,15 +10,12 @@
 #include "check.h"
 #include "common.h"
 #include "results.h"
+#include "results_cells.h"
+#include "test_util.h"
 
 #define SMALL_CONFIG "experiments/lora_placement_small.json"
 
 static char build_dir[512];
-
-static int run(const char *command) {
-    int rc = system(command);
-    return rc == -1 ? -1 : WEXITSTATUS(rc);
-}
 
 static int64_t find_row(const results_table_data *t, const char *name, int64_t seed) {
     const results_column *c = results_table_find_column(t, "config"), *s = results_table_find_column(t, "seed");
@@ -28,23 +25,13 @@ static int64_t find_row(const results_table_data *t, const char *name, int64_t s
     return -1;
 }
 
-static double f64(const results_table_data *t, const char *column, int64_t row) {
-    const results_column *c = t ? results_table_find_column(t, column) : NULL;
-    return c && c->type == RESULTS_FLOAT64 && row >= 0 && row < t->nrows ? c->f64[row] : NAN;
-}
-
-static int64_t i64(const results_table_data *t, const char *column, int64_t row) {
-    const results_column *c = t ? results_table_find_column(t, column) : NULL;
-    return c && c->type == RESULTS_INT64 && row >= 0 && row < t->nrows ? c->i64[row] : -1;
-}
-
 static int run_small(const char *model, const char *out, const char *log) {
     char program[600], command[2400];
     snprintf(program, sizeof program, "%s/bin/lora_placement", build_dir);
     snprintf(command, sizeof command,
              "QLAB_QUIET=1 '%s' --config %s --out '%s' --set 'model_path=\"%s\"' --set 'data_path=\"%s\"' > '%s' 2>&1",
              program, SMALL_CONFIG, out, model, shared_data_path("finetune/alpaca_data_1k.json"), log);
-    return run(command);
+    return run_shell(command);
 }
 
 static const char *cells[] = {"full", "lora_qv_r8", "lora_attention_r8", "lora_all_r8", "lora_all_r2",
@@ -78,45 +65,48 @@ static void check_file(const results_file *f) {
         row[c] = find_row(s, cells[c], -1);
         CHECKF(row[c] >= 0, "summary row '%s' missing", cells[c]);
         if (row[c] < 0) return;
-        double mean = f64(s, "nll_mean", row[c]), init = f64(s, "initial_nll", row[c]);
+        double mean = table_f64(s, "nll_mean", row[c]), init = table_f64(s, "initial_nll", row[c]);
         /* 6 steps at these learning rates move stories260K's Alpaca response NLL (about 4.5 nats) down by
          * 0.5-0.9 nats; require a finite value below the start. */
         CHECKF(isfinite(mean) && mean > 0 && mean < init, "%s: NLL %g from %g", cells[c], mean, init);
-        CHECK_NEAR(f64(s, "ppl", row[c]), exp(mean), 1e-9 * exp(mean));
-        CHECK(f64(s, "nll_min", row[c]) <= mean && mean <= f64(s, "nll_max", row[c]));
-        int64_t trainable = i64(s, "trainable_params", row[c]);
+        CHECK_NEAR(table_f64(s, "ppl", row[c]), exp(mean), 1e-9 * exp(mean));
+        CHECK(table_f64(s, "nll_min", row[c]) <= mean && mean <= table_f64(s, "nll_max", row[c]));
+        int64_t trainable = table_i64(s, "trainable_params", row[c]);
         /* Exact accounting: fp32 gradient and two fp32 moments per trainable parameter. */
-        CHECK(i64(s, "gradient_bytes", row[c]) == 4 * trainable);
-        CHECK(i64(s, "optimizer_bytes", row[c]) == 8 * trainable);
-        CHECK(i64(s, "total_bytes", row[c]) == i64(s, "weights_bytes", row[c]) + i64(s, "adapter_bytes", row[c]) +
-                                                   i64(s, "gradient_bytes", row[c]) + i64(s, "optimizer_bytes", row[c]));
+        CHECK(table_i64(s, "gradient_bytes", row[c]) == 4 * trainable);
+        CHECK(table_i64(s, "optimizer_bytes", row[c]) == 8 * trainable);
+        CHECK(table_i64(s, "total_bytes", row[c]) ==
+              table_i64(s, "weights_bytes", row[c]) + table_i64(s, "adapter_bytes", row[c]) +
+                  table_i64(s, "gradient_bytes", row[c]) + table_i64(s, "optimizer_bytes", row[c]));
         /* Each seed's row in runs matches the summary's min/max. */
-        double a = f64(runs, "final_nll", find_row(runs, cells[c], 1)), b = f64(runs, "final_nll", find_row(runs, cells[c], 2));
-        CHECK(fmin(a, b) == f64(s, "nll_min", row[c]) && fmax(a, b) == f64(s, "nll_max", row[c]));
+        double a = table_f64(runs, "final_nll", find_row(runs, cells[c], 1)),
+               b = table_f64(runs, "final_nll", find_row(runs, cells[c], 2));
+        CHECK(fmin(a, b) == table_f64(s, "nll_min", row[c]) && fmax(a, b) == table_f64(s, "nll_max", row[c]));
     }
     /* stories260K: 260,032 parameters (shared classifier); all of them train in full finetuning. */
-    CHECK(i64(s, "trainable_params", row[0]) == 260032);
-    CHECK(i64(s, "weights_bytes", row[0]) == 260032 * 4);
-    CHECK(i64(s, "adapter_bytes", row[0]) == 0);
+    CHECK(table_i64(s, "trainable_params", row[0]) == 260032);
+    CHECK(table_i64(s, "weights_bytes", row[0]) == 260032 * 4);
+    CHECK(table_i64(s, "adapter_bytes", row[0]) == 0);
     /* LoRA parameters per layer (dim 64, kv 32, hidden 172) at r: q,o r(64+64); k,v r(64+32); gate, up, down
      * r(64+172); 5 layers. qv: 5*8*(128+96) = 8960; attention: 5*8*(2*128+2*96) = 17920;
      * all: 5*8*(448+3*236) = 46240; all r2: 11560. */
-    CHECK(i64(s, "trainable_params", row[1]) == 8960);
-    CHECK(i64(s, "trainable_params", row[2]) == 17920);
-    CHECK(i64(s, "trainable_params", row[3]) == 46240);
-    CHECK(i64(s, "trainable_params", row[4]) == 11560);
-    CHECK(i64(s, "trainable_params", row[5]) == 46240);
-    CHECK(i64(s, "adapter_bytes", row[3]) == 46240 * 4);
+    CHECK(table_i64(s, "trainable_params", row[1]) == 8960);
+    CHECK(table_i64(s, "trainable_params", row[2]) == 17920);
+    CHECK(table_i64(s, "trainable_params", row[3]) == 46240);
+    CHECK(table_i64(s, "trainable_params", row[4]) == 11560);
+    CHECK(table_i64(s, "trainable_params", row[5]) == 46240);
+    CHECK(table_i64(s, "adapter_bytes", row[3]) == 46240 * 4);
     /* The frozen fp32 base is stored in full; the NF4+DQ base holds its projections at ~4.13 bits. */
-    CHECK(i64(s, "weights_bytes", row[3]) == 260032 * 4);
-    CHECK(i64(s, "weights_bytes", row[5]) < 260032 * 4 / 2);
+    CHECK(table_i64(s, "weights_bytes", row[3]) == 260032 * 4);
+    CHECK(table_i64(s, "weights_bytes", row[5]) < 260032 * 4 / 2);
     /* The reference is full finetuning: its paired difference is exactly 0. */
-    CHECK(f64(s, "delta_vs_ref", row[0]) == 0);
+    CHECK(table_f64(s, "delta_vs_ref", row[0]) == 0);
     /* QLoRA starts from the quantized base, slightly worse than fp32 (NF4 error). */
-    CHECK(f64(s, "initial_nll", row[5]) > f64(s, "initial_nll", row[3]));
-    CHECK(f64(s, "initial_nll", row[3]) == f64(s, "initial_nll", row[0]));
+    CHECK(table_f64(s, "initial_nll", row[5]) > table_f64(s, "initial_nll", row[3]));
+    CHECK(table_f64(s, "initial_nll", row[3]) == table_f64(s, "initial_nll", row[0]));
     /* Curves start at step 0 from the base. */
-    CHECK(i64(curves, "step", 0) == 0 && f64(curves, "nll_mean", 0) == f64(s, "initial_nll", row[0]));
+    CHECK(table_i64(curves, "step", 0) == 0 &&
+          table_f64(curves, "nll_mean", 0) == table_f64(s, "initial_nll", row[0]));
 }
 
 static void test_full_run(void) {
@@ -183,13 +173,13 @@ static void test_full_run(void) {
     snprintf(qlab, sizeof qlab, "%s/bin/qlab", build_dir);
     snprintf(md, sizeof md, "/tmp/qlab_test_lora_placement_%ld.md", (long)getpid());
     snprintf(png, sizeof png, "/tmp/qlab_test_lora_placement_%ld.png", (long)getpid());
-    int have_gnuplot = run("command -v gnuplot > /dev/null 2>&1") == 0;
+    int have_gnuplot = run_shell("command -v gnuplot > /dev/null 2>&1") == 0;
     if (access(qlab, X_OK) != 0) {
         SKIP("%s not built: report not checked", qlab);
     } else {
         snprintf(command, sizeof command, "'%s' report '%s' --md '%s' --data-dir /tmp %s%s%s > /dev/null 2>&1", qlab,
                  out, md, have_gnuplot ? "--plot '" : "", have_gnuplot ? png : "", have_gnuplot ? "'" : "");
-        CHECK(run(command) == 0);
+        CHECK(run_shell(command) == 0);
         char *report = NULL;
         CHECK(qlab_read_file(md, &report, &len) == QLAB_OK);
         CHECK(report && strstr(report, "Figure 2") && strstr(report, "lora_attention_r8"));
@@ -225,7 +215,7 @@ static void test_bad_config(void) {
     for (int i = 0; i < 5; i++) {
         snprintf(command, sizeof command, "QLAB_QUIET=1 '%s' --config %s --out '%s' %s > '%s' 2>&1", program,
                  SMALL_CONFIG, out, bad[i], log);
-        CHECK(run(command) != 0);
+        CHECK(run_shell(command) != 0);
         char *text = NULL;
         size_t len = 0;
         CHECK(qlab_read_file(log, &text, &len) == QLAB_OK);

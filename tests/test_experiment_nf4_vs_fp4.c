@@ -11,13 +11,9 @@
 #include "check.h"
 #include "common.h"
 #include "results.h"
+#include "test_util.h"
 
 #define SMALL_CONFIG "experiments/nf4_vs_fp4_small.json"
-
-static int run(const char *command) {
-    int rc = system(command);
-    return rc == -1 ? -1 : WEXITSTATUS(rc);
-}
 
 static const results_column *column(const results_table_data *t, const char *name, results_type type) {
     const results_column *c = t ? results_table_find_column(t, name) : NULL;
@@ -44,7 +40,7 @@ int main(void) {
     snprintf(command, sizeof command,
              "QLAB_QUIET=1 '%s' --config experiments/zoo_small.json --set 'out_dir=%s' --out '%s' > '%s' 2>&1",
              zoo, dir, zoo_out, log);
-    CHECK(run(command) == 0);
+    CHECK(run_shell(command) == 0);
     unlink(zoo_out); /* the zoo's own results are tested in test_zoo */
     char manifest[200];
     snprintf(manifest, sizeof manifest, "%s/manifest.json", dir);
@@ -53,7 +49,7 @@ int main(void) {
     /* A missing zoo must fail with a message that says to run make zoo. */
     snprintf(command, sizeof command, "QLAB_QUIET=1 '%s' --config %s --set zoo=/tmp/qlab_no_such_zoo --out '%s' > '%s' 2>&1",
              program, SMALL_CONFIG, out, log);
-    CHECK(run(command) != 0);
+    CHECK(run_shell(command) != 0);
     char *text = NULL;
     size_t len;
     CHECK(qlab_read_file(log, &text, &len) == QLAB_OK && strstr(text, "make zoo"));
@@ -61,7 +57,7 @@ int main(void) {
 
     snprintf(command, sizeof command, "QLAB_QUIET=1 '%s' --config %s --set 'zoo=%s' --out '%s' > '%s' 2>&1",
              program, SMALL_CONFIG, dir, out, log);
-    int rc = run(command);
+    int rc = run_shell(command);
     CHECKF(rc == 0, "%s exited with %d (log %s)", program, rc, log);
     results_file f;
     if (rc != 0 || results_read(out, &f) != QLAB_OK) return check_summary();
@@ -158,7 +154,7 @@ int main(void) {
     results_file_free(&f);
 
     snprintf(command, sizeof command, "rm -rf '%s'", dir);
-    CHECK(run(command) == 0);
+    CHECK(run_shell(command) == 0);
     unlink(out);
     if (!check_failed_) unlink(log);
     return check_summary();

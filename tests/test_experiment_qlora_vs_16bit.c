@@ -10,15 +10,12 @@
 #include "check.h"
 #include "common.h"
 #include "results.h"
+#include "results_cells.h"
+#include "test_util.h"
 
 #define SMALL_CONFIG "experiments/qlora_vs_16bit_small.json"
 
 static char program[600];
-
-static int run(const char *command) {
-    int rc = system(command);
-    return rc == -1 ? -1 : WEXITSTATUS(rc);
-}
 
 static int64_t find_row(const results_table_data *t, const char *name) {
     const results_column *c = results_table_find_column(t, "config");
@@ -27,23 +24,13 @@ static int64_t find_row(const results_table_data *t, const char *name) {
     return -1;
 }
 
-static double f64(const results_table_data *t, const char *column, int64_t row) {
-    const results_column *c = results_table_find_column(t, column);
-    return c && c->type == RESULTS_FLOAT64 && row >= 0 && row < t->nrows ? c->f64[row] : NAN;
-}
-
-static int64_t i64(const results_table_data *t, const char *column, int64_t row) {
-    const results_column *c = results_table_find_column(t, column);
-    return c && c->type == RESULTS_INT64 && row >= 0 && row < t->nrows ? c->i64[row] : -1;
-}
-
 static int run_small(const char *out, const char *log, const char *extra) {
     char command[2400];
     snprintf(command, sizeof command,
              "QLAB_QUIET=1 '%s' --config %s --out '%s' --set 'model_path=\"%s\"' --set 'data_path=\"%s\"' %s > '%s' 2>&1",
              program, SMALL_CONFIG, out, shared_data_path("models/stories260K.bin"),
              shared_data_path("finetune/alpaca_data_1k.json"), extra, log);
-    return run(command);
+    return run_shell(command);
 }
 
 static void test_run(void) {
@@ -64,21 +51,23 @@ static void test_run(void) {
         for (int i = 0; i < 6; i++) {
             row[i] = find_row(s, names[i]);
             CHECKF(row[i] == i, "row of '%s' is %lld", names[i], (long long)row[i]);
-            double mean = f64(s, "nll_mean", row[i]);
-            CHECKF(isfinite(mean) && mean < f64(s, "initial_nll", row[i]), "%s: %g", names[i], mean);
+            double mean = table_f64(s, "nll_mean", row[i]);
+            CHECKF(isfinite(mean) && mean < table_f64(s, "initial_nll", row[i]), "%s: %g", names[i], mean);
         }
         /* The reference is 16-bit (fp32) LoRA: its own paired difference is exactly zero. */
-        CHECK(f64(s, "delta_vs_ref", row[1]) == 0 && f64(s, "delta_ci95", row[1]) == 0);
+        CHECK(table_f64(s, "delta_vs_ref", row[1]) == 0 && table_f64(s, "delta_ci95", row[1]) == 0);
         /* Same adapters everywhere except full finetuning. */
-        for (int i = 2; i < 6; i++) CHECK(i64(s, "trainable_params", row[i]) == i64(s, "trainable_params", row[1]));
+        for (int i = 2; i < 6; i++)
+            CHECK(table_i64(s, "trainable_params", row[i]) == table_i64(s, "trainable_params", row[1]));
         /* Base storage: the 4-bit types at block 64 store the same bytes (codes + fp32 absmax); DQ stores
          * less; all far below the fp32 base. */
-        int64_t fp32 = i64(s, "weights_bytes", row[1]), nf4 = i64(s, "weights_bytes", row[2]),
-                dq = i64(s, "weights_bytes", row[3]);
+        int64_t fp32 = table_i64(s, "weights_bytes", row[1]), nf4 = table_i64(s, "weights_bytes", row[2]),
+                dq = table_i64(s, "weights_bytes", row[3]);
         CHECK(nf4 < fp32 / 3 && dq < nf4);
-        CHECK(i64(s, "weights_bytes", row[4]) == nf4 && i64(s, "weights_bytes", row[5]) == nf4);
+        CHECK(table_i64(s, "weights_bytes", row[4]) == nf4 && table_i64(s, "weights_bytes", row[5]) == nf4);
         /* Every 4-bit base starts worse than the fp32 one (quantization error). */
-        for (int i = 2; i < 6; i++) CHECK(f64(s, "initial_nll", row[i]) > f64(s, "initial_nll", row[1]));
+        for (int i = 2; i < 6; i++)
+            CHECK(table_f64(s, "initial_nll", row[i]) > table_f64(s, "initial_nll", row[1]));
     }
     results_file_free(&f);
     unlink(out);

@@ -11,13 +11,10 @@
 #include "check.h"
 #include "common.h"
 #include "results.h"
+#include "results_cells.h"
+#include "test_util.h"
 
 #define CONFIG "experiments/vicuna_tables.json"
-
-static int run(const char *command) {
-    int rc = system(command);
-    return rc == -1 ? -1 : WEXITSTATUS(rc);
-}
 
 static int64_t row_of(const results_table_data *t, const char *key) {
     const results_column *c = results_table_find_column(t, "key");
@@ -25,16 +22,6 @@ static int64_t row_of(const results_table_data *t, const char *key) {
     for (int64_t i = 0; i < t->nrows; i++)
         if (!strcmp(c->str[i], key)) return i;
     return -1;
-}
-
-static double cell(const results_table_data *t, const char *column, int64_t row) {
-    const results_column *c = results_table_find_column(t, column);
-    return c && c->type == RESULTS_FLOAT64 && row >= 0 && row < t->nrows ? c->f64[row] : NAN;
-}
-
-static int64_t int_cell(const results_table_data *t, const char *column, int64_t row) {
-    const results_column *c = results_table_find_column(t, column);
-    return c && c->type == RESULTS_INT64 && row >= 0 && row < t->nrows ? c->i64[row] : -1;
 }
 
 static void check_table6(const results_table_data *t) {
@@ -50,22 +37,22 @@ static void check_table6(const results_table_data *t) {
      * paper row copies Vicuna 13B's (94.9); the released ratings put it near 79. */
     int paper_rows = 0;
     for (int64_t i = 0; i < t->nrows; i++) {
-        double paper = cell(t, "paper", i), mean = cell(t, "mean", i);
+        double paper = table_f64(t, "paper", i), mean = table_f64(t, "mean", i);
         CHECK(mean > 20 && mean < 130);
-        CHECK(cell(t, "ci95_low", i) <= mean && cell(t, "ci95_high", i) >= mean);
+        CHECK(table_f64(t, "ci95_low", i) <= mean && table_f64(t, "ci95_high", i) >= mean);
         if (isnan(paper)) continue;
         paper_rows++;
         const char *key = results_table_find_column(t, "key")->str[i];
         if (!strcmp(key, "30b-huggingchat"))
             CHECKF(fabs(mean - 79.0) < 1.0, "Open Assistant 33B: %.2f", mean);
         else
-            CHECKF(fabs(cell(t, "difference", i)) <= 0.3, "%s: %.2f vs paper %.1f", key, mean, paper);
+            CHECKF(fabs(table_f64(t, "difference", i)) <= 0.3, "%s: %.2f vs paper %.1f", key, mean, paper);
     }
     CHECK(paper_rows == 21);
     int64_t g = row_of(t, "65b-guanaco");
-    CHECK(g >= 0 && int_cell(t, "n_reviews", g) == 160);
-    CHECK_NEAR(cell(t, "chatgpt_first", g), 96.7, 0.05); /* the paper's single-order values */
-    CHECK_NEAR(cell(t, "system_first", g), 101.9, 0.05);
+    CHECK(g >= 0 && table_i64(t, "n_reviews", g) == 160);
+    CHECK_NEAR(table_f64(t, "chatgpt_first", g), 96.7, 0.05); /* the paper's single-order values */
+    CHECK_NEAR(table_f64(t, "system_first", g), 101.9, 0.05);
     CHECK(t->notes && strstr(t->notes, "copy error"));
 }
 
@@ -78,17 +65,18 @@ static void check_elo(const results_table_data *t) {
     for (int k = 0; k < 8; k++) {
         int64_t r = row_of(t, order[k]);
         CHECKF(r == k, "%s is row %lld, expected %d (rows follow our rank)", order[k], (long long)r, k);
-        CHECK(int_cell(t, "rank", r) == k + 1 && int_cell(t, "paper_rank", r) == k + 1);
+        CHECK(table_i64(t, "rank", r) == k + 1 && table_i64(t, "paper_rank", r) == k + 1);
         /* 300 orderings: the mean's noise is ~45 / sqrt(300) = 2.6 Elo; the paper gap is at most 7 except
          * GPT-4 (~27 above 1348, unexplained; see the notes). */
-        CHECKF(fabs(cell(t, "difference", r)) <= (k == 0 ? 40 : 15), "%s: %+.1f", order[k],
-               cell(t, "difference", r));
-        CHECK(cell(t, "elo_low", r) < cell(t, "elo_mean", r) && cell(t, "elo_mean", r) < cell(t, "elo_high", r));
-        CHECK(int_cell(t, "wins", r) + int_cell(t, "ties", r) + int_cell(t, "losses", r) > 1000);
+        CHECKF(fabs(table_f64(t, "difference", r)) <= (k == 0 ? 40 : 15), "%s: %+.1f", order[k],
+               table_f64(t, "difference", r));
+        CHECK(table_f64(t, "elo_low", r) < table_f64(t, "elo_mean", r) &&
+              table_f64(t, "elo_mean", r) < table_f64(t, "elo_high", r));
+        CHECK(table_i64(t, "wins", r) + table_i64(t, "ties", r) + table_i64(t, "losses", r) > 1000);
     }
     double sum = 0;
     for (int64_t i = 0; i < t->nrows; i++)
-        sum += cell(t, "elo_mean", i);
+        sum += table_f64(t, "elo_mean", i);
     CHECK_NEAR(sum, 8000, 1e-6); /* Elo only moves points between players */
     CHECK(t->notes && strstr(t->notes, "ranking matches"));
 }
@@ -109,7 +97,7 @@ int main(void) {
     snprintf(command, sizeof command,
              "'%s' --config %s --out '%s' --set ratings_archive=/nonexistent/ratings.tar.gz > '%s' 2>&1", program,
              CONFIG, out, log);
-    CHECK(run(command) == 1);
+    CHECK(run_shell(command) == 1);
     char *text = NULL;
     size_t len = 0;
     CHECK(qlab_read_file(log, &text, &len) == QLAB_OK);
@@ -127,7 +115,7 @@ int main(void) {
     snprintf(command, sizeof command,
              "QLAB_QUIET=1 '%s' --config %s --out '%s' --set n_orderings=300 --set n_bootstrap=300 > '%s' 2>&1",
              program, CONFIG, out, log);
-    int rc = run(command);
+    int rc = run_shell(command);
     CHECKF(rc == 0, "%s exited with %d (log in %s)", program, rc, log);
     if (rc != 0) return check_summary();
     unlink(log);
@@ -164,7 +152,7 @@ int main(void) {
              "QLAB_QUIET=1 OMP_NUM_THREADS=1 '%s' --config %s --out '%s' --set n_orderings=300 --set n_bootstrap=300 "
              "> /dev/null 2>&1",
              program, CONFIG, out2);
-    CHECK(run(command) == 0);
+    CHECK(run_shell(command) == 0);
     results_file a, c;
     if (results_read(out, &a) == QLAB_OK) {
         if (results_read(out2, &c) == QLAB_OK) {

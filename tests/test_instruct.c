@@ -12,32 +12,13 @@
 #include "check.h"
 #include "common.h"
 #include "instruct.h"
+#include "test_util.h"
 #include "tokenizer.h"
 
 #define ALPACA_FILE "finetune/alpaca_data_1k.json"
 #define OASST_FILE "finetune/qlora_eval/prompts/oa_questions.jsonl.gz"
 #define VICUNA_FILE "finetune/qlora_eval/prompts/vicuna_questions.jsonl"
 #define TOKENIZER_FILE "models/tok512.bin"
-
-static char tmp_dir[256];
-
-static const char *tmp_path(const char *name) {
-    static char buf[4][512];
-    static int slot;
-    char *b = buf[slot++ % 4];
-    snprintf(b, sizeof buf[0], "%s/%s", tmp_dir, name);
-    return b;
-}
-
-static void write_bytes(const char *path, const char *data, size_t len) {
-    FILE *f = fopen(path, "wb");
-    if (!f) {
-        fprintf(stderr, "cannot write %s\n", path);
-        exit(2);
-    }
-    fwrite(data, 1, len, f);
-    fclose(f);
-}
 
 static void write_text(const char *path, const char *text) {
     write_bytes(path, text, strlen(text));
@@ -622,10 +603,7 @@ static void test_encode_llama(void) {
 }
 
 int main(void) {
-    snprintf(tmp_dir, sizeof tmp_dir, "/tmp/qlab_test_instruct.%d", (int)getpid());
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "mkdir -p %s", tmp_dir);
-    if (system(cmd) != 0) return 2;
+    test_tmp_dir_create("instruct");
 
     test_alpaca();
     test_oasst1();
@@ -647,7 +625,6 @@ int main(void) {
     }
     test_encode_llama();
 
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp_dir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmp_dir);
+    test_tmp_dir_remove();
     return check_summary();
 }

@@ -14,6 +14,7 @@
 #include "check.h"
 #include "common.h"
 #include "judge.h"
+#include "test_util.h"
 
 static void test_review_parsers(void) {
     double a = 0, b = 0;
@@ -225,11 +226,6 @@ static void test_elo(void) {
     CHECK(only_two);
 }
 
-static int run(const char *command) {
-    int rc = system(command);
-    return rc == -1 ? -1 : WEXITSTATUS(rc);
-}
-
 static void test_archive(void) {
     char dir[128], command[1024], tgz[160];
     snprintf(dir, sizeof dir, "/tmp/qlab_test_judge_archive_%ld", (long)getpid());
@@ -240,7 +236,7 @@ static void test_archive(void) {
              "mkdir -p %s/vicuna/pairwise && printf 'hello\\n' > %s/small.txt && printf 'abc' > '%s/%s' && "
              "tar -czf %s -C %s . 2>/dev/null",
              dir, dir, dir, long_name, tgz, dir);
-    if (run(command) != 0) {
+    if (run_shell(command) != 0) {
         SKIP("tar -czf unavailable: archive reader not tested");
         return;
     }
@@ -256,7 +252,7 @@ static void test_archive(void) {
     /* Truncated gzip: an error naming the file, no crash. */
     snprintf(command, sizeof command, "head -c 100 %s > %s.cut && printf 'not a tar file at all' > %s.txt", tgz,
              tgz, tgz);
-    CHECK(run(command) == 0);
+    CHECK(run_shell(command) == 0);
     char cut[200], txt[200];
     snprintf(cut, sizeof cut, "%s.cut", tgz);
     snprintf(txt, sizeof txt, "%s.txt", tgz);
@@ -264,7 +260,7 @@ static void test_archive(void) {
     CHECK(judge_archive_read(txt, &a) == QLAB_ERR_FORMAT && strstr(qlab_last_error(), "truncated tar header"));
     CHECK(judge_archive_read("/nonexistent/ratings.tar.gz", &a) != QLAB_OK);
     snprintf(command, sizeof command, "rm -rf %s %s %s %s", dir, tgz, cut, txt);
-    run(command);
+    run_shell(command);
 }
 
 /* ---------------------------------------------------------------- the released ratings */

@@ -10,12 +10,11 @@
 #include "check.h"
 #include "common.h"
 #include "mmlu.h"
+#include "test_util.h"
 #include "tokenizer.h"
 
 #define MMLU_ARCHIVE "mmlu/mmlu_dev_test_csv.tar.gz"
 #define QLORA_ZERO_SHOT "mmlu/qlora_zero_shot_mmlu_val.json"
-
-static char tmp_dir[256];
 
 static void test_archive(const tokenizer *tok512, const tokenizer *llama) {
     const char *path = shared_data_path(MMLU_ARCHIVE);
@@ -144,11 +143,11 @@ static void test_qlora_zero_shot(void) {
     mmlu_prompts_free(p, n);
 }
 
-/* Packs one member into tmp_dir/name.tar.gz with the system tar (an independent writer). */
+/* Packs one member into test_tmp_dir()/name.tar.gz with the system tar (an independent writer). */
 static const char *make_archive(const char *name, const char *member, const char *csv) {
     static char archive[512];
     char dir[400], file[600], cmd[1200];
-    snprintf(dir, sizeof dir, "%s/%s", tmp_dir, name);
+    snprintf(dir, sizeof dir, "%s/%s", test_tmp_dir(), name);
     snprintf(cmd, sizeof cmd, "mkdir -p %s/data/test", dir);
     if (system(cmd) != 0) return NULL;
     snprintf(file, sizeof file, "%s/data/test/%s", dir, member);
@@ -156,7 +155,7 @@ static const char *make_archive(const char *name, const char *member, const char
     if (!f) return NULL;
     fputs(csv, f);
     fclose(f);
-    snprintf(archive, sizeof archive, "%s/%s.tar.gz", tmp_dir, name);
+    snprintf(archive, sizeof archive, "%s/%s.tar.gz", test_tmp_dir(), name);
     snprintf(cmd, sizeof cmd, "tar czf %s -C %s data", archive, dir);
     return system(cmd) == 0 ? archive : NULL;
 }
@@ -209,10 +208,7 @@ static void test_malformed(void) {
 }
 
 int main(void) {
-    snprintf(tmp_dir, sizeof tmp_dir, "/tmp/qlab_test_mmlu.%d", (int)getpid());
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "mkdir -p %s", tmp_dir);
-    if (system(cmd) != 0) return 2;
+    test_tmp_dir_create("mmlu");
 
     tokenizer *tok512 = NULL, *llama = NULL;
     const char *p512 = shared_data_path("models/tok512.bin"),
@@ -226,7 +222,6 @@ int main(void) {
     tokenizer_free(tok512);
     tokenizer_free(llama);
 
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp_dir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmp_dir);
+    test_tmp_dir_remove();
     return check_summary();
 }

@@ -8,25 +8,7 @@
 #include "common.h"
 #include "half.h"
 #include "npy.h"
-
-static char tmpdir[256];
-
-/* A fresh string per call (never freed: a test makes a few dozen), so earlier paths stay valid. */
-static const char *tmp_path(const char *name) {
-    char buf[512];
-    snprintf(buf, sizeof buf, "%s/%s", tmpdir, name);
-    return strdup(buf);
-}
-
-static void write_bytes(const char *path, const void *data, size_t len) {
-    FILE *f = fopen(path, "wb");
-    if (!f) {
-        perror(path);
-        exit(2);
-    }
-    if (len) fwrite(data, 1, len, f);
-    fclose(f);
-}
+#include "test_util.h"
 
 /* Builds a .npy file from a header dict text (padded like numpy) and data bytes. */
 static void make_npy(const char *path, int major, const char *dict, const void *data, size_t data_len) {
@@ -237,15 +219,12 @@ static void test_malformed(void) {
 }
 
 int main(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/qlab_test_npy_%ld", (long)getpid());
-    mkdir(tmpdir, 0700);
+    test_tmp_dir_create("npy");
     test_round_trips();
     test_numpy_header_bytes();
     test_read_f32();
     test_versions();
     test_malformed();
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) fprintf(stderr, "warning: could not remove %s\n", tmpdir);
+    test_tmp_dir_remove();
     return check_summary();
 }

@@ -11,15 +11,7 @@
 #include "quant_io.h"
 #include "rng.h"
 #include "safetensors.h"
-
-static char tmpdir[256];
-
-/* A fresh string per call (never freed: a test makes a few dozen), so earlier paths stay valid. */
-static const char *tmp_path(const char *name) {
-    char buf[512];
-    snprintf(buf, sizeof buf, "%s/%s", tmpdir, name);
-    return strdup(buf);
-}
+#include "test_util.h"
 
 static int same_bits(const void *a, const void *b, size_t n) {
     return n == 0 || memcmp(a, b, n) == 0;
@@ -322,13 +314,10 @@ static void test_malformed(void) {
 }
 
 int main(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/qlab_test_quant_io_%ld", (long)getpid());
-    mkdir(tmpdir, 0700);
+    test_tmp_dir_create("quant_io");
     test_round_trips();
     test_bitsandbytes_layout();
     test_malformed();
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) fprintf(stderr, "warning: could not remove %s\n", tmpdir);
+    test_tmp_dir_remove();
     return check_summary();
 }

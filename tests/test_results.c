@@ -7,24 +7,10 @@
 #include "check.h"
 #include "config.h"
 #include "results.h"
+#include "test_util.h"
 
 static int exists(const char *path) {
     return access(path, F_OK) == 0;
-}
-
-static int is_iso8601_utc(const char *s) {
-    /* 2026-11-23T13:18:23Z */
-    if (!s || strlen(s) != 20) return 0;
-    for (int i = 0; i < 20; i++) {
-        char c = s[i];
-        int ok = (i == 4 || i == 7)     ? c == '-'
-                 : i == 10              ? c == 'T'
-                 : (i == 13 || i == 16) ? c == ':'
-                 : i == 19              ? c == 'Z'
-                                        : (c >= '0' && c <= '9');
-        if (!ok) return 0;
-    }
-    return 1;
 }
 
 static void test_round_trip(void) {

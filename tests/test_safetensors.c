@@ -9,25 +9,7 @@
 #include "common.h"
 #include "half.h"
 #include "safetensors.h"
-
-static char tmpdir[256];
-
-/* A fresh string per call (never freed: a test makes a few dozen), so earlier paths stay valid. */
-static const char *tmp_path(const char *name) {
-    char buf[512];
-    snprintf(buf, sizeof buf, "%s/%s", tmpdir, name);
-    return strdup(buf);
-}
-
-static void write_bytes(const char *path, const void *data, size_t len) {
-    FILE *f = fopen(path, "wb");
-    if (!f) {
-        perror(path);
-        exit(2);
-    }
-    if (len) fwrite(data, 1, len, f);
-    fclose(f);
-}
+#include "test_util.h"
 
 /* A file with the given header text (length as given, no padding) followed by data_len bytes. */
 static void make_st(const char *path, const char *json, size_t data_len) {
@@ -365,7 +347,7 @@ static void write_shard(const char *path, const char *a, const char *b, float ba
 
 static void test_checkpoint(void) {
     char dir[512];
-    snprintf(dir, sizeof dir, "%s/ckpt", tmpdir);
+    snprintf(dir, sizeof dir, "%s/ckpt", test_tmp_dir());
     mkdir(dir, 0700);
     char p1[600], p2[600], idx[600];
     snprintf(p1, sizeof p1, "%s/model-00001-of-00002.safetensors", dir);
@@ -428,16 +410,13 @@ static void test_checkpoint(void) {
 }
 
 int main(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/qlab_test_safetensors_%ld", (long)getpid());
-    mkdir(tmpdir, 0700);
+    test_tmp_dir_create("safetensors");
     test_round_trip();
     test_exact_bytes();
     test_reference_vectors();
     test_to_f32();
     test_malformed();
     test_checkpoint();
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) fprintf(stderr, "warning: could not remove %s\n", tmpdir);
+    test_tmp_dir_remove();
     return check_summary();
 }

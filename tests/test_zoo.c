@@ -13,6 +13,7 @@
 #include "check.h"
 #include "common.h"
 #include "results.h"
+#include "test_util.h"
 
 static char program[600];
 
@@ -21,8 +22,7 @@ static int run_zoo(const char *dir, const char *out, const char *extra, const ch
     snprintf(command, sizeof command,
              "QLAB_QUIET=1 '%s' --config experiments/zoo_small.json --set 'out_dir=%s' %s --out '%s' > '%s' 2>&1",
              program, dir, extra, out, log);
-    int rc = system(command);
-    return rc == -1 ? -1 : WEXITSTATUS(rc);
+    return run_shell(command);
 }
 
 /* The sha256 recorded for model name in dir's manifest ("" when absent). */

@@ -74,6 +74,14 @@ static int is_flag(const char *arg, const char *flag) {
     return !strncmp(arg, flag, fl) && (arg[fl] == 0 || arg[fl] == '=');
 }
 
+/* 1 when exactly two file arguments were given; otherwise says which two were expected and returns 0. */
+static int two_files(const char *cmd, const char *expected, int npos) {
+    if (npos == 2) return 1;
+    fprintf(stderr, "qlab %s: expected %s, got %d file argument%s (see qlab %s --help)\n", cmd, expected, npos,
+            npos == 1 ? "" : "s", cmd);
+    return 0;
+}
+
 static int report(const char *cmd) {
     char prog[64];
     snprintf(prog, sizeof prog, "qlab %s", cmd);
@@ -113,13 +121,7 @@ static int cmd_quant(int argc, char **argv) {
             return CMD_QUANT_EXIT_USAGE;
         }
     }
-    if (npos != 2) {
-        fprintf(stderr,
-                "qlab quant: expected IN.npy and OUT.safetensors, got %d file argument%s (see qlab quant "
-                "--help)\n",
-                npos, npos == 1 ? "" : "s");
-        return CMD_QUANT_EXIT_USAGE;
-    }
+    if (!two_files("quant", "IN.npy and OUT.safetensors", npos)) return CMD_QUANT_EXIT_USAGE;
     quant_dtype dt;
     if (quant_dtype_parse(dtype_text, &dt) != QLAB_OK) {
         fprintf(stderr, "qlab quant: --dtype: %s\n", qlab_last_error());
@@ -210,13 +212,7 @@ static int cmd_dequant(int argc, char **argv) {
             return CMD_QUANT_EXIT_USAGE;
         }
     }
-    if (npos != 2) {
-        fprintf(stderr,
-                "qlab dequant: expected IN.safetensors and OUT.npy, got %d file argument%s (see qlab dequant "
-                "--help)\n",
-                npos, npos == 1 ? "" : "s");
-        return CMD_QUANT_EXIT_USAGE;
-    }
+    if (!two_files("dequant", "IN.safetensors and OUT.npy", npos)) return CMD_QUANT_EXIT_USAGE;
     const char *in = pos[0], *out = pos[1];
     safetensors_file f;
     if (safetensors_open(&f, in) != QLAB_OK) return report("dequant");
