@@ -69,8 +69,13 @@ typedef struct {
     int agree;
 } position_score;
 
-qlab_status ppl_evaluate(model *m, model *ref, const int *tokens, int64_t n, const ppl_options *opt,
-                         ppl_result *out) {
+/* The one evaluation loop behind the public entry points. The reference distribution of each scored
+ * position comes from running `ref` on the same batch, or from `ref_cache` (row i = the i-th scored
+ * position); `paired` says a reference is involved, which sets the batch size exactly as a live reference
+ * would, so m's logits (and a captured reference's) are bit-identical either way. `capture`, if non-NULL,
+ * receives m's logits at every scored position. */
+static qlab_status evaluate(model *m, model *ref, const ppl_reference *ref_cache, float *capture, int paired,
+                            const int *tokens, int64_t n, const ppl_options *opt, ppl_result *out) {
     memset(out, 0, sizeof *out);
     const model_config *cfg = model_get_config(m);
     int V = cfg->vocab_size;
@@ -97,10 +102,17 @@ qlab_status ppl_evaluate(model *m, model *ref, const int *tokens, int64_t n, con
     ppl_plan_windows(n, opt, windows, n_windows);
     int64_t n_scored = 0;
     for (int64_t w = 0; w < n_windows; w++) n_scored += windows[w].len - 1 - windows[w].score_from;
+    if (ref_cache && (ref_cache->vocab != V || ref_cache->n_scored != n_scored)) {
+        free(windows);
+        return qlab_fail(QLAB_ERR_ARG,
+                         "cached reference holds %lld positions of vocabulary %d; this evaluation scores %lld of %d",
+                         (long long)ref_cache->n_scored, ref_cache->vocab, (long long)n_scored, V);
+    }
+    int has_ref = ref || ref_cache;
 
     /* Enough windows per pass to keep the GEMMs wide, bounded so the logits stay under ~256 MB. */
     int batch = opt->batch > 0 ? opt->batch : 16;
-    while (batch > 1 && (size_t)batch * opt->ctx * V * sizeof(float) * (ref ? 2 : 1) > ((size_t)256 << 20))
+    while (batch > 1 && (size_t)batch * opt->ctx * V * sizeof(float) * (paired ? 2 : 1) > ((size_t)256 << 20))
         batch /= 2;
 
     qlab_status st = QLAB_OK;
@@ -134,22 +146,26 @@ qlab_status ppl_evaluate(model *m, model *ref, const int *tokens, int64_t n, con
 #pragma omp parallel
             {
                 double *lp = malloc(sizeof(double) * (size_t)V);
-                double *lp_ref = ref ? malloc(sizeof(double) * (size_t)V) : NULL;
-                if (!lp || (ref && !lp_ref)) {
+                double *lp_ref = has_ref ? malloc(sizeof(double) * (size_t)V) : NULL;
+                if (!lp || (has_ref && !lp_ref)) {
 #pragma omp atomic write
                     failed = 1;
                 }
 #pragma omp for schedule(static)
                 for (int k = 0; k < count; k++) {
-                    if (!lp || (ref && !lp_ref)) continue;
+                    if (!lp || (has_ref && !lp_ref)) continue;
                     int j = win->score_from + k;
                     int target = tokens[win->start + j + 1];
                     size_t row = ((size_t)b * T + (size_t)j) * (size_t)V;
                     position_score *s = &scores[scored_so_far + k];
                     int arg = log_softmax_row(logits + row, V, lp);
                     s->nll = -lp[target];
-                    if (ref) {
-                        int arg_ref = log_softmax_row(ref_logits + row, V, lp_ref);
+                    if (capture)
+                        memcpy(capture + (size_t)(scored_so_far + k) * (size_t)V, logits + row, sizeof(float) * (size_t)V);
+                    if (has_ref) {
+                        const float *ref_row = ref_cache ? ref_cache->logits + (size_t)(scored_so_far + k) * (size_t)V
+                                                         : ref_logits + row;
+                        int arg_ref = log_softmax_row(ref_row, V, lp_ref);
                         double kl = 0;
                         for (int v = 0; v < V; v++) kl += exp(lp_ref[v]) * (lp_ref[v] - lp[v]);
                         s->kl = kl > 0 ? kl : 0; /* rounding can give -1e-17 for identical models */
@@ -192,7 +208,7 @@ qlab_status ppl_evaluate(model *m, model *ref, const int *tokens, int64_t n, con
     out->ppl = exp(out->mean_nll);
     out->ppl_lo = exp(out->mean_nll - 1.96 * out->nll_stderr);
     out->ppl_hi = exp(out->mean_nll + 1.96 * out->nll_stderr);
-    if (ref) {
+    if (has_ref) {
         double *kl = qlab_calloc((size_t)n_scored, sizeof(double));
         if (!kl) {
             st = QLAB_ERR_NOMEM;
@@ -220,4 +236,51 @@ done:
     free(batch_tokens);
     free(scores);
     return st;
+}
+
+qlab_status ppl_evaluate(model *m, model *ref, const int *tokens, int64_t n, const ppl_options *opt,
+                         ppl_result *out) {
+    return evaluate(m, ref, NULL, NULL, ref != NULL, tokens, n, opt, out);
+}
+
+size_t ppl_reference_bytes(model *ref, int64_t n, const ppl_options *opt) {
+    if (opt->max_tokens > 0 && n > opt->max_tokens) n = opt->max_tokens;
+    int64_t n_windows = ppl_plan_windows(n, opt, NULL, 0);
+    ppl_window *windows = n_windows > 0 ? calloc((size_t)n_windows, sizeof *windows) : NULL;
+    if (!windows) return 0;
+    ppl_plan_windows(n, opt, windows, n_windows);
+    int64_t n_scored = 0;
+    for (int64_t w = 0; w < n_windows; w++) n_scored += windows[w].len - 1 - windows[w].score_from;
+    free(windows);
+    return (size_t)n_scored * (size_t)model_get_config(ref)->vocab_size * sizeof(float);
+}
+
+qlab_status ppl_reference_compute(model *ref, const int *tokens, int64_t n, const ppl_options *opt,
+                                  ppl_reference *out) {
+    memset(out, 0, sizeof *out);
+    size_t bytes = ppl_reference_bytes(ref, n, opt);
+    if (bytes == 0) return qlab_fail(QLAB_ERR_ARG, "%lld tokens are too few for one window of --ctx %d",
+                                     (long long)n, opt->ctx);
+    float *logits = qlab_alloc_aligned(bytes);
+    if (!logits) return QLAB_ERR_NOMEM;
+    ppl_result res;
+    qlab_status st = evaluate(ref, NULL, NULL, logits, 1, tokens, n, opt, &res);
+    if (st != QLAB_OK) {
+        qlab_free_aligned(logits);
+        return st;
+    }
+    out->n_scored = res.n_scored;
+    out->vocab = model_get_config(ref)->vocab_size;
+    out->logits = logits;
+    return QLAB_OK;
+}
+
+void ppl_reference_free(ppl_reference *r) {
+    qlab_free_aligned(r->logits);
+    memset(r, 0, sizeof *r);
+}
+
+qlab_status ppl_evaluate_cached(model *m, const ppl_reference *ref, const int *tokens, int64_t n,
+                                const ppl_options *opt, ppl_result *out) {
+    return evaluate(m, NULL, ref, NULL, 1, tokens, n, opt, out);
 }

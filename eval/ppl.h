@@ -51,6 +51,23 @@ typedef struct {
 qlab_status ppl_evaluate(model *m, model *ref, const int *tokens, int64_t n, const ppl_options *opt,
                          ppl_result *out);
 
+/* The reference model's logits at every scored position of one (tokens, options) evaluation, computed
+ * once so that many quantized variants can be compared with it without re-running the reference. */
+typedef struct {
+    int64_t n_scored;
+    int vocab;
+    float *logits; /* (n_scored, vocab) */
+} ppl_reference;
+/* Bytes a ppl_reference for these tokens and options would take (0 if there is not one window). */
+size_t ppl_reference_bytes(model *ref, int64_t n, const ppl_options *opt);
+qlab_status ppl_reference_compute(model *ref, const int *tokens, int64_t n, const ppl_options *opt,
+                                  ppl_reference *out);
+void ppl_reference_free(ppl_reference *r);
+/* ppl_evaluate(m, ref_model, ...) with the reference taken from the cache: the same numbers, bit for bit,
+ * at half the forward passes. tokens and opt must be those the cache was computed with. */
+qlab_status ppl_evaluate_cached(model *m, const ppl_reference *ref, const int *tokens, int64_t n,
+                                const ppl_options *opt, ppl_result *out);
+
 /* The windows a protocol produces, for tests and for describing a run: window w covers tokens
  * [start, start+len) and scores the predictions of positions [score_from, len-1) within it
  * (position j predicts token start+j+1). Returns the number of windows (fills at most cap entries). */

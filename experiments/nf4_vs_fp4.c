@@ -593,6 +593,8 @@ int main(int argc, char **argv) {
     model *ref = NULL, *q = NULL;
     int **bench_tokens = NULL;
     int64_t *bench_n = NULL;
+    ppl_options *bench_opt = NULL;
+    ppl_reference *bench_ref = NULL; /* fp32 logits per benchmark, when they fit the memory budget */
     const char *zoo_dir = config_string(cfg, "zoo");
     char zoo_heldout[4096];
     snprintf(zoo_heldout, sizeof zoo_heldout, "%s/%s", zoo_dir, ZOO_HELDOUT_TEXT_FILE);
@@ -615,7 +617,9 @@ int main(int argc, char **argv) {
     rows = qlab_calloc((size_t)rows_cap, sizeof *rows);
     bench_tokens = qlab_calloc((size_t)nbench + 1, sizeof *bench_tokens);
     bench_n = qlab_calloc((size_t)nbench + 1, sizeof *bench_n);
-    if (!rows || !bench_tokens || !bench_n) goto done;
+    bench_opt = qlab_calloc((size_t)nbench + 1, sizeof *bench_opt);
+    bench_ref = qlab_calloc((size_t)nbench + 1, sizeof *bench_ref);
+    if (!rows || !bench_tokens || !bench_n || !bench_opt || !bench_ref) goto done;
 
     /* Work units for the ETA: every forward pass costs about params x tokens; a quantized row runs the
      * reference too. A first pass reads each model's size. */
@@ -628,7 +632,7 @@ int main(int argc, char **argv) {
         for (int b = 0; b < nbench; b++)
             if (benchmarks[b].text_path) {
                 int64_t tokens = config_int(benchmarks[b].cfg, "max_tokens");
-                total_work += (models[m].params / 1000 + 1) * (tokens ? tokens : 100000) / 1000 * (1 + 2 * nvariants);
+                total_work += (models[m].params / 1000 + 1) * (tokens ? tokens : 100000) / 1000 * (2 + nvariants);
             }
     }
     if (results_table_begin(r, &runs, "runs", "Every (model, benchmark, data type) evaluation") != QLAB_OK ||
@@ -643,15 +647,37 @@ int main(int argc, char **argv) {
         const model_config *mc = model_get_config(ref);
         double fp32_bits = model_total_bits(ref);
         int64_t proj = projection_params(ref), non_proj = spec->params - proj;
+        size_t cache_budget = (size_t)1 << 30; /* fp32 reference logits kept for all benchmarks */
         for (int b = 0; b < nbench; b++) {
             free(bench_tokens[b]);
             bench_tokens[b] = NULL;
+            ppl_reference_free(&bench_ref[b]);
             if (!benchmarks[b].text_path) continue;
             const char *text = benchmarks[b].from_zoo ? zoo_heldout : benchmarks[b].text_path;
             if (load_benchmark_tokens(text, spec->tokenizer_path, mc->vocab_size, &bench_tokens[b], &bench_n[b]) !=
                 QLAB_OK) {
                 qlab_fail_context(QLAB_ERR_ARG, "model %s, benchmark %s", spec->name, benchmarks[b].name);
                 goto done;
+            }
+            const benchmark_spec *bs = &benchmarks[b];
+            int ctx = (int)config_int(bs->cfg, "ctx");
+            if (ctx > mc->seq_len) ctx = mc->seq_len;
+            int stride = (int)config_int(bs->cfg, "stride");
+            if (stride == 0 || stride > ctx) stride = ctx / 2;
+            bench_opt[b] = (ppl_options){.protocol = bs->protocol,
+                                         .ctx = ctx,
+                                         .stride = stride,
+                                         .max_tokens = config_int(bs->cfg, "max_tokens"),
+                                         .quiet = 1};
+            /* Every quantized variant is compared with the same fp32 logits: compute them once (the
+             * numbers are bit-identical to running the reference beside each variant). */
+            size_t bytes = ppl_reference_bytes(ref, bench_n[b], &bench_opt[b]);
+            if (nvariants > 0 && bytes > 0 && bytes <= cache_budget) {
+                if (ppl_reference_compute(ref, bench_tokens[b], bench_n[b], &bench_opt[b], &bench_ref[b]) != QLAB_OK) {
+                    qlab_fail_context(QLAB_ERR_NUMERIC, "model %s, fp32 reference, benchmark %s", spec->name, bs->name);
+                    goto done;
+                }
+                cache_budget -= bytes;
             }
         }
         for (int v = -1; v < nvariants; v++) {
@@ -670,17 +696,13 @@ int main(int argc, char **argv) {
             for (int b = 0; b < nbench; b++) {
                 const benchmark_spec *bs = &benchmarks[b];
                 if (!bs->text_path) continue;
-                int ctx = (int)config_int(bs->cfg, "ctx");
-                if (ctx > mc->seq_len) ctx = mc->seq_len;
-                int stride = (int)config_int(bs->cfg, "stride");
-                if (stride == 0 || stride > ctx) stride = ctx / 2;
-                ppl_options opt = {.protocol = bs->protocol,
-                                   .ctx = ctx,
-                                   .stride = stride,
-                                   .max_tokens = config_int(bs->cfg, "max_tokens"),
-                                   .quiet = 1};
+                const ppl_options opt = bench_opt[b];
+                int cached = v >= 0 && bench_ref[b].logits;
                 ppl_result res;
-                if (ppl_evaluate(evaluated, v >= 0 ? ref : NULL, bench_tokens[b], bench_n[b], &opt, &res) != QLAB_OK) {
+                qlab_status st_eval =
+                    cached ? ppl_evaluate_cached(evaluated, &bench_ref[b], bench_tokens[b], bench_n[b], &opt, &res)
+                           : ppl_evaluate(evaluated, v >= 0 ? ref : NULL, bench_tokens[b], bench_n[b], &opt, &res);
+                if (st_eval != QLAB_OK) {
                     qlab_fail_context(QLAB_ERR_NUMERIC, "model %s, %s, benchmark %s", spec->name, label, bs->name);
                     goto done;
                 }
@@ -691,7 +713,7 @@ int main(int argc, char **argv) {
                 rows[nrows++] = (row_record){m, b, v, spec->params, bits, row.bits_projections, res.ppl, res.ppl_lo,
                                              res.ppl_hi, v >= 0 ? res.kl_mean : 0, v >= 0 ? res.top1_agree : 1};
                 int64_t tokens = opt.max_tokens && opt.max_tokens < bench_n[b] ? opt.max_tokens : bench_n[b];
-                done_work += (spec->params / 1000 + 1) * tokens / 1000 * (v >= 0 ? 2 : 1);
+                done_work += (spec->params / 1000 + 1) * tokens / 1000 * (v >= 0 && !cached ? 2 : 1);
                 char extra[200];
                 snprintf(extra, sizeof extra, "%s %s %s ppl %.3f", spec->name, bs->name, label, res.ppl);
                 progress_update(&prog, done_work < total_work ? done_work : total_work, extra);
@@ -734,10 +756,13 @@ done:
     for (int b = 0; b < nbench; b++) {
         config_free(benchmarks[b].cfg);
         if (bench_tokens) free(bench_tokens[b]);
+        if (bench_ref) ppl_reference_free(&bench_ref[b]);
     }
     free(benchmarks);
     free(bench_tokens);
     free(bench_n);
+    free(bench_opt);
+    free(bench_ref);
     free(variants);
     free(rows);
     config_free(cfg);

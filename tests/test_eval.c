@@ -118,6 +118,26 @@ static void test_real_model(void) {
     CHECK(rq.top1_agree > 0.5 && rq.top1_agree < 1.0);
     CHECK(rq.ref_mean_nll == r8.mean_nll);
     CHECK(model_total_bits(q) < model_total_bits(m));
+    /* A cached reference gives the live-reference numbers bit for bit, for both protocols. */
+    ppl_options protocols[2] = {opt, {.protocol = PPL_SLIDING, .ctx = 128, .stride = 48}};
+    for (int p = 0; p < 2; p++) {
+        ppl_reference cache;
+        ppl_result live, cached;
+        CHECK(ppl_evaluate(q, m, ids, n, &protocols[p], &live) == QLAB_OK);
+        CHECK(ppl_reference_compute(m, ids, n, &protocols[p], &cache) == QLAB_OK);
+        CHECK(ppl_reference_bytes(m, n, &protocols[p]) == (size_t)cache.n_scored * 512 * sizeof(float));
+        CHECK(ppl_evaluate_cached(q, &cache, ids, n, &protocols[p], &cached) == QLAB_OK);
+        CHECK(cached.has_reference && cached.n_scored == live.n_scored);
+        CHECK(memcmp(&cached.mean_nll, &live.mean_nll, sizeof(double)) == 0);
+        CHECK(memcmp(&cached.kl_mean, &live.kl_mean, sizeof(double)) == 0);
+        CHECK(memcmp(&cached.kl_p99, &live.kl_p99, sizeof(double)) == 0);
+        CHECK(memcmp(&cached.top1_agree, &live.top1_agree, sizeof(double)) == 0);
+        CHECK(memcmp(&cached.dprob_correct, &live.dprob_correct, sizeof(double)) == 0);
+        CHECK(memcmp(&cached.ref_mean_nll, &live.ref_mean_nll, sizeof(double)) == 0);
+        /* A cache made for other options is refused, not misread. */
+        CHECK(ppl_evaluate_cached(q, &cache, ids, n, &protocols[1 - p], &cached) == QLAB_ERR_ARG);
+        ppl_reference_free(&cache);
+    }
     /* The sliding protocol with ctx == stride == n scores n-1 predictions. */
     ppl_options s = {.protocol = PPL_SLIDING, .ctx = 256, .stride = 256, .max_tokens = 256};
     CHECK(ppl_evaluate(m, NULL, ids, n, &s, &rs) == QLAB_OK);
