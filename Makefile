@@ -1,8 +1,10 @@
 # qlab — reproducible QLoRA ablations in C.   `make help` lists the targets.
 #
-# Layout: core/ (library), kernels/ (SIMD + CUDA kernels), eval/, datasets/ all go into one static library
-# build/lib/libqlab.a; core/cli/ is the `qlab` tool; each experiments/NAME.c is one program; each
-# tests/test_*.c one test program; each tests/bench_*.c one benchmark. Extra rules live in mk/*.mk.
+# Layout (ARCHITECTURE.md draws the layers): core/{base,formats,results,text,quant,model}, kernels/ (CUDA),
+# datasets/, eval/, train/ and experiments/harness/ all go into one static library build/lib/libqlab.a;
+# cli/ is the `qlab` tool; each experiments/NAME.c is one program; each tests/test_*.c one test program;
+# each tests/bench_*.c one benchmark. Includes name their layer ("core/quant/quant.h"): one include root,
+# and tests/check_layers.sh (part of make test) fails on an include that points upward. Extra rules: mk/*.mk.
 
 BUILD ?= build
 CC ?= gcc
@@ -39,9 +41,11 @@ mark = $(if $(1),✓,✗)
 CSTD      := -std=c11 -D_GNU_SOURCE
 WARN      := -Wall -Wextra -Wno-unused-parameter -Wshadow -Wstrict-prototypes -Wvla
 OPT       ?= -O2 -g
+# CI (CI=true) builds with warnings as errors; a user's build with another compiler only warns.
+WERROR    := $(if $(CI),-Werror)
 DEPFLAGS   = -MMD -MP
-INCLUDES  := -Icore -Ikernels -Ieval -Idatasets
-CFLAGS_ALL = $(CSTD) $(OPT) $(WARN) $(INCLUDES) $(DEPFLAGS) \
+INCLUDES  := -I.
+CFLAGS_ALL = $(CSTD) $(OPT) $(WARN) $(WERROR) $(INCLUDES) $(DEPFLAGS) \
              $(if $(HAVE_OPENMP),-fopenmp) \
              $(shell pkg-config --cflags libcjson hdf5 2>/dev/null) $(BLAS_CFLAGS) \
              $(if $(HAVE_OPENBLAS),-DQLAB_HAVE_OPENBLAS) $(CFLAGS)
@@ -52,8 +56,11 @@ LDLIBS_ALL = $(shell pkg-config --libs libcjson hdf5 2>/dev/null) $(BLAS_LIBS) $
 AVX2_FLAGS   := -mavx2 -mfma -mf16c
 AVX512_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c
 
-LIB_SRCS   := $(wildcard core/*.c kernels/*.c eval/*.c datasets/*.c)
-CLI_SRCS   := $(wildcard core/cli/*.c)
+LIB_DIRS   := core/base core/formats core/results core/text core/quant core/model kernels datasets eval train \
+              experiments/harness
+LIB_SRCS   := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.c))
+LIB_HDRS   := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.h))
+CLI_SRCS   := $(wildcard cli/*.c)
 EXP_SRCS   := $(wildcard experiments/*.c)
 TEST_SRCS  := $(wildcard tests/test_*.c)
 BENCH_SRCS := $(wildcard tests/bench_*.c)
@@ -65,13 +72,15 @@ LIB       := $(BUILD)/lib/libqlab.a
 QLAB      := $(BUILD)/bin/qlab
 EXP_BINS  := $(patsubst experiments/%.c,$(BUILD)/bin/%,$(EXP_SRCS))
 TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
+# Source-tree checks run as tests: the include layering and the clang-format style.
+SCRIPT_TESTS := $(BUILD)/tests/test_layers $(BUILD)/tests/test_format
 BENCH_BINS:= $(patsubst tests/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
 
 .DEFAULT_GOAL := all
 .SECONDARY:
 V ?= 0
 Q := $(if $(filter 1,$(V)),,@)
-.PHONY: all help deps test bench cuda clean summary check-deps format experiments
+.PHONY: all help deps test bench cuda clean summary check-deps format format-check experiments
 
 all: summary $(LIB) $(QLAB) $(EXP_BINS) ## Build the library, the qlab tool and every experiment program
 
@@ -95,7 +104,7 @@ help: ## List the targets
 	@echo "Variables: BUILD=dir (default build), CONFIG=path (experiment config), OMP_NUM_THREADS=n"
 
 deps: ## Install the Debian/Ubuntu packages qlab needs (safe to run twice)
-	@pkgs="build-essential pkg-config libcjson-dev libhdf5-dev hdf5-tools gnuplot-nox libopenblas-dev libopenblas-openmp-dev zlib1g-dev curl ca-certificates"; \
+	@pkgs="build-essential pkg-config libcjson-dev libhdf5-dev hdf5-tools gnuplot-nox libopenblas-dev libopenblas-openmp-dev zlib1g-dev curl ca-certificates clang-format"; \
 	missing=""; for p in $$pkgs; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then echo "deps: all packages present"; exit 0; fi; \
 	echo "deps: installing$$missing"; \
@@ -146,14 +155,25 @@ $(BUILD)/bench/%: $(O)/tests/%.o $(LIB)
 	$(Q)$(CC) $(CFLAGS_ALL) $< $(LIB) $(LDLIBS_ALL) -o $@
 
 # ---------------------------------------------------------------- tests and benchmarks
-test: all $(TEST_BINS) ## Run the whole test suite (ends with "N passed, M failed")
+$(BUILD)/tests/test_layers: tests/scripts/check_layers.sh
+	@mkdir -p $(dir $@)
+	@printf '#!/bin/sh\ncd "%s" && exec tests/scripts/check_layers.sh\n' "$(CURDIR)" > $@ && chmod +x $@
+
+$(BUILD)/tests/test_format: tests/scripts/check_format.sh
+	@mkdir -p $(dir $@)
+	@printf '#!/bin/sh\ncd "%s" && exec tests/scripts/check_format.sh\n' "$(CURDIR)" > $@ && chmod +x $@
+
+format-check: ## Check every C/CUDA source against .clang-format (also part of make test)
+	@tests/scripts/check_format.sh
+
+test: all $(TEST_BINS) $(SCRIPT_TESTS) ## Run the whole test suite (ends with "N passed, M failed")
 	@QLAB_QUIET=1 QLAB_BUILD=$(BUILD) tests/run_tests.sh $(BUILD)/tests
 
 bench: all $(BENCH_BINS) ## Run the benchmarks; prints a table and writes results/bench.json
 	@tests/run_bench.sh $(BUILD)
 
 # ---------------------------------------------------------------- CUDA (compiled and linked here; run on a GPU)
-NVCC_FLAGS ?= -O2 -std=c++17 -Icore -Ikernels -gencode arch=compute_75,code=sm_75 -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90 -Xcompiler -Wall
+NVCC_FLAGS ?= -O2 -std=c++17 -I. -gencode arch=compute_75,code=sm_75 -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90 -Xcompiler -Wall
 CUDA_OBJS := $(CUDA_SRCS:%.cu=$(O)/%.cu.o)
 
 $(O)/%.cu.o: %.cu
@@ -183,8 +203,9 @@ experiment-%: all ## Run experiments/NAME.json (NAME with - for _), write result
 clean: ## Remove the build folder
 	rm -rf $(BUILD)
 
-format: ## Reformat the C sources with clang-format
-	clang-format -i $(LIB_SRCS) $(CLI_SRCS) $(EXP_SRCS) $(TEST_SRCS) $(BENCH_SRCS) $(wildcard core/*.h kernels/*.h eval/*.h datasets/*.h tests/*.h)
+format: ## Reformat the C and CUDA sources with clang-format (.clang-format)
+	clang-format -i $(LIB_SRCS) $(LIB_HDRS) $(CLI_SRCS) $(EXP_SRCS) $(TEST_SRCS) $(BENCH_SRCS) $(CUDA_SRCS) \
+	  $(wildcard cli/*.h tests/*.h)
 
 -include mk/*.mk
 -include $(shell find $(O) -name '*.d' 2>/dev/null)

@@ -4,59 +4,61 @@
  * a setting, a character who wants something, dialogue, an event, its consequence and an ending, so a
  * small model can learn real regularities: pronouns agree with the character, the wanted object recurs,
  * causes have effects. */
-#include "corpus.h"
+#include "datasets/corpus.h"
 
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "rng.h"
+#include "core/base/rng.h"
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
 /* ------------------------------------------------------------------------------------------------ words */
 
 static const char *const girl_names[] = {
-    "Lily", "Mia", "Sue", "Anna", "Emma", "Lucy", "Zoe", "Amy", "Kate", "Rose", "Ella", "Sara",
-    "Jane", "Molly", "Daisy", "Ruby", "Lola", "Nina", "Sophie", "Grace", "Chloe", "Ivy", "Maya", "Hannah",
+    "Lily", "Mia",   "Sue",   "Anna", "Emma", "Lucy", "Zoe",    "Amy",   "Kate",  "Rose", "Ella", "Sara",
+    "Jane", "Molly", "Daisy", "Ruby", "Lola", "Nina", "Sophie", "Grace", "Chloe", "Ivy",  "Maya", "Hannah",
 };
 static const char *const boy_names[] = {
-    "Tim", "Ben", "Max", "Sam", "Tom", "Jack", "Leo", "Finn", "Joe", "Bob", "Dan", "Jake",
+    "Tim",  "Ben",  "Max",    "Sam",  "Tom",   "Jack",  "Leo",   "Finn",  "Joe",  "Bob",  "Dan",  "Jake",
     "Luke", "Noah", "Oliver", "Toby", "Timmy", "Billy", "Sammy", "Peter", "Alex", "Ryan", "Owen", "Eli",
 };
 static const char *const animals[] = {
-    "cat", "dog", "bunny", "bear", "fox", "mouse", "duck", "frog", "bird", "puppy", "kitten", "squirrel",
-    "pig", "owl", "turtle", "lion", "monkey", "elephant", "horse", "sheep", "cow", "goat", "deer", "hen",
+    "cat",    "dog",      "bunny",  "bear",     "fox", "mouse", "duck",   "frog",
+    "bird",   "puppy",    "kitten", "squirrel", "pig", "owl",   "turtle", "lion",
+    "monkey", "elephant", "horse",  "sheep",    "cow", "goat",  "deer",   "hen",
 };
 /* Things a character can own, lose, share or wish for. */
 static const char *const toys[] = {
-    "ball", "kite", "doll", "teddy bear", "toy car", "book", "hat", "box", "balloon", "drum",
-    "bike", "boat", "train", "blanket", "shell", "key", "cup", "scarf", "necklace", "truck",
-    "puzzle", "robot", "whistle", "bucket", "crown", "flag", "wagon", "jar", "umbrella", "rock",
+    "ball",   "kite",  "doll",    "teddy bear", "toy car", "book", "hat",   "box",   "balloon",  "drum",
+    "bike",   "boat",  "train",   "blanket",    "shell",   "key",  "cup",   "scarf", "necklace", "truck",
+    "puzzle", "robot", "whistle", "bucket",     "crown",   "flag", "wagon", "jar",   "umbrella", "rock",
 };
-static const char *const colors[] = {"red", "blue", "green", "yellow", "pink", "purple", "orange", "white",
-                                     "brown", "gold"};
-static const char *const qualities[] = {"big", "small", "shiny", "soft", "pretty", "new", "old", "round",
-                                        "special", "tiny", "bright", "funny", "fancy", "little"};
-static const char *const foods[] = {"apple", "cookie", "cake", "banana", "sandwich", "carrot", "pie",
-                                    "muffin", "orange", "pear", "cupcake", "peach"};
+static const char *const colors[] = {"red",    "blue",   "green", "yellow", "pink",
+                                     "purple", "orange", "white", "brown",  "gold"};
+static const char *const qualities[] = {"big",   "small",   "shiny", "soft",   "pretty", "new",   "old",
+                                        "round", "special", "tiny",  "bright", "funny",  "fancy", "little"};
+static const char *const foods[] = {"apple", "cookie", "cake",   "banana", "sandwich", "carrot",
+                                    "pie",   "muffin", "orange", "pear",   "cupcake",  "peach"};
 static const char *const pie_fruits[] = {"apple", "cherry", "peach", "pear", "berry", "pumpkin", "plum"};
 static const char *const happy_words[] = {"happy", "glad", "very happy", "so happy", "excited"};
 static const char *const sad_words[] = {"sad", "upset", "very sad", "worried", "unhappy"};
-static const char *const traits[] = {"kind", "curious", "brave", "shy", "happy", "funny", "clever", "gentle",
-                                     "friendly", "playful"};
-static const char *const scary_things[] = {"the dark", "the big waves", "the loud thunder", "the tall slide",
-                                           "the deep water", "the old barn", "the big dog", "the high tree"};
+static const char *const traits[] = {"kind",  "curious", "brave",  "shy",      "happy",
+                                     "funny", "clever",  "gentle", "friendly", "playful"};
+static const char *const scary_things[] = {"the dark",       "the big waves",  "the loud thunder",
+                                           "the tall slide", "the deep water", "the old barn",
+                                           "the big dog",    "the high tree"};
 /* Lines said by a character who is stuck. */
-static const char *const stuck_spots[] = {"up in a tall tree", "in a deep hole", "in the thick mud",
+static const char *const stuck_spots[] = {"up in a tall tree", "in a deep hole",   "in the thick mud",
                                           "under a heavy log", "in a thorny bush", "on a high rock"};
 
 typedef struct {
-    const char *name;       /* "park" */
-    const char *activity;   /* "play on the swings" */
-    const char *activity2;  /* "run on the grass" */
-    const char *hide_spot;  /* where a lost thing turns up: "under the slide" */
-    const char *at;         /* "in the park", "at the beach", "on the farm" */
+    const char *name;      /* "park" */
+    const char *activity;  /* "play on the swings" */
+    const char *activity2; /* "run on the grass" */
+    const char *hide_spot; /* where a lost thing turns up: "under the slide" */
+    const char *at;        /* "in the park", "at the beach", "on the farm" */
 } place;
 
 static const place places[] = {
@@ -91,7 +93,8 @@ static void put_char(text_builder *t, char c) {
     if (t->article_at >= 0 && isalpha((unsigned char)c)) {
         /* First letter of the word after "{a}": decide between "a" and "an". */
         if (strchr("aeiouAEIOU", c) && t->len + 1 < t->cap) {
-            memmove(t->buf + t->article_at + 2, t->buf + t->article_at + 1, t->len - (size_t)t->article_at - 1);
+            memmove(t->buf + t->article_at + 2, t->buf + t->article_at + 1,
+                    t->len - (size_t)t->article_at - 1);
             t->buf[t->article_at + 1] = 'n';
             t->len++;
         }
@@ -111,7 +114,8 @@ static void put_char(text_builder *t, char c) {
 }
 
 static void put_text(text_builder *t, const char *s) {
-    for (; *s; s++) put_char(t, *s);
+    for (; *s; s++)
+        put_char(t, *s);
 }
 
 /* Slots of one story: the character, a friend, the thing the story turns on, the place. */
@@ -126,11 +130,13 @@ typedef struct {
     const place *where2;
 } story;
 
-static const char *pick(rng_state *r, const char *const *list, size_t n) { return list[rng_below(r, n)]; }
+static const char *pick(rng_state *r, const char *const *list, size_t n) {
+    return list[rng_below(r, n)];
+}
 #define PICK(r, list) pick((r), (list), COUNT(list))
 
 static const char *slot(const story *s, const char *key, size_t n) {
-#define KEY(k, v)                                                                                  \
+#define KEY(k, v)                                                                                            \
     if (n == sizeof(k) - 1 && !memcmp(key, k, n)) return v
     KEY("name", s->name);
     KEY("he", s->he);
@@ -188,14 +194,18 @@ static void expand(story *s, const char *fmt) {
             /* Count the alternatives, choose one, copy it through a small buffer and expand it. */
             const char *end = strchr(p, ']');
             int n_alt = 1;
-            for (const char *q = p + 1; q < end; q++) n_alt += *q == '|';
+            for (const char *q = p + 1; q < end; q++)
+                n_alt += *q == '|';
             int chosen = (int)rng_below(s->rng, (uint64_t)n_alt);
             const char *start = p + 1;
-            for (int i = 0; i < chosen; i++) start = strchr(start, '|') + 1;
+            for (int i = 0; i < chosen; i++)
+                start = strchr(start, '|') + 1;
             const char *stop = start;
-            while (stop < end && *stop != '|') stop++;
+            while (stop < end && *stop != '|')
+                stop++;
             char piece[256];
-            size_t len = (size_t)(stop - start) < sizeof piece - 1 ? (size_t)(stop - start) : sizeof piece - 1;
+            size_t len =
+                (size_t)(stop - start) < sizeof piece - 1 ? (size_t)(stop - start) : sizeof piece - 1;
             memcpy(piece, start, len);
             piece[len] = 0;
             expand(s, piece);
@@ -216,41 +226,73 @@ static void say(story *s, const char *fmt) {
     expand(s, fmt);
 }
 
-static void paragraph(story *s) { put_char(s->out, '\n'); }
+static void paragraph(story *s) {
+    put_char(s->out, '\n');
+}
 
-static int chance(story *s, int percent) { return (int)rng_below(s->rng, 100) < percent; }
+static int chance(story *s, int percent) {
+    return (int)rng_below(s->rng, 100) < percent;
+}
 
 /* ------------------------------------------------------------------------------------- story parts */
 
 static void opening(story *s) {
     switch (rng_below(s->rng, 5)) {
-    case 0: say(s, "Once upon a time, there was {a} [little|young|small] {kind} named {name}."); break;
-    case 1: say(s, "Once upon a time, in a [small|quiet|sunny] town, there lived {a} {trait} {kind} named {name}."); break;
-    case 2: say(s, "There was once {a} {trait} {kind} called {name}."); break;
-    case 3: say(s, "{name} was {a} {trait} little {kind}."); break;
-    default: say(s, "Once upon a time, there was {a} {kind}. [^{his} name was {name}.|^{he} was called {name}.]");
+    case 0:
+        say(s, "Once upon a time, there was {a} [little|young|small] {kind} named {name}.");
+        break;
+    case 1:
+        say(s,
+            "Once upon a time, in a [small|quiet|sunny] town, there lived {a} {trait} {kind} named {name}.");
+        break;
+    case 2:
+        say(s, "There was once {a} {trait} {kind} called {name}.");
+        break;
+    case 3:
+        say(s, "{name} was {a} {trait} little {kind}.");
+        break;
+    default:
+        say(s, "Once upon a time, there was {a} {kind}. [^{his} name was {name}.|^{he} was called {name}.]");
     }
     switch (rng_below(s->rng, 4)) {
-    case 0: say(s, "{he} loved to {activity} {at_place}."); break;
-    case 1: say(s, "Every day, {he} liked to go to the {place} to {activity}."); break;
-    case 2: say(s, "{he} lived near {a} [big|pretty|quiet] {place} and [loved|liked] to {activity2} there."); break;
-    default: say(s, "{his} favorite thing to do was to {activity}.");
+    case 0:
+        say(s, "{he} loved to {activity} {at_place}.");
+        break;
+    case 1:
+        say(s, "Every day, {he} liked to go to the {place} to {activity}.");
+        break;
+    case 2:
+        say(s, "{he} lived near {a} [big|pretty|quiet] {place} and [loved|liked] to {activity2} there.");
+        break;
+    default:
+        say(s, "{his} favorite thing to do was to {activity}.");
     }
 }
 
 static void own_toy(story *s) {
     switch (rng_below(s->rng, 3)) {
-    case 0: say(s, "{he} had {a} {color} {toy} that {he} loved very much."); break;
-    case 1: say(s, "{his} favorite toy was {a} {quality} {color} {toy}."); break;
-    default: say(s, "{name} always took {his} {color} {toy} with {him} everywhere.");
+    case 0:
+        say(s, "{he} had {a} {color} {toy} that {he} loved very much.");
+        break;
+    case 1:
+        say(s, "{his} favorite toy was {a} {quality} {color} {toy}.");
+        break;
+    default:
+        say(s, "{name} always took {his} {color} {toy} with {him} everywhere.");
     }
 }
 
 static void meet_friend(story *s) {
     switch (rng_below(s->rng, 3)) {
-    case 0: say(s, "[Soon|Then|Just then], {name} saw {a} {fkind} named {friend}."); break;
-    case 1: say(s, "{his} friend {friend}, {a} [little|kind|friendly] {fkind}, came to [play|say hello|see {him}]."); break;
-    default: say(s, "{a} {fkind} named {friend} walked up to {name}.");
+    case 0:
+        say(s, "[Soon|Then|Just then], {name} saw {a} {fkind} named {friend}.");
+        break;
+    case 1:
+        say(s,
+            "{his} friend {friend}, {a} [little|kind|friendly] {fkind}, came to [play|say hello|see {him}].");
+        break;
+    default:
+        say(s, "{a} {fkind} named {friend} walked up to {name}.");
     }
 }
 
@@ -266,13 +308,15 @@ static void plan_lost_toy(story *s) {
     paragraph(s);
     say(s, "[One day|One sunny day|One morning], {name} took {his} {toy} to the {place}.");
     say(s, "{he} [played with it all day|played and played|had lots of fun with it].");
-    say(s, "[When it was time to go home|Later|After a while], {he} looked for {his} {toy}, but it was gone!");
+    say(s,
+        "[When it was time to go home|Later|After a while], {he} looked for {his} {toy}, but it was gone!");
     say(s, "{name} felt {sad}. \"^Where is my {toy}?\" {he} [cried|asked|said].");
     paragraph(s);
     meet_friend(s);
     say(s, "\"^I will help you find it,\" [said {friend}|{friend} said].");
     say(s, "They looked [everywhere|high and low|all around the {place}].");
-    if (chance(s, 50)) say(s, "They looked behind the trees and under the benches, but they did not see the {toy}.");
+    if (chance(s, 50))
+        say(s, "They looked behind the trees and under the benches, but they did not see the {toy}.");
     say(s, "[At last|Finally|Then], {friend} found the {color} {toy} {hide}!");
     paragraph(s);
     say(s, "{name} was {happy}. \"^Thank you, {friend}!\" {he} said, and gave {fhim} a big hug.");
@@ -324,16 +368,25 @@ static void plan_help_animal(story *s) {
     say(s, "[One day|One afternoon|One morning], {name} went to the {place} to {activity}.");
     say(s, "{he} heard a [small|little|soft] sound. It was {a} {animal} {stuck}!");
     say(s, "\"^Help! Help!\" cried the {animal}. \"^I cannot get out!\"");
-    say(s, "{name} felt [sorry for the {animal}|{sad} for the {animal}]. \"^Don't worry, I will help you,\" {he} said.");
+    say(s, "{name} felt [sorry for the {animal}|{sad} for the {animal}]. \"^Don't worry, I will help you,\" "
+           "{he} said.");
     paragraph(s);
     switch (rng_below(s->rng, 3)) {
-    case 0: say(s, "{he} [thought hard|looked around] and found a long stick. {he} used the stick to help the {animal}."); break;
-    case 1: say(s, "{he} ran to get {his} {parent}. {his} {parent} came and helped the {animal} out."); break;
-    default: say(s, "{he} pulled and pulled, and at last the {animal} was free.");
+    case 0:
+        say(s, "{he} [thought hard|looked around] and found a long stick. {he} used the stick to help the "
+               "{animal}.");
+        break;
+    case 1:
+        say(s, "{he} ran to get {his} {parent}. {his} {parent} came and helped the {animal} out.");
+        break;
+    default:
+        say(s, "{he} pulled and pulled, and at last the {animal} was free.");
     }
     say(s, "The {animal} was {happy}. \"^Thank you, {name}! You are very kind,\" said the {animal}.");
-    if (chance(s, 50)) say(s, "The {animal} gave {name} {a} {food} to say thank you.");
-    else say(s, "The {animal} and {name} played {at_place} until the sun went down.");
+    if (chance(s, 50))
+        say(s, "The {animal} gave {name} {a} {food} to say thank you.");
+    else
+        say(s, "The {animal} and {name} played {at_place} until the sun went down.");
     static const char *const morals[] = {
         "{name} felt proud that {he} had helped.",
         "From then on, the {animal} came to visit {name} every day.",
@@ -347,13 +400,16 @@ static void plan_wish(story *s) {
     paragraph(s);
     say(s, "One day, {name} [saw|found] {a} {quality} {color} {toy} in a shop window.");
     say(s, "{he} wanted it very much. \"^Can I have the {toy}, please?\" {he} asked {his} {parent}.");
-    say(s, "{his} {parent} said, \"^Not today. [We have to wait|It costs too much money|Maybe for your birthday].\"");
+    say(s, "{his} {parent} said, \"^Not today. [We have to wait|It costs too much money|Maybe for your "
+           "birthday].\"");
     say(s, "{name} felt {sad}, but {he} did not cry.");
     paragraph(s);
     switch (rng_below(s->rng, 2)) {
     case 0:
-        say(s, "{name} helped {his} {parent} every day. {he} [cleaned {his} room|washed the cups|fed the {animal}|picked up {his} toys].");
-        say(s, "[After many days|One week later|Soon], {his} {parent} gave {him} a box. Inside was the {color} {toy}!");
+        say(s, "{name} helped {his} {parent} every day. {he} [cleaned {his} room|washed the cups|fed the "
+               "{animal}|picked up {his} toys].");
+        say(s, "[After many days|One week later|Soon], {his} {parent} gave {him} a box. Inside was the "
+               "{color} {toy}!");
         break;
     default:
         say(s, "{name} had an idea. {he} made {his} own {toy} with paper, glue and {a} {color} string.");
@@ -376,7 +432,8 @@ static void plan_weather(story *s) {
     case 0:
         say(s, "Suddenly, the sky turned dark and it started to rain.");
         say(s, "\"^Oh no! We are getting wet!\" said {friend}.");
-        say(s, "They ran home as fast as they could. [They were wet from head to toe.|Their shoes were full of water.]");
+        say(s, "They ran home as fast as they could. [They were wet from head to toe.|Their shoes were full "
+               "of water.]");
         paragraph(s);
         say(s, "{name}'s {parent} gave them warm towels and hot milk. Soon they were dry and warm.");
         say(s, "They sat by the window and watched the rain.");
@@ -426,7 +483,8 @@ static void plan_warning(story *s) {
     opening(s);
     own_toy(s);
     paragraph(s);
-    say(s, "One day, {name}'s {parent} said, \"^Do not take your {toy} near the {place2}. It might get lost.\"");
+    say(s,
+        "One day, {name}'s {parent} said, \"^Do not take your {toy} near the {place2}. It might get lost.\"");
     say(s, "But {name} did not listen. {he} took {his} {toy} to the {place2} anyway.");
     switch (rng_below(s->rng, 2)) {
     case 0:
@@ -453,13 +511,15 @@ static void plan_baking(story *s) {
     opening(s);
     paragraph(s);
     say(s, "One day, {name} wanted to make {a} {fruit} pie with {his} {parent}.");
-    say(s, "\"^Can I help you bake, please?\" {he} asked. {his} {parent} smiled and said, \"^Yes, you can help me.\"");
+    say(s, "\"^Can I help you bake, please?\" {he} asked. {his} {parent} smiled and said, \"^Yes, you can "
+           "help me.\"");
     say(s, "They put flour, eggs and milk in a big bowl. {name} stirred and stirred.");
     paragraph(s);
     switch (rng_below(s->rng, 3)) {
     case 0:
         say(s, "When the pie came out of the oven, {name} wanted to eat it right away.");
-        say(s, "\"^Wait, it is too hot!\" said {his} {parent}. But {name} took a bite anyway and burned {his} tongue.");
+        say(s, "\"^Wait, it is too hot!\" said {his} {parent}. But {name} took a bite anyway and burned "
+               "{his} tongue.");
         say(s, "\"^Ouch!\" {he} cried. {his} {parent} gave {him} some cold water.");
         say(s, "After a while the pie was cool, and it tasted very good.");
         break;
@@ -470,7 +530,8 @@ static void plan_baking(story *s) {
         break;
     default:
         say(s, "The kitchen smelled so good that {his} friend {friend} came to see.");
-        say(s, "\"^What are you making?\" asked {friend}. \"^{a} {fruit} pie! You can have some too,\" said {name}.");
+        say(s, "\"^What are you making?\" asked {friend}. \"^{a} {fruit} pie! You can have some too,\" said "
+               "{name}.");
         say(s, "They ate the warm pie together, and {friend} said it was the best pie ever.");
     }
     static const char *const morals[] = {
@@ -508,8 +569,10 @@ static const story_plan plans[] = {plan_lost_toy, plan_sharing, plan_help_animal
 static void pick_character(rng_state *r, const char **name, const char **kind, int *female) {
     *female = (int)rng_below(r, 2);
     *name = *female ? PICK(r, girl_names) : PICK(r, boy_names);
-    if (rng_below(r, 3) == 0) *kind = PICK(r, animals);
-    else *kind = *female ? "girl" : "boy";
+    if (rng_below(r, 3) == 0)
+        *kind = PICK(r, animals);
+    else
+        *kind = *female ? "girl" : "boy";
 }
 
 static void write_story(rng_state *r, text_builder *t) {
@@ -519,7 +582,8 @@ static void write_story(rng_state *r, text_builder *t) {
     s.out = t;
     int female, friend_female;
     pick_character(r, &s.name, &s.kind, &female);
-    do pick_character(r, &s.friend_name, &s.fkind, &friend_female);
+    do
+        pick_character(r, &s.friend_name, &s.fkind, &friend_female);
     while (!strcmp(s.friend_name, s.name));
     s.he = female ? "she" : "he";
     s.him = female ? "her" : "him";
@@ -542,7 +606,8 @@ static void write_story(rng_state *r, text_builder *t) {
     s.scary = PICK(r, scary_things);
     s.stuck = PICK(r, stuck_spots);
     s.where = &places[rng_below(r, COUNT(places))];
-    do s.where2 = &places[rng_below(r, COUNT(places))];
+    do
+        s.where2 = &places[rng_below(r, COUNT(places))];
     while (s.where2 == s.where);
     plans[rng_below(r, COUNT(plans))](&s);
     put_char(t, '\n');
@@ -558,11 +623,14 @@ static uint64_t mix64(uint64_t z) {
 
 uint64_t corpus_text_hash(const char *text, size_t len) {
     uint64_t h = 0xcbf29ce484222325ULL;
-    for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)text[i]) * 0x100000001b3ULL;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)text[i]) * 0x100000001b3ULL;
     return h;
 }
 
-const char *corpus_split_name(corpus_split split) { return split == CORPUS_HELDOUT ? "heldout" : "train"; }
+const char *corpus_split_name(corpus_split split) {
+    return split == CORPUS_HELDOUT ? "heldout" : "train";
+}
 
 void corpus_begin(corpus_generator *g, uint64_t seed, corpus_split split) {
     g->seed = seed;

@@ -8,7 +8,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "common.h"
+#include "core/base/common.h"
 
 /* Text format: each story is a few lines ("paragraphs") ending in '\n' and never contains an empty line;
  * stories are separated by one empty line, i.e. the separator between two stories is exactly "\n\n".
@@ -40,10 +40,10 @@ size_t corpus_next_story(corpus_generator *g, char *buf, size_t cap);
 #define CORPUS_MAX_STORY_BYTES 4096
 
 /* Generates whole stories of the split, joined by one empty line (an extra "\n" between two stories, none
- * after the last), until at least n_bytes bytes have been written or n_stories stories (0 = no limit on that count; at least one limit must be non-zero). The output
- * therefore ends with a story's final '\n' and is at most one story longer than n_bytes.
- * corpus_generate returns a malloc'd NUL-terminated buffer; corpus_write streams to f (name is used in
- * error messages). */
+ * after the last), until at least n_bytes bytes have been written or n_stories stories (0 = no limit on that
+ * count; at least one limit must be non-zero). The output therefore ends with a story's final '\n' and is at
+ * most one story longer than n_bytes. corpus_generate returns a malloc'd NUL-terminated buffer; corpus_write
+ * streams to f (name is used in error messages). */
 qlab_status corpus_generate(uint64_t seed, corpus_split split, size_t n_bytes, size_t n_stories, char **text,
                             size_t *len);
 qlab_status corpus_write(uint64_t seed, corpus_split split, size_t n_bytes, size_t n_stories, FILE *f,

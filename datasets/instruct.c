@@ -1,7 +1,7 @@
 /* Instruction-tuning data: loaders (Alpaca JSON, OASST1 JSON lines plain or gzip'd, Vicuna prompts), the
  * qlora prompt formats, tokenization into (tokens, targets) rows with the prompt masked, and the seeded
  * split and batch order. See instruct.h for the policies. */
-#include "instruct.h"
+#include "datasets/instruct.h"
 
 #include <cjson/cJSON.h>
 #include <stdarg.h>
@@ -9,8 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gzip.h"
-#include "rng.h"
+#include "core/base/gzip.h"
+#include "core/base/rng.h"
 
 const char *instruct_source_name(instruct_source s) {
     switch (s) {

@@ -8,8 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "common.h"
-#include "tokenizer.h"
+#include "core/base/common.h"
+#include "core/text/tokenizer.h"
 
 typedef enum {
     INSTRUCT_SOURCE_ALPACA = 0, /* {instruction, input, output}, prompt from the Alpaca template */
@@ -112,9 +112,9 @@ qlab_status instruct_encode(const tokenizer *tok, const instruct_record *records
 void instruct_examples_free(instruct_examples *e);
 
 /* ---- Split and batches ---- */
-/* Deterministic split of n items: a seeded Fisher-Yates shuffle (core/rng.h) of 0..n-1 puts its first n_eval
- * entries in eval, the rest in train; each list is then sorted ascending so it reads as a set (the batch
- * order comes from the batcher). 0 <= n_eval <= n. Arrays malloc'd (free() them; NULL when empty). */
+/* Deterministic split of n items: a seeded Fisher-Yates shuffle (core/base/rng.h) of 0..n-1 puts its first
+ * n_eval entries in eval, the rest in train; each list is then sorted ascending so it reads as a set (the
+ * batch order comes from the batcher). 0 <= n_eval <= n. Arrays malloc'd (free() them; NULL when empty). */
 qlab_status instruct_split(int n, int n_eval, uint64_t seed, int **train_index, int *n_train,
                            int **eval_index, int *n_eval_out);
 /* Copies the records listed in index into a new set (deep copy). */

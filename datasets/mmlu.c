@@ -1,13 +1,12 @@
 /* MMLU: per-subject CSVs from the release archive, Hendrycks' k-shot prompt format, prompt tokenization
  * with shrinking k, and the answer-token logit comparison. See mmlu.h. */
-#include "mmlu.h"
+#include "datasets/mmlu.h"
+#include "core/base/tar.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "judge.h"
 
 static const char MMLU_HEADER[] = "The following are multiple choice questions (with answers) about ";
 static const char MMLU_LETTERS[] = "ABCD";
@@ -211,8 +210,8 @@ static int compare_subjects(const void *a, const void *b) {
 
 qlab_status mmlu_load(const char *archive_path, mmlu_data *out) {
     memset(out, 0, sizeof *out);
-    judge_archive a;
-    QLAB_TRY(judge_archive_read(archive_path, &a));
+    tar_archive a;
+    QLAB_TRY(tar_archive_read(archive_path, &a));
     static const char *const suffixes[3] = {"_dev.csv", "_val.csv", "_test.csv"};
     qlab_status st = QLAB_OK;
     int cap = 0;
@@ -266,7 +265,7 @@ qlab_status mmlu_load(const char *archive_path, mmlu_data *out) {
         }
         st = parse_csv(archive_path, member, a.entries[e].data, a.entries[e].size, slot, count);
     }
-    judge_archive_free(&a);
+    tar_archive_free(&a);
     if (st == QLAB_OK && out->n_subjects == 0)
         st = qlab_fail(QLAB_ERR_FORMAT, "%s: no <subject>_dev/_val/_test.csv files in the archive",
                        archive_path);

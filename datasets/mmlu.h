@@ -5,8 +5,8 @@
 #ifndef QLAB_MMLU_H
 #define QLAB_MMLU_H
 
-#include "common.h"
-#include "tokenizer.h"
+#include "core/base/common.h"
+#include "core/text/tokenizer.h"
 
 typedef struct {
     char *question;

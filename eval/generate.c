@@ -1,6 +1,6 @@
 /* Sampling loop for `qlab generate`; see generate.h. Each step runs the model over the whole sequence so
  * far (no KV cache): quadratic, but the models qlab generates from are small and the code stays simple. */
-#include "generate.h"
+#include "eval/generate.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -30,8 +30,10 @@ int generate_sample(float *logits, int vocab, const generate_options *opt, rng_s
         if (logits[i] > mx) mx = logits[i];
     }
     double sum = 0;
-    for (int i = 0; i < vocab; i++) sum += (logits[i] = expf(logits[i] - mx));
-    for (int i = 0; i < vocab; i++) logits[i] = (float)(logits[i] / sum);
+    for (int i = 0; i < vocab; i++)
+        sum += (logits[i] = expf(logits[i] - mx));
+    for (int i = 0; i < vocab; i++)
+        logits[i] = (float)(logits[i] / sum);
     double coin = rng_uniform(rng);
     if (opt->top_p <= 0.0f || opt->top_p >= 1.0f) {
         double cdf = 0;
@@ -43,7 +45,8 @@ int generate_sample(float *logits, int vocab, const generate_options *opt, rng_s
     }
     prob_index *pi = malloc(sizeof *pi * (size_t)vocab);
     if (!pi) return 0;
-    for (int i = 0; i < vocab; i++) pi[i] = (prob_index){logits[i], i};
+    for (int i = 0; i < vocab; i++)
+        pi[i] = (prob_index){logits[i], i};
     qsort(pi, (size_t)vocab, sizeof *pi, by_prob_desc);
     double cumulative = 0;
     int last = vocab - 1;
@@ -72,7 +75,8 @@ qlab_status generate(model *m, const int *prompt, int n_prompt, const generate_o
     const model_config *cfg = model_get_config(m);
     if (n_prompt < 1) return qlab_fail(QLAB_ERR_ARG, "generation needs at least one prompt token (BOS)");
     if (opt->max_tokens > cfg->seq_len || opt->max_tokens < n_prompt)
-        return qlab_fail(QLAB_ERR_ARG, "--steps %d must be between the prompt length %d and the model's context %d",
+        return qlab_fail(QLAB_ERR_ARG,
+                         "--steps %d must be between the prompt length %d and the model's context %d",
                          opt->max_tokens, n_prompt, cfg->seq_len);
     float *logits = qlab_calloc((size_t)opt->max_tokens * cfg->vocab_size, sizeof(float));
     if (!logits) return QLAB_ERR_NOMEM;

@@ -5,15 +5,15 @@
 
 #include <stdint.h>
 
-#include "common.h"
-#include "model.h"
-#include "rng.h"
+#include "core/base/common.h"
+#include "core/model/model.h"
+#include "core/base/rng.h"
 
 typedef struct {
     float temperature; /* 0 = greedy argmax */
     float top_p;       /* nucleus sampling threshold in (0,1); >= 1 samples the full distribution */
     uint64_t seed;
-    int max_tokens; /* total sequence length including the prompt (<= the model's seq_len) */
+    int max_tokens;           /* total sequence length including the prompt (<= the model's seq_len) */
     int stop_id_a, stop_id_b; /* token ids that end generation (e.g. BOS and EOS); -1 for none */
 } generate_options;
 

@@ -1,7 +1,7 @@
 /* Reading GPT-4 judge reviews and scoring chatbots from them: Table 6's "% of ChatGPT" (ratio of summed
  * 10-point scores, mean of both answer orders) and Elo over random orderings of the three-class pairwise
  * verdicts (QLoRA §5; ../shared/docs/PAPER.md §5). */
-#include "judge.h"
+#include "eval/judge.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "rng.h"
+#include "core/base/rng.h"
 
 /* ---------------------------------------------------------------- review text */
 
@@ -163,7 +163,9 @@ static qlab_status copy_id(const cJSON *o, const char *key, char *out, const cha
 }
 
 /* Scores are on the prompt's 1..10 scale; 0 is allowed, anything else outside it is a broken file. */
-static int valid_score(double s) { return s >= 0 && s <= 10; }
+static int valid_score(double s) {
+    return s >= 0 && s <= 10;
+}
 
 static qlab_status parse_line(const char *name, int line, const char *text, size_t len, judge_kind kind,
                               judge_rating *r) {
@@ -294,7 +296,8 @@ static int file_has_answer(const judge_file *f, int question, const char *id) {
 }
 
 qlab_status judge_find_reference(judge_file *files, int nfiles) {
-    if (nfiles < 2) return qlab_fail(QLAB_ERR_ARG, "judge_find_reference: need at least 2 files, got %d", nfiles);
+    if (nfiles < 2)
+        return qlab_fail(QLAB_ERR_ARG, "judge_find_reference: need at least 2 files, got %d", nfiles);
     for (int f = 0; f < nfiles; f++)
         for (int i = 0; i < files[f].count; i++) {
             judge_rating *r = &files[f].ratings[i];
@@ -323,7 +326,9 @@ qlab_status judge_find_reference(judge_file *files, int nfiles) {
                 for (int j = 0; j < files[g].count; j++) {
                     judge_rating *s = &files[g].ratings[j];
                     if (s->question_id != r->question_id) continue;
-                    s->reference = !strcmp(s->answer_id[0], found) ? 0 : !strcmp(s->answer_id[1], found) ? 1 : -1;
+                    s->reference = !strcmp(s->answer_id[0], found)   ? 0
+                                   : !strcmp(s->answer_id[1], found) ? 1
+                                                                     : -1;
                 }
         }
     return QLAB_OK;

@@ -8,24 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "common.h"
-
-/* ---------------------------------------------------------------- archives */
-typedef struct {
-    char *path; /* path inside the archive */
-    char *data; /* the member's bytes, NUL-terminated (size excludes the NUL) */
-    size_t size;
-} judge_archive_entry;
-
-typedef struct {
-    int count;
-    judge_archive_entry *entries; /* regular files only, in archive order */
-} judge_archive;
-
-/* Reads every regular file of a tar archive, gzip-compressed (.tar.gz) or not, into memory. Understands
- * ustar names with prefixes and the pax / GNU long-name records git-archive and GNU tar write. */
-qlab_status judge_archive_read(const char *path, judge_archive *out);
-void judge_archive_free(judge_archive *a);
+#include "core/base/common.h"
 
 /* ---------------------------------------------------------------- rating files */
 typedef enum {
@@ -88,12 +71,12 @@ qlab_status judge_find_reference(judge_file *files, int nfiles);
 
 /* ---------------------------------------------------------------- Table 6: score relative to ChatGPT */
 typedef struct {
-    double percent[2];   /* 100 * sum(system) / sum(reference) with the reference as assistant 1 ([0]) or 2 */
-    double mean;         /* (percent[0] + percent[1]) / 2 */
+    double percent[2]; /* 100 * sum(system) / sum(reference) with the reference as assistant 1 ([0]) or 2 */
+    double mean;       /* (percent[0] + percent[1]) / 2 */
     double ci95_low, ci95_high; /* percentile bootstrap over questions of `mean` */
-    int n_questions[2];  /* reviews used per order */
-    int n_recovered;     /* reviews whose scores came from the text */
-    int n_missing;       /* reviews without usable scores (ignored) */
+    int n_questions[2];         /* reviews used per order */
+    int n_recovered;            /* reviews whose scores came from the text */
+    int n_missing;              /* reviews without usable scores (ignored) */
 } judge_relative_score;
 
 /* The relative score of one system from all its reviews against the reference (typically two files, one

@@ -1,13 +1,13 @@
 /* Perplexity and distance-from-reference evaluation; see ppl.h for the two window protocols.
  * Per-position numbers are computed in parallel into arrays and reduced in a fixed order, so results are
  * bit-identical for a given thread count (and, for the reduction itself, for any). */
-#include "ppl.h"
+#include "eval/ppl.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "progress.h"
+#include "core/base/progress.h"
 
 int64_t ppl_plan_windows(int64_t n, const ppl_options *opt, ppl_window *windows, int64_t cap) {
     int64_t count = 0;
@@ -58,9 +58,11 @@ static int log_softmax_row(const float *logits, int V, double *out) {
     for (int i = 1; i < V; i++)
         if (logits[i] > mx) mx = logits[i], arg = i;
     double sum = 0;
-    for (int i = 0; i < V; i++) sum += exp((double)logits[i] - mx);
+    for (int i = 0; i < V; i++)
+        sum += exp((double)logits[i] - mx);
     double lse = mx + log(sum);
-    for (int i = 0; i < V; i++) out[i] = (double)logits[i] - lse;
+    for (int i = 0; i < V; i++)
+        out[i] = (double)logits[i] - lse;
     return arg;
 }
 
@@ -101,12 +103,14 @@ static qlab_status evaluate(model *m, model *ref, const ppl_reference *ref_cache
     if (!windows) return QLAB_ERR_NOMEM;
     ppl_plan_windows(n, opt, windows, n_windows);
     int64_t n_scored = 0;
-    for (int64_t w = 0; w < n_windows; w++) n_scored += windows[w].len - 1 - windows[w].score_from;
+    for (int64_t w = 0; w < n_windows; w++)
+        n_scored += windows[w].len - 1 - windows[w].score_from;
     if (ref_cache && (ref_cache->vocab != V || ref_cache->n_scored != n_scored)) {
         free(windows);
-        return qlab_fail(QLAB_ERR_ARG,
-                         "cached reference holds %lld positions of vocabulary %d; this evaluation scores %lld of %d",
-                         (long long)ref_cache->n_scored, ref_cache->vocab, (long long)n_scored, V);
+        return qlab_fail(
+            QLAB_ERR_ARG,
+            "cached reference holds %lld positions of vocabulary %d; this evaluation scores %lld of %d",
+            (long long)ref_cache->n_scored, ref_cache->vocab, (long long)n_scored, V);
     }
     int has_ref = ref || ref_cache;
 
@@ -132,7 +136,8 @@ static qlab_status evaluate(model *m, model *ref, const ppl_reference *ref_cache
     for (int64_t w0 = 0; w0 < n_windows;) {
         /* A batch is a run of consecutive windows of equal length (all but a sliding protocol's last). */
         int B = 0, T = windows[w0].len;
-        while (B < batch && w0 + B < n_windows && windows[w0 + B].len == T) B++;
+        while (B < batch && w0 + B < n_windows && windows[w0 + B].len == T)
+            B++;
         for (int b = 0; b < B; b++)
             memcpy(batch_tokens + (size_t)b * T, tokens + windows[w0 + b].start, sizeof(int) * (size_t)T);
         st = model_forward(m, batch_tokens, NULL, B, T, logits, NULL);
@@ -161,13 +166,16 @@ static qlab_status evaluate(model *m, model *ref, const ppl_reference *ref_cache
                     int arg = log_softmax_row(logits + row, V, lp);
                     s->nll = -lp[target];
                     if (capture)
-                        memcpy(capture + (size_t)(scored_so_far + k) * (size_t)V, logits + row, sizeof(float) * (size_t)V);
+                        memcpy(capture + (size_t)(scored_so_far + k) * (size_t)V, logits + row,
+                               sizeof(float) * (size_t)V);
                     if (has_ref) {
-                        const float *ref_row = ref_cache ? ref_cache->logits + (size_t)(scored_so_far + k) * (size_t)V
-                                                         : ref_logits + row;
+                        const float *ref_row =
+                            ref_cache ? ref_cache->logits + (size_t)(scored_so_far + k) * (size_t)V
+                                      : ref_logits + row;
                         int arg_ref = log_softmax_row(ref_row, V, lp_ref);
                         double kl = 0;
-                        for (int v = 0; v < V; v++) kl += exp(lp_ref[v]) * (lp_ref[v] - lp[v]);
+                        for (int v = 0; v < V; v++)
+                            kl += exp(lp_ref[v]) * (lp_ref[v] - lp[v]);
                         s->kl = kl > 0 ? kl : 0; /* rounding can give -1e-17 for identical models */
                         s->ref_nll = -lp_ref[target];
                         s->agree = arg == arg_ref;
@@ -215,7 +223,8 @@ static qlab_status evaluate(model *m, model *ref, const ppl_reference *ref_cache
             goto done;
         }
         double kl_sum = 0;
-        for (int64_t i = 0; i < n_scored; i++) kl_sum += (kl[i] = scores[i].kl);
+        for (int64_t i = 0; i < n_scored; i++)
+            kl_sum += (kl[i] = scores[i].kl);
         qsort(kl, (size_t)n_scored, sizeof(double), compare_double);
         out->has_reference = 1;
         out->kl_mean = kl_sum / (double)n_scored;
@@ -250,7 +259,8 @@ size_t ppl_reference_bytes(model *ref, int64_t n, const ppl_options *opt) {
     if (!windows) return 0;
     ppl_plan_windows(n, opt, windows, n_windows);
     int64_t n_scored = 0;
-    for (int64_t w = 0; w < n_windows; w++) n_scored += windows[w].len - 1 - windows[w].score_from;
+    for (int64_t w = 0; w < n_windows; w++)
+        n_scored += windows[w].len - 1 - windows[w].score_from;
     free(windows);
     return (size_t)n_scored * (size_t)model_get_config(ref)->vocab_size * sizeof(float);
 }
@@ -259,8 +269,9 @@ qlab_status ppl_reference_compute(model *ref, const int *tokens, int64_t n, cons
                                   ppl_reference *out) {
     memset(out, 0, sizeof *out);
     size_t bytes = ppl_reference_bytes(ref, n, opt);
-    if (bytes == 0) return qlab_fail(QLAB_ERR_ARG, "%lld tokens are too few for one window of --ctx %d",
-                                     (long long)n, opt->ctx);
+    if (bytes == 0)
+        return qlab_fail(QLAB_ERR_ARG, "%lld tokens are too few for one window of --ctx %d", (long long)n,
+                         opt->ctx);
     float *logits = qlab_alloc_aligned(bytes);
     if (!logits) return QLAB_ERR_NOMEM;
     ppl_result res;

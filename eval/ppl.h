@@ -6,8 +6,8 @@
 
 #include <stdint.h>
 
-#include "common.h"
-#include "model.h"
+#include "core/base/common.h"
+#include "core/model/model.h"
 
 typedef enum {
     /* llama.cpp's convention: non-overlapping windows of ctx tokens, scoring only the predictions in the
@@ -33,16 +33,16 @@ typedef struct {
 typedef struct {
     const char *protocol_name; /* "nonoverlap" or "sliding" */
     int ctx, stride;
-    int64_t n_tokens_used; /* tokens of the stream covered */
-    int64_t n_scored;      /* predictions scored */
-    double mean_nll;       /* nats per scored token */
-    double nll_stderr;     /* standard error of the mean NLL (tokens treated as independent) */
+    int64_t n_tokens_used;      /* tokens of the stream covered */
+    int64_t n_scored;           /* predictions scored */
+    double mean_nll;            /* nats per scored token */
+    double nll_stderr;          /* standard error of the mean NLL (tokens treated as independent) */
     double ppl, ppl_lo, ppl_hi; /* exp(mean_nll) and its 95% interval exp(mean +- 1.96 se) */
     /* Distance from the reference model; valid when has_reference. */
     int has_reference;
     double kl_mean, kl_p50, kl_p90, kl_p99, kl_max; /* KL(p_ref || p_model) per token, nats */
-    double top1_agree;       /* share of scored positions where both argmaxes agree */
-    double dprob_correct;    /* mean of p_model(correct) - p_ref(correct) */
+    double top1_agree;                              /* share of scored positions where both argmaxes agree */
+    double dprob_correct;                           /* mean of p_model(correct) - p_ref(correct) */
     double ref_mean_nll, ref_ppl;
 } ppl_result;
 

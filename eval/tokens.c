@@ -1,18 +1,18 @@
 /* Loading evaluation token streams; see tokens.h. */
-#include "tokens.h"
+#include "eval/tokens.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "npy.h"
-#include "tokenizer.h"
+#include "core/formats/npy.h"
+#include "core/text/tokenizer.h"
 
 static qlab_status load_npy_ids(const char *path, int **ids, int64_t *n) {
     npy_array arr;
     QLAB_TRY(npy_read(path, &arr));
     if (strcmp(arr.dtype, "<i4") != 0 && strcmp(arr.dtype, "<i8") != 0) {
-        qlab_status st = qlab_fail(QLAB_ERR_FORMAT, "%s: token ids must be int32 or int64, file holds %s", path,
-                                   arr.dtype);
+        qlab_status st = qlab_fail(QLAB_ERR_FORMAT, "%s: token ids must be int32 or int64, file holds %s",
+                                   path, arr.dtype);
         npy_free(&arr);
         return st;
     }
@@ -26,8 +26,8 @@ static qlab_status load_npy_ids(const char *path, int **ids, int64_t *n) {
         if (v < 0 || v > INT32_MAX) {
             free(out);
             npy_free(&arr);
-            return qlab_fail(QLAB_ERR_FORMAT, "%s: token id %lld at index %lld is negative or too large", path,
-                             (long long)v, (long long)i);
+            return qlab_fail(QLAB_ERR_FORMAT, "%s: token id %lld at index %lld is negative or too large",
+                             path, (long long)v, (long long)i);
         }
         out[i] = (int)v;
     }

@@ -5,7 +5,7 @@
 
 #include <stdint.h>
 
-#include "common.h"
+#include "core/base/common.h"
 
 /* Exactly one of text_path / npy_path is non-NULL. With text_path, tokenizer_path is required; the text
  * is encoded with a BOS at the start (as llama2.c and llama.cpp do). *ids is malloc'd. */

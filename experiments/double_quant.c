@@ -7,14 +7,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "checkpoint.h"
-#include "common.h"
-#include "config.h"
-#include "model.h"
-#include "progress.h"
-#include "quant.h"
-#include "results.h"
-#include "rng.h"
+#include "core/model/checkpoint.h"
+#include "core/base/common.h"
+#include "core/results/config.h"
+#include "core/model/model.h"
+#include "core/base/progress.h"
+#include "core/quant/quant.h"
+#include "core/results/results.h"
+#include "core/base/rng.h"
 
 static const config_key config_keys[] = {
     {"seed", CONFIG_INT, "1234", "seed of the synthetic weights (Gaussian: seed, Student-t: seed+1)"},

@@ -5,9 +5,9 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "common.h"
-#include "config.h"
-#include "finetune_grid.h"
+#include "core/base/common.h"
+#include "core/results/config.h"
+#include "experiments/harness/finetune_grid.h"
 
 static const config_key config_keys[] = {
     FINETUNE_GRID_CONFIG_KEYS,
@@ -53,7 +53,8 @@ static int add_cell(finetune_cell *cells, int *n, const finetune_options *base, 
 static qlab_status build_grid(const config *cfg, const finetune_options *base, finetune_cell *cells, int *n) {
     const char *path = config_path(cfg);
     int64_t rank = config_int(cfg, "rank");
-    if (rank < 1 || rank > 4096) return qlab_fail(QLAB_ERR_ARG, "%s: key 'rank' must be from 1 to 4096", path);
+    if (rank < 1 || rank > 4096)
+        return qlab_fail(QLAB_ERR_ARG, "%s: key 'rank' must be from 1 to 4096", path);
     *n = 0;
     if (config_bool(cfg, "full_finetune")) {
         finetune_cell *c = &cells[(*n)++];
@@ -67,13 +68,16 @@ static qlab_status build_grid(const config *cfg, const finetune_options *base, f
     for (int i = 0; i < config_array_length(cfg, "placements"); i++) {
         const char *name = config_string_at(cfg, "placements", i);
         unsigned targets;
-        if (lora_parse_targets(name, &targets) != QLAB_OK) return qlab_fail_context(QLAB_ERR_ARG, "%s: key 'placements'", path);
+        if (lora_parse_targets(name, &targets) != QLAB_OK)
+            return qlab_fail_context(QLAB_ERR_ARG, "%s: key 'placements'", path);
         if (!add_cell(cells, n, base, FINETUNE_LORA, targets, name, (int)rank))
             return qlab_fail(QLAB_ERR_ARG, "%s: more than %d configurations", path, MAX_CELLS);
     }
     for (int i = 0; i < config_array_length(cfg, "all_ranks"); i++) {
         int64_t r = config_int_at(cfg, "all_ranks", i);
-        if (r < 1 || r > 4096) return qlab_fail(QLAB_ERR_ARG, "%s: key 'all_ranks' holds %lld (need 1 to 4096)", path, (long long)r);
+        if (r < 1 || r > 4096)
+            return qlab_fail(QLAB_ERR_ARG, "%s: key 'all_ranks' holds %lld (need 1 to 4096)", path,
+                             (long long)r);
         int duplicate = 0;
         for (int j = 0; j < *n; j++)
             if (cells[j].options.mode == FINETUNE_LORA && cells[j].options.lora.targets == LORA_TARGETS_ALL &&
@@ -82,7 +86,8 @@ static qlab_status build_grid(const config *cfg, const finetune_options *base, f
         if (!duplicate && !add_cell(cells, n, base, FINETUNE_LORA, LORA_TARGETS_ALL, "all", (int)r))
             return qlab_fail(QLAB_ERR_ARG, "%s: more than %d configurations", path, MAX_CELLS);
     }
-    if (config_bool(cfg, "qlora") && !add_cell(cells, n, base, FINETUNE_QLORA, LORA_TARGETS_ALL, "all", (int)rank))
+    if (config_bool(cfg, "qlora") &&
+        !add_cell(cells, n, base, FINETUNE_QLORA, LORA_TARGETS_ALL, "all", (int)rank))
         return qlab_fail(QLAB_ERR_ARG, "%s: more than %d configurations", path, MAX_CELLS);
     if (*n == 0) return qlab_fail(QLAB_ERR_ARG, "%s: the grid is empty", path);
     return QLAB_OK;

@@ -11,20 +11,21 @@
 
 #include <cjson/cJSON.h>
 
-#include "checkpoint.h"
-#include "common.h"
-#include "config.h"
-#include "model.h"
-#include "ppl.h"
-#include "progress.h"
-#include "quant.h"
-#include "results.h"
-#include "tokenizer.h"
-#include "tokens.h"
-#include "zoo_manifest.h"
+#include "core/model/checkpoint.h"
+#include "core/base/common.h"
+#include "core/results/config.h"
+#include "core/model/model.h"
+#include "eval/ppl.h"
+#include "core/base/progress.h"
+#include "core/quant/quant.h"
+#include "core/results/results.h"
+#include "core/text/tokenizer.h"
+#include "eval/tokens.h"
+#include "train/zoo_manifest.h"
 
 static const config_key config_keys[] = {
-    {"zoo", CONFIG_STRING, "\"models/zoo\"", "folder of the cached embedded family (`make zoo`); \"\" = none"},
+    {"zoo", CONFIG_STRING, "\"models/zoo\"",
+     "folder of the cached embedded family (`make zoo`); \"\" = none"},
     {"models", CONFIG_OBJECT, "{}",
      "more models: {name: {\"path\": checkpoint (llama2.c .bin, GGUF or HF folder), \"tokenizer\": file}}; "
      "absent files are skipped with a note"},
@@ -173,7 +174,8 @@ static qlab_status collect_benchmarks(const config *cfg, results *r, benchmark_s
         snprintf(origin, sizeof origin, "%s: benchmarks.%s", config_path(cfg), item->string);
         char *text = cJSON_PrintUnformatted(item);
         benchmark_spec *s = &b[n];
-        qlab_status st = text ? config_parse(&s->cfg, text, origin, benchmark_keys, 5, NULL, 0) : QLAB_ERR_NOMEM;
+        qlab_status st =
+            text ? config_parse(&s->cfg, text, origin, benchmark_keys, 5, NULL, 0) : QLAB_ERR_NOMEM;
         cJSON_free(text);
         if (st != QLAB_OK) return st;
         n++;
@@ -185,12 +187,13 @@ static qlab_status collect_benchmarks(const config *cfg, results *r, benchmark_s
         else if (!strcmp(protocol, "sliding"))
             s->protocol = PPL_SLIDING;
         else
-            return qlab_fail(QLAB_ERR_ARG, "%s: protocol must be \"nonoverlap\" or \"sliding\", got \"%s\"", origin,
-                             protocol);
+            return qlab_fail(QLAB_ERR_ARG, "%s: protocol must be \"nonoverlap\" or \"sliding\", got \"%s\"",
+                             origin, protocol);
         int64_t ctx = config_int(s->cfg, "ctx"), stride = config_int(s->cfg, "stride"),
                 max_tokens = config_int(s->cfg, "max_tokens");
         if (ctx < 4 || ctx > 1 << 20 || stride < 0 || stride > ctx || max_tokens < 0)
-            return qlab_fail(QLAB_ERR_ARG, "%s: need 4 <= ctx <= 2^20, 0 <= stride <= ctx, max_tokens >= 0", origin);
+            return qlab_fail(QLAB_ERR_ARG, "%s: need 4 <= ctx <= 2^20, 0 <= stride <= ctx, max_tokens >= 0",
+                             origin);
         s->text_path = first_present(s->cfg);
         if (s->text_path && !strcmp(s->text_path, "zoo-heldout")) {
             if (!config_string(cfg, "zoo")[0]) {
@@ -219,7 +222,8 @@ static qlab_status collect_benchmarks(const config *cfg, results *r, benchmark_s
 static qlab_status build_variants(const config *cfg, variant **out, int *count) {
     int nt = config_array_length(cfg, "dtypes"), nd = config_array_length(cfg, "double_quant");
     int64_t bs = config_int(cfg, "blocksize");
-    if (bs < 1 || bs > (1 << 20)) return qlab_fail(QLAB_ERR_ARG, "%s: blocksize %lld out of range", config_path(cfg), (long long)bs);
+    if (bs < 1 || bs > (1 << 20))
+        return qlab_fail(QLAB_ERR_ARG, "%s: blocksize %lld out of range", config_path(cfg), (long long)bs);
     variant *v = qlab_calloc((size_t)(nt * 2 + 1), sizeof *v);
     if (!v) return QLAB_ERR_NOMEM;
     *out = v;
@@ -249,28 +253,39 @@ static qlab_status build_variants(const config *cfg, variant **out, int *count) 
 
 /* ---------------------------------------------------------------- results tables */
 
-static const char *run_columns_f64[] = {"total_bits", "bits_per_param_projections", "ppl", "ppl_lo", "ppl_hi",
-                                        "mean_nll", "kl_mean", "kl_p99", "top1_agree", "dprob_correct"};
+static const char *run_columns_f64[] = {"total_bits", "bits_per_param_projections",
+                                        "ppl",        "ppl_lo",
+                                        "ppl_hi",     "mean_nll",
+                                        "kl_mean",    "kl_p99",
+                                        "top1_agree", "dprob_correct"};
 #define N_RUN_F64 10
 
 static qlab_status declare_runs(results_table *t) {
     QLAB_TRY(results_table_column(t, "model", RESULTS_STRING, NULL, NULL));
     QLAB_TRY(results_table_column(t, "params", RESULTS_INT64, NULL, "parameters"));
     QLAB_TRY(results_table_column(t, "benchmark", RESULTS_STRING, NULL, NULL));
-    QLAB_TRY(results_table_column(t, "protocol", RESULTS_STRING, NULL, "nonoverlap (llama.cpp) or sliding (HF)"));
+    QLAB_TRY(
+        results_table_column(t, "protocol", RESULTS_STRING, NULL, "nonoverlap (llama.cpp) or sliding (HF)"));
     QLAB_TRY(results_table_column(t, "ctx", RESULTS_INT64, "tokens", "window length"));
     QLAB_TRY(results_table_column(t, "stride", RESULTS_INT64, "tokens", "window advance"));
     QLAB_TRY(results_table_column(t, "n_scored", RESULTS_INT64, "tokens", "predictions scored"));
     QLAB_TRY(results_table_column(t, "dtype", RESULTS_STRING, NULL, "fp32 or the 4-bit data type"));
-    QLAB_TRY(results_table_column(t, "double_quant", RESULTS_INT64, NULL, "1: block constants double-quantized"));
+    QLAB_TRY(
+        results_table_column(t, "double_quant", RESULTS_INT64, NULL, "1: block constants double-quantized"));
     QLAB_TRY(results_table_column(t, "blocksize", RESULTS_INT64, "weights", "0 for fp32"));
-    const char *units[N_RUN_F64] = {"bits", "bits", NULL, NULL, NULL, "nats/token", "nats/token", "nats/token", NULL, NULL};
+    const char *units[N_RUN_F64] = {"bits",       "bits",       NULL,         NULL, NULL,
+                                    "nats/token", "nats/token", "nats/token", NULL, NULL};
     const char *desc[N_RUN_F64] = {
         "whole model as stored: fp32 embeddings, norms, classifier + quantized projections",
-        "stored bits of the 7 projections per block / their weights", "perplexity exp(mean_nll)",
-        "95% interval, low", "95% interval, high", "mean negative log-likelihood",
-        "mean KL(p_fp32 || p_quantized) per token", "99th percentile of the per-token KL",
-        "share of positions where the argmax matches fp32", "mean p(correct) - p_fp32(correct)"};
+        "stored bits of the 7 projections per block / their weights",
+        "perplexity exp(mean_nll)",
+        "95% interval, low",
+        "95% interval, high",
+        "mean negative log-likelihood",
+        "mean KL(p_fp32 || p_quantized) per token",
+        "99th percentile of the per-token KL",
+        "share of positions where the argmax matches fp32",
+        "mean p(correct) - p_fp32(correct)"};
     for (int i = 0; i < N_RUN_F64; i++)
         QLAB_TRY(results_table_column(t, run_columns_f64[i], RESULTS_FLOAT64, units[i], desc[i]));
     return QLAB_OK;
@@ -298,9 +313,16 @@ static qlab_status add_run(results_table *t, const run_row *row) {
     QLAB_TRY(results_set_int(t, "double_quant", row->double_quant));
     QLAB_TRY(results_set_int(t, "blocksize", row->blocksize));
     /* The reference's distance from itself is exactly zero (and agreement one) by definition. */
-    double values[N_RUN_F64] = {row->total_bits, row->bits_projections, r->ppl, r->ppl_lo, r->ppl_hi, r->mean_nll,
-                                row->is_reference ? 0 : r->kl_mean, row->is_reference ? 0 : r->kl_p99,
-                                row->is_reference ? 1 : r->top1_agree, row->is_reference ? 0 : r->dprob_correct};
+    double values[N_RUN_F64] = {row->total_bits,
+                                row->bits_projections,
+                                r->ppl,
+                                r->ppl_lo,
+                                r->ppl_hi,
+                                r->mean_nll,
+                                row->is_reference ? 0 : r->kl_mean,
+                                row->is_reference ? 0 : r->kl_p99,
+                                row->is_reference ? 1 : r->top1_agree,
+                                row->is_reference ? 0 : r->dprob_correct};
     for (int i = 0; i < N_RUN_F64; i++)
         QLAB_TRY(results_set_double(t, run_columns_f64[i], values[i]));
     return results_row_end(t);
@@ -316,25 +338,34 @@ static int compare_double(const void *a, const void *b) {
 static qlab_status write_table2(results *r, const row_record *rows, int nrows, const variant *variants,
                                 int nvariants, const benchmark_spec *benchmarks, int nbench, int nmodels) {
     results_table *t;
-    QLAB_TRY(results_table_begin(r, &t, "table2",
-                                 "Mean perplexity per data type over the models (QLoRA Table 2 style), beside "
-                                 "the paper's Table 2"));
+    QLAB_TRY(
+        results_table_begin(r, &t, "table2",
+                            "Mean perplexity per data type over the models (QLoRA Table 2 style), beside "
+                            "the paper's Table 2"));
     QLAB_TRY(results_table_column(t, "benchmark", RESULTS_STRING, NULL, NULL));
-    QLAB_TRY(results_table_column(t, "dtype", RESULTS_STRING, NULL, "data type (+dq: double-quantized constants)"));
+    QLAB_TRY(results_table_column(t, "dtype", RESULTS_STRING, NULL,
+                                  "data type (+dq: double-quantized constants)"));
     QLAB_TRY(results_table_column(t, "n_models", RESULTS_INT64, NULL, "models averaged"));
     QLAB_TRY(results_table_column(t, "mean_ppl", RESULTS_FLOAT64, NULL, "mean perplexity over the models"));
-    QLAB_TRY(results_table_column(t, "mean_kl", RESULTS_FLOAT64, "nats/token", "mean KL from fp32 over the models"));
-    QLAB_TRY(results_table_column(t, "mean_bits_per_param", RESULTS_FLOAT64, "bits", "total bits / params, mean"));
-    QLAB_TRY(results_table_column(t, "rank", RESULTS_INT64, NULL, "1 = lowest mean perplexity among the 4-bit rows (0: fp32)"));
-    QLAB_TRY(results_table_column(t, "rank_of_paper_rows", RESULTS_INT64, NULL,
-                                  "rank among the four data types of the paper's Table 2 (0: not one of them)"));
-    QLAB_TRY(results_table_column(t, "paper_rank", RESULTS_INT64, NULL, "the paper's rank of that row (0: none)"));
-    QLAB_TRY(results_table_column(t, "paper_ppl", RESULTS_FLOAT64, NULL,
-                                  "paper Table 2: mean Pile CC perplexity, 125M-13B models (n/a: not in the paper)"));
+    QLAB_TRY(results_table_column(t, "mean_kl", RESULTS_FLOAT64, "nats/token",
+                                  "mean KL from fp32 over the models"));
+    QLAB_TRY(
+        results_table_column(t, "mean_bits_per_param", RESULTS_FLOAT64, "bits", "total bits / params, mean"));
+    QLAB_TRY(results_table_column(t, "rank", RESULTS_INT64, NULL,
+                                  "1 = lowest mean perplexity among the 4-bit rows (0: fp32)"));
+    QLAB_TRY(
+        results_table_column(t, "rank_of_paper_rows", RESULTS_INT64, NULL,
+                             "rank among the four data types of the paper's Table 2 (0: not one of them)"));
+    QLAB_TRY(
+        results_table_column(t, "paper_rank", RESULTS_INT64, NULL, "the paper's rank of that row (0: none)"));
+    QLAB_TRY(results_table_column(
+        t, "paper_ppl", RESULTS_FLOAT64, NULL,
+        "paper Table 2: mean Pile CC perplexity, 125M-13B models (n/a: not in the paper)"));
     QLAB_TRY(results_table_note(
-        t, "The paper's numbers are mean Pile Common Crawl perplexities of OPT, BLOOM, LLaMA and Pythia models "
-           "(125M to 13B parameters); ours are means over much smaller models on other text, so only the ranks "
-           "are comparable, not the absolute values."));
+        t,
+        "The paper's numbers are mean Pile Common Crawl perplexities of OPT, BLOOM, LLaMA and Pythia models "
+        "(125M to 13B parameters); ours are means over much smaller models on other text, so only the ranks "
+        "are comparable, not the absolute values."));
     QLAB_TRY(results_table_note(
         t, "The paper's 'Float4 (E2M1)' row is bitsandbytes' FP4 (our fp4, values up to 12 with its own "
            "bias); our fp4_e2m1 is the OCP E2M1 value set (up to 6). The paper's Int4, FP4 and FP4 (E3M0) "
@@ -355,18 +386,21 @@ static qlab_status write_table2(results *r, const row_record *rows, int nrows, c
             complete[m] = have == nvariants + 1;
         }
         int n_complete = 0;
-        for (int m = 0; m < nmodels; m++) n_complete += complete[m];
+        for (int m = 0; m < nmodels; m++)
+            n_complete += complete[m];
         if (n_complete == 0) {
             free(complete), free(mean_ppl);
             continue;
         }
         double paper_sorted[N_PAPER];
-        for (int k = 0; k < N_PAPER; k++) paper_sorted[k] = paper_table2[k].ppl;
+        for (int k = 0; k < N_PAPER; k++)
+            paper_sorted[k] = paper_table2[k].ppl;
         qsort(paper_sorted, N_PAPER, sizeof(double), compare_double);
         for (int v = -1; v < nvariants; v++) {
             double ppl = 0;
             for (int i = 0; i < nrows; i++)
-                if (rows[i].benchmark == b && rows[i].variant == v && complete[rows[i].model]) ppl += rows[i].ppl;
+                if (rows[i].benchmark == b && rows[i].variant == v && complete[rows[i].model])
+                    ppl += rows[i].ppl;
             mean_ppl[v + 1] = ppl / n_complete;
         }
         /* Our values of the paper's four rows, for their rank among themselves. */
@@ -408,13 +442,15 @@ static qlab_status write_table2(results *r, const row_record *rows, int nrows, c
             char label[64];
             variant_label(v >= 0 ? &variants[v] : NULL, label, sizeof label);
             if (v < 0)
-                printf("\n%s: mean over %d models   (paper Table 2: mean Pile CC ppl of 125M-13B models; compare "
+                printf("\n%s: mean over %d models   (paper Table 2: mean Pile CC ppl of 125M-13B models; "
+                       "compare "
                        "ranks only)\n  %-12s %10s %12s %5s %12s\n",
                        benchmarks[b].name, n_complete, "dtype", "mean ppl", "mean KL", "rank", "paper ppl");
             char rank_text[16] = "-", paper_text[32] = "";
             if (v >= 0) snprintf(rank_text, sizeof rank_text, "%d", rank);
             if (!isnan(paper)) snprintf(paper_text, sizeof paper_text, "%.2f (rank %d)", paper, paper_rank);
-            printf("  %-12s %10.4f %12.3e %5s %16s\n", label, mean_ppl[v + 1], kl / n_complete, rank_text, paper_text);
+            printf("  %-12s %10.4f %12.3e %5s %16s\n", label, mean_ppl[v + 1], kl / n_complete, rank_text,
+                   paper_text);
             QLAB_TRY(results_set_string(t, "benchmark", benchmarks[b].name));
             QLAB_TRY(results_set_string(t, "dtype", label));
             QLAB_TRY(results_set_int(t, "n_models", n_complete));
@@ -438,9 +474,10 @@ static qlab_status write_figure_table(results *r, const row_record *rows, int nr
                                       int nvariants, const benchmark_spec *benchmarks, int nbench,
                                       const model_spec *models, int nmodels) {
     results_table *t;
-    QLAB_TRY(results_table_begin(r, &t, "figure3",
-                                 "Perplexity and KL from fp32 against total model bits, one series per data type "
-                                 "across the models (QLoRA Figure 3 style)"));
+    QLAB_TRY(
+        results_table_begin(r, &t, "figure3",
+                            "Perplexity and KL from fp32 against total model bits, one series per data type "
+                            "across the models (QLoRA Figure 3 style)"));
     QLAB_TRY(results_table_column(t, "benchmark", RESULTS_STRING, NULL, NULL));
     QLAB_TRY(results_table_column(t, "dtype", RESULTS_STRING, NULL, "fp32, or data type (+dq)"));
     QLAB_TRY(results_table_column(t, "double_quant", RESULTS_INT64, NULL, NULL));
@@ -452,7 +489,8 @@ static qlab_status write_figure_table(results *r, const row_record *rows, int nr
     /* Models by size. */
     int *order = qlab_calloc((size_t)nmodels + 1, sizeof(int));
     if (!order) return QLAB_ERR_NOMEM;
-    for (int i = 0; i < nmodels; i++) order[i] = i;
+    for (int i = 0; i < nmodels; i++)
+        order[i] = i;
     for (int i = 1; i < nmodels; i++)
         for (int j = i; j > 0 && models[order[j]].params < models[order[j - 1]].params; j--) {
             int x = order[j];
@@ -469,7 +507,8 @@ static qlab_status write_figure_table(results *r, const row_record *rows, int nr
                     variant_label(v >= 0 ? &variants[v] : NULL, label, sizeof label);
                     if ((st = results_set_string(t, "benchmark", benchmarks[b].name)) == QLAB_OK &&
                         (st = results_set_string(t, "dtype", label)) == QLAB_OK &&
-                        (st = results_set_int(t, "double_quant", v >= 0 ? variants[v].double_quant : 0)) == QLAB_OK &&
+                        (st = results_set_int(t, "double_quant", v >= 0 ? variants[v].double_quant : 0)) ==
+                            QLAB_OK &&
                         (st = results_set_string(t, "model", models[row->model].name)) == QLAB_OK &&
                         (st = results_set_int(t, "params", row->params)) == QLAB_OK &&
                         (st = results_set_double(t, "total_bits", row->total_bits)) == QLAB_OK &&
@@ -484,13 +523,15 @@ static qlab_status write_figure_table(results *r, const row_record *rows, int nr
 
 /* One compact table per model: every benchmark and data type. */
 static qlab_status write_model_table(results *r, const row_record *rows, int nrows, const variant *variants,
-                                     const benchmark_spec *benchmarks, const model_spec *spec, int model_index) {
+                                     const benchmark_spec *benchmarks, const model_spec *spec,
+                                     int model_index) {
     char name[200], title[300];
     snprintf(name, sizeof name, "model_%s", spec->name);
     for (char *c = name; *c; c++) /* table names hold only letters, digits, '_' and '-' */
         if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || *c == '-'))
             *c = '_';
-    snprintf(title, sizeof title, "%s (%lld parameters, %s)", spec->name, (long long)spec->params, spec->path);
+    snprintf(title, sizeof title, "%s (%lld parameters, %s)", spec->name, (long long)spec->params,
+             spec->path);
     results_table *t;
     QLAB_TRY(results_table_begin(r, &t, name, title));
     QLAB_TRY(results_table_column(t, "benchmark", RESULTS_STRING, NULL, NULL));
@@ -524,13 +565,15 @@ static qlab_status write_model_table(results *r, const row_record *rows, int nro
 /* ---------------------------------------------------------------- evaluation */
 
 /* The benchmark text encoded with the model's tokenizer (BOS first); every id must fit the model. */
-static qlab_status load_benchmark_tokens(const char *text, const char *tokenizer_path, int vocab_size, int **ids,
-                                         int64_t *n) {
+static qlab_status load_benchmark_tokens(const char *text, const char *tokenizer_path, int vocab_size,
+                                         int **ids, int64_t *n) {
     QLAB_TRY(eval_load_tokens(text, NULL, tokenizer_path, ids, n));
     for (int64_t i = 0; i < *n; i++)
         if ((*ids)[i] < 0 || (*ids)[i] >= vocab_size) {
-            qlab_status st = qlab_fail(QLAB_ERR_FORMAT, "%s: token id %d (from %s) is outside the model's "
-                                                        "vocabulary of %d", text, (*ids)[i], tokenizer_path, vocab_size);
+            qlab_status st = qlab_fail(QLAB_ERR_FORMAT,
+                                       "%s: token id %d (from %s) is outside the model's "
+                                       "vocabulary of %d",
+                                       text, (*ids)[i], tokenizer_path, vocab_size);
             free(*ids);
             *ids = NULL;
             return st;
@@ -562,10 +605,11 @@ static qlab_status copy_model(const model *ref, model **out) {
 }
 
 static void usage(FILE *f) {
-    fprintf(f, "Usage: nf4_vs_fp4 [--config FILE.json] [--out RESULTS.h5] [--set key=value ...]\n\n"
-               "QLoRA Table 2 / Figure 3: perplexity, KL from fp32 and total bits of every model quantized to\n"
-               "every 4-bit data type (with and without DQ) on each benchmark. Defaults: --config\n"
-               "experiments/nf4_vs_fp4.json --out results/nf4_vs_fp4.h5. Config keys:\n");
+    fprintf(f,
+            "Usage: nf4_vs_fp4 [--config FILE.json] [--out RESULTS.h5] [--set key=value ...]\n\n"
+            "QLoRA Table 2 / Figure 3: perplexity, KL from fp32 and total bits of every model quantized to\n"
+            "every 4-bit data type (with and without DQ) on each benchmark. Defaults: --config\n"
+            "experiments/nf4_vs_fp4.json --out results/nf4_vs_fp4.h5. Config keys:\n");
     config_print_keys(config_keys, N_CONFIG_KEYS, f);
     fprintf(f, "Keys of each 'models' entry:\n");
     config_print_keys(model_entry_keys, 2, f);
@@ -607,7 +651,8 @@ int main(int argc, char **argv) {
     if (build_variants(cfg, &variants, &nvariants) != QLAB_OK) goto done;
     if (collect_benchmarks(cfg, r, &benchmarks, &nbench) != QLAB_OK) goto done;
     int n_present = 0;
-    for (int b = 0; b < nbench; b++) n_present += benchmarks[b].text_path != NULL;
+    for (int b = 0; b < nbench; b++)
+        n_present += benchmarks[b].text_path != NULL;
     if (n_present == 0) {
         qlab_fail(QLAB_ERR_ARG, "%s: none of the %d benchmarks has its text present", config_file, nbench);
         goto done;
@@ -632,7 +677,8 @@ int main(int argc, char **argv) {
         for (int b = 0; b < nbench; b++)
             if (benchmarks[b].text_path) {
                 int64_t tokens = config_int(benchmarks[b].cfg, "max_tokens");
-                total_work += (models[m].params / 1000 + 1) * (tokens ? tokens : 100000) / 1000 * (2 + nvariants);
+                total_work +=
+                    (models[m].params / 1000 + 1) * (tokens ? tokens : 100000) / 1000 * (2 + nvariants);
             }
     }
     if (results_table_begin(r, &runs, "runs", "Every (model, benchmark, data type) evaluation") != QLAB_OK ||
@@ -654,8 +700,8 @@ int main(int argc, char **argv) {
             ppl_reference_free(&bench_ref[b]);
             if (!benchmarks[b].text_path) continue;
             const char *text = benchmarks[b].from_zoo ? zoo_heldout : benchmarks[b].text_path;
-            if (load_benchmark_tokens(text, spec->tokenizer_path, mc->vocab_size, &bench_tokens[b], &bench_n[b]) !=
-                QLAB_OK) {
+            if (load_benchmark_tokens(text, spec->tokenizer_path, mc->vocab_size, &bench_tokens[b],
+                                      &bench_n[b]) != QLAB_OK) {
                 qlab_fail_context(QLAB_ERR_ARG, "model %s, benchmark %s", spec->name, benchmarks[b].name);
                 goto done;
             }
@@ -673,8 +719,10 @@ int main(int argc, char **argv) {
              * numbers are bit-identical to running the reference beside each variant). */
             size_t bytes = ppl_reference_bytes(ref, bench_n[b], &bench_opt[b]);
             if (nvariants > 0 && bytes > 0 && bytes <= cache_budget) {
-                if (ppl_reference_compute(ref, bench_tokens[b], bench_n[b], &bench_opt[b], &bench_ref[b]) != QLAB_OK) {
-                    qlab_fail_context(QLAB_ERR_NUMERIC, "model %s, fp32 reference, benchmark %s", spec->name, bs->name);
+                if (ppl_reference_compute(ref, bench_tokens[b], bench_n[b], &bench_opt[b], &bench_ref[b]) !=
+                    QLAB_OK) {
+                    qlab_fail_context(QLAB_ERR_NUMERIC, "model %s, fp32 reference, benchmark %s", spec->name,
+                                      bs->name);
                     goto done;
                 }
                 cache_budget -= bytes;
@@ -685,7 +733,8 @@ int main(int argc, char **argv) {
             double bits = fp32_bits;
             if (v >= 0) {
                 if (copy_model(ref, &q) != QLAB_OK ||
-                    model_quantize(q, variants[v].dtype, variants[v].blocksize, variants[v].double_quant) != QLAB_OK)
+                    model_quantize(q, variants[v].dtype, variants[v].blocksize, variants[v].double_quant) !=
+                        QLAB_OK)
                     goto done;
                 evaluated = q;
                 bits = model_total_bits(q);
@@ -699,19 +748,37 @@ int main(int argc, char **argv) {
                 const ppl_options opt = bench_opt[b];
                 int cached = v >= 0 && bench_ref[b].logits;
                 ppl_result res;
-                qlab_status st_eval =
-                    cached ? ppl_evaluate_cached(evaluated, &bench_ref[b], bench_tokens[b], bench_n[b], &opt, &res)
-                           : ppl_evaluate(evaluated, v >= 0 ? ref : NULL, bench_tokens[b], bench_n[b], &opt, &res);
+                qlab_status st_eval = cached ? ppl_evaluate_cached(evaluated, &bench_ref[b], bench_tokens[b],
+                                                                   bench_n[b], &opt, &res)
+                                             : ppl_evaluate(evaluated, v >= 0 ? ref : NULL, bench_tokens[b],
+                                                            bench_n[b], &opt, &res);
                 if (st_eval != QLAB_OK) {
-                    qlab_fail_context(QLAB_ERR_NUMERIC, "model %s, %s, benchmark %s", spec->name, label, bs->name);
+                    qlab_fail_context(QLAB_ERR_NUMERIC, "model %s, %s, benchmark %s", spec->name, label,
+                                      bs->name);
                     goto done;
                 }
-                run_row row = {spec->name, bs->name, v >= 0 ? quant_dtype_name(variants[v].dtype) : "fp32",
-                               spec->params, v >= 0 ? variants[v].double_quant : 0,
-                               v >= 0 ? variants[v].blocksize : 0, bits, v >= 0 ? bits_proj : 32.0, &res, v < 0};
+                run_row row = {spec->name,
+                               bs->name,
+                               v >= 0 ? quant_dtype_name(variants[v].dtype) : "fp32",
+                               spec->params,
+                               v >= 0 ? variants[v].double_quant : 0,
+                               v >= 0 ? variants[v].blocksize : 0,
+                               bits,
+                               v >= 0 ? bits_proj : 32.0,
+                               &res,
+                               v < 0};
                 if (add_run(runs, &row) != QLAB_OK) goto done;
-                rows[nrows++] = (row_record){m, b, v, spec->params, bits, row.bits_projections, res.ppl, res.ppl_lo,
-                                             res.ppl_hi, v >= 0 ? res.kl_mean : 0, v >= 0 ? res.top1_agree : 1};
+                rows[nrows++] = (row_record){m,
+                                             b,
+                                             v,
+                                             spec->params,
+                                             bits,
+                                             row.bits_projections,
+                                             res.ppl,
+                                             res.ppl_lo,
+                                             res.ppl_hi,
+                                             v >= 0 ? res.kl_mean : 0,
+                                             v >= 0 ? res.top1_agree : 1};
                 int64_t tokens = opt.max_tokens && opt.max_tokens < bench_n[b] ? opt.max_tokens : bench_n[b];
                 done_work += (spec->params / 1000 + 1) * tokens / 1000 * (v >= 0 && !cached ? 2 : 1);
                 char extra[200];
@@ -725,13 +792,15 @@ int main(int argc, char **argv) {
         ref = NULL;
     }
     progress_end(&prog, NULL);
-    if (results_table_note(runs, "fp32 rows: KL 0, top-1 agreement 1 and dprob 0 by definition (the reference "
-                                 "itself); total_bits counts every parameter at 32 bits.") != QLAB_OK ||
+    if (results_table_note(runs,
+                           "fp32 rows: KL 0, top-1 agreement 1 and dprob 0 by definition (the reference "
+                           "itself); total_bits counts every parameter at 32 bits.") != QLAB_OK ||
         results_table_end(runs) != QLAB_OK)
         goto done;
     runs = NULL;
     if (write_table2(r, rows, nrows, variants, nvariants, benchmarks, nbench, nmodels) != QLAB_OK) goto done;
-    if (write_figure_table(r, rows, nrows, variants, nvariants, benchmarks, nbench, models, nmodels) != QLAB_OK)
+    if (write_figure_table(r, rows, nrows, variants, nvariants, benchmarks, nbench, models, nmodels) !=
+        QLAB_OK)
         goto done;
     for (int m = 0; m < nmodels; m++)
         if (write_model_table(r, rows, nrows, variants, benchmarks, &models[m], m) != QLAB_OK) goto done;

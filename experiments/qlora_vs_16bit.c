@@ -6,10 +6,10 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "common.h"
-#include "config.h"
-#include "finetune_grid.h"
-#include "quant.h"
+#include "core/base/common.h"
+#include "core/results/config.h"
+#include "experiments/harness/finetune_grid.h"
+#include "core/quant/quant.h"
 
 static const config_key config_keys[] = {
     FINETUNE_GRID_CONFIG_KEYS,
@@ -33,7 +33,8 @@ static void usage(FILE *f) {
 static qlab_status build_grid(const config *cfg, const finetune_options *base, finetune_cell *cells, int *n) {
     const char *path = config_path(cfg);
     int64_t rank = config_int(cfg, "rank");
-    if (rank < 1 || rank > 4096) return qlab_fail(QLAB_ERR_ARG, "%s: key 'rank' must be from 1 to 4096", path);
+    if (rank < 1 || rank > 4096)
+        return qlab_fail(QLAB_ERR_ARG, "%s: key 'rank' must be from 1 to 4096", path);
     unsigned targets;
     if (lora_parse_targets(config_string(cfg, "targets"), &targets) != QLAB_OK)
         return qlab_fail_context(QLAB_ERR_ARG, "%s: key 'targets'", path);
@@ -65,7 +66,8 @@ static qlab_status build_grid(const config *cfg, const finetune_options *base, f
         int dq = 0;
         if (plus) {
             if (strcmp(plus, "+dq"))
-                return qlab_fail(QLAB_ERR_ARG, "%s: key 'bases': '%s' (expected a data type, optionally +dq)", path, spec);
+                return qlab_fail(QLAB_ERR_ARG, "%s: key 'bases': '%s' (expected a data type, optionally +dq)",
+                                 path, spec);
             dq = 1;
         }
         size_t len = plus ? (size_t)(plus - spec) : strlen(spec);
@@ -74,9 +76,11 @@ static qlab_status build_grid(const config *cfg, const finetune_options *base, f
         memcpy(type, spec, len);
         type[len] = '\0';
         quant_dtype dt;
-        if (quant_dtype_parse(type, &dt) != QLAB_OK) return qlab_fail_context(QLAB_ERR_ARG, "%s: key 'bases'", path);
+        if (quant_dtype_parse(type, &dt) != QLAB_OK)
+            return qlab_fail_context(QLAB_ERR_ARG, "%s: key 'bases'", path);
         if (dq && !quant_dtype_has_fp32_absmax(dt))
-            return qlab_fail(QLAB_ERR_ARG, "%s: key 'bases': %s has no fp32 block constants to double-quantize", path,
+            return qlab_fail(QLAB_ERR_ARG,
+                             "%s: key 'bases': %s has no fp32 block constants to double-quantize", path,
                              type);
         int blocksize = quant_dtype_has_fp32_absmax(dt) ? base->blocksize : quant_default_blocksize(dt);
         if (quant_check_blocksize(dt, blocksize) != QLAB_OK)

@@ -1,16 +1,18 @@
 /* Vicuna benchmark tables from the QLoRA authors' released GPT-4 judgements (QLoRA §5): Table 6 (score
  * as % of ChatGPT, mean of both answer orders, bootstrap 95% interval) and Tables 1/7 (Elo from the
  * pairwise verdicts, start 1000, K = 32, mean over random orderings of the matches), beside the paper's
- * numbers. Reads the ratings .tar.gz directly; `qlab report` renders results/vicuna_tables.md and the plot. */
+ * numbers. Reads the ratings .tar.gz directly; `qlab report` renders results/vicuna_tables.md and the plot.
+ */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
-#include "config.h"
-#include "judge.h"
-#include "results.h"
+#include "core/base/common.h"
+#include "core/base/tar.h"
+#include "core/results/config.h"
+#include "eval/judge.h"
+#include "core/results/results.h"
 
 static const config_key config_keys[] = {
     {"ratings_archive", CONFIG_STRING, "\"../shared/data/finetune/qlora_eval/ratings-gpt4-vicuna.tar.gz\"",
@@ -86,11 +88,15 @@ static void display_name(const char *key, char *out, size_t n) {
             snprintf(out, n, "%s", fixed[i][1]);
             return;
         }
-    static const char *const datasets[][2] = {
-        {"guanaco", "Guanaco"},   {"alpaca", "Alpaca"},           {"flan", "FLAN v2"},
-        {"chip2", "Chip2"},       {"hh-rlhf", "HH-RLHF"},         {"longform", "Longform"},
-        {"self-instruct", "Self-Instruct"}, {"unnatural-instructions", "Unnatural Instr."},
-        {"huggingchat", "Open Assistant"}};
+    static const char *const datasets[][2] = {{"guanaco", "Guanaco"},
+                                              {"alpaca", "Alpaca"},
+                                              {"flan", "FLAN v2"},
+                                              {"chip2", "Chip2"},
+                                              {"hh-rlhf", "HH-RLHF"},
+                                              {"longform", "Longform"},
+                                              {"self-instruct", "Self-Instruct"},
+                                              {"unnatural-instructions", "Unnatural Instr."},
+                                              {"huggingchat", "Open Assistant"}};
     static const char *const sizes[][2] = {{"7b-", "7B"}, {"13b-", "13B"}, {"30b-", "33B"}, {"65b-", "65B"}};
     for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
         size_t len = strlen(sizes[s][0]);
@@ -128,14 +134,14 @@ static int ends_with(const char *s, const char *suffix) {
 
 static qlab_status load_ratings(const char *archive_path, rating_set *out) {
     memset(out, 0, sizeof *out);
-    judge_archive a;
-    QLAB_TRY(judge_archive_read(archive_path, &a));
+    tar_archive a;
+    QLAB_TRY(tar_archive_read(archive_path, &a));
     qlab_status st = QLAB_OK;
     out->relative = qlab_calloc((size_t)a.count, sizeof *out->relative);
     out->pairwise = qlab_calloc((size_t)a.count, sizeof *out->pairwise);
     if (!out->relative || !out->pairwise) st = QLAB_ERR_NOMEM;
     for (int i = 0; i < a.count && st == QLAB_OK; i++) {
-        const judge_archive_entry *e = &a.entries[i];
+        const tar_archive_entry *e = &a.entries[i];
         if (!ends_with(e->path, ".jsonl") || !strstr(e->path, "vicuna/")) continue;
         char name[1200];
         snprintf(name, sizeof name, "%s(%s)", archive_path, e->path);
@@ -150,12 +156,13 @@ static qlab_status load_ratings(const char *archive_path, rating_set *out) {
                 out->npairwise--;
         }
     }
-    judge_archive_free(&a);
+    tar_archive_free(&a);
     if (st == QLAB_OK && (out->nrelative < 2 || out->npairwise < 1))
-        st = qlab_fail(QLAB_ERR_FORMAT,
-                       "%s: expected vicuna/relative-gpt-3.5/*.jsonl and vicuna/pairwise/*.jsonl, found %d and "
-                       "%d files",
-                       archive_path, out->nrelative, out->npairwise);
+        st = qlab_fail(
+            QLAB_ERR_FORMAT,
+            "%s: expected vicuna/relative-gpt-3.5/*.jsonl and vicuna/pairwise/*.jsonl, found %d and "
+            "%d files",
+            archive_path, out->nrelative, out->npairwise);
     if (st == QLAB_OK) st = judge_find_reference(out->relative, out->nrelative);
     if (st != QLAB_OK) rating_set_free(out);
     return st;
@@ -211,14 +218,17 @@ static qlab_status write_table6(results *r, const rating_set *s, int n_bootstrap
                                  "ratings vs paper)"));
     QLAB_TRY(results_table_column(t, "system", RESULTS_STRING, NULL, NULL));
     QLAB_TRY(results_table_column(t, "key", RESULTS_STRING, NULL, "system name in the rating file names"));
-    QLAB_TRY(results_table_column(t, "chatgpt_first", RESULTS_FLOAT64, "%",
-                                  "100 x sum(system scores) / sum(ChatGPT scores), ChatGPT shown as assistant 1"));
+    QLAB_TRY(
+        results_table_column(t, "chatgpt_first", RESULTS_FLOAT64, "%",
+                             "100 x sum(system scores) / sum(ChatGPT scores), ChatGPT shown as assistant 1"));
     QLAB_TRY(results_table_column(t, "system_first", RESULTS_FLOAT64, "%", "the same, system shown first"));
-    QLAB_TRY(results_table_column(t, "mean", RESULTS_FLOAT64, "%", "mean of both orders (the paper's score)"));
+    QLAB_TRY(
+        results_table_column(t, "mean", RESULTS_FLOAT64, "%", "mean of both orders (the paper's score)"));
     QLAB_TRY(results_table_column(t, "ci95_low", RESULTS_FLOAT64, "%",
                                   "2.5th percentile of the mean over question resamplings"));
     QLAB_TRY(results_table_column(t, "ci95_high", RESULTS_FLOAT64, "%", "97.5th percentile"));
-    QLAB_TRY(results_table_column(t, "ci95_half", RESULTS_FLOAT64, "%", "(high - low) / 2, comparable to the paper's ±"));
+    QLAB_TRY(results_table_column(t, "ci95_half", RESULTS_FLOAT64, "%",
+                                  "(high - low) / 2, comparable to the paper's ±"));
     QLAB_TRY(results_table_column(t, "paper", RESULTS_FLOAT64, "%", "Table 6 (n/a: not in the paper)"));
     QLAB_TRY(results_table_column(t, "paper_ci95", RESULTS_FLOAT64, "%", "the paper's ±"));
     QLAB_TRY(results_table_column(t, "difference", RESULTS_FLOAT64, "%", "mean - paper"));
@@ -260,31 +270,36 @@ static qlab_status write_table6(results *r, const rating_set *s, int n_bootstrap
              "questions, x 100; the table's score is the mean of both orders. %d relative files, %d systems.",
              s->nrelative, nsys);
     QLAB_TRY(results_table_note(t, note));
-    snprintf(note, sizeof note,
-             "Which assistant is ChatGPT is read from the answer ids (ChatGPT's answer to each question is the "
-             "one present in every file), not from the file names: in %d of %d files the name's order is the "
-             "reverse of the positions shown to GPT-4 (for the QLoRA-trained models, 'X-vs-gpt-3.5' shows "
-             "ChatGPT as assistant 1 and 'gpt-3.5-vs-X' shows X first).",
-             name_reversed, s->nrelative);
+    snprintf(
+        note, sizeof note,
+        "Which assistant is ChatGPT is read from the answer ids (ChatGPT's answer to each question is the "
+        "one present in every file), not from the file names: in %d of %d files the name's order is the "
+        "reverse of the positions shown to GPT-4 (for the QLoRA-trained models, 'X-vs-gpt-3.5' shows "
+        "ChatGPT as assistant 1 and 'gpt-3.5-vs-X' shows X first).",
+        name_reversed, s->nrelative);
     QLAB_TRY(results_table_note(t, note));
-    snprintf(note, sizeof note,
-             "The authors' parser reads \"8 7\" from the review's first line; the math reviews (questions "
-             "68-70, whose prompt asks GPT-4 to solve the problem first) do not start that way, and the released files carry the authors' "
-             "manual fixes for most of them. %d reviews still hold the failure marker [-1, -1]; their scores "
-             "are read from the text (last \"(x, y)\", else \"Assistant 1: x\" / \"Assistant 2: y\"), which "
-             "brings GPT-4 and Alpaca 13B to within 0.1 of the paper (keeping -1 or dropping them leaves "
-             "them 0.3-0.7 off). %d review(s) had no usable scores and are ignored. %d released scores differ "
-             "from what the first-line rule reads in their text.",
-             recovered, missing, disagree);
+    snprintf(
+        note, sizeof note,
+        "The authors' parser reads \"8 7\" from the review's first line; the math reviews (questions "
+        "68-70, whose prompt asks GPT-4 to solve the problem first) do not start that way, and the released "
+        "files carry the authors' "
+        "manual fixes for most of them. %d reviews still hold the failure marker [-1, -1]; their scores "
+        "are read from the text (last \"(x, y)\", else \"Assistant 1: x\" / \"Assistant 2: y\"), which "
+        "brings GPT-4 and Alpaca 13B to within 0.1 of the paper (keeping -1 or dropping them leaves "
+        "them 0.3-0.7 off). %d review(s) had no usable scores and are ignored. %d released scores differ "
+        "from what the first-line rule reads in their text.",
+        recovered, missing, disagree);
     QLAB_TRY(results_table_note(t, note));
     QLAB_TRY(results_table_note(
-        t, "Open Assistant 33B: the paper prints 94.9 ± 4.5, the same as Vicuna 13B, most likely a copy error; "
-           "the released ratings (30b-huggingchat) give about 79."));
+        t,
+        "Open Assistant 33B: the paper prints 94.9 ± 4.5, the same as Vicuna 13B, most likely a copy error; "
+        "the released ratings (30b-huggingchat) give about 79."));
     QLAB_TRY(results_table_note(
         t, "Interval: percentile bootstrap over the 80 questions (both orders of a question resampled "
            "together). The paper does not say how its ± was computed; ours is typically 10-35% narrower, "
            "so treat the paper_ci95 column as indicative only."));
-    QLAB_TRY(results_table_note(t, "File names say 30b for the 33B models (LLaMA 33B was released as '30B')."));
+    QLAB_TRY(
+        results_table_note(t, "File names say 30b for the 33B models (LLaMA 33B was released as '30B')."));
     return results_table_end(t);
 }
 
@@ -415,7 +430,7 @@ static qlab_status write_elo(results *r, const rating_set *s, int n_orderings, d
         st = results_table_begin(r, &t, "elo",
                                  "Tables 1/7: Elo from GPT-4 pairwise judgements on Vicuna (released ratings "
                                  "vs paper)");
-#define COLUMN(name, type, unit, desc)                                                                 \
+#define COLUMN(name, type, unit, desc)                                                                       \
     if (st == QLAB_OK) st = results_table_column(t, name, type, unit, desc)
     COLUMN("system", RESULTS_STRING, NULL, NULL);
     COLUMN("key", RESULTS_STRING, NULL, "system name in the rating file names");
@@ -444,7 +459,8 @@ static qlab_status write_elo(results *r, const rating_set *s, int n_orderings, d
             if (st == QLAB_OK) st = results_set_double(t, "elo_std", sd[p]);
             if (st == QLAB_OK) st = results_set_double(t, "elo_low", low[p]);
             if (st == QLAB_OK) st = results_set_double(t, "elo_high", high[p]);
-            if (st == QLAB_OK) st = results_set_double(t, "mean_ci95", 1.96 * sd[p] / sqrt((double)n_orderings));
+            if (st == QLAB_OK)
+                st = results_set_double(t, "mean_ci95", 1.96 * sd[p] / sqrt((double)n_orderings));
             if (st == QLAB_OK) st = results_set_int(t, "rank", rank[p]);
             if (st == QLAB_OK) st = results_set_double(t, "paper", paper[p]);
             if (st == QLAB_OK) st = results_set_int(t, "paper_rank", paper_rank[p]);
@@ -475,7 +491,8 @@ static qlab_status write_elo(results *r, const rating_set *s, int n_orderings, d
         if (top < 0 || paper[p] > paper[top]) top = p;
     }
     for (int p = 0; p < nplayers && st == QLAB_OK; p++)
-        if (!isnan(paper[p]) && p != top && (worst < 0 || fabs(mean[p] - paper[p]) > fabs(mean[worst] - paper[worst])))
+        if (!isnan(paper[p]) && p != top &&
+            (worst < 0 || fabs(mean[p] - paper[p]) > fabs(mean[worst] - paper[worst])))
             worst = p;
     if (st == QLAB_OK && top >= 0 && worst >= 0) {
         snprintf(note, sizeof note,
@@ -483,12 +500,14 @@ static qlab_status write_elo(results *r, const rating_set *s, int n_orderings, d
                  "%.0f. The paper's Elo script is not released; tie handling, K and averaging over the "
                  "sequence (checked offline) do not close the gap at the top, "
                  "which stays unexplained. Guanaco 13B is 916 in Table 1, 913 in Table 7.",
-                 same_order ? "matches" : "differs from", players[top].key, mean[top] - paper[top], paper[top],
-                 ceil(fabs(mean[worst] - paper[worst])));
+                 same_order ? "matches" : "differs from", players[top].key, mean[top] - paper[top],
+                 paper[top], ceil(fabs(mean[worst] - paper[worst])));
         st = results_table_note(t, note);
     }
-    if (st == QLAB_OK) st = results_table_end(t);
-    else if (t) results_table_end(t);
+    if (st == QLAB_OK)
+        st = results_table_end(t);
+    else if (t)
+        results_table_end(t);
     free(file_players);
     free(matches);
     free(ratings);
@@ -499,11 +518,11 @@ static qlab_status write_elo(results *r, const rating_set *s, int n_orderings, d
 /* ---------------------------------------------------------------- main */
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "Usage: vicuna_tables [--config FILE.json] [--out RESULTS.h5] [--set key=value ...]\n\n"
-            "QLoRA Table 6 (Vicuna score as %% of ChatGPT) and Tables 1/7 (Elo) recomputed from the authors'\n"
-            "released GPT-4 judgements. Defaults: --config experiments/vicuna_tables.json\n"
-            "--out results/vicuna_tables.h5. Config keys:\n");
+    fprintf(
+        f, "Usage: vicuna_tables [--config FILE.json] [--out RESULTS.h5] [--set key=value ...]\n\n"
+           "QLoRA Table 6 (Vicuna score as %% of ChatGPT) and Tables 1/7 (Elo) recomputed from the authors'\n"
+           "released GPT-4 judgements. Defaults: --config experiments/vicuna_tables.json\n"
+           "--out results/vicuna_tables.h5. Config keys:\n");
     config_print_keys(config_keys, N_CONFIG_KEYS, f);
 }
 
@@ -532,8 +551,10 @@ int main(int argc, char **argv) {
     if (n_bootstrap < 0 || n_bootstrap > 1000000)
         return fail_config(cfg, "%s: key '%s' must be from 0 to 1000000, got %g", "n_bootstrap",
                            (double)n_bootstrap);
-    if (!(k > 0 && k <= 1000)) return fail_config(cfg, "%s: key '%s' must be in (0, 1000], got %g", "elo_k", k);
-    if (!isfinite(initial)) return fail_config(cfg, "%s: key '%s' must be finite, got %g", "elo_initial", initial);
+    if (!(k > 0 && k <= 1000))
+        return fail_config(cfg, "%s: key '%s' must be in (0, 1000], got %g", "elo_k", k);
+    if (!isfinite(initial))
+        return fail_config(cfg, "%s: key '%s' must be finite, got %g", "elo_initial", initial);
 
     FILE *probe = fopen(archive, "rb");
     if (!probe) {

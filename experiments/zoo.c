@@ -12,18 +12,18 @@
 
 #include <cjson/cJSON.h>
 
-#include "bpe.h"
-#include "checkpoint.h"
-#include "common.h"
-#include "config.h"
-#include "corpus.h"
-#include "model.h"
-#include "progress.h"
-#include "results.h"
-#include "sha256.h"
-#include "tokenizer.h"
-#include "train.h"
-#include "zoo_manifest.h"
+#include "core/text/bpe.h"
+#include "core/model/checkpoint.h"
+#include "core/base/common.h"
+#include "core/results/config.h"
+#include "datasets/corpus.h"
+#include "core/model/model.h"
+#include "core/base/progress.h"
+#include "core/results/results.h"
+#include "core/base/sha256.h"
+#include "core/text/tokenizer.h"
+#include "train/train.h"
+#include "train/zoo_manifest.h"
 
 static const config_key config_keys[] = {
     {"out_dir", CONFIG_STRING, "\"models/zoo\"", "folder of the cached family (git-ignored)"},
@@ -62,11 +62,11 @@ static const config_key model_keys[] = {
 
 typedef struct {
     const char *name;
-    config *cfg;         /* the entry, defaults applied */
+    config *cfg; /* the entry, defaults applied */
     model_config mc;
     train_options opt;
-    char *cache_key;     /* corpus + tokenizer + effective entry, compact JSON: equal keys = same model */
-    cJSON *entry;        /* its manifest entry once trained or found cached (owned by the manifest) */
+    char *cache_key; /* corpus + tokenizer + effective entry, compact JSON: equal keys = same model */
+    cJSON *entry;    /* its manifest entry once trained or found cached (owned by the manifest) */
     int cached;
 } zoo_model;
 
@@ -108,19 +108,26 @@ static qlab_status parse_model(const config *cfg, const cJSON *item, zoo_model *
     for (const char *c = z->name; *c; c++)
         if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || *c == '-' ||
               *c == '_' || *c == '.'))
-            return qlab_fail(QLAB_ERR_ARG, "%s: a model name may hold only letters, digits, '-', '_', '.'", origin);
-    int64_t ints[] = {config_int(m, "dim"), config_int(m, "hidden_dim"), config_int(m, "n_layers"),
-                      config_int(m, "n_heads"), config_int(m, "seq_len"), config_int(m, "batch"),
+            return qlab_fail(QLAB_ERR_ARG, "%s: a model name may hold only letters, digits, '-', '_', '.'",
+                             origin);
+    int64_t ints[] = {config_int(m, "dim"),       config_int(m, "hidden_dim"),  config_int(m, "n_layers"),
+                      config_int(m, "n_heads"),   config_int(m, "seq_len"),     config_int(m, "batch"),
                       config_int(m, "log_every"), config_int(m, "eval_windows")};
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
         if (ints[i] < 1 || ints[i] > 65536)
             return qlab_fail(QLAB_ERR_ARG, "%s: sizes must be from 1 to 65536", origin);
     int64_t kv = config_int(m, "n_kv_heads");
     if (kv < 0 || kv > 65536) return qlab_fail(QLAB_ERR_ARG, "%s: n_kv_heads out of range", origin);
-    z->mc = (model_config){.dim = (int)ints[0], .hidden_dim = (int)ints[1], .n_layers = (int)ints[2],
-                           .n_heads = (int)ints[3], .n_kv_heads = kv ? (int)kv : (int)ints[3],
-                           .vocab_size = (int)config_int(cfg, "vocab_size"), .seq_len = (int)ints[4],
-                           .norm_eps = 1e-5f, .rope_theta = 10000.0f, .shared_classifier = 1};
+    z->mc = (model_config){.dim = (int)ints[0],
+                           .hidden_dim = (int)ints[1],
+                           .n_layers = (int)ints[2],
+                           .n_heads = (int)ints[3],
+                           .n_kv_heads = kv ? (int)kv : (int)ints[3],
+                           .vocab_size = (int)config_int(cfg, "vocab_size"),
+                           .seq_len = (int)ints[4],
+                           .norm_eps = 1e-5f,
+                           .rope_theta = 10000.0f,
+                           .shared_classifier = 1};
     train_options_default(&z->opt);
     z->opt.batch = (int)ints[5];
     z->opt.seq_len = (int)ints[4];
@@ -132,7 +139,8 @@ static qlab_status parse_model(const config *cfg, const cJSON *item, zoo_model *
     z->opt.grad_clip = config_double(m, "grad_clip");
     z->opt.log_every = (int)ints[6];
     int64_t eval_every = config_int(m, "eval_every");
-    if (eval_every < 0 || eval_every > (1 << 30)) return qlab_fail(QLAB_ERR_ARG, "%s: eval_every out of range", origin);
+    if (eval_every < 0 || eval_every > (1 << 30))
+        return qlab_fail(QLAB_ERR_ARG, "%s: eval_every out of range", origin);
     z->opt.eval_every = (int)eval_every;
     z->opt.eval_windows = (int)ints[7];
     z->opt.seed = (uint64_t)config_int(m, "seed") + 1;
@@ -169,7 +177,8 @@ static int entry_still_valid(const cJSON *entry, const char *key, const char *di
     const cJSON *k = cJSON_GetObjectItemCaseSensitive(entry, "key");
     const cJSON *file = cJSON_GetObjectItemCaseSensitive(entry, "file");
     const cJSON *sha = cJSON_GetObjectItemCaseSensitive(entry, "sha256");
-    if (!cJSON_IsString(k) || strcmp(k->valuestring, key) != 0 || !cJSON_IsString(file) || !cJSON_IsString(sha))
+    if (!cJSON_IsString(k) || strcmp(k->valuestring, key) != 0 || !cJSON_IsString(file) ||
+        !cJSON_IsString(sha))
         return 0;
     if (strchr(file->valuestring, '/')) return 0;
     char *path = path_in(dir, file->valuestring), hex[65];
@@ -220,25 +229,30 @@ static qlab_status prepare_data(const config *cfg, const char *dir, cJSON *manif
     for (int i = 0; valid && i < 3; i++) {
         const cJSON *sha = cJSON_GetObjectItemCaseSensitive(data, files[i]);
         char *p = path_in(dir, files[i]), hex[65];
-        valid = p && cJSON_IsString(sha) && sha256_file_hex(p, hex) == QLAB_OK && !strcmp(hex, sha->valuestring);
+        valid =
+            p && cJSON_IsString(sha) && sha256_file_hex(p, hex) == QLAB_OK && !strcmp(hex, sha->valuestring);
         free(p);
     }
     if (valid) {
         printf("zoo: corpus and tokenizer cached in %s\n", dir);
     } else {
-        char *train = path_in(dir, files[0]), *heldout = path_in(dir, files[1]), *tok = path_in(dir, files[2]);
+        char *train = path_in(dir, files[0]), *heldout = path_in(dir, files[1]),
+             *tok = path_in(dir, files[2]);
         char *text = NULL;
         size_t len = 0;
         bpe_vocab vocab = {0};
         qlab_status st = train && heldout && tok ? QLAB_OK : QLAB_ERR_NOMEM;
         uint64_t seed = (uint64_t)config_int(cfg, "seed");
         double t0 = qlab_now();
-        if (st == QLAB_OK) st = write_split(train, seed, CORPUS_TRAIN, (size_t)config_int(cfg, "train_bytes"));
-        if (st == QLAB_OK) st = write_split(heldout, seed, CORPUS_HELDOUT, (size_t)config_int(cfg, "heldout_bytes"));
+        if (st == QLAB_OK)
+            st = write_split(train, seed, CORPUS_TRAIN, (size_t)config_int(cfg, "train_bytes"));
+        if (st == QLAB_OK)
+            st = write_split(heldout, seed, CORPUS_HELDOUT, (size_t)config_int(cfg, "heldout_bytes"));
         if (st == QLAB_OK) st = qlab_read_file(train, &text, &len);
         size_t tokenizer_bytes = (size_t)config_int(cfg, "tokenizer_bytes");
-        if (st == QLAB_OK) st = bpe_train(text, len < tokenizer_bytes ? len : tokenizer_bytes,
-                                          (int)config_int(cfg, "vocab_size"), &vocab);
+        if (st == QLAB_OK)
+            st = bpe_train(text, len < tokenizer_bytes ? len : tokenizer_bytes,
+                           (int)config_int(cfg, "vocab_size"), &vocab);
         if (st == QLAB_OK) st = bpe_save(&vocab, tok);
         bpe_free(&vocab);
         free(text);
@@ -264,7 +278,8 @@ static qlab_status prepare_data(const config *cfg, const char *dir, cJSON *manif
     return *data_key ? QLAB_OK : QLAB_ERR_NOMEM;
 }
 
-static qlab_status tokenize_file(const char *dir, const char *file, const tokenizer *tok, int **ids, int64_t *n) {
+static qlab_status tokenize_file(const char *dir, const char *file, const tokenizer *tok, int **ids,
+                                 int64_t *n) {
     char *path = path_in(dir, file), *text = NULL;
     size_t len = 0, count = 0;
     qlab_status st = path ? qlab_read_file(path, &text, &len) : QLAB_ERR_NOMEM;
@@ -377,24 +392,37 @@ static double json_number(const cJSON *o, const char *key) {
 static qlab_status write_results(results *r, zoo_model *models, int n) {
     results_table *t;
     QLAB_TRY(results_table_begin(r, &t, "models", "The embedded model family: one LLaMA model per row"));
-    const char *int_columns[] = {"params", "dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "seq_len",
-                                 "batch", "steps", "train_tokens", "cached"};
-    const char *float_columns[] = {"final_train_loss", "final_heldout_loss", "train_seconds", "tokens_per_second"};
+    const char *int_columns[] = {"params",  "dim",   "hidden_dim", "n_layers",     "n_heads", "n_kv_heads",
+                                 "seq_len", "batch", "steps",      "train_tokens", "cached"};
+    const char *float_columns[] = {"final_train_loss", "final_heldout_loss", "train_seconds",
+                                   "tokens_per_second"};
     QLAB_TRY(results_table_column(t, "model", RESULTS_STRING, NULL, NULL));
     for (size_t i = 0; i < sizeof int_columns / sizeof int_columns[0]; i++)
         QLAB_TRY(results_table_column(t, int_columns[i], RESULTS_INT64, NULL,
                                       !strcmp(int_columns[i], "cached") ? "1: reused from the cache" : NULL));
     for (size_t i = 0; i < 4; i++)
-        QLAB_TRY(results_table_column(t, float_columns[i], RESULTS_FLOAT64, i < 2 ? "nats/token" : i == 2 ? "s" : "tok/s",
+        QLAB_TRY(results_table_column(t, float_columns[i], RESULTS_FLOAT64,
+                                      i < 2    ? "nats/token"
+                                      : i == 2 ? "s"
+                                               : "tok/s",
                                       i == 0 ? "mean over the last log interval" : NULL));
     QLAB_TRY(results_table_column(t, "sha256", RESULTS_STRING, NULL, "of the llama2.c .bin"));
-    QLAB_TRY(results_table_note(t, "train_seconds and tokens_per_second are those of the run that trained the "
-                                   "model (a cached model keeps its original timing)."));
+    QLAB_TRY(results_table_note(t,
+                                "train_seconds and tokens_per_second are those of the run that trained the "
+                                "model (a cached model keeps its original timing)."));
     for (int i = 0; i < n; i++) {
         const zoo_model *z = &models[i];
-        int64_t values[] = {(int64_t)model_num_params(&z->mc), z->mc.dim, z->mc.hidden_dim, z->mc.n_layers,
-                            z->mc.n_heads, z->mc.n_kv_heads, z->mc.seq_len, z->opt.batch, z->opt.steps,
-                            z->opt.steps * z->opt.batch * z->opt.seq_len, z->cached};
+        int64_t values[] = {(int64_t)model_num_params(&z->mc),
+                            z->mc.dim,
+                            z->mc.hidden_dim,
+                            z->mc.n_layers,
+                            z->mc.n_heads,
+                            z->mc.n_kv_heads,
+                            z->mc.seq_len,
+                            z->opt.batch,
+                            z->opt.steps,
+                            z->opt.steps * z->opt.batch * z->opt.seq_len,
+                            z->cached};
         QLAB_TRY(results_set_string(t, "model", z->name));
         for (size_t j = 0; j < sizeof values / sizeof values[0]; j++)
             QLAB_TRY(results_set_int(t, int_columns[j], values[j]));
@@ -484,7 +512,8 @@ int main(int argc, char **argv) {
                        config_int(cfg, "tokenizer_bytes")};
     for (int i = 0; i < 3; i++)
         if (sizes[i] < 1000 || sizes[i] > ((int64_t)1 << 32)) {
-            qlab_fail(QLAB_ERR_ARG, "%s: train_bytes, heldout_bytes and tokenizer_bytes must be from 1000 to 2^32",
+            qlab_fail(QLAB_ERR_ARG,
+                      "%s: train_bytes, heldout_bytes and tokenizer_bytes must be from 1000 to 2^32",
                       config_file);
             goto done;
         }
@@ -562,20 +591,23 @@ int main(int argc, char **argv) {
                 if (tokenize_file(dir, ZOO_TRAIN_TEXT_FILE, tok, &train_ids, &n_train) != QLAB_OK ||
                     tokenize_file(dir, ZOO_HELDOUT_TEXT_FILE, tok, &heldout_ids, &n_heldout) != QLAB_OK)
                     goto done;
-                printf("zoo: %lld training and %lld held-out tokens\n", (long long)n_train, (long long)n_heldout);
+                printf("zoo: %lld training and %lld held-out tokens\n", (long long)n_train,
+                       (long long)n_heldout);
             }
             printf("zoo: %-10s %9zu params  training %lld steps x %d x %d tokens\n", z->name, params,
                    (long long)z->opt.steps, z->opt.batch, z->opt.seq_len);
             fflush(stdout);
             sc.work_per_step = work_per_step(z);
-            if (train_one(z, dir, train_ids, n_train, heldout_ids, n_heldout, &sc, &z->entry) != QLAB_OK) goto done;
+            if (train_one(z, dir, train_ids, n_train, heldout_ids, n_heldout, &sc, &z->entry) != QLAB_OK)
+                goto done;
             sc.work_before += z->opt.steps * sc.work_per_step;
             printf("zoo: %-10s train loss %.3f  held-out loss %.3f  (%.0f s, %.0f tok/s)\n", z->name,
                    json_number(z->entry, "final_train_loss"), json_number(z->entry, "final_heldout_loss"),
                    json_number(z->entry, "train_seconds"), json_number(z->entry, "tokens_per_second"));
         }
         /* Written after every model so an interrupted run keeps the ones already finished. */
-        if (!cJSON_AddItemReferenceToArray(new_models, z->entry) || manifest_write(manifest, manifest_path) != QLAB_OK)
+        if (!cJSON_AddItemReferenceToArray(new_models, z->entry) ||
+            manifest_write(manifest, manifest_path) != QLAB_OK)
             goto done;
     }
     progress_end(&prog, NULL);

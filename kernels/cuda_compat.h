@@ -53,7 +53,7 @@ typedef struct {
     }
 #endif
 
-/* bf16 round-to-nearest-even from an fp32 value (same rule as core/half.h, usable on the device). */
+/* bf16 round-to-nearest-even from an fp32 value (same rule as core/base/half.h, usable on the device). */
 CUDA_DEVICE uint16_t cuda_f32_to_bf16(float f) {
 #ifdef __CUDACC__
     uint32_t u = __float_as_uint(f);

@@ -1,6 +1,6 @@
 /* CPU emulation of a CUDA launch: every (block, thread) of a 1-D grid runs each kernel phase in turn,
  * with per-block shared memory. Phases stand in for the code between __syncthreads() barriers. */
-#include "cuda_emu.h"
+#include "kernels/cuda_emu.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -8,14 +8,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "cuda_compat.h"
-#include "optim_cuda_body.h"
+#include "kernels/cuda_compat.h"
+#include "kernels/optim_cuda_body.h"
 
 #ifdef __cplusplus
 extern "C" { /* the GPU self-test (C++) calls the emulation to compare bit for bit */
 #endif
-#include "common.h"
-#include "quant.h"
+#include "core/base/common.h"
+#include "core/quant/quant.h"
 
 /* One barrier-free stretch of a kernel: what a thread does between two __syncthreads(). `shared` is the
  * block's shared memory; a phase must keep nothing in locals that a later phase needs (pass it through

@@ -5,7 +5,7 @@
 
 #include <cuda_runtime.h>
 
-#include "qlab_cuda.h"
+#include "kernels/qlab_cuda.h"
 
 /* Evaluates a CUDA runtime call; on error records "<call>: <CUDA error string>" and returns it as
  * QLAB_ERR_UNSUPPORTED (no device, launch failure) or QLAB_ERR_NOMEM (allocation). */

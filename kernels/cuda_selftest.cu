@@ -1,15 +1,16 @@
 /* qlab-cuda-selftest: on a machine with a CUDA device, runs every CUDA kernel against the C reference
- * (core/quant.c: bit for bit) and against the CPU emulation of the same body (bit for bit, including gemv
- * and AdamW), printing one PASS/FAIL line per check. Without a device: "no CUDA device: skipped", exit 0. */
+ * (core/quant/quant.c: bit for bit) and against the CPU emulation of the same body (bit for bit, including
+ * gemv and AdamW), printing one PASS/FAIL line per check. Without a device: "no CUDA device: skipped", exit
+ * 0. */
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <cmath>
 
-#include "cuda_emu.h"
-#include "cuda_internal.h"
+#include "kernels/cuda_emu.h"
+#include "kernels/cuda_internal.h"
 extern "C" {
-#include "rng.h"
+#include "core/base/rng.h"
 }
 
 static int selftest_failed, selftest_passed;

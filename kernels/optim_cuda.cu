@@ -1,9 +1,9 @@
 /* Paged AdamW 32-bit on the GPU: the body of kernels/optim_cuda_body.h in a __global__ wrapper, with the
  * moments of large tensors in unified memory prefetched to the device before each update (bitsandbytes'
  * paged optimizers). */
-#include "cuda_internal.h"
+#include "kernels/cuda_internal.h"
 extern "C" {
-#include "optim.h"
+#include "core/model/optim.h"
 }
 
 __global__ void optim_cuda_adamw_kernel(optim_cuda_adamw_args a) {
@@ -71,7 +71,7 @@ extern "C" qlab_status qlab_cuda_adamw_step(qlab_cuda_adamw_state *s, float *par
     return QLAB_OK;
 }
 
-/* ---------------------------------------------------------------- paged state for core/optim.c */
+/* ---------------------------------------------------------------- paged state for core/model/optim.c */
 
 static void *optim_cuda_managed_alloc(size_t bytes) {
     void *p = nullptr;

@@ -7,7 +7,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#include "cuda_compat.h"
+#include "kernels/cuda_compat.h"
 
 /* Hyper-parameters of one AdamW step (PyTorch's AdamW: decoupled weight decay, bias correction). */
 typedef struct {

@@ -1,6 +1,6 @@
 /* The AdamW kernel body of kernels/optim_cuda.cu, run on the CPU through the emulation, with the same
  * launch shape as the GPU; tests/test_cuda_emu.c checks it against a plain C AdamW. */
-#include "cuda_emu.h"
+#include "kernels/cuda_emu.h"
 
 static void optim_cuda_emu_adamw_phase(cuda_thread t, void *shared, const void *args) {
     optim_cuda_adamw_phase(t, shared, (const optim_cuda_adamw_args *)args);

@@ -16,7 +16,7 @@
  *                              phase by phase, with per-block shared memory (poisoned with 0xff). The
  *                              emulated launchers (<name>_cuda_emu.c) use the GPU's launch shapes.
  *   tests/test_cuda_emu.c      part of `make test`, needs no nvcc: the emulated kernels against the C
- *                              reference (core/quant.c: bit-exact; gemv and AdamW: see the test).
+ *                              reference (core/quant/quant.c: bit-exact; gemv and AdamW: see the test).
  *   kernels/cuda_selftest.cu   build/bin/qlab-cuda-selftest: on a machine with a GPU runs every kernel
  *                              against the C reference AND against the emulation (which must agree bit
  *                              for bit, the strongest check that the emulation tests what the GPU runs).
@@ -38,12 +38,12 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-#include "common.h"
-#include "quant.h"
+#include "core/base/common.h"
+#include "core/quant/quant.h"
 #ifdef __cplusplus
 }
 #endif
-#include "optim_cuda_body.h"
+#include "kernels/optim_cuda_body.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -106,7 +106,7 @@ void qlab_cuda_adamw_state_free(qlab_cuda_adamw_state *s);
 qlab_status qlab_cuda_adamw_step(qlab_cuda_adamw_state *s, float *param, const float *grad,
                                  const optim_cuda_adamw_hyper *hyper, int64_t step);
 
-/* Makes core/optim.h's OPTIM_STATE_PAGED allocate CUDA unified memory (cudaMallocManaged) for the CPU
+/* Makes core/model/optim.h's OPTIM_STATE_PAGED allocate CUDA unified memory (cudaMallocManaged) for the CPU
  * AdamW as well. Returns 1 when registered, 0 without a device (the CPU then keeps host memory). */
 int qlab_cuda_register_paged_backend(void);
 

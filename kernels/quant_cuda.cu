@@ -1,9 +1,9 @@
 /* 4-bit blockwise quantization on the GPU: __global__ wrappers around the bodies of
  * kernels/quant_cuda_body.h (__syncthreads() between phases), the device back end of
  * kernels/quant_cuda_driver.c, device-resident weights and the fused 4-bit gemv of the QLoRA forward. */
-#include "cuda_internal.h"
-#include "quant_cuda_body.h"
-#include "quant_cuda_driver.h"
+#include "kernels/cuda_internal.h"
+#include "kernels/quant_cuda_body.h"
+#include "kernels/quant_cuda_driver.h"
 
 /* ---------------------------------------------------------------- kernels */
 

@@ -1,17 +1,17 @@
 /* Kernel bodies of 4-bit blockwise quantization for the absmax types (quantize, dequantize to fp32/bf16,
  * fused dequantize + matrix-vector product), shared by kernels/quant_cuda.cu and the CPU emulation.
- * The arithmetic is core/quant_ref.c's, step for step (reciprocal multiply, 2^64 pre-scale for tiny
+ * The arithmetic is core/quant/quant_ref.c's, step for step (reciprocal multiply, 2^64 pre-scale for tiny
  * absmax, strict > thresholds, element 2j in the high nibble), so the codes match it bit for bit. */
 #ifndef QLAB_QUANT_CUDA_BODY_H
 #define QLAB_QUANT_CUDA_BODY_H
 
 #include <stdint.h>
 
-#include "cuda_compat.h"
+#include "kernels/cuda_compat.h"
 #ifdef __cplusplus
 extern "C" {
 #endif
-#include "quant_kernels.h" /* quant_absmax_spec: the code book and thresholds, built from quant_tables.h */
+#include "core/quant/quant_kernels.h" /* quant_absmax_spec: the code book and thresholds, built from quant_tables.h */
 #ifdef __cplusplus
 }
 #endif
@@ -173,7 +173,7 @@ typedef struct {
     float amax, recip, pre;
 } quant_cuda_dq_shared;
 
-/* bitsandbytes' dQuantize<0> as core/quant.c's dynamic_quantize: 7-step binary search over the sorted
+/* bitsandbytes' dQuantize<0> as core/quant/quant.c's dynamic_quantize: 7-step binary search over the sorted
  * map, then a midpoint test against the neighbour on x's side; an exact midpoint stays with the pivot. */
 CUDA_DEVICE uint8_t quant_cuda_dynamic_encode(const float *code, float x) {
     int pivot = 127, upper_pivot = 255, lower_pivot = 0;

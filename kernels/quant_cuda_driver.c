@@ -1,6 +1,6 @@
 /* Host side of device 4-bit quantization, shared by the GPU and the emulation back ends: argument checks,
  * allocation compatible with quant_tensor_free, and the double-quantization offset in quant.c's order. */
-#include "quant_cuda_driver.h"
+#include "kernels/quant_cuda_driver.h"
 
 #include <math.h>
 #include <string.h>

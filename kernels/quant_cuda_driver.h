@@ -11,9 +11,9 @@
 extern "C" {
 #endif
 
-#include "common.h"
-#include "quant.h"
-#include "quant_kernels.h"
+#include "core/base/common.h"
+#include "core/quant/quant.h"
+#include "core/quant/quant_kernels.h"
 
 /* Host pointers in and out; a back end copies to and from its device as it needs. */
 typedef struct {

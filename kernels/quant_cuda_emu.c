@@ -1,11 +1,11 @@
 /* The 4-bit kernel bodies of kernels/quant_cuda.cu run on the CPU through the emulation, with the GPU's
- * launch shapes; tests/test_cuda_emu.c checks them against core/quant.c's reference. */
+ * launch shapes; tests/test_cuda_emu.c checks them against core/quant/quant.c's reference. */
 #include <limits.h>
 #include <math.h>
 
-#include "cuda_emu.h"
-#include "quant_cuda_body.h"
-#include "quant_cuda_driver.h"
+#include "kernels/cuda_emu.h"
+#include "kernels/quant_cuda_body.h"
+#include "kernels/quant_cuda_driver.h"
 
 static void quantize_phase_max(cuda_thread t, void *shared, const void *args) {
     quant_cuda_quantize_phase_max(t, shared, args);

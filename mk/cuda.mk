@@ -6,7 +6,7 @@ CUDA_HOME ?= $(abspath $(dir $(shell command -v $(NVCC) 2>/dev/null))/..)
 CUDA_LDLIBS := -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lpthread -lstdc++
 
 # nvcc is not run with -MMD: rebuild every CUDA object when any header it can include changes.
-$(CUDA_OBJS): $(wildcard kernels/*.h) $(wildcard core/*.h)
+$(CUDA_OBJS): $(wildcard kernels/*.h) $(wildcard core/*/*.h)
 
 $(BUILD)/bin/qlab-cuda-selftest: $(CUDA_OBJS) $(LIB)
 	@mkdir -p $(dir $@)

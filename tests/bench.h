@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
-#include "progress.h"
+#include "core/base/common.h"
+#include "core/base/progress.h"
 #ifdef QLAB_HAVE_OPENBLAS
 #include <cblas.h>
 #endif
@@ -41,8 +41,10 @@ static inline double bench_sgemm_gflops(int M, int N, int K, int reps) {
     float *B = qlab_alloc_aligned(sizeof(float) * (size_t)K * N);
     float *C = qlab_alloc_aligned(sizeof(float) * (size_t)M * N);
     if (!A || !B || !C) return 0;
-    for (size_t i = 0; i < (size_t)M * K; i++) A[i] = (float)((i * 37) % 101) / 101.0f - 0.5f;
-    for (size_t i = 0; i < (size_t)K * N; i++) B[i] = (float)((i * 53) % 97) / 97.0f - 0.5f;
+    for (size_t i = 0; i < (size_t)M * K; i++)
+        A[i] = (float)((i * 37) % 101) / 101.0f - 0.5f;
+    for (size_t i = 0; i < (size_t)K * N; i++)
+        B[i] = (float)((i * 53) % 97) / 97.0f - 0.5f;
     double best = 1e30;
     for (int r = 0; r < reps + 1; r++) {
         double t0 = qlab_now();

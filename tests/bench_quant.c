@@ -8,11 +8,11 @@
 #include <omp.h>
 #endif
 
-#include "bench.h"
-#include "common.h"
-#include "progress.h"
-#include "quant.h"
-#include "rng.h"
+#include "tests/bench.h"
+#include "core/base/common.h"
+#include "core/base/progress.h"
+#include "core/quant/quant.h"
+#include "core/base/rng.h"
 
 static void set_threads(int t) {
 #ifdef _OPENMP

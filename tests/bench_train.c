@@ -9,9 +9,9 @@
  * 3x forward (backward: input and weight gradients of every product, four attention products). */
 #include <string.h>
 
-#include "bench.h"
-#include "model.h"
-#include "rng.h"
+#include "tests/bench.h"
+#include "core/model/model.h"
+#include "core/base/rng.h"
 
 static double forward_flops(const model_config *c, int B, int T) {
     double D = c->dim, Hd = c->hidden_dim, L = c->n_layers, V = c->vocab_size, N = (double)B * T;
@@ -44,8 +44,15 @@ static double time_steps(model *m, const int *tokens, const int *targets, int B,
 }
 
 int main(void) {
-    model_config c = {.dim = 256, .hidden_dim = 688, .n_layers = 8, .n_heads = 8, .n_kv_heads = 8,
-                      .vocab_size = 512, .seq_len = 256, .norm_eps = 1e-5f, .rope_theta = 10000.0f,
+    model_config c = {.dim = 256,
+                      .hidden_dim = 688,
+                      .n_layers = 8,
+                      .n_heads = 8,
+                      .n_kv_heads = 8,
+                      .vocab_size = 512,
+                      .seq_len = 256,
+                      .norm_eps = 1e-5f,
+                      .rope_theta = 10000.0f,
                       .shared_classifier = 1};
     const int B = 4, T = 256, N = B * T;
     model *m;
@@ -54,16 +61,19 @@ int main(void) {
     float *p = model_get_param_buffer(m, &count);
     rng_state rng;
     rng_seed(&rng, 7);
-    for (size_t i = 0; i < count; i++) p[i] = (float)(0.05 * rng_normal(&rng));
-    for (int i = 0; i < c.n_layers * c.dim; i++) model_get_params(m)->rms_att[i] = model_get_params(m)->rms_ffn[i] = 1;
+    for (size_t i = 0; i < count; i++)
+        p[i] = (float)(0.05 * rng_normal(&rng));
+    for (int i = 0; i < c.n_layers * c.dim; i++)
+        model_get_params(m)->rms_att[i] = model_get_params(m)->rms_ffn[i] = 1;
     int *tokens = malloc(sizeof(int) * N), *targets = malloc(sizeof(int) * N);
-    for (int i = 0; i < N; i++) tokens[i] = (int)rng_below(&rng, 512), targets[i] = (int)rng_below(&rng, 512);
+    for (int i = 0; i < N; i++)
+        tokens[i] = (int)rng_below(&rng, 512), targets[i] = (int)rng_below(&rng, 512);
 
     /* The limit: best of many sgemm calls, measured before and after the model runs (the larger kept), so
      * a burst of other work on a shared machine does not lower it and flatter the ratios. */
     double sgemm = bench_sgemm_gflops(N, c.hidden_dim, c.dim, 30);
-    printf("bench_train: %zu parameters, B=%d T=%d, %d threads; sgemm (%d x %d x %d) %.1f GFLOP/s\n", count, B, T,
-           qlab_num_threads(), N, c.hidden_dim, c.dim, sgemm);
+    printf("bench_train: %zu parameters, B=%d T=%d, %d threads; sgemm (%d x %d x %d) %.1f GFLOP/s\n", count,
+           B, T, qlab_num_threads(), N, c.hidden_dim, c.dim, sgemm);
     double fwd = forward_flops(&c, B, T);
 
     double t_train = time_steps(m, tokens, targets, B, T, 1, 6.0);
@@ -73,7 +83,8 @@ int main(void) {
     if (sgemm_after > sgemm) sgemm = sgemm_after;
     printf("bench_train: sgemm limit after the runs %.1f GFLOP/s; using %.1f\n", sgemm_after, sgemm);
     bench_emit("train step (fwd+bwd) tokens/s", N / t_train, "tok/s", "-", 0, 0);
-    bench_emit("train step (fwd+bwd) GFLOP/s", 3 * fwd / t_train / 1e9, "GFLOP/s", "sgemm GFLOP/s", sgemm, 0.40);
+    bench_emit("train step (fwd+bwd) GFLOP/s", 3 * fwd / t_train / 1e9, "GFLOP/s", "sgemm GFLOP/s", sgemm,
+               0.40);
     bench_emit("eval forward tokens/s", N / t_eval, "tok/s", "-", 0, 0);
     bench_emit("eval forward GFLOP/s", fwd / t_eval / 1e9, "GFLOP/s", "sgemm GFLOP/s", sgemm, 0.50);
 

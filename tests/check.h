@@ -10,49 +10,49 @@
 
 static int check_passed_, check_failed_, check_skipped_;
 
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (cond) {                                                                                \
-            check_passed_++;                                                                       \
-        } else {                                                                                   \
-            check_failed_++;                                                                       \
-            fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);                        \
-        }                                                                                          \
+#define CHECK(cond)                                                                                          \
+    do {                                                                                                     \
+        if (cond) {                                                                                          \
+            check_passed_++;                                                                                 \
+        } else {                                                                                             \
+            check_failed_++;                                                                                 \
+            fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);                                  \
+        }                                                                                                    \
     } while (0)
 
 /* Like CHECK, with a printf-style explanation printed on failure. */
-#define CHECKF(cond, ...)                                                                          \
-    do {                                                                                           \
-        if (cond) {                                                                                \
-            check_passed_++;                                                                       \
-        } else {                                                                                   \
-            check_failed_++;                                                                       \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                        \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-        }                                                                                          \
+#define CHECKF(cond, ...)                                                                                    \
+    do {                                                                                                     \
+        if (cond) {                                                                                          \
+            check_passed_++;                                                                                 \
+        } else {                                                                                             \
+            check_failed_++;                                                                                 \
+            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                                  \
+            fprintf(stderr, __VA_ARGS__);                                                                    \
+            fputc('\n', stderr);                                                                             \
+        }                                                                                                    \
     } while (0)
 
 /* |a - b| <= tol, with both values printed on failure. */
-#define CHECK_NEAR(a, b, tol)                                                                      \
-    do {                                                                                           \
-        double check_a_ = (double)(a), check_b_ = (double)(b), check_t_ = (double)(tol);          \
-        if (fabs(check_a_ - check_b_) <= check_t_) {                                               \
-            check_passed_++;                                                                       \
-        } else {                                                                                   \
-            check_failed_++;                                                                       \
-            fprintf(stderr, "FAIL %s:%d: %s = %.9g vs %s = %.9g (tol %.3g)\n", __FILE__, __LINE__, #a, \
-                    check_a_, #b, check_b_, check_t_);                                             \
-        }                                                                                          \
+#define CHECK_NEAR(a, b, tol)                                                                                \
+    do {                                                                                                     \
+        double check_a_ = (double)(a), check_b_ = (double)(b), check_t_ = (double)(tol);                     \
+        if (fabs(check_a_ - check_b_) <= check_t_) {                                                         \
+            check_passed_++;                                                                                 \
+        } else {                                                                                             \
+            check_failed_++;                                                                                 \
+            fprintf(stderr, "FAIL %s:%d: %s = %.9g vs %s = %.9g (tol %.3g)\n", __FILE__, __LINE__, #a,       \
+                    check_a_, #b, check_b_, check_t_);                                                       \
+        }                                                                                                    \
     } while (0)
 
 /* Records a skipped group of checks with the reason (e.g. shared data missing). */
-#define SKIP(...)                                                                                  \
-    do {                                                                                           \
-        check_skipped_++;                                                                          \
-        fprintf(stderr, "SKIP %s:%d: ", __FILE__, __LINE__);                                       \
-        fprintf(stderr, __VA_ARGS__);                                                              \
-        fputc('\n', stderr);                                                                       \
+#define SKIP(...)                                                                                            \
+    do {                                                                                                     \
+        check_skipped_++;                                                                                    \
+        fprintf(stderr, "SKIP %s:%d: ", __FILE__, __LINE__);                                                 \
+        fprintf(stderr, __VA_ARGS__);                                                                        \
+        fputc('\n', stderr);                                                                                 \
     } while (0)
 
 /* Path of a file in ../shared/data (relative to the repository root, where make test runs), or NULL

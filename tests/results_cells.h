@@ -7,7 +7,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#include "results.h"
+#include "core/results/results.h"
 
 static inline double table_f64(const results_table_data *t, const char *column, int64_t row) {
     const results_column *c = t ? results_table_find_column(t, column) : NULL;

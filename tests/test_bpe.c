@@ -1,19 +1,21 @@
-/* Tests of datasets/bpe.h: training is deterministic (byte-identical tokenizer.bin twice), the layout
+/* Tests of core/text/bpe.h: training is deterministic (byte-identical tokenizer.bin twice), the layout
  * copies llama2.c's tok512.bin (specials, byte pieces, scores, header), pieces obey SentencePiece's
  * pretokenization, a vocab below the base set is a clear error, and the trained file loads in
- * core/tokenizer.h and round-trips held-out text exactly. */
+ * core/text/tokenizer.h and round-trips held-out text exactly. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "bpe.h"
-#include "check.h"
-#include "corpus.h"
-#include "progress.h"
-#include "tokenizer.h"
+#include "core/text/bpe.h"
+#include "tests/check.h"
+#include "datasets/corpus.h"
+#include "core/base/progress.h"
+#include "core/text/tokenizer.h"
 
-static int is_letter(unsigned char c) { return ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') || c >= 0x80; }
+static int is_letter(unsigned char c) {
+    return ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') || c >= 0x80;
+}
 
 static void test_deterministic_and_layout(const char *text, size_t len) {
     bpe_vocab a, b;
@@ -45,7 +47,8 @@ static void test_deterministic_and_layout(const char *text, size_t len) {
     int unique = 1, spaces_ok = 1, classes_ok = 1;
     for (int i = BPE_N_BASE; i < a.n_pieces; i++) {
         for (int j = BPE_N_BASE; j < i; j++)
-            unique &= !(a.lengths[i] == a.lengths[j] && !memcmp(a.pieces[i], a.pieces[j], (size_t)a.lengths[i]));
+            unique &=
+                !(a.lengths[i] == a.lengths[j] && !memcmp(a.pieces[i], a.pieces[j], (size_t)a.lengths[i]));
         const unsigned char *p = (const unsigned char *)a.pieces[i];
         int letters = 0, punct = 0;
         for (int k = 0; k < a.lengths[i]; k++) {
@@ -57,7 +60,8 @@ static void test_deterministic_and_layout(const char *text, size_t len) {
     CHECK(unique);
     CHECK(spaces_ok);
     CHECK(classes_ok);
-    /* The most frequent merge of English stories is a word start such as " t" (tok512.bin's first is " t"). */
+    /* The most frequent merge of English stories is a word start such as " t" (tok512.bin's first is " t").
+     */
     CHECK(a.pieces[BPE_N_BASE][0] == ' ');
     /* The base pieces are byte-identical to llama2.c's tok512.bin (same specials, byte names, scores). */
     const char *tok512 = shared_data_path("models/tok512.bin");
@@ -110,7 +114,7 @@ static void test_errors(const char *text, size_t len) {
     free(run);
 }
 
-/* Trains, saves, loads through core/tokenizer.h and round-trips text; returns bytes per token. */
+/* Trains, saves, loads through core/text/tokenizer.h and round-trips text; returns bytes per token. */
 static double round_trip(const char *train, size_t lt, int vocab, const char *held, size_t lh, int *ok) {
     *ok = 0;
     bpe_vocab v;
@@ -156,7 +160,8 @@ static void test_round_trip(const char *train, size_t lt) {
     printf("held-out story text: %.3f bytes/token at vocab 512, %.3f at vocab 1024\n", bpt512, bpt1024);
     free(held);
     /* Text with invalid UTF-8, NUL bytes, tabs and non-ASCII letters: byte fallback keeps it exact. */
-    static const char odd[] = "caf\xc3\xa9 na\xc3\xafve \xff\xfe bytes\x00 and\ttabs \xe2\x80\x9cquoted\xe2\x80\x9d \xe4\xb8\xad\n\ncaf\xc3\xa9 \xf0\x9f\x98\x80!";
+    static const char odd[] = "caf\xc3\xa9 na\xc3\xafve \xff\xfe bytes\x00 and\ttabs "
+                              "\xe2\x80\x9cquoted\xe2\x80\x9d \xe4\xb8\xad\n\ncaf\xc3\xa9 \xf0\x9f\x98\x80!";
     size_t lo = sizeof odd - 1;
     char *mixed = malloc(lt + lo);
     memcpy(mixed, train, lt);
@@ -209,7 +214,8 @@ static void test_encoder_reproduces_merges(const char *story_text, size_t ls) {
          * score order changes the count by whole percents. */
         int64_t want = v.n_train_tokens + 1, slack = round == 0 ? 0 : want / 10000;
         CHECKF((int64_t)n <= want && (int64_t)n >= want - slack,
-               "vocab %d: encoder gives %zu tokens, training %lld (+1 prefix)", vocab, n, (long long)v.n_train_tokens);
+               "vocab %d: encoder gives %zu tokens, training %lld (+1 prefix)", vocab, n,
+               (long long)v.n_train_tokens);
         free(ids);
         tokenizer_free(tk);
         bpe_free(&v);

@@ -7,13 +7,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "check.h"
-#include "checkpoint.h"
-#include "common.h"
-#include "half.h"
-#include "rng.h"
-#include "safetensors.h"
-#include "test_util.h"
+#include "tests/check.h"
+#include "core/model/checkpoint.h"
+#include "core/base/common.h"
+#include "core/base/half.h"
+#include "core/base/rng.h"
+#include "core/formats/safetensors.h"
+#include "tests/test_util.h"
 
 /* 1 when every parameter (classifier included) of a and b is bit-identical. */
 static int same_params(model *a, model *b) {

@@ -8,12 +8,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "check.h"
-#include "checkpoint.h"
-#include "common.h"
-#include "rng.h"
-#include "safetensors.h"
-#include "test_util.h"
+#include "tests/check.h"
+#include "core/model/checkpoint.h"
+#include "core/base/common.h"
+#include "core/base/rng.h"
+#include "core/formats/safetensors.h"
+#include "tests/test_util.h"
 
 /* Loads path with loader, expecting status want and a message containing the path and every given word. */
 #define EXPECT_REFUSED(loader, path, want, ...)                                                              \

@@ -9,13 +9,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "check.h"
-#include "common.h"
-#include "npy.h"
-#include "quant.h"
-#include "quant_io.h"
-#include "rng.h"
-#include "test_util.h"
+#include "tests/check.h"
+#include "core/base/common.h"
+#include "core/formats/npy.h"
+#include "core/quant/quant.h"
+#include "core/quant/quant_io.h"
+#include "core/base/rng.h"
+#include "tests/test_util.h"
 
 static char qlab_bin[1024];
 static char out_text[65536], err_text[65536];

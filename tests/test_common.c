@@ -3,10 +3,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "check.h"
-#include "common.h"
-#include "half.h"
-#include "rng.h"
+#include "tests/check.h"
+#include "core/base/common.h"
+#include "core/base/half.h"
+#include "core/base/rng.h"
 
 static void test_errors(void) {
     qlab_status st = qlab_fail(QLAB_ERR_FORMAT, "%s: bad magic 0x%x", "x.bin", 0x12);
@@ -38,7 +38,8 @@ static void test_rng(void) {
     rng_seed(&a, 42);
     rng_seed(&b, 42);
     int same = 1;
-    for (int i = 0; i < 1000; i++) same &= rng_u64(&a) == rng_u64(&b);
+    for (int i = 0; i < 1000; i++)
+        same &= rng_u64(&a) == rng_u64(&b);
     CHECK(same);
     /* The first output of seed 42 is pinned so a change of generator cannot go unnoticed (it would
      * silently change every experiment's numbers). */
@@ -59,7 +60,8 @@ static void test_rng(void) {
     CHECK_NEAR(s / n, 0.0, 0.02);
     CHECK_NEAR(s2 / n, 1.0, 0.02);
     int in_range = 1;
-    for (int i = 0; i < 10000; i++) in_range &= rng_below(&a, 7) < 7;
+    for (int i = 0; i < 10000; i++)
+        in_range &= rng_below(&a, 7) < 7;
     CHECK(in_range);
 }
 
@@ -73,9 +75,9 @@ static void test_half(void) {
     CHECK(ok);
     CHECK(fp16_to_f32(0x3c00) == 1.0f);
     CHECK(fp16_to_f32(0x0001) == 0x1.0p-24f);
-    CHECK(f32_to_fp16(65520.0f) == 0x7c00);                /* rounds up to inf */
-    CHECK(f32_to_fp16(1.0f + 0x1.0p-11f) == 0x3c00);       /* tie -> even */
-    CHECK(f32_to_fp16(1.0f + 0x1.8p-11f) == 0x3c01);       /* above tie -> up */
+    CHECK(f32_to_fp16(65520.0f) == 0x7c00);          /* rounds up to inf */
+    CHECK(f32_to_fp16(1.0f + 0x1.0p-11f) == 0x3c00); /* tie -> even */
+    CHECK(f32_to_fp16(1.0f + 0x1.8p-11f) == 0x3c01); /* above tie -> up */
     CHECK(f32_to_bf16(1.0f) == 0x3f80);
     CHECK(f32_to_bf16(half_bits_f32(0x3f808000u)) == 0x3f80); /* tie -> even */
     CHECK(f32_to_bf16(half_bits_f32(0x3f818000u)) == 0x3f82); /* tie -> even (up) */

@@ -3,8 +3,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "check.h"
-#include "config.h"
+#include "tests/check.h"
+#include "core/results/config.h"
 
 static const config_key keys[] = {
     {"seed", CONFIG_INT, "1234", "random seed"},

@@ -5,14 +5,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "check.h"
-#include "corpus.h"
-#include "progress.h"
+#include "tests/check.h"
+#include "datasets/corpus.h"
+#include "core/base/progress.h"
 
 /* Splits text at "\n\n" into stories (pointers into text, which is modified). */
 static size_t split_stories(char *text, char ***out) {
     size_t n = 1;
-    for (char *p = strstr(text, "\n\n"); p; p = strstr(p + 2, "\n\n")) n++;
+    for (char *p = strstr(text, "\n\n"); p; p = strstr(p + 2, "\n\n"))
+        n++;
     char **s = malloc(n * sizeof *s);
     size_t k = 0;
     s[k++] = text;
@@ -29,7 +30,9 @@ static int cmp_u64(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-static int cmp_string(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+static int cmp_string(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
 
 static void test_determinism(void) {
     char *a, *b, *c;
@@ -75,7 +78,8 @@ static void test_format_and_counts(void) {
         unsigned char ch = (unsigned char)t[i];
         ascii &= (ch >= 32 && ch < 127) || ch == '\n';
         /* A sentence never starts with a lower-case letter. */
-        if (i >= 2 && (t[i - 2] == '.' || t[i - 2] == '!' || t[i - 2] == '?') && t[i - 1] == ' ' && ch >= 'a' && ch <= 'z')
+        if (i >= 2 && (t[i - 2] == '.' || t[i - 2] == '!' || t[i - 2] == '?') && t[i - 1] == ' ' &&
+            ch >= 'a' && ch <= 'z')
             lower_start++;
     }
     CHECK(ascii);
@@ -135,7 +139,8 @@ static void test_splits_disjoint(void) {
         held_ok &= h % CORPUS_HELDOUT_MODULUS == 0;
         shared += bsearch(&h, th, nt, sizeof *th, cmp_u64) != NULL;
     }
-    for (size_t i = 1; i < nt; i++) dup_train += th[i] == th[i - 1];
+    for (size_t i = 1; i < nt; i++)
+        dup_train += th[i] == th[i - 1];
     CHECK(train_ok && held_ok);
     CHECKF(shared == 0, "%zu held-out stories also in train", shared);
     /* Variety: among ~7000 train stories, exact repeats must be rare (a memorisable corpus would repeat). */
@@ -156,16 +161,19 @@ static void test_vocabulary(void) {
     char **words = malloc(len / 2 * sizeof *words);
     size_t n = 0;
     for (char *p = t; *p;) {
-        while (*p && !((*p | 0x20) >= 'a' && (*p | 0x20) <= 'z')) p++;
+        while (*p && !((*p | 0x20) >= 'a' && (*p | 0x20) <= 'z'))
+            p++;
         if (!*p) break;
         char *s = p;
-        while ((*p | 0x20) >= 'a' && (*p | 0x20) <= 'z') p++;
+        while ((*p | 0x20) >= 'a' && (*p | 0x20) <= 'z')
+            p++;
         if (*p) *p++ = 0;
         words[n++] = s;
     }
     qsort(words, n, sizeof *words, cmp_string);
     size_t distinct = n ? 1 : 0;
-    for (size_t i = 1; i < n; i++) distinct += strcmp(words[i], words[i - 1]) != 0;
+    for (size_t i = 1; i < n; i++)
+        distinct += strcmp(words[i], words[i - 1]) != 0;
     CHECKF(distinct >= 300, "only %zu distinct words", distinct);
     printf("%zu words, %zu distinct\n", n, distinct);
     free(words);

@@ -1,19 +1,19 @@
 /* The CUDA kernel bodies run on the CPU through the emulation (kernels/cuda_emu.h), against the plain C
  * references: 4-bit quantize/dequantize (with and without double quantization) bit for bit with
- * core/quant.c, the fused 4-bit gemv against dequantize-then-matmul within the fp32 summation bound,
- * AdamW bit for bit with a C loop in the same operation order and with core/optim.c. Needs no nvcc. */
+ * core/quant/quant.c, the fused 4-bit gemv against dequantize-then-matmul within the fp32 summation bound,
+ * AdamW bit for bit with a C loop in the same operation order and with core/model/optim.c. Needs no nvcc. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "check.h"
-#include "common.h"
-#include "cuda_emu.h"
-#include "half.h"
-#include "optim.h"
-#include "quant.h"
-#include "quant_kernels.h"
-#include "rng.h"
+#include "tests/check.h"
+#include "core/base/common.h"
+#include "kernels/cuda_emu.h"
+#include "core/base/half.h"
+#include "core/model/optim.h"
+#include "core/quant/quant.h"
+#include "core/quant/quant_kernels.h"
+#include "core/base/rng.h"
 
 /* ---------------------------------------------------------------- the emulation itself */
 
@@ -105,7 +105,7 @@ static void test_adamw(void) {
             adamw_reference(p2, g, m2, v2, n, &h, step);
             ok3 &= optim_adamw_update(p3, g, m3, v3, (size_t)n, &h3, step) == QLAB_OK;
         }
-        /* Bit-exact with core/optim.c too: it documents the same fp32 operations in the same order. */
+        /* Bit-exact with core/model/optim.c too: it documents the same fp32 operations in the same order. */
         CHECKF(ok3 && memcmp(p, p3, n * sizeof(float)) == 0 && memcmp(m, m3, n * sizeof(float)) == 0 &&
                    memcmp(v, v3, n * sizeof(float)) == 0,
                "AdamW emulation == optim_adamw_update bit for bit, n=%lld", (long long)n);

@@ -4,14 +4,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "check.h"
-#include "checkpoint.h"
-#include "generate.h"
-#include "model.h"
-#include "ppl.h"
-#include "rng.h"
-#include "tokenizer.h"
-#include "tokens.h"
+#include "tests/check.h"
+#include "core/model/checkpoint.h"
+#include "eval/generate.h"
+#include "core/model/model.h"
+#include "eval/ppl.h"
+#include "core/base/rng.h"
+#include "core/text/tokenizer.h"
+#include "eval/tokens.h"
 
 /* Every prediction target must be scored exactly once (sliding) and with the promised context. */
 static void test_windows(void) {
@@ -21,7 +21,8 @@ static void test_windows(void) {
         for (size_t ci = 0; ci < 4; ci++)
             for (size_t fi = 0; fi < 3; fi++) {
                 int64_t n = sizes[si];
-                ppl_options opt = {.protocol = PPL_SLIDING, .ctx = ctxs[ci], .stride = ctxs[ci] / strides_frac[fi]};
+                ppl_options opt = {
+                    .protocol = PPL_SLIDING, .ctx = ctxs[ci], .stride = ctxs[ci] / strides_frac[fi]};
                 if (opt.stride < 1) opt.stride = 1;
                 int64_t nw = ppl_plan_windows(n, &opt, NULL, 0);
                 ppl_window *w = calloc((size_t)nw, sizeof *w);
@@ -36,11 +37,12 @@ static void test_windows(void) {
                         if (j + 1 < opt.ctx - opt.stride && target >= opt.ctx - opt.stride) context_ok = 0;
                     }
                 int once = hits[0] == 0;
-                for (int64_t t = 1; t < n; t++) once &= hits[t] == 1;
+                for (int64_t t = 1; t < n; t++)
+                    once &= hits[t] == 1;
                 CHECKF(once, "sliding n=%lld ctx=%d stride=%d: a target scored %s", (long long)n, opt.ctx,
                        opt.stride, "not exactly once");
-                CHECKF(context_ok, "sliding n=%lld ctx=%d stride=%d: too little context", (long long)n, opt.ctx,
-                       opt.stride);
+                CHECKF(context_ok, "sliding n=%lld ctx=%d stride=%d: too little context", (long long)n,
+                       opt.ctx, opt.stride);
                 free(hits);
                 free(w);
             }
@@ -83,13 +85,18 @@ static void test_real_model(void) {
     /* Greedy generation from BOS for 256 steps, as `run stories260K.bin -z tok512.bin -t 0` in
      * llama2.c's doc/stories260K.md, must give exactly the published story. */
     int prompt = tokenizer_bos_id(tok), seq[257], n_out = 0;
-    generate_options g = {.temperature = 0, .top_p = 0.9f, .seed = 1, .max_tokens = 257,
-                          .stop_id_a = tokenizer_bos_id(tok), .stop_id_b = tokenizer_eos_id(tok)};
+    generate_options g = {.temperature = 0,
+                          .top_p = 0.9f,
+                          .seed = 1,
+                          .max_tokens = 257,
+                          .stop_id_a = tokenizer_bos_id(tok),
+                          .stop_id_b = tokenizer_eos_id(tok)};
     CHECK(generate(m, &prompt, 1, &g, seq, &n_out, NULL, NULL) == QLAB_OK);
     char *story = NULL;
     size_t story_len = 0;
     CHECK(tokenizer_decode(tok, seq, (size_t)n_out, &story, &story_len) == QLAB_OK);
-    CHECKF(story && strcmp(story, expected_story) == 0, "greedy story differs:\n%s", story ? story : "(null)");
+    CHECKF(story && strcmp(story, expected_story) == 0, "greedy story differs:\n%s",
+           story ? story : "(null)");
     free(story);
 
     int *ids = NULL;

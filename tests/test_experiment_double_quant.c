@@ -7,11 +7,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "check.h"
-#include "common.h"
-#include "results.h"
-#include "results_cells.h"
-#include "test_util.h"
+#include "tests/check.h"
+#include "core/base/common.h"
+#include "core/results/results.h"
+#include "tests/results_cells.h"
+#include "tests/test_util.h"
 
 #define SMALL_CONFIG "experiments/double_quant_small.json"
 

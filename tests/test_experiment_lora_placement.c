@@ -7,18 +7,19 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "check.h"
-#include "common.h"
-#include "results.h"
-#include "results_cells.h"
-#include "test_util.h"
+#include "tests/check.h"
+#include "core/base/common.h"
+#include "core/results/results.h"
+#include "tests/results_cells.h"
+#include "tests/test_util.h"
 
 #define SMALL_CONFIG "experiments/lora_placement_small.json"
 
 static char build_dir[512];
 
 static int64_t find_row(const results_table_data *t, const char *name, int64_t seed) {
-    const results_column *c = results_table_find_column(t, "config"), *s = results_table_find_column(t, "seed");
+    const results_column *c = results_table_find_column(t, "config"),
+                         *s = results_table_find_column(t, "seed");
     if (!c || c->type != RESULTS_STRING) return -1;
     for (int64_t i = 0; i < t->nrows; i++)
         if (!strcmp(c->str[i], name) && (seed < 0 || (s && s->i64[i] == seed))) return i;
@@ -29,13 +30,14 @@ static int run_small(const char *model, const char *out, const char *log) {
     char program[600], command[2400];
     snprintf(program, sizeof program, "%s/bin/lora_placement", build_dir);
     snprintf(command, sizeof command,
-             "QLAB_QUIET=1 '%s' --config %s --out '%s' --set 'model_path=\"%s\"' --set 'data_path=\"%s\"' > '%s' 2>&1",
+             "QLAB_QUIET=1 '%s' --config %s --out '%s' --set 'model_path=\"%s\"' --set 'data_path=\"%s\"' > "
+             "'%s' 2>&1",
              program, SMALL_CONFIG, out, model, shared_data_path("finetune/alpaca_data_1k.json"), log);
     return run_shell(command);
 }
 
-static const char *cells[] = {"full", "lora_qv_r8", "lora_attention_r8", "lora_all_r8", "lora_all_r2",
-                              "qlora_nf4dq_all_r8"};
+static const char *cells[] = {"full",        "lora_qv_r8",  "lora_attention_r8",
+                              "lora_all_r8", "lora_all_r2", "qlora_nf4dq_all_r8"};
 #define N_CELLS 6
 
 static void check_file(const results_file *f) {
@@ -48,15 +50,36 @@ static void check_file(const results_file *f) {
     CHECKF(s->nrows == N_CELLS, "summary has %lld rows", (long long)s->nrows);
     CHECK(runs->nrows == N_CELLS * 2);
     CHECK(curves->nrows == N_CELLS * 3);
-    const char *summary_columns[] = {"config", "label", "mode", "base", "targets", "rank", "lr", "seeds",
-                                     "initial_nll", "nll_mean", "nll_sd", "nll_min", "nll_max", "nll_ci95", "ppl",
-                                     "delta_vs_ref", "delta_ci95", "trainable_params", "weights_bytes",
-                                     "adapter_bytes", "gradient_bytes", "optimizer_bytes", "total_bytes",
-                                     "seconds_mean", "steps_clipped"};
+    const char *summary_columns[] = {"config",
+                                     "label",
+                                     "mode",
+                                     "base",
+                                     "targets",
+                                     "rank",
+                                     "lr",
+                                     "seeds",
+                                     "initial_nll",
+                                     "nll_mean",
+                                     "nll_sd",
+                                     "nll_min",
+                                     "nll_max",
+                                     "nll_ci95",
+                                     "ppl",
+                                     "delta_vs_ref",
+                                     "delta_ci95",
+                                     "trainable_params",
+                                     "weights_bytes",
+                                     "adapter_bytes",
+                                     "gradient_bytes",
+                                     "optimizer_bytes",
+                                     "total_bytes",
+                                     "seconds_mean",
+                                     "steps_clipped"};
     int nsc = (int)(sizeof summary_columns / sizeof summary_columns[0]);
     CHECK(s->ncols == nsc);
     for (int j = 0; j < nsc && j < s->ncols; j++)
-        CHECKF(!strcmp(s->columns[j].name, summary_columns[j]), "summary column %d is '%s'", j, s->columns[j].name);
+        CHECKF(!strcmp(s->columns[j].name, summary_columns[j]), "summary column %d is '%s'", j,
+               s->columns[j].name);
     CHECK(s->title && strstr(s->title, "Figure 2"));
     CHECK(s->notes && strstr(s->notes, "not the paper's RougeL"));
 
@@ -136,12 +159,13 @@ static void test_full_run(void) {
     free(text);
     const char *commit = results_file_attr(&f, "git_commit");
     CHECKF(commit && strlen(commit) == 40, "git_commit '%s'", commit ? commit : "(missing)");
-    CHECK(results_file_attr(&f, "experiment") && !strcmp(results_file_attr(&f, "experiment"), "lora_placement"));
+    CHECK(results_file_attr(&f, "experiment") &&
+          !strcmp(results_file_attr(&f, "experiment"), "lora_placement"));
     CHECK(results_file_attr(&f, "seed") && !strcmp(results_file_attr(&f, "seed"), "1"));
     CHECK(results_file_attr(&f, "model") && strstr(results_file_attr(&f, "model"), "stories260K.bin"));
     CHECK(results_file_attr(&f, "tokenizer") && strstr(results_file_attr(&f, "tokenizer"), "tok512.bin"));
-    const char *nonempty[] = {"cpu_model", "threads", "hostname", "compiler", "command_line", "start_time_utc",
-                              "end_time_utc"};
+    const char *nonempty[] = {"cpu_model",    "threads",        "hostname",    "compiler",
+                              "command_line", "start_time_utc", "end_time_utc"};
     for (size_t i = 0; i < sizeof nonempty / sizeof nonempty[0]; i++) {
         const char *v = results_file_attr(&f, nonempty[i]);
         CHECKF(v && v[0], "provenance '%s' empty", nonempty[i]);
@@ -161,7 +185,8 @@ static void test_full_run(void) {
         const results_table_data *a = results_file_table(&f, "runs"), *b = results_file_table(&g, "runs");
         const results_column *ca = a ? results_table_find_column(a, "final_nll") : NULL,
                              *cb = b ? results_table_find_column(b, "final_nll") : NULL;
-        CHECK(ca && cb && a->nrows == b->nrows && memcmp(ca->f64, cb->f64, sizeof(double) * (size_t)a->nrows) == 0);
+        CHECK(ca && cb && a->nrows == b->nrows &&
+              memcmp(ca->f64, cb->f64, sizeof(double) * (size_t)a->nrows) == 0);
         results_file_free(&g);
     }
     unlink(out2);
@@ -177,8 +202,9 @@ static void test_full_run(void) {
     if (access(qlab, X_OK) != 0) {
         SKIP("%s not built: report not checked", qlab);
     } else {
-        snprintf(command, sizeof command, "'%s' report '%s' --md '%s' --data-dir /tmp %s%s%s > /dev/null 2>&1", qlab,
-                 out, md, have_gnuplot ? "--plot '" : "", have_gnuplot ? png : "", have_gnuplot ? "'" : "");
+        snprintf(command, sizeof command,
+                 "'%s' report '%s' --md '%s' --data-dir /tmp %s%s%s > /dev/null 2>&1", qlab, out, md,
+                 have_gnuplot ? "--plot '" : "", have_gnuplot ? png : "", have_gnuplot ? "'" : "");
         CHECK(run_shell(command) == 0);
         char *report = NULL;
         CHECK(qlab_read_file(md, &report, &len) == QLAB_OK);

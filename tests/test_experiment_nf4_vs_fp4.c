@@ -8,16 +8,17 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "check.h"
-#include "common.h"
-#include "results.h"
-#include "test_util.h"
+#include "tests/check.h"
+#include "core/base/common.h"
+#include "core/results/results.h"
+#include "tests/test_util.h"
 
 #define SMALL_CONFIG "experiments/nf4_vs_fp4_small.json"
 
 static const results_column *column(const results_table_data *t, const char *name, results_type type) {
     const results_column *c = t ? results_table_find_column(t, name) : NULL;
-    CHECKF(c && c->type == type, "table '%s': column '%s' missing or of the wrong type", t ? t->name : "?", name);
+    CHECKF(c && c->type == type, "table '%s': column '%s' missing or of the wrong type", t ? t->name : "?",
+           name);
     return c && c->type == type ? c : NULL;
 }
 
@@ -37,9 +38,10 @@ int main(void) {
     snprintf(zoo_out, sizeof zoo_out, "/tmp/qlab_test_nf4_zoo_%ld.h5", pid);
     snprintf(out, sizeof out, "/tmp/qlab_test_nf4_vs_fp4_%ld.h5", pid);
     snprintf(log, sizeof log, "/tmp/qlab_test_nf4_vs_fp4_%ld.log", pid);
-    snprintf(command, sizeof command,
-             "QLAB_QUIET=1 '%s' --config experiments/zoo_small.json --set 'out_dir=%s' --out '%s' > '%s' 2>&1",
-             zoo, dir, zoo_out, log);
+    snprintf(
+        command, sizeof command,
+        "QLAB_QUIET=1 '%s' --config experiments/zoo_small.json --set 'out_dir=%s' --out '%s' > '%s' 2>&1",
+        zoo, dir, zoo_out, log);
     CHECK(run_shell(command) == 0);
     unlink(zoo_out); /* the zoo's own results are tested in test_zoo */
     char manifest[200];
@@ -47,8 +49,9 @@ int main(void) {
     CHECKF(access(manifest, R_OK) == 0, "zoo_small did not produce %s (log %s)", manifest, log);
 
     /* A missing zoo must fail with a message that says to run make zoo. */
-    snprintf(command, sizeof command, "QLAB_QUIET=1 '%s' --config %s --set zoo=/tmp/qlab_no_such_zoo --out '%s' > '%s' 2>&1",
-             program, SMALL_CONFIG, out, log);
+    snprintf(command, sizeof command,
+             "QLAB_QUIET=1 '%s' --config %s --set zoo=/tmp/qlab_no_such_zoo --out '%s' > '%s' 2>&1", program,
+             SMALL_CONFIG, out, log);
     CHECK(run_shell(command) != 0);
     char *text = NULL;
     size_t len;
@@ -75,22 +78,35 @@ int main(void) {
            runs ? (long long)runs->nrows : -1LL, n_models * n_bench * n_variants);
     const char *string_cols[] = {"model", "benchmark", "protocol", "dtype"};
     const char *int_cols[] = {"params", "ctx", "stride", "n_scored", "double_quant", "blocksize"};
-    const char *f64_cols[] = {"total_bits", "bits_per_param_projections", "ppl", "ppl_lo", "ppl_hi", "mean_nll",
-                              "kl_mean", "kl_p99", "top1_agree", "dprob_correct"};
-    for (int i = 0; i < 4; i++) column(runs, string_cols[i], RESULTS_STRING);
-    for (int i = 0; i < 6; i++) column(runs, int_cols[i], RESULTS_INT64);
-    for (int i = 0; i < 10; i++) column(runs, f64_cols[i], RESULTS_FLOAT64);
-    const results_column *model = column(runs, "model", RESULTS_STRING), *bench = column(runs, "benchmark", RESULTS_STRING),
-                         *dtype = column(runs, "dtype", RESULTS_STRING), *dq = column(runs, "double_quant", RESULTS_INT64),
-                         *kl = column(runs, "kl_mean", RESULTS_FLOAT64), *bits = column(runs, "total_bits", RESULTS_FLOAT64),
-                         *ppl = column(runs, "ppl", RESULTS_FLOAT64), *lo = column(runs, "ppl_lo", RESULTS_FLOAT64),
-                         *hi = column(runs, "ppl_hi", RESULTS_FLOAT64), *top1 = column(runs, "top1_agree", RESULTS_FLOAT64),
-                         *ctx = column(runs, "ctx", RESULTS_INT64), *protocol = column(runs, "protocol", RESULTS_STRING),
+    const char *f64_cols[] = {"total_bits", "bits_per_param_projections",
+                              "ppl",        "ppl_lo",
+                              "ppl_hi",     "mean_nll",
+                              "kl_mean",    "kl_p99",
+                              "top1_agree", "dprob_correct"};
+    for (int i = 0; i < 4; i++)
+        column(runs, string_cols[i], RESULTS_STRING);
+    for (int i = 0; i < 6; i++)
+        column(runs, int_cols[i], RESULTS_INT64);
+    for (int i = 0; i < 10; i++)
+        column(runs, f64_cols[i], RESULTS_FLOAT64);
+    const results_column *model = column(runs, "model", RESULTS_STRING),
+                         *bench = column(runs, "benchmark", RESULTS_STRING),
+                         *dtype = column(runs, "dtype", RESULTS_STRING),
+                         *dq = column(runs, "double_quant", RESULTS_INT64),
+                         *kl = column(runs, "kl_mean", RESULTS_FLOAT64),
+                         *bits = column(runs, "total_bits", RESULTS_FLOAT64),
+                         *ppl = column(runs, "ppl", RESULTS_FLOAT64),
+                         *lo = column(runs, "ppl_lo", RESULTS_FLOAT64),
+                         *hi = column(runs, "ppl_hi", RESULTS_FLOAT64),
+                         *top1 = column(runs, "top1_agree", RESULTS_FLOAT64),
+                         *ctx = column(runs, "ctx", RESULTS_INT64),
+                         *protocol = column(runs, "protocol", RESULTS_STRING),
                          *bpp = column(runs, "bits_per_param_projections", RESULTS_FLOAT64);
-    if (runs && model && bench && dtype && dq && kl && bits && ppl && lo && hi && top1 && ctx && protocol && bpp) {
+    if (runs && model && bench && dtype && dq && kl && bits && ppl && lo && hi && top1 && ctx && protocol &&
+        bpp) {
         for (int64_t i = 0; i < runs->nrows; i++) {
-            CHECKF(ppl->f64[i] > 1 && lo->f64[i] <= ppl->f64[i] && ppl->f64[i] <= hi->f64[i], "row %lld: ppl %g [%g, %g]",
-                   (long long)i, ppl->f64[i], lo->f64[i], hi->f64[i]);
+            CHECKF(ppl->f64[i] > 1 && lo->f64[i] <= ppl->f64[i] && ppl->f64[i] <= hi->f64[i],
+                   "row %lld: ppl %g [%g, %g]", (long long)i, ppl->f64[i], lo->f64[i], hi->f64[i]);
             CHECK(ctx->i64[i] == 64);
             CHECK(!strcmp(protocol->str[i], !strcmp(bench->str[i], "wikitext2") ? "sliding" : "nonoverlap"));
             /* The reference row of the same (model, benchmark). */
@@ -104,11 +120,14 @@ int main(void) {
             if (!strcmp(dtype->str[i], "fp32")) {
                 CHECK(kl->f64[i] == 0 && top1->f64[i] == 1 && bpp->f64[i] == 32);
             } else {
-                CHECKF(kl->f64[i] > 0, "row %lld (%s %s): KL %g", (long long)i, model->str[i], dtype->str[i], kl->f64[i]);
+                CHECKF(kl->f64[i] > 0, "row %lld (%s %s): KL %g", (long long)i, model->str[i], dtype->str[i],
+                       kl->f64[i]);
                 CHECK(bits->f64[i] < bits->f64[ref]);
                 /* Projections at 4 bits + block constants: 4.5 bits/param at block 64 without DQ, about 4.13
-                 * with it; mxfp4 4.25. Tiny tensors pay the per-tensor DQ overhead in full, hence the upper 4.6. */
-                CHECKF(bpp->f64[i] > 4.1 && bpp->f64[i] < 4.6, "row %lld: %g bits/param", (long long)i, bpp->f64[i]);
+                 * with it; mxfp4 4.25. Tiny tensors pay the per-tensor DQ overhead in full, hence the
+                 * upper 4.6. */
+                CHECKF(bpp->f64[i] > 4.1 && bpp->f64[i] < 4.6, "row %lld: %g bits/param", (long long)i,
+                       bpp->f64[i]);
                 if (!strcmp(dtype->str[i], "nf4") && dq->i64[i] == 0) CHECK_NEAR(bpp->f64[i], 4.5, 1e-9);
             }
         }
@@ -116,7 +135,8 @@ int main(void) {
 
     const results_table_data *t2 = results_file_table(&f, "table2");
     CHECK(t2 && t2->nrows == n_bench * n_variants);
-    const results_column *paper = column(t2, "paper_ppl", RESULTS_FLOAT64), *label = column(t2, "dtype", RESULTS_STRING),
+    const results_column *paper = column(t2, "paper_ppl", RESULTS_FLOAT64),
+                         *label = column(t2, "dtype", RESULTS_STRING),
                          *nm = column(t2, "n_models", RESULTS_INT64);
     int paper_rows = 0;
     for (int64_t i = 0; t2 && paper && label && nm && i < t2->nrows; i++) {
@@ -141,7 +161,8 @@ int main(void) {
     CHECK(cfg && text && !strcmp(cfg, text));
     free(text);
     const char *commit = results_file_attr(&f, "git_commit");
-    CHECKF(commit && (strlen(commit) == 40 || !strcmp(commit, "unknown")), "git_commit '%s'", commit ? commit : "-");
+    CHECKF(commit && (strlen(commit) == 40 || !strcmp(commit, "unknown")), "git_commit '%s'",
+           commit ? commit : "-");
     CHECK(results_file_attr(&f, "start_time_utc") && results_file_attr(&f, "end_time_utc"));
     CHECK(results_file_attr(&f, "experiment") && !strcmp(results_file_attr(&f, "experiment"), "nf4_vs_fp4"));
     CHECK(results_file_attr(&f, "command_line") && strstr(results_file_attr(&f, "command_line"), "zoo="));

@@ -7,11 +7,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "check.h"
-#include "common.h"
-#include "results.h"
-#include "results_cells.h"
-#include "test_util.h"
+#include "tests/check.h"
+#include "core/base/common.h"
+#include "core/results/results.h"
+#include "tests/results_cells.h"
+#include "tests/test_util.h"
 
 #define SMALL_CONFIG "experiments/qlora_vs_16bit_small.json"
 
@@ -27,7 +27,8 @@ static int64_t find_row(const results_table_data *t, const char *name) {
 static int run_small(const char *out, const char *log, const char *extra) {
     char command[2400];
     snprintf(command, sizeof command,
-             "QLAB_QUIET=1 '%s' --config %s --out '%s' --set 'model_path=\"%s\"' --set 'data_path=\"%s\"' %s > '%s' 2>&1",
+             "QLAB_QUIET=1 '%s' --config %s --out '%s' --set 'model_path=\"%s\"' --set 'data_path=\"%s\"' %s "
+             "> '%s' 2>&1",
              program, SMALL_CONFIG, out, shared_data_path("models/stories260K.bin"),
              shared_data_path("finetune/alpaca_data_1k.json"), extra, log);
     return run_shell(command);
@@ -46,7 +47,8 @@ static void test_run(void) {
     const results_table_data *s = results_file_table(&f, "summary"), *runs = results_file_table(&f, "runs");
     CHECK(s && runs && s->nrows == 6 && runs->nrows == 12);
     if (s && s->nrows == 6) {
-        const char *names[] = {"full_fp32", "lora_fp32", "qlora_nf4", "qlora_nf4_dq", "qlora_fp4", "qlora_int4"};
+        const char *names[] = {"full_fp32",    "lora_fp32", "qlora_nf4",
+                               "qlora_nf4_dq", "qlora_fp4", "qlora_int4"};
         int64_t row[6];
         for (int i = 0; i < 6; i++) {
             row[i] = find_row(s, names[i]);
@@ -73,15 +75,16 @@ static void test_run(void) {
     unlink(out);
 
     /* Config errors name the key and leave no output. */
-    const char *bad[] = {"--set 'bases=[\"nf4+qq\"]'", "--set 'bases=[\"mxfp4+dq\"]'", "--set 'bases=[\"nf5\"]'",
-                         "--set 'bases=[\"nf4\", \"nf4\"]'", "--set targets=mlp"};
+    const char *bad[] = {"--set 'bases=[\"nf4+qq\"]'", "--set 'bases=[\"mxfp4+dq\"]'",
+                         "--set 'bases=[\"nf5\"]'", "--set 'bases=[\"nf4\", \"nf4\"]'", "--set targets=mlp"};
     const char *expect[] = {"bases", "bases", "bases", "twice", "targets"};
     for (int i = 0; i < 5; i++) {
         CHECK(run_small(out, log, bad[i]) != 0);
         char *text = NULL;
         size_t len = 0;
         CHECK(qlab_read_file(log, &text, &len) == QLAB_OK);
-        CHECKF(text && strstr(text, expect[i]) && strchr(text, '\n') == text + len - 1, "output: %s", text ? text : "");
+        CHECKF(text && strstr(text, expect[i]) && strchr(text, '\n') == text + len - 1, "output: %s",
+               text ? text : "");
         free(text);
         CHECK(access(out, F_OK) != 0);
     }

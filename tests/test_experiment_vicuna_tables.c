@@ -8,11 +8,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "check.h"
-#include "common.h"
-#include "results.h"
-#include "results_cells.h"
-#include "test_util.h"
+#include "tests/check.h"
+#include "core/base/common.h"
+#include "core/results/results.h"
+#include "tests/results_cells.h"
+#include "tests/test_util.h"
 
 #define CONFIG "experiments/vicuna_tables.json"
 
@@ -28,8 +28,9 @@ static void check_table6(const results_table_data *t) {
     CHECK(t != NULL);
     if (!t) return;
     CHECKF(t->nrows == 36, "table6 has %lld rows (36 systems rated against ChatGPT)", (long long)t->nrows);
-    const char *columns[] = {"system", "key", "chatgpt_first", "system_first", "mean", "ci95_low", "ci95_high",
-                             "ci95_half", "paper", "paper_ci95", "difference", "n_reviews", "n_recovered"};
+    const char *columns[] = {"system",     "key",       "chatgpt_first", "system_first", "mean",
+                             "ci95_low",   "ci95_high", "ci95_half",     "paper",        "paper_ci95",
+                             "difference", "n_reviews", "n_recovered"};
     CHECK(t->ncols == 13);
     for (int j = 0; j < 13 && j < t->ncols; j++)
         CHECKF(!strcmp(t->columns[j].name, columns[j]), "column %d is '%s'", j, t->columns[j].name);
@@ -60,8 +61,8 @@ static void check_elo(const results_table_data *t) {
     CHECK(t != NULL);
     if (!t) return;
     CHECK(t->nrows == 8);
-    const char *order[8] = {"gpt4", "65b-guanaco", "30b-guanaco", "vicuna-13b", "gpt-3.5", "13b-guanaco",
-                            "bard", "7b-guanaco"};
+    const char *order[8] = {"gpt4",    "65b-guanaco", "30b-guanaco", "vicuna-13b",
+                            "gpt-3.5", "13b-guanaco", "bard",        "7b-guanaco"};
     for (int k = 0; k < 8; k++) {
         int64_t r = row_of(t, order[k]);
         CHECKF(r == k, "%s is row %lld, expected %d (rows follow our rank)", order[k], (long long)r, k);
@@ -95,14 +96,14 @@ int main(void) {
 
     /* A missing archive: one line naming the path and where to get it, exit 1, no results file. */
     snprintf(command, sizeof command,
-             "'%s' --config %s --out '%s' --set ratings_archive=/nonexistent/ratings.tar.gz > '%s' 2>&1", program,
-             CONFIG, out, log);
+             "'%s' --config %s --out '%s' --set ratings_archive=/nonexistent/ratings.tar.gz > '%s' 2>&1",
+             program, CONFIG, out, log);
     CHECK(run_shell(command) == 1);
     char *text = NULL;
     size_t len = 0;
     CHECK(qlab_read_file(log, &text, &len) == QLAB_OK);
-    CHECKF(text && strstr(text, "/nonexistent/ratings.tar.gz: not found") && strstr(text, "eval/ratings-gpt4") &&
-               strchr(text, '\n') == text + len - 1,
+    CHECKF(text && strstr(text, "/nonexistent/ratings.tar.gz: not found") &&
+               strstr(text, "eval/ratings-gpt4") && strchr(text, '\n') == text + len - 1,
            "output: %s", text ? text : "");
     free(text);
     CHECK(access(out, F_OK) != 0);
@@ -112,9 +113,10 @@ int main(void) {
         SKIP("finetune/qlora_eval/ratings-gpt4-vicuna.tar.gz absent: full run not checked");
         return check_summary();
     }
-    snprintf(command, sizeof command,
-             "QLAB_QUIET=1 '%s' --config %s --out '%s' --set n_orderings=300 --set n_bootstrap=300 > '%s' 2>&1",
-             program, CONFIG, out, log);
+    snprintf(
+        command, sizeof command,
+        "QLAB_QUIET=1 '%s' --config %s --out '%s' --set n_orderings=300 --set n_bootstrap=300 > '%s' 2>&1",
+        program, CONFIG, out, log);
     int rc = run_shell(command);
     CHECKF(rc == 0, "%s exited with %d (log in %s)", program, rc, log);
     if (rc != 0) return check_summary();
@@ -133,9 +135,11 @@ int main(void) {
     free(text);
     const char *effective = results_file_attr(&f, "config_effective");
     if (effective) CHECK(strstr(effective, "\"n_orderings\":300") != NULL);
-    CHECK(results_file_attr(&f, "experiment") && !strcmp(results_file_attr(&f, "experiment"), "vicuna_tables"));
+    CHECK(results_file_attr(&f, "experiment") &&
+          !strcmp(results_file_attr(&f, "experiment"), "vicuna_tables"));
     CHECK(results_file_attr(&f, "seed") && !strcmp(results_file_attr(&f, "seed"), "1234"));
-    CHECK(results_file_attr(&f, "ratings_archive") && strstr(results_file_attr(&f, "ratings_archive"), ".tar.gz"));
+    CHECK(results_file_attr(&f, "ratings_archive") &&
+          strstr(results_file_attr(&f, "ratings_archive"), ".tar.gz"));
     const char *commit = results_file_attr(&f, "git_commit");
     CHECKF(commit && strlen(commit) == 40, "git_commit '%s'", commit ? commit : "(missing)");
     const char *nonempty[] = {"start_time_utc", "end_time_utc", "hostname", "hdf5_version", "command_line"};
@@ -149,7 +153,8 @@ int main(void) {
     char out2[140];
     snprintf(out2, sizeof out2, "%s.again.h5", out);
     snprintf(command, sizeof command,
-             "QLAB_QUIET=1 OMP_NUM_THREADS=1 '%s' --config %s --out '%s' --set n_orderings=300 --set n_bootstrap=300 "
+             "QLAB_QUIET=1 OMP_NUM_THREADS=1 '%s' --config %s --out '%s' --set n_orderings=300 --set "
+             "n_bootstrap=300 "
              "> /dev/null 2>&1",
              program, CONFIG, out2);
     CHECK(run_shell(command) == 0);
@@ -157,13 +162,16 @@ int main(void) {
     if (results_read(out, &a) == QLAB_OK) {
         if (results_read(out2, &c) == QLAB_OK) {
             const results_table_data *ea = results_file_table(&a, "elo"), *ec = results_file_table(&c, "elo");
-            const results_table_data *ta = results_file_table(&a, "table6"), *tc = results_file_table(&c, "table6");
+            const results_table_data *ta = results_file_table(&a, "table6"),
+                                     *tc = results_file_table(&c, "table6");
             CHECK(ea && ec && ea->nrows == ec->nrows &&
                   !memcmp(results_table_find_column(ea, "elo_mean")->f64,
-                          results_table_find_column(ec, "elo_mean")->f64, sizeof(double) * (size_t)ea->nrows));
+                          results_table_find_column(ec, "elo_mean")->f64,
+                          sizeof(double) * (size_t)ea->nrows));
             CHECK(ta && tc && ta->nrows == tc->nrows &&
                   !memcmp(results_table_find_column(ta, "ci95_low")->f64,
-                          results_table_find_column(tc, "ci95_low")->f64, sizeof(double) * (size_t)ta->nrows));
+                          results_table_find_column(tc, "ci95_low")->f64,
+                          sizeof(double) * (size_t)ta->nrows));
             results_file_free(&c);
         }
         results_file_free(&a);

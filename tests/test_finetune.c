@@ -1,25 +1,32 @@
-/* Tests of eval/finetune.c on a tiny random model and a synthetic, learnable instruction task: loss goes
+/* Tests of train/finetune.c on a tiny random model and a synthetic, learnable instruction task: loss goes
  * down, full finetuning and LoRA both lower the held-out NLL, the same seed gives bit-identical adapters,
  * evaluating mid-training does not change the trajectory, QLoRA leaves the quantized base untouched, the
  * memory accounting adds up, and bad inputs fail with a message instead of crashing. */
 #include <stdint.h>
 #include <string.h>
 
-#include "check.h"
-#include "common.h"
-#include "finetune.h"
-#include "lora.h"
-#include "model.h"
-#include "rng.h"
-#include "train.h"
+#include "tests/check.h"
+#include "core/base/common.h"
+#include "train/finetune.h"
+#include "core/model/lora.h"
+#include "core/model/model.h"
+#include "core/base/rng.h"
+#include "train/train.h"
 
 #define VOCAB 32
 #define ROW_LEN 16
 #define PROMPT_LEN 6
 
-static const model_config tiny = {
-    .dim = 32, .hidden_dim = 64, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2, .vocab_size = VOCAB,
-    .seq_len = 32, .norm_eps = 1e-5f, .rope_theta = 10000.0f, .shared_classifier = 1};
+static const model_config tiny = {.dim = 32,
+                                  .hidden_dim = 64,
+                                  .n_layers = 2,
+                                  .n_heads = 4,
+                                  .n_kv_heads = 2,
+                                  .vocab_size = VOCAB,
+                                  .seq_len = 32,
+                                  .norm_eps = 1e-5f,
+                                  .rope_theta = 10000.0f,
+                                  .shared_classifier = 1};
 
 /* Rows of a task a small model can learn: a random prompt of PROMPT_LEN tokens (not scored), then a
  * response that counts up from the prompt's last token, (x + 1) mod VOCAB; the last position of every
@@ -29,10 +36,13 @@ static void make_rows(int n, uint64_t seed, int *tokens, int *targets, finetune_
     rng_seed(&rng, seed);
     for (int r = 0; r < n; r++) {
         int *tk = tokens + r * ROW_LEN, *tg = targets + r * ROW_LEN;
-        for (int t = 0; t < PROMPT_LEN; t++) tk[t] = (int)rng_below(&rng, VOCAB);
-        for (int t = PROMPT_LEN; t < ROW_LEN; t++) tk[t] = (tk[t - 1] + 1) % VOCAB;
+        for (int t = 0; t < PROMPT_LEN; t++)
+            tk[t] = (int)rng_below(&rng, VOCAB);
+        for (int t = PROMPT_LEN; t < ROW_LEN; t++)
+            tk[t] = (tk[t - 1] + 1) % VOCAB;
         int last = r % 4 == 3 ? ROW_LEN - 2 : ROW_LEN - 1; /* the real tokens end here */
-        for (int t = 0; t < ROW_LEN; t++) tg[t] = t >= PROMPT_LEN - 1 && t < last ? tk[t + 1] : -1;
+        for (int t = 0; t < ROW_LEN; t++)
+            tg[t] = t >= PROMPT_LEN - 1 && t < last ? tk[t + 1] : -1;
         if (last < ROW_LEN - 1) tk[ROW_LEN - 1] = 0; /* padding */
     }
     *rows = (finetune_rows){tokens, targets, n, ROW_LEN};
@@ -78,22 +88,25 @@ static void test_learns(void) {
         if (st == QLAB_OK) {
             /* The counting rule is learnable: from the random base (~ln 32 = 3.47 nats) full finetuning
              * reaches ~0.01 in 150 steps; adapters on frozen random embeddings learn far more slowly
-             * (measured 0.55 nats lower at r=4). Require 1 nat (full) and 0.25 nat (LoRA, QLoRA): well above the
-             * few-hundredths wobble of a model that learns nothing. */
+             * (measured 0.55 nats lower at r=4). Require 1 nat (full) and 0.25 nat (LoRA, QLoRA): well above
+             * the few-hundredths wobble of a model that learns nothing. */
             double need = modes[i] == FINETUNE_FULL ? 1.0 : 0.25;
             CHECKF(r.final_heldout_nll < r.initial_heldout_nll - need, "%s: held-out NLL %g -> %g",
                    finetune_mode_name(modes[i]), r.initial_heldout_nll, r.final_heldout_nll);
-            CHECKF(r.final_train_loss < r.train[0].loss, "%s: training loss %g -> %g", finetune_mode_name(modes[i]),
-                   r.train[0].loss, r.final_train_loss);
+            CHECKF(r.final_train_loss < r.train[0].loss, "%s: training loss %g -> %g",
+                   finetune_mode_name(modes[i]), r.train[0].loss, r.final_train_loss);
             CHECK(r.n_heldout == 4); /* steps 0, 50, 100, 150 */
             CHECK(r.heldout[0].step == 0 && r.heldout[3].step == 150);
             CHECK(r.heldout_scored > 0);
             /* Exact accounting from element counts. */
             size_t n_model = model_num_params(&tiny);
-            CHECK(r.memory.gradients == r.trainable_params * 4 && r.memory.optimizer == r.trainable_params * 8);
-            CHECK(r.memory.total == r.memory.weights + r.memory.adapters + r.memory.gradients + r.memory.optimizer);
+            CHECK(r.memory.gradients == r.trainable_params * 4 &&
+                  r.memory.optimizer == r.trainable_params * 8);
+            CHECK(r.memory.total ==
+                  r.memory.weights + r.memory.adapters + r.memory.gradients + r.memory.optimizer);
             if (modes[i] == FINETUNE_FULL) {
-                CHECK(r.trainable_params == n_model && r.memory.weights == n_model * 4 && r.memory.adapters == 0);
+                CHECK(r.trainable_params == n_model && r.memory.weights == n_model * 4 &&
+                      r.memory.adapters == 0);
             } else {
                 CHECK(r.trainable_params < n_model / 4 && r.memory.adapters == r.trainable_params * 4);
                 if (modes[i] == FINETUNE_LORA) CHECK(r.memory.weights == n_model * 4);
@@ -222,8 +235,8 @@ static void test_base_untouched(void) {
         for (int g = 0; g < MODEL_GROUP_COUNT; g++) {
             model_param_group pg = model_get_param_group(m, (model_group)g);
             if (pg.quantized) continue;
-            CHECKF(memcmp(now + pg.offset, orig + pg.offset, pg.count * sizeof(float)) == 0, "group %s changed",
-                   pg.name);
+            CHECKF(memcmp(now + pg.offset, orig + pg.offset, pg.count * sizeof(float)) == 0,
+                   "group %s changed", pg.name);
         }
     }
     model_free(m);
@@ -272,7 +285,8 @@ static void test_errors(void) {
     finetune_rows shorter = {held_tokens, held_targets, 2, ROW_LEN / 2};
     CHECK(finetune_run(m, &train_rows, &shorter, &o, NULL, NULL, NULL, &r) == QLAB_ERR_ARG);
     int unscored[ROW_LEN];
-    for (int i = 0; i < ROW_LEN; i++) unscored[i] = -1;
+    for (int i = 0; i < ROW_LEN; i++)
+        unscored[i] = -1;
     finetune_rows nothing = {held_tokens, unscored, 1, ROW_LEN};
     double nll;
     CHECK(finetune_heldout_nll(m, &nothing, 4, &nll, NULL) == QLAB_ERR_ARG);

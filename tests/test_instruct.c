@@ -9,11 +9,11 @@
 #include <unistd.h>
 #include <zlib.h>
 
-#include "check.h"
-#include "common.h"
-#include "instruct.h"
-#include "test_util.h"
-#include "tokenizer.h"
+#include "tests/check.h"
+#include "core/base/common.h"
+#include "datasets/instruct.h"
+#include "tests/test_util.h"
+#include "core/text/tokenizer.h"
 
 #define ALPACA_FILE "finetune/alpaca_data_1k.json"
 #define OASST_FILE "finetune/qlora_eval/prompts/oa_questions.jsonl.gz"

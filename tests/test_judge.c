@@ -11,17 +11,18 @@
 #include <omp.h>
 #endif
 
-#include "check.h"
-#include "common.h"
-#include "judge.h"
-#include "test_util.h"
+#include "tests/check.h"
+#include "core/base/common.h"
+#include "core/base/tar.h"
+#include "eval/judge.h"
+#include "tests/test_util.h"
 
 static void test_review_parsers(void) {
     double a = 0, b = 0;
     CHECK(judge_parse_score_pair("8 7\nBoth assistants...", &a, &b) && a == 8 && b == 7);
     CHECK(judge_parse_score_pair("9 8.5\n", &a, &b) && a == 9 && b == 8.5);
     CHECK(judge_parse_score_pair("10,9", &a, &b) && a == 10 && b == 9); /* ',' read as ' ' */
-    CHECK(!judge_parse_score_pair("8, 7\n", &a, &b));                     /* -> "8  7": three tokens */
+    CHECK(!judge_parse_score_pair("8, 7\n", &a, &b));                   /* -> "8  7": three tokens */
     CHECK(!judge_parse_score_pair("First, I will solve the problem", &a, &b));
     CHECK(!judge_parse_score_pair("8 7 6", &a, &b));
     CHECK(!judge_parse_score_pair("", &a, &b));
@@ -42,8 +43,8 @@ static void test_review_parsers(void) {
 }
 
 /* Writes text to /tmp/<name> and parses it back through the same path a program uses. */
-static qlab_status parse_tmp(const char *name, const char *text, judge_kind kind, judge_file *out,
-                             char *path, size_t n) {
+static qlab_status parse_tmp(const char *name, const char *text, judge_kind kind, judge_file *out, char *path,
+                             size_t n) {
     char dir[64];
     snprintf(dir, sizeof dir, "/tmp/qlab_test_judge_%ld", (long)getpid());
     mkdir(dir, 0700); /* the file name carries the system names, so the test's id goes in the folder */
@@ -62,17 +63,17 @@ static qlab_status parse_tmp(const char *name, const char *text, judge_kind kind
     return st;
 }
 
-#define LINE(q, a1, a2, text, score)                                                                   \
-    "{\"review_id\": \"r\", \"question_id\": " #q ", \"answer1_id\": \"" a1 "\", \"answer2_id\": \"" a2 \
+#define LINE(q, a1, a2, text, score)                                                                         \
+    "{\"review_id\": \"r\", \"question_id\": " #q ", \"answer1_id\": \"" a1 "\", \"answer2_id\": \"" a2      \
     "\", \"reviewer_id\": 1, \"metadata\": {}, \"text\": \"" text "\", \"score\": " score "}\n"
 
 static void test_rating_files(void) {
     judge_file f;
     char path[256];
     /* Well-formed relative file, one review with the failure marker and scores in the text. */
-    const char *good = LINE(1, "r1", "x1", "8 7\\nGood.", "[8.0, 7.0]")
-        "\n" LINE(2, "r2", "x2", "First, I solve it.\\n\\nAssistant 1: 10\\nAssistant 2: 3", "[-1, -1]")
-            LINE(3, "r3", "x3", "no numbers here", "[-1, -1]");
+    const char *good = LINE(1, "r1", "x1", "8 7\\nGood.", "[8.0, 7.0]") "\n" LINE(
+        2, "r2", "x2", "First, I solve it.\\n\\nAssistant 1: 10\\nAssistant 2: 3", "[-1, -1]")
+        LINE(3, "r3", "x3", "no numbers here", "[-1, -1]");
     CHECK(parse_tmp("x-vs-gpt-3.5-gpt4-reviewer.jsonl", good, JUDGE_RELATIVE, &f, path, sizeof path) ==
           QLAB_OK);
     CHECK(f.count == 3);
@@ -91,7 +92,8 @@ static void test_rating_files(void) {
         LINE(3, "a", "b", "Review.\\n3", "3");
     CHECK(parse_tmp("answer-a-vs-b-gpt-4-reviewer-threeclass.jsonl", pairwise, JUDGE_PAIRWISE, &f, path,
                     sizeof path) == QLAB_OK);
-    CHECK(f.count == 3 && f.ratings[0].verdict == 1 && f.ratings[1].verdict == 0 && f.ratings[2].verdict == 3);
+    CHECK(f.count == 3 && f.ratings[0].verdict == 1 && f.ratings[1].verdict == 0 &&
+          f.ratings[2].verdict == 3);
     CHECK(f.system[0] && !strcmp(f.system[0], "a"));
     judge_file_free(&f);
 
@@ -100,11 +102,13 @@ static void test_rating_files(void) {
         const char *text, *expect;
         judge_kind kind;
     } bad[] = {
-        {LINE(1, "r", "x", "8 7", "[8, 7]") "{\"question_id\": 2, oops\n", ":2: not a JSON object", JUDGE_RELATIVE},
+        {LINE(1, "r", "x", "8 7", "[8, 7]") "{\"question_id\": 2, oops\n", ":2: not a JSON object",
+         JUDGE_RELATIVE},
         {LINE(1, "r", "x", "8 7", "[8, 7, 1]"), ":1: 'score' should be a pair", JUDGE_RELATIVE},
         {LINE(1, "r", "x", "8 7", "[80, 7]"), ":1: score [80, 7] outside 0..10", JUDGE_RELATIVE},
-        {"\n" LINE(7, "r", "x", "8 7", "[8, 7]") "{\"question_id\": 3, \"answer2_id\": \"x\", \"text\": \"\", "
-         "\"score\": [1, 2]}\n",
+        {"\n" LINE(7, "r", "x", "8 7",
+                   "[8, 7]") "{\"question_id\": 3, \"answer2_id\": \"x\", \"text\": \"\", "
+                             "\"score\": [1, 2]}\n",
          ":3: 'answer1_id' missing", JUDGE_RELATIVE},
         {LINE(1.5, "r", "x", "8 7", "[8, 7]"), ":1: 'question_id' missing or not a non-negative integer",
          JUDGE_RELATIVE},
@@ -113,7 +117,8 @@ static void test_rating_files(void) {
         {"\n\n", "no ratings", JUDGE_PAIRWISE},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        qlab_status st = parse_tmp("a-vs-b-gpt4-reviewer.jsonl", bad[i].text, bad[i].kind, &f, path, sizeof path);
+        qlab_status st =
+            parse_tmp("a-vs-b-gpt4-reviewer.jsonl", bad[i].text, bad[i].kind, &f, path, sizeof path);
         const char *msg = qlab_last_error();
         CHECKF(st == QLAB_ERR_FORMAT && strstr(msg, path) && strstr(msg, bad[i].expect),
                "case %zu: status %d, message '%s'", i, (int)st, msg);
@@ -158,7 +163,8 @@ static void test_relative_score(void) {
     CHECK(s.n_questions[0] == 2 && s.n_questions[1] == 2);
     /* Two questions: every resample is one of four question multisets; the interval must hold the mean's
      * resampled values, so it lies inside [min, max] of those and contains neither end outside. */
-    CHECK(s.ci95_low <= s.mean + 1e-9 && s.ci95_high >= s.mean - 1e-9 && s.ci95_low > 40 && s.ci95_high < 110);
+    CHECK(s.ci95_low <= s.mean + 1e-9 && s.ci95_high >= s.mean - 1e-9 && s.ci95_low > 40 &&
+          s.ci95_high < 110);
     judge_relative_score again;
     CHECK(judge_relative(x, 2, 500, 7, &again) == QLAB_OK && again.ci95_low == s.ci95_low &&
           again.ci95_high == s.ci95_high);
@@ -222,16 +228,20 @@ static void test_elo(void) {
     CHECK(judge_elo_orderings(m, 2, 2, 1000, 32, 200, 5, two) == QLAB_OK);
     int only_two = 1;
     for (int t = 0; t < 200; t++)
-        only_two &= fabs(two[2 * t] - 998.5304984710245) < 1e-9 || fabs(two[2 * t] - 1001.4695015289755) < 1e-9;
+        only_two &=
+            fabs(two[2 * t] - 998.5304984710245) < 1e-9 || fabs(two[2 * t] - 1001.4695015289755) < 1e-9;
     CHECK(only_two);
 }
 
 static void test_archive(void) {
     char dir[128], command[1024], tgz[160];
-    snprintf(dir, sizeof dir, "/tmp/qlab_test_judge_archive_%ld", (long)getpid());
+    snprintf(dir, sizeof dir, "/tmp/qlab_test_tar_archive_%ld", (long)getpid());
     snprintf(tgz, sizeof tgz, "%s.tar.gz", dir);
     /* A member name over 100 characters exercises the long-name records. */
-    const char *long_name = "vicuna/pairwise/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-vs-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-gpt-4-reviewer-threeclass.jsonl";
+    const char *long_name =
+        "vicuna/pairwise/"
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-vs-"
+        "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-gpt-4-reviewer-threeclass.jsonl";
     snprintf(command, sizeof command,
              "mkdir -p %s/vicuna/pairwise && printf 'hello\\n' > %s/small.txt && printf 'abc' > '%s/%s' && "
              "tar -czf %s -C %s . 2>/dev/null",
@@ -240,25 +250,26 @@ static void test_archive(void) {
         SKIP("tar -czf unavailable: archive reader not tested");
         return;
     }
-    judge_archive a;
-    CHECK(judge_archive_read(tgz, &a) == QLAB_OK);
+    tar_archive a;
+    CHECK(tar_archive_read(tgz, &a) == QLAB_OK);
     int found_long = 0, found_small = 0;
     for (int i = 0; i < a.count; i++) {
-        found_long |= strstr(a.entries[i].path, long_name) && a.entries[i].size == 3 && !strcmp(a.entries[i].data, "abc");
+        found_long |= strstr(a.entries[i].path, long_name) && a.entries[i].size == 3 &&
+                      !strcmp(a.entries[i].data, "abc");
         found_small |= strstr(a.entries[i].path, "small.txt") && !strcmp(a.entries[i].data, "hello\n");
     }
     CHECK(a.count == 2 && found_long && found_small);
-    judge_archive_free(&a);
+    tar_archive_free(&a);
     /* Truncated gzip: an error naming the file, no crash. */
-    snprintf(command, sizeof command, "head -c 100 %s > %s.cut && printf 'not a tar file at all' > %s.txt", tgz,
-             tgz, tgz);
+    snprintf(command, sizeof command, "head -c 100 %s > %s.cut && printf 'not a tar file at all' > %s.txt",
+             tgz, tgz, tgz);
     CHECK(run_shell(command) == 0);
     char cut[200], txt[200];
     snprintf(cut, sizeof cut, "%s.cut", tgz);
     snprintf(txt, sizeof txt, "%s.txt", tgz);
-    CHECK(judge_archive_read(cut, &a) == QLAB_ERR_FORMAT && strstr(qlab_last_error(), cut));
-    CHECK(judge_archive_read(txt, &a) == QLAB_ERR_FORMAT && strstr(qlab_last_error(), "truncated tar header"));
-    CHECK(judge_archive_read("/nonexistent/ratings.tar.gz", &a) != QLAB_OK);
+    CHECK(tar_archive_read(cut, &a) == QLAB_ERR_FORMAT && strstr(qlab_last_error(), cut));
+    CHECK(tar_archive_read(txt, &a) == QLAB_ERR_FORMAT && strstr(qlab_last_error(), "truncated tar header"));
+    CHECK(tar_archive_read("/nonexistent/ratings.tar.gz", &a) != QLAB_OK);
     snprintf(command, sizeof command, "rm -rf %s %s %s %s", dir, tgz, cut, txt);
     run_shell(command);
 }
@@ -269,11 +280,25 @@ static const struct {
     const char *key;
     double paper;
 } table6[] = {
-    {"gpt4", 114.5},        {"bard", 94.8},         {"65b-guanaco", 99.3},      {"65b-alpaca", 70.7},
-    {"65b-flan", 48.4},     {"30b-guanaco", 97.8},  {"30b-alpaca", 73.6},       {"30b-flan", 38.0},
-    {"vicuna-13b", 94.9},   {"13b-guanaco", 90.4},  {"13b-alpaca", 69.4},       {"13b-hh-rlhf", 62.5},
-    {"13b-unnatural-instructions", 60.5},           {"13b-chip2", 59.5},        {"13b-longform", 53.6},
-    {"13b-self-instruct", 49.1}, {"13b-flan", 47.0}, {"7b-guanaco", 87.0},      {"7b-alpaca", 64.4},
+    {"gpt4", 114.5},
+    {"bard", 94.8},
+    {"65b-guanaco", 99.3},
+    {"65b-alpaca", 70.7},
+    {"65b-flan", 48.4},
+    {"30b-guanaco", 97.8},
+    {"30b-alpaca", 73.6},
+    {"30b-flan", 38.0},
+    {"vicuna-13b", 94.9},
+    {"13b-guanaco", 90.4},
+    {"13b-alpaca", 69.4},
+    {"13b-hh-rlhf", 62.5},
+    {"13b-unnatural-instructions", 60.5},
+    {"13b-chip2", 59.5},
+    {"13b-longform", 53.6},
+    {"13b-self-instruct", 49.1},
+    {"13b-flan", 47.0},
+    {"7b-guanaco", 87.0},
+    {"7b-alpaca", 64.4},
     {"7b-flan", 44.8},
 };
 
@@ -283,12 +308,12 @@ static void test_released_ratings(void) {
         SKIP("finetune/qlora_eval/ratings-gpt4-vicuna.tar.gz absent: released ratings not checked");
         return;
     }
-    judge_archive a;
-    CHECK(judge_archive_read(path, &a) == QLAB_OK);
+    tar_archive a;
+    CHECK(tar_archive_read(path, &a) == QLAB_OK);
     judge_file *rel = calloc((size_t)a.count, sizeof *rel), *pw = calloc((size_t)a.count, sizeof *pw);
     int nrel = 0, npw = 0, ok = 1;
     for (int i = 0; i < a.count && ok; i++) {
-        const judge_archive_entry *e = &a.entries[i];
+        const tar_archive_entry *e = &a.entries[i];
         if (strstr(e->path, "/relative-gpt-3.5/"))
             ok = judge_parse_file(e->path, e->data, e->size, JUDGE_RELATIVE, &rel[nrel++]) == QLAB_OK;
         else if (strstr(e->path, "/pairwise/"))
@@ -296,7 +321,7 @@ static void test_released_ratings(void) {
     }
     CHECKF(ok, "%s", qlab_last_error());
     CHECK(nrel == 72 && npw == 56);
-    judge_archive_free(&a);
+    tar_archive_free(&a);
     CHECK(ok && judge_find_reference(rel, nrel) == QLAB_OK);
 
     /* Table 6. Tolerance 0.3 points: the paper rounds to 0.1, and with the failure-marked math reviews
@@ -311,7 +336,9 @@ static void test_released_ratings(void) {
                 files[nf++] = &rel[f];
         judge_relative_score s;
         CHECKF(nf == 2 && judge_relative(files, nf, 0, 1, &s) == QLAB_OK, "%s", table6[i].key);
-        if (nf == 2) CHECKF(fabs(s.mean - table6[i].paper) <= 0.3, "%s: %.3f vs paper %.1f", table6[i].key, s.mean, table6[i].paper);
+        if (nf == 2)
+            CHECKF(fabs(s.mean - table6[i].paper) <= 0.3, "%s: %.3f vs paper %.1f", table6[i].key, s.mean,
+                   table6[i].paper);
         if (!strcmp(table6[i].key, "65b-guanaco")) { /* the paper's single-order values: 96.7 / 101.9 */
             CHECK_NEAR(s.percent[0], 96.7, 0.05);
             CHECK_NEAR(s.percent[1], 101.9, 0.05);
@@ -320,7 +347,8 @@ static void test_released_ratings(void) {
 
     /* Elo: matches from the pairwise files, 2000 orderings (the mean's noise is ~45 / sqrt(2000) = 1 Elo,
      * well below the smallest gap between neighbours in the paper's order, 8 Elo). */
-    const char *order[8] = {"gpt4", "65b-guanaco", "30b-guanaco", "vicuna-13b", "gpt35", "13b-guanaco", "bard", "7b-guanaco"};
+    const char *order[8] = {"gpt4",  "65b-guanaco", "30b-guanaco", "vicuna-13b",
+                            "gpt35", "13b-guanaco", "bard",        "7b-guanaco"};
     const double paper_elo[8] = {1348, 1022, 992, 974, 966, 916, 902, 879};
     judge_match *m = calloc((size_t)npw * 80 + 1, sizeof *m);
     int nm = 0, dropped = 0;
@@ -354,8 +382,8 @@ static void test_released_ratings(void) {
     /* Values: every system but GPT-4 within 10 of the paper (we see at most 7); GPT-4 comes out ~27 above
      * its 1348 (unexplained, see the experiment's notes), so it is held to 35. */
     for (int k = 0; k < 8; k++)
-        CHECKF(fabs(mean[k] - paper_elo[k]) <= (k == 0 ? 35 : 10), "%s: Elo %.1f vs paper %.0f", order[k], mean[k],
-               paper_elo[k]);
+        CHECKF(fabs(mean[k] - paper_elo[k]) <= (k == 0 ? 35 : 10), "%s: Elo %.1f vs paper %.0f", order[k],
+               mean[k], paper_elo[k]);
     free(r);
     free(m);
     for (int i = 0; i < nrel; i++)

@@ -1,4 +1,4 @@
-/* Tests of the LoRA adapters (core/lora.h): finite-difference gradients of the op alone and through the
+/* Tests of the LoRA adapters (core/model/lora.h): finite-difference gradients of the op alone and through the
  * whole tiny model (fp32 frozen base and NF4 base), B = 0 leaving the logits bit-identical, merged
  * weights matching the adapter path, no gradient reaching a frozen base, a few AdamW steps lowering the
  * loss, save/load round trips and malformed files, and determinism. */
@@ -9,15 +9,15 @@
 #include <omp.h>
 #endif
 
-#include "check.h"
-#include "checkpoint.h"
-#include "common.h"
-#include "lora.h"
-#include "model.h"
-#include "optim.h"
-#include "rng.h"
-#include "safetensors.h"
-#include "tokenizer.h"
+#include "tests/check.h"
+#include "core/model/checkpoint.h"
+#include "core/base/common.h"
+#include "core/model/lora.h"
+#include "core/model/model.h"
+#include "core/model/optim.h"
+#include "core/base/rng.h"
+#include "core/formats/safetensors.h"
+#include "core/text/tokenizer.h"
 
 static rng_state rng;
 

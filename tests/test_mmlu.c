@@ -7,11 +7,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "check.h"
-#include "common.h"
-#include "mmlu.h"
-#include "test_util.h"
-#include "tokenizer.h"
+#include "tests/check.h"
+#include "core/base/common.h"
+#include "datasets/mmlu.h"
+#include "tests/test_util.h"
+#include "core/text/tokenizer.h"
 
 #define MMLU_ARCHIVE "mmlu/mmlu_dev_test_csv.tar.gz"
 #define QLORA_ZERO_SHOT "mmlu/qlora_zero_shot_mmlu_val.json"

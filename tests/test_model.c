@@ -1,4 +1,4 @@
-/* Tests of the batched LLaMA model (core/model.h): logits against an independent single-token double-
+/* Tests of the batched LLaMA model (core/model/model.h): logits against an independent single-token double-
  * precision reference written here in llama2.c's style, gradients of every parameter tensor against
  * finite differences (multi-head, grouped-query and multi-query attention; shared and separate
  * classifier; ignored targets; an adapter hook), determinism, the quantized path against a model holding
@@ -6,10 +6,10 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "check.h"
-#include "common.h"
-#include "model.h"
-#include "rng.h"
+#include "tests/check.h"
+#include "core/base/common.h"
+#include "core/model/model.h"
+#include "core/base/rng.h"
 
 static rng_state rng;
 
@@ -64,16 +64,20 @@ static void reference_forward(model *m, const int *tokens, int T, double *logits
     double *kc = calloc((size_t)c->n_layers * T * kvd, sizeof(double));
     double *vc = calloc((size_t)c->n_layers * T * kvd, sizeof(double));
     for (int pos = 0; pos < T; pos++) {
-        for (int i = 0; i < D; i++) x[i] = p->token_embedding[(size_t)tokens[pos] * D + i];
+        for (int i = 0; i < D; i++)
+            x[i] = p->token_embedding[(size_t)tokens[pos] * D + i];
         for (int l = 0; l < c->n_layers; l++) {
             double ss = 0;
-            for (int i = 0; i < D; i++) ss += x[i] * x[i];
+            for (int i = 0; i < D; i++)
+                ss += x[i] * x[i];
             ss = 1.0 / sqrt(ss / D + c->norm_eps);
-            for (int i = 0; i < D; i++) xb[i] = x[i] * ss * p->rms_att[l * D + i];
+            for (int i = 0; i < D; i++)
+                xb[i] = x[i] * ss * p->rms_att[l * D + i];
             double *kr = kc + ((size_t)l * T + pos) * kvd, *vr = vc + ((size_t)l * T + pos) * kvd;
             for (int o = 0; o < D; o++) {
                 double s = 0;
-                for (int i = 0; i < D; i++) s += p->wq[((size_t)l * D + o) * D + i] * xb[i];
+                for (int i = 0; i < D; i++)
+                    s += p->wq[((size_t)l * D + o) * D + i] * xb[i];
                 q[o] = s;
             }
             for (int o = 0; o < kvd; o++) {
@@ -101,26 +105,33 @@ static void reference_forward(model *m, const int *tokens, int T, double *logits
                 for (int t = 0; t <= pos; t++) {
                     const double *kt = kc + ((size_t)l * T + t) * kvd + (h / kv_mul) * hs;
                     double s = 0;
-                    for (int i = 0; i < hs; i++) s += qh[i] * kt[i];
+                    for (int i = 0; i < hs; i++)
+                        s += qh[i] * kt[i];
                     att[t] = s / sqrt((double)hs);
                     if (att[t] > maxv) maxv = att[t];
                 }
-                for (int t = 0; t <= pos; t++) sum += att[t] = exp(att[t] - maxv);
-                for (int i = 0; i < hs; i++) att_out[h * hs + i] = 0;
+                for (int t = 0; t <= pos; t++)
+                    sum += att[t] = exp(att[t] - maxv);
+                for (int i = 0; i < hs; i++)
+                    att_out[h * hs + i] = 0;
                 for (int t = 0; t <= pos; t++) {
                     const double *vt = vc + ((size_t)l * T + t) * kvd + (h / kv_mul) * hs;
-                    for (int i = 0; i < hs; i++) att_out[h * hs + i] += att[t] / sum * vt[i];
+                    for (int i = 0; i < hs; i++)
+                        att_out[h * hs + i] += att[t] / sum * vt[i];
                 }
             }
             for (int o = 0; o < D; o++) {
                 double s = 0;
-                for (int i = 0; i < D; i++) s += p->wo[((size_t)l * D + o) * D + i] * att_out[i];
+                for (int i = 0; i < D; i++)
+                    s += p->wo[((size_t)l * D + o) * D + i] * att_out[i];
                 x[o] += s;
             }
             ss = 0;
-            for (int i = 0; i < D; i++) ss += x[i] * x[i];
+            for (int i = 0; i < D; i++)
+                ss += x[i] * x[i];
             ss = 1.0 / sqrt(ss / D + c->norm_eps);
-            for (int i = 0; i < D; i++) xb[i] = x[i] * ss * p->rms_ffn[l * D + i];
+            for (int i = 0; i < D; i++)
+                xb[i] = x[i] * ss * p->rms_ffn[l * D + i];
             for (int o = 0; o < Hd; o++) {
                 double s1 = 0, s3 = 0;
                 for (int i = 0; i < D; i++) {
@@ -131,17 +142,21 @@ static void reference_forward(model *m, const int *tokens, int T, double *logits
             }
             for (int o = 0; o < D; o++) {
                 double s = 0;
-                for (int i = 0; i < Hd; i++) s += p->w2[((size_t)l * D + o) * Hd + i] * h1[i];
+                for (int i = 0; i < Hd; i++)
+                    s += p->w2[((size_t)l * D + o) * Hd + i] * h1[i];
                 x[o] += s;
             }
         }
         double ss = 0;
-        for (int i = 0; i < D; i++) ss += x[i] * x[i];
+        for (int i = 0; i < D; i++)
+            ss += x[i] * x[i];
         ss = 1.0 / sqrt(ss / D + c->norm_eps);
-        for (int i = 0; i < D; i++) xb[i] = x[i] * ss * p->rms_final[i];
+        for (int i = 0; i < D; i++)
+            xb[i] = x[i] * ss * p->rms_final[i];
         for (int o = 0; o < c->vocab_size; o++) {
             double s = 0;
-            for (int i = 0; i < D; i++) s += p->wcls[(size_t)o * D + i] * xb[i];
+            for (int i = 0; i < D; i++)
+                s += p->wcls[(size_t)o * D + i] * xb[i];
             logits[(size_t)pos * c->vocab_size + o] = s;
         }
     }
@@ -168,7 +183,8 @@ static double logits_rel_error(model *m, const int *tokens, int B, int T) {
 }
 
 static void random_tokens(int *tokens, int n, int V) {
-    for (int i = 0; i < n; i++) tokens[i] = (int)rng_below(&rng, (uint64_t)V);
+    for (int i = 0; i < n; i++)
+        tokens[i] = (int)rng_below(&rng, (uint64_t)V);
 }
 
 static void test_forward_reference(void) {
@@ -193,7 +209,8 @@ static void test_forward_reference(void) {
     model_forward(m, tokens, NULL, B, T, full, NULL);
     model_forward(m, tokens, NULL, 1, 5, part, NULL);
     double worst = 0;
-    for (int i = 0; i < 5 * 32; i++) worst = fmax(worst, fabs(full[i] - part[i]));
+    for (int i = 0; i < 5 * 32; i++)
+        worst = fmax(worst, fabs(full[i] - part[i]));
     /* Different GEMM shapes may block the sums differently: fp32 rounding only. */
     CHECKF(worst < 1e-5, "prefix logits differ by %.3g", worst);
     free(full), free(part);
@@ -214,8 +231,10 @@ static double loss_double(model *m, const int *tokens, const int *targets, int B
         if (targets[n] < 0) continue;
         const float *z = logits + (size_t)n * V;
         double maxv = z[0], s = 0;
-        for (int i = 1; i < V; i++) maxv = fmax(maxv, z[i]);
-        for (int i = 0; i < V; i++) s += exp(z[i] - maxv);
+        for (int i = 1; i < V; i++)
+            maxv = fmax(maxv, z[i]);
+        for (int i = 0; i < V; i++)
+            s += exp(z[i] - maxv);
         sum += log(s) + maxv - z[targets[n]];
         count++;
     }
@@ -227,7 +246,8 @@ static double loss_double(model *m, const int *tokens, const int *targets, int B
  *  - a directional derivative along a random +-1 direction over the whole tensor (g . u is a sum over
  *    the tensor, large against the fp32 noise of the loss, so the tolerance can be tight), and
  *  - a sample of single elements, with a looser tolerance for their smaller derivatives. */
-static void check_model_gradients(model *m, const int *tokens, const int *targets, int B, int T, const char *tag) {
+static void check_model_gradients(model *m, const int *tokens, const int *targets, int B, int T,
+                                  const char *tag) {
     float loss = 0;
     model_zero_grad(m);
     CHECK(model_forward(m, tokens, targets, B, T, NULL, &loss) == QLAB_OK);
@@ -241,7 +261,8 @@ static void check_model_gradients(model *m, const int *tokens, const int *target
         model_param_group pg = model_get_param_group(m, (model_group)g);
         if (!pg.trainable) {
             int zero = 1;
-            for (size_t i = 0; i < pg.count; i++) zero &= grads[pg.offset + i] == 0;
+            for (size_t i = 0; i < pg.count; i++)
+                zero &= grads[pg.offset + i] == 0;
             CHECKF(zero, "%s: frozen group %s has gradients", tag, pg.name);
             continue;
         }
@@ -254,9 +275,11 @@ static void check_model_gradients(model *m, const int *tokens, const int *target
             u[i] = rng_below(&rng, 2) ? 1.0f : -1.0f;
             analytic += (double)u[i] * grads[pg.offset + i];
         }
-        for (size_t i = 0; i < pg.count; i++) params[pg.offset + i] = (float)(saved[pg.offset + i] + h * u[i]);
+        for (size_t i = 0; i < pg.count; i++)
+            params[pg.offset + i] = (float)(saved[pg.offset + i] + h * u[i]);
         double lp = loss_double(m, tokens, targets, B, T);
-        for (size_t i = 0; i < pg.count; i++) params[pg.offset + i] = (float)(saved[pg.offset + i] - h * u[i]);
+        for (size_t i = 0; i < pg.count; i++)
+            params[pg.offset + i] = (float)(saved[pg.offset + i] - h * u[i]);
         double lm = loss_double(m, tokens, targets, B, T);
         memcpy(params + pg.offset, saved + pg.offset, sizeof(float) * pg.count);
         double numeric = (lp - lm) / (2 * h);
@@ -309,20 +332,23 @@ static void test_ignore_mask(void) {
     int tokens[B * T], targets[B * T], one[B * T];
     random_tokens(tokens, B * T, 32);
     random_tokens(targets, B * T, 32);
-    for (int n = 0; n < B * T; n++) targets[n] = n % 3 == 0 ? -1 : targets[n];
+    for (int n = 0; n < B * T; n++)
+        targets[n] = n % 3 == 0 ? -1 : targets[n];
     float loss_masked, loss_single;
     model_forward(m, tokens, targets, B, T, NULL, &loss_masked);
     CHECK(model_last_target_count(m) == 10);
     double sum = 0;
     for (int k = 0; k < B * T; k++) {
         if (targets[k] < 0) continue;
-        for (int n = 0; n < B * T; n++) one[n] = n == k ? targets[k] : -1;
+        for (int n = 0; n < B * T; n++)
+            one[n] = n == k ? targets[k] : -1;
         model_forward(m, tokens, one, B, T, NULL, &loss_single);
         sum += loss_single;
     }
     CHECK_NEAR(loss_masked, sum / 10, 1e-5); /* ten fp32 losses of ~3.5 */
     /* All ignored: loss 0, backward succeeds and leaves zero gradients. */
-    for (int n = 0; n < B * T; n++) one[n] = -1;
+    for (int n = 0; n < B * T; n++)
+        one[n] = -1;
     float loss = 1;
     model_zero_grad(m);
     CHECK(model_forward(m, tokens, one, B, T, NULL, &loss) == QLAB_OK && loss == 0);
@@ -330,7 +356,8 @@ static void test_ignore_mask(void) {
     size_t count;
     float *g = model_get_grad_buffer(m, &count);
     int zero = 1;
-    for (size_t i = 0; i < count; i++) zero &= g[i] == 0;
+    for (size_t i = 0; i < count; i++)
+        zero &= g[i] == 0;
     CHECK(zero);
     model_free(m);
 }
@@ -347,13 +374,16 @@ typedef struct {
 static void adapter_forward(void *ctx, int layer, model_proj p, const float *inp, float *out, int N) {
     (void)layer;
     test_adapter *ad = ctx;
-    static const int dims[PROJ_COUNT][2] = {{16, 16}, {16, 8}, {16, 8}, {16, 16}, {16, 40}, {16, 40}, {40, 16}};
+    static const int dims[PROJ_COUNT][2] = {{16, 16}, {16, 8},  {16, 8}, {16, 16},
+                                            {16, 40}, {16, 40}, {40, 16}};
     int in = dims[p][0], outf = dims[p][1];
     for (int n = 0; n < N; n++) {
         float z[2] = {0, 0};
         for (int r = 0; r < 2; r++)
-            for (int i = 0; i < in; i++) z[r] += ad->a[r * in + i] * inp[(size_t)n * in + i];
-        for (int o = 0; o < outf; o++) out[(size_t)n * outf + o] += ad->b[o * 2] * z[0] + ad->b[o * 2 + 1] * z[1];
+            for (int i = 0; i < in; i++)
+                z[r] += ad->a[r * in + i] * inp[(size_t)n * in + i];
+        for (int o = 0; o < outf; o++)
+            out[(size_t)n * outf + o] += ad->b[o * 2] * z[0] + ad->b[o * 2 + 1] * z[1];
     }
     ad->forward_calls++;
 }
@@ -362,14 +392,17 @@ static void adapter_backward(void *ctx, int layer, model_proj p, const float *in
                              float *dinp, int N) {
     (void)layer, (void)inp;
     test_adapter *ad = ctx;
-    static const int dims[PROJ_COUNT][2] = {{16, 16}, {16, 8}, {16, 8}, {16, 16}, {16, 40}, {16, 40}, {40, 16}};
+    static const int dims[PROJ_COUNT][2] = {{16, 16}, {16, 8},  {16, 8}, {16, 16},
+                                            {16, 40}, {16, 40}, {40, 16}};
     int in = dims[p][0], outf = dims[p][1];
     for (int n = 0; n < N; n++) {
         float dz[2] = {0, 0};
         for (int o = 0; o < outf; o++)
-            for (int r = 0; r < 2; r++) dz[r] += ad->b[o * 2 + r] * dout[(size_t)n * outf + o];
+            for (int r = 0; r < 2; r++)
+                dz[r] += ad->b[o * 2 + r] * dout[(size_t)n * outf + o];
         for (int r = 0; r < 2; r++)
-            for (int i = 0; i < in; i++) dinp[(size_t)n * in + i] += ad->a[r * in + i] * dz[r];
+            for (int i = 0; i < in; i++)
+                dinp[(size_t)n * in + i] += ad->a[r * in + i] * dz[r];
     }
     ad->backward_calls++;
 }
@@ -381,7 +414,8 @@ static void test_freeze_and_adapter(void) {
     random_tokens(tokens, B * T, 32);
     random_tokens(targets, B * T, 32);
     test_adapter ad = {0};
-    for (int i = 0; i < 80; i++) ad.a[i] = (float)(0.3 * rng_normal(&rng)), ad.b[i] = (float)(0.3 * rng_normal(&rng));
+    for (int i = 0; i < 80; i++)
+        ad.a[i] = (float)(0.3 * rng_normal(&rng)), ad.b[i] = (float)(0.3 * rng_normal(&rng));
     model_adapter hook = {&ad, adapter_forward, adapter_backward};
     /* Freeze everything but the embedding and the norms: the gradients reaching them pass through every
      * projection's input gradient, adapter included. */
@@ -425,7 +459,8 @@ static void test_determinism_and_errors(void) {
      * association; 1e-5 relative (+1e-9 for zeros) is ~100 fp32 roundings. */
     model_backward(m);
     int doubled = 1;
-    for (size_t i = 0; i < count; i++) doubled &= fabs(g[i] - 2 * g1[i]) <= 1e-5 * fabs(g1[i]) + 1e-9;
+    for (size_t i = 0; i < count; i++)
+        doubled &= fabs(g[i] - 2 * g1[i]) <= 1e-5 * fabs(g1[i]) + 1e-9;
     CHECK(doubled);
 
     /* Bad arguments fail with a message instead of crashing. */
@@ -444,9 +479,11 @@ static void test_determinism_and_errors(void) {
     bad = tiny_config(2, 0);
     bad.dim = 12; /* head size 3 is odd */
     CHECK(model_create(&mb, &bad) == QLAB_ERR_ARG);
-    CHECK(strcmp(model_proj_name(PROJ_GATE), "gate_proj") == 0 && strcmp(model_proj_name(PROJ_DOWN), "down_proj") == 0);
+    CHECK(strcmp(model_proj_name(PROJ_GATE), "gate_proj") == 0 &&
+          strcmp(model_proj_name(PROJ_DOWN), "down_proj") == 0);
     linear_weight lw = model_get_linear(m, 1, PROJ_DOWN);
-    CHECK(lw.out_features == 16 && lw.in_features == 40 && lw.w == model_get_params(m)->w2 + 16 * 40 && !lw.q);
+    CHECK(lw.out_features == 16 && lw.in_features == 40 && lw.w == model_get_params(m)->w2 + 16 * 40 &&
+          !lw.q);
     free(l1), free(l2), free(g1);
     model_free(m);
 }
@@ -475,8 +512,10 @@ static void test_quantized(void) {
     double qbits = 0;
     for (int l = 0; l < c.n_layers; l++)
         for (int p = 0; p < PROJ_COUNT; p++) {
-            linear_weight q = model_get_linear(mq, l, (model_proj)p), r = model_get_linear(mref, l, (model_proj)p);
-            CHECK(q.q && !q.w && q.q->ndim == 2 && q.q->shape[0] == q.out_features && q.q->shape[1] == q.in_features);
+            linear_weight q = model_get_linear(mq, l, (model_proj)p),
+                          r = model_get_linear(mref, l, (model_proj)p);
+            CHECK(q.q && !q.w && q.q->ndim == 2 && q.q->shape[0] == q.out_features &&
+                  q.q->shape[1] == q.in_features);
             quant_tensor_dequantize(q.q, (float *)r.w);
             proj_elems += (size_t)q.out_features * q.in_features;
             qbits += 8.0 * quant_tensor_bytes(q.q);
@@ -490,7 +529,8 @@ static void test_quantized(void) {
     model_forward(mq, tokens, NULL, B, T, lq, NULL);
     model_forward(mref, tokens, NULL, B, T, lr, NULL);
     double worst = 0;
-    for (size_t i = 0; i < nl; i++) worst = fmax(worst, fabs(lq[i] - lr[i]));
+    for (size_t i = 0; i < nl; i++)
+        worst = fmax(worst, fabs(lq[i] - lr[i]));
     /* Same weights, same sgemm per output column block; only the blocking of the GEMM over output
      * columns can differ (tiles vs one call), i.e. fp32 reassociation: ~1e-6 on O(1) logits. */
     CHECKF(worst < 1e-5, "quantized vs dequantized-fp32 logits differ by %.3g", worst);
@@ -515,9 +555,16 @@ static model *load_stories(const char *path) {
     if (qlab_read_file(path, &data, &len) != QLAB_OK || len < 28) return NULL;
     int32_t h[7];
     memcpy(h, data, sizeof h);
-    model_config c = {.dim = h[0], .hidden_dim = h[1], .n_layers = h[2], .n_heads = h[3], .n_kv_heads = h[4],
-                      .vocab_size = h[5] < 0 ? -h[5] : h[5], .seq_len = h[6], .norm_eps = 1e-5f,
-                      .rope_theta = 10000.0f, .shared_classifier = h[5] > 0};
+    model_config c = {.dim = h[0],
+                      .hidden_dim = h[1],
+                      .n_layers = h[2],
+                      .n_heads = h[3],
+                      .n_kv_heads = h[4],
+                      .vocab_size = h[5] < 0 ? -h[5] : h[5],
+                      .seq_len = h[6],
+                      .norm_eps = 1e-5f,
+                      .rope_theta = 10000.0f,
+                      .shared_classifier = h[5] > 0};
     model *m = NULL;
     if (model_create(&m, &c) != QLAB_OK) {
         free(data);
@@ -563,11 +610,14 @@ static void test_stories260k(void) {
             if (z[i] > z[best]) best = i;
         tokens[t] = best;
     }
-    for (int t = 0; t < T; t++) tokens[T + t] = (int)rng_below(&rng, 512);
+    for (int t = 0; t < T; t++)
+        tokens[T + t] = (int)rng_below(&rng, 512);
     double err = logits_rel_error(m, tokens, B, T);
     CHECKF(err < 1e-5, "stories260K logits relative error %.3g", err); /* as for the random model */
-    for (int t = 0; t < T; t++) targets[t] = t + 1 < T ? tokens[t + 1] : -1;
-    for (int t = 0; t < T; t++) targets[T + t] = -1;
+    for (int t = 0; t < T; t++)
+        targets[t] = t + 1 < T ? tokens[t + 1] : -1;
+    for (int t = 0; t < T; t++)
+        targets[T + t] = -1;
     float loss;
     CHECK(model_forward(m, tokens, targets, B, T, NULL, &loss) == QLAB_OK);
     /* Greedy continuations are the model's top choice at every step: their mean loss is far below

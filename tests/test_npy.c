@@ -4,11 +4,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "check.h"
-#include "common.h"
-#include "half.h"
-#include "npy.h"
-#include "test_util.h"
+#include "tests/check.h"
+#include "core/base/common.h"
+#include "core/base/half.h"
+#include "core/formats/npy.h"
+#include "tests/test_util.h"
 
 /* Builds a .npy file from a header dict text (padded like numpy) and data bytes. */
 static void make_npy(const char *path, int major, const char *dict, const void *data, size_t data_len) {

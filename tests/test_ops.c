@@ -1,13 +1,13 @@
-/* Finite-difference checks of every layer op's backward (core/ops.h, core/linear.h): each op's output is
- * reduced to the scalar sum(out * w) with fixed random w, whose input gradients must match central
+/* Finite-difference checks of every layer op's backward (core/model/ops.h, core/model/linear.h): each op's
+ * output is reduced to the scalar sum(out * w) with fixed random w, whose input gradients must match central
  * differences; also checks that backward accumulates and that ignored targets contribute nothing. */
 #include <string.h>
 
-#include "check.h"
-#include "common.h"
-#include "linear.h"
-#include "ops.h"
-#include "rng.h"
+#include "tests/check.h"
+#include "core/base/common.h"
+#include "core/model/linear.h"
+#include "core/model/ops.h"
+#include "core/base/rng.h"
 
 /* Central differences with step H on fp32 inputs of size ~1; the scalar loss is summed in double, so
  * rounding of the outputs that do not depend on the perturbed input cancels exactly between the two
@@ -24,11 +24,14 @@ static rng_state rng;
 
 static float *rand_buf(size_t n, double scale) {
     float *x = malloc(sizeof(float) * (n ? n : 1));
-    for (size_t i = 0; i < n; i++) x[i] = (float)(rng_normal(&rng) * scale);
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)(rng_normal(&rng) * scale);
     return x;
 }
 
-static float *zero_buf(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
+static float *zero_buf(size_t n) {
+    return calloc(n ? n : 1, sizeof(float));
+}
 
 /* The op under test: its forward writes out from the current inputs; loss = sum(out * w) in double. */
 typedef struct op_case op_case;
@@ -50,7 +53,8 @@ struct op_case {
 static double op_loss(op_case *c) {
     c->forward(c);
     double s = 0;
-    for (size_t i = 0; i < c->nout; i++) s += (double)c->out[i] * c->w[i];
+    for (size_t i = 0; i < c->nout; i++)
+        s += (double)c->out[i] * c->w[i];
     return s;
 }
 
@@ -77,23 +81,35 @@ static void check_grad(const char *what, op_case *c, float *x, const float *anal
 
 /* ---------------------------------------------------------------- op forwards used by the checks */
 
-static void fwd_embedding(op_case *c) { embedding_forward(c->out, c->ints, c->x[0], c->N, c->C); }
+static void fwd_embedding(op_case *c) {
+    embedding_forward(c->out, c->ints, c->x[0], c->N, c->C);
+}
 static void fwd_rmsnorm(op_case *c) {
     float *rstd = malloc(sizeof(float) * c->N);
     rmsnorm_forward(c->out, rstd, c->x[0], c->x[1], c->N, c->C, c->eps);
     free(rstd);
 }
-static void fwd_matmul(op_case *c) { matmul_forward(c->out, c->x[0], c->x[1], c->N, c->C, c->OC); }
-static void fwd_linear(op_case *c) { linear_forward(c->out, c->x[0], &c->lw, c->N, c->tile, c->tile_floats); }
+static void fwd_matmul(op_case *c) {
+    matmul_forward(c->out, c->x[0], c->x[1], c->N, c->C, c->OC);
+}
+static void fwd_linear(op_case *c) {
+    linear_forward(c->out, c->x[0], &c->lw, c->N, c->tile, c->tile_floats);
+}
 static void fwd_rope(op_case *c) {
     rope_forward(c->out, c->x[0], c->cos_table, c->sin_table, c->B, c->T, c->NH, c->HS);
 }
 static void fwd_attention(op_case *c) {
     attention_forward(c->out, c->att, c->x[0], c->x[1], c->x[2], c->B, c->T, c->NH, c->NKV, c->HS);
 }
-static void fwd_swiglu(op_case *c) { swiglu_forward(c->out, c->x[0], c->x[1], c->nout); }
-static void fwd_residual(op_case *c) { residual_forward(c->out, c->x[0], c->x[1], c->nout); }
-static void fwd_softmax(op_case *c) { softmax_forward(c->out, c->x[0], c->N, c->V); }
+static void fwd_swiglu(op_case *c) {
+    swiglu_forward(c->out, c->x[0], c->x[1], c->nout);
+}
+static void fwd_residual(op_case *c) {
+    residual_forward(c->out, c->x[0], c->x[1], c->nout);
+}
+static void fwd_softmax(op_case *c) {
+    softmax_forward(c->out, c->x[0], c->N, c->V);
+}
 /* Mean cross-entropy after softmax, as a one-element output (w = 1). */
 static void fwd_crossentropy(op_case *c) {
     float *probs = malloc(sizeof(float) * (size_t)c->N * c->V), *losses = malloc(sizeof(float) * c->N);
@@ -135,8 +151,10 @@ static void test_rmsnorm(void) {
     /* Backward accumulates: starting from gradients of 1 gives 1 + the fresh gradient (up to the
      * rounding of a different summation start, ~1e-7 relative on O(1) sums). */
     float *dx1 = malloc(sizeof(float) * c.nout), *dw1 = malloc(sizeof(float) * c.C);
-    for (size_t i = 0; i < c.nout; i++) dx1[i] = 1;
-    for (int i = 0; i < c.C; i++) dw1[i] = 1;
+    for (size_t i = 0; i < c.nout; i++)
+        dx1[i] = 1;
+    for (int i = 0; i < c.C; i++)
+        dw1[i] = 1;
     rmsnorm_backward(dx1, dw1, c.w, c.x[0], c.x[1], rstd, c.N, c.C);
     CHECK_NEAR(dx1[5], 1 + dx[5], 1e-5);
     CHECK_NEAR(dw1[3], 1 + dw[3], 1e-5);
@@ -234,7 +252,8 @@ static void test_attention(int NKV, int T) {
     CHECK(memcmp(c.out + 3 * c.HS, c.x[2] + kvh * c.HS, sizeof(float) * c.HS) == 0);
     /* Probability rows sum to one and are zero above the diagonal. */
     double row = 0;
-    for (int t2 = 0; t2 < c.T; t2++) row += c.att[(size_t)4 * c.T + t2];
+    for (int t2 = 0; t2 < c.T; t2++)
+        row += c.att[(size_t)4 * c.T + t2];
     CHECK_NEAR(row, 1.0, 1e-6); /* six fp32 probabilities */
     CHECK(c.att[(size_t)4 * c.T + 5] == 0);
     free(c.x[0]), free(c.x[1]), free(c.x[2]), free(c.att), free(c.out), free(c.w);
@@ -288,7 +307,8 @@ static void test_softmax_crossentropy(void) {
     crossentropy_softmax_backward(dl, probs, targets, c.N, c.V, 1.0f / count);
     check_grad("crossentropy dlogits", &c, c.x[0], dl, n);
     int zero_rows = 1;
-    for (int i = 0; i < c.V; i++) zero_rows &= dl[1 * c.V + i] == 0 && dl[4 * c.V + i] == 0;
+    for (int i = 0; i < c.V; i++)
+        zero_rows &= dl[1 * c.V + i] == 0 && dl[4 * c.V + i] == 0;
     CHECK(zero_rows);
     /* Changing the logits of an ignored position leaves the loss unchanged. */
     c.x[0][1 * c.V + 2] += 5.0f;
@@ -303,7 +323,8 @@ static void test_softmax_crossentropy(void) {
  * odd row count) against matmul over the fully dequantized weight. */
 static void test_quantized_linear(int OC) {
     int N = 5, IC = 64;
-    float *w = rand_buf((size_t)OC * IC, 1), *x = rand_buf((size_t)N * IC, 1), *dout = rand_buf((size_t)N * OC, 1);
+    float *w = rand_buf((size_t)OC * IC, 1), *x = rand_buf((size_t)N * IC, 1),
+          *dout = rand_buf((size_t)N * OC, 1);
     quant_tensor qt;
     qlab_status st = quant_tensor_quantize(&qt, w, (int64_t)OC * IC, QUANT_NF4, 64, 0);
     CHECKF(st == QLAB_OK, "quantize: %s", qlab_last_error());
@@ -320,8 +341,10 @@ static void test_quantized_linear(int OC) {
     linear_backward(dq, NULL, dout, x, &lw, N, tile, tile_floats);
     matmul_backward(dr, NULL, dout, x, w, N, IC, OC);
     double ey = 0, ed = 0;
-    for (int i = 0; i < N * OC; i++) ey = fmax(ey, fabs(yq[i] - yr[i]));
-    for (int i = 0; i < N * IC; i++) ed = fmax(ed, fabs(dq[i] - dr[i]));
+    for (int i = 0; i < N * OC; i++)
+        ey = fmax(ey, fabs(yq[i] - yr[i]));
+    for (int i = 0; i < N * IC; i++)
+        ed = fmax(ed, fabs(dq[i] - dr[i]));
     /* Same products; the tiled sgemm calls may associate the sums differently from one big call:
      * fp32 reassociation of 64 (forward) or OC (input gradient) O(1) terms, ~1e-6. */
     CHECKF(ey < 1e-4 && ed < 1e-4, "OC %d: tiled quantized linear differs: out %.3g, dinp %.3g", OC, ey, ed);
@@ -335,9 +358,9 @@ int main(void) {
     test_rmsnorm();
     test_matmul_and_linear();
     test_rope();
-    test_attention(4, 6); /* multi-head */
-    test_attention(2, 6); /* grouped-query */
-    test_attention(1, 6); /* multi-query */
+    test_attention(4, 6);   /* multi-head */
+    test_attention(2, 6);   /* grouped-query */
+    test_attention(1, 6);   /* multi-query */
     test_attention(2, 150); /* three blocks of query rows (64, 64, 22): the causal blocking */
     test_swiglu_residual();
     test_softmax_crossentropy();

@@ -1,13 +1,13 @@
-/* Tests of core/optim.h: AdamW against a double-precision reference of the same formula, the exact
+/* Tests of core/model/optim.h: AdamW against a double-precision reference of the same formula, the exact
  * "no weight decay when 0" rule, global-norm clipping, the learning-rate schedules at their key steps and
  * the state-memory interface (paged falls back to host memory without a backend). */
 #include <math.h>
 #include <string.h>
 
-#include "check.h"
-#include "cuda_emu.h"
-#include "optim.h"
-#include "rng.h"
+#include "tests/check.h"
+#include "kernels/cuda_emu.h"
+#include "core/model/optim.h"
+#include "core/base/rng.h"
 
 /* PyTorch AdamW in double: the reference the fp32 update must follow. */
 static void adamw_reference(double *p, const double *g, double *m, double *v, int n, double lr, double b1,
@@ -29,7 +29,8 @@ static void test_adamw_reference(void) {
     CHECK(optim_adamw_init(&o, N, OPTIM_STATE_HOST) == QLAB_OK);
     rng_state r;
     rng_seed(&r, 3);
-    for (int i = 0; i < N; i++) pd[i] = p[i] = (float)rng_normal(&r);
+    for (int i = 0; i < N; i++)
+        pd[i] = p[i] = (float)rng_normal(&r);
     optim_adamw_hyper h = {1e-2f, 0.9f, 0.999f, 1e-8f, 0.1f};
     double max_err = 0;
     for (int t = 1; t <= STEPS; t++) {
@@ -40,7 +41,8 @@ static void test_adamw_reference(void) {
         }
         CHECK(optim_adamw_step(&o, p, g, &h) == QLAB_OK);
         adamw_reference(pd, gd, md, vd, N, h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, t);
-        for (int i = 0; i < N; i++) max_err = fmax(max_err, fabs(p[i] - pd[i]));
+        for (int i = 0; i < N; i++)
+            max_err = fmax(max_err, fabs(p[i] - pd[i]));
     }
     CHECK(o.step == STEPS);
     /* |p| is O(1) and each step moves it by <= ~lr; fp32 rounding of ~10 operations per step over 5 steps
@@ -61,12 +63,14 @@ static void test_matches_cuda_body(void) {
     static float p1[N], p2[N], g[N], m1[N], v1[N], m2[N], v2[N];
     rng_state r;
     rng_seed(&r, 11);
-    for (int i = 0; i < N; i++) p1[i] = p2[i] = (float)rng_normal(&r);
+    for (int i = 0; i < N; i++)
+        p1[i] = p2[i] = (float)rng_normal(&r);
     optim_adamw_hyper h = {3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f};
     optim_cuda_adamw_hyper hc = {h.lr, h.beta1, h.beta2, h.eps, h.weight_decay};
     int same = 1;
     for (int t = 1; t <= 4; t++) {
-        for (int i = 0; i < N; i++) g[i] = (float)(rng_normal(&r) * 0.01);
+        for (int i = 0; i < N; i++)
+            g[i] = (float)(rng_normal(&r) * 0.01);
         CHECK(optim_adamw_update(p1, g, m1, v1, N, &h, t) == QLAB_OK);
         CHECK(cuda_emu_adamw_step(p2, g, m2, v2, N, &hc, t) == QLAB_OK);
         same &= !memcmp(p1, p2, sizeof p1) && !memcmp(m1, m2, sizeof m1) && !memcmp(v1, v2, sizeof v1);
@@ -80,7 +84,8 @@ static void test_no_decay_when_zero(void) {
     float before[4];
     memcpy(before, p, sizeof p);
     optim_adamw_hyper h = {0.1f, 0.9f, 0.95f, 1e-8f, 0.0f};
-    for (int t = 1; t <= 3; t++) CHECK(optim_adamw_update(p, g, m, v, 4, &h, t) == QLAB_OK);
+    for (int t = 1; t <= 3; t++)
+        CHECK(optim_adamw_update(p, g, m, v, 4, &h, t) == QLAB_OK);
     CHECK(memcmp(p, before, sizeof p) == 0);
     /* With decay 0.5 and lr 0.1 (zero gradient) each step multiplies by exactly 0.95. */
     h.weight_decay = 0.5f;
@@ -96,7 +101,7 @@ static void test_no_decay_when_zero(void) {
 static void test_clipping(void) {
     float g[3] = {3.0f, 4.0f, 0.0f};
     double norm = optim_clip_grad_norm(g, 3, 10.0);
-    CHECK_NEAR(norm, 5.0, 0.0); /* 9 + 16 is exact in double */
+    CHECK_NEAR(norm, 5.0, 0.0);          /* 9 + 16 is exact in double */
     CHECK(g[0] == 3.0f && g[1] == 4.0f); /* below the limit: untouched */
     norm = optim_clip_grad_norm(g, 3, 1.0);
     CHECK_NEAR(norm, 5.0, 0.0);
@@ -121,7 +126,7 @@ static void test_clipping(void) {
 static void test_schedule(void) {
     optim_lr_schedule s = {OPTIM_LR_COSINE, 1e-3, 1e-4, 100, 1100};
     CHECK(optim_lr_check(&s) == QLAB_OK);
-    CHECK_NEAR(optim_lr_at(&s, 0), 1e-5, 1e-18);     /* (0+1)/100 of max */
+    CHECK_NEAR(optim_lr_at(&s, 0), 1e-5, 1e-18); /* (0+1)/100 of max */
     CHECK_NEAR(optim_lr_at(&s, 49), 5e-4, 1e-18);
     CHECK_NEAR(optim_lr_at(&s, 99), 1e-3, 1e-18);    /* end of warmup */
     CHECK_NEAR(optim_lr_at(&s, 100), 1e-3, 1e-18);   /* start of decay: cos(0) */
@@ -129,7 +134,8 @@ static void test_schedule(void) {
     CHECK_NEAR(optim_lr_at(&s, 1100), 1e-4, 1e-18);  /* end: the floor */
     CHECK_NEAR(optim_lr_at(&s, 5000), 1e-4, 1e-18);
     int monotone = 1;
-    for (int64_t t = 100; t < 1100; t++) monotone &= optim_lr_at(&s, t + 1) <= optim_lr_at(&s, t);
+    for (int64_t t = 100; t < 1100; t++)
+        monotone &= optim_lr_at(&s, t + 1) <= optim_lr_at(&s, t);
     CHECK(monotone);
     optim_lr_schedule c = {OPTIM_LR_CONSTANT, 2e-4, 0, 10, 0};
     CHECK(optim_lr_check(&c) == QLAB_OK);

@@ -9,12 +9,12 @@
 #include <omp.h>
 #endif
 
-#include "check.h"
-#include "common.h"
-#include "half.h"
-#include "quant.h"
-#include "quant_tables.h"
-#include "rng.h"
+#include "tests/check.h"
+#include "core/base/common.h"
+#include "core/base/half.h"
+#include "core/quant/quant.h"
+#include "core/quant/quant_tables.h"
+#include "core/base/rng.h"
 
 static float *random_normal(int64_t n, uint64_t seed) {
     rng_state r;
@@ -443,7 +443,8 @@ static void test_other_formats(void) {
     CHECK(quant_tensor_quantize_ref(&qt, w, 5, QUANT_IQ4_NL, 32, 0) == QLAB_OK);
     CHECK(code_at(&qt, 0) == 0 && code_at(&qt, 1) == 8 && code_at(&qt, 2) == 9 && code_at(&qt, 3) == 8);
     quant_tensor_free(&qt);
-    for (int i = 0; i < 32; i++) x[i] = -(float)iq[i % 16] * 0.25f;
+    for (int i = 0; i < 32; i++)
+        x[i] = -(float)iq[i % 16] * 0.25f;
     CHECK(quant_tensor_quantize_ref(&qt, x, 32, QUANT_IQ4_NL, 32, 0) == QLAB_OK);
     quant_tensor_dequantize_ref(&qt, out);
     exact = 1;

@@ -5,13 +5,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "check.h"
-#include "common.h"
-#include "quant.h"
-#include "quant_io.h"
-#include "rng.h"
-#include "safetensors.h"
-#include "test_util.h"
+#include "tests/check.h"
+#include "core/base/common.h"
+#include "core/quant/quant.h"
+#include "core/quant/quant_io.h"
+#include "core/base/rng.h"
+#include "core/formats/safetensors.h"
+#include "tests/test_util.h"
 
 static int same_bits(const void *a, const void *b, size_t n) {
     return n == 0 || memcmp(a, b, n) == 0;

@@ -4,10 +4,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "check.h"
-#include "config.h"
-#include "results.h"
-#include "test_util.h"
+#include "tests/check.h"
+#include "core/results/config.h"
+#include "core/results/results.h"
+#include "tests/test_util.h"
 
 static int exists(const char *path) {
     return access(path, F_OK) == 0;

@@ -5,11 +5,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "check.h"
-#include "common.h"
-#include "half.h"
-#include "safetensors.h"
-#include "test_util.h"
+#include "tests/check.h"
+#include "core/base/common.h"
+#include "core/base/half.h"
+#include "core/formats/safetensors.h"
+#include "tests/test_util.h"
 
 /* A file with the given header text (length as given, no padding) followed by data_len bytes. */
 static void make_st(const char *path, const char *json, size_t data_len) {

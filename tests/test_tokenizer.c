@@ -11,10 +11,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "check.h"
-#include "common.h"
-#include "npy.h"
-#include "tokenizer.h"
+#include "tests/check.h"
+#include "core/base/common.h"
+#include "core/formats/npy.h"
+#include "core/text/tokenizer.h"
 
 /* ------------------------------------------------------------------------------------------ helpers */
 

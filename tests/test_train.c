@@ -1,18 +1,18 @@
-/* Tests of the pretraining loop (eval/train.h) and SHA-256 (core/sha256.h): the FIPS 180-4 test vectors;
- * two trainings of a tiny model with the same seed give bit-identical parameters and a different seed does
- * not; the held-out loss falls on qlab's story corpus; gradient clipping is active when the limit is below
- * the gradient norm and never when it is off; bad options are refused. */
+/* Tests of the pretraining loop (train/train.h) and SHA-256 (core/base/sha256.h): the FIPS 180-4 test
+ * vectors; two trainings of a tiny model with the same seed give bit-identical parameters and a different
+ * seed does not; the held-out loss falls on qlab's story corpus; gradient clipping is active when the limit
+ * is below the gradient norm and never when it is off; bad options are refused. */
 #include <string.h>
 #include <unistd.h>
 
-#include "bpe.h"
-#include "check.h"
-#include "common.h"
-#include "corpus.h"
-#include "model.h"
-#include "sha256.h"
-#include "tokenizer.h"
-#include "train.h"
+#include "core/text/bpe.h"
+#include "tests/check.h"
+#include "core/base/common.h"
+#include "datasets/corpus.h"
+#include "core/model/model.h"
+#include "core/base/sha256.h"
+#include "core/text/tokenizer.h"
+#include "train/train.h"
 
 static void test_sha256(void) {
     char hex[65];
@@ -36,8 +36,15 @@ static void test_sha256(void) {
     CHECK(sha256_file_hex("/nonexistent/qlab", hex) == QLAB_ERR_IO);
 }
 
-static const model_config tiny = {.dim = 32, .hidden_dim = 64, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2,
-                                  .vocab_size = 512, .seq_len = 32, .norm_eps = 1e-5f, .rope_theta = 10000.0f,
+static const model_config tiny = {.dim = 32,
+                                  .hidden_dim = 64,
+                                  .n_layers = 2,
+                                  .n_heads = 4,
+                                  .n_kv_heads = 2,
+                                  .vocab_size = 512,
+                                  .seq_len = 32,
+                                  .norm_eps = 1e-5f,
+                                  .rope_theta = 10000.0f,
                                   .shared_classifier = 1};
 
 static train_options tiny_options(void) {
@@ -102,14 +109,16 @@ static void test_training(void) {
     size_t count = model_num_params(&tiny);
     CHECK(pa && pb);
     if (pa && pb) CHECKF(memcmp(pa, pb, sizeof(float) * count) == 0, "same seed, different parameters");
-    /* Exact, not near: the same seed and thread count must reproduce every bit (the zoo cache relies on it). */
+    /* Exact, not near: the same seed and thread count must reproduce every bit (the zoo cache relies on it).
+     */
     CHECK(a.final_heldout_loss == b.final_heldout_loss && a.n_train == b.n_train);
     o.seed = 6; /* another batch order */
     float *pc = train_tiny(ids, (int64_t)n_ids, held, (int64_t)n_held, 9, &o, &c);
     if (pa && pc) CHECK(memcmp(pa, pc, sizeof(float) * count) != 0);
 
     /* Learning: the first held-out point is the untrained model (about ln 512 = 6.24 nats); 40 steps at
-     * lr 1e-2 on this highly regular corpus reach well under 5 (measured about 4.2), so 1 nat is a safe margin. */
+     * lr 1e-2 on this highly regular corpus reach well under 5 (measured about 4.2), so 1 nat is a safe
+     * margin. */
     CHECK(a.n_heldout == 3 && a.heldout[0].step == 0 && a.heldout[2].step == 40);
     if (a.n_heldout == 3) {
         CHECK_NEAR(a.heldout[0].loss, 6.238, 0.3); /* near uniform: small init, tied embeddings */

@@ -10,18 +10,19 @@
 
 #include <cjson/cJSON.h>
 
-#include "check.h"
-#include "common.h"
-#include "results.h"
-#include "test_util.h"
+#include "tests/check.h"
+#include "core/base/common.h"
+#include "core/results/results.h"
+#include "tests/test_util.h"
 
 static char program[600];
 
 static int run_zoo(const char *dir, const char *out, const char *extra, const char *log) {
     char command[3000];
-    snprintf(command, sizeof command,
-             "QLAB_QUIET=1 '%s' --config experiments/zoo_small.json --set 'out_dir=%s' %s --out '%s' > '%s' 2>&1",
-             program, dir, extra, out, log);
+    snprintf(
+        command, sizeof command,
+        "QLAB_QUIET=1 '%s' --config experiments/zoo_small.json --set 'out_dir=%s' %s --out '%s' > '%s' 2>&1",
+        program, dir, extra, out, log);
     return run_shell(command);
 }
 
@@ -72,7 +73,8 @@ int main(void) {
     for (int i = 0; i < 2; i++) {
         manifest_sha(dir_a, names[i], sha_a);
         manifest_sha(dir_b, names[i], sha_b);
-        CHECKF(strlen(sha_a) == 64 && !strcmp(sha_a, sha_b), "%s: sha256 '%s' vs '%s'", names[i], sha_a, sha_b);
+        CHECKF(strlen(sha_a) == 64 && !strcmp(sha_a, sha_b), "%s: sha256 '%s' vs '%s'", names[i], sha_a,
+               sha_b);
     }
 
     /* Same folder again: everything reused, files untouched. */
@@ -94,7 +96,8 @@ int main(void) {
     const results_column *loss = models ? results_table_find_column(models, "final_heldout_loss") : NULL;
     /* 30 steps from ln 512 = 6.24: some learning, nowhere near converged. */
     CHECK(loss && loss->f64[0] > 1 && loss->f64[0] < 6.2);
-    const results_table_data *tc = results_file_table(&f, "train_curve"), *hc = results_file_table(&f, "heldout_curve");
+    const results_table_data *tc = results_file_table(&f, "train_curve"),
+                             *hc = results_file_table(&f, "heldout_curve");
     CHECK(tc && tc->nrows == 2 * 6); /* 30 steps, logged every 5 */
     CHECK(hc && hc->nrows == 2 * 4); /* steps 0, 10, 20, 30 */
     CHECK(results_file_attr(&f, "git_commit") && results_file_attr(&f, "config"));
@@ -111,8 +114,10 @@ int main(void) {
     manifest_sha(dir_a, "tiny-a", sha_a);
     manifest_sha(dir_b, "tiny-a", sha_b);
     CHECK(!strcmp(sha_a, sha_b) && log_contains(log, "training 30 steps"));
-    CHECK(run_zoo(dir_a, out, "--set 'models={\"tiny-a\": {\"dim\": 32, \"hidden_dim\": 96, \"n_layers\": 2, "
-                              "\"n_heads\": 4, \"seq_len\": 64, \"batch\": 4, \"steps\": 10, \"warmup_steps\": 2, \"seed\": 11}}'",
+    CHECK(run_zoo(dir_a, out,
+                  "--set 'models={\"tiny-a\": {\"dim\": 32, \"hidden_dim\": 96, \"n_layers\": 2, "
+                  "\"n_heads\": 4, \"seq_len\": 64, \"batch\": 4, \"steps\": 10, \"warmup_steps\": 2, "
+                  "\"seed\": 11}}'",
                   log) == 0);
     manifest_sha(dir_a, "tiny-a", sha_a);
     CHECK(strlen(sha_a) == 64 && strcmp(sha_a, sha_b) != 0);

@@ -1,0 +1,24 @@
+/* The qlab command-line tool: each subcommand lives in its own cmd_*.c file and registers itself with
+ * QLAB_COMMAND, so adding a command never touches a shared table. */
+#ifndef QLAB_CLI_H
+#define QLAB_CLI_H
+
+typedef struct {
+    const char *name;                  /* "quant" */
+    const char *summary;               /* one line for `qlab --help` */
+    int (*run)(int argc, char **argv); /* argv[0] is the subcommand name; returns the exit code */
+} cli_command;
+
+void cli_register(const cli_command *cmd);
+
+#define QLAB_COMMAND(ident, name_, summary_, fn)                                                             \
+    static const cli_command ident = {name_, summary_, fn};                                                  \
+    __attribute__((constructor)) static void ident##_register(void) {                                        \
+        cli_register(&ident);                                                                                \
+    }
+
+/* Helpers for option parsing that print "qlab CMD: --flag needs a value" style errors. */
+int cli_parse_int(const char *cmd, const char *flag, const char *text, long lo, long hi, long *out);
+int cli_parse_double(const char *cmd, const char *flag, const char *text, double *out);
+
+#endif

@@ -1,0 +1,189 @@
+/* `qlab ppl`: perplexity of a checkpoint on a text or token file, optionally after quantizing its
+ * projections, with the quantized model's distance from the fp32 model on the same tokens. */
+#include <cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/model/checkpoint.h"
+#include "cli/cli.h"
+#include "core/base/common.h"
+#include "core/model/model.h"
+#include "eval/ppl.h"
+#include "core/quant/quant.h"
+#include "eval/tokens.h"
+
+static void ppl_usage(FILE *f) {
+    fprintf(
+        f,
+        "Usage: qlab ppl --model M [--tokenizer T] (--data FILE.txt | --tokens FILE.npy)\n"
+        "                [--dtype D [--blocksize B] [--double-quant]] [--ctx N] [--stride S]\n"
+        "                [--max-tokens N] [--batch N] [--json]\n\n"
+        "Perplexity of model M (llama2.c .bin, GGUF, or a Hugging Face directory).\n"
+        "  --data FILE.txt     text, encoded with --tokenizer (BOS prepended)\n"
+        "  --tokens FILE.npy   int32 token ids, used exactly as given\n"
+        "  --dtype D           quantize the q,k,v,o,gate,up,down projections to D (nf4, fp4, fp4_e2m1,\n"
+        "                      fp4_e3m0, int4, af4, mxfp4, nvfp4, iq4_nl) and report the distance from\n"
+        "                      the fp32 model: KL divergence, top-1 agreement, change in p(correct)\n"
+        "  --blocksize B       quantization block size (default: the type's default, 64)\n"
+        "  --double-quant      double-quantize the block constants\n"
+        "  --ctx N             window length (default: min(512, model context))\n"
+        "  --stride S          Hugging Face sliding-window protocol with stride S; without it, llama.cpp's\n"
+        "                      non-overlapping windows scoring the second half of each\n"
+        "  --max-tokens N      use only the first N tokens\n"
+        "  --batch N           windows per forward pass (default: automatic)\n"
+        "  --json              print one JSON object instead of text\n");
+}
+
+static void print_text(const char *model_path, const model_config *cfg, const char *data, int64_t n_tokens,
+                       const char *qdesc, double bits, const ppl_result *r) {
+    printf("model        %s (dim %d, %d layers, %d heads / %d kv heads, vocab %d)\n", model_path, cfg->dim,
+           cfg->n_layers, cfg->n_heads, cfg->n_kv_heads, cfg->vocab_size);
+    printf("data         %s: %lld tokens\n", data, (long long)n_tokens);
+    printf("weights      %s, %.4g Mbit in total\n", qdesc, bits / 1e6);
+    if (!strcmp(r->protocol_name, "sliding"))
+        printf("protocol     sliding window, ctx %d, stride %d (Hugging Face)\n", r->ctx, r->stride);
+    else
+        printf("protocol     non-overlapping windows of %d, second half scored (llama.cpp)\n", r->ctx);
+    printf("scored       %lld predictions over %lld tokens\n", (long long)r->n_scored,
+           (long long)r->n_tokens_used);
+    printf("mean NLL     %.5f nats (standard error %.5f)\n", r->mean_nll, r->nll_stderr);
+    printf("perplexity   %.4f  (95%% CI %.4f .. %.4f)\n", r->ppl, r->ppl_lo, r->ppl_hi);
+    if (r->has_reference) {
+        printf("fp32 ppl     %.4f\n", r->ref_ppl);
+        printf("KL(fp32||q)  mean %.6f  p50 %.6f  p90 %.6f  p99 %.6f  max %.6f nats\n", r->kl_mean, r->kl_p50,
+               r->kl_p90, r->kl_p99, r->kl_max);
+        printf("top-1 agree  %.4f\n", r->top1_agree);
+        printf("dp(correct)  %+.6f\n", r->dprob_correct);
+    }
+}
+
+static void print_json(const char *model_path, const char *data, int64_t n_tokens, const char *dtype, int bs,
+                       int dq, double bits, const ppl_result *r) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "model", model_path);
+    cJSON_AddStringToObject(o, "data", data);
+    cJSON_AddNumberToObject(o, "n_tokens", (double)n_tokens);
+    cJSON_AddStringToObject(o, "dtype", dtype ? dtype : "fp32");
+    if (dtype) {
+        cJSON_AddNumberToObject(o, "blocksize", bs);
+        cJSON_AddBoolToObject(o, "double_quant", dq);
+    }
+    cJSON_AddNumberToObject(o, "total_bits", bits);
+    cJSON_AddStringToObject(o, "protocol", r->protocol_name);
+    cJSON_AddNumberToObject(o, "ctx", r->ctx);
+    cJSON_AddNumberToObject(o, "stride", r->stride);
+    cJSON_AddNumberToObject(o, "n_scored", (double)r->n_scored);
+    cJSON_AddNumberToObject(o, "mean_nll", r->mean_nll);
+    cJSON_AddNumberToObject(o, "nll_stderr", r->nll_stderr);
+    cJSON_AddNumberToObject(o, "ppl", r->ppl);
+    cJSON_AddNumberToObject(o, "ppl_ci95_lo", r->ppl_lo);
+    cJSON_AddNumberToObject(o, "ppl_ci95_hi", r->ppl_hi);
+    if (r->has_reference) {
+        cJSON_AddNumberToObject(o, "ref_ppl", r->ref_ppl);
+        cJSON_AddNumberToObject(o, "kl_mean", r->kl_mean);
+        cJSON_AddNumberToObject(o, "kl_p50", r->kl_p50);
+        cJSON_AddNumberToObject(o, "kl_p90", r->kl_p90);
+        cJSON_AddNumberToObject(o, "kl_p99", r->kl_p99);
+        cJSON_AddNumberToObject(o, "kl_max", r->kl_max);
+        cJSON_AddNumberToObject(o, "top1_agree", r->top1_agree);
+        cJSON_AddNumberToObject(o, "dprob_correct", r->dprob_correct);
+    }
+    char *s = cJSON_PrintUnformatted(o);
+    printf("%s\n", s);
+    free(s);
+    cJSON_Delete(o);
+}
+
+static int cmd_ppl(int argc, char **argv) {
+    const char *model_path = NULL, *tok_path = NULL, *data = NULL, *tokens_path = NULL, *dtype_name = NULL;
+    long bs = 0, ctx = 0, stride = 0, max_tokens = 0, batch = 0;
+    int dq = 0, json = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            ppl_usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--double-quant")) {
+            dq = 1;
+        } else if (!strcmp(a, "--json")) {
+            json = 1;
+        } else if (!strncmp(a, "--", 2) && !v) {
+            fprintf(stderr, "qlab ppl: %s needs a value\n", a);
+            return 2;
+        } else if (!strcmp(a, "--model")) {
+            model_path = argv[++i];
+        } else if (!strcmp(a, "--tokenizer")) {
+            tok_path = argv[++i];
+        } else if (!strcmp(a, "--data")) {
+            data = argv[++i];
+        } else if (!strcmp(a, "--tokens")) {
+            tokens_path = argv[++i];
+        } else if (!strcmp(a, "--dtype")) {
+            dtype_name = argv[++i];
+        } else if (!strcmp(a, "--blocksize")) {
+            if (!cli_parse_int("ppl", a, argv[++i], 1, 1 << 20, &bs)) return 2;
+        } else if (!strcmp(a, "--ctx")) {
+            if (!cli_parse_int("ppl", a, argv[++i], 2, 1 << 20, &ctx)) return 2;
+        } else if (!strcmp(a, "--stride")) {
+            if (!cli_parse_int("ppl", a, argv[++i], 1, 1 << 20, &stride)) return 2;
+        } else if (!strcmp(a, "--max-tokens")) {
+            if (!cli_parse_int("ppl", a, argv[++i], 2, 1L << 40, &max_tokens)) return 2;
+        } else if (!strcmp(a, "--batch")) {
+            if (!cli_parse_int("ppl", a, argv[++i], 1, 4096, &batch)) return 2;
+        } else {
+            fprintf(stderr, "qlab ppl: unknown option '%s' (see qlab ppl --help)\n", a);
+            return 2;
+        }
+    }
+    if (!model_path || (!data == !tokens_path)) {
+        fprintf(stderr,
+                "qlab ppl: needs --model and exactly one of --data / --tokens (see qlab ppl --help)\n");
+        return 2;
+    }
+    quant_dtype dt = QUANT_NF4;
+    if (dtype_name && quant_dtype_parse(dtype_name, &dt) != QLAB_OK) return qlab_report_error("qlab ppl");
+    if (dtype_name && !bs) bs = quant_default_blocksize(dt);
+    if (dtype_name && quant_check_blocksize(dt, (int)bs) != QLAB_OK) return qlab_report_error("qlab ppl");
+    if (!dtype_name && (bs || dq)) {
+        fprintf(stderr, "qlab ppl: --blocksize and --double-quant need --dtype\n");
+        return 2;
+    }
+
+    model *m = NULL, *ref = NULL;
+    int *ids = NULL;
+    int64_t n = 0;
+    int rc = 1;
+    if (checkpoint_load(model_path, &m) != QLAB_OK) goto out;
+    if (eval_load_tokens(data, tokens_path, tok_path, &ids, &n) != QLAB_OK) goto out;
+    const model_config *cfg = model_get_config(m);
+    ppl_options opt = {.protocol = stride ? PPL_SLIDING : PPL_NONOVERLAP,
+                       .ctx = ctx ? (int)ctx : (cfg->seq_len < 512 ? cfg->seq_len : 512),
+                       .stride = (int)stride,
+                       .max_tokens = max_tokens,
+                       .batch = (int)batch};
+    char qdesc[128] = "fp32";
+    if (dtype_name) {
+        if (checkpoint_load(model_path, &ref) != QLAB_OK) goto out;
+        if (model_quantize(m, dt, (int)bs, dq) != QLAB_OK) goto out;
+        snprintf(qdesc, sizeof qdesc, "%s, block %ld%s", quant_dtype_name(dt), bs,
+                 dq ? ", double-quant" : "");
+    }
+    ppl_result r;
+    if (ppl_evaluate(m, ref, ids, n, &opt, &r) != QLAB_OK) goto out;
+    const char *data_name = data ? data : tokens_path;
+    if (json)
+        print_json(model_path, data_name, n, dtype_name ? quant_dtype_name(dt) : NULL, (int)bs, dq,
+                   model_total_bits(m), &r);
+    else
+        print_text(model_path, cfg, data_name, n, qdesc, model_total_bits(m), &r);
+    rc = 0;
+out:
+    if (rc) qlab_report_error("qlab ppl");
+    free(ids);
+    model_free(m);
+    model_free(ref);
+    return rc;
+}
+
+QLAB_COMMAND(ppl_command, "ppl", "perplexity of a model on text or tokens, fp32 or quantized", cmd_ppl)

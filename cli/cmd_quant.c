@@ -1,0 +1,252 @@
+/* `qlab quant` and `qlab dequant`: quantize a .npy array into a 4-bit safetensors file (bitsandbytes layout,
+ * see quant_io.h) and back. Usage mistakes exit 2, bad or unreadable data exits 1; either way stderr gets
+ * exactly one line naming the flag or file and the problem. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "core/base/common.h"
+#include "core/formats/npy.h"
+#include "core/quant/quant.h"
+#include "core/quant/quant_io.h"
+#include "core/formats/safetensors.h"
+
+#define CMD_QUANT_EXIT_DATA 1
+#define CMD_QUANT_EXIT_USAGE 2
+
+static void quant_usage(FILE *f) {
+    fprintf(
+        f,
+        "Usage: qlab quant [options] IN.npy OUT.safetensors\n"
+        "\n"
+        "Quantizes an array (.npy of <f4, <f2, <f8, or bf16 stored as <u2) to 4 bits, blockwise, and writes "
+        "it\n"
+        "as safetensors in the layout transformers uses for bitsandbytes 4-bit weights.\n"
+        "\n"
+        "Options:\n"
+        "  --dtype D         data type: nf4 (default), fp4, fp4_e2m1, fp4_e3m0, int4, af4, mxfp4, nvfp4,\n"
+        "                    iq4_nl\n"
+        "  --blocksize B     elements per block (default: 64 for the absmax types; mxfp4 and iq4_nl are\n"
+        "                    fixed at 32, nvfp4 at 16); absmax types accept powers of two from %d to %d\n"
+        "  --double-quant    also quantize the per-block absmax (8-bit dynamic map, blocks of %d);\n"
+        "                    absmax types only\n"
+        "  --stats           print MSE, max abs error, SQNR (dB), bits/param and storage bytes\n"
+        "  --name P          tensor name in the output file (default: weight)\n"
+        "  --input-bf16      read a <u2 input array as bf16 bit patterns\n"
+        "  -h, --help        show this help\n"
+        "\n"
+        "Exit status: 0 ok, 1 bad or unreadable data, 2 usage error.\n",
+        QUANT_MIN_BLOCKSIZE, QUANT_MAX_BLOCKSIZE, QUANT_DQ_BLOCKSIZE);
+}
+
+static void dequant_usage(FILE *f) {
+    fprintf(f,
+            "Usage: qlab dequant [options] IN.safetensors OUT.npy\n"
+            "\n"
+            "Dequantizes a 4-bit tensor written by 'qlab quant' (or a bitsandbytes NF4/FP4 tensor saved by\n"
+            "transformers) and writes it as .npy with its original shape.\n"
+            "\n"
+            "Options:\n"
+            "  --bf16            write bf16 bit patterns as <u2 instead of fp32 <f4\n"
+            "  --name P          which quantized tensor to read (default: the only one in the file)\n"
+            "  -h, --help        show this help\n"
+            "\n"
+            "Exit status: 0 ok, 1 bad or unreadable data, 2 usage error.\n");
+}
+
+/* Splits "--flag=value" / "--flag value"; returns the value or NULL (and prints) when it is missing. */
+static const char *option_value(const char *cmd, int argc, char **argv, int *i, const char *flag) {
+    const char *arg = argv[*i];
+    size_t fl = strlen(flag);
+    if (arg[fl] == '=') return arg + fl + 1;
+    if (*i + 1 >= argc) {
+        fprintf(stderr, "qlab %s: %s needs a value\n", cmd, flag);
+        return NULL;
+    }
+    return argv[++*i];
+}
+
+/* Whether arg is flag, alone or as "flag=value". */
+static int is_flag(const char *arg, const char *flag) {
+    size_t fl = strlen(flag);
+    return !strncmp(arg, flag, fl) && (arg[fl] == 0 || arg[fl] == '=');
+}
+
+/* 1 when exactly two file arguments were given; otherwise says which two were expected and returns 0. */
+static int two_files(const char *cmd, const char *expected, int npos) {
+    if (npos == 2) return 1;
+    fprintf(stderr, "qlab %s: expected %s, got %d file argument%s (see qlab %s --help)\n", cmd, expected,
+            npos, npos == 1 ? "" : "s", cmd);
+    return 0;
+}
+
+static int report(const char *cmd) {
+    char prog[64];
+    snprintf(prog, sizeof prog, "qlab %s", cmd);
+    return qlab_report_error(prog);
+}
+
+static int cmd_quant(int argc, char **argv) {
+    const char *dtype_text = "nf4", *blocksize_text = NULL, *name = "weight";
+    int double_quant = 0, stats = 0, input_bf16 = 0, npos = 0;
+    const char *pos[2] = {NULL, NULL};
+    int only_positional = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (only_positional || a[0] != '-' || a[1] == 0) {
+            if (npos < 2) pos[npos] = a;
+            npos++;
+        } else if (!strcmp(a, "--")) {
+            only_positional = 1;
+        } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            quant_usage(stdout);
+            return 0;
+        } else if (is_flag(a, "--dtype")) {
+            if (!(dtype_text = option_value("quant", argc, argv, &i, "--dtype"))) return CMD_QUANT_EXIT_USAGE;
+        } else if (is_flag(a, "--blocksize")) {
+            if (!(blocksize_text = option_value("quant", argc, argv, &i, "--blocksize")))
+                return CMD_QUANT_EXIT_USAGE;
+        } else if (is_flag(a, "--name")) {
+            if (!(name = option_value("quant", argc, argv, &i, "--name"))) return CMD_QUANT_EXIT_USAGE;
+        } else if (!strcmp(a, "--double-quant")) {
+            double_quant = 1;
+        } else if (!strcmp(a, "--stats")) {
+            stats = 1;
+        } else if (!strcmp(a, "--input-bf16")) {
+            input_bf16 = 1;
+        } else {
+            fprintf(stderr, "qlab quant: unknown option '%s' (see qlab quant --help)\n", a);
+            return CMD_QUANT_EXIT_USAGE;
+        }
+    }
+    if (!two_files("quant", "IN.npy and OUT.safetensors", npos)) return CMD_QUANT_EXIT_USAGE;
+    quant_dtype dt;
+    if (quant_dtype_parse(dtype_text, &dt) != QLAB_OK) {
+        fprintf(stderr, "qlab quant: --dtype: %s\n", qlab_last_error());
+        return CMD_QUANT_EXIT_USAGE;
+    }
+    long blocksize = quant_default_blocksize(dt);
+    if (blocksize_text &&
+        !cli_parse_int("quant", "--blocksize", blocksize_text, 1, QUANT_MAX_BLOCKSIZE, &blocksize))
+        return CMD_QUANT_EXIT_USAGE;
+    if (quant_check_blocksize(dt, (int)blocksize) != QLAB_OK) {
+        fprintf(stderr, "qlab quant: --blocksize: %s\n", qlab_last_error());
+        return CMD_QUANT_EXIT_USAGE;
+    }
+    if (double_quant && !quant_dtype_has_fp32_absmax(dt)) {
+        fprintf(stderr, "qlab quant: --double-quant applies only to types with an fp32 absmax, not %s\n",
+                quant_dtype_name(dt));
+        return CMD_QUANT_EXIT_USAGE;
+    }
+    if (!name[0] || strstr(name, ".quant_state.")) {
+        fprintf(stderr, "qlab quant: --name '%s' is not a usable tensor name\n", name);
+        return CMD_QUANT_EXIT_USAGE;
+    }
+
+    const char *in = pos[0], *out = pos[1];
+    npy_array arr;
+    if (npy_read_f32(in, input_bf16, &arr) != QLAB_OK) return report("quant");
+    int status = CMD_QUANT_EXIT_DATA;
+    quant_tensor qt;
+    memset(&qt, 0, sizeof qt);
+    float *recon = NULL;
+    if (arr.ndim < 1 || arr.ndim > 4) {
+        qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: array has %d dimensions; quant stores 1 to 4", in, arr.ndim);
+        goto fail;
+    }
+    qlab_status st = quant_tensor_quantize(&qt, arr.data, arr.count, dt, (int)blocksize, double_quant);
+    if (st != QLAB_OK) {
+        qlab_fail_context(st, "%s", in);
+        goto fail;
+    }
+    qt.ndim = arr.ndim;
+    for (int i = 0; i < arr.ndim; i++)
+        qt.shape[i] = arr.shape[i];
+    if (quant_io_save(out, name, &qt) != QLAB_OK) goto fail;
+    if (stats) {
+        recon = qlab_alloc_aligned(sizeof(float) * (size_t)(arr.count > 0 ? arr.count : 1));
+        if (!recon) goto fail;
+        quant_tensor_dequantize(&qt, recon);
+        quant_error_stats es;
+        quant_error(arr.data, recon, arr.count, &es);
+        printf("dtype           %s\n", quant_dtype_name(dt));
+        printf("blocksize       %ld\n", blocksize);
+        printf("double_quant    %d\n", double_quant);
+        printf("elements        %lld\n", (long long)arr.count);
+        printf("mse             %.6e\n", es.mse);
+        printf("max_abs_err     %.6e\n", es.max_abs_err);
+        printf("sqnr_db         %.4f\n", es.sqnr_db);
+        printf("bits_per_param  %.4f\n", quant_tensor_bits_per_param(&qt));
+        printf("storage_bytes   %zu\n", quant_tensor_bytes(&qt));
+    }
+    status = 0;
+fail:
+    if (status != 0) report("quant");
+    qlab_free_aligned(recon);
+    quant_tensor_free(&qt);
+    npy_free(&arr);
+    return status;
+}
+
+static int cmd_dequant(int argc, char **argv) {
+    const char *name = NULL, *pos[2] = {NULL, NULL};
+    int bf16 = 0, npos = 0, only_positional = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (only_positional || a[0] != '-' || a[1] == 0) {
+            if (npos < 2) pos[npos] = a;
+            npos++;
+        } else if (!strcmp(a, "--")) {
+            only_positional = 1;
+        } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            dequant_usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--bf16")) {
+            bf16 = 1;
+        } else if (is_flag(a, "--name")) {
+            if (!(name = option_value("dequant", argc, argv, &i, "--name"))) return CMD_QUANT_EXIT_USAGE;
+        } else {
+            fprintf(stderr, "qlab dequant: unknown option '%s' (see qlab dequant --help)\n", a);
+            return CMD_QUANT_EXIT_USAGE;
+        }
+    }
+    if (!two_files("dequant", "IN.safetensors and OUT.npy", npos)) return CMD_QUANT_EXIT_USAGE;
+    const char *in = pos[0], *out = pos[1];
+    safetensors_file f;
+    if (safetensors_open(&f, in) != QLAB_OK) return report("dequant");
+    int status = CMD_QUANT_EXIT_DATA;
+    quant_tensor qt;
+    memset(&qt, 0, sizeof qt);
+    void *buf = NULL;
+    char found[1024];
+    if (!name) {
+        int count = quant_io_count(&f);
+        if (count != 1) {
+            qlab_fail(QLAB_ERR_FORMAT, "%s: holds %d quantized tensors; choose one with --name", in, count);
+            goto done;
+        }
+        if (quant_io_name_at(&f, 0, found, sizeof found) != QLAB_OK) goto done;
+        name = found;
+    }
+    if (quant_io_read(&f, name, &qt) != QLAB_OK) goto done;
+    size_t n = (size_t)(qt.n > 0 ? qt.n : 1);
+    buf = qlab_alloc_aligned(n * (bf16 ? sizeof(uint16_t) : sizeof(float)));
+    if (!buf) goto done;
+    if (bf16)
+        quant_tensor_dequantize_bf16(&qt, buf);
+    else
+        quant_tensor_dequantize(&qt, buf);
+    if (npy_write(out, bf16 ? "<u2" : "<f4", qt.ndim, qt.shape, buf) != QLAB_OK) goto done;
+    status = 0;
+done:
+    if (status != 0) report("dequant");
+    qlab_free_aligned(buf);
+    quant_tensor_free(&qt);
+    safetensors_close(&f);
+    return status;
+}
+
+QLAB_COMMAND(quant_command, "quant", "quantize a .npy array to a 4-bit safetensors file", cmd_quant)
+QLAB_COMMAND(dequant_command, "dequant", "dequantize a 4-bit safetensors tensor back to .npy", cmd_dequant)

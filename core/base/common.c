@@ -1,0 +1,150 @@
+/* Error messages, checked allocation and whole-file I/O shared by every module. */
+#include "core/base/common.h"
+
+#include "core/base/atomic_file.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static _Thread_local char last_error[1024];
+
+/* A message is one line: names taken from files (JSON keys, tensor names) may hold control
+ * characters, which are shown as '?'. */
+static void keep_one_line(void) {
+    for (char *c = last_error; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
+}
+
+qlab_status qlab_fail(qlab_status st, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    va_end(ap);
+    keep_one_line();
+    return st;
+}
+
+qlab_status qlab_fail_context(qlab_status st, const char *fmt, ...) {
+    char prefix[512], old[sizeof last_error];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    memcpy(old, last_error, sizeof old);
+    snprintf(last_error, sizeof last_error, "%.500s: %.500s", prefix, old);
+    keep_one_line();
+    return st;
+}
+
+const char *qlab_last_error(void) {
+    return last_error[0] ? last_error : "unknown error";
+}
+
+const char *qlab_status_name(qlab_status st) {
+    switch (st) {
+    case QLAB_OK:
+        return "ok";
+    case QLAB_ERR_IO:
+        return "I/O error";
+    case QLAB_ERR_FORMAT:
+        return "format error";
+    case QLAB_ERR_ARG:
+        return "bad argument";
+    case QLAB_ERR_NOMEM:
+        return "out of memory";
+    case QLAB_ERR_NUMERIC:
+        return "non-finite value";
+    case QLAB_ERR_UNSUPPORTED:
+        return "unsupported";
+    }
+    return "unknown status";
+}
+
+void *qlab_calloc(size_t count, size_t size) {
+    if (count && size > SIZE_MAX / count) {
+        qlab_fail(QLAB_ERR_NOMEM, "allocation size overflows (%zu x %zu bytes)", count, size);
+        return NULL;
+    }
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p) qlab_fail(QLAB_ERR_NOMEM, "out of memory (%zu bytes)", count * size);
+    return p;
+}
+
+void *qlab_alloc_aligned(size_t bytes) {
+    void *p = NULL;
+    size_t rounded = (bytes + 63) & ~(size_t)63;
+    if (rounded < bytes || posix_memalign(&p, 64, rounded ? rounded : 64) != 0) {
+        qlab_fail(QLAB_ERR_NOMEM, "out of memory (%zu bytes)", bytes);
+        return NULL;
+    }
+    memset(p, 0, rounded ? rounded : 64);
+    return p;
+}
+
+void qlab_free_aligned(void *p) {
+    free(p);
+}
+
+qlab_status qlab_read_file(const char *path, char **data, size_t *len) {
+    *data = NULL;
+    *len = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return qlab_fail(QLAB_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    if (fseek(f, 0, SEEK_END) != 0) {
+        fclose(f);
+        return qlab_fail(QLAB_ERR_IO, "%s: cannot seek: %s", path, strerror(errno));
+    }
+    long size = ftell(f);
+    if (size < 0) {
+        fclose(f);
+        return qlab_fail(QLAB_ERR_IO, "%s: cannot tell size: %s", path, strerror(errno));
+    }
+    rewind(f);
+    char *buf = qlab_calloc((size_t)size + 1, 1);
+    if (!buf) {
+        fclose(f);
+        return qlab_fail_context(QLAB_ERR_NOMEM, "%s", path);
+    }
+    if (size > 0 && fread(buf, 1, (size_t)size, f) != (size_t)size) {
+        free(buf);
+        fclose(f);
+        return qlab_fail(QLAB_ERR_IO, "%s: short read", path);
+    }
+    fclose(f);
+    *data = buf;
+    *len = (size_t)size;
+    return QLAB_OK;
+}
+
+qlab_status qlab_write_file_atomic(const char *path, const void *data, size_t len) {
+    atomic_file w;
+    QLAB_TRY(atomic_file_open(&w, path));
+    atomic_file_write(&w, data, len);
+    return atomic_file_commit(&w);
+}
+
+int qlab_report_error(const char *prog) {
+    fprintf(stderr, "%s: %s\n", prog, qlab_last_error());
+    return 1;
+}
+
+void qlab_openmp_prefer_passive(char **argv) {
+    if (getenv("OMP_WAIT_POLICY")) return;
+    if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0) return;
+    execv("/proc/self/exe", argv);
+}
+
+int qlab_num_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}

@@ -1,0 +1,60 @@
+/* Shared conventions of the qlab library: status codes, the per-thread error message, checked allocation.
+ * The library never calls exit(): a function that can fail returns a qlab_status and leaves one line in
+ * qlab_last_error() naming the file (or argument) and what is wrong; programs print it and exit non-zero. */
+#ifndef QLAB_COMMON_H
+#define QLAB_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define QLAB_VERSION "0.1.0"
+
+typedef enum {
+    QLAB_OK = 0,
+    QLAB_ERR_IO,          /* open/read/write failed, truncated file */
+    QLAB_ERR_FORMAT,      /* the bytes are not what the format says */
+    QLAB_ERR_ARG,         /* bad argument, flag or config value */
+    QLAB_ERR_NOMEM,       /* allocation failed */
+    QLAB_ERR_NUMERIC,     /* NaN/Inf where a finite number is required */
+    QLAB_ERR_UNSUPPORTED, /* valid input that this build cannot handle */
+} qlab_status;
+
+/* Records a printf-style message as the current thread's last error and returns st, so a failing
+ * function can `return qlab_fail(QLAB_ERR_FORMAT, "%s: header too short", path);`. */
+qlab_status qlab_fail(qlab_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Prefixes the current message with more context ("while loading X: "). Returns st. */
+qlab_status qlab_fail_context(qlab_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+const char *qlab_last_error(void);
+const char *qlab_status_name(qlab_status st);
+
+/* Allocation that records "out of memory (N bytes)" on failure and returns NULL. Zeroed. */
+void *qlab_calloc(size_t count, size_t size);
+/* 64-byte aligned, zeroed; free with qlab_free_aligned. */
+void *qlab_alloc_aligned(size_t bytes);
+void qlab_free_aligned(void *p);
+
+/* Reads a whole file into a malloc'd buffer (NUL-terminated for convenience; *len excludes the NUL). */
+qlab_status qlab_read_file(const char *path, char **data, size_t *len);
+/* Writes bytes to path through path.tmp.<pid> and rename(), so a reader never sees a partial file. */
+qlab_status qlab_write_file_atomic(const char *path, const void *data, size_t len);
+
+/* Program-side helper: prints "prog: <last error>" to stderr and returns exit code 1. */
+int qlab_report_error(const char *prog);
+
+/* Called first thing in main(): restarts the program (execv of /proc/self/exe) with
+ * OMP_WAIT_POLICY=PASSIVE when the variable is unset, since libgomp reads it only at start-up. With
+ * OpenBLAS and OpenMP sharing few cores, spinning OpenMP workers starve the BLAS threads (measured 13-37x
+ * slower on a loaded 2-core machine). Does nothing when the variable is set or the restart fails; the
+ * numbers are the same either way, only the speed differs. */
+void qlab_openmp_prefer_passive(char **argv);
+
+/* Number of OpenMP threads in use (1 without OpenMP). */
+int qlab_num_threads(void);
+
+#define QLAB_TRY(expr)                                                                                       \
+    do {                                                                                                     \
+        qlab_status qlab_try_st_ = (expr);                                                                   \
+        if (qlab_try_st_ != QLAB_OK) return qlab_try_st_;                                                    \
+    } while (0)
+
+#endif

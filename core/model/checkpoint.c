@@ -1,0 +1,166 @@
+/* Format detection and dispatch for checkpoint_load, plus the helpers every checkpoint reader and writer
+ * shares: whole-file mappings, atomic streaming writes, fp16/bf16 widening, and the rotary row
+ * permutation between our interleaved order and Hugging Face's half-split order. */
+#include "core/model/checkpoint.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/model/checkpoint_internal.h"
+#include "core/base/half.h"
+
+/* Every supported format stores little-endian numbers; the readers copy them as they are. */
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "checkpoint readers assume a little-endian host");
+
+const char *checkpoint_format_name(checkpoint_format f) {
+    switch (f) {
+    case CHECKPOINT_LLAMA2C:
+        return "llama2.c";
+    case CHECKPOINT_GGUF:
+        return "gguf";
+    case CHECKPOINT_HF:
+        return "huggingface";
+    case CHECKPOINT_UNKNOWN:
+        break;
+    }
+    return "unknown";
+}
+
+static int checkpoint_ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+qlab_status checkpoint_detect(const char *path, checkpoint_format *out) {
+    *out = CHECKPOINT_UNKNOWN;
+    struct stat st;
+    if (stat(path, &st) != 0) return qlab_fail(QLAB_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    if (S_ISDIR(st.st_mode) || checkpoint_ends_with(path, "config.json")) {
+        *out = CHECKPOINT_HF;
+        return QLAB_OK;
+    }
+    FILE *f = fopen(path, "rb");
+    if (!f) return qlab_fail(QLAB_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    char magic[4] = {0};
+    size_t got = fread(magic, 1, 4, f);
+    fclose(f);
+    *out = (got == 4 && memcmp(magic, "GGUF", 4) == 0) ? CHECKPOINT_GGUF : CHECKPOINT_LLAMA2C;
+    return QLAB_OK;
+}
+
+qlab_status checkpoint_load(const char *path, model **out) {
+    *out = NULL;
+    checkpoint_format fmt;
+    QLAB_TRY(checkpoint_detect(path, &fmt));
+    switch (fmt) {
+    case CHECKPOINT_HF:
+        return checkpoint_load_hf(path, out);
+    case CHECKPOINT_GGUF:
+        return checkpoint_load_gguf(path, out);
+    case CHECKPOINT_LLAMA2C:
+        return checkpoint_load_llama2c(path, out);
+    case CHECKPOINT_UNKNOWN:
+        break;
+    }
+    return qlab_fail(QLAB_ERR_FORMAT, "%s: unknown checkpoint format", path);
+}
+
+/* ---------------------------------------------------------------- mapping */
+
+qlab_status checkpoint_map(const char *path, checkpoint_mapping *map) {
+    map->data = NULL;
+    map->size = 0;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return qlab_fail(QLAB_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return qlab_fail(QLAB_ERR_IO, "%s: cannot stat: %s", path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return qlab_fail(QLAB_ERR_IO, "%s: not a regular file", path);
+    }
+    if (st.st_size == 0) { /* mmap refuses length 0; an empty file is simply too short for every format */
+        close(fd);
+        return QLAB_OK;
+    }
+    if ((uint64_t)st.st_size > SIZE_MAX) {
+        close(fd);
+        return qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: file too large to map", path);
+    }
+    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    int e = errno;
+    close(fd); /* the mapping keeps the file alive */
+    if (p == MAP_FAILED) return qlab_fail(QLAB_ERR_IO, "%s: cannot map: %s", path, strerror(e));
+    map->data = p;
+    map->size = (size_t)st.st_size;
+    return QLAB_OK;
+}
+
+void checkpoint_unmap(checkpoint_mapping *map) {
+    if (map->data) munmap((void *)map->data, map->size);
+    map->data = NULL;
+    map->size = 0;
+}
+
+size_t checkpoint_dtype_size(checkpoint_dtype dtype) {
+    return dtype == CHECKPOINT_F32 ? 4 : 2;
+}
+
+void checkpoint_writer_write_floats(checkpoint_writer *w, const float *x, size_t n, checkpoint_dtype dtype) {
+    if (dtype == CHECKPOINT_F32) {
+        atomic_file_write(w, x, n * sizeof(float));
+        return;
+    }
+    uint16_t chunk[4096];
+    for (size_t i = 0; i < n;) {
+        size_t k = n - i < 4096 ? n - i : 4096;
+        for (size_t j = 0; j < k; j++)
+            chunk[j] = dtype == CHECKPOINT_F16 ? f32_to_fp16(x[i + j]) : f32_to_bf16(x[i + j]);
+        atomic_file_write(w, chunk, k * sizeof(uint16_t));
+        i += k;
+    }
+}
+
+/* ---------------------------------------------------------------- element types and rotary order */
+
+void checkpoint_widen(float *dst, const void *src, size_t n, checkpoint_dtype dtype) {
+    const uint8_t *s = src;
+    if (dtype == CHECKPOINT_F32) {
+        memcpy(dst, s, n * sizeof(float));
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, s + 2 * i, 2);
+        dst[i] = dtype == CHECKPOINT_F16 ? fp16_to_f32(h) : bf16_to_f32(h);
+    }
+}
+
+qlab_status checkpoint_permute_rotary_rows(float *w, int n_heads, int head_size, int cols, int to_hf) {
+    size_t row = (size_t)cols, half = (size_t)head_size / 2;
+    float *scratch = qlab_calloc((size_t)head_size * row, sizeof(float));
+    if (!scratch) return QLAB_ERR_NOMEM;
+    for (int h = 0; h < n_heads; h++) {
+        float *head = w + (size_t)h * (size_t)head_size * row;
+        memcpy(scratch, head, (size_t)head_size * row * sizeof(float));
+        /* Interleaved row 2i+j (j = 0, 1: the two members of rotary pair i) is half-split row j*half + i. */
+        for (size_t i = 0; i < half; i++)
+            for (size_t j = 0; j < 2; j++) {
+                size_t inter = 2 * i + j, split = j * half + i;
+                if (to_hf)
+                    memcpy(head + split * row, scratch + inter * row, row * sizeof(float));
+                else
+                    memcpy(head + inter * row, scratch + split * row, row * sizeof(float));
+            }
+    }
+    free(scratch);
+    return QLAB_OK;
+}

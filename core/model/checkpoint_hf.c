@@ -1,0 +1,388 @@
+/* Hugging Face LLaMA checkpoints: a directory with config.json and model.safetensors (or a sharded
+ * model.safetensors.index.json), fp32/fp16/bf16. Hugging Face rotates the two halves of each head
+ * (rotate_half) where we rotate interleaved pairs, so its conversion script permutes the rows of W_q and
+ * W_k; we undo that permutation on load and apply it on save (checkpoint_permute_rotary_rows). */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <cjson/cJSON.h>
+
+#include "core/model/checkpoint_internal.h"
+#include "core/base/half.h"
+#include "core/formats/safetensors.h"
+
+/* dir and config.json path from what the user passed (the directory or its config.json). */
+static qlab_status hf_paths(const char *path, char **dir, char **config) {
+    *dir = *config = NULL;
+    size_t n = strlen(path);
+    const char *suffix = "config.json";
+    size_t k = strlen(suffix);
+    int is_config = n >= k && strcmp(path + n - k, suffix) == 0;
+    if (is_config) {
+        const char *slash = strrchr(path, '/');
+        *dir = slash ? strndup(path, (size_t)(slash - path) + (slash == path)) : strdup(".");
+        *config = strdup(path);
+    } else {
+        *dir = strdup(path);
+        *config = malloc(n + 16);
+        if (*config) snprintf(*config, n + 16, "%s/config.json", path);
+    }
+    if (!*dir || !*config) {
+        free(*dir);
+        free(*config);
+        *dir = *config = NULL;
+        return qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory", path);
+    }
+    return QLAB_OK;
+}
+
+/* A required (or, with fallback >= 0, optional) positive integer key. */
+static qlab_status hf_int(const cJSON *root, const char *config, const char *key, int fallback, int *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!v || cJSON_IsNull(v)) {
+        if (fallback >= 0) {
+            *out = fallback;
+            return QLAB_OK;
+        }
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: required key \"%s\" is missing", config, key);
+    }
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble))
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: key \"%s\" must be an integer", config, key);
+    if (v->valuedouble < 1 || v->valuedouble > INT32_MAX)
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: key \"%s\" = %.17g is out of range (1 to %d)", config, key,
+                         v->valuedouble, INT32_MAX);
+    *out = (int)v->valuedouble;
+    return QLAB_OK;
+}
+
+static qlab_status hf_float(const cJSON *root, const char *config, const char *key, float fallback,
+                            float *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!v || cJSON_IsNull(v)) {
+        *out = fallback;
+        return QLAB_OK;
+    }
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: key \"%s\" must be a finite number", config, key);
+    *out = (float)v->valuedouble;
+    return QLAB_OK;
+}
+
+static qlab_status hf_parse_config(const char *config, model_config *cfg) {
+    char *text;
+    size_t len;
+    QLAB_TRY(qlab_read_file(config, &text, &len));
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    if (!root || !cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: not a JSON object", config);
+    }
+    qlab_status st = QLAB_OK;
+    memset(cfg, 0, sizeof *cfg);
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
+    const cJSON *scaling = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
+    const cJSON *tie = cJSON_GetObjectItemCaseSensitive(root, "tie_word_embeddings");
+    int head_dim = 0;
+    if (type && !(cJSON_IsString(type) && strcmp(type->valuestring, "llama") == 0))
+        st = qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: model_type %s%s%s is not supported (only \"llama\")",
+                       config, cJSON_IsString(type) ? "\"" : "",
+                       cJSON_IsString(type) ? type->valuestring : "(not a string)",
+                       cJSON_IsString(type) ? "\"" : "");
+    else if (act && !(cJSON_IsString(act) && strcmp(act->valuestring, "silu") == 0))
+        st = qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: hidden_act must be \"silu\" (SwiGLU)", config);
+    else if (scaling && !cJSON_IsNull(scaling))
+        st = qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: rope_scaling is not supported", config);
+    else if (tie && !cJSON_IsBool(tie))
+        st = qlab_fail(QLAB_ERR_FORMAT, "%s: key \"tie_word_embeddings\" must be true or false", config);
+    if (st == QLAB_OK &&
+        ((st = hf_int(root, config, "hidden_size", -1, &cfg->dim)) ||
+         (st = hf_int(root, config, "intermediate_size", -1, &cfg->hidden_dim)) ||
+         (st = hf_int(root, config, "num_hidden_layers", -1, &cfg->n_layers)) ||
+         (st = hf_int(root, config, "num_attention_heads", -1, &cfg->n_heads)) ||
+         (st = hf_int(root, config, "num_key_value_heads", cfg->n_heads, &cfg->n_kv_heads)) ||
+         (st = hf_int(root, config, "vocab_size", -1, &cfg->vocab_size)) ||
+         (st = hf_int(root, config, "max_position_embeddings", -1, &cfg->seq_len)) ||
+         /* Hugging Face LlamaConfig's defaults for the optional keys */
+         (st = hf_float(root, config, "rms_norm_eps", 1e-6f, &cfg->norm_eps)) ||
+         (st = hf_float(root, config, "rope_theta", 10000.0f, &cfg->rope_theta)) ||
+         (st = hf_int(root, config, "head_dim", cfg->dim / cfg->n_heads, &head_dim))))
+        goto done;
+    if (st != QLAB_OK) goto done;
+    cfg->shared_classifier = tie && cJSON_IsTrue(tie);
+    if (cfg->n_layers > 65536) /* bounds the tensor list we build before looking at the weights */
+        st = qlab_fail(QLAB_ERR_FORMAT, "%s: num_hidden_layers = %d is implausibly large", config,
+                       cfg->n_layers);
+    else if (cfg->n_heads % cfg->n_kv_heads != 0)
+        st = qlab_fail(QLAB_ERR_FORMAT,
+                       "%s: num_key_value_heads = %d does not divide num_attention_heads = %d", config,
+                       cfg->n_kv_heads, cfg->n_heads);
+    else if (cfg->dim % cfg->n_heads != 0 || head_dim != cfg->dim / cfg->n_heads)
+        st = qlab_fail(QLAB_ERR_UNSUPPORTED,
+                       "%s: head size must be hidden_size / num_attention_heads (%d / %d, "
+                       "head_dim %d)",
+                       config, cfg->dim, cfg->n_heads, head_dim);
+done:
+    cJSON_Delete(root);
+    return st;
+}
+
+/* Reads tensor name of shape (rows, cols) (cols = 0: a vector of rows) into dst; dst NULL only checks it. */
+static qlab_status hf_read(const safetensors_checkpoint *ck, const char *dir, const char *name, int rows,
+                           int cols, float *dst) {
+    const safetensors_file *file = NULL;
+    const safetensors_tensor *t = safetensors_checkpoint_find(ck, name, &file);
+    if (!t) {
+        /* name the one file when there is one, else the index that should have listed the tensor */
+        if (ck->n_files == 1)
+            return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor %s is missing", ck->files[0].path, name);
+        return qlab_fail(QLAB_ERR_FORMAT, "%s/model.safetensors.index.json: tensor %s is missing", dir, name);
+    }
+    int want_ndim = cols ? 2 : 1;
+    if (t->ndim != want_ndim || t->shape[0] != rows || (cols && t->shape[1] != cols)) {
+        char got[128] = "";
+        for (int d = 0; d < t->ndim && d < SAFETENSORS_MAX_DIMS; d++)
+            snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", d ? ", " : "",
+                     (long long)t->shape[d]);
+        if (cols)
+            return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor %s has shape [%s], expected [%d, %d]", file->path,
+                             name, got, rows, cols);
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor %s has shape [%s], expected [%d]", file->path, name,
+                         got, rows);
+    }
+    if (t->dtype != SAFETENSORS_F32 && t->dtype != SAFETENSORS_F16 && t->dtype != SAFETENSORS_BF16)
+        return qlab_fail(QLAB_ERR_UNSUPPORTED,
+                         "%s: tensor %s has dtype %s; only F32, F16 and BF16 are supported", file->path, name,
+                         safetensors_dtype_name(t->dtype));
+    return dst ? safetensors_tensor_to_f32(t, dst) : QLAB_OK;
+}
+
+/* The tensors of the model, in one list for the reader and the writer. */
+typedef struct {
+    char name[96];
+    float *data;
+    int rows, cols; /* cols = 0: vector */
+} hf_tensor;
+
+/* p NULL: names and shapes only (data NULL). */
+static hf_tensor *hf_tensor_list(const model_config *c, const model_params *p, int *count) {
+    int L = c->n_layers, D = c->dim, H = c->hidden_dim, KV = c->n_kv_heads * (D / c->n_heads);
+    size_t DD = (size_t)D * D, KD = (size_t)KV * D, HD = (size_t)H * D;
+    size_t n = 2 + (c->shared_classifier ? 0 : 1) + 9 * (size_t)L;
+    int k = 0;
+    hf_tensor *ts = qlab_calloc(n, sizeof *ts);
+    if (!ts) return NULL;
+#define HF_AT(field, offset) (p ? p->field + (offset) : NULL)
+#define HF_ADD(ptr, r, cl, ...)                                                                              \
+    do {                                                                                                     \
+        snprintf(ts[k].name, sizeof ts[k].name, __VA_ARGS__);                                                \
+        ts[k].data = (ptr), ts[k].rows = (r), ts[k].cols = (cl);                                             \
+        k++;                                                                                                 \
+    } while (0)
+    HF_ADD(HF_AT(token_embedding, 0), c->vocab_size, D, "model.embed_tokens.weight");
+    for (int l = 0; l < L; l++) {
+        HF_ADD(HF_AT(rms_att, (size_t)l * D), D, 0, "model.layers.%d.input_layernorm.weight", l);
+        HF_ADD(HF_AT(wq, l * DD), D, D, "model.layers.%d.self_attn.q_proj.weight", l);
+        HF_ADD(HF_AT(wk, l * KD), KV, D, "model.layers.%d.self_attn.k_proj.weight", l);
+        HF_ADD(HF_AT(wv, l * KD), KV, D, "model.layers.%d.self_attn.v_proj.weight", l);
+        HF_ADD(HF_AT(wo, l * DD), D, D, "model.layers.%d.self_attn.o_proj.weight", l);
+        HF_ADD(HF_AT(rms_ffn, (size_t)l * D), D, 0, "model.layers.%d.post_attention_layernorm.weight", l);
+        HF_ADD(HF_AT(w1, l * HD), H, D, "model.layers.%d.mlp.gate_proj.weight", l);
+        HF_ADD(HF_AT(w3, l * HD), H, D, "model.layers.%d.mlp.up_proj.weight", l);
+        HF_ADD(HF_AT(w2, l * HD), D, H, "model.layers.%d.mlp.down_proj.weight", l);
+    }
+    HF_ADD(HF_AT(rms_final, 0), D, 0, "model.norm.weight");
+    if (!c->shared_classifier) HF_ADD(HF_AT(wcls, 0), c->vocab_size, D, "lm_head.weight");
+#undef HF_ADD
+#undef HF_AT
+    *count = k;
+    return ts;
+}
+
+/* Permutes W_q and W_k of every layer between our order and Hugging Face's (to_hf 1) or back (0). */
+static qlab_status hf_permute_qk(const model_config *c, float *wq, float *wk, int to_hf) {
+    int D = c->dim, hs = D / c->n_heads, KV = c->n_kv_heads * hs;
+    for (int l = 0; l < c->n_layers; l++) {
+        QLAB_TRY(checkpoint_permute_rotary_rows(wq + (size_t)l * D * D, c->n_heads, hs, D, to_hf));
+        QLAB_TRY(checkpoint_permute_rotary_rows(wk + (size_t)l * KV * D, c->n_kv_heads, hs, D, to_hf));
+    }
+    return QLAB_OK;
+}
+
+qlab_status checkpoint_load_hf(const char *path, model **out) {
+    *out = NULL;
+    char *dir, *config;
+    QLAB_TRY(hf_paths(path, &dir, &config));
+    model_config cfg;
+    model *m = NULL;
+    hf_tensor *ts = NULL;
+    safetensors_checkpoint ck = {0, NULL};
+    int opened = 0;
+    qlab_status st = hf_parse_config(config, &cfg);
+    if (st != QLAB_OK) goto done;
+    if ((st = safetensors_checkpoint_open(&ck, dir)) != QLAB_OK) goto done;
+    opened = 1;
+    /* every shape is checked before the model is allocated, so a config.json claiming a huge model over
+     * small weights is refused without allocating (and zeroing) it */
+    int n = 0;
+    ts = hf_tensor_list(&cfg, NULL, &n);
+    if (!ts) {
+        st = QLAB_ERR_NOMEM;
+        goto done;
+    }
+    for (int i = 0; i < n && st == QLAB_OK; i++)
+        st = hf_read(&ck, dir, ts[i].name, ts[i].rows, ts[i].cols, NULL);
+    free(ts);
+    ts = NULL;
+    if (st != QLAB_OK) goto done;
+    if ((st = model_create(&m, &cfg)) != QLAB_OK) {
+        qlab_fail_context(st, "%s", config);
+        goto done;
+    }
+    model_params *p = model_get_params(m);
+    ts = hf_tensor_list(&cfg, p, &n);
+    if (!ts) {
+        st = QLAB_ERR_NOMEM;
+        goto done;
+    }
+    for (int i = 0; i < n && st == QLAB_OK; i++)
+        st = hf_read(&ck, dir, ts[i].name, ts[i].rows, ts[i].cols, ts[i].data);
+    if (st == QLAB_OK) st = hf_permute_qk(&cfg, p->wq, p->wk, 0);
+done:
+    if (opened) safetensors_checkpoint_close(&ck);
+    if (st != QLAB_OK) {
+        model_free(m);
+        m = NULL;
+    }
+    free(ts);
+    free(dir);
+    free(config);
+    *out = m;
+    return st;
+}
+
+/* Adds a number that reads back as exactly the float f, printed in its shortest form (1e-05, not
+ * 9.99999974737875e-06). */
+static void hf_add_float(cJSON *obj, const char *key, float f) {
+    char buf[32];
+    for (int prec = 1; prec <= 9; prec++) {
+        snprintf(buf, sizeof buf, "%.*g", prec, (double)f);
+        if (strtof(buf, NULL) == f) break;
+    }
+    cJSON_AddNumberToObject(obj, key, strtod(buf, NULL));
+}
+
+static qlab_status hf_write_config(const model_config *c, const char *config, checkpoint_dtype dtype) {
+    cJSON *root = cJSON_CreateObject();
+    cJSON *arch = cJSON_CreateStringArray((const char *const[]){"LlamaForCausalLM"}, 1);
+    if (!root || !arch) {
+        cJSON_Delete(root);
+        cJSON_Delete(arch);
+        return qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory", config);
+    }
+    cJSON_AddItemToObject(root, "architectures", arch);
+    cJSON_AddStringToObject(root, "model_type", "llama");
+    cJSON_AddStringToObject(root, "hidden_act", "silu");
+    cJSON_AddNumberToObject(root, "hidden_size", c->dim);
+    cJSON_AddNumberToObject(root, "intermediate_size", c->hidden_dim);
+    cJSON_AddNumberToObject(root, "num_hidden_layers", c->n_layers);
+    cJSON_AddNumberToObject(root, "num_attention_heads", c->n_heads);
+    cJSON_AddNumberToObject(root, "num_key_value_heads", c->n_kv_heads);
+    cJSON_AddNumberToObject(root, "vocab_size", c->vocab_size);
+    cJSON_AddNumberToObject(root, "max_position_embeddings", c->seq_len);
+    hf_add_float(root, "rms_norm_eps", c->norm_eps);
+    hf_add_float(root, "rope_theta", c->rope_theta);
+    cJSON_AddBoolToObject(root, "tie_word_embeddings", c->shared_classifier);
+    cJSON_AddStringToObject(root, "torch_dtype",
+                            dtype == CHECKPOINT_F32   ? "float32"
+                            : dtype == CHECKPOINT_F16 ? "float16"
+                                                      : "bfloat16");
+    char *text = cJSON_Print(root);
+    cJSON_Delete(root);
+    if (!text) return qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory", config);
+    size_t len = strlen(text);
+    qlab_status st = qlab_write_file_atomic(config, text, len);
+    free(text);
+    return st;
+}
+
+qlab_status checkpoint_save_hf_dtype(const model *m, const char *dir, checkpoint_dtype dtype) {
+    const model_config *c = model_get_config(m);
+    const model_params *src = checkpoint_params(m);
+    if (mkdir(dir, 0777) != 0 && errno != EEXIST)
+        return qlab_fail(QLAB_ERR_IO, "%s: cannot create directory: %s", dir, strerror(errno));
+    size_t n_dir = strlen(dir) + 32;
+    char *config = malloc(n_dir), *weights = malloc(n_dir);
+    int D = c->dim, KV = c->n_kv_heads * (D / c->n_heads);
+    size_t q_count = (size_t)c->n_layers * D * D, k_count = (size_t)c->n_layers * KV * D;
+    float *wq = qlab_calloc(q_count, sizeof(float)), *wk = qlab_calloc(k_count, sizeof(float));
+    uint16_t *narrow = NULL;
+    hf_tensor *ts = NULL;
+    safetensors_writer *w = NULL;
+    qlab_status st = QLAB_OK;
+    if (!config || !weights || !wq || !wk) {
+        st = qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory", dir);
+        goto done;
+    }
+    snprintf(config, n_dir, "%s/config.json", dir);
+    snprintf(weights, n_dir, "%s/model.safetensors", dir);
+    memcpy(wq, src->wq, q_count * sizeof(float));
+    memcpy(wk, src->wk, k_count * sizeof(float));
+    if ((st = hf_permute_qk(c, wq, wk, 1)) != QLAB_OK) goto done;
+    /* the list points at the model's buffers except for the permuted copies of W_q and W_k */
+    model_params view = *src;
+    view.wq = wq;
+    view.wk = wk;
+    int n = 0;
+    ts = hf_tensor_list(c, &view, &n);
+    w = safetensors_writer_new();
+    if (!ts || !w) {
+        st = QLAB_ERR_NOMEM;
+        goto done;
+    }
+    if (dtype != CHECKPOINT_F32) {
+        narrow = qlab_calloc(model_num_params(c) + q_count + k_count, sizeof(uint16_t));
+        if (!narrow) {
+            st = QLAB_ERR_NOMEM;
+            goto done;
+        }
+    }
+    size_t used = 0;
+    for (int i = 0; i < n && st == QLAB_OK; i++) {
+        int64_t shape[2] = {ts[i].rows, ts[i].cols};
+        size_t count = (size_t)ts[i].rows * (size_t)(ts[i].cols ? ts[i].cols : 1);
+        const void *data = ts[i].data;
+        if (narrow) {
+            uint16_t *dst = narrow + used;
+            for (size_t j = 0; j < count; j++)
+                dst[j] = dtype == CHECKPOINT_F16 ? f32_to_fp16(ts[i].data[j]) : f32_to_bf16(ts[i].data[j]);
+            used += count;
+            data = dst;
+        }
+        safetensors_dtype dt = dtype == CHECKPOINT_F32   ? SAFETENSORS_F32
+                               : dtype == CHECKPOINT_F16 ? SAFETENSORS_F16
+                                                         : SAFETENSORS_BF16;
+        st = safetensors_writer_add(w, ts[i].name, dt, ts[i].cols ? 2 : 1, shape, data);
+    }
+    if (st == QLAB_OK)
+        st = safetensors_writer_set_metadata(w, "format", "pt"); /* what transformers expects */
+    if (st == QLAB_OK) st = safetensors_writer_write(w, weights);
+    if (st == QLAB_OK) st = hf_write_config(c, config, dtype);
+done:
+    safetensors_writer_free(w);
+    free(narrow);
+    free(ts);
+    free(wq);
+    free(wk);
+    free(config);
+    free(weights);
+    return st;
+}
+
+qlab_status checkpoint_save_hf(const model *m, const char *dir) {
+    return checkpoint_save_hf_dtype(m, dir, CHECKPOINT_F32);
+}

@@ -1,0 +1,199 @@
+/* llama2.c's legacy checkpoint (run.c read_checkpoint / export.py legacy_export): a header of 7 int32
+ * (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len; a negative vocab_size means the
+ * classifier is stored separately), then fp32 weights in model_params order with the two legacy RoPE
+ * tables (seq_len * head_size/2 floats each, unused here) between rms_final and the classifier. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/model/checkpoint_internal.h"
+
+#define LLAMA2C_HEADER_INTS 7
+
+/* Float counts of the file's weight sections; 0 on overflow. */
+typedef struct {
+    size_t weights;     /* everything before the RoPE tables */
+    size_t rope_tables; /* both tables */
+    size_t classifier;  /* 0 when shared */
+} llama2c_layout;
+
+static int llama2c_layout_of(const model_config *c, llama2c_layout *lay) {
+    size_t D = (size_t)c->dim, H = (size_t)c->hidden_dim, L = (size_t)c->n_layers, V = (size_t)c->vocab_size;
+    size_t hs = D / (size_t)c->n_heads, kv = (size_t)c->n_kv_heads * hs;
+    size_t emb, per_layer = 0, t, rope;
+    if (!checkpoint_mul(V, D, &emb)) return 0;
+    /* per layer: rms_att + rms_ffn, wq + wo, wk + wv, w1 + w2 + w3 */
+    size_t parts[4];
+    if (!checkpoint_mul(2, D, &parts[0]) || !checkpoint_mul(D, D, &t) || !checkpoint_mul(2, t, &parts[1]) ||
+        !checkpoint_mul(kv, D, &t) || !checkpoint_mul(2, t, &parts[2]) || !checkpoint_mul(H, D, &t) ||
+        !checkpoint_mul(3, t, &parts[3]))
+        return 0;
+    for (int i = 0; i < 4; i++) {
+        if (per_layer > SIZE_MAX - parts[i]) return 0;
+        per_layer += parts[i];
+    }
+    size_t layers;
+    if (!checkpoint_mul(L, per_layer, &layers)) return 0;
+    if (emb > SIZE_MAX - layers || emb + layers > SIZE_MAX - D) return 0;
+    lay->weights = emb + layers + D;
+    if (!checkpoint_mul((size_t)c->seq_len, hs, &rope)) return 0; /* 2 tables of seq_len * hs/2 */
+    lay->rope_tables = rope;
+    lay->classifier = c->shared_classifier ? 0 : emb;
+    return 1;
+}
+
+#define LLAMA2C_SECTIONS 11
+
+/* The file's weight sections before the RoPE tables, in file order, as views into the model (copied one
+ * by one so nothing depends on how model.c arranges its buffer). */
+static void llama2c_sections(const model_config *c, const model_params *p, float *ptr[LLAMA2C_SECTIONS],
+                             size_t count[LLAMA2C_SECTIONS]) {
+    size_t D = (size_t)c->dim, H = (size_t)c->hidden_dim, L = (size_t)c->n_layers, V = (size_t)c->vocab_size;
+    size_t KV = (size_t)c->n_kv_heads * (D / (size_t)c->n_heads);
+    float *ptrs[LLAMA2C_SECTIONS] = {p->token_embedding, p->rms_att, p->wq, p->wk, p->wv,       p->wo,
+                                     p->rms_ffn,         p->w1,      p->w2, p->w3, p->rms_final};
+    size_t counts[LLAMA2C_SECTIONS] = {V * D, L * D,     L * D * D, L * KV * D, L * KV * D, L * D * D,
+                                       L * D, L * H * D, L * D * H, L * H * D,  D};
+    memcpy(ptr, ptrs, sizeof ptrs);
+    memcpy(count, counts, sizeof counts);
+}
+
+qlab_status checkpoint_load_llama2c(const char *path, model **out) {
+    *out = NULL;
+    checkpoint_mapping map;
+    QLAB_TRY(checkpoint_map(path, &map));
+    qlab_status st = QLAB_OK;
+    if (map.size < LLAMA2C_HEADER_INTS * sizeof(int32_t)) {
+        st = qlab_fail(QLAB_ERR_FORMAT, "%s: file holds %zu bytes, too short for the 28-byte llama2.c header",
+                       path, map.size);
+        goto done;
+    }
+    int32_t h[LLAMA2C_HEADER_INTS];
+    memcpy(h, map.data, sizeof h);
+    static const char *names[LLAMA2C_HEADER_INTS] = {"dim",        "hidden_dim", "n_layers", "n_heads",
+                                                     "n_kv_heads", "vocab_size", "seq_len"};
+    for (int i = 0; i < LLAMA2C_HEADER_INTS; i++) {
+        /* vocab_size may be negative (unshared classifier) but never zero or INT32_MIN */
+        if (h[i] == 0 || (h[i] < 0 && i != 5) || h[i] == INT32_MIN) {
+            st = qlab_fail(QLAB_ERR_FORMAT, "%s: header field %s = %d must be positive", path, names[i],
+                           (int)h[i]);
+            goto done;
+        }
+    }
+    model_config cfg = {
+        .dim = h[0],
+        .hidden_dim = h[1],
+        .n_layers = h[2],
+        .n_heads = h[3],
+        .n_kv_heads = h[4],
+        .vocab_size = abs(h[5]),
+        .seq_len = h[6],
+        .norm_eps = 1e-5f,
+        .rope_theta = 10000.0f,
+        .shared_classifier = h[5] > 0,
+    };
+    if (cfg.n_heads % cfg.n_kv_heads != 0) {
+        st = qlab_fail(QLAB_ERR_FORMAT, "%s: header field n_kv_heads = %d does not divide n_heads = %d", path,
+                       cfg.n_kv_heads, cfg.n_heads);
+        goto done;
+    }
+    if (cfg.dim % cfg.n_heads != 0 || (cfg.dim / cfg.n_heads) % 2 != 0) {
+        st = qlab_fail(QLAB_ERR_FORMAT,
+                       "%s: header field dim = %d is not n_heads = %d times an even head size", path, cfg.dim,
+                       cfg.n_heads);
+        goto done;
+    }
+    llama2c_layout lay;
+    size_t with_rope = 0, without_rope = 0;
+    int fits = llama2c_layout_of(&cfg, &lay);
+    if (fits) {
+        /* in bytes, header included; every term was checked above except these sums */
+        size_t floats = lay.weights;
+        fits = floats <= SIZE_MAX - lay.classifier && floats + lay.classifier <= SIZE_MAX - lay.rope_tables &&
+               (floats + lay.classifier + lay.rope_tables) <= (SIZE_MAX - 28) / 4;
+        if (fits) {
+            without_rope = 28 + 4 * (floats + lay.classifier);
+            with_rope = without_rope + 4 * lay.rope_tables;
+        }
+    }
+    if (!fits) {
+        st = qlab_fail(QLAB_ERR_FORMAT,
+                       "%s: header sizes (dim %d, hidden_dim %d, n_layers %d, vocab_size %d) "
+                       "overflow; file holds %zu bytes",
+                       path, cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.vocab_size, map.size);
+        goto done;
+    }
+    /* llama2.c always writes the RoPE tables; a file without them is unambiguous too, so accept it */
+    int has_rope = map.size == with_rope;
+    if (!has_rope && map.size != without_rope) {
+        st = qlab_fail(QLAB_ERR_FORMAT,
+                       "%s: file holds %zu bytes, header implies %zu (dim %d, hidden_dim %d, "
+                       "n_layers %d, n_heads %d, n_kv_heads %d, vocab_size %d, seq_len %d)",
+                       path, map.size, with_rope, cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads,
+                       cfg.n_kv_heads, h[5], cfg.seq_len);
+        goto done;
+    }
+    model *m;
+    st = model_create(&m, &cfg);
+    if (st != QLAB_OK) {
+        qlab_fail_context(st, "%s", path);
+        goto done;
+    }
+    model_params *p = model_get_params(m);
+    float *ptr[LLAMA2C_SECTIONS];
+    size_t count[LLAMA2C_SECTIONS];
+    llama2c_sections(&cfg, p, ptr, count);
+    const uint8_t *src = map.data + 28;
+    for (int i = 0; i < LLAMA2C_SECTIONS; i++) {
+        memcpy(ptr[i], src, count[i] * sizeof(float));
+        src += count[i] * sizeof(float);
+    }
+    if (!cfg.shared_classifier) {
+        if (has_rope) src += lay.rope_tables * sizeof(float);
+        memcpy(p->wcls, src, lay.classifier * sizeof(float));
+    }
+    *out = m;
+done:
+    checkpoint_unmap(&map);
+    return st;
+}
+
+qlab_status checkpoint_save_llama2c(const model *m, const char *path) {
+    const model_config *c = model_get_config(m);
+    const model_params *p = checkpoint_params(m);
+    llama2c_layout lay;
+    if (!llama2c_layout_of(c, &lay)) return qlab_fail(QLAB_ERR_ARG, "%s: model sizes overflow", path);
+    int32_t h[LLAMA2C_HEADER_INTS] = {c->dim,        c->hidden_dim,
+                                      c->n_layers,   c->n_heads,
+                                      c->n_kv_heads, c->shared_classifier ? c->vocab_size : -c->vocab_size,
+                                      c->seq_len};
+    checkpoint_writer w;
+    QLAB_TRY(atomic_file_open(&w, path));
+    atomic_file_write(&w, h, sizeof h);
+    float *ptr[LLAMA2C_SECTIONS];
+    size_t count[LLAMA2C_SECTIONS];
+    llama2c_sections(c, p, ptr, count);
+    for (int i = 0; i < LLAMA2C_SECTIONS; i++)
+        atomic_file_write(&w, ptr[i], count[i] * sizeof(float));
+    /* The legacy tables llama2.c writes (cos, then sin, of pos * theta^(-2i/head_size)); readers ignore them
+     * but their presence keeps the file byte-compatible with llama2.c's run.c. */
+    int hs = c->dim / c->n_heads, half = hs / 2;
+    float *row = qlab_calloc((size_t)half, sizeof(float));
+    if (!row) {
+        atomic_file_abort(&w);
+        return QLAB_ERR_NOMEM;
+    }
+    for (int table = 0; table < 2; table++)
+        for (int pos = 0; pos < c->seq_len; pos++) {
+            for (int i = 0; i < half; i++) {
+                /* in float, step by step as PyTorch's precompute_freqs_cis does it */
+                float freq = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)hs);
+                float angle = (float)pos * freq;
+                row[i] = table == 0 ? cosf(angle) : sinf(angle);
+            }
+            atomic_file_write(&w, row, (size_t)half * sizeof(float));
+        }
+    free(row);
+    if (!c->shared_classifier) atomic_file_write(&w, p->wcls, lay.classifier * sizeof(float));
+    return atomic_file_commit(&w);
+}

@@ -1,0 +1,54 @@
+/* Linear layers over fp32 or quantized frozen weights (see linear.h). For a quantized weight the output
+ * columns [r0, r1) are produced by one sgemm against rows r0..r1 of the dequantized tile; the input
+ * gradient accumulates tile by tile in row order, so the result is deterministic. The dequantization runs
+ * on the calling thread: it is ~100x cheaper than the tile's GEMM, and calling the quantizer from inside
+ * an OpenMP region would nest its own parallel loop (costly in libgomp). */
+#include "core/model/linear.h"
+
+#include "core/model/ops.h"
+
+int linear_tile_rows(const linear_weight *lw, size_t tile_floats) {
+    size_t in = lw->in_features > 0 ? (size_t)lw->in_features : 1;
+    size_t rows = tile_floats / in;
+    rows &= ~(size_t)1;
+    if (rows < 2) rows = 2;
+    size_t max_rows = ((size_t)lw->out_features + 1) & ~(size_t)1;
+    if (rows > max_rows) rows = max_rows;
+    return (int)rows;
+}
+
+size_t linear_tile_floats_needed(const linear_weight *lw, size_t tile_floats) {
+    size_t two_rows = 2 * (size_t)lw->in_features;
+    return tile_floats > two_rows ? tile_floats : two_rows;
+}
+
+void linear_forward(float *out, const float *inp, const linear_weight *lw, int N, float *tile,
+                    size_t tile_floats) {
+    int OC = lw->out_features, IC = lw->in_features;
+    if (lw->w) {
+        matmul_forward(out, inp, lw->w, N, IC, OC);
+        return;
+    }
+    int rows = linear_tile_rows(lw, tile_floats);
+    for (int r0 = 0; r0 < OC; r0 += rows) {
+        int nr = OC - r0 < rows ? OC - r0 : rows;
+        quant_tensor_dequantize_range(lw->q, (int64_t)r0 * IC, (int64_t)nr * IC, tile);
+        ops_gemm(0, 1, N, nr, IC, 1.0f, inp, IC, tile, IC, 0.0f, out + r0, OC);
+    }
+}
+
+void linear_backward(float *dinp, float *dweight, const float *dout, const float *inp,
+                     const linear_weight *lw, int N, float *tile, size_t tile_floats) {
+    int OC = lw->out_features, IC = lw->in_features;
+    if (lw->w) {
+        matmul_backward(dinp, dweight, dout, inp, lw->w, N, IC, OC);
+        return;
+    }
+    if (!dinp) return; /* quantized weights are frozen: there is no weight gradient to form */
+    int rows = linear_tile_rows(lw, tile_floats);
+    for (int r0 = 0; r0 < OC; r0 += rows) {
+        int nr = OC - r0 < rows ? OC - r0 : rows;
+        quant_tensor_dequantize_range(lw->q, (int64_t)r0 * IC, (int64_t)nr * IC, tile);
+        ops_gemm(0, 0, N, IC, nr, 1.0f, dout + r0, OC, tile, IC, 1.0f, dinp, IC);
+    }
+}

@@ -1,0 +1,28 @@
+/* Linear layers over a linear_weight (model.h): fp32 weights go straight to sgemm; quantized weights are
+ * dequantized a few rows at a time into a small scratch tile, and each tile is multiplied with sgemm, so
+ * the fp32 copy of a quantized matrix never exists in full. */
+#ifndef QLAB_LINEAR_H
+#define QLAB_LINEAR_H
+
+#include <stddef.h>
+
+#include "core/model/model.h"
+
+/* Floats of scratch tile the model allocates for quantized layers (a tile holds whole rows, at least 2). */
+#define LINEAR_TILE_FLOATS ((size_t)1 << 18)
+
+/* The number of weight rows one tile holds for this layer: even (so every tile starts at an even element,
+ * as quant_tensor_dequantize_range requires), at least 2, at most out_features rounded up to even. */
+int linear_tile_rows(const linear_weight *lw, size_t tile_floats);
+/* Floats of tile a layer needs: max(tile_floats, 2 rows). */
+size_t linear_tile_floats_needed(const linear_weight *lw, size_t tile_floats);
+
+/* out (N,OC) = inp (N,IC) @ W^T. tile (tile_floats) is scratch for quantized weights (unused for fp32). */
+void linear_forward(float *out, const float *inp, const linear_weight *lw, int N, float *tile,
+                    size_t tile_floats);
+/* dinp (N,IC, may be NULL) += dout (N,OC) @ W; dweight (OC,IC, may be NULL, must be NULL for quantized
+ * weights, which are frozen) += dout^T @ inp. */
+void linear_backward(float *dinp, float *dweight, const float *dout, const float *inp,
+                     const linear_weight *lw, int N, float *tile, size_t tile_floats);
+
+#endif

@@ -1,0 +1,566 @@
+/* LoRA adapters (lora.h): the forward/backward ops over raw arrays, the flat parameter set with PEFT's
+ * initialisation, the model hook, merging, and PEFT-named safetensors files. Dropout masks are not
+ * stored: each forward draws them from a seed derived from (seed, layer, projection, forward count), and
+ * backward draws the same mask again, so a step costs no mask memory and is reproducible. */
+#include "core/model/lora.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/model/ops.h"
+#include "core/base/rng.h"
+#include "core/formats/safetensors.h"
+
+/* ---------------------------------------------------------------- the ops */
+
+/* splitmix64's finaliser: turns structured inputs (counters, indices) into independent-looking seeds. */
+static uint64_t lora_mix64(uint64_t x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+/* mask (N,IC) = 1/(1-p) where an element is kept (probability 1-p), else 0. One rng per row, seeded from
+ * (seed, row), so the mask does not depend on how rows are split between threads. */
+static void lora_dropout_mask(float *mask, int N, int IC, float p, uint64_t seed) {
+    float keep_scale = 1.0f / (1.0f - p);
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        rng_state rs;
+        rng_seed(&rs, lora_mix64(seed ^ lora_mix64((uint64_t)n)));
+        float *row = mask + (size_t)n * IC;
+        for (int i = 0; i < IC; i++)
+            row[i] = rng_uniform(&rs) >= (double)p ? keep_scale : 0.0f;
+    }
+}
+
+size_t lora_scratch_floats(int N, int IC, int rank, float dropout) {
+    size_t planes = dropout > 0 ? 2 : 0;
+    return (size_t)N * rank + planes * (size_t)N * IC;
+}
+
+void lora_forward(float *out, float *hidden, float *dropped, const float *inp, const float *A, const float *B,
+                  int N, int IC, int OC, int rank, float scale, float dropout, uint64_t mask_seed) {
+    const float *x = inp;
+    if (dropout > 0) {
+        size_t n = (size_t)N * IC;
+        lora_dropout_mask(dropped, N, IC, dropout, mask_seed);
+        for (size_t i = 0; i < n; i++)
+            dropped[i] *= inp[i];
+        x = dropped;
+    }
+    /* hidden (N,r) = x A^T; out += scale hidden B^T. With B = 0 this adds exact zeros: out is unchanged. */
+    ops_gemm(0, 1, N, rank, IC, 1.0f, x, IC, A, IC, 0.0f, hidden, rank);
+    ops_gemm(0, 1, N, OC, rank, scale, hidden, rank, B, rank, 1.0f, out, OC);
+}
+
+void lora_backward(float *dA, float *dB, float *dinp, const float *dout, const float *inp,
+                   const float *hidden, const float *A, const float *B, int N, int IC, int OC, int rank,
+                   float scale, float dropout, uint64_t mask_seed, float *scratch) {
+    float *dhidden = scratch; /* (N,r) = scale dout B */
+    ops_gemm(0, 0, N, rank, OC, scale, dout, OC, B, rank, 0.0f, dhidden, rank);
+    /* dB (OC,r) += scale dout^T hidden */
+    ops_gemm(1, 0, OC, rank, N, scale, dout, OC, hidden, rank, 1.0f, dB, rank);
+    if (dropout <= 0) {
+        ops_gemm(1, 0, rank, IC, N, 1.0f, dhidden, rank, inp, IC, 1.0f, dA, IC);
+        if (dinp) ops_gemm(0, 0, N, IC, rank, 1.0f, dhidden, rank, A, IC, 1.0f, dinp, IC);
+        return;
+    }
+    size_t n = (size_t)N * IC;
+    float *mask = scratch + (size_t)N * rank, *plane = mask + n;
+    lora_dropout_mask(mask, N, IC, dropout, mask_seed);
+    for (size_t i = 0; i < n; i++)
+        plane[i] = mask[i] * inp[i]; /* the forward's dropout(inp), bit for bit */
+    ops_gemm(1, 0, rank, IC, N, 1.0f, dhidden, rank, plane, IC, 1.0f, dA, IC);
+    if (!dinp) return;
+    ops_gemm(0, 0, N, IC, rank, 1.0f, dhidden, rank, A, IC, 0.0f, plane, IC);
+    for (size_t i = 0; i < n; i++)
+        dinp[i] += plane[i] * mask[i];
+}
+
+/* ---------------------------------------------------------------- target names */
+
+static const char *lora_short_names[PROJ_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};
+
+qlab_status lora_parse_targets(const char *text, unsigned *targets) {
+    *targets = 0;
+    if (!text || !*text)
+        return qlab_fail(QLAB_ERR_ARG, "lora targets: empty (use all, attention, qv or q_proj,...)");
+    if (!strcmp(text, "all")) return *targets = LORA_TARGETS_ALL, QLAB_OK;
+    if (!strcmp(text, "attention")) return *targets = LORA_TARGETS_ATTENTION, QLAB_OK;
+    if (!strcmp(text, "qv")) return *targets = LORA_TARGETS_QV, QLAB_OK;
+    unsigned mask = 0;
+    const char *s = text;
+    while (1) {
+        const char *end = strchr(s, ',');
+        size_t len = end ? (size_t)(end - s) : strlen(s);
+        int found = -1;
+        for (int p = 0; p < PROJ_COUNT && found < 0; p++) {
+            const char *full = model_proj_name((model_proj)p), *brief = lora_short_names[p];
+            if ((strlen(full) == len && !strncmp(s, full, len)) ||
+                (strlen(brief) == len && !strncmp(s, brief, len)))
+                found = p;
+        }
+        if (found < 0)
+            return qlab_fail(
+                QLAB_ERR_ARG,
+                "lora targets '%s': unknown projection '%.*s' (known: q_proj k_proj v_proj o_proj "
+                "gate_proj up_proj down_proj, or all, attention, qv)",
+                text, (int)len, s);
+        mask |= LORA_TARGET(found);
+        if (!end) break;
+        s = end + 1;
+    }
+    *targets = mask;
+    return QLAB_OK;
+}
+
+/* ---------------------------------------------------------------- the set */
+
+struct lora_set {
+    lora_config cfg;
+    model_config mc;
+    float scale;
+    int n_adapters;
+    int *slot_of;           /* (n_layers, PROJ_COUNT): adapter index or -1 */
+    lora_adapter *adapters; /* (n_adapters) views, in buffer order */
+    float *params, *grads;
+    size_t num_params;
+    int training;
+
+    /* State of the model hook: per adapter the forward count (the dropout stream), and what the last
+     * forward used, which its backward must repeat. */
+    uint64_t *forward_count;
+    uint64_t *last_mask_seed;
+    float *last_dropout;
+    int *last_N;
+    int capacity;   /* rows the buffers below hold */
+    float *hidden;  /* (n_adapters, capacity, rank) */
+    float *scratch; /* forward's dropout plane or backward's scratch */
+    size_t scratch_floats;
+    int max_in_features;
+};
+
+/* (out_features, in_features) of projection p. */
+static void lora_proj_shape(const model_config *c, model_proj p, int *out_features, int *in_features) {
+    int D = c->dim, H = c->hidden_dim, KV = c->n_kv_heads * (c->dim / c->n_heads);
+    switch (p) {
+    case PROJ_Q:
+        *out_features = D, *in_features = D;
+        break;
+    case PROJ_K:
+        *out_features = KV, *in_features = D;
+        break;
+    case PROJ_V:
+        *out_features = KV, *in_features = D;
+        break;
+    case PROJ_O:
+        *out_features = D, *in_features = D;
+        break;
+    case PROJ_GATE:
+        *out_features = H, *in_features = D;
+        break;
+    case PROJ_UP:
+        *out_features = H, *in_features = D;
+        break;
+    case PROJ_DOWN:
+        *out_features = D, *in_features = H;
+        break;
+    default:
+        *out_features = 0, *in_features = 0;
+        break;
+    }
+}
+
+static qlab_status lora_check_config(const model_config *mc, const lora_config *lc) {
+    if (mc->dim <= 0 || mc->hidden_dim <= 0 || mc->n_layers <= 0 || mc->n_heads <= 0 || mc->n_kv_heads <= 0 ||
+        mc->dim % mc->n_heads != 0)
+        return qlab_fail(QLAB_ERR_ARG,
+                         "lora: model config is invalid (dim %d, hidden_dim %d, n_layers %d, n_heads %d, "
+                         "n_kv_heads %d)",
+                         mc->dim, mc->hidden_dim, mc->n_layers, mc->n_heads, mc->n_kv_heads);
+    if (lc->targets == 0 || (lc->targets & ~LORA_TARGETS_ALL))
+        return qlab_fail(QLAB_ERR_ARG, "lora: target mask 0x%x selects no projection or unknown ones",
+                         lc->targets);
+    if (lc->rank < 1 || lc->rank > 65536)
+        return qlab_fail(QLAB_ERR_ARG, "lora: rank %d outside [1, 65536]", lc->rank);
+    if (!isfinite(lc->alpha)) return qlab_fail(QLAB_ERR_ARG, "lora: alpha %g is not finite", lc->alpha);
+    if (!(lc->dropout >= 0 && lc->dropout < 1))
+        return qlab_fail(QLAB_ERR_ARG, "lora: dropout %g outside [0, 1)", lc->dropout);
+    double total = 0;
+    for (int p = 0; p < PROJ_COUNT; p++) {
+        int o, i;
+        lora_proj_shape(mc, (model_proj)p, &o, &i);
+        if (lc->targets & LORA_TARGET(p)) total += (double)lc->rank * ((double)o + i);
+    }
+    if (total * mc->n_layers > 1e12)
+        return qlab_fail(QLAB_ERR_ARG, "lora: %.3g adapter parameters is more than this build supports",
+                         total * mc->n_layers);
+    return QLAB_OK;
+}
+
+qlab_status lora_create(lora_set **out, const model_config *mc, const lora_config *lc) {
+    *out = NULL;
+    QLAB_TRY(lora_check_config(mc, lc));
+    lora_set *l = qlab_calloc(1, sizeof *l);
+    if (!l) return QLAB_ERR_NOMEM;
+    l->cfg = *lc;
+    l->mc = *mc;
+    l->scale = lc->alpha / (float)lc->rank;
+    l->training = 1;
+    int L = mc->n_layers, per_layer = 0;
+    for (int p = 0; p < PROJ_COUNT; p++)
+        per_layer += (lc->targets & LORA_TARGET(p)) ? 1 : 0;
+    l->n_adapters = L * per_layer;
+    size_t na = (size_t)l->n_adapters;
+    l->slot_of = qlab_calloc((size_t)L * PROJ_COUNT, sizeof *l->slot_of);
+    l->adapters = qlab_calloc(na, sizeof *l->adapters);
+    l->forward_count = qlab_calloc(na, sizeof *l->forward_count);
+    l->last_mask_seed = qlab_calloc(na, sizeof *l->last_mask_seed);
+    l->last_dropout = qlab_calloc(na, sizeof *l->last_dropout);
+    l->last_N = qlab_calloc(na, sizeof *l->last_N);
+    if (!l->slot_of || !l->adapters || !l->forward_count || !l->last_mask_seed || !l->last_dropout ||
+        !l->last_N) {
+        lora_free(l);
+        return QLAB_ERR_NOMEM;
+    }
+    /* Layout: layer by layer, projections in model_proj order, A then B of each. */
+    size_t offset = 0;
+    int slot = 0, r = lc->rank;
+    for (int layer = 0; layer < L; layer++)
+        for (int p = 0; p < PROJ_COUNT; p++) {
+            l->slot_of[layer * PROJ_COUNT + p] = -1;
+            if (!(lc->targets & LORA_TARGET(p))) continue;
+            lora_adapter *a = &l->adapters[slot];
+            lora_proj_shape(mc, (model_proj)p, &a->out_features, &a->in_features);
+            a->rank = r;
+            a->offset = offset;
+            offset += (size_t)r * a->in_features + (size_t)a->out_features * r;
+            if (a->in_features > l->max_in_features) l->max_in_features = a->in_features;
+            l->slot_of[layer * PROJ_COUNT + p] = slot++;
+        }
+    l->num_params = offset;
+    l->params = qlab_alloc_aligned(offset * sizeof(float));
+    l->grads = qlab_alloc_aligned(offset * sizeof(float));
+    if (!l->params || !l->grads) {
+        lora_free(l);
+        return QLAB_ERR_NOMEM;
+    }
+    rng_state rs;
+    rng_seed(&rs, lc->seed);
+    for (int s = 0; s < l->n_adapters; s++) {
+        lora_adapter *a = &l->adapters[s];
+        a->A = l->params + a->offset;
+        a->B = a->A + (size_t)r * a->in_features;
+        a->dA = l->grads + a->offset;
+        a->dB = a->dA + (size_t)r * a->in_features;
+        /* PEFT: kaiming_uniform_(A, a=sqrt(5)) has gain sqrt(2/(1+5)) and bound gain*sqrt(3/fan_in) =
+         * 1/sqrt(in_features); B stays zero (the aligned allocation is zeroed). */
+        double bound = 1.0 / sqrt((double)a->in_features);
+        for (size_t i = 0; i < (size_t)r * a->in_features; i++)
+            a->A[i] = (float)(bound * (2.0 * rng_uniform(&rs) - 1.0));
+    }
+    *out = l;
+    return QLAB_OK;
+}
+
+void lora_free(lora_set *l) {
+    if (!l) return;
+    free(l->slot_of);
+    free(l->adapters);
+    free(l->forward_count);
+    free(l->last_mask_seed);
+    free(l->last_dropout);
+    free(l->last_N);
+    qlab_free_aligned(l->params);
+    qlab_free_aligned(l->grads);
+    qlab_free_aligned(l->hidden);
+    qlab_free_aligned(l->scratch);
+    free(l);
+}
+
+const lora_config *lora_get_config(const lora_set *l) {
+    return &l->cfg;
+}
+float lora_scale(const lora_set *l) {
+    return l->scale;
+}
+
+float *lora_get_param_buffer(lora_set *l, size_t *count) {
+    if (count) *count = l->num_params;
+    return l->params;
+}
+
+float *lora_get_grad_buffer(lora_set *l, size_t *count) {
+    if (count) *count = l->num_params;
+    return l->grads;
+}
+
+void lora_zero_grad(lora_set *l) {
+    memset(l->grads, 0, l->num_params * sizeof(float));
+}
+size_t lora_num_params(const lora_set *l) {
+    return l->num_params;
+}
+size_t lora_param_bytes(const lora_set *l) {
+    return l->num_params * sizeof(float);
+}
+void lora_set_training(lora_set *l, int training) {
+    l->training = training ? 1 : 0;
+}
+
+static int lora_slot(const lora_set *l, int layer, model_proj p) {
+    if (layer < 0 || layer >= l->mc.n_layers || p < 0 || p >= PROJ_COUNT) return -1;
+    return l->slot_of[layer * PROJ_COUNT + p];
+}
+
+int lora_get_adapter(lora_set *l, int layer, model_proj p, lora_adapter *out) {
+    memset(out, 0, sizeof *out);
+    int s = lora_slot(l, layer, p);
+    if (s < 0) return 0;
+    *out = l->adapters[s];
+    return 1;
+}
+
+qlab_status lora_reserve(lora_set *l, int n_positions) {
+    if (n_positions <= l->capacity) return QLAB_OK;
+    if (n_positions < 1) return qlab_fail(QLAB_ERR_ARG, "lora_reserve: %d positions", n_positions);
+    size_t rows = (size_t)n_positions, r = (size_t)l->cfg.rank;
+    size_t hidden_floats = (size_t)l->n_adapters * rows * r;
+    /* Backward needs (N,r) + 2 (N,IC) with dropout; forward's dropout plane (N,IC) fits inside that. */
+    size_t scratch = lora_scratch_floats(n_positions, l->max_in_features, l->cfg.rank, l->cfg.dropout);
+    float *h = qlab_alloc_aligned(hidden_floats * sizeof(float));
+    float *s = qlab_alloc_aligned(scratch * sizeof(float));
+    if (!h || !s) {
+        qlab_free_aligned(h);
+        qlab_free_aligned(s);
+        return qlab_fail_context(QLAB_ERR_NOMEM, "lora: buffers for %d positions", n_positions);
+    }
+    qlab_free_aligned(l->hidden);
+    qlab_free_aligned(l->scratch);
+    l->hidden = h;
+    l->scratch = s;
+    l->scratch_floats = scratch;
+    l->capacity = n_positions;
+    for (int i = 0; i < l->n_adapters; i++)
+        l->last_N[i] = 0; /* saved hidden states are gone */
+    return QLAB_OK;
+}
+
+/* ---------------------------------------------------------------- the model hook */
+
+static qlab_status lora_hook_begin(void *ctx, int B, int T) {
+    if ((double)B * T > 2147483647.0) return qlab_fail(QLAB_ERR_ARG, "lora: %d x %d positions", B, T);
+    return lora_reserve(ctx, B * T);
+}
+
+static void lora_hook_forward(void *ctx, int layer, model_proj p, const float *inp, float *out, int N) {
+    lora_set *l = ctx;
+    int s = lora_slot(l, layer, p);
+    if (s < 0) return;
+    /* model_forward reserved B*T rows through lora_hook_begin (and failed if it could not), so this is a
+     * safeguard only: should it fail, the adapter and its backward are skipped (last_N = 0). */
+    if (N > l->capacity && lora_reserve(l, N) != QLAB_OK) {
+        l->last_N[s] = 0;
+        return;
+    }
+    const lora_adapter *a = &l->adapters[s];
+    float dropout = l->training ? l->cfg.dropout : 0.0f;
+    uint64_t mask_seed = 0;
+    if (dropout > 0) {
+        uint64_t stream = ((uint64_t)layer << 8) | (uint64_t)p;
+        mask_seed = lora_mix64(l->cfg.seed ^ lora_mix64(stream ^ lora_mix64(l->forward_count[s]++)));
+    }
+    float *hidden = l->hidden + (size_t)s * l->capacity * a->rank;
+    lora_forward(out, hidden, l->scratch, inp, a->A, a->B, N, a->in_features, a->out_features, a->rank,
+                 l->scale, dropout, mask_seed);
+    l->last_mask_seed[s] = mask_seed;
+    l->last_dropout[s] = dropout;
+    l->last_N[s] = N;
+}
+
+static void lora_hook_backward(void *ctx, int layer, model_proj p, const float *inp, const float *dout,
+                               float *dinp, int N) {
+    lora_set *l = ctx;
+    int s = lora_slot(l, layer, p);
+    if (s < 0 || l->last_N[s] != N) return;
+    const lora_adapter *a = &l->adapters[s];
+    const float *hidden = l->hidden + (size_t)s * l->capacity * a->rank;
+    lora_backward(a->dA, a->dB, dinp, dout, inp, hidden, a->A, a->B, N, a->in_features, a->out_features,
+                  a->rank, l->scale, l->last_dropout[s], l->last_mask_seed[s], l->scratch);
+}
+
+qlab_status lora_attach(lora_set *l, model *m, int freeze_base) {
+    const model_config *c = model_get_config(m);
+    if (c->dim != l->mc.dim || c->hidden_dim != l->mc.hidden_dim || c->n_layers != l->mc.n_layers ||
+        c->n_heads != l->mc.n_heads || c->n_kv_heads != l->mc.n_kv_heads)
+        return qlab_fail(
+            QLAB_ERR_ARG,
+            "lora_attach: adapters were made for dim %d, hidden_dim %d, %d layers, %d/%d heads; the "
+            "model has dim %d, hidden_dim %d, %d layers, %d/%d heads",
+            l->mc.dim, l->mc.hidden_dim, l->mc.n_layers, l->mc.n_heads, l->mc.n_kv_heads, c->dim,
+            c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads);
+    QLAB_TRY(lora_reserve(l, c->seq_len));
+    model_adapter hook = {.ctx = l, .forward = lora_hook_forward, .backward = lora_hook_backward};
+    if (freeze_base) model_set_all_trainable(m, 0);
+    model_set_adapter(m, &hook);
+    model_set_adapter_begin(m, lora_hook_begin);
+    return QLAB_OK;
+}
+
+void lora_detach(model *m) {
+    model_set_adapter(m, NULL);
+}
+
+/* ---------------------------------------------------------------- merge */
+
+qlab_status lora_merge(const lora_set *l, model *m) {
+    const model_config *c = model_get_config(m);
+    if (c->dim != l->mc.dim || c->hidden_dim != l->mc.hidden_dim || c->n_layers != l->mc.n_layers ||
+        c->n_heads != l->mc.n_heads || c->n_kv_heads != l->mc.n_kv_heads)
+        return qlab_fail(QLAB_ERR_ARG, "lora_merge: the adapters do not match the model's configuration");
+    static const model_group group_of[PROJ_COUNT] = {MODEL_GROUP_WQ, MODEL_GROUP_WK, MODEL_GROUP_WV,
+                                                     MODEL_GROUP_WO, MODEL_GROUP_W1, MODEL_GROUP_W3,
+                                                     MODEL_GROUP_W2};
+    float *params = model_get_param_buffer(m, NULL);
+    for (int layer = 0; layer < c->n_layers; layer++)
+        for (int p = 0; p < PROJ_COUNT; p++) {
+            int s = lora_slot(l, layer, (model_proj)p);
+            if (s < 0) continue;
+            linear_weight lw = model_get_linear(m, layer, (model_proj)p);
+            if (!lw.w)
+                return qlab_fail(
+                    QLAB_ERR_UNSUPPORTED,
+                    "lora_merge: layer %d %s is quantized; merge into an fp32 (dequantized) model", layer,
+                    model_proj_name((model_proj)p));
+            const lora_adapter *a = &l->adapters[s];
+            model_param_group g = model_get_param_group(m, group_of[p]);
+            float *W = params + g.offset + (size_t)layer * a->out_features * a->in_features;
+            /* W (OC,IC) += scale B (OC,r) A (r,IC) */
+            ops_gemm(0, 0, a->out_features, a->in_features, a->rank, l->scale, a->B, a->rank, a->A,
+                     a->in_features, 1.0f, W, a->in_features);
+        }
+    return QLAB_OK;
+}
+
+/* ---------------------------------------------------------------- safetensors files (PEFT names) */
+
+static void lora_tensor_name(char *buf, size_t size, int layer, model_proj p, char which) {
+    const char *block = p <= PROJ_O ? "self_attn" : "mlp";
+    snprintf(buf, size, "base_model.model.model.layers.%d.%s.%s.lora_%c.weight", layer, block,
+             model_proj_name(p), which);
+}
+
+static void lora_targets_text(unsigned targets, char *buf, size_t size) {
+    buf[0] = 0;
+    for (int p = 0; p < PROJ_COUNT; p++)
+        if (targets & LORA_TARGET(p)) {
+            size_t used = strlen(buf);
+            snprintf(buf + used, size - used, "%s%s", used ? "," : "", model_proj_name((model_proj)p));
+        }
+}
+
+qlab_status lora_save(const lora_set *l, const char *path) {
+    safetensors_writer *w = safetensors_writer_new();
+    if (!w) return QLAB_ERR_NOMEM;
+    qlab_status st = QLAB_OK;
+    char name[160], text[160];
+    for (int layer = 0; layer < l->mc.n_layers && st == QLAB_OK; layer++)
+        for (int p = 0; p < PROJ_COUNT && st == QLAB_OK; p++) {
+            int s = lora_slot(l, layer, (model_proj)p);
+            if (s < 0) continue;
+            const lora_adapter *a = &l->adapters[s];
+            int64_t shape_a[2] = {a->rank, a->in_features}, shape_b[2] = {a->out_features, a->rank};
+            lora_tensor_name(name, sizeof name, layer, (model_proj)p, 'A');
+            st = safetensors_writer_add(w, name, SAFETENSORS_F32, 2, shape_a, a->A);
+            if (st != QLAB_OK) break;
+            lora_tensor_name(name, sizeof name, layer, (model_proj)p, 'B');
+            st = safetensors_writer_add(w, name, SAFETENSORS_F32, 2, shape_b, a->B);
+        }
+    /* PEFT writes {"format": "pt"}; the rest lets lora_load check the scale. */
+    if (st == QLAB_OK) st = safetensors_writer_set_metadata(w, "format", "pt");
+    snprintf(text, sizeof text, "%d", l->cfg.rank);
+    if (st == QLAB_OK) st = safetensors_writer_set_metadata(w, "lora_rank", text);
+    snprintf(text, sizeof text, "%.9g", l->cfg.alpha);
+    if (st == QLAB_OK) st = safetensors_writer_set_metadata(w, "lora_alpha", text);
+    snprintf(text, sizeof text, "%.9g", l->cfg.dropout);
+    if (st == QLAB_OK) st = safetensors_writer_set_metadata(w, "lora_dropout", text);
+    lora_targets_text(l->cfg.targets, text, sizeof text);
+    if (st == QLAB_OK) st = safetensors_writer_set_metadata(w, "target_modules", text);
+    if (st == QLAB_OK) st = safetensors_writer_write(w, path);
+    safetensors_writer_free(w);
+    return st == QLAB_OK ? QLAB_OK : qlab_fail_context(st, "saving LoRA adapters to %s", path);
+}
+
+static qlab_status lora_load_tensor(const safetensors_file *f, const char *name, int64_t rows, int64_t cols,
+                                    float *out) {
+    const safetensors_tensor *t;
+    QLAB_TRY(safetensors_require(f, name, &t));
+    if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols)
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s' has shape %s(%lld, %lld), expected (%lld, %lld)",
+                         f->path, name, t->ndim == 2 ? "" : "of other rank ",
+                         (long long)(t->ndim > 0 ? t->shape[0] : 0),
+                         (long long)(t->ndim > 1 ? t->shape[1] : 0), (long long)rows, (long long)cols);
+    return safetensors_tensor_to_f32(t, out);
+}
+
+qlab_status lora_load(lora_set *l, const char *path) {
+    safetensors_file f;
+    QLAB_TRY(safetensors_open(&f, path));
+    qlab_status st = QLAB_OK;
+    const char *alpha = safetensors_metadata(&f, "lora_alpha");
+    if (alpha) {
+        char *end;
+        double v = strtod(alpha, &end);
+        if (end == alpha || *end || (float)v != l->cfg.alpha)
+            st = qlab_fail(QLAB_ERR_FORMAT, "%s: lora_alpha is '%s' but the adapters use %.9g", path, alpha,
+                           l->cfg.alpha);
+    }
+    float *staged = st == QLAB_OK ? qlab_alloc_aligned(l->num_params * sizeof(float)) : NULL;
+    if (st == QLAB_OK && !staged) st = QLAB_ERR_NOMEM;
+    char name[160];
+    for (int layer = 0; layer < l->mc.n_layers && st == QLAB_OK; layer++)
+        for (int p = 0; p < PROJ_COUNT && st == QLAB_OK; p++) {
+            int s = lora_slot(l, layer, (model_proj)p);
+            if (s < 0) continue;
+            const lora_adapter *a = &l->adapters[s];
+            float *A = staged + a->offset, *B = A + (size_t)a->rank * a->in_features;
+            lora_tensor_name(name, sizeof name, layer, (model_proj)p, 'A');
+            st = lora_load_tensor(&f, name, a->rank, a->in_features, A);
+            if (st != QLAB_OK) break;
+            lora_tensor_name(name, sizeof name, layer, (model_proj)p, 'B');
+            st = lora_load_tensor(&f, name, a->out_features, a->rank, B);
+        }
+    /* Every adapter of the set was found; any other LoRA tensor is one the set lacks and would be dropped. */
+    for (int i = 0; i < f.n_tensors && st == QLAB_OK; i++) {
+        const char *tn = f.tensors[i].name;
+        if (!strstr(tn, ".lora_A.") && !strstr(tn, ".lora_B.")) continue;
+        int layer = -1, known = 0;
+        char block[16], proj[16], which = 0;
+        if (sscanf(tn, "base_model.model.model.layers.%d.%15[^.].%15[^.].lora_%c", &layer, block, proj,
+                   &which) == 4)
+            for (int p = 0; p < PROJ_COUNT && !known; p++)
+                if (!strcmp(proj, model_proj_name((model_proj)p)) &&
+                    lora_slot(l, layer, (model_proj)p) >= 0) {
+                    lora_tensor_name(name, sizeof name, layer, (model_proj)p, which);
+                    known = !strcmp(name, tn);
+                }
+        if (!known)
+            st = qlab_fail(QLAB_ERR_FORMAT,
+                           "%s: tensor '%s' is a LoRA adapter these adapters do not have (targets, "
+                           "layers or name differ)",
+                           path, tn);
+    }
+    for (size_t i = 0; i < l->num_params && st == QLAB_OK; i++)
+        if (!isfinite(staged[i]))
+            st = qlab_fail(QLAB_ERR_NUMERIC,
+                           "%s: adapter weights hold a non-finite value (element %zu of %zu)", path, i,
+                           l->num_params);
+    if (st == QLAB_OK) memcpy(l->params, staged, l->num_params * sizeof(float));
+    qlab_free_aligned(staged);
+    safetensors_close(&f);
+    return st;
+}

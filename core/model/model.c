@@ -1,0 +1,664 @@
+/* The LLaMA model of model.h: parameter/gradient/activation buffers with named views, the linear-layer
+ * dispatch between fp32 and quantized weights, and the batched forward and backward passes built from the
+ * layer ops of ops.h. */
+#include "core/model/model.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/model/linear.h"
+#include "core/model/ops.h"
+
+/* Activations of one forward pass over N = B*T positions; per-layer arrays are (n_layers, ...). Kept for
+ * the backward pass, which needs every layer's inputs. */
+typedef struct {
+    float *encoded;        /* (N,D) token embeddings: the residual stream entering layer 0 */
+    float *ln1, *ln1_rstd; /* (L,N,D), (L,N) */
+    float *q, *k, *v;      /* (L,N,D), (L,N,KV), (L,N,KV); q and k after RoPE */
+    float *att;            /* (L,B,NH,T,T) attention probabilities */
+    float *atty;           /* (L,N,D) attention output before the o projection */
+    float *res2;           /* (L,N,D) residual stream after attention */
+    float *ln2, *ln2_rstd; /* (L,N,D), (L,N) */
+    float *h1, *h3, *hs;   /* (L,N,H) gate, up, silu(gate)*up */
+    float *res3;           /* (L,N,D) residual stream after the feed-forward block */
+    float *lnf, *lnf_rstd; /* (N,D), (N) */
+    float *probs;          /* (N,V) logits, turned into probabilities in place when targets are given */
+    float *losses;         /* (N) */
+} model_acts;
+
+/* Gradients of activations, reused from layer to layer during backward. */
+typedef struct {
+    float *dresidual;        /* (N,D) */
+    float *dln;              /* (N,D) */
+    float *dq, *dq_pre;      /* (N,D) after / before RoPE */
+    float *dk, *dk_pre, *dv; /* (N,KV) */
+    float *datty;            /* (N,D) */
+    float *dh1, *dh3, *dhs;  /* (N,H) */
+    float *dlogits;          /* (N,V) */
+    float *att_scratch;      /* (threads, T, T) */
+} model_grad_acts;
+
+struct model {
+    model_config cfg;
+    int head_size, kv_dim;
+    size_t num_params;
+    float *param_buffer;
+    model_params params;
+    float *grad_buffer; /* lazily allocated, same layout as param_buffer */
+    model_params grads;
+    int trainable[MODEL_GROUP_COUNT];
+    quant_tensor *quantized; /* n_layers * PROJ_COUNT tensors when model_quantize ran, else NULL */
+    quant_dtype quant_type;
+    float *tile; /* scratch for dequantized weight rows */
+    size_t tile_floats;
+    float *rope_cos, *rope_sin; /* (seq_len, head_size/2) */
+    model_adapter adapter;
+    int has_adapter;
+    qlab_status (*adapter_begin)(void *ctx, int B, int T);
+
+    /* Activations of the last forward, sized for act_capacity floats. */
+    float *act_buffer;
+    size_t act_capacity;
+    model_acts acts;
+    int *saved_tokens, *saved_targets; /* (N) copies of the last forward's inputs */
+    size_t saved_capacity;
+    int B, T, have_targets, target_count;
+
+    float *grad_act_buffer;
+    size_t grad_act_capacity;
+    model_grad_acts gacts;
+};
+
+const char *model_proj_name(model_proj p) {
+    static const char *names[PROJ_COUNT] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                            "gate_proj", "up_proj", "down_proj"};
+    return (p >= 0 && p < PROJ_COUNT) ? names[p] : "unknown_proj";
+}
+
+/* Sizes of every parameter tensor, in buffer order; the single source of truth for the layout. */
+typedef struct {
+    size_t token_embedding, rms_att, wq, wk, wv, wo, rms_ffn, w1, w2, w3, rms_final, wcls;
+} model_sizes;
+
+static model_sizes model_param_sizes(const model_config *c) {
+    size_t L = (size_t)c->n_layers, D = (size_t)c->dim, H = (size_t)c->hidden_dim;
+    size_t hs = D / (size_t)c->n_heads, kv = (size_t)c->n_kv_heads * hs;
+    model_sizes s;
+    s.token_embedding = (size_t)c->vocab_size * D;
+    s.rms_att = L * D;
+    s.wq = L * D * D;
+    s.wk = L * kv * D;
+    s.wv = L * kv * D;
+    s.wo = L * D * D;
+    s.rms_ffn = L * D;
+    s.w1 = L * H * D;
+    s.w2 = L * D * H;
+    s.w3 = L * H * D;
+    s.rms_final = D;
+    s.wcls = c->shared_classifier ? 0 : (size_t)c->vocab_size * D;
+    return s;
+}
+
+size_t model_num_params(const model_config *c) {
+    model_sizes s = model_param_sizes(c);
+    return s.token_embedding + s.rms_att + s.wq + s.wk + s.wv + s.wo + s.rms_ffn + s.w1 + s.w2 + s.w3 +
+           s.rms_final + s.wcls;
+}
+
+static void model_point_views(model_params *p, float *base, const model_config *c) {
+    model_sizes s = model_param_sizes(c);
+    float *x = base;
+    p->token_embedding = x, x += s.token_embedding;
+    p->rms_att = x, x += s.rms_att;
+    p->wq = x, x += s.wq;
+    p->wk = x, x += s.wk;
+    p->wv = x, x += s.wv;
+    p->wo = x, x += s.wo;
+    p->rms_ffn = x, x += s.rms_ffn;
+    p->w1 = x, x += s.w1;
+    p->w2 = x, x += s.w2;
+    p->w3 = x, x += s.w3;
+    p->rms_final = x, x += s.rms_final;
+    p->wcls = c->shared_classifier ? p->token_embedding : x;
+}
+
+static qlab_status model_check_config(const model_config *c) {
+    if (c->dim <= 0 || c->hidden_dim <= 0 || c->n_layers <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 ||
+        c->vocab_size <= 0 || c->seq_len <= 0)
+        return qlab_fail(
+            QLAB_ERR_ARG,
+            "model config: sizes must be positive (dim %d, hidden_dim %d, n_layers %d, n_heads %d, "
+            "n_kv_heads %d, vocab_size %d, seq_len %d)",
+            c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->vocab_size, c->seq_len);
+    if (c->n_heads % c->n_kv_heads != 0)
+        return qlab_fail(QLAB_ERR_ARG, "model config: n_kv_heads %d does not divide n_heads %d",
+                         c->n_kv_heads, c->n_heads);
+    if (c->dim % c->n_heads != 0)
+        return qlab_fail(QLAB_ERR_ARG, "model config: dim %d is not divisible by n_heads %d", c->dim,
+                         c->n_heads);
+    if ((c->dim / c->n_heads) % 2 != 0)
+        return qlab_fail(QLAB_ERR_ARG, "model config: head size %d is odd (RoPE rotates pairs)",
+                         c->dim / c->n_heads);
+    if (!(c->norm_eps >= 0) || !isfinite(c->norm_eps))
+        return qlab_fail(QLAB_ERR_ARG, "model config: norm_eps %g must be finite and >= 0", c->norm_eps);
+    if (!(c->rope_theta > 0) || !isfinite(c->rope_theta))
+        return qlab_fail(QLAB_ERR_ARG, "model config: rope_theta %g must be finite and > 0", c->rope_theta);
+    /* Guard the size arithmetic: every tensor must fit comfortably in size_t and int64 element counts,
+     * and per-row products (B*T*dim etc.) are formed in size_t later. */
+    double total = 0, D = c->dim, H = c->hidden_dim;
+    total = (double)c->vocab_size * D * 2 + (double)c->n_layers * (4 * D * D + 3 * D * H + 2 * D) + D;
+    if (total > 4e12)
+        return qlab_fail(QLAB_ERR_ARG, "model config: %.3g parameters is more than this build supports",
+                         total);
+    return QLAB_OK;
+}
+
+qlab_status model_create(model **out, const model_config *cfg) {
+    *out = NULL;
+    QLAB_TRY(model_check_config(cfg));
+    model *m = qlab_calloc(1, sizeof *m);
+    if (!m) return QLAB_ERR_NOMEM;
+    m->cfg = *cfg;
+    m->cfg.shared_classifier = cfg->shared_classifier ? 1 : 0;
+    m->head_size = cfg->dim / cfg->n_heads;
+    m->kv_dim = cfg->n_kv_heads * m->head_size;
+    m->num_params = model_num_params(&m->cfg);
+    for (int g = 0; g < MODEL_GROUP_COUNT; g++)
+        m->trainable[g] = 1;
+    m->param_buffer = qlab_alloc_aligned(m->num_params * sizeof(float));
+    int half = m->head_size / 2;
+    m->rope_cos = qlab_calloc((size_t)cfg->seq_len * half, sizeof(float));
+    m->rope_sin = qlab_calloc((size_t)cfg->seq_len * half, sizeof(float));
+    if (!m->param_buffer || !m->rope_cos || !m->rope_sin) {
+        model_free(m);
+        return QLAB_ERR_NOMEM;
+    }
+    model_point_views(&m->params, m->param_buffer, &m->cfg);
+    /* The angles in fp32 exactly as llama2.c's run.c forms them, so a llama2.c checkpoint reproduces
+     * run.c's logits closely. */
+    for (int t = 0; t < cfg->seq_len; t++)
+        for (int i = 0; i < half; i++) {
+            float freq = 1.0f / powf(cfg->rope_theta, (float)(2 * i) / (float)m->head_size);
+            float angle = (float)t * freq;
+            m->rope_cos[(size_t)t * half + i] = cosf(angle);
+            m->rope_sin[(size_t)t * half + i] = sinf(angle);
+        }
+    *out = m;
+    return QLAB_OK;
+}
+
+static void model_free_quantized(model *m) {
+    if (!m->quantized) return;
+    for (int i = 0; i < m->cfg.n_layers * PROJ_COUNT; i++)
+        quant_tensor_free(&m->quantized[i]);
+    free(m->quantized);
+    m->quantized = NULL;
+    qlab_free_aligned(m->tile);
+    m->tile = NULL;
+    m->tile_floats = 0;
+}
+
+void model_free(model *m) {
+    if (!m) return;
+    model_free_quantized(m);
+    qlab_free_aligned(m->param_buffer);
+    qlab_free_aligned(m->grad_buffer);
+    qlab_free_aligned(m->act_buffer);
+    qlab_free_aligned(m->grad_act_buffer);
+    free(m->saved_tokens);
+    free(m->saved_targets);
+    free(m->rope_cos);
+    free(m->rope_sin);
+    free(m);
+}
+
+const model_config *model_get_config(const model *m) {
+    return &m->cfg;
+}
+model_params *model_get_params(model *m) {
+    return &m->params;
+}
+
+float *model_get_param_buffer(model *m, size_t *count) {
+    if (count) *count = m->num_params;
+    return m->param_buffer;
+}
+
+float *model_get_grad_buffer(model *m, size_t *count) {
+    if (count) *count = m->num_params;
+    if (!m->grad_buffer) {
+        m->grad_buffer = qlab_alloc_aligned(m->num_params * sizeof(float));
+        if (!m->grad_buffer) return NULL;
+        model_point_views(&m->grads, m->grad_buffer, &m->cfg);
+    }
+    return m->grad_buffer;
+}
+
+void model_zero_grad(model *m) {
+    if (m->grad_buffer) memset(m->grad_buffer, 0, m->num_params * sizeof(float));
+}
+
+/* Pointer to the fp32 matrix of projection p in layer l inside a parameter (or gradient) view set. */
+static float *model_proj_matrix(const model_params *p, const model_config *c, int l, model_proj proj,
+                                int *out_features, int *in_features) {
+    size_t D = (size_t)c->dim, H = (size_t)c->hidden_dim, kv = (size_t)c->n_kv_heads * (D / c->n_heads);
+    switch (proj) {
+    case PROJ_Q:
+        *out_features = (int)D, *in_features = (int)D;
+        return p->wq + l * D * D;
+    case PROJ_K:
+        *out_features = (int)kv, *in_features = (int)D;
+        return p->wk + l * kv * D;
+    case PROJ_V:
+        *out_features = (int)kv, *in_features = (int)D;
+        return p->wv + l * kv * D;
+    case PROJ_O:
+        *out_features = (int)D, *in_features = (int)D;
+        return p->wo + l * D * D;
+    case PROJ_GATE:
+        *out_features = (int)H, *in_features = (int)D;
+        return p->w1 + l * H * D;
+    case PROJ_UP:
+        *out_features = (int)H, *in_features = (int)D;
+        return p->w3 + l * H * D;
+    case PROJ_DOWN:
+        *out_features = (int)D, *in_features = (int)H;
+        return p->w2 + l * D * H;
+    default:
+        *out_features = 0, *in_features = 0;
+        return NULL;
+    }
+}
+
+linear_weight model_get_linear(const model *m, int layer, model_proj p) {
+    linear_weight lw = {0, 0, NULL, NULL};
+    if (layer < 0 || layer >= m->cfg.n_layers || p < 0 || p >= PROJ_COUNT) return lw;
+    const float *w = model_proj_matrix(&m->params, &m->cfg, layer, p, &lw.out_features, &lw.in_features);
+    if (m->quantized)
+        lw.q = &m->quantized[(size_t)layer * PROJ_COUNT + p];
+    else
+        lw.w = w;
+    return lw;
+}
+
+/* ---------------------------------------------------------------- parameter groups and adapters */
+
+static const char *model_group_names[MODEL_GROUP_COUNT] = {
+    "token_embedding", "rms_att", "wq", "wk", "wv", "wo", "rms_ffn", "w1", "w2", "w3", "rms_final", "wcls"};
+
+/* The group holding projection p, and whether that group is the one quantized by model_quantize. */
+static model_group model_proj_group(model_proj p) {
+    static const model_group g[PROJ_COUNT] = {MODEL_GROUP_WQ, MODEL_GROUP_WK, MODEL_GROUP_WV, MODEL_GROUP_WO,
+                                              MODEL_GROUP_W1, MODEL_GROUP_W3, MODEL_GROUP_W2};
+    return g[p];
+}
+
+static int model_group_is_projection(model_group g) {
+    return g == MODEL_GROUP_WQ || g == MODEL_GROUP_WK || g == MODEL_GROUP_WV || g == MODEL_GROUP_WO ||
+           g == MODEL_GROUP_W1 || g == MODEL_GROUP_W2 || g == MODEL_GROUP_W3;
+}
+
+model_param_group model_get_param_group(const model *m, model_group g) {
+    model_param_group out = {"unknown", 0, 0, 0, 0};
+    if (g < 0 || g >= MODEL_GROUP_COUNT) return out;
+    model_sizes s = model_param_sizes(&m->cfg);
+    size_t sizes[MODEL_GROUP_COUNT] = {s.token_embedding, s.rms_att, s.wq, s.wk, s.wv,        s.wo,
+                                       s.rms_ffn,         s.w1,      s.w2, s.w3, s.rms_final, s.wcls};
+    size_t offset = 0;
+    for (int i = 0; i < (int)g; i++)
+        offset += sizes[i];
+    out.name = model_group_names[g];
+    out.offset = offset;
+    out.count = sizes[g];
+    out.quantized = m->quantized && model_group_is_projection(g);
+    out.trainable = m->trainable[g] && !out.quantized && out.count > 0;
+    return out;
+}
+
+void model_set_trainable(model *m, model_group g, int trainable) {
+    if (g >= 0 && g < MODEL_GROUP_COUNT) m->trainable[g] = trainable ? 1 : 0;
+}
+
+void model_set_all_trainable(model *m, int trainable) {
+    for (int g = 0; g < MODEL_GROUP_COUNT; g++)
+        m->trainable[g] = trainable ? 1 : 0;
+}
+
+void model_set_adapter(model *m, const model_adapter *adapter) {
+    m->has_adapter = adapter != NULL;
+    m->adapter_begin = NULL;
+    if (adapter)
+        m->adapter = *adapter;
+    else
+        memset(&m->adapter, 0, sizeof m->adapter);
+}
+
+void model_set_adapter_begin(model *m, qlab_status (*begin)(void *ctx, int B, int T)) {
+    m->adapter_begin = m->has_adapter ? begin : NULL;
+}
+
+int model_last_target_count(const model *m) {
+    return m->target_count;
+}
+
+/* ---------------------------------------------------------------- quantization */
+
+qlab_status model_quantize(model *m, quant_dtype dt, int blocksize, int double_quant) {
+    int L = m->cfg.n_layers;
+    quant_tensor *qs = qlab_calloc((size_t)L * PROJ_COUNT, sizeof *qs);
+    if (!qs) return QLAB_ERR_NOMEM;
+    size_t tile_floats = 0;
+    for (int l = 0; l < L; l++)
+        for (int p = 0; p < PROJ_COUNT; p++) {
+            int out_f, in_f;
+            const float *w = model_proj_matrix(&m->params, &m->cfg, l, (model_proj)p, &out_f, &in_f);
+            quant_tensor *qt = &qs[(size_t)l * PROJ_COUNT + p];
+            qlab_status st = quant_tensor_quantize(qt, w, (int64_t)out_f * in_f, dt, blocksize, double_quant);
+            if (st != QLAB_OK) {
+                for (int i = 0; i < l * PROJ_COUNT + p; i++)
+                    quant_tensor_free(&qs[i]);
+                free(qs);
+                return qlab_fail_context(st, "quantizing layer %d %s", l, model_proj_name((model_proj)p));
+            }
+            qt->ndim = 2;
+            qt->shape[0] = out_f;
+            qt->shape[1] = in_f;
+            linear_weight lw = {out_f, in_f, NULL, qt};
+            size_t need = linear_tile_floats_needed(&lw, LINEAR_TILE_FLOATS);
+            if (need > tile_floats) tile_floats = need;
+        }
+    float *tile = qlab_alloc_aligned(tile_floats * sizeof(float));
+    if (!tile) {
+        for (int i = 0; i < L * PROJ_COUNT; i++)
+            quant_tensor_free(&qs[i]);
+        free(qs);
+        return QLAB_ERR_NOMEM;
+    }
+    model_free_quantized(m);
+    m->quantized = qs;
+    m->quant_type = dt;
+    m->tile = tile;
+    m->tile_floats = tile_floats;
+    return QLAB_OK;
+}
+
+double model_total_bits(const model *m) {
+    if (!m->quantized) return 32.0 * (double)m->num_params;
+    model_sizes s = model_param_sizes(&m->cfg);
+    size_t replaced = s.wq + s.wk + s.wv + s.wo + s.w1 + s.w2 + s.w3;
+    double bits = 32.0 * (double)(m->num_params - replaced);
+    for (int i = 0; i < m->cfg.n_layers * PROJ_COUNT; i++)
+        bits += 8.0 * (double)quant_tensor_bytes(&m->quantized[i]);
+    return bits;
+}
+
+/* ---------------------------------------------------------------- activation buffers */
+
+/* Points the activation views for (B,T) into base (or only counts when base is NULL); returns floats. */
+static size_t model_layout_acts(model_acts *a, float *base, const model *m, int B, int T) {
+    size_t N = (size_t)B * T, L = (size_t)m->cfg.n_layers, D = (size_t)m->cfg.dim;
+    size_t H = (size_t)m->cfg.hidden_dim, KV = (size_t)m->kv_dim, V = (size_t)m->cfg.vocab_size;
+    size_t NH = (size_t)m->cfg.n_heads, total = 0;
+#define MODEL_TAKE(field, n)                                                                                 \
+    do {                                                                                                     \
+        a->field = base ? base + total : NULL;                                                               \
+        total += (n);                                                                                        \
+    } while (0)
+    MODEL_TAKE(encoded, N * D);
+    MODEL_TAKE(ln1, L * N * D);
+    MODEL_TAKE(ln1_rstd, L * N);
+    MODEL_TAKE(q, L * N * D);
+    MODEL_TAKE(k, L * N * KV);
+    MODEL_TAKE(v, L * N * KV);
+    MODEL_TAKE(att, L * (size_t)B * NH * T * T);
+    MODEL_TAKE(atty, L * N * D);
+    MODEL_TAKE(res2, L * N * D);
+    MODEL_TAKE(ln2, L * N * D);
+    MODEL_TAKE(ln2_rstd, L * N);
+    MODEL_TAKE(h1, L * N * H);
+    MODEL_TAKE(h3, L * N * H);
+    MODEL_TAKE(hs, L * N * H);
+    MODEL_TAKE(res3, L * N * D);
+    MODEL_TAKE(lnf, N * D);
+    MODEL_TAKE(lnf_rstd, N);
+    MODEL_TAKE(probs, N * V);
+    MODEL_TAKE(losses, N);
+#undef MODEL_TAKE
+    return total;
+}
+
+static size_t model_layout_grad_acts(model_grad_acts *g, float *base, const model *m, int B, int T,
+                                     int threads) {
+    size_t N = (size_t)B * T, D = (size_t)m->cfg.dim, H = (size_t)m->cfg.hidden_dim;
+    size_t KV = (size_t)m->kv_dim, V = (size_t)m->cfg.vocab_size, total = 0;
+#define MODEL_TAKE(field, n)                                                                                 \
+    do {                                                                                                     \
+        g->field = base ? base + total : NULL;                                                               \
+        total += (n);                                                                                        \
+    } while (0)
+    MODEL_TAKE(dresidual, N * D);
+    MODEL_TAKE(dln, N * D);
+    MODEL_TAKE(dq, N * D);
+    MODEL_TAKE(dq_pre, N * D);
+    MODEL_TAKE(dk, N * KV);
+    MODEL_TAKE(dk_pre, N * KV);
+    MODEL_TAKE(dv, N * KV);
+    MODEL_TAKE(datty, N * D);
+    MODEL_TAKE(dh1, N * H);
+    MODEL_TAKE(dh3, N * H);
+    MODEL_TAKE(dhs, N * H);
+    MODEL_TAKE(dlogits, N * V);
+    MODEL_TAKE(att_scratch, (size_t)threads * T * T);
+#undef MODEL_TAKE
+    return total;
+}
+
+/* Grows *buffer to hold `need` floats (contents are not kept). */
+static qlab_status model_reserve(float **buffer, size_t *capacity, size_t need) {
+    if (need <= *capacity) return QLAB_OK;
+    float *p = qlab_alloc_aligned(need * sizeof(float));
+    if (!p) return qlab_fail_context(QLAB_ERR_NOMEM, "model activations (%zu floats)", need);
+    qlab_free_aligned(*buffer);
+    *buffer = p;
+    *capacity = need;
+    return QLAB_OK;
+}
+
+/* ---------------------------------------------------------------- forward */
+
+static void model_linear_forward(model *m, int l, model_proj p, float *out, const float *inp, int N) {
+    linear_weight lw = model_get_linear(m, l, p);
+    linear_forward(out, inp, &lw, N, m->tile, m->tile_floats);
+    if (m->has_adapter && m->adapter.forward) m->adapter.forward(m->adapter.ctx, l, p, inp, out, N);
+}
+
+qlab_status model_forward(model *m, const int *tokens, const int *targets, int B, int T, float *logits,
+                          float *loss) {
+    const model_config *c = &m->cfg;
+    m->have_targets = 0;
+    if (B <= 0 || T <= 0 || T > c->seq_len)
+        return qlab_fail(QLAB_ERR_ARG, "model_forward: B=%d, T=%d (need B >= 1 and 1 <= T <= seq_len %d)", B,
+                         T, c->seq_len);
+    /* Keep every (N, width) product comfortably inside int for the BLAS interface. */
+    int widest = c->hidden_dim > c->vocab_size ? c->hidden_dim : c->vocab_size;
+    widest = widest > c->dim ? widest : c->dim;
+    if ((double)B * T * widest > 2147483647.0 || (double)B * c->n_heads * T * T > 2147483647.0)
+        return qlab_fail(QLAB_ERR_ARG, "model_forward: B*T = %d*%d positions is too many for one call", B, T);
+    int N = B * T, D = c->dim, V = c->vocab_size, H = c->hidden_dim, L = c->n_layers;
+    int NH = c->n_heads, NKV = c->n_kv_heads, HS = m->head_size, KV = m->kv_dim;
+    for (int n = 0; n < N; n++) {
+        if (tokens[n] < 0 || tokens[n] >= V)
+            return qlab_fail(QLAB_ERR_ARG, "model_forward: token %d at position %d is outside [0, %d)",
+                             tokens[n], n, V);
+        if (targets && targets[n] >= V)
+            return qlab_fail(QLAB_ERR_ARG, "model_forward: target %d at position %d is outside [0, %d)",
+                             targets[n], n, V);
+    }
+    QLAB_TRY(model_reserve(&m->act_buffer, &m->act_capacity, model_layout_acts(&m->acts, NULL, m, B, T)));
+    model_layout_acts(&m->acts, m->act_buffer, m, B, T);
+    if ((size_t)N > m->saved_capacity) {
+        int *tk = qlab_calloc((size_t)N, sizeof(int)), *tg = qlab_calloc((size_t)N, sizeof(int));
+        if (!tk || !tg) {
+            free(tk);
+            free(tg);
+            return QLAB_ERR_NOMEM;
+        }
+        free(m->saved_tokens);
+        free(m->saved_targets);
+        m->saved_tokens = tk;
+        m->saved_targets = tg;
+        m->saved_capacity = (size_t)N;
+    }
+    memcpy(m->saved_tokens, tokens, sizeof(int) * N);
+    if (m->has_adapter && m->adapter_begin) QLAB_TRY(m->adapter_begin(m->adapter.ctx, B, T));
+    m->B = B, m->T = T;
+
+    const model_params *p = &m->params;
+    model_acts *a = &m->acts;
+    size_t ND = (size_t)N * D, NKVD = (size_t)N * KV, NHD = (size_t)N * H;
+    embedding_forward(a->encoded, tokens, p->token_embedding, N, D);
+    for (int l = 0; l < L; l++) {
+        const float *res_in = l == 0 ? a->encoded : a->res3 + (l - 1) * ND;
+        float *ln1 = a->ln1 + l * ND, *ln1_rstd = a->ln1_rstd + (size_t)l * N;
+        float *q = a->q + l * ND, *k = a->k + l * NKVD, *v = a->v + l * NKVD;
+        float *att = a->att + (size_t)l * B * NH * T * T, *atty = a->atty + l * ND, *res2 = a->res2 + l * ND;
+        float *ln2 = a->ln2 + l * ND, *ln2_rstd = a->ln2_rstd + (size_t)l * N;
+        float *h1 = a->h1 + l * NHD, *h3 = a->h3 + l * NHD, *hs = a->hs + l * NHD, *res3 = a->res3 + l * ND;
+
+        /* attention block: x + Wo attention(rope(Wq n(x)), rope(Wk n(x)), Wv n(x)) */
+        rmsnorm_forward(ln1, ln1_rstd, res_in, p->rms_att + (size_t)l * D, N, D, c->norm_eps);
+        model_linear_forward(m, l, PROJ_Q, q, ln1, N);
+        model_linear_forward(m, l, PROJ_K, k, ln1, N);
+        model_linear_forward(m, l, PROJ_V, v, ln1, N);
+        rope_forward(q, q, m->rope_cos, m->rope_sin, B, T, NH, HS);
+        rope_forward(k, k, m->rope_cos, m->rope_sin, B, T, NKV, HS);
+        attention_forward(atty, att, q, k, v, B, T, NH, NKV, HS);
+        model_linear_forward(m, l, PROJ_O, res2, atty, N);
+        residual_forward(res2, res2, res_in, ND);
+
+        /* feed-forward block: x + W2 (silu(W1 n(x)) * W3 n(x)) */
+        rmsnorm_forward(ln2, ln2_rstd, res2, p->rms_ffn + (size_t)l * D, N, D, c->norm_eps);
+        model_linear_forward(m, l, PROJ_GATE, h1, ln2, N);
+        model_linear_forward(m, l, PROJ_UP, h3, ln2, N);
+        swiglu_forward(hs, h1, h3, NHD);
+        model_linear_forward(m, l, PROJ_DOWN, res3, hs, N);
+        residual_forward(res3, res3, res2, ND);
+    }
+    rmsnorm_forward(a->lnf, a->lnf_rstd, a->res3 + (L - 1) * ND, p->rms_final, N, D, c->norm_eps);
+    matmul_forward(a->probs, a->lnf, p->wcls, N, D, V);
+    if (logits) memcpy(logits, a->probs, sizeof(float) * (size_t)N * V);
+    if (targets) {
+        softmax_forward(a->probs, a->probs, N, V);
+        float mean = crossentropy_forward(a->losses, a->probs, targets, N, V, &m->target_count);
+        if (loss) *loss = mean;
+        memcpy(m->saved_targets, targets, sizeof(int) * N);
+        m->have_targets = 1;
+    } else {
+        m->target_count = 0;
+    }
+    return QLAB_OK;
+}
+
+/* ---------------------------------------------------------------- backward */
+
+static int model_group_trains(const model *m, model_group g) {
+    return m->trainable[g] && !(m->quantized && model_group_is_projection(g));
+}
+
+/* dinp += dout W (and the adapter's share); dW += dout^T inp when the projection trains. */
+static void model_linear_backward(model *m, int l, model_proj p, float *dinp, const float *dout,
+                                  const float *inp, int N) {
+    linear_weight lw = model_get_linear(m, l, p);
+    float *dweight = NULL;
+    if (lw.w && model_group_trains(m, model_proj_group(p))) {
+        int out_f, in_f;
+        dweight = model_proj_matrix(&m->grads, &m->cfg, l, p, &out_f, &in_f);
+    }
+    linear_backward(dinp, dweight, dout, inp, &lw, N, m->tile, m->tile_floats);
+    if (m->has_adapter && m->adapter.backward) m->adapter.backward(m->adapter.ctx, l, p, inp, dout, dinp, N);
+}
+
+qlab_status model_backward(model *m) {
+    if (!m->have_targets)
+        return qlab_fail(QLAB_ERR_ARG, "model_backward: the last model_forward had no targets (or failed)");
+    /* With every base group frozen (LoRA on a frozen or quantized base) no base gradient is formed, so
+     * the gradient buffer, as large as the model, is not allocated. */
+    int any_trains = 0;
+    for (int gi = 0; gi < MODEL_GROUP_COUNT; gi++)
+        any_trains |= model_group_trains(m, (model_group)gi);
+    if (any_trains && !model_get_grad_buffer(m, NULL)) return QLAB_ERR_NOMEM;
+    const model_config *c = &m->cfg;
+    int B = m->B, T = m->T, N = B * T, D = c->dim, V = c->vocab_size, H = c->hidden_dim, L = c->n_layers;
+    int NH = c->n_heads, NKV = c->n_kv_heads, HS = m->head_size, KV = m->kv_dim;
+    int threads = qlab_num_threads();
+    if (threads < 1) threads = 1;
+    QLAB_TRY(model_reserve(&m->grad_act_buffer, &m->grad_act_capacity,
+                           model_layout_grad_acts(&m->gacts, NULL, m, B, T, threads)));
+    model_layout_grad_acts(&m->gacts, m->grad_act_buffer, m, B, T, threads);
+
+    const model_params *p = &m->params;
+    model_params *gp = &m->grads;
+    const model_acts *a = &m->acts;
+    model_grad_acts *g = &m->gacts;
+    size_t ND = (size_t)N * D, NKVD = (size_t)N * KV, NHD = (size_t)N * H;
+#define MODEL_ZERO(ptr, n) memset((ptr), 0, sizeof(float) * (n))
+#define MODEL_GRAD(group, ptr) (model_group_trains(m, group) ? (ptr) : NULL)
+    if (m->target_count == 0) return QLAB_OK; /* every target ignored: the loss is a constant */
+
+    /* classifier and final norm */
+    MODEL_ZERO(g->dlogits, (size_t)N * V);
+    crossentropy_softmax_backward(g->dlogits, a->probs, m->saved_targets, N, V,
+                                  1.0f / (float)m->target_count);
+    MODEL_ZERO(g->dln, ND);
+    model_group cls_group = c->shared_classifier ? MODEL_GROUP_TOKEN_EMBEDDING : MODEL_GROUP_WCLS;
+    matmul_backward(g->dln, MODEL_GRAD(cls_group, gp->wcls), g->dlogits, a->lnf, p->wcls, N, D, V);
+    MODEL_ZERO(g->dresidual, ND);
+    rmsnorm_backward(g->dresidual, MODEL_GRAD(MODEL_GROUP_RMS_FINAL, gp->rms_final), g->dln,
+                     a->res3 + (L - 1) * ND, p->rms_final, a->lnf_rstd, N, D);
+
+    for (int l = L - 1; l >= 0; l--) {
+        const float *res_in = l == 0 ? a->encoded : a->res3 + (l - 1) * ND;
+        const float *ln1 = a->ln1 + l * ND, *ln1_rstd = a->ln1_rstd + (size_t)l * N;
+        const float *q = a->q + l * ND, *k = a->k + l * NKVD, *v = a->v + l * NKVD;
+        const float *att = a->att + (size_t)l * B * NH * T * T, *atty = a->atty + l * ND;
+        const float *res2 = a->res2 + l * ND, *ln2 = a->ln2 + l * ND, *ln2_rstd = a->ln2_rstd + (size_t)l * N;
+        const float *h1 = a->h1 + l * NHD, *h3 = a->h3 + l * NHD, *hs = a->hs + l * NHD;
+
+        /* feed-forward block; the residual passes dresidual through unchanged */
+        MODEL_ZERO(g->dhs, NHD);
+        model_linear_backward(m, l, PROJ_DOWN, g->dhs, g->dresidual, hs, N);
+        MODEL_ZERO(g->dh1, NHD);
+        MODEL_ZERO(g->dh3, NHD);
+        swiglu_backward(g->dh1, g->dh3, g->dhs, h1, h3, NHD);
+        MODEL_ZERO(g->dln, ND);
+        model_linear_backward(m, l, PROJ_GATE, g->dln, g->dh1, ln2, N);
+        model_linear_backward(m, l, PROJ_UP, g->dln, g->dh3, ln2, N);
+        rmsnorm_backward(g->dresidual, MODEL_GRAD(MODEL_GROUP_RMS_FFN, gp->rms_ffn + (size_t)l * D), g->dln,
+                         res2, p->rms_ffn + (size_t)l * D, ln2_rstd, N, D);
+
+        /* attention block */
+        MODEL_ZERO(g->datty, ND);
+        model_linear_backward(m, l, PROJ_O, g->datty, g->dresidual, atty, N);
+        MODEL_ZERO(g->dq, ND);
+        MODEL_ZERO(g->dk, NKVD);
+        MODEL_ZERO(g->dv, NKVD);
+        attention_backward(g->dq, g->dk, g->dv, g->datty, att, q, k, v, B, T, NH, NKV, HS, g->att_scratch,
+                           threads);
+        MODEL_ZERO(g->dq_pre, ND);
+        MODEL_ZERO(g->dk_pre, NKVD);
+        rope_backward(g->dq_pre, g->dq, m->rope_cos, m->rope_sin, B, T, NH, HS);
+        rope_backward(g->dk_pre, g->dk, m->rope_cos, m->rope_sin, B, T, NKV, HS);
+        MODEL_ZERO(g->dln, ND);
+        model_linear_backward(m, l, PROJ_Q, g->dln, g->dq_pre, ln1, N);
+        model_linear_backward(m, l, PROJ_K, g->dln, g->dk_pre, ln1, N);
+        model_linear_backward(m, l, PROJ_V, g->dln, g->dv, ln1, N);
+        rmsnorm_backward(g->dresidual, MODEL_GRAD(MODEL_GROUP_RMS_ATT, gp->rms_att + (size_t)l * D), g->dln,
+                         res_in, p->rms_att + (size_t)l * D, ln1_rstd, N, D);
+    }
+    if (model_group_trains(m, MODEL_GROUP_TOKEN_EMBEDDING))
+        embedding_backward(gp->token_embedding, g->dresidual, m->saved_tokens, N, D);
+#undef MODEL_ZERO
+#undef MODEL_GRAD
+    return QLAB_OK;
+}

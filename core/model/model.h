@@ -1,0 +1,138 @@
+/* A LLaMA-architecture transformer (RMSNorm, rotary embeddings, grouped-query attention, SwiGLU) with
+ * forward and backward passes over fp32 parameters, in the style of llm.c: parameters, gradients and
+ * activations each live in one contiguous buffer with named views. The seven projections of every block
+ * go through linear_weight, whose frozen weight may be fp32 or a quant_tensor dequantized block by block. */
+#ifndef QLAB_MODEL_H
+#define QLAB_MODEL_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#include "core/base/common.h"
+#include "core/quant/quant.h"
+
+typedef struct {
+    int dim;        /* model width */
+    int hidden_dim; /* feed-forward width */
+    int n_layers;
+    int n_heads;
+    int n_kv_heads; /* divides n_heads; 1 = multi-query */
+    int vocab_size;
+    int seq_len;           /* maximum context */
+    float norm_eps;        /* RMSNorm epsilon (llama2.c: 1e-5) */
+    float rope_theta;      /* RoPE base (llama2.c: 10000) */
+    int shared_classifier; /* 1: the output classifier is the token embedding */
+} model_config;
+
+/* Views into the contiguous fp32 parameter buffer, in llama2.c's order. Matrices are row-major
+ * (out_features, in_features): y = W x. */
+typedef struct {
+    float *token_embedding; /* (vocab_size, dim) */
+    float *rms_att;         /* (n_layers, dim) */
+    float *wq;              /* (n_layers, n_heads*head_size, dim) */
+    float *wk;              /* (n_layers, n_kv_heads*head_size, dim) */
+    float *wv;              /* (n_layers, n_kv_heads*head_size, dim) */
+    float *wo;              /* (n_layers, dim, n_heads*head_size) */
+    float *rms_ffn;         /* (n_layers, dim) */
+    float *w1;              /* (n_layers, hidden_dim, dim)  gate */
+    float *w2;              /* (n_layers, dim, hidden_dim)  down */
+    float *w3;              /* (n_layers, hidden_dim, dim)  up */
+    float *rms_final;       /* (dim) */
+    float *wcls;            /* (vocab_size, dim); == token_embedding when shared */
+} model_params;
+
+/* The seven projections of a block, in the order QLoRA quantizes them. */
+typedef enum { PROJ_Q = 0, PROJ_K, PROJ_V, PROJ_O, PROJ_GATE, PROJ_UP, PROJ_DOWN, PROJ_COUNT } model_proj;
+const char *model_proj_name(
+    model_proj p); /* "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj" */
+
+/* A linear layer's frozen weight: fp32 (w) or quantized (q); exactly one is non-NULL. */
+typedef struct {
+    int out_features, in_features;
+    const float *w;        /* (out_features, in_features) */
+    const quant_tensor *q; /* n = out_features * in_features, row-major */
+} linear_weight;
+
+typedef struct model model; /* opaque: owns buffers, activations, scratch */
+
+/* Allocates a model with zeroed parameters for a configuration (checked: sizes positive, n_kv_heads
+ * divides n_heads, dim divisible by n_heads, head size even). */
+qlab_status model_create(model **out, const model_config *cfg);
+void model_free(model *m);
+const model_config *model_get_config(const model *m);
+model_params *model_get_params(model *m); /* fp32 views, writable by checkpoint loaders */
+float *model_get_param_buffer(model *m, size_t *count);
+float *model_get_grad_buffer(model *m, size_t *count); /* allocated on first use; NULL on failure */
+size_t model_num_params(const model_config *cfg);
+/* The linear weight of projection p in layer l (fp32 view or its quantized replacement). */
+linear_weight model_get_linear(const model *m, int layer, model_proj p);
+
+/* Quantizes the seven projections of every block (embeddings, norms and classifier stay fp32, as in
+ * QLoRA). The fp32 copies of those weights are released from use by forward/backward. */
+qlab_status model_quantize(model *m, quant_dtype dt, int blocksize, int double_quant);
+/* Storage of the model as it stands: fp32 parameters at 32 bits plus quantized projections at their
+ * exact stored size (bits). */
+double model_total_bits(const model *m);
+
+/* Forward pass over B sequences of T tokens (T <= seq_len). tokens (B,T). If targets is non-NULL
+ * (B,T; entries < 0 are ignored) the mean cross-entropy over non-ignored positions is returned in *loss.
+ * logits, if non-NULL, receives (B,T,vocab) fp32. Activations are kept for model_backward. */
+qlab_status model_forward(model *m, const int *tokens, const int *targets, int B, int T, float *logits,
+                          float *loss);
+/* Backward pass of the last forward (which must have had targets): accumulates d(loss)/d(param) into the
+ * gradient buffer. Gradients of quantized (frozen) projections are not formed. */
+qlab_status model_backward(model *m);
+void model_zero_grad(model *m);
+
+/* ---- Parameter groups: the named tensors of the flat buffer, for optimizers and adapters. ---- */
+typedef enum {
+    MODEL_GROUP_TOKEN_EMBEDDING = 0,
+    MODEL_GROUP_RMS_ATT,
+    MODEL_GROUP_WQ,
+    MODEL_GROUP_WK,
+    MODEL_GROUP_WV,
+    MODEL_GROUP_WO,
+    MODEL_GROUP_RMS_FFN,
+    MODEL_GROUP_W1,
+    MODEL_GROUP_W2,
+    MODEL_GROUP_W3,
+    MODEL_GROUP_RMS_FINAL,
+    MODEL_GROUP_WCLS, /* count 0 when the classifier is shared with the embedding */
+    MODEL_GROUP_COUNT
+} model_group;
+
+typedef struct {
+    const char *name; /* "token_embedding", "rms_att", "wq", ..., "wcls" */
+    size_t offset;    /* first element in the parameter (and gradient) buffer */
+    size_t count;     /* elements */
+    int trainable;    /* 0: backward forms no gradient for it (it stays as it was in the buffer) */
+    int quantized;    /* 1: replaced by quant_tensors (then never trainable) */
+} model_param_group;
+
+model_param_group model_get_param_group(const model *m, model_group g);
+/* Freezes (0) or unfreezes (1) a group; every group starts trainable. Freezing the fp32 projections
+ * skips their weight-gradient GEMMs, which is most of the backward cost when only adapters train. */
+void model_set_trainable(model *m, model_group g, int trainable);
+void model_set_all_trainable(model *m, int trainable);
+
+/* ---- Adapters (e.g. LoRA): extra terms added to the output of every projection. ---- */
+typedef struct {
+    void *ctx;
+    /* out (N, out_features) += adapter(inp (N, in_features)) for projection p of layer l. May be NULL. */
+    void (*forward)(void *ctx, int layer, model_proj p, const float *inp, float *out, int N);
+    /* Given the same inp and dout (N, out_features): accumulate the adapter's own gradients and
+     * dinp (N, in_features) += d(adapter output)/d(inp)^T dout. May be NULL. */
+    void (*backward)(void *ctx, int layer, model_proj p, const float *inp, const float *dout, float *dinp,
+                     int N);
+} model_adapter;
+/* Installs (copies) an adapter, or removes it with NULL. The callbacks run on the calling thread. */
+void model_set_adapter(model *m, const model_adapter *adapter);
+/* Optional, after model_set_adapter (which clears it): begin(adapter ctx, B, T) runs at every
+ * model_forward before the first projection, so the adapter can size what it keeps for backward; its
+ * failure fails the forward. */
+void model_set_adapter_begin(model *m, qlab_status (*begin)(void *ctx, int B, int T));
+
+/* Number of positions with a non-ignored target in the last forward (the divisor of the mean loss). */
+int model_last_target_count(const model *m);
+
+#endif

@@ -1,0 +1,78 @@
+/* Layer ops of the transformer, llm.c style: each op is a pair <op>_forward / <op>_backward over raw
+ * float arrays with explicit sizes (N = B*T rows). Backward ACCUMULATES (+=) into every gradient array it
+ * is given, so callers zero them first. Parallel loops use static schedules over independent rows or
+ * column ranges, so results are bit-identical for the same inputs and thread count. */
+#ifndef QLAB_OPS_H
+#define QLAB_OPS_H
+
+#include <stddef.h>
+
+/* C (M,N) = alpha op(A) op(B) + beta C, row-major; op transposes when trans_* is non-zero (A is then
+ * (K,M), B (N,K)). OpenMP is the only thread pool: with OpenBLAS built on OpenMP this is one threaded
+ * sgemm; with the pthread build the rows of C are split statically between the OpenMP threads, each
+ * running a single-threaded sgemm (OpenBLAS's own workers would spin on the cores the elementwise loops
+ * need). Inside a parallel region it runs on the calling thread. */
+void ops_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+              const float *B, int ldb, float beta, float *C, int ldc);
+
+/* out (N,C) = table[tokens[n]]; tokens (N) must lie in [0, V), checked by the caller; table (V,C). */
+void embedding_forward(float *out, const int *tokens, const float *table, int N, int C);
+/* dtable (V,C) += scatter of dout (N,C) by tokens (N). */
+void embedding_backward(float *dtable, const float *dout, const int *tokens, int N, int C);
+
+/* out (N,C) = inp * rstd * weight with rstd (N) = 1/sqrt(mean(inp^2) + eps), saved for backward. */
+void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps);
+/* dinp (N,C), dweight (C, may be NULL) from dout (N,C), inp (N,C), weight (C), rstd (N). */
+void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                      const float *rstd, int N, int C);
+
+/* out (N,OC) = inp (N,IC) @ weight (OC,IC)^T, through sgemm. */
+void matmul_forward(float *out, const float *inp, const float *weight, int N, int IC, int OC);
+/* dinp (N,IC, may be NULL) += dout (N,OC) @ weight (OC,IC); dweight (OC,IC, may be NULL) += dout^T @ inp. */
+void matmul_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                     int N, int IC, int OC);
+
+/* RoPE, llama2.c convention: the pair (2i, 2i+1) of every head at position t is rotated by the angle
+ * t * theta^(-2i/HS), whose cos/sin are read from tables (maxT, HS/2). inp/out (B,T,NH,HS); out may
+ * equal inp. */
+void rope_forward(float *out, const float *inp, const float *cos_table, const float *sin_table, int B, int T,
+                  int NH, int HS);
+/* dinp (B,T,NH,HS) += rotation^T dout (B,T,NH,HS); dinp must not alias dout. */
+void rope_backward(float *dinp, const float *dout, const float *cos_table, const float *sin_table, int B,
+                   int T, int NH, int HS);
+
+/* Causal scaled dot-product attention with grouped-query heads: query head h reads key/value head
+ * h / (NH/NKV). q (B,T,NH,HS), k and v (B,T,NKV,HS), out (B,T,NH,HS); att (B,NH,T,T) receives the
+ * softmax probabilities (zero above the diagonal) for backward. */
+void attention_forward(float *out, float *att, const float *q, const float *k, const float *v, int B, int T,
+                       int NH, int NKV, int HS);
+/* dq (B,T,NH,HS), dk and dv (B,T,NKV,HS) += gradients from dout (B,T,NH,HS). scratch is (n_scratch, T, T);
+ * at most n_scratch threads are used. */
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *att, const float *q,
+                        const float *k, const float *v, int B, int T, int NH, int NKV, int HS, float *scratch,
+                        int n_scratch);
+
+/* out (N,H) = silu(gate) * up, gate and up (N,H); silu(x) = x / (1 + e^-x). */
+void swiglu_forward(float *out, const float *gate, const float *up, size_t n);
+/* dgate, dup (n) += gradients from dout (n). */
+void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                     size_t n);
+
+/* out (n) = a + b; backward: da += dout, db += dout. */
+void residual_forward(float *out, const float *a, const float *b, size_t n);
+void residual_backward(float *da, float *db, const float *dout, size_t n);
+
+/* probs (N,V) = softmax over each row of logits (N,V); probs may equal logits. */
+void softmax_forward(float *probs, const float *logits, int N, int V);
+/* dlogits (N,V) += Jacobian^T dprobs (N,V) given probs (N,V). */
+void softmax_backward(float *dlogits, const float *dprobs, const float *probs, int N, int V);
+
+/* Cross-entropy of probs (N,V) against targets (N); targets < 0 are ignored (loss 0). losses (N).
+ * Returns the mean over non-ignored positions (0 when all are ignored) and their count in *count. */
+float crossentropy_forward(float *losses, const float *probs, const int *targets, int N, int V, int *count);
+/* dlogits (N,V) += dloss * (probs - onehot(target)) for each non-ignored row: the fused backward of
+ * softmax + cross-entropy, where dloss is d(result)/d(loss of one position) (1/count for the mean). */
+void crossentropy_softmax_backward(float *dlogits, const float *probs, const int *targets, int N, int V,
+                                   float dloss);
+
+#endif

@@ -1,0 +1,56 @@
+/* Quantized tensors in safetensors files, in the layout Hugging Face transformers writes for a bitsandbytes
+ * 4-bit model (bitsandbytes QuantState.as_dict(packed=True)), so NF4/FP4 files load in either world, with
+ * a documented extension of the same scheme for the formats bitsandbytes lacks.
+ *
+ * For a tensor named P (e.g. "model.layers.0.self_attn.q_proj.weight"; "weight" for a single tensor):
+ *   P                     U8  [ceil(n/2), 1]   packed codes, element 2j in the high nibble, 2j+1 in the low
+ *   P.absmax              F32 [nblocks]        absmax types without double quantization
+ *                         U8  [nblocks]        with double quantization: indices into nested_quant_map
+ *   P.quant_map           F32 [16]             the code book, quant_codebook(dtype) (checked on load)
+ *   P.nested_absmax       F32 [ceil(nblocks/256)]   double quantization only
+ *   P.nested_quant_map    F32 [256]            double quantization only: quant_dynamic_map_signed()
+ *   P.quant_state.bitsandbytes__nf4 / __fp4     U8 [len]: UTF-8 JSON, exactly as bitsandbytes writes it:
+ *       {"quant_type": "nf4", "blocksize": 64, "dtype": "float32", "shape": [rows, cols]
+ *        [, "nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": <mean absmax>]}
+ *     "shape" is the original (logical) shape; "dtype" the dtype the weight had before quantization (we
+ *     always quantize fp32). nested_offset is printed as the shortest decimal that reads back to the same
+ *     fp32 value, so the round trip is bit-exact.
+ * Extension for fp4_e2m1, fp4_e3m0, int4, af4, mxfp4, nvfp4, iq4_nl: the state tensor is named
+ *   P.quant_state.qlab__<quant_dtype_name()> with the same JSON keys (quant_type = that name), and
+ *   fp4_e2m1, fp4_e3m0, int4, af4: exactly the tensors above (they are absmax types; DQ allowed);
+ *   mxfp4:  P.scale8 U8 [nblocks] (E8M0 shared exponents) instead of P.absmax;
+ *   nvfp4:  P.scale8 U8 [nblocks] (E4M3 block scales) and P.tensor_scale F32 [1];
+ *   iq4_nl: P.scale16 F16 [nblocks] (fp16 block scales).
+ *   P.quant_map holds the type's 16 code values (raw E2M1 values for mxfp4/nvfp4, the int8 table for
+ *   iq4_nl). bitsandbytes' loader rejects unknown quant_state keys, so extension files are not loadable by
+ *   it; the names keep them recognisable and distinct. */
+#ifndef QLAB_QUANT_IO_H
+#define QLAB_QUANT_IO_H
+
+#include <stddef.h>
+
+#include "core/base/common.h"
+#include "core/quant/quant.h"
+#include "core/formats/safetensors.h"
+
+/* Adds every tensor of qt under name to w. The codes and constants are borrowed (qt must outlive the
+ * write); the small tensors (JSON, code books) are copied. Fails on an inconsistent qt (shape product not
+ * n, missing constants, non-finite dq_offset) naming the tensor. */
+qlab_status quant_io_add(safetensors_writer *w, const char *name, const quant_tensor *qt);
+
+/* Reads the quantized tensor name from f into qt (allocating; free with quant_tensor_free), validating
+ * every tensor's dtype and size against the JSON state, the block size, the code book and the dynamic map.
+ * Errors name the file and the tensor. */
+qlab_status quant_io_read(const safetensors_file *f, const char *name, quant_tensor *qt);
+
+/* Whether f holds a quantized tensor called name (it has a name.quant_state.* entry). */
+int quant_io_has(const safetensors_file *f, const char *name);
+/* Number of quantized tensors in f, and the name of the index-th one (in name order). */
+int quant_io_count(const safetensors_file *f);
+qlab_status quant_io_name_at(const safetensors_file *f, int index, char *out, size_t cap);
+
+/* One-tensor convenience wrappers: write path atomically / open, read name, close. */
+qlab_status quant_io_save(const char *path, const char *name, const quant_tensor *qt);
+qlab_status quant_io_load(const char *path, const char *name, quant_tensor *qt);
+
+#endif

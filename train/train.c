@@ -1,0 +1,245 @@
+/* The pretraining loop behind `make zoo`; see train.h. One step: a batch of random windows of the training
+ * stream, forward, backward, global-norm clipping, AdamW with the scheduled learning rate. */
+#include "train/train.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/model/optim.h"
+#include "core/base/progress.h"
+#include "core/base/rng.h"
+
+void train_options_default(train_options *o) {
+    memset(o, 0, sizeof *o);
+    o->batch = 8;
+    o->seq_len = 256;
+    o->steps = 100;
+    o->warmup_steps = 10;
+    o->max_lr = 3e-3;
+    o->min_lr = 3e-4;
+    o->weight_decay = 0.1;
+    o->beta1 = 0.9;
+    o->beta2 = 0.95;
+    o->eps = 1e-8;
+    o->grad_clip = 1.0;
+    o->log_every = 10;
+    o->eval_every = 50;
+    o->eval_windows = 16;
+    o->seed = 1;
+}
+
+qlab_status train_options_check(const train_options *o, const model_config *cfg) {
+    if (o->batch < 1 || o->batch > 4096)
+        return qlab_fail(QLAB_ERR_ARG, "train: batch %d out of range", o->batch);
+    if (o->seq_len < 2 || o->seq_len > cfg->seq_len)
+        return qlab_fail(QLAB_ERR_ARG, "train: seq_len %d must be from 2 to the model's seq_len %d",
+                         o->seq_len, cfg->seq_len);
+    if (o->steps < 1 || o->steps > ((int64_t)1 << 40))
+        return qlab_fail(QLAB_ERR_ARG, "train: steps %lld out of range", (long long)o->steps);
+    if (o->warmup_steps < 0 || o->warmup_steps > o->steps)
+        return qlab_fail(QLAB_ERR_ARG, "train: warmup_steps %lld must be from 0 to steps (%lld)",
+                         (long long)o->warmup_steps, (long long)o->steps);
+    if (!(o->weight_decay >= 0) || !(o->beta1 >= 0 && o->beta1 < 1) || !(o->beta2 >= 0 && o->beta2 < 1) ||
+        !(o->eps > 0) || !(o->grad_clip >= 0))
+        return qlab_fail(QLAB_ERR_ARG,
+                         "train: AdamW hyper-parameters out of range (weight_decay %g, betas %g "
+                         "%g, eps %g, grad_clip %g)",
+                         o->weight_decay, o->beta1, o->beta2, o->eps, o->grad_clip);
+    if (o->log_every < 1 || o->eval_every < 0 || o->eval_windows < 1)
+        return qlab_fail(QLAB_ERR_ARG,
+                         "train: log_every (%d) and eval_windows (%d) must be >= 1, eval_every (%d) "
+                         ">= 0",
+                         o->log_every, o->eval_windows, o->eval_every);
+    optim_lr_schedule s = {OPTIM_LR_COSINE, o->max_lr, o->min_lr, o->warmup_steps, o->steps};
+    return optim_lr_check(&s);
+}
+
+void train_history_free(train_history *h) {
+    if (!h) return;
+    free(h->train);
+    free(h->heldout);
+    memset(h, 0, sizeof *h);
+}
+
+void train_init_params(model *m, uint64_t seed) {
+    const model_config *c = model_get_config(m);
+    size_t count;
+    float *p = model_get_param_buffer(m, &count);
+    rng_state rng;
+    rng_seed(&rng, seed);
+    double residual_scale = 1.0 / sqrt(2.0 * c->n_layers);
+    for (int g = 0; g < MODEL_GROUP_COUNT; g++) {
+        model_param_group pg = model_get_param_group(m, (model_group)g);
+        int is_norm = g == MODEL_GROUP_RMS_ATT || g == MODEL_GROUP_RMS_FFN || g == MODEL_GROUP_RMS_FINAL;
+        double std = 0.02 * (g == MODEL_GROUP_WO || g == MODEL_GROUP_W2 ? residual_scale : 1.0);
+        for (size_t i = 0; i < pg.count; i++)
+            p[pg.offset + i] = is_norm ? 1.0f : (float)(std * rng_normal(&rng));
+    }
+}
+
+/* Copies `rows` windows of T+1 tokens starting at starts[] into (rows, T) inputs and targets. */
+static void fill_batch(const int *stream, const int64_t *starts, int rows, int T, int *inputs, int *targets) {
+    for (int b = 0; b < rows; b++) {
+        memcpy(inputs + (size_t)b * T, stream + starts[b], sizeof(int) * (size_t)T);
+        memcpy(targets + (size_t)b * T, stream + starts[b] + 1, sizeof(int) * (size_t)T);
+    }
+}
+
+qlab_status train_heldout_loss(model *m, const int *tokens, int64_t n, int seq_len, int windows, int batch,
+                               double *loss) {
+    if (n < seq_len + 1 || windows < 1 || batch < 1)
+        return qlab_fail(QLAB_ERR_ARG,
+                         "held-out loss: need at least %d tokens (have %lld), windows and batch >= 1",
+                         seq_len + 1, (long long)n);
+    int *inputs = malloc(sizeof(int) * (size_t)batch * seq_len),
+        *targets = malloc(sizeof(int) * (size_t)batch * seq_len);
+    int64_t *starts = malloc(sizeof(int64_t) * (size_t)batch);
+    qlab_status st =
+        inputs && targets && starts ? QLAB_OK : qlab_fail(QLAB_ERR_NOMEM, "held-out loss: out of memory");
+    double sum = 0;
+    int64_t scored = 0;
+    int64_t last_start = n - seq_len - 1;
+    for (int w0 = 0; st == QLAB_OK && w0 < windows; w0 += batch) {
+        int rows = windows - w0 < batch ? windows - w0 : batch;
+        /* Evenly spaced windows: the same ones at every evaluation, so the curve measures the model only. */
+        for (int b = 0; b < rows; b++)
+            starts[b] = windows == 1 ? 0 : (int64_t)((double)last_start * (w0 + b) / (windows - 1));
+        fill_batch(tokens, starts, rows, seq_len, inputs, targets);
+        float batch_loss;
+        st = model_forward(m, inputs, targets, rows, seq_len, NULL, &batch_loss);
+        sum += (double)batch_loss * rows * seq_len;
+        scored += (int64_t)rows * seq_len;
+    }
+    free(inputs), free(targets), free(starts);
+    if (st == QLAB_OK) *loss = sum / (double)scored;
+    return st;
+}
+
+qlab_status train_curve_push(const char *who, train_point **curve, int64_t *n, int64_t *cap, train_point p) {
+    if (*n == *cap) {
+        int64_t c = *cap ? *cap * 2 : 64;
+        train_point *grown = realloc(*curve, sizeof **curve * (size_t)c);
+        if (!grown) return qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory for the loss curve", who);
+        *curve = grown, *cap = c;
+    }
+    (*curve)[(*n)++] = p;
+    return QLAB_OK;
+}
+
+qlab_status train_adamw_update_groups(model *m, float *params, const float *grads, optim_adamw *adam,
+                                      const optim_adamw_hyper *hyper, int64_t t) {
+    qlab_status st = QLAB_OK;
+    for (int g = 0; g < MODEL_GROUP_COUNT && st == QLAB_OK; g++) {
+        model_param_group pg = model_get_param_group(m, (model_group)g);
+        if (!pg.trainable || pg.count == 0) continue;
+        int is_norm = g == MODEL_GROUP_RMS_ATT || g == MODEL_GROUP_RMS_FFN || g == MODEL_GROUP_RMS_FINAL;
+        optim_adamw_hyper group_hyper = *hyper;
+        if (is_norm) group_hyper.weight_decay = 0.0f;
+        st = optim_adamw_update(params + pg.offset, grads + pg.offset, adam->m.data + pg.offset,
+                                adam->v.data + pg.offset, pg.count, &group_hyper, t);
+    }
+    return st;
+}
+
+qlab_status train_run(model *m, const int *train_tokens, int64_t n_train, const int *heldout_tokens,
+                      int64_t n_heldout, const train_options *opt, train_step_callback callback, void *ctx,
+                      train_history *h) {
+    memset(h, 0, sizeof *h);
+    const model_config *cfg = model_get_config(m);
+    QLAB_TRY(train_options_check(opt, cfg));
+    int B = opt->batch, T = opt->seq_len;
+    if (n_train < T + 1 || n_heldout < T + 1)
+        return qlab_fail(QLAB_ERR_ARG,
+                         "train: need at least %d training and held-out tokens (have %lld and %lld)", T + 1,
+                         (long long)n_train, (long long)n_heldout);
+    for (int64_t i = 0; i < n_train; i++)
+        if (train_tokens[i] < 0 || train_tokens[i] >= cfg->vocab_size)
+            return qlab_fail(QLAB_ERR_ARG,
+                             "train: token %lld of the training stream is %d, outside the vocabulary "
+                             "(%d)",
+                             (long long)i, train_tokens[i], cfg->vocab_size);
+    size_t n_params, n_grads;
+    float *params = model_get_param_buffer(m, &n_params);
+    float *grads = model_get_grad_buffer(m, &n_grads);
+    if (!grads) return QLAB_ERR_NOMEM;
+    optim_adamw adam;
+    QLAB_TRY(optim_adamw_init(&adam, n_params, OPTIM_STATE_HOST));
+    int *inputs = malloc(sizeof(int) * (size_t)B * T), *targets = malloc(sizeof(int) * (size_t)B * T);
+    int64_t *starts = malloc(sizeof(int64_t) * (size_t)B);
+    int64_t cap_train = 0, cap_heldout = 0;
+    qlab_status st =
+        inputs && targets && starts ? QLAB_OK : qlab_fail(QLAB_ERR_NOMEM, "train: out of memory");
+
+    optim_lr_schedule schedule = {OPTIM_LR_COSINE, opt->max_lr, opt->min_lr, opt->warmup_steps, opt->steps};
+    rng_state rng;
+    rng_seed(&rng, opt->seed);
+    double t0 = qlab_now(), window_loss = 0, lr = 0;
+    int window_count = 0;
+    int64_t tokens_seen = 0;
+    if (st == QLAB_OK) {
+        double l;
+        st = train_heldout_loss(m, heldout_tokens, n_heldout, T, opt->eval_windows, B, &l);
+        if (st == QLAB_OK)
+            st = train_curve_push("train", &h->heldout, &h->n_heldout, &cap_heldout,
+                                  (train_point){0, 0, l, 0, NAN, qlab_now() - t0});
+    }
+    for (int64_t s = 0; st == QLAB_OK && s < opt->steps; s++) {
+        for (int b = 0; b < B; b++)
+            starts[b] = (int64_t)rng_below(&rng, (uint64_t)(n_train - T));
+        fill_batch(train_tokens, starts, B, T, inputs, targets);
+        float loss;
+        st = model_forward(m, inputs, targets, B, T, NULL, &loss);
+        if (st != QLAB_OK) break;
+        model_zero_grad(m);
+        st = model_backward(m);
+        if (st != QLAB_OK) break;
+        double norm = optim_clip_grad_norm(grads, n_grads, opt->grad_clip);
+        tokens_seen += (int64_t)B * T;
+        if (!isfinite(loss) || !isfinite(norm)) {
+            h->steps_skipped++; /* a blown-up batch must not poison the moments */
+        } else {
+            if (opt->grad_clip > 0 && norm > opt->grad_clip) h->steps_clipped++;
+            lr = optim_lr_at(&schedule, s);
+            int64_t t = adam.step + 1;
+            /* Decoupled weight decay on the matrices and embeddings only; the RMSNorm gains are exempt. */
+            optim_adamw_hyper hyper = {(float)lr, (float)opt->beta1, (float)opt->beta2, (float)opt->eps,
+                                       (float)opt->weight_decay};
+            st = train_adamw_update_groups(m, params, grads, &adam, &hyper, t);
+            adam.step = t;
+            window_loss += loss;
+            window_count++;
+        }
+        int64_t done = s + 1;
+        if (st == QLAB_OK && (done % opt->log_every == 0 || done == opt->steps)) {
+            if (window_count == 0) {
+                st = qlab_fail(QLAB_ERR_NUMERIC,
+                               "train: every step from %lld to %lld had a non-finite loss or "
+                               "gradient",
+                               (long long)(done - opt->log_every + 1), (long long)done);
+                break;
+            }
+            h->final_train_loss = window_loss / window_count;
+            st = train_curve_push(
+                "train", &h->train, &h->n_train, &cap_train,
+                (train_point){done, tokens_seen, h->final_train_loss, lr, norm, qlab_now() - t0});
+            window_loss = 0, window_count = 0;
+        }
+        if (st == QLAB_OK && ((opt->eval_every > 0 && done % opt->eval_every == 0) || done == opt->steps)) {
+            double l;
+            st = train_heldout_loss(m, heldout_tokens, n_heldout, T, opt->eval_windows, B, &l);
+            if (st == QLAB_OK) {
+                h->final_heldout_loss = l;
+                st = train_curve_push("train", &h->heldout, &h->n_heldout, &cap_heldout,
+                                      (train_point){done, tokens_seen, l, lr, NAN, qlab_now() - t0});
+            }
+        }
+        if (st == QLAB_OK && callback) callback(ctx, done, opt->steps, loss);
+    }
+    h->seconds = qlab_now() - t0;
+    h->tokens_per_second = h->seconds > 0 ? (double)tokens_seen / h->seconds : 0;
+    optim_adamw_free(&adam);
+    free(inputs), free(targets), free(starts);
+    if (st != QLAB_OK) train_history_free(h);
+    return st;
+}
