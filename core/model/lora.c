@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/model/checkpoint.h"
 #include "core/model/ops.h"
 #include "core/base/rng.h"
 #include "core/formats/safetensors.h"
@@ -454,6 +455,18 @@ static void lora_tensor_name(char *buf, size_t size, int layer, model_proj p, ch
              model_proj_name(p), which);
 }
 
+/* qlab keeps W_q and W_k in the interleaved rotary row order; Hugging Face (and so PEFT) stores them in the
+ * half-split order, and the checkpoint writers permute the rows per head (checkpoint_permute_rotary_rows).
+ * The adapter's contribution s B A lands on the same rows as W, so B of q_proj and k_proj takes the same
+ * row permutation (per query head for q, per key/value head for k: grouped-query aware); A, whose rows are
+ * the rank dimension, does not. Other projections are stored as they are. to_hf 1: qlab -> PEFT. */
+static qlab_status lora_permute_b(const model_config *mc, model_proj p, float *B, int rank, int to_hf) {
+    int head_size = mc->dim / mc->n_heads;
+    if (p == PROJ_Q) return checkpoint_permute_rotary_rows(B, mc->n_heads, head_size, rank, to_hf);
+    if (p == PROJ_K) return checkpoint_permute_rotary_rows(B, mc->n_kv_heads, head_size, rank, to_hf);
+    return QLAB_OK;
+}
+
 static void lora_targets_text(unsigned targets, char *buf, size_t size) {
     buf[0] = 0;
     for (int p = 0; p < PROJ_COUNT; p++)
@@ -465,7 +478,14 @@ static void lora_targets_text(unsigned targets, char *buf, size_t size) {
 
 qlab_status lora_save(const lora_set *l, const char *path) {
     safetensors_writer *w = safetensors_writer_new();
-    if (!w) return QLAB_ERR_NOMEM;
+    /* The B matrices in PEFT's row order: a copy of the buffer (the writer keeps pointers until write). */
+    float *hf = qlab_alloc_aligned(l->num_params * sizeof(float));
+    if (!w || !hf) {
+        safetensors_writer_free(w);
+        qlab_free_aligned(hf);
+        return qlab_fail(QLAB_ERR_NOMEM, "saving LoRA adapters to %s: out of memory", path);
+    }
+    memcpy(hf, l->params, l->num_params * sizeof(float));
     qlab_status st = QLAB_OK;
     char name[160], text[160];
     for (int layer = 0; layer < l->mc.n_layers && st == QLAB_OK; layer++)
@@ -474,11 +494,14 @@ qlab_status lora_save(const lora_set *l, const char *path) {
             if (s < 0) continue;
             const lora_adapter *a = &l->adapters[s];
             int64_t shape_a[2] = {a->rank, a->in_features}, shape_b[2] = {a->out_features, a->rank};
+            float *A = hf + a->offset, *B = A + (size_t)a->rank * a->in_features;
+            st = lora_permute_b(&l->mc, (model_proj)p, B, a->rank, 1);
+            if (st != QLAB_OK) break;
             lora_tensor_name(name, sizeof name, layer, (model_proj)p, 'A');
-            st = safetensors_writer_add(w, name, SAFETENSORS_F32, 2, shape_a, a->A);
+            st = safetensors_writer_add(w, name, SAFETENSORS_F32, 2, shape_a, A);
             if (st != QLAB_OK) break;
             lora_tensor_name(name, sizeof name, layer, (model_proj)p, 'B');
-            st = safetensors_writer_add(w, name, SAFETENSORS_F32, 2, shape_b, a->B);
+            st = safetensors_writer_add(w, name, SAFETENSORS_F32, 2, shape_b, B);
         }
     /* PEFT writes {"format": "pt"}; the rest lets lora_load check the scale. */
     if (st == QLAB_OK) st = safetensors_writer_set_metadata(w, "format", "pt");
@@ -492,6 +515,7 @@ qlab_status lora_save(const lora_set *l, const char *path) {
     if (st == QLAB_OK) st = safetensors_writer_set_metadata(w, "target_modules", text);
     if (st == QLAB_OK) st = safetensors_writer_write(w, path);
     safetensors_writer_free(w);
+    qlab_free_aligned(hf);
     return st == QLAB_OK ? QLAB_OK : qlab_fail_context(st, "saving LoRA adapters to %s", path);
 }
 
@@ -533,6 +557,7 @@ qlab_status lora_load(lora_set *l, const char *path) {
             if (st != QLAB_OK) break;
             lora_tensor_name(name, sizeof name, layer, (model_proj)p, 'B');
             st = lora_load_tensor(&f, name, a->out_features, a->rank, B);
+            if (st == QLAB_OK) st = lora_permute_b(&l->mc, (model_proj)p, B, a->rank, 0);
         }
     /* Every adapter of the set was found; any other LoRA tensor is one the set lacks and would be dropped. */
     for (int i = 0; i < f.n_tensors && st == QLAB_OK; i++) {

@@ -103,7 +103,9 @@ qlab_status lora_merge(const lora_set *l, model *m);
 
 /* Saves A and B under PEFT's names (base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight,
  * ...mlp.gate_proj.lora_B.weight) as F32 safetensors, with rank, alpha, dropout and targets in the
- * metadata. */
+ * metadata. The rows of q_proj's and k_proj's B are stored in Hugging Face's half-split rotary order (the
+ * permutation the Hugging Face checkpoint writer applies to W_q and W_k), so the file means the same in
+ * PEFT on the Hugging Face copy of the base; lora_load undoes it. lora_peft.h writes whole directories. */
 qlab_status lora_save(const lora_set *l, const char *path);
 /* Loads a file written by lora_save (or PEFT with matching targets and rank) into the set: every adapter
  * of the set must be present with its exact shape, and the file may hold no other LoRA tensor (an
