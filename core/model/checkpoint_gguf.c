@@ -509,6 +509,11 @@ qlab_status checkpoint_load_gguf(const char *path, model **out) {
             goto done;
         }
     }
+    if (hp.context_length > MODEL_MAX_SEQ_LEN) {
+        st = qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: metadata llama.context_length = %lld is above the limit %d",
+                       path, (long long)hp.context_length, MODEL_MAX_SEQ_LEN);
+        goto done;
+    }
     if (emb->ne[0] != (uint64_t)hp.dim) {
         st = qlab_fail(QLAB_ERR_FORMAT,
                        "%s: tensor token_embd.weight has shape [%llu, %llu] but metadata "

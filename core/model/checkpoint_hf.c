@@ -117,6 +117,9 @@ static qlab_status hf_parse_config(const char *config, model_config *cfg) {
     if (cfg->n_layers > 65536) /* bounds the tensor list we build before looking at the weights */
         st = qlab_fail(QLAB_ERR_FORMAT, "%s: num_hidden_layers = %d is implausibly large", config,
                        cfg->n_layers);
+    else if (cfg->seq_len > MODEL_MAX_SEQ_LEN)
+        st = qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: max_position_embeddings = %d is above the limit %d", config,
+                       cfg->seq_len, MODEL_MAX_SEQ_LEN);
     else if (cfg->n_heads % cfg->n_kv_heads != 0)
         st = qlab_fail(QLAB_ERR_FORMAT,
                        "%s: num_key_value_heads = %d does not divide num_attention_heads = %d", config,

@@ -123,6 +123,12 @@ qlab_status checkpoint_load_llama2c(const char *path, model **out) {
                        path, cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.vocab_size, map.size);
         goto done;
     }
+    /* without RoPE tables the file size does not bound seq_len: the documented cap does */
+    if (h[6] > MODEL_MAX_SEQ_LEN) {
+        st = qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: header field seq_len = %d is above the limit %d", path,
+                       (int)h[6], MODEL_MAX_SEQ_LEN);
+        goto done;
+    }
     /* llama2.c always writes the RoPE tables; a file without them is unambiguous too, so accept it */
     int has_rope = map.size == with_rope;
     if (!has_rope && map.size != without_rope) {

@@ -52,7 +52,8 @@ struct model {
     quant_dtype quant_type;
     float *tile; /* scratch for dequantized weight rows */
     size_t tile_floats;
-    float *rope_cos, *rope_sin; /* (seq_len, head_size/2) */
+    float *rope_cos, *rope_sin; /* (rope_len, head_size/2), grown on demand by the forward pass */
+    int rope_len;
     model_adapter adapter;
     int has_adapter;
     qlab_status (*adapter_begin)(void *ctx, int B, int T);
@@ -131,6 +132,9 @@ static qlab_status model_check_config(const model_config *c) {
             "model config: sizes must be positive (dim %d, hidden_dim %d, n_layers %d, n_heads %d, "
             "n_kv_heads %d, vocab_size %d, seq_len %d)",
             c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->vocab_size, c->seq_len);
+    if (c->seq_len > MODEL_MAX_SEQ_LEN)
+        return qlab_fail(QLAB_ERR_ARG, "model config: seq_len %d is above the limit %d (MODEL_MAX_SEQ_LEN)",
+                         c->seq_len, MODEL_MAX_SEQ_LEN);
     if (c->n_heads % c->n_kv_heads != 0)
         return qlab_fail(QLAB_ERR_ARG, "model config: n_kv_heads %d does not divide n_heads %d",
                          c->n_kv_heads, c->n_heads);
@@ -167,24 +171,39 @@ qlab_status model_create(model **out, const model_config *cfg) {
     for (int g = 0; g < MODEL_GROUP_COUNT; g++)
         m->trainable[g] = 1;
     m->param_buffer = qlab_alloc_aligned(m->num_params * sizeof(float));
-    int half = m->head_size / 2;
-    m->rope_cos = qlab_calloc((size_t)cfg->seq_len * half, sizeof(float));
-    m->rope_sin = qlab_calloc((size_t)cfg->seq_len * half, sizeof(float));
-    if (!m->param_buffer || !m->rope_cos || !m->rope_sin) {
+    if (!m->param_buffer) {
         model_free(m);
         return QLAB_ERR_NOMEM;
     }
     model_point_views(&m->params, m->param_buffer, &m->cfg);
-    /* The angles in fp32 exactly as llama2.c's run.c forms them, so a llama2.c checkpoint reproduces
-     * run.c's logits closely. */
-    for (int t = 0; t < cfg->seq_len; t++)
-        for (int i = 0; i < half; i++) {
-            float freq = 1.0f / powf(cfg->rope_theta, (float)(2 * i) / (float)m->head_size);
-            float angle = (float)t * freq;
-            m->rope_cos[(size_t)t * half + i] = cosf(angle);
-            m->rope_sin[(size_t)t * half + i] = sinf(angle);
-        }
     *out = m;
+    return QLAB_OK;
+}
+
+/* The RoPE tables cover the positions a forward pass has used so far (not seq_len, which a file header
+ * sets and may be as large as MODEL_MAX_SEQ_LEN): a model is only charged for the context it runs. The
+ * angles are formed in fp32 exactly as llama2.c's run.c forms them, so a llama2.c checkpoint reproduces
+ * run.c's logits closely; growing the tables recomputes them identically. */
+static qlab_status model_rope_reserve(model *m, int T) {
+    if (T <= m->rope_len) return QLAB_OK;
+    int half = m->head_size / 2;
+    float *cs = qlab_calloc((size_t)T * half, sizeof(float)),
+          *sn = qlab_calloc((size_t)T * half, sizeof(float));
+    if (!cs || !sn) {
+        free(cs);
+        free(sn);
+        return QLAB_ERR_NOMEM;
+    }
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < half; i++) {
+            float freq = 1.0f / powf(m->cfg.rope_theta, (float)(2 * i) / (float)m->head_size);
+            float angle = (float)t * freq;
+            cs[(size_t)t * half + i] = cosf(angle);
+            sn[(size_t)t * half + i] = sinf(angle);
+        }
+    free(m->rope_cos);
+    free(m->rope_sin);
+    m->rope_cos = cs, m->rope_sin = sn, m->rope_len = T;
     return QLAB_OK;
 }
 
@@ -495,6 +514,7 @@ qlab_status model_forward(model *m, const int *tokens, const int *targets, int B
             return qlab_fail(QLAB_ERR_ARG, "model_forward: target %d at position %d is outside [0, %d)",
                              targets[n], n, V);
     }
+    QLAB_TRY(model_rope_reserve(m, T));
     QLAB_TRY(model_reserve(&m->act_buffer, &m->act_capacity, model_layout_acts(&m->acts, NULL, m, B, T)));
     model_layout_acts(&m->acts, m->act_buffer, m, B, T);
     if ((size_t)N > m->saved_capacity) {

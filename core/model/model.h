@@ -11,6 +11,11 @@
 #include "core/base/common.h"
 #include "core/quant/quant.h"
 
+/* The longest context a model may declare (2^20 positions). A header's context length is trusted only up
+ * to this; loaders refuse a larger one naming the field. Nothing is sized by seq_len itself: the RoPE
+ * tables and activations grow with the longest sequence actually run. */
+#define MODEL_MAX_SEQ_LEN (1 << 20)
+
 typedef struct {
     int dim;        /* model width */
     int hidden_dim; /* feed-forward width */
@@ -18,7 +23,7 @@ typedef struct {
     int n_heads;
     int n_kv_heads; /* divides n_heads; 1 = multi-query */
     int vocab_size;
-    int seq_len;           /* maximum context */
+    int seq_len;           /* maximum context, 1..MODEL_MAX_SEQ_LEN */
     float norm_eps;        /* RMSNorm epsilon (llama2.c: 1e-5) */
     float rope_theta;      /* RoPE base (llama2.c: 10000) */
     int shared_classifier; /* 1: the output classifier is the token embedding */

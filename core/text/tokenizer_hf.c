@@ -11,6 +11,8 @@
 
 /* Ids above this are not a real vocabulary (the largest in use are ~256k) and would waste memory. */
 #define TOKENIZER_JSON_MAX_ID (1 << 24)
+/* How many ids below the largest one may go unnamed by model.vocab and added_tokens. */
+#define TOKENIZER_JSON_MAX_UNNAMED_IDS 65536
 
 /* ------------------------------------------------------------------------------------------ JSON helpers */
 
@@ -305,6 +307,15 @@ static qlab_status build_vocab(const char *path, const cJSON *vocab, const cJSON
         text_bytes += strlen(content) + 1;
     }
     if (max_id < 0) return qlab_fail(QLAB_ERR_FORMAT, "%s: model.vocab is empty", path);
+    /* The id arrays are sized by the largest id; ids nothing names cost memory the file does not justify,
+     * so only a few may be left unnamed (real files number their tokens densely). */
+    size_t named = (size_t)cJSON_GetArraySize(vocab) + (size_t)n_added;
+    if ((size_t)max_id >= named + TOKENIZER_JSON_MAX_UNNAMED_IDS)
+        return qlab_fail(
+            QLAB_ERR_FORMAT,
+            "%s: model.vocab/added_tokens use id %d but name only %zu tokens (at most %d ids may "
+            "be unnamed)",
+            path, max_id, named, TOKENIZER_JSON_MAX_UNNAMED_IDS);
     t->vocab_size = max_id + 1;
     size_t count = (size_t)t->vocab_size;
     t->pieces = qlab_calloc(count, sizeof *t->pieces);
@@ -506,7 +517,7 @@ static qlab_status words_append(word_list *w, const char *bytes, size_t len) {
         w->buf = p;
         w->cap = grown;
     }
-    memcpy(w->buf + w->len, bytes, len);
+    if (len) memcpy(w->buf + w->len, bytes, len); /* bytes may be NULL (an empty Prepend string) */
     w->len += len;
     return QLAB_OK;
 }
