@@ -17,6 +17,9 @@ void cli_register(const cli_command *cmd);
         cli_register(&ident);                                                                                \
     }
 
+/* Runs another registered command (argv[0] its name); 2 with a message when there is none. */
+int cli_run(const char *name, int argc, char **argv);
+
 /* Helpers for option parsing that print "qlab CMD: --flag needs a value" style errors. */
 int cli_parse_int(const char *cmd, const char *flag, const char *text, long lo, long hi, long *out);
 int cli_parse_double(const char *cmd, const char *flag, const char *text, double *out);

@@ -15,6 +15,13 @@ void cli_register(const cli_command *cmd) {
     if (n_commands < MAX_COMMANDS) commands[n_commands++] = cmd;
 }
 
+int cli_run(const char *name, int argc, char **argv) {
+    for (int i = 0; i < n_commands; i++)
+        if (!strcmp(name, commands[i]->name)) return commands[i]->run(argc, argv);
+    fprintf(stderr, "qlab: no command '%s'\n", name);
+    return 2;
+}
+
 static int by_name(const void *a, const void *b) {
     return strcmp((*(const cli_command *const *)a)->name, (*(const cli_command *const *)b)->name);
 }

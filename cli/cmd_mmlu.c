@@ -1,0 +1,297 @@
+/* `qlab mmlu`: MMLU accuracy of a model (optionally quantized, optionally with LoRA adapters), per subject
+ * and averaged with 95% intervals, into an HDF5 results file and its Markdown report (eval/mmlu_eval.h). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cli/cli.h"
+#include "core/base/common.h"
+#include "core/base/progress.h"
+#include "core/formats/safetensors.h"
+#include "core/model/checkpoint.h"
+#include "core/model/lora.h"
+#include "core/model/model.h"
+#include "core/quant/quant.h"
+#include "core/results/results.h"
+#include "core/text/tokenizer.h"
+#include "eval/mmlu_eval.h"
+
+#define DEFAULT_ARCHIVE "../shared/data/mmlu/mmlu_dev_test_csv.tar.gz"
+#define DEFAULT_QLORA_PROMPTS "../shared/data/mmlu/qlora_zero_shot_mmlu_val.json"
+
+static void mmlu_usage(FILE *f) {
+    fprintf(
+        f,
+        "Usage: qlab mmlu --model M [--tokenizer T] [--adapter FILE|DIR] [--shots 0-5 | --qlora-zero-shot]\n"
+        "                 [--data FILE] [--subjects a,b,...] [--limit N] [--max-len N]\n"
+        "                 [--dtype D [--blocksize B] [--double-quant]] [--out R.h5] [--md R.md]\n\n"
+        "MMLU accuracy: BOS + the prompt, one forward pass, and the answer is the letter A-D whose token "
+        "has\n"
+        "the largest logit at the last position (the QLoRA repository's MMLU evaluation; the token ids are\n"
+        "printed). Per-subject accuracy with Wilson 95%% intervals; the average over all questions and\n"
+        "qlora's figure, the mean of the subject accuracies, each with a 95%% interval. Chance is 25%%.\n"
+        "  --model M            llama2.c .bin, GGUF or Hugging Face directory\n"
+        "  --tokenizer T        its tokenizer (tokenizer.bin / tokenizer.json / GGUF)\n"
+        "  --adapter FILE|DIR   LoRA adapters saved by qlab (adapter_model.safetensors in DIR)\n"
+        "  --shots K            Hendrycks' prompt with the subject's first K dev questions (default 5;\n"
+        "                       lowered per question until the prompt fits the context)\n"
+        "  --qlora-zero-shot    qlora's zero-shot validation prompts instead "
+        "(qlora_zero_shot_mmlu_val.json)\n"
+        "  --data FILE          the MMLU archive (default %s)\n"
+        "                       or, with --qlora-zero-shot, the prompts file (default %s)\n"
+        "  --subjects LIST      comma-separated subject names (default: all 57)\n"
+        "  --limit N            first N questions of each subject\n"
+        "  --max-len N          prompt tokens at most (default: the model's context)\n"
+        "  --dtype D            quantize the base's projections first (nf4, fp4, int4, ...), as QLoRA's\n"
+        "                       adapters run on a 4-bit base; --blocksize, --double-quant as in qlab quant\n"
+        "  --out R.h5           results file (default results/mmlu.h5); --md R.md its report (default:\n"
+        "                       R.h5 with .md)\n",
+        DEFAULT_ARCHIVE, DEFAULT_QLORA_PROMPTS);
+}
+
+/* LoRA adapters from a file written by lora_save (rank, alpha, targets in its metadata), or
+ * DIR/adapter_model.safetensors. */
+static qlab_status load_adapters(const char *spec, model *m, lora_set **out) {
+    char path[4096];
+    struct stat sb;
+    if (stat(spec, &sb) == 0 && S_ISDIR(sb.st_mode))
+        snprintf(path, sizeof path, "%s/adapter_model.safetensors", spec);
+    else
+        snprintf(path, sizeof path, "%s", spec);
+    safetensors_file f;
+    QLAB_TRY(safetensors_open(&f, path));
+    const char *rank = safetensors_metadata(&f, "lora_rank"), *alpha = safetensors_metadata(&f, "lora_alpha"),
+               *targets = safetensors_metadata(&f, "target_modules");
+    lora_config lc = {0};
+    qlab_status st = QLAB_OK;
+    if (!rank || !alpha || !targets)
+        st = qlab_fail(QLAB_ERR_FORMAT,
+                       "%s: no lora_rank / lora_alpha / target_modules metadata (not saved by qlab?)", path);
+    if (st == QLAB_OK) {
+        lc.rank = atoi(rank);
+        lc.alpha = (float)atof(alpha);
+        st = lora_parse_targets(targets, &lc.targets);
+        if (st == QLAB_OK && lc.rank < 1)
+            st = qlab_fail(QLAB_ERR_FORMAT, "%s: lora_rank '%s' is not >= 1", path, rank);
+    }
+    safetensors_close(&f);
+    lora_set *l = NULL;
+    if (st == QLAB_OK) st = lora_create(&l, model_get_config(m), &lc);
+    if (st == QLAB_OK) st = lora_load(l, path);
+    if (st == QLAB_OK) st = lora_attach(l, m, 1);
+    if (st == QLAB_OK) lora_set_training(l, 0);
+    if (st != QLAB_OK) {
+        lora_free(l);
+        return st;
+    }
+    *out = l;
+    return QLAB_OK;
+}
+
+static qlab_status write_results(const char *out_path, int argc, char **argv, const char *model_path,
+                                 const char *adapter, const char *qdesc, const mmlu_eval_options *opt,
+                                 const char *scoring, const mmlu_eval_result *r) {
+    results *res = NULL;
+    QLAB_TRY(results_create(&res, out_path, "mmlu", NULL, argc, argv));
+    results_table *t = NULL;
+    char text[1024];
+    results_attr_string(res, "model", model_path);
+    results_attr_string(res, "adapter", adapter ? adapter : "none");
+    results_attr_string(res, "weights", qdesc);
+    results_attr_string(res, "data", opt->data_path);
+    snprintf(text, sizeof text, "%s",
+             opt->mode == MMLU_EVAL_KSHOT ? "Hendrycks k-shot prompts over the test split"
+                                          : "qlora's zero-shot validation prompts");
+    results_note(res, "prompts", text);
+    results_note(res, "scoring", scoring);
+    snprintf(
+        text, sizeof text,
+        "%d questions, %d prompts cut at the start to fit the context, %.2f shots used on average (asked "
+        "%d), letters chosen A/B/C/D %d/%d/%d/%d, %.1f s",
+        r->n, r->n_truncated, r->mean_shots, opt->mode == MMLU_EVAL_KSHOT ? opt->shots : 0, r->predicted[0],
+        r->predicted[1], r->predicted[2], r->predicted[3], r->seconds);
+    results_note(res, "counts", text);
+    results_note(res, "chance", "25% (four answers); a model this small is expected near chance");
+    qlab_status st = results_table_begin(res, &t, "subjects", "Accuracy per subject (95% Wilson interval)");
+    if (st == QLAB_OK) st = results_table_column(t, "subject", RESULTS_STRING, NULL, NULL);
+    if (st == QLAB_OK) st = results_table_column(t, "questions", RESULTS_INT64, NULL, NULL);
+    if (st == QLAB_OK) st = results_table_column(t, "correct", RESULTS_INT64, NULL, NULL);
+    if (st == QLAB_OK) st = results_table_column(t, "accuracy", RESULTS_FLOAT64, NULL, NULL);
+    if (st == QLAB_OK) st = results_table_column(t, "ci95_lo", RESULTS_FLOAT64, NULL, NULL);
+    if (st == QLAB_OK) st = results_table_column(t, "ci95_hi", RESULTS_FLOAT64, NULL, NULL);
+    for (int s = 0; s < r->n_subjects && st == QLAB_OK; s++) {
+        double lo, hi;
+        const mmlu_subject_result *sr = &r->subjects[s];
+        mmlu_wilson95(sr->correct, sr->n, &lo, &hi);
+        results_set_string(t, "subject", sr->name);
+        results_set_int(t, "questions", sr->n);
+        results_set_int(t, "correct", sr->correct);
+        results_set_double(t, "accuracy", sr->n ? (double)sr->correct / sr->n : 0);
+        results_set_double(t, "ci95_lo", lo);
+        results_set_double(t, "ci95_hi", hi);
+        st = results_row_end(t);
+    }
+    if (st == QLAB_OK) st = results_table_end(t);
+    if (st == QLAB_OK) st = results_table_begin(res, &t, "summary", "Average accuracy (chance 0.25)");
+    if (st == QLAB_OK) st = results_table_column(t, "average", RESULTS_STRING, NULL, NULL);
+    if (st == QLAB_OK) st = results_table_column(t, "subjects", RESULTS_INT64, NULL, NULL);
+    if (st == QLAB_OK) st = results_table_column(t, "questions", RESULTS_INT64, NULL, NULL);
+    if (st == QLAB_OK) st = results_table_column(t, "accuracy", RESULTS_FLOAT64, NULL, NULL);
+    if (st == QLAB_OK) st = results_table_column(t, "ci95_lo", RESULTS_FLOAT64, NULL, NULL);
+    if (st == QLAB_OK) st = results_table_column(t, "ci95_hi", RESULTS_FLOAT64, NULL, NULL);
+    if (st == QLAB_OK) {
+        double lo, hi;
+        mmlu_wilson95(r->correct, r->n, &lo, &hi);
+        results_set_string(t, "average", "all questions");
+        results_set_int(t, "subjects", r->n_subjects);
+        results_set_int(t, "questions", r->n);
+        results_set_double(t, "accuracy", (double)r->correct / r->n);
+        results_set_double(t, "ci95_lo", lo);
+        results_set_double(t, "ci95_hi", hi);
+        st = results_row_end(t);
+    }
+    if (st == QLAB_OK) {
+        double lo, hi, macro = mmlu_macro_accuracy(r, &lo, &hi);
+        results_set_string(t, "average", "mean of subjects (qlora)");
+        results_set_int(t, "subjects", r->n_subjects);
+        results_set_int(t, "questions", r->n);
+        results_set_double(t, "accuracy", macro);
+        results_set_double(t, "ci95_lo", lo);
+        results_set_double(t, "ci95_hi", hi);
+        st = results_row_end(t);
+    }
+    if (st == QLAB_OK) st = results_table_end(t);
+    if (st != QLAB_OK) {
+        results_abort(res);
+        return st;
+    }
+    return results_commit(res);
+}
+
+static int cmd_mmlu(int argc, char **argv) {
+    const char *model_path = NULL, *tok_path = NULL, *adapter = NULL, *data = NULL, *subjects = NULL,
+               *dtype_name = NULL, *out_path = "results/mmlu.h5", *md_path = NULL;
+    long shots = 5, limit = 0, max_len = 0, bs = 0;
+    int dq = 0, zero_shot = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            mmlu_usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--double-quant")) {
+            dq = 1;
+        } else if (!strcmp(a, "--qlora-zero-shot")) {
+            zero_shot = 1;
+        } else if (!strncmp(a, "--", 2) && !v) {
+            fprintf(stderr, "qlab mmlu: %s needs a value\n", a);
+            return 2;
+        } else if (!strcmp(a, "--model")) {
+            model_path = argv[++i];
+        } else if (!strcmp(a, "--tokenizer")) {
+            tok_path = argv[++i];
+        } else if (!strcmp(a, "--adapter")) {
+            adapter = argv[++i];
+        } else if (!strcmp(a, "--data")) {
+            data = argv[++i];
+        } else if (!strcmp(a, "--subjects")) {
+            subjects = argv[++i];
+        } else if (!strcmp(a, "--dtype")) {
+            dtype_name = argv[++i];
+        } else if (!strcmp(a, "--out")) {
+            out_path = argv[++i];
+        } else if (!strcmp(a, "--md")) {
+            md_path = argv[++i];
+        } else if (!strcmp(a, "--shots")) {
+            if (!cli_parse_int("mmlu", a, argv[++i], 0, 5, &shots)) return 2;
+        } else if (!strcmp(a, "--limit")) {
+            if (!cli_parse_int("mmlu", a, argv[++i], 1, 1 << 30, &limit)) return 2;
+        } else if (!strcmp(a, "--max-len")) {
+            if (!cli_parse_int("mmlu", a, argv[++i], 16, 1 << 20, &max_len)) return 2;
+        } else if (!strcmp(a, "--blocksize")) {
+            if (!cli_parse_int("mmlu", a, argv[++i], 1, 1 << 20, &bs)) return 2;
+        } else {
+            fprintf(stderr, "qlab mmlu: unknown option '%s' (see qlab mmlu --help)\n", a);
+            return 2;
+        }
+    }
+    if (!model_path) {
+        fprintf(stderr, "qlab mmlu: needs --model (see qlab mmlu --help)\n");
+        return 2;
+    }
+    if (!tok_path) tok_path = model_path; /* a GGUF file carries its tokenizer */
+    quant_dtype dt = QUANT_NF4;
+    if (dtype_name && quant_dtype_parse(dtype_name, &dt) != QLAB_OK) return qlab_report_error("qlab mmlu");
+    if (dtype_name && !bs) bs = quant_default_blocksize(dt);
+    if (dtype_name && quant_check_blocksize(dt, (int)bs) != QLAB_OK) return qlab_report_error("qlab mmlu");
+    if (!dtype_name && (bs || dq)) {
+        fprintf(stderr, "qlab mmlu: --blocksize and --double-quant need --dtype\n");
+        return 2;
+    }
+    char md_default[4096];
+    if (!md_path) {
+        size_t len = strlen(out_path);
+        if (len > 3 && !strcmp(out_path + len - 3, ".h5"))
+            snprintf(md_default, sizeof md_default, "%.*s.md", (int)(len - 3), out_path);
+        else
+            snprintf(md_default, sizeof md_default, "%s.md", out_path);
+        md_path = md_default;
+    }
+    mmlu_eval_options opt = {.mode = zero_shot ? MMLU_EVAL_QLORA_ZEROSHOT : MMLU_EVAL_KSHOT,
+                             .data_path = data        ? data
+                                          : zero_shot ? DEFAULT_QLORA_PROMPTS
+                                                      : DEFAULT_ARCHIVE,
+                             .shots = (int)shots,
+                             .subjects = subjects,
+                             .limit = (int)limit,
+                             .max_len = (int)max_len};
+    model *m = NULL;
+    tokenizer *tok = NULL;
+    lora_set *lora = NULL;
+    mmlu_eval_result r = {0};
+    int rc = 1, n_questions = 0;
+    char qdesc[128] = "fp32", scoring[1024];
+    mmlu_scoring sc;
+    progress prog;
+    if (tokenizer_load(tok_path, &tok) != QLAB_OK) goto out;
+    if (mmlu_scoring_init(tok, &sc) != QLAB_OK) goto out;
+    mmlu_scoring_describe(tok, &sc, scoring, sizeof scoring);
+    if (mmlu_eval_count(&opt, &n_questions) != QLAB_OK) goto out;
+    if (checkpoint_load(model_path, &m) != QLAB_OK) goto out;
+    if (dtype_name) {
+        if (model_quantize(m, dt, (int)bs, dq) != QLAB_OK) goto out;
+        snprintf(qdesc, sizeof qdesc, "%s, block %ld%s", quant_dtype_name(dt), bs,
+                 dq ? ", double-quant" : "");
+    }
+    if (adapter && load_adapters(adapter, m, &lora) != QLAB_OK) goto out;
+    fprintf(stderr, "qlab mmlu: %s\n", scoring);
+    progress_begin(&prog, "mmlu", n_questions);
+    opt.prog = &prog;
+    if (mmlu_evaluate(m, tok, &opt, &r) != QLAB_OK) goto out;
+    progress_end(&prog, NULL);
+    if (write_results(out_path, argc, argv, model_path, adapter, qdesc, &opt, scoring, &r) != QLAB_OK)
+        goto out;
+    double lo, hi, macro_lo, macro_hi, macro = mmlu_macro_accuracy(&r, &macro_lo, &macro_hi);
+    mmlu_wilson95(r.correct, r.n, &lo, &hi);
+    printf("mmlu %s: %d subjects, %d questions (%s)\n",
+           opt.mode == MMLU_EVAL_KSHOT ? "k-shot" : "qlora zero-shot", r.n_subjects, r.n, qdesc);
+    printf("accuracy, all questions       %.4f  (95%% CI %.4f .. %.4f)\n", (double)r.correct / r.n, lo, hi);
+    printf("accuracy, mean of subjects    %.4f  (95%% CI %.4f .. %.4f)   chance 0.25\n", macro, macro_lo,
+           macro_hi);
+    printf("wrote %s\n", out_path);
+    char *report_argv[] = {"report", (char *)out_path, "--md", (char *)md_path, NULL};
+    rc = cli_run("report", 4, report_argv);
+    goto done;
+out:
+    qlab_report_error("qlab mmlu");
+done:
+    if (lora) lora_detach(m);
+    lora_free(lora);
+    mmlu_eval_result_free(&r);
+    model_free(m);
+    tokenizer_free(tok);
+    return rc;
+}
+
+QLAB_COMMAND(mmlu_command, "mmlu", "MMLU accuracy (5-shot or qlora zero-shot) from the answer-letter logits",
+             cmd_mmlu)

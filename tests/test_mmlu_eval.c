@@ -1,0 +1,202 @@
+/* Tests of eval/mmlu_eval: which tokens are compared (qlora's single-token letters with the Llama 2
+ * tokenizer; tok512's split letters), the multi-token log-likelihood against a plain reference that scores
+ * each letter with its own forward, an end-to-end evaluation of stories260K on a few subjects in both prompt
+ * modes (counts, determinism, the picks against a manual loop), the Wilson interval against published
+ * values, and bad subject names. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tests/check.h"
+#include "core/base/common.h"
+#include "core/model/checkpoint.h"
+#include "core/model/model.h"
+#include "core/text/tokenizer.h"
+#include "eval/mmlu_eval.h"
+
+#define MMLU_ARCHIVE "mmlu/mmlu_dev_test_csv.tar.gz"
+#define QLORA_ZERO_SHOT "mmlu/qlora_zero_shot_mmlu_val.json"
+
+static void test_wilson(void) {
+    double lo, hi;
+    /* Wilson score 95% intervals, the worked examples of Newcombe (1998): 5/10 -> 0.2366..0.7634,
+     * 0/10 -> 0..0.2775, 81/263 -> 0.2553..0.3662. */
+    mmlu_wilson95(5, 10, &lo, &hi);
+    CHECK_NEAR(lo, 0.2366, 5e-5);
+    CHECK_NEAR(hi, 0.7634, 5e-5);
+    mmlu_wilson95(0, 10, &lo, &hi);
+    CHECK_NEAR(lo, 0.0, 1e-12);
+    CHECK_NEAR(hi, 0.2775, 5e-5);
+    mmlu_wilson95(81, 263, &lo, &hi);
+    CHECK_NEAR(lo, 0.2553, 5e-5);
+    CHECK_NEAR(hi, 0.3662, 5e-5);
+    mmlu_subject_result subs[2] = {{"a", 10, 5}, {"b", 20, 20}};
+    mmlu_eval_result r = {.subjects = subs, .n_subjects = 2, .n = 30, .correct = 25};
+    double macro = mmlu_macro_accuracy(&r, &lo, &hi);
+    /* (0.5 + 1) / 2; variance (0.25/10 + 0) / 4. */
+    CHECK_NEAR(macro, 0.75, 1e-12);
+    CHECK_NEAR(hi - macro, 1.959963984540054 * sqrt(0.025) / 2, 1e-12);
+}
+
+/* Llama 2's SentencePiece: "A" -> "▁A" (id 319), "B" -> 350, "C" -> 315, "D" -> 360, the ids qlora's
+ * abcd_idx holds for LLaMA; scoring is then the plain logit comparison at the last position. */
+static void test_llama_letters(void) {
+    const char *path = shared_data_path("models/tokenizer.bin");
+    if (!path) {
+        SKIP("models/tokenizer.bin absent (shared data not available)");
+        return;
+    }
+    tokenizer *tok = NULL;
+    CHECK(tokenizer_load(path, &tok) == QLAB_OK);
+    mmlu_scoring s;
+    CHECK(mmlu_scoring_init(tok, &s) == QLAB_OK);
+    CHECK(s.single_token);
+    CHECK(s.tokens[0][0] == 319 && s.tokens[1][0] == 350 && s.tokens[2][0] == 315 && s.tokens[3][0] == 360);
+    /* A random model with that vocabulary: the pick is the argmax of the four logits at the last position. */
+    model_config c = {.dim = 32,
+                      .hidden_dim = 64,
+                      .n_layers = 1,
+                      .n_heads = 4,
+                      .n_kv_heads = 2,
+                      .vocab_size = 32000,
+                      .seq_len = 64,
+                      .norm_eps = 1e-5f,
+                      .rope_theta = 10000.0f,
+                      .shared_classifier = 1};
+    model *m = NULL;
+    CHECK(model_create(&m, &c) == QLAB_OK);
+    size_t count;
+    float *w = model_get_param_buffer(m, &count);
+    uint64_t x = 88172645463325252ull;
+    for (size_t i = 0; i < count; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        w[i] = (float)((double)(x >> 11) / 9007199254740992.0 - 0.5);
+    }
+    int ids[16 + MMLU_MAX_LETTER_TOKENS] = {1, 450, 1234, 29901, 319, 29889, 22550, 29901};
+    float *logits = malloc(sizeof(float) * (8 + MMLU_MAX_LETTER_TOKENS) * 32000);
+    int pick = -1;
+    double score[4];
+    CHECK(mmlu_scoring_pick(m, &s, ids, 8, logits, &pick, score) == QLAB_OK);
+    float *ref = malloc(sizeof(float) * 8 * 32000);
+    CHECK(model_forward(m, ids, NULL, 1, 8, ref, NULL) == QLAB_OK);
+    int want = 0;
+    for (int j = 1; j < 4; j++)
+        if (ref[7 * 32000 + s.tokens[j][0]] > ref[7 * 32000 + s.tokens[want][0]]) want = j;
+    CHECK(pick == want);
+    for (int j = 0; j < 4; j++)
+        CHECK(score[j] == ref[7 * 32000 + s.tokens[j][0]]);
+    free(ref);
+    free(logits);
+    model_free(m);
+    tokenizer_free(tok);
+}
+
+/* tok512 splits A, C, D into " " + letter but has " B": the log-likelihood path, checked against one
+ * forward per letter over prompt + all of that letter's tokens. */
+static void test_tok512_letters(const tokenizer *tok, model *m) {
+    mmlu_scoring s;
+    CHECK(mmlu_scoring_init(tok, &s) == QLAB_OK);
+    CHECK(!s.single_token);
+    CHECK(s.n_tokens[0] == 2 && s.n_tokens[1] == 1 && s.n_tokens[2] == 2 && s.n_tokens[3] == 2);
+    const char *prompt =
+        "Tom had a red ball. What color was the ball?\nA. red\nB. blue\nC. green\nD. pink\nAnswer:";
+    int *enc = NULL;
+    size_t n = 0;
+    CHECK(tokenizer_encode(tok, prompt, strlen(prompt), 1, &enc, &n) == QLAB_OK);
+    int vocab = model_get_config(m)->vocab_size;
+    int *ids = malloc((n + MMLU_MAX_LETTER_TOKENS) * sizeof(int));
+    memcpy(ids, enc, n * sizeof(int));
+    float *logits = malloc(sizeof(float) * (n + MMLU_MAX_LETTER_TOKENS) * vocab);
+    int pick = -1;
+    double score[4];
+    CHECK(mmlu_scoring_pick(m, &s, ids, (int)n, logits, &pick, score) == QLAB_OK);
+    int want = 0;
+    double ref[4];
+    for (int j = 0; j < 4; j++) {
+        int len = (int)n + s.n_tokens[j];
+        int *seq = malloc(len * sizeof(int));
+        memcpy(seq, enc, n * sizeof(int));
+        memcpy(seq + n, s.tokens[j], s.n_tokens[j] * sizeof(int));
+        float *lg = malloc(sizeof(float) * len * vocab);
+        CHECK(model_forward(m, seq, NULL, 1, len, lg, NULL) == QLAB_OK);
+        ref[j] = 0;
+        for (int i = 0; i < s.n_tokens[j]; i++) {
+            const float *row = lg + (size_t)(n - 1 + i) * vocab;
+            double mx = row[0], sum = 0;
+            for (int v = 1; v < vocab; v++)
+                mx = row[v] > mx ? row[v] : mx;
+            for (int v = 0; v < vocab; v++)
+                sum += exp(row[v] - mx);
+            ref[j] += row[s.tokens[j][i]] - mx - log(sum);
+        }
+        if (ref[j] > ref[want]) want = j;
+        free(lg);
+        free(seq);
+    }
+    /* The same forward arithmetic on the same prefix: only the log-sum-exp order could differ. */
+    for (int j = 0; j < 4; j++)
+        CHECK_NEAR(score[j], ref[j], 1e-9);
+    CHECK(pick == want);
+    free(logits);
+    free(ids);
+    free(enc);
+}
+
+static void test_end_to_end(const tokenizer *tok, model *m) {
+    const char *archive = shared_data_path(MMLU_ARCHIVE), *zs = shared_data_path(QLORA_ZERO_SHOT);
+    if (!archive || !zs) {
+        SKIP("MMLU files absent (shared data not available)");
+        return;
+    }
+    mmlu_eval_options opt = {.mode = MMLU_EVAL_KSHOT,
+                             .data_path = archive,
+                             .shots = 5,
+                             .subjects = "anatomy,abstract_algebra",
+                             .limit = 3,
+                             .max_len = 160};
+    int count = 0;
+    CHECK(mmlu_eval_count(&opt, &count) == QLAB_OK && count == 6);
+    mmlu_eval_result a, b;
+    CHECK(mmlu_evaluate(m, tok, &opt, &a) == QLAB_OK);
+    CHECK(mmlu_evaluate(m, tok, &opt, &b) == QLAB_OK);
+    CHECK(a.n == 6 && a.n_subjects == 2 && !strcmp(a.subjects[0].name, "abstract_algebra"));
+    CHECK(a.subjects[0].n == 3 && a.subjects[1].n == 3);
+    CHECK(a.correct == b.correct && !memcmp(a.predicted, b.predicted, sizeof a.predicted));
+    CHECK(a.predicted[0] + a.predicted[1] + a.predicted[2] + a.predicted[3] == 6);
+    /* 160 tokens of tok512 hold no 5-shot prompt: every question falls back to fewer shots. */
+    CHECK(a.mean_shots < 5);
+    mmlu_eval_result_free(&a);
+    mmlu_eval_result_free(&b);
+
+    opt = (mmlu_eval_options){
+        .mode = MMLU_EVAL_QLORA_ZEROSHOT, .data_path = zs, .subjects = "astronomy", .limit = 4};
+    CHECK(mmlu_evaluate(m, tok, &opt, &a) == QLAB_OK);
+    CHECK(a.n == 4 && a.n_subjects == 1 && !strcmp(a.subjects[0].name, "astronomy"));
+    mmlu_eval_result_free(&a);
+
+    opt.subjects = "astronomy,astrology";
+    CHECK(mmlu_evaluate(m, tok, &opt, &a) == QLAB_ERR_ARG);
+    CHECKF(strstr(qlab_last_error(), "astrology") && strstr(qlab_last_error(), zs), "%s", qlab_last_error());
+    opt = (mmlu_eval_options){.mode = MMLU_EVAL_KSHOT, .data_path = archive, .shots = 7};
+    CHECK(mmlu_evaluate(m, tok, &opt, &a) == QLAB_ERR_ARG);
+}
+
+int main(void) {
+    test_wilson();
+    test_llama_letters();
+    const char *mp = shared_data_path("models/stories260K.bin"), *tp = shared_data_path("models/tok512.bin");
+    if (!mp || !tp) {
+        SKIP("stories260K absent (shared data not available)");
+        return check_summary();
+    }
+    tokenizer *tok = NULL;
+    model *m = NULL;
+    CHECK(tokenizer_load(tp, &tok) == QLAB_OK);
+    CHECK(checkpoint_load(mp, &m) == QLAB_OK);
+    test_tok512_letters(tok, m);
+    test_end_to_end(tok, m);
+    model_free(m);
+    tokenizer_free(tok);
+    return check_summary();
+}
