@@ -11,6 +11,7 @@
 #include "core/formats/safetensors.h"
 #include "core/model/checkpoint.h"
 #include "core/model/lora.h"
+#include "core/model/lora_peft.h"
 #include "core/model/model.h"
 #include "core/quant/quant.h"
 #include "core/results/results.h"
@@ -33,7 +34,9 @@ static void mmlu_usage(FILE *f) {
         "qlora's figure, the mean of the subject accuracies, each with a 95%% interval. Chance is 25%%.\n"
         "  --model M            llama2.c .bin, GGUF or Hugging Face directory\n"
         "  --tokenizer T        its tokenizer (tokenizer.bin / tokenizer.json / GGUF)\n"
-        "  --adapter FILE|DIR   LoRA adapters saved by qlab (adapter_model.safetensors in DIR)\n"
+        "  --adapter DIR|FILE   LoRA adapters: a PEFT directory (adapter_config.json + "
+        "adapter_model.safetensors)\n"
+        "                       or one safetensors file saved by qlab\n"
         "  --shots K            Hendrycks' prompt with the subject's first K dev questions (default 5;\n"
         "                       lowered per question until the prompt fits the context)\n"
         "  --qlora-zero-shot    qlora's zero-shot validation prompts instead "
@@ -50,35 +53,37 @@ static void mmlu_usage(FILE *f) {
         DEFAULT_ARCHIVE, DEFAULT_QLORA_PROMPTS);
 }
 
-/* LoRA adapters from a file written by lora_save (rank, alpha, targets in its metadata), or
- * DIR/adapter_model.safetensors. */
+/* LoRA adapters: a PEFT directory (adapter_config.json + adapter_model.safetensors, lora_load_peft), or a
+ * single file written by lora_save (rank, alpha and targets in its metadata). Attached in evaluation mode. */
 static qlab_status load_adapters(const char *spec, model *m, lora_set **out) {
-    char path[4096];
     struct stat sb;
-    if (stat(spec, &sb) == 0 && S_ISDIR(sb.st_mode))
-        snprintf(path, sizeof path, "%s/adapter_model.safetensors", spec);
-    else
-        snprintf(path, sizeof path, "%s", spec);
-    safetensors_file f;
-    QLAB_TRY(safetensors_open(&f, path));
-    const char *rank = safetensors_metadata(&f, "lora_rank"), *alpha = safetensors_metadata(&f, "lora_alpha"),
-               *targets = safetensors_metadata(&f, "target_modules");
-    lora_config lc = {0};
-    qlab_status st = QLAB_OK;
-    if (!rank || !alpha || !targets)
-        st = qlab_fail(QLAB_ERR_FORMAT,
-                       "%s: no lora_rank / lora_alpha / target_modules metadata (not saved by qlab?)", path);
-    if (st == QLAB_OK) {
-        lc.rank = atoi(rank);
-        lc.alpha = (float)atof(alpha);
-        st = lora_parse_targets(targets, &lc.targets);
-        if (st == QLAB_OK && lc.rank < 1)
-            st = qlab_fail(QLAB_ERR_FORMAT, "%s: lora_rank '%s' is not >= 1", path, rank);
-    }
-    safetensors_close(&f);
     lora_set *l = NULL;
-    if (st == QLAB_OK) st = lora_create(&l, model_get_config(m), &lc);
-    if (st == QLAB_OK) st = lora_load(l, path);
+    qlab_status st = QLAB_OK;
+    if (stat(spec, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        st = lora_load_peft(spec, model_get_config(m), &l);
+    } else {
+        safetensors_file f;
+        QLAB_TRY(safetensors_open(&f, spec));
+        const char *rank = safetensors_metadata(&f, "lora_rank"),
+                   *alpha = safetensors_metadata(&f, "lora_alpha"),
+                   *targets = safetensors_metadata(&f, "target_modules");
+        lora_config lc = {0};
+        if (!rank || !alpha || !targets)
+            st = qlab_fail(
+                QLAB_ERR_FORMAT,
+                "%s: no lora_rank / lora_alpha / target_modules metadata (give the PEFT directory instead)",
+                spec);
+        if (st == QLAB_OK) {
+            lc.rank = atoi(rank);
+            lc.alpha = (float)atof(alpha);
+            st = lora_parse_targets(targets, &lc.targets);
+            if (st == QLAB_OK && lc.rank < 1)
+                st = qlab_fail(QLAB_ERR_FORMAT, "%s: lora_rank '%s' is not >= 1", spec, rank);
+        }
+        safetensors_close(&f);
+        if (st == QLAB_OK) st = lora_create(&l, model_get_config(m), &lc);
+        if (st == QLAB_OK) st = lora_load(l, spec);
+    }
     if (st == QLAB_OK) st = lora_attach(l, m, 1);
     if (st == QLAB_OK) lora_set_training(l, 0);
     if (st != QLAB_OK) {

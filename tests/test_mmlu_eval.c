@@ -7,13 +7,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "tests/check.h"
 #include "core/base/common.h"
 #include "core/model/checkpoint.h"
 #include "core/model/model.h"
 #include "core/text/tokenizer.h"
+#include "core/model/lora.h"
+#include "core/model/lora_peft.h"
+#include "core/results/results.h"
 #include "eval/mmlu_eval.h"
+#include "tests/test_util.h"
 
 #define MMLU_ARCHIVE "mmlu/mmlu_dev_test_csv.tar.gz"
 #define QLORA_ZERO_SHOT "mmlu/qlora_zero_shot_mmlu_val.json"
@@ -182,6 +187,57 @@ static void test_end_to_end(const tokenizer *tok, model *m) {
     CHECK(mmlu_evaluate(m, tok, &opt, &a) == QLAB_ERR_ARG);
 }
 
+/* The command: results file with both tables, a report, a PEFT adapter directory (B = 0 at creation, so
+ * the same answers as the base), and one error line for an unknown subject. */
+static void test_cli(const char *model_path, const char *tok_path, const model *m) {
+    const char *zs = shared_data_path(QLORA_ZERO_SHOT), *build = getenv("QLAB_BUILD");
+    char qlab[512], cmd[4096];
+    snprintf(qlab, sizeof qlab, "%s/bin/qlab", build ? build : "build");
+    if (!zs || access(qlab, X_OK) != 0) {
+        SKIP("qlab binary or qlora prompts absent");
+        return;
+    }
+    test_tmp_dir_create("mmlu_eval");
+    lora_config lc = {.targets = LORA_TARGETS_ALL, .rank = 4, .alpha = 8, .seed = 3};
+    lora_set *l = NULL;
+    CHECK(lora_create(&l, model_get_config(m), &lc) == QLAB_OK);
+    CHECK(lora_save_peft(l, tmp_path("adapter"), NULL) == QLAB_OK);
+    lora_free(l);
+    for (int with_adapter = 0; with_adapter < 2; with_adapter++) {
+        snprintf(cmd, sizeof cmd,
+                 "QLAB_QUIET=1 %s mmlu --model %s --tokenizer %s --qlora-zero-shot --data %s --subjects "
+                 "astronomy,virology --limit 2 --dtype nf4 --double-quant %s%s --out %s >/dev/null 2>&1",
+                 qlab, model_path, tok_path, zs, with_adapter ? "--adapter " : "",
+                 with_adapter ? tmp_path("adapter") : "", tmp_path(with_adapter ? "b.h5" : "a.h5"));
+        CHECKF(run_shell(cmd) == 0, "%s", cmd);
+    }
+    results_file a, b;
+    CHECK(results_read(tmp_path("a.h5"), &a) == QLAB_OK);
+    CHECK(results_read(tmp_path("b.h5"), &b) == QLAB_OK);
+    const results_table_data *ta = results_file_table(&a, "summary"), *tb = results_file_table(&b, "summary");
+    CHECK(ta && tb && ta->nrows == 2 && results_file_table(&a, "subjects")->nrows == 2);
+    if (ta && tb) {
+        const results_column *ca = results_table_find_column(ta, "accuracy"),
+                             *cb = results_table_find_column(tb, "accuracy");
+        CHECK(ca && cb && ca->f64[0] == cb->f64[0]);
+    }
+    results_file_free(&a);
+    results_file_free(&b);
+    CHECK(access(tmp_path("a.md"), R_OK) == 0);
+    snprintf(cmd, sizeof cmd,
+             "%s mmlu --model %s --tokenizer %s --qlora-zero-shot --data %s --subjects astrology --out %s "
+             "2>%s >/dev/null",
+             qlab, model_path, tok_path, zs, tmp_path("c.h5"), tmp_path("err.txt"));
+    CHECK(run_shell(cmd) == 1);
+    char *err = NULL;
+    size_t len = 0;
+    CHECK(qlab_read_file(tmp_path("err.txt"), &err, &len) == QLAB_OK);
+    CHECKF(err && strstr(err, "astrology") && strchr(err, '\n') == err + len - 1, "%s", err ? err : "");
+    CHECK(access(tmp_path("c.h5"), F_OK) != 0);
+    free(err);
+    test_tmp_dir_remove();
+}
+
 int main(void) {
     test_wilson();
     test_llama_letters();
@@ -196,6 +252,7 @@ int main(void) {
     CHECK(checkpoint_load(mp, &m) == QLAB_OK);
     test_tok512_letters(tok, m);
     test_end_to_end(tok, m);
+    test_cli(mp, tp, m);
     model_free(m);
     tokenizer_free(tok);
     return check_summary();
