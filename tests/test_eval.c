@@ -1,11 +1,13 @@
 /* Tests of eval/: the two perplexity window protocols, perplexity and KL on a real model, batching
- * invariance, and greedy generation reproducing llama2.c's published stories260K story. */
+ * invariance, the model x variant x benchmark grid of compare.h against direct evaluations, and greedy
+ * generation reproducing llama2.c's published stories260K story. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "tests/check.h"
 #include "core/model/checkpoint.h"
+#include "eval/compare.h"
 #include "eval/generate.h"
 #include "core/model/model.h"
 #include "eval/ppl.h"
@@ -169,6 +171,99 @@ static void test_real_model(void) {
     model_free(q);
 }
 
+static int same_double(double a, double b) {
+    return memcmp(&a, &b, sizeof a) == 0;
+}
+
+/* compare_run against evaluating each quantized model by hand with a live fp32 reference: the same
+ * numbers bit for bit, in the documented row order, with or without the cached reference. */
+static void test_compare(void) {
+    const char *bin = shared_data_path("models/stories260K.bin");
+    const char *tok_path = shared_data_path("models/tok512.bin");
+    const char *text = shared_data_path("eval/tinystories_sample.txt");
+    if (!bin || !tok_path || !text) {
+        SKIP("../shared/data (stories260K.bin, tok512.bin, tinystories_sample.txt) not present");
+        return;
+    }
+    compare_model models[1] = {{"stories260K", bin, tok_path}};
+    compare_variant variants[2] = {{QUANT_NF4, 64, 1}, {QUANT_INT4, 64, 0}};
+    compare_benchmark benchmarks[2] = {
+        {"nonoverlap", text, PPL_NONOVERLAP, 100000, 0, 1024}, /* ctx capped at seq_len 512 */
+        {"sliding", text, PPL_SLIDING, 64, 0, 512},            /* stride 0 = ctx / 2 */
+    };
+    ppl_options o0 = compare_benchmark_options(&benchmarks[0], 512),
+                o1 = compare_benchmark_options(&benchmarks[1], 512);
+    CHECK(o0.ctx == 512 && o0.max_tokens == 1024 && o0.quiet);
+    CHECK(o1.ctx == 64 && o1.stride == 32 && o1.protocol == PPL_SLIDING);
+    char label[32];
+    compare_variant_label(&variants[0], label, sizeof label);
+    CHECK(!strcmp(label, "nf4+dq"));
+    compare_variant_label(NULL, label, sizeof label);
+    CHECK(!strcmp(label, "fp32"));
+
+    compare_results cached = {0}, live = {0};
+    compare_options with_cache = {.label = "test_compare"}, no_cache = {.reference_budget = 1};
+    CHECK(compare_run(models, 1, variants, 2, benchmarks, 2, &with_cache, &cached) == QLAB_OK);
+    CHECK(compare_run(models, 1, variants, 2, benchmarks, 2, &no_cache, &live) == QLAB_OK);
+    CHECK(cached.n_rows == 6 && live.n_rows == 6);
+    int *ids = NULL;
+    int64_t n = 0;
+    model *ref = NULL, *q = NULL;
+    CHECK(eval_load_tokens(text, NULL, tok_path, &ids, &n) == QLAB_OK);
+    CHECK(checkpoint_load(bin, &ref) == QLAB_OK);
+    if (cached.n_rows != 6 || live.n_rows != 6 || !ids || !ref) goto done;
+    CHECK(cached.params[0] == (int64_t)model_num_params(model_get_config(ref)));
+    for (int i = 0; i < 6; i++) {
+        const compare_row *c = &cached.rows[i], *l = &live.rows[i];
+        int v = i / 2 - 1, b = i % 2; /* fp32 first, then each variant over the benchmarks */
+        CHECKF(c->model == 0 && c->variant == v && c->benchmark == b, "row %d is (%d, %d, %d)", i, c->model,
+               c->variant, c->benchmark);
+        ppl_options opt = b ? o1 : o0;
+        ppl_result direct;
+        if (v >= 0) {
+            CHECK(checkpoint_load(bin, &q) == QLAB_OK);
+            CHECK(q && model_quantize(q, variants[v].dtype, 64, variants[v].double_quant) == QLAB_OK);
+            CHECK(q && ppl_evaluate(q, ref, ids, n, &opt, &direct) == QLAB_OK);
+            CHECK(q && same_double(c->total_bits, model_total_bits(q)));
+            model_free(q);
+            q = NULL;
+        } else {
+            CHECK(ppl_evaluate(ref, NULL, ids, n, &opt, &direct) == QLAB_OK);
+            CHECK(c->bits_projections == 32.0 && same_double(c->total_bits, model_total_bits(ref)));
+            CHECK(c->res.has_reference && c->res.kl_mean == 0 && c->res.kl_max == 0 &&
+                  c->res.top1_agree == 1 && c->res.dprob_correct == 0);
+        }
+        CHECKF(same_double(c->res.mean_nll, direct.mean_nll) && same_double(l->res.mean_nll, direct.mean_nll),
+               "row %d: mean NLL %.17g / %.17g, direct %.17g", i, c->res.mean_nll, l->res.mean_nll,
+               direct.mean_nll);
+        CHECK(c->res.n_scored == direct.n_scored && c->res.ctx == direct.ctx &&
+              c->res.stride == direct.stride);
+        if (v >= 0) {
+            CHECK(same_double(c->res.kl_mean, direct.kl_mean) && same_double(l->res.kl_mean, direct.kl_mean));
+            CHECK(same_double(c->res.kl_p99, direct.kl_p99) &&
+                  same_double(c->res.top1_agree, direct.top1_agree));
+            CHECK(same_double(c->res.dprob_correct, direct.dprob_correct));
+            CHECK(c->res.kl_mean > 0 && c->res.top1_agree < 1);
+        }
+    }
+    /* NF4 + DQ stores ~4.127 bits per projection weight, Int4 at block 64 4.5 (fp32 absmax per block). */
+    CHECKF(cached.rows[2].bits_projections > 4.1 && cached.rows[2].bits_projections < 4.2,
+           "nf4+dq: %.4f bits", cached.rows[2].bits_projections);
+    CHECKF(fabs(cached.rows[4].bits_projections - 4.5) < 0.01, "int4: %.4f bits",
+           cached.rows[4].bits_projections);
+    /* A missing benchmark text fails naming the model and the benchmark, and leaves no rows. */
+    compare_benchmark absent = {"absent", "/nonexistent/qlab_text.txt", PPL_NONOVERLAP, 64, 0, 0};
+    compare_results none;
+    CHECK(compare_run(models, 1, variants, 1, &absent, 1, NULL, &none) != QLAB_OK);
+    CHECK(none.rows == NULL && none.n_rows == 0);
+    CHECK(strstr(qlab_last_error(), "stories260K") && strstr(qlab_last_error(), "absent"));
+done:
+    free(ids);
+    model_free(ref);
+    compare_results_free(&cached);
+    compare_results_free(&live);
+}
+
 static void test_sampling(void) {
     /* Top-p keeps only the smallest set of tokens whose probability exceeds p. */
     rng_state r;
@@ -197,5 +292,6 @@ int main(void) {
     test_windows();
     test_sampling();
     test_real_model();
+    test_compare();
     return check_summary();
 }
