@@ -166,10 +166,15 @@ static void test_gguf(const char *gguf) {
         write_bytes(p, work, len);
         EXPECT_REFUSED(checkpoint_load_gguf, p, QLAB_ERR_FORMAT, "blk.4.ffn_norm.weight", "alignment");
         RESET();
-        uint32_t q4 = 2; /* ggml Q4_0: a real type, but not one this reader handles */
-        memcpy(work + at + 12, &q4, 4);
+        uint32_t iq2 = 16; /* ggml IQ2_XXS: a real type, but not one this reader handles */
+        memcpy(work + at + 12, &iq2, 4);
         write_bytes(p, work, len);
-        EXPECT_REFUSED(checkpoint_load_gguf, p, QLAB_ERR_UNSUPPORTED, "blk.4.ffn_norm.weight", "type 2");
+        EXPECT_REFUSED(checkpoint_load_gguf, p, QLAB_ERR_UNSUPPORTED, "blk.4.ffn_norm.weight", "type 16");
+        RESET();
+        uint32_t q4k = 12; /* Q4_K: a row of 64 values is not a whole 256-value super-block */
+        memcpy(work + at + 12, &q4k, 4);
+        write_bytes(p, work, len);
+        EXPECT_REFUSED(checkpoint_load_gguf, p, QLAB_ERR_FORMAT, "blk.4.ffn_norm.weight", "multiple of 256");
         RESET();
         uint32_t dims = 9;
         memcpy(work + at, &dims, 4);

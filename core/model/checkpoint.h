@@ -1,7 +1,7 @@
 /* Loading and saving LLaMA-architecture models in the three checkpoint formats a QLoRA run meets:
- * llama2.c's legacy .bin, GGUF (llama.cpp; F32/F16/BF16 tensors) and Hugging Face (config.json +
- * safetensors, possibly sharded). Every loader validates each size, count and offset against the file
- * and refuses a mismatch with one line naming the file and the field. */
+ * llama2.c's legacy .bin, GGUF (llama.cpp; F32/F16/BF16 and block-quantized Q4_0..Q8_0, Q2_K..Q6_K tensors)
+ * and Hugging Face (config.json + safetensors, possibly sharded). Every loader validates each size, count and
+ * offset against the file and refuses a mismatch with one line naming the file and the field. */
 #ifndef QLAB_CHECKPOINT_H
 #define QLAB_CHECKPOINT_H
 

@@ -1,12 +1,14 @@
-/* GGUF (llama.cpp's model file, versions 2 and 3) for the "llama" architecture with F32, F16 or BF16
- * tensors: header, typed metadata (every value's length checked, unneeded ones skipped), tensor infos
- * (dims fastest-first: ne[0] = in_features) and aligned tensor data. GGUF keeps LLaMA's Q/K rows in the
- * interleaved rotary order of the original weights (llama.cpp's converter undoes Hugging Face's
- * permutation), which is also our order: the rows are copied as they are. */
+/* GGUF (llama.cpp's model file, versions 2 and 3) for the "llama" architecture with F32, F16, BF16 or
+ * ggml block-quantized tensors (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, dequantized to fp32 on load bit for
+ * bit as ggml's reference does: core/quant/ggml_quants.h): header, typed metadata (every value's length
+ * checked, unneeded ones skipped), tensor infos (dims fastest-first: ne[0] = in_features) and aligned tensor
+ * data. GGUF keeps LLaMA's Q/K rows in the interleaved rotary order of the original weights (llama.cpp's
+ * converter undoes Hugging Face's permutation), which is also our order: the rows are copied as they are. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/model/checkpoint_internal.h"
+#include "core/quant/ggml_quants.h"
 
 enum {
     GGUF_TYPE_UINT8 = 0,
@@ -24,7 +26,6 @@ enum {
     GGUF_TYPE_FLOAT64,
     GGUF_TYPE_COUNT
 };
-enum { GGML_TYPE_F32 = 0, GGML_TYPE_F16 = 1, GGML_TYPE_BF16 = 30 };
 #define GGUF_MAX_DIMS 4
 #define GGUF_DEFAULT_ALIGNMENT 32
 
@@ -323,10 +324,11 @@ static qlab_status gguf_load_tensor(const gguf_file *g, const char *name, int ne
         return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor %s has shape [%s], expected [%d]", g->path, name, got,
                          ne0);
     }
-    checkpoint_dtype dt = t->type == GGML_TYPE_F32   ? CHECKPOINT_F32
-                          : t->type == GGML_TYPE_F16 ? CHECKPOINT_F16
-                                                     : CHECKPOINT_BF16;
-    if (dst) checkpoint_widen(dst, g->tensor_data + t->offset, (size_t)ne0 * (size_t)(ne1 ? ne1 : 1), dt);
+    /* gguf_parse_infos sized every tensor from its type, so the bytes are in the file */
+    if (dst &&
+        !ggml_dequantize(t->type, g->tensor_data + t->offset, dst, (size_t)ne0 * (size_t)(ne1 ? ne1 : 1)))
+        return qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: tensor %s: ggml type %u cannot be read", g->path, name,
+                         t->type);
     return QLAB_OK;
 }
 
@@ -392,15 +394,18 @@ static qlab_status gguf_parse_infos(gguf_reader *r, gguf_file *g, uint64_t n_ten
             if (t->ne[d] == 0 || t->ne[d] > SIZE_MAX || !checkpoint_mul(count, (size_t)t->ne[d], &count))
                 return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor %s: dimension %u = %llu is zero or overflows",
                                  r->path, name, d, (unsigned long long)t->ne[d]);
-        size_t es = t->type == GGML_TYPE_F32                                  ? 4
-                    : (t->type == GGML_TYPE_F16 || t->type == GGML_TYPE_BF16) ? 2
-                                                                              : 0;
-        if (!es) {
-            /* quantized ggml types are not read here: a skipped tensor we need is reported as unsupported */
+        size_t be, bb;
+        if (!ggml_type_block(t->type, &be, &bb)) {
+            /* other ggml types are not read: a skipped tensor we need is reported as unsupported */
             t->nbytes = 0;
             continue;
         }
-        if (!checkpoint_mul(count, es, &t->nbytes))
+        /* ggml quantizes along rows: each row (ne[0] values) is a whole number of blocks */
+        if (t->ne[0] % be != 0)
+            return qlab_fail(QLAB_ERR_FORMAT,
+                             "%s: tensor %s: type %s needs rows of a multiple of %zu values, ne[0] is %llu",
+                             r->path, name, ggml_type_name(t->type), be, (unsigned long long)t->ne[0]);
+        if (!checkpoint_mul(count / be, bb, &t->nbytes))
             return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor %s: byte size overflows", r->path, name);
     }
     return QLAB_OK;
@@ -470,8 +475,8 @@ qlab_status checkpoint_load_gguf(const char *path, model **out) {
         }
         if (t->nbytes == 0 && t->name.len >= 7 && memcmp(t->name.s + t->name.len - 7, ".weight", 7) == 0) {
             st = qlab_fail(QLAB_ERR_UNSUPPORTED,
-                           "%s: tensor %.*s has ggml type %u; only F32, F16 and BF16 are "
-                           "supported",
+                           "%s: tensor %.*s has ggml type %u; supported: F32, F16, BF16, Q4_0, Q4_1, "
+                           "Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K",
                            path, name_len, t->name.s, t->type);
             goto done;
         }
