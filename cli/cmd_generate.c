@@ -68,6 +68,10 @@ static int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "qlab generate: --temperature must be >= 0\n");
         return 2;
     }
+    if (!(top_p > 0 && top_p <= 1)) {
+        fprintf(stderr, "qlab generate: --top-p %g must be in (0, 1]\n", top_p);
+        return 2;
+    }
     model *m = NULL;
     tokenizer *tok = NULL;
     int *prompt_ids = NULL, *seq = NULL, rc = 1, n_out = 0;
@@ -79,8 +83,14 @@ static int cmd_generate(int argc, char **argv) {
         if (quant_dtype_parse(dtype_name, &dt) != QLAB_OK) goto out;
         if (model_quantize(m, dt, bs ? (int)bs : quant_default_blocksize(dt), dq) != QLAB_OK) goto out;
     }
-    if (tokenizer_encode(tok, prompt, strlen(prompt), 1, &prompt_ids, &n_prompt) != QLAB_OK) goto out;
     const model_config *cfg = model_get_config(m);
+    if (tokenizer_vocab_size(tok) > cfg->vocab_size) {
+        qlab_fail(QLAB_ERR_ARG,
+                  "tokenizer %s has %d tokens but model %s only %d: they do not belong together", tok_path,
+                  tokenizer_vocab_size(tok), model_path, cfg->vocab_size);
+        goto out;
+    }
+    if (tokenizer_encode(tok, prompt, strlen(prompt), 1, &prompt_ids, &n_prompt) != QLAB_OK) goto out;
     long total = (long)n_prompt + steps;
     if (total > cfg->seq_len) total = cfg->seq_len;
     if ((long)n_prompt > total) {

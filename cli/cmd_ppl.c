@@ -157,6 +157,24 @@ static int cmd_ppl(int argc, char **argv) {
     if (checkpoint_load(model_path, &m) != QLAB_OK) goto out;
     if (eval_load_tokens(data, tokens_path, tok_path, &ids, &n) != QLAB_OK) goto out;
     const model_config *cfg = model_get_config(m);
+    const char *data_name = data ? data : tokens_path;
+    if (n < 2) {
+        qlab_fail(QLAB_ERR_ARG, "%s: holds %lld tokens; perplexity needs at least 2", data_name,
+                  (long long)n);
+        goto out;
+    }
+    for (int64_t i = 0; i < n; i++)
+        if (ids[i] >= cfg->vocab_size) {
+            if (data)
+                qlab_fail(QLAB_ERR_ARG,
+                          "tokenizer %s gives token %d (at position %lld of %s) but model %s has %d tokens: "
+                          "they do not belong together",
+                          tok_path, ids[i], (long long)i, data, model_path, cfg->vocab_size);
+            else
+                qlab_fail(QLAB_ERR_ARG, "%s: token %d at index %lld is outside model %s's vocabulary of %d",
+                          tokens_path, ids[i], (long long)i, model_path, cfg->vocab_size);
+            goto out;
+        }
     ppl_options opt = {.protocol = stride ? PPL_SLIDING : PPL_NONOVERLAP,
                        .ctx = ctx ? (int)ctx : (cfg->seq_len < 512 ? cfg->seq_len : 512),
                        .stride = (int)stride,
@@ -170,8 +188,10 @@ static int cmd_ppl(int argc, char **argv) {
                  dq ? ", double-quant" : "");
     }
     ppl_result r;
-    if (ppl_evaluate(m, ref, ids, n, &opt, &r) != QLAB_OK) goto out;
-    const char *data_name = data ? data : tokens_path;
+    if (ppl_evaluate(m, ref, ids, n, &opt, &r) != QLAB_OK) {
+        qlab_fail_context(QLAB_ERR_ARG, "%s", data_name);
+        goto out;
+    }
     if (json)
         print_json(model_path, data_name, n, dtype_name ? quant_dtype_name(dt) : NULL, (int)bs, dq,
                    model_total_bits(m), &r);

@@ -156,6 +156,10 @@ static int cmd_quant(int argc, char **argv) {
         qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: array has %d dimensions; quant stores 1 to 4", in, arr.ndim);
         goto fail;
     }
+    if (arr.count == 0) {
+        qlab_fail(QLAB_ERR_ARG, "%s: the array is empty (0 elements): nothing to quantize", in);
+        goto fail;
+    }
     qlab_status st = quant_tensor_quantize(&qt, arr.data, arr.count, dt, (int)blocksize, double_quant);
     if (st != QLAB_OK) {
         qlab_fail_context(st, "%s", in);

@@ -1,5 +1,6 @@
 /* Entry point of build/bin/qlab: dispatches to the registered subcommands. */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,8 +52,8 @@ int cli_parse_double(const char *cmd, const char *flag, const char *text, double
     char *end;
     errno = 0;
     double v = text ? strtod(text, &end) : 0;
-    if (!text || errno || end == text || *end) {
-        fprintf(stderr, "qlab %s: %s needs a number (got '%s')\n", cmd, flag, text ? text : "nothing");
+    if (!text || errno || end == text || *end || !isfinite(v)) {
+        fprintf(stderr, "qlab %s: %s needs a finite number (got '%s')\n", cmd, flag, text ? text : "nothing");
         return 0;
     }
     *out = v;

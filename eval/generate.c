@@ -88,6 +88,12 @@ qlab_status generate(model *m, const int *prompt, int n_prompt, const generate_o
     while (n < opt->max_tokens) {
         st = model_forward(m, out, NULL, 1, n, logits, NULL);
         if (st != QLAB_OK) break;
+        const float *row = logits + (size_t)(n - 1) * cfg->vocab_size;
+        for (int v = 0; v < cfg->vocab_size && st == QLAB_OK; v++)
+            if (!isfinite(row[v]))
+                st = qlab_fail(QLAB_ERR_NUMERIC, "generate: the model's logits are %s at position %d",
+                               isnan(row[v]) ? "nan" : "infinite", n - 1);
+        if (st != QLAB_OK) break;
         int next = generate_sample(logits + (size_t)(n - 1) * cfg->vocab_size, cfg->vocab_size, opt, &rng);
         if (next == opt->stop_id_a || next == opt->stop_id_b) break;
         out[n++] = next;

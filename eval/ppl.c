@@ -66,6 +66,21 @@ static int log_softmax_row(const float *logits, int V, double *out) {
     return arg;
 }
 
+/* NaN/Inf logits stop the evaluation naming the token position (in the input) where they appear. */
+static qlab_status ppl_check_logits(const float *logits, int B, int T, int V, const ppl_window *win,
+                                    const char *who) {
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            const float *row = logits + ((size_t)b * T + (size_t)t) * (size_t)V;
+            for (int v = 0; v < V; v++)
+                if (!isfinite(row[v]))
+                    return qlab_fail(QLAB_ERR_NUMERIC,
+                                     "%s logits are %s at token position %lld (vocabulary entry %d)", who,
+                                     isnan(row[v]) ? "nan" : "infinite", (long long)(win[b].start + t), v);
+        }
+    return QLAB_OK;
+}
+
 typedef struct {
     double nll, ref_nll, kl, dprob;
     int agree;
@@ -105,6 +120,13 @@ static qlab_status evaluate(model *m, model *ref, const ppl_reference *ref_cache
     int64_t n_scored = 0;
     for (int64_t w = 0; w < n_windows; w++)
         n_scored += windows[w].len - 1 - windows[w].score_from;
+    if (n_scored == 0) {
+        free(windows);
+        return qlab_fail(QLAB_ERR_ARG,
+                         "--ctx %d scores no tokens (each window scores its positions after the first %s); "
+                         "use a larger --ctx",
+                         opt->ctx, opt->protocol == PPL_SLIDING ? "ctx - stride" : "half");
+    }
     if (ref_cache && (ref_cache->vocab != V || ref_cache->n_scored != n_scored)) {
         free(windows);
         return qlab_fail(
@@ -141,7 +163,9 @@ static qlab_status evaluate(model *m, model *ref, const ppl_reference *ref_cache
         for (int b = 0; b < B; b++)
             memcpy(batch_tokens + (size_t)b * T, tokens + windows[w0 + b].start, sizeof(int) * (size_t)T);
         st = model_forward(m, batch_tokens, NULL, B, T, logits, NULL);
+        if (st == QLAB_OK) st = ppl_check_logits(logits, B, T, V, windows + w0, "model");
         if (st == QLAB_OK && ref) st = model_forward(ref, batch_tokens, NULL, B, T, ref_logits, NULL);
+        if (st == QLAB_OK && ref) st = ppl_check_logits(ref_logits, B, T, V, windows + w0, "fp32 reference");
         if (st != QLAB_OK) goto done;
 
         for (int b = 0; b < B; b++) {

@@ -130,6 +130,9 @@ qlab_status finetune_heldout_nll(model *m, const finetune_rows *rows, int eval_b
         float loss = 0;
         QLAB_TRY(model_forward(m, rows->tokens + at, rows->targets + at, n, T, NULL, &loss));
         int count = model_last_target_count(m);
+        if (count > 0 && !isfinite(loss))
+            return qlab_fail(QLAB_ERR_NUMERIC, "finetune: held-out NLL is %s on rows %lld..%lld",
+                             isnan(loss) ? "nan" : "infinite", (long long)r0, (long long)(r0 + n - 1));
         /* A batch of all-padding rows scores nothing; its loss is not a number to add. */
         if (count > 0) sum += (double)loss * count, scored += count;
     }
@@ -278,8 +281,12 @@ qlab_status finetune_run(model *m, const finetune_rows *train, const finetune_ro
             if (st != QLAB_OK) break;
             norm = optim_clip_grad_norm(grads, n_trainable, o->grad_clip);
         }
-        if (!isfinite(loss) || !isfinite(norm)) {
-            h->steps_skipped++; /* a blown-up batch must not poison the moments */
+        if (model_last_target_count(m) > 0 && (!isfinite(loss) || !isfinite(norm))) {
+            /* a blown-up step is an error to report, not a number to average or an update to apply */
+            st = train_nonfinite_step("finetune", lora ? NULL : m, s + 1, loss, norm);
+            break;
+        } else if (!isfinite(loss) || !isfinite(norm)) {
+            h->steps_skipped++; /* a batch of prompts only: nothing to learn from */
         } else {
             if (o->grad_clip > 0 && norm > o->grad_clip) h->steps_clipped++;
             lr = optim_lr_at(&schedule, s);

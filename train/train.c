@@ -3,9 +3,11 @@
 #include "train/train.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/model/model_check.h"
 #include "core/model/optim.h"
 #include "core/base/progress.h"
 #include "core/base/rng.h"
@@ -108,6 +110,9 @@ qlab_status train_heldout_loss(model *m, const int *tokens, int64_t n, int seq_l
         fill_batch(tokens, starts, rows, seq_len, inputs, targets);
         float batch_loss;
         st = model_forward(m, inputs, targets, rows, seq_len, NULL, &batch_loss);
+        if (st == QLAB_OK && !isfinite(batch_loss))
+            st = qlab_fail(QLAB_ERR_NUMERIC, "held-out loss is %s on windows %d..%d (tokens from %lld)",
+                           isnan(batch_loss) ? "nan" : "infinite", w0, w0 + rows - 1, (long long)starts[0]);
         sum += (double)batch_loss * rows * seq_len;
         scored += (int64_t)rows * seq_len;
     }
@@ -140,6 +145,17 @@ qlab_status train_adamw_update_groups(model *m, float *params, const float *grad
                                 adam->v.data + pg.offset, pg.count, &group_hyper, t);
     }
     return st;
+}
+
+qlab_status train_nonfinite_step(const char *who, model *m, int64_t step, double loss, double norm) {
+    if (!isfinite(loss))
+        return qlab_fail(QLAB_ERR_NUMERIC, "%s: step %lld: the loss is %s", who, (long long)step,
+                         isnan(loss) ? "nan" : "infinite");
+    char what[64];
+    snprintf(what, sizeof what, "%s: step %lld", who, (long long)step);
+    /* name the tensor whose gradient blew up when the model's own gradients were formed */
+    if (m && model_check_finite(m, 1, what) != QLAB_OK) return QLAB_ERR_NUMERIC;
+    return qlab_fail(QLAB_ERR_NUMERIC, "%s: the gradient norm is %s", what, isnan(norm) ? "nan" : "infinite");
 }
 
 qlab_status train_run(model *m, const int *train_tokens, int64_t n_train, const int *heldout_tokens,
@@ -180,6 +196,7 @@ qlab_status train_run(model *m, const int *train_tokens, int64_t n_train, const 
     if (st == QLAB_OK) {
         double l;
         st = train_heldout_loss(m, heldout_tokens, n_heldout, T, opt->eval_windows, B, &l);
+        if (st != QLAB_OK) qlab_fail_context(st, "train: before step 1");
         if (st == QLAB_OK)
             st = train_curve_push("train", &h->heldout, &h->n_heldout, &cap_heldout,
                                   (train_point){0, 0, l, 0, NAN, qlab_now() - t0});
@@ -197,7 +214,9 @@ qlab_status train_run(model *m, const int *train_tokens, int64_t n_train, const 
         double norm = optim_clip_grad_norm(grads, n_grads, opt->grad_clip);
         tokens_seen += (int64_t)B * T;
         if (!isfinite(loss) || !isfinite(norm)) {
-            h->steps_skipped++; /* a blown-up batch must not poison the moments */
+            /* a blown-up step is an error to report, not a number to average or an update to apply */
+            st = train_nonfinite_step("train", m, s + 1, loss, norm);
+            break;
         } else {
             if (opt->grad_clip > 0 && norm > opt->grad_clip) h->steps_clipped++;
             lr = optim_lr_at(&schedule, s);
@@ -228,6 +247,7 @@ qlab_status train_run(model *m, const int *train_tokens, int64_t n_train, const 
         if (st == QLAB_OK && ((opt->eval_every > 0 && done % opt->eval_every == 0) || done == opt->steps)) {
             double l;
             st = train_heldout_loss(m, heldout_tokens, n_heldout, T, opt->eval_windows, B, &l);
+            if (st != QLAB_OK) qlab_fail_context(st, "train: after step %lld", (long long)done);
             if (st == QLAB_OK) {
                 h->final_heldout_loss = l;
                 st = train_curve_push("train", &h->heldout, &h->n_heldout, &cap_heldout,

@@ -46,7 +46,8 @@ typedef struct {
     train_point *train;      /* logged training losses (loss of that step's batch, before its update) */
     train_point *heldout;    /* held-out losses */
     int64_t steps_clipped;   /* steps whose gradient norm exceeded grad_clip */
-    int64_t steps_skipped;   /* steps skipped for a non-finite loss or gradient norm */
+    int64_t steps_skipped;   /* finetuning: batches with no scored target; a non-finite loss or gradient
+                              * norm stops the run (train_nonfinite_step) */
     double final_train_loss; /* mean training loss over the last log_every steps */
     double final_heldout_loss;
     double seconds, tokens_per_second;
@@ -71,6 +72,9 @@ qlab_status train_curve_push(const char *who, train_point **curve, int64_t *n, i
 /* One AdamW update, step number t, of every trainable parameter group of m, whose values and gradients are
  * params / grads and moments adam->m / adam->v (flat, in model parameter order): hyper's weight decay on the
  * matrices and embeddings, none on the RMSNorm gains. Leaves adam->step to the caller. */
+/* The error for a step whose loss or gradient norm is not finite: "<who>: step N: the loss is nan", or the
+ * first tensor whose gradient holds NaN/Inf when m is given (else the norm). Returns QLAB_ERR_NUMERIC. */
+qlab_status train_nonfinite_step(const char *who, model *m, int64_t step, double loss, double norm);
 qlab_status train_adamw_update_groups(model *m, float *params, const float *grads, optim_adamw *adam,
                                       const optim_adamw_hyper *hyper, int64_t t);
 

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "core/model/checkpoint_internal.h"
+#include "core/model/model_check.h"
 #include "core/base/half.h"
 
 /* Every supported format stores little-endian numbers; the readers copy them as they are. */
@@ -57,17 +58,29 @@ qlab_status checkpoint_load(const char *path, model **out) {
     *out = NULL;
     checkpoint_format fmt;
     QLAB_TRY(checkpoint_detect(path, &fmt));
+    qlab_status st = QLAB_ERR_FORMAT;
     switch (fmt) {
     case CHECKPOINT_HF:
-        return checkpoint_load_hf(path, out);
-    case CHECKPOINT_GGUF:
-        return checkpoint_load_gguf(path, out);
-    case CHECKPOINT_LLAMA2C:
-        return checkpoint_load_llama2c(path, out);
-    case CHECKPOINT_UNKNOWN:
+        st = checkpoint_load_hf(path, out);
         break;
+    case CHECKPOINT_GGUF:
+        st = checkpoint_load_gguf(path, out);
+        break;
+    case CHECKPOINT_LLAMA2C:
+        st = checkpoint_load_llama2c(path, out);
+        break;
+    case CHECKPOINT_UNKNOWN:
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: unknown checkpoint format", path);
     }
-    return qlab_fail(QLAB_ERR_FORMAT, "%s: unknown checkpoint format", path);
+    if (st != QLAB_OK) return st;
+    /* NaN/Inf weights would only surface as a perplexity of nan or empty generations: refuse them here,
+     * naming the tensor */
+    st = model_check_finite(*out, 0, path);
+    if (st != QLAB_OK) {
+        model_free(*out);
+        *out = NULL;
+    }
+    return st;
 }
 
 /* ---------------------------------------------------------------- mapping */

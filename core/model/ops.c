@@ -409,9 +409,10 @@ float crossentropy_forward(float *losses, const float *probs, const int *targets
             losses[n] = 0;
             continue;
         }
-        /* A probability that underflowed to 0 would give +inf; clamp to the smallest normal float. */
+        /* A probability that underflowed to 0 would give +inf; clamp to the smallest normal float. A NaN
+         * (from NaN logits) stays NaN: clamping it would report a finite loss of 87.3. */
         float p = probs[(size_t)n * V + targets[n]];
-        losses[n] = -logf(p > 1.17549435e-38f ? p : 1.17549435e-38f);
+        losses[n] = -logf(isnan(p) || p > 1.17549435e-38f ? p : 1.17549435e-38f);
         sum += losses[n];
         valid++;
     }
