@@ -238,7 +238,10 @@ qlab_status finetune_run(model *m, const finetune_rows *train, const finetune_ro
 
     optim_adamw adam;
     memset(&adam, 0, sizeof adam);
-    qlab_status st = optim_adamw_init(&adam, n_trainable, o->state_kind);
+    optim_paging paging = {o->optimizer_resident_bytes, o->optimizer_page_bytes, NULL};
+    qlab_status st = o->state_kind == OPTIM_STATE_PAGED && o->optimizer_resident_bytes > 0
+                         ? optim_adamw_init_paged(&adam, n_trainable, &paging)
+                         : optim_adamw_init(&adam, n_trainable, o->state_kind);
     if (st == QLAB_OK) {
         h->state_actual = adam.m.actual;
         snprintf(h->state_note, sizeof h->state_note, "%s", adam.m.note ? adam.m.note : "");
@@ -294,7 +297,7 @@ qlab_status finetune_run(model *m, const finetune_rows *train, const finetune_ro
             optim_adamw_hyper hyper = {(float)lr, (float)o->beta1, (float)o->beta2, (float)o->eps,
                                        (float)o->weight_decay};
             if (lora)
-                st = optim_adamw_update(params, grads, adam.m.data, adam.v.data, n_trainable, &hyper, t);
+                st = optim_adamw_update_range(&adam, params, grads, 0, n_trainable, &hyper, t);
             else /* as in pretraining: decoupled weight decay on the matrices and embeddings, not the gains */
                 st = train_adamw_update_groups(m, params, grads, &adam, &hyper, t);
             adam.step = t;
@@ -321,6 +324,7 @@ qlab_status finetune_run(model *m, const finetune_rows *train, const finetune_ro
                        (long long)o->steps);
     h->seconds = qlab_now() - t0;
     h->tokens_per_second = h->seconds > 0 ? (double)tokens_seen / h->seconds : 0;
+    if (adam.pager) h->paging = optim_pager_stats(adam.pager);
     optim_adamw_free(&adam);
     free(inputs), free(targets), free(order);
     if (st != QLAB_OK) finetune_result_free(h);

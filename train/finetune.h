@@ -13,6 +13,7 @@
 #include "core/model/lora.h"
 #include "core/model/model.h"
 #include "core/model/optim.h"
+#include "core/model/optim_paged.h"
 #include "core/quant/quant.h"
 #include "train/train.h"
 
@@ -54,6 +55,10 @@ typedef struct {
     int eval_every;   /* held-out NLL every this many steps (and at 0 and the last); 0 = ends only */
     int eval_batch;   /* rows per held-out forward */
     optim_state_kind state_kind; /* where the AdamW moments live (paged falls back to host without CUDA) */
+    /* With state_kind OPTIM_STATE_PAGED and this > 0, the moments are paged on the CPU (optim_paged.h):
+     * this many bytes stay resident, the rest live in a file-backed store. 0: no CPU paging. */
+    size_t optimizer_resident_bytes;
+    size_t optimizer_page_bytes; /* page size of that store; 0: OPTIM_PAGE_BYTES_DEFAULT (1 MiB) */
     uint64_t seed;               /* batch order (epoch shuffles); the adapters' own seed is lora.seed */
 } finetune_options;
 
@@ -88,6 +93,7 @@ typedef struct {
     finetune_memory memory;
     optim_state_kind state_actual;     /* where the moments really were */
     char state_note[160];              /* optim_state_buffer.note */
+    optim_paging_stats paging;         /* page traffic when the moments were paged on the CPU, else zeros */
     double seconds, tokens_per_second; /* tokens = rows x row_len processed by training steps */
 } finetune_result;
 

@@ -141,8 +141,8 @@ qlab_status train_adamw_update_groups(model *m, float *params, const float *grad
         int is_norm = g == MODEL_GROUP_RMS_ATT || g == MODEL_GROUP_RMS_FFN || g == MODEL_GROUP_RMS_FINAL;
         optim_adamw_hyper group_hyper = *hyper;
         if (is_norm) group_hyper.weight_decay = 0.0f;
-        st = optim_adamw_update(params + pg.offset, grads + pg.offset, adam->m.data + pg.offset,
-                                adam->v.data + pg.offset, pg.count, &group_hyper, t);
+        st = optim_adamw_update_range(adam, params + pg.offset, grads + pg.offset, pg.offset, pg.count,
+                                      &group_hyper, t);
     }
     return st;
 }

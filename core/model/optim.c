@@ -1,6 +1,10 @@
 /* AdamW, clipping, schedules and the optimizer-state allocator of optim.h. */
 #include "core/model/optim.h"
 
+#include <stdio.h>
+
+#include "core/model/optim_paged.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,15 +115,58 @@ qlab_status optim_adamw_init(optim_adamw *o, size_t n, optim_state_kind kind) {
     return st;
 }
 
+qlab_status optim_adamw_init_paged(optim_adamw *o, size_t n, const struct optim_paging *paging) {
+    memset(o, 0, sizeof *o);
+    o->n = n;
+    QLAB_TRY(optim_pager_create(n, paging, &o->pager));
+    optim_paging_stats s = optim_pager_stats(o->pager);
+    static _Thread_local char note[160];
+    snprintf(note, sizeof note,
+             "paged on the CPU: %lld pages of %zu bytes, %lld resident, the rest in a file",
+             (long long)s.pages, paging->page_bytes ? paging->page_bytes : OPTIM_PAGE_BYTES_DEFAULT,
+             (long long)s.resident_slots);
+    o->m.n = o->v.n = n;
+    o->m.requested = o->v.requested = o->m.actual = o->v.actual = OPTIM_STATE_PAGED;
+    o->m.note = o->v.note = note;
+    return QLAB_OK;
+}
+
 void optim_adamw_free(optim_adamw *o) {
     optim_state_free(&o->m);
     optim_state_free(&o->v);
+    optim_pager_free(o->pager);
     memset(o, 0, sizeof *o);
+}
+
+qlab_status optim_adamw_update_range(optim_adamw *o, float *params, const float *grads, size_t offset,
+                                     size_t count, const optim_adamw_hyper *hyper, int64_t t) {
+    if (offset > o->n || count > o->n - offset)
+        return qlab_fail(QLAB_ERR_ARG, "adamw: moments [%zu, %zu) outside the state of %zu elements", offset,
+                         offset + count, o->n);
+    if (o->pager) return optim_pager_adamw_update(o->pager, params, grads, offset, count, hyper, t);
+    return optim_adamw_update(params, grads, o->m.data + offset, o->v.data + offset, count, hyper, t);
+}
+
+qlab_status optim_adamw_state_copy(optim_adamw *o, size_t offset, size_t count, float *m, float *v,
+                                   int to_state) {
+    if (offset > o->n || count > o->n - offset)
+        return qlab_fail(QLAB_ERR_ARG, "adamw: moments [%zu, %zu) outside the state of %zu elements", offset,
+                         offset + count, o->n);
+    if (o->pager)
+        return to_state ? optim_pager_write(o->pager, offset, count, m, v)
+                        : optim_pager_read(o->pager, offset, count, m, v);
+    float *sm = o->m.data + offset, *sv = o->v.data + offset;
+    if (to_state) {
+        memcpy(sm, m, count * sizeof(float)), memcpy(sv, v, count * sizeof(float));
+    } else {
+        memcpy(m, sm, count * sizeof(float)), memcpy(v, sv, count * sizeof(float));
+    }
+    return QLAB_OK;
 }
 
 qlab_status optim_adamw_step(optim_adamw *o, float *params, const float *grads,
                              const optim_adamw_hyper *hyper) {
-    QLAB_TRY(optim_adamw_update(params, grads, o->m.data, o->v.data, o->n, hyper, o->step + 1));
+    QLAB_TRY(optim_adamw_update_range(o, params, grads, 0, o->n, hyper, o->step + 1));
     o->step++;
     return QLAB_OK;
 }

@@ -60,13 +60,27 @@ typedef struct {
 qlab_status optim_adamw_update(float *params, const float *grads, float *m, float *v, size_t n,
                                const optim_adamw_hyper *hyper, int64_t t);
 
+struct optim_pager; /* core/model/optim_paged.h */
+struct optim_paging;
+
 typedef struct {
     size_t n;
-    int64_t step; /* number of steps taken */
-    optim_state_buffer m, v;
+    int64_t step;              /* number of steps taken */
+    optim_state_buffer m, v;   /* m.data and v.data are NULL when the state is paged on the CPU */
+    struct optim_pager *pager; /* the CPU page store (optim_adamw_init_paged), or NULL */
 } optim_adamw;
 
 qlab_status optim_adamw_init(optim_adamw *o, size_t n, optim_state_kind kind);
+/* The moments in a CPU page store under a resident budget (optim_paged.h); m.data and v.data stay NULL:
+ * update through optim_adamw_update_range and read or write the moments with optim_adamw_state_copy. */
+qlab_status optim_adamw_init_paged(optim_adamw *o, size_t n, const struct optim_paging *paging);
+/* AdamW on the moments [offset, offset + count) with the matching params and grads slices (pointing at
+ * element offset of the flat buffers); works for every kind of state. */
+qlab_status optim_adamw_update_range(optim_adamw *o, float *params, const float *grads, size_t offset,
+                                     size_t count, const optim_adamw_hyper *hyper, int64_t t);
+/* Copies the moments [offset, offset + count) out of (to_state = 0) or into (1) the optimizer's state. */
+qlab_status optim_adamw_state_copy(optim_adamw *o, size_t offset, size_t count, float *m, float *v,
+                                   int to_state);
 void optim_adamw_free(optim_adamw *o);
 /* Advances step and updates all n params. To exempt part of the buffer from weight decay (norm gains),
  * call optim_adamw_update on the sub-ranges of o->m.data / o->v.data with t = o->step + 1 instead. */
