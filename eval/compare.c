@@ -124,24 +124,9 @@ static qlab_status size_the_work(grid_run *g) {
 /* Weights of the seven projections (the part that is quantized). */
 static int64_t projection_params(const model *m) {
     int64_t n = 0;
-    for (int g = MODEL_GROUP_WQ; g <= MODEL_GROUP_W3; g++)
-        if (g != MODEL_GROUP_RMS_FFN) n += (int64_t)model_get_param_group(m, (model_group)g).count;
+    for (int p = 0; p < PROJ_COUNT; p++)
+        n += (int64_t)model_get_param_group(m, model_proj_get((model_proj)p)->group).count;
     return n;
-}
-
-/* A fresh fp32 copy of ref (quantization is in place and cannot be undone). */
-static qlab_status copy_model(const model *ref, model **out) {
-    QLAB_TRY(model_create(out, model_get_config(ref)));
-    size_t n_src, n_dst;
-    const float *src = model_get_param_buffer((model *)ref, &n_src);
-    float *dst = model_get_param_buffer(*out, &n_dst);
-    if (n_src != n_dst) {
-        model_free(*out);
-        *out = NULL;
-        return qlab_fail(QLAB_ERR_ARG, "copy_model: parameter counts differ (%zu vs %zu)", n_src, n_dst);
-    }
-    memcpy(dst, src, sizeof(float) * n_src);
-    return QLAB_OK;
 }
 
 /* Scores `evaluated` (variant v of model m; ref itself when v < 0) on every benchmark, one row each. */
@@ -200,7 +185,7 @@ static qlab_status run_model(grid_run *g, int m, size_t budget) {
     if (st == QLAB_OK) st = score_variant(g, m, -1, ref, ref, prepared);
     for (int v = 0; st == QLAB_OK && v < g->n_variants; v++) {
         const compare_variant *var = &g->variants[v];
-        st = copy_model(ref, &q);
+        st = model_clone(ref, &q);
         if (st == QLAB_OK) st = model_quantize(q, var->dtype, var->blocksize, var->double_quant);
         if (st == QLAB_OK) st = score_variant(g, m, v, ref, q, prepared);
         model_free(q);

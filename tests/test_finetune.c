@@ -55,7 +55,7 @@ static model *base;
 
 static model *fresh(void) {
     model *m = NULL;
-    if (finetune_copy_model(base, &m) != QLAB_OK) fprintf(stderr, "  %s\n", qlab_last_error());
+    if (model_clone(base, &m) != QLAB_OK) fprintf(stderr, "  %s\n", qlab_last_error());
     return m;
 }
 
@@ -295,7 +295,7 @@ static void test_errors(void) {
     o = options(FINETUNE_QLORA);
     CHECK(finetune_run(m, &train_rows, &held_rows, &o, NULL, NULL, NULL, &r) == QLAB_ERR_ARG);
     model *copy = NULL;
-    CHECK(finetune_copy_model(m, &copy) == QLAB_ERR_ARG && copy == NULL);
+    CHECK(model_clone(m, &copy) == QLAB_ERR_ARG && copy == NULL);
     model_free(m);
 
     finetune_mode mode;

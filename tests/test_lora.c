@@ -631,6 +631,14 @@ static void test_seeds_and_modes(void) {
     for (size_t i = 0; i < n; i++)
         norm += (double)lora_get_grad_buffer(a, NULL)[i] * lora_get_grad_buffer(a, NULL)[i];
     CHECK(norm > 0);
+    /* Adapters resized between a forward and its backward no longer hold that forward's hidden states:
+     * the backward refuses, naming the adapter, instead of skipping it. */
+    CHECK(model_forward(m, tokens, targets, B, T, NULL, NULL) == QLAB_OK);
+    CHECK(lora_reserve(a, 4 * B * T) == QLAB_OK);
+    CHECK(model_backward(m) == QLAB_ERR_ARG);
+    CHECKF(strstr(qlab_last_error(), "layer 1 down_proj has no saved forward over 16 positions") != NULL,
+           "%s", qlab_last_error());
+    CHECK(model_forward(m, tokens, targets, B, T, NULL, NULL) == QLAB_OK && model_backward(m) == QLAB_OK);
     lora_detach(m);
     model_free(m);
     /* Adapters made for another shape are refused. */

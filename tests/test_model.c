@@ -368,12 +368,23 @@ static void test_ignore_mask(void) {
  * gradients of the model parameters must include the adapter's path to the input. */
 typedef struct {
     float a[2 * 40], b[40 * 2]; /* (2, in) and (out, 2), reused for every projection */
-    int forward_calls, backward_calls;
+    int forward_calls, backward_calls, begin_calls;
+    /* The call (1-based) of that callback which fails as an allocation failure would; 0: none fails. */
+    int fail_begin, fail_forward, fail_backward;
 } test_adapter;
 
-static void adapter_forward(void *ctx, int layer, model_proj p, const float *inp, float *out, int N) {
-    (void)layer;
+static qlab_status adapter_begin(void *ctx, int B, int T) {
     test_adapter *ad = ctx;
+    if (++ad->begin_calls == ad->fail_begin)
+        return qlab_fail(QLAB_ERR_NOMEM, "test adapter: no memory for %d x %d positions", B, T);
+    return QLAB_OK;
+}
+
+static qlab_status adapter_forward(void *ctx, int layer, model_proj p, const float *inp, float *out, int N) {
+    test_adapter *ad = ctx;
+    if (ad->forward_calls + 1 == ad->fail_forward)
+        return qlab_fail(QLAB_ERR_NOMEM, "test adapter: no memory for layer %d %s", layer,
+                         model_proj_name(p));
     static const int dims[PROJ_COUNT][2] = {{16, 16}, {16, 8},  {16, 8}, {16, 16},
                                             {16, 40}, {16, 40}, {40, 16}};
     int in = dims[p][0], outf = dims[p][1];
@@ -386,12 +397,16 @@ static void adapter_forward(void *ctx, int layer, model_proj p, const float *inp
             out[(size_t)n * outf + o] += ad->b[o * 2] * z[0] + ad->b[o * 2 + 1] * z[1];
     }
     ad->forward_calls++;
+    return QLAB_OK;
 }
 
-static void adapter_backward(void *ctx, int layer, model_proj p, const float *inp, const float *dout,
-                             float *dinp, int N) {
-    (void)layer, (void)inp;
+static qlab_status adapter_backward(void *ctx, int layer, model_proj p, const float *inp, const float *dout,
+                                    float *dinp, int N) {
+    (void)inp;
     test_adapter *ad = ctx;
+    if (ad->backward_calls + 1 == ad->fail_backward)
+        return qlab_fail(QLAB_ERR_NOMEM, "test adapter: no memory for layer %d %s", layer,
+                         model_proj_name(p));
     static const int dims[PROJ_COUNT][2] = {{16, 16}, {16, 8},  {16, 8}, {16, 16},
                                             {16, 40}, {16, 40}, {40, 16}};
     int in = dims[p][0], outf = dims[p][1];
@@ -405,6 +420,7 @@ static void adapter_backward(void *ctx, int layer, model_proj p, const float *in
                 dinp[(size_t)n * in + i] += ad->a[r * in + i] * dz[r];
     }
     ad->backward_calls++;
+    return QLAB_OK;
 }
 
 static void test_freeze_and_adapter(void) {
@@ -416,7 +432,7 @@ static void test_freeze_and_adapter(void) {
     test_adapter ad = {0};
     for (int i = 0; i < 80; i++)
         ad.a[i] = (float)(0.3 * rng_normal(&rng)), ad.b[i] = (float)(0.3 * rng_normal(&rng));
-    model_adapter hook = {&ad, adapter_forward, adapter_backward};
+    model_adapter hook = {&ad, adapter_begin, adapter_forward, adapter_backward};
     /* Freeze everything but the embedding and the norms: the gradients reaching them pass through every
      * projection's input gradient, adapter included. */
     model_set_all_trainable(m, 0);
@@ -432,6 +448,181 @@ static void test_freeze_and_adapter(void) {
     CHECK(cls.count == 32 * 16 && cls.offset + cls.count == model_num_params(model_get_config(m)));
     model_set_adapter(m, NULL);
     model_free(m);
+}
+
+/* An adapter callback that fails (as an allocation failure would) fails the pass that ran it, with its own
+ * message and the projection it served; no adapter is skipped silently. */
+static void test_adapter_failure(void) {
+    enum { B = 2, T = 8 };
+    model *m = make_model(tiny_config(2, 0));
+    int tokens[B * T], targets[B * T];
+    random_tokens(tokens, B * T, 32);
+    random_tokens(targets, B * T, 32);
+    test_adapter ad = {0};
+    for (int i = 0; i < 80; i++)
+        ad.a[i] = (float)(0.3 * rng_normal(&rng)), ad.b[i] = (float)(0.3 * rng_normal(&rng));
+    model_adapter hook = {&ad, adapter_begin, adapter_forward, adapter_backward};
+    model_set_adapter(m, &hook);
+    float loss = 0;
+
+    ad.fail_begin = 1;
+    CHECK(model_forward(m, tokens, targets, B, T, NULL, &loss) == QLAB_ERR_NOMEM);
+    CHECK(strstr(qlab_last_error(), "no memory for 2 x 8 positions") != NULL);
+    CHECK(ad.forward_calls == 0); /* it stopped before the first projection */
+    CHECK(model_backward(m) == QLAB_ERR_ARG);
+
+    /* The 8th projection of the forward is layer 1's q_proj. */
+    ad.fail_forward = 8;
+    CHECK(model_forward(m, tokens, targets, B, T, NULL, &loss) == QLAB_ERR_NOMEM);
+    CHECKF(strstr(qlab_last_error(), "adapter of layer 1 q_proj") != NULL &&
+               strstr(qlab_last_error(), "test adapter: no memory for layer 1 q_proj") != NULL,
+           "%s", qlab_last_error());
+    CHECK(ad.forward_calls == 7);
+    CHECK(model_backward(m) == QLAB_ERR_ARG); /* the failed forward left nothing to differentiate */
+
+    /* Backward runs layer 1 first, down_proj first: its 8th call is layer 0's down_proj. */
+    ad.fail_forward = 0, ad.forward_calls = 0;
+    CHECK(model_forward(m, tokens, targets, B, T, NULL, &loss) == QLAB_OK && ad.forward_calls == 14);
+    ad.fail_backward = 8;
+    CHECK(model_backward(m) == QLAB_ERR_NOMEM);
+    CHECKF(strstr(qlab_last_error(), "layer 0 down_proj") != NULL, "%s", qlab_last_error());
+    CHECK(ad.backward_calls == 7);
+
+    /* With nothing failing the same model runs through. */
+    ad.fail_backward = 0, ad.backward_calls = 0;
+    CHECK(model_forward(m, tokens, targets, B, T, NULL, &loss) == QLAB_OK);
+    CHECK(model_backward(m) == QLAB_OK && ad.backward_calls == 14);
+    model_set_adapter(m, NULL);
+    model_free(m);
+}
+
+/* ---------------------------------------------------------------- layout, vocabulary and clone */
+
+/* The parameter layout written out by hand for one configuration with grouped-query attention and a
+ * separate classifier, against the sizes table, the group table, the views and the linear weights. */
+static void test_layout(void) {
+    model_config c = tiny_config(2, 0); /* D 16, H 40, L 2, 4 heads of 4, 2 kv heads: KV 8, V 32 */
+    model *m = make_model(c);
+    size_t L = 2, D = 16, H = 40, KV = 8, V = 32;
+    size_t expect[MODEL_GROUP_COUNT] = {V * D, L * D,     L * D * D, L * KV * D, L * KV * D, L * D * D,
+                                        L * D, L * H * D, L * D * H, L * H * D,  D,          V * D};
+    size_t sizes[MODEL_GROUP_COUNT];
+    model_param_sizes(&c, sizes);
+    size_t count, offset = 0;
+    float *buffer = model_get_param_buffer(m, &count);
+    const model_params *views = model_get_params_const(m);
+    CHECK(model_get_params(m) == views && model_get_param_buffer_const(m, NULL) == buffer);
+    for (int g = 0; g < MODEL_GROUP_COUNT; g++) {
+        model_param_group pg = model_get_param_group(m, (model_group)g);
+        CHECKF(sizes[g] == expect[g] && pg.count == expect[g] && pg.offset == offset, "group %d (%s)", g,
+               pg.name);
+        CHECKF(views->group[g] == buffer + offset, "group %d (%s)", g, pg.name);
+        CHECK(!strcmp(pg.name, model_group_name((model_group)g)));
+        offset += pg.count;
+    }
+    CHECK(offset == count && count == model_num_params(&c));
+    CHECK(views->wq == views->group[MODEL_GROUP_WQ] && views->w2 == views->group[MODEL_GROUP_W2] &&
+          views->wcls == views->group[MODEL_GROUP_WCLS]);
+    CHECK(!strcmp(model_group_name(MODEL_GROUP_W3), "w3") &&
+          !strcmp(model_group_name(MODEL_GROUP_COUNT), "unknown"));
+
+    /* The projection vocabulary: names, shapes and groups, and the inverse map from groups. */
+    static const char *names[PROJ_COUNT] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                            "gate_proj", "up_proj", "down_proj"};
+    static const char *blocks[PROJ_COUNT] = {"self_attn", "self_attn", "self_attn", "self_attn",
+                                             "mlp",       "mlp",       "mlp"};
+    static const model_group groups[PROJ_COUNT] = {MODEL_GROUP_WQ, MODEL_GROUP_WK, MODEL_GROUP_WV,
+                                                   MODEL_GROUP_WO, MODEL_GROUP_W1, MODEL_GROUP_W3,
+                                                   MODEL_GROUP_W2};
+    static const int shapes[PROJ_COUNT][2] = {{16, 16}, {8, 16},  {8, 16}, {16, 16},
+                                              {40, 16}, {40, 16}, {16, 40}};
+    int groups_seen = 0;
+    for (int p = 0; p < PROJ_COUNT; p++) {
+        const model_proj_info *info = model_proj_get((model_proj)p);
+        int o, i;
+        model_proj_shape(&c, (model_proj)p, &o, &i);
+        CHECKF(info && !strcmp(info->name, names[p]) && !strcmp(info->block, blocks[p]) &&
+                   info->group == groups[p] && !strcmp(model_proj_name((model_proj)p), names[p]),
+               "projection %d", p);
+        CHECKF(o == shapes[p][0] && i == shapes[p][1], "projection %s: %d x %d", names[p], o, i);
+        CHECK(model_group_projection(groups[p]) == p && sizes[groups[p]] == L * (size_t)o * i);
+        groups_seen |= 1 << groups[p];
+        model_proj parsed = PROJ_COUNT;
+        CHECK(model_proj_parse(names[p], &parsed) == QLAB_OK && parsed == (model_proj)p);
+        parsed = PROJ_COUNT;
+        CHECK(model_proj_parse(info->short_name, &parsed) == QLAB_OK && parsed == (model_proj)p);
+        for (int l = 0; l < 2; l++) {
+            linear_weight lw = model_get_linear(m, l, (model_proj)p);
+            CHECK(lw.out_features == o && lw.in_features == i && !lw.q &&
+                  lw.w == views->group[groups[p]] + (size_t)l * o * i);
+        }
+    }
+    for (int g = 0; g < MODEL_GROUP_COUNT; g++)
+        if (!(groups_seen & (1 << g))) CHECKF(model_group_projection((model_group)g) == -1, "group %d", g);
+    model_proj parsed = PROJ_Q;
+    CHECK(model_proj_parse("w1", &parsed) == QLAB_ERR_ARG && strstr(qlab_last_error(), "'w1'") != NULL);
+    CHECK(model_proj_get(PROJ_COUNT) == NULL && !strcmp(model_proj_name(PROJ_COUNT), "unknown_proj"));
+    linear_weight none = model_get_linear(m, 2, PROJ_Q);
+    CHECK(!none.w && !none.q && none.out_features == 0);
+    CHECK(model_set_trainable(m, MODEL_GROUP_COUNT, 0) == QLAB_ERR_ARG);
+    CHECK(model_set_trainable(m, (model_group)-1, 0) == QLAB_ERR_ARG);
+    CHECK(model_set_trainable(m, MODEL_GROUP_WK, 0) == QLAB_OK &&
+          !model_get_param_group(m, MODEL_GROUP_WK).trainable);
+    model_free(m);
+
+    /* A shared classifier takes no room: its view is the embedding. */
+    c = tiny_config(4, 1);
+    m = make_model(c);
+    model_param_sizes(&c, sizes);
+    views = model_get_params_const(m);
+    CHECK(sizes[MODEL_GROUP_WCLS] == 0 && views->wcls == views->token_embedding &&
+          model_num_params(&c) == model_get_param_group(m, MODEL_GROUP_RMS_FINAL).offset + D);
+    model_free(m);
+}
+
+/* A clone computes what its source computes and shares nothing with it. */
+static void test_clone(void) {
+    enum { B = 2, T = 8 };
+    model *src = make_model(tiny_config(2, 0)), *copy = NULL;
+    CHECK(model_set_trainable(src, MODEL_GROUP_WK, 0) == QLAB_OK);
+    CHECK(model_clone(src, &copy) == QLAB_OK && copy != NULL);
+    size_t n_src, n_copy;
+    const float *ps = model_get_param_buffer_const(src, &n_src);
+    float *pc = model_get_param_buffer(copy, &n_copy);
+    CHECK(n_src == n_copy && pc != ps && memcmp(ps, pc, n_src * sizeof(float)) == 0);
+    CHECK(memcmp(model_get_config(src), model_get_config(copy), sizeof(model_config)) == 0);
+    for (int g = 0; g < MODEL_GROUP_COUNT; g++)
+        CHECKF(model_get_param_group(src, (model_group)g).trainable ==
+                   model_get_param_group(copy, (model_group)g).trainable,
+               "group %d", g);
+    int tokens[B * T], targets[B * T];
+    random_tokens(tokens, B * T, 32);
+    random_tokens(targets, B * T, 32);
+    float *la = malloc(sizeof(float) * B * T * 32), *lb = malloc(sizeof(float) * B * T * 32);
+    float loss_a = 0, loss_b = 0;
+    CHECK(model_forward(src, tokens, targets, B, T, la, &loss_a) == QLAB_OK);
+    CHECK(model_forward(copy, tokens, targets, B, T, lb, &loss_b) == QLAB_OK);
+    CHECK(memcmp(la, lb, sizeof(float) * B * T * 32) == 0 && loss_a == loss_b);
+    /* Independent: training or changing the copy leaves the source as it was, and the copy outlives it. */
+    CHECK(model_backward(copy) == QLAB_OK);
+    float *saved = malloc(sizeof(float) * n_src);
+    memcpy(saved, ps, sizeof(float) * n_src);
+    for (size_t i = 0; i < n_copy; i++)
+        pc[i] *= 0.5f;
+    CHECK(model_set_trainable(copy, MODEL_GROUP_WK, 1) == QLAB_OK &&
+          !model_get_param_group(src, MODEL_GROUP_WK).trainable);
+    CHECK(memcmp(saved, ps, sizeof(float) * n_src) == 0);
+    CHECK(model_forward(src, tokens, targets, B, T, lb, &loss_b) == QLAB_OK);
+    CHECK(memcmp(la, lb, sizeof(float) * B * T * 32) == 0 && loss_a == loss_b);
+    model_free(src);
+    CHECK(model_forward(copy, tokens, targets, B, T, lb, &loss_b) == QLAB_OK && loss_b != loss_a);
+    /* A quantized model is refused: its fp32 projections are not the weights it computes with. */
+    CHECK(model_quantize(copy, QUANT_NF4, 64, 0) == QLAB_OK && model_is_quantized(copy));
+    model *again = (model *)1;
+    CHECK(model_clone(copy, &again) == QLAB_ERR_ARG && again == NULL);
+    CHECK(strstr(qlab_last_error(), "quantized") != NULL);
+    model_free(copy);
+    free(la), free(lb), free(saved);
 }
 
 /* ---------------------------------------------------------------- determinism and arguments */
@@ -633,6 +824,9 @@ int main(void) {
     test_gradients();
     test_ignore_mask();
     test_freeze_and_adapter();
+    test_adapter_failure();
+    test_layout();
+    test_clone();
     test_determinism_and_errors();
     test_quantized();
     test_stories260k();

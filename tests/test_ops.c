@@ -177,7 +177,7 @@ static void test_matmul_and_linear(void) {
     c.lw = (linear_weight){c.OC, c.C, c.x[1], NULL};
     c.forward = fwd_linear;
     float *dx2 = zero_buf((size_t)c.N * c.C), *dw2 = zero_buf((size_t)c.OC * c.C);
-    linear_backward(dx2, dw2, c.w, c.x[0], &c.lw, c.N, NULL, 0);
+    CHECK(linear_backward(dx2, dw2, c.w, c.x[0], &c.lw, c.N, NULL, 0) == QLAB_OK);
     check_grad("linear dinp", &c, c.x[0], dx2, (size_t)c.N * c.C);
     check_grad("linear dweight", &c, c.x[1], dw2, (size_t)c.OC * c.C);
     CHECK(memcmp(dx, dx2, sizeof(float) * c.N * c.C) == 0);
@@ -336,9 +336,9 @@ static void test_quantized_linear(int OC) {
     CHECK(linear_tile_rows(&lw, tile_floats) == 2);
     float *yq = zero_buf((size_t)N * OC), *yr = zero_buf((size_t)N * OC);
     float *dq = zero_buf((size_t)N * IC), *dr = zero_buf((size_t)N * IC);
-    linear_forward(yq, x, &lw, N, tile, tile_floats);
+    CHECK(linear_forward(yq, x, &lw, N, tile, tile_floats) == QLAB_OK);
     matmul_forward(yr, x, w, N, IC, OC);
-    linear_backward(dq, NULL, dout, x, &lw, N, tile, tile_floats);
+    CHECK(linear_backward(dq, NULL, dout, x, &lw, N, tile, tile_floats) == QLAB_OK);
     matmul_backward(dr, NULL, dout, x, w, N, IC, OC);
     double ey = 0, ed = 0;
     for (int i = 0; i < N * OC; i++)
@@ -348,8 +348,23 @@ static void test_quantized_linear(int OC) {
     /* Same products; the tiled sgemm calls may associate the sums differently from one big call:
      * fp32 reassociation of 64 (forward) or OC (input gradient) O(1) terms, ~1e-6. */
     CHECKF(ey < 1e-4 && ed < 1e-4, "OC %d: tiled quantized linear differs: out %.3g, dinp %.3g", OC, ey, ed);
+    /* Misuses are refused before anything is written: a tile too small for two rows, no tile, a weight
+     * gradient of the frozen quantized weight, a weight with neither or both representations. */
+    float *before = zero_buf((size_t)N * OC);
+    memcpy(before, yq, sizeof(float) * N * OC);
+    CHECK(linear_forward(yq, x, &lw, N, tile, tile_floats - 1) == QLAB_ERR_ARG);
+    CHECK(strstr(qlab_last_error(), "linear_forward: tile") != NULL);
+    CHECK(linear_forward(yq, x, &lw, N, NULL, tile_floats) == QLAB_ERR_ARG);
+    CHECK(linear_backward(dq, w, dout, x, &lw, N, tile, tile_floats) == QLAB_ERR_ARG);
+    CHECK(strstr(qlab_last_error(), "quantized (frozen)") != NULL);
+    linear_weight none = {OC, IC, NULL, NULL}, both = {OC, IC, w, &qt};
+    CHECK(linear_forward(yq, x, &none, N, tile, tile_floats) == QLAB_ERR_ARG);
+    CHECK(strstr(qlab_last_error(), "neither") != NULL);
+    CHECK(linear_backward(dq, NULL, dout, x, &both, N, tile, tile_floats) == QLAB_ERR_ARG);
+    CHECK(strstr(qlab_last_error(), "both") != NULL);
+    CHECK(memcmp(before, yq, sizeof(float) * N * OC) == 0);
     quant_tensor_free(&qt);
-    free(w), free(x), free(dout), free(tile), free(yq), free(yr), free(dq), free(dr);
+    free(w), free(x), free(dout), free(tile), free(yq), free(yr), free(dq), free(dr), free(before);
 }
 
 int main(void) {

@@ -142,25 +142,6 @@ qlab_status finetune_heldout_nll(model *m, const finetune_rows *rows, int eval_b
     return QLAB_OK;
 }
 
-qlab_status finetune_copy_model(const model *src, model **out) {
-    model *s = (model *)src; /* the getters are not const-qualified; nothing is written */
-    for (int g = MODEL_GROUP_WQ; g <= MODEL_GROUP_W3; g++)
-        if (model_get_param_group(s, (model_group)g).quantized)
-            return qlab_fail(QLAB_ERR_ARG, "finetune: cannot copy a quantized model (its fp32 projections "
-                                           "are no longer in use)");
-    QLAB_TRY(model_create(out, model_get_config(s)));
-    size_t n_src, n_dst;
-    const float *from = model_get_param_buffer(s, &n_src);
-    float *to = model_get_param_buffer(*out, &n_dst);
-    if (n_src != n_dst) {
-        model_free(*out);
-        *out = NULL;
-        return qlab_fail(QLAB_ERR_ARG, "finetune: copy has %zu parameters, source %zu", n_dst, n_src);
-    }
-    memcpy(to, from, n_src * sizeof(float));
-    return QLAB_OK;
-}
-
 /* Fisher-Yates shuffle of 0..n-1. */
 static void shuffle(int64_t *order, int64_t n, rng_state *rng) {
     for (int64_t i = 0; i < n; i++)

@@ -115,8 +115,4 @@ qlab_status finetune_run(model *m, const finetune_rows *train, const finetune_ro
                          const finetune_options *o, finetune_step_callback callback, void *ctx,
                          lora_set **adapters, finetune_result *out);
 
-/* A fresh fp32 copy of a model (configuration and parameters), so every run of a grid starts from the same
- * base. Fails on a quantized source (its fp32 projections are no longer in use). */
-qlab_status finetune_copy_model(const model *src, model **out);
-
 #endif

@@ -173,8 +173,7 @@ typedef struct {
 
 /* p NULL: names and shapes only (data NULL). */
 static hf_tensor *hf_tensor_list(const model_config *c, const model_params *p, int *count) {
-    int L = c->n_layers, D = c->dim, H = c->hidden_dim, KV = c->n_kv_heads * (D / c->n_heads);
-    size_t DD = (size_t)D * D, KD = (size_t)KV * D, HD = (size_t)H * D;
+    int L = c->n_layers, D = c->dim;
     size_t n = 2 + (c->shared_classifier ? 0 : 1) + 9 * (size_t)L;
     int k = 0;
     hf_tensor *ts = qlab_calloc(n, sizeof *ts);
@@ -187,19 +186,26 @@ static hf_tensor *hf_tensor_list(const model_config *c, const model_params *p, i
         k++;                                                                                                 \
     } while (0)
     HF_ADD(HF_AT(token_embedding, 0), c->vocab_size, D, "model.embed_tokens.weight");
+/* projection pj of layer l, named and shaped by the projection vocabulary */
+#define HF_ADD_PROJ(pj)                                                                                      \
+    do {                                                                                                     \
+        const model_proj_info *info = model_proj_get(pj);                                                    \
+        int rows, cols;                                                                                      \
+        model_proj_shape(c, pj, &rows, &cols);                                                               \
+        HF_ADD(p ? p->group[info->group] + (size_t)l *rows *cols : NULL, rows, cols,                         \
+               "model.layers.%d.%s.%s.weight", l, info->block, info->name);                                  \
+    } while (0)
     for (int l = 0; l < L; l++) {
         HF_ADD(HF_AT(rms_att, (size_t)l * D), D, 0, "model.layers.%d.input_layernorm.weight", l);
-        HF_ADD(HF_AT(wq, l * DD), D, D, "model.layers.%d.self_attn.q_proj.weight", l);
-        HF_ADD(HF_AT(wk, l * KD), KV, D, "model.layers.%d.self_attn.k_proj.weight", l);
-        HF_ADD(HF_AT(wv, l * KD), KV, D, "model.layers.%d.self_attn.v_proj.weight", l);
-        HF_ADD(HF_AT(wo, l * DD), D, D, "model.layers.%d.self_attn.o_proj.weight", l);
+        for (int pj = PROJ_Q; pj <= PROJ_O; pj++)
+            HF_ADD_PROJ((model_proj)pj);
         HF_ADD(HF_AT(rms_ffn, (size_t)l * D), D, 0, "model.layers.%d.post_attention_layernorm.weight", l);
-        HF_ADD(HF_AT(w1, l * HD), H, D, "model.layers.%d.mlp.gate_proj.weight", l);
-        HF_ADD(HF_AT(w3, l * HD), H, D, "model.layers.%d.mlp.up_proj.weight", l);
-        HF_ADD(HF_AT(w2, l * HD), D, H, "model.layers.%d.mlp.down_proj.weight", l);
+        for (int pj = PROJ_GATE; pj <= PROJ_DOWN; pj++)
+            HF_ADD_PROJ((model_proj)pj);
     }
     HF_ADD(HF_AT(rms_final, 0), D, 0, "model.norm.weight");
     if (!c->shared_classifier) HF_ADD(HF_AT(wcls, 0), c->vocab_size, D, "lm_head.weight");
+#undef HF_ADD_PROJ
 #undef HF_ADD
 #undef HF_AT
     *count = k;

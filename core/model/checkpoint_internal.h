@@ -35,10 +35,9 @@ size_t checkpoint_dtype_size(checkpoint_dtype dtype);
 /* Widens n stored values of dtype at src (any alignment, little-endian) into dst. */
 void checkpoint_widen(float *dst, const void *src, size_t n, checkpoint_dtype dtype);
 
-/* The writers take a const model but model.h only offers a writable view of the parameters; they never
- * write through it. */
+/* The parameter views of a model the writers only read. */
 static inline const model_params *checkpoint_params(const model *m) {
-    return model_get_params((model *)m);
+    return model_get_params_const(m);
 }
 
 #endif

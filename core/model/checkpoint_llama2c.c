@@ -42,20 +42,20 @@ static int llama2c_layout_of(const model_config *c, llama2c_layout *lay) {
     return 1;
 }
 
-#define LLAMA2C_SECTIONS 11
+/* The file's weight sections before the RoPE tables are the model's groups token_embedding..rms_final in
+ * group order (llama2.c's order); the classifier, when stored, follows the RoPE tables. */
+#define LLAMA2C_SECTIONS (MODEL_GROUP_RMS_FINAL + 1)
 
-/* The file's weight sections before the RoPE tables, in file order, as views into the model (copied one
- * by one so nothing depends on how model.c arranges its buffer). */
+/* Those sections as views into the model, with their element counts (copied one by one so nothing
+ * depends on how model.c arranges its buffer). */
 static void llama2c_sections(const model_config *c, const model_params *p, float *ptr[LLAMA2C_SECTIONS],
                              size_t count[LLAMA2C_SECTIONS]) {
-    size_t D = (size_t)c->dim, H = (size_t)c->hidden_dim, L = (size_t)c->n_layers, V = (size_t)c->vocab_size;
-    size_t KV = (size_t)c->n_kv_heads * (D / (size_t)c->n_heads);
-    float *ptrs[LLAMA2C_SECTIONS] = {p->token_embedding, p->rms_att, p->wq, p->wk, p->wv,       p->wo,
-                                     p->rms_ffn,         p->w1,      p->w2, p->w3, p->rms_final};
-    size_t counts[LLAMA2C_SECTIONS] = {V * D, L * D,     L * D * D, L * KV * D, L * KV * D, L * D * D,
-                                       L * D, L * H * D, L * D * H, L * H * D,  D};
-    memcpy(ptr, ptrs, sizeof ptrs);
-    memcpy(count, counts, sizeof counts);
+    size_t sizes[MODEL_GROUP_COUNT];
+    model_param_sizes(c, sizes);
+    for (int s = 0; s < LLAMA2C_SECTIONS; s++) {
+        ptr[s] = p->group[s];
+        count[s] = sizes[s];
+    }
 }
 
 qlab_status checkpoint_load_llama2c(const char *path, model **out) {

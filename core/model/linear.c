@@ -22,12 +22,26 @@ size_t linear_tile_floats_needed(const linear_weight *lw, size_t tile_floats) {
     return tile_floats > two_rows ? tile_floats : two_rows;
 }
 
-void linear_forward(float *out, const float *inp, const linear_weight *lw, int N, float *tile,
-                    size_t tile_floats) {
+/* The misuses both directions refuse before computing anything. */
+static qlab_status linear_check(const char *fn, const linear_weight *lw, const float *tile,
+                                size_t tile_floats) {
+    if (!lw->w == !lw->q)
+        return qlab_fail(QLAB_ERR_ARG, "%s: the weight (%d x %d) must have exactly one of w and q, it has %s",
+                         fn, lw->out_features, lw->in_features, lw->w ? "both" : "neither");
+    if (lw->q && (!tile || tile_floats < linear_tile_floats_needed(lw, 0)))
+        return qlab_fail(QLAB_ERR_ARG,
+                         "%s: tile of %zu floats for a quantized weight with rows of %d (needs %zu)", fn,
+                         tile ? tile_floats : 0, lw->in_features, linear_tile_floats_needed(lw, 0));
+    return QLAB_OK;
+}
+
+qlab_status linear_forward(float *out, const float *inp, const linear_weight *lw, int N, float *tile,
+                           size_t tile_floats) {
+    QLAB_TRY(linear_check("linear_forward", lw, tile, tile_floats));
     int OC = lw->out_features, IC = lw->in_features;
     if (lw->w) {
         matmul_forward(out, inp, lw->w, N, IC, OC);
-        return;
+        return QLAB_OK;
     }
     int rows = linear_tile_rows(lw, tile_floats);
     for (int r0 = 0; r0 < OC; r0 += rows) {
@@ -35,20 +49,28 @@ void linear_forward(float *out, const float *inp, const linear_weight *lw, int N
         quant_tensor_dequantize_range(lw->q, (int64_t)r0 * IC, (int64_t)nr * IC, tile);
         ops_gemm(0, 1, N, nr, IC, 1.0f, inp, IC, tile, IC, 0.0f, out + r0, OC);
     }
+    return QLAB_OK;
 }
 
-void linear_backward(float *dinp, float *dweight, const float *dout, const float *inp,
-                     const linear_weight *lw, int N, float *tile, size_t tile_floats) {
+qlab_status linear_backward(float *dinp, float *dweight, const float *dout, const float *inp,
+                            const linear_weight *lw, int N, float *tile, size_t tile_floats) {
+    QLAB_TRY(linear_check("linear_backward", lw, tile, tile_floats));
     int OC = lw->out_features, IC = lw->in_features;
     if (lw->w) {
         matmul_backward(dinp, dweight, dout, inp, lw->w, N, IC, OC);
-        return;
+        return QLAB_OK;
     }
-    if (!dinp) return; /* quantized weights are frozen: there is no weight gradient to form */
+    if (dweight)
+        return qlab_fail(QLAB_ERR_ARG,
+                         "linear_backward: a weight gradient was asked of a quantized (frozen) "
+                         "%d x %d weight",
+                         OC, IC);
+    if (!dinp) return QLAB_OK; /* nothing to form */
     int rows = linear_tile_rows(lw, tile_floats);
     for (int r0 = 0; r0 < OC; r0 += rows) {
         int nr = OC - r0 < rows ? OC - r0 : rows;
         quant_tensor_dequantize_range(lw->q, (int64_t)r0 * IC, (int64_t)nr * IC, tile);
         ops_gemm(0, 0, N, IC, nr, 1.0f, dout + r0, OC, tile, IC, 1.0f, dinp, IC);
     }
+    return QLAB_OK;
 }

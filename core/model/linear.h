@@ -17,12 +17,14 @@ int linear_tile_rows(const linear_weight *lw, size_t tile_floats);
 /* Floats of tile a layer needs: max(tile_floats, 2 rows). */
 size_t linear_tile_floats_needed(const linear_weight *lw, size_t tile_floats);
 
-/* out (N,OC) = inp (N,IC) @ W^T. tile (tile_floats) is scratch for quantized weights (unused for fp32). */
-void linear_forward(float *out, const float *inp, const linear_weight *lw, int N, float *tile,
-                    size_t tile_floats);
-/* dinp (N,IC, may be NULL) += dout (N,OC) @ W; dweight (OC,IC, may be NULL, must be NULL for quantized
- * weights, which are frozen) += dout^T @ inp. */
-void linear_backward(float *dinp, float *dweight, const float *dout, const float *inp,
-                     const linear_weight *lw, int N, float *tile, size_t tile_floats);
+/* out (N,OC) = inp (N,IC) @ W^T. tile (tile_floats) is scratch for quantized weights (unused for fp32).
+ * Both refuse (QLAB_ERR_ARG, computing nothing) a weight that has neither or both of w and q, or a
+ * quantized weight without a tile of linear_tile_floats_needed(lw, 0) floats. */
+qlab_status linear_forward(float *out, const float *inp, const linear_weight *lw, int N, float *tile,
+                           size_t tile_floats);
+/* dinp (N,IC, may be NULL) += dout (N,OC) @ W; dweight (OC,IC, may be NULL) += dout^T @ inp. Quantized
+ * weights are frozen: a dweight for one is refused. */
+qlab_status linear_backward(float *dinp, float *dweight, const float *dout, const float *inp,
+                            const linear_weight *lw, int N, float *tile, size_t tile_floats);
 
 #endif

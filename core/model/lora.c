@@ -84,8 +84,6 @@ void lora_backward(float *dA, float *dB, float *dinp, const float *dout, const f
 
 /* ---------------------------------------------------------------- target names */
 
-static const char *lora_short_names[PROJ_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};
-
 qlab_status lora_parse_targets(const char *text, unsigned *targets) {
     *targets = 0;
     if (!text || !*text)
@@ -98,20 +96,16 @@ qlab_status lora_parse_targets(const char *text, unsigned *targets) {
     while (1) {
         const char *end = strchr(s, ',');
         size_t len = end ? (size_t)(end - s) : strlen(s);
-        int found = -1;
-        for (int p = 0; p < PROJ_COUNT && found < 0; p++) {
-            const char *full = model_proj_name((model_proj)p), *brief = lora_short_names[p];
-            if ((strlen(full) == len && !strncmp(s, full, len)) ||
-                (strlen(brief) == len && !strncmp(s, brief, len)))
-                found = p;
-        }
-        if (found < 0)
+        char word[32];
+        model_proj p = PROJ_COUNT;
+        snprintf(word, sizeof word, "%.*s", (int)(len < sizeof word ? len : sizeof word - 1), s);
+        if (len >= sizeof word || model_proj_parse(word, &p) != QLAB_OK)
             return qlab_fail(
                 QLAB_ERR_ARG,
                 "lora targets '%s': unknown projection '%.*s' (known: q_proj k_proj v_proj o_proj "
                 "gate_proj up_proj down_proj, or all, attention, qv)",
                 text, (int)len, s);
-        mask |= LORA_TARGET(found);
+        mask |= LORA_TARGET(p);
         if (!end) break;
         s = end + 1;
     }
@@ -145,37 +139,6 @@ struct lora_set {
     int max_in_features;
 };
 
-/* (out_features, in_features) of projection p. */
-static void lora_proj_shape(const model_config *c, model_proj p, int *out_features, int *in_features) {
-    int D = c->dim, H = c->hidden_dim, KV = c->n_kv_heads * (c->dim / c->n_heads);
-    switch (p) {
-    case PROJ_Q:
-        *out_features = D, *in_features = D;
-        break;
-    case PROJ_K:
-        *out_features = KV, *in_features = D;
-        break;
-    case PROJ_V:
-        *out_features = KV, *in_features = D;
-        break;
-    case PROJ_O:
-        *out_features = D, *in_features = D;
-        break;
-    case PROJ_GATE:
-        *out_features = H, *in_features = D;
-        break;
-    case PROJ_UP:
-        *out_features = H, *in_features = D;
-        break;
-    case PROJ_DOWN:
-        *out_features = D, *in_features = H;
-        break;
-    default:
-        *out_features = 0, *in_features = 0;
-        break;
-    }
-}
-
 static qlab_status lora_check_config(const model_config *mc, const lora_config *lc) {
     if (mc->dim <= 0 || mc->hidden_dim <= 0 || mc->n_layers <= 0 || mc->n_heads <= 0 || mc->n_kv_heads <= 0 ||
         mc->dim % mc->n_heads != 0)
@@ -194,7 +157,7 @@ static qlab_status lora_check_config(const model_config *mc, const lora_config *
     double total = 0;
     for (int p = 0; p < PROJ_COUNT; p++) {
         int o, i;
-        lora_proj_shape(mc, (model_proj)p, &o, &i);
+        model_proj_shape(mc, (model_proj)p, &o, &i);
         if (lc->targets & LORA_TARGET(p)) total += (double)lc->rank * ((double)o + i);
     }
     if (total * mc->n_layers > 1e12)
@@ -236,7 +199,7 @@ qlab_status lora_create(lora_set **out, const model_config *mc, const lora_confi
             l->slot_of[layer * PROJ_COUNT + p] = -1;
             if (!(lc->targets & LORA_TARGET(p))) continue;
             lora_adapter *a = &l->adapters[slot];
-            lora_proj_shape(mc, (model_proj)p, &a->out_features, &a->in_features);
+            model_proj_shape(mc, (model_proj)p, &a->out_features, &a->in_features);
             a->rank = r;
             a->offset = offset;
             offset += (size_t)r * a->in_features + (size_t)a->out_features * r;
@@ -358,15 +321,16 @@ static qlab_status lora_hook_begin(void *ctx, int B, int T) {
     return lora_reserve(ctx, B * T);
 }
 
-static void lora_hook_forward(void *ctx, int layer, model_proj p, const float *inp, float *out, int N) {
+static qlab_status lora_hook_forward(void *ctx, int layer, model_proj p, const float *inp, float *out,
+                                     int N) {
     lora_set *l = ctx;
     int s = lora_slot(l, layer, p);
-    if (s < 0) return;
-    /* model_forward reserved B*T rows through lora_hook_begin (and failed if it could not), so this is a
-     * safeguard only: should it fail, the adapter and its backward are skipped (last_N = 0). */
-    if (N > l->capacity && lora_reserve(l, N) != QLAB_OK) {
+    if (s < 0) return QLAB_OK; /* this projection is not adapted */
+    /* model_forward reserved B*T rows through lora_hook_begin (and failed if it could not); growing here
+     * serves a caller that runs the hook without it, and its failure fails the forward. */
+    if (N > l->capacity) {
         l->last_N[s] = 0;
-        return;
+        QLAB_TRY(lora_reserve(l, N));
     }
     const lora_adapter *a = &l->adapters[s];
     float dropout = l->training ? l->cfg.dropout : 0.0f;
@@ -381,17 +345,24 @@ static void lora_hook_forward(void *ctx, int layer, model_proj p, const float *i
     l->last_mask_seed[s] = mask_seed;
     l->last_dropout[s] = dropout;
     l->last_N[s] = N;
+    return QLAB_OK;
 }
 
-static void lora_hook_backward(void *ctx, int layer, model_proj p, const float *inp, const float *dout,
-                               float *dinp, int N) {
+static qlab_status lora_hook_backward(void *ctx, int layer, model_proj p, const float *inp, const float *dout,
+                                      float *dinp, int N) {
     lora_set *l = ctx;
     int s = lora_slot(l, layer, p);
-    if (s < 0 || l->last_N[s] != N) return;
+    if (s < 0) return QLAB_OK; /* this projection is not adapted */
+    if (l->last_N[s] != N)
+        return qlab_fail(QLAB_ERR_ARG,
+                         "lora: layer %d %s has no saved forward over %d positions (it holds %d): the "
+                         "adapters were resized or not run by the forward this backward follows",
+                         layer, model_proj_name(p), N, l->last_N[s]);
     const lora_adapter *a = &l->adapters[s];
     const float *hidden = l->hidden + (size_t)s * l->capacity * a->rank;
     lora_backward(a->dA, a->dB, dinp, dout, inp, hidden, a->A, a->B, N, a->in_features, a->out_features,
                   a->rank, l->scale, l->last_dropout[s], l->last_mask_seed[s], l->scratch);
+    return QLAB_OK;
 }
 
 qlab_status lora_attach(lora_set *l, model *m, int freeze_base) {
@@ -405,10 +376,10 @@ qlab_status lora_attach(lora_set *l, model *m, int freeze_base) {
             l->mc.dim, l->mc.hidden_dim, l->mc.n_layers, l->mc.n_heads, l->mc.n_kv_heads, c->dim,
             c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads);
     QLAB_TRY(lora_reserve(l, c->seq_len));
-    model_adapter hook = {.ctx = l, .forward = lora_hook_forward, .backward = lora_hook_backward};
+    model_adapter hook = {
+        .ctx = l, .begin = lora_hook_begin, .forward = lora_hook_forward, .backward = lora_hook_backward};
     if (freeze_base) model_set_all_trainable(m, 0);
     model_set_adapter(m, &hook);
-    model_set_adapter_begin(m, lora_hook_begin);
     return QLAB_OK;
 }
 
@@ -423,9 +394,6 @@ qlab_status lora_merge(const lora_set *l, model *m) {
     if (c->dim != l->mc.dim || c->hidden_dim != l->mc.hidden_dim || c->n_layers != l->mc.n_layers ||
         c->n_heads != l->mc.n_heads || c->n_kv_heads != l->mc.n_kv_heads)
         return qlab_fail(QLAB_ERR_ARG, "lora_merge: the adapters do not match the model's configuration");
-    static const model_group group_of[PROJ_COUNT] = {MODEL_GROUP_WQ, MODEL_GROUP_WK, MODEL_GROUP_WV,
-                                                     MODEL_GROUP_WO, MODEL_GROUP_W1, MODEL_GROUP_W3,
-                                                     MODEL_GROUP_W2};
     float *params = model_get_param_buffer(m, NULL);
     for (int layer = 0; layer < c->n_layers; layer++)
         for (int p = 0; p < PROJ_COUNT; p++) {
@@ -438,7 +406,7 @@ qlab_status lora_merge(const lora_set *l, model *m) {
                     "lora_merge: layer %d %s is quantized; merge into an fp32 (dequantized) model", layer,
                     model_proj_name((model_proj)p));
             const lora_adapter *a = &l->adapters[s];
-            model_param_group g = model_get_param_group(m, group_of[p]);
+            model_param_group g = model_get_param_group(m, model_proj_get((model_proj)p)->group);
             float *W = params + g.offset + (size_t)layer * a->out_features * a->in_features;
             /* W (OC,IC) += scale B (OC,r) A (r,IC) */
             ops_gemm(0, 0, a->out_features, a->in_features, a->rank, l->scale, a->B, a->rank, a->A,
@@ -450,9 +418,9 @@ qlab_status lora_merge(const lora_set *l, model *m) {
 /* ---------------------------------------------------------------- safetensors files (PEFT names) */
 
 static void lora_tensor_name(char *buf, size_t size, int layer, model_proj p, char which) {
-    const char *block = p <= PROJ_O ? "self_attn" : "mlp";
-    snprintf(buf, size, "base_model.model.model.layers.%d.%s.%s.lora_%c.weight", layer, block,
-             model_proj_name(p), which);
+    const model_proj_info *info = model_proj_get(p);
+    snprintf(buf, size, "base_model.model.model.layers.%d.%s.%s.lora_%c.weight", layer, info->block,
+             info->name, which);
 }
 
 /* qlab keeps W_q and W_k in the interleaved rotary row order; Hugging Face (and so PEFT) stores them in the

@@ -4,6 +4,7 @@
 #include "core/model/model.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -56,7 +57,6 @@ struct model {
     int rope_len;
     model_adapter adapter;
     int has_adapter;
-    qlab_status (*adapter_begin)(void *ctx, int B, int T);
 
     /* Activations of the last forward, sized for act_capacity floats. */
     float *act_buffer;
@@ -71,57 +71,129 @@ struct model {
     model_grad_acts gacts;
 };
 
-const char *model_proj_name(model_proj p) {
-    static const char *names[PROJ_COUNT] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
-                                            "gate_proj", "up_proj", "down_proj"};
-    return (p >= 0 && p < PROJ_COUNT) ? names[p] : "unknown_proj";
+/* The views' named fields and the group array must line up, so p->wq is p->group[MODEL_GROUP_WQ]. */
+#define MODEL_VIEW_AT(field, g) _Static_assert(offsetof(model_params, field) == (g) * sizeof(float *), #field)
+MODEL_VIEW_AT(token_embedding, MODEL_GROUP_TOKEN_EMBEDDING);
+MODEL_VIEW_AT(rms_att, MODEL_GROUP_RMS_ATT);
+MODEL_VIEW_AT(wq, MODEL_GROUP_WQ);
+MODEL_VIEW_AT(wk, MODEL_GROUP_WK);
+MODEL_VIEW_AT(wv, MODEL_GROUP_WV);
+MODEL_VIEW_AT(wo, MODEL_GROUP_WO);
+MODEL_VIEW_AT(rms_ffn, MODEL_GROUP_RMS_FFN);
+MODEL_VIEW_AT(w1, MODEL_GROUP_W1);
+MODEL_VIEW_AT(w2, MODEL_GROUP_W2);
+MODEL_VIEW_AT(w3, MODEL_GROUP_W3);
+MODEL_VIEW_AT(rms_final, MODEL_GROUP_RMS_FINAL);
+MODEL_VIEW_AT(wcls, MODEL_GROUP_WCLS);
+_Static_assert(sizeof(model_params) == MODEL_GROUP_COUNT * sizeof(float *),
+               "model_params: one view per group");
+#undef MODEL_VIEW_AT
+
+/* ---------------------------------------------------------------- layout: projections and groups */
+
+/* The widths a projection maps between: the model width (n_heads * head_size = dim), the key/value
+ * width (n_kv_heads * head_size) and the feed-forward width. */
+typedef enum { MODEL_WIDTH_DIM, MODEL_WIDTH_KV, MODEL_WIDTH_HIDDEN } model_width;
+
+static const struct {
+    model_proj_info info;
+    model_width out, in;
+} model_projections[PROJ_COUNT] = {
+    [PROJ_Q] = {{"q_proj", "q", "self_attn", MODEL_GROUP_WQ}, MODEL_WIDTH_DIM, MODEL_WIDTH_DIM},
+    [PROJ_K] = {{"k_proj", "k", "self_attn", MODEL_GROUP_WK}, MODEL_WIDTH_KV, MODEL_WIDTH_DIM},
+    [PROJ_V] = {{"v_proj", "v", "self_attn", MODEL_GROUP_WV}, MODEL_WIDTH_KV, MODEL_WIDTH_DIM},
+    [PROJ_O] = {{"o_proj", "o", "self_attn", MODEL_GROUP_WO}, MODEL_WIDTH_DIM, MODEL_WIDTH_DIM},
+    [PROJ_GATE] = {{"gate_proj", "gate", "mlp", MODEL_GROUP_W1}, MODEL_WIDTH_HIDDEN, MODEL_WIDTH_DIM},
+    [PROJ_UP] = {{"up_proj", "up", "mlp", MODEL_GROUP_W3}, MODEL_WIDTH_HIDDEN, MODEL_WIDTH_DIM},
+    [PROJ_DOWN] = {{"down_proj", "down", "mlp", MODEL_GROUP_W2}, MODEL_WIDTH_DIM, MODEL_WIDTH_HIDDEN},
+};
+
+static const char *model_group_names[MODEL_GROUP_COUNT] = {
+    "token_embedding", "rms_att", "wq", "wk", "wv", "wo", "rms_ffn", "w1", "w2", "w3", "rms_final", "wcls"};
+
+const model_proj_info *model_proj_get(model_proj p) {
+    return (p >= 0 && p < PROJ_COUNT) ? &model_projections[p].info : NULL;
 }
 
-/* Sizes of every parameter tensor, in buffer order; the single source of truth for the layout. */
-typedef struct {
-    size_t token_embedding, rms_att, wq, wk, wv, wo, rms_ffn, w1, w2, w3, rms_final, wcls;
-} model_sizes;
+const char *model_proj_name(model_proj p) {
+    return (p >= 0 && p < PROJ_COUNT) ? model_projections[p].info.name : "unknown_proj";
+}
 
-static model_sizes model_param_sizes(const model_config *c) {
-    size_t L = (size_t)c->n_layers, D = (size_t)c->dim, H = (size_t)c->hidden_dim;
-    size_t hs = D / (size_t)c->n_heads, kv = (size_t)c->n_kv_heads * hs;
-    model_sizes s;
-    s.token_embedding = (size_t)c->vocab_size * D;
-    s.rms_att = L * D;
-    s.wq = L * D * D;
-    s.wk = L * kv * D;
-    s.wv = L * kv * D;
-    s.wo = L * D * D;
-    s.rms_ffn = L * D;
-    s.w1 = L * H * D;
-    s.w2 = L * D * H;
-    s.w3 = L * H * D;
-    s.rms_final = D;
-    s.wcls = c->shared_classifier ? 0 : (size_t)c->vocab_size * D;
-    return s;
+const char *model_group_name(model_group g) {
+    return (g >= 0 && g < MODEL_GROUP_COUNT) ? model_group_names[g] : "unknown";
+}
+
+static int model_width_of(const model_config *c, model_width w) {
+    switch (w) {
+    case MODEL_WIDTH_DIM:
+        return c->dim;
+    case MODEL_WIDTH_KV:
+        return c->n_heads > 0 ? c->n_kv_heads * (c->dim / c->n_heads) : 0;
+    case MODEL_WIDTH_HIDDEN:
+        return c->hidden_dim;
+    }
+    return 0;
+}
+
+void model_proj_shape(const model_config *c, model_proj p, int *out_features, int *in_features) {
+    *out_features = 0, *in_features = 0;
+    if (p < 0 || p >= PROJ_COUNT) return;
+    *out_features = model_width_of(c, model_projections[p].out);
+    *in_features = model_width_of(c, model_projections[p].in);
+}
+
+int model_group_projection(model_group g) {
+    for (int p = 0; p < PROJ_COUNT; p++)
+        if (model_projections[p].info.group == g) return p;
+    return -1;
+}
+
+qlab_status model_proj_parse(const char *name, model_proj *p) {
+    for (int i = 0; i < PROJ_COUNT; i++)
+        if (name && (!strcmp(name, model_projections[i].info.name) ||
+                     !strcmp(name, model_projections[i].info.short_name))) {
+            *p = (model_proj)i;
+            return QLAB_OK;
+        }
+    return qlab_fail(
+        QLAB_ERR_ARG,
+        "unknown projection '%s' (known: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj, "
+        "or q k v o gate up down)",
+        name ? name : "(null)");
+}
+
+void model_param_sizes(const model_config *c, size_t sizes[MODEL_GROUP_COUNT]) {
+    size_t L = (size_t)c->n_layers, D = (size_t)c->dim, V = (size_t)c->vocab_size;
+    sizes[MODEL_GROUP_TOKEN_EMBEDDING] = V * D;
+    sizes[MODEL_GROUP_RMS_ATT] = L * D;
+    sizes[MODEL_GROUP_RMS_FFN] = L * D;
+    sizes[MODEL_GROUP_RMS_FINAL] = D;
+    sizes[MODEL_GROUP_WCLS] = c->shared_classifier ? 0 : V * D;
+    for (int p = 0; p < PROJ_COUNT; p++) {
+        int out_f, in_f;
+        model_proj_shape(c, (model_proj)p, &out_f, &in_f);
+        sizes[model_projections[p].info.group] = L * (size_t)out_f * (size_t)in_f;
+    }
 }
 
 size_t model_num_params(const model_config *c) {
-    model_sizes s = model_param_sizes(c);
-    return s.token_embedding + s.rms_att + s.wq + s.wk + s.wv + s.wo + s.rms_ffn + s.w1 + s.w2 + s.w3 +
-           s.rms_final + s.wcls;
+    size_t sizes[MODEL_GROUP_COUNT], total = 0;
+    model_param_sizes(c, sizes);
+    for (int g = 0; g < MODEL_GROUP_COUNT; g++)
+        total += sizes[g];
+    return total;
 }
 
+/* Points one view per group into base, in group order; a shared classifier is the embedding. */
 static void model_point_views(model_params *p, float *base, const model_config *c) {
-    model_sizes s = model_param_sizes(c);
+    size_t sizes[MODEL_GROUP_COUNT];
+    model_param_sizes(c, sizes);
     float *x = base;
-    p->token_embedding = x, x += s.token_embedding;
-    p->rms_att = x, x += s.rms_att;
-    p->wq = x, x += s.wq;
-    p->wk = x, x += s.wk;
-    p->wv = x, x += s.wv;
-    p->wo = x, x += s.wo;
-    p->rms_ffn = x, x += s.rms_ffn;
-    p->w1 = x, x += s.w1;
-    p->w2 = x, x += s.w2;
-    p->w3 = x, x += s.w3;
-    p->rms_final = x, x += s.rms_final;
-    p->wcls = c->shared_classifier ? p->token_embedding : x;
+    for (int g = 0; g < MODEL_GROUP_COUNT; g++) {
+        p->group[g] = x;
+        x += sizes[g];
+    }
+    if (c->shared_classifier) p->wcls = p->token_embedding;
 }
 
 static qlab_status model_check_config(const model_config *c) {
@@ -238,8 +310,16 @@ const model_config *model_get_config(const model *m) {
 model_params *model_get_params(model *m) {
     return &m->params;
 }
+const model_params *model_get_params_const(const model *m) {
+    return &m->params;
+}
 
 float *model_get_param_buffer(model *m, size_t *count) {
+    if (count) *count = m->num_params;
+    return m->param_buffer;
+}
+
+const float *model_get_param_buffer_const(const model *m, size_t *count) {
     if (count) *count = m->num_params;
     return m->param_buffer;
 }
@@ -248,7 +328,10 @@ float *model_get_grad_buffer(model *m, size_t *count) {
     if (count) *count = m->num_params;
     if (!m->grad_buffer) {
         m->grad_buffer = qlab_alloc_aligned(m->num_params * sizeof(float));
-        if (!m->grad_buffer) return NULL;
+        if (!m->grad_buffer) {
+            qlab_fail(QLAB_ERR_NOMEM, "model gradients: cannot allocate %zu floats", m->num_params);
+            return NULL;
+        }
         model_point_views(&m->grads, m->grad_buffer, &m->cfg);
     }
     return m->grad_buffer;
@@ -258,85 +341,64 @@ void model_zero_grad(model *m) {
     if (m->grad_buffer) memset(m->grad_buffer, 0, m->num_params * sizeof(float));
 }
 
+int model_is_quantized(const model *m) {
+    return m->quantized != NULL;
+}
+
+qlab_status model_clone(const model *src, model **out) {
+    *out = NULL;
+    if (src->quantized)
+        return qlab_fail(QLAB_ERR_ARG, "model_clone: the source model is quantized (its fp32 projections are "
+                                       "no longer its weights); clone it before model_quantize");
+    model *m;
+    QLAB_TRY(model_create(&m, &src->cfg));
+    memcpy(m->param_buffer, src->param_buffer, src->num_params * sizeof(float));
+    memcpy(m->trainable, src->trainable, sizeof m->trainable);
+    *out = m;
+    return QLAB_OK;
+}
+
 /* Pointer to the fp32 matrix of projection p in layer l inside a parameter (or gradient) view set. */
-static float *model_proj_matrix(const model_params *p, const model_config *c, int l, model_proj proj,
-                                int *out_features, int *in_features) {
-    size_t D = (size_t)c->dim, H = (size_t)c->hidden_dim, kv = (size_t)c->n_kv_heads * (D / c->n_heads);
-    switch (proj) {
-    case PROJ_Q:
-        *out_features = (int)D, *in_features = (int)D;
-        return p->wq + l * D * D;
-    case PROJ_K:
-        *out_features = (int)kv, *in_features = (int)D;
-        return p->wk + l * kv * D;
-    case PROJ_V:
-        *out_features = (int)kv, *in_features = (int)D;
-        return p->wv + l * kv * D;
-    case PROJ_O:
-        *out_features = (int)D, *in_features = (int)D;
-        return p->wo + l * D * D;
-    case PROJ_GATE:
-        *out_features = (int)H, *in_features = (int)D;
-        return p->w1 + l * H * D;
-    case PROJ_UP:
-        *out_features = (int)H, *in_features = (int)D;
-        return p->w3 + l * H * D;
-    case PROJ_DOWN:
-        *out_features = (int)D, *in_features = (int)H;
-        return p->w2 + l * D * H;
-    default:
-        *out_features = 0, *in_features = 0;
-        return NULL;
-    }
+static float *model_proj_matrix(const model_params *views, const model_config *c, int l, model_proj p) {
+    int out_f, in_f;
+    model_proj_shape(c, p, &out_f, &in_f);
+    return views->group[model_projections[p].info.group] + (size_t)l * out_f * in_f;
 }
 
 linear_weight model_get_linear(const model *m, int layer, model_proj p) {
     linear_weight lw = {0, 0, NULL, NULL};
     if (layer < 0 || layer >= m->cfg.n_layers || p < 0 || p >= PROJ_COUNT) return lw;
-    const float *w = model_proj_matrix(&m->params, &m->cfg, layer, p, &lw.out_features, &lw.in_features);
+    model_proj_shape(&m->cfg, p, &lw.out_features, &lw.in_features);
     if (m->quantized)
         lw.q = &m->quantized[(size_t)layer * PROJ_COUNT + p];
     else
-        lw.w = w;
+        lw.w = model_proj_matrix(&m->params, &m->cfg, layer, p);
     return lw;
 }
 
 /* ---------------------------------------------------------------- parameter groups and adapters */
 
-static const char *model_group_names[MODEL_GROUP_COUNT] = {
-    "token_embedding", "rms_att", "wq", "wk", "wv", "wo", "rms_ffn", "w1", "w2", "w3", "rms_final", "wcls"};
-
-/* The group holding projection p, and whether that group is the one quantized by model_quantize. */
-static model_group model_proj_group(model_proj p) {
-    static const model_group g[PROJ_COUNT] = {MODEL_GROUP_WQ, MODEL_GROUP_WK, MODEL_GROUP_WV, MODEL_GROUP_WO,
-                                              MODEL_GROUP_W1, MODEL_GROUP_W3, MODEL_GROUP_W2};
-    return g[p];
-}
-
-static int model_group_is_projection(model_group g) {
-    return g == MODEL_GROUP_WQ || g == MODEL_GROUP_WK || g == MODEL_GROUP_WV || g == MODEL_GROUP_WO ||
-           g == MODEL_GROUP_W1 || g == MODEL_GROUP_W2 || g == MODEL_GROUP_W3;
-}
-
 model_param_group model_get_param_group(const model *m, model_group g) {
     model_param_group out = {"unknown", 0, 0, 0, 0};
     if (g < 0 || g >= MODEL_GROUP_COUNT) return out;
-    model_sizes s = model_param_sizes(&m->cfg);
-    size_t sizes[MODEL_GROUP_COUNT] = {s.token_embedding, s.rms_att, s.wq, s.wk, s.wv,        s.wo,
-                                       s.rms_ffn,         s.w1,      s.w2, s.w3, s.rms_final, s.wcls};
-    size_t offset = 0;
+    size_t sizes[MODEL_GROUP_COUNT], offset = 0;
+    model_param_sizes(&m->cfg, sizes);
     for (int i = 0; i < (int)g; i++)
         offset += sizes[i];
     out.name = model_group_names[g];
     out.offset = offset;
     out.count = sizes[g];
-    out.quantized = m->quantized && model_group_is_projection(g);
+    out.quantized = m->quantized && model_group_projection(g) >= 0;
     out.trainable = m->trainable[g] && !out.quantized && out.count > 0;
     return out;
 }
 
-void model_set_trainable(model *m, model_group g, int trainable) {
-    if (g >= 0 && g < MODEL_GROUP_COUNT) m->trainable[g] = trainable ? 1 : 0;
+qlab_status model_set_trainable(model *m, model_group g, int trainable) {
+    if (g < 0 || g >= MODEL_GROUP_COUNT)
+        return qlab_fail(QLAB_ERR_ARG, "model_set_trainable: group %d is outside [0, %d)", (int)g,
+                         MODEL_GROUP_COUNT);
+    m->trainable[g] = trainable ? 1 : 0;
+    return QLAB_OK;
 }
 
 void model_set_all_trainable(model *m, int trainable) {
@@ -346,15 +408,10 @@ void model_set_all_trainable(model *m, int trainable) {
 
 void model_set_adapter(model *m, const model_adapter *adapter) {
     m->has_adapter = adapter != NULL;
-    m->adapter_begin = NULL;
     if (adapter)
         m->adapter = *adapter;
     else
         memset(&m->adapter, 0, sizeof m->adapter);
-}
-
-void model_set_adapter_begin(model *m, qlab_status (*begin)(void *ctx, int B, int T)) {
-    m->adapter_begin = m->has_adapter ? begin : NULL;
 }
 
 int model_last_target_count(const model *m) {
@@ -371,7 +428,8 @@ qlab_status model_quantize(model *m, quant_dtype dt, int blocksize, int double_q
     for (int l = 0; l < L; l++)
         for (int p = 0; p < PROJ_COUNT; p++) {
             int out_f, in_f;
-            const float *w = model_proj_matrix(&m->params, &m->cfg, l, (model_proj)p, &out_f, &in_f);
+            model_proj_shape(&m->cfg, (model_proj)p, &out_f, &in_f);
+            const float *w = model_proj_matrix(&m->params, &m->cfg, l, (model_proj)p);
             quant_tensor *qt = &qs[(size_t)l * PROJ_COUNT + p];
             qlab_status st = quant_tensor_quantize(qt, w, (int64_t)out_f * in_f, dt, blocksize, double_quant);
             if (st != QLAB_OK) {
@@ -404,8 +462,10 @@ qlab_status model_quantize(model *m, quant_dtype dt, int blocksize, int double_q
 
 double model_total_bits(const model *m) {
     if (!m->quantized) return 32.0 * (double)m->num_params;
-    model_sizes s = model_param_sizes(&m->cfg);
-    size_t replaced = s.wq + s.wk + s.wv + s.wo + s.w1 + s.w2 + s.w3;
+    size_t sizes[MODEL_GROUP_COUNT], replaced = 0;
+    model_param_sizes(&m->cfg, sizes);
+    for (int p = 0; p < PROJ_COUNT; p++)
+        replaced += sizes[model_projections[p].info.group];
     double bits = 32.0 * (double)(m->num_params - replaced);
     for (int i = 0; i < m->cfg.n_layers * PROJ_COUNT; i++)
         bits += 8.0 * (double)quant_tensor_bytes(&m->quantized[i]);
@@ -484,18 +544,48 @@ static qlab_status model_reserve(float **buffer, size_t *capacity, size_t need) 
     return QLAB_OK;
 }
 
-/* ---------------------------------------------------------------- forward */
+/* Views of layer l's activations inside the per-layer arrays of the last forward. */
+typedef struct {
+    float *res_in;         /* (N,D) the residual stream entering the layer */
+    float *ln1, *ln1_rstd; /* (N,D), (N) */
+    float *q, *k, *v;      /* (N,D), (N,KV), (N,KV) */
+    float *att;            /* (B,NH,T,T) */
+    float *atty, *res2;    /* (N,D) */
+    float *ln2, *ln2_rstd; /* (N,D), (N) */
+    float *h1, *h3, *hs;   /* (N,H) */
+    float *res3;           /* (N,D) the residual stream leaving the layer */
+} model_layer_acts;
 
-static void model_linear_forward(model *m, int l, model_proj p, float *out, const float *inp, int N) {
-    linear_weight lw = model_get_linear(m, l, p);
-    linear_forward(out, inp, &lw, N, m->tile, m->tile_floats);
-    if (m->has_adapter && m->adapter.forward) m->adapter.forward(m->adapter.ctx, l, p, inp, out, N);
+static model_layer_acts model_layer_views(const model *m, int l) {
+    const model_acts *a = &m->acts;
+    size_t N = (size_t)m->B * m->T, ND = N * m->cfg.dim, NKVD = N * m->kv_dim, NHD = N * m->cfg.hidden_dim;
+    size_t att = (size_t)m->B * m->cfg.n_heads * m->T * m->T;
+    model_layer_acts v;
+    v.res_in = l == 0 ? a->encoded : a->res3 + (l - 1) * ND;
+    v.ln1 = a->ln1 + l * ND, v.ln1_rstd = a->ln1_rstd + l * N;
+    v.q = a->q + l * ND, v.k = a->k + l * NKVD, v.v = a->v + l * NKVD;
+    v.att = a->att + l * att, v.atty = a->atty + l * ND, v.res2 = a->res2 + l * ND;
+    v.ln2 = a->ln2 + l * ND, v.ln2_rstd = a->ln2_rstd + l * N;
+    v.h1 = a->h1 + l * NHD, v.h3 = a->h3 + l * NHD, v.hs = a->hs + l * NHD, v.res3 = a->res3 + l * ND;
+    return v;
 }
 
-qlab_status model_forward(model *m, const int *tokens, const int *targets, int B, int T, float *logits,
-                          float *loss) {
+/* ---------------------------------------------------------------- forward */
+
+static qlab_status model_linear_forward(model *m, int l, model_proj p, float *out, const float *inp, int N) {
+    linear_weight lw = model_get_linear(m, l, p);
+    QLAB_TRY(linear_forward(out, inp, &lw, N, m->tile, m->tile_floats));
+    if (m->has_adapter && m->adapter.forward) {
+        qlab_status st = m->adapter.forward(m->adapter.ctx, l, p, inp, out, N);
+        if (st != QLAB_OK) return qlab_fail_context(st, "adapter of layer %d %s", l, model_proj_name(p));
+    }
+    return QLAB_OK;
+}
+
+/* Refuses shapes the buffers or the BLAS interface cannot take and tokens or targets outside the
+ * vocabulary. */
+static qlab_status model_forward_check(const model *m, const int *tokens, const int *targets, int B, int T) {
     const model_config *c = &m->cfg;
-    m->have_targets = 0;
     if (B <= 0 || T <= 0 || T > c->seq_len)
         return qlab_fail(QLAB_ERR_ARG, "model_forward: B=%d, T=%d (need B >= 1 and 1 <= T <= seq_len %d)", B,
                          T, c->seq_len);
@@ -504,9 +594,8 @@ qlab_status model_forward(model *m, const int *tokens, const int *targets, int B
     widest = widest > c->dim ? widest : c->dim;
     if ((double)B * T * widest > 2147483647.0 || (double)B * c->n_heads * T * T > 2147483647.0)
         return qlab_fail(QLAB_ERR_ARG, "model_forward: B*T = %d*%d positions is too many for one call", B, T);
-    int N = B * T, D = c->dim, V = c->vocab_size, H = c->hidden_dim, L = c->n_layers;
-    int NH = c->n_heads, NKV = c->n_kv_heads, HS = m->head_size, KV = m->kv_dim;
-    for (int n = 0; n < N; n++) {
+    int V = c->vocab_size;
+    for (int n = 0; n < B * T; n++) {
         if (tokens[n] < 0 || tokens[n] >= V)
             return qlab_fail(QLAB_ERR_ARG, "model_forward: token %d at position %d is outside [0, %d)",
                              tokens[n], n, V);
@@ -514,58 +603,75 @@ qlab_status model_forward(model *m, const int *tokens, const int *targets, int B
             return qlab_fail(QLAB_ERR_ARG, "model_forward: target %d at position %d is outside [0, %d)",
                              targets[n], n, V);
     }
+    return QLAB_OK;
+}
+
+/* Sizes the RoPE tables and the activations for (B,T), keeps a copy of the tokens for backward and lets
+ * the adapter size what it keeps. */
+static qlab_status model_forward_prepare(model *m, const int *tokens, int B, int T) {
+    size_t N = (size_t)B * T;
     QLAB_TRY(model_rope_reserve(m, T));
     QLAB_TRY(model_reserve(&m->act_buffer, &m->act_capacity, model_layout_acts(&m->acts, NULL, m, B, T)));
     model_layout_acts(&m->acts, m->act_buffer, m, B, T);
-    if ((size_t)N > m->saved_capacity) {
-        int *tk = qlab_calloc((size_t)N, sizeof(int)), *tg = qlab_calloc((size_t)N, sizeof(int));
+    if (N > m->saved_capacity) {
+        int *tk = qlab_calloc(N, sizeof(int)), *tg = qlab_calloc(N, sizeof(int));
         if (!tk || !tg) {
             free(tk);
             free(tg);
-            return QLAB_ERR_NOMEM;
+            return qlab_fail(QLAB_ERR_NOMEM, "model_forward: cannot keep %zu tokens for backward", N);
         }
         free(m->saved_tokens);
         free(m->saved_targets);
         m->saved_tokens = tk;
         m->saved_targets = tg;
-        m->saved_capacity = (size_t)N;
+        m->saved_capacity = N;
     }
     memcpy(m->saved_tokens, tokens, sizeof(int) * N);
-    if (m->has_adapter && m->adapter_begin) QLAB_TRY(m->adapter_begin(m->adapter.ctx, B, T));
+    if (m->has_adapter && m->adapter.begin) {
+        qlab_status st = m->adapter.begin(m->adapter.ctx, B, T);
+        if (st != QLAB_OK) return qlab_fail_context(st, "adapter, preparing for %d x %d positions", B, T);
+    }
     m->B = B, m->T = T;
+    return QLAB_OK;
+}
 
+/* Transformer block l over the residual stream x.res_in, leaving it in x.res3. */
+static qlab_status model_block_forward(model *m, int l) {
+    const model_config *c = &m->cfg;
+    const model_params *p = &m->params;
+    int B = m->B, T = m->T, N = B * T, D = c->dim, NH = c->n_heads, NKV = c->n_kv_heads, HS = m->head_size;
+    size_t ND = (size_t)N * D, NHD = (size_t)N * c->hidden_dim;
+    model_layer_acts x = model_layer_views(m, l);
+
+    /* attention block: x + Wo attention(rope(Wq n(x)), rope(Wk n(x)), Wv n(x)) */
+    rmsnorm_forward(x.ln1, x.ln1_rstd, x.res_in, p->rms_att + (size_t)l * D, N, D, c->norm_eps);
+    QLAB_TRY(model_linear_forward(m, l, PROJ_Q, x.q, x.ln1, N));
+    QLAB_TRY(model_linear_forward(m, l, PROJ_K, x.k, x.ln1, N));
+    QLAB_TRY(model_linear_forward(m, l, PROJ_V, x.v, x.ln1, N));
+    rope_forward(x.q, x.q, m->rope_cos, m->rope_sin, B, T, NH, HS);
+    rope_forward(x.k, x.k, m->rope_cos, m->rope_sin, B, T, NKV, HS);
+    attention_forward(x.atty, x.att, x.q, x.k, x.v, B, T, NH, NKV, HS);
+    QLAB_TRY(model_linear_forward(m, l, PROJ_O, x.res2, x.atty, N));
+    residual_forward(x.res2, x.res2, x.res_in, ND);
+
+    /* feed-forward block: x + W2 (silu(W1 n(x)) * W3 n(x)) */
+    rmsnorm_forward(x.ln2, x.ln2_rstd, x.res2, p->rms_ffn + (size_t)l * D, N, D, c->norm_eps);
+    QLAB_TRY(model_linear_forward(m, l, PROJ_GATE, x.h1, x.ln2, N));
+    QLAB_TRY(model_linear_forward(m, l, PROJ_UP, x.h3, x.ln2, N));
+    swiglu_forward(x.hs, x.h1, x.h3, NHD);
+    QLAB_TRY(model_linear_forward(m, l, PROJ_DOWN, x.res3, x.hs, N));
+    residual_forward(x.res3, x.res3, x.res2, ND);
+    return QLAB_OK;
+}
+
+/* Final norm and classifier; with targets, the softmax and the mean loss. */
+static void model_head_forward(model *m, const int *targets, float *logits, float *loss) {
+    const model_config *c = &m->cfg;
     const model_params *p = &m->params;
     model_acts *a = &m->acts;
-    size_t ND = (size_t)N * D, NKVD = (size_t)N * KV, NHD = (size_t)N * H;
-    embedding_forward(a->encoded, tokens, p->token_embedding, N, D);
-    for (int l = 0; l < L; l++) {
-        const float *res_in = l == 0 ? a->encoded : a->res3 + (l - 1) * ND;
-        float *ln1 = a->ln1 + l * ND, *ln1_rstd = a->ln1_rstd + (size_t)l * N;
-        float *q = a->q + l * ND, *k = a->k + l * NKVD, *v = a->v + l * NKVD;
-        float *att = a->att + (size_t)l * B * NH * T * T, *atty = a->atty + l * ND, *res2 = a->res2 + l * ND;
-        float *ln2 = a->ln2 + l * ND, *ln2_rstd = a->ln2_rstd + (size_t)l * N;
-        float *h1 = a->h1 + l * NHD, *h3 = a->h3 + l * NHD, *hs = a->hs + l * NHD, *res3 = a->res3 + l * ND;
-
-        /* attention block: x + Wo attention(rope(Wq n(x)), rope(Wk n(x)), Wv n(x)) */
-        rmsnorm_forward(ln1, ln1_rstd, res_in, p->rms_att + (size_t)l * D, N, D, c->norm_eps);
-        model_linear_forward(m, l, PROJ_Q, q, ln1, N);
-        model_linear_forward(m, l, PROJ_K, k, ln1, N);
-        model_linear_forward(m, l, PROJ_V, v, ln1, N);
-        rope_forward(q, q, m->rope_cos, m->rope_sin, B, T, NH, HS);
-        rope_forward(k, k, m->rope_cos, m->rope_sin, B, T, NKV, HS);
-        attention_forward(atty, att, q, k, v, B, T, NH, NKV, HS);
-        model_linear_forward(m, l, PROJ_O, res2, atty, N);
-        residual_forward(res2, res2, res_in, ND);
-
-        /* feed-forward block: x + W2 (silu(W1 n(x)) * W3 n(x)) */
-        rmsnorm_forward(ln2, ln2_rstd, res2, p->rms_ffn + (size_t)l * D, N, D, c->norm_eps);
-        model_linear_forward(m, l, PROJ_GATE, h1, ln2, N);
-        model_linear_forward(m, l, PROJ_UP, h3, ln2, N);
-        swiglu_forward(hs, h1, h3, NHD);
-        model_linear_forward(m, l, PROJ_DOWN, res3, hs, N);
-        residual_forward(res3, res3, res2, ND);
-    }
-    rmsnorm_forward(a->lnf, a->lnf_rstd, a->res3 + (L - 1) * ND, p->rms_final, N, D, c->norm_eps);
+    int N = m->B * m->T, D = c->dim, V = c->vocab_size;
+    const float *last = a->res3 + (size_t)(c->n_layers - 1) * N * D;
+    rmsnorm_forward(a->lnf, a->lnf_rstd, last, p->rms_final, N, D, c->norm_eps);
     matmul_forward(a->probs, a->lnf, p->wcls, N, D, V);
     if (logits) memcpy(logits, a->probs, sizeof(float) * (size_t)N * V);
     if (targets) {
@@ -577,27 +683,114 @@ qlab_status model_forward(model *m, const int *tokens, const int *targets, int B
     } else {
         m->target_count = 0;
     }
+}
+
+qlab_status model_forward(model *m, const int *tokens, const int *targets, int B, int T, float *logits,
+                          float *loss) {
+    m->have_targets = 0;
+    QLAB_TRY(model_forward_check(m, tokens, targets, B, T));
+    QLAB_TRY(model_forward_prepare(m, tokens, B, T));
+    embedding_forward(m->acts.encoded, tokens, m->params.token_embedding, B * T, m->cfg.dim);
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        QLAB_TRY(model_block_forward(m, l));
+    model_head_forward(m, targets, logits, loss);
     return QLAB_OK;
 }
 
 /* ---------------------------------------------------------------- backward */
 
 static int model_group_trains(const model *m, model_group g) {
-    return m->trainable[g] && !(m->quantized && model_group_is_projection(g));
+    return m->trainable[g] && !(m->quantized && model_group_projection(g) >= 0);
+}
+
+/* ptr when group g forms gradients, else NULL (the ops then skip that gradient). */
+static float *model_grad_or_null(const model *m, model_group g, float *ptr) {
+    return model_group_trains(m, g) ? ptr : NULL;
 }
 
 /* dinp += dout W (and the adapter's share); dW += dout^T inp when the projection trains. */
-static void model_linear_backward(model *m, int l, model_proj p, float *dinp, const float *dout,
-                                  const float *inp, int N) {
+static qlab_status model_linear_backward(model *m, int l, model_proj p, float *dinp, const float *dout,
+                                         const float *inp, int N) {
     linear_weight lw = model_get_linear(m, l, p);
     float *dweight = NULL;
-    if (lw.w && model_group_trains(m, model_proj_group(p))) {
-        int out_f, in_f;
-        dweight = model_proj_matrix(&m->grads, &m->cfg, l, p, &out_f, &in_f);
+    if (lw.w && model_group_trains(m, model_projections[p].info.group))
+        dweight = model_proj_matrix(&m->grads, &m->cfg, l, p);
+    QLAB_TRY(linear_backward(dinp, dweight, dout, inp, &lw, N, m->tile, m->tile_floats));
+    if (m->has_adapter && m->adapter.backward) {
+        qlab_status st = m->adapter.backward(m->adapter.ctx, l, p, inp, dout, dinp, N);
+        if (st != QLAB_OK)
+            return qlab_fail_context(st, "adapter of layer %d %s, backward", l, model_proj_name(p));
     }
-    linear_backward(dinp, dweight, dout, inp, &lw, N, m->tile, m->tile_floats);
-    if (m->has_adapter && m->adapter.backward) m->adapter.backward(m->adapter.ctx, l, p, inp, dout, dinp, N);
+    return QLAB_OK;
 }
+
+#define MODEL_ZERO(ptr, n) memset((ptr), 0, sizeof(float) * (n))
+
+/* From the loss to g->dresidual, the gradient of the residual stream leaving the last block. */
+static void model_head_backward(model *m) {
+    const model_config *c = &m->cfg;
+    const model_params *p = &m->params;
+    model_params *gp = &m->grads;
+    const model_acts *a = &m->acts;
+    model_grad_acts *g = &m->gacts;
+    int N = m->B * m->T, D = c->dim, V = c->vocab_size;
+    size_t ND = (size_t)N * D;
+    MODEL_ZERO(g->dlogits, (size_t)N * V);
+    crossentropy_softmax_backward(g->dlogits, a->probs, m->saved_targets, N, V,
+                                  1.0f / (float)m->target_count);
+    MODEL_ZERO(g->dln, ND);
+    model_group cls_group = c->shared_classifier ? MODEL_GROUP_TOKEN_EMBEDDING : MODEL_GROUP_WCLS;
+    matmul_backward(g->dln, model_grad_or_null(m, cls_group, gp->wcls), g->dlogits, a->lnf, p->wcls, N, D, V);
+    MODEL_ZERO(g->dresidual, ND);
+    rmsnorm_backward(g->dresidual, model_grad_or_null(m, MODEL_GROUP_RMS_FINAL, gp->rms_final), g->dln,
+                     a->res3 + (size_t)(c->n_layers - 1) * ND, p->rms_final, a->lnf_rstd, N, D);
+}
+
+/* Block l backward: g->dresidual enters as the gradient of the block's output and leaves as that of its
+ * input; parameter gradients accumulate into the groups that train. */
+static qlab_status model_block_backward(model *m, int l, int threads) {
+    const model_config *c = &m->cfg;
+    const model_params *p = &m->params;
+    model_params *gp = &m->grads;
+    model_grad_acts *g = &m->gacts;
+    int B = m->B, T = m->T, N = B * T, D = c->dim, NH = c->n_heads, NKV = c->n_kv_heads, HS = m->head_size;
+    size_t ND = (size_t)N * D, NKVD = (size_t)N * m->kv_dim, NHD = (size_t)N * c->hidden_dim;
+    model_layer_acts x = model_layer_views(m, l);
+
+    /* feed-forward block; the residual passes dresidual through unchanged */
+    MODEL_ZERO(g->dhs, NHD);
+    QLAB_TRY(model_linear_backward(m, l, PROJ_DOWN, g->dhs, g->dresidual, x.hs, N));
+    MODEL_ZERO(g->dh1, NHD);
+    MODEL_ZERO(g->dh3, NHD);
+    swiglu_backward(g->dh1, g->dh3, g->dhs, x.h1, x.h3, NHD);
+    MODEL_ZERO(g->dln, ND);
+    QLAB_TRY(model_linear_backward(m, l, PROJ_GATE, g->dln, g->dh1, x.ln2, N));
+    QLAB_TRY(model_linear_backward(m, l, PROJ_UP, g->dln, g->dh3, x.ln2, N));
+    rmsnorm_backward(g->dresidual, model_grad_or_null(m, MODEL_GROUP_RMS_FFN, gp->rms_ffn + (size_t)l * D),
+                     g->dln, x.res2, p->rms_ffn + (size_t)l * D, x.ln2_rstd, N, D);
+
+    /* attention block */
+    MODEL_ZERO(g->datty, ND);
+    QLAB_TRY(model_linear_backward(m, l, PROJ_O, g->datty, g->dresidual, x.atty, N));
+    MODEL_ZERO(g->dq, ND);
+    MODEL_ZERO(g->dk, NKVD);
+    MODEL_ZERO(g->dv, NKVD);
+    attention_backward(g->dq, g->dk, g->dv, g->datty, x.att, x.q, x.k, x.v, B, T, NH, NKV, HS, g->att_scratch,
+                       threads);
+    MODEL_ZERO(g->dq_pre, ND);
+    MODEL_ZERO(g->dk_pre, NKVD);
+    rope_backward(g->dq_pre, g->dq, m->rope_cos, m->rope_sin, B, T, NH, HS);
+    rope_backward(g->dk_pre, g->dk, m->rope_cos, m->rope_sin, B, T, NKV, HS);
+    MODEL_ZERO(g->dln, ND);
+    QLAB_TRY(model_linear_backward(m, l, PROJ_Q, g->dln, g->dq_pre, x.ln1, N));
+    QLAB_TRY(model_linear_backward(m, l, PROJ_K, g->dln, g->dk_pre, x.ln1, N));
+    QLAB_TRY(model_linear_backward(m, l, PROJ_V, g->dln, g->dv, x.ln1, N));
+    rmsnorm_backward(g->dresidual, model_grad_or_null(m, MODEL_GROUP_RMS_ATT, gp->rms_att + (size_t)l * D),
+                     g->dln, x.res_in, p->rms_att + (size_t)l * D, x.ln1_rstd, N, D);
+    return QLAB_OK;
+}
+
+#undef MODEL_ZERO
 
 qlab_status model_backward(model *m) {
     if (!m->have_targets)
@@ -608,77 +801,18 @@ qlab_status model_backward(model *m) {
     for (int gi = 0; gi < MODEL_GROUP_COUNT; gi++)
         any_trains |= model_group_trains(m, (model_group)gi);
     if (any_trains && !model_get_grad_buffer(m, NULL)) return QLAB_ERR_NOMEM;
-    const model_config *c = &m->cfg;
-    int B = m->B, T = m->T, N = B * T, D = c->dim, V = c->vocab_size, H = c->hidden_dim, L = c->n_layers;
-    int NH = c->n_heads, NKV = c->n_kv_heads, HS = m->head_size, KV = m->kv_dim;
     int threads = qlab_num_threads();
     if (threads < 1) threads = 1;
     QLAB_TRY(model_reserve(&m->grad_act_buffer, &m->grad_act_capacity,
-                           model_layout_grad_acts(&m->gacts, NULL, m, B, T, threads)));
-    model_layout_grad_acts(&m->gacts, m->grad_act_buffer, m, B, T, threads);
-
-    const model_params *p = &m->params;
-    model_params *gp = &m->grads;
-    const model_acts *a = &m->acts;
-    model_grad_acts *g = &m->gacts;
-    size_t ND = (size_t)N * D, NKVD = (size_t)N * KV, NHD = (size_t)N * H;
-#define MODEL_ZERO(ptr, n) memset((ptr), 0, sizeof(float) * (n))
-#define MODEL_GRAD(group, ptr) (model_group_trains(m, group) ? (ptr) : NULL)
+                           model_layout_grad_acts(&m->gacts, NULL, m, m->B, m->T, threads)));
+    model_layout_grad_acts(&m->gacts, m->grad_act_buffer, m, m->B, m->T, threads);
     if (m->target_count == 0) return QLAB_OK; /* every target ignored: the loss is a constant */
 
-    /* classifier and final norm */
-    MODEL_ZERO(g->dlogits, (size_t)N * V);
-    crossentropy_softmax_backward(g->dlogits, a->probs, m->saved_targets, N, V,
-                                  1.0f / (float)m->target_count);
-    MODEL_ZERO(g->dln, ND);
-    model_group cls_group = c->shared_classifier ? MODEL_GROUP_TOKEN_EMBEDDING : MODEL_GROUP_WCLS;
-    matmul_backward(g->dln, MODEL_GRAD(cls_group, gp->wcls), g->dlogits, a->lnf, p->wcls, N, D, V);
-    MODEL_ZERO(g->dresidual, ND);
-    rmsnorm_backward(g->dresidual, MODEL_GRAD(MODEL_GROUP_RMS_FINAL, gp->rms_final), g->dln,
-                     a->res3 + (L - 1) * ND, p->rms_final, a->lnf_rstd, N, D);
-
-    for (int l = L - 1; l >= 0; l--) {
-        const float *res_in = l == 0 ? a->encoded : a->res3 + (l - 1) * ND;
-        const float *ln1 = a->ln1 + l * ND, *ln1_rstd = a->ln1_rstd + (size_t)l * N;
-        const float *q = a->q + l * ND, *k = a->k + l * NKVD, *v = a->v + l * NKVD;
-        const float *att = a->att + (size_t)l * B * NH * T * T, *atty = a->atty + l * ND;
-        const float *res2 = a->res2 + l * ND, *ln2 = a->ln2 + l * ND, *ln2_rstd = a->ln2_rstd + (size_t)l * N;
-        const float *h1 = a->h1 + l * NHD, *h3 = a->h3 + l * NHD, *hs = a->hs + l * NHD;
-
-        /* feed-forward block; the residual passes dresidual through unchanged */
-        MODEL_ZERO(g->dhs, NHD);
-        model_linear_backward(m, l, PROJ_DOWN, g->dhs, g->dresidual, hs, N);
-        MODEL_ZERO(g->dh1, NHD);
-        MODEL_ZERO(g->dh3, NHD);
-        swiglu_backward(g->dh1, g->dh3, g->dhs, h1, h3, NHD);
-        MODEL_ZERO(g->dln, ND);
-        model_linear_backward(m, l, PROJ_GATE, g->dln, g->dh1, ln2, N);
-        model_linear_backward(m, l, PROJ_UP, g->dln, g->dh3, ln2, N);
-        rmsnorm_backward(g->dresidual, MODEL_GRAD(MODEL_GROUP_RMS_FFN, gp->rms_ffn + (size_t)l * D), g->dln,
-                         res2, p->rms_ffn + (size_t)l * D, ln2_rstd, N, D);
-
-        /* attention block */
-        MODEL_ZERO(g->datty, ND);
-        model_linear_backward(m, l, PROJ_O, g->datty, g->dresidual, atty, N);
-        MODEL_ZERO(g->dq, ND);
-        MODEL_ZERO(g->dk, NKVD);
-        MODEL_ZERO(g->dv, NKVD);
-        attention_backward(g->dq, g->dk, g->dv, g->datty, att, q, k, v, B, T, NH, NKV, HS, g->att_scratch,
-                           threads);
-        MODEL_ZERO(g->dq_pre, ND);
-        MODEL_ZERO(g->dk_pre, NKVD);
-        rope_backward(g->dq_pre, g->dq, m->rope_cos, m->rope_sin, B, T, NH, HS);
-        rope_backward(g->dk_pre, g->dk, m->rope_cos, m->rope_sin, B, T, NKV, HS);
-        MODEL_ZERO(g->dln, ND);
-        model_linear_backward(m, l, PROJ_Q, g->dln, g->dq_pre, ln1, N);
-        model_linear_backward(m, l, PROJ_K, g->dln, g->dk_pre, ln1, N);
-        model_linear_backward(m, l, PROJ_V, g->dln, g->dv, ln1, N);
-        rmsnorm_backward(g->dresidual, MODEL_GRAD(MODEL_GROUP_RMS_ATT, gp->rms_att + (size_t)l * D), g->dln,
-                         res_in, p->rms_att + (size_t)l * D, ln1_rstd, N, D);
-    }
+    model_head_backward(m);
+    for (int l = m->cfg.n_layers - 1; l >= 0; l--)
+        QLAB_TRY(model_block_backward(m, l, threads));
     if (model_group_trains(m, MODEL_GROUP_TOKEN_EMBEDDING))
-        embedding_backward(gp->token_embedding, g->dresidual, m->saved_tokens, N, D);
-#undef MODEL_ZERO
-#undef MODEL_GRAD
+        embedding_backward(m->grads.token_embedding, m->gacts.dresidual, m->saved_tokens, m->B * m->T,
+                           m->cfg.dim);
     return QLAB_OK;
 }

@@ -29,67 +29,7 @@ typedef struct {
     int shared_classifier; /* 1: the output classifier is the token embedding */
 } model_config;
 
-/* Views into the contiguous fp32 parameter buffer, in llama2.c's order. Matrices are row-major
- * (out_features, in_features): y = W x. */
-typedef struct {
-    float *token_embedding; /* (vocab_size, dim) */
-    float *rms_att;         /* (n_layers, dim) */
-    float *wq;              /* (n_layers, n_heads*head_size, dim) */
-    float *wk;              /* (n_layers, n_kv_heads*head_size, dim) */
-    float *wv;              /* (n_layers, n_kv_heads*head_size, dim) */
-    float *wo;              /* (n_layers, dim, n_heads*head_size) */
-    float *rms_ffn;         /* (n_layers, dim) */
-    float *w1;              /* (n_layers, hidden_dim, dim)  gate */
-    float *w2;              /* (n_layers, dim, hidden_dim)  down */
-    float *w3;              /* (n_layers, hidden_dim, dim)  up */
-    float *rms_final;       /* (dim) */
-    float *wcls;            /* (vocab_size, dim); == token_embedding when shared */
-} model_params;
-
-/* The seven projections of a block, in the order QLoRA quantizes them. */
-typedef enum { PROJ_Q = 0, PROJ_K, PROJ_V, PROJ_O, PROJ_GATE, PROJ_UP, PROJ_DOWN, PROJ_COUNT } model_proj;
-const char *model_proj_name(
-    model_proj p); /* "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj" */
-
-/* A linear layer's frozen weight: fp32 (w) or quantized (q); exactly one is non-NULL. */
-typedef struct {
-    int out_features, in_features;
-    const float *w;        /* (out_features, in_features) */
-    const quant_tensor *q; /* n = out_features * in_features, row-major */
-} linear_weight;
-
-typedef struct model model; /* opaque: owns buffers, activations, scratch */
-
-/* Allocates a model with zeroed parameters for a configuration (checked: sizes positive, n_kv_heads
- * divides n_heads, dim divisible by n_heads, head size even). */
-qlab_status model_create(model **out, const model_config *cfg);
-void model_free(model *m);
-const model_config *model_get_config(const model *m);
-model_params *model_get_params(model *m); /* fp32 views, writable by checkpoint loaders */
-float *model_get_param_buffer(model *m, size_t *count);
-float *model_get_grad_buffer(model *m, size_t *count); /* allocated on first use; NULL on failure */
-size_t model_num_params(const model_config *cfg);
-/* The linear weight of projection p in layer l (fp32 view or its quantized replacement). */
-linear_weight model_get_linear(const model *m, int layer, model_proj p);
-
-/* Quantizes the seven projections of every block (embeddings, norms and classifier stay fp32, as in
- * QLoRA). The fp32 copies of those weights are released from use by forward/backward. */
-qlab_status model_quantize(model *m, quant_dtype dt, int blocksize, int double_quant);
-/* Storage of the model as it stands: fp32 parameters at 32 bits plus quantized projections at their
- * exact stored size (bits). */
-double model_total_bits(const model *m);
-
-/* Forward pass over B sequences of T tokens (T <= seq_len). tokens (B,T). If targets is non-NULL
- * (B,T; entries < 0 are ignored) the mean cross-entropy over non-ignored positions is returned in *loss.
- * logits, if non-NULL, receives (B,T,vocab) fp32. Activations are kept for model_backward. */
-qlab_status model_forward(model *m, const int *tokens, const int *targets, int B, int T, float *logits,
-                          float *loss);
-/* Backward pass of the last forward (which must have had targets): accumulates d(loss)/d(param) into the
- * gradient buffer. Gradients of quantized (frozen) projections are not formed. */
-qlab_status model_backward(model *m);
-void model_zero_grad(model *m);
-
-/* ---- Parameter groups: the named tensors of the flat buffer, for optimizers and adapters. ---- */
+/* ---- Parameter groups: the named tensors of the flat fp32 buffer, in buffer order (llama2.c's). ---- */
 typedef enum {
     MODEL_GROUP_TOKEN_EMBEDDING = 0,
     MODEL_GROUP_RMS_ATT,
@@ -106,6 +46,103 @@ typedef enum {
     MODEL_GROUP_COUNT
 } model_group;
 
+/* Views into the contiguous fp32 parameter buffer, one per group: by name (p->wq) or by group
+ * (p->group[MODEL_GROUP_WQ]); the named fields are in model_group order (checked by a static assertion
+ * in model.c). Matrices are row-major (out_features, in_features): y = W x. */
+typedef union {
+    struct {
+        float *token_embedding; /* (vocab_size, dim) */
+        float *rms_att;         /* (n_layers, dim) */
+        float *wq;              /* (n_layers, n_heads*head_size, dim) */
+        float *wk;              /* (n_layers, n_kv_heads*head_size, dim) */
+        float *wv;              /* (n_layers, n_kv_heads*head_size, dim) */
+        float *wo;              /* (n_layers, dim, n_heads*head_size) */
+        float *rms_ffn;         /* (n_layers, dim) */
+        float *w1;              /* (n_layers, hidden_dim, dim)  gate */
+        float *w2;              /* (n_layers, dim, hidden_dim)  down */
+        float *w3;              /* (n_layers, hidden_dim, dim)  up */
+        float *rms_final;       /* (dim) */
+        float *wcls;            /* (vocab_size, dim); == token_embedding when shared */
+    };
+    float *group[MODEL_GROUP_COUNT];
+} model_params;
+
+/* Elements of every group for a configuration: the one statement of the parameter layout, which the
+ * views, the group table, model_num_params and the checkpoint readers are all derived from. */
+void model_param_sizes(const model_config *cfg, size_t sizes[MODEL_GROUP_COUNT]);
+const char *model_group_name(model_group g); /* "token_embedding", "rms_att", "wq", ..., "wcls" */
+
+/* ---- The projection vocabulary: the seven linear layers of a block, in the order QLoRA quantizes them.
+ * Model, linear layers, LoRA, checkpoints and the tools all name and size projections from this table. */
+typedef enum { PROJ_Q = 0, PROJ_K, PROJ_V, PROJ_O, PROJ_GATE, PROJ_UP, PROJ_DOWN, PROJ_COUNT } model_proj;
+
+typedef struct {
+    const char *name;       /* PEFT / Hugging Face module name: "q_proj", ..., "gate_proj", "down_proj" */
+    const char *short_name; /* "q", "k", "v", "o", "gate", "up", "down" */
+    const char *block;      /* the Hugging Face LLaMA submodule holding it: "self_attn" or "mlp" */
+    model_group group;      /* the parameter group holding its weight, one matrix per layer */
+} model_proj_info;
+
+/* The row of projection p; NULL when p is out of range. */
+const model_proj_info *model_proj_get(model_proj p);
+const char *model_proj_name(model_proj p); /* info->name, or "unknown_proj" when out of range */
+/* (out_features, in_features) of projection p for this configuration; 0, 0 when p is out of range. */
+void model_proj_shape(const model_config *cfg, model_proj p, int *out_features, int *in_features);
+/* The projection whose weights group g holds, or -1 for embeddings, norms and the classifier. */
+int model_group_projection(model_group g);
+/* Parses a projection's name or short name ("gate_proj" or "gate"). Records a one-line error naming the
+ * word and the known names. */
+qlab_status model_proj_parse(const char *name, model_proj *p);
+
+/* A linear layer's frozen weight: fp32 (w) or quantized (q); exactly one is non-NULL. */
+typedef struct {
+    int out_features, in_features;
+    const float *w;        /* (out_features, in_features) */
+    const quant_tensor *q; /* n = out_features * in_features, row-major */
+} linear_weight;
+
+typedef struct model model; /* opaque: owns buffers, activations, scratch */
+
+/* Allocates a model with zeroed parameters for a configuration (checked: sizes positive, n_kv_heads
+ * divides n_heads, dim divisible by n_heads, head size even). */
+qlab_status model_create(model **out, const model_config *cfg);
+void model_free(model *m);
+const model_config *model_get_config(const model *m);
+model_params *model_get_params(model *m); /* fp32 views, writable by checkpoint loaders */
+/* The same views for code that only reads them (checkpoint writers, copies). */
+const model_params *model_get_params_const(const model *m);
+float *model_get_param_buffer(model *m, size_t *count);
+const float *model_get_param_buffer_const(const model *m, size_t *count);
+/* Allocated on first use; NULL (with the error recorded) when that allocation fails. */
+float *model_get_grad_buffer(model *m, size_t *count);
+size_t model_num_params(const model_config *cfg);
+/* The linear weight of projection p in layer l (fp32 view or its quantized replacement). Out of range:
+ * a weight with no data (w and q NULL, 0 features), which linear_forward/backward refuse. */
+linear_weight model_get_linear(const model *m, int layer, model_proj p);
+/* A new model with src's configuration, fp32 parameters and trainable flags, sharing nothing with src
+ * (no gradients, activations or adapter are copied). Refuses a quantized src: its fp32 projections are
+ * no longer the weights it computes with, so a copy of them would not be a copy of the model. */
+qlab_status model_clone(const model *src, model **out);
+
+/* Quantizes the seven projections of every block (embeddings, norms and classifier stay fp32, as in
+ * QLoRA). The fp32 copies of those weights are released from use by forward/backward. */
+qlab_status model_quantize(model *m, quant_dtype dt, int blocksize, int double_quant);
+int model_is_quantized(const model *m);
+/* Storage of the model as it stands: fp32 parameters at 32 bits plus quantized projections at their
+ * exact stored size (bits). */
+double model_total_bits(const model *m);
+
+/* Forward pass over B sequences of T tokens (T <= seq_len). tokens (B,T). If targets is non-NULL
+ * (B,T; entries < 0 are ignored) the mean cross-entropy over non-ignored positions is returned in *loss.
+ * logits, if non-NULL, receives (B,T,vocab) fp32. Activations are kept for model_backward. */
+qlab_status model_forward(model *m, const int *tokens, const int *targets, int B, int T, float *logits,
+                          float *loss);
+/* Backward pass of the last forward (which must have had targets): accumulates d(loss)/d(param) into the
+ * gradient buffer. Gradients of quantized (frozen) projections are not formed. */
+qlab_status model_backward(model *m);
+void model_zero_grad(model *m);
+
+/* ---- Parameter groups as the optimizers and adapters see them. ---- */
 typedef struct {
     const char *name; /* "token_embedding", "rms_att", "wq", ..., "wcls" */
     size_t offset;    /* first element in the parameter (and gradient) buffer */
@@ -114,28 +151,31 @@ typedef struct {
     int quantized;    /* 1: replaced by quant_tensors (then never trainable) */
 } model_param_group;
 
+/* The group's place in the buffers; a group out of range gives name "unknown" and count 0. */
 model_param_group model_get_param_group(const model *m, model_group g);
 /* Freezes (0) or unfreezes (1) a group; every group starts trainable. Freezing the fp32 projections
- * skips their weight-gradient GEMMs, which is most of the backward cost when only adapters train. */
-void model_set_trainable(model *m, model_group g, int trainable);
+ * skips their weight-gradient GEMMs, which is most of the backward cost when only adapters train.
+ * Refuses a group out of range. */
+qlab_status model_set_trainable(model *m, model_group g, int trainable);
 void model_set_all_trainable(model *m, int trainable);
 
-/* ---- Adapters (e.g. LoRA): extra terms added to the output of every projection. ---- */
+/* ---- Adapters (e.g. LoRA): extra terms added to the output of every projection. ----
+ * Every callback may be NULL; a callback that fails (e.g. cannot allocate) returns its status, after
+ * recording its message, and the forward or backward pass stops and returns that status. */
 typedef struct {
     void *ctx;
-    /* out (N, out_features) += adapter(inp (N, in_features)) for projection p of layer l. May be NULL. */
-    void (*forward)(void *ctx, int layer, model_proj p, const float *inp, float *out, int N);
+    /* Runs at every model_forward before the first projection, so the adapter can size what it keeps for
+     * backward. */
+    qlab_status (*begin)(void *ctx, int B, int T);
+    /* out (N, out_features) += adapter(inp (N, in_features)) for projection p of layer l. */
+    qlab_status (*forward)(void *ctx, int layer, model_proj p, const float *inp, float *out, int N);
     /* Given the same inp and dout (N, out_features): accumulate the adapter's own gradients and
-     * dinp (N, in_features) += d(adapter output)/d(inp)^T dout. May be NULL. */
-    void (*backward)(void *ctx, int layer, model_proj p, const float *inp, const float *dout, float *dinp,
-                     int N);
+     * dinp (N, in_features) += d(adapter output)/d(inp)^T dout. */
+    qlab_status (*backward)(void *ctx, int layer, model_proj p, const float *inp, const float *dout,
+                            float *dinp, int N);
 } model_adapter;
 /* Installs (copies) an adapter, or removes it with NULL. The callbacks run on the calling thread. */
 void model_set_adapter(model *m, const model_adapter *adapter);
-/* Optional, after model_set_adapter (which clears it): begin(adapter ctx, B, T) runs at every
- * model_forward before the first projection, so the adapter can size what it keeps for backward; its
- * failure fails the forward. */
-void model_set_adapter_begin(model *m, qlab_status (*begin)(void *ctx, int B, int T));
 
 /* Number of positions with a non-ignored target in the last forward (the divisor of the mean loss). */
 int model_last_target_count(const model *m);

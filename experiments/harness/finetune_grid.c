@@ -178,7 +178,7 @@ qlab_status finetune_run_cell(const finetune_task *task, const finetune_cell *ce
     qlab_status st = QLAB_OK;
     for (int i = 0; i < n_seeds && st == QLAB_OK; i++) {
         model *m = NULL;
-        st = finetune_copy_model(task->base, &m);
+        st = model_clone(task->base, &m);
         if (st != QLAB_OK) break;
         finetune_options o = cell->options;
         o.lora.seed = (uint64_t)seeds[i];
