@@ -251,7 +251,7 @@ qlab_status lora_load_peft(const char *path, const model_config *mc, lora_set **
             for (int p = 0; p < PROJ_COUNT && !known; p++)
                 if ((lc.targets & LORA_TARGET(p)) && !strcmp(proj, model_proj_name((model_proj)p))) {
                     snprintf(name, sizeof name, "base_model.model.model.layers.%d.%s.%s.lora_%c.weight",
-                             layer, p <= PROJ_O ? "self_attn" : "mlp", proj, which);
+                             layer, model_proj_get((model_proj)p)->block, proj, which);
                     known = !strcmp(name, tn);
                 }
         if (!known)
