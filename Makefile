@@ -6,6 +6,11 @@
 # each tests/bench_*.c one benchmark. Includes name their layer ("core/quant/quant.h"): one include root,
 # and tests/check_layers.sh (part of make test) fails on an include that points upward. Extra rules: mk/*.mk.
 
+# CUDA=1 links the CUDA kernels into the library and programs (kernels/accel.c registers them at run time);
+# it builds in its own folder so the CPU and CUDA builds never mix objects.
+ifeq ($(CUDA),1)
+BUILD ?= build-cuda
+endif
 BUILD ?= build
 CC ?= gcc
 NVCC ?= nvcc
@@ -48,8 +53,9 @@ INCLUDES  := -I.
 CFLAGS_ALL = $(CSTD) $(OPT) $(WARN) $(WERROR) $(INCLUDES) $(DEPFLAGS) \
              $(if $(HAVE_OPENMP),-fopenmp) \
              $(shell pkg-config --cflags libcjson hdf5 2>/dev/null) $(BLAS_CFLAGS) \
-             $(if $(HAVE_OPENBLAS),-DQLAB_HAVE_OPENBLAS) $(CFLAGS)
-LDLIBS_ALL = $(shell pkg-config --libs libcjson hdf5 2>/dev/null) $(BLAS_LIBS) $(if $(HAVE_OPENMP),-fopenmp) -lm -lpthread $(LDLIBS)
+             $(if $(HAVE_OPENBLAS),-DQLAB_HAVE_OPENBLAS) $(if $(filter 1,$(CUDA)),-DQLAB_HAVE_CUDA) $(CFLAGS)
+LDLIBS_ALL = $(shell pkg-config --libs libcjson hdf5 2>/dev/null) $(BLAS_LIBS) $(if $(HAVE_OPENMP),-fopenmp) -lm -lpthread \
+             $(if $(filter 1,$(CUDA)),$(CUDA_LDLIBS)) $(LDLIBS)
 
 # Per-file instruction sets: kernels named *_avx2.c / *_avx512.c are compiled for that ISA only and are
 # called through run-time CPU dispatch, so the binaries still run on any x86-64.
@@ -67,6 +73,10 @@ BENCH_SRCS := $(wildcard tests/bench_*.c)
 CUDA_SRCS  := $(wildcard kernels/*.cu)
 
 LIB_OBJS  := $(LIB_SRCS:%.c=$(O)/%.o)
+CUDA_OBJS := $(CUDA_SRCS:%.cu=$(O)/%.cu.o)
+ifeq ($(CUDA),1)
+  LIB_OBJS += $(filter-out %/cuda_selftest.cu.o,$(CUDA_OBJS))
+endif
 CLI_OBJS  := $(CLI_SRCS:%.c=$(O)/%.o)
 LIB       := $(BUILD)/lib/libqlab.a
 QLAB      := $(BUILD)/bin/qlab
@@ -101,7 +111,8 @@ help: ## List the targets
 	  d=$$(sed -n '1s|^/\* *||; 1s| *\*/$$||; 1s/ *[(:.].*//; 1p' $$c); \
 	  printf "  %-26s %s\n" "experiment-$$(echo $$n | tr _ -)" "$$d"; done
 	@echo ""
-	@echo "Variables: BUILD=dir (default build), CONFIG=path (experiment config), OMP_NUM_THREADS=n"
+	@echo "Variables: BUILD=dir (default build), CONFIG=path (experiment config), OMP_NUM_THREADS=n,"
+	@echo "           CUDA=1 (link the CUDA kernels into every program; builds in build-cuda/)"
 
 deps: ## Install the Debian/Ubuntu packages qlab needs (safe to run twice)
 	@pkgs="build-essential pkg-config libcjson-dev libhdf5-dev hdf5-tools gnuplot-nox libopenblas-dev libopenblas-openmp-dev zlib1g-dev curl ca-certificates clang-format"; \
@@ -174,7 +185,6 @@ bench: all $(BENCH_BINS) ## Run the benchmarks; prints a table and writes result
 
 # ---------------------------------------------------------------- CUDA (compiled and linked here; run on a GPU)
 NVCC_FLAGS ?= -O2 -std=c++17 -I. -gencode arch=compute_75,code=sm_75 -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90 -Xcompiler -Wall
-CUDA_OBJS := $(CUDA_SRCS:%.cu=$(O)/%.cu.o)
 
 $(O)/%.cu.o: %.cu
 	@mkdir -p $(dir $@)
@@ -201,7 +211,7 @@ experiment-%: all ## Run experiments/NAME.json (NAME with - for _), write result
 	$(QLAB) report results/$$name.h5 --md results/$$name.md --plot plots/$$name.png
 
 clean: ## Remove the build folder
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) build build-cuda
 
 format: ## Reformat the C and CUDA sources with clang-format (.clang-format)
 	clang-format -i $(LIB_SRCS) $(LIB_HDRS) $(CLI_SRCS) $(EXP_SRCS) $(TEST_SRCS) $(BENCH_SRCS) $(CUDA_SRCS) \

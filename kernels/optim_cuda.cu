@@ -91,9 +91,22 @@ static void optim_cuda_managed_release(void *p) {
     cudaFree(p);
 }
 
+static void optim_cuda_managed_prefetch_to_host(const void *p, size_t bytes) {
+    /* Bulk migration of the moments to host memory before the CPU update; errors only cost speed. */
+#if CUDART_VERSION >= 13000
+    cudaMemLocation host = {};
+    host.type = cudaMemLocationTypeHost;
+    if (cudaMemPrefetchAsync(p, bytes, host, 0, 0) == cudaSuccess) (void)cudaStreamSynchronize(0);
+#else
+    if (cudaMemPrefetchAsync(p, bytes, cudaCpuDeviceId, 0) == cudaSuccess) (void)cudaStreamSynchronize(0);
+#endif
+    (void)cudaGetLastError();
+}
+
 extern "C" int qlab_cuda_register_paged_backend(void) {
     static const optim_state_backend backend = {"cuda-managed", optim_cuda_managed_alloc,
-                                                optim_cuda_managed_release};
+                                                optim_cuda_managed_release,
+                                                optim_cuda_managed_prefetch_to_host};
     if (!qlab_cuda_available()) return 0;
     optim_set_paged_backend(&backend);
     return 1;

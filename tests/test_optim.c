@@ -155,6 +155,11 @@ static void *fake_alloc(size_t bytes) {
     fake_allocs++;
     return qlab_calloc(1, bytes);
 }
+static size_t fake_prefetched;
+static void fake_prefetch(const void *p, size_t bytes) {
+    (void)p;
+    fake_prefetched += bytes;
+}
 static void fake_release(void *p) {
     fake_allocs--;
     free(p);
@@ -168,11 +173,16 @@ static void test_state_memory(void) {
     CHECK(b.data && b.data[0] == 0.0f && b.data[999] == 0.0f);
     optim_state_free(&b);
     CHECK(b.data == NULL);
-    static const optim_state_backend fake = {"fake-paged", fake_alloc, fake_release};
+    static const optim_state_backend fake = {"fake-paged", fake_alloc, fake_release, fake_prefetch};
     optim_set_paged_backend(&fake);
     optim_adamw o;
     CHECK(optim_adamw_init(&o, 10, OPTIM_STATE_PAGED) == QLAB_OK);
     CHECK(fake_allocs == 2 && o.m.actual == OPTIM_STATE_PAGED);
+    /* The update asks the backend to bring both moments to the host first, range by range. */
+    float p[10] = {1, 2, 3}, g[10] = {1, 1, 1};
+    optim_adamw_hyper h = {1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f};
+    CHECK(optim_adamw_update_range(&o, p + 2, g + 2, 2, 5, &h, 1) == QLAB_OK);
+    CHECK(fake_prefetched == 2 * 5 * sizeof(float));
     optim_adamw_free(&o);
     CHECK(fake_allocs == 0);
     optim_set_paged_backend(NULL);

@@ -12,6 +12,7 @@
 
 #include "core/base/progress.h"
 #include "core/base/rng.h"
+#include "kernels/accel.h"
 
 static const char *const mode_names[FINETUNE_MODE_COUNT] = {"full", "lora", "qlora"};
 
@@ -220,6 +221,8 @@ qlab_status finetune_run(model *m, const finetune_rows *train, const finetune_ro
     optim_adamw adam;
     memset(&adam, 0, sizeof adam);
     optim_paging paging = {o->optimizer_resident_bytes, o->optimizer_page_bytes, NULL};
+    if (o->state_kind == OPTIM_STATE_PAGED && o->optimizer_resident_bytes == 0)
+        qlab_accel_init(); /* a CUDA build with a device pages the moments in unified memory */
     qlab_status st = o->state_kind == OPTIM_STATE_PAGED && o->optimizer_resident_bytes > 0
                          ? optim_adamw_init_paged(&adam, n_trainable, &paging)
                          : optim_adamw_init(&adam, n_trainable, o->state_kind);

@@ -144,6 +144,10 @@ qlab_status optim_adamw_update_range(optim_adamw *o, float *params, const float 
         return qlab_fail(QLAB_ERR_ARG, "adamw: moments [%zu, %zu) outside the state of %zu elements", offset,
                          offset + count, o->n);
     if (o->pager) return optim_pager_adamw_update(o->pager, params, grads, offset, count, hyper, t);
+    if (o->m.backend && o->m.backend->prefetch_to_host) {
+        o->m.backend->prefetch_to_host(o->m.data + offset, count * sizeof(float));
+        o->v.backend->prefetch_to_host(o->v.data + offset, count * sizeof(float));
+    }
     return optim_adamw_update(params, grads, o->m.data + offset, o->v.data + offset, count, hyper, t);
 }
 

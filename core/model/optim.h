@@ -24,6 +24,9 @@ typedef struct {
     const char *name; /* "cuda-managed" */
     void *(*alloc)(size_t bytes);
     void (*release)(void *p);
+    /* Optional (may be NULL): called before the CPU update touches [p, p + bytes), so the driver can
+     * migrate the pages to host memory in bulk instead of faulting them in one by one. */
+    void (*prefetch_to_host)(const void *p, size_t bytes);
 } optim_state_backend;
 
 /* Registers (or with NULL removes) the backend used for OPTIM_STATE_PAGED. Not thread-safe: call once at
