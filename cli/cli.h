@@ -24,4 +24,12 @@ int cli_run(const char *name, int argc, char **argv);
 int cli_parse_int(const char *cmd, const char *flag, const char *text, long lo, long hi, long *out);
 int cli_parse_double(const char *cmd, const char *flag, const char *text, double *out);
 
+/* Prints one option of a --help text: flag padded to column indent, then text word-wrapped at 104 columns
+ * with continuation lines indented to the same column (for help texts that embed derived lists). f is a
+ * FILE *. */
+void cli_print_option(void *f, const char *flag, int indent, const char *text);
+/* The gnuplot definitions of the per-data-type plot styles, from the descriptor table:
+ * "all_types = 'nf4 ...'; type_colors = '#... ...'; type_points = '6 ...'" (cli/cmd_dtypes.c). */
+const char *cli_dtype_gnuplot_style(void);
+
 #endif

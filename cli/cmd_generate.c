@@ -18,8 +18,10 @@ static void generate_usage(FILE *f) {
                "Continues TEXT (default: empty, i.e. from BOS) with up to N new tokens (default 256).\n"
                "  --temperature X   0 = greedy argmax (default 1.0)\n"
                "  --top-p P         nucleus sampling threshold (default 0.9; 1 = full distribution)\n"
-               "  --seed S          sampling seed (default 42): the same seed gives the same text\n"
-               "  --dtype D         quantize the projections first (nf4, fp4, int4, ...)\n");
+               "  --seed S          sampling seed (default 42): the same seed gives the same text\n");
+    char text[512];
+    snprintf(text, sizeof text, "quantize the projections first (%s)", quant_dtype_list(0));
+    cli_print_option(f, "  --dtype D", 20, text);
 }
 
 static int cmd_generate(int argc, char **argv) {

@@ -14,19 +14,26 @@
 #include "eval/tokens.h"
 
 static void ppl_usage(FILE *f) {
+    fprintf(f, "Usage: qlab ppl --model M [--tokenizer T] (--data FILE.txt | --tokens FILE.npy)\n"
+               "                [--dtype D [--blocksize B] [--double-quant]] [--ctx N] [--stride S]\n"
+               "                [--max-tokens N] [--batch N] [--json]\n\n"
+               "Perplexity of model M (llama2.c .bin, GGUF, or a Hugging Face directory).\n"
+               "  --data FILE.txt     text, encoded with --tokenizer (BOS prepended)\n"
+               "  --tokens FILE.npy   int32 token ids, used exactly as given\n");
+    char text[1024];
+    snprintf(text, sizeof text,
+             "quantize the q,k,v,o,gate,up,down projections to D (%s; 'qlab dtypes' describes them) and "
+             "report the distance from the fp32 model: KL divergence, top-1 agreement, change in p(correct)",
+             quant_dtype_list(0));
+    cli_print_option(f, "  --dtype D", 22, text);
+    snprintf(text, sizeof text, "quantization block size (default: the type's); %s",
+             quant_blocksize_summary());
+    cli_print_option(f, "  --blocksize B", 22, text);
+    snprintf(text, sizeof text, "double-quantize the block constants (%s only)", quant_dtype_list(1));
+    cli_print_option(f, "  --double-quant", 22, text);
     fprintf(
         f,
-        "Usage: qlab ppl --model M [--tokenizer T] (--data FILE.txt | --tokens FILE.npy)\n"
-        "                [--dtype D [--blocksize B] [--double-quant]] [--ctx N] [--stride S]\n"
-        "                [--max-tokens N] [--batch N] [--json]\n\n"
-        "Perplexity of model M (llama2.c .bin, GGUF, or a Hugging Face directory).\n"
-        "  --data FILE.txt     text, encoded with --tokenizer (BOS prepended)\n"
-        "  --tokens FILE.npy   int32 token ids, used exactly as given\n"
-        "  --dtype D           quantize the q,k,v,o,gate,up,down projections to D (nf4, fp4, fp4_e2m1,\n"
-        "                      fp4_e3m0, int4, af4, mxfp4, nvfp4, iq4_nl) and report the distance from\n"
-        "                      the fp32 model: KL divergence, top-1 agreement, change in p(correct)\n"
-        "  --blocksize B       quantization block size (default: the type's default, 64)\n"
-        "  --double-quant      double-quantize the block constants\n"
+
         "  --ctx N             window length (default: min(512, model context))\n"
         "  --stride S          Hugging Face sliding-window protocol with stride S; without it, llama.cpp's\n"
         "                      non-overlapping windows scoring the second half of each\n"

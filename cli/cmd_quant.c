@@ -17,28 +17,29 @@
 #define CMD_QUANT_EXIT_USAGE 2
 
 static void quant_usage(FILE *f) {
-    fprintf(
-        f,
-        "Usage: qlab quant [options] IN.npy OUT.safetensors\n"
-        "\n"
-        "Quantizes an array (.npy of <f4, <f2, <f8, or bf16 stored as <u2) to 4 bits, blockwise, and writes "
-        "it\n"
-        "as safetensors in the layout transformers uses for bitsandbytes 4-bit weights.\n"
-        "\n"
-        "Options:\n"
-        "  --dtype D         data type: nf4 (default), fp4, fp4_e2m1, fp4_e3m0, int4, af4, mxfp4, nvfp4,\n"
-        "                    iq4_nl\n"
-        "  --blocksize B     elements per block (default: 64 for the absmax types; mxfp4 and iq4_nl are\n"
-        "                    fixed at 32, nvfp4 at 16); absmax types accept powers of two from %d to %d\n"
-        "  --double-quant    also quantize the per-block absmax (8-bit dynamic map, blocks of %d);\n"
-        "                    absmax types only\n"
-        "  --stats           print MSE, max abs error, SQNR (dB), bits/param and storage bytes\n"
-        "  --name P          tensor name in the output file (default: weight)\n"
-        "  --input-bf16      read a <u2 input array as bf16 bit patterns\n"
-        "  -h, --help        show this help\n"
-        "\n"
-        "Exit status: 0 ok, 1 bad or unreadable data, 2 usage error.\n",
-        QUANT_MIN_BLOCKSIZE, QUANT_MAX_BLOCKSIZE, QUANT_DQ_BLOCKSIZE);
+    fprintf(f, "Usage: qlab quant [options] IN.npy OUT.safetensors\n"
+               "\n"
+               "Quantizes an array (.npy of <f4, <f2, <f8, or bf16 stored as <u2) to 4 bits, blockwise, and "
+               "writes it\n"
+               "as safetensors in the layout transformers uses for bitsandbytes 4-bit weights.\n"
+               "\n"
+               "Options:\n");
+    char text[1024];
+    snprintf(text, sizeof text, "data type (default nf4): %s ('qlab dtypes' describes them)",
+             quant_dtype_list(0));
+    cli_print_option(f, "  --dtype D", 20, text);
+    snprintf(text, sizeof text, "elements per block (default: the type's); %s", quant_blocksize_summary());
+    cli_print_option(f, "  --blocksize B", 20, text);
+    snprintf(text, sizeof text,
+             "also quantize the per-block absmax (8-bit dynamic map, blocks of %d); only %s",
+             QUANT_DQ_BLOCKSIZE, quant_dtype_list(1));
+    cli_print_option(f, "  --double-quant", 20, text);
+    fprintf(f, "  --stats           print MSE, max abs error, SQNR (dB), bits/param and storage bytes\n"
+               "  --name P          tensor name in the output file (default: weight)\n"
+               "  --input-bf16      read a <u2 input array as bf16 bit patterns\n"
+               "  -h, --help        show this help\n"
+               "\n"
+               "Exit status: 0 ok, 1 bad or unreadable data, 2 usage error.\n");
 }
 
 static void dequant_usage(FILE *f) {
@@ -89,7 +90,7 @@ static int report(const char *cmd) {
 }
 
 static int cmd_quant(int argc, char **argv) {
-    const char *dtype_text = "nf4", *blocksize_text = NULL, *name = "weight";
+    const char *dtype_text = quant_dtype_name(QUANT_NF4), *blocksize_text = NULL, *name = "weight";
     int double_quant = 0, stats = 0, input_bf16 = 0, npos = 0;
     const char *pos[2] = {NULL, NULL};
     int only_positional = 0;
@@ -171,8 +172,7 @@ static int cmd_quant(int argc, char **argv) {
     if (quant_io_save(out, name, &qt) != QLAB_OK) goto fail;
     if (stats) {
         recon = qlab_alloc_aligned(sizeof(float) * (size_t)(arr.count > 0 ? arr.count : 1));
-        if (!recon) goto fail;
-        quant_tensor_dequantize(&qt, recon);
+        if (!recon || quant_tensor_dequantize(&qt, recon) != QLAB_OK) goto fail;
         quant_error_stats es;
         quant_error(arr.data, recon, arr.count, &es);
         printf("dtype           %s\n", quant_dtype_name(dt));
@@ -238,10 +238,8 @@ static int cmd_dequant(int argc, char **argv) {
     size_t n = (size_t)(qt.n > 0 ? qt.n : 1);
     buf = qlab_alloc_aligned(n * (bf16 ? sizeof(uint16_t) : sizeof(float)));
     if (!buf) goto done;
-    if (bf16)
-        quant_tensor_dequantize_bf16(&qt, buf);
-    else
-        quant_tensor_dequantize(&qt, buf);
+    if ((bf16 ? quant_tensor_dequantize_bf16(&qt, buf) : quant_tensor_dequantize(&qt, buf)) != QLAB_OK)
+        goto done;
     if (npy_write(out, bf16 ? "<u2" : "<f4", qt.ndim, qt.shape, buf) != QLAB_OK) goto done;
     status = 0;
 done:

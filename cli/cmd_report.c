@@ -235,8 +235,9 @@ static int run_gnuplot(const char *script, const char *script_dir, const char *d
                        const char *out, const char *fmt) {
     char tmp_out[PATH_MAX + 32], vars[4 * PATH_MAX], log_path[] = "/tmp/qlab_report_gnuplotXXXXXX";
     snprintf(tmp_out, sizeof tmp_out, "%s.tmp.%ld.%s", out, (long)getpid(), fmt);
-    snprintf(vars, sizeof vars, "datadir='%s'; prefix='%s'; out='%s'; fmt='%s'; scriptdir='%s'", data_dir,
-             prefix, tmp_out, fmt, script_dir);
+    /* the per-data-type styles come from the descriptor table (plots/common.gp uses them) */
+    snprintf(vars, sizeof vars, "%s; datadir='%s'; prefix='%s'; out='%s'; fmt='%s'; scriptdir='%s'",
+             cli_dtype_gnuplot_style(), data_dir, prefix, tmp_out, fmt, script_dir);
     int log_fd = mkstemp(log_path);
     if (log_fd < 0) {
         fprintf(stderr, "qlab report: cannot create a log file for gnuplot: %s\n", strerror(errno));

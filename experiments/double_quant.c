@@ -16,12 +16,18 @@
 #include "core/results/results.h"
 #include "core/base/rng.h"
 
-static const config_key config_keys[] = {
+/* Not const: the default of "dtypes" is every type of the descriptor table, set at the start of main. */
+static config_key config_keys[] = {
     {"seed", CONFIG_INT, "1234", "seed of the synthetic weights (Gaussian: seed, Student-t: seed+1)"},
     {"n_weights", CONFIG_INT, "4194304", "length of each synthetic weight tensor"},
-    {"dtypes", CONFIG_STRING_ARRAY,
-     "[\"nf4\", \"fp4\", \"fp4_e2m1\", \"fp4_e3m0\", \"int4\", \"af4\", \"mxfp4\", \"nvfp4\", \"iq4_nl\"]",
-     "data types (mxfp4/nvfp4/iq4_nl run once, at their fixed block size, without DQ)"},
+    {
+        "dtypes",
+        CONFIG_STRING_ARRAY,
+        NULL,
+        "data types (default: all, as `qlab dtypes` lists them; types without an fp32 absmax run once, at "
+        "their "
+        "own block size, without DQ)",
+    },
     {"blocksizes", CONFIG_INT_ARRAY, "[32, 64, 128, 256, 512, 1024, 2048, 4096]",
      "block sizes of the absmax types"},
     {"student_t_nu", CONFIG_DOUBLE, "3.0", "degrees of freedom of the heavy-tailed weights"},
@@ -59,7 +65,11 @@ static qlab_status measure(const weight_set *ws, grid_point g, float *scratch, m
         if (st != QLAB_OK)
             return qlab_fail_context(st, "%s matrix %d, %s block %d%s", ws->name, i,
                                      quant_dtype_name(g.dtype), g.blocksize, g.double_quant ? " DQ" : "");
-        quant_tensor_dequantize(&qt, scratch);
+        st = quant_tensor_dequantize(&qt, scratch);
+        if (st != QLAB_OK) {
+            quant_tensor_free(&qt);
+            return st;
+        }
         quant_error_stats es;
         quant_error(ws->matrices[i], scratch, ws->sizes[i], &es);
         stored_bytes += (double)quant_tensor_bytes(&qt);
@@ -198,6 +208,8 @@ static void usage(FILE *f) {
 
 int main(int argc, char **argv) {
     qlab_openmp_prefer_passive(argv);
+    if (config_key_set_default(config_keys, N_CONFIG_KEYS, "dtypes", quant_dtype_list_json()) != QLAB_OK)
+        return qlab_report_error("double_quant");
     experiment_args args;
     int early = experiment_parse_args(&args, "double_quant", argc, argv, usage);
     if (early >= 0) return early;

@@ -12,7 +12,8 @@
 #include "eval/compare.h"
 #include "experiments/harness/compare_grid.h"
 
-static const config_key config_keys[] = {
+/* Not const: the default of "dtypes" is every type of the descriptor table, set at the start of main. */
+static config_key config_keys[] = {
     {"zoo", CONFIG_STRING, "\"models/zoo\"",
      "folder of the cached embedded family (`make zoo`); \"\" = none"},
     {"models", CONFIG_OBJECT, "{}",
@@ -21,9 +22,13 @@ static const config_key config_keys[] = {
     {"benchmarks", CONFIG_OBJECT, NULL,
      "{name: {\"text\": [candidate paths, first present wins; \"zoo-heldout\" = the zoo's held-out text], "
      "\"protocol\": \"nonoverlap\"|\"sliding\", \"ctx\", \"stride\", \"max_tokens\"}}"},
-    {"dtypes", CONFIG_STRING_ARRAY,
-     "[\"nf4\", \"fp4\", \"fp4_e2m1\", \"fp4_e3m0\", \"int4\", \"af4\", \"mxfp4\", \"nvfp4\", \"iq4_nl\"]",
-     "4-bit data types (mxfp4/nvfp4/iq4_nl run at their own block size, without DQ)"},
+    {
+        "dtypes",
+        CONFIG_STRING_ARRAY,
+        NULL,
+        "4-bit data types (default: all, as `qlab dtypes` lists them; types without an fp32 absmax run at "
+        "their own block size, without DQ)",
+    },
     {"blocksize", CONFIG_INT, "64", "block size of the absmax data types"},
     {"double_quant", CONFIG_INT_ARRAY, "[0, 1]", "0: fp32 block constants, 1: double-quantized constants"},
     {"seed", CONFIG_INT, "1234", "recorded for provenance (quantization and evaluation are deterministic)"},
@@ -77,6 +82,8 @@ static qlab_status write_tables(results *r, const compare_grid *g, const compare
 
 int main(int argc, char **argv) {
     qlab_openmp_prefer_passive(argv);
+    if (config_key_set_default(config_keys, N_CONFIG_KEYS, "dtypes", quant_dtype_list_json()) != QLAB_OK)
+        return qlab_report_error("nf4_vs_fp4");
     experiment_args args;
     int early = experiment_parse_args(&args, "nf4_vs_fp4", argc, argv, usage);
     if (early >= 0) return early;

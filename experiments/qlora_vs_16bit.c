@@ -15,6 +15,7 @@ static const config_key config_keys[] = {
     FINETUNE_GRID_CONFIG_KEYS,
     {"rank", CONFIG_INT, "8", "LoRA r of every LoRA / QLoRA run"},
     {"targets", CONFIG_STRING, "\"all\"", "LoRA targets (all = every linear layer, as QLoRA)"},
+    /* the paper's QLoRA bases: a deliberate subset of the data types (dtype-subset) */
     {"bases", CONFIG_STRING_ARRAY, "[\"nf4\", \"nf4+dq\", \"fp4\", \"int4\"]",
      "4-bit bases for QLoRA: a data type, \"+dq\" for double quantization"},
     {"full_finetune", CONFIG_BOOL, "true", "include full fp32 finetuning"},

@@ -56,8 +56,10 @@ const char *qlab_cuda_device_name(void);
 
 /* ---------------------------------------------------------------- 4-bit blockwise quantization */
 
-/* Same contract and the same bits as quant_tensor_quantize_ref, for the absmax types (nf4, fp4, fp4_e2m1,
- * fp4_e3m0, int4, af4); the codes and first-level absmax are computed on the device. x is host memory. */
+/* Same contract and the same bits as quant_tensor_quantize_ref, for every type with an fp32 absmax
+ * (quant_dtype_has_fp32_absmax; quant_dtype_list(1) names them): the kernels run on the type's code book and
+ * thresholds (quant_absmax_spec_get), so a new absmax row of the descriptor table needs no CUDA change. The
+ * codes and first-level absmax are computed on the device. x is host memory. */
 qlab_status qlab_cuda_quantize(quant_tensor *qt, const float *x, int64_t n, quant_dtype dt, int blocksize,
                                int double_quant);
 /* Same bits as quant_tensor_dequantize_ref / quant_tensor_dequantize_bf16; host in, host out. */

@@ -21,9 +21,8 @@ qlab_status quant_cuda_quantize_with(const quant_cuda_backend *backend, quant_te
     const quant_absmax_spec *spec = quant_absmax_spec_get(dt);
     if (!spec)
         return qlab_fail(QLAB_ERR_UNSUPPORTED,
-                         "cuda quantize: %s is not an absmax type (the CUDA kernels cover "
-                         "nf4, fp4, fp4_e2m1, fp4_e3m0, int4, af4)",
-                         quant_dtype_name(dt));
+                         "cuda quantize: %s is not an absmax type (the CUDA kernels cover %s)",
+                         quant_dtype_name(dt), quant_dtype_list(1));
     QLAB_TRY(quant_check_blocksize(dt, blocksize));
     if (n < 0 || n > ((int64_t)1 << 50))
         return qlab_fail(QLAB_ERR_ARG, "cuda quantize: bad element count %lld", (long long)n);

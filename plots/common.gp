@@ -31,10 +31,13 @@ set style line 100 lc rgb '#222222' lw 1.5
 
 # One colour and marker per 4-bit data type, the same in every figure (Tableau 10 colours; marker
 # shapes too, so the figure survives grey-scale printing and colour blindness). Open marker = pt, filled
-# = pt + 1.
-all_types = 'nf4 fp4 fp4_e2m1 fp4_e3m0 int4 af4 mxfp4 nvfp4 iq4_nl'
-type_colors = '#4e79a7 #f28e2b #e15759 #76b7b2 #59a14f #b07aa1 #edc948 #9c755f #ff9da7'
-type_points = '6 4 8 10 12 14 8 12 4'
+# = pt + 1. They live in the data types' descriptor table (core/quant/quant_types.c): `qlab report` passes
+# all_types, type_colors and type_points on gnuplot's command line; `qlab dtypes --gnuplot` prints them.
+if (!exists("all_types") || !exists("type_colors") || !exists("type_points")) {
+    print "plots/common.gp: the data type styles are not set: run the figure through 'qlab report', or pass"
+    print "  gnuplot -e \"$(qlab dtypes --gnuplot | tail -n 1); datadir=...; prefix=...\""
+    exit status 1
+}
 type_index(t) = sum [k=1:words(all_types)] (word(all_types, k) eq t ? k : 0)
 type_color(t) = type_index(t) > 0 ? word(type_colors, type_index(t)) : '#000000'
 type_point(t) = type_index(t) > 0 ? word(type_points, type_index(t)) + 0 : 1

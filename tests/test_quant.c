@@ -283,7 +283,9 @@ static void test_bad_input(void) {
 static void test_round_trip(void) {
     int64_t n = 10007;
     float *x = random_normal(n, 11), *out = qlab_alloc_aligned(sizeof(float) * n);
-    for (int dt = 0; dt <= QUANT_AF4; dt++) {
+    for (int dt = 0; dt < QUANT_DTYPE_COUNT; dt++) {
+        if (!quant_dtype_has_fp32_absmax((quant_dtype)dt))
+            continue; /* the absmax types, whatever their order */
         const float *cb = quant_codebook((quant_dtype)dt);
         float sorted[16];
         memcpy(sorted, cb, sizeof sorted);

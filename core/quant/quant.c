@@ -16,77 +16,6 @@
 #include "core/quant/quant_kernels.h"
 #include "core/quant/quant_tables.h"
 
-/* ---------------------------------------------------------------- names, code books, block sizes */
-
-static const char *const dtype_names[QUANT_DTYPE_COUNT] = {
-    [QUANT_NF4] = "nf4",           [QUANT_FP4] = "fp4",     [QUANT_FP4_E2M1] = "fp4_e2m1",
-    [QUANT_FP4_E3M0] = "fp4_e3m0", [QUANT_INT4] = "int4",   [QUANT_AF4] = "af4",
-    [QUANT_MXFP4] = "mxfp4",       [QUANT_NVFP4] = "nvfp4", [QUANT_IQ4_NL] = "iq4_nl",
-};
-
-#define QUANT_NAME_LIST "nf4, fp4, fp4_e2m1, fp4_e3m0, int4, af4, mxfp4, nvfp4, iq4_nl"
-#define QUANT_ABSMAX_LIST "nf4, fp4, fp4_e2m1, fp4_e3m0, int4, af4"
-
-const char *quant_dtype_name(quant_dtype dt) {
-    return (unsigned)dt < QUANT_DTYPE_COUNT ? dtype_names[dt] : "unknown";
-}
-
-qlab_status quant_dtype_parse(const char *name, quant_dtype *dt) {
-    for (int i = 0; name && i < QUANT_DTYPE_COUNT; i++) {
-        if (strcasecmp(name, dtype_names[i]) == 0) {
-            *dt = (quant_dtype)i;
-            return QLAB_OK;
-        }
-    }
-    return qlab_fail(QLAB_ERR_ARG, "unknown data type '%s' (expected one of %s)", name ? name : "(null)",
-                     QUANT_NAME_LIST);
-}
-
-const float *quant_codebook(quant_dtype dt) {
-    static const float tables[QUANT_DTYPE_COUNT][16] = {
-        [QUANT_NF4] = QUANT_TABLE_NF4,           [QUANT_FP4] = QUANT_TABLE_FP4,
-        [QUANT_FP4_E2M1] = QUANT_TABLE_FP4_E2M1, [QUANT_FP4_E3M0] = QUANT_TABLE_FP4_E3M0,
-        [QUANT_INT4] = QUANT_TABLE_INT4,         [QUANT_AF4] = QUANT_TABLE_AF4,
-        [QUANT_MXFP4] = QUANT_TABLE_E2M1,        [QUANT_NVFP4] = QUANT_TABLE_E2M1,
-        [QUANT_IQ4_NL] = QUANT_TABLE_IQ4_NL,
-    };
-    return (unsigned)dt < QUANT_DTYPE_COUNT ? tables[dt] : NULL;
-}
-
-int quant_dtype_has_fp32_absmax(quant_dtype dt) {
-    return (unsigned)dt <= QUANT_AF4;
-}
-
-int quant_default_blocksize(quant_dtype dt) {
-    switch (dt) {
-    case QUANT_MXFP4:
-        return QUANT_MXFP4_BLOCKSIZE;
-    case QUANT_NVFP4:
-        return QUANT_NVFP4_BLOCKSIZE;
-    case QUANT_IQ4_NL:
-        return QUANT_IQ4_NL_BLOCKSIZE;
-    default:
-        return 64;
-    }
-}
-
-qlab_status quant_check_blocksize(quant_dtype dt, int blocksize) {
-    if ((unsigned)dt >= QUANT_DTYPE_COUNT) return qlab_fail(QLAB_ERR_ARG, "unknown data type %d", (int)dt);
-    if (quant_dtype_has_fp32_absmax(dt)) {
-        if (blocksize < QUANT_MIN_BLOCKSIZE || blocksize > QUANT_MAX_BLOCKSIZE ||
-            (blocksize & (blocksize - 1)))
-            return qlab_fail(QLAB_ERR_ARG,
-                             "block size %d is not valid for %s (expected a power of two from %d to %d)",
-                             blocksize, dtype_names[dt], QUANT_MIN_BLOCKSIZE, QUANT_MAX_BLOCKSIZE);
-        return QLAB_OK;
-    }
-    int want = quant_default_blocksize(dt);
-    if (blocksize != want)
-        return qlab_fail(QLAB_ERR_ARG, "block size %d is not valid for %s (the format fixes it at %d)",
-                         blocksize, dtype_names[dt], want);
-    return QLAB_OK;
-}
-
 /* ---------------------------------------------------------------- kernel selection */
 
 static const quant_kernel_set *kernels_for_name(const char *name, qlab_status *st) {
@@ -245,38 +174,45 @@ static uint8_t dynamic_quantize(const float *code, float x) {
 
 /* ---------------------------------------------------------------- scales */
 
+float quant_block_scale_e8m0(const quant_tensor *qt, int64_t b) {
+    return e8m0_values[qt->scale8[b]];
+}
+
+float quant_block_scale_e4m3(const quant_tensor *qt, int64_t b) {
+    return e4m3_values[qt->scale8[b]] * qt->tensor_scale;
+}
+
+float quant_block_scale_fp16(const quant_tensor *qt, int64_t b) {
+    return fp16_to_f32(qt->scale16[b]);
+}
+
+/* The fp32 scale of block b of a tensor of a known type (checked by the callers). */
 static float block_scale_unchecked(const quant_tensor *qt, int64_t b) {
-    switch (qt->dtype) {
-    case QUANT_MXFP4:
-        return e8m0_values[qt->scale8[b]];
-    case QUANT_NVFP4:
-        return e4m3_values[qt->scale8[b]] * qt->tensor_scale;
-    case QUANT_IQ4_NL:
-        return fp16_to_f32(qt->scale16[b]);
-    default:
-        if (qt->double_quant)
-            return quant_dynamic_map_signed()[qt->dq_codes[b]] * qt->dq_absmax[b / QUANT_DQ_BLOCKSIZE] +
-                   qt->dq_offset;
-        return qt->absmax[b];
-    }
+    const quant_type_traits *t = quant_type_traits_get(qt->dtype);
+    if (t->block_scale) return t->block_scale(qt, b);
+    if (qt->double_quant)
+        return quant_dynamic_map_signed()[qt->dq_codes[b]] * qt->dq_absmax[b / QUANT_DQ_BLOCKSIZE] +
+               qt->dq_offset;
+    return qt->absmax[b];
 }
 
 /* Scales of blocks [b0, b1), with the per-type dispatch outside the loop. */
 static void fill_block_scales(const quant_tensor *qt, int64_t b0, int64_t b1, float *out) {
-    if (quant_dtype_has_fp32_absmax(qt->dtype) && qt->double_quant) {
+    quant_block_scale_fn own = quant_type_traits_get(qt->dtype)->block_scale;
+    if (own) {
+        for (int64_t b = b0; b < b1; b++)
+            out[b - b0] = own(qt, b);
+    } else if (qt->double_quant) {
         const float *map = quant_dynamic_map_signed();
         for (int64_t b = b0; b < b1; b++)
             out[b - b0] = map[qt->dq_codes[b]] * qt->dq_absmax[b / QUANT_DQ_BLOCKSIZE] + qt->dq_offset;
-    } else if (quant_dtype_has_fp32_absmax(qt->dtype)) {
-        memcpy(out, qt->absmax + b0, sizeof(float) * (size_t)(b1 - b0));
     } else {
-        for (int64_t b = b0; b < b1; b++)
-            out[b - b0] = block_scale_unchecked(qt, b);
+        memcpy(out, qt->absmax + b0, sizeof(float) * (size_t)(b1 - b0));
     }
 }
 
 float quant_tensor_block_scale(const quant_tensor *qt, int64_t b) {
-    if (!qt || b < 0 || b >= qt->nblocks) return NAN;
+    if (!qt || !quant_type_traits_get(qt->dtype) || b < 0 || b >= qt->nblocks) return NAN;
     byte_tables_init();
     return block_scale_unchecked(qt, b);
 }
@@ -345,7 +281,7 @@ static qlab_status double_quantize(quant_tensor *qt, const float *absmax) {
     return QLAB_OK;
 }
 
-static void quantize_mxfp4_block(const float *x, int len, uint8_t *codes, uint8_t *scale) {
+void quant_quantize_block_mxfp4(const float *x, int len, float tensor_scale, uint8_t *codes, void *scale) {
     float amax = 0.0f;
     for (int i = 0; i < len; i++) {
         float a = fabsf(x[i]); /* not fmaxf: a libm call here */
@@ -359,7 +295,7 @@ static void quantize_mxfp4_block(const float *x, int len, uint8_t *codes, uint8_
         code = e + QUANT_MXFP4_E8M0_BIAS;
         code = code < 0 ? 0 : code > 254 ? 254 : code;
     }
-    *scale = (uint8_t)code;
+    *(uint8_t *)scale = (uint8_t)code;
     /* x / 2^(code-127) as a product with 2^(127-code) (representable for every code): exact, or correctly
      * rounded when the result is subnormal, like ldexpf */
     float inverse = ldexpf(1.0f, QUANT_MXFP4_E8M0_BIAS - code);
@@ -372,8 +308,7 @@ static void quantize_mxfp4_block(const float *x, int len, uint8_t *codes, uint8_
     }
 }
 
-static void quantize_nvfp4_block(const float *x, int len, float tensor_scale, uint8_t *codes,
-                                 uint8_t *scale) {
+void quant_quantize_block_nvfp4(const float *x, int len, float tensor_scale, uint8_t *codes, void *scale) {
     float amax = 0.0f;
     for (int i = 0; i < len; i++) {
         float a = fabsf(x[i]); /* not fmaxf: a libm call here */
@@ -381,7 +316,7 @@ static void quantize_nvfp4_block(const float *x, int len, float tensor_scale, ui
     }
     uint8_t s8 = tensor_scale > 0.0f ? e4m3_from_f32(amax / (QUANT_E2M1_MAX * tensor_scale)) : 0;
     float eff = e4m3_to_f32(s8) * tensor_scale;
-    *scale = s8;
+    *(uint8_t *)scale = s8;
     for (int i = 0; i < len; i++) {
         uint8_t c = eff > 0.0f ? e2m1_code(x[i] / eff) : 0;
         if (i & 1)
@@ -389,6 +324,10 @@ static void quantize_nvfp4_block(const float *x, int len, float tensor_scale, ui
         else
             codes[i / 2] = (uint8_t)(c << 4);
     }
+}
+
+float quant_tensor_scale_nvfp4(float tensor_amax) {
+    return tensor_amax / (QUANT_NVFP4_E4M3_MAX * QUANT_E2M1_MAX);
 }
 
 /* llama.cpp's kvalues_iq4nl search (best_index_int8): nearest value, an exact tie goes to the upper one.
@@ -406,7 +345,7 @@ static int iq4_nl_best_index(const float *values, float x) {
 /* llama.cpp's IQ4_NL scale without the refinement/search: d = (signed element of largest magnitude) / -127,
  * stored as fp16; elements are scaled by 1/fp16(d) (the stored scale, so codes and dequantization agree)
  * and mapped to the nearest table value. */
-static void quantize_iq4_nl_block(const float *x, int len, uint8_t *codes, uint16_t *scale) {
+void quant_quantize_block_iq4_nl(const float *x, int len, float tensor_scale, uint8_t *codes, void *scale) {
     static const float values[16] = QUANT_TABLE_IQ4_NL;
     float amax = 0.0f, max = 0.0f;
     for (int i = 0; i < len; i++) {
@@ -422,7 +361,7 @@ static void quantize_iq4_nl_block(const float *x, int len, uint8_t *codes, uint1
     uint16_t d16 = amax < 1e-15f ? 0 : f32_to_fp16(d); /* llama.cpp's GROUP_MAX_EPS */
     float df = fp16_to_f32(d16);
     if (df == 0.0f) d16 = 0;
-    *scale = d16;
+    memcpy(scale, &d16, sizeof d16);
     float id = df != 0.0f ? 1.0f / df : 0.0f;
     for (int i = 0; i < len; i++) {
         uint8_t c = df != 0.0f ? (uint8_t)iq4_nl_best_index(values, id * x[i]) : 8; /* 8: value 1, times 0 */
@@ -444,15 +383,12 @@ static qlab_status quantize_impl(quant_tensor *qt, const float *x, int64_t n, qu
         return qlab_fail(QLAB_ERR_ARG, "quantize: bad element count %lld", (long long)n);
     if (n > 0 && !x)
         return qlab_fail(QLAB_ERR_ARG, "quantize: input is NULL for %lld elements", (long long)n);
-    if (double_quant && !quant_dtype_has_fp32_absmax(dt))
-        return qlab_fail(
-            QLAB_ERR_ARG,
-            "double quantization applies only to types with an fp32 absmax (%s); %s stores its own "
-            "%s scale",
-            QUANT_ABSMAX_LIST, dtype_names[dt],
-            dt == QUANT_MXFP4   ? "E8M0"
-            : dt == QUANT_NVFP4 ? "E4M3"
-                                : "fp16");
+    const quant_type_traits *t = quant_type_traits_get(dt);
+    if (double_quant && t->scale_format != QUANT_SCALE_FP32_ABSMAX)
+        return qlab_fail(QLAB_ERR_ARG,
+                         "double quantization applies only to types with an fp32 absmax (%s); %s stores its "
+                         "own %s scale",
+                         quant_dtype_list(1), t->name, t->scale_name);
     qt->dtype = dt;
     qt->blocksize = blocksize;
     qt->n = n;
@@ -466,7 +402,7 @@ static qlab_status quantize_impl(quant_tensor *qt, const float *x, int64_t n, qu
 
     int64_t nchunks = (nb + QUANT_CHUNK_BLOCKS - 1) / QUANT_CHUNK_BLOCKS;
     int64_t bad = INT64_MAX;
-    if (quant_dtype_has_fp32_absmax(dt)) {
+    if (t->scale_format == QUANT_SCALE_FP32_ABSMAX) {
         const quant_absmax_spec *spec = quant_absmax_spec_get(dt);
         float *absmax = qlab_alloc_aligned(sizeof(float) * nb_alloc);
         if (!absmax) goto nomem;
@@ -492,7 +428,8 @@ static qlab_status quantize_impl(quant_tensor *qt, const float *x, int64_t n, qu
         return QLAB_OK;
     }
 
-    /* MXFP4, NVFP4, IQ4_NL: scalar, one pass to check finiteness (and find the NVFP4 tensor amax). */
+    /* Types with their own scale format (MXFP4, NVFP4, IQ4_NL): the row's scalar per-block quantizer, after
+     * one pass to check finiteness (and find the tensor amax for a tensor scale). */
     float tensor_amax = 0.0f;
     for (int64_t i = 0; i < n; i++) {
         if (!isfinite(x[i])) {
@@ -501,24 +438,20 @@ static qlab_status quantize_impl(quant_tensor *qt, const float *x, int64_t n, qu
         }
         tensor_amax = fabsf(x[i]) > tensor_amax ? fabsf(x[i]) : tensor_amax;
     }
-    if (dt == QUANT_IQ4_NL) {
-        qt->scale16 = qlab_alloc_aligned(sizeof(uint16_t) * nb_alloc);
-        if (!qt->scale16) goto nomem;
-    } else {
-        qt->scale8 = qlab_alloc_aligned(nb_alloc);
-        if (!qt->scale8) goto nomem;
-    }
-    if (dt == QUANT_NVFP4) qt->tensor_scale = tensor_amax / (QUANT_NVFP4_E4M3_MAX * QUANT_E2M1_MAX);
+    uint8_t *scales = qlab_alloc_aligned((size_t)t->scale_bytes * nb_alloc);
+    if (!scales) goto nomem;
+    if (t->scale_bytes == 2)
+        qt->scale16 = (uint16_t *)scales;
+    else
+        qt->scale8 = scales;
+    if (t->tensor_scale) qt->tensor_scale = t->tensor_scale(tensor_amax);
+    quant_block_quantizer quantize_block = t->quantize;
+    int scale_bytes = t->scale_bytes;
 #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < nb; b++) {
         int64_t s = b * blocksize;
         int len = (int)(n - s < blocksize ? n - s : blocksize);
-        if (dt == QUANT_MXFP4)
-            quantize_mxfp4_block(x + s, len, qt->codes + s / 2, &qt->scale8[b]);
-        else if (dt == QUANT_NVFP4)
-            quantize_nvfp4_block(x + s, len, qt->tensor_scale, qt->codes + s / 2, &qt->scale8[b]);
-        else
-            quantize_iq4_nl_block(x + s, len, qt->codes + s / 2, &qt->scale16[b]);
+        quantize_block(x + s, len, qt->tensor_scale, qt->codes + s / 2, scales + (size_t)b * scale_bytes);
     }
     return QLAB_OK;
 
@@ -539,11 +472,43 @@ qlab_status quant_tensor_quantize_ref(quant_tensor *qt, const float *x, int64_t 
 
 /* ---------------------------------------------------------------- dequantize */
 
+/* Why qt cannot be dequantized (a message naming the problem), or NULL when it can. */
+static const char *dequant_unusable(const quant_tensor *qt) {
+    if (!qt) return "no tensor (NULL)";
+    const quant_type_traits *t = quant_type_traits_get(qt->dtype);
+    if (!t) return "unknown data type";
+    if (qt->blocksize <= 0 || qt->n < 0 || qt->nblocks != (qt->n + qt->blocksize - 1) / qt->blocksize)
+        return "inconsistent n, blocksize and nblocks";
+    if (qt->n > 0 && !qt->codes) return "no codes";
+    if (qt->nblocks == 0) return NULL;
+    int missing = t->scale_format != QUANT_SCALE_FP32_ABSMAX
+                      ? (t->scale_bytes == 2 ? !qt->scale16 : !qt->scale8)
+                  : qt->double_quant ? !qt->dq_codes || !qt->dq_absmax
+                                     : !qt->absmax;
+    return missing ? "block constants missing" : NULL;
+}
+
 /* Elements [start, start + count) through kernel set ks, split into work items of whole blocks (so each
- * computes its block scales into a small stack buffer and no allocation can fail). */
-static void dequant_impl(const quant_tensor *qt, int64_t start, int64_t count, float *out_f32,
-                         uint16_t *out_bf16, const quant_kernel_set *ks, int parallel) {
-    if (!qt || !qt->codes || count <= 0 || start < 0 || start > qt->n || count > qt->n - start) return;
+ * computes its block scales into a small stack buffer and no allocation can fail). Refuses a bad tensor
+ * or range with a message; an out-of-range request also fills the output with NaN. */
+static qlab_status dequant_impl(const quant_tensor *qt, int64_t start, int64_t count, float *out_f32,
+                                uint16_t *out_bf16, const quant_kernel_set *ks, int parallel) {
+    if (!out_f32 && !out_bf16 && count != 0) return qlab_fail(QLAB_ERR_ARG, "dequantize: output is NULL");
+    const char *why = dequant_unusable(qt);
+    if (why) return qlab_fail(QLAB_ERR_ARG, "dequantize: %s", why);
+    if (start < 0 || count < 0 || start > qt->n || count > qt->n - start) {
+        for (int64_t i = 0; i < count; i++) {
+            if (out_f32)
+                out_f32[i] = NAN;
+            else
+                out_bf16[i] = 0x7FC0; /* bf16 NaN */
+        }
+        return qlab_fail(QLAB_ERR_ARG,
+                         "dequantize: elements [%lld, %lld) requested from a %s tensor of %lld elements",
+                         (long long)start, (long long)start + (long long)count, quant_dtype_name(qt->dtype),
+                         (long long)qt->n);
+    }
+    if (count == 0) return QLAB_OK;
     const float *table = quant_codebook(qt->dtype);
     int bs = qt->blocksize;
     byte_tables_init();
@@ -554,7 +519,7 @@ static void dequant_impl(const quant_tensor *qt, int64_t start, int64_t count, f
         else
             *out_bf16++ = f32_to_bf16(v);
         start++;
-        if (--count == 0) return;
+        if (--count == 0) return QLAB_OK;
     }
     int64_t b_first = start / bs, b_end = (start + count - 1) / bs + 1;
     int64_t nchunks = (b_end - b_first + QUANT_CHUNK_BLOCKS - 1) / QUANT_CHUNK_BLOCKS;
@@ -572,40 +537,37 @@ static void dequant_impl(const quant_tensor *qt, int64_t start, int64_t count, f
         else
             ks->dequantize_bf16(table, qt->codes, scales, b0, bs, e0, e1 - e0, out_bf16 + (e0 - start));
     }
+    return QLAB_OK;
 }
 
-void quant_tensor_dequantize(const quant_tensor *qt, float *out) {
-    if (qt) dequant_impl(qt, 0, qt->n, out, NULL, active_kernels(), 1);
+qlab_status quant_tensor_dequantize(const quant_tensor *qt, float *out) {
+    if (!out) return qlab_fail(QLAB_ERR_ARG, "dequantize: output is NULL");
+    return dequant_impl(qt, 0, qt ? qt->n : 0, out, NULL, active_kernels(), 1);
 }
 
-void quant_tensor_dequantize_ref(const quant_tensor *qt, float *out) {
-    if (qt) dequant_impl(qt, 0, qt->n, out, NULL, &quant_kernels_scalar, 0);
+qlab_status quant_tensor_dequantize_ref(const quant_tensor *qt, float *out) {
+    if (!out) return qlab_fail(QLAB_ERR_ARG, "dequantize: output is NULL");
+    return dequant_impl(qt, 0, qt ? qt->n : 0, out, NULL, &quant_kernels_scalar, 0);
 }
 
-void quant_tensor_dequantize_bf16(const quant_tensor *qt, uint16_t *out) {
-    if (qt) dequant_impl(qt, 0, qt->n, NULL, out, active_kernels(), 1);
+qlab_status quant_tensor_dequantize_bf16(const quant_tensor *qt, uint16_t *out) {
+    if (!out) return qlab_fail(QLAB_ERR_ARG, "dequantize: output is NULL");
+    return dequant_impl(qt, 0, qt ? qt->n : 0, NULL, out, active_kernels(), 1);
 }
 
-void quant_tensor_dequantize_range(const quant_tensor *qt, int64_t start, int64_t count, float *out) {
-    dequant_impl(qt, start, count, out, NULL, active_kernels(), 1);
+qlab_status quant_tensor_dequantize_range(const quant_tensor *qt, int64_t start, int64_t count, float *out) {
+    if (!out && count != 0) return qlab_fail(QLAB_ERR_ARG, "dequantize: output is NULL");
+    return dequant_impl(qt, start, count, out, NULL, active_kernels(), 1);
 }
 
 /* ---------------------------------------------------------------- sizes and errors */
 
 size_t quant_tensor_bytes(const quant_tensor *qt) {
-    if (!qt) return 0;
+    const quant_type_traits *t = qt ? quant_type_traits_get(qt->dtype) : NULL;
+    if (!t) return 0;
     size_t nb = (size_t)qt->nblocks, bytes = (size_t)(qt->n + 1) / 2;
-    switch (qt->dtype) {
-    case QUANT_MXFP4:
-        return bytes + nb;
-    case QUANT_NVFP4:
-        return bytes + nb + sizeof(float);
-    case QUANT_IQ4_NL:
-        return bytes + 2 * nb;
-    default:
-        if (qt->double_quant) return bytes + nb + sizeof(float) * (size_t)qt->dq_nblocks + sizeof(float);
-        return bytes + sizeof(float) * nb;
-    }
+    if (qt->double_quant) return bytes + nb + sizeof(float) * (size_t)qt->dq_nblocks + sizeof(float);
+    return bytes + (size_t)t->scale_bytes * nb + (t->tensor_scale ? sizeof(float) : 0);
 }
 
 double quant_tensor_bits_per_param(const quant_tensor *qt) {
@@ -614,18 +576,11 @@ double quant_tensor_bits_per_param(const quant_tensor *qt) {
 }
 
 double quant_bits_per_param_analytic(quant_dtype dt, int blocksize, int double_quant) {
-    if ((unsigned)dt >= QUANT_DTYPE_COUNT || blocksize <= 0) return 0;
-    switch (dt) {
-    case QUANT_MXFP4:
-        return 4.0 + 8.0 / blocksize;
-    case QUANT_NVFP4:
-        return 4.0 + 8.0 / blocksize; /* + the fp32 tensor scale, negligible */
-    case QUANT_IQ4_NL:
-        return 4.0 + 16.0 / blocksize;
-    default:
-        if (double_quant) return 4.0 + 8.0 / blocksize + 32.0 / (blocksize * (double)QUANT_DQ_BLOCKSIZE);
-        return 4.0 + 32.0 / blocksize;
-    }
+    const quant_type_traits *t = quant_type_traits_get(dt);
+    if (!t || blocksize <= 0) return 0;
+    if (double_quant && t->scale_format == QUANT_SCALE_FP32_ABSMAX)
+        return 4.0 + 8.0 / blocksize + 32.0 / (blocksize * (double)QUANT_DQ_BLOCKSIZE);
+    return 4.0 + 8.0 * t->scale_bytes / blocksize; /* a tensor scale (nvfp4) adds a negligible 32 bits */
 }
 
 void quant_error(const float *orig, const float *recon, int64_t n, quant_error_stats *st) {
@@ -646,7 +601,11 @@ qlab_status quant_tensor_error(const quant_tensor *qt, const float *orig, quant_
     if (!qt || !orig || !st) return qlab_fail(QLAB_ERR_ARG, "quant_tensor_error: NULL argument");
     float *recon = qlab_alloc_aligned(sizeof(float) * (size_t)(qt->n > 0 ? qt->n : 1));
     if (!recon) return QLAB_ERR_NOMEM;
-    quant_tensor_dequantize(qt, recon);
+    qlab_status ds = quant_tensor_dequantize(qt, recon);
+    if (ds != QLAB_OK) {
+        qlab_free_aligned(recon);
+        return ds;
+    }
     quant_error(orig, recon, qt->n, st);
     st->bits_per_param = quant_tensor_bits_per_param(qt);
     qlab_free_aligned(recon);

@@ -11,6 +11,8 @@
 
 #include "core/base/common.h"
 
+/* The 4-bit data types. The enum is only an index into the descriptor table (quant_types.c): nothing may
+ * depend on the order of its members; ask quant_type_traits_get() instead. */
 typedef enum {
     QUANT_NF4 = 0,  /* bitsandbytes NF4 (the QLoRA default) */
     QUANT_FP4,      /* bitsandbytes FP4 (sign, 2 exponent, 1 mantissa; smallest subnormal 1/192) */
@@ -25,28 +27,91 @@ typedef enum {
 } quant_dtype;
 
 #define QUANT_DQ_BLOCKSIZE 256 /* second-level block size of double quantization */
-#define QUANT_MIN_BLOCKSIZE 32
+#define QUANT_MIN_BLOCKSIZE 32 /* the range any type's block sizes must lie in */
 #define QUANT_MAX_BLOCKSIZE 4096
 
-/* "nf4", "fp4", "fp4_e2m1", "fp4_e3m0", "int4", "af4", "mxfp4", "nvfp4", "iq4_nl". */
-const char *quant_dtype_name(quant_dtype dt);
-/* Parses a name as above; on failure records "unknown data type 'x' (expected one of ...)". */
-qlab_status quant_dtype_parse(const char *name, quant_dtype *dt);
+/* How a type stores its first-level per-block constant. */
+typedef enum {
+    QUANT_SCALE_FP32_ABSMAX, /* fp32 absmax (quant_tensor.absmax); double quantization applies */
+    QUANT_SCALE_E8M0,        /* 1 byte, a power of two 2^(c-127) (quant_tensor.scale8) */
+    QUANT_SCALE_E4M3,        /* 1 byte, FP8 E4M3, times the fp32 tensor_scale (quant_tensor.scale8) */
+    QUANT_SCALE_FP16,        /* 2 bytes, fp16 (quant_tensor.scale16) */
+} quant_scale_format;
 
-/* The 16 values of a code-book type, index = 4-bit code. For the absmax types they lie in [-1, 1]; for
- * MXFP4/NVFP4 they are the raw E2M1 values (+-{0,0.5,1,1.5,2,3,4,6}); for IQ4_NL the int8 table values. */
+struct quant_tensor;
+/* Quantizes one block of len <= blocksize elements (all finite) of a type with its own scale format:
+ * writes ceil(len/2) code bytes and the block's constant (scale_bytes bytes at *scale). */
+typedef void (*quant_block_quantizer)(const float *x, int len, float tensor_scale, uint8_t *codes,
+                                      void *scale);
+/* The fp32 scale of block b (decoded constant): the dequantized value is codebook[code] * scale. */
+typedef float (*quant_block_scale_fn)(const struct quant_tensor *qt, int64_t b);
+/* The fp32 per-tensor scale from the largest |x| of the tensor (types with a tensor scale only). */
+typedef float (*quant_tensor_scale_fn)(float tensor_amax);
+
+/* One row of the descriptor table: everything the rest of qlab may know about a data type. Every name
+ * list, help text, switch, experiment default and plot style is derived from these rows. */
+typedef struct {
+    quant_dtype dtype;                /* its own index in the table */
+    const char *name;                 /* CLI / config / file spelling, lower case: "nf4" */
+    const char *label;                /* short display label: "NF4" */
+    const char *description;          /* one line for `qlab dtypes` */
+    int blocksize_min, blocksize_max; /* allowed block sizes: the powers of two in [min, max] */
+    int blocksize_default;
+    quant_scale_format scale_format;
+    const char *scale_name; /* how the constant is stored, for messages: "fp32 absmax", "E8M0", ... */
+    int scale_bytes;        /* bytes of one block constant: 4, 1 or 2 (without double quantization) */
+    const float *codebook;  /* the 16 values, index = 4-bit code (quant_tables.h) */
+    /* fp32-absmax types: how a scaled value becomes a code (quant_kernels.h quant_absmax_spec). */
+    const float *thresholds;     /* 15 ascending or 7 magnitude thresholds; NULL = fp32 midpoints */
+    const uint8_t *rank_to_code; /* sign-magnitude: magnitude rank -> code (8 entries); NULL = ascending */
+    /* File layout (quant_io.h): bitsandbytes-compatible types write quant_state.bitsandbytes__<name>, the
+     * others the qlab__<name> extension. */
+    int bnb_compatible;
+    const char *quant_state; /* the quant_state suffix: "bitsandbytes__nf4", "qlab__af4" */
+    /* Entry points. fp32-absmax types: quantize == NULL, the generic absmax kernels (scalar reference in
+     * quant_ref.c, AVX2, AVX-512) run on codebook + thresholds, and block_scale == NULL (absmax or double
+     * quantization). The others: a scalar per-block quantizer and the decoder of their constant. All types
+     * dequantize with the generic kernels (scalar, AVX2, AVX-512): codebook[code] * block scale. */
+    quant_block_quantizer quantize;
+    quant_block_scale_fn block_scale;
+    quant_tensor_scale_fn tensor_scale; /* NULL: no per-tensor scale */
+    const char *quantize_kernels;       /* for display: "scalar, avx2, avx512" or "scalar" */
+    /* Plot style, the same in every figure (plots/common.gp gets it from `qlab report`). */
+    const char *plot_color; /* "#rrggbb" */
+    int plot_point;         /* gnuplot point type of the open marker; the filled one is plot_point + 1 */
+} quant_type_traits;
+
+/* The row of dt, or NULL when dt is not a data type. */
+const quant_type_traits *quant_type_traits_get(quant_dtype dt);
+
+/* "nf4", "fp4", ... (the row's name; "unknown" when dt is not a data type). */
+const char *quant_dtype_name(quant_dtype dt);
+/* Parses a name (case-insensitive); on failure records "unknown data type 'x' (expected one of ...)". */
+qlab_status quant_dtype_parse(const char *name, quant_dtype *dt);
+/* Every name in table order, ", "-separated ("nf4, fp4, ..."); with fp32_absmax_only, those of the types
+ * double quantization applies to. Static storage, built once. */
+const char *quant_dtype_list(int fp32_absmax_only);
+/* Every name as a JSON array ("[\"nf4\", \"fp4\", ...]"): the experiments' default "dtypes". */
+const char *quant_dtype_list_json(void);
+/* The block-size rules of every type in one line, types with equal rules grouped, e.g.
+ * "<names>: powers of two from 32 to 4096 (default 64); <name>: 32; ...". Static storage. */
+const char *quant_blocksize_summary(void);
+
+/* The 16 values of a code-book type, index = 4-bit code (NULL when dt is not a data type). For the absmax
+ * types they lie in [-1, 1]; for MXFP4/NVFP4 they are the raw E2M1 values (+-{0,0.5,1,1.5,2,3,4,6}); for
+ * IQ4_NL the int8 table values. */
 const float *quant_codebook(quant_dtype dt);
-/* Whether the per-block constant is an fp32 absmax (nf4, fp4, fp4_e2m1, fp4_e3m0, int4, af4): those are
- * the types double quantization applies to. */
+/* Whether the per-block constant is an fp32 absmax (scale_format QUANT_SCALE_FP32_ABSMAX): the types
+ * double quantization applies to (quant_dtype_list(1) names them). */
 int quant_dtype_has_fp32_absmax(quant_dtype dt);
-/* Checks a block size for a type (absmax types: powers of two from 32 to 4096; mxfp4 32; nvfp4 16;
- * iq4_nl 32). Records a message naming the type and the allowed values on failure. */
+/* Checks a block size for a type (the row's powers of two from blocksize_min to blocksize_max). Records a
+ * message naming the type and the allowed values on failure. */
 qlab_status quant_check_blocksize(quant_dtype dt, int blocksize);
-/* The block size a type uses when none is given (64 for absmax types). */
+/* The block size a type uses when none is given (the row's blocksize_default; 0 for a non-type). */
 int quant_default_blocksize(quant_dtype dt);
 
 /* A quantized tensor: owns its codes and constants. */
-typedef struct {
+typedef struct quant_tensor {
     quant_dtype dtype;
     int blocksize;
     int64_t n;       /* number of elements */
@@ -82,14 +147,16 @@ qlab_status quant_tensor_quantize(quant_tensor *qt, const float *x, int64_t n, q
 qlab_status quant_tensor_quantize_ref(quant_tensor *qt, const float *x, int64_t n, quant_dtype dt,
                                       int blocksize, int double_quant);
 
-/* Dequantizes all n elements to fp32 / bf16 (bf16 = round-to-nearest-even of the fp32 value). */
-void quant_tensor_dequantize(const quant_tensor *qt, float *out);
-void quant_tensor_dequantize_ref(const quant_tensor *qt, float *out);
-void quant_tensor_dequantize_bf16(const quant_tensor *qt, uint16_t *out);
-/* Dequantizes elements [start, start+count) to fp32 (any start; an even one is fastest; an out-of-range
- * request writes nothing). Used by linear layers to dequantize a few rows at a time without
- * materialising the whole fp32 weight. */
-void quant_tensor_dequantize_range(const quant_tensor *qt, int64_t start, int64_t count, float *out);
+/* Dequantizes all n elements to fp32 / bf16 (bf16 = round-to-nearest-even of the fp32 value). A NULL or
+ * inconsistent tensor (unknown type, no codes or constants) or a NULL output fails with QLAB_ERR_ARG. */
+qlab_status quant_tensor_dequantize(const quant_tensor *qt, float *out);
+qlab_status quant_tensor_dequantize_ref(const quant_tensor *qt, float *out);
+qlab_status quant_tensor_dequantize_bf16(const quant_tensor *qt, uint16_t *out);
+/* Dequantizes elements [start, start+count) to fp32 (any start; an even one is fastest). Used by linear
+ * layers to dequantize a few rows at a time without materialising the whole fp32 weight. A request outside
+ * [0, n) fails with QLAB_ERR_ARG naming the range, and fills out[0, count) with NaN (when count > 0) so
+ * that a caller that cannot propagate the status still sees the misuse in its results. */
+qlab_status quant_tensor_dequantize_range(const quant_tensor *qt, int64_t start, int64_t count, float *out);
 
 /* The fp32 absmax of block b, after undoing double quantization if it was applied (absmax types only);
  * for the other types, the effective fp32 scale of the block. */

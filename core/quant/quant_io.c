@@ -12,13 +12,19 @@
 
 #define QUANT_IO_NAME_MAX 1024
 
-static int quant_io_is_bnb(quant_dtype dt) {
-    return dt == QUANT_NF4 || dt == QUANT_FP4;
+/* The tensors holding a type's own block constants (types without an fp32 absmax), by the row's scale
+ * size: 1-byte formats (E8M0, E4M3) in P.scale8 (U8), 2-byte ones (fp16) in P.scale16 (F16); a type with
+ * a tensor scale adds P.tensor_scale (F32 [1]). */
+static const char *quant_io_scale_suffix(const quant_type_traits *t) {
+    return t->scale_bytes == 2 ? ".scale16" : ".scale8";
+}
+
+static safetensors_dtype quant_io_scale_dtype(const quant_type_traits *t) {
+    return t->scale_bytes == 2 ? SAFETENSORS_F16 : SAFETENSORS_U8;
 }
 
 static void quant_io_state_name(const char *name, quant_dtype dt, char *out, size_t cap) {
-    snprintf(out, cap, "%s.quant_state.%s__%s", name, quant_io_is_bnb(dt) ? "bitsandbytes" : "qlab",
-             quant_dtype_name(dt));
+    snprintf(out, cap, "%s.quant_state.%s", name, quant_type_traits_get(dt)->quant_state);
 }
 
 /* The shortest decimal that reads back as the same float (what Python's repr prints for the double). */
@@ -31,8 +37,8 @@ static void quant_io_format_float(float v, char *out, size_t cap) {
 }
 
 static qlab_status quant_io_check(const char *name, const quant_tensor *qt) {
-    if ((unsigned)qt->dtype >= QUANT_DTYPE_COUNT)
-        return qlab_fail(QLAB_ERR_ARG, "tensor '%s': invalid quant dtype %d", name, (int)qt->dtype);
+    const quant_type_traits *t = quant_type_traits_get(qt->dtype);
+    if (!t) return qlab_fail(QLAB_ERR_ARG, "tensor '%s': invalid quant dtype %d", name, (int)qt->dtype);
     if (quant_check_blocksize(qt->dtype, qt->blocksize) != QLAB_OK)
         return qlab_fail_context(QLAB_ERR_ARG, "tensor '%s'", name);
     if (qt->n < 0 || qt->ndim < 1 || qt->ndim > 4)
@@ -59,10 +65,8 @@ static qlab_status quant_io_check(const char *name, const quant_tensor *qt) {
                        qt->dq_nblocks != (qt->nblocks + QUANT_DQ_BLOCKSIZE - 1) / QUANT_DQ_BLOCKSIZE;
         else if (has_absmax)
             missing |= !qt->absmax;
-        else if (qt->dtype == QUANT_IQ4_NL)
-            missing |= !qt->scale16;
         else
-            missing |= !qt->scale8;
+            missing |= t->scale_bytes == 2 ? !qt->scale16 : !qt->scale8;
     }
     if (missing) return qlab_fail(QLAB_ERR_ARG, "tensor '%s': codes or block constants missing", name);
     if (qt->double_quant && !isfinite(qt->dq_offset))
@@ -93,13 +97,12 @@ qlab_status quant_io_add(safetensors_writer *w, const char *name, const quant_te
         } else {
             QLAB_TRY(safetensors_writer_add(w, key, SAFETENSORS_F32, 1, nb, qt->absmax));
         }
-    } else if (qt->dtype == QUANT_IQ4_NL) {
-        snprintf(key, sizeof key, "%s.scale16", name);
-        QLAB_TRY(safetensors_writer_add(w, key, SAFETENSORS_F16, 1, nb, qt->scale16));
     } else {
-        snprintf(key, sizeof key, "%s.scale8", name);
-        QLAB_TRY(safetensors_writer_add(w, key, SAFETENSORS_U8, 1, nb, qt->scale8));
-        if (qt->dtype == QUANT_NVFP4) {
+        const quant_type_traits *t = quant_type_traits_get(qt->dtype);
+        snprintf(key, sizeof key, "%s%s", name, quant_io_scale_suffix(t));
+        QLAB_TRY(safetensors_writer_add(w, key, quant_io_scale_dtype(t), 1, nb,
+                                        t->scale_bytes == 2 ? (const void *)qt->scale16 : qt->scale8));
+        if (t->tensor_scale) {
             int64_t one[1] = {1};
             snprintf(key, sizeof key, "%s.tensor_scale", name);
             QLAB_TRY(safetensors_writer_add_copy(w, key, SAFETENSORS_F32, 1, one, &qt->tensor_scale));
@@ -355,11 +358,11 @@ static qlab_status quant_io_read_tensors(const safetensors_file *f, const char *
         } else {
             QLAB_TRY(quant_io_take(f, name, ".absmax", SAFETENSORS_F32, qt->nblocks, (void **)&qt->absmax));
         }
-    } else if (qt->dtype == QUANT_IQ4_NL) {
-        QLAB_TRY(quant_io_take(f, name, ".scale16", SAFETENSORS_F16, qt->nblocks, (void **)&qt->scale16));
     } else {
-        QLAB_TRY(quant_io_take(f, name, ".scale8", SAFETENSORS_U8, qt->nblocks, (void **)&qt->scale8));
-        if (qt->dtype == QUANT_NVFP4) {
+        const quant_type_traits *t = quant_type_traits_get(qt->dtype);
+        QLAB_TRY(quant_io_take(f, name, quant_io_scale_suffix(t), quant_io_scale_dtype(t), qt->nblocks,
+                               t->scale_bytes == 2 ? (void **)&qt->scale16 : (void **)&qt->scale8));
+        if (t->tensor_scale) {
             float *ts = NULL;
             QLAB_TRY(quant_io_take(f, name, ".tensor_scale", SAFETENSORS_F32, 1, (void **)&ts));
             qt->tensor_scale = ts[0];

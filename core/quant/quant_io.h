@@ -9,18 +9,20 @@
  *   P.quant_map           F32 [16]             the code book, quant_codebook(dtype) (checked on load)
  *   P.nested_absmax       F32 [ceil(nblocks/256)]   double quantization only
  *   P.nested_quant_map    F32 [256]            double quantization only: quant_dynamic_map_signed()
- *   P.quant_state.bitsandbytes__nf4 / __fp4     U8 [len]: UTF-8 JSON, exactly as bitsandbytes writes it:
+ *   P.quant_state.<quant_state>  U8 [len]: UTF-8 JSON, exactly as bitsandbytes writes it, where
+ *     <quant_state> is the descriptor row's (quant_type_traits): bitsandbytes__nf4 / __fp4 for the
+ *     bitsandbytes-compatible types:
  *       {"quant_type": "nf4", "blocksize": 64, "dtype": "float32", "shape": [rows, cols]
  *        [, "nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": <mean absmax>]}
  *     "shape" is the original (logical) shape; "dtype" the dtype the weight had before quantization (we
  *     always quantize fp32). nested_offset is printed as the shortest decimal that reads back to the same
  *     fp32 value, so the round trip is bit-exact.
- * Extension for fp4_e2m1, fp4_e3m0, int4, af4, mxfp4, nvfp4, iq4_nl: the state tensor is named
- *   P.quant_state.qlab__<quant_dtype_name()> with the same JSON keys (quant_type = that name), and
- *   fp4_e2m1, fp4_e3m0, int4, af4: exactly the tensors above (they are absmax types; DQ allowed);
- *   mxfp4:  P.scale8 U8 [nblocks] (E8M0 shared exponents) instead of P.absmax;
- *   nvfp4:  P.scale8 U8 [nblocks] (E4M3 block scales) and P.tensor_scale F32 [1];
- *   iq4_nl: P.scale16 F16 [nblocks] (fp16 block scales).
+ * Extension for the types bitsandbytes lacks (`qlab dtypes` lists them): the state tensor is named
+ *   P.quant_state.qlab__<name> with the same JSON keys (quant_type = the type's name), and
+ *   fp32-absmax types: exactly the tensors above (DQ allowed);
+ *   types with a 1-byte block scale (mxfp4: E8M0 exponents, nvfp4: E4M3): P.scale8 U8 [nblocks] instead
+ *     of P.absmax; with a 2-byte one (iq4_nl: fp16): P.scale16 F16 [nblocks];
+ *   types with a per-tensor scale (nvfp4): also P.tensor_scale F32 [1].
  *   P.quant_map holds the type's 16 code values (raw E2M1 values for mxfp4/nvfp4, the int8 table for
  *   iq4_nl). bitsandbytes' loader rejects unknown quant_state keys, so extension files are not loadable by
  *   it; the names keep them recognisable and distinct. */

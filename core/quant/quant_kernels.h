@@ -68,6 +68,17 @@ void quant_dequantize_bf16_scalar(const float *table, const uint8_t *codes, cons
                                   int64_t first_block, int blocksize, int64_t start, int64_t count,
                                   uint16_t *out);
 
+/* The per-type entry points of the descriptor table (quant_types.c) for the types with their own scale
+ * format, implemented in quant.c (signatures: quant.h). The block-scale decoders need the E4M3/E8M0 byte
+ * tables built (quant.c does it before calling them; others call quant_tensor_block_scale). */
+void quant_quantize_block_mxfp4(const float *x, int len, float tensor_scale, uint8_t *codes, void *scale);
+void quant_quantize_block_nvfp4(const float *x, int len, float tensor_scale, uint8_t *codes, void *scale);
+void quant_quantize_block_iq4_nl(const float *x, int len, float tensor_scale, uint8_t *codes, void *scale);
+float quant_block_scale_e8m0(const struct quant_tensor *qt, int64_t b);
+float quant_block_scale_e4m3(const struct quant_tensor *qt, int64_t b);
+float quant_block_scale_fp16(const struct quant_tensor *qt, int64_t b);
+float quant_tensor_scale_nvfp4(float tensor_amax);
+
 /* Total output size from which the drivers allow streaming (non-temporal) stores: a quarter of a typical
  * server last-level cache; smaller outputs are likely to be read again soon (dequantize_range in a
  * linear layer) and should stay cached. */

@@ -47,18 +47,17 @@ static void spec_sign_magnitude(quant_absmax_spec *s, const float *table, const 
     s->zero_code = 0;
 }
 
+/* One spec per fp32-absmax row of the descriptor table: a row with rank_to_code is sign-magnitude, the
+ * others ascending; literal thresholds where the row gives them, fp32 midpoints otherwise. */
 static void spec_init(void) {
-    static const float nf4[16] = QUANT_TABLE_NF4, nf4_t[15] = QUANT_THRESHOLDS_NF4;
-    static const float fp4[16] = QUANT_TABLE_FP4, fp4_t[7] = QUANT_THRESHOLDS_FP4;
-    static const uint8_t fp4_r[8] = QUANT_RANK_TO_CODE_FP4, ident[8] = QUANT_RANK_TO_CODE_IDENTITY8;
-    static const float e2m1[16] = QUANT_TABLE_FP4_E2M1, e3m0[16] = QUANT_TABLE_FP4_E3M0;
-    static const float int4[16] = QUANT_TABLE_INT4, af4[16] = QUANT_TABLE_AF4;
-    spec_ascending(&spec_table[QUANT_NF4], nf4, nf4_t);
-    spec_sign_magnitude(&spec_table[QUANT_FP4], fp4, fp4_t, fp4_r);
-    spec_sign_magnitude(&spec_table[QUANT_FP4_E2M1], e2m1, NULL, ident);
-    spec_sign_magnitude(&spec_table[QUANT_FP4_E3M0], e3m0, NULL, ident);
-    spec_ascending(&spec_table[QUANT_INT4], int4, NULL);
-    spec_ascending(&spec_table[QUANT_AF4], af4, NULL);
+    for (int d = 0; d < QUANT_DTYPE_COUNT; d++) {
+        const quant_type_traits *t = quant_type_traits_get((quant_dtype)d);
+        if (t->scale_format != QUANT_SCALE_FP32_ABSMAX) continue;
+        if (t->rank_to_code)
+            spec_sign_magnitude(&spec_table[d], t->codebook, t->thresholds, t->rank_to_code);
+        else
+            spec_ascending(&spec_table[d], t->codebook, t->thresholds);
+    }
 }
 
 const quant_absmax_spec *quant_absmax_spec_get(quant_dtype dt) {

@@ -392,6 +392,16 @@ const void *config_object(const config *c, const char *key) {
     return cJSON_IsObject(v) ? v : NULL;
 }
 
+qlab_status config_key_set_default(config_key *keys, int nkeys, const char *key, const char *json) {
+    for (int i = 0; i < nkeys; i++) {
+        if (!strcmp(keys[i].key, key)) {
+            keys[i].default_json = json;
+            return QLAB_OK;
+        }
+    }
+    return qlab_fail(QLAB_ERR_ARG, "config: cannot set the default of undeclared key '%s'", key);
+}
+
 void config_print_keys(const config_key *keys, int nkeys, void *file) {
     FILE *f = file;
     for (int i = 0; i < nkeys; i++)

@@ -59,6 +59,11 @@ double config_number_at(const config *c, const char *key, int i);
 /* The raw cJSON object (a const cJSON *; void here so callers need not include cJSON.h). */
 const void *config_object(const config *c, const char *key);
 
+/* Sets the default of key in keys[0..nkeys) to json, for a default only known at run time (e.g. every data
+ * type's name from the quant layer's descriptor table, which must never go stale). Fails naming the key when
+ * it is not declared. */
+qlab_status config_key_set_default(config_key *keys, int nkeys, const char *key, const char *json);
+
 /* Prints the declared keys with type, default and help (for a program's --help). */
 void config_print_keys(const config_key *keys, int nkeys, void *file /* FILE * */);
 
