@@ -46,7 +46,8 @@ static void mmlu_usage(FILE *f) {
         "  --subjects LIST      comma-separated subject names (default: all 57)\n"
         "  --limit N            first N questions of each subject\n"
         "  --max-len N          prompt tokens at most (default: the model's context)\n"
-        "  --dtype D            quantize the base's projections first (nf4, fp4, int4, ...), as QLoRA's\n"
+        "  --dtype D            quantize the base's projections first (any type 'qlab dtypes' lists), as "
+        "QLoRA's\n"
         "                       adapters run on a 4-bit base; --blocksize, --double-quant as in qlab quant\n"
         "  --out R.h5           results file (default results/mmlu.h5); --md R.md its report (default:\n"
         "                       R.h5 with .md)\n",
