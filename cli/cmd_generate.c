@@ -13,12 +13,14 @@
 #include "core/text/tokenizer.h"
 
 static void generate_usage(FILE *f) {
-    fprintf(f, "Usage: qlab generate --model M --tokenizer T [--prompt TEXT] [--steps N] [--temperature X]\n"
-               "                     [--top-p P] [--seed S] [--dtype D [--blocksize B] [--double-quant]]\n\n"
-               "Continues TEXT (default: empty, i.e. from BOS) with up to N new tokens (default 256).\n"
-               "  --temperature X   0 = greedy argmax (default 1.0)\n"
-               "  --top-p P         nucleus sampling threshold (default 0.9; 1 = full distribution)\n"
-               "  --seed S          sampling seed (default 42): the same seed gives the same text\n");
+    fprintf(f,
+            "Usage: qlab generate --model M [--tokenizer T] [--prompt TEXT] [--steps N] [--temperature X]\n"
+            "                     [--top-p P] [--seed S] [--dtype D [--blocksize B] [--double-quant]]\n\n"
+            "Continues TEXT (default: empty, i.e. from BOS) with up to N new tokens (default 256).\n"
+            "  --tokenizer T     tokenizer.bin / tokenizer.json / GGUF (default for a GGUF model: its own)\n"
+            "  --temperature X   0 = greedy argmax (default 1.0)\n"
+            "  --top-p P         nucleus sampling threshold (default 0.9; 1 = full distribution)\n"
+            "  --seed S          sampling seed (default 42): the same seed gives the same text\n");
     char text[512];
     snprintf(text, sizeof text, "quantize the projections first (%s)", quant_dtype_list(0));
     cli_print_option(f, "  --dtype D", 20, text);
@@ -62,8 +64,12 @@ static int cmd_generate(int argc, char **argv) {
             return 2;
         }
     }
+    checkpoint_format fmt = CHECKPOINT_UNKNOWN;
+    if (model_path && !tok_path && checkpoint_detect(model_path, &fmt) == QLAB_OK && fmt == CHECKPOINT_GGUF)
+        tok_path = model_path; /* the tokenizer embedded in the GGUF */
     if (!model_path || !tok_path) {
-        fprintf(stderr, "qlab generate: needs --model and --tokenizer (see qlab generate --help)\n");
+        fprintf(stderr, "qlab generate: needs --model and --tokenizer (unless the model is a GGUF; see qlab "
+                        "generate --help)\n");
         return 2;
     }
     if (temperature < 0) {

@@ -14,12 +14,14 @@
 #include "eval/tokens.h"
 
 static void ppl_usage(FILE *f) {
-    fprintf(f, "Usage: qlab ppl --model M [--tokenizer T] (--data FILE.txt | --tokens FILE.npy)\n"
-               "                [--dtype D [--blocksize B] [--double-quant]] [--ctx N] [--stride S]\n"
-               "                [--max-tokens N] [--batch N] [--json]\n\n"
-               "Perplexity of model M (llama2.c .bin, GGUF, or a Hugging Face directory).\n"
-               "  --data FILE.txt     text, encoded with --tokenizer (BOS prepended)\n"
-               "  --tokens FILE.npy   int32 token ids, used exactly as given\n");
+    fprintf(f,
+            "Usage: qlab ppl --model M [--tokenizer T] (--data FILE.txt | --tokens FILE.npy)\n"
+            "                [--dtype D [--blocksize B] [--double-quant]] [--ctx N] [--stride S]\n"
+            "                [--max-tokens N] [--batch N] [--json]\n\n"
+            "Perplexity of model M (llama2.c .bin, GGUF, or a Hugging Face directory).\n"
+            "  --data FILE.txt     text, encoded with --tokenizer (a GGUF model's own tokenizer when it is\n"
+            "                      omitted), BOS prepended unless a GGUF says add_bos_token false\n"
+            "  --tokens FILE.npy   int32 token ids, used exactly as given\n");
     char text[1024];
     snprintf(text, sizeof text,
              "quantize the q,k,v,o,gate,up,down projections to D (%s; 'qlab dtypes' describes them) and "
@@ -33,7 +35,6 @@ static void ppl_usage(FILE *f) {
     cli_print_option(f, "  --double-quant", 22, text);
     fprintf(
         f,
-
         "  --ctx N             window length (default: min(512, model context))\n"
         "  --stride S          Hugging Face sliding-window protocol with stride S; without it, llama.cpp's\n"
         "                      non-overlapping windows scoring the second half of each\n"
@@ -162,6 +163,9 @@ static int cmd_ppl(int argc, char **argv) {
     int64_t n = 0;
     int rc = 1;
     if (checkpoint_load(model_path, &m) != QLAB_OK) goto out;
+    checkpoint_format fmt = CHECKPOINT_UNKNOWN;
+    if (!tok_path && data && checkpoint_detect(model_path, &fmt) == QLAB_OK && fmt == CHECKPOINT_GGUF)
+        tok_path = model_path; /* the tokenizer embedded in the GGUF */
     if (eval_load_tokens(data, tokens_path, tok_path, &ids, &n) != QLAB_OK) goto out;
     const model_config *cfg = model_get_config(m);
     const char *data_name = data ? data : tokens_path;

@@ -1,5 +1,5 @@
 /* `qlab tokenize` turns a text file into int32 token ids in a .npy file; `qlab detokenize` turns ids back
- * into the exact bytes. Both take a llama2.c tokenizer.bin or a Hugging Face tokenizer.json. */
+ * into the exact bytes. Both take a llama2.c tokenizer.bin, a Hugging Face tokenizer.json or a GGUF model. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,7 +15,9 @@ static void tokenize_usage(FILE *f) {
         f,
         "Usage: qlab tokenize --tokenizer T [--bos] IN.txt OUT.npy\n"
         "\n"
-        "Encodes the bytes of IN.txt with T (a llama2.c tokenizer.bin or a Hugging Face tokenizer.json) and\n"
+        "Encodes the bytes of IN.txt with T (a llama2.c tokenizer.bin, a Hugging Face tokenizer.json, or a "
+        "GGUF\n"
+        "model file's embedded tokenizer) and\n"
         "writes the ids as a 1-D int32 .npy array. Any bytes are accepted (byte fallback covers the rest).\n"
         "\n"
         "  --tokenizer T   tokenizer file\n"

@@ -50,7 +50,7 @@ qlab_status eval_load_tokens(const char *text_path, const char *npy_path, const 
     size_t len = 0, n_ids = 0;
     qlab_status st = tokenizer_load(tokenizer_path, &tok);
     if (st == QLAB_OK) st = qlab_read_file(text_path, &text, &len);
-    if (st == QLAB_OK) st = tokenizer_encode(tok, text, len, 1, ids, &n_ids);
+    if (st == QLAB_OK) st = tokenizer_encode(tok, text, len, tokenizer_add_bos(tok), ids, &n_ids);
     if (st == QLAB_OK) *n = (int64_t)n_ids;
     free(text);
     tokenizer_free(tok);

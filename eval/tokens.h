@@ -8,7 +8,8 @@
 #include "core/base/common.h"
 
 /* Exactly one of text_path / npy_path is non-NULL. With text_path, tokenizer_path is required; the text
- * is encoded with a BOS at the start (as llama2.c and llama.cpp do). *ids is malloc'd. */
+ * is encoded with a BOS at the start (as llama2.c and llama.cpp do) unless the tokenizer says otherwise
+ * (tokenizer_add_bos: a GGUF with add_bos_token false). *ids is malloc'd. */
 qlab_status eval_load_tokens(const char *text_path, const char *npy_path, const char *tokenizer_path,
                              int **ids, int64_t *n);
 

@@ -14,6 +14,7 @@
  *   forward (RMSNorm eps = float32(1e-5), interleaved RoPE base 100,000, GQA 9/3, SwiGLU, tied
  *   classifier) over the gguf-py-dequantized weights. */
 #include <math.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -21,6 +22,7 @@
 #include "tests/check.h"
 #include "core/base/sha256.h"
 #include "core/model/checkpoint.h"
+#include "eval/tokens.h"
 
 static const int wiki_ids[256] = {
     1,     3717,  446,   6356,  389,   9226,  352,   446,   3717,  3717, 6356,  389,   9226,  352,   314,
@@ -95,5 +97,18 @@ int main(void) {
            (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec), loss);
     CHECK_NEAR(loss, 3.4936688931, 1e-4 * 3.4936688931);
     model_free(m);
+
+    /* what qlab ppl --data wiki.test.raw encodes without --tokenizer: the GGUF's own tokenizer, no BOS
+     * (tokenizer.ggml.add_bos_token is false), the ids of Hugging Face's tokenizers */
+    const char *wiki = shared_data_path("eval/wiki.test.raw");
+    if (wiki) {
+        int *ids = NULL;
+        int64_t n = 0;
+        CHECKF(eval_load_tokens(wiki, NULL, path, &ids, &n) == QLAB_OK, "%s", qlab_last_error());
+        CHECK(n == 303415 && ids && !memcmp(ids, wiki_ids + 1, 200 * sizeof(int)));
+        free(ids);
+    } else {
+        SKIP("../shared/data/eval/wiki.test.raw is absent: embedded-tokenizer check not run");
+    }
     return check_summary();
 }

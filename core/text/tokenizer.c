@@ -34,8 +34,10 @@ qlab_status tokenizer_load(const char *path, tokenizer **out) {
         return qlab_fail_context(QLAB_ERR_NOMEM, "%s", path);
     }
     t->bos_id = t->eos_id = t->unk_id = -1;
-    qlab_status st = looks_like_json(data, size) ? tokenizer_load_json(path, data, size, t)
-                                                 : tokenizer_load_bin(path, data, size, t);
+    t->add_bos = 1;
+    qlab_status st = size >= 4 && memcmp(data, "GGUF", 4) == 0 ? tokenizer_load_gguf(path, data, size, t)
+                     : looks_like_json(data, size)             ? tokenizer_load_json(path, data, size, t)
+                                                               : tokenizer_load_bin(path, data, size, t);
     free(data);
     if (st != QLAB_OK) {
         tokenizer_free(t);
@@ -74,6 +76,9 @@ int tokenizer_bos_id(const tokenizer *t) {
 }
 int tokenizer_eos_id(const tokenizer *t) {
     return t->eos_id;
+}
+int tokenizer_add_bos(const tokenizer *t) {
+    return t->add_bos;
 }
 
 const char *tokenizer_piece(const tokenizer *t, int id) {

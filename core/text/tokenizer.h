@@ -11,7 +11,10 @@
 
 typedef struct tokenizer tokenizer;
 
-/* Loads a llama2.c tokenizer.bin or a Hugging Face tokenizer.json (JSON when the first non-blank byte is
+/* Loads a llama2.c tokenizer.bin, a Hugging Face tokenizer.json, or the tokenizer embedded in a GGUF model
+ * file (tokenizer.ggml.*: "gpt2" byte-level BPE with pre-tokenizer smollm or gpt-2, "llama"
+ * SentencePiece-style; core/text/tokenizer_gguf.c). A file starting with "GGUF" is a GGUF; JSON when the
+ * first non-blank byte is
  * '{' or '[' and the first four bytes hold no NUL, which a .bin's int32 header always has). Every size and
  * key is checked; errors name the file and the offset or key. */
 qlab_status tokenizer_load(const char *path, tokenizer **out);
@@ -22,6 +25,9 @@ int tokenizer_vocab_size(const tokenizer *t);
  * post_processor template if it has one, else by name (<s>, <|begin_of_text|>, <bos>, <|endoftext|>, ...). */
 int tokenizer_bos_id(const tokenizer *t);
 int tokenizer_eos_id(const tokenizer *t);
+/* Whether text for the model is encoded with a BOS: 1, except for a GGUF whose tokenizer.ggml.add_bos_token
+ * is false (SmolLM2). */
+int tokenizer_add_bos(const tokenizer *t);
 
 /* Encodes len bytes of text (any bytes: NUL and invalid UTF-8 go through byte fallback or the byte-level
  * map) into *ids (malloc'd, free() it). add_bos prepends the BOS id (an error when there is none).

@@ -62,6 +62,7 @@ struct tokenizer {
     float *scores; /* llama2.c only */
     int max_piece_len;
     int bos_id, eos_id;
+    int add_bos;         /* whether text for the model starts with a BOS (0 only for a GGUF that says so) */
     int16_t *piece_byte; /* the byte a <0xNN> piece stands for, else -1 */
     int byte_id[256];    /* id of the <0xNN> piece, -1 if absent (byte fallback) */
     tokenizer_piece_map map;
@@ -108,6 +109,7 @@ void tokenizer_find_byte_pieces(tokenizer *t);
 
 qlab_status tokenizer_load_bin(const char *path, const char *data, size_t size, tokenizer *t);
 qlab_status tokenizer_load_json(const char *path, const char *data, size_t size, tokenizer *t);
+qlab_status tokenizer_load_gguf(const char *path, const char *data, size_t size, tokenizer *t);
 qlab_status tokenizer_encode_hf(const tokenizer *t, tokenizer_workspace *w, const char *text, size_t len,
                                 int **ids, size_t *n, size_t *cap);
 
