@@ -411,6 +411,126 @@ static qlab_status gguf_parse_infos(gguf_reader *r, gguf_file *g, uint64_t n_ten
     return QLAB_OK;
 }
 
+/* Magic, version and the two counts that follow them. */
+static qlab_status gguf_read_header(gguf_reader *r, uint64_t *n_tensors, uint64_t *n_kv) {
+    char magic[4] = {0};
+    gguf_take(r, magic, 4, "magic");
+    if (r->st == QLAB_OK && memcmp(magic, "GGUF", 4) != 0)
+        r->st = qlab_fail(QLAB_ERR_FORMAT, "%s: bad magic (expected \"GGUF\")", r->path);
+    uint32_t version = gguf_u32(r, "version");
+    if (r->st == QLAB_OK && (version & 0xffff) == 0 && version != 0)
+        r->st = qlab_fail(QLAB_ERR_UNSUPPORTED,
+                          "%s: version field 0x%08x looks big-endian; only little-endian GGUF is "
+                          "supported",
+                          r->path, version);
+    else if (r->st == QLAB_OK && version != 2 && version != 3)
+        r->st = qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: GGUF version %u (only 2 and 3 are supported)", r->path,
+                          version);
+    *n_tensors = gguf_u64(r, "tensor count");
+    *n_kv = gguf_u64(r, "metadata count");
+    return r->st;
+}
+
+/* Every tensor lies aligned inside the data_size bytes of tensor data and has a type this reader
+ * converts; scaled RoPE is refused. */
+static qlab_status gguf_check_tensors(const gguf_file *g, size_t data_size, size_t align, const char *path) {
+    qlab_status st = QLAB_OK;
+    for (uint64_t i = 0; i < g->n_infos; i++) {
+        const gguf_tensor_info *t = &g->infos[i];
+        int name_len = (int)(t->name.len < 100 ? t->name.len : 100);
+        if (t->offset % align != 0)
+            return qlab_fail(QLAB_ERR_FORMAT,
+                             "%s: tensor %.*s: offset %llu is not a multiple of the alignment %zu", path,
+                             name_len, t->name.s, (unsigned long long)t->offset, align);
+        if (t->offset > data_size || t->nbytes > data_size - t->offset)
+            return qlab_fail(QLAB_ERR_FORMAT,
+                             "%s: tensor %.*s: offset %llu + %zu bytes is beyond the %zu bytes of tensor "
+                             "data",
+                             path, name_len, t->name.s, (unsigned long long)t->offset, t->nbytes, data_size);
+        if (t->nbytes == 0 && t->name.len >= 7 && memcmp(t->name.s + t->name.len - 7, ".weight", 7) == 0)
+            return qlab_fail(QLAB_ERR_UNSUPPORTED,
+                             "%s: tensor %.*s has ggml type %u; supported: F32, F16, BF16, Q4_0, Q4_1, "
+                             "Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K",
+                             path, name_len, t->name.s, t->type);
+    }
+    if (gguf_find(g, "rope_freqs.weight", &st))
+        return qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: tensor rope_freqs.weight (scaled RoPE) is not supported",
+                         path);
+    return QLAB_OK;
+}
+
+/* The model configuration from the metadata, checked; the vocabulary size comes from the embedding. */
+static qlab_status gguf_model_config(const gguf_file *g, gguf_hparams *hp, const char *path,
+                                     model_config *cfg) {
+    /* the vocabulary size comes from the embedding; every other size from the metadata */
+    qlab_status st = QLAB_OK;
+    const gguf_tensor_info *emb = gguf_find(g, "token_embd.weight", &st);
+    if (st != QLAB_OK) return st;
+    if (!emb || emb->n_dims != 2 || emb->ne[1] > INT32_MAX)
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor token_embd.weight is %s", path,
+                         emb ? "not a 2-D matrix" : "missing");
+    struct {
+        const char *key;
+        int64_t v;
+    } required[] = {{"llama.embedding_length", hp->dim},
+                    {"llama.feed_forward_length", hp->hidden_dim},
+                    {"llama.block_count", hp->n_layers},
+                    {"llama.attention.head_count", hp->n_heads},
+                    {"llama.context_length", hp->context_length}};
+    for (size_t i = 0; i < sizeof required / sizeof required[0]; i++) {
+        if (required[i].v == -1)
+            return qlab_fail(QLAB_ERR_FORMAT, "%s: metadata %s is missing", path, required[i].key);
+        if (required[i].v <= 0 || required[i].v > INT32_MAX)
+            return qlab_fail(QLAB_ERR_FORMAT, "%s: metadata %s = %lld is out of range", path, required[i].key,
+                             (long long)required[i].v);
+    }
+    if (hp->context_length > MODEL_MAX_SEQ_LEN)
+        return qlab_fail(QLAB_ERR_UNSUPPORTED,
+                         "%s: metadata llama.context_length = %lld is above the limit %d", path,
+                         (long long)hp->context_length, MODEL_MAX_SEQ_LEN);
+    if (emb->ne[0] != (uint64_t)hp->dim)
+        return qlab_fail(QLAB_ERR_FORMAT,
+                         "%s: tensor token_embd.weight has shape [%llu, %llu] but metadata "
+                         "llama.embedding_length = %lld",
+                         path, (unsigned long long)emb->ne[0], (unsigned long long)emb->ne[1],
+                         (long long)hp->dim);
+    if (hp->n_kv_heads == -1) hp->n_kv_heads = hp->n_heads;
+    if (hp->n_kv_heads <= 0 || hp->n_kv_heads > INT32_MAX || hp->n_heads % hp->n_kv_heads != 0)
+        return qlab_fail(QLAB_ERR_FORMAT,
+                         "%s: metadata llama.attention.head_count_kv = %lld does not divide head_count "
+                         "= %lld",
+                         path, (long long)hp->n_kv_heads, (long long)hp->n_heads);
+    if (hp->dim % hp->n_heads != 0)
+        return qlab_fail(QLAB_ERR_FORMAT,
+                         "%s: metadata llama.embedding_length = %lld is not divisible by head_count = "
+                         "%lld",
+                         path, (long long)hp->dim, (long long)hp->n_heads);
+    if (hp->rope_dims != -1 && hp->rope_dims != hp->dim / hp->n_heads)
+        return qlab_fail(QLAB_ERR_UNSUPPORTED,
+                         "%s: metadata llama.rope.dimension_count = %lld: partial rotary (head size "
+                         "%lld) is not supported",
+                         path, (long long)hp->rope_dims, (long long)(hp->dim / hp->n_heads));
+    if (hp->vocab_size != -1 && (uint64_t)hp->vocab_size != emb->ne[1])
+        return qlab_fail(QLAB_ERR_FORMAT,
+                         "%s: metadata llama.vocab_size = %lld but token_embd.weight has %llu rows", path,
+                         (long long)hp->vocab_size, (unsigned long long)emb->ne[1]);
+    *cfg = (model_config){
+        .dim = (int)hp->dim,
+        .hidden_dim = (int)hp->hidden_dim,
+        .n_layers = (int)hp->n_layers,
+        .n_heads = (int)hp->n_heads,
+        .n_kv_heads = (int)hp->n_kv_heads,
+        .vocab_size = (int)emb->ne[1],
+        .seq_len = (int)hp->context_length,
+        .norm_eps = hp->norm_eps >= 0 ? (float)hp->norm_eps : 1e-5f, /* llama.cpp's defaults when absent */
+        .rope_theta = hp->rope_theta >= 0 ? (float)hp->rope_theta : 10000.0f,
+    };
+    qlab_status ost = QLAB_OK;
+    cfg->shared_classifier =
+        gguf_find(g, "output.weight", &ost) == NULL; /* llama.cpp ties when it is absent */
+    return ost;
+}
+
 qlab_status checkpoint_load_gguf(const char *path, model **out) {
     *out = NULL;
     checkpoint_mapping map;
@@ -419,22 +539,9 @@ qlab_status checkpoint_load_gguf(const char *path, model **out) {
     gguf_file g = {path, NULL, NULL, 0};
     model *m = NULL;
     qlab_status st;
-    char magic[4] = {0};
-    gguf_take(&r, magic, 4, "magic");
-    if (r.st == QLAB_OK && memcmp(magic, "GGUF", 4) != 0)
-        r.st = qlab_fail(QLAB_ERR_FORMAT, "%s: bad magic (expected \"GGUF\")", path);
-    uint32_t version = gguf_u32(&r, "version");
-    if (r.st == QLAB_OK && (version & 0xffff) == 0 && version != 0)
-        r.st = qlab_fail(QLAB_ERR_UNSUPPORTED,
-                         "%s: version field 0x%08x looks big-endian; only little-endian GGUF is "
-                         "supported",
-                         path, version);
-    else if (r.st == QLAB_OK && version != 2 && version != 3)
-        r.st = qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: GGUF version %u (only 2 and 3 are supported)", path,
-                         version);
-    uint64_t n_tensors = gguf_u64(&r, "tensor count");
-    uint64_t n_kv = gguf_u64(&r, "metadata count");
-    if ((st = r.st) != QLAB_OK) goto done;
+    uint64_t n_tensors = 0, n_kv = 0;
+    st = gguf_read_header(&r, &n_tensors, &n_kv);
+    if (st != QLAB_OK) goto done;
     gguf_hparams hp = {-1, -1, -1, -1, -1, -1, -1, -1, -1.0, -1.0, GGUF_DEFAULT_ALIGNMENT, 0};
     gguf_read_metadata(&r, n_kv, &hp);
     if ((st = r.st) != QLAB_OK) goto done;
@@ -456,120 +563,9 @@ qlab_status checkpoint_load_gguf(const char *path, model **out) {
         goto done;
     }
     g.tensor_data = map.data + data_start;
-    size_t data_size = map.size - data_start;
-    for (uint64_t i = 0; i < g.n_infos; i++) {
-        const gguf_tensor_info *t = &g.infos[i];
-        int name_len = (int)(t->name.len < 100 ? t->name.len : 100);
-        if (t->offset % align != 0) {
-            st = qlab_fail(QLAB_ERR_FORMAT,
-                           "%s: tensor %.*s: offset %llu is not a multiple of the alignment %zu", path,
-                           name_len, t->name.s, (unsigned long long)t->offset, align);
-            goto done;
-        }
-        if (t->offset > data_size || t->nbytes > data_size - t->offset) {
-            st = qlab_fail(QLAB_ERR_FORMAT,
-                           "%s: tensor %.*s: offset %llu + %zu bytes is beyond the %zu bytes of tensor "
-                           "data",
-                           path, name_len, t->name.s, (unsigned long long)t->offset, t->nbytes, data_size);
-            goto done;
-        }
-        if (t->nbytes == 0 && t->name.len >= 7 && memcmp(t->name.s + t->name.len - 7, ".weight", 7) == 0) {
-            st = qlab_fail(QLAB_ERR_UNSUPPORTED,
-                           "%s: tensor %.*s has ggml type %u; supported: F32, F16, BF16, Q4_0, Q4_1, "
-                           "Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K",
-                           path, name_len, t->name.s, t->type);
-            goto done;
-        }
-    }
-    if (gguf_find(&g, "rope_freqs.weight", &st)) {
-        st = qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: tensor rope_freqs.weight (scaled RoPE) is not supported",
-                       path);
-        goto done;
-    }
-    /* the vocabulary size comes from the embedding; every other size from the metadata */
-    qlab_status fst = QLAB_OK;
-    const gguf_tensor_info *emb = gguf_find(&g, "token_embd.weight", &fst);
-    if ((st = fst) != QLAB_OK) goto done;
-    if (!emb || emb->n_dims != 2 || emb->ne[1] > INT32_MAX) {
-        st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor token_embd.weight is %s", path,
-                       emb ? "not a 2-D matrix" : "missing");
-        goto done;
-    }
-    struct {
-        const char *key;
-        int64_t v;
-    } required[] = {{"llama.embedding_length", hp.dim},
-                    {"llama.feed_forward_length", hp.hidden_dim},
-                    {"llama.block_count", hp.n_layers},
-                    {"llama.attention.head_count", hp.n_heads},
-                    {"llama.context_length", hp.context_length}};
-    for (size_t i = 0; i < sizeof required / sizeof required[0]; i++) {
-        if (required[i].v == -1) {
-            st = qlab_fail(QLAB_ERR_FORMAT, "%s: metadata %s is missing", path, required[i].key);
-            goto done;
-        }
-        if (required[i].v <= 0 || required[i].v > INT32_MAX) {
-            st = qlab_fail(QLAB_ERR_FORMAT, "%s: metadata %s = %lld is out of range", path, required[i].key,
-                           (long long)required[i].v);
-            goto done;
-        }
-    }
-    if (hp.context_length > MODEL_MAX_SEQ_LEN) {
-        st = qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: metadata llama.context_length = %lld is above the limit %d",
-                       path, (long long)hp.context_length, MODEL_MAX_SEQ_LEN);
-        goto done;
-    }
-    if (emb->ne[0] != (uint64_t)hp.dim) {
-        st = qlab_fail(QLAB_ERR_FORMAT,
-                       "%s: tensor token_embd.weight has shape [%llu, %llu] but metadata "
-                       "llama.embedding_length = %lld",
-                       path, (unsigned long long)emb->ne[0], (unsigned long long)emb->ne[1],
-                       (long long)hp.dim);
-        goto done;
-    }
-    if (hp.n_kv_heads == -1) hp.n_kv_heads = hp.n_heads;
-    if (hp.n_kv_heads <= 0 || hp.n_kv_heads > INT32_MAX || hp.n_heads % hp.n_kv_heads != 0) {
-        st = qlab_fail(QLAB_ERR_FORMAT,
-                       "%s: metadata llama.attention.head_count_kv = %lld does not divide head_count "
-                       "= %lld",
-                       path, (long long)hp.n_kv_heads, (long long)hp.n_heads);
-        goto done;
-    }
-    if (hp.dim % hp.n_heads != 0) {
-        st = qlab_fail(QLAB_ERR_FORMAT,
-                       "%s: metadata llama.embedding_length = %lld is not divisible by head_count = "
-                       "%lld",
-                       path, (long long)hp.dim, (long long)hp.n_heads);
-        goto done;
-    }
-    if (hp.rope_dims != -1 && hp.rope_dims != hp.dim / hp.n_heads) {
-        st = qlab_fail(QLAB_ERR_UNSUPPORTED,
-                       "%s: metadata llama.rope.dimension_count = %lld: partial rotary (head size "
-                       "%lld) is not supported",
-                       path, (long long)hp.rope_dims, (long long)(hp.dim / hp.n_heads));
-        goto done;
-    }
-    if (hp.vocab_size != -1 && (uint64_t)hp.vocab_size != emb->ne[1]) {
-        st = qlab_fail(QLAB_ERR_FORMAT,
-                       "%s: metadata llama.vocab_size = %lld but token_embd.weight has %llu rows", path,
-                       (long long)hp.vocab_size, (unsigned long long)emb->ne[1]);
-        goto done;
-    }
-    model_config cfg = {
-        .dim = (int)hp.dim,
-        .hidden_dim = (int)hp.hidden_dim,
-        .n_layers = (int)hp.n_layers,
-        .n_heads = (int)hp.n_heads,
-        .n_kv_heads = (int)hp.n_kv_heads,
-        .vocab_size = (int)emb->ne[1],
-        .seq_len = (int)hp.context_length,
-        .norm_eps = hp.norm_eps >= 0 ? (float)hp.norm_eps : 1e-5f, /* llama.cpp's defaults when absent */
-        .rope_theta = hp.rope_theta >= 0 ? (float)hp.rope_theta : 10000.0f,
-    };
-    qlab_status ost = QLAB_OK;
-    cfg.shared_classifier =
-        gguf_find(&g, "output.weight", &ost) == NULL; /* llama.cpp ties when it is absent */
-    if ((st = ost) != QLAB_OK) goto done;
+    if ((st = gguf_check_tensors(&g, map.size - data_start, align, path)) != QLAB_OK) goto done;
+    model_config cfg;
+    if ((st = gguf_model_config(&g, &hp, path, &cfg)) != QLAB_OK) goto done;
     /* every shape is checked before the model is allocated, so lying metadata cannot make us allocate (and
      * zero) a huge model */
     if ((st = gguf_load_all(&g, &cfg, NULL)) != QLAB_OK) goto done;

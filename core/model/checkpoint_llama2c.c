@@ -58,29 +58,23 @@ static void llama2c_sections(const model_config *c, const model_params *p, float
     }
 }
 
-qlab_status checkpoint_load_llama2c(const char *path, model **out) {
-    *out = NULL;
-    checkpoint_mapping map;
-    QLAB_TRY(checkpoint_map(path, &map));
-    qlab_status st = QLAB_OK;
-    if (map.size < LLAMA2C_HEADER_INTS * sizeof(int32_t)) {
-        st = qlab_fail(QLAB_ERR_FORMAT, "%s: file holds %zu bytes, too short for the 28-byte llama2.c header",
-                       path, map.size);
-        goto done;
-    }
+/* The configuration in the 7-int header, checked (a negative vocab_size: the classifier is stored). */
+static qlab_status llama2c_read_header(const checkpoint_mapping *map, const char *path, model_config *cfg) {
+    if (map->size < LLAMA2C_HEADER_INTS * sizeof(int32_t))
+        return qlab_fail(QLAB_ERR_FORMAT,
+                         "%s: file holds %zu bytes, too short for the 28-byte llama2.c header", path,
+                         map->size);
     int32_t h[LLAMA2C_HEADER_INTS];
-    memcpy(h, map.data, sizeof h);
+    memcpy(h, map->data, sizeof h);
     static const char *names[LLAMA2C_HEADER_INTS] = {"dim",        "hidden_dim", "n_layers", "n_heads",
                                                      "n_kv_heads", "vocab_size", "seq_len"};
     for (int i = 0; i < LLAMA2C_HEADER_INTS; i++) {
         /* vocab_size may be negative (unshared classifier) but never zero or INT32_MIN */
-        if (h[i] == 0 || (h[i] < 0 && i != 5) || h[i] == INT32_MIN) {
-            st = qlab_fail(QLAB_ERR_FORMAT, "%s: header field %s = %d must be positive", path, names[i],
-                           (int)h[i]);
-            goto done;
-        }
+        if (h[i] == 0 || (h[i] < 0 && i != 5) || h[i] == INT32_MIN)
+            return qlab_fail(QLAB_ERR_FORMAT, "%s: header field %s = %d must be positive", path, names[i],
+                             (int)h[i]);
     }
-    model_config cfg = {
+    *cfg = (model_config){
         .dim = h[0],
         .hidden_dim = h[1],
         .n_layers = h[2],
@@ -92,74 +86,81 @@ qlab_status checkpoint_load_llama2c(const char *path, model **out) {
         .rope_theta = 10000.0f,
         .shared_classifier = h[5] > 0,
     };
-    if (cfg.n_heads % cfg.n_kv_heads != 0) {
-        st = qlab_fail(QLAB_ERR_FORMAT, "%s: header field n_kv_heads = %d does not divide n_heads = %d", path,
-                       cfg.n_kv_heads, cfg.n_heads);
-        goto done;
-    }
-    if (cfg.dim % cfg.n_heads != 0 || (cfg.dim / cfg.n_heads) % 2 != 0) {
-        st = qlab_fail(QLAB_ERR_FORMAT,
-                       "%s: header field dim = %d is not n_heads = %d times an even head size", path, cfg.dim,
-                       cfg.n_heads);
-        goto done;
-    }
-    llama2c_layout lay;
+    if (cfg->n_heads % cfg->n_kv_heads != 0)
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: header field n_kv_heads = %d does not divide n_heads = %d",
+                         path, cfg->n_kv_heads, cfg->n_heads);
+    if (cfg->dim % cfg->n_heads != 0 || (cfg->dim / cfg->n_heads) % 2 != 0)
+        return qlab_fail(QLAB_ERR_FORMAT,
+                         "%s: header field dim = %d is not n_heads = %d times an even head size", path,
+                         cfg->dim, cfg->n_heads);
+    return QLAB_OK;
+}
+
+/* The file's layout for cfg, and whether it holds the RoPE tables: its size must be exactly that of the
+ * weights with or without them. */
+static qlab_status llama2c_check_size(const checkpoint_mapping *map, const char *path,
+                                      const model_config *cfg, llama2c_layout *lay, int *has_rope) {
     size_t with_rope = 0, without_rope = 0;
-    int fits = llama2c_layout_of(&cfg, &lay);
+    int fits = llama2c_layout_of(cfg, lay);
     if (fits) {
         /* in bytes, header included; every term was checked above except these sums */
-        size_t floats = lay.weights;
-        fits = floats <= SIZE_MAX - lay.classifier && floats + lay.classifier <= SIZE_MAX - lay.rope_tables &&
-               (floats + lay.classifier + lay.rope_tables) <= (SIZE_MAX - 28) / 4;
+        size_t floats = lay->weights;
+        fits = floats <= SIZE_MAX - lay->classifier &&
+               floats + lay->classifier <= SIZE_MAX - lay->rope_tables &&
+               (floats + lay->classifier + lay->rope_tables) <= (SIZE_MAX - 28) / 4;
         if (fits) {
-            without_rope = 28 + 4 * (floats + lay.classifier);
-            with_rope = without_rope + 4 * lay.rope_tables;
+            without_rope = 28 + 4 * (floats + lay->classifier);
+            with_rope = without_rope + 4 * lay->rope_tables;
         }
     }
-    if (!fits) {
-        st = qlab_fail(QLAB_ERR_FORMAT,
-                       "%s: header sizes (dim %d, hidden_dim %d, n_layers %d, vocab_size %d) "
-                       "overflow; file holds %zu bytes",
-                       path, cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.vocab_size, map.size);
-        goto done;
-    }
+    if (!fits)
+        return qlab_fail(QLAB_ERR_FORMAT,
+                         "%s: header sizes (dim %d, hidden_dim %d, n_layers %d, vocab_size %d) "
+                         "overflow; file holds %zu bytes",
+                         path, cfg->dim, cfg->hidden_dim, cfg->n_layers, cfg->vocab_size, map->size);
     /* without RoPE tables the file size does not bound seq_len: the documented cap does */
-    if (h[6] > MODEL_MAX_SEQ_LEN) {
-        st = qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: header field seq_len = %d is above the limit %d", path,
-                       (int)h[6], MODEL_MAX_SEQ_LEN);
-        goto done;
-    }
+    if (cfg->seq_len > MODEL_MAX_SEQ_LEN)
+        return qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: header field seq_len = %d is above the limit %d", path,
+                         cfg->seq_len, MODEL_MAX_SEQ_LEN);
     /* llama2.c always writes the RoPE tables; a file without them is unambiguous too, so accept it */
-    int has_rope = map.size == with_rope;
-    if (!has_rope && map.size != without_rope) {
-        st = qlab_fail(QLAB_ERR_FORMAT,
-                       "%s: file holds %zu bytes, header implies %zu (dim %d, hidden_dim %d, "
-                       "n_layers %d, n_heads %d, n_kv_heads %d, vocab_size %d, seq_len %d)",
-                       path, map.size, with_rope, cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads,
-                       cfg.n_kv_heads, h[5], cfg.seq_len);
-        goto done;
+    *has_rope = map->size == with_rope;
+    if (!*has_rope && map->size != without_rope)
+        return qlab_fail(QLAB_ERR_FORMAT,
+                         "%s: file holds %zu bytes, header implies %zu (dim %d, hidden_dim %d, "
+                         "n_layers %d, n_heads %d, n_kv_heads %d, vocab_size %d, seq_len %d)",
+                         path, map->size, with_rope, cfg->dim, cfg->hidden_dim, cfg->n_layers, cfg->n_heads,
+                         cfg->n_kv_heads, cfg->shared_classifier ? cfg->vocab_size : -cfg->vocab_size,
+                         cfg->seq_len);
+    return QLAB_OK;
+}
+
+qlab_status checkpoint_load_llama2c(const char *path, model **out) {
+    *out = NULL;
+    checkpoint_mapping map;
+    QLAB_TRY(checkpoint_map(path, &map));
+    model_config cfg;
+    llama2c_layout lay;
+    int has_rope = 0;
+    model *m = NULL;
+    qlab_status st = llama2c_read_header(&map, path, &cfg);
+    if (st == QLAB_OK) st = llama2c_check_size(&map, path, &cfg, &lay, &has_rope);
+    if (st == QLAB_OK && (st = model_create(&m, &cfg)) != QLAB_OK) qlab_fail_context(st, "%s", path);
+    if (st == QLAB_OK) {
+        model_params *p = model_get_params(m);
+        float *ptr[LLAMA2C_SECTIONS];
+        size_t count[LLAMA2C_SECTIONS];
+        llama2c_sections(&cfg, p, ptr, count);
+        const uint8_t *src = map.data + 28;
+        for (int i = 0; i < LLAMA2C_SECTIONS; i++) {
+            memcpy(ptr[i], src, count[i] * sizeof(float));
+            src += count[i] * sizeof(float);
+        }
+        if (!cfg.shared_classifier) {
+            if (has_rope) src += lay.rope_tables * sizeof(float);
+            memcpy(p->wcls, src, lay.classifier * sizeof(float));
+        }
+        *out = m;
     }
-    model *m;
-    st = model_create(&m, &cfg);
-    if (st != QLAB_OK) {
-        qlab_fail_context(st, "%s", path);
-        goto done;
-    }
-    model_params *p = model_get_params(m);
-    float *ptr[LLAMA2C_SECTIONS];
-    size_t count[LLAMA2C_SECTIONS];
-    llama2c_sections(&cfg, p, ptr, count);
-    const uint8_t *src = map.data + 28;
-    for (int i = 0; i < LLAMA2C_SECTIONS; i++) {
-        memcpy(ptr[i], src, count[i] * sizeof(float));
-        src += count[i] * sizeof(float);
-    }
-    if (!cfg.shared_classifier) {
-        if (has_rope) src += lay.rope_tables * sizeof(float);
-        memcpy(p->wcls, src, lay.classifier * sizeof(float));
-    }
-    *out = m;
-done:
     checkpoint_unmap(&map);
     return st;
 }
