@@ -149,6 +149,10 @@ static int cmd_ppl(int argc, char **argv) {
                 "qlab ppl: needs --model and exactly one of --data / --tokens (see qlab ppl --help)\n");
         return 2;
     }
+    if (data && !tok_path) {
+        fprintf(stderr, "qlab ppl: --data needs --tokenizer (see qlab ppl --help)\n");
+        return 2;
+    }
     quant_dtype dt = QUANT_NF4;
     if (dtype_name && quant_dtype_parse(dtype_name, &dt) != QLAB_OK) return qlab_report_error("qlab ppl");
     if (dtype_name && !bs) bs = quant_default_blocksize(dt);
@@ -200,7 +204,7 @@ static int cmd_ppl(int argc, char **argv) {
     }
     ppl_result r;
     if (ppl_evaluate(m, ref, ids, n, &opt, &r) != QLAB_OK) {
-        qlab_fail_context(QLAB_ERR_ARG, "%s", data_name);
+        qlab_fail_context(QLAB_ERR_ARG, "%s (--ctx %d)", data_name, opt.ctx);
         goto out;
     }
     if (json)

@@ -76,7 +76,7 @@ qlab_status generate(model *m, const int *prompt, int n_prompt, const generate_o
     if (n_prompt < 1) return qlab_fail(QLAB_ERR_ARG, "generation needs at least one prompt token (BOS)");
     if (opt->max_tokens > cfg->seq_len || opt->max_tokens < n_prompt)
         return qlab_fail(QLAB_ERR_ARG,
-                         "--steps %d must be between the prompt length %d and the model's context %d",
+                         "max_tokens %d must be between the prompt length %d and the model's context %d",
                          opt->max_tokens, n_prompt, cfg->seq_len);
     float *logits = qlab_calloc((size_t)opt->max_tokens * cfg->vocab_size, sizeof(float));
     if (!logits) return QLAB_ERR_NOMEM;

@@ -86,153 +86,213 @@ typedef struct {
     int agree;
 } position_score;
 
-/* The one evaluation loop behind the public entry points. The reference distribution of each scored
- * position comes from running `ref` on the same batch, or from `ref_cache` (row i = the i-th scored
- * position); `paired` says a reference is involved, which sets the batch size exactly as a live reference
- * would, so m's logits (and a captured reference's) are bit-identical either way. `capture`, if non-NULL,
- * receives m's logits at every scored position. */
-static qlab_status evaluate(model *m, model *ref, const ppl_reference *ref_cache, float *capture, int paired,
-                            const int *tokens, int64_t n, const ppl_options *opt, ppl_result *out) {
-    memset(out, 0, sizeof *out);
-    const model_config *cfg = model_get_config(m);
+/* ---------------------------------------------------------------- step 1: the plan */
+
+/* What one evaluation of a token stream does: its windows (in order), the predictions they score, and
+ * how many windows go through the model per forward pass. */
+typedef struct {
+    const int *tokens;
+    int64_t n; /* tokens used: at most opt->max_tokens */
+    int vocab;
+    ppl_window *windows;
+    int64_t n_windows, n_scored;
+    int batch;
+} eval_plan;
+
+static void plan_free(eval_plan *p) {
+    free(p->windows);
+    memset(p, 0, sizeof *p);
+}
+
+/* Checks the options against a model of this config and the tokens against its vocabulary, and plans
+ * the windows. The batch holds enough windows to keep the GEMMs wide, bounded so the logits of the
+ * `models_per_pass` models run on each batch (1, or 2 with a live reference) stay under ~256 MB; a
+ * cached reference is planned with 2 so that its logits, and the model's, are bit-identical to a live
+ * run. */
+static qlab_status plan_evaluation(const model_config *cfg, const int *tokens, int64_t n,
+                                   const ppl_options *opt, int models_per_pass, eval_plan *p) {
+    memset(p, 0, sizeof *p);
     int V = cfg->vocab_size;
-    if (ref && model_get_config(ref)->vocab_size != V)
-        return qlab_fail(QLAB_ERR_ARG, "reference model has vocabulary %d, model has %d",
-                         model_get_config(ref)->vocab_size, V);
     if (opt->ctx < 2 || opt->ctx > cfg->seq_len)
-        return qlab_fail(QLAB_ERR_ARG, "--ctx %d must be between 2 and the model's context %d", opt->ctx,
-                         cfg->seq_len);
+        return qlab_fail(QLAB_ERR_ARG, "ctx %d (window length) must be between 2 and the model's context %d",
+                         opt->ctx, cfg->seq_len);
     if (opt->protocol == PPL_SLIDING && (opt->stride < 1 || opt->stride > opt->ctx))
-        return qlab_fail(QLAB_ERR_ARG, "--stride %d must be between 1 and --ctx %d", opt->stride, opt->ctx);
+        return qlab_fail(QLAB_ERR_ARG, "stride %d (window advance) must be between 1 and ctx %d", opt->stride,
+                         opt->ctx);
     if (opt->max_tokens > 0 && n > opt->max_tokens) n = opt->max_tokens;
     for (int64_t i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= V)
             return qlab_fail(QLAB_ERR_ARG, "token %lld at position %lld is outside the vocabulary (0..%d)",
                              (long long)tokens[i], (long long)i, V - 1);
-
     int64_t n_windows = ppl_plan_windows(n, opt, NULL, 0);
     if (n_windows == 0)
-        return qlab_fail(QLAB_ERR_ARG, "%lld tokens are too few for one window of --ctx %d", (long long)n,
+        return qlab_fail(QLAB_ERR_ARG, "%lld tokens are too few for one window of ctx %d", (long long)n,
                          opt->ctx);
-    ppl_window *windows = qlab_calloc((size_t)n_windows, sizeof *windows);
-    if (!windows) return QLAB_ERR_NOMEM;
-    ppl_plan_windows(n, opt, windows, n_windows);
-    int64_t n_scored = 0;
+    p->windows = qlab_calloc((size_t)n_windows, sizeof *p->windows);
+    if (!p->windows) return QLAB_ERR_NOMEM;
+    ppl_plan_windows(n, opt, p->windows, n_windows);
+    p->tokens = tokens, p->n = n, p->vocab = V, p->n_windows = n_windows;
     for (int64_t w = 0; w < n_windows; w++)
-        n_scored += windows[w].len - 1 - windows[w].score_from;
-    if (n_scored == 0) {
-        free(windows);
+        p->n_scored += p->windows[w].len - 1 - p->windows[w].score_from;
+    if (p->n_scored == 0) {
+        plan_free(p);
         return qlab_fail(QLAB_ERR_ARG,
-                         "--ctx %d scores no tokens (each window scores its positions after the first %s); "
-                         "use a larger --ctx",
+                         "ctx %d scores no tokens (each window scores its positions after the first %s); "
+                         "use a larger ctx",
                          opt->ctx, opt->protocol == PPL_SLIDING ? "ctx - stride" : "half");
     }
-    if (ref_cache && (ref_cache->vocab != V || ref_cache->n_scored != n_scored)) {
-        free(windows);
-        return qlab_fail(
-            QLAB_ERR_ARG,
-            "cached reference holds %lld positions of vocabulary %d; this evaluation scores %lld of %d",
-            (long long)ref_cache->n_scored, ref_cache->vocab, (long long)n_scored, V);
-    }
-    int has_ref = ref || ref_cache;
-
-    /* Enough windows per pass to keep the GEMMs wide, bounded so the logits stay under ~256 MB. */
     int batch = opt->batch > 0 ? opt->batch : 16;
-    while (batch > 1 && (size_t)batch * opt->ctx * V * sizeof(float) * (paired ? 2 : 1) > ((size_t)256 << 20))
+    while (batch > 1 &&
+           (size_t)batch * opt->ctx * V * sizeof(float) * (size_t)models_per_pass > ((size_t)256 << 20))
         batch /= 2;
+    p->batch = batch;
+    return QLAB_OK;
+}
 
-    qlab_status st = QLAB_OK;
-    float *logits = qlab_calloc((size_t)batch * opt->ctx * V, sizeof(float));
-    float *ref_logits = ref ? qlab_calloc((size_t)batch * opt->ctx * V, sizeof(float)) : NULL;
-    int *batch_tokens = qlab_calloc((size_t)batch * opt->ctx, sizeof(int));
-    position_score *scores = qlab_calloc((size_t)n_scored, sizeof *scores);
-    if (!logits || (ref && !ref_logits) || !batch_tokens || !scores) {
-        st = QLAB_ERR_NOMEM;
-        goto done;
-    }
+/* ---------------------------------------------------------------- step 2: batched forward passes */
 
-    progress prog;
-    progress_begin(&prog, "perplexity", n_windows);
-    prog.quiet |= opt->quiet;
-    int64_t scored_so_far = 0;
-    for (int64_t w0 = 0; w0 < n_windows;) {
-        /* A batch is a run of consecutive windows of equal length (all but a sliding protocol's last). */
-        int B = 0, T = windows[w0].len;
-        while (B < batch && w0 + B < n_windows && windows[w0 + B].len == T)
-            B++;
-        for (int b = 0; b < B; b++)
-            memcpy(batch_tokens + (size_t)b * T, tokens + windows[w0 + b].start, sizeof(int) * (size_t)T);
-        st = model_forward(m, batch_tokens, NULL, B, T, logits, NULL);
-        if (st == QLAB_OK) st = ppl_check_logits(logits, B, T, V, windows + w0, "model");
-        if (st == QLAB_OK && ref) st = model_forward(ref, batch_tokens, NULL, B, T, ref_logits, NULL);
-        if (st == QLAB_OK && ref) st = ppl_check_logits(ref_logits, B, T, V, windows + w0, "fp32 reference");
-        if (st != QLAB_OK) goto done;
+/* Buffers of one batch: its tokens and the logits of the model (and of a live reference). */
+typedef struct {
+    int *tokens;
+    float *logits, *ref_logits;
+    int64_t w0; /* first window of the batch */
+    int B, T;   /* windows in the batch, tokens per window */
+} eval_batch;
 
-        for (int b = 0; b < B; b++) {
-            const ppl_window *win = &windows[w0 + b];
-            int count = win->len - 1 - win->score_from;
-            int failed = 0;
+static qlab_status batch_alloc(const eval_plan *p, int with_ref, int ctx, eval_batch *b) {
+    memset(b, 0, sizeof *b);
+    size_t logits = (size_t)p->batch * (size_t)ctx * (size_t)p->vocab;
+    b->tokens = qlab_calloc((size_t)p->batch * (size_t)ctx, sizeof(int));
+    b->logits = qlab_calloc(logits, sizeof(float));
+    b->ref_logits = with_ref ? qlab_calloc(logits, sizeof(float)) : NULL;
+    return b->tokens && b->logits && (!with_ref || b->ref_logits) ? QLAB_OK : QLAB_ERR_NOMEM;
+}
+
+static void batch_free(eval_batch *b) {
+    free(b->tokens), free(b->logits), free(b->ref_logits);
+    memset(b, 0, sizeof *b);
+}
+
+/* Runs the run of consecutive equal-length windows from w0 (all but a sliding protocol's last window have
+ * the same length) through m, and through ref when non-NULL; non-finite logits are an error naming
+ * m_name (or the fp32 reference) and the token position. */
+static qlab_status forward_batch(const eval_plan *p, int64_t w0, model *m, const char *m_name, model *ref,
+                                 eval_batch *b) {
+    b->w0 = w0;
+    b->B = 0;
+    b->T = p->windows[w0].len;
+    while (b->B < p->batch && w0 + b->B < p->n_windows && p->windows[w0 + b->B].len == b->T)
+        b->B++;
+    for (int i = 0; i < b->B; i++)
+        memcpy(b->tokens + (size_t)i * b->T, p->tokens + p->windows[w0 + i].start,
+               sizeof(int) * (size_t)b->T);
+    const ppl_window *win = p->windows + w0;
+    QLAB_TRY(model_forward(m, b->tokens, NULL, b->B, b->T, b->logits, NULL));
+    QLAB_TRY(ppl_check_logits(b->logits, b->B, b->T, p->vocab, win, m_name));
+    if (!ref) return QLAB_OK;
+    QLAB_TRY(model_forward(ref, b->tokens, NULL, b->B, b->T, b->ref_logits, NULL));
+    return ppl_check_logits(b->ref_logits, b->B, b->T, p->vocab, win, "fp32 reference");
+}
+
+/* Logits of the first scored position of window i of the batch; the others follow, one row of V each. */
+static const float *scored_rows(const eval_plan *p, const eval_batch *b, const float *logits, int i) {
+    return logits + ((size_t)i * b->T + (size_t)p->windows[b->w0 + i].score_from) * (size_t)p->vocab;
+}
+
+/* ---------------------------------------------------------------- step 3: scoring */
+
+/* Scores `count` positions whose logits are rows of `logits` and whose targets are targets[0..count):
+ * NLL; with ref_rows (the reference's logits of the same positions), also KL, agreement and dprob. */
+static qlab_status score_positions(const float *logits, const float *ref_rows, const int *targets, int count,
+                                   int V, position_score *scores) {
+    int failed = 0;
 #pragma omp parallel
-            {
-                double *lp = malloc(sizeof(double) * (size_t)V);
-                double *lp_ref = has_ref ? malloc(sizeof(double) * (size_t)V) : NULL;
-                if (!lp || (has_ref && !lp_ref)) {
+    {
+        double *lp = malloc(sizeof(double) * (size_t)V);
+        double *lp_ref = ref_rows ? malloc(sizeof(double) * (size_t)V) : NULL;
+        int ok = lp && (!ref_rows || lp_ref);
+        if (!ok) {
 #pragma omp atomic write
-                    failed = 1;
-                }
-#pragma omp for schedule(static)
-                for (int k = 0; k < count; k++) {
-                    if (!lp || (has_ref && !lp_ref)) continue;
-                    int j = win->score_from + k;
-                    int target = tokens[win->start + j + 1];
-                    size_t row = ((size_t)b * T + (size_t)j) * (size_t)V;
-                    position_score *s = &scores[scored_so_far + k];
-                    int arg = log_softmax_row(logits + row, V, lp);
-                    s->nll = -lp[target];
-                    if (capture)
-                        memcpy(capture + (size_t)(scored_so_far + k) * (size_t)V, logits + row,
-                               sizeof(float) * (size_t)V);
-                    if (has_ref) {
-                        const float *ref_row =
-                            ref_cache ? ref_cache->logits + (size_t)(scored_so_far + k) * (size_t)V
-                                      : ref_logits + row;
-                        int arg_ref = log_softmax_row(ref_row, V, lp_ref);
-                        double kl = 0;
-                        for (int v = 0; v < V; v++)
-                            kl += exp(lp_ref[v]) * (lp_ref[v] - lp[v]);
-                        s->kl = kl > 0 ? kl : 0; /* rounding can give -1e-17 for identical models */
-                        s->ref_nll = -lp_ref[target];
-                        s->agree = arg == arg_ref;
-                        s->dprob = exp(lp[target]) - exp(lp_ref[target]);
-                    }
-                }
-                free(lp);
-                free(lp_ref);
-            }
-            if (failed) {
-                st = qlab_fail(QLAB_ERR_NOMEM, "out of memory for log-probabilities (vocab %d)", V);
-                goto done;
-            }
-            scored_so_far += count;
+            failed = 1;
         }
-        w0 += B;
-        progress_update(&prog, w0, NULL);
+#pragma omp for schedule(static)
+        for (int k = 0; k < count; k++) {
+            if (!ok) continue;
+            int target = targets[k];
+            position_score *s = &scores[k];
+            int arg = log_softmax_row(logits + (size_t)k * V, V, lp);
+            s->nll = -lp[target];
+            if (!ref_rows) continue;
+            int arg_ref = log_softmax_row(ref_rows + (size_t)k * V, V, lp_ref);
+            double kl = 0;
+            for (int v = 0; v < V; v++)
+                kl += exp(lp_ref[v]) * (lp_ref[v] - lp[v]);
+            s->kl = kl > 0 ? kl : 0; /* rounding can give -1e-17 for identical models */
+            s->ref_nll = -lp_ref[target];
+            s->agree = arg == arg_ref;
+            s->dprob = exp(lp[target]) - exp(lp_ref[target]);
+        }
+        free(lp);
+        free(lp_ref);
     }
-    progress_end(&prog, NULL);
+    return failed ? qlab_fail(QLAB_ERR_NOMEM, "out of memory for log-probabilities (vocab %d)", V) : QLAB_OK;
+}
 
-    /* Fixed-order reductions. */
-    double sum = 0, sum2 = 0, ref_sum = 0, agree = 0, dprob = 0;
+/* The reference's logits for the positions of window i of batch b: the live reference's, or the cache's
+ * rows from `scored_before` (positions scored by earlier windows) on; NULL without a reference. */
+typedef struct {
+    int live;                   /* a reference model runs beside m on every batch */
+    const ppl_reference *cache; /* else its logits are read from here (or there is no reference) */
+} reference_source;
+
+static const float *reference_rows(reference_source src, const eval_plan *p, const eval_batch *b, int i,
+                                   int64_t scored_before) {
+    if (src.live) return scored_rows(p, b, b->ref_logits, i);
+    return src.cache ? src.cache->logits + (size_t)scored_before * (size_t)p->vocab : NULL;
+}
+
+/* Forward passes of m (and a live ref) over the plan, scoring every position into scores[n_scored]. */
+static qlab_status score_stream(const eval_plan *p, model *m, model *ref, reference_source src, int ctx,
+                                int quiet, position_score *scores) {
+    eval_batch b = {0};
+    int *targets = qlab_calloc((size_t)ctx, sizeof(int));
+    qlab_status st = targets ? batch_alloc(p, ref != NULL, ctx, &b) : QLAB_ERR_NOMEM;
+    progress prog;
+    progress_begin(&prog, "perplexity", p->n_windows);
+    prog.quiet |= quiet;
+    int64_t scored = 0;
+    for (int64_t w0 = 0; st == QLAB_OK && w0 < p->n_windows; w0 += b.B) {
+        st = forward_batch(p, w0, m, "model", ref, &b);
+        for (int i = 0; st == QLAB_OK && i < b.B; i++) {
+            const ppl_window *win = &p->windows[w0 + i];
+            int count = win->len - 1 - win->score_from;
+            memcpy(targets, p->tokens + win->start + win->score_from + 1, sizeof(int) * (size_t)count);
+            st = score_positions(scored_rows(p, &b, b.logits, i), reference_rows(src, p, &b, i, scored),
+                                 targets, count, p->vocab, scores + scored);
+            scored += count;
+        }
+        if (st == QLAB_OK) progress_update(&prog, w0 + b.B, NULL);
+    }
+    if (st == QLAB_OK) progress_end(&prog, NULL);
+    batch_free(&b);
+    free(targets);
+    return st;
+}
+
+/* ---------------------------------------------------------------- step 4: fixed-order reductions */
+
+static void summarize_nll(const eval_plan *p, const ppl_options *opt, const position_score *scores,
+                          ppl_result *out) {
+    int64_t n_scored = p->n_scored;
+    double sum = 0, sum2 = 0;
     for (int64_t i = 0; i < n_scored; i++) {
         sum += scores[i].nll;
         sum2 += scores[i].nll * scores[i].nll;
-        ref_sum += scores[i].ref_nll;
-        agree += scores[i].agree;
-        dprob += scores[i].dprob;
     }
     out->protocol_name = opt->protocol == PPL_NONOVERLAP ? "nonoverlap" : "sliding";
     out->ctx = opt->ctx;
     out->stride = opt->protocol == PPL_NONOVERLAP ? opt->ctx : opt->stride;
-    out->n_tokens_used = windows[n_windows - 1].start + windows[n_windows - 1].len;
+    out->n_tokens_used = p->windows[p->n_windows - 1].start + p->windows[p->n_windows - 1].len;
     out->n_scored = n_scored;
     out->mean_nll = sum / (double)n_scored;
     double var = n_scored > 1 ? (sum2 - sum * sum / (double)n_scored) / (double)(n_scored - 1) : 0;
@@ -240,40 +300,72 @@ static qlab_status evaluate(model *m, model *ref, const ppl_reference *ref_cache
     out->ppl = exp(out->mean_nll);
     out->ppl_lo = exp(out->mean_nll - 1.96 * out->nll_stderr);
     out->ppl_hi = exp(out->mean_nll + 1.96 * out->nll_stderr);
-    if (has_ref) {
-        double *kl = qlab_calloc((size_t)n_scored, sizeof(double));
-        if (!kl) {
-            st = QLAB_ERR_NOMEM;
-            goto done;
-        }
-        double kl_sum = 0;
-        for (int64_t i = 0; i < n_scored; i++)
-            kl_sum += (kl[i] = scores[i].kl);
-        qsort(kl, (size_t)n_scored, sizeof(double), compare_double);
-        out->has_reference = 1;
-        out->kl_mean = kl_sum / (double)n_scored;
-        out->kl_p50 = percentile_sorted(kl, n_scored, 0.50);
-        out->kl_p90 = percentile_sorted(kl, n_scored, 0.90);
-        out->kl_p99 = percentile_sorted(kl, n_scored, 0.99);
-        out->kl_max = kl[n_scored - 1];
-        out->top1_agree = agree / (double)n_scored;
-        out->dprob_correct = dprob / (double)n_scored;
-        out->ref_mean_nll = ref_sum / (double)n_scored;
-        out->ref_ppl = exp(out->ref_mean_nll);
-        free(kl);
+}
+
+static qlab_status summarize_distance(int64_t n_scored, const position_score *scores, ppl_result *out) {
+    double *kl = qlab_calloc((size_t)n_scored, sizeof(double));
+    if (!kl) return QLAB_ERR_NOMEM;
+    double kl_sum = 0, ref_sum = 0, agree = 0, dprob = 0;
+    for (int64_t i = 0; i < n_scored; i++) {
+        ref_sum += scores[i].ref_nll;
+        agree += scores[i].agree;
+        dprob += scores[i].dprob;
+        kl_sum += (kl[i] = scores[i].kl);
     }
-done:
-    free(windows);
-    free(logits);
-    free(ref_logits);
-    free(batch_tokens);
+    qsort(kl, (size_t)n_scored, sizeof(double), compare_double);
+    out->has_reference = 1;
+    out->kl_mean = kl_sum / (double)n_scored;
+    out->kl_p50 = percentile_sorted(kl, n_scored, 0.50);
+    out->kl_p90 = percentile_sorted(kl, n_scored, 0.90);
+    out->kl_p99 = percentile_sorted(kl, n_scored, 0.99);
+    out->kl_max = kl[n_scored - 1];
+    out->top1_agree = agree / (double)n_scored;
+    out->dprob_correct = dprob / (double)n_scored;
+    out->ref_mean_nll = ref_sum / (double)n_scored;
+    out->ref_ppl = exp(out->ref_mean_nll);
+    free(kl);
+    return QLAB_OK;
+}
+
+/* ---------------------------------------------------------------- the entry points */
+
+/* Plans, scores and reduces one evaluation of m against the reference source (live model ref, or the
+ * cache, or none). */
+static qlab_status evaluate(model *m, model *ref, const ppl_reference *cache, const int *tokens, int64_t n,
+                            const ppl_options *opt, ppl_result *out) {
+    memset(out, 0, sizeof *out);
+    const model_config *cfg = model_get_config(m);
+    if (ref && model_get_config(ref)->vocab_size != cfg->vocab_size)
+        return qlab_fail(QLAB_ERR_ARG, "reference model has vocabulary %d, model has %d",
+                         model_get_config(ref)->vocab_size, cfg->vocab_size);
+    eval_plan p;
+    QLAB_TRY(plan_evaluation(cfg, tokens, n, opt, ref || cache ? 2 : 1, &p));
+    if (cache && (cache->vocab != p.vocab || cache->n_scored != p.n_scored)) {
+        qlab_status st = qlab_fail(
+            QLAB_ERR_ARG,
+            "cached reference holds %lld positions of vocabulary %d; this evaluation scores %lld of %d",
+            (long long)cache->n_scored, cache->vocab, (long long)p.n_scored, p.vocab);
+        plan_free(&p);
+        return st;
+    }
+    position_score *scores = qlab_calloc((size_t)p.n_scored, sizeof *scores);
+    reference_source src = {.live = ref != NULL, .cache = cache};
+    qlab_status st = scores ? score_stream(&p, m, ref, src, opt->ctx, opt->quiet, scores) : QLAB_ERR_NOMEM;
+    if (st == QLAB_OK) summarize_nll(&p, opt, scores, out);
+    if (st == QLAB_OK && (ref || cache)) st = summarize_distance(p.n_scored, scores, out);
     free(scores);
+    plan_free(&p);
     return st;
 }
 
 qlab_status ppl_evaluate(model *m, model *ref, const int *tokens, int64_t n, const ppl_options *opt,
                          ppl_result *out) {
-    return evaluate(m, ref, NULL, NULL, ref != NULL, tokens, n, opt, out);
+    return evaluate(m, ref, NULL, tokens, n, opt, out);
+}
+
+qlab_status ppl_evaluate_cached(model *m, const ppl_reference *ref, const int *tokens, int64_t n,
+                                const ppl_options *opt, ppl_result *out) {
+    return evaluate(m, NULL, ref, tokens, n, opt, out);
 }
 
 size_t ppl_reference_bytes(model *ref, int64_t n, const ppl_options *opt) {
@@ -289,33 +381,45 @@ size_t ppl_reference_bytes(model *ref, int64_t n, const ppl_options *opt) {
     return (size_t)n_scored * (size_t)model_get_config(ref)->vocab_size * sizeof(float);
 }
 
+/* The reference's logits at every scored position, from forward passes batched exactly as when it runs
+ * beside a model (so they are the bits a live reference would give). */
 qlab_status ppl_reference_compute(model *ref, const int *tokens, int64_t n, const ppl_options *opt,
                                   ppl_reference *out) {
     memset(out, 0, sizeof *out);
-    size_t bytes = ppl_reference_bytes(ref, n, opt);
-    if (bytes == 0)
-        return qlab_fail(QLAB_ERR_ARG, "%lld tokens are too few for one window of --ctx %d", (long long)n,
-                         opt->ctx);
-    float *logits = qlab_alloc_aligned(bytes);
-    if (!logits) return QLAB_ERR_NOMEM;
-    ppl_result res;
-    qlab_status st = evaluate(ref, NULL, NULL, logits, 1, tokens, n, opt, &res);
-    if (st != QLAB_OK) {
-        qlab_free_aligned(logits);
-        return st;
+    eval_plan p;
+    QLAB_TRY(plan_evaluation(model_get_config(ref), tokens, n, opt, 2, &p));
+    size_t V = (size_t)p.vocab;
+    float *logits = qlab_alloc_aligned((size_t)p.n_scored * V * sizeof(float));
+    eval_batch b = {0};
+    qlab_status st = logits ? batch_alloc(&p, 0, opt->ctx, &b) : QLAB_ERR_NOMEM;
+    progress prog;
+    progress_begin(&prog, "perplexity", p.n_windows);
+    prog.quiet |= opt->quiet;
+    int64_t scored = 0;
+    for (int64_t w0 = 0; st == QLAB_OK && w0 < p.n_windows; w0 += b.B) {
+        st = forward_batch(&p, w0, ref, "fp32 reference", NULL, &b);
+        for (int i = 0; st == QLAB_OK && i < b.B; i++) {
+            const ppl_window *win = &p.windows[w0 + i];
+            size_t count = (size_t)(win->len - 1 - win->score_from);
+            memcpy(logits + (size_t)scored * V, scored_rows(&p, &b, b.logits, i), sizeof(float) * count * V);
+            scored += (int64_t)count;
+        }
+        if (st == QLAB_OK) progress_update(&prog, w0 + b.B, NULL);
     }
-    out->n_scored = res.n_scored;
-    out->vocab = model_get_config(ref)->vocab_size;
-    out->logits = logits;
-    return QLAB_OK;
+    if (st == QLAB_OK) progress_end(&prog, NULL);
+    batch_free(&b);
+    if (st == QLAB_OK) {
+        out->n_scored = p.n_scored;
+        out->vocab = p.vocab;
+        out->logits = logits;
+    } else {
+        qlab_free_aligned(logits);
+    }
+    plan_free(&p);
+    return st;
 }
 
 void ppl_reference_free(ppl_reference *r) {
     qlab_free_aligned(r->logits);
     memset(r, 0, sizeof *r);
-}
-
-qlab_status ppl_evaluate_cached(model *m, const ppl_reference *ref, const int *tokens, int64_t n,
-                                const ppl_options *opt, ppl_result *out) {
-    return evaluate(m, NULL, ref, NULL, 1, tokens, n, opt, out);
 }

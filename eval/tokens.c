@@ -42,9 +42,11 @@ qlab_status eval_load_tokens(const char *text_path, const char *npy_path, const 
     *ids = NULL;
     *n = 0;
     if ((text_path == NULL) == (npy_path == NULL))
-        return qlab_fail(QLAB_ERR_ARG, "give exactly one of --data (text) and --tokens (.npy)");
+        return qlab_fail(QLAB_ERR_ARG,
+                         "eval_load_tokens: give exactly one of a text file and a .npy token file");
     if (npy_path) return load_npy_ids(npy_path, ids, n);
-    if (!tokenizer_path) return qlab_fail(QLAB_ERR_ARG, "%s: a text file needs --tokenizer", text_path);
+    if (!tokenizer_path)
+        return qlab_fail(QLAB_ERR_ARG, "%s: a text file needs a tokenizer to encode it", text_path);
     tokenizer *tok = NULL;
     char *text = NULL;
     size_t len = 0, n_ids = 0;

@@ -63,7 +63,7 @@ static void test_library(void) {
     /* a window that scores nothing: --ctx 2 with the non-overlapping protocol */
     opt.ctx = 2;
     CHECK(ppl_evaluate(good, NULL, tokens, 400, &opt, &r) == QLAB_ERR_ARG);
-    CHECKF(strstr(qlab_last_error(), "--ctx 2 scores no tokens"), "%s", qlab_last_error());
+    CHECKF(strstr(qlab_last_error(), "ctx 2 scores no tokens"), "%s", qlab_last_error());
     opt.ctx = 4;
     CHECK(ppl_evaluate(good, NULL, tokens, 400, &opt, &r) == QLAB_OK && isfinite(r.ppl) && r.n_scored > 0);
 
