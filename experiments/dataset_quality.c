@@ -360,7 +360,7 @@ static qlab_status run(const config *cfg, const char *out_path, int argc, char *
     progress_begin(&prog, "dataset_quality", (int64_t)(n_sets * n_seeds + 1));
     { /* The starting point: the NF4+DQ base without adapters (Table 5's "no tuning"). */
         model *m = NULL;
-        st = finetune_copy_model(base, &m);
+        st = model_clone(base, &m);
         if (st == QLAB_OK) st = model_quantize(m, QUANT_NF4, base_opt.blocksize, 1);
         if (st == QLAB_OK) st = evaluate(m, &ev, &base_scores);
         model_free(m);
@@ -377,7 +377,7 @@ static qlab_status run(const config *cfg, const char *out_path, int argc, char *
             o.eval_every = 0; /* held-out NLL at the ends only; evaluate() scores the final model */
             finetune_rows train = {sets[i].ex.tokens, sets[i].ex.targets, sets[i].ex.n, sets[i].ex.T};
             double t0 = qlab_now();
-            st = finetune_copy_model(base, &m);
+            st = model_clone(base, &m);
             if (st == QLAB_OK) st = finetune_run(m, &train, &heldout, &o, NULL, NULL, &l, &fr);
             if (st == QLAB_OK) {
                 lora_set_training(l, 0);
