@@ -206,6 +206,131 @@ static void usage(FILE *f) {
     config_print_keys(config_keys, N_CONFIG_KEYS, f);
 }
 
+/* The weight sets of the run: Gaussian and Student-t tensors, and the real model's projections when its
+ * file is present. */
+typedef struct {
+    float *gaussian, *heavy;
+    const float *gaussian_ptr, *heavy_ptr;
+    int64_t n_weights, largest;
+    model *m;
+    const float *model_matrices[PROJ_COUNT * 64];
+    int64_t model_sizes[PROJ_COUNT * 64];
+    char gaussian_title[128], heavy_title[128], model_title[256];
+    weight_set sets[3];
+    int nsets;
+} weight_sources;
+
+static void sources_free(weight_sources *w) {
+    qlab_free_aligned(w->gaussian);
+    qlab_free_aligned(w->heavy);
+    model_free(w->m);
+}
+
+/* Synthetic weights: independent streams so changing one distribution never moves the other. */
+static qlab_status make_synthetic(weight_sources *w, int64_t n_weights, int64_t seed, double nu) {
+    w->n_weights = w->largest = n_weights;
+    w->gaussian = qlab_alloc_aligned(sizeof(float) * (size_t)n_weights);
+    w->heavy = qlab_alloc_aligned(sizeof(float) * (size_t)n_weights);
+    if (!w->gaussian || !w->heavy) return QLAB_ERR_NOMEM;
+    rng_state rng;
+    rng_seed(&rng, (uint64_t)seed);
+    for (int64_t i = 0; i < n_weights; i++)
+        w->gaussian[i] = (float)rng_normal(&rng);
+    rng_seed(&rng, (uint64_t)seed + 1);
+    for (int64_t i = 0; i < n_weights; i++)
+        w->heavy[i] = (float)rng_student_t(&rng, nu);
+    snprintf(w->gaussian_title, sizeof w->gaussian_title, "Gaussian weights N(0, 1), %lld values",
+             (long long)n_weights);
+    snprintf(w->heavy_title, sizeof w->heavy_title, "Heavy-tailed weights: Student-t (nu = %g), %lld values",
+             nu, (long long)n_weights);
+    w->gaussian_ptr = w->gaussian, w->heavy_ptr = w->heavy;
+    w->sets[0] = (weight_set){"gaussian", w->gaussian_title, 1, &w->gaussian_ptr, &w->n_weights, n_weights};
+    w->sets[1] = (weight_set){"student_t", w->heavy_title, 1, &w->heavy_ptr, &w->n_weights, n_weights};
+    w->nsets = 2;
+    return QLAB_OK;
+}
+
+/* The 7 projections of every block of the model at model_path as the third set; when the file is absent
+ * the set is skipped with a note. */
+static qlab_status add_model_set(weight_sources *w, const char *model_path, results *r) {
+    FILE *probe = model_path ? fopen(model_path, "rb") : NULL;
+    if (!probe) {
+        char note[1200];
+        snprintf(note, sizeof note, "%s: not found; the real-weight rows (stories260k) are skipped",
+                 model_path ? model_path : "(none)");
+        fprintf(stderr, "double_quant: %s\n", note);
+        return results_note(r, "model_skipped", note);
+    }
+    fclose(probe);
+    QLAB_TRY(checkpoint_load(model_path, &w->m));
+    const model_config *mc = model_get_config(w->m);
+    if (mc->n_layers > 64)
+        return qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: %d layers (this experiment handles up to 64)", model_path,
+                         mc->n_layers);
+    weight_set *ms = &w->sets[2];
+    *ms = (weight_set){"stories260k", w->model_title, 0, w->model_matrices, w->model_sizes, 0};
+    for (int l = 0; l < mc->n_layers; l++)
+        for (int p = 0; p < PROJ_COUNT; p++) {
+            linear_weight lw = model_get_linear(w->m, l, (model_proj)p);
+            if (!lw.w)
+                return qlab_fail(QLAB_ERR_FORMAT, "%s: layer %d %s has no fp32 weight", model_path, l,
+                                 model_proj_name((model_proj)p));
+            w->model_matrices[ms->count] = lw.w;
+            w->model_sizes[ms->count] = (int64_t)lw.out_features * lw.in_features;
+            if (w->model_sizes[ms->count] > w->largest) w->largest = w->model_sizes[ms->count];
+            ms->total += w->model_sizes[ms->count++];
+        }
+    snprintf(w->model_title, sizeof w->model_title,
+             "stories260K real weights: %d projection matrices (q, k, v, o, gate, up, down x %d layers), "
+             "%lld weights",
+             ms->count, mc->n_layers, (long long)ms->total);
+    w->nsets = 3;
+    return QLAB_OK;
+}
+
+/* One table per weight set (every grid point), then the paper comparison; one progress line. */
+static qlab_status run_grid(results *r, const weight_sources *w, const grid_point *grid, int ngrid,
+                            float *scratch) {
+    progress prog;
+    progress_begin(&prog, "double_quant", (int64_t)w->nsets * ngrid + 1);
+    int64_t done = 0;
+    for (int s = 0; s < w->nsets; s++) {
+        results_table *t;
+        const char *note =
+            s == 2 ? "Each matrix is quantized on its own; bits and errors are totals over all of them. "
+                     "Small matrices pay the per-tensor DQ overhead (one fp32 absmax per 256 blocks and "
+                     "an fp32 offset) in full, so measured bits exceed the analytic value."
+                   : NULL;
+        QLAB_TRY(declare_error_table(r, &t, &w->sets[s], note));
+        for (int g = 0; g < ngrid; g++) {
+            measurement mm;
+            QLAB_TRY(measure(&w->sets[s], grid[g], scratch, &mm));
+            QLAB_TRY(add_error_row(t, grid[g], &mm));
+            char extra[96];
+            snprintf(extra, sizeof extra, "%s %s bs %d%s", w->sets[s].name, quant_dtype_name(grid[g].dtype),
+                     grid[g].blocksize, grid[g].double_quant ? " DQ" : "");
+            progress_update(&prog, ++done, extra);
+        }
+        QLAB_TRY(results_table_end(t));
+    }
+    QLAB_TRY(write_paper_table(r, &w->sets[0], scratch));
+    progress_update(&prog, ++done, NULL);
+    progress_end(&prog, NULL);
+    return QLAB_OK;
+}
+
+static qlab_status check_settings(const config *cfg) {
+    int64_t n_weights = config_int(cfg, "n_weights");
+    double nu = config_double(cfg, "student_t_nu");
+    if (n_weights < 1 || n_weights > ((int64_t)1 << 28))
+        return qlab_fail(QLAB_ERR_ARG, "%s: key 'n_weights' must be from 1 to 2^28, got %lld",
+                         config_path(cfg), (long long)n_weights);
+    if (!(nu > 0))
+        return qlab_fail(QLAB_ERR_ARG, "%s: key 'student_t_nu' must be positive, got %g", config_path(cfg),
+                         nu);
+    return QLAB_OK;
+}
+
 int main(int argc, char **argv) {
     qlab_openmp_prefer_passive(argv);
     if (config_key_set_default(config_keys, N_CONFIG_KEYS, "dtypes", quant_dtype_list_json()) != QLAB_OK)
@@ -213,143 +338,39 @@ int main(int argc, char **argv) {
     experiment_args args;
     int early = experiment_parse_args(&args, "double_quant", argc, argv, usage);
     if (early >= 0) return early;
-    const char *config_file = args.config_path, *out_path = args.out_path;
     config *cfg = NULL;
     if (experiment_load_config(&args, &cfg, config_keys, N_CONFIG_KEYS) != QLAB_OK)
         return qlab_report_error("double_quant");
-    int64_t n_weights = config_int(cfg, "n_weights"), seed = config_int(cfg, "seed");
-    double nu = config_double(cfg, "student_t_nu");
-    const char *model_path = config_string(cfg, "model_path");
-    if (n_weights < 1 || n_weights > ((int64_t)1 << 28)) {
-        qlab_fail(QLAB_ERR_ARG, "%s: key 'n_weights' must be from 1 to 2^28, got %lld", config_file,
-                  (long long)n_weights);
-        config_free(cfg);
-        return qlab_report_error("double_quant");
-    }
-    if (!(nu > 0)) {
-        qlab_fail(QLAB_ERR_ARG, "%s: key 'student_t_nu' must be positive, got %g", config_file, nu);
-        config_free(cfg);
-        return qlab_report_error("double_quant");
-    }
-
-    int rc = 1, ngrid = 0;
+    int64_t seed = config_int(cfg, "seed");
+    int ngrid = 0;
     grid_point *grid = NULL;
     results *r = NULL;
-    model *m = NULL;
-    float *gaussian = NULL, *heavy = NULL, *scratch = NULL;
-    const float *model_matrices[PROJ_COUNT * 64];
-    int64_t model_sizes[PROJ_COUNT * 64];
-    if (build_grid(cfg, &grid, &ngrid) != QLAB_OK) goto fail;
-    if (results_create(&r, out_path, "double_quant", cfg, argc, argv) != QLAB_OK) goto fail;
-    if (results_attr_int(r, "seed", seed) != QLAB_OK) goto fail;
-    if (results_attr_string(r, "quant_kernel", quant_kernel_name()) != QLAB_OK) goto fail;
-
-    /* Synthetic weights: independent streams so changing one distribution never moves the other. */
-    gaussian = qlab_alloc_aligned(sizeof(float) * (size_t)n_weights);
-    heavy = qlab_alloc_aligned(sizeof(float) * (size_t)n_weights);
-    if (!gaussian || !heavy) goto fail;
-    rng_state rng;
-    rng_seed(&rng, (uint64_t)seed);
-    for (int64_t i = 0; i < n_weights; i++)
-        gaussian[i] = (float)rng_normal(&rng);
-    rng_seed(&rng, (uint64_t)seed + 1);
-    for (int64_t i = 0; i < n_weights; i++)
-        heavy[i] = (float)rng_student_t(&rng, nu);
-
-    char gaussian_title[128], heavy_title[128], model_title[256] = "";
-    snprintf(gaussian_title, sizeof gaussian_title, "Gaussian weights N(0, 1), %lld values",
-             (long long)n_weights);
-    snprintf(heavy_title, sizeof heavy_title, "Heavy-tailed weights: Student-t (nu = %g), %lld values", nu,
-             (long long)n_weights);
-    const float *gaussian_ptr = gaussian, *heavy_ptr = heavy;
-    weight_set sets[3] = {
-        {"gaussian", gaussian_title, 1, &gaussian_ptr, &n_weights, n_weights},
-        {"student_t", heavy_title, 1, &heavy_ptr, &n_weights, n_weights},
-        {"stories260k", model_title, 0, model_matrices, model_sizes, 0},
-    };
-    int nsets = 2;
-    int64_t largest = n_weights;
-
-    FILE *probe = model_path ? fopen(model_path, "rb") : NULL;
-    if (!probe) {
-        char note[1200];
-        snprintf(note, sizeof note, "%s: not found; the real-weight rows (stories260k) are skipped",
-                 model_path ? model_path : "(none)");
-        fprintf(stderr, "double_quant: %s\n", note);
-        if (results_note(r, "model_skipped", note) != QLAB_OK) goto fail;
-    } else {
-        fclose(probe);
-        if (checkpoint_load(model_path, &m) != QLAB_OK) goto fail;
-        const model_config *mc = model_get_config(m);
-        if (mc->n_layers > 64) {
-            qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: %d layers (this experiment handles up to 64)", model_path,
-                      mc->n_layers);
-            goto fail;
-        }
-        weight_set *ms = &sets[2];
-        for (int l = 0; l < mc->n_layers; l++)
-            for (int p = 0; p < PROJ_COUNT; p++) {
-                linear_weight lw = model_get_linear(m, l, (model_proj)p);
-                if (!lw.w) {
-                    qlab_fail(QLAB_ERR_FORMAT, "%s: layer %d %s has no fp32 weight", model_path, l,
-                              model_proj_name((model_proj)p));
-                    goto fail;
-                }
-                model_matrices[ms->count] = lw.w;
-                model_sizes[ms->count] = (int64_t)lw.out_features * lw.in_features;
-                if (model_sizes[ms->count] > largest) largest = model_sizes[ms->count];
-                ms->total += model_sizes[ms->count++];
-            }
-        snprintf(model_title, sizeof model_title,
-                 "stories260K real weights: %d projection matrices (q, k, v, o, gate, up, down x %d layers), "
-                 "%lld weights",
-                 ms->count, mc->n_layers, (long long)ms->total);
-        nsets = 3;
-    }
-    scratch = qlab_alloc_aligned(sizeof(float) * (size_t)largest);
-    if (!scratch) goto fail;
-
-    progress prog;
-    progress_begin(&prog, "double_quant", (int64_t)nsets * ngrid + 1);
-    int64_t done = 0;
-    for (int s = 0; s < nsets; s++) {
-        results_table *t;
-        const char *note =
-            s == 2 ? "Each matrix is quantized on its own; bits and errors are totals over all of them. "
-                     "Small matrices pay the per-tensor DQ overhead (one fp32 absmax per 256 blocks and "
-                     "an fp32 offset) in full, so measured bits exceed the analytic value."
-                   : NULL;
-        if (declare_error_table(r, &t, &sets[s], note) != QLAB_OK) goto fail;
-        for (int g = 0; g < ngrid; g++) {
-            measurement mm;
-            if (measure(&sets[s], grid[g], scratch, &mm) != QLAB_OK ||
-                add_error_row(t, grid[g], &mm) != QLAB_OK)
-                goto fail;
-            char extra[96];
-            snprintf(extra, sizeof extra, "%s %s bs %d%s", sets[s].name, quant_dtype_name(grid[g].dtype),
-                     grid[g].blocksize, grid[g].double_quant ? " DQ" : "");
-            progress_update(&prog, ++done, extra);
-        }
-        if (results_table_end(t) != QLAB_OK) goto fail;
-    }
-    if (write_paper_table(r, &sets[0], scratch) != QLAB_OK) goto fail;
-    progress_update(&prog, ++done, NULL);
-    progress_end(&prog, NULL);
-    if (results_commit(r) != QLAB_OK) {
+    float *scratch = NULL;
+    weight_sources *w = qlab_calloc(1, sizeof *w);
+    qlab_status st = w ? check_settings(cfg) : QLAB_ERR_NOMEM;
+    if (st == QLAB_OK) st = build_grid(cfg, &grid, &ngrid);
+    if (st == QLAB_OK) st = results_create(&r, args.out_path, "double_quant", cfg, argc, argv);
+    if (st == QLAB_OK) st = results_attr_int(r, "seed", seed);
+    if (st == QLAB_OK) st = results_attr_string(r, "quant_kernel", quant_kernel_name());
+    if (st == QLAB_OK)
+        st = make_synthetic(w, config_int(cfg, "n_weights"), seed, config_double(cfg, "student_t_nu"));
+    if (st == QLAB_OK) st = add_model_set(w, config_string(cfg, "model_path"), r);
+    if (st == QLAB_OK && !(scratch = qlab_alloc_aligned(sizeof(float) * (size_t)w->largest)))
+        st = QLAB_ERR_NOMEM;
+    if (st == QLAB_OK) st = run_grid(r, w, grid, ngrid, scratch);
+    if (st == QLAB_OK) {
+        st = results_commit(r); /* frees r either way */
         r = NULL;
-        goto fail;
     }
-    r = NULL;
-    printf("double_quant: wrote %s (%d grid points x %d weight sets)\n", out_path, ngrid, nsets);
-    rc = 0;
-fail:
-    if (rc != 0) qlab_report_error("double_quant");
+    if (st == QLAB_OK)
+        printf("double_quant: wrote %s (%d grid points x %d weight sets)\n", args.out_path, ngrid, w->nsets);
+    else
+        qlab_report_error("double_quant");
     results_abort(r);
-    model_free(m);
-    qlab_free_aligned(gaussian);
-    qlab_free_aligned(heavy);
+    if (w) sources_free(w);
+    free(w);
     qlab_free_aligned(scratch);
     free(grid);
     config_free(cfg);
-    return rc;
+    return st == QLAB_OK ? 0 : 1;
 }

@@ -192,9 +192,17 @@ static int compare_systems(const void *pa, const void *pb) {
     return strcmp(a, b);
 }
 
-static qlab_status write_table6(results *r, const rating_set *s, int n_bootstrap, uint64_t seed) {
+/* The systems of the relative files (sorted for the table), and two counts for the notes: files whose
+ * name order is the reverse of the positions shown to GPT-4, and scores that disagree with their text. */
+typedef struct {
     const char *systems[512];
-    int nsys = 0, recovered = 0, missing = 0, disagree = 0, name_reversed = 0;
+    int nsys, name_reversed, disagree;
+} relative_systems;
+
+static void list_systems(const rating_set *s, relative_systems *out) {
+    memset(out, 0, sizeof *out);
+    const char **systems = out->systems;
+    int nsys = 0, disagree = 0, name_reversed = 0;
     for (int f = 0; f < s->nrelative; f++) {
         const char *key = relative_system(&s->relative[f]);
         int seen = 0;
@@ -211,7 +219,10 @@ static qlab_status write_table6(results *r, const rating_set *s, int n_bootstrap
             disagree += fl->ratings[i].text_disagrees;
     }
     qsort(systems, (size_t)nsys, sizeof *systems, compare_systems);
+    out->nsys = nsys, out->name_reversed = name_reversed, out->disagree = disagree;
+}
 
+static qlab_status declare_table6(results *r, results_table **out) {
     results_table *t;
     QLAB_TRY(results_table_begin(r, &t, "table6",
                                  "Table 6: Vicuna benchmark, GPT-4 judge, score as % of ChatGPT (released "
@@ -236,34 +247,44 @@ static qlab_status write_table6(results *r, const rating_set *s, int n_bootstrap
     QLAB_TRY(results_table_column(t, "n_recovered", RESULTS_INT64, NULL,
                                   "reviews whose scores were read from the review text (see notes)"));
 
-    for (int i = 0; i < nsys; i++) {
-        const judge_file *files[64];
-        int nf = 0;
-        for (int f = 0; f < s->nrelative && nf < 64; f++)
-            if (!strcmp(relative_system(&s->relative[f]), systems[i])) files[nf++] = &s->relative[f];
-        judge_relative_score score;
-        QLAB_TRY(judge_relative(files, nf, n_bootstrap, seed + 1 + (uint64_t)i, &score));
-        recovered += score.n_recovered;
-        missing += score.n_missing;
-        char name[128];
-        display_name(systems[i], name, sizeof name);
-        int p = paper_table6_index(systems[i]);
-        double paper = p >= 0 ? paper_table6[p].percent : NAN, paper_ci = p >= 0 ? paper_table6[p].ci : NAN;
-        QLAB_TRY(results_set_string(t, "system", name));
-        QLAB_TRY(results_set_string(t, "key", systems[i]));
-        QLAB_TRY(results_set_double(t, "chatgpt_first", score.percent[0]));
-        QLAB_TRY(results_set_double(t, "system_first", score.percent[1]));
-        QLAB_TRY(results_set_double(t, "mean", score.mean));
-        QLAB_TRY(results_set_double(t, "ci95_low", score.ci95_low));
-        QLAB_TRY(results_set_double(t, "ci95_high", score.ci95_high));
-        QLAB_TRY(results_set_double(t, "ci95_half", 0.5 * (score.ci95_high - score.ci95_low)));
-        QLAB_TRY(results_set_double(t, "paper", paper));
-        QLAB_TRY(results_set_double(t, "paper_ci95", paper_ci));
-        QLAB_TRY(results_set_double(t, "difference", score.mean - paper));
-        QLAB_TRY(results_set_int(t, "n_reviews", score.n_questions[0] + score.n_questions[1]));
-        QLAB_TRY(results_set_int(t, "n_recovered", score.n_recovered));
-        QLAB_TRY(results_row_end(t));
-    }
+    *out = t;
+    return QLAB_OK;
+}
+
+/* System i's row: its score from its relative files, beside the paper's. */
+static qlab_status add_table6_row(results_table *t, const rating_set *s, const char *const *systems, int i,
+                                  int n_bootstrap, uint64_t seed, int *recovered, int *missing) {
+    const judge_file *files[64];
+    int nf = 0;
+    for (int f = 0; f < s->nrelative && nf < 64; f++)
+        if (!strcmp(relative_system(&s->relative[f]), systems[i])) files[nf++] = &s->relative[f];
+    judge_relative_score score;
+    QLAB_TRY(judge_relative(files, nf, n_bootstrap, seed + 1 + (uint64_t)i, &score));
+    *recovered += score.n_recovered;
+    *missing += score.n_missing;
+    char name[128];
+    display_name(systems[i], name, sizeof name);
+    int p = paper_table6_index(systems[i]);
+    double paper = p >= 0 ? paper_table6[p].percent : NAN, paper_ci = p >= 0 ? paper_table6[p].ci : NAN;
+    QLAB_TRY(results_set_string(t, "system", name));
+    QLAB_TRY(results_set_string(t, "key", systems[i]));
+    QLAB_TRY(results_set_double(t, "chatgpt_first", score.percent[0]));
+    QLAB_TRY(results_set_double(t, "system_first", score.percent[1]));
+    QLAB_TRY(results_set_double(t, "mean", score.mean));
+    QLAB_TRY(results_set_double(t, "ci95_low", score.ci95_low));
+    QLAB_TRY(results_set_double(t, "ci95_high", score.ci95_high));
+    QLAB_TRY(results_set_double(t, "ci95_half", 0.5 * (score.ci95_high - score.ci95_low)));
+    QLAB_TRY(results_set_double(t, "paper", paper));
+    QLAB_TRY(results_set_double(t, "paper_ci95", paper_ci));
+    QLAB_TRY(results_set_double(t, "difference", score.mean - paper));
+    QLAB_TRY(results_set_int(t, "n_reviews", score.n_questions[0] + score.n_questions[1]));
+    QLAB_TRY(results_set_int(t, "n_recovered", score.n_recovered));
+    return results_row_end(t);
+}
+
+static qlab_status add_table6_notes(results_table *t, const rating_set *s, const relative_systems *rs,
+                                    int recovered, int missing) {
+    int nsys = rs->nsys, name_reversed = rs->name_reversed, disagree = rs->disagree;
     char note[1024];
     snprintf(note, sizeof note,
              "Score: per answer order, the system's summed GPT-4 scores over ChatGPT's across the 80 "
@@ -300,7 +321,22 @@ static qlab_status write_table6(results *r, const rating_set *s, int n_bootstrap
            "so treat the paper_ci95 column as indicative only."));
     QLAB_TRY(
         results_table_note(t, "File names say 30b for the 33B models (LLaMA 33B was released as '30B')."));
-    return results_table_end(t);
+    return QLAB_OK;
+}
+
+static qlab_status write_table6(results *r, const rating_set *s, int n_bootstrap, uint64_t seed) {
+    relative_systems *rs = qlab_calloc(1, sizeof *rs);
+    if (!rs) return QLAB_ERR_NOMEM;
+    list_systems(s, rs);
+    int recovered = 0, missing = 0;
+    results_table *t = NULL;
+    qlab_status st = declare_table6(r, &t);
+    for (int i = 0; i < rs->nsys && st == QLAB_OK; i++)
+        st = add_table6_row(t, s, rs->systems, i, n_bootstrap, seed, &recovered, &missing);
+    if (st == QLAB_OK) st = add_table6_notes(t, s, rs, recovered, missing);
+    if (st == QLAB_OK) st = results_table_end(t);
+    free(rs);
+    return st;
 }
 
 /* ---------------------------------------------------------------- Elo */
@@ -355,163 +391,208 @@ static int compare_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-static qlab_status write_elo(results *r, const rating_set *s, int n_orderings, double k, double initial,
-                             uint64_t seed) {
-    enum { MAX_PLAYERS = 64 };
+enum { MAX_PLAYERS = 64 };
+
+/* The pairwise verdicts as Elo matches between players (one per system). */
+typedef struct {
     player players[MAX_PLAYERS];
-    int nplayers = 0, nmatches = 0, dropped = 0;
-    int *file_players = qlab_calloc((size_t)s->npairwise * 2, sizeof *file_players);
+    int nplayers, nmatches, dropped;
+    judge_match *matches;
+    int *file_players; /* [2 f + side]: the player of assistant side+1 of pairwise file f */
+} match_set;
+
+static void match_set_free(match_set *m) {
+    free(m->matches);
+    free(m->file_players);
+}
+
+static qlab_status collect_matches(const rating_set *s, match_set *m) {
+    memset(m, 0, sizeof *m);
     size_t total = 0;
     for (int f = 0; f < s->npairwise; f++)
         total += (size_t)s->pairwise[f].count;
-    judge_match *matches = qlab_calloc(total + 1, sizeof *matches);
-    double *ratings = qlab_calloc((size_t)n_orderings * MAX_PLAYERS, sizeof *ratings);
-    double *column = qlab_calloc((size_t)n_orderings, sizeof *column);
-    qlab_status st = file_players && matches && ratings && column ? QLAB_OK : QLAB_ERR_NOMEM;
-    memset(players, 0, sizeof players);
-    for (int f = 0; f < s->npairwise && st == QLAB_OK; f++) {
+    m->file_players = qlab_calloc((size_t)s->npairwise * 2 + 1, sizeof *m->file_players);
+    m->matches = qlab_calloc(total + 1, sizeof *m->matches);
+    if (!m->file_players || !m->matches) return QLAB_ERR_NOMEM;
+    for (int f = 0; f < s->npairwise; f++) {
         const judge_file *fl = &s->pairwise[f];
-        int a = find_player(players, &nplayers, MAX_PLAYERS, fl->system[0]),
-            b = find_player(players, &nplayers, MAX_PLAYERS, fl->system[1]);
-        if (a < 0 || b < 0 || a == b) {
-            st = qlab_fail(QLAB_ERR_FORMAT, "%s: bad pair of systems (or more than %d systems)", fl->name,
-                           MAX_PLAYERS);
-            break;
-        }
-        file_players[2 * f] = a;
-        file_players[2 * f + 1] = b;
+        int a = find_player(m->players, &m->nplayers, MAX_PLAYERS, fl->system[0]),
+            b = find_player(m->players, &m->nplayers, MAX_PLAYERS, fl->system[1]);
+        if (a < 0 || b < 0 || a == b)
+            return qlab_fail(QLAB_ERR_FORMAT, "%s: bad pair of systems (or more than %d systems)", fl->name,
+                             MAX_PLAYERS);
+        m->file_players[2 * f] = a;
+        m->file_players[2 * f + 1] = b;
         for (int i = 0; i < fl->count; i++) {
             int v = fl->ratings[i].verdict;
             if (v == 0) {
-                dropped++;
+                m->dropped++;
                 continue;
             }
             double score = v == 1 ? 1.0 : v == 2 ? 0.0 : 0.5;
-            matches[nmatches++] = (judge_match){{a, b}, score};
-            players[a].wins += v == 1, players[a].losses += v == 2, players[a].ties += v == 3;
-            players[b].wins += v == 2, players[b].losses += v == 1, players[b].ties += v == 3;
+            m->matches[m->nmatches++] = (judge_match){{a, b}, score};
+            player *pa = &m->players[a], *pb = &m->players[b];
+            pa->wins += v == 1, pa->losses += v == 2, pa->ties += v == 3;
+            pb->wins += v == 2, pb->losses += v == 1, pb->ties += v == 3;
         }
     }
-    if (st == QLAB_OK) st = check_pairwise_names(s, players, nplayers, file_players);
-    if (st == QLAB_OK)
-        st = judge_elo_orderings(matches, nmatches, nplayers, initial, k, n_orderings, seed, ratings);
+    return check_pairwise_names(s, m->players, m->nplayers, m->file_players);
+}
 
-    double mean[MAX_PLAYERS], sd[MAX_PLAYERS], low[MAX_PLAYERS], high[MAX_PLAYERS];
+/* Each player's final rating over the orderings, its rank, and the paper's. */
+typedef struct {
+    double mean[MAX_PLAYERS], sd[MAX_PLAYERS], low[MAX_PLAYERS], high[MAX_PLAYERS], paper[MAX_PLAYERS];
     int rank[MAX_PLAYERS], paper_rank[MAX_PLAYERS];
-    double paper[MAX_PLAYERS];
-    for (int p = 0; p < nplayers && st == QLAB_OK; p++) {
+} standings;
+
+static qlab_status rate_players(const match_set *m, int n_orderings, double k, double initial, uint64_t seed,
+                                standings *out) {
+    int np = m->nplayers;
+    double *ratings = qlab_calloc((size_t)n_orderings * MAX_PLAYERS, sizeof *ratings);
+    double *column = qlab_calloc((size_t)n_orderings, sizeof *column);
+    qlab_status st = ratings && column ? QLAB_OK : QLAB_ERR_NOMEM;
+    if (st == QLAB_OK)
+        st = judge_elo_orderings(m->matches, m->nmatches, np, initial, k, n_orderings, seed, ratings);
+    for (int p = 0; p < np && st == QLAB_OK; p++) {
         double sum = 0, sq = 0;
         for (int t = 0; t < n_orderings; t++) {
-            column[t] = ratings[(size_t)t * (size_t)nplayers + (size_t)p];
+            column[t] = ratings[(size_t)t * (size_t)np + (size_t)p];
             sum += column[t];
         }
-        mean[p] = sum / n_orderings;
+        out->mean[p] = sum / n_orderings;
         for (int t = 0; t < n_orderings; t++)
-            sq += (column[t] - mean[p]) * (column[t] - mean[p]);
-        sd[p] = n_orderings > 1 ? sqrt(sq / (n_orderings - 1)) : 0;
+            sq += (column[t] - out->mean[p]) * (column[t] - out->mean[p]);
+        out->sd[p] = n_orderings > 1 ? sqrt(sq / (n_orderings - 1)) : 0;
         qsort(column, (size_t)n_orderings, sizeof *column, compare_double);
-        low[p] = column[(int)floor(0.025 * (n_orderings - 1))];
-        high[p] = column[(int)ceil(0.975 * (n_orderings - 1))];
-        paper[p] = NAN;
+        out->low[p] = column[(int)floor(0.025 * (n_orderings - 1))];
+        out->high[p] = column[(int)ceil(0.975 * (n_orderings - 1))];
+        out->paper[p] = NAN;
         for (int i = 0; i < N_PAPER_ELO; i++)
-            if (!strcmp(paper_elo[i].key, players[p].key)) paper[p] = paper_elo[i].elo;
+            if (!strcmp(paper_elo[i].key, m->players[p].key)) out->paper[p] = paper_elo[i].elo;
     }
-    for (int p = 0; p < nplayers && st == QLAB_OK; p++) {
-        rank[p] = 1;
-        paper_rank[p] = isnan(paper[p]) ? 0 : 1;
-        for (int q = 0; q < nplayers; q++) {
-            rank[p] += mean[q] > mean[p];
-            if (!isnan(paper[p]) && !isnan(paper[q])) paper_rank[p] += paper[q] > paper[p];
+    for (int p = 0; p < np && st == QLAB_OK; p++) {
+        out->rank[p] = 1;
+        out->paper_rank[p] = isnan(out->paper[p]) ? 0 : 1;
+        for (int q = 0; q < np; q++) {
+            out->rank[p] += out->mean[q] > out->mean[p];
+            if (!isnan(out->paper[p]) && !isnan(out->paper[q]))
+                out->paper_rank[p] += out->paper[q] > out->paper[p];
         }
     }
+    free(ratings);
+    free(column);
+    return st;
+}
 
-    results_table *t = NULL;
-    if (st == QLAB_OK)
-        st = results_table_begin(r, &t, "elo",
+static qlab_status declare_elo(results *r, results_table **t) {
+    QLAB_TRY(results_table_begin(r, t, "elo",
                                  "Tables 1/7: Elo from GPT-4 pairwise judgements on Vicuna (released ratings "
-                                 "vs paper)");
-#define COLUMN(name, type, unit, desc)                                                                       \
-    if (st == QLAB_OK) st = results_table_column(t, name, type, unit, desc)
-    COLUMN("system", RESULTS_STRING, NULL, NULL);
-    COLUMN("key", RESULTS_STRING, NULL, "system name in the rating file names");
-    COLUMN("elo_mean", RESULTS_FLOAT64, "Elo", "final rating averaged over the orderings");
-    COLUMN("elo_std", RESULTS_FLOAT64, "Elo", "standard deviation of the final rating over orderings");
-    COLUMN("elo_low", RESULTS_FLOAT64, "Elo", "2.5th percentile over orderings");
-    COLUMN("elo_high", RESULTS_FLOAT64, "Elo", "97.5th percentile over orderings");
-    COLUMN("mean_ci95", RESULTS_FLOAT64, "Elo", "1.96 std / sqrt(orderings): the paper's ± (about 1)");
-    COLUMN("rank", RESULTS_INT64, NULL, "by elo_mean, 1 = best");
-    COLUMN("paper", RESULTS_FLOAT64, "Elo", "Table 1 GPT-4 column");
-    COLUMN("paper_rank", RESULTS_INT64, NULL, NULL);
-    COLUMN("difference", RESULTS_FLOAT64, "Elo", "elo_mean - paper");
-    COLUMN("wins", RESULTS_INT64, NULL, "pairwise verdicts won");
-    COLUMN("ties", RESULTS_INT64, NULL, NULL);
-    COLUMN("losses", RESULTS_INT64, NULL, NULL);
-#undef COLUMN
-    /* Rows by our rank. */
-    for (int want = 1; want <= nplayers && st == QLAB_OK; want++)
-        for (int p = 0; p < nplayers && st == QLAB_OK; p++) {
-            if (rank[p] != want) continue;
-            char name[128];
-            display_name(players[p].key, name, sizeof name);
-            st = results_set_string(t, "system", name);
-            if (st == QLAB_OK) st = results_set_string(t, "key", players[p].key);
-            if (st == QLAB_OK) st = results_set_double(t, "elo_mean", mean[p]);
-            if (st == QLAB_OK) st = results_set_double(t, "elo_std", sd[p]);
-            if (st == QLAB_OK) st = results_set_double(t, "elo_low", low[p]);
-            if (st == QLAB_OK) st = results_set_double(t, "elo_high", high[p]);
-            if (st == QLAB_OK)
-                st = results_set_double(t, "mean_ci95", 1.96 * sd[p] / sqrt((double)n_orderings));
-            if (st == QLAB_OK) st = results_set_int(t, "rank", rank[p]);
-            if (st == QLAB_OK) st = results_set_double(t, "paper", paper[p]);
-            if (st == QLAB_OK) st = results_set_int(t, "paper_rank", paper_rank[p]);
-            if (st == QLAB_OK) st = results_set_double(t, "difference", mean[p] - paper[p]);
-            if (st == QLAB_OK) st = results_set_int(t, "wins", players[p].wins);
-            if (st == QLAB_OK) st = results_set_int(t, "ties", players[p].ties);
-            if (st == QLAB_OK) st = results_set_int(t, "losses", players[p].losses);
-            if (st == QLAB_OK) st = results_row_end(t);
-        }
+                                 "vs paper)"));
+    static const struct {
+        const char *name;
+        results_type type;
+        const char *unit, *desc;
+    } columns[] = {
+        {"system", RESULTS_STRING, NULL, NULL},
+        {"key", RESULTS_STRING, NULL, "system name in the rating file names"},
+        {"elo_mean", RESULTS_FLOAT64, "Elo", "final rating averaged over the orderings"},
+        {"elo_std", RESULTS_FLOAT64, "Elo", "standard deviation of the final rating over orderings"},
+        {"elo_low", RESULTS_FLOAT64, "Elo", "2.5th percentile over orderings"},
+        {"elo_high", RESULTS_FLOAT64, "Elo", "97.5th percentile over orderings"},
+        {"mean_ci95", RESULTS_FLOAT64, "Elo", "1.96 std / sqrt(orderings): the paper's ± (about 1)"},
+        {"rank", RESULTS_INT64, NULL, "by elo_mean, 1 = best"},
+        {"paper", RESULTS_FLOAT64, "Elo", "Table 1 GPT-4 column"},
+        {"paper_rank", RESULTS_INT64, NULL, NULL},
+        {"difference", RESULTS_FLOAT64, "Elo", "elo_mean - paper"},
+        {"wins", RESULTS_INT64, NULL, "pairwise verdicts won"},
+        {"ties", RESULTS_INT64, NULL, NULL},
+        {"losses", RESULTS_INT64, NULL, NULL},
+    };
+    for (size_t i = 0; i < sizeof columns / sizeof columns[0]; i++)
+        QLAB_TRY(
+            results_table_column(*t, columns[i].name, columns[i].type, columns[i].unit, columns[i].desc));
+    return QLAB_OK;
+}
+
+static qlab_status add_elo_row(results_table *t, const player *pl, const standings *sg, int p,
+                               int n_orderings) {
+    char name[128];
+    display_name(pl->key, name, sizeof name);
+    QLAB_TRY(results_set_string(t, "system", name));
+    QLAB_TRY(results_set_string(t, "key", pl->key));
+    QLAB_TRY(results_set_double(t, "elo_mean", sg->mean[p]));
+    QLAB_TRY(results_set_double(t, "elo_std", sg->sd[p]));
+    QLAB_TRY(results_set_double(t, "elo_low", sg->low[p]));
+    QLAB_TRY(results_set_double(t, "elo_high", sg->high[p]));
+    QLAB_TRY(results_set_double(t, "mean_ci95", 1.96 * sg->sd[p] / sqrt((double)n_orderings)));
+    QLAB_TRY(results_set_int(t, "rank", sg->rank[p]));
+    QLAB_TRY(results_set_double(t, "paper", sg->paper[p]));
+    QLAB_TRY(results_set_int(t, "paper_rank", sg->paper_rank[p]));
+    QLAB_TRY(results_set_double(t, "difference", sg->mean[p] - sg->paper[p]));
+    QLAB_TRY(results_set_int(t, "wins", pl->wins));
+    QLAB_TRY(results_set_int(t, "ties", pl->ties));
+    QLAB_TRY(results_set_int(t, "losses", pl->losses));
+    return results_row_end(t);
+}
+
+/* The method, the dropped reviews, and the comparison with the paper from the numbers of this run. */
+static qlab_status add_elo_notes(results_table *t, const rating_set *s, const match_set *m,
+                                 const standings *sg, int n_orderings, double k, double initial) {
     char note[1024];
     snprintf(note, sizeof note,
              "%d matches from %d pairwise files (each ordered pair of systems, 80 questions): verdict 1 or 2 "
              "is a win for that assistant (score 1 / 0), 3 a tie (0.5). Start %g, K = %g, expected score "
              "1 / (1 + 10^((Rb - Ra) / 400)); each of %d orderings is a uniform shuffle of all matches, and "
              "the table averages the final ratings.",
-             nmatches, s->npairwise, initial, k, n_orderings);
-    if (st == QLAB_OK) st = results_table_note(t, note);
+             m->nmatches, s->npairwise, initial, k, n_orderings);
+    QLAB_TRY(results_table_note(t, note));
     snprintf(note, sizeof note,
              "%d reviews have no verdict (score -1: 'error' from the API, or prose instead of 1/2/3) and are "
              "not matches. Counting the readable ones as ties moves no rating by more than ~8.",
-             dropped);
-    if (st == QLAB_OK) st = results_table_note(t, note);
-    /* The comparison with the paper, from the numbers of this run. */
+             m->dropped);
+    QLAB_TRY(results_table_note(t, note));
+    const double *mean = sg->mean, *paper = sg->paper;
     int same_order = 1, top = -1, worst = -1;
-    for (int p = 0; p < nplayers && st == QLAB_OK; p++) {
-        if (!isnan(paper[p]) && paper_rank[p] != rank[p]) same_order = 0;
+    for (int p = 0; p < m->nplayers; p++) {
+        if (!isnan(paper[p]) && sg->paper_rank[p] != sg->rank[p]) same_order = 0;
         if (isnan(paper[p])) continue;
         if (top < 0 || paper[p] > paper[top]) top = p;
     }
-    for (int p = 0; p < nplayers && st == QLAB_OK; p++)
+    for (int p = 0; p < m->nplayers; p++)
         if (!isnan(paper[p]) && p != top &&
             (worst < 0 || fabs(mean[p] - paper[p]) > fabs(mean[worst] - paper[worst])))
             worst = p;
-    if (st == QLAB_OK && top >= 0 && worst >= 0) {
-        snprintf(note, sizeof note,
-                 "The ranking %s the paper's. %s: %+.0f against the paper's %.0f; every other system within "
-                 "%.0f. The paper's Elo script is not released; tie handling, K and averaging over the "
-                 "sequence (checked offline) do not close the gap at the top, "
-                 "which stays unexplained. Guanaco 13B is 916 in Table 1, 913 in Table 7.",
-                 same_order ? "matches" : "differs from", players[top].key, mean[top] - paper[top],
-                 paper[top], ceil(fabs(mean[worst] - paper[worst])));
-        st = results_table_note(t, note);
-    }
+    if (top < 0 || worst < 0) return QLAB_OK;
+    snprintf(note, sizeof note,
+             "The ranking %s the paper's. %s: %+.0f against the paper's %.0f; every other system within "
+             "%.0f. The paper's Elo script is not released; tie handling, K and averaging over the "
+             "sequence (checked offline) do not close the gap at the top, "
+             "which stays unexplained. Guanaco 13B is 916 in Table 1, 913 in Table 7.",
+             same_order ? "matches" : "differs from", m->players[top].key, mean[top] - paper[top], paper[top],
+             ceil(fabs(mean[worst] - paper[worst])));
+    return results_table_note(t, note);
+}
+
+static qlab_status write_elo(results *r, const rating_set *s, int n_orderings, double k, double initial,
+                             uint64_t seed) {
+    match_set *m = qlab_calloc(1, sizeof *m);
+    standings *sg = qlab_calloc(1, sizeof *sg);
+    qlab_status st = m && sg ? collect_matches(s, m) : QLAB_ERR_NOMEM;
+    if (st == QLAB_OK) st = rate_players(m, n_orderings, k, initial, seed, sg);
+    results_table *t = NULL;
+    if (st == QLAB_OK) st = declare_elo(r, &t);
+    /* Rows by our rank. */
+    for (int want = 1; want <= (m ? m->nplayers : 0) && st == QLAB_OK; want++)
+        for (int p = 0; p < m->nplayers && st == QLAB_OK; p++)
+            if (sg->rank[p] == want) st = add_elo_row(t, &m->players[p], sg, p, n_orderings);
+    if (st == QLAB_OK) st = add_elo_notes(t, s, m, sg, n_orderings, k, initial);
     if (st == QLAB_OK)
         st = results_table_end(t);
     else if (t)
         results_table_end(t);
-    free(file_players);
-    free(matches);
-    free(ratings);
-    free(column);
+    if (m) match_set_free(m);
+    free(m);
+    free(sg);
     return st;
 }
 
