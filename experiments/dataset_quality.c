@@ -142,15 +142,16 @@ static qlab_status build_set(train_set *s, const instruct_set *pool, const token
 
 typedef struct {
     double nll, rouge, mmlu;
+    double answer_tokens; /* mean length of the greedy answers (0 when every answer stops at once) */
 } scores;
 
 /* Greedy answers to the held-out prompts (BOS + prompt, its start cut to leave gen_tokens of room in the
  * row), stopped at BOS/EOS; the mean RougeL F against the human replies. */
 static qlab_status chat_rouge(model *m, const tokenizer *tok, const instruct_set *items, int n_items,
-                              int row_len, int gen_tokens, double *mean_f) {
+                              int row_len, int gen_tokens, double *mean_f, double *mean_len) {
     int *out = qlab_calloc((size_t)row_len, sizeof(int));
     if (!out) return QLAB_ERR_NOMEM;
-    double sum = 0;
+    double sum = 0, sum_len = 0;
     qlab_status st = QLAB_OK;
     for (int i = 0; i < n_items && st == QLAB_OK; i++) {
         int *ids = NULL;
@@ -166,7 +167,7 @@ static qlab_status chat_rouge(model *m, const tokenizer *tok, const instruct_set
         generate_options go = {.temperature = 0,
                                .top_p = 1,
                                .seed = 1,
-                               .max_tokens = row_len,
+                               .max_tokens = (int)n + gen_tokens,
                                .stop_id_a = tokenizer_bos_id(tok),
                                .stop_id_b = tokenizer_eos_id(tok)};
         int n_out = 0;
@@ -178,6 +179,7 @@ static qlab_status chat_rouge(model *m, const tokenizer *tok, const instruct_set
             while (end > (int)n && (out[end - 1] == go.stop_id_a || out[end - 1] == go.stop_id_b))
                 end--;
             st = tokenizer_decode(tok, out + n, (size_t)(end - (int)n), &text, &len);
+            sum_len += end - (int)n;
         }
         rouge_score rs;
         if (st == QLAB_OK) st = rouge_l(items->records[i].response, text, &rs);
@@ -187,6 +189,7 @@ static qlab_status chat_rouge(model *m, const tokenizer *tok, const instruct_set
     }
     free(out);
     *mean_f = n_items ? sum / n_items : 0;
+    *mean_len = n_items ? sum_len / n_items : 0;
     return st;
 }
 
@@ -201,7 +204,8 @@ typedef struct {
 
 static qlab_status evaluate(model *m, const evaluation *e, scores *out) {
     QLAB_TRY(finetune_heldout_nll(m, e->heldout, e->eval_batch, &out->nll, NULL));
-    QLAB_TRY(chat_rouge(m, e->tok, e->rouge_items, e->n_rouge, e->row_len, e->gen_tokens, &out->rouge));
+    QLAB_TRY(chat_rouge(m, e->tok, e->rouge_items, e->n_rouge, e->row_len, e->gen_tokens, &out->rouge,
+                        &out->answer_tokens));
     mmlu_eval_result r;
     QLAB_TRY(mmlu_evaluate(m, e->tok, &e->mmlu, &r));
     out->mmlu = r.n ? (double)r.correct / r.n : 0;
@@ -431,6 +435,7 @@ static qlab_status run(const config *cfg, const char *out_path, int argc, char *
     results_table_column(t, "heldout_nll", RESULTS_FLOAT64, "nats/token", "held-out OASST1 response NLL");
     results_table_column(t, "rougeL", RESULTS_FLOAT64, NULL, "mean RougeL F of greedy answers");
     results_table_column(t, "mmlu", RESULTS_FLOAT64, NULL, "MMLU accuracy (all questions)");
+    results_table_column(t, "answer_tokens", RESULTS_FLOAT64, "tokens", "mean length of the greedy answers");
     results_table_column(t, "seconds", RESULTS_FLOAT64, "s", "finetune + evaluation");
     for (int i = 0; i < n_sets && st == QLAB_OK; i++)
         for (int k = 0; k < n_seeds && st == QLAB_OK; k++) {
@@ -440,6 +445,7 @@ static qlab_status run(const config *cfg, const char *out_path, int argc, char *
             results_set_double(t, "heldout_nll", s->nll);
             results_set_double(t, "rougeL", s->rouge);
             results_set_double(t, "mmlu", s->mmlu);
+            results_set_double(t, "answer_tokens", s->answer_tokens);
             results_set_double(t, "seconds", seconds[i * n_seeds + k]);
             st = results_row_end(t);
         }
