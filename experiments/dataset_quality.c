@@ -473,8 +473,8 @@ static qlab_status run(const config *cfg, const char *out_path, int argc, char *
         goto done;
     const char *cols[] = {"dataset",   "label",    "records",     "swapped_pct", "rows",
                           "nll",       "nll_ci95", "rougeL",      "rougeL_ci95", "mmlu",
-                          "mmlu_ci95", "rank_nll", "rank_rougeL", "rank_mmlu"};
-    for (int c = 0; c < 14; c++)
+                          "mmlu_ci95", "rank_nll", "rank_rougeL", "rank_mmlu",   "mmlu_questions"};
+    for (int c = 0; c < 15; c++)
         results_table_column(t, cols[c],
                              c < 2   ? RESULTS_STRING
                              : c < 5 ? RESULTS_INT64
@@ -510,6 +510,7 @@ static qlab_status run(const config *cfg, const char *out_path, int argc, char *
             results_set_double(t, "rank_rougeL", rk[1][i]);
             results_set_double(t, "rank_mmlu", rk[2][i]);
         }
+        results_set_int(t, "mmlu_questions", n_mmlu);
         st = results_row_end(t);
     }
     if (st == QLAB_OK) {
