@@ -20,6 +20,8 @@ const char *instruct_source_name(instruct_source s) {
         return "oasst1";
     case INSTRUCT_SOURCE_VICUNA:
         return "vicuna";
+    case INSTRUCT_SOURCE_CHAT:
+        return "chat";
     }
     return "unknown";
 }
@@ -218,6 +220,19 @@ static qlab_status record_from_json(const record_place *at, const cJSON *obj, in
         r->prompt = instruct_format_chat(a);
         if (!r->prompt) return QLAB_ERR_NOMEM;
         return QLAB_OK;
+    case INSTRUCT_SOURCE_CHAT: {
+        QLAB_TRY(get_string(at, obj, "text", 0, &a));
+        const char *mark = "### Assistant:", *last = NULL;
+        for (const char *p = strstr(a, mark); p; p = strstr(p + 1, mark))
+            last = p;
+        if (!last)
+            return qlab_fail(QLAB_ERR_FORMAT, "%s: %s %d: \"text\" holds no \"### Assistant:\" turn",
+                             at->path, at->unit, at->number);
+        const char *reply = last + strlen(mark);
+        r->prompt = strndup(a, (size_t)(reply - a));
+        r->response = r->prompt ? dup_string(reply + (*reply == ' ')) : NULL;
+        break;
+    }
     }
     if (!r->prompt || !r->response) {
         free(r->prompt);
@@ -331,6 +346,10 @@ qlab_status instruct_load_oasst1(const char *path, instruct_set *out) {
 
 qlab_status instruct_load_vicuna(const char *path, instruct_set *out) {
     return load_with(path, INSTRUCT_SOURCE_VICUNA, 0, out);
+}
+
+qlab_status instruct_load_chat(const char *path, instruct_set *out) {
+    return load_with(path, INSTRUCT_SOURCE_CHAT, 0, out);
 }
 
 qlab_status instruct_load(const char *path, instruct_set *out) {

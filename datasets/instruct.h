@@ -15,6 +15,7 @@ typedef enum {
     INSTRUCT_SOURCE_ALPACA = 0, /* {instruction, input, output}, prompt from the Alpaca template */
     INSTRUCT_SOURCE_OASST1,     /* {input: "### Human: ... ### Assistant:", output: reply} */
     INSTRUCT_SOURCE_VICUNA,     /* {question_id, text, category}: prompts only, no response */
+    INSTRUCT_SOURCE_CHAT,       /* {text: "### Human: ... ### Assistant: reply"} (openassistant-guanaco) */
 } instruct_source;
 
 const char *instruct_source_name(instruct_source s); /* "alpaca", "oasst1", "vicuna" */
@@ -47,6 +48,11 @@ qlab_status instruct_load_alpaca(const char *path, instruct_set *out);
 qlab_status instruct_load_oasst1(const char *path, instruct_set *out);
 qlab_status instruct_load_vicuna(const char *path, instruct_set *out);
 qlab_status instruct_load(const char *path, instruct_set *out);
+/* Chat text: JSON lines (gzip'd or not) whose "text" holds a whole conversation in the Guanaco format,
+ * "### Human: ... ### Assistant: ... ### Human: ... ### Assistant: reply". The prompt is everything up to
+ * and including the last "### Assistant:", the response the final reply after it (one leading space
+ * dropped); a text without "### Assistant:" is refused with its line. */
+qlab_status instruct_load_chat(const char *path, instruct_set *out);
 void instruct_set_free(instruct_set *s);
 
 /* qlora.py's ALPACA_PROMPT_DICT: "prompt_input" when input is non-empty, "prompt_no_input" otherwise. Both

@@ -144,6 +144,18 @@ static void test_schedule(void) {
     CHECK_NEAR(optim_lr_at(&c, 100000), 2e-4, 0);
     optim_lr_schedule none = {OPTIM_LR_CONSTANT, 2e-4, 0, 0, 0};
     CHECK_NEAR(optim_lr_at(&none, 0), 2e-4, 0);
+    /* Linear (transformers' get_linear_schedule_with_warmup when min_lr is 0): warmup 10, total 110. */
+    optim_lr_schedule lin = {OPTIM_LR_LINEAR, 1e-3, 0, 10, 110};
+    CHECK(optim_lr_check(&lin) == QLAB_OK);
+    CHECK_NEAR(optim_lr_at(&lin, 9), 1e-3, 1e-18);
+    CHECK_NEAR(optim_lr_at(&lin, 10), 1e-3, 1e-18);
+    CHECK_NEAR(optim_lr_at(&lin, 35), 7.5e-4, 1e-15);
+    CHECK_NEAR(optim_lr_at(&lin, 60), 5e-4, 1e-15);
+    CHECK_NEAR(optim_lr_at(&lin, 110), 0, 0);
+    optim_lr_kind kind;
+    CHECK(optim_lr_kind_parse("linear", &kind) == QLAB_OK && kind == OPTIM_LR_LINEAR &&
+          !strcmp(optim_lr_kind_name(kind), "linear"));
+    CHECK(optim_lr_kind_parse("cos", &kind) == QLAB_ERR_ARG && strstr(qlab_last_error(), "'cos'"));
     optim_lr_schedule bad = {OPTIM_LR_COSINE, 1e-3, 1e-2, 10, 100};
     CHECK(optim_lr_check(&bad) == QLAB_ERR_ARG);
     bad = (optim_lr_schedule){OPTIM_LR_COSINE, 1e-3, 0, 200, 100};

@@ -43,7 +43,8 @@ typedef struct {
     int blocksize;
     int double_quant;
     lora_config lora; /* FINETUNE_LORA and FINETUNE_QLORA */
-    int batch;        /* rows per step */
+    int batch;        /* rows per forward (a micro-batch) */
+    int grad_accum;   /* micro-batches per optimizer step, gradients averaged (0 counts as 1) */
     int64_t steps;    /* optimizer steps */
     optim_lr_kind schedule;
     int64_t warmup_steps;
@@ -114,5 +115,29 @@ typedef void (*finetune_step_callback)(void *ctx, int64_t step, int64_t total, d
 qlab_status finetune_run(model *m, const finetune_rows *train, const finetune_rows *heldout,
                          const finetune_options *o, finetune_step_callback callback, void *ctx,
                          lora_set **adapters, finetune_result *out);
+
+/* The same loop one step at a time, for programs that save and resume (qlab finetune); finetune_run is
+ * create + steps + finish. create quantizes (QLoRA) and attaches new adapters as finetune_run does. Each
+ * finetune_job_step takes one optimizer step (grad_accum micro-batches; the step-0 held-out evaluation runs
+ * before the first one), logs and evaluates as the options say. finish hands over the result and the
+ * adapters (as finetune_run) and frees the job; free discards it (detaching and freeing its adapters). */
+typedef struct finetune_job finetune_job;
+qlab_status finetune_job_create(finetune_job **out, model *m, const finetune_rows *train,
+                                const finetune_rows *heldout, const finetune_options *o);
+qlab_status finetune_job_step(finetune_job *j);
+qlab_status finetune_job_finish(finetune_job *j, lora_set **adapters, finetune_result *out);
+void finetune_job_free(finetune_job *j);
+int64_t finetune_job_steps_done(const finetune_job *j);
+lora_set *finetune_job_adapters(finetune_job *j);                  /* NULL for full finetuning */
+const finetune_result *finetune_job_result(const finetune_job *j); /* the curves so far */
+double finetune_job_last_loss(const finetune_job *j); /* mean over the last step's micro-batches */
+double finetune_job_lr(const finetune_job *j);        /* of the last update */
+int64_t finetune_job_tokens(const finetune_job *j);   /* rows x row_len processed so far */
+/* Saves (atomically) or restores everything the run needs to continue bit-identically: the trainable
+ * values, AdamW's moments and step, the batch-order rng, epoch order and data position, the adapters'
+ * dropout stream, curves and counters. Loading checks that the state was saved by a job with the same
+ * options, data sizes and trainable count, and changes nothing on failure. */
+qlab_status finetune_job_save_state(const finetune_job *j, const char *path);
+qlab_status finetune_job_load_state(finetune_job *j, const char *path);
 
 #endif

@@ -276,6 +276,16 @@ void lora_set_training(lora_set *l, int training) {
     l->training = training ? 1 : 0;
 }
 
+size_t lora_num_adapters(const lora_set *l) {
+    return (size_t)l->n_adapters;
+}
+void lora_get_stream(const lora_set *l, uint64_t *forward_counts) {
+    memcpy(forward_counts, l->forward_count, (size_t)l->n_adapters * sizeof(uint64_t));
+}
+void lora_set_stream(lora_set *l, const uint64_t *forward_counts) {
+    memcpy(l->forward_count, forward_counts, (size_t)l->n_adapters * sizeof(uint64_t));
+}
+
 static int lora_slot(const lora_set *l, int layer, model_proj p) {
     if (layer < 0 || layer >= l->mc.n_layers || p < 0 || p >= PROJ_COUNT) return -1;
     return l->slot_of[layer * PROJ_COUNT + p];

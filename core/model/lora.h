@@ -84,6 +84,13 @@ int lora_get_adapter(lora_set *l, int layer, model_proj p, lora_adapter *out);
  * dropout and leaves the masks' sequence where it was, so evaluating mid-training does not change it. */
 void lora_set_training(lora_set *l, int training);
 
+/* The position of the dropout-mask stream: the number of training-mode forwards each adapter has seen
+ * (n_adapters values, in the flat buffer's adapter order). Saving it with the parameters and restoring it
+ * lets an interrupted run continue with exactly the masks it would have drawn. */
+size_t lora_num_adapters(const lora_set *l);
+void lora_get_stream(const lora_set *l, uint64_t *forward_counts);
+void lora_set_stream(lora_set *l, const uint64_t *forward_counts);
+
 /* Makes room for forwards over up to n_positions = B*T rows (the saved hidden states and the backward
  * scratch). lora_attach reserves seq_len rows; the model's adapter hook reserves B*T at each forward. */
 qlab_status lora_reserve(lora_set *l, int n_positions);

@@ -218,18 +218,35 @@ double optim_clip_grad_norm(float *grads, size_t n, double max_norm) {
 
 /* ---------------------------------------------------------------- learning-rate schedules */
 
+static const char *const lr_kind_names[] = {"constant", "cosine", "linear"};
+
+const char *optim_lr_kind_name(optim_lr_kind kind) {
+    return kind >= OPTIM_LR_CONSTANT && kind <= OPTIM_LR_LINEAR ? lr_kind_names[kind] : "unknown";
+}
+
+qlab_status optim_lr_kind_parse(const char *name, optim_lr_kind *kind) {
+    for (int k = OPTIM_LR_CONSTANT; k <= OPTIM_LR_LINEAR; k++)
+        if (name && !strcmp(name, lr_kind_names[k])) {
+            *kind = (optim_lr_kind)k;
+            return QLAB_OK;
+        }
+    return qlab_fail(QLAB_ERR_ARG,
+                     "unknown learning-rate schedule '%s' (expected constant, linear or cosine)",
+                     name ? name : "(null)");
+}
+
 qlab_status optim_lr_check(const optim_lr_schedule *s) {
-    if (s->kind != OPTIM_LR_CONSTANT && s->kind != OPTIM_LR_COSINE)
+    if (s->kind != OPTIM_LR_CONSTANT && s->kind != OPTIM_LR_COSINE && s->kind != OPTIM_LR_LINEAR)
         return qlab_fail(QLAB_ERR_ARG, "lr schedule: unknown kind %d", (int)s->kind);
     if (!isfinite(s->max_lr) || s->max_lr < 0)
         return qlab_fail(QLAB_ERR_ARG, "lr schedule: max_lr=%g", s->max_lr);
-    if (s->kind == OPTIM_LR_COSINE && (!isfinite(s->min_lr) || s->min_lr < 0 || s->min_lr > s->max_lr))
+    if (s->kind != OPTIM_LR_CONSTANT && (!isfinite(s->min_lr) || s->min_lr < 0 || s->min_lr > s->max_lr))
         return qlab_fail(QLAB_ERR_ARG, "lr schedule: min_lr=%g must lie in [0, max_lr=%g]", s->min_lr,
                          s->max_lr);
     if (s->warmup_steps < 0)
         return qlab_fail(QLAB_ERR_ARG, "lr schedule: warmup_steps=%lld is negative",
                          (long long)s->warmup_steps);
-    if (s->kind == OPTIM_LR_COSINE && s->total_steps < s->warmup_steps)
+    if (s->kind != OPTIM_LR_CONSTANT && s->total_steps < s->warmup_steps)
         return qlab_fail(QLAB_ERR_ARG, "lr schedule: total_steps=%lld is below warmup_steps=%lld",
                          (long long)s->total_steps, (long long)s->warmup_steps);
     return QLAB_OK;
@@ -242,5 +259,6 @@ double optim_lr_at(const optim_lr_schedule *s, int64_t step) {
     int64_t decay_steps = s->total_steps - s->warmup_steps;
     if (decay_steps <= 0 || step >= s->total_steps) return s->min_lr;
     double r = (double)(step - s->warmup_steps) / (double)decay_steps;
+    if (s->kind == OPTIM_LR_LINEAR) return s->min_lr + (s->max_lr - s->min_lr) * (1.0 - r);
     return s->min_lr + (s->max_lr - s->min_lr) * 0.5 * (1.0 + cos(M_PI * r));
 }

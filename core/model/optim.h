@@ -103,7 +103,12 @@ double optim_clip_grad_norm(float *grads, size_t n, double max_norm);
 typedef enum {
     OPTIM_LR_CONSTANT = 0, /* warmup, then max_lr */
     OPTIM_LR_COSINE,       /* warmup, then cosine from max_lr down to min_lr at total_steps, then min_lr */
+    OPTIM_LR_LINEAR,       /* warmup, then a straight line from max_lr down to min_lr at total_steps */
 } optim_lr_kind;
+
+/* "constant", "cosine", "linear". */
+const char *optim_lr_kind_name(optim_lr_kind kind);
+qlab_status optim_lr_kind_parse(const char *name, optim_lr_kind *kind);
 
 typedef struct {
     optim_lr_kind kind;
@@ -113,7 +118,9 @@ typedef struct {
 
 /* Learning rate for step s (0-based: the s-th update). Warmup is linear, max_lr (s+1)/warmup_steps for
  * s < warmup_steps, so the first step is not wasted at lr 0 (llm.c's choice). Cosine:
- * min_lr + (max_lr - min_lr) (1 + cos(pi r)) / 2 with r = (s - warmup) / (total - warmup), clamped to 1. */
+ * min_lr + (max_lr - min_lr) (1 + cos(pi r)) / 2 with r = (s - warmup) / (total - warmup), clamped to 1.
+ * Linear: min_lr + (max_lr - min_lr) (1 - r), the shape of transformers' get_linear_schedule_with_warmup
+ * (which ends at 0: min_lr 0). */
 double optim_lr_at(const optim_lr_schedule *schedule, int64_t s);
 /* Checks the fields (finite, min_lr <= max_lr, 0 <= warmup <= total for cosine); one-line error. */
 qlab_status optim_lr_check(const optim_lr_schedule *schedule);

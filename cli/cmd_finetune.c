@@ -1,0 +1,483 @@
+/* `qlab finetune`: QLoRA / LoRA / full finetuning of a checkpoint on a dataset, writing a PEFT adapter
+ * directory, the HDF5 training log and a resumable state. The loop is train/finetune.h's job, the data
+ * datasets/finetune_data.h; this file parses options, validates everything before writing anything, and
+ * drives the steps with a progress line and periodic saves. */
+#include <cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "cli/cli.h"
+#include "core/base/common.h"
+#include "core/base/progress.h"
+#include "core/model/checkpoint.h"
+#include "core/model/lora_peft.h"
+#include "core/quant/quant.h"
+#include "core/text/tokenizer.h"
+#include "datasets/finetune_data.h"
+#include "train/finetune.h"
+#include "train/finetune_log.h"
+
+static void finetune_usage(FILE *f) {
+    fprintf(
+        f,
+        "Usage: qlab finetune --model M [--tokenizer T] --data D --out DIR [options]\n"
+        "       qlab finetune --resume DIR [--threads N]\n\n"
+        "Finetunes model M (llama2.c .bin, GGUF or a Hugging Face directory) on D. By default QLoRA: the "
+        "base\n"
+        "is quantized to NF4 with double quantization and LoRA adapters (r 8, alpha 16, dropout 0.05) train "
+        "on\n"
+        "all seven linear projections; the loss is on response tokens only, as in the paper. DIR receives\n"
+        "adapter_config.json + adapter_model.safetensors as Hugging Face PEFT writes them (PeftModel.\n"
+        "from_pretrained on the Hugging Face copy of M loads them), or the whole model with --full, plus\n"
+        "finetune.h5 (training log with provenance), run.json and state.safetensors (for --resume).\n\n"
+        "Data:\n"
+        "  --data FILE             training data (.json, .jsonl, .jsonl.gz, .txt)\n"
+        "  --format F              auto (default), alpaca, oasst, jsonl ({\"input\",\"output\"} lines) or "
+        "text\n"
+        "  --max-len N             row length in tokens; longer examples are cut (default: min(256, "
+        "context))\n"
+        "  --train-on-source       learn the prompt tokens too (default: the response only)\n"
+        "  --eval-data FILE        held-out data (same format options)\n"
+        "  --eval-fraction F       or hold out this fraction of --data (default 0.1)\n"
+        "  --eval-every N          held-out response NLL every N steps (default: 10 evaluations per run)\n"
+        "Base model:\n"
+        "  --tokenizer T           tokenizer.bin or tokenizer.json (default: tokenizer.json beside a HF "
+        "model)\n"
+        "  --dtype D               fp32 (LoRA on an fp32 base) or a 4-bit type: nf4 (default), fp4, int4, "
+        "...\n"
+        "  --blocksize B           quantization block size (default 64)\n"
+        "  --double-quant / --no-double-quant   (default: on)\n"
+        "  --full                  full finetuning of every parameter (fp32 base, no adapters)\n"
+        "Adapters:\n"
+        "  --lora-r R              rank (default 8)\n"
+        "  --lora-alpha A          scale alpha/r (default 16)\n"
+        "  --lora-dropout P        (default 0.05)\n"
+        "  --lora-targets T        all (default), attention, qv, or a list such as q_proj,v_proj\n"
+        "                          (q_proj k_proj v_proj o_proj gate_proj up_proj down_proj)\n"
+        "Optimisation:\n"
+        "  --lr X                  peak learning rate (default 2e-4)\n"
+        "  --schedule S            constant (default), linear or cosine (both decay to 0)\n"
+        "  --warmup N              linear warmup steps (default 0)\n"
+        "  --steps N | --epochs E  optimizer steps, or passes over the training rows (default 100 steps)\n"
+        "  --batch N               rows per micro-batch (default 8)\n"
+        "  --grad-accum N          micro-batches per step (default 1)\n"
+        "  --grad-clip X           global gradient-norm limit, 0 = none (default 0.3)\n"
+        "  --weight-decay X        decoupled weight decay (default 0)\n"
+        "  --seed N                adapter initialisation, dropout and data order (default 1)\n"
+        "  --threads N             OpenMP threads (the result is bit-identical for a given N)\n"
+        "  --save-every N          save the adapter and the resumable state every N steps (default 50)\n"
+        "  --resume DIR            continue the run in DIR from its last saved state; ends bit-identical to\n"
+        "                          an uninterrupted run with the same threads\n");
+}
+
+typedef struct {
+    const char *model, *tokenizer, *data, *eval_data, *out, *format, *dtype, *targets, *schedule;
+    int train_on_source, double_quant, full, have_eval_fraction;
+    long max_len, eval_every, blocksize, rank, steps, batch, accum, warmup, save_every, seed, threads;
+    double eval_fraction, alpha, dropout, lr, epochs, clip, wd;
+} ft_args;
+
+static void args_default(ft_args *a) {
+    memset(a, 0, sizeof *a);
+    a->format = "auto", a->dtype = "nf4", a->targets = "all", a->schedule = "constant";
+    a->double_quant = 1, a->eval_fraction = 0.1, a->eval_every = -1, a->blocksize = 0;
+    a->rank = 8, a->alpha = 16, a->dropout = 0.05, a->lr = 2e-4, a->batch = 8, a->accum = 1, a->clip = 0.3;
+    a->save_every = 50, a->seed = 1;
+}
+
+/* Parses argv[1..argc) into a; returns 0 on success, 1 after --help, 2 on a usage error (message printed).
+ * resume receives --resume's directory. */
+static int parse_args(int argc, char **argv, ft_args *a, const char **resume) {
+    for (int i = 1; i < argc; i++) {
+        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(o, "--help") || !strcmp(o, "-h")) {
+            finetune_usage(stdout);
+            return 1;
+        } else if (!strcmp(o, "--train-on-source")) {
+            a->train_on_source = 1;
+        } else if (!strcmp(o, "--double-quant")) {
+            a->double_quant = 1;
+        } else if (!strcmp(o, "--no-double-quant")) {
+            a->double_quant = 0;
+        } else if (!strcmp(o, "--full")) {
+            a->full = 1;
+        } else if (!strncmp(o, "--", 2) && !v) {
+            fprintf(stderr, "qlab finetune: %s needs a value\n", o);
+            return 2;
+        } else if (!strcmp(o, "--model")) {
+            a->model = argv[++i];
+        } else if (!strcmp(o, "--tokenizer")) {
+            a->tokenizer = argv[++i];
+        } else if (!strcmp(o, "--data")) {
+            a->data = argv[++i];
+        } else if (!strcmp(o, "--eval-data")) {
+            a->eval_data = argv[++i];
+        } else if (!strcmp(o, "--out")) {
+            a->out = argv[++i];
+        } else if (!strcmp(o, "--resume")) {
+            *resume = argv[++i];
+        } else if (!strcmp(o, "--format")) {
+            a->format = argv[++i];
+        } else if (!strcmp(o, "--dtype")) {
+            a->dtype = argv[++i];
+        } else if (!strcmp(o, "--lora-targets")) {
+            a->targets = argv[++i];
+        } else if (!strcmp(o, "--schedule")) {
+            a->schedule = argv[++i];
+        } else if (!strcmp(o, "--max-len")) {
+            if (!cli_parse_int("finetune", o, argv[++i], 2, 1 << 20, &a->max_len)) return 2;
+        } else if (!strcmp(o, "--eval-every")) {
+            if (!cli_parse_int("finetune", o, argv[++i], 0, 1L << 40, &a->eval_every)) return 2;
+        } else if (!strcmp(o, "--blocksize")) {
+            if (!cli_parse_int("finetune", o, argv[++i], 1, 1 << 20, &a->blocksize)) return 2;
+        } else if (!strcmp(o, "--lora-r")) {
+            if (!cli_parse_int("finetune", o, argv[++i], 1, 65536, &a->rank)) return 2;
+        } else if (!strcmp(o, "--steps")) {
+            if (!cli_parse_int("finetune", o, argv[++i], 1, 1L << 40, &a->steps)) return 2;
+        } else if (!strcmp(o, "--batch")) {
+            if (!cli_parse_int("finetune", o, argv[++i], 1, 4096, &a->batch)) return 2;
+        } else if (!strcmp(o, "--grad-accum")) {
+            if (!cli_parse_int("finetune", o, argv[++i], 1, 65536, &a->accum)) return 2;
+        } else if (!strcmp(o, "--warmup")) {
+            if (!cli_parse_int("finetune", o, argv[++i], 0, 1L << 40, &a->warmup)) return 2;
+        } else if (!strcmp(o, "--save-every")) {
+            if (!cli_parse_int("finetune", o, argv[++i], 1, 1L << 40, &a->save_every)) return 2;
+        } else if (!strcmp(o, "--seed")) {
+            if (!cli_parse_int("finetune", o, argv[++i], 0, 1L << 62, &a->seed)) return 2;
+        } else if (!strcmp(o, "--threads")) {
+            if (!cli_parse_int("finetune", o, argv[++i], 1, 4096, &a->threads)) return 2;
+        } else if (!strcmp(o, "--eval-fraction")) {
+            if (!cli_parse_double("finetune", o, argv[++i], &a->eval_fraction)) return 2;
+            a->have_eval_fraction = 1;
+        } else if (!strcmp(o, "--lora-alpha")) {
+            if (!cli_parse_double("finetune", o, argv[++i], &a->alpha)) return 2;
+        } else if (!strcmp(o, "--lora-dropout")) {
+            if (!cli_parse_double("finetune", o, argv[++i], &a->dropout)) return 2;
+        } else if (!strcmp(o, "--lr")) {
+            if (!cli_parse_double("finetune", o, argv[++i], &a->lr)) return 2;
+        } else if (!strcmp(o, "--epochs")) {
+            if (!cli_parse_double("finetune", o, argv[++i], &a->epochs)) return 2;
+        } else if (!strcmp(o, "--grad-clip")) {
+            if (!cli_parse_double("finetune", o, argv[++i], &a->clip)) return 2;
+        } else if (!strcmp(o, "--weight-decay")) {
+            if (!cli_parse_double("finetune", o, argv[++i], &a->wd)) return 2;
+        } else {
+            fprintf(stderr, "qlab finetune: unknown option '%s' (see qlab finetune --help)\n", o);
+            return 2;
+        }
+    }
+    return 0;
+}
+
+/* run.json: the arguments of the run, so --resume repeats exactly the same command. */
+static qlab_status write_run_json(const char *dir, int argc, char **argv) {
+    cJSON *root = cJSON_CreateObject(), *list = cJSON_CreateArray();
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--threads")) { /* not part of the run's identity */
+            i++;
+            continue;
+        }
+        cJSON_AddItemToArray(list, cJSON_CreateString(argv[i]));
+    }
+    cJSON_AddItemToObject(root, "args", list);
+    cJSON_AddStringToObject(root, "qlab", QLAB_VERSION);
+    char *text = cJSON_Print(root), path[4096];
+    cJSON_Delete(root);
+    if (!text) return qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory", dir);
+    snprintf(path, sizeof path, "%s/run.json", dir);
+    qlab_status st = qlab_write_file_atomic(path, text, strlen(text));
+    free(text);
+    return st;
+}
+
+/* Reads DIR/run.json into a NULL-terminated argv (argv[0] = "finetune"); strings owned by *json. */
+static qlab_status read_run_json(const char *dir, cJSON **json, char ***out_argv, int *out_argc) {
+    char path[4096], *text = NULL;
+    size_t len = 0;
+    snprintf(path, sizeof path, "%s/run.json", dir);
+    QLAB_TRY(qlab_read_file(path, &text, &len));
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    const cJSON *list = root ? cJSON_GetObjectItemCaseSensitive(root, "args") : NULL;
+    if (!cJSON_IsArray(list)) {
+        cJSON_Delete(root);
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: not a qlab finetune run file (no \"args\" list)", path);
+    }
+    int n = cJSON_GetArraySize(list);
+    char **av = calloc((size_t)n + 2, sizeof *av);
+    if (!av) {
+        cJSON_Delete(root);
+        return QLAB_ERR_NOMEM;
+    }
+    av[0] = "finetune";
+    int k = 1;
+    const cJSON *item;
+    cJSON_ArrayForEach(item, list) {
+        if (!cJSON_IsString(item)) {
+            free(av);
+            cJSON_Delete(root);
+            return qlab_fail(QLAB_ERR_FORMAT, "%s: \"args\" holds a non-string", path);
+        }
+        av[k++] = item->valuestring;
+    }
+    *json = root, *out_argv = av, *out_argc = k;
+    return QLAB_OK;
+}
+
+static int file_exists(const char *path) {
+    struct stat sb;
+    return stat(path, &sb) == 0;
+}
+
+static finetune_rows rows_of(const instruct_examples *e) {
+    return (finetune_rows){e->tokens, e->targets, e->n, e->T};
+}
+
+/* Writes what the run produced so far: the adapter directory (or the full model) and the state. */
+static qlab_status save_outputs(finetune_job *j, model *m, const ft_args *a) {
+    char path[4096];
+    lora_set *l = finetune_job_adapters(j);
+    if (l)
+        QLAB_TRY(lora_save_peft(l, a->out, a->model));
+    else
+        QLAB_TRY(checkpoint_save_hf(m, a->out));
+    snprintf(path, sizeof path, "%s/state.safetensors", a->out);
+    return finetune_job_save_state(j, path);
+}
+
+static int run(int argc, char **argv, const ft_args *a, int resuming) {
+    const char *cmd = "qlab finetune";
+    if (!a->model || !a->data || !a->out) {
+        fprintf(stderr, "%s: needs --model, --data and --out (see qlab finetune --help)\n", cmd);
+        return 2;
+    }
+    if (a->eval_data && a->have_eval_fraction) {
+        fprintf(stderr, "%s: give --eval-data or --eval-fraction, not both\n", cmd);
+        return 2;
+    }
+    if (a->steps && a->epochs) {
+        fprintf(stderr, "%s: give --steps or --epochs, not both\n", cmd);
+        return 2;
+    }
+    finetune_options o;
+    finetune_options_default(&o);
+    finetune_data_format fmt;
+    if (finetune_data_format_parse(a->format, &fmt) != QLAB_OK) return qlab_report_error(cmd);
+    int fp32 = !strcmp(a->dtype, "fp32") || !strcmp(a->dtype, "f32");
+    o.mode = a->full ? FINETUNE_FULL : fp32 ? FINETUNE_LORA : FINETUNE_QLORA;
+    if (a->full && strcmp(a->dtype, "nf4") != 0 && !fp32) {
+        fprintf(stderr, "%s: --full trains the fp32 model; it cannot be combined with --dtype %s\n", cmd,
+                a->dtype);
+        return 2;
+    }
+    if (o.mode == FINETUNE_QLORA) {
+        if (quant_dtype_parse(a->dtype, &o.base_dtype) != QLAB_OK) return qlab_report_error(cmd);
+        o.blocksize = a->blocksize ? (int)a->blocksize : quant_default_blocksize(o.base_dtype);
+        o.double_quant = a->double_quant;
+    }
+    if (lora_parse_targets(a->targets, &o.lora.targets) != QLAB_OK) return qlab_report_error(cmd);
+    if (optim_lr_kind_parse(a->schedule, &o.schedule) != QLAB_OK) return qlab_report_error(cmd);
+    o.lora.rank = (int)a->rank, o.lora.alpha = (float)a->alpha, o.lora.dropout = (float)a->dropout;
+    o.lora.seed = (uint64_t)a->seed;
+    o.seed = (uint64_t)a->seed;
+    o.batch = (int)a->batch, o.grad_accum = (int)a->accum, o.max_lr = a->lr, o.min_lr = 0;
+    o.warmup_steps = a->warmup, o.grad_clip = a->clip, o.weight_decay = a->wd;
+    o.state_kind = OPTIM_STATE_HOST;
+#ifdef _OPENMP
+    if (a->threads) omp_set_num_threads((int)a->threads);
+#endif
+
+    /* Everything is loaded and checked before DIR is touched: a failed start writes nothing. */
+    model *m = NULL;
+    tokenizer *tok = NULL;
+    instruct_examples all = {0}, train = {0}, heldout = {0};
+    finetune_job *job = NULL;
+    int rc = 1;
+    char tok_buf[4096], path[4096];
+    const char *tok_path = a->tokenizer;
+    if (!tok_path) {
+        snprintf(tok_buf, sizeof tok_buf, "%s/tokenizer.json", a->model);
+        if (!file_exists(tok_buf)) {
+            fprintf(stderr, "%s: --tokenizer is needed (no tokenizer.json beside %s)\n", cmd, a->model);
+            return 2;
+        }
+        tok_path = tok_buf;
+    }
+    if (checkpoint_load(a->model, &m) != QLAB_OK) goto out;
+    if (tokenizer_load(tok_path, &tok) != QLAB_OK) goto out;
+    const model_config *cfg = model_get_config(m);
+    if (tokenizer_vocab_size(tok) > cfg->vocab_size) {
+        qlab_fail(QLAB_ERR_ARG, "%s has %d tokens but the model %s only %d", tok_path,
+                  tokenizer_vocab_size(tok), a->model, cfg->vocab_size);
+        goto out;
+    }
+    int max_len = a->max_len ? (int)a->max_len : (cfg->seq_len < 256 ? cfg->seq_len : 256);
+    if (max_len > cfg->seq_len) {
+        qlab_fail(QLAB_ERR_ARG, "--max-len %d exceeds the model's context of %d", max_len, cfg->seq_len);
+        goto out;
+    }
+    finetune_data_options dopt = {max_len, a->train_on_source};
+    finetune_data_format resolved;
+    if (finetune_data_load(a->data, fmt, tok, &dopt, &all, &resolved) != QLAB_OK) goto out;
+    if (a->eval_data) {
+        if (finetune_data_load(a->eval_data, fmt, tok, &dopt, &heldout, NULL) != QLAB_OK) goto out;
+        train = all;
+        memset(&all, 0, sizeof all);
+    } else if (finetune_data_split(&all, a->eval_fraction, (uint64_t)a->seed, &train, &heldout) != QLAB_OK) {
+        goto out;
+    }
+    int64_t rows_per_step = (int64_t)o.batch * (o.grad_accum > 1 ? o.grad_accum : 1);
+    o.steps = a->steps        ? a->steps
+              : a->epochs > 0 ? (int64_t)ceil(a->epochs * train.n / (double)rows_per_step)
+                              : 100;
+    if (o.steps < 1) o.steps = 1;
+    o.eval_every = a->eval_every >= 0 ? (int)a->eval_every : (int)(o.steps >= 10 ? o.steps / 10 : 1);
+    o.log_every = o.steps >= 100 ? 10 : 1;
+    o.eval_batch = o.batch;
+    finetune_rows tr = rows_of(&train), hr = rows_of(&heldout);
+    if (finetune_options_check(&o, cfg, max_len) != QLAB_OK) goto out;
+
+    snprintf(path, sizeof path, "%s/run.json", a->out);
+    if (!resuming && file_exists(path)) {
+        qlab_fail(QLAB_ERR_ARG,
+                  "%s already holds a finetuning run: continue it with --resume %s or choose another --out",
+                  a->out, a->out);
+        goto out;
+    }
+    if (finetune_job_create(&job, m, &tr, &hr, &o) != QLAB_OK) goto out;
+    snprintf(path, sizeof path, "%s/state.safetensors", a->out);
+    int64_t start = 0;
+    if (resuming && file_exists(path)) {
+        if (finetune_job_load_state(job, path) != QLAB_OK) goto out;
+        start = finetune_job_steps_done(job);
+    }
+    if (!resuming) {
+        if (mkdir(a->out, 0777) != 0 && errno != EEXIST) {
+            qlab_fail(QLAB_ERR_IO, "%s: cannot create directory: %s", a->out, strerror(errno));
+            goto out;
+        }
+        if (write_run_json(a->out, argc, argv) != QLAB_OK) goto out;
+    }
+    const char *mode_text = o.mode == FINETUNE_FULL   ? "full finetuning"
+                            : o.mode == FINETUNE_LORA ? "LoRA, fp32 base"
+                                                      : "QLoRA";
+    fprintf(stderr,
+            "finetune: %s (%s%s), %s data %s: %d training rows, %d held-out rows of %d tokens; %lld steps of "
+            "%lld "
+            "rows%s\n",
+            a->model, mode_text, o.mode == FINETUNE_QLORA ? (o.double_quant ? ", double-quant" : "") : "",
+            finetune_data_format_name(resolved), a->data, train.n, heldout.n, max_len, (long long)o.steps,
+            (long long)rows_per_step, start ? " (resumed)" : "");
+    if (o.mode == FINETUNE_QLORA)
+        fprintf(stderr, "finetune: base quantized to %s, block %d\n", quant_dtype_name(o.base_dtype),
+                o.blocksize);
+
+    progress prog;
+    char label[64];
+    snprintf(label, sizeof label, start ? "finetune (from step %lld)" : "finetune", (long long)start);
+    progress_begin(&prog, label, o.steps - start);
+    double t_start = qlab_now();
+    int64_t tokens_start = finetune_job_tokens(job);
+    qlab_status st = QLAB_OK;
+    while (st == QLAB_OK && finetune_job_steps_done(job) < o.steps) {
+        st = finetune_job_step(job);
+        if (st != QLAB_OK) break;
+        int64_t done = finetune_job_steps_done(job);
+        double secs = qlab_now() - t_start;
+        double tps = secs > 0 ? (double)(finetune_job_tokens(job) - tokens_start) / secs : 0;
+        const finetune_result *h = finetune_job_result(job);
+        char extra[200];
+        snprintf(extra, sizeof extra, "step %lld/%lld loss %.4f lr %.3g %.0f tok/s rss %.0f MB held-out %.4f",
+                 (long long)done, (long long)o.steps, finetune_job_last_loss(job), finetune_job_lr(job), tps,
+                 finetune_peak_rss_bytes() / 1e6, h->final_heldout_nll);
+        progress_update(&prog, done - start, extra);
+        if (done % a->save_every == 0 && done < o.steps) st = save_outputs(job, m, a);
+    }
+    if (st != QLAB_OK) goto out;
+    double secs = qlab_now() - t_start;
+    double tps = secs > 0 ? (double)(finetune_job_tokens(job) - tokens_start) / secs : 0;
+    if (save_outputs(job, m, a) != QLAB_OK) goto out;
+    progress_end(&prog, NULL);
+    finetune_result res;
+    lora_set *adapters = NULL;
+    st = finetune_job_finish(job, &adapters, &res);
+    job = NULL;
+    if (st != QLAB_OK) goto out;
+    finetune_log_info info = {a->model, a->data, a->eval_data, finetune_peak_rss_bytes(), tps};
+    snprintf(path, sizeof path, "%s/finetune.h5", a->out);
+    st = finetune_write_log(path, &res, &o, &info, argc, argv);
+    printf("held-out response NLL %.4f -> %.4f (%lld tokens), last training loss %.4f\n",
+           res.initial_heldout_nll, res.final_heldout_nll, (long long)res.heldout_scored,
+           res.final_train_loss);
+    printf("trainable parameters %zu; %.0f tokens/s; peak resident memory %.0f MB\n", res.trainable_params,
+           tps, info.peak_rss_bytes / 1e6);
+    printf("wrote %s/%s\n", a->out,
+           adapters ? "adapter_config.json, adapter_model.safetensors" : "config.json, model.safetensors");
+    finetune_result_free(&res);
+    if (adapters) {
+        lora_detach(m);
+        lora_free(adapters);
+    }
+    if (st != QLAB_OK) goto out;
+    rc = 0;
+out:
+    if (rc) qlab_report_error(cmd);
+    finetune_job_free(job);
+    instruct_examples_free(&all);
+    instruct_examples_free(&train);
+    instruct_examples_free(&heldout);
+    tokenizer_free(tok);
+    model_free(m);
+    return rc;
+}
+
+static int cmd_finetune(int argc, char **argv) {
+    ft_args a;
+    args_default(&a);
+    const char *resume = NULL;
+    int prc = parse_args(argc, argv, &a, &resume);
+    if (prc) return prc == 1 ? 0 : 2;
+    if (!resume) return run(argc, argv, &a, 0);
+    /* --resume DIR [--threads N]: the run's own arguments come from DIR/run.json. */
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--resume") && strcmp(argv[i], "--threads") &&
+            !(i > 1 && (!strcmp(argv[i - 1], "--resume") || !strcmp(argv[i - 1], "--threads")))) {
+            fprintf(stderr,
+                    "qlab finetune: --resume takes the options of the saved run; only --threads may be given "
+                    "(got %s)\n",
+                    argv[i]);
+            return 2;
+        }
+    cJSON *json = NULL;
+    char **av = NULL;
+    int ac = 0;
+    if (read_run_json(resume, &json, &av, &ac) != QLAB_OK) return qlab_report_error("qlab finetune");
+    ft_args saved;
+    args_default(&saved);
+    const char *nested = NULL;
+    int rc = parse_args(ac, av, &saved, &nested);
+    char *want = realpath(resume, NULL), *have = saved.out ? realpath(saved.out, NULL) : NULL;
+    int same = want && have && !strcmp(want, have);
+    free(want), free(have);
+    if (rc == 0 && (nested || !same)) {
+        fprintf(stderr, "qlab finetune: %s/run.json does not describe a run writing to %s\n", resume, resume);
+        rc = 2;
+    }
+    if (rc == 0) {
+        saved.threads = a.threads;
+        rc = run(ac, av, &saved, 1);
+    }
+    free(av);
+    cJSON_Delete(json);
+    return rc;
+}
+
+QLAB_COMMAND(finetune_command, "finetune", "QLoRA/LoRA/full finetuning to a PEFT adapter (resumable)",
+             cmd_finetune)
