@@ -476,9 +476,9 @@ static qlab_status run(const config *cfg, const char *out_path, int argc, char *
                           "mmlu_ci95", "rank_nll", "rank_rougeL", "rank_mmlu",   "mmlu_questions"};
     for (int c = 0; c < 15; c++)
         results_table_column(t, cols[c],
-                             c < 2   ? RESULTS_STRING
-                             : c < 5 ? RESULTS_INT64
-                                     : RESULTS_FLOAT64,
+                             c < 2                ? RESULTS_STRING
+                             : (c < 5 || c == 14) ? RESULTS_INT64
+                                                  : RESULTS_FLOAT64,
                              NULL, NULL);
     for (int i = -1; i < n_sets && st == QLAB_OK; i++) {
         if (i < 0) {
