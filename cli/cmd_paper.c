@@ -202,7 +202,7 @@ static void judge_dataset_quality(const results_file *f, judgement *j) {
         return;
     }
     int64_t best = -1, best_small_oasst = -1;
-    int mmlu_at_chance = 1;
+    int mmlu_at_chance = 1, mmlu_checked = 0;
     for (int64_t i = 0; i < t->nrows; i++) {
         if (!strcmp(c->str[i], "base")) continue;
         double nll = cell(t, "nll", i);
@@ -214,6 +214,7 @@ static void judge_dataset_quality(const results_file *f, judgement *j) {
          * seeds share the questions, so the question sample, not the seeds, bounds what MMLU can tell). */
         double m = cell(t, "mmlu", i), n = cell(t, "mmlu_questions", i);
         if (n > 0) {
+            mmlu_checked++;
             const double z = 1.959963984540054;
             double center = (m + z * z / (2 * n)) / (1 + z * z / n),
                    half = z * sqrt(m * (1 - m) / n + z * z / (4 * n * n)) / (1 + z * z / n);
@@ -247,9 +248,11 @@ static void judge_dataset_quality(const results_file *f, judgement *j) {
         small_beats_large ? "beats"
         : n_larger        ? "does not beat"
                           : "has no larger set to beat: none is",
-        mmlu_at_chance ? "not testable at this scale (every set's 95% interval over the MMLU questions asked "
-                         "contains chance)"
-                       : "measurable (some set is off chance on its questions): see the ranks in the report");
+        !mmlu_checked ? "not judged (the results file does not record how many MMLU questions were asked)"
+        : mmlu_at_chance
+            ? "not testable at this scale (every set's 95% interval over the MMLU questions asked "
+              "contains chance)"
+            : "measurable (some set is off chance on its questions): see the ranks in the report");
     SAY(j, " RougeL of greedy answers is in the report; at this model size it is near zero for every set.");
 }
 
