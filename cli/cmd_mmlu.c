@@ -25,6 +25,7 @@ static void mmlu_usage(FILE *f) {
     fprintf(
         f,
         "Usage: qlab mmlu --model M [--tokenizer T] [--adapter FILE|DIR] [--shots 0-5 | --qlora-zero-shot]\n"
+        "                 [--letter-space]\n"
         "                 [--data FILE] [--subjects a,b,...] [--limit N] [--max-len N]\n"
         "                 [--dtype D [--blocksize B] [--double-quant]] [--out R.h5] [--md R.md]\n\n"
         "MMLU accuracy: BOS + the prompt, one forward pass, and the answer is the letter A-D whose token "
@@ -41,6 +42,10 @@ static void mmlu_usage(FILE *f) {
         "                       lowered per question until the prompt fits the context)\n"
         "  --qlora-zero-shot    qlora's zero-shot validation prompts instead "
         "(qlora_zero_shot_mmlu_val.json)\n"
+        "  --letter-space       compare the tokens of \" A\"..\" D\" instead of qlora's \"A\"..\"D\": how "
+        "the letters\n"
+        "                       follow \"Answer:\" in the text for byte-level BPE tokenizers (SmolLM2, "
+        "GPT-2)\n"
         "  --data FILE          the MMLU archive (default %s)\n"
         "                       or, with --qlora-zero-shot, the prompts file (default %s)\n"
         "  --subjects LIST      comma-separated subject names (default: all 57)\n"
@@ -179,7 +184,7 @@ static int cmd_mmlu(int argc, char **argv) {
     const char *model_path = NULL, *tok_path = NULL, *adapter = NULL, *data = NULL, *subjects = NULL,
                *dtype_name = NULL, *out_path = "results/mmlu.h5", *md_path = NULL;
     long shots = 5, limit = 0, max_len = 0, bs = 0;
-    int dq = 0, zero_shot = 0;
+    int dq = 0, zero_shot = 0, letter_space = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -189,6 +194,8 @@ static int cmd_mmlu(int argc, char **argv) {
             dq = 1;
         } else if (!strcmp(a, "--qlora-zero-shot")) {
             zero_shot = 1;
+        } else if (!strcmp(a, "--letter-space")) {
+            letter_space = 1;
         } else if (!strncmp(a, "--", 2) && !v) {
             fprintf(stderr, "qlab mmlu: %s needs a value\n", a);
             return 2;
@@ -250,7 +257,8 @@ static int cmd_mmlu(int argc, char **argv) {
                              .shots = (int)shots,
                              .subjects = subjects,
                              .limit = (int)limit,
-                             .max_len = (int)max_len};
+                             .max_len = (int)max_len,
+                             .letter_space = letter_space};
     model *m = NULL;
     tokenizer *tok = NULL;
     lora_set *lora = NULL;
@@ -260,7 +268,8 @@ static int cmd_mmlu(int argc, char **argv) {
     mmlu_scoring sc;
     progress prog;
     if (tokenizer_load(tok_path, &tok) != QLAB_OK) goto out;
-    if (mmlu_scoring_init(tok, &sc) != QLAB_OK) goto out;
+    if ((letter_space ? mmlu_scoring_init_spaced(tok, &sc) : mmlu_scoring_init(tok, &sc)) != QLAB_OK)
+        goto out;
     mmlu_scoring_describe(tok, &sc, scoring, sizeof scoring);
     if (mmlu_eval_count(&opt, &n_questions) != QLAB_OK) goto out;
     if (checkpoint_load(model_path, &m) != QLAB_OK) goto out;

@@ -6,14 +6,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-qlab_status mmlu_scoring_init(const tokenizer *tok, mmlu_scoring *out) {
+static qlab_status scoring_init(const tokenizer *tok, int space, mmlu_scoring *out) {
     memset(out, 0, sizeof *out);
     qlab_status st = QLAB_OK;
     for (int j = 0; j < 4 && st == QLAB_OK; j++) {
-        char letter = (char)('A' + j);
+        char text[2] = {' ', (char)('A' + j)}, letter = text[1];
         int *enc = NULL;
         size_t n = 0;
-        st = tokenizer_encode(tok, &letter, 1, 0, &enc, &n);
+        st = tokenizer_encode(tok, space ? text : text + 1, space ? 2 : 1, 0, &enc, &n);
         if (st == QLAB_OK && (n < 1 || n > MMLU_MAX_LETTER_TOKENS))
             st = qlab_fail(QLAB_ERR_UNSUPPORTED, "mmlu: the tokenizer encodes the letter %c as %zu tokens",
                            letter, n);
@@ -33,6 +33,14 @@ qlab_status mmlu_scoring_init(const tokenizer *tok, mmlu_scoring *out) {
     for (int j = 0; j < 4; j++)
         out->single_token &= out->n_tokens[j] == 1;
     return QLAB_OK;
+}
+
+qlab_status mmlu_scoring_init(const tokenizer *tok, mmlu_scoring *out) {
+    return scoring_init(tok, 0, out);
+}
+
+qlab_status mmlu_scoring_init_spaced(const tokenizer *tok, mmlu_scoring *out) {
+    return scoring_init(tok, 1, out);
 }
 
 void mmlu_scoring_describe(const tokenizer *tok, const mmlu_scoring *s, char *buf, size_t cap) {
@@ -261,7 +269,7 @@ qlab_status mmlu_evaluate(model *m, const tokenizer *tok, const mmlu_eval_option
     memset(out, 0, sizeof *out);
     double t0 = qlab_now();
     mmlu_scoring sc;
-    QLAB_TRY(mmlu_scoring_init(tok, &sc));
+    QLAB_TRY(opt->letter_space ? mmlu_scoring_init_spaced(tok, &sc) : mmlu_scoring_init(tok, &sc));
     const model_config *cfg = model_get_config(m);
     int max_len = opt->max_len > 0 && opt->max_len < cfg->seq_len ? opt->max_len : cfg->seq_len;
     if (max_len < MMLU_MAX_LETTER_TOKENS + 8)

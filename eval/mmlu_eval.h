@@ -30,6 +30,10 @@ typedef struct {
 } mmlu_scoring;
 
 qlab_status mmlu_scoring_init(const tokenizer *tok, mmlu_scoring *out);
+/* The same for the letters preceded by a space (" A".." D"), the form the letters take after "Answer:" in
+ * the few-shot text for byte-level BPE tokenizers (SmolLM2, GPT-2), where qlora's rule compares the
+ * no-space tokens "A".."D" instead. */
+qlab_status mmlu_scoring_init_spaced(const tokenizer *tok, mmlu_scoring *out);
 /* One line saying which ids are compared and how. */
 void mmlu_scoring_describe(const tokenizer *tok, const mmlu_scoring *s, char *buf, size_t cap);
 /* The predicted letter 0..3 for prompt ids[0..n) (BOS included); ids must have room for
@@ -51,6 +55,7 @@ typedef struct {
     const char *subjects;  /* comma-separated subject names; NULL or "" = all */
     int limit;             /* first N questions of each subject; 0 = all */
     int max_len;           /* prompt tokens at most (<= 0: the model's seq_len) */
+    int letter_space;      /* 1: compare " A".." D" (mmlu_scoring_init_spaced) instead of qlora's "A".."D" */
     progress *prog;        /* optional: updated once per question (done += 1) */
 } mmlu_eval_options;
 

@@ -58,6 +58,11 @@ static void test_llama_letters(void) {
     CHECK(mmlu_scoring_init(tok, &s) == QLAB_OK);
     CHECK(s.single_token);
     CHECK(s.tokens[0][0] == 319 && s.tokens[1][0] == 350 && s.tokens[2][0] == 315 && s.tokens[3][0] == 360);
+    /* " A" with SentencePiece's dummy prefix is "▁▁A" or "▁" + "▁A": not qlora's tokens, and not one token.
+     */
+    mmlu_scoring spaced;
+    CHECK(mmlu_scoring_init_spaced(tok, &spaced) == QLAB_OK);
+    CHECK(!spaced.single_token && spaced.tokens[0][spaced.n_tokens[0] - 1] == 319);
     /* A random model with that vocabulary: the pick is the argmax of the four logits at the last position. */
     model_config c = {.dim = 32,
                       .hidden_dim = 64,
@@ -94,6 +99,32 @@ static void test_llama_letters(void) {
     free(ref);
     free(logits);
     model_free(m);
+    tokenizer_free(tok);
+}
+
+/* SmolLM2's byte-level BPE (embedded in its GGUF): qlora's rule compares "A".."D" = 49..52, while in
+ * "Answer: A" the letter is the token "ĠA" = 330; --letter-space compares 330/389/340/422. */
+static void test_smollm2_letters(void) {
+    const char *path = shared_data_path("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if (!path) {
+        SKIP("SmolLM2 GGUF absent (shared data not available)");
+        return;
+    }
+    tokenizer *tok = NULL;
+    if (tokenizer_load(path, &tok) != QLAB_OK) {
+        CHECKF(0, "%s", qlab_last_error());
+        return;
+    }
+    mmlu_scoring s, spaced;
+    CHECK(mmlu_scoring_init(tok, &s) == QLAB_OK && s.single_token);
+    CHECK(s.tokens[0][0] == 49 && s.tokens[1][0] == 50 && s.tokens[2][0] == 51 && s.tokens[3][0] == 52);
+    CHECK(mmlu_scoring_init_spaced(tok, &spaced) == QLAB_OK && spaced.single_token);
+    CHECK(spaced.tokens[0][0] == 330 && spaced.tokens[1][0] == 389 && spaced.tokens[2][0] == 340 &&
+          spaced.tokens[3][0] == 422);
+    int *ids = NULL;
+    size_t n = 0;
+    CHECK(tokenizer_encode(tok, "Answer: A", 9, 0, &ids, &n) == QLAB_OK && n == 3 && ids[2] == 330);
+    free(ids);
     tokenizer_free(tok);
 }
 
@@ -241,6 +272,7 @@ static void test_cli(const char *model_path, const char *tok_path, const model *
 int main(void) {
     test_wilson();
     test_llama_letters();
+    test_smollm2_letters();
     const char *mp = shared_data_path("models/stories260K.bin"), *tp = shared_data_path("models/tok512.bin");
     if (!mp || !tp) {
         SKIP("stories260K absent (shared data not available)");
