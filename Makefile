@@ -90,7 +90,7 @@ BENCH_BINS:= $(patsubst tests/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
 .SECONDARY:
 V ?= 0
 Q := $(if $(filter 1,$(V)),,@)
-.PHONY: all help deps test bench cuda clean summary check-deps format format-check experiments
+.PHONY: all help deps test bench cuda clean clean-results summary check-deps format format-check experiments
 
 all: summary $(LIB) $(QLAB) $(EXP_BINS) ## Build the library, the qlab tool and every experiment program
 
@@ -202,13 +202,21 @@ experiments: $(EXP_BINS)
 
 # ---------------------------------------------------------------- experiments
 # make experiment-double-quant runs experiments/double_quant.json (or CONFIG=...) through
-# build/bin/double_quant, then renders results/double_quant.md and plots/double_quant.png.
-experiment-%: all ## Run experiments/NAME.json (NAME with - for _), write results/NAME.{h5,md} and plots/NAME.png
+# build/bin/double_quant, then renders results/double_quant.md and plots/double_quant.png. Each config writes
+# under its own name (the config file's name without .json): CONFIG=experiments/nf4_vs_fp4_real.json writes
+# results/nf4_vs_fp4_real.{h5,md} and plots/nf4_vs_fp4_real.png, so runs never overwrite each other.
+experiment-%: all ## Run experiments/NAME.json (NAME with - for _) or CONFIG=path; results/RUN.{h5,md}, plots/RUN.png (RUN: the config's name)
 	@name=$(subst -,_,$*); \
 	cfg=$${CONFIG:-experiments/$$name.json}; \
 	[ -x $(BUILD)/bin/$$name ] || { echo "experiment-$*: no program experiments/$$name.c" >&2; exit 2; }; \
-	$(BUILD)/bin/$$name --config "$$cfg" --out results/$$name.h5 && \
-	$(QLAB) report results/$$name.h5 --md results/$$name.md --plot plots/$$name.png
+	[ -f "$$cfg" ] || { echo "experiment-$*: CONFIG $$cfg: no such file" >&2; exit 2; }; \
+	run=$$(basename "$$cfg" .json); \
+	mkdir -p results plots && \
+	$(BUILD)/bin/$$name --config "$$cfg" --out results/$$run.h5 && \
+	$(QLAB) report results/$$run.h5 --md results/$$run.md --plot plots/$$run.png
+
+clean-results: ## Remove every run's results (results/*.h5, *.md, bench.json) and figures (plots/*.png, *.svg, *.dat), temporary files included
+	rm -f results/*.h5 results/*.md results/*.json results/*.tmp.* plots/*.png plots/*.svg plots/*.dat plots/*.tmp.*
 
 clean: ## Remove the build folder
 	rm -rf $(BUILD) build build-cuda

@@ -1,6 +1,7 @@
 /* `qlab report RESULTS.h5 --md OUT.md [--plot OUT.png]`: turns one results file into a Markdown report
  * (provenance summary, every table, notes, configuration), one gnuplot-readable .dat file per table, and
  * optionally the experiment's figure by running plots/<experiment>.gp through gnuplot (PNG and SVG). */
+#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -15,6 +16,7 @@
 
 #include "cli/cli.h"
 #include "core/base/common.h"
+#include "core/base/tmpfiles.h"
 #include "core/results/results.h"
 
 /* ---------------------------------------------------------------- a growable text buffer */
@@ -172,6 +174,38 @@ static void dir_of(const char *path, char *out, size_t n) {
         snprintf(out, n, "%.*s", (int)(slash - path), path);
 }
 
+/* The run's name: the file name of `path` without its extension (results/nf4_vs_fp4_real.md ->
+ * nf4_vs_fp4_real). The .dat files are named after it, so two runs of one experiment never share data. */
+static void run_name_of(const char *path, char *out, size_t n) {
+    const char *slash = strrchr(path, '/'), *base = slash ? slash + 1 : path, *dot = strrchr(base, '.');
+    size_t len = dot && dot != base ? (size_t)(dot - base) : strlen(base);
+    snprintf(out, n, "%.*s", (int)len, base);
+}
+
+/* Removes <dir>/<run>.*.dat: what an earlier run of the same name left (perhaps for tables this run does
+ * not have), so gnuplot can only find this run's data. Returns 0 (after printing why) on failure. */
+static int remove_stale_dat(const char *dir, const char *run) {
+    DIR *d = opendir(dir);
+    if (!d) return 1; /* nothing there yet */
+    size_t rl = strlen(run);
+    int ok = 1;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        size_t l = strlen(e->d_name);
+        if (l <= rl + 5 || strncmp(e->d_name, run, rl) != 0 || e->d_name[rl] != '.' ||
+            strcmp(e->d_name + l - 4, ".dat") != 0)
+            continue;
+        char path[PATH_MAX + 256];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (unlink(path) != 0 && errno != ENOENT) {
+            fprintf(stderr, "qlab report: %s: cannot remove stale data file: %s\n", path, strerror(errno));
+            ok = 0;
+            break;
+        }
+    }
+    closedir(d);
+    return ok;
+}
+
 /* target relative to the directory holding `from` (both relative to the working directory or absolute),
  * for the image link in the Markdown. Falls back to target itself. */
 static void relative_path(const char *from, const char *target, char *out, size_t n) {
@@ -231,14 +265,27 @@ static qlab_status write_dat(const char *path, const results_table_data *t) {
 
 /* Runs gnuplot on script, writing `out` (format fmt: "png" or "svg") through a temporary name. On
  * failure prints one line naming the cause. */
+static int run_gnuplot_to(const char *tmp_out, const char *script, const char *script_dir,
+                          const char *data_dir, const char *prefix, const char *out, const char *fmt);
 static int run_gnuplot(const char *script, const char *script_dir, const char *data_dir, const char *prefix,
                        const char *out, const char *fmt) {
-    char tmp_out[PATH_MAX + 32], vars[4 * PATH_MAX], log_path[] = "/tmp/qlab_report_gnuplotXXXXXX";
+    char tmp_out[PATH_MAX + 32];
     snprintf(tmp_out, sizeof tmp_out, "%s.tmp.%ld.%s", out, (long)getpid(), fmt);
+    qlab_tmpfile_sweep_stale(out);
+    qlab_tmpfile_register(tmp_out);
+    int ok = run_gnuplot_to(tmp_out, script, script_dir, data_dir, prefix, out, fmt);
+    qlab_tmpfile_unregister(tmp_out);
+    return ok;
+}
+
+static int run_gnuplot_to(const char *tmp_out, const char *script, const char *script_dir,
+                          const char *data_dir, const char *prefix, const char *out, const char *fmt) {
+    char vars[4 * PATH_MAX], log_path[] = "/tmp/qlab_report_gnuplotXXXXXX";
     /* the per-data-type styles come from the descriptor table (plots/common.gp uses them) */
     snprintf(vars, sizeof vars, "%s; datadir='%s'; prefix='%s'; out='%s'; fmt='%s'; scriptdir='%s'",
              cli_dtype_gnuplot_style(), data_dir, prefix, tmp_out, fmt, script_dir);
     int log_fd = mkstemp(log_path);
+    if (log_fd >= 0) qlab_tmpfile_register(log_path);
     if (log_fd < 0) {
         fprintf(stderr, "qlab report: cannot create a log file for gnuplot: %s\n", strerror(errno));
         return 0;
@@ -255,12 +302,14 @@ static int run_gnuplot(const char *script, const char *script_dir, const char *d
     if (pid < 0 || waitpid(pid, &status, 0) < 0) {
         fprintf(stderr, "qlab report: cannot start gnuplot: %s\n", strerror(errno));
         unlink(log_path);
+        qlab_tmpfile_unregister(log_path);
         return 0;
     }
     char *log = NULL;
     size_t log_len = 0;
     if (qlab_read_file(log_path, &log, &log_len) != QLAB_OK) log = NULL;
     unlink(log_path);
+    qlab_tmpfile_unregister(log_path);
     int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128;
     int ok = code == 0 && access(tmp_out, F_OK) == 0;
     if (!ok) {
@@ -313,9 +362,10 @@ static void usage(FILE *f) {
         f,
         "Usage: qlab report RESULTS.h5 --md OUT.md [--plot OUT.png] [--data-dir DIR] [--script FILE.gp]\n\n"
         "Writes a Markdown report of a results file (provenance, every table, notes, config), one\n"
-        "whitespace-separated .dat file per table (<data-dir>/<experiment>.<table>.dat; default folder:\n"
-        "that of --plot, else that of --md), and with --plot runs gnuplot on plots/<experiment>.gp to\n"
-        "draw OUT.png and the same name with .svg.\n\n"
+        "whitespace-separated .dat file per table (<data-dir>/<run>.<table>.dat, <run> being the name of\n"
+        "OUT.png, else of OUT.md, without extension; older <run>.*.dat files are removed first; default\n"
+        "folder: that of --plot, else that of --md), and with --plot runs gnuplot on plots/<experiment>.gp\n"
+        "to draw OUT.png and the same name with .svg.\n\n"
         "  --md OUT.md        the report (written atomically)\n"
         "  --plot OUT.png     also draw the figure (needs gnuplot)\n"
         "  --data-dir DIR     where the .dat files go\n"
@@ -373,14 +423,26 @@ static int cmd_report(int argc, char **argv) {
             goto done;
         }
 
-    /* .dat files, one per table. */
-    char data_dir[PATH_MAX], path[PATH_MAX + 256];
+    /* .dat files, one per table, named after the run (the --plot or --md file), stale ones removed first. */
+    char data_dir[PATH_MAX], path[PATH_MAX + 256], run[256];
     if (data_dir_arg)
         snprintf(data_dir, sizeof data_dir, "%s", data_dir_arg);
     else
         dir_of(plot ? plot : md, data_dir, sizeof data_dir);
+    run_name_of(plot ? plot : md, run, sizeof run);
+    if (!run[0] || !safe_for_gnuplot(run)) {
+        fprintf(stderr, "qlab report: %s: cannot name the run's data files after this file name\n",
+                plot ? plot : md);
+        goto done;
+    }
+    if (!remove_stale_dat(data_dir, run)) goto done;
     for (int i = 0; i < f.ntables; i++) {
-        snprintf(path, sizeof path, "%s/%s.%s.dat", data_dir, experiment, f.tables[i].name);
+        if (f.tables[i].nrows == 0) {
+            fprintf(stderr, "qlab report: %s: table '%s' has no rows: nothing to report or plot\n", input,
+                    f.tables[i].name);
+            goto done;
+        }
+        snprintf(path, sizeof path, "%s/%s.%s.dat", data_dir, run, f.tables[i].name);
         if (write_dat(path, &f.tables[i]) != QLAB_OK) {
             qlab_report_error("qlab report");
             goto done;
@@ -420,8 +482,8 @@ static int cmd_report(int argc, char **argv) {
             snprintf(svg, sizeof svg, "%.*s.svg", (int)(len - 4), plot);
         else
             snprintf(svg, sizeof svg, "%s.svg", plot);
-        if (!run_gnuplot(script, script_dir, data_dir, experiment, plot, "png")) goto done;
-        if (!run_gnuplot(script, script_dir, data_dir, experiment, svg, "svg")) goto done;
+        if (!run_gnuplot(script, script_dir, data_dir, run, plot, "png")) goto done;
+        if (!run_gnuplot(script, script_dir, data_dir, run, svg, "svg")) goto done;
         have_plot = 1;
     }
 

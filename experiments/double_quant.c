@@ -350,6 +350,7 @@ int main(int argc, char **argv) {
     qlab_status st = w ? check_settings(cfg) : QLAB_ERR_NOMEM;
     if (st == QLAB_OK) st = build_grid(cfg, &grid, &ngrid);
     if (st == QLAB_OK) st = results_create(&r, args.out_path, "double_quant", cfg, argc, argv);
+    if (st == QLAB_OK) results_require_rows(r);
     if (st == QLAB_OK) st = results_attr_int(r, "seed", seed);
     if (st == QLAB_OK) st = results_attr_string(r, "quant_kernel", quant_kernel_name());
     if (st == QLAB_OK)

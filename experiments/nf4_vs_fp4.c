@@ -95,6 +95,7 @@ int main(int argc, char **argv) {
     compare_results res = {0};
     compare_options opt = {.label = "nf4_vs_fp4"};
     qlab_status st = results_create(&r, args.out_path, "nf4_vs_fp4", cfg, argc, argv);
+    if (st == QLAB_OK) results_require_rows(r);
     if (st == QLAB_OK) st = results_attr_int(r, "seed", config_int(cfg, "seed"));
     if (st == QLAB_OK) st = results_attr_string(r, "quant_kernel", quant_kernel_name());
     if (st == QLAB_OK) st = results_attr_string(r, "zoo_dir", config_string(cfg, "zoo"));

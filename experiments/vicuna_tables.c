@@ -653,6 +653,7 @@ int main(int argc, char **argv) {
     results *r = NULL;
     if (load_ratings(archive, &ratings) != QLAB_OK) goto fail;
     if (results_create(&r, out_path, PROG, cfg, argc, argv) != QLAB_OK) goto fail;
+    results_require_rows(r);
     if (results_attr_int(r, "seed", seed) != QLAB_OK) goto fail;
     if (results_attr_string(r, "ratings_archive", archive) != QLAB_OK) goto fail;
     if (write_table6(r, &ratings, (int)n_bootstrap, (uint64_t)seed) != QLAB_OK) goto fail;

@@ -565,6 +565,7 @@ int main(int argc, char **argv) {
     cJSON_Delete(old_models);
 
     if (results_create(&r, out_path, "zoo", cfg, argc, argv) != QLAB_OK) goto done;
+    results_require_rows(r);
     if (results_attr_int(r, "seed", config_int(cfg, "seed")) != QLAB_OK) goto done;
     if (results_attr_string(r, "zoo_dir", dir) != QLAB_OK) goto done;
 

@@ -154,7 +154,8 @@ static void test_full_run(void) {
         CHECK(report && strstr(report, "## Gaussian weights") && strstr(report, "| nf4 | 64 | 1 | 4.127 |"));
         CHECK(report && strstr(report, "QLoRA §3 double quantization"));
         free(report);
-        snprintf(dat, sizeof dat, "/tmp/double_quant.gaussian.dat");
+        /* named after the run (the --plot file, else the --md file), not the experiment */
+        snprintf(dat, sizeof dat, "/tmp/qlab_test_double_quant_%ld.gaussian.dat", (long)getpid());
         CHECK(access(dat, F_OK) == 0);
         if (have_gnuplot) {
             CHECK(access(png, F_OK) == 0);
@@ -169,7 +170,7 @@ static void test_full_run(void) {
         unlink(md);
         const char *tables[] = {"gaussian", "student_t", "stories260k", "paper"};
         for (int i = 0; i < 4; i++) {
-            snprintf(dat, sizeof dat, "/tmp/double_quant.%s.dat", tables[i]);
+            snprintf(dat, sizeof dat, "/tmp/qlab_test_double_quant_%ld.%s.dat", (long)getpid(), tables[i]);
             unlink(dat);
         }
     }

@@ -223,7 +223,7 @@ static void test_full_run(void) {
         const char *tables[] = {"summary", "runs", "curves"};
         for (int i = 0; i < 3; i++) {
             char dat[200];
-            snprintf(dat, sizeof dat, "/tmp/lora_placement.%s.dat", tables[i]);
+            snprintf(dat, sizeof dat, "/tmp/qlab_test_lora_placement_%ld.%s.dat", (long)getpid(), tables[i]);
             unlink(dat);
         }
     }

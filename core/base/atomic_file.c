@@ -1,6 +1,8 @@
 /* Atomic file writes through a temporary name and rename(); see atomic_file.h. */
 #include "core/base/atomic_file.h"
 
+#include "core/base/tmpfiles.h"
+
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,9 +19,12 @@ qlab_status atomic_file_open(atomic_file *w, const char *path) {
         return qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory", path);
     }
     snprintf(w->tmp_path, n, "%s.tmp.%ld", path, (long)getpid());
+    qlab_tmpfile_sweep_stale(path); /* temporary files of runs that died before their rename */
+    qlab_tmpfile_register(w->tmp_path);
     w->f = fopen(w->tmp_path, "wb");
     if (!w->f) {
         int e = errno;
+        qlab_tmpfile_unregister(w->tmp_path);
         free(w->path);
         free(w->tmp_path);
         w->path = w->tmp_path = NULL;
@@ -47,6 +52,7 @@ void atomic_file_pad(atomic_file *w, size_t bytes) {
 }
 
 static void atomic_file_release(atomic_file *w) {
+    qlab_tmpfile_unregister(w->tmp_path);
     free(w->path);
     free(w->tmp_path);
     w->path = w->tmp_path = NULL;

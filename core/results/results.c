@@ -13,6 +13,8 @@
 
 #include <hdf5.h>
 
+#include "core/base/tmpfiles.h"
+
 #include "core/results/provenance.h"
 
 #define RESULTS_NAME_MAX 64
@@ -44,6 +46,7 @@ struct results {
     qlab_status first_error; /* sticky: commit refuses to publish a file after any failure */
     char first_message[512];
     results_table *tables;
+    int require_rows; /* results_require_rows: an empty table fails the file */
 };
 
 /* ---------------------------------------------------------------- HDF5 error handling */
@@ -156,6 +159,8 @@ qlab_status results_create(results **out, const char *path, const char *experime
         return qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory", path);
     }
     snprintf(r->tmp_path, tmp_len, "%s.tmp.%ld", path, (long)getpid());
+    qlab_tmpfile_sweep_stale(path); /* temporary files of runs that died before their rename */
+    qlab_tmpfile_register(r->tmp_path);
     r->file = H5Fcreate(r->tmp_path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     if (r->file < 0) {
         qlab_status st = fail_hdf5("%s: cannot create", r->tmp_path);
@@ -176,6 +181,10 @@ qlab_status results_create(results **out, const char *path, const char *experime
     }
     *out = r;
     return QLAB_OK;
+}
+
+void results_require_rows(results *r) {
+    r->require_rows = 1;
 }
 
 const char *results_tmp_path(const results *r) {
@@ -371,6 +380,11 @@ qlab_status results_table_end(results_table *t) {
             return note_error(
                 r,
                 qlab_fail(QLAB_ERR_ARG, "table '%s': last row not finished with results_row_end", t->name));
+    if (r->require_rows && t->nrows == 0)
+        return note_error(r, qlab_fail(QLAB_ERR_ARG,
+                                       "%s: table '%s' has no rows (nothing was measured: check the config's "
+                                       "lists); the file was not written",
+                                       r->path, t->name));
     char where[600];
     snprintf(where, sizeof where, "%s: table '%s'", r->tmp_path, t->name);
     hid_t tables = open_or_create_group(r->file, "tables");
@@ -442,6 +456,7 @@ static void free_tables(results *r) {
 }
 
 static void results_destroy(results *r) {
+    qlab_tmpfile_unregister(r->tmp_path);
     free_tables(r);
     free(r->path);
     free(r->tmp_path);

@@ -48,6 +48,10 @@ qlab_status results_write_array(results *r, const char *name, const double *data
 /* Records end_time_utc, closes the file and renames it into place. Fails (and removes the temporary
  * file) if any earlier call on r failed. Frees r in every case. */
 qlab_status results_commit(results *r);
+/* From now on a table ended with no rows fails the file (commit refuses it, naming the table), so a run
+ * that measured nothing (a config with an empty list) cannot replace an earlier run's results. Experiments
+ * call it right after results_create. */
+void results_require_rows(results *r);
 /* Abandons the run: closes and removes the temporary file. Frees r. Safe with NULL. */
 void results_abort(results *r);
 /* The temporary path being written (for tests and messages). */

@@ -575,6 +575,7 @@ qlab_status finetune_grid_run_experiment(const finetune_experiment *e, const con
     if ((st = finetune_grid_seeds(cfg, &seeds, &n_seeds)) != QLAB_OK) goto done;
     if ((st = finetune_grid_load_task(cfg, &task)) != QLAB_OK) goto done;
     if ((st = results_create(&r, out_path, e->program, cfg, argc, argv)) != QLAB_OK) goto done;
+    results_require_rows(r);
     if ((st = results_attr_int(r, "seed", seeds[0])) != QLAB_OK ||
         (st = results_attr_string(r, "model", task.model_path)) != QLAB_OK ||
         (st = results_attr_string(r, "tokenizer", task.tokenizer_path)) != QLAB_OK)
