@@ -60,6 +60,7 @@ typedef struct {
      * this many bytes stay resident, the rest live in a file-backed store. 0: no CPU paging. */
     size_t optimizer_resident_bytes;
     size_t optimizer_page_bytes; /* page size of that store; 0: OPTIM_PAGE_BYTES_DEFAULT (1 MiB) */
+    int checkpointing;           /* gradient checkpointing (model_set_checkpointing): same gradients */
     uint64_t seed;               /* batch order (epoch shuffles); the adapters' own seed is lora.seed */
 } finetune_options;
 

@@ -132,9 +132,10 @@ struct lora_set {
     uint64_t *last_mask_seed;
     float *last_dropout;
     int *last_N;
-    int capacity;   /* rows the buffers below hold */
-    float *hidden;  /* (n_adapters, capacity, rank) */
-    float *scratch; /* forward's dropout plane or backward's scratch */
+    int recomputing; /* the model is recomputing a block: repeat the last forward's masks */
+    int capacity;    /* rows the buffers below hold */
+    float *hidden;   /* (n_adapters, capacity, rank) */
+    float *scratch;  /* forward's dropout plane or backward's scratch */
     size_t scratch_floats;
     int max_in_features;
 };
@@ -345,7 +346,15 @@ static qlab_status lora_hook_forward(void *ctx, int layer, model_proj p, const f
     const lora_adapter *a = &l->adapters[s];
     float dropout = l->training ? l->cfg.dropout : 0.0f;
     uint64_t mask_seed = 0;
-    if (dropout > 0) {
+    if (l->recomputing) {
+        if (l->last_N[s] != N)
+            return qlab_fail(QLAB_ERR_ARG,
+                             "lora: recomputing layer %d %s over %d positions, but its last "
+                             "forward ran over %d",
+                             layer, model_proj_name(p), N, l->last_N[s]);
+        dropout = l->last_dropout[s];
+        mask_seed = l->last_mask_seed[s];
+    } else if (dropout > 0) {
         uint64_t stream = ((uint64_t)layer << 8) | (uint64_t)p;
         mask_seed = lora_mix64(l->cfg.seed ^ lora_mix64(stream ^ lora_mix64(l->forward_count[s]++)));
     }
@@ -355,6 +364,11 @@ static qlab_status lora_hook_forward(void *ctx, int layer, model_proj p, const f
     l->last_mask_seed[s] = mask_seed;
     l->last_dropout[s] = dropout;
     l->last_N[s] = N;
+    return QLAB_OK;
+}
+
+static qlab_status lora_hook_recompute(void *ctx, int recomputing) {
+    ((lora_set *)ctx)->recomputing = recomputing;
     return QLAB_OK;
 }
 
@@ -386,8 +400,11 @@ qlab_status lora_attach(lora_set *l, model *m, int freeze_base) {
             l->mc.dim, l->mc.hidden_dim, l->mc.n_layers, l->mc.n_heads, l->mc.n_kv_heads, c->dim,
             c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads);
     QLAB_TRY(lora_reserve(l, c->seq_len));
-    model_adapter hook = {
-        .ctx = l, .begin = lora_hook_begin, .forward = lora_hook_forward, .backward = lora_hook_backward};
+    model_adapter hook = {.ctx = l,
+                          .begin = lora_hook_begin,
+                          .forward = lora_hook_forward,
+                          .backward = lora_hook_backward,
+                          .recompute = lora_hook_recompute};
     if (freeze_base) model_set_all_trainable(m, 0);
     model_set_adapter(m, &hook);
     return QLAB_OK;

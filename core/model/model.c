@@ -65,6 +65,7 @@ struct model {
     int *saved_tokens, *saved_targets; /* (N) copies of the last forward's inputs */
     size_t saved_capacity;
     int B, T, have_targets, target_count;
+    int checkpointing; /* keep block inputs only; recompute each block in backward */
 
     float *grad_act_buffer;
     size_t grad_act_capacity;
@@ -476,7 +477,9 @@ double model_total_bits(const model *m) {
 
 /* Points the activation views for (B,T) into base (or only counts when base is NULL); returns floats. */
 static size_t model_layout_acts(model_acts *a, float *base, const model *m, int B, int T) {
-    size_t N = (size_t)B * T, L = (size_t)m->cfg.n_layers, D = (size_t)m->cfg.dim;
+    /* Per-layer working activations: one layer's worth with checkpointing (recomputed in backward), else
+     * one per layer. The residual stream leaving each block (res3) is always kept per layer. */
+    size_t N = (size_t)B * T, L = m->checkpointing ? 1 : (size_t)m->cfg.n_layers, D = (size_t)m->cfg.dim;
     size_t H = (size_t)m->cfg.hidden_dim, KV = (size_t)m->kv_dim, V = (size_t)m->cfg.vocab_size;
     size_t NH = (size_t)m->cfg.n_heads, total = 0;
 #define MODEL_TAKE(field, n)                                                                                 \
@@ -498,7 +501,7 @@ static size_t model_layout_acts(model_acts *a, float *base, const model *m, int 
     MODEL_TAKE(h1, L * N * H);
     MODEL_TAKE(h3, L * N * H);
     MODEL_TAKE(hs, L * N * H);
-    MODEL_TAKE(res3, L * N * D);
+    MODEL_TAKE(res3, (size_t)m->cfg.n_layers * N * D);
     MODEL_TAKE(lnf, N * D);
     MODEL_TAKE(lnf_rstd, N);
     MODEL_TAKE(probs, N * V);
@@ -560,13 +563,14 @@ static model_layer_acts model_layer_views(const model *m, int l) {
     const model_acts *a = &m->acts;
     size_t N = (size_t)m->B * m->T, ND = N * m->cfg.dim, NKVD = N * m->kv_dim, NHD = N * m->cfg.hidden_dim;
     size_t att = (size_t)m->B * m->cfg.n_heads * m->T * m->T;
+    size_t w = m->checkpointing ? 0 : (size_t)l; /* the slot of the working activations */
     model_layer_acts v;
     v.res_in = l == 0 ? a->encoded : a->res3 + (l - 1) * ND;
-    v.ln1 = a->ln1 + l * ND, v.ln1_rstd = a->ln1_rstd + l * N;
-    v.q = a->q + l * ND, v.k = a->k + l * NKVD, v.v = a->v + l * NKVD;
-    v.att = a->att + l * att, v.atty = a->atty + l * ND, v.res2 = a->res2 + l * ND;
-    v.ln2 = a->ln2 + l * ND, v.ln2_rstd = a->ln2_rstd + l * N;
-    v.h1 = a->h1 + l * NHD, v.h3 = a->h3 + l * NHD, v.hs = a->hs + l * NHD, v.res3 = a->res3 + l * ND;
+    v.ln1 = a->ln1 + w * ND, v.ln1_rstd = a->ln1_rstd + w * N;
+    v.q = a->q + w * ND, v.k = a->k + w * NKVD, v.v = a->v + w * NKVD;
+    v.att = a->att + w * att, v.atty = a->atty + w * ND, v.res2 = a->res2 + w * ND;
+    v.ln2 = a->ln2 + w * ND, v.ln2_rstd = a->ln2_rstd + w * N;
+    v.h1 = a->h1 + w * NHD, v.h3 = a->h3 + w * NHD, v.hs = a->hs + w * NHD, v.res3 = a->res3 + l * ND;
     return v;
 }
 
@@ -792,6 +796,42 @@ static qlab_status model_block_backward(model *m, int l, int threads) {
 
 #undef MODEL_ZERO
 
+/* Block l's forward again, from its kept input, with the adapter told to repeat its last forward. */
+static qlab_status model_block_recompute(model *m, int l) {
+    int hook = m->has_adapter && m->adapter.recompute;
+    if (hook) {
+        qlab_status st = m->adapter.recompute(m->adapter.ctx, 1);
+        if (st != QLAB_OK) return qlab_fail_context(st, "adapter, recomputing layer %d", l);
+    }
+    qlab_status st = model_block_forward(m, l);
+    if (hook) {
+        qlab_status st2 = m->adapter.recompute(m->adapter.ctx, 0);
+        if (st == QLAB_OK && st2 != QLAB_OK)
+            st = qlab_fail_context(st2, "adapter, after recomputing layer %d", l);
+    }
+    return st;
+}
+
+void model_set_checkpointing(model *m, int on) {
+    m->checkpointing = on ? 1 : 0;
+    m->have_targets = 0; /* the kept activations no longer match the layout */
+}
+
+int model_get_checkpointing(const model *m) {
+    return m->checkpointing;
+}
+
+size_t model_activation_bytes(const model *m, int B, int T, int with_backward) {
+    model_acts a;
+    size_t floats = model_layout_acts(&a, NULL, m, B, T);
+    if (with_backward) {
+        int threads = qlab_num_threads();
+        model_grad_acts g;
+        floats += model_layout_grad_acts(&g, NULL, m, B, T, threads < 1 ? 1 : threads);
+    }
+    return floats * sizeof(float);
+}
+
 qlab_status model_backward(model *m) {
     if (!m->have_targets)
         return qlab_fail(QLAB_ERR_ARG, "model_backward: the last model_forward had no targets (or failed)");
@@ -809,8 +849,11 @@ qlab_status model_backward(model *m) {
     if (m->target_count == 0) return QLAB_OK; /* every target ignored: the loss is a constant */
 
     model_head_backward(m);
-    for (int l = m->cfg.n_layers - 1; l >= 0; l--)
+    for (int l = m->cfg.n_layers - 1; l >= 0; l--) {
+        /* The working slot holds the last block from the forward; every other block is recomputed. */
+        if (m->checkpointing && l < m->cfg.n_layers - 1) QLAB_TRY(model_block_recompute(m, l));
         QLAB_TRY(model_block_backward(m, l, threads));
+    }
     if (model_group_trains(m, MODEL_GROUP_TOKEN_EMBEDDING))
         embedding_backward(m->grads.token_embedding, m->gacts.dresidual, m->saved_tokens, m->B * m->T,
                            m->cfg.dim);

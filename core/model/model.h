@@ -173,9 +173,25 @@ typedef struct {
      * dinp (N, in_features) += d(adapter output)/d(inp)^T dout. */
     qlab_status (*backward)(void *ctx, int layer, model_proj p, const float *inp, const float *dout,
                             float *dinp, int N);
+    /* With gradient checkpointing the backward pass runs each block's forward again. Between
+     * recompute(ctx, 1) and recompute(ctx, 0) the forward calls repeat the last forward's calls for that
+     * block and must compute the same values (e.g. the same dropout masks), not start new ones. */
+    qlab_status (*recompute)(void *ctx, int recomputing);
 } model_adapter;
 /* Installs (copies) an adapter, or removes it with NULL. The callbacks run on the calling thread. */
 void model_set_adapter(model *m, const model_adapter *adapter);
+
+/* ---- Gradient checkpointing. ----
+ * On (1): the forward keeps only each block's input (the residual stream, (B*T, dim) per layer) and the
+ * working activations of one block; the backward recomputes every block's forward just before that
+ * block's backward. Attention probabilities then take B*heads*T*T floats once, not once per layer.
+ * Gradients, losses and logits are bit-identical to the run without checkpointing (the recomputation is
+ * the same operations on the same inputs). Takes effect at the next model_forward. */
+void model_set_checkpointing(model *m, int on);
+int model_get_checkpointing(const model *m);
+/* Bytes of the activations a forward over (B, T) keeps for backward (plus the backward's own gradient
+ * buffers when with_backward), with the model's current checkpointing setting. For memory accounting. */
+size_t model_activation_bytes(const model *m, int B, int T, int with_backward);
 
 /* Number of positions with a non-ignored target in the last forward (the divisor of the mean loss). */
 int model_last_target_count(const model *m);

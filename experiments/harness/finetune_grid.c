@@ -515,6 +515,10 @@ qlab_status finetune_grid_options(const config *cfg, finetune_options *o) {
                          "%s: a learning rate, grad_clip, weight_decay, lora_alpha or lora_dropout is "
                          "out of range",
                          path);
+    int64_t resident = config_int(cfg, "optimizer_resident_bytes");
+    if (resident < 0) return qlab_fail(QLAB_ERR_ARG, "%s: key 'optimizer_resident_bytes' must be >= 0", path);
+    o->optimizer_resident_bytes = (size_t)resident;
+    o->checkpointing = config_bool(cfg, "gradient_checkpointing");
     const char *state = config_string(cfg, "optimizer_state");
     if (!strcmp(state, "paged"))
         o->state_kind = OPTIM_STATE_PAGED;

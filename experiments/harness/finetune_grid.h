@@ -137,9 +137,14 @@ qlab_status finetune_grid_run_experiment(const finetune_experiment *e, const con
         {"weight_decay", CONFIG_DOUBLE, "0", "AdamW decoupled weight decay"},                                \
         {"lora_alpha", CONFIG_DOUBLE, "16", "LoRA alpha (scale alpha / r)"},                                 \
         {"lora_dropout", CONFIG_DOUBLE, "0.05", "LoRA dropout on the adapter input"},                        \
-        {"blocksize", CONFIG_INT, "64", "block size of the 4-bit bases"}, {                                  \
-        "optimizer_state", CONFIG_STRING, "\"paged\"",                                                       \
-            "paged (CUDA unified memory when available, else host) or host"                                  \
+        {"blocksize", CONFIG_INT, "64", "block size of the 4-bit bases"},                                    \
+        {"optimizer_state", CONFIG_STRING, "\"paged\"",                                                      \
+         "paged (CUDA unified memory when available, else host) or host"},                                   \
+        {"optimizer_resident_bytes", CONFIG_INT, "0",                                                        \
+         "with optimizer_state paged: page the moments on the CPU, this many bytes resident (0 = off)"},     \
+    {                                                                                                        \
+        "gradient_checkpointing", CONFIG_BOOL, "false",                                                      \
+            "keep only block inputs and recompute each block in backward (same gradients, less memory)"      \
     }
 
 /* The common options from those keys (mode FINETUNE_LORA, all targets, rank 8, NF4+DQ); one line naming

@@ -1,0 +1,120 @@
+/* Gradient checkpointing (model_set_checkpointing): the loss, logits and every gradient are bit-identical
+ * to the run that keeps all activations — for full training of an fp32 model, and for LoRA with dropout on
+ * an NF4 base (the recomputed forward must repeat the adapters' dropout masks) — over several steps, with
+ * the setting switched between steps; and the activations kept shrink as the layer count says. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tests/check.h"
+#include "core/base/common.h"
+#include "core/base/rng.h"
+#include "core/model/lora.h"
+#include "core/model/model.h"
+#include "train/train.h"
+
+static const model_config cfg = {.dim = 48,
+                                 .hidden_dim = 96,
+                                 .n_layers = 4,
+                                 .n_heads = 4,
+                                 .n_kv_heads = 2,
+                                 .vocab_size = 64,
+                                 .seq_len = 32,
+                                 .norm_eps = 1e-5f,
+                                 .rope_theta = 10000.0f,
+                                 .shared_classifier = 1};
+enum { B = 3, T = 32 };
+
+static int tokens[B * T], targets[B * T];
+
+/* One forward + backward; copies the loss, the logits and the gradients out. */
+static int step(model *m, lora_set *l, float *loss, float *logits, float *grads, size_t n_grads) {
+    if (l)
+        lora_zero_grad(l);
+    else
+        model_zero_grad(m);
+    if (model_forward(m, tokens, targets, B, T, logits, loss) != QLAB_OK || model_backward(m) != QLAB_OK) {
+        fprintf(stderr, "%s\n", qlab_last_error());
+        return 0;
+    }
+    const float *g = l ? lora_get_grad_buffer(l, NULL) : model_get_grad_buffer(m, NULL);
+    memcpy(grads, g, n_grads * sizeof(float));
+    return 1;
+}
+
+static void compare_runs(int use_lora) {
+    model *m[2] = {NULL, NULL};
+    lora_set *l[2] = {NULL, NULL};
+    for (int k = 0; k < 2; k++) {
+        if (model_create(&m[k], &cfg) != QLAB_OK) {
+            CHECKF(0, "%s", qlab_last_error());
+            return;
+        }
+        train_init_params(m[k], 5);
+        if (use_lora) {
+            CHECK(model_quantize(m[k], QUANT_NF4, 64, 1) == QLAB_OK);
+            lora_config lc = {.targets = LORA_TARGETS_ALL, .rank = 4, .alpha = 8, .dropout = 0.2f, .seed = 3};
+            CHECK(lora_create(&l[k], &cfg, &lc) == QLAB_OK && lora_attach(l[k], m[k], 1) == QLAB_OK);
+            lora_set_training(l[k], 1);
+            /* Non-zero B so the adapters shape the loss and their dropout matters. */
+            size_t n;
+            float *p = lora_get_param_buffer(l[k], &n);
+            rng_state r;
+            rng_seed(&r, 9);
+            for (size_t i = 0; i < n; i++)
+                p[i] = 0.05f * (float)rng_normal(&r);
+        }
+    }
+    size_t n_grads = 0;
+    if (use_lora)
+        lora_get_grad_buffer(l[0], &n_grads);
+    else
+        model_get_param_buffer(m[0], &n_grads);
+    size_t n_logits = (size_t)B * T * cfg.vocab_size;
+    float *lg[2], *gr[2];
+    for (int k = 0; k < 2; k++) {
+        lg[k] = malloc(n_logits * sizeof(float));
+        gr[k] = malloc(n_grads * sizeof(float));
+    }
+    /* Step 0: m[1] checkpoints; step 1: neither; step 2: m[1] checkpoints again (the masks advance alike). */
+    const int ckpt_at[3] = {1, 0, 1};
+    for (int s = 0; s < 3; s++) {
+        model_set_checkpointing(m[1], ckpt_at[s]);
+        float loss[2];
+        for (int k = 0; k < 2; k++)
+            CHECK(step(m[k], l[k], &loss[k], lg[k], gr[k], n_grads));
+        CHECKF(loss[0] == loss[1], "%s step %d: loss %.9g vs %.9g", use_lora ? "lora" : "full", s, loss[0],
+               loss[1]);
+        CHECK(!memcmp(lg[0], lg[1], n_logits * sizeof(float)));
+        CHECKF(!memcmp(gr[0], gr[1], n_grads * sizeof(float)), "%s step %d: gradients differ",
+               use_lora ? "lora" : "full", s);
+        double norm = 0;
+        for (size_t i = 0; i < n_grads; i++)
+            norm += (double)gr[0][i] * gr[0][i];
+        CHECK(norm > 0); /* something was compared */
+    }
+    /* What is kept: without checkpointing every layer's working activations, with it one layer's. */
+    model_set_checkpointing(m[1], 0);
+    size_t full = model_activation_bytes(m[1], B, T, 0);
+    model_set_checkpointing(m[1], 1);
+    size_t ckpt = model_activation_bytes(m[1], B, T, 0);
+    CHECKF(ckpt < full / 2, "activations %zu bytes with checkpointing vs %zu without", ckpt, full);
+    for (int k = 0; k < 2; k++) {
+        if (l[k]) lora_detach(m[k]);
+        lora_free(l[k]);
+        model_free(m[k]);
+        free(lg[k]), free(gr[k]);
+    }
+}
+
+int main(void) {
+    rng_state r;
+    rng_seed(&r, 1);
+    for (int i = 0; i < B * T; i++) {
+        tokens[i] = (int)rng_below(&r, cfg.vocab_size);
+        targets[i] = i % 5 == 0 ? -1 : (int)rng_below(&r, cfg.vocab_size);
+    }
+    compare_runs(0);
+    compare_runs(1);
+    return check_summary();
+}
