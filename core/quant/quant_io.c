@@ -55,6 +55,10 @@ static qlab_status quant_io_check(const char *name, const quant_tensor *qt) {
         return qlab_fail(QLAB_ERR_ARG, "tensor '%s': nblocks=%" PRId64 " does not match n and blocksize",
                          name, qt->nblocks);
     int has_absmax = quant_dtype_has_fp32_absmax(qt->dtype);
+    if (!has_absmax && t->scale_bytes != 1 && t->scale_bytes != 2)
+        return qlab_fail(QLAB_ERR_UNSUPPORTED,
+                         "tensor '%s': no file layout for %s's %d-byte %s scale (quant_io.c)", name, t->name,
+                         t->scale_bytes, t->scale_name);
     if (qt->double_quant && !has_absmax)
         return qlab_fail(QLAB_ERR_ARG, "tensor '%s': double quantization set on %s", name,
                          quant_dtype_name(qt->dtype));
