@@ -29,6 +29,7 @@ static qlab_status scoring_init(const tokenizer *tok, int space, mmlu_scoring *o
                 !memcmp(out->tokens[j], out->tokens[k], (size_t)out->n_tokens[j] * sizeof(int)))
                 return qlab_fail(QLAB_ERR_UNSUPPORTED,
                                  "mmlu: the letters %c and %c encode to the same tokens", 'A' + k, 'A' + j);
+    out->spaced = space;
     out->single_token = 1;
     for (int j = 0; j < 4; j++)
         out->single_token &= out->n_tokens[j] == 1;
@@ -44,12 +45,13 @@ qlab_status mmlu_scoring_init_spaced(const tokenizer *tok, mmlu_scoring *out) {
 }
 
 void mmlu_scoring_describe(const tokenizer *tok, const mmlu_scoring *s, char *buf, size_t cap) {
-    size_t len =
-        (size_t)snprintf(buf, cap, "%s",
-                         s->single_token ? "qlora's rule: largest logit at the last prompt position among "
-                                           "token ids"
-                                         : "letters are not single tokens here, so the sum of each letter's "
-                                           "token log-probabilities after the prompt decides; tokens");
+    size_t len = (size_t)snprintf(
+        buf, cap, "%s%s",
+        s->spaced ? "letters encoded with a leading space (\" A\"; qlora encodes \"A\"); " : "",
+        s->single_token ? "largest logit at the last prompt position among "
+                          "token ids"
+                        : "letters are not single tokens here, so the sum of each letter's "
+                          "token log-probabilities after the prompt decides; tokens");
     for (int j = 0; j < 4 && len < cap; j++) {
         len += (size_t)snprintf(buf + len, cap - len, " %c=", 'A' + j);
         for (int i = 0; i < s->n_tokens[j] && len < cap; i++) {

@@ -27,6 +27,7 @@ typedef struct {
     int tokens[4][MMLU_MAX_LETTER_TOKENS];
     int n_tokens[4];
     int single_token; /* every letter is one distinct token: qlora's abcd_idx rule */
+    int spaced;       /* the letters were encoded as " A".." D" (mmlu_scoring_init_spaced) */
 } mmlu_scoring;
 
 qlab_status mmlu_scoring_init(const tokenizer *tok, mmlu_scoring *out);
