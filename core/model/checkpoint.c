@@ -14,6 +14,7 @@
 #include "core/model/checkpoint_internal.h"
 #include "core/model/model_check.h"
 #include "core/base/half.h"
+#include "core/formats/gguf_meta.h"
 
 /* Every supported format stores little-endian numbers; the readers copy them as they are. */
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "checkpoint readers assume a little-endian host");
@@ -52,6 +53,31 @@ qlab_status checkpoint_detect(const char *path, checkpoint_format *out) {
     fclose(f);
     *out = (got == 4 && memcmp(magic, "GGUF", 4) == 0) ? CHECKPOINT_GGUF : CHECKPOINT_LLAMA2C;
     return QLAB_OK;
+}
+
+qlab_status checkpoint_special_ids(const char *path, int *bos, int *eos) {
+    *bos = *eos = -1;
+    checkpoint_format fmt;
+    QLAB_TRY(checkpoint_detect(path, &fmt));
+    if (fmt == CHECKPOINT_LLAMA2C) {
+        *bos = 1, *eos = 2; /* run.c's fixed ids */
+        return QLAB_OK;
+    }
+    if (fmt == CHECKPOINT_HF) return checkpoint_special_ids_hf(path, bos, eos);
+    checkpoint_mapping map;
+    QLAB_TRY(checkpoint_map(path, &map));
+    gguf_meta g;
+    qlab_status st = gguf_meta_parse(path, map.data, map.size, &g);
+    int64_t b = -1, e = -1;
+    if (st == QLAB_OK) st = gguf_meta_get_int(&g, "tokenizer.ggml.bos_token_id", &b, NULL);
+    if (st == QLAB_OK) st = gguf_meta_get_int(&g, "tokenizer.ggml.eos_token_id", &e, NULL);
+    if (st == QLAB_OK) {
+        *bos = b >= 0 && b < INT32_MAX ? (int)b : -1; /* llama.cpp writes 2^32-1 for "none" */
+        *eos = e >= 0 && e < INT32_MAX ? (int)e : -1;
+        gguf_meta_free(&g);
+    }
+    checkpoint_unmap(&map);
+    return st;
 }
 
 qlab_status checkpoint_load(const char *path, model **out) {

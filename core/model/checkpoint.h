@@ -38,6 +38,14 @@ qlab_status checkpoint_save_llama2c(const model *m, const char *path);
 qlab_status checkpoint_save_hf(const model *m, const char *dir);
 /* As checkpoint_save_hf with the tensors stored as dtype (fp16/bf16 round to nearest even). */
 qlab_status checkpoint_save_hf_dtype(const model *m, const char *dir, checkpoint_dtype dtype);
+/* As checkpoint_save_hf_dtype, with the tokenizer's BOS/EOS ids (-1: unknown) written into config.json
+ * and a generation_config.json (so transformers' generate() stops at the EOS). config.json always holds
+ * rope_theta both top-level and in rope_parameters (transformers 5), attention_bias/mlp_bias false. */
+qlab_status checkpoint_save_hf_ids(const model *m, const char *dir, checkpoint_dtype dtype, int bos, int eos);
+/* The BOS/EOS ids the checkpoint at path declares (-1 each when it does not): GGUF tokenizer.ggml.bos/
+ * eos_token_id; Hugging Face config.json (else generation_config.json) bos/eos_token_id (the first of a
+ * list); llama2.c: 1 and 2, its fixed convention. */
+qlab_status checkpoint_special_ids(const char *path, int *bos, int *eos);
 /* GGUF v3 with general.architecture "llama"; the 1-D norm weights stay F32 (as llama.cpp stores them),
  * the matrices are stored as dtype. No vocabulary is written. Atomic. */
 qlab_status checkpoint_save_gguf(const model *m, const char *path, checkpoint_dtype dtype);

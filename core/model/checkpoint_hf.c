@@ -71,6 +71,68 @@ static qlab_status hf_float(const cJSON *root, const char *config, const char *k
     return QLAB_OK;
 }
 
+/* rope_scaling / rope_parameters: only the plain RoPE ("rope_type" or the older "type" absent or "default",
+ * no partial rotary) is computed; a scaled one (linear, dynamic, yarn, llama3, ...) is refused by name
+ * rather than run with the wrong positions. */
+static qlab_status hf_check_rope_type(const char *config, const char *key, const cJSON *obj) {
+    if (!cJSON_IsObject(obj))
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: key \"%s\" must be an object or null", config, key);
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(obj, "rope_type");
+    if (!type) type = cJSON_GetObjectItemCaseSensitive(obj, "type");
+    if (type && !cJSON_IsString(type))
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: %s.rope_type must be a string", config, key);
+    if (type && strcmp(type->valuestring, "default") != 0)
+        return qlab_fail(QLAB_ERR_UNSUPPORTED,
+                         "%s: %s.rope_type is \"%s\": scaled RoPE is not implemented (only \"default\")",
+                         config, key, type->valuestring);
+    const cJSON *partial = cJSON_GetObjectItemCaseSensitive(obj, "partial_rotary_factor");
+    if (partial && !cJSON_IsNull(partial) && !(cJSON_IsNumber(partial) && partial->valuedouble == 1.0))
+        return qlab_fail(QLAB_ERR_UNSUPPORTED,
+                         "%s: %s.partial_rotary_factor is not 1: partial rotary is not implemented", config,
+                         key);
+    return QLAB_OK;
+}
+
+/* A key that changes the computation when true (biases): refused by name unless absent, null or false. */
+static qlab_status hf_check_false(const cJSON *root, const char *config, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!v || cJSON_IsNull(v) || cJSON_IsFalse(v)) return QLAB_OK;
+    if (!cJSON_IsBool(v))
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: key \"%s\" must be true or false", config, key);
+    return qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: \"%s\": true is not implemented (LLaMA without biases only)",
+                     config, key);
+}
+
+/* RoPE base: transformers 5 writes it inside "rope_parameters", older versions as top-level "rope_theta";
+ * both may be present and must then agree. LlamaConfig's default 10000 when neither is. */
+static qlab_status hf_rope_theta(const cJSON *root, const char *config, float *out) {
+    const cJSON *params = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
+    float top = 0, inner = 0;
+    QLAB_TRY(hf_float(root, config, "rope_theta", -1.0f, &top));
+    if (params && !cJSON_IsNull(params)) {
+        QLAB_TRY(hf_check_rope_type(config, "rope_parameters", params));
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(params, "rope_theta");
+        if (v && !cJSON_IsNull(v)) {
+            if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
+                return qlab_fail(QLAB_ERR_FORMAT,
+                                 "%s: key \"rope_parameters.rope_theta\" must be a finite number", config);
+            inner = (float)v->valuedouble;
+        } else {
+            inner = -1.0f;
+        }
+    } else {
+        inner = -1.0f;
+    }
+    if (top > 0 && inner > 0 && top != inner)
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: rope_theta = %g but rope_parameters.rope_theta = %g", config,
+                         (double)top, (double)inner);
+    float theta = inner > 0 ? inner : top > 0 ? top : 10000.0f;
+    if ((top != -1.0f && top <= 0) || (inner != -1.0f && inner <= 0) || !(theta > 0))
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: rope_theta must be positive", config);
+    *out = theta;
+    return QLAB_OK;
+}
+
 static qlab_status hf_parse_config(const char *config, model_config *cfg) {
     char *text;
     size_t len;
@@ -96,7 +158,11 @@ static qlab_status hf_parse_config(const char *config, model_config *cfg) {
     else if (act && !(cJSON_IsString(act) && strcmp(act->valuestring, "silu") == 0))
         st = qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: hidden_act must be \"silu\" (SwiGLU)", config);
     else if (scaling && !cJSON_IsNull(scaling))
-        st = qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: rope_scaling is not supported", config);
+        st = hf_check_rope_type(config, "rope_scaling", scaling);
+    if (st == QLAB_OK) st = hf_check_false(root, config, "attention_bias");
+    if (st == QLAB_OK) st = hf_check_false(root, config, "mlp_bias");
+    if (st != QLAB_OK)
+        ;
     else if (tie && !cJSON_IsBool(tie))
         st = qlab_fail(QLAB_ERR_FORMAT, "%s: key \"tie_word_embeddings\" must be true or false", config);
     if (st == QLAB_OK &&
@@ -109,7 +175,7 @@ static qlab_status hf_parse_config(const char *config, model_config *cfg) {
          (st = hf_int(root, config, "max_position_embeddings", -1, &cfg->seq_len)) ||
          /* Hugging Face LlamaConfig's defaults for the optional keys */
          (st = hf_float(root, config, "rms_norm_eps", 1e-6f, &cfg->norm_eps)) ||
-         (st = hf_float(root, config, "rope_theta", 10000.0f, &cfg->rope_theta)) ||
+         (st = hf_rope_theta(root, config, &cfg->rope_theta)) ||
          (st = hf_int(root, config, "head_dim", cfg->dim / cfg->n_heads, &head_dim))))
         goto done;
     if (st != QLAB_OK) goto done;
@@ -285,7 +351,36 @@ static void hf_add_float(cJSON *obj, const char *key, float f) {
     cJSON_AddNumberToObject(obj, key, strtod(buf, NULL));
 }
 
-static qlab_status hf_write_config(const model_config *c, const char *config, checkpoint_dtype dtype) {
+static qlab_status hf_write_json(const char *path, cJSON *root) {
+    char *text = root ? cJSON_Print(root) : NULL;
+    cJSON_Delete(root);
+    if (!text) return qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory", path);
+    qlab_status st = qlab_write_file_atomic(path, text, strlen(text));
+    free(text);
+    return st;
+}
+
+/* generation_config.json as transformers writes it, so generate() stops at the EOS. */
+static qlab_status hf_write_generation_config(const char *dir, int bos, int eos) {
+    size_t n = strlen(dir) + 32;
+    char *path = malloc(n);
+    cJSON *root = cJSON_CreateObject();
+    if (!path || !root) {
+        free(path);
+        cJSON_Delete(root);
+        return qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory", dir);
+    }
+    snprintf(path, n, "%s/generation_config.json", dir);
+    cJSON_AddTrueToObject(root, "_from_model_config");
+    if (bos >= 0) cJSON_AddNumberToObject(root, "bos_token_id", bos);
+    if (eos >= 0) cJSON_AddNumberToObject(root, "eos_token_id", eos);
+    qlab_status st = hf_write_json(path, root);
+    free(path);
+    return st;
+}
+
+static qlab_status hf_write_config(const model_config *c, const char *config, checkpoint_dtype dtype, int bos,
+                                   int eos) {
     cJSON *root = cJSON_CreateObject();
     cJSON *arch = cJSON_CreateStringArray((const char *const[]){"LlamaForCausalLM"}, 1);
     if (!root || !arch) {
@@ -304,22 +399,31 @@ static qlab_status hf_write_config(const model_config *c, const char *config, ch
     cJSON_AddNumberToObject(root, "vocab_size", c->vocab_size);
     cJSON_AddNumberToObject(root, "max_position_embeddings", c->seq_len);
     hf_add_float(root, "rms_norm_eps", c->norm_eps);
+    /* transformers 5 reads the base from rope_parameters, older versions from the top level */
     hf_add_float(root, "rope_theta", c->rope_theta);
+    cJSON *rope = cJSON_AddObjectToObject(root, "rope_parameters");
+    if (rope) {
+        cJSON_AddStringToObject(rope, "rope_type", "default");
+        hf_add_float(rope, "rope_theta", c->rope_theta);
+    }
+    cJSON_AddBoolToObject(root, "attention_bias", 0);
+    cJSON_AddBoolToObject(root, "mlp_bias", 0);
+    if (bos >= 0) cJSON_AddNumberToObject(root, "bos_token_id", bos);
+    if (eos >= 0) cJSON_AddNumberToObject(root, "eos_token_id", eos);
     cJSON_AddBoolToObject(root, "tie_word_embeddings", c->shared_classifier);
     cJSON_AddStringToObject(root, "torch_dtype",
                             dtype == CHECKPOINT_F32   ? "float32"
                             : dtype == CHECKPOINT_F16 ? "float16"
                                                       : "bfloat16");
-    char *text = cJSON_Print(root);
-    cJSON_Delete(root);
-    if (!text) return qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory", config);
-    size_t len = strlen(text);
-    qlab_status st = qlab_write_file_atomic(config, text, len);
-    free(text);
-    return st;
+    return hf_write_json(config, root);
 }
 
 qlab_status checkpoint_save_hf_dtype(const model *m, const char *dir, checkpoint_dtype dtype) {
+    return checkpoint_save_hf_ids(m, dir, dtype, -1, -1);
+}
+
+qlab_status checkpoint_save_hf_ids(const model *m, const char *dir, checkpoint_dtype dtype, int bos,
+                                   int eos) {
     const model_config *c = model_get_config(m);
     const model_params *src = checkpoint_params(m);
     if (mkdir(dir, 0777) != 0 && errno != EEXIST)
@@ -380,7 +484,8 @@ qlab_status checkpoint_save_hf_dtype(const model *m, const char *dir, checkpoint
     if (st == QLAB_OK)
         st = safetensors_writer_set_metadata(w, "format", "pt"); /* what transformers expects */
     if (st == QLAB_OK) st = safetensors_writer_write(w, weights);
-    if (st == QLAB_OK) st = hf_write_config(c, config, dtype);
+    if (st == QLAB_OK) st = hf_write_config(c, config, dtype, bos, eos);
+    if (st == QLAB_OK && (bos >= 0 || eos >= 0)) st = hf_write_generation_config(dir, bos, eos);
 done:
     safetensors_writer_free(w);
     free(narrow);
@@ -394,4 +499,39 @@ done:
 
 qlab_status checkpoint_save_hf(const model *m, const char *dir) {
     return checkpoint_save_hf_dtype(m, dir, CHECKPOINT_F32);
+}
+
+/* bos_token_id / eos_token_id of a config object: an integer, or the first of a list; -1 when absent. */
+static int hf_special_id(const cJSON *root, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (cJSON_IsArray(v)) v = v->child;
+    if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble > INT32_MAX ||
+        v->valuedouble != floor(v->valuedouble))
+        return -1;
+    return (int)v->valuedouble;
+}
+
+qlab_status checkpoint_special_ids_hf(const char *path, int *bos, int *eos) {
+    char *dir, *config;
+    QLAB_TRY(hf_paths(path, &dir, &config));
+    const char *names[2] = {config, NULL};
+    size_t n = strlen(dir) + 32;
+    char *gen = malloc(n);
+    if (gen) snprintf(gen, n, "%s/generation_config.json", dir);
+    names[1] = gen;
+    for (int f = 0; f < 2 && names[f]; f++) {
+        char *text;
+        size_t len;
+        if (qlab_read_file(names[f], &text, &len) != QLAB_OK)
+            continue; /* generation_config.json is optional */
+        cJSON *root = cJSON_ParseWithLength(text, len);
+        free(text);
+        if (*bos < 0) *bos = hf_special_id(root, "bos_token_id");
+        if (*eos < 0) *eos = hf_special_id(root, "eos_token_id");
+        cJSON_Delete(root);
+    }
+    free(gen);
+    free(dir);
+    free(config);
+    return QLAB_OK;
 }

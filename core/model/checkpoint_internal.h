@@ -32,6 +32,8 @@ static inline int checkpoint_mul(size_t a, size_t b, size_t *out) {
 }
 
 size_t checkpoint_dtype_size(checkpoint_dtype dtype);
+/* checkpoint_special_ids for a Hugging Face directory (*bos / *eos must start at -1). */
+qlab_status checkpoint_special_ids_hf(const char *path, int *bos, int *eos);
 /* Widens n stored values of dtype at src (any alignment, little-endian) into dst. */
 void checkpoint_widen(float *dst, const void *src, size_t n, checkpoint_dtype dtype);
 

@@ -1,0 +1,183 @@
+/* Hugging Face config.json as transformers writes it today (core/model/checkpoint_hf.c): rope_theta inside
+ * "rope_parameters" (transformers 5) or top-level (older), a conflict between them refused; scaled RoPE
+ * and biases refused by name, never ignored; the writer keeps theta, eps and BOS/EOS (config.json and
+ * generation_config.json); `qlab convert --to llama2c` refuses what llama2.c cannot store. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "tests/check.h"
+#include "core/base/common.h"
+#include "core/base/rng.h"
+#include "core/model/checkpoint.h"
+#include "tests/test_util.h"
+
+static char dir[512], config[600];
+static char *original; /* config.json as the writer made it */
+
+/* Rewrites config.json from the original with edit applied. */
+static void write_config(void (*edit)(cJSON *root)) {
+    cJSON *root = cJSON_Parse(original);
+    if (edit) edit(root);
+    char *text = cJSON_Print(root);
+    write_bytes(config, text, strlen(text));
+    free(text);
+    cJSON_Delete(root);
+}
+
+static void drop_top_theta(cJSON *r) {
+    cJSON_DeleteItemFromObject(r, "rope_theta");
+}
+static void drop_params(cJSON *r) {
+    cJSON_DeleteItemFromObject(r, "rope_parameters");
+}
+static void drop_both(cJSON *r) {
+    drop_top_theta(r), drop_params(r);
+}
+static void conflict(cJSON *r) {
+    cJSON_ReplaceItemInObject(r, "rope_theta", cJSON_CreateNumber(10000));
+}
+static void llama3(cJSON *r) {
+    cJSON *p = cJSON_GetObjectItem(r, "rope_parameters");
+    cJSON_ReplaceItemInObject(p, "rope_type", cJSON_CreateString("llama3"));
+    cJSON_AddNumberToObject(p, "factor", 8);
+}
+static void linear_scaling(cJSON *r) {
+    cJSON *s = cJSON_AddObjectToObject(r, "rope_scaling");
+    cJSON_AddStringToObject(s, "type", "linear");
+    cJSON_AddNumberToObject(s, "factor", 2);
+}
+static void default_scaling(cJSON *r) {
+    cJSON *s = cJSON_AddObjectToObject(r, "rope_scaling");
+    cJSON_AddStringToObject(s, "rope_type", "default");
+}
+static void partial(cJSON *r) {
+    cJSON_AddNumberToObject(cJSON_GetObjectItem(r, "rope_parameters"), "partial_rotary_factor", 0.5);
+}
+static void attn_bias(cJSON *r) {
+    cJSON_ReplaceItemInObject(r, "attention_bias", cJSON_CreateTrue());
+}
+static void mlp_bias(cJSON *r) {
+    cJSON_ReplaceItemInObject(r, "mlp_bias", cJSON_CreateTrue());
+}
+static void bias_string(cJSON *r) {
+    cJSON_ReplaceItemInObject(r, "mlp_bias", cJSON_CreateString("no"));
+}
+
+static float theta_of(void) {
+    model *m = NULL;
+    qlab_status st = checkpoint_load(dir, &m);
+    CHECKF(st == QLAB_OK, "%s", qlab_last_error());
+    float t = m ? model_get_config(m)->rope_theta : -1;
+    model_free(m);
+    return t;
+}
+
+static void refused(void (*edit)(cJSON *), qlab_status want, const char *word) {
+    write_config(edit);
+    model *m = NULL;
+    qlab_status st = checkpoint_load(dir, &m);
+    CHECKF(st == want && m == NULL, "status %d, want %d (%s)", (int)st, (int)want, word);
+    CHECKF(strstr(qlab_last_error(), word) && strstr(qlab_last_error(), "config.json"),
+           "message lacks \"%s\": %s", word, qlab_last_error());
+    model_free(m);
+}
+
+int main(void) {
+    test_tmp_dir_create("hf_config");
+    snprintf(dir, sizeof dir, "%s/hf", test_tmp_dir());
+    snprintf(config, sizeof config, "%s/config.json", dir);
+    model_config cfg = {.dim = 32,
+                        .hidden_dim = 64,
+                        .n_layers = 2,
+                        .n_heads = 4,
+                        .n_kv_heads = 2,
+                        .vocab_size = 50,
+                        .seq_len = 64,
+                        .norm_eps = 1e-6f,
+                        .rope_theta = 500000.0f,
+                        .shared_classifier = 1};
+    model *m = NULL;
+    CHECK(model_create(&m, &cfg) == QLAB_OK);
+    size_t n = 0;
+    float *w = model_get_param_buffer(m, &n);
+    rng_state r;
+    rng_seed(&r, 3);
+    for (size_t i = 0; i < n; i++)
+        w[i] = 0.1f * (float)rng_normal(&r);
+    CHECK(checkpoint_save_hf_ids(m, dir, CHECKPOINT_F32, 7, 9) == QLAB_OK);
+    model_free(m);
+    size_t len;
+    CHECK(qlab_read_file(config, &original, &len) == QLAB_OK);
+
+    /* the written config reads back: theta and eps kept, both spellings of theta present */
+    cJSON *root = cJSON_Parse(original);
+    cJSON *params = cJSON_GetObjectItem(root, "rope_parameters");
+    CHECK(cJSON_GetObjectItem(root, "rope_theta")->valuedouble == 500000.0);
+    CHECK(params && cJSON_GetObjectItem(params, "rope_theta")->valuedouble == 500000.0 &&
+          !strcmp(cJSON_GetObjectItem(params, "rope_type")->valuestring, "default"));
+    CHECK(cJSON_GetObjectItem(root, "bos_token_id")->valuedouble == 7 &&
+          cJSON_GetObjectItem(root, "eos_token_id")->valuedouble == 9);
+    CHECK(cJSON_IsFalse(cJSON_GetObjectItem(root, "attention_bias")) &&
+          cJSON_IsFalse(cJSON_GetObjectItem(root, "mlp_bias")));
+    cJSON_Delete(root);
+    char gen[600];
+    snprintf(gen, sizeof gen, "%s/generation_config.json", dir);
+    char *gtext = NULL;
+    CHECK(qlab_read_file(gen, &gtext, &len) == QLAB_OK);
+    cJSON *g = cJSON_Parse(gtext);
+    CHECK(g && cJSON_GetObjectItem(g, "bos_token_id")->valuedouble == 7 &&
+          cJSON_GetObjectItem(g, "eos_token_id")->valuedouble == 9);
+    cJSON_Delete(g);
+    free(gtext);
+    int bos = 0, eos = 0;
+    CHECK(checkpoint_special_ids(dir, &bos, &eos) == QLAB_OK && bos == 7 && eos == 9);
+    model *back = NULL;
+    CHECK(checkpoint_load(dir, &back) == QLAB_OK && back && model_get_config(back)->norm_eps == 1e-6f);
+    model_free(back);
+
+    /* theta from either place */
+    CHECK(theta_of() == 500000.0f);
+    write_config(drop_top_theta); /* transformers 5 */
+    CHECK(theta_of() == 500000.0f);
+    write_config(drop_params); /* transformers 4 */
+    CHECK(theta_of() == 500000.0f);
+    write_config(drop_both); /* LlamaConfig's default */
+    CHECK(theta_of() == 10000.0f);
+    write_config(default_scaling); /* an explicit "default" rope_scaling is plain RoPE */
+    CHECK(theta_of() == 500000.0f);
+
+    /* refusals, by name */
+    refused(conflict, QLAB_ERR_FORMAT, "rope_parameters.rope_theta");
+    refused(llama3, QLAB_ERR_UNSUPPORTED, "\"llama3\"");
+    refused(linear_scaling, QLAB_ERR_UNSUPPORTED, "rope_scaling.rope_type is \"linear\"");
+    refused(partial, QLAB_ERR_UNSUPPORTED, "partial_rotary_factor");
+    refused(attn_bias, QLAB_ERR_UNSUPPORTED, "attention_bias");
+    refused(mlp_bias, QLAB_ERR_UNSUPPORTED, "mlp_bias");
+    refused(bias_string, QLAB_ERR_FORMAT, "mlp_bias");
+
+    /* qlab convert --to llama2c refuses theta 500000 and writes nothing */
+    write_config(NULL);
+    char qlab[600], cmd[2048], out[600];
+    snprintf(qlab, sizeof qlab, "%s/bin/qlab", getenv("QLAB_BUILD") ? getenv("QLAB_BUILD") : "build");
+    snprintf(out, sizeof out, "%s/out.bin", test_tmp_dir());
+    if (access(qlab, X_OK) == 0) {
+        snprintf(cmd, sizeof cmd, "%s convert --to llama2c %s %s >%s/log 2>&1", qlab, dir, out,
+                 test_tmp_dir());
+        int rc = run_shell(cmd);
+        char log[600], *text = NULL;
+        snprintf(log, sizeof log, "%s/log", test_tmp_dir());
+        CHECK(rc == 1 && access(out, F_OK) != 0);
+        CHECK(qlab_read_file(log, &text, &len) == QLAB_OK &&
+              strstr(text, "cannot store rope_theta = 500000"));
+        free(text);
+    } else {
+        SKIP("build/bin/qlab not built: convert refusal not run");
+    }
+    free(original);
+    test_tmp_dir_remove();
+    return check_summary();
+}
