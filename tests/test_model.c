@@ -259,6 +259,11 @@ static void check_model_gradients(model *m, const int *tokens, const int *target
     memcpy(saved, params, sizeof(float) * count);
     for (int g = 0; g < MODEL_GROUP_COUNT; g++) {
         model_param_group pg = model_get_param_group(m, (model_group)g);
+        if (pg.quantized) { /* no fp32 storage at all, so no gradient can be formed for it */
+            CHECKF(!model_get_params_const(m)->group[g], "%s: quantized group %s has an fp32 view", tag,
+                   pg.name);
+            continue;
+        }
         if (!pg.trainable) {
             int zero = 1;
             for (size_t i = 0; i < pg.count; i++)

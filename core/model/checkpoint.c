@@ -109,6 +109,26 @@ qlab_status checkpoint_load(const char *path, model **out) {
     return st;
 }
 
+qlab_status checkpoint_load_quantized(const char *path, const checkpoint_quant *quant, model **out) {
+    *out = NULL;
+    checkpoint_format fmt;
+    QLAB_TRY(checkpoint_detect(path, &fmt));
+    qlab_status st;
+    if (fmt == CHECKPOINT_LLAMA2C) {
+        QLAB_TRY(checkpoint_load_llama2c_quantized(path, quant, out));
+        st = model_check_finite(*out, 0, path); /* the fp32 groups; the projections were checked on load */
+    } else {
+        QLAB_TRY(checkpoint_load(path, out));
+        st = model_quantize(*out, quant->dtype, quant->blocksize, quant->double_quant);
+        if (st != QLAB_OK) qlab_fail_context(st, "%s", path);
+    }
+    if (st != QLAB_OK) {
+        model_free(*out);
+        *out = NULL;
+    }
+    return st;
+}
+
 /* ---------------------------------------------------------------- mapping */
 
 qlab_status checkpoint_map(const char *path, checkpoint_mapping *map) {

@@ -26,6 +26,21 @@ qlab_status checkpoint_detect(const char *path, checkpoint_format *out);
 
 /* Detects the format and loads the model (fp32 parameters; fp16/bf16 tensors are widened exactly). */
 qlab_status checkpoint_load(const char *path, model **out);
+
+/* The 4-bit data type of a quantized load (model_quantize's arguments). */
+typedef struct {
+    quant_dtype dtype;
+    int blocksize;
+    int double_quant;
+} checkpoint_quant;
+/* Loads the model with its projections quantized (model_create_quantized): the result equals
+ * checkpoint_load followed by model_quantize, bit for bit, and keeps no fp32 copy of the projections.
+ * llama2.c files are quantized tensor by tensor from the mapped file, so their fp32 projections are never
+ * in memory at all (each is checked for NaN/Inf first); GGUF and Hugging Face checkpoints are loaded in
+ * fp32 and then quantized, so their load peaks at the fp32 model once. Embeddings, norms and the classifier
+ * stay fp32 (model_full_precision_groups names them). */
+qlab_status checkpoint_load_quantized(const char *path, const checkpoint_quant *quant, model **out);
+qlab_status checkpoint_load_llama2c_quantized(const char *path, const checkpoint_quant *quant, model **out);
 qlab_status checkpoint_load_llama2c(const char *path, model **out);
 qlab_status checkpoint_load_gguf(const char *path, model **out);
 /* path: the directory, or its config.json. */

@@ -629,6 +629,7 @@ static void gguf_add(gguf_out_tensor *t, const char *name, int layer, const floa
 }
 
 qlab_status checkpoint_save_gguf(const model *m, const char *path, checkpoint_dtype dtype) {
+    QLAB_TRY(checkpoint_check_savable(m, path));
     const model_config *c = model_get_config(m);
     const model_params *p = checkpoint_params(m);
     int L = c->n_layers, D = c->dim, H = c->hidden_dim, KV = c->n_kv_heads * (D / c->n_heads);

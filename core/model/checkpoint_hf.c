@@ -424,6 +424,7 @@ qlab_status checkpoint_save_hf_dtype(const model *m, const char *dir, checkpoint
 
 qlab_status checkpoint_save_hf_ids(const model *m, const char *dir, checkpoint_dtype dtype, int bos,
                                    int eos) {
+    QLAB_TRY(checkpoint_check_savable(m, dir));
     const model_config *c = model_get_config(m);
     const model_params *src = checkpoint_params(m);
     if (mkdir(dir, 0777) != 0 && errno != EEXIST)

@@ -42,4 +42,14 @@ static inline const model_params *checkpoint_params(const model *m) {
     return model_get_params_const(m);
 }
 
+/* The writers store fp32 (or narrowed) weights: a quantized model holds no fp32 projections to write. */
+static inline qlab_status checkpoint_check_savable(const model *m, const char *path) {
+    if (model_is_quantized(m))
+        return qlab_fail(QLAB_ERR_UNSUPPORTED,
+                         "%s: the model's projections are quantized; the checkpoint "
+                         "writers store fp32 weights (save before model_quantize)",
+                         path);
+    return QLAB_OK;
+}
+
 #endif

@@ -2,11 +2,14 @@
  * (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len; a negative vocab_size means the
  * classifier is stored separately), then fp32 weights in model_params order with the two legacy RoPE
  * tables (seq_len * head_size/2 floats each, unused here) between rms_final and the classifier. */
+#include <limits.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/model/checkpoint_internal.h"
+#include "core/model/model_check.h"
 
 #define LLAMA2C_HEADER_INTS 7
 
@@ -53,7 +56,7 @@ static void llama2c_sections(const model_config *c, const model_params *p, float
     size_t sizes[MODEL_GROUP_COUNT];
     model_param_sizes(c, sizes);
     for (int s = 0; s < LLAMA2C_SECTIONS; s++) {
-        ptr[s] = p->group[s];
+        ptr[s] = p->group[s]; /* NULL for the projections of a quantized model */
         count[s] = sizes[s];
     }
 }
@@ -134,7 +137,33 @@ static qlab_status llama2c_check_size(const checkpoint_mapping *map, const char 
     return QLAB_OK;
 }
 
-qlab_status checkpoint_load_llama2c(const char *path, model **out) {
+/* Section `group` of the file (count floats at src) into the model: copied into an fp32 view, or, for
+ * the projections of a quantized model, quantized layer by layer straight from the mapped file after a
+ * finite-value check, so those fp32 weights are never copied. */
+static qlab_status llama2c_take_section(model *m, const char *path, int group, float *view,
+                                        const uint8_t *src, size_t count) {
+    if (view) {
+        memcpy(view, src, count * sizeof(float));
+        return QLAB_OK;
+    }
+    model_proj p = (model_proj)model_group_projection((model_group)group);
+    const model_config *c = model_get_config(m);
+    int out_f, in_f;
+    model_proj_shape(c, p, &out_f, &in_f);
+    size_t per_layer = (size_t)out_f * in_f;
+    char what[PATH_MAX + 64];
+    for (int l = 0; l < c->n_layers; l++) {
+        const float *w = (const float *)(const void *)(src + (size_t)l * per_layer * sizeof(float));
+        snprintf(what, sizeof what, "%s: tensor %s (layer %d)", path, model_group_name((model_group)group),
+                 l);
+        QLAB_TRY(check_finite_floats(w, per_layer, (size_t)in_f, what, "row"));
+        QLAB_TRY(model_set_projection(m, l, p, w));
+    }
+    return QLAB_OK;
+}
+
+/* quant NULL: an fp32 model; else a quantized one whose projections never exist in fp32. */
+static qlab_status llama2c_load(const char *path, const checkpoint_quant *quant, model **out) {
     *out = NULL;
     checkpoint_mapping map;
     QLAB_TRY(checkpoint_map(path, &map));
@@ -144,28 +173,45 @@ qlab_status checkpoint_load_llama2c(const char *path, model **out) {
     model *m = NULL;
     qlab_status st = llama2c_read_header(&map, path, &cfg);
     if (st == QLAB_OK) st = llama2c_check_size(&map, path, &cfg, &lay, &has_rope);
-    if (st == QLAB_OK && (st = model_create(&m, &cfg)) != QLAB_OK) qlab_fail_context(st, "%s", path);
+    if (st == QLAB_OK) {
+        st = quant ? model_create_quantized(&m, &cfg, quant->dtype, quant->blocksize, quant->double_quant)
+                   : model_create(&m, &cfg);
+        if (st != QLAB_OK) qlab_fail_context(st, "%s", path);
+    }
     if (st == QLAB_OK) {
         model_params *p = model_get_params(m);
         float *ptr[LLAMA2C_SECTIONS];
         size_t count[LLAMA2C_SECTIONS];
         llama2c_sections(&cfg, p, ptr, count);
         const uint8_t *src = map.data + 28;
-        for (int i = 0; i < LLAMA2C_SECTIONS; i++) {
-            memcpy(ptr[i], src, count[i] * sizeof(float));
+        for (int i = 0; i < LLAMA2C_SECTIONS && st == QLAB_OK; i++) {
+            st = llama2c_take_section(m, path, i, ptr[i], src, count[i]);
             src += count[i] * sizeof(float);
         }
-        if (!cfg.shared_classifier) {
+        if (st == QLAB_OK && !cfg.shared_classifier) {
             if (has_rope) src += lay.rope_tables * sizeof(float);
             memcpy(p->wcls, src, lay.classifier * sizeof(float));
         }
-        *out = m;
     }
     checkpoint_unmap(&map);
-    return st;
+    if (st != QLAB_OK) {
+        model_free(m);
+        return st;
+    }
+    *out = m;
+    return QLAB_OK;
+}
+
+qlab_status checkpoint_load_llama2c(const char *path, model **out) {
+    return llama2c_load(path, NULL, out);
+}
+
+qlab_status checkpoint_load_llama2c_quantized(const char *path, const checkpoint_quant *quant, model **out) {
+    return llama2c_load(path, quant, out);
 }
 
 qlab_status checkpoint_save_llama2c(const model *m, const char *path) {
+    QLAB_TRY(checkpoint_check_savable(m, path));
     const model_config *c = model_get_config(m);
     const model_params *p = checkpoint_params(m);
     llama2c_layout lay;

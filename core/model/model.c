@@ -5,6 +5,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,14 +44,17 @@ typedef struct {
 struct model {
     model_config cfg;
     int head_size, kv_dim;
-    size_t num_params;
-    float *param_buffer;
-    model_params params;
-    float *grad_buffer; /* lazily allocated, same layout as param_buffer */
+    size_t num_params;   /* floats in param_buffer: every group, or all but the projections once quantized */
+    float *param_buffer; /* the fp32 groups, in group order */
+    model_params params; /* NULL views for quantized projection groups */
+    float *grad_buffer;  /* lazily allocated, same layout as param_buffer */
     model_params grads;
     int trainable[MODEL_GROUP_COUNT];
-    quant_tensor *quantized; /* n_layers * PROJ_COUNT tensors when model_quantize ran, else NULL */
+    quant_tensor *quantized;  /* n_layers * PROJ_COUNT tensors of a quantized model, else NULL */
+    unsigned char *quant_set; /* (n_layers * PROJ_COUNT) 1 once that tensor holds weights */
+    int quant_missing;        /* tensors not set yet (model_create_quantized before its loader ran) */
     quant_dtype quant_type;
+    int quant_blocksize, quant_double;
     float *tile; /* scratch for dequantized weight rows */
     size_t tile_floats;
     float *rope_cos, *rope_sin; /* (rope_len, head_size/2), grown on demand by the forward pass */
@@ -185,13 +189,31 @@ size_t model_num_params(const model_config *c) {
     return total;
 }
 
-/* Points one view per group into base, in group order; a shared classifier is the embedding. */
-static void model_point_views(model_params *p, float *base, const model_config *c) {
-    size_t sizes[MODEL_GROUP_COUNT];
+/* Floats of fp32 storage per group: model_param_sizes, with the projection groups at 0 when they are
+ * quantized (a quantized model keeps no fp32 copy of them). */
+static void model_stored_sizes(const model_config *c, int quantized, size_t sizes[MODEL_GROUP_COUNT]) {
     model_param_sizes(c, sizes);
+    if (quantized)
+        for (int p = 0; p < PROJ_COUNT; p++)
+            sizes[model_projections[p].info.group] = 0;
+}
+
+static size_t model_stored_floats(const model_config *c, int quantized) {
+    size_t sizes[MODEL_GROUP_COUNT], total = 0;
+    model_stored_sizes(c, quantized, sizes);
+    for (int g = 0; g < MODEL_GROUP_COUNT; g++)
+        total += sizes[g];
+    return total;
+}
+
+/* Points one view per stored group into base, in group order (NULL for the projections of a quantized
+ * model); a shared classifier is the embedding. */
+static void model_point_views(model_params *p, float *base, const model_config *c, int quantized) {
+    size_t sizes[MODEL_GROUP_COUNT];
+    model_stored_sizes(c, quantized, sizes);
     float *x = base;
     for (int g = 0; g < MODEL_GROUP_COUNT; g++) {
-        p->group[g] = x;
+        p->group[g] = (quantized && model_group_projection((model_group)g) >= 0) ? NULL : x;
         x += sizes[g];
     }
     if (c->shared_classifier) p->wcls = p->token_embedding;
@@ -231,7 +253,8 @@ static qlab_status model_check_config(const model_config *c) {
     return QLAB_OK;
 }
 
-qlab_status model_create(model **out, const model_config *cfg) {
+/* A model with zeroed fp32 storage for every group (quantized 0) or for all but the projections. */
+static qlab_status model_alloc(model **out, const model_config *cfg, int quantized) {
     *out = NULL;
     QLAB_TRY(model_check_config(cfg));
     model *m = qlab_calloc(1, sizeof *m);
@@ -240,7 +263,7 @@ qlab_status model_create(model **out, const model_config *cfg) {
     m->cfg.shared_classifier = cfg->shared_classifier ? 1 : 0;
     m->head_size = cfg->dim / cfg->n_heads;
     m->kv_dim = cfg->n_kv_heads * m->head_size;
-    m->num_params = model_num_params(&m->cfg);
+    m->num_params = model_stored_floats(&m->cfg, quantized);
     for (int g = 0; g < MODEL_GROUP_COUNT; g++)
         m->trainable[g] = 1;
     m->param_buffer = qlab_alloc_aligned(m->num_params * sizeof(float));
@@ -248,9 +271,13 @@ qlab_status model_create(model **out, const model_config *cfg) {
         model_free(m);
         return QLAB_ERR_NOMEM;
     }
-    model_point_views(&m->params, m->param_buffer, &m->cfg);
+    model_point_views(&m->params, m->param_buffer, &m->cfg, quantized);
     *out = m;
     return QLAB_OK;
+}
+
+qlab_status model_create(model **out, const model_config *cfg) {
+    return model_alloc(out, cfg, 0);
 }
 
 /* The RoPE tables cover the positions a forward pass has used so far (not seq_len, which a file header
@@ -281,12 +308,14 @@ static qlab_status model_rope_reserve(model *m, int T) {
 }
 
 static void model_free_quantized(model *m) {
-    if (!m->quantized) return;
-    for (int i = 0; i < m->cfg.n_layers * PROJ_COUNT; i++)
-        quant_tensor_free(&m->quantized[i]);
+    if (m->quantized)
+        for (int i = 0; i < m->cfg.n_layers * PROJ_COUNT; i++)
+            quant_tensor_free(&m->quantized[i]);
     free(m->quantized);
-    m->quantized = NULL;
+    free(m->quant_set);
     qlab_free_aligned(m->tile);
+    m->quantized = NULL;
+    m->quant_set = NULL;
     m->tile = NULL;
     m->tile_floats = 0;
 }
@@ -333,17 +362,13 @@ float *model_get_grad_buffer(model *m, size_t *count) {
             qlab_fail(QLAB_ERR_NOMEM, "model gradients: cannot allocate %zu floats", m->num_params);
             return NULL;
         }
-        model_point_views(&m->grads, m->grad_buffer, &m->cfg);
+        model_point_views(&m->grads, m->grad_buffer, &m->cfg, m->quantized != NULL);
     }
     return m->grad_buffer;
 }
 
 void model_zero_grad(model *m) {
     if (m->grad_buffer) memset(m->grad_buffer, 0, m->num_params * sizeof(float));
-}
-
-int model_is_quantized(const model *m) {
-    return m->quantized != NULL;
 }
 
 qlab_status model_clone(const model *src, model **out) {
@@ -382,10 +407,11 @@ linear_weight model_get_linear(const model *m, int layer, model_proj p) {
 model_param_group model_get_param_group(const model *m, model_group g) {
     model_param_group out = {"unknown", 0, 0, 0, 0};
     if (g < 0 || g >= MODEL_GROUP_COUNT) return out;
-    size_t sizes[MODEL_GROUP_COUNT], offset = 0;
+    size_t sizes[MODEL_GROUP_COUNT], stored[MODEL_GROUP_COUNT], offset = 0;
     model_param_sizes(&m->cfg, sizes);
+    model_stored_sizes(&m->cfg, m->quantized != NULL, stored);
     for (int i = 0; i < (int)g; i++)
-        offset += sizes[i];
+        offset += stored[i];
     out.name = model_group_names[g];
     out.offset = offset;
     out.count = sizes[g];
@@ -421,55 +447,147 @@ int model_last_target_count(const model *m) {
 
 /* ---------------------------------------------------------------- quantization */
 
-qlab_status model_quantize(model *m, quant_dtype dt, int blocksize, int double_quant) {
-    int L = m->cfg.n_layers;
-    quant_tensor *qs = qlab_calloc((size_t)L * PROJ_COUNT, sizeof *qs);
-    if (!qs) return QLAB_ERR_NOMEM;
-    size_t tile_floats = 0;
-    for (int l = 0; l < L; l++)
-        for (int p = 0; p < PROJ_COUNT; p++) {
-            int out_f, in_f;
-            model_proj_shape(&m->cfg, (model_proj)p, &out_f, &in_f);
-            const float *w = model_proj_matrix(&m->params, &m->cfg, l, (model_proj)p);
-            quant_tensor *qt = &qs[(size_t)l * PROJ_COUNT + p];
-            qlab_status st = quant_tensor_quantize(qt, w, (int64_t)out_f * in_f, dt, blocksize, double_quant);
-            if (st != QLAB_OK) {
-                for (int i = 0; i < l * PROJ_COUNT + p; i++)
-                    quant_tensor_free(&qs[i]);
-                free(qs);
-                return qlab_fail_context(st, "quantizing layer %d %s", l, model_proj_name((model_proj)p));
-            }
-            qt->ndim = 2;
-            qt->shape[0] = out_f;
-            qt->shape[1] = in_f;
-            linear_weight lw = {out_f, in_f, NULL, qt};
-            size_t need = linear_tile_floats_needed(&lw, LINEAR_TILE_FLOATS);
-            if (need > tile_floats) tile_floats = need;
-        }
-    float *tile = qlab_alloc_aligned(tile_floats * sizeof(float));
-    if (!tile) {
-        for (int i = 0; i < L * PROJ_COUNT; i++)
-            quant_tensor_free(&qs[i]);
-        free(qs);
-        return QLAB_ERR_NOMEM;
+/* The quantized-projection state of a model: n_layers * PROJ_COUNT empty tensors, their set flags and
+ * the dequantization tile, sized from the shapes alone. On failure nothing is changed. */
+static qlab_status model_alloc_quantized(model *m, quant_dtype dt, int blocksize, int double_quant) {
+    size_t n = (size_t)m->cfg.n_layers * PROJ_COUNT, tile_floats = 0;
+    for (int p = 0; p < PROJ_COUNT; p++) {
+        linear_weight lw = {0, 0, NULL, NULL};
+        model_proj_shape(&m->cfg, (model_proj)p, &lw.out_features, &lw.in_features);
+        size_t need = linear_tile_floats_needed(&lw, LINEAR_TILE_FLOATS);
+        if (need > tile_floats) tile_floats = need;
     }
-    model_free_quantized(m);
-    m->quantized = qs;
-    m->quant_type = dt;
-    m->tile = tile;
-    m->tile_floats = tile_floats;
+    quant_tensor *qs = qlab_calloc(n, sizeof *qs);
+    unsigned char *set = qlab_calloc(n, 1);
+    float *tile = qlab_alloc_aligned(tile_floats * sizeof(float));
+    if (!qs || !set || !tile) {
+        free(qs), free(set), qlab_free_aligned(tile);
+        return qlab_fail_context(QLAB_ERR_NOMEM, "model: quantized projections");
+    }
+    m->quantized = qs, m->quant_set = set, m->quant_missing = (int)n;
+    m->tile = tile, m->tile_floats = tile_floats;
+    m->quant_type = dt, m->quant_blocksize = blocksize, m->quant_double = double_quant;
     return QLAB_OK;
 }
 
+/* Quantizes w (out_features x in_features of projection p) into the model's tensor for (layer, p). */
+static qlab_status model_quantize_one(model *m, int layer, model_proj p, const float *w) {
+    int out_f, in_f;
+    model_proj_shape(&m->cfg, p, &out_f, &in_f);
+    size_t i = (size_t)layer * PROJ_COUNT + p;
+    quant_tensor qt;
+    qlab_status st = quant_tensor_quantize(&qt, w, (int64_t)out_f * in_f, m->quant_type, m->quant_blocksize,
+                                           m->quant_double);
+    if (st != QLAB_OK) return qlab_fail_context(st, "quantizing layer %d %s", layer, model_proj_name(p));
+    qt.ndim = 2;
+    qt.shape[0] = out_f;
+    qt.shape[1] = in_f;
+    if (m->quant_set[i]) quant_tensor_free(&m->quantized[i]);
+    m->quant_missing -= m->quant_set[i] ? 0 : 1;
+    m->quantized[i] = qt;
+    m->quant_set[i] = 1;
+    return QLAB_OK;
+}
+
+/* Moves the fp32 groups that stay into a buffer without the projections and frees the full one. */
+static qlab_status model_release_projections(model *m) {
+    size_t stored = model_stored_floats(&m->cfg, 1);
+    float *buffer = qlab_alloc_aligned(stored * sizeof(float));
+    if (!buffer) return qlab_fail_context(QLAB_ERR_NOMEM, "model: fp32 parameters without the projections");
+    model_params views;
+    model_point_views(&views, buffer, &m->cfg, 1);
+    size_t sizes[MODEL_GROUP_COUNT];
+    model_stored_sizes(&m->cfg, 1, sizes);
+    for (int g = 0; g < MODEL_GROUP_COUNT; g++)
+        if (sizes[g]) memcpy(views.group[g], m->params.group[g], sizes[g] * sizeof(float));
+    qlab_free_aligned(m->param_buffer);
+    m->param_buffer = buffer, m->params = views, m->num_params = stored;
+    /* gradients, if any were formed, belonged to the fp32 model */
+    qlab_free_aligned(m->grad_buffer);
+    m->grad_buffer = NULL;
+    memset(&m->grads, 0, sizeof m->grads);
+    return QLAB_OK;
+}
+
+qlab_status model_quantize(model *m, quant_dtype dt, int blocksize, int double_quant) {
+    if (m->quantized)
+        return qlab_fail(QLAB_ERR_ARG, "model_quantize: the model is already quantized (its fp32 projections "
+                                       "were released)");
+    QLAB_TRY(model_alloc_quantized(m, dt, blocksize, double_quant));
+    qlab_status st = QLAB_OK;
+    for (int l = 0; l < m->cfg.n_layers && st == QLAB_OK; l++)
+        for (int p = 0; p < PROJ_COUNT && st == QLAB_OK; p++)
+            st = model_quantize_one(m, l, (model_proj)p,
+                                    model_proj_matrix(&m->params, &m->cfg, l, (model_proj)p));
+    if (st == QLAB_OK) st = model_release_projections(m);
+    if (st != QLAB_OK) model_free_quantized(m); /* the model stays the fp32 model it was */
+    return st;
+}
+
+qlab_status model_create_quantized(model **out, const model_config *cfg, quant_dtype dt, int blocksize,
+                                   int double_quant) {
+    *out = NULL;
+    QLAB_TRY(quant_check_blocksize(dt, blocksize));
+    if (double_quant && !quant_dtype_has_fp32_absmax(dt))
+        return qlab_fail(QLAB_ERR_ARG,
+                         "model_create_quantized: double_quant applies to fp32-absmax types (%s), "
+                         "not %s",
+                         quant_dtype_list(1), quant_dtype_name(dt));
+    model *m;
+    QLAB_TRY(model_alloc(&m, cfg, 1));
+    qlab_status st = model_alloc_quantized(m, dt, blocksize, double_quant);
+    if (st != QLAB_OK) {
+        model_free(m);
+        return st;
+    }
+    *out = m;
+    return QLAB_OK;
+}
+
+qlab_status model_set_projection(model *m, int layer, model_proj p, const float *w) {
+    if (!m->quantized || !m->quant_set)
+        return qlab_fail(QLAB_ERR_ARG, "model_set_projection: the model is not quantized (write fp32 weights "
+                                       "through model_get_params)");
+    if (layer < 0 || layer >= m->cfg.n_layers || p < 0 || p >= PROJ_COUNT)
+        return qlab_fail(QLAB_ERR_ARG,
+                         "model_set_projection: layer %d, projection %d out of range (%d layers)", layer,
+                         (int)p, m->cfg.n_layers);
+    return model_quantize_one(m, layer, p, w);
+}
+
+int model_is_quantized(const model *m) {
+    return m->quantized != NULL;
+}
+
+void model_get_memory(const model *m, model_memory *out) {
+    memset(out, 0, sizeof *out);
+    out->fp32_weights = m->num_params * sizeof(float);
+    if (m->quantized)
+        for (int i = 0; i < m->cfg.n_layers * PROJ_COUNT; i++)
+            out->quantized_weights += quant_tensor_bytes(&m->quantized[i]);
+    out->gradients = m->grad_buffer ? m->num_params * sizeof(float) : 0;
+    out->activations = (m->act_capacity + m->grad_act_capacity) * sizeof(float);
+    out->scratch = m->tile_floats * sizeof(float) +
+                   2 * (size_t)m->rope_len * (m->head_size / 2) * sizeof(float) +
+                   2 * m->saved_capacity * sizeof(int);
+}
+
+const char *model_full_precision_groups(const model *m, char *buf, size_t size) {
+    size_t used = 0;
+    buf[0] = 0;
+    for (int g = 0; g < MODEL_GROUP_COUNT; g++) {
+        model_param_group pg = model_get_param_group(m, (model_group)g);
+        if (pg.count == 0 || pg.quantized || used >= size) continue;
+        used += (size_t)snprintf(buf + used, size - used, "%s%s", used ? "," : "", pg.name);
+    }
+    return buf;
+}
+
 double model_total_bits(const model *m) {
-    if (!m->quantized) return 32.0 * (double)m->num_params;
-    size_t sizes[MODEL_GROUP_COUNT], replaced = 0;
-    model_param_sizes(&m->cfg, sizes);
-    for (int p = 0; p < PROJ_COUNT; p++)
-        replaced += sizes[model_projections[p].info.group];
-    double bits = 32.0 * (double)(m->num_params - replaced);
-    for (int i = 0; i < m->cfg.n_layers * PROJ_COUNT; i++)
-        bits += 8.0 * (double)quant_tensor_bytes(&m->quantized[i]);
+    double bits = 32.0 * (double)m->num_params;
+    if (m->quantized)
+        for (int i = 0; i < m->cfg.n_layers * PROJ_COUNT; i++)
+            bits += 8.0 * (double)quant_tensor_bytes(&m->quantized[i]);
     return bits;
 }
 
@@ -692,6 +810,10 @@ static void model_head_forward(model *m, const int *targets, float *logits, floa
 qlab_status model_forward(model *m, const int *tokens, const int *targets, int B, int T, float *logits,
                           float *loss) {
     m->have_targets = 0;
+    if (m->quant_missing > 0)
+        return qlab_fail(QLAB_ERR_ARG,
+                         "model_forward: %d quantized projections were never set (model_set_projection)",
+                         m->quant_missing);
     QLAB_TRY(model_forward_check(m, tokens, targets, B, T));
     QLAB_TRY(model_forward_prepare(m, tokens, B, T));
     embedding_forward(m->acts.encoded, tokens, m->params.token_embedding, B * T, m->cfg.dim);

@@ -108,7 +108,8 @@ typedef struct model model; /* opaque: owns buffers, activations, scratch */
 qlab_status model_create(model **out, const model_config *cfg);
 void model_free(model *m);
 const model_config *model_get_config(const model *m);
-model_params *model_get_params(model *m); /* fp32 views, writable by checkpoint loaders */
+/* fp32 views, writable by checkpoint loaders (NULL for the projections of a quantized model). */
+model_params *model_get_params(model *m);
 /* The same views for code that only reads them (checkpoint writers, copies). */
 const model_params *model_get_params_const(const model *m);
 float *model_get_param_buffer(model *m, size_t *count);
@@ -125,9 +126,34 @@ linear_weight model_get_linear(const model *m, int layer, model_proj p);
 qlab_status model_clone(const model *src, model **out);
 
 /* Quantizes the seven projections of every block (embeddings, norms and classifier stay fp32, as in
- * QLoRA). The fp32 copies of those weights are released from use by forward/backward. */
+ * QLoRA) and releases their fp32 copies: afterwards the parameter buffer holds only the groups that stay
+ * full precision (token_embedding, rms_att, rms_ffn, rms_final, wcls), the projection views are NULL and
+ * any gradient buffer is dropped. Refuses an already quantized model. On failure the model is unchanged. */
 qlab_status model_quantize(model *m, quant_dtype dt, int blocksize, int double_quant);
+/* A quantized model that never holds its projections in fp32: the full-precision groups are allocated
+ * (zeroed, written through model_get_params) and each projection is quantized from weights held elsewhere
+ * (a mapped checkpoint) by model_set_projection, tensor by tensor. model_forward refuses the model until
+ * every projection has been set. */
+qlab_status model_create_quantized(model **out, const model_config *cfg, quant_dtype dt, int blocksize,
+                                   int double_quant);
+/* Quantizes w (out_features x in_features of projection p, row-major, any alignment) as projection p of
+ * layer `layer` of a quantized model, replacing what was there. Refuses an fp32 model. */
+qlab_status model_set_projection(model *m, int layer, model_proj p, const float *w);
 int model_is_quantized(const model *m);
+
+/* Bytes the model holds, by category. */
+typedef struct {
+    size_t
+        fp32_weights; /* the fp32 parameter buffer (all groups, or the full-precision ones once quantized) */
+    size_t quantized_weights; /* 4-bit codes and block constants of the quantized projections */
+    size_t gradients;         /* the gradient buffer, once formed */
+    size_t activations;       /* the last forward's activations and backward's activation gradients */
+    size_t scratch;           /* dequantization tile, RoPE tables, saved tokens and targets */
+} model_memory;
+void model_get_memory(const model *m, model_memory *out);
+/* The groups held in full precision, comma-separated ("token_embedding,rms_att,rms_ffn,rms_final" for a
+ * quantized model with a shared classifier), into buf; returns buf. */
+const char *model_full_precision_groups(const model *m, char *buf, size_t size);
 /* Storage of the model as it stands: fp32 parameters at 32 bits plus quantized projections at their
  * exact stored size (bits). */
 double model_total_bits(const model *m);
@@ -146,9 +172,9 @@ void model_zero_grad(model *m);
 typedef struct {
     const char *name; /* "token_embedding", "rms_att", "wq", ..., "wcls" */
     size_t offset;    /* first element in the parameter (and gradient) buffer */
-    size_t count;     /* elements */
+    size_t count;     /* elements of the tensor; a quantized group has none in the buffers (see quantized) */
     int trainable;    /* 0: backward forms no gradient for it (it stays as it was in the buffer) */
-    int quantized;    /* 1: replaced by quant_tensors (then never trainable) */
+    int quantized;    /* 1: held as quant_tensors only, with no fp32 storage (then never trainable) */
 } model_param_group;
 
 /* The group's place in the buffers; a group out of range gives name "unknown" and count 0. */
