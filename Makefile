@@ -61,6 +61,9 @@ LDLIBS_ALL = $(shell pkg-config --libs libcjson hdf5 2>/dev/null) $(BLAS_LIBS) $
 # called through run-time CPU dispatch, so the binaries still run on any x86-64.
 AVX2_FLAGS   := -mavx2 -mfma -mf16c
 AVX512_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c
+# *_avx512bf16.c: AVX-512 with the BF16 extension (vdpbf16ps); *_amx.c: AMX tiles with bf16 (Intel).
+AVX512BF16_FLAGS := $(AVX512_FLAGS) -mavx512bf16
+AMX_FLAGS    := -mamx-tile -mamx-bf16
 
 LIB_DIRS   := core/base core/formats core/results core/text core/quant core/model kernels datasets eval train \
               experiments/harness
@@ -132,6 +135,16 @@ $(O)/%_avx512.o: %_avx512.c
 	@mkdir -p $(dir $@)
 	@echo "CC $<"
 	$(Q)$(CC) $(CFLAGS_ALL) $(AVX512_FLAGS) -c $< -o $@
+
+$(O)/%_avx512bf16.o: %_avx512bf16.c
+	@mkdir -p $(dir $@)
+	@echo "CC $<"
+	$(Q)$(CC) $(CFLAGS_ALL) $(AVX512BF16_FLAGS) -c $< -o $@
+
+$(O)/%_amx.o: %_amx.c
+	@mkdir -p $(dir $@)
+	@echo "CC $<"
+	$(Q)$(CC) $(CFLAGS_ALL) $(AMX_FLAGS) -c $< -o $@
 
 $(O)/%.o: %.c
 	@mkdir -p $(dir $@)

@@ -560,6 +560,12 @@ qlab_status quant_tensor_dequantize_range(const quant_tensor *qt, int64_t start,
     return dequant_impl(qt, start, count, out, NULL, active_kernels(), 1);
 }
 
+qlab_status quant_tensor_dequantize_range_bf16(const quant_tensor *qt, int64_t start, int64_t count,
+                                               uint16_t *out) {
+    if (!out && count != 0) return qlab_fail(QLAB_ERR_ARG, "dequantize: output is NULL");
+    return dequant_impl(qt, start, count, NULL, out, active_kernels(), 0);
+}
+
 /* ---------------------------------------------------------------- sizes and errors */
 
 size_t quant_tensor_bytes(const quant_tensor *qt) {

@@ -157,6 +157,11 @@ qlab_status quant_tensor_dequantize_bf16(const quant_tensor *qt, uint16_t *out);
  * [0, n) fails with QLAB_ERR_ARG naming the range, and fills out[0, count) with NaN (when count > 0) so
  * that a caller that cannot propagate the status still sees the misuse in its results. */
 qlab_status quant_tensor_dequantize_range(const quant_tensor *qt, int64_t start, int64_t count, float *out);
+/* The same range to bf16 (round-to-nearest-even of the fp32 value), always on the calling thread (never
+ * opens a parallel region), so a bf16 GEMM can dequantize weight panels from inside its own OpenMP loop.
+ * Fails as quant_tensor_dequantize_range does. */
+qlab_status quant_tensor_dequantize_range_bf16(const quant_tensor *qt, int64_t start, int64_t count,
+                                               uint16_t *out);
 
 /* The fp32 absmax of block b, after undoing double quantization if it was applied (absmax types only);
  * for the other types, the effective fp32 scale of the block. */

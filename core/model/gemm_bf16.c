@@ -1,0 +1,402 @@
+/* bf16 GEMM driver (gemm_bf16.h): packing of fp32 or 4-bit operands into bf16 panels, the scalar reference
+ * kernel, the portable path through OpenBLAS, and the run-time choice of the AVX-512 BF16 or AMX kernel.
+ * A product packs op(A) once, then walks B in chunks of at most GEMM_BF16_CHUNK_BYTES of packed panels:
+ * pack a chunk (from fp32, or dequantizing 4-bit codes straight to bf16), multiply it, next chunk. */
+#include "core/model/gemm_bf16.h"
+
+#include <math.h>
+#include <float.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "core/base/half.h"
+#include "core/model/gemm_bf16_kernels.h"
+#include "core/model/ops.h"
+
+/* Packed B chunk size: a few hundred columns at the model's widths, so a chunk stays in L2. */
+#define GEMM_BF16_CHUNK_BYTES ((size_t)256 << 10)
+
+/* ---------------------------------------------------------------- paths */
+
+static const char *const path_names[BF16_PATH_COUNT] = {"ref", "blas", "avx512bf16", "amx"};
+
+const char *bf16_path_name(bf16_path p) {
+    return (p >= 0 && p < BF16_PATH_COUNT) ? path_names[p] : "unknown";
+}
+
+static int cpu_avx512bf16_ = -1;
+
+static int cpu_has_avx512bf16(void) {
+    if (cpu_avx512bf16_ >= 0) return cpu_avx512bf16_;
+    int ok = 0;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+#endif
+    cpu_avx512bf16_ = ok;
+    return ok;
+}
+
+int bf16_path_available(bf16_path p) {
+    switch (p) {
+    case BF16_PATH_REF:
+    case BF16_PATH_BLAS:
+        return 1;
+    case BF16_PATH_AVX512BF16:
+        return cpu_has_avx512bf16();
+    case BF16_PATH_AMX:
+        return gemm_bf16_amx_usable();
+    default:
+        return 0;
+    }
+}
+
+static int forced_path_ = -1, auto_path_ = -1;
+
+static bf16_path best_path(void) {
+    if (auto_path_ >= 0) return (bf16_path)auto_path_;
+    bf16_path p = BF16_PATH_BLAS;
+    if (bf16_path_available(BF16_PATH_AMX))
+        p = BF16_PATH_AMX;
+    else if (bf16_path_available(BF16_PATH_AVX512BF16))
+        p = BF16_PATH_AVX512BF16;
+    const char *env = getenv("QLAB_BF16_PATH");
+    if (env && *env && strcmp(env, "auto") != 0) {
+        int found = -1;
+        for (int i = 0; i < BF16_PATH_COUNT; i++)
+            if (strcmp(env, path_names[i]) == 0) found = i;
+        if (found < 0)
+            fprintf(stderr,
+                    "qlab: QLAB_BF16_PATH=%s is not one of ref, blas, avx512bf16, amx, auto; using %s\n", env,
+                    path_names[p]);
+        else if (!bf16_path_available((bf16_path)found))
+            fprintf(stderr, "qlab: QLAB_BF16_PATH=%s is not available on this CPU; using %s\n", env,
+                    path_names[p]);
+        else
+            p = (bf16_path)found;
+    }
+    auto_path_ = (int)p;
+    return p;
+}
+
+bf16_path bf16_active_path(void) {
+    return forced_path_ >= 0 ? (bf16_path)forced_path_ : best_path();
+}
+
+qlab_status bf16_force_path(const char *name) {
+    if (strcmp(name, "auto") == 0) {
+        forced_path_ = -1;
+        return QLAB_OK;
+    }
+    for (int i = 0; i < BF16_PATH_COUNT; i++)
+        if (strcmp(name, path_names[i]) == 0) {
+            if (!bf16_path_available((bf16_path)i))
+                return qlab_fail(QLAB_ERR_UNSUPPORTED, "bf16 path '%s' is not available on this CPU", name);
+            forced_path_ = i;
+            return QLAB_OK;
+        }
+    return qlab_fail(QLAB_ERR_ARG, "unknown bf16 path '%s' (expected ref, blas, avx512bf16, amx or auto)",
+                     name);
+}
+
+/* ---------------------------------------------------------------- rounding */
+
+void bf16_round_array(uint16_t *out, const float *in, size_t n) {
+    if (cpu_has_avx512bf16()) {
+        gemm_bf16_round_avx512bf16(out, in, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        out[i] = f32_to_bf16(in[i]);
+}
+
+/* ---------------------------------------------------------------- workspace */
+
+static _Thread_local void *ws_ptr_;
+static _Thread_local size_t ws_bytes_;
+
+qlab_status bf16_workspace_reserve(size_t bytes) {
+    if (bytes <= ws_bytes_) return QLAB_OK;
+    void *p = qlab_alloc_aligned(bytes);
+    if (!p) return qlab_fail_context(QLAB_ERR_NOMEM, "bf16 GEMM workspace (%zu bytes)", bytes);
+    qlab_free_aligned(ws_ptr_);
+    ws_ptr_ = p;
+    ws_bytes_ = bytes;
+    return QLAB_OK;
+}
+
+static int max_threads(void) {
+#ifdef _OPENMP
+    return omp_in_parallel() ? 1 : omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/* Sizes of one product: all counts in elements. */
+typedef struct {
+    int M, N, K, Mp, Kp, npanels, chunk_panels, threads;
+    size_t a_elems, b_elems, scratch_elems; /* bf16 */
+    size_t blas_floats;                     /* fp32 copies for the portable path */
+} gemm_plan;
+
+static size_t round_up(size_t x, size_t a) {
+    return (x + a - 1) / a * a;
+}
+
+static gemm_plan make_plan(int M, int N, int K, bf16_path path) {
+    gemm_plan p;
+    p.M = M, p.N = N, p.K = K;
+    p.Mp = (int)round_up((size_t)(M > 0 ? M : 1), GEMM_BF16_MALIGN);
+    p.Kp = (int)round_up((size_t)(K > 0 ? K : 1), GEMM_BF16_KALIGN);
+    p.npanels = (N + GEMM_BF16_PANEL - 1) / GEMM_BF16_PANEL;
+    size_t panel_bytes = (size_t)GEMM_BF16_PANEL * p.Kp * 2;
+    size_t cp = GEMM_BF16_CHUNK_BYTES / panel_bytes;
+    if (cp < 2) cp = 2;
+    cp &= ~(size_t)1;
+    if (cp > (size_t)p.npanels) cp = (size_t)p.npanels;
+    p.chunk_panels = (int)cp;
+    p.threads = max_threads();
+    p.a_elems = (size_t)p.Mp * p.Kp;
+    p.b_elems = (size_t)p.chunk_panels * GEMM_BF16_PANEL * p.Kp;
+    size_t per_thread = (size_t)GEMM_BF16_PANEL * p.Kp;
+    size_t rows2 = 2 * (size_t)p.chunk_panels * GEMM_BF16_PANEL;
+    if (rows2 > per_thread) per_thread = rows2;
+    p.scratch_elems = per_thread * (size_t)p.threads;
+    p.blas_floats =
+        path == BF16_PATH_BLAS ? (size_t)M * p.Kp + (size_t)p.Kp * p.chunk_panels * GEMM_BF16_PANEL : 0;
+    return p;
+}
+
+static size_t plan_bytes(const gemm_plan *p) {
+    return round_up((p->a_elems + p->b_elems + p->scratch_elems) * 2, 64) + p->blas_floats * 4 + 64;
+}
+
+size_t bf16_workspace_bytes(int M, int N, int K) {
+    gemm_plan p = make_plan(M, N, K, bf16_active_path());
+    return plan_bytes(&p);
+}
+
+/* ---------------------------------------------------------------- packing */
+
+/* op(A) (M,K) -> Ap (Mp, Kp), zero padded. */
+static void pack_a(uint16_t *Ap, const gemm_plan *pl, const float *A, int lda, int trans_a) {
+    int M = pl->M, K = pl->K, Kp = pl->Kp;
+    if (!trans_a) {
+#pragma omp parallel for schedule(static) num_threads(pl->threads)
+        for (int m = 0; m < pl->Mp; m++) {
+            uint16_t *row = Ap + (size_t)m * Kp;
+            if (m < M) {
+                bf16_round_array(row, A + (size_t)m * lda, (size_t)K);
+                memset(row + K, 0, sizeof(uint16_t) * (size_t)(Kp - K));
+            } else {
+                memset(row, 0, sizeof(uint16_t) * (size_t)Kp);
+            }
+        }
+        return;
+    }
+    /* A is (K, M): blocks of 16 m columns, each thread transposing through its rounding of whole rows. */
+#pragma omp parallel for schedule(static) num_threads(pl->threads)
+    for (int m0 = 0; m0 < pl->Mp; m0 += 16) {
+        int mn = M - m0 < 16 ? M - m0 : 16;
+        if (mn < 0) mn = 0;
+        uint16_t tmp[16];
+        for (int k = 0; k < Kp; k++) {
+            if (k < K && mn > 0) bf16_round_array(tmp, A + (size_t)k * lda + m0, (size_t)mn);
+            for (int i = 0; i < 16; i++)
+                Ap[(size_t)(m0 + i) * Kp + k] = (k < K && i < mn) ? tmp[i] : 0;
+        }
+    }
+}
+
+/* Source of B: fp32 (ld) or quantized (row length = its second dimension). */
+typedef struct {
+    const float *f;
+    int ld;
+    const quant_tensor *q;
+    int trans;
+} bsrc;
+
+static uint16_t *thread_scratch(uint16_t *scratch, const gemm_plan *pl) {
+    int id = 0;
+#ifdef _OPENMP
+    id = omp_get_thread_num();
+#endif
+    size_t per_thread = pl->scratch_elems / (size_t)pl->threads;
+    return scratch + per_thread * (size_t)id;
+}
+
+/* Packs panels [p0, p0 + pc) of op(B) into Bp. Fails only when a quantized B cannot be dequantized. */
+static qlab_status pack_b(uint16_t *Bp, uint16_t *scratch, const gemm_plan *pl, const bsrc *b, int p0,
+                          int pc) {
+    int N = pl->N, K = pl->K, Kp = pl->Kp, KP2 = Kp / 2, bad = 0;
+    if (b->trans) {
+        /* op(B)[k][n] = W[n][k], W (N,K): each panel is 16 rows of W, rounded (or dequantized) row by row
+         * into scratch and interleaved as 32-bit pairs. */
+#pragma omp parallel for schedule(static) num_threads(pl->threads) reduction(| : bad)
+        for (int j = p0; j < p0 + pc; j++) {
+            uint16_t *row = thread_scratch(scratch, pl);
+            uint32_t *out = (uint32_t *)(Bp + (size_t)(j - p0) * GEMM_BF16_PANEL * Kp);
+            for (int c = 0; c < GEMM_BF16_PANEL; c++) {
+                int n = j * GEMM_BF16_PANEL + c;
+                if (n < N) {
+                    if (b->q)
+                        bad |= quant_tensor_dequantize_range_bf16(b->q, (int64_t)n * K, K, row) != QLAB_OK;
+                    else
+                        bf16_round_array(row, b->f + (size_t)n * b->ld, (size_t)K);
+                    memset(row + K, 0, sizeof(uint16_t) * (size_t)(Kp - K));
+                } else {
+                    memset(row, 0, sizeof(uint16_t) * (size_t)Kp);
+                }
+                for (int p = 0; p < KP2; p++)
+                    out[(size_t)p * GEMM_BF16_PANEL + c] =
+                        (uint32_t)row[2 * p] | ((uint32_t)row[2 * p + 1] << 16);
+            }
+        }
+    } else {
+        /* op(B) = B (K,N): rows 2p and 2p+1 over the chunk's columns, interleaved into every panel. */
+        int n0 = p0 * GEMM_BF16_PANEL, ncols = pc * GEMM_BF16_PANEL;
+        int nvalid = N - n0 < ncols ? N - n0 : ncols;
+#pragma omp parallel for schedule(static) num_threads(pl->threads) reduction(| : bad)
+        for (int p = 0; p < KP2; p++) {
+            uint16_t *r0 = thread_scratch(scratch, pl), *r1 = r0 + ncols;
+            for (int e = 0; e < 2; e++) {
+                int k = 2 * p + e;
+                uint16_t *r = e ? r1 : r0;
+                if (k < K) {
+                    if (b->q)
+                        bad |= quant_tensor_dequantize_range_bf16(b->q, (int64_t)k * N + n0, nvalid, r) !=
+                               QLAB_OK;
+                    else
+                        bf16_round_array(r, b->f + (size_t)k * b->ld + n0, (size_t)nvalid);
+                    memset(r + nvalid, 0, sizeof(uint16_t) * (size_t)(ncols - nvalid));
+                } else {
+                    memset(r, 0, sizeof(uint16_t) * (size_t)ncols);
+                }
+            }
+            for (int j = 0; j < pc; j++) {
+                uint32_t *out =
+                    (uint32_t *)(Bp + (size_t)j * GEMM_BF16_PANEL * Kp) + (size_t)p * GEMM_BF16_PANEL;
+                for (int c = 0; c < GEMM_BF16_PANEL; c++) {
+                    int n = j * GEMM_BF16_PANEL + c;
+                    out[c] = (uint32_t)r0[n] | ((uint32_t)r1[n] << 16);
+                }
+            }
+        }
+    }
+    /* the worker's own message is on its thread: give the caller one */
+    if (bad) return qlab_fail(QLAB_ERR_ARG, "bf16 GEMM: the quantized operand could not be dequantized");
+    return QLAB_OK;
+}
+
+/* ---------------------------------------------------------------- reference kernel */
+
+/* bf16 -> fp32 with subnormals read as zero (vdpbf16ps's DAZ). */
+static float ref_in(uint16_t h) {
+    if ((h & 0x7f80u) == 0) h &= 0x8000u;
+    return bf16_to_f32(h);
+}
+
+/* One accumulation step: fused multiply-add, subnormal results flushed to (signed) zero (FTZ). */
+static float ref_step(float acc, uint16_t a, uint16_t b) {
+    float r = fmaf(ref_in(a), ref_in(b), acc);
+    if (r != 0 && fabsf(r) < FLT_MIN) r = copysignf(0.0f, r);
+    return r;
+}
+
+static void gemm_bf16_kernel_ref(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, float *C,
+                                 int ldc, int accumulate) {
+    int KP2 = Kp / 2;
+#pragma omp parallel for schedule(static)
+    for (int m = 0; m < M; m++) {
+        const uint16_t *a = Ap + (size_t)m * Kp;
+        for (int n = 0; n < ncols; n++) {
+            const uint16_t *b =
+                Bp + (size_t)(n / GEMM_BF16_PANEL) * GEMM_BF16_PANEL * Kp + 2 * (n % GEMM_BF16_PANEL);
+            float acc = 0;
+            for (int p = 0; p < KP2; p++) {
+                const uint16_t *bp = b + (size_t)p * 2 * GEMM_BF16_PANEL;
+                acc = ref_step(acc, a[2 * p + 1], bp[1]);
+                acc = ref_step(acc, a[2 * p], bp[0]);
+            }
+            float *c = C + (size_t)m * ldc + n;
+            *c = accumulate ? *c + acc : acc;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- portable path */
+
+/* The packed bf16 operands widened back to fp32 (exactly) and multiplied by sgemm. */
+static void gemm_bf16_blas(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, float *C,
+                           int ldc, int accumulate, float *Af, float *Bf, int a_ready, int threads) {
+    if (!a_ready) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (int m = 0; m < M; m++)
+            for (int k = 0; k < Kp; k++)
+                Af[(size_t)m * Kp + k] = bf16_to_f32(Ap[(size_t)m * Kp + k]);
+    }
+    int npan = (ncols + GEMM_BF16_PANEL - 1) / GEMM_BF16_PANEL, ldb = npan * GEMM_BF16_PANEL;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int k = 0; k < Kp; k++)
+        for (int n = 0; n < ldb; n++) {
+            int j = n / GEMM_BF16_PANEL, c = n % GEMM_BF16_PANEL;
+            Bf[(size_t)k * ldb + n] = bf16_to_f32(
+                Bp[(size_t)j * GEMM_BF16_PANEL * Kp + ((size_t)(k / 2) * GEMM_BF16_PANEL + c) * 2 + (k & 1)]);
+        }
+    ops_gemm(0, 0, M, ncols, Kp, 1.0f, Af, Kp, Bf, ldb, accumulate ? 1.0f : 0.0f, C, ldc);
+}
+
+/* ---------------------------------------------------------------- driver */
+
+static qlab_status gemm_run(int trans_a, int M, int N, int K, const float *A, int lda, const bsrc *b,
+                            int accumulate, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return QLAB_OK;
+    if (K <= 0) {
+        if (!accumulate)
+            for (int m = 0; m < M; m++)
+                memset(C + (size_t)m * ldc, 0, sizeof(float) * (size_t)N);
+        return QLAB_OK;
+    }
+    bf16_path path = bf16_active_path();
+    gemm_plan pl = make_plan(M, N, K, path);
+    QLAB_TRY(bf16_workspace_reserve(plan_bytes(&pl)));
+    uint16_t *Ap = ws_ptr_, *Bp = Ap + pl.a_elems, *scratch = Bp + pl.b_elems;
+    float *Af = (float *)((char *)ws_ptr_ + round_up((pl.a_elems + pl.b_elems + pl.scratch_elems) * 2, 64));
+    float *Bf = Af + (size_t)M * pl.Kp;
+    pack_a(Ap, &pl, A, lda, trans_a);
+    gemm_bf16_kernel kernel = gemm_bf16_kernel_ref;
+    if (path == BF16_PATH_AVX512BF16) kernel = gemm_bf16_kernel_avx512bf16;
+    if (path == BF16_PATH_AMX) kernel = gemm_bf16_kernel_amx;
+    for (int p0 = 0; p0 < pl.npanels; p0 += pl.chunk_panels) {
+        int pc = pl.npanels - p0 < pl.chunk_panels ? pl.npanels - p0 : pl.chunk_panels;
+        int n0 = p0 * GEMM_BF16_PANEL, ncols = N - n0 < pc * GEMM_BF16_PANEL ? N - n0 : pc * GEMM_BF16_PANEL;
+        QLAB_TRY(pack_b(Bp, scratch, &pl, b, p0, pc));
+        if (path == BF16_PATH_BLAS)
+            gemm_bf16_blas(Ap, Bp, M, ncols, pl.Kp, C + n0, ldc, accumulate, Af, Bf, p0 > 0, pl.threads);
+        else
+            kernel(Ap, Bp, M, ncols, pl.Kp, C + n0, ldc, accumulate);
+    }
+    return QLAB_OK;
+}
+
+qlab_status bf16_gemm(int trans_a, int trans_b, int M, int N, int K, const float *A, int lda, const float *B,
+                      int ldb, int accumulate, float *C, int ldc) {
+    bsrc b = {B, ldb, NULL, trans_b};
+    return gemm_run(trans_a, M, N, K, A, lda, &b, accumulate, C, ldc);
+}
+
+qlab_status bf16_gemm_quant(int trans_a, int trans_b, int M, int N, int K, const float *A, int lda,
+                            const quant_tensor *B, int accumulate, float *C, int ldc) {
+    if (!B || B->n != (int64_t)N * K)
+        return qlab_fail(QLAB_ERR_ARG,
+                         "bf16_gemm_quant: quantized matrix of %lld elements for a %d x %d operand",
+                         B ? (long long)B->n : 0LL, K, N);
+    bsrc b = {NULL, 0, B, trans_b};
+    return gemm_run(trans_a, M, N, K, A, lda, &b, accumulate, C, ldc);
+}

@@ -1,0 +1,66 @@
+/* bf16 matrix products with fp32 accumulation (QLoRA's compute dtype), on the best path this CPU has.
+ *
+ * Numerics, identical on every path: each fp32 input element is rounded to bf16 round-to-nearest-even
+ * (core/base/half.h f32_to_bf16; NaN stays NaN); products of two bf16 values are exact in fp32 and are
+ * accumulated in fp32. The scalar reference fixes one order, the one AVX-512 BF16 (vdpbf16ps) uses: for
+ * every output element, acc = 0; for each k pair p = 0, 1, ...: acc = fma(a[2p+1], b[2p+1], acc); acc =
+ * fma(a[2p], b[2p], acc), with bf16 subnormal inputs read as zero and subnormal results flushed to zero
+ * (the instruction's fixed DAZ/FTZ); K is padded with zeros to a multiple of 32. The result is then
+ * stored (C = acc) or added (C = C + acc, one fp32 addition). The AVX-512 BF16 kernel is bit-exact with
+ * the reference (tests/test_gemm_bf16.c). The AMX kernel (TDPBF16PS) and the portable path (the same
+ * bf16-rounded inputs through OpenBLAS sgemm) sum in another order: they differ from the reference by
+ * at most the fp32 summation bound 2 * K * 2^-24 * sum_k |a_k b_k| per element (tested for the portable
+ * path; the AMX kernel compiles here but this machine has no AMX, so it is untested).
+ *
+ * Paths: "ref" (scalar, slow), "blas" (portable), "avx512bf16", "amx". The best available one is picked at
+ * first use (amx > avx512bf16 > blas); QLAB_BF16_PATH=name in the environment or bf16_force_path
+ * overrides it (for tests and benchmarks). Every path runs each output tile on one thread, so results do
+ * not depend on the thread count. */
+#ifndef QLAB_GEMM_BF16_H
+#define QLAB_GEMM_BF16_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/base/common.h"
+#include "core/quant/quant.h"
+
+typedef enum {
+    BF16_PATH_REF = 0,
+    BF16_PATH_BLAS,
+    BF16_PATH_AVX512BF16,
+    BF16_PATH_AMX,
+    BF16_PATH_COUNT
+} bf16_path;
+
+const char *bf16_path_name(bf16_path p); /* "ref", "blas", "avx512bf16", "amx" */
+/* Whether this CPU (and, for AMX, the kernel's permission request) allows the path. */
+int bf16_path_available(bf16_path p);
+/* The path in use: QLAB_BF16_PATH if set and valid (an unknown or unavailable name is reported once on
+ * stderr and the automatic choice is used), else the best available one. */
+bf16_path bf16_active_path(void);
+/* Forces a path by name ("auto" restores the automatic choice); QLAB_ERR_UNSUPPORTED if the CPU lacks it,
+ * QLAB_ERR_ARG for an unknown name. Not thread-safe: call it before running products. */
+qlab_status bf16_force_path(const char *name);
+
+/* C (M,N) = op(A) op(B) (accumulate 0) or C += op(A) op(B) (accumulate 1), row-major; op(A) is (M,K): A is
+ * (M,K) with leading dimension lda, or (K,M) when trans_a; op(B) is (K,N): B is (K,N), or (N,K) when
+ * trans_b. Inputs are fp32 and rounded to bf16 as described above. Fails only on allocation failure (use
+ * bf16_workspace_reserve first to rule that out). */
+qlab_status bf16_gemm(int trans_a, int trans_b, int M, int N, int K, const float *A, int lda, const float *B,
+                      int ldb, int accumulate, float *C, int ldc);
+/* The same with B a quantized row-major matrix: (N,K) when trans_b (a linear layer's weight, y = x W^T),
+ * else (K,N). Its 4-bit codes are dequantized straight to bf16 panels of at most a few hundred columns
+ * that feed the product; no fp32 (or full bf16) copy of the matrix is formed. */
+qlab_status bf16_gemm_quant(int trans_a, int trans_b, int M, int N, int K, const float *A, int lda,
+                            const quant_tensor *B, int accumulate, float *C, int ldc);
+
+/* Bytes of workspace a product of these sizes needs on the active path, and a reservation of that much
+ * for the calling thread (kept and reused; products on that thread then never allocate). */
+size_t bf16_workspace_bytes(int M, int N, int K);
+qlab_status bf16_workspace_reserve(size_t bytes);
+
+/* Rounds n fp32 values to bf16 (RNE) on the fastest path, bit-identical to f32_to_bf16. */
+void bf16_round_array(uint16_t *out, const float *in, size_t n);
+
+#endif

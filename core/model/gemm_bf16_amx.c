@@ -1,0 +1,112 @@
+/* AMX kernel of the bf16 GEMM (compiled with -mamx-tile -mamx-bf16; used only when CPUID reports AMX-TILE
+ * and AMX-BF16, the OS enables the tile state in XCR0 and Linux grants the process the tile data through
+ * arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)). Block: 32 rows x 32 columns in four 16x16 fp32
+ * tiles, A in two 16x32 bf16 tiles, B in two 16-pair x 16-column tiles read straight from the packed
+ * panels; K advances 32 values per TDPBF16PS. The tiles start at zero and are added to C at the end, as
+ * the reference does, but TDPBF16PS's internal summation order within a step is not the reference's, so
+ * this path is held to the bound of gemm_bf16.h, not bit-exactness.
+ * NOT TESTED on the development machine (AMD Zen, no AMX): it compiles there and is selected only on CPUs
+ * that have AMX. */
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
+#include "core/model/gemm_bf16_kernels.h"
+
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+static int amx_state_ = -1;
+
+int gemm_bf16_amx_usable(void) {
+    if (amx_state_ >= 0) return amx_state_;
+    int ok = 0;
+#if defined(__x86_64__) && defined(__linux__)
+    unsigned a, b, c, d;
+    if (__get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 24)) && (d & (1u << 22))) {
+        unsigned lo, hi;
+        __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+        (void)hi;
+        int os_tiles = (lo & (1u << 17)) && (lo & (1u << 18));
+        if (os_tiles && syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0) ok = 1;
+    }
+#endif
+    amx_state_ = ok;
+    return ok;
+}
+
+typedef struct {
+    uint8_t palette_id, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_config;
+
+static void amx_configure(void) {
+    amx_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette_id = 1;
+    for (int i = 0; i < 8; i++) {
+        cfg.colsb[i] = 64;
+        cfg.rows[i] = 16;
+    }
+    _tile_loadconfig(&cfg);
+}
+
+static void add_tile(const float *t, float *C, int ldc, int m0, int rows, int n0, int ncols, int accumulate) {
+    for (int r = 0; r < rows && r < 16; r++)
+        for (int c = 0; c < 16 && n0 + c < ncols; c++) {
+            float *dst = C + (size_t)(m0 + r) * ldc + n0 + c;
+            *dst = accumulate ? *dst + t[r * 16 + c] : t[r * 16 + c];
+        }
+}
+
+void gemm_bf16_kernel_amx(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, float *C, int ldc,
+                          int accumulate) {
+    int npanels = (ncols + GEMM_BF16_PANEL - 1) / GEMM_BF16_PANEL;
+    int mt = (M + 31) / 32, nt = (npanels + 1) / 2;
+    long tiles = (long)mt * nt;
+    size_t lda = (size_t)Kp * 2;
+#pragma omp parallel
+    {
+        amx_configure();
+        float out[4][256] __attribute__((aligned(64)));
+#pragma omp for schedule(static)
+        for (long t = 0; t < tiles; t++) {
+            int jt = (int)(t / mt), it = (int)(t % mt), m0 = it * 32, j0 = 2 * jt;
+            int two = j0 + 1 < npanels;
+            const uint16_t *b0 = Bp + (size_t)j0 * GEMM_BF16_PANEL * Kp;
+            const uint16_t *b1 = two ? b0 + (size_t)GEMM_BF16_PANEL * Kp : b0;
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            for (int k0 = 0; k0 < Kp; k0 += 32) {
+                _tile_loadd(4, Ap + (size_t)m0 * Kp + k0, lda);
+                _tile_loadd(5, Ap + (size_t)(m0 + 16) * Kp + k0, lda);
+                _tile_loadd(6, b0 + (size_t)k0 * GEMM_BF16_PANEL, 64);
+                _tile_loadd(7, b1 + (size_t)k0 * GEMM_BF16_PANEL, 64);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+            }
+            _tile_stored(0, out[0], 64);
+            _tile_stored(1, out[1], 64);
+            _tile_stored(2, out[2], 64);
+            _tile_stored(3, out[3], 64);
+            int n0 = j0 * GEMM_BF16_PANEL;
+            add_tile(out[0], C, ldc, m0, M - m0, n0, ncols, accumulate);
+            add_tile(out[2], C, ldc, m0 + 16, M - m0 - 16, n0, ncols, accumulate);
+            if (two) {
+                add_tile(out[1], C, ldc, m0, M - m0, n0 + 16, ncols, accumulate);
+                add_tile(out[3], C, ldc, m0 + 16, M - m0 - 16, n0 + 16, ncols, accumulate);
+            }
+        }
+        _tile_release();
+    }
+}

@@ -1,0 +1,91 @@
+/* AVX-512 BF16 kernel of the bf16 GEMM (compiled with -mavx512bf16, called only after the CPU check in
+ * gemm_bf16.c). Register block: 8 rows x 32 columns = 16 zmm accumulators; per k pair, two 64-byte loads
+ * of B (two packed panels), eight 32-bit broadcasts of A and sixteen vdpbf16ps. Every output element is
+ * accumulated over k pairs in order in one accumulator lane, with the instruction's own two-step rounding
+ * (odd element first, then even, each an FMA with DAZ/FTZ), so the result equals the scalar reference's
+ * bit for bit. Also the vector form of the RNE rounding used for packing. */
+#include <immintrin.h>
+#include <string.h>
+
+#include "core/model/gemm_bf16_kernels.h"
+
+#define MR 8
+
+static inline __attribute__((always_inline)) void tile(const uint16_t *Ap, const uint16_t *Bp, int Kp, int m0,
+                                                       int rows, int j0, int npan, int ncols, float *C,
+                                                       int ldc, int accumulate) {
+    __m512 acc[MR][2];
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++)
+        acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    const uint16_t *b0 = Bp + (size_t)j0 * GEMM_BF16_PANEL * Kp;
+    const uint16_t *b1 = b0 + (size_t)GEMM_BF16_PANEL * Kp;
+    const uint16_t *a = Ap + (size_t)m0 * Kp;
+    int KP2 = Kp / 2;
+    for (int p = 0; p < KP2; p++) {
+        __m512bh vb0 = (__m512bh)_mm512_loadu_si512(b0 + (size_t)p * 32);
+        __m512bh vb1 = vb0;
+        if (npan == 2) vb1 = (__m512bh)_mm512_loadu_si512(b1 + (size_t)p * 32);
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; r++) {
+            int32_t pair;
+            memcpy(&pair, a + (size_t)r * Kp + 2 * p, 4);
+            __m512bh va = (__m512bh)_mm512_set1_epi32(pair);
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], va, vb0);
+            if (npan == 2) acc[r][1] = _mm512_dpbf16_ps(acc[r][1], va, vb1);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++) {
+        if (r >= rows) break;
+        float *c = C + (size_t)(m0 + r) * ldc + (size_t)j0 * GEMM_BF16_PANEL;
+#pragma GCC unroll 2
+        for (int q = 0; q < npan; q++) {
+            int valid = ncols - (j0 + q) * GEMM_BF16_PANEL;
+            if (valid <= 0) break;
+            __mmask16 mask = valid >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << valid) - 1);
+            __m512 v = acc[r][q];
+            if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, c + q * 16), v);
+            _mm512_mask_storeu_ps(c + q * 16, mask, v);
+        }
+    }
+}
+
+void gemm_bf16_kernel_avx512bf16(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, float *C,
+                                 int ldc, int accumulate) {
+    int npanels = (ncols + GEMM_BF16_PANEL - 1) / GEMM_BF16_PANEL;
+    int mt = (M + MR - 1) / MR, nt = (npanels + 1) / 2;
+    long tiles = (long)mt * nt;
+#pragma omp parallel for schedule(static)
+    for (long t = 0; t < tiles; t++) {
+        int jt = (int)(t / mt), it = (int)(t % mt);
+        int m0 = it * MR, rows = M - m0 < MR ? M - m0 : MR, j0 = 2 * jt;
+        if (j0 + 1 < npanels)
+            tile(Ap, Bp, Kp, m0, rows, j0, 2, ncols, C, ldc, accumulate);
+        else
+            tile(Ap, Bp, Kp, m0, rows, j0, 1, ncols, C, ldc, accumulate);
+    }
+}
+
+/* RNE as core/base/half.h f32_to_bf16: u + 0x7fff + ((u >> 16) & 1), NaNs quieted by setting bit 6. */
+static inline __m256i round16(__m512 x) {
+    __m512i u = _mm512_castps_si512(x);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                            _mm512_set1_epi32(0x7f800000));
+    __m512i q = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+    r = _mm512_mask_mov_epi32(r, nan, q);
+    return _mm512_cvtepi32_epi16(r);
+}
+
+void gemm_bf16_round_avx512bf16(uint16_t *out, const float *in, size_t n) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(out + i), round16(_mm512_loadu_ps(in + i)));
+    if (i < n) {
+        __mmask16 mask = (__mmask16)((1u << (n - i)) - 1);
+        __m256i r = round16(_mm512_maskz_loadu_ps(mask, in + i));
+        _mm256_mask_storeu_epi16(out + i, mask, r);
+    }
+}

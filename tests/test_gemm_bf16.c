@@ -1,0 +1,280 @@
+/* bf16 GEMM (core/model/gemm_bf16.h): the rounding against f32_to_bf16; the scalar reference against an
+ * independent in-test implementation of the documented order (bit-exact) and against double precision
+ * (the fp32 summation bound); every path this CPU has against the reference (AVX-512 BF16 bit-exact,
+ * the portable OpenBLAS path within the bound, AMX within the bound when present); tails, transposes,
+ * accumulation, subnormals, 4-bit weights dequantized to bf16 panels, and independence of the thread
+ * count. */
+#include <float.h>
+#include <math.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "tests/check.h"
+#include "core/base/half.h"
+#include "core/base/rng.h"
+#include "core/model/gemm_bf16.h"
+
+static float round_bf16(float x) {
+    return bf16_to_f32(f32_to_bf16(x));
+}
+
+static void test_rounding(void) {
+    enum { n = 1000 };
+    float in[n];
+    uint16_t out[n];
+    rng_state r;
+    rng_seed(&r, 3);
+    for (int i = 0; i < n; i++)
+        in[i] = (float)(rng_normal(&r) * pow(10.0, (double)(i % 40) - 20));
+    /* ties both ways, subnormals, infinities, NaNs, the largest finite value (rounds to inf) */
+    uint32_t specials[] = {0x3f808000u, 0x3f818000u, 0x00000001u, 0x80400000u, 0x7f800000u, 0xff800000u,
+                           0x7fc00001u, 0x7f800001u, 0x7f7fffffu, 0x00000000u, 0x80000000u};
+    for (size_t i = 0; i < sizeof specials / sizeof *specials; i++)
+        memcpy(&in[i * 7], &specials[i], 4);
+    for (int len = 0; len <= n; len += (len < 40 ? 1 : 97)) {
+        memset(out, 0xab, sizeof out);
+        bf16_round_array(out, in, (size_t)len);
+        int bad = 0;
+        for (int i = 0; i < len; i++)
+            bad += out[i] != f32_to_bf16(in[i]);
+        for (int i = len; i < n; i++)
+            bad += out[i] != 0xabab;
+        CHECKF(bad == 0, "len %d: %d elements differ from f32_to_bf16 or were overwritten", len, bad);
+    }
+}
+
+/* The documented order, written directly from gemm_bf16.h on unpacked operands (including the zero
+ * padding of K to a multiple of 32, which is visible: it turns a flushed -0 sum into +0). */
+static float def_in(float x) {
+    uint16_t h = f32_to_bf16(x);
+    if ((h & 0x7f80u) == 0) h &= 0x8000u;
+    return bf16_to_f32(h);
+}
+static float def_step(float acc, float a, float b) {
+    float r = fmaf(def_in(a), def_in(b), acc);
+    return (r != 0 && fabsf(r) < FLT_MIN) ? copysignf(0.0f, r) : r;
+}
+
+typedef struct {
+    int M, N, K, ta, tb;
+    float *A, *B;
+    int lda, ldb;
+} problem;
+
+static float elem_a(const problem *p, int m, int k) {
+    return p->ta ? p->A[(size_t)k * p->lda + m] : p->A[(size_t)m * p->lda + k];
+}
+static float elem_b(const problem *p, int k, int n) {
+    return p->tb ? p->B[(size_t)n * p->ldb + k] : p->B[(size_t)k * p->ldb + n];
+}
+
+static void def_gemm(const problem *p, int accumulate, float *C, int ldc) {
+    for (int m = 0; m < p->M; m++)
+        for (int n = 0; n < p->N; n++) {
+            float acc = 0;
+            int Kp = (p->K + 31) / 32 * 32;
+            for (int k = 0; k < Kp; k += 2) {
+                float a1 = k + 1 < p->K ? elem_a(p, m, k + 1) : 0,
+                      b1 = k + 1 < p->K ? elem_b(p, k + 1, n) : 0;
+                float a0 = k < p->K ? elem_a(p, m, k) : 0, b0 = k < p->K ? elem_b(p, k, n) : 0;
+                acc = def_step(acc, a1, b1);
+                acc = def_step(acc, a0, b0);
+            }
+            float *c = C + (size_t)m * ldc + n;
+            *c = accumulate ? *c + acc : acc;
+        }
+}
+
+static void make_problem(problem *p, int M, int N, int K, int ta, int tb, rng_state *r, double scale) {
+    p->M = M, p->N = N, p->K = K, p->ta = ta, p->tb = tb;
+    p->lda = (ta ? M : K) + 3;
+    p->ldb = (tb ? K : N) + 5;
+    size_t na = (size_t)(ta ? K : M) * p->lda, nb = (size_t)(tb ? N : K) * p->ldb;
+    p->A = malloc(sizeof(float) * na);
+    p->B = malloc(sizeof(float) * nb);
+    for (size_t i = 0; i < na; i++)
+        p->A[i] = (float)(rng_normal(r) * scale);
+    for (size_t i = 0; i < nb; i++)
+        p->B[i] = (float)(rng_normal(r) * scale);
+}
+
+static void free_problem(problem *p) {
+    free(p->A);
+    free(p->B);
+}
+
+/* max over elements of |x - y| / (2 K' 2^-24 sum |a b| + tiny), with K' = K rounded up to 32; <= 1 passes. */
+static double bound_ratio(const problem *p, const float *X, const float *Y, int ldc, const float *C0) {
+    double worst = 0;
+    int Kp = (p->K + 31) / 32 * 32;
+    for (int m = 0; m < p->M; m++)
+        for (int n = 0; n < p->N; n++) {
+            double s = 0;
+            for (int k = 0; k < p->K; k++)
+                s += fabs((double)round_bf16(elem_a(p, m, k)) * round_bf16(elem_b(p, k, n)));
+            if (C0) s += fabs(C0[(size_t)m * ldc + n]);
+            double tol = 2.0 * (Kp + 1) * 0x1p-24 * s + 1e-37;
+            double d = fabs((double)X[(size_t)m * ldc + n] - Y[(size_t)m * ldc + n]) / tol;
+            if (!(d <= worst)) worst = d; /* NaN propagates as a failure */
+        }
+    return worst;
+}
+
+/* Exact double result of the bf16-rounded inputs. */
+static void exact_gemm(const problem *p, int accumulate, float *C, int ldc) {
+    for (int m = 0; m < p->M; m++)
+        for (int n = 0; n < p->N; n++) {
+            double s = 0;
+            for (int k = 0; k < p->K; k++)
+                s += (double)round_bf16(elem_a(p, m, k)) * round_bf16(elem_b(p, k, n));
+            float *c = C + (size_t)m * ldc + n;
+            *c = (float)(accumulate ? *c + s : s);
+        }
+}
+
+static qlab_status run(const char *path, const problem *p, int accumulate, float *C, int ldc) {
+    if (bf16_force_path(path) != QLAB_OK) return QLAB_ERR_UNSUPPORTED;
+    qlab_status st =
+        bf16_gemm(p->ta, p->tb, p->M, p->N, p->K, p->A, p->lda, p->B, p->ldb, accumulate, C, ldc);
+    bf16_force_path("auto");
+    return st;
+}
+
+static void test_shape(int M, int N, int K, rng_state *r, double scale) {
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++)
+            for (int acc = 0; acc < 2; acc++) {
+                problem p;
+                make_problem(&p, M, N, K, ta, tb, r, scale);
+                int ldc = N + 2;
+                size_t nc = (size_t)M * ldc;
+                float *C0 = malloc(sizeof(float) * nc), *ref = malloc(sizeof(float) * nc);
+                float *def = malloc(sizeof(float) * nc), *got = malloc(sizeof(float) * nc);
+                for (size_t i = 0; i < nc; i++)
+                    C0[i] = (float)rng_normal(r);
+                memcpy(ref, C0, sizeof(float) * nc);
+                memcpy(def, C0, sizeof(float) * nc);
+                CHECK(run("ref", &p, acc, ref, ldc) == QLAB_OK);
+                def_gemm(&p, acc, def, ldc);
+                CHECKF(memcmp(ref, def, sizeof(float) * nc) == 0,
+                       "ref path vs the documented order: %dx%dx%d ta %d tb %d acc %d", M, N, K, ta, tb, acc);
+                memcpy(got, C0, sizeof(float) * nc);
+                exact_gemm(&p, acc, got, ldc);
+                double rr = bound_ratio(&p, ref, got, ldc, acc ? C0 : NULL);
+                CHECKF(rr <= 1, "ref vs exact: %.3g of the bound (%dx%dx%d)", rr, M, N, K);
+
+                if (bf16_path_available(BF16_PATH_AVX512BF16)) {
+                    memcpy(got, C0, sizeof(float) * nc);
+                    CHECK(run("avx512bf16", &p, acc, got, ldc) == QLAB_OK);
+                    int bad = 0;
+                    for (int m = 0; m < M; m++)
+                        bad += memcmp(got + (size_t)m * ldc, ref + (size_t)m * ldc, sizeof(float) * N) != 0;
+                    /* the padding columns of C must be left alone */
+                    for (int m = 0; m < M; m++)
+                        for (int n = N; n < ldc; n++)
+                            bad += got[(size_t)m * ldc + n] != C0[(size_t)m * ldc + n];
+                    CHECKF(bad == 0, "avx512bf16 vs ref not bit-exact: %dx%dx%d ta %d tb %d acc %d (%d rows)",
+                           M, N, K, ta, tb, acc, bad);
+                }
+                for (int path = BF16_PATH_BLAS; path < BF16_PATH_COUNT;
+                     path += BF16_PATH_AMX - BF16_PATH_BLAS) {
+                    if (!bf16_path_available((bf16_path)path)) continue;
+                    memcpy(got, C0, sizeof(float) * nc);
+                    CHECK(run(bf16_path_name((bf16_path)path), &p, acc, got, ldc) == QLAB_OK);
+                    double q = bound_ratio(&p, got, ref, ldc, acc ? C0 : NULL);
+                    CHECKF(q <= 1, "%s vs ref: %.3g of the bound (%dx%dx%d ta %d tb %d acc %d)",
+                           bf16_path_name((bf16_path)path), q, M, N, K, ta, tb, acc);
+                }
+                free(C0), free(ref), free(def), free(got);
+                free_problem(&p);
+            }
+}
+
+/* Products and sums in the subnormal range: the reference's DAZ/FTZ must be what the hardware does. */
+static void test_subnormal(void) {
+    rng_state r;
+    rng_seed(&r, 11);
+    test_shape(9, 20, 40, &r, 1e-19); /* products ~1e-38: around FLT_MIN */
+    test_shape(5, 17, 33, &r, 3e-20);
+}
+
+static void test_quantized(void) {
+    rng_state r;
+    rng_seed(&r, 5);
+    int M = 23, N = 80, K = 192; /* weight (N,K) for trans_b, (K,N) otherwise: 64-element blocks */
+    for (int tb = 0; tb < 2; tb++)
+        for (int dq = 0; dq < 2; dq++) {
+            int rows = tb ? N : K, cols = tb ? K : N;
+            float *w = malloc(sizeof(float) * rows * cols), *wd = malloc(sizeof(float) * rows * cols);
+            float *A = malloc(sizeof(float) * M * K);
+            for (int i = 0; i < rows * cols; i++)
+                w[i] = (float)rng_normal(&r);
+            for (int i = 0; i < M * K; i++)
+                A[i] = (float)rng_normal(&r);
+            quant_tensor q;
+            CHECK(quant_tensor_quantize(&q, w, (int64_t)rows * cols, QUANT_NF4, 64, dq) == QLAB_OK);
+            quant_tensor_dequantize(&q, wd);
+            float *c1 = calloc((size_t)M * N, sizeof(float)), *c2 = calloc((size_t)M * N, sizeof(float));
+            for (int path = 0; path < BF16_PATH_COUNT; path++) {
+                if (!bf16_path_available((bf16_path)path)) continue;
+                bf16_force_path(bf16_path_name((bf16_path)path));
+                CHECK(bf16_gemm_quant(0, tb, M, N, K, A, K, &q, 0, c1, N) == QLAB_OK);
+                CHECK(bf16_gemm(0, tb, M, N, K, A, K, wd, cols, 0, c2, N) == QLAB_OK);
+                bf16_force_path("auto");
+                CHECKF(memcmp(c1, c2, sizeof(float) * M * N) == 0,
+                       "%s: 4-bit weight dequantized to bf16 panels differs from the fp32 dequantized weight "
+                       "(tb %d)",
+                       bf16_path_name((bf16_path)path), tb);
+            }
+            CHECK(bf16_gemm_quant(0, tb, M, N + 1, K, A, K, &q, 0, c1, N) == QLAB_ERR_ARG);
+            quant_tensor_free(&q);
+            free(w), free(wd), free(A), free(c1), free(c2);
+        }
+}
+
+static void test_threads(void) {
+#ifdef _OPENMP
+    rng_state r;
+    rng_seed(&r, 9);
+    problem p;
+    make_problem(&p, 70, 300, 260, 0, 1, &r, 1.0);
+    float *c1 = malloc(sizeof(float) * 70 * 300), *c2 = malloc(sizeof(float) * 70 * 300);
+    int prev = omp_get_max_threads();
+    for (int path = 0; path < BF16_PATH_COUNT; path++) {
+        if (!bf16_path_available((bf16_path)path)) continue;
+        omp_set_num_threads(1);
+        run(bf16_path_name((bf16_path)path), &p, 0, c1, 300);
+        omp_set_num_threads(prev > 1 ? prev : 2);
+        run(bf16_path_name((bf16_path)path), &p, 0, c2, 300);
+        CHECKF(memcmp(c1, c2, sizeof(float) * 70 * 300) == 0, "%s: result depends on the thread count",
+               bf16_path_name((bf16_path)path));
+    }
+    omp_set_num_threads(prev);
+    free(c1), free(c2);
+    free_problem(&p);
+#endif
+}
+
+int main(void) {
+    printf("bf16 paths on this CPU:");
+    for (int p = 0; p < BF16_PATH_COUNT; p++)
+        printf(" %s%s", bf16_path_name((bf16_path)p), bf16_path_available((bf16_path)p) ? "" : "(absent)");
+    printf("; active %s\n", bf16_path_name(bf16_active_path()));
+    if (!bf16_path_available(BF16_PATH_AVX512BF16))
+        SKIP("no AVX-512 BF16 on this CPU: its kernel is not tested");
+    if (!bf16_path_available(BF16_PATH_AMX))
+        SKIP("no AMX on this CPU: the AMX kernel is compiled but not tested");
+    test_rounding();
+    rng_state r;
+    rng_seed(&r, 1);
+    int shapes[][3] = {{1, 1, 1},   {1, 16, 32},    {8, 32, 64}, {37, 45, 70},
+                       {33, 17, 3}, {64, 100, 300}, {5, 200, 31}};
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
+        test_shape(shapes[i][0], shapes[i][1], shapes[i][2], &r, 1.0);
+    test_subnormal();
+    test_quantized();
+    test_threads();
+    return check_summary();
+}
