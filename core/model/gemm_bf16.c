@@ -104,6 +104,24 @@ qlab_status bf16_force_path(const char *name) {
                      name);
 }
 
+/* ---------------------------------------------------------------- compute dtype */
+
+const char *qlab_compute_name(qlab_compute c) {
+    return c == QLAB_COMPUTE_BF16 ? "bf16" : "fp32";
+}
+
+qlab_status qlab_compute_parse(const char *name, qlab_compute *c) {
+    if (name && !strcmp(name, "fp32")) {
+        *c = QLAB_COMPUTE_FP32;
+        return QLAB_OK;
+    }
+    if (name && !strcmp(name, "bf16")) {
+        *c = QLAB_COMPUTE_BF16;
+        return QLAB_OK;
+    }
+    return qlab_fail(QLAB_ERR_ARG, "unknown compute dtype '%s' (expected fp32 or bf16)", name ? name : "");
+}
+
 /* ---------------------------------------------------------------- rounding */
 
 void bf16_round_array(uint16_t *out, const float *in, size_t n) {

@@ -25,6 +25,13 @@
 #include "core/base/common.h"
 #include "core/quant/quant.h"
 
+/* Compute dtype of a model: fp32 (the reference) or bf16 matrix products with fp32 accumulation (QLoRA's
+ * recipe: fp32 master weights, bf16-rounded matrix inputs; norms, softmax, attention and loss in fp32). */
+typedef enum { QLAB_COMPUTE_FP32 = 0, QLAB_COMPUTE_BF16 } qlab_compute;
+const char *qlab_compute_name(qlab_compute c); /* "fp32", "bf16" */
+/* Parses "fp32" or "bf16"; otherwise records "unknown compute dtype 'x' (expected fp32 or bf16)". */
+qlab_status qlab_compute_parse(const char *name, qlab_compute *c);
+
 typedef enum {
     BF16_PATH_REF = 0,
     BF16_PATH_BLAS,

@@ -5,6 +5,7 @@
  * an OpenMP region would nest its own parallel loop (costly in libgomp). */
 #include "core/model/linear.h"
 
+#include "core/model/gemm_bf16.h"
 #include "core/model/ops.h"
 
 int linear_tile_rows(const linear_weight *lw, size_t tile_floats) {
@@ -73,4 +74,39 @@ qlab_status linear_backward(float *dinp, float *dweight, const float *dout, cons
         ops_gemm(0, 0, N, IC, nr, 1.0f, dout + r0, OC, tile, IC, 1.0f, dinp, IC);
     }
     return QLAB_OK;
+}
+
+/* ---------------------------------------------------------------- bf16 compute */
+
+qlab_status linear_forward_bf16(float *out, const float *inp, const linear_weight *lw, int N) {
+    int OC = lw->out_features, IC = lw->in_features;
+    if (lw->w) return bf16_gemm(0, 1, N, OC, IC, inp, IC, lw->w, IC, 0, out, OC);
+    return bf16_gemm_quant(0, 1, N, OC, IC, inp, IC, lw->q, 0, out, OC);
+}
+
+qlab_status linear_backward_bf16(float *dinp, float *dweight, const float *dout, const float *inp,
+                                 const linear_weight *lw, int N) {
+    int OC = lw->out_features, IC = lw->in_features;
+    if (dinp) {
+        if (lw->w)
+            QLAB_TRY(bf16_gemm(0, 0, N, IC, OC, dout, OC, lw->w, IC, 1, dinp, IC));
+        else
+            QLAB_TRY(bf16_gemm_quant(0, 0, N, IC, OC, dout, OC, lw->q, 1, dinp, IC));
+    }
+    if (dweight && lw->w) QLAB_TRY(bf16_gemm(1, 0, OC, IC, N, dout, OC, inp, IC, 1, dweight, IC));
+    return QLAB_OK;
+}
+
+qlab_status linear_bf16_reserve(const model_config *c, int N, int backward) {
+    int D = c->dim, H = c->hidden_dim, KV = c->n_kv_heads * (c->dim / c->n_heads), V = c->vocab_size;
+    int shapes[][2] = {{D, D}, {KV, D}, {H, D}, {D, H}, {V, D}}; /* (out, in) */
+    size_t most = 0;
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
+        int OC = shapes[i][0], IC = shapes[i][1];
+        size_t need[3] = {bf16_workspace_bytes(N, OC, IC), backward ? bf16_workspace_bytes(N, IC, OC) : 0,
+                          backward ? bf16_workspace_bytes(OC, IC, N) : 0};
+        for (int j = 0; j < 3; j++)
+            if (need[j] > most) most = need[j];
+    }
+    return bf16_workspace_reserve(most);
 }

@@ -27,4 +27,14 @@ qlab_status linear_forward(float *out, const float *inp, const linear_weight *lw
 qlab_status linear_backward(float *dinp, float *dweight, const float *dout, const float *inp,
                             const linear_weight *lw, int N, float *tile, size_t tile_floats);
 
+/* bf16 versions of linear_forward / linear_backward (same contracts; a quantized weight is dequantized
+ * straight to bf16 panels). Fail only when the bf16 workspace cannot be allocated, which
+ * linear_bf16_reserve rules out. */
+qlab_status linear_forward_bf16(float *out, const float *inp, const linear_weight *lw, int N);
+qlab_status linear_backward_bf16(float *dinp, float *dweight, const float *dout, const float *inp,
+                                 const linear_weight *lw, int N);
+/* Reserves, for the calling thread, the bf16 workspace of every product a model of this configuration
+ * forms over N positions (forward, and backward when asked): projections and classifier. */
+qlab_status linear_bf16_reserve(const model_config *c, int N, int backward);
+
 #endif

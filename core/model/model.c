@@ -55,6 +55,7 @@ struct model {
     int quant_missing;        /* tensors not set yet (model_create_quantized before its loader ran) */
     quant_dtype quant_type;
     int quant_blocksize, quant_double;
+    qlab_compute compute;
     float *tile; /* scratch for dequantized weight rows */
     size_t tile_floats;
     float *rope_cos, *rope_sin; /* (rope_len, head_size/2), grown on demand by the forward pass */
@@ -441,6 +442,13 @@ void model_set_adapter(model *m, const model_adapter *adapter) {
         memset(&m->adapter, 0, sizeof m->adapter);
 }
 
+void model_set_compute(model *m, qlab_compute c) {
+    m->compute = c;
+}
+qlab_compute model_get_compute(const model *m) {
+    return m->compute;
+}
+
 int model_last_target_count(const model *m) {
     return m->target_count;
 }
@@ -696,7 +704,10 @@ static model_layer_acts model_layer_views(const model *m, int l) {
 
 static qlab_status model_linear_forward(model *m, int l, model_proj p, float *out, const float *inp, int N) {
     linear_weight lw = model_get_linear(m, l, p);
-    QLAB_TRY(linear_forward(out, inp, &lw, N, m->tile, m->tile_floats));
+    if (m->compute == QLAB_COMPUTE_BF16)
+        QLAB_TRY(linear_forward_bf16(out, inp, &lw, N));
+    else
+        QLAB_TRY(linear_forward(out, inp, &lw, N, m->tile, m->tile_floats));
     if (m->has_adapter && m->adapter.forward) {
         qlab_status st = m->adapter.forward(m->adapter.ctx, l, p, inp, out, N);
         if (st != QLAB_OK) return qlab_fail_context(st, "adapter of layer %d %s", l, model_proj_name(p));
@@ -787,14 +798,17 @@ static qlab_status model_block_forward(model *m, int l) {
 }
 
 /* Final norm and classifier; with targets, the softmax and the mean loss. */
-static void model_head_forward(model *m, const int *targets, float *logits, float *loss) {
+static qlab_status model_head_forward(model *m, const int *targets, float *logits, float *loss) {
     const model_config *c = &m->cfg;
     const model_params *p = &m->params;
     model_acts *a = &m->acts;
     int N = m->B * m->T, D = c->dim, V = c->vocab_size;
     const float *last = a->res3 + (size_t)(c->n_layers - 1) * N * D;
     rmsnorm_forward(a->lnf, a->lnf_rstd, last, p->rms_final, N, D, c->norm_eps);
-    matmul_forward(a->probs, a->lnf, p->wcls, N, D, V);
+    if (m->compute == QLAB_COMPUTE_BF16)
+        QLAB_TRY(bf16_gemm(0, 1, N, V, D, a->lnf, D, p->wcls, D, 0, a->probs, V));
+    else
+        matmul_forward(a->probs, a->lnf, p->wcls, N, D, V);
     if (logits) memcpy(logits, a->probs, sizeof(float) * (size_t)N * V);
     if (targets) {
         softmax_forward(a->probs, a->probs, N, V);
@@ -805,6 +819,7 @@ static void model_head_forward(model *m, const int *targets, float *logits, floa
     } else {
         m->target_count = 0;
     }
+    return QLAB_OK;
 }
 
 qlab_status model_forward(model *m, const int *tokens, const int *targets, int B, int T, float *logits,
@@ -816,11 +831,11 @@ qlab_status model_forward(model *m, const int *tokens, const int *targets, int B
                          m->quant_missing);
     QLAB_TRY(model_forward_check(m, tokens, targets, B, T));
     QLAB_TRY(model_forward_prepare(m, tokens, B, T));
+    if (m->compute == QLAB_COMPUTE_BF16) QLAB_TRY(linear_bf16_reserve(&m->cfg, B * T, 0));
     embedding_forward(m->acts.encoded, tokens, m->params.token_embedding, B * T, m->cfg.dim);
     for (int l = 0; l < m->cfg.n_layers; l++)
         QLAB_TRY(model_block_forward(m, l));
-    model_head_forward(m, targets, logits, loss);
-    return QLAB_OK;
+    return model_head_forward(m, targets, logits, loss);
 }
 
 /* ---------------------------------------------------------------- backward */
@@ -841,7 +856,10 @@ static qlab_status model_linear_backward(model *m, int l, model_proj p, float *d
     float *dweight = NULL;
     if (lw.w && model_group_trains(m, model_projections[p].info.group))
         dweight = model_proj_matrix(&m->grads, &m->cfg, l, p);
-    QLAB_TRY(linear_backward(dinp, dweight, dout, inp, &lw, N, m->tile, m->tile_floats));
+    if (m->compute == QLAB_COMPUTE_BF16)
+        QLAB_TRY(linear_backward_bf16(dinp, dweight, dout, inp, &lw, N));
+    else
+        QLAB_TRY(linear_backward(dinp, dweight, dout, inp, &lw, N, m->tile, m->tile_floats));
     if (m->has_adapter && m->adapter.backward) {
         qlab_status st = m->adapter.backward(m->adapter.ctx, l, p, inp, dout, dinp, N);
         if (st != QLAB_OK)
@@ -853,7 +871,7 @@ static qlab_status model_linear_backward(model *m, int l, model_proj p, float *d
 #define MODEL_ZERO(ptr, n) memset((ptr), 0, sizeof(float) * (n))
 
 /* From the loss to g->dresidual, the gradient of the residual stream leaving the last block. */
-static void model_head_backward(model *m) {
+static qlab_status model_head_backward(model *m) {
     const model_config *c = &m->cfg;
     const model_params *p = &m->params;
     model_params *gp = &m->grads;
@@ -866,10 +884,18 @@ static void model_head_backward(model *m) {
                                   1.0f / (float)m->target_count);
     MODEL_ZERO(g->dln, ND);
     model_group cls_group = c->shared_classifier ? MODEL_GROUP_TOKEN_EMBEDDING : MODEL_GROUP_WCLS;
-    matmul_backward(g->dln, model_grad_or_null(m, cls_group, gp->wcls), g->dlogits, a->lnf, p->wcls, N, D, V);
+    if (m->compute == QLAB_COMPUTE_BF16) {
+        linear_weight cls = {V, D, p->wcls, NULL};
+        QLAB_TRY(linear_backward_bf16(g->dln, model_grad_or_null(m, cls_group, gp->wcls), g->dlogits, a->lnf,
+                                      &cls, N));
+    } else {
+        matmul_backward(g->dln, model_grad_or_null(m, cls_group, gp->wcls), g->dlogits, a->lnf, p->wcls, N, D,
+                        V);
+    }
     MODEL_ZERO(g->dresidual, ND);
     rmsnorm_backward(g->dresidual, model_grad_or_null(m, MODEL_GROUP_RMS_FINAL, gp->rms_final), g->dln,
                      a->res3 + (size_t)(c->n_layers - 1) * ND, p->rms_final, a->lnf_rstd, N, D);
+    return QLAB_OK;
 }
 
 /* Block l backward: g->dresidual enters as the gradient of the block's output and leaves as that of its
@@ -968,9 +994,10 @@ qlab_status model_backward(model *m) {
     QLAB_TRY(model_reserve(&m->grad_act_buffer, &m->grad_act_capacity,
                            model_layout_grad_acts(&m->gacts, NULL, m, m->B, m->T, threads)));
     model_layout_grad_acts(&m->gacts, m->grad_act_buffer, m, m->B, m->T, threads);
+    if (m->compute == QLAB_COMPUTE_BF16) QLAB_TRY(linear_bf16_reserve(&m->cfg, m->B * m->T, 1));
     if (m->target_count == 0) return QLAB_OK; /* every target ignored: the loss is a constant */
 
-    model_head_backward(m);
+    QLAB_TRY(model_head_backward(m));
     for (int l = m->cfg.n_layers - 1; l >= 0; l--) {
         /* The working slot holds the last block from the forward; every other block is recomputed. */
         if (m->checkpointing && l < m->cfg.n_layers - 1) QLAB_TRY(model_block_recompute(m, l));

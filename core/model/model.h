@@ -10,6 +10,7 @@
 
 #include "core/base/common.h"
 #include "core/quant/quant.h"
+#include "core/model/gemm_bf16.h"
 
 /* The longest context a model may declare (2^20 positions). A header's context length is trusted only up
  * to this; loaders refuse a larger one naming the field. Nothing is sized by seq_len itself: the RoPE
@@ -157,6 +158,11 @@ const char *model_full_precision_groups(const model *m, char *buf, size_t size);
 /* Storage of the model as it stands: fp32 parameters at 32 bits plus quantized projections at their
  * exact stored size (bits). */
 double model_total_bits(const model *m);
+
+/* Compute dtype of the matrix products (projections and classifier, forward and backward); fp32 by
+ * default. Parameters, gradients and everything else stay fp32 either way. */
+void model_set_compute(model *m, qlab_compute c);
+qlab_compute model_get_compute(const model *m);
 
 /* Forward pass over B sequences of T tokens (T <= seq_len). tokens (B,T). If targets is non-NULL
  * (B,T; entries < 0 are ignored) the mean cross-entropy over non-ignored positions is returned in *loss.
