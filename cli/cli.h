@@ -32,4 +32,13 @@ void cli_print_option(void *f, const char *flag, int indent, const char *text);
  * "all_types = 'nf4 ...'; type_colors = '#... ...'; type_points = '6 ...'" (cli/cmd_dtypes.c). */
 const char *cli_dtype_gnuplot_style(void);
 
+#include "core/base/common.h"
+#include "core/model/lora.h"
+#include "core/model/model.h"
+
+/* --adapter SPEC: a PEFT directory (adapter_config.json + adapter_model.safetensors, lora_load_peft) or a
+ * single file written by lora_save (rank, alpha and targets in its metadata), attached to m (fp32 or
+ * quantized base) in evaluation mode. The caller frees *out after model_free(m) or lora_detach(m). */
+qlab_status cli_load_adapters(const char *spec, model *m, lora_set **out);
+
 #endif

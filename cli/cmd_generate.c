@@ -13,21 +13,25 @@
 #include "core/text/tokenizer.h"
 
 static void generate_usage(FILE *f) {
-    fprintf(f,
-            "Usage: qlab generate --model M [--tokenizer T] [--prompt TEXT] [--steps N] [--temperature X]\n"
-            "                     [--top-p P] [--seed S] [--dtype D [--blocksize B] [--double-quant]]\n\n"
-            "Continues TEXT (default: empty, i.e. from BOS) with up to N new tokens (default 256).\n"
-            "  --tokenizer T     tokenizer.bin / tokenizer.json / GGUF (default for a GGUF model: its own)\n"
-            "  --temperature X   0 = greedy argmax (default 1.0)\n"
-            "  --top-p P         nucleus sampling threshold (default 0.9; 1 = full distribution)\n"
-            "  --seed S          sampling seed (default 42): the same seed gives the same text\n");
+    fprintf(
+        f,
+        "Usage: qlab generate --model M [--tokenizer T] [--prompt TEXT] [--steps N] [--temperature X]\n"
+        "                     [--top-p P] [--seed S] [--dtype D [--blocksize B] [--double-quant]]\n"
+        "                     [--adapter DIR]\n\n"
+        "Continues TEXT (default: empty, i.e. from BOS) with up to N new tokens (default 256).\n"
+        "  --tokenizer T     tokenizer.bin / tokenizer.json / GGUF (default for a GGUF model: its own)\n"
+        "  --temperature X   0 = greedy argmax (default 1.0)\n"
+        "  --top-p P         nucleus sampling threshold (default 0.9; 1 = full distribution)\n"
+        "  --seed S          sampling seed (default 42): the same seed gives the same text\n"
+        "  --adapter DIR     LoRA adapters: a PEFT directory (qlab finetune's output) or a lora_save file,\n"
+        "                    applied on the fp32 or --dtype base\n");
     char text[512];
     snprintf(text, sizeof text, "quantize the projections first (%s)", quant_dtype_list(0));
     cli_print_option(f, "  --dtype D", 20, text);
 }
 
 static int cmd_generate(int argc, char **argv) {
-    const char *model_path = NULL, *tok_path = NULL, *prompt = "", *dtype_name = NULL;
+    const char *model_path = NULL, *tok_path = NULL, *prompt = "", *dtype_name = NULL, *adapter = NULL;
     long steps = 256, bs = 0, seed = 42;
     double temperature = 1.0, top_p = 0.9;
     int dq = 0;
@@ -49,6 +53,8 @@ static int cmd_generate(int argc, char **argv) {
             prompt = argv[++i];
         } else if (!strcmp(a, "--dtype")) {
             dtype_name = argv[++i];
+        } else if (!strcmp(a, "--adapter")) {
+            adapter = argv[++i];
         } else if (!strcmp(a, "--steps")) {
             if (!cli_parse_int("generate", a, argv[++i], 1, 1 << 20, &steps)) return 2;
         } else if (!strcmp(a, "--blocksize")) {
@@ -81,6 +87,7 @@ static int cmd_generate(int argc, char **argv) {
         return 2;
     }
     model *m = NULL;
+    lora_set *lora = NULL;
     tokenizer *tok = NULL;
     int *prompt_ids = NULL, *seq = NULL, rc = 1, n_out = 0;
     size_t n_prompt = 0, text_len = 0;
@@ -91,6 +98,7 @@ static int cmd_generate(int argc, char **argv) {
         if (quant_dtype_parse(dtype_name, &dt) != QLAB_OK) goto out;
         if (model_quantize(m, dt, bs ? (int)bs : quant_default_blocksize(dt), dq) != QLAB_OK) goto out;
     }
+    if (adapter && cli_load_adapters(adapter, m, &lora) != QLAB_OK) goto out;
     const model_config *cfg = model_get_config(m);
     if (tokenizer_vocab_size(tok) > cfg->vocab_size) {
         qlab_fail(QLAB_ERR_ARG,
@@ -126,6 +134,7 @@ out:
     free(prompt_ids);
     tokenizer_free(tok);
     model_free(m);
+    lora_free(lora);
     return rc;
 }
 

@@ -59,47 +59,6 @@ static void mmlu_usage(FILE *f) {
         DEFAULT_ARCHIVE, DEFAULT_QLORA_PROMPTS);
 }
 
-/* LoRA adapters: a PEFT directory (adapter_config.json + adapter_model.safetensors, lora_load_peft), or a
- * single file written by lora_save (rank, alpha and targets in its metadata). Attached in evaluation mode. */
-static qlab_status load_adapters(const char *spec, model *m, lora_set **out) {
-    struct stat sb;
-    lora_set *l = NULL;
-    qlab_status st = QLAB_OK;
-    if (stat(spec, &sb) == 0 && S_ISDIR(sb.st_mode)) {
-        st = lora_load_peft(spec, model_get_config(m), &l);
-    } else {
-        safetensors_file f;
-        QLAB_TRY(safetensors_open(&f, spec));
-        const char *rank = safetensors_metadata(&f, "lora_rank"),
-                   *alpha = safetensors_metadata(&f, "lora_alpha"),
-                   *targets = safetensors_metadata(&f, "target_modules");
-        lora_config lc = {0};
-        if (!rank || !alpha || !targets)
-            st = qlab_fail(
-                QLAB_ERR_FORMAT,
-                "%s: no lora_rank / lora_alpha / target_modules metadata (give the PEFT directory instead)",
-                spec);
-        if (st == QLAB_OK) {
-            lc.rank = atoi(rank);
-            lc.alpha = (float)atof(alpha);
-            st = lora_parse_targets(targets, &lc.targets);
-            if (st == QLAB_OK && lc.rank < 1)
-                st = qlab_fail(QLAB_ERR_FORMAT, "%s: lora_rank '%s' is not >= 1", spec, rank);
-        }
-        safetensors_close(&f);
-        if (st == QLAB_OK) st = lora_create(&l, model_get_config(m), &lc);
-        if (st == QLAB_OK) st = lora_load(l, spec);
-    }
-    if (st == QLAB_OK) st = lora_attach(l, m, 1);
-    if (st == QLAB_OK) lora_set_training(l, 0);
-    if (st != QLAB_OK) {
-        lora_free(l);
-        return st;
-    }
-    *out = l;
-    return QLAB_OK;
-}
-
 static qlab_status write_results(const char *out_path, int argc, char **argv, const char *model_path,
                                  const char *adapter, const char *qdesc, const mmlu_eval_options *opt,
                                  const char *scoring, const mmlu_eval_result *r) {
@@ -278,7 +237,7 @@ static int cmd_mmlu(int argc, char **argv) {
         snprintf(qdesc, sizeof qdesc, "%s, block %ld%s", quant_dtype_name(dt), bs,
                  dq ? ", double-quant" : "");
     }
-    if (adapter && load_adapters(adapter, m, &lora) != QLAB_OK) goto out;
+    if (adapter && cli_load_adapters(adapter, m, &lora) != QLAB_OK) goto out;
     fprintf(stderr, "qlab mmlu: %s\n", scoring);
     progress_begin(&prog, "mmlu", n_questions);
     opt.prog = &prog;

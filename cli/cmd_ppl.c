@@ -17,7 +17,7 @@ static void ppl_usage(FILE *f) {
     fprintf(f,
             "Usage: qlab ppl --model M [--tokenizer T] (--data FILE.txt | --tokens FILE.npy)\n"
             "                [--dtype D [--blocksize B] [--double-quant]] [--ctx N] [--stride S]\n"
-            "                [--max-tokens N] [--batch N] [--json]\n\n"
+            "                [--max-tokens N] [--batch N] [--adapter DIR] [--json]\n\n"
             "Perplexity of model M (llama2.c .bin, GGUF, or a Hugging Face directory).\n"
             "  --data FILE.txt     text, encoded with --tokenizer (a GGUF model's own tokenizer when it is\n"
             "                      omitted), BOS prepended unless a GGUF says add_bos_token false\n"
@@ -40,6 +40,10 @@ static void ppl_usage(FILE *f) {
         "                      non-overlapping windows scoring the second half of each\n"
         "  --max-tokens N      use only the first N tokens\n"
         "  --batch N           windows per forward pass (default: automatic)\n"
+        "  --adapter DIR       LoRA adapters (a PEFT directory such as qlab finetune's output, or a "
+        "lora_save\n"
+        "                      file) on the fp32 or --dtype base; with --dtype the fp32 reference has them "
+        "too\n"
         "  --json              print one JSON object instead of text\n");
 }
 
@@ -104,7 +108,8 @@ static void print_json(const char *model_path, const char *data, int64_t n_token
 }
 
 static int cmd_ppl(int argc, char **argv) {
-    const char *model_path = NULL, *tok_path = NULL, *data = NULL, *tokens_path = NULL, *dtype_name = NULL;
+    const char *model_path = NULL, *tok_path = NULL, *data = NULL, *tokens_path = NULL, *dtype_name = NULL,
+               *adapter = NULL;
     long bs = 0, ctx = 0, stride = 0, max_tokens = 0, batch = 0;
     int dq = 0, json = 0;
     for (int i = 1; i < argc; i++) {
@@ -129,6 +134,8 @@ static int cmd_ppl(int argc, char **argv) {
             tokens_path = argv[++i];
         } else if (!strcmp(a, "--dtype")) {
             dtype_name = argv[++i];
+        } else if (!strcmp(a, "--adapter")) {
+            adapter = argv[++i];
         } else if (!strcmp(a, "--blocksize")) {
             if (!cli_parse_int("ppl", a, argv[++i], 1, 1 << 20, &bs)) return 2;
         } else if (!strcmp(a, "--ctx")) {
@@ -163,6 +170,7 @@ static int cmd_ppl(int argc, char **argv) {
     }
 
     model *m = NULL, *ref = NULL;
+    lora_set *lora = NULL, *ref_lora = NULL;
     int *ids = NULL;
     int64_t n = 0;
     int rc = 1;
@@ -199,9 +207,13 @@ static int cmd_ppl(int argc, char **argv) {
     if (dtype_name) {
         if (checkpoint_load(model_path, &ref) != QLAB_OK) goto out;
         if (model_quantize(m, dt, (int)bs, dq) != QLAB_OK) goto out;
+        /* the reference is the fp32 base with the same adapters */
+        if (adapter && cli_load_adapters(adapter, ref, &ref_lora) != QLAB_OK) goto out;
         snprintf(qdesc, sizeof qdesc, "%s, block %ld%s", quant_dtype_name(dt), bs,
                  dq ? ", double-quant" : "");
     }
+    if (adapter && cli_load_adapters(adapter, m, &lora) != QLAB_OK) goto out;
+    if (adapter) snprintf(qdesc + strlen(qdesc), sizeof qdesc - strlen(qdesc), " + LoRA %.60s", adapter);
     ppl_result r;
     if (ppl_evaluate(m, ref, ids, n, &opt, &r) != QLAB_OK) {
         qlab_fail_context(QLAB_ERR_ARG, "%s (--ctx %d)", data_name, opt.ctx);
@@ -218,6 +230,8 @@ out:
     free(ids);
     model_free(m);
     model_free(ref);
+    lora_free(lora);
+    lora_free(ref_lora);
     return rc;
 }
 
