@@ -16,6 +16,11 @@
 #include "core/formats/npy.h"
 #include "core/text/tokenizer.h"
 
+/* A per-process path under /tmp, so two runs of this test (two worktrees, make -j) never share files.
+ * Each call site keeps its own buffer. */
+#define TMP_PATH(buf, name)                                                                                  \
+    (snprintf(buf, sizeof buf, "/tmp/qlab_test_tokenizer_%ld_%s", (long)getpid(), name), buf)
+
 /* ------------------------------------------------------------------------------------------ helpers */
 
 typedef struct {
@@ -348,7 +353,8 @@ static void test_save_bin(void) {
     }
     raw_vocab v;
     CHECK(raw_vocab_read(path, &v));
-    const char *out = "/tmp/qlab_test_tokenizer_saved.bin";
+    char out_buf[128];
+    const char *out = TMP_PATH(out_buf, "saved.bin");
     CHECK(tokenizer_save_bin(out, v.n, (const char *const *)v.pieces, v.scores, v.max_len) == QLAB_OK);
     char *a, *b;
     size_t la, lb;
@@ -367,7 +373,8 @@ static void test_save_bin(void) {
 }
 
 static void test_bin_malformed(void) {
-    const char *p = "/tmp/qlab_test_tokenizer_bad.bin";
+    char p_buf[128];
+    const char *p = TMP_PATH(p_buf, "bad.bin");
     unsigned char buf[64];
     int32_t i32;
     float f = 0;
@@ -568,7 +575,8 @@ static void test_json_sentencepiece(const char *rel, int merges_as_arrays, size_
     }
     raw_vocab v;
     CHECK(raw_vocab_read(path, &v));
-    const char *json = "/tmp/qlab_test_tokenizer_sp.json";
+    char json_buf[128];
+    const char *json = TMP_PATH(json_buf, "sp.json");
     CHECK(write_sentencepiece_json(&v, json, merges_as_arrays, NULL));
     tokenizer *bin, *hf;
     CHECK(tokenizer_load(path, &bin) == QLAB_OK);
@@ -696,7 +704,8 @@ static void check_ids(const tokenizer *t, const char *text, size_t len, int bos,
 }
 
 static void test_json_byte_level(void) {
-    const char *path = "/tmp/qlab_test_tokenizer_bl.json";
+    char path_buf[128];
+    const char *path = TMP_PATH(path_buf, "bl.json");
     char *json = byte_level_json("{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"trim_offsets\":true,"
                                  "\"use_regex\":true}");
     CHECK(write_bytes(path, json, strlen(json)));
@@ -770,7 +779,8 @@ static void test_json_byte_level(void) {
 }
 
 static void test_json_malformed(void) {
-    const char *p = "/tmp/qlab_test_tokenizer_bad.json";
+    char p_buf[128];
+    const char *p = TMP_PATH(p_buf, "bad.json");
     struct {
         const char *json, *expect;
     } cases[] = {
@@ -867,7 +877,8 @@ static char err_text[4096];
 
 /* Runs argv (NULL-terminated) with stdout discarded and stderr captured; returns the exit code. */
 static int run_command(char *const argv[]) {
-    const char *err_path = "/tmp/qlab_test_tokenizer_cli.err";
+    char err_path_buf[128];
+    const char *err_path = TMP_PATH(err_path_buf, "cli.err");
     pid_t pid = fork();
     if (pid == 0) {
         if (!freopen("/dev/null", "w", stdout) || !freopen(err_path, "w", stderr)) _exit(126);
@@ -908,8 +919,9 @@ static void test_cli(void) {
         SKIP("%s has no tokenize command (a stale build? set QLAB_BUILD)", qlab);
         return;
     }
-    char *t_ = (char *)tok, *in = (char *)story, *npy = "/tmp/qlab_test_tokenizer_cli.npy",
-         *txt = "/tmp/qlab_test_tokenizer_cli.txt";
+    char npy_buf[128], txt_buf[128];
+    char *t_ = (char *)tok, *in = (char *)story, *npy = TMP_PATH(npy_buf, "cli.npy"),
+         *txt = TMP_PATH(txt_buf, "cli.txt");
     char *encode[] = {qlab, "tokenize", "--tokenizer", t_, "--bos", in, npy, NULL};
     CHECKF(run_command(encode) == 0, "qlab tokenize failed: %s", err_text);
     /* The file holds exactly the library's ids, as int32. */
