@@ -85,8 +85,8 @@ LIB       := $(BUILD)/lib/libqlab.a
 QLAB      := $(BUILD)/bin/qlab
 EXP_BINS  := $(patsubst experiments/%.c,$(BUILD)/bin/%,$(EXP_SRCS))
 TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
-# Source-tree checks run as tests: the include layering and the clang-format style.
-SCRIPT_TESTS := $(BUILD)/tests/test_layers $(BUILD)/tests/test_format
+# Source-tree checks run as tests: the include layering, the clang-format style and the function length.
+SCRIPT_TESTS := $(BUILD)/tests/test_layers $(BUILD)/tests/test_format $(BUILD)/tests/test_fnlen
 BENCH_BINS:= $(patsubst tests/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
 
 .DEFAULT_GOAL := all
@@ -186,6 +186,10 @@ $(BUILD)/tests/test_layers: tests/scripts/check_layers.sh
 $(BUILD)/tests/test_format: tests/scripts/check_format.sh
 	@mkdir -p $(dir $@)
 	@printf '#!/bin/sh\ncd "%s" && exec tests/scripts/check_format.sh\n' "$(CURDIR)" > $@ && chmod +x $@
+
+$(BUILD)/tests/test_fnlen: tests/scripts/check_fnlen.sh
+	@mkdir -p $(dir $@)
+	@printf '#!/bin/sh\ncd "%s" && exec tests/scripts/check_fnlen.sh\n' "$(CURDIR)" > $@ && chmod +x $@
 
 format-check: ## Check every C/CUDA source against .clang-format (also part of make test)
 	@tests/scripts/check_format.sh
