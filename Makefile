@@ -4,7 +4,7 @@
 # datasets/, eval/, train/ and experiments/harness/ all go into one static library build/lib/libqlab.a;
 # cli/ is the `qlab` tool; each experiments/NAME.c is one program; each tests/test_*.c one test program;
 # each tests/bench_*.c one benchmark. Includes name their layer ("core/quant/quant.h"): one include root,
-# and tests/check_layers.sh (part of make test) fails on an include that points upward. Extra rules: mk/*.mk.
+# and tests/scripts/check_layers.sh (part of make test) fails on an include that points upward. Extra rules: mk/*.mk.
 
 # CUDA=1 links the CUDA kernels into the library and programs (kernels/accel.c registers them at run time);
 # it builds in its own folder so the CPU and CUDA builds never mix objects.
@@ -85,8 +85,8 @@ LIB       := $(BUILD)/lib/libqlab.a
 QLAB      := $(BUILD)/bin/qlab
 EXP_BINS  := $(patsubst experiments/%.c,$(BUILD)/bin/%,$(EXP_SRCS))
 TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
-# Source-tree checks run as tests: the include layering and the clang-format style.
-SCRIPT_TESTS := $(BUILD)/tests/test_layers $(BUILD)/tests/test_format
+# Source-tree checks run as tests: the include layering, the clang-format style and the function length.
+SCRIPT_TESTS := $(BUILD)/tests/test_layers $(BUILD)/tests/test_format $(BUILD)/tests/test_fnlen
 BENCH_BINS:= $(patsubst tests/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
 
 .DEFAULT_GOAL := all
@@ -116,6 +116,9 @@ help: ## List the targets
 	@echo ""
 	@echo "Variables: BUILD=dir (default build), CONFIG=path (experiment config), OMP_NUM_THREADS=n,"
 	@echo "           CUDA=1 (link the CUDA kernels into every program; builds in build-cuda/)"
+	@echo ""
+	@echo "Layout: core/{base,formats,results,text,quant,model} kernels datasets eval train experiments/harness cli"
+	@echo "        experiments tests, each including only the ones before it (make test checks); see ARCHITECTURE.md"
 
 deps: ## Install the Debian/Ubuntu packages qlab needs (safe to run twice)
 	@pkgs="build-essential pkg-config libcjson-dev libhdf5-dev hdf5-tools gnuplot-nox libopenblas-dev libopenblas-openmp-dev zlib1g-dev curl ca-certificates clang-format"; \
@@ -187,10 +190,14 @@ $(BUILD)/tests/test_format: tests/scripts/check_format.sh
 	@mkdir -p $(dir $@)
 	@printf '#!/bin/sh\ncd "%s" && exec tests/scripts/check_format.sh\n' "$(CURDIR)" > $@ && chmod +x $@
 
+$(BUILD)/tests/test_fnlen: tests/scripts/check_fnlen.sh
+	@mkdir -p $(dir $@)
+	@printf '#!/bin/sh\ncd "%s" && exec tests/scripts/check_fnlen.sh\n' "$(CURDIR)" > $@ && chmod +x $@
+
 format-check: ## Check every C/CUDA source against .clang-format (also part of make test)
 	@tests/scripts/check_format.sh
 
-test: all $(TEST_BINS) $(SCRIPT_TESTS) ## Run the whole test suite (ends with "N passed, M failed")
+test: all $(TEST_BINS) $(SCRIPT_TESTS) ## Run the whole test suite and the source checks: layers, format, function length (ends with "N passed, M failed")
 	@QLAB_QUIET=1 QLAB_BUILD=$(BUILD) tests/run_tests.sh $(BUILD)/tests
 
 bench: all $(BENCH_BINS) ## Run the benchmarks; prints a table and writes results/bench.json
@@ -231,7 +238,7 @@ experiment-%: all ## Run experiments/NAME.json (NAME with - for _) or CONFIG=pat
 clean-results: ## Remove every run's results (results/*.h5, *.md, bench.json) and figures (plots/*.png, *.svg, *.dat), temporary files included
 	rm -f results/*.h5 results/*.md results/*.json results/*.tmp.* plots/*.png plots/*.svg plots/*.dat plots/*.tmp.*
 
-clean: ## Remove the build folder
+clean: ## Remove the build folders (build/, build-cuda/ and BUILD)
 	rm -rf $(BUILD) build build-cuda
 
 format: ## Reformat the C and CUDA sources with clang-format (.clang-format)

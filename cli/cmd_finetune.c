@@ -252,167 +252,204 @@ static qlab_status save_outputs(finetune_job *j, model *m, const ft_args *a) {
     return finetune_job_save_state(j, path);
 }
 
-static int run(int argc, char **argv, const ft_args *a, int resuming) {
-    const char *cmd = "qlab finetune";
+#define FT_CMD "qlab finetune"
+
+/* One finetuning run: the options, the model, the data and the job stepping through them. */
+typedef struct {
+    const ft_args *a;
+    finetune_options o;
+    finetune_data_format fmt, resolved;
+    model *m;
+    tokenizer *tok;
+    instruct_examples all, train, heldout;
+    finetune_rows tr, hr;
+    finetune_job *job;
+    int max_len;
+    int64_t rows_per_step, start; /* start: steps already done when the run resumed */
+    const char *tok_path;
+    char tok_buf[4096];
+} ft_run;
+
+/* The finetuning options from the arguments: -1 when usable, else the exit status (message printed). */
+static int build_options(ft_run *r) {
+    const ft_args *a = r->a;
+    finetune_options *o = &r->o;
     if (!a->model || !a->data || !a->out) {
-        fprintf(stderr, "%s: needs --model, --data and --out (see qlab finetune --help)\n", cmd);
+        fprintf(stderr, "%s: needs --model, --data and --out (see qlab finetune --help)\n", FT_CMD);
         return 2;
     }
     if (a->eval_data && a->have_eval_fraction) {
-        fprintf(stderr, "%s: give --eval-data or --eval-fraction, not both\n", cmd);
+        fprintf(stderr, "%s: give --eval-data or --eval-fraction, not both\n", FT_CMD);
         return 2;
     }
     if (a->steps && a->epochs) {
-        fprintf(stderr, "%s: give --steps or --epochs, not both\n", cmd);
+        fprintf(stderr, "%s: give --steps or --epochs, not both\n", FT_CMD);
         return 2;
     }
-    finetune_options o;
-    finetune_options_default(&o);
-    finetune_data_format fmt;
-    if (finetune_data_format_parse(a->format, &fmt) != QLAB_OK) return qlab_report_error(cmd);
+    finetune_options_default(o);
+    if (finetune_data_format_parse(a->format, &r->fmt) != QLAB_OK) return qlab_report_error(FT_CMD);
     int fp32 = !strcmp(a->dtype, "fp32") || !strcmp(a->dtype, "f32");
-    o.mode = a->full ? FINETUNE_FULL : fp32 ? FINETUNE_LORA : FINETUNE_QLORA;
+    o->mode = a->full ? FINETUNE_FULL : fp32 ? FINETUNE_LORA : FINETUNE_QLORA;
     if (a->full && strcmp(a->dtype, "nf4") != 0 && !fp32) {
-        fprintf(stderr, "%s: --full trains the fp32 model; it cannot be combined with --dtype %s\n", cmd,
+        fprintf(stderr, "%s: --full trains the fp32 model; it cannot be combined with --dtype %s\n", FT_CMD,
                 a->dtype);
         return 2;
     }
-    if (o.mode == FINETUNE_QLORA) {
-        if (quant_dtype_parse(a->dtype, &o.base_dtype) != QLAB_OK) return qlab_report_error(cmd);
-        o.blocksize = a->blocksize ? (int)a->blocksize : quant_default_blocksize(o.base_dtype);
-        o.double_quant = a->double_quant;
+    if (o->mode == FINETUNE_QLORA) {
+        if (quant_dtype_parse(a->dtype, &o->base_dtype) != QLAB_OK) return qlab_report_error(FT_CMD);
+        o->blocksize = a->blocksize ? (int)a->blocksize : quant_default_blocksize(o->base_dtype);
+        o->double_quant = a->double_quant;
     }
-    if (lora_parse_targets(a->targets, &o.lora.targets) != QLAB_OK) return qlab_report_error(cmd);
-    if (optim_lr_kind_parse(a->schedule, &o.schedule) != QLAB_OK) return qlab_report_error(cmd);
-    o.lora.rank = (int)a->rank, o.lora.alpha = (float)a->alpha, o.lora.dropout = (float)a->dropout;
-    o.lora.seed = (uint64_t)a->seed;
-    o.seed = (uint64_t)a->seed;
-    o.batch = (int)a->batch, o.grad_accum = (int)a->accum, o.max_lr = a->lr, o.min_lr = 0;
-    o.warmup_steps = a->warmup, o.grad_clip = a->clip, o.weight_decay = a->wd;
-    o.state_kind = OPTIM_STATE_HOST;
+    if (lora_parse_targets(a->targets, &o->lora.targets) != QLAB_OK) return qlab_report_error(FT_CMD);
+    if (optim_lr_kind_parse(a->schedule, &o->schedule) != QLAB_OK) return qlab_report_error(FT_CMD);
+    o->lora.rank = (int)a->rank, o->lora.alpha = (float)a->alpha, o->lora.dropout = (float)a->dropout;
+    o->lora.seed = (uint64_t)a->seed;
+    o->seed = (uint64_t)a->seed;
+    o->batch = (int)a->batch, o->grad_accum = (int)a->accum, o->max_lr = a->lr, o->min_lr = 0;
+    o->warmup_steps = a->warmup, o->grad_clip = a->clip, o->weight_decay = a->wd;
+    o->state_kind = OPTIM_STATE_HOST;
 #ifdef _OPENMP
     if (a->threads) omp_set_num_threads((int)a->threads);
 #endif
-
-    /* Everything is loaded and checked before DIR is touched: a failed start writes nothing. */
-    model *m = NULL;
-    tokenizer *tok = NULL;
-    instruct_examples all = {0}, train = {0}, heldout = {0};
-    finetune_job *job = NULL;
-    int rc = 1;
-    char tok_buf[4096], path[4096];
-    const char *tok_path = a->tokenizer;
-    if (!tok_path) {
-        snprintf(tok_buf, sizeof tok_buf, "%s/tokenizer.json", a->model);
-        if (!file_exists(tok_buf)) {
-            fprintf(stderr, "%s: --tokenizer is needed (no tokenizer.json beside %s)\n", cmd, a->model);
+    /* --tokenizer defaults to the tokenizer.json of a Hugging Face model directory */
+    r->tok_path = a->tokenizer;
+    if (!r->tok_path) {
+        snprintf(r->tok_buf, sizeof r->tok_buf, "%s/tokenizer.json", a->model);
+        if (!file_exists(r->tok_buf)) {
+            fprintf(stderr, "%s: --tokenizer is needed (no tokenizer.json beside %s)\n", FT_CMD, a->model);
             return 2;
         }
-        tok_path = tok_buf;
+        r->tok_path = r->tok_buf;
     }
-    if (checkpoint_load(a->model, &m) != QLAB_OK) goto out;
-    if (tokenizer_load(tok_path, &tok) != QLAB_OK) goto out;
-    const model_config *cfg = model_get_config(m);
-    if (tokenizer_vocab_size(tok) > cfg->vocab_size) {
-        qlab_fail(QLAB_ERR_ARG, "%s has %d tokens but the model %s only %d", tok_path,
-                  tokenizer_vocab_size(tok), a->model, cfg->vocab_size);
-        goto out;
-    }
-    int max_len = a->max_len ? (int)a->max_len : (cfg->seq_len < 256 ? cfg->seq_len : 256);
-    if (max_len > cfg->seq_len) {
-        qlab_fail(QLAB_ERR_ARG, "--max-len %d exceeds the model's context of %d", max_len, cfg->seq_len);
-        goto out;
-    }
-    finetune_data_options dopt = {max_len, a->train_on_source};
-    finetune_data_format resolved;
-    if (finetune_data_load(a->data, fmt, tok, &dopt, &all, &resolved) != QLAB_OK) goto out;
-    if (a->eval_data) {
-        if (finetune_data_load(a->eval_data, fmt, tok, &dopt, &heldout, NULL) != QLAB_OK) goto out;
-        train = all;
-        memset(&all, 0, sizeof all);
-    } else if (finetune_data_split(&all, a->eval_fraction, (uint64_t)a->seed, &train, &heldout) != QLAB_OK) {
-        goto out;
-    }
-    int64_t rows_per_step = (int64_t)o.batch * (o.grad_accum > 1 ? o.grad_accum : 1);
-    o.steps = a->steps        ? a->steps
-              : a->epochs > 0 ? (int64_t)ceil(a->epochs * train.n / (double)rows_per_step)
-                              : 100;
-    if (o.steps < 1) o.steps = 1;
-    o.eval_every = a->eval_every >= 0 ? (int)a->eval_every : (int)(o.steps >= 10 ? o.steps / 10 : 1);
-    o.log_every = o.steps >= 100 ? 10 : 1;
-    o.eval_batch = o.batch;
-    finetune_rows tr = rows_of(&train), hr = rows_of(&heldout);
-    if (finetune_options_check(&o, cfg, max_len) != QLAB_OK) goto out;
+    return -1;
+}
 
+/* The model, its tokenizer and the data (training rows and held-out rows), then the step count and the
+ * options checked against the model. */
+static qlab_status load_inputs(ft_run *r) {
+    const ft_args *a = r->a;
+    finetune_options *o = &r->o;
+    QLAB_TRY(checkpoint_load(a->model, &r->m));
+    QLAB_TRY(tokenizer_load(r->tok_path, &r->tok));
+    const model_config *cfg = model_get_config(r->m);
+    if (tokenizer_vocab_size(r->tok) > cfg->vocab_size)
+        return qlab_fail(QLAB_ERR_ARG, "%s has %d tokens but the model %s only %d", r->tok_path,
+                         tokenizer_vocab_size(r->tok), a->model, cfg->vocab_size);
+    r->max_len = a->max_len ? (int)a->max_len : (cfg->seq_len < 256 ? cfg->seq_len : 256);
+    if (r->max_len > cfg->seq_len)
+        return qlab_fail(QLAB_ERR_ARG, "--max-len %d exceeds the model's context of %d", r->max_len,
+                         cfg->seq_len);
+    finetune_data_options dopt = {r->max_len, a->train_on_source};
+    QLAB_TRY(finetune_data_load(a->data, r->fmt, r->tok, &dopt, &r->all, &r->resolved));
+    if (a->eval_data) {
+        QLAB_TRY(finetune_data_load(a->eval_data, r->fmt, r->tok, &dopt, &r->heldout, NULL));
+        r->train = r->all;
+        memset(&r->all, 0, sizeof r->all);
+    } else {
+        QLAB_TRY(finetune_data_split(&r->all, a->eval_fraction, (uint64_t)a->seed, &r->train, &r->heldout));
+    }
+    r->rows_per_step = (int64_t)o->batch * (o->grad_accum > 1 ? o->grad_accum : 1);
+    o->steps = a->steps        ? a->steps
+               : a->epochs > 0 ? (int64_t)ceil(a->epochs * r->train.n / (double)r->rows_per_step)
+                               : 100;
+    if (o->steps < 1) o->steps = 1;
+    o->eval_every = a->eval_every >= 0 ? (int)a->eval_every : (int)(o->steps >= 10 ? o->steps / 10 : 1);
+    o->log_every = o->steps >= 100 ? 10 : 1;
+    o->eval_batch = o->batch;
+    r->tr = rows_of(&r->train), r->hr = rows_of(&r->heldout);
+    return finetune_options_check(o, cfg, r->max_len);
+}
+
+/* A new run's DIR must not hold another run. */
+static qlab_status check_out_free(const ft_args *a) {
+    char path[4096];
     snprintf(path, sizeof path, "%s/run.json", a->out);
-    if (!resuming && file_exists(path)) {
-        qlab_fail(QLAB_ERR_ARG,
-                  "%s already holds a finetuning run: continue it with --resume %s or choose another --out",
-                  a->out, a->out);
-        goto out;
-    }
-    if (finetune_job_create(&job, m, &tr, &hr, &o) != QLAB_OK) goto out;
-    snprintf(path, sizeof path, "%s/state.safetensors", a->out);
-    int64_t start = 0;
-    if (resuming && file_exists(path)) {
-        if (finetune_job_load_state(job, path) != QLAB_OK) goto out;
-        start = finetune_job_steps_done(job);
-    }
-    if (!resuming) {
-        if (mkdir(a->out, 0777) != 0 && errno != EEXIST) {
-            qlab_fail(QLAB_ERR_IO, "%s: cannot create directory: %s", a->out, strerror(errno));
-            goto out;
-        }
-        if (write_run_json(a->out, argc, argv) != QLAB_OK) goto out;
-    }
-    const char *mode_text = o.mode == FINETUNE_FULL   ? "full finetuning"
-                            : o.mode == FINETUNE_LORA ? "LoRA, fp32 base"
-                                                      : "QLoRA";
+    if (file_exists(path))
+        return qlab_fail(
+            QLAB_ERR_ARG,
+            "%s already holds a finetuning run: continue it with --resume %s or choose another --out", a->out,
+            a->out);
+    return QLAB_OK;
+}
+
+/* A resumed run continues from DIR/state.safetensors when one was saved. */
+static qlab_status resume_state(ft_run *r) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/state.safetensors", r->a->out);
+    if (!file_exists(path)) return QLAB_OK;
+    QLAB_TRY(finetune_job_load_state(r->job, path));
+    r->start = finetune_job_steps_done(r->job);
+    return QLAB_OK;
+}
+
+/* A new run creates DIR and records its arguments in DIR/run.json. */
+static qlab_status create_out_dir(const ft_args *a, int argc, char **argv) {
+    if (mkdir(a->out, 0777) != 0 && errno != EEXIST)
+        return qlab_fail(QLAB_ERR_IO, "%s: cannot create directory: %s", a->out, strerror(errno));
+    return write_run_json(a->out, argc, argv);
+}
+
+static void print_start(const ft_run *r) {
+    const finetune_options *o = &r->o;
+    const char *mode_text = o->mode == FINETUNE_FULL   ? "full finetuning"
+                            : o->mode == FINETUNE_LORA ? "LoRA, fp32 base"
+                                                       : "QLoRA";
     fprintf(stderr,
             "finetune: %s (%s%s), %s data %s: %d training rows, %d held-out rows of %d tokens; %lld steps of "
             "%lld "
             "rows%s\n",
-            a->model, mode_text, o.mode == FINETUNE_QLORA ? (o.double_quant ? ", double-quant" : "") : "",
-            finetune_data_format_name(resolved), a->data, train.n, heldout.n, max_len, (long long)o.steps,
-            (long long)rows_per_step, start ? " (resumed)" : "");
-    if (o.mode == FINETUNE_QLORA)
-        fprintf(stderr, "finetune: base quantized to %s, block %d\n", quant_dtype_name(o.base_dtype),
-                o.blocksize);
+            r->a->model, mode_text,
+            o->mode == FINETUNE_QLORA ? (o->double_quant ? ", double-quant" : "") : "",
+            finetune_data_format_name(r->resolved), r->a->data, r->train.n, r->heldout.n, r->max_len,
+            (long long)o->steps, (long long)r->rows_per_step, r->start ? " (resumed)" : "");
+    if (o->mode == FINETUNE_QLORA)
+        fprintf(stderr, "finetune: base quantized to %s, block %d\n", quant_dtype_name(o->base_dtype),
+                o->blocksize);
+}
 
+/* Steps to the end with a progress line, saving every --save-every steps and at the end; *tps: the
+ * training tokens per second of this process. */
+static qlab_status train_steps(ft_run *r, double *tps) {
+    const finetune_options *o = &r->o;
+    finetune_job *job = r->job;
     progress prog;
     char label[64];
-    snprintf(label, sizeof label, start ? "finetune (from step %lld)" : "finetune", (long long)start);
-    progress_begin(&prog, label, o.steps - start);
+    snprintf(label, sizeof label, r->start ? "finetune (from step %lld)" : "finetune", (long long)r->start);
+    progress_begin(&prog, label, o->steps - r->start);
     double t_start = qlab_now();
     int64_t tokens_start = finetune_job_tokens(job);
-    qlab_status st = QLAB_OK;
-    while (st == QLAB_OK && finetune_job_steps_done(job) < o.steps) {
-        st = finetune_job_step(job);
-        if (st != QLAB_OK) break;
+    while (finetune_job_steps_done(job) < o->steps) {
+        QLAB_TRY(finetune_job_step(job));
         int64_t done = finetune_job_steps_done(job);
         double secs = qlab_now() - t_start;
-        double tps = secs > 0 ? (double)(finetune_job_tokens(job) - tokens_start) / secs : 0;
+        double step_tps = secs > 0 ? (double)(finetune_job_tokens(job) - tokens_start) / secs : 0;
         const finetune_result *h = finetune_job_result(job);
         char extra[200];
         snprintf(extra, sizeof extra, "step %lld/%lld loss %.4f lr %.3g %.0f tok/s rss %.0f MB held-out %.4f",
-                 (long long)done, (long long)o.steps, finetune_job_last_loss(job), finetune_job_lr(job), tps,
-                 finetune_peak_rss_bytes() / 1e6, h->final_heldout_nll);
-        progress_update(&prog, done - start, extra);
-        if (done % a->save_every == 0 && done < o.steps) st = save_outputs(job, m, a);
+                 (long long)done, (long long)o->steps, finetune_job_last_loss(job), finetune_job_lr(job),
+                 step_tps, finetune_peak_rss_bytes() / 1e6, h->final_heldout_nll);
+        progress_update(&prog, done - r->start, extra);
+        if (done % r->a->save_every == 0 && done < o->steps) QLAB_TRY(save_outputs(job, r->m, r->a));
     }
-    if (st != QLAB_OK) goto out;
     double secs = qlab_now() - t_start;
-    double tps = secs > 0 ? (double)(finetune_job_tokens(job) - tokens_start) / secs : 0;
-    if (save_outputs(job, m, a) != QLAB_OK) goto out;
+    *tps = secs > 0 ? (double)(finetune_job_tokens(job) - tokens_start) / secs : 0;
+    QLAB_TRY(save_outputs(job, r->m, r->a));
     progress_end(&prog, NULL);
+    return QLAB_OK;
+}
+
+/* Ends the job (the adapters stay on the model until here), writes DIR/finetune.h5 and prints the result. */
+static qlab_status finish_run(ft_run *r, double tps, int argc, char **argv) {
+    const ft_args *a = r->a;
     finetune_result res;
     lora_set *adapters = NULL;
-    st = finetune_job_finish(job, &adapters, &res);
-    job = NULL;
-    if (st != QLAB_OK) goto out;
+    qlab_status st = finetune_job_finish(r->job, &adapters, &res);
+    r->job = NULL;
+    QLAB_TRY(st);
     finetune_log_info info = {a->model, a->data, a->eval_data, finetune_peak_rss_bytes(), tps};
+    char path[4096];
     snprintf(path, sizeof path, "%s/finetune.h5", a->out);
-    st = finetune_write_log(path, &res, &o, &info, argc, argv);
+    st = finetune_write_log(path, &res, &r->o, &info, argc, argv);
     printf("held-out response NLL %.4f -> %.4f (%lld tokens), last training loss %.4f\n",
            res.initial_heldout_nll, res.final_heldout_nll, (long long)res.heldout_scored,
            res.final_train_loss);
@@ -422,19 +459,38 @@ static int run(int argc, char **argv, const ft_args *a, int resuming) {
            adapters ? "adapter_config.json, adapter_model.safetensors" : "config.json, model.safetensors");
     finetune_result_free(&res);
     if (adapters) {
-        lora_detach(m);
+        lora_detach(r->m);
         lora_free(adapters);
     }
-    if (st != QLAB_OK) goto out;
-    rc = 0;
-out:
-    if (rc) qlab_report_error(cmd);
-    finetune_job_free(job);
-    instruct_examples_free(&all);
-    instruct_examples_free(&train);
-    instruct_examples_free(&heldout);
-    tokenizer_free(tok);
-    model_free(m);
+    return st;
+}
+
+/* Everything is loaded and checked before DIR is touched: a failed start writes nothing. */
+static int run(int argc, char **argv, const ft_args *a, int resuming) {
+    ft_run *r = calloc(1, sizeof *r);
+    if (!r) return qlab_report_error(FT_CMD);
+    r->a = a;
+    int rc = build_options(r);
+    if (rc >= 0) {
+        free(r);
+        return rc;
+    }
+    double tps = 0;
+    qlab_status st = load_inputs(r);
+    if (st == QLAB_OK && !resuming) st = check_out_free(a);
+    if (st == QLAB_OK) st = finetune_job_create(&r->job, r->m, &r->tr, &r->hr, &r->o);
+    if (st == QLAB_OK) st = resuming ? resume_state(r) : create_out_dir(a, argc, argv);
+    if (st == QLAB_OK) print_start(r);
+    if (st == QLAB_OK) st = train_steps(r, &tps);
+    if (st == QLAB_OK) st = finish_run(r, tps, argc, argv);
+    rc = st == QLAB_OK ? 0 : qlab_report_error(FT_CMD);
+    finetune_job_free(r->job);
+    instruct_examples_free(&r->all);
+    instruct_examples_free(&r->train);
+    instruct_examples_free(&r->heldout);
+    tokenizer_free(r->tok);
+    model_free(r->m);
+    free(r);
     return rc;
 }
 

@@ -30,93 +30,118 @@ static void generate_usage(FILE *f) {
     cli_print_option(f, "  --dtype D", 20, text);
 }
 
-static int cmd_generate(int argc, char **argv) {
-    const char *model_path = NULL, *tok_path = NULL, *prompt = "", *dtype_name = NULL, *adapter = NULL;
-    long steps = 256, bs = 0, seed = 42;
-    double temperature = 1.0, top_p = 0.9;
-    int dq = 0;
+typedef struct {
+    const char *model_path, *tok_path, *prompt, *dtype_name, *adapter;
+    long steps, bs, seed;
+    double temperature, top_p;
+    int dq;
+} generate_args;
+
+/* -1 to go on, else the exit status (0 after --help, 2 on a usage error). */
+static int parse_generate_args(int argc, char **argv, generate_args *p) {
+    *p = (generate_args){.prompt = "", .steps = 256, .seed = 42, .temperature = 1.0, .top_p = 0.9};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             generate_usage(stdout);
             return 0;
         } else if (!strcmp(a, "--double-quant")) {
-            dq = 1;
+            p->dq = 1;
         } else if (!strncmp(a, "--", 2) && !v) {
             fprintf(stderr, "qlab generate: %s needs a value\n", a);
             return 2;
         } else if (!strcmp(a, "--model")) {
-            model_path = argv[++i];
+            p->model_path = argv[++i];
         } else if (!strcmp(a, "--tokenizer")) {
-            tok_path = argv[++i];
+            p->tok_path = argv[++i];
         } else if (!strcmp(a, "--prompt")) {
-            prompt = argv[++i];
+            p->prompt = argv[++i];
         } else if (!strcmp(a, "--dtype")) {
-            dtype_name = argv[++i];
+            p->dtype_name = argv[++i];
         } else if (!strcmp(a, "--adapter")) {
-            adapter = argv[++i];
+            p->adapter = argv[++i];
         } else if (!strcmp(a, "--steps")) {
-            if (!cli_parse_int("generate", a, argv[++i], 1, 1 << 20, &steps)) return 2;
+            if (!cli_parse_int("generate", a, argv[++i], 1, 1 << 20, &p->steps)) return 2;
         } else if (!strcmp(a, "--blocksize")) {
-            if (!cli_parse_int("generate", a, argv[++i], 1, 1 << 20, &bs)) return 2;
+            if (!cli_parse_int("generate", a, argv[++i], 1, 1 << 20, &p->bs)) return 2;
         } else if (!strcmp(a, "--seed")) {
-            if (!cli_parse_int("generate", a, argv[++i], 0, 0x7fffffffffffffffL, &seed)) return 2;
+            if (!cli_parse_int("generate", a, argv[++i], 0, 0x7fffffffffffffffL, &p->seed)) return 2;
         } else if (!strcmp(a, "--temperature")) {
-            if (!cli_parse_double("generate", a, argv[++i], &temperature)) return 2;
+            if (!cli_parse_double("generate", a, argv[++i], &p->temperature)) return 2;
         } else if (!strcmp(a, "--top-p")) {
-            if (!cli_parse_double("generate", a, argv[++i], &top_p)) return 2;
+            if (!cli_parse_double("generate", a, argv[++i], &p->top_p)) return 2;
         } else {
             fprintf(stderr, "qlab generate: unknown option '%s' (see qlab generate --help)\n", a);
             return 2;
         }
     }
+    return -1;
+}
+
+/* The options checked together (a GGUF model supplies its own tokenizer): -1 when usable, else 2. */
+static int check_generate_args(generate_args *p) {
     checkpoint_format fmt = CHECKPOINT_UNKNOWN;
-    if (model_path && !tok_path && checkpoint_detect(model_path, &fmt) == QLAB_OK && fmt == CHECKPOINT_GGUF)
-        tok_path = model_path; /* the tokenizer embedded in the GGUF */
-    if (!model_path || !tok_path) {
+    if (p->model_path && !p->tok_path && checkpoint_detect(p->model_path, &fmt) == QLAB_OK &&
+        fmt == CHECKPOINT_GGUF)
+        p->tok_path = p->model_path; /* the tokenizer embedded in the GGUF */
+    if (!p->model_path || !p->tok_path) {
         fprintf(stderr, "qlab generate: needs --model and --tokenizer (unless the model is a GGUF; see qlab "
                         "generate --help)\n");
         return 2;
     }
-    if (temperature < 0) {
+    if (p->temperature < 0) {
         fprintf(stderr, "qlab generate: --temperature must be >= 0\n");
         return 2;
     }
-    if (!(top_p > 0 && top_p <= 1)) {
-        fprintf(stderr, "qlab generate: --top-p %g must be in (0, 1]\n", top_p);
+    if (!(p->top_p > 0 && p->top_p <= 1)) {
+        fprintf(stderr, "qlab generate: --top-p %g must be in (0, 1]\n", p->top_p);
         return 2;
     }
+    return -1;
+}
+
+/* The model (quantized with --dtype, with --adapter's adapters) and a tokenizer that belongs to it. */
+static qlab_status load_generate_model(const generate_args *p, model **m, lora_set **lora, tokenizer **tok) {
+    QLAB_TRY(checkpoint_load(p->model_path, m));
+    QLAB_TRY(tokenizer_load(p->tok_path, tok));
+    if (p->dtype_name) {
+        quant_dtype dt;
+        QLAB_TRY(quant_dtype_parse(p->dtype_name, &dt));
+        QLAB_TRY(model_quantize(*m, dt, p->bs ? (int)p->bs : quant_default_blocksize(dt), p->dq));
+    }
+    if (p->adapter) QLAB_TRY(cli_load_adapters(p->adapter, *m, lora));
+    const model_config *cfg = model_get_config(*m);
+    if (tokenizer_vocab_size(*tok) > cfg->vocab_size)
+        return qlab_fail(QLAB_ERR_ARG,
+                         "tokenizer %s has %d tokens but model %s only %d: they do not belong together",
+                         p->tok_path, tokenizer_vocab_size(*tok), p->model_path, cfg->vocab_size);
+    return QLAB_OK;
+}
+
+static int cmd_generate(int argc, char **argv) {
+    generate_args p;
+    int early = parse_generate_args(argc, argv, &p);
+    if (early < 0) early = check_generate_args(&p);
+    if (early >= 0) return early;
     model *m = NULL;
     lora_set *lora = NULL;
     tokenizer *tok = NULL;
     int *prompt_ids = NULL, *seq = NULL, rc = 1, n_out = 0;
     size_t n_prompt = 0, text_len = 0;
     char *text = NULL;
-    if (checkpoint_load(model_path, &m) != QLAB_OK || tokenizer_load(tok_path, &tok) != QLAB_OK) goto out;
-    if (dtype_name) {
-        quant_dtype dt;
-        if (quant_dtype_parse(dtype_name, &dt) != QLAB_OK) goto out;
-        if (model_quantize(m, dt, bs ? (int)bs : quant_default_blocksize(dt), dq) != QLAB_OK) goto out;
-    }
-    if (adapter && cli_load_adapters(adapter, m, &lora) != QLAB_OK) goto out;
+    if (load_generate_model(&p, &m, &lora, &tok) != QLAB_OK) goto out;
     const model_config *cfg = model_get_config(m);
-    if (tokenizer_vocab_size(tok) > cfg->vocab_size) {
-        qlab_fail(QLAB_ERR_ARG,
-                  "tokenizer %s has %d tokens but model %s only %d: they do not belong together", tok_path,
-                  tokenizer_vocab_size(tok), model_path, cfg->vocab_size);
-        goto out;
-    }
-    if (tokenizer_encode(tok, prompt, strlen(prompt), 1, &prompt_ids, &n_prompt) != QLAB_OK) goto out;
-    long total = (long)n_prompt + steps;
+    if (tokenizer_encode(tok, p.prompt, strlen(p.prompt), 1, &prompt_ids, &n_prompt) != QLAB_OK) goto out;
+    long total = (long)n_prompt + p.steps;
     if (total > cfg->seq_len) total = cfg->seq_len;
     if ((long)n_prompt > total) {
         qlab_fail(QLAB_ERR_ARG, "the prompt has %zu tokens, more than the model's context %d", n_prompt,
                   cfg->seq_len);
         goto out;
     }
-    generate_options opt = {.temperature = (float)temperature,
-                            .top_p = (float)top_p,
-                            .seed = (uint64_t)seed,
+    generate_options opt = {.temperature = (float)p.temperature,
+                            .top_p = (float)p.top_p,
+                            .seed = (uint64_t)p.seed,
                             .max_tokens = (int)total,
                             .stop_id_a = tokenizer_bos_id(tok),
                             .stop_id_b = tokenizer_eos_id(tok)};

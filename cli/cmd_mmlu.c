@@ -139,85 +139,130 @@ static qlab_status write_results(const char *out_path, int argc, char **argv, co
     return results_commit(res);
 }
 
-static int cmd_mmlu(int argc, char **argv) {
-    const char *model_path = NULL, *tok_path = NULL, *adapter = NULL, *data = NULL, *subjects = NULL,
-               *dtype_name = NULL, *out_path = "results/mmlu.h5", *md_path = NULL;
-    long shots = 5, limit = 0, max_len = 0, bs = 0;
-    int dq = 0, zero_shot = 0, letter_space = 0;
+typedef struct {
+    const char *model_path, *tok_path, *adapter, *data, *subjects, *dtype_name, *out_path, *md_path;
+    long shots, limit, max_len, bs;
+    int dq, zero_shot, letter_space;
+    quant_dtype dt;        /* parsed from dtype_name */
+    char md_default[4096]; /* OUT.md beside --out when --md is not given */
+} mmlu_args;
+
+/* -1 to go on, else the exit status (0 after --help, 2 on a usage error). */
+static int parse_mmlu_args(int argc, char **argv, mmlu_args *p) {
+    memset(p, 0, sizeof *p);
+    p->out_path = "results/mmlu.h5", p->shots = 5, p->dt = QUANT_NF4;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             mmlu_usage(stdout);
             return 0;
         } else if (!strcmp(a, "--double-quant")) {
-            dq = 1;
+            p->dq = 1;
         } else if (!strcmp(a, "--qlora-zero-shot")) {
-            zero_shot = 1;
+            p->zero_shot = 1;
         } else if (!strcmp(a, "--letter-space")) {
-            letter_space = 1;
+            p->letter_space = 1;
         } else if (!strncmp(a, "--", 2) && !v) {
             fprintf(stderr, "qlab mmlu: %s needs a value\n", a);
             return 2;
         } else if (!strcmp(a, "--model")) {
-            model_path = argv[++i];
+            p->model_path = argv[++i];
         } else if (!strcmp(a, "--tokenizer")) {
-            tok_path = argv[++i];
+            p->tok_path = argv[++i];
         } else if (!strcmp(a, "--adapter")) {
-            adapter = argv[++i];
+            p->adapter = argv[++i];
         } else if (!strcmp(a, "--data")) {
-            data = argv[++i];
+            p->data = argv[++i];
         } else if (!strcmp(a, "--subjects")) {
-            subjects = argv[++i];
+            p->subjects = argv[++i];
         } else if (!strcmp(a, "--dtype")) {
-            dtype_name = argv[++i];
+            p->dtype_name = argv[++i];
         } else if (!strcmp(a, "--out")) {
-            out_path = argv[++i];
+            p->out_path = argv[++i];
         } else if (!strcmp(a, "--md")) {
-            md_path = argv[++i];
+            p->md_path = argv[++i];
         } else if (!strcmp(a, "--shots")) {
-            if (!cli_parse_int("mmlu", a, argv[++i], 0, 5, &shots)) return 2;
+            if (!cli_parse_int("mmlu", a, argv[++i], 0, 5, &p->shots)) return 2;
         } else if (!strcmp(a, "--limit")) {
-            if (!cli_parse_int("mmlu", a, argv[++i], 1, 1 << 30, &limit)) return 2;
+            if (!cli_parse_int("mmlu", a, argv[++i], 1, 1 << 30, &p->limit)) return 2;
         } else if (!strcmp(a, "--max-len")) {
-            if (!cli_parse_int("mmlu", a, argv[++i], 16, 1 << 20, &max_len)) return 2;
+            if (!cli_parse_int("mmlu", a, argv[++i], 16, 1 << 20, &p->max_len)) return 2;
         } else if (!strcmp(a, "--blocksize")) {
-            if (!cli_parse_int("mmlu", a, argv[++i], 1, 1 << 20, &bs)) return 2;
+            if (!cli_parse_int("mmlu", a, argv[++i], 1, 1 << 20, &p->bs)) return 2;
         } else {
             fprintf(stderr, "qlab mmlu: unknown option '%s' (see qlab mmlu --help)\n", a);
             return 2;
         }
     }
-    if (!model_path) {
+    return -1;
+}
+
+/* The options checked together and the defaults that depend on others: -1 when usable, else the exit
+ * status. */
+static int check_mmlu_args(mmlu_args *p) {
+    if (!p->model_path) {
         fprintf(stderr, "qlab mmlu: needs --model (see qlab mmlu --help)\n");
         return 2;
     }
-    if (!tok_path) tok_path = model_path; /* a GGUF file carries its tokenizer */
-    quant_dtype dt = QUANT_NF4;
-    if (dtype_name && quant_dtype_parse(dtype_name, &dt) != QLAB_OK) return qlab_report_error("qlab mmlu");
-    if (dtype_name && !bs) bs = quant_default_blocksize(dt);
-    if (dtype_name && quant_check_blocksize(dt, (int)bs) != QLAB_OK) return qlab_report_error("qlab mmlu");
-    if (!dtype_name && (bs || dq)) {
+    if (!p->tok_path) p->tok_path = p->model_path; /* a GGUF file carries its tokenizer */
+    if (p->dtype_name && quant_dtype_parse(p->dtype_name, &p->dt) != QLAB_OK)
+        return qlab_report_error("qlab mmlu");
+    if (p->dtype_name && !p->bs) p->bs = quant_default_blocksize(p->dt);
+    if (p->dtype_name && quant_check_blocksize(p->dt, (int)p->bs) != QLAB_OK)
+        return qlab_report_error("qlab mmlu");
+    if (!p->dtype_name && (p->bs || p->dq)) {
         fprintf(stderr, "qlab mmlu: --blocksize and --double-quant need --dtype\n");
         return 2;
     }
-    char md_default[4096];
-    if (!md_path) {
-        size_t len = strlen(out_path);
-        if (len > 3 && !strcmp(out_path + len - 3, ".h5"))
-            snprintf(md_default, sizeof md_default, "%.*s.md", (int)(len - 3), out_path);
+    if (!p->md_path) {
+        size_t len = strlen(p->out_path);
+        if (len > 3 && !strcmp(p->out_path + len - 3, ".h5"))
+            snprintf(p->md_default, sizeof p->md_default, "%.*s.md", (int)(len - 3), p->out_path);
         else
-            snprintf(md_default, sizeof md_default, "%s.md", out_path);
-        md_path = md_default;
+            snprintf(p->md_default, sizeof p->md_default, "%s.md", p->out_path);
+        p->md_path = p->md_default;
     }
-    mmlu_eval_options opt = {.mode = zero_shot ? MMLU_EVAL_QLORA_ZEROSHOT : MMLU_EVAL_KSHOT,
-                             .data_path = data        ? data
-                                          : zero_shot ? DEFAULT_QLORA_PROMPTS
-                                                      : DEFAULT_ARCHIVE,
-                             .shots = (int)shots,
-                             .subjects = subjects,
-                             .limit = (int)limit,
-                             .max_len = (int)max_len,
-                             .letter_space = letter_space};
+    return -1;
+}
+
+/* The model, quantized with --dtype, with --adapter's adapters; qdesc describes its weights. */
+static qlab_status load_mmlu_model(const mmlu_args *p, model **m, lora_set **lora, char *qdesc, size_t cap) {
+    QLAB_TRY(checkpoint_load(p->model_path, m));
+    if (p->dtype_name) {
+        QLAB_TRY(model_quantize(*m, p->dt, (int)p->bs, p->dq));
+        snprintf(qdesc, cap, "%s, block %ld%s", quant_dtype_name(p->dt), p->bs,
+                 p->dq ? ", double-quant" : "");
+    }
+    if (p->adapter) QLAB_TRY(cli_load_adapters(p->adapter, *m, lora));
+    return QLAB_OK;
+}
+
+static void print_mmlu_summary(const mmlu_eval_options *opt, const mmlu_eval_result *r, const char *qdesc,
+                               const char *out_path) {
+    double lo, hi, macro_lo, macro_hi, macro = mmlu_macro_accuracy(r, &macro_lo, &macro_hi);
+    mmlu_wilson95(r->correct, r->n, &lo, &hi);
+    printf("mmlu %s: %d subjects, %d questions (%s)\n",
+           opt->mode == MMLU_EVAL_KSHOT ? "k-shot" : "qlora zero-shot", r->n_subjects, r->n, qdesc);
+    printf("accuracy, all questions       %.4f  (95%% CI %.4f .. %.4f)\n", (double)r->correct / r->n, lo, hi);
+    printf("accuracy, mean of subjects    %.4f  (95%% CI %.4f .. %.4f)   chance 0.25\n", macro, macro_lo,
+           macro_hi);
+    printf("wrote %s\n", out_path);
+}
+
+static int cmd_mmlu(int argc, char **argv) {
+    mmlu_args p;
+    int early = parse_mmlu_args(argc, argv, &p);
+    if (early < 0) early = check_mmlu_args(&p);
+    if (early >= 0) return early;
+    mmlu_eval_options opt = {.mode = p.zero_shot ? MMLU_EVAL_QLORA_ZEROSHOT : MMLU_EVAL_KSHOT,
+                             .data_path = p.data        ? p.data
+                                          : p.zero_shot ? DEFAULT_QLORA_PROMPTS
+                                                        : DEFAULT_ARCHIVE,
+                             .shots = (int)p.shots,
+                             .subjects = p.subjects,
+                             .limit = (int)p.limit,
+                             .max_len = (int)p.max_len,
+                             .letter_space = p.letter_space};
     model *m = NULL;
     tokenizer *tok = NULL;
     lora_set *lora = NULL;
@@ -226,34 +271,21 @@ static int cmd_mmlu(int argc, char **argv) {
     char qdesc[128] = "fp32", scoring[1024];
     mmlu_scoring sc;
     progress prog;
-    if (tokenizer_load(tok_path, &tok) != QLAB_OK) goto out;
-    if ((letter_space ? mmlu_scoring_init_spaced(tok, &sc) : mmlu_scoring_init(tok, &sc)) != QLAB_OK)
+    if (tokenizer_load(p.tok_path, &tok) != QLAB_OK) goto out;
+    if ((p.letter_space ? mmlu_scoring_init_spaced(tok, &sc) : mmlu_scoring_init(tok, &sc)) != QLAB_OK)
         goto out;
     mmlu_scoring_describe(tok, &sc, scoring, sizeof scoring);
     if (mmlu_eval_count(&opt, &n_questions) != QLAB_OK) goto out;
-    if (checkpoint_load(model_path, &m) != QLAB_OK) goto out;
-    if (dtype_name) {
-        if (model_quantize(m, dt, (int)bs, dq) != QLAB_OK) goto out;
-        snprintf(qdesc, sizeof qdesc, "%s, block %ld%s", quant_dtype_name(dt), bs,
-                 dq ? ", double-quant" : "");
-    }
-    if (adapter && cli_load_adapters(adapter, m, &lora) != QLAB_OK) goto out;
+    if (load_mmlu_model(&p, &m, &lora, qdesc, sizeof qdesc) != QLAB_OK) goto out;
     fprintf(stderr, "qlab mmlu: %s\n", scoring);
     progress_begin(&prog, "mmlu", n_questions);
     opt.prog = &prog;
     if (mmlu_evaluate(m, tok, &opt, &r) != QLAB_OK) goto out;
     progress_end(&prog, NULL);
-    if (write_results(out_path, argc, argv, model_path, adapter, qdesc, &opt, scoring, &r) != QLAB_OK)
+    if (write_results(p.out_path, argc, argv, p.model_path, p.adapter, qdesc, &opt, scoring, &r) != QLAB_OK)
         goto out;
-    double lo, hi, macro_lo, macro_hi, macro = mmlu_macro_accuracy(&r, &macro_lo, &macro_hi);
-    mmlu_wilson95(r.correct, r.n, &lo, &hi);
-    printf("mmlu %s: %d subjects, %d questions (%s)\n",
-           opt.mode == MMLU_EVAL_KSHOT ? "k-shot" : "qlora zero-shot", r.n_subjects, r.n, qdesc);
-    printf("accuracy, all questions       %.4f  (95%% CI %.4f .. %.4f)\n", (double)r.correct / r.n, lo, hi);
-    printf("accuracy, mean of subjects    %.4f  (95%% CI %.4f .. %.4f)   chance 0.25\n", macro, macro_lo,
-           macro_hi);
-    printf("wrote %s\n", out_path);
-    char *report_argv[] = {"report", (char *)out_path, "--md", (char *)md_path, NULL};
+    print_mmlu_summary(&opt, &r, qdesc, p.out_path);
+    char *report_argv[] = {"report", (char *)p.out_path, "--md", (char *)p.md_path, NULL};
     rc = cli_run("report", 4, report_argv);
     goto done;
 out:

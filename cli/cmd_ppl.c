@@ -107,123 +107,159 @@ static void print_json(const char *model_path, const char *data, int64_t n_token
     cJSON_Delete(o);
 }
 
-static int cmd_ppl(int argc, char **argv) {
-    const char *model_path = NULL, *tok_path = NULL, *data = NULL, *tokens_path = NULL, *dtype_name = NULL,
-               *adapter = NULL;
-    long bs = 0, ctx = 0, stride = 0, max_tokens = 0, batch = 0;
-    int dq = 0, json = 0;
+typedef struct {
+    const char *model_path, *tok_path, *data, *tokens_path, *dtype_name, *adapter;
+    long bs, ctx, stride, max_tokens, batch;
+    int dq, json;
+    quant_dtype dt; /* parsed from dtype_name */
+} ppl_args;
+
+/* -1 to go on, else the exit status (0 after --help, 2 on a usage error). */
+static int parse_ppl_args(int argc, char **argv, ppl_args *p) {
+    *p = (ppl_args){.dt = QUANT_NF4};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             ppl_usage(stdout);
             return 0;
         } else if (!strcmp(a, "--double-quant")) {
-            dq = 1;
+            p->dq = 1;
         } else if (!strcmp(a, "--json")) {
-            json = 1;
+            p->json = 1;
         } else if (!strncmp(a, "--", 2) && !v) {
             fprintf(stderr, "qlab ppl: %s needs a value\n", a);
             return 2;
         } else if (!strcmp(a, "--model")) {
-            model_path = argv[++i];
+            p->model_path = argv[++i];
         } else if (!strcmp(a, "--tokenizer")) {
-            tok_path = argv[++i];
+            p->tok_path = argv[++i];
         } else if (!strcmp(a, "--data")) {
-            data = argv[++i];
+            p->data = argv[++i];
         } else if (!strcmp(a, "--tokens")) {
-            tokens_path = argv[++i];
+            p->tokens_path = argv[++i];
         } else if (!strcmp(a, "--dtype")) {
-            dtype_name = argv[++i];
+            p->dtype_name = argv[++i];
         } else if (!strcmp(a, "--adapter")) {
-            adapter = argv[++i];
+            p->adapter = argv[++i];
         } else if (!strcmp(a, "--blocksize")) {
-            if (!cli_parse_int("ppl", a, argv[++i], 1, 1 << 20, &bs)) return 2;
+            if (!cli_parse_int("ppl", a, argv[++i], 1, 1 << 20, &p->bs)) return 2;
         } else if (!strcmp(a, "--ctx")) {
-            if (!cli_parse_int("ppl", a, argv[++i], 2, 1 << 20, &ctx)) return 2;
+            if (!cli_parse_int("ppl", a, argv[++i], 2, 1 << 20, &p->ctx)) return 2;
         } else if (!strcmp(a, "--stride")) {
-            if (!cli_parse_int("ppl", a, argv[++i], 1, 1 << 20, &stride)) return 2;
+            if (!cli_parse_int("ppl", a, argv[++i], 1, 1 << 20, &p->stride)) return 2;
         } else if (!strcmp(a, "--max-tokens")) {
-            if (!cli_parse_int("ppl", a, argv[++i], 2, 1L << 40, &max_tokens)) return 2;
+            if (!cli_parse_int("ppl", a, argv[++i], 2, 1L << 40, &p->max_tokens)) return 2;
         } else if (!strcmp(a, "--batch")) {
-            if (!cli_parse_int("ppl", a, argv[++i], 1, 4096, &batch)) return 2;
+            if (!cli_parse_int("ppl", a, argv[++i], 1, 4096, &p->batch)) return 2;
         } else {
             fprintf(stderr, "qlab ppl: unknown option '%s' (see qlab ppl --help)\n", a);
             return 2;
         }
     }
-    if (!model_path || (!data == !tokens_path)) {
+    return -1;
+}
+
+/* The options checked together: -1 when usable, else the exit status. */
+static int check_ppl_args(ppl_args *p) {
+    if (!p->model_path || (!p->data == !p->tokens_path)) {
         fprintf(stderr,
                 "qlab ppl: needs --model and exactly one of --data / --tokens (see qlab ppl --help)\n");
         return 2;
     }
-    if (data && !tok_path) {
+    if (p->data && !p->tok_path) {
         fprintf(stderr, "qlab ppl: --data needs --tokenizer (see qlab ppl --help)\n");
         return 2;
     }
-    quant_dtype dt = QUANT_NF4;
-    if (dtype_name && quant_dtype_parse(dtype_name, &dt) != QLAB_OK) return qlab_report_error("qlab ppl");
-    if (dtype_name && !bs) bs = quant_default_blocksize(dt);
-    if (dtype_name && quant_check_blocksize(dt, (int)bs) != QLAB_OK) return qlab_report_error("qlab ppl");
-    if (!dtype_name && (bs || dq)) {
+    if (p->dtype_name && quant_dtype_parse(p->dtype_name, &p->dt) != QLAB_OK)
+        return qlab_report_error("qlab ppl");
+    if (p->dtype_name && !p->bs) p->bs = quant_default_blocksize(p->dt);
+    if (p->dtype_name && quant_check_blocksize(p->dt, (int)p->bs) != QLAB_OK)
+        return qlab_report_error("qlab ppl");
+    if (!p->dtype_name && (p->bs || p->dq)) {
         fprintf(stderr, "qlab ppl: --blocksize and --double-quant need --dtype\n");
         return 2;
     }
+    return -1;
+}
 
+/* The token ids of --data (encoded) or --tokens, each checked against the model's vocabulary. */
+static qlab_status load_ppl_tokens(ppl_args *p, const model *m, int **ids, int64_t *n) {
+    checkpoint_format fmt = CHECKPOINT_UNKNOWN;
+    if (!p->tok_path && p->data && checkpoint_detect(p->model_path, &fmt) == QLAB_OK &&
+        fmt == CHECKPOINT_GGUF)
+        p->tok_path = p->model_path; /* the tokenizer embedded in the GGUF */
+    QLAB_TRY(eval_load_tokens(p->data, p->tokens_path, p->tok_path, ids, n));
+    const model_config *cfg = model_get_config(m);
+    const char *data_name = p->data ? p->data : p->tokens_path;
+    if (*n < 2)
+        return qlab_fail(QLAB_ERR_ARG, "%s: holds %lld tokens; perplexity needs at least 2", data_name,
+                         (long long)*n);
+    for (int64_t i = 0; i < *n; i++) {
+        int id = (*ids)[i];
+        if (id < cfg->vocab_size) continue;
+        if (p->data)
+            return qlab_fail(
+                QLAB_ERR_ARG,
+                "tokenizer %s gives token %d (at position %lld of %s) but model %s has %d tokens: "
+                "they do not belong together",
+                p->tok_path, id, (long long)i, p->data, p->model_path, cfg->vocab_size);
+        return qlab_fail(QLAB_ERR_ARG, "%s: token %d at index %lld is outside model %s's vocabulary of %d",
+                         p->tokens_path, id, (long long)i, p->model_path, cfg->vocab_size);
+    }
+    return QLAB_OK;
+}
+
+/* With --dtype: m quantized and *ref the fp32 reference (with the same adapters); with --adapter: the
+ * adapters on m. qdesc describes the evaluated weights. */
+static qlab_status prepare_ppl_models(const ppl_args *p, model *m, model **ref, lora_set **lora,
+                                      lora_set **ref_lora, char *qdesc, size_t cap) {
+    snprintf(qdesc, cap, "fp32");
+    if (p->dtype_name) {
+        QLAB_TRY(checkpoint_load(p->model_path, ref));
+        QLAB_TRY(model_quantize(m, p->dt, (int)p->bs, p->dq));
+        /* the reference is the fp32 base with the same adapters */
+        if (p->adapter) QLAB_TRY(cli_load_adapters(p->adapter, *ref, ref_lora));
+        snprintf(qdesc, cap, "%s, block %ld%s", quant_dtype_name(p->dt), p->bs,
+                 p->dq ? ", double-quant" : "");
+    }
+    if (p->adapter) {
+        QLAB_TRY(cli_load_adapters(p->adapter, m, lora));
+        snprintf(qdesc + strlen(qdesc), cap - strlen(qdesc), " + LoRA %.60s", p->adapter);
+    }
+    return QLAB_OK;
+}
+
+static int cmd_ppl(int argc, char **argv) {
+    ppl_args p;
+    int early = parse_ppl_args(argc, argv, &p);
+    if (early < 0) early = check_ppl_args(&p);
+    if (early >= 0) return early;
     model *m = NULL, *ref = NULL;
     lora_set *lora = NULL, *ref_lora = NULL;
     int *ids = NULL;
     int64_t n = 0;
     int rc = 1;
-    if (checkpoint_load(model_path, &m) != QLAB_OK) goto out;
-    checkpoint_format fmt = CHECKPOINT_UNKNOWN;
-    if (!tok_path && data && checkpoint_detect(model_path, &fmt) == QLAB_OK && fmt == CHECKPOINT_GGUF)
-        tok_path = model_path; /* the tokenizer embedded in the GGUF */
-    if (eval_load_tokens(data, tokens_path, tok_path, &ids, &n) != QLAB_OK) goto out;
+    if (checkpoint_load(p.model_path, &m) != QLAB_OK) goto out;
+    if (load_ppl_tokens(&p, m, &ids, &n) != QLAB_OK) goto out;
     const model_config *cfg = model_get_config(m);
-    const char *data_name = data ? data : tokens_path;
-    if (n < 2) {
-        qlab_fail(QLAB_ERR_ARG, "%s: holds %lld tokens; perplexity needs at least 2", data_name,
-                  (long long)n);
-        goto out;
-    }
-    for (int64_t i = 0; i < n; i++)
-        if (ids[i] >= cfg->vocab_size) {
-            if (data)
-                qlab_fail(QLAB_ERR_ARG,
-                          "tokenizer %s gives token %d (at position %lld of %s) but model %s has %d tokens: "
-                          "they do not belong together",
-                          tok_path, ids[i], (long long)i, data, model_path, cfg->vocab_size);
-            else
-                qlab_fail(QLAB_ERR_ARG, "%s: token %d at index %lld is outside model %s's vocabulary of %d",
-                          tokens_path, ids[i], (long long)i, model_path, cfg->vocab_size);
-            goto out;
-        }
-    ppl_options opt = {.protocol = stride ? PPL_SLIDING : PPL_NONOVERLAP,
-                       .ctx = ctx ? (int)ctx : (cfg->seq_len < 512 ? cfg->seq_len : 512),
-                       .stride = (int)stride,
-                       .max_tokens = max_tokens,
-                       .batch = (int)batch};
-    char qdesc[128] = "fp32";
-    if (dtype_name) {
-        if (checkpoint_load(model_path, &ref) != QLAB_OK) goto out;
-        if (model_quantize(m, dt, (int)bs, dq) != QLAB_OK) goto out;
-        /* the reference is the fp32 base with the same adapters */
-        if (adapter && cli_load_adapters(adapter, ref, &ref_lora) != QLAB_OK) goto out;
-        snprintf(qdesc, sizeof qdesc, "%s, block %ld%s", quant_dtype_name(dt), bs,
-                 dq ? ", double-quant" : "");
-    }
-    if (adapter && cli_load_adapters(adapter, m, &lora) != QLAB_OK) goto out;
-    if (adapter) snprintf(qdesc + strlen(qdesc), sizeof qdesc - strlen(qdesc), " + LoRA %.60s", adapter);
+    const char *data_name = p.data ? p.data : p.tokens_path;
+    ppl_options opt = {.protocol = p.stride ? PPL_SLIDING : PPL_NONOVERLAP,
+                       .ctx = p.ctx ? (int)p.ctx : (cfg->seq_len < 512 ? cfg->seq_len : 512),
+                       .stride = (int)p.stride,
+                       .max_tokens = p.max_tokens,
+                       .batch = (int)p.batch};
+    char qdesc[128];
+    if (prepare_ppl_models(&p, m, &ref, &lora, &ref_lora, qdesc, sizeof qdesc) != QLAB_OK) goto out;
     ppl_result r;
     if (ppl_evaluate(m, ref, ids, n, &opt, &r) != QLAB_OK) {
         qlab_fail_context(QLAB_ERR_ARG, "%s (--ctx %d)", data_name, opt.ctx);
         goto out;
     }
-    if (json)
-        print_json(model_path, data_name, n, dtype_name ? quant_dtype_name(dt) : NULL, (int)bs, dq,
+    if (p.json)
+        print_json(p.model_path, data_name, n, p.dtype_name ? quant_dtype_name(p.dt) : NULL, (int)p.bs, p.dq,
                    model_total_bits(m), &r);
     else
-        print_text(model_path, cfg, data_name, n, qdesc, model_total_bits(m), &r);
+        print_text(p.model_path, cfg, data_name, n, qdesc, model_total_bits(m), &r);
     rc = 0;
 out:
     if (rc) qlab_report_error("qlab ppl");

@@ -89,70 +89,110 @@ static int report(const char *cmd) {
     return qlab_report_error(prog);
 }
 
-static int cmd_quant(int argc, char **argv) {
-    const char *dtype_text = quant_dtype_name(QUANT_NF4), *blocksize_text = NULL, *name = "weight";
-    int double_quant = 0, stats = 0, input_bf16 = 0, npos = 0;
-    const char *pos[2] = {NULL, NULL};
+typedef struct {
+    const char *dtype_text, *blocksize_text, *name;
+    int double_quant, stats, input_bf16, npos;
+    const char *pos[2];
+    quant_dtype dt; /* parsed from dtype_text */
+    long blocksize; /* parsed from blocksize_text, or the type's default */
+} quant_args;
+
+/* -1 to go on, else the exit status (0 after --help). */
+static int parse_quant_args(int argc, char **argv, quant_args *q) {
+    *q = (quant_args){.dtype_text = quant_dtype_name(QUANT_NF4), .name = "weight"};
     int only_positional = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (only_positional || a[0] != '-' || a[1] == 0) {
-            if (npos < 2) pos[npos] = a;
-            npos++;
+            if (q->npos < 2) q->pos[q->npos] = a;
+            q->npos++;
         } else if (!strcmp(a, "--")) {
             only_positional = 1;
         } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             quant_usage(stdout);
             return 0;
         } else if (is_flag(a, "--dtype")) {
-            if (!(dtype_text = option_value("quant", argc, argv, &i, "--dtype"))) return CMD_QUANT_EXIT_USAGE;
+            if (!(q->dtype_text = option_value("quant", argc, argv, &i, "--dtype")))
+                return CMD_QUANT_EXIT_USAGE;
         } else if (is_flag(a, "--blocksize")) {
-            if (!(blocksize_text = option_value("quant", argc, argv, &i, "--blocksize")))
+            if (!(q->blocksize_text = option_value("quant", argc, argv, &i, "--blocksize")))
                 return CMD_QUANT_EXIT_USAGE;
         } else if (is_flag(a, "--name")) {
-            if (!(name = option_value("quant", argc, argv, &i, "--name"))) return CMD_QUANT_EXIT_USAGE;
+            if (!(q->name = option_value("quant", argc, argv, &i, "--name"))) return CMD_QUANT_EXIT_USAGE;
         } else if (!strcmp(a, "--double-quant")) {
-            double_quant = 1;
+            q->double_quant = 1;
         } else if (!strcmp(a, "--stats")) {
-            stats = 1;
+            q->stats = 1;
         } else if (!strcmp(a, "--input-bf16")) {
-            input_bf16 = 1;
+            q->input_bf16 = 1;
         } else {
             fprintf(stderr, "qlab quant: unknown option '%s' (see qlab quant --help)\n", a);
             return CMD_QUANT_EXIT_USAGE;
         }
     }
-    if (!two_files("quant", "IN.npy and OUT.safetensors", npos)) return CMD_QUANT_EXIT_USAGE;
-    quant_dtype dt;
-    if (quant_dtype_parse(dtype_text, &dt) != QLAB_OK) {
-        fprintf(stderr, "qlab quant: --dtype: %s\n", qlab_last_error());
-        return CMD_QUANT_EXIT_USAGE;
-    }
-    long blocksize = quant_default_blocksize(dt);
-    if (blocksize_text &&
-        !cli_parse_int("quant", "--blocksize", blocksize_text, 1, QUANT_MAX_BLOCKSIZE, &blocksize))
-        return CMD_QUANT_EXIT_USAGE;
-    if (quant_check_blocksize(dt, (int)blocksize) != QLAB_OK) {
-        fprintf(stderr, "qlab quant: --blocksize: %s\n", qlab_last_error());
-        return CMD_QUANT_EXIT_USAGE;
-    }
-    if (double_quant && !quant_dtype_has_fp32_absmax(dt)) {
-        fprintf(stderr, "qlab quant: --double-quant applies only to types with an fp32 absmax, not %s\n",
-                quant_dtype_name(dt));
-        return CMD_QUANT_EXIT_USAGE;
-    }
-    if (!name[0] || strstr(name, ".quant_state.")) {
-        fprintf(stderr, "qlab quant: --name '%s' is not a usable tensor name\n", name);
-        return CMD_QUANT_EXIT_USAGE;
-    }
+    return -1;
+}
 
-    const char *in = pos[0], *out = pos[1];
+/* The type, block size, double quantization and name checked together: 1 when usable. */
+static int check_quant_args(quant_args *q) {
+    if (!two_files("quant", "IN.npy and OUT.safetensors", q->npos)) return 0;
+    if (quant_dtype_parse(q->dtype_text, &q->dt) != QLAB_OK) {
+        fprintf(stderr, "qlab quant: --dtype: %s\n", qlab_last_error());
+        return 0;
+    }
+    q->blocksize = quant_default_blocksize(q->dt);
+    if (q->blocksize_text &&
+        !cli_parse_int("quant", "--blocksize", q->blocksize_text, 1, QUANT_MAX_BLOCKSIZE, &q->blocksize))
+        return 0;
+    if (quant_check_blocksize(q->dt, (int)q->blocksize) != QLAB_OK) {
+        fprintf(stderr, "qlab quant: --blocksize: %s\n", qlab_last_error());
+        return 0;
+    }
+    if (q->double_quant && !quant_dtype_has_fp32_absmax(q->dt)) {
+        fprintf(stderr, "qlab quant: --double-quant applies only to types with an fp32 absmax, not %s\n",
+                quant_dtype_name(q->dt));
+        return 0;
+    }
+    if (!q->name[0] || strstr(q->name, ".quant_state.")) {
+        fprintf(stderr, "qlab quant: --name '%s' is not a usable tensor name\n", q->name);
+        return 0;
+    }
+    return 1;
+}
+
+/* --stats: the error of the stored tensor against the input, and its size. */
+static qlab_status print_quant_stats(const quant_args *q, const npy_array *arr, const quant_tensor *qt) {
+    float *recon = qlab_alloc_aligned(sizeof(float) * (size_t)(arr->count > 0 ? arr->count : 1));
+    if (!recon) return QLAB_ERR_NOMEM;
+    qlab_status st = quant_tensor_dequantize(qt, recon);
+    if (st == QLAB_OK) {
+        quant_error_stats es;
+        quant_error(arr->data, recon, arr->count, &es);
+        printf("dtype           %s\n", quant_dtype_name(q->dt));
+        printf("blocksize       %ld\n", q->blocksize);
+        printf("double_quant    %d\n", q->double_quant);
+        printf("elements        %lld\n", (long long)arr->count);
+        printf("mse             %.6e\n", es.mse);
+        printf("max_abs_err     %.6e\n", es.max_abs_err);
+        printf("sqnr_db         %.4f\n", es.sqnr_db);
+        printf("bits_per_param  %.4f\n", quant_tensor_bits_per_param(qt));
+        printf("storage_bytes   %zu\n", quant_tensor_bytes(qt));
+    }
+    qlab_free_aligned(recon);
+    return st;
+}
+
+static int cmd_quant(int argc, char **argv) {
+    quant_args q;
+    int early = parse_quant_args(argc, argv, &q);
+    if (early >= 0) return early;
+    if (!check_quant_args(&q)) return CMD_QUANT_EXIT_USAGE;
+    const char *in = q.pos[0], *out = q.pos[1];
     npy_array arr;
-    if (npy_read_f32(in, input_bf16, &arr) != QLAB_OK) return report("quant");
+    if (npy_read_f32(in, q.input_bf16, &arr) != QLAB_OK) return report("quant");
     int status = CMD_QUANT_EXIT_DATA;
     quant_tensor qt;
     memset(&qt, 0, sizeof qt);
-    float *recon = NULL;
     if (arr.ndim < 1 || arr.ndim > 4) {
         qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: array has %d dimensions; quant stores 1 to 4", in, arr.ndim);
         goto fail;
@@ -161,7 +201,7 @@ static int cmd_quant(int argc, char **argv) {
         qlab_fail(QLAB_ERR_ARG, "%s: the array is empty (0 elements): nothing to quantize", in);
         goto fail;
     }
-    qlab_status st = quant_tensor_quantize(&qt, arr.data, arr.count, dt, (int)blocksize, double_quant);
+    qlab_status st = quant_tensor_quantize(&qt, arr.data, arr.count, q.dt, (int)q.blocksize, q.double_quant);
     if (st != QLAB_OK) {
         qlab_fail_context(st, "%s", in);
         goto fail;
@@ -169,26 +209,11 @@ static int cmd_quant(int argc, char **argv) {
     qt.ndim = arr.ndim;
     for (int i = 0; i < arr.ndim; i++)
         qt.shape[i] = arr.shape[i];
-    if (quant_io_save(out, name, &qt) != QLAB_OK) goto fail;
-    if (stats) {
-        recon = qlab_alloc_aligned(sizeof(float) * (size_t)(arr.count > 0 ? arr.count : 1));
-        if (!recon || quant_tensor_dequantize(&qt, recon) != QLAB_OK) goto fail;
-        quant_error_stats es;
-        quant_error(arr.data, recon, arr.count, &es);
-        printf("dtype           %s\n", quant_dtype_name(dt));
-        printf("blocksize       %ld\n", blocksize);
-        printf("double_quant    %d\n", double_quant);
-        printf("elements        %lld\n", (long long)arr.count);
-        printf("mse             %.6e\n", es.mse);
-        printf("max_abs_err     %.6e\n", es.max_abs_err);
-        printf("sqnr_db         %.4f\n", es.sqnr_db);
-        printf("bits_per_param  %.4f\n", quant_tensor_bits_per_param(&qt));
-        printf("storage_bytes   %zu\n", quant_tensor_bytes(&qt));
-    }
+    if (quant_io_save(out, q.name, &qt) != QLAB_OK) goto fail;
+    if (q.stats && print_quant_stats(&q, &arr, &qt) != QLAB_OK) goto fail;
     status = 0;
 fail:
     if (status != 0) report("quant");
-    qlab_free_aligned(recon);
     quant_tensor_free(&qt);
     npy_free(&arr);
     return status;

@@ -372,153 +372,191 @@ static void usage(FILE *f) {
         "  --script FILE.gp   the gnuplot script (default plots/<experiment>.gp)\n");
 }
 
-static int cmd_report(int argc, char **argv) {
-    const char *input = NULL, *md = NULL, *plot = NULL, *data_dir_arg = NULL, *script_arg = NULL;
+typedef struct {
+    const char *input, *md, *plot, *data_dir, *script;
+} report_args;
+
+/* -1 to go on, else the exit status (0 after --help, 2 on a usage error). */
+static int parse_report_args(int argc, char **argv, report_args *a) {
+    memset(a, 0, sizeof *a);
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+        const char *arg = argv[i];
+        if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
             usage(stdout);
             return 0;
         }
-        const char **slot = !strcmp(a, "--md")         ? &md
-                            : !strcmp(a, "--plot")     ? &plot
-                            : !strcmp(a, "--data-dir") ? &data_dir_arg
-                            : !strcmp(a, "--script")   ? &script_arg
-                                                       : NULL;
+        const char **slot = !strcmp(arg, "--md")         ? &a->md
+                            : !strcmp(arg, "--plot")     ? &a->plot
+                            : !strcmp(arg, "--data-dir") ? &a->data_dir
+                            : !strcmp(arg, "--script")   ? &a->script
+                                                         : NULL;
         if (slot) {
             if (i + 1 >= argc) {
-                fprintf(stderr, "qlab report: %s needs a value\n", a);
+                fprintf(stderr, "qlab report: %s needs a value\n", arg);
                 return 2;
             }
             *slot = argv[++i];
-        } else if (a[0] == '-') {
-            fprintf(stderr, "qlab report: unknown option '%s' (see qlab report --help)\n", a);
+        } else if (arg[0] == '-') {
+            fprintf(stderr, "qlab report: unknown option '%s' (see qlab report --help)\n", arg);
             return 2;
-        } else if (!input) {
-            input = a;
+        } else if (!a->input) {
+            a->input = arg;
         } else {
-            fprintf(stderr, "qlab report: more than one results file ('%s' and '%s')\n", input, a);
+            fprintf(stderr, "qlab report: more than one results file ('%s' and '%s')\n", a->input, arg);
             return 2;
         }
     }
-    if (!input || !md) {
+    if (!a->input || !a->md) {
         fprintf(stderr, "qlab report: need a results file and --md OUT.md (see qlab report --help)\n");
         return 2;
     }
+    return -1;
+}
 
-    results_file f;
-    if (results_read(input, &f) != QLAB_OK) return qlab_report_error("qlab report");
-    int rc = 1;
-    text_buffer b = {0};
-    const char *experiment = attr_or(&f, "experiment", "");
+/* The experiment's name, which names the gnuplot script: a plain word, or NULL (with a message). */
+static const char *experiment_name(const results_file *f, const char *input) {
+    const char *experiment = attr_or(f, "experiment", "");
     if (!experiment[0]) {
         fprintf(stderr, "qlab report: %s: no 'experiment' attribute (not written by a qlab experiment?)\n",
                 input);
-        goto done;
+        return NULL;
     }
     for (const char *c = experiment; *c; c++)
         if (!(*c == '_' || *c == '-' || (*c >= '0' && *c <= '9') || (*c >= 'a' && *c <= 'z') ||
               (*c >= 'A' && *c <= 'Z'))) {
             fprintf(stderr, "qlab report: %s: experiment name '%s' is not a plain word\n", input, experiment);
-            goto done;
+            return NULL;
         }
+    return experiment;
+}
 
-    /* .dat files, one per table, named after the run (the --plot or --md file), stale ones removed first. */
-    char data_dir[PATH_MAX], path[PATH_MAX + 256], run[256];
-    if (data_dir_arg)
-        snprintf(data_dir, sizeof data_dir, "%s", data_dir_arg);
-    else
-        dir_of(plot ? plot : md, data_dir, sizeof data_dir);
-    run_name_of(plot ? plot : md, run, sizeof run);
-    if (!run[0] || !safe_for_gnuplot(run)) {
-        fprintf(stderr, "qlab report: %s: cannot name the run's data files after this file name\n",
-                plot ? plot : md);
-        goto done;
-    }
-    if (!remove_stale_dat(data_dir, run)) goto done;
-    for (int i = 0; i < f.ntables; i++) {
-        if (f.tables[i].nrows == 0) {
+/* .dat files, one per table, named after the run, stale ones removed first. */
+static int write_dat_files(const results_file *f, const char *input, const char *data_dir, const char *run) {
+    char path[PATH_MAX + 256];
+    if (!remove_stale_dat(data_dir, run)) return 0;
+    for (int i = 0; i < f->ntables; i++) {
+        if (f->tables[i].nrows == 0) {
             fprintf(stderr, "qlab report: %s: table '%s' has no rows: nothing to report or plot\n", input,
-                    f.tables[i].name);
-            goto done;
+                    f->tables[i].name);
+            return 0;
         }
-        snprintf(path, sizeof path, "%s/%s.%s.dat", data_dir, run, f.tables[i].name);
-        if (write_dat(path, &f.tables[i]) != QLAB_OK) {
+        snprintf(path, sizeof path, "%s/%s.%s.dat", data_dir, run, f->tables[i].name);
+        if (write_dat(path, &f->tables[i]) != QLAB_OK) {
             qlab_report_error("qlab report");
-            goto done;
+            return 0;
         }
     }
+    return 1;
+}
 
-    /* The figure, before the Markdown so the report only links a figure that exists. */
-    int have_plot = 0;
-    char svg[PATH_MAX + 8];
-    if (plot) {
-        char script[PATH_MAX + 64], script_dir[PATH_MAX];
-        if (script_arg)
-            snprintf(script, sizeof script, "%s", script_arg);
-        else
-            snprintf(script, sizeof script, "plots/%s.gp", experiment);
-        if (!script_arg && !file_exists(script)) { /* run from elsewhere: look beside the output */
-            char out_dir[PATH_MAX];
-            dir_of(plot, out_dir, sizeof out_dir);
-            snprintf(script, sizeof script, "%s/%s.gp", out_dir, experiment);
-        }
-        if (!file_exists(script)) {
-            if (script_arg)
-                fprintf(stderr, "qlab report: %s: no such gnuplot script\n", script_arg);
-            else
-                fprintf(stderr,
-                        "qlab report: no gnuplot script for experiment '%s' (looked for plots/%s.gp)\n",
-                        experiment, experiment);
-            goto done;
-        }
-        dir_of(script, script_dir, sizeof script_dir);
-        if (!safe_for_gnuplot(plot) || !safe_for_gnuplot(data_dir) || !safe_for_gnuplot(script_dir)) {
-            fprintf(stderr, "qlab report: paths given to gnuplot may not contain quotes\n");
-            goto done;
-        }
-        size_t len = strlen(plot);
-        if (len > 4 && !strcmp(plot + len - 4, ".png"))
-            snprintf(svg, sizeof svg, "%.*s.svg", (int)(len - 4), plot);
-        else
-            snprintf(svg, sizeof svg, "%s.svg", plot);
-        if (!run_gnuplot(script, script_dir, data_dir, run, plot, "png")) goto done;
-        if (!run_gnuplot(script, script_dir, data_dir, run, svg, "svg")) goto done;
-        have_plot = 1;
+/* The gnuplot script: --script, else plots/<experiment>.gp, else <experiment>.gp beside the figure. */
+static int find_script(const report_args *a, const char *experiment, char *script, size_t cap) {
+    if (a->script)
+        snprintf(script, cap, "%s", a->script);
+    else
+        snprintf(script, cap, "plots/%s.gp", experiment);
+    if (!a->script && !file_exists(script)) { /* run from elsewhere: look beside the output */
+        char out_dir[PATH_MAX];
+        dir_of(a->plot, out_dir, sizeof out_dir);
+        snprintf(script, cap, "%s/%s.gp", out_dir, experiment);
     }
+    if (file_exists(script)) return 1;
+    if (a->script)
+        fprintf(stderr, "qlab report: %s: no such gnuplot script\n", a->script);
+    else
+        fprintf(stderr, "qlab report: no gnuplot script for experiment '%s' (looked for plots/%s.gp)\n",
+                experiment, experiment);
+    return 0;
+}
 
-    tb_printf(&b, "# %s\n\n", experiment);
-    tb_printf(&b, "Generated by `qlab report` from `%s`.\n\n", input);
-    write_provenance(&b, &f);
+/* The figure as a->plot (PNG) and svg (the same name with .svg). */
+static int draw_figure(const report_args *a, const char *experiment, const char *data_dir, const char *run,
+                       char *svg, size_t svg_cap) {
+    char script[PATH_MAX + 64], script_dir[PATH_MAX];
+    if (!find_script(a, experiment, script, sizeof script)) return 0;
+    dir_of(script, script_dir, sizeof script_dir);
+    if (!safe_for_gnuplot(a->plot) || !safe_for_gnuplot(data_dir) || !safe_for_gnuplot(script_dir)) {
+        fprintf(stderr, "qlab report: paths given to gnuplot may not contain quotes\n");
+        return 0;
+    }
+    size_t len = strlen(a->plot);
+    if (len > 4 && !strcmp(a->plot + len - 4, ".png"))
+        snprintf(svg, svg_cap, "%.*s.svg", (int)(len - 4), a->plot);
+    else
+        snprintf(svg, svg_cap, "%s.svg", a->plot);
+    return run_gnuplot(script, script_dir, data_dir, run, a->plot, "png") &&
+           run_gnuplot(script, script_dir, data_dir, run, svg, "svg");
+}
+
+/* The Markdown report: provenance, the figure when there is one, notes, every table, the config. */
+static void write_report_md(text_buffer *b, const results_file *f, const report_args *a,
+                            const char *experiment, int have_plot) {
+    tb_printf(b, "# %s\n\n", experiment);
+    tb_printf(b, "Generated by `qlab report` from `%s`.\n\n", a->input);
+    write_provenance(b, f);
     if (have_plot) {
         char rel[PATH_MAX * 2];
-        relative_path(md, plot, rel, sizeof rel);
-        tb_printf(&b, "\n![%s](%s)\n", experiment, rel);
+        relative_path(a->md, a->plot, rel, sizeof rel);
+        tb_printf(b, "\n![%s](%s)\n", experiment, rel);
     }
-    if (f.nnotes) {
-        tb_printf(&b, "\n## Notes\n\n");
-        for (int i = 0; i < f.nnotes; i++)
-            tb_printf(&b, "- **%s**: %s\n", f.notes[i].name, f.notes[i].value);
+    if (f->nnotes) {
+        tb_printf(b, "\n## Notes\n\n");
+        for (int i = 0; i < f->nnotes; i++)
+            tb_printf(b, "- **%s**: %s\n", f->notes[i].name, f->notes[i].value);
     }
-    for (int i = 0; i < f.ntables; i++)
-        write_table_md(&b, &f.tables[i]);
-    const char *cfg = attr_or(&f, "config", "");
+    for (int i = 0; i < f->ntables; i++)
+        write_table_md(b, &f->tables[i]);
+    const char *cfg = attr_or(f, "config", "");
     if (cfg[0]) {
-        tb_printf(&b, "\n## Configuration\n\n`%s` as read:\n\n```json\n%s%s```\n",
-                  attr_or(&f, "config_path", "?"), cfg, cfg[strlen(cfg) - 1] == '\n' ? "" : "\n");
-        const char *eff = results_file_attr(&f, "config_effective");
-        if (eff) tb_printf(&b, "\nWith defaults applied: `%s`\n", eff);
+        tb_printf(b, "\n## Configuration\n\n`%s` as read:\n\n```json\n%s%s```\n",
+                  attr_or(f, "config_path", "?"), cfg, cfg[strlen(cfg) - 1] == '\n' ? "" : "\n");
+        const char *eff = results_file_attr(f, "config_effective");
+        if (eff) tb_printf(b, "\nWith defaults applied: `%s`\n", eff);
     }
+}
+
+static int cmd_report(int argc, char **argv) {
+    report_args a;
+    int early = parse_report_args(argc, argv, &a);
+    if (early >= 0) return early;
+    results_file f;
+    if (results_read(a.input, &f) != QLAB_OK) return qlab_report_error("qlab report");
+    int rc = 1;
+    text_buffer b = {0};
+    const char *experiment = experiment_name(&f, a.input);
+    if (!experiment) goto done;
+
+    /* .dat files named after the run (the --plot or --md file) */
+    char data_dir[PATH_MAX], run[256];
+    const char *named_after = a.plot ? a.plot : a.md;
+    if (a.data_dir)
+        snprintf(data_dir, sizeof data_dir, "%s", a.data_dir);
+    else
+        dir_of(named_after, data_dir, sizeof data_dir);
+    run_name_of(named_after, run, sizeof run);
+    if (!run[0] || !safe_for_gnuplot(run)) {
+        fprintf(stderr, "qlab report: %s: cannot name the run's data files after this file name\n",
+                named_after);
+        goto done;
+    }
+    if (!write_dat_files(&f, a.input, data_dir, run)) goto done;
+
+    /* The figure, before the Markdown so the report only links a figure that exists. */
+    char svg[PATH_MAX + 8];
+    int have_plot = a.plot != NULL;
+    if (have_plot && !draw_figure(&a, experiment, data_dir, run, svg, sizeof svg)) goto done;
+
+    write_report_md(&b, &f, &a, experiment, have_plot);
     if (b.failed) {
         fprintf(stderr, "qlab report: out of memory\n");
         goto done;
     }
-    if (qlab_write_file_atomic(md, b.data, b.len) != QLAB_OK) {
+    if (qlab_write_file_atomic(a.md, b.data, b.len) != QLAB_OK) {
         qlab_report_error("qlab report");
         goto done;
     }
-    printf("qlab report: wrote %s", md);
-    if (have_plot) printf(", %s, %s", plot, svg);
+    printf("qlab report: wrote %s", a.md);
+    if (have_plot) printf(", %s, %s", a.plot, svg);
     printf(" and %d data file%s in %s/\n", f.ntables, f.ntables == 1 ? "" : "s", data_dir);
     rc = 0;
 done:

@@ -43,8 +43,8 @@ static int detect_text(const char *path, const char *text, size_t len, finetune_
     if (has_text) return *out = FINETUNE_DATA_OASST, 0;
     if (has_output) return *out = FINETUNE_DATA_JSONL, 0;
     qlab_fail(QLAB_ERR_FORMAT,
-              "%s: JSON lines whose first record has neither \"text\" nor \"output\": pass --format to say "
-              "what the file holds",
+              "%s: JSON lines whose first record has neither \"text\" nor \"output\": the format cannot be "
+              "detected; name it (alpaca, oasst, jsonl or text) instead of auto",
               path);
     return -1;
 }

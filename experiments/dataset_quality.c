@@ -269,145 +269,199 @@ static qlab_status load_pool(const config *cfg, const char *source, const instru
     return instruct_load_oasst1(config_string(cfg, key), out);
 }
 
-static qlab_status run(const config *cfg, const char *out_path, int argc, char **argv) {
-    const char *path = config_path(cfg);
+/* One run of the experiment: its settings, the inputs, the scores and their summary. */
+typedef struct {
+    const config *cfg;
+    const char *path; /* the config file, for messages */
     finetune_options base_opt;
-    QLAB_TRY(finetune_grid_options(cfg, &base_opt));
-    base_opt.mode = FINETUNE_QLORA;
-    base_opt.base_dtype = QUANT_NF4;
-    base_opt.double_quant = 1;
-    base_opt.lora.targets = LORA_TARGETS_ALL;
-    base_opt.lora.rank = (int)config_int(cfg, "rank");
-    int64_t row_len = config_int(cfg, "row_len"), n_heldout = config_int(cfg, "heldout_records"),
-            n_rouge = config_int(cfg, "rouge_items"), gen_tokens = config_int(cfg, "gen_tokens"),
-            mmlu_limit = config_int(cfg, "mmlu_limit"), mmlu_max_len = config_int(cfg, "mmlu_max_len");
-    int n_sets = config_array_length(cfg, "datasets");
-    if (base_opt.lora.rank < 1 || base_opt.lora.rank > 4096)
+    int64_t row_len, n_heldout, n_rouge, gen_tokens, mmlu_limit, mmlu_max_len;
+    uint64_t split_seed;
+    int n_sets, n_seeds, n_mmlu;
+    int64_t *seeds;
+    train_set *sets;
+    char model_path[512], tok_path[512];
+    model *base;
+    tokenizer *tok;
+    instruct_set oasst, oasst_train, oasst_eval;
+    instruct_examples heldout_ex;
+    int *train_idx, *eval_idx, n_train, n_eval;
+    finetune_rows heldout;
+    evaluation ev;
+    scores *sc, base_scores; /* sc[i * n_seeds + k]: training set i, seed k */
+    double *seconds;         /* same index */
+    double mean[3][MAX_SETS], half[3][MAX_SETS], rk[3][MAX_SETS]; /* NLL, RougeL, MMLU over the seeds */
+} study;
+
+/* The finetuning options (QLoRA NF4+DQ on all linear layers) and the sizes, checked. */
+static qlab_status read_settings(study *s) {
+    const config *cfg = s->cfg;
+    const char *path = s->path;
+    finetune_options *o = &s->base_opt;
+    QLAB_TRY(finetune_grid_options(cfg, o));
+    o->mode = FINETUNE_QLORA;
+    o->base_dtype = QUANT_NF4;
+    o->double_quant = 1;
+    o->lora.targets = LORA_TARGETS_ALL;
+    o->lora.rank = (int)config_int(cfg, "rank");
+    s->row_len = config_int(cfg, "row_len"), s->n_heldout = config_int(cfg, "heldout_records"),
+    s->n_rouge = config_int(cfg, "rouge_items"), s->gen_tokens = config_int(cfg, "gen_tokens"),
+    s->mmlu_limit = config_int(cfg, "mmlu_limit"), s->mmlu_max_len = config_int(cfg, "mmlu_max_len");
+    s->n_sets = config_array_length(cfg, "datasets");
+    if (o->lora.rank < 1 || o->lora.rank > 4096)
         return qlab_fail(QLAB_ERR_ARG, "%s: key 'rank' must be from 1 to 4096", path);
-    if (n_sets < 2 || n_sets > MAX_SETS)
+    if (s->n_sets < 2 || s->n_sets > MAX_SETS)
         return qlab_fail(QLAB_ERR_ARG, "%s: key 'datasets' needs 2 to %d entries", path, MAX_SETS);
-    if (n_rouge < 1 || n_rouge > n_heldout || gen_tokens < 1 || gen_tokens >= row_len / 2 || mmlu_limit < 0 ||
-        mmlu_max_len < 32)
+    if (s->n_rouge < 1 || s->n_rouge > s->n_heldout || s->gen_tokens < 1 || s->gen_tokens >= s->row_len / 2 ||
+        s->mmlu_limit < 0 || s->mmlu_max_len < 32)
         return qlab_fail(QLAB_ERR_ARG,
                          "%s: need 1 <= rouge_items <= heldout_records, 1 <= gen_tokens < row_len/2, "
                          "mmlu_limit >= 0, mmlu_max_len >= 32",
                          path);
-    int64_t *seeds = NULL;
-    int n_seeds = 0;
-    QLAB_TRY(finetune_grid_seeds(cfg, &seeds, &n_seeds));
+    return finetune_grid_seeds(cfg, &s->seeds, &s->n_seeds);
+}
 
-    train_set *sets = qlab_calloc(MAX_SETS, sizeof *sets);
-    char model_path[512], tok_path[512];
-    model *base = NULL;
-    tokenizer *tok = NULL;
-    instruct_set oasst = {0}, oasst_train = {0}, oasst_eval = {0};
-    instruct_examples heldout_ex = {0};
-    int *train_idx = NULL, *eval_idx = NULL, n_train = 0, n_eval = 0;
-    scores *sc = NULL, base_scores = {0};
-    double *seconds = NULL;
-    results *r = NULL;
-    qlab_status st = sets ? QLAB_OK : QLAB_ERR_NOMEM;
-    for (int i = 0; i < n_sets && st == QLAB_OK; i++)
-        st = parse_spec(path, config_string_at(cfg, "datasets", i), &sets[i]);
-    if (st == QLAB_OK)
-        st = finetune_resolve_model(config_string(cfg, "model_path"), config_string(cfg, "tokenizer_path"),
-                                    model_path, sizeof model_path, tok_path, sizeof tok_path);
-    if (st == QLAB_OK) st = checkpoint_load(model_path, &base);
-    if (st == QLAB_OK) st = tokenizer_load(tok_path, &tok);
-    if (st == QLAB_OK && row_len > model_get_config(base)->seq_len)
-        st = qlab_fail(QLAB_ERR_ARG, "%s: row_len %lld exceeds the model's context %d", path,
-                       (long long)row_len, model_get_config(base)->seq_len);
-    /* OASST1: the held-out items (NLL and RougeL) never enter any training set. */
-    uint64_t split_seed = (uint64_t)config_int(cfg, "split_seed");
-    if (st == QLAB_OK) st = instruct_load_oasst1(config_string(cfg, "data_path"), &oasst);
-    if (st == QLAB_OK && (n_heldout < 1 || n_heldout >= oasst.count))
-        st = qlab_fail(QLAB_ERR_ARG, "%s: heldout_records must be from 1 to %d", path, oasst.count - 1);
-    if (st == QLAB_OK)
-        st =
-            instruct_split(oasst.count, (int)n_heldout, split_seed, &train_idx, &n_train, &eval_idx, &n_eval);
-    if (st == QLAB_OK) st = instruct_set_select(&oasst, train_idx, n_train, &oasst_train);
-    if (st == QLAB_OK) st = instruct_set_select(&oasst, eval_idx, n_eval, &oasst_eval);
-    instruct_encode_options eo = {.max_len = (int)row_len};
-    if (st == QLAB_OK) st = instruct_encode(tok, oasst_eval.records, oasst_eval.count, &eo, &heldout_ex);
-    for (int i = 0; i < n_sets && st == QLAB_OK; i++) {
+/* The base model and tokenizer, the OASST1 split (the held-out items, for NLL and RougeL, never enter any
+ * training set) and every training set encoded into rows. */
+static qlab_status load_inputs(study *s) {
+    const config *cfg = s->cfg;
+    const char *path = s->path;
+    s->sets = qlab_calloc(MAX_SETS, sizeof *s->sets);
+    if (!s->sets) return QLAB_ERR_NOMEM;
+    for (int i = 0; i < s->n_sets; i++)
+        QLAB_TRY(parse_spec(path, config_string_at(cfg, "datasets", i), &s->sets[i]));
+    QLAB_TRY(finetune_resolve_model(config_string(cfg, "model_path"), config_string(cfg, "tokenizer_path"),
+                                    s->model_path, sizeof s->model_path, s->tok_path, sizeof s->tok_path));
+    QLAB_TRY(checkpoint_load(s->model_path, &s->base));
+    QLAB_TRY(tokenizer_load(s->tok_path, &s->tok));
+    if (s->row_len > model_get_config(s->base)->seq_len)
+        return qlab_fail(QLAB_ERR_ARG, "%s: row_len %lld exceeds the model's context %d", path,
+                         (long long)s->row_len, model_get_config(s->base)->seq_len);
+    s->split_seed = (uint64_t)config_int(cfg, "split_seed");
+    QLAB_TRY(instruct_load_oasst1(config_string(cfg, "data_path"), &s->oasst));
+    if (s->n_heldout < 1 || s->n_heldout >= s->oasst.count)
+        return qlab_fail(QLAB_ERR_ARG, "%s: heldout_records must be from 1 to %d", path, s->oasst.count - 1);
+    QLAB_TRY(instruct_split(s->oasst.count, (int)s->n_heldout, s->split_seed, &s->train_idx, &s->n_train,
+                            &s->eval_idx, &s->n_eval));
+    QLAB_TRY(instruct_set_select(&s->oasst, s->train_idx, s->n_train, &s->oasst_train));
+    QLAB_TRY(instruct_set_select(&s->oasst, s->eval_idx, s->n_eval, &s->oasst_eval));
+    instruct_encode_options eo = {.max_len = (int)s->row_len};
+    QLAB_TRY(instruct_encode(s->tok, s->oasst_eval.records, s->oasst_eval.count, &eo, &s->heldout_ex));
+    s->heldout =
+        (finetune_rows){s->heldout_ex.tokens, s->heldout_ex.targets, s->heldout_ex.n, s->heldout_ex.T};
+    for (int i = 0; i < s->n_sets; i++) {
         instruct_set pool = {0};
-        st = load_pool(cfg, sets[i].source, &oasst_train, &pool);
-        if (st == QLAB_OK) st = build_set(&sets[i], &pool, tok, (int)row_len, split_seed, path);
+        qlab_status st = load_pool(cfg, s->sets[i].source, &s->oasst_train, &pool);
+        if (st == QLAB_OK) st = build_set(&s->sets[i], &pool, s->tok, (int)s->row_len, s->split_seed, path);
         instruct_set_free(&pool);
+        QLAB_TRY(st);
     }
-    finetune_rows heldout = {heldout_ex.tokens, heldout_ex.targets, heldout_ex.n, heldout_ex.T};
-    evaluation ev = {.tok = tok,
-                     .rouge_items = &oasst_eval,
-                     .n_rouge = (int)n_rouge,
-                     .row_len = (int)row_len,
-                     .gen_tokens = (int)gen_tokens,
-                     .heldout = &heldout,
-                     .eval_batch = base_opt.eval_batch,
-                     .mmlu = {.mode = MMLU_EVAL_QLORA_ZEROSHOT,
-                              .data_path = config_string(cfg, "mmlu_path"),
-                              .limit = (int)mmlu_limit,
-                              .max_len = (int)mmlu_max_len}};
-    int n_mmlu = 0;
-    if (st == QLAB_OK) st = mmlu_eval_count(&ev.mmlu, &n_mmlu);
-    sc = qlab_calloc((size_t)n_sets * n_seeds, sizeof *sc);
-    seconds = qlab_calloc((size_t)n_sets * n_seeds, sizeof *seconds);
-    if (st == QLAB_OK && (!sc || !seconds)) st = QLAB_ERR_NOMEM;
-    if (st != QLAB_OK) goto done;
+    return QLAB_OK;
+}
+
+/* What every model is scored on, the MMLU question count and room for the scores. */
+static qlab_status prepare_evaluation(study *s) {
+    s->ev = (evaluation){.tok = s->tok,
+                         .rouge_items = &s->oasst_eval,
+                         .n_rouge = (int)s->n_rouge,
+                         .row_len = (int)s->row_len,
+                         .gen_tokens = (int)s->gen_tokens,
+                         .heldout = &s->heldout,
+                         .eval_batch = s->base_opt.eval_batch,
+                         .mmlu = {.mode = MMLU_EVAL_QLORA_ZEROSHOT,
+                                  .data_path = config_string(s->cfg, "mmlu_path"),
+                                  .limit = (int)s->mmlu_limit,
+                                  .max_len = (int)s->mmlu_max_len}};
+    QLAB_TRY(mmlu_eval_count(&s->ev.mmlu, &s->n_mmlu));
+    s->sc = qlab_calloc((size_t)s->n_sets * s->n_seeds, sizeof *s->sc);
+    s->seconds = qlab_calloc((size_t)s->n_sets * s->n_seeds, sizeof *s->seconds);
+    if (!s->sc || !s->seconds) return QLAB_ERR_NOMEM;
     fprintf(stderr,
             "dataset_quality: %s, %d training sets x %d seeds, %d steps of %d rows of %lld tokens; "
             "evaluation: %d "
             "held-out OASST1 items (%d answered for RougeL), %d MMLU questions\n",
-            model_path, n_sets, n_seeds, (int)base_opt.steps, base_opt.batch, (long long)row_len,
-            oasst_eval.count, (int)n_rouge, n_mmlu);
+            s->model_path, s->n_sets, s->n_seeds, (int)s->base_opt.steps, s->base_opt.batch,
+            (long long)s->row_len, s->oasst_eval.count, (int)s->n_rouge, s->n_mmlu);
+    return QLAB_OK;
+}
 
-    progress prog;
-    progress_begin(&prog, "dataset_quality", (int64_t)(n_sets * n_seeds + 1));
-    { /* The starting point: the NF4+DQ base without adapters (Table 5's "no tuning"). */
-        model *m = NULL;
-        st = model_clone(base, &m);
-        if (st == QLAB_OK) st = model_quantize(m, QUANT_NF4, base_opt.blocksize, 1);
-        if (st == QLAB_OK) st = evaluate(m, &ev, &base_scores);
-        model_free(m);
-        progress_update(&prog, 1, "base");
+/* The starting point: the NF4+DQ base without adapters (Table 5's "no tuning"). */
+static qlab_status score_base(study *s) {
+    model *m = NULL;
+    qlab_status st = model_clone(s->base, &m);
+    if (st == QLAB_OK) st = model_quantize(m, QUANT_NF4, s->base_opt.blocksize, 1);
+    if (st == QLAB_OK) st = evaluate(m, &s->ev, &s->base_scores);
+    model_free(m);
+    return st;
+}
+
+/* QLoRA on training set i with seed k, then the finetuned model scored. */
+static qlab_status finetune_and_score(study *s, int i, int k) {
+    const train_set *set = &s->sets[i];
+    model *m = NULL;
+    lora_set *l = NULL;
+    finetune_result fr;
+    memset(&fr, 0, sizeof fr);
+    finetune_options o = s->base_opt;
+    o.seed = o.lora.seed = (uint64_t)s->seeds[k];
+    o.eval_every = 0; /* held-out NLL at the ends only; evaluate() scores the final model */
+    finetune_rows train = {set->ex.tokens, set->ex.targets, set->ex.n, set->ex.T};
+    double t0 = qlab_now();
+    qlab_status st = model_clone(s->base, &m);
+    if (st == QLAB_OK) st = finetune_run(m, &train, &s->heldout, &o, NULL, NULL, &l, &fr);
+    if (st == QLAB_OK) {
+        lora_set_training(l, 0);
+        st = evaluate(m, &s->ev, &s->sc[i * s->n_seeds + k]);
     }
-    for (int i = 0; i < n_sets && st == QLAB_OK; i++)
-        for (int k = 0; k < n_seeds && st == QLAB_OK; k++) {
-            model *m = NULL;
-            lora_set *l = NULL;
-            finetune_result fr;
-            memset(&fr, 0, sizeof fr);
-            finetune_options o = base_opt;
-            o.seed = o.lora.seed = (uint64_t)seeds[k];
-            o.eval_every = 0; /* held-out NLL at the ends only; evaluate() scores the final model */
-            finetune_rows train = {sets[i].ex.tokens, sets[i].ex.targets, sets[i].ex.n, sets[i].ex.T};
-            double t0 = qlab_now();
-            st = model_clone(base, &m);
-            if (st == QLAB_OK) st = finetune_run(m, &train, &heldout, &o, NULL, NULL, &l, &fr);
-            if (st == QLAB_OK) {
-                lora_set_training(l, 0);
-                st = evaluate(m, &ev, &sc[i * n_seeds + k]);
-            }
-            seconds[i * n_seeds + k] = qlab_now() - t0;
-            if (st != QLAB_OK) qlab_fail_context(st, "%s seed %lld", sets[i].spec, (long long)seeds[k]);
-            finetune_result_free(&fr);
-            model_free(m);
-            lora_free(l);
-            char extra[96];
-            snprintf(extra, sizeof extra, "%s seed %lld", sets[i].spec, (long long)seeds[k]);
-            progress_update(&prog, 2 + i * n_seeds + k, extra);
-        }
-    if (st != QLAB_OK) goto done;
-    progress_end(&prog, NULL);
+    s->seconds[i * s->n_seeds + k] = qlab_now() - t0;
+    if (st != QLAB_OK) qlab_fail_context(st, "%s seed %lld", set->spec, (long long)s->seeds[k]);
+    finetune_result_free(&fr);
+    model_free(m);
+    lora_free(l);
+    return st;
+}
 
-    /* ---- tables */
-    if ((st = results_create(&r, out_path, "dataset_quality", cfg, argc, argv)) != QLAB_OK) goto done;
-    results_attr_int(r, "seed", seeds[0]);
-    results_attr_string(r, "model", model_path);
-    results_attr_string(r, "tokenizer", tok_path);
+static qlab_status run_grid(study *s) {
+    progress prog;
+    progress_begin(&prog, "dataset_quality", (int64_t)(s->n_sets * s->n_seeds + 1));
+    qlab_status st = score_base(s);
+    progress_update(&prog, 1, "base");
+    for (int i = 0; i < s->n_sets && st == QLAB_OK; i++)
+        for (int k = 0; k < s->n_seeds && st == QLAB_OK; k++) {
+            st = finetune_and_score(s, i, k);
+            char extra[96];
+            snprintf(extra, sizeof extra, "%s seed %lld", s->sets[i].spec, (long long)s->seeds[k]);
+            progress_update(&prog, 2 + i * s->n_seeds + k, extra);
+        }
+    if (st == QLAB_OK) progress_end(&prog, NULL);
+    return st;
+}
+
+/* Means with 95% intervals over the seeds and ranks over the training sets. */
+static void summarize(study *s) {
+    int n_seeds = s->n_seeds;
+    for (int i = 0; i < s->n_sets; i++) {
+        double x[3][64];
+        for (int k = 0; k < n_seeds; k++) {
+            x[0][k] = s->sc[i * n_seeds + k].nll;
+            x[1][k] = s->sc[i * n_seeds + k].rouge;
+            x[2][k] = s->sc[i * n_seeds + k].mmlu;
+        }
+        for (int q = 0; q < 3; q++)
+            mean_ci(x[q], n_seeds, &s->mean[q][i], &s->half[q][i]);
+    }
+    ranks(s->mean[0], s->n_sets, 0, s->rk[0]);
+    ranks(s->mean[1], s->n_sets, 1, s->rk[1]);
+    ranks(s->mean[2], s->n_sets, 1, s->rk[2]);
+}
+
+static qlab_status add_notes(const study *s, results *r) {
+    results_attr_int(r, "seed", s->seeds[0]);
+    results_attr_string(r, "model", s->model_path);
+    results_attr_string(r, "tokenizer", s->tok_path);
     char note[1024];
     mmlu_scoring msc;
-    if ((st = mmlu_scoring_init(tok, &msc)) != QLAB_OK) goto done;
-    mmlu_scoring_describe(tok, &msc, note, sizeof note);
+    QLAB_TRY(mmlu_scoring_init(s->tok, &msc));
+    mmlu_scoring_describe(s->tok, &msc, note, sizeof note);
     results_note(r, "mmlu_scoring", note);
     snprintf(
         note, sizeof note,
@@ -415,8 +469,8 @@ static qlab_status run(const config *cfg, const char *out_path, int argc, char *
         "NLL over all of them, and mean RougeL F (rouge-score's definition) of greedy answers of at most %d "
         "tokens to the first %d. MMLU: qlora's zero-shot validation prompts, %s per subject (%d questions); "
         "chance is 0.25 and a model this small is expected near chance.",
-        oasst_eval.count, (unsigned long long)split_seed, (int)gen_tokens, (int)n_rouge,
-        mmlu_limit ? "the first questions" : "all questions", n_mmlu);
+        s->oasst_eval.count, (unsigned long long)s->split_seed, (int)s->gen_tokens, (int)s->n_rouge,
+        s->mmlu_limit ? "the first questions" : "all questions", s->n_mmlu);
     results_note(r, "metric", note);
     results_note(
         r, "paper",
@@ -428,8 +482,12 @@ static qlab_status run(const config *cfg, const char *out_path, int argc, char *
                  "generator) is not built yet; size and quality are varied on the real sets instead "
                  "(subsamples, swapped responses). Self-Instruct, Unnatural Instructions, Chip2 and Longform "
                  "are not available offline.");
+    return QLAB_OK;
+}
+
+static qlab_status write_runs(const study *s, results *r) {
     results_table *t = NULL;
-    if ((st = results_table_begin(r, &t, "runs", "One row per (training set, seed)")) != QLAB_OK) goto done;
+    QLAB_TRY(results_table_begin(r, &t, "runs", "One row per (training set, seed)"));
     results_table_column(t, "dataset", RESULTS_STRING, NULL, "SOURCE[@N][~P] as configured");
     results_table_column(t, "seed", RESULTS_INT64, NULL, NULL);
     results_table_column(t, "heldout_nll", RESULTS_FLOAT64, "nats/token", "held-out OASST1 response NLL");
@@ -437,40 +495,64 @@ static qlab_status run(const config *cfg, const char *out_path, int argc, char *
     results_table_column(t, "mmlu", RESULTS_FLOAT64, NULL, "MMLU accuracy (all questions)");
     results_table_column(t, "answer_tokens", RESULTS_FLOAT64, "tokens", "mean length of the greedy answers");
     results_table_column(t, "seconds", RESULTS_FLOAT64, "s", "finetune + evaluation");
-    for (int i = 0; i < n_sets && st == QLAB_OK; i++)
-        for (int k = 0; k < n_seeds && st == QLAB_OK; k++) {
-            const scores *s = &sc[i * n_seeds + k];
-            results_set_string(t, "dataset", sets[i].spec);
-            results_set_int(t, "seed", seeds[k]);
-            results_set_double(t, "heldout_nll", s->nll);
-            results_set_double(t, "rougeL", s->rouge);
-            results_set_double(t, "mmlu", s->mmlu);
-            results_set_double(t, "answer_tokens", s->answer_tokens);
-            results_set_double(t, "seconds", seconds[i * n_seeds + k]);
-            st = results_row_end(t);
+    for (int i = 0; i < s->n_sets; i++)
+        for (int k = 0; k < s->n_seeds; k++) {
+            const scores *sc = &s->sc[i * s->n_seeds + k];
+            results_set_string(t, "dataset", s->sets[i].spec);
+            results_set_int(t, "seed", s->seeds[k]);
+            results_set_double(t, "heldout_nll", sc->nll);
+            results_set_double(t, "rougeL", sc->rouge);
+            results_set_double(t, "mmlu", sc->mmlu);
+            results_set_double(t, "answer_tokens", sc->answer_tokens);
+            results_set_double(t, "seconds", s->seconds[i * s->n_seeds + k]);
+            QLAB_TRY(results_row_end(t));
         }
-    if (st == QLAB_OK) st = results_table_end(t);
-    if (st != QLAB_OK) goto done;
+    return results_table_end(t);
+}
 
-    double mean[3][MAX_SETS], half[3][MAX_SETS], rk[3][MAX_SETS];
-    for (int i = 0; i < n_sets; i++) {
-        double x[3][64];
-        for (int k = 0; k < n_seeds; k++) {
-            x[0][k] = sc[i * n_seeds + k].nll;
-            x[1][k] = sc[i * n_seeds + k].rouge;
-            x[2][k] = sc[i * n_seeds + k].mmlu;
-        }
-        for (int q = 0; q < 3; q++)
-            mean_ci(x[q], n_seeds, &mean[q][i], &half[q][i]);
-    }
-    ranks(mean[0], n_sets, 0, rk[0]);
-    ranks(mean[1], n_sets, 1, rk[1]);
-    ranks(mean[2], n_sets, 1, rk[2]);
-    if ((st = results_table_begin(
-             r, &t, "summary",
-             "Tables 5/6 on a tiny model: chat target vs MMLU by training set (mean over seeds, "
-             "95% t interval; rank 1 = best)")) != QLAB_OK)
-        goto done;
+/* The summary's first row: the base without tuning, which has no interval and no rank. */
+static qlab_status add_base_row(const study *s, results_table *t) {
+    results_set_string(t, "dataset", "base");
+    results_set_string(t, "label", "no tuning (NF4+DQ base)");
+    results_set_int(t, "records", 0);
+    results_set_int(t, "swapped_pct", 0);
+    results_set_int(t, "rows", 0);
+    double v[3] = {s->base_scores.nll, s->base_scores.rouge, s->base_scores.mmlu};
+    const char *names[3][2] = {{"nll", "nll_ci95"}, {"rougeL", "rougeL_ci95"}, {"mmlu", "mmlu_ci95"}};
+    for (int q = 0; q < 3; q++)
+        results_set_double(t, names[q][0], v[q]), results_set_double(t, names[q][1], NAN);
+    results_set_double(t, "rank_nll", NAN);
+    results_set_double(t, "rank_rougeL", NAN);
+    results_set_double(t, "rank_mmlu", NAN);
+    results_set_int(t, "mmlu_questions", s->n_mmlu);
+    return results_row_end(t);
+}
+
+static qlab_status add_set_row(const study *s, results_table *t, int i) {
+    const train_set *set = &s->sets[i];
+    results_set_string(t, "dataset", set->spec);
+    results_set_string(t, "label", set->label);
+    results_set_int(t, "records", set->n_records);
+    results_set_int(t, "swapped_pct", set->corrupt_pct);
+    results_set_int(t, "rows", set->ex.n);
+    results_set_double(t, "nll", s->mean[0][i]);
+    results_set_double(t, "nll_ci95", s->half[0][i]);
+    results_set_double(t, "rougeL", s->mean[1][i]);
+    results_set_double(t, "rougeL_ci95", s->half[1][i]);
+    results_set_double(t, "mmlu", s->mean[2][i]);
+    results_set_double(t, "mmlu_ci95", s->half[2][i]);
+    results_set_double(t, "rank_nll", s->rk[0][i]);
+    results_set_double(t, "rank_rougeL", s->rk[1][i]);
+    results_set_double(t, "rank_mmlu", s->rk[2][i]);
+    results_set_int(t, "mmlu_questions", s->n_mmlu);
+    return results_row_end(t);
+}
+
+static qlab_status write_summary(const study *s, results *r) {
+    results_table *t = NULL;
+    QLAB_TRY(results_table_begin(r, &t, "summary",
+                                 "Tables 5/6 on a tiny model: chat target vs MMLU by training set (mean over "
+                                 "seeds, 95% t interval; rank 1 = best)"));
     const char *cols[] = {"dataset",   "label",    "records",     "swapped_pct", "rows",
                           "nll",       "nll_ci95", "rougeL",      "rougeL_ci95", "mmlu",
                           "mmlu_ci95", "rank_nll", "rank_rougeL", "rank_mmlu",   "mmlu_questions"};
@@ -480,79 +562,73 @@ static qlab_status run(const config *cfg, const char *out_path, int argc, char *
                              : (c < 5 || c == 14) ? RESULTS_INT64
                                                   : RESULTS_FLOAT64,
                              NULL, NULL);
-    for (int i = -1; i < n_sets && st == QLAB_OK; i++) {
-        if (i < 0) {
-            results_set_string(t, "dataset", "base");
-            results_set_string(t, "label", "no tuning (NF4+DQ base)");
-            results_set_int(t, "records", 0);
-            results_set_int(t, "swapped_pct", 0);
-            results_set_int(t, "rows", 0);
-            double v[3] = {base_scores.nll, base_scores.rouge, base_scores.mmlu};
-            const char *names[3][2] = {{"nll", "nll_ci95"}, {"rougeL", "rougeL_ci95"}, {"mmlu", "mmlu_ci95"}};
-            for (int q = 0; q < 3; q++)
-                results_set_double(t, names[q][0], v[q]), results_set_double(t, names[q][1], NAN);
-            results_set_double(t, "rank_nll", NAN);
-            results_set_double(t, "rank_rougeL", NAN);
-            results_set_double(t, "rank_mmlu", NAN);
-        } else {
-            results_set_string(t, "dataset", sets[i].spec);
-            results_set_string(t, "label", sets[i].label);
-            results_set_int(t, "records", sets[i].n_records);
-            results_set_int(t, "swapped_pct", sets[i].corrupt_pct);
-            results_set_int(t, "rows", sets[i].ex.n);
-            results_set_double(t, "nll", mean[0][i]);
-            results_set_double(t, "nll_ci95", half[0][i]);
-            results_set_double(t, "rougeL", mean[1][i]);
-            results_set_double(t, "rougeL_ci95", half[1][i]);
-            results_set_double(t, "mmlu", mean[2][i]);
-            results_set_double(t, "mmlu_ci95", half[2][i]);
-            results_set_double(t, "rank_nll", rk[0][i]);
-            results_set_double(t, "rank_rougeL", rk[1][i]);
-            results_set_double(t, "rank_mmlu", rk[2][i]);
-        }
-        results_set_int(t, "mmlu_questions", n_mmlu);
-        st = results_row_end(t);
-    }
-    if (st == QLAB_OK) {
-        snprintf(
-            note, sizeof note,
-            "Spearman rank correlation over the training sets: MMLU vs RougeL %.3f, MMLU vs -NLL %.3f, "
-            "RougeL vs "
-            "-NLL %.3f. Paper's pattern: the chat ranking puts the suitable small set (OASST1) first while "
-            "MMLU prefers another set; a correlation near or below 0 says MMLU does not predict the chat "
-            "target here either, but with MMLU near chance on this model it predicts nothing at all.",
-            spearman(rk[2], rk[1], n_sets), spearman(rk[2], rk[0], n_sets), spearman(rk[1], rk[0], n_sets));
-        st = results_table_note(t, note);
-    }
-    if (st == QLAB_OK) st = results_table_end(t);
-    if (st != QLAB_OK) goto done;
-    st = results_commit(r);
-    r = NULL;
-    if (st != QLAB_OK) goto done;
+    QLAB_TRY(add_base_row(s, t));
+    for (int i = 0; i < s->n_sets; i++)
+        QLAB_TRY(add_set_row(s, t, i));
+    char note[1024];
+    snprintf(note, sizeof note,
+             "Spearman rank correlation over the training sets: MMLU vs RougeL %.3f, MMLU vs -NLL %.3f, "
+             "RougeL vs "
+             "-NLL %.3f. Paper's pattern: the chat ranking puts the suitable small set (OASST1) first while "
+             "MMLU prefers another set; a correlation near or below 0 says MMLU does not predict the chat "
+             "target here either, but with MMLU near chance on this model it predicts nothing at all.",
+             spearman(s->rk[2], s->rk[1], s->n_sets), spearman(s->rk[2], s->rk[0], s->n_sets),
+             spearman(s->rk[1], s->rk[0], s->n_sets));
+    QLAB_TRY(results_table_note(t, note));
+    return results_table_end(t);
+}
+
+static void print_summary(const study *s, const char *out_path) {
     printf("dataset_quality: wrote %s\n", out_path);
     printf("  %-16s  %-22s  %-22s  %-22s\n", "training set", "held-out NLL", "RougeL", "MMLU");
-    printf("  %-16s  %8.4f                %8.4f                %8.4f\n", "base", base_scores.nll,
-           base_scores.rouge, base_scores.mmlu);
-    for (int i = 0; i < n_sets; i++)
+    printf("  %-16s  %8.4f                %8.4f                %8.4f\n", "base", s->base_scores.nll,
+           s->base_scores.rouge, s->base_scores.mmlu);
+    for (int i = 0; i < s->n_sets; i++)
         printf("  %-16s  %8.4f ± %-7.4f (#%.0f)  %8.4f ± %-7.4f (#%.0f)  %8.4f ± %-7.4f (#%.0f)\n",
-               sets[i].spec, mean[0][i], half[0][i], rk[0][i], mean[1][i], half[1][i], rk[1][i], mean[2][i],
-               half[2][i], rk[2][i]);
-done:
+               s->sets[i].spec, s->mean[0][i], s->half[0][i], s->rk[0][i], s->mean[1][i], s->half[1][i],
+               s->rk[1][i], s->mean[2][i], s->half[2][i], s->rk[2][i]);
+}
+
+static void study_free(study *s) {
+    for (int i = 0; i < MAX_SETS && s->sets; i++)
+        instruct_examples_free(&s->sets[i].ex);
+    free(s->sets);
+    free(s->sc);
+    free(s->seconds);
+    free(s->seeds);
+    free(s->train_idx);
+    free(s->eval_idx);
+    instruct_examples_free(&s->heldout_ex);
+    instruct_set_free(&s->oasst);
+    instruct_set_free(&s->oasst_train);
+    instruct_set_free(&s->oasst_eval);
+    model_free(s->base);
+    tokenizer_free(s->tok);
+}
+
+static qlab_status run(const config *cfg, const char *out_path, int argc, char **argv) {
+    study *s = qlab_calloc(1, sizeof *s);
+    if (!s) return QLAB_ERR_NOMEM;
+    s->cfg = cfg;
+    s->path = config_path(cfg);
+    results *r = NULL;
+    qlab_status st = read_settings(s);
+    if (st == QLAB_OK) st = load_inputs(s);
+    if (st == QLAB_OK) st = prepare_evaluation(s);
+    if (st == QLAB_OK) st = run_grid(s);
+    if (st == QLAB_OK) st = results_create(&r, out_path, "dataset_quality", cfg, argc, argv);
+    if (st == QLAB_OK) st = add_notes(s, r);
+    if (st == QLAB_OK) st = write_runs(s, r);
+    if (st == QLAB_OK) summarize(s);
+    if (st == QLAB_OK) st = write_summary(s, r);
+    if (st == QLAB_OK) {
+        st = results_commit(r);
+        r = NULL;
+    }
+    if (st == QLAB_OK) print_summary(s, out_path);
     results_abort(r);
-    for (int i = 0; i < MAX_SETS && sets; i++)
-        instruct_examples_free(&sets[i].ex);
-    free(sets);
-    free(sc);
-    free(seconds);
-    free(seeds);
-    free(train_idx);
-    free(eval_idx);
-    instruct_examples_free(&heldout_ex);
-    instruct_set_free(&oasst);
-    instruct_set_free(&oasst_train);
-    instruct_set_free(&oasst_eval);
-    model_free(base);
-    tokenizer_free(tok);
+    study_free(s);
+    free(s);
     return st;
 }
 

@@ -489,153 +489,181 @@ static void usage(FILE *f) {
     config_print_keys(model_keys, N_MODEL_KEYS, f);
 }
 
-int main(int argc, char **argv) {
-    qlab_openmp_prefer_passive(argv);
-    experiment_args args;
-    int early = experiment_parse_args(&args, "zoo", argc, argv, usage);
-    if (early >= 0) return early;
-    const char *config_file = args.config_path, *out_path = args.out_path;
-    config *cfg = NULL;
-    if (experiment_load_config(&args, &cfg, config_keys, N_CONFIG_KEYS) != QLAB_OK)
-        return qlab_report_error("zoo");
+/* One run of the program: the config, the family, the manifest and the tokenized corpus once needed. */
+typedef struct {
+    const char *config_file, *dir;
+    config *cfg;
+    zoo_model *models;
+    int n_models, capacity;
+    cJSON *manifest, *new_models; /* new_models: the manifest's "models" array, rebuilt as models finish */
+    char *data_key, *manifest_path;
+    int *train_ids, *heldout_ids;
+    int64_t n_train, n_heldout;
+    tokenizer *tok;
+    int64_t work_to_train;
+} zoo_run;
 
-    int rc = 1, n_models = 0, capacity = 0;
-    zoo_model *models = NULL;
-    cJSON *manifest = NULL;
-    char *data_key = NULL, *manifest_path = NULL;
-    int *train_ids = NULL, *heldout_ids = NULL;
-    int64_t n_train = 0, n_heldout = 0;
-    tokenizer *tok = NULL;
-    results *r = NULL;
-    const char *dir = config_string(cfg, "out_dir");
-    int64_t sizes[] = {config_int(cfg, "train_bytes"), config_int(cfg, "heldout_bytes"),
-                       config_int(cfg, "tokenizer_bytes")};
+static qlab_status check_corpus_sizes(const zoo_run *run) {
+    int64_t sizes[] = {config_int(run->cfg, "train_bytes"), config_int(run->cfg, "heldout_bytes"),
+                       config_int(run->cfg, "tokenizer_bytes")};
     for (int i = 0; i < 3; i++)
-        if (sizes[i] < 1000 || sizes[i] > ((int64_t)1 << 32)) {
-            qlab_fail(QLAB_ERR_ARG,
-                      "%s: train_bytes, heldout_bytes and tokenizer_bytes must be from 1000 to 2^32",
-                      config_file);
-            goto done;
-        }
-    int64_t vocab = config_int(cfg, "vocab_size");
-    if (vocab < 300 || vocab > 65536) {
-        qlab_fail(QLAB_ERR_ARG, "%s: vocab_size must be from 300 to 65536", config_file);
-        goto done;
-    }
+        if (sizes[i] < 1000 || sizes[i] > ((int64_t)1 << 32))
+            return qlab_fail(QLAB_ERR_ARG,
+                             "%s: train_bytes, heldout_bytes and tokenizer_bytes must be from 1000 to 2^32",
+                             run->config_file);
+    int64_t vocab = config_int(run->cfg, "vocab_size");
+    if (vocab < 300 || vocab > 65536)
+        return qlab_fail(QLAB_ERR_ARG, "%s: vocab_size must be from 300 to 65536", run->config_file);
+    return QLAB_OK;
+}
 
-    const cJSON *model_object = config_object(cfg, "models"), *item;
-    capacity = cJSON_GetArraySize(model_object);
-    if (capacity < 1) {
-        qlab_fail(QLAB_ERR_ARG, "%s: 'models' is empty", config_file);
-        goto done;
-    }
-    models = qlab_calloc((size_t)capacity, sizeof *models);
-    if (!models) goto done;
+static qlab_status read_models(zoo_run *run) {
+    const cJSON *model_object = config_object(run->cfg, "models"), *item;
+    run->capacity = cJSON_GetArraySize(model_object);
+    if (run->capacity < 1) return qlab_fail(QLAB_ERR_ARG, "%s: 'models' is empty", run->config_file);
+    run->models = qlab_calloc((size_t)run->capacity, sizeof *run->models);
+    if (!run->models) return QLAB_ERR_NOMEM;
     cJSON_ArrayForEach(item, model_object) {
-        if (parse_model(cfg, item, &models[n_models]) != QLAB_OK) goto done;
-        n_models++;
+        QLAB_TRY(parse_model(run->cfg, item, &run->models[run->n_models]));
+        run->n_models++;
     }
+    return QLAB_OK;
+}
 
-    if (make_dirs(dir) != QLAB_OK || !(manifest_path = path_in(dir, ZOO_MANIFEST_FILE))) goto done;
-    manifest = manifest_read(manifest_path);
-    if (!manifest) {
-        manifest = cJSON_CreateObject();
-        if (!manifest || !cJSON_AddStringToObject(manifest, "format", ZOO_MANIFEST_FORMAT)) goto done;
+/* The cache folder, its manifest (a fresh one when absent) and the corpus and tokenizer files in it. */
+static qlab_status open_cache(zoo_run *run) {
+    QLAB_TRY(make_dirs(run->dir));
+    if (!(run->manifest_path = path_in(run->dir, ZOO_MANIFEST_FILE))) return QLAB_ERR_NOMEM;
+    run->manifest = manifest_read(run->manifest_path);
+    if (!run->manifest) {
+        run->manifest = cJSON_CreateObject();
+        if (!run->manifest || !cJSON_AddStringToObject(run->manifest, "format", ZOO_MANIFEST_FORMAT))
+            return QLAB_ERR_NOMEM;
     }
-    if (prepare_data(cfg, dir, manifest, &data_key) != QLAB_OK) goto done;
+    return prepare_data(run->cfg, run->dir, run->manifest, &run->data_key);
+}
 
-    /* Which models need training: key = data files + the model's effective entry. */
-    int64_t work_to_train = 0;
-    cJSON *old_models = cJSON_DetachItemFromObjectCaseSensitive(manifest, "models");
-    cJSON *new_models = cJSON_AddArrayToObject(manifest, "models");
-    if (!new_models) goto done;
-    for (int i = 0; i < n_models; i++) {
-        zoo_model *z = &models[i];
-        size_t n = strlen(data_key) + strlen(config_effective_json(z->cfg)) + 64;
-        if (!(z->cache_key = qlab_calloc(n, 1))) goto done;
-        snprintf(z->cache_key, n, "{\"data\":%s,\"model\":%s}", data_key, config_effective_json(z->cfg));
+/* Which models need training: key = data files + the model's effective entry; the others are reused. */
+static qlab_status plan_training(zoo_run *run) {
+    cJSON *old_models = cJSON_DetachItemFromObjectCaseSensitive(run->manifest, "models");
+    run->new_models = cJSON_AddArrayToObject(run->manifest, "models");
+    qlab_status st = run->new_models ? QLAB_OK : QLAB_ERR_NOMEM;
+    for (int i = 0; i < run->n_models && st == QLAB_OK; i++) {
+        zoo_model *z = &run->models[i];
+        size_t n = strlen(run->data_key) + strlen(config_effective_json(z->cfg)) + 64;
+        if (!(z->cache_key = qlab_calloc(n, 1))) {
+            st = QLAB_ERR_NOMEM;
+            break;
+        }
+        snprintf(z->cache_key, n, "{\"data\":%s,\"model\":%s}", run->data_key, config_effective_json(z->cfg));
         cJSON *old = find_named(old_models, z->name);
-        if (old && entry_still_valid(old, z->cache_key, dir)) {
+        if (old && entry_still_valid(old, z->cache_key, run->dir)) {
             z->cached = 1;
             z->entry = cJSON_Duplicate(old, 1);
         } else {
-            work_to_train += z->opt.steps * work_per_step(z);
+            run->work_to_train += z->opt.steps * work_per_step(z);
         }
     }
     cJSON_Delete(old_models);
+    return st;
+}
 
-    if (results_create(&r, out_path, "zoo", cfg, argc, argv) != QLAB_OK) goto done;
-    results_require_rows(r);
-    if (results_attr_int(r, "seed", config_int(cfg, "seed")) != QLAB_OK) goto done;
-    if (results_attr_string(r, "zoo_dir", dir) != QLAB_OK) goto done;
+/* The tokenizer and both splits tokenized, loaded when the first model needs training. */
+static qlab_status load_tokens(zoo_run *run, const zoo_model *z) {
+    const char *dir = run->dir;
+    char *tok_path = path_in(dir, ZOO_TOKENIZER_FILE);
+    qlab_status st = tok_path ? tokenizer_load(tok_path, &run->tok) : QLAB_ERR_NOMEM;
+    free(tok_path);
+    QLAB_TRY(st);
+    if (tokenizer_vocab_size(run->tok) != z->mc.vocab_size)
+        return qlab_fail(QLAB_ERR_FORMAT, "%s/%s: vocabulary of %d, the models need %d", dir,
+                         ZOO_TOKENIZER_FILE, tokenizer_vocab_size(run->tok), z->mc.vocab_size);
+    QLAB_TRY(tokenize_file(dir, ZOO_TRAIN_TEXT_FILE, run->tok, &run->train_ids, &run->n_train));
+    QLAB_TRY(tokenize_file(dir, ZOO_HELDOUT_TEXT_FILE, run->tok, &run->heldout_ids, &run->n_heldout));
+    printf("zoo: %lld training and %lld held-out tokens\n", (long long)run->n_train,
+           (long long)run->n_heldout);
+    return QLAB_OK;
+}
 
+/* Trains (or reports as cached) each model in turn; the manifest is written after every model so an
+ * interrupted run keeps the ones already finished. */
+static qlab_status train_family(zoo_run *run) {
     progress prog;
-    progress_begin(&prog, "zoo", work_to_train > 0 ? work_to_train : 1);
+    progress_begin(&prog, "zoo", run->work_to_train > 0 ? run->work_to_train : 1);
     step_context sc = {&prog, 0, 0, ""};
-    for (int i = 0; i < n_models; i++) {
-        zoo_model *z = &models[i];
+    for (int i = 0; i < run->n_models; i++) {
+        zoo_model *z = &run->models[i];
         size_t params = model_num_params(&z->mc);
         if (z->cached) {
             printf("zoo: %-10s %9zu params  cached (held-out loss %.3f)\n", z->name, params,
                    json_number(z->entry, "final_heldout_loss"));
         } else {
-            if (!tok) {
-                char *tok_path = path_in(dir, ZOO_TOKENIZER_FILE);
-                qlab_status st = tok_path ? tokenizer_load(tok_path, &tok) : QLAB_ERR_NOMEM;
-                free(tok_path);
-                if (st != QLAB_OK) goto done;
-                if (tokenizer_vocab_size(tok) != z->mc.vocab_size) {
-                    qlab_fail(QLAB_ERR_FORMAT, "%s/%s: vocabulary of %d, the models need %d", dir,
-                              ZOO_TOKENIZER_FILE, tokenizer_vocab_size(tok), z->mc.vocab_size);
-                    goto done;
-                }
-                if (tokenize_file(dir, ZOO_TRAIN_TEXT_FILE, tok, &train_ids, &n_train) != QLAB_OK ||
-                    tokenize_file(dir, ZOO_HELDOUT_TEXT_FILE, tok, &heldout_ids, &n_heldout) != QLAB_OK)
-                    goto done;
-                printf("zoo: %lld training and %lld held-out tokens\n", (long long)n_train,
-                       (long long)n_heldout);
-            }
+            if (!run->tok) QLAB_TRY(load_tokens(run, z));
             printf("zoo: %-10s %9zu params  training %lld steps x %d x %d tokens\n", z->name, params,
                    (long long)z->opt.steps, z->opt.batch, z->opt.seq_len);
             fflush(stdout);
             sc.work_per_step = work_per_step(z);
-            if (train_one(z, dir, train_ids, n_train, heldout_ids, n_heldout, &sc, &z->entry) != QLAB_OK)
-                goto done;
+            QLAB_TRY(train_one(z, run->dir, run->train_ids, run->n_train, run->heldout_ids, run->n_heldout,
+                               &sc, &z->entry));
             sc.work_before += z->opt.steps * sc.work_per_step;
             printf("zoo: %-10s train loss %.3f  held-out loss %.3f  (%.0f s, %.0f tok/s)\n", z->name,
                    json_number(z->entry, "final_train_loss"), json_number(z->entry, "final_heldout_loss"),
                    json_number(z->entry, "train_seconds"), json_number(z->entry, "tokens_per_second"));
         }
-        /* Written after every model so an interrupted run keeps the ones already finished. */
-        if (!cJSON_AddItemReferenceToArray(new_models, z->entry) ||
-            manifest_write(manifest, manifest_path) != QLAB_OK)
-            goto done;
+        if (!cJSON_AddItemReferenceToArray(run->new_models, z->entry)) return QLAB_ERR_NOMEM;
+        QLAB_TRY(manifest_write(run->manifest, run->manifest_path));
     }
     progress_end(&prog, NULL);
-    if (write_results(r, models, n_models) != QLAB_OK) goto done;
+    return QLAB_OK;
+}
+
+static void zoo_run_free(zoo_run *run) {
+    cJSON_Delete(run->manifest); /* the entries are referenced, not owned, by it */
+    for (int i = 0; i < run->n_models; i++) {
+        cJSON_Delete(run->models[i].entry);
+        config_free(run->models[i].cfg);
+        free(run->models[i].cache_key);
+    }
+    if (run->models && run->n_models < run->capacity) config_free(run->models[run->n_models].cfg);
+    free(run->models);
+    free(run->data_key);
+    free(run->manifest_path);
+    free(run->train_ids);
+    free(run->heldout_ids);
+    tokenizer_free(run->tok);
+    config_free(run->cfg);
+}
+
+int main(int argc, char **argv) {
+    qlab_openmp_prefer_passive(argv);
+    experiment_args args;
+    int early = experiment_parse_args(&args, "zoo", argc, argv, usage);
+    if (early >= 0) return early;
+    zoo_run run = {.config_file = args.config_path};
+    if (experiment_load_config(&args, &run.cfg, config_keys, N_CONFIG_KEYS) != QLAB_OK)
+        return qlab_report_error("zoo");
+    run.dir = config_string(run.cfg, "out_dir");
+    int rc = 1;
+    results *r = NULL;
+    if (check_corpus_sizes(&run) != QLAB_OK || read_models(&run) != QLAB_OK || open_cache(&run) != QLAB_OK ||
+        plan_training(&run) != QLAB_OK)
+        goto done;
+    if (results_create(&r, args.out_path, "zoo", run.cfg, argc, argv) != QLAB_OK) goto done;
+    results_require_rows(r);
+    if (results_attr_int(r, "seed", config_int(run.cfg, "seed")) != QLAB_OK) goto done;
+    if (results_attr_string(r, "zoo_dir", run.dir) != QLAB_OK) goto done;
+    if (train_family(&run) != QLAB_OK) goto done;
+    if (write_results(r, run.models, run.n_models) != QLAB_OK) goto done;
     if (results_commit(r) != QLAB_OK) {
         r = NULL;
         goto done;
     }
     r = NULL;
-    printf("zoo: %d models in %s; wrote %s\n", n_models, dir, out_path);
+    printf("zoo: %d models in %s; wrote %s\n", run.n_models, run.dir, args.out_path);
     rc = 0;
 done:
     if (rc != 0) qlab_report_error("zoo");
     results_abort(r);
-    cJSON_Delete(manifest); /* the entries are referenced, not owned, by it */
-    for (int i = 0; i < n_models; i++) {
-        cJSON_Delete(models[i].entry);
-        config_free(models[i].cfg);
-        free(models[i].cache_key);
-    }
-    if (models && n_models < capacity) config_free(models[n_models].cfg);
-    free(models);
-    free(data_key);
-    free(manifest_path);
-    free(train_ids);
-    free(heldout_ids);
-    tokenizer_free(tok);
-    config_free(cfg);
+    zoo_run_free(&run);
     return rc;
 }

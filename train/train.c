@@ -158,14 +158,27 @@ qlab_status train_nonfinite_step(const char *who, model *m, int64_t step, double
     return qlab_fail(QLAB_ERR_NUMERIC, "%s: the gradient norm is %s", what, isnan(norm) ? "nan" : "infinite");
 }
 
-qlab_status train_run(model *m, const int *train_tokens, int64_t n_train, const int *heldout_tokens,
-                      int64_t n_heldout, const train_options *opt, train_step_callback callback, void *ctx,
-                      train_history *h) {
-    memset(h, 0, sizeof *h);
-    const model_config *cfg = model_get_config(m);
-    QLAB_TRY(train_options_check(opt, cfg));
-    model_set_checkpointing(m, opt->checkpointing);
-    int B = opt->batch, T = opt->seq_len;
+/* The state of one train_run: the model and its buffers, the optimizer, the batch and the running log. */
+typedef struct {
+    model *m;
+    const train_options *opt;
+    const int *train_tokens, *heldout_tokens;
+    int64_t n_train, n_heldout;
+    float *params, *grads;
+    size_t n_grads;
+    optim_adamw adam;
+    optim_lr_schedule schedule;
+    rng_state rng;
+    int *inputs, *targets;
+    int64_t *starts;
+    int64_t cap_train, cap_heldout, tokens_seen;
+    double t0, window_loss, lr;
+    int window_count;
+    train_history *h;
+} train_loop;
+
+static qlab_status train_check_streams(const model_config *cfg, int T, const int *train_tokens,
+                                       int64_t n_train, int64_t n_heldout) {
     if (n_train < T + 1 || n_heldout < T + 1)
         return qlab_fail(QLAB_ERR_ARG,
                          "train: need at least %d training and held-out tokens (have %lld and %lld)", T + 1,
@@ -176,91 +189,115 @@ qlab_status train_run(model *m, const int *train_tokens, int64_t n_train, const 
                              "train: token %lld of the training stream is %d, outside the vocabulary "
                              "(%d)",
                              (long long)i, train_tokens[i], cfg->vocab_size);
-    size_t n_params, n_grads;
-    float *params = model_get_param_buffer(m, &n_params);
-    float *grads = model_get_grad_buffer(m, &n_grads);
-    if (!grads) return QLAB_ERR_NOMEM;
-    optim_adamw adam;
-    QLAB_TRY(optim_adamw_init(&adam, n_params, OPTIM_STATE_HOST));
-    int *inputs = malloc(sizeof(int) * (size_t)B * T), *targets = malloc(sizeof(int) * (size_t)B * T);
-    int64_t *starts = malloc(sizeof(int64_t) * (size_t)B);
-    int64_t cap_train = 0, cap_heldout = 0;
-    qlab_status st =
-        inputs && targets && starts ? QLAB_OK : qlab_fail(QLAB_ERR_NOMEM, "train: out of memory");
+    return QLAB_OK;
+}
 
-    optim_lr_schedule schedule = {OPTIM_LR_COSINE, opt->max_lr, opt->min_lr, opt->warmup_steps, opt->steps};
-    rng_state rng;
-    rng_seed(&rng, opt->seed);
-    double t0 = qlab_now(), window_loss = 0, lr = 0;
-    int window_count = 0;
-    int64_t tokens_seen = 0;
-    if (st == QLAB_OK) {
-        double l;
-        st = train_heldout_loss(m, heldout_tokens, n_heldout, T, opt->eval_windows, B, &l);
-        if (st != QLAB_OK) qlab_fail_context(st, "train: before step 1");
-        if (st == QLAB_OK)
-            st = train_curve_push("train", &h->heldout, &h->n_heldout, &cap_heldout,
-                                  (train_point){0, 0, l, 0, NAN, qlab_now() - t0});
+/* The held-out loss after `done` steps (0: before the first), appended to the held-out curve. */
+static qlab_status train_record_heldout(train_loop *L, int64_t done, double *loss) {
+    const train_options *opt = L->opt;
+    qlab_status st = train_heldout_loss(L->m, L->heldout_tokens, L->n_heldout, opt->seq_len,
+                                        opt->eval_windows, opt->batch, loss);
+    if (st != QLAB_OK) {
+        if (done == 0)
+            qlab_fail_context(st, "train: before step 1");
+        else
+            qlab_fail_context(st, "train: after step %lld", (long long)done);
+        return st;
     }
+    return train_curve_push("train", &L->h->heldout, &L->h->n_heldout, &L->cap_heldout,
+                            (train_point){done, L->tokens_seen, *loss, L->lr, NAN, qlab_now() - L->t0});
+}
+
+/* Step s (from 0): a batch of random windows, forward, backward, clipping and the AdamW update. */
+static qlab_status train_step(train_loop *L, int64_t s, float *loss, double *norm) {
+    const train_options *opt = L->opt;
+    int B = opt->batch, T = opt->seq_len;
+    for (int b = 0; b < B; b++)
+        L->starts[b] = (int64_t)rng_below(&L->rng, (uint64_t)(L->n_train - T));
+    fill_batch(L->train_tokens, L->starts, B, T, L->inputs, L->targets);
+    QLAB_TRY(model_forward(L->m, L->inputs, L->targets, B, T, NULL, loss));
+    model_zero_grad(L->m);
+    QLAB_TRY(model_backward(L->m));
+    *norm = optim_clip_grad_norm(L->grads, L->n_grads, opt->grad_clip);
+    L->tokens_seen += (int64_t)B * T;
+    /* a blown-up step is an error to report, not a number to average or an update to apply */
+    if (!isfinite(*loss) || !isfinite(*norm)) return train_nonfinite_step("train", L->m, s + 1, *loss, *norm);
+    if (opt->grad_clip > 0 && *norm > opt->grad_clip) L->h->steps_clipped++;
+    L->lr = optim_lr_at(&L->schedule, s);
+    int64_t t = L->adam.step + 1;
+    /* Decoupled weight decay on the matrices and embeddings only; the RMSNorm gains are exempt. */
+    optim_adamw_hyper hyper = {(float)L->lr, (float)opt->beta1, (float)opt->beta2, (float)opt->eps,
+                               (float)opt->weight_decay};
+    qlab_status st = train_adamw_update_groups(L->m, L->params, L->grads, &L->adam, &hyper, t);
+    L->adam.step = t;
+    L->window_loss += *loss;
+    L->window_count++;
+    return st;
+}
+
+/* The mean training loss of the steps since the last point, appended to the training curve. */
+static qlab_status train_record_window(train_loop *L, int64_t done, double norm) {
+    if (L->window_count == 0)
+        return qlab_fail(QLAB_ERR_NUMERIC,
+                         "train: every step from %lld to %lld had a non-finite loss or "
+                         "gradient",
+                         (long long)(done - L->opt->log_every + 1), (long long)done);
+    train_history *h = L->h;
+    h->final_train_loss = L->window_loss / L->window_count;
+    L->window_loss = 0, L->window_count = 0;
+    return train_curve_push(
+        "train", &h->train, &h->n_train, &L->cap_train,
+        (train_point){done, L->tokens_seen, h->final_train_loss, L->lr, norm, qlab_now() - L->t0});
+}
+
+qlab_status train_run(model *m, const int *train_tokens, int64_t n_train, const int *heldout_tokens,
+                      int64_t n_heldout, const train_options *opt, train_step_callback callback, void *ctx,
+                      train_history *h) {
+    memset(h, 0, sizeof *h);
+    const model_config *cfg = model_get_config(m);
+    QLAB_TRY(train_options_check(opt, cfg));
+    model_set_checkpointing(m, opt->checkpointing);
+    int B = opt->batch, T = opt->seq_len;
+    QLAB_TRY(train_check_streams(cfg, T, train_tokens, n_train, n_heldout));
+    train_loop L = {.m = m,
+                    .opt = opt,
+                    .train_tokens = train_tokens,
+                    .heldout_tokens = heldout_tokens,
+                    .n_train = n_train,
+                    .n_heldout = n_heldout,
+                    .h = h};
+    size_t n_params;
+    L.params = model_get_param_buffer(m, &n_params);
+    L.grads = model_get_grad_buffer(m, &L.n_grads);
+    if (!L.grads) return QLAB_ERR_NOMEM;
+    QLAB_TRY(optim_adamw_init(&L.adam, n_params, OPTIM_STATE_HOST));
+    L.inputs = malloc(sizeof(int) * (size_t)B * T), L.targets = malloc(sizeof(int) * (size_t)B * T);
+    L.starts = malloc(sizeof(int64_t) * (size_t)B);
+    qlab_status st =
+        L.inputs && L.targets && L.starts ? QLAB_OK : qlab_fail(QLAB_ERR_NOMEM, "train: out of memory");
+    L.schedule =
+        (optim_lr_schedule){OPTIM_LR_COSINE, opt->max_lr, opt->min_lr, opt->warmup_steps, opt->steps};
+    rng_seed(&L.rng, opt->seed);
+    L.t0 = qlab_now();
+    double heldout;
+    if (st == QLAB_OK) st = train_record_heldout(&L, 0, &heldout);
     for (int64_t s = 0; st == QLAB_OK && s < opt->steps; s++) {
-        for (int b = 0; b < B; b++)
-            starts[b] = (int64_t)rng_below(&rng, (uint64_t)(n_train - T));
-        fill_batch(train_tokens, starts, B, T, inputs, targets);
         float loss;
-        st = model_forward(m, inputs, targets, B, T, NULL, &loss);
+        double norm;
+        st = train_step(&L, s, &loss, &norm);
         if (st != QLAB_OK) break;
-        model_zero_grad(m);
-        st = model_backward(m);
-        if (st != QLAB_OK) break;
-        double norm = optim_clip_grad_norm(grads, n_grads, opt->grad_clip);
-        tokens_seen += (int64_t)B * T;
-        if (!isfinite(loss) || !isfinite(norm)) {
-            /* a blown-up step is an error to report, not a number to average or an update to apply */
-            st = train_nonfinite_step("train", m, s + 1, loss, norm);
-            break;
-        } else {
-            if (opt->grad_clip > 0 && norm > opt->grad_clip) h->steps_clipped++;
-            lr = optim_lr_at(&schedule, s);
-            int64_t t = adam.step + 1;
-            /* Decoupled weight decay on the matrices and embeddings only; the RMSNorm gains are exempt. */
-            optim_adamw_hyper hyper = {(float)lr, (float)opt->beta1, (float)opt->beta2, (float)opt->eps,
-                                       (float)opt->weight_decay};
-            st = train_adamw_update_groups(m, params, grads, &adam, &hyper, t);
-            adam.step = t;
-            window_loss += loss;
-            window_count++;
-        }
         int64_t done = s + 1;
-        if (st == QLAB_OK && (done % opt->log_every == 0 || done == opt->steps)) {
-            if (window_count == 0) {
-                st = qlab_fail(QLAB_ERR_NUMERIC,
-                               "train: every step from %lld to %lld had a non-finite loss or "
-                               "gradient",
-                               (long long)(done - opt->log_every + 1), (long long)done);
-                break;
-            }
-            h->final_train_loss = window_loss / window_count;
-            st = train_curve_push(
-                "train", &h->train, &h->n_train, &cap_train,
-                (train_point){done, tokens_seen, h->final_train_loss, lr, norm, qlab_now() - t0});
-            window_loss = 0, window_count = 0;
-        }
+        if (done % opt->log_every == 0 || done == opt->steps) st = train_record_window(&L, done, norm);
         if (st == QLAB_OK && ((opt->eval_every > 0 && done % opt->eval_every == 0) || done == opt->steps)) {
-            double l;
-            st = train_heldout_loss(m, heldout_tokens, n_heldout, T, opt->eval_windows, B, &l);
-            if (st != QLAB_OK) qlab_fail_context(st, "train: after step %lld", (long long)done);
-            if (st == QLAB_OK) {
-                h->final_heldout_loss = l;
-                st = train_curve_push("train", &h->heldout, &h->n_heldout, &cap_heldout,
-                                      (train_point){done, tokens_seen, l, lr, NAN, qlab_now() - t0});
-            }
+            st = train_record_heldout(&L, done, &heldout);
+            if (st == QLAB_OK) h->final_heldout_loss = heldout;
         }
         if (st == QLAB_OK && callback) callback(ctx, done, opt->steps, loss);
     }
-    h->seconds = qlab_now() - t0;
-    h->tokens_per_second = h->seconds > 0 ? (double)tokens_seen / h->seconds : 0;
-    optim_adamw_free(&adam);
-    free(inputs), free(targets), free(starts);
+    h->seconds = qlab_now() - L.t0;
+    h->tokens_per_second = h->seconds > 0 ? (double)L.tokens_seen / h->seconds : 0;
+    optim_adamw_free(&L.adam);
+    free(L.inputs), free(L.targets), free(L.starts);
     if (st != QLAB_OK) train_history_free(h);
     return st;
 }

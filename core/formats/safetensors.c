@@ -170,100 +170,78 @@ static size_t safetensors_utf8_error(const unsigned char *s, size_t n) {
     return n;
 }
 
-static qlab_status safetensors_parse_header(safetensors_file *f, const char *json, size_t n,
-                                            uint64_t data_size, size_t data_start) {
-    const char *path = f->path, *parse_end = NULL;
-    size_t bad = safetensors_utf8_error((const unsigned char *)json, n);
-    if (bad < n) return qlab_fail(QLAB_ERR_FORMAT, "%s: header is not valid UTF-8 (byte %zu)", path, bad);
-    cJSON *root = cJSON_ParseWithLengthOpts(json, n, &parse_end, 0);
-    if (!root) {
-        size_t at =
-            cJSON_GetErrorPtr() && cJSON_GetErrorPtr() >= json ? (size_t)(cJSON_GetErrorPtr() - json) : 0;
-        return qlab_fail(QLAB_ERR_FORMAT, "%s: header is not valid JSON (near byte %zu)", path, at);
+/* The __metadata__ object: string keys to string values, copied into f. */
+static qlab_status safetensors_parse_metadata(safetensors_file *f, const cJSON *item) {
+    const char *path = f->path;
+    if (f->metadata_keys) return qlab_fail(QLAB_ERR_FORMAT, "%s: __metadata__ appears twice", path);
+    if (!cJSON_IsObject(item))
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: __metadata__ is not a JSON object", path);
+    int m = cJSON_GetArraySize(item);
+    f->metadata_keys = qlab_calloc((size_t)m + 1, sizeof(char *));
+    f->metadata_values = qlab_calloc((size_t)m + 1, sizeof(char *));
+    if (!f->metadata_keys || !f->metadata_values) return QLAB_ERR_NOMEM;
+    const cJSON *kv;
+    cJSON_ArrayForEach(kv, item) {
+        if (!cJSON_IsString(kv))
+            return qlab_fail(QLAB_ERR_FORMAT, "%s: __metadata__ value for '%s' is not a string", path,
+                             kv->string);
+        f->metadata_keys[f->n_metadata] = strdup(kv->string);
+        f->metadata_values[f->n_metadata] = strdup(kv->valuestring);
+        if (!f->metadata_keys[f->n_metadata] || !f->metadata_values[f->n_metadata])
+            return qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory", path);
+        f->n_metadata++;
     }
-    qlab_status st = QLAB_OK;
-    for (const char *p = parse_end; p && p < json + n; p++)
-        if (*p != ' ' && *p != '\n' && *p != '\r' && *p != '\t' && *p != 0) {
-            st = qlab_fail(QLAB_ERR_FORMAT, "%s: header has bytes after the JSON object", path);
-            goto done;
-        }
-    if (!cJSON_IsObject(root)) {
-        st = qlab_fail(QLAB_ERR_FORMAT, "%s: header is not a JSON object", path);
-        goto done;
-    }
+    return QLAB_OK;
+}
+
+/* Every entry of the header object: __metadata__ or a tensor, appended to f->tensors. */
+static qlab_status safetensors_parse_entries(safetensors_file *f, const cJSON *root, uint64_t data_size,
+                                             size_t data_start) {
+    const char *path = f->path;
     int n_items = cJSON_GetArraySize(root);
     f->tensors = qlab_calloc((size_t)n_items + 1, sizeof *f->tensors);
-    if (!f->tensors) {
-        st = QLAB_ERR_NOMEM;
-        goto done;
-    }
+    if (!f->tensors) return QLAB_ERR_NOMEM;
     const cJSON *item;
     cJSON_ArrayForEach(item, root) {
         if (!item->string) continue;
         if (!strcmp(item->string, "__metadata__")) {
-            if (f->metadata_keys) {
-                st = qlab_fail(QLAB_ERR_FORMAT, "%s: __metadata__ appears twice", path);
-                goto done;
-            }
-            if (!cJSON_IsObject(item)) {
-                st = qlab_fail(QLAB_ERR_FORMAT, "%s: __metadata__ is not a JSON object", path);
-                goto done;
-            }
-            int m = cJSON_GetArraySize(item);
-            f->metadata_keys = qlab_calloc((size_t)m + 1, sizeof(char *));
-            f->metadata_values = qlab_calloc((size_t)m + 1, sizeof(char *));
-            if (!f->metadata_keys || !f->metadata_values) {
-                st = QLAB_ERR_NOMEM;
-                goto done;
-            }
-            const cJSON *kv;
-            cJSON_ArrayForEach(kv, item) {
-                if (!cJSON_IsString(kv)) {
-                    st = qlab_fail(QLAB_ERR_FORMAT, "%s: __metadata__ value for '%s' is not a string", path,
-                                   kv->string);
-                    goto done;
-                }
-                f->metadata_keys[f->n_metadata] = strdup(kv->string);
-                f->metadata_values[f->n_metadata] = strdup(kv->valuestring);
-                if (!f->metadata_keys[f->n_metadata] || !f->metadata_values[f->n_metadata]) {
-                    st = qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory", path);
-                    goto done;
-                }
-                f->n_metadata++;
-            }
+            qlab_status st = safetensors_parse_metadata(f, item);
+            if (st != QLAB_OK) return st;
             continue;
         }
         safetensors_tensor *t = &f->tensors[f->n_tensors];
         uint64_t begin = 0, end = 0;
-        st = safetensors_parse_entry(path, item, t, data_size, &begin, &end);
-        if (st != QLAB_OK) goto done;
+        qlab_status st = safetensors_parse_entry(path, item, t, data_size, &begin, &end);
+        if (st != QLAB_OK) return st;
         t->name = strdup(item->string);
-        if (!t->name) {
-            st = qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory", path);
-            goto done;
-        }
+        if (!t->name) return qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory", path);
         t->offset = data_start + (size_t)begin;
         t->data = (const char *)f->map_base + t->offset;
         f->n_tensors++;
     }
+    return QLAB_OK;
+}
 
-    /* Names must be unique (cJSON keeps duplicate keys, so they show up here as neighbours). */
+/* Names must be unique (cJSON keeps duplicate keys, so they show up here as neighbours once sorted). */
+static qlab_status safetensors_check_unique_names(safetensors_file *f) {
     qsort(f->tensors, (size_t)f->n_tensors, sizeof *f->tensors, safetensors_cmp_name);
     for (int i = 1; i < f->n_tensors; i++)
-        if (!strcmp(f->tensors[i - 1].name, f->tensors[i].name)) {
-            st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s' appears twice in the header", path,
-                           f->tensors[i].name);
-            goto done;
-        }
-    /* The tensors must tile [0, data_size) exactly, in offset order. */
+        if (!strcmp(f->tensors[i - 1].name, f->tensors[i].name))
+            return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s' appears twice in the header", f->path,
+                             f->tensors[i].name);
+    return QLAB_OK;
+}
+
+/* The tensors must tile [0, data_size) exactly, in offset order. */
+static qlab_status safetensors_check_tiling(const safetensors_file *f, uint64_t data_size,
+                                            size_t data_start) {
+    const char *path = f->path;
     const safetensors_tensor **order = qlab_calloc((size_t)f->n_tensors + 1, sizeof *order);
-    if (!order) {
-        st = QLAB_ERR_NOMEM;
-        goto done;
-    }
+    if (!order) return QLAB_ERR_NOMEM;
     for (int i = 0; i < f->n_tensors; i++)
         order[i] = &f->tensors[i];
     qsort(order, (size_t)f->n_tensors, sizeof *order, safetensors_cmp_offset);
+    qlab_status st = QLAB_OK;
     uint64_t pos = 0;
     for (int i = 0; i < f->n_tensors && st == QLAB_OK; i++) {
         uint64_t b = order[i]->offset - data_start;
@@ -282,7 +260,29 @@ static qlab_status safetensors_parse_header(safetensors_file *f, const char *jso
                        " (trailing bytes)",
                        path, data_size, pos);
     free(order);
-done:
+    return st;
+}
+
+static qlab_status safetensors_parse_header(safetensors_file *f, const char *json, size_t n,
+                                            uint64_t data_size, size_t data_start) {
+    const char *path = f->path, *parse_end = NULL;
+    size_t bad = safetensors_utf8_error((const unsigned char *)json, n);
+    if (bad < n) return qlab_fail(QLAB_ERR_FORMAT, "%s: header is not valid UTF-8 (byte %zu)", path, bad);
+    cJSON *root = cJSON_ParseWithLengthOpts(json, n, &parse_end, 0);
+    if (!root) {
+        size_t at =
+            cJSON_GetErrorPtr() && cJSON_GetErrorPtr() >= json ? (size_t)(cJSON_GetErrorPtr() - json) : 0;
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: header is not valid JSON (near byte %zu)", path, at);
+    }
+    qlab_status st = QLAB_OK;
+    for (const char *p = parse_end; p && p < json + n && st == QLAB_OK; p++)
+        if (*p != ' ' && *p != '\n' && *p != '\r' && *p != '\t' && *p != 0)
+            st = qlab_fail(QLAB_ERR_FORMAT, "%s: header has bytes after the JSON object", path);
+    if (st == QLAB_OK && !cJSON_IsObject(root))
+        st = qlab_fail(QLAB_ERR_FORMAT, "%s: header is not a JSON object", path);
+    if (st == QLAB_OK) st = safetensors_parse_entries(f, root, data_size, data_start);
+    if (st == QLAB_OK) st = safetensors_check_unique_names(f);
+    if (st == QLAB_OK) st = safetensors_check_tiling(f, data_size, data_start);
     cJSON_Delete(root);
     return st;
 }

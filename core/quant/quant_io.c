@@ -247,6 +247,81 @@ static qlab_status quant_io_check_map(const safetensors_file *f, const char *nam
     return QLAB_OK;
 }
 
+/* quant_type, blocksize, dtype and shape of the quant_state object: fills qt's size fields. */
+static qlab_status quant_io_read_shape(const char *path, const char *name, quant_dtype dt, const cJSON *root,
+                                       quant_tensor *qt) {
+    const cJSON *qtype = cJSON_GetObjectItemCaseSensitive(root, "quant_type");
+    const cJSON *bs = cJSON_GetObjectItemCaseSensitive(root, "blocksize");
+    const cJSON *dtype = cJSON_GetObjectItemCaseSensitive(root, "dtype");
+    const cJSON *shape = cJSON_GetObjectItemCaseSensitive(root, "shape");
+    int64_t v;
+    if (!cJSON_IsString(qtype) || strcmp(qtype->valuestring, quant_dtype_name(dt)) != 0)
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': quant_state quant_type is not \"%s\"", path, name,
+                         quant_dtype_name(dt));
+    if (!quant_io_json_int(bs, 1, QUANT_MAX_BLOCKSIZE * 16, &v))
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': quant_state blocksize missing or not an integer",
+                         path, name);
+    qt->blocksize = (int)v;
+    if (quant_check_blocksize(dt, qt->blocksize) != QLAB_OK)
+        return qlab_fail_context(QLAB_ERR_FORMAT, "%s: tensor '%s'", path, name);
+    if (!cJSON_IsString(dtype))
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': quant_state dtype missing or not a string", path,
+                         name);
+    int ndim = cJSON_IsArray(shape) ? cJSON_GetArraySize(shape) : -1;
+    if (ndim < 1 || ndim > 4)
+        return qlab_fail(QLAB_ERR_FORMAT,
+                         "%s: tensor '%s': quant_state shape must be a list of 1 to 4 integers", path, name);
+    qt->ndim = ndim;
+    qt->n = 1;
+    int i = 0;
+    const cJSON *d;
+    cJSON_ArrayForEach(d, shape) {
+        if (!quant_io_json_int(d, 0, INT64_MAX / 2, &v) || __builtin_mul_overflow(qt->n, v, &qt->n))
+            return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': quant_state shape entry %d is invalid", path,
+                             name, i);
+        qt->shape[i++] = v;
+    }
+    if (qt->n > INT64_MAX / 4)
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': quant_state shape is too large", path, name);
+    qt->nblocks = (qt->n + qt->blocksize - 1) / qt->blocksize;
+    return QLAB_OK;
+}
+
+/* The nested_* keys of a double-quantized tensor, which must come with its nested_absmax tensor and
+ * without it not at all: fills qt's double-quantization fields. */
+static qlab_status quant_io_read_nested(const safetensors_file *f, const char *name, quant_dtype dt,
+                                        const cJSON *root, quant_tensor *qt) {
+    const char *path = f->path;
+    const cJSON *nbs = cJSON_GetObjectItemCaseSensitive(root, "nested_blocksize");
+    const cJSON *noff = cJSON_GetObjectItemCaseSensitive(root, "nested_offset");
+    const cJSON *ndt = cJSON_GetObjectItemCaseSensitive(root, "nested_dtype");
+    char key[QUANT_IO_NAME_MAX + 64];
+    snprintf(key, sizeof key, "%s.nested_absmax", name);
+    int has_nested_tensor = safetensors_find(f, key) != NULL, has_nested_json = nbs || noff || ndt;
+    if (has_nested_tensor != has_nested_json)
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': %s", path, name,
+                         has_nested_tensor ? "nested_absmax present but quant_state has no nested_* keys"
+                                           : "quant_state has nested_* keys but no nested_absmax tensor");
+    qt->double_quant = has_nested_tensor;
+    if (!qt->double_quant) return QLAB_OK;
+    int64_t v;
+    if (!quant_dtype_has_fp32_absmax(dt))
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': double quantization is not defined for %s", path,
+                         name, quant_dtype_name(dt));
+    if (!quant_io_json_int(nbs, 1, INT32_MAX, &v) || v != QUANT_DQ_BLOCKSIZE)
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': nested_blocksize must be %d", path, name,
+                         QUANT_DQ_BLOCKSIZE);
+    if (!cJSON_IsNumber(noff) || !isfinite(noff->valuedouble) || fabs(noff->valuedouble) > 3.4e38)
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': nested_offset missing or not a finite number",
+                         path, name);
+    if (!cJSON_IsString(ndt))
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': nested_dtype missing or not a string", path,
+                         name);
+    qt->dq_offset = (float)noff->valuedouble;
+    qt->dq_nblocks = (qt->nblocks + QUANT_DQ_BLOCKSIZE - 1) / QUANT_DQ_BLOCKSIZE;
+    return QLAB_OK;
+}
+
 static qlab_status quant_io_read_state(const safetensors_file *f, const char *name, quant_dtype dt,
                                        const safetensors_tensor *state, quant_tensor *qt) {
     const char *path = f->path;
@@ -258,94 +333,8 @@ static qlab_status quant_io_read_state(const safetensors_file *f, const char *na
         cJSON_Delete(root);
         return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': quant_state is not a JSON object", path, name);
     }
-    qlab_status st = QLAB_OK;
-    const cJSON *qtype = cJSON_GetObjectItemCaseSensitive(root, "quant_type");
-    const cJSON *bs = cJSON_GetObjectItemCaseSensitive(root, "blocksize");
-    const cJSON *dtype = cJSON_GetObjectItemCaseSensitive(root, "dtype");
-    const cJSON *shape = cJSON_GetObjectItemCaseSensitive(root, "shape");
-    const cJSON *nbs = cJSON_GetObjectItemCaseSensitive(root, "nested_blocksize");
-    const cJSON *noff = cJSON_GetObjectItemCaseSensitive(root, "nested_offset");
-    const cJSON *ndt = cJSON_GetObjectItemCaseSensitive(root, "nested_dtype");
-    int64_t v;
-    if (!cJSON_IsString(qtype) || strcmp(qtype->valuestring, quant_dtype_name(dt)) != 0) {
-        st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': quant_state quant_type is not \"%s\"", path, name,
-                       quant_dtype_name(dt));
-        goto done;
-    }
-    if (!quant_io_json_int(bs, 1, QUANT_MAX_BLOCKSIZE * 16, &v)) {
-        st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': quant_state blocksize missing or not an integer",
-                       path, name);
-        goto done;
-    }
-    qt->blocksize = (int)v;
-    if (quant_check_blocksize(dt, qt->blocksize) != QLAB_OK) {
-        st = qlab_fail_context(QLAB_ERR_FORMAT, "%s: tensor '%s'", path, name);
-        goto done;
-    }
-    if (!cJSON_IsString(dtype)) {
-        st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': quant_state dtype missing or not a string", path,
-                       name);
-        goto done;
-    }
-    int ndim = cJSON_IsArray(shape) ? cJSON_GetArraySize(shape) : -1;
-    if (ndim < 1 || ndim > 4) {
-        st = qlab_fail(QLAB_ERR_FORMAT,
-                       "%s: tensor '%s': quant_state shape must be a list of 1 to 4 integers", path, name);
-        goto done;
-    }
-    qt->ndim = ndim;
-    qt->n = 1;
-    int i = 0;
-    const cJSON *d;
-    cJSON_ArrayForEach(d, shape) {
-        if (!quant_io_json_int(d, 0, INT64_MAX / 2, &v) || __builtin_mul_overflow(qt->n, v, &qt->n)) {
-            st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': quant_state shape entry %d is invalid", path,
-                           name, i);
-            goto done;
-        }
-        qt->shape[i++] = v;
-    }
-    if (qt->n > INT64_MAX / 4) {
-        st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': quant_state shape is too large", path, name);
-        goto done;
-    }
-    qt->nblocks = (qt->n + qt->blocksize - 1) / qt->blocksize;
-
-    char key[QUANT_IO_NAME_MAX + 64];
-    snprintf(key, sizeof key, "%s.nested_absmax", name);
-    int has_nested_tensor = safetensors_find(f, key) != NULL, has_nested_json = nbs || noff || ndt;
-    if (has_nested_tensor != has_nested_json) {
-        st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': %s", path, name,
-                       has_nested_tensor ? "nested_absmax present but quant_state has no nested_* keys"
-                                         : "quant_state has nested_* keys but no nested_absmax tensor");
-        goto done;
-    }
-    qt->double_quant = has_nested_tensor;
-    if (qt->double_quant) {
-        if (!quant_dtype_has_fp32_absmax(dt)) {
-            st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': double quantization is not defined for %s",
-                           path, name, quant_dtype_name(dt));
-            goto done;
-        }
-        if (!quant_io_json_int(nbs, 1, INT32_MAX, &v) || v != QUANT_DQ_BLOCKSIZE) {
-            st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': nested_blocksize must be %d", path, name,
-                           QUANT_DQ_BLOCKSIZE);
-            goto done;
-        }
-        if (!cJSON_IsNumber(noff) || !isfinite(noff->valuedouble) || fabs(noff->valuedouble) > 3.4e38) {
-            st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': nested_offset missing or not a finite number",
-                           path, name);
-            goto done;
-        }
-        if (!cJSON_IsString(ndt)) {
-            st = qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': nested_dtype missing or not a string", path,
-                           name);
-            goto done;
-        }
-        qt->dq_offset = (float)noff->valuedouble;
-        qt->dq_nblocks = (qt->nblocks + QUANT_DQ_BLOCKSIZE - 1) / QUANT_DQ_BLOCKSIZE;
-    }
-done:
+    qlab_status st = quant_io_read_shape(path, name, dt, root, qt);
+    if (st == QLAB_OK) st = quant_io_read_nested(f, name, dt, root, qt);
     cJSON_Delete(root);
     return st;
 }

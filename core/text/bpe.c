@@ -340,18 +340,99 @@ static qlab_status count_word_pairs(trainer *t, uint32_t w, int sign, int64_t fr
     return QLAB_OK;
 }
 
+/* The distinct words seen so far, found by a hash of their bytes; word w is text[start[w], start[w]+len[w]).
+ */
+typedef struct {
+    key_map by_hash;
+    size_t *start, *len;
+} word_table;
+
+/* Counts one occurrence of the word s[ws, we), adding it to t->words when it is new. */
+static qlab_status count_word(trainer *t, word_table *wt, const unsigned char *s, size_t ws, size_t we) {
+    /* Look the word up by a hash of its bytes, comparing bytes to rule out collisions. */
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t k = ws; k < we; k++)
+        h = (h ^ s[k]) * 0x100000001b3ULL;
+    for (;; h++) {
+        int32_t w = key_map_get(&wt->by_hash, h);
+        if (w < 0) {
+            if (t->n_words == t->cap_words) {
+                size_t cap = t->cap_words ? t->cap_words * 2 : 4096;
+                word *nw = realloc(t->words, cap * sizeof *nw);
+                size_t *a = realloc(wt->start, cap * sizeof *a);
+                if (a) wt->start = a;
+                size_t *b = realloc(wt->len, cap * sizeof *b);
+                if (b) wt->len = b;
+                if (nw) t->words = nw;
+                if (!nw || !a || !b || t->n_words >= INT32_MAX - 1) return OOM();
+                t->cap_words = cap;
+            }
+            w = (int32_t)t->n_words++;
+            t->words[w] = (word){NULL, 0, 0, 0};
+            wt->start[w] = ws;
+            wt->len[w] = we - ws;
+            if (!key_map_put(&wt->by_hash, h, w)) return OOM();
+        }
+        if (wt->len[w] == we - ws && !memcmp(s + wt->start[w], s + ws, we - ws)) {
+            t->words[w].count++;
+            return QLAB_OK;
+        }
+    }
+}
+
+/* Counts one occurrence of the n-byte character at text, making it a symbol (and growing *counts) when it
+ * is new. */
+static qlab_status count_char(trainer *t, key_map *chars, int64_t **counts, size_t *cap_counts,
+                              const char *text, int n) {
+    uint32_t key = 0;
+    memcpy(&key, text, (size_t)n);
+    int32_t c = key_map_get(chars, key);
+    if (c < 0) {
+        c = add_symbol(t, text, n, char_class((const unsigned char *)text, n));
+        if (c < 0 || !key_map_put(chars, key, c)) return OOM();
+        if ((size_t)c >= *cap_counts) {
+            size_t cap = *cap_counts ? *cap_counts * 2 : 256;
+            int64_t *p = realloc(*counts, cap * sizeof *p);
+            if (!p) return OOM();
+            memset(p + *cap_counts, 0, (cap - *cap_counts) * sizeof *p);
+            *counts = p;
+            *cap_counts = cap;
+        }
+    }
+    (*counts)[c]++;
+    return QLAB_OK;
+}
+
+/* Turns each distinct word into its character symbols. */
+static qlab_status spell_words(trainer *t, const word_table *wt, const key_map *chars, const unsigned char *s,
+                               size_t len) {
+    for (size_t w = 0; w < t->n_words; w++) {
+        word *wd = &t->words[w];
+        wd->symbols = malloc(wt->len[w] * sizeof *wd->symbols);
+        if (!wd->symbols) return OOM();
+        for (size_t k = wt->start[w]; k < wt->start[w] + wt->len[w];) {
+            int n = utf8_length(s + k, len - k);
+            uint32_t key = 0;
+            memcpy(&key, s + k, (size_t)n);
+            wd->symbols[wd->len++] = (uint32_t)key_map_get(chars, key);
+            k += (size_t)n;
+        }
+    }
+    return QLAB_OK;
+}
+
 /* Splits the text into distinct words (a space starts a word; a newline or an invalid byte ends one) and
  * counts them and the characters. Characters become symbols 0..n-1 in order of first appearance. */
 static qlab_status collect_words(trainer *t, const char *text, size_t len, int64_t **char_counts,
                                  int64_t *loose_units) {
-    key_map chars = {0}, words_by_hash = {0};
+    key_map chars = {0};
+    word_table wt = {{0}, NULL, NULL};
     int64_t *counts = NULL;
     size_t cap_counts = 0;
-    size_t *word_start = NULL, *word_len = NULL;
     qlab_status st = QLAB_OK;
-    if (!key_map_init(&chars, 1024) || !key_map_init(&words_by_hash, 1 << 16)) {
+    if (!key_map_init(&chars, 1024) || !key_map_init(&wt.by_hash, 1 << 16)) {
         key_map_free(&chars);
-        key_map_free(&words_by_hash);
+        key_map_free(&wt.by_hash);
         return OOM();
     }
     const unsigned char *s = (const unsigned char *)text;
@@ -360,72 +441,18 @@ static qlab_status collect_words(trainer *t, const char *text, size_t len, int64
         int n = i < len ? utf8_length(s + i, len - i) : 0;
         int ends_word = i == len || n == 0 || s[i] == '\n' || s[i] == ' ';
         if (ends_word && we > ws) {
-            /* Look the word up by a hash of its bytes, comparing bytes to rule out collisions. */
-            uint64_t h = 0xcbf29ce484222325ULL;
-            for (size_t k = ws; k < we; k++)
-                h = (h ^ s[k]) * 0x100000001b3ULL;
-            for (;; h++) {
-                int32_t w = key_map_get(&words_by_hash, h);
-                if (w < 0) {
-                    if (t->n_words == t->cap_words) {
-                        size_t cap = t->cap_words ? t->cap_words * 2 : 4096;
-                        word *nw = realloc(t->words, cap * sizeof *nw);
-                        size_t *a = realloc(word_start, cap * sizeof *a);
-                        if (a) word_start = a;
-                        size_t *b = realloc(word_len, cap * sizeof *b);
-                        if (b) word_len = b;
-                        if (nw) t->words = nw;
-                        if (!nw || !a || !b || t->n_words >= INT32_MAX - 1) {
-                            st = OOM();
-                            break;
-                        }
-                        t->cap_words = cap;
-                    }
-                    w = (int32_t)t->n_words++;
-                    t->words[w] = (word){NULL, 0, 0, 0};
-                    word_start[w] = ws;
-                    word_len[w] = we - ws;
-                    if (!key_map_put(&words_by_hash, h, w)) {
-                        st = OOM();
-                        break;
-                    }
-                }
-                if (word_len[w] == we - ws && !memcmp(s + word_start[w], s + ws, we - ws)) {
-                    t->words[w].count++;
-                    break;
-                }
-            }
+            st = count_word(t, &wt, s, ws, we);
             ws = we = i;
         }
-        if (i == len) break;
+        if (i == len || st != QLAB_OK) break;
         if (n == 0) { /* an invalid byte: byte fallback, never part of a word */
             (*loose_units)++;
             i++;
             ws = we = i;
             continue;
         }
-        uint32_t key = 0;
-        memcpy(&key, s + i, (size_t)n);
-        int32_t c = key_map_get(&chars, key);
-        if (c < 0) {
-            c = add_symbol(t, text + i, n, char_class(s + i, n));
-            if (c < 0 || !key_map_put(&chars, key, c)) {
-                st = OOM();
-                break;
-            }
-            if ((size_t)c >= cap_counts) {
-                size_t cap = cap_counts ? cap_counts * 2 : 256;
-                int64_t *p = realloc(counts, cap * sizeof *p);
-                if (!p) {
-                    st = OOM();
-                    break;
-                }
-                memset(p + cap_counts, 0, (cap - cap_counts) * sizeof *p);
-                counts = p;
-                cap_counts = cap;
-            }
-        }
-        counts[c]++;
+        st = count_char(t, &chars, &counts, &cap_counts, text + i, n);
+        if (st != QLAB_OK) break;
         if (s[i] == '\n') {
             (*loose_units)++;
             i++;
@@ -436,26 +463,11 @@ static qlab_status collect_words(trainer *t, const char *text, size_t len, int64
             we = i;
         }
     }
-    /* Turn each distinct word into its character symbols. */
-    for (size_t w = 0; w < t->n_words && st == QLAB_OK; w++) {
-        word *wd = &t->words[w];
-        wd->symbols = malloc(word_len[w] * sizeof *wd->symbols);
-        if (!wd->symbols) {
-            st = OOM();
-            break;
-        }
-        for (size_t k = word_start[w]; k < word_start[w] + word_len[w];) {
-            int n = utf8_length(s + k, len - k);
-            uint32_t key = 0;
-            memcpy(&key, s + k, (size_t)n);
-            wd->symbols[wd->len++] = (uint32_t)key_map_get(&chars, key);
-            k += (size_t)n;
-        }
-    }
+    if (st == QLAB_OK) st = spell_words(t, &wt, &chars, s, len);
     key_map_free(&chars);
-    key_map_free(&words_by_hash);
-    free(word_start);
-    free(word_len);
+    key_map_free(&wt.by_hash);
+    free(wt.start);
+    free(wt.len);
     if (st != QLAB_OK) {
         free(counts);
         return st;
@@ -544,6 +556,91 @@ static qlab_status set_piece(bpe_vocab *v, int id, const char *bytes, int len, f
     return QLAB_OK;
 }
 
+/* Initial pair counts, then the heap with one entry per pair. */
+static qlab_status count_initial_pairs(trainer *t) {
+    u32_list queued = {NULL, 0, 0};
+    qlab_status st = QLAB_OK;
+    for (size_t w = 0; w < t->n_words && st == QLAB_OK; w++)
+        st = count_word_pairs(t, (uint32_t)w, +1, -1, 0, &queued);
+    free(queued.data);
+    for (size_t p = 0; p < t->n_pairs && st == QLAB_OK; p++)
+        if (t->pairs[p].count > 0 && !heap_push(t, t->pairs[p].count, (int32_t)p)) st = OOM();
+    return st;
+}
+
+/* The most frequent pair, skipping stale heap entries, or -1 when no pair is left. */
+static qlab_status pop_best_pair(trainer *t, int32_t *best) {
+    *best = -1;
+    while (t->n_heap > 0) {
+        heap_entry e = heap_pop(t);
+        int64_t now = t->pairs[e.pair].count;
+        if (now == e.count) {
+            *best = e.pair;
+            return QLAB_OK;
+        }
+        /* Stale: the count fell since this entry was pushed. */
+        if (now > 0 && !heap_push(t, now, e.pair)) return OOM();
+    }
+    return QLAB_OK;
+}
+
+/* Makes n_merges new pieces, most frequent pair first; merged[m] is the symbol of piece m. */
+static qlab_status run_merges(trainer *t, int n_merges, int vocab_size, int n_chars, uint32_t *merged) {
+    for (int m = 0, step = 1; m < n_merges; step++) {
+        int32_t best = -1;
+        QLAB_TRY(pop_best_pair(t, &best));
+        if (best < 0)
+            return qlab_fail(QLAB_ERR_ARG,
+                             "bpe: the text has only enough pairs for %d merges, vocab size %d needs %d (at "
+                             "most %d for this text)",
+                             m, vocab_size, n_merges, BPE_N_BASE + n_chars + m);
+        int is_new = 0;
+        QLAB_TRY(apply_merge(t, best, (uint32_t)step, &merged[m], &is_new));
+        m += is_new;
+    }
+    return QLAB_OK;
+}
+
+/* Lays the vocabulary out as tok512.bin does: specials, the 256 bytes, the merges in order, then the
+ * characters by falling count. */
+static qlab_status lay_out_vocab(bpe_vocab *out, const trainer *t, const uint32_t *merged,
+                                 const int64_t *char_counts, int vocab_size, int n_merges, int n_chars) {
+    out->n_pieces = vocab_size;
+    out->n_merges = n_merges;
+    out->n_chars = n_chars;
+    out->pieces = calloc((size_t)vocab_size, sizeof *out->pieces);
+    out->lengths = calloc((size_t)vocab_size, sizeof *out->lengths);
+    out->scores = calloc((size_t)vocab_size, sizeof *out->scores);
+    uint32_t *char_order = malloc(((size_t)n_chars + 1) * sizeof *char_order);
+    if (!out->pieces || !out->lengths || !out->scores || !char_order) {
+        free(char_order);
+        return OOM();
+    }
+    qlab_status st = QLAB_OK;
+    static const char *const specials[BPE_N_SPECIAL] = {"<unk>", "\n<s>\n", "\n</s>\n"};
+    for (int i = 0; i < BPE_N_SPECIAL && st == QLAB_OK; i++)
+        st = set_piece(out, i, specials[i], (int)strlen(specials[i]), 0.0f);
+    for (int b = 0; b < 256 && st == QLAB_OK; b++) {
+        char name[8];
+        snprintf(name, sizeof name, "<0x%02X>", b);
+        st = set_piece(out, BPE_N_SPECIAL + b, name, 6, 0.0f);
+    }
+    for (int m = 0; m < n_merges && st == QLAB_OK; m++) {
+        const symbol *s = &t->symbols[merged[m]];
+        st = set_piece(out, BPE_N_BASE + m, s->bytes, s->len, -(float)m);
+    }
+    for (int c = 0; c < n_chars; c++)
+        char_order[c] = (uint32_t)c;
+    sort_ctx = (char_order_ctx){t, char_counts};
+    qsort(char_order, (size_t)n_chars, sizeof *char_order, by_count_then_bytes);
+    for (int c = 0; c < n_chars && st == QLAB_OK; c++) {
+        const symbol *s = &t->symbols[char_order[c]];
+        st = set_piece(out, BPE_N_BASE + n_merges + c, s->bytes, s->len, -(float)(n_merges + c));
+    }
+    free(char_order);
+    return st;
+}
+
 qlab_status bpe_train(const char *text, size_t len, int vocab_size, bpe_vocab *out) {
     memset(out, 0, sizeof *out);
     if (!text && len) return qlab_fail(QLAB_ERR_ARG, "bpe: no text");
@@ -552,7 +649,7 @@ qlab_status bpe_train(const char *text, size_t len, int vocab_size, bpe_vocab *o
     trainer t;
     memset(&t, 0, sizeof t);
     int64_t *char_counts = NULL;
-    uint32_t *char_order = NULL;
+    uint32_t *merged = NULL;
     qlab_status st = QLAB_OK;
     if (!key_map_init(&t.pair_index, 1 << 12) || !key_map_init(&t.symbol_index, 1 << 12)) {
         st = OOM();
@@ -570,98 +667,22 @@ qlab_status bpe_train(const char *text, size_t len, int vocab_size, bpe_vocab *o
         goto done;
     }
     int n_merges = vocab_size - BPE_N_BASE - n_chars;
-
-    /* Initial pair counts, then the heap with one entry per pair. */
-    {
-        u32_list queued = {NULL, 0, 0};
-        for (size_t w = 0; w < t.n_words && st == QLAB_OK; w++)
-            st = count_word_pairs(&t, (uint32_t)w, +1, -1, 0, &queued);
-        free(queued.data);
-        for (size_t p = 0; p < t.n_pairs && st == QLAB_OK; p++)
-            if (t.pairs[p].count > 0 && !heap_push(&t, t.pairs[p].count, (int32_t)p)) st = OOM();
-        if (st != QLAB_OK) goto done;
-    }
-
-    uint32_t *merged = malloc(((size_t)n_merges + 1) * sizeof *merged);
+    st = count_initial_pairs(&t);
+    if (st != QLAB_OK) goto done;
+    merged = malloc(((size_t)n_merges + 1) * sizeof *merged);
     if (!merged) {
         st = OOM();
         goto done;
     }
-    for (int m = 0, step = 1; m < n_merges; step++) {
-        int32_t best = -1;
-        while (t.n_heap > 0) {
-            heap_entry e = heap_pop(&t);
-            int64_t now = t.pairs[e.pair].count;
-            if (now == e.count) {
-                best = e.pair;
-                break;
-            }
-            /* Stale: the count fell since this entry was pushed. */
-            if (now > 0 && !heap_push(&t, now, e.pair)) {
-                st = OOM();
-                break;
-            }
-        }
-        if (st != QLAB_OK) break;
-        if (best < 0) {
-            st = qlab_fail(
-                QLAB_ERR_ARG,
-                "bpe: the text has only enough pairs for %d merges, vocab size %d needs %d (at most "
-                "%d for this text)",
-                m, vocab_size, n_merges, BPE_N_BASE + n_chars + m);
-            break;
-        }
-        int is_new = 0;
-        st = apply_merge(&t, best, (uint32_t)step, &merged[m], &is_new);
-        if (st != QLAB_OK) break;
-        m += is_new;
-    }
-    if (st != QLAB_OK) {
-        free(merged);
-        goto done;
-    }
-
+    st = run_merges(&t, n_merges, vocab_size, n_chars, merged);
+    if (st != QLAB_OK) goto done;
     out->n_train_tokens = loose_units;
     for (size_t w = 0; w < t.n_words; w++)
         out->n_train_tokens += t.words[w].len * t.words[w].count;
-
-    /* Lay the vocabulary out as tok512.bin does. */
-    out->n_pieces = vocab_size;
-    out->n_merges = n_merges;
-    out->n_chars = n_chars;
-    out->pieces = calloc((size_t)vocab_size, sizeof *out->pieces);
-    out->lengths = calloc((size_t)vocab_size, sizeof *out->lengths);
-    out->scores = calloc((size_t)vocab_size, sizeof *out->scores);
-    char_order = malloc(((size_t)n_chars + 1) * sizeof *char_order);
-    if (!out->pieces || !out->lengths || !out->scores || !char_order) {
-        free(merged);
-        st = OOM();
-        goto done;
-    }
-    static const char *const specials[BPE_N_SPECIAL] = {"<unk>", "\n<s>\n", "\n</s>\n"};
-    for (int i = 0; i < BPE_N_SPECIAL && st == QLAB_OK; i++)
-        st = set_piece(out, i, specials[i], (int)strlen(specials[i]), 0.0f);
-    for (int b = 0; b < 256 && st == QLAB_OK; b++) {
-        char name[8];
-        snprintf(name, sizeof name, "<0x%02X>", b);
-        st = set_piece(out, BPE_N_SPECIAL + b, name, 6, 0.0f);
-    }
-    for (int m = 0; m < n_merges && st == QLAB_OK; m++) {
-        const symbol *s = &t.symbols[merged[m]];
-        st = set_piece(out, BPE_N_BASE + m, s->bytes, s->len, -(float)m);
-    }
-    free(merged);
-    for (int c = 0; c < n_chars; c++)
-        char_order[c] = (uint32_t)c;
-    sort_ctx = (char_order_ctx){&t, char_counts};
-    qsort(char_order, (size_t)n_chars, sizeof *char_order, by_count_then_bytes);
-    for (int c = 0; c < n_chars && st == QLAB_OK; c++) {
-        const symbol *s = &t.symbols[char_order[c]];
-        st = set_piece(out, BPE_N_BASE + n_merges + c, s->bytes, s->len, -(float)(n_merges + c));
-    }
+    st = lay_out_vocab(out, &t, merged, char_counts, vocab_size, n_merges, n_chars);
 done:
+    free(merged);
     free(char_counts);
-    free(char_order);
     trainer_free(&t);
     if (st != QLAB_OK) bpe_free(out);
     return st;
