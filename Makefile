@@ -117,8 +117,9 @@ help: ## List the targets
 	@echo "Variables: BUILD=dir (default build), CONFIG=path (experiment config), OMP_NUM_THREADS=n,"
 	@echo "           CUDA=1 (link the CUDA kernels into every program; builds in build-cuda/)"
 
+# clang + libclang-rt-14-dev (Debian 12: libFuzzer and the sanitizer runtimes of clang 14) are for make fuzz.
 deps: ## Install the Debian/Ubuntu packages qlab needs (safe to run twice)
-	@pkgs="build-essential pkg-config libcjson-dev libhdf5-dev hdf5-tools gnuplot-nox libopenblas-dev libopenblas-openmp-dev zlib1g-dev curl ca-certificates clang-format"; \
+	@pkgs="build-essential pkg-config libcjson-dev libhdf5-dev hdf5-tools gnuplot-nox libopenblas-dev libopenblas-openmp-dev zlib1g-dev curl ca-certificates clang-format clang libclang-rt-14-dev"; \
 	missing=""; for p in $$pkgs; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then echo "deps: all packages present"; exit 0; fi; \
 	echo "deps: installing$$missing"; \

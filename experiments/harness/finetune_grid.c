@@ -552,9 +552,9 @@ qlab_status finetune_grid_seeds(const config *cfg, int64_t **seeds, int *n) {
         s[i] = config_int_at(cfg, "seeds", i);
         for (int j = 0; j < i; j++)
             if (s[j] == s[i]) {
+                long long twice = (long long)s[i];
                 free(s);
-                return qlab_fail(QLAB_ERR_ARG, "%s: key 'seeds' lists %lld twice", config_path(cfg),
-                                 (long long)s[i]);
+                return qlab_fail(QLAB_ERR_ARG, "%s: key 'seeds' lists %lld twice", config_path(cfg), twice);
             }
     }
     *seeds = s, *n = count;
