@@ -86,6 +86,9 @@ static int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "qlab generate: --top-p %g must be in (0, 1]\n", top_p);
         return 2;
     }
+    quant_dtype dt = QUANT_NF4;
+    if (dtype_name && !cli_parse_dtype("generate", dtype_name, &dt)) return 2;
+    if (dtype_name && !cli_check_blocksize("generate", dt, bs ? bs : quant_default_blocksize(dt))) return 2;
     model *m = NULL;
     lora_set *lora = NULL;
     tokenizer *tok = NULL;
@@ -94,8 +97,6 @@ static int cmd_generate(int argc, char **argv) {
     char *text = NULL;
     if (checkpoint_load(model_path, &m) != QLAB_OK || tokenizer_load(tok_path, &tok) != QLAB_OK) goto out;
     if (dtype_name) {
-        quant_dtype dt;
-        if (quant_dtype_parse(dtype_name, &dt) != QLAB_OK) goto out;
         if (model_quantize(m, dt, bs ? (int)bs : quant_default_blocksize(dt), dq) != QLAB_OK) goto out;
     }
     if (adapter && cli_load_adapters(adapter, m, &lora) != QLAB_OK) goto out;

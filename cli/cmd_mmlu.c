@@ -193,9 +193,9 @@ static int cmd_mmlu(int argc, char **argv) {
     }
     if (!tok_path) tok_path = model_path; /* a GGUF file carries its tokenizer */
     quant_dtype dt = QUANT_NF4;
-    if (dtype_name && quant_dtype_parse(dtype_name, &dt) != QLAB_OK) return qlab_report_error("qlab mmlu");
+    if (dtype_name && !cli_parse_dtype("mmlu", dtype_name, &dt)) return 2;
     if (dtype_name && !bs) bs = quant_default_blocksize(dt);
-    if (dtype_name && quant_check_blocksize(dt, (int)bs) != QLAB_OK) return qlab_report_error("qlab mmlu");
+    if (dtype_name && !cli_check_blocksize("mmlu", dt, bs)) return 2;
     if (!dtype_name && (bs || dq)) {
         fprintf(stderr, "qlab mmlu: --blocksize and --double-quant need --dtype\n");
         return 2;
@@ -232,6 +232,12 @@ static int cmd_mmlu(int argc, char **argv) {
     mmlu_scoring_describe(tok, &sc, scoring, sizeof scoring);
     if (mmlu_eval_count(&opt, &n_questions) != QLAB_OK) goto out;
     if (checkpoint_load(model_path, &m) != QLAB_OK) goto out;
+    if (tokenizer_vocab_size(tok) > model_get_config(m)->vocab_size) {
+        qlab_fail(QLAB_ERR_ARG,
+                  "tokenizer %s has %d tokens but model %s only %d: they do not belong together", tok_path,
+                  tokenizer_vocab_size(tok), model_path, model_get_config(m)->vocab_size);
+        goto out;
+    }
     if (dtype_name) {
         if (model_quantize(m, dt, (int)bs, dq) != QLAB_OK) goto out;
         snprintf(qdesc, sizeof qdesc, "%s, block %ld%s", quant_dtype_name(dt), bs,

@@ -11,6 +11,7 @@
 #include "core/model/model.h"
 #include "eval/ppl.h"
 #include "core/quant/quant.h"
+#include "core/text/tokenizer.h"
 #include "eval/tokens.h"
 
 static void ppl_usage(FILE *f) {
@@ -161,9 +162,9 @@ static int cmd_ppl(int argc, char **argv) {
         return 2;
     }
     quant_dtype dt = QUANT_NF4;
-    if (dtype_name && quant_dtype_parse(dtype_name, &dt) != QLAB_OK) return qlab_report_error("qlab ppl");
+    if (dtype_name && !cli_parse_dtype("ppl", dtype_name, &dt)) return 2;
     if (dtype_name && !bs) bs = quant_default_blocksize(dt);
-    if (dtype_name && quant_check_blocksize(dt, (int)bs) != QLAB_OK) return qlab_report_error("qlab ppl");
+    if (dtype_name && !cli_check_blocksize("ppl", dt, bs)) return 2;
     if (!dtype_name && (bs || dq)) {
         fprintf(stderr, "qlab ppl: --blocksize and --double-quant need --dtype\n");
         return 2;
@@ -178,6 +179,18 @@ static int cmd_ppl(int argc, char **argv) {
     checkpoint_format fmt = CHECKPOINT_UNKNOWN;
     if (!tok_path && data && checkpoint_detect(model_path, &fmt) == QLAB_OK && fmt == CHECKPOINT_GGUF)
         tok_path = model_path; /* the tokenizer embedded in the GGUF */
+    if (data && tok_path) { /* a tokenizer larger than the model is refused as in generate, mmlu, finetune */
+        tokenizer *tok = NULL;
+        if (tokenizer_load(tok_path, &tok) != QLAB_OK) goto out;
+        int tok_n = tokenizer_vocab_size(tok);
+        tokenizer_free(tok);
+        if (tok_n > model_get_config(m)->vocab_size) {
+            qlab_fail(QLAB_ERR_ARG,
+                      "tokenizer %s has %d tokens but model %s only %d: they do not belong together",
+                      tok_path, tok_n, model_path, model_get_config(m)->vocab_size);
+            goto out;
+        }
+    }
     if (eval_load_tokens(data, tokens_path, tok_path, &ids, &n) != QLAB_OK) goto out;
     const model_config *cfg = model_get_config(m);
     const char *data_name = data ? data : tokens_path;

@@ -124,10 +124,7 @@ static int cmd_quant(int argc, char **argv) {
     }
     if (!two_files("quant", "IN.npy and OUT.safetensors", npos)) return CMD_QUANT_EXIT_USAGE;
     quant_dtype dt;
-    if (quant_dtype_parse(dtype_text, &dt) != QLAB_OK) {
-        fprintf(stderr, "qlab quant: --dtype: %s\n", qlab_last_error());
-        return CMD_QUANT_EXIT_USAGE;
-    }
+    if (!cli_parse_dtype("quant", dtype_text, &dt)) return CMD_QUANT_EXIT_USAGE;
     long blocksize = quant_default_blocksize(dt);
     if (blocksize_text &&
         !cli_parse_int("quant", "--blocksize", blocksize_text, 1, QUANT_MAX_BLOCKSIZE, &blocksize))

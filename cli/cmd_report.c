@@ -407,7 +407,7 @@ static int cmd_report(int argc, char **argv) {
     }
 
     results_file f;
-    if (results_read(input, &f) != QLAB_OK) return qlab_report_error("qlab report");
+    if (results_read_checked(input, &f) != QLAB_OK) return qlab_report_error("qlab report");
     int rc = 1;
     text_buffer b = {0};
     const char *experiment = attr_or(&f, "experiment", "");

@@ -283,9 +283,11 @@ static qlab_status run(const config *cfg, const char *out_path, int argc, char *
             mmlu_limit = config_int(cfg, "mmlu_limit"), mmlu_max_len = config_int(cfg, "mmlu_max_len");
     int n_sets = config_array_length(cfg, "datasets");
     if (base_opt.lora.rank < 1 || base_opt.lora.rank > 4096)
-        return qlab_fail(QLAB_ERR_ARG, "%s: key 'rank' must be from 1 to 4096", path);
+        return qlab_fail(QLAB_ERR_ARG, "%s: key 'rank' must be from 1 to 4096",
+                         config_key_origin(cfg, "rank"));
     if (n_sets < 2 || n_sets > MAX_SETS)
-        return qlab_fail(QLAB_ERR_ARG, "%s: key 'datasets' needs 2 to %d entries", path, MAX_SETS);
+        return qlab_fail(QLAB_ERR_ARG, "%s: key 'datasets' needs 2 to %d entries",
+                         config_key_origin(cfg, "datasets"), MAX_SETS);
     if (n_rouge < 1 || n_rouge > n_heldout || gen_tokens < 1 || gen_tokens >= row_len / 2 || mmlu_limit < 0 ||
         mmlu_max_len < 32)
         return qlab_fail(QLAB_ERR_ARG,

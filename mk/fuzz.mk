@@ -17,7 +17,7 @@ ASAN_BUILD   := build-asan
 fuzz: ## libFuzzer+ASan/UBSan on every parser, FUZZ_SECONDS each (default 60); prints executions and findings per target
 	@command -v clang >/dev/null 2>&1 || { echo "fuzz: clang not found: run 'make deps'" >&2; exit 1; }
 	@$(MAKE) --no-print-directory BUILD=$(FUZZ_BUILD) CC=clang CI= \
-	  CFLAGS="$(SAN_FLAGS) -fsanitize=fuzzer-no-link" LDLIBS="$(SAN_FLAGS)" fuzz-build
+	  CFLAGS="$(SAN_FLAGS) -fsanitize=fuzzer-no-link" fuzz-build
 	@tests/fuzz/run_fuzz.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 # Inside the build-fuzz make (BUILD=build-fuzz CC=clang): the targets link libFuzzer's main.
@@ -38,7 +38,7 @@ fuzz-seeds: $(BUILD)/fuzz/make_seeds ## Rewrite the committed fuzz seeds in test
 	$(BUILD)/fuzz/make_seeds tests/fuzz/corpus
 
 test-asan: ## The whole test suite built with -fsanitize=address,undefined in build-asan/ and run (ends like make test)
-	@$(MAKE) --no-print-directory BUILD=$(ASAN_BUILD) CFLAGS="$(SAN_FLAGS)" LDLIBS="$(SAN_FLAGS)" all \
+	@$(MAKE) --no-print-directory BUILD=$(ASAN_BUILD) CFLAGS="$(SAN_FLAGS)" all \
 	  $(patsubst tests/%.c,$(ASAN_BUILD)/tests/%,$(TEST_SRCS)) $(patsubst $(BUILD)/%,$(ASAN_BUILD)/%,$(SCRIPT_TESTS))
 	@ASAN_OPTIONS=$${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0} UBSAN_OPTIONS=$${UBSAN_OPTIONS:-print_stacktrace=1} \
 	  QLAB_QUIET=1 QLAB_BUILD=$(ASAN_BUILD) QLAB_TEST_TIMEOUT=$${QLAB_TEST_TIMEOUT:-2700} \

@@ -20,7 +20,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static char fuzz_dir_path[256];
 
-static void fuzz_cleanup(void) {
+static inline void fuzz_cleanup(void) {
     char cmd[300];
     if (!fuzz_dir_path[0]) return;
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", fuzz_dir_path);
@@ -28,7 +28,7 @@ static void fuzz_cleanup(void) {
 }
 
 /* The per-process folder (created on first use). */
-static const char *fuzz_dir(const char *target) {
+static inline const char *fuzz_dir(const char *target) {
     if (!fuzz_dir_path[0]) {
         snprintf(fuzz_dir_path, sizeof fuzz_dir_path, "/tmp/qlab-fuzz-%s-%ld", target, (long)getpid());
         if (mkdir(fuzz_dir_path, 0700) != 0) {
@@ -41,7 +41,8 @@ static const char *fuzz_dir(const char *target) {
 }
 
 /* Writes bytes to <dir>/<name> (replacing it) and returns the path in a static buffer of the given slot. */
-static const char *fuzz_write(const char *target, const char *name, const void *data, size_t size, int slot) {
+static inline const char *fuzz_write(const char *target, const char *name, const void *data, size_t size,
+                                     int slot) {
     static char paths[FUZZ_MAX_PARTS + 2][512];
     char *p = paths[slot];
     snprintf(p, sizeof paths[0], "%s/%s", fuzz_dir(target), name);
@@ -53,14 +54,14 @@ static const char *fuzz_write(const char *target, const char *name, const void *
     return p;
 }
 
-static void fuzz_remove(const char *target, const char *name) {
+static inline void fuzz_remove(const char *target, const char *name) {
     char p[512];
     snprintf(p, sizeof p, "%s/%s", fuzz_dir(target), name);
     unlink(p);
 }
 
 /* Splits data at FUZZ_SEP into at most max parts (the last part keeps any further separators). */
-static int fuzz_split(const uint8_t *data, size_t size, const uint8_t **parts, size_t *lens, int max) {
+static inline int fuzz_split(const uint8_t *data, size_t size, const uint8_t **parts, size_t *lens, int max) {
     const size_t seplen = sizeof FUZZ_SEP - 1;
     int n = 0;
     size_t start = 0;
@@ -77,6 +78,32 @@ static int fuzz_split(const uint8_t *data, size_t size, const uint8_t **parts, s
     parts[n] = data + start;
     lens[n++] = size - start;
     return n;
+}
+
+/* One ustar header + the data + padding + the two zero end blocks. */
+static inline unsigned char *fuzz_tar_wrap(const char *member, const uint8_t *data, size_t size,
+                                           size_t *out_len) {
+    size_t padded = (size + 511) / 512 * 512;
+    size_t total = 512 + padded + 1024;
+    unsigned char *t = calloc(total, 1);
+    if (!t) abort();
+    snprintf((char *)t, 100, "%s", member);
+    memcpy(t + 100, "0000644", 8);
+    memcpy(t + 108, "0000000", 8);
+    memcpy(t + 116, "0000000", 8);
+    snprintf((char *)t + 124, 12, "%011lo", (unsigned long)size);
+    memcpy(t + 136, "00000000000", 12);
+    t[156] = '0';
+    memcpy(t + 257, "ustar", 6);
+    memcpy(t + 263, "00", 2);
+    memset(t + 148, ' ', 8);
+    unsigned sum = 0;
+    for (int i = 0; i < 512; i++)
+        sum += t[i];
+    snprintf((char *)t + 148, 8, "%06o", sum);
+    memcpy(t + 512, data, size);
+    *out_len = total;
+    return t;
 }
 
 #endif

@@ -28,18 +28,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     config *c = NULL;
     const int nkeys = (int)(sizeof keys / sizeof keys[0]);
-    if (config_parse(&c, text[0], "fuzz.json", keys, nkeys, (const char *const *)text + 1, n - 1) == QLAB_OK) {
+    if (config_parse(&c, text[0], "fuzz.json", keys, nkeys, (const char *const *)text + 1, n - 1) ==
+        QLAB_OK) {
         (void)config_int(c, "seed");
         (void)config_double(c, "lr");
         (void)config_bool(c, "double_quant");
         (void)config_string(c, "name");
-        for (int i = 0; i < config_array_length(c, "dtypes"); i++) (void)config_string_at(c, "dtypes", i);
-        for (int i = 0; i < config_array_length(c, "blocksizes"); i++) (void)config_int_at(c, "blocksizes", i);
-        for (int i = 0; i < config_array_length(c, "fractions"); i++) (void)config_number_at(c, "fractions", i);
+        for (int i = 0; i < config_array_length(c, "dtypes"); i++)
+            (void)config_string_at(c, "dtypes", i);
+        for (int i = 0; i < config_array_length(c, "blocksizes"); i++)
+            (void)config_int_at(c, "blocksizes", i);
+        for (int i = 0; i < config_array_length(c, "fractions"); i++)
+            (void)config_number_at(c, "fractions", i);
         (void)config_object(c, "models");
         (void)config_effective_json(c);
         config_free(c);
     }
-    for (int i = 0; i < n; i++) free(text[i]);
+    for (int i = 0; i < n; i++)
+        free(text[i]);
     return 0;
 }

@@ -23,7 +23,8 @@ static tokenizer *byte_tokenizer(void) {
     pieces[n++] = "##";
     pieces[n++] = " Human";
     pieces[n++] = " Assistant";
-    for (int i = 0; i < n; i++) scores[i] = i < 259 ? 0.0f : (float)-i;
+    for (int i = 0; i < n; i++)
+        scores[i] = i < 259 ? 0.0f : (float)-i;
     const char *path = fuzz_write("instruct", "tok.bin", "", 0, 1);
     if (tokenizer_save_bin(path, n, pieces, scores, 16) != QLAB_OK || tokenizer_load(path, &tok) != QLAB_OK) {
         fprintf(stderr, "fuzz_instruct: %s\n", qlab_last_error());
@@ -43,6 +44,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     (void)finetune_data_detect(path, &fmt);
     finetune_data_options o = {.max_len = 64, .train_on_source = (int)(size & 1)};
     instruct_examples e;
-    if (finetune_data_load(path, FINETUNE_DATA_AUTO, tok, &o, &e, &fmt) == QLAB_OK) instruct_examples_free(&e);
+    if (finetune_data_load(path, FINETUNE_DATA_AUTO, tok, &o, &e, &fmt) == QLAB_OK)
+        instruct_examples_free(&e);
     return 0;
 }

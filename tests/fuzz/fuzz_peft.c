@@ -19,8 +19,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char *base = NULL;
     if (lora_read_peft_config(dir, &lc, &base) == QLAB_OK) free(base);
     /* The shape the seeds were written for (tests/fuzz/make_seeds.c). */
-    model_config mc = {.dim = 16, .hidden_dim = 32, .n_layers = 2, .n_heads = 2, .n_kv_heads = 1,
-                       .vocab_size = 32, .seq_len = 16, .norm_eps = 1e-5f, .rope_theta = 10000.0f,
+    model_config mc = {.dim = 16,
+                       .hidden_dim = 32,
+                       .n_layers = 2,
+                       .n_heads = 2,
+                       .n_kv_heads = 1,
+                       .vocab_size = 32,
+                       .seq_len = 16,
+                       .norm_eps = 1e-5f,
+                       .rope_theta = 10000.0f,
                        .shared_classifier = 1};
     lora_set *l = NULL;
     if (lora_load_peft(dir, &mc, &l) == QLAB_OK) lora_free(l);

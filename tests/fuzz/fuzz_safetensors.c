@@ -46,7 +46,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     safetensors_checkpoint ck;
     if (safetensors_checkpoint_open(&ck, index) == QLAB_OK) {
-        for (int i = 0; i < ck.n_files; i++) exercise_file(&ck.files[i]);
+        for (int i = 0; i < ck.n_files; i++)
+            exercise_file(&ck.files[i]);
         safetensors_checkpoint_close(&ck);
     }
     for (int i = 1; i < n; i++) {

@@ -22,12 +22,14 @@
 #include "core/text/tokenizer.h"
 #include "tests/fuzz/fuzz.h"
 
+#include <zlib.h>
+
 static const char *root;
 
 #define CHECK(expr)                                                                                          \
     do {                                                                                                     \
         if ((expr) != QLAB_OK) {                                                                             \
-            fprintf(stderr, "make_seeds: %s: %s\n", #expr, qlab_last_error());                             \
+            fprintf(stderr, "make_seeds: %s: %s\n", #expr, qlab_last_error());                               \
             exit(1);                                                                                         \
         }                                                                                                    \
     } while (0)
@@ -66,8 +68,15 @@ static void write_text(const char *target, const char *name, const char *text) {
     CHECK(qlab_write_file_atomic(path_of(target, name), text, strlen(text)));
 }
 
-static const model_config tiny = {.dim = 16, .hidden_dim = 32, .n_layers = 2, .n_heads = 2, .n_kv_heads = 1,
-                                  .vocab_size = 32, .seq_len = 16, .norm_eps = 1e-5f, .rope_theta = 10000.0f,
+static const model_config tiny = {.dim = 16,
+                                  .hidden_dim = 32,
+                                  .n_layers = 2,
+                                  .n_heads = 2,
+                                  .n_kv_heads = 1,
+                                  .vocab_size = 32,
+                                  .seq_len = 16,
+                                  .norm_eps = 1e-5f,
+                                  .rope_theta = 10000.0f,
                                   .shared_classifier = 1};
 
 int main(int argc, char **argv) {
@@ -85,7 +94,8 @@ int main(int argc, char **argv) {
 
     /* npy */
     float v[24];
-    for (int i = 0; i < 24; i++) v[i] = (float)rng_normal(&r);
+    for (int i = 0; i < 24; i++)
+        v[i] = (float)rng_normal(&r);
     int64_t shape2[2] = {4, 6}, shape1[1] = {5};
     CHECK(npy_write(path_of("npy", "f32_2d.npy"), "<f4", 2, shape2, v));
     uint16_t u2[5] = {0x3f80, 0x4000, 0xbf80, 0, 0x7f80};
@@ -93,7 +103,8 @@ int main(int argc, char **argv) {
 
     /* safetensors: plain fp32, quantized (NF4 + double quant, FP4), and a sharded checkpoint */
     float w[256];
-    for (int i = 0; i < 256; i++) w[i] = (float)rng_normal(&r);
+    for (int i = 0; i < 256; i++)
+        w[i] = (float)rng_normal(&r);
     safetensors_writer *sw = safetensors_writer_new();
     int64_t s16[2] = {16, 16};
     CHECK(safetensors_writer_add(sw, "a.weight", SAFETENSORS_F32, 2, s16, w));
@@ -134,7 +145,8 @@ int main(int argc, char **argv) {
     CHECK(model_create(&m, &tiny));
     size_t count = 0;
     float *params = model_get_param_buffer(m, &count);
-    for (size_t i = 0; i < count; i++) params[i] = (float)(0.1 * rng_normal(&r));
+    for (size_t i = 0; i < count; i++)
+        params[i] = (float)(0.1 * rng_normal(&r));
     CHECK(checkpoint_save_llama2c(m, path_of("llama2c", "tiny.bin")));
     CHECK(checkpoint_save_gguf(m, path_of("gguf", "tiny_f32.gguf"), CHECKPOINT_F32));
     CHECK(checkpoint_save_gguf(m, path_of("gguf", "tiny_f16.gguf"), CHECKPOINT_F16));
@@ -186,11 +198,25 @@ int main(int argc, char **argv) {
         float scores[300];
         int n = 0;
         pieces[n++] = "<unk>", pieces[n++] = "<s>", pieces[n++] = "</s>";
-        for (int b = 0; b < 256; b++) snprintf(bytes[b], 8, "<0x%02X>", b), pieces[n++] = bytes[b];
-        const char *merges[] = {"\xe2\x96\x81", "\xe2\x96\x81t", "he", "\xe2\x96\x81the", "on", "ce", "a", "e",
-                                "h", "n", "o", "t", "c"};
-        for (size_t i = 0; i < sizeof merges / sizeof merges[0]; i++) pieces[n++] = merges[i];
-        for (int i = 0; i < n; i++) scores[i] = i < 259 ? 0.0f : (float)(-i);
+        for (int b = 0; b < 256; b++)
+            snprintf(bytes[b], 8, "<0x%02X>", b), pieces[n++] = bytes[b];
+        const char *merges[] = {"\xe2\x96\x81",
+                                "\xe2\x96\x81t",
+                                "he",
+                                "\xe2\x96\x81the",
+                                "on",
+                                "ce",
+                                "a",
+                                "e",
+                                "h",
+                                "n",
+                                "o",
+                                "t",
+                                "c"};
+        for (size_t i = 0; i < sizeof merges / sizeof merges[0]; i++)
+            pieces[n++] = merges[i];
+        for (int i = 0; i < n; i++)
+            scores[i] = i < 259 ? 0.0f : (float)(-i);
         CHECK(tokenizer_save_bin(path_of("tokenizer_bin", "bytes_merges.bin"), n, pieces, scores, 8));
     }
 
@@ -218,6 +244,65 @@ int main(int argc, char **argv) {
         int64_t dims[2] = {2, 3};
         CHECK(results_write_array(res, "curve", arr, 2, dims, "an array"));
         CHECK(results_commit(res));
+    }
+
+    /* text formats written as a user would */
+    write_text("config", "overrides.seed",
+               "{\"seed\": 3, \"lr\": 1e-3, \"dtypes\": [\"nf4\", \"fp4\"], \"blocksizes\": [64, 128], "
+               "\"fractions\": [0.5, 1], \"models\": {\"a\": 1}, \"ctx\": 64, \"name\": \"x\", "
+               "\"double_quant\": false}" FUZZ_SEP "seed=5" FUZZ_SEP "dtypes=[\"int4\"]" FUZZ_SEP
+               "name=plain");
+    const char *alpaca = "[{\"instruction\": \"Name a colour.\", \"input\": \"\", \"output\": \"Blue.\"},\n"
+                         " {\"instruction\": \"Add\", \"input\": \"2 and 3\", \"output\": \"5\"}]\n";
+    write_text("instruct", "alpaca.json", alpaca);
+    write_text("instruct", "oasst.jsonl",
+               "{\"text\": \"### Human: Hi there### Assistant: Hello! How can I help?\"}\n"
+               "{\"text\": \"### Human: a### Assistant: b### Human: c### Assistant: d\"}\n");
+    write_text("instruct", "records.jsonl",
+               "{\"input\": \"Say hi\", \"output\": \"hi\"}\n"
+               "{\"instruction\": \"x\", \"output\": \"y\"}\n");
+    write_text("instruct", "vicuna.jsonl",
+               "{\"question_id\": 1, \"text\": \"How are you?\", \"category\": "
+               "\"generic\"}\n");
+    write_text("instruct", "plain.txt", "Once upon a time there was a cat.\nThe end.\n");
+    const char *csv =
+        "question,A,B,C,D,answer\n\"What is 2+2?\",3,4,5,6,B\n\"Multi\nline, \"\"quoted\"\"\",a,b,c,d,0\n";
+    write_text("mmlu", "csv.seed", csv);
+    write_text("mmlu", "qlora.json",
+               "[{\"input\": \"Q? A. x B. y C. z D. w Answer:\", \"output\": \"A\", "
+               "\"subject\": \"abstract_algebra\"}]");
+    write_text(
+        "tokenizer_json", "bpe.json",
+        "{\"model\": {\"type\": \"BPE\", \"byte_fallback\": true, \"vocab\": {\"<unk>\": 0, \"<s>\": 1, "
+        "\"</s>\": 2, \"<0x41>\": 3, \"a\": 4, \"b\": 5, \"ab\": 6, \"\\u2581\": 7, \"\\u2581ab\": 8}, "
+        "\"merges\": [\"a b\", \"\\u2581 ab\"]}, \"added_tokens\": [{\"id\": 1, \"content\": \"<s>\", "
+        "\"special\": true}], \"normalizer\": {\"type\": \"Sequence\", \"normalizers\": [{\"type\": "
+        "\"Prepend\", \"prepend\": \"\\u2581\"}, {\"type\": \"Replace\", \"pattern\": {\"String\": \" \"}, "
+        "\"content\": \"\\u2581\"}]}, \"pre_tokenizer\": null, \"decoder\": null}");
+    write_text(
+        "tokenizer_json", "bytelevel.json",
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2, \"\\u0120\": 3, "
+        "\"\\u0120ab\": 4, \"<|endoftext|>\": 5}, \"merges\": [[\"a\", \"b\"], [\"\\u0120\", \"ab\"]]}, "
+        "\"added_tokens\": [{\"id\": 5, \"content\": \"<|endoftext|>\", \"special\": true}], "
+        "\"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"use_regex\": true}, "
+        "\"decoder\": {\"type\": \"ByteLevel\"}}");
+    /* gzip and tar (zlib's gzip writer; the ustar header of fuzz.h) */
+    {
+        size_t tlen = 0;
+        unsigned char *tar = fuzz_tar_wrap("data/dev/x_dev.csv", (const uint8_t *)csv, strlen(csv), &tlen);
+        CHECK(qlab_write_file_atomic(path_of("gzip_tar", "mmlu.tar"), tar, tlen));
+        CHECK(qlab_write_file_atomic(path_of("mmlu", "tar_member.csv"), csv, strlen(csv)));
+        gzFile gz = gzopen(path_of("gzip_tar", "mmlu.tar.gz"), "wb9");
+        if (!gz || gzwrite(gz, tar, (unsigned)tlen) != (int)tlen || gzclose(gz) != Z_OK) return 1;
+        gz = gzopen(path_of("gzip_tar", "alpaca.json.gz"), "wb9");
+        if (!gz || gzwrite(gz, alpaca, (unsigned)strlen(alpaca)) != (int)strlen(alpaca) ||
+            gzclose(gz) != Z_OK)
+            return 1;
+        gz = gzopen(path_of("instruct", "alpaca.json.gz"), "wb9");
+        if (!gz || gzwrite(gz, alpaca, (unsigned)strlen(alpaca)) != (int)strlen(alpaca) ||
+            gzclose(gz) != Z_OK)
+            return 1;
+        free(tar);
     }
 
     snprintf(p, sizeof p, "rm -rf '%s'", tmp);
