@@ -232,8 +232,8 @@ experiment-%: all ## Run experiments/NAME.json (NAME with - for _) or CONFIG=pat
 clean-results: ## Remove every run's results (results/*.h5, *.md, bench.json) and figures (plots/*.png, *.svg, *.dat), temporary files included
 	rm -f results/*.h5 results/*.md results/*.json results/*.tmp.* plots/*.png plots/*.svg plots/*.dat plots/*.tmp.*
 
-clean: ## Remove the build folder
-	rm -rf $(BUILD) build build-cuda
+clean: ## Remove the build folders (build, build-cuda, build-asan, build-fuzz)
+	rm -rf $(BUILD) build build-cuda build-asan build-fuzz
 
 format: ## Reformat the C and CUDA sources with clang-format (.clang-format)
 	clang-format -i $(LIB_SRCS) $(LIB_HDRS) $(CLI_SRCS) $(EXP_SRCS) $(TEST_SRCS) $(BENCH_SRCS) $(CUDA_SRCS) \
