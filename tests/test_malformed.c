@@ -104,6 +104,8 @@ static void test_directory_as_file(void) {
     CHECKF(!strstr(cli_err, "out of memory"), "%s", cli_err);
     cli_expect_error(cli_run("ppl", "--model", bin, "--tokenizer", tok_ok, "--data", dir, NULL), 1, dir,
                      "is a directory", "ppl --data DIR");
+    cli_expect_error(cli_run("ppl", "--model", dir, "--tokenizer", tok_ok, "--data", text, NULL), 1, dir,
+                     "is a directory without config.json", "ppl --model DIR");
     cli_expect_error(cli_run("quant", "--dtype", "nf4", dir, tmp_path("q.safetensors"), NULL), 1, dir,
                      "is a directory", "quant DIR");
 }
