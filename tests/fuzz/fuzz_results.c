@@ -1,6 +1,7 @@
 /* libFuzzer target: HDF5 results files as `qlab report` reads them (results_read, then every table's
  * columns and the provenance attributes). The HDF5 library itself is Debian's, not instrumented: a crash
- * inside it is turned into an error by results_read_checked (a trial read in a child), as qlab report does. */
+ * inside it is turned into an error by results_read_checked (a trial read in a child), as qlab report does.
+ */
 #include "core/results/results.h"
 #include "tests/fuzz/fuzz.h"
 
