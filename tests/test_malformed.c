@@ -311,6 +311,14 @@ static void test_reproducers(void) {
     if (!cli_init()) return;
     cli_expect_error(cli_run("report", h5, "--md", tmp_path("r.md"), NULL), 1, h5, "corrupt HDF5 file",
                      "qlab report on a file that crashes HDF5");
+    /* fuzz_results: one whose corrupt global heap sends HDF5 into an endless loop (H5HG__protect) */
+    const char *loop = "tests/malformed/results_hdf5_global_heap_loop.h5";
+    setenv("QLAB_RESULTS_READ_TIMEOUT", "3", 1);
+    CHECK(results_read_checked(loop, &f) == QLAB_ERR_FORMAT);
+    CHECKF(strstr(qlab_last_error(), "did not finish in 3 s") && strstr(qlab_last_error(), loop), "%s",
+           qlab_last_error());
+    cli_expect_error(cli_run("report", loop, "--md", tmp_path("r2.md"), NULL), 1, loop, "corrupt HDF5 file",
+                     "qlab report on a file that sends HDF5 into a loop");
     /* a valid file still reads */
     const char *seed = "tests/fuzz/corpus/results/run.h5";
     CHECK(results_read_checked(seed, &f) == QLAB_OK);

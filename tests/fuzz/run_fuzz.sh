@@ -71,6 +71,7 @@ for n in "${names[@]}"; do
     start=$(date +%s)
     ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1} \
     UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
+    LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$PWD/tests/fuzz/lsan.supp:print_suppressions=0} \
     QLAB_QUIET=1 OMP_NUM_THREADS=1 \
         "$bin" -max_total_time="$secs" -max_len="$max_len" -timeout=30 -rss_limit_mb=2048 \
         -malloc_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$build/findings/$n-" "${dirs[@]}" \
@@ -85,6 +86,7 @@ for n in "${names[@]}"; do
     corpus=$(ls "$work" | wc -l)
     rate=$((execs / (took > 0 ? took : 1)))
     printf '%-16s %8d %12d %9d %8d %9d\n' "$n" "$took" "$execs" "$rate" "$corpus" "$found"
+    grep -h '^fuzz_results: ' "$log" | tail -n 1 | sed 's/^/    /'
     if [ "$found" -ne 0 ]; then
         grep -m1 -E 'ERROR|runtime error|==[0-9]+==' "$log" | sed 's/^/    /'
         echo "    log: $log; reproducers: $build/findings/$n-*"
