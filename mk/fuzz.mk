@@ -21,7 +21,7 @@ fuzz: ## libFuzzer+ASan/UBSan on every parser, FUZZ_SECONDS each (default 60); p
 	@tests/fuzz/run_fuzz.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 # Inside the build-fuzz make (BUILD=build-fuzz CC=clang): the targets link libFuzzer's main.
-fuzz-build: $(LIB) $(patsubst %,$(BUILD)/fuzz/fuzz_%,$(FUZZ_NAMES))
+fuzz-build: $(LIB) $(patsubst %,$(BUILD)/fuzz/fuzz_%,$(FUZZ_NAMES)) $(BUILD)/fuzz/make_seeds
 
 $(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h tests/fuzz/fuzz_common_tok.h $(LIB)
 	@mkdir -p $(dir $@)
