@@ -4,7 +4,8 @@
 # sanitizers in build-fuzz/, each run for FUZZ_SECONDS (default 60) from the committed seeds
 # (tests/fuzz/corpus/) plus slices of ../shared/data when present; prints executions and findings per
 # target and fails on any finding (reproducers are kept in build-fuzz/findings/).
-# make test-asan: the whole test suite built with gcc -fsanitize=address,undefined in build-asan/ and run.
+# make test-asan: the whole test suite built with gcc -fsanitize=address,undefined in build-asan/ and run
+# (every tests/test_*.c program; the two source checks, layering and format, are left to make test).
 FUZZ_SECONDS ?= 60
 FUZZ_BUILD   := build-fuzz
 FUZZ_SRCS    := $(wildcard tests/fuzz/fuzz_*.c)
@@ -39,7 +40,8 @@ fuzz-seeds: $(BUILD)/fuzz/make_seeds ## Rewrite the committed fuzz seeds in test
 
 test-asan: ## The whole test suite built with -fsanitize=address,undefined in build-asan/ and run (ends like make test)
 	@$(MAKE) --no-print-directory BUILD=$(ASAN_BUILD) CFLAGS="$(SAN_FLAGS)" all \
-	  $(patsubst tests/%.c,$(ASAN_BUILD)/tests/%,$(TEST_SRCS)) $(patsubst $(BUILD)/%,$(ASAN_BUILD)/%,$(SCRIPT_TESTS))
+	  $(patsubst tests/%.c,$(ASAN_BUILD)/tests/%,$(TEST_SRCS))
+	@rm -f $(ASAN_BUILD)/tests/test_layers $(ASAN_BUILD)/tests/test_format # source checks: make test runs them
 	@ASAN_OPTIONS=$${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0} UBSAN_OPTIONS=$${UBSAN_OPTIONS:-print_stacktrace=1} \
 	  QLAB_QUIET=1 QLAB_BUILD=$(ASAN_BUILD) QLAB_TEST_TIMEOUT=$${QLAB_TEST_TIMEOUT:-2700} \
 	  tests/run_tests.sh $(ASAN_BUILD)/tests
