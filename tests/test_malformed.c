@@ -22,6 +22,7 @@
 #include "core/results/results.h"
 #include "core/text/tokenizer.h"
 #include "tests/test_util.h"
+#include "train/zoo_manifest.h"
 
 static const model_config tiny = {.dim = 16,
                                   .hidden_dim = 32,
@@ -319,6 +320,12 @@ static void test_reproducers(void) {
            qlab_last_error());
     cli_expect_error(cli_run("report", loop, "--md", tmp_path("r2.md"), NULL), 1, loop, "corrupt HDF5 file",
                      "qlab report on a file that sends HDF5 into a loop");
+    /* fuzz_zoo: "params": 5.2e58 in a zoo manifest converted to int64 (undefined; UBSan) */
+    zoo_manifest zm;
+    CHECK(zoo_manifest_load("tests/malformed/zoo_params_overflow", 0, &zm) == QLAB_ERR_FORMAT);
+    CHECKF(strstr(qlab_last_error(), "models[0] 'params' must be a whole number") &&
+               strstr(qlab_last_error(), "zoo_params_overflow/manifest.json"),
+           "%s", qlab_last_error());
     /* a valid file still reads */
     const char *seed = "tests/fuzz/corpus/results/run.h5";
     CHECK(results_read_checked(seed, &f) == QLAB_OK);
