@@ -21,6 +21,7 @@
 #include "core/results/config.h"
 #include "core/results/results.h"
 #include "core/text/tokenizer.h"
+#include "eval/judge.h"
 #include "tests/test_util.h"
 #include "train/zoo_manifest.h"
 
@@ -326,6 +327,13 @@ static void test_reproducers(void) {
     CHECKF(strstr(qlab_last_error(), "models[0] 'params' must be a whole number") &&
                strstr(qlab_last_error(), "zoo_params_overflow/manifest.json"),
            "%s", qlab_last_error());
+    /* found reviewing the same pattern: a pairwise judgement's "score": 1e300 converted to int */
+    const char *line = "{\"question_id\": 1, \"answer1_id\": \"a\", \"answer2_id\": \"b\", \"text\": \"x\", "
+                       "\"score\": 1e300}\n";
+    judge_file jf;
+    CHECK(judge_parse_file("answer-a-vs-b-gpt-4-reviewer-threeclass.jsonl", line, strlen(line),
+                           JUDGE_PAIRWISE, &jf) == QLAB_ERR_FORMAT);
+    CHECKF(strstr(qlab_last_error(), ":1: 'score' should be the integer"), "%s", qlab_last_error());
     /* a valid file still reads */
     const char *seed = "tests/fuzz/corpus/results/run.h5";
     CHECK(results_read_checked(seed, &f) == QLAB_OK);
