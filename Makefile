@@ -121,7 +121,7 @@ help: ## List the targets
 	@echo "        experiments tests, each including only the ones before it (make test checks); see ARCHITECTURE.md"
 
 deps: ## Install the Debian/Ubuntu packages qlab needs (safe to run twice)
-	@pkgs="build-essential pkg-config libcjson-dev libhdf5-dev hdf5-tools gnuplot-nox libopenblas-dev libopenblas-openmp-dev zlib1g-dev curl ca-certificates clang-format"; \
+	@pkgs="build-essential pkg-config libcjson-dev libhdf5-dev hdf5-tools gnuplot-nox libopenblas-dev libopenblas-openmp-dev zlib1g-dev curl ca-certificates clang-format clang libclang-rt-14-dev"; \
 	missing=""; for p in $$pkgs; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then echo "deps: all packages present"; exit 0; fi; \
 	echo "deps: installing$$missing"; \
@@ -238,8 +238,8 @@ experiment-%: all ## Run experiments/NAME.json (NAME with - for _) or CONFIG=pat
 clean-results: ## Remove every run's results (results/*.h5, *.md, bench.json) and figures (plots/*.png, *.svg, *.dat), temporary files included
 	rm -f results/*.h5 results/*.md results/*.json results/*.tmp.* plots/*.png plots/*.svg plots/*.dat plots/*.tmp.*
 
-clean: ## Remove the build folders (build/, build-cuda/ and BUILD)
-	rm -rf $(BUILD) build build-cuda
+clean: ## Remove the build folders (build/, build-cuda/, build-asan/, build-fuzz/ and BUILD)
+	rm -rf $(BUILD) build build-cuda build-asan build-fuzz
 
 format: ## Reformat the C and CUDA sources with clang-format (.clang-format)
 	clang-format -i $(LIB_SRCS) $(LIB_HDRS) $(CLI_SRCS) $(EXP_SRCS) $(TEST_SRCS) $(BENCH_SRCS) $(CUDA_SRCS) \

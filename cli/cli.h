@@ -35,6 +35,12 @@ const char *cli_dtype_gnuplot_style(void);
 #include "core/base/common.h"
 #include "core/model/lora.h"
 #include "core/model/model.h"
+#include "core/quant/quant.h"
+
+/* --dtype NAME (a 4-bit data type) and --blocksize N for it: 1 when valid, else 0 after printing
+ * "qlab CMD: --dtype: unknown data type ..." (the caller exits 2, a usage error, in every command). */
+int cli_parse_dtype(const char *cmd, const char *text, quant_dtype *dt);
+int cli_check_blocksize(const char *cmd, quant_dtype dt, long blocksize);
 
 /* --adapter SPEC: a PEFT directory (adapter_config.json + adapter_model.safetensors, lora_load_peft) or a
  * single file written by lora_save (rank, alpha and targets in its metadata), attached to m (fp32 or

@@ -296,8 +296,9 @@ static int build_options(ft_run *r) {
         return 2;
     }
     if (o->mode == FINETUNE_QLORA) {
-        if (quant_dtype_parse(a->dtype, &o->base_dtype) != QLAB_OK) return qlab_report_error(FT_CMD);
+        if (!cli_parse_dtype("finetune", a->dtype, &o->base_dtype)) return 2;
         o->blocksize = a->blocksize ? (int)a->blocksize : quant_default_blocksize(o->base_dtype);
+        if (!cli_check_blocksize("finetune", o->base_dtype, o->blocksize)) return 2;
         o->double_quant = a->double_quant;
     }
     if (lora_parse_targets(a->targets, &o->lora.targets) != QLAB_OK) return qlab_report_error(FT_CMD);

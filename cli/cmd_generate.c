@@ -97,6 +97,11 @@ static int check_generate_args(generate_args *p) {
         fprintf(stderr, "qlab generate: --top-p %g must be in (0, 1]\n", p->top_p);
         return 2;
     }
+    if (p->dtype_name) {
+        quant_dtype dt;
+        if (!cli_parse_dtype("generate", p->dtype_name, &dt)) return 2;
+        if (!cli_check_blocksize("generate", dt, p->bs ? (int)p->bs : quant_default_blocksize(dt))) return 2;
+    }
     return -1;
 }
 

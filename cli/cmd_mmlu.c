@@ -205,11 +205,9 @@ static int check_mmlu_args(mmlu_args *p) {
         return 2;
     }
     if (!p->tok_path) p->tok_path = p->model_path; /* a GGUF file carries its tokenizer */
-    if (p->dtype_name && quant_dtype_parse(p->dtype_name, &p->dt) != QLAB_OK)
-        return qlab_report_error("qlab mmlu");
+    if (p->dtype_name && !cli_parse_dtype("mmlu", p->dtype_name, &p->dt)) return 2;
     if (p->dtype_name && !p->bs) p->bs = quant_default_blocksize(p->dt);
-    if (p->dtype_name && quant_check_blocksize(p->dt, (int)p->bs) != QLAB_OK)
-        return qlab_report_error("qlab mmlu");
+    if (p->dtype_name && !cli_check_blocksize("mmlu", p->dt, p->bs)) return 2;
     if (!p->dtype_name && (p->bs || p->dq)) {
         fprintf(stderr, "qlab mmlu: --blocksize and --double-quant need --dtype\n");
         return 2;
@@ -277,6 +275,12 @@ static int cmd_mmlu(int argc, char **argv) {
     mmlu_scoring_describe(tok, &sc, scoring, sizeof scoring);
     if (mmlu_eval_count(&opt, &n_questions) != QLAB_OK) goto out;
     if (load_mmlu_model(&p, &m, &lora, qdesc, sizeof qdesc) != QLAB_OK) goto out;
+    if (tokenizer_vocab_size(tok) > model_get_config(m)->vocab_size) {
+        qlab_fail(QLAB_ERR_ARG,
+                  "tokenizer %s has %d tokens but model %s only %d: they do not belong together", p.tok_path,
+                  tokenizer_vocab_size(tok), p.model_path, model_get_config(m)->vocab_size);
+        goto out;
+    }
     fprintf(stderr, "qlab mmlu: %s\n", scoring);
     progress_begin(&prog, "mmlu", n_questions);
     opt.prog = &prog;

@@ -399,7 +399,7 @@ static int cmd_paper(int argc, char **argv) {
         char path[4096];
         snprintf(path, sizeof path, "%s/%s.h5", dir, claims[c].experiment);
         results_file f;
-        int have = results_read(path, &f) == QLAB_OK;
+        int have = results_read_checked(path, &f) == QLAB_OK;
         judgement j = {V_NOT_RUN, ""};
         if (have)
             claims[c].judge(&f, &j);

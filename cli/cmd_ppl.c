@@ -11,6 +11,7 @@
 #include "core/model/model.h"
 #include "eval/ppl.h"
 #include "core/quant/quant.h"
+#include "core/text/tokenizer.h"
 #include "eval/tokens.h"
 
 static void ppl_usage(FILE *f) {
@@ -170,11 +171,9 @@ static int check_ppl_args(ppl_args *p) {
         fprintf(stderr, "qlab ppl: --data needs --tokenizer (see qlab ppl --help)\n");
         return 2;
     }
-    if (p->dtype_name && quant_dtype_parse(p->dtype_name, &p->dt) != QLAB_OK)
-        return qlab_report_error("qlab ppl");
+    if (p->dtype_name && !cli_parse_dtype("ppl", p->dtype_name, &p->dt)) return 2;
     if (p->dtype_name && !p->bs) p->bs = quant_default_blocksize(p->dt);
-    if (p->dtype_name && quant_check_blocksize(p->dt, (int)p->bs) != QLAB_OK)
-        return qlab_report_error("qlab ppl");
+    if (p->dtype_name && !cli_check_blocksize("ppl", p->dt, p->bs)) return 2;
     if (!p->dtype_name && (p->bs || p->dq)) {
         fprintf(stderr, "qlab ppl: --blocksize and --double-quant need --dtype\n");
         return 2;
@@ -188,6 +187,17 @@ static qlab_status load_ppl_tokens(ppl_args *p, const model *m, int **ids, int64
     if (!p->tok_path && p->data && checkpoint_detect(p->model_path, &fmt) == QLAB_OK &&
         fmt == CHECKPOINT_GGUF)
         p->tok_path = p->model_path; /* the tokenizer embedded in the GGUF */
+    if (p->data &&
+        p->tok_path) { /* a tokenizer larger than the model is refused as in generate, mmlu, finetune */
+        tokenizer *tok = NULL;
+        QLAB_TRY(tokenizer_load(p->tok_path, &tok));
+        int tok_n = tokenizer_vocab_size(tok);
+        tokenizer_free(tok);
+        if (tok_n > model_get_config(m)->vocab_size)
+            return qlab_fail(QLAB_ERR_ARG,
+                             "tokenizer %s has %d tokens but model %s only %d: they do not belong together",
+                             p->tok_path, tok_n, p->model_path, model_get_config(m)->vocab_size);
+    }
     QLAB_TRY(eval_load_tokens(p->data, p->tokens_path, p->tok_path, ids, n));
     const model_config *cfg = model_get_config(m);
     const char *data_name = p->data ? p->data : p->tokens_path;

@@ -136,10 +136,7 @@ static int parse_quant_args(int argc, char **argv, quant_args *q) {
 /* The type, block size, double quantization and name checked together: 1 when usable. */
 static int check_quant_args(quant_args *q) {
     if (!two_files("quant", "IN.npy and OUT.safetensors", q->npos)) return 0;
-    if (quant_dtype_parse(q->dtype_text, &q->dt) != QLAB_OK) {
-        fprintf(stderr, "qlab quant: --dtype: %s\n", qlab_last_error());
-        return 0;
-    }
+    if (!cli_parse_dtype("quant", q->dtype_text, &q->dt)) return 0;
     q->blocksize = quant_default_blocksize(q->dt);
     if (q->blocksize_text &&
         !cli_parse_int("quant", "--blocksize", q->blocksize_text, 1, QUANT_MAX_BLOCKSIZE, &q->blocksize))

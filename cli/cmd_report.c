@@ -520,7 +520,7 @@ static int cmd_report(int argc, char **argv) {
     int early = parse_report_args(argc, argv, &a);
     if (early >= 0) return early;
     results_file f;
-    if (results_read(a.input, &f) != QLAB_OK) return qlab_report_error("qlab report");
+    if (results_read_checked(a.input, &f) != QLAB_OK) return qlab_report_error("qlab report");
     int rc = 1;
     text_buffer b = {0};
     const char *experiment = experiment_name(&f, a.input);

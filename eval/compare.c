@@ -77,6 +77,14 @@ static qlab_status prepare_benchmarks(model *ref, const compare_model *spec,
     const model_config *mc = model_get_config(ref);
     for (int b = 0; b < n_benchmarks; b++) {
         prepared_benchmark *p = &out[b];
+        /* A window longer than the model's context is refused (as qlab ppl --ctx does), not silently
+         * shortened: the results would otherwise report a ctx the config did not ask for. */
+        if (benchmarks[b].ctx > mc->seq_len)
+            return qlab_fail(QLAB_ERR_ARG,
+                             "benchmarks.%s: key 'ctx' is %d but model %s (%s) has a context of %d tokens; "
+                             "lower 'ctx' to at most %d",
+                             benchmarks[b].name, benchmarks[b].ctx, spec->name, spec->checkpoint, mc->seq_len,
+                             mc->seq_len);
         if (load_benchmark_tokens(benchmarks[b].text, spec->tokenizer, mc->vocab_size, &p->tokens, &p->n) !=
             QLAB_OK)
             return qlab_fail_context(QLAB_ERR_ARG, "model %s, benchmark %s", spec->name, benchmarks[b].name);

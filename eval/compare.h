@@ -29,7 +29,7 @@ typedef struct {
     const char *name;
     const char *text; /* text file, encoded with each model's tokenizer (BOS first) */
     ppl_protocol protocol;
-    int ctx;            /* window length; capped at each model's seq_len */
+    int ctx;            /* window length; a model whose seq_len is shorter is refused */
     int stride;         /* PPL_SLIDING: window advance; 0 (or more than the capped ctx) = ctx / 2 */
     int64_t max_tokens; /* evaluate at most this many tokens of the text (0 = all) */
 } compare_benchmark;

@@ -216,7 +216,9 @@ static qlab_status parse_line(const char *name, int line, const char *text, size
         r->score[0] = a;
         r->score[1] = b;
     } else {
-        if (!cJSON_IsNumber(score) || score->valuedouble != floor(score->valuedouble)) {
+        /* range first: converting a double outside int's range (1e300) to int is undefined */
+        if (!cJSON_IsNumber(score) || score->valuedouble != floor(score->valuedouble) ||
+            score->valuedouble < -1e9 || score->valuedouble > 1e9) {
             cJSON_Delete(o);
             return qlab_fail(QLAB_ERR_FORMAT, "%s:%d: 'score' should be the integer 1, 2, 3 (or -1)", name,
                              line);

@@ -171,7 +171,7 @@ static qlab_status build_grid(const config *cfg, grid_point **out, int *count) {
         qlab_status st = quant_dtype_parse(config_string_at(cfg, "dtypes", i), &dt);
         if (st != QLAB_OK) {
             free(grid);
-            return qlab_fail_context(st, "%s: key 'dtypes'", config_path(cfg));
+            return qlab_fail_context(st, "%s: key 'dtypes'", config_key_origin(cfg, "dtypes"));
         }
         if (!quant_dtype_has_fp32_absmax(dt)) {
             grid[n++] = (grid_point){dt, quant_default_blocksize(dt), 0};
@@ -186,7 +186,8 @@ static qlab_status build_grid(const config *cfg, grid_point **out, int *count) {
                          : quant_check_blocksize(dt, (int)bs);
                 if (st != QLAB_OK) {
                     free(grid);
-                    return qlab_fail_context(st, "%s: key 'blocksizes'", config_path(cfg));
+                    return qlab_fail_context(st, "%s: key 'blocksizes'",
+                                             config_key_origin(cfg, "blocksizes"));
                 }
                 grid[n++] = (grid_point){dt, (int)bs, dq};
             }
@@ -324,10 +325,10 @@ static qlab_status check_settings(const config *cfg) {
     double nu = config_double(cfg, "student_t_nu");
     if (n_weights < 1 || n_weights > ((int64_t)1 << 28))
         return qlab_fail(QLAB_ERR_ARG, "%s: key 'n_weights' must be from 1 to 2^28, got %lld",
-                         config_path(cfg), (long long)n_weights);
+                         config_key_origin(cfg, "n_weights"), (long long)n_weights);
     if (!(nu > 0))
-        return qlab_fail(QLAB_ERR_ARG, "%s: key 'student_t_nu' must be positive, got %g", config_path(cfg),
-                         nu);
+        return qlab_fail(QLAB_ERR_ARG, "%s: key 'student_t_nu' must be positive, got %g",
+                         config_key_origin(cfg, "student_t_nu"), nu);
     return QLAB_OK;
 }
 

@@ -54,7 +54,8 @@ static qlab_status build_grid(const config *cfg, const finetune_options *base, f
     const char *path = config_path(cfg);
     int64_t rank = config_int(cfg, "rank");
     if (rank < 1 || rank > 4096)
-        return qlab_fail(QLAB_ERR_ARG, "%s: key 'rank' must be from 1 to 4096", path);
+        return qlab_fail(QLAB_ERR_ARG, "%s: key 'rank' must be from 1 to 4096",
+                         config_key_origin(cfg, "rank"));
     *n = 0;
     if (config_bool(cfg, "full_finetune")) {
         finetune_cell *c = &cells[(*n)++];
@@ -69,15 +70,16 @@ static qlab_status build_grid(const config *cfg, const finetune_options *base, f
         const char *name = config_string_at(cfg, "placements", i);
         unsigned targets;
         if (lora_parse_targets(name, &targets) != QLAB_OK)
-            return qlab_fail_context(QLAB_ERR_ARG, "%s: key 'placements'", path);
+            return qlab_fail_context(QLAB_ERR_ARG, "%s: key 'placements'",
+                                     config_key_origin(cfg, "placements"));
         if (!add_cell(cells, n, base, FINETUNE_LORA, targets, name, (int)rank))
             return qlab_fail(QLAB_ERR_ARG, "%s: more than %d configurations", path, MAX_CELLS);
     }
     for (int i = 0; i < config_array_length(cfg, "all_ranks"); i++) {
         int64_t r = config_int_at(cfg, "all_ranks", i);
         if (r < 1 || r > 4096)
-            return qlab_fail(QLAB_ERR_ARG, "%s: key 'all_ranks' holds %lld (need 1 to 4096)", path,
-                             (long long)r);
+            return qlab_fail(QLAB_ERR_ARG, "%s: key 'all_ranks' holds %lld (need 1 to 4096)",
+                             config_key_origin(cfg, "all_ranks"), (long long)r);
         int duplicate = 0;
         for (int j = 0; j < *n; j++)
             if (cells[j].options.mode == FINETUNE_LORA && cells[j].options.lora.targets == LORA_TARGETS_ALL &&

@@ -35,10 +35,11 @@ static qlab_status build_grid(const config *cfg, const finetune_options *base, f
     const char *path = config_path(cfg);
     int64_t rank = config_int(cfg, "rank");
     if (rank < 1 || rank > 4096)
-        return qlab_fail(QLAB_ERR_ARG, "%s: key 'rank' must be from 1 to 4096", path);
+        return qlab_fail(QLAB_ERR_ARG, "%s: key 'rank' must be from 1 to 4096",
+                         config_key_origin(cfg, "rank"));
     unsigned targets;
     if (lora_parse_targets(config_string(cfg, "targets"), &targets) != QLAB_OK)
-        return qlab_fail_context(QLAB_ERR_ARG, "%s: key 'targets'", path);
+        return qlab_fail_context(QLAB_ERR_ARG, "%s: key 'targets'", config_key_origin(cfg, "targets"));
     int nb = config_array_length(cfg, "bases");
     if (nb + 2 > MAX_CELLS) return qlab_fail(QLAB_ERR_ARG, "%s: more than %d bases", path, MAX_CELLS - 2);
     *n = 0;
@@ -68,28 +69,31 @@ static qlab_status build_grid(const config *cfg, const finetune_options *base, f
         if (plus) {
             if (strcmp(plus, "+dq"))
                 return qlab_fail(QLAB_ERR_ARG, "%s: key 'bases': '%s' (expected a data type, optionally +dq)",
-                                 path, spec);
+                                 config_key_origin(cfg, "bases"), spec);
             dq = 1;
         }
         size_t len = plus ? (size_t)(plus - spec) : strlen(spec);
         if (len == 0 || len >= sizeof type)
-            return qlab_fail(QLAB_ERR_ARG, "%s: key 'bases': '%s' is not a data type", path, spec);
+            return qlab_fail(QLAB_ERR_ARG, "%s: key 'bases': '%s' is not a data type",
+                             config_key_origin(cfg, "bases"), spec);
         memcpy(type, spec, len);
         type[len] = '\0';
         quant_dtype dt;
         if (quant_dtype_parse(type, &dt) != QLAB_OK)
-            return qlab_fail_context(QLAB_ERR_ARG, "%s: key 'bases'", path);
+            return qlab_fail_context(QLAB_ERR_ARG, "%s: key 'bases'", config_key_origin(cfg, "bases"));
         if (dq && !quant_dtype_has_fp32_absmax(dt))
             return qlab_fail(QLAB_ERR_ARG,
-                             "%s: key 'bases': %s has no fp32 block constants to double-quantize", path,
-                             type);
+                             "%s: key 'bases': %s has no fp32 block constants to double-quantize",
+                             config_key_origin(cfg, "bases"), type);
         int blocksize = quant_dtype_has_fp32_absmax(dt) ? base->blocksize : quant_default_blocksize(dt);
         if (quant_check_blocksize(dt, blocksize) != QLAB_OK)
-            return qlab_fail_context(QLAB_ERR_ARG, "%s: key 'blocksize'", path);
+            return qlab_fail_context(QLAB_ERR_ARG, "%s: key 'blocksize'",
+                                     config_key_origin(cfg, "blocksize"));
         for (int j = 0; j < *n; j++)
             if (cells[j].options.mode == FINETUNE_QLORA && cells[j].options.base_dtype == dt &&
                 cells[j].options.double_quant == dq)
-                return qlab_fail(QLAB_ERR_ARG, "%s: key 'bases' lists '%s' twice", path, spec);
+                return qlab_fail(QLAB_ERR_ARG, "%s: key 'bases' lists '%s' twice",
+                                 config_key_origin(cfg, "bases"), spec);
         c = &cells[(*n)++];
         memset(c, 0, sizeof *c);
         c->options = *base;

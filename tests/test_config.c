@@ -130,10 +130,10 @@ static void test_overrides(void) {
     }
     const char *bad_type[] = {"seed=abc"};
     CHECK(config_parse(&c, "{}", "x.json", keys, NKEYS, bad_type, 1) == QLAB_ERR_FORMAT);
-    CHECK(has("override 'seed=abc'"));
+    CHECK(has("--set seed=abc") && !has("x.json")); /* the flag is blamed, not the file */
     const char *bad_key[] = {"sead=1"};
     CHECK(config_parse(&c, "{}", "x.json", keys, NKEYS, bad_key, 1) == QLAB_ERR_ARG);
-    CHECK(has("override 'sead=1': unknown key 'sead'"));
+    CHECK(has("--set sead=1: unknown key 'sead'"));
     const char *wrong[] = {"blocksizes=64"};
     CHECK(config_parse(&c, "{}", "x.json", keys, NKEYS, wrong, 1) == QLAB_ERR_ARG);
     CHECK(has("key 'blocksizes' must be an array of integers, got an integer (64)"));

@@ -188,12 +188,21 @@ static void test_compare(void) {
     compare_model models[1] = {{"stories260K", bin, tok_path}};
     compare_variant variants[2] = {{QUANT_NF4, 64, 1}, {QUANT_INT4, 64, 0}};
     compare_benchmark benchmarks[2] = {
-        {"nonoverlap", text, PPL_NONOVERLAP, 100000, 0, 1024}, /* ctx capped at seq_len 512 */
+        {"nonoverlap", text, PPL_NONOVERLAP, 100000, 0, 1024}, /* ctx above seq_len 512: refused below */
         {"sliding", text, PPL_SLIDING, 64, 0, 512},            /* stride 0 = ctx / 2 */
     };
     ppl_options o0 = compare_benchmark_options(&benchmarks[0], 512),
                 o1 = compare_benchmark_options(&benchmarks[1], 512);
     CHECK(o0.ctx == 512 && o0.max_tokens == 1024 && o0.quiet);
+    /* A ctx above the model's context is refused (as qlab ppl --ctx is), naming the benchmark and key. */
+    compare_results refused = {0};
+    compare_options refuse_opt = {.label = "test_compare"};
+    CHECK(compare_run(models, 1, variants, 2, benchmarks, 2, &refuse_opt, &refused) == QLAB_ERR_ARG);
+    CHECKF(strstr(qlab_last_error(), "benchmarks.nonoverlap: key 'ctx' is 100000") &&
+               strstr(qlab_last_error(), "context of 512"),
+           "%s", qlab_last_error());
+    compare_results_free(&refused);
+    benchmarks[0].ctx = 512;
     CHECK(o1.ctx == 64 && o1.stride == 32 && o1.protocol == PPL_SLIDING);
     char label[32];
     compare_variant_label(&variants[0], label, sizeof label);

@@ -2,6 +2,7 @@
 #include "train/zoo_manifest.h"
 
 #include <stdio.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -98,6 +99,14 @@ qlab_status zoo_manifest_load(const char *dir, int verify, zoo_manifest *out) {
             break;
         }
         double params = number_or_nan(e, "params");
+        /* checked before the conversion: a double outside int64's range converts to nothing defined (found
+         * by tests/fuzz/fuzz_zoo under UBSan: "params": 5.2e58) */
+        if (params == params && !(params >= 0 && params <= 9007199254740992.0 && params == floor(params))) {
+            st = qlab_fail(QLAB_ERR_FORMAT,
+                           "%s: models[%d] 'params' must be a whole number from 0 to 2^53, got %g", path, i,
+                           params);
+            break;
+        }
         z->params = params == params ? (int64_t)params : 0;
         z->final_train_loss = number_or_nan(e, "final_train_loss");
         z->final_heldout_loss = number_or_nan(e, "final_heldout_loss");

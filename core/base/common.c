@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -97,6 +98,13 @@ qlab_status qlab_read_file(const char *path, char **data, size_t *len) {
     *len = 0;
     FILE *f = fopen(path, "rb");
     if (!f) return qlab_fail(QLAB_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    /* A directory opens (and seeks to LONG_MAX) on Linux: refuse it by name, not as a huge allocation. */
+    struct stat sb;
+    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        int dir = S_ISDIR(sb.st_mode);
+        fclose(f);
+        return qlab_fail(QLAB_ERR_IO, "%s: %s", path, dir ? "is a directory" : "not a regular file");
+    }
     if (fseek(f, 0, SEEK_END) != 0) {
         fclose(f);
         return qlab_fail(QLAB_ERR_IO, "%s: cannot seek: %s", path, strerror(errno));

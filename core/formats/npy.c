@@ -221,8 +221,9 @@ static qlab_status npy_read_inner(const char *path, npy_array *arr) {
     if (!f) return qlab_fail(QLAB_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat sb;
     if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        int dir = S_ISDIR(sb.st_mode);
         fclose(f);
-        return qlab_fail(QLAB_ERR_IO, "%s: not a regular file", path);
+        return qlab_fail(QLAB_ERR_IO, "%s: %s", path, dir ? "is a directory" : "not a regular file");
     }
     uint64_t file_size = (uint64_t)sb.st_size;
     unsigned char pre[12];

@@ -300,7 +300,8 @@ static qlab_status safetensors_open_inner(safetensors_file *f, const char *path)
     struct stat sb;
     qlab_status st = QLAB_OK;
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        st = qlab_fail(QLAB_ERR_IO, "%s: not a regular file", path);
+        st = qlab_fail(QLAB_ERR_IO, "%s: %s", path,
+                       S_ISDIR(sb.st_mode) ? "is a directory" : "not a regular file");
     } else if ((uint64_t)sb.st_size < 8) {
         st = qlab_fail(QLAB_ERR_FORMAT,
                        "%s: file is %" PRIu64 " bytes, too short for the 8-byte header length", path,

@@ -46,12 +46,33 @@ qlab_status checkpoint_detect(const char *path, checkpoint_format *out) {
         *out = CHECKPOINT_HF;
         return QLAB_OK;
     }
+    if (!S_ISREG(st.st_mode)) return qlab_fail(QLAB_ERR_IO, "%s: not a regular file", path);
     FILE *f = fopen(path, "rb");
     if (!f) return qlab_fail(QLAB_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    char magic[4] = {0};
-    size_t got = fread(magic, 1, 4, f);
+    unsigned char magic[9] = {0};
+    size_t got = fread(magic, 1, sizeof magic, f);
     fclose(f);
-    *out = (got == 4 && memcmp(magic, "GGUF", 4) == 0) ? CHECKPOINT_GGUF : CHECKPOINT_LLAMA2C;
+    /* A safetensors file (an 8-byte little-endian header length, then the JSON header) holds weights but
+     * no model configuration: without this check it would be read as a llama2.c header ("hidden_dim = 0"). */
+    uint64_t header_len = 0;
+    for (int i = 7; i >= 0; i--)
+        header_len = header_len << 8 | magic[i];
+    if (checkpoint_ends_with(path, ".safetensors") || checkpoint_ends_with(path, ".safetensors.index.json") ||
+        (got == sizeof magic && magic[8] == '{' && header_len >= 2 &&
+         header_len <= (uint64_t)st.st_size - 8)) {
+        char folder[4096];
+        snprintf(folder, sizeof folder, "%s", path);
+        char *slash = strrchr(folder, '/');
+        if (slash)
+            *slash = 0;
+        else
+            snprintf(folder, sizeof folder, ".");
+        return qlab_fail(QLAB_ERR_ARG,
+                         "%s: a safetensors file holds weights but no model configuration: pass its "
+                         "Hugging Face folder (%s, with config.json) instead",
+                         path, folder);
+    }
+    *out = (got >= 4 && memcmp(magic, "GGUF", 4) == 0) ? CHECKPOINT_GGUF : CHECKPOINT_LLAMA2C;
     return QLAB_OK;
 }
 
@@ -144,7 +165,8 @@ qlab_status checkpoint_map(const char *path, checkpoint_mapping *map) {
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return qlab_fail(QLAB_ERR_IO, "%s: not a regular file", path);
+        return qlab_fail(QLAB_ERR_IO, "%s: %s", path,
+                         S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file");
     }
     if (st.st_size == 0) { /* mmap refuses length 0; an empty file is simply too short for every format */
         close(fd);

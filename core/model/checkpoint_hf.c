@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 
 #include <cjson/cJSON.h>
@@ -35,6 +36,15 @@ static qlab_status hf_paths(const char *path, char **dir, char **config) {
         free(*config);
         *dir = *config = NULL;
         return qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory", path);
+    }
+    if (!is_config && access(*config, F_OK) != 0) { /* a folder, but not a model's */
+        free(*dir);
+        free(*config);
+        *dir = *config = NULL;
+        return qlab_fail(QLAB_ERR_IO,
+                         "%s: is a directory without config.json (a model is a llama2.c .bin, a GGUF file or "
+                         "a Hugging Face folder with config.json + model.safetensors)",
+                         path);
     }
     return QLAB_OK;
 }

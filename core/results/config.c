@@ -16,6 +16,8 @@ struct config {
     const config_key *keys;
     int nkeys;
     cJSON *values; /* object holding every declared key, defaults applied */
+    /* origin[i]: "--set key=value" when keys[i] was last set by an override (NULL: the file or default) */
+    char **origin;
 };
 
 /* 2^53: larger integers are not exactly representable in the double cJSON stores. */
@@ -191,14 +193,14 @@ static qlab_status parse_json(const char *text, size_t len, const char *origin, 
 
 static qlab_status apply_override(config *c, const char *ov) {
     const char *eq = strchr(ov, '=');
-    if (!eq || eq == ov) return qlab_fail(QLAB_ERR_ARG, "override '%s': expected key=value", ov);
+    if (!eq || eq == ov) return qlab_fail(QLAB_ERR_ARG, "--set %s: expected key=value", ov);
     char name[128];
     size_t nlen = (size_t)(eq - ov);
-    if (nlen >= sizeof name) return qlab_fail(QLAB_ERR_ARG, "override '%s': key too long", ov);
+    if (nlen >= sizeof name) return qlab_fail(QLAB_ERR_ARG, "--set %s: key too long", ov);
     memcpy(name, ov, nlen);
     name[nlen] = 0;
     char origin[256];
-    snprintf(origin, sizeof origin, "override '%.200s'", ov);
+    snprintf(origin, sizeof origin, "--set %.200s", ov);
     const config_key *k = find_key(c->keys, c->nkeys, name);
     if (!k) return fail_unknown_key(origin, name, c->keys, c->nkeys);
     const char *value = eq + 1;
@@ -218,6 +220,11 @@ static qlab_status apply_override(config *c, const char *ov) {
         return st;
     }
     cJSON_ReplaceItemInObjectCaseSensitive(c->values, name, v);
+    int idx = (int)(k - c->keys);
+    if (!c->origin && !(c->origin = calloc((size_t)c->nkeys, sizeof *c->origin)))
+        return qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory", origin);
+    free(c->origin[idx]);
+    if (!(c->origin[idx] = strdup(origin))) return qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory", origin);
     return QLAB_OK;
 }
 
@@ -322,6 +329,9 @@ qlab_status config_load(config **out, const char *path, const config_key *keys, 
 
 void config_free(config *c) {
     if (!c) return;
+    for (int i = 0; c->origin && i < c->nkeys; i++)
+        free(c->origin[i]);
+    free(c->origin);
     cJSON_Delete(c->values);
     free(c->effective_json);
     free(c->text);
@@ -333,6 +343,11 @@ const char *config_text(const config *c) {
     return c->text;
 }
 const char *config_path(const config *c) {
+    return c->path;
+}
+const char *config_key_origin(const config *c, const char *key) {
+    const config_key *k = find_key(c->keys, c->nkeys, key);
+    if (k && c->origin && c->origin[k - c->keys]) return c->origin[k - c->keys];
     return c->path;
 }
 const char *config_effective_json(const config *c) {

@@ -44,6 +44,9 @@ void config_free(config *c);
  * applied) as compact JSON. */
 const char *config_text(const config *c);
 const char *config_path(const config *c);
+/* Where key's value came from, for messages about it: "--set key=value" when a command-line override set
+ * it, else the config's path (also for a default). */
+const char *config_key_origin(const config *c, const char *key);
 const char *config_effective_json(const config *c);
 
 /* Typed getters. Asking for an undeclared key or the wrong type is a programming error: they return

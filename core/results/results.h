@@ -98,6 +98,12 @@ typedef struct {
 } results_file;
 
 qlab_status results_read(const char *path, results_file *out);
+/* results_read after a trial read in a child process, so a corrupt file that crashes the HDF5 library
+ * itself, or sends it into an endless loop, is an error ("corrupt HDF5 file") rather than a crash or a
+ * hang. The trial has QLAB_RESULTS_READ_TIMEOUT seconds (default below; results files read in
+ * milliseconds). Programs reading files they did not just write (qlab report, qlab paper) use this. */
+#define RESULTS_READ_TIMEOUT_DEFAULT 30
+qlab_status results_read_checked(const char *path, results_file *out);
 void results_file_free(results_file *f);
 /* Lookups returning NULL when absent. */
 const char *results_file_attr(const results_file *f, const char *name);

@@ -18,7 +18,7 @@ static const config_key model_entry_keys[] = {
 static const config_key benchmark_keys[] = {
     {"text", CONFIG_STRING_ARRAY, NULL, "candidate text files; the first that exists is used"},
     {"protocol", CONFIG_STRING, "\"nonoverlap\"", "nonoverlap (llama.cpp) or sliding (Hugging Face)"},
-    {"ctx", CONFIG_INT, "256", "window length (capped at each model's seq_len)"},
+    {"ctx", CONFIG_INT, "256", "window length (at most each model's seq_len: longer is refused)"},
     {"stride", CONFIG_INT, "0", "sliding only: window advance (0 = ctx / 2)"},
     {"max_tokens", CONFIG_INT, "16384", "evaluate at most this many tokens of the text (0 = all)"},
 };
@@ -194,27 +194,28 @@ static qlab_status load_variants(compare_grid *g, const config *cfg) {
     int nt = config_array_length(cfg, "dtypes"), nd = config_array_length(cfg, "double_quant");
     int64_t bs = config_int(cfg, "blocksize");
     if (bs < 1 || bs > (1 << 20))
-        return qlab_fail(QLAB_ERR_ARG, "%s: key 'blocksize': %lld out of range", config_path(cfg),
-                         (long long)bs);
+        return qlab_fail(QLAB_ERR_ARG, "%s: key 'blocksize': %lld out of range",
+                         config_key_origin(cfg, "blocksize"), (long long)bs);
     compare_variant *v = g->variants = qlab_calloc((size_t)(nt * 2 + 1), sizeof *v);
     if (!v) return QLAB_ERR_NOMEM;
     int n = 0;
     for (int i = 0; i < nt; i++) {
         quant_dtype dt;
         qlab_status st = quant_dtype_parse(config_string_at(cfg, "dtypes", i), &dt);
-        if (st != QLAB_OK) return qlab_fail_context(st, "%s: key 'dtypes'", config_path(cfg));
+        if (st != QLAB_OK) return qlab_fail_context(st, "%s: key 'dtypes'", config_key_origin(cfg, "dtypes"));
         if (!quant_dtype_has_fp32_absmax(dt)) {
             v[n++] = (compare_variant){dt, quant_default_blocksize(dt), 0};
             continue;
         }
         st = quant_check_blocksize(dt, (int)bs);
-        if (st != QLAB_OK) return qlab_fail_context(st, "%s: key 'blocksize'", config_path(cfg));
+        if (st != QLAB_OK)
+            return qlab_fail_context(st, "%s: key 'blocksize'", config_key_origin(cfg, "blocksize"));
         int seen[2] = {0, 0};
         for (int d = 0; d < nd; d++) {
             int64_t dq = config_int_at(cfg, "double_quant", d);
             if (dq != 0 && dq != 1)
                 return qlab_fail(QLAB_ERR_ARG, "%s: key 'double_quant': entries must be 0 or 1",
-                                 config_path(cfg));
+                                 config_key_origin(cfg, "double_quant"));
             if (seen[dq]++) continue;
             v[n++] = (compare_variant){dt, (int)bs, (int)dq};
         }

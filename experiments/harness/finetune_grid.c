@@ -484,14 +484,16 @@ qlab_status finetune_grid_options(const config *cfg, finetune_options *o) {
             every = config_int(cfg, "eval_every"), eval_batch = config_int(cfg, "eval_batch"),
             warmup = config_int(cfg, "warmup_steps"), blocksize = config_int(cfg, "blocksize");
     if (steps < 1 || steps > 1000000)
-        return qlab_fail(QLAB_ERR_ARG, "%s: key 'steps' must be from 1 to 1e6", path);
+        return qlab_fail(QLAB_ERR_ARG, "%s: key 'steps' must be from 1 to 1e6",
+                         config_key_origin(cfg, "steps"));
     if (batch < 1 || batch > 4096 || eval_batch < 1 || eval_batch > 4096)
         return qlab_fail(QLAB_ERR_ARG, "%s: keys 'batch' and 'eval_batch' must be from 1 to 4096", path);
     if (every < 0 || every > steps || warmup < 0 || warmup > steps)
         return qlab_fail(QLAB_ERR_ARG, "%s: keys 'eval_every' and 'warmup_steps' must be from 0 to steps",
                          path);
     if (blocksize < 1 || blocksize > 1 << 20)
-        return qlab_fail(QLAB_ERR_ARG, "%s: key 'blocksize' out of range", path);
+        return qlab_fail(QLAB_ERR_ARG, "%s: key 'blocksize' out of range",
+                         config_key_origin(cfg, "blocksize"));
     o->steps = steps, o->batch = (int)batch, o->eval_every = (int)every, o->eval_batch = (int)eval_batch;
     o->warmup_steps = warmup, o->blocksize = (int)blocksize;
     o->log_every = steps < 10 ? 1 : 10;
@@ -501,8 +503,8 @@ qlab_status finetune_grid_options(const config *cfg, finetune_options *o) {
     else if (!strcmp(schedule, "cosine"))
         o->schedule = OPTIM_LR_COSINE;
     else
-        return qlab_fail(QLAB_ERR_ARG, "%s: key 'schedule' is '%s' (expected constant or cosine)", path,
-                         schedule);
+        return qlab_fail(QLAB_ERR_ARG, "%s: key 'schedule' is '%s' (expected constant or cosine)",
+                         config_key_origin(cfg, "schedule"), schedule);
     o->max_lr = config_double(cfg, "lr_lora");
     o->min_lr = 0;
     o->grad_clip = config_double(cfg, "grad_clip");
@@ -516,7 +518,9 @@ qlab_status finetune_grid_options(const config *cfg, finetune_options *o) {
                          "out of range",
                          path);
     int64_t resident = config_int(cfg, "optimizer_resident_bytes");
-    if (resident < 0) return qlab_fail(QLAB_ERR_ARG, "%s: key 'optimizer_resident_bytes' must be >= 0", path);
+    if (resident < 0)
+        return qlab_fail(QLAB_ERR_ARG, "%s: key 'optimizer_resident_bytes' must be >= 0",
+                         config_key_origin(cfg, "optimizer_resident_bytes"));
     o->optimizer_resident_bytes = (size_t)resident;
     o->checkpointing = config_bool(cfg, "gradient_checkpointing");
     const char *state = config_string(cfg, "optimizer_state");
@@ -525,8 +529,8 @@ qlab_status finetune_grid_options(const config *cfg, finetune_options *o) {
     else if (!strcmp(state, "host"))
         o->state_kind = OPTIM_STATE_HOST;
     else
-        return qlab_fail(QLAB_ERR_ARG, "%s: key 'optimizer_state' is '%s' (expected paged or host)", path,
-                         state);
+        return qlab_fail(QLAB_ERR_ARG, "%s: key 'optimizer_state' is '%s' (expected paged or host)",
+                         config_key_origin(cfg, "optimizer_state"), state);
     return QLAB_OK;
 }
 
@@ -545,16 +549,18 @@ qlab_status finetune_grid_load_task(const config *cfg, finetune_task *t) {
 qlab_status finetune_grid_seeds(const config *cfg, int64_t **seeds, int *n) {
     int count = config_array_length(cfg, "seeds");
     if (count < 1 || count > 64)
-        return qlab_fail(QLAB_ERR_ARG, "%s: key 'seeds' needs 1 to 64 seeds", config_path(cfg));
+        return qlab_fail(QLAB_ERR_ARG, "%s: key 'seeds' needs 1 to 64 seeds",
+                         config_key_origin(cfg, "seeds"));
     int64_t *s = qlab_calloc((size_t)count, sizeof *s);
     if (!s) return QLAB_ERR_NOMEM;
     for (int i = 0; i < count; i++) {
         s[i] = config_int_at(cfg, "seeds", i);
         for (int j = 0; j < i; j++)
             if (s[j] == s[i]) {
+                long long twice = (long long)s[i];
                 free(s);
-                return qlab_fail(QLAB_ERR_ARG, "%s: key 'seeds' lists %lld twice", config_path(cfg),
-                                 (long long)s[i]);
+                return qlab_fail(QLAB_ERR_ARG, "%s: key 'seeds' lists %lld twice",
+                                 config_key_origin(cfg, "seeds"), twice);
             }
     }
     *seeds = s, *n = count;
