@@ -120,7 +120,14 @@ int main(int argc, char **argv) {
         return 0;
     }
     for (int i = 0; i < n_commands; i++)
-        if (!strcmp(argv[1], commands[i]->name)) return commands[i]->run(argc - 1, argv + 1);
+        if (!strcmp(argv[1], commands[i]->name)) {
+            int rc = commands[i]->run(argc - 1, argv + 1);
+            /* A command stopped by the memory budget exits with its own code, whatever the command returns
+             * for failures in general. */
+            if (rc != 0 && memacct_refusals() > 0 && qlab_last_status() == QLAB_ERR_BUDGET)
+                return QLAB_EXIT_BUDGET;
+            return rc;
+        }
     fprintf(stderr, "qlab: unknown command '%s' (run 'qlab --help' for the list)\n", argv[1]);
     return 2;
 }
