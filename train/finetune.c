@@ -398,10 +398,12 @@ qlab_status finetune_job_step(finetune_job *j) {
         int64_t t = j->adam.step + 1;
         optim_adamw_hyper hyper = {(float)j->lr, (float)o->beta1, (float)o->beta2, (float)o->eps,
                                    (float)o->weight_decay};
+        double t_update = qlab_now();
         if (j->lora)
             QLAB_TRY(optim_adamw_update_range(&j->adam, j->params, j->grads, 0, j->n_trainable, &hyper, t));
         else /* as in pretraining: decoupled weight decay on the matrices and embeddings, not the gains */
             QLAB_TRY(train_adamw_update_groups(j->m, j->params, j->grads, &j->adam, &hyper, t));
+        h->optimizer_seconds += qlab_now() - t_update;
         j->adam.step = t;
         j->window_loss += loss;
         j->window_count++;

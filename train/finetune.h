@@ -96,6 +96,7 @@ typedef struct {
     optim_state_kind state_actual; /* where the moments really were */
     char state_note[160];          /* optim_state_buffer.note */
     optim_paging_stats paging;     /* page traffic when the moments were paged on the CPU, else zeros */
+    double optimizer_seconds;      /* wall time in the AdamW updates (page traffic included) */
     /* The optimizer-state backend actually used: "plain" (host memory; also when paging was requested but
      * nothing could page), "cpu-paged" (optim_paged.h, traffic in paging) or "cuda-unified". */
     char optimizer_backend[32];

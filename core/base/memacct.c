@@ -13,6 +13,8 @@
 static _Atomic size_t current[MEMACCT_COUNT], peak[MEMACCT_COUNT];
 static _Atomic size_t current_total, peak_total;
 static _Atomic int64_t refusals;
+static _Atomic int last_refused_category;
+static _Atomic size_t last_refused_bytes;
 static size_t budget;
 
 static const char *category_names[MEMACCT_COUNT] = {
@@ -80,6 +82,8 @@ qlab_status memacct_charge(memacct_category c, size_t bytes) {
     size_t limit = budget, total = atomic_load(&current_total);
     for (;;) {
         if (total + bytes < total || (limit && total + bytes > limit)) {
+            atomic_store(&last_refused_category, (int)c);
+            atomic_store(&last_refused_bytes, bytes);
             atomic_fetch_add(&refusals, 1);
             char lb[32], rb[32], in_use[512];
             return qlab_fail(
@@ -132,6 +136,13 @@ size_t memacct_peak_total(void) {
 }
 int64_t memacct_refusals(void) {
     return atomic_load(&refusals);
+}
+
+int memacct_last_refusal(memacct_category *category, size_t *bytes) {
+    if (atomic_load(&refusals) == 0) return 0;
+    if (category) *category = (memacct_category)atomic_load(&last_refused_category);
+    if (bytes) *bytes = atomic_load(&last_refused_bytes);
+    return 1;
 }
 
 void memacct_reset(void) {

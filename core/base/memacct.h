@@ -52,6 +52,8 @@ size_t memacct_peak(memacct_category c);
 size_t memacct_peak_total(void);
 /* Requests refused since start or memacct_reset. */
 int64_t memacct_refusals(void);
+/* The category and size of the last refused request; 0 when none was refused since start or reset. */
+int memacct_last_refusal(memacct_category *category, size_t *bytes);
 
 /* "4-bit weights 1.2 MiB, full-precision weights 256.0 KiB, ..., scratch 0 B" (current values) into buf;
  * returns buf. */
