@@ -18,6 +18,8 @@
 #include "core/model/model.h"
 #include "train/finetune.h"
 #include "train/train.h"
+#include "core/results/results.h"
+#include "tests/results_cells.h"
 
 static const model_config cfg = {.dim = 64,
                                  .hidden_dim = 128,
@@ -303,6 +305,13 @@ static void test_command_lines(void) {
     CHECK(cli_exec(after) == 2 && strstr(cli_err, "--memory-budget"));
     const char *ok[] = {cli_bin, "dtypes", "--memory-budget", "1G", NULL};
     CHECKF(cli_exec(ok) == 0, "%s", cli_err);
+    /* the environment variable is the default, checked as strictly, and the flag wins over it */
+    setenv("QLAB_MEMORY_BUDGET", "3 MB", 1);
+    const char *env[] = {cli_bin, "dtypes", NULL};
+    CHECK(cli_exec(env) == 2 && strstr(cli_err, "QLAB_MEMORY_BUDGET") && strstr(cli_err, "'3 MB'"));
+    setenv("QLAB_MEMORY_BUDGET", "3MB", 1);
+    CHECKF(cli_exec(env) == 0, "%s", cli_err);
+    unsetenv("QLAB_MEMORY_BUDGET");
     const char *help[] = {cli_bin, "--help", NULL};
     CHECK(cli_exec(help) == 0 && strstr(cli_out, "--memory-budget BYTES"));
 
@@ -330,6 +339,65 @@ static void test_command_lines(void) {
     CHECKF(rc == QLAB_EXIT_BUDGET && strstr(cli_err, "memory budget 64.0 KiB (65536 bytes) exceeded by") &&
                strstr(cli_err, "in use: 4-bit weights"),
            "exit %d: %s", rc, cli_err);
+
+    /* qlab finetune's memory options: checkpointing and the CPU pager, recorded as really used */
+    const char *alpaca = shared_data_path("finetune/alpaca_data_1k.json");
+    if (!alpaca) {
+        SKIP("alpaca_data_1k.json not in ../shared/data: qlab finetune's memory options are not run");
+        return;
+    }
+    char out_dir[600];
+    snprintf(out_dir, sizeof out_dir, "%s", tmp_path("finetune_paged"));
+    const char *garbage[] = {cli_bin,  "finetune", "--model", model_path, "--tokenizer",          tok,
+                             "--data", alpaca,     "--out",   out_dir,    "--optimizer-resident", "12X",
+                             NULL};
+    CHECK(cli_exec(garbage) == 2 && strstr(cli_err, "--optimizer-resident") && strstr(cli_err, "'12X'"));
+    const char *ft[] = {cli_bin,
+                        "finetune",
+                        "--model",
+                        model_path,
+                        "--tokenizer",
+                        tok,
+                        "--data",
+                        alpaca,
+                        "--out",
+                        out_dir,
+                        "--steps",
+                        "4",
+                        "--batch",
+                        "2",
+                        "--max-len",
+                        "48",
+                        "--checkpointing",
+                        "--optimizer-resident",
+                        "32K",
+                        "--optimizer-page",
+                        "16K",
+                        NULL};
+    rc = cli_exec(ft);
+    CHECKF(rc == 0 && strstr(cli_err, "optimizer state cpu-paged") &&
+               strstr(cli_err, "gradient checkpointing"),
+           "exit %d: %s", rc, cli_err);
+    char log_path[700];
+    snprintf(log_path, sizeof log_path, "%s/finetune.h5", out_dir);
+    results_file f;
+    if (rc == 0 && results_read(log_path, &f) == QLAB_OK) {
+        const results_table_data *t = results_file_table(&f, "summary");
+        const results_column *backend = t ? results_table_find_column(t, "optimizer_backend") : NULL;
+        CHECK(backend && !strcmp(backend->str[0], "cpu-paged"));
+        CHECK(t && table_i64(t, "checkpointing", 0) == 1);
+        /* 46240 adapter values: 370 KB of moments in 16 KiB pages, 2 resident: the rest really moves */
+        CHECK(t && table_i64(t, "optimizer_resident_pages", 0) == 2 &&
+              table_i64(t, "optimizer_pages", 0) == 23);
+        CHECK(t && table_i64(t, "optimizer_pages_in", 0) > 0 &&
+              table_i64(t, "optimizer_bytes_moved", 0) ==
+                  16384 * (table_i64(t, "optimizer_pages_in", 0) + table_i64(t, "optimizer_pages_out", 0)));
+        CHECK(results_file_attr(&f, "memory_peak_optimizer_bytes") &&
+              !strcmp(results_file_attr(&f, "memory_peak_optimizer_bytes"), "32768"));
+        results_file_free(&f);
+    } else {
+        CHECKF(0, "cannot read %s", log_path);
+    }
 }
 
 int main(void) {
