@@ -6,6 +6,7 @@
  * are refused in one line; qlab report renders it. Skips without a base model (stories260K or the zoo). */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -98,6 +99,9 @@ static void check_file(const results_file *f) {
     CHECK(b && !strcmp(b, "none"));
     CHECKF(p && strstr(p, "peak ") == p && strstr(p, "optimizer"), "%s", p ? p : "(missing)");
     CHECK(results_file_attr(f, "memory_peak_activations_bytes") != NULL);
+    /* the process's peak covers every run (the per-run peaks are measurement windows) */
+    const char *total = results_file_attr(f, "memory_peak_total_bytes");
+    CHECK(total && atoll(total) >= table_i64(runs, "peak_bytes", a));
 }
 
 int main(void) {

@@ -84,8 +84,18 @@ static void test_counters(void) {
     CHECK(memacct_current(MEMACCT_OPTIMIZER) == 0 && memacct_current_total() == 700);
     memacct_format_peaks(buf, sizeof buf);
     CHECKF(strstr(buf, "peak 1.46 KiB; ") == buf, "%s", buf);
+    /* a new measurement window: its peaks start from what is held; the process's peaks stay */
+    memacct_reset_peaks();
+    CHECK(memacct_peak_total() == 700 && memacct_peak(MEMACCT_ADAPTERS) == 600);
+    CHECK(memacct_process_peak_total() == 1500 && memacct_process_peak(MEMACCT_ADAPTERS) == 1000);
+    CHECK(memacct_charge(MEMACCT_SCRATCH, 50) == QLAB_OK && memacct_peak_total() == 750);
+    memacct_format_process_peaks(buf, sizeof buf);
+    CHECKF(strstr(buf, "peak 1.46 KiB; 4-bit weights 0 B, full-precision weights 0 B, adapters 1000 B") ==
+               buf,
+           "%s", buf);
     memacct_reset();
-    CHECK(memacct_current_total() == 0 && memacct_peak_total() == 0 && memacct_refusals() == 0);
+    CHECK(memacct_current_total() == 0 && memacct_peak_total() == 0 && memacct_refusals() == 0 &&
+          memacct_process_peak_total() == 0);
     CHECK(memacct_charge((memacct_category)MEMACCT_COUNT, 1) == QLAB_ERR_ARG);
 }
 

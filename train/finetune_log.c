@@ -126,7 +126,7 @@ static qlab_status write_all(results *res, const finetune_result *r, const finet
         results_set_int(t, "optimizer_bytes_moved", (int64_t)(r->paging.bytes_in + r->paging.bytes_out)));
     QLAB_TRY(results_set_double(t, "optimizer_paging_seconds", r->paging.seconds));
     QLAB_TRY(results_set_int(t, "memory_budget_bytes", (int64_t)memacct_get_budget()));
-    QLAB_TRY(results_set_double(t, "accounted_peak_mb", (double)memacct_peak_total() / 1e6));
+    QLAB_TRY(results_set_double(t, "accounted_peak_mb", (double)memacct_process_peak_total() / 1e6));
     QLAB_TRY(results_row_end(t));
     return results_table_end(t);
 }

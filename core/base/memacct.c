@@ -12,6 +12,7 @@
 
 static _Atomic size_t current[MEMACCT_COUNT], peak[MEMACCT_COUNT];
 static _Atomic size_t current_total, peak_total;
+static _Atomic size_t process_peak[MEMACCT_COUNT], process_peak_total;
 static _Atomic int64_t refusals;
 static _Atomic int last_refused_category;
 static _Atomic size_t last_refused_bytes;
@@ -67,13 +68,21 @@ const char *memacct_format_breakdown(char *buf, size_t n) {
     return format_list(buf, n, current);
 }
 
-const char *memacct_format_peaks(char *buf, size_t n) {
+static const char *format_peaks(char *buf, size_t n, _Atomic size_t *total, _Atomic size_t *values) {
     if (n == 0) return buf;
     char b[32];
-    int used = snprintf(buf, n, "peak %s; ", memacct_format_bytes(atomic_load(&peak_total), b, sizeof b));
+    int used = snprintf(buf, n, "peak %s; ", memacct_format_bytes(atomic_load(total), b, sizeof b));
     if (used < 0 || (size_t)used >= n) return buf;
-    format_list(buf + used, n - (size_t)used, peak);
+    format_list(buf + used, n - (size_t)used, values);
     return buf;
+}
+
+const char *memacct_format_peaks(char *buf, size_t n) {
+    return format_peaks(buf, n, &peak_total, peak);
+}
+
+const char *memacct_format_process_peaks(char *buf, size_t n) {
+    return format_peaks(buf, n, &process_peak_total, process_peak);
 }
 
 qlab_status memacct_charge(memacct_category c, size_t bytes) {
@@ -94,8 +103,11 @@ qlab_status memacct_charge(memacct_category c, size_t bytes) {
         }
         if (atomic_compare_exchange_weak(&current_total, &total, total + bytes)) break;
     }
+    size_t now_c = atomic_fetch_add(&current[c], bytes) + bytes;
     raise_peak(&peak_total, total + bytes);
-    raise_peak(&peak[c], atomic_fetch_add(&current[c], bytes) + bytes);
+    raise_peak(&peak[c], now_c);
+    raise_peak(&process_peak_total, total + bytes);
+    raise_peak(&process_peak[c], now_c);
     return QLAB_OK;
 }
 
@@ -134,6 +146,12 @@ size_t memacct_peak(memacct_category c) {
 size_t memacct_peak_total(void) {
     return atomic_load(&peak_total);
 }
+size_t memacct_process_peak(memacct_category c) {
+    return (c >= 0 && c < MEMACCT_COUNT) ? atomic_load(&process_peak[c]) : 0;
+}
+size_t memacct_process_peak_total(void) {
+    return atomic_load(&process_peak_total);
+}
 int64_t memacct_refusals(void) {
     return atomic_load(&refusals);
 }
@@ -147,9 +165,10 @@ int memacct_last_refusal(memacct_category *category, size_t *bytes) {
 
 void memacct_reset(void) {
     for (int c = 0; c < MEMACCT_COUNT; c++)
-        atomic_store(&current[c], 0), atomic_store(&peak[c], 0);
+        atomic_store(&current[c], 0), atomic_store(&peak[c], 0), atomic_store(&process_peak[c], 0);
     atomic_store(&current_total, 0);
     atomic_store(&peak_total, 0);
+    atomic_store(&process_peak_total, 0);
     atomic_store(&refusals, 0);
 }
 

@@ -46,10 +46,15 @@ size_t memacct_get_budget(void);
 
 size_t memacct_current(memacct_category c);
 size_t memacct_current_total(void);
-/* Largest value each category (and the total) has reached since start or memacct_reset. The peaks of
- * the categories need not be simultaneous: their sum may exceed memacct_peak_total(). */
+/* Largest value each category (and the total) has reached since start, memacct_reset or
+ * memacct_reset_peaks (a measurement window). The peaks of the categories need not be simultaneous: their
+ * sum may exceed memacct_peak_total(). */
 size_t memacct_peak(memacct_category c);
 size_t memacct_peak_total(void);
+/* The same over the whole process (since start or memacct_reset; memacct_reset_peaks leaves them): what
+ * results files record in their provenance. */
+size_t memacct_process_peak(memacct_category c);
+size_t memacct_process_peak_total(void);
 /* Requests refused since start or memacct_reset. */
 int64_t memacct_refusals(void);
 /* The category and size of the last refused request; 0 when none was refused since start or reset. */
@@ -58,8 +63,10 @@ int memacct_last_refusal(memacct_category *category, size_t *bytes);
 /* "4-bit weights 1.2 MiB, full-precision weights 256.0 KiB, ..., scratch 0 B" (current values) into buf;
  * returns buf. */
 const char *memacct_format_breakdown(char *buf, size_t n);
-/* The same for the peaks, with the total's peak first: "peak 3.1 MiB; 4-bit weights 1.2 MiB, ...". */
+/* The same for the window's peaks, with the total's peak first: "peak 3.1 MiB; 4-bit weights 1.2 MiB, ...";
+ * and for the process's peaks. */
 const char *memacct_format_peaks(char *buf, size_t n);
+const char *memacct_format_process_peaks(char *buf, size_t n);
 /* Bytes in a human unit: "512 B", "1.5 KiB", "3.25 MiB", "1.00 GiB". */
 const char *memacct_format_bytes(size_t bytes, char *buf, size_t n);
 
