@@ -15,6 +15,7 @@
 
 #include "cli/cli.h"
 #include "core/base/common.h"
+#include "core/base/memacct.h"
 #include "core/base/progress.h"
 #include "core/model/checkpoint.h"
 #include "core/model/lora_peft.h"
@@ -72,6 +73,17 @@ static void finetune_usage(FILE *f) {
         "  --weight-decay X        decoupled weight decay (default 0)\n"
         "  --seed N                adapter initialisation, dropout and data order (default 1)\n"
         "  --threads N             OpenMP threads (the result is bit-identical for a given N)\n"
+        "Memory:\n"
+        "  --checkpointing         gradient checkpointing: keep each block's input, recompute the block in\n"
+        "                          backward (same gradients, bit for bit; less activation memory)\n"
+        "  --optimizer-state S     host (default) or paged: CUDA unified memory in a CUDA build with a GPU,\n"
+        "                          else the CPU pager when --optimizer-resident is given, else host memory\n"
+        "                          (finetune.h5 records the backend really used)\n"
+        "  --optimizer-resident B  page the AdamW moments on the CPU with B bytes resident (e.g. 256K, "
+        "4MiB;\n"
+        "                          implies --optimizer-state paged); the rest lives in a temporary file\n"
+        "  --optimizer-page B      page size of that store (default 1MiB; a multiple of 64)\n"
+        "  (and the global --memory-budget BYTES, see qlab --help)\n"
         "  --save-every N          save the adapter and the resumable state every N steps (default 50)\n"
         "  --resume DIR            continue the run in DIR from its last saved state; ends bit-identical to\n"
         "                          an uninterrupted run with the same threads\n");
@@ -79,7 +91,9 @@ static void finetune_usage(FILE *f) {
 
 typedef struct {
     const char *model, *tokenizer, *data, *eval_data, *out, *format, *dtype, *targets, *schedule;
-    int train_on_source, double_quant, full, have_eval_fraction;
+    const char *optimizer_state;
+    int train_on_source, double_quant, full, have_eval_fraction, checkpointing;
+    size_t optimizer_resident, optimizer_page;
     long max_len, eval_every, blocksize, rank, steps, batch, accum, warmup, save_every, seed, threads;
     double eval_fraction, alpha, dropout, lr, epochs, clip, wd;
 } ft_args;
@@ -87,6 +101,7 @@ typedef struct {
 static void args_default(ft_args *a) {
     memset(a, 0, sizeof *a);
     a->format = "auto", a->dtype = "nf4", a->targets = "all", a->schedule = "constant";
+    a->optimizer_state = "host";
     a->double_quant = 1, a->eval_fraction = 0.1, a->eval_every = -1, a->blocksize = 0;
     a->rank = 8, a->alpha = 16, a->dropout = 0.05, a->lr = 2e-4, a->batch = 8, a->accum = 1, a->clip = 0.3;
     a->save_every = 50, a->seed = 1;
@@ -108,6 +123,8 @@ static int parse_args(int argc, char **argv, ft_args *a, const char **resume) {
             a->double_quant = 0;
         } else if (!strcmp(o, "--full")) {
             a->full = 1;
+        } else if (!strcmp(o, "--checkpointing")) {
+            a->checkpointing = 1;
         } else if (!strncmp(o, "--", 2) && !v) {
             fprintf(stderr, "qlab finetune: %s needs a value\n", o);
             return 2;
@@ -131,6 +148,24 @@ static int parse_args(int argc, char **argv, ft_args *a, const char **resume) {
             a->targets = argv[++i];
         } else if (!strcmp(o, "--schedule")) {
             a->schedule = argv[++i];
+        } else if (!strcmp(o, "--optimizer-state")) {
+            a->optimizer_state = argv[++i];
+            if (strcmp(a->optimizer_state, "host") && strcmp(a->optimizer_state, "paged")) {
+                fprintf(stderr, "qlab finetune: --optimizer-state must be host or paged (got '%s')\n",
+                        a->optimizer_state);
+                return 2;
+            }
+        } else if (!strcmp(o, "--optimizer-resident") || !strcmp(o, "--optimizer-page")) {
+            size_t bytes = 0;
+            if (memacct_parse_bytes(argv[++i], o, &bytes) != QLAB_OK) {
+                fprintf(stderr, "qlab finetune: %s\n", qlab_last_error());
+                return 2;
+            }
+            if (bytes == 0) {
+                fprintf(stderr, "qlab finetune: %s 0 pages nothing (give a positive byte count)\n", o);
+                return 2;
+            }
+            *(!strcmp(o, "--optimizer-page") ? &a->optimizer_page : &a->optimizer_resident) = bytes;
         } else if (!strcmp(o, "--max-len")) {
             if (!cli_parse_int("finetune", o, argv[++i], 2, 1 << 20, &a->max_len)) return 2;
         } else if (!strcmp(o, "--eval-every")) {
@@ -308,7 +343,11 @@ static int build_options(ft_run *r) {
     o->seed = (uint64_t)a->seed;
     o->batch = (int)a->batch, o->grad_accum = (int)a->accum, o->max_lr = a->lr, o->min_lr = 0;
     o->warmup_steps = a->warmup, o->grad_clip = a->clip, o->weight_decay = a->wd;
-    o->state_kind = OPTIM_STATE_HOST;
+    o->state_kind =
+        a->optimizer_resident || !strcmp(a->optimizer_state, "paged") ? OPTIM_STATE_PAGED : OPTIM_STATE_HOST;
+    o->optimizer_resident_bytes = a->optimizer_resident;
+    o->optimizer_page_bytes = a->optimizer_page;
+    o->checkpointing = a->checkpointing;
 #ifdef _OPENMP
     if (a->threads) omp_set_num_threads((int)a->threads);
 #endif
@@ -406,6 +445,8 @@ static void print_start(const ft_run *r) {
     if (o->mode == FINETUNE_QLORA)
         fprintf(stderr, "finetune: base quantized to %s, block %d\n", quant_dtype_name(o->base_dtype),
                 o->blocksize);
+    fprintf(stderr, "finetune: optimizer state %s (%s)%s\n", finetune_job_result(r->job)->optimizer_backend,
+            finetune_job_result(r->job)->state_note, o->checkpointing ? "; gradient checkpointing" : "");
 }
 
 /* Steps to the end with a progress line, saving every --save-every steps and at the end; *tps: the

@@ -110,6 +110,9 @@ static void write_provenance(text_buffer *b, const results_file *f) {
     md_cell(b, attr_or(f, "command_line", "?"));
     tb_printf(b, "` |\n");
     tb_printf(b, "| host | %s, %s |\n", attr_or(f, "hostname", "?"), attr_or(f, "os", "?"));
+    if (results_file_attr(f, "memory_peak")) /* files written before the memory accounting lack it */
+        tb_printf(b, "| memory | budget %s; accounted %s |\n", attr_or(f, "memory_budget", "none"),
+                  results_file_attr(f, "memory_peak"));
     tb_printf(b, "| software | qlab %s, %s, HDF5 %s, cJSON %s, OpenBLAS %s |\n",
               attr_or(f, "qlab_version", "?"), attr_or(f, "compiler", "?"), attr_or(f, "hdf5_version", "?"),
               attr_or(f, "cjson_version", "?"), attr_or(f, "openblas_version", "?"));

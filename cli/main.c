@@ -7,6 +7,7 @@
 
 #include "cli/cli.h"
 #include "core/base/common.h"
+#include "core/base/memacct.h"
 
 #define MAX_COMMANDS 64
 static const cli_command *commands[MAX_COMMANDS];
@@ -32,7 +33,49 @@ static void usage(FILE *f) {
             QLAB_VERSION);
     for (int i = 0; i < n_commands; i++)
         fprintf(f, "  %-16s %s\n", commands[i]->name, commands[i]->summary);
+    fprintf(
+        f,
+        "\nGlobal option (before or after COMMAND, for every command):\n"
+        "  --memory-budget BYTES  stop before any allocation that would take the library's accounted memory\n"
+        "                         past BYTES (suffixes K/M/G/KiB/MiB/GiB, KB/MB/GB; 0 = none; default: env\n"
+        "                         QLAB_MEMORY_BUDGET), printing the breakdown by category; exit code %d\n",
+        QLAB_EXIT_BUDGET);
     fprintf(f, "\nRun 'qlab COMMAND --help' for the options of a command.\n");
+}
+
+/* Takes every "--memory-budget BYTES" / "--memory-budget=BYTES" out of argv (wherever it stands, so it
+ * applies to every command without each one declaring it) and sets the budget; the environment variable
+ * QLAB_MEMORY_BUDGET is the default. Returns 0, or 2 after one line on stderr for a bad value. */
+static int take_memory_budget(int *argc, char **argv) {
+    if (memacct_budget_from_env() != QLAB_OK) {
+        fprintf(stderr, "qlab: %s\n", qlab_last_error());
+        return 2;
+    }
+    int out = 1;
+    for (int i = 1; i < *argc; i++) {
+        const char *text = NULL;
+        if (!strcmp(argv[i], "--memory-budget")) {
+            if (i + 1 >= *argc) {
+                fprintf(stderr, "qlab: --memory-budget needs a value (bytes, e.g. 512M or 2GiB)\n");
+                return 2;
+            }
+            text = argv[++i];
+        } else if (!strncmp(argv[i], "--memory-budget=", 16)) {
+            text = argv[i] + 16;
+        } else {
+            argv[out++] = argv[i];
+            continue;
+        }
+        size_t bytes;
+        if (memacct_parse_bytes(text, "--memory-budget", &bytes) != QLAB_OK) {
+            fprintf(stderr, "qlab: %s\n", qlab_last_error());
+            return 2;
+        }
+        memacct_set_budget(bytes);
+    }
+    argv[out] = NULL;
+    *argc = out;
+    return 0;
 }
 
 int cli_parse_int(const char *cmd, const char *flag, const char *text, long lo, long hi, long *out) {
@@ -63,6 +106,7 @@ int cli_parse_double(const char *cmd, const char *flag, const char *text, double
 int main(int argc, char **argv) {
     qlab_openmp_prefer_passive(argv);
     qsort(commands, (size_t)n_commands, sizeof commands[0], by_name);
+    if (take_memory_budget(&argc, argv) != 0) return 2;
     if (argc < 2) {
         usage(stderr);
         return 2;
@@ -76,7 +120,14 @@ int main(int argc, char **argv) {
         return 0;
     }
     for (int i = 0; i < n_commands; i++)
-        if (!strcmp(argv[1], commands[i]->name)) return commands[i]->run(argc - 1, argv + 1);
+        if (!strcmp(argv[1], commands[i]->name)) {
+            int rc = commands[i]->run(argc - 1, argv + 1);
+            /* A command stopped by the memory budget exits with its own code, whatever the command returns
+             * for failures in general. */
+            if (rc != 0 && memacct_refusals() > 0 && qlab_last_status() == QLAB_ERR_BUDGET)
+                return QLAB_EXIT_BUDGET;
+            return rc;
+        }
     fprintf(stderr, "qlab: unknown command '%s' (run 'qlab --help' for the list)\n", argv[1]);
     return 2;
 }

@@ -261,6 +261,10 @@ qlab_status finetune_job_create(finetune_job **out, model *m, const finetune_row
     if (st == QLAB_OK) {
         h->state_actual = j->adam.m.actual;
         snprintf(h->state_note, sizeof h->state_note, "%s", j->adam.m.note ? j->adam.m.note : "");
+        snprintf(h->optimizer_backend, sizeof h->optimizer_backend, "%s",
+                 j->adam.pager                           ? "cpu-paged"
+                 : j->adam.m.actual == OPTIM_STATE_PAGED ? "cuda-unified"
+                                                         : "plain");
     }
     int B = o->batch, T = train->row_len;
     j->inputs = malloc(sizeof(int) * (size_t)B * T);
@@ -290,6 +294,27 @@ void finetune_job_free(finetune_job *j) {
         lora_free(j->lora);
     }
     free(j);
+}
+
+qlab_status finetune_job_set_train_rows(finetune_job *j, const finetune_rows *train) {
+    const model_config *cfg = model_get_config(j->m);
+    QLAB_TRY(check_rows(train, "training", cfg->vocab_size));
+    if (train->row_len > cfg->seq_len)
+        return qlab_fail(QLAB_ERR_ARG, "finetune: new training rows of %d positions exceed seq_len %d",
+                         train->row_len, cfg->seq_len);
+    size_t positions = (size_t)j->o.batch * (size_t)train->row_len;
+    int *inputs = malloc(sizeof(int) * positions), *targets = malloc(sizeof(int) * positions);
+    int64_t *order = malloc(sizeof(int64_t) * (size_t)train->n_rows);
+    if (!inputs || !targets || !order) {
+        free(inputs), free(targets), free(order);
+        return qlab_fail(QLAB_ERR_NOMEM, "finetune: out of memory for %lld new training rows",
+                         (long long)train->n_rows);
+    }
+    free(j->inputs), free(j->targets), free(j->order);
+    j->inputs = inputs, j->targets = targets, j->order = order;
+    j->train = *train;
+    j->cursor = train->n_rows; /* a fresh shuffle at the next step */
+    return QLAB_OK;
 }
 
 int64_t finetune_job_steps_done(const finetune_job *j) {
@@ -373,10 +398,12 @@ qlab_status finetune_job_step(finetune_job *j) {
         int64_t t = j->adam.step + 1;
         optim_adamw_hyper hyper = {(float)j->lr, (float)o->beta1, (float)o->beta2, (float)o->eps,
                                    (float)o->weight_decay};
+        double t_update = qlab_now();
         if (j->lora)
             QLAB_TRY(optim_adamw_update_range(&j->adam, j->params, j->grads, 0, j->n_trainable, &hyper, t));
         else /* as in pretraining: decoupled weight decay on the matrices and embeddings, not the gains */
             QLAB_TRY(train_adamw_update_groups(j->m, j->params, j->grads, &j->adam, &hyper, t));
+        h->optimizer_seconds += qlab_now() - t_update;
         j->adam.step = t;
         j->window_loss += loss;
         j->window_count++;

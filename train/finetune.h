@@ -93,9 +93,13 @@ typedef struct {
     int64_t heldout_scored; /* response tokens scored by each held-out evaluation */
     size_t trainable_params;
     finetune_memory memory;
-    optim_state_kind state_actual;     /* where the moments really were */
-    char state_note[160];              /* optim_state_buffer.note */
-    optim_paging_stats paging;         /* page traffic when the moments were paged on the CPU, else zeros */
+    optim_state_kind state_actual; /* where the moments really were */
+    char state_note[160];          /* optim_state_buffer.note */
+    optim_paging_stats paging;     /* page traffic when the moments were paged on the CPU, else zeros */
+    double optimizer_seconds;      /* wall time in the AdamW updates (page traffic included) */
+    /* The optimizer-state backend actually used: "plain" (host memory; also when paging was requested but
+     * nothing could page), "cpu-paged" (optim_paged.h, traffic in paging) or "cuda-unified". */
+    char optimizer_backend[32];
     double seconds, tokens_per_second; /* tokens = rows x row_len processed by training steps */
 } finetune_result;
 
@@ -129,6 +133,11 @@ qlab_status finetune_job_step(finetune_job *j);
 qlab_status finetune_job_finish(finetune_job *j, lora_set **adapters, finetune_result *out);
 void finetune_job_free(finetune_job *j);
 int64_t finetune_job_steps_done(const finetune_job *j);
+/* Replaces the training rows from the next step on (the caller owns them; their row length may differ, up
+ * to the model's seq_len): the sequence-length change of a run whose examples get longer. The epoch
+ * restarts with a fresh shuffle of the new rows from the job's batch-order generator, so two jobs that
+ * switch at the same step stay identical. */
+qlab_status finetune_job_set_train_rows(finetune_job *j, const finetune_rows *train);
 lora_set *finetune_job_adapters(finetune_job *j);                  /* NULL for full finetuning */
 const finetune_result *finetune_job_result(const finetune_job *j); /* the curves so far */
 double finetune_job_last_loss(const finetune_job *j); /* mean over the last step's micro-batches */

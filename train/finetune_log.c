@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <sys/resource.h>
 
+#include "core/base/memacct.h"
 #include "core/results/results.h"
 
 double finetune_peak_rss_bytes(void) {
@@ -73,6 +74,18 @@ static qlab_status write_all(results *res, const finetune_result *r, const finet
         {"peak_rss_mb", RESULTS_FLOAT64, "MB", "peak resident memory of the process"},
         {"train_state_mb", RESULTS_FLOAT64, "MB", "weights + adapters + gradients + AdamW moments (exact)"},
         {"seconds", RESULTS_FLOAT64, "s", "wall time"},
+        {"checkpointing", RESULTS_INT64, "", "1: gradient checkpointing (blocks recomputed in backward)"},
+        {"optimizer_backend", RESULTS_STRING, "",
+         "where the AdamW moments really lived: plain (host memory), cpu-paged or cuda-unified"},
+        {"optimizer_note", RESULTS_STRING, "", "the optimizer state's own description"},
+        {"optimizer_pages", RESULTS_INT64, "", "cpu-paged: pages of the state (0 otherwise)"},
+        {"optimizer_resident_pages", RESULTS_INT64, "", "cpu-paged: pages held in memory"},
+        {"optimizer_pages_in", RESULTS_INT64, "", "cpu-paged: pages read back from the page file"},
+        {"optimizer_pages_out", RESULTS_INT64, "", "cpu-paged: pages written to the page file"},
+        {"optimizer_bytes_moved", RESULTS_INT64, "bytes", "cpu-paged: bytes read + written"},
+        {"optimizer_paging_seconds", RESULTS_FLOAT64, "s", "cpu-paged: time in page-file reads and writes"},
+        {"memory_budget_bytes", RESULTS_INT64, "bytes", "memory budget of the run (0 = none)"},
+        {"accounted_peak_mb", RESULTS_FLOAT64, "MB", "peak of the memory accounting (all categories)"},
     };
     for (size_t i = 0; i < sizeof cols / sizeof cols[0]; i++)
         QLAB_TRY(results_table_column(t, cols[i].name, cols[i].type, cols[i].unit, cols[i].desc));
@@ -101,6 +114,19 @@ static qlab_status write_all(results *res, const finetune_result *r, const finet
     QLAB_TRY(results_set_double(t, "peak_rss_mb", info->peak_rss_bytes / 1e6));
     QLAB_TRY(results_set_double(t, "train_state_mb", (double)r->memory.total / 1e6));
     QLAB_TRY(results_set_double(t, "seconds", r->seconds));
+    QLAB_TRY(results_set_int(t, "checkpointing", o->checkpointing ? 1 : 0));
+    QLAB_TRY(
+        results_set_string(t, "optimizer_backend", r->optimizer_backend[0] ? r->optimizer_backend : "plain"));
+    QLAB_TRY(results_set_string(t, "optimizer_note", r->state_note));
+    QLAB_TRY(results_set_int(t, "optimizer_pages", r->paging.pages));
+    QLAB_TRY(results_set_int(t, "optimizer_resident_pages", r->paging.resident_slots));
+    QLAB_TRY(results_set_int(t, "optimizer_pages_in", r->paging.pages_in));
+    QLAB_TRY(results_set_int(t, "optimizer_pages_out", r->paging.pages_out));
+    QLAB_TRY(
+        results_set_int(t, "optimizer_bytes_moved", (int64_t)(r->paging.bytes_in + r->paging.bytes_out)));
+    QLAB_TRY(results_set_double(t, "optimizer_paging_seconds", r->paging.seconds));
+    QLAB_TRY(results_set_int(t, "memory_budget_bytes", (int64_t)memacct_get_budget()));
+    QLAB_TRY(results_set_double(t, "accounted_peak_mb", (double)memacct_process_peak_total() / 1e6));
     QLAB_TRY(results_row_end(t));
     return results_table_end(t);
 }

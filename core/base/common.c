@@ -15,6 +15,7 @@
 #endif
 
 static _Thread_local char last_error[1024];
+static _Thread_local qlab_status last_status;
 
 /* A message is one line: names taken from files (JSON keys, tensor names) may hold control
  * characters, which are shown as '?'. */
@@ -29,10 +30,15 @@ qlab_status qlab_fail(qlab_status st, const char *fmt, ...) {
     vsnprintf(last_error, sizeof last_error, fmt, ap);
     va_end(ap);
     keep_one_line();
+    last_status = st;
     return st;
 }
 
 qlab_status qlab_fail_context(qlab_status st, const char *fmt, ...) {
+    /* A memory-budget refusal already names the category, the request and the breakdown: it stays the one
+     * line the budget wrote, and stays a budget refusal when a caller passes it on as out of memory. */
+    if (last_status == QLAB_ERR_BUDGET && (st == QLAB_ERR_NOMEM || st == QLAB_ERR_BUDGET))
+        return QLAB_ERR_BUDGET;
     char prefix[512], old[sizeof last_error];
     va_list ap;
     va_start(ap, fmt);
@@ -41,11 +47,16 @@ qlab_status qlab_fail_context(qlab_status st, const char *fmt, ...) {
     memcpy(old, last_error, sizeof old);
     snprintf(last_error, sizeof last_error, "%.500s: %.500s", prefix, old);
     keep_one_line();
+    last_status = st;
     return st;
 }
 
 const char *qlab_last_error(void) {
     return last_error[0] ? last_error : "unknown error";
+}
+
+qlab_status qlab_last_status(void) {
+    return last_status;
 }
 
 const char *qlab_status_name(qlab_status st) {
@@ -64,6 +75,8 @@ const char *qlab_status_name(qlab_status st) {
         return "non-finite value";
     case QLAB_ERR_UNSUPPORTED:
         return "unsupported";
+    case QLAB_ERR_BUDGET:
+        return "memory budget exceeded";
     }
     return "unknown status";
 }
@@ -140,7 +153,7 @@ qlab_status qlab_write_file_atomic(const char *path, const void *data, size_t le
 
 int qlab_report_error(const char *prog) {
     fprintf(stderr, "%s: %s\n", prog, qlab_last_error());
-    return 1;
+    return qlab_last_status() == QLAB_ERR_BUDGET ? QLAB_EXIT_BUDGET : 1;
 }
 
 void qlab_openmp_prefer_passive(char **argv) {

@@ -17,14 +17,23 @@ typedef enum {
     QLAB_ERR_NOMEM,       /* allocation failed */
     QLAB_ERR_NUMERIC,     /* NaN/Inf where a finite number is required */
     QLAB_ERR_UNSUPPORTED, /* valid input that this build cannot handle */
+    QLAB_ERR_BUDGET,      /* an allocation would exceed the memory budget (core/base/memacct.h) */
 } qlab_status;
+
+/* Exit code of a program stopped by the memory budget (qlab_report_error returns it when the last error
+ * was QLAB_ERR_BUDGET); other failures exit 1, bad options 2. */
+#define QLAB_EXIT_BUDGET 3
 
 /* Records a printf-style message as the current thread's last error and returns st, so a failing
  * function can `return qlab_fail(QLAB_ERR_FORMAT, "%s: header too short", path);`. */
 qlab_status qlab_fail(qlab_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Prefixes the current message with more context ("while loading X: "). Returns st. */
+/* Prefixes the current message with more context ("while loading X: "). Returns st; except that a
+ * memory-budget refusal (QLAB_ERR_BUDGET) passed on as QLAB_ERR_NOMEM or QLAB_ERR_BUDGET keeps its message
+ * unprefixed and returns QLAB_ERR_BUDGET. */
 qlab_status qlab_fail_context(qlab_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 const char *qlab_last_error(void);
+/* The status the last qlab_fail / qlab_fail_context on this thread recorded (QLAB_OK when none). */
+qlab_status qlab_last_status(void);
 const char *qlab_status_name(qlab_status st);
 
 /* Allocation that records "out of memory (N bytes)" on failure and returns NULL. Zeroed. */
@@ -38,7 +47,8 @@ qlab_status qlab_read_file(const char *path, char **data, size_t *len);
 /* Writes bytes to path through path.tmp.<pid> and rename(), so a reader never sees a partial file. */
 qlab_status qlab_write_file_atomic(const char *path, const void *data, size_t len);
 
-/* Program-side helper: prints "prog: <last error>" to stderr and returns exit code 1. */
+/* Program-side helper: prints "prog: <last error>" to stderr and returns the exit code: QLAB_EXIT_BUDGET
+ * when the last error was a memory-budget refusal, else 1. */
 int qlab_report_error(const char *prog);
 
 /* Called first thing in main(): restarts the program (execv of /proc/self/exe) with

@@ -4,6 +4,8 @@
  * pack a chunk (from fp32, or dequantizing 4-bit codes straight to bf16), multiply it, next chunk. */
 #include "core/model/gemm_bf16.h"
 
+#include "core/base/memacct.h"
+
 #include <math.h>
 #include <float.h>
 #include <stdio.h>
@@ -140,12 +142,23 @@ static _Thread_local size_t ws_bytes_;
 
 qlab_status bf16_workspace_reserve(size_t bytes) {
     if (bytes <= ws_bytes_) return QLAB_OK;
+    bf16_workspace_release(); /* the contents are not kept: never hold old and new together */
+    QLAB_TRY(memacct_charge(MEMACCT_SCRATCH, bytes));
     void *p = qlab_alloc_aligned(bytes);
-    if (!p) return qlab_fail_context(QLAB_ERR_NOMEM, "bf16 GEMM workspace (%zu bytes)", bytes);
-    qlab_free_aligned(ws_ptr_);
+    if (!p) {
+        memacct_release(MEMACCT_SCRATCH, bytes);
+        return qlab_fail_context(QLAB_ERR_NOMEM, "bf16 GEMM workspace (%zu bytes)", bytes);
+    }
     ws_ptr_ = p;
     ws_bytes_ = bytes;
     return QLAB_OK;
+}
+
+void bf16_workspace_release(void) {
+    qlab_free_aligned(ws_ptr_);
+    memacct_release(MEMACCT_SCRATCH, ws_bytes_);
+    ws_ptr_ = NULL;
+    ws_bytes_ = 0;
 }
 
 static int max_threads(void) {

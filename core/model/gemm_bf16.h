@@ -66,6 +66,9 @@ qlab_status bf16_gemm_quant(int trans_a, int trans_b, int M, int N, int K, const
  * for the calling thread (kept and reused; products on that thread then never allocate). */
 size_t bf16_workspace_bytes(int M, int N, int K);
 qlab_status bf16_workspace_reserve(size_t bytes);
+/* Frees the calling thread's workspace (charged to memory accounting as scratch while held); the next
+ * reservation allocates again. */
+void bf16_workspace_release(void);
 
 /* Rounds n fp32 values to bf16 (RNE) on the fastest path, bit-identical to f32_to_bf16. */
 void bf16_round_array(uint16_t *out, const float *in, size_t n);

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/base/memacct.h"
 #include "core/model/checkpoint.h"
 #include "core/model/ops.h"
 #include "core/base/rng.h"
@@ -138,6 +139,7 @@ struct lora_set {
     float *scratch;  /* forward's dropout plane or backward's scratch */
     size_t scratch_floats;
     int max_in_features;
+    size_t charged_params, charged_hidden; /* bytes charged to memory accounting for the buffers above */
 };
 
 static qlab_status lora_check_config(const model_config *mc, const lora_config *lc) {
@@ -208,6 +210,16 @@ qlab_status lora_create(lora_set **out, const model_config *mc, const lora_confi
             l->slot_of[layer * PROJ_COUNT + p] = slot++;
         }
     l->num_params = offset;
+    qlab_status st = memacct_charge(MEMACCT_ADAPTERS, offset * sizeof(float));
+    if (st == QLAB_OK) {
+        st = memacct_charge(MEMACCT_GRADIENTS, offset * sizeof(float));
+        if (st != QLAB_OK) memacct_release(MEMACCT_ADAPTERS, offset * sizeof(float));
+    }
+    if (st != QLAB_OK) {
+        lora_free(l);
+        return st;
+    }
+    l->charged_params = offset * sizeof(float);
     l->params = qlab_alloc_aligned(offset * sizeof(float));
     l->grads = qlab_alloc_aligned(offset * sizeof(float));
     if (!l->params || !l->grads) {
@@ -244,6 +256,10 @@ void lora_free(lora_set *l) {
     qlab_free_aligned(l->grads);
     qlab_free_aligned(l->hidden);
     qlab_free_aligned(l->scratch);
+    memacct_release(MEMACCT_ADAPTERS, l->charged_params);
+    memacct_release(MEMACCT_GRADIENTS, l->charged_params);
+    memacct_release(MEMACCT_ACTIVATIONS, l->charged_hidden);
+    memacct_release(MEMACCT_SCRATCH, l->scratch_floats * sizeof(float));
     free(l);
 }
 
@@ -307,15 +323,32 @@ qlab_status lora_reserve(lora_set *l, int n_positions) {
     size_t hidden_floats = (size_t)l->n_adapters * rows * r;
     /* Backward needs (N,r) + 2 (N,IC) with dropout; forward's dropout plane (N,IC) fits inside that. */
     size_t scratch = lora_scratch_floats(n_positions, l->max_in_features, l->cfg.rank, l->cfg.dropout);
+    /* The old buffers' contents are dropped either way: free them first, so growing never holds both. */
+    qlab_free_aligned(l->hidden);
+    qlab_free_aligned(l->scratch);
+    memacct_release(MEMACCT_ACTIVATIONS, l->charged_hidden);
+    memacct_release(MEMACCT_SCRATCH, l->scratch_floats * sizeof(float));
+    l->hidden = l->scratch = NULL;
+    l->charged_hidden = l->scratch_floats = 0;
+    l->capacity = 0;
+    for (int i = 0; i < l->n_adapters; i++)
+        l->last_N[i] = 0; /* saved hidden states are gone */
+    QLAB_TRY(memacct_charge(MEMACCT_ACTIVATIONS, hidden_floats * sizeof(float)));
+    qlab_status st = memacct_charge(MEMACCT_SCRATCH, scratch * sizeof(float));
+    if (st != QLAB_OK) {
+        memacct_release(MEMACCT_ACTIVATIONS, hidden_floats * sizeof(float));
+        return st;
+    }
     float *h = qlab_alloc_aligned(hidden_floats * sizeof(float));
     float *s = qlab_alloc_aligned(scratch * sizeof(float));
     if (!h || !s) {
         qlab_free_aligned(h);
         qlab_free_aligned(s);
+        memacct_release(MEMACCT_ACTIVATIONS, hidden_floats * sizeof(float));
+        memacct_release(MEMACCT_SCRATCH, scratch * sizeof(float));
         return qlab_fail_context(QLAB_ERR_NOMEM, "lora: buffers for %d positions", n_positions);
     }
-    qlab_free_aligned(l->hidden);
-    qlab_free_aligned(l->scratch);
+    l->charged_hidden = hidden_floats * sizeof(float);
     l->hidden = h;
     l->scratch = s;
     l->scratch_floats = scratch;
@@ -472,12 +505,14 @@ static void lora_targets_text(unsigned targets, char *buf, size_t size) {
 }
 
 qlab_status lora_save(const lora_set *l, const char *path) {
+    QLAB_TRY(memacct_charge(MEMACCT_SCRATCH, l->num_params * sizeof(float)));
     safetensors_writer *w = safetensors_writer_new();
     /* The B matrices in PEFT's row order: a copy of the buffer (the writer keeps pointers until write). */
     float *hf = qlab_alloc_aligned(l->num_params * sizeof(float));
     if (!w || !hf) {
         safetensors_writer_free(w);
         qlab_free_aligned(hf);
+        memacct_release(MEMACCT_SCRATCH, l->num_params * sizeof(float));
         return qlab_fail(QLAB_ERR_NOMEM, "saving LoRA adapters to %s: out of memory", path);
     }
     memcpy(hf, l->params, l->num_params * sizeof(float));
@@ -511,6 +546,7 @@ qlab_status lora_save(const lora_set *l, const char *path) {
     if (st == QLAB_OK) st = safetensors_writer_write(w, path);
     safetensors_writer_free(w);
     qlab_free_aligned(hf);
+    memacct_release(MEMACCT_SCRATCH, l->num_params * sizeof(float));
     return st == QLAB_OK ? QLAB_OK : qlab_fail_context(st, "saving LoRA adapters to %s", path);
 }
 
@@ -537,6 +573,11 @@ qlab_status lora_load(lora_set *l, const char *path) {
         if (end == alpha || *end || (float)v != l->cfg.alpha)
             st = qlab_fail(QLAB_ERR_FORMAT, "%s: lora_alpha is '%s' but the adapters use %.9g", path, alpha,
                            l->cfg.alpha);
+    }
+    int charged = 0;
+    if (st == QLAB_OK) {
+        st = memacct_charge(MEMACCT_SCRATCH, l->num_params * sizeof(float));
+        charged = st == QLAB_OK;
     }
     float *staged = st == QLAB_OK ? qlab_alloc_aligned(l->num_params * sizeof(float)) : NULL;
     if (st == QLAB_OK && !staged) st = QLAB_ERR_NOMEM;
@@ -581,6 +622,7 @@ qlab_status lora_load(lora_set *l, const char *path) {
                            l->num_params);
     if (st == QLAB_OK) memcpy(l->params, staged, l->num_params * sizeof(float));
     qlab_free_aligned(staged);
+    if (charged) memacct_release(MEMACCT_SCRATCH, l->num_params * sizeof(float));
     safetensors_close(&f);
     return st;
 }

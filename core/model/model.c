@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/base/memacct.h"
 #include "core/model/linear.h"
 #include "core/model/ops.h"
 
@@ -75,6 +76,7 @@ struct model {
     float *grad_act_buffer;
     size_t grad_act_capacity;
     model_grad_acts gacts;
+    size_t quant_bytes; /* bytes of the quantized tensors set so far (charged as 4-bit weights) */
 };
 
 /* The views' named fields and the group array must line up, so p->wq is p->group[MODEL_GROUP_WQ]. */
@@ -267,10 +269,12 @@ static qlab_status model_alloc(model **out, const model_config *cfg, int quantiz
     m->num_params = model_stored_floats(&m->cfg, quantized);
     for (int g = 0; g < MODEL_GROUP_COUNT; g++)
         m->trainable[g] = 1;
-    m->param_buffer = qlab_alloc_aligned(m->num_params * sizeof(float));
+    qlab_status st = memacct_charge(MEMACCT_FP_WEIGHTS, m->num_params * sizeof(float));
+    m->param_buffer = st == QLAB_OK ? qlab_alloc_aligned(m->num_params * sizeof(float)) : NULL;
     if (!m->param_buffer) {
-        model_free(m);
-        return QLAB_ERR_NOMEM;
+        if (st == QLAB_OK) memacct_release(MEMACCT_FP_WEIGHTS, m->num_params * sizeof(float));
+        free(m);
+        return st == QLAB_OK ? QLAB_ERR_NOMEM : st;
     }
     model_point_views(&m->params, m->param_buffer, &m->cfg, quantized);
     *out = m;
@@ -281,6 +285,10 @@ qlab_status model_create(model **out, const model_config *cfg) {
     return model_alloc(out, cfg, 0);
 }
 
+static size_t model_rope_bytes(const model *m) {
+    return 2 * (size_t)m->rope_len * (m->head_size / 2) * sizeof(float);
+}
+
 /* The RoPE tables cover the positions a forward pass has used so far (not seq_len, which a file header
  * sets and may be as large as MODEL_MAX_SEQ_LEN): a model is only charged for the context it runs. The
  * angles are formed in fp32 exactly as llama2.c's run.c forms them, so a llama2.c checkpoint reproduces
@@ -288,11 +296,14 @@ qlab_status model_create(model **out, const model_config *cfg) {
 static qlab_status model_rope_reserve(model *m, int T) {
     if (T <= m->rope_len) return QLAB_OK;
     int half = m->head_size / 2;
+    size_t old_bytes = model_rope_bytes(m), new_bytes = 2 * (size_t)T * half * sizeof(float);
+    QLAB_TRY(memacct_charge(MEMACCT_SCRATCH, new_bytes));
     float *cs = qlab_calloc((size_t)T * half, sizeof(float)),
           *sn = qlab_calloc((size_t)T * half, sizeof(float));
     if (!cs || !sn) {
         free(cs);
         free(sn);
+        memacct_release(MEMACCT_SCRATCH, new_bytes);
         return QLAB_ERR_NOMEM;
     }
     for (int t = 0; t < T; t++)
@@ -304,6 +315,7 @@ static qlab_status model_rope_reserve(model *m, int T) {
         }
     free(m->rope_cos);
     free(m->rope_sin);
+    memacct_release(MEMACCT_SCRATCH, old_bytes);
     m->rope_cos = cs, m->rope_sin = sn, m->rope_len = T;
     return QLAB_OK;
 }
@@ -315,6 +327,9 @@ static void model_free_quantized(model *m) {
     free(m->quantized);
     free(m->quant_set);
     qlab_free_aligned(m->tile);
+    memacct_release(MEMACCT_QUANT_WEIGHTS, m->quant_bytes);
+    memacct_release(MEMACCT_SCRATCH, m->tile_floats * sizeof(float));
+    m->quant_bytes = 0;
     m->quantized = NULL;
     m->quant_set = NULL;
     m->tile = NULL;
@@ -332,6 +347,12 @@ void model_free(model *m) {
     free(m->saved_targets);
     free(m->rope_cos);
     free(m->rope_sin);
+    memacct_release(MEMACCT_FP_WEIGHTS, m->num_params * sizeof(float));
+    if (m->grad_buffer) memacct_release(MEMACCT_GRADIENTS, m->num_params * sizeof(float));
+    memacct_release(MEMACCT_ACTIVATIONS, (m->act_capacity + m->grad_act_capacity) * sizeof(float));
+    memacct_release(MEMACCT_SCRATCH, model_rope_bytes(m) + 2 * m->saved_capacity * sizeof(int));
+    /* the bf16 GEMM workspace is a per-thread cache that the next product re-reserves */
+    bf16_workspace_release();
     free(m);
 }
 
@@ -358,8 +379,10 @@ const float *model_get_param_buffer_const(const model *m, size_t *count) {
 float *model_get_grad_buffer(model *m, size_t *count) {
     if (count) *count = m->num_params;
     if (!m->grad_buffer) {
+        if (memacct_charge(MEMACCT_GRADIENTS, m->num_params * sizeof(float)) != QLAB_OK) return NULL;
         m->grad_buffer = qlab_alloc_aligned(m->num_params * sizeof(float));
         if (!m->grad_buffer) {
+            memacct_release(MEMACCT_GRADIENTS, m->num_params * sizeof(float));
             qlab_fail(QLAB_ERR_NOMEM, "model gradients: cannot allocate %zu floats", m->num_params);
             return NULL;
         }
@@ -465,11 +488,13 @@ static qlab_status model_alloc_quantized(model *m, quant_dtype dt, int blocksize
         size_t need = linear_tile_floats_needed(&lw, LINEAR_TILE_FLOATS);
         if (need > tile_floats) tile_floats = need;
     }
+    QLAB_TRY(memacct_charge(MEMACCT_SCRATCH, tile_floats * sizeof(float)));
     quant_tensor *qs = qlab_calloc(n, sizeof *qs);
     unsigned char *set = qlab_calloc(n, 1);
     float *tile = qlab_alloc_aligned(tile_floats * sizeof(float));
     if (!qs || !set || !tile) {
         free(qs), free(set), qlab_free_aligned(tile);
+        memacct_release(MEMACCT_SCRATCH, tile_floats * sizeof(float));
         return qlab_fail_context(QLAB_ERR_NOMEM, "model: quantized projections");
     }
     m->quantized = qs, m->quant_set = set, m->quant_missing = (int)n;
@@ -483,14 +508,24 @@ static qlab_status model_quantize_one(model *m, int layer, model_proj p, const f
     int out_f, in_f;
     model_proj_shape(&m->cfg, p, &out_f, &in_f);
     size_t i = (size_t)layer * PROJ_COUNT + p;
+    size_t bytes = quant_bytes_for(m->quant_type, (int64_t)out_f * in_f, m->quant_blocksize, m->quant_double);
+    QLAB_TRY(memacct_charge(MEMACCT_QUANT_WEIGHTS, bytes));
     quant_tensor qt;
     qlab_status st = quant_tensor_quantize(&qt, w, (int64_t)out_f * in_f, m->quant_type, m->quant_blocksize,
                                            m->quant_double);
-    if (st != QLAB_OK) return qlab_fail_context(st, "quantizing layer %d %s", layer, model_proj_name(p));
+    if (st != QLAB_OK) {
+        memacct_release(MEMACCT_QUANT_WEIGHTS, bytes);
+        return qlab_fail_context(st, "quantizing layer %d %s", layer, model_proj_name(p));
+    }
     qt.ndim = 2;
     qt.shape[0] = out_f;
     qt.shape[1] = in_f;
-    if (m->quant_set[i]) quant_tensor_free(&m->quantized[i]);
+    m->quant_bytes += bytes;
+    if (m->quant_set[i]) {
+        m->quant_bytes -= quant_tensor_bytes(&m->quantized[i]);
+        memacct_release(MEMACCT_QUANT_WEIGHTS, quant_tensor_bytes(&m->quantized[i]));
+        quant_tensor_free(&m->quantized[i]);
+    }
     m->quant_missing -= m->quant_set[i] ? 0 : 1;
     m->quantized[i] = qt;
     m->quant_set[i] = 1;
@@ -500,8 +535,12 @@ static qlab_status model_quantize_one(model *m, int layer, model_proj p, const f
 /* Moves the fp32 groups that stay into a buffer without the projections and frees the full one. */
 static qlab_status model_release_projections(model *m) {
     size_t stored = model_stored_floats(&m->cfg, 1);
+    QLAB_TRY(memacct_charge(MEMACCT_FP_WEIGHTS, stored * sizeof(float)));
     float *buffer = qlab_alloc_aligned(stored * sizeof(float));
-    if (!buffer) return qlab_fail_context(QLAB_ERR_NOMEM, "model: fp32 parameters without the projections");
+    if (!buffer) {
+        memacct_release(MEMACCT_FP_WEIGHTS, stored * sizeof(float));
+        return qlab_fail_context(QLAB_ERR_NOMEM, "model: fp32 parameters without the projections");
+    }
     model_params views;
     model_point_views(&views, buffer, &m->cfg, 1);
     size_t sizes[MODEL_GROUP_COUNT];
@@ -509,6 +548,8 @@ static qlab_status model_release_projections(model *m) {
     for (int g = 0; g < MODEL_GROUP_COUNT; g++)
         if (sizes[g]) memcpy(views.group[g], m->params.group[g], sizes[g] * sizeof(float));
     qlab_free_aligned(m->param_buffer);
+    memacct_release(MEMACCT_FP_WEIGHTS, m->num_params * sizeof(float));
+    if (m->grad_buffer) memacct_release(MEMACCT_GRADIENTS, m->num_params * sizeof(float));
     m->param_buffer = buffer, m->params = views, m->num_params = stored;
     /* gradients, if any were formed, belonged to the fp32 model */
     qlab_free_aligned(m->grad_buffer);
@@ -662,12 +703,20 @@ static size_t model_layout_grad_acts(model_grad_acts *g, float *base, const mode
     return total;
 }
 
-/* Grows *buffer to hold `need` floats (contents are not kept). */
+/* Grows *buffer to hold `need` floats (contents are not kept): the old buffer is freed first, so growing
+ * never holds both (the sequence-length spike costs the new size, not old + new). */
 static qlab_status model_reserve(float **buffer, size_t *capacity, size_t need) {
     if (need <= *capacity) return QLAB_OK;
-    float *p = qlab_alloc_aligned(need * sizeof(float));
-    if (!p) return qlab_fail_context(QLAB_ERR_NOMEM, "model activations (%zu floats)", need);
     qlab_free_aligned(*buffer);
+    memacct_release(MEMACCT_ACTIVATIONS, *capacity * sizeof(float));
+    *buffer = NULL;
+    *capacity = 0;
+    QLAB_TRY(memacct_charge(MEMACCT_ACTIVATIONS, need * sizeof(float)));
+    float *p = qlab_alloc_aligned(need * sizeof(float));
+    if (!p) {
+        memacct_release(MEMACCT_ACTIVATIONS, need * sizeof(float));
+        return qlab_fail_context(QLAB_ERR_NOMEM, "model activations (%zu floats)", need);
+    }
     *buffer = p;
     *capacity = need;
     return QLAB_OK;
@@ -747,14 +796,17 @@ static qlab_status model_forward_prepare(model *m, const int *tokens, int B, int
     QLAB_TRY(model_reserve(&m->act_buffer, &m->act_capacity, model_layout_acts(&m->acts, NULL, m, B, T)));
     model_layout_acts(&m->acts, m->act_buffer, m, B, T);
     if (N > m->saved_capacity) {
+        QLAB_TRY(memacct_charge(MEMACCT_SCRATCH, 2 * N * sizeof(int)));
         int *tk = qlab_calloc(N, sizeof(int)), *tg = qlab_calloc(N, sizeof(int));
         if (!tk || !tg) {
             free(tk);
             free(tg);
+            memacct_release(MEMACCT_SCRATCH, 2 * N * sizeof(int));
             return qlab_fail(QLAB_ERR_NOMEM, "model_forward: cannot keep %zu tokens for backward", N);
         }
         free(m->saved_tokens);
         free(m->saved_targets);
+        memacct_release(MEMACCT_SCRATCH, 2 * m->saved_capacity * sizeof(int));
         m->saved_tokens = tk;
         m->saved_targets = tg;
         m->saved_capacity = N;

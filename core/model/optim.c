@@ -3,6 +3,7 @@
 
 #include <stdio.h>
 
+#include "core/base/memacct.h"
 #include "core/model/optim_paged.h"
 
 #include <math.h>
@@ -23,20 +24,27 @@ qlab_status optim_state_alloc(optim_state_kind kind, size_t n, optim_state_buffe
         return qlab_fail(QLAB_ERR_ARG, "optim_state_alloc: unknown state memory kind %d", (int)kind);
     if (n > SIZE_MAX / sizeof(float))
         return qlab_fail(QLAB_ERR_NOMEM, "optim_state_alloc: %zu floats overflow the address space", n);
+    /* Unified memory is memory too (on the device or, when paged out, in host RAM): charged either way. */
+    QLAB_TRY(memacct_charge(MEMACCT_OPTIMIZER, n * sizeof(float)));
     out->n = n;
     out->requested = kind;
     if (kind == OPTIM_STATE_PAGED && paged_backend) {
         out->data = paged_backend->alloc(n > 0 ? n * sizeof(float) : sizeof(float));
-        if (!out->data)
+        if (!out->data) {
+            memacct_release(MEMACCT_OPTIMIZER, n * sizeof(float));
             return qlab_fail_context(QLAB_ERR_NOMEM, "optim_state_alloc: paged backend %s, %zu floats",
                                      paged_backend->name, n);
+        }
         out->actual = OPTIM_STATE_PAGED;
         out->backend = paged_backend;
         out->note = "paged optimizer state";
         return QLAB_OK;
     }
     out->data = qlab_alloc_aligned(n * sizeof(float));
-    if (!out->data) return qlab_fail_context(QLAB_ERR_NOMEM, "optim_state_alloc: %zu floats", n);
+    if (!out->data) {
+        memacct_release(MEMACCT_OPTIMIZER, n * sizeof(float));
+        return qlab_fail_context(QLAB_ERR_NOMEM, "optim_state_alloc: %zu floats", n);
+    }
     out->actual = OPTIM_STATE_HOST;
     out->note =
         kind == OPTIM_STATE_PAGED
@@ -51,6 +59,7 @@ void optim_state_free(optim_state_buffer *b) {
             b->backend->release(b->data);
         else
             qlab_free_aligned(b->data);
+        memacct_release(MEMACCT_OPTIMIZER, b->n * sizeof(float));
     }
     memset(b, 0, sizeof *b);
 }

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/base/memacct.h"
 #include "core/base/progress.h"
 
 struct optim_pager {
@@ -17,6 +18,7 @@ struct optim_pager {
     int64_t *page_slot;  /* slot of each page, -1 when not resident */
     uint8_t *page_saved; /* 1 when the page's bytes are in the file (else it is all zeros) */
     int fd;
+    size_t charged; /* bytes charged to memory accounting (the resident slots; the file is not memory) */
     char path[512];
     optim_paging_stats stats;
 };
@@ -68,6 +70,12 @@ qlab_status optim_pager_create(size_t n, const optim_paging *paging, optim_pager
     p->n_slots = fit < p->n_pages ? fit : (p->n_pages > 0 ? p->n_pages : 1);
     p->stats.pages = p->n_pages;
     p->stats.resident_slots = p->n_slots;
+    qlab_status charge = memacct_charge(MEMACCT_OPTIMIZER, (size_t)p->n_slots * page_bytes);
+    if (charge != QLAB_OK) {
+        optim_pager_free(p);
+        return charge;
+    }
+    p->charged = (size_t)p->n_slots * page_bytes;
     p->slots = qlab_alloc_aligned((size_t)p->n_slots * page_bytes);
     p->slot_page = malloc(sizeof(int64_t) * (size_t)p->n_slots);
     p->page_slot = malloc(sizeof(int64_t) * (size_t)(p->n_pages + 1));
@@ -104,6 +112,7 @@ void optim_pager_free(optim_pager *p) {
     if (!p) return;
     if (p->fd >= 0) close(p->fd);
     qlab_free_aligned(p->slots);
+    memacct_release(MEMACCT_OPTIMIZER, p->charged);
     free(p->slot_page), free(p->page_slot), free(p->page_saved);
     free(p);
 }

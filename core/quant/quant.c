@@ -573,6 +573,16 @@ qlab_status quant_tensor_dequantize_range_bf16(const quant_tensor *qt, int64_t s
 
 /* ---------------------------------------------------------------- sizes and errors */
 
+size_t quant_bytes_for(quant_dtype dt, int64_t n, int blocksize, int double_quant) {
+    const quant_type_traits *t = quant_type_traits_get(dt);
+    if (!t || n < 0 || blocksize <= 0) return 0;
+    size_t nb = (size_t)((n + blocksize - 1) / blocksize), bytes = (size_t)(n + 1) / 2;
+    if (double_quant && t->scale_format == QUANT_SCALE_FP32_ABSMAX)
+        return bytes + nb + sizeof(float) * ((nb + QUANT_DQ_BLOCKSIZE - 1) / QUANT_DQ_BLOCKSIZE) +
+               sizeof(float);
+    return bytes + (size_t)t->scale_bytes * nb + (t->tensor_scale ? sizeof(float) : 0);
+}
+
 size_t quant_tensor_bytes(const quant_tensor *qt) {
     const quant_type_traits *t = qt ? quant_type_traits_get(qt->dtype) : NULL;
     if (!t) return 0;

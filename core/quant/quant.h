@@ -170,6 +170,9 @@ float quant_tensor_block_scale(const quant_tensor *qt, int64_t b);
 /* Exact storage in bytes of codes + all constants (what a file must hold to reconstruct the tensor),
  * and the same as bits per parameter. */
 size_t quant_tensor_bytes(const quant_tensor *qt);
+/* The bytes quant_tensor_bytes will report for n elements quantized with these settings, known before
+ * quantizing (memory accounting charges them before the allocation). 0 for a non-type. */
+size_t quant_bytes_for(quant_dtype dt, int64_t n, int blocksize, int double_quant);
 double quant_tensor_bits_per_param(const quant_tensor *qt);
 /* The analytic bits per parameter: 4 + constant bits / blocksize (with DQ: 8/bs + 32/(bs*256)). */
 double quant_bits_per_param_analytic(quant_dtype dt, int blocksize, int double_quant);

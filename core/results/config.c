@@ -2,6 +2,8 @@
  * parse errors located by line and column. See config.h. */
 #include "core/results/config.h"
 
+#include "core/base/memacct.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +20,7 @@ struct config {
     cJSON *values; /* object holding every declared key, defaults applied */
     /* origin[i]: "--set key=value" when keys[i] was last set by an override (NULL: the file or default) */
     char **origin;
+    config_key *owned_keys; /* keys when the config owns them (experiment_load_config), else NULL */
 };
 
 /* 2^53: larger integers are not exactly representable in the double cJSON stores. */
@@ -336,6 +339,7 @@ void config_free(config *c) {
     free(c->effective_json);
     free(c->text);
     free(c->path);
+    free(c->owned_keys);
     free(c);
 }
 
@@ -435,7 +439,22 @@ int experiment_parse_args(experiment_args *a, const char *name, int argc, char *
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             usage(stdout);
+            printf(
+                "\nEvery experiment also takes --memory-budget BYTES (suffixes K/M/G/KiB/MiB/GiB; 0 = none; "
+                "config key memory_budget, env QLAB_MEMORY_BUDGET): a run that would exceed it stops before "
+                "allocating, with the breakdown by category, and exits %d.\n",
+                QLAB_EXIT_BUDGET);
             return 0;
+        }
+        if (!strncmp(argv[i], "--memory-budget=", 16) || !strcmp(argv[i], "--memory-budget")) {
+            const char *text = argv[i][15] == '=' ? argv[i] + 16 : (i + 1 < argc ? argv[++i] : NULL);
+            size_t bytes;
+            if (!text || memacct_parse_bytes(text, "--memory-budget", &bytes) != QLAB_OK) {
+                fprintf(stderr, "%s: %s\n", name, text ? qlab_last_error() : "--memory-budget needs a value");
+                return 2;
+            }
+            a->memory_budget = text;
+            continue;
         }
         int known = !strcmp(argv[i], "--config") || !strcmp(argv[i], "--out") || !strcmp(argv[i], "--set");
         if (!known || i + 1 >= argc) {
@@ -458,5 +477,34 @@ int experiment_parse_args(experiment_args *a, const char *name, int argc, char *
 
 qlab_status experiment_load_config(const experiment_args *a, config **out, const config_key *keys,
                                    int nkeys) {
-    return config_load(out, a->config_path, keys, nkeys, a->overrides, a->n_overrides);
+    *out = NULL;
+    config_key *all = qlab_calloc((size_t)nkeys + 1, sizeof *all);
+    if (!all) return QLAB_ERR_NOMEM;
+    memcpy(all, keys, (size_t)nkeys * sizeof *all);
+    all[nkeys] =
+        (config_key){"memory_budget", CONFIG_STRING, "\"\"",
+                     "memory budget (\"512MiB\", \"2G\"; \"\" or \"0\" = none); --memory-budget wins"};
+    qlab_status st = config_load(out, a->config_path, all, nkeys + 1, a->overrides, a->n_overrides);
+    if (st != QLAB_OK) {
+        free(all);
+        return st;
+    }
+    (*out)->owned_keys = all; /* the config refers to its keys for as long as it lives */
+    size_t bytes = 0;
+    if (a->memory_budget) {
+        st = memacct_parse_bytes(a->memory_budget, "--memory-budget", &bytes);
+        if (st == QLAB_OK) memacct_set_budget(bytes);
+    } else if (config_string(*out, "memory_budget") && config_string(*out, "memory_budget")[0]) {
+        char what[320];
+        snprintf(what, sizeof what, "%s: key 'memory_budget'", a->config_path);
+        st = memacct_parse_bytes(config_string(*out, "memory_budget"), what, &bytes);
+        if (st == QLAB_OK) memacct_set_budget(bytes);
+    } else {
+        st = memacct_budget_from_env();
+    }
+    if (st != QLAB_OK) {
+        config_free(*out);
+        *out = NULL;
+    }
+    return st;
 }

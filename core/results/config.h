@@ -71,13 +71,17 @@ qlab_status config_key_set_default(config_key *keys, int nkeys, const char *key,
 void config_print_keys(const config_key *keys, int nkeys, void *file /* FILE * */);
 
 /* The command line every experiment program shares: [--config FILE.json] [--out RESULTS.h5]
- * [--set key=value ...] [--help]. Defaults: experiments/<name>.json and results/<name>.h5. */
+ * [--set key=value ...] [--memory-budget BYTES] [--help]. Defaults: experiments/<name>.json and
+ * results/<name>.h5. The memory budget (core/base/memacct.h) comes from --memory-budget, else the config
+ * key memory_budget (a string such as "512MiB"; every experiment accepts it), else the environment
+ * variable QLAB_MEMORY_BUDGET; experiment_load_config applies it. */
 #define EXPERIMENT_MAX_OVERRIDES 64
 typedef struct {
     const char *name;
     const char *config_path, *out_path;
     const char *overrides[EXPERIMENT_MAX_OVERRIDES];
     int n_overrides;
+    const char *memory_budget; /* the --memory-budget text, or NULL */
     char default_config[256], default_out[256];
 } experiment_args;
 
@@ -85,7 +89,9 @@ typedef struct {
  * (0 after printing usage for --help, 2 with one line on stderr for a bad option). */
 int experiment_parse_args(experiment_args *a, const char *name, int argc, char **argv,
                           void (*usage)(FILE *file));
-/* config_load of a->config_path with the --set overrides. */
+/* config_load of a->config_path with the --set overrides, accepting the common key memory_budget beside
+ * keys[0..nkeys); then sets the memory budget as described above (one line naming the flag, key or
+ * variable on a bad value). */
 qlab_status experiment_load_config(const experiment_args *a, config **out, const config_key *keys, int nkeys);
 
 #endif

@@ -2,6 +2,8 @@
  * cannot be found is recorded as "unknown" rather than failing an experiment that took an hour. */
 #include "core/results/provenance.h"
 
+#include "core/base/memacct.h"
+
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -263,6 +265,14 @@ qlab_status provenance_collect(provenance *p, const char *experiment, const char
     SET("cpu_count", buf);
     snprintf(buf, sizeof buf, "%d", qlab_num_threads());
     SET("threads", buf);
+    if (memacct_get_budget()) {
+        char human[32];
+        snprintf(buf, sizeof buf, "%zu bytes (%s)", memacct_get_budget(),
+                 memacct_format_bytes(memacct_get_budget(), human, sizeof human));
+    } else {
+        snprintf(buf, sizeof buf, "none");
+    }
+    SET("memory_budget", buf);
     if (gethostname(buf, sizeof buf - 1) != 0) snprintf(buf, sizeof buf, "unknown");
     buf[sizeof buf - 1] = 0;
     SET("hostname", buf);

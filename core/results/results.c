@@ -18,6 +18,7 @@
 
 #include "core/base/tmpfiles.h"
 
+#include "core/base/memacct.h"
 #include "core/results/provenance.h"
 
 #define RESULTS_NAME_MAX 64
@@ -485,6 +486,16 @@ qlab_status results_commit(results *r) {
     char now[32];
     provenance_utc_now(now, sizeof now);
     results_attr_string(r, "end_time_utc", now);
+    /* What the memory accounting saw by the end of the run (core/base/memacct.h): the peak of every
+     * category and of the total, beside the budget recorded at the start. */
+    char peaks[768];
+    results_attr_string(r, "memory_peak", memacct_format_process_peaks(peaks, sizeof peaks));
+    results_attr_int(r, "memory_peak_total_bytes", (int64_t)memacct_process_peak_total());
+    for (int c = 0; c < MEMACCT_COUNT; c++) {
+        char key[64];
+        snprintf(key, sizeof key, "memory_peak_%s_bytes", memacct_category_key((memacct_category)c));
+        results_attr_int(r, key, (int64_t)memacct_process_peak((memacct_category)c));
+    }
     if (r->first_error != QLAB_OK) {
         qlab_status st = r->first_error;
         char msg[512];
