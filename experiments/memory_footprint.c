@@ -49,16 +49,18 @@ static const config_key config_keys[] = {
     {"paper_model_mb", CONFIG_NUMBER_ARRAY, "[]", "the paper's 4-bit base model per size (MB)"},
     {"paper_optimizer_mb", CONFIG_NUMBER_ARRAY, "[]", "the paper's optimizer state per size (MB)"},
     {"paper_adapters_mb", CONFIG_NUMBER_ARRAY, "[]", "the paper's adapters per size (MB)"},
-    {"paper_full_finetune_gb", CONFIG_DOUBLE, "780", "the paper's 16-bit full finetuning of 65B (more than, GB)"},
+    {"paper_full_finetune_gb", CONFIG_DOUBLE, "780",
+     "the paper's 16-bit full finetuning of 65B (more than, GB)"},
 };
 #define N_CONFIG_KEYS ((int)(sizeof config_keys / sizeof config_keys[0]))
 
 static void usage(FILE *f) {
-    fprintf(f, "Usage: memory_footprint [--config FILE.json] [--out RESULTS.h5] [--set key=value ...]\n\n"
-               "Peak resident memory (VmHWM) of full finetuning, LoRA and QLoRA with and without gradient\n"
-               "checkpointing, each in a fresh process, beside the memory model's prediction; and the memory\n"
-               "model at the paper's LLaMA 7B-65B settings beside the paper's figures. Defaults:\n"
-               "--config experiments/memory_footprint.json --out results/memory_footprint.h5. Keys:\n");
+    fprintf(f,
+            "Usage: memory_footprint [--config FILE.json] [--out RESULTS.h5] [--set key=value ...]\n\n"
+            "Peak resident memory (VmHWM) of full finetuning, LoRA and QLoRA with and without gradient\n"
+            "checkpointing, each in a fresh process, beside the memory model's prediction; and the memory\n"
+            "model at the paper's LLaMA 7B-65B settings beside the paper's figures. Defaults:\n"
+            "--config experiments/memory_footprint.json --out results/memory_footprint.h5. Keys:\n");
     config_print_keys(config_keys, N_CONFIG_KEYS, f);
 }
 
@@ -77,8 +79,9 @@ static qlab_status parse_run(const char *run, memory_probe_spec *s) {
 }
 
 static const char *const component_columns[MEMORY_COMPONENT_COUNT] = {
-    "pred_quant_weights_mb", "pred_fp_weights_mb", "pred_adapters_mb", "pred_gradients_mb",
-    "pred_input_gradients_mb", "pred_optimizer_mb", "pred_activations_mb", "pred_scratch_mb", "baseline_mb"};
+    "pred_quant_weights_mb", "pred_fp_weights_mb",      "pred_adapters_mb",
+    "pred_gradients_mb",     "pred_input_gradients_mb", "pred_optimizer_mb",
+    "pred_activations_mb",   "pred_scratch_mb",         "baseline_mb"};
 
 static qlab_status declare_components(results_table *t) {
     for (int c = 0; c < MEMORY_COMPONENT_COUNT; c++)
@@ -91,7 +94,6 @@ static void set_components(results_table *t, const memory_prediction *p) {
     for (int c = 0; c < MEMORY_COMPONENT_COUNT; c++)
         results_set_double(t, component_columns[c], (double)p->bytes[c] / 1e6);
 }
-
 
 /* The measurement grid's settings, read once. */
 typedef struct {
@@ -113,14 +115,15 @@ static qlab_status read_settings(const config *cfg, grid_settings *g) {
     b->dtype = QUANT_NF4;
     g->batch_by_model = config_object(cfg, "batch_by_model");
     const cJSON *e;
-    cJSON_ArrayForEach(e, g->batch_by_model) if (!cJSON_IsNumber(e) || e->valuedouble < 1 ||
-                                                 e->valuedouble > 4096 || e->valuedouble != e->valueint)
-        return qlab_fail(QLAB_ERR_ARG, "%s: batch_by_model.%s must be an integer from 1 to 4096",
-                         config_path(cfg), e->string);
+    cJSON_ArrayForEach(e, g->batch_by_model) if (
+        !cJSON_IsNumber(e) || e->valuedouble < 1 || e->valuedouble > 4096 ||
+        e->valuedouble !=
+            e->valueint) return qlab_fail(QLAB_ERR_ARG,
+                                          "%s: batch_by_model.%s must be an integer from 1 to 4096",
+                                          config_path(cfg), e->string);
     g->target = config_double(cfg, "target_ratio");
-    if (b->batch < 1 || b->batch > 4096 || b->seq < 1 ||
-        b->seq > 65536 || b->steps < 1 || b->steps > 1000 || b->rank < 1 || b->rank > 4096 ||
-        !(b->dropout >= 0 && b->dropout < 1) || !(g->target > 0))
+    if (b->batch < 1 || b->batch > 4096 || b->seq < 1 || b->seq > 65536 || b->steps < 1 || b->steps > 1000 ||
+        b->rank < 1 || b->rank > 4096 || !(b->dropout >= 0 && b->dropout < 1) || !(g->target > 0))
         return qlab_fail(QLAB_ERR_ARG,
                          "%s: batch (1..4096), seq (1..65536), steps (1..1000), rank (1..4096), "
                          "lora_dropout [0, 1) or target_ratio (> 0) out of range",
@@ -138,9 +141,10 @@ static qlab_status read_settings(const config *cfg, grid_settings *g) {
 }
 
 static qlab_status declare_measured(results *r, results_table **t) {
-    QLAB_TRY(results_table_begin(r, t, "measured",
-                                 "Peak resident memory of finetuning steps (VmHWM, fresh process each) vs the "
-                                 "memory model"));
+    QLAB_TRY(
+        results_table_begin(r, t, "measured",
+                            "Peak resident memory of finetuning steps (VmHWM, fresh process each) vs the "
+                            "memory model"));
     const struct {
         const char *name;
         results_type type;
@@ -161,7 +165,8 @@ static qlab_status declare_measured(results *r, results_table **t) {
         {"ratio", RESULTS_FLOAT64, "", "measured / predicted"},
         {"within_target", RESULTS_INT64, "", "|ratio - 1| <= target_ratio"},
         {"peak_reset", RESULTS_INT64, "", "1: the high-water mark was reset after loading"},
-        {"step_seconds", RESULTS_FLOAT64, "s", "fastest step without held-out evaluation (NaN below 3 steps)"},
+        {"step_seconds", RESULTS_FLOAT64, "s",
+         "fastest step without held-out evaluation (NaN below 3 steps)"},
     };
     for (size_t i = 0; i < sizeof cols / sizeof cols[0]; i++)
         QLAB_TRY(results_table_column(*t, cols[i].name, cols[i].type, cols[i].unit, cols[i].description));
@@ -194,8 +199,9 @@ static qlab_status measure_one(results_table *t, const grid_settings *g, const m
     results_set_int(t, "peak_reset", res.peak_reset);
     results_set_double(t, "step_seconds", res.step_seconds);
     set_components(t, &pred);
-    printf("%-14s %-14s ckpt %d  B=%-2d T=%-4d measured %9.1f MB  predicted %9.1f MB  ratio %.3f\n", name, run,
-           s->checkpointing, s->batch, s->seq, (double)res.peak_bytes / 1e6, (double)pred.total / 1e6, ratio);
+    printf("%-14s %-14s ckpt %d  B=%-2d T=%-4d measured %9.1f MB  predicted %9.1f MB  ratio %.3f\n", name,
+           run, s->checkpointing, s->batch, s->seq, (double)res.peak_bytes / 1e6, (double)pred.total / 1e6,
+           ratio);
     fflush(stdout);
     return results_row_end(t);
 }
@@ -245,10 +251,11 @@ static qlab_status write_measured(results *r, const config *cfg, const char *out
         st = results_note(r, "models_skipped", note);
     }
     if (st == QLAB_OK)
-        results_table_note(t, "Each row runs in a fresh process (the program re-executes itself): the baseline is "
-                              "its resident memory before loading the base, the high-water mark is reset "
-                              "once the base is loaded (/proc/self/clear_refs), and measured_mb is the peak of "
-                              "the training steps on synthetic rows. MB = 10^6 bytes.");
+        results_table_note(
+            t, "Each row runs in a fresh process (the program re-executes itself): the baseline is "
+               "its resident memory before loading the base, the high-water mark is reset "
+               "once the base is loaded (/proc/self/clear_refs), and measured_mb is the peak of "
+               "the training steps on synthetic rows. MB = 10^6 bytes.");
     return st;
 }
 
@@ -283,9 +290,10 @@ static qlab_status declare_paper(results *r, results_table **t) {
                                  "checkpointing) beside the paper's figures"));
     QLAB_TRY(results_table_column(*t, "model", RESULTS_STRING, "", "LLaMA size"));
     QLAB_TRY(results_table_column(*t, "params_b", RESULTS_FLOAT64, "1e9", "parameters"));
-    QLAB_TRY(results_table_column(*t, "setting", RESULTS_STRING, "",
-                                  "full16 (16-bit full finetuning, Adam), lora16 (LoRA r 64 on a 16-bit base), "
-                                  "qlora (NF4+DQ, r 64, paged optimizer)"));
+    QLAB_TRY(
+        results_table_column(*t, "setting", RESULTS_STRING, "",
+                             "full16 (16-bit full finetuning, Adam), lora16 (LoRA r 64 on a 16-bit base), "
+                             "qlora (NF4+DQ, r 64, paged optimizer)"));
     QLAB_TRY(declare_components(*t));
     QLAB_TRY(results_table_column(*t, "model_mb", RESULTS_FLOAT64, "MB", "quant_weights + fp_weights"));
     QLAB_TRY(results_table_column(*t, "total_gb", RESULTS_FLOAT64, "GB", "memory model total"));
@@ -309,8 +317,9 @@ static qlab_status paper_row(results_table *t, const config *cfg, int i, int set
     s.dropout = a->n_layers * (double)a->dim * a->dim * 12 > 2e10 ? 0.05f : 0.1f; /* Guanaco: 0.1 to 13B */
     QLAB_TRY(memory_model_predict(&s, p));
     double model_mb = (double)(p->bytes[MEMORY_QUANT_WEIGHTS] + p->bytes[MEMORY_FP_WEIGHTS]) / 1e6;
-    double paper_total = is_qlora ? paper_at(cfg, "paper_total_gb", i)
-                                  : (setting == 0 && last ? config_double(cfg, "paper_full_finetune_gb") : NAN);
+    double paper_total = is_qlora
+                             ? paper_at(cfg, "paper_total_gb", i)
+                             : (setting == 0 && last ? config_double(cfg, "paper_full_finetune_gb") : NAN);
     results_set_string(t, "model", config_string_at(cfg, "paper_models", i));
     results_set_double(t, "params_b", (double)model_num_params(a) / 1e9);
     results_set_string(t, "setting", paper_settings[setting]);
@@ -329,18 +338,19 @@ static qlab_status paper_row(results_table *t, const config *cfg, int i, int set
 static void compare_line(char *buf, size_t cap, const config *cfg, int i, const memory_prediction *p) {
     double weights = (double)(p->bytes[MEMORY_QUANT_WEIGHTS] + p->bytes[MEMORY_FP_WEIGHTS]) / 1e6;
     double opt = (double)p->bytes[MEMORY_OPTIMIZER] / 1e6, ad = (double)p->bytes[MEMORY_ADAPTERS] / 1e6;
-    double rest = (double)(p->bytes[MEMORY_ACTIVATIONS] + p->bytes[MEMORY_INPUT_GRADIENTS] +
-                           p->bytes[MEMORY_SCRATCH]) /
-                  1e6;
-    snprintf(buf, cap,
-             "%s QLoRA: model %.0f MB (paper %.0f, ratio %.2f), optimizer %.0f MB (paper %.0f, %.2f), adapters "
-             "%.0f MB (paper %.1f, %.2f), activations + input gradients + scratch %.0f MB, total %.2f GB (paper "
-             "%.1f, %.2f)",
-             config_string_at(cfg, "paper_models", i), weights, paper_at(cfg, "paper_model_mb", i),
-             weights / paper_at(cfg, "paper_model_mb", i), opt, paper_at(cfg, "paper_optimizer_mb", i),
-             opt / paper_at(cfg, "paper_optimizer_mb", i), ad, paper_at(cfg, "paper_adapters_mb", i),
-             ad / paper_at(cfg, "paper_adapters_mb", i), rest, (double)p->total / 1e9,
-             paper_at(cfg, "paper_total_gb", i), (double)p->total / 1e9 / paper_at(cfg, "paper_total_gb", i));
+    double rest =
+        (double)(p->bytes[MEMORY_ACTIVATIONS] + p->bytes[MEMORY_INPUT_GRADIENTS] + p->bytes[MEMORY_SCRATCH]) /
+        1e6;
+    snprintf(
+        buf, cap,
+        "%s QLoRA: model %.0f MB (paper %.0f, ratio %.2f), optimizer %.0f MB (paper %.0f, %.2f), adapters "
+        "%.0f MB (paper %.1f, %.2f), activations + input gradients + scratch %.0f MB, total %.2f GB (paper "
+        "%.1f, %.2f)",
+        config_string_at(cfg, "paper_models", i), weights, paper_at(cfg, "paper_model_mb", i),
+        weights / paper_at(cfg, "paper_model_mb", i), opt, paper_at(cfg, "paper_optimizer_mb", i),
+        opt / paper_at(cfg, "paper_optimizer_mb", i), ad, paper_at(cfg, "paper_adapters_mb", i),
+        ad / paper_at(cfg, "paper_adapters_mb", i), rest, (double)p->total / 1e9,
+        paper_at(cfg, "paper_total_gb", i), (double)p->total / 1e9 / paper_at(cfg, "paper_total_gb", i));
 }
 
 /* Where the model and the paper's figure part, with the figures that show it: the paper's base-model sizes
@@ -362,17 +372,17 @@ static qlab_status explain_disagreement(const config *cfg, char *buf, size_t cap
         s.arch = a;
         QLAB_TRY(memory_model_predict(&s, &f));
         double params = (double)model_num_params(&a), mb = paper_at(cfg, "paper_model_mb", i);
-        full_bytes_per_param = (double)(f.bytes[MEMORY_FP_WEIGHTS] + f.bytes[MEMORY_GRADIENTS] +
-                                        f.bytes[MEMORY_OPTIMIZER]) /
-                               params;
+        full_bytes_per_param =
+            (double)(f.bytes[MEMORY_FP_WEIGHTS] + f.bytes[MEMORY_GRADIENTS] + f.bytes[MEMORY_OPTIMIZER]) /
+            params;
         if (!isfinite(mb)) continue;
         n_fit++;
         sx += params, sy += mb * 1e6, sxx += params * params, sxy += params * mb * 1e6;
         ratio_ad += paper_at(cfg, "paper_adapters_mb", i) * 1e6 / (double)q.bytes[MEMORY_ADAPTERS];
         ratio_opt += paper_at(cfg, "paper_optimizer_mb", i) * 1e6 / (double)q.bytes[MEMORY_OPTIMIZER];
         if (i == 0) {
-            rest_paper = paper_at(cfg, "paper_total_gb", i) * 1e3 - mb - paper_at(cfg, "paper_optimizer_mb", i) -
-                         paper_at(cfg, "paper_adapters_mb", i);
+            rest_paper = paper_at(cfg, "paper_total_gb", i) * 1e3 - mb -
+                         paper_at(cfg, "paper_optimizer_mb", i) - paper_at(cfg, "paper_adapters_mb", i);
             rest_ours = (double)(q.bytes[MEMORY_GRADIENTS] + q.bytes[MEMORY_ACTIVATIONS] +
                                  q.bytes[MEMORY_INPUT_GRADIENTS] + q.bytes[MEMORY_SCRATCH]) /
                         1e6;
@@ -383,15 +393,20 @@ static qlab_status explain_disagreement(const config *cfg, char *buf, size_t cap
     snprintf(
         buf, cap,
         "Base model: the paper's 4-bit model sizes fit %.2f bits/param x parameters + %.2f GB; the memory "
-        "model has NF4+DQ at 4.127 bits on the projections, embeddings and classifier at 16 bits, and no fixed "
+        "model has NF4+DQ at 4.127 bits on the projections, embeddings and classifier at 16 bits, and no "
+        "fixed "
         "cost. The paper's figure was measured on a GPU (CUDA context, PyTorch's caching allocator, "
         "bitsandbytes' quantization state), so its fixed part is the gap at 7B and fades at 65B. "
-        "Adapters and optimizer: the paper's figures are %.3f and %.3f of the model's at every size, a constant "
-        "factor: the model counts r (in + out) for all seven projections of every layer at 2 bytes (adapters) "
+        "Adapters and optimizer: the paper's figures are %.3f and %.3f of the model's at every size, a "
+        "constant "
+        "factor: the model counts r (in + out) for all seven projections of every layer at 2 bytes "
+        "(adapters) "
         "and two fp32 moments (optimizer); the transcription gives no parameter count, and reading its MB as "
         "MiB explains only a factor 0.954. Remainder at %s: the paper's total minus model, optimizer and "
-        "adapters leaves %.0f MB; the model's gradients + activations + input gradients + scratch are %.0f MB "
-        "(qlab's own activation layout at 2 bytes per element: every block's input kept, one block recomputed, "
+        "adapters leaves %.0f MB; the model's gradients + activations + input gradients + scratch are %.0f "
+        "MB "
+        "(qlab's own activation layout at 2 bytes per element: every block's input kept, one block "
+        "recomputed, "
         "the logits and their gradient), not PyTorch's. 16-bit full finetuning: %.1f bytes per parameter "
         "(16-bit weights and gradients, two fp32 Adam moments) is the paper's 'more than 780 GB' for 65B; "
         "mixed precision with fp32 master weights would add 4 bytes per parameter.",
@@ -436,6 +451,10 @@ int main(int argc, char **argv) {
     qlab_status st = experiment_load_config(&args, &cfg, config_keys, N_CONFIG_KEYS);
     if (st == QLAB_OK) st = results_create(&r, args.out_path, "memory_footprint", cfg, argc, argv);
     if (st == QLAB_OK) results_require_rows(r);
+    for (int i = 0; st == QLAB_OK && i < config_array_length(cfg, "paper_models"); i++) {
+        model_config a; /* the paper's settings are checked before anything is measured */
+        st = paper_arch(cfg, i, &a);
+    }
     if (st == QLAB_OK) st = write_measured(r, cfg, args.out_path);
     if (st == QLAB_OK) st = write_paper(r, cfg);
     if (st == QLAB_OK) {

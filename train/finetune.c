@@ -208,8 +208,9 @@ static qlab_status job_check(const model *m, const finetune_rows *train, const f
     quant_dtype dt;
     int blocksize, double_quant;
     if (model_get_quantization(m, &dt, &blocksize, &double_quant) && o->mode != FINETUNE_QLORA)
-        return qlab_fail(QLAB_ERR_ARG, "finetune: the model is quantized, which only FINETUNE_QLORA can train "
-                                       "(pass the fp32 base)");
+        return qlab_fail(QLAB_ERR_ARG,
+                         "finetune: the model is quantized, which only FINETUNE_QLORA can train "
+                         "(pass the fp32 base)");
     if (model_is_quantized(m) &&
         (dt != o->base_dtype || blocksize != o->blocksize || !double_quant != !o->double_quant))
         return qlab_fail(QLAB_ERR_ARG,

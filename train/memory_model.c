@@ -10,8 +10,8 @@
 #include "core/model/lora.h"
 
 static const char *const component_names[MEMORY_COMPONENT_COUNT] = {
-    "quant_weights", "fp_weights", "adapters",    "gradients", "input_gradients",
-    "optimizer",     "activations", "scratch", "baseline"};
+    "quant_weights", "fp_weights",  "adapters", "gradients", "input_gradients",
+    "optimizer",     "activations", "scratch",  "baseline"};
 
 const char *memory_component_name(memory_component c) {
     return c >= 0 && c < MEMORY_COMPONENT_COUNT ? component_names[c] : "unknown";
@@ -68,15 +68,15 @@ uint64_t memory_model_activation_elements(const model_config *a, int B, int T, i
     uint64_t N = (uint64_t)B * (uint64_t)T, D = (uint64_t)a->dim, H = (uint64_t)a->hidden_dim;
     uint64_t KV = kv_width(a), V = (uint64_t)a->vocab_size, NH = (uint64_t)a->n_heads;
     uint64_t L = (uint64_t)a->n_layers, W = checkpointing ? 1 : L;
-    uint64_t per_layer = 5 * N * D         /* ln1, q, atty, res2, ln2 */
-                         + 2 * N           /* ln1_rstd, ln2_rstd */
-                         + 2 * N * KV      /* k, v */
+    uint64_t per_layer = 5 * N * D                                      /* ln1, q, atty, res2, ln2 */
+                         + 2 * N                                        /* ln1_rstd, ln2_rstd */
+                         + 2 * N * KV                                   /* k, v */
                          + (uint64_t)B * NH * (uint64_t)T * (uint64_t)T /* attention probabilities */
-                         + 3 * N * H;      /* h1, h3, silu(h1) h3 */
-    return N * D                           /* encoded */
-           + W * per_layer + L * N * D     /* res3 */
-           + N * D + N                     /* lnf, lnf_rstd */
-           + N * V + N;                    /* probabilities, losses */
+                         + 3 * N * H;                                   /* h1, h3, silu(h1) h3 */
+    return N * D                                                        /* encoded */
+           + W * per_layer + L * N * D                                  /* res3 */
+           + N * D + N                                                  /* lnf, lnf_rstd */
+           + N * V + N;                                                 /* probabilities, losses */
 }
 
 /* model.c's model_layout_grad_acts without the per-thread attention scratch. */
@@ -162,8 +162,7 @@ qlab_status memory_model_predict(const memory_model_spec *s, memory_prediction *
     /* scratch: attention backward (T x T per thread), LoRA's backward planes, the dequantization tile,
      * and qlab's small buffers */
     uint64_t scratch = (uint64_t)s->threads * T * T * ab;
-    if (lora)
-        scratch += (uint64_t)lora_scratch_floats((int)lora_rows, (int)max_in, s->rank, s->dropout) * ab;
+    if (lora) scratch += (uint64_t)lora_scratch_floats((int)lora_rows, (int)max_in, s->rank, s->dropout) * ab;
     if (quantized && s->quantized_scratch) {
         uint64_t tile = LINEAR_TILE_FLOATS;
         for (int p = 0; p < PROJ_COUNT; p++) {

@@ -41,16 +41,16 @@ typedef struct {
     /* FINETUNE_QLORA: the projections' 4-bit type (sizes from the descriptor table). */
     quant_dtype quant_type;
     int blocksize, double_quant;
-    int base_bytes;        /* bytes per projection weight when not quantized (4 fp32, 2 bf16) */
-    int fp_bytes;          /* bytes per embedding / norm / classifier weight */
-    int adapter_bytes;     /* bytes per LoRA parameter */
-    int grad_bytes;        /* bytes per parameter gradient */
-    int activation_bytes;  /* bytes per activation element (and activation gradient) */
-    int optimizer_bytes;   /* optimizer state per trainable parameter (AdamW 32-bit: 8) */
+    int base_bytes;                  /* bytes per projection weight when not quantized (4 fp32, 2 bf16) */
+    int fp_bytes;                    /* bytes per embedding / norm / classifier weight */
+    int adapter_bytes;               /* bytes per LoRA parameter */
+    int grad_bytes;                  /* bytes per parameter gradient */
+    int activation_bytes;            /* bytes per activation element (and activation gradient) */
+    int optimizer_bytes;             /* optimizer state per trainable parameter (AdamW 32-bit: 8) */
     size_t optimizer_resident_bytes; /* paged optimizer: the resident part; 0 = all of it */
     unsigned lora_targets;           /* LORA_TARGET mask */
     int rank;
-    float dropout; /* > 0: LoRA keeps two (rows, in_features) scratch planes for its masks */
+    float dropout;  /* > 0: LoRA keeps two (rows, in_features) scratch planes for its masks */
     int batch, seq; /* B rows of T tokens per step */
     int checkpointing;
     int threads;           /* attention backward keeps one T x T scratch per thread */

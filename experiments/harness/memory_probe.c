@@ -124,8 +124,8 @@ static qlab_status train_steps(model *m, const memory_probe_spec *s, memory_prob
 qlab_status memory_probe_run(const memory_probe_spec *s, memory_probe_result *out) {
     memset(out, 0, sizeof *out);
     if (s->batch < 1 || s->seq < 1 || s->steps < 1)
-        return qlab_fail(QLAB_ERR_ARG, "memory probe: batch %d, seq %d and steps %d must be positive", s->batch,
-                         s->seq, s->steps);
+        return qlab_fail(QLAB_ERR_ARG, "memory probe: batch %d, seq %d and steps %d must be positive",
+                         s->batch, s->seq, s->steps);
     out->threads = qlab_num_threads();
     out->baseline_bytes = memory_probe_vmrss();
     model *m = NULL;
@@ -247,8 +247,8 @@ qlab_status memory_probe_spawn(const memory_probe_spec *s, memory_probe_result *
     }
     const char *mode = finetune_mode_name(s->mode);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-        return qlab_fail(QLAB_ERR_IO, "memory probe of %s (%s%s) failed: the child %s %d", s->model_path, mode,
-                         s->checkpointing ? ", checkpointing" : "",
+        return qlab_fail(QLAB_ERR_IO, "memory probe of %s (%s%s) failed: the child %s %d", s->model_path,
+                         mode, s->checkpointing ? ", checkpointing" : "",
                          WIFEXITED(status) ? "exited with" : "was killed by signal",
                          WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
     const char *at = strstr(line, "memory_probe ");
@@ -258,7 +258,8 @@ qlab_status memory_probe_spawn(const memory_probe_spec *s, memory_probe_result *
     return QLAB_OK;
 }
 
-void memory_probe_model_spec(const memory_probe_spec *s, const memory_probe_result *r, memory_model_spec *out) {
+void memory_probe_model_spec(const memory_probe_spec *s, const memory_probe_result *r,
+                             memory_model_spec *out) {
     memory_model_spec_qlab(out);
     out->arch = r->arch;
     out->mode = s->mode;
@@ -313,7 +314,8 @@ static qlab_status zoo_architecture(const char *zoo_config, const char *name, mo
     for (int i = 0; st == QLAB_OK && i < 6; i++) {
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(entry, keys[i]);
         if (!cJSON_IsNumber(v) || v->valuedouble < 1 || v->valuedouble > 1e6)
-            st = qlab_fail(QLAB_ERR_ARG, "%s: models.%s.%s missing or out of range", zoo_config, name, keys[i]);
+            st = qlab_fail(QLAB_ERR_ARG, "%s: models.%s.%s missing or out of range", zoo_config, name,
+                           keys[i]);
         else
             *fields[i] = v->valueint;
     }
@@ -328,8 +330,8 @@ static qlab_status zoo_architecture(const char *zoo_config, const char *name, mo
 }
 
 qlab_status memory_probe_resolve(const char *entry, const char *zoo_config, const char *zoo_dir,
-                                 const char *tmp_path, char *path, size_t path_cap, char *name, size_t name_cap,
-                                 int *present, int *synthetic) {
+                                 const char *tmp_path, char *path, size_t path_cap, char *name,
+                                 size_t name_cap, int *present, int *synthetic) {
     *present = 1, *synthetic = 0;
     if (strncmp(entry, "zoo:", 4) != 0) {
         snprintf(path, path_cap, "%s", entry);

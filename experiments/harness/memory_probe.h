@@ -58,7 +58,8 @@ int memory_probe_main(int argc, char **argv);
 
 /* The memory model's qlab spec for a probe of a model with this architecture (threads and baseline as
  * measured by the probe). */
-void memory_probe_model_spec(const memory_probe_spec *s, const memory_probe_result *r, memory_model_spec *out);
+void memory_probe_model_spec(const memory_probe_spec *s, const memory_probe_result *r,
+                             memory_model_spec *out);
 
 /* A llama2.c checkpoint at path with this architecture and seeded random weights (N(0, 0.02), unit norm
  * gains): a stand-in with the exact memory footprint of a model whose trained weights are not at hand. */
@@ -70,7 +71,7 @@ qlab_status memory_probe_write_random_model(const model_config *arch, uint64_t s
  * (the caller skips it); *synthetic 1 when tmp_path was written. name: a display name ("zoo-0.3M",
  * "stories260K", the file's base name without extension). */
 qlab_status memory_probe_resolve(const char *entry, const char *zoo_config, const char *zoo_dir,
-                                 const char *tmp_path, char *path, size_t path_cap, char *name, size_t name_cap,
-                                 int *present, int *synthetic);
+                                 const char *tmp_path, char *path, size_t path_cap, char *name,
+                                 size_t name_cap, int *present, int *synthetic);
 
 #endif
