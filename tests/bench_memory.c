@@ -3,8 +3,8 @@
  * QLoRA (NF4+DQ) step at bench_train's shape (dim 256, hidden 688, 8 layers, vocab 512, batch 4 x 256)
  * against the memory model's prediction, both ways round so the 0.9-1.1 target shows in two rows; (b) the
  * peak of QLoRA NF4+DQ over LoRA on the fp32 base, same model and batch, for that model and for SmolLM2-135M
- * when ../shared/data has it; (c) the step time with gradient checkpointing over the time without (the
- * recomputation's cost). */
+ * when ../shared/data has it, without and with checkpointing; (c) the step time with gradient checkpointing
+ * over the time without (the recomputation's cost). */
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -38,13 +38,16 @@ static int probe(const memory_probe_spec *s, memory_probe_result *r) {
 
 /* (b): QLoRA NF4+DQ over LoRA on the fp32 base. */
 static int qlora_over_lora(const char *path, const char *label, int batch, int seq) {
-    memory_probe_result q, l;
-    memory_probe_spec sq = probe_spec(path, FINETUNE_QLORA, 0, batch, seq, 2),
-                      sl = probe_spec(path, FINETUNE_LORA, 0, batch, seq, 2);
-    if (!probe(&sq, &q) || !probe(&sl, &l)) return 0;
-    char name[96];
-    snprintf(name, sizeof name, "peak RSS QLoRA NF4+DQ / LoRA fp32, %s", label);
-    bench_emit(name, (double)q.peak_bytes / 1e6, "MB", "LoRA on fp32 base MB", (double)l.peak_bytes / 1e6, 0);
+    for (int ckpt = 0; ckpt < 2; ckpt++) {
+        memory_probe_result q, l;
+        memory_probe_spec sq = probe_spec(path, FINETUNE_QLORA, ckpt, batch, seq, 2),
+                          sl = probe_spec(path, FINETUNE_LORA, ckpt, batch, seq, 2);
+        if (!probe(&sq, &q) || !probe(&sl, &l)) return 0;
+        char name[96];
+        snprintf(name, sizeof name, "peak RSS QLoRA NF4+DQ / LoRA fp32, %s%s", label, ckpt ? ", ckpt" : "");
+        bench_emit(name, (double)q.peak_bytes / 1e6, "MB", "LoRA on fp32 base MB", (double)l.peak_bytes / 1e6,
+                   0);
+    }
     return 1;
 }
 
