@@ -173,8 +173,14 @@ static qlab_status declare_measured(results *r, results_table **t) {
     return declare_components(*t);
 }
 
+/* What the rows add up to, for the summary note. */
+typedef struct {
+    int rows, within;
+    double min_ratio, max_ratio, min_gap, max_gap; /* measured / predicted; measured - predicted (MB) */
+} measured_summary;
+
 static qlab_status measure_one(results_table *t, const grid_settings *g, const memory_probe_spec *s,
-                               const char *name, const char *run, int synthetic) {
+                               const char *name, const char *run, int synthetic, measured_summary *sum) {
     memory_probe_result res;
     QLAB_TRY(memory_probe_spawn(s, &res));
     memory_model_spec ms;
@@ -182,6 +188,11 @@ static qlab_status measure_one(results_table *t, const grid_settings *g, const m
     memory_prediction pred;
     QLAB_TRY(memory_model_predict(&ms, &pred));
     double ratio = (double)res.peak_bytes / (double)pred.total;
+    double gap = ((double)res.peak_bytes - (double)pred.total) / 1e6;
+    if (sum->rows++ == 0) sum->min_ratio = sum->max_ratio = ratio, sum->min_gap = sum->max_gap = gap;
+    sum->within += fabs(ratio - 1) <= g->target;
+    sum->min_ratio = fmin(sum->min_ratio, ratio), sum->max_ratio = fmax(sum->max_ratio, ratio);
+    sum->min_gap = fmin(sum->min_gap, gap), sum->max_gap = fmax(sum->max_gap, gap);
     results_set_string(t, "model", name);
     results_set_string(t, "weights", synthetic ? "random (zoo not built)" : "checkpoint");
     results_set_int(t, "params", (int64_t)model_num_params(&res.arch));
@@ -217,6 +228,7 @@ static qlab_status write_measured(results *r, const config *cfg, const char *out
     progress_begin(&prog, "memory_footprint", (int64_t)n_models * n_runs * n_ckpt);
     char skipped[2048] = "";
     int64_t done = 0;
+    measured_summary sum = {0, 0, 0, 0, 0, 0};
     qlab_status st = QLAB_OK;
     for (int i = 0; i < n_models && st == QLAB_OK; i++) {
         char path[512], name[128], tmp[480];
@@ -239,7 +251,7 @@ static qlab_status write_measured(results *r, const config *cfg, const char *out
                 s.checkpointing = (int)config_int_at(cfg, "checkpointing", c);
                 const cJSON *b = cJSON_GetObjectItemCaseSensitive(g.batch_by_model, name);
                 if (b) s.batch = b->valueint;
-                st = measure_one(t, &g, &s, name, config_string_at(cfg, "runs", k), synthetic);
+                st = measure_one(t, &g, &s, name, config_string_at(cfg, "runs", k), synthetic, &sum);
                 progress_update(&prog, ++done, name);
             }
         if (synthetic) unlink(path), qlab_tmpfile_unregister(path);
@@ -249,6 +261,16 @@ static qlab_status write_measured(results *r, const config *cfg, const char *out
         char note[2300];
         snprintf(note, sizeof note, "not present, rows skipped: %s", skipped);
         st = results_note(r, "models_skipped", note);
+    }
+    if (st == QLAB_OK && sum.rows > 0) {
+        char note[512];
+        snprintf(
+            note, sizeof note,
+            "%d of %d configurations within %.0f%% of the memory model; measured / predicted from %.3f to "
+            "%.3f; measured - predicted from %.2f to %.2f MB (what the model does not itemise: the "
+            "allocator's and OpenBLAS's own buffers, small allocations)",
+            sum.within, sum.rows, 100 * g.target, sum.min_ratio, sum.max_ratio, sum.min_gap, sum.max_gap);
+        st = results_note(r, "measured_vs_model", note);
     }
     if (st == QLAB_OK)
         results_table_note(
