@@ -292,9 +292,16 @@ static void test_errors(void) {
     finetune_rows nothing = {held_tokens, unscored, 1, ROW_LEN};
     double nll;
     CHECK(finetune_heldout_nll(m, &nothing, 4, &nll, NULL) == QLAB_ERR_ARG);
-    /* The base must come unquantized: QLoRA quantizes it itself. */
+    /* A base already quantized (checkpoint_load_quantized) is taken only by QLoRA with the same type, block
+     * size and DQ (test_memory_model trains one); any other quantization or mode is refused. */
     CHECK(model_quantize(m, QUANT_NF4, 64, 1) == QLAB_OK);
     o = options(FINETUNE_QLORA);
+    o.double_quant = 0;
+    CHECK(finetune_run(m, &train_rows, &held_rows, &o, NULL, NULL, NULL, &r) == QLAB_ERR_ARG);
+    o = options(FINETUNE_QLORA);
+    o.blocksize = 128;
+    CHECK(finetune_run(m, &train_rows, &held_rows, &o, NULL, NULL, NULL, &r) == QLAB_ERR_ARG);
+    o = options(FINETUNE_LORA);
     CHECK(finetune_run(m, &train_rows, &held_rows, &o, NULL, NULL, NULL, &r) == QLAB_ERR_ARG);
     model *copy = NULL;
     CHECK(model_clone(m, &copy) == QLAB_ERR_ARG && copy == NULL);

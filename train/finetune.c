@@ -205,9 +205,19 @@ static qlab_status job_check(const model *m, const finetune_rows *train, const f
     QLAB_TRY(finetune_options_check(o, cfg, train->row_len));
     QLAB_TRY(check_rows(train, "training", cfg->vocab_size));
     QLAB_TRY(check_rows(heldout, "held-out", cfg->vocab_size));
-    if (model_get_param_group((model *)m, MODEL_GROUP_WQ).quantized)
-        return qlab_fail(QLAB_ERR_ARG, "finetune: the model is already quantized (pass the fp32 base; "
-                                       "FINETUNE_QLORA quantizes it)");
+    quant_dtype dt;
+    int blocksize, double_quant;
+    if (model_get_quantization(m, &dt, &blocksize, &double_quant) && o->mode != FINETUNE_QLORA)
+        return qlab_fail(QLAB_ERR_ARG,
+                         "finetune: the model is quantized, which only FINETUNE_QLORA can train "
+                         "(pass the fp32 base)");
+    if (model_is_quantized(m) &&
+        (dt != o->base_dtype || blocksize != o->blocksize || !double_quant != !o->double_quant))
+        return qlab_fail(QLAB_ERR_ARG,
+                         "finetune: the model is already quantized as %s block %d%s, not as the options' "
+                         "%s block %d%s",
+                         quant_dtype_name(dt), blocksize, double_quant ? " +DQ" : "",
+                         quant_dtype_name(o->base_dtype), o->blocksize, o->double_quant ? " +DQ" : "");
     return QLAB_OK;
 }
 
@@ -225,7 +235,8 @@ qlab_status finetune_job_create(finetune_job **out, model *m, const finetune_row
     finetune_result *h = &j->h;
     const model_config *cfg = model_get_config(m);
     qlab_status st = QLAB_OK;
-    if (o->mode == FINETUNE_QLORA) st = model_quantize(m, o->base_dtype, o->blocksize, o->double_quant);
+    if (o->mode == FINETUNE_QLORA && !model_is_quantized(m))
+        st = model_quantize(m, o->base_dtype, o->blocksize, o->double_quant);
     size_t n_model;
     float *model_params_buf = model_get_param_buffer(m, &n_model);
     if (st == QLAB_OK && o->mode == FINETUNE_FULL) {

@@ -113,10 +113,11 @@ qlab_status finetune_heldout_nll(model *m, const finetune_rows *rows, int eval_b
 /* Called after every step (may be NULL): steps done, total, that step's training loss. */
 typedef void (*finetune_step_callback)(void *ctx, int64_t step, int64_t total, double loss);
 
-/* Finetunes m in place: quantizes its projections first for FINETUNE_QLORA (m must not be quantized
- * before), attaches new adapters for the LoRA modes (returned in *adapters when non-NULL, still attached
- * to m; the caller frees them after lora_detach(m) or model_free(m); when adapters is NULL they are
- * detached and freed here). Fills *out (free with finetune_result_free). */
+/* Finetunes m in place: quantizes its projections first for FINETUNE_QLORA (a base already loaded at 4
+ * bits, checkpoint_load_quantized, is taken as it is when its type, block size and DQ match the options),
+ * attaches new adapters for the LoRA modes (returned in *adapters when non-NULL, still attached to m; the
+ * caller frees them after lora_detach(m) or model_free(m); when adapters is NULL they are detached and freed
+ * here). Fills *out (free with finetune_result_free). */
 qlab_status finetune_run(model *m, const finetune_rows *train, const finetune_rows *heldout,
                          const finetune_options *o, finetune_step_callback callback, void *ctx,
                          lora_set **adapters, finetune_result *out);

@@ -608,6 +608,14 @@ int model_is_quantized(const model *m) {
     return m->quantized != NULL;
 }
 
+int model_get_quantization(const model *m, quant_dtype *dtype, int *blocksize, int *double_quant) {
+    if (!m->quantized) return 0;
+    if (dtype) *dtype = m->quant_type;
+    if (blocksize) *blocksize = m->quant_blocksize;
+    if (double_quant) *double_quant = m->quant_double;
+    return 1;
+}
+
 void model_get_memory(const model *m, model_memory *out) {
     memset(out, 0, sizeof *out);
     out->fp32_weights = m->num_params * sizeof(float);

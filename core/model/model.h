@@ -141,6 +141,9 @@ qlab_status model_create_quantized(model **out, const model_config *cfg, quant_d
  * layer `layer` of a quantized model, replacing what was there. Refuses an fp32 model. */
 qlab_status model_set_projection(model *m, int layer, model_proj p, const float *w);
 int model_is_quantized(const model *m);
+/* The 4-bit type of a quantized model's projections; returns 0 (leaving the outputs alone) for an fp32
+ * model. Any output pointer may be NULL. */
+int model_get_quantization(const model *m, quant_dtype *dtype, int *blocksize, int *double_quant);
 
 /* Bytes the model holds, by category. */
 typedef struct {

@@ -1,0 +1,243 @@
+/* The memory model (train/memory_model.h) against values computed by hand for a tiny architecture, every
+ * component in every mode; its activation terms against model.c's own layout (model_activation_bytes); the
+ * 4-bit term against quant.c's stored sizes and a LLaMA-7B figure; refusals; and finetuning on a base
+ * already loaded at 4 bits (what the memory experiment measures). */
+#include <string.h>
+
+#include "tests/check.h"
+#include "core/base/rng.h"
+#include "core/model/lora.h"
+#include "core/model/model.h"
+#include "train/finetune.h"
+#include "train/memory_model.h"
+
+/* dim 8, hidden 16, 2 layers, 2 heads of 4, 1 kv head (kv width 4), vocab 10, context 12, own classifier.
+ * Parameters: embedding 80 + classifier 80 + norms 2*8 + 2*8 + 8 = 200 full precision; per layer
+ * q 64, k 32, v 32, o 64, gate 128, up 128, down 128 = 576, so 1152 in projections; 1352 in all. */
+static model_config tiny(void) {
+    return (model_config){.dim = 8,
+                          .hidden_dim = 16,
+                          .n_layers = 2,
+                          .n_heads = 2,
+                          .n_kv_heads = 1,
+                          .vocab_size = 10,
+                          .seq_len = 12,
+                          .norm_eps = 1e-5f,
+                          .rope_theta = 10000.0f,
+                          .shared_classifier = 0};
+}
+
+static void spec_for(memory_model_spec *s, finetune_mode mode) {
+    memory_model_spec_qlab(s);
+    s->arch = tiny();
+    s->mode = mode;
+    s->rank = 2;
+    s->batch = 2;
+    s->seq = 3;
+}
+
+static void test_activation_terms(void) {
+    model_config c = tiny();
+    /* B 2, T 3: N 6. Per layer 5ND 240 + 2N 12 + 2N KV 48 + B NH T T 36 + 3NH 288 = 624; plus encoded 48,
+     * res3 L N D 96, lnf 48 + 6, probabilities 60 + losses 6. */
+    CHECK(memory_model_activation_elements(&c, 2, 3, 0) == 48 + 2 * 624 + 96 + 54 + 66);
+    CHECK(memory_model_activation_elements(&c, 2, 3, 1) == 48 + 624 + 96 + 54 + 66);
+    /* 5ND 240 + 3N KV 72 + 3NH 288 + NV 60 */
+    CHECK(memory_model_input_gradient_elements(&c, 2, 3) == 660);
+    /* model.c's own layout: the same, plus the attention scratch of each thread (T x T) */
+    model *m;
+    CHECK(model_create(&m, &c) == QLAB_OK);
+    int threads = qlab_num_threads() < 1 ? 1 : qlab_num_threads();
+    for (int ckpt = 0; ckpt < 2; ckpt++) {
+        model_set_checkpointing(m, ckpt);
+        size_t expect = (size_t)(memory_model_activation_elements(&c, 2, 3, ckpt) +
+                                 memory_model_input_gradient_elements(&c, 2, 3) + (uint64_t)threads * 9) *
+                        4;
+        CHECKF(model_activation_bytes(m, 2, 3, 1) == expect, "checkpointing %d: model.c %zu, model %zu", ckpt,
+               model_activation_bytes(m, 2, 3, 1), expect);
+        CHECK(model_activation_bytes(m, 5, 7, 0) == memory_model_activation_elements(&c, 5, 7, ckpt) * 4);
+    }
+    model_free(m);
+}
+
+static void test_components(void) {
+    memory_model_spec s;
+    memory_prediction p;
+    /* Full finetuning in fp32: 1352 parameters at 4 bytes, their gradients, two moments; activations
+     * 1512 floats, input gradients 660; scratch: attention 9 floats (1 thread), RoPE 2*3*2 floats, saved
+     * tokens and targets 12 ints, the job's batch 12 ints. */
+    spec_for(&s, FINETUNE_FULL);
+    CHECK(memory_model_predict(&s, &p) == QLAB_OK);
+    CHECK(p.trainable_params == 1352 && p.adapter_params == 0);
+    CHECK(p.bytes[MEMORY_QUANT_WEIGHTS] == 0);
+    CHECK(p.bytes[MEMORY_FP_WEIGHTS] == 5408);
+    CHECK(p.bytes[MEMORY_ADAPTERS] == 0);
+    CHECK(p.bytes[MEMORY_GRADIENTS] == 5408);
+    CHECK(p.bytes[MEMORY_INPUT_GRADIENTS] == 2640);
+    CHECK(p.bytes[MEMORY_OPTIMIZER] == 10816);
+    CHECK(p.bytes[MEMORY_ACTIVATIONS] == 6048);
+    CHECK(p.bytes[MEMORY_SCRATCH] == 36 + 48 + 48 + 48);
+    CHECK(p.bytes[MEMORY_BASELINE] == 0);
+    CHECK(p.total == 30500);
+
+    /* LoRA r 2 on all projections of the fp32 base: per layer q 2(8+8) 32, k and v 2(8+4) 24, o 32, gate,
+     * up and down 2(8+16) 48 = 256, 512 in all, over 14 adapters. The adapters keep max(context 12, N 6)
+     * = 12 rows of r hidden values each (14*12*2 floats); their scratch is 12 r + 2 * 12 * 16 (the widest
+     * input, down's 16, with dropout) = 408 floats. */
+    spec_for(&s, FINETUNE_LORA);
+    CHECK(memory_model_predict(&s, &p) == QLAB_OK);
+    CHECK(p.trainable_params == 512 && p.adapter_params == 512);
+    CHECK(p.bytes[MEMORY_FP_WEIGHTS] == 5408);
+    CHECK(p.bytes[MEMORY_ADAPTERS] == 2048);
+    CHECK(p.bytes[MEMORY_GRADIENTS] == 2048);
+    CHECK(p.bytes[MEMORY_OPTIMIZER] == 4096);
+    CHECK(p.bytes[MEMORY_ACTIVATIONS] == 6048 + 1344);
+    CHECK(p.bytes[MEMORY_SCRATCH] == 36 + 1632 + 144);
+    CHECK(p.total == 25444);
+    /* without dropout, LoRA needs no mask planes: 12 r floats */
+    s.dropout = 0;
+    CHECK(memory_model_predict(&s, &p) == QLAB_OK);
+    CHECK(p.bytes[MEMORY_SCRATCH] == 36 + 96 + 144);
+
+    /* QLoRA NF4 block 64 without DQ: q 64 values = 32 code bytes + one fp32 absmax = 36; k, v 16 + 4 = 20;
+     * o 36; gate, up, down 64 + 2 * 4 = 72: 328 per layer, 656. With DQ: one byte per block, one fp32 per
+     * 256 blocks and the offset: q 32 + 1 + 4 + 4 = 41, k, v 25, o 41, gate/up/down 64 + 2 + 4 + 4 = 74:
+     * 354 per layer, 708. Full precision: the 200 other parameters. Scratch adds the dequantization tile,
+     * 2^18 floats. */
+    spec_for(&s, FINETUNE_QLORA);
+    s.double_quant = 0;
+    CHECK(memory_model_predict(&s, &p) == QLAB_OK);
+    CHECK(p.bytes[MEMORY_QUANT_WEIGHTS] == 656);
+    s.double_quant = 1;
+    CHECK(memory_model_predict(&s, &p) == QLAB_OK);
+    CHECK(p.bytes[MEMORY_QUANT_WEIGHTS] == 708);
+    CHECK(p.bytes[MEMORY_FP_WEIGHTS] == 800);
+    CHECK(p.bytes[MEMORY_SCRATCH] == 36 + 1632 + 144 + 1048576);
+    CHECK(p.total == 708 + 800 + 2048 + 2048 + 4096 + 7392 + 2640 + 1812 + 1048576);
+    /* checkpointing keeps one block's working set: 624 floats less */
+    s.checkpointing = 1;
+    memory_prediction q;
+    CHECK(memory_model_predict(&s, &q) == QLAB_OK);
+    CHECK(p.bytes[MEMORY_ACTIVATIONS] - q.bytes[MEMORY_ACTIVATIONS] == 624 * 4);
+    /* a paged optimizer holds its resident part; the baseline is added as given */
+    s.optimizer_resident_bytes = 1000;
+    s.baseline_bytes = 12345;
+    CHECK(memory_model_predict(&s, &q) == QLAB_OK);
+    CHECK(q.bytes[MEMORY_OPTIMIZER] == 1000 && q.bytes[MEMORY_BASELINE] == 12345);
+    /* 16-bit elements halve every element-sized term (fp_weights of full finetuning: 1352 * 2) */
+    spec_for(&s, FINETUNE_FULL);
+    s.fp_bytes = s.base_bytes = s.grad_bytes = s.activation_bytes = 2;
+    CHECK(memory_model_predict(&s, &p) == QLAB_OK);
+    CHECK(p.bytes[MEMORY_FP_WEIGHTS] == 2704 && p.bytes[MEMORY_GRADIENTS] == 2704);
+    CHECK(p.bytes[MEMORY_ACTIVATIONS] == 3024 && p.bytes[MEMORY_OPTIMIZER] == 10816);
+}
+
+static void test_quant_sizes(void) {
+    /* The stored size of real tensors equals the model's term, every type, with and without DQ. */
+    rng_state rng;
+    rng_seed(&rng, 3);
+    float w[4160];
+    for (int i = 0; i < 4160; i++)
+        w[i] = (float)rng_normal(&rng);
+    for (int t = 0; t < QUANT_DTYPE_COUNT; t++) {
+        const quant_type_traits *tr = quant_type_traits_get((quant_dtype)t);
+        int bs = tr->blocksize_default;
+        for (int dq = 0; dq < 2; dq++) {
+            if (dq && !quant_dtype_has_fp32_absmax((quant_dtype)t)) continue;
+            quant_tensor qt;
+            CHECK(quant_tensor_quantize(&qt, w, 4160, (quant_dtype)t, bs, dq) == QLAB_OK);
+            CHECKF(quant_tensor_bytes(&qt) == memory_model_quant_tensor_bytes((quant_dtype)t, bs, dq, 4160),
+                   "%s dq %d", tr->name, dq);
+            quant_tensor_free(&qt);
+        }
+    }
+    /* LLaMA-7B's projections in NF4+DQ block 64: per layer 4 tensors of 4096^2 (8,388,608 code bytes,
+     * 262,144 block bytes, 1,024 fp32 second-level constants, the offset: 8,654,852) and 3 of 4096 x 11008
+     * (22,544,384 + 704,512 + 4 * 2,752 + 4 = 23,259,908): 104,399,132 per layer, 32 layers. */
+    memory_model_spec s;
+    memory_prediction p;
+    memory_model_spec_paper(&s, FINETUNE_QLORA);
+    s.arch = (model_config){.dim = 4096,
+                            .hidden_dim = 11008,
+                            .n_layers = 32,
+                            .n_heads = 32,
+                            .n_kv_heads = 32,
+                            .vocab_size = 32000,
+                            .seq_len = 512};
+    CHECK(memory_model_predict(&s, &p) == QLAB_OK);
+    CHECK(p.bytes[MEMORY_QUANT_WEIGHTS] == 32ull * 104399132ull);
+    /* embeddings and classifier in 16 bits: 2 * 32000 * 4096 + norms 65 * 4096, at 2 bytes */
+    CHECK(p.bytes[MEMORY_FP_WEIGHTS] == (2ull * 32000 * 4096 + 65ull * 4096) * 2);
+    /* r 64 on all seven: 64 (4 * 8192 + 3 * 15104) = 4,997,120 per layer */
+    CHECK(p.adapter_params == 32ull * 4997120ull);
+}
+
+static void test_refusals(void) {
+    memory_model_spec s;
+    memory_prediction p;
+    spec_for(&s, FINETUNE_LORA);
+    s.rank = 0;
+    CHECK(memory_model_predict(&s, &p) != QLAB_OK && strstr(qlab_last_error(), "rank"));
+    spec_for(&s, FINETUNE_FULL);
+    s.arch.n_heads = 3;
+    CHECK(memory_model_predict(&s, &p) != QLAB_OK && strstr(qlab_last_error(), "architecture"));
+    spec_for(&s, FINETUNE_FULL);
+    s.batch = 0;
+    CHECK(memory_model_predict(&s, &p) != QLAB_OK && strstr(qlab_last_error(), "batch"));
+    spec_for(&s, FINETUNE_QLORA);
+    s.blocksize = 3;
+    CHECK(memory_model_predict(&s, &p) != QLAB_OK);
+    CHECK(!strcmp(memory_component_name(MEMORY_INPUT_GRADIENTS), "input_gradients"));
+    CHECK(!strcmp(memory_component_name(MEMORY_COMPONENT_COUNT), "unknown"));
+}
+
+/* finetune on a base quantized before the job: taken as it is when the type matches, refused otherwise. */
+static void test_prequantized_base(void) {
+    model_config c = tiny();
+    c.dim = 64, c.hidden_dim = 128, c.n_heads = 4, c.n_kv_heads = 2;
+    model *m;
+    CHECK(model_create(&m, &c) == QLAB_OK);
+    size_t count;
+    float *w = model_get_param_buffer(m, &count);
+    rng_state rng;
+    rng_seed(&rng, 5);
+    for (size_t i = 0; i < count; i++)
+        w[i] = (float)(0.05 * rng_normal(&rng));
+    CHECK(model_quantize(m, QUANT_NF4, 64, 1) == QLAB_OK);
+    quant_dtype dt;
+    int bs, dq;
+    CHECK(model_get_quantization(m, &dt, &bs, &dq) == 1 && dt == QUANT_NF4 && bs == 64 && dq == 1);
+    int tokens[2 * 6], targets[2 * 6];
+    for (int i = 0; i < 12; i++)
+        tokens[i] = i % 10, targets[i] = (i + 1) % 10;
+    finetune_rows rows = {tokens, targets, 2, 6};
+    finetune_options o;
+    finetune_options_default(&o);
+    o.batch = 2, o.eval_batch = 2, o.steps = 2, o.eval_every = 0, o.state_kind = OPTIM_STATE_HOST;
+    finetune_result r;
+    memset(&r, 0, sizeof r);
+    CHECK(finetune_run(m, &rows, &rows, &o, NULL, NULL, NULL, &r) == QLAB_OK);
+    CHECK(r.trainable_params > 0 && isfinite(r.final_heldout_nll));
+    finetune_result_free(&r);
+    o.double_quant = 0;
+    CHECK(finetune_run(m, &rows, &rows, &o, NULL, NULL, NULL, &r) != QLAB_OK &&
+          strstr(qlab_last_error(), "already quantized"));
+    o.double_quant = 1;
+    o.mode = FINETUNE_FULL;
+    CHECK(finetune_run(m, &rows, &rows, &o, NULL, NULL, NULL, &r) != QLAB_OK &&
+          strstr(qlab_last_error(), "quantized"));
+    model_free(m);
+    model *f;
+    CHECK(model_create(&f, &c) == QLAB_OK);
+    CHECK(model_get_quantization(f, &dt, &bs, &dq) == 0);
+    model_free(f);
+}
+
+int main(void) {
+    test_activation_terms();
+    test_components();
+    test_quant_sizes();
+    test_refusals();
+    test_prequantized_base();
+    return check_summary();
+}
