@@ -55,6 +55,11 @@ static void finetune_usage(FILE *f) {
         "  --blocksize B           quantization block size (default 64)\n"
         "  --double-quant / --no-double-quant   (default: on)\n"
         "  --full                  full finetuning of every parameter (fp32 base, no adapters)\n"
+        "  --compute C             fp32 (default, the reference) or bf16: bf16 matrix products with fp32\n"
+        "                          accumulation for the base and the adapters (QLoRA's compute dtype); fp32\n"
+        "                          master adapters, optimizer, norms, softmax and loss. bf16 runs on the "
+        "best\n"
+        "                          path this CPU has (amx, avx512bf16, else blas; QLAB_BF16_PATH overrides)\n"
         "Adapters:\n"
         "  --lora-r R              rank (default 8)\n"
         "  --lora-alpha A          scale alpha/r (default 16)\n"
@@ -79,6 +84,7 @@ static void finetune_usage(FILE *f) {
 
 typedef struct {
     const char *model, *tokenizer, *data, *eval_data, *out, *format, *dtype, *targets, *schedule;
+    qlab_compute compute;
     int train_on_source, double_quant, full, have_eval_fraction;
     long max_len, eval_every, blocksize, rank, steps, batch, accum, warmup, save_every, seed, threads;
     double eval_fraction, alpha, dropout, lr, epochs, clip, wd;
@@ -129,6 +135,8 @@ static int parse_args(int argc, char **argv, ft_args *a, const char **resume) {
             a->dtype = argv[++i];
         } else if (!strcmp(o, "--lora-targets")) {
             a->targets = argv[++i];
+        } else if (!strcmp(o, "--compute")) {
+            if (!cli_parse_compute("finetune", argv[++i], &a->compute)) return 2;
         } else if (!strcmp(o, "--schedule")) {
             a->schedule = argv[++i];
         } else if (!strcmp(o, "--max-len")) {
@@ -290,6 +298,7 @@ static int run(int argc, char **argv, const ft_args *a, int resuming) {
     o.batch = (int)a->batch, o.grad_accum = (int)a->accum, o.max_lr = a->lr, o.min_lr = 0;
     o.warmup_steps = a->warmup, o.grad_clip = a->clip, o.weight_decay = a->wd;
     o.state_kind = OPTIM_STATE_HOST;
+    o.compute = a->compute;
 #ifdef _OPENMP
     if (a->threads) omp_set_num_threads((int)a->threads);
 #endif

@@ -17,7 +17,7 @@ static void generate_usage(FILE *f) {
         f,
         "Usage: qlab generate --model M [--tokenizer T] [--prompt TEXT] [--steps N] [--temperature X]\n"
         "                     [--top-p P] [--seed S] [--dtype D [--blocksize B] [--double-quant]]\n"
-        "                     [--adapter DIR]\n\n"
+        "                     [--adapter DIR] [--compute fp32|bf16]\n\n"
         "Continues TEXT (default: empty, i.e. from BOS) with up to N new tokens (default 256).\n"
         "  --tokenizer T     tokenizer.bin / tokenizer.json / GGUF (default for a GGUF model: its own)\n"
         "  --temperature X   0 = greedy argmax (default 1.0)\n"
@@ -28,6 +28,7 @@ static void generate_usage(FILE *f) {
     char text[512];
     snprintf(text, sizeof text, "quantize the projections first (%s)", quant_dtype_list(0));
     cli_print_option(f, "  --dtype D", 20, text);
+    cli_print_option(f, "  --compute C", 20, cli_compute_help());
 }
 
 static int cmd_generate(int argc, char **argv) {
@@ -35,6 +36,7 @@ static int cmd_generate(int argc, char **argv) {
     long steps = 256, bs = 0, seed = 42;
     double temperature = 1.0, top_p = 0.9;
     int dq = 0;
+    qlab_compute compute = QLAB_COMPUTE_FP32;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -55,6 +57,8 @@ static int cmd_generate(int argc, char **argv) {
             dtype_name = argv[++i];
         } else if (!strcmp(a, "--adapter")) {
             adapter = argv[++i];
+        } else if (!strcmp(a, "--compute")) {
+            if (!cli_parse_compute("generate", argv[++i], &compute)) return 2;
         } else if (!strcmp(a, "--steps")) {
             if (!cli_parse_int("generate", a, argv[++i], 1, 1 << 20, &steps)) return 2;
         } else if (!strcmp(a, "--blocksize")) {
@@ -99,6 +103,7 @@ static int cmd_generate(int argc, char **argv) {
         if (model_quantize(m, dt, bs ? (int)bs : quant_default_blocksize(dt), dq) != QLAB_OK) goto out;
     }
     if (adapter && cli_load_adapters(adapter, m, &lora) != QLAB_OK) goto out;
+    model_set_compute(m, compute);
     const model_config *cfg = model_get_config(m);
     if (tokenizer_vocab_size(tok) > cfg->vocab_size) {
         qlab_fail(QLAB_ERR_ARG,

@@ -27,7 +27,8 @@ static void mmlu_usage(FILE *f) {
         "Usage: qlab mmlu --model M [--tokenizer T] [--adapter FILE|DIR] [--shots 0-5 | --qlora-zero-shot]\n"
         "                 [--letter-space]\n"
         "                 [--data FILE] [--subjects a,b,...] [--limit N] [--max-len N]\n"
-        "                 [--dtype D [--blocksize B] [--double-quant]] [--out R.h5] [--md R.md]\n\n"
+        "                 [--dtype D [--blocksize B] [--double-quant]] [--compute fp32|bf16]\n"
+        "                 [--out R.h5] [--md R.md]\n\n"
         "MMLU accuracy: BOS + the prompt, one forward pass, and the answer is the letter A-D whose token "
         "has\n"
         "the largest logit at the last position (the QLoRA repository's MMLU evaluation; the token ids are\n"
@@ -57,13 +58,16 @@ static void mmlu_usage(FILE *f) {
         "  --out R.h5           results file (default results/mmlu.h5); --md R.md its report (default:\n"
         "                       R.h5 with .md)\n",
         DEFAULT_ARCHIVE, DEFAULT_QLORA_PROMPTS);
+    cli_print_option(f, "  --compute C", 23, cli_compute_help());
 }
 
 static qlab_status write_results(const char *out_path, int argc, char **argv, const char *model_path,
-                                 const char *adapter, const char *qdesc, const mmlu_eval_options *opt,
-                                 const char *scoring, const mmlu_eval_result *r) {
+                                 const char *adapter, const char *qdesc, qlab_compute compute,
+                                 const mmlu_eval_options *opt, const char *scoring,
+                                 const mmlu_eval_result *r) {
     results *res = NULL;
     QLAB_TRY(results_create(&res, out_path, "mmlu", NULL, argc, argv));
+    results_set_compute(res, qlab_compute_name(compute), qlab_compute_path_name(compute));
     results_table *t = NULL;
     char text[1024];
     results_attr_string(res, "model", model_path);
@@ -144,6 +148,7 @@ static int cmd_mmlu(int argc, char **argv) {
                *dtype_name = NULL, *out_path = "results/mmlu.h5", *md_path = NULL;
     long shots = 5, limit = 0, max_len = 0, bs = 0;
     int dq = 0, zero_shot = 0, letter_space = 0;
+    qlab_compute compute = QLAB_COMPUTE_FP32;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -164,6 +169,8 @@ static int cmd_mmlu(int argc, char **argv) {
             tok_path = argv[++i];
         } else if (!strcmp(a, "--adapter")) {
             adapter = argv[++i];
+        } else if (!strcmp(a, "--compute")) {
+            if (!cli_parse_compute("mmlu", argv[++i], &compute)) return 2;
         } else if (!strcmp(a, "--data")) {
             data = argv[++i];
         } else if (!strcmp(a, "--subjects")) {
@@ -238,12 +245,14 @@ static int cmd_mmlu(int argc, char **argv) {
                  dq ? ", double-quant" : "");
     }
     if (adapter && cli_load_adapters(adapter, m, &lora) != QLAB_OK) goto out;
+    model_set_compute(m, compute);
     fprintf(stderr, "qlab mmlu: %s\n", scoring);
     progress_begin(&prog, "mmlu", n_questions);
     opt.prog = &prog;
     if (mmlu_evaluate(m, tok, &opt, &r) != QLAB_OK) goto out;
     progress_end(&prog, NULL);
-    if (write_results(out_path, argc, argv, model_path, adapter, qdesc, &opt, scoring, &r) != QLAB_OK)
+    if (write_results(out_path, argc, argv, model_path, adapter, qdesc, compute, &opt, scoring, &r) !=
+        QLAB_OK)
         goto out;
     double lo, hi, macro_lo, macro_hi, macro = mmlu_macro_accuracy(&r, &macro_lo, &macro_hi);
     mmlu_wilson95(r.correct, r.n, &lo, &hi);

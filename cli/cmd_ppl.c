@@ -17,7 +17,7 @@ static void ppl_usage(FILE *f) {
     fprintf(f,
             "Usage: qlab ppl --model M [--tokenizer T] (--data FILE.txt | --tokens FILE.npy)\n"
             "                [--dtype D [--blocksize B] [--double-quant]] [--ctx N] [--stride S]\n"
-            "                [--max-tokens N] [--batch N] [--adapter DIR] [--json]\n\n"
+            "                [--max-tokens N] [--batch N] [--adapter DIR] [--compute fp32|bf16] [--json]\n\n"
             "Perplexity of model M (llama2.c .bin, GGUF, or a Hugging Face directory).\n"
             "  --data FILE.txt     text, encoded with --tokenizer (a GGUF model's own tokenizer when it is\n"
             "                      omitted), BOS prepended unless a GGUF says add_bos_token false\n"
@@ -45,14 +45,20 @@ static void ppl_usage(FILE *f) {
         "                      file) on the fp32 or --dtype base; with --dtype the fp32 reference has them "
         "too\n"
         "  --json              print one JSON object instead of text\n");
+    cli_print_option(f, "  --compute C", 22, cli_compute_help());
+    cli_print_option(f, "", 22,
+                     "(with --dtype the fp32-weight reference computes in the same dtype, so the distance "
+                     "measures the 4-bit weights alone)");
 }
 
 static void print_text(const char *model_path, const model_config *cfg, const char *data, int64_t n_tokens,
-                       const char *qdesc, double bits, const ppl_result *r) {
+                       const char *qdesc, double bits, qlab_compute c, const ppl_result *r) {
     printf("model        %s (dim %d, %d layers, %d heads / %d kv heads, vocab %d)\n", model_path, cfg->dim,
            cfg->n_layers, cfg->n_heads, cfg->n_kv_heads, cfg->vocab_size);
     printf("data         %s: %lld tokens\n", data, (long long)n_tokens);
     printf("weights      %s, %.4g Mbit in total\n", qdesc, bits / 1e6);
+    printf("compute      %s%s%s\n", qlab_compute_name(c), c == QLAB_COMPUTE_BF16 ? " on " : "",
+           c == QLAB_COMPUTE_BF16 ? qlab_compute_path_name(c) : "");
     if (!strcmp(r->protocol_name, "sliding"))
         printf("protocol     sliding window, ctx %d, stride %d (Hugging Face)\n", r->ctx, r->stride);
     else
@@ -71,7 +77,7 @@ static void print_text(const char *model_path, const model_config *cfg, const ch
 }
 
 static void print_json(const char *model_path, const char *data, int64_t n_tokens, const char *dtype, int bs,
-                       int dq, double bits, const ppl_result *r) {
+                       int dq, double bits, qlab_compute c, const ppl_result *r) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "model", model_path);
     cJSON_AddStringToObject(o, "data", data);
@@ -82,6 +88,8 @@ static void print_json(const char *model_path, const char *data, int64_t n_token
         cJSON_AddBoolToObject(o, "double_quant", dq);
     }
     cJSON_AddNumberToObject(o, "total_bits", bits);
+    cJSON_AddStringToObject(o, "compute", qlab_compute_name(c));
+    cJSON_AddStringToObject(o, "bf16_path", qlab_compute_path_name(c));
     cJSON_AddStringToObject(o, "protocol", r->protocol_name);
     cJSON_AddNumberToObject(o, "ctx", r->ctx);
     cJSON_AddNumberToObject(o, "stride", r->stride);
@@ -112,6 +120,7 @@ static int cmd_ppl(int argc, char **argv) {
                *adapter = NULL;
     long bs = 0, ctx = 0, stride = 0, max_tokens = 0, batch = 0;
     int dq = 0, json = 0;
+    qlab_compute compute = QLAB_COMPUTE_FP32;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -136,6 +145,8 @@ static int cmd_ppl(int argc, char **argv) {
             dtype_name = argv[++i];
         } else if (!strcmp(a, "--adapter")) {
             adapter = argv[++i];
+        } else if (!strcmp(a, "--compute")) {
+            if (!cli_parse_compute("ppl", argv[++i], &compute)) return 2;
         } else if (!strcmp(a, "--blocksize")) {
             if (!cli_parse_int("ppl", a, argv[++i], 1, 1 << 20, &bs)) return 2;
         } else if (!strcmp(a, "--ctx")) {
@@ -214,6 +225,8 @@ static int cmd_ppl(int argc, char **argv) {
     }
     if (adapter && cli_load_adapters(adapter, m, &lora) != QLAB_OK) goto out;
     if (adapter) snprintf(qdesc + strlen(qdesc), sizeof qdesc - strlen(qdesc), " + LoRA %.60s", adapter);
+    model_set_compute(m, compute);
+    if (ref) model_set_compute(ref, compute);
     ppl_result r;
     if (ppl_evaluate(m, ref, ids, n, &opt, &r) != QLAB_OK) {
         qlab_fail_context(QLAB_ERR_ARG, "%s (--ctx %d)", data_name, opt.ctx);
@@ -221,9 +234,9 @@ static int cmd_ppl(int argc, char **argv) {
     }
     if (json)
         print_json(model_path, data_name, n, dtype_name ? quant_dtype_name(dt) : NULL, (int)bs, dq,
-                   model_total_bits(m), &r);
+                   model_total_bits(m), compute, &r);
     else
-        print_text(model_path, cfg, data_name, n, qdesc, model_total_bits(m), &r);
+        print_text(model_path, cfg, data_name, n, qdesc, model_total_bits(m), compute, &r);
     rc = 0;
 out:
     if (rc) qlab_report_error("qlab ppl");

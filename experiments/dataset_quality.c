@@ -365,6 +365,7 @@ static qlab_status run(const config *cfg, const char *out_path, int argc, char *
     { /* The starting point: the NF4+DQ base without adapters (Table 5's "no tuning"). */
         model *m = NULL;
         st = model_clone(base, &m);
+        if (st == QLAB_OK) model_set_compute(m, base_opt.compute);
         if (st == QLAB_OK) st = model_quantize(m, QUANT_NF4, base_opt.blocksize, 1);
         if (st == QLAB_OK) st = evaluate(m, &ev, &base_scores);
         model_free(m);
@@ -401,6 +402,7 @@ static qlab_status run(const config *cfg, const char *out_path, int argc, char *
 
     /* ---- tables */
     if ((st = results_create(&r, out_path, "dataset_quality", cfg, argc, argv)) != QLAB_OK) goto done;
+    if ((st = experiment_results_compute(r, base_opt.compute)) != QLAB_OK) goto done;
     results_attr_int(r, "seed", seeds[0]);
     results_attr_string(r, "model", model_path);
     results_attr_string(r, "tokenizer", tok_path);

@@ -22,6 +22,7 @@
 #include "core/results/results.h"
 #include "core/base/sha256.h"
 #include "core/text/tokenizer.h"
+#include "experiments/harness/experiment_compute.h"
 #include "train/train.h"
 #include "train/zoo_manifest.h"
 
@@ -32,6 +33,7 @@ static const config_key config_keys[] = {
     {"heldout_bytes", CONFIG_INT, "200000", "bytes of held-out stories to generate"},
     {"tokenizer_bytes", CONFIG_INT, "2000000", "the first this many bytes of the train split train the BPE"},
     {"vocab_size", CONFIG_INT, "512", "BPE vocabulary size"},
+    EXPERIMENT_COMPUTE_KEY,
     {"models", CONFIG_OBJECT, NULL,
      "{name: {dim, hidden_dim, n_layers, n_heads, n_kv_heads, seq_len, batch, steps, warmup_steps, max_lr, "
      "min_lr, weight_decay, grad_clip, log_every, eval_every, eval_windows, seed}} in training order"},
@@ -360,6 +362,8 @@ static qlab_status train_one(zoo_model *z, const char *dir, const int *train_ids
         effective = NULL;
         cJSON_AddStringToObject(e, "key", z->cache_key);
         cJSON_AddNumberToObject(e, "threads", qlab_num_threads());
+        cJSON_AddStringToObject(e, "compute", qlab_compute_name(z->opt.compute));
+        cJSON_AddStringToObject(e, "bf16_path", qlab_compute_path_name(z->opt.compute));
         cJSON_AddNumberToObject(e, "train_tokens", (double)z->opt.steps * z->opt.batch * z->opt.seq_len);
         cJSON_AddNumberToObject(e, "final_train_loss", h.final_train_loss);
         cJSON_AddNumberToObject(e, "final_heldout_loss", h.final_heldout_loss);
@@ -529,12 +533,23 @@ int main(int argc, char **argv) {
         qlab_fail(QLAB_ERR_ARG, "%s: 'models' is empty", config_file);
         goto done;
     }
+    qlab_compute compute = QLAB_COMPUTE_FP32;
+    if (experiment_config_compute(cfg, &compute) != QLAB_OK) goto done;
     models = qlab_calloc((size_t)capacity, sizeof *models);
     if (!models) goto done;
     cJSON_ArrayForEach(item, model_object) {
         if (parse_model(cfg, item, &models[n_models]) != QLAB_OK) goto done;
+        models[n_models].opt.compute = compute;
         n_models++;
     }
+    /* The cache key of an fp32 model is what it was before the compute key existed, so cached fp32
+     * models stay valid; a bf16 model's key adds the compute dtype and the bf16 path (the avx512bf16 and
+     * ref paths give identical bits, amx and blas sum in other orders), so it never stands in for an
+     * fp32 model or for one trained on another path. */
+    char compute_key[64] = "";
+    if (compute == QLAB_COMPUTE_BF16)
+        snprintf(compute_key, sizeof compute_key, ",\"compute\":\"bf16/%s\"",
+                 qlab_compute_path_name(compute));
 
     if (make_dirs(dir) != QLAB_OK || !(manifest_path = path_in(dir, ZOO_MANIFEST_FILE))) goto done;
     manifest = manifest_read(manifest_path);
@@ -551,9 +566,10 @@ int main(int argc, char **argv) {
     if (!new_models) goto done;
     for (int i = 0; i < n_models; i++) {
         zoo_model *z = &models[i];
-        size_t n = strlen(data_key) + strlen(config_effective_json(z->cfg)) + 64;
+        size_t n = strlen(data_key) + strlen(config_effective_json(z->cfg)) + sizeof compute_key + 64;
         if (!(z->cache_key = qlab_calloc(n, 1))) goto done;
-        snprintf(z->cache_key, n, "{\"data\":%s,\"model\":%s}", data_key, config_effective_json(z->cfg));
+        snprintf(z->cache_key, n, "{\"data\":%s,\"model\":%s%s}", data_key, config_effective_json(z->cfg),
+                 compute_key);
         cJSON *old = find_named(old_models, z->name);
         if (old && entry_still_valid(old, z->cache_key, dir)) {
             z->cached = 1;
@@ -568,6 +584,7 @@ int main(int argc, char **argv) {
     results_require_rows(r);
     if (results_attr_int(r, "seed", config_int(cfg, "seed")) != QLAB_OK) goto done;
     if (results_attr_string(r, "zoo_dir", dir) != QLAB_OK) goto done;
+    if (experiment_results_compute(r, compute) != QLAB_OK) goto done;
 
     progress prog;
     progress_begin(&prog, "zoo", work_to_train > 0 ? work_to_train : 1);
