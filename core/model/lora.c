@@ -50,6 +50,7 @@ void lora_forward(float *out, float *hidden, float *dropped, const float *inp, c
     if (dropout > 0) {
         size_t n = (size_t)N * IC;
         lora_dropout_mask(dropped, N, IC, dropout, mask_seed);
+#pragma omp parallel for schedule(static)
         for (size_t i = 0; i < n; i++)
             dropped[i] *= inp[i];
         x = dropped;
@@ -74,11 +75,13 @@ void lora_backward(float *dA, float *dB, float *dinp, const float *dout, const f
     size_t n = (size_t)N * IC;
     float *mask = scratch + (size_t)N * rank, *plane = mask + n;
     lora_dropout_mask(mask, N, IC, dropout, mask_seed);
+#pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++)
         plane[i] = mask[i] * inp[i]; /* the forward's dropout(inp), bit for bit */
     ops_gemm(1, 0, rank, IC, N, 1.0f, dhidden, rank, plane, IC, 1.0f, dA, IC);
     if (!dinp) return;
     ops_gemm(0, 0, N, IC, rank, 1.0f, dhidden, rank, A, IC, 0.0f, plane, IC);
+#pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++)
         dinp[i] += plane[i] * mask[i];
 }
@@ -93,6 +96,7 @@ qlab_status lora_forward_bf16(float *out, float *hidden, float *scratch, const f
     if (dropout > 0) {
         size_t n = (size_t)N * IC;
         lora_dropout_mask(scratch, N, IC, dropout, mask_seed);
+#pragma omp parallel for schedule(static)
         for (size_t i = 0; i < n; i++)
             scratch[i] *= inp[i];
         x = scratch;
@@ -124,11 +128,13 @@ qlab_status lora_backward_bf16(float *dA, float *dB, float *dinp, const float *d
     size_t n = (size_t)N * IC;
     float *mask = scratch + nr, *plane = mask + n;
     lora_dropout_mask(mask, N, IC, dropout, mask_seed);
+#pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++)
         plane[i] = mask[i] * inp[i];
     QLAB_TRY(bf16_gemm(1, 0, rank, IC, N, dhidden, rank, plane, IC, 1, dA, IC));
     if (!dinp) return QLAB_OK;
     QLAB_TRY(bf16_gemm(0, 0, N, IC, rank, dhidden, rank, A, IC, 0, plane, IC));
+#pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++)
         dinp[i] += plane[i] * mask[i];
     return QLAB_OK;
