@@ -111,7 +111,9 @@ static void init_params(model *m, const model_config *c) {
         model_get_params(m)->rms_att[i] = model_get_params(m)->rms_ffn[i] = 1;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    (void)argc;
+    qlab_openmp_prefer_passive(argv); /* as the programs do: spinning workers starve OpenBLAS when loaded */
     model_config c = {.dim = 256,
                       .hidden_dim = 688,
                       .n_layers = 8,
