@@ -42,6 +42,11 @@ const char *cli_dtype_gnuplot_style(void);
 int cli_parse_dtype(const char *cmd, const char *text, quant_dtype *dt);
 int cli_check_blocksize(const char *cmd, quant_dtype dt, long blocksize);
 
+/* --compute fp32|bf16: parses text into *out, or prints "qlab CMD: --compute must be fp32 or bf16 (got 'x')"
+ * and returns 0. cli_compute_help is the option's help text. */
+int cli_parse_compute(const char *cmd, const char *text, qlab_compute *out);
+const char *cli_compute_help(void);
+
 /* --adapter SPEC: a PEFT directory (adapter_config.json + adapter_model.safetensors, lora_load_peft) or a
  * single file written by lora_save (rank, alpha and targets in its metadata), attached to m (fp32 or
  * quantized base) in evaluation mode. The caller frees *out after model_free(m) or lora_detach(m). */

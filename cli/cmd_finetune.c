@@ -56,6 +56,11 @@ static void finetune_usage(FILE *f) {
         "  --blocksize B           quantization block size (default 64)\n"
         "  --double-quant / --no-double-quant   (default: on)\n"
         "  --full                  full finetuning of every parameter (fp32 base, no adapters)\n"
+        "  --compute C             fp32 (default, the reference) or bf16: bf16 matrix products with fp32\n"
+        "                          accumulation for the base and the adapters (QLoRA's compute dtype); fp32\n"
+        "                          master adapters, optimizer, norms, softmax and loss. bf16 runs on the "
+        "best\n"
+        "                          path this CPU has (amx, avx512bf16, else blas; QLAB_BF16_PATH overrides)\n"
         "Adapters:\n"
         "  --lora-r R              rank (default 8)\n"
         "  --lora-alpha A          scale alpha/r (default 16)\n"
@@ -92,6 +97,7 @@ static void finetune_usage(FILE *f) {
 typedef struct {
     const char *model, *tokenizer, *data, *eval_data, *out, *format, *dtype, *targets, *schedule;
     const char *optimizer_state;
+    qlab_compute compute;
     int train_on_source, double_quant, full, have_eval_fraction, checkpointing;
     size_t optimizer_resident, optimizer_page;
     long max_len, eval_every, blocksize, rank, steps, batch, accum, warmup, save_every, seed, threads;
@@ -146,6 +152,8 @@ static int parse_args(int argc, char **argv, ft_args *a, const char **resume) {
             a->dtype = argv[++i];
         } else if (!strcmp(o, "--lora-targets")) {
             a->targets = argv[++i];
+        } else if (!strcmp(o, "--compute")) {
+            if (!cli_parse_compute("finetune", argv[++i], &a->compute)) return 2;
         } else if (!strcmp(o, "--schedule")) {
             a->schedule = argv[++i];
         } else if (!strcmp(o, "--optimizer-state")) {
@@ -348,6 +356,7 @@ static int build_options(ft_run *r) {
     o->optimizer_resident_bytes = a->optimizer_resident;
     o->optimizer_page_bytes = a->optimizer_page;
     o->checkpointing = a->checkpointing;
+    o->compute = a->compute;
 #ifdef _OPENMP
     if (a->threads) omp_set_num_threads((int)a->threads);
 #endif

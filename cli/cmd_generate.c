@@ -17,7 +17,7 @@ static void generate_usage(FILE *f) {
         f,
         "Usage: qlab generate --model M [--tokenizer T] [--prompt TEXT] [--steps N] [--temperature X]\n"
         "                     [--top-p P] [--seed S] [--dtype D [--blocksize B] [--double-quant]]\n"
-        "                     [--adapter DIR]\n\n"
+        "                     [--adapter DIR] [--compute fp32|bf16]\n\n"
         "Continues TEXT (default: empty, i.e. from BOS) with up to N new tokens (default 256).\n"
         "  --tokenizer T     tokenizer.bin / tokenizer.json / GGUF (default for a GGUF model: its own)\n"
         "  --temperature X   0 = greedy argmax (default 1.0)\n"
@@ -28,6 +28,7 @@ static void generate_usage(FILE *f) {
     char text[512];
     snprintf(text, sizeof text, "quantize the projections first (%s)", quant_dtype_list(0));
     cli_print_option(f, "  --dtype D", 20, text);
+    cli_print_option(f, "  --compute C", 20, cli_compute_help());
 }
 
 typedef struct {
@@ -35,6 +36,7 @@ typedef struct {
     long steps, bs, seed;
     double temperature, top_p;
     int dq;
+    qlab_compute compute;
 } generate_args;
 
 /* -1 to go on, else the exit status (0 after --help, 2 on a usage error). */
@@ -60,6 +62,8 @@ static int parse_generate_args(int argc, char **argv, generate_args *p) {
             p->dtype_name = argv[++i];
         } else if (!strcmp(a, "--adapter")) {
             p->adapter = argv[++i];
+        } else if (!strcmp(a, "--compute")) {
+            if (!cli_parse_compute("generate", argv[++i], &p->compute)) return 2;
         } else if (!strcmp(a, "--steps")) {
             if (!cli_parse_int("generate", a, argv[++i], 1, 1 << 20, &p->steps)) return 2;
         } else if (!strcmp(a, "--blocksize")) {
@@ -115,6 +119,7 @@ static qlab_status load_generate_model(const generate_args *p, model **m, lora_s
         QLAB_TRY(model_quantize(*m, dt, p->bs ? (int)p->bs : quant_default_blocksize(dt), p->dq));
     }
     if (p->adapter) QLAB_TRY(cli_load_adapters(p->adapter, *m, lora));
+    model_set_compute(*m, p->compute);
     const model_config *cfg = model_get_config(*m);
     if (tokenizer_vocab_size(*tok) > cfg->vocab_size)
         return qlab_fail(QLAB_ERR_ARG,

@@ -27,7 +27,8 @@ static void mmlu_usage(FILE *f) {
         "Usage: qlab mmlu --model M [--tokenizer T] [--adapter FILE|DIR] [--shots 0-5 | --qlora-zero-shot]\n"
         "                 [--letter-space]\n"
         "                 [--data FILE] [--subjects a,b,...] [--limit N] [--max-len N]\n"
-        "                 [--dtype D [--blocksize B] [--double-quant]] [--out R.h5] [--md R.md]\n\n"
+        "                 [--dtype D [--blocksize B] [--double-quant]] [--compute fp32|bf16]\n"
+        "                 [--out R.h5] [--md R.md]\n\n"
         "MMLU accuracy: BOS + the prompt, one forward pass, and the answer is the letter A-D whose token "
         "has\n"
         "the largest logit at the last position (the QLoRA repository's MMLU evaluation; the token ids are\n"
@@ -57,13 +58,16 @@ static void mmlu_usage(FILE *f) {
         "  --out R.h5           results file (default results/mmlu.h5); --md R.md its report (default:\n"
         "                       R.h5 with .md)\n",
         DEFAULT_ARCHIVE, DEFAULT_QLORA_PROMPTS);
+    cli_print_option(f, "  --compute C", 23, cli_compute_help());
 }
 
 static qlab_status write_results(const char *out_path, int argc, char **argv, const char *model_path,
-                                 const char *adapter, const char *qdesc, const mmlu_eval_options *opt,
-                                 const char *scoring, const mmlu_eval_result *r) {
+                                 const char *adapter, const char *qdesc, qlab_compute compute,
+                                 const mmlu_eval_options *opt, const char *scoring,
+                                 const mmlu_eval_result *r) {
     results *res = NULL;
     QLAB_TRY(results_create(&res, out_path, "mmlu", NULL, argc, argv));
+    results_set_compute(res, qlab_compute_name(compute), qlab_compute_path_name(compute));
     results_table *t = NULL;
     char text[1024];
     results_attr_string(res, "model", model_path);
@@ -145,6 +149,7 @@ typedef struct {
     int dq, zero_shot, letter_space;
     quant_dtype dt;        /* parsed from dtype_name */
     char md_default[4096]; /* OUT.md beside --out when --md is not given */
+    qlab_compute compute;
 } mmlu_args;
 
 /* -1 to go on, else the exit status (0 after --help, 2 on a usage error). */
@@ -171,6 +176,8 @@ static int parse_mmlu_args(int argc, char **argv, mmlu_args *p) {
             p->tok_path = argv[++i];
         } else if (!strcmp(a, "--adapter")) {
             p->adapter = argv[++i];
+        } else if (!strcmp(a, "--compute")) {
+            if (!cli_parse_compute("mmlu", argv[++i], &p->compute)) return 2;
         } else if (!strcmp(a, "--data")) {
             p->data = argv[++i];
         } else if (!strcmp(a, "--subjects")) {
@@ -232,6 +239,7 @@ static qlab_status load_mmlu_model(const mmlu_args *p, model **m, lora_set **lor
                  p->dq ? ", double-quant" : "");
     }
     if (p->adapter) QLAB_TRY(cli_load_adapters(p->adapter, *m, lora));
+    model_set_compute(*m, p->compute);
     return QLAB_OK;
 }
 
@@ -286,7 +294,8 @@ static int cmd_mmlu(int argc, char **argv) {
     opt.prog = &prog;
     if (mmlu_evaluate(m, tok, &opt, &r) != QLAB_OK) goto out;
     progress_end(&prog, NULL);
-    if (write_results(p.out_path, argc, argv, p.model_path, p.adapter, qdesc, &opt, scoring, &r) != QLAB_OK)
+    if (write_results(p.out_path, argc, argv, p.model_path, p.adapter, qdesc, p.compute, &opt, scoring, &r) !=
+        QLAB_OK)
         goto out;
     print_mmlu_summary(&opt, &r, qdesc, p.out_path);
     char *report_argv[] = {"report", (char *)p.out_path, "--md", (char *)p.md_path, NULL};

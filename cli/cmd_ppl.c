@@ -18,7 +18,7 @@ static void ppl_usage(FILE *f) {
     fprintf(f,
             "Usage: qlab ppl --model M [--tokenizer T] (--data FILE.txt | --tokens FILE.npy)\n"
             "                [--dtype D [--blocksize B] [--double-quant]] [--ctx N] [--stride S]\n"
-            "                [--max-tokens N] [--batch N] [--adapter DIR] [--json]\n\n"
+            "                [--max-tokens N] [--batch N] [--adapter DIR] [--compute fp32|bf16] [--json]\n\n"
             "Perplexity of model M (llama2.c .bin, GGUF, or a Hugging Face directory).\n"
             "  --data FILE.txt     text, encoded with --tokenizer (a GGUF model's own tokenizer when it is\n"
             "                      omitted), BOS prepended unless a GGUF says add_bos_token false\n"
@@ -46,14 +46,20 @@ static void ppl_usage(FILE *f) {
         "                      file) on the fp32 or --dtype base; with --dtype the fp32 reference has them "
         "too\n"
         "  --json              print one JSON object instead of text\n");
+    cli_print_option(f, "  --compute C", 22, cli_compute_help());
+    cli_print_option(f, "", 22,
+                     "(with --dtype the fp32-weight reference computes in the same dtype, so the distance "
+                     "measures the 4-bit weights alone)");
 }
 
 static void print_text(const char *model_path, const model_config *cfg, const char *data, int64_t n_tokens,
-                       const char *qdesc, double bits, const ppl_result *r) {
+                       const char *qdesc, double bits, qlab_compute c, const ppl_result *r) {
     printf("model        %s (dim %d, %d layers, %d heads / %d kv heads, vocab %d)\n", model_path, cfg->dim,
            cfg->n_layers, cfg->n_heads, cfg->n_kv_heads, cfg->vocab_size);
     printf("data         %s: %lld tokens\n", data, (long long)n_tokens);
     printf("weights      %s, %.4g Mbit in total\n", qdesc, bits / 1e6);
+    printf("compute      %s%s%s\n", qlab_compute_name(c), c == QLAB_COMPUTE_BF16 ? " on " : "",
+           c == QLAB_COMPUTE_BF16 ? qlab_compute_path_name(c) : "");
     if (!strcmp(r->protocol_name, "sliding"))
         printf("protocol     sliding window, ctx %d, stride %d (Hugging Face)\n", r->ctx, r->stride);
     else
@@ -72,7 +78,7 @@ static void print_text(const char *model_path, const model_config *cfg, const ch
 }
 
 static void print_json(const char *model_path, const char *data, int64_t n_tokens, const char *dtype, int bs,
-                       int dq, double bits, const ppl_result *r) {
+                       int dq, double bits, qlab_compute c, const ppl_result *r) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "model", model_path);
     cJSON_AddStringToObject(o, "data", data);
@@ -83,6 +89,8 @@ static void print_json(const char *model_path, const char *data, int64_t n_token
         cJSON_AddBoolToObject(o, "double_quant", dq);
     }
     cJSON_AddNumberToObject(o, "total_bits", bits);
+    cJSON_AddStringToObject(o, "compute", qlab_compute_name(c));
+    cJSON_AddStringToObject(o, "bf16_path", qlab_compute_path_name(c));
     cJSON_AddStringToObject(o, "protocol", r->protocol_name);
     cJSON_AddNumberToObject(o, "ctx", r->ctx);
     cJSON_AddNumberToObject(o, "stride", r->stride);
@@ -113,6 +121,7 @@ typedef struct {
     long bs, ctx, stride, max_tokens, batch;
     int dq, json;
     quant_dtype dt; /* parsed from dtype_name */
+    qlab_compute compute;
 } ppl_args;
 
 /* -1 to go on, else the exit status (0 after --help, 2 on a usage error). */
@@ -142,6 +151,8 @@ static int parse_ppl_args(int argc, char **argv, ppl_args *p) {
             p->dtype_name = argv[++i];
         } else if (!strcmp(a, "--adapter")) {
             p->adapter = argv[++i];
+        } else if (!strcmp(a, "--compute")) {
+            if (!cli_parse_compute("ppl", argv[++i], &p->compute)) return 2;
         } else if (!strcmp(a, "--blocksize")) {
             if (!cli_parse_int("ppl", a, argv[++i], 1, 1 << 20, &p->bs)) return 2;
         } else if (!strcmp(a, "--ctx")) {
@@ -236,6 +247,8 @@ static qlab_status prepare_ppl_models(const ppl_args *p, model *m, model **ref, 
         QLAB_TRY(cli_load_adapters(p->adapter, m, lora));
         snprintf(qdesc + strlen(qdesc), cap - strlen(qdesc), " + LoRA %.60s", p->adapter);
     }
+    model_set_compute(m, p->compute);
+    if (*ref) model_set_compute(*ref, p->compute);
     return QLAB_OK;
 }
 
@@ -267,9 +280,9 @@ static int cmd_ppl(int argc, char **argv) {
     }
     if (p.json)
         print_json(p.model_path, data_name, n, p.dtype_name ? quant_dtype_name(p.dt) : NULL, (int)p.bs, p.dq,
-                   model_total_bits(m), &r);
+                   model_total_bits(m), p.compute, &r);
     else
-        print_text(p.model_path, cfg, data_name, n, qdesc, model_total_bits(m), &r);
+        print_text(p.model_path, cfg, data_name, n, qdesc, model_total_bits(m), p.compute, &r);
     rc = 0;
 out:
     if (rc) qlab_report_error("qlab ppl");

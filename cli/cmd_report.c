@@ -104,6 +104,9 @@ static void write_provenance(text_buffer *b, const results_file *f) {
     tb_printf(b, "| threads | %s (OMP_NUM_THREADS=%s, OPENBLAS_NUM_THREADS=%s) |\n",
               attr_or(f, "threads", "?"), attr_or(f, "env_OMP_NUM_THREADS", "?"),
               attr_or(f, "env_OPENBLAS_NUM_THREADS", "?"));
+    if (results_file_attr(f, "compute")) /* absent in files written before the compute dtype existed */
+        tb_printf(b, "| compute | %s (bf16 path: %s) |\n", attr_or(f, "compute", "?"),
+                  attr_or(f, "bf16_path", "?"));
     tb_printf(b, "| config | `%s` |\n", attr_or(f, "config_path", "(none)"));
     if (results_file_attr(f, "seed")) tb_printf(b, "| seed | %s |\n", results_file_attr(f, "seed"));
     tb_printf(b, "| command | `");

@@ -106,6 +106,7 @@ typedef struct {
     const compare_variant *variants;
     const compare_benchmark *benchmarks;
     int n_models, n_variants, n_benchmarks;
+    qlab_compute compute;
     compare_results *out;
     progress prog;
     int64_t total_work, done_work;
@@ -187,6 +188,7 @@ static qlab_status run_model(grid_run *g, int m, size_t budget) {
     model *ref = NULL, *q = NULL;
     prepared_benchmark *prepared = qlab_calloc((size_t)g->n_benchmarks + 1, sizeof *prepared);
     qlab_status st = prepared ? checkpoint_load(g->models[m].checkpoint, &ref) : QLAB_ERR_NOMEM;
+    if (st == QLAB_OK) model_set_compute(ref, g->compute); /* model_clone passes it to the variants */
     if (st == QLAB_OK)
         st = prepare_benchmarks(ref, &g->models[m], g->benchmarks, g->n_benchmarks, g->n_variants, budget,
                                 prepared);
@@ -216,6 +218,7 @@ qlab_status compare_run(const compare_model *models, int n_models, const compare
                   .n_models = n_models,
                   .n_variants = n_variants,
                   .n_benchmarks = n_benchmarks,
+                  .compute = opt ? opt->compute : QLAB_COMPUTE_FP32,
                   .out = out};
     out->rows = qlab_calloc((size_t)n_models * (size_t)n_benchmarks * (size_t)(n_variants + 1) + 1,
                             sizeof *out->rows);

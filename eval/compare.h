@@ -57,6 +57,7 @@ typedef struct {
     const char *label;       /* of the progress line and of error messages (e.g. the program name) */
     size_t reference_budget; /* bytes of fp32 reference logits kept per model (0 = 1 GiB); a benchmark
                               * that does not fit runs the reference beside each variant instead */
+    qlab_compute compute;    /* matrix products of every model, reference included (default fp32) */
 } compare_options;
 
 /* "fp32" for NULL, else the data type name with "+dq" when double-quantized. */

@@ -388,6 +388,7 @@ static qlab_status prepare_evaluation(study *s) {
 static qlab_status score_base(study *s) {
     model *m = NULL;
     qlab_status st = model_clone(s->base, &m);
+    if (st == QLAB_OK) model_set_compute(m, s->base_opt.compute);
     if (st == QLAB_OK) st = model_quantize(m, QUANT_NF4, s->base_opt.blocksize, 1);
     if (st == QLAB_OK) st = evaluate(m, &s->ev, &s->base_scores);
     model_free(m);
@@ -617,6 +618,7 @@ static qlab_status run(const config *cfg, const char *out_path, int argc, char *
     if (st == QLAB_OK) st = prepare_evaluation(s);
     if (st == QLAB_OK) st = run_grid(s);
     if (st == QLAB_OK) st = results_create(&r, out_path, "dataset_quality", cfg, argc, argv);
+    if (st == QLAB_OK) st = experiment_results_compute(r, s->base_opt.compute);
     if (st == QLAB_OK) st = add_notes(s, r);
     if (st == QLAB_OK) st = write_runs(s, r);
     if (st == QLAB_OK) summarize(s);

@@ -10,6 +10,7 @@
 #include "core/results/config.h"
 #include "core/results/results.h"
 #include "eval/compare.h"
+#include "experiments/harness/experiment_compute.h"
 #include "experiments/harness/compare_grid.h"
 
 /* Not const: the default of "dtypes" is every type of the descriptor table, set at the start of main. */
@@ -32,6 +33,7 @@ static config_key config_keys[] = {
     {"blocksize", CONFIG_INT, "64", "block size of the absmax data types"},
     {"double_quant", CONFIG_INT_ARRAY, "[0, 1]", "0: fp32 block constants, 1: double-quantized constants"},
     {"seed", CONFIG_INT, "1234", "recorded for provenance (quantization and evaluation are deterministic)"},
+    EXPERIMENT_COMPUTE_KEY,
 };
 #define N_CONFIG_KEYS ((int)(sizeof config_keys / sizeof config_keys[0]))
 
@@ -94,8 +96,10 @@ int main(int argc, char **argv) {
     compare_grid grid = {0};
     compare_results res = {0};
     compare_options opt = {.label = "nf4_vs_fp4"};
-    qlab_status st = results_create(&r, args.out_path, "nf4_vs_fp4", cfg, argc, argv);
+    qlab_status st = experiment_config_compute(cfg, &opt.compute);
+    if (st == QLAB_OK) st = results_create(&r, args.out_path, "nf4_vs_fp4", cfg, argc, argv);
     if (st == QLAB_OK) results_require_rows(r);
+    if (st == QLAB_OK) st = experiment_results_compute(r, opt.compute);
     if (st == QLAB_OK) st = results_attr_int(r, "seed", config_int(cfg, "seed"));
     if (st == QLAB_OK) st = results_attr_string(r, "quant_kernel", quant_kernel_name());
     if (st == QLAB_OK) st = results_attr_string(r, "zoo_dir", config_string(cfg, "zoo"));

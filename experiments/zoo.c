@@ -22,6 +22,7 @@
 #include "core/results/results.h"
 #include "core/base/sha256.h"
 #include "core/text/tokenizer.h"
+#include "experiments/harness/experiment_compute.h"
 #include "train/train.h"
 #include "train/zoo_manifest.h"
 
@@ -32,6 +33,7 @@ static const config_key config_keys[] = {
     {"heldout_bytes", CONFIG_INT, "200000", "bytes of held-out stories to generate"},
     {"tokenizer_bytes", CONFIG_INT, "2000000", "the first this many bytes of the train split train the BPE"},
     {"vocab_size", CONFIG_INT, "512", "BPE vocabulary size"},
+    EXPERIMENT_COMPUTE_KEY,
     {"models", CONFIG_OBJECT, NULL,
      "{name: {dim, hidden_dim, n_layers, n_heads, n_kv_heads, seq_len, batch, steps, warmup_steps, max_lr, "
      "min_lr, weight_decay, grad_clip, log_every, eval_every, eval_windows, seed}} in training order"},
@@ -360,6 +362,8 @@ static qlab_status train_one(zoo_model *z, const char *dir, const int *train_ids
         effective = NULL;
         cJSON_AddStringToObject(e, "key", z->cache_key);
         cJSON_AddNumberToObject(e, "threads", qlab_num_threads());
+        cJSON_AddStringToObject(e, "compute", qlab_compute_name(z->opt.compute));
+        cJSON_AddStringToObject(e, "bf16_path", qlab_compute_path_name(z->opt.compute));
         cJSON_AddNumberToObject(e, "train_tokens", (double)z->opt.steps * z->opt.batch * z->opt.seq_len);
         cJSON_AddNumberToObject(e, "final_train_loss", h.final_train_loss);
         cJSON_AddNumberToObject(e, "final_heldout_loss", h.final_heldout_loss);
@@ -501,6 +505,7 @@ typedef struct {
     int64_t n_train, n_heldout;
     tokenizer *tok;
     int64_t work_to_train;
+    qlab_compute compute;
 } zoo_run;
 
 static qlab_status check_corpus_sizes(const zoo_run *run) {
@@ -523,8 +528,10 @@ static qlab_status read_models(zoo_run *run) {
     if (run->capacity < 1) return qlab_fail(QLAB_ERR_ARG, "%s: 'models' is empty", run->config_file);
     run->models = qlab_calloc((size_t)run->capacity, sizeof *run->models);
     if (!run->models) return QLAB_ERR_NOMEM;
+    QLAB_TRY(experiment_config_compute(run->cfg, &run->compute));
     cJSON_ArrayForEach(item, model_object) {
         QLAB_TRY(parse_model(run->cfg, item, &run->models[run->n_models]));
+        run->models[run->n_models].opt.compute = run->compute;
         run->n_models++;
     }
     return QLAB_OK;
@@ -548,14 +555,23 @@ static qlab_status plan_training(zoo_run *run) {
     cJSON *old_models = cJSON_DetachItemFromObjectCaseSensitive(run->manifest, "models");
     run->new_models = cJSON_AddArrayToObject(run->manifest, "models");
     qlab_status st = run->new_models ? QLAB_OK : QLAB_ERR_NOMEM;
+    /* The cache key of an fp32 model is what it was before the compute key existed, so cached fp32
+     * models stay valid; a bf16 model's key adds the compute dtype and the bf16 path (the avx512bf16 and
+     * ref paths give identical bits, amx and blas sum in other orders), so it never stands in for an
+     * fp32 model or for one trained on another path. */
+    char compute_key[64] = "";
+    if (run->compute == QLAB_COMPUTE_BF16)
+        snprintf(compute_key, sizeof compute_key, ",\"compute\":\"bf16/%s\"",
+                 qlab_compute_path_name(run->compute));
     for (int i = 0; i < run->n_models && st == QLAB_OK; i++) {
         zoo_model *z = &run->models[i];
-        size_t n = strlen(run->data_key) + strlen(config_effective_json(z->cfg)) + 64;
+        size_t n = strlen(run->data_key) + strlen(config_effective_json(z->cfg)) + sizeof compute_key + 64;
         if (!(z->cache_key = qlab_calloc(n, 1))) {
             st = QLAB_ERR_NOMEM;
             break;
         }
-        snprintf(z->cache_key, n, "{\"data\":%s,\"model\":%s}", run->data_key, config_effective_json(z->cfg));
+        snprintf(z->cache_key, n, "{\"data\":%s,\"model\":%s%s}", run->data_key,
+                 config_effective_json(z->cfg), compute_key);
         cJSON *old = find_named(old_models, z->name);
         if (old && entry_still_valid(old, z->cache_key, run->dir)) {
             z->cached = 1;
@@ -652,6 +668,7 @@ int main(int argc, char **argv) {
     results_require_rows(r);
     if (results_attr_int(r, "seed", config_int(run.cfg, "seed")) != QLAB_OK) goto done;
     if (results_attr_string(r, "zoo_dir", run.dir) != QLAB_OK) goto done;
+    if (experiment_results_compute(r, run.compute) != QLAB_OK) goto done;
     if (train_family(&run) != QLAB_OK) goto done;
     if (write_results(r, run.models, run.n_models) != QLAB_OK) goto done;
     if (results_commit(r) != QLAB_OK) {

@@ -2,7 +2,9 @@
  * within stated tolerances, bit-identical between the scalar reference path and the AVX-512 BF16 path
  * (the whole model, not only one GEMM), deterministic; the same on an NF4 + double-quant base; pretraining
  * in bf16 tracks the fp32 loss curve; perplexity of the real stories260K model in bf16 within a stated
- * tolerance of fp32. */
+ * tolerance of fp32; the LoRA products in bf16 against fp32, and a bf16 QLoRA finetune of stories260K
+ * reaching the fp32 one's held-out NLL within 1%, bit-identical between the reference and AVX-512 BF16
+ * paths. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +17,8 @@
 #include "core/model/model.h"
 #include "eval/ppl.h"
 #include "eval/tokens.h"
+#include "experiments/harness/finetune_grid.h"
+#include "train/finetune.h"
 #include "train/train.h"
 
 static const model_config small = {.dim = 64,
@@ -189,6 +193,132 @@ static void test_real_ppl(void) {
     model_free(b);
 }
 
+/* lora_forward_bf16 / lora_backward_bf16 against the fp32 ops on random data, with and without dropout:
+ * every output within the bf16 input-rounding bound (relative L2 below 1e-2; measured about 3e-3). */
+static void test_lora_ops(void) {
+    const int N = 40, IC = 64, OC = 48, r = 8;
+    const float scale = 2.0f;
+    rng_state rs;
+    rng_seed(&rs, 99);
+    size_t nx = (size_t)N * IC, ny = (size_t)N * OC, na = (size_t)r * IC, nb = (size_t)OC * r;
+    float *x = malloc(sizeof(float) * nx), *A = malloc(sizeof(float) * na), *Bm = malloc(sizeof(float) * nb);
+    float *dy = malloc(sizeof(float) * ny);
+    for (size_t i = 0; i < nx; i++)
+        x[i] = (float)rng_normal(&rs);
+    for (size_t i = 0; i < na; i++)
+        A[i] = (float)(0.1 * rng_normal(&rs));
+    for (size_t i = 0; i < nb; i++)
+        Bm[i] = (float)(0.1 * rng_normal(&rs));
+    for (size_t i = 0; i < ny; i++)
+        dy[i] = (float)rng_normal(&rs);
+    for (int with_dropout = 0; with_dropout < 2; with_dropout++) {
+        float p = with_dropout ? 0.1f : 0.0f;
+        size_t ns = lora_scratch_floats(N, IC, r, p);
+        float *out[2], *hid[2], *dA[2], *dB[2], *dx[2], *scratch = malloc(sizeof(float) * ns);
+        for (int k = 0; k < 2; k++) {
+            out[k] = calloc(ny, sizeof(float)), hid[k] = calloc((size_t)N * r, sizeof(float));
+            dA[k] = calloc(na, sizeof(float)), dB[k] = calloc(nb, sizeof(float)),
+            dx[k] = calloc(nx, sizeof(float));
+        }
+        lora_forward(out[0], hid[0], scratch, x, A, Bm, N, IC, OC, r, scale, p, 5);
+        lora_backward(dA[0], dB[0], dx[0], dy, x, hid[0], A, Bm, N, IC, OC, r, scale, p, 5, scratch);
+        CHECK(lora_forward_bf16(out[1], hid[1], scratch, x, A, Bm, N, IC, OC, r, scale, p, 5) == QLAB_OK);
+        CHECK(lora_backward_bf16(dA[1], dB[1], dx[1], dy, x, hid[1], A, Bm, N, IC, OC, r, scale, p, 5,
+                                 scratch) == QLAB_OK);
+        double e[5] = {rel_l2(out[1], out[0], ny), rel_l2(hid[1], hid[0], (size_t)N * r),
+                       rel_l2(dA[1], dA[0], na), rel_l2(dB[1], dB[0], nb), rel_l2(dx[1], dx[0], nx)};
+        printf("lora ops bf16 vs fp32 (dropout %.1f): out %.1e hidden %.1e dA %.1e dB %.1e dinp %.1e\n", p,
+               e[0], e[1], e[2], e[3], e[4]);
+        for (int j = 0; j < 5; j++)
+            CHECKF(e[j] > 0 && e[j] < 1e-2, "lora bf16 output %d relative error %.2e", j, e[j]);
+        for (int k = 0; k < 2; k++)
+            free(out[k]), free(hid[k]), free(dA[k]), free(dB[k]), free(dx[k]);
+        free(scratch);
+    }
+    free(x), free(A), free(Bm), free(dy);
+}
+
+/* QLoRA (NF4 + DQ base, LoRA r 8 on all linear layers, dropout 0.05) finetunes of stories260K on Alpaca
+ * records, fp32 and bf16 compute, same seed and data: the bf16 run reaches the fp32 run's held-out
+ * response NLL within 1% (the issue's criterion; measured +0.025%), both having learned. Then two bf16 steps
+ * on the scalar reference path and on AVX-512 BF16 give bit-identical adapters and losses. */
+static void test_qlora_finetune(void) {
+    const char *bin = shared_data_path("models/stories260K.bin");
+    const char *tok_path = shared_data_path("models/tok512.bin");
+    const char *data = shared_data_path("finetune/alpaca_data_1k.json");
+    if (!bin || !tok_path || !data) {
+        SKIP("../shared/data (stories260K.bin, tok512.bin, finetune/alpaca_data_1k.json) not present");
+        return;
+    }
+    finetune_task task;
+    memset(&task, 0, sizeof task);
+    CHECK(finetune_task_load(&task, bin, tok_path, data, 400, 60, 1234, 96) == QLAB_OK);
+    if (!task.base) return;
+    finetune_options o;
+    finetune_options_default(&o);
+    o.steps = 40, o.batch = 8, o.max_lr = 3e-3, o.eval_every = 0, o.eval_batch = 30;
+    o.state_kind = OPTIM_STATE_HOST;
+    finetune_result res[2];
+    double t0 = qlab_now();
+    for (int k = 0; k < 2; k++) {
+        model *m = NULL;
+        CHECK(model_clone(task.base, &m) == QLAB_OK);
+        o.compute = k ? QLAB_COMPUTE_BF16 : QLAB_COMPUTE_FP32;
+        CHECK(m && finetune_run(m, &task.train, &task.heldout, &o, NULL, NULL, NULL, &res[k]) == QLAB_OK);
+        model_free(m);
+    }
+    double rel = res[1].final_heldout_nll / res[0].final_heldout_nll - 1, t1 = qlab_now();
+    printf("qlora stories260K, 40 steps: held-out NLL fp32 %.4f -> %.4f, bf16 %.4f -> %.4f (%+.3f%%)\n",
+           res[0].initial_heldout_nll, res[0].final_heldout_nll, res[1].initial_heldout_nll,
+           res[1].final_heldout_nll, 100 * rel);
+    CHECK(res[0].initial_heldout_nll - res[0].final_heldout_nll > 0.1); /* both learned */
+    CHECK(res[1].initial_heldout_nll - res[1].final_heldout_nll > 0.1);
+    CHECKF(fabs(rel) < 0.01, "bf16 QLoRA held-out NLL %.4f vs fp32 %.4f", res[1].final_heldout_nll,
+           res[0].final_heldout_nll);
+    CHECK(res[1].final_heldout_nll != res[0].final_heldout_nll); /* bf16 really ran */
+    finetune_result_free(&res[0]);
+    finetune_result_free(&res[1]);
+
+    if (!bf16_path_available(BF16_PATH_AVX512BF16)) {
+        SKIP("no AVX-512 BF16 on this CPU: the QLoRA ref-vs-avx512bf16 bit-exactness check needs it");
+    } else {
+        /* the scalar reference is slow: 2 steps of 2 rows, 2 held-out rows */
+        o.steps = 2, o.batch = 2, o.eval_batch = 2, o.compute = QLAB_COMPUTE_BF16;
+        finetune_rows few = task.heldout;
+        few.n_rows = 2;
+        float *adapters[2] = {NULL, NULL};
+        size_t n[2] = {0, 0};
+        double loss[2] = {0, 0};
+        const char *paths[2] = {"ref", "avx512bf16"};
+        for (int k = 0; k < 2; k++) {
+            model *m = NULL;
+            lora_set *l = NULL;
+            CHECK(bf16_force_path(paths[k]) == QLAB_OK);
+            CHECK(model_clone(task.base, &m) == QLAB_OK);
+            CHECK(m && finetune_run(m, &task.train, &few, &o, NULL, NULL, &l, &res[k]) == QLAB_OK);
+            if (l) {
+                float *p = lora_get_param_buffer(l, &n[k]);
+                adapters[k] = malloc(sizeof(float) * n[k]);
+                memcpy(adapters[k], p, sizeof(float) * n[k]);
+            }
+            loss[k] = res[k].final_heldout_nll;
+            finetune_result_free(&res[k]);
+            lora_free(l);
+            model_free(m);
+        }
+        bf16_force_path("auto");
+        CHECK(adapters[0] && adapters[1] && n[0] == n[1] &&
+              !memcmp(adapters[0], adapters[1], sizeof(float) * n[0]));
+        CHECK(loss[0] == loss[1]);
+        printf(
+            "qlora bf16 ref vs avx512bf16, 2 steps: bit-identical adapters (%.1f s; the finetunes %.1f s)\n",
+            qlab_now() - t1, t1 - t0);
+        free(adapters[0]);
+        free(adapters[1]);
+    }
+    finetune_task_free(&task);
+}
+
 int main(void) {
     double t0 = qlab_now();
     test_forward_backward(0);
@@ -197,7 +327,10 @@ int main(void) {
     test_training_tracks();
     double t2 = qlab_now();
     test_real_ppl();
-    printf("seconds: forward/backward %.1f, training %.1f, perplexity %.1f\n", t1 - t0, t2 - t1,
-           qlab_now() - t2);
+    double t3 = qlab_now();
+    test_lora_ops();
+    test_qlora_finetune();
+    printf("seconds: forward/backward %.1f, training %.1f, perplexity %.1f, lora/qlora finetune %.1f\n",
+           t1 - t0, t2 - t1, t3 - t2, qlab_now() - t3);
     return check_summary();
 }

@@ -262,6 +262,7 @@ qlab_status finetune_job_create(finetune_job **out, model *m, const finetune_row
     h->memory.optimizer = 2 * j->n_trainable * sizeof(float);
     h->memory.total = h->memory.weights + h->memory.adapters + h->memory.gradients + h->memory.optimizer;
     model_set_checkpointing(m, o->checkpointing);
+    model_set_compute(m, o->compute);
     optim_paging paging = {o->optimizer_resident_bytes, o->optimizer_page_bytes, NULL};
     if (o->state_kind == OPTIM_STATE_PAGED && o->optimizer_resident_bytes == 0)
         qlab_accel_init(); /* a CUDA build with a device pages the moments in unified memory */

@@ -61,6 +61,7 @@ typedef struct {
     size_t optimizer_resident_bytes;
     size_t optimizer_page_bytes; /* page size of that store; 0: OPTIM_PAGE_BYTES_DEFAULT (1 MiB) */
     int checkpointing;           /* gradient checkpointing (model_set_checkpointing): same gradients */
+    qlab_compute compute;        /* matrix products (base, adapters, held-out NLL): fp32 (default) or bf16 */
     uint64_t seed;               /* batch order (epoch shuffles); the adapters' own seed is lora.seed */
 } finetune_options;
 

@@ -135,7 +135,9 @@ qlab_status finetune_write_log(const char *path, const finetune_result *r, const
                                const finetune_log_info *info, int argc, char *const *argv) {
     results *res;
     QLAB_TRY(results_create(&res, path, "finetune", NULL, argc, argv));
-    qlab_status st = write_all(res, r, o, info);
+    qlab_status st =
+        results_set_compute(res, qlab_compute_name(o->compute), qlab_compute_path_name(o->compute));
+    if (st == QLAB_OK) st = write_all(res, r, o, info);
     if (st == QLAB_OK) return results_commit(res);
     results_abort(res);
     return st;

@@ -257,6 +257,7 @@ qlab_status train_run(model *m, const int *train_tokens, int64_t n_train, const 
     const model_config *cfg = model_get_config(m);
     QLAB_TRY(train_options_check(opt, cfg));
     model_set_checkpointing(m, opt->checkpointing);
+    model_set_compute(m, opt->compute);
     int B = opt->batch, T = opt->seq_len;
     QLAB_TRY(train_check_streams(cfg, T, train_tokens, n_train, n_heldout));
     train_loop L = {.m = m,

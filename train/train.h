@@ -18,13 +18,14 @@ typedef struct {
     int64_t warmup_steps; /* linear warmup, then cosine down to min_lr at the last step */
     double max_lr, min_lr;
     double weight_decay, beta1, beta2, eps;
-    double grad_clip;  /* global L2 norm limit (0 = no clipping) */
-    int checkpointing; /* gradient checkpointing (model_set_checkpointing): same gradients, less memory */
-    int log_every;     /* record the training loss every this many steps (and at the last) */
-    int eval_every;    /* held-out loss every this many steps (and at the first and last); 0 = only
-                          at the end */
-    int eval_windows;  /* held-out windows of seq_len+1 tokens per evaluation */
-    uint64_t seed;     /* batch order */
+    double grad_clip;     /* global L2 norm limit (0 = no clipping) */
+    int checkpointing;    /* gradient checkpointing (model_set_checkpointing): same gradients, less memory */
+    qlab_compute compute; /* matrix products in fp32 (default) or bf16 (model_set_compute) */
+    int log_every;        /* record the training loss every this many steps (and at the last) */
+    int eval_every;       /* held-out loss every this many steps (and at the first and last); 0 = only
+                             at the end */
+    int eval_windows;     /* held-out windows of seq_len+1 tokens per evaluation */
+    uint64_t seed;        /* batch order */
 } train_options;
 
 /* Fills the fields with the defaults used by the zoo (callers then set steps, lr, ...). */

@@ -124,6 +124,10 @@ qlab_status qlab_compute_parse(const char *name, qlab_compute *c) {
     return qlab_fail(QLAB_ERR_ARG, "unknown compute dtype '%s' (expected fp32 or bf16)", name ? name : "");
 }
 
+const char *qlab_compute_path_name(qlab_compute c) {
+    return c == QLAB_COMPUTE_BF16 ? bf16_path_name(bf16_active_path()) : "none";
+}
+
 /* ---------------------------------------------------------------- rounding */
 
 void bf16_round_array(uint16_t *out, const float *in, size_t n) {

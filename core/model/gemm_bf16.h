@@ -31,6 +31,9 @@ typedef enum { QLAB_COMPUTE_FP32 = 0, QLAB_COMPUTE_BF16 } qlab_compute;
 const char *qlab_compute_name(qlab_compute c); /* "fp32", "bf16" */
 /* Parses "fp32" or "bf16"; otherwise records "unknown compute dtype 'x' (expected fp32 or bf16)". */
 qlab_status qlab_compute_parse(const char *name, qlab_compute *c);
+/* What the products of a model with compute dtype c actually run on, for provenance: "none" for fp32 (no
+ * bf16 product is formed), else the active bf16 path's name (bf16_active_path). */
+const char *qlab_compute_path_name(qlab_compute c);
 
 typedef enum {
     BF16_PATH_REF = 0,

@@ -11,6 +11,7 @@
 
 #include "core/base/memacct.h"
 #include "core/model/checkpoint.h"
+#include "core/model/gemm_bf16.h"
 #include "core/model/ops.h"
 #include "core/base/rng.h"
 #include "core/formats/safetensors.h"
@@ -50,6 +51,7 @@ void lora_forward(float *out, float *hidden, float *dropped, const float *inp, c
     if (dropout > 0) {
         size_t n = (size_t)N * IC;
         lora_dropout_mask(dropped, N, IC, dropout, mask_seed);
+#pragma omp parallel for schedule(static)
         for (size_t i = 0; i < n; i++)
             dropped[i] *= inp[i];
         x = dropped;
@@ -74,13 +76,69 @@ void lora_backward(float *dA, float *dB, float *dinp, const float *dout, const f
     size_t n = (size_t)N * IC;
     float *mask = scratch + (size_t)N * rank, *plane = mask + n;
     lora_dropout_mask(mask, N, IC, dropout, mask_seed);
+#pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++)
         plane[i] = mask[i] * inp[i]; /* the forward's dropout(inp), bit for bit */
     ops_gemm(1, 0, rank, IC, N, 1.0f, dhidden, rank, plane, IC, 1.0f, dA, IC);
     if (!dinp) return;
     ops_gemm(0, 0, N, IC, rank, 1.0f, dhidden, rank, A, IC, 0.0f, plane, IC);
+#pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++)
         dinp[i] += plane[i] * mask[i];
+}
+
+/* bf16 products: the same data flow as above, each ops_gemm replaced by bf16_gemm (which has no alpha, so
+ * the scale multiplies the small (N,r) operand in fp32). */
+qlab_status lora_forward_bf16(float *out, float *hidden, float *scratch, const float *inp, const float *A,
+                              const float *B, int N, int IC, int OC, int rank, float scale, float dropout,
+                              uint64_t mask_seed) {
+    const float *x = inp;
+    float *scaled = scratch;
+    if (dropout > 0) {
+        size_t n = (size_t)N * IC;
+        lora_dropout_mask(scratch, N, IC, dropout, mask_seed);
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++)
+            scratch[i] *= inp[i];
+        x = scratch;
+        scaled = scratch + n;
+    }
+    QLAB_TRY(bf16_gemm(0, 1, N, rank, IC, x, IC, A, IC, 0, hidden, rank));
+    size_t nr = (size_t)N * rank;
+    for (size_t i = 0; i < nr; i++)
+        scaled[i] = scale * hidden[i];
+    return bf16_gemm(0, 1, N, OC, rank, scaled, rank, B, rank, 1, out, OC);
+}
+
+qlab_status lora_backward_bf16(float *dA, float *dB, float *dinp, const float *dout, const float *inp,
+                               const float *hidden, const float *A, const float *B, int N, int IC, int OC,
+                               int rank, float scale, float dropout, uint64_t mask_seed, float *scratch) {
+    float *dhidden = scratch; /* first scale hidden (for dB), then (N,r) = scale dout B */
+    size_t nr = (size_t)N * rank;
+    for (size_t i = 0; i < nr; i++)
+        dhidden[i] = scale * hidden[i];
+    QLAB_TRY(bf16_gemm(1, 0, OC, rank, N, dout, OC, dhidden, rank, 1, dB, rank));
+    QLAB_TRY(bf16_gemm(0, 0, N, rank, OC, dout, OC, B, rank, 0, dhidden, rank));
+    for (size_t i = 0; i < nr; i++)
+        dhidden[i] *= scale;
+    if (dropout <= 0) {
+        QLAB_TRY(bf16_gemm(1, 0, rank, IC, N, dhidden, rank, inp, IC, 1, dA, IC));
+        if (dinp) QLAB_TRY(bf16_gemm(0, 0, N, IC, rank, dhidden, rank, A, IC, 1, dinp, IC));
+        return QLAB_OK;
+    }
+    size_t n = (size_t)N * IC;
+    float *mask = scratch + nr, *plane = mask + n;
+    lora_dropout_mask(mask, N, IC, dropout, mask_seed);
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++)
+        plane[i] = mask[i] * inp[i];
+    QLAB_TRY(bf16_gemm(1, 0, rank, IC, N, dhidden, rank, plane, IC, 1, dA, IC));
+    if (!dinp) return QLAB_OK;
+    QLAB_TRY(bf16_gemm(0, 0, N, IC, rank, dhidden, rank, A, IC, 0, plane, IC));
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++)
+        dinp[i] += plane[i] * mask[i];
+    return QLAB_OK;
 }
 
 /* ---------------------------------------------------------------- target names */
@@ -133,10 +191,11 @@ struct lora_set {
     uint64_t *last_mask_seed;
     float *last_dropout;
     int *last_N;
-    int recomputing; /* the model is recomputing a block: repeat the last forward's masks */
-    int capacity;    /* rows the buffers below hold */
-    float *hidden;   /* (n_adapters, capacity, rank) */
-    float *scratch;  /* forward's dropout plane or backward's scratch */
+    int recomputing;    /* the model is recomputing a block: repeat the last forward's masks */
+    const model *model; /* the model attached to (its compute dtype picks the products' precision) */
+    int capacity;       /* rows the buffers below hold */
+    float *hidden;      /* (n_adapters, capacity, rank) */
+    float *scratch;     /* forward's dropout plane or backward's scratch */
     size_t scratch_floats;
     int max_in_features;
     size_t charged_params, charged_hidden; /* bytes charged to memory accounting for the buffers above */
@@ -392,8 +451,12 @@ static qlab_status lora_hook_forward(void *ctx, int layer, model_proj p, const f
         mask_seed = lora_mix64(l->cfg.seed ^ lora_mix64(stream ^ lora_mix64(l->forward_count[s]++)));
     }
     float *hidden = l->hidden + (size_t)s * l->capacity * a->rank;
-    lora_forward(out, hidden, l->scratch, inp, a->A, a->B, N, a->in_features, a->out_features, a->rank,
-                 l->scale, dropout, mask_seed);
+    if (l->model && model_get_compute(l->model) == QLAB_COMPUTE_BF16)
+        QLAB_TRY(lora_forward_bf16(out, hidden, l->scratch, inp, a->A, a->B, N, a->in_features,
+                                   a->out_features, a->rank, l->scale, dropout, mask_seed));
+    else
+        lora_forward(out, hidden, l->scratch, inp, a->A, a->B, N, a->in_features, a->out_features, a->rank,
+                     l->scale, dropout, mask_seed);
     l->last_mask_seed[s] = mask_seed;
     l->last_dropout[s] = dropout;
     l->last_N[s] = N;
@@ -417,6 +480,10 @@ static qlab_status lora_hook_backward(void *ctx, int layer, model_proj p, const 
                          layer, model_proj_name(p), N, l->last_N[s]);
     const lora_adapter *a = &l->adapters[s];
     const float *hidden = l->hidden + (size_t)s * l->capacity * a->rank;
+    if (l->model && model_get_compute(l->model) == QLAB_COMPUTE_BF16)
+        return lora_backward_bf16(a->dA, a->dB, dinp, dout, inp, hidden, a->A, a->B, N, a->in_features,
+                                  a->out_features, a->rank, l->scale, l->last_dropout[s],
+                                  l->last_mask_seed[s], l->scratch);
     lora_backward(a->dA, a->dB, dinp, dout, inp, hidden, a->A, a->B, N, a->in_features, a->out_features,
                   a->rank, l->scale, l->last_dropout[s], l->last_mask_seed[s], l->scratch);
     return QLAB_OK;
@@ -440,6 +507,7 @@ qlab_status lora_attach(lora_set *l, model *m, int freeze_base) {
                           .recompute = lora_hook_recompute};
     if (freeze_base) model_set_all_trainable(m, 0);
     model_set_adapter(m, &hook);
+    l->model = m;
     return QLAB_OK;
 }
 

@@ -50,6 +50,20 @@ void lora_backward(float *dA, float *dB, float *dinp, const float *dout, const f
                    const float *hidden, const float *A, const float *B, int N, int IC, int OC, int rank,
                    float scale, float dropout, uint64_t mask_seed, float *scratch);
 
+/* The same two ops with bf16 matrix products (gemm_bf16.h: bf16-rounded inputs, fp32 accumulation), the
+ * mixed precision of PEFT under bf16 autocast: A, B, their gradients and hidden stay fp32 (the master
+ * adapters); every product rounds its two inputs to bf16. The scale is applied in fp32 to the (N,r)
+ * hidden before the B product in forward (and to dout B in backward), so for a power-of-two scale (alpha
+ * 16, r 8) the result equals scaling the product. scratch holds lora_scratch_floats(N, IC, rank, dropout)
+ * floats (forward uses it for dropout(inp) and the scaled hidden). Fail only when the bf16 workspace
+ * cannot be allocated. */
+qlab_status lora_forward_bf16(float *out, float *hidden, float *scratch, const float *inp, const float *A,
+                              const float *B, int N, int IC, int OC, int rank, float scale, float dropout,
+                              uint64_t mask_seed);
+qlab_status lora_backward_bf16(float *dA, float *dB, float *dinp, const float *dout, const float *inp,
+                               const float *hidden, const float *A, const float *B, int N, int IC, int OC,
+                               int rank, float scale, float dropout, uint64_t mask_seed, float *scratch);
+
 /* ---------------------------------------------------------------- a set of adapters for a model */
 
 typedef struct lora_set lora_set;

@@ -404,6 +404,7 @@ qlab_status model_clone(const model *src, model **out) {
     QLAB_TRY(model_create(&m, &src->cfg));
     memcpy(m->param_buffer, src->param_buffer, src->num_params * sizeof(float));
     memcpy(m->trainable, src->trainable, sizeof m->trainable);
+    m->compute = src->compute;
     *out = m;
     return QLAB_OK;
 }

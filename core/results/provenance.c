@@ -288,8 +288,13 @@ qlab_status provenance_collect(provenance *p, const char *experiment, const char
     provenance_utc_now(buf, sizeof buf);
     SET("start_time_utc", buf);
 
+    /* The compute dtype of the run's matrix products; a run that computes in bf16 replaces both with
+     * results_set_compute (the bf16 path it used: avx512bf16, amx, blas or ref). */
+    SET("compute", "fp32");
+    SET("bf16_path", "none");
+
     static const char *const env_names[] = {"OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE",
-                                            "OMP_PROC_BIND"};
+                                            "OMP_PROC_BIND", "QLAB_BF16_PATH"};
     for (size_t i = 0; i < sizeof env_names / sizeof env_names[0]; i++) {
         const char *v = getenv(env_names[i]);
         char key[64];

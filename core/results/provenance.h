@@ -19,7 +19,8 @@ typedef struct {
 
 /* Fills p (which it initialises) with: experiment, config_path, config, qlab_version, git_commit,
  * git_dirty, git_status, library versions, compiler, cpu_model, cpu_count, threads, hostname, os,
- * command_line, start_time_utc, env_* . Facts that cannot be found read "unknown", never fail the run. */
+ * command_line, start_time_utc, compute ("fp32") and bf16_path ("none"), env_* . Facts that cannot be found
+ * read "unknown", never fail the run. */
 qlab_status provenance_collect(provenance *p, const char *experiment, const char *config_path,
                                const char *config_text, int argc, char *const *argv);
 /* Adds or replaces one entry (copies both strings). */

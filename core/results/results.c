@@ -199,6 +199,11 @@ qlab_status results_attr_string(results *r, const char *key, const char *value) 
     return note_error(r, write_string_attr(r->file, r->tmp_path, key, value));
 }
 
+qlab_status results_set_compute(results *r, const char *compute, const char *bf16_path) {
+    QLAB_TRY(results_attr_string(r, "compute", compute));
+    return results_attr_string(r, "bf16_path", bf16_path);
+}
+
 qlab_status results_attr_int(results *r, const char *key, int64_t value) {
     return note_error(r, write_attr(r->file, r->tmp_path, key, H5T_NATIVE_INT64, &value));
 }

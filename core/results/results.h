@@ -25,6 +25,10 @@ qlab_status results_create(results **out, const char *path, const char *experime
 /* Extra root attributes, e.g. results_attr_int(r, "seed", 1234). Replaces an existing one. */
 qlab_status results_attr_string(results *r, const char *key, const char *value);
 qlab_status results_attr_int(results *r, const char *key, int64_t value);
+/* Records the run's compute dtype ("fp32" or "bf16") and the bf16 path its products ran on ("none" for
+ * fp32; "avx512bf16", "amx", "blas" or "ref") as the provenance attributes compute and bf16_path, which
+ * results_create sets to fp32 / none. */
+qlab_status results_set_compute(results *r, const char *compute, const char *bf16_path);
 /* A named free-text note about the whole run ("model_skipped": "file not found, rows skipped"). */
 qlab_status results_note(results *r, const char *name, const char *text);
 

@@ -523,6 +523,7 @@ qlab_status finetune_grid_options(const config *cfg, finetune_options *o) {
                          config_key_origin(cfg, "optimizer_resident_bytes"));
     o->optimizer_resident_bytes = (size_t)resident;
     o->checkpointing = config_bool(cfg, "gradient_checkpointing");
+    QLAB_TRY(experiment_config_compute(cfg, &o->compute));
     const char *state = config_string(cfg, "optimizer_state");
     if (!strcmp(state, "paged"))
         o->state_kind = OPTIM_STATE_PAGED;
@@ -586,7 +587,8 @@ qlab_status finetune_grid_run_experiment(const finetune_experiment *e, const con
     if ((st = finetune_grid_load_task(cfg, &task)) != QLAB_OK) goto done;
     if ((st = results_create(&r, out_path, e->program, cfg, argc, argv)) != QLAB_OK) goto done;
     results_require_rows(r);
-    if ((st = results_attr_int(r, "seed", seeds[0])) != QLAB_OK ||
+    if ((st = experiment_results_compute(r, base.compute)) != QLAB_OK ||
+        (st = results_attr_int(r, "seed", seeds[0])) != QLAB_OK ||
         (st = results_attr_string(r, "model", task.model_path)) != QLAB_OK ||
         (st = results_attr_string(r, "tokenizer", task.tokenizer_path)) != QLAB_OK)
         goto done;

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "core/base/common.h"
+#include "experiments/harness/experiment_compute.h"
 #include "core/results/config.h"
 #include "train/finetune.h"
 #include "datasets/instruct.h"
@@ -142,7 +143,7 @@ qlab_status finetune_grid_run_experiment(const finetune_experiment *e, const con
          "paged (CUDA unified memory when available, else host) or host"},                                   \
         {"optimizer_resident_bytes", CONFIG_INT, "0",                                                        \
          "with optimizer_state paged: page the moments on the CPU, this many bytes resident (0 = off)"},     \
-    {                                                                                                        \
+        EXPERIMENT_COMPUTE_KEY, {                                                                            \
         "gradient_checkpointing", CONFIG_BOOL, "false",                                                      \
             "keep only block inputs and recompute each block in backward (same gradients, less memory)"      \
     }

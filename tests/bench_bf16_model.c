@@ -1,0 +1,193 @@
+/* bf16 compute on the bench model (tests/bench_train.c's: dim 256, hidden 688, 8 layers, 8 heads, vocab
+ * 512, batch 4 x 256 tokens): a training step, an evaluation forward and a QLoRA step (NF4 + DQ base,
+ * LoRA r 8 on all seven linear layers, forward + backward), each in tokens/s and GFLOP/s against the
+ * machine's best bf16 GEMM measured in the same run (the active bf16 path at the model's own product
+ * shapes, best of repetitions before and after the model runs), and the speed-up over the same step in
+ * fp32 compute.
+ *
+ * FLOPs counted as in bench_train.c (multiply-add = 2; N = B*T; P_mm = L (4 D^2 + 3 D Hd) + V D;
+ * attention forward 4 B L D T(T+1)/2): forward = 2 N P_mm + attention; training step = 3x forward. The
+ * QLoRA step forms no weight gradient of the frozen base: 2 N P_mm (forward) + 2 N P_mm (input gradients)
+ * + 3x the attention forward (two products forward, four backward), plus the adapters: 2 N r (IC + OC) per
+ * adapted projection forward, 3x that for the step. */
+#include <string.h>
+
+#include "tests/bench.h"
+#include "core/base/rng.h"
+#include "core/model/gemm_bf16.h"
+#include "core/model/lora.h"
+#include "core/model/model.h"
+
+static double attention_flops(const model_config *c, int B, int T) {
+    return 4.0 * B * c->n_layers * c->dim * (T * (T + 1.0) / 2);
+}
+
+static double matmul_params(const model_config *c) {
+    double D = c->dim, Hd = c->hidden_dim, L = c->n_layers, V = c->vocab_size;
+    return L * (4 * D * D + 3 * D * Hd) + V * D;
+}
+
+static double lora_forward_flops(const model_config *c, int N, int r) {
+    double D = c->dim, Hd = c->hidden_dim;
+    double in_plus_out = 4 * (D + D) + 2 * (D + Hd) + (Hd + D); /* q k v o, gate up, down (n_kv = n_heads) */
+    return 2.0 * N * r * in_plus_out * c->n_layers;
+}
+
+/* Best single step (forward, plus backward when asked) over at least min_seconds and 3 calls, after one
+ * warm-up step; -1 on failure. */
+static double time_steps(model *m, const int *tokens, const int *targets, int B, int T, int backward,
+                         double min_seconds) {
+    float loss;
+    if (model_forward(m, tokens, targets, B, T, NULL, &loss) != QLAB_OK) return -1;
+    if (backward && model_backward(m) != QLAB_OK) return -1;
+    int calls = 0;
+    double start = qlab_now(), best = 1e30;
+    do {
+        double t0 = qlab_now();
+        if (model_forward(m, tokens, targets, B, T, NULL, &loss) != QLAB_OK) return -1;
+        if (backward) {
+            model_zero_grad(m);
+            if (model_backward(m) != QLAB_OK) return -1;
+        }
+        double dt = qlab_now() - t0;
+        if (dt < best) best = dt;
+        calls++;
+    } while (qlab_now() - start < min_seconds || calls < 3);
+    return best;
+}
+
+static double bf16_gflops(int ta, int tb, int M, int N, int K, int reps) {
+    int lda = ta ? M : K, ldb = tb ? K : N;
+    float *A = qlab_alloc_aligned(sizeof(float) * (size_t)M * K);
+    float *B = qlab_alloc_aligned(sizeof(float) * (size_t)K * N);
+    float *C = qlab_alloc_aligned(sizeof(float) * (size_t)M * N);
+    double best = 1e30;
+    if (A && B && C) {
+        for (size_t i = 0; i < (size_t)M * K; i++)
+            A[i] = (float)((i * 37) % 101) / 101.0f - 0.5f;
+        for (size_t i = 0; i < (size_t)K * N; i++)
+            B[i] = (float)((i * 53) % 97) / 97.0f - 0.5f;
+        for (int r = 0; r < reps + 1; r++) {
+            double t0 = qlab_now();
+            if (bf16_gemm(ta, tb, M, N, K, A, lda, B, ldb, 0, C, N) != QLAB_OK) break;
+            double dt = qlab_now() - t0;
+            if (r > 0 && dt < best) best = dt;
+        }
+    }
+    qlab_free_aligned(A);
+    qlab_free_aligned(B);
+    qlab_free_aligned(C);
+    return best < 1e30 ? 2.0 * M * N * (double)K / best / 1e9 : 0;
+}
+
+/* The best bf16 GEMM rate on the active path over the model's product shapes (forward, input gradient and
+ * weight gradient of the 256 -> 688, 688 -> 256 and 256 -> 256 projections over 1024 tokens). */
+static double best_bf16_gemm(int N, int D, int H, char *which, size_t n) {
+    struct {
+        const char *what;
+        int ta, tb, M, Nn, K;
+    } shapes[] = {{"fwd %dx%dx%d", 0, 1, N, H, D}, {"fwd %dx%dx%d", 0, 1, N, D, H},
+                  {"fwd %dx%dx%d", 0, 1, N, D, D}, {"dinp %dx%dx%d", 0, 0, N, D, H},
+                  {"dW %dx%dx%d", 1, 0, H, D, N},  {"dW %dx%dx%d", 1, 0, D, D, N}};
+    double best = 0;
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        double g = bf16_gflops(shapes[s].ta, shapes[s].tb, shapes[s].M, shapes[s].Nn, shapes[s].K, 30);
+        if (g > best) {
+            best = g;
+            snprintf(which, n, shapes[s].what, shapes[s].M, shapes[s].Nn, shapes[s].K);
+        }
+    }
+    return best;
+}
+
+static void init_params(model *m, const model_config *c) {
+    size_t count;
+    float *p = model_get_param_buffer(m, &count);
+    rng_state rng;
+    rng_seed(&rng, 7);
+    for (size_t i = 0; i < count; i++)
+        p[i] = (float)(0.05 * rng_normal(&rng));
+    for (int i = 0; i < c->n_layers * c->dim; i++)
+        model_get_params(m)->rms_att[i] = model_get_params(m)->rms_ffn[i] = 1;
+}
+
+int main(int argc, char **argv) {
+    (void)argc;
+    qlab_openmp_prefer_passive(argv); /* as the programs do: spinning workers starve OpenBLAS when loaded */
+    model_config c = {.dim = 256,
+                      .hidden_dim = 688,
+                      .n_layers = 8,
+                      .n_heads = 8,
+                      .n_kv_heads = 8,
+                      .vocab_size = 512,
+                      .seq_len = 256,
+                      .norm_eps = 1e-5f,
+                      .rope_theta = 10000.0f,
+                      .shared_classifier = 1};
+    const int B = 4, T = 256, N = B * T, rank = 8;
+    const char *path = bf16_path_name(bf16_active_path());
+    model *m = NULL, *q = NULL;
+    lora_set *lora = NULL;
+    lora_config lc = {LORA_TARGETS_ALL, rank, 16.0f, 0.05f, 1};
+    if (model_create(&m, &c) != QLAB_OK) return qlab_report_error("bench_bf16_model");
+    init_params(m, &c);
+    if (model_clone(m, &q) != QLAB_OK || model_quantize(q, QUANT_NF4, 64, 1) != QLAB_OK ||
+        lora_create(&lora, &c, &lc) != QLAB_OK || lora_attach(lora, q, 1) != QLAB_OK)
+        return qlab_report_error("bench_bf16_model");
+    /* B = 0 would make the adapters' output zero but not their cost; give B values so nothing is special */
+    size_t n_lora;
+    float *lp = lora_get_param_buffer(lora, &n_lora);
+    for (size_t i = 0; i < n_lora; i++)
+        if (lp[i] == 0) lp[i] = 1e-3f * (float)((i % 7) - 3);
+    rng_state rng;
+    rng_seed(&rng, 11);
+    int *tokens = malloc(sizeof(int) * N), *targets = malloc(sizeof(int) * N);
+    for (int i = 0; i < N; i++)
+        tokens[i] = (int)rng_below(&rng, 512), targets[i] = (int)rng_below(&rng, 512);
+
+    char which[64] = "", which2[64] = "";
+    double limit = best_bf16_gemm(N, c.dim, c.hidden_dim, which, sizeof which);
+    printf("bench_bf16_model: B=%d T=%d, %d threads, bf16 path %s; best bf16 gemm %.1f GFLOP/s (%s)\n", B, T,
+           qlab_num_threads(), path, limit, which);
+
+    double fwd = 2.0 * N * matmul_params(&c) + attention_flops(&c, B, T);
+    double qlora =
+        4.0 * N * matmul_params(&c) + 3 * attention_flops(&c, B, T) + 3 * lora_forward_flops(&c, N, rank);
+    double t[2][3]; /* [fp32, bf16][train, eval, qlora] */
+    for (int k = 0; k < 2; k++) {
+        qlab_compute cm = k ? QLAB_COMPUTE_BF16 : QLAB_COMPUTE_FP32;
+        model_set_compute(m, cm);
+        model_set_compute(q, cm);
+        t[k][0] = time_steps(m, tokens, targets, B, T, 1, 4.0);
+        t[k][1] = time_steps(m, tokens, targets, B, T, 0, 3.0);
+        t[k][2] = time_steps(q, tokens, targets, B, T, 1, 4.0);
+        for (int j = 0; j < 3; j++)
+            if (t[k][j] < 0) return qlab_report_error("bench_bf16_model");
+    }
+    double limit_after = best_bf16_gemm(N, c.dim, c.hidden_dim, which2, sizeof which2);
+    if (limit_after > limit) limit = limit_after, memcpy(which, which2, sizeof which);
+    printf("bench_bf16_model: best bf16 gemm after the runs %.1f GFLOP/s; limit %.1f GFLOP/s (%s)\n",
+           limit_after, limit, which);
+
+    char name[96], lim[64];
+    snprintf(lim, sizeof lim, "best bf16 gemm (%s)", path);
+    snprintf(name, sizeof name, "bf16 gemm best, %s path", path);
+    bench_emit(name, limit, "GFLOP/s", "-", 0, 0);
+    static const char *const what[3] = {"train step (fwd+bwd)", "eval forward", "qlora step nf4+dq r8 all"};
+    const double flops[3] = {3 * fwd, fwd, qlora}, targets_ratio[3] = {0.50, 0.50, 0};
+    for (int j = 0; j < 3; j++) {
+        snprintf(name, sizeof name, "bf16 %s tokens/s", what[j]);
+        bench_emit(name, N / t[1][j], "tok/s", "-", 0, 0);
+        snprintf(name, sizeof name, "bf16 %s GFLOP/s", what[j]);
+        bench_emit(name, flops[j] / t[1][j] / 1e9, "GFLOP/s", lim, limit, targets_ratio[j]);
+        snprintf(name, sizeof name, "bf16 %s speed-up", what[j]);
+        bench_emit(name, t[0][j] / t[1][j], "x", "-", 0, 0);
+        snprintf(name, sizeof name, "fp32 %s tokens/s", what[j]);
+        bench_emit(name, N / t[0][j], "tok/s", "-", 0, 0);
+    }
+    free(tokens), free(targets);
+    model_free(q);
+    lora_free(lora);
+    model_free(m);
+    return 0;
+}
