@@ -27,7 +27,8 @@ typedef struct {
 
 typedef struct {
     const char *name;
-    const char *text; /* text file, encoded with each model's tokenizer (BOS first) */
+    const char *text;        /* text file, encoded with each model's tokenizer (BOS first) */
+    const char *text_sha256; /* its sha256 (64 hex digits) as read when the grid was loaded; may be NULL */
     ppl_protocol protocol;
     int ctx;            /* window length; capped at each model's seq_len */
     int stride;         /* PPL_SLIDING: window advance; 0 (or more than the capped ctx) = ctx / 2 */
