@@ -156,8 +156,11 @@ static int cmd_ppl(int argc, char **argv) {
                 "qlab ppl: needs --model and exactly one of --data / --tokens (see qlab ppl --help)\n");
         return 2;
     }
-    if (data && !tok_path) {
-        fprintf(stderr, "qlab ppl: --data needs --tokenizer (see qlab ppl --help)\n");
+    checkpoint_format model_format = CHECKPOINT_UNKNOWN;
+    if (data && !tok_path &&
+        (checkpoint_detect(model_path, &model_format) != QLAB_OK || model_format != CHECKPOINT_GGUF)) {
+        fprintf(stderr, "qlab ppl: --data needs --tokenizer unless the model is a GGUF file with its own "
+                        "(see qlab ppl --help)\n");
         return 2;
     }
     quant_dtype dt = QUANT_NF4;
