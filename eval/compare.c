@@ -69,11 +69,10 @@ static qlab_status load_benchmark_tokens(const char *text, const char *tokenizer
     return QLAB_OK;
 }
 
-/* Tokens and options of every benchmark for model `spec`; the fp32 reference logits of each, while the
- * budget lasts, when there are variants to compare with them. */
+/* Tokens and options of every benchmark for model `spec` (the fp32 references come later, per pass). */
 static qlab_status prepare_benchmarks(model *ref, const compare_model *spec,
-                                      const compare_benchmark *benchmarks, int n_benchmarks, int n_variants,
-                                      size_t budget, prepared_benchmark *out) {
+                                      const compare_benchmark *benchmarks, int n_benchmarks,
+                                      prepared_benchmark *out) {
     const model_config *mc = model_get_config(ref);
     for (int b = 0; b < n_benchmarks; b++) {
         prepared_benchmark *p = &out[b];
@@ -89,13 +88,19 @@ static qlab_status prepare_benchmarks(model *ref, const compare_model *spec,
             QLAB_OK)
             return qlab_fail_context(QLAB_ERR_ARG, "model %s, benchmark %s", spec->name, benchmarks[b].name);
         p->opt = compare_benchmark_options(&benchmarks[b], mc->seq_len);
-        size_t bytes = ppl_reference_bytes(ref, p->n, &p->opt);
-        if (n_variants == 0 || bytes == 0 || bytes > budget) continue;
-        if (ppl_reference_compute(ref, p->tokens, p->n, &p->opt, &p->ref) != QLAB_OK)
+    }
+    return QLAB_OK;
+}
+
+/* The fp32 reference logits of benchmarks [b0, b1) (all of which fit the budget together). */
+static qlab_status compute_references(model *ref, const compare_model *spec,
+                                      const compare_benchmark *benchmarks, int b0, int b1,
+                                      prepared_benchmark *prepared) {
+    for (int b = b0; b < b1; b++)
+        if (ppl_reference_compute(ref, prepared[b].tokens, prepared[b].n, &prepared[b].opt,
+                                  &prepared[b].ref) != QLAB_OK)
             return qlab_fail_context(QLAB_ERR_NUMERIC, "model %s, fp32 reference, benchmark %s", spec->name,
                                      benchmarks[b].name);
-        budget -= bytes;
-    }
     return QLAB_OK;
 }
 
@@ -138,19 +143,21 @@ static int64_t projection_params(const model *m) {
     return n;
 }
 
-/* Scores `evaluated` (variant v of model m; ref itself when v < 0) on every benchmark, one row each. */
+/* Scores `evaluated` (variant v of model m; ref itself when v < 0) on benchmarks [b0, b1), one row each,
+ * at row base + (v + 1) * n_benchmarks + b: model by model, fp32 first, then the variants in order, each
+ * over the benchmarks in order, whatever order the passes ran in. */
 static qlab_status score_variant(grid_run *g, int m, int v, model *ref, model *evaluated,
-                                 const prepared_benchmark *prepared) {
+                                 const prepared_benchmark *prepared, int b0, int b1, int base) {
     const compare_model *spec = &g->models[m];
     int64_t params = g->out->params[m], proj = projection_params(ref), non_proj = params - proj;
     double bits = model_total_bits(evaluated);
     double bits_proj = v >= 0 ? (bits - 32.0 * (double)non_proj) / (double)proj : 32.0;
     char label[64];
     compare_variant_label(v >= 0 ? &g->variants[v] : NULL, label, sizeof label);
-    for (int b = 0; b < g->n_benchmarks; b++) {
+    for (int b = b0; b < b1; b++) {
         const prepared_benchmark *p = &prepared[b];
         int cached = v >= 0 && p->ref.logits;
-        compare_row *row = &g->out->rows[g->out->n_rows];
+        compare_row *row = &g->out->rows[base + (v + 1) * g->n_benchmarks + b];
         *row = (compare_row){.model = m,
                              .benchmark = b,
                              .variant = v,
@@ -172,7 +179,6 @@ static qlab_status score_variant(grid_run *g, int m, int v, model *ref, model *e
             r->ref_mean_nll = r->mean_nll;
             r->ref_ppl = r->ppl;
         }
-        g->out->n_rows++;
         int64_t tokens = p->opt.max_tokens && p->opt.max_tokens < p->n ? p->opt.max_tokens : p->n;
         g->done_work += (params / 1000 + 1) * tokens / 1000 * (v >= 0 && !cached ? 2 : 1);
         char extra[200];
@@ -183,26 +189,43 @@ static qlab_status score_variant(grid_run *g, int m, int v, model *ref, model *e
     return QLAB_OK;
 }
 
-/* fp32, then every variant of model m. */
+/* fp32, then every variant of model m. The benchmarks run in passes: each pass holds as many consecutive
+ * benchmarks as the budget of reference logits allows (all of them when they fit), computes their fp32
+ * references, then quantizes each variant once and scores it on them; a benchmark whose reference alone
+ * exceeds the budget is a pass of its own that runs the reference beside each variant. */
 static qlab_status run_model(grid_run *g, int m, size_t budget) {
     model *ref = NULL, *q = NULL;
-    prepared_benchmark *prepared = qlab_calloc((size_t)g->n_benchmarks + 1, sizeof *prepared);
+    int nb = g->n_benchmarks, base = g->out->n_rows;
+    prepared_benchmark *prepared = qlab_calloc((size_t)nb + 1, sizeof *prepared);
     qlab_status st = prepared ? checkpoint_load(g->models[m].checkpoint, &ref) : QLAB_ERR_NOMEM;
     if (st == QLAB_OK) model_set_compute(ref, g->compute); /* model_clone passes it to the variants */
-    if (st == QLAB_OK)
-        st = prepare_benchmarks(ref, &g->models[m], g->benchmarks, g->n_benchmarks, g->n_variants, budget,
-                                prepared);
-    if (st == QLAB_OK) st = score_variant(g, m, -1, ref, ref, prepared);
-    for (int v = 0; st == QLAB_OK && v < g->n_variants; v++) {
-        const compare_variant *var = &g->variants[v];
-        st = model_clone(ref, &q);
-        if (st == QLAB_OK) st = model_quantize(q, var->dtype, var->blocksize, var->double_quant);
-        if (st == QLAB_OK) st = score_variant(g, m, v, ref, q, prepared);
-        model_free(q);
-        q = NULL;
+    if (st == QLAB_OK) st = prepare_benchmarks(ref, &g->models[m], g->benchmarks, nb, prepared);
+    if (st == QLAB_OK) st = score_variant(g, m, -1, ref, ref, prepared, 0, nb, base);
+    for (int b0 = 0, b1; st == QLAB_OK && b0 < nb && g->n_variants > 0; b0 = b1) {
+        size_t used = 0, bytes;
+        for (b1 = b0; b1 < nb; b1++) {
+            bytes = ppl_reference_bytes(ref, prepared[b1].n, &prepared[b1].opt);
+            if (bytes == 0 || bytes > budget - used) break;
+            used += bytes;
+        }
+        if (b1 == b0)
+            b1 = b0 + 1; /* too large for the budget: no cached reference */
+        else
+            st = compute_references(ref, &g->models[m], g->benchmarks, b0, b1, prepared);
+        for (int v = 0; st == QLAB_OK && v < g->n_variants; v++) {
+            const compare_variant *var = &g->variants[v];
+            st = model_clone(ref, &q);
+            if (st == QLAB_OK) st = model_quantize(q, var->dtype, var->blocksize, var->double_quant);
+            if (st == QLAB_OK) st = score_variant(g, m, v, ref, q, prepared, b0, b1, base);
+            model_free(q);
+            q = NULL;
+        }
+        for (int b = b0; b < b1; b++)
+            ppl_reference_free(&prepared[b].ref);
     }
+    if (st == QLAB_OK) g->out->n_rows = base + (g->n_variants + 1) * nb;
     model_free(ref);
-    prepared_free(prepared, g->n_benchmarks);
+    prepared_free(prepared, nb);
     return st;
 }
 

@@ -29,9 +29,10 @@ typedef struct {
     const char *name;
     const char *text; /* text file, encoded with each model's tokenizer (BOS first) */
     ppl_protocol protocol;
-    int ctx;            /* window length; a model whose seq_len is shorter is refused */
-    int stride;         /* PPL_SLIDING: window advance; 0 (or more than the capped ctx) = ctx / 2 */
-    int64_t max_tokens; /* evaluate at most this many tokens of the text (0 = all) */
+    int ctx;                 /* window length; a model whose seq_len is shorter is refused */
+    int stride;              /* PPL_SLIDING: window advance; 0 (or more than the capped ctx) = ctx / 2 */
+    int64_t max_tokens;      /* evaluate at most this many tokens of the text (0 = all) */
+    const char *text_sha256; /* its sha256 (64 hex digits) as read when the grid was loaded; may be NULL */
 } compare_benchmark;
 
 /* One evaluation. Rows come model by model, fp32 first, then the variants in order, each over the

@@ -32,6 +32,9 @@ static config_key config_keys[] = {
     },
     {"blocksize", CONFIG_INT, "64", "block size of the absmax data types"},
     {"double_quant", CONFIG_INT_ARRAY, "[0, 1]", "0: fp32 block constants, 1: double-quantized constants"},
+    {"reference_budget_mb", CONFIG_INT, "1024",
+     "MiB of fp32 reference logits kept at once (scored tokens x vocabulary x 4 bytes per benchmark); "
+     "benchmarks beyond it run the fp32 model beside each variant (same numbers, about twice the time)"},
     {"seed", CONFIG_INT, "1234", "recorded for provenance (quantization and evaluation are deterministic)"},
     EXPERIMENT_COMPUTE_KEY,
 };
@@ -95,7 +98,14 @@ int main(int argc, char **argv) {
     results *r = NULL;
     compare_grid grid = {0};
     compare_results res = {0};
-    compare_options opt = {.label = "nf4_vs_fp4"};
+    int64_t budget_mb = config_int(cfg, "reference_budget_mb");
+    if (budget_mb < 1 || budget_mb > (int64_t)1 << 30) {
+        fprintf(stderr, "nf4_vs_fp4: %s: key 'reference_budget_mb' must be 1 .. 2^30, got %lld\n",
+                config_key_origin(cfg, "reference_budget_mb"), (long long)budget_mb);
+        config_free(cfg);
+        return 1;
+    }
+    compare_options opt = {.label = "nf4_vs_fp4", .reference_budget = (size_t)budget_mb << 20};
     qlab_status st = experiment_config_compute(cfg, &opt.compute);
     if (st == QLAB_OK) st = results_create(&r, args.out_path, "nf4_vs_fp4", cfg, argc, argv);
     if (st == QLAB_OK) results_require_rows(r);

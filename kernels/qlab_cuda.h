@@ -75,8 +75,10 @@ typedef struct {
     float *absmax;     /* device, nblocks; NULL when double quantized */
     uint8_t *dq_codes; /* device, nblocks; double quantization only */
     float *dq_absmax;  /* device, ceil(nblocks/256) */
+    float *dq_map;     /* device, 256: the nested map the tensor decodes with (quant_tensor_dq_map) */
     float dq_offset;
     int double_quant;
+    float table[16]; /* host: the code values the tensor decodes with (quant_tensor_codebook) */
 } qlab_cuda_weight;
 
 qlab_status qlab_cuda_weight_upload(qlab_cuda_weight *w, const quant_tensor *qt);

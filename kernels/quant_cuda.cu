@@ -168,6 +168,7 @@ extern "C" void qlab_cuda_weight_free(qlab_cuda_weight *w) {
     cudaFree(w->absmax);
     cudaFree(w->dq_codes);
     cudaFree(w->dq_absmax);
+    cudaFree(w->dq_map);
     *w = qlab_cuda_weight{};
 }
 
@@ -182,6 +183,7 @@ static qlab_status quant_cuda_weight_upload_parts(qlab_cuda_weight *w, const qua
     if (!qt->double_quant)
         return quant_cuda_upload((void **)&w->absmax, qt->absmax, sizeof(float) * (size_t)qt->nblocks);
     QLAB_TRY(quant_cuda_upload((void **)&w->dq_codes, qt->dq_codes, (size_t)qt->nblocks));
+    QLAB_TRY(quant_cuda_upload((void **)&w->dq_map, quant_tensor_dq_map(qt), 256 * sizeof(float)));
     return quant_cuda_upload((void **)&w->dq_absmax, qt->dq_absmax, sizeof(float) * (size_t)qt->dq_nblocks);
 }
 
@@ -197,6 +199,8 @@ extern "C" qlab_status qlab_cuda_weight_upload(qlab_cuda_weight *w, const quant_
     w->nblocks = qt->nblocks;
     w->double_quant = qt->double_quant;
     w->dq_offset = qt->dq_offset;
+    for (int c = 0; c < 16; c++)
+        w->table[c] = quant_tensor_codebook(qt)[c];
     qlab_status st = quant_cuda_weight_upload_parts(w, qt);
     if (st != QLAB_OK) qlab_cuda_weight_free(w);
     return st;
@@ -208,13 +212,14 @@ static qlab_status quant_cuda_weight_scales(const qlab_cuda_weight *w, float tab
     if (!spec)
         return qlab_fail(QLAB_ERR_UNSUPPORTED, "cuda: %s is not an absmax type", quant_dtype_name(w->dtype));
     for (int c = 0; c < 16; c++)
-        table[c] = spec->table[c];
+        table[c] = w->table[c];
     *s = quant_cuda_scales{};
     s->absmax = w->double_quant ? nullptr : w->absmax;
     s->dq_codes = w->dq_codes;
     s->dq_absmax = w->dq_absmax;
     s->dq_offset = w->dq_offset;
-    return w->double_quant ? quant_cuda_device_map(&s->dq_map) : QLAB_OK;
+    s->dq_map = w->dq_map; /* the tensor's own map (a file's stored one may differ by a few ulp) */
+    return QLAB_OK;
 }
 
 /* ---------------------------------------------------------------- dequantize */

@@ -124,7 +124,7 @@ CUDA_DEVICE void quant_cuda_quantize_phase_encode(cuda_thread t, quant_cuda_quan
     int zero = s->amax == 0.0f;
     uint8_t z = a->spec.zero_code;
     for (int i = 2 * t.thread; i < len; i += 2 * t.block_dim) {
-        uint8_t hi, lo = 0;
+        uint8_t hi, lo = quant_cuda_encode(&a->spec, 0.0f); /* an odd tail: the code of the padding 0.0 */
         if (zero) {
             hi = z;
             if (i + 1 < len) lo = z;

@@ -87,11 +87,11 @@ static qlab_status emu_scales(const quant_tensor *qt, float table[16], quant_cud
                          quant_dtype_name(qt->dtype));
     QLAB_TRY(quant_check_blocksize(qt->dtype, qt->blocksize)); /* the kernels shift by log2(blocksize) */
     for (int c = 0; c < 16; c++)
-        table[c] = spec->table[c];
+        table[c] = quant_tensor_codebook(qt)[c];
     *s = (quant_cuda_scales){.absmax = qt->double_quant ? NULL : qt->absmax,
                              .dq_codes = qt->dq_codes,
                              .dq_absmax = qt->dq_absmax,
-                             .dq_map = quant_dynamic_map_signed(),
+                             .dq_map = quant_tensor_dq_map(qt),
                              .dq_offset = qt->dq_offset};
     return QLAB_OK;
 }

@@ -68,6 +68,14 @@ static inline const char *shared_data_path(const char *rel) {
     return stat(b, &st) == 0 ? b : NULL;
 }
 
+/* A file of ../shared/data (rel) or, when absent there, where a `make fetch-*` target puts it (fetched,
+ * relative to the repository root); NULL when neither exists. */
+static inline const char *shared_or_fetched_path(const char *rel, const char *fetched) {
+    const char *p = shared_data_path(rel);
+    struct stat st;
+    return p ? p : stat(fetched, &st) == 0 ? fetched : NULL;
+}
+
 static inline int check_summary(void) {
     printf("%d passed, %d failed, %d skipped\n", check_passed_, check_failed_, check_skipped_);
     return check_failed_ ? 1 : 0;

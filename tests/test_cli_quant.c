@@ -11,6 +11,7 @@
 
 #include "tests/check.h"
 #include "core/base/common.h"
+#include "core/base/half.h"
 #include "core/formats/npy.h"
 #include "core/quant/quant.h"
 #include "core/quant/quant_io.h"
@@ -135,6 +136,44 @@ static void test_round_trips(void) {
     npy_free(&a);
     rc = run("dequant", "--name", "other.weight", st, back, NULL);
     expect_error(rc, 1, "other.weight", "dequant of a missing tensor");
+
+    /* The input's dtype is recorded (float16 here) and is the default output; each --out-dtype is the
+     * fp32 dequantization rounded to nearest even (values chosen so that ties and subnormals occur). */
+    CHECKF(quant_io_load(st, "layer.weight", &q) == QLAB_OK && q.orig_dtype == QUANT_ORIG_F16, "%s",
+           qlab_last_error());
+    static float f32[N];
+    CHECK(quant_tensor_dequantize(&q, f32) == QLAB_OK);
+    quant_tensor_free(&q);
+    const char *kinds[] = {NULL, "fp32", "fp16", "bf16"}, *descr[] = {"<f2", "<f4", "<f2", "<u2"};
+    for (int k = 0; k < 4; k++) {
+        rc = kinds[k] ? run("dequant", "--out-dtype", kinds[k], "--name", "layer.weight", st, back, NULL)
+                      : run("dequant", "--name", "layer.weight", st, back, NULL);
+        CHECKF(rc == 0, "dequant --out-dtype %s: %d %s", kinds[k] ? kinds[k] : "(default)", rc, err_text);
+        if (npy_read(back, &a) != QLAB_OK) {
+            CHECKF(0, "%s", qlab_last_error());
+            continue;
+        }
+        CHECKF(!strcmp(a.dtype, descr[k]), "--out-dtype %s wrote %s", kinds[k] ? kinds[k] : "(default)",
+               a.dtype);
+        int same = a.count == N;
+        for (int i = 0; same && i < N; i++) {
+            if (a.itemsize == 4)
+                same = memcmp((const float *)a.data + i, &f32[i], 4) == 0;
+            else
+                same = ((const uint16_t *)a.data)[i] ==
+                       (!strcmp(descr[k], "<f2") ? f32_to_fp16(f32[i]) : f32_to_bf16(f32[i]));
+        }
+        CHECKF(same, "--out-dtype %s: values are not the rounded fp32 dequantization",
+               kinds[k] ? kinds[k] : "(default)");
+        npy_free(&a);
+    }
+    /* fp16 rounding at the edges: a half-way value rounds to even, overflow to inf, a subnormal. */
+    CHECK(f32_to_fp16(1.0f + 0x1p-11f) == 0x3c00 && f32_to_fp16(1.0f + 3 * 0x1p-11f) == 0x3c02);
+    CHECK(f32_to_fp16(65520.0f) == 0x7c00 && f32_to_fp16(65519.0f) == 0x7bff &&
+          f32_to_fp16(0x1p-24f) == 0x0001);
+    CHECK(f32_to_bf16(1.0f + 0x1p-8f) == 0x3f80 && f32_to_bf16(1.0f + 3 * 0x1p-8f) == 0x3f82);
+    rc = run("dequant", "--out-dtype", "fp8", st, back, NULL);
+    expect_error(rc, 2, "--out-dtype", "an unknown --out-dtype");
 
     rc = run("quant", "--help", NULL);
     CHECK(rc == 0);

@@ -188,8 +188,9 @@ static void test_compare(void) {
     compare_model models[1] = {{"stories260K", bin, tok_path}};
     compare_variant variants[2] = {{QUANT_NF4, 64, 1}, {QUANT_INT4, 64, 0}};
     compare_benchmark benchmarks[2] = {
-        {"nonoverlap", text, PPL_NONOVERLAP, 100000, 0, 1024}, /* ctx above seq_len 512: refused below */
-        {"sliding", text, PPL_SLIDING, 64, 0, 512},            /* stride 0 = ctx / 2 */
+        {"nonoverlap", text, PPL_NONOVERLAP, 100000, 0, 1024,
+         NULL},                                           /* ctx above seq_len 512: refused below */
+        {"sliding", text, PPL_SLIDING, 64, 0, 512, NULL}, /* stride 0 = ctx / 2 */
     };
     ppl_options o0 = compare_benchmark_options(&benchmarks[0], 512),
                 o1 = compare_benchmark_options(&benchmarks[1], 512);
@@ -261,7 +262,7 @@ static void test_compare(void) {
     CHECKF(fabs(cached.rows[4].bits_projections - 4.5) < 0.01, "int4: %.4f bits",
            cached.rows[4].bits_projections);
     /* A missing benchmark text fails naming the model and the benchmark, and leaves no rows. */
-    compare_benchmark absent = {"absent", "/nonexistent/qlab_text.txt", PPL_NONOVERLAP, 64, 0, 0};
+    compare_benchmark absent = {"absent", "/nonexistent/qlab_text.txt", PPL_NONOVERLAP, 64, 0, 0, NULL};
     compare_results none;
     CHECK(compare_run(models, 1, variants, 1, &absent, 1, NULL, &none) != QLAB_OK);
     CHECK(none.rows == NULL && none.n_rows == 0);

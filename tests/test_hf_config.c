@@ -1,7 +1,9 @@
 /* Hugging Face config.json as transformers writes it today (core/model/checkpoint_hf.c): rope_theta inside
- * "rope_parameters" (transformers 5) or top-level (older), a conflict between them refused; scaled RoPE
- * and biases refused by name, never ignored; the writer keeps theta, eps and BOS/EOS (config.json and
+ * "rope_parameters" (transformers 5) or top-level (older), a conflict between them refused; linear and
+ * llama3 RoPE scaling computed (checked against a hand computation), other scalings and biases refused
+ * by name, never ignored; the writer keeps theta, eps and BOS/EOS (config.json and
  * generation_config.json); `qlab convert --to llama2c` refuses what llama2.c cannot store. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,10 +42,28 @@ static void drop_both(cJSON *r) {
 static void conflict(cJSON *r) {
     cJSON_ReplaceItemInObject(r, "rope_theta", cJSON_CreateNumber(10000));
 }
-static void llama3(cJSON *r) {
+static void llama3_incomplete(cJSON *r) {
     cJSON *p = cJSON_GetObjectItem(r, "rope_parameters");
     cJSON_ReplaceItemInObject(p, "rope_type", cJSON_CreateString("llama3"));
     cJSON_AddNumberToObject(p, "factor", 8);
+}
+static void llama3(cJSON *r) { /* Llama 3.1's values (original 8192, factors 8, 1, 4) */
+    llama3_incomplete(r);
+    cJSON *p = cJSON_GetObjectItem(r, "rope_parameters");
+    cJSON_AddNumberToObject(p, "low_freq_factor", 1);
+    cJSON_AddNumberToObject(p, "high_freq_factor", 4);
+    cJSON_AddNumberToObject(p, "original_max_position_embeddings", 8192);
+}
+static void dynamic_scaling(cJSON *r) {
+    cJSON *s = cJSON_AddObjectToObject(r, "rope_scaling");
+    cJSON_AddStringToObject(s, "rope_type", "dynamic");
+    cJSON_AddNumberToObject(s, "factor", 2);
+}
+static void scaling_mismatch(cJSON *r) {
+    llama3(r);
+    cJSON *s = cJSON_AddObjectToObject(r, "rope_scaling");
+    cJSON_AddStringToObject(s, "type", "linear");
+    cJSON_AddNumberToObject(s, "factor", 8);
 }
 static void linear_scaling(cJSON *r) {
     cJSON *s = cJSON_AddObjectToObject(r, "rope_scaling");
@@ -83,6 +103,85 @@ static void refused(void (*edit)(cJSON *), qlab_status want, const char *word) {
     CHECKF(st == want && m == NULL, "status %d, want %d (%s)", (int)st, (int)want, word);
     CHECKF(strstr(qlab_last_error(), word) && strstr(qlab_last_error(), "config.json"),
            "message lacks \"%s\": %s", word, qlab_last_error());
+    model_free(m);
+}
+
+/* Inverse frequencies by hand (double, transformers' formulas) for theta 500000, head size 8: pairs
+ * 0..3 have wavelengths 6.3, 167.6, 4443 and 117,800 positions, so with original 8192 and factors 1 / 4
+ * (wavelength bounds 8192 and 2048) llama3 keeps pairs 0 and 1, blends pair 2 and divides pair 3. */
+static void test_rope_scaling(void) {
+    const double pi = 3.14159265358979323846;
+    model_config lin = {.rope_theta = 500000.0f, .rope_scaling = MODEL_ROPE_LINEAR, .rope_factor = 2.0f};
+    model_config l3 = {.rope_theta = 500000.0f,
+                       .rope_scaling = MODEL_ROPE_LLAMA3,
+                       .rope_factor = 8.0f,
+                       .rope_low_freq_factor = 1.0f,
+                       .rope_high_freq_factor = 4.0f,
+                       .rope_original_max_positions = 8192};
+    model_config plain = {.rope_theta = 500000.0f};
+    for (int i = 0; i < 4; i++) {
+        double f = pow(500000.0, -2.0 * i / 8.0), wavelength = 2 * pi / f, want3;
+        if (wavelength < 8192.0 / 4.0)
+            want3 = f;
+        else if (wavelength > 8192.0 / 1.0)
+            want3 = f / 8.0;
+        else {
+            double smooth = (8192.0 / wavelength - 1.0) / (4.0 - 1.0);
+            want3 = (1 - smooth) * f / 8.0 + smooth * f;
+            CHECKF(i == 2 && smooth > 0 && smooth < 1, "pair %d blended (smooth %g)", i, smooth);
+        }
+        double got0 = model_rope_frequency(&plain, i, 8), got1 = model_rope_frequency(&lin, i, 8),
+               got3 = model_rope_frequency(&l3, i, 8);
+        /* fp32 evaluation of the same formulas: a few fp32 roundings (powf, divisions) from double */
+        CHECKF(fabs(got0 - f) <= 4e-7 * f, "plain pair %d: %.9g vs %.9g", i, got0, f);
+        CHECKF(fabs(got1 - f / 2) <= 4e-7 * f / 2, "linear pair %d: %.9g vs %.9g", i, got1, f / 2);
+        CHECKF(fabs(got3 - want3) <= 1e-6 * want3, "llama3 pair %d: %.9g vs %.9g", i, got3, want3);
+    }
+
+    /* read from config.json, used by the forward pass, written back in both places */
+    write_config(llama3);
+    model *m = NULL, *plain_m = NULL, *back = NULL;
+    CHECKF(checkpoint_load(dir, &m) == QLAB_OK, "%s", qlab_last_error());
+    if (!m) return;
+    const model_config *c = model_get_config(m);
+    CHECK(c->rope_scaling == MODEL_ROPE_LLAMA3 && c->rope_factor == 8.0f && c->rope_low_freq_factor == 1.0f &&
+          c->rope_high_freq_factor == 4.0f && c->rope_original_max_positions == 8192);
+    write_config(NULL);
+    CHECK(checkpoint_load(dir, &plain_m) == QLAB_OK);
+    int tokens[64];
+    for (int t = 0; t < 64; t++)
+        tokens[t] = (t * 7) % 50;
+    float *a = malloc(sizeof(float) * 64 * 50), *b = malloc(sizeof(float) * 64 * 50);
+    CHECK(model_forward(m, tokens, NULL, 1, 64, a, NULL) == QLAB_OK &&
+          model_forward(plain_m, tokens, NULL, 1, 64, b, NULL) == QLAB_OK);
+    /* position 0 has angle 0 either way; later positions differ through the scaled pairs */
+    CHECK(memcmp(a, b, sizeof(float) * 50) == 0 && memcmp(a + 63 * 50, b + 63 * 50, sizeof(float) * 50) != 0);
+    free(a);
+    free(b);
+    char out[600];
+    snprintf(out, sizeof out, "%s/hf_llama3", test_tmp_dir());
+    CHECK(checkpoint_save_hf(m, out) == QLAB_OK);
+    CHECKF(checkpoint_load(out, &back) == QLAB_OK, "%s", qlab_last_error());
+    if (back) {
+        const model_config *d = model_get_config(back);
+        CHECK(d->rope_scaling == MODEL_ROPE_LLAMA3 && d->rope_factor == 8.0f &&
+              d->rope_low_freq_factor == 1.0f && d->rope_high_freq_factor == 4.0f &&
+              d->rope_original_max_positions == 8192);
+    }
+    /* formats that cannot store it refuse by name */
+    snprintf(out, sizeof out, "%s/x.gguf", test_tmp_dir());
+    CHECK(checkpoint_save_gguf(m, out, CHECKPOINT_F32) == QLAB_ERR_UNSUPPORTED &&
+          strstr(qlab_last_error(), "llama3") && access(out, F_OK) != 0);
+    snprintf(out, sizeof out, "%s/x.bin", test_tmp_dir());
+    CHECK(checkpoint_save_llama2c(m, out) == QLAB_ERR_UNSUPPORTED && strstr(qlab_last_error(), "llama3") &&
+          access(out, F_OK) != 0);
+    model_free(back);
+    model_free(plain_m);
+    model_free(m);
+    write_config(linear_scaling);
+    CHECKF(checkpoint_load(dir, &m) == QLAB_OK, "%s", qlab_last_error());
+    CHECK(m && model_get_config(m)->rope_scaling == MODEL_ROPE_LINEAR &&
+          model_get_config(m)->rope_factor == 2.0f);
     model_free(m);
 }
 
@@ -152,8 +251,10 @@ int main(void) {
 
     /* refusals, by name */
     refused(conflict, QLAB_ERR_FORMAT, "rope_parameters.rope_theta");
-    refused(llama3, QLAB_ERR_UNSUPPORTED, "\"llama3\"");
-    refused(linear_scaling, QLAB_ERR_UNSUPPORTED, "rope_scaling.rope_type is \"linear\"");
+    refused(llama3_incomplete, QLAB_ERR_FORMAT, "rope_parameters.low_freq_factor");
+    refused(dynamic_scaling, QLAB_ERR_UNSUPPORTED, "rope_scaling.rope_type is \"dynamic\"");
+    refused(scaling_mismatch, QLAB_ERR_FORMAT, "different scalings");
+    test_rope_scaling();
     refused(partial, QLAB_ERR_UNSUPPORTED, "partial_rotary_factor");
     refused(attn_bias, QLAB_ERR_UNSUPPORTED, "attention_bias");
     refused(mlp_bias, QLAB_ERR_UNSUPPORTED, "mlp_bias");

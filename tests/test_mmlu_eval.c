@@ -105,7 +105,8 @@ static void test_llama_letters(void) {
 /* SmolLM2's byte-level BPE (embedded in its GGUF): qlora's rule compares "A".."D" = 49..52, while in
  * "Answer: A" the letter is the token "ĠA" = 330; --letter-space compares 330/389/340/422. */
 static void test_smollm2_letters(void) {
-    const char *path = shared_data_path("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    const char *path = shared_or_fetched_path("models/SmolLM2-135M-Instruct.Q4_1.gguf",
+                                              "models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if (!path) {
         SKIP("SmolLM2 GGUF absent (shared data not available)");
         return;

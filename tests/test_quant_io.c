@@ -1,7 +1,9 @@
 /* Tests of quantized tensors in safetensors: every dtype, with and without double quantization, must
  * round-trip every field of quant_tensor bit for bit; NF4/FP4 must use bitsandbytes' exact tensor names
  * and JSON; malformed quantized entries must fail with the file and tensor named. */
+#include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -44,6 +46,12 @@ static void check_same(const quant_tensor *a, const quant_tensor *b, const char 
                what);
     CHECKF(same_bits(&a->dq_offset, &b->dq_offset, sizeof(float)), "%s dq_offset %.9g vs %.9g", what,
            (double)a->dq_offset, (double)b->dq_offset);
+    CHECKF(a->orig_dtype == b->orig_dtype, "%s orig_dtype %d vs %d", what, (int)a->orig_dtype,
+           (int)b->orig_dtype);
+    CHECKF(same_bits(quant_tensor_dq_map(a), quant_tensor_dq_map(b), 256 * sizeof(float)), "%s nested map",
+           what);
+    CHECKF(same_bits(quant_tensor_codebook(a), quant_tensor_codebook(b), 16 * sizeof(float)), "%s code map",
+           what);
 }
 
 static void test_round_trips(void) {
@@ -259,6 +267,7 @@ static void test_malformed(void) {
     o[0] = (override){"w.nested_quant_map", SAFETENSORS_F32, 256, dyn};
     write_tampered(p, &q, o, 1, NULL);
     expect_fail(p, "entry 200");
+    expect_fail(p, "not ascending");
     uint8_t codes[151] = {0};
     o[0] = (override){"w", SAFETENSORS_U8, 151, codes};
     write_tampered(p, &q, o, 1, NULL);
@@ -313,8 +322,155 @@ static void test_malformed(void) {
     quant_tensor_free(&q);
 }
 
+/* fp32 x moved by k representable steps (k > 0: away from zero for positive x). */
+static float ulp_step(float x, int k) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    u += (uint32_t)k;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+/* bitsandbytes' own files: its nested map comes from torch's vectorised linspace and differs from the
+ * scalar one by up to 2 ulp in 42 entries on x86; bitsandbytes decodes with the stored map, so must we.
+ * Its FP4 quant_map has +0.0 at code 8. The quant_state dtype is the input's. */
+static void test_bitsandbytes_maps(void) {
+    enum { N = 64 * 1024 + 5 };
+    float *x = malloc(sizeof(float) * N), *got = malloc(sizeof(float) * N), *own = malloc(sizeof(float) * N);
+    rng_state r;
+    rng_seed(&r, 11);
+    for (int i = 0; i < N; i++)
+        x[i] = (float)rng_normal(&r) * (1.0f + (float)(i % 977) / 100.0f);
+    quant_tensor q, back;
+    CHECK(quant_tensor_quantize_ref(&q, x, N, QUANT_NF4, 64, 1) == QLAB_OK);
+    CHECK(quant_tensor_dequantize_ref(&q, own) == QLAB_OK);
+    char p[512];
+    snprintf(p, sizeof p, "%s", tmp_path("bnb_map.safetensors"));
+
+    /* Entries used by the tensor's absmax codes moved by +-1..2 ulp (the size torch's linspace gives). */
+    float dyn[256];
+    memcpy(dyn, quant_dynamic_map_signed(), sizeof dyn);
+    int used[256] = {0}, moved = 0;
+    for (int64_t b = 0; b < q.nblocks; b++)
+        used[q.dq_codes[b]] = 1;
+    for (int i = 1; i < 255; i++)
+        if (used[i] && dyn[i] != 0.0f && i % 3 == 0) {
+            dyn[i] = ulp_step(dyn[i], i % 2 ? 2 : -2);
+            moved++;
+        }
+    CHECKF(moved >= 5, "only %d used map entries to move", moved);
+    override o[2] = {{"w.nested_quant_map", SAFETENSORS_F32, 256, dyn}};
+    write_tampered(p, &q, o, 1, NULL);
+    CHECK(quant_io_load(p, "w", &back) == QLAB_OK);
+    CHECK(back.dq_map != NULL && same_bits(back.dq_map, dyn, sizeof dyn));
+    CHECK(quant_tensor_dequantize(&back, got) == QLAB_OK);
+    /* Expected by hand: code value x (stored map[code] x nested absmax + offset), in fp32. */
+    int exact = 1, differs = 0;
+    const float *cb = quant_codebook(QUANT_NF4);
+    for (int64_t i = 0; i < N; i++) {
+        int64_t b = i / 64;
+        float amax = dyn[q.dq_codes[b]] * q.dq_absmax[b / 256] + q.dq_offset;
+        int code = (q.codes[i / 2] >> (i % 2 ? 0 : 4)) & 15;
+        float want = cb[code] * amax;
+        exact &= same_bits(&want, &got[i], 4);
+        differs |= !same_bits(&own[i], &got[i], 4);
+    }
+    CHECK(exact);
+    CHECKF(differs, "the moved map entries changed no value: the test cannot tell which map decodes");
+    /* Written back, the stored map is kept. */
+    const char *p2 = tmp_path("bnb_map2.safetensors");
+    CHECK(quant_io_save(p2, "w", &back) == QLAB_OK);
+    quant_tensor again;
+    CHECK(quant_io_load(p2, "w", &again) == QLAB_OK);
+    check_same(&back, &again, "stored nested map round trip");
+    quant_tensor_free(&again);
+    quant_tensor_free(&back);
+
+    /* Not a dynamic map: an entry 1e-3 off, two entries swapped (not ascending), 5 ulp off. */
+    memcpy(dyn, quant_dynamic_map_signed(), sizeof dyn);
+    dyn[18] += 1e-3f;
+    write_tampered(p, &q, o, 1, NULL);
+    expect_fail(p, "w.nested_quant_map' entry 18");
+    memcpy(dyn, quant_dynamic_map_signed(), sizeof dyn);
+    float t = dyn[40];
+    dyn[40] = dyn[41], dyn[41] = t;
+    write_tampered(p, &q, o, 1, NULL);
+    expect_fail(p, "w.nested_quant_map' entry 40"); /* the first entry off (ascending is checked below) */
+    memcpy(dyn, quant_dynamic_map_signed(), sizeof dyn);
+    dyn[100] = ulp_step(dyn[100], QUANT_MAP_ULP_TOLERANCE + 1);
+    write_tampered(p, &q, o, 1, NULL);
+    expect_fail(p, "entry 100");
+    memcpy(dyn, quant_dynamic_map_signed(), sizeof dyn);
+    dyn[100] = ulp_step(dyn[100], QUANT_MAP_ULP_TOLERANCE);
+    write_tampered(p, &q, o, 1, NULL);
+    CHECK(quant_io_load(p, "w", &back) == QLAB_OK);
+    quant_tensor_free(&back);
+
+    /* The quant_state dtype: float16 / bfloat16 round-trip and default the dequantization; others fail. */
+    static const char *names[] = {"float32", "float16", "bfloat16"};
+    for (int d = 0; d < 3; d++) {
+        q.orig_dtype = (quant_orig_dtype)d;
+        CHECK(quant_io_save(p, "w", &q) == QLAB_OK);
+        safetensors_file f;
+        CHECK(safetensors_open(&f, p) == QLAB_OK);
+        const safetensors_tensor *st = safetensors_find(&f, "w.quant_state.bitsandbytes__nf4");
+        char want[64];
+        snprintf(want, sizeof want, "\"dtype\": \"%s\"", names[d]);
+        char text[512] = "";
+        if (st && st->nbytes < sizeof text) memcpy(text, st->data, st->nbytes);
+        CHECKF(strstr(text, want) != NULL, "JSON lacks %s: %s", want, text);
+        safetensors_close(&f);
+        CHECK(quant_io_load(p, "w", &back) == QLAB_OK);
+        check_same(&q, &back, names[d]);
+        quant_tensor_free(&back);
+    }
+    q.orig_dtype = QUANT_ORIG_F32;
+    char json[512];
+    json_override(&o[0], json,
+                  "{\"quant_type\": \"nf4\", \"blocksize\": 64, \"dtype\": \"float64\", \"shape\": [65541], "
+                  "\"nested_blocksize\": 256, \"nested_dtype\": \"float32\", \"nested_offset\": 0.5}");
+    write_tampered(p, &q, o, 1, NULL);
+    expect_fail(p, "float64");
+    quant_tensor_free(&q);
+
+    /* FP4 as bitsandbytes stores it: quant_map[8] = +0.0; code 8 then decodes to +0.0 as in its CPU path. */
+    float small[4] = {-1e-9f, 1.0f, -2e-9f, -1.0f};
+    CHECK(quant_tensor_quantize_ref(&q, small, 4, QUANT_FP4, 64, 0) == QLAB_OK);
+    CHECK((q.codes[0] >> 4) == 8); /* -1e-9 -> -0: sign bit, magnitude 0 */
+    float fp4map[16], out4[4];
+    memcpy(fp4map, quant_codebook(QUANT_FP4), sizeof fp4map);
+    CHECK(fp4map[8] == 0.0f && signbit(fp4map[8]));
+    fp4map[8] = 0.0f;
+    o[0] = (override){"w.quant_map", SAFETENSORS_F32, 16, fp4map};
+    CHECK(quant_io_save(p, "w", &q) == QLAB_OK);
+    CHECK(quant_io_load(p, "w", &back) == QLAB_OK && back.code_map == NULL);
+    CHECK(quant_tensor_dequantize(&back, out4) == QLAB_OK && signbit(out4[0]));
+    quant_tensor_free(&back);
+    safetensors_file f;
+    CHECK(safetensors_open(&f, p) == QLAB_OK);
+    safetensors_writer *w = safetensors_writer_new();
+    for (int i = 0; i < f.n_tensors; i++)
+        if (strcmp(f.tensors[i].name, "w.quant_map"))
+            safetensors_writer_add_copy(w, f.tensors[i].name, f.tensors[i].dtype, f.tensors[i].ndim,
+                                        f.tensors[i].shape, f.tensors[i].data);
+    safetensors_writer_add_copy(w, "w.quant_map", SAFETENSORS_F32, 1, &o[0].count, fp4map);
+    const char *p3 = tmp_path("bnb_fp4.safetensors");
+    CHECK(safetensors_writer_write(w, p3) == QLAB_OK);
+    safetensors_writer_free(w);
+    safetensors_close(&f);
+    CHECK(quant_io_load(p3, "w", &back) == QLAB_OK && back.code_map != NULL);
+    CHECK(quant_tensor_dequantize(&back, out4) == QLAB_OK);
+    CHECK(out4[0] == 0.0f && !signbit(out4[0]) && out4[1] == 1.0f && out4[3] == -1.0f);
+    quant_tensor_free(&back);
+    quant_tensor_free(&q);
+    free(x);
+    free(got);
+    free(own);
+}
+
 int main(void) {
     test_tmp_dir_create("quant_io");
+    test_bitsandbytes_maps();
     test_round_trips();
     test_bitsandbytes_layout();
     test_malformed();

@@ -53,7 +53,8 @@ static int sha_is(const float *x, size_t n, const char *want) {
 }
 
 int main(void) {
-    const char *path = shared_data_path("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    const char *path = shared_or_fetched_path("models/SmolLM2-135M-Instruct.Q4_1.gguf",
+                                              "models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if (!path) {
         SKIP("../shared/data/models/SmolLM2-135M-Instruct.Q4_1.gguf is absent (make fetch-smollm2 gets it): "
              "SmolLM2 tests not run");

@@ -206,7 +206,8 @@ out:
 }
 
 static void test_smollm2(void) {
-    const char *gguf = shared_data_path("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    const char *gguf = shared_or_fetched_path("models/SmolLM2-135M-Instruct.Q4_1.gguf",
+                                              "models/SmolLM2-135M-Instruct.Q4_1.gguf");
     const char *wiki = shared_data_path("eval/wiki.test.raw");
     if (!gguf || !wiki) {
         SKIP("../shared/data SmolLM2-135M-Instruct.Q4_1.gguf or wiki.test.raw absent: SmolLM2 tokenizer test "

@@ -317,6 +317,7 @@ qlab_status npy_read(const char *path, npy_array *arr) {
 qlab_status npy_read_f32(const char *path, int u2_is_bf16, npy_array *arr) {
     npy_array raw;
     QLAB_TRY(npy_read(path, &raw));
+    snprintf(raw.source_dtype, sizeof raw.source_dtype, "%s", raw.dtype);
     if (!strcmp(raw.dtype, "<f4")) {
         *arr = raw;
         return QLAB_OK;

@@ -21,9 +21,10 @@ typedef struct {
     char dtype[8]; /* canonical descr, e.g. "<f4", "|u1" */
     int ndim;      /* 0 = scalar */
     int64_t shape[NPY_MAX_DIMS];
-    int64_t count;   /* product of shape (1 for a scalar) */
-    size_t itemsize; /* bytes per element */
-    void *data;      /* count * itemsize bytes, 64-byte aligned, owned: release with npy_free */
+    int64_t count;        /* product of shape (1 for a scalar) */
+    size_t itemsize;      /* bytes per element */
+    void *data;           /* count * itemsize bytes, 64-byte aligned, owned: release with npy_free */
+    char source_dtype[8]; /* npy_read_f32: the file's descr before conversion ("<f2", "<u2", ...) */
 } npy_array;
 
 /* Bytes per element of a descr ("<f4" -> 4), or 0 if qlab does not support it. "<u1" is accepted as a

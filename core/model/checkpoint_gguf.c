@@ -631,6 +631,11 @@ static void gguf_add(gguf_out_tensor *t, const char *name, int layer, const floa
 qlab_status checkpoint_save_gguf(const model *m, const char *path, checkpoint_dtype dtype) {
     QLAB_TRY(checkpoint_check_savable(m, path));
     const model_config *c = model_get_config(m);
+    if (c->rope_scaling != MODEL_ROPE_DEFAULT) /* llama.cpp keeps llama3's as a rope_freqs tensor */
+        return qlab_fail(QLAB_ERR_UNSUPPORTED,
+                         "%s: GGUF output does not store %s RoPE scaling (qlab writes it to Hugging Face "
+                         "configs only); refusing rather than dropping it",
+                         path, model_rope_scaling_name(c->rope_scaling));
     const model_params *p = checkpoint_params(m);
     int L = c->n_layers, D = c->dim, H = c->hidden_dim, KV = c->n_kv_heads * (D / c->n_heads);
     size_t DD = (size_t)D * D, KD = (size_t)KV * D, HD = (size_t)H * D;

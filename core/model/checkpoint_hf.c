@@ -81,25 +81,73 @@ static qlab_status hf_float(const cJSON *root, const char *config, const char *k
     return QLAB_OK;
 }
 
-/* rope_scaling / rope_parameters: only the plain RoPE ("rope_type" or the older "type" absent or "default",
- * no partial rotary) is computed; a scaled one (linear, dynamic, yarn, llama3, ...) is refused by name
- * rather than run with the wrong positions. */
-static qlab_status hf_check_rope_type(const char *config, const char *key, const cJSON *obj) {
+/* A positive finite number at obj[name] (the scaling parameters). */
+static qlab_status hf_rope_number(const char *config, const char *key, const cJSON *obj, const char *name,
+                                  double *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || !(v->valuedouble > 0))
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: %s.%s must be a positive number", config, key, name);
+    *out = v->valuedouble;
+    return QLAB_OK;
+}
+
+/* rope_scaling / rope_parameters: the plain RoPE ("rope_type" or the older "type" absent or "default"),
+ * "linear" (factor) and "llama3" (factor, low_freq_factor, high_freq_factor,
+ * original_max_position_embeddings) are computed (model_rope_frequency) and read into cfg; any other
+ * type (dynamic, yarn, longrope, ...) and partial rotary are refused by name rather than run with the
+ * wrong positions. A second object (rope_scaling beside rope_parameters) must say the same. */
+static qlab_status hf_check_rope_type(const char *config, const char *key, const cJSON *obj,
+                                      model_config *cfg) {
     if (!cJSON_IsObject(obj))
         return qlab_fail(QLAB_ERR_FORMAT, "%s: key \"%s\" must be an object or null", config, key);
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(obj, "rope_type");
     if (!type) type = cJSON_GetObjectItemCaseSensitive(obj, "type");
     if (type && !cJSON_IsString(type))
         return qlab_fail(QLAB_ERR_FORMAT, "%s: %s.rope_type must be a string", config, key);
-    if (type && strcmp(type->valuestring, "default") != 0)
-        return qlab_fail(QLAB_ERR_UNSUPPORTED,
-                         "%s: %s.rope_type is \"%s\": scaled RoPE is not implemented (only \"default\")",
-                         config, key, type->valuestring);
     const cJSON *partial = cJSON_GetObjectItemCaseSensitive(obj, "partial_rotary_factor");
     if (partial && !cJSON_IsNull(partial) && !(cJSON_IsNumber(partial) && partial->valuedouble == 1.0))
         return qlab_fail(QLAB_ERR_UNSUPPORTED,
                          "%s: %s.partial_rotary_factor is not 1: partial rotary is not implemented", config,
                          key);
+    model_config s = {0};
+    const char *name = type ? type->valuestring : "default";
+    double factor = 0, low = 0, high = 0, original = 0;
+    if (!strcmp(name, "linear")) {
+        QLAB_TRY(hf_rope_number(config, key, obj, "factor", &factor));
+        s.rope_scaling = MODEL_ROPE_LINEAR;
+    } else if (!strcmp(name, "llama3")) {
+        QLAB_TRY(hf_rope_number(config, key, obj, "factor", &factor));
+        QLAB_TRY(hf_rope_number(config, key, obj, "low_freq_factor", &low));
+        QLAB_TRY(hf_rope_number(config, key, obj, "high_freq_factor", &high));
+        QLAB_TRY(hf_rope_number(config, key, obj, "original_max_position_embeddings", &original));
+        if (!(high > low) || original != floor(original) || original > MODEL_MAX_SEQ_LEN)
+            return qlab_fail(QLAB_ERR_FORMAT,
+                             "%s: %s: llama3 needs high_freq_factor > low_freq_factor and an integer "
+                             "original_max_position_embeddings <= %d",
+                             config, key, MODEL_MAX_SEQ_LEN);
+        s.rope_scaling = MODEL_ROPE_LLAMA3;
+    } else if (strcmp(name, "default") != 0) {
+        return qlab_fail(QLAB_ERR_UNSUPPORTED,
+                         "%s: %s.rope_type is \"%s\": this RoPE scaling is not implemented (default, linear "
+                         "and llama3 are)",
+                         config, key, name);
+    }
+    s.rope_factor = (float)factor, s.rope_low_freq_factor = (float)low, s.rope_high_freq_factor = (float)high;
+    s.rope_original_max_positions = (int)original;
+    /* a scaling in one object and "default" (or nothing) in the other: the scaling, never dropped */
+    if (cfg->rope_scaling != MODEL_ROPE_DEFAULT && s.rope_scaling != MODEL_ROPE_DEFAULT &&
+        (cfg->rope_scaling != s.rope_scaling || cfg->rope_factor != s.rope_factor ||
+         cfg->rope_low_freq_factor != s.rope_low_freq_factor ||
+         cfg->rope_high_freq_factor != s.rope_high_freq_factor ||
+         cfg->rope_original_max_positions != s.rope_original_max_positions))
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: rope_parameters and rope_scaling describe different scalings",
+                         config);
+    if (s.rope_scaling != MODEL_ROPE_DEFAULT) {
+        cfg->rope_scaling = s.rope_scaling, cfg->rope_factor = s.rope_factor;
+        cfg->rope_low_freq_factor = s.rope_low_freq_factor,
+        cfg->rope_high_freq_factor = s.rope_high_freq_factor;
+        cfg->rope_original_max_positions = s.rope_original_max_positions;
+    }
     return QLAB_OK;
 }
 
@@ -115,12 +163,12 @@ static qlab_status hf_check_false(const cJSON *root, const char *config, const c
 
 /* RoPE base: transformers 5 writes it inside "rope_parameters", older versions as top-level "rope_theta";
  * both may be present and must then agree. LlamaConfig's default 10000 when neither is. */
-static qlab_status hf_rope_theta(const cJSON *root, const char *config, float *out) {
+static qlab_status hf_rope_theta(const cJSON *root, const char *config, float *out, model_config *cfg) {
     const cJSON *params = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
     float top = 0, inner = 0;
     QLAB_TRY(hf_float(root, config, "rope_theta", -1.0f, &top));
     if (params && !cJSON_IsNull(params)) {
-        QLAB_TRY(hf_check_rope_type(config, "rope_parameters", params));
+        QLAB_TRY(hf_check_rope_type(config, "rope_parameters", params, cfg));
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(params, "rope_theta");
         if (v && !cJSON_IsNull(v)) {
             if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
@@ -168,7 +216,7 @@ static qlab_status hf_parse_config(const char *config, model_config *cfg) {
     else if (act && !(cJSON_IsString(act) && strcmp(act->valuestring, "silu") == 0))
         st = qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: hidden_act must be \"silu\" (SwiGLU)", config);
     else if (scaling && !cJSON_IsNull(scaling))
-        st = hf_check_rope_type(config, "rope_scaling", scaling);
+        st = hf_check_rope_type(config, "rope_scaling", scaling, cfg);
     if (st == QLAB_OK) st = hf_check_false(root, config, "attention_bias");
     if (st == QLAB_OK) st = hf_check_false(root, config, "mlp_bias");
     if (st != QLAB_OK)
@@ -185,7 +233,7 @@ static qlab_status hf_parse_config(const char *config, model_config *cfg) {
          (st = hf_int(root, config, "max_position_embeddings", -1, &cfg->seq_len)) ||
          /* Hugging Face LlamaConfig's defaults for the optional keys */
          (st = hf_float(root, config, "rms_norm_eps", 1e-6f, &cfg->norm_eps)) ||
-         (st = hf_rope_theta(root, config, &cfg->rope_theta)) ||
+         (st = hf_rope_theta(root, config, &cfg->rope_theta, cfg)) ||
          (st = hf_int(root, config, "head_dim", cfg->dim / cfg->n_heads, &head_dim))))
         goto done;
     if (st != QLAB_OK) goto done;
@@ -413,8 +461,21 @@ static qlab_status hf_write_config(const model_config *c, const char *config, ch
     hf_add_float(root, "rope_theta", c->rope_theta);
     cJSON *rope = cJSON_AddObjectToObject(root, "rope_parameters");
     if (rope) {
-        cJSON_AddStringToObject(rope, "rope_type", "default");
+        cJSON_AddStringToObject(rope, "rope_type", model_rope_scaling_name(c->rope_scaling));
         hf_add_float(rope, "rope_theta", c->rope_theta);
+    }
+    /* the scaling in both places: rope_parameters (transformers 5) and rope_scaling (older versions) */
+    cJSON *old = c->rope_scaling != MODEL_ROPE_DEFAULT ? cJSON_AddObjectToObject(root, "rope_scaling") : NULL;
+    for (int k = 0; k < 2 && c->rope_scaling != MODEL_ROPE_DEFAULT; k++) {
+        cJSON *o = k ? old : rope;
+        if (!o) continue;
+        if (k) cJSON_AddStringToObject(o, "rope_type", model_rope_scaling_name(c->rope_scaling));
+        hf_add_float(o, "factor", c->rope_factor);
+        if (c->rope_scaling == MODEL_ROPE_LLAMA3) {
+            hf_add_float(o, "low_freq_factor", c->rope_low_freq_factor);
+            hf_add_float(o, "high_freq_factor", c->rope_high_freq_factor);
+            cJSON_AddNumberToObject(o, "original_max_position_embeddings", c->rope_original_max_positions);
+        }
     }
     cJSON_AddBoolToObject(root, "attention_bias", 0);
     cJSON_AddBoolToObject(root, "mlp_bias", 0);

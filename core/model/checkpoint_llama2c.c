@@ -213,6 +213,11 @@ qlab_status checkpoint_load_llama2c_quantized(const char *path, const checkpoint
 qlab_status checkpoint_save_llama2c(const model *m, const char *path) {
     QLAB_TRY(checkpoint_check_savable(m, path));
     const model_config *c = model_get_config(m);
+    if (c->rope_scaling != MODEL_ROPE_DEFAULT)
+        return qlab_fail(
+            QLAB_ERR_UNSUPPORTED,
+            "%s: llama2.c's format cannot store %s RoPE scaling; refusing rather than dropping it", path,
+            model_rope_scaling_name(c->rope_scaling));
     const model_params *p = checkpoint_params(m);
     llama2c_layout lay;
     if (!llama2c_layout_of(c, &lay)) return qlab_fail(QLAB_ERR_ARG, "%s: model sizes overflow", path);

@@ -246,6 +246,20 @@ static qlab_status model_check_config(const model_config *c) {
         return qlab_fail(QLAB_ERR_ARG, "model config: norm_eps %g must be finite and >= 0", c->norm_eps);
     if (!(c->rope_theta > 0) || !isfinite(c->rope_theta))
         return qlab_fail(QLAB_ERR_ARG, "model config: rope_theta %g must be finite and > 0", c->rope_theta);
+    if (c->rope_scaling != MODEL_ROPE_DEFAULT && c->rope_scaling != MODEL_ROPE_LINEAR &&
+        c->rope_scaling != MODEL_ROPE_LLAMA3)
+        return qlab_fail(QLAB_ERR_ARG, "model config: unknown RoPE scaling %d", (int)c->rope_scaling);
+    if (c->rope_scaling != MODEL_ROPE_DEFAULT && !(c->rope_factor > 0 && isfinite(c->rope_factor)))
+        return qlab_fail(QLAB_ERR_ARG, "model config: %s RoPE scaling factor %g must be finite and > 0",
+                         model_rope_scaling_name(c->rope_scaling), c->rope_factor);
+    if (c->rope_scaling == MODEL_ROPE_LLAMA3 &&
+        !(c->rope_low_freq_factor > 0 && c->rope_high_freq_factor > c->rope_low_freq_factor &&
+          isfinite(c->rope_high_freq_factor) && c->rope_original_max_positions > 0))
+        return qlab_fail(
+            QLAB_ERR_ARG,
+            "model config: llama3 RoPE scaling needs 0 < low_freq_factor (%g) < high_freq_factor "
+            "(%g) and original_max_position_embeddings (%d) > 0",
+            c->rope_low_freq_factor, c->rope_high_freq_factor, c->rope_original_max_positions);
     /* Guard the size arithmetic: every tensor must fit comfortably in size_t and int64 element counts,
      * and per-row products (B*T*dim etc.) are formed in size_t later. */
     double total = 0, D = c->dim, H = c->hidden_dim;
@@ -293,6 +307,23 @@ static size_t model_rope_bytes(const model *m) {
  * sets and may be as large as MODEL_MAX_SEQ_LEN): a model is only charged for the context it runs. The
  * angles are formed in fp32 exactly as llama2.c's run.c forms them, so a llama2.c checkpoint reproduces
  * run.c's logits closely; growing the tables recomputes them identically. */
+const char *model_rope_scaling_name(model_rope_scaling s) {
+    return s == MODEL_ROPE_LINEAR ? "linear" : s == MODEL_ROPE_LLAMA3 ? "llama3" : "default";
+}
+
+float model_rope_frequency(const model_config *c, int i, int head_size) {
+    float freq = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)head_size);
+    if (c->rope_scaling == MODEL_ROPE_LINEAR) return freq / c->rope_factor;
+    if (c->rope_scaling != MODEL_ROPE_LLAMA3) return freq;
+    float original = (float)c->rope_original_max_positions, low = c->rope_low_freq_factor,
+          high = c->rope_high_freq_factor;
+    float wavelength = 2.0f * (float)M_PI / freq;
+    if (wavelength > original / low) return freq / c->rope_factor;
+    if (wavelength < original / high) return freq;
+    float smooth = (original / wavelength - low) / (high - low);
+    return (1.0f - smooth) * freq / c->rope_factor + smooth * freq;
+}
+
 static qlab_status model_rope_reserve(model *m, int T) {
     if (T <= m->rope_len) return QLAB_OK;
     int half = m->head_size / 2;
@@ -308,7 +339,7 @@ static qlab_status model_rope_reserve(model *m, int T) {
     }
     for (int t = 0; t < T; t++)
         for (int i = 0; i < half; i++) {
-            float freq = 1.0f / powf(m->cfg.rope_theta, (float)(2 * i) / (float)m->head_size);
+            float freq = model_rope_frequency(&m->cfg, i, m->head_size);
             float angle = (float)t * freq;
             cs[(size_t)t * half + i] = cosf(angle);
             sn[(size_t)t * half + i] = sinf(angle);

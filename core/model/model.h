@@ -17,6 +17,8 @@
  * tables and activations grow with the longest sequence actually run. */
 #define MODEL_MAX_SEQ_LEN (1 << 20)
 
+typedef enum { MODEL_ROPE_DEFAULT = 0, MODEL_ROPE_LINEAR, MODEL_ROPE_LLAMA3 } model_rope_scaling;
+
 typedef struct {
     int dim;        /* model width */
     int hidden_dim; /* feed-forward width */
@@ -28,7 +30,22 @@ typedef struct {
     float norm_eps;        /* RMSNorm epsilon (llama2.c: 1e-5) */
     float rope_theta;      /* RoPE base (llama2.c: 10000) */
     int shared_classifier; /* 1: the output classifier is the token embedding */
+    /* RoPE scaling, as Hugging Face's rope_type: every field 0 = plain RoPE. */
+    model_rope_scaling rope_scaling;
+    float rope_factor;               /* linear, llama3: frequencies divided by it */
+    float rope_low_freq_factor;      /* llama3 only */
+    float rope_high_freq_factor;     /* llama3 only */
+    int rope_original_max_positions; /* llama3 only: original_max_position_embeddings */
 } model_config;
+
+/* The inverse frequency of rotation pair i (0 .. head_size/2 - 1) as RoPE uses it: theta^(-2i/head_size)
+ * in fp32, then, for linear scaling, divided by rope_factor, and for llama3 (transformers'
+ * _compute_llama3_parameters) divided by rope_factor when its wavelength 2 pi / f exceeds
+ * original / low_freq_factor, kept when below original / high_freq_factor, and blended in between with
+ * s = (original / wavelength - low) / (high - low): (1 - s) f / factor + s f. */
+float model_rope_frequency(const model_config *c, int i, int head_size);
+/* "default", "linear", "llama3". */
+const char *model_rope_scaling_name(model_rope_scaling s);
 
 /* ---- Parameter groups: the named tensors of the flat fp32 buffer, in buffer order (llama2.c's). ---- */
 typedef enum {

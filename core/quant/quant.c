@@ -196,7 +196,7 @@ static float block_scale_unchecked(const quant_tensor *qt, int64_t b) {
     const quant_type_traits *t = quant_type_traits_get(qt->dtype);
     if (t->block_scale) return t->block_scale(qt, b);
     if (qt->double_quant)
-        return quant_dynamic_map_signed()[qt->dq_codes[b]] * qt->dq_absmax[b / QUANT_DQ_BLOCKSIZE] +
+        return quant_tensor_dq_map(qt)[qt->dq_codes[b]] * qt->dq_absmax[b / QUANT_DQ_BLOCKSIZE] +
                qt->dq_offset;
     return qt->absmax[b];
 }
@@ -208,7 +208,7 @@ static void fill_block_scales(const quant_tensor *qt, int64_t b0, int64_t b1, fl
         for (int64_t b = b0; b < b1; b++)
             out[b - b0] = own(qt, b);
     } else if (qt->double_quant) {
-        const float *map = quant_dynamic_map_signed();
+        const float *map = quant_tensor_dq_map(qt);
         for (int64_t b = b0; b < b1; b++)
             out[b - b0] = map[qt->dq_codes[b]] * qt->dq_absmax[b / QUANT_DQ_BLOCKSIZE] + qt->dq_offset;
     } else {
@@ -232,7 +232,59 @@ void quant_tensor_free(quant_tensor *qt) {
     qlab_free_aligned(qt->scale16);
     qlab_free_aligned(qt->dq_codes);
     qlab_free_aligned(qt->dq_absmax);
+    qlab_free_aligned(qt->dq_map);
+    qlab_free_aligned(qt->code_map);
     memset(qt, 0, sizeof *qt);
+}
+
+const float *quant_tensor_codebook(const quant_tensor *qt) {
+    return qt->code_map ? qt->code_map : quant_codebook(qt->dtype);
+}
+
+const float *quant_tensor_dq_map(const quant_tensor *qt) {
+    return qt->dq_map ? qt->dq_map : quant_dynamic_map_signed();
+}
+
+static const char *const orig_dtype_names[] = {"float32", "float16", "bfloat16"};
+
+const char *quant_orig_dtype_name(quant_orig_dtype d) {
+    return (unsigned)d < sizeof orig_dtype_names / sizeof *orig_dtype_names ? orig_dtype_names[d] : NULL;
+}
+
+qlab_status quant_orig_dtype_parse(const char *name, quant_orig_dtype *d) {
+    for (int i = 0; i < (int)(sizeof orig_dtype_names / sizeof *orig_dtype_names); i++)
+        if (!strcmp(name, orig_dtype_names[i])) {
+            *d = (quant_orig_dtype)i;
+            return QLAB_OK;
+        }
+    return qlab_fail(QLAB_ERR_FORMAT, "dtype \"%.40s\" is not float32, float16 or bfloat16", name);
+}
+
+/* Distance in representable fp32 values (ulp steps) between two finite floats. */
+static int64_t float_ulp_distance(float a, float b) {
+    int32_t ia, ib;
+    memcpy(&ia, &a, 4);
+    memcpy(&ib, &b, 4);
+    int64_t la = ia < 0 ? -(int64_t)(ia & 0x7fffffff) : ia, lb = ib < 0 ? -(int64_t)(ib & 0x7fffffff) : ib;
+    return la > lb ? la - lb : lb - la;
+}
+
+qlab_status quant_check_map_close(const float *map, const float *expect, int count, int ascending,
+                                  const char *what) {
+    for (int i = 0; i < count; i++) {
+        if (!isfinite(map[i]))
+            return qlab_fail(QLAB_ERR_FORMAT, "%s entry %d is %g, not a finite number", what, i,
+                             (double)map[i]);
+        if (ascending && i > 0 && !(map[i] > map[i - 1]))
+            return qlab_fail(QLAB_ERR_FORMAT, "%s entry %d is %.9g, not above entry %d (%.9g): not ascending",
+                             what, i, (double)map[i], i - 1, (double)map[i - 1]);
+        int64_t d = float_ulp_distance(map[i], expect[i]);
+        if (d > QUANT_MAP_ULP_TOLERANCE)
+            return qlab_fail(QLAB_ERR_FORMAT,
+                             "%s entry %d is %.9g, %lld ulp from the expected %.9g (tolerance %d ulp)", what,
+                             i, (double)map[i], (long long)d, (double)expect[i], QUANT_MAP_ULP_TOLERANCE);
+    }
+    return QLAB_OK;
 }
 
 static qlab_status fail_nonfinite(const float *x, int64_t n, int64_t from) {
@@ -514,7 +566,7 @@ static qlab_status dequant_impl(const quant_tensor *qt, int64_t start, int64_t c
                          (long long)qt->n);
     }
     if (count == 0) return QLAB_OK;
-    const float *table = quant_codebook(qt->dtype);
+    const float *table = quant_tensor_codebook(qt);
     int bs = qt->blocksize;
     byte_tables_init();
     if (start & 1) { /* the kernels start on a byte boundary: do the odd first element here */

@@ -110,6 +110,14 @@ qlab_status quant_check_blocksize(quant_dtype dt, int blocksize);
 /* The block size a type uses when none is given (the row's blocksize_default; 0 for a non-type). */
 int quant_default_blocksize(quant_dtype dt);
 
+/* The dtype a weight had before quantization: bitsandbytes' quant_state "dtype" ("float32", "float16",
+ * "bfloat16"), the dtype its dequantization returns by default. */
+typedef enum { QUANT_ORIG_F32 = 0, QUANT_ORIG_F16, QUANT_ORIG_BF16 } quant_orig_dtype;
+/* "float32" / "float16" / "bfloat16" (NULL for a non-member), and the reverse (QLAB_ERR_FORMAT naming
+ * the accepted spellings on an unknown one). */
+const char *quant_orig_dtype_name(quant_orig_dtype d);
+qlab_status quant_orig_dtype_parse(const char *name, quant_orig_dtype *d);
+
 /* A quantized tensor: owns its codes and constants. */
 typedef struct quant_tensor {
     quant_dtype dtype;
@@ -137,6 +145,16 @@ typedef struct quant_tensor {
     int64_t dq_nblocks; /* ceil(nblocks / 256) */
     float *dq_absmax;   /* dq_nblocks fp32 */
     float dq_offset;    /* mean of the first-level absmax values */
+    /* The 256-entry nested map double quantization decodes with: NULL = quant_dynamic_map_signed(); an
+     * owned copy of the map a file stored (bitsandbytes dequantizes with its stored map, which on x86 may
+     * differ from the scalar one by a few ulp; quant_check_dynamic_map accepted it). */
+    float *dq_map;
+    /* The 16 code values dequantization uses: NULL = quant_codebook(dtype); an owned copy of a file's
+     * stored quant_map when it differs from ours (bitsandbytes' CPU dequantization decodes with its code
+     * table: FP4's code 8 is +0.0 there, -0.0 in ours and in its CUDA kernel). */
+    float *code_map;
+
+    quant_orig_dtype orig_dtype; /* of the weight before quantization (quantize leaves QUANT_ORIG_F32) */
 } quant_tensor;
 
 /* Quantizes n fp32 values into qt (which it initialises; free with quant_tensor_free). Fails with
@@ -181,6 +199,16 @@ void quant_tensor_free(quant_tensor *qt);
 
 /* bitsandbytes' signed 8-bit dynamic map (create_dynamic_map(signed=True)), 256 ascending values. */
 const float *quant_dynamic_map_signed(void);
+/* The 16 code values qt decodes with (its stored code_map, else quant_codebook(dtype)). */
+const float *quant_tensor_codebook(const quant_tensor *qt);
+/* The nested map qt decodes with (its stored dq_map, else quant_dynamic_map_signed()). */
+const float *quant_tensor_dq_map(const quant_tensor *qt);
+/* Whether map (count values) is `expect` up to QUANT_MAP_ULP_TOLERANCE ulp per entry (and, with
+ * ascending, strictly ascending). On failure records "<what> entry i is v, <reason>" and returns
+ * QLAB_ERR_FORMAT; the caller adds the file and tensor. */
+#define QUANT_MAP_ULP_TOLERANCE 4
+qlab_status quant_check_map_close(const float *map, const float *expect, int count, int ascending,
+                                  const char *what);
 
 /* Error statistics of a reconstruction, used by the CLI's --stats and the experiments. */
 typedef struct {

@@ -96,8 +96,7 @@ qlab_status quant_io_add(safetensors_writer *w, const char *name, const quant_te
             snprintf(key, sizeof key, "%s.nested_absmax", name);
             QLAB_TRY(safetensors_writer_add(w, key, SAFETENSORS_F32, 1, dq, qt->dq_absmax));
             snprintf(key, sizeof key, "%s.nested_quant_map", name);
-            QLAB_TRY(
-                safetensors_writer_add_copy(w, key, SAFETENSORS_F32, 1, map, quant_dynamic_map_signed()));
+            QLAB_TRY(safetensors_writer_add_copy(w, key, SAFETENSORS_F32, 1, map, quant_tensor_dq_map(qt)));
         } else {
             QLAB_TRY(safetensors_writer_add(w, key, SAFETENSORS_F32, 1, nb, qt->absmax));
         }
@@ -114,13 +113,16 @@ qlab_status quant_io_add(safetensors_writer *w, const char *name, const quant_te
     }
     int64_t sixteen[1] = {16};
     snprintf(key, sizeof key, "%s.quant_map", name);
-    QLAB_TRY(safetensors_writer_add_copy(w, key, SAFETENSORS_F32, 1, sixteen, quant_codebook(qt->dtype)));
+    QLAB_TRY(safetensors_writer_add_copy(w, key, SAFETENSORS_F32, 1, sixteen, quant_tensor_codebook(qt)));
 
     /* The JSON text, with Python json.dumps' separators so the bytes match what bitsandbytes writes. */
     char json[512], num[64];
+    const char *orig = quant_orig_dtype_name(qt->orig_dtype);
+    if (!orig)
+        return qlab_fail(QLAB_ERR_ARG, "tensor '%s': invalid original dtype %d", name, (int)qt->orig_dtype);
     int len = snprintf(json, sizeof json,
-                       "{\"quant_type\": \"%s\", \"blocksize\": %d, \"dtype\": \"float32\", \"shape\": [",
-                       quant_dtype_name(qt->dtype), qt->blocksize);
+                       "{\"quant_type\": \"%s\", \"blocksize\": %d, \"dtype\": \"%s\", \"shape\": [",
+                       quant_dtype_name(qt->dtype), qt->blocksize, orig);
     for (int i = 0; i < qt->ndim; i++)
         len += snprintf(json + len, sizeof json - (size_t)len, "%s%" PRId64, i ? ", " : "", qt->shape[i]);
     len += snprintf(json + len, sizeof json - (size_t)len, "]");
@@ -230,21 +232,25 @@ static qlab_status quant_io_take(const safetensors_file *f, const char *name, co
     return QLAB_OK;
 }
 
-/* The stored code book (quant_map or nested_quant_map) must equal ours value for value. */
+/* Reads the stored code book "<name><suffix>" (count fp32 values) and checks it against ours within
+ * QUANT_MAP_ULP_TOLERANCE ulp per entry (ascending too for the nested map). bitsandbytes decodes the
+ * absmax codes with its stored nested map (torch's vectorised linspace makes it differ from the scalar
+ * map by up to 2 ulp on x86), so a differing one is kept in *kept (owned; NULL when it equals ours bit for
+ * bit or kept is NULL). The same for quant_map: bitsandbytes' CPU dequantization decodes with the code
+ * table it stores (get_4bit_type), whose FP4 code 8 is +0.0 where ours is -0.0. */
 static qlab_status quant_io_check_map(const safetensors_file *f, const char *name, const char *suffix,
-                                      const float *expect, int count, const char *what) {
+                                      const float *expect, int count, int ascending, float **kept) {
     float *map = NULL;
     QLAB_TRY(quant_io_take(f, name, suffix, SAFETENSORS_F32, count, (void **)&map));
-    for (int i = 0; i < count; i++)
-        if (!(map[i] == expect[i])) {
-            qlab_status st =
-                qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s%s' entry %d is %.9g, but the %s value is %.9g",
-                          f->path, name, suffix, i, (double)map[i], what, (double)expect[i]);
-            qlab_free_aligned(map);
-            return st;
-        }
+    char what[QUANT_IO_NAME_MAX + 96];
+    snprintf(what, sizeof what, "%s: tensor '%s%s'", f->path, name, suffix);
+    qlab_status st = quant_check_map_close(map, expect, count, ascending, what);
+    if (st == QLAB_OK && kept && memcmp(map, expect, sizeof(float) * (size_t)count) != 0) {
+        *kept = map;
+        return QLAB_OK;
+    }
     qlab_free_aligned(map);
-    return QLAB_OK;
+    return st;
 }
 
 /* quant_type, blocksize, dtype and shape of the quant_state object: fills qt's size fields. */
@@ -267,6 +273,8 @@ static qlab_status quant_io_read_shape(const char *path, const char *name, quant
     if (!cJSON_IsString(dtype))
         return qlab_fail(QLAB_ERR_FORMAT, "%s: tensor '%s': quant_state dtype missing or not a string", path,
                          name);
+    if (quant_orig_dtype_parse(dtype->valuestring, &qt->orig_dtype) != QLAB_OK)
+        return qlab_fail_context(QLAB_ERR_FORMAT, "%s: tensor '%s': quant_state", path, name);
     int ndim = cJSON_IsArray(shape) ? cJSON_GetArraySize(shape) : -1;
     if (ndim < 1 || ndim > 4)
         return qlab_fail(QLAB_ERR_FORMAT,
@@ -346,8 +354,8 @@ static qlab_status quant_io_read_tensors(const safetensors_file *f, const char *
             QLAB_TRY(quant_io_take(f, name, ".absmax", SAFETENSORS_U8, qt->nblocks, (void **)&qt->dq_codes));
             QLAB_TRY(quant_io_take(f, name, ".nested_absmax", SAFETENSORS_F32, qt->dq_nblocks,
                                    (void **)&qt->dq_absmax));
-            QLAB_TRY(quant_io_check_map(f, name, ".nested_quant_map", quant_dynamic_map_signed(), 256,
-                                        "signed dynamic map"));
+            QLAB_TRY(quant_io_check_map(f, name, ".nested_quant_map", quant_dynamic_map_signed(), 256, 1,
+                                        &qt->dq_map));
         } else {
             QLAB_TRY(quant_io_take(f, name, ".absmax", SAFETENSORS_F32, qt->nblocks, (void **)&qt->absmax));
         }
@@ -362,8 +370,7 @@ static qlab_status quant_io_read_tensors(const safetensors_file *f, const char *
             qlab_free_aligned(ts);
         }
     }
-    return quant_io_check_map(f, name, ".quant_map", quant_codebook(qt->dtype), 16,
-                              quant_dtype_name(qt->dtype));
+    return quant_io_check_map(f, name, ".quant_map", quant_codebook(qt->dtype), 16, 0, &qt->code_map);
 }
 
 static qlab_status quant_io_read_inner(const safetensors_file *f, const char *name, quant_tensor *qt) {

@@ -6,17 +6,21 @@
  *   P                     U8  [ceil(n/2), 1]   packed codes, element 2j in the high nibble, 2j+1 in the low
  *   P.absmax              F32 [nblocks]        absmax types without double quantization
  *                         U8  [nblocks]        with double quantization: indices into nested_quant_map
- *   P.quant_map           F32 [16]             the code book, quant_codebook(dtype) (checked on load)
+ *   P.quant_map           F32 [16]             the code book, quant_codebook(dtype) (checked on load to
+ *                                            4 ulp; a differing one decodes, as bnb's CPU path does)
  *   P.nested_absmax       F32 [ceil(nblocks/256)]   double quantization only
- *   P.nested_quant_map    F32 [256]            double quantization only: quant_dynamic_map_signed()
+ *   P.nested_quant_map    F32 [256]            double quantization only: the signed dynamic map. Read: any
+ *                                            ascending map within 4 ulp of quant_dynamic_map_signed() per
+ *                                            entry is accepted and used to decode, as bitsandbytes does
+ *                                            (qt->dq_map); written: the tensor's map
  *   P.quant_state.<quant_state>  U8 [len]: UTF-8 JSON, exactly as bitsandbytes writes it, where
  *     <quant_state> is the descriptor row's (quant_type_traits): bitsandbytes__nf4 / __fp4 for the
  *     bitsandbytes-compatible types:
  *       {"quant_type": "nf4", "blocksize": 64, "dtype": "float32", "shape": [rows, cols]
  *        [, "nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": <mean absmax>]}
- *     "shape" is the original (logical) shape; "dtype" the dtype the weight had before quantization (we
- *     always quantize fp32). nested_offset is printed as the shortest decimal that reads back to the same
- *     fp32 value, so the round trip is bit-exact.
+ *     "shape" is the original (logical) shape; "dtype" the dtype the weight had before quantization
+ *     (quant_tensor.orig_dtype: float32, float16 or bfloat16; dequantization defaults to it). nested_offset
+ * is printed as the shortest decimal that reads back to the same fp32 value, so the round trip is bit-exact.
  * Extension for the types bitsandbytes lacks (`qlab dtypes` lists them): the state tensor is named
  *   P.quant_state.qlab__<name> with the same JSON keys (quant_type = the type's name), and
  *   fp32-absmax types: exactly the tensors above (DQ allowed);

@@ -96,8 +96,7 @@ void quant_absmax_block_ref(const quant_absmax_spec *spec, const float *x, int l
          * as -0.0); we write the code of 0 instead so that nothing divides by zero and zeros stay +0. */
         uint8_t z = spec->zero_code;
         memset(out, (z << 4) | z, (size_t)(len + 1) / 2);
-        if (len & 1) out[len / 2] = (uint8_t)(z << 4);
-        return;
+        return; /* an odd tail's low nibble is z too: the code of the padding 0.0 */
     }
     float recip = 1.0f / amax;
     float pre = 1.0f;
@@ -111,7 +110,11 @@ void quant_absmax_block_ref(const quant_absmax_spec *spec, const float *x, int l
         uint8_t lo = quant_absmax_code_ref(spec, (x[i + 1] * pre) * recip);
         out[i / 2] = (uint8_t)((hi << 4) | lo);
     }
-    if (len & 1) out[len / 2] = (uint8_t)(quant_absmax_code_ref(spec, (x[len - 1] * pre) * recip) << 4);
+    /* An odd tail is padded with 0.0 and quantized, as bitsandbytes' kernels load the missing element as
+     * 0: its low nibble is the code of 0.0 (7 for NF4, 0 for FP4). */
+    if (len & 1)
+        out[len / 2] = (uint8_t)((quant_absmax_code_ref(spec, (x[len - 1] * pre) * recip) << 4) |
+                                 quant_absmax_code_ref(spec, 0.0f));
 }
 
 int64_t quant_quantize_absmax_scalar(const quant_absmax_spec *spec, const float *x, int64_t n, int blocksize,

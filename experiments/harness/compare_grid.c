@@ -8,11 +8,16 @@
 
 #include <cjson/cJSON.h>
 
+#include "core/base/sha256.h"
 #include "train/zoo_manifest.h"
 
 static const config_key model_entry_keys[] = {
     {"path", CONFIG_STRING, NULL, "checkpoint: llama2.c .bin, GGUF, or a Hugging Face folder"},
-    {"tokenizer", CONFIG_STRING, NULL, "tokenizer.bin or tokenizer.json"},
+    {"tokenizer", CONFIG_STRING, "\"\"", "tokenizer.bin or tokenizer.json; \"\" = the GGUF's own tokenizer"},
+    {"fallback_paths", CONFIG_STRING_ARRAY, "[]",
+     "where else the checkpoint may be (e.g. where a make fetch-* target puts it), tried in order when "
+     "'path' is absent; the one used is said on stderr and in the results"},
+    {"note", CONFIG_STRING, "\"\"", "a caveat about this model, printed in the report's notes"},
 };
 #define N_MODEL_ENTRY_KEYS ((int)(sizeof model_entry_keys / sizeof model_entry_keys[0]))
 static const config_key benchmark_keys[] = {
@@ -76,7 +81,25 @@ static qlab_status add_listed_model(compare_grid *g, const config *cfg, const cJ
     cJSON_free(text);
     if (st != QLAB_OK) return st;
     const char *path = config_string(m, "path"), *tok = config_string(m, "tokenizer");
-    if (access(path, R_OK) != 0 || access(tok, R_OK) != 0) {
+    char key[200];
+    for (int i = 0; access(path, R_OK) != 0 && i < config_array_length(m, "fallback_paths"); i++) {
+        const char *alt = config_string_at(m, "fallback_paths", i);
+        if (access(alt, R_OK) != 0) continue;
+        char note[2400];
+        snprintf(note, sizeof note, "model %s read from %s (%s is absent)", item->string, alt, path);
+        fprintf(stderr, "%s: %s\n", program, note);
+        snprintf(key, sizeof key, "model_fallback_%s", item->string);
+        if (st == QLAB_OK) st = results_note(r, key, note);
+        path = alt;
+    }
+    if (!tok[0]) tok = path;
+    const char *caveat = config_string(m, "note");
+    if (st == QLAB_OK && caveat[0]) {
+        snprintf(key, sizeof key, "model_note_%s", item->string);
+        st = results_note(r, key, caveat);
+    }
+    if (st != QLAB_OK) {
+    } else if (access(path, R_OK) != 0 || access(tok, R_OK) != 0) {
         char note[1400];
         snprintf(note, sizeof note, "model %s skipped: %s not found", item->string,
                  access(path, R_OK) != 0 ? path : tok);
@@ -112,9 +135,10 @@ static qlab_status load_models(compare_grid *g, const config *cfg, results *r, c
 
 /* The first of the entry's candidate texts that is present ("zoo-heldout" = the zoo's held-out split,
  * present when 'zoo' is set); NULL if none. */
-static const char *first_present(const config *b, const char *zoo_dir, char *buf, size_t cap) {
+static const char *first_present(const config *b, const char *zoo_dir, char *buf, size_t cap, int *index) {
     for (int i = 0; i < config_array_length(b, "text"); i++) {
         const char *p = config_string_at(b, "text", i);
+        *index = i;
         if (!strcmp(p, "zoo-heldout")) {
             if (!zoo_dir[0]) return NULL;
             snprintf(buf, cap, "%s/%s", zoo_dir, ZOO_HELDOUT_TEXT_FILE);
@@ -123,6 +147,22 @@ static const char *first_present(const config *b, const char *zoo_dir, char *buf
         if (access(p, R_OK) == 0) return p;
     }
     return NULL;
+}
+
+/* A benchmark read from a later candidate than the first is said on stderr and in the results file, so
+ * a run on another file is never silent (each row also records the file and its sha256). */
+static qlab_status note_fallback(const config *b, const char *name, int index, const char *text, results *r,
+                                 const char *program) {
+    char note[2048];
+    int len =
+        snprintf(note, sizeof note, "benchmark %s reads %s (candidate %d); absent: ", name, text, index + 1);
+    for (int i = 0; i < index && len < (int)sizeof note - 8; i++)
+        len += snprintf(note + len, sizeof note - (size_t)len, "%s%s", i ? ", " : "",
+                        config_string_at(b, "text", i));
+    fprintf(stderr, "%s: %s\n", program, note);
+    char key[200];
+    snprintf(key, sizeof key, "benchmark_fallback_%s", name);
+    return results_note(r, key, note);
 }
 
 static qlab_status note_absent_benchmark(const config *b, const char *name, results *r, const char *program) {
@@ -152,12 +192,19 @@ static qlab_status add_benchmark(compare_grid *g, const config *b, const char *o
     if (ctx < 4 || ctx > 1 << 20 || stride < 0 || stride > ctx || max_tokens < 0)
         return qlab_fail(QLAB_ERR_ARG, "%s: need 4 <= ctx <= 2^20, 0 <= stride <= ctx, max_tokens >= 0",
                          origin);
-    char heldout[4096];
-    const char *text = first_present(b, zoo_dir, heldout, sizeof heldout);
+    char heldout[4096], hex[65];
+    int index = 0;
+    const char *text = first_present(b, zoo_dir, heldout, sizeof heldout, &index);
     if (!text) return note_absent_benchmark(b, name, r, program);
+    if (index > 0) QLAB_TRY(note_fallback(b, name, index, text, r, program));
+    /* The zoo's held-out text may be absent here: the zoo's own check (load_models) says to run make zoo;
+     * a text that cannot be read fails when it is encoded, before any row exists. */
+    int hashed = access(text, R_OK) == 0;
+    if (hashed && sha256_file_hex(text, hex) != QLAB_OK) return qlab_fail_context(QLAB_ERR_IO, "%s", origin);
     s.name = keep(g, name);
     s.text = keep(g, text);
-    if (!s.name || !s.text) return qlab_fail(QLAB_ERR_NOMEM, "out of memory");
+    s.text_sha256 = hashed ? keep(g, hex) : NULL;
+    if (!s.name || !s.text || (hashed && !s.text_sha256)) return qlab_fail(QLAB_ERR_NOMEM, "out of memory");
     s.ctx = (int)ctx, s.stride = (int)stride, s.max_tokens = max_tokens;
     g->benchmarks[g->n_benchmarks++] = s;
     return QLAB_OK;
@@ -256,6 +303,10 @@ static qlab_status declare_runs(results_table *t) {
     QLAB_TRY(results_table_column(t, "model", RESULTS_STRING, NULL, NULL));
     QLAB_TRY(results_table_column(t, "params", RESULTS_INT64, NULL, "parameters"));
     QLAB_TRY(results_table_column(t, "benchmark", RESULTS_STRING, NULL, NULL));
+    QLAB_TRY(results_table_column(t, "text", RESULTS_STRING, NULL,
+                                  "the benchmark file actually read (the first present candidate)"));
+    QLAB_TRY(results_table_column(t, "text_sha256", RESULTS_STRING, NULL,
+                                  "first 16 hex digits of that file's sha256"));
     QLAB_TRY(
         results_table_column(t, "protocol", RESULTS_STRING, NULL, "nonoverlap (llama.cpp) or sliding (HF)"));
     QLAB_TRY(results_table_column(t, "ctx", RESULTS_INT64, "tokens", "window length"));
@@ -288,7 +339,12 @@ static qlab_status add_run(results_table *t, const compare_grid *g, const compar
     const compare_variant *v = row->variant >= 0 ? &g->variants[row->variant] : NULL;
     QLAB_TRY(results_set_string(t, "model", g->models[row->model].name));
     QLAB_TRY(results_set_int(t, "params", row->params));
-    QLAB_TRY(results_set_string(t, "benchmark", g->benchmarks[row->benchmark].name));
+    const compare_benchmark *bench = &g->benchmarks[row->benchmark];
+    char sha[17] = "";
+    if (bench->text_sha256) snprintf(sha, sizeof sha, "%.16s", bench->text_sha256);
+    QLAB_TRY(results_set_string(t, "benchmark", bench->name));
+    QLAB_TRY(results_set_string(t, "text", bench->text));
+    QLAB_TRY(results_set_string(t, "text_sha256", sha));
     QLAB_TRY(results_set_string(t, "protocol", r->protocol_name));
     QLAB_TRY(results_set_int(t, "ctx", r->ctx));
     QLAB_TRY(results_set_int(t, "stride", r->stride));
