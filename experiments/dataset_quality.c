@@ -383,6 +383,9 @@ static qlab_status run(const config *cfg, const char *out_path, int argc, char *
             double t0 = qlab_now();
             st = model_clone(base, &m);
             if (st == QLAB_OK) st = finetune_run(m, &train, &heldout, &o, NULL, NULL, &l, &fr);
+            if (st == QLAB_OK && config_string(cfg, "save_adapters")[0])
+                st = finetune_save_run(config_string(cfg, "save_adapters"), sets[i].spec, seeds[k], m, l,
+                                       model_path);
             if (st == QLAB_OK) {
                 lora_set_training(l, 0);
                 st = evaluate(m, &ev, &sc[i * n_seeds + k]);
