@@ -141,6 +141,10 @@ static int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "qlab generate: --prompts and --out go together (see qlab generate --help)\n");
         return 2;
     }
+    if (prompts && prompt[0]) {
+        fprintf(stderr, "qlab generate: give --prompt or --prompts, not both\n");
+        return 2;
+    }
     if (!prompts && (limit || model_id)) {
         fprintf(stderr, "qlab generate: --limit and --model-id need --prompts\n");
         return 2;
