@@ -264,8 +264,9 @@ static void judge_dataset_quality(const results_file *f, judgement *j) {
 /* Tables 5/6 on qlab's generated family (datasets/corpus_instruct.h), where suitability, size and quality are
  * set apart by construction: reproduced when (a) the smallest clean qlab_chat set (the chat target's kind of
  * data) has a lower chat-target NLL than every larger qlab_task set (another instruction style: suitability
- * over size) and (b) every qlab_chat set with swapped responses, at least as large, is worse than that clean
- * set (quality over size); partially when only (a) holds. */
+ * over size), beyond the 95% intervals over seeds, and (b) every qlab_chat set with swapped responses, at
+ * least as large, is worse than that clean set (quality over size); partially when (a) holds on the means
+ * only or (b) fails; not reproduced when (a) fails. */
 static void judge_generated_family(const results_file *f, judgement *j) {
     const results_table_data *t = table(f, "summary");
     const results_column *c = t ? results_table_find_column(t, "dataset") : NULL;
@@ -274,12 +275,16 @@ static void judge_generated_family(const results_file *f, judgement *j) {
         if (!strncmp(c->str[i], "qlab_chat", 9) && cell(t, "swapped_pct", i) == 0 &&
             (small < 0 || cell(t, "records", i) < cell(t, "records", small)))
             small = i;
-    int n_task = 0, n_bad = 0, beats_task = 1, beats_bad = 1;
+    int n_task = 0, n_bad = 0, beats_task = 1, beats_bad = 1, apart = 1;
     for (int64_t i = 0; small >= 0 && i < t->nrows; i++) {
         int task = !strncmp(c->str[i], "qlab_task", 9) && cell(t, "records", i) > cell(t, "records", small);
         int bad = !strncmp(c->str[i], "qlab_chat", 9) && cell(t, "swapped_pct", i) > 0 &&
                   cell(t, "records", i) >= cell(t, "records", small);
-        if (task) n_task++, beats_task &= cell(t, "nll", small) < cell(t, "nll", i);
+        if (task) {
+            n_task++, beats_task &= cell(t, "nll", small) < cell(t, "nll", i);
+            apart &= cell(t, "nll", small) + cell(t, "nll_ci95", small) <
+                     cell(t, "nll", i) - cell(t, "nll_ci95", i);
+        }
         if (bad) n_bad++, beats_bad &= cell(t, "nll", small) < cell(t, "nll", i);
     }
     if (small < 0 || n_task == 0) {
@@ -292,8 +297,8 @@ static void judge_generated_family(const results_file *f, judgement *j) {
         cell(t, "nll", row_of(t, "dataset", "base")));
     for (int64_t i = 0, k = 0; i < t->nrows; i++)
         if (generated(c->str[i]))
-            SAY(j, "%s %s (%.0f records, %.0f%% swapped) %.3f", k++ ? "," : "", c->str[i],
-                cell(t, "records", i), cell(t, "swapped_pct", i), cell(t, "nll", i));
+            SAY(j, "%s %s (%.0f records, %.0f%% swapped) %.3f ± %.3f", k++ ? "," : "", c->str[i],
+                cell(t, "records", i), cell(t, "swapped_pct", i), cell(t, "nll", i), cell(t, "nll_ci95", i));
     int above_base = 1;
     for (int64_t i = 0; i < t->nrows; i++)
         if (generated(c->str[i]))
@@ -302,13 +307,11 @@ static void judge_generated_family(const results_file *f, judgement *j) {
         SAY(j, " (every generated set leaves the NLL above the untuned base: the stories are far from "
                "OASST1, so "
                "only the comparison between the sets speaks)");
-    j->v = beats_task && (beats_bad || n_bad == 0) ? (n_bad ? V_REPRODUCED : V_PARTIAL)
-           : beats_task                            ? V_PARTIAL
-                                                   : V_NOT;
+    j->v = !beats_task ? V_NOT : beats_bad && n_bad && apart ? V_REPRODUCED : V_PARTIAL;
     SAY(j,
-        ". Suitability over size: the small clean chat set %s every larger task-style set. Quality over "
-        "size: %s.",
-        beats_task ? "beats" : "does not beat",
+        ". Suitability over size: the small clean chat set %s every larger task-style set (%s the 95%% "
+        "intervals over seeds). Quality over size: %s.",
+        beats_task ? "beats" : "does not beat", apart ? "beyond" : "not beyond",
         n_bad == 0  ? "no corrupted chat set in the results"
         : beats_bad ? "every larger chat set with swapped responses is worse than the small clean one"
                     : "some larger chat set with swapped responses is not worse than the small clean one");

@@ -60,15 +60,15 @@ static void write_qlora(const char *path, double delta, double ci) {
 }
 
 /* A dataset_quality summary with the generated family: the small clean chat set at chat_nll, a 50%-swapped
- * chat set ten times larger at 9.0 and a task-style set ten times larger at 10.0 (base 7.5). */
-static void write_dataset_quality(const char *path, double chat_nll) {
+ * chat set ten times larger at 9.0 and a task-style set ten times larger at 10.0 (base 7.5), each ± ci. */
+static void write_dataset_quality(const char *path, double chat_nll, double ci) {
     results *r = NULL;
     CHECK(results_create(&r, path, "dataset_quality", NULL, 0, NULL) == QLAB_OK);
     results_table *t = NULL;
     CHECK(results_table_begin(r, &t, "summary", "summary") == QLAB_OK);
     results_table_column(t, "dataset", RESULTS_STRING, NULL, NULL);
-    const char *cols[] = {"records", "swapped_pct", "nll", "mmlu", "mmlu_questions"};
-    for (int c = 0; c < 5; c++)
+    const char *cols[] = {"records", "swapped_pct", "nll", "mmlu", "mmlu_questions", "nll_ci95"};
+    for (int c = 0; c < 6; c++)
         results_table_column(t, cols[c], RESULTS_FLOAT64, NULL, NULL);
     const char *names[] = {"base", "qlab_chat@300", "qlab_chat~50", "qlab_task"};
     double records[] = {0, 300, 3000, 3000}, swapped[] = {0, 0, 50, 0}, nll[] = {7.5, chat_nll, 9.0, 10.0};
@@ -79,6 +79,7 @@ static void write_dataset_quality(const char *path, double chat_nll) {
         results_set_double(t, "nll", nll[i]);
         results_set_double(t, "mmlu", 0.25);
         results_set_double(t, "mmlu_questions", 57);
+        results_set_double(t, "nll_ci95", ci);
         CHECK(results_row_end(t) == QLAB_OK);
     }
     CHECK(results_commit(r) == QLAB_OK);
@@ -163,7 +164,7 @@ static void test_verdicts(void) {
     free(r);
     write_memory_footprint(tmp_path("memory_footprint.h5"));
     /* The generated family: the small clean chat set best -> reproduced; beaten by the task set -> not. */
-    write_dataset_quality(tmp_path("dataset_quality.h5"), 8.5);
+    write_dataset_quality(tmp_path("dataset_quality.h5"), 8.5, 0.2);
     CHECK(run_paper() == 0);
     r = row(tmp_path("REPORT.md"), "memory (measured)");
     CHECKF(r && strstr(r, "not testable at this scale") &&
@@ -172,10 +173,17 @@ static void test_verdicts(void) {
            "%s", r ? r : "(no row)");
     free(r);
     r = row(tmp_path("REPORT.md"), "Tables 5/6 (generated)");
-    CHECKF(r && strstr(r, "**reproduced**") && strstr(r, "qlab_chat@300 (300 records, 0% swapped) 8.500"),
+    CHECKF(r && strstr(r, "**reproduced**") &&
+               strstr(r, "qlab_chat@300 (300 records, 0% swapped) 8.500 ± 0.200"),
            "%s", r ? r : "(no row)");
     free(r);
-    write_dataset_quality(tmp_path("dataset_quality.h5"), 10.5);
+    /* Intervals of 1.0: the small chat set still best on the means, not beyond the intervals -> partially. */
+    write_dataset_quality(tmp_path("dataset_quality.h5"), 8.5, 1.0);
+    CHECK(run_paper() == 0);
+    r = row(tmp_path("REPORT.md"), "Tables 5/6 (generated)");
+    CHECKF(r && strstr(r, "**partially reproduced**") && strstr(r, "not beyond"), "%s", r ? r : "(no row)");
+    free(r);
+    write_dataset_quality(tmp_path("dataset_quality.h5"), 10.5, 0.2);
     CHECK(run_paper() == 0);
     r = row(tmp_path("REPORT.md"), "Tables 5/6 (generated)");
     CHECKF(r && strstr(r, "**not reproduced**") && strstr(r, "does not beat"), "%s", r ? r : "(no row)");
