@@ -236,7 +236,7 @@ experiment-%: all ## Run experiments/NAME.json (NAME with - for _) or CONFIG=pat
 	$(QLAB) report results/$$run.h5 --md results/$$run.md --plot plots/$$run.png
 
 clean-results: ## Remove every run's results (results/*.h5, *.md, bench.json) and figures (plots/*.png, *.svg, *.dat), temporary files included
-	rm -f results/*.h5 results/*.md results/*.json results/*.tmp.* plots/*.png plots/*.svg plots/*.dat plots/*.tmp.*
+	rm -f results/*.h5 results/*.md results/.*.key results/*.json results/*.tmp.* plots/*.png plots/*.svg plots/*.dat plots/*.tmp.*
 
 clean: ## Remove the build folders (build/, build-cuda/, build-asan/, build-fuzz/ and BUILD)
 	rm -rf $(BUILD) build build-cuda build-asan build-fuzz

@@ -1,5 +1,6 @@
 /* `qlab generate`: a quick look at what a model says — greedy, temperature or top-p sampling from a
- * prompt, optionally after quantizing the model. */
+ * prompt, optionally after quantizing the model; with --prompts, answers to a whole prompt file in the
+ * QLoRA repository's released-generations format (eval/answers.h), for a judge. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,6 +8,8 @@
 #include "core/model/checkpoint.h"
 #include "cli/cli.h"
 #include "core/base/common.h"
+#include "core/base/progress.h"
+#include "eval/answers.h"
 #include "eval/generate.h"
 #include "core/model/model.h"
 #include "core/quant/quant.h"
@@ -17,8 +20,22 @@ static void generate_usage(FILE *f) {
         f,
         "Usage: qlab generate --model M [--tokenizer T] [--prompt TEXT] [--steps N] [--temperature X]\n"
         "                     [--top-p P] [--seed S] [--dtype D [--blocksize B] [--double-quant]]\n"
-        "                     [--adapter DIR] [--compute fp32|bf16]\n\n"
+        "                     [--adapter DIR] [--compute fp32|bf16]\n"
+        "       qlab generate --model M ... --prompts FILE --out ANSWERS.jsonl [--model-id NAME] [--limit "
+        "N]\n\n"
         "Continues TEXT (default: empty, i.e. from BOS) with up to N new tokens (default 256).\n"
+        "  --prompts FILE    answer every record of a prompt file instead: the Vicuna questions (JSON lines\n"
+        "                    {question_id, text, category}) or OASST1 items ({input, output, ...}, .gz "
+        "too),\n"
+        "                    each prompted as qlora did (system sentence + ### Human: ... ### Assistant:);\n"
+        "                    --out receives JSON lines in the format of qlora's released generations (the\n"
+        "                    record's fields + prompt, generation, generation_truncated, answer_id,\n"
+        "                    model_id), for a judge. Defaults there: --temperature 0.7, --top-p 0.9 "
+        "(qlora's\n"
+        "                    topp0.9-temp0.7 files), --steps min(256, half the context); record i samples\n"
+        "                    with seed S + i\n"
+        "  --model-id NAME   the system's name in --out (default: the adapter's or model's file name)\n"
+        "  --limit N         answer the first N records only\n"
         "  --tokenizer T     tokenizer.bin / tokenizer.json / GGUF (default for a GGUF model: its own)\n"
         "  --temperature X   0 = greedy argmax (default 1.0)\n"
         "  --top-p P         nucleus sampling threshold (default 0.9; 1 = full distribution)\n"
@@ -31,11 +48,43 @@ static void generate_usage(FILE *f) {
     cli_print_option(f, "  --compute C", 20, cli_compute_help());
 }
 
+static void answers_tick(void *ctx, int done, int total) {
+    progress *p = ctx;
+    p->total = total; /* known once the file is read */
+    progress_update(p, done, NULL);
+}
+
+/* --prompts: answers to every record, written to out. name: the system (a path's last component). Returns
+ * the exit code. */
+static int generate_answers(model *m, const tokenizer *tok, const char *prompts, const char *out,
+                            const char *name, int steps, float temperature, float top_p, uint64_t seed,
+                            int limit) {
+    char id[256];
+    size_t n = strlen(name);
+    while (n > 1 && name[n - 1] == '/')
+        n--;
+    const char *base = name;
+    for (size_t i = 0; i < n; i++)
+        if (name[i] == '/') base = name + i + 1;
+    snprintf(id, sizeof id, "%.*s", (int)(name + n - base), base);
+    int half = model_get_config(m)->seq_len / 2;
+    answers_options o = {id, temperature, top_p, seed, steps ? steps : (half < 256 ? half : 256), limit};
+    progress prog;
+    progress_begin(&prog, "answers", limit ? limit : 0);
+    int answered = 0;
+    if (answers_generate(m, tok, prompts, out, &o, answers_tick, &prog, &answered) != QLAB_OK) return 1;
+    progress_end(&prog, NULL);
+    printf("wrote %s: %d answers of %s (at most %d new tokens, temperature %g, top-p %g)\n", out, answered,
+           id, o.max_new_tokens, temperature, top_p);
+    return 0;
+}
+
 typedef struct {
     const char *model_path, *tok_path, *prompt, *dtype_name, *adapter;
-    long steps, bs, seed;
+    const char *prompts, *answers_out, *model_id;
+    long steps, bs, seed, limit;
     double temperature, top_p;
-    int dq;
+    int dq, have_steps, have_temperature;
     qlab_compute compute;
 } generate_args;
 
@@ -64,14 +113,24 @@ static int parse_generate_args(int argc, char **argv, generate_args *p) {
             p->adapter = argv[++i];
         } else if (!strcmp(a, "--compute")) {
             if (!cli_parse_compute("generate", argv[++i], &p->compute)) return 2;
+        } else if (!strcmp(a, "--prompts")) {
+            p->prompts = argv[++i];
+        } else if (!strcmp(a, "--out")) {
+            p->answers_out = argv[++i];
+        } else if (!strcmp(a, "--model-id")) {
+            p->model_id = argv[++i];
+        } else if (!strcmp(a, "--limit")) {
+            if (!cli_parse_int("generate", a, argv[++i], 1, 1 << 30, &p->limit)) return 2;
         } else if (!strcmp(a, "--steps")) {
             if (!cli_parse_int("generate", a, argv[++i], 1, 1 << 20, &p->steps)) return 2;
+            p->have_steps = 1;
         } else if (!strcmp(a, "--blocksize")) {
             if (!cli_parse_int("generate", a, argv[++i], 1, 1 << 20, &p->bs)) return 2;
         } else if (!strcmp(a, "--seed")) {
             if (!cli_parse_int("generate", a, argv[++i], 0, 0x7fffffffffffffffL, &p->seed)) return 2;
         } else if (!strcmp(a, "--temperature")) {
             if (!cli_parse_double("generate", a, argv[++i], &p->temperature)) return 2;
+            p->have_temperature = 1;
         } else if (!strcmp(a, "--top-p")) {
             if (!cli_parse_double("generate", a, argv[++i], &p->top_p)) return 2;
         } else {
@@ -93,6 +152,19 @@ static int check_generate_args(generate_args *p) {
                         "generate --help)\n");
         return 2;
     }
+    if (!p->prompts != !p->answers_out) {
+        fprintf(stderr, "qlab generate: --prompts and --out go together (see qlab generate --help)\n");
+        return 2;
+    }
+    if (p->prompts && p->prompt[0]) {
+        fprintf(stderr, "qlab generate: give --prompt or --prompts, not both\n");
+        return 2;
+    }
+    if (!p->prompts && (p->limit || p->model_id)) {
+        fprintf(stderr, "qlab generate: --limit and --model-id need --prompts\n");
+        return 2;
+    }
+    if (p->prompts && !p->have_temperature) p->temperature = 0.7;
     if (p->temperature < 0) {
         fprintf(stderr, "qlab generate: --temperature must be >= 0\n");
         return 2;
@@ -141,6 +213,15 @@ static int cmd_generate(int argc, char **argv) {
     char *text = NULL;
     if (load_generate_model(&p, &m, &lora, &tok) != QLAB_OK) goto out;
     const model_config *cfg = model_get_config(m);
+    if (p.prompts) {
+        rc = generate_answers(m, tok, p.prompts, p.answers_out,
+                              p.model_id  ? p.model_id
+                              : p.adapter ? p.adapter
+                                          : p.model_path,
+                              p.have_steps ? (int)p.steps : 0, (float)p.temperature, (float)p.top_p,
+                              (uint64_t)p.seed, (int)p.limit);
+        goto out;
+    }
     if (tokenizer_encode(tok, p.prompt, strlen(p.prompt), 1, &prompt_ids, &n_prompt) != QLAB_OK) goto out;
     long total = (long)n_prompt + p.steps;
     if (total > cfg->seq_len) total = cfg->seq_len;

@@ -1,9 +1,11 @@
 /* Dataset quality vs size (QLoRA Tables 5/6): QLoRA (NF4+DQ, adapters on every linear layer) finetunes of
  * one base on real instruction sets that differ in suitability (OASST1 chat replies, Alpaca, FLAN v2
  * chain-of-thought, HH-RLHF), in size (each source whole and subsampled to a common size) and in quality
- * (a controlled share of responses swapped between records), over several seeds. Every finetune is scored
- * on held-out OASST1 items (response NLL; RougeL of greedy answers against the human reply, eval/rouge.h)
- * and on MMLU (qlora's zero-shot prompts, eval/mmlu_eval.h); the two rankings are set side by side. */
+ * (a controlled share of responses swapped between records), over several seeds; beside them qlab's generated
+ * family (datasets/corpus_instruct.h: a chat-style and a FLAN-style set from the built-in corpus). Every
+ * finetune is scored on held-out OASST1 items (response NLL; RougeL of greedy answers against the human
+ * reply, eval/rouge.h) and on MMLU (qlora's zero-shot prompts, eval/mmlu_eval.h); the two rankings are set
+ * side by side. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +17,7 @@
 #include "core/model/lora.h"
 #include "core/results/config.h"
 #include "core/results/results.h"
+#include "datasets/corpus_instruct.h"
 #include "datasets/instruct.h"
 #include "eval/generate.h"
 #include "eval/mmlu_eval.h"
@@ -25,14 +28,20 @@ static const config_key config_keys[] = {
     FINETUNE_GRID_CONFIG_KEYS,
     {"rank", CONFIG_INT, "8", "LoRA r (adapters on all linear layers, NF4+DQ base)"},
     {"datasets", CONFIG_STRING_ARRAY, "[\"oasst1\", \"oasst1@400\", \"alpaca@400\", \"alpaca\"]",
-     "training sets: SOURCE[@N][~P]: source oasst1 (data_path minus the held-out items), alpaca, flan_v2 or "
-     "hh_rlhf; @N a seeded subsample of N records; ~P P% of the responses swapped between records"},
+     "training sets: SOURCE[@N][~P]: source oasst1 (data_path minus the held-out items), alpaca, flan_v2, "
+     "hh_rlhf, qlab_chat or qlab_task; @N a seeded subsample of N records; ~P P% of the responses swapped "
+     "between records"},
     {"alpaca_path", CONFIG_STRING, "\"../shared/data/finetune/paper_datasets/alpaca_5k.jsonl.gz\"",
      "Alpaca in qlora's template (JSON lines input/output)"},
     {"flan_v2_path", CONFIG_STRING, "\"../shared/data/finetune/paper_datasets/flan_v2_cot_zs_3k.jsonl.gz\"",
      "FLAN v2 (chain-of-thought submixture) in FLAN's zero-shot templates"},
     {"hh_rlhf_path", CONFIG_STRING, "\"../shared/data/finetune/paper_datasets/hh-rlhf_test_5k.jsonl.gz\"",
      "HH-RLHF in the ### Human / ### Assistant form"},
+    {"qlab_records", CONFIG_INT, "3000",
+     "records of each source of qlab's generated family: qlab_chat (story continuations asked in the "
+     "### Human / ### Assistant chat format) and qlab_task (FLAN-style questions with short answers), both "
+     "from the built-in corpus's stories"},
+    {"qlab_seed", CONFIG_INT, "1", "corpus seed of the generated family"},
     {"rouge_items", CONFIG_INT, "24", "held-out OASST1 items answered greedily for RougeL"},
     {"gen_tokens", CONFIG_INT, "48", "new tokens per answer at most"},
     {"mmlu_path", CONFIG_STRING, "\"../shared/data/mmlu/qlora_zero_shot_mmlu_val.json\"",
@@ -71,10 +80,12 @@ static qlab_status parse_spec(const char *path, const char *spec, train_set *s) 
         return qlab_fail(QLAB_ERR_ARG, "%s: dataset '%s' has no source", path, spec);
     memcpy(s->source, spec, n);
     if (strcmp(s->source, "oasst1") && strcmp(s->source, "alpaca") && strcmp(s->source, "flan_v2") &&
-        strcmp(s->source, "hh_rlhf"))
-        return qlab_fail(QLAB_ERR_ARG,
-                         "%s: dataset '%s': source '%s' is not oasst1, alpaca, flan_v2 or hh_rlhf", path,
-                         spec, s->source);
+        strcmp(s->source, "hh_rlhf") && strcmp(s->source, "qlab_chat") && strcmp(s->source, "qlab_task"))
+        return qlab_fail(
+            QLAB_ERR_ARG,
+            "%s: dataset '%s': source '%s' is not oasst1, alpaca, flan_v2, hh_rlhf, qlab_chat or "
+            "qlab_task",
+            path, spec, s->source);
     const char *p = spec + n;
     while (*p) {
         char kind = *p++, *end;
@@ -264,6 +275,14 @@ static qlab_status load_pool(const config *cfg, const char *source, const instru
         free(idx);
         return st;
     }
+    if (!strncmp(source, "qlab_", 5)) { /* qlab's generated family (datasets/corpus_instruct.h) */
+        int64_t n = config_int(cfg, "qlab_records");
+        if (n < 1 || n > 1000000)
+            return qlab_fail(QLAB_ERR_ARG, "%s: key 'qlab_records' must be from 1 to 1e6", config_path(cfg));
+        return corpus_instruct_build(
+            (uint64_t)config_int(cfg, "qlab_seed"),
+            strcmp(source, "qlab_chat") ? CORPUS_INSTRUCT_TASK : CORPUS_INSTRUCT_CHAT, (int)n, out);
+    }
     char key[32];
     snprintf(key, sizeof key, "%s_path", source);
     return instruct_load_oasst1(config_string(cfg, key), out);
@@ -409,6 +428,9 @@ static qlab_status finetune_and_score(study *s, int i, int k) {
     double t0 = qlab_now();
     qlab_status st = model_clone(s->base, &m);
     if (st == QLAB_OK) st = finetune_run(m, &train, &s->heldout, &o, NULL, NULL, &l, &fr);
+    if (st == QLAB_OK && config_string(s->cfg, "save_adapters")[0])
+        st = finetune_save_run(config_string(s->cfg, "save_adapters"), set->spec, s->seeds[k], m, l,
+                               s->model_path);
     if (st == QLAB_OK) {
         lora_set_training(l, 0);
         st = evaluate(m, &s->ev, &s->sc[i * s->n_seeds + k]);
@@ -478,11 +500,16 @@ static qlab_status add_notes(const study *s, results *r) {
         "QLoRA Tables 5/6: OASST1 (9k) beats FLAN v2 (450k) on chatbot quality (Vicuna, % of ChatGPT, "
         "65B: Guanaco 99.3 vs FLAN v2 48.4) while FLAN v2 wins 5-shot MMLU (65B: 63.9 vs 62.2): "
         "suitability matters more than size, and MMLU does not predict chatbot quality.");
+    results_note(
+        r, "generated_family",
+        "qlab_chat and qlab_task are generated from the built-in story corpus (datasets/corpus_instruct.h): "
+        "qlab_chat asks, in the OASST1 chat format, for the next paragraph of a story (long prose "
+        "replies: the chat target's kind of data); qlab_task asks FLAN-style questions about the "
+        "opening paragraph with short answers (a different instruction style, as FLAN v2 is to "
+        "OASST1). @N subsamples and ~P swaps P% of the responses between records, so size, style "
+        "and quality vary independently.");
     results_note(r, "left_out",
-                 "qlab's generated instruction family (clean / other-style / corrupted sets from the corpus "
-                 "generator) is not built yet; size and quality are varied on the real sets instead "
-                 "(subsamples, swapped responses). Self-Instruct, Unnatural Instructions, Chip2 and Longform "
-                 "are not available offline.");
+                 "Self-Instruct, Unnatural Instructions, Chip2 and Longform are not available offline.");
     return QLAB_OK;
 }
 

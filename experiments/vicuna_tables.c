@@ -1,14 +1,18 @@
 /* Vicuna benchmark tables from the QLoRA authors' released GPT-4 judgements (QLoRA §5): Table 6 (score
  * as % of ChatGPT, mean of both answer orders, bootstrap 95% interval) and Tables 1/7 (Elo from the
  * pairwise verdicts, start 1000, K = 32, mean over random orderings of the matches), beside the paper's
- * numbers. Reads the ratings .tar.gz directly; `qlab report` renders results/vicuna_tables.md and the plot.
+ * numbers. Reads the ratings .tar.gz directly, plus new judgements in the same format from a folder (answers
+ * of `qlab generate --prompts` sent to a judge); `qlab report` renders results/vicuna_tables.md and the plot.
  */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <dirent.h>
+
 #include "core/base/common.h"
+#include "core/base/gzip.h"
 #include "core/base/tar.h"
 #include "core/results/config.h"
 #include "eval/judge.h"
@@ -17,6 +21,11 @@
 static const config_key config_keys[] = {
     {"ratings_archive", CONFIG_STRING, "\"../shared/data/finetune/qlora_eval/ratings-gpt4-vicuna.tar.gz\"",
      "the qlora repository's eval/ratings-gpt4/vicuna folder as .tar.gz (or .tar)"},
+    {"judgements_dir", CONFIG_STRING, "\"\"",
+     "more judgements in the released format, read beside the archive: DIR/relative-gpt-3.5/*.jsonl "
+     "(scores against ChatGPT, both orders) and DIR/pairwise/*.jsonl (three-class verdicts), named "
+     "SYSTEM-vs-SYSTEM-...jsonl as the released files are, with the answer ids of qlab generate --prompts "
+     "and of the released answers (empty = none)"},
     {"seed", CONFIG_INT, "1234", "seed of the Elo orderings and the bootstrap"},
     {"n_orderings", CONFIG_INT, "10000", "random orderings of the pairwise matches averaged for Elo"},
     {"elo_k", CONFIG_DOUBLE, "32", "Elo K factor"},
@@ -132,7 +141,42 @@ static int ends_with(const char *s, const char *suffix) {
     return a >= b && !strcmp(s + a - b, suffix);
 }
 
-static qlab_status load_ratings(const char *archive_path, rating_set *out) {
+static int compare_names(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Appends the .jsonl files of folder (name order, so the tables do not depend on the file system) to the
+ * relative or pairwise list. A missing folder adds nothing. */
+static qlab_status load_folder(const char *folder, judge_kind kind, judge_file **files, int *n) {
+    DIR *d = opendir(folder);
+    if (!d) return QLAB_OK;
+    char *names[4096];
+    int count = 0;
+    for (struct dirent *e = readdir(d); e && count < 4096; e = readdir(d))
+        if (ends_with(e->d_name, ".jsonl")) names[count++] = strdup(e->d_name);
+    closedir(d);
+    qsort(names, (size_t)count, sizeof *names, compare_names);
+    qlab_status st = QLAB_OK;
+    judge_file *grown = realloc(*files, sizeof **files * (size_t)(*n + count + 1));
+    if (!grown) st = QLAB_ERR_NOMEM;
+    if (grown) *files = grown;
+    for (int i = 0; i < count && st == QLAB_OK; i++) {
+        char path[4096];
+        char *text = NULL;
+        size_t len = 0;
+        snprintf(path, sizeof path, "%s/%s", folder, names[i] ? names[i] : "");
+        if (!names[i]) st = QLAB_ERR_NOMEM;
+        if (st == QLAB_OK) st = gzip_read_file(path, &text, &len);
+        if (st == QLAB_OK) st = judge_parse_file(path, text, len, kind, &(*files)[*n]);
+        if (st == QLAB_OK) (*n)++;
+        free(text);
+    }
+    for (int i = 0; i < count; i++)
+        free(names[i]);
+    return st;
+}
+
+static qlab_status load_ratings(const char *archive_path, const char *judgements_dir, rating_set *out) {
     memset(out, 0, sizeof *out);
     tar_archive a;
     QLAB_TRY(tar_archive_read(archive_path, &a));
@@ -157,6 +201,13 @@ static qlab_status load_ratings(const char *archive_path, rating_set *out) {
         }
     }
     tar_archive_free(&a);
+    if (st == QLAB_OK && judgements_dir && judgements_dir[0]) {
+        char folder[4096];
+        snprintf(folder, sizeof folder, "%s/relative-gpt-3.5", judgements_dir);
+        st = load_folder(folder, JUDGE_RELATIVE, &out->relative, &out->nrelative);
+        snprintf(folder, sizeof folder, "%s/pairwise", judgements_dir);
+        if (st == QLAB_OK) st = load_folder(folder, JUDGE_PAIRWISE, &out->pairwise, &out->npairwise);
+    }
     if (st == QLAB_OK && (out->nrelative < 2 || out->npairwise < 1))
         st = qlab_fail(
             QLAB_ERR_FORMAT,
@@ -598,6 +649,12 @@ static qlab_status write_elo(results *r, const rating_set *s, int n_orderings, d
 
 /* ---------------------------------------------------------------- main */
 
+static int opendir_exists(const char *path) {
+    DIR *d = opendir(path);
+    if (d) closedir(d);
+    return d != NULL;
+}
+
 static void usage(FILE *f) {
     fprintf(
         f, "Usage: vicuna_tables [--config FILE.json] [--out RESULTS.h5] [--set key=value ...]\n\n"
@@ -651,11 +708,18 @@ int main(int argc, char **argv) {
     int rc = 1;
     rating_set ratings = {0};
     results *r = NULL;
-    if (load_ratings(archive, &ratings) != QLAB_OK) goto fail;
+    const char *extra = config_string(cfg, "judgements_dir");
+    if (extra[0] && !opendir_exists(extra)) {
+        qlab_fail(QLAB_ERR_IO, "%s: key 'judgements_dir': %s is not a readable folder", config_path(cfg),
+                  extra);
+        goto fail;
+    }
+    if (load_ratings(archive, extra, &ratings) != QLAB_OK) goto fail;
     if (results_create(&r, out_path, PROG, cfg, argc, argv) != QLAB_OK) goto fail;
     results_require_rows(r);
     if (results_attr_int(r, "seed", seed) != QLAB_OK) goto fail;
     if (results_attr_string(r, "ratings_archive", archive) != QLAB_OK) goto fail;
+    if (extra[0] && results_note(r, "judgements_dir", extra) != QLAB_OK) goto fail;
     if (write_table6(r, &ratings, (int)n_bootstrap, (uint64_t)seed) != QLAB_OK) goto fail;
     if (write_elo(r, &ratings, (int)n_orderings, k, initial, (uint64_t)seed) != QLAB_OK) goto fail;
     if (results_commit(r) != QLAB_OK) {

@@ -3,7 +3,8 @@
  * adapter that lora_load_peft reads back; a run killed with SIGKILL in the middle and resumed with --resume
  * ends with an adapter byte-identical to an uninterrupted run with the same threads; a malformed record is
  * refused with the file and record number and nothing is written to DIR; and the data formats (Guanaco chat
- * JSON lines gzip'd, {input, output} lines, plain text) load with the prompt masked as documented. Runs
+ * JSON lines gzip'd, {input, output} lines, plain text) load with the prompt masked as documented; --full
+ * writes the whole trained model, which loads back and scores as the run logged. Runs
  * $QLAB_BUILD/bin/qlab (default build/bin/qlab). */
 #include <fcntl.h>
 #include <signal.h>
@@ -22,6 +23,7 @@
 #include "core/results/results.h"
 #include "core/text/tokenizer.h"
 #include "datasets/finetune_data.h"
+#include "train/finetune.h"
 #include "tests/test_util.h"
 
 static char qlab_bin[1024];
@@ -293,6 +295,66 @@ static void test_formats(void) {
     tokenizer_free(tok);
 }
 
+/* --full trains every parameter and writes the whole model (config.json + model.safetensors in Hugging
+ * Face order) instead of an adapter: the written model, loaded back, scores the held-out file exactly as
+ * the run's log says its final model did, and no longer as the base. */
+static void test_full(void) {
+    const char *dir = tmp_path("full_ft"), *eval = tmp_path("full_eval.json"), *err = tmp_path("full_ft.err");
+    const char *records =
+        "[{\"instruction\": \"Name a color.\", \"output\": \"Blue is a color.\"},\n"
+        " {\"instruction\": \"Say hello.\", \"output\": \"Hello there, my friend.\"},\n"
+        " {\"instruction\": \"Count to three.\", \"input\": \"slowly\", \"output\": \"One, two, three.\"}]";
+    write_bytes(eval, records, strlen(records));
+    pid_t p = start(err, "--model", model_path, "--tokenizer", tok_path, "--data", alpaca_path, "--eval-data",
+                    eval, "--full", "--steps", "8", "--batch", "2", "--max-len", "48", "--lr", "1e-3",
+                    "--threads", "1", "--out", dir, NULL);
+    int rc = finish(p, err);
+    CHECKF(rc == 0, "qlab finetune --full: exit %d: %s", rc, err_text);
+    if (rc != 0) return;
+    char path[700];
+    snprintf(path, sizeof path, "%s/%s", dir, LORA_PEFT_CONFIG);
+    CHECKF(access(path, F_OK) != 0, "--full wrote an adapter (%s)", path);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    CHECK(access(path, R_OK) == 0);
+    snprintf(path, sizeof path, "%s/finetune.h5", dir);
+    double logged_initial = NAN, logged_final = NAN;
+    results_file rf;
+    if (results_read(path, &rf) == QLAB_OK) {
+        const results_table_data *s = results_file_table(&rf, "summary");
+        const results_column *c0 = s ? results_table_find_column(s, "initial_heldout_nll") : NULL;
+        const results_column *c1 = s ? results_table_find_column(s, "final_heldout_nll") : NULL;
+        if (c0 && c1) logged_initial = c0->f64[0], logged_final = c1->f64[0];
+        results_file_free(&rf);
+    }
+    CHECKF(isfinite(logged_initial) && isfinite(logged_final), "%s: no held-out NLL in the summary", path);
+    model *base = NULL, *tuned = NULL;
+    tokenizer *tok = NULL;
+    instruct_examples e = {0};
+    finetune_data_options o = {48, 0};
+    if (checkpoint_load(model_path, &base) != QLAB_OK || checkpoint_load(dir, &tuned) != QLAB_OK ||
+        tokenizer_load(tok_path, &tok) != QLAB_OK ||
+        finetune_data_load(eval, FINETUNE_DATA_AUTO, tok, &o, &e, NULL) != QLAB_OK) {
+        CHECKF(0, "%s", qlab_last_error());
+    } else {
+        finetune_rows rows = {e.tokens, e.targets, e.n, e.T};
+        double nll_base = NAN, nll_tuned = NAN;
+        CHECK(finetune_heldout_nll(base, &rows, 2, &nll_base, NULL) == QLAB_OK);
+        CHECK(finetune_heldout_nll(tuned, &rows, 2, &nll_tuned, NULL) == QLAB_OK);
+        printf("  --full, 8 steps: held-out NLL of the base %.6f (log %.6f), of the written model %.6f (log "
+               "%.6f)\n",
+               nll_base, logged_initial, nll_tuned, logged_final);
+        /* The same rows, batches and fp32 weights (the checkpoint's Q/K permutation is exact); 1e-5 allows
+         * only a different summation split between this process's threads and the run's one thread. */
+        CHECKF(fabs(nll_base - logged_initial) < 1e-5 && fabs(nll_tuned - logged_final) < 1e-5,
+               "base %.8f vs %.8f, tuned %.8f vs %.8f", nll_base, logged_initial, nll_tuned, logged_final);
+        CHECKF(fabs(nll_tuned - nll_base) > 1e-3, "the written model scores as the base (%.6f)", nll_tuned);
+    }
+    instruct_examples_free(&e);
+    tokenizer_free(tok);
+    model_free(base);
+    model_free(tuned);
+}
+
 int main(void) {
     const char *build = getenv("QLAB_BUILD");
     snprintf(qlab_bin, sizeof qlab_bin, "%s/bin/qlab", build && build[0] ? build : "build");
@@ -310,6 +372,7 @@ int main(void) {
     test_tmp_dir_create("cli_finetune");
     test_formats();
     test_bad_record();
+    test_full();
     test_train_kill_resume();
     test_tmp_dir_remove();
     return check_summary();

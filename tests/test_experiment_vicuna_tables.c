@@ -1,6 +1,8 @@
 /* End-to-end test of experiments/vicuna_tables.c: runs $QLAB_BUILD/bin/vicuna_tables (default build/)
  * with few Elo orderings and bootstrap resamples into /tmp, checks the results file's two tables against
- * the paper, the provenance, and the missing-archive path (one-line error, non-zero exit, no file).
+ * the paper, the provenance, and the missing-archive path (one-line error, non-zero exit, no file); and new
+ * judgements in the released format (judgements_dir) of answers written by `qlab generate --prompts`, which
+ * join Table 6 and the Elo table with the scores and verdicts written.
  * Skips when the program has not been built or the released ratings are absent. */
 #include <math.h>
 #include <stdint.h>
@@ -9,8 +11,13 @@
 #include <unistd.h>
 
 #include "tests/check.h"
+#include <cjson/cJSON.h>
+#include <sys/stat.h>
+
 #include "core/base/common.h"
+#include "core/base/tar.h"
 #include "core/results/results.h"
+#include "eval/judge.h"
 #include "tests/results_cells.h"
 #include "tests/test_util.h"
 
@@ -80,6 +87,160 @@ static void check_elo(const results_table_data *t) {
         sum += table_f64(t, "elo_mean", i);
     CHECK_NEAR(sum, 8000, 1e-6); /* Elo only moves points between players */
     CHECK(t->notes && strstr(t->notes, "ranking matches"));
+}
+
+/* The released answer ids of ChatGPT per Vicuna question: in the relative files (the reference, found as
+ * vicuna_tables finds it) and in the pairwise files (the "answer-gpt35" side). */
+static int chatgpt_ids(const char *archive, char rel[][JUDGE_ID_MAX], char pair[][JUDGE_ID_MAX]) {
+    tar_archive a;
+    if (tar_archive_read(archive, &a) != QLAB_OK) return 0;
+    judge_file files[128];
+    int n = 0;
+    for (int i = 0; i < a.count && n < 128; i++) {
+        const tar_archive_entry *e = &a.entries[i];
+        if (strstr(e->path, "/relative-gpt-3.5/") && strstr(e->path, ".jsonl") &&
+            judge_parse_file(e->path, e->data, e->size, JUDGE_RELATIVE, &files[n]) == QLAB_OK)
+            n++;
+        const char *side = strstr(e->path, "-vs-answer-gpt35-");
+        judge_file pf;
+        if (strstr(e->path, "/pairwise/") && side &&
+            judge_parse_file(e->path, e->data, e->size, JUDGE_PAIRWISE, &pf) == QLAB_OK) {
+            for (int k = 0; k < pf.count; k++)
+                if (pf.ratings[k].question_id >= 1 && pf.ratings[k].question_id <= 80)
+                    strcpy(pair[pf.ratings[k].question_id], pf.ratings[k].answer_id[1]);
+            judge_file_free(&pf);
+        }
+    }
+    tar_archive_free(&a);
+    int ok = n >= 2 && judge_find_reference(files, n) == QLAB_OK;
+    for (int f = 0; f < n; f++) {
+        for (int k = 0; ok && k < files[f].count; k++) {
+            const judge_rating *r = &files[f].ratings[k];
+            if (r->reference >= 0 && r->question_id >= 1 && r->question_id <= 80)
+                strcpy(rel[r->question_id], r->answer_id[r->reference]);
+        }
+        judge_file_free(&files[f]);
+    }
+    return ok;
+}
+
+/* One review line in the released format. */
+static void review_line(FILE *f, int q, const char *id1, const char *id2, const char *text, cJSON *score) {
+    cJSON *o = cJSON_CreateObject();
+    char rid[32];
+    snprintf(rid, sizeof rid, "qlabreview%d", q);
+    cJSON_AddStringToObject(o, "review_id", rid);
+    cJSON_AddNumberToObject(o, "question_id", q);
+    cJSON_AddStringToObject(o, "answer1_id", id1);
+    cJSON_AddStringToObject(o, "answer2_id", id2);
+    cJSON_AddNumberToObject(o, "reviewer_id", 1);
+    cJSON_AddItemToObject(o, "metadata", cJSON_CreateObject());
+    cJSON_AddStringToObject(o, "text", text);
+    cJSON_AddItemToObject(o, "score", score);
+    char *line = cJSON_PrintUnformatted(o);
+    fprintf(f, "%s\n", line);
+    free(line);
+    cJSON_Delete(o);
+}
+
+static void test_new_judgements(const char *build_dir, const char *program) {
+    const char *archive = shared_data_path("finetune/qlora_eval/ratings-gpt4-vicuna.tar.gz"),
+               *questions = shared_data_path("finetune/qlora_eval/prompts/vicuna_questions.jsonl"),
+               *model = shared_data_path("models/stories260K.bin"),
+               *tok = shared_data_path("models/tok512.bin");
+    if (!archive || !questions || !model || !tok) {
+        SKIP("archive, vicuna_questions.jsonl or stories260K absent: new judgements not checked");
+        return;
+    }
+    char dir[160], answers[200], command[4096], path[400];
+    snprintf(dir, sizeof dir, "/tmp/qlab_test_vicuna_judgements_%ld", (long)getpid());
+    snprintf(answers, sizeof answers, "%s/answers.jsonl", dir);
+    mkdir(dir, 0700);
+    /* Our system's answers (and their ids) from qlab generate. */
+    snprintf(command, sizeof command,
+             "QLAB_QUIET=1 '%s/bin/qlab' generate --model '%s' --tokenizer '%s' --prompts '%s' --out '%s' "
+             "--steps 8 "
+             "--temperature 0 --model-id qlab-test > /dev/null",
+             build_dir, model, tok, questions, answers);
+    CHECKF(run_shell(command) == 0, "%s", command);
+    static char ours[81][JUDGE_ID_MAX], rel[81][JUDGE_ID_MAX], pair[81][JUDGE_ID_MAX];
+    char *text = NULL;
+    size_t len = 0;
+    int n = 0;
+    if (qlab_read_file(answers, &text, &len) == QLAB_OK)
+        for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+            cJSON *o = cJSON_Parse(line);
+            const cJSON *q = cJSON_GetObjectItem(o, "question_id"), *id = cJSON_GetObjectItem(o, "answer_id");
+            if (cJSON_IsNumber(q) && cJSON_IsString(id) && q->valueint >= 1 && q->valueint <= 80)
+                snprintf(ours[q->valueint], JUDGE_ID_MAX, "%s", id->valuestring), n++;
+            cJSON_Delete(o);
+        }
+    free(text);
+    CHECKF(n == 80 && chatgpt_ids(archive, rel, pair), "%d answers, ChatGPT ids found", n);
+    if (n != 80) return;
+    /* The judge's verdicts, in the released layout: ours 6 vs ChatGPT 8 in both orders (75%), and a
+     * three-class verdict against ChatGPT: we win questions divisible by 7, tie those by 5, lose the rest. */
+    snprintf(path, sizeof path, "%s/relative-gpt-3.5", dir);
+    mkdir(path, 0700);
+    snprintf(path, sizeof path, "%s/pairwise", dir);
+    mkdir(path, 0700);
+    snprintf(path, sizeof path,
+             "%s/relative-gpt-3.5/qlab-test-vicuna-generations-vs-gpt-3.5-gpt4-reviewer.jsonl", dir);
+    FILE *a = fopen(path, "w");
+    snprintf(path, sizeof path,
+             "%s/relative-gpt-3.5/gpt-3.5-vs-qlab-test-vicuna-generations-gpt4-reviewer.jsonl", dir);
+    FILE *b = fopen(path, "w");
+    snprintf(path, sizeof path,
+             "%s/pairwise/qlab-test-vicuna-generations-vs-answer-gpt35-gpt-4-reviewer-threeclass.jsonl", dir);
+    FILE *c = fopen(path, "w");
+    CHECK(a && b && c);
+    if (!a || !b || !c) return;
+    int wins = 0, ties = 0, losses = 0;
+    for (int q = 1; q <= 80; q++) {
+        double s68[2] = {6, 8}, s86[2] = {8, 6};
+        review_line(a, q, ours[q], rel[q], "6 8\n\nAssistant 2 was more helpful.",
+                    cJSON_CreateDoubleArray(s68, 2));
+        review_line(b, q, rel[q], ours[q], "8 6\n\nAssistant 1 was more helpful.",
+                    cJSON_CreateDoubleArray(s86, 2));
+        int v = q % 7 == 0 ? 1 : q % 5 == 0 ? 3 : 2;
+        wins += v == 1, ties += v == 3, losses += v == 2;
+        char verdict[64];
+        snprintf(verdict, sizeof verdict, "Both answers were reviewed.\n\n%d", v);
+        review_line(c, q, ours[q], pair[q], verdict, cJSON_CreateNumber(v));
+    }
+    fclose(a), fclose(b), fclose(c);
+    char out[200];
+    snprintf(out, sizeof out, "%s/tables.h5", dir);
+    snprintf(command, sizeof command,
+             "QLAB_QUIET=1 '%s' --config %s --out '%s' --set n_orderings=50 --set n_bootstrap=50 --set "
+             "'judgements_dir=\"%s\"' > '%s/log' 2>&1",
+             program, CONFIG, out, dir, dir);
+    CHECKF(run_shell(command) == 0, "%s", command);
+    results_file f;
+    if (results_read(out, &f) == QLAB_OK) {
+        const results_table_data *t6 = results_file_table(&f, "table6"), *elo = results_file_table(&f, "elo");
+        int64_t r6 = t6 ? row_of(t6, "qlab-test") : -1, re = elo ? row_of(elo, "qlab-test") : -1;
+        CHECKF(t6 && t6->nrows == 37 && r6 >= 0, "table6: %lld rows", t6 ? (long long)t6->nrows : -1LL);
+        CHECKF(elo && elo->nrows == 9 && re >= 0, "elo: %lld rows", elo ? (long long)elo->nrows : -1LL);
+        if (r6 >= 0) {
+            printf("  new judgements: qlab-test %.1f%% of ChatGPT", table_f64(t6, "mean", r6));
+            CHECK(table_f64(t6, "chatgpt_first", r6) == 75 && table_f64(t6, "system_first", r6) == 75 &&
+                  table_f64(t6, "mean", r6) == 75 && table_i64(t6, "n_reviews", r6) == 160);
+        }
+        if (re >= 0) {
+            printf(", Elo %.0f (%lld-%lld-%lld)\n", table_f64(elo, "elo_mean", re),
+                   (long long)table_i64(elo, "wins", re), (long long)table_i64(elo, "ties", re),
+                   (long long)table_i64(elo, "losses", re));
+            CHECK(table_i64(elo, "wins", re) == wins && table_i64(elo, "ties", re) == ties &&
+                  table_i64(elo, "losses", re) == losses);
+            CHECK(table_f64(elo, "elo_mean", re) < table_f64(elo, "elo_mean", row_of(elo, "gpt-3.5")));
+        }
+        results_file_free(&f);
+    } else {
+        CHECKF(0, "%s", qlab_last_error());
+    }
+    snprintf(command, sizeof command, "rm -rf '%s'", dir);
+    run_shell(command);
 }
 
 int main(void) {
@@ -178,5 +339,6 @@ int main(void) {
     }
     unlink(out2);
     unlink(out);
+    test_new_judgements(build_dir, program);
     return check_summary();
 }

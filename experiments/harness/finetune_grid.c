@@ -5,9 +5,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/model/checkpoint.h"
+#include "core/model/lora_peft.h"
 
 #define ZOO_MODEL "models/zoo/zoo-0.3M.bin"
 #define ZOO_TOKENIZER "models/zoo/tokenizer.bin"
@@ -161,8 +164,21 @@ static void on_step(void *ctx, int64_t step, int64_t total, double loss) {
     progress_update(s->prog, s->base + step, extra);
 }
 
+qlab_status finetune_save_run(const char *dir, const char *name, int64_t seed, const model *m,
+                              const lora_set *adapters, const char *base_model) {
+    if (mkdir(dir, 0777) != 0 && errno != EEXIST)
+        return qlab_fail(QLAB_ERR_IO, "%s: cannot create directory: %s", dir, strerror(errno));
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s/%s_seed%lld", dir, name, (long long)seed) >= (int)sizeof path)
+        return qlab_fail(QLAB_ERR_ARG, "save directory name too long: %s", dir);
+    for (char *c = path + strlen(dir) + 1; *c; c++)
+        if (*c == '/') *c = '_'; /* a run name never opens a sub-folder */
+    return adapters ? lora_save_peft(adapters, path, base_model) : checkpoint_save_hf(m, path);
+}
+
 qlab_status finetune_run_cell(const finetune_task *task, const finetune_cell *cell, const int64_t *seeds,
-                              int n_seeds, progress *prog, int64_t *steps_done, finetune_cell_result *out) {
+                              int n_seeds, const char *save_dir, progress *prog, int64_t *steps_done,
+                              finetune_cell_result *out) {
     memset(out, 0, sizeof *out);
     if (n_seeds < 1) return qlab_fail(QLAB_ERR_ARG, "%s: no seeds", cell->name);
     out->final_nll = qlab_calloc((size_t)n_seeds, sizeof(double));
@@ -185,7 +201,15 @@ qlab_status finetune_run_cell(const finetune_task *task, const finetune_cell *ce
         o.seed = (uint64_t)seeds[i];
         step_report rep = {prog, steps_done ? *steps_done : 0, cell->name, seeds[i]};
         finetune_result res;
-        st = finetune_run(m, &task->train, &task->heldout, &o, on_step, &rep, NULL, &res);
+        int keep = save_dir && save_dir[0];
+        lora_set *adapters = NULL;
+        st = finetune_run(m, &task->train, &task->heldout, &o, on_step, &rep, keep ? &adapters : NULL, &res);
+        if (st == QLAB_OK && keep) {
+            st = finetune_save_run(save_dir, cell->name, seeds[i], m, adapters, task->model_path);
+            if (st != QLAB_OK) finetune_result_free(&res);
+        }
+        if (adapters) lora_detach(m);
+        lora_free(adapters);
         model_free(m);
         if (st != QLAB_OK) {
             qlab_fail_context(st, "%s seed %lld", cell->name, (long long)seeds[i]);
@@ -600,8 +624,8 @@ qlab_status finetune_grid_run_experiment(const finetune_experiment *e, const con
     progress_begin(&prog, e->program, (int64_t)n_cells * n_seeds * base.steps);
     int64_t steps_done = 0;
     for (int c = 0; c < n_cells; c++, n_done++)
-        if ((st = finetune_run_cell(&task, &cells[c], seeds, n_seeds, &prog, &steps_done, &res[c])) !=
-            QLAB_OK)
+        if ((st = finetune_run_cell(&task, &cells[c], seeds, n_seeds, config_string(cfg, "save_adapters"),
+                                    &prog, &steps_done, &res[c])) != QLAB_OK)
             goto done;
     progress_end(&prog, NULL);
 
@@ -616,6 +640,8 @@ qlab_status finetune_grid_run_experiment(const finetune_experiment *e, const con
     r = NULL; /* commit frees the handle, whether or not it succeeded */
     if (st != QLAB_OK) goto done;
     printf("%s: wrote %s\n", e->program, out_path);
+    if (config_string(cfg, "save_adapters")[0])
+        printf("%s: kept every run in %s/NAME_seedS\n", e->program, config_string(cfg, "save_adapters"));
     for (int c = 0; c < n_cells; c++) {
         double s = 0;
         for (int k = 0; k < n_seeds; k++)

@@ -67,10 +67,18 @@ typedef struct {
 
 void finetune_cell_result_free(finetune_cell_result *r);
 
+/* Writes one finished run under dir/NAME_seedSEED (dir created if missing): a PEFT adapter directory
+ * (lora_save_peft, base_model recorded) when adapters is non-NULL, else the whole finetuned fp32 model
+ * (checkpoint_save_hf: config.json + model.safetensors), as `qlab finetune` and `qlab finetune --full` do. */
+qlab_status finetune_save_run(const char *dir, const char *name, int64_t seed, const model *m,
+                              const lora_set *adapters, const char *base_model);
+
 /* Runs one configuration for each seed: a fresh copy of the base, lora.seed = seed and seed = seed
- * (batch order) for each. Updates the progress line (done counts optimizer steps over the whole grid). */
+ * (batch order) for each. Updates the progress line (done counts optimizer steps over the whole grid).
+ * With save_dir non-NULL and non-empty every run is kept there (finetune_save_run). */
 qlab_status finetune_run_cell(const finetune_task *task, const finetune_cell *cell, const int64_t *seeds,
-                              int n_seeds, progress *prog, int64_t *steps_done, finetune_cell_result *out);
+                              int n_seeds, const char *save_dir, progress *prog, int64_t *steps_done,
+                              finetune_cell_result *out);
 
 /* Writes the tables:
  *   runs    — one row per (configuration, seed): final and initial NLL, perplexity, trainable parameters,
@@ -143,6 +151,9 @@ qlab_status finetune_grid_run_experiment(const finetune_experiment *e, const con
          "paged (CUDA unified memory when available, else host) or host"},                                   \
         {"optimizer_resident_bytes", CONFIG_INT, "0",                                                        \
          "with optimizer_state paged: page the moments on the CPU, this many bytes resident (0 = off)"},     \
+        {"save_adapters", CONFIG_STRING, "\"\"",                                                             \
+         "keep every run in this directory: DIR/NAME_seedS, a PEFT adapter (full finetuning: the model); "   \
+         "empty = none"},                                                                                    \
         EXPERIMENT_COMPUTE_KEY, {                                                                            \
         "gradient_checkpointing", CONFIG_BOOL, "false",                                                      \
             "keep only block inputs and recompute each block in backward (same gradients, less memory)"      \
