@@ -115,6 +115,17 @@ static void args_default(ft_args *a) {
 
 /* Parses argv[1..argc) into a; returns 0 on success, 1 after --help, 2 on a usage error (message printed).
  * resume receives --resume's directory. */
+/* The field a text-valued option fills (NULL: not a text option). */
+static const char **text_option(ft_args *a, const char *o) {
+    static const char *const names[] = {"--model",  "--tokenizer", "--data",         "--eval-data", "--out",
+                                        "--format", "--dtype",     "--lora-targets", "--schedule"};
+    const char **fields[] = {&a->model,  &a->tokenizer, &a->data,    &a->eval_data, &a->out,
+                             &a->format, &a->dtype,     &a->targets, &a->schedule};
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
+        if (!strcmp(o, names[k])) return fields[k];
+    return NULL;
+}
+
 static int parse_args(int argc, char **argv, ft_args *a, const char **resume) {
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -134,28 +145,12 @@ static int parse_args(int argc, char **argv, ft_args *a, const char **resume) {
         } else if (!strncmp(o, "--", 2) && !v) {
             fprintf(stderr, "qlab finetune: %s needs a value\n", o);
             return 2;
-        } else if (!strcmp(o, "--model")) {
-            a->model = argv[++i];
-        } else if (!strcmp(o, "--tokenizer")) {
-            a->tokenizer = argv[++i];
-        } else if (!strcmp(o, "--data")) {
-            a->data = argv[++i];
-        } else if (!strcmp(o, "--eval-data")) {
-            a->eval_data = argv[++i];
-        } else if (!strcmp(o, "--out")) {
-            a->out = argv[++i];
+        } else if (text_option(a, o)) {
+            *text_option(a, o) = argv[++i];
         } else if (!strcmp(o, "--resume")) {
             *resume = argv[++i];
-        } else if (!strcmp(o, "--format")) {
-            a->format = argv[++i];
-        } else if (!strcmp(o, "--dtype")) {
-            a->dtype = argv[++i];
-        } else if (!strcmp(o, "--lora-targets")) {
-            a->targets = argv[++i];
         } else if (!strcmp(o, "--compute")) {
             if (!cli_parse_compute("finetune", argv[++i], &a->compute)) return 2;
-        } else if (!strcmp(o, "--schedule")) {
-            a->schedule = argv[++i];
         } else if (!strcmp(o, "--optimizer-state")) {
             a->optimizer_state = argv[++i];
             if (strcmp(a->optimizer_state, "host") && strcmp(a->optimizer_state, "paged")) {

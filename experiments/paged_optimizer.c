@@ -380,12 +380,31 @@ static double median_of(double *v, int64_t n) {
 
 /* ---------------------------------------------------------------- the experiment */
 
-static qlab_status run_experiment(const config *cfg, const char *out_path, int argc, char **argv) {
-    int64_t steps = config_int(cfg, "steps"), timing_steps = config_int(cfg, "timing_steps");
-    int64_t repeats = config_int(cfg, "timing_repeats"), page = config_int(cfg, "page_bytes");
-    int64_t resident = config_int(cfg, "resident_bytes");
-    if (steps < 2 || timing_steps < 1 || repeats < 1 || repeats > 50 || page < 64 || page % 64 ||
-        resident < page)
+enum { N_BUDGET_RUNS = 4, N_KINDS = 3 };
+static const char *const kind_names[N_KINDS] = {"plain", "paged_small_resident", "paged_all_resident"};
+static const optimizer_kind kinds[N_KINDS] = {OPT_PLAIN, OPT_PAGED_SMALL, OPT_PAGED_RESIDENT};
+
+/* One run of the experiment: its settings, the budget runs and the timing runs. */
+typedef struct {
+    const config *cfg;
+    int64_t steps, timing_steps, repeats, page, resident;
+    task t;
+    run_spec specs[N_BUDGET_RUNS];
+    run_outcome out[N_BUDGET_RUNS];
+    double *sps, *ups; /* [kind * repeats + rep]: seconds per step, update seconds per step */
+    optim_paging_stats paging[N_KINDS];
+    double median[N_KINDS], update_median[N_KINDS];
+    progress prog;
+    int64_t done;
+} study;
+
+static qlab_status check_settings(study *s) {
+    const config *cfg = s->cfg;
+    s->steps = config_int(cfg, "steps"), s->timing_steps = config_int(cfg, "timing_steps");
+    s->repeats = config_int(cfg, "timing_repeats"), s->page = config_int(cfg, "page_bytes");
+    s->resident = config_int(cfg, "resident_bytes");
+    if (s->steps < 2 || s->timing_steps < 1 || s->repeats < 1 || s->repeats > 50 || s->page < 64 ||
+        s->page % 64 || s->resident < s->page)
         return qlab_fail(QLAB_ERR_ARG,
                          "%s: need steps >= 2, timing_steps >= 1, 1 <= timing_repeats <= 50, page_bytes a "
                          "multiple of 64 and resident_bytes >= page_bytes",
@@ -393,53 +412,38 @@ static qlab_status run_experiment(const config *cfg, const char *out_path, int a
     if (memacct_get_budget())
         return qlab_fail(QLAB_ERR_ARG, "paged_optimizer sets its own budgets from the measured peaks; run it "
                                        "without --memory-budget / memory_budget / QLAB_MEMORY_BUDGET");
-    task t;
-    memset(&t, 0, sizeof t);
-    results *r = NULL; /* created first, so its start time is the run's */
-    qlab_status st = results_create(&r, out_path, "paged_optimizer", cfg, argc, argv);
-    if (st == QLAB_OK) results_require_rows(r);
-    if (st == QLAB_OK) st = task_load(cfg, &t);
-    if (st != QLAB_OK) {
-        task_free(&t);
-        results_abort(r);
-        return st;
-    }
-    fprintf(stderr, "paged_optimizer: %s, %s: %d training rows of %d then %d tokens, QLoRA NF4+DQ r %lld\n",
-            t.model_path, t.data_desc, t.short_train.n, t.short_train.T, t.long_train.T,
-            (long long)config_int(cfg, "rank"));
+    return QLAB_OK;
+}
 
-    enum { N_BUDGET_RUNS = 4, N_KINDS = 3 };
-    run_spec specs[N_BUDGET_RUNS] = {
-        {"unbudgeted", "plain optimizer, no budget", OPT_PLAIN, 0, 1, steps},
-        {"paged_unbudgeted", "paged optimizer, no budget (measures its peak)", OPT_PAGED_SMALL, 0, 1, steps},
-        {"budget_plain", "plain optimizer under the budget", OPT_PLAIN, 0, 1, steps},
-        {"budget_paged", "paged optimizer under the budget", OPT_PAGED_SMALL, 0, 1, steps},
+/* The four budget runs; the budget of the last two lies between the first two runs' peaks. */
+static qlab_status run_budget_runs(study *s) {
+    const run_spec specs[N_BUDGET_RUNS] = {
+        {"unbudgeted", "plain optimizer, no budget", OPT_PLAIN, 0, 1, s->steps},
+        {"paged_unbudgeted", "paged optimizer, no budget (measures its peak)", OPT_PAGED_SMALL, 0, 1,
+         s->steps},
+        {"budget_plain", "plain optimizer under the budget", OPT_PLAIN, 0, 1, s->steps},
+        {"budget_paged", "paged optimizer under the budget", OPT_PAGED_SMALL, 0, 1, s->steps},
     };
-    run_outcome out[N_BUDGET_RUNS];
-    memset(out, 0, sizeof out);
-    int64_t total_steps = 4 * steps + N_KINDS * repeats * (timing_steps + 2);
-    progress prog;
-    progress_begin(&prog, "paged_optimizer", total_steps);
-    int64_t done = 0;
+    memcpy(s->specs, specs, sizeof specs);
+    run_outcome *out = s->out;
+    qlab_status st = QLAB_OK;
     for (int i = 0; i < N_BUDGET_RUNS && st == QLAB_OK; i++) {
         if (i == 2) {
             /* Between the two peaks: the plain optimizer's state does not fit beside the spike, the resident
              * pages do. */
-            if (out[1].peak >= out[0].peak) {
-                st = qlab_fail(QLAB_ERR_ARG,
-                               "%s: paging does not lower the peak (%zu vs %zu bytes): the optimizer state "
-                               "is not larger than resident_bytes",
-                               config_path(cfg), out[1].peak, out[0].peak);
-                break;
-            }
-            specs[2].budget = specs[3].budget = out[1].peak + (out[0].peak - out[1].peak) / 2;
+            if (out[1].peak >= out[0].peak)
+                return qlab_fail(QLAB_ERR_ARG,
+                                 "%s: paging does not lower the peak (%zu vs %zu bytes): the optimizer state "
+                                 "is not larger than resident_bytes",
+                                 config_path(s->cfg), out[1].peak, out[0].peak);
+            s->specs[2].budget = s->specs[3].budget = out[1].peak + (out[0].peak - out[1].peak) / 2;
         }
-        st = run_one(cfg, &t, &specs[i], &out[i]);
-        done += steps;
+        st = run_one(s->cfg, &s->t, &s->specs[i], &out[i]);
+        s->done += s->steps;
         char extra[160];
-        snprintf(extra, sizeof extra, "%s: %s after %lld steps", specs[i].name,
+        snprintf(extra, sizeof extra, "%s: %s after %lld steps", s->specs[i].name,
                  out[i].st == QLAB_OK ? "completed" : "stopped", (long long)out[i].steps_done);
-        progress_update(&prog, done, extra);
+        progress_update(&s->prog, s->done, extra);
     }
     if (st == QLAB_OK && (out[0].st != QLAB_OK || out[1].st != QLAB_OK || out[3].st != QLAB_OK))
         st = qlab_fail(QLAB_ERR_ARG, "paged_optimizer: a run that must complete was stopped: %s",
@@ -447,123 +451,148 @@ static qlab_status run_experiment(const config *cfg, const char *out_path, int a
                            : out[1].st != QLAB_OK ? 1
                                                   : 3]
                            .message);
+    return st;
+}
 
-    /* No memory pressure: short rows, no budget; plain, paged with every page resident, paged with the
-     * small resident set, interleaved so a machine's drift hits all three alike. */
-    static const char *kind_names[N_KINDS] = {"plain", "paged_small_resident", "paged_all_resident"};
-    static const optimizer_kind kinds[N_KINDS] = {OPT_PLAIN, OPT_PAGED_SMALL, OPT_PAGED_RESIDENT};
-    double *sps = calloc((size_t)(N_KINDS * repeats), sizeof(double)),
-           *ups = calloc((size_t)(N_KINDS * repeats), sizeof(double));
-    optim_paging_stats paging[N_KINDS];
-    memset(paging, 0, sizeof paging);
-    if ((!sps || !ups) && st == QLAB_OK) st = QLAB_ERR_NOMEM;
+/* No memory pressure: short rows, no budget; plain, paged with every page resident, paged with the small
+ * resident set, interleaved so a machine's drift hits all three alike. */
+static qlab_status run_timing(study *s) {
+    int64_t repeats = s->repeats;
+    s->sps = calloc((size_t)(N_KINDS * repeats), sizeof(double));
+    s->ups = calloc((size_t)(N_KINDS * repeats), sizeof(double));
+    if (!s->sps || !s->ups) return QLAB_ERR_NOMEM;
+    qlab_status st = QLAB_OK;
     for (int64_t rep = 0; rep < repeats && st == QLAB_OK; rep++)
         for (int k = 0; k < N_KINDS && st == QLAB_OK; k++) {
-            run_spec spec = {kind_names[k], kind_names[k], kinds[k], 0, 0, timing_steps + 2};
+            run_spec spec = {kind_names[k], kind_names[k], kinds[k], 0, 0, s->timing_steps + 2};
             run_outcome o;
-            st = run_one(cfg, &t, &spec, &o);
+            st = run_one(s->cfg, &s->t, &spec, &o);
             if (st == QLAB_OK) {
-                sps[k * repeats + rep] = o.seconds_per_step,
-                                  ups[k * repeats + rep] = o.update_seconds_per_step;
-                paging[k] = o.paging;
+                s->sps[k * repeats + rep] = o.seconds_per_step;
+                s->ups[k * repeats + rep] = o.update_seconds_per_step;
+                s->paging[k] = o.paging;
             }
             outcome_free(&o);
-            done += timing_steps + 2;
-            progress_update(&prog, done, "timing");
+            s->done += s->timing_steps + 2;
+            progress_update(&s->prog, s->done, "timing");
         }
-    progress_end(&prog, NULL);
+    return st;
+}
 
-    if (st == QLAB_OK) st = write_runs(r, specs, out, N_BUDGET_RUNS);
-    if (st == QLAB_OK) st = write_steps(r, specs, out, N_BUDGET_RUNS);
-    double median[N_KINDS] = {0}, update_median[N_KINDS] = {0};
-    if (st == QLAB_OK) {
-        results_table *tt;
-        st = results_table_begin(r, &tt, "timing", "Step time with no memory pressure (median over repeats)");
-        if (st == QLAB_OK) st = results_table_column(tt, "optimizer", RESULTS_STRING, "", "optimizer state");
-        if (st == QLAB_OK)
-            st = results_table_column(tt, "median_step_seconds", RESULTS_FLOAT64, "s",
-                                      "median of the runs' means");
-        if (st == QLAB_OK)
-            st = results_table_column(tt, "min_step_seconds", RESULTS_FLOAT64, "s", "fastest run's mean");
-        if (st == QLAB_OK)
-            st = results_table_column(tt, "overhead_pct", RESULTS_FLOAT64, "%",
-                                      "median step time over the plain optimizer's, minus 1 (target <= 2)");
-        if (st == QLAB_OK)
-            st = results_table_column(tt, "median_update_seconds", RESULTS_FLOAT64, "s",
-                                      "median time per step in the AdamW update itself (paging included)");
-        if (st == QLAB_OK)
-            st = results_table_column(tt, "update_overhead_pct", RESULTS_FLOAT64, "%",
-                                      "extra update time over the plain optimizer's, as a share of its step "
-                                      "time: the paging cost without the rest of the step's noise");
-        if (st == QLAB_OK)
-            st = results_table_column(tt, "pages_moved_per_step", RESULTS_FLOAT64, "",
-                                      "page-file reads + writes per step");
-        if (st == QLAB_OK) st = results_table_column(tt, "repeats", RESULTS_INT64, "", "timing runs");
-        for (int k = 0; k < N_KINDS && st == QLAB_OK; k++) {
-            median[k] = median_of(sps + k * repeats, repeats);
-            update_median[k] = median_of(ups + k * repeats, repeats);
-            results_set_string(tt, "optimizer", kind_names[k]);
-            results_set_double(tt, "median_step_seconds", median[k]);
-            results_set_double(tt, "min_step_seconds", sps[k * repeats]);
-            results_set_double(tt, "overhead_pct", 100.0 * (median[k] / median[0] - 1.0));
-            results_set_double(tt, "median_update_seconds", update_median[k]);
-            results_set_double(tt, "update_overhead_pct",
-                               100.0 * (update_median[k] - update_median[0]) / median[0]);
-            results_set_double(tt, "pages_moved_per_step",
-                               (double)(paging[k].pages_in + paging[k].pages_out) /
-                                   (double)(timing_steps + 2));
-            results_set_int(tt, "repeats", repeats);
-            st = results_row_end(tt);
-        }
-        if (st == QLAB_OK) st = results_table_end(tt);
+static qlab_status write_timing(study *s, results *r) {
+    results_table *tt;
+    int64_t repeats = s->repeats;
+    QLAB_TRY(
+        results_table_begin(r, &tt, "timing", "Step time with no memory pressure (median over repeats)"));
+    QLAB_TRY(results_table_column(tt, "optimizer", RESULTS_STRING, "", "optimizer state"));
+    QLAB_TRY(
+        results_table_column(tt, "median_step_seconds", RESULTS_FLOAT64, "s", "median of the runs' means"));
+    QLAB_TRY(results_table_column(tt, "min_step_seconds", RESULTS_FLOAT64, "s", "fastest run's mean"));
+    QLAB_TRY(results_table_column(tt, "overhead_pct", RESULTS_FLOAT64, "%",
+                                  "median step time over the plain optimizer's, minus 1 (target <= 2)"));
+    QLAB_TRY(results_table_column(tt, "median_update_seconds", RESULTS_FLOAT64, "s",
+                                  "median time per step in the AdamW update itself (paging included)"));
+    QLAB_TRY(results_table_column(tt, "update_overhead_pct", RESULTS_FLOAT64, "%",
+                                  "extra update time over the plain optimizer's, as a share of its step "
+                                  "time: the paging cost without the rest of the step's noise"));
+    QLAB_TRY(results_table_column(tt, "pages_moved_per_step", RESULTS_FLOAT64, "",
+                                  "page-file reads + writes per step"));
+    QLAB_TRY(results_table_column(tt, "repeats", RESULTS_INT64, "", "timing runs"));
+    for (int k = 0; k < N_KINDS; k++) {
+        s->median[k] = median_of(s->sps + k * repeats, repeats);
+        s->update_median[k] = median_of(s->ups + k * repeats, repeats);
     }
-    if (st == QLAB_OK) {
-        char note[2048];
-        snprintf(
-            note, sizeof note,
-            "%s on %s. The sequence length jumps from %d to %d tokens after step %lld: the activation "
-            "spike. Memory is qlab's exact accounting (core/base/memacct.h), which counts the loaded fp32 "
-            "base too (each run trains a copy). The budget lies halfway between the paged run's peak and "
-            "the plain run's, so only the optimizer state decides whether the spike fits.",
-            t.model_path, t.data_desc, t.short_train.T, t.long_train.T, (long long)(steps / 2));
-        st = results_note(r, "setup", note);
-        snprintf(
-            note, sizeof note,
-            "Under the budget the plain optimizer %s; the paged one %s with max |adapter difference| %g "
-            "to the unbudgeted run. With no pressure the paged optimizer (all pages resident) costs "
-            "%+.2f%% step time, with %lld bytes resident %+.2f%% (target: at most 2%%; medians of whole "
-            "steps on a shared machine, so noise of a few %% either way); timing the update alone, paging "
-            "adds %+.3f%% (all resident) and %+.3f%% (small resident) of the plain step time.",
-            out[2].st == QLAB_ERR_BUDGET ? "stopped cleanly at the spike" : "did NOT stop",
-            out[3].st == QLAB_OK ? "completed" : "did NOT complete", max_abs_diff(&out[3], &out[0]),
-            100.0 * (median[2] / median[0] - 1.0), (long long)resident, 100.0 * (median[1] / median[0] - 1.0),
-            100.0 * (update_median[2] - update_median[0]) / median[0],
-            100.0 * (update_median[1] - update_median[0]) / median[0]);
-        if (st == QLAB_OK) st = results_note(r, "verdict", note);
-        if (st == QLAB_OK)
-            st = results_note(r, "budget_message", out[2].message[0] ? out[2].message : "(none)");
+    for (int k = 0; k < N_KINDS; k++) {
+        results_set_string(tt, "optimizer", kind_names[k]);
+        results_set_double(tt, "median_step_seconds", s->median[k]);
+        results_set_double(tt, "min_step_seconds", s->sps[k * repeats]);
+        results_set_double(tt, "overhead_pct", 100.0 * (s->median[k] / s->median[0] - 1.0));
+        results_set_double(tt, "median_update_seconds", s->update_median[k]);
+        results_set_double(tt, "update_overhead_pct",
+                           100.0 * (s->update_median[k] - s->update_median[0]) / s->median[0]);
+        results_set_double(tt, "pages_moved_per_step",
+                           (double)(s->paging[k].pages_in + s->paging[k].pages_out) /
+                               (double)(s->timing_steps + 2));
+        results_set_int(tt, "repeats", repeats);
+        QLAB_TRY(results_row_end(tt));
     }
+    return results_table_end(tt);
+}
+
+static qlab_status write_notes(const study *s, results *r) {
+    const run_outcome *out = s->out;
+    const double *median = s->median, *update_median = s->update_median;
+    char note[2048];
+    snprintf(note, sizeof note,
+             "%s on %s. The sequence length jumps from %d to %d tokens after step %lld: the activation "
+             "spike. Memory is qlab's exact accounting (core/base/memacct.h), which counts the loaded fp32 "
+             "base too (each run trains a copy). The budget lies halfway between the paged run's peak and "
+             "the plain run's, so only the optimizer state decides whether the spike fits.",
+             s->t.model_path, s->t.data_desc, s->t.short_train.T, s->t.long_train.T,
+             (long long)(s->steps / 2));
+    QLAB_TRY(results_note(r, "setup", note));
+    snprintf(note, sizeof note,
+             "Under the budget the plain optimizer %s; the paged one %s with max |adapter difference| %g "
+             "to the unbudgeted run. With no pressure the paged optimizer (all pages resident) costs "
+             "%+.2f%% step time, with %lld bytes resident %+.2f%% (target: at most 2%%; medians of whole "
+             "steps on a shared machine, so noise of a few %% either way); timing the update alone, paging "
+             "adds %+.3f%% (all resident) and %+.3f%% (small resident) of the plain step time.",
+             out[2].st == QLAB_ERR_BUDGET ? "stopped cleanly at the spike" : "did NOT stop",
+             out[3].st == QLAB_OK ? "completed" : "did NOT complete", max_abs_diff(&out[3], &out[0]),
+             100.0 * (median[2] / median[0] - 1.0), (long long)s->resident,
+             100.0 * (median[1] / median[0] - 1.0), 100.0 * (update_median[2] - update_median[0]) / median[0],
+             100.0 * (update_median[1] - update_median[0]) / median[0]);
+    QLAB_TRY(results_note(r, "verdict", note));
+    return results_note(r, "budget_message", out[2].message[0] ? out[2].message : "(none)");
+}
+
+static void print_summary(const study *s, const char *out_path) {
+    const run_outcome *out = s->out;
+    printf("wrote %s\n", out_path);
+    for (int i = 0; i < N_BUDGET_RUNS; i++)
+        printf("%-18s budget %10zu  %-22s steps %3lld  peak %10zu  loss %.6f  max|diff| %g\n",
+               s->specs[i].name, s->specs[i].budget,
+               out[i].st == QLAB_OK ? "completed" : "stopped by the budget", (long long)out[i].steps_done,
+               out[i].peak, out[i].final_train_loss, max_abs_diff(&out[i], &out[0]));
+    for (int k = 0; k < N_KINDS; k++)
+        printf("%-22s median step %.4f s  overhead %+.2f%%  update %.5f s (%+.3f%% of the plain step)\n",
+               kind_names[k], s->median[k], 100.0 * (s->median[k] / s->median[0] - 1.0), s->update_median[k],
+               100.0 * (s->update_median[k] - s->update_median[0]) / s->median[0]);
+}
+
+static qlab_status run_experiment(const config *cfg, const char *out_path, int argc, char **argv) {
+    study s;
+    memset(&s, 0, sizeof s);
+    s.cfg = cfg;
+    QLAB_TRY(check_settings(&s));
+    results *r = NULL; /* created first, so its start time is the run's */
+    qlab_status st = results_create(&r, out_path, "paged_optimizer", cfg, argc, argv);
+    if (st == QLAB_OK) results_require_rows(r);
+    if (st == QLAB_OK) st = task_load(cfg, &s.t);
+    if (st == QLAB_OK) {
+        fprintf(stderr,
+                "paged_optimizer: %s, %s: %d training rows of %d then %d tokens, QLoRA NF4+DQ r %lld\n",
+                s.t.model_path, s.t.data_desc, s.t.short_train.n, s.t.short_train.T, s.t.long_train.T,
+                (long long)config_int(cfg, "rank"));
+        progress_begin(&s.prog, "paged_optimizer", 4 * s.steps + N_KINDS * s.repeats * (s.timing_steps + 2));
+        st = run_budget_runs(&s);
+        if (st == QLAB_OK) st = run_timing(&s);
+        if (st == QLAB_OK) progress_end(&s.prog, NULL);
+    }
+    if (st == QLAB_OK) st = write_runs(r, s.specs, s.out, N_BUDGET_RUNS);
+    if (st == QLAB_OK) st = write_steps(r, s.specs, s.out, N_BUDGET_RUNS);
+    if (st == QLAB_OK) st = write_timing(&s, r);
+    if (st == QLAB_OK) st = write_notes(&s, r);
     if (st == QLAB_OK) {
         st = results_commit(r);
         r = NULL;
     }
     results_abort(r);
-    if (st == QLAB_OK) {
-        printf("wrote %s\n", out_path);
-        for (int i = 0; i < N_BUDGET_RUNS; i++)
-            printf("%-18s budget %10zu  %-22s steps %3lld  peak %10zu  loss %.6f  max|diff| %g\n",
-                   specs[i].name, specs[i].budget,
-                   out[i].st == QLAB_OK ? "completed" : "stopped by the budget", (long long)out[i].steps_done,
-                   out[i].peak, out[i].final_train_loss, max_abs_diff(&out[i], &out[0]));
-        for (int k = 0; k < N_KINDS; k++)
-            printf("%-22s median step %.4f s  overhead %+.2f%%  update %.5f s (%+.3f%% of the plain step)\n",
-                   kind_names[k], median[k], 100.0 * (median[k] / median[0] - 1.0), update_median[k],
-                   100.0 * (update_median[k] - update_median[0]) / median[0]);
-    }
-    free(sps), free(ups);
+    if (st == QLAB_OK) print_summary(&s, out_path);
+    free(s.sps), free(s.ups);
     for (int i = 0; i < N_BUDGET_RUNS; i++)
-        outcome_free(&out[i]);
-    task_free(&t);
+        outcome_free(&s.out[i]);
+    task_free(&s.t);
     return st;
 }
 

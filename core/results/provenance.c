@@ -200,32 +200,14 @@ static char *command_line(int argc, char *const *argv) {
     return s;
 }
 
-qlab_status provenance_collect(provenance *p, const char *experiment, const char *config_path,
-                               const char *config_text, int argc, char *const *argv) {
-    memset(p, 0, sizeof *p);
-    char buf[1024], dir[PATH_MAX], commit[128], dirty[16];
-    char *status = NULL, *cmdline = NULL;
+/* The versions of the libraries and the compiler this binary was built with. */
+static qlab_status set_library_versions(provenance *p) {
+    char buf[1024];
     qlab_status st = QLAB_OK;
 #define SET(key, value)                                                                                      \
     do {                                                                                                     \
-        if ((st = provenance_set(p, key, value)) != QLAB_OK) goto fail;                                      \
+        if ((st = provenance_set(p, key, value)) != QLAB_OK) return st;                                      \
     } while (0)
-
-    SET("experiment", experiment ? experiment : "unknown");
-    SET("config_path", config_path ? config_path : "");
-    SET("config", config_text ? config_text : "");
-    SET("qlab_version", QLAB_VERSION);
-
-    program_dir(dir, sizeof dir);
-    provenance_git(dir, commit, sizeof commit, dirty, sizeof dirty, &status);
-    if (!strcmp(commit, "unknown")) { /* a binary installed outside the checkout: try where we run */
-        free(status);
-        provenance_git(".", commit, sizeof commit, dirty, sizeof dirty, &status);
-    }
-    SET("git_commit", commit);
-    SET("git_dirty", dirty);
-    SET("git_status", status ? status : "");
-
     unsigned major = 0, minor = 0, release = 0;
     H5get_libversion(&major, &minor, &release);
     snprintf(buf, sizeof buf, "%u.%u.%u", major, minor, release);
@@ -258,6 +240,37 @@ qlab_status provenance_collect(provenance *p, const char *experiment, const char
 #else
     SET("compiler", "unknown");
 #endif
+#undef SET
+    return QLAB_OK;
+}
+
+qlab_status provenance_collect(provenance *p, const char *experiment, const char *config_path,
+                               const char *config_text, int argc, char *const *argv) {
+    memset(p, 0, sizeof *p);
+    char buf[1024], dir[PATH_MAX], commit[128], dirty[16];
+    char *status = NULL, *cmdline = NULL;
+    qlab_status st = QLAB_OK;
+#define SET(key, value)                                                                                      \
+    do {                                                                                                     \
+        if ((st = provenance_set(p, key, value)) != QLAB_OK) goto fail;                                      \
+    } while (0)
+
+    SET("experiment", experiment ? experiment : "unknown");
+    SET("config_path", config_path ? config_path : "");
+    SET("config", config_text ? config_text : "");
+    SET("qlab_version", QLAB_VERSION);
+
+    program_dir(dir, sizeof dir);
+    provenance_git(dir, commit, sizeof commit, dirty, sizeof dirty, &status);
+    if (!strcmp(commit, "unknown")) { /* a binary installed outside the checkout: try where we run */
+        free(status);
+        provenance_git(".", commit, sizeof commit, dirty, sizeof dirty, &status);
+    }
+    SET("git_commit", commit);
+    SET("git_dirty", dirty);
+    SET("git_status", status ? status : "");
+
+    if ((st = set_library_versions(p)) != QLAB_OK) goto fail;
 
     cpu_model(buf, sizeof buf);
     SET("cpu_model", buf);
