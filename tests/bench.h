@@ -10,12 +10,29 @@
 
 #include "core/base/common.h"
 #include "core/base/progress.h"
+#include "core/model/model.h"
 #ifdef QLAB_HAVE_OPENBLAS
 #include <cblas.h>
 #endif
 
 /* Best-of-reps memcpy rate in GB/s of bytes written, for a buffer of `bytes` (make it >> last-level
  * cache to measure DRAM bandwidth). */
+/* The bench model every model-level benchmark uses: 6.5M parameters, dim 256, 8 layers, T 256 (run at
+ * batch 4). */
+static inline model_config bench_model_config(void) {
+    model_config c = {.dim = 256,
+                      .hidden_dim = 688,
+                      .n_layers = 8,
+                      .n_heads = 8,
+                      .n_kv_heads = 8,
+                      .vocab_size = 512,
+                      .seq_len = 256,
+                      .norm_eps = 1e-5f,
+                      .rope_theta = 10000.0f,
+                      .shared_classifier = 1};
+    return c;
+}
+
 static inline double bench_memcpy_gbps(size_t bytes, int reps) {
     char *a = qlab_alloc_aligned(bytes), *b = qlab_alloc_aligned(bytes);
     if (!a || !b) return 0;

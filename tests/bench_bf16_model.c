@@ -114,16 +114,7 @@ static void init_params(model *m, const model_config *c) {
 int main(int argc, char **argv) {
     (void)argc;
     qlab_openmp_prefer_passive(argv); /* as the programs do: spinning workers starve OpenBLAS when loaded */
-    model_config c = {.dim = 256,
-                      .hidden_dim = 688,
-                      .n_layers = 8,
-                      .n_heads = 8,
-                      .n_kv_heads = 8,
-                      .vocab_size = 512,
-                      .seq_len = 256,
-                      .norm_eps = 1e-5f,
-                      .rope_theta = 10000.0f,
-                      .shared_classifier = 1};
+    model_config c = bench_model_config();
     const int B = 4, T = 256, N = B * T, rank = 8;
     const char *path = bf16_path_name(bf16_active_path());
     model *m = NULL, *q = NULL;

@@ -31,16 +31,7 @@ int main(int argc, char **argv) {
     (void)argc;
     /* As qlab finetune runs (cli/main.c): passive OpenMP waits, so idle workers do not starve OpenBLAS. */
     qlab_openmp_prefer_passive(argv);
-    model_config c = {.dim = 256,
-                      .hidden_dim = 688,
-                      .n_layers = 8,
-                      .n_heads = 8,
-                      .n_kv_heads = 8,
-                      .vocab_size = 512,
-                      .seq_len = 256,
-                      .norm_eps = 1e-5f,
-                      .rope_theta = 10000.0f,
-                      .shared_classifier = 1};
+    model_config c = bench_model_config();
     const int B = 4, T = 256, N = B * T;
     model *lora_base, *qlora_base;
     if (model_create(&lora_base, &c) != QLAB_OK) return qlab_report_error("bench_finetune");

@@ -54,16 +54,7 @@ static int qlora_over_lora(const char *path, const char *label, int batch, int s
 int main(int argc, char **argv) {
     int child = memory_probe_main(argc, argv);
     if (child >= 0) return child;
-    model_config c = {.dim = 256,
-                      .hidden_dim = 688,
-                      .n_layers = 8,
-                      .n_heads = 8,
-                      .n_kv_heads = 8,
-                      .vocab_size = 512,
-                      .seq_len = 256,
-                      .norm_eps = 1e-5f,
-                      .rope_theta = 10000.0f,
-                      .shared_classifier = 1};
+    model_config c = bench_model_config();
     const int B = 4, T = 256;
     char path[128];
     snprintf(path, sizeof path, "/tmp/qlab_bench_memory_%ld.bin", (long)getpid());

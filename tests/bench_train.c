@@ -44,16 +44,7 @@ static double time_steps(model *m, const int *tokens, const int *targets, int B,
 }
 
 int main(void) {
-    model_config c = {.dim = 256,
-                      .hidden_dim = 688,
-                      .n_layers = 8,
-                      .n_heads = 8,
-                      .n_kv_heads = 8,
-                      .vocab_size = 512,
-                      .seq_len = 256,
-                      .norm_eps = 1e-5f,
-                      .rope_theta = 10000.0f,
-                      .shared_classifier = 1};
+    model_config c = bench_model_config();
     const int B = 4, T = 256, N = B * T;
     model *m;
     if (model_create(&m, &c) != QLAB_OK) return qlab_report_error("bench_train");
