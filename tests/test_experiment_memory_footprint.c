@@ -9,6 +9,15 @@
 #include <unistd.h>
 
 #include "tests/check.h"
+
+/* Under AddressSanitizer (make test-asan) every process carries shadow memory and quarantined blocks, so
+ * resident memory is not the program's: the measured-vs-predicted bound is checked in the normal build
+ * only. */
+#if defined(__SANITIZE_ADDRESS__)
+#define RSS_IS_MEASURABLE 0
+#else
+#define RSS_IS_MEASURABLE 1
+#endif
 #include "core/base/common.h"
 #include "core/results/results.h"
 #include "tests/results_cells.h"
@@ -45,10 +54,13 @@ static void check_measured(const results_table_data *t, int n_models) {
                 double measured = table_f64(t, "measured_mb", i), predicted = table_f64(t, "predicted_mb", i);
                 /* Loose sanity bound: the probe or the model is broken if they differ by half. The 10% target
                  * is the experiment's to report, not this test's. */
-                CHECKF(measured > 0 && predicted > 0 && measured / predicted > 0.67 &&
-                           measured / predicted < 1.5,
-                       "%s %s ckpt %d: measured %g MB, predicted %g MB", models[mi], runs[k], c, measured,
-                       predicted);
+                if (RSS_IS_MEASURABLE)
+                    CHECKF(measured > 0 && predicted > 0 && measured / predicted > 0.67 &&
+                               measured / predicted < 1.5,
+                           "%s %s ckpt %d: measured %g MB, predicted %g MB", models[mi], runs[k], c, measured,
+                           predicted);
+                else
+                    CHECK(measured > 0 && predicted > 0);
                 CHECK_NEAR(table_f64(t, "ratio", i), measured / predicted, 1e-9);
                 CHECK(table_i64(t, "peak_reset", i) == 1);
                 /* the components add up to the prediction */
