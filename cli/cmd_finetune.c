@@ -373,7 +373,10 @@ static int build_options(ft_run *r) {
 static qlab_status load_inputs(ft_run *r) {
     const ft_args *a = r->a;
     finetune_options *o = &r->o;
-    QLAB_TRY(checkpoint_load(a->model, &r->m));
+    /* a QLoRA base is loaded at 4 bits, one projection at a time (finetune_job_create takes it as it is) */
+    checkpoint_quant q = {o->base_dtype, o->blocksize, o->double_quant};
+    QLAB_TRY(o->mode == FINETUNE_QLORA ? checkpoint_load_quantized(a->model, &q, &r->m)
+                                       : checkpoint_load(a->model, &r->m));
     QLAB_TRY(tokenizer_load(r->tok_path, &r->tok));
     const model_config *cfg = model_get_config(r->m);
     if (tokenizer_vocab_size(r->tok) > cfg->vocab_size)

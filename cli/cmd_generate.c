@@ -183,13 +183,15 @@ static int check_generate_args(generate_args *p) {
 
 /* The model (quantized with --dtype, with --adapter's adapters) and a tokenizer that belongs to it. */
 static qlab_status load_generate_model(const generate_args *p, model **m, lora_set **lora, tokenizer **tok) {
-    QLAB_TRY(checkpoint_load(p->model_path, m));
-    QLAB_TRY(tokenizer_load(p->tok_path, tok));
-    if (p->dtype_name) {
+    if (p->dtype_name) { /* loaded at 4 bits, one projection at a time */
         quant_dtype dt;
         QLAB_TRY(quant_dtype_parse(p->dtype_name, &dt));
-        QLAB_TRY(model_quantize(*m, dt, p->bs ? (int)p->bs : quant_default_blocksize(dt), p->dq));
+        checkpoint_quant q = {dt, p->bs ? (int)p->bs : quant_default_blocksize(dt), p->dq};
+        QLAB_TRY(checkpoint_load_quantized(p->model_path, &q, m));
+    } else {
+        QLAB_TRY(checkpoint_load(p->model_path, m));
     }
+    QLAB_TRY(tokenizer_load(p->tok_path, tok));
     if (p->adapter) QLAB_TRY(cli_load_adapters(p->adapter, *m, lora));
     model_set_compute(*m, p->compute);
     const model_config *cfg = model_get_config(*m);

@@ -240,9 +240,11 @@ static int check_mmlu_args(mmlu_args *p) {
 
 /* The model, quantized with --dtype, with --adapter's adapters; qdesc describes its weights. */
 static qlab_status load_mmlu_model(const mmlu_args *p, model **m, lora_set **lora, char *qdesc, size_t cap) {
-    QLAB_TRY(checkpoint_load(p->model_path, m));
+    checkpoint_quant q = {p->dt, (int)p->bs, p->dq};
+    /* with --dtype, loaded at 4 bits one projection at a time */
+    QLAB_TRY(p->dtype_name ? checkpoint_load_quantized(p->model_path, &q, m)
+                           : checkpoint_load(p->model_path, m));
     if (p->dtype_name) {
-        QLAB_TRY(model_quantize(*m, p->dt, (int)p->bs, p->dq));
         snprintf(qdesc, cap, "%s, block %ld%s", quant_dtype_name(p->dt), p->bs,
                  p->dq ? ", double-quant" : "");
     }

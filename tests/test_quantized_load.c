@@ -147,13 +147,31 @@ static void test_synthetic(void) {
             }
             model_free(q);
         }
-        /* The fallback path (load in fp32, then quantize) gives the same as the streaming one. */
-        const char *hf = tmp_path(shared ? "hf_shared" : "hf_separate");
-        CHECK(checkpoint_save_hf(m, hf) == QLAB_OK);
-        model *a = NULL, *b = NULL;
-        CHECK(checkpoint_load_quantized(hf, &kinds[0], &a) == QLAB_OK &&
-              checkpoint_load_quantized(path, &kinds[0], &b) == QLAB_OK && a && b && same_quantized(a, b));
-        model_free(a), model_free(b);
+        /* GGUF and Hugging Face files stream too (one projection at a time, HF's Q/K rows permuted back):
+         * each equals its own fp32 load then model_quantize, and an fp32 file equals the llama2.c load. */
+        checkpoint_dtype dts[] = {CHECKPOINT_F32, CHECKPOINT_F16, CHECKPOINT_BF16};
+        for (int d = 0; d < 3; d++) {
+            char name[64], tag[96];
+            snprintf(name, sizeof name, "%s_%d.gguf", shared ? "shared" : "separate", d);
+            const char *gguf = tmp_path(name);
+            CHECK(checkpoint_save_gguf(m, gguf, dts[d]) == QLAB_OK);
+            snprintf(name, sizeof name, "%s_hf_%d", shared ? "shared" : "separate", d);
+            const char *hf = tmp_path(name);
+            CHECK(checkpoint_save_hf_dtype(m, hf, dts[d]) == QLAB_OK);
+            for (int k = 0; k < 3; k++) {
+                snprintf(tag, sizeof tag, "gguf dtype %d %s", d, quant_dtype_name(kinds[k].dtype));
+                model *g = check_both_ways(gguf, &kinds[k], tag);
+                snprintf(tag, sizeof tag, "hf dtype %d %s", d, quant_dtype_name(kinds[k].dtype));
+                model *h = check_both_ways(hf, &kinds[k], tag);
+                model *b = NULL;
+                if (d == 0) {
+                    CHECK(checkpoint_load_quantized(path, &kinds[k], &b) == QLAB_OK);
+                    CHECKF(g && h && b && same_quantized(g, b) && same_quantized(h, b),
+                           "fp32 gguf / hf / llama2.c %s differ", quant_dtype_name(kinds[k].dtype));
+                }
+                model_free(g), model_free(h), model_free(b);
+            }
+        }
         model_free(m);
     }
 
@@ -187,6 +205,17 @@ static void test_synthetic(void) {
     checkpoint_quant nf4 = {QUANT_NF4, 64, 1};
     CHECK(checkpoint_load_quantized(path, &nf4, &q) == QLAB_ERR_NUMERIC && q == NULL);
     CHECKF(strstr(qlab_last_error(), "tensor w3 (layer 1) is nan at row 5") != NULL, "%s", qlab_last_error());
+    /* ... and by the GGUF and Hugging Face streaming loads, naming the file's tensor */
+    path = tmp_path("nan.gguf");
+    CHECK(checkpoint_save_gguf(m, path, CHECKPOINT_F32) == QLAB_OK);
+    CHECK(checkpoint_load_quantized(path, &nf4, &q) == QLAB_ERR_NUMERIC && q == NULL);
+    CHECKF(strstr(qlab_last_error(), "tensor blk.1.ffn_up.weight is nan at row 5") != NULL, "%s",
+           qlab_last_error());
+    path = tmp_path("nan_hf");
+    CHECK(checkpoint_save_hf(m, path) == QLAB_OK);
+    CHECK(checkpoint_load_quantized(path, &nf4, &q) == QLAB_ERR_NUMERIC && q == NULL);
+    CHECKF(strstr(qlab_last_error(), "tensor model.layers.1.mlp.up_proj.weight is nan at row 5") != NULL,
+           "%s", qlab_last_error());
     model_free(m);
 }
 
@@ -210,11 +239,31 @@ static void test_stories260k(void) {
     model_free(q);
 }
 
+/* The real GGUF files of ../shared/data: the streaming load equals fp32 load + model_quantize. */
+static void test_real_gguf(void) {
+    const char *files[] = {"models/stories260K.gguf", "models/SmolLM2-135M-Instruct.Q4_1.gguf"};
+    checkpoint_quant nf4dq = {QUANT_NF4, 64, 1};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        const char *path = shared_data_path(files[i]);
+        FILE *f = fopen(path, "rb");
+        if (!f) {
+            char msg[160];
+            snprintf(msg, sizeof msg,
+                     "../shared/data/%s is absent: its streaming quantized load is not tested", files[i]);
+            SKIP(msg);
+            continue;
+        }
+        fclose(f);
+        model_free(check_both_ways(path, &nf4dq, files[i]));
+    }
+}
+
 int main(void) {
     rng_seed(&rng, 20240801);
     test_tmp_dir_create("quantized_load");
     test_synthetic();
     test_stories260k();
+    test_real_gguf();
     test_tmp_dir_remove();
     return check_summary();
 }

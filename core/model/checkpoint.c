@@ -4,6 +4,7 @@
 #include "core/model/checkpoint.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,19 +136,45 @@ qlab_status checkpoint_load_quantized(const char *path, const checkpoint_quant *
     checkpoint_format fmt;
     QLAB_TRY(checkpoint_detect(path, &fmt));
     qlab_status st;
-    if (fmt == CHECKPOINT_LLAMA2C) {
+    switch (fmt) {
+    case CHECKPOINT_LLAMA2C:
         QLAB_TRY(checkpoint_load_llama2c_quantized(path, quant, out));
-        st = model_check_finite(*out, 0, path); /* the fp32 groups; the projections were checked on load */
-    } else {
-        QLAB_TRY(checkpoint_load(path, out));
-        st = model_quantize(*out, quant->dtype, quant->blocksize, quant->double_quant);
-        if (st != QLAB_OK) qlab_fail_context(st, "%s", path);
+        break;
+    case CHECKPOINT_GGUF:
+        QLAB_TRY(checkpoint_load_gguf_quantized(path, quant, out));
+        break;
+    case CHECKPOINT_HF:
+        QLAB_TRY(checkpoint_load_hf_quantized(path, quant, out));
+        break;
+    case CHECKPOINT_UNKNOWN:
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: unknown checkpoint format", path);
     }
+    st = model_check_finite(*out, 0, path); /* the fp32 groups; the projections were checked on load */
     if (st != QLAB_OK) {
         model_free(*out);
         *out = NULL;
     }
     return st;
+}
+
+qlab_status checkpoint_quantize_projection(model *m, int layer, model_proj p, const float *w,
+                                           const char *path, const char *tensor) {
+    int out_f, in_f;
+    model_proj_shape(model_get_config(m), p, &out_f, &in_f);
+    char what[PATH_MAX + 160];
+    snprintf(what, sizeof what, "%s: tensor %s", path, tensor);
+    QLAB_TRY(check_finite_floats(w, (size_t)out_f * in_f, (size_t)in_f, what, "row"));
+    return model_set_projection(m, layer, p, w);
+}
+
+float *checkpoint_projection_scratch(const model_config *c) {
+    size_t most = 0;
+    for (int p = 0; p < PROJ_COUNT; p++) {
+        int out_f, in_f;
+        model_proj_shape(c, (model_proj)p, &out_f, &in_f);
+        if ((size_t)out_f * in_f > most) most = (size_t)out_f * in_f;
+    }
+    return qlab_alloc_aligned(most * sizeof(float));
 }
 
 /* ---------------------------------------------------------------- mapping */

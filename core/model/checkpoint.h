@@ -35,12 +35,15 @@ typedef struct {
 } checkpoint_quant;
 /* Loads the model with its projections quantized (model_create_quantized): the result equals
  * checkpoint_load followed by model_quantize, bit for bit, and keeps no fp32 copy of the projections.
- * llama2.c files are quantized tensor by tensor from the mapped file, so their fp32 projections are never
- * in memory at all (each is checked for NaN/Inf first); GGUF and Hugging Face checkpoints are loaded in
- * fp32 and then quantized, so their load peaks at the fp32 model once. Embeddings, norms and the classifier
+ * Every format is quantized tensor by tensor from the mapped file(s), so the fp32 projections are never all
+ * in memory: llama2.c's straight from the mapping, GGUF's (F32/F16/BF16/ggml block types) and Hugging
+ * Face's (F32/F16/BF16, Q/K rows permuted back to our rotary order) through one projection-sized fp32
+ * buffer; each is checked for NaN/Inf before it is quantized. Embeddings, norms and the classifier
  * stay fp32 (model_full_precision_groups names them). */
 qlab_status checkpoint_load_quantized(const char *path, const checkpoint_quant *quant, model **out);
 qlab_status checkpoint_load_llama2c_quantized(const char *path, const checkpoint_quant *quant, model **out);
+qlab_status checkpoint_load_gguf_quantized(const char *path, const checkpoint_quant *quant, model **out);
+qlab_status checkpoint_load_hf_quantized(const char *path, const checkpoint_quant *quant, model **out);
 qlab_status checkpoint_load_llama2c(const char *path, model **out);
 qlab_status checkpoint_load_gguf(const char *path, model **out);
 /* path: the directory, or its config.json. */

@@ -3,7 +3,8 @@
  * bit as ggml's reference does: core/quant/ggml_quants.h): header, typed metadata (every value's length
  * checked, unneeded ones skipped), tensor infos (dims fastest-first: ne[0] = in_features) and aligned tensor
  * data. GGUF keeps LLaMA's Q/K rows in the interleaved rotary order of the original weights (llama.cpp's
- * converter undoes Hugging Face's permutation), which is also our order: the rows are copied as they are. */
+ * converter undoes Hugging Face's permutation), which is also our order: the rows are copied as they are.
+ * A quantized load dequantizes one projection at a time into a scratch buffer and quantizes it from there. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -332,11 +333,16 @@ static qlab_status gguf_load_tensor(const gguf_file *g, const char *name, int ne
     return QLAB_OK;
 }
 
-/* Checks (p NULL) or loads every tensor of the model described by c. */
-static qlab_status gguf_load_all(const gguf_file *g, const model_config *c, model_params *p) {
+/* Checks (m NULL) or loads every tensor of the model described by c. A quantized m gets each projection
+ * dequantized into scratch (one projection's fp32 floats) and quantized from there. */
+static qlab_status gguf_load_all(const gguf_file *g, const model_config *c, model *m, float *scratch) {
     int D = c->dim, H = c->hidden_dim, KV = c->n_kv_heads * (D / c->n_heads), V = c->vocab_size;
     size_t DD = (size_t)D * D, KD = (size_t)KV * D, HD = (size_t)H * D;
+    model_params *p = m ? model_get_params(m) : NULL;
+    int quantized = m && model_is_quantized(m);
 #define GGUF_AT(field, offset) (p ? p->field + (offset) : NULL)
+/* a projection's destination: NULL when only checking or when it is quantized through scratch */
+#define GGUF_PROJ_AT(field, offset) (p && !quantized ? p->field + (offset) : NULL)
     QLAB_TRY(gguf_load_tensor(g, "token_embd.weight", D, V, GGUF_AT(token_embedding, 0)));
     QLAB_TRY(gguf_load_tensor(g, "output_norm.weight", D, 0, GGUF_AT(rms_final, 0)));
     if (!c->shared_classifier) QLAB_TRY(gguf_load_tensor(g, "output.weight", D, V, GGUF_AT(wcls, 0)));
@@ -345,23 +351,30 @@ static qlab_status gguf_load_all(const gguf_file *g, const model_config *c, mode
             const char *suffix;
             int ne0, ne1;
             float *dst;
+            int proj; /* model_proj, or -1 for a norm */
         } t[] = {
-            {"attn_norm", D, 0, GGUF_AT(rms_att, (size_t)l * D)},
-            {"attn_q", D, D, GGUF_AT(wq, l * DD)},
-            {"attn_k", D, KV, GGUF_AT(wk, l * KD)},
-            {"attn_v", D, KV, GGUF_AT(wv, l * KD)},
-            {"attn_output", D, D, GGUF_AT(wo, l * DD)},
-            {"ffn_norm", D, 0, GGUF_AT(rms_ffn, (size_t)l * D)},
-            {"ffn_gate", D, H, GGUF_AT(w1, l * HD)},
-            {"ffn_down", H, D, GGUF_AT(w2, l * HD)},
-            {"ffn_up", D, H, GGUF_AT(w3, l * HD)},
+            {"attn_norm", D, 0, GGUF_AT(rms_att, (size_t)l * D), -1},
+            {"attn_q", D, D, GGUF_PROJ_AT(wq, l * DD), PROJ_Q},
+            {"attn_k", D, KV, GGUF_PROJ_AT(wk, l * KD), PROJ_K},
+            {"attn_v", D, KV, GGUF_PROJ_AT(wv, l * KD), PROJ_V},
+            {"attn_output", D, D, GGUF_PROJ_AT(wo, l * DD), PROJ_O},
+            {"ffn_norm", D, 0, GGUF_AT(rms_ffn, (size_t)l * D), -1},
+            {"ffn_gate", D, H, GGUF_PROJ_AT(w1, l * HD), PROJ_GATE},
+            {"ffn_down", H, D, GGUF_PROJ_AT(w2, l * HD), PROJ_DOWN},
+            {"ffn_up", D, H, GGUF_PROJ_AT(w3, l * HD), PROJ_UP},
         };
         for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
             char name[64];
             snprintf(name, sizeof name, "blk.%d.%s.weight", l, t[i].suffix);
-            QLAB_TRY(gguf_load_tensor(g, name, t[i].ne0, t[i].ne1, t[i].dst));
+            if (quantized && t[i].proj >= 0) {
+                QLAB_TRY(gguf_load_tensor(g, name, t[i].ne0, t[i].ne1, scratch));
+                QLAB_TRY(checkpoint_quantize_projection(m, l, (model_proj)t[i].proj, scratch, g->path, name));
+            } else {
+                QLAB_TRY(gguf_load_tensor(g, name, t[i].ne0, t[i].ne1, t[i].dst));
+            }
         }
     }
+#undef GGUF_PROJ_AT
 #undef GGUF_AT
     return QLAB_OK;
 }
@@ -531,8 +544,10 @@ static qlab_status gguf_model_config(const gguf_file *g, gguf_hparams *hp, const
     return ost;
 }
 
-qlab_status checkpoint_load_gguf(const char *path, model **out) {
+/* quant NULL: an fp32 model; else a quantized one whose projections are quantized one at a time. */
+static qlab_status gguf_load(const char *path, const checkpoint_quant *quant, model **out) {
     *out = NULL;
+    float *scratch = NULL;
     checkpoint_mapping map;
     QLAB_TRY(checkpoint_map(path, &map));
     gguf_reader r = {map.data, map.size, 0, path, QLAB_OK};
@@ -568,13 +583,20 @@ qlab_status checkpoint_load_gguf(const char *path, model **out) {
     if ((st = gguf_model_config(&g, &hp, path, &cfg)) != QLAB_OK) goto done;
     /* every shape is checked before the model is allocated, so lying metadata cannot make us allocate (and
      * zero) a huge model */
-    if ((st = gguf_load_all(&g, &cfg, NULL)) != QLAB_OK) goto done;
-    if ((st = model_create(&m, &cfg)) != QLAB_OK) {
+    if ((st = gguf_load_all(&g, &cfg, NULL, NULL)) != QLAB_OK) goto done;
+    st = quant ? model_create_quantized(&m, &cfg, quant->dtype, quant->blocksize, quant->double_quant)
+               : model_create(&m, &cfg);
+    if (st != QLAB_OK) {
         qlab_fail_context(st, "%s", path);
         goto done;
     }
-    if ((st = gguf_load_all(&g, &cfg, model_get_params(m))) != QLAB_OK) goto done;
+    if (quant && !(scratch = checkpoint_projection_scratch(&cfg))) {
+        st = qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory for one projection's fp32 weights", path);
+        goto done;
+    }
+    if ((st = gguf_load_all(&g, &cfg, m, scratch)) != QLAB_OK) goto done;
 done:
+    qlab_free_aligned(scratch);
     if (st != QLAB_OK) {
         model_free(m);
         m = NULL;
@@ -583,6 +605,14 @@ done:
     checkpoint_unmap(&map);
     *out = m;
     return st;
+}
+
+qlab_status checkpoint_load_gguf(const char *path, model **out) {
+    return gguf_load(path, NULL, out);
+}
+
+qlab_status checkpoint_load_gguf_quantized(const char *path, const checkpoint_quant *quant, model **out) {
+    return gguf_load(path, quant, out);
 }
 
 /* ---------------------------------------------------------------- writer */

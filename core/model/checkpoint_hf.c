@@ -292,7 +292,8 @@ static qlab_status hf_read(const safetensors_checkpoint *ck, const char *dir, co
 typedef struct {
     char name[96];
     float *data;
-    int rows, cols; /* cols = 0: vector */
+    int rows, cols;  /* cols = 0: vector */
+    int layer, proj; /* proj: the model_proj of a projection, -1 for any other tensor */
 } hf_tensor;
 
 /* p NULL: names and shapes only (data NULL). */
@@ -306,7 +307,7 @@ static hf_tensor *hf_tensor_list(const model_config *c, const model_params *p, i
 #define HF_ADD(ptr, r, cl, ...)                                                                              \
     do {                                                                                                     \
         snprintf(ts[k].name, sizeof ts[k].name, __VA_ARGS__);                                                \
-        ts[k].data = (ptr), ts[k].rows = (r), ts[k].cols = (cl);                                             \
+        ts[k].data = (ptr), ts[k].rows = (r), ts[k].cols = (cl), ts[k].layer = -1, ts[k].proj = -1;          \
         k++;                                                                                                 \
     } while (0)
     HF_ADD(HF_AT(token_embedding, 0), c->vocab_size, D, "model.embed_tokens.weight");
@@ -316,8 +317,10 @@ static hf_tensor *hf_tensor_list(const model_config *c, const model_params *p, i
         const model_proj_info *info = model_proj_get(pj);                                                    \
         int rows, cols;                                                                                      \
         model_proj_shape(c, pj, &rows, &cols);                                                               \
-        HF_ADD(p ? p->group[info->group] + (size_t)l *rows *cols : NULL, rows, cols,                         \
-               "model.layers.%d.%s.%s.weight", l, info->block, info->name);                                  \
+        /* a quantized model's projection group is NULL: its tensors are read through a scratch buffer */    \
+        HF_ADD(p && p->group[info->group] ? p->group[info->group] + (size_t)l * rows * cols : NULL, rows,    \
+               cols, "model.layers.%d.%s.%s.weight", l, info->block, info->name);                            \
+        ts[k - 1].layer = l, ts[k - 1].proj = (int)(pj);                                                     \
     } while (0)
     for (int l = 0; l < L; l++) {
         HF_ADD(HF_AT(rms_att, (size_t)l * D), D, 0, "model.layers.%d.input_layernorm.weight", l);
@@ -346,8 +349,22 @@ static qlab_status hf_permute_qk(const model_config *c, float *wq, float *wk, in
     return QLAB_OK;
 }
 
-qlab_status checkpoint_load_hf(const char *path, model **out) {
+/* Reads projection tensor t into scratch, permutes W_q/W_k rows back to our rotary order (as
+ * hf_permute_qk does on an fp32 load) and quantizes it into m. */
+static qlab_status hf_quantize_projection(const safetensors_checkpoint *ck, const char *dir,
+                                          const char *config, model *m, const hf_tensor *t, float *scratch) {
+    const model_config *c = model_get_config(m);
+    int hs = c->dim / c->n_heads;
+    QLAB_TRY(hf_read(ck, dir, t->name, t->rows, t->cols, scratch));
+    if (t->proj == PROJ_Q) QLAB_TRY(checkpoint_permute_rotary_rows(scratch, c->n_heads, hs, c->dim, 0));
+    if (t->proj == PROJ_K) QLAB_TRY(checkpoint_permute_rotary_rows(scratch, c->n_kv_heads, hs, c->dim, 0));
+    return checkpoint_quantize_projection(m, t->layer, (model_proj)t->proj, scratch, config, t->name);
+}
+
+/* quant NULL: an fp32 model; else a quantized one whose projections are quantized one at a time. */
+static qlab_status hf_load(const char *path, const checkpoint_quant *quant, model **out) {
     *out = NULL;
+    float *scratch = NULL;
     char *dir, *config;
     QLAB_TRY(hf_paths(path, &dir, &config));
     model_config cfg;
@@ -372,8 +389,14 @@ qlab_status checkpoint_load_hf(const char *path, model **out) {
     free(ts);
     ts = NULL;
     if (st != QLAB_OK) goto done;
-    if ((st = model_create(&m, &cfg)) != QLAB_OK) {
+    st = quant ? model_create_quantized(&m, &cfg, quant->dtype, quant->blocksize, quant->double_quant)
+               : model_create(&m, &cfg);
+    if (st != QLAB_OK) {
         qlab_fail_context(st, "%s", config);
+        goto done;
+    }
+    if (quant && !(scratch = checkpoint_projection_scratch(&cfg))) {
+        st = qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory for one projection's fp32 weights", config);
         goto done;
     }
     model_params *p = model_get_params(m);
@@ -383,9 +406,11 @@ qlab_status checkpoint_load_hf(const char *path, model **out) {
         goto done;
     }
     for (int i = 0; i < n && st == QLAB_OK; i++)
-        st = hf_read(&ck, dir, ts[i].name, ts[i].rows, ts[i].cols, ts[i].data);
-    if (st == QLAB_OK) st = hf_permute_qk(&cfg, p->wq, p->wk, 0);
+        st = quant && ts[i].proj >= 0 ? hf_quantize_projection(&ck, dir, config, m, &ts[i], scratch)
+                                      : hf_read(&ck, dir, ts[i].name, ts[i].rows, ts[i].cols, ts[i].data);
+    if (st == QLAB_OK && !quant) st = hf_permute_qk(&cfg, p->wq, p->wk, 0);
 done:
+    qlab_free_aligned(scratch);
     if (opened) safetensors_checkpoint_close(&ck);
     if (st != QLAB_OK) {
         model_free(m);
@@ -396,6 +421,14 @@ done:
     free(config);
     *out = m;
     return st;
+}
+
+qlab_status checkpoint_load_hf(const char *path, model **out) {
+    return hf_load(path, NULL, out);
+}
+
+qlab_status checkpoint_load_hf_quantized(const char *path, const checkpoint_quant *quant, model **out) {
+    return hf_load(path, quant, out);
 }
 
 /* Adds a number that reads back as exactly the float f, printed in its shortest form (1e-05, not

@@ -37,6 +37,13 @@ qlab_status checkpoint_special_ids_hf(const char *path, int *bos, int *eos);
 /* Widens n stored values of dtype at src (any alignment, little-endian) into dst. */
 void checkpoint_widen(float *dst, const void *src, size_t n, checkpoint_dtype dtype);
 
+/* For the streaming quantized loads: checks the fp32 tensor w of projection p, layer `layer` (named
+ * tensor in path) for NaN/Inf and quantizes it into the quantized model m (model_set_projection). */
+qlab_status checkpoint_quantize_projection(model *m, int layer, model_proj p, const float *w,
+                                           const char *path, const char *tensor);
+/* An aligned fp32 buffer (qlab_free_aligned) for the largest projection of c, or NULL. */
+float *checkpoint_projection_scratch(const model_config *c);
+
 /* The parameter views of a model the writers only read. */
 static inline const model_params *checkpoint_params(const model *m) {
     return model_get_params_const(m);

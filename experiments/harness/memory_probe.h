@@ -32,7 +32,7 @@ typedef struct {
 typedef struct {
     model_config arch;        /* of the model loaded */
     uint64_t baseline_bytes;  /* VmRSS before the model was loaded */
-    uint64_t load_peak_bytes; /* VmHWM once loaded (the load's own peak, e.g. a GGUF read in fp32) */
+    uint64_t load_peak_bytes; /* VmHWM once loaded (the load's own peak) */
     uint64_t loaded_bytes;    /* VmRSS once loaded */
     uint64_t peak_bytes;      /* VmHWM over the training steps (from loaded_bytes on when reset) */
     int peak_reset;           /* 1: the high-water mark was reset after loading; 0: peak includes the load */
