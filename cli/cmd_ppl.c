@@ -239,8 +239,7 @@ static qlab_status prepare_ppl_models(const ppl_args *p, model *m, model **ref, 
                                       lora_set **ref_lora, char *qdesc, size_t cap) {
     snprintf(qdesc, cap, "fp32");
     if (p->dtype_name) {
-        QLAB_TRY(checkpoint_load(p->model_path, ref));
-        QLAB_TRY(model_quantize(m, p->dt, (int)p->bs, p->dq));
+        QLAB_TRY(checkpoint_load(p->model_path, ref)); /* m is already 4-bit (checkpoint_load_quantized) */
         /* the reference is the fp32 base with the same adapters */
         if (p->adapter) QLAB_TRY(cli_load_adapters(p->adapter, *ref, ref_lora));
         snprintf(qdesc, cap, "%s, block %ld%s", quant_dtype_name(p->dt), p->bs,
@@ -265,7 +264,12 @@ static int cmd_ppl(int argc, char **argv) {
     int *ids = NULL;
     int64_t n = 0;
     int rc = 1;
-    if (checkpoint_load(p.model_path, &m) != QLAB_OK) goto out;
+    /* With --dtype the evaluated model is loaded at 4 bits tensor by tensor (bit-identical to quantizing
+     * the fp32 load), so only the fp32 reference is ever whole in memory. */
+    checkpoint_quant q = {p.dt, (int)p.bs, p.dq};
+    if ((p.dtype_name ? checkpoint_load_quantized(p.model_path, &q, &m)
+                      : checkpoint_load(p.model_path, &m)) != QLAB_OK)
+        goto out;
     if (load_ppl_tokens(&p, m, &ids, &n) != QLAB_OK) goto out;
     const model_config *cfg = model_get_config(m);
     const char *data_name = p.data ? p.data : p.tokens_path;
