@@ -10,13 +10,12 @@
 
 #include "core/base/common.h"
 #include "core/base/progress.h"
+#include "core/model/gemm_bf16.h"
 #include "core/model/model.h"
 #ifdef QLAB_HAVE_OPENBLAS
 #include <cblas.h>
 #endif
 
-/* Best-of-reps memcpy rate in GB/s of bytes written, for a buffer of `bytes` (make it >> last-level
- * cache to measure DRAM bandwidth). */
 /* The bench model every model-level benchmark uses: 6.5M parameters, dim 256, 8 layers, T 256 (run at
  * batch 4). */
 static inline model_config bench_model_config(void) {
@@ -33,6 +32,56 @@ static inline model_config bench_model_config(void) {
     return c;
 }
 
+/* Best single step (forward, plus backward when asked) over at least min_seconds and 3 calls, after one
+ * warm-up step; -1 on failure. */
+static inline double bench_time_steps(model *m, const int *tokens, const int *targets, int B, int T,
+                                      int backward, double min_seconds) {
+    float loss;
+    if (model_forward(m, tokens, targets, B, T, NULL, &loss) != QLAB_OK) return -1;
+    if (backward && model_backward(m) != QLAB_OK) return -1;
+    int calls = 0;
+    double start = qlab_now(), best = 1e30;
+    do {
+        double t0 = qlab_now();
+        if (model_forward(m, tokens, targets, B, T, NULL, &loss) != QLAB_OK) return -1;
+        if (backward) {
+            model_zero_grad(m);
+            if (model_backward(m) != QLAB_OK) return -1;
+        }
+        double dt = qlab_now() - t0;
+        if (dt < best) best = dt;
+        calls++;
+    } while (qlab_now() - start < min_seconds || calls < 3);
+    return best;
+}
+
+/* GFLOP/s of the best of reps bf16_gemm calls (after one warm-up) on the active path; 0 on failure. */
+static inline double bench_bf16_gflops(int ta, int tb, int M, int N, int K, int reps) {
+    int lda = ta ? M : K, ldb = tb ? K : N;
+    float *A = qlab_alloc_aligned(sizeof(float) * (size_t)M * K);
+    float *B = qlab_alloc_aligned(sizeof(float) * (size_t)K * N);
+    float *C = qlab_alloc_aligned(sizeof(float) * (size_t)M * N);
+    double best = 1e30;
+    if (A && B && C) {
+        for (size_t i = 0; i < (size_t)M * K; i++)
+            A[i] = (float)((i * 37) % 101) / 101.0f - 0.5f;
+        for (size_t i = 0; i < (size_t)K * N; i++)
+            B[i] = (float)((i * 53) % 97) / 97.0f - 0.5f;
+        for (int r = 0; r < reps + 1; r++) {
+            double t0 = qlab_now();
+            if (bf16_gemm(ta, tb, M, N, K, A, lda, B, ldb, 0, C, N) != QLAB_OK) break;
+            double dt = qlab_now() - t0;
+            if (r > 0 && dt < best) best = dt;
+        }
+    }
+    qlab_free_aligned(A);
+    qlab_free_aligned(B);
+    qlab_free_aligned(C);
+    return best < 1e30 ? 2.0 * M * N * (double)K / best / 1e9 : 0;
+}
+
+/* Best-of-reps memcpy rate in GB/s of bytes written, for a buffer of `bytes` (make it >> last-level
+ * cache to measure DRAM bandwidth). */
 static inline double bench_memcpy_gbps(size_t bytes, int reps) {
     char *a = qlab_alloc_aligned(bytes), *b = qlab_alloc_aligned(bytes);
     if (!a || !b) return 0;

@@ -33,53 +33,6 @@ static double lora_forward_flops(const model_config *c, int N, int r) {
     return 2.0 * N * r * in_plus_out * c->n_layers;
 }
 
-/* Best single step (forward, plus backward when asked) over at least min_seconds and 3 calls, after one
- * warm-up step; -1 on failure. */
-static double time_steps(model *m, const int *tokens, const int *targets, int B, int T, int backward,
-                         double min_seconds) {
-    float loss;
-    if (model_forward(m, tokens, targets, B, T, NULL, &loss) != QLAB_OK) return -1;
-    if (backward && model_backward(m) != QLAB_OK) return -1;
-    int calls = 0;
-    double start = qlab_now(), best = 1e30;
-    do {
-        double t0 = qlab_now();
-        if (model_forward(m, tokens, targets, B, T, NULL, &loss) != QLAB_OK) return -1;
-        if (backward) {
-            model_zero_grad(m);
-            if (model_backward(m) != QLAB_OK) return -1;
-        }
-        double dt = qlab_now() - t0;
-        if (dt < best) best = dt;
-        calls++;
-    } while (qlab_now() - start < min_seconds || calls < 3);
-    return best;
-}
-
-static double bf16_gflops(int ta, int tb, int M, int N, int K, int reps) {
-    int lda = ta ? M : K, ldb = tb ? K : N;
-    float *A = qlab_alloc_aligned(sizeof(float) * (size_t)M * K);
-    float *B = qlab_alloc_aligned(sizeof(float) * (size_t)K * N);
-    float *C = qlab_alloc_aligned(sizeof(float) * (size_t)M * N);
-    double best = 1e30;
-    if (A && B && C) {
-        for (size_t i = 0; i < (size_t)M * K; i++)
-            A[i] = (float)((i * 37) % 101) / 101.0f - 0.5f;
-        for (size_t i = 0; i < (size_t)K * N; i++)
-            B[i] = (float)((i * 53) % 97) / 97.0f - 0.5f;
-        for (int r = 0; r < reps + 1; r++) {
-            double t0 = qlab_now();
-            if (bf16_gemm(ta, tb, M, N, K, A, lda, B, ldb, 0, C, N) != QLAB_OK) break;
-            double dt = qlab_now() - t0;
-            if (r > 0 && dt < best) best = dt;
-        }
-    }
-    qlab_free_aligned(A);
-    qlab_free_aligned(B);
-    qlab_free_aligned(C);
-    return best < 1e30 ? 2.0 * M * N * (double)K / best / 1e9 : 0;
-}
-
 /* The best bf16 GEMM rate on the active path over the model's product shapes (forward, input gradient and
  * weight gradient of the 256 -> 688, 688 -> 256 and 256 -> 256 projections over 1024 tokens). */
 static double best_bf16_gemm(int N, int D, int H, char *which, size_t n) {
@@ -91,7 +44,7 @@ static double best_bf16_gemm(int N, int D, int H, char *which, size_t n) {
                   {"dW %dx%dx%d", 1, 0, H, D, N},  {"dW %dx%dx%d", 1, 0, D, D, N}};
     double best = 0;
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
-        double g = bf16_gflops(shapes[s].ta, shapes[s].tb, shapes[s].M, shapes[s].Nn, shapes[s].K, 30);
+        double g = bench_bf16_gflops(shapes[s].ta, shapes[s].tb, shapes[s].M, shapes[s].Nn, shapes[s].K, 30);
         if (g > best) {
             best = g;
             snprintf(which, n, shapes[s].what, shapes[s].M, shapes[s].Nn, shapes[s].K);
@@ -149,9 +102,9 @@ int main(int argc, char **argv) {
         qlab_compute cm = k ? QLAB_COMPUTE_BF16 : QLAB_COMPUTE_FP32;
         model_set_compute(m, cm);
         model_set_compute(q, cm);
-        t[k][0] = time_steps(m, tokens, targets, B, T, 1, 4.0);
-        t[k][1] = time_steps(m, tokens, targets, B, T, 0, 3.0);
-        t[k][2] = time_steps(q, tokens, targets, B, T, 1, 4.0);
+        t[k][0] = bench_time_steps(m, tokens, targets, B, T, 1, 4.0);
+        t[k][1] = bench_time_steps(m, tokens, targets, B, T, 0, 3.0);
+        t[k][2] = bench_time_steps(q, tokens, targets, B, T, 1, 4.0);
         for (int j = 0; j < 3; j++)
             if (t[k][j] < 0) return qlab_report_error("bench_bf16_model");
     }

@@ -19,30 +19,6 @@ static double forward_flops(const model_config *c, int B, int T) {
     return 2 * N * p_mm + 4 * B * L * D * (T * (T + 1.0) / 2);
 }
 
-/* Runs a forward (and backward) step repeatedly for about min_seconds (at least 3 times, after one
- * warm-up step) and returns the fastest step's seconds: best-of-reps, like the sgemm limit, so other
- * processes on a shared machine disturb both figures alike. */
-static double time_steps(model *m, const int *tokens, const int *targets, int B, int T, int backward,
-                         double min_seconds) {
-    float loss;
-    model_forward(m, tokens, targets, B, T, NULL, &loss); /* warm-up: allocates activations, faults pages */
-    if (backward) model_backward(m);
-    int calls = 0;
-    double start = qlab_now(), best = 1e30;
-    do {
-        double t0 = qlab_now();
-        if (model_forward(m, tokens, targets, B, T, NULL, &loss) != QLAB_OK) return -1;
-        if (backward) {
-            model_zero_grad(m);
-            if (model_backward(m) != QLAB_OK) return -1;
-        }
-        double dt = qlab_now() - t0;
-        if (dt < best) best = dt;
-        calls++;
-    } while (qlab_now() - start < min_seconds || calls < 3);
-    return best;
-}
-
 int main(void) {
     model_config c = bench_model_config();
     const int B = 4, T = 256, N = B * T;
@@ -67,8 +43,8 @@ int main(void) {
            B, T, qlab_num_threads(), N, c.hidden_dim, c.dim, sgemm);
     double fwd = forward_flops(&c, B, T);
 
-    double t_train = time_steps(m, tokens, targets, B, T, 1, 6.0);
-    double t_eval = time_steps(m, tokens, targets, B, T, 0, 4.0);
+    double t_train = bench_time_steps(m, tokens, targets, B, T, 1, 6.0);
+    double t_eval = bench_time_steps(m, tokens, targets, B, T, 0, 4.0);
     if (t_train < 0 || t_eval < 0) return qlab_report_error("bench_train");
     double sgemm_after = bench_sgemm_gflops(N, c.hidden_dim, c.dim, 30);
     if (sgemm_after > sgemm) sgemm = sgemm_after;
@@ -81,8 +57,8 @@ int main(void) {
 
     /* NF4 projections dequantized tile by tile (no target: shows the dequantization overhead). */
     if (model_quantize(m, QUANT_NF4, 64, 1) != QLAB_OK) return qlab_report_error("bench_train");
-    double t_q = time_steps(m, tokens, targets, B, T, 0, 3.0);
-    double t_qtrain = time_steps(m, tokens, targets, B, T, 1, 3.0);
+    double t_q = bench_time_steps(m, tokens, targets, B, T, 0, 3.0);
+    double t_qtrain = bench_time_steps(m, tokens, targets, B, T, 1, 3.0);
     bench_emit("nf4 eval forward GFLOP/s", fwd / t_q / 1e9, "GFLOP/s", "sgemm GFLOP/s", sgemm, 0);
     /* Frozen NF4 projections form no weight gradients: 2x forward of work rather than 3x. */
     bench_emit("nf4 train step (frozen proj) tokens/s", N / t_qtrain, "tok/s", "-", 0, 0);
