@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/base/vmath.h"
 #include "core/base/progress.h"
 
 int64_t ppl_plan_windows(int64_t n, const ppl_options *opt, ppl_window *windows, int64_t cap) {
@@ -49,21 +50,6 @@ static double percentile_sorted(const double *v, int64_t n, double q) {
     int64_t i = (int64_t)pos;
     double frac = pos - (double)i;
     return i + 1 < n ? v[i] * (1 - frac) + v[i + 1] * frac : v[n - 1];
-}
-
-/* log-softmax of one row of logits into out (double), returning the argmax. */
-static int log_softmax_row(const float *logits, int V, double *out) {
-    double mx = logits[0];
-    int arg = 0;
-    for (int i = 1; i < V; i++)
-        if (logits[i] > mx) mx = logits[i], arg = i;
-    double sum = 0;
-    for (int i = 0; i < V; i++)
-        sum += exp((double)logits[i] - mx);
-    double lse = mx + log(sum);
-    for (int i = 0; i < V; i++)
-        out[i] = (double)logits[i] - lse;
-    return arg;
 }
 
 /* NaN/Inf logits stop the evaluation naming the token position (in the input) where they appear. */
@@ -202,40 +188,34 @@ static const float *scored_rows(const eval_plan *p, const eval_batch *b, const f
 /* ---------------------------------------------------------------- step 3: scoring */
 
 /* Scores `count` positions whose logits are rows of `logits` and whose targets are targets[0..count):
- * NLL; with ref_rows (the reference's logits of the same positions), also KL, agreement and dprob. */
-static qlab_status score_positions(const float *logits, const float *ref_rows, const int *targets, int count,
-                                   int V, position_score *scores) {
-    int failed = 0;
-#pragma omp parallel
-    {
-        double *lp = malloc(sizeof(double) * (size_t)V);
-        double *lp_ref = ref_rows ? malloc(sizeof(double) * (size_t)V) : NULL;
-        int ok = lp && (!ref_rows || lp_ref);
-        if (!ok) {
-#pragma omp atomic write
-            failed = 1;
-        }
-#pragma omp for schedule(static)
-        for (int k = 0; k < count; k++) {
-            if (!ok) continue;
-            int target = targets[k];
-            position_score *s = &scores[k];
-            int arg = log_softmax_row(logits + (size_t)k * V, V, lp);
-            s->nll = -lp[target];
-            if (!ref_rows) continue;
-            int arg_ref = log_softmax_row(ref_rows + (size_t)k * V, V, lp_ref);
-            double kl = 0;
-            for (int v = 0; v < V; v++)
-                kl += exp(lp_ref[v]) * (lp_ref[v] - lp[v]);
-            s->kl = kl > 0 ? kl : 0; /* rounding can give -1e-17 for identical models */
-            s->ref_nll = -lp_ref[target];
-            s->agree = arg == arg_ref;
-            s->dprob = exp(lp[target]) - exp(lp_ref[target]);
-        }
-        free(lp);
-        free(lp_ref);
+ * NLL; with ref_rows (the reference's logits of the same positions), also KL, agreement and dprob. Each
+ * row's log-sum-exp is max + log(sum of exp(x - max)), the exps in fp32 and the sum in double
+ * (core/base/vmath); KL(ref || model) = sum p_ref (x_ref - x) - lse_ref + lse in one pass over both rows,
+ * exactly 0 when the rows are equal. */
+static void score_positions(const float *logits, const float *ref_rows, const int *targets, int count, int V,
+                            position_score *scores) {
+#pragma omp parallel for schedule(static)
+    for (int k = 0; k < count; k++) {
+        int target = targets[k];
+        position_score *s = &scores[k];
+        const float *x = logits + (size_t)k * V;
+        size_t arg;
+        float mx = vm_max_index(x, (size_t)V, &arg);
+        double lse = (double)mx + log(vm_sum_exp_shift(x, (size_t)V, mx));
+        s->nll = lse - (double)x[target];
+        if (!ref_rows) continue;
+        const float *r = ref_rows + (size_t)k * V;
+        size_t arg_ref;
+        float mr = vm_max_index(r, (size_t)V, &arg_ref);
+        double sum, cross;
+        vm_sum_exp_cross(r, x, (size_t)V, mr, &sum, &cross);
+        double lse_ref = (double)mr + log(sum);
+        double kl = cross / sum - lse_ref + lse;
+        s->kl = kl > 0 ? kl : 0; /* rounding can give -1e-17 for nearly identical models */
+        s->ref_nll = lse_ref - (double)r[target];
+        s->agree = arg == arg_ref;
+        s->dprob = exp(-s->nll) - exp(-s->ref_nll);
     }
-    return failed ? qlab_fail(QLAB_ERR_NOMEM, "out of memory for log-probabilities (vocab %d)", V) : QLAB_OK;
 }
 
 /* The reference's logits for the positions of window i of batch b: the live reference's, or the cache's
@@ -267,8 +247,8 @@ static qlab_status score_stream(const eval_plan *p, model *m, model *ref, refere
             const ppl_window *win = &p->windows[w0 + i];
             int count = win->len - 1 - win->score_from;
             memcpy(targets, p->tokens + win->start + win->score_from + 1, sizeof(int) * (size_t)count);
-            st = score_positions(scored_rows(p, &b, b.logits, i), reference_rows(src, p, &b, i, scored),
-                                 targets, count, p->vocab, scores + scored);
+            score_positions(scored_rows(p, &b, b.logits, i), reference_rows(src, p, &b, i, scored), targets,
+                            count, p->vocab, scores + scored);
             scored += count;
         }
         if (st == QLAB_OK) progress_update(&prog, w0 + b.B, NULL);

@@ -1,5 +1,6 @@
 /* The layer ops of ops.h: plain loops for the elementwise, normalisation and attention work (OpenMP over
- * independent rows, static schedules, so the result does not depend on timing) and OpenBLAS sgemm for
+ * independent rows, static schedules, so the result does not depend on timing; exp and its sums from
+ * core/base/vmath, identical on every CPU) and OpenBLAS sgemm for
  * the matrix products, which dominate the cost of both evaluation and training. */
 #include "core/model/ops.h"
 
@@ -11,6 +12,11 @@
 #ifdef QLAB_HAVE_OPENBLAS
 #include <cblas.h>
 #endif
+
+#include "core/base/vmath.h"
+
+/* Elementwise loops (SwiGLU) run in chunks of this many elements: one vmath call each, OpenMP over chunks. */
+#define OPS_ELEM_CHUNK 1024
 
 /* ---------------------------------------------------------------- matrix products */
 
@@ -248,12 +254,10 @@ void attention_forward(float *out, float *att, const float *q, const float *k, c
         }
         /* causal softmax per row; zeros above the diagonal */
         for (int t = 0; t < T; t++) {
-            float *row = a + (size_t)t * T, maxv = -INFINITY, sum = 0;
-            for (int t2 = 0; t2 <= t; t2++)
-                maxv = row[t2] > maxv ? row[t2] : maxv;
-            for (int t2 = 0; t2 <= t; t2++)
-                sum += row[t2] = expf(row[t2] - maxv);
-            float inv = 1.0f / sum;
+            float *row = a + (size_t)t * T;
+            size_t at;
+            float maxv = vm_max_index(row, (size_t)t + 1, &at);
+            float inv = 1.0f / vm_exp_shift_sum(row, row, (size_t)t + 1, maxv);
             for (int t2 = 0; t2 <= t; t2++)
                 row[t2] *= inv;
             for (int t2 = t + 1; t2 < T; t2++)
@@ -337,21 +341,25 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
 
 void swiglu_forward(float *out, const float *gate, const float *up, size_t n) {
 #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
-    }
+    for (size_t i0 = 0; i0 < n; i0 += OPS_ELEM_CHUNK)
+        vm_silu_mul(out + i0, gate + i0, up + i0, n - i0 < OPS_ELEM_CHUNK ? n - i0 : OPS_ELEM_CHUNK);
 }
 
 void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                      size_t n) {
 #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        float g = gate[i], s = 1.0f / (1.0f + expf(-g));
-        float silu = g * s;
-        /* silu'(g) = s + g s (1 - s) */
-        dgate[i] += dout[i] * up[i] * (s + g * s * (1.0f - s));
-        dup[i] += dout[i] * silu;
+    for (size_t i0 = 0; i0 < n; i0 += OPS_ELEM_CHUNK) {
+        float sig[OPS_ELEM_CHUNK];
+        size_t len = n - i0 < OPS_ELEM_CHUNK ? n - i0 : OPS_ELEM_CHUNK;
+        vm_sigmoid(sig, gate + i0, len);
+        for (size_t j = 0; j < len; j++) {
+            size_t i = i0 + j;
+            float g = gate[i], s = sig[j];
+            float silu = g * s;
+            /* silu'(g) = s + g s (1 - s) */
+            dgate[i] += dout[i] * up[i] * (s + g * s * (1.0f - s));
+            dup[i] += dout[i] * silu;
+        }
     }
 }
 
@@ -374,15 +382,9 @@ void softmax_forward(float *probs, const float *logits, int N, int V) {
     for (int n = 0; n < N; n++) {
         const float *x = logits + (size_t)n * V;
         float *p = probs + (size_t)n * V;
-        float maxv = -INFINITY;
-        for (int i = 0; i < V; i++)
-            if (x[i] > maxv) maxv = x[i];
-        double sum = 0;
-        for (int i = 0; i < V; i++) {
-            p[i] = expf(x[i] - maxv);
-            sum += p[i];
-        }
-        float inv = (float)(1.0 / sum);
+        size_t at;
+        float maxv = vm_max_index(x, (size_t)V, &at);
+        float inv = (float)(1.0 / vm_exp_shift_sum_f64(p, x, (size_t)V, maxv));
         for (int i = 0; i < V; i++)
             p[i] *= inv;
     }

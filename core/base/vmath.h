@@ -1,0 +1,43 @@
+/* Vector math for the model's fp32 elementwise work: exp, the shifted-exp sums of softmax and
+ * log-softmax, and SiLU. One definition of each function (vm_expf below, a Cephes-style polynomial with
+ * explicit fused multiply-adds), computed by a plain C reference or an AVX-512 kernel chosen at run time;
+ * both give the same bits for every input, including the order of every sum (16 lanes, element i in lane
+ * i % 16, then a fixed pairwise tree), so results do not depend on the CPU.
+ *
+ * vm_expf is within 2 ulp of exp over the normal range (tests/test_vmath.c measures it); results below
+ * FLT_MIN (x < -87.3365) are flushed to 0 and x > 88.3763 gives +inf; NaN stays NaN. */
+#ifndef QLAB_CORE_BASE_VMATH_H
+#define QLAB_CORE_BASE_VMATH_H
+
+#include <stddef.h>
+
+/* The reference definition (always the plain C path). */
+float vm_expf(float x);
+
+/* y[i] = exp(x[i] - shift); returns the sum of y in fp32 (the lane order above). y may equal x. */
+float vm_exp_shift_sum(float *y, const float *x, size_t n, float shift);
+
+/* y[i] = exp(x[i] - shift); returns the sum of y accumulated in double (the lane order above). */
+double vm_exp_shift_sum_f64(float *y, const float *x, size_t n, float shift);
+
+/* sum of exp(x[i] - shift) in double, nothing stored. */
+double vm_sum_exp_shift(const float *x, size_t n, float shift);
+
+/* With e[i] = exp(r[i] - shift): *sum = sum e[i], *cross = sum e[i] * ((double)r[i] - (double)x[i]), both
+ * in double. The KL divergence from r's softmax to x's is cross / sum - lse(r) + lse(x). */
+void vm_sum_exp_cross(const float *r, const float *x, size_t n, float shift, double *sum, double *cross);
+
+/* The largest x[i] and the first index holding it (n > 0; a NaN is never the maximum). */
+float vm_max_index(const float *x, size_t n, size_t *index);
+
+/* out[i] = silu(g[i]) * u[i] = g / (1 + exp(-g)) * u. */
+void vm_silu_mul(float *out, const float *g, const float *u, size_t n);
+
+/* s[i] = 1 / (1 + exp(-g[i])). */
+void vm_sigmoid(float *s, const float *g, size_t n);
+
+/* Which path runs: "avx512" or "c". vm_force_c(1) makes every call take the C reference (tests). */
+const char *vm_path_name(void);
+void vm_force_c(int on);
+
+#endif

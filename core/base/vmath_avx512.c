@@ -1,0 +1,163 @@
+/* AVX-512 kernels of core/base/vmath.h (compiled with AVX512_FLAGS, called only after the CPU check in
+ * vmath.c). Sixteen elements per step; element i is in lane i % 16 of every accumulator, the tail is
+ * masked (masked lanes are left untouched, as the C reference never adds to them), and the lanes are
+ * reduced by the same tree as the reference, so every result equals vmath.c's bit for bit. */
+#include <immintrin.h>
+#include <math.h>
+
+#include "core/base/vmath_internal.h"
+
+static inline __mmask16 tail_mask(size_t left) {
+    return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+}
+
+/* vm_expf on 16 lanes: the same clamps, rounding, fused multiply-adds and scaling. */
+static inline __m512 exp16(__m512 x) {
+    __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    __mmask16 lo = _mm512_cmp_ps_mask(x, _mm512_set1_ps(VM_EXP_LO), _CMP_LT_OQ);
+    __mmask16 hi = _mm512_cmp_ps_mask(x, _mm512_set1_ps(VM_EXP_HI), _CMP_GT_OQ);
+    __m512 xc = _mm512_mask_mov_ps(x, nan | lo | hi, _mm512_setzero_ps());
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(VM_LOG2E)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-VM_LN2_HI), xc);
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(-VM_LN2_LO), r);
+    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(VM_P0), r, _mm512_set1_ps(VM_P1));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(VM_P2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(VM_P3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(VM_P4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(VM_P5));
+    __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    y = _mm512_mul_ps(y, _mm512_castsi512_ps(e));
+    y = _mm512_mask_mov_ps(y, lo, _mm512_setzero_ps());
+    y = _mm512_mask_mov_ps(y, hi, _mm512_set1_ps(INFINITY));
+    return _mm512_mask_mov_ps(y, nan, x);
+}
+
+static inline __m512 load(const float *p, __mmask16 m) {
+    return m == 0xffff ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(m, p);
+}
+
+float vm_exp_shift_sum_avx512(float *y, const float *x, size_t n, float shift) {
+    __m512 acc = _mm512_setzero_ps(), s = _mm512_set1_ps(shift);
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 e = exp16(_mm512_sub_ps(load(x + i, m), s));
+        _mm512_mask_storeu_ps(y + i, m, e);
+        acc = _mm512_mask_add_ps(acc, m, acc, e);
+    }
+    float lanes[VM_LANES];
+    _mm512_storeu_ps(lanes, acc);
+    return vm_tree_f32(lanes);
+}
+
+/* Adds the 16 floats of e (as doubles) to lanes 0-7 (lo) and 8-15 (hi) under mask m. */
+static inline void add_f64(__m512d *lo, __m512d *hi, __m512 e, __mmask16 m) {
+    __m512d elo = _mm512_cvtps_pd(_mm512_castps512_ps256(e));
+    __m512d ehi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1)));
+    *lo = _mm512_mask_add_pd(*lo, (__mmask8)(m & 0xff), *lo, elo);
+    *hi = _mm512_mask_add_pd(*hi, (__mmask8)(m >> 8), *hi, ehi);
+}
+
+static double tree_pair(__m512d lo, __m512d hi) {
+    double lanes[VM_LANES];
+    _mm512_storeu_pd(lanes, lo);
+    _mm512_storeu_pd(lanes + 8, hi);
+    return vm_tree_f64(lanes);
+}
+
+double vm_exp_shift_sum_f64_avx512(float *y, const float *x, size_t n, float shift) {
+    __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
+    __m512 s = _mm512_set1_ps(shift);
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 e = exp16(_mm512_sub_ps(load(x + i, m), s));
+        _mm512_mask_storeu_ps(y + i, m, e);
+        add_f64(&lo, &hi, e, m);
+    }
+    return tree_pair(lo, hi);
+}
+
+double vm_sum_exp_shift_avx512(const float *x, size_t n, float shift) {
+    __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
+    __m512 s = _mm512_set1_ps(shift);
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        add_f64(&lo, &hi, exp16(_mm512_sub_ps(load(x + i, m), s)), m);
+    }
+    return tree_pair(lo, hi);
+}
+
+void vm_sum_exp_cross_avx512(const float *r, const float *x, size_t n, float shift, double *sum,
+                             double *cross) {
+    __m512d slo = _mm512_setzero_pd(), shi = _mm512_setzero_pd();
+    __m512d clo = _mm512_setzero_pd(), chi = _mm512_setzero_pd();
+    __m512 s = _mm512_set1_ps(shift);
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 vr = load(r + i, m), vx = load(x + i, m);
+        __m512 e = exp16(_mm512_sub_ps(vr, s));
+        add_f64(&slo, &shi, e, m);
+        __m512d elo = _mm512_cvtps_pd(_mm512_castps512_ps256(e));
+        __m512d ehi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1)));
+        __m512d dlo = _mm512_sub_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(vr)),
+                                    _mm512_cvtps_pd(_mm512_castps512_ps256(vx)));
+        __m512d dhi =
+            _mm512_sub_pd(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(vr), 1))),
+                          _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(vx), 1))));
+        clo = _mm512_mask_add_pd(clo, (__mmask8)(m & 0xff), clo, _mm512_mul_pd(elo, dlo));
+        chi = _mm512_mask_add_pd(chi, (__mmask8)(m >> 8), chi, _mm512_mul_pd(ehi, dhi));
+    }
+    *sum = tree_pair(slo, shi);
+    *cross = tree_pair(clo, chi);
+}
+
+float vm_max_index_avx512(const float *x, size_t n, size_t *index) {
+    __m512 best = _mm512_set1_ps(-INFINITY);
+    __m512i at = _mm512_setzero_si512(),
+            idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    /* Indices are kept in 32 bits: callers pass rows (a vocabulary), far below 2^31. */
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 v = load(x + i, m);
+        __mmask16 gt = _mm512_mask_cmp_ps_mask(m, v, best, _CMP_GT_OQ);
+        best = _mm512_mask_mov_ps(best, gt, v);
+        at = _mm512_mask_mov_epi32(at, gt, idx);
+        idx = _mm512_add_epi32(idx, _mm512_set1_epi32(16));
+    }
+    float b[16];
+    int a[16];
+    _mm512_storeu_ps(b, best);
+    _mm512_storeu_si512(a, at);
+    float m = -INFINITY;
+    int where = 0;
+    for (int l = 0; l < 16; l++)
+        if (b[l] > m || (b[l] == m && m > -INFINITY && a[l] < where)) m = b[l], where = a[l];
+    *index = (size_t)where;
+    return m;
+}
+
+/* -g as the reference's unary minus: the sign bit flipped (also for 0 and NaN). */
+static inline __m512 neg(__m512 g) {
+    return _mm512_xor_ps(g, _mm512_set1_ps(-0.0f));
+}
+
+void vm_silu_mul_avx512(float *out, const float *g, const float *u, size_t n) {
+    __m512 one = _mm512_set1_ps(1.0f);
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 vg = load(g + i, m);
+        __m512 e = exp16(neg(vg));
+        __m512 q = _mm512_div_ps(vg, _mm512_add_ps(one, e));
+        _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(q, load(u + i, m)));
+    }
+}
+
+void vm_sigmoid_avx512(float *s, const float *g, size_t n) {
+    __m512 one = _mm512_set1_ps(1.0f);
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 e = exp16(neg(load(g + i, m)));
+        _mm512_mask_storeu_ps(s + i, m, _mm512_div_ps(one, _mm512_add_ps(one, e)));
+    }
+}

@@ -1,0 +1,222 @@
+/* core/base/vmath: vm_expf against double-precision exp (the documented 2-ulp bound over the normal range,
+ * exact special cases); every vector function on this CPU's path against the C reference, bit for bit, on
+ * random rows of many lengths with special values; the sums against double-precision sums; max_index's
+ * first-occurrence rule; the KL identity of vm_sum_exp_cross against a direct computation. */
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tests/check.h"
+#include "core/base/rng.h"
+#include "core/base/vmath.h"
+
+static uint32_t bits_of(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    return u;
+}
+
+/* The distance of y from the exact value e in units of the last place of float at e. */
+static double ulps(float y, double e) {
+    int ex;
+    frexp(e, &ex);
+    double ulp = ldexp(1.0, (ex - 24 < -149 ? -149 : ex - 24));
+    return fabs((double)y - e) / ulp;
+}
+
+static void test_expf_accuracy(void) {
+    double worst = 0, worst_x = 0;
+    long n = 0;
+    for (float x = -87.3f; x <= 88.3f; x = nextafterf(x, INFINITY) + 3e-5f * fabsf(x) + 1e-6f, n++) {
+        double u = ulps(vm_expf(x), exp((double)x));
+        if (u > worst) worst = u, worst_x = x;
+    }
+    /* every float in [-1, 1] near 0 too, where r is the whole argument */
+    for (float x = -1e-3f; x <= 1e-3f; x = nextafterf(x, INFINITY) + 1e-9f, n++) {
+        double u = ulps(vm_expf(x), exp((double)x));
+        if (u > worst) worst = u, worst_x = x;
+    }
+    CHECKF(worst <= 2.0, "vm_expf is %.3f ulp from exp at x = %.9g (%ld points)", worst, worst_x, n);
+    fprintf(stderr, "vm_expf: worst %.3f ulp over %ld points (at %.9g)\n", worst, n, worst_x);
+
+    CHECK(vm_expf(0.0f) == 1.0f && vm_expf(-0.0f) == 1.0f);
+    CHECK(vm_expf(-INFINITY) == 0.0f && vm_expf(-100.0f) == 0.0f && vm_expf(-87.34f) == 0.0f);
+    CHECK(isinf(vm_expf(INFINITY)) && isinf(vm_expf(88.38f)) && isinf(vm_expf(1e30f)));
+    CHECK(isfinite(vm_expf(88.37f)) && vm_expf(88.37f) > 2.0e38f);
+    CHECK(isnan(vm_expf(NAN)));
+    /* the smallest input kept gives a positive result, monotone across the flush boundary */
+    float lo = nextafterf(-87.3365447505531f, 0.0f);
+    CHECK(vm_expf(lo) > 0.0f && vm_expf(lo) < 1.3e-38f);
+}
+
+/* A row of logits-like values with specials planted at some positions. */
+static void fill(float *x, size_t n, rng_state *r, int specials) {
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)(rng_normal(r) * 6.0);
+    if (!specials || n < 8) return;
+    x[n / 3] = -INFINITY;
+    x[n / 2] = -120.0f;
+    x[n - 1] = -0.0f;
+    x[n / 5] = 95.0f; /* exp(x - shift) can be > 88.37 when shift is small: +inf */
+}
+
+static int same_bits(const float *a, const float *b, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (bits_of(a[i]) != bits_of(b[i])) return 0;
+    return 1;
+}
+
+static void test_paths_bit_exact(void) {
+    vm_force_c(0);
+    if (strcmp(vm_path_name(), "c") == 0) {
+        SKIP("no AVX-512 on this CPU: only the C reference runs here (its kernels still compile)");
+        return;
+    }
+    enum { N = 49153 };
+    float *x = malloc(sizeof(float) * N), *u = malloc(sizeof(float) * N);
+    float *y1 = malloc(sizeof(float) * N), *y2 = malloc(sizeof(float) * N);
+    rng_state r;
+    rng_seed(&r, 11);
+    size_t lens[] = {0, 1, 2, 7, 15, 16, 17, 31, 33, 100, 255, 256, 257, 1000, 4095, N};
+    for (size_t li = 0; li < sizeof lens / sizeof *lens; li++) {
+        size_t n = lens[li];
+        int bad = 0;
+        fill(x, n, &r, 1);
+        fill(u, n, &r, 0);
+        float shift = n ? x[0] : 0.0f;
+        double s1, s2, c1, c2;
+        float f1, f2;
+        size_t i1, i2;
+
+        vm_force_c(1);
+        f1 = vm_exp_shift_sum(y1, x, n, shift);
+        vm_force_c(0);
+        f2 = vm_exp_shift_sum(y2, x, n, shift);
+        bad += bits_of(f1) != bits_of(f2) || !same_bits(y1, y2, n);
+
+        vm_force_c(1);
+        s1 = vm_exp_shift_sum_f64(y1, x, n, shift);
+        c1 = vm_sum_exp_shift(x, n, shift);
+        vm_force_c(0);
+        s2 = vm_exp_shift_sum_f64(y2, x, n, shift);
+        c2 = vm_sum_exp_shift(x, n, shift);
+        bad += memcmp(&s1, &s2, 8) != 0 || memcmp(&c1, &c2, 8) != 0 || !same_bits(y1, y2, n);
+
+        vm_force_c(1);
+        vm_sum_exp_cross(x, u, n, shift, &s1, &c1);
+        vm_force_c(0);
+        vm_sum_exp_cross(x, u, n, shift, &s2, &c2);
+        bad += memcmp(&s1, &s2, 8) != 0 || memcmp(&c1, &c2, 8) != 0;
+
+        vm_force_c(1);
+        f1 = vm_max_index(x, n, &i1);
+        vm_force_c(0);
+        f2 = vm_max_index(x, n, &i2);
+        bad += bits_of(f1) != bits_of(f2) || i1 != i2;
+
+        vm_force_c(1);
+        vm_silu_mul(y1, x, u, n);
+        vm_force_c(0);
+        vm_silu_mul(y2, x, u, n);
+        bad += !same_bits(y1, y2, n);
+
+        vm_force_c(1);
+        vm_sigmoid(y1, x, n);
+        vm_force_c(0);
+        vm_sigmoid(y2, x, n);
+        bad += !same_bits(y1, y2, n);
+        CHECKF(bad == 0, "length %zu: the %s path differs from the C reference", n, vm_path_name());
+    }
+    /* every float exponent and the NaN, elementwise */
+    size_t n = 0;
+    for (uint32_t e = 0; e < 256 && n + 2 <= N; e++)
+        for (int s = 0; s < 2; s++) {
+            uint32_t b = (e << 23) | ((uint32_t)s << 31) | (e * 2654435761u >> 9);
+            memcpy(&x[n++], &b, 4);
+        }
+    vm_force_c(1);
+    vm_sigmoid(y1, x, n);
+    vm_force_c(0);
+    vm_sigmoid(y2, x, n);
+    int bad_bits = 0;
+    for (size_t i = 0; i < n; i++)
+        bad_bits += bits_of(y1[i]) != bits_of(y2[i]) && !(isnan(y1[i]) && isnan(y2[i]));
+    CHECKF(bad_bits == 0, "%d of %zu special inputs differ between paths", bad_bits, n);
+    free(x), free(u), free(y1), free(y2);
+}
+
+static void test_sums_and_max(void) {
+    enum { N = 49152 };
+    float *x = malloc(sizeof(float) * N), *xq = malloc(sizeof(float) * N), *y = malloc(sizeof(float) * N);
+    rng_state r;
+    rng_seed(&r, 5);
+    fill(x, N, &r, 0);
+    for (int i = 0; i < N; i++)
+        xq[i] = x[i] + (float)(rng_normal(&r) * 0.3);
+    for (int path = 0; path < 2; path++) {
+        vm_force_c(path == 0);
+        size_t at;
+        float mx = vm_max_index(x, N, &at);
+        double exact = 0, exact_q = 0, kl = 0;
+        for (int i = 0; i < N; i++) {
+            exact += exp((double)x[i] - mx);
+        }
+        size_t atq;
+        float mq = vm_max_index(xq, N, &atq);
+        for (int i = 0; i < N; i++)
+            exact_q += exp((double)xq[i] - mq);
+        double lse = mx + log(exact), lse_q = mq + log(exact_q);
+        for (int i = 0; i < N; i++) {
+            double lp = x[i] - lse, lq = xq[i] - lse_q;
+            kl += exp(lp) * (lp - lq);
+        }
+        double s64 = vm_exp_shift_sum_f64(y, x, N, mx);
+        CHECK_NEAR(s64 / exact, 1.0, 4 * FLT_EPSILON);
+        CHECK_NEAR(vm_sum_exp_shift(x, N, mx), s64, 0.0);
+        CHECK_NEAR(vm_exp_shift_sum(y, x, N, mx) / exact, 1.0, 1e-5);
+        double sum, cross;
+        vm_sum_exp_cross(x, xq, N, mx, &sum, &cross);
+        double kl_vm = cross / sum - lse + (mq + log(vm_sum_exp_shift(xq, N, mq)));
+        CHECKF(fabs(kl_vm - kl) <= 1e-6 * kl + 1e-9, "KL %.12g vs direct %.12g", kl_vm, kl);
+        /* the maximum and its first index */
+        size_t ref_at = 0;
+        for (int i = 1; i < N; i++)
+            if (x[i] > x[ref_at]) ref_at = (size_t)i;
+        CHECK(at == ref_at && mx == x[ref_at]);
+        float row[40];
+        for (int i = 0; i < 40; i++)
+            row[i] = (float)(i % 7);
+        row[3] = NAN;
+        CHECK(vm_max_index(row, 40, &at) == 6.0f && at == 6);
+        for (int i = 0; i < 40; i++)
+            row[i] = -INFINITY;
+        CHECK(vm_max_index(row, 40, &at) == -INFINITY && at == 0);
+        row[37] = 2.0f, row[21] = 2.0f;
+        CHECK(vm_max_index(row, 40, &at) == 2.0f && at == 21);
+        /* silu and sigmoid against double precision */
+        float g[64], u[64], out[64], s[64];
+        double worst = 0;
+        for (int i = 0; i < 64; i++)
+            g[i] = (float)(i - 32) * 0.37f, u[i] = 1.0f + 0.01f * (float)i;
+        vm_silu_mul(out, g, u, 64);
+        vm_sigmoid(s, g, 64);
+        for (int i = 0; i < 64; i++) {
+            double sd = 1.0 / (1.0 + exp(-(double)g[i]));
+            worst = fmax(worst, fabs(s[i] - sd) / fmax(sd, 1e-30));
+            worst = fmax(worst, fabs(out[i] - g[i] * sd * u[i]) / fmax(fabs(g[i] * sd * u[i]), 1e-30));
+        }
+        CHECKF(worst < 4 * FLT_EPSILON, "silu/sigmoid relative error %.3g (%s path)", worst,
+               path ? vm_path_name() : "c");
+    }
+    vm_force_c(0);
+    free(x), free(xq), free(y);
+}
+
+int main(void) {
+    test_expf_accuracy();
+    test_paths_bit_exact();
+    test_sums_and_max();
+    return check_summary();
+}
