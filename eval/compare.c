@@ -129,7 +129,7 @@ static qlab_status size_the_work(grid_run *g) {
         for (int b = 0; b < g->n_benchmarks; b++) {
             int64_t tokens = g->benchmarks[b].max_tokens;
             g->total_work +=
-                (g->out->params[m] / 1000 + 1) * (tokens ? tokens : 100000) / 1000 * (2 + g->n_variants);
+                (g->out->params[m] / 1000 + 1) * (tokens ? tokens : 100000) / 1000 * (1 + g->n_variants);
         }
     }
     return QLAB_OK;
@@ -164,9 +164,14 @@ static qlab_status score_variant(grid_run *g, int m, int v, model *ref, model *e
                              .params = params,
                              .total_bits = bits,
                              .bits_projections = bits_proj};
-        qlab_status st =
-            cached ? ppl_evaluate_cached(evaluated, &p->ref, p->tokens, p->n, &p->opt, &row->res)
-                   : ppl_evaluate(evaluated, v >= 0 ? ref : NULL, p->tokens, p->n, &p->opt, &row->res);
+        int from_cache = v < 0 && p->ref.logits; /* the fp32 row read from its own cached logits */
+        qlab_status st;
+        if (from_cache)
+            st = ppl_evaluate_reference(&p->ref, model_get_config(ref), p->tokens, p->n, &p->opt, &row->res);
+        else if (cached)
+            st = ppl_evaluate_cached(evaluated, &p->ref, p->tokens, p->n, &p->opt, &row->res);
+        else
+            st = ppl_evaluate(evaluated, v >= 0 ? ref : NULL, p->tokens, p->n, &p->opt, &row->res);
         if (st != QLAB_OK)
             return qlab_fail_context(QLAB_ERR_NUMERIC, "model %s, %s, benchmark %s", spec->name, label,
                                      g->benchmarks[b].name);
@@ -200,7 +205,7 @@ static qlab_status run_model(grid_run *g, int m, size_t budget) {
     qlab_status st = prepared ? checkpoint_load(g->models[m].checkpoint, &ref) : QLAB_ERR_NOMEM;
     if (st == QLAB_OK) model_set_compute(ref, g->compute); /* model_clone passes it to the variants */
     if (st == QLAB_OK) st = prepare_benchmarks(ref, &g->models[m], g->benchmarks, nb, prepared);
-    if (st == QLAB_OK) st = score_variant(g, m, -1, ref, ref, prepared, 0, nb, base);
+    if (st == QLAB_OK && g->n_variants == 0) st = score_variant(g, m, -1, ref, ref, prepared, 0, nb, base);
     for (int b0 = 0, b1; st == QLAB_OK && b0 < nb && g->n_variants > 0; b0 = b1) {
         size_t used = 0, bytes;
         for (b1 = b0; b1 < nb; b1++) {
@@ -212,6 +217,8 @@ static qlab_status run_model(grid_run *g, int m, size_t budget) {
             b1 = b0 + 1; /* too large for the budget: no cached reference */
         else
             st = compute_references(ref, &g->models[m], g->benchmarks, b0, b1, prepared);
+        /* the fp32 rows: from the cached logits when there are some, else their own forward passes */
+        if (st == QLAB_OK) st = score_variant(g, m, -1, ref, ref, prepared, b0, b1, base);
         for (int v = 0; st == QLAB_OK && v < g->n_variants; v++) {
             const compare_variant *var = &g->variants[v];
             st = model_clone(ref, &q);

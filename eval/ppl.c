@@ -348,6 +348,36 @@ qlab_status ppl_evaluate_cached(model *m, const ppl_reference *ref, const int *t
     return evaluate(m, NULL, ref, tokens, n, opt, out);
 }
 
+qlab_status ppl_evaluate_reference(const ppl_reference *ref, const model_config *cfg, const int *tokens,
+                                   int64_t n, const ppl_options *opt, ppl_result *out) {
+    memset(out, 0, sizeof *out);
+    eval_plan p;
+    QLAB_TRY(plan_evaluation(cfg, tokens, n, opt, 2, &p));
+    qlab_status st = QLAB_OK;
+    if (ref->vocab != p.vocab || ref->n_scored != p.n_scored || !ref->logits)
+        st = qlab_fail(
+            QLAB_ERR_ARG,
+            "cached reference holds %lld positions of vocabulary %d; this evaluation scores %lld of %d",
+            (long long)ref->n_scored, ref->vocab, (long long)p.n_scored, p.vocab);
+    position_score *scores = st == QLAB_OK ? qlab_calloc((size_t)p.n_scored, sizeof *scores) : NULL;
+    int *targets = st == QLAB_OK ? qlab_calloc((size_t)opt->ctx + 1, sizeof(int)) : NULL;
+    if (st == QLAB_OK && (!scores || !targets)) st = QLAB_ERR_NOMEM;
+    int64_t scored = 0;
+    for (int64_t w = 0; st == QLAB_OK && w < p.n_windows; w++) {
+        const ppl_window *win = &p.windows[w];
+        int count = win->len - 1 - win->score_from;
+        memcpy(targets, p.tokens + win->start + win->score_from + 1, sizeof(int) * (size_t)count);
+        score_positions(ref->logits + (size_t)scored * (size_t)p.vocab, NULL, targets, count, p.vocab,
+                        scores + scored);
+        scored += count;
+    }
+    if (st == QLAB_OK) summarize_nll(&p, opt, scores, out);
+    free(targets);
+    free(scores);
+    plan_free(&p);
+    return st;
+}
+
 size_t ppl_reference_bytes(model *ref, int64_t n, const ppl_options *opt) {
     if (opt->max_tokens > 0 && n > opt->max_tokens) n = opt->max_tokens;
     int64_t n_windows = ppl_plan_windows(n, opt, NULL, 0);

@@ -68,6 +68,12 @@ void ppl_reference_free(ppl_reference *r);
 qlab_status ppl_evaluate_cached(model *m, const ppl_reference *ref, const int *tokens, int64_t n,
                                 const ppl_options *opt, ppl_result *out);
 
+/* The reference model's own evaluation (ppl_evaluate(ref_model, NULL, ...)'s NLL and perplexity) scored
+ * from the cache, without a forward pass: the same windows, the logits the cache holds. cfg is the
+ * reference model's. */
+qlab_status ppl_evaluate_reference(const ppl_reference *ref, const model_config *cfg, const int *tokens,
+                                   int64_t n, const ppl_options *opt, ppl_result *out);
+
 /* The windows a protocol produces, for tests and for describing a run: window w covers tokens
  * [start, start+len) and scores the predictions of positions [score_from, len-1) within it
  * (position j predicts token start+j+1). Returns the number of windows (fills at most cap entries). */

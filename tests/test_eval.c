@@ -143,8 +143,19 @@ static void test_real_model(void) {
         CHECK(memcmp(&cached.top1_agree, &live.top1_agree, sizeof(double)) == 0);
         CHECK(memcmp(&cached.dprob_correct, &live.dprob_correct, sizeof(double)) == 0);
         CHECK(memcmp(&cached.ref_mean_nll, &live.ref_mean_nll, sizeof(double)) == 0);
+        /* The reference's own row from the cache: its NLL is the one the cached comparison reports for the
+         * reference (the same logits, the same scoring), and the plain evaluation's up to rounding. */
+        ppl_result self, plain;
+        CHECK(ppl_evaluate_reference(&cache, model_get_config(m), ids, n, &protocols[p], &self) == QLAB_OK);
+        CHECK(ppl_evaluate(m, NULL, ids, n, &protocols[p], &plain) == QLAB_OK);
+        CHECK(self.n_scored == live.n_scored && !self.has_reference);
+        CHECK(memcmp(&self.mean_nll, &cached.ref_mean_nll, sizeof(double)) == 0);
+        CHECK_NEAR(self.mean_nll, plain.mean_nll, 1e-6 * plain.mean_nll);
+        CHECK_NEAR(self.ppl, exp(self.mean_nll), 1e-12 * self.ppl);
         /* A cache made for other options is refused, not misread. */
         CHECK(ppl_evaluate_cached(q, &cache, ids, n, &protocols[1 - p], &cached) == QLAB_ERR_ARG);
+        CHECK(ppl_evaluate_reference(&cache, model_get_config(m), ids, n, &protocols[1 - p], &self) ==
+              QLAB_ERR_ARG);
         ppl_reference_free(&cache);
     }
     /* The sliding protocol with ctx == stride == n scores n-1 predictions. */
