@@ -7,7 +7,8 @@
 # once, then cached in models/zoo/).
 .PHONY: paper paper-force-keys
 
-PAPER_EXPERIMENTS := double_quant vicuna_tables qlora_vs_16bit lora_placement dataset_quality nf4_vs_fp4
+PAPER_EXPERIMENTS := double_quant vicuna_tables qlora_vs_16bit lora_placement dataset_quality nf4_vs_fp4 \
+                     memory_footprint
 
 # Always evaluated; the key file's time changes only with its content.
 results/.%.key: experiments/%.json $(BUILD)/bin/% paper-force-keys
