@@ -213,10 +213,34 @@ typedef struct {
     mmlu_eval_options mmlu;
 } evaluation;
 
-static qlab_status evaluate(model *m, const evaluation *e, scores *out) {
+/* Where the progress line stands: run `unit0` of the grid's units, each run `steps` training steps and
+ * then `eval_units` for its evaluation (held-out NLL, RougeL answers, MMLU: a third each). */
+typedef struct {
+    progress *prog;
+    int64_t unit0, steps, eval_units;
+    char what[64];
+} grid_progress;
+
+static void report(grid_progress *g, int64_t done, const char *phase) {
+    char extra[128];
+    snprintf(extra, sizeof extra, "%s %s", g->what, phase);
+    progress_update(g->prog, g->unit0 + done, extra);
+}
+
+static void on_step(void *ctx, int64_t step, int64_t total, double loss) {
+    grid_progress *g = ctx;
+    char phase[64];
+    snprintf(phase, sizeof phase, "step %lld/%lld loss %.3f", (long long)step, (long long)total, loss);
+    report(g, step, phase);
+}
+
+static qlab_status evaluate(model *m, const evaluation *e, scores *out, grid_progress *g) {
+    report(g, g->steps, "held-out NLL");
     QLAB_TRY(finetune_heldout_nll(m, e->heldout, e->eval_batch, &out->nll, NULL));
+    report(g, g->steps + g->eval_units / 3, "RougeL answers");
     QLAB_TRY(chat_rouge(m, e->tok, e->rouge_items, e->n_rouge, e->row_len, e->gen_tokens, &out->rouge,
                         &out->answer_tokens));
+    report(g, g->steps + 2 * g->eval_units / 3, "MMLU");
     mmlu_eval_result r;
     QLAB_TRY(mmlu_evaluate(m, e->tok, &e->mmlu, &r));
     out->mmlu = r.n ? (double)r.correct / r.n : 0;
@@ -404,18 +428,18 @@ static qlab_status prepare_evaluation(study *s) {
 }
 
 /* The starting point: the NF4+DQ base without adapters (Table 5's "no tuning"). */
-static qlab_status score_base(study *s) {
+static qlab_status score_base(study *s, grid_progress *g) {
     model *m = NULL;
     qlab_status st = model_clone(s->base, &m);
     if (st == QLAB_OK) model_set_compute(m, s->base_opt.compute);
     if (st == QLAB_OK) st = model_quantize(m, QUANT_NF4, s->base_opt.blocksize, 1);
-    if (st == QLAB_OK) st = evaluate(m, &s->ev, &s->base_scores);
+    if (st == QLAB_OK) st = evaluate(m, &s->ev, &s->base_scores, g);
     model_free(m);
     return st;
 }
 
 /* QLoRA on training set i with seed k, then the finetuned model scored. */
-static qlab_status finetune_and_score(study *s, int i, int k) {
+static qlab_status finetune_and_score(study *s, int i, int k, grid_progress *g) {
     const train_set *set = &s->sets[i];
     model *m = NULL;
     lora_set *l = NULL;
@@ -427,13 +451,13 @@ static qlab_status finetune_and_score(study *s, int i, int k) {
     finetune_rows train = {set->ex.tokens, set->ex.targets, set->ex.n, set->ex.T};
     double t0 = qlab_now();
     qlab_status st = model_clone(s->base, &m);
-    if (st == QLAB_OK) st = finetune_run(m, &train, &s->heldout, &o, NULL, NULL, &l, &fr);
+    if (st == QLAB_OK) st = finetune_run(m, &train, &s->heldout, &o, on_step, g, &l, &fr);
     if (st == QLAB_OK && config_string(s->cfg, "save_adapters")[0])
         st = finetune_save_run(config_string(s->cfg, "save_adapters"), set->spec, s->seeds[k], m, l,
                                s->model_path);
     if (st == QLAB_OK) {
         lora_set_training(l, 0);
-        st = evaluate(m, &s->ev, &s->sc[i * s->n_seeds + k]);
+        st = evaluate(m, &s->ev, &s->sc[i * s->n_seeds + k], g);
     }
     s->seconds[i * s->n_seeds + k] = qlab_now() - t0;
     if (st != QLAB_OK) qlab_fail_context(st, "%s seed %lld", set->spec, (long long)s->seeds[k]);
@@ -443,17 +467,19 @@ static qlab_status finetune_and_score(study *s, int i, int k) {
     return st;
 }
 
+/* Progress in units of training steps; an evaluation counts as half a run's steps (at least 3). */
 static qlab_status run_grid(study *s) {
     progress prog;
-    progress_begin(&prog, "dataset_quality", (int64_t)(s->n_sets * s->n_seeds + 1));
-    qlab_status st = score_base(s);
-    progress_update(&prog, 1, "base");
+    int64_t steps = s->base_opt.steps, eval_units = steps / 2 > 3 ? steps / 2 : 3;
+    int64_t runs = (int64_t)s->n_sets * s->n_seeds;
+    progress_begin(&prog, "dataset_quality", eval_units + runs * (steps + eval_units));
+    grid_progress g = {&prog, -steps, steps, eval_units, "base (NF4+DQ, no tuning)"};
+    qlab_status st = score_base(s, &g);
     for (int i = 0; i < s->n_sets && st == QLAB_OK; i++)
         for (int k = 0; k < s->n_seeds && st == QLAB_OK; k++) {
-            st = finetune_and_score(s, i, k);
-            char extra[96];
-            snprintf(extra, sizeof extra, "%s seed %lld", s->sets[i].spec, (long long)s->seeds[k]);
-            progress_update(&prog, 2 + i * s->n_seeds + k, extra);
+            g.unit0 = eval_units + (int64_t)(i * s->n_seeds + k) * (steps + eval_units);
+            snprintf(g.what, sizeof g.what, "%s seed %lld", s->sets[i].spec, (long long)s->seeds[k]);
+            st = finetune_and_score(s, i, k, &g);
         }
     if (st == QLAB_OK) progress_end(&prog, NULL);
     return st;
