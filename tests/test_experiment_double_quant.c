@@ -12,6 +12,7 @@
 #include "core/results/results.h"
 #include "tests/results_cells.h"
 #include "tests/test_util.h"
+#include "tests/report_check.h"
 
 #define SMALL_CONFIG "experiments/double_quant_small.json"
 
@@ -136,44 +137,13 @@ static void test_full_run(void) {
     }
     results_file_free(&f);
 
-    /* qlab report on the file: Markdown with every table, .dat files, and the figure when gnuplot exists. */
-    char qlab[600], md[160], png[160], dat[200];
-    snprintf(qlab, sizeof qlab, "%s/bin/qlab", build_dir);
-    snprintf(md, sizeof md, "/tmp/qlab_test_double_quant_%ld.md", (long)getpid());
-    snprintf(png, sizeof png, "/tmp/qlab_test_double_quant_%ld.png", (long)getpid());
-    int have_gnuplot = run_shell("command -v gnuplot > /dev/null 2>&1") == 0;
-    if (access(qlab, X_OK) != 0) {
-        SKIP("%s not built: report not checked", qlab);
-    } else {
-        snprintf(command, sizeof command, "'%s' report '%s' --md '%s' --data-dir /tmp %s%s%s > /dev/null",
-                 qlab, out, md, have_gnuplot ? "--plot '" : "", have_gnuplot ? png : "",
-                 have_gnuplot ? "'" : "");
-        CHECK(run_shell(command) == 0);
-        char *report = NULL;
-        CHECK(qlab_read_file(md, &report, &len) == QLAB_OK);
-        CHECK(report && strstr(report, "## Gaussian weights") && strstr(report, "| nf4 | 64 | 1 | 4.127 |"));
-        CHECK(report && strstr(report, "QLoRA §3 double quantization"));
-        free(report);
-        /* named after the run (the --plot file, else the --md file), not the experiment */
-        snprintf(dat, sizeof dat, "/tmp/qlab_test_double_quant_%ld.gaussian.dat", (long)getpid());
-        CHECK(access(dat, F_OK) == 0);
-        if (have_gnuplot) {
-            CHECK(access(png, F_OK) == 0);
-            char svg[170];
-            snprintf(svg, sizeof svg, "/tmp/qlab_test_double_quant_%ld.svg", (long)getpid());
-            CHECK(access(svg, F_OK) == 0);
-            unlink(svg);
-            unlink(png);
-        } else {
-            SKIP("gnuplot not installed: figure not checked");
-        }
-        unlink(md);
-        const char *tables[] = {"gaussian", "student_t", "stories260k", "paper"};
-        for (int i = 0; i < 4; i++) {
-            snprintf(dat, sizeof dat, "/tmp/qlab_test_double_quant_%ld.%s.dat", (long)getpid(), tables[i]);
-            unlink(dat);
-        }
-    }
+    /* qlab report on the file: Markdown with every table, .dat files (named after the run: the --plot
+     * file, else the --md file, not the experiment), and the figure when gnuplot exists. */
+    const char *tables[] = {"gaussian"};
+    char *report = report_check(build_dir, out, "double_quant", tables, 1);
+    CHECK(!report || (strstr(report, "## Gaussian weights") && strstr(report, "| nf4 | 64 | 1 | 4.127 |")));
+    CHECK(!report || strstr(report, "QLoRA §3 double quantization"));
+    free(report);
     unlink(out);
 }
 

@@ -12,6 +12,7 @@
 #include "core/results/results.h"
 #include "tests/results_cells.h"
 #include "tests/test_util.h"
+#include "tests/report_check.h"
 
 #define SMALL_CONFIG "experiments/lora_placement_small.json"
 
@@ -194,39 +195,10 @@ static void test_full_run(void) {
     results_file_free(&f);
 
     /* qlab report renders it (Markdown, .dat files, the figure when gnuplot exists). */
-    char qlab[600], md[160], png[160], command[2048];
-    snprintf(qlab, sizeof qlab, "%s/bin/qlab", build_dir);
-    snprintf(md, sizeof md, "/tmp/qlab_test_lora_placement_%ld.md", (long)getpid());
-    snprintf(png, sizeof png, "/tmp/qlab_test_lora_placement_%ld.png", (long)getpid());
-    int have_gnuplot = run_shell("command -v gnuplot > /dev/null 2>&1") == 0;
-    if (access(qlab, X_OK) != 0) {
-        SKIP("%s not built: report not checked", qlab);
-    } else {
-        snprintf(command, sizeof command,
-                 "'%s' report '%s' --md '%s' --data-dir /tmp %s%s%s > /dev/null 2>&1", qlab, out, md,
-                 have_gnuplot ? "--plot '" : "", have_gnuplot ? png : "", have_gnuplot ? "'" : "");
-        CHECK(run_shell(command) == 0);
-        char *report = NULL;
-        CHECK(qlab_read_file(md, &report, &len) == QLAB_OK);
-        CHECK(report && strstr(report, "Figure 2") && strstr(report, "lora_attention_r8"));
-        free(report);
-        if (have_gnuplot) {
-            CHECK(access(png, F_OK) == 0);
-            char svg[170];
-            snprintf(svg, sizeof svg, "/tmp/qlab_test_lora_placement_%ld.svg", (long)getpid());
-            unlink(svg);
-            unlink(png);
-        } else {
-            SKIP("gnuplot not installed: figure not checked");
-        }
-        unlink(md);
-        const char *tables[] = {"summary", "runs", "curves"};
-        for (int i = 0; i < 3; i++) {
-            char dat[200];
-            snprintf(dat, sizeof dat, "/tmp/qlab_test_lora_placement_%ld.%s.dat", (long)getpid(), tables[i]);
-            unlink(dat);
-        }
-    }
+    const char *tables[] = {"summary", "runs", "curves"};
+    char *report = report_check(build_dir, out, "lora_placement", tables, 3);
+    CHECK(!report || (strstr(report, "Figure 2") && strstr(report, "lora_attention_r8")));
+    free(report);
     unlink(out);
 }
 

@@ -22,6 +22,7 @@
 #include "core/results/results.h"
 #include "tests/results_cells.h"
 #include "tests/test_util.h"
+#include "tests/report_check.h"
 
 #define SMALL_CONFIG "experiments/memory_footprint_small.json"
 
@@ -141,22 +142,7 @@ static void test_run(void) {
     snprintf(command, sizeof command, "ls %s.tmp.* > /dev/null 2>&1", out);
     CHECK(run_shell(command) != 0);
 
-    char qlab[600], md[160], png[160];
-    snprintf(qlab, sizeof qlab, "%s/bin/qlab", build_dir);
-    snprintf(md, sizeof md, "/tmp/qlab_test_memory_footprint_%ld.md", (long)getpid());
-    snprintf(png, sizeof png, "/tmp/qlab_test_memory_footprint_%ld.png", (long)getpid());
-    int have_gnuplot = run_shell("command -v gnuplot > /dev/null 2>&1") == 0;
-    if (access(qlab, X_OK) == 0) {
-        snprintf(command, sizeof command,
-                 "'%s' report '%s' --md '%s' --data-dir /tmp %s%s%s > /dev/null 2>&1", qlab, out, md,
-                 have_gnuplot ? "--plot '" : "", have_gnuplot ? png : "", have_gnuplot ? "'" : "");
-        CHECK(run_shell(command) == 0);
-        if (have_gnuplot) CHECK(access(png, F_OK) == 0);
-        snprintf(command, sizeof command, "rm -f /tmp/qlab_test_memory_footprint_%ld.*", (long)getpid());
-        run_shell(command);
-    } else {
-        SKIP("%s not built: report not checked", qlab);
-    }
+    free(report_check(build_dir, out, "memory_footprint", NULL, 0));
     unlink(out);
 }
 

@@ -15,6 +15,7 @@
 #include "core/results/results.h"
 #include "tests/results_cells.h"
 #include "tests/test_util.h"
+#include "tests/report_check.h"
 
 #define SMALL_CONFIG "experiments/paged_optimizer_small.json"
 
@@ -158,10 +159,6 @@ int main(void) {
     CHECKF(rc != 0 && strstr(text, "sets its own budgets"), "exit %d: %s", rc, text);
 
     /* qlab report renders it */
-    char command[2400], md[600];
-    snprintf(md, sizeof md, "%s", tmp_path("paged_optimizer_small.md"));
-    snprintf(command, sizeof command, "'%s/bin/qlab' report '%s' --md '%s' > '%s' 2>&1", build_dir, out, md,
-             log);
-    CHECK(run_shell(command) == 0);
+    free(report_check(build_dir, out, "paged_optimizer", NULL, 0));
     return check_summary();
 }
