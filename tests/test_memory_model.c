@@ -82,8 +82,9 @@ static void test_components(void) {
 
     /* LoRA r 2 on all projections of the fp32 base: per layer q 2(8+8) 32, k and v 2(8+4) 24, o 32, gate,
      * up and down 2(8+16) 48 = 256, 512 in all, over 14 adapters. The adapters keep max(context 12, N 6)
-     * = 12 rows of r hidden values each (14*12*2 floats); their scratch is 12 r + 2 * 12 * 16 (the widest
-     * input, down's 16, with dropout) = 408 floats. */
+     * = 12 rows of r hidden values each (14*12*2 floats) and, with dropout, 12 rows of one 64-bit word of
+     * mask bits each (every input is at most 64 wide: 14*12*8 bytes); their scratch is 12 r + 12 * 16 (one
+     * plane of the widest input, down's 16) + 12 words of mask bits (2 floats each) = 240 floats. */
     spec_for(&s, FINETUNE_LORA);
     CHECK(memory_model_predict(&s, &p) == QLAB_OK);
     CHECK(p.trainable_params == 512 && p.adapter_params == 512);
@@ -91,13 +92,14 @@ static void test_components(void) {
     CHECK(p.bytes[MEMORY_ADAPTERS] == 2048);
     CHECK(p.bytes[MEMORY_GRADIENTS] == 2048);
     CHECK(p.bytes[MEMORY_OPTIMIZER] == 4096);
-    CHECK(p.bytes[MEMORY_ACTIVATIONS] == 6048 + 1344);
-    CHECK(p.bytes[MEMORY_SCRATCH] == 36 + 1632 + 144);
-    CHECK(p.total == 25444);
-    /* without dropout, LoRA needs no mask planes: 12 r floats */
+    CHECK(p.bytes[MEMORY_ACTIVATIONS] == 6048 + 1344 + 1344);
+    CHECK(p.bytes[MEMORY_SCRATCH] == 36 + 960 + 144);
+    CHECK(p.total == 26116);
+    /* without dropout, LoRA needs no mask plane or bits: 12 r floats */
     s.dropout = 0;
     CHECK(memory_model_predict(&s, &p) == QLAB_OK);
     CHECK(p.bytes[MEMORY_SCRATCH] == 36 + 96 + 144);
+    CHECK(p.bytes[MEMORY_ACTIVATIONS] == 6048 + 1344);
 
     /* QLoRA NF4 block 64 without DQ: q 64 values = 32 code bytes + one fp32 absmax = 36; k, v 16 + 4 = 20;
      * o 36; gate, up, down 64 + 2 * 4 = 72: 328 per layer, 656. With DQ: one byte per block, one fp32 per
@@ -112,8 +114,8 @@ static void test_components(void) {
     CHECK(memory_model_predict(&s, &p) == QLAB_OK);
     CHECK(p.bytes[MEMORY_QUANT_WEIGHTS] == 708);
     CHECK(p.bytes[MEMORY_FP_WEIGHTS] == 800);
-    CHECK(p.bytes[MEMORY_SCRATCH] == 36 + 1632 + 144 + 1048576);
-    CHECK(p.total == 708 + 800 + 2048 + 2048 + 4096 + 7392 + 2640 + 1812 + 1048576);
+    CHECK(p.bytes[MEMORY_SCRATCH] == 36 + 960 + 144 + 1048576);
+    CHECK(p.total == 708 + 800 + 2048 + 2048 + 4096 + 8736 + 2640 + 1140 + 1048576);
     /* checkpointing keeps one block's working set: 624 floats less */
     s.checkpointing = 1;
     memory_prediction q;

@@ -124,7 +124,7 @@ qlab_status memory_model_predict(const memory_model_spec *s, memory_prediction *
 
     /* weights: full precision groups, then the seven projections per layer */
     uint64_t fp_params = V * D * (a->shared_classifier ? 1 : 2) + 2 * L * D + D, proj_params = 0;
-    uint64_t max_in = 0, adapter_params = 0, n_adapters = 0;
+    uint64_t max_in = 0, adapter_params = 0, n_adapters = 0, mask_bytes_per_row = 0;
     for (int p = 0; p < PROJ_COUNT; p++) {
         int o, i;
         model_proj_shape(a, (model_proj)p, &o, &i);
@@ -136,6 +136,7 @@ qlab_status memory_model_predict(const memory_model_spec *s, memory_prediction *
         if (lora && (s->lora_targets & LORA_TARGET(p))) {
             adapter_params += L * (uint64_t)s->rank * ((uint64_t)o + (uint64_t)i);
             n_adapters += L;
+            mask_bytes_per_row += L * (uint64_t)lora_mask_bytes(1, i, s->dropout);
             if ((uint64_t)i > max_in) max_in = (uint64_t)i;
         }
     }
@@ -151,12 +152,12 @@ qlab_status memory_model_predict(const memory_model_spec *s, memory_prediction *
         optimizer = s->optimizer_resident_bytes;
     b[MEMORY_OPTIMIZER] = optimizer;
 
-    /* activations kept for backward, the adapters' hidden states (rows: lora_attach reserves the model's
-     * context, a forward grows it to B*T), and the backward's activation gradients */
+    /* activations kept for backward, the adapters' hidden states and dropout-mask bits (rows: lora_attach
+     * reserves the model's context, a forward grows it to B*T), and the backward's activation gradients */
     uint64_t ab = (uint64_t)s->activation_bytes;
     uint64_t lora_rows = lora ? ((uint64_t)a->seq_len > N ? (uint64_t)a->seq_len : N) : 0;
     b[MEMORY_ACTIVATIONS] = memory_model_activation_elements(a, s->batch, s->seq, s->checkpointing) * ab +
-                            n_adapters * lora_rows * (uint64_t)s->rank * ab;
+                            n_adapters * lora_rows * (uint64_t)s->rank * ab + lora_rows * mask_bytes_per_row;
     b[MEMORY_INPUT_GRADIENTS] = memory_model_input_gradient_elements(a, s->batch, s->seq) * ab;
 
     /* scratch: attention backward (T x T per thread), LoRA's backward planes, the dequantization tile,

@@ -50,7 +50,7 @@ typedef struct {
     size_t optimizer_resident_bytes; /* paged optimizer: the resident part; 0 = all of it */
     unsigned lora_targets;           /* LORA_TARGET mask */
     int rank;
-    float dropout;  /* > 0: LoRA keeps two (rows, in_features) scratch planes for its masks */
+    float dropout;  /* > 0: LoRA keeps a (rows, in_features) scratch plane and its mask bits */
     int batch, seq; /* B rows of T tokens per step */
     int checkpointing;
     int threads;           /* attention backward keeps one T x T scratch per thread */

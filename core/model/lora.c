@@ -1,7 +1,8 @@
 /* LoRA adapters (lora.h): the forward/backward ops over raw arrays, the flat parameter set with PEFT's
- * initialisation, the model hook, merging, and PEFT-named safetensors files. Dropout masks are not
- * stored: each forward draws them from a seed derived from (seed, layer, projection, forward count), and
- * backward draws the same mask again, so a step costs no mask memory and is reproducible. */
+ * initialisation, the model hook, merging, and PEFT-named safetensors files. Each training forward draws
+ * its dropout mask from a seed derived from (seed, layer, projection, forward count) with a counter-based
+ * generator (lora_dropout.h) and the hook keeps it as bits (N * in_features / 8 bytes per adapter) for
+ * the backward, so a step is reproducible and hashes each mask once. */
 #include "core/model/lora.h"
 
 #include <math.h>
@@ -12,48 +13,49 @@
 #include "core/base/memacct.h"
 #include "core/model/checkpoint.h"
 #include "core/model/gemm_bf16.h"
+#include "core/model/lora_dropout.h"
 #include "core/model/ops.h"
 #include "core/base/rng.h"
 #include "core/formats/safetensors.h"
 
 /* ---------------------------------------------------------------- the ops */
 
-/* splitmix64's finaliser: turns structured inputs (counters, indices) into independent-looking seeds. */
-static uint64_t lora_mix64(uint64_t x) {
-    x += 0x9E3779B97F4A7C15ull;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-    return x ^ (x >> 31);
-}
-
-/* mask (N,IC) = 1/(1-p) where an element is kept (probability 1-p), else 0. One rng per row, seeded from
- * (seed, row), so the mask does not depend on how rows are split between threads. */
-static void lora_dropout_mask(float *mask, int N, int IC, float p, uint64_t seed) {
-    float keep_scale = 1.0f / (1.0f - p);
-#pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) {
-        rng_state rs;
-        rng_seed(&rs, lora_mix64(seed ^ lora_mix64((uint64_t)n)));
-        float *row = mask + (size_t)n * IC;
-        for (int i = 0; i < IC; i++)
-            row[i] = rng_uniform(&rs) >= (double)p ? keep_scale : 0.0f;
-    }
-}
-
+/* Backward's scratch: dhidden (N,r), then with dropout one (N,IC) plane and the mask's bits (N rows of
+ * lora_dropout_row_words(IC) 64-bit words, two floats each). */
 size_t lora_scratch_floats(int N, int IC, int rank, float dropout) {
-    size_t planes = dropout > 0 ? 2 : 0;
-    return (size_t)N * rank + planes * (size_t)N * IC;
+    size_t mask = dropout > 0 ? (size_t)N * IC + 2 * (size_t)N * lora_dropout_row_words(IC) : 0;
+    return (size_t)N * rank + mask;
 }
 
-void lora_forward(float *out, float *hidden, float *dropped, const float *inp, const float *A, const float *B,
-                  int N, int IC, int OC, int rank, float scale, float dropout, uint64_t mask_seed) {
+size_t lora_mask_bytes(int N, int IC, float dropout) {
+    return dropout > 0 ? (size_t)N * lora_dropout_row_words(IC) * sizeof(uint64_t) : 0;
+}
+
+/* Where an op takes its dropout mask from: drawn from seed (and stored in bits when bits is non-NULL), or,
+ * with stored set, read back from the bits an earlier draw of the same seed stored. Both give the same
+ * mask; reading it back skips the hashing. */
+typedef struct {
+    float p; /* 0: no dropout */
+    uint64_t seed;
+    void *bits; /* N rows of lora_dropout_row_words(IC) words */
+    int stored;
+} lora_mask;
+
+/* out (N,IC) = dropout(in) under mask m (p > 0). */
+static void lora_mask_apply(float *out, const float *in, int N, int IC, const lora_mask *m) {
+    lora_dropout_spec d = lora_dropout_spec_of(m->p);
+    if (m->stored)
+        lora_dropout_apply_bits(out, in, N, IC, d.keep_scale, m->bits);
+    else
+        lora_dropout_apply(out, in, N, IC, d, m->seed, m->bits);
+}
+
+static void lora_forward_masked(float *out, float *hidden, float *dropped, const float *inp, const float *A,
+                                const float *B, int N, int IC, int OC, int rank, float scale,
+                                const lora_mask *m) {
     const float *x = inp;
-    if (dropout > 0) {
-        size_t n = (size_t)N * IC;
-        lora_dropout_mask(dropped, N, IC, dropout, mask_seed);
-#pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < n; i++)
-            dropped[i] *= inp[i];
+    if (m->p > 0) {
+        lora_mask_apply(dropped, inp, N, IC, m);
         x = dropped;
     }
     /* hidden (N,r) = x A^T; out += scale hidden B^T. With B = 0 this adds exact zeros: out is unchanged. */
@@ -61,47 +63,58 @@ void lora_forward(float *out, float *hidden, float *dropped, const float *inp, c
     ops_gemm(0, 1, N, OC, rank, scale, hidden, rank, B, rank, 1.0f, out, OC);
 }
 
-void lora_backward(float *dA, float *dB, float *dinp, const float *dout, const float *inp,
-                   const float *hidden, const float *A, const float *B, int N, int IC, int OC, int rank,
-                   float scale, float dropout, uint64_t mask_seed, float *scratch) {
+void lora_forward(float *out, float *hidden, float *dropped, const float *inp, const float *A, const float *B,
+                  int N, int IC, int OC, int rank, float scale, float dropout, uint64_t mask_seed) {
+    lora_mask m = {dropout > 0 ? dropout : 0, mask_seed, NULL, 0};
+    lora_forward_masked(out, hidden, dropped, inp, A, B, N, IC, OC, rank, scale, &m);
+}
+
+/* m->bits must hold the mask's bits afterwards: backward draws into them when they are not stored. */
+static void lora_backward_masked(float *dA, float *dB, float *dinp, const float *dout, const float *inp,
+                                 const float *hidden, const float *A, const float *B, int N, int IC, int OC,
+                                 int rank, float scale, const lora_mask *m, float *scratch) {
     float *dhidden = scratch; /* (N,r) = scale dout B */
     ops_gemm(0, 0, N, rank, OC, scale, dout, OC, B, rank, 0.0f, dhidden, rank);
     /* dB (OC,r) += scale dout^T hidden */
     ops_gemm(1, 0, OC, rank, N, scale, dout, OC, hidden, rank, 1.0f, dB, rank);
-    if (dropout <= 0) {
+    if (m->p <= 0) {
         ops_gemm(1, 0, rank, IC, N, 1.0f, dhidden, rank, inp, IC, 1.0f, dA, IC);
         if (dinp) ops_gemm(0, 0, N, IC, rank, 1.0f, dhidden, rank, A, IC, 1.0f, dinp, IC);
         return;
     }
-    size_t n = (size_t)N * IC;
-    float *mask = scratch + (size_t)N * rank, *plane = mask + n;
-    lora_dropout_mask(mask, N, IC, dropout, mask_seed);
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++)
-        plane[i] = mask[i] * inp[i]; /* the forward's dropout(inp), bit for bit */
+    float *plane = scratch + (size_t)N * rank;
+    lora_mask_apply(plane, inp, N, IC, m); /* the forward's dropout(inp), bit for bit */
     ops_gemm(1, 0, rank, IC, N, 1.0f, dhidden, rank, plane, IC, 1.0f, dA, IC);
     if (!dinp) return;
     ops_gemm(0, 0, N, IC, rank, 1.0f, dhidden, rank, A, IC, 0.0f, plane, IC);
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++)
-        dinp[i] += plane[i] * mask[i];
+    lora_dropout_accumulate_bits(dinp, plane, N, IC, lora_dropout_spec_of(m->p).keep_scale, m->bits);
+}
+
+/* The raw ops draw backward's mask again, into the bits at the end of scratch. */
+static lora_mask lora_scratch_mask(float dropout, uint64_t mask_seed, float *scratch, int N, int IC,
+                                   int rank) {
+    lora_mask m = {dropout > 0 ? dropout : 0, mask_seed, scratch + (size_t)N * rank + (size_t)N * IC, 0};
+    return m;
+}
+
+void lora_backward(float *dA, float *dB, float *dinp, const float *dout, const float *inp,
+                   const float *hidden, const float *A, const float *B, int N, int IC, int OC, int rank,
+                   float scale, float dropout, uint64_t mask_seed, float *scratch) {
+    lora_mask m = lora_scratch_mask(dropout, mask_seed, scratch, N, IC, rank);
+    lora_backward_masked(dA, dB, dinp, dout, inp, hidden, A, B, N, IC, OC, rank, scale, &m, scratch);
 }
 
 /* bf16 products: the same data flow as above, each ops_gemm replaced by bf16_gemm (which has no alpha, so
  * the scale multiplies the small (N,r) operand in fp32). */
-qlab_status lora_forward_bf16(float *out, float *hidden, float *scratch, const float *inp, const float *A,
-                              const float *B, int N, int IC, int OC, int rank, float scale, float dropout,
-                              uint64_t mask_seed) {
+static qlab_status lora_forward_bf16_masked(float *out, float *hidden, float *scratch, const float *inp,
+                                            const float *A, const float *B, int N, int IC, int OC, int rank,
+                                            float scale, const lora_mask *m) {
     const float *x = inp;
     float *scaled = scratch;
-    if (dropout > 0) {
-        size_t n = (size_t)N * IC;
-        lora_dropout_mask(scratch, N, IC, dropout, mask_seed);
-#pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < n; i++)
-            scratch[i] *= inp[i];
+    if (m->p > 0) {
+        lora_mask_apply(scratch, inp, N, IC, m);
         x = scratch;
-        scaled = scratch + n;
+        scaled = scratch + (size_t)N * IC;
     }
     QLAB_TRY(bf16_gemm(0, 1, N, rank, IC, x, IC, A, IC, 0, hidden, rank));
     size_t nr = (size_t)N * rank;
@@ -110,9 +123,17 @@ qlab_status lora_forward_bf16(float *out, float *hidden, float *scratch, const f
     return bf16_gemm(0, 1, N, OC, rank, scaled, rank, B, rank, 1, out, OC);
 }
 
-qlab_status lora_backward_bf16(float *dA, float *dB, float *dinp, const float *dout, const float *inp,
-                               const float *hidden, const float *A, const float *B, int N, int IC, int OC,
-                               int rank, float scale, float dropout, uint64_t mask_seed, float *scratch) {
+qlab_status lora_forward_bf16(float *out, float *hidden, float *scratch, const float *inp, const float *A,
+                              const float *B, int N, int IC, int OC, int rank, float scale, float dropout,
+                              uint64_t mask_seed) {
+    lora_mask m = {dropout > 0 ? dropout : 0, mask_seed, NULL, 0};
+    return lora_forward_bf16_masked(out, hidden, scratch, inp, A, B, N, IC, OC, rank, scale, &m);
+}
+
+static qlab_status lora_backward_bf16_masked(float *dA, float *dB, float *dinp, const float *dout,
+                                             const float *inp, const float *hidden, const float *A,
+                                             const float *B, int N, int IC, int OC, int rank, float scale,
+                                             const lora_mask *m, float *scratch) {
     float *dhidden = scratch; /* first scale hidden (for dB), then (N,r) = scale dout B */
     size_t nr = (size_t)N * rank;
     for (size_t i = 0; i < nr; i++)
@@ -121,24 +142,26 @@ qlab_status lora_backward_bf16(float *dA, float *dB, float *dinp, const float *d
     QLAB_TRY(bf16_gemm(0, 0, N, rank, OC, dout, OC, B, rank, 0, dhidden, rank));
     for (size_t i = 0; i < nr; i++)
         dhidden[i] *= scale;
-    if (dropout <= 0) {
+    if (m->p <= 0) {
         QLAB_TRY(bf16_gemm(1, 0, rank, IC, N, dhidden, rank, inp, IC, 1, dA, IC));
         if (dinp) QLAB_TRY(bf16_gemm(0, 0, N, IC, rank, dhidden, rank, A, IC, 1, dinp, IC));
         return QLAB_OK;
     }
-    size_t n = (size_t)N * IC;
-    float *mask = scratch + nr, *plane = mask + n;
-    lora_dropout_mask(mask, N, IC, dropout, mask_seed);
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++)
-        plane[i] = mask[i] * inp[i];
+    float *plane = scratch + nr;
+    lora_mask_apply(plane, inp, N, IC, m);
     QLAB_TRY(bf16_gemm(1, 0, rank, IC, N, dhidden, rank, plane, IC, 1, dA, IC));
     if (!dinp) return QLAB_OK;
     QLAB_TRY(bf16_gemm(0, 0, N, IC, rank, dhidden, rank, A, IC, 0, plane, IC));
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++)
-        dinp[i] += plane[i] * mask[i];
+    lora_dropout_accumulate_bits(dinp, plane, N, IC, lora_dropout_spec_of(m->p).keep_scale, m->bits);
     return QLAB_OK;
+}
+
+qlab_status lora_backward_bf16(float *dA, float *dB, float *dinp, const float *dout, const float *inp,
+                               const float *hidden, const float *A, const float *B, int N, int IC, int OC,
+                               int rank, float scale, float dropout, uint64_t mask_seed, float *scratch) {
+    lora_mask m = lora_scratch_mask(dropout, mask_seed, scratch, N, IC, rank);
+    return lora_backward_bf16_masked(dA, dB, dinp, dout, inp, hidden, A, B, N, IC, OC, rank, scale, &m,
+                                     scratch);
 }
 
 /* ---------------------------------------------------------------- target names */
@@ -195,6 +218,11 @@ struct lora_set {
     const model *model; /* the model attached to (its compute dtype picks the products' precision) */
     int capacity;       /* rows the buffers below hold */
     float *hidden;      /* (n_adapters, capacity, rank) */
+    /* With dropout: each adapter's last training mask as bits, (capacity, lora_dropout_row_words(in))
+     * words from word capacity * mask_words[s], so backward (and a recomputing forward) reads the mask
+     * instead of drawing it again. */
+    unsigned char *mask_bits;
+    size_t *mask_words; /* (n_adapters + 1) prefix sums of the adapters' words per row */
     float *scratch;     /* forward's dropout plane or backward's scratch */
     size_t scratch_floats;
     int max_in_features;
@@ -248,8 +276,9 @@ qlab_status lora_create(lora_set **out, const model_config *mc, const lora_confi
     l->last_mask_seed = qlab_calloc(na, sizeof *l->last_mask_seed);
     l->last_dropout = qlab_calloc(na, sizeof *l->last_dropout);
     l->last_N = qlab_calloc(na, sizeof *l->last_N);
+    l->mask_words = qlab_calloc(na + 1, sizeof *l->mask_words);
     if (!l->slot_of || !l->adapters || !l->forward_count || !l->last_mask_seed || !l->last_dropout ||
-        !l->last_N) {
+        !l->last_N || !l->mask_words) {
         lora_free(l);
         return QLAB_ERR_NOMEM;
     }
@@ -266,6 +295,7 @@ qlab_status lora_create(lora_set **out, const model_config *mc, const lora_confi
             a->offset = offset;
             offset += (size_t)r * a->in_features + (size_t)a->out_features * r;
             if (a->in_features > l->max_in_features) l->max_in_features = a->in_features;
+            l->mask_words[slot + 1] = l->mask_words[slot] + (size_t)lora_dropout_row_words(a->in_features);
             l->slot_of[layer * PROJ_COUNT + p] = slot++;
         }
     l->num_params = offset;
@@ -311,6 +341,8 @@ void lora_free(lora_set *l) {
     free(l->last_mask_seed);
     free(l->last_dropout);
     free(l->last_N);
+    free(l->mask_words);
+    qlab_free_aligned(l->mask_bits);
     qlab_free_aligned(l->params);
     qlab_free_aligned(l->grads);
     qlab_free_aligned(l->hidden);
@@ -380,41 +412,57 @@ qlab_status lora_reserve(lora_set *l, int n_positions) {
     if (n_positions < 1) return qlab_fail(QLAB_ERR_ARG, "lora_reserve: %d positions", n_positions);
     size_t rows = (size_t)n_positions, r = (size_t)l->cfg.rank;
     size_t hidden_floats = (size_t)l->n_adapters * rows * r;
-    /* Backward needs (N,r) + 2 (N,IC) with dropout; forward's dropout plane (N,IC) fits inside that. */
+    size_t mask_bytes = 0; /* lora_mask_bytes summed over the adapters */
+    if (l->cfg.dropout > 0) mask_bytes = rows * l->mask_words[l->n_adapters] * sizeof(uint64_t);
+    /* hidden and the mask bits are what backward reads of the forward: activations */
+    size_t kept_bytes = hidden_floats * sizeof(float) + mask_bytes;
+    /* Backward needs (N,r) + (N,IC) + the mask bits with dropout; forward's dropout plane (N,IC) and
+     * scaled hidden (N,r) fit inside that. */
     size_t scratch = lora_scratch_floats(n_positions, l->max_in_features, l->cfg.rank, l->cfg.dropout);
     /* The old buffers' contents are dropped either way: free them first, so growing never holds both. */
     qlab_free_aligned(l->hidden);
+    qlab_free_aligned(l->mask_bits);
     qlab_free_aligned(l->scratch);
     memacct_release(MEMACCT_ACTIVATIONS, l->charged_hidden);
     memacct_release(MEMACCT_SCRATCH, l->scratch_floats * sizeof(float));
     l->hidden = l->scratch = NULL;
+    l->mask_bits = NULL;
     l->charged_hidden = l->scratch_floats = 0;
     l->capacity = 0;
     for (int i = 0; i < l->n_adapters; i++)
         l->last_N[i] = 0; /* saved hidden states are gone */
-    QLAB_TRY(memacct_charge(MEMACCT_ACTIVATIONS, hidden_floats * sizeof(float)));
+    QLAB_TRY(memacct_charge(MEMACCT_ACTIVATIONS, kept_bytes));
     qlab_status st = memacct_charge(MEMACCT_SCRATCH, scratch * sizeof(float));
     if (st != QLAB_OK) {
-        memacct_release(MEMACCT_ACTIVATIONS, hidden_floats * sizeof(float));
+        memacct_release(MEMACCT_ACTIVATIONS, kept_bytes);
         return st;
     }
     float *h = qlab_alloc_aligned(hidden_floats * sizeof(float));
     float *s = qlab_alloc_aligned(scratch * sizeof(float));
-    if (!h || !s) {
+    unsigned char *bits = mask_bytes ? qlab_alloc_aligned(mask_bytes) : NULL;
+    if (!h || !s || (mask_bytes && !bits)) {
         qlab_free_aligned(h);
         qlab_free_aligned(s);
-        memacct_release(MEMACCT_ACTIVATIONS, hidden_floats * sizeof(float));
+        qlab_free_aligned(bits);
+        memacct_release(MEMACCT_ACTIVATIONS, kept_bytes);
         memacct_release(MEMACCT_SCRATCH, scratch * sizeof(float));
         return qlab_fail_context(QLAB_ERR_NOMEM, "lora: buffers for %d positions", n_positions);
     }
-    l->charged_hidden = hidden_floats * sizeof(float);
+    l->charged_hidden = kept_bytes;
     l->hidden = h;
+    l->mask_bits = bits;
     l->scratch = s;
     l->scratch_floats = scratch;
     l->capacity = n_positions;
     for (int i = 0; i < l->n_adapters; i++)
         l->last_N[i] = 0; /* saved hidden states are gone */
     return QLAB_OK;
+}
+
+/* Adapter s's mask bits (its last training forward's mask), or NULL without dropout. */
+static void *lora_mask_bits(const lora_set *l, int s) {
+    if (!l->mask_bits) return NULL;
+    return l->mask_bits + (size_t)l->capacity * l->mask_words[s] * sizeof(uint64_t);
 }
 
 /* ---------------------------------------------------------------- the model hook */
@@ -448,15 +496,18 @@ static qlab_status lora_hook_forward(void *ctx, int layer, model_proj p, const f
         mask_seed = l->last_mask_seed[s];
     } else if (dropout > 0) {
         uint64_t stream = ((uint64_t)layer << 8) | (uint64_t)p;
-        mask_seed = lora_mix64(l->cfg.seed ^ lora_mix64(stream ^ lora_mix64(l->forward_count[s]++)));
+        mask_seed = lora_dropout_mix64(
+            l->cfg.seed ^ lora_dropout_mix64(stream ^ lora_dropout_mix64(l->forward_count[s]++)));
     }
     float *hidden = l->hidden + (size_t)s * l->capacity * a->rank;
+    /* A training forward draws the mask and keeps its bits; recomputing reads them back (the same mask). */
+    lora_mask m = {dropout, mask_seed, dropout > 0 ? lora_mask_bits(l, s) : NULL, l->recomputing};
     if (l->model && model_get_compute(l->model) == QLAB_COMPUTE_BF16)
-        QLAB_TRY(lora_forward_bf16(out, hidden, l->scratch, inp, a->A, a->B, N, a->in_features,
-                                   a->out_features, a->rank, l->scale, dropout, mask_seed));
+        QLAB_TRY(lora_forward_bf16_masked(out, hidden, l->scratch, inp, a->A, a->B, N, a->in_features,
+                                          a->out_features, a->rank, l->scale, &m));
     else
-        lora_forward(out, hidden, l->scratch, inp, a->A, a->B, N, a->in_features, a->out_features, a->rank,
-                     l->scale, dropout, mask_seed);
+        lora_forward_masked(out, hidden, l->scratch, inp, a->A, a->B, N, a->in_features, a->out_features,
+                            a->rank, l->scale, &m);
     l->last_mask_seed[s] = mask_seed;
     l->last_dropout[s] = dropout;
     l->last_N[s] = N;
@@ -480,12 +531,13 @@ static qlab_status lora_hook_backward(void *ctx, int layer, model_proj p, const 
                          layer, model_proj_name(p), N, l->last_N[s]);
     const lora_adapter *a = &l->adapters[s];
     const float *hidden = l->hidden + (size_t)s * l->capacity * a->rank;
+    float drop = l->last_dropout[s];
+    lora_mask m = {drop, l->last_mask_seed[s], drop > 0 ? lora_mask_bits(l, s) : NULL, 1}; /* its bits */
     if (l->model && model_get_compute(l->model) == QLAB_COMPUTE_BF16)
-        return lora_backward_bf16(a->dA, a->dB, dinp, dout, inp, hidden, a->A, a->B, N, a->in_features,
-                                  a->out_features, a->rank, l->scale, l->last_dropout[s],
-                                  l->last_mask_seed[s], l->scratch);
-    lora_backward(a->dA, a->dB, dinp, dout, inp, hidden, a->A, a->B, N, a->in_features, a->out_features,
-                  a->rank, l->scale, l->last_dropout[s], l->last_mask_seed[s], l->scratch);
+        return lora_backward_bf16_masked(a->dA, a->dB, dinp, dout, inp, hidden, a->A, a->B, N, a->in_features,
+                                         a->out_features, a->rank, l->scale, &m, l->scratch);
+    lora_backward_masked(a->dA, a->dB, dinp, dout, inp, hidden, a->A, a->B, N, a->in_features,
+                         a->out_features, a->rank, l->scale, &m, l->scratch);
     return QLAB_OK;
 }
 

@@ -32,14 +32,20 @@ qlab_status lora_parse_targets(const char *text, unsigned *targets);
 
 /* ---------------------------------------------------------------- the two ops over raw arrays */
 
-/* Floats of scratch lora_backward needs: mask and two (N, IC) planes when dropout > 0, plus (N, r). */
+/* Floats of scratch lora_backward needs: (N, r), plus with dropout > 0 one (N, IC) plane and the mask's
+ * bits (N * ceil(IC / 64) 64-bit words). */
 size_t lora_scratch_floats(int N, int IC, int rank, float dropout);
+
+/* Bytes of dropout-mask bits the model hook keeps per adapter from a training forward to its backward, for
+ * N rows of IC inputs: N * ceil(IC / 64) 64-bit words with dropout > 0, else 0 (charged as activations). */
+size_t lora_mask_bytes(int N, int IC, float dropout);
 
 /* out (N,OC) += scale * (dropout(inp) (N,IC) @ A (r,IC)^T) @ B (OC,r)^T.
  * hidden (N,r) receives dropout(inp) @ A^T, which lora_backward needs. dropped (N,IC) is scratch for
- * dropout(inp) (unused, may be NULL, when dropout == 0). The dropout mask of row n is drawn from an rng
- * seeded by (mask_seed, n), and kept elements are scaled by 1/(1-dropout), as torch.nn.Dropout does; the
- * same mask_seed gives the same mask on any thread count. */
+ * dropout(inp) (unused, may be NULL, when dropout == 0). The dropout mask is a counter-based function of
+ * (mask_seed, row, column) (lora_dropout.h: an element is dropped with probability round(dropout 2^32) /
+ * 2^32), and kept elements are multiplied by (float)(1/(1-dropout)), as torch.nn.Dropout does; the same
+ * mask_seed gives the same mask on any thread count and CPU path. */
 void lora_forward(float *out, float *hidden, float *dropped, const float *inp, const float *A, const float *B,
                   int N, int IC, int OC, int rank, float scale, float dropout, uint64_t mask_seed);
 /* Accumulates dA (r,IC) += scale (dout B)^T dropout(inp); dB (OC,r) += scale dout^T hidden; and
