@@ -51,12 +51,23 @@ float vm_exp_shift_sum_avx512(float *y, const float *x, size_t n, float shift) {
     return vm_tree_f32(lanes);
 }
 
+/* The 16 floats of x as doubles: lanes 0-7 in *lo, 8-15 in *hi. */
+static inline void widen(__m512 x, __m512d *lo, __m512d *hi) {
+    *lo = _mm512_cvtps_pd(_mm512_castps512_ps256(x));
+    *hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
+}
+
+/* Adds the 16 doubles (lo, hi) to the accumulators under mask m. */
+static inline void add_pair(__m512d *acc_lo, __m512d *acc_hi, __m512d lo, __m512d hi, __mmask16 m) {
+    *acc_lo = _mm512_mask_add_pd(*acc_lo, (__mmask8)(m & 0xff), *acc_lo, lo);
+    *acc_hi = _mm512_mask_add_pd(*acc_hi, (__mmask8)(m >> 8), *acc_hi, hi);
+}
+
 /* Adds the 16 floats of e (as doubles) to lanes 0-7 (lo) and 8-15 (hi) under mask m. */
 static inline void add_f64(__m512d *lo, __m512d *hi, __m512 e, __mmask16 m) {
-    __m512d elo = _mm512_cvtps_pd(_mm512_castps512_ps256(e));
-    __m512d ehi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1)));
-    *lo = _mm512_mask_add_pd(*lo, (__mmask8)(m & 0xff), *lo, elo);
-    *hi = _mm512_mask_add_pd(*hi, (__mmask8)(m >> 8), *hi, ehi);
+    __m512d elo, ehi;
+    widen(e, &elo, &ehi);
+    add_pair(lo, hi, elo, ehi, m);
 }
 
 static double tree_pair(__m512d lo, __m512d hi) {
@@ -96,17 +107,13 @@ void vm_sum_exp_cross_avx512(const float *r, const float *x, size_t n, float shi
     for (size_t i = 0; i < n; i += 16) {
         __mmask16 m = tail_mask(n - i);
         __m512 vr = load(r + i, m), vx = load(x + i, m);
-        __m512 e = exp16(_mm512_sub_ps(vr, s));
-        add_f64(&slo, &shi, e, m);
-        __m512d elo = _mm512_cvtps_pd(_mm512_castps512_ps256(e));
-        __m512d ehi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1)));
-        __m512d dlo = _mm512_sub_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(vr)),
-                                    _mm512_cvtps_pd(_mm512_castps512_ps256(vx)));
-        __m512d dhi =
-            _mm512_sub_pd(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(vr), 1))),
-                          _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(vx), 1))));
-        clo = _mm512_mask_add_pd(clo, (__mmask8)(m & 0xff), clo, _mm512_mul_pd(elo, dlo));
-        chi = _mm512_mask_add_pd(chi, (__mmask8)(m >> 8), chi, _mm512_mul_pd(ehi, dhi));
+        __m512d elo, ehi, rlo, rhi, xlo, xhi;
+        widen(exp16(_mm512_sub_ps(vr, s)), &elo, &ehi);
+        widen(vr, &rlo, &rhi);
+        widen(vx, &xlo, &xhi);
+        add_pair(&slo, &shi, elo, ehi, m);
+        add_pair(&clo, &chi, _mm512_mul_pd(elo, _mm512_sub_pd(rlo, xlo)),
+                 _mm512_mul_pd(ehi, _mm512_sub_pd(rhi, xhi)), m);
     }
     *sum = tree_pair(slo, shi);
     *cross = tree_pair(clo, chi);

@@ -29,26 +29,26 @@ void lora_dropout_bits_ref(uint64_t *bits, uint64_t key, int word0, int nwords, 
     }
 }
 
-void lora_dropout_mul_ref(float *out, const float *in, const void *bits, int n, float keep_scale) {
+/* out[i] = in[i] * m_i, or out[i] += in[i] * m_i (a product, then a sum) when accumulate. */
+static void mul_ref(float *out, const float *in, const void *bits, int n, float keep_scale, int accumulate) {
     const unsigned char *b = bits;
     for (int c0 = 0; c0 < n; c0 += 64) {
         uint64_t w;
         memcpy(&w, b + c0 / 8, sizeof w);
         int len = n - c0 < 64 ? n - c0 : 64;
-        for (int j = 0; j < len; j++)
-            out[c0 + j] = in[c0 + j] * ((w >> j) & 1 ? keep_scale : 0.0f);
+        for (int j = 0; j < len; j++) {
+            float v = in[c0 + j] * ((w >> j) & 1 ? keep_scale : 0.0f);
+            out[c0 + j] = accumulate ? out[c0 + j] + v : v;
+        }
     }
 }
 
+void lora_dropout_mul_ref(float *out, const float *in, const void *bits, int n, float keep_scale) {
+    mul_ref(out, in, bits, n, keep_scale, 0);
+}
+
 void lora_dropout_mul_add_ref(float *out, const float *in, const void *bits, int n, float keep_scale) {
-    const unsigned char *b = bits;
-    for (int c0 = 0; c0 < n; c0 += 64) {
-        uint64_t w;
-        memcpy(&w, b + c0 / 8, sizeof w);
-        int len = n - c0 < 64 ? n - c0 : 64;
-        for (int j = 0; j < len; j++)
-            out[c0 + j] += in[c0 + j] * ((w >> j) & 1 ? keep_scale : 0.0f);
-    }
+    mul_ref(out, in, bits, n, keep_scale, 1);
 }
 
 /* ---------------------------------------------------------------- paths */

@@ -59,7 +59,10 @@ static inline __m512 mask_factor(uint64_t word, int v, __m512 keep_scale) {
     return _mm512_mask_blend_ps((__mmask16)(word >> (16 * v)), _mm512_setzero_ps(), keep_scale);
 }
 
-void lora_dropout_mul_avx512(float *out, const float *in, const void *bits, int n, float keep_scale) {
+/* out = in * m, or out = out + in * m when accumulate: a separate product and sum, as the reference (no
+ * fused multiply-add). */
+static inline __attribute__((always_inline)) void mul(float *out, const float *in, const void *bits, int n,
+                                                      float keep_scale, int accumulate) {
     const unsigned char *b = bits;
     const __m512 s = _mm512_set1_ps(keep_scale);
     for (int c0 = 0; c0 < n; c0 += 64) {
@@ -68,24 +71,17 @@ void lora_dropout_mul_avx512(float *out, const float *in, const void *bits, int 
         for (int v = 0; v < 4 && c0 + 16 * v < n; v++) {
             int c = c0 + 16 * v, len = n - c < 16 ? n - c : 16;
             __mmask16 live = (__mmask16)((1u << len) - 1u);
-            __m512 x = _mm512_maskz_loadu_ps(live, in + c);
-            _mm512_mask_storeu_ps(out + c, live, _mm512_mul_ps(x, mask_factor(word, v, s)));
+            __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(live, in + c), mask_factor(word, v, s));
+            if (accumulate) x = _mm512_add_ps(_mm512_maskz_loadu_ps(live, out + c), x);
+            _mm512_mask_storeu_ps(out + c, live, x);
         }
     }
 }
 
+void lora_dropout_mul_avx512(float *out, const float *in, const void *bits, int n, float keep_scale) {
+    mul(out, in, bits, n, keep_scale, 0);
+}
+
 void lora_dropout_mul_add_avx512(float *out, const float *in, const void *bits, int n, float keep_scale) {
-    const unsigned char *b = bits;
-    const __m512 s = _mm512_set1_ps(keep_scale);
-    for (int c0 = 0; c0 < n; c0 += 64) {
-        uint64_t word;
-        memcpy(&word, b + c0 / 8, sizeof word);
-        for (int v = 0; v < 4 && c0 + 16 * v < n; v++) {
-            int c = c0 + 16 * v, len = n - c < 16 ? n - c : 16;
-            __mmask16 live = (__mmask16)((1u << len) - 1u);
-            __m512 x = _mm512_maskz_loadu_ps(live, in + c), y = _mm512_maskz_loadu_ps(live, out + c);
-            /* out + in * m: a separate product and sum, as the reference (no fused multiply-add). */
-            _mm512_mask_storeu_ps(out + c, live, _mm512_add_ps(y, _mm512_mul_ps(x, mask_factor(word, v, s))));
-        }
-    }
+    mul(out, in, bits, n, keep_scale, 1);
 }
