@@ -52,19 +52,19 @@ static double percentile_sorted(const double *v, int64_t n, double q) {
     return i + 1 < n ? v[i] * (1 - frac) + v[i + 1] * frac : v[n - 1];
 }
 
-/* NaN/Inf logits stop the evaluation naming the token position (in the input) where they appear. */
+/* NaN/Inf logits stop the evaluation naming the token position (in the input) where they appear: the
+ * rows are checked in parallel and the first bad one in order is reported. */
 static qlab_status ppl_check_logits(const float *logits, int B, int T, int V, const ppl_window *win,
                                     const char *who) {
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) {
-            const float *row = logits + ((size_t)b * T + (size_t)t) * (size_t)V;
-            for (int v = 0; v < V; v++)
-                if (!isfinite(row[v]))
-                    return qlab_fail(QLAB_ERR_NUMERIC,
-                                     "%s logits are %s at token position %lld (vocabulary entry %d)", who,
-                                     isnan(row[v]) ? "nan" : "infinite", (long long)(win[b].start + t), v);
-        }
-    return QLAB_OK;
+    long rows = (long)B * T, first = rows;
+#pragma omp parallel for schedule(static) reduction(min : first)
+    for (long r = 0; r < rows; r++)
+        if (r < first && vm_first_nonfinite(logits + (size_t)r * V, (size_t)V) < (size_t)V) first = r;
+    if (first == rows) return QLAB_OK;
+    const float *row = logits + (size_t)first * V;
+    size_t v = vm_first_nonfinite(row, (size_t)V);
+    return qlab_fail(QLAB_ERR_NUMERIC, "%s logits are %s at token position %lld (vocabulary entry %zu)", who,
+                     isnan(row[v]) ? "nan" : "infinite", (long long)(win[first / T].start + first % T), v);
 }
 
 typedef struct {
@@ -259,6 +259,14 @@ static qlab_status score_stream(const eval_plan *p, model *m, model *ref, refere
     return st;
 }
 
+/* Packs m's weights for this evaluation unless they are already (returns whether it did, so the caller
+ * unpacks what it packed). Packing only saves work: when it fails (memory) the evaluation runs unpacked,
+ * with the same bits. */
+static int pack_for_evaluation(model *m) {
+    if (!m || model_weights_packed(m) || model_get_compute(m) != QLAB_COMPUTE_BF16) return 0;
+    return model_pack_weights(m) == QLAB_OK;
+}
+
 /* ---------------------------------------------------------------- step 4: fixed-order reductions */
 
 static void summarize_nll(const eval_plan *p, const ppl_options *opt, const position_score *scores,
@@ -330,7 +338,10 @@ static qlab_status evaluate(model *m, model *ref, const ppl_reference *cache, co
     }
     position_score *scores = qlab_calloc((size_t)p.n_scored, sizeof *scores);
     reference_source src = {.live = ref != NULL, .cache = cache};
+    int packed_m = pack_for_evaluation(m), packed_ref = pack_for_evaluation(ref);
     qlab_status st = scores ? score_stream(&p, m, ref, src, opt->ctx, opt->quiet, scores) : QLAB_ERR_NOMEM;
+    if (packed_m) model_unpack_weights(m);
+    if (packed_ref) model_unpack_weights(ref);
     if (st == QLAB_OK) summarize_nll(&p, opt, scores, out);
     if (st == QLAB_OK && (ref || cache)) st = summarize_distance(p.n_scored, scores, out);
     free(scores);
@@ -406,6 +417,7 @@ qlab_status ppl_reference_compute(model *ref, const int *tokens, int64_t n, cons
     progress_begin(&prog, "perplexity", p.n_windows);
     prog.quiet |= opt->quiet;
     int64_t scored = 0;
+    int packed = pack_for_evaluation(ref);
     for (int64_t w0 = 0; st == QLAB_OK && w0 < p.n_windows; w0 += b.B) {
         st = forward_batch(&p, w0, ref, "fp32 reference", NULL, &b);
         for (int i = 0; st == QLAB_OK && i < b.B; i++) {
@@ -417,6 +429,7 @@ qlab_status ppl_reference_compute(model *ref, const int *tokens, int64_t n, cons
         if (st == QLAB_OK) progress_update(&prog, w0 + b.B, NULL);
     }
     if (st == QLAB_OK) progress_end(&prog, NULL);
+    if (packed) model_unpack_weights(ref);
     batch_free(&b);
     if (st == QLAB_OK) {
         out->n_scored = p.n_scored;

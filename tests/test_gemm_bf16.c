@@ -234,6 +234,64 @@ static void test_quantized(void) {
         }
 }
 
+/* Packed weights (bf16_pack_weight + bf16_gemm_packed) give bf16_gemm's / bf16_gemm_quant's bits (trans_b)
+ * on every path: fp32 and NF4+DQ weights, N across several chunks (and not a multiple of the panel
+ * pair), K not a multiple of 32, stored and accumulated; bad arguments are refused. */
+static void test_packed(void) {
+    rng_state r;
+    rng_seed(&r, 11);
+    int shapes[][3] = {{1, 1, 1}, {23, 80, 192}, {37, 1001, 70}, {64, 3000, 576}, {9, 33, 1536}};
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+        float *w = malloc(sizeof(float) * N * K), *A = malloc(sizeof(float) * M * K);
+        float *c0 = malloc(sizeof(float) * M * N), *c1 = malloc(sizeof(float) * M * N),
+              *c2 = malloc(sizeof(float) * M * N);
+        for (int i = 0; i < N * K; i++)
+            w[i] = (float)rng_normal(&r);
+        for (int i = 0; i < M * K; i++)
+            A[i] = (float)rng_normal(&r);
+        for (int i = 0; i < M * N; i++)
+            c0[i] = (float)rng_normal(&r);
+        quant_tensor q;
+        int quantizable = (N * K) % 64 == 0;
+        CHECK(!quantizable || quant_tensor_quantize(&q, w, (int64_t)N * K, QUANT_NF4, 64, 1) == QLAB_OK);
+        for (int path = 0; path < BF16_PATH_COUNT; path++) {
+            if (!bf16_path_available((bf16_path)path)) continue;
+            bf16_force_path(bf16_path_name((bf16_path)path));
+            for (int src = 0; src < 1 + quantizable; src++) {
+                bf16_packed_weight pw;
+                CHECK(bf16_pack_weight(src ? NULL : w, src ? &q : NULL, N, K, &pw) == QLAB_OK);
+                for (int acc = 0; acc < 2; acc++) {
+                    memcpy(c1, c0, sizeof(float) * M * N);
+                    memcpy(c2, c0, sizeof(float) * M * N);
+                    CHECK(bf16_gemm_packed(M, A, K, &pw, acc, c1, N) == QLAB_OK);
+                    if (src)
+                        CHECK(bf16_gemm_quant(0, 1, M, N, K, A, K, &q, acc, c2, N) == QLAB_OK);
+                    else
+                        CHECK(bf16_gemm(0, 1, M, N, K, A, K, w, K, acc, c2, N) == QLAB_OK);
+                    CHECKF(
+                        memcmp(c1, c2, sizeof(float) * M * N) == 0,
+                        "%s: packed %s weight %dx%d (M %d, accumulate %d) differs from the unpacked product",
+                        bf16_path_name((bf16_path)path), src ? "NF4+DQ" : "fp32", N, K, M, acc);
+                }
+                bf16_packed_weight_free(&pw);
+                CHECK(pw.panels == NULL);
+            }
+            bf16_force_path("auto");
+        }
+        bf16_packed_weight pw;
+        CHECK(bf16_pack_weight(w, NULL, N, 0, &pw) == QLAB_ERR_ARG);
+        CHECK(bf16_pack_weight(NULL, NULL, N, K, &pw) == QLAB_ERR_ARG);
+        if (quantizable) {
+            CHECK(bf16_pack_weight(w, &q, N, K, &pw) == QLAB_ERR_ARG);
+            CHECK(bf16_pack_weight(NULL, &q, N + 1, K, &pw) == QLAB_ERR_ARG);
+            quant_tensor_free(&q);
+        }
+        CHECK(bf16_gemm_packed(M, A, K, &pw, 0, c1, N) == QLAB_ERR_ARG); /* zeroed by the failed pack */
+        free(w), free(A), free(c0), free(c1), free(c2);
+    }
+}
+
 static void test_threads(void) {
 #ifdef _OPENMP
     rng_state r;
@@ -275,6 +333,7 @@ int main(void) {
         test_shape(shapes[i][0], shapes[i][1], shapes[i][2], &r, 1.0);
     test_subnormal();
     test_quantized();
+    test_packed();
     test_threads();
     return check_summary();
 }

@@ -106,6 +106,22 @@ static void test_forward_backward(int quantized) {
     /* Determinism, and the whole model bit-identical on the reference path and the AVX-512 BF16 path. */
     run_step(m, tokens, tokens + 1, B, T, lref, gref, &lossref);
     CHECK(memcmp(lref, lbf, sizeof(float) * N * V) == 0 && memcmp(gref, gbf, sizeof(float) * count) == 0);
+    /* Packed weights (model_pack_weights, for evaluation): the same logits, bit for bit; a backward pass and
+     * a change of compute dtype unpack them, and with fp32 compute packing is a no-op. */
+    CHECK(model_forward(m, tokens, NULL, B, T, lref, NULL) == QLAB_OK);
+    CHECK(model_pack_weights(m) == QLAB_OK && model_weights_packed(m));
+    CHECK(model_pack_weights(m) == QLAB_OK && model_weights_packed(m)); /* twice: still one copy */
+    CHECK(model_forward(m, tokens, NULL, B, T, lbf, NULL) == QLAB_OK);
+    CHECKF(memcmp(lref, lbf, sizeof(float) * N * V) == 0, "packed weights change the logits (%s)",
+           quantized ? "nf4+dq" : "fp32 base");
+    run_step(m, tokens, tokens + 1, B, T, lbf, gref, &lossref);
+    CHECK(!model_weights_packed(m) && lossref == lossbf);
+    CHECK(model_pack_weights(m) == QLAB_OK);
+    model_set_compute(m, QLAB_COMPUTE_FP32);
+    CHECK(!model_weights_packed(m));
+    CHECK(model_pack_weights(m) == QLAB_OK && !model_weights_packed(m));
+    model_set_compute(m, QLAB_COMPUTE_BF16);
+    run_step(m, tokens, tokens + 1, B, T, lbf, gbf, &lossbf);
     if (bf16_path_available(BF16_PATH_AVX512BF16)) {
         CHECK(bf16_force_path("ref") == QLAB_OK);
         run_step(m, tokens, tokens + 1, B, T, lref, gref, &lossref);

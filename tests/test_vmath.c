@@ -214,8 +214,42 @@ static void test_sums_and_max(void) {
     free(x), free(xq), free(y);
 }
 
+/* vm_first_nonfinite on both paths: every length 0..70 with a NaN, +inf or -inf at every position (and
+ * two of them), the largest finite floats and the smallest subnormals all finite. */
+static void test_first_nonfinite(void) {
+    float row[70];
+    const float bad[3] = {NAN, INFINITY, -INFINITY};
+    for (int path = 0; path < 2; path++) {
+        vm_force_c(path == 0);
+        int wrong = 0;
+        for (size_t n = 0; n <= 70; n++) {
+            for (size_t i = 0; i < n; i++)
+                row[i] = (i % 3 == 0) ? FLT_MAX : (i % 3 == 1) ? -FLT_MAX : (i % 2 ? 1e-45f : -1e-45f);
+            wrong += vm_first_nonfinite(row, n) != n;
+            for (size_t at = 0; at < n; at++)
+                for (int b = 0; b < 3; b++) {
+                    float keep = row[at];
+                    row[at] = bad[b];
+                    wrong += vm_first_nonfinite(row, n) != at;
+                    if (at + 5 < n) {
+                        row[at + 5] = bad[(b + 1) % 3];
+                        wrong += vm_first_nonfinite(row, n) != at;
+                        wrong += vm_first_nonfinite(row + at + 1, n - at - 1) != 4;
+                        row[at + 5] = (at + 5) % 3 == 0   ? FLT_MAX
+                                      : (at + 5) % 3 == 1 ? -FLT_MAX
+                                                          : ((at + 5) % 2 ? 1e-45f : -1e-45f);
+                    }
+                    row[at] = keep;
+                }
+        }
+        CHECKF(wrong == 0, "vm_first_nonfinite wrong %d times (%s path)", wrong, path ? vm_path_name() : "c");
+    }
+    vm_force_c(0);
+}
+
 int main(void) {
     test_expf_accuracy();
+    test_first_nonfinite();
     test_paths_bit_exact();
     test_sums_and_max();
     return check_summary();

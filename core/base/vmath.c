@@ -89,6 +89,12 @@ static float max_index_c(const float *x, size_t n, size_t *index) {
     return m;
 }
 
+static size_t first_nonfinite_c(const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return i;
+    return n;
+}
+
 static void silu_mul_c(float *out, const float *g, const float *u, size_t n) {
     for (size_t i = 0; i < n; i++)
         out[i] = g[i] / (1.0f + vm_expf(-g[i])) * u[i];
@@ -149,6 +155,10 @@ void vm_sum_exp_cross(const float *r, const float *x, size_t n, float shift, dou
 
 float vm_max_index(const float *x, size_t n, size_t *index) {
     return use_avx512() ? vm_max_index_avx512(x, n, index) : max_index_c(x, n, index);
+}
+
+size_t vm_first_nonfinite(const float *x, size_t n) {
+    return use_avx512() ? vm_first_nonfinite_avx512(x, n) : first_nonfinite_c(x, n);
 }
 
 void vm_silu_mul(float *out, const float *g, const float *u, size_t n) {

@@ -30,6 +30,9 @@ void vm_sum_exp_cross(const float *r, const float *x, size_t n, float shift, dou
 /* The largest x[i] and the first index holding it (n > 0; a NaN is never the maximum). */
 float vm_max_index(const float *x, size_t n, size_t *index);
 
+/* The index of the first NaN or infinite x[i], or n when every element is finite. */
+size_t vm_first_nonfinite(const float *x, size_t n);
+
 /* out[i] = silu(g[i]) * u[i] = g / (1 + exp(-g)) * u. */
 void vm_silu_mul(float *out, const float *g, const float *u, size_t n);
 

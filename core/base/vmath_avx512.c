@@ -144,6 +144,17 @@ float vm_max_index_avx512(const float *x, size_t n, size_t *index) {
     return m;
 }
 
+/* An element is NaN or infinite when its exponent bits are all ones. */
+size_t vm_first_nonfinite_avx512(const float *x, size_t n) {
+    const __m512i exp = _mm512_set1_epi32(0x7f800000);
+    for (size_t i = 0; i < n; i += 16) {
+        __m512i u = _mm512_castps_si512(load(x + i, tail_mask(n - i)));
+        __mmask16 bad = _mm512_mask_cmpeq_epi32_mask(tail_mask(n - i), _mm512_and_si512(u, exp), exp);
+        if (bad) return i + (size_t)__builtin_ctz(bad);
+    }
+    return n;
+}
+
 /* -g as the reference's unary minus: the sign bit flipped (also for 0 and NaN). */
 static inline __m512 neg(__m512 g) {
     return _mm512_xor_ps(g, _mm512_set1_ps(-0.0f));

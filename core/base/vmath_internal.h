@@ -31,6 +31,7 @@ double vm_sum_exp_shift_avx512(const float *x, size_t n, float shift);
 void vm_sum_exp_cross_avx512(const float *r, const float *x, size_t n, float shift, double *sum,
                              double *cross);
 float vm_max_index_avx512(const float *x, size_t n, size_t *index);
+size_t vm_first_nonfinite_avx512(const float *x, size_t n);
 void vm_silu_mul_avx512(float *out, const float *g, const float *u, size_t n);
 void vm_sigmoid_avx512(float *s, const float *g, size_t n);
 

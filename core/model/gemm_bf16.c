@@ -389,6 +389,12 @@ static void gemm_bf16_blas(const uint16_t *Ap, const uint16_t *Bp, int M, int nc
 
 /* ---------------------------------------------------------------- driver */
 
+static gemm_bf16_kernel path_kernel(bf16_path path) {
+    if (path == BF16_PATH_AVX512BF16) return gemm_bf16_kernel_avx512bf16;
+    if (path == BF16_PATH_AMX) return gemm_bf16_kernel_amx;
+    return gemm_bf16_kernel_ref;
+}
+
 static qlab_status gemm_run(int trans_a, int M, int N, int K, const float *A, int lda, const bsrc *b,
                             int accumulate, float *C, int ldc) {
     if (M <= 0 || N <= 0) return QLAB_OK;
@@ -405,9 +411,7 @@ static qlab_status gemm_run(int trans_a, int M, int N, int K, const float *A, in
     float *Af = (float *)((char *)ws_ptr_ + round_up((pl.a_elems + pl.b_elems + pl.scratch_elems) * 2, 64));
     float *Bf = Af + (size_t)M * pl.Kp;
     pack_a(Ap, &pl, A, lda, trans_a);
-    gemm_bf16_kernel kernel = gemm_bf16_kernel_ref;
-    if (path == BF16_PATH_AVX512BF16) kernel = gemm_bf16_kernel_avx512bf16;
-    if (path == BF16_PATH_AMX) kernel = gemm_bf16_kernel_amx;
+    gemm_bf16_kernel kernel = path_kernel(path);
     for (int p0 = 0; p0 < pl.npanels; p0 += pl.chunk_panels) {
         int pc = pl.npanels - p0 < pl.chunk_panels ? pl.npanels - p0 : pl.chunk_panels;
         int n0 = p0 * GEMM_BF16_PANEL, ncols = N - n0 < pc * GEMM_BF16_PANEL ? N - n0 : pc * GEMM_BF16_PANEL;
@@ -434,4 +438,73 @@ qlab_status bf16_gemm_quant(int trans_a, int trans_b, int M, int N, int K, const
                          B ? (long long)B->n : 0LL, K, N);
     bsrc b = {NULL, 0, B, trans_b};
     return gemm_run(trans_a, M, N, K, A, lda, &b, accumulate, C, ldc);
+}
+
+/* ---------------------------------------------------------------- packed weights */
+
+qlab_status bf16_pack_weight(const float *W, const quant_tensor *q, int N, int K, bf16_packed_weight *out) {
+    memset(out, 0, sizeof *out);
+    if (N <= 0 || K <= 0 || !W == !q || (q && q->n != (int64_t)N * K))
+        return qlab_fail(QLAB_ERR_ARG,
+                         "bf16_pack_weight: a %d x %d weight needs exactly one of fp32 or a "
+                         "quantized matrix of that many elements",
+                         N, K);
+    gemm_plan pl = make_plan(1, N, K, bf16_active_path());
+    size_t bytes = (size_t)pl.npanels * GEMM_BF16_PANEL * pl.Kp * sizeof(uint16_t);
+    size_t scratch_elems = (size_t)GEMM_BF16_PANEL * pl.Kp * (size_t)pl.threads;
+    QLAB_TRY(memacct_charge(MEMACCT_SCRATCH, bytes));
+    uint16_t *panels = qlab_alloc_aligned(bytes),
+             *scratch = qlab_alloc_aligned(scratch_elems * sizeof(uint16_t));
+    qlab_status st =
+        panels && scratch ? QLAB_OK : qlab_fail(QLAB_ERR_NOMEM, "bf16 packed weight (%zu bytes)", bytes);
+    /* pack_b's per-thread scratch is sized by the plan; one panel row per thread suffices for trans_b */
+    pl.scratch_elems = scratch_elems;
+    bsrc b = {W, K, q, 1};
+    for (int p0 = 0; st == QLAB_OK && p0 < pl.npanels; p0 += pl.chunk_panels) {
+        int pc = pl.npanels - p0 < pl.chunk_panels ? pl.npanels - p0 : pl.chunk_panels;
+        st = pack_b(panels + (size_t)p0 * GEMM_BF16_PANEL * pl.Kp, scratch, &pl, &b, p0, pc);
+    }
+    qlab_free_aligned(scratch);
+    if (st != QLAB_OK) {
+        qlab_free_aligned(panels);
+        memacct_release(MEMACCT_SCRATCH, bytes);
+        return st;
+    }
+    *out = (bf16_packed_weight){
+        .N = N, .K = K, .Kp = pl.Kp, .npanels = pl.npanels, .panels = panels, .bytes = bytes};
+    return QLAB_OK;
+}
+
+void bf16_packed_weight_free(bf16_packed_weight *w) {
+    if (w->panels) {
+        qlab_free_aligned(w->panels);
+        memacct_release(MEMACCT_SCRATCH, w->bytes);
+    }
+    memset(w, 0, sizeof *w);
+}
+
+qlab_status bf16_gemm_packed(int M, const float *A, int lda, const bf16_packed_weight *W, int accumulate,
+                             float *C, int ldc) {
+    if (!W || !W->panels) return qlab_fail(QLAB_ERR_ARG, "bf16_gemm_packed: no packed weight");
+    int N = W->N, K = W->K;
+    if (M <= 0) return QLAB_OK;
+    bf16_path path = bf16_active_path();
+    gemm_plan pl = make_plan(M, N, K, path);
+    QLAB_TRY(bf16_workspace_reserve(plan_bytes(&pl)));
+    uint16_t *Ap = ws_ptr_;
+    pack_a(Ap, &pl, A, lda, 0);
+    if (path != BF16_PATH_BLAS) {
+        /* every output tile sums over k on its own, so one call over all panels gives the chunked bits */
+        path_kernel(path)(Ap, W->panels, M, N, pl.Kp, C, ldc, accumulate);
+        return QLAB_OK;
+    }
+    float *Af = (float *)((char *)ws_ptr_ + round_up((pl.a_elems + pl.b_elems + pl.scratch_elems) * 2, 64));
+    float *Bf = Af + (size_t)M * pl.Kp;
+    for (int p0 = 0; p0 < pl.npanels; p0 += pl.chunk_panels) {
+        int pc = pl.npanels - p0 < pl.chunk_panels ? pl.npanels - p0 : pl.chunk_panels;
+        int n0 = p0 * GEMM_BF16_PANEL, ncols = N - n0 < pc * GEMM_BF16_PANEL ? N - n0 : pc * GEMM_BF16_PANEL;
+        gemm_bf16_blas(Ap, W->panels + (size_t)p0 * GEMM_BF16_PANEL * pl.Kp, M, ncols, pl.Kp, C + n0, ldc,
+                       accumulate, Af, Bf, p0 > 0, pl.threads);
+    }
+    return QLAB_OK;
 }

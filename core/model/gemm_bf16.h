@@ -65,6 +65,22 @@ qlab_status bf16_gemm(int trans_a, int trans_b, int M, int N, int K, const float
 qlab_status bf16_gemm_quant(int trans_a, int trans_b, int M, int N, int K, const float *A, int lda,
                             const quant_tensor *B, int accumulate, float *C, int ldc);
 
+/* A weight W (N,K) of a linear layer (y = x W^T), fp32 or quantized, rounded or dequantized to bf16 once
+ * and kept in the kernels' panel layout (N x K bf16 values plus padding, charged to memory accounting as
+ * scratch): for evaluation, where the weights stay fixed over many products, which then skip the packing
+ * of B. The products give the same bits as bf16_gemm / bf16_gemm_quant with trans_b on every path. */
+typedef struct {
+    int N, K, Kp, npanels;
+    uint16_t *panels; /* npanels panels of GEMM_BF16_PANEL rows x Kp, 32-bit pairs interleaved */
+    size_t bytes;
+} bf16_packed_weight;
+/* Exactly one of W (row-major (N,K)) and q (N*K elements) is given. */
+qlab_status bf16_pack_weight(const float *W, const quant_tensor *q, int N, int K, bf16_packed_weight *out);
+void bf16_packed_weight_free(bf16_packed_weight *w);
+/* C (M,N) = A W^T (accumulate 0) or C += A W^T, A (M,K) with leading dimension lda. */
+qlab_status bf16_gemm_packed(int M, const float *A, int lda, const bf16_packed_weight *W, int accumulate,
+                             float *C, int ldc);
+
 /* Bytes of workspace a product of these sizes needs on the active path, and a reservation of that much
  * for the calling thread (kept and reused; products on that thread then never allocate). */
 size_t bf16_workspace_bytes(int M, int N, int K);

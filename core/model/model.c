@@ -57,7 +57,8 @@ struct model {
     quant_dtype quant_type;
     int quant_blocksize, quant_double;
     qlab_compute compute;
-    float *tile; /* scratch for dequantized weight rows */
+    bf16_packed_weight *packed; /* n_layers * PROJ_COUNT + 1 (the classifier last) while packed, else NULL */
+    float *tile;                /* scratch for dequantized weight rows */
     size_t tile_floats;
     float *rope_cos, *rope_sin; /* (rope_len, head_size/2), grown on demand by the forward pass */
     int rope_len;
@@ -369,6 +370,7 @@ static void model_free_quantized(model *m) {
 
 void model_free(model *m) {
     if (!m) return;
+    model_unpack_weights(m);
     model_free_quantized(m);
     qlab_free_aligned(m->param_buffer);
     qlab_free_aligned(m->grad_buffer);
@@ -498,10 +500,42 @@ void model_set_adapter(model *m, const model_adapter *adapter) {
 }
 
 void model_set_compute(model *m, qlab_compute c) {
+    if (c != m->compute) model_unpack_weights(m);
     m->compute = c;
 }
 qlab_compute model_get_compute(const model *m) {
     return m->compute;
+}
+
+void model_unpack_weights(model *m) {
+    if (!m->packed) return;
+    for (int i = 0; i <= m->cfg.n_layers * PROJ_COUNT; i++)
+        bf16_packed_weight_free(&m->packed[i]);
+    free(m->packed);
+    m->packed = NULL;
+}
+
+int model_weights_packed(const model *m) {
+    return m->packed != NULL;
+}
+
+qlab_status model_pack_weights(model *m) {
+    if (m->compute != QLAB_COMPUTE_BF16 || m->packed) return QLAB_OK;
+    if (m->quant_missing > 0)
+        return qlab_fail(QLAB_ERR_ARG, "model_pack_weights: %d quantized projections were never set",
+                         m->quant_missing);
+    int n = m->cfg.n_layers * PROJ_COUNT;
+    m->packed = qlab_calloc((size_t)n + 1, sizeof *m->packed);
+    if (!m->packed) return QLAB_ERR_NOMEM;
+    qlab_status st = QLAB_OK;
+    for (int i = 0; i < n && st == QLAB_OK; i++) {
+        linear_weight lw = model_get_linear(m, i / PROJ_COUNT, (model_proj)(i % PROJ_COUNT));
+        st = bf16_pack_weight(lw.w, lw.q, lw.out_features, lw.in_features, &m->packed[i]);
+    }
+    if (st == QLAB_OK)
+        st = bf16_pack_weight(m->params.wcls, NULL, m->cfg.vocab_size, m->cfg.dim, &m->packed[n]);
+    if (st != QLAB_OK) model_unpack_weights(m);
+    return st;
 }
 
 int model_last_target_count(const model *m) {
@@ -591,6 +625,7 @@ static qlab_status model_release_projections(model *m) {
 }
 
 qlab_status model_quantize(model *m, quant_dtype dt, int blocksize, int double_quant) {
+    model_unpack_weights(m);
     if (m->quantized)
         return qlab_fail(QLAB_ERR_ARG, "model_quantize: the model is already quantized (its fp32 projections "
                                        "were released)");
@@ -626,6 +661,7 @@ qlab_status model_create_quantized(model **out, const model_config *cfg, quant_d
 }
 
 qlab_status model_set_projection(model *m, int layer, model_proj p, const float *w) {
+    model_unpack_weights(m);
     if (!m->quantized || !m->quant_set)
         return qlab_fail(QLAB_ERR_ARG, "model_set_projection: the model is not quantized (write fp32 weights "
                                        "through model_get_params)");
@@ -793,7 +829,10 @@ static model_layer_acts model_layer_views(const model *m, int l) {
 
 static qlab_status model_linear_forward(model *m, int l, model_proj p, float *out, const float *inp, int N) {
     linear_weight lw = model_get_linear(m, l, p);
-    if (m->compute == QLAB_COMPUTE_BF16)
+    if (m->packed)
+        QLAB_TRY(bf16_gemm_packed(N, inp, lw.in_features, &m->packed[l * PROJ_COUNT + p], 0, out,
+                                  lw.out_features));
+    else if (m->compute == QLAB_COMPUTE_BF16)
         QLAB_TRY(linear_forward_bf16(out, inp, &lw, N));
     else
         QLAB_TRY(linear_forward(out, inp, &lw, N, m->tile, m->tile_floats));
@@ -897,11 +936,15 @@ static qlab_status model_head_forward(model *m, const int *targets, float *logit
     int N = m->B * m->T, D = c->dim, V = c->vocab_size;
     const float *last = a->res3 + (size_t)(c->n_layers - 1) * N * D;
     rmsnorm_forward(a->lnf, a->lnf_rstd, last, p->rms_final, N, D, c->norm_eps);
-    if (m->compute == QLAB_COMPUTE_BF16)
-        QLAB_TRY(bf16_gemm(0, 1, N, V, D, a->lnf, D, p->wcls, D, 0, a->probs, V));
+    /* Without targets the logits go straight to the caller's buffer (no copy of N x V floats). */
+    float *out = logits && !targets ? logits : a->probs;
+    if (m->packed)
+        QLAB_TRY(bf16_gemm_packed(N, a->lnf, D, &m->packed[c->n_layers * PROJ_COUNT], 0, out, V));
+    else if (m->compute == QLAB_COMPUTE_BF16)
+        QLAB_TRY(bf16_gemm(0, 1, N, V, D, a->lnf, D, p->wcls, D, 0, out, V));
     else
-        matmul_forward(a->probs, a->lnf, p->wcls, N, D, V);
-    if (logits) memcpy(logits, a->probs, sizeof(float) * (size_t)N * V);
+        matmul_forward(out, a->lnf, p->wcls, N, D, V);
+    if (logits && targets) memcpy(logits, a->probs, sizeof(float) * (size_t)N * V);
     if (targets) {
         softmax_forward(a->probs, a->probs, N, V);
         float mean = crossentropy_forward(a->losses, a->probs, targets, N, V, &m->target_count);
@@ -1073,6 +1116,7 @@ size_t model_activation_bytes(const model *m, int B, int T, int with_backward) {
 }
 
 qlab_status model_backward(model *m) {
+    model_unpack_weights(m); /* an optimizer step may follow: packed copies would go stale */
     if (!m->have_targets)
         return qlab_fail(QLAB_ERR_ARG, "model_backward: the last model_forward had no targets (or failed)");
     /* With every base group frozen (LoRA on a frozen or quantized base) no base gradient is formed, so

@@ -184,6 +184,16 @@ double model_total_bits(const model *m);
 void model_set_compute(model *m, qlab_compute c);
 qlab_compute model_get_compute(const model *m);
 
+/* For evaluation with bf16 compute: every projection and the classifier rounded or dequantized to bf16
+ * once, in the GEMM's panel layout (2 bytes per weight, charged as scratch), so forward passes skip that
+ * work; the logits are the same bits either way. Only valid while the weights do not change: the
+ * caller unpacks before anything writes them (eval/ppl packs for one evaluation and unpacks at its end;
+ * quantizing, setting a projection, a backward pass or another compute dtype unpack as well). A no-op
+ * returning QLAB_OK with fp32 compute. */
+qlab_status model_pack_weights(model *m);
+void model_unpack_weights(model *m);
+int model_weights_packed(const model *m);
+
 /* Forward pass over B sequences of T tokens (T <= seq_len). tokens (B,T). If targets is non-NULL
  * (B,T; entries < 0 are ignored) the mean cross-entropy over non-ignored positions is returned in *loss.
  * logits, if non-NULL, receives (B,T,vocab) fp32. Activations are kept for model_backward. */

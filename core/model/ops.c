@@ -1,5 +1,6 @@
 /* The layer ops of ops.h: plain loops for the elementwise, normalisation and attention work (OpenMP over
- * independent rows, static schedules, so the result does not depend on timing; exp and its sums from
+ * independent rows, static schedules or tasks with fixed operations, so the result does not depend on
+ * timing; exp and its sums from
  * core/base/vmath, identical on every CPU) and OpenBLAS sgemm for
  * the matrix products, which dominate the cost of both evaluation and training. */
 #include "core/model/ops.h"
@@ -237,23 +238,27 @@ void attention_forward(float *out, float *att, const float *q, const float *k, c
 #ifdef _OPENMP
     threads = omp_get_max_threads();
 #endif
+    /* One task per (batch x head, block of query rows): rows [r0, r1) need keys [0, r1) only, so the tasks
+     * differ in size; they are handed out largest first (dynamic schedule) so neither thread waits out
+     * the last head. Each task writes only its own rows with the same operations whichever thread runs
+     * it, so the result does not depend on the schedule. */
+    int nblocks = (T + OPS_ATT_BLOCK - 1) / OPS_ATT_BLOCK, BH = B * NH;
     int prev = ops_blas_serial_begin();
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int bh = 0; bh < B * NH; bh++) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (int task = 0; task < BH * nblocks; task++) {
+        int rb = nblocks - 1 - task / BH, bh = task % BH;
         int b = bh / NH, h = bh % NH, kvh = h / group;
+        int r0 = rb * OPS_ATT_BLOCK, r1 = r0 + OPS_ATT_BLOCK < T ? r0 + OPS_ATT_BLOCK : T;
         const float *qb = q + (size_t)b * T * qstride + (size_t)h * HS;
         const float *kb = k + (size_t)b * T * kvstride + (size_t)kvh * HS;
         const float *vb = v + (size_t)b * T * kvstride + (size_t)kvh * HS;
         float *ob = out + (size_t)b * T * qstride + (size_t)h * HS;
         float *a = att + (size_t)bh * T * T;
         /* scores = scale * q k^T */
-        for (int r0 = 0; r0 < T; r0 += OPS_ATT_BLOCK) {
-            int r1 = r0 + OPS_ATT_BLOCK < T ? r0 + OPS_ATT_BLOCK : T;
-            ops_gemm_serial(0, 1, r1 - r0, r1, HS, scale, qb + (size_t)r0 * qstride, qstride, kb, kvstride,
-                            0.0f, a + (size_t)r0 * T, T);
-        }
+        ops_gemm_serial(0, 1, r1 - r0, r1, HS, scale, qb + (size_t)r0 * qstride, qstride, kb, kvstride, 0.0f,
+                        a + (size_t)r0 * T, T);
         /* causal softmax per row; zeros above the diagonal */
-        for (int t = 0; t < T; t++) {
+        for (int t = r0; t < r1; t++) {
             float *row = a + (size_t)t * T;
             size_t at;
             float maxv = vm_max_index(row, (size_t)t + 1, &at);
@@ -264,11 +269,8 @@ void attention_forward(float *out, float *att, const float *q, const float *k, c
                 row[t2] = 0;
         }
         /* out = att v */
-        for (int r0 = 0; r0 < T; r0 += OPS_ATT_BLOCK) {
-            int r1 = r0 + OPS_ATT_BLOCK < T ? r0 + OPS_ATT_BLOCK : T;
-            ops_gemm_serial(0, 0, r1 - r0, HS, r1, 1.0f, a + (size_t)r0 * T, T, vb, kvstride, 0.0f,
-                            ob + (size_t)r0 * qstride, qstride);
-        }
+        ops_gemm_serial(0, 0, r1 - r0, HS, r1, 1.0f, a + (size_t)r0 * T, T, vb, kvstride, 0.0f,
+                        ob + (size_t)r0 * qstride, qstride);
     }
     ops_blas_serial_end(prev);
 }
