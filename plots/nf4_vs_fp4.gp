@@ -25,6 +25,40 @@ color(s) = s eq 'fp32' ? '#111111' : type_color(base(s))
 point(s) = s eq 'fp32' ? 5 : type_point(base(s)) + (is_dq(s) ? 1 : 0)
 dash(s) = is_dq(s) ? 2 : 1
 
+if (nmodels == 1) {
+    # One model (e.g. the SmolLM2 config): no family to join, so one bar per data type, in the table's
+    # order, against the fp32 model's value (a dashed line). Open bars: fp32 block constants; filled bars:
+    # double-quantized constants.
+    model = system("awk -v b='".bench."' '!/^#/ { gsub(/\"/, \"\", $1); gsub(/\"/, \"\", $4); if ($1 == b) { print $4; exit } }' '".f."'")
+    fp32ppl = system("awk -v b='".bench."' '!/^#/ { gsub(/\"/, \"\", $1); gsub(/\"/, \"\", $2); if ($1 == b && $2 == \"fp32\") { print $7; exit } }' '".f."'") + 0
+    set xrange [0.3:nq + 0.7]
+    set xtics rotate by 40 right noenhanced font ',11' scale 0
+    set xtics ()
+    do for [i=1:nq] { set xtics add (word(qlabels, i) i) }
+    set boxwidth 0.72
+    set key inside left top Left reverse samplen 4 font ',11' noenhanced
+    set multiplot title sprintf("{/:Bold 4-bit data types on %s} (%s; block size 64 where the type has no fixed block)\n{/*0.85 lower is better; dashed line: the fp32 model. Open bars: fp32 block constants, filled bars: double quantization}", model, bench) font ',15'
+    set tmargin at screen 0.83; set bmargin at screen 0.2
+    set lmargin at screen 0.06; set rmargin at screen 0.48
+    set title 'Perplexity' font ',13'
+    set ylabel 'perplexity (lower is better)'
+    set format y '%g'
+    set yrange [0:*]
+    plot for [i=1:nq] f using (matches(word(qlabels, i)) ? i : NaN):7 with boxes lw 2 \
+         lc rgb color(word(qlabels, i)) fs solid (is_dq(word(qlabels, i)) ? 0.85 : 0.0) border \
+         notitle, \
+         fp32ppl with lines dt 2 lw 2 lc rgb '#111111' title sprintf('fp32: %.2f', fp32ppl)
+    set lmargin at screen 0.56; set rmargin at screen 0.98
+    set title 'KL divergence from the fp32 model' font ',13'
+    set ylabel 'mean KL(p_{fp32} || p_{4-bit}) per token (nats)'
+    unset key
+    plot for [i=1:nq] f using (matches(word(qlabels, i)) ? i : NaN):8 with boxes lw 2 \
+         lc rgb color(word(qlabels, i)) fs solid (is_dq(word(qlabels, i)) ? 0.85 : 0.0) border \
+         notitle
+    unset multiplot
+    exit
+}
+
 set logscale x
 set format x '10^{%L}'
 set xlabel 'total model bits (log scale)'
