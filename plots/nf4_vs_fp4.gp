@@ -25,6 +25,8 @@ color(s) = s eq 'fp32' ? '#111111' : type_color(base(s))
 point(s) = s eq 'fp32' ? 5 : type_point(base(s)) + (is_dq(s) ? 1 : 0)
 dash(s) = is_dq(s) ? 2 : 1
 
+# the single-model bars (a macro: defined before the block that expands it)
+bar = "with boxes lw 2 lc rgb color(word(qlabels, i)) fs solid (is_dq(word(qlabels, i)) ? 0.85 : 0.0) border"
 if (nmodels == 1) {
     # One model (e.g. the SmolLM2 config): no family to join, so one bar per data type, in the table's
     # order, against the fp32 model's value (a dashed line). Open bars: fp32 block constants; filled bars:
@@ -44,17 +46,13 @@ if (nmodels == 1) {
     set ylabel 'perplexity (lower is better)'
     set format y '%g'
     set yrange [0:*]
-    plot for [i=1:nq] f using (matches(word(qlabels, i)) ? i : NaN):7 with boxes lw 2 \
-         lc rgb color(word(qlabels, i)) fs solid (is_dq(word(qlabels, i)) ? 0.85 : 0.0) border \
-         notitle, \
+    plot for [i=1:nq] f using (matches(word(qlabels, i)) ? i : NaN):7 @bar notitle, \
          fp32ppl with lines dt 2 lw 2 lc rgb '#111111' title sprintf('fp32: %.2f', fp32ppl)
     set lmargin at screen 0.56; set rmargin at screen 0.98
     set title 'KL divergence from the fp32 model' font ',13'
     set ylabel 'mean KL(p_{fp32} || p_{4-bit}) per token (nats)'
     unset key
-    plot for [i=1:nq] f using (matches(word(qlabels, i)) ? i : NaN):8 with boxes lw 2 \
-         lc rgb color(word(qlabels, i)) fs solid (is_dq(word(qlabels, i)) ? 0.85 : 0.0) border \
-         notitle
+    plot for [i=1:nq] f using (matches(word(qlabels, i)) ? i : NaN):8 @bar notitle
     unset multiplot
     exit
 }

@@ -25,28 +25,25 @@ static int exists(const char *p) {
     return stat(p, &st) == 0;
 }
 
-/* Number of entries of dir whose name starts with prefix. */
-static int count_prefixed(const char *dir, const char *prefix) {
+/* How many files in dir have names starting with prefix; with remove, also unlinks each of them. */
+static int prefixed(const char *dir, const char *prefix, int remove) {
     DIR *d = opendir(dir);
     if (!d) return 0;
     int n = 0;
-    for (struct dirent *e; (e = readdir(d)) != NULL;)
-        n += strncmp(e->d_name, prefix, strlen(prefix)) == 0;
-    closedir(d);
-    return n;
-}
-
-/* Removes every file in dir whose name starts with prefix. */
-static void remove_prefixed(const char *dir, const char *prefix) {
-    DIR *d = opendir(dir);
-    if (!d) return;
     char path[1024];
     for (struct dirent *e; (e = readdir(d)) != NULL;) {
         if (strncmp(e->d_name, prefix, strlen(prefix)) != 0) continue;
+        n++;
+        if (!remove) continue;
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
         unlink(path);
     }
     closedir(d);
+    return n;
+}
+
+static int count_prefixed(const char *dir, const char *prefix) {
+    return prefixed(dir, prefix, 0);
 }
 
 /* A child that opens a writer (atomic file: kind 0, results: kind 1), then signals itself. */
@@ -251,8 +248,8 @@ static void test_makefile_rule(const char *build) {
     /* every file the run wrote under its name: the report also draws the paper's and other tables */
     char prefix[80];
     snprintf(prefix, sizeof prefix, "%s.", name);
-    remove_prefixed("results", prefix);
-    remove_prefixed("plots", prefix);
+    prefixed("results", prefix, 1);
+    prefixed("plots", prefix, 1);
     CHECK(count_prefixed("results", prefix) == 0 && count_prefixed("plots", prefix) == 0);
 }
 
