@@ -63,7 +63,7 @@ AVX2_FLAGS   := -mavx2 -mfma -mf16c
 AVX512_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c
 # *_avx512bf16.c: AVX-512 with the BF16 extension (vdpbf16ps); *_amx.c: AMX tiles with bf16 (Intel).
 AVX512BF16_FLAGS := $(AVX512_FLAGS) -mavx512bf16
-AMX_FLAGS    := -mamx-tile -mamx-bf16
+AMX_FLAGS    := $(AVX512_FLAGS) -mamx-tile -mamx-bf16
 
 LIB_DIRS   := core/base core/formats core/results core/text core/quant core/model kernels datasets eval train \
               experiments/harness

@@ -91,8 +91,9 @@ int main(int argc, char **argv) {
 
     char which[64] = "", which2[64] = "";
     double limit = best_bf16_gemm(N, c.dim, c.hidden_dim, which, sizeof which);
-    printf("bench_bf16_model: B=%d T=%d, %d threads, bf16 path %s; best bf16 gemm %.1f GFLOP/s (%s)\n", B, T,
-           qlab_num_threads(), path, limit, which);
+    printf("bench_bf16_model: B=%d T=%d, %d threads (OpenMP wait %s), bf16 path %s; best bf16 gemm %.1f "
+           "GFLOP/s (%s)\n",
+           B, T, qlab_num_threads(), qlab_openmp_wait_policy(), path, limit, which);
 
     double fwd = 2.0 * N * matmul_params(&c) + attention_flops(&c, B, T);
     double qlora =

@@ -39,8 +39,9 @@ int main(void) {
     /* The limit: best of many sgemm calls, measured before and after the model runs (the larger kept), so
      * a burst of other work on a shared machine does not lower it and flatter the ratios. */
     double sgemm = bench_sgemm_gflops(N, c.hidden_dim, c.dim, 30);
-    printf("bench_train: %zu parameters, B=%d T=%d, %d threads; sgemm (%d x %d x %d) %.1f GFLOP/s\n", count,
-           B, T, qlab_num_threads(), N, c.hidden_dim, c.dim, sgemm);
+    printf("bench_train: %zu parameters, B=%d T=%d, %d threads (OpenMP wait %s); sgemm (%d x %d x %d) %.1f "
+           "GFLOP/s\n",
+           count, B, T, qlab_num_threads(), qlab_openmp_wait_policy(), N, c.hidden_dim, c.dim, sgemm);
     double fwd = forward_flops(&c, B, T);
 
     double t_train = bench_time_steps(m, tokens, targets, B, T, 1, 6.0);

@@ -17,8 +17,8 @@ done
 mkdir -p results
 {
     printf '{\n  "cpu": "%s",\n  "threads": %s,\n  "nproc": %s,\n' "$cpu" "$threads" "$(nproc)"
-    printf '  "env": {"OMP_NUM_THREADS": "%s", "OPENBLAS_NUM_THREADS": "%s", "OPENBLAS_CORETYPE": "%s", "OPENBLAS_L2_SIZE": "%s", "OMP_WAIT_POLICY": "%s"},\n' \
-        "${OMP_NUM_THREADS:-}" "${OPENBLAS_NUM_THREADS:-}" "${OPENBLAS_CORETYPE:-}" "${OPENBLAS_L2_SIZE:-}" "${OMP_WAIT_POLICY:-}"
+    printf '  "env": {"OMP_NUM_THREADS": "%s", "OPENBLAS_NUM_THREADS": "%s", "OPENBLAS_CORETYPE": "%s", "OPENBLAS_L2_SIZE": "%s", "OMP_WAIT_POLICY": "%s", "GOMP_SPINCOUNT": "%s"},\n' \
+        "${OMP_NUM_THREADS:-}" "${OPENBLAS_NUM_THREADS:-}" "${OPENBLAS_CORETYPE:-}" "${OPENBLAS_L2_SIZE:-}" "${OMP_WAIT_POLICY:-}" "${GOMP_SPINCOUNT:-}"
     printf '  "git_commit": "%s",\n  "time_utc": "%s",\n  "records": [\n' \
         "$(git rev-parse HEAD 2>/dev/null || echo unknown)" "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
     sed '$!s/$/,/; s/^/    /' "$records"

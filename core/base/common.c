@@ -156,10 +156,34 @@ int qlab_report_error(const char *prog) {
     return qlab_last_status() == QLAB_ERR_BUDGET ? QLAB_EXIT_BUDGET : 1;
 }
 
+/* Runnable tasks on the machine besides this one: the 4th field of /proc/loadavg ("running/total") counts
+ * this process too. Read twice a few milliseconds apart, keeping the larger; -1 when unreadable. */
+static int other_runnable(void) {
+    int best = -1;
+    for (int i = 0; i < 2; i++) {
+        FILE *f = fopen("/proc/loadavg", "r");
+        int running = 0;
+        if (f && fscanf(f, "%*f %*f %*f %d/", &running) == 1 && running - 1 > best) best = running - 1;
+        if (f) fclose(f);
+        if (i == 0) usleep(5000);
+    }
+    return best;
+}
+
 void qlab_openmp_prefer_passive(char **argv) {
-    if (getenv("OMP_WAIT_POLICY")) return;
+    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT")) return;
     if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0) return;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int others = other_runnable();
+    if (others >= 0 && others + qlab_num_threads() <= cores) setenv("GOMP_SPINCOUNT", QLAB_OMP_SHORT_SPIN, 1);
     execv("/proc/self/exe", argv);
+}
+
+const char *qlab_openmp_wait_policy(void) {
+    static char buf[96];
+    const char *pol = getenv("OMP_WAIT_POLICY"), *spin = getenv("GOMP_SPINCOUNT");
+    snprintf(buf, sizeof buf, "%s%s%s", pol ? pol : "default", spin ? ", spin " : "", spin ? spin : "");
+    return buf;
 }
 
 int qlab_num_threads(void) {

@@ -236,10 +236,15 @@ static void pack_a(uint16_t *Ap, const gemm_plan *pl, const float *A, int lda, i
         return;
     }
     /* A is (K, M): blocks of 16 m columns, each thread transposing through its rounding of whole rows. */
+    int vector = cpu_has_avx512bf16();
 #pragma omp parallel for schedule(static) num_threads(pl->threads)
     for (int m0 = 0; m0 < pl->Mp; m0 += 16) {
         int mn = M - m0 < 16 ? M - m0 : 16;
         if (mn < 0) mn = 0;
+        if (vector) {
+            gemm_bf16_pack_at_avx512bf16(Ap + (size_t)m0 * Kp, Kp, A + (mn > 0 ? m0 : 0), lda, K, mn);
+            continue;
+        }
         uint16_t tmp[16];
         for (int k = 0; k < Kp; k++) {
             if (k < K && mn > 0) bf16_round_array(tmp, A + (size_t)k * lda + m0, (size_t)mn);

@@ -5,8 +5,9 @@
  * panels; K advances 32 values per TDPBF16PS. The tiles start at zero and are added to C at the end, as
  * the reference does, but TDPBF16PS's internal summation order within a step is not the reference's, so
  * this path is held to the bound of gemm_bf16.h, not bit-exactness.
- * NOT TESTED on the development machine (AMD Zen, no AMX): it compiles there and is selected only on CPUs
- * that have AMX. */
+ * Also compiled with AVX-512F (every CPU with AMX has it; the usability check asks for both) for the
+ * masked write-back of partial tiles. Tested against the reference on machines with AMX (skipped elsewhere).
+ */
 #include <immintrin.h>
 #include <stdint.h>
 #include <string.h>
@@ -28,7 +29,9 @@ int gemm_bf16_amx_usable(void) {
     int ok = 0;
 #if defined(__x86_64__) && defined(__linux__)
     unsigned a, b, c, d;
-    if (__get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 24)) && (d & (1u << 22))) {
+    __builtin_cpu_init();
+    if (__get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 24)) && (d & (1u << 22)) &&
+        __builtin_cpu_supports("avx512f")) {
         unsigned lo, hi;
         __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
         (void)hi;
@@ -57,12 +60,17 @@ static void amx_configure(void) {
     _tile_loadconfig(&cfg);
 }
 
-static void add_tile(const float *t, float *C, int ldc, int m0, int rows, int n0, int ncols, int accumulate) {
-    for (int r = 0; r < rows && r < 16; r++)
-        for (int c = 0; c < 16 && n0 + c < ncols; c++) {
-            float *dst = C + (size_t)(m0 + r) * ldc + n0 + c;
-            *dst = accumulate ? *dst + t[r * 16 + c] : t[r * 16 + c];
-        }
+/* Writes (or adds) the top-left rows x cols of a 16x16 fp32 tile t into C (row stride ldc), AVX-512. */
+static inline void add_tile(const float *t, float *C, int ldc, int rows, int cols, int accumulate) {
+    if (rows <= 0 || cols <= 0) return;
+    if (rows > 16) rows = 16;
+    __mmask16 mask = cols >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << cols) - 1);
+    for (int r = 0; r < rows; r++) {
+        float *dst = C + (size_t)r * ldc;
+        __m512 v = _mm512_load_ps(t + r * 16);
+        if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, dst), v);
+        _mm512_mask_storeu_ps(dst, mask, v);
+    }
 }
 
 void gemm_bf16_kernel_amx(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, float *C, int ldc,
@@ -95,16 +103,25 @@ void gemm_bf16_kernel_amx(const uint16_t *Ap, const uint16_t *Bp, int M, int nco
                 _tile_dpbf16ps(2, 5, 6);
                 _tile_dpbf16ps(3, 5, 7);
             }
+            int n0 = j0 * GEMM_BF16_PANEL;
+            float *c = C + (size_t)m0 * ldc + n0;
+            if (!accumulate && two && m0 + 32 <= M && n0 + 32 <= ncols) {
+                /* a whole 32 x 32 block of C: the tiles go straight to it */
+                _tile_stored(0, c, ldc * 4);
+                _tile_stored(1, c + 16, ldc * 4);
+                _tile_stored(2, c + (size_t)16 * ldc, ldc * 4);
+                _tile_stored(3, c + (size_t)16 * ldc + 16, ldc * 4);
+                continue;
+            }
             _tile_stored(0, out[0], 64);
             _tile_stored(1, out[1], 64);
             _tile_stored(2, out[2], 64);
             _tile_stored(3, out[3], 64);
-            int n0 = j0 * GEMM_BF16_PANEL;
-            add_tile(out[0], C, ldc, m0, M - m0, n0, ncols, accumulate);
-            add_tile(out[2], C, ldc, m0 + 16, M - m0 - 16, n0, ncols, accumulate);
+            add_tile(out[0], c, ldc, M - m0, ncols - n0, accumulate);
+            add_tile(out[2], c + (size_t)16 * ldc, ldc, M - m0 - 16, ncols - n0, accumulate);
             if (two) {
-                add_tile(out[1], C, ldc, m0, M - m0, n0 + 16, ncols, accumulate);
-                add_tile(out[3], C, ldc, m0 + 16, M - m0 - 16, n0 + 16, ncols, accumulate);
+                add_tile(out[1], c + 16, ldc, M - m0, ncols - n0 - 16, accumulate);
+                add_tile(out[3], c + (size_t)16 * ldc + 16, ldc, M - m0 - 16, ncols - n0 - 16, accumulate);
             }
         }
         _tile_release();

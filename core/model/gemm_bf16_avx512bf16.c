@@ -3,7 +3,8 @@
  * of B (two packed panels), eight 32-bit broadcasts of A and sixteen vdpbf16ps. Every output element is
  * accumulated over k pairs in order in one accumulator lane, with the instruction's own two-step rounding
  * (odd element first, then even, each an FMA with DAZ/FTZ), so the result equals the scalar reference's
- * bit for bit. Also the vector form of the RNE rounding used for packing. */
+ * bit for bit. Also the vector form of the RNE rounding used for packing, and the packing of a transposed
+ * A. */
 #include <immintrin.h>
 #include <string.h>
 
@@ -67,16 +68,20 @@ void gemm_bf16_kernel_avx512bf16(const uint16_t *Ap, const uint16_t *Bp, int M, 
     }
 }
 
-/* RNE as core/base/half.h f32_to_bf16: u + 0x7fff + ((u >> 16) & 1), NaNs quieted by setting bit 6. */
-static inline __m256i round16(__m512 x) {
+/* RNE as core/base/half.h f32_to_bf16: u + 0x7fff + ((u >> 16) & 1), NaNs quieted by setting bit 6; the
+ * bf16 bits in the low half of each 32-bit lane. */
+static inline __m512i round32(__m512 x) {
     __m512i u = _mm512_castps_si512(x);
     __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
     __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
     __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
                                             _mm512_set1_epi32(0x7f800000));
     __m512i q = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
-    r = _mm512_mask_mov_epi32(r, nan, q);
-    return _mm512_cvtepi32_epi16(r);
+    return _mm512_mask_mov_epi32(r, nan, q);
+}
+
+static inline __m256i round16(__m512 x) {
+    return _mm512_cvtepi32_epi16(round32(x));
 }
 
 void gemm_bf16_round_avx512bf16(uint16_t *out, const float *in, size_t n) {
@@ -87,5 +92,28 @@ void gemm_bf16_round_avx512bf16(uint16_t *out, const float *in, size_t n) {
         __mmask16 mask = (__mmask16)((1u << (n - i)) - 1);
         __m256i r = round16(_mm512_maskz_loadu_ps(mask, in + i));
         _mm256_mask_storeu_epi16(out + i, mask, r);
+    }
+}
+
+void gemm_bf16_pack_at_avx512bf16(uint16_t *Ap, int Kp, const float *A, int lda, int K, int mn) {
+    uint32_t pairs[16 * 16] __attribute__((aligned(64)));
+    __mmask16 mask = mn >= 16 ? (__mmask16)0xffff : mn <= 0 ? 0 : (__mmask16)((1u << mn) - 1);
+    const __m512i column =
+        _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240);
+    for (int k0 = 0; k0 < Kp; k0 += 32) {
+        /* pairs[p][i] = bf16(A[k0 + 2p][i]) | bf16(A[k0 + 2p + 1][i]) << 16: zero beyond K and mn */
+        for (int p = 0; p < 16; p++) {
+            int k = k0 + 2 * p;
+            __m512i lo =
+                k < K ? round32(_mm512_maskz_loadu_ps(mask, A + (size_t)k * lda)) : _mm512_setzero_si512();
+            __m512i hi = k + 1 < K ? round32(_mm512_maskz_loadu_ps(mask, A + (size_t)(k + 1) * lda))
+                                   : _mm512_setzero_si512();
+            _mm512_store_si512(pairs + p * 16, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+        }
+        /* row i of the block = column i of pairs */
+        for (int i = 0; i < 16; i++) {
+            __m512i row = _mm512_i32gather_epi32(_mm512_add_epi32(column, _mm512_set1_epi32(i)), pairs, 4);
+            _mm512_storeu_si512(Ap + (size_t)i * Kp + k0, row);
+        }
     }
 }
