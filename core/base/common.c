@@ -157,17 +157,19 @@ int qlab_report_error(const char *prog) {
 }
 
 /* Runnable tasks on the machine besides this one: the 4th field of /proc/loadavg ("running/total") counts
- * this process too. Read twice a few milliseconds apart, keeping the larger; -1 when unreadable. */
+ * this process too. The least of three reads 2 ms apart, so a kernel thread or a process that is just
+ * exiting does not count as load while a busy process (runnable in every read) does; -1 when unreadable. */
 static int other_runnable(void) {
-    int best = -1;
-    for (int i = 0; i < 2; i++) {
+    int least = -1;
+    for (int i = 0; i < 3; i++) {
         FILE *f = fopen("/proc/loadavg", "r");
         int running = 0;
-        if (f && fscanf(f, "%*f %*f %*f %d/", &running) == 1 && running - 1 > best) best = running - 1;
+        if (f && fscanf(f, "%*f %*f %*f %d/", &running) == 1 && (least < 0 || running - 1 < least))
+            least = running - 1;
         if (f) fclose(f);
-        if (i == 0) usleep(5000);
+        if (i < 2) usleep(2000);
     }
-    return best;
+    return least;
 }
 
 void qlab_openmp_prefer_passive(char **argv) {
