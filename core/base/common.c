@@ -3,6 +3,7 @@
 
 #include "core/base/atomic_file.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -156,16 +157,43 @@ int qlab_report_error(const char *prog) {
     return qlab_last_status() == QLAB_ERR_BUDGET ? QLAB_EXIT_BUDGET : 1;
 }
 
-/* Runnable tasks on the machine besides this one: the 4th field of /proc/loadavg ("running/total") counts
- * this process too. The least of three reads 2 ms apart, so a kernel thread or a process that is just
- * exiting does not count as load while a busy process (runnable in every read) does; -1 when unreadable. */
+/* Runnable threads of this process (state R in /proc/self/task/<tid>/stat): OpenBLAS's pthread workers,
+ * started before main(), spin for a while after start-up and show as runnable in /proc/loadavg. */
+static int own_runnable(void) {
+    DIR *d = opendir("/proc/self/task");
+    if (!d) return 1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char path[64], buf[256];
+        snprintf(path, sizeof path, "/proc/self/task/%.20s/stat", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f) continue;
+        size_t len = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[len] = 0;
+        const char *close = strrchr(buf, ')'); /* the command name may hold spaces or parentheses */
+        if (close && close[1] == ' ' && close[2] == 'R') n++;
+    }
+    closedir(d);
+    return n;
+}
+
+/* Runnable tasks on the machine besides this process's own: the 4th field of /proc/loadavg ("running/
+ * total") minus this process's runnable threads. The least of three reads 2 ms apart, so a kernel thread or
+ * a process that is just exiting does not count as load while a busy process (runnable in every read)
+ * does; -1 when unreadable. */
 static int other_runnable(void) {
     int least = -1;
     for (int i = 0; i < 3; i++) {
         FILE *f = fopen("/proc/loadavg", "r");
         int running = 0;
-        if (f && fscanf(f, "%*f %*f %*f %d/", &running) == 1 && (least < 0 || running - 1 < least))
-            least = running - 1;
+        if (f && fscanf(f, "%*f %*f %*f %d/", &running) == 1) {
+            int others = running - own_runnable();
+            if (others < 0) others = 0;
+            if (least < 0 || others < least) least = others;
+        }
         if (f) fclose(f);
         if (i < 2) usleep(2000);
     }
