@@ -558,11 +558,12 @@ static qlab_status plan_training(zoo_run *run) {
     /* The cache key of an fp32 model is what it was before the compute key existed, so cached fp32
      * models stay valid; a bf16 model's key adds the compute dtype and the bf16 path (the avx512bf16 and
      * ref paths give identical bits, amx and blas sum in other orders), so it never stands in for an
-     * fp32 model or for one trained on another path. */
-    char compute_key[64] = "";
+     * fp32 model or for one trained on another path; the revision of the bf16 numerics follows, so a
+     * model cached before they changed is trained again. */
+    char compute_key[96] = "";
     if (run->compute == QLAB_COMPUTE_BF16)
-        snprintf(compute_key, sizeof compute_key, ",\"compute\":\"bf16/%s\"",
-                 qlab_compute_path_name(run->compute));
+        snprintf(compute_key, sizeof compute_key, ",\"compute\":\"bf16/%s\",\"bf16_numerics\":%d",
+                 qlab_compute_path_name(run->compute), QLAB_BF16_NUMERICS);
     for (int i = 0; i < run->n_models && st == QLAB_OK; i++) {
         zoo_model *z = &run->models[i];
         size_t n = strlen(run->data_key) + strlen(config_effective_json(z->cfg)) + sizeof compute_key + 64;

@@ -12,6 +12,7 @@
 #endif
 
 #include "tests/check.h"
+#include "tests/bf16_ref.h"
 #include "core/base/half.h"
 #include "core/base/rng.h"
 #include "core/model/gemm_bf16.h"
@@ -45,17 +46,8 @@ static void test_rounding(void) {
     }
 }
 
-/* The documented order, written directly from gemm_bf16.h on unpacked operands (including the zero
- * padding of K to a multiple of 32, which is visible: it turns a flushed -0 sum into +0). */
-static float def_in(float x) {
-    uint16_t h = f32_to_bf16(x);
-    if ((h & 0x7f80u) == 0) h &= 0x8000u;
-    return bf16_to_f32(h);
-}
-static float def_step(float acc, float a, float b) {
-    float r = fmaf(def_in(a), def_in(b), acc);
-    return (r != 0 && fabsf(r) < FLT_MIN) ? copysignf(0.0f, r) : r;
-}
+/* The documented order (tests/bf16_ref.h) on unpacked operands, including the zero padding of K to a
+ * multiple of 32, which is visible: it turns a flushed -0 sum into +0. */
 
 typedef struct {
     int M, N, K, ta, tb;

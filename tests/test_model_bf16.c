@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "tests/check.h"
+#include "tests/bf16_ref.h"
 #include "core/base/progress.h"
 #include "core/base/rng.h"
 #include "core/model/checkpoint.h"
@@ -31,15 +32,6 @@ static const model_config small = {.dim = 64,
                                    .norm_eps = 1e-5f,
                                    .rope_theta = 10000.0f,
                                    .shared_classifier = 0};
-
-static double rel_l2(const float *x, const float *ref, size_t n) {
-    double d = 0, r = 0;
-    for (size_t i = 0; i < n; i++) {
-        d += ((double)x[i] - ref[i]) * ((double)x[i] - ref[i]);
-        r += (double)ref[i] * ref[i];
-    }
-    return sqrt(d / (r > 0 ? r : 1));
-}
 
 /* A token stream from a random first-order Markov chain with peaked transitions (learnable). */
 static int *markov_tokens(int64_t n, int V, uint64_t seed) {

@@ -235,23 +235,10 @@ static void pack_a(uint16_t *Ap, const gemm_plan *pl, const float *A, int lda, i
         }
         return;
     }
-    /* A is (K, M): blocks of 16 m columns, each thread transposing through its rounding of whole rows. */
-    int vector = cpu_has_avx512bf16();
+    /* A is (K, M): blocks of 16 m columns, one thread each */
 #pragma omp parallel for schedule(static) num_threads(pl->threads)
-    for (int m0 = 0; m0 < pl->Mp; m0 += 16) {
-        int mn = M - m0 < 16 ? M - m0 : 16;
-        if (mn < 0) mn = 0;
-        if (vector) {
-            gemm_bf16_pack_at_avx512bf16(Ap + (size_t)m0 * Kp, Kp, A + (mn > 0 ? m0 : 0), lda, K, mn);
-            continue;
-        }
-        uint16_t tmp[16];
-        for (int k = 0; k < Kp; k++) {
-            if (k < K && mn > 0) bf16_round_array(tmp, A + (size_t)k * lda + m0, (size_t)mn);
-            for (int i = 0; i < 16; i++)
-                Ap[(size_t)(m0 + i) * Kp + k] = (k < K && i < mn) ? tmp[i] : 0;
-        }
-    }
+    for (int m0 = 0; m0 < pl->Mp; m0 += 16)
+        gemm_bf16_pack_at(Ap + (size_t)m0 * Kp, Kp, A + (m0 < M ? m0 : 0), lda, K, m0 < M ? M - m0 : 0, 16);
 }
 
 /* Source of B: fp32 (ld) or quantized (row length = its second dimension). */
@@ -349,15 +336,16 @@ static float ref_step(float acc, uint16_t a, uint16_t b) {
     return r;
 }
 
-static void gemm_bf16_kernel_ref(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, float *C,
-                                 int ldc, int accumulate) {
+/* C[m][n] for m < M, n < ncols over k pairs [0, Kp/2) in the documented order; OpenMP over rows when
+ * threads > 1. */
+static void ref_product(const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride, int M, int ncols,
+                        int Kp, float *C, int ldc, int accumulate, int threads) {
     int KP2 = Kp / 2;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (int m = 0; m < M; m++) {
-        const uint16_t *a = Ap + (size_t)m * Kp;
+        const uint16_t *a = A + (size_t)m * lda;
         for (int n = 0; n < ncols; n++) {
-            const uint16_t *b =
-                Bp + (size_t)(n / GEMM_BF16_PANEL) * GEMM_BF16_PANEL * Kp + 2 * (n % GEMM_BF16_PANEL);
+            const uint16_t *b = B + (size_t)(n / GEMM_BF16_PANEL) * bstride + 2 * (n % GEMM_BF16_PANEL);
             float acc = 0;
             for (int p = 0; p < KP2; p++) {
                 const uint16_t *bp = b + (size_t)p * 2 * GEMM_BF16_PANEL;
@@ -368,6 +356,17 @@ static void gemm_bf16_kernel_ref(const uint16_t *Ap, const uint16_t *Bp, int M, 
             *c = accumulate ? *c + acc : acc;
         }
     }
+}
+
+static void gemm_bf16_kernel_ref(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, float *C,
+                                 int ldc, int accumulate) {
+    ref_product(Ap, (size_t)Kp, Bp, (size_t)GEMM_BF16_PANEL * Kp, M, ncols, Kp, C, ldc, accumulate,
+                max_threads());
+}
+
+void gemm_bf16_block_ref(const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride, int M, int ncols,
+                         int Kp, float *C, int ldc, int accumulate) {
+    ref_product(A, lda, B, bstride, M, ncols, Kp, C, ldc, accumulate, 1);
 }
 
 /* ---------------------------------------------------------------- portable path */
@@ -390,6 +389,62 @@ static void gemm_bf16_blas(const uint16_t *Ap, const uint16_t *Bp, int M, int nc
                 Bp[(size_t)j * GEMM_BF16_PANEL * Kp + ((size_t)(k / 2) * GEMM_BF16_PANEL + c) * 2 + (k & 1)]);
         }
     ops_gemm(0, 0, M, ncols, Kp, 1.0f, Af, Kp, Bf, ldb, accumulate ? 1.0f : 0.0f, C, ldc);
+}
+
+/* ---------------------------------------------------------------- single-thread blocks */
+
+size_t gemm_bf16_block_wide_floats(bf16_path path, int M, int ncols, int Kp) {
+    if (path != BF16_PATH_BLAS) return 0;
+    int npan = (ncols + GEMM_BF16_PANEL - 1) / GEMM_BF16_PANEL;
+    return (size_t)M * Kp + (size_t)Kp * npan * GEMM_BF16_PANEL;
+}
+
+void gemm_bf16_block_begin(bf16_path path) {
+    if (path == BF16_PATH_AMX) gemm_bf16_amx_begin();
+}
+
+void gemm_bf16_block_end(bf16_path path) {
+    if (path == BF16_PATH_AMX) gemm_bf16_amx_end();
+}
+
+void gemm_bf16_block(bf16_path path, const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride, int M,
+                     int ncols, int Kp, float *C, int ldc, int accumulate, float *wide) {
+    if (M <= 0 || ncols <= 0) return;
+    if (path == BF16_PATH_AMX) {
+        gemm_bf16_block_amx(A, lda, B, bstride, M, ncols, Kp, C, ldc, accumulate);
+    } else if (path == BF16_PATH_AVX512BF16) {
+        gemm_bf16_block_avx512bf16(A, lda, B, bstride, M, ncols, Kp, C, ldc, accumulate);
+    } else if (path == BF16_PATH_BLAS) {
+        /* the packed operands widened back to fp32 (exactly) and multiplied by sgemm, as gemm_bf16_blas */
+        int npan = (ncols + GEMM_BF16_PANEL - 1) / GEMM_BF16_PANEL, ldb = npan * GEMM_BF16_PANEL;
+        float *Af = wide, *Bf = wide + (size_t)M * Kp;
+        for (int m = 0; m < M; m++)
+            for (int k = 0; k < Kp; k++)
+                Af[(size_t)m * Kp + k] = bf16_to_f32(A[(size_t)m * lda + k]);
+        for (int k = 0; k < Kp; k++)
+            for (int n = 0; n < ldb; n++)
+                Bf[(size_t)k * ldb + n] =
+                    bf16_to_f32(B[(size_t)(n / GEMM_BF16_PANEL) * bstride +
+                                  ((size_t)(k / 2) * GEMM_BF16_PANEL + n % GEMM_BF16_PANEL) * 2 + (k & 1)]);
+        ops_gemm(0, 0, M, ncols, Kp, 1.0f, Af, Kp, Bf, ldb, accumulate ? 1.0f : 0.0f, C, ldc);
+    } else {
+        gemm_bf16_block_ref(A, lda, B, bstride, M, ncols, Kp, C, ldc, accumulate);
+    }
+}
+
+void gemm_bf16_pack_at(uint16_t *Ap, int Kp, const float *A, int lda, int K, int M, int Mp) {
+    for (int m0 = 0; m0 < Mp; m0 += 16) {
+        int mn = M - m0 < 16 ? M - m0 : 16;
+        if (mn < 0) mn = 0;
+        if (cpu_has_avx512bf16()) {
+            gemm_bf16_pack_at_avx512bf16(Ap + (size_t)m0 * Kp, Kp, A + (mn > 0 ? m0 : 0), lda, K, mn);
+            continue;
+        }
+        for (int i = 0; i < 16; i++)
+            for (int k = 0; k < Kp; k++)
+                Ap[(size_t)(m0 + i) * Kp + k] =
+                    (k < K && i < mn) ? f32_to_bf16(A[(size_t)k * lda + m0 + i]) : (uint16_t)0;
+    }
 }
 
 /* ---------------------------------------------------------------- driver */

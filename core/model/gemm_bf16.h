@@ -9,8 +9,8 @@
  * stored (C = acc) or added (C = C + acc, one fp32 addition). The AVX-512 BF16 kernel is bit-exact with
  * the reference (tests/test_gemm_bf16.c). The AMX kernel (TDPBF16PS) and the portable path (the same
  * bf16-rounded inputs through OpenBLAS sgemm) sum in another order: they differ from the reference by
- * at most the fp32 summation bound 2 * K * 2^-24 * sum_k |a_k b_k| per element (tested for the portable
- * path; the AMX kernel compiles here but this machine has no AMX, so it is untested).
+ * at most the fp32 summation bound 2 * K * 2^-24 * sum_k |a_k b_k| per element (tested on every path the
+ * CPU has; the AMX tests skip on CPUs without AMX).
  *
  * Paths: "ref" (scalar, slow), "blas" (portable), "avx512bf16", "amx". The best available one is picked at
  * first use (amx > avx512bf16 > blas); QLAB_BF16_PATH=name in the environment or bf16_force_path
@@ -26,8 +26,12 @@
 #include "core/quant/quant.h"
 
 /* Compute dtype of a model: fp32 (the reference) or bf16 matrix products with fp32 accumulation (QLoRA's
- * recipe: fp32 master weights, bf16-rounded matrix inputs; norms, softmax, attention and loss in fp32). */
+ * recipe: fp32 master weights, bf16-rounded inputs to every matrix product, the projections' and the
+ * attention's; norms, RoPE, softmax and loss in fp32). */
 typedef enum { QLAB_COMPUTE_FP32 = 0, QLAB_COMPUTE_BF16 } qlab_compute;
+/* Revision of what bf16 compute rounds, for cache keys of bf16-trained results: 1, the projections, the
+ * classifier and the adapters; 2, also the attention's products (scores and weighted sums). */
+#define QLAB_BF16_NUMERICS 2
 const char *qlab_compute_name(qlab_compute c); /* "fp32", "bf16" */
 /* Parses "fp32" or "bf16"; otherwise records "unknown compute dtype 'x' (expected fp32 or bf16)". */
 qlab_status qlab_compute_parse(const char *name, qlab_compute *c);
@@ -88,6 +92,18 @@ qlab_status bf16_workspace_reserve(size_t bytes);
 /* Frees the calling thread's workspace (charged to memory accounting as scratch while held); the next
  * reservation allocates again. */
 void bf16_workspace_release(void);
+
+/* Causal attention with bf16 products, for models computing in bf16: the arguments, layouts and results
+ * of attention_forward / attention_backward (core/model/ops.h), with each product of two activation
+ * matrices (scores = q k^T, out = att v; in backward d(att) = dout v^T, dv = att^T dout, dq = ds k,
+ * dk = ds^T q) formed as bf16_gemm forms it: both operands rounded to bf16, fp32 accumulation on the
+ * active path. The score scale multiplies the accumulated score in fp32; softmax and its backward are the
+ * fp32 code of ops.c. Fail only when the per-thread packing workspace cannot be allocated. */
+qlab_status attention_forward_bf16(float *out, float *att, const float *q, const float *k, const float *v,
+                                   int B, int T, int NH, int NKV, int HS);
+qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float *dout, const float *att,
+                                    const float *q, const float *k, const float *v, int B, int T, int NH,
+                                    int NKV, int HS, float *scratch, int n_scratch);
 
 /* Rounds n fp32 values to bf16 (RNE) on the fastest path, bit-identical to f32_to_bf16. */
 void bf16_round_array(uint16_t *out, const float *in, size_t n);

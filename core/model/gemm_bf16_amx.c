@@ -57,7 +57,9 @@ static void amx_configure(void) {
         cfg.colsb[i] = 64;
         cfg.rows[i] = 16;
     }
-    _tile_loadconfig(&cfg);
+    /* GCC 12's _tile_loadconfig declares an 8-byte memory operand, so stores to the rest of cfg may be
+     * dropped as dead (they were, once inlined here); this operand is the whole 64-byte struct. */
+    __asm__ volatile("ldtilecfg %0" ::"m"(cfg));
 }
 
 /* Writes (or adds) the top-left rows x cols of a 16x16 fp32 tile t into C (row stride ldc), AVX-512. */
@@ -73,57 +75,84 @@ static inline void add_tile(const float *t, float *C, int ldc, int rows, int col
     }
 }
 
+/* The 32 x 32 block of C at rows m0, panels j0 and j0 + 1 (when two): A rows lda elements apart (rows m0 to
+ * m0 + 31 readable), B panels bstride elements apart; out is a 4 x 16 x 16 fp32 bounce buffer for partial
+ * blocks and accumulation. Needs the tile configuration loaded on this thread. */
+static inline __attribute__((always_inline)) void block32(const uint16_t *Ap, size_t lda, const uint16_t *Bp,
+                                                          size_t bstride, int M, int ncols, int Kp, float *C,
+                                                          int ldc, int accumulate, int m0, int j0, int two,
+                                                          float out[4][256]) {
+    const uint16_t *b0 = Bp + (size_t)j0 * bstride;
+    const uint16_t *b1 = two ? b0 + bstride : b0;
+    size_t lda_bytes = lda * 2;
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int k0 = 0; k0 < Kp; k0 += 32) {
+        _tile_loadd(4, Ap + (size_t)m0 * lda + k0, lda_bytes);
+        _tile_loadd(5, Ap + (size_t)(m0 + 16) * lda + k0, lda_bytes);
+        _tile_loadd(6, b0 + (size_t)k0 * GEMM_BF16_PANEL, 64);
+        _tile_loadd(7, b1 + (size_t)k0 * GEMM_BF16_PANEL, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
+    int n0 = j0 * GEMM_BF16_PANEL;
+    float *c = C + (size_t)m0 * ldc + n0;
+    if (!accumulate && two && m0 + 32 <= M && n0 + 32 <= ncols) {
+        /* a whole 32 x 32 block of C: the tiles go straight to it */
+        _tile_stored(0, c, ldc * 4);
+        _tile_stored(1, c + 16, ldc * 4);
+        _tile_stored(2, c + (size_t)16 * ldc, ldc * 4);
+        _tile_stored(3, c + (size_t)16 * ldc + 16, ldc * 4);
+        return;
+    }
+    _tile_stored(0, out[0], 64);
+    _tile_stored(1, out[1], 64);
+    _tile_stored(2, out[2], 64);
+    _tile_stored(3, out[3], 64);
+    add_tile(out[0], c, ldc, M - m0, ncols - n0, accumulate);
+    add_tile(out[2], c + (size_t)16 * ldc, ldc, M - m0 - 16, ncols - n0, accumulate);
+    if (two) {
+        add_tile(out[1], c + 16, ldc, M - m0, ncols - n0 - 16, accumulate);
+        add_tile(out[3], c + (size_t)16 * ldc + 16, ldc, M - m0 - 16, ncols - n0 - 16, accumulate);
+    }
+}
+
 void gemm_bf16_kernel_amx(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, float *C, int ldc,
                           int accumulate) {
     int npanels = (ncols + GEMM_BF16_PANEL - 1) / GEMM_BF16_PANEL;
     int mt = (M + 31) / 32, nt = (npanels + 1) / 2;
     long tiles = (long)mt * nt;
-    size_t lda = (size_t)Kp * 2;
 #pragma omp parallel
     {
         amx_configure();
         float out[4][256] __attribute__((aligned(64)));
 #pragma omp for schedule(static)
         for (long t = 0; t < tiles; t++) {
-            int jt = (int)(t / mt), it = (int)(t % mt), m0 = it * 32, j0 = 2 * jt;
-            int two = j0 + 1 < npanels;
-            const uint16_t *b0 = Bp + (size_t)j0 * GEMM_BF16_PANEL * Kp;
-            const uint16_t *b1 = two ? b0 + (size_t)GEMM_BF16_PANEL * Kp : b0;
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_zero(2);
-            _tile_zero(3);
-            for (int k0 = 0; k0 < Kp; k0 += 32) {
-                _tile_loadd(4, Ap + (size_t)m0 * Kp + k0, lda);
-                _tile_loadd(5, Ap + (size_t)(m0 + 16) * Kp + k0, lda);
-                _tile_loadd(6, b0 + (size_t)k0 * GEMM_BF16_PANEL, 64);
-                _tile_loadd(7, b1 + (size_t)k0 * GEMM_BF16_PANEL, 64);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
-                _tile_dpbf16ps(2, 5, 6);
-                _tile_dpbf16ps(3, 5, 7);
-            }
-            int n0 = j0 * GEMM_BF16_PANEL;
-            float *c = C + (size_t)m0 * ldc + n0;
-            if (!accumulate && two && m0 + 32 <= M && n0 + 32 <= ncols) {
-                /* a whole 32 x 32 block of C: the tiles go straight to it */
-                _tile_stored(0, c, ldc * 4);
-                _tile_stored(1, c + 16, ldc * 4);
-                _tile_stored(2, c + (size_t)16 * ldc, ldc * 4);
-                _tile_stored(3, c + (size_t)16 * ldc + 16, ldc * 4);
-                continue;
-            }
-            _tile_stored(0, out[0], 64);
-            _tile_stored(1, out[1], 64);
-            _tile_stored(2, out[2], 64);
-            _tile_stored(3, out[3], 64);
-            add_tile(out[0], c, ldc, M - m0, ncols - n0, accumulate);
-            add_tile(out[2], c + (size_t)16 * ldc, ldc, M - m0 - 16, ncols - n0, accumulate);
-            if (two) {
-                add_tile(out[1], c + 16, ldc, M - m0, ncols - n0 - 16, accumulate);
-                add_tile(out[3], c + (size_t)16 * ldc + 16, ldc, M - m0 - 16, ncols - n0 - 16, accumulate);
-            }
+            int jt = (int)(t / mt), it = (int)(t % mt);
+            block32(Ap, (size_t)Kp, Bp, (size_t)GEMM_BF16_PANEL * Kp, M, ncols, Kp, C, ldc, accumulate,
+                    it * 32, 2 * jt, 2 * jt + 1 < npanels, out);
         }
         _tile_release();
     }
+}
+
+void gemm_bf16_block_amx(const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride, int M, int ncols,
+                         int Kp, float *C, int ldc, int accumulate) {
+    int npanels = (ncols + GEMM_BF16_PANEL - 1) / GEMM_BF16_PANEL;
+    float out[4][256] __attribute__((aligned(64)));
+    for (int j0 = 0; j0 < npanels; j0 += 2)
+        for (int m0 = 0; m0 < M; m0 += 32)
+            block32(A, lda, B, bstride, M, ncols, Kp, C, ldc, accumulate, m0, j0, j0 + 1 < npanels, out);
+}
+
+void gemm_bf16_amx_begin(void) {
+    amx_configure();
+}
+
+void gemm_bf16_amx_end(void) {
+    _tile_release();
 }

@@ -12,16 +12,19 @@
 
 #define MR 8
 
-static inline __attribute__((always_inline)) void tile(const uint16_t *Ap, const uint16_t *Bp, int Kp, int m0,
-                                                       int rows, int j0, int npan, int ncols, float *C,
-                                                       int ldc, int accumulate) {
+/* Rows [m0, m0 + rows) x panels j0, j0 + npan - 1 of C over k pairs [0, Kp/2): A rows lda elements apart,
+ * B panels bstride elements apart. */
+static inline __attribute__((always_inline)) void tile(const uint16_t *Ap, size_t lda, const uint16_t *Bp,
+                                                       size_t bstride, int Kp, int m0, int rows, int j0,
+                                                       int npan, int ncols, float *C, int ldc,
+                                                       int accumulate) {
     __m512 acc[MR][2];
 #pragma GCC unroll 8
     for (int r = 0; r < MR; r++)
         acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-    const uint16_t *b0 = Bp + (size_t)j0 * GEMM_BF16_PANEL * Kp;
-    const uint16_t *b1 = b0 + (size_t)GEMM_BF16_PANEL * Kp;
-    const uint16_t *a = Ap + (size_t)m0 * Kp;
+    const uint16_t *b0 = Bp + (size_t)j0 * bstride;
+    const uint16_t *b1 = b0 + bstride;
+    const uint16_t *a = Ap + (size_t)m0 * lda;
     int KP2 = Kp / 2;
     for (int p = 0; p < KP2; p++) {
         __m512bh vb0 = (__m512bh)_mm512_loadu_si512(b0 + (size_t)p * 32);
@@ -30,7 +33,7 @@ static inline __attribute__((always_inline)) void tile(const uint16_t *Ap, const
 #pragma GCC unroll 8
         for (int r = 0; r < MR; r++) {
             int32_t pair;
-            memcpy(&pair, a + (size_t)r * Kp + 2 * p, 4);
+            memcpy(&pair, a + (size_t)r * lda + 2 * p, 4);
             __m512bh va = (__m512bh)_mm512_set1_epi32(pair);
             acc[r][0] = _mm512_dpbf16_ps(acc[r][0], va, vb0);
             if (npan == 2) acc[r][1] = _mm512_dpbf16_ps(acc[r][1], va, vb1);
@@ -61,11 +64,25 @@ void gemm_bf16_kernel_avx512bf16(const uint16_t *Ap, const uint16_t *Bp, int M, 
     for (long t = 0; t < tiles; t++) {
         int jt = (int)(t / mt), it = (int)(t % mt);
         int m0 = it * MR, rows = M - m0 < MR ? M - m0 : MR, j0 = 2 * jt;
+        size_t bstride = (size_t)GEMM_BF16_PANEL * Kp;
         if (j0 + 1 < npanels)
-            tile(Ap, Bp, Kp, m0, rows, j0, 2, ncols, C, ldc, accumulate);
+            tile(Ap, (size_t)Kp, Bp, bstride, Kp, m0, rows, j0, 2, ncols, C, ldc, accumulate);
         else
-            tile(Ap, Bp, Kp, m0, rows, j0, 1, ncols, C, ldc, accumulate);
+            tile(Ap, (size_t)Kp, Bp, bstride, Kp, m0, rows, j0, 1, ncols, C, ldc, accumulate);
     }
+}
+
+void gemm_bf16_block_avx512bf16(const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride, int M,
+                                int ncols, int Kp, float *C, int ldc, int accumulate) {
+    int npanels = (ncols + GEMM_BF16_PANEL - 1) / GEMM_BF16_PANEL;
+    for (int j0 = 0; j0 < npanels; j0 += 2)
+        for (int m0 = 0; m0 < M; m0 += MR) {
+            int rows = M - m0 < MR ? M - m0 : MR;
+            if (j0 + 1 < npanels)
+                tile(A, lda, B, bstride, Kp, m0, rows, j0, 2, ncols, C, ldc, accumulate);
+            else
+                tile(A, lda, B, bstride, Kp, m0, rows, j0, 1, ncols, C, ldc, accumulate);
+        }
 }
 
 /* RNE as core/base/half.h f32_to_bf16: u + 0x7fff + ((u >> 16) & 1), NaNs quieted by setting bit 6; the
@@ -115,5 +132,77 @@ void gemm_bf16_pack_at_avx512bf16(uint16_t *Ap, int Kp, const float *A, int lda,
             __m512i row = _mm512_i32gather_epi32(_mm512_add_epi32(column, _mm512_set1_epi32(i)), pairs, 4);
             _mm512_storeu_si512(Ap + (size_t)i * Kp + k0, row);
         }
+    }
+}
+
+/* 32 fp32 values (n <= 32 valid, zero beyond) rounded to 16 bf16 pairs: word p = bf16(x[2p]) | bf16(x[2p+1])
+ * << 16. */
+static inline __m512i round_pairs(const float *x, int n) {
+    __mmask16 m0 = n >= 16 ? (__mmask16)0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+    __mmask16 m1 = n >= 32 ? (__mmask16)0xffff : n <= 16 ? 0 : (__mmask16)((1u << (n - 16)) - 1);
+    __m256i lo = round16(_mm512_maskz_loadu_ps(m0, x)), hi = round16(_mm512_maskz_loadu_ps(m1, x + 16));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+void gemm_bf16_pack_bt_avx512bf16(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols) {
+    int npan = (rows + 15) / 16;
+    const __m512i index =
+        _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240);
+    for (int j = 0; j < npan; j++) {
+        int32_t *out = (int32_t *)(dst + (size_t)j * 16 * Kp);
+        for (int c = 0; c < 16; c++) {
+            int s = j * 16 + c;
+            const float *x = X + (size_t)s * ld;
+            for (int k0 = 0; k0 < Kp; k0 += 32) {
+                __m512i w = s < rows ? round_pairs(x + k0, cols - k0) : _mm512_setzero_si512();
+                _mm512_i32scatter_epi32(out + (size_t)(k0 / 2) * 16 + c, index, w, 4);
+            }
+        }
+    }
+}
+
+void gemm_bf16_pack_bn_avx512bf16(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols) {
+    int npan = (cols + 15) / 16;
+    for (int p = 0; p < Kp / 2; p++) {
+        int s = 2 * p;
+        for (int j = 0; j < npan; j++) {
+            int valid = cols - 16 * j;
+            __mmask16 mask = valid >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << valid) - 1);
+            __m512i lo = s < rows ? round32(_mm512_maskz_loadu_ps(mask, X + (size_t)s * ld + 16 * j))
+                                  : _mm512_setzero_si512();
+            __m512i hi = s + 1 < rows
+                             ? round32(_mm512_maskz_loadu_ps(mask, X + (size_t)(s + 1) * ld + 16 * j))
+                             : _mm512_setzero_si512();
+            _mm512_storeu_si512(dst + (size_t)j * 16 * Kp + (size_t)p * 32,
+                                _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+        }
+    }
+}
+
+void gemm_bf16_scale_avx512bf16(float *x, int n, float s) {
+    __m512 vs = _mm512_set1_ps(s);
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), vs));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), vs));
+    }
+}
+
+void gemm_bf16_normalize_round_avx512bf16(float *row, uint16_t *out, int n, float inv, int len, int Kr) {
+    __m512 vi = _mm512_set1_ps(inv);
+    for (int i = 0; i < len || i < Kr; i += 16) {
+        int valid = n - i < 0 ? 0 : n - i > 16 ? 16 : n - i;
+        __mmask16 m = (__mmask16)((1u << valid) - 1);
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, row + i), vi); /* zero at and after n */
+        int lrow = len - i < 0    ? 0
+                   : len - i > 16 ? 16
+                                  : len - i,
+            lout = Kr - i < 0    ? 0
+                   : Kr - i > 16 ? 16
+                                 : Kr - i;
+        _mm512_mask_storeu_ps(row + i, (__mmask16)((1u << lrow) - 1), v);
+        _mm256_mask_storeu_epi16(out + i, (__mmask16)((1u << lout) - 1), round16(v));
     }
 }

@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/model/gemm_bf16.h"
+
 #define GEMM_BF16_KALIGN 32
 #define GEMM_BF16_MALIGN 32
 #define GEMM_BF16_PANEL 16
@@ -20,12 +22,51 @@
 typedef void (*gemm_bf16_kernel)(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, float *C,
                                  int ldc, int accumulate);
 
+/* One product on the calling thread (no OpenMP), for callers that already run one task per thread: C (M x
+ * ncols) = / += A . B over k pairs [0, Kp/2), A rows lda elements apart (rows up to M rounded up to 32
+ * readable), B panels bstride elements apart (a panel's pair p at offset 32p), each output element summed
+ * in the same order as the corresponding kernel. */
+typedef void (*gemm_bf16_block_fn)(const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride, int M,
+                                   int ncols, int Kp, float *C, int ldc, int accumulate);
+void gemm_bf16_block_ref(const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride, int M, int ncols,
+                         int Kp, float *C, int ldc, int accumulate);
+void gemm_bf16_block_avx512bf16(const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride, int M,
+                                int ncols, int Kp, float *C, int ldc, int accumulate);
+void gemm_bf16_block_amx(const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride, int M, int ncols,
+                         int Kp, float *C, int ldc, int accumulate);
+
+/* The block product on the given path (ref, blas, avx512bf16 or amx; the path must be available). The
+ * blas path widens the operands to fp32 in wide (gemm_bf16_block_wide_floats(path, M, ncols, Kp) floats;
+ * 0 and unused on the other paths) and calls sgemm. */
+/* A thread's block products on a path lie between begin and end (AMX loads and releases its tile
+ * configuration there). */
+void gemm_bf16_block_begin(bf16_path path);
+void gemm_bf16_block_end(bf16_path path);
+size_t gemm_bf16_block_wide_floats(bf16_path path, int M, int ncols, int Kp);
+void gemm_bf16_block(bf16_path path, const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride, int M,
+                     int ncols, int Kp, float *C, int ldc, int accumulate, float *wide);
+/* Packed A (Mp rows of Kp) of a transposed source on the calling thread: Ap[i][k] = bf16(A[k][i]) for
+ * i < M, k < K; zero elsewhere. Mp is a multiple of 16. */
+void gemm_bf16_pack_at(uint16_t *Ap, int Kp, const float *A, int lda, int K, int M, int Mp);
+
 void gemm_bf16_kernel_avx512bf16(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, float *C,
                                  int ldc, int accumulate);
 void gemm_bf16_round_avx512bf16(uint16_t *out, const float *in, size_t n);
 /* 16 rows of a packed A from a transposed source: Ap[i][k] = bf16(A[k][i]) for i < mn, k < K, zero for
  * the rest of the 16 x Kp block (A points at the block's first column, row stride lda). */
 void gemm_bf16_pack_at_avx512bf16(uint16_t *Ap, int Kp, const float *A, int lda, int K, int mn);
+/* Serial vector forms of core/model/attention_bf16.c's packing and softmax steps (bit-identical with its
+ * scalar code): B = X^T panels (rows of X as columns), B = X panels (rows of X as k), x *= s, and a
+ * softmax row's normalisation: row[i] *= inv and out[i] = bf16(row[i]) for i < n, row[i] = 0 for n <= i <
+ * len, out[i] = 0 for n <= i < Kr. */
+void gemm_bf16_pack_bt_avx512bf16(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols);
+void gemm_bf16_pack_bn_avx512bf16(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols);
+void gemm_bf16_scale_avx512bf16(float *x, int n, float s);
+void gemm_bf16_normalize_round_avx512bf16(float *row, uint16_t *out, int n, float inv, int len, int Kr);
+/* The AMX block product needs the tile configuration loaded on the calling thread: begin before the first
+ * gemm_bf16_block_amx, end after the last. */
+void gemm_bf16_amx_begin(void);
+void gemm_bf16_amx_end(void);
 void gemm_bf16_kernel_amx(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, float *C, int ldc,
                           int accumulate);
 /* Whether the CPU has AMX-TILE and AMX-BF16 and Linux granted this process the tile data state

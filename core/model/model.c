@@ -914,7 +914,10 @@ static qlab_status model_block_forward(model *m, int l) {
     QLAB_TRY(model_linear_forward(m, l, PROJ_V, x.v, x.ln1, N));
     rope_forward(x.q, x.q, m->rope_cos, m->rope_sin, B, T, NH, HS);
     rope_forward(x.k, x.k, m->rope_cos, m->rope_sin, B, T, NKV, HS);
-    attention_forward(x.atty, x.att, x.q, x.k, x.v, B, T, NH, NKV, HS);
+    if (m->compute == QLAB_COMPUTE_BF16)
+        QLAB_TRY(attention_forward_bf16(x.atty, x.att, x.q, x.k, x.v, B, T, NH, NKV, HS));
+    else
+        attention_forward(x.atty, x.att, x.q, x.k, x.v, B, T, NH, NKV, HS);
     QLAB_TRY(model_linear_forward(m, l, PROJ_O, x.res2, x.atty, N));
     residual_forward(x.res2, x.res2, x.res_in, ND);
 
@@ -1062,8 +1065,12 @@ static qlab_status model_block_backward(model *m, int l, int threads) {
     MODEL_ZERO(g->dq, ND);
     MODEL_ZERO(g->dk, NKVD);
     MODEL_ZERO(g->dv, NKVD);
-    attention_backward(g->dq, g->dk, g->dv, g->datty, x.att, x.q, x.k, x.v, B, T, NH, NKV, HS, g->att_scratch,
-                       threads);
+    if (m->compute == QLAB_COMPUTE_BF16)
+        QLAB_TRY(attention_backward_bf16(g->dq, g->dk, g->dv, g->datty, x.att, x.q, x.k, x.v, B, T, NH, NKV,
+                                         HS, g->att_scratch, threads));
+    else
+        attention_backward(g->dq, g->dk, g->dv, g->datty, x.att, x.q, x.k, x.v, B, T, NH, NKV, HS,
+                           g->att_scratch, threads);
     MODEL_ZERO(g->dq_pre, ND);
     MODEL_ZERO(g->dk_pre, NKVD);
     rope_backward(g->dq_pre, g->dq, m->rope_cos, m->rope_sin, B, T, NH, HS);

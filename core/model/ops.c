@@ -230,6 +230,35 @@ void rope_backward(float *dinp, const float *dout, const float *cos_table, const
  * about 40% of the score and weighted-sum work at T = 256 compared with full T x T products. */
 #define OPS_ATT_BLOCK 64
 
+void attention_softmax_rows(float *a, int r0, int r1, int T, float scale) {
+    for (int t = r0; t < r1; t++) {
+        float *row = a + (size_t)t * T;
+        if (scale != 1.0f)
+            for (int t2 = 0; t2 <= t; t2++)
+                row[t2] *= scale;
+        size_t at;
+        float maxv = vm_max_index(row, (size_t)t + 1, &at);
+        float inv = 1.0f / vm_exp_shift_sum(row, row, (size_t)t + 1, maxv);
+        for (int t2 = 0; t2 <= t; t2++)
+            row[t2] *= inv;
+        for (int t2 = t + 1; t2 < T; t2++)
+            row[t2] = 0;
+    }
+}
+
+void attention_softmax_backward(float *ds, const float *att, int T, float scale) {
+    for (int t = 0; t < T; t++) {
+        const float *ar = att + (size_t)t * T;
+        float *dr = ds + (size_t)t * T, total = 0;
+        for (int t2 = 0; t2 <= t; t2++)
+            total += ar[t2] * dr[t2];
+        for (int t2 = 0; t2 <= t; t2++)
+            dr[t2] = scale * ar[t2] * (dr[t2] - total);
+        for (int t2 = t + 1; t2 < T; t2++)
+            dr[t2] = 0;
+    }
+}
+
 void attention_forward(float *out, float *att, const float *q, const float *k, const float *v, int B, int T,
                        int NH, int NKV, int HS) {
     int group = NH / NKV, qstride = NH * HS, kvstride = NKV * HS;
@@ -257,17 +286,7 @@ void attention_forward(float *out, float *att, const float *q, const float *k, c
         /* scores = scale * q k^T */
         ops_gemm_serial(0, 1, r1 - r0, r1, HS, scale, qb + (size_t)r0 * qstride, qstride, kb, kvstride, 0.0f,
                         a + (size_t)r0 * T, T);
-        /* causal softmax per row; zeros above the diagonal */
-        for (int t = r0; t < r1; t++) {
-            float *row = a + (size_t)t * T;
-            size_t at;
-            float maxv = vm_max_index(row, (size_t)t + 1, &at);
-            float inv = 1.0f / vm_exp_shift_sum(row, row, (size_t)t + 1, maxv);
-            for (int t2 = 0; t2 <= t; t2++)
-                row[t2] *= inv;
-            for (int t2 = t + 1; t2 < T; t2++)
-                row[t2] = 0;
-        }
+        attention_softmax_rows(a, r0, r1, T, 1.0f); /* the scale is sgemm's alpha */
         /* out = att v */
         ops_gemm_serial(0, 0, r1 - r0, HS, r1, 1.0f, a + (size_t)r0 * T, T, vb, kvstride, 0.0f,
                         ob + (size_t)r0 * qstride, qstride);
@@ -313,17 +332,7 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
                                 dob + (size_t)c0 * qstride, qstride, 1.0f, dvb + (size_t)c0 * kvstride,
                                 kvstride);
             }
-            /* softmax backward, with the score scale folded in: ds = scale * att * (datt - <att, datt>) */
-            for (int t = 0; t < T; t++) {
-                const float *ar = a + (size_t)t * T;
-                float *dr = ds + (size_t)t * T, total = 0;
-                for (int t2 = 0; t2 <= t; t2++)
-                    total += ar[t2] * dr[t2];
-                for (int t2 = 0; t2 <= t; t2++)
-                    dr[t2] = scale * ar[t2] * (dr[t2] - total);
-                for (int t2 = t + 1; t2 < T; t2++)
-                    dr[t2] = 0;
-            }
+            attention_softmax_backward(ds, a, T, scale);
             /* dq += ds k;  dk += ds^T q */
             for (int r0 = 0; r0 < T; r0 += OPS_ATT_BLOCK) {
                 int r1 = r0 + OPS_ATT_BLOCK < T ? r0 + OPS_ATT_BLOCK : T;

@@ -1,0 +1,299 @@
+/* Causal attention with bf16 products (gemm_bf16.h attention_forward_bf16 / attention_backward_bf16): the
+ * blocking, scheduling and fp32 softmax of core/model/ops.c, with every product of two activation matrices
+ * formed like bf16_gemm: operands rounded to bf16 (RNE) into the kernels' packed layout, fp32 accumulation
+ * on the active path. One task per (batch, head) or (batch, key/value head) runs on one thread and packs
+ * its operands once: the keys and values of a head are shared by all its query blocks. */
+#include "core/model/gemm_bf16.h"
+
+#include <math.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "core/base/half.h"
+#include "core/base/memacct.h"
+#include "core/base/vmath.h"
+#include "core/model/gemm_bf16_kernels.h"
+#include "core/model/ops.h"
+
+/* Query rows per block, as ops.c: rows [r0, r1) need keys [0, r1) only. A multiple of 32 (the packed A's
+ * row alignment) and of 2 (key blocks start on a k pair). */
+#define ATT_BLOCK 64
+
+static int round32(int x) {
+    return (x + 31) / 32 * 32;
+}
+
+/* Whether the packing and softmax steps use their AVX-512 forms: on the avx512bf16 and amx paths; the ref
+ * and blas paths keep the scalar code, so the tests' ref-vs-avx512bf16 comparisons cover both. */
+static int vector_path(void) {
+    bf16_path p = bf16_active_path();
+    return p == BF16_PATH_AVX512BF16 || p == BF16_PATH_AMX;
+}
+
+/* Rows [0, rows) of X (row stride ld), columns [0, cols), rounded into dst rows of Kp values (zero beyond
+ * cols); rows [rows, rows_pad) zero. */
+static void pack_rows(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols, int rows_pad) {
+    for (int r = 0; r < rows_pad; r++) {
+        uint16_t *d = dst + (size_t)r * Kp;
+        int n = r < rows ? cols : 0;
+        if (n) bf16_round_array(d, X + (size_t)r * ld, (size_t)n);
+        memset(d + n, 0, sizeof(uint16_t) * (size_t)(Kp - n));
+    }
+}
+
+/* B = X^T as packed panels: op(B)[d][s] = X[s][d] for rows s < rows of X (16 per panel) and d < cols <= Kp;
+ * panels 16 * Kp values apart. tmp holds Kp values. */
+static void pack_bt(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols, uint16_t *tmp) {
+    if (vector_path()) {
+        gemm_bf16_pack_bt_avx512bf16(dst, Kp, X, ld, rows, cols);
+        return;
+    }
+    int npan = (rows + GEMM_BF16_PANEL - 1) / GEMM_BF16_PANEL, KP2 = Kp / 2;
+    for (int j = 0; j < npan; j++) {
+        uint32_t *out = (uint32_t *)(dst + (size_t)j * GEMM_BF16_PANEL * Kp);
+        for (int c = 0; c < GEMM_BF16_PANEL; c++) {
+            int s = j * GEMM_BF16_PANEL + c;
+            pack_rows(tmp, Kp, X + (size_t)(s < rows ? s : 0) * ld, ld, s < rows, cols, 1);
+            for (int p = 0; p < KP2; p++)
+                out[(size_t)p * GEMM_BF16_PANEL + c] =
+                    (uint32_t)tmp[2 * p] | ((uint32_t)tmp[2 * p + 1] << 16);
+        }
+    }
+}
+
+/* B = X as packed panels: op(B)[s][d] = X[s][d] for rows s < rows <= Kp of X (the k index, in pairs) and
+ * columns d < cols (16 per panel); panels 16 * Kp values apart. tmp holds 2 * round16(cols) values. */
+static void pack_bn(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols, uint16_t *tmp) {
+    if (vector_path()) {
+        gemm_bf16_pack_bn_avx512bf16(dst, Kp, X, ld, rows, cols);
+        return;
+    }
+    int npan = (cols + GEMM_BF16_PANEL - 1) / GEMM_BF16_PANEL, width = npan * GEMM_BF16_PANEL, KP2 = Kp / 2;
+    uint16_t *t0 = tmp, *t1 = tmp + width;
+    for (int p = 0; p < KP2; p++) {
+        int s = 2 * p;
+        pack_rows(t0, width, X + (size_t)(s < rows ? s : 0) * ld, ld, s < rows, cols, 1);
+        pack_rows(t1, width, X + (size_t)(s + 1 < rows ? s + 1 : 0) * ld, ld, s + 1 < rows, cols, 1);
+        for (int j = 0; j < npan; j++) {
+            uint32_t *out =
+                (uint32_t *)(dst + (size_t)j * GEMM_BF16_PANEL * Kp) + (size_t)p * GEMM_BF16_PANEL;
+            for (int c = 0; c < GEMM_BF16_PANEL; c++) {
+                int d = j * GEMM_BF16_PANEL + c;
+                out[c] = (uint32_t)t0[d] | ((uint32_t)t1[d] << 16);
+            }
+        }
+    }
+}
+
+/* Causal softmax of score rows [r0, r1) of a (T columns), as attention_softmax_rows with the scale, also
+ * leaving the probabilities rounded to bf16 in Aa (rows of Kr values, zero after the diagonal; rows up to
+ * round32(r1 - r0) written). */
+static void softmax_round_rows(float *a, int r0, int r1, int T, float scale, uint16_t *Aa, int Kr) {
+    int vector = vector_path();
+    for (int t = r0; t < r1; t++) {
+        float *row = a + (size_t)t * T;
+        uint16_t *out = Aa + (size_t)(t - r0) * Kr;
+        int n = t + 1;
+        if (vector)
+            gemm_bf16_scale_avx512bf16(row, n, scale);
+        else
+            for (int i = 0; i < n; i++)
+                row[i] *= scale;
+        size_t at;
+        float maxv = vm_max_index(row, (size_t)n, &at);
+        float inv = 1.0f / vm_exp_shift_sum(row, row, (size_t)n, maxv);
+        if (vector) {
+            gemm_bf16_normalize_round_avx512bf16(row, out, n, inv, T, Kr);
+            continue;
+        }
+        for (int i = 0; i < n; i++) {
+            row[i] *= inv;
+            out[i] = f32_to_bf16(row[i]);
+        }
+        for (int i = n; i < T; i++)
+            row[i] = 0;
+        memset(out + n, 0, sizeof(uint16_t) * (size_t)(Kr - n));
+    }
+    for (int r = r1 - r0; r < round32(r1 - r0); r++)
+        memset(Aa + (size_t)r * Kr, 0, sizeof(uint16_t) * (size_t)Kr);
+}
+
+/* Per-thread workspace of one call: four packed matrices of at most T x max(HS, T) values, the staging row
+ * and the blas path's fp32 copies. */
+typedef struct {
+    int Kq, Kt, Tp, Hp;       /* HS and T rounded up to 32; T and HS rounded up to 16 */
+    size_t packed, tmp, wide; /* elements of one packed matrix and of tmp (bf16), floats of wide */
+    size_t per_thread;        /* bytes */
+    bf16_path path;
+} att_plan;
+
+static att_plan make_att_plan(int T, int HS) {
+    att_plan p;
+    p.path = bf16_active_path();
+    p.Kq = round32(HS), p.Kt = round32(T);
+    p.Tp = (T + 15) / 16 * 16, p.Hp = (HS + 15) / 16 * 16;
+    size_t a = (size_t)p.Tp * p.Kq, b = (size_t)p.Hp * p.Kt,
+           c = (size_t)ATT_BLOCK * (p.Kq > p.Kt ? p.Kq : p.Kt);
+    p.packed = a > b ? a : b;
+    if (c > p.packed) p.packed = c;
+    p.tmp = (size_t)(p.Kq > p.Kt ? p.Kq : p.Kt) + 2 * (size_t)p.Hp;
+    size_t w1 = gemm_bf16_block_wide_floats(p.path, ATT_BLOCK, p.Tp, p.Kq),
+           w2 = gemm_bf16_block_wide_floats(p.path, ATT_BLOCK, p.Hp, p.Kt);
+    p.wide = w1 > w2 ? w1 : w2;
+    size_t bytes = (4 * p.packed + p.tmp) * sizeof(uint16_t);
+    p.per_thread = (bytes + 63) / 64 * 64 + p.wide * sizeof(float);
+    p.per_thread = (p.per_thread + 63) / 64 * 64;
+    return p;
+}
+
+typedef struct {
+    uint16_t *m[4], *tmp;
+    float *wide;
+} att_ws;
+
+static att_ws thread_ws(char *base, const att_plan *p, int id) {
+    att_ws w;
+    uint16_t *u = (uint16_t *)(base + p->per_thread * (size_t)id);
+    for (int i = 0; i < 4; i++)
+        w.m[i] = u + (size_t)i * p->packed;
+    w.tmp = u + 4 * p->packed;
+    w.wide = (float *)((char *)u + ((4 * p->packed + p->tmp) * sizeof(uint16_t) + 63) / 64 * 64);
+    return w;
+}
+
+static qlab_status att_alloc(char **base, size_t bytes) {
+    QLAB_TRY(memacct_charge(MEMACCT_SCRATCH, bytes));
+    *base = qlab_alloc_aligned(bytes);
+    if (*base) return QLAB_OK;
+    memacct_release(MEMACCT_SCRATCH, bytes);
+    return qlab_fail(QLAB_ERR_NOMEM, "bf16 attention workspace (%zu bytes)", bytes);
+}
+
+static void att_free(char *base, size_t bytes) {
+    qlab_free_aligned(base);
+    memacct_release(MEMACCT_SCRATCH, bytes);
+}
+
+static int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+qlab_status attention_forward_bf16(float *out, float *att, const float *q, const float *k, const float *v,
+                                   int B, int T, int NH, int NKV, int HS) {
+    int group = NH / NKV, qstride = NH * HS, kvstride = NKV * HS;
+    float scale = 1.0f / sqrtf((float)HS);
+    int threads = 1;
+#ifdef _OPENMP
+    threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+#endif
+    att_plan pl = make_att_plan(T, HS);
+    size_t bytes = pl.per_thread * (size_t)threads;
+    char *base;
+    QLAB_TRY(att_alloc(&base, bytes));
+    /* One task per (batch, head): pack its keys (as k^T panels) and values once, then per block of query
+     * rows: scores = q k^T into att, scale and causal softmax in fp32, out = att v. */
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int bh = 0; bh < B * NH; bh++) {
+        att_ws w = thread_ws(base, &pl, thread_id());
+        uint16_t *Kb = w.m[0], *Vb = w.m[1], *Aq = w.m[2], *Aa = w.m[3];
+        int b = bh / NH, h = bh % NH, kvh = h / group;
+        const float *qb = q + (size_t)b * T * qstride + (size_t)h * HS;
+        const float *kb = k + (size_t)b * T * kvstride + (size_t)kvh * HS;
+        const float *vb = v + (size_t)b * T * kvstride + (size_t)kvh * HS;
+        float *ob = out + (size_t)b * T * qstride + (size_t)h * HS;
+        float *a = att + (size_t)bh * T * T;
+        pack_bt(Kb, pl.Kq, kb, (size_t)kvstride, T, HS, w.tmp);
+        pack_bn(Vb, pl.Kt, vb, (size_t)kvstride, T, HS, w.tmp);
+        gemm_bf16_block_begin(pl.path);
+        for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
+            int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, rows = r1 - r0, Kr = round32(r1);
+            pack_rows(Aq, pl.Kq, qb + (size_t)r0 * qstride, (size_t)qstride, rows, HS, round32(rows));
+            gemm_bf16_block(pl.path, Aq, (size_t)pl.Kq, Kb, (size_t)GEMM_BF16_PANEL * pl.Kq, rows, r1, pl.Kq,
+                            a + (size_t)r0 * T, T, 0, w.wide);
+            softmax_round_rows(a, r0, r1, T, scale, Aa, Kr);
+            gemm_bf16_block(pl.path, Aa, (size_t)Kr, Vb, (size_t)GEMM_BF16_PANEL * pl.Kt, rows, HS, Kr,
+                            ob + (size_t)r0 * qstride, qstride, 0, w.wide);
+        }
+        gemm_bf16_block_end(pl.path);
+    }
+    att_free(base, bytes);
+    return QLAB_OK;
+}
+
+/* D += S^T Y for one head: S (T,T) probabilities or score gradients (zero above the diagonal), Y (T,HS)
+ * with row stride ys, D (T,HS) with row stride ds: key rows [c0, c1) from query rows [c0, T) only (c0 is a
+ * multiple of 64, so the k range starts on a pair of the packed Y). */
+static void key_block_products(const att_plan *pl, const att_ws *w, const float *S, const float *Y, int ys,
+                               int T, int HS, float *D, int ds) {
+    uint16_t *X = w->m[2], *A = w->m[3];
+    pack_bn(X, pl->Kt, Y, (size_t)ys, T, HS, w->tmp);
+    for (int c0 = 0; c0 < T; c0 += ATT_BLOCK) {
+        int c1 = c0 + ATT_BLOCK < T ? c0 + ATT_BLOCK : T, Kc = round32(T - c0);
+        gemm_bf16_pack_at(A, Kc, S + (size_t)c0 * T + c0, T, T - c0, c1 - c0, round32(c1 - c0));
+        gemm_bf16_block(pl->path, A, (size_t)Kc, X + (size_t)c0 * GEMM_BF16_PANEL,
+                        (size_t)GEMM_BF16_PANEL * pl->Kt, c1 - c0, HS, Kc, D + (size_t)c0 * ds, ds, 1,
+                        w->wide);
+    }
+}
+
+qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float *dout, const float *att,
+                                    const float *q, const float *k, const float *v, int B, int T, int NH,
+                                    int NKV, int HS, float *scratch, int n_scratch) {
+    int group = NH / NKV, qstride = NH * HS, kvstride = NKV * HS;
+    float scale = 1.0f / sqrtf((float)HS);
+    att_plan pl = make_att_plan(T, HS);
+    size_t bytes = pl.per_thread * (size_t)n_scratch;
+    char *base;
+    QLAB_TRY(att_alloc(&base, bytes));
+    size_t bs = (size_t)GEMM_BF16_PANEL * pl.Kt; /* panel stride of the k-over-positions operands */
+    /* One task per (batch, key/value head), as ops.c: dk and dv are written by one thread, in one order. */
+#pragma omp parallel for schedule(static) num_threads(n_scratch)
+    for (int bg = 0; bg < B * NKV; bg++) {
+        int tid = thread_id();
+        att_ws w = thread_ws(base, &pl, tid);
+        uint16_t *Kn = w.m[0], *Vt = w.m[1], *A = w.m[3];
+        float *ds = scratch + (size_t)tid * T * T;
+        int b = bg / NKV, kvh = bg % NKV;
+        const float *kb = k + (size_t)b * T * kvstride + (size_t)kvh * HS;
+        const float *vb = v + (size_t)b * T * kvstride + (size_t)kvh * HS;
+        float *dkb = dk + (size_t)b * T * kvstride + (size_t)kvh * HS;
+        float *dvb = dv + (size_t)b * T * kvstride + (size_t)kvh * HS;
+        pack_bn(Kn, pl.Kt, kb, (size_t)kvstride, T, HS, w.tmp); /* for dq = ds k */
+        pack_bt(Vt, pl.Kq, vb, (size_t)kvstride, T, HS, w.tmp); /* for d(att) = dout v^T */
+        gemm_bf16_block_begin(pl.path);
+        for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+            const float *a = att + ((size_t)b * NH + h) * T * T;
+            const float *qb = q + (size_t)b * T * qstride + (size_t)h * HS;
+            const float *dob = dout + (size_t)b * T * qstride + (size_t)h * HS;
+            float *dqb = dq + (size_t)b * T * qstride + (size_t)h * HS;
+            /* d(att) = dout v^T, rows [r0, r1) over keys [0, r1) */
+            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
+                int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, rows = r1 - r0;
+                pack_rows(A, pl.Kq, dob + (size_t)r0 * qstride, (size_t)qstride, rows, HS, round32(rows));
+                gemm_bf16_block(pl.path, A, (size_t)pl.Kq, Vt, (size_t)GEMM_BF16_PANEL * pl.Kq, rows, r1,
+                                pl.Kq, ds + (size_t)r0 * T, T, 0, w.wide);
+            }
+            /* dv += att^T dout */
+            key_block_products(&pl, &w, a, dob, qstride, T, HS, dvb, kvstride);
+            attention_softmax_backward(ds, a, T, scale);
+            /* dq += ds k, rows [r0, r1) over keys [0, r1) */
+            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
+                int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, rows = r1 - r0, Kr = round32(r1);
+                pack_rows(A, Kr, ds + (size_t)r0 * T, (size_t)T, rows, r1, round32(rows));
+                gemm_bf16_block(pl.path, A, (size_t)Kr, Kn, bs, rows, HS, Kr, dqb + (size_t)r0 * qstride,
+                                qstride, 1, w.wide);
+            }
+            /* dk += ds^T q */
+            key_block_products(&pl, &w, ds, qb, qstride, T, HS, dkb, kvstride);
+        }
+        gemm_bf16_block_end(pl.path);
+    }
+    att_free(base, bytes);
+    return QLAB_OK;
+}

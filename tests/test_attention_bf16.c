@@ -1,0 +1,190 @@
+/* Attention with bf16 products (core/model/gemm_bf16.h attention_forward_bf16 / attention_backward_bf16):
+ * the forward on the scalar reference path bit-exact against an in-test implementation of the documented
+ * numerics (bf16 products in the order of tests/bf16_ref.h, blocks of 64 query rows, fp32 scale and
+ * softmax); every path this CPU has against the reference (AVX-512 BF16 bit-exact, forward and backward;
+ * the portable and AMX paths within a stated tolerance); both passes against the fp32 attention of
+ * core/model/ops.c (whose backward the layer tests check by finite differences) within bf16's tolerance;
+ * independence of the thread count. Shapes cover grouped-query heads, several and partial row blocks and
+ * head sizes that are not a multiple of 32. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "tests/check.h"
+#include "tests/bf16_ref.h"
+#include "core/base/rng.h"
+#include "core/model/gemm_bf16.h"
+#include "core/model/ops.h"
+
+typedef struct {
+    int B, T, NH, NKV, HS;
+} shape;
+
+static int round32(int x) {
+    return (x + 31) / 32 * 32;
+}
+
+/* sum over i < npad (n values, zero padded) of x[i xs] y[i ys] in the documented order. */
+static float def_dot(const float *x, int xs, const float *y, int ys, int n, int npad) {
+    float acc = 0;
+    for (int i = 0; i < npad; i += 2) {
+        float x0 = i < n ? x[(size_t)i * xs] : 0, x1 = i + 1 < n ? x[(size_t)(i + 1) * xs] : 0;
+        float y0 = i < n ? y[(size_t)i * ys] : 0, y1 = i + 1 < n ? y[(size_t)(i + 1) * ys] : 0;
+        acc = def_step(def_step(acc, x1, y1), x0, y0);
+    }
+    return acc;
+}
+
+/* The documented forward, straight from the header: per query row t (in block [r0, r1) of 64 rows),
+ * scores over keys [0, r1) summed over HS padded to 32, times the scale; the fp32 causal softmax; then
+ * out[t][d] summed over keys padded to a multiple of 32 past r1. */
+static void def_forward(const shape *s, const float *q, const float *k, const float *v, float *out,
+                        float *att) {
+    int group = s->NH / s->NKV, qs = s->NH * s->HS, ks = s->NKV * s->HS, T = s->T, HS = s->HS;
+    float scale = 1.0f / sqrtf((float)HS);
+    for (int b = 0; b < s->B; b++)
+        for (int h = 0; h < s->NH; h++) {
+            float *a = att + ((size_t)b * s->NH + h) * T * T;
+            const float *qb = q + (size_t)b * T * qs + h * HS,
+                        *kb = k + (size_t)b * T * ks + (h / group) * HS;
+            const float *vb = v + (size_t)b * T * ks + (h / group) * HS;
+            for (int t = 0; t < T; t++) {
+                int r1 = (t / 64 + 1) * 64 < T ? (t / 64 + 1) * 64 : T;
+                for (int j = 0; j < r1; j++)
+                    a[(size_t)t * T + j] =
+                        def_dot(qb + (size_t)t * qs, 1, kb + (size_t)j * ks, 1, HS, round32(HS));
+                attention_softmax_rows(a, t, t + 1, T, scale);
+                for (int d = 0; d < HS; d++) {
+                    float acc = def_dot(a + (size_t)t * T, 1, vb + d, ks, T, round32(r1));
+                    out[(size_t)b * T * qs + (size_t)t * qs + h * HS + d] = acc;
+                }
+            }
+        }
+}
+
+typedef struct {
+    float *q, *k, *v, *dout;         /* inputs */
+    float *out, *att, *dq, *dk, *dv; /* results of one run */
+    size_t nq, nkv, natt;
+} run;
+
+static void run_alloc(run *r, const shape *s) {
+    r->nq = (size_t)s->B * s->T * s->NH * s->HS;
+    r->nkv = (size_t)s->B * s->T * s->NKV * s->HS;
+    r->natt = (size_t)s->B * s->NH * s->T * s->T;
+    r->out = calloc(r->nq, sizeof(float)), r->dq = calloc(r->nq, sizeof(float));
+    r->att = calloc(r->natt, sizeof(float));
+    r->dk = calloc(r->nkv, sizeof(float)), r->dv = calloc(r->nkv, sizeof(float));
+}
+
+static void run_free(run *r) {
+    free(r->out), free(r->att), free(r->dq), free(r->dk), free(r->dv);
+}
+
+/* Forward and backward of one path ("fp32" for ops.c) with the given thread count. */
+static void run_path(const char *path, const shape *s, const run *in, run *r, int threads) {
+#ifdef _OPENMP
+    omp_set_num_threads(threads);
+#endif
+    run_alloc(r, s);
+    float *scratch = malloc(sizeof(float) * (size_t)threads * s->T * s->T);
+    if (!strcmp(path, "fp32")) {
+        attention_forward(r->out, r->att, in->q, in->k, in->v, s->B, s->T, s->NH, s->NKV, s->HS);
+        attention_backward(r->dq, r->dk, r->dv, in->dout, r->att, in->q, in->k, in->v, s->B, s->T, s->NH,
+                           s->NKV, s->HS, scratch, threads);
+    } else {
+        CHECK(bf16_force_path(path) == QLAB_OK);
+        CHECK(attention_forward_bf16(r->out, r->att, in->q, in->k, in->v, s->B, s->T, s->NH, s->NKV, s->HS) ==
+              QLAB_OK);
+        CHECK(attention_backward_bf16(r->dq, r->dk, r->dv, in->dout, r->att, in->q, in->k, in->v, s->B, s->T,
+                                      s->NH, s->NKV, s->HS, scratch, threads) == QLAB_OK);
+        CHECK(bf16_force_path("auto") == QLAB_OK);
+    }
+    free(scratch);
+}
+
+static int same(const float *a, const float *b, size_t n) {
+    return memcmp(a, b, n * sizeof(float)) == 0;
+}
+
+static int same_run(const run *a, const run *b) {
+    return same(a->out, b->out, a->nq) && same(a->att, b->att, a->natt) && same(a->dq, b->dq, a->nq) &&
+           same(a->dk, b->dk, a->nkv) && same(a->dv, b->dv, a->nkv);
+}
+
+/* The largest relative L2 distance of out, dq, dk, dv from ref's. */
+static double run_distance(const run *x, const run *ref) {
+    double e[4] = {rel_l2(x->out, ref->out, x->nq), rel_l2(x->dq, ref->dq, x->nq),
+                   rel_l2(x->dk, ref->dk, x->nkv), rel_l2(x->dv, ref->dv, x->nkv)};
+    double m = 0;
+    for (int i = 0; i < 4; i++)
+        m = e[i] > m ? e[i] : m;
+    return m;
+}
+
+static void test_shape(const shape *s) {
+    run in;
+    memset(&in, 0, sizeof in);
+    run_alloc(&in, s);
+    rng_state rng;
+    rng_seed(&rng, (uint64_t)(s->T * 131 + s->HS));
+    in.q = malloc(sizeof(float) * in.nq), in.dout = malloc(sizeof(float) * in.nq);
+    in.k = malloc(sizeof(float) * in.nkv), in.v = malloc(sizeof(float) * in.nkv);
+    for (size_t i = 0; i < in.nq; i++)
+        in.q[i] = (float)(1.5 * rng_normal(&rng)), in.dout[i] = (float)rng_normal(&rng);
+    for (size_t i = 0; i < in.nkv; i++)
+        in.k[i] = (float)(1.5 * rng_normal(&rng)), in.v[i] = (float)rng_normal(&rng);
+
+    /* the reference path against the documented numerics */
+    run ref, fp32;
+    run_path("ref", s, &in, &ref, 2);
+    def_forward(s, in.q, in.k, in.v, in.out, in.att);
+    CHECKF(same(ref.out, in.out, in.nq) && same(ref.att, in.att, in.natt),
+           "B %d T %d NH %d NKV %d HS %d: ref path vs the documented forward", s->B, s->T, s->NH, s->NKV,
+           s->HS);
+
+    /* against fp32 attention: bf16 products, so about 2^-9 relative per rounded operand */
+    run_path("fp32", s, &in, &fp32, 2);
+    double e32 = run_distance(&ref, &fp32);
+    printf("T %3d HS %2d NH %d NKV %d: bf16 vs fp32 attention rel L2 %.2e (out, dq, dk, dv; largest)\n", s->T,
+           s->HS, s->NH, s->NKV, e32);
+    CHECKF(e32 < 2e-2, "bf16 attention vs fp32: rel L2 %.3g", e32);
+
+    /* thread count: one thread gives the same bits */
+    run one;
+    run_path("ref", s, &in, &one, 1);
+    CHECKF(same_run(&one, &ref), "ref path: 1 and 2 threads differ");
+    run_free(&one);
+
+    for (bf16_path p = BF16_PATH_BLAS; p < BF16_PATH_COUNT; p++) {
+        const char *name = bf16_path_name(p);
+        if (!bf16_path_available(p)) {
+            SKIP("bf16 path %s is not available on this CPU", name);
+            continue;
+        }
+        run x;
+        run_path(name, s, &in, &x, 2);
+        if (p == BF16_PATH_AVX512BF16) {
+            CHECKF(same_run(&x, &ref), "avx512bf16 path vs ref: not bit-identical");
+        } else {
+            /* another summation order: within the fp32 bound per product, which a bf16 rounding of a
+             * probability or score can turn into one bf16 ulp (2^-8 relative) for a few elements */
+            double e = run_distance(&x, &ref);
+            printf("  %s path vs ref: rel L2 %.2e\n", name, e);
+            CHECKF(e < 1e-3, "%s path vs ref: rel L2 %.3g", name, e);
+        }
+        run_free(&x);
+    }
+    run_free(&ref), run_free(&fp32), run_free(&in);
+    free(in.q), free(in.k), free(in.v), free(in.dout);
+}
+
+int main(void) {
+    const shape shapes[] = {{2, 150, 4, 2, 40}, {1, 64, 2, 2, 32}, {1, 5, 3, 1, 8}, {2, 200, 2, 2, 64}};
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
+        test_shape(&shapes[i]);
+    return check_summary();
+}
