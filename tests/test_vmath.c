@@ -127,6 +127,20 @@ static void test_paths_bit_exact(void) {
         vm_force_c(0);
         vm_sigmoid(y2, x, n);
         bad += !same_bits(y1, y2, n);
+
+        memcpy(y1, x, sizeof(float) * n), memcpy(y2, x, sizeof(float) * n);
+        vm_force_c(1);
+        f1 = vm_scale_max(y1, n, 0.37f);
+        vm_force_c(0);
+        f2 = vm_scale_max(y2, n, 0.37f);
+        bad += bits_of(f1) != bits_of(f2) || !same_bits(y1, y2, n);
+
+        memcpy(y1, u, sizeof(float) * n), memcpy(y2, u, sizeof(float) * n);
+        vm_force_c(1);
+        vm_softmax_grad(y1, x, n, 0.37f);
+        vm_force_c(0);
+        vm_softmax_grad(y2, x, n, 0.37f);
+        bad += !same_bits(y1, y2, n);
         CHECKF(bad == 0, "length %zu: the %s path differs from the C reference", n, vm_path_name());
     }
     /* every float exponent and the NaN, elementwise */
@@ -208,6 +222,28 @@ static void test_sums_and_max(void) {
             worst = fmax(worst, fabs(out[i] - g[i] * sd * u[i]) / fmax(fabs(g[i] * sd * u[i]), 1e-30));
         }
         CHECKF(worst < 4 * FLT_EPSILON, "silu/sigmoid relative error %.3g (%s path)", worst,
+               path ? vm_path_name() : "c");
+        /* scale_max: the scaled row and its largest element (NaN skipped); softmax_grad against double */
+        for (int i = 0; i < 40; i++)
+            row[i] = (float)((i * 7) % 11) - 5.0f;
+        row[9] = NAN;
+        float want_max = -INFINITY;
+        for (int i = 0; i < 40; i++)
+            if (i != 9 && row[i] * 0.5f > want_max) want_max = row[i] * 0.5f;
+        CHECK(vm_scale_max(row, 40, 0.5f) == want_max && row[2] == (float)((2 * 7) % 11 - 5) * 0.5f);
+        double p_sum = 0, dot = 0, grad_err = 0;
+        float p[64], d[64], d0[64];
+        for (int i = 0; i < 64; i++)
+            p[i] = expf(0.1f * (float)((i * 13) % 17)), p_sum += p[i];
+        for (int i = 0; i < 64; i++)
+            p[i] = (float)(p[i] / p_sum), d[i] = d0[i] = (float)((i * 5) % 9) - 4.0f,
+            dot += (double)p[i] * d[i];
+        vm_softmax_grad(d, p, 64, 0.25f);
+        for (int i = 0; i < 64; i++) {
+            double want = 0.25 * p[i] * (d0[i] - dot);
+            grad_err = fmax(grad_err, fabs(d[i] - want) / (fabs(want) + 1e-6));
+        }
+        CHECKF(grad_err < 1e-5, "softmax_grad relative error %.3g (%s path)", grad_err,
                path ? vm_path_name() : "c");
     }
     vm_force_c(0);

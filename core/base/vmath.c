@@ -89,6 +89,24 @@ static float max_index_c(const float *x, size_t n, size_t *index) {
     return m;
 }
 
+static float scale_max_c(float *x, size_t n, float scale) {
+    float m = -INFINITY;
+    for (size_t i = 0; i < n; i++) {
+        x[i] *= scale;
+        if (x[i] > m) m = x[i];
+    }
+    return m + 0.0f; /* a zero maximum as +0, whichever zero came first */
+}
+
+static void softmax_grad_c(float *d, const float *p, size_t n, float scale) {
+    float lanes[VM_LANES] = {0};
+    for (size_t i = 0; i < n; i++)
+        lanes[i % VM_LANES] = fmaf(p[i], d[i], lanes[i % VM_LANES]);
+    float total = vm_tree_f32(lanes);
+    for (size_t i = 0; i < n; i++)
+        d[i] = scale * p[i] * (d[i] - total);
+}
+
 static size_t first_nonfinite_c(const float *x, size_t n) {
     for (size_t i = 0; i < n; i++)
         if (!isfinite(x[i])) return i;
@@ -159,6 +177,17 @@ float vm_max_index(const float *x, size_t n, size_t *index) {
 
 size_t vm_first_nonfinite(const float *x, size_t n) {
     return use_avx512() ? vm_first_nonfinite_avx512(x, n) : first_nonfinite_c(x, n);
+}
+
+float vm_scale_max(float *x, size_t n, float scale) {
+    return use_avx512() ? vm_scale_max_avx512(x, n, scale) : scale_max_c(x, n, scale);
+}
+
+void vm_softmax_grad(float *d, const float *p, size_t n, float scale) {
+    if (use_avx512())
+        vm_softmax_grad_avx512(d, p, n, scale);
+    else
+        softmax_grad_c(d, p, n, scale);
 }
 
 void vm_silu_mul(float *out, const float *g, const float *u, size_t n) {

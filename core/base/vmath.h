@@ -30,6 +30,15 @@ void vm_sum_exp_cross(const float *r, const float *x, size_t n, float shift, dou
 /* The largest x[i] and the first index holding it (n > 0; a NaN is never the maximum). */
 float vm_max_index(const float *x, size_t n, size_t *index);
 
+/* x[i] *= scale; returns the largest product (a NaN is never the maximum; -inf when there is none; +0 for
+ * a zero maximum). */
+float vm_scale_max(float *x, size_t n, float scale);
+
+/* The backward of a softmax row p with the logits scaled by scale: d holds d(p) on entry and
+ * d(logits) = scale * p[i] * (d[i] - <p, d>) on exit, the dot product summed in the lane order above (each
+ * lane one fused multiply-add per element). */
+void vm_softmax_grad(float *d, const float *p, size_t n, float scale);
+
 /* The index of the first NaN or infinite x[i], or n when every element is finite. */
 size_t vm_first_nonfinite(const float *x, size_t n);
 

@@ -160,6 +160,37 @@ static inline __m512 neg(__m512 g) {
     return _mm512_xor_ps(g, _mm512_set1_ps(-0.0f));
 }
 
+float vm_scale_max_avx512(float *x, size_t n, float scale) {
+    __m512 best = _mm512_set1_ps(-INFINITY), s = _mm512_set1_ps(scale);
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 v = _mm512_mul_ps(load(x + i, m), s);
+        _mm512_mask_storeu_ps(x + i, m, v);
+        best = _mm512_mask_mov_ps(best, _mm512_mask_cmp_ps_mask(m, v, best, _CMP_GT_OQ), v);
+    }
+    float b[16], r = -INFINITY;
+    _mm512_storeu_ps(b, best);
+    for (int l = 0; l < 16; l++)
+        if (b[l] > r) r = b[l];
+    return r + 0.0f;
+}
+
+void vm_softmax_grad_avx512(float *d, const float *p, size_t n, float scale) {
+    __m512 acc = _mm512_setzero_ps();
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        acc = _mm512_mask_mov_ps(acc, m, _mm512_fmadd_ps(load(p + i, m), load(d + i, m), acc));
+    }
+    float lanes[VM_LANES];
+    _mm512_storeu_ps(lanes, acc);
+    __m512 total = _mm512_set1_ps(vm_tree_f32(lanes)), s = _mm512_set1_ps(scale);
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 g = _mm512_mul_ps(_mm512_mul_ps(s, load(p + i, m)), _mm512_sub_ps(load(d + i, m), total));
+        _mm512_mask_storeu_ps(d + i, m, g);
+    }
+}
+
 void vm_silu_mul_avx512(float *out, const float *g, const float *u, size_t n) {
     __m512 one = _mm512_set1_ps(1.0f);
     for (size_t i = 0; i < n; i += 16) {

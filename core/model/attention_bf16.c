@@ -25,13 +25,6 @@ static int round32(int x) {
     return (x + 31) / 32 * 32;
 }
 
-/* Whether the packing and softmax steps use their AVX-512 forms: on the avx512bf16 and amx paths; the ref
- * and blas paths keep the scalar code, so the tests' ref-vs-avx512bf16 comparisons cover both. */
-static int vector_path(void) {
-    bf16_path p = bf16_active_path();
-    return p == BF16_PATH_AVX512BF16 || p == BF16_PATH_AMX;
-}
-
 /* Rows [0, rows) of X (row stride ld), columns [0, cols), rounded into dst rows of Kp values (zero beyond
  * cols); rows [rows, rows_pad) zero. */
 static void pack_rows(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols, int rows_pad) {
@@ -46,7 +39,7 @@ static void pack_rows(uint16_t *dst, int Kp, const float *X, size_t ld, int rows
 /* B = X^T as packed panels: op(B)[d][s] = X[s][d] for rows s < rows of X (16 per panel) and d < cols <= Kp;
  * panels 16 * Kp values apart. tmp holds Kp values. */
 static void pack_bt(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols, uint16_t *tmp) {
-    if (vector_path()) {
+    if (gemm_bf16_vector_packing()) {
         gemm_bf16_pack_bt_avx512bf16(dst, Kp, X, ld, rows, cols);
         return;
     }
@@ -66,8 +59,8 @@ static void pack_bt(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, 
 /* B = X as packed panels: op(B)[s][d] = X[s][d] for rows s < rows <= Kp of X (the k index, in pairs) and
  * columns d < cols (16 per panel); panels 16 * Kp values apart. tmp holds 2 * round16(cols) values. */
 static void pack_bn(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols, uint16_t *tmp) {
-    if (vector_path()) {
-        gemm_bf16_pack_bn_avx512bf16(dst, Kp, X, ld, rows, cols);
+    if (gemm_bf16_vector_packing()) {
+        gemm_bf16_pack_bn_avx512bf16(dst, (size_t)GEMM_BF16_PANEL * Kp, Kp / 2, X, ld, rows, cols);
         return;
     }
     int npan = (cols + GEMM_BF16_PANEL - 1) / GEMM_BF16_PANEL, width = npan * GEMM_BF16_PANEL, KP2 = Kp / 2;
@@ -87,32 +80,28 @@ static void pack_bn(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, 
     }
 }
 
-/* Causal softmax of score rows [r0, r1) of a (T columns), as attention_softmax_rows with the scale, also
- * leaving the probabilities rounded to bf16 in Aa (rows of Kr values, zero after the diagonal; rows up to
- * round32(r1 - r0) written). */
-static void softmax_round_rows(float *a, int r0, int r1, int T, float scale, uint16_t *Aa, int Kr) {
-    int vector = vector_path();
+/* Causal softmax of the score rows of query rows [r0, r1) (S holds row r0, rows T floats apart, keys
+ * [0, r1) filled): row t becomes softmax(scale * S[t][0..t]), rounded to bf16 into Aa (rows of Kr values,
+ * zero after the diagonal; rows up to round32(r1 - r0) written). With keep, S also keeps the fp32
+ * probabilities with zeros after the diagonal up to T (the att output); without, S is scratch. */
+static void softmax_round_rows(float *S, int r0, int r1, int T, float scale, uint16_t *Aa, int Kr, int keep) {
+    int vector = gemm_bf16_vector_packing();
     for (int t = r0; t < r1; t++) {
-        float *row = a + (size_t)t * T;
+        float *row = S + (size_t)(t - r0) * T;
         uint16_t *out = Aa + (size_t)(t - r0) * Kr;
         int n = t + 1;
-        if (vector)
-            gemm_bf16_scale_avx512bf16(row, n, scale);
-        else
-            for (int i = 0; i < n; i++)
-                row[i] *= scale;
-        size_t at;
-        float maxv = vm_max_index(row, (size_t)n, &at);
+        float maxv = vm_scale_max(row, (size_t)n, scale);
         float inv = 1.0f / vm_exp_shift_sum(row, row, (size_t)n, maxv);
         if (vector) {
-            gemm_bf16_normalize_round_avx512bf16(row, out, n, inv, T, Kr);
+            gemm_bf16_normalize_round_avx512bf16(row, out, n, inv, keep ? T : 0, Kr);
             continue;
         }
         for (int i = 0; i < n; i++) {
-            row[i] *= inv;
-            out[i] = f32_to_bf16(row[i]);
+            float pr = row[i] * inv;
+            if (keep) row[i] = pr;
+            out[i] = f32_to_bf16(pr);
         }
-        for (int i = n; i < T; i++)
+        for (int i = n; keep && i < T; i++)
             row[i] = 0;
         memset(out + n, 0, sizeof(uint16_t) * (size_t)(Kr - n));
     }
@@ -125,11 +114,12 @@ static void softmax_round_rows(float *a, int r0, int r1, int T, float scale, uin
 typedef struct {
     int Kq, Kt, Tp, Hp;       /* HS and T rounded up to 32; T and HS rounded up to 16 */
     size_t packed, tmp, wide; /* elements of one packed matrix and of tmp (bf16), floats of wide */
+    size_t scores;            /* floats of the score block when att is not kept */
     size_t per_thread;        /* bytes */
     bf16_path path;
 } att_plan;
 
-static att_plan make_att_plan(int T, int HS) {
+static att_plan make_att_plan(int T, int HS, int keep) {
     att_plan p;
     p.path = bf16_active_path();
     p.Kq = round32(HS), p.Kt = round32(T);
@@ -143,14 +133,15 @@ static att_plan make_att_plan(int T, int HS) {
            w2 = gemm_bf16_block_wide_floats(p.path, ATT_BLOCK, p.Hp, p.Kt);
     p.wide = w1 > w2 ? w1 : w2;
     size_t bytes = (4 * p.packed + p.tmp) * sizeof(uint16_t);
-    p.per_thread = (bytes + 63) / 64 * 64 + p.wide * sizeof(float);
+    p.scores = keep ? 0 : (size_t)ATT_BLOCK * T;
+    p.per_thread = (bytes + 63) / 64 * 64 + (p.wide + p.scores) * sizeof(float);
     p.per_thread = (p.per_thread + 63) / 64 * 64;
     return p;
 }
 
 typedef struct {
     uint16_t *m[4], *tmp;
-    float *wide;
+    float *wide, *scores;
 } att_ws;
 
 static att_ws thread_ws(char *base, const att_plan *p, int id) {
@@ -160,6 +151,7 @@ static att_ws thread_ws(char *base, const att_plan *p, int id) {
         w.m[i] = u + (size_t)i * p->packed;
     w.tmp = u + 4 * p->packed;
     w.wide = (float *)((char *)u + ((4 * p->packed + p->tmp) * sizeof(uint16_t) + 63) / 64 * 64);
+    w.scores = w.wide + p->wide;
     return w;
 }
 
@@ -192,7 +184,7 @@ qlab_status attention_forward_bf16(float *out, float *att, const float *q, const
 #ifdef _OPENMP
     threads = omp_in_parallel() ? 1 : omp_get_max_threads();
 #endif
-    att_plan pl = make_att_plan(T, HS);
+    att_plan pl = make_att_plan(T, HS, att != NULL);
     size_t bytes = pl.per_thread * (size_t)threads;
     char *base;
     QLAB_TRY(att_alloc(&base, bytes));
@@ -207,16 +199,17 @@ qlab_status attention_forward_bf16(float *out, float *att, const float *q, const
         const float *kb = k + (size_t)b * T * kvstride + (size_t)kvh * HS;
         const float *vb = v + (size_t)b * T * kvstride + (size_t)kvh * HS;
         float *ob = out + (size_t)b * T * qstride + (size_t)h * HS;
-        float *a = att + (size_t)bh * T * T;
+        float *a = att ? att + (size_t)bh * T * T : NULL;
         pack_bt(Kb, pl.Kq, kb, (size_t)kvstride, T, HS, w.tmp);
         pack_bn(Vb, pl.Kt, vb, (size_t)kvstride, T, HS, w.tmp);
         gemm_bf16_block_begin(pl.path);
         for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
             int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, rows = r1 - r0, Kr = round32(r1);
             pack_rows(Aq, pl.Kq, qb + (size_t)r0 * qstride, (size_t)qstride, rows, HS, round32(rows));
+            float *S = a ? a + (size_t)r0 * T : w.scores;
             gemm_bf16_block(pl.path, Aq, (size_t)pl.Kq, Kb, (size_t)GEMM_BF16_PANEL * pl.Kq, rows, r1, pl.Kq,
-                            a + (size_t)r0 * T, T, 0, w.wide);
-            softmax_round_rows(a, r0, r1, T, scale, Aa, Kr);
+                            S, T, 0, w.wide);
+            softmax_round_rows(S, r0, r1, T, scale, Aa, Kr, a != NULL);
             gemm_bf16_block(pl.path, Aa, (size_t)Kr, Vb, (size_t)GEMM_BF16_PANEL * pl.Kt, rows, HS, Kr,
                             ob + (size_t)r0 * qstride, qstride, 0, w.wide);
         }
@@ -247,7 +240,7 @@ qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float
                                     int NKV, int HS, float *scratch, int n_scratch) {
     int group = NH / NKV, qstride = NH * HS, kvstride = NKV * HS;
     float scale = 1.0f / sqrtf((float)HS);
-    att_plan pl = make_att_plan(T, HS);
+    att_plan pl = make_att_plan(T, HS, 1);
     size_t bytes = pl.per_thread * (size_t)n_scratch;
     char *base;
     QLAB_TRY(att_alloc(&base, bytes));
@@ -281,7 +274,14 @@ qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float
             }
             /* dv += att^T dout */
             key_block_products(&pl, &w, a, dob, qstride, T, HS, dvb, kvstride);
-            attention_softmax_backward(ds, a, T, scale);
+            /* ds = scale * att * (d(att) - <att, d(att)>) on and below the diagonal; zeros after it up to
+             * the end of the row's block, which is as far as the products read */
+            for (int t = 0; t < T; t++) {
+                int end = (t / ATT_BLOCK + 1) * ATT_BLOCK < T ? (t / ATT_BLOCK + 1) * ATT_BLOCK : T;
+                float *dr = ds + (size_t)t * T;
+                vm_softmax_grad(dr, a + (size_t)t * T, (size_t)t + 1, scale);
+                memset(dr + t + 1, 0, sizeof(float) * (size_t)(end - t - 1));
+            }
             /* dq += ds k, rows [r0, r1) over keys [0, r1) */
             for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
                 int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, rows = r1 - r0, Kr = round32(r1);

@@ -139,6 +139,11 @@ void bf16_round_array(uint16_t *out, const float *in, size_t n) {
         out[i] = f32_to_bf16(in[i]);
 }
 
+int gemm_bf16_vector_packing(void) {
+    bf16_path p = bf16_active_path();
+    return p == BF16_PATH_AVX512BF16 || p == BF16_PATH_AMX;
+}
+
 /* ---------------------------------------------------------------- workspace */
 
 static _Thread_local void *ws_ptr_;
@@ -262,6 +267,28 @@ static uint16_t *thread_scratch(uint16_t *scratch, const gemm_plan *pl) {
 static qlab_status pack_b(uint16_t *Bp, uint16_t *scratch, const gemm_plan *pl, const bsrc *b, int p0,
                           int pc) {
     int N = pl->N, K = pl->K, Kp = pl->Kp, KP2 = Kp / 2, bad = 0;
+    if (!b->q && gemm_bf16_vector_packing()) {
+        /* fp32 source: rounded and interleaved in registers (the same bits as the loops below) */
+        size_t bstride = (size_t)GEMM_BF16_PANEL * Kp;
+        if (b->trans) {
+#pragma omp parallel for schedule(static) num_threads(pl->threads)
+            for (int j = p0; j < p0 + pc; j++) {
+                int n = j * GEMM_BF16_PANEL, rows = N - n < GEMM_BF16_PANEL ? N - n : GEMM_BF16_PANEL;
+                gemm_bf16_pack_bt_avx512bf16(Bp + (size_t)(j - p0) * bstride, Kp, b->f + (size_t)n * b->ld,
+                                             (size_t)b->ld, rows, K);
+            }
+        } else {
+            int n0 = p0 * GEMM_BF16_PANEL,
+                ncols = N - n0 < pc * GEMM_BF16_PANEL ? N - n0 : pc * GEMM_BF16_PANEL;
+            /* blocks of 16 k pairs, one thread each */
+#pragma omp parallel for schedule(static) num_threads(pl->threads)
+            for (int q = 0; q < KP2; q += 16)
+                gemm_bf16_pack_bn_avx512bf16(Bp + (size_t)q * 32, bstride, KP2 - q < 16 ? KP2 - q : 16,
+                                             b->f + (size_t)(2 * q) * b->ld + n0, (size_t)b->ld, K - 2 * q,
+                                             ncols);
+        }
+        return QLAB_OK;
+    }
     if (b->trans) {
         /* op(B)[k][n] = W[n][k], W (N,K): each panel is 16 rows of W, rounded (or dequantized) row by row
          * into scratch and interleaved as 32-bit pairs. */
@@ -433,10 +460,11 @@ void gemm_bf16_block(bf16_path path, const uint16_t *A, size_t lda, const uint16
 }
 
 void gemm_bf16_pack_at(uint16_t *Ap, int Kp, const float *A, int lda, int K, int M, int Mp) {
+    int vector = gemm_bf16_vector_packing();
     for (int m0 = 0; m0 < Mp; m0 += 16) {
         int mn = M - m0 < 16 ? M - m0 : 16;
         if (mn < 0) mn = 0;
-        if (cpu_has_avx512bf16()) {
+        if (vector) {
             gemm_bf16_pack_at_avx512bf16(Ap + (size_t)m0 * Kp, Kp, A + (mn > 0 ? m0 : 0), lda, K, mn);
             continue;
         }

@@ -97,8 +97,10 @@ void bf16_workspace_release(void);
  * of attention_forward / attention_backward (core/model/ops.h), with each product of two activation
  * matrices (scores = q k^T, out = att v; in backward d(att) = dout v^T, dv = att^T dout, dq = ds k,
  * dk = ds^T q) formed as bf16_gemm forms it: both operands rounded to bf16, fp32 accumulation on the
- * active path. The score scale multiplies the accumulated score in fp32; softmax and its backward are the
- * fp32 code of ops.c. Fail only when the per-thread packing workspace cannot be allocated. */
+ * active path. The score scale multiplies the accumulated score in fp32; softmax and its backward run in
+ * fp32 (core/base/vmath: vm_scale_max, vm_exp_shift_sum, vm_softmax_grad). att may be NULL in the forward
+ * when no backward follows: the probabilities are then not kept. Fail only when the per-thread packing
+ * workspace cannot be allocated. */
 qlab_status attention_forward_bf16(float *out, float *att, const float *q, const float *k, const float *v,
                                    int B, int T, int NH, int NKV, int HS);
 qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float *dout, const float *att,

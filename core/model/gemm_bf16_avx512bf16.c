@@ -112,26 +112,50 @@ void gemm_bf16_round_avx512bf16(uint16_t *out, const float *in, size_t n) {
     }
 }
 
+/* r[i] element j -> r[j] element i, for 16 x 16 32-bit words: unpack 32-bit and 64-bit pairs within
+ * 128-bit lanes, then gather the lanes of each column group. */
+static inline void transpose16(__m512i r[16]) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int g = 0; g < 16; g += 4) {
+        u[g] = _mm512_unpacklo_epi64(t[g], t[g + 2]);
+        u[g + 1] = _mm512_unpackhi_epi64(t[g], t[g + 2]);
+        u[g + 2] = _mm512_unpacklo_epi64(t[g + 1], t[g + 3]);
+        u[g + 3] = _mm512_unpackhi_epi64(t[g + 1], t[g + 3]);
+    }
+    /* u[4g + j], lane L: rows 4g..4g+3 of column 4L + j */
+    for (int j = 0; j < 4; j++) {
+        __m512i x0 = _mm512_shuffle_i32x4(u[j], u[4 + j], 0x44),
+                x1 = _mm512_shuffle_i32x4(u[j], u[4 + j], 0xee);
+        __m512i y0 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0x44),
+                y1 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0xee);
+        r[j] = _mm512_shuffle_i32x4(x0, y0, 0x88);
+        r[4 + j] = _mm512_shuffle_i32x4(x0, y0, 0xdd);
+        r[8 + j] = _mm512_shuffle_i32x4(x1, y1, 0x88);
+        r[12 + j] = _mm512_shuffle_i32x4(x1, y1, 0xdd);
+    }
+}
+
 void gemm_bf16_pack_at_avx512bf16(uint16_t *Ap, int Kp, const float *A, int lda, int K, int mn) {
-    uint32_t pairs[16 * 16] __attribute__((aligned(64)));
     __mmask16 mask = mn >= 16 ? (__mmask16)0xffff : mn <= 0 ? 0 : (__mmask16)((1u << mn) - 1);
-    const __m512i column =
-        _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240);
     for (int k0 = 0; k0 < Kp; k0 += 32) {
-        /* pairs[p][i] = bf16(A[k0 + 2p][i]) | bf16(A[k0 + 2p + 1][i]) << 16: zero beyond K and mn */
+        /* r[p][i] = bf16(A[k0 + 2p][i]) | bf16(A[k0 + 2p + 1][i]) << 16: zero beyond K and mn */
+        __m512i r[16];
         for (int p = 0; p < 16; p++) {
             int k = k0 + 2 * p;
             __m512i lo =
                 k < K ? round32(_mm512_maskz_loadu_ps(mask, A + (size_t)k * lda)) : _mm512_setzero_si512();
             __m512i hi = k + 1 < K ? round32(_mm512_maskz_loadu_ps(mask, A + (size_t)(k + 1) * lda))
                                    : _mm512_setzero_si512();
-            _mm512_store_si512(pairs + p * 16, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+            r[p] = _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
         }
-        /* row i of the block = column i of pairs */
-        for (int i = 0; i < 16; i++) {
-            __m512i row = _mm512_i32gather_epi32(_mm512_add_epi32(column, _mm512_set1_epi32(i)), pairs, 4);
-            _mm512_storeu_si512(Ap + (size_t)i * Kp + k0, row);
-        }
+        /* row i of the block = column i of r */
+        transpose16(r);
+        for (int i = 0; i < 16; i++)
+            _mm512_storeu_si512(Ap + (size_t)i * Kp + k0, r[i]);
     }
 }
 
@@ -146,24 +170,26 @@ static inline __m512i round_pairs(const float *x, int n) {
 
 void gemm_bf16_pack_bt_avx512bf16(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols) {
     int npan = (rows + 15) / 16;
-    const __m512i index =
-        _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240);
     for (int j = 0; j < npan; j++) {
-        int32_t *out = (int32_t *)(dst + (size_t)j * 16 * Kp);
-        for (int c = 0; c < 16; c++) {
-            int s = j * 16 + c;
-            const float *x = X + (size_t)s * ld;
-            for (int k0 = 0; k0 < Kp; k0 += 32) {
-                __m512i w = s < rows ? round_pairs(x + k0, cols - k0) : _mm512_setzero_si512();
-                _mm512_i32scatter_epi32(out + (size_t)(k0 / 2) * 16 + c, index, w, 4);
+        uint16_t *out = dst + (size_t)j * 16 * Kp;
+        for (int k0 = 0; k0 < Kp; k0 += 32) {
+            /* r[c] = the 16 pairs k0/2.. of row 16j + c; transposed, r[p] = pair k0/2 + p of the 16 rows */
+            __m512i r[16];
+            for (int c = 0; c < 16; c++) {
+                int s = j * 16 + c;
+                r[c] = s < rows ? round_pairs(X + (size_t)s * ld + k0, cols - k0) : _mm512_setzero_si512();
             }
+            transpose16(r);
+            for (int p = 0; p < 16; p++)
+                _mm512_storeu_si512(out + (size_t)(k0 / 2 + p) * 32, r[p]);
         }
     }
 }
 
-void gemm_bf16_pack_bn_avx512bf16(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols) {
+void gemm_bf16_pack_bn_avx512bf16(uint16_t *dst, size_t bstride, int npairs, const float *X, size_t ld,
+                                  int rows, int cols) {
     int npan = (cols + 15) / 16;
-    for (int p = 0; p < Kp / 2; p++) {
+    for (int p = 0; p < npairs; p++) {
         int s = 2 * p;
         for (int j = 0; j < npan; j++) {
             int valid = cols - 16 * j;
@@ -173,20 +199,9 @@ void gemm_bf16_pack_bn_avx512bf16(uint16_t *dst, int Kp, const float *X, size_t 
             __m512i hi = s + 1 < rows
                              ? round32(_mm512_maskz_loadu_ps(mask, X + (size_t)(s + 1) * ld + 16 * j))
                              : _mm512_setzero_si512();
-            _mm512_storeu_si512(dst + (size_t)j * 16 * Kp + (size_t)p * 32,
+            _mm512_storeu_si512(dst + (size_t)j * bstride + (size_t)p * 32,
                                 _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
         }
-    }
-}
-
-void gemm_bf16_scale_avx512bf16(float *x, int n, float s) {
-    __m512 vs = _mm512_set1_ps(s);
-    int i = 0;
-    for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), vs));
-    if (i < n) {
-        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
-        _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), vs));
     }
 }
 

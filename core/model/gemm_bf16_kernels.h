@@ -38,6 +38,10 @@ void gemm_bf16_block_amx(const uint16_t *A, size_t lda, const uint16_t *B, size_
 /* The block product on the given path (ref, blas, avx512bf16 or amx; the path must be available). The
  * blas path widens the operands to fp32 in wide (gemm_bf16_block_wide_floats(path, M, ncols, Kp) floats;
  * 0 and unused on the other paths) and calls sgemm. */
+/* Whether packing (and attention's softmax rounding) uses the AVX-512 forms below: on the avx512bf16 and
+ * amx paths. The ref and blas paths keep the scalar loops, which give the same bits, so the tests'
+ * ref-vs-avx512bf16 comparisons cover both. */
+int gemm_bf16_vector_packing(void);
 /* A thread's block products on a path lie between begin and end (AMX loads and releases its tile
  * configuration there). */
 void gemm_bf16_block_begin(bf16_path path);
@@ -56,12 +60,13 @@ void gemm_bf16_round_avx512bf16(uint16_t *out, const float *in, size_t n);
  * the rest of the 16 x Kp block (A points at the block's first column, row stride lda). */
 void gemm_bf16_pack_at_avx512bf16(uint16_t *Ap, int Kp, const float *A, int lda, int K, int mn);
 /* Serial vector forms of core/model/attention_bf16.c's packing and softmax steps (bit-identical with its
- * scalar code): B = X^T panels (rows of X as columns), B = X panels (rows of X as k), x *= s, and a
- * softmax row's normalisation: row[i] *= inv and out[i] = bf16(row[i]) for i < n, row[i] = 0 for n <= i <
- * len, out[i] = 0 for n <= i < Kr. */
+ * scalar code): B = X^T panels (rows of X as columns), B = X panels (rows of X as k), and a softmax
+ * row's normalisation: row[i] *= inv and out[i] = bf16(row[i]) for i < n (row written only when len > 0),
+ * row[i] = 0 for n <= i < len, out[i] = 0 for n <= i < Kr. */
 void gemm_bf16_pack_bt_avx512bf16(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols);
-void gemm_bf16_pack_bn_avx512bf16(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols);
-void gemm_bf16_scale_avx512bf16(float *x, int n, float s);
+/* pack_bn: pairs [0, npairs) (rows 2p, 2p + 1 of X; zero from row rows on) of panels bstride apart. */
+void gemm_bf16_pack_bn_avx512bf16(uint16_t *dst, size_t bstride, int npairs, const float *X, size_t ld,
+                                  int rows, int cols);
 void gemm_bf16_normalize_round_avx512bf16(float *row, uint16_t *out, int n, float inv, int len, int Kr);
 /* The AMX block product needs the tile configuration loaded on the calling thread: begin before the first
  * gemm_bf16_block_amx, end after the last. */

@@ -899,8 +899,9 @@ static qlab_status model_forward_prepare(model *m, const int *tokens, int B, int
     return QLAB_OK;
 }
 
-/* Transformer block l over the residual stream x.res_in, leaving it in x.res3. */
-static qlab_status model_block_forward(model *m, int l) {
+/* Transformer block l over the residual stream x.res_in, leaving it in x.res3. keep: the attention
+ * probabilities are kept for backward (bf16 compute skips storing them otherwise). */
+static qlab_status model_block_forward(model *m, int l, int keep) {
     const model_config *c = &m->cfg;
     const model_params *p = &m->params;
     int B = m->B, T = m->T, N = B * T, D = c->dim, NH = c->n_heads, NKV = c->n_kv_heads, HS = m->head_size;
@@ -915,7 +916,7 @@ static qlab_status model_block_forward(model *m, int l) {
     rope_forward(x.q, x.q, m->rope_cos, m->rope_sin, B, T, NH, HS);
     rope_forward(x.k, x.k, m->rope_cos, m->rope_sin, B, T, NKV, HS);
     if (m->compute == QLAB_COMPUTE_BF16)
-        QLAB_TRY(attention_forward_bf16(x.atty, x.att, x.q, x.k, x.v, B, T, NH, NKV, HS));
+        QLAB_TRY(attention_forward_bf16(x.atty, keep ? x.att : NULL, x.q, x.k, x.v, B, T, NH, NKV, HS));
     else
         attention_forward(x.atty, x.att, x.q, x.k, x.v, B, T, NH, NKV, HS);
     QLAB_TRY(model_linear_forward(m, l, PROJ_O, x.res2, x.atty, N));
@@ -972,7 +973,7 @@ qlab_status model_forward(model *m, const int *tokens, const int *targets, int B
     if (m->compute == QLAB_COMPUTE_BF16) QLAB_TRY(linear_bf16_reserve(&m->cfg, B * T, 0));
     embedding_forward(m->acts.encoded, tokens, m->params.token_embedding, B * T, m->cfg.dim);
     for (int l = 0; l < m->cfg.n_layers; l++)
-        QLAB_TRY(model_block_forward(m, l));
+        QLAB_TRY(model_block_forward(m, l, targets != NULL)); /* no targets: no backward follows */
     return model_head_forward(m, targets, logits, loss);
 }
 
@@ -1093,7 +1094,7 @@ static qlab_status model_block_recompute(model *m, int l) {
         qlab_status st = m->adapter.recompute(m->adapter.ctx, 1);
         if (st != QLAB_OK) return qlab_fail_context(st, "adapter, recomputing layer %d", l);
     }
-    qlab_status st = model_block_forward(m, l);
+    qlab_status st = model_block_forward(m, l, 1);
     if (hook) {
         qlab_status st2 = m->adapter.recompute(m->adapter.ctx, 0);
         if (st == QLAB_OK && st2 != QLAB_OK)
