@@ -269,6 +269,30 @@ static void test_packed(void) {
                 bf16_packed_weight_free(&pw);
                 CHECK(pw.panels == NULL);
             }
+            /* one shared A for an fp32, a quantized and a packed weight: the bits of separate calls */
+            bf16_packed_weight pw;
+            CHECK(bf16_pack_weight(w, NULL, N, K, &pw) == QLAB_OK);
+            float *s1 = malloc(sizeof(float) * M * N), *s2 = malloc(sizeof(float) * M * N);
+            memcpy(s1, c0, sizeof(float) * M * N);
+            bf16_weight_product prods[3] = {
+                {.w = w, .N = N, .C = c1, .ldc = N},
+                {.q = quantizable ? &q : NULL, .w = quantizable ? NULL : w, .N = N, .C = c2, .ldc = N},
+                {.packed = &pw, .N = N, .C = s1, .ldc = N, .accumulate = 1}};
+            CHECK(bf16_gemm_shared(M, K, A, K, 3, prods) == QLAB_OK);
+            float *want = malloc(sizeof(float) * M * N);
+            CHECK(bf16_gemm(0, 1, M, N, K, A, K, w, K, 0, want, N) == QLAB_OK);
+            int same = memcmp(c1, want, sizeof(float) * M * N) == 0;
+            if (quantizable) CHECK(bf16_gemm_quant(0, 1, M, N, K, A, K, &q, 0, want, N) == QLAB_OK);
+            same &= memcmp(c2, want, sizeof(float) * M * N) == 0;
+            memcpy(s2, c0, sizeof(float) * M * N);
+            CHECK(bf16_gemm(0, 1, M, N, K, A, K, w, K, 1, s2, N) == QLAB_OK);
+            same &= memcmp(s1, s2, sizeof(float) * M * N) == 0;
+            CHECKF(same, "%s: bf16_gemm_shared %dx%dx%d differs from separate products",
+                   bf16_path_name((bf16_path)path), M, N, K);
+            prods[0].packed = &pw; /* two weights for one product */
+            CHECK(bf16_gemm_shared(M, K, A, K, 3, prods) == QLAB_ERR_ARG);
+            free(s1), free(s2), free(want);
+            bf16_packed_weight_free(&pw);
             bf16_force_path("auto");
         }
         bf16_packed_weight pw;

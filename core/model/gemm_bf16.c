@@ -483,33 +483,55 @@ static gemm_bf16_kernel path_kernel(bf16_path path) {
     return gemm_bf16_kernel_ref;
 }
 
+/* The product of the packed A at the start of the workspace (M x Kp) with one B: fp32 or quantized (b,
+ * packed chunk by chunk) or already packed (pw). The workspace holds at least this plan's bytes. */
+static qlab_status multiply_packed_a(bf16_path path, int M, int N, int K, const bsrc *b,
+                                     const bf16_packed_weight *pw, int accumulate, float *C, int ldc) {
+    gemm_plan pl = make_plan(M, N, K, path);
+    uint16_t *Ap = ws_ptr_, *Bp = Ap + pl.a_elems, *scratch = Bp + pl.b_elems;
+    float *Af = (float *)((char *)ws_ptr_ + round_up((pl.a_elems + pl.b_elems + pl.scratch_elems) * 2, 64));
+    float *Bf = Af + (size_t)M * pl.Kp;
+    gemm_bf16_kernel kernel = path_kernel(path);
+    if (pw && path != BF16_PATH_BLAS) {
+        /* every output tile sums over k on its own, so one call over all panels gives the chunked bits */
+        kernel(Ap, pw->panels, M, N, pl.Kp, C, ldc, accumulate);
+        return QLAB_OK;
+    }
+    for (int p0 = 0; p0 < pl.npanels; p0 += pl.chunk_panels) {
+        int pc = pl.npanels - p0 < pl.chunk_panels ? pl.npanels - p0 : pl.chunk_panels;
+        int n0 = p0 * GEMM_BF16_PANEL, ncols = N - n0 < pc * GEMM_BF16_PANEL ? N - n0 : pc * GEMM_BF16_PANEL;
+        const uint16_t *panels = Bp;
+        if (pw)
+            panels = pw->panels + (size_t)p0 * GEMM_BF16_PANEL * pl.Kp;
+        else
+            QLAB_TRY(pack_b(Bp, scratch, &pl, b, p0, pc));
+        if (path == BF16_PATH_BLAS)
+            gemm_bf16_blas(Ap, panels, M, ncols, pl.Kp, C + n0, ldc, accumulate, Af, Bf, p0 > 0, pl.threads);
+        else
+            kernel(Ap, panels, M, ncols, pl.Kp, C + n0, ldc, accumulate);
+    }
+    return QLAB_OK;
+}
+
+/* Zero (or leave) C when K is 0: the empty sum. */
+static void empty_product(int M, int N, int accumulate, float *C, int ldc) {
+    if (!accumulate)
+        for (int m = 0; m < M; m++)
+            memset(C + (size_t)m * ldc, 0, sizeof(float) * (size_t)N);
+}
+
 static qlab_status gemm_run(int trans_a, int M, int N, int K, const float *A, int lda, const bsrc *b,
                             int accumulate, float *C, int ldc) {
     if (M <= 0 || N <= 0) return QLAB_OK;
     if (K <= 0) {
-        if (!accumulate)
-            for (int m = 0; m < M; m++)
-                memset(C + (size_t)m * ldc, 0, sizeof(float) * (size_t)N);
+        empty_product(M, N, accumulate, C, ldc);
         return QLAB_OK;
     }
     bf16_path path = bf16_active_path();
     gemm_plan pl = make_plan(M, N, K, path);
     QLAB_TRY(bf16_workspace_reserve(plan_bytes(&pl)));
-    uint16_t *Ap = ws_ptr_, *Bp = Ap + pl.a_elems, *scratch = Bp + pl.b_elems;
-    float *Af = (float *)((char *)ws_ptr_ + round_up((pl.a_elems + pl.b_elems + pl.scratch_elems) * 2, 64));
-    float *Bf = Af + (size_t)M * pl.Kp;
-    pack_a(Ap, &pl, A, lda, trans_a);
-    gemm_bf16_kernel kernel = path_kernel(path);
-    for (int p0 = 0; p0 < pl.npanels; p0 += pl.chunk_panels) {
-        int pc = pl.npanels - p0 < pl.chunk_panels ? pl.npanels - p0 : pl.chunk_panels;
-        int n0 = p0 * GEMM_BF16_PANEL, ncols = N - n0 < pc * GEMM_BF16_PANEL ? N - n0 : pc * GEMM_BF16_PANEL;
-        QLAB_TRY(pack_b(Bp, scratch, &pl, b, p0, pc));
-        if (path == BF16_PATH_BLAS)
-            gemm_bf16_blas(Ap, Bp, M, ncols, pl.Kp, C + n0, ldc, accumulate, Af, Bf, p0 > 0, pl.threads);
-        else
-            kernel(Ap, Bp, M, ncols, pl.Kp, C + n0, ldc, accumulate);
-    }
-    return QLAB_OK;
+    pack_a(ws_ptr_, &pl, A, lda, trans_a);
+    return multiply_packed_a(path, M, N, K, b, NULL, accumulate, C, ldc);
 }
 
 qlab_status bf16_gemm(int trans_a, int trans_b, int M, int N, int K, const float *A, int lda, const float *B,
@@ -574,25 +596,33 @@ void bf16_packed_weight_free(bf16_packed_weight *w) {
 qlab_status bf16_gemm_packed(int M, const float *A, int lda, const bf16_packed_weight *W, int accumulate,
                              float *C, int ldc) {
     if (!W || !W->panels) return qlab_fail(QLAB_ERR_ARG, "bf16_gemm_packed: no packed weight");
-    int N = W->N, K = W->K;
+    bf16_weight_product w = {.packed = W, .N = W->N, .C = C, .ldc = ldc, .accumulate = accumulate};
+    return bf16_gemm_shared(M, W->K, A, lda, 1, &w);
+}
+
+qlab_status bf16_gemm_shared(int M, int K, const float *A, int lda, int n, const bf16_weight_product *w) {
+    for (int i = 0; i < n; i++)
+        if (!!w[i].w + !!w[i].q + !!w[i].packed != 1 || (w[i].packed && w[i].packed->K != K) ||
+            (w[i].q && w[i].q->n != (int64_t)w[i].N * K))
+            return qlab_fail(
+                QLAB_ERR_ARG,
+                "bf16_gemm_shared: product %d needs exactly one weight of %d x %d (fp32, quantized "
+                "or packed)",
+                i, w[i].N, K);
     if (M <= 0) return QLAB_OK;
     bf16_path path = bf16_active_path();
-    gemm_plan pl = make_plan(M, N, K, path);
-    QLAB_TRY(bf16_workspace_reserve(plan_bytes(&pl)));
-    uint16_t *Ap = ws_ptr_;
-    pack_a(Ap, &pl, A, lda, 0);
-    if (path != BF16_PATH_BLAS) {
-        /* every output tile sums over k on its own, so one call over all panels gives the chunked bits */
-        path_kernel(path)(Ap, W->panels, M, N, pl.Kp, C, ldc, accumulate);
-        return QLAB_OK;
+    size_t most = 0;
+    for (int i = 0; i < n; i++) {
+        gemm_plan pl = make_plan(M, w[i].N, K, path);
+        most = plan_bytes(&pl) > most ? plan_bytes(&pl) : most;
     }
-    float *Af = (float *)((char *)ws_ptr_ + round_up((pl.a_elems + pl.b_elems + pl.scratch_elems) * 2, 64));
-    float *Bf = Af + (size_t)M * pl.Kp;
-    for (int p0 = 0; p0 < pl.npanels; p0 += pl.chunk_panels) {
-        int pc = pl.npanels - p0 < pl.chunk_panels ? pl.npanels - p0 : pl.chunk_panels;
-        int n0 = p0 * GEMM_BF16_PANEL, ncols = N - n0 < pc * GEMM_BF16_PANEL ? N - n0 : pc * GEMM_BF16_PANEL;
-        gemm_bf16_blas(Ap, W->panels + (size_t)p0 * GEMM_BF16_PANEL * pl.Kp, M, ncols, pl.Kp, C + n0, ldc,
-                       accumulate, Af, Bf, p0 > 0, pl.threads);
+    QLAB_TRY(bf16_workspace_reserve(most));
+    gemm_plan pa = make_plan(M, 1, K, path); /* A's packing depends on M and K only */
+    pack_a(ws_ptr_, &pa, A, lda, 0);
+    for (int i = 0; i < n; i++) {
+        if (w[i].N <= 0) continue;
+        bsrc b = {w[i].w, K, w[i].q, 1};
+        QLAB_TRY(multiply_packed_a(path, M, w[i].N, K, &b, w[i].packed, w[i].accumulate, w[i].C, w[i].ldc));
     }
     return QLAB_OK;
 }

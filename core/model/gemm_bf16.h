@@ -85,6 +85,22 @@ void bf16_packed_weight_free(bf16_packed_weight *w);
 qlab_status bf16_gemm_packed(int M, const float *A, int lda, const bf16_packed_weight *W, int accumulate,
                              float *C, int ldc);
 
+/* One of several products C = A W^T sharing the left operand A (M,K): the weight W (N,K) is exactly one of
+ * w (fp32, row-major), q (quantized, N*K elements) and packed; C (M,N) with leading dimension ldc is
+ * stored or accumulated. */
+typedef struct {
+    const float *w;
+    const quant_tensor *q;
+    const bf16_packed_weight *packed;
+    int N;
+    float *C;
+    int ldc, accumulate;
+} bf16_weight_product;
+/* The n products in order, with A rounded and packed once (the query, key and value projections share
+ * their input, as do the gate and up projections): the same bits as one bf16_gemm / bf16_gemm_quant
+ * (trans_b) / bf16_gemm_packed call each. */
+qlab_status bf16_gemm_shared(int M, int K, const float *A, int lda, int n, const bf16_weight_product *w);
+
 /* Bytes of workspace a product of these sizes needs on the active path, and a reservation of that much
  * for the calling thread (kept and reused; products on that thread then never allocate). */
 size_t bf16_workspace_bytes(int M, int N, int K);

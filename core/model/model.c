@@ -827,6 +827,14 @@ static model_layer_acts model_layer_views(const model *m, int l) {
 
 /* ---------------------------------------------------------------- forward */
 
+static qlab_status model_adapter_forward(model *m, int l, model_proj p, float *out, const float *inp, int N) {
+    if (m->has_adapter && m->adapter.forward) {
+        qlab_status st = m->adapter.forward(m->adapter.ctx, l, p, inp, out, N);
+        if (st != QLAB_OK) return qlab_fail_context(st, "adapter of layer %d %s", l, model_proj_name(p));
+    }
+    return QLAB_OK;
+}
+
 static qlab_status model_linear_forward(model *m, int l, model_proj p, float *out, const float *inp, int N) {
     linear_weight lw = model_get_linear(m, l, p);
     if (m->packed)
@@ -836,10 +844,34 @@ static qlab_status model_linear_forward(model *m, int l, model_proj p, float *ou
         QLAB_TRY(linear_forward_bf16(out, inp, &lw, N));
     else
         QLAB_TRY(linear_forward(out, inp, &lw, N, m->tile, m->tile_floats));
-    if (m->has_adapter && m->adapter.forward) {
-        qlab_status st = m->adapter.forward(m->adapter.ctx, l, p, inp, out, N);
-        if (st != QLAB_OK) return qlab_fail_context(st, "adapter of layer %d %s", l, model_proj_name(p));
+    return model_adapter_forward(m, l, p, out, inp, N);
+}
+
+/* Projections ps[0..n) (n <= 3) of layer l on the same input, in order: with bf16 compute the input is
+ * rounded and packed once for all of them (the same bits as one call each). */
+static qlab_status model_linear_forward_shared(model *m, int l, const model_proj *ps, float *const *outs,
+                                               int n, const float *inp, int N) {
+    if (m->compute != QLAB_COMPUTE_BF16) {
+        for (int i = 0; i < n; i++)
+            QLAB_TRY(model_linear_forward(m, l, ps[i], outs[i], inp, N));
+        return QLAB_OK;
     }
+    bf16_weight_product w[3];
+    int K = 0;
+    for (int i = 0; i < n; i++) {
+        linear_weight lw = model_get_linear(m, l, ps[i]);
+        const bf16_packed_weight *pw = m->packed ? &m->packed[l * PROJ_COUNT + ps[i]] : NULL;
+        w[i] = (bf16_weight_product){.w = pw ? NULL : lw.w,
+                                     .q = pw ? NULL : lw.q,
+                                     .packed = pw,
+                                     .N = lw.out_features,
+                                     .C = outs[i],
+                                     .ldc = lw.out_features};
+        K = lw.in_features;
+    }
+    QLAB_TRY(bf16_gemm_shared(N, K, inp, K, n, w));
+    for (int i = 0; i < n; i++)
+        QLAB_TRY(model_adapter_forward(m, l, ps[i], outs[i], inp, N));
     return QLAB_OK;
 }
 
@@ -910,9 +942,8 @@ static qlab_status model_block_forward(model *m, int l, int keep) {
 
     /* attention block: x + Wo attention(rope(Wq n(x)), rope(Wk n(x)), Wv n(x)) */
     rmsnorm_forward(x.ln1, x.ln1_rstd, x.res_in, p->rms_att + (size_t)l * D, N, D, c->norm_eps);
-    QLAB_TRY(model_linear_forward(m, l, PROJ_Q, x.q, x.ln1, N));
-    QLAB_TRY(model_linear_forward(m, l, PROJ_K, x.k, x.ln1, N));
-    QLAB_TRY(model_linear_forward(m, l, PROJ_V, x.v, x.ln1, N));
+    static const model_proj qkv[3] = {PROJ_Q, PROJ_K, PROJ_V}, gate_up[2] = {PROJ_GATE, PROJ_UP};
+    QLAB_TRY(model_linear_forward_shared(m, l, qkv, (float *const[]){x.q, x.k, x.v}, 3, x.ln1, N));
     rope_forward(x.q, x.q, m->rope_cos, m->rope_sin, B, T, NH, HS);
     rope_forward(x.k, x.k, m->rope_cos, m->rope_sin, B, T, NKV, HS);
     if (m->compute == QLAB_COMPUTE_BF16)
@@ -924,8 +955,7 @@ static qlab_status model_block_forward(model *m, int l, int keep) {
 
     /* feed-forward block: x + W2 (silu(W1 n(x)) * W3 n(x)) */
     rmsnorm_forward(x.ln2, x.ln2_rstd, x.res2, p->rms_ffn + (size_t)l * D, N, D, c->norm_eps);
-    QLAB_TRY(model_linear_forward(m, l, PROJ_GATE, x.h1, x.ln2, N));
-    QLAB_TRY(model_linear_forward(m, l, PROJ_UP, x.h3, x.ln2, N));
+    QLAB_TRY(model_linear_forward_shared(m, l, gate_up, (float *const[]){x.h1, x.h3}, 2, x.ln2, N));
     swiglu_forward(x.hs, x.h1, x.h3, NHD);
     QLAB_TRY(model_linear_forward(m, l, PROJ_DOWN, x.res3, x.hs, N));
     residual_forward(x.res3, x.res3, x.res2, ND);
