@@ -128,6 +128,12 @@ static void test_paths_bit_exact(void) {
         vm_sigmoid(y2, x, n);
         bad += !same_bits(y1, y2, n);
 
+        vm_force_c(1);
+        s1 = vm_dot3_f64(x, u, y2, n);
+        vm_force_c(0);
+        s2 = vm_dot3_f64(x, u, y2, n);
+        bad += memcmp(&s1, &s2, 8) != 0;
+
         memcpy(y1, x, sizeof(float) * n), memcpy(y2, x, sizeof(float) * n);
         vm_force_c(1);
         f1 = vm_scale_max(y1, n, 0.37f);
@@ -244,6 +250,12 @@ static void test_sums_and_max(void) {
             grad_err = fmax(grad_err, fabs(d[i] - want) / (fabs(want) + 1e-6));
         }
         CHECKF(grad_err < 1e-5, "softmax_grad relative error %.3g (%s path)", grad_err,
+               path ? vm_path_name() : "c");
+        double dot3 = 0, want3 = 0;
+        for (int i = 0; i < 64; i++)
+            want3 += (double)p[i] * d0[i] * g[i];
+        dot3 = vm_dot3_f64(p, d0, g, 64);
+        CHECKF(fabs(dot3 - want3) <= 1e-12 * fabs(want3), "dot3 %.17g vs %.17g (%s path)", dot3, want3,
                path ? vm_path_name() : "c");
     }
     vm_force_c(0);

@@ -30,6 +30,9 @@ void vm_sum_exp_cross(const float *r, const float *x, size_t n, float shift, dou
 /* The largest x[i] and the first index holding it (n > 0; a NaN is never the maximum). */
 float vm_max_index(const float *x, size_t n, size_t *index);
 
+/* sum of a[i] * b[i] * c[i], each product formed and accumulated in double, in the lane order above. */
+double vm_dot3_f64(const float *a, const float *b, const float *c, size_t n);
+
 /* x[i] *= scale; returns the largest product (a NaN is never the maximum; -inf when there is none; +0 for
  * a zero maximum). */
 float vm_scale_max(float *x, size_t n, float scale);

@@ -1062,8 +1062,9 @@ static qlab_status model_head_backward(model *m) {
                         V);
     }
     MODEL_ZERO(g->dresidual, ND);
-    rmsnorm_backward(g->dresidual, model_grad_or_null(m, MODEL_GROUP_RMS_FINAL, gp->rms_final), g->dln,
-                     a->res3 + (size_t)(c->n_layers - 1) * ND, p->rms_final, a->lnf_rstd, N, D);
+    rmsnorm_backward_order(g->dresidual, model_grad_or_null(m, MODEL_GROUP_RMS_FINAL, gp->rms_final), g->dln,
+                           a->res3 + (size_t)(c->n_layers - 1) * ND, p->rms_final, a->lnf_rstd, N, D,
+                           m->compute == QLAB_COMPUTE_BF16);
     return QLAB_OK;
 }
 
@@ -1087,8 +1088,9 @@ static qlab_status model_block_backward(model *m, int l, int threads) {
     MODEL_ZERO(g->dln, ND);
     QLAB_TRY(model_linear_backward(m, l, PROJ_GATE, g->dln, g->dh1, x.ln2, N));
     QLAB_TRY(model_linear_backward(m, l, PROJ_UP, g->dln, g->dh3, x.ln2, N));
-    rmsnorm_backward(g->dresidual, model_grad_or_null(m, MODEL_GROUP_RMS_FFN, gp->rms_ffn + (size_t)l * D),
-                     g->dln, x.res2, p->rms_ffn + (size_t)l * D, x.ln2_rstd, N, D);
+    rmsnorm_backward_order(
+        g->dresidual, model_grad_or_null(m, MODEL_GROUP_RMS_FFN, gp->rms_ffn + (size_t)l * D), g->dln, x.res2,
+        p->rms_ffn + (size_t)l * D, x.ln2_rstd, N, D, m->compute == QLAB_COMPUTE_BF16);
 
     /* attention block */
     MODEL_ZERO(g->datty, ND);
@@ -1110,8 +1112,9 @@ static qlab_status model_block_backward(model *m, int l, int threads) {
     QLAB_TRY(model_linear_backward(m, l, PROJ_Q, g->dln, g->dq_pre, x.ln1, N));
     QLAB_TRY(model_linear_backward(m, l, PROJ_K, g->dln, g->dk_pre, x.ln1, N));
     QLAB_TRY(model_linear_backward(m, l, PROJ_V, g->dln, g->dv, x.ln1, N));
-    rmsnorm_backward(g->dresidual, model_grad_or_null(m, MODEL_GROUP_RMS_ATT, gp->rms_att + (size_t)l * D),
-                     g->dln, x.res_in, p->rms_att + (size_t)l * D, x.ln1_rstd, N, D);
+    rmsnorm_backward_order(
+        g->dresidual, model_grad_or_null(m, MODEL_GROUP_RMS_ATT, gp->rms_att + (size_t)l * D), g->dln,
+        x.res_in, p->rms_att + (size_t)l * D, x.ln1_rstd, N, D, m->compute == QLAB_COMPUTE_BF16);
     return QLAB_OK;
 }
 

@@ -137,6 +137,7 @@ void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *wei
         for (int c = 0; c < C; c++)
             ss += (double)x[c] * x[c];
         float r = (float)(1.0 / sqrt(ss / C + eps));
+#pragma omp simd
         for (int c = 0; c < C; c++)
             o[c] = x[c] * r * weight[c];
         rstd[n] = r;
@@ -145,6 +146,11 @@ void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *wei
 
 void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                       const float *rstd, int N, int C) {
+    rmsnorm_backward_order(dinp, dweight, dout, inp, weight, rstd, N, C, 0);
+}
+
+void rmsnorm_backward_order(float *dinp, float *dweight, const float *dout, const float *inp,
+                            const float *weight, const float *rstd, int N, int C, int lanes) {
     /* y = w * x * r with r = (mean(x^2)+eps)^-1/2:  dx = r * w*dy - x * r^3/C * sum(w*dy*x). */
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
@@ -152,9 +158,13 @@ void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const floa
         float *dx = dinp + (size_t)n * C;
         float r = rstd[n];
         double dot = 0;
-        for (int c = 0; c < C; c++)
-            dot += (double)weight[c] * dy[c] * x[c];
+        if (lanes)
+            dot = vm_dot3_f64(weight, dy, x, (size_t)C);
+        else
+            for (int c = 0; c < C; c++)
+                dot += (double)weight[c] * dy[c] * x[c];
         float k = (float)(dot * r * r * r / C);
+#pragma omp simd
         for (int c = 0; c < C; c++)
             dx[c] += r * weight[c] * dy[c] - k * x[c];
     }
@@ -172,6 +182,7 @@ void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const floa
         for (int n = 0; n < N; n++) {
             const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
             float r = rstd[n];
+#pragma omp simd
             for (int c = c0; c < c1; c++)
                 dweight[c] += dy[c] * x[c] * r;
         }
@@ -363,6 +374,7 @@ void swiglu_backward(float *dgate, float *dup, const float *dout, const float *g
         float sig[OPS_ELEM_CHUNK];
         size_t len = n - i0 < OPS_ELEM_CHUNK ? n - i0 : OPS_ELEM_CHUNK;
         vm_sigmoid(sig, gate + i0, len);
+#pragma omp simd
         for (size_t j = 0; j < len; j++) {
             size_t i = i0 + j;
             float g = gate[i], s = sig[j];
@@ -375,13 +387,13 @@ void swiglu_backward(float *dgate, float *dup, const float *dout, const float *g
 }
 
 void residual_forward(float *out, const float *a, const float *b, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++)
         out[i] = a[i] + b[i];
 }
 
 void residual_backward(float *da, float *db, const float *dout, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {
         da[i] += dout[i];
         db[i] += dout[i];

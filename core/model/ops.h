@@ -25,6 +25,10 @@ void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *wei
 /* dinp (N,C), dweight (C, may be NULL) from dout (N,C), inp (N,C), weight (C), rstd (N). */
 void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                       const float *rstd, int N, int C);
+/* The same with the row sum sum(w * dy * x) in double either in element order (lanes 0: rmsnorm_backward,
+ * the fp32 reference) or in vmath's 16-lane order (vm_dot3_f64, vectorized: bf16 compute). */
+void rmsnorm_backward_order(float *dinp, float *dweight, const float *dout, const float *inp,
+                            const float *weight, const float *rstd, int N, int C, int lanes);
 
 /* out (N,OC) = inp (N,IC) @ weight (OC,IC)^T, through sgemm. */
 void matmul_forward(float *out, const float *inp, const float *weight, int N, int IC, int OC);
