@@ -216,6 +216,20 @@ const char *qlab_openmp_wait_policy(void) {
     return buf;
 }
 
+void qlab_zero_floats(float *p, size_t n) {
+    const size_t chunk = (size_t)1 << 16; /* 256 KB: below a few of these one thread is quicker */
+    if (n < 4 * chunk) {
+        memset(p, 0, n * sizeof(float));
+        return;
+    }
+    long blocks = (long)((n + chunk - 1) / chunk);
+#pragma omp parallel for schedule(static)
+    for (long b = 0; b < blocks; b++) {
+        size_t at = (size_t)b * chunk;
+        memset(p + at, 0, (n - at < chunk ? n - at : chunk) * sizeof(float));
+    }
+}
+
 int qlab_num_threads(void) {
 #ifdef _OPENMP
     return omp_get_max_threads();

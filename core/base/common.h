@@ -40,6 +40,8 @@ const char *qlab_status_name(qlab_status st);
 void *qlab_calloc(size_t count, size_t size);
 /* 64-byte aligned, zeroed; free with qlab_free_aligned. */
 void *qlab_alloc_aligned(size_t bytes);
+/* Sets n floats to +0, split across the OpenMP threads when n is large (gradient buffers between steps). */
+void qlab_zero_floats(float *p, size_t n);
 void qlab_free_aligned(void *p);
 
 /* Reads a whole file into a malloc'd buffer (NUL-terminated for convenience; *len excludes the NUL). */

@@ -425,7 +425,7 @@ float *model_get_grad_buffer(model *m, size_t *count) {
 }
 
 void model_zero_grad(model *m) {
-    if (m->grad_buffer) memset(m->grad_buffer, 0, m->num_params * sizeof(float));
+    if (m->grad_buffer) qlab_zero_floats(m->grad_buffer, m->num_params);
 }
 
 qlab_status model_clone(const model *src, model **out) {
@@ -1037,7 +1037,7 @@ static qlab_status model_linear_backward(model *m, int l, model_proj p, float *d
     return QLAB_OK;
 }
 
-#define MODEL_ZERO(ptr, n) memset((ptr), 0, sizeof(float) * (n))
+#define MODEL_ZERO(ptr, n) qlab_zero_floats((ptr), (n))
 
 /* From the loss to g->dresidual, the gradient of the residual stream leaving the last block. */
 static qlab_status model_head_backward(model *m) {
