@@ -290,6 +290,27 @@ static void test_packed(void) {
             CHECKF(same, "%s: bf16_gemm_shared %dx%dx%d differs from separate products",
                    bf16_path_name((bf16_path)path), M, N, K);
             prods[0].packed = &pw; /* two weights for one product */
+            /* the linear backward (dout rounded once) against its two separate products: weight w (N,K)
+             * (out features N, in features K), input X = A (M,K), dout = c0 (M,N) */
+            float *dinp1 = calloc((size_t)M * K, sizeof(float)),
+                  *dinp2 = calloc((size_t)M * K, sizeof(float));
+            float *dw1 = calloc((size_t)N * K, sizeof(float)), *dw2 = calloc((size_t)N * K, sizeof(float));
+            for (int src = 0; src < 1 + quantizable; src++) {
+                memset(dinp1, 0, sizeof(float) * M * K), memset(dinp2, 0, sizeof(float) * M * K);
+                memset(dw1, 0, sizeof(float) * N * K), memset(dw2, 0, sizeof(float) * N * K);
+                CHECK(bf16_gemm_backward(M, K, N, c0, src ? NULL : w, src ? &q : NULL, A, dinp1, dw1) ==
+                      QLAB_OK);
+                if (src)
+                    CHECK(bf16_gemm_quant(0, 0, M, K, N, c0, N, &q, 1, dinp2, K) == QLAB_OK);
+                else
+                    CHECK(bf16_gemm(0, 0, M, K, N, c0, N, w, K, 1, dinp2, K) == QLAB_OK);
+                CHECK(bf16_gemm(1, 0, N, K, M, c0, N, A, K, 1, dw2, K) == QLAB_OK);
+                CHECKF(memcmp(dinp1, dinp2, sizeof(float) * M * K) == 0 &&
+                           memcmp(dw1, dw2, sizeof(float) * N * K) == 0,
+                       "%s: bf16_gemm_backward %dx%dx%d (%s weight) differs from the two products",
+                       bf16_path_name((bf16_path)path), M, N, K, src ? "NF4+DQ" : "fp32");
+            }
+            free(dinp1), free(dinp2), free(dw1), free(dw2);
             CHECK(bf16_gemm_shared(M, K, A, K, 3, prods) == QLAB_ERR_ARG);
             free(s1), free(s2), free(want);
             bf16_packed_weight_free(&pw);

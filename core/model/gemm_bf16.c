@@ -485,11 +485,15 @@ static gemm_bf16_kernel path_kernel(bf16_path path) {
 
 /* The product of the packed A at the start of the workspace (M x Kp) with one B: fp32 or quantized (b,
  * packed chunk by chunk) or already packed (pw). The workspace holds at least this plan's bytes. */
-static qlab_status multiply_packed_a(bf16_path path, int M, int N, int K, const bsrc *b,
-                                     const bf16_packed_weight *pw, int accumulate, float *C, int ldc) {
-    gemm_plan pl = make_plan(M, N, K, path);
-    uint16_t *Ap = ws_ptr_, *Bp = Ap + pl.a_elems, *scratch = Bp + pl.b_elems;
-    float *Af = (float *)((char *)ws_ptr_ + round_up((pl.a_elems + pl.b_elems + pl.scratch_elems) * 2, 64));
+/* The product of a packed A (pl->M x pl->Kp) with one B: fp32 or quantized (b, packed chunk by chunk into
+ * work) or already packed (pw). work holds this plan's B chunk, scratch and fp32 copies. */
+static qlab_status multiply_a(bf16_path path, const gemm_plan *plan, const uint16_t *Ap, uint16_t *work,
+                              const bsrc *b, const bf16_packed_weight *pw, int accumulate, float *C,
+                              int ldc) {
+    gemm_plan pl = *plan;
+    int M = pl.M, N = pl.N;
+    uint16_t *Bp = work, *scratch = Bp + pl.b_elems;
+    float *Af = (float *)((char *)work + round_up((pl.b_elems + pl.scratch_elems) * 2, 64));
     float *Bf = Af + (size_t)M * pl.Kp;
     gemm_bf16_kernel kernel = path_kernel(path);
     if (pw && path != BF16_PATH_BLAS) {
@@ -511,6 +515,13 @@ static qlab_status multiply_packed_a(bf16_path path, int M, int N, int K, const 
             kernel(Ap, panels, M, ncols, pl.Kp, C + n0, ldc, accumulate);
     }
     return QLAB_OK;
+}
+
+static qlab_status multiply_packed_a(bf16_path path, int M, int N, int K, const bsrc *b,
+                                     const bf16_packed_weight *pw, int accumulate, float *C, int ldc) {
+    gemm_plan pl = make_plan(M, N, K, path);
+    uint16_t *Ap = ws_ptr_;
+    return multiply_a(path, &pl, Ap, Ap + pl.a_elems, b, pw, accumulate, C, ldc);
 }
 
 /* Zero (or leave) C when K is 0: the empty sum. */
@@ -548,6 +559,61 @@ qlab_status bf16_gemm_quant(int trans_a, int trans_b, int M, int N, int K, const
                          B ? (long long)B->n : 0LL, K, N);
     bsrc b = {NULL, 0, B, trans_b};
     return gemm_run(trans_a, M, N, K, A, lda, &b, accumulate, C, ldc);
+}
+
+/* ---------------------------------------------------------------- linear backward */
+
+/* The transpose of a packed A (KpT x Kp) into At (MpT x KpT), OpenMP over blocks of 16 rows of At. */
+static void transpose_packed(uint16_t *At, int KpT, const uint16_t *Ap, int Kp, int MpT, int threads) {
+    int vector = gemm_bf16_vector_packing();
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int m0 = 0; m0 < MpT; m0 += 16) {
+        if (vector) {
+            gemm_bf16_transpose_packed_avx512bf16(At + (size_t)m0 * KpT, KpT, Ap + m0, Kp, 16);
+            continue;
+        }
+        for (int i = m0; i < m0 + 16; i++)
+            for (int k = 0; k < KpT; k++)
+                At[(size_t)i * KpT + k] = Ap[(size_t)k * Kp + i];
+    }
+}
+
+/* Bytes of the part of a plan's workspace after its packed A. */
+static size_t plan_tail_bytes(const gemm_plan *p) {
+    return round_up((p->b_elems + p->scratch_elems) * 2, 64) + p->blas_floats * 4 + 64;
+}
+
+size_t bf16_gemm_backward_bytes(int N, int IC, int OC) {
+    bf16_path path = bf16_active_path();
+    gemm_plan pd = make_plan(N, IC, OC, path), pw = make_plan(OC, IC, N, path);
+    size_t tail = plan_tail_bytes(&pd) > plan_tail_bytes(&pw) ? plan_tail_bytes(&pd) : plan_tail_bytes(&pw);
+    return (pd.a_elems + pw.a_elems) * 2 + tail;
+}
+
+qlab_status bf16_gemm_backward(int N, int IC, int OC, const float *dout, const float *W,
+                               const quant_tensor *q, const float *X, float *dinp, float *dW) {
+    if (!dinp && !dW) return QLAB_OK;
+    if (dinp && !W == !q)
+        return qlab_fail(QLAB_ERR_ARG, "bf16_gemm_backward: the input gradient needs exactly one weight");
+    if (q && q->n != (int64_t)OC * IC)
+        return qlab_fail(QLAB_ERR_ARG, "bf16_gemm_backward: quantized matrix of %lld elements for %d x %d",
+                         (long long)q->n, OC, IC);
+    if (N <= 0 || IC <= 0 || OC <= 0) return QLAB_OK; /* nothing to add */
+    bf16_path path = bf16_active_path();
+    gemm_plan pd = make_plan(N, IC, OC, path), pw = make_plan(OC, IC, N, path);
+    QLAB_TRY(bf16_workspace_reserve(bf16_gemm_backward_bytes(N, IC, OC)));
+    uint16_t *Ap = ws_ptr_, *At = Ap + pd.a_elems, *work = At + pw.a_elems;
+    pack_a(Ap, &pd, dout, OC, 0); /* dout rounded once: rows for dinp, transposed for dW */
+    if (dinp) {
+        bsrc b = {W, IC, q, 0};
+        QLAB_TRY(multiply_a(path, &pd, Ap, work, &b, NULL, 1, dinp, IC));
+    }
+    if (dW) {
+        transpose_packed(At, pw.Kp, Ap, pd.Kp, pw.Mp, pd.threads);
+        bsrc b = {X, IC, NULL, 0};
+        QLAB_TRY(multiply_a(path, &pw, At, work, &b, NULL, 1, dW, IC));
+    }
+    return QLAB_OK;
 }
 
 /* ---------------------------------------------------------------- packed weights */

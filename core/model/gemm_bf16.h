@@ -101,6 +101,14 @@ typedef struct {
  * (trans_b) / bf16_gemm_packed call each. */
 qlab_status bf16_gemm_shared(int M, int K, const float *A, int lda, int n, const bf16_weight_product *w);
 
+/* The backward of a linear layer y = x W^T over N rows: dinp (N,IC) += dout (N,OC) W and dW (OC,IC) +=
+ * dout^T X (X (N,IC) the layer's input), either may be NULL; W is fp32 (OC,IC) or q quantized (OC*IC
+ * elements), needed only for dinp. dout is rounded once for both products: the same bits as
+ * bf16_gemm(0, 0, ...) / bf16_gemm_quant for dinp and bf16_gemm(1, 0, ...) for dW. */
+qlab_status bf16_gemm_backward(int N, int IC, int OC, const float *dout, const float *W,
+                               const quant_tensor *q, const float *X, float *dinp, float *dW);
+size_t bf16_gemm_backward_bytes(int N, int IC, int OC);
+
 /* Bytes of workspace a product of these sizes needs on the active path, and a reservation of that much
  * for the calling thread (kept and reused; products on that thread then never allocate). */
 size_t bf16_workspace_bytes(int M, int N, int K);

@@ -159,6 +159,23 @@ void gemm_bf16_pack_at_avx512bf16(uint16_t *Ap, int Kp, const float *A, int lda,
     }
 }
 
+void gemm_bf16_transpose_packed_avx512bf16(uint16_t *At, int KpT, const uint16_t *Ap, int Kp, int MpT) {
+    for (int m0 = 0; m0 < MpT; m0 += 16)
+        for (int k0 = 0; k0 < KpT; k0 += 32) {
+            /* r[p] word i = Ap[k0 + 2p][m0 + i] | Ap[k0 + 2p + 1][m0 + i] << 16; transposed, row i */
+            __m512i r[16];
+            for (int p = 0; p < 16; p++) {
+                const uint16_t *a = Ap + (size_t)(k0 + 2 * p) * Kp + m0;
+                __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)a));
+                __m512i hi = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(a + Kp)));
+                r[p] = _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
+            }
+            transpose16(r);
+            for (int i = 0; i < 16; i++)
+                _mm512_storeu_si512(At + (size_t)(m0 + i) * KpT + k0, r[i]);
+        }
+}
+
 /* 32 fp32 values (n <= 32 valid, zero beyond) rounded to 16 bf16 pairs: word p = bf16(x[2p]) | bf16(x[2p+1])
  * << 16. */
 static inline __m512i round_pairs(const float *x, int n) {

@@ -68,6 +68,9 @@ void gemm_bf16_pack_bt_avx512bf16(uint16_t *dst, int Kp, const float *X, size_t 
 void gemm_bf16_pack_bn_avx512bf16(uint16_t *dst, size_t bstride, int npairs, const float *X, size_t ld,
                                   int rows, int cols);
 void gemm_bf16_normalize_round_avx512bf16(float *row, uint16_t *out, int n, float inv, int len, int Kr);
+/* At (MpT rows of KpT) = the transpose of a packed A (KpT rows of Kp, zero padded): At[m][k] = Ap[k][m]. MpT
+ * <= Kp, both multiples of 16; KpT a multiple of 32. */
+void gemm_bf16_transpose_packed_avx512bf16(uint16_t *At, int KpT, const uint16_t *Ap, int Kp, int MpT);
 /* The AMX block product needs the tile configuration loaded on the calling thread: begin before the first
  * gemm_bf16_block_amx, end after the last. */
 void gemm_bf16_amx_begin(void);

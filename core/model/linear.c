@@ -86,15 +86,8 @@ qlab_status linear_forward_bf16(float *out, const float *inp, const linear_weigh
 
 qlab_status linear_backward_bf16(float *dinp, float *dweight, const float *dout, const float *inp,
                                  const linear_weight *lw, int N) {
-    int OC = lw->out_features, IC = lw->in_features;
-    if (dinp) {
-        if (lw->w)
-            QLAB_TRY(bf16_gemm(0, 0, N, IC, OC, dout, OC, lw->w, IC, 1, dinp, IC));
-        else
-            QLAB_TRY(bf16_gemm_quant(0, 0, N, IC, OC, dout, OC, lw->q, 1, dinp, IC));
-    }
-    if (dweight && lw->w) QLAB_TRY(bf16_gemm(1, 0, OC, IC, N, dout, OC, inp, IC, 1, dweight, IC));
-    return QLAB_OK;
+    return bf16_gemm_backward(N, lw->in_features, lw->out_features, dout, lw->w, lw->w ? NULL : lw->q, inp,
+                              dinp, lw->w ? dweight : NULL);
 }
 
 qlab_status linear_bf16_reserve(const model_config *c, int N, int backward) {
@@ -103,9 +96,9 @@ qlab_status linear_bf16_reserve(const model_config *c, int N, int backward) {
     size_t most = 0;
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
         int OC = shapes[i][0], IC = shapes[i][1];
-        size_t need[3] = {bf16_workspace_bytes(N, OC, IC), backward ? bf16_workspace_bytes(N, IC, OC) : 0,
-                          backward ? bf16_workspace_bytes(OC, IC, N) : 0};
-        for (int j = 0; j < 3; j++)
+        size_t need[2] = {bf16_workspace_bytes(N, OC, IC),
+                          backward ? bf16_gemm_backward_bytes(N, IC, OC) : 0};
+        for (int j = 0; j < 2; j++)
             if (need[j] > most) most = need[j];
     }
     return bf16_workspace_reserve(most);
