@@ -12,7 +12,6 @@
 #endif
 
 #include "core/base/half.h"
-#include "core/base/memacct.h"
 #include "core/base/vmath.h"
 #include "core/model/gemm_bf16_kernels.h"
 #include "core/model/ops.h"
@@ -155,17 +154,11 @@ static att_ws thread_ws(char *base, const att_plan *p, int id) {
     return w;
 }
 
+/* The per-thread scratch of all threads, in the calling thread's GEMM workspace (kept between calls, so a
+ * step allocates nothing once it has run). */
 static qlab_status att_alloc(char **base, size_t bytes) {
-    QLAB_TRY(memacct_charge(MEMACCT_SCRATCH, bytes));
-    *base = qlab_alloc_aligned(bytes);
-    if (*base) return QLAB_OK;
-    memacct_release(MEMACCT_SCRATCH, bytes);
-    return qlab_fail(QLAB_ERR_NOMEM, "bf16 attention workspace (%zu bytes)", bytes);
-}
-
-static void att_free(char *base, size_t bytes) {
-    qlab_free_aligned(base);
-    memacct_release(MEMACCT_SCRATCH, bytes);
+    *base = gemm_bf16_workspace(bytes);
+    return *base ? QLAB_OK : qlab_last_status();
 }
 
 static int thread_id(void) {
@@ -215,7 +208,6 @@ qlab_status attention_forward_bf16(float *out, float *att, const float *q, const
         }
         gemm_bf16_block_end(pl.path);
     }
-    att_free(base, bytes);
     return QLAB_OK;
 }
 
@@ -294,6 +286,5 @@ qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float
         }
         gemm_bf16_block_end(pl.path);
     }
-    att_free(base, bytes);
     return QLAB_OK;
 }

@@ -163,6 +163,10 @@ qlab_status bf16_workspace_reserve(size_t bytes) {
     return QLAB_OK;
 }
 
+void *gemm_bf16_workspace(size_t bytes) {
+    return bf16_workspace_reserve(bytes) == QLAB_OK ? ws_ptr_ : NULL;
+}
+
 void bf16_workspace_release(void) {
     qlab_free_aligned(ws_ptr_);
     memacct_release(MEMACCT_SCRATCH, ws_bytes_);

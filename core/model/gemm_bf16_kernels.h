@@ -42,6 +42,10 @@ void gemm_bf16_block_amx(const uint16_t *A, size_t lda, const uint16_t *B, size_
  * amx paths. The ref and blas paths keep the scalar loops, which give the same bits, so the tests'
  * ref-vs-avx512bf16 comparisons cover both. */
 int gemm_bf16_vector_packing(void);
+/* The calling thread's GEMM workspace, reserved to at least bytes (bf16_workspace_reserve), for callers
+ * whose scratch lives between products (attention): NULL when it cannot be allocated (the error recorded).
+ * The next product on this thread may overwrite it. */
+void *gemm_bf16_workspace(size_t bytes);
 /* A thread's block products on a path lie between begin and end (AMX loads and releases its tile
  * configuration there). */
 void gemm_bf16_block_begin(bf16_path path);
