@@ -7,7 +7,9 @@
 #include "tests/bench.h"
 #include "core/model/gemm_bf16.h"
 
-int main(void) {
+int main(int argc, char **argv) {
+    (void)argc;
+    qlab_openmp_prefer_passive(argv); /* the wait policy the programs run with */
     const int N = 1024, D = 256, H = 688, reps = 40;
     struct {
         const char *what;
@@ -15,8 +17,8 @@ int main(void) {
     } shapes[] = {{"fwd 1024x688x256", 0, 1, N, H, D},
                   {"dinp 1024x256x688", 0, 0, N, D, H},
                   {"dW 688x256x1024", 1, 0, H, D, N}};
-    printf("bench_gemm_bf16: %d threads, best path here: %s\n", qlab_num_threads(),
-           bf16_path_name(bf16_active_path()));
+    printf("bench_gemm_bf16: %d threads (OpenMP wait %s), best path here: %s\n", qlab_num_threads(),
+           qlab_openmp_wait_policy(), bf16_path_name(bf16_active_path()));
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
         double sg = bench_sgemm_gflops(shapes[s].M, shapes[s].Nn, shapes[s].K, reps);
         for (int p = BF16_PATH_BLAS; p < BF16_PATH_COUNT; p++) {

@@ -19,7 +19,9 @@ static double forward_flops(const model_config *c, int B, int T) {
     return 2 * N * p_mm + 4 * B * L * D * (T * (T + 1.0) / 2);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    (void)argc;
+    qlab_openmp_prefer_passive(argv); /* the wait policy the programs run with */
     model_config c = bench_model_config();
     const int B = 4, T = 256, N = B * T;
     model *m;
