@@ -129,6 +129,12 @@ static void test_paths_bit_exact(void) {
         bad += !same_bits(y1, y2, n);
 
         vm_force_c(1);
+        s1 = vm_dot_f64(x, u, n);
+        vm_force_c(0);
+        s2 = vm_dot_f64(x, u, n);
+        bad += memcmp(&s1, &s2, 8) != 0;
+
+        vm_force_c(1);
         s1 = vm_dot3_f64(x, u, y2, n);
         vm_force_c(0);
         s2 = vm_dot3_f64(x, u, y2, n);
@@ -255,6 +261,10 @@ static void test_sums_and_max(void) {
         for (int i = 0; i < 64; i++)
             want3 += (double)p[i] * d0[i] * g[i];
         dot3 = vm_dot3_f64(p, d0, g, 64);
+        double want2 = 0;
+        for (int i = 0; i < 64; i++)
+            want2 += (double)p[i] * g[i];
+        CHECK_NEAR(vm_dot_f64(p, g, 64), want2, 1e-12 * fabs(want2));
         CHECKF(fabs(dot3 - want3) <= 1e-12 * fabs(want3), "dot3 %.17g vs %.17g (%s path)", dot3, want3,
                path ? vm_path_name() : "c");
     }

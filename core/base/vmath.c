@@ -89,6 +89,13 @@ static float max_index_c(const float *x, size_t n, size_t *index) {
     return m;
 }
 
+static double dot_f64_c(const float *a, const float *b, size_t n) {
+    double lanes[VM_LANES] = {0};
+    for (size_t i = 0; i < n; i++)
+        lanes[i % VM_LANES] += (double)a[i] * b[i];
+    return vm_tree_f64(lanes);
+}
+
 static double dot3_f64_c(const float *a, const float *b, const float *c, size_t n) {
     double lanes[VM_LANES] = {0};
     for (size_t i = 0; i < n; i++)
@@ -184,6 +191,10 @@ float vm_max_index(const float *x, size_t n, size_t *index) {
 
 size_t vm_first_nonfinite(const float *x, size_t n) {
     return use_avx512() ? vm_first_nonfinite_avx512(x, n) : first_nonfinite_c(x, n);
+}
+
+double vm_dot_f64(const float *a, const float *b, size_t n) {
+    return use_avx512() ? vm_dot_f64_avx512(a, b, n) : dot_f64_c(a, b, n);
 }
 
 double vm_dot3_f64(const float *a, const float *b, const float *c, size_t n) {

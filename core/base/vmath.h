@@ -30,6 +30,9 @@ void vm_sum_exp_cross(const float *r, const float *x, size_t n, float shift, dou
 /* The largest x[i] and the first index holding it (n > 0; a NaN is never the maximum). */
 float vm_max_index(const float *x, size_t n, size_t *index);
 
+/* sum of a[i] * b[i], each product formed and accumulated in double, in the lane order above. */
+double vm_dot_f64(const float *a, const float *b, size_t n);
+
 /* sum of a[i] * b[i] * c[i], each product formed and accumulated in double, in the lane order above. */
 double vm_dot3_f64(const float *a, const float *b, const float *c, size_t n);
 

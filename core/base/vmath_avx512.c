@@ -160,6 +160,18 @@ static inline __m512 neg(__m512 g) {
     return _mm512_xor_ps(g, _mm512_set1_ps(-0.0f));
 }
 
+double vm_dot_f64_avx512(const float *a, const float *b, size_t n) {
+    __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        __m512d alo, ahi, blo, bhi;
+        widen(load(a + i, m), &alo, &ahi);
+        widen(load(b + i, m), &blo, &bhi);
+        add_pair(&lo, &hi, _mm512_mul_pd(alo, blo), _mm512_mul_pd(ahi, bhi), m);
+    }
+    return tree_pair(lo, hi);
+}
+
 double vm_dot3_f64_avx512(const float *a, const float *b, const float *c, size_t n) {
     __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
     for (size_t i = 0; i < n; i += 16) {

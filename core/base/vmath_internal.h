@@ -32,6 +32,7 @@ void vm_sum_exp_cross_avx512(const float *r, const float *x, size_t n, float shi
                              double *cross);
 float vm_max_index_avx512(const float *x, size_t n, size_t *index);
 size_t vm_first_nonfinite_avx512(const float *x, size_t n);
+double vm_dot_f64_avx512(const float *a, const float *b, size_t n);
 double vm_dot3_f64_avx512(const float *a, const float *b, const float *c, size_t n);
 float vm_scale_max_avx512(float *x, size_t n, float scale);
 void vm_softmax_grad_avx512(float *d, const float *p, size_t n, float scale);

@@ -941,7 +941,8 @@ static qlab_status model_block_forward(model *m, int l, int keep) {
     model_layer_acts x = model_layer_views(m, l);
 
     /* attention block: x + Wo attention(rope(Wq n(x)), rope(Wk n(x)), Wv n(x)) */
-    rmsnorm_forward(x.ln1, x.ln1_rstd, x.res_in, p->rms_att + (size_t)l * D, N, D, c->norm_eps);
+    int lanes = m->compute == QLAB_COMPUTE_BF16; /* bf16 numerics: vectorized row sums */
+    rmsnorm_forward_order(x.ln1, x.ln1_rstd, x.res_in, p->rms_att + (size_t)l * D, N, D, c->norm_eps, lanes);
     static const model_proj qkv[3] = {PROJ_Q, PROJ_K, PROJ_V}, gate_up[2] = {PROJ_GATE, PROJ_UP};
     QLAB_TRY(model_linear_forward_shared(m, l, qkv, (float *const[]){x.q, x.k, x.v}, 3, x.ln1, N));
     rope_forward(x.q, x.q, m->rope_cos, m->rope_sin, B, T, NH, HS);
@@ -954,7 +955,7 @@ static qlab_status model_block_forward(model *m, int l, int keep) {
     residual_forward(x.res2, x.res2, x.res_in, ND);
 
     /* feed-forward block: x + W2 (silu(W1 n(x)) * W3 n(x)) */
-    rmsnorm_forward(x.ln2, x.ln2_rstd, x.res2, p->rms_ffn + (size_t)l * D, N, D, c->norm_eps);
+    rmsnorm_forward_order(x.ln2, x.ln2_rstd, x.res2, p->rms_ffn + (size_t)l * D, N, D, c->norm_eps, lanes);
     QLAB_TRY(model_linear_forward_shared(m, l, gate_up, (float *const[]){x.h1, x.h3}, 2, x.ln2, N));
     swiglu_forward(x.hs, x.h1, x.h3, NHD);
     QLAB_TRY(model_linear_forward(m, l, PROJ_DOWN, x.res3, x.hs, N));
@@ -969,7 +970,8 @@ static qlab_status model_head_forward(model *m, const int *targets, float *logit
     model_acts *a = &m->acts;
     int N = m->B * m->T, D = c->dim, V = c->vocab_size;
     const float *last = a->res3 + (size_t)(c->n_layers - 1) * N * D;
-    rmsnorm_forward(a->lnf, a->lnf_rstd, last, p->rms_final, N, D, c->norm_eps);
+    rmsnorm_forward_order(a->lnf, a->lnf_rstd, last, p->rms_final, N, D, c->norm_eps,
+                          m->compute == QLAB_COMPUTE_BF16);
     /* Without targets the logits go straight to the caller's buffer (no copy of N x V floats). */
     float *out = logits && !targets ? logits : a->probs;
     if (m->packed)

@@ -129,13 +129,21 @@ void embedding_backward(float *dtable, const float *dout, const int *tokens, int
 
 void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N, int C,
                      float eps) {
+    rmsnorm_forward_order(out, rstd, inp, weight, N, C, eps, 0);
+}
+
+void rmsnorm_forward_order(float *out, float *rstd, const float *inp, const float *weight, int N, int C,
+                           float eps, int lanes) {
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C;
         float *o = out + (size_t)n * C;
         double ss = 0; /* double: the row sum of squares is then exact enough to be order-insensitive */
-        for (int c = 0; c < C; c++)
-            ss += (double)x[c] * x[c];
+        if (lanes)
+            ss = vm_dot_f64(x, x, (size_t)C);
+        else
+            for (int c = 0; c < C; c++)
+                ss += (double)x[c] * x[c];
         float r = (float)(1.0 / sqrt(ss / C + eps));
 #pragma omp simd
         for (int c = 0; c < C; c++)
@@ -209,6 +217,7 @@ void rope_forward(float *out, const float *inp, const float *cos_table, const fl
         for (int h = 0; h < NH; h++) {
             const float *x = inp + ((size_t)bt * NH + h) * HS;
             float *y = out + ((size_t)bt * NH + h) * HS;
+#pragma omp simd
             for (int i = 0; i < half; i++) {
                 float x0 = x[2 * i], x1 = x[2 * i + 1];
                 y[2 * i] = x0 * cs[i] - x1 * sn[i];
@@ -228,6 +237,7 @@ void rope_backward(float *dinp, const float *dout, const float *cos_table, const
         for (int h = 0; h < NH; h++) {
             const float *dy = dout + ((size_t)bt * NH + h) * HS;
             float *dx = dinp + ((size_t)bt * NH + h) * HS;
+#pragma omp simd
             for (int i = 0; i < half; i++) {
                 float d0 = dy[2 * i], d1 = dy[2 * i + 1];
                 dx[2 * i] += d0 * cs[i] + d1 * sn[i];

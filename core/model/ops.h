@@ -22,6 +22,10 @@ void embedding_backward(float *dtable, const float *dout, const int *tokens, int
 
 /* out (N,C) = inp * rstd * weight with rstd (N) = 1/sqrt(mean(inp^2) + eps), saved for backward. */
 void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps);
+/* The same with the row sum of squares in double either in element order (lanes 0: rmsnorm_forward, the
+ * fp32 reference) or in vmath's 16-lane order (vm_dot_f64, vectorized: bf16 compute). */
+void rmsnorm_forward_order(float *out, float *rstd, const float *inp, const float *weight, int N, int C,
+                           float eps, int lanes);
 /* dinp (N,C), dweight (C, may be NULL) from dout (N,C), inp (N,C), weight (C), rstd (N). */
 void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                       const float *rstd, int N, int C);
