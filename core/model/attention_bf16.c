@@ -35,48 +35,9 @@ static void pack_rows(uint16_t *dst, int Kp, const float *X, size_t ld, int rows
     }
 }
 
-/* B = X^T as packed panels: op(B)[d][s] = X[s][d] for rows s < rows of X (16 per panel) and d < cols <= Kp;
- * panels 16 * Kp values apart. tmp holds Kp values. */
-static void pack_bt(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols, uint16_t *tmp) {
-    if (gemm_bf16_vector_packing()) {
-        gemm_bf16_pack_bt_avx512bf16(dst, Kp, X, ld, rows, cols);
-        return;
-    }
-    int npan = (rows + GEMM_BF16_PANEL - 1) / GEMM_BF16_PANEL, KP2 = Kp / 2;
-    for (int j = 0; j < npan; j++) {
-        uint32_t *out = (uint32_t *)(dst + (size_t)j * GEMM_BF16_PANEL * Kp);
-        for (int c = 0; c < GEMM_BF16_PANEL; c++) {
-            int s = j * GEMM_BF16_PANEL + c;
-            pack_rows(tmp, Kp, X + (size_t)(s < rows ? s : 0) * ld, ld, s < rows, cols, 1);
-            for (int p = 0; p < KP2; p++)
-                out[(size_t)p * GEMM_BF16_PANEL + c] =
-                    (uint32_t)tmp[2 * p] | ((uint32_t)tmp[2 * p + 1] << 16);
-        }
-    }
-}
-
-/* B = X as packed panels: op(B)[s][d] = X[s][d] for rows s < rows <= Kp of X (the k index, in pairs) and
- * columns d < cols (16 per panel); panels 16 * Kp values apart. tmp holds 2 * round16(cols) values. */
+/* B = X with k over all Kp / 2 pairs of rows, panels 16 * Kp apart. */
 static void pack_bn(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols, uint16_t *tmp) {
-    if (gemm_bf16_vector_packing()) {
-        gemm_bf16_pack_bn_avx512bf16(dst, (size_t)GEMM_BF16_PANEL * Kp, Kp / 2, X, ld, rows, cols);
-        return;
-    }
-    int npan = (cols + GEMM_BF16_PANEL - 1) / GEMM_BF16_PANEL, width = npan * GEMM_BF16_PANEL, KP2 = Kp / 2;
-    uint16_t *t0 = tmp, *t1 = tmp + width;
-    for (int p = 0; p < KP2; p++) {
-        int s = 2 * p;
-        pack_rows(t0, width, X + (size_t)(s < rows ? s : 0) * ld, ld, s < rows, cols, 1);
-        pack_rows(t1, width, X + (size_t)(s + 1 < rows ? s + 1 : 0) * ld, ld, s + 1 < rows, cols, 1);
-        for (int j = 0; j < npan; j++) {
-            uint32_t *out =
-                (uint32_t *)(dst + (size_t)j * GEMM_BF16_PANEL * Kp) + (size_t)p * GEMM_BF16_PANEL;
-            for (int c = 0; c < GEMM_BF16_PANEL; c++) {
-                int d = j * GEMM_BF16_PANEL + c;
-                out[c] = (uint32_t)t0[d] | ((uint32_t)t1[d] << 16);
-            }
-        }
-    }
+    gemm_bf16_pack_bn(dst, (size_t)GEMM_BF16_PANEL * Kp, Kp / 2, X, ld, rows, cols, tmp);
 }
 
 /* Causal softmax of the score rows of query rows [r0, r1) (S holds row r0, rows T floats apart, keys
@@ -193,7 +154,7 @@ qlab_status attention_forward_bf16(float *out, float *att, const float *q, const
         const float *vb = v + (size_t)b * T * kvstride + (size_t)kvh * HS;
         float *ob = out + (size_t)b * T * qstride + (size_t)h * HS;
         float *a = att ? att + (size_t)bh * T * T : NULL;
-        pack_bt(Kb, pl.Kq, kb, (size_t)kvstride, T, HS, w.tmp);
+        gemm_bf16_pack_bt(Kb, pl.Kq, kb, (size_t)kvstride, T, HS, w.tmp);
         pack_bn(Vb, pl.Kt, vb, (size_t)kvstride, T, HS, w.tmp);
         gemm_bf16_block_begin(pl.path);
         for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
@@ -249,8 +210,8 @@ qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float
         const float *vb = v + (size_t)b * T * kvstride + (size_t)kvh * HS;
         float *dkb = dk + (size_t)b * T * kvstride + (size_t)kvh * HS;
         float *dvb = dv + (size_t)b * T * kvstride + (size_t)kvh * HS;
-        pack_bn(Kn, pl.Kt, kb, (size_t)kvstride, T, HS, w.tmp); /* for dq = ds k */
-        pack_bt(Vt, pl.Kq, vb, (size_t)kvstride, T, HS, w.tmp); /* for d(att) = dout v^T */
+        pack_bn(Kn, pl.Kt, kb, (size_t)kvstride, T, HS, w.tmp);           /* for dq = ds k */
+        gemm_bf16_pack_bt(Vt, pl.Kq, vb, (size_t)kvstride, T, HS, w.tmp); /* for d(att) = dout v^T */
         gemm_bf16_block_begin(pl.path);
         for (int h = kvh * group; h < (kvh + 1) * group; h++) {
             const float *a = att + ((size_t)b * NH + h) * T * T;

@@ -268,83 +268,107 @@ static uint16_t *thread_scratch(uint16_t *scratch, const gemm_plan *pl) {
 }
 
 /* Packs panels [p0, p0 + pc) of op(B) into Bp. Fails only when a quantized B cannot be dequantized. */
+/* A row of Kp bf16 values as column c of a panel: pair p goes to out[16 p + c]. */
+static void interleave_row(uint32_t *out, const uint16_t *row, int KP2, int c) {
+    for (int p = 0; p < KP2; p++)
+        out[(size_t)p * GEMM_BF16_PANEL + c] = (uint32_t)row[2 * p] | ((uint32_t)row[2 * p + 1] << 16);
+}
+
+/* Rows 2p (r0) and 2p + 1 (r1) of npan * 16 bf16 values as pair p of npan panels bstride apart. */
+static void interleave_pair(uint16_t *dst, size_t bstride, int p, const uint16_t *r0, const uint16_t *r1,
+                            int npan) {
+    for (int j = 0; j < npan; j++) {
+        uint32_t *out = (uint32_t *)(dst + (size_t)j * bstride) + (size_t)p * GEMM_BF16_PANEL;
+        for (int c = 0; c < GEMM_BF16_PANEL; c++) {
+            int n = j * GEMM_BF16_PANEL + c;
+            out[c] = (uint32_t)r0[n] | ((uint32_t)r1[n] << 16);
+        }
+    }
+}
+
+/* Row r of X (row stride ld) rounded into dst (cols values, zero to width); zero when r >= rows. */
+static void round_row(uint16_t *dst, const float *X, size_t ld, int r, int rows, int cols, int width) {
+    int n = r < rows ? cols : 0;
+    if (n) bf16_round_array(dst, X + (size_t)r * ld, (size_t)n);
+    memset(dst + n, 0, sizeof(uint16_t) * (size_t)(width - n));
+}
+
+void gemm_bf16_pack_bt(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols, uint16_t *tmp) {
+    if (gemm_bf16_vector_packing()) {
+        gemm_bf16_pack_bt_avx512bf16(dst, Kp, X, ld, rows, cols);
+        return;
+    }
+    int npan = (rows + GEMM_BF16_PANEL - 1) / GEMM_BF16_PANEL;
+    for (int j = 0; j < npan; j++)
+        for (int c = 0; c < GEMM_BF16_PANEL; c++) {
+            round_row(tmp, X, ld, j * GEMM_BF16_PANEL + c, rows, cols, Kp);
+            interleave_row((uint32_t *)(dst + (size_t)j * GEMM_BF16_PANEL * Kp), tmp, Kp / 2, c);
+        }
+}
+
+void gemm_bf16_pack_bn(uint16_t *dst, size_t bstride, int npairs, const float *X, size_t ld, int rows,
+                       int cols, uint16_t *tmp) {
+    if (gemm_bf16_vector_packing()) {
+        gemm_bf16_pack_bn_avx512bf16(dst, bstride, npairs, X, ld, rows, cols);
+        return;
+    }
+    int npan = (cols + GEMM_BF16_PANEL - 1) / GEMM_BF16_PANEL, width = npan * GEMM_BF16_PANEL;
+    for (int p = 0; p < npairs; p++) {
+        round_row(tmp, X, ld, 2 * p, rows, cols, width);
+        round_row(tmp + width, X, ld, 2 * p + 1, rows, cols, width);
+        interleave_pair(dst, bstride, p, tmp, tmp + width, npan);
+    }
+}
+
+/* Packs panels [p0, p0 + pc) of op(B) into Bp. Fails only when a quantized B cannot be dequantized. */
 static qlab_status pack_b(uint16_t *Bp, uint16_t *scratch, const gemm_plan *pl, const bsrc *b, int p0,
                           int pc) {
     int N = pl->N, K = pl->K, Kp = pl->Kp, KP2 = Kp / 2, bad = 0;
-    if (!b->q && gemm_bf16_vector_packing()) {
-        /* fp32 source: rounded and interleaved in registers (the same bits as the loops below) */
-        size_t bstride = (size_t)GEMM_BF16_PANEL * Kp;
+    size_t bstride = (size_t)GEMM_BF16_PANEL * Kp;
+    int n0 = p0 * GEMM_BF16_PANEL, ncols = pc * GEMM_BF16_PANEL, nvalid = N - n0 < ncols ? N - n0 : ncols;
+    if (!b->q) {
+        /* fp32: op(B)[k][n] = W[n][k] (trans), a panel per thread; or op(B) = B (K,N), 16 k pairs per thread
+         */
         if (b->trans) {
 #pragma omp parallel for schedule(static) num_threads(pl->threads)
             for (int j = p0; j < p0 + pc; j++) {
                 int n = j * GEMM_BF16_PANEL, rows = N - n < GEMM_BF16_PANEL ? N - n : GEMM_BF16_PANEL;
-                gemm_bf16_pack_bt_avx512bf16(Bp + (size_t)(j - p0) * bstride, Kp, b->f + (size_t)n * b->ld,
-                                             (size_t)b->ld, rows, K);
+                gemm_bf16_pack_bt(Bp + (size_t)(j - p0) * bstride, Kp, b->f + (size_t)n * b->ld,
+                                  (size_t)b->ld, rows, K, thread_scratch(scratch, pl));
             }
         } else {
-            int n0 = p0 * GEMM_BF16_PANEL,
-                ncols = N - n0 < pc * GEMM_BF16_PANEL ? N - n0 : pc * GEMM_BF16_PANEL;
-            /* blocks of 16 k pairs, one thread each */
 #pragma omp parallel for schedule(static) num_threads(pl->threads)
             for (int q = 0; q < KP2; q += 16)
-                gemm_bf16_pack_bn_avx512bf16(Bp + (size_t)q * 32, bstride, KP2 - q < 16 ? KP2 - q : 16,
-                                             b->f + (size_t)(2 * q) * b->ld + n0, (size_t)b->ld, K - 2 * q,
-                                             ncols);
+                gemm_bf16_pack_bn(Bp + (size_t)q * 32, bstride, KP2 - q < 16 ? KP2 - q : 16,
+                                  b->f + (size_t)(2 * q) * b->ld + n0, (size_t)b->ld, K - 2 * q, nvalid,
+                                  thread_scratch(scratch, pl));
         }
         return QLAB_OK;
     }
+    /* quantized: rows of W (trans) or of B dequantized straight to bf16, then interleaved */
     if (b->trans) {
-        /* op(B)[k][n] = W[n][k], W (N,K): each panel is 16 rows of W, rounded (or dequantized) row by row
-         * into scratch and interleaved as 32-bit pairs. */
 #pragma omp parallel for schedule(static) num_threads(pl->threads) reduction(| : bad)
         for (int j = p0; j < p0 + pc; j++) {
             uint16_t *row = thread_scratch(scratch, pl);
-            uint32_t *out = (uint32_t *)(Bp + (size_t)(j - p0) * GEMM_BF16_PANEL * Kp);
             for (int c = 0; c < GEMM_BF16_PANEL; c++) {
-                int n = j * GEMM_BF16_PANEL + c;
-                if (n < N) {
-                    if (b->q)
-                        bad |= quant_tensor_dequantize_range_bf16(b->q, (int64_t)n * K, K, row) != QLAB_OK;
-                    else
-                        bf16_round_array(row, b->f + (size_t)n * b->ld, (size_t)K);
-                    memset(row + K, 0, sizeof(uint16_t) * (size_t)(Kp - K));
-                } else {
-                    memset(row, 0, sizeof(uint16_t) * (size_t)Kp);
-                }
-                for (int p = 0; p < KP2; p++)
-                    out[(size_t)p * GEMM_BF16_PANEL + c] =
-                        (uint32_t)row[2 * p] | ((uint32_t)row[2 * p + 1] << 16);
+                int n = j * GEMM_BF16_PANEL + c, len = n < N ? K : 0;
+                if (len) bad |= quant_tensor_dequantize_range_bf16(b->q, (int64_t)n * K, K, row) != QLAB_OK;
+                memset(row + len, 0, sizeof(uint16_t) * (size_t)(Kp - len));
+                interleave_row((uint32_t *)(Bp + (size_t)(j - p0) * bstride), row, KP2, c);
             }
         }
     } else {
-        /* op(B) = B (K,N): rows 2p and 2p+1 over the chunk's columns, interleaved into every panel. */
-        int n0 = p0 * GEMM_BF16_PANEL, ncols = pc * GEMM_BF16_PANEL;
-        int nvalid = N - n0 < ncols ? N - n0 : ncols;
 #pragma omp parallel for schedule(static) num_threads(pl->threads) reduction(| : bad)
         for (int p = 0; p < KP2; p++) {
-            uint16_t *r0 = thread_scratch(scratch, pl), *r1 = r0 + ncols;
+            uint16_t *r[2] = {thread_scratch(scratch, pl), thread_scratch(scratch, pl) + ncols};
             for (int e = 0; e < 2; e++) {
-                int k = 2 * p + e;
-                uint16_t *r = e ? r1 : r0;
-                if (k < K) {
-                    if (b->q)
-                        bad |= quant_tensor_dequantize_range_bf16(b->q, (int64_t)k * N + n0, nvalid, r) !=
-                               QLAB_OK;
-                    else
-                        bf16_round_array(r, b->f + (size_t)k * b->ld + n0, (size_t)nvalid);
-                    memset(r + nvalid, 0, sizeof(uint16_t) * (size_t)(ncols - nvalid));
-                } else {
-                    memset(r, 0, sizeof(uint16_t) * (size_t)ncols);
-                }
+                int k = 2 * p + e, len = k < K ? nvalid : 0;
+                if (len)
+                    bad |= quant_tensor_dequantize_range_bf16(b->q, (int64_t)k * N + n0, nvalid, r[e]) !=
+                           QLAB_OK;
+                memset(r[e] + len, 0, sizeof(uint16_t) * (size_t)(ncols - len));
             }
-            for (int j = 0; j < pc; j++) {
-                uint32_t *out =
-                    (uint32_t *)(Bp + (size_t)j * GEMM_BF16_PANEL * Kp) + (size_t)p * GEMM_BF16_PANEL;
-                for (int c = 0; c < GEMM_BF16_PANEL; c++) {
-                    int n = j * GEMM_BF16_PANEL + c;
-                    out[c] = (uint32_t)r0[n] | ((uint32_t)r1[n] << 16);
-                }
-            }
+            interleave_pair(Bp, bstride, p, r[0], r[1], pc);
         }
     }
     /* the worker's own message is on its thread: give the caller one */

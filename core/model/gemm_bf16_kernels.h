@@ -63,6 +63,14 @@ void gemm_bf16_round_avx512bf16(uint16_t *out, const float *in, size_t n);
 /* 16 rows of a packed A from a transposed source: Ap[i][k] = bf16(A[k][i]) for i < mn, k < K, zero for
  * the rest of the 16 x Kp block (A points at the block's first column, row stride lda). */
 void gemm_bf16_pack_at_avx512bf16(uint16_t *Ap, int Kp, const float *A, int lda, int K, int mn);
+/* Serial packing of an fp32 matrix X (row stride ld) as B panels, on the calling thread (AVX-512 forms on the
+ * vector paths, else scalar loops with tmp as staging). pack_bt: B = X^T, rows s < rows of X as columns (16
+ * per panel), k = columns < cols <= Kp, panels 16 * Kp apart, tmp Kp values. pack_bn: B = X, rows of X as
+ * k (pairs [0, npairs), zero from row rows on), columns < cols as 16 per panel, panels bstride apart, tmp
+ * 2 * round16(cols) values. */
+void gemm_bf16_pack_bt(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols, uint16_t *tmp);
+void gemm_bf16_pack_bn(uint16_t *dst, size_t bstride, int npairs, const float *X, size_t ld, int rows,
+                       int cols, uint16_t *tmp);
 /* Serial vector forms of core/model/attention_bf16.c's packing and softmax steps (bit-identical with its
  * scalar code): B = X^T panels (rows of X as columns), B = X panels (rows of X as k), and a softmax
  * row's normalisation: row[i] *= inv and out[i] = bf16(row[i]) for i < n (row written only when len > 0),
