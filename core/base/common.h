@@ -56,12 +56,12 @@ int qlab_report_error(const char *prog);
 /* Called first thing in main(): restarts the program (execv of /proc/self/exe) with OpenMP's wait policy
  * set, since libgomp reads it only at start-up: OMP_WAIT_POLICY=PASSIVE, plus GOMP_SPINCOUNT=
  * QLAB_OMP_SHORT_SPIN when the machine has a free core for every thread at start-up (runnable tasks in
- * /proc/loadavg, less this process's own runnable threads). With OpenBLAS and OpenMP sharing few cores, spinning workers starve the BLAS threads
- * (measured 13-37x slower with libgomp's default spin on a loaded 2-core machine), so a loaded machine gets
- * no spinning; on an idle one a short spin before sleeping saves the futex wake-up of every parallel region
- * (a bf16 training step of the bench model: 225 ms passive, 154 ms with the short spin, Xeon, 2 threads).
- * Does nothing when either variable is set or the restart fails; the numbers are the same either way, only
- * the speed differs. */
+ * /proc/loadavg, less this process's own runnable threads). With OpenBLAS and OpenMP sharing few cores,
+ * spinning workers starve the BLAS threads (measured 13-37x slower with libgomp's default spin on a loaded
+ * 2-core machine), so a loaded machine gets no spinning; on an idle one a short spin before sleeping saves
+ * the futex wake-up of every parallel region (a bf16 training step of the bench model: 225 ms passive, 154 ms
+ * with the short spin, Xeon, 2 threads). Does nothing when either variable is set or the restart fails; the
+ * numbers are the same either way, only the speed differs. */
 #define QLAB_OMP_SHORT_SPIN "3000"
 void qlab_openmp_prefer_passive(char **argv);
 /* The wait policy this process runs with, for logs: "PASSIVE, spin 3000", "PASSIVE", "default". */
