@@ -24,17 +24,6 @@ static int round32(int x) {
     return (x + 31) / 32 * 32;
 }
 
-/* Rows [0, rows) of X (row stride ld), columns [0, cols), rounded into dst rows of Kp values (zero beyond
- * cols); rows [rows, rows_pad) zero. */
-static void pack_rows(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols, int rows_pad) {
-    for (int r = 0; r < rows_pad; r++) {
-        uint16_t *d = dst + (size_t)r * Kp;
-        int n = r < rows ? cols : 0;
-        if (n) bf16_round_array(d, X + (size_t)r * ld, (size_t)n);
-        memset(d + n, 0, sizeof(uint16_t) * (size_t)(Kp - n));
-    }
-}
-
 /* B = X with k over all Kp / 2 pairs of rows, panels 16 * Kp apart. */
 static void pack_bn(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols, uint16_t *tmp) {
     gemm_bf16_pack_bn(dst, (size_t)GEMM_BF16_PANEL * Kp, Kp / 2, X, ld, rows, cols, tmp);
@@ -159,7 +148,8 @@ qlab_status attention_forward_bf16(float *out, float *att, const float *q, const
         gemm_bf16_block_begin(pl.path);
         for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
             int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, rows = r1 - r0, Kr = round32(r1);
-            pack_rows(Aq, pl.Kq, qb + (size_t)r0 * qstride, (size_t)qstride, rows, HS, round32(rows));
+            gemm_bf16_pack_rows(Aq, pl.Kq, qb + (size_t)r0 * qstride, (size_t)qstride, rows, HS,
+                                round32(rows));
             float *S = a ? a + (size_t)r0 * T : w.scores;
             gemm_bf16_block(pl.path, Aq, (size_t)pl.Kq, Kb, (size_t)GEMM_BF16_PANEL * pl.Kq, rows, r1, pl.Kq,
                             S, T, 0, w.wide);
@@ -221,7 +211,8 @@ qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float
             /* d(att) = dout v^T, rows [r0, r1) over keys [0, r1) */
             for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
                 int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, rows = r1 - r0;
-                pack_rows(A, pl.Kq, dob + (size_t)r0 * qstride, (size_t)qstride, rows, HS, round32(rows));
+                gemm_bf16_pack_rows(A, pl.Kq, dob + (size_t)r0 * qstride, (size_t)qstride, rows, HS,
+                                    round32(rows));
                 gemm_bf16_block(pl.path, A, (size_t)pl.Kq, Vt, (size_t)GEMM_BF16_PANEL * pl.Kq, rows, r1,
                                 pl.Kq, ds + (size_t)r0 * T, T, 0, w.wide);
             }
@@ -238,7 +229,7 @@ qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float
             /* dq += ds k, rows [r0, r1) over keys [0, r1) */
             for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
                 int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, rows = r1 - r0, Kr = round32(r1);
-                pack_rows(A, Kr, ds + (size_t)r0 * T, (size_t)T, rows, r1, round32(rows));
+                gemm_bf16_pack_rows(A, Kr, ds + (size_t)r0 * T, (size_t)T, rows, r1, round32(rows));
                 gemm_bf16_block(pl.path, A, (size_t)Kr, Kn, bs, rows, HS, Kr, dqb + (size_t)r0 * qstride,
                                 qstride, 1, w.wide);
             }

@@ -217,8 +217,14 @@ static gemm_plan make_plan(int M, int N, int K, bf16_path path) {
     return p;
 }
 
+/* Bytes of the part of a plan's workspace after its packed A (a_elems * 2 bytes, a multiple of 64): the B
+ * chunk, the packing scratch and the portable path's fp32 copies. */
+static size_t plan_tail_bytes(const gemm_plan *p) {
+    return round_up((p->b_elems + p->scratch_elems) * 2, 64) + p->blas_floats * 4 + 64;
+}
+
 static size_t plan_bytes(const gemm_plan *p) {
-    return round_up((p->a_elems + p->b_elems + p->scratch_elems) * 2, 64) + p->blas_floats * 4 + 64;
+    return p->a_elems * 2 + plan_tail_bytes(p);
 }
 
 size_t bf16_workspace_bytes(int M, int N, int K) {
@@ -228,20 +234,25 @@ size_t bf16_workspace_bytes(int M, int N, int K) {
 
 /* ---------------------------------------------------------------- packing */
 
+/* Row r of X (row stride ld) rounded into dst (cols values, zero to width); zero when r >= rows. */
+static void round_row(uint16_t *dst, const float *X, size_t ld, int r, int rows, int cols, int width) {
+    int n = r < rows ? cols : 0;
+    if (n) bf16_round_array(dst, X + (size_t)r * ld, (size_t)n);
+    memset(dst + n, 0, sizeof(uint16_t) * (size_t)(width - n));
+}
+
+void gemm_bf16_pack_rows(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols, int rows_pad) {
+    for (int r = 0; r < rows_pad; r++)
+        round_row(dst + (size_t)r * Kp, X, ld, r, rows, cols, Kp);
+}
+
 /* op(A) (M,K) -> Ap (Mp, Kp), zero padded. */
 static void pack_a(uint16_t *Ap, const gemm_plan *pl, const float *A, int lda, int trans_a) {
     int M = pl->M, K = pl->K, Kp = pl->Kp;
     if (!trans_a) {
 #pragma omp parallel for schedule(static) num_threads(pl->threads)
-        for (int m = 0; m < pl->Mp; m++) {
-            uint16_t *row = Ap + (size_t)m * Kp;
-            if (m < M) {
-                bf16_round_array(row, A + (size_t)m * lda, (size_t)K);
-                memset(row + K, 0, sizeof(uint16_t) * (size_t)(Kp - K));
-            } else {
-                memset(row, 0, sizeof(uint16_t) * (size_t)Kp);
-            }
-        }
+        for (int m = 0; m < pl->Mp; m++)
+            round_row(Ap + (size_t)m * Kp, A, (size_t)lda, m, M, K, Kp);
         return;
     }
     /* A is (K, M): blocks of 16 m columns, one thread each */
@@ -284,13 +295,6 @@ static void interleave_pair(uint16_t *dst, size_t bstride, int p, const uint16_t
             out[c] = (uint32_t)r0[n] | ((uint32_t)r1[n] << 16);
         }
     }
-}
-
-/* Row r of X (row stride ld) rounded into dst (cols values, zero to width); zero when r >= rows. */
-static void round_row(uint16_t *dst, const float *X, size_t ld, int r, int rows, int cols, int width) {
-    int n = r < rows ? cols : 0;
-    if (n) bf16_round_array(dst, X + (size_t)r * ld, (size_t)n);
-    memset(dst + n, 0, sizeof(uint16_t) * (size_t)(width - n));
 }
 
 void gemm_bf16_pack_bt(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols, uint16_t *tmp) {
@@ -427,21 +431,22 @@ void gemm_bf16_block_ref(const uint16_t *A, size_t lda, const uint16_t *B, size_
 /* ---------------------------------------------------------------- portable path */
 
 /* The packed bf16 operands widened back to fp32 (exactly) and multiplied by sgemm. */
-static void gemm_bf16_blas(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, float *C,
-                           int ldc, int accumulate, float *Af, float *Bf, int a_ready, int threads) {
+static void gemm_bf16_blas(const uint16_t *Ap, size_t lda, const uint16_t *Bp, size_t bstride, int M,
+                           int ncols, int Kp, float *C, int ldc, int accumulate, float *Af, float *Bf,
+                           int a_ready, int threads) {
     if (!a_ready) {
-#pragma omp parallel for schedule(static) num_threads(threads)
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
         for (int m = 0; m < M; m++)
             for (int k = 0; k < Kp; k++)
-                Af[(size_t)m * Kp + k] = bf16_to_f32(Ap[(size_t)m * Kp + k]);
+                Af[(size_t)m * Kp + k] = bf16_to_f32(Ap[(size_t)m * lda + k]);
     }
     int npan = (ncols + GEMM_BF16_PANEL - 1) / GEMM_BF16_PANEL, ldb = npan * GEMM_BF16_PANEL;
-#pragma omp parallel for schedule(static) num_threads(threads)
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (int k = 0; k < Kp; k++)
         for (int n = 0; n < ldb; n++) {
             int j = n / GEMM_BF16_PANEL, c = n % GEMM_BF16_PANEL;
-            Bf[(size_t)k * ldb + n] = bf16_to_f32(
-                Bp[(size_t)j * GEMM_BF16_PANEL * Kp + ((size_t)(k / 2) * GEMM_BF16_PANEL + c) * 2 + (k & 1)]);
+            Bf[(size_t)k * ldb + n] =
+                bf16_to_f32(Bp[(size_t)j * bstride + ((size_t)(k / 2) * GEMM_BF16_PANEL + c) * 2 + (k & 1)]);
         }
     ops_gemm(0, 0, M, ncols, Kp, 1.0f, Af, Kp, Bf, ldb, accumulate ? 1.0f : 0.0f, C, ldc);
 }
@@ -470,18 +475,8 @@ void gemm_bf16_block(bf16_path path, const uint16_t *A, size_t lda, const uint16
     } else if (path == BF16_PATH_AVX512BF16) {
         gemm_bf16_block_avx512bf16(A, lda, B, bstride, M, ncols, Kp, C, ldc, accumulate);
     } else if (path == BF16_PATH_BLAS) {
-        /* the packed operands widened back to fp32 (exactly) and multiplied by sgemm, as gemm_bf16_blas */
-        int npan = (ncols + GEMM_BF16_PANEL - 1) / GEMM_BF16_PANEL, ldb = npan * GEMM_BF16_PANEL;
-        float *Af = wide, *Bf = wide + (size_t)M * Kp;
-        for (int m = 0; m < M; m++)
-            for (int k = 0; k < Kp; k++)
-                Af[(size_t)m * Kp + k] = bf16_to_f32(A[(size_t)m * lda + k]);
-        for (int k = 0; k < Kp; k++)
-            for (int n = 0; n < ldb; n++)
-                Bf[(size_t)k * ldb + n] =
-                    bf16_to_f32(B[(size_t)(n / GEMM_BF16_PANEL) * bstride +
-                                  ((size_t)(k / 2) * GEMM_BF16_PANEL + n % GEMM_BF16_PANEL) * 2 + (k & 1)]);
-        ops_gemm(0, 0, M, ncols, Kp, 1.0f, Af, Kp, Bf, ldb, accumulate ? 1.0f : 0.0f, C, ldc);
+        gemm_bf16_blas(A, lda, B, bstride, M, ncols, Kp, C, ldc, accumulate, wide, wide + (size_t)M * Kp, 0,
+                       1);
     } else {
         gemm_bf16_block_ref(A, lda, B, bstride, M, ncols, Kp, C, ldc, accumulate);
     }
@@ -511,8 +506,6 @@ static gemm_bf16_kernel path_kernel(bf16_path path) {
     return gemm_bf16_kernel_ref;
 }
 
-/* The product of the packed A at the start of the workspace (M x Kp) with one B: fp32 or quantized (b,
- * packed chunk by chunk) or already packed (pw). The workspace holds at least this plan's bytes. */
 /* The product of a packed A (pl->M x pl->Kp) with one B: fp32 or quantized (b, packed chunk by chunk into
  * work) or already packed (pw). work holds this plan's B chunk, scratch and fp32 copies. */
 static qlab_status multiply_a(bf16_path path, const gemm_plan *plan, const uint16_t *Ap, uint16_t *work,
@@ -538,13 +531,15 @@ static qlab_status multiply_a(bf16_path path, const gemm_plan *plan, const uint1
         else
             QLAB_TRY(pack_b(Bp, scratch, &pl, b, p0, pc));
         if (path == BF16_PATH_BLAS)
-            gemm_bf16_blas(Ap, panels, M, ncols, pl.Kp, C + n0, ldc, accumulate, Af, Bf, p0 > 0, pl.threads);
+            gemm_bf16_blas(Ap, (size_t)pl.Kp, panels, (size_t)GEMM_BF16_PANEL * pl.Kp, M, ncols, pl.Kp,
+                           C + n0, ldc, accumulate, Af, Bf, p0 > 0, pl.threads);
         else
             kernel(Ap, panels, M, ncols, pl.Kp, C + n0, ldc, accumulate);
     }
     return QLAB_OK;
 }
 
+/* multiply_a with the packed A at the start of the workspace, which holds at least the plan's bytes. */
 static qlab_status multiply_packed_a(bf16_path path, int M, int N, int K, const bsrc *b,
                                      const bf16_packed_weight *pw, int accumulate, float *C, int ldc) {
     gemm_plan pl = make_plan(M, N, K, path);
@@ -604,11 +599,6 @@ static void transpose_packed(uint16_t *At, int KpT, const uint16_t *Ap, int Kp, 
             for (int k = 0; k < KpT; k++)
                 At[(size_t)i * KpT + k] = Ap[(size_t)k * Kp + i];
     }
-}
-
-/* Bytes of the part of a plan's workspace after its packed A. */
-static size_t plan_tail_bytes(const gemm_plan *p) {
-    return round_up((p->b_elems + p->scratch_elems) * 2, 64) + p->blas_floats * 4 + 64;
 }
 
 size_t bf16_gemm_backward_bytes(int N, int IC, int OC) {

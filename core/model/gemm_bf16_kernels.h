@@ -26,8 +26,6 @@ typedef void (*gemm_bf16_kernel)(const uint16_t *Ap, const uint16_t *Bp, int M, 
  * ncols) = / += A . B over k pairs [0, Kp/2), A rows lda elements apart (rows up to M rounded up to 32
  * readable), B panels bstride elements apart (a panel's pair p at offset 32p), each output element summed
  * in the same order as the corresponding kernel. */
-typedef void (*gemm_bf16_block_fn)(const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride, int M,
-                                   int ncols, int Kp, float *C, int ldc, int accumulate);
 void gemm_bf16_block_ref(const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride, int M, int ncols,
                          int Kp, float *C, int ldc, int accumulate);
 void gemm_bf16_block_avx512bf16(const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride, int M,
@@ -35,9 +33,6 @@ void gemm_bf16_block_avx512bf16(const uint16_t *A, size_t lda, const uint16_t *B
 void gemm_bf16_block_amx(const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride, int M, int ncols,
                          int Kp, float *C, int ldc, int accumulate);
 
-/* The block product on the given path (ref, blas, avx512bf16 or amx; the path must be available). The
- * blas path widens the operands to fp32 in wide (gemm_bf16_block_wide_floats(path, M, ncols, Kp) floats;
- * 0 and unused on the other paths) and calls sgemm. */
 /* Whether packing (and attention's softmax rounding) uses the AVX-512 forms below: on the avx512bf16 and
  * amx paths. The ref and blas paths keep the scalar loops, which give the same bits, so the tests'
  * ref-vs-avx512bf16 comparisons cover both. */
@@ -50,6 +45,9 @@ void *gemm_bf16_workspace(size_t bytes);
  * configuration there). */
 void gemm_bf16_block_begin(bf16_path path);
 void gemm_bf16_block_end(bf16_path path);
+/* The block product on the given path (ref, blas, avx512bf16 or amx; the path must be available). The
+ * blas path widens the operands to fp32 in wide (gemm_bf16_block_wide_floats(path, M, ncols, Kp) floats;
+ * 0 and unused on the other paths) and calls sgemm. */
 size_t gemm_bf16_block_wide_floats(bf16_path path, int M, int ncols, int Kp);
 void gemm_bf16_block(bf16_path path, const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride, int M,
                      int ncols, int Kp, float *C, int ldc, int accumulate, float *wide);
@@ -63,6 +61,9 @@ void gemm_bf16_round_avx512bf16(uint16_t *out, const float *in, size_t n);
 /* 16 rows of a packed A from a transposed source: Ap[i][k] = bf16(A[k][i]) for i < mn, k < K, zero for
  * the rest of the 16 x Kp block (A points at the block's first column, row stride lda). */
 void gemm_bf16_pack_at_avx512bf16(uint16_t *Ap, int Kp, const float *A, int lda, int K, int mn);
+/* Rows [0, rows) of X (row stride ld), columns [0, cols), rounded into dst rows of Kp values (zero beyond
+ * cols), rows [rows, rows_pad) zero: a packed A on the calling thread. */
+void gemm_bf16_pack_rows(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols, int rows_pad);
 /* Serial packing of an fp32 matrix X (row stride ld) as B panels, on the calling thread (AVX-512 forms on the
  * vector paths, else scalar loops with tmp as staging). pack_bt: B = X^T, rows s < rows of X as columns (16
  * per panel), k = columns < cols <= Kp, panels 16 * Kp apart, tmp Kp values. pack_bn: B = X, rows of X as
@@ -71,10 +72,9 @@ void gemm_bf16_pack_at_avx512bf16(uint16_t *Ap, int Kp, const float *A, int lda,
 void gemm_bf16_pack_bt(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols, uint16_t *tmp);
 void gemm_bf16_pack_bn(uint16_t *dst, size_t bstride, int npairs, const float *X, size_t ld, int rows,
                        int cols, uint16_t *tmp);
-/* Serial vector forms of core/model/attention_bf16.c's packing and softmax steps (bit-identical with its
- * scalar code): B = X^T panels (rows of X as columns), B = X panels (rows of X as k), and a softmax
- * row's normalisation: row[i] *= inv and out[i] = bf16(row[i]) for i < n (row written only when len > 0),
- * row[i] = 0 for n <= i < len, out[i] = 0 for n <= i < Kr. */
+/* AVX-512 forms, bit-identical with the scalar code they stand in for: gemm_bf16_pack_bt / pack_bn above,
+ * and attention_bf16.c's softmax row normalisation: row[i] *= inv and out[i] = bf16(row[i]) for i < n (row
+ * written only when len > 0), row[i] = 0 for n <= i < len, out[i] = 0 for n <= i < Kr. */
 void gemm_bf16_pack_bt_avx512bf16(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols);
 /* pack_bn: pairs [0, npairs) (rows 2p, 2p + 1 of X; zero from row rows on) of panels bstride apart. */
 void gemm_bf16_pack_bn_avx512bf16(uint16_t *dst, size_t bstride, int npairs, const float *X, size_t ld,

@@ -1080,6 +1080,7 @@ static qlab_status model_block_backward(model *m, int l, int threads) {
     int B = m->B, T = m->T, N = B * T, D = c->dim, NH = c->n_heads, NKV = c->n_kv_heads, HS = m->head_size;
     size_t ND = (size_t)N * D, NKVD = (size_t)N * m->kv_dim, NHD = (size_t)N * c->hidden_dim;
     model_layer_acts x = model_layer_views(m, l);
+    int bf16 = m->compute == QLAB_COMPUTE_BF16; /* bf16 attention and lane-ordered norm sums */
 
     /* feed-forward block; the residual passes dresidual through unchanged */
     MODEL_ZERO(g->dhs, NHD);
@@ -1090,9 +1091,9 @@ static qlab_status model_block_backward(model *m, int l, int threads) {
     MODEL_ZERO(g->dln, ND);
     QLAB_TRY(model_linear_backward(m, l, PROJ_GATE, g->dln, g->dh1, x.ln2, N));
     QLAB_TRY(model_linear_backward(m, l, PROJ_UP, g->dln, g->dh3, x.ln2, N));
-    rmsnorm_backward_order(
-        g->dresidual, model_grad_or_null(m, MODEL_GROUP_RMS_FFN, gp->rms_ffn + (size_t)l * D), g->dln, x.res2,
-        p->rms_ffn + (size_t)l * D, x.ln2_rstd, N, D, m->compute == QLAB_COMPUTE_BF16);
+    rmsnorm_backward_order(g->dresidual,
+                           model_grad_or_null(m, MODEL_GROUP_RMS_FFN, gp->rms_ffn + (size_t)l * D), g->dln,
+                           x.res2, p->rms_ffn + (size_t)l * D, x.ln2_rstd, N, D, bf16);
 
     /* attention block */
     MODEL_ZERO(g->datty, ND);
@@ -1100,7 +1101,7 @@ static qlab_status model_block_backward(model *m, int l, int threads) {
     MODEL_ZERO(g->dq, ND);
     MODEL_ZERO(g->dk, NKVD);
     MODEL_ZERO(g->dv, NKVD);
-    if (m->compute == QLAB_COMPUTE_BF16)
+    if (bf16)
         QLAB_TRY(attention_backward_bf16(g->dq, g->dk, g->dv, g->datty, x.att, x.q, x.k, x.v, B, T, NH, NKV,
                                          HS, g->att_scratch, threads));
     else
@@ -1114,9 +1115,9 @@ static qlab_status model_block_backward(model *m, int l, int threads) {
     QLAB_TRY(model_linear_backward(m, l, PROJ_Q, g->dln, g->dq_pre, x.ln1, N));
     QLAB_TRY(model_linear_backward(m, l, PROJ_K, g->dln, g->dk_pre, x.ln1, N));
     QLAB_TRY(model_linear_backward(m, l, PROJ_V, g->dln, g->dv, x.ln1, N));
-    rmsnorm_backward_order(
-        g->dresidual, model_grad_or_null(m, MODEL_GROUP_RMS_ATT, gp->rms_att + (size_t)l * D), g->dln,
-        x.res_in, p->rms_att + (size_t)l * D, x.ln1_rstd, N, D, m->compute == QLAB_COMPUTE_BF16);
+    rmsnorm_backward_order(g->dresidual,
+                           model_grad_or_null(m, MODEL_GROUP_RMS_ATT, gp->rms_att + (size_t)l * D), g->dln,
+                           x.res_in, p->rms_att + (size_t)l * D, x.ln1_rstd, N, D, bf16);
     return QLAB_OK;
 }
 

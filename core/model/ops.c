@@ -267,7 +267,9 @@ void attention_softmax_rows(float *a, int r0, int r1, int T, float scale) {
     }
 }
 
-void attention_softmax_backward(float *ds, const float *att, int T, float scale) {
+/* ds (T,T) holds d(att) of one head on entry and d(scores) on exit: scale * att * (ds - <att, ds>) on and
+ * below the diagonal, zeros above. */
+static void attention_softmax_backward(float *ds, const float *att, int T, float scale) {
     for (int t = 0; t < T; t++) {
         const float *ar = att + (size_t)t * T;
         float *dr = ds + (size_t)t * T, total = 0;

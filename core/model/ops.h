@@ -60,12 +60,9 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
                         const float *k, const float *v, int B, int T, int NH, int NKV, int HS, float *scratch,
                         int n_scratch);
 
-/* The fp32 parts of attention, shared by the fp32 and bf16 paths. Rows [r0, r1) of a (T columns) hold
- * scores: row t becomes softmax(scale * row[0..t]) (scale 1: the row as is), zeros after t. */
+/* The fp32 attention's causal softmax (also the tests' reference for the bf16 one). Rows [r0, r1) of a (T
+ * columns) hold scores: row t becomes softmax(scale * row[0..t]) (scale 1: the row as is), zeros after t. */
 void attention_softmax_rows(float *a, int r0, int r1, int T, float scale);
-/* ds (T,T) holds d(att) of one head on entry and d(scores) on exit: scale * att * (ds - <att, ds>) on and
- * below the diagonal, zeros above. */
-void attention_softmax_backward(float *ds, const float *att, int T, float scale);
 
 /* out (N,H) = silu(gate) * up, gate and up (N,H); silu(x) = x / (1 + e^-x). */
 void swiglu_forward(float *out, const float *gate, const float *up, size_t n);
