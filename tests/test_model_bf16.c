@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <omp.h>
 
 #include "tests/check.h"
 #include "tests/bf16_ref.h"
@@ -327,10 +328,59 @@ static void test_qlora_finetune(void) {
     finetune_task_free(&task);
 }
 
+/* Evaluation with packed weights runs in row chunks (model.c, model_forward_rows): on every path that has
+ * that form (ref, avx512bf16, amx) its logits are bit-identical with the whole-matrix forward's, for chunk
+ * sizes 32 (few positions) and 64, partial last chunks, GQA, fp32 and NF4 + double-quant bases, and one or
+ * two threads. */
+static void test_rows_eval(int quantized) {
+    model_config cfg = small;
+    cfg.seq_len = 64;
+    model *m;
+    CHECK(model_create(&m, &cfg) == QLAB_OK);
+    train_init_params(m, 5);
+    if (quantized) CHECK(model_quantize(m, QUANT_NF4, 64, 1) == QLAB_OK);
+    model_set_compute(m, QLAB_COMPUTE_BF16);
+    const int shapes[][2] = {{3, 40}, {7, 41}, {1, 5}}; /* N = 120 (chunks of 32), 287 (64), 5 */
+    const int V = cfg.vocab_size;
+    int *tokens = markov_tokens(7 * 41, V, 11);
+    float *whole = malloc(sizeof(float) * 7 * 41 * V), *rows = malloc(sizeof(float) * 7 * 41 * V);
+    const char *paths[] = {"ref", "avx512bf16", "amx"};
+    const bf16_path ids[] = {BF16_PATH_REF, BF16_PATH_AVX512BF16, BF16_PATH_AMX};
+    int max_threads = omp_get_max_threads();
+    for (int pi = 0; pi < 3; pi++) {
+        if (!bf16_path_available(ids[pi])) {
+            SKIP("no %s path on this CPU: its row-chunk evaluation not tested", paths[pi]);
+            continue;
+        }
+        CHECK(bf16_force_path(paths[pi]) == QLAB_OK);
+        for (int si = 0; si < 3; si++) {
+            int B = shapes[si][0], T = shapes[si][1];
+            size_t bytes = sizeof(float) * (size_t)B * T * V;
+            model_unpack_weights(m);
+            CHECK(model_forward(m, tokens, NULL, B, T, whole, NULL) == QLAB_OK);
+            CHECK(model_pack_weights(m) == QLAB_OK);
+            for (int threads = 1; threads <= 2; threads++) {
+                omp_set_num_threads(threads);
+                memset(rows, 0, bytes);
+                CHECK(model_forward(m, tokens, NULL, B, T, rows, NULL) == QLAB_OK);
+                CHECKF(memcmp(whole, rows, bytes) == 0,
+                       "%s, %s base, B=%d T=%d, %d threads: row-chunk logits differ", paths[pi],
+                       quantized ? "nf4+dq" : "fp32", B, T, threads);
+            }
+            omp_set_num_threads(max_threads);
+        }
+    }
+    bf16_force_path("auto");
+    free(tokens), free(whole), free(rows);
+    model_free(m);
+}
+
 int main(void) {
     double t0 = qlab_now();
     test_forward_backward(0);
     test_forward_backward(1);
+    test_rows_eval(0);
+    test_rows_eval(1);
     double t1 = qlab_now();
     test_training_tracks();
     double t2 = qlab_now();

@@ -8,8 +8,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "core/base/memacct.h"
+#include "core/base/vmath.h"
+#include "core/model/gemm_bf16_kernels.h"
 #include "core/model/linear.h"
 #include "core/model/ops.h"
 
@@ -993,6 +998,170 @@ static qlab_status model_head_forward(model *m, const int *targets, float *logit
     return QLAB_OK;
 }
 
+/* ---------------------------------------------------------------- evaluation in row chunks */
+
+/* Evaluation in bf16 with packed weights (model_pack_weights) and no targets (nothing is kept for a
+ * backward) runs each layer as two passes over chunks of positions around the attention, one chunk per
+ * thread at a time: the chunk's norm, rounding, products (single-thread block kernels over the packed
+ * panels), RoPE, SwiGLU and residual additions stay in that thread's cache, and only q, k, v, the attention
+ * output and the residual stream are written out; the head runs the same way. Each value is formed by the
+ * operations of model_block_forward and model_head_forward in the same order, each output tile of a
+ * product by the same kernel code: the same bits (tests/test_model_bf16.c). Not taken on the blas path
+ * (sgemm's summation order may depend on the number of rows) nor with an adapter's forward. */
+static int model_rows_usable(const model *m) {
+    return m->packed && !(m->has_adapter && m->adapter.forward) && bf16_active_path() != BF16_PATH_BLAS;
+}
+
+typedef struct {
+    bf16_path path;
+    int R, N, chunks;  /* rows per chunk (a multiple of 32), positions, chunks */
+    int Ka;            /* widest product input rounded up to 32 */
+    size_t per_thread; /* bytes of one thread's buffers */
+    char *base;
+} model_rows;
+
+typedef struct {
+    uint16_t *a;    /* R x Ka bf16: the chunk's packed product input */
+    float *f1, *f2; /* R x max(D, H) fp32 */
+} model_rows_ws;
+
+static int model_round32(int x) {
+    return (x + 31) / 32 * 32;
+}
+
+static qlab_status model_rows_plan(model_rows *p, const model *m) {
+    const model_config *c = &m->cfg;
+    int threads = 1;
+#ifdef _OPENMP
+    threads = omp_get_max_threads();
+#endif
+    p->path = bf16_active_path();
+    p->N = m->B * m->T;
+    p->R = p->N >= 128 * threads ? 64 : 32;
+    p->chunks = (p->N + p->R - 1) / p->R;
+    int widest = c->hidden_dim > c->dim ? c->hidden_dim : c->dim;
+    p->Ka = model_round32(widest);
+    size_t a = ((size_t)p->R * p->Ka * sizeof(uint16_t) + 63) / 64 * 64;
+    size_t f = ((size_t)p->R * widest * sizeof(float) + 63) / 64 * 64;
+    p->per_thread = a + 2 * f;
+    p->base = gemm_bf16_workspace(p->per_thread * (size_t)threads);
+    return p->base ? QLAB_OK : qlab_last_status();
+}
+
+static model_rows_ws model_rows_thread(const model_rows *p) {
+    int id = 0;
+#ifdef _OPENMP
+    id = omp_get_thread_num();
+#endif
+    char *u = p->base + p->per_thread * (size_t)id;
+    size_t a = ((size_t)p->R * p->Ka * sizeof(uint16_t) + 63) / 64 * 64;
+    size_t f = (p->per_thread - a) / 2;
+    return (model_rows_ws){(uint16_t *)u, (float *)(u + a), (float *)(u + a + f)};
+}
+
+/* C (rows x w->N, row stride ldc) = a w^T, a packed rows of w->Kp values. */
+static void model_rows_product(const model_rows *p, const uint16_t *a, int rows, const bf16_packed_weight *w,
+                               float *C, int ldc) {
+    gemm_bf16_block(p->path, a, (size_t)w->Kp, w->panels, (size_t)GEMM_BF16_PANEL * w->Kp, rows, w->N, w->Kp,
+                    C, ldc, 0, NULL);
+}
+
+/* The rows' rmsnorm (f1, fp32, as rmsnorm_forward_order with lanes), rounded and packed into a. */
+static void model_rows_norm(const model_rows *p, model_rows_ws *ws, const float *x, const float *weight,
+                            int rows, int D, float eps) {
+    for (int i = 0; i < rows; i++)
+        rmsnorm_row(ws->f1 + (size_t)i * D, x + (size_t)i * D, weight, D, eps, 1);
+    gemm_bf16_pack_rows(ws->a, model_round32(D), ws->f1, (size_t)D, rows, D, model_round32(rows));
+}
+
+/* The attention's inputs of rows [r0, r1) of layer l: q, k, v after RoPE. */
+static void model_rows_qkv(model *m, const model_rows *p, model_rows_ws *ws, int l, int r0, int r1) {
+    const model_config *c = &m->cfg;
+    model_layer_acts x = model_layer_views(m, l);
+    int D = c->dim, KV = m->kv_dim, rows = r1 - r0;
+    const bf16_packed_weight *pk = &m->packed[l * PROJ_COUNT];
+    model_rows_norm(p, ws, x.res_in + (size_t)r0 * D, m->params.rms_att + (size_t)l * D, rows, D,
+                    c->norm_eps);
+    model_rows_product(p, ws->a, rows, &pk[PROJ_Q], x.q + (size_t)r0 * D, D);
+    model_rows_product(p, ws->a, rows, &pk[PROJ_K], x.k + (size_t)r0 * KV, KV);
+    model_rows_product(p, ws->a, rows, &pk[PROJ_V], x.v + (size_t)r0 * KV, KV);
+    rope_forward_rows(x.q, x.q, m->rope_cos, m->rope_sin, r0, r1, m->T, c->n_heads, m->head_size);
+    rope_forward_rows(x.k, x.k, m->rope_cos, m->rope_sin, r0, r1, m->T, c->n_kv_heads, m->head_size);
+}
+
+/* The rest of layer l for rows [r0, r1): output projection, residual, feed-forward block, residual. */
+static void model_rows_ffn(model *m, const model_rows *p, model_rows_ws *ws, int l, int r0, int r1) {
+    const model_config *c = &m->cfg;
+    model_layer_acts x = model_layer_views(m, l);
+    int D = c->dim, H = c->hidden_dim, rows = r1 - r0;
+    size_t n = (size_t)rows * D, off = (size_t)r0 * D;
+    const bf16_packed_weight *pk = &m->packed[l * PROJ_COUNT];
+    float *res2 = x.res2 + off, *res3 = x.res3 + off;
+    const float *res_in = x.res_in + off;
+    gemm_bf16_pack_rows(ws->a, model_round32(D), x.atty + off, (size_t)D, rows, D, model_round32(rows));
+    model_rows_product(p, ws->a, rows, &pk[PROJ_O], res2, D);
+#pragma omp simd
+    for (size_t i = 0; i < n; i++)
+        res2[i] = res2[i] + res_in[i];
+    model_rows_norm(p, ws, res2, m->params.rms_ffn + (size_t)l * D, rows, D, c->norm_eps);
+    model_rows_product(p, ws->a, rows, &pk[PROJ_GATE], ws->f1, H);
+    model_rows_product(p, ws->a, rows, &pk[PROJ_UP], ws->f2, H);
+    vm_silu_mul(ws->f1, ws->f1, ws->f2, (size_t)rows * H);
+    gemm_bf16_pack_rows(ws->a, model_round32(H), ws->f1, (size_t)H, rows, H, model_round32(rows));
+    model_rows_product(p, ws->a, rows, &pk[PROJ_DOWN], res3, D);
+#pragma omp simd
+    for (size_t i = 0; i < n; i++)
+        res3[i] = res3[i] + res2[i];
+}
+
+/* The final norm and classifier of rows [r0, r1) into out (N, V). */
+static void model_rows_head(model *m, const model_rows *p, model_rows_ws *ws, float *out, int r0, int r1) {
+    const model_config *c = &m->cfg;
+    int D = c->dim, V = c->vocab_size;
+    const float *last = m->acts.res3 + (size_t)(c->n_layers - 1) * p->N * D;
+    model_rows_norm(p, ws, last + (size_t)r0 * D, m->params.rms_final, r1 - r0, D, c->norm_eps);
+    model_rows_product(p, ws->a, r1 - r0, &m->packed[c->n_layers * PROJ_COUNT], out + (size_t)r0 * V, V);
+}
+
+typedef enum { MODEL_ROWS_QKV, MODEL_ROWS_FFN, MODEL_ROWS_HEAD } model_rows_pass;
+
+static qlab_status model_rows_run(model *m, model_rows_pass pass, int l, float *out) {
+    model_rows p;
+    QLAB_TRY(model_rows_plan(&p, m));
+#pragma omp parallel
+    {
+        model_rows_ws ws = model_rows_thread(&p);
+        gemm_bf16_block_begin(p.path);
+#pragma omp for schedule(static)
+        for (int ch = 0; ch < p.chunks; ch++) {
+            int r0 = ch * p.R, r1 = r0 + p.R < p.N ? r0 + p.R : p.N;
+            if (pass == MODEL_ROWS_QKV)
+                model_rows_qkv(m, &p, &ws, l, r0, r1);
+            else if (pass == MODEL_ROWS_FFN)
+                model_rows_ffn(m, &p, &ws, l, r0, r1);
+            else
+                model_rows_head(m, &p, &ws, out, r0, r1);
+        }
+        gemm_bf16_block_end(p.path);
+    }
+    return QLAB_OK;
+}
+
+/* The evaluation forward in row chunks, from the embedded tokens to the logits (out). */
+static qlab_status model_forward_rows(model *m, float *out) {
+    const model_config *c = &m->cfg;
+    for (int l = 0; l < c->n_layers; l++) {
+        model_layer_acts x = model_layer_views(m, l);
+        QLAB_TRY(model_rows_run(m, MODEL_ROWS_QKV, l, NULL));
+        QLAB_TRY(attention_forward_bf16(x.atty, NULL, x.q, x.k, x.v, m->B, m->T, c->n_heads, c->n_kv_heads,
+                                        m->head_size));
+        QLAB_TRY(model_rows_run(m, MODEL_ROWS_FFN, l, NULL));
+    }
+    QLAB_TRY(model_rows_run(m, MODEL_ROWS_HEAD, 0, out));
+    m->target_count = 0;
+    return QLAB_OK;
+}
+
 qlab_status model_forward(model *m, const int *tokens, const int *targets, int B, int T, float *logits,
                           float *loss) {
     m->have_targets = 0;
@@ -1004,6 +1173,7 @@ qlab_status model_forward(model *m, const int *tokens, const int *targets, int B
     QLAB_TRY(model_forward_prepare(m, tokens, B, T));
     if (m->compute == QLAB_COMPUTE_BF16) QLAB_TRY(linear_bf16_reserve(&m->cfg, B * T, 0));
     embedding_forward(m->acts.encoded, tokens, m->params.token_embedding, B * T, m->cfg.dim);
+    if (!targets && model_rows_usable(m)) return model_forward_rows(m, logits ? logits : m->acts.probs);
     for (int l = 0; l < m->cfg.n_layers; l++)
         QLAB_TRY(model_block_forward(m, l, targets != NULL)); /* no targets: no backward follows */
     return model_head_forward(m, targets, logits, loss);

@@ -132,24 +132,25 @@ void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *wei
     rmsnorm_forward_order(out, rstd, inp, weight, N, C, eps, 0);
 }
 
+float rmsnorm_row(float *out, const float *x, const float *weight, int C, float eps, int lanes) {
+    double ss = 0; /* double: the row sum of squares is then exact enough to be order-insensitive */
+    if (lanes)
+        ss = vm_dot_f64(x, x, (size_t)C);
+    else
+        for (int c = 0; c < C; c++)
+            ss += (double)x[c] * x[c];
+    float r = (float)(1.0 / sqrt(ss / C + eps));
+#pragma omp simd
+    for (int c = 0; c < C; c++)
+        out[c] = x[c] * r * weight[c];
+    return r;
+}
+
 void rmsnorm_forward_order(float *out, float *rstd, const float *inp, const float *weight, int N, int C,
                            float eps, int lanes) {
 #pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) {
-        const float *x = inp + (size_t)n * C;
-        float *o = out + (size_t)n * C;
-        double ss = 0; /* double: the row sum of squares is then exact enough to be order-insensitive */
-        if (lanes)
-            ss = vm_dot_f64(x, x, (size_t)C);
-        else
-            for (int c = 0; c < C; c++)
-                ss += (double)x[c] * x[c];
-        float r = (float)(1.0 / sqrt(ss / C + eps));
-#pragma omp simd
-        for (int c = 0; c < C; c++)
-            o[c] = x[c] * r * weight[c];
-        rstd[n] = r;
-    }
+    for (int n = 0; n < N; n++)
+        rstd[n] = rmsnorm_row(out + (size_t)n * C, inp + (size_t)n * C, weight, C, eps, lanes);
 }
 
 void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
@@ -207,11 +208,10 @@ void matmul_backward(float *dinp, float *dweight, const float *dout, const float
     if (dweight) ops_gemm(1, 0, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f, dweight, IC);
 }
 
-void rope_forward(float *out, const float *inp, const float *cos_table, const float *sin_table, int B, int T,
-                  int NH, int HS) {
+void rope_forward_rows(float *out, const float *inp, const float *cos_table, const float *sin_table, int n0,
+                       int n1, int T, int NH, int HS) {
     int half = HS / 2;
-#pragma omp parallel for schedule(static)
-    for (int bt = 0; bt < B * T; bt++) {
+    for (int bt = n0; bt < n1; bt++) {
         int t = bt % T;
         const float *cs = cos_table + (size_t)t * half, *sn = sin_table + (size_t)t * half;
         for (int h = 0; h < NH; h++) {
@@ -225,6 +225,14 @@ void rope_forward(float *out, const float *inp, const float *cos_table, const fl
             }
         }
     }
+}
+
+void rope_forward(float *out, const float *inp, const float *cos_table, const float *sin_table, int B, int T,
+                  int NH, int HS) {
+    int N = B * T;
+#pragma omp parallel for schedule(static)
+    for (int n0 = 0; n0 < N; n0 += 16)
+        rope_forward_rows(out, inp, cos_table, sin_table, n0, n0 + 16 < N ? n0 + 16 : N, T, NH, HS);
 }
 
 void rope_backward(float *dinp, const float *dout, const float *cos_table, const float *sin_table, int B,

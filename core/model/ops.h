@@ -24,6 +24,8 @@ void embedding_backward(float *dtable, const float *dout, const int *tokens, int
 void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps);
 /* The same with the row sum of squares in double either in element order (lanes 0: rmsnorm_forward, the
  * fp32 reference) or in vmath's 16-lane order (vm_dot_f64, vectorized: bf16 compute). */
+/* One row of rmsnorm_forward_order on the calling thread: out (C) from x (C); returns the row's rstd. */
+float rmsnorm_row(float *out, const float *x, const float *weight, int C, float eps, int lanes);
 void rmsnorm_forward_order(float *out, float *rstd, const float *inp, const float *weight, int N, int C,
                            float eps, int lanes);
 /* dinp (N,C), dweight (C, may be NULL) from dout (N,C), inp (N,C), weight (C), rstd (N). */
@@ -45,6 +47,9 @@ void matmul_backward(float *dinp, float *dweight, const float *dout, const float
  * equal inp. */
 void rope_forward(float *out, const float *inp, const float *cos_table, const float *sin_table, int B, int T,
                   int NH, int HS);
+/* Rows [n0, n1) of the (B*T) positions of rope_forward on the calling thread (position of row n: n % T). */
+void rope_forward_rows(float *out, const float *inp, const float *cos_table, const float *sin_table, int n0,
+                       int n1, int T, int NH, int HS);
 /* dinp (B,T,NH,HS) += rotation^T dout (B,T,NH,HS); dinp must not alias dout. */
 void rope_backward(float *dinp, const float *dout, const float *cos_table, const float *sin_table, int B,
                    int T, int NH, int HS);
