@@ -11,6 +11,16 @@ static inline __mmask16 tail_mask(size_t left) {
     return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
 }
 
+/* vm_tree_f32 of the 16 lanes of acc in registers: the same additions (lane j plus lane j + w for w = 8, 4,
+ * 2, 1), so the same bits. */
+static inline float tree16(__m512 acc) {
+    __m256 v8 = _mm256_add_ps(_mm512_castps512_ps256(acc),
+                              _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1)));
+    __m128 v4 = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps(v8, 1));
+    __m128 v2 = _mm_add_ps(v4, _mm_movehl_ps(v4, v4));
+    return _mm_cvtss_f32(_mm_add_ss(v2, _mm_movehdup_ps(v2)));
+}
+
 /* vm_expf on 16 lanes: the same clamps, rounding, fused multiply-adds and scaling. */
 static inline __m512 exp16(__m512 x) {
     __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
@@ -46,9 +56,7 @@ float vm_exp_shift_sum_avx512(float *y, const float *x, size_t n, float shift) {
         _mm512_mask_storeu_ps(y + i, m, e);
         acc = _mm512_mask_add_ps(acc, m, acc, e);
     }
-    float lanes[VM_LANES];
-    _mm512_storeu_ps(lanes, acc);
-    return vm_tree_f32(lanes);
+    return tree16(acc);
 }
 
 /* The 16 floats of x as doubles: lanes 0-7 in *lo, 8-15 in *hi. */
@@ -70,11 +78,13 @@ static inline void add_f64(__m512d *lo, __m512d *hi, __m512 e, __mmask16 m) {
     add_pair(lo, hi, elo, ehi, m);
 }
 
+/* vm_tree_f64 of lanes lo (0-7) and hi (8-15) in registers: the same additions (lane j plus lane j + w for
+ * w = 8, 4, 2, 1), so the same bits. */
 static double tree_pair(__m512d lo, __m512d hi) {
-    double lanes[VM_LANES];
-    _mm512_storeu_pd(lanes, lo);
-    _mm512_storeu_pd(lanes + 8, hi);
-    return vm_tree_f64(lanes);
+    __m512d v8 = _mm512_add_pd(lo, hi);
+    __m256d v4 = _mm256_add_pd(_mm512_castpd512_pd256(v8), _mm512_extractf64x4_pd(v8, 1));
+    __m128d v2 = _mm_add_pd(_mm256_castpd256_pd128(v4), _mm256_extractf128_pd(v4, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(v2, _mm_unpackhi_pd(v2, v2)));
 }
 
 double vm_exp_shift_sum_f64_avx512(float *y, const float *x, size_t n, float shift) {
@@ -207,9 +217,7 @@ void vm_softmax_grad_avx512(float *d, const float *p, size_t n, float scale) {
         __mmask16 m = tail_mask(n - i);
         acc = _mm512_mask_mov_ps(acc, m, _mm512_fmadd_ps(load(p + i, m), load(d + i, m), acc));
     }
-    float lanes[VM_LANES];
-    _mm512_storeu_ps(lanes, acc);
-    __m512 total = _mm512_set1_ps(vm_tree_f32(lanes)), s = _mm512_set1_ps(scale);
+    __m512 total = _mm512_set1_ps(tree16(acc)), s = _mm512_set1_ps(scale);
     for (size_t i = 0; i < n; i += 16) {
         __mmask16 m = tail_mask(n - i);
         __m512 g = _mm512_mul_ps(_mm512_mul_ps(s, load(p + i, m)), _mm512_sub_ps(load(d + i, m), total));
