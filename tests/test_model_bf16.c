@@ -330,7 +330,8 @@ static void test_qlora_finetune(void) {
 
 /* Evaluation with packed weights runs in row chunks (model.c, model_forward_rows): on every path that has
  * that form (ref, avx512bf16, amx) its logits are bit-identical with the whole-matrix forward's, for chunk
- * sizes 32 (few positions) and 64, partial last chunks, GQA, fp32 and NF4 + double-quant bases, and one or
+ * sizes 32 (few positions) and 64, partial last chunks, the attention's operands packed ahead (T a
+ * multiple of 32) or not, GQA, head size 16 (padded to 32), fp32 and NF4 + double-quant bases, and one or
  * two threads. */
 static void test_rows_eval(int quantized) {
     model_config cfg = small;
@@ -340,10 +341,13 @@ static void test_rows_eval(int quantized) {
     train_init_params(m, 5);
     if (quantized) CHECK(model_quantize(m, QUANT_NF4, 64, 1) == QLAB_OK);
     model_set_compute(m, QLAB_COMPUTE_BF16);
-    const int shapes[][2] = {{3, 40}, {7, 41}, {1, 5}}; /* N = 120 (chunks of 32), 287 (64), 5 */
+    /* N = 120 (chunks of 32), 287 (64), 5; T a multiple of 32 (attention operands packed ahead): chunks of
+     * 64, of 32 because 64 does not divide T, of 32 for few positions (one, and two per batch row) */
+    const int shapes[][2] = {{3, 40}, {7, 41}, {1, 5}, {4, 64}, {9, 32}, {3, 32}, {2, 64}};
+    const int nshapes = (int)(sizeof shapes / sizeof *shapes);
     const int V = cfg.vocab_size;
-    int *tokens = markov_tokens(7 * 41, V, 11);
-    float *whole = malloc(sizeof(float) * 7 * 41 * V), *rows = malloc(sizeof(float) * 7 * 41 * V);
+    int *tokens = markov_tokens(9 * 32, V, 11);
+    float *whole = malloc(sizeof(float) * 9 * 32 * V), *rows = malloc(sizeof(float) * 9 * 32 * V);
     const char *paths[] = {"ref", "avx512bf16", "amx"};
     const bf16_path ids[] = {BF16_PATH_REF, BF16_PATH_AVX512BF16, BF16_PATH_AMX};
     int max_threads = omp_get_max_threads();
@@ -353,7 +357,7 @@ static void test_rows_eval(int quantized) {
             continue;
         }
         CHECK(bf16_force_path(paths[pi]) == QLAB_OK);
-        for (int si = 0; si < 3; si++) {
+        for (int si = 0; si < nshapes; si++) {
             int B = shapes[si][0], T = shapes[si][1];
             size_t bytes = sizeof(float) * (size_t)B * T * V;
             model_unpack_weights(m);

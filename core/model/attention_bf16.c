@@ -119,6 +119,29 @@ static int thread_id(void) {
 #endif
 }
 
+/* One (batch, head) task of the forward: keys Kb and values Vb packed; queries Q packed (rows Kq values
+ * apart) or, when NULL, rounded block by block from qb (row stride qstride) into the workspace. */
+static void head_forward(const att_plan *pl, const att_ws *w, const uint16_t *Kb, const uint16_t *Vb,
+                         const uint16_t *Q, const float *qb, int qstride, float *ob, float *a, int T, int HS,
+                         float scale) {
+    uint16_t *Aq = w->m[2], *Aa = w->m[3];
+    gemm_bf16_block_begin(pl->path);
+    for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
+        int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, rows = r1 - r0, Kr = round32(r1);
+        const uint16_t *A = Q ? Q + (size_t)r0 * pl->Kq : Aq;
+        if (!Q)
+            gemm_bf16_pack_rows(Aq, pl->Kq, qb + (size_t)r0 * qstride, (size_t)qstride, rows, HS,
+                                round32(rows));
+        float *S = a ? a + (size_t)r0 * T : w->scores;
+        gemm_bf16_block(pl->path, A, (size_t)pl->Kq, Kb, (size_t)GEMM_BF16_PANEL * pl->Kq, rows, r1, pl->Kq,
+                        S, T, 0, w->wide);
+        softmax_round_rows(S, r0, r1, T, scale, Aa, Kr, a != NULL);
+        gemm_bf16_block(pl->path, Aa, (size_t)Kr, Vb, (size_t)GEMM_BF16_PANEL * pl->Kt, rows, HS, Kr,
+                        ob + (size_t)r0 * qstride, qstride, 0, w->wide);
+    }
+    gemm_bf16_block_end(pl->path);
+}
+
 qlab_status attention_forward_bf16(float *out, float *att, const float *q, const float *k, const float *v,
                                    int B, int T, int NH, int NKV, int HS) {
     int group = NH / NKV, qstride = NH * HS, kvstride = NKV * HS;
@@ -136,28 +159,91 @@ qlab_status attention_forward_bf16(float *out, float *att, const float *q, const
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int bh = 0; bh < B * NH; bh++) {
         att_ws w = thread_ws(base, &pl, thread_id());
-        uint16_t *Kb = w.m[0], *Vb = w.m[1], *Aq = w.m[2], *Aa = w.m[3];
         int b = bh / NH, h = bh % NH, kvh = h / group;
-        const float *qb = q + (size_t)b * T * qstride + (size_t)h * HS;
         const float *kb = k + (size_t)b * T * kvstride + (size_t)kvh * HS;
         const float *vb = v + (size_t)b * T * kvstride + (size_t)kvh * HS;
-        float *ob = out + (size_t)b * T * qstride + (size_t)h * HS;
-        float *a = att ? att + (size_t)bh * T * T : NULL;
-        gemm_bf16_pack_bt(Kb, pl.Kq, kb, (size_t)kvstride, T, HS, w.tmp);
-        pack_bn(Vb, pl.Kt, vb, (size_t)kvstride, T, HS, w.tmp);
-        gemm_bf16_block_begin(pl.path);
-        for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-            int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, rows = r1 - r0, Kr = round32(r1);
-            gemm_bf16_pack_rows(Aq, pl.Kq, qb + (size_t)r0 * qstride, (size_t)qstride, rows, HS,
-                                round32(rows));
-            float *S = a ? a + (size_t)r0 * T : w.scores;
-            gemm_bf16_block(pl.path, Aq, (size_t)pl.Kq, Kb, (size_t)GEMM_BF16_PANEL * pl.Kq, rows, r1, pl.Kq,
-                            S, T, 0, w.wide);
-            softmax_round_rows(S, r0, r1, T, scale, Aa, Kr, a != NULL);
-            gemm_bf16_block(pl.path, Aa, (size_t)Kr, Vb, (size_t)GEMM_BF16_PANEL * pl.Kt, rows, HS, Kr,
-                            ob + (size_t)r0 * qstride, qstride, 0, w.wide);
-        }
-        gemm_bf16_block_end(pl.path);
+        gemm_bf16_pack_bt(w.m[0], pl.Kq, kb, (size_t)kvstride, T, HS, w.tmp);
+        pack_bn(w.m[1], pl.Kt, vb, (size_t)kvstride, T, HS, w.tmp);
+        head_forward(&pl, &w, w.m[0], w.m[1], NULL, q + (size_t)b * T * qstride + (size_t)h * HS, qstride,
+                     out + (size_t)b * T * qstride + (size_t)h * HS, att ? att + (size_t)bh * T * T : NULL, T,
+                     HS, scale);
+    }
+    return QLAB_OK;
+}
+
+/* ---------------------------------------------------------------- operands packed ahead */
+
+static size_t att_q_rows(const bf16_att_operands *o) {
+    return (size_t)o->B * o->T + 32;
+}
+
+static size_t att_k_block(const bf16_att_operands *o) {
+    return (size_t)o->T * o->Kq;
+}
+
+static size_t att_v_block(const bf16_att_operands *o) {
+    return (size_t)(o->HS + 15) / 16 * 16 * o->T;
+}
+
+static size_t att_operand_elems(const bf16_att_operands *o, size_t *qn, size_t *kn) {
+    *qn = (size_t)o->NH * att_q_rows(o) * o->Kq;
+    *kn = (size_t)o->B * o->NKV * att_k_block(o);
+    return *qn + *kn + (size_t)o->B * o->NKV * att_v_block(o);
+}
+
+int bf16_att_operands_fit(int T) {
+    return T % 32 == 0;
+}
+
+size_t bf16_att_operands_bytes(int B, int T, int NH, int NKV, int HS) {
+    bf16_att_operands o = {B, T, NH, NKV, HS, round32(HS), NULL, NULL, NULL};
+    size_t qn, kn;
+    return att_operand_elems(&o, &qn, &kn) * sizeof(uint16_t);
+}
+
+void bf16_att_operands_layout(bf16_att_operands *o, void *base, int B, int T, int NH, int NKV, int HS) {
+    *o = (bf16_att_operands){B, T, NH, NKV, HS, round32(HS), NULL, NULL, NULL};
+    size_t qn, kn;
+    att_operand_elems(o, &qn, &kn);
+    o->q = base, o->k = o->q + qn, o->v = o->k + kn;
+    for (int h = 0; h < NH; h++) /* the rows past the last position, read by a last partial block */
+        memset(o->q + ((size_t)h * att_q_rows(o) + (size_t)B * T) * o->Kq, 0, sizeof(uint16_t) * 32 * o->Kq);
+}
+
+void bf16_att_operands_pack(const bf16_att_operands *o, int n0, int rows, const float *q, const float *k,
+                            const float *v, uint16_t *tmp) {
+    int HS = o->HS, T = o->T, b = n0 / T, t0 = n0 % T, Kq = o->Kq;
+    for (int h = 0; h < o->NH; h++)
+        gemm_bf16_pack_rows(o->q + ((size_t)h * att_q_rows(o) + n0) * Kq, Kq, q + (size_t)h * HS,
+                            (size_t)o->NH * HS, rows, HS, rows);
+    size_t kvstride = (size_t)o->NKV * HS;
+    for (int g = 0; g < o->NKV; g++) {
+        size_t blk = (size_t)b * o->NKV + g;
+        gemm_bf16_pack_bt(o->k + blk * att_k_block(o) + (size_t)t0 * Kq, Kq, k + (size_t)g * HS, kvstride,
+                          rows, HS, tmp);
+        gemm_bf16_pack_bn(o->v + blk * att_v_block(o) + (size_t)t0 * GEMM_BF16_PANEL,
+                          (size_t)GEMM_BF16_PANEL * T, rows / 2, v + (size_t)g * HS, kvstride, rows, HS, tmp);
+    }
+}
+
+qlab_status attention_forward_bf16_packed(float *out, const bf16_att_operands *o) {
+    int B = o->B, T = o->T, NH = o->NH, HS = o->HS, group = NH / o->NKV, qstride = NH * HS;
+    float scale = 1.0f / sqrtf((float)HS);
+    int threads = 1;
+#ifdef _OPENMP
+    threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+#endif
+    att_plan pl = make_att_plan(T, HS, 0);
+    char *base;
+    QLAB_TRY(att_alloc(&base, pl.per_thread * (size_t)threads));
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int bh = 0; bh < B * NH; bh++) {
+        att_ws w = thread_ws(base, &pl, thread_id());
+        int b = bh / NH, h = bh % NH;
+        size_t blk = (size_t)b * o->NKV + h / group;
+        head_forward(&pl, &w, o->k + blk * att_k_block(o), o->v + blk * att_v_block(o),
+                     o->q + ((size_t)h * att_q_rows(o) + (size_t)b * T) * o->Kq, NULL, qstride,
+                     out + (size_t)b * T * qstride + (size_t)h * HS, NULL, T, HS, scale);
     }
     return QLAB_OK;
 }

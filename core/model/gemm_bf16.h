@@ -131,6 +131,25 @@ qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float
                                     const float *q, const float *k, const float *v, int B, int T, int NH,
                                     int NKV, int HS, float *scratch, int n_scratch);
 
+/* The operands of attention_forward_bf16 rounded and packed ahead, for a caller that forms q, k and v in
+ * chunks of positions and packs each chunk while it is in cache (evaluation in row chunks): q as NH blocks
+ * of B*T + 32 rows of Kq (HS rounded up to 32) values, zero padded; per (batch, key/value head) the keys as
+ * k^T panels and the values as panels over position pairs, as attention_forward_bf16 packs them. Only for
+ * T a multiple of 32 (bf16_att_operands_fit), so no padding of positions is needed. */
+typedef struct {
+    int B, T, NH, NKV, HS, Kq;
+    uint16_t *q, *k, *v;
+} bf16_att_operands;
+int bf16_att_operands_fit(int T);
+size_t bf16_att_operands_bytes(int B, int T, int NH, int NKV, int HS);
+/* Points o into base (bf16_att_operands_bytes, 64-byte aligned) and zeroes the padding rows of q. */
+void bf16_att_operands_layout(bf16_att_operands *o, void *base, int B, int T, int NH, int NKV, int HS);
+/* Packs positions [n0, n0 + rows) of the B*T, all in one batch row, rows even: q (rows, NH*HS), k and v
+ * (rows, NKV*HS), after RoPE; tmp holds 2 * (round32(HS) + 32) values (the scalar packers' staging). */
+void bf16_att_operands_pack(const bf16_att_operands *o, int n0, int rows, const float *q, const float *k,
+                            const float *v, uint16_t *tmp);
+/* attention_forward_bf16 (att NULL) from operands packed ahead: the same bits. */
+qlab_status attention_forward_bf16_packed(float *out, const bf16_att_operands *o);
 /* Rounds n fp32 values to bf16 (RNE) on the fastest path, bit-identical to f32_to_bf16. */
 void bf16_round_array(uint16_t *out, const float *in, size_t n);
 

@@ -63,7 +63,9 @@ struct model {
     int quant_blocksize, quant_double;
     qlab_compute compute;
     bf16_packed_weight *packed; /* n_layers * PROJ_COUNT + 1 (the classifier last) while packed, else NULL */
-    float *tile;                /* scratch for dequantized weight rows */
+    void *att_ops;              /* bf16_att_operands of the evaluation in row chunks (while packed) */
+    size_t att_ops_bytes;
+    float *tile; /* scratch for dequantized weight rows */
     size_t tile_floats;
     float *rope_cos, *rope_sin; /* (rope_len, head_size/2), grown on demand by the forward pass */
     int rope_len;
@@ -513,6 +515,11 @@ qlab_compute model_get_compute(const model *m) {
 }
 
 void model_unpack_weights(model *m) {
+    if (m->att_ops) {
+        qlab_free_aligned(m->att_ops);
+        memacct_release(MEMACCT_SCRATCH, m->att_ops_bytes);
+        m->att_ops = NULL, m->att_ops_bytes = 0;
+    }
     if (!m->packed) return;
     for (int i = 0; i <= m->cfg.n_layers * PROJ_COUNT; i++)
         bf16_packed_weight_free(&m->packed[i]);
@@ -1016,20 +1023,23 @@ typedef struct {
     bf16_path path;
     int R, N, chunks;  /* rows per chunk (a multiple of 32), positions, chunks */
     int Ka;            /* widest product input rounded up to 32 */
+    size_t a, f, g;    /* bytes of a thread's buffers below */
     size_t per_thread; /* bytes of one thread's buffers */
     char *base;
+    bf16_att_operands *ops; /* the attention's operands packed ahead, or NULL */
 } model_rows;
 
 typedef struct {
-    uint16_t *a;    /* R x Ka bf16: the chunk's packed product input */
+    uint16_t *a;    /* R x Ka bf16: the chunk's packed product input; then the packers' staging */
     float *f1, *f2; /* R x max(D, H) fp32 */
+    float *g;       /* R x 2 KV fp32: the chunk's keys and values when the operands are packed ahead */
 } model_rows_ws;
 
 static int model_round32(int x) {
     return (x + 31) / 32 * 32;
 }
 
-static qlab_status model_rows_plan(model_rows *p, const model *m) {
+static qlab_status model_rows_plan(model_rows *p, const model *m, bf16_att_operands *ops) {
     const model_config *c = &m->cfg;
     int threads = 1;
 #ifdef _OPENMP
@@ -1038,12 +1048,17 @@ static qlab_status model_rows_plan(model_rows *p, const model *m) {
     p->path = bf16_active_path();
     p->N = m->B * m->T;
     p->R = p->N >= 128 * threads ? 64 : 32;
+    p->ops = ops && bf16_att_operands_fit(m->T) ? ops : NULL;
+    if (p->ops && m->T % p->R) p->R = 32; /* packing ahead: no chunk straddles two batch rows */
     p->chunks = (p->N + p->R - 1) / p->R;
     int widest = c->hidden_dim > c->dim ? c->hidden_dim : c->dim;
     p->Ka = model_round32(widest);
-    size_t a = ((size_t)p->R * p->Ka * sizeof(uint16_t) + 63) / 64 * 64;
-    size_t f = ((size_t)p->R * widest * sizeof(float) + 63) / 64 * 64;
-    p->per_thread = a + 2 * f;
+    size_t staging = 2 * ((size_t)model_round32(m->head_size) + 32);
+    size_t a = (size_t)p->R * p->Ka > staging ? (size_t)p->R * p->Ka : staging;
+    p->a = (a * sizeof(uint16_t) + 63) / 64 * 64;
+    p->f = ((size_t)p->R * widest * sizeof(float) + 63) / 64 * 64;
+    p->g = ((size_t)p->R * 2 * m->kv_dim * sizeof(float) + 63) / 64 * 64;
+    p->per_thread = p->a + 2 * p->f + p->g;
     p->base = gemm_bf16_workspace(p->per_thread * (size_t)threads);
     return p->base ? QLAB_OK : qlab_last_status();
 }
@@ -1054,9 +1069,8 @@ static model_rows_ws model_rows_thread(const model_rows *p) {
     id = omp_get_thread_num();
 #endif
     char *u = p->base + p->per_thread * (size_t)id;
-    size_t a = ((size_t)p->R * p->Ka * sizeof(uint16_t) + 63) / 64 * 64;
-    size_t f = (p->per_thread - a) / 2;
-    return (model_rows_ws){(uint16_t *)u, (float *)(u + a), (float *)(u + a + f)};
+    return (model_rows_ws){(uint16_t *)u, (float *)(u + p->a), (float *)(u + p->a + p->f),
+                           (float *)(u + p->a + 2 * p->f)};
 }
 
 /* C (rows x w->N, row stride ldc) = a w^T, a packed rows of w->Kp values. */
@@ -1082,6 +1096,16 @@ static void model_rows_qkv(model *m, const model_rows *p, model_rows_ws *ws, int
     const bf16_packed_weight *pk = &m->packed[l * PROJ_COUNT];
     model_rows_norm(p, ws, x.res_in + (size_t)r0 * D, m->params.rms_att + (size_t)l * D, rows, D,
                     c->norm_eps);
+    if (p->ops) { /* q, k, v stay in this thread's buffers: rounded and packed for the attention */
+        float *q = ws->f1 - (size_t)r0 * D, *k = ws->g - (size_t)r0 * KV, *v = ws->g + (size_t)rows * KV;
+        model_rows_product(p, ws->a, rows, &pk[PROJ_Q], ws->f1, D);
+        model_rows_product(p, ws->a, rows, &pk[PROJ_K], ws->g, KV);
+        model_rows_product(p, ws->a, rows, &pk[PROJ_V], v, KV);
+        rope_forward_rows(q, q, m->rope_cos, m->rope_sin, r0, r1, m->T, c->n_heads, m->head_size);
+        rope_forward_rows(k, k, m->rope_cos, m->rope_sin, r0, r1, m->T, c->n_kv_heads, m->head_size);
+        bf16_att_operands_pack(p->ops, r0, rows, ws->f1, ws->g, v, ws->a);
+        return;
+    }
     model_rows_product(p, ws->a, rows, &pk[PROJ_Q], x.q + (size_t)r0 * D, D);
     model_rows_product(p, ws->a, rows, &pk[PROJ_K], x.k + (size_t)r0 * KV, KV);
     model_rows_product(p, ws->a, rows, &pk[PROJ_V], x.v + (size_t)r0 * KV, KV);
@@ -1125,9 +1149,9 @@ static void model_rows_head(model *m, const model_rows *p, model_rows_ws *ws, fl
 
 typedef enum { MODEL_ROWS_QKV, MODEL_ROWS_FFN, MODEL_ROWS_HEAD } model_rows_pass;
 
-static qlab_status model_rows_run(model *m, model_rows_pass pass, int l, float *out) {
+static qlab_status model_rows_run(model *m, model_rows_pass pass, int l, float *out, bf16_att_operands *ops) {
     model_rows p;
-    QLAB_TRY(model_rows_plan(&p, m));
+    QLAB_TRY(model_rows_plan(&p, m, ops));
 #pragma omp parallel
     {
         model_rows_ws ws = model_rows_thread(&p);
@@ -1150,14 +1174,34 @@ static qlab_status model_rows_run(model *m, model_rows_pass pass, int l, float *
 /* The evaluation forward in row chunks, from the embedded tokens to the logits (out). */
 static qlab_status model_forward_rows(model *m, float *out) {
     const model_config *c = &m->cfg;
+    bf16_att_operands ops, *po = NULL;
+    if (bf16_att_operands_fit(m->T)) { /* the attention's operands packed ahead */
+        size_t bytes = bf16_att_operands_bytes(m->B, m->T, c->n_heads, c->n_kv_heads, m->head_size);
+        if (bytes > m->att_ops_bytes) {
+            QLAB_TRY(memacct_charge(MEMACCT_SCRATCH, bytes));
+            void *buf = qlab_alloc_aligned(bytes);
+            if (!buf) {
+                memacct_release(MEMACCT_SCRATCH, bytes);
+                return qlab_fail(QLAB_ERR_NOMEM, "model_forward: attention operands (%zu bytes)", bytes);
+            }
+            qlab_free_aligned(m->att_ops);
+            memacct_release(MEMACCT_SCRATCH, m->att_ops_bytes);
+            m->att_ops = buf, m->att_ops_bytes = bytes;
+        }
+        bf16_att_operands_layout(&ops, m->att_ops, m->B, m->T, c->n_heads, c->n_kv_heads, m->head_size);
+        po = &ops;
+    }
     for (int l = 0; l < c->n_layers; l++) {
         model_layer_acts x = model_layer_views(m, l);
-        QLAB_TRY(model_rows_run(m, MODEL_ROWS_QKV, l, NULL));
-        QLAB_TRY(attention_forward_bf16(x.atty, NULL, x.q, x.k, x.v, m->B, m->T, c->n_heads, c->n_kv_heads,
-                                        m->head_size));
-        QLAB_TRY(model_rows_run(m, MODEL_ROWS_FFN, l, NULL));
+        QLAB_TRY(model_rows_run(m, MODEL_ROWS_QKV, l, NULL, po));
+        if (po)
+            QLAB_TRY(attention_forward_bf16_packed(x.atty, po));
+        else
+            QLAB_TRY(attention_forward_bf16(x.atty, NULL, x.q, x.k, x.v, m->B, m->T, c->n_heads,
+                                            c->n_kv_heads, m->head_size));
+        QLAB_TRY(model_rows_run(m, MODEL_ROWS_FFN, l, NULL, NULL));
     }
-    QLAB_TRY(model_rows_run(m, MODEL_ROWS_HEAD, 0, out));
+    QLAB_TRY(model_rows_run(m, MODEL_ROWS_HEAD, 0, out, NULL));
     m->target_count = 0;
     return QLAB_OK;
 }
