@@ -155,6 +155,19 @@ static void test_paths_bit_exact(void) {
         bad += !same_bits(y1, y2, n);
         CHECKF(bad == 0, "length %zu: the %s path differs from the C reference", n, vm_path_name());
     }
+    /* exp near both ends of its range, where 2^n scaling meets subnormal results and overflow: every float in
+     * from -87.3366 up (45,057 of them: results from FLT_MIN to about 1.4 FLT_MIN) and a grid below 88.38 */
+    size_t m = 0;
+    for (float v = -87.3366f; v < -86.5f && m < N - 4096; v = nextafterf(v, 0.0f))
+        x[m++] = v;
+    for (int i = 0; i < 4096 && m < N; i++)
+        x[m++] = 88.38f - 0.001f * (float)i;
+    vm_force_c(1);
+    vm_exp_shift_sum(y1, x, m, 0.0f);
+    vm_force_c(0);
+    vm_exp_shift_sum(y2, x, m, 0.0f);
+    CHECKF(same_bits(y1, y2, m), "exp near the ends of its range: the %s path differs (%zu points)",
+           vm_path_name(), m);
     /* every float exponent and the NaN, elementwise */
     size_t n = 0;
     for (uint32_t e = 0; e < 256 && n + 2 <= N; e++)

@@ -21,12 +21,13 @@ static inline float tree16(__m512 acc) {
     return _mm_cvtss_f32(_mm_add_ss(v2, _mm_movehdup_ps(v2)));
 }
 
-/* vm_expf on 16 lanes: the same clamps, rounding, fused multiply-adds and scaling. */
+/* vm_expf on 16 lanes: the same clamps, rounding and fused multiply-adds; the scaling by 2^n (n an integer
+ * in [-126, 127] here, so 2^n is a normal number) with VSCALEFPS, which rounds the same exact product once
+ * as the reference's multiplication by 2^n does. The lanes' clamps are applied only when a lane needs one. */
 static inline __m512 exp16(__m512 x) {
-    __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-    __mmask16 lo = _mm512_cmp_ps_mask(x, _mm512_set1_ps(VM_EXP_LO), _CMP_LT_OQ);
-    __mmask16 hi = _mm512_cmp_ps_mask(x, _mm512_set1_ps(VM_EXP_HI), _CMP_GT_OQ);
-    __m512 xc = _mm512_mask_mov_ps(x, nan | lo | hi, _mm512_setzero_ps());
+    __mmask16 ok = _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(x, _mm512_set1_ps(VM_EXP_LO), _CMP_GE_OQ), x,
+                                           _mm512_set1_ps(VM_EXP_HI), _CMP_LE_OQ); /* false for NaN */
+    __m512 xc = ok == 0xffff ? x : _mm512_maskz_mov_ps(ok, x);
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(VM_LOG2E)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-VM_LN2_HI), xc);
@@ -37,8 +38,11 @@ static inline __m512 exp16(__m512 x) {
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(VM_P4));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(VM_P5));
     __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
-    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-    y = _mm512_mul_ps(y, _mm512_castsi512_ps(e));
+    y = _mm512_scalef_ps(y, n);
+    if (ok == 0xffff) return y;
+    __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    __mmask16 lo = _mm512_cmp_ps_mask(x, _mm512_set1_ps(VM_EXP_LO), _CMP_LT_OQ);
+    __mmask16 hi = _mm512_cmp_ps_mask(x, _mm512_set1_ps(VM_EXP_HI), _CMP_GT_OQ);
     y = _mm512_mask_mov_ps(y, lo, _mm512_setzero_ps());
     y = _mm512_mask_mov_ps(y, hi, _mm512_set1_ps(INFINITY));
     return _mm512_mask_mov_ps(y, nan, x);
