@@ -147,6 +147,18 @@ static void test_paths_bit_exact(void) {
         f2 = vm_scale_max(y2, n, 0.37f);
         bad += bits_of(f1) != bits_of(f2) || !same_bits(y1, y2, n);
 
+        /* the fused scale, max and exponentials: C against AVX-512, and against the two calls it fuses */
+        memcpy(y1, x, sizeof(float) * n), memcpy(y2, x, sizeof(float) * n);
+        vm_force_c(1);
+        f1 = vm_scale_exp_sum(y1, n, 0.37f);
+        vm_force_c(0);
+        f2 = vm_scale_exp_sum(y2, n, 0.37f);
+        bad += bits_of(f1) != bits_of(f2) || !same_bits(y1, y2, n);
+        memcpy(y1, x, sizeof(float) * n);
+        float m = vm_scale_max(y1, n, 0.37f);
+        f1 = vm_exp_shift_sum(y1, y1, n, m);
+        bad += bits_of(f1) != bits_of(f2) || !same_bits(y1, y2, n);
+
         memcpy(y1, u, sizeof(float) * n), memcpy(y2, u, sizeof(float) * n);
         vm_force_c(1);
         vm_softmax_grad(y1, x, n, 0.37f);
@@ -168,6 +180,37 @@ static void test_paths_bit_exact(void) {
     vm_exp_shift_sum(y2, x, m, 0.0f);
     CHECKF(same_bits(y1, y2, m), "exp near the ends of its range: the %s path differs (%zu points)",
            vm_path_name(), m);
+    /* largest element, NaN never the maximum, a zero maximum as +0: NaNs, mixed zeros, -inf in the 32-wide
+     * body and the tail, one row of each; vm_scale_max and the fused vm_scale_exp_sum against the C path */
+    static const float row_specials[][3] = {{NAN, -0.0f, 0.0f},
+                                            {-0.0f, -0.0f, -0.0f},
+                                            {0.0f, -0.0f, NAN},
+                                            {-INFINITY, -INFINITY, -INFINITY},
+                                            {NAN, NAN, NAN}};
+    for (int rs = 0; rs < 5; rs++)
+        for (size_t len = 1; len <= 70; len += 23) {
+            int bad_row = 0;
+            float f1, f2;
+            for (size_t i = 0; i < len; i++) /* zeros or -inf everywhere, the specials spread over the row */
+                x[i] = row_specials[rs][i % 3 == 0 ? 0 : (i * 7) % 3];
+            if (rs == 0) x[len / 2] = -3.0f;
+            if (rs == 0 && len > 16) x[16] = 7.0f; /* the maximum, before a NaN in the same lane (x[48]) */
+            memcpy(y1, x, sizeof(float) * len), memcpy(y2, x, sizeof(float) * len);
+            vm_force_c(1);
+            f1 = vm_scale_max(y1, len, 0.5f);
+            vm_force_c(0);
+            f2 = vm_scale_max(y2, len, 0.5f);
+            bad_row += bits_of(f1) != bits_of(f2);
+            memcpy(y1, x, sizeof(float) * len), memcpy(y2, x, sizeof(float) * len);
+            vm_force_c(1);
+            f1 = vm_scale_exp_sum(y1, len, 0.5f);
+            vm_force_c(0);
+            f2 = vm_scale_exp_sum(y2, len, 0.5f);
+            bad_row += bits_of(f1) != bits_of(f2) && !(isnan(f1) && isnan(f2));
+            for (size_t i = 0; i < len; i++)
+                bad_row += bits_of(y1[i]) != bits_of(y2[i]) && !(isnan(y1[i]) && isnan(y2[i]));
+            CHECKF(bad_row == 0, "row maximum with specials (case %d, length %zu): paths differ", rs, len);
+        }
     /* every float exponent and the NaN, elementwise */
     size_t n = 0;
     for (uint32_t e = 0; e < 256 && n + 2 <= N; e++)

@@ -205,6 +205,12 @@ float vm_scale_max(float *x, size_t n, float scale) {
     return use_avx512() ? vm_scale_max_avx512(x, n, scale) : scale_max_c(x, n, scale);
 }
 
+float vm_scale_exp_sum(float *x, size_t n, float scale) {
+    if (use_avx512()) return vm_scale_exp_sum_avx512(x, n, scale);
+    float m = scale_max_c(x, n, scale);
+    return exp_shift_sum_c(x, x, n, m);
+}
+
 void vm_softmax_grad(float *d, const float *p, size_t n, float scale) {
     if (use_avx512())
         vm_softmax_grad_avx512(d, p, n, scale);

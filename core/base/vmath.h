@@ -40,6 +40,11 @@ double vm_dot3_f64(const float *a, const float *b, const float *c, size_t n);
  * a zero maximum). */
 float vm_scale_max(float *x, size_t n, float scale);
 
+/* x[i] = exp(scale * x[i] - m), m the largest scale * x[i]: vm_scale_max then vm_exp_shift_sum with shift m,
+ * the same bits, in one call (the row stays in registers when it is short); returns the fp32 sum of the
+ * exponentials in the lane order above. */
+float vm_scale_exp_sum(float *x, size_t n, float scale);
+
 /* The backward of a softmax row p with the logits scaled by scale: d holds d(p) on entry and
  * d(logits) = scale * p[i] * (d[i] - <p, d>) on exit, the dot product summed in the lane order above (each
  * lane one fused multiply-add per element). */

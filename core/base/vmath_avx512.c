@@ -200,19 +200,62 @@ double vm_dot3_f64_avx512(const float *a, const float *b, const float *c, size_t
     return tree_pair(lo, hi);
 }
 
+/* The largest of lanes that hold no NaN (VMAXPS returns its second operand when the first is NaN; which zero
+ * wins does not matter once the result is added to +0): the reference's "largest non-NaN, a zero maximum as
+ * +0" in any order. */
+static inline float max16(__m512 best) {
+    return _mm512_reduce_max_ps(best) + 0.0f;
+}
+
+/* best = the larger of v and best in lanes m; a NaN in v never replaces best. Two accumulators (even and
+ * odd vectors) keep the chain short; the maximum does not depend on the order. */
 float vm_scale_max_avx512(float *x, size_t n, float scale) {
-    __m512 best = _mm512_set1_ps(-INFINITY), s = _mm512_set1_ps(scale);
-    for (size_t i = 0; i < n; i += 16) {
+    __m512 b0 = _mm512_set1_ps(-INFINITY), b1 = b0, s = _mm512_set1_ps(scale);
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m512 v0 = _mm512_mul_ps(_mm512_loadu_ps(x + i), s),
+               v1 = _mm512_mul_ps(_mm512_loadu_ps(x + i + 16), s);
+        _mm512_storeu_ps(x + i, v0);
+        _mm512_storeu_ps(x + i + 16, v1);
+        b0 = _mm512_max_ps(v0, b0);
+        b1 = _mm512_max_ps(v1, b1);
+    }
+    for (; i < n; i += 16) {
         __mmask16 m = tail_mask(n - i);
         __m512 v = _mm512_mul_ps(load(x + i, m), s);
         _mm512_mask_storeu_ps(x + i, m, v);
-        best = _mm512_mask_mov_ps(best, _mm512_mask_cmp_ps_mask(m, v, best, _CMP_GT_OQ), v);
+        b0 = _mm512_mask_max_ps(b0, m, v, b0);
     }
-    float b[16], r = -INFINITY;
-    _mm512_storeu_ps(b, best);
-    for (int l = 0; l < 16; l++)
-        if (b[l] > r) r = b[l];
-    return r + 0.0f;
+    return max16(_mm512_max_ps(b1, b0));
+}
+
+/* Rows of up to VM_ROW values are scaled, reduced and exponentiated in registers (one load and one store
+ * per element), with the operations of vm_scale_max_avx512 and vm_exp_shift_sum_avx512 in their order. */
+#define VM_ROW 256
+
+float vm_scale_exp_sum_avx512(float *x, size_t n, float scale) {
+    if (n > VM_ROW) {
+        float m = vm_scale_max_avx512(x, n, scale);
+        return vm_exp_shift_sum_avx512(x, x, n, m);
+    }
+    __m512 v[VM_ROW / 16], b0 = _mm512_set1_ps(-INFINITY), b1 = b0, s = _mm512_set1_ps(scale);
+    size_t nv = (n + 15) / 16;
+    for (size_t j = 0; j < nv; j++) {
+        __mmask16 m = tail_mask(n - 16 * j);
+        v[j] = _mm512_mul_ps(load(x + 16 * j, m), s);
+        if (j & 1)
+            b1 = _mm512_mask_max_ps(b1, m, v[j], b1);
+        else
+            b0 = _mm512_mask_max_ps(b0, m, v[j], b0);
+    }
+    __m512 acc = _mm512_setzero_ps(), shift = _mm512_set1_ps(max16(_mm512_max_ps(b1, b0)));
+    for (size_t j = 0; j < nv; j++) {
+        __mmask16 m = tail_mask(n - 16 * j);
+        __m512 e = exp16(_mm512_sub_ps(v[j], shift));
+        _mm512_mask_storeu_ps(x + 16 * j, m, e);
+        acc = _mm512_mask_add_ps(acc, m, acc, e);
+    }
+    return tree16(acc);
 }
 
 void vm_softmax_grad_avx512(float *d, const float *p, size_t n, float scale) {

@@ -39,8 +39,7 @@ static void softmax_round_rows(float *S, int r0, int r1, int T, float scale, uin
         float *row = S + (size_t)(t - r0) * T;
         uint16_t *out = Aa + (size_t)(t - r0) * Kr;
         int n = t + 1;
-        float maxv = vm_scale_max(row, (size_t)n, scale);
-        float inv = 1.0f / vm_exp_shift_sum(row, row, (size_t)n, maxv);
+        float inv = 1.0f / vm_scale_exp_sum(row, (size_t)n, scale);
         if (vector) {
             gemm_bf16_normalize_round_avx512bf16(row, out, n, inv, keep ? T : 0, Kr);
             continue;

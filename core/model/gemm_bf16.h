@@ -122,7 +122,7 @@ void bf16_workspace_release(void);
  * matrices (scores = q k^T, out = att v; in backward d(att) = dout v^T, dv = att^T dout, dq = ds k,
  * dk = ds^T q) formed as bf16_gemm forms it: both operands rounded to bf16, fp32 accumulation on the
  * active path. The score scale multiplies the accumulated score in fp32; softmax and its backward run in
- * fp32 (core/base/vmath: vm_scale_max, vm_exp_shift_sum, vm_softmax_grad). att may be NULL in the forward
+ * fp32 (core/base/vmath: vm_scale_exp_sum, vm_softmax_grad). att may be NULL in the forward
  * when no backward follows: the probabilities are then not kept. Fail only when the per-thread packing
  * workspace cannot be allocated. */
 qlab_status attention_forward_bf16(float *out, float *att, const float *q, const float *k, const float *v,
