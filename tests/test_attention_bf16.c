@@ -84,6 +84,34 @@ static void run_free(run *r) {
     free(r->out), free(r->att), free(r->dq), free(r->dk), free(r->dv);
 }
 
+/* The forward without the probabilities kept (evaluation) gives r's output bit for bit; so does the forward
+ * from operands packed ahead (bf16_att_operands, T a multiple of 32), packed in chunks of 32 positions. */
+static void check_without_att(const shape *s, const run *in, const run *r) {
+    float *out = malloc(sizeof(float) * r->nq);
+    memset(out, 0xff, sizeof(float) * r->nq);
+    CHECK(attention_forward_bf16(out, NULL, in->q, in->k, in->v, s->B, s->T, s->NH, s->NKV, s->HS) ==
+          QLAB_OK);
+    CHECKF(!memcmp(out, r->out, sizeof(float) * r->nq), "T %d HS %d: forward without probabilities differs",
+           s->T, s->HS);
+    if (bf16_att_operands_fit(s->T)) {
+        void *base = qlab_alloc_aligned(bf16_att_operands_bytes(s->B, s->T, s->NH, s->NKV, s->HS));
+        memset(base, 0xff, bf16_att_operands_bytes(s->B, s->T, s->NH, s->NKV, s->HS)); /* NaN bf16 */
+        bf16_att_operands ops;
+        bf16_att_operands_layout(&ops, base, s->B, s->T, s->NH, s->NKV, s->HS);
+        uint16_t tmp[2 * (64 + 32) + 64];
+        size_t qs = (size_t)s->NH * s->HS, kvs = (size_t)s->NKV * s->HS;
+        for (int n0 = 0; n0 < s->B * s->T; n0 += 32)
+            bf16_att_operands_pack(&ops, n0, 32, in->q + n0 * qs, in->k + n0 * kvs, in->v + n0 * kvs, tmp);
+        memset(out, 0xff, sizeof(float) * r->nq);
+        CHECK(attention_forward_bf16_packed(out, &ops) == QLAB_OK);
+        CHECKF(!memcmp(out, r->out, sizeof(float) * r->nq),
+               "T %d HS %d NH %d NKV %d: forward from operands packed ahead differs", s->T, s->HS, s->NH,
+               s->NKV);
+        qlab_free_aligned(base);
+    }
+    free(out);
+}
+
 /* Forward and backward of one path ("fp32" for ops.c) with the given thread count. */
 static void run_path(const char *path, const shape *s, const run *in, run *r, int threads) {
 #ifdef _OPENMP
@@ -101,6 +129,7 @@ static void run_path(const char *path, const shape *s, const run *in, run *r, in
               QLAB_OK);
         CHECK(attention_backward_bf16(r->dq, r->dk, r->dv, in->dout, r->att, in->q, in->k, in->v, s->B, s->T,
                                       s->NH, s->NKV, s->HS, scratch, threads) == QLAB_OK);
+        check_without_att(s, in, r);
         CHECK(bf16_force_path("auto") == QLAB_OK);
     }
     free(scratch);
@@ -183,7 +212,8 @@ static void test_shape(const shape *s) {
 }
 
 int main(void) {
-    const shape shapes[] = {{2, 150, 4, 2, 40}, {1, 64, 2, 2, 32}, {1, 5, 3, 1, 8}, {2, 200, 2, 2, 64}};
+    const shape shapes[] = {{2, 150, 4, 2, 40}, {1, 64, 2, 2, 32}, {1, 5, 3, 1, 8},
+                            {2, 200, 2, 2, 64}, {3, 96, 4, 2, 40}, {2, 32, 2, 1, 8}};
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
         test_shape(&shapes[i]);
     return check_summary();

@@ -224,7 +224,13 @@ void gemm_bf16_pack_bn_avx512bf16(uint16_t *dst, size_t bstride, int npairs, con
 
 void gemm_bf16_normalize_round_avx512bf16(float *row, uint16_t *out, int n, float inv, int len, int Kr) {
     __m512 vi = _mm512_set1_ps(inv);
-    for (int i = 0; i < len || i < Kr; i += 16) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16) { /* whole vectors of the row */
+        __m512 v = _mm512_mul_ps(_mm512_loadu_ps(row + i), vi);
+        if (len) _mm512_storeu_ps(row + i, v); /* len >= n */
+        _mm256_storeu_si256((__m256i *)(out + i), round16(v));
+    }
+    for (; i < len || i < Kr; i += 16) { /* the partial vector, then zeros */
         int valid = n - i < 0 ? 0 : n - i > 16 ? 16 : n - i;
         __mmask16 m = (__mmask16)((1u << valid) - 1);
         __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, row + i), vi); /* zero at and after n */
