@@ -139,6 +139,16 @@ void bf16_round_array(uint16_t *out, const float *in, size_t n) {
         out[i] = f32_to_bf16(in[i]);
 }
 
+void bf16_scale_round(uint16_t *out, const float *x, float r, const float *w, int n, int width) {
+    if (cpu_has_avx512bf16()) {
+        gemm_bf16_scale_round_avx512bf16(out, x, r, w, n, width);
+        return;
+    }
+    for (int c = 0; c < n; c++)
+        out[c] = f32_to_bf16(x[c] * r * w[c]);
+    memset(out + n, 0, sizeof(uint16_t) * (size_t)(width - n));
+}
+
 int gemm_bf16_vector_packing(void) {
     bf16_path p = bf16_active_path();
     return p == BF16_PATH_AVX512BF16 || p == BF16_PATH_AMX;

@@ -150,6 +150,9 @@ void bf16_att_operands_pack(const bf16_att_operands *o, int n0, int rows, const 
                             const float *v, uint16_t *tmp);
 /* attention_forward_bf16 (att NULL) from operands packed ahead: the same bits. */
 qlab_status attention_forward_bf16_packed(float *out, const bf16_att_operands *o);
+/* out[c] = bf16(x[c] * r * w[c]) for c < n (the products in fp32, left to right: a norm's output rounded
+ * for a product), zero for n <= c < width; on the fastest path, the same bits everywhere. */
+void bf16_scale_round(uint16_t *out, const float *x, float r, const float *w, int n, int width);
 /* Rounds n fp32 values to bf16 (RNE) on the fastest path, bit-identical to f32_to_bf16. */
 void bf16_round_array(uint16_t *out, const float *in, size_t n);
 

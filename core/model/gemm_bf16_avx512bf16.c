@@ -112,6 +112,18 @@ void gemm_bf16_round_avx512bf16(uint16_t *out, const float *in, size_t n) {
     }
 }
 
+void gemm_bf16_scale_round_avx512bf16(uint16_t *out, const float *x, float r, const float *w, int n,
+                                      int width) {
+    __m512 vr = _mm512_set1_ps(r);
+    for (int i = 0; i < width; i += 16) {
+        int valid = n - i < 0 ? 0 : n - i > 16 ? 16 : n - i, wide = width - i > 16 ? 16 : width - i;
+        __mmask16 m = (__mmask16)((1u << valid) - 1);
+        __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), vr),
+                                 _mm512_maskz_loadu_ps(m, w + i));
+        _mm256_mask_storeu_epi16(out + i, (__mmask16)((1u << wide) - 1), round16(v));
+    }
+}
+
 /* r[i] element j -> r[j] element i, for 16 x 16 32-bit words: unpack 32-bit and 64-bit pairs within
  * 128-bit lanes, then gather the lanes of each column group. */
 static inline void transpose16(__m512i r[16]) {

@@ -58,6 +58,8 @@ void gemm_bf16_pack_at(uint16_t *Ap, int Kp, const float *A, int lda, int K, int
 void gemm_bf16_kernel_avx512bf16(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, float *C,
                                  int ldc, int accumulate);
 void gemm_bf16_round_avx512bf16(uint16_t *out, const float *in, size_t n);
+void gemm_bf16_scale_round_avx512bf16(uint16_t *out, const float *x, float r, const float *w, int n,
+                                      int width);
 /* 16 rows of a packed A from a transposed source: Ap[i][k] = bf16(A[k][i]) for i < mn, k < K, zero for
  * the rest of the 16 x Kp block (A points at the block's first column, row stride lda). */
 void gemm_bf16_pack_at_avx512bf16(uint16_t *Ap, int Kp, const float *A, int lda, int K, int mn);

@@ -1080,12 +1080,16 @@ static void model_rows_product(const model_rows *p, const uint16_t *a, int rows,
                     C, ldc, 0, NULL);
 }
 
-/* The rows' rmsnorm (f1, fp32, as rmsnorm_forward_order with lanes), rounded and packed into a. */
+/* The rows' rmsnorm (as rmsnorm_forward_order with lanes), rounded and packed into a. */
 static void model_rows_norm(const model_rows *p, model_rows_ws *ws, const float *x, const float *weight,
                             int rows, int D, float eps) {
-    for (int i = 0; i < rows; i++)
-        rmsnorm_row(ws->f1 + (size_t)i * D, x + (size_t)i * D, weight, D, eps, 1);
-    gemm_bf16_pack_rows(ws->a, model_round32(D), ws->f1, (size_t)D, rows, D, model_round32(rows));
+    (void)p;
+    int Kp = model_round32(D);
+    for (int i = 0; i < rows; i++) {
+        const float *xi = x + (size_t)i * D;
+        bf16_scale_round(ws->a + (size_t)i * Kp, xi, rmsnorm_rstd(xi, D, eps, 1), weight, D, Kp);
+    }
+    memset(ws->a + (size_t)rows * Kp, 0, sizeof(uint16_t) * (size_t)(model_round32(rows) - rows) * Kp);
 }
 
 /* The attention's inputs of rows [r0, r1) of layer l: q, k, v after RoPE. */
@@ -1130,8 +1134,13 @@ static void model_rows_ffn(model *m, const model_rows *p, model_rows_ws *ws, int
     model_rows_norm(p, ws, res2, m->params.rms_ffn + (size_t)l * D, rows, D, c->norm_eps);
     model_rows_product(p, ws->a, rows, &pk[PROJ_GATE], ws->f1, H);
     model_rows_product(p, ws->a, rows, &pk[PROJ_UP], ws->f2, H);
-    vm_silu_mul(ws->f1, ws->f1, ws->f2, (size_t)rows * H);
-    gemm_bf16_pack_rows(ws->a, model_round32(H), ws->f1, (size_t)H, rows, H, model_round32(rows));
+    int Kh = model_round32(H);
+    for (int i = 0; i < rows; i++) { /* SwiGLU row by row, rounded while the row is in cache */
+        float *g = ws->f1 + (size_t)i * H;
+        vm_silu_mul(g, g, ws->f2 + (size_t)i * H, (size_t)H);
+        gemm_bf16_pack_rows(ws->a + (size_t)i * Kh, Kh, g, (size_t)H, 1, H, 1);
+    }
+    memset(ws->a + (size_t)rows * Kh, 0, sizeof(uint16_t) * (size_t)(model_round32(rows) - rows) * Kh);
     model_rows_product(p, ws->a, rows, &pk[PROJ_DOWN], res3, D);
 #pragma omp simd
     for (size_t i = 0; i < n; i++)

@@ -132,14 +132,18 @@ void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *wei
     rmsnorm_forward_order(out, rstd, inp, weight, N, C, eps, 0);
 }
 
-float rmsnorm_row(float *out, const float *x, const float *weight, int C, float eps, int lanes) {
+float rmsnorm_rstd(const float *x, int C, float eps, int lanes) {
     double ss = 0; /* double: the row sum of squares is then exact enough to be order-insensitive */
     if (lanes)
         ss = vm_dot_f64(x, x, (size_t)C);
     else
         for (int c = 0; c < C; c++)
             ss += (double)x[c] * x[c];
-    float r = (float)(1.0 / sqrt(ss / C + eps));
+    return (float)(1.0 / sqrt(ss / C + eps));
+}
+
+float rmsnorm_row(float *out, const float *x, const float *weight, int C, float eps, int lanes) {
+    float r = rmsnorm_rstd(x, C, eps, lanes);
 #pragma omp simd
     for (int c = 0; c < C; c++)
         out[c] = x[c] * r * weight[c];

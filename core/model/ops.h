@@ -24,7 +24,9 @@ void embedding_backward(float *dtable, const float *dout, const int *tokens, int
 void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps);
 /* The same with the row sum of squares in double either in element order (lanes 0: rmsnorm_forward, the
  * fp32 reference) or in vmath's 16-lane order (vm_dot_f64, vectorized: bf16 compute). */
-/* One row of rmsnorm_forward_order on the calling thread: out (C) from x (C); returns the row's rstd. */
+/* One row of rmsnorm_forward_order on the calling thread: out (C) from x (C); returns the row's rstd, which
+ * rmsnorm_rstd computes alone (out[c] is then x[c] * rstd * weight[c]). */
+float rmsnorm_rstd(const float *x, int C, float eps, int lanes);
 float rmsnorm_row(float *out, const float *x, const float *weight, int C, float eps, int lanes);
 void rmsnorm_forward_order(float *out, float *rstd, const float *inp, const float *weight, int N, int C,
                            float eps, int lanes);
