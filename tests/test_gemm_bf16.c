@@ -44,6 +44,21 @@ static void test_rounding(void) {
             bad += out[i] != 0xabab;
         CHECKF(bad == 0, "len %d: %d elements differ from f32_to_bf16 or were overwritten", len, bad);
     }
+    /* a norm's output rounded: bf16(x * r * w), zero to the width, nothing written after it */
+    float w[n];
+    for (int i = 0; i < n; i++)
+        w[i] = (float)(0.5 + 0.01 * (i % 50));
+    for (int len = 0; len <= 300; len += (len < 40 ? 1 : 37)) {
+        int width = (len + 31) / 32 * 32;
+        memset(out, 0xab, sizeof out);
+        bf16_scale_round(out, in, 0.37f, w, len, width);
+        int bad = 0;
+        for (int i = 0; i < width; i++)
+            bad += out[i] != (i < len ? f32_to_bf16(in[i] * 0.37f * w[i]) : 0);
+        for (int i = width; i < n; i++)
+            bad += out[i] != 0xabab;
+        CHECKF(bad == 0, "bf16_scale_round len %d: %d elements differ", len, bad);
+    }
 }
 
 /* The documented order (tests/bf16_ref.h) on unpacked operands, including the zero padding of K to a

@@ -147,6 +147,23 @@ static void test_paths_bit_exact(void) {
         f2 = vm_scale_max(y2, n, 0.37f);
         bad += bits_of(f1) != bits_of(f2) || !same_bits(y1, y2, n);
 
+        /* sums and rotations of pairs (RoPE): elementwise, any length, in place or not */
+        vm_force_c(1);
+        vm_add(y1, x, u, n);
+        vm_force_c(0);
+        vm_add(y2, x, u, n);
+        bad += !same_bits(y1, y2, n);
+        size_t half = n / 2;
+        const float *cs = u, *sn = u + half; /* any values: the same operations on both paths */
+        vm_force_c(1);
+        vm_rotate_pairs(y1, x, cs, sn, half);
+        vm_force_c(0);
+        vm_rotate_pairs(y2, x, cs, sn, half);
+        bad += !same_bits(y1, y2, 2 * half);
+        memcpy(y2, x, sizeof(float) * n);
+        vm_rotate_pairs(y2, y2, cs, sn, half);
+        bad += !same_bits(y1, y2, 2 * half);
+
         /* the fused scale, max and exponentials: C against AVX-512, and against the two calls it fuses */
         memcpy(y1, x, sizeof(float) * n), memcpy(y2, x, sizeof(float) * n);
         vm_force_c(1);

@@ -211,6 +211,27 @@ float vm_scale_exp_sum(float *x, size_t n, float scale) {
     return exp_shift_sum_c(x, x, n, m);
 }
 
+void vm_add(float *out, const float *a, const float *b, size_t n) {
+    if (use_avx512()) {
+        vm_add_avx512(out, a, b, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        out[i] = a[i] + b[i];
+}
+
+void vm_rotate_pairs(float *y, const float *x, const float *c, const float *s, size_t half) {
+    if (use_avx512()) {
+        vm_rotate_pairs_avx512(y, x, c, s, half);
+        return;
+    }
+    for (size_t i = 0; i < half; i++) {
+        float x0 = x[2 * i], x1 = x[2 * i + 1];
+        y[2 * i] = x0 * c[i] - x1 * s[i];
+        y[2 * i + 1] = x0 * s[i] + x1 * c[i];
+    }
+}
+
 void vm_softmax_grad(float *d, const float *p, size_t n, float scale) {
     if (use_avx512())
         vm_softmax_grad_avx512(d, p, n, scale);

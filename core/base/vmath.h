@@ -59,6 +59,14 @@ void vm_silu_mul(float *out, const float *g, const float *u, size_t n);
 /* s[i] = 1 / (1 + exp(-g[i])). */
 void vm_sigmoid(float *s, const float *g, size_t n);
 
+/* out[i] = a[i] + b[i]. */
+void vm_add(float *out, const float *a, const float *b, size_t n);
+
+/* The pairs (x[2i], x[2i+1]) rotated by the angles whose cosines and sines are c[i] and s[i], i < half:
+ * y[2i] = x[2i] c[i] - x[2i+1] s[i], y[2i+1] = x[2i] s[i] + x[2i+1] c[i] (each product rounded, then the
+ * sum: no fused multiply-add). y may equal x. */
+void vm_rotate_pairs(float *y, const float *x, const float *c, const float *s, size_t half);
+
 /* Which path runs: "avx512" or "c". vm_force_c(1) makes every call take the C reference (tests). */
 const char *vm_path_name(void);
 void vm_force_c(int on);

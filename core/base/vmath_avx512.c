@@ -258,6 +258,34 @@ float vm_scale_exp_sum_avx512(float *x, size_t n, float scale) {
     return tree16(acc);
 }
 
+void vm_add_avx512(float *out, const float *a, const float *b, size_t n) {
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        _mm512_mask_storeu_ps(out + i, m, _mm512_add_ps(load(a + i, m), load(b + i, m)));
+    }
+}
+
+/* Eight pairs per step: c and s widened to both lanes of a pair, the sine negated in the even lanes, x with
+ * its pairs swapped: y = x c + swap(x) (-s, s), products rounded, then added (x0 c + (-(x1 s)) is exactly
+ * x0 c - x1 s). */
+void vm_rotate_pairs_avx512(float *y, const float *x, const float *c, const float *s, size_t half) {
+    const __m512i dup = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+    const __m512 even_sign = _mm512_castsi512_ps(
+        _mm512_set_epi32(0, (int)0x80000000, 0, (int)0x80000000, 0, (int)0x80000000, 0, (int)0x80000000, 0,
+                         (int)0x80000000, 0, (int)0x80000000, 0, (int)0x80000000, 0, (int)0x80000000));
+    for (size_t i = 0; i < half; i += 8) {
+        size_t left = half - i;
+        __mmask8 m8 = left >= 8 ? (__mmask8)0xff : (__mmask8)((1u << left) - 1);
+        __mmask16 m = tail_mask(2 * left);
+        __m512 c2 = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_maskz_loadu_ps(m8, c + i)));
+        __m512 s2 = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_maskz_loadu_ps(m8, s + i)));
+        __m512 v = load(x + 2 * i, m);
+        __m512 r = _mm512_add_ps(_mm512_mul_ps(v, c2),
+                                 _mm512_mul_ps(_mm512_permute_ps(v, 0xb1), _mm512_xor_ps(s2, even_sign)));
+        _mm512_mask_storeu_ps(y + 2 * i, m, r);
+    }
+}
+
 void vm_softmax_grad_avx512(float *d, const float *p, size_t n, float scale) {
     __m512 acc = _mm512_setzero_ps();
     for (size_t i = 0; i < n; i += 16) {

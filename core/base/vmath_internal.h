@@ -36,6 +36,8 @@ double vm_dot_f64_avx512(const float *a, const float *b, size_t n);
 double vm_dot3_f64_avx512(const float *a, const float *b, const float *c, size_t n);
 float vm_scale_max_avx512(float *x, size_t n, float scale);
 float vm_scale_exp_sum_avx512(float *x, size_t n, float scale);
+void vm_add_avx512(float *out, const float *a, const float *b, size_t n);
+void vm_rotate_pairs_avx512(float *y, const float *x, const float *c, const float *s, size_t half);
 void vm_softmax_grad_avx512(float *d, const float *p, size_t n, float scale);
 void vm_silu_mul_avx512(float *out, const float *g, const float *u, size_t n);
 void vm_sigmoid_avx512(float *s, const float *g, size_t n);

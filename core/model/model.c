@@ -1128,9 +1128,7 @@ static void model_rows_ffn(model *m, const model_rows *p, model_rows_ws *ws, int
     const float *res_in = x.res_in + off;
     gemm_bf16_pack_rows(ws->a, model_round32(D), x.atty + off, (size_t)D, rows, D, model_round32(rows));
     model_rows_product(p, ws->a, rows, &pk[PROJ_O], res2, D);
-#pragma omp simd
-    for (size_t i = 0; i < n; i++)
-        res2[i] = res2[i] + res_in[i];
+    vm_add(res2, res2, res_in, n);
     model_rows_norm(p, ws, res2, m->params.rms_ffn + (size_t)l * D, rows, D, c->norm_eps);
     model_rows_product(p, ws->a, rows, &pk[PROJ_GATE], ws->f1, H);
     model_rows_product(p, ws->a, rows, &pk[PROJ_UP], ws->f2, H);
@@ -1142,9 +1140,7 @@ static void model_rows_ffn(model *m, const model_rows *p, model_rows_ws *ws, int
     }
     memset(ws->a + (size_t)rows * Kh, 0, sizeof(uint16_t) * (size_t)(model_round32(rows) - rows) * Kh);
     model_rows_product(p, ws->a, rows, &pk[PROJ_DOWN], res3, D);
-#pragma omp simd
-    for (size_t i = 0; i < n; i++)
-        res3[i] = res3[i] + res2[i];
+    vm_add(res3, res3, res2, n);
 }
 
 /* The final norm and classifier of rows [r0, r1) into out (N, V). */

@@ -219,14 +219,8 @@ void rope_forward_rows(float *out, const float *inp, const float *cos_table, con
         int t = bt % T;
         const float *cs = cos_table + (size_t)t * half, *sn = sin_table + (size_t)t * half;
         for (int h = 0; h < NH; h++) {
-            const float *x = inp + ((size_t)bt * NH + h) * HS;
-            float *y = out + ((size_t)bt * NH + h) * HS;
-#pragma omp simd
-            for (int i = 0; i < half; i++) {
-                float x0 = x[2 * i], x1 = x[2 * i + 1];
-                y[2 * i] = x0 * cs[i] - x1 * sn[i];
-                y[2 * i + 1] = x0 * sn[i] + x1 * cs[i];
-            }
+            vm_rotate_pairs(out + ((size_t)bt * NH + h) * HS, inp + ((size_t)bt * NH + h) * HS, cs, sn,
+                            (size_t)half);
         }
     }
 }
