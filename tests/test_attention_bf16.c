@@ -103,7 +103,7 @@ static void check_without_att(const shape *s, const run *in, const run *r) {
         for (int n0 = 0; n0 < s->B * s->T; n0 += 32)
             bf16_att_operands_pack(&ops, n0, 32, in->q + n0 * qs, in->k + n0 * kvs, in->v + n0 * kvs, tmp);
         memset(out, 0xff, sizeof(float) * r->nq);
-        CHECK(attention_forward_bf16_packed(out, &ops) == QLAB_OK);
+        CHECK(attention_forward_bf16_packed(out, NULL, &ops) == QLAB_OK);
         CHECKF(!memcmp(out, r->out, sizeof(float) * r->nq),
                "T %d HS %d NH %d NKV %d: forward from operands packed ahead differs", s->T, s->HS, s->NH,
                s->NKV);

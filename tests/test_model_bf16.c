@@ -332,7 +332,9 @@ static void test_qlora_finetune(void) {
  * that form (ref, avx512bf16, amx) its logits are bit-identical with the whole-matrix forward's, for chunk
  * sizes 32 (few positions) and 64, partial last chunks, the attention's operands packed ahead (T a
  * multiple of 32) or not, GQA, head size 16 (padded to 32), fp32 and NF4 + double-quant bases, and one or
- * two threads. */
+ * two threads. A training step (forward with targets in row chunks, weights packed again, then backward;
+ * with checkpointing on the NF4 base) gives the logits, loss and every gradient of the whole-matrix step
+ * (model_set_row_passes off), bit for bit. */
 static void test_rows_eval(int quantized) {
     model_config cfg = small;
     cfg.seq_len = 64;
@@ -346,8 +348,12 @@ static void test_rows_eval(int quantized) {
     const int shapes[][2] = {{3, 40}, {7, 41}, {1, 5}, {4, 64}, {9, 32}, {3, 32}, {2, 64}};
     const int nshapes = (int)(sizeof shapes / sizeof *shapes);
     const int V = cfg.vocab_size;
-    int *tokens = markov_tokens(9 * 32, V, 11);
+    int *tokens = markov_tokens(9 * 32 + 1, V, 11);
     float *whole = malloc(sizeof(float) * 9 * 32 * V), *rows = malloc(sizeof(float) * 9 * 32 * V);
+    size_t count;
+    model_get_param_buffer(m, &count);
+    float *gwhole = calloc(count, sizeof(float)), *grows = calloc(count, sizeof(float));
+    if (quantized) model_set_checkpointing(m, 1); /* the backward recomputes each block (whole-matrix) */
     const char *paths[] = {"ref", "avx512bf16", "amx"};
     const bf16_path ids[] = {BF16_PATH_REF, BF16_PATH_AVX512BF16, BF16_PATH_AMX};
     int max_threads = omp_get_max_threads();
@@ -372,10 +378,24 @@ static void test_rows_eval(int quantized) {
                        quantized ? "nf4+dq" : "fp32", B, T, threads);
             }
             omp_set_num_threads(max_threads);
+            /* training: forward with targets (activations kept, weights packed again) and backward */
+            float lw, lr;
+            model_set_row_passes(m, 0);
+            run_step(m, tokens, tokens + 1, B, T, whole, gwhole, &lw);
+            model_set_row_passes(m, 1);
+            for (int threads = 1; threads <= 2; threads++) {
+                omp_set_num_threads(threads);
+                run_step(m, tokens, tokens + 1, B, T, rows, grows, &lr);
+                CHECKF(memcmp(whole, rows, bytes) == 0 && memcmp(gwhole, grows, sizeof(float) * count) == 0 &&
+                           lw == lr,
+                       "%s, %s base, B=%d T=%d, %d threads: row-chunk training step differs", paths[pi],
+                       quantized ? "nf4+dq" : "fp32", B, T, threads);
+            }
+            omp_set_num_threads(max_threads);
         }
     }
     bf16_force_path("auto");
-    free(tokens), free(whole), free(rows);
+    free(tokens), free(whole), free(rows), free(gwhole), free(grows);
     model_free(m);
 }
 

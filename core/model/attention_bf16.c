@@ -225,14 +225,14 @@ void bf16_att_operands_pack(const bf16_att_operands *o, int n0, int rows, const 
     }
 }
 
-qlab_status attention_forward_bf16_packed(float *out, const bf16_att_operands *o) {
+qlab_status attention_forward_bf16_packed(float *out, float *att, const bf16_att_operands *o) {
     int B = o->B, T = o->T, NH = o->NH, HS = o->HS, group = NH / o->NKV, qstride = NH * HS;
     float scale = 1.0f / sqrtf((float)HS);
     int threads = 1;
 #ifdef _OPENMP
     threads = omp_in_parallel() ? 1 : omp_get_max_threads();
 #endif
-    att_plan pl = make_att_plan(T, HS, 0);
+    att_plan pl = make_att_plan(T, HS, att != NULL);
     char *base;
     QLAB_TRY(att_alloc(&base, pl.per_thread * (size_t)threads));
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -242,7 +242,8 @@ qlab_status attention_forward_bf16_packed(float *out, const bf16_att_operands *o
         size_t blk = (size_t)b * o->NKV + h / group;
         head_forward(&pl, &w, o->k + blk * att_k_block(o), o->v + blk * att_v_block(o),
                      o->q + ((size_t)h * att_q_rows(o) + (size_t)b * T) * o->Kq, NULL, qstride,
-                     out + (size_t)b * T * qstride + (size_t)h * HS, NULL, T, HS, scale);
+                     out + (size_t)b * T * qstride + (size_t)h * HS, att ? att + (size_t)bh * T * T : NULL, T,
+                     HS, scale);
     }
     return QLAB_OK;
 }

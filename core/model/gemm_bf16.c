@@ -646,29 +646,40 @@ qlab_status bf16_gemm_backward(int N, int IC, int OC, const float *dout, const f
 
 /* ---------------------------------------------------------------- packed weights */
 
+/* Fills panels (plan pl, trans_b) from W or q. */
+static qlab_status fill_panels(uint16_t *panels, gemm_plan pl, const float *W, const quant_tensor *q, int K) {
+    size_t scratch_elems = (size_t)GEMM_BF16_PANEL * pl.Kp * (size_t)pl.threads;
+    uint16_t *scratch = qlab_alloc_aligned(scratch_elems * sizeof(uint16_t));
+    if (!scratch) return qlab_fail(QLAB_ERR_NOMEM, "bf16 weight packing scratch");
+    /* pack_b's per-thread scratch is sized by the plan; one panel row per thread suffices for trans_b */
+    pl.scratch_elems = scratch_elems;
+    bsrc b = {W, K, q, 1};
+    qlab_status st = QLAB_OK;
+    for (int p0 = 0; st == QLAB_OK && p0 < pl.npanels; p0 += pl.chunk_panels) {
+        int pc = pl.npanels - p0 < pl.chunk_panels ? pl.npanels - p0 : pl.chunk_panels;
+        st = pack_b(panels + (size_t)p0 * GEMM_BF16_PANEL * pl.Kp, scratch, &pl, &b, p0, pc);
+    }
+    qlab_free_aligned(scratch);
+    return st;
+}
+
+static int pack_args_bad(const float *W, const quant_tensor *q, int N, int K) {
+    return N <= 0 || K <= 0 || !W == !q || (q && q->n != (int64_t)N * K);
+}
+
 qlab_status bf16_pack_weight(const float *W, const quant_tensor *q, int N, int K, bf16_packed_weight *out) {
     memset(out, 0, sizeof *out);
-    if (N <= 0 || K <= 0 || !W == !q || (q && q->n != (int64_t)N * K))
+    if (pack_args_bad(W, q, N, K))
         return qlab_fail(QLAB_ERR_ARG,
                          "bf16_pack_weight: a %d x %d weight needs exactly one of fp32 or a "
                          "quantized matrix of that many elements",
                          N, K);
     gemm_plan pl = make_plan(1, N, K, bf16_active_path());
     size_t bytes = (size_t)pl.npanels * GEMM_BF16_PANEL * pl.Kp * sizeof(uint16_t);
-    size_t scratch_elems = (size_t)GEMM_BF16_PANEL * pl.Kp * (size_t)pl.threads;
     QLAB_TRY(memacct_charge(MEMACCT_SCRATCH, bytes));
-    uint16_t *panels = qlab_alloc_aligned(bytes),
-             *scratch = qlab_alloc_aligned(scratch_elems * sizeof(uint16_t));
-    qlab_status st =
-        panels && scratch ? QLAB_OK : qlab_fail(QLAB_ERR_NOMEM, "bf16 packed weight (%zu bytes)", bytes);
-    /* pack_b's per-thread scratch is sized by the plan; one panel row per thread suffices for trans_b */
-    pl.scratch_elems = scratch_elems;
-    bsrc b = {W, K, q, 1};
-    for (int p0 = 0; st == QLAB_OK && p0 < pl.npanels; p0 += pl.chunk_panels) {
-        int pc = pl.npanels - p0 < pl.chunk_panels ? pl.npanels - p0 : pl.chunk_panels;
-        st = pack_b(panels + (size_t)p0 * GEMM_BF16_PANEL * pl.Kp, scratch, &pl, &b, p0, pc);
-    }
-    qlab_free_aligned(scratch);
+    uint16_t *panels = qlab_alloc_aligned(bytes);
+    qlab_status st = panels ? fill_panels(panels, pl, W, q, K)
+                            : qlab_fail(QLAB_ERR_NOMEM, "bf16 packed weight (%zu bytes)", bytes);
     if (st != QLAB_OK) {
         qlab_free_aligned(panels);
         memacct_release(MEMACCT_SCRATCH, bytes);
@@ -677,6 +688,13 @@ qlab_status bf16_pack_weight(const float *W, const quant_tensor *q, int N, int K
     *out = (bf16_packed_weight){
         .N = N, .K = K, .Kp = pl.Kp, .npanels = pl.npanels, .panels = panels, .bytes = bytes};
     return QLAB_OK;
+}
+
+qlab_status bf16_repack_weight(const float *W, const quant_tensor *q, bf16_packed_weight *w) {
+    if (!w->panels || pack_args_bad(W, q, w->N, w->K))
+        return qlab_fail(QLAB_ERR_ARG, "bf16_repack_weight: no packed %d x %d weight of that shape", w->N,
+                         w->K);
+    return fill_panels(w->panels, make_plan(1, w->N, w->K, bf16_active_path()), W, q, w->K);
 }
 
 void bf16_packed_weight_free(bf16_packed_weight *w) {

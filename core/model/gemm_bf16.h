@@ -81,6 +81,9 @@ typedef struct {
 /* Exactly one of W (row-major (N,K)) and q (N*K elements) is given. */
 qlab_status bf16_pack_weight(const float *W, const quant_tensor *q, int N, int K, bf16_packed_weight *out);
 void bf16_packed_weight_free(bf16_packed_weight *w);
+/* Packs W or q (the shape of w) again into w's panels: for weights that changed (a training step), without
+ * allocating them again. */
+qlab_status bf16_repack_weight(const float *W, const quant_tensor *q, bf16_packed_weight *w);
 /* C (M,N) = A W^T (accumulate 0) or C += A W^T, A (M,K) with leading dimension lda. */
 qlab_status bf16_gemm_packed(int M, const float *A, int lda, const bf16_packed_weight *W, int accumulate,
                              float *C, int ldc);
@@ -148,8 +151,8 @@ void bf16_att_operands_layout(bf16_att_operands *o, void *base, int B, int T, in
  * (rows, NKV*HS), after RoPE; tmp holds 2 * (round32(HS) + 32) values (the scalar packers' staging). */
 void bf16_att_operands_pack(const bf16_att_operands *o, int n0, int rows, const float *q, const float *k,
                             const float *v, uint16_t *tmp);
-/* attention_forward_bf16 (att NULL) from operands packed ahead: the same bits. */
-qlab_status attention_forward_bf16_packed(float *out, const bf16_att_operands *o);
+/* attention_forward_bf16 from operands packed ahead: the same bits (att, the probabilities, may be NULL). */
+qlab_status attention_forward_bf16_packed(float *out, float *att, const bf16_att_operands *o);
 /* out[c] = bf16(x[c] * r * w[c]) for c < n (the products in fp32, left to right: a norm's output rounded
  * for a product), zero for n <= c < width; on the fastest path, the same bits everywhere. */
 void bf16_scale_round(uint16_t *out, const float *x, float r, const float *w, int n, int width);

@@ -63,7 +63,9 @@ struct model {
     int quant_blocksize, quant_double;
     qlab_compute compute;
     bf16_packed_weight *packed; /* n_layers * PROJ_COUNT + 1 (the classifier last) while packed, else NULL */
-    void *att_ops;              /* bf16_att_operands of the evaluation in row chunks (while packed) */
+    int packed_valid;           /* the panels hold the current weights (a backward pass clears it) */
+    int row_passes;             /* bf16 forward in chunks of positions when it can (default 1) */
+    void *att_ops;              /* bf16_att_operands of the forward in row chunks (while packed) */
     size_t att_ops_bytes;
     float *tile; /* scratch for dequantized weight rows */
     size_t tile_floats;
@@ -291,6 +293,7 @@ static qlab_status model_alloc(model **out, const model_config *cfg, int quantiz
     m->num_params = model_stored_floats(&m->cfg, quantized);
     for (int g = 0; g < MODEL_GROUP_COUNT; g++)
         m->trainable[g] = 1;
+    m->row_passes = 1;
     qlab_status st = memacct_charge(MEMACCT_FP_WEIGHTS, m->num_params * sizeof(float));
     m->param_buffer = st == QLAB_OK ? qlab_alloc_aligned(m->num_params * sizeof(float)) : NULL;
     if (!m->param_buffer) {
@@ -445,6 +448,7 @@ qlab_status model_clone(const model *src, model **out) {
     memcpy(m->param_buffer, src->param_buffer, src->num_params * sizeof(float));
     memcpy(m->trainable, src->trainable, sizeof m->trainable);
     m->compute = src->compute;
+    m->row_passes = src->row_passes;
     *out = m;
     return QLAB_OK;
 }
@@ -520,6 +524,7 @@ void model_unpack_weights(model *m) {
         memacct_release(MEMACCT_SCRATCH, m->att_ops_bytes);
         m->att_ops = NULL, m->att_ops_bytes = 0;
     }
+    m->packed_valid = 0;
     if (!m->packed) return;
     for (int i = 0; i <= m->cfg.n_layers * PROJ_COUNT; i++)
         bf16_packed_weight_free(&m->packed[i]);
@@ -528,26 +533,43 @@ void model_unpack_weights(model *m) {
 }
 
 int model_weights_packed(const model *m) {
-    return m->packed != NULL;
+    return m->packed && m->packed_valid;
 }
 
-qlab_status model_pack_weights(model *m) {
-    if (m->compute != QLAB_COMPUTE_BF16 || m->packed) return QLAB_OK;
+/* Packs every projection and the classifier into m->packed: into the panels already there (repack, for
+ * weights that changed since) or newly allocated ones. */
+static qlab_status model_pack_all(model *m, int repack) {
     if (m->quant_missing > 0)
         return qlab_fail(QLAB_ERR_ARG, "model_pack_weights: %d quantized projections were never set",
                          m->quant_missing);
     int n = m->cfg.n_layers * PROJ_COUNT;
-    m->packed = qlab_calloc((size_t)n + 1, sizeof *m->packed);
-    if (!m->packed) return QLAB_ERR_NOMEM;
-    qlab_status st = QLAB_OK;
-    for (int i = 0; i < n && st == QLAB_OK; i++) {
-        linear_weight lw = model_get_linear(m, i / PROJ_COUNT, (model_proj)(i % PROJ_COUNT));
-        st = bf16_pack_weight(lw.w, lw.q, lw.out_features, lw.in_features, &m->packed[i]);
+    if (!m->packed) {
+        m->packed = qlab_calloc((size_t)n + 1, sizeof *m->packed);
+        if (!m->packed) return QLAB_ERR_NOMEM;
+        repack = 0;
     }
-    if (st == QLAB_OK)
-        st = bf16_pack_weight(m->params.wcls, NULL, m->cfg.vocab_size, m->cfg.dim, &m->packed[n]);
-    if (st != QLAB_OK) model_unpack_weights(m);
-    return st;
+    qlab_status st = QLAB_OK;
+    for (int i = 0; i <= n && st == QLAB_OK; i++) {
+        linear_weight lw = i < n ? model_get_linear(m, i / PROJ_COUNT, (model_proj)(i % PROJ_COUNT))
+                                 : (linear_weight){m->cfg.vocab_size, m->cfg.dim, m->params.wcls, NULL};
+        st = repack ? bf16_repack_weight(lw.w, lw.q, &m->packed[i])
+                    : bf16_pack_weight(lw.w, lw.q, lw.out_features, lw.in_features, &m->packed[i]);
+    }
+    if (st != QLAB_OK) {
+        model_unpack_weights(m);
+        return st;
+    }
+    m->packed_valid = 1;
+    return QLAB_OK;
+}
+
+qlab_status model_pack_weights(model *m) {
+    if (m->compute != QLAB_COMPUTE_BF16 || model_weights_packed(m)) return QLAB_OK;
+    return model_pack_all(m, m->packed != NULL);
+}
+
+void model_set_row_passes(model *m, int on) {
+    m->row_passes = on ? 1 : 0;
 }
 
 int model_last_target_count(const model *m) {
@@ -975,6 +997,8 @@ static qlab_status model_block_forward(model *m, int l, int keep) {
     return QLAB_OK;
 }
 
+static void model_head_loss(model *m, const int *targets, float *logits, float *loss);
+
 /* Final norm and classifier; with targets, the softmax and the mean loss. */
 static qlab_status model_head_forward(model *m, const int *targets, float *logits, float *loss) {
     const model_config *c = &m->cfg;
@@ -992,6 +1016,15 @@ static qlab_status model_head_forward(model *m, const int *targets, float *logit
         QLAB_TRY(bf16_gemm(0, 1, N, V, D, a->lnf, D, p->wcls, D, 0, out, V));
     else
         matmul_forward(out, a->lnf, p->wcls, N, D, V);
+    model_head_loss(m, targets, logits, loss);
+    return QLAB_OK;
+}
+
+/* With targets, the logits (in acts.probs) copied to logits when given, then the softmax and the mean loss;
+ * without, nothing. */
+static void model_head_loss(model *m, const int *targets, float *logits, float *loss) {
+    model_acts *a = &m->acts;
+    int N = m->B * m->T, V = m->cfg.vocab_size;
     if (logits && targets) memcpy(logits, a->probs, sizeof(float) * (size_t)N * V);
     if (targets) {
         softmax_forward(a->probs, a->probs, N, V);
@@ -1002,7 +1035,6 @@ static qlab_status model_head_forward(model *m, const int *targets, float *logit
     } else {
         m->target_count = 0;
     }
-    return QLAB_OK;
 }
 
 /* ---------------------------------------------------------------- evaluation in row chunks */
@@ -1016,7 +1048,8 @@ static qlab_status model_head_forward(model *m, const int *targets, float *logit
  * product by the same kernel code: the same bits (tests/test_model_bf16.c). Not taken on the blas path
  * (sgemm's summation order may depend on the number of rows) nor with an adapter's forward. */
 static int model_rows_usable(const model *m) {
-    return m->packed && !(m->has_adapter && m->adapter.forward) && bf16_active_path() != BF16_PATH_BLAS;
+    return m->compute == QLAB_COMPUTE_BF16 && m->row_passes && !(m->has_adapter && m->adapter.forward) &&
+           bf16_active_path() != BF16_PATH_BLAS;
 }
 
 typedef struct {
@@ -1027,6 +1060,7 @@ typedef struct {
     size_t per_thread; /* bytes of one thread's buffers */
     char *base;
     bf16_att_operands *ops; /* the attention's operands packed ahead, or NULL */
+    int keep; /* training: the activations a backward needs are written (as model_block_forward) */
 } model_rows;
 
 typedef struct {
@@ -1039,13 +1073,14 @@ static int model_round32(int x) {
     return (x + 31) / 32 * 32;
 }
 
-static qlab_status model_rows_plan(model_rows *p, const model *m, bf16_att_operands *ops) {
+static qlab_status model_rows_plan(model_rows *p, const model *m, bf16_att_operands *ops, int keep) {
     const model_config *c = &m->cfg;
     int threads = 1;
 #ifdef _OPENMP
     threads = omp_get_max_threads();
 #endif
     p->path = bf16_active_path();
+    p->keep = keep;
     p->N = m->B * m->T;
     p->R = p->N >= 128 * threads ? 64 : 32;
     p->ops = ops && bf16_att_operands_fit(m->T) ? ops : NULL;
@@ -1080,11 +1115,17 @@ static void model_rows_product(const model_rows *p, const uint16_t *a, int rows,
                     C, ldc, 0, NULL);
 }
 
-/* The rows' rmsnorm (as rmsnorm_forward_order with lanes), rounded and packed into a. */
+/* The rows' rmsnorm (as rmsnorm_forward_order with lanes), rounded and packed into a; with p->keep also
+ * written to out and rstd (fp32, for the backward). */
 static void model_rows_norm(const model_rows *p, model_rows_ws *ws, const float *x, const float *weight,
-                            int rows, int D, float eps) {
-    (void)p;
+                            int rows, int D, float eps, float *out, float *rstd) {
     int Kp = model_round32(D);
+    if (p->keep) {
+        for (int i = 0; i < rows; i++)
+            rstd[i] = rmsnorm_row(out + (size_t)i * D, x + (size_t)i * D, weight, D, eps, 1);
+        gemm_bf16_pack_rows(ws->a, Kp, out, (size_t)D, rows, D, model_round32(rows));
+        return;
+    }
     for (int i = 0; i < rows; i++) {
         const float *xi = x + (size_t)i * D;
         bf16_scale_round(ws->a + (size_t)i * Kp, xi, rmsnorm_rstd(xi, D, eps, 1), weight, D, Kp);
@@ -1098,9 +1139,10 @@ static void model_rows_qkv(model *m, const model_rows *p, model_rows_ws *ws, int
     model_layer_acts x = model_layer_views(m, l);
     int D = c->dim, KV = m->kv_dim, rows = r1 - r0;
     const bf16_packed_weight *pk = &m->packed[l * PROJ_COUNT];
-    model_rows_norm(p, ws, x.res_in + (size_t)r0 * D, m->params.rms_att + (size_t)l * D, rows, D,
-                    c->norm_eps);
-    if (p->ops) { /* q, k, v stay in this thread's buffers: rounded and packed for the attention */
+    model_rows_norm(p, ws, x.res_in + (size_t)r0 * D, m->params.rms_att + (size_t)l * D, rows, D, c->norm_eps,
+                    x.ln1 + (size_t)r0 * D, x.ln1_rstd + r0);
+    if (p->ops &&
+        !p->keep) { /* q, k, v stay in this thread's buffers: rounded and packed for the attention */
         float *q = ws->f1 - (size_t)r0 * D, *k = ws->g - (size_t)r0 * KV, *v = ws->g + (size_t)rows * KV;
         model_rows_product(p, ws->a, rows, &pk[PROJ_Q], ws->f1, D);
         model_rows_product(p, ws->a, rows, &pk[PROJ_K], ws->g, KV);
@@ -1115,6 +1157,9 @@ static void model_rows_qkv(model *m, const model_rows *p, model_rows_ws *ws, int
     model_rows_product(p, ws->a, rows, &pk[PROJ_V], x.v + (size_t)r0 * KV, KV);
     rope_forward_rows(x.q, x.q, m->rope_cos, m->rope_sin, r0, r1, m->T, c->n_heads, m->head_size);
     rope_forward_rows(x.k, x.k, m->rope_cos, m->rope_sin, r0, r1, m->T, c->n_kv_heads, m->head_size);
+    if (p->ops)
+        bf16_att_operands_pack(p->ops, r0, rows, x.q + (size_t)r0 * D, x.k + (size_t)r0 * KV,
+                               x.v + (size_t)r0 * KV, ws->a);
 }
 
 /* The rest of layer l for rows [r0, r1): output projection, residual, feed-forward block, residual. */
@@ -1129,13 +1174,17 @@ static void model_rows_ffn(model *m, const model_rows *p, model_rows_ws *ws, int
     gemm_bf16_pack_rows(ws->a, model_round32(D), x.atty + off, (size_t)D, rows, D, model_round32(rows));
     model_rows_product(p, ws->a, rows, &pk[PROJ_O], res2, D);
     vm_add(res2, res2, res_in, n);
-    model_rows_norm(p, ws, res2, m->params.rms_ffn + (size_t)l * D, rows, D, c->norm_eps);
-    model_rows_product(p, ws->a, rows, &pk[PROJ_GATE], ws->f1, H);
-    model_rows_product(p, ws->a, rows, &pk[PROJ_UP], ws->f2, H);
+    model_rows_norm(p, ws, res2, m->params.rms_ffn + (size_t)l * D, rows, D, c->norm_eps, x.ln2 + off,
+                    x.ln2_rstd + r0);
+    size_t offh = (size_t)r0 * H;
+    float *h1 = p->keep ? x.h1 + offh : ws->f1, *h3 = p->keep ? x.h3 + offh : ws->f2;
+    float *hs = p->keep ? x.hs + offh : ws->f1;
+    model_rows_product(p, ws->a, rows, &pk[PROJ_GATE], h1, H);
+    model_rows_product(p, ws->a, rows, &pk[PROJ_UP], h3, H);
     int Kh = model_round32(H);
     for (int i = 0; i < rows; i++) { /* SwiGLU row by row, rounded while the row is in cache */
-        float *g = ws->f1 + (size_t)i * H;
-        vm_silu_mul(g, g, ws->f2 + (size_t)i * H, (size_t)H);
+        float *g = hs + (size_t)i * H;
+        vm_silu_mul(g, h1 + (size_t)i * H, h3 + (size_t)i * H, (size_t)H);
         gemm_bf16_pack_rows(ws->a + (size_t)i * Kh, Kh, g, (size_t)H, 1, H, 1);
     }
     memset(ws->a + (size_t)rows * Kh, 0, sizeof(uint16_t) * (size_t)(model_round32(rows) - rows) * Kh);
@@ -1148,15 +1197,17 @@ static void model_rows_head(model *m, const model_rows *p, model_rows_ws *ws, fl
     const model_config *c = &m->cfg;
     int D = c->dim, V = c->vocab_size;
     const float *last = m->acts.res3 + (size_t)(c->n_layers - 1) * p->N * D;
-    model_rows_norm(p, ws, last + (size_t)r0 * D, m->params.rms_final, r1 - r0, D, c->norm_eps);
+    model_rows_norm(p, ws, last + (size_t)r0 * D, m->params.rms_final, r1 - r0, D, c->norm_eps,
+                    m->acts.lnf + (size_t)r0 * D, m->acts.lnf_rstd + r0);
     model_rows_product(p, ws->a, r1 - r0, &m->packed[c->n_layers * PROJ_COUNT], out + (size_t)r0 * V, V);
 }
 
 typedef enum { MODEL_ROWS_QKV, MODEL_ROWS_FFN, MODEL_ROWS_HEAD } model_rows_pass;
 
-static qlab_status model_rows_run(model *m, model_rows_pass pass, int l, float *out, bf16_att_operands *ops) {
+static qlab_status model_rows_run(model *m, model_rows_pass pass, int l, float *out, bf16_att_operands *ops,
+                                  int keep) {
     model_rows p;
-    QLAB_TRY(model_rows_plan(&p, m, ops));
+    QLAB_TRY(model_rows_plan(&p, m, ops, keep));
 #pragma omp parallel
     {
         model_rows_ws ws = model_rows_thread(&p);
@@ -1176,8 +1227,9 @@ static qlab_status model_rows_run(model *m, model_rows_pass pass, int l, float *
     return QLAB_OK;
 }
 
-/* The evaluation forward in row chunks, from the embedded tokens to the logits (out). */
-static qlab_status model_forward_rows(model *m, float *out) {
+/* The forward in row chunks from the embedded tokens to the logits (out); with keep (training) the
+ * activations a backward needs are written as model_block_forward and model_head_forward write them. */
+static qlab_status model_forward_rows(model *m, float *out, int keep) {
     const model_config *c = &m->cfg;
     bf16_att_operands ops, *po = NULL;
     if (bf16_att_operands_fit(m->T)) { /* the attention's operands packed ahead */
@@ -1198,17 +1250,15 @@ static qlab_status model_forward_rows(model *m, float *out) {
     }
     for (int l = 0; l < c->n_layers; l++) {
         model_layer_acts x = model_layer_views(m, l);
-        QLAB_TRY(model_rows_run(m, MODEL_ROWS_QKV, l, NULL, po));
+        QLAB_TRY(model_rows_run(m, MODEL_ROWS_QKV, l, NULL, po, keep));
         if (po)
-            QLAB_TRY(attention_forward_bf16_packed(x.atty, po));
+            QLAB_TRY(attention_forward_bf16_packed(x.atty, keep ? x.att : NULL, po));
         else
-            QLAB_TRY(attention_forward_bf16(x.atty, NULL, x.q, x.k, x.v, m->B, m->T, c->n_heads,
-                                            c->n_kv_heads, m->head_size));
-        QLAB_TRY(model_rows_run(m, MODEL_ROWS_FFN, l, NULL, NULL));
+            QLAB_TRY(attention_forward_bf16(x.atty, keep ? x.att : NULL, x.q, x.k, x.v, m->B, m->T,
+                                            c->n_heads, c->n_kv_heads, m->head_size));
+        QLAB_TRY(model_rows_run(m, MODEL_ROWS_FFN, l, NULL, NULL, keep));
     }
-    QLAB_TRY(model_rows_run(m, MODEL_ROWS_HEAD, 0, out, NULL));
-    m->target_count = 0;
-    return QLAB_OK;
+    return model_rows_run(m, MODEL_ROWS_HEAD, 0, out, NULL, keep);
 }
 
 qlab_status model_forward(model *m, const int *tokens, const int *targets, int B, int T, float *logits,
@@ -1222,7 +1272,13 @@ qlab_status model_forward(model *m, const int *tokens, const int *targets, int B
     QLAB_TRY(model_forward_prepare(m, tokens, B, T));
     if (m->compute == QLAB_COMPUTE_BF16) QLAB_TRY(linear_bf16_reserve(&m->cfg, B * T, 0));
     embedding_forward(m->acts.encoded, tokens, m->params.token_embedding, B * T, m->cfg.dim);
-    if (!targets && model_rows_usable(m)) return model_forward_rows(m, logits ? logits : m->acts.probs);
+    if (model_rows_usable(m) && (targets || model_weights_packed(m))) {
+        /* training: the weights (changed by the last step) packed again into the kept panels */
+        if (targets) QLAB_TRY(model_pack_all(m, m->packed != NULL));
+        QLAB_TRY(model_forward_rows(m, !targets && logits ? logits : m->acts.probs, targets != NULL));
+        model_head_loss(m, targets, logits, loss);
+        return QLAB_OK;
+    }
     for (int l = 0; l < m->cfg.n_layers; l++)
         QLAB_TRY(model_block_forward(m, l, targets != NULL)); /* no targets: no backward follows */
     return model_head_forward(m, targets, logits, loss);
@@ -1379,7 +1435,7 @@ size_t model_activation_bytes(const model *m, int B, int T, int with_backward) {
 }
 
 qlab_status model_backward(model *m) {
-    model_unpack_weights(m); /* an optimizer step may follow: packed copies would go stale */
+    m->packed_valid = 0; /* an optimizer step may follow: the packed copies would go stale (kept for reuse) */
     if (!m->have_targets)
         return qlab_fail(QLAB_ERR_ARG, "model_backward: the last model_forward had no targets (or failed)");
     /* With every base group frozen (LoRA on a frozen or quantized base) no base gradient is formed, so

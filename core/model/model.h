@@ -193,6 +193,11 @@ qlab_compute model_get_compute(const model *m);
 qlab_status model_pack_weights(model *m);
 void model_unpack_weights(model *m);
 int model_weights_packed(const model *m);
+/* With bf16 compute the forward pass runs in chunks of positions, each chunk's norms, products, RoPE,
+ * SwiGLU and residuals on one thread while in cache (training, and evaluation once the weights are packed;
+ * not with an adapter's forward nor on the blas path). The same bits as the whole-matrix form, which off
+ * selects (for tests and comparisons). On by default. */
+void model_set_row_passes(model *m, int on);
 
 /* Forward pass over B sequences of T tokens (T <= seq_len). tokens (B,T). If targets is non-NULL
  * (B,T; entries < 0 are ignored) the mean cross-entropy over non-ignored positions is returned in *loss.
