@@ -68,6 +68,21 @@ static int same_bits(const float *a, const float *b, size_t n) {
     return 1;
 }
 
+/* fn (scale 0.37) on copies of x (n values) in y1 on the C path and in y2 on the AVX-512 path: nonzero when
+ * the returned values or the rows differ in their bits (NaNs of either sign and payload count as equal). */
+static int row_paths_differ(float (*fn)(float *, size_t, float), const float *x, size_t n, float *y1,
+                            float *y2) {
+    memcpy(y1, x, sizeof(float) * n), memcpy(y2, x, sizeof(float) * n);
+    vm_force_c(1);
+    float f1 = fn(y1, n, 0.37f);
+    vm_force_c(0);
+    float f2 = fn(y2, n, 0.37f);
+    int bad = bits_of(f1) != bits_of(f2) && !(isnan(f1) && isnan(f2));
+    for (size_t i = 0; i < n; i++)
+        bad += bits_of(y1[i]) != bits_of(y2[i]) && !(isnan(y1[i]) && isnan(y2[i]));
+    return bad;
+}
+
 static void test_paths_bit_exact(void) {
     vm_force_c(0);
     if (strcmp(vm_path_name(), "c") == 0) {
@@ -140,12 +155,7 @@ static void test_paths_bit_exact(void) {
         s2 = vm_dot3_f64(x, u, y2, n);
         bad += memcmp(&s1, &s2, 8) != 0;
 
-        memcpy(y1, x, sizeof(float) * n), memcpy(y2, x, sizeof(float) * n);
-        vm_force_c(1);
-        f1 = vm_scale_max(y1, n, 0.37f);
-        vm_force_c(0);
-        f2 = vm_scale_max(y2, n, 0.37f);
-        bad += bits_of(f1) != bits_of(f2) || !same_bits(y1, y2, n);
+        bad += row_paths_differ(vm_scale_max, x, n, y1, y2);
 
         /* sums and rotations of pairs (RoPE): elementwise, any length, in place or not */
         vm_force_c(1);
@@ -165,13 +175,9 @@ static void test_paths_bit_exact(void) {
         bad += !same_bits(y1, y2, 2 * half);
 
         /* the fused scale, max and exponentials: C against AVX-512, and against the two calls it fuses */
+        bad += row_paths_differ(vm_scale_exp_sum, x, n, y1, y2);
         memcpy(y1, x, sizeof(float) * n), memcpy(y2, x, sizeof(float) * n);
-        vm_force_c(1);
-        f1 = vm_scale_exp_sum(y1, n, 0.37f);
-        vm_force_c(0);
         f2 = vm_scale_exp_sum(y2, n, 0.37f);
-        bad += bits_of(f1) != bits_of(f2) || !same_bits(y1, y2, n);
-        memcpy(y1, x, sizeof(float) * n);
         float m = vm_scale_max(y1, n, 0.37f);
         f1 = vm_exp_shift_sum(y1, y1, n, m);
         bad += bits_of(f1) != bits_of(f2) || !same_bits(y1, y2, n);
@@ -207,25 +213,12 @@ static void test_paths_bit_exact(void) {
     for (int rs = 0; rs < 5; rs++)
         for (size_t len = 1; len <= 70; len += 23) {
             int bad_row = 0;
-            float f1, f2;
             for (size_t i = 0; i < len; i++) /* zeros or -inf everywhere, the specials spread over the row */
                 x[i] = row_specials[rs][i % 3 == 0 ? 0 : (i * 7) % 3];
             if (rs == 0) x[len / 2] = -3.0f;
             if (rs == 0 && len > 16) x[16] = 7.0f; /* the maximum, before a NaN in the same lane (x[48]) */
-            memcpy(y1, x, sizeof(float) * len), memcpy(y2, x, sizeof(float) * len);
-            vm_force_c(1);
-            f1 = vm_scale_max(y1, len, 0.5f);
-            vm_force_c(0);
-            f2 = vm_scale_max(y2, len, 0.5f);
-            bad_row += bits_of(f1) != bits_of(f2);
-            memcpy(y1, x, sizeof(float) * len), memcpy(y2, x, sizeof(float) * len);
-            vm_force_c(1);
-            f1 = vm_scale_exp_sum(y1, len, 0.5f);
-            vm_force_c(0);
-            f2 = vm_scale_exp_sum(y2, len, 0.5f);
-            bad_row += bits_of(f1) != bits_of(f2) && !(isnan(f1) && isnan(f2));
-            for (size_t i = 0; i < len; i++)
-                bad_row += bits_of(y1[i]) != bits_of(y2[i]) && !(isnan(y1[i]) && isnan(y2[i]));
+            bad_row += row_paths_differ(vm_scale_max, x, len, y1, y2);
+            bad_row += row_paths_differ(vm_scale_exp_sum, x, len, y1, y2);
             CHECKF(bad_row == 0, "row maximum with specials (case %d, length %zu): paths differ", rs, len);
         }
     /* every float exponent and the NaN, elementwise */

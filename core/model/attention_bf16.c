@@ -141,33 +141,48 @@ static void head_forward(const att_plan *pl, const att_ws *w, const uint16_t *Kb
     gemm_bf16_block_end(pl->path);
 }
 
-qlab_status attention_forward_bf16(float *out, float *att, const float *q, const float *k, const float *v,
-                                   int B, int T, int NH, int NKV, int HS) {
-    int group = NH / NKV, qstride = NH * HS, kvstride = NKV * HS;
+static size_t att_q_rows(const bf16_att_operands *o);
+static size_t att_k_block(const bf16_att_operands *o);
+static size_t att_v_block(const bf16_att_operands *o);
+
+/* The forward's tasks, one per (batch, head): the keys (as k^T panels), values and queries from o when the
+ * operands were packed ahead, else the head's keys and values packed here (once per task) and its queries
+ * block by block; then per block of query rows: scores = q k^T into att, scale and causal softmax in fp32,
+ * out = att v. */
+static qlab_status forward_run(float *out, float *att, const float *q, const float *k, const float *v,
+                               const bf16_att_operands *o, int B, int T, int NH, int NKV, int HS) {
+    int group = NH / NKV, qstride = NH * HS, kvstride = NKV * HS, threads = 1;
     float scale = 1.0f / sqrtf((float)HS);
-    int threads = 1;
 #ifdef _OPENMP
     threads = omp_in_parallel() ? 1 : omp_get_max_threads();
 #endif
     att_plan pl = make_att_plan(T, HS, att != NULL);
-    size_t bytes = pl.per_thread * (size_t)threads;
     char *base;
-    QLAB_TRY(att_alloc(&base, bytes));
-    /* One task per (batch, head): pack its keys (as k^T panels) and values once, then per block of query
-     * rows: scores = q k^T into att, scale and causal softmax in fp32, out = att v. */
+    QLAB_TRY(att_alloc(&base, pl.per_thread * (size_t)threads));
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int bh = 0; bh < B * NH; bh++) {
         att_ws w = thread_ws(base, &pl, thread_id());
         int b = bh / NH, h = bh % NH, kvh = h / group;
-        const float *kb = k + (size_t)b * T * kvstride + (size_t)kvh * HS;
-        const float *vb = v + (size_t)b * T * kvstride + (size_t)kvh * HS;
-        gemm_bf16_pack_bt(w.m[0], pl.Kq, kb, (size_t)kvstride, T, HS, w.tmp);
-        pack_bn(w.m[1], pl.Kt, vb, (size_t)kvstride, T, HS, w.tmp);
-        head_forward(&pl, &w, w.m[0], w.m[1], NULL, q + (size_t)b * T * qstride + (size_t)h * HS, qstride,
-                     out + (size_t)b * T * qstride + (size_t)h * HS, att ? att + (size_t)bh * T * T : NULL, T,
-                     HS, scale);
+        const uint16_t *Kb = w.m[0], *Vb = w.m[1], *Q = NULL;
+        if (o) {
+            size_t blk = (size_t)b * NKV + kvh;
+            Kb = o->k + blk * att_k_block(o), Vb = o->v + blk * att_v_block(o);
+            Q = o->q + ((size_t)h * att_q_rows(o) + (size_t)b * T) * o->Kq;
+        } else {
+            size_t kv = (size_t)b * T * kvstride + (size_t)kvh * HS;
+            gemm_bf16_pack_bt(w.m[0], pl.Kq, k + kv, (size_t)kvstride, T, HS, w.tmp);
+            pack_bn(w.m[1], pl.Kt, v + kv, (size_t)kvstride, T, HS, w.tmp);
+        }
+        size_t qo = (size_t)b * T * qstride + (size_t)h * HS;
+        head_forward(&pl, &w, Kb, Vb, Q, o ? NULL : q + qo, qstride, out + qo,
+                     att ? att + (size_t)bh * T * T : NULL, T, HS, scale);
     }
     return QLAB_OK;
+}
+
+qlab_status attention_forward_bf16(float *out, float *att, const float *q, const float *k, const float *v,
+                                   int B, int T, int NH, int NKV, int HS) {
+    return forward_run(out, att, q, k, v, NULL, B, T, NH, NKV, HS);
 }
 
 /* ---------------------------------------------------------------- operands packed ahead */
@@ -226,26 +241,7 @@ void bf16_att_operands_pack(const bf16_att_operands *o, int n0, int rows, const 
 }
 
 qlab_status attention_forward_bf16_packed(float *out, float *att, const bf16_att_operands *o) {
-    int B = o->B, T = o->T, NH = o->NH, HS = o->HS, group = NH / o->NKV, qstride = NH * HS;
-    float scale = 1.0f / sqrtf((float)HS);
-    int threads = 1;
-#ifdef _OPENMP
-    threads = omp_in_parallel() ? 1 : omp_get_max_threads();
-#endif
-    att_plan pl = make_att_plan(T, HS, att != NULL);
-    char *base;
-    QLAB_TRY(att_alloc(&base, pl.per_thread * (size_t)threads));
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int bh = 0; bh < B * NH; bh++) {
-        att_ws w = thread_ws(base, &pl, thread_id());
-        int b = bh / NH, h = bh % NH;
-        size_t blk = (size_t)b * o->NKV + h / group;
-        head_forward(&pl, &w, o->k + blk * att_k_block(o), o->v + blk * att_v_block(o),
-                     o->q + ((size_t)h * att_q_rows(o) + (size_t)b * T) * o->Kq, NULL, qstride,
-                     out + (size_t)b * T * qstride + (size_t)h * HS, att ? att + (size_t)bh * T * T : NULL, T,
-                     HS, scale);
-    }
-    return QLAB_OK;
+    return forward_run(out, att, NULL, NULL, NULL, o, o->B, o->T, o->NH, o->NKV, o->HS);
 }
 
 /* D += S^T Y for one head: S (T,T) probabilities or score gradients (zero above the diagonal), Y (T,HS)
