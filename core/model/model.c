@@ -1037,16 +1037,18 @@ static void model_head_loss(model *m, const int *targets, float *logits, float *
     }
 }
 
-/* ---------------------------------------------------------------- evaluation in row chunks */
+/* ---------------------------------------------------------------- the forward in row chunks */
 
-/* Evaluation in bf16 with packed weights (model_pack_weights) and no targets (nothing is kept for a
- * backward) runs each layer as two passes over chunks of positions around the attention, one chunk per
- * thread at a time: the chunk's norm, rounding, products (single-thread block kernels over the packed
- * panels), RoPE, SwiGLU and residual additions stay in that thread's cache, and only q, k, v, the attention
- * output and the residual stream are written out; the head runs the same way. Each value is formed by the
- * operations of model_block_forward and model_head_forward in the same order, each output tile of a
- * product by the same kernel code: the same bits (tests/test_model_bf16.c). Not taken on the blas path
- * (sgemm's summation order may depend on the number of rows) nor with an adapter's forward. */
+/* With bf16 compute the forward runs each layer as two passes over chunks of positions around the
+ * attention, one chunk per thread at a time: the chunk's norm, rounding, products (single-thread block
+ * kernels over the packed panels), RoPE, SwiGLU and residual additions stay in that thread's cache. An
+ * evaluation (weights packed by model_pack_weights, no targets) writes out only what the next pass reads
+ * (the residual stream, the attention's input and output); a training forward (targets) packs the weights
+ * again and writes every activation the backward reads, as model_block_forward does; the head runs the
+ * same way. Each value is formed by the operations of model_block_forward and model_head_forward in the
+ * same order, each output tile of a product by the same kernel code: the same bits (tests/
+ * test_model_bf16.c). Not taken on the blas path (sgemm's summation order may depend on the number of rows)
+ * nor with an adapter's forward. */
 static int model_rows_usable(const model *m) {
     return m->compute == QLAB_COMPUTE_BF16 && m->row_passes && !(m->has_adapter && m->adapter.forward) &&
            bf16_active_path() != BF16_PATH_BLAS;
@@ -1275,7 +1277,10 @@ qlab_status model_forward(model *m, const int *tokens, const int *targets, int B
     if (model_rows_usable(m) && (targets || model_weights_packed(m))) {
         /* training: the weights (changed by the last step) packed again into the kept panels */
         if (targets) QLAB_TRY(model_pack_all(m, m->packed != NULL));
-        QLAB_TRY(model_forward_rows(m, !targets && logits ? logits : m->acts.probs, targets != NULL));
+        qlab_status st = model_forward_rows(m, !targets && logits ? logits : m->acts.probs, targets != NULL);
+        /* a training forward's copies serve this forward only: the caller may write the weights next */
+        if (targets) m->packed_valid = 0;
+        QLAB_TRY(st);
         model_head_loss(m, targets, logits, loss);
         return QLAB_OK;
     }

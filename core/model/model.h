@@ -188,8 +188,9 @@ qlab_compute model_get_compute(const model *m);
  * once, in the GEMM's panel layout (2 bytes per weight, charged as scratch), so forward passes skip that
  * work; the logits are the same bits either way. Only valid while the weights do not change: the
  * caller unpacks before anything writes them (eval/ppl packs for one evaluation and unpacks at its end;
- * quantizing, setting a projection, a backward pass or another compute dtype unpack as well). A no-op
- * returning QLAB_OK with fp32 compute. */
+ * quantizing, setting a projection or another compute dtype unpack as well; a backward pass marks the
+ * copies stale and keeps their memory, which a bf16 training forward packs again at every step and leaves
+ * marked stale). A no-op returning QLAB_OK with fp32 compute. */
 qlab_status model_pack_weights(model *m);
 void model_unpack_weights(model *m);
 int model_weights_packed(const model *m);
