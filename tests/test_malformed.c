@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -321,6 +322,18 @@ static void test_reproducers(void) {
            qlab_last_error());
     cli_expect_error(cli_run("report", loop, "--md", tmp_path("r2.md"), NULL), 1, loop, "corrupt HDF5 file",
                      "qlab report on a file that sends HDF5 into a loop");
+    /* fuzz_results: a corrupt string length that makes HDF5 allocate ~1.5 GB per string (H5T__conv_vlen):
+     * the trial read's address-space limit fails it in the child (an error, or a sanitizer's abort), and the
+     * caller reports that without repeating the read: this process never holds that memory */
+    const char *vlen = "tests/malformed/results_hdf5_vlen_length.h5";
+    unsetenv("QLAB_RESULTS_READ_TIMEOUT"); /* the default: time enough for the child to fail, not time out */
+    CHECK(results_read_checked(vlen, &f) != QLAB_OK);
+    CHECKF(strstr(qlab_last_error(), vlen), "%s", qlab_last_error());
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    CHECKF(ru.ru_maxrss < 1024 * 1024, "the reading process peaked at %ld kB", ru.ru_maxrss);
+    cli_expect_error(cli_run("report", vlen, "--md", tmp_path("r3.md"), NULL), 1, vlen, vlen,
+                     "qlab report on a file whose string lengths make HDF5 over-allocate");
     /* fuzz_zoo: "params": 5.2e58 in a zoo manifest converted to int64 (undefined; UBSan) */
     zoo_manifest zm;
     CHECK(zoo_manifest_load("tests/malformed/zoo_params_overflow", 0, &zm) == QLAB_ERR_FORMAT);

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -934,25 +935,66 @@ const results_column *results_table_find_column(const results_table_data *t, con
 
 /* Debian's HDF5 1.10 follows corrupt global-heap addresses of variable-length strings (found by
  * tests/fuzz/fuzz_results): a SEGV in H5HG_read under H5Aread for one file, an endless loop in
- * H5HG__protect for another, which no check on our side can prevent. The read is first tried in a child
- * process with a time limit: if that child dies (a signal, a sanitizer's exit code) or runs out of time,
- * the file is reported as corrupt instead of crashing or hanging the caller. */
+ * H5HG__protect for another, and a corrupt string length makes H5T__conv_vlen allocate up to 4 GB per
+ * string, which no check on our side can prevent. The read is first tried in a child process with a time
+ * limit and a limit on its address space (what it has plus 1 GB and 64 bytes per byte of the file): if that
+ * child dies (a signal, a sanitizer's exit code) or runs out of time, the file is reported as corrupt
+ * instead of crashing or hanging the caller; if it fails, its error is the caller's, and the caller never
+ * repeats a read that failed (or needed more memory than that) in the child. */
+static void limit_address_space(off_t file_bytes) {
+    long pages = 0, page = sysconf(_SC_PAGESIZE);
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        if (fscanf(f, "%ld", &pages) != 1) pages = 0;
+        fclose(f);
+    }
+    if (pages <= 0 || page <= 0) return;
+    struct rlimit rl;
+    rl.rlim_cur = rl.rlim_max = (rlim_t)pages * (rlim_t)page + ((rlim_t)1 << 30) + (rlim_t)file_bytes * 64;
+    setrlimit(RLIMIT_AS, &rl);
+}
+
 qlab_status results_read_checked(const char *path, results_file *out) {
     memset(out, 0, sizeof *out);
     const char *env = getenv("QLAB_RESULTS_READ_TIMEOUT");
     int limit = env && atoi(env) > 0 ? atoi(env) : RESULTS_READ_TIMEOUT_DEFAULT;
+    struct stat sb;
+    off_t file_bytes = stat(path, &sb) == 0 ? sb.st_size : 0;
+    int fds[2];
+    if (pipe(fds) != 0) return results_read(path, out);
     fflush(stdout);
     fflush(stderr);
     pid_t pid = fork();
     if (pid == 0) {
+        close(fds[0]);
         int fd = open("/dev/null", O_WRONLY);
         if (fd >= 0) dup2(fd, 2), dup2(fd, 1);
         signal(SIGALRM, SIG_DFL);
         alarm((unsigned)limit);
+        limit_address_space(file_bytes);
         results_file f;
-        _exit(results_read(path, &f) == QLAB_OK ? 0 : 3); /* _exit: the parent owns every resource */
+        qlab_status st = results_read(path, &f);
+        if (st != QLAB_OK) { /* the status, then the message, for the parent */
+            const char *msg = qlab_last_error();
+            if (write(fds[1], &st, sizeof st) != (ssize_t)sizeof st || write(fds[1], msg, strlen(msg)) < 0)
+                _exit(4);
+        }
+        _exit(st == QLAB_OK ? 0 : 3); /* _exit: the parent owns every resource */
     }
-    if (pid > 0) {
+    close(fds[1]);
+    if (pid < 0) {
+        close(fds[0]);
+        return results_read(path, out); /* no child: the plain read */
+    }
+    char msg[2048];
+    size_t len = 0;
+    ssize_t n;
+    while (len < sizeof msg - 1 &&
+           ((n = read(fds[0], msg + len, sizeof msg - 1 - len)) > 0 || (n < 0 && errno == EINTR)))
+        len += n > 0 ? (size_t)n : 0;
+    msg[len] = 0;
+    close(fds[0]);
+    {
         int status = 0;
         pid_t got;
         while ((got = waitpid(pid, &status, 0)) < 0 && errno == EINTR) {
@@ -965,6 +1007,11 @@ qlab_status results_read_checked(const char *path, results_file *out) {
         if (got == pid && !(WIFEXITED(status) && (WEXITSTATUS(status) == 0 || WEXITSTATUS(status) == 3)))
             return qlab_fail(QLAB_ERR_FORMAT, "%s: corrupt HDF5 file (the HDF5 library crashed reading it)",
                              path);
+        if (got == pid && WEXITSTATUS(status) == 3 && len > sizeof(qlab_status)) {
+            qlab_status st;
+            memcpy(&st, msg, sizeof st);
+            return qlab_fail(st != QLAB_OK ? st : QLAB_ERR_FORMAT, "%s", msg + sizeof st);
+        }
     }
-    return results_read(path, out); /* also when fork failed: the plain read */
+    return results_read(path, out);
 }

@@ -3,11 +3,14 @@
  * crashes or loops on some corrupt files by itself (H5HG_read/H5HG__protect: tests/malformed/results_hdf5_*),
  * which qlab report turns into an error with results_read_checked (a trial read in a child process). This
  * target does the same trial read here, with the sanitizer's death callback (libFuzzer's crash-file
- * writer) cleared in the child, so only inputs that crash or hang inside HDF5 are skipped and counted;
- * everything else goes through results_read in this process, where a finding in qlab's own code is reported
- * as usual. HDF5's own leaks on a failed H5Fopen are suppressed by tests/fuzz/lsan.supp. */
+ * writer) cleared in the child, so only inputs that crash or hang inside HDF5, or make it ask for an absurd
+ * amount of memory (a corrupt variable-length string length makes H5T__conv_vlen allocate up to 4 GB per
+ * string: more than the fuzzer's RSS limit), are skipped and counted; everything else goes through
+ * results_read in this process, where a finding in qlab's own code is reported as usual. HDF5's own leaks on
+ * a failed H5Fopen are suppressed by tests/fuzz/lsan.supp. */
 #include <errno.h>
 #include <fcntl.h>
+#include <sanitizer/allocator_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -18,15 +21,29 @@
 static long hdf5_crashes;
 
 static void report_crashes(void) {
-    fprintf(stderr, "fuzz_results: %ld inputs crashed or hung the HDF5 library itself (skipped)\n",
+    fprintf(stderr,
+            "fuzz_results: %ld inputs crashed, hung or over-allocated in the HDF5 library itself (skipped)\n",
             hdf5_crashes);
 }
 
-/* 1 when reading path crashes the process or does not finish in 5 s (inside HDF5), tried in a child. */
+/* In the trial child: one allocation of 512 MB or more (no results file of a fuzz input's size needs it)
+ * ends the child at once with status 5. */
+static void on_malloc(const volatile void *p, size_t size) {
+    (void)p;
+    if (size >= ((size_t)512 << 20)) _exit(5);
+}
+
+static void on_free(const volatile void *p) {
+    (void)p;
+}
+
+/* 1 when reading path crashes the process, does not finish in 5 s (inside HDF5) or allocates 512 MB at once,
+ * tried in a child. */
 static int crashes_hdf5(const char *path) {
     pid_t pid = fork();
     if (pid == 0) {
         __sanitizer_set_death_callback(NULL);
+        __sanitizer_install_malloc_and_free_hooks(on_malloc, on_free);
         signal(SIGALRM, SIG_DFL); /* not libFuzzer's timeout handler: a hang inside HDF5 is skipped too */
         alarm(5);
         int fd = open("/dev/null", O_WRONLY);
