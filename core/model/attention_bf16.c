@@ -20,10 +20,6 @@
  * row alignment) and of 2 (key blocks start on a k pair). */
 #define ATT_BLOCK 64
 
-static int round32(int x) {
-    return (x + 31) / 32 * 32;
-}
-
 /* B = X with k over all Kp / 2 pairs of rows, panels 16 * Kp apart. */
 static void pack_bn(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols, uint16_t *tmp) {
     gemm_bf16_pack_bn(dst, (size_t)GEMM_BF16_PANEL * Kp, Kp / 2, X, ld, rows, cols, tmp);
@@ -31,7 +27,7 @@ static void pack_bn(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, 
 
 /* Causal softmax of the score rows of query rows [r0, r1) (S holds row r0, rows T floats apart, keys
  * [0, r1) filled): row t becomes softmax(scale * S[t][0..t]), rounded to bf16 into Aa (rows of Kr values,
- * zero after the diagonal; rows up to round32(r1 - r0) written). With keep, S also keeps the fp32
+ * zero after the diagonal; rows up to gemm_bf16_mp(r1 - r0) written). With keep, S also keeps the fp32
  * probabilities with zeros after the diagonal up to T (the att output); without, S is scratch. */
 static void softmax_round_rows(float *S, int r0, int r1, int T, float scale, uint16_t *Aa, int Kr, int keep) {
     int vector = gemm_bf16_vector_packing();
@@ -53,7 +49,7 @@ static void softmax_round_rows(float *S, int r0, int r1, int T, float scale, uin
             row[i] = 0;
         memset(out + n, 0, sizeof(uint16_t) * (size_t)(Kr - n));
     }
-    for (int r = r1 - r0; r < round32(r1 - r0); r++)
+    for (int r = r1 - r0; r < gemm_bf16_mp(r1 - r0); r++)
         memset(Aa + (size_t)r * Kr, 0, sizeof(uint16_t) * (size_t)Kr);
 }
 
@@ -70,7 +66,7 @@ typedef struct {
 static att_plan make_att_plan(int T, int HS, int keep) {
     att_plan p;
     p.path = bf16_active_path();
-    p.Kq = round32(HS), p.Kt = round32(T);
+    p.Kq = gemm_bf16_kp(HS), p.Kt = gemm_bf16_kp(T);
     p.Tp = (T + 15) / 16 * 16, p.Hp = (HS + 15) / 16 * 16;
     size_t a = (size_t)p.Tp * p.Kq, b = (size_t)p.Hp * p.Kt,
            c = (size_t)ATT_BLOCK * (p.Kq > p.Kt ? p.Kq : p.Kt);
@@ -126,11 +122,11 @@ static void head_forward(const att_plan *pl, const att_ws *w, const uint16_t *Kb
     uint16_t *Aq = w->m[2], *Aa = w->m[3];
     gemm_bf16_block_begin(pl->path);
     for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-        int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, rows = r1 - r0, Kr = round32(r1);
+        int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, rows = r1 - r0, Kr = gemm_bf16_kp(r1);
         const uint16_t *A = Q ? Q + (size_t)r0 * pl->Kq : Aq;
         if (!Q)
             gemm_bf16_pack_rows(Aq, pl->Kq, qb + (size_t)r0 * qstride, (size_t)qstride, rows, HS,
-                                round32(rows));
+                                gemm_bf16_mp(rows));
         float *S = a ? a + (size_t)r0 * T : w->scores;
         gemm_bf16_block(pl->path, A, (size_t)pl->Kq, Kb, (size_t)GEMM_BF16_PANEL * pl->Kq, rows, r1, pl->Kq,
                         S, T, 0, w->wide);
@@ -141,9 +137,18 @@ static void head_forward(const att_plan *pl, const att_ws *w, const uint16_t *Kb
     gemm_bf16_block_end(pl->path);
 }
 
-static size_t att_q_rows(const bf16_att_operands *o);
-static size_t att_k_block(const bf16_att_operands *o);
-static size_t att_v_block(const bf16_att_operands *o);
+/* Sizes in the layout of operands packed ahead (bf16_att_operands). */
+static size_t att_q_rows(const bf16_att_operands *o) {
+    return (size_t)o->B * o->T + GEMM_BF16_MALIGN;
+}
+
+static size_t att_k_block(const bf16_att_operands *o) {
+    return (size_t)o->T * o->Kq;
+}
+
+static size_t att_v_block(const bf16_att_operands *o) {
+    return (size_t)(o->HS + 15) / 16 * 16 * o->T;
+}
 
 /* The forward's tasks, one per (batch, head): the keys (as k^T panels), values and queries from o when the
  * operands were packed ahead, else the head's keys and values packed here (once per task) and its queries
@@ -187,18 +192,6 @@ qlab_status attention_forward_bf16(float *out, float *att, const float *q, const
 
 /* ---------------------------------------------------------------- operands packed ahead */
 
-static size_t att_q_rows(const bf16_att_operands *o) {
-    return (size_t)o->B * o->T + 32;
-}
-
-static size_t att_k_block(const bf16_att_operands *o) {
-    return (size_t)o->T * o->Kq;
-}
-
-static size_t att_v_block(const bf16_att_operands *o) {
-    return (size_t)(o->HS + 15) / 16 * 16 * o->T;
-}
-
 static size_t att_operand_elems(const bf16_att_operands *o, size_t *qn, size_t *kn) {
     *qn = (size_t)o->NH * att_q_rows(o) * o->Kq;
     *kn = (size_t)o->B * o->NKV * att_k_block(o);
@@ -206,22 +199,23 @@ static size_t att_operand_elems(const bf16_att_operands *o, size_t *qn, size_t *
 }
 
 int bf16_att_operands_fit(int T) {
-    return T % 32 == 0;
+    return gemm_bf16_kp(T) == T; /* no position is padding of the keys and values */
 }
 
 size_t bf16_att_operands_bytes(int B, int T, int NH, int NKV, int HS) {
-    bf16_att_operands o = {B, T, NH, NKV, HS, round32(HS), NULL, NULL, NULL};
+    bf16_att_operands o = {B, T, NH, NKV, HS, gemm_bf16_kp(HS), NULL, NULL, NULL};
     size_t qn, kn;
     return att_operand_elems(&o, &qn, &kn) * sizeof(uint16_t);
 }
 
 void bf16_att_operands_layout(bf16_att_operands *o, void *base, int B, int T, int NH, int NKV, int HS) {
-    *o = (bf16_att_operands){B, T, NH, NKV, HS, round32(HS), NULL, NULL, NULL};
+    *o = (bf16_att_operands){B, T, NH, NKV, HS, gemm_bf16_kp(HS), NULL, NULL, NULL};
     size_t qn, kn;
     att_operand_elems(o, &qn, &kn);
     o->q = base, o->k = o->q + qn, o->v = o->k + kn;
     for (int h = 0; h < NH; h++) /* the rows past the last position, read by a last partial block */
-        memset(o->q + ((size_t)h * att_q_rows(o) + (size_t)B * T) * o->Kq, 0, sizeof(uint16_t) * 32 * o->Kq);
+        memset(o->q + ((size_t)h * att_q_rows(o) + (size_t)B * T) * o->Kq, 0,
+               sizeof(uint16_t) * GEMM_BF16_MALIGN * o->Kq);
 }
 
 void bf16_att_operands_pack(const bf16_att_operands *o, int n0, int rows, const float *q, const float *k,
@@ -252,8 +246,8 @@ static void key_block_products(const att_plan *pl, const att_ws *w, const float 
     uint16_t *X = w->m[2], *A = w->m[3];
     pack_bn(X, pl->Kt, Y, (size_t)ys, T, HS, w->tmp);
     for (int c0 = 0; c0 < T; c0 += ATT_BLOCK) {
-        int c1 = c0 + ATT_BLOCK < T ? c0 + ATT_BLOCK : T, Kc = round32(T - c0);
-        gemm_bf16_pack_at(A, Kc, S + (size_t)c0 * T + c0, T, T - c0, c1 - c0, round32(c1 - c0));
+        int c1 = c0 + ATT_BLOCK < T ? c0 + ATT_BLOCK : T, Kc = gemm_bf16_kp(T - c0);
+        gemm_bf16_pack_at(A, Kc, S + (size_t)c0 * T + c0, T, T - c0, c1 - c0, gemm_bf16_mp(c1 - c0));
         gemm_bf16_block(pl->path, A, (size_t)Kc, X + (size_t)c0 * GEMM_BF16_PANEL,
                         (size_t)GEMM_BF16_PANEL * pl->Kt, c1 - c0, HS, Kc, D + (size_t)c0 * ds, ds, 1,
                         w->wide);
@@ -294,7 +288,7 @@ qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float
             for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
                 int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, rows = r1 - r0;
                 gemm_bf16_pack_rows(A, pl.Kq, dob + (size_t)r0 * qstride, (size_t)qstride, rows, HS,
-                                    round32(rows));
+                                    gemm_bf16_mp(rows));
                 gemm_bf16_block(pl.path, A, (size_t)pl.Kq, Vt, (size_t)GEMM_BF16_PANEL * pl.Kq, rows, r1,
                                 pl.Kq, ds + (size_t)r0 * T, T, 0, w.wide);
             }
@@ -310,8 +304,8 @@ qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float
             }
             /* dq += ds k, rows [r0, r1) over keys [0, r1) */
             for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-                int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, rows = r1 - r0, Kr = round32(r1);
-                gemm_bf16_pack_rows(A, Kr, ds + (size_t)r0 * T, (size_t)T, rows, r1, round32(rows));
+                int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, rows = r1 - r0, Kr = gemm_bf16_kp(r1);
+                gemm_bf16_pack_rows(A, Kr, ds + (size_t)r0 * T, (size_t)T, rows, r1, gemm_bf16_mp(rows));
                 gemm_bf16_block(pl.path, A, (size_t)Kr, Kn, bs, rows, HS, Kr, dqb + (size_t)r0 * qstride,
                                 qstride, 1, w.wide);
             }

@@ -16,6 +16,14 @@
 #define GEMM_BF16_KALIGN 32
 #define GEMM_BF16_MALIGN 32
 #define GEMM_BF16_PANEL 16
+/* K rounded up to GEMM_BF16_KALIGN (a packed operand's Kp) and rows rounded up to GEMM_BF16_MALIGN (the rows
+ * of a packed A that the kernels read). */
+static inline int gemm_bf16_kp(int k) {
+    return (k + GEMM_BF16_KALIGN - 1) / GEMM_BF16_KALIGN * GEMM_BF16_KALIGN;
+}
+static inline int gemm_bf16_mp(int m) {
+    return (m + GEMM_BF16_MALIGN - 1) / GEMM_BF16_MALIGN * GEMM_BF16_MALIGN;
+}
 
 /* C[m][n] (m < M, n < ncols) = / += A_m . B_n over the packed operands; B holds ceil(ncols/16) panels.
  * Runs an OpenMP loop over output tiles (each tile on one thread). */

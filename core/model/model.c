@@ -536,18 +536,14 @@ int model_weights_packed(const model *m) {
     return m->packed && m->packed_valid;
 }
 
-/* Packs every projection and the classifier into m->packed: into the panels already there (repack, for
- * weights that changed since) or newly allocated ones. */
-static qlab_status model_pack_all(model *m, int repack) {
+/* Packs every projection and the classifier into m->packed: into the panels already there (for weights
+ * that changed since) or newly allocated ones. */
+static qlab_status model_pack_all(model *m) {
     if (m->quant_missing > 0)
         return qlab_fail(QLAB_ERR_ARG, "model_pack_weights: %d quantized projections were never set",
                          m->quant_missing);
-    int n = m->cfg.n_layers * PROJ_COUNT;
-    if (!m->packed) {
-        m->packed = qlab_calloc((size_t)n + 1, sizeof *m->packed);
-        if (!m->packed) return QLAB_ERR_NOMEM;
-        repack = 0;
-    }
+    int n = m->cfg.n_layers * PROJ_COUNT, repack = m->packed != NULL;
+    if (!repack && !(m->packed = qlab_calloc((size_t)n + 1, sizeof *m->packed))) return QLAB_ERR_NOMEM;
     qlab_status st = QLAB_OK;
     for (int i = 0; i <= n && st == QLAB_OK; i++) {
         linear_weight lw = i < n ? model_get_linear(m, i / PROJ_COUNT, (model_proj)(i % PROJ_COUNT))
@@ -565,7 +561,7 @@ static qlab_status model_pack_all(model *m, int repack) {
 
 qlab_status model_pack_weights(model *m) {
     if (m->compute != QLAB_COMPUTE_BF16 || model_weights_packed(m)) return QLAB_OK;
-    return model_pack_all(m, m->packed != NULL);
+    return model_pack_all(m);
 }
 
 void model_set_row_passes(model *m, int on) {
@@ -1071,10 +1067,6 @@ typedef struct {
     float *g;       /* R x 2 KV fp32: the chunk's keys and values when the operands are packed ahead */
 } model_rows_ws;
 
-static int model_round32(int x) {
-    return (x + 31) / 32 * 32;
-}
-
 static qlab_status model_rows_plan(model_rows *p, const model *m, bf16_att_operands *ops, int keep) {
     const model_config *c = &m->cfg;
     int threads = 1;
@@ -1089,8 +1081,8 @@ static qlab_status model_rows_plan(model_rows *p, const model *m, bf16_att_opera
     if (p->ops && m->T % p->R) p->R = 32; /* packing ahead: no chunk straddles two batch rows */
     p->chunks = (p->N + p->R - 1) / p->R;
     int widest = c->hidden_dim > c->dim ? c->hidden_dim : c->dim;
-    p->Ka = model_round32(widest);
-    size_t staging = 2 * ((size_t)model_round32(m->head_size) + 32);
+    p->Ka = gemm_bf16_kp(widest);
+    size_t staging = 2 * ((size_t)gemm_bf16_kp(m->head_size) + 32);
     size_t a = (size_t)p->R * p->Ka > staging ? (size_t)p->R * p->Ka : staging;
     p->a = (a * sizeof(uint16_t) + 63) / 64 * 64;
     p->f = ((size_t)p->R * widest * sizeof(float) + 63) / 64 * 64;
@@ -1121,18 +1113,18 @@ static void model_rows_product(const model_rows *p, const uint16_t *a, int rows,
  * written to out and rstd (fp32, for the backward). */
 static void model_rows_norm(const model_rows *p, model_rows_ws *ws, const float *x, const float *weight,
                             int rows, int D, float eps, float *out, float *rstd) {
-    int Kp = model_round32(D);
+    int Kp = gemm_bf16_kp(D);
     if (p->keep) {
         for (int i = 0; i < rows; i++)
             rstd[i] = rmsnorm_row(out + (size_t)i * D, x + (size_t)i * D, weight, D, eps, 1);
-        gemm_bf16_pack_rows(ws->a, Kp, out, (size_t)D, rows, D, model_round32(rows));
+        gemm_bf16_pack_rows(ws->a, Kp, out, (size_t)D, rows, D, gemm_bf16_mp(rows));
         return;
     }
     for (int i = 0; i < rows; i++) {
         const float *xi = x + (size_t)i * D;
         bf16_scale_round(ws->a + (size_t)i * Kp, xi, rmsnorm_rstd(xi, D, eps, 1), weight, D, Kp);
     }
-    memset(ws->a + (size_t)rows * Kp, 0, sizeof(uint16_t) * (size_t)(model_round32(rows) - rows) * Kp);
+    memset(ws->a + (size_t)rows * Kp, 0, sizeof(uint16_t) * (size_t)(gemm_bf16_mp(rows) - rows) * Kp);
 }
 
 /* The attention's inputs of rows [r0, r1) of layer l: q, k, v after RoPE. */
@@ -1143,25 +1135,16 @@ static void model_rows_qkv(model *m, const model_rows *p, model_rows_ws *ws, int
     const bf16_packed_weight *pk = &m->packed[l * PROJ_COUNT];
     model_rows_norm(p, ws, x.res_in + (size_t)r0 * D, m->params.rms_att + (size_t)l * D, rows, D, c->norm_eps,
                     x.ln1 + (size_t)r0 * D, x.ln1_rstd + r0);
-    if (p->ops &&
-        !p->keep) { /* q, k, v stay in this thread's buffers: rounded and packed for the attention */
-        float *q = ws->f1 - (size_t)r0 * D, *k = ws->g - (size_t)r0 * KV, *v = ws->g + (size_t)rows * KV;
-        model_rows_product(p, ws->a, rows, &pk[PROJ_Q], ws->f1, D);
-        model_rows_product(p, ws->a, rows, &pk[PROJ_K], ws->g, KV);
-        model_rows_product(p, ws->a, rows, &pk[PROJ_V], v, KV);
-        rope_forward_rows(q, q, m->rope_cos, m->rope_sin, r0, r1, m->T, c->n_heads, m->head_size);
-        rope_forward_rows(k, k, m->rope_cos, m->rope_sin, r0, r1, m->T, c->n_kv_heads, m->head_size);
-        bf16_att_operands_pack(p->ops, r0, rows, ws->f1, ws->g, v, ws->a);
-        return;
-    }
-    model_rows_product(p, ws->a, rows, &pk[PROJ_Q], x.q + (size_t)r0 * D, D);
-    model_rows_product(p, ws->a, rows, &pk[PROJ_K], x.k + (size_t)r0 * KV, KV);
-    model_rows_product(p, ws->a, rows, &pk[PROJ_V], x.v + (size_t)r0 * KV, KV);
-    rope_forward_rows(x.q, x.q, m->rope_cos, m->rope_sin, r0, r1, m->T, c->n_heads, m->head_size);
-    rope_forward_rows(x.k, x.k, m->rope_cos, m->rope_sin, r0, r1, m->T, c->n_kv_heads, m->head_size);
-    if (p->ops)
-        bf16_att_operands_pack(p->ops, r0, rows, x.q + (size_t)r0 * D, x.k + (size_t)r0 * KV,
-                               x.v + (size_t)r0 * KV, ws->a);
+    /* evaluation packing ahead keeps q, k, v in this thread's buffers; otherwise they are the activations */
+    int local = p->ops && !p->keep;
+    float *q = local ? ws->f1 : x.q + (size_t)r0 * D, *k = local ? ws->g : x.k + (size_t)r0 * KV;
+    float *v = local ? ws->g + (size_t)rows * KV : x.v + (size_t)r0 * KV;
+    model_rows_product(p, ws->a, rows, &pk[PROJ_Q], q, D);
+    model_rows_product(p, ws->a, rows, &pk[PROJ_K], k, KV);
+    model_rows_product(p, ws->a, rows, &pk[PROJ_V], v, KV);
+    rope_forward_rows(q, q, m->rope_cos, m->rope_sin, r0, rows, m->T, c->n_heads, m->head_size);
+    rope_forward_rows(k, k, m->rope_cos, m->rope_sin, r0, rows, m->T, c->n_kv_heads, m->head_size);
+    if (p->ops) bf16_att_operands_pack(p->ops, r0, rows, q, k, v, ws->a); /* rounded for the attention */
 }
 
 /* The rest of layer l for rows [r0, r1): output projection, residual, feed-forward block, residual. */
@@ -1173,7 +1156,7 @@ static void model_rows_ffn(model *m, const model_rows *p, model_rows_ws *ws, int
     const bf16_packed_weight *pk = &m->packed[l * PROJ_COUNT];
     float *res2 = x.res2 + off, *res3 = x.res3 + off;
     const float *res_in = x.res_in + off;
-    gemm_bf16_pack_rows(ws->a, model_round32(D), x.atty + off, (size_t)D, rows, D, model_round32(rows));
+    gemm_bf16_pack_rows(ws->a, gemm_bf16_kp(D), x.atty + off, (size_t)D, rows, D, gemm_bf16_mp(rows));
     model_rows_product(p, ws->a, rows, &pk[PROJ_O], res2, D);
     vm_add(res2, res2, res_in, n);
     model_rows_norm(p, ws, res2, m->params.rms_ffn + (size_t)l * D, rows, D, c->norm_eps, x.ln2 + off,
@@ -1183,13 +1166,13 @@ static void model_rows_ffn(model *m, const model_rows *p, model_rows_ws *ws, int
     float *hs = p->keep ? x.hs + offh : ws->f1;
     model_rows_product(p, ws->a, rows, &pk[PROJ_GATE], h1, H);
     model_rows_product(p, ws->a, rows, &pk[PROJ_UP], h3, H);
-    int Kh = model_round32(H);
+    int Kh = gemm_bf16_kp(H);
     for (int i = 0; i < rows; i++) { /* SwiGLU row by row, rounded while the row is in cache */
         float *g = hs + (size_t)i * H;
         vm_silu_mul(g, h1 + (size_t)i * H, h3 + (size_t)i * H, (size_t)H);
         gemm_bf16_pack_rows(ws->a + (size_t)i * Kh, Kh, g, (size_t)H, 1, H, 1);
     }
-    memset(ws->a + (size_t)rows * Kh, 0, sizeof(uint16_t) * (size_t)(model_round32(rows) - rows) * Kh);
+    memset(ws->a + (size_t)rows * Kh, 0, sizeof(uint16_t) * (size_t)(gemm_bf16_mp(rows) - rows) * Kh);
     model_rows_product(p, ws->a, rows, &pk[PROJ_DOWN], res3, D);
     vm_add(res3, res3, res2, n);
 }
@@ -1276,7 +1259,7 @@ qlab_status model_forward(model *m, const int *tokens, const int *targets, int B
     embedding_forward(m->acts.encoded, tokens, m->params.token_embedding, B * T, m->cfg.dim);
     if (model_rows_usable(m) && (targets || model_weights_packed(m))) {
         /* training: the weights (changed by the last step) packed again into the kept panels */
-        if (targets) QLAB_TRY(model_pack_all(m, m->packed != NULL));
+        if (targets) QLAB_TRY(model_pack_all(m));
         qlab_status st = model_forward_rows(m, !targets && logits ? logits : m->acts.probs, targets != NULL);
         /* a training forward's copies serve this forward only: the caller may write the weights next */
         if (targets) m->packed_valid = 0;

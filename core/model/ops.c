@@ -213,14 +213,14 @@ void matmul_backward(float *dinp, float *dweight, const float *dout, const float
 }
 
 void rope_forward_rows(float *out, const float *inp, const float *cos_table, const float *sin_table, int n0,
-                       int n1, int T, int NH, int HS) {
+                       int rows, int T, int NH, int HS) {
     int half = HS / 2;
-    for (int bt = n0; bt < n1; bt++) {
-        int t = bt % T;
+    for (int i = 0; i < rows; i++) {
+        int t = (n0 + i) % T;
         const float *cs = cos_table + (size_t)t * half, *sn = sin_table + (size_t)t * half;
         for (int h = 0; h < NH; h++) {
-            vm_rotate_pairs(out + ((size_t)bt * NH + h) * HS, inp + ((size_t)bt * NH + h) * HS, cs, sn,
-                            (size_t)half);
+            size_t at = ((size_t)i * NH + h) * HS;
+            vm_rotate_pairs(out + at, inp + at, cs, sn, (size_t)half);
         }
     }
 }
@@ -230,7 +230,8 @@ void rope_forward(float *out, const float *inp, const float *cos_table, const fl
     int N = B * T;
 #pragma omp parallel for schedule(static)
     for (int n0 = 0; n0 < N; n0 += 16)
-        rope_forward_rows(out, inp, cos_table, sin_table, n0, n0 + 16 < N ? n0 + 16 : N, T, NH, HS);
+        rope_forward_rows(out + (size_t)n0 * NH * HS, inp + (size_t)n0 * NH * HS, cos_table, sin_table, n0,
+                          N - n0 < 16 ? N - n0 : 16, T, NH, HS);
 }
 
 void rope_backward(float *dinp, const float *dout, const float *cos_table, const float *sin_table, int B,

@@ -49,9 +49,10 @@ void matmul_backward(float *dinp, float *dweight, const float *dout, const float
  * equal inp. */
 void rope_forward(float *out, const float *inp, const float *cos_table, const float *sin_table, int B, int T,
                   int NH, int HS);
-/* Rows [n0, n1) of the (B*T) positions of rope_forward on the calling thread (position of row n: n % T). */
+/* rope_forward of rows [n0, n0 + rows) of the (B*T) positions on the calling thread: out and inp point at
+ * row n0 (row i is at position (n0 + i) % T). */
 void rope_forward_rows(float *out, const float *inp, const float *cos_table, const float *sin_table, int n0,
-                       int n1, int T, int NH, int HS);
+                       int rows, int T, int NH, int HS);
 /* dinp (B,T,NH,HS) += rotation^T dout (B,T,NH,HS); dinp must not alias dout. */
 void rope_backward(float *dinp, const float *dout, const float *cos_table, const float *sin_table, int B,
                    int T, int NH, int HS);
