@@ -516,6 +516,11 @@ static gemm_bf16_kernel path_kernel(bf16_path path) {
     return gemm_bf16_kernel_ref;
 }
 
+void gemm_bf16_multiply(bf16_path path, const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp,
+                        float *C, int ldc, int accumulate) {
+    if (M > 0 && ncols > 0) path_kernel(path)(Ap, Bp, M, ncols, Kp, C, ldc, accumulate);
+}
+
 /* The product of a packed A (pl->M x pl->Kp) with one B: fp32 or quantized (b, packed chunk by chunk into
  * work) or already packed (pw). work holds this plan's B chunk, scratch and fp32 copies. */
 static qlab_status multiply_a(bf16_path path, const gemm_plan *plan, const uint16_t *Ap, uint16_t *work,
@@ -596,19 +601,21 @@ qlab_status bf16_gemm_quant(int trans_a, int trans_b, int M, int N, int K, const
 
 /* ---------------------------------------------------------------- linear backward */
 
+void gemm_bf16_transpose_rows(uint16_t *At, size_t ldt, int KT, const uint16_t *Ap, int Kp, int MpT) {
+    if (gemm_bf16_vector_packing()) {
+        gemm_bf16_transpose_packed_avx512bf16(At, ldt, KT, Ap, Kp, MpT);
+        return;
+    }
+    for (int i = 0; i < MpT; i++)
+        for (int k = 0; k < KT; k++)
+            At[(size_t)i * ldt + k] = Ap[(size_t)k * Kp + i];
+}
+
 /* The transpose of a packed A (KpT x Kp) into At (MpT x KpT), OpenMP over blocks of 16 rows of At. */
 static void transpose_packed(uint16_t *At, int KpT, const uint16_t *Ap, int Kp, int MpT, int threads) {
-    int vector = gemm_bf16_vector_packing();
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int m0 = 0; m0 < MpT; m0 += 16) {
-        if (vector) {
-            gemm_bf16_transpose_packed_avx512bf16(At + (size_t)m0 * KpT, KpT, Ap + m0, Kp, 16);
-            continue;
-        }
-        for (int i = m0; i < m0 + 16; i++)
-            for (int k = 0; k < KpT; k++)
-                At[(size_t)i * KpT + k] = Ap[(size_t)k * Kp + i];
-    }
+    for (int m0 = 0; m0 < MpT; m0 += 16)
+        gemm_bf16_transpose_rows(At + (size_t)m0 * KpT, (size_t)KpT, KpT, Ap + m0, Kp, 16);
 }
 
 size_t bf16_gemm_backward_bytes(int N, int IC, int OC) {
@@ -646,14 +653,13 @@ qlab_status bf16_gemm_backward(int N, int IC, int OC, const float *dout, const f
 
 /* ---------------------------------------------------------------- packed weights */
 
-/* Fills panels (plan pl, trans_b) from W or q. */
-static qlab_status fill_panels(uint16_t *panels, gemm_plan pl, const float *W, const quant_tensor *q, int K) {
-    size_t scratch_elems = (size_t)GEMM_BF16_PANEL * pl.Kp * (size_t)pl.threads;
-    uint16_t *scratch = qlab_alloc_aligned(scratch_elems * sizeof(uint16_t));
+/* Fills panels (plan pl) from W or q (row length ld): op(B) = W^T (trans, a forward's weight) or W (a
+ * layer's input gradient). */
+static qlab_status fill_panels(uint16_t *panels, gemm_plan pl, const float *W, const quant_tensor *q, int ld,
+                               int trans) {
+    uint16_t *scratch = qlab_alloc_aligned(pl.scratch_elems * sizeof(uint16_t));
     if (!scratch) return qlab_fail(QLAB_ERR_NOMEM, "bf16 weight packing scratch");
-    /* pack_b's per-thread scratch is sized by the plan; one panel row per thread suffices for trans_b */
-    pl.scratch_elems = scratch_elems;
-    bsrc b = {W, K, q, 1};
+    bsrc b = {W, ld, q, trans};
     qlab_status st = QLAB_OK;
     for (int p0 = 0; st == QLAB_OK && p0 < pl.npanels; p0 += pl.chunk_panels) {
         int pc = pl.npanels - p0 < pl.chunk_panels ? pl.npanels - p0 : pl.chunk_panels;
@@ -667,34 +673,55 @@ static int pack_args_bad(const float *W, const quant_tensor *q, int N, int K) {
     return N <= 0 || K <= 0 || !W == !q || (q && q->n != (int64_t)N * K);
 }
 
-qlab_status bf16_pack_weight(const float *W, const quant_tensor *q, int N, int K, bf16_packed_weight *out) {
+/* The plan of a packed weight's product: N output columns, reduction K (W (N,K), or W (K,N) for dinp). */
+static gemm_plan packed_plan(int N, int K) {
+    return make_plan(1, N, K, bf16_active_path());
+}
+
+static qlab_status pack_weight(const float *W, const quant_tensor *q, int N, int K, int dinp,
+                               bf16_packed_weight *out) {
     memset(out, 0, sizeof *out);
     if (pack_args_bad(W, q, N, K))
         return qlab_fail(QLAB_ERR_ARG,
                          "bf16_pack_weight: a %d x %d weight needs exactly one of fp32 or a "
                          "quantized matrix of that many elements",
                          N, K);
-    gemm_plan pl = make_plan(1, N, K, bf16_active_path());
+    int cols = dinp ? K : N, red = dinp ? N : K; /* the product's output columns and reduction */
+    gemm_plan pl = packed_plan(cols, red);
     size_t bytes = (size_t)pl.npanels * GEMM_BF16_PANEL * pl.Kp * sizeof(uint16_t);
     QLAB_TRY(memacct_charge(MEMACCT_SCRATCH, bytes));
     uint16_t *panels = qlab_alloc_aligned(bytes);
-    qlab_status st = panels ? fill_panels(panels, pl, W, q, K)
+    qlab_status st = panels ? fill_panels(panels, pl, W, q, K, !dinp)
                             : qlab_fail(QLAB_ERR_NOMEM, "bf16 packed weight (%zu bytes)", bytes);
     if (st != QLAB_OK) {
         qlab_free_aligned(panels);
         memacct_release(MEMACCT_SCRATCH, bytes);
         return st;
     }
-    *out = (bf16_packed_weight){
-        .N = N, .K = K, .Kp = pl.Kp, .npanels = pl.npanels, .panels = panels, .bytes = bytes};
+    *out = (bf16_packed_weight){.N = cols,
+                                .K = red,
+                                .Kp = pl.Kp,
+                                .npanels = pl.npanels,
+                                .dinp = dinp,
+                                .panels = panels,
+                                .bytes = bytes};
     return QLAB_OK;
 }
 
+qlab_status bf16_pack_weight(const float *W, const quant_tensor *q, int N, int K, bf16_packed_weight *out) {
+    return pack_weight(W, q, N, K, 0, out);
+}
+
+qlab_status bf16_pack_weight_dinp(const float *W, const quant_tensor *q, int N, int K,
+                                  bf16_packed_weight *out) {
+    return pack_weight(W, q, N, K, 1, out);
+}
+
 qlab_status bf16_repack_weight(const float *W, const quant_tensor *q, bf16_packed_weight *w) {
-    if (!w->panels || pack_args_bad(W, q, w->N, w->K))
-        return qlab_fail(QLAB_ERR_ARG, "bf16_repack_weight: no packed %d x %d weight of that shape", w->N,
-                         w->K);
-    return fill_panels(w->panels, make_plan(1, w->N, w->K, bf16_active_path()), W, q, w->K);
+    int N = w->dinp ? w->K : w->N, K = w->dinp ? w->N : w->K; /* W's shape */
+    if (!w->panels || pack_args_bad(W, q, N, K))
+        return qlab_fail(QLAB_ERR_ARG, "bf16_repack_weight: no packed %d x %d weight of that shape", N, K);
+    return fill_panels(w->panels, packed_plan(w->N, w->K), W, q, K, !w->dinp);
 }
 
 void bf16_packed_weight_free(bf16_packed_weight *w) {

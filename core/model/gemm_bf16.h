@@ -74,12 +74,18 @@ qlab_status bf16_gemm_quant(int trans_a, int trans_b, int M, int N, int K, const
  * scratch): for evaluation, where the weights stay fixed over many products, which then skip the packing
  * of B. The products give the same bits as bf16_gemm / bf16_gemm_quant with trans_b on every path. */
 typedef struct {
-    int N, K, Kp, npanels;
-    uint16_t *panels; /* npanels panels of GEMM_BF16_PANEL rows x Kp, 32-bit pairs interleaved */
+    int N, K, Kp, npanels; /* the product's output columns and reduction (K rounded up: Kp) */
+    int dinp;              /* packed by bf16_pack_weight_dinp */
+    uint16_t *panels;      /* npanels panels of GEMM_BF16_PANEL rows x Kp, 32-bit pairs interleaved */
     size_t bytes;
 } bf16_packed_weight;
 /* Exactly one of W (row-major (N,K)) and q (N*K elements) is given. */
 qlab_status bf16_pack_weight(const float *W, const quant_tensor *q, int N, int K, bf16_packed_weight *out);
+/* The same weight W (N,K) packed as the right operand of its layer's input gradient, dinp (M,K) += dout (M,N)
+ * W, for a backward that multiplies chunks of rows by it (gemm_bf16_block): out->N = K output columns,
+ * out->K = N the reduction. Its products give the same bits as bf16_gemm_backward's dinp. */
+qlab_status bf16_pack_weight_dinp(const float *W, const quant_tensor *q, int N, int K,
+                                  bf16_packed_weight *out);
 void bf16_packed_weight_free(bf16_packed_weight *w);
 /* Packs W or q (the shape of w) again into w's panels: for weights that changed (a training step), without
  * allocating them again. */

@@ -171,9 +171,10 @@ void gemm_bf16_pack_at_avx512bf16(uint16_t *Ap, int Kp, const float *A, int lda,
     }
 }
 
-void gemm_bf16_transpose_packed_avx512bf16(uint16_t *At, int KpT, const uint16_t *Ap, int Kp, int MpT) {
+void gemm_bf16_transpose_packed_avx512bf16(uint16_t *At, size_t ldt, int KT, const uint16_t *Ap, int Kp,
+                                           int MpT) {
     for (int m0 = 0; m0 < MpT; m0 += 16)
-        for (int k0 = 0; k0 < KpT; k0 += 32) {
+        for (int k0 = 0; k0 < KT; k0 += 32) {
             /* r[p] word i = Ap[k0 + 2p][m0 + i] | Ap[k0 + 2p + 1][m0 + i] << 16; transposed, row i */
             __m512i r[16];
             for (int p = 0; p < 16; p++) {
@@ -184,7 +185,7 @@ void gemm_bf16_transpose_packed_avx512bf16(uint16_t *At, int KpT, const uint16_t
             }
             transpose16(r);
             for (int i = 0; i < 16; i++)
-                _mm512_storeu_si512(At + (size_t)(m0 + i) * KpT + k0, r[i]);
+                _mm512_storeu_si512(At + (size_t)(m0 + i) * ldt + k0, r[i]);
         }
 }
 

@@ -90,9 +90,19 @@ void gemm_bf16_pack_bt_avx512bf16(uint16_t *dst, int Kp, const float *X, size_t 
 void gemm_bf16_pack_bn_avx512bf16(uint16_t *dst, size_t bstride, int npairs, const float *X, size_t ld,
                                   int rows, int cols);
 void gemm_bf16_normalize_round_avx512bf16(float *row, uint16_t *out, int n, float inv, int len, int Kr);
-/* At (MpT rows of KpT) = the transpose of a packed A (KpT rows of Kp, zero padded): At[m][k] = Ap[k][m]. MpT
- * <= Kp, both multiples of 16; KpT a multiple of 32. */
-void gemm_bf16_transpose_packed_avx512bf16(uint16_t *At, int KpT, const uint16_t *Ap, int Kp, int MpT);
+/* At (MpT rows, ldt apart) = the transpose of a packed A (KT rows of Kp, zero padded): At[m][k] = Ap[k][m]
+ * for m < MpT, k < KT. MpT <= Kp, both multiples of 16; KT a multiple of 32. */
+void gemm_bf16_transpose_packed_avx512bf16(uint16_t *At, size_t ldt, int KT, const uint16_t *Ap, int Kp,
+                                           int MpT);
+/* The same on the calling thread on any path (the AVX-512 form on the vector paths, else a scalar loop): for
+ * callers that transpose a chunk of rows into columns [k0, k0 + KT) of a larger At (At pointing at column
+ * k0). */
+void gemm_bf16_transpose_rows(uint16_t *At, size_t ldt, int KT, const uint16_t *Ap, int Kp, int MpT);
+/* The whole product of packed operands on the given path's kernel (OpenMP over output tiles; ref, avx512bf16
+ * or amx): C (M x ncols) = / += A . B, A Mp rows of Kp, B ceil(ncols/16) panels of 16 x Kp. The same bits as
+ * the products bf16_gemm forms from these operands. */
+void gemm_bf16_multiply(bf16_path path, const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp,
+                        float *C, int ldc, int accumulate);
 /* The AMX block product needs the tile configuration loaded on the calling thread: begin before the first
  * gemm_bf16_block_amx, end after the last. */
 void gemm_bf16_amx_begin(void);

@@ -67,6 +67,10 @@ struct model {
     int row_passes;             /* bf16 forward in chunks of positions when it can (default 1) */
     void *att_ops;              /* bf16_att_operands of the forward in row chunks (while packed) */
     size_t att_ops_bytes;
+    bf16_packed_weight
+        *packed_dinp; /* PROJ_COUNT: a layer's weights for its input gradients (row backward) */
+    void *bwd_ops;    /* the row backward's weight-gradient operands (model_brows) */
+    size_t bwd_ops_bytes;
     float *tile; /* scratch for dequantized weight rows */
     size_t tile_floats;
     float *rope_cos, *rope_sin; /* (rope_len, head_size/2), grown on demand by the forward pass */
@@ -518,11 +522,34 @@ qlab_compute model_get_compute(const model *m) {
     return m->compute;
 }
 
+/* Frees a scratch buffer of the model (charged to memory accounting as scratch). */
+static void model_scratch_free(void **buf, size_t *bytes) {
+    qlab_free_aligned(*buf);
+    memacct_release(MEMACCT_SCRATCH, *bytes);
+    *buf = NULL, *bytes = 0;
+}
+
+/* Grows a scratch buffer of the model to at least need bytes (contents not kept). */
+static qlab_status model_scratch_reserve(void **buf, size_t *bytes, size_t need, const char *what) {
+    if (need <= *bytes) return QLAB_OK;
+    model_scratch_free(buf, bytes);
+    QLAB_TRY(memacct_charge(MEMACCT_SCRATCH, need));
+    if (!(*buf = qlab_alloc_aligned(need))) {
+        memacct_release(MEMACCT_SCRATCH, need);
+        return qlab_fail(QLAB_ERR_NOMEM, "%s (%zu bytes)", what, need);
+    }
+    *bytes = need;
+    return QLAB_OK;
+}
+
 void model_unpack_weights(model *m) {
-    if (m->att_ops) {
-        qlab_free_aligned(m->att_ops);
-        memacct_release(MEMACCT_SCRATCH, m->att_ops_bytes);
-        m->att_ops = NULL, m->att_ops_bytes = 0;
+    model_scratch_free(&m->att_ops, &m->att_ops_bytes);
+    model_scratch_free(&m->bwd_ops, &m->bwd_ops_bytes);
+    if (m->packed_dinp) {
+        for (int p = 0; p < PROJ_COUNT; p++)
+            bf16_packed_weight_free(&m->packed_dinp[p]);
+        free(m->packed_dinp);
+        m->packed_dinp = NULL;
     }
     m->packed_valid = 0;
     if (!m->packed) return;
@@ -1219,17 +1246,8 @@ static qlab_status model_forward_rows(model *m, float *out, int keep) {
     bf16_att_operands ops, *po = NULL;
     if (bf16_att_operands_fit(m->T)) { /* the attention's operands packed ahead */
         size_t bytes = bf16_att_operands_bytes(m->B, m->T, c->n_heads, c->n_kv_heads, m->head_size);
-        if (bytes > m->att_ops_bytes) {
-            QLAB_TRY(memacct_charge(MEMACCT_SCRATCH, bytes));
-            void *buf = qlab_alloc_aligned(bytes);
-            if (!buf) {
-                memacct_release(MEMACCT_SCRATCH, bytes);
-                return qlab_fail(QLAB_ERR_NOMEM, "model_forward: attention operands (%zu bytes)", bytes);
-            }
-            qlab_free_aligned(m->att_ops);
-            memacct_release(MEMACCT_SCRATCH, m->att_ops_bytes);
-            m->att_ops = buf, m->att_ops_bytes = bytes;
-        }
+        QLAB_TRY(model_scratch_reserve(&m->att_ops, &m->att_ops_bytes, bytes,
+                                       "model_forward: attention operands"));
         bf16_att_operands_layout(&ops, m->att_ops, m->B, m->T, c->n_heads, c->n_kv_heads, m->head_size);
         po = &ops;
     }
@@ -1283,13 +1301,17 @@ static float *model_grad_or_null(const model *m, model_group g, float *ptr) {
     return model_group_trains(m, g) ? ptr : NULL;
 }
 
+/* The weight gradient of projection p of layer l, or NULL when it forms none (frozen or quantized). */
+static float *model_proj_dweight(const model *m, int l, model_proj p) {
+    if (!model_group_trains(m, model_projections[p].info.group) || !model_get_linear(m, l, p).w) return NULL;
+    return model_proj_matrix(&m->grads, &m->cfg, l, p);
+}
+
 /* dinp += dout W (and the adapter's share); dW += dout^T inp when the projection trains. */
 static qlab_status model_linear_backward(model *m, int l, model_proj p, float *dinp, const float *dout,
                                          const float *inp, int N) {
     linear_weight lw = model_get_linear(m, l, p);
-    float *dweight = NULL;
-    if (lw.w && model_group_trains(m, model_projections[p].info.group))
-        dweight = model_proj_matrix(&m->grads, &m->cfg, l, p);
+    float *dweight = model_proj_dweight(m, l, p);
     if (m->compute == QLAB_COMPUTE_BF16)
         QLAB_TRY(linear_backward_bf16(dinp, dweight, dout, inp, &lw, N));
     else
@@ -1386,6 +1408,254 @@ static qlab_status model_block_backward(model *m, int l, int threads) {
 
 #undef MODEL_ZERO
 
+/* ---------------------------------------------------------------- bf16 backward in row chunks */
+
+/* With bf16 compute, where the forward runs in row passes (model_rows_usable) and no adapter takes part in
+ * the backward, a block's backward is two passes over chunks of positions: the feed-forward block with the
+ * o projection, then (after the attention's backward) the q/k/v projections. A chunk forms the input
+ * gradients of its rows while they are in the thread's cache: its dout rounded once, multiplied by the
+ * layer's weights packed for dinp (bf16_pack_weight_dinp, once per layer), the elementwise gradients
+ * (SwiGLU, RoPE, the norms' input gradients) in between. It also leaves each weight gradient's operands in
+ * place: the rounded dout transposed into a column block of dout^T, and the layer's input as B panels over
+ * position pairs (one for q/k/v, one for gate/up). Each weight gradient is then one product over all
+ * positions, and the norm weights' gradients are summed over all rows as before: every value is formed by
+ * the operations of model_block_backward in the same order, each product's output tiles by the same
+ * kernel code, so the bits are the same (tests/test_model_bf16.c). */
+static int model_brows_usable(const model *m) {
+    return model_rows_usable(m) && !(m->has_adapter && m->adapter.backward);
+}
+
+typedef enum { MODEL_BROWS_FFN, MODEL_BROWS_QKV } model_brows_pass;
+
+typedef struct {
+    bf16_path path;
+    int R, N, chunks, KpN;    /* rows per chunk, positions, chunks, positions rounded up to 32 */
+    size_t a, t, f;           /* bytes of a thread's buffers below */
+    size_t per_thread;        /* bytes of one thread's buffers */
+    char *base;               /* the threads' buffers */
+    uint16_t *at[PROJ_COUNT]; /* the pass's dout^T (Kp(out) rows of KpN) of weights that train, else NULL */
+    uint16_t *x_ln, *x_atty,
+        *x_hs; /* the inputs as B panels over position pairs (NULL: no weight needs it) */
+} model_brows;
+
+typedef struct {
+    uint16_t *a;         /* R x Kp(widest) bf16: the chunk's rounded dout */
+    uint16_t *t;         /* the scalar packers' staging */
+    float *f1, *f2, *f3; /* R x widest fp32 */
+} model_brows_ws;
+
+/* Packs layer l's projections for their input gradients into m->packed_dinp. */
+static qlab_status model_pack_dinp(model *m, int l) {
+    if (!m->packed_dinp && !(m->packed_dinp = qlab_calloc(PROJ_COUNT, sizeof *m->packed_dinp)))
+        return QLAB_ERR_NOMEM;
+    for (int p = 0; p < PROJ_COUNT; p++) {
+        linear_weight lw = model_get_linear(m, l, (model_proj)p);
+        bf16_packed_weight *w = &m->packed_dinp[p];
+        qlab_status st = w->panels ? bf16_repack_weight(lw.w, lw.q, w)
+                                   : bf16_pack_weight_dinp(lw.w, lw.q, lw.out_features, lw.in_features, w);
+        if (st != QLAB_OK)
+            return qlab_fail_context(st, "layer %d %s, packing for the backward", l,
+                                     model_proj_name((model_proj)p));
+    }
+    return QLAB_OK;
+}
+
+static size_t model_round64(size_t bytes) {
+    return (bytes + 63) / 64 * 64;
+}
+
+static qlab_status model_brows_plan(model_brows *p, model *m, int l, model_brows_pass pass) {
+    const model_config *c = &m->cfg;
+    int threads = 1;
+#ifdef _OPENMP
+    threads = omp_get_max_threads();
+#endif
+    int D = c->dim, H = c->hidden_dim, KV = m->kv_dim, widest = H > D ? H : D;
+    memset(p, 0, sizeof *p);
+    p->path = bf16_active_path();
+    p->N = m->B * m->T;
+    p->R = p->N >= 128 * threads ? 64 : 32;
+    p->chunks = (p->N + p->R - 1) / p->R;
+    p->KpN = gemm_bf16_kp(p->N);
+    p->a = model_round64((size_t)p->R * gemm_bf16_kp(widest) * sizeof(uint16_t));
+    p->t = model_round64(2 * ((size_t)widest + GEMM_BF16_PANEL) * sizeof(uint16_t));
+    p->f = model_round64((size_t)p->R * widest * sizeof(float));
+    p->per_thread = p->a + p->t + 3 * p->f;
+    /* the weight-gradient operands: the larger pass's dout^T rows and input columns */
+    size_t r16 = GEMM_BF16_PANEL, cols_d = ((size_t)D + r16 - 1) / r16 * r16;
+    size_t cols_h = ((size_t)H + r16 - 1) / r16 * r16;
+    size_t rows_ffn = 2 * (size_t)gemm_bf16_kp(D) + 2 * (size_t)gemm_bf16_kp(H);
+    size_t rows_qkv = (size_t)gemm_bf16_kp(D) + 2 * (size_t)gemm_bf16_kp(KV);
+    size_t at_rows = rows_ffn > rows_qkv ? rows_ffn : rows_qkv, x_cols = cols_h + 2 * cols_d;
+    QLAB_TRY(model_scratch_reserve(&m->bwd_ops, &m->bwd_ops_bytes,
+                                   (at_rows + x_cols) * (size_t)p->KpN * sizeof(uint16_t),
+                                   "model_backward: weight-gradient operands"));
+    uint16_t *next = m->bwd_ops;
+    static const model_proj ffn[] = {PROJ_DOWN, PROJ_GATE, PROJ_UP, PROJ_O}, qkv[] = {PROJ_Q, PROJ_K, PROJ_V};
+    const model_proj *ps = pass == MODEL_BROWS_FFN ? ffn : qkv;
+    int n = pass == MODEL_BROWS_FFN ? 4 : 3;
+    for (int i = 0; i < n; i++) {
+        int out, in;
+        model_proj_shape(c, ps[i], &out, &in);
+        if (!model_proj_dweight(m, l, ps[i])) continue;
+        p->at[ps[i]] = next;
+        next += (size_t)gemm_bf16_kp(out) * p->KpN;
+    }
+    if (pass == MODEL_BROWS_FFN) {
+        if (p->at[PROJ_DOWN]) p->x_hs = next, next += cols_h * p->KpN;
+        if (p->at[PROJ_GATE] || p->at[PROJ_UP]) p->x_ln = next, next += cols_d * p->KpN;
+        if (p->at[PROJ_O]) p->x_atty = next;
+    } else if (p->at[PROJ_Q] || p->at[PROJ_K] || p->at[PROJ_V]) {
+        p->x_ln = next;
+    }
+    p->base = gemm_bf16_workspace(p->per_thread * (size_t)threads);
+    return p->base ? QLAB_OK : qlab_last_status();
+}
+
+static model_brows_ws model_brows_thread(const model_brows *p) {
+    int id = 0;
+#ifdef _OPENMP
+    id = omp_get_thread_num();
+#endif
+    char *u = p->base + p->per_thread * (size_t)id;
+    float *f = (float *)(u + p->a + p->t);
+    return (model_brows_ws){(uint16_t *)u, (uint16_t *)(u + p->a), f, (float *)((char *)f + p->f),
+                            (float *)((char *)f + 2 * p->f)};
+}
+
+/* Rows [0, rows) of dout (out features wide), positions r0.., rounded into ws->a for the input gradient and,
+ * when projection pj's weight trains, transposed into its dout^T at columns r0... */
+static void model_brows_dout(const model_brows *p, model_brows_ws *ws, model_proj pj, const float *dout,
+                             int out, int r0, int rows) {
+    int Kp = gemm_bf16_kp(out), mp = gemm_bf16_mp(rows);
+    gemm_bf16_pack_rows(ws->a, Kp, dout, (size_t)out, rows, out, mp);
+    if (p->at[pj]) gemm_bf16_transpose_rows(p->at[pj] + r0, (size_t)p->KpN, mp, ws->a, Kp, Kp);
+}
+
+/* dinp (rows x w->N) += ws->a w, zeroed first when zero is set (as the whole-matrix form's buffers are). */
+static void model_brows_dinp(const model_brows *p, const model_brows_ws *ws, int rows,
+                             const bf16_packed_weight *w, float *dinp, int zero) {
+    if (zero) memset(dinp, 0, sizeof(float) * (size_t)rows * w->N);
+    gemm_bf16_block(p->path, ws->a, (size_t)w->Kp, w->panels, (size_t)GEMM_BF16_PANEL * w->Kp, rows, w->N,
+                    w->Kp, dinp, w->N, 1, NULL);
+}
+
+/* Rows [r0, r0 + rows) of a layer input x (in features wide) as pairs r0/2.. of B panels dst (if any). */
+static void model_brows_input(const model_brows *p, model_brows_ws *ws, uint16_t *dst, const float *x, int in,
+                              int r0, int rows) {
+    if (!dst) return;
+    gemm_bf16_pack_bn(dst + (size_t)r0 * GEMM_BF16_PANEL, (size_t)GEMM_BF16_PANEL * p->KpN,
+                      gemm_bf16_mp(rows) / 2, x + (size_t)r0 * in, (size_t)in, rows, in, ws->t);
+}
+
+/* Rows [r0, r1) from the block's output gradient (g->dresidual) through the feed-forward block, its norm and
+ * the o projection: g->dresidual += the norm's input gradient, g->datty and g->dln (the norm's output
+ * gradient, for its weight) written. */
+static void model_brows_ffn(model *m, const model_brows *p, model_brows_ws *ws, int l, int r0, int r1) {
+    const model_config *c = &m->cfg;
+    model_layer_acts x = model_layer_views(m, l);
+    model_grad_acts *g = &m->gacts;
+    const bf16_packed_weight *pd = m->packed_dinp;
+    int D = c->dim, H = c->hidden_dim, rows = r1 - r0;
+    size_t off = (size_t)r0 * D, offh = (size_t)r0 * H, nh = (size_t)rows * H;
+    float *dres = g->dresidual + off, *dln = g->dln + off, *dhs = ws->f1, *dh1 = ws->f2, *dh3 = ws->f3;
+    model_brows_dout(p, ws, PROJ_DOWN, dres, D, r0, rows);
+    model_brows_dinp(p, ws, rows, &pd[PROJ_DOWN], dhs, 1);
+    model_brows_input(p, ws, p->x_hs, x.hs, H, r0, rows);
+    memset(dh1, 0, sizeof(float) * nh);
+    memset(dh3, 0, sizeof(float) * nh);
+    swiglu_backward_rows(dh1, dh3, dhs, x.h1 + offh, x.h3 + offh, nh);
+    model_brows_dout(p, ws, PROJ_GATE, dh1, H, r0, rows);
+    model_brows_dinp(p, ws, rows, &pd[PROJ_GATE], dln, 1);
+    model_brows_dout(p, ws, PROJ_UP, dh3, H, r0, rows);
+    model_brows_dinp(p, ws, rows, &pd[PROJ_UP], dln, 0);
+    model_brows_input(p, ws, p->x_ln, x.ln2, D, r0, rows);
+    rmsnorm_backward_rows(dres, dln, x.res2 + off, m->params.rms_ffn + (size_t)l * D, x.ln2_rstd + r0, rows,
+                          D, 1);
+    model_brows_dout(p, ws, PROJ_O, dres, D, r0, rows);
+    model_brows_dinp(p, ws, rows, &pd[PROJ_O], g->datty + off, 1);
+    model_brows_input(p, ws, p->x_atty, x.atty, D, r0, rows);
+}
+
+/* Rows [r0, r1) from the attention's input gradients (g->dq, g->dk after RoPE, g->dv) through RoPE, the
+ * q/k/v projections and the norm: g->dresidual += the norm's input gradient, g->dln written. */
+static void model_brows_qkv(model *m, const model_brows *p, model_brows_ws *ws, int l, int r0, int r1) {
+    const model_config *c = &m->cfg;
+    model_layer_acts x = model_layer_views(m, l);
+    model_grad_acts *g = &m->gacts;
+    const bf16_packed_weight *pd = m->packed_dinp;
+    int D = c->dim, KV = m->kv_dim, rows = r1 - r0;
+    size_t off = (size_t)r0 * D, offkv = (size_t)r0 * KV;
+    float *dres = g->dresidual + off, *dln = g->dln + off, *dq = ws->f1, *dk = ws->f2;
+    memset(dq, 0, sizeof(float) * (size_t)rows * D);
+    rope_backward_rows(dq, g->dq + off, m->rope_cos, m->rope_sin, r0, rows, m->T, c->n_heads, m->head_size);
+    model_brows_dout(p, ws, PROJ_Q, dq, D, r0, rows);
+    model_brows_dinp(p, ws, rows, &pd[PROJ_Q], dln, 1);
+    memset(dk, 0, sizeof(float) * (size_t)rows * KV);
+    rope_backward_rows(dk, g->dk + offkv, m->rope_cos, m->rope_sin, r0, rows, m->T, c->n_kv_heads,
+                       m->head_size);
+    model_brows_dout(p, ws, PROJ_K, dk, KV, r0, rows);
+    model_brows_dinp(p, ws, rows, &pd[PROJ_K], dln, 0);
+    model_brows_dout(p, ws, PROJ_V, g->dv + offkv, KV, r0, rows);
+    model_brows_dinp(p, ws, rows, &pd[PROJ_V], dln, 0);
+    model_brows_input(p, ws, p->x_ln, x.ln1, D, r0, rows);
+    rmsnorm_backward_rows(dres, dln, x.res_in + off, m->params.rms_att + (size_t)l * D, x.ln1_rstd + r0, rows,
+                          D, 1);
+}
+
+/* One pass, then the weight gradients whose operands it left: dW += dout^T x over all positions. */
+static qlab_status model_brows_run(model *m, int l, model_brows_pass pass) {
+    model_brows p;
+    QLAB_TRY(model_brows_plan(&p, m, l, pass));
+#pragma omp parallel
+    {
+        model_brows_ws ws = model_brows_thread(&p);
+        gemm_bf16_block_begin(p.path);
+#pragma omp for schedule(static)
+        for (int ch = 0; ch < p.chunks; ch++) {
+            int r0 = ch * p.R, r1 = r0 + p.R < p.N ? r0 + p.R : p.N;
+            if (pass == MODEL_BROWS_FFN)
+                model_brows_ffn(m, &p, &ws, l, r0, r1);
+            else
+                model_brows_qkv(m, &p, &ws, l, r0, r1);
+        }
+        gemm_bf16_block_end(p.path);
+    }
+    const uint16_t *xs[PROJ_COUNT] = {0};
+    xs[PROJ_DOWN] = p.x_hs, xs[PROJ_GATE] = xs[PROJ_UP] = p.x_ln, xs[PROJ_O] = p.x_atty;
+    if (pass == MODEL_BROWS_QKV) xs[PROJ_Q] = xs[PROJ_K] = xs[PROJ_V] = p.x_ln;
+    for (int pj = 0; pj < PROJ_COUNT; pj++) {
+        if (!p.at[pj]) continue;
+        int out, in;
+        model_proj_shape(&m->cfg, (model_proj)pj, &out, &in);
+        gemm_bf16_multiply(p.path, p.at[pj], xs[pj], out, in, p.KpN, model_proj_dweight(m, l, (model_proj)pj),
+                           in, 1);
+    }
+    return QLAB_OK;
+}
+
+/* model_block_backward in row chunks (model_brows_usable): the same gradients, bit for bit. */
+static qlab_status model_block_backward_rows(model *m, int l, int threads) {
+    const model_config *c = &m->cfg;
+    model_grad_acts *g = &m->gacts;
+    model_layer_acts x = model_layer_views(m, l);
+    int N = m->B * m->T, D = c->dim;
+    size_t NKVD = (size_t)N * m->kv_dim;
+    QLAB_TRY(model_pack_dinp(m, l));
+    QLAB_TRY(model_brows_run(m, l, MODEL_BROWS_FFN));
+    float *drms = model_grad_or_null(m, MODEL_GROUP_RMS_FFN, m->grads.rms_ffn + (size_t)l * D);
+    if (drms) rmsnorm_backward_weight(drms, g->dln, x.res2, x.ln2_rstd, N, D);
+    qlab_zero_floats(g->dq, (size_t)N * D);
+    qlab_zero_floats(g->dk, NKVD);
+    qlab_zero_floats(g->dv, NKVD);
+    QLAB_TRY(attention_backward_bf16(g->dq, g->dk, g->dv, g->datty, x.att, x.q, x.k, x.v, m->B, m->T,
+                                     c->n_heads, c->n_kv_heads, m->head_size, g->att_scratch, threads));
+    QLAB_TRY(model_brows_run(m, l, MODEL_BROWS_QKV));
+    drms = model_grad_or_null(m, MODEL_GROUP_RMS_ATT, m->grads.rms_att + (size_t)l * D);
+    if (drms) rmsnorm_backward_weight(drms, g->dln, x.res_in, x.ln1_rstd, N, D);
+    return QLAB_OK;
+}
+
 /* Block l's forward again, from its kept input, with the adapter told to repeat its last forward. */
 static qlab_status model_block_recompute(model *m, int l) {
     int hook = m->has_adapter && m->adapter.recompute;
@@ -1441,10 +1711,11 @@ qlab_status model_backward(model *m) {
     if (m->target_count == 0) return QLAB_OK; /* every target ignored: the loss is a constant */
 
     QLAB_TRY(model_head_backward(m));
+    int rows = model_brows_usable(m);
     for (int l = m->cfg.n_layers - 1; l >= 0; l--) {
         /* The working slot holds the last block from the forward; every other block is recomputed. */
         if (m->checkpointing && l < m->cfg.n_layers - 1) QLAB_TRY(model_block_recompute(m, l));
-        QLAB_TRY(model_block_backward(m, l, threads));
+        QLAB_TRY(rows ? model_block_backward_rows(m, l, threads) : model_block_backward(m, l, threads));
     }
     if (model_group_trains(m, MODEL_GROUP_TOKEN_EMBEDDING))
         embedding_backward(m->grads.token_embedding, m->gacts.dresidual, m->saved_tokens, m->B * m->T,

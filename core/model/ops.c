@@ -162,11 +162,10 @@ void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const floa
     rmsnorm_backward_order(dinp, dweight, dout, inp, weight, rstd, N, C, 0);
 }
 
-void rmsnorm_backward_order(float *dinp, float *dweight, const float *dout, const float *inp,
-                            const float *weight, const float *rstd, int N, int C, int lanes) {
+void rmsnorm_backward_rows(float *dinp, const float *dout, const float *inp, const float *weight,
+                           const float *rstd, int rows, int C, int lanes) {
     /* y = w * x * r with r = (mean(x^2)+eps)^-1/2:  dx = r * w*dy - x * r^3/C * sum(w*dy*x). */
-#pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) {
+    for (int n = 0; n < rows; n++) {
         const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
         float *dx = dinp + (size_t)n * C;
         float r = rstd[n];
@@ -181,9 +180,12 @@ void rmsnorm_backward_order(float *dinp, float *dweight, const float *dout, cons
         for (int c = 0; c < C; c++)
             dx[c] += r * weight[c] * dy[c] - k * x[c];
     }
-    if (!dweight) return;
-        /* Each thread owns a contiguous range of columns and walks all rows in order: no two threads write
-         * the same element and each sum is formed in row order whatever the thread count. */
+}
+
+void rmsnorm_backward_weight(float *dweight, const float *dout, const float *inp, const float *rstd, int N,
+                             int C) {
+    /* Each thread owns a contiguous range of columns and walks all rows in order: no two threads write the
+     * same element and each sum is formed in row order whatever the thread count. */
 #pragma omp parallel
     {
         int nt = 1, id = 0;
@@ -200,6 +202,15 @@ void rmsnorm_backward_order(float *dinp, float *dweight, const float *dout, cons
                 dweight[c] += dy[c] * x[c] * r;
         }
     }
+}
+
+void rmsnorm_backward_order(float *dinp, float *dweight, const float *dout, const float *inp,
+                            const float *weight, const float *rstd, int N, int C, int lanes) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++)
+        rmsnorm_backward_rows(dinp + (size_t)n * C, dout + (size_t)n * C, inp + (size_t)n * C, weight,
+                              rstd + n, 1, C, lanes);
+    if (dweight) rmsnorm_backward_weight(dweight, dout, inp, rstd, N, C);
 }
 
 void matmul_forward(float *out, const float *inp, const float *weight, int N, int IC, int OC) {
@@ -234,24 +245,32 @@ void rope_forward(float *out, const float *inp, const float *cos_table, const fl
                           N - n0 < 16 ? N - n0 : 16, T, NH, HS);
 }
 
-void rope_backward(float *dinp, const float *dout, const float *cos_table, const float *sin_table, int B,
-                   int T, int NH, int HS) {
+void rope_backward_rows(float *dinp, const float *dout, const float *cos_table, const float *sin_table,
+                        int n0, int rows, int T, int NH, int HS) {
     int half = HS / 2;
-#pragma omp parallel for schedule(static)
-    for (int bt = 0; bt < B * T; bt++) {
-        int t = bt % T;
+    for (int i = 0; i < rows; i++) {
+        int t = (n0 + i) % T;
         const float *cs = cos_table + (size_t)t * half, *sn = sin_table + (size_t)t * half;
         for (int h = 0; h < NH; h++) {
-            const float *dy = dout + ((size_t)bt * NH + h) * HS;
-            float *dx = dinp + ((size_t)bt * NH + h) * HS;
+            const float *dy = dout + ((size_t)i * NH + h) * HS;
+            float *dx = dinp + ((size_t)i * NH + h) * HS;
 #pragma omp simd
-            for (int i = 0; i < half; i++) {
-                float d0 = dy[2 * i], d1 = dy[2 * i + 1];
-                dx[2 * i] += d0 * cs[i] + d1 * sn[i];
-                dx[2 * i + 1] += d1 * cs[i] - d0 * sn[i];
+            for (int j = 0; j < half; j++) {
+                float d0 = dy[2 * j], d1 = dy[2 * j + 1];
+                dx[2 * j] += d0 * cs[j] + d1 * sn[j];
+                dx[2 * j + 1] += d1 * cs[j] - d0 * sn[j];
             }
         }
     }
+}
+
+void rope_backward(float *dinp, const float *dout, const float *cos_table, const float *sin_table, int B,
+                   int T, int NH, int HS) {
+    size_t row = (size_t)NH * HS;
+#pragma omp parallel for schedule(static)
+    for (int bt = 0; bt < B * T; bt++)
+        rope_backward_rows(dinp + (size_t)bt * row, dout + (size_t)bt * row, cos_table, sin_table, bt, 1, T,
+                           NH, HS);
 }
 
 /* Causal products are formed in blocks of query rows: rows [r0, r1) only need keys [0, r1), which saves
@@ -386,9 +405,8 @@ void swiglu_forward(float *out, const float *gate, const float *up, size_t n) {
         vm_silu_mul(out + i0, gate + i0, up + i0, n - i0 < OPS_ELEM_CHUNK ? n - i0 : OPS_ELEM_CHUNK);
 }
 
-void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
-                     size_t n) {
-#pragma omp parallel for schedule(static)
+void swiglu_backward_rows(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                          size_t n) {
     for (size_t i0 = 0; i0 < n; i0 += OPS_ELEM_CHUNK) {
         float sig[OPS_ELEM_CHUNK];
         size_t len = n - i0 < OPS_ELEM_CHUNK ? n - i0 : OPS_ELEM_CHUNK;
@@ -402,6 +420,15 @@ void swiglu_backward(float *dgate, float *dup, const float *dout, const float *g
             dgate[i] += dout[i] * up[i] * (s + g * s * (1.0f - s));
             dup[i] += dout[i] * silu;
         }
+    }
+}
+
+void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                     size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i0 = 0; i0 < n; i0 += OPS_ELEM_CHUNK) {
+        size_t len = n - i0 < OPS_ELEM_CHUNK ? n - i0 : OPS_ELEM_CHUNK;
+        swiglu_backward_rows(dgate + i0, dup + i0, dout + i0, gate + i0, up + i0, len);
     }
 }
 

@@ -37,6 +37,12 @@ void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const floa
  * the fp32 reference) or in vmath's 16-lane order (vm_dot3_f64, vectorized: bf16 compute). */
 void rmsnorm_backward_order(float *dinp, float *dweight, const float *dout, const float *inp,
                             const float *weight, const float *rstd, int N, int C, int lanes);
+/* Its two parts: the input gradient of rows [0, rows) on the calling thread (dinp, dout, inp and rstd point
+ * at the first row), and the weight gradient over all N rows (in row order, OpenMP over columns). */
+void rmsnorm_backward_rows(float *dinp, const float *dout, const float *inp, const float *weight,
+                           const float *rstd, int rows, int C, int lanes);
+void rmsnorm_backward_weight(float *dweight, const float *dout, const float *inp, const float *rstd, int N,
+                             int C);
 
 /* out (N,OC) = inp (N,IC) @ weight (OC,IC)^T, through sgemm. */
 void matmul_forward(float *out, const float *inp, const float *weight, int N, int IC, int OC);
@@ -56,6 +62,9 @@ void rope_forward_rows(float *out, const float *inp, const float *cos_table, con
 /* dinp (B,T,NH,HS) += rotation^T dout (B,T,NH,HS); dinp must not alias dout. */
 void rope_backward(float *dinp, const float *dout, const float *cos_table, const float *sin_table, int B,
                    int T, int NH, int HS);
+/* rope_backward of rows [n0, n0 + rows) on the calling thread: dinp and dout point at row n0. */
+void rope_backward_rows(float *dinp, const float *dout, const float *cos_table, const float *sin_table,
+                        int n0, int rows, int T, int NH, int HS);
 
 /* Causal scaled dot-product attention with grouped-query heads: query head h reads key/value head
  * h / (NH/NKV). q (B,T,NH,HS), k and v (B,T,NKV,HS), out (B,T,NH,HS); att (B,NH,T,T) receives the
@@ -77,6 +86,9 @@ void swiglu_forward(float *out, const float *gate, const float *up, size_t n);
 /* dgate, dup (n) += gradients from dout (n). */
 void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                      size_t n);
+/* The same on the calling thread (swiglu_backward runs it on chunks of the n values). */
+void swiglu_backward_rows(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                          size_t n);
 
 /* out (n) = a + b; backward: da += dout, db += dout. */
 void residual_forward(float *out, const float *a, const float *b, size_t n);
