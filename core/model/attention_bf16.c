@@ -26,27 +26,29 @@ static void pack_bn(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, 
 }
 
 /* Causal softmax of the score rows of query rows [r0, r1) (S holds row r0, rows T floats apart, keys
- * [0, r1) filled): row t becomes softmax(scale * S[t][0..t]), rounded to bf16 into Aa (rows of Kr values,
- * zero after the diagonal; rows up to gemm_bf16_mp(r1 - r0) written). With keep, S also keeps the fp32
- * probabilities with zeros after the diagonal up to T (the att output); without, S is scratch. */
-static void softmax_round_rows(float *S, int r0, int r1, int T, float scale, uint16_t *Aa, int Kr, int keep) {
+ * [0, r1) filled; scratch): row t becomes softmax(scale * S[t][0..t]), rounded to bf16 into Aa (rows of Kr
+ * values, zero after the diagonal; rows up to gemm_bf16_mp(r1 - r0) written). With keep (row r0 of the att
+ * output, T floats apart), the fp32 probabilities are also written there, with zeros after the diagonal up
+ * to T. */
+static void softmax_round_rows(float *S, int r0, int r1, int T, float scale, uint16_t *Aa, int Kr,
+                               float *keep) {
     int vector = gemm_bf16_vector_packing();
     for (int t = r0; t < r1; t++) {
-        float *row = S + (size_t)(t - r0) * T;
+        float *row = S + (size_t)(t - r0) * T, *dst = keep ? keep + (size_t)(t - r0) * T : NULL;
         uint16_t *out = Aa + (size_t)(t - r0) * Kr;
         int n = t + 1;
         float inv = 1.0f / vm_scale_exp_sum(row, (size_t)n, scale);
         if (vector) {
-            gemm_bf16_normalize_round_avx512bf16(row, out, n, inv, keep ? T : 0, Kr);
+            gemm_bf16_normalize_round_avx512bf16(row, dst, out, n, inv, keep ? T : 0, Kr);
             continue;
         }
         for (int i = 0; i < n; i++) {
             float pr = row[i] * inv;
-            if (keep) row[i] = pr;
+            if (keep) dst[i] = pr;
             out[i] = f32_to_bf16(pr);
         }
         for (int i = n; keep && i < T; i++)
-            row[i] = 0;
+            dst[i] = 0;
         memset(out + n, 0, sizeof(uint16_t) * (size_t)(Kr - n));
     }
     for (int r = r1 - r0; r < gemm_bf16_mp(r1 - r0); r++)
@@ -58,12 +60,12 @@ static void softmax_round_rows(float *S, int r0, int r1, int T, float scale, uin
 typedef struct {
     int Kq, Kt, Tp, Hp;       /* HS and T rounded up to 32; T and HS rounded up to 16 */
     size_t packed, tmp, wide; /* elements of one packed matrix and of tmp (bf16), floats of wide */
-    size_t scores;            /* floats of the score block when att is not kept */
+    size_t scores;            /* floats of the forward's score block */
     size_t per_thread;        /* bytes */
     bf16_path path;
 } att_plan;
 
-static att_plan make_att_plan(int T, int HS, int keep) {
+static att_plan make_att_plan(int T, int HS, int forward) {
     att_plan p;
     p.path = bf16_active_path();
     p.Kq = gemm_bf16_kp(HS), p.Kt = gemm_bf16_kp(T);
@@ -77,7 +79,7 @@ static att_plan make_att_plan(int T, int HS, int keep) {
            w2 = gemm_bf16_block_wide_floats(p.path, ATT_BLOCK, p.Hp, p.Kt);
     p.wide = w1 > w2 ? w1 : w2;
     size_t bytes = (4 * p.packed + p.tmp) * sizeof(uint16_t);
-    p.scores = keep ? 0 : (size_t)ATT_BLOCK * T;
+    p.scores = forward ? (size_t)ATT_BLOCK * T : 0; /* the forward's score block */
     p.per_thread = (bytes + 63) / 64 * 64 + (p.wide + p.scores) * sizeof(float);
     p.per_thread = (p.per_thread + 63) / 64 * 64;
     return p;
@@ -127,10 +129,11 @@ static void head_forward(const att_plan *pl, const att_ws *w, const uint16_t *Kb
         if (!Q)
             gemm_bf16_pack_rows(Aq, pl->Kq, qb + (size_t)r0 * qstride, (size_t)qstride, rows, HS,
                                 gemm_bf16_mp(rows));
-        float *S = a ? a + (size_t)r0 * T : w->scores;
+        /* the scores in the thread's scratch (in cache); the probabilities written once when kept */
+        float *S = w->scores;
         gemm_bf16_block(pl->path, A, (size_t)pl->Kq, Kb, (size_t)GEMM_BF16_PANEL * pl->Kq, rows, r1, pl->Kq,
                         S, T, 0, w->wide);
-        softmax_round_rows(S, r0, r1, T, scale, Aa, Kr, a != NULL);
+        softmax_round_rows(S, r0, r1, T, scale, Aa, Kr, a ? a + (size_t)r0 * T : NULL);
         gemm_bf16_block(pl->path, Aa, (size_t)Kr, Vb, (size_t)GEMM_BF16_PANEL * pl->Kt, rows, HS, Kr,
                         ob + (size_t)r0 * qstride, qstride, 0, w->wide);
     }
@@ -152,8 +155,8 @@ static size_t att_v_block(const bf16_att_operands *o) {
 
 /* The forward's tasks, one per (batch, head): the keys (as k^T panels), values and queries from o when the
  * operands were packed ahead, else the head's keys and values packed here (once per task) and its queries
- * block by block; then per block of query rows: scores = q k^T into att, scale and causal softmax in fp32,
- * out = att v. */
+ * block by block; then per block of query rows: scores = q k^T (in the thread's cache), scale and causal
+ * softmax in fp32 (the probabilities written to att when kept), out = att v. */
 static qlab_status forward_run(float *out, float *att, const float *q, const float *k, const float *v,
                                const bf16_att_operands *o, int B, int T, int NH, int NKV, int HS) {
     int group = NH / NKV, qstride = NH * HS, kvstride = NKV * HS, threads = 1;
@@ -161,7 +164,7 @@ static qlab_status forward_run(float *out, float *att, const float *q, const flo
 #ifdef _OPENMP
     threads = omp_in_parallel() ? 1 : omp_get_max_threads();
 #endif
-    att_plan pl = make_att_plan(T, HS, att != NULL);
+    att_plan pl = make_att_plan(T, HS, 1);
     char *base;
     QLAB_TRY(att_alloc(&base, pl.per_thread * (size_t)threads));
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -259,7 +262,7 @@ qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float
                                     int NKV, int HS, float *scratch, int n_scratch) {
     int group = NH / NKV, qstride = NH * HS, kvstride = NKV * HS;
     float scale = 1.0f / sqrtf((float)HS);
-    att_plan pl = make_att_plan(T, HS, 1);
+    att_plan pl = make_att_plan(T, HS, 0);
     size_t bytes = pl.per_thread * (size_t)n_scratch;
     char *base;
     QLAB_TRY(att_alloc(&base, bytes));

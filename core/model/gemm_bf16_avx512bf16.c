@@ -235,12 +235,13 @@ void gemm_bf16_pack_bn_avx512bf16(uint16_t *dst, size_t bstride, int npairs, con
     }
 }
 
-void gemm_bf16_normalize_round_avx512bf16(float *row, uint16_t *out, int n, float inv, int len, int Kr) {
+void gemm_bf16_normalize_round_avx512bf16(const float *row, float *dst, uint16_t *out, int n, float inv,
+                                          int len, int Kr) {
     __m512 vi = _mm512_set1_ps(inv);
     int i = 0;
     for (; i + 16 <= n; i += 16) { /* whole vectors of the row */
         __m512 v = _mm512_mul_ps(_mm512_loadu_ps(row + i), vi);
-        if (len) _mm512_storeu_ps(row + i, v); /* len >= n */
+        if (len) _mm512_storeu_ps(dst + i, v); /* len >= n */
         _mm256_storeu_si256((__m256i *)(out + i), round16(v));
     }
     for (; i < len || i < Kr; i += 16) { /* the partial vector, then zeros */
@@ -253,7 +254,7 @@ void gemm_bf16_normalize_round_avx512bf16(float *row, uint16_t *out, int n, floa
             lout = Kr - i < 0    ? 0
                    : Kr - i > 16 ? 16
                                  : Kr - i;
-        _mm512_mask_storeu_ps(row + i, (__mmask16)((1u << lrow) - 1), v);
+        _mm512_mask_storeu_ps(dst + i, (__mmask16)((1u << lrow) - 1), v);
         _mm256_mask_storeu_epi16(out + i, (__mmask16)((1u << lout) - 1), round16(v));
     }
 }

@@ -83,13 +83,15 @@ void gemm_bf16_pack_bt(uint16_t *dst, int Kp, const float *X, size_t ld, int row
 void gemm_bf16_pack_bn(uint16_t *dst, size_t bstride, int npairs, const float *X, size_t ld, int rows,
                        int cols, uint16_t *tmp);
 /* AVX-512 forms, bit-identical with the scalar code they stand in for: gemm_bf16_pack_bt / pack_bn above,
- * and attention_bf16.c's softmax row normalisation: row[i] *= inv and out[i] = bf16(row[i]) for i < n (row
- * written only when len > 0), row[i] = 0 for n <= i < len, out[i] = 0 for n <= i < Kr. */
+ * and attention_bf16.c's softmax row normalisation: dst[i] = row[i] * inv and out[i] = bf16(dst[i]) for i < n
+ * (dst, which may be row, written only when len > 0), dst[i] = 0 for n <= i < len, out[i] = 0 for n <= i <
+ * Kr. */
 void gemm_bf16_pack_bt_avx512bf16(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols);
 /* pack_bn: pairs [0, npairs) (rows 2p, 2p + 1 of X; zero from row rows on) of panels bstride apart. */
 void gemm_bf16_pack_bn_avx512bf16(uint16_t *dst, size_t bstride, int npairs, const float *X, size_t ld,
                                   int rows, int cols);
-void gemm_bf16_normalize_round_avx512bf16(float *row, uint16_t *out, int n, float inv, int len, int Kr);
+void gemm_bf16_normalize_round_avx512bf16(const float *row, float *dst, uint16_t *out, int n, float inv,
+                                          int len, int Kr);
 /* At (MpT rows, ldt apart) = the transpose of a packed A (KT rows of Kp, zero padded): At[m][k] = Ap[k][m]
  * for m < MpT, k < KT. MpT <= Kp, both multiples of 16; KT a multiple of 32. */
 void gemm_bf16_transpose_packed_avx512bf16(uint16_t *At, size_t ldt, int KT, const uint16_t *Ap, int Kp,
