@@ -1,7 +1,12 @@
 /* Finite-difference checks of every layer op's backward (core/model/ops.h, core/model/linear.h): each op's
  * output is reduced to the scalar sum(out * w) with fixed random w, whose input gradients must match central
  * differences; also checks that backward accumulates and that ignored targets contribute nothing. */
+#include <math.h>
 #include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "tests/check.h"
 #include "core/base/common.h"
@@ -160,6 +165,47 @@ static void test_rmsnorm(void) {
     CHECK_NEAR(dw1[3], 1 + dw[3], 1e-5);
     free(dx1), free(dw1);
     free(c.x[0]), free(c.x[1]), free(c.out), free(c.w), free(rstd), free(dx), free(dw);
+}
+
+/* bf16 compute's order of the norm weight gradient (lanes): blocks of OPS_NORM_BLOCK rows summed from zero,
+ * then added in block order. rmsnorm_backward_order's form (OpenMP over columns, in tiles of 64) gives the
+ * bits of rmsnorm_weight_block + rmsnorm_weight_add_blocks (what the bf16 backward in row chunks forms) for
+ * any thread count, and stays within fp32 rounding of the row-order sum. */
+static void test_rmsnorm_blocks(void) {
+    const int N = 75, C = 100; /* a partial last block; a partial column tile on each thread */
+    float *x = rand_buf((size_t)N * C, 1), *w = rand_buf(C, 1), *dy = rand_buf((size_t)N * C, 1);
+    float *rstd = rand_buf(N, 1), *dx = zero_buf((size_t)N * C), *row = zero_buf(C), *lane = zero_buf(C);
+    int nb = (N + OPS_NORM_BLOCK - 1) / OPS_NORM_BLOCK;
+    float *part = zero_buf((size_t)nb * C), *blk = zero_buf(C);
+    for (int b = 0; b < nb; b++) {
+        int b0 = b * OPS_NORM_BLOCK, rows = N - b0 < OPS_NORM_BLOCK ? N - b0 : OPS_NORM_BLOCK;
+        rmsnorm_weight_block(part + (size_t)b * C, dy + (size_t)b0 * C, x + (size_t)b0 * C, rstd + b0, rows, C);
+    }
+    for (int i = 0; i < C; i++)
+        blk[i] = 0.25f;
+    rmsnorm_weight_add_blocks(blk, part, nb, C);
+    rmsnorm_backward_order(dx, row, dy, x, w, rstd, N, C, 0);
+#ifdef _OPENMP
+    int max_threads = omp_get_max_threads();
+#endif
+    for (int threads = 1; threads <= 2; threads++) {
+#ifdef _OPENMP
+        omp_set_num_threads(threads);
+#endif
+        for (int i = 0; i < C; i++)
+            lane[i] = 0.25f;
+        rmsnorm_backward_order(dx, lane, dy, x, w, rstd, N, C, 1);
+        CHECKF(!memcmp(lane, blk, sizeof(float) * C), "%d threads: blocked norm weight gradient differs",
+               threads);
+    }
+#ifdef _OPENMP
+    omp_set_num_threads(max_threads);
+#endif
+    double err = 0, ref = 0;
+    for (int i = 0; i < C; i++)
+        err += (lane[i] - 0.25 - row[i]) * (lane[i] - 0.25 - row[i]), ref += (double)row[i] * row[i];
+    CHECKF(sqrt(err / ref) < 1e-5, "blocked vs row-order norm weight gradient: rel L2 %.2e", sqrt(err / ref));
+    free(x), free(w), free(dy), free(rstd), free(dx), free(row), free(lane), free(part), free(blk);
 }
 
 static void test_matmul_and_linear(void) {
@@ -371,6 +417,7 @@ int main(void) {
     rng_seed(&rng, 1234);
     test_embedding();
     test_rmsnorm();
+    test_rmsnorm_blocks();
     test_matmul_and_linear();
     test_rope();
     test_attention(4, 6);   /* multi-head */

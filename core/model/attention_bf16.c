@@ -241,19 +241,19 @@ qlab_status attention_forward_bf16_packed(float *out, float *att, const bf16_att
     return forward_run(out, att, NULL, NULL, NULL, o, o->B, o->T, o->NH, o->NKV, o->HS);
 }
 
-/* D += S^T Y for one head: S (T,T) probabilities or score gradients (zero above the diagonal), Y (T,HS)
- * with row stride ys, D (T,HS) with row stride ds: key rows [c0, c1) from query rows [c0, T) only (c0 is a
- * multiple of 64, so the k range starts on a pair of the packed Y). */
+/* D = S^T Y (accumulate 0) or D += S^T Y for one head: S (T,T) probabilities or score gradients (zero above
+ * the diagonal), Y (T,HS) with row stride ys, D (T,HS) with row stride ds: key rows [c0, c1) from query rows
+ * [c0, T) only (c0 is a multiple of 64, so the k range starts on a pair of the packed Y). */
 static void key_block_products(const att_plan *pl, const att_ws *w, const float *S, const float *Y, int ys,
-                               int T, int HS, float *D, int ds) {
+                               int T, int HS, float *D, int ds, int accumulate) {
     uint16_t *X = w->m[2], *A = w->m[3];
     pack_bn(X, pl->Kt, Y, (size_t)ys, T, HS, w->tmp);
     for (int c0 = 0; c0 < T; c0 += ATT_BLOCK) {
         int c1 = c0 + ATT_BLOCK < T ? c0 + ATT_BLOCK : T, Kc = gemm_bf16_kp(T - c0);
         gemm_bf16_pack_at(A, Kc, S + (size_t)c0 * T + c0, T, T - c0, c1 - c0, gemm_bf16_mp(c1 - c0));
         gemm_bf16_block(pl->path, A, (size_t)Kc, X + (size_t)c0 * GEMM_BF16_PANEL,
-                        (size_t)GEMM_BF16_PANEL * pl->Kt, c1 - c0, HS, Kc, D + (size_t)c0 * ds, ds, 1,
-                        w->wide);
+                        (size_t)GEMM_BF16_PANEL * pl->Kt, c1 - c0, HS, Kc, D + (size_t)c0 * ds, ds,
+                        accumulate, w->wide);
     }
 }
 
@@ -295,8 +295,9 @@ qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float
                 gemm_bf16_block(pl.path, A, (size_t)pl.Kq, Vt, (size_t)GEMM_BF16_PANEL * pl.Kq, rows, r1,
                                 pl.Kq, ds + (size_t)r0 * T, T, 0, w.wide);
             }
-            /* dv += att^T dout */
-            key_block_products(&pl, &w, a, dob, qstride, T, HS, dvb, kvstride);
+            /* dv += att^T dout (the group's first head stores) */
+            int first = h == kvh * group;
+            key_block_products(&pl, &w, a, dob, qstride, T, HS, dvb, kvstride, !first);
             /* ds = scale * att * (d(att) - <att, d(att)>) on and below the diagonal; zeros after it up to
              * the end of the row's block, which is as far as the products read */
             for (int t = 0; t < T; t++) {
@@ -305,15 +306,15 @@ qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float
                 vm_softmax_grad(dr, a + (size_t)t * T, (size_t)t + 1, scale);
                 memset(dr + t + 1, 0, sizeof(float) * (size_t)(end - t - 1));
             }
-            /* dq += ds k, rows [r0, r1) over keys [0, r1) */
+            /* dq = ds k, rows [r0, r1) over keys [0, r1) */
             for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
                 int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, rows = r1 - r0, Kr = gemm_bf16_kp(r1);
                 gemm_bf16_pack_rows(A, Kr, ds + (size_t)r0 * T, (size_t)T, rows, r1, gemm_bf16_mp(rows));
                 gemm_bf16_block(pl.path, A, (size_t)Kr, Kn, bs, rows, HS, Kr, dqb + (size_t)r0 * qstride,
-                                qstride, 1, w.wide);
+                                qstride, 0, w.wide);
             }
             /* dk += ds^T q */
-            key_block_products(&pl, &w, ds, qb, qstride, T, HS, dkb, kvstride);
+            key_block_products(&pl, &w, ds, qb, qstride, T, HS, dkb, kvstride, !first);
         }
         gemm_bf16_block_end(pl.path);
     }

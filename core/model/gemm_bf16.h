@@ -30,8 +30,9 @@
  * attention's; norms, RoPE, softmax and loss in fp32). */
 typedef enum { QLAB_COMPUTE_FP32 = 0, QLAB_COMPUTE_BF16 } qlab_compute;
 /* Revision of what bf16 compute rounds, for cache keys of bf16-trained results: 1, the projections, the
- * classifier and the adapters; 2, also the attention's products (scores and weighted sums). */
-#define QLAB_BF16_NUMERICS 2
+ * classifier and the adapters; 2, also the attention's products (scores and weighted sums); 3, the norm
+ * weights' gradients summed in blocks of rows (core/model/ops.h OPS_NORM_BLOCK). */
+#define QLAB_BF16_NUMERICS 3
 const char *qlab_compute_name(qlab_compute c); /* "fp32", "bf16" */
 /* Parses "fp32" or "bf16"; otherwise records "unknown compute dtype 'x' (expected fp32 or bf16)". */
 qlab_status qlab_compute_parse(const char *name, qlab_compute *c);
@@ -132,7 +133,8 @@ void bf16_workspace_release(void);
  * dk = ds^T q) formed as bf16_gemm forms it: both operands rounded to bf16, fp32 accumulation on the
  * active path. The score scale multiplies the accumulated score in fp32; softmax and its backward run in
  * fp32 (core/base/vmath: vm_scale_exp_sum, vm_softmax_grad). att may be NULL in the forward
- * when no backward follows: the probabilities are then not kept. Fail only when the per-thread packing
+ * when no backward follows: the probabilities are then not kept. Unlike attention_backward, the backward
+ * stores dq, dk and dv (their contents on entry are never read). Fail only when the per-thread packing
  * workspace cannot be allocated. */
 qlab_status attention_forward_bf16(float *out, float *att, const float *q, const float *k, const float *v,
                                    int B, int T, int NH, int NKV, int HS);

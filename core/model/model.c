@@ -1383,15 +1383,16 @@ static qlab_status model_block_backward(model *m, int l, int threads) {
     /* attention block */
     MODEL_ZERO(g->datty, ND);
     QLAB_TRY(model_linear_backward(m, l, PROJ_O, g->datty, g->dresidual, x.atty, N));
-    MODEL_ZERO(g->dq, ND);
-    MODEL_ZERO(g->dk, NKVD);
-    MODEL_ZERO(g->dv, NKVD);
-    if (bf16)
+    if (bf16) { /* stores dq, dk, dv */
         QLAB_TRY(attention_backward_bf16(g->dq, g->dk, g->dv, g->datty, x.att, x.q, x.k, x.v, B, T, NH, NKV,
                                          HS, g->att_scratch, threads));
-    else
+    } else {
+        MODEL_ZERO(g->dq, ND);
+        MODEL_ZERO(g->dk, NKVD);
+        MODEL_ZERO(g->dv, NKVD);
         attention_backward(g->dq, g->dk, g->dv, g->datty, x.att, x.q, x.k, x.v, B, T, NH, NKV, HS,
                            g->att_scratch, threads);
+    }
     MODEL_ZERO(g->dq_pre, ND);
     MODEL_ZERO(g->dk_pre, NKVD);
     rope_backward(g->dq_pre, g->dq, m->rope_cos, m->rope_sin, B, T, NH, HS);
@@ -1434,8 +1435,10 @@ typedef struct {
     size_t per_thread;        /* bytes of one thread's buffers */
     char *base;               /* the threads' buffers */
     uint16_t *at[PROJ_COUNT]; /* the pass's dout^T (Kp(out) rows of KpN) of weights that train, else NULL */
-    uint16_t *x_ln, *x_atty,
-        *x_hs; /* the inputs as B panels over position pairs (NULL: no weight needs it) */
+    /* the layer's inputs as B panels over position pairs (NULL: no weight needs it) */
+    uint16_t *x_ln, *x_atty, *x_hs;
+    float *norm_partials; /* the pass's norm weight gradient per block of OPS_NORM_BLOCK rows, or NULL */
+    int norm_blocks;
 } model_brows;
 
 typedef struct {
@@ -1487,10 +1490,14 @@ static qlab_status model_brows_plan(model_brows *p, model *m, int l, model_brows
     size_t rows_ffn = 2 * (size_t)gemm_bf16_kp(D) + 2 * (size_t)gemm_bf16_kp(H);
     size_t rows_qkv = (size_t)gemm_bf16_kp(D) + 2 * (size_t)gemm_bf16_kp(KV);
     size_t at_rows = rows_ffn > rows_qkv ? rows_ffn : rows_qkv, x_cols = cols_h + 2 * cols_d;
+    size_t ops_bytes = (at_rows + x_cols) * (size_t)p->KpN * sizeof(uint16_t);
+    p->norm_blocks = (p->N + OPS_NORM_BLOCK - 1) / OPS_NORM_BLOCK;
     QLAB_TRY(model_scratch_reserve(&m->bwd_ops, &m->bwd_ops_bytes,
-                                   (at_rows + x_cols) * (size_t)p->KpN * sizeof(uint16_t),
+                                   ops_bytes + (size_t)p->norm_blocks * D * sizeof(float),
                                    "model_backward: weight-gradient operands"));
     uint16_t *next = m->bwd_ops;
+    model_group norm = pass == MODEL_BROWS_FFN ? MODEL_GROUP_RMS_FFN : MODEL_GROUP_RMS_ATT;
+    if (model_group_trains(m, norm)) p->norm_partials = (float *)((char *)m->bwd_ops + ops_bytes);
     static const model_proj ffn[] = {PROJ_DOWN, PROJ_GATE, PROJ_UP, PROJ_O}, qkv[] = {PROJ_Q, PROJ_K, PROJ_V};
     const model_proj *ps = pass == MODEL_BROWS_FFN ? ffn : qkv;
     int n = pass == MODEL_BROWS_FFN ? 4 : 3;
@@ -1548,6 +1555,18 @@ static void model_brows_input(const model_brows *p, model_brows_ws *ws, uint16_t
                       gemm_bf16_mp(rows) / 2, x + (size_t)r0 * in, (size_t)in, rows, in, ws->t);
 }
 
+/* The norm weight gradient's partial sums of rows [r0, r1) (dln and x at row r0), per block of rows. */
+static void model_brows_norm_weight(const model_brows *p, const float *dln, const float *x, const float *rstd,
+                                    int D, int r0, int r1) {
+    if (!p->norm_partials) return;
+    for (int b0 = r0; b0 < r1; b0 += OPS_NORM_BLOCK) {
+        int rows = r1 - b0 < OPS_NORM_BLOCK ? r1 - b0 : OPS_NORM_BLOCK;
+        size_t off = (size_t)(b0 - r0) * D;
+        rmsnorm_weight_block(p->norm_partials + (size_t)(b0 / OPS_NORM_BLOCK) * D, dln + off, x + off,
+                             rstd + (b0 - r0), rows, D);
+    }
+}
+
 /* Rows [r0, r1) from the block's output gradient (g->dresidual) through the feed-forward block, its norm and
  * the o projection: g->dresidual += the norm's input gradient, g->datty and g->dln (the norm's output
  * gradient, for its weight) written. */
@@ -1572,6 +1591,7 @@ static void model_brows_ffn(model *m, const model_brows *p, model_brows_ws *ws, 
     model_brows_input(p, ws, p->x_ln, x.ln2, D, r0, rows);
     rmsnorm_backward_rows(dres, dln, x.res2 + off, m->params.rms_ffn + (size_t)l * D, x.ln2_rstd + r0, rows,
                           D, 1);
+    model_brows_norm_weight(p, dln, x.res2 + off, x.ln2_rstd + r0, D, r0, r1);
     model_brows_dout(p, ws, PROJ_O, dres, D, r0, rows);
     model_brows_dinp(p, ws, rows, &pd[PROJ_O], g->datty + off, 1);
     model_brows_input(p, ws, p->x_atty, x.atty, D, r0, rows);
@@ -1601,9 +1621,11 @@ static void model_brows_qkv(model *m, const model_brows *p, model_brows_ws *ws, 
     model_brows_input(p, ws, p->x_ln, x.ln1, D, r0, rows);
     rmsnorm_backward_rows(dres, dln, x.res_in + off, m->params.rms_att + (size_t)l * D, x.ln1_rstd + r0, rows,
                           D, 1);
+    model_brows_norm_weight(p, dln, x.res_in + off, x.ln1_rstd + r0, D, r0, r1);
 }
 
-/* One pass, then the weight gradients whose operands it left: dW += dout^T x over all positions. */
+/* One pass, then the gradients of the weights whose operands it left: dW += dout^T x over all positions, the
+ * norm's weight from the partial sums. */
 static qlab_status model_brows_run(model *m, int l, model_brows_pass pass) {
     model_brows p;
     QLAB_TRY(model_brows_plan(&p, m, l, pass));
@@ -1620,6 +1642,11 @@ static qlab_status model_brows_run(model *m, int l, model_brows_pass pass) {
                 model_brows_qkv(m, &p, &ws, l, r0, r1);
         }
         gemm_bf16_block_end(p.path);
+    }
+    if (p.norm_partials) {
+        int D = m->cfg.dim;
+        float *drms = pass == MODEL_BROWS_FFN ? m->grads.rms_ffn : m->grads.rms_att;
+        rmsnorm_weight_add_blocks(drms + (size_t)l * D, p.norm_partials, p.norm_blocks, D);
     }
     const uint16_t *xs[PROJ_COUNT] = {0};
     xs[PROJ_DOWN] = p.x_hs, xs[PROJ_GATE] = xs[PROJ_UP] = p.x_ln, xs[PROJ_O] = p.x_atty;
@@ -1639,21 +1666,11 @@ static qlab_status model_block_backward_rows(model *m, int l, int threads) {
     const model_config *c = &m->cfg;
     model_grad_acts *g = &m->gacts;
     model_layer_acts x = model_layer_views(m, l);
-    int N = m->B * m->T, D = c->dim;
-    size_t NKVD = (size_t)N * m->kv_dim;
     QLAB_TRY(model_pack_dinp(m, l));
     QLAB_TRY(model_brows_run(m, l, MODEL_BROWS_FFN));
-    float *drms = model_grad_or_null(m, MODEL_GROUP_RMS_FFN, m->grads.rms_ffn + (size_t)l * D);
-    if (drms) rmsnorm_backward_weight(drms, g->dln, x.res2, x.ln2_rstd, N, D);
-    qlab_zero_floats(g->dq, (size_t)N * D);
-    qlab_zero_floats(g->dk, NKVD);
-    qlab_zero_floats(g->dv, NKVD);
     QLAB_TRY(attention_backward_bf16(g->dq, g->dk, g->dv, g->datty, x.att, x.q, x.k, x.v, m->B, m->T,
                                      c->n_heads, c->n_kv_heads, m->head_size, g->att_scratch, threads));
-    QLAB_TRY(model_brows_run(m, l, MODEL_BROWS_QKV));
-    drms = model_grad_or_null(m, MODEL_GROUP_RMS_ATT, m->grads.rms_att + (size_t)l * D);
-    if (drms) rmsnorm_backward_weight(drms, g->dln, x.res_in, x.ln1_rstd, N, D);
-    return QLAB_OK;
+    return model_brows_run(m, l, MODEL_BROWS_QKV);
 }
 
 /* Block l's forward again, from its kept input, with the adapter told to repeat its last forward. */

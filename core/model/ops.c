@@ -204,13 +204,69 @@ void rmsnorm_backward_weight(float *dweight, const float *dout, const float *inp
     }
 }
 
+void rmsnorm_weight_block(float *partial, const float *dout, const float *inp, const float *rstd, int rows,
+                          int C) {
+    memset(partial, 0, sizeof(float) * (size_t)C);
+    for (int n = 0; n < rows; n++) {
+        const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
+        float r = rstd[n];
+#pragma omp simd
+        for (int c = 0; c < C; c++)
+            partial[c] += dy[c] * x[c] * r;
+    }
+}
+
+void rmsnorm_weight_add_blocks(float *dweight, const float *partials, int nblocks, int C) {
+    for (int b = 0; b < nblocks; b++)
+#pragma omp simd
+        for (int c = 0; c < C; c++)
+            dweight[c] += partials[(size_t)b * C + c];
+}
+
+/* The blocked order of rmsnorm_weight_block + rmsnorm_weight_add_blocks over all rows, each thread owning a
+ * range of columns (in tiles of 64, a block's partial sums on the stack). */
+static void rmsnorm_backward_weight_blocked(float *dweight, const float *dout, const float *inp,
+                                            const float *rstd, int N, int C) {
+#pragma omp parallel
+    {
+        int nt = 1, id = 0;
+#ifdef _OPENMP
+        nt = omp_get_num_threads();
+        id = omp_get_thread_num();
+#endif
+        int c0 = (int)((long)C * id / nt), c1 = (int)((long)C * (id + 1) / nt);
+        float p[64];
+        for (int t0 = c0; t0 < c1; t0 += 64) {
+            int w = c1 - t0 < 64 ? c1 - t0 : 64;
+            for (int b0 = 0; b0 < N; b0 += OPS_NORM_BLOCK) {
+                int b1 = b0 + OPS_NORM_BLOCK < N ? b0 + OPS_NORM_BLOCK : N;
+                memset(p, 0, sizeof p);
+                for (int n = b0; n < b1; n++) {
+                    const float *x = inp + (size_t)n * C + t0, *dy = dout + (size_t)n * C + t0;
+                    float r = rstd[n];
+#pragma omp simd
+                    for (int j = 0; j < w; j++)
+                        p[j] += dy[j] * x[j] * r;
+                }
+#pragma omp simd
+                for (int j = 0; j < w; j++)
+                    dweight[t0 + j] += p[j];
+            }
+        }
+    }
+}
+
 void rmsnorm_backward_order(float *dinp, float *dweight, const float *dout, const float *inp,
                             const float *weight, const float *rstd, int N, int C, int lanes) {
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++)
         rmsnorm_backward_rows(dinp + (size_t)n * C, dout + (size_t)n * C, inp + (size_t)n * C, weight,
                               rstd + n, 1, C, lanes);
-    if (dweight) rmsnorm_backward_weight(dweight, dout, inp, rstd, N, C);
+    if (!dweight) return;
+    if (lanes)
+        rmsnorm_backward_weight_blocked(dweight, dout, inp, rstd, N, C);
+    else
+        rmsnorm_backward_weight(dweight, dout, inp, rstd, N, C);
 }
 
 void matmul_forward(float *out, const float *inp, const float *weight, int N, int IC, int OC) {

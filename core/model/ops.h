@@ -37,12 +37,20 @@ void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const floa
  * the fp32 reference) or in vmath's 16-lane order (vm_dot3_f64, vectorized: bf16 compute). */
 void rmsnorm_backward_order(float *dinp, float *dweight, const float *dout, const float *inp,
                             const float *weight, const float *rstd, int N, int C, int lanes);
-/* Its two parts: the input gradient of rows [0, rows) on the calling thread (dinp, dout, inp and rstd point
- * at the first row), and the weight gradient over all N rows (in row order, OpenMP over columns). */
+/* Its parts: the input gradient of rows [0, rows) on the calling thread (dinp, dout, inp and rstd point at
+ * the first row), and the weight gradient over all N rows. With lanes 0 (fp32) that sum runs in row order
+ * (rmsnorm_backward_weight, OpenMP over columns); with lanes (bf16 compute) in blocks of OPS_NORM_BLOCK rows:
+ * each block's partial sums from zero in row order (rmsnorm_weight_block, on the calling thread: a backward
+ * in row chunks forms them while the rows are in cache), then added to dweight in block order
+ * (rmsnorm_weight_add_blocks). */
+#define OPS_NORM_BLOCK 32
 void rmsnorm_backward_rows(float *dinp, const float *dout, const float *inp, const float *weight,
                            const float *rstd, int rows, int C, int lanes);
 void rmsnorm_backward_weight(float *dweight, const float *dout, const float *inp, const float *rstd, int N,
                              int C);
+void rmsnorm_weight_block(float *partial, const float *dout, const float *inp, const float *rstd, int rows,
+                          int C);
+void rmsnorm_weight_add_blocks(float *dweight, const float *partials, int nblocks, int C);
 
 /* out (N,OC) = inp (N,IC) @ weight (OC,IC)^T, through sgemm. */
 void matmul_forward(float *out, const float *inp, const float *weight, int N, int IC, int OC);
