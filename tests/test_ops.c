@@ -179,7 +179,8 @@ static void test_rmsnorm_blocks(void) {
     float *part = zero_buf((size_t)nb * C), *blk = zero_buf(C);
     for (int b = 0; b < nb; b++) {
         int b0 = b * OPS_NORM_BLOCK, rows = N - b0 < OPS_NORM_BLOCK ? N - b0 : OPS_NORM_BLOCK;
-        rmsnorm_weight_block(part + (size_t)b * C, dy + (size_t)b0 * C, x + (size_t)b0 * C, rstd + b0, rows, C);
+        rmsnorm_weight_block(part + (size_t)b * C, dy + (size_t)b0 * C, x + (size_t)b0 * C, rstd + b0, rows,
+                             C);
     }
     for (int i = 0; i < C; i++)
         blk[i] = 0.25f;

@@ -241,20 +241,110 @@ qlab_status attention_forward_bf16_packed(float *out, float *att, const bf16_att
     return forward_run(out, att, NULL, NULL, NULL, o, o->B, o->T, o->NH, o->NKV, o->HS);
 }
 
-/* D = S^T Y (accumulate 0) or D += S^T Y for one head: S (T,T) probabilities or score gradients (zero above
- * the diagonal), Y (T,HS) with row stride ys, D (T,HS) with row stride ds: key rows [c0, c1) from query rows
- * [c0, T) only (c0 is a multiple of 64, so the k range starts on a pair of the packed Y). */
-static void key_block_products(const att_plan *pl, const att_ws *w, const float *S, const float *Y, int ys,
-                               int T, int HS, float *D, int ds, int accumulate) {
-    uint16_t *X = w->m[2], *A = w->m[3];
-    pack_bn(X, pl->Kt, Y, (size_t)ys, T, HS, w->tmp);
-    for (int c0 = 0; c0 < T; c0 += ATT_BLOCK) {
-        int c1 = c0 + ATT_BLOCK < T ? c0 + ATT_BLOCK : T, Kc = gemm_bf16_kp(T - c0);
-        gemm_bf16_pack_at(A, Kc, S + (size_t)c0 * T + c0, T, T - c0, c1 - c0, gemm_bf16_mp(c1 - c0));
-        gemm_bf16_block(pl->path, A, (size_t)Kc, X + (size_t)c0 * GEMM_BF16_PANEL,
-                        (size_t)GEMM_BF16_PANEL * pl->Kt, c1 - c0, HS, Kc, D + (size_t)c0 * ds, ds,
-                        accumulate, w->wide);
+/* ---------------------------------------------------------------- backward */
+
+/* The backward's per-thread workspace (elements of bf16, then floats). Per (batch, key/value head) task: the
+ * keys as pairs over positions (for dq = ds k) and the values as v^T panels (for d(att) = dout v^T); per
+ * head, dout^T and q^T as packed A (HS rows over positions), the probabilities and the score gradients as B
+ * panels over pairs of query positions (written pair by pair as the softmax backward forms them), so that
+ * dv^T = dout^T att and dk^T = q^T ds are products with the keys as output columns (no transposition of a
+ * T x T matrix), accumulated over the group's heads in dvT and dkT and transposed into dv and dk at the end
+ * of the task. */
+typedef struct {
+    bf16_path path;
+    int Kq, Kt, Tp, Hm;       /* HS and T rounded up to 32, T to 16 (key panels), HS rows to 32 */
+    size_t kn, vt, a, ht, pp; /* bf16 elements: Kn, Vt, A (a block's rows), one of DoT/QT, one of AttP/DsP */
+    size_t tmp, wide, ct;     /* bf16 staging; floats: the blas path's fp32 copies, one of dvT/dkT */
+    size_t per_thread;        /* bytes */
+} att_bwd_plan;
+
+typedef struct {
+    uint16_t *kn, *vt, *a, *dot, *qt, *attp, *dsp, *tmp;
+    float *wide, *dvt, *dkt;
+} att_bwd_ws;
+
+static size_t att_max(size_t a, size_t b) {
+    return a > b ? a : b;
+}
+
+static att_bwd_plan make_bwd_plan(int T, int HS) {
+    att_bwd_plan p;
+    p.path = bf16_active_path();
+    p.Kq = gemm_bf16_kp(HS), p.Kt = gemm_bf16_kp(T), p.Tp = (T + 15) / 16 * 16, p.Hm = gemm_bf16_mp(HS);
+    size_t Hp = (size_t)(HS + 15) / 16 * 16;
+    p.kn = Hp * p.Kt, p.vt = (size_t)p.Tp * p.Kq, p.a = (size_t)ATT_BLOCK * att_max(p.Kq, p.Kt);
+    p.ht = (size_t)p.Hm * p.Kt, p.pp = (size_t)p.Tp * p.Kt;
+    p.tmp = 2 * att_max((size_t)p.Tp, Hp) + att_max(p.Kq, p.Kt);
+    size_t w1 = gemm_bf16_block_wide_floats(p.path, ATT_BLOCK, p.Tp, p.Kq),
+           w2 = gemm_bf16_block_wide_floats(p.path, ATT_BLOCK, (int)Hp, p.Kt),
+           w3 = gemm_bf16_block_wide_floats(p.path, p.Hm, 32, p.Kt);
+    p.wide = att_max(att_max(w1, w2), w3);
+    p.ct = (size_t)p.Hm * p.Tp;
+    size_t bf16 = p.kn + p.vt + p.a + 2 * p.ht + 2 * p.pp + p.tmp;
+    p.per_thread = (bf16 * sizeof(uint16_t) + 63) / 64 * 64 + (p.wide + 2 * p.ct) * sizeof(float);
+    p.per_thread = (p.per_thread + 63) / 64 * 64;
+    return p;
+}
+
+static att_bwd_ws bwd_thread_ws(char *base, const att_bwd_plan *p, int id) {
+    att_bwd_ws w;
+    uint16_t *u = (uint16_t *)(base + p->per_thread * (size_t)id);
+    w.kn = u, w.vt = w.kn + p->kn, w.a = w.vt + p->vt, w.dot = w.a + p->a, w.qt = w.dot + p->ht;
+    w.attp = w.qt + p->ht, w.dsp = w.attp + p->pp, w.tmp = w.dsp + p->pp;
+    size_t bf16 = p->kn + p->vt + p->a + 2 * p->ht + 2 * p->pp + p->tmp;
+    w.wide = (float *)((char *)u + (bf16 * sizeof(uint16_t) + 63) / 64 * 64);
+    w.dvt = w.wide + p->wide, w.dkt = w.dvt + p->ct;
+    return w;
+}
+
+/* Query rows [r0, r1) of one head: d(att) = dout v^T into ds (rows T floats apart, keys [0, r1)), the
+ * softmax backward row by row (zeros after the diagonal up to the block's end), the probabilities and score
+ * gradients of each pair of rows into their pair panels, then dq = ds k (stored). */
+static void head_backward_block(const att_bwd_plan *pl, const att_bwd_ws *w, const float *a, const float *dob,
+                                float *dqb, int qstride, float *ds, int r0, int r1, int T, int HS,
+                                float scale) {
+    int rows = r1 - r0, Kr = gemm_bf16_kp(r1);
+    size_t bs = (size_t)GEMM_BF16_PANEL * pl->Kt;
+    gemm_bf16_pack_rows(w->a, pl->Kq, dob + (size_t)r0 * qstride, (size_t)qstride, rows, HS,
+                        gemm_bf16_mp(rows));
+    gemm_bf16_block(pl->path, w->a, (size_t)pl->Kq, w->vt, (size_t)GEMM_BF16_PANEL * pl->Kq, rows, r1, pl->Kq,
+                    ds + (size_t)r0 * T, T, 0, w->wide);
+    for (int t = r0; t < r1; t++) {
+        float *dr = ds + (size_t)t * T;
+        vm_softmax_grad(dr, a + (size_t)t * T, (size_t)t + 1, scale);
+        memset(dr + t + 1, 0, sizeof(float) * (size_t)(r1 - t - 1));
     }
+    for (int t = r0; t < r1; t += 2) { /* pair t/2: rows t and t + 1, keys up to t + 1 */
+        int valid = r1 - t < 2 ? r1 - t : 2, cols = t + 2 < T ? t + 2 : T;
+        size_t at = (size_t)(t / 2) * 2 * GEMM_BF16_PANEL;
+        gemm_bf16_pack_bn(w->dsp + at, bs, 1, ds + (size_t)t * T, (size_t)T, valid, cols, w->tmp);
+        gemm_bf16_pack_bn(w->attp + at, bs, 1, a + (size_t)t * T, (size_t)T, valid, cols, w->tmp);
+    }
+    gemm_bf16_pack_rows(w->a, Kr, ds + (size_t)r0 * T, (size_t)T, rows, r1, gemm_bf16_mp(rows));
+    gemm_bf16_block(pl->path, w->a, (size_t)Kr, w->kn, bs, rows, HS, Kr, dqb + (size_t)r0 * qstride, qstride,
+                    0, w->wide);
+}
+
+/* C (HS x T, rows Tp apart) = / += X^T P for one head: X^T (DoT or QT) over the query positions, P (AttP or
+ * DsP) pair panels; key columns [c0, c0 + 32) from queries [c0, T) only (P is zero above the diagonal). */
+static void key_products(const att_bwd_plan *pl, const att_bwd_ws *w, const uint16_t *XT, const uint16_t *P,
+                         float *C, int T, int HS, int accumulate) {
+    size_t bs = (size_t)GEMM_BF16_PANEL * pl->Kt;
+    for (int c0 = 0; c0 < T; c0 += 32)
+        gemm_bf16_block(pl->path, XT + c0, (size_t)pl->Kt,
+                        P + (size_t)(c0 / GEMM_BF16_PANEL) * bs + (size_t)c0 * GEMM_BF16_PANEL, bs, HS,
+                        T - c0 < 32 ? T - c0 : 32, pl->Kt - c0, C + c0, pl->Tp, accumulate, w->wide);
+}
+
+/* dst[c][r] = src[r][c] for r < rows, c < cols. */
+static void transpose_f32(float *dst, size_t ldd, const float *src, size_t lds, int rows, int cols) {
+    if (gemm_bf16_vector_packing()) {
+        gemm_bf16_transpose_f32_avx512bf16(dst, ldd, src, lds, rows, cols);
+        return;
+    }
+    for (int c = 0; c < cols; c++)
+        for (int r = 0; r < rows; r++)
+            dst[(size_t)c * ldd + r] = src[(size_t)r * lds + c];
 }
 
 qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float *dout, const float *att,
@@ -262,61 +352,40 @@ qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float
                                     int NKV, int HS, float *scratch, int n_scratch) {
     int group = NH / NKV, qstride = NH * HS, kvstride = NKV * HS;
     float scale = 1.0f / sqrtf((float)HS);
-    att_plan pl = make_att_plan(T, HS, 0);
-    size_t bytes = pl.per_thread * (size_t)n_scratch;
+    att_bwd_plan pl = make_bwd_plan(T, HS);
     char *base;
-    QLAB_TRY(att_alloc(&base, bytes));
-    size_t bs = (size_t)GEMM_BF16_PANEL * pl.Kt; /* panel stride of the k-over-positions operands */
-    /* One task per (batch, key/value head), as ops.c: dk and dv are written by one thread, in one order. */
+    QLAB_TRY(att_alloc(&base, pl.per_thread * (size_t)n_scratch));
+    /* the pair panels past the diagonal and past T are never written: zero once */
+    for (int id = 0; id < n_scratch; id++) {
+        att_bwd_ws w = bwd_thread_ws(base, &pl, id);
+        memset(w.attp, 0, sizeof(uint16_t) * 2 * pl.pp);
+    }
+    /* One task per (batch, key/value head): dk and dv are written by one thread, in one order. */
 #pragma omp parallel for schedule(static) num_threads(n_scratch)
     for (int bg = 0; bg < B * NKV; bg++) {
         int tid = thread_id();
-        att_ws w = thread_ws(base, &pl, tid);
-        uint16_t *Kn = w.m[0], *Vt = w.m[1], *A = w.m[3];
+        att_bwd_ws w = bwd_thread_ws(base, &pl, tid);
         float *ds = scratch + (size_t)tid * T * T;
         int b = bg / NKV, kvh = bg % NKV;
-        const float *kb = k + (size_t)b * T * kvstride + (size_t)kvh * HS;
-        const float *vb = v + (size_t)b * T * kvstride + (size_t)kvh * HS;
-        float *dkb = dk + (size_t)b * T * kvstride + (size_t)kvh * HS;
-        float *dvb = dv + (size_t)b * T * kvstride + (size_t)kvh * HS;
-        pack_bn(Kn, pl.Kt, kb, (size_t)kvstride, T, HS, w.tmp);           /* for dq = ds k */
-        gemm_bf16_pack_bt(Vt, pl.Kq, vb, (size_t)kvstride, T, HS, w.tmp); /* for d(att) = dout v^T */
+        size_t kvo = (size_t)b * T * kvstride + (size_t)kvh * HS;
+        pack_bn(w.kn, pl.Kt, k + kvo, (size_t)kvstride, T, HS, w.tmp);           /* for dq = ds k */
+        gemm_bf16_pack_bt(w.vt, pl.Kq, v + kvo, (size_t)kvstride, T, HS, w.tmp); /* for d(att) = dout v^T */
         gemm_bf16_block_begin(pl.path);
         for (int h = kvh * group; h < (kvh + 1) * group; h++) {
             const float *a = att + ((size_t)b * NH + h) * T * T;
-            const float *qb = q + (size_t)b * T * qstride + (size_t)h * HS;
-            const float *dob = dout + (size_t)b * T * qstride + (size_t)h * HS;
-            float *dqb = dq + (size_t)b * T * qstride + (size_t)h * HS;
-            /* d(att) = dout v^T, rows [r0, r1) over keys [0, r1) */
-            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-                int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, rows = r1 - r0;
-                gemm_bf16_pack_rows(A, pl.Kq, dob + (size_t)r0 * qstride, (size_t)qstride, rows, HS,
-                                    gemm_bf16_mp(rows));
-                gemm_bf16_block(pl.path, A, (size_t)pl.Kq, Vt, (size_t)GEMM_BF16_PANEL * pl.Kq, rows, r1,
-                                pl.Kq, ds + (size_t)r0 * T, T, 0, w.wide);
-            }
-            /* dv += att^T dout (the group's first head stores) */
-            int first = h == kvh * group;
-            key_block_products(&pl, &w, a, dob, qstride, T, HS, dvb, kvstride, !first);
-            /* ds = scale * att * (d(att) - <att, d(att)>) on and below the diagonal; zeros after it up to
-             * the end of the row's block, which is as far as the products read */
-            for (int t = 0; t < T; t++) {
-                int end = (t / ATT_BLOCK + 1) * ATT_BLOCK < T ? (t / ATT_BLOCK + 1) * ATT_BLOCK : T;
-                float *dr = ds + (size_t)t * T;
-                vm_softmax_grad(dr, a + (size_t)t * T, (size_t)t + 1, scale);
-                memset(dr + t + 1, 0, sizeof(float) * (size_t)(end - t - 1));
-            }
-            /* dq = ds k, rows [r0, r1) over keys [0, r1) */
-            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-                int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, rows = r1 - r0, Kr = gemm_bf16_kp(r1);
-                gemm_bf16_pack_rows(A, Kr, ds + (size_t)r0 * T, (size_t)T, rows, r1, gemm_bf16_mp(rows));
-                gemm_bf16_block(pl.path, A, (size_t)Kr, Kn, bs, rows, HS, Kr, dqb + (size_t)r0 * qstride,
-                                qstride, 0, w.wide);
-            }
-            /* dk += ds^T q */
-            key_block_products(&pl, &w, ds, qb, qstride, T, HS, dkb, kvstride, !first);
+            size_t qo = (size_t)b * T * qstride + (size_t)h * HS;
+            gemm_bf16_pack_at(w.dot, pl.Kt, dout + qo, qstride, T, HS, pl.Hm);
+            gemm_bf16_pack_at(w.qt, pl.Kt, q + qo, qstride, T, HS, pl.Hm);
+            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK)
+                head_backward_block(&pl, &w, a, dout + qo, dq + qo, qstride, ds, r0,
+                                    r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, T, HS, scale);
+            int first = h == kvh * group; /* the group's first head stores, the others add */
+            key_products(&pl, &w, w.dot, w.attp, w.dvt, T, HS, !first); /* dv^T = dout^T att */
+            key_products(&pl, &w, w.qt, w.dsp, w.dkt, T, HS, !first);   /* dk^T = q^T ds */
         }
         gemm_bf16_block_end(pl.path);
+        transpose_f32(dv + kvo, (size_t)kvstride, w.dvt, (size_t)pl.Tp, HS, T);
+        transpose_f32(dk + kvo, (size_t)kvstride, w.dkt, (size_t)pl.Tp, HS, T);
     }
     return QLAB_OK;
 }

@@ -189,6 +189,22 @@ void gemm_bf16_transpose_packed_avx512bf16(uint16_t *At, size_t ldt, int KT, con
         }
 }
 
+void gemm_bf16_transpose_f32_avx512bf16(float *dst, size_t ldd, const float *src, size_t lds, int rows,
+                                        int cols) {
+    for (int r0 = 0; r0 < rows; r0 += 16)
+        for (int c0 = 0; c0 < cols; c0 += 16) {
+            int nr = rows - r0 < 16 ? rows - r0 : 16, nc = cols - c0 < 16 ? cols - c0 : 16;
+            __mmask16 mc = (__mmask16)((1u << nc) - 1), mr = (__mmask16)((1u << nr) - 1);
+            __m512i r[16];
+            for (int i = 0; i < 16; i++)
+                r[i] = i < nr ? _mm512_maskz_loadu_epi32(mc, src + (size_t)(r0 + i) * lds + c0)
+                              : _mm512_setzero_si512();
+            transpose16(r);
+            for (int j = 0; j < nc; j++)
+                _mm512_mask_storeu_epi32(dst + (size_t)(c0 + j) * ldd + r0, mr, r[j]);
+        }
+}
+
 /* 32 fp32 values (n <= 32 valid, zero beyond) rounded to 16 bf16 pairs: word p = bf16(x[2p]) | bf16(x[2p+1])
  * << 16. */
 static inline __m512i round_pairs(const float *x, int n) {

@@ -96,6 +96,9 @@ void gemm_bf16_normalize_round_avx512bf16(const float *row, float *dst, uint16_t
  * for m < MpT, k < KT. MpT <= Kp, both multiples of 16; KT a multiple of 32. */
 void gemm_bf16_transpose_packed_avx512bf16(uint16_t *At, size_t ldt, int KT, const uint16_t *Ap, int Kp,
                                            int MpT);
+/* dst[c][r] = src[r][c] for r < rows, c < cols (fp32 matrices, rows ldd / lds apart). */
+void gemm_bf16_transpose_f32_avx512bf16(float *dst, size_t ldd, const float *src, size_t lds, int rows,
+                                        int cols);
 /* The same on the calling thread on any path (the AVX-512 form on the vector paths, else a scalar loop): for
  * callers that transpose a chunk of rows into columns [k0, k0 + KT) of a larger At (At pointing at column
  * k0). */
