@@ -131,8 +131,8 @@ static void run_path(const char *path, const shape *s, const run *in, run *r, in
         memset(r->dq, 0xff, sizeof(float) * r->nq);
         memset(r->dk, 0x7f, sizeof(float) * r->nkv);
         memset(r->dv, 0xff, sizeof(float) * r->nkv);
-        CHECK(attention_backward_bf16(r->dq, r->dk, r->dv, in->dout, r->att, in->q, in->k, in->v, s->B, s->T,
-                                      s->NH, s->NKV, s->HS, scratch, threads) == QLAB_OK);
+        CHECK(attention_backward_bf16(r->dq, r->dk, r->dv, in->dout, in->q, in->k, in->v, s->B, s->T, s->NH,
+                                      s->NKV, s->HS, scratch, threads) == QLAB_OK);
         check_without_att(s, in, r);
         CHECK(bf16_force_path("auto") == QLAB_OK);
     }

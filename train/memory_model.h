@@ -53,9 +53,10 @@ typedef struct {
     float dropout;  /* > 0: LoRA keeps a (rows, in_features) scratch plane and its mask bits */
     int batch, seq; /* B rows of T tokens per step */
     int checkpointing;
-    int threads;           /* attention backward keeps one T x T scratch per thread */
-    int quantized_scratch; /* include the dequantization tile (qlab's 4-bit linear layers) */
-    int qlab_buffers;      /* 1: add qlab's own small buffers (saved tokens, RoPE tables, job batch) */
+    int recompute_attention; /* 1: backward forms the attention probabilities again (qlab's bf16 compute) */
+    int threads;             /* attention backward keeps one T x T scratch per thread */
+    int quantized_scratch;   /* include the dequantization tile (qlab's 4-bit linear layers) */
+    int qlab_buffers;        /* 1: add qlab's own small buffers (saved tokens, RoPE tables, job batch) */
     uint64_t baseline_bytes;
 } memory_model_spec;
 
@@ -84,7 +85,8 @@ qlab_status memory_model_predict(const memory_model_spec *s, memory_prediction *
 
 /* Elements of the activations model.c keeps for backward over (B, T), and of the backward's activation
  * gradients (threads T x T attention scratch excluded), for this architecture and checkpointing setting. */
-uint64_t memory_model_activation_elements(const model_config *arch, int B, int T, int checkpointing);
+uint64_t memory_model_activation_elements(const model_config *arch, int B, int T, int checkpointing,
+                                          int recompute_attention);
 uint64_t memory_model_input_gradient_elements(const model_config *arch, int B, int T);
 
 /* The stored bytes of one out x in projection in a 4-bit type (codes, block constants, DQ). */

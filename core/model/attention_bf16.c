@@ -253,14 +253,14 @@ qlab_status attention_forward_bf16_packed(float *out, float *att, const bf16_att
 typedef struct {
     bf16_path path;
     int Kq, Kt, Tp, Hm;       /* HS and T rounded up to 32, T to 16 (key panels), HS rows to 32 */
-    size_t kn, vt, a, ht, pp; /* bf16 elements: Kn, Vt, A (a block's rows), one of DoT/QT, one of AttP/DsP */
-    size_t tmp, wide, ct;     /* bf16 staging; floats: the blas path's fp32 copies, one of dvT/dkT */
+    size_t kn, vt, a, ht, pp; /* bf16 elements: Kn, Vt and Kt, A (a block's rows), one of DoT/QT, AttP/DsP */
+    size_t tmp, wide, ct, pf; /* bf16 staging; floats: the blas path's copies, one of dvT/dkT, a block of P */
     size_t per_thread;        /* bytes */
 } att_bwd_plan;
 
 typedef struct {
-    uint16_t *kn, *vt, *a, *dot, *qt, *attp, *dsp, *tmp;
-    float *wide, *dvt, *dkt;
+    uint16_t *kn, *vt, *kt, *a, *pb, *dot, *qt, *attp, *dsp, *tmp;
+    float *wide, *dvt, *dkt, *pf;
 } att_bwd_ws;
 
 static size_t att_max(size_t a, size_t b) {
@@ -279,9 +279,9 @@ static att_bwd_plan make_bwd_plan(int T, int HS) {
            w2 = gemm_bf16_block_wide_floats(p.path, ATT_BLOCK, (int)Hp, p.Kt),
            w3 = gemm_bf16_block_wide_floats(p.path, p.Hm, 32, p.Kt);
     p.wide = att_max(att_max(w1, w2), w3);
-    p.ct = (size_t)p.Hm * p.Tp;
-    size_t bf16 = p.kn + p.vt + p.a + 2 * p.ht + 2 * p.pp + p.tmp;
-    p.per_thread = (bf16 * sizeof(uint16_t) + 63) / 64 * 64 + (p.wide + 2 * p.ct) * sizeof(float);
+    p.ct = (size_t)p.Hm * p.Tp, p.pf = (size_t)ATT_BLOCK * T;
+    size_t bf16 = p.kn + 2 * p.vt + 2 * p.a + 2 * p.ht + 2 * p.pp + p.tmp;
+    p.per_thread = (bf16 * sizeof(uint16_t) + 63) / 64 * 64 + (p.wide + 2 * p.ct + p.pf) * sizeof(float);
     p.per_thread = (p.per_thread + 63) / 64 * 64;
     return p;
 }
@@ -289,36 +289,43 @@ static att_bwd_plan make_bwd_plan(int T, int HS) {
 static att_bwd_ws bwd_thread_ws(char *base, const att_bwd_plan *p, int id) {
     att_bwd_ws w;
     uint16_t *u = (uint16_t *)(base + p->per_thread * (size_t)id);
-    w.kn = u, w.vt = w.kn + p->kn, w.a = w.vt + p->vt, w.dot = w.a + p->a, w.qt = w.dot + p->ht;
-    w.attp = w.qt + p->ht, w.dsp = w.attp + p->pp, w.tmp = w.dsp + p->pp;
-    size_t bf16 = p->kn + p->vt + p->a + 2 * p->ht + 2 * p->pp + p->tmp;
+    w.kn = u, w.vt = w.kn + p->kn, w.kt = w.vt + p->vt, w.a = w.kt + p->vt, w.pb = w.a + p->a;
+    w.dot = w.pb + p->a, w.qt = w.dot + p->ht, w.attp = w.qt + p->ht, w.dsp = w.attp + p->pp;
+    w.tmp = w.dsp + p->pp;
+    size_t bf16 = p->kn + 2 * p->vt + 2 * p->a + 2 * p->ht + 2 * p->pp + p->tmp;
     w.wide = (float *)((char *)u + (bf16 * sizeof(uint16_t) + 63) / 64 * 64);
-    w.dvt = w.wide + p->wide, w.dkt = w.dvt + p->ct;
+    w.dvt = w.wide + p->wide, w.dkt = w.dvt + p->ct, w.pf = w.dkt + p->ct;
     return w;
 }
 
-/* Query rows [r0, r1) of one head: d(att) = dout v^T into ds (rows T floats apart, keys [0, r1)), the
- * softmax backward row by row (zeros after the diagonal up to the block's end), the probabilities and score
- * gradients of each pair of rows into their pair panels, then dq = ds k (stored). */
-static void head_backward_block(const att_bwd_plan *pl, const att_bwd_ws *w, const float *a, const float *dob,
-                                float *dqb, int qstride, float *ds, int r0, int r1, int T, int HS,
-                                float scale) {
+/* Query rows [r0, r1) of one head: the probabilities again as the forward forms them (scores q k^T over
+ * keys [0, r1), the causal softmax: the same bits) into P, d(att) = dout v^T into ds (rows T floats apart),
+ * the softmax backward row by row (zeros after the diagonal up to the block's end), the probabilities and
+ * score gradients of each pair of rows into their pair panels, then dq = ds k (stored). */
+static void head_backward_block(const att_bwd_plan *pl, const att_bwd_ws *w, const float *qb,
+                                const float *dob, float *dqb, int qstride, float *ds, int r0, int r1, int T,
+                                int HS, float scale) {
     int rows = r1 - r0, Kr = gemm_bf16_kp(r1);
-    size_t bs = (size_t)GEMM_BF16_PANEL * pl->Kt;
+    size_t bs = (size_t)GEMM_BF16_PANEL * pl->Kt, bq = (size_t)GEMM_BF16_PANEL * pl->Kq;
+    float *P = w->pf; /* row t at P + (t - r0) T */
+    gemm_bf16_pack_rows(w->a, pl->Kq, qb + (size_t)r0 * qstride, (size_t)qstride, rows, HS,
+                        gemm_bf16_mp(rows));
+    gemm_bf16_block(pl->path, w->a, (size_t)pl->Kq, w->kt, bq, rows, r1, pl->Kq, P, T, 0, w->wide);
+    softmax_round_rows(P, r0, r1, T, scale, w->pb, Kr, P);
     gemm_bf16_pack_rows(w->a, pl->Kq, dob + (size_t)r0 * qstride, (size_t)qstride, rows, HS,
                         gemm_bf16_mp(rows));
-    gemm_bf16_block(pl->path, w->a, (size_t)pl->Kq, w->vt, (size_t)GEMM_BF16_PANEL * pl->Kq, rows, r1, pl->Kq,
-                    ds + (size_t)r0 * T, T, 0, w->wide);
+    gemm_bf16_block(pl->path, w->a, (size_t)pl->Kq, w->vt, bq, rows, r1, pl->Kq, ds + (size_t)r0 * T, T, 0,
+                    w->wide);
     for (int t = r0; t < r1; t++) {
         float *dr = ds + (size_t)t * T;
-        vm_softmax_grad(dr, a + (size_t)t * T, (size_t)t + 1, scale);
+        vm_softmax_grad(dr, P + (size_t)(t - r0) * T, (size_t)t + 1, scale);
         memset(dr + t + 1, 0, sizeof(float) * (size_t)(r1 - t - 1));
     }
     for (int t = r0; t < r1; t += 2) { /* pair t/2: rows t and t + 1, keys up to t + 1 */
         int valid = r1 - t < 2 ? r1 - t : 2, cols = t + 2 < T ? t + 2 : T;
         size_t at = (size_t)(t / 2) * 2 * GEMM_BF16_PANEL;
         gemm_bf16_pack_bn(w->dsp + at, bs, 1, ds + (size_t)t * T, (size_t)T, valid, cols, w->tmp);
-        gemm_bf16_pack_bn(w->attp + at, bs, 1, a + (size_t)t * T, (size_t)T, valid, cols, w->tmp);
+        gemm_bf16_pack_bn(w->attp + at, bs, 1, P + (size_t)(t - r0) * T, (size_t)T, valid, cols, w->tmp);
     }
     gemm_bf16_pack_rows(w->a, Kr, ds + (size_t)r0 * T, (size_t)T, rows, r1, gemm_bf16_mp(rows));
     gemm_bf16_block(pl->path, w->a, (size_t)Kr, w->kn, bs, rows, HS, Kr, dqb + (size_t)r0 * qstride, qstride,
@@ -347,9 +354,9 @@ static void transpose_f32(float *dst, size_t ldd, const float *src, size_t lds, 
             dst[(size_t)c * ldd + r] = src[(size_t)r * lds + c];
 }
 
-qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float *dout, const float *att,
-                                    const float *q, const float *k, const float *v, int B, int T, int NH,
-                                    int NKV, int HS, float *scratch, int n_scratch) {
+qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                    const float *k, const float *v, int B, int T, int NH, int NKV, int HS,
+                                    float *scratch, int n_scratch) {
     int group = NH / NKV, qstride = NH * HS, kvstride = NKV * HS;
     float scale = 1.0f / sqrtf((float)HS);
     att_bwd_plan pl = make_bwd_plan(T, HS);
@@ -370,14 +377,14 @@ qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float
         size_t kvo = (size_t)b * T * kvstride + (size_t)kvh * HS;
         pack_bn(w.kn, pl.Kt, k + kvo, (size_t)kvstride, T, HS, w.tmp);           /* for dq = ds k */
         gemm_bf16_pack_bt(w.vt, pl.Kq, v + kvo, (size_t)kvstride, T, HS, w.tmp); /* for d(att) = dout v^T */
+        gemm_bf16_pack_bt(w.kt, pl.Kq, k + kvo, (size_t)kvstride, T, HS, w.tmp); /* for the scores q k^T */
         gemm_bf16_block_begin(pl.path);
         for (int h = kvh * group; h < (kvh + 1) * group; h++) {
-            const float *a = att + ((size_t)b * NH + h) * T * T;
             size_t qo = (size_t)b * T * qstride + (size_t)h * HS;
             gemm_bf16_pack_at(w.dot, pl.Kt, dout + qo, qstride, T, HS, pl.Hm);
             gemm_bf16_pack_at(w.qt, pl.Kt, q + qo, qstride, T, HS, pl.Hm);
             for (int r0 = 0; r0 < T; r0 += ATT_BLOCK)
-                head_backward_block(&pl, &w, a, dout + qo, dq + qo, qstride, ds, r0,
+                head_backward_block(&pl, &w, q + qo, dout + qo, dq + qo, qstride, ds, r0,
                                     r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, T, HS, scale);
             int first = h == kvh * group; /* the group's first head stores, the others add */
             key_products(&pl, &w, w.dot, w.attp, w.dvt, T, HS, !first); /* dv^T = dout^T att */

@@ -132,15 +132,16 @@ void bf16_workspace_release(void);
  * matrices (scores = q k^T, out = att v; in backward d(att) = dout v^T, dv = att^T dout, dq = ds k,
  * dk = ds^T q) formed as bf16_gemm forms it: both operands rounded to bf16, fp32 accumulation on the
  * active path. The score scale multiplies the accumulated score in fp32; softmax and its backward run in
- * fp32 (core/base/vmath: vm_scale_exp_sum, vm_softmax_grad). att may be NULL in the forward
- * when no backward follows: the probabilities are then not kept. Unlike attention_backward, the backward
- * stores dq, dk and dv (their contents on entry are never read). Fail only when the per-thread packing
- * workspace cannot be allocated. */
+ * fp32 (core/base/vmath: vm_scale_exp_sum, vm_softmax_grad). The forward writes the probabilities to att
+ * unless it is NULL; the backward needs none: it forms them again from q and k block by block, as the
+ * forward does (the same bits), instead of reading B NH T^2 stored floats. Unlike attention_backward, the
+ * backward stores dq, dk and dv (their contents on entry are never read). Fail only when the per-thread
+ * packing workspace cannot be allocated. */
 qlab_status attention_forward_bf16(float *out, float *att, const float *q, const float *k, const float *v,
                                    int B, int T, int NH, int NKV, int HS);
-qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float *dout, const float *att,
-                                    const float *q, const float *k, const float *v, int B, int T, int NH,
-                                    int NKV, int HS, float *scratch, int n_scratch);
+qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                    const float *k, const float *v, int B, int T, int NH, int NKV, int HS,
+                                    float *scratch, int n_scratch);
 
 /* The operands of attention_forward_bf16 rounded and packed ahead, for a caller that forms q, k and v in
  * chunks of positions and packs each chunk while it is in cache (evaluation in row chunks): q as NH blocks

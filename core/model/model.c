@@ -515,7 +515,10 @@ void model_set_adapter(model *m, const model_adapter *adapter) {
 }
 
 void model_set_compute(model *m, qlab_compute c) {
-    if (c != m->compute) model_unpack_weights(m);
+    if (c != m->compute) {
+        model_unpack_weights(m);
+        m->have_targets = 0; /* the kept activations differ (bf16 keeps no attention probabilities) */
+    }
     m->compute = c;
 }
 qlab_compute model_get_compute(const model *m) {
@@ -775,6 +778,12 @@ double model_total_bits(const model *m) {
 
 /* ---------------------------------------------------------------- activation buffers */
 
+/* Whether a forward keeps the attention probabilities for backward: fp32 does; bf16's attention backward
+ * forms them again (attention_backward_bf16). */
+static int model_keeps_probs(const model *m) {
+    return m->compute != QLAB_COMPUTE_BF16;
+}
+
 /* Points the activation views for (B,T) into base (or only counts when base is NULL); returns floats. */
 static size_t model_layout_acts(model_acts *a, float *base, const model *m, int B, int T) {
     /* Per-layer working activations: one layer's worth with checkpointing (recomputed in backward), else
@@ -793,7 +802,7 @@ static size_t model_layout_acts(model_acts *a, float *base, const model *m, int 
     MODEL_TAKE(q, L * N * D);
     MODEL_TAKE(k, L * N * KV);
     MODEL_TAKE(v, L * N * KV);
-    MODEL_TAKE(att, L * (size_t)B * NH * T * T);
+    MODEL_TAKE(att, model_keeps_probs(m) ? L * (size_t)B * NH * T * T : 0);
     MODEL_TAKE(atty, L * N * D);
     MODEL_TAKE(res2, L * N * D);
     MODEL_TAKE(ln2, L * N * D);
@@ -870,13 +879,13 @@ typedef struct {
 static model_layer_acts model_layer_views(const model *m, int l) {
     const model_acts *a = &m->acts;
     size_t N = (size_t)m->B * m->T, ND = N * m->cfg.dim, NKVD = N * m->kv_dim, NHD = N * m->cfg.hidden_dim;
-    size_t att = (size_t)m->B * m->cfg.n_heads * m->T * m->T;
+    size_t att = model_keeps_probs(m) ? (size_t)m->B * m->cfg.n_heads * m->T * m->T : 0;
     size_t w = m->checkpointing ? 0 : (size_t)l; /* the slot of the working activations */
     model_layer_acts v;
     v.res_in = l == 0 ? a->encoded : a->res3 + (l - 1) * ND;
     v.ln1 = a->ln1 + w * ND, v.ln1_rstd = a->ln1_rstd + w * N;
     v.q = a->q + w * ND, v.k = a->k + w * NKVD, v.v = a->v + w * NKVD;
-    v.att = a->att + w * att, v.atty = a->atty + w * ND, v.res2 = a->res2 + w * ND;
+    v.att = att ? a->att + w * att : NULL, v.atty = a->atty + w * ND, v.res2 = a->res2 + w * ND;
     v.ln2 = a->ln2 + w * ND, v.ln2_rstd = a->ln2_rstd + w * N;
     v.h1 = a->h1 + w * NHD, v.h3 = a->h3 + w * NHD, v.hs = a->hs + w * NHD, v.res3 = a->res3 + l * ND;
     return v;
@@ -1384,8 +1393,8 @@ static qlab_status model_block_backward(model *m, int l, int threads) {
     MODEL_ZERO(g->datty, ND);
     QLAB_TRY(model_linear_backward(m, l, PROJ_O, g->datty, g->dresidual, x.atty, N));
     if (bf16) { /* stores dq, dk, dv */
-        QLAB_TRY(attention_backward_bf16(g->dq, g->dk, g->dv, g->datty, x.att, x.q, x.k, x.v, B, T, NH, NKV,
-                                         HS, g->att_scratch, threads));
+        QLAB_TRY(attention_backward_bf16(g->dq, g->dk, g->dv, g->datty, x.q, x.k, x.v, B, T, NH, NKV, HS,
+                                         g->att_scratch, threads));
     } else {
         MODEL_ZERO(g->dq, ND);
         MODEL_ZERO(g->dk, NKVD);
@@ -1668,8 +1677,8 @@ static qlab_status model_block_backward_rows(model *m, int l, int threads) {
     model_layer_acts x = model_layer_views(m, l);
     QLAB_TRY(model_pack_dinp(m, l));
     QLAB_TRY(model_brows_run(m, l, MODEL_BROWS_FFN));
-    QLAB_TRY(attention_backward_bf16(g->dq, g->dk, g->dv, g->datty, x.att, x.q, x.k, x.v, m->B, m->T,
-                                     c->n_heads, c->n_kv_heads, m->head_size, g->att_scratch, threads));
+    QLAB_TRY(attention_backward_bf16(g->dq, g->dk, g->dv, g->datty, x.q, x.k, x.v, m->B, m->T, c->n_heads,
+                                     c->n_kv_heads, m->head_size, g->att_scratch, threads));
     return model_brows_run(m, l, MODEL_BROWS_QKV);
 }
 
