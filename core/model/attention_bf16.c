@@ -22,7 +22,7 @@
 
 /* B = X with k over all Kp / 2 pairs of rows, panels 16 * Kp apart. */
 static void pack_bn(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols, uint16_t *tmp) {
-    gemm_bf16_pack_bn(dst, (size_t)GEMM_BF16_PANEL * Kp, Kp / 2, X, ld, rows, cols, tmp);
+    gemm_bf16_pack_bn(dst, (size_t)GEMM_BF16_PANEL * Kp, Kp / 2, X, ld, rows, cols, tmp, 0);
 }
 
 /* Causal softmax of the score rows of query rows [r0, r1) (S holds row r0, rows T floats apart, keys
@@ -233,7 +233,8 @@ void bf16_att_operands_pack(const bf16_att_operands *o, int n0, int rows, const 
         gemm_bf16_pack_bt(o->k + blk * att_k_block(o) + (size_t)t0 * Kq, Kq, k + (size_t)g * HS, kvstride,
                           rows, HS, tmp);
         gemm_bf16_pack_bn(o->v + blk * att_v_block(o) + (size_t)t0 * GEMM_BF16_PANEL,
-                          (size_t)GEMM_BF16_PANEL * T, rows / 2, v + (size_t)g * HS, kvstride, rows, HS, tmp);
+                          (size_t)GEMM_BF16_PANEL * T, rows / 2, v + (size_t)g * HS, kvstride, rows, HS, tmp,
+                          0);
     }
 }
 
@@ -324,8 +325,8 @@ static void head_backward_block(const att_bwd_plan *pl, const att_bwd_ws *w, con
     for (int t = r0; t < r1; t += 2) { /* pair t/2: rows t and t + 1, keys up to t + 1 */
         int valid = r1 - t < 2 ? r1 - t : 2, cols = t + 2 < T ? t + 2 : T;
         size_t at = (size_t)(t / 2) * 2 * GEMM_BF16_PANEL;
-        gemm_bf16_pack_bn(w->dsp + at, bs, 1, ds + (size_t)t * T, (size_t)T, valid, cols, w->tmp);
-        gemm_bf16_pack_bn(w->attp + at, bs, 1, P + (size_t)(t - r0) * T, (size_t)T, valid, cols, w->tmp);
+        gemm_bf16_pack_bn(w->dsp + at, bs, 1, ds + (size_t)t * T, (size_t)T, valid, cols, w->tmp, 0);
+        gemm_bf16_pack_bn(w->attp + at, bs, 1, P + (size_t)(t - r0) * T, (size_t)T, valid, cols, w->tmp, 0);
     }
     gemm_bf16_pack_rows(w->a, Kr, ds + (size_t)r0 * T, (size_t)T, rows, r1, gemm_bf16_mp(rows));
     gemm_bf16_block(pl->path, w->a, (size_t)Kr, w->kn, bs, rows, HS, Kr, dqb + (size_t)r0 * qstride, qstride,

@@ -321,9 +321,9 @@ void gemm_bf16_pack_bt(uint16_t *dst, int Kp, const float *X, size_t ld, int row
 }
 
 void gemm_bf16_pack_bn(uint16_t *dst, size_t bstride, int npairs, const float *X, size_t ld, int rows,
-                       int cols, uint16_t *tmp) {
+                       int cols, uint16_t *tmp, int stream) {
     if (gemm_bf16_vector_packing()) {
-        gemm_bf16_pack_bn_avx512bf16(dst, bstride, npairs, X, ld, rows, cols);
+        gemm_bf16_pack_bn_avx512bf16(dst, bstride, npairs, X, ld, rows, cols, stream);
         return;
     }
     int npan = (cols + GEMM_BF16_PANEL - 1) / GEMM_BF16_PANEL, width = npan * GEMM_BF16_PANEL;
@@ -355,7 +355,7 @@ static qlab_status pack_b(uint16_t *Bp, uint16_t *scratch, const gemm_plan *pl, 
             for (int q = 0; q < KP2; q += 16)
                 gemm_bf16_pack_bn(Bp + (size_t)q * 32, bstride, KP2 - q < 16 ? KP2 - q : 16,
                                   b->f + (size_t)(2 * q) * b->ld + n0, (size_t)b->ld, K - 2 * q, nvalid,
-                                  thread_scratch(scratch, pl));
+                                  thread_scratch(scratch, pl), 0);
         }
         return QLAB_OK;
     }
@@ -601,9 +601,10 @@ qlab_status bf16_gemm_quant(int trans_a, int trans_b, int M, int N, int K, const
 
 /* ---------------------------------------------------------------- linear backward */
 
-void gemm_bf16_transpose_rows(uint16_t *At, size_t ldt, int KT, const uint16_t *Ap, int Kp, int MpT) {
+void gemm_bf16_transpose_rows(uint16_t *At, size_t ldt, int KT, const uint16_t *Ap, int Kp, int MpT,
+                              int stream) {
     if (gemm_bf16_vector_packing()) {
-        gemm_bf16_transpose_packed_avx512bf16(At, ldt, KT, Ap, Kp, MpT);
+        gemm_bf16_transpose_packed_avx512bf16(At, ldt, KT, Ap, Kp, MpT, stream);
         return;
     }
     for (int i = 0; i < MpT; i++)
@@ -615,7 +616,7 @@ void gemm_bf16_transpose_rows(uint16_t *At, size_t ldt, int KT, const uint16_t *
 static void transpose_packed(uint16_t *At, int KpT, const uint16_t *Ap, int Kp, int MpT, int threads) {
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int m0 = 0; m0 < MpT; m0 += 16)
-        gemm_bf16_transpose_rows(At + (size_t)m0 * KpT, (size_t)KpT, KpT, Ap + m0, Kp, 16);
+        gemm_bf16_transpose_rows(At + (size_t)m0 * KpT, (size_t)KpT, KpT, Ap + m0, Kp, 16, 0);
 }
 
 size_t bf16_gemm_backward_bytes(int N, int IC, int OC) {

@@ -171,8 +171,17 @@ void gemm_bf16_pack_at_avx512bf16(uint16_t *Ap, int Kp, const float *A, int lda,
     }
 }
 
+/* A whole 64-byte line of a destination, past the caches when stream is set (dst 64-byte aligned). */
+static inline void store_line(void *dst, __m512i v, int stream) {
+    if (stream)
+        _mm512_stream_si512((__m512i *)dst, v);
+    else
+        _mm512_storeu_si512(dst, v);
+}
+
 void gemm_bf16_transpose_packed_avx512bf16(uint16_t *At, size_t ldt, int KT, const uint16_t *Ap, int Kp,
-                                           int MpT) {
+                                           int MpT, int stream) {
+    stream = stream && ((uintptr_t)At & 63) == 0 && ldt % 32 == 0;
     for (int m0 = 0; m0 < MpT; m0 += 16)
         for (int k0 = 0; k0 < KT; k0 += 32) {
             /* r[p] word i = Ap[k0 + 2p][m0 + i] | Ap[k0 + 2p + 1][m0 + i] << 16; transposed, row i */
@@ -185,8 +194,9 @@ void gemm_bf16_transpose_packed_avx512bf16(uint16_t *At, size_t ldt, int KT, con
             }
             transpose16(r);
             for (int i = 0; i < 16; i++)
-                _mm512_storeu_si512(At + (size_t)(m0 + i) * ldt + k0, r[i]);
+                store_line(At + (size_t)(m0 + i) * ldt + k0, r[i], stream);
         }
+    if (stream) _mm_sfence();
 }
 
 void gemm_bf16_transpose_f32_avx512bf16(float *dst, size_t ldd, const float *src, size_t lds, int rows,
@@ -233,7 +243,8 @@ void gemm_bf16_pack_bt_avx512bf16(uint16_t *dst, int Kp, const float *X, size_t 
 }
 
 void gemm_bf16_pack_bn_avx512bf16(uint16_t *dst, size_t bstride, int npairs, const float *X, size_t ld,
-                                  int rows, int cols) {
+                                  int rows, int cols, int stream) {
+    stream = stream && ((uintptr_t)dst & 63) == 0 && bstride % 32 == 0;
     int npan = (cols + 15) / 16;
     for (int p = 0; p < npairs; p++) {
         int s = 2 * p;
@@ -245,10 +256,11 @@ void gemm_bf16_pack_bn_avx512bf16(uint16_t *dst, size_t bstride, int npairs, con
             __m512i hi = s + 1 < rows
                              ? round32(_mm512_maskz_loadu_ps(mask, X + (size_t)(s + 1) * ld + 16 * j))
                              : _mm512_setzero_si512();
-            _mm512_storeu_si512(dst + (size_t)j * bstride + (size_t)p * 32,
-                                _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+            store_line(dst + (size_t)j * bstride + (size_t)p * 32,
+                       _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)), stream);
         }
     }
+    if (stream) _mm_sfence();
 }
 
 void gemm_bf16_normalize_round_avx512bf16(const float *row, float *dst, uint16_t *out, int n, float inv,

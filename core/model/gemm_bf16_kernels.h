@@ -78,10 +78,12 @@ void gemm_bf16_pack_rows(uint16_t *dst, int Kp, const float *X, size_t ld, int r
  * vector paths, else scalar loops with tmp as staging). pack_bt: B = X^T, rows s < rows of X as columns (16
  * per panel), k = columns < cols <= Kp, panels 16 * Kp apart, tmp Kp values. pack_bn: B = X, rows of X as
  * k (pairs [0, npairs), zero from row rows on), columns < cols as 16 per panel, panels bstride apart, tmp
- * 2 * round16(cols) values. */
+ * 2 * round16(cols) values. With stream, the AVX-512 forms write whole aligned 64-byte lines past the caches
+ * (non-temporal stores; for operands read back long after, from a buffer larger than the caches); the same
+ * bits either way. */
 void gemm_bf16_pack_bt(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols, uint16_t *tmp);
 void gemm_bf16_pack_bn(uint16_t *dst, size_t bstride, int npairs, const float *X, size_t ld, int rows,
-                       int cols, uint16_t *tmp);
+                       int cols, uint16_t *tmp, int stream);
 /* AVX-512 forms, bit-identical with the scalar code they stand in for: gemm_bf16_pack_bt / pack_bn above,
  * and attention_bf16.c's softmax row normalisation: dst[i] = row[i] * inv and out[i] = bf16(dst[i]) for i < n
  * (dst, which may be row, written only when len > 0), dst[i] = 0 for n <= i < len, out[i] = 0 for n <= i <
@@ -89,20 +91,21 @@ void gemm_bf16_pack_bn(uint16_t *dst, size_t bstride, int npairs, const float *X
 void gemm_bf16_pack_bt_avx512bf16(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols);
 /* pack_bn: pairs [0, npairs) (rows 2p, 2p + 1 of X; zero from row rows on) of panels bstride apart. */
 void gemm_bf16_pack_bn_avx512bf16(uint16_t *dst, size_t bstride, int npairs, const float *X, size_t ld,
-                                  int rows, int cols);
+                                  int rows, int cols, int stream);
 void gemm_bf16_normalize_round_avx512bf16(const float *row, float *dst, uint16_t *out, int n, float inv,
                                           int len, int Kr);
 /* At (MpT rows, ldt apart) = the transpose of a packed A (KT rows of Kp, zero padded): At[m][k] = Ap[k][m]
  * for m < MpT, k < KT. MpT <= Kp, both multiples of 16; KT a multiple of 32. */
 void gemm_bf16_transpose_packed_avx512bf16(uint16_t *At, size_t ldt, int KT, const uint16_t *Ap, int Kp,
-                                           int MpT);
+                                           int MpT, int stream);
 /* dst[c][r] = src[r][c] for r < rows, c < cols (fp32 matrices, rows ldd / lds apart). */
 void gemm_bf16_transpose_f32_avx512bf16(float *dst, size_t ldd, const float *src, size_t lds, int rows,
                                         int cols);
 /* The same on the calling thread on any path (the AVX-512 form on the vector paths, else a scalar loop): for
  * callers that transpose a chunk of rows into columns [k0, k0 + KT) of a larger At (At pointing at column
- * k0). */
-void gemm_bf16_transpose_rows(uint16_t *At, size_t ldt, int KT, const uint16_t *Ap, int Kp, int MpT);
+ * k0); stream as for gemm_bf16_pack_bn. */
+void gemm_bf16_transpose_rows(uint16_t *At, size_t ldt, int KT, const uint16_t *Ap, int Kp, int MpT,
+                              int stream);
 /* The whole product of packed operands on the given path's kernel (OpenMP over output tiles; ref, avx512bf16
  * or amx): C (M x ncols) = / += A . B, A Mp rows of Kp, B ceil(ncols/16) panels of 16 x Kp. The same bits as
  * the products bf16_gemm forms from these operands. */

@@ -1086,6 +1086,12 @@ static int model_rows_usable(const model *m) {
            bf16_active_path() != BF16_PATH_BLAS;
 }
 
+/* Whether a backward runs in row chunks (model_brows below): bf16 row passes with no adapter taking part in
+ * the backward. */
+static int model_brows_usable(const model *m) {
+    return model_rows_usable(m) && !(m->has_adapter && m->adapter.backward);
+}
+
 typedef struct {
     bf16_path path;
     int R, N, chunks;  /* rows per chunk (a multiple of 32), positions, chunks */
@@ -1095,6 +1101,9 @@ typedef struct {
     char *base;
     bf16_att_operands *ops; /* the attention's operands packed ahead, or NULL */
     int keep; /* training: the activations a backward needs are written (as model_block_forward) */
+    /* with keep: also the projections' inputs (the norms' outputs, SwiGLU's), which the backward in row
+     * chunks forms again (model_brows) but the whole-matrix backward reads */
+    int keep_inputs;
 } model_rows;
 
 typedef struct {
@@ -1111,6 +1120,7 @@ static qlab_status model_rows_plan(model_rows *p, const model *m, bf16_att_opera
 #endif
     p->path = bf16_active_path();
     p->keep = keep;
+    p->keep_inputs = keep && !model_brows_usable(m);
     p->N = m->B * m->T;
     p->R = p->N >= 128 * threads ? 64 : 32;
     p->ops = ops && bf16_att_operands_fit(m->T) ? ops : NULL;
@@ -1146,11 +1156,11 @@ static void model_rows_product(const model_rows *p, const uint16_t *a, int rows,
 }
 
 /* The rows' rmsnorm (as rmsnorm_forward_order with lanes), rounded and packed into a; with p->keep also
- * written to out and rstd (fp32, for the backward). */
+ * rstd and, with write_out, the output written (fp32, for the backward). */
 static void model_rows_norm(const model_rows *p, model_rows_ws *ws, const float *x, const float *weight,
-                            int rows, int D, float eps, float *out, float *rstd) {
+                            int rows, int D, float eps, float *out, float *rstd, int write_out) {
     int Kp = gemm_bf16_kp(D);
-    if (p->keep) {
+    if (write_out) {
         for (int i = 0; i < rows; i++)
             rstd[i] = rmsnorm_row(out + (size_t)i * D, x + (size_t)i * D, weight, D, eps, 1);
         gemm_bf16_pack_rows(ws->a, Kp, out, (size_t)D, rows, D, gemm_bf16_mp(rows));
@@ -1158,7 +1168,9 @@ static void model_rows_norm(const model_rows *p, model_rows_ws *ws, const float 
     }
     for (int i = 0; i < rows; i++) {
         const float *xi = x + (size_t)i * D;
-        bf16_scale_round(ws->a + (size_t)i * Kp, xi, rmsnorm_rstd(xi, D, eps, 1), weight, D, Kp);
+        float r = rmsnorm_rstd(xi, D, eps, 1);
+        if (p->keep) rstd[i] = r;
+        bf16_scale_round(ws->a + (size_t)i * Kp, xi, r, weight, D, Kp);
     }
     memset(ws->a + (size_t)rows * Kp, 0, sizeof(uint16_t) * (size_t)(gemm_bf16_mp(rows) - rows) * Kp);
 }
@@ -1170,7 +1182,7 @@ static void model_rows_qkv(model *m, const model_rows *p, model_rows_ws *ws, int
     int D = c->dim, KV = m->kv_dim, rows = r1 - r0;
     const bf16_packed_weight *pk = &m->packed[l * PROJ_COUNT];
     model_rows_norm(p, ws, x.res_in + (size_t)r0 * D, m->params.rms_att + (size_t)l * D, rows, D, c->norm_eps,
-                    x.ln1 + (size_t)r0 * D, x.ln1_rstd + r0);
+                    x.ln1 + (size_t)r0 * D, x.ln1_rstd + r0, p->keep_inputs);
     /* evaluation packing ahead keeps q, k, v in this thread's buffers; otherwise they are the activations */
     int local = p->ops && !p->keep;
     float *q = local ? ws->f1 : x.q + (size_t)r0 * D, *k = local ? ws->g : x.k + (size_t)r0 * KV;
@@ -1196,10 +1208,10 @@ static void model_rows_ffn(model *m, const model_rows *p, model_rows_ws *ws, int
     model_rows_product(p, ws->a, rows, &pk[PROJ_O], res2, D);
     vm_add(res2, res2, res_in, n);
     model_rows_norm(p, ws, res2, m->params.rms_ffn + (size_t)l * D, rows, D, c->norm_eps, x.ln2 + off,
-                    x.ln2_rstd + r0);
+                    x.ln2_rstd + r0, p->keep_inputs);
     size_t offh = (size_t)r0 * H;
     float *h1 = p->keep ? x.h1 + offh : ws->f1, *h3 = p->keep ? x.h3 + offh : ws->f2;
-    float *hs = p->keep ? x.hs + offh : ws->f1;
+    float *hs = p->keep_inputs ? x.hs + offh : ws->f1;
     model_rows_product(p, ws->a, rows, &pk[PROJ_GATE], h1, H);
     model_rows_product(p, ws->a, rows, &pk[PROJ_UP], h3, H);
     int Kh = gemm_bf16_kp(H);
@@ -1219,7 +1231,8 @@ static void model_rows_head(model *m, const model_rows *p, model_rows_ws *ws, fl
     int D = c->dim, V = c->vocab_size;
     const float *last = m->acts.res3 + (size_t)(c->n_layers - 1) * p->N * D;
     model_rows_norm(p, ws, last + (size_t)r0 * D, m->params.rms_final, r1 - r0, D, c->norm_eps,
-                    m->acts.lnf + (size_t)r0 * D, m->acts.lnf_rstd + r0);
+                    m->acts.lnf + (size_t)r0 * D, m->acts.lnf_rstd + r0,
+                    p->keep); /* the head's backward reads lnf */
     model_rows_product(p, ws->a, r1 - r0, &m->packed[c->n_layers * PROJ_COUNT], out + (size_t)r0 * V, V);
 }
 
@@ -1431,9 +1444,6 @@ static qlab_status model_block_backward(model *m, int l, int threads) {
  * positions, and the norm weights' gradients are summed over all rows as before: every value is formed by
  * the operations of model_block_backward in the same order, each product's output tiles by the same
  * kernel code, so the bits are the same (tests/test_model_bf16.c). */
-static int model_brows_usable(const model *m) {
-    return model_rows_usable(m) && !(m->has_adapter && m->adapter.backward);
-}
 
 typedef enum { MODEL_BROWS_FFN, MODEL_BROWS_QKV } model_brows_pass;
 
@@ -1545,7 +1555,7 @@ static void model_brows_dout(const model_brows *p, model_brows_ws *ws, model_pro
                              int out, int r0, int rows) {
     int Kp = gemm_bf16_kp(out), mp = gemm_bf16_mp(rows);
     gemm_bf16_pack_rows(ws->a, Kp, dout, (size_t)out, rows, out, mp);
-    if (p->at[pj]) gemm_bf16_transpose_rows(p->at[pj] + r0, (size_t)p->KpN, mp, ws->a, Kp, Kp);
+    if (p->at[pj]) gemm_bf16_transpose_rows(p->at[pj] + r0, (size_t)p->KpN, mp, ws->a, Kp, Kp, 1);
 }
 
 /* dinp (rows x w->N) += ws->a w, zeroed first when zero is set (as the whole-matrix form's buffers are). */
@@ -1556,12 +1566,13 @@ static void model_brows_dinp(const model_brows *p, const model_brows_ws *ws, int
                     w->Kp, dinp, w->N, 1, NULL);
 }
 
-/* Rows [r0, r0 + rows) of a layer input x (in features wide) as pairs r0/2.. of B panels dst (if any). */
+/* The rows of positions [r0, r0 + rows) of a layer input (x at row r0, in features wide) as pairs r0/2.. of
+ * B panels dst (if any). */
 static void model_brows_input(const model_brows *p, model_brows_ws *ws, uint16_t *dst, const float *x, int in,
                               int r0, int rows) {
     if (!dst) return;
     gemm_bf16_pack_bn(dst + (size_t)r0 * GEMM_BF16_PANEL, (size_t)GEMM_BF16_PANEL * p->KpN,
-                      gemm_bf16_mp(rows) / 2, x + (size_t)r0 * in, (size_t)in, rows, in, ws->t);
+                      gemm_bf16_mp(rows) / 2, x, (size_t)in, rows, in, ws->t, 1);
 }
 
 /* The norm weight gradient's partial sums of rows [r0, r1) (dln and x at row r0), per block of rows. */
@@ -1589,21 +1600,27 @@ static void model_brows_ffn(model *m, const model_brows *p, model_brows_ws *ws, 
     float *dres = g->dresidual + off, *dln = g->dln + off, *dhs = ws->f1, *dh1 = ws->f2, *dh3 = ws->f3;
     model_brows_dout(p, ws, PROJ_DOWN, dres, D, r0, rows);
     model_brows_dinp(p, ws, rows, &pd[PROJ_DOWN], dhs, 1);
-    model_brows_input(p, ws, p->x_hs, x.hs, H, r0, rows);
     memset(dh1, 0, sizeof(float) * nh);
     memset(dh3, 0, sizeof(float) * nh);
     swiglu_backward_rows(dh1, dh3, dhs, x.h1 + offh, x.h3 + offh, nh);
+    if (p->x_hs) { /* the down projection's input again, while h1 and h3 are in cache */
+        vm_silu_mul(dhs, x.h1 + offh, x.h3 + offh, nh);
+        model_brows_input(p, ws, p->x_hs, dhs, H, r0, rows);
+    }
+    if (p->x_ln) { /* gate's and up's input: the norm's output again */
+        rmsnorm_apply_rows(dhs, x.res2 + off, m->params.rms_ffn + (size_t)l * D, x.ln2_rstd + r0, rows, D);
+        model_brows_input(p, ws, p->x_ln, dhs, D, r0, rows);
+    }
     model_brows_dout(p, ws, PROJ_GATE, dh1, H, r0, rows);
     model_brows_dinp(p, ws, rows, &pd[PROJ_GATE], dln, 1);
     model_brows_dout(p, ws, PROJ_UP, dh3, H, r0, rows);
     model_brows_dinp(p, ws, rows, &pd[PROJ_UP], dln, 0);
-    model_brows_input(p, ws, p->x_ln, x.ln2, D, r0, rows);
     rmsnorm_backward_rows(dres, dln, x.res2 + off, m->params.rms_ffn + (size_t)l * D, x.ln2_rstd + r0, rows,
                           D, 1);
     model_brows_norm_weight(p, dln, x.res2 + off, x.ln2_rstd + r0, D, r0, r1);
     model_brows_dout(p, ws, PROJ_O, dres, D, r0, rows);
     model_brows_dinp(p, ws, rows, &pd[PROJ_O], g->datty + off, 1);
-    model_brows_input(p, ws, p->x_atty, x.atty, D, r0, rows);
+    model_brows_input(p, ws, p->x_atty, x.atty + off, D, r0, rows);
 }
 
 /* Rows [r0, r1) from the attention's input gradients (g->dq, g->dk after RoPE, g->dv) through RoPE, the
@@ -1627,7 +1644,11 @@ static void model_brows_qkv(model *m, const model_brows *p, model_brows_ws *ws, 
     model_brows_dinp(p, ws, rows, &pd[PROJ_K], dln, 0);
     model_brows_dout(p, ws, PROJ_V, g->dv + offkv, KV, r0, rows);
     model_brows_dinp(p, ws, rows, &pd[PROJ_V], dln, 0);
-    model_brows_input(p, ws, p->x_ln, x.ln1, D, r0, rows);
+    if (p->x_ln) { /* the projections' input: the norm's output again */
+        rmsnorm_apply_rows(ws->f3, x.res_in + off, m->params.rms_att + (size_t)l * D, x.ln1_rstd + r0, rows,
+                           D);
+        model_brows_input(p, ws, p->x_ln, ws->f3, D, r0, rows);
+    }
     rmsnorm_backward_rows(dres, dln, x.res_in + off, m->params.rms_att + (size_t)l * D, x.ln1_rstd + r0, rows,
                           D, 1);
     model_brows_norm_weight(p, dln, x.res_in + off, x.ln1_rstd + r0, D, r0, r1);

@@ -142,12 +142,21 @@ float rmsnorm_rstd(const float *x, int C, float eps, int lanes) {
     return (float)(1.0 / sqrt(ss / C + eps));
 }
 
-float rmsnorm_row(float *out, const float *x, const float *weight, int C, float eps, int lanes) {
-    float r = rmsnorm_rstd(x, C, eps, lanes);
+static inline void rmsnorm_scale(float *out, const float *x, float r, const float *weight, int C) {
 #pragma omp simd
     for (int c = 0; c < C; c++)
         out[c] = x[c] * r * weight[c];
+}
+
+float rmsnorm_row(float *out, const float *x, const float *weight, int C, float eps, int lanes) {
+    float r = rmsnorm_rstd(x, C, eps, lanes);
+    rmsnorm_scale(out, x, r, weight, C);
     return r;
+}
+
+void rmsnorm_apply_rows(float *out, const float *x, const float *weight, const float *rstd, int rows, int C) {
+    for (int n = 0; n < rows; n++)
+        rmsnorm_scale(out + (size_t)n * C, x + (size_t)n * C, rstd[n], weight, C);
 }
 
 void rmsnorm_forward_order(float *out, float *rstd, const float *inp, const float *weight, int N, int C,

@@ -28,6 +28,9 @@ void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *wei
  * rmsnorm_rstd computes alone (out[c] is then x[c] * rstd * weight[c]). */
 float rmsnorm_rstd(const float *x, int C, float eps, int lanes);
 float rmsnorm_row(float *out, const float *x, const float *weight, int C, float eps, int lanes);
+/* The norm's output again from its input and kept rstd, rows [0, rows) on the calling thread: the values
+ * rmsnorm_row wrote. */
+void rmsnorm_apply_rows(float *out, const float *x, const float *weight, const float *rstd, int rows, int C);
 void rmsnorm_forward_order(float *out, float *rstd, const float *inp, const float *weight, int N, int C,
                            float eps, int lanes);
 /* dinp (N,C), dweight (C, may be NULL) from dout (N,C), inp (N,C), weight (C), rstd (N). */
