@@ -24,6 +24,8 @@ HAVE_OPENBLAS := $(call have,openblas)
 HAVE_OPENMP   := $(shell echo 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o /dev/null 2>/dev/null && echo yes)
 HAVE_NVCC     := $(shell command -v $(NVCC) >/dev/null 2>&1 && echo yes)
 HAVE_GNUPLOT  := $(shell command -v gnuplot >/dev/null 2>&1 && echo yes)
+# oneDNN (libdnnl-dev): linked by the bf16 benchmarks only, which measure its bf16 matmul beside qlab's kernels.
+HAVE_DNNL     := $(if $(wildcard /usr/include/oneapi/dnnl/dnnl.h),yes)
 GIT_COMMIT    := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 
 # OpenBLAS: prefer Debian's OpenMP build, which shares libgomp's thread pool with qlab's own OpenMP loops.
@@ -121,7 +123,7 @@ help: ## List the targets
 	@echo "        experiments tests, each including only the ones before it (make test checks); see ARCHITECTURE.md"
 
 deps: ## Install the Debian/Ubuntu packages qlab needs (safe to run twice)
-	@pkgs="build-essential pkg-config libcjson-dev libhdf5-dev hdf5-tools gnuplot-nox libopenblas-dev libopenblas-openmp-dev zlib1g-dev curl ca-certificates clang-format clang libclang-rt-14-dev"; \
+	@pkgs="build-essential pkg-config libcjson-dev libhdf5-dev hdf5-tools gnuplot-nox libopenblas-dev libdnnl-dev libopenblas-openmp-dev zlib1g-dev curl ca-certificates clang-format clang libclang-rt-14-dev"; \
 	missing=""; for p in $$pkgs; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then echo "deps: all packages present"; exit 0; fi; \
 	echo "deps: installing$$missing"; \
@@ -179,7 +181,12 @@ $(BUILD)/tests/%: $(O)/tests/%.o $(LIB)
 $(BUILD)/bench/%: $(O)/tests/%.o $(LIB)
 	@mkdir -p $(dir $@)
 	@echo "LD $@"
-	$(Q)$(CC) $(CFLAGS_ALL) $< $(LIB) $(LDLIBS_ALL) -o $@
+	$(Q)$(CC) $(CFLAGS_ALL) $< $(LIB) $(LDLIBS_ALL) $(BENCH_LIBS) -o $@
+
+ifeq ($(HAVE_DNNL),yes)
+$(O)/tests/bench_gemm_bf16.o $(O)/tests/bench_bf16_model.o: CFLAGS_ALL += -DQLAB_HAVE_DNNL
+$(BUILD)/bench/bench_gemm_bf16 $(BUILD)/bench/bench_bf16_model: BENCH_LIBS := -ldnnl
+endif
 
 # ---------------------------------------------------------------- tests and benchmarks
 $(BUILD)/tests/test_layers: tests/scripts/check_layers.sh

@@ -1,10 +1,11 @@
 /* bf16 compute on the bench model (tests/bench_train.c's: dim 256, hidden 688, 8 layers, 8 heads, vocab
  * 512, batch 4 x 256 tokens): a training step, an evaluation forward and a QLoRA step (NF4 + DQ base,
  * LoRA r 8 on all seven linear layers, forward + backward), each in tokens/s and GFLOP/s against the
- * machine's best bf16 GEMM measured in the same run (the active bf16 path at the model's own product
- * shapes, best of repetitions before and after the model runs), and the speed-up over the same step in
- * fp32 compute. The evaluation forward is eval/ppl.c's: weights packed for the evaluation, logits without
- * targets (the training and QLoRA steps compute the loss and keep what backward needs).
+ * machine's best bf16 GEMM measured in the same run (qlab's active bf16 path or oneDNN's matmul where it
+ * is installed, at the model's own product shapes, best of repetitions before and after the model runs), and
+ * the speed-up over the same step in fp32 compute. The evaluation forward is eval/ppl.c's: weights packed for
+ * the evaluation, logits without targets (the training and QLoRA steps compute the loss and keep what
+ * backward needs).
  *
  * FLOPs counted as in bench_train.c (multiply-add = 2; N = B*T; P_mm = L (4 D^2 + 3 D Hd) + V D;
  * attention forward 4 B L D T(T+1)/2): forward = 2 N P_mm + attention; training step = 3x forward. The
@@ -14,6 +15,7 @@
 #include <string.h>
 
 #include "tests/bench.h"
+#include "tests/bench_dnnl.h"
 #include "core/base/rng.h"
 #include "core/model/gemm_bf16.h"
 #include "core/model/lora.h"
@@ -34,8 +36,9 @@ static double lora_forward_flops(const model_config *c, int N, int r) {
     return 2.0 * N * r * in_plus_out * c->n_layers;
 }
 
-/* The best bf16 GEMM rate on the active path over the model's product shapes (forward, input gradient and
- * weight gradient of the 256 -> 688, 688 -> 256 and 256 -> 256 projections over 1024 tokens). */
+/* The best bf16 GEMM rate over the model's product shapes (forward, input gradient and weight gradient of
+ * the 256 -> 688, 688 -> 256 and 256 -> 256 projections over 1024 tokens): qlab's active path, and oneDNN's
+ * bf16 matmul where it is installed (on bf16 inputs), whichever is faster; which names the winner. */
 static double best_bf16_gemm(int N, int D, int H, char *which, size_t n) {
     struct {
         const char *what;
@@ -45,11 +48,15 @@ static double best_bf16_gemm(int N, int D, int H, char *which, size_t n) {
                   {"dW %dx%dx%d", 1, 0, H, D, N},  {"dW %dx%dx%d", 1, 0, D, D, N}};
     double best = 0;
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        char what[32], impl[64] = "";
+        snprintf(what, sizeof what, shapes[s].what, shapes[s].M, shapes[s].Nn, shapes[s].K);
         double g = bench_bf16_gflops(shapes[s].ta, shapes[s].tb, shapes[s].M, shapes[s].Nn, shapes[s].K, 30);
-        if (g > best) {
-            best = g;
-            snprintf(which, n, shapes[s].what, shapes[s].M, shapes[s].Nn, shapes[s].K);
-        }
+        if (g > best) best = g, snprintf(which, n, "qlab %s %s", bf16_path_name(bf16_active_path()), what);
+#ifdef QLAB_DNNL_MEASURED
+        g = dnnl_bf16_gflops(shapes[s].ta, shapes[s].tb, shapes[s].M, shapes[s].Nn, shapes[s].K, 30, impl,
+                             sizeof impl);
+        if (g > best) best = g, snprintf(which, n, "oneDNN %s %s", impl, what);
+#endif
     }
     return best;
 }
@@ -110,7 +117,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < N; i++)
         tokens[i] = (int)rng_below(&rng, 512), targets[i] = (int)rng_below(&rng, 512);
 
-    char which[64] = "", which2[64] = "";
+    char which[96] = "", which2[96] = "";
     double limit = best_bf16_gemm(N, c.dim, c.hidden_dim, which, sizeof which);
     printf("bench_bf16_model: B=%d T=%d, %d threads (OpenMP wait %s), bf16 path %s; best bf16 gemm %.1f "
            "GFLOP/s (%s)\n",
@@ -136,8 +143,9 @@ int main(int argc, char **argv) {
            limit_after, limit, which);
 
     char name[96], lim[64];
-    snprintf(lim, sizeof lim, "best bf16 gemm (%s)", path);
-    snprintf(name, sizeof name, "bf16 gemm best, %s path", path);
+    int lib = strncmp(which, "oneDNN", 6) == 0;
+    snprintf(lim, sizeof lim, "best bf16 gemm (%s)", lib ? "oneDNN" : path);
+    snprintf(name, sizeof name, "bf16 gemm best, %s", lib ? "oneDNN matmul" : path);
     bench_emit(name, limit, "GFLOP/s", "-", 0, 0);
     static const char *const what[3] = {"train step (fwd+bwd)", "eval forward", "qlora step nf4+dq r8 all"};
     const double flops[3] = {3 * fwd, fwd, qlora}, targets_ratio[3] = {0.50, 0.50, 0};

@@ -1,0 +1,93 @@
+/* oneDNN's bf16 matmul for the benchmarks (compiled in where make found libdnnl-dev: QLAB_HAVE_DNNL). */
+#ifndef QLAB_TESTS_BENCH_DNNL_H
+#define QLAB_TESTS_BENCH_DNNL_H
+
+#include <stdint.h>
+
+#include "tests/bench.h"
+#include "core/base/half.h"
+
+#ifdef QLAB_HAVE_DNNL
+/* oneDNN's bf16 matmul (what PyTorch's CPU bf16 products run on), measured to decide between it and
+ * qlab's own kernels: bf16 inputs already rounded and laid out (its best case: qlab's figure
+ * includes rounding and packing fp32 operands), fp32 output, the primitive created once and executed reps
+ * times. Written against the oneDNN 2.x C API (Debian 12's libdnnl-dev 2.6); other majors are not measured.
+ */
+#include <oneapi/dnnl/dnnl.h>
+#include <oneapi/dnnl/dnnl_version.h>
+#if DNNL_VERSION_MAJOR == 2
+#define QLAB_DNNL_MEASURED 1
+typedef struct {
+    dnnl_engine_t eng;
+    dnnl_stream_t st;
+    dnnl_primitive_desc_t pd;
+    dnnl_primitive_t prim;
+    dnnl_memory_t mem[3];
+} dnnl_run;
+
+static inline void dnnl_run_free(dnnl_run *r) {
+    for (int i = 0; i < 3; i++)
+        if (r->mem[i]) dnnl_memory_destroy(r->mem[i]);
+    if (r->prim) dnnl_primitive_destroy(r->prim);
+    if (r->pd) dnnl_primitive_desc_destroy(r->pd);
+    if (r->st) dnnl_stream_destroy(r->st);
+    if (r->eng) dnnl_engine_destroy(r->eng);
+}
+
+/* Builds the matmul C[M,N] = A[M,K] B[K,N] (A stored transposed when ta, B when tb) and fills A and B. */
+static inline int dnnl_run_init(dnnl_run *r, int ta, int tb, int M, int N, int K) {
+    dnnl_dims_t ad = {M, K}, bd = {K, N}, cd = {M, N};
+    dnnl_memory_desc_t md[3];
+    if (dnnl_engine_create(&r->eng, dnnl_cpu, 0) != dnnl_success ||
+        dnnl_stream_create(&r->st, r->eng, dnnl_stream_default_flags) != dnnl_success ||
+        dnnl_memory_desc_init_by_tag(&md[0], 2, ad, dnnl_bf16, ta ? dnnl_ba : dnnl_ab) != dnnl_success ||
+        dnnl_memory_desc_init_by_tag(&md[1], 2, bd, dnnl_bf16, tb ? dnnl_ba : dnnl_ab) != dnnl_success ||
+        dnnl_memory_desc_init_by_tag(&md[2], 2, cd, dnnl_f32, dnnl_ab) != dnnl_success)
+        return 0;
+    dnnl_matmul_desc_t mm;
+    if (dnnl_matmul_desc_init(&mm, &md[0], &md[1], NULL, &md[2]) != dnnl_success ||
+        dnnl_primitive_desc_create(&r->pd, &mm, NULL, r->eng, NULL) != dnnl_success ||
+        dnnl_primitive_create(&r->prim, r->pd) != dnnl_success)
+        return 0;
+    for (int i = 0; i < 3; i++)
+        if (dnnl_memory_create(&r->mem[i], &md[i], r->eng, DNNL_MEMORY_ALLOCATE) != dnnl_success) return 0;
+    for (int i = 0; i < 2; i++) {
+        void *h = NULL;
+        if (dnnl_memory_get_data_handle(r->mem[i], &h) != dnnl_success || !h) return 0;
+        size_t n = i == 0 ? (size_t)M * K : (size_t)K * N;
+        for (size_t j = 0; j < n; j++) /* the values bench_bf16_gflops multiplies, rounded to bf16 */
+            ((uint16_t *)h)[j] =
+                f32_to_bf16((float)((j * (i ? 53 : 37)) % (i ? 97 : 101)) / (i ? 97.0f : 101.0f) - 0.5f);
+    }
+    return 1;
+}
+
+/* GFLOP/s of the best of reps executions (after one warm-up), 0 if oneDNN cannot build the matmul; impl
+ * receives oneDNN's name for the implementation it chose (e.g. brg:avx512_core_amx). */
+static inline double dnnl_bf16_gflops(int ta, int tb, int M, int N, int K, int reps, char *impl,
+                                      size_t impl_size) {
+    dnnl_run r = {0};
+    double best = 1e30;
+    snprintf(impl, impl_size, "-");
+    if (dnnl_run_init(&r, ta, tb, M, N, K)) {
+        const char *name = NULL;
+        if (dnnl_primitive_desc_query(r.pd, dnnl_query_impl_info_str, 0, &name) == dnnl_success && name)
+            snprintf(impl, impl_size, "%s", name);
+        dnnl_exec_arg_t args[3] = {
+            {DNNL_ARG_SRC, r.mem[0]}, {DNNL_ARG_WEIGHTS, r.mem[1]}, {DNNL_ARG_DST, r.mem[2]}};
+        for (int i = 0; i < reps + 1; i++) {
+            double t0 = qlab_now();
+            if (dnnl_primitive_execute(r.prim, r.st, 3, args) != dnnl_success ||
+                dnnl_stream_wait(r.st) != dnnl_success)
+                break;
+            double dt = qlab_now() - t0;
+            if (i > 0 && dt < best) best = dt;
+        }
+    }
+    dnnl_run_free(&r);
+    return best < 1e30 ? 2.0 * M * N * (double)K / best / 1e9 : 0;
+}
+#endif
+#endif
+
+#endif
