@@ -3,7 +3,7 @@
 # only when the bytes of its config or of its program change: results/.NAME.key holds their sha256 and is
 # rewritten only when it differs, so a rebuild that produces the same program (the build is reproducible:
 # same sources, same binary) or a touched but unchanged config reuses the results. A results file from
-# before the keys existed is redone once. The default nf4_vs_fp4 config needs the zoo (make zoo: ~13-22 min
+# before the keys existed is redone once. The default nf4_vs_fp4 config needs the zoo (make zoo: ~13-40 min
 # once, then cached in models/zoo/).
 .PHONY: paper paper-force-keys
 
