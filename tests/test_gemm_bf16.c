@@ -354,12 +354,17 @@ static void test_threads(void) {
     int prev = omp_get_max_threads();
     for (int path = 0; path < BF16_PATH_COUNT; path++) {
         if (!bf16_path_available((bf16_path)path)) continue;
-        omp_set_num_threads(1);
+        /* qlab's kernels give the same bits with any thread count. The blas path is OpenBLAS's sgemm, whose
+         * kernels on some CPUs sum in an order that depends on how the rows are split between threads
+         * (measured with OpenBLAS 0.3.21's Cooperlake kernels): there the promise is the same bits at the
+         * same thread count. */
+        int blas = path == BF16_PATH_BLAS;
+        omp_set_num_threads(blas ? (prev > 1 ? prev : 2) : 1);
         run(bf16_path_name((bf16_path)path), &p, 0, c1, 300);
         omp_set_num_threads(prev > 1 ? prev : 2);
         run(bf16_path_name((bf16_path)path), &p, 0, c2, 300);
-        CHECKF(memcmp(c1, c2, sizeof(float) * 70 * 300) == 0, "%s: result depends on the thread count",
-               bf16_path_name((bf16_path)path));
+        CHECKF(memcmp(c1, c2, sizeof(float) * 70 * 300) == 0, "%s: result depends on the thread count%s",
+               bf16_path_name((bf16_path)path), blas ? " (or differs between two runs)" : "");
     }
     omp_set_num_threads(prev);
     free(c1), free(c2);
