@@ -52,6 +52,11 @@ static inline double bench_time_steps(model *m, const int *tokens, const int *ta
         if (dt < best) best = dt;
         calls++;
     } while (qlab_now() - start < min_seconds || calls < 3);
+    /* a step timed on overflowing values measures nothing a user runs */
+    if (!(loss == loss && loss < 1e30f && loss > -1e30f)) {
+        qlab_fail(QLAB_ERR_NUMERIC, "bench: the timed step's loss is %g, not finite", (double)loss);
+        return -1;
+    }
     return best;
 }
 

@@ -109,7 +109,7 @@ int main(int argc, char **argv) {
     size_t n_lora;
     float *lp = lora_get_param_buffer(lora, &n_lora);
     for (size_t i = 0; i < n_lora; i++)
-        if (lp[i] == 0) lp[i] = 1e-3f * (float)((i % 7) - 3);
+        if (lp[i] == 0) lp[i] = 1e-3f * (float)((int)(i % 7) - 3);
     rng_state rng;
     rng_seed(&rng, 11);
     int *tokens = malloc(sizeof(int) * N), *targets = malloc(sizeof(int) * N);
