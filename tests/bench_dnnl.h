@@ -3,6 +3,7 @@
 #define QLAB_TESTS_BENCH_DNNL_H
 
 #include <stdint.h>
+#include <string.h>
 
 #include "tests/bench.h"
 #include "core/base/half.h"
@@ -62,7 +63,8 @@ static inline int dnnl_run_init(dnnl_run *r, int ta, int tb, int M, int N, int K
     return 1;
 }
 
-/* GFLOP/s of the best of reps executions (after one warm-up), 0 if oneDNN cannot build the matmul; impl
+/* GFLOP/s of the best of reps executions (after one warm-up), 0 if oneDNN cannot build the matmul or has
+ * only its reference implementation for it; impl
  * receives oneDNN's name for the implementation it chose (e.g. brg:avx512_core_amx). */
 static inline double dnnl_bf16_gflops(int ta, int tb, int M, int N, int K, int reps, char *impl,
                                       size_t impl_size) {
@@ -73,6 +75,9 @@ static inline double dnnl_bf16_gflops(int ta, int tb, int M, int N, int K, int r
         const char *name = NULL;
         if (dnnl_primitive_desc_query(r.pd, dnnl_query_impl_info_str, 0, &name) == dnnl_success && name)
             snprintf(impl, impl_size, "%s", name);
+        /* oneDNN's reference implementation (a CPU without bf16 instructions) is no kernel a user would
+         * run, and takes minutes at these shapes: not timed */
+        if (strncmp(impl, "ref", 3) == 0) reps = -1;
         dnnl_exec_arg_t args[3] = {
             {DNNL_ARG_SRC, r.mem[0]}, {DNNL_ARG_WEIGHTS, r.mem[1]}, {DNNL_ARG_DST, r.mem[2]}};
         for (int i = 0; i < reps + 1; i++) {
