@@ -56,9 +56,9 @@ int main(int argc, char **argv) {
         char impl[64], name[96];
         double d = dnnl_bf16_gflops(shapes[s].ta, shapes[s].tb, shapes[s].M, shapes[s].Nn, shapes[s].K, reps,
                                     impl, sizeof impl);
-        if (d <= 0) { /* no bf16 kernel of oneDNN's for this CPU (or only its reference) */
-            printf("bench_gemm_bf16: oneDNN %d.%d has no bf16 matmul kernel for %s on this CPU (%s); not "
-                   "compared\n",
+        if (d <= 0) {
+            printf("bench_gemm_bf16: oneDNN %d.%d gives no usable bf16 matmul for %s on this CPU (%s: none, "
+                   "only its reference, or a wrong product); not compared\n",
                    DNNL_VERSION_MAJOR, DNNL_VERSION_MINOR, shapes[s].what, impl);
             continue;
         }
