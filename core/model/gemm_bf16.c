@@ -534,7 +534,10 @@ static qlab_status multiply_a(bf16_path path, const gemm_plan *plan, const uint1
     gemm_bf16_kernel kernel = path_kernel(path);
     if (pw && path != BF16_PATH_BLAS) {
         /* every output tile sums over k on its own, so one call over all panels gives the chunked bits */
-        kernel(Ap, pw->panels, M, N, pl.Kp, C, ldc, accumulate);
+        if (path == BF16_PATH_AVX512BF16)
+            gemm_bf16_kernel_avx512bf16_k(Ap, pw->panels, M, N, pl.Kp, pl.K, C, ldc, accumulate);
+        else
+            kernel(Ap, pw->panels, M, N, pl.Kp, C, ldc, accumulate);
         return QLAB_OK;
     }
     for (int p0 = 0; p0 < pl.npanels; p0 += pl.chunk_panels) {
@@ -548,6 +551,8 @@ static qlab_status multiply_a(bf16_path path, const gemm_plan *plan, const uint1
         if (path == BF16_PATH_BLAS)
             gemm_bf16_blas(Ap, (size_t)pl.Kp, panels, (size_t)GEMM_BF16_PANEL * pl.Kp, M, ncols, pl.Kp,
                            C + n0, ldc, accumulate, Af, Bf, p0 > 0, pl.threads);
+        else if (path == BF16_PATH_AVX512BF16)
+            gemm_bf16_kernel_avx512bf16_k(Ap, panels, M, ncols, pl.Kp, pl.K, C + n0, ldc, accumulate);
         else
             kernel(Ap, panels, M, ncols, pl.Kp, C + n0, ldc, accumulate);
     }

@@ -65,6 +65,13 @@ void gemm_bf16_pack_at(uint16_t *Ap, int Kp, const float *A, int lda, int K, int
 
 void gemm_bf16_kernel_avx512bf16(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, float *C,
                                  int ldc, int accumulate);
+/* The same product over the first Kused of the Kp packed k values and one pair of the zero padding past
+ * them, not all of it (the LoRA products have K = r, e.g. 8, padded to 32). Zero products leave an
+ * accumulator unchanged except one flushed to -0 (a negative result under the instruction's flush to
+ * zero), which the first zero pair turns into +0; so the bits are those of the whole Kp loop
+ * (tests/test_gemm_bf16.c: K 8 and 16, and the subnormal shapes). */
+void gemm_bf16_kernel_avx512bf16_k(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp,
+                                   int Kused, float *C, int ldc, int accumulate);
 void gemm_bf16_round_avx512bf16(uint16_t *out, const float *in, size_t n);
 void gemm_bf16_scale_round_avx512bf16(uint16_t *out, const float *x, float r, const float *w, int n,
                                       int width);
