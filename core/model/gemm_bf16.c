@@ -427,8 +427,9 @@ static void ref_product(const uint16_t *A, size_t lda, const uint16_t *B, size_t
     }
 }
 
-static void gemm_bf16_kernel_ref(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, float *C,
-                                 int ldc, int accumulate) {
+static void gemm_bf16_kernel_ref(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, int K,
+                                 float *C, int ldc, int accumulate) {
+    (void)K; /* the reference runs every packed k value: the definition the others match */
     ref_product(Ap, (size_t)Kp, Bp, (size_t)GEMM_BF16_PANEL * Kp, M, ncols, Kp, C, ldc, accumulate,
                 max_threads());
 }
@@ -518,7 +519,7 @@ static gemm_bf16_kernel path_kernel(bf16_path path) {
 
 void gemm_bf16_multiply(bf16_path path, const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp,
                         float *C, int ldc, int accumulate) {
-    if (M > 0 && ncols > 0) path_kernel(path)(Ap, Bp, M, ncols, Kp, C, ldc, accumulate);
+    if (M > 0 && ncols > 0) path_kernel(path)(Ap, Bp, M, ncols, Kp, Kp, C, ldc, accumulate);
 }
 
 /* The product of a packed A (pl->M x pl->Kp) with one B: fp32 or quantized (b, packed chunk by chunk into
@@ -534,10 +535,7 @@ static qlab_status multiply_a(bf16_path path, const gemm_plan *plan, const uint1
     gemm_bf16_kernel kernel = path_kernel(path);
     if (pw && path != BF16_PATH_BLAS) {
         /* every output tile sums over k on its own, so one call over all panels gives the chunked bits */
-        if (path == BF16_PATH_AVX512BF16)
-            gemm_bf16_kernel_avx512bf16_k(Ap, pw->panels, M, N, pl.Kp, pl.K, C, ldc, accumulate);
-        else
-            kernel(Ap, pw->panels, M, N, pl.Kp, C, ldc, accumulate);
+        kernel(Ap, pw->panels, M, N, pl.Kp, pl.K, C, ldc, accumulate);
         return QLAB_OK;
     }
     for (int p0 = 0; p0 < pl.npanels; p0 += pl.chunk_panels) {
@@ -551,10 +549,8 @@ static qlab_status multiply_a(bf16_path path, const gemm_plan *plan, const uint1
         if (path == BF16_PATH_BLAS)
             gemm_bf16_blas(Ap, (size_t)pl.Kp, panels, (size_t)GEMM_BF16_PANEL * pl.Kp, M, ncols, pl.Kp,
                            C + n0, ldc, accumulate, Af, Bf, p0 > 0, pl.threads);
-        else if (path == BF16_PATH_AVX512BF16)
-            gemm_bf16_kernel_avx512bf16_k(Ap, panels, M, ncols, pl.Kp, pl.K, C + n0, ldc, accumulate);
         else
-            kernel(Ap, panels, M, ncols, pl.Kp, C + n0, ldc, accumulate);
+            kernel(Ap, panels, M, ncols, pl.Kp, pl.K, C + n0, ldc, accumulate);
     }
     return QLAB_OK;
 }

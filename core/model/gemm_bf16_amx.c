@@ -121,8 +121,9 @@ static inline __attribute__((always_inline)) void block32(const uint16_t *Ap, si
     }
 }
 
-void gemm_bf16_kernel_amx(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, float *C, int ldc,
-                          int accumulate) {
+void gemm_bf16_kernel_amx(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, int K, float *C,
+                          int ldc, int accumulate) {
+    (void)K; /* tiles of 32 k values: the padding is at most one tile step */
     int npanels = (ncols + GEMM_BF16_PANEL - 1) / GEMM_BF16_PANEL;
     int mt = (M + 31) / 32, nt = (npanels + 1) / 2;
     long tiles = (long)mt * nt;

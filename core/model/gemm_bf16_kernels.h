@@ -26,9 +26,11 @@ static inline int gemm_bf16_mp(int m) {
 }
 
 /* C[m][n] (m < M, n < ncols) = / += A_m . B_n over the packed operands; B holds ceil(ncols/16) panels.
- * Runs an OpenMP loop over output tiles (each tile on one thread). */
-typedef void (*gemm_bf16_kernel)(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, float *C,
-                                 int ldc, int accumulate);
+ * Runs an OpenMP loop over output tiles (each tile on one thread). K (<= Kp) is the product's own depth:
+ * the packed k values past it are zeros, which a kernel may skip when that keeps its bits (the AVX-512 BF16
+ * kernel does; the others run all Kp). */
+typedef void (*gemm_bf16_kernel)(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, int K,
+                                 float *C, int ldc, int accumulate);
 
 /* One product on the calling thread (no OpenMP), for callers that already run one task per thread: C (M x
  * ncols) = / += A . B over k pairs [0, Kp/2), A rows lda elements apart (rows up to M rounded up to 32
@@ -63,15 +65,12 @@ void gemm_bf16_block(bf16_path path, const uint16_t *A, size_t lda, const uint16
  * i < M, k < K; zero elsewhere. Mp is a multiple of 16. */
 void gemm_bf16_pack_at(uint16_t *Ap, int Kp, const float *A, int lda, int K, int M, int Mp);
 
-void gemm_bf16_kernel_avx512bf16(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, float *C,
-                                 int ldc, int accumulate);
-/* The same product over the first Kused of the Kp packed k values and one pair of the zero padding past
- * them, not all of it (the LoRA products have K = r, e.g. 8, padded to 32). Zero products leave an
- * accumulator unchanged except one flushed to -0 (a negative result under the instruction's flush to
- * zero), which the first zero pair turns into +0; so the bits are those of the whole Kp loop
- * (tests/test_gemm_bf16.c: K 8 and 16, and the subnormal shapes). */
-void gemm_bf16_kernel_avx512bf16_k(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp,
-                                   int Kused, float *C, int ldc, int accumulate);
+/* Runs the k pairs up to K and one pair of the zero padding past them, not all of it (the LoRA products have
+ * K = r, e.g. 8, padded to 32). Zero products leave an accumulator unchanged except one flushed to -0 (a
+ * negative result under the instruction's flush to zero), which the first zero pair turns into +0; so the
+ * bits are those of the whole Kp loop (tests/test_gemm_bf16.c: K 8 and 16, and the subnormal shapes). */
+void gemm_bf16_kernel_avx512bf16(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, int K,
+                                 float *C, int ldc, int accumulate);
 void gemm_bf16_round_avx512bf16(uint16_t *out, const float *in, size_t n);
 void gemm_bf16_scale_round_avx512bf16(uint16_t *out, const float *x, float r, const float *w, int n,
                                       int width);
@@ -122,8 +121,8 @@ void gemm_bf16_multiply(bf16_path path, const uint16_t *Ap, const uint16_t *Bp, 
  * gemm_bf16_block_amx, end after the last. */
 void gemm_bf16_amx_begin(void);
 void gemm_bf16_amx_end(void);
-void gemm_bf16_kernel_amx(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, float *C, int ldc,
-                          int accumulate);
+void gemm_bf16_kernel_amx(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, int K, float *C,
+                          int ldc, int accumulate);
 /* Whether the CPU has AMX-TILE and AMX-BF16 and Linux granted this process the tile data state
  * (arch_prctl(ARCH_REQ_XCOMP_PERM)); asks once. */
 int gemm_bf16_amx_usable(void);
