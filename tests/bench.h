@@ -60,6 +60,12 @@ static inline double bench_time_steps(model *m, const int *tokens, const int *ta
     return best;
 }
 
+/* Element i (in storage order) of the A (b = 0) or B (b = 1) operand every GEMM benchmark multiplies:
+ * sgemm, qlab's bf16 paths and oneDNN see the same values. */
+static inline float bench_gemm_value(int b, size_t i) {
+    return b ? (float)((i * 53) % 97) / 97.0f - 0.5f : (float)((i * 37) % 101) / 101.0f - 0.5f;
+}
+
 /* GFLOP/s of the best of reps bf16_gemm calls (after one warm-up) on the active path; 0 on failure. */
 static inline double bench_bf16_gflops(int ta, int tb, int M, int N, int K, int reps) {
     int lda = ta ? M : K, ldb = tb ? K : N;
@@ -69,9 +75,9 @@ static inline double bench_bf16_gflops(int ta, int tb, int M, int N, int K, int 
     double best = 1e30;
     if (A && B && C) {
         for (size_t i = 0; i < (size_t)M * K; i++)
-            A[i] = (float)((i * 37) % 101) / 101.0f - 0.5f;
+            A[i] = bench_gemm_value(0, i);
         for (size_t i = 0; i < (size_t)K * N; i++)
-            B[i] = (float)((i * 53) % 97) / 97.0f - 0.5f;
+            B[i] = bench_gemm_value(1, i);
         for (int r = 0; r < reps + 1; r++) {
             double t0 = qlab_now();
             if (bf16_gemm(ta, tb, M, N, K, A, lda, B, ldb, 0, C, N) != QLAB_OK) break;
@@ -113,9 +119,9 @@ static inline double bench_sgemm_gflops(int M, int N, int K, int reps) {
     float *C = qlab_alloc_aligned(sizeof(float) * (size_t)M * N);
     if (!A || !B || !C) return 0;
     for (size_t i = 0; i < (size_t)M * K; i++)
-        A[i] = (float)((i * 37) % 101) / 101.0f - 0.5f;
+        A[i] = bench_gemm_value(0, i);
     for (size_t i = 0; i < (size_t)K * N; i++)
-        B[i] = (float)((i * 53) % 97) / 97.0f - 0.5f;
+        B[i] = bench_gemm_value(1, i);
     double best = 1e30;
     for (int r = 0; r < reps + 1; r++) {
         double t0 = qlab_now();

@@ -58,8 +58,7 @@ static inline int dnnl_run_init(dnnl_run *r, int ta, int tb, int M, int N, int K
         if (dnnl_memory_get_data_handle(r->mem[i], &h) != dnnl_success || !h) return 0;
         size_t n = i == 0 ? (size_t)M * K : (size_t)K * N;
         for (size_t j = 0; j < n; j++) /* the values bench_bf16_gflops multiplies, rounded to bf16 */
-            ((uint16_t *)h)[j] =
-                f32_to_bf16((float)((j * (i ? 53 : 37)) % (i ? 97 : 101)) / (i ? 97.0f : 101.0f) - 0.5f);
+            ((uint16_t *)h)[j] = f32_to_bf16(bench_gemm_value(i, j));
     }
     return 1;
 }
