@@ -216,8 +216,8 @@ static void test_shape(const shape *s) {
 }
 
 int main(void) {
-    const shape shapes[] = {{2, 150, 4, 2, 40}, {1, 64, 2, 2, 32}, {1, 5, 3, 1, 8},
-                            {2, 200, 2, 2, 64}, {3, 96, 4, 2, 40}, {2, 32, 2, 1, 8}};
+    const shape shapes[] = {{2, 150, 4, 2, 40}, {1, 64, 2, 2, 32}, {1, 5, 3, 1, 8},  {2, 200, 2, 2, 64},
+                            {3, 96, 4, 2, 40},  {2, 32, 2, 1, 8},  {1, 300, 2, 1, 8}};
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
         test_shape(&shapes[i]);
     return check_summary();

@@ -37,6 +37,7 @@ static void softmax_round_rows(float *S, int r0, int r1, int T, float scale, uin
         float *row = S + (size_t)(t - r0) * T, *dst = keep ? keep + (size_t)(t - r0) * T : NULL;
         uint16_t *out = Aa + (size_t)(t - r0) * Kr;
         int n = t + 1;
+        if (vector && gemm_bf16_softmax_round_avx512bf16(row, dst, out, n, scale, keep ? T : 0, Kr)) continue;
         float inv = 1.0f / vm_scale_exp_sum(row, (size_t)n, scale);
         if (vector) {
             gemm_bf16_normalize_round_avx512bf16(row, dst, out, n, inv, keep ? T : 0, Kr);
@@ -317,18 +318,28 @@ static void head_backward_block(const att_bwd_plan *pl, const att_bwd_ws *w, con
                         gemm_bf16_mp(rows));
     gemm_bf16_block(pl->path, w->a, (size_t)pl->Kq, w->vt, bq, rows, r1, pl->Kq, ds + (size_t)r0 * T, T, 0,
                     w->wide);
-    for (int t = r0; t < r1; t++) {
-        float *dr = ds + (size_t)t * T;
-        vm_softmax_grad(dr, P + (size_t)(t - r0) * T, (size_t)t + 1, scale);
-        memset(dr + t + 1, 0, sizeof(float) * (size_t)(r1 - t - 1));
+    if (gemm_bf16_vector_packing()) { /* the loops below fused: ds rounded straight from registers */
+        for (int t = r0; t < r1; t += 2)
+            gemm_bf16_att_grad_pair_avx512bf16(
+                ds + (size_t)t * T, P + (size_t)(t - r0) * T, (size_t)T, t, r1 - t < 2 ? r1 - t : 2,
+                t + 2 < T ? t + 2 : T, scale, w->dsp + (size_t)t * GEMM_BF16_PANEL,
+                w->attp + (size_t)t * GEMM_BF16_PANEL, bs, w->a + (size_t)(t - r0) * Kr, Kr);
+        memset(w->a + (size_t)rows * Kr, 0, sizeof(uint16_t) * (size_t)(gemm_bf16_mp(rows) - rows) * Kr);
+    } else {
+        for (int t = r0; t < r1; t++) {
+            float *dr = ds + (size_t)t * T;
+            vm_softmax_grad(dr, P + (size_t)(t - r0) * T, (size_t)t + 1, scale);
+            memset(dr + t + 1, 0, sizeof(float) * (size_t)(r1 - t - 1));
+        }
+        for (int t = r0; t < r1; t += 2) { /* pair t/2: rows t and t + 1, keys up to t + 1 */
+            int valid = r1 - t < 2 ? r1 - t : 2, cols = t + 2 < T ? t + 2 : T;
+            size_t at = (size_t)(t / 2) * 2 * GEMM_BF16_PANEL;
+            gemm_bf16_pack_bn(w->dsp + at, bs, 1, ds + (size_t)t * T, (size_t)T, valid, cols, w->tmp, 0);
+            gemm_bf16_pack_bn(w->attp + at, bs, 1, P + (size_t)(t - r0) * T, (size_t)T, valid, cols, w->tmp,
+                              0);
+        }
+        gemm_bf16_pack_rows(w->a, Kr, ds + (size_t)r0 * T, (size_t)T, rows, r1, gemm_bf16_mp(rows));
     }
-    for (int t = r0; t < r1; t += 2) { /* pair t/2: rows t and t + 1, keys up to t + 1 */
-        int valid = r1 - t < 2 ? r1 - t : 2, cols = t + 2 < T ? t + 2 : T;
-        size_t at = (size_t)(t / 2) * 2 * GEMM_BF16_PANEL;
-        gemm_bf16_pack_bn(w->dsp + at, bs, 1, ds + (size_t)t * T, (size_t)T, valid, cols, w->tmp, 0);
-        gemm_bf16_pack_bn(w->attp + at, bs, 1, P + (size_t)(t - r0) * T, (size_t)T, valid, cols, w->tmp, 0);
-    }
-    gemm_bf16_pack_rows(w->a, Kr, ds + (size_t)r0 * T, (size_t)T, rows, r1, gemm_bf16_mp(rows));
     gemm_bf16_block(pl->path, w->a, (size_t)Kr, w->kn, bs, rows, HS, Kr, dqb + (size_t)r0 * qstride, qstride,
                     0, w->wide);
 }

@@ -8,6 +8,7 @@
 #include <immintrin.h>
 #include <string.h>
 
+#include "core/base/vmath_avx512_inline.h"
 #include "core/model/gemm_bf16_kernels.h"
 
 #define MR 8
@@ -290,4 +291,53 @@ void gemm_bf16_normalize_round_avx512bf16(const float *row, float *dst, uint16_t
         _mm512_mask_storeu_ps(dst + i, (__mmask16)((1u << lrow) - 1), v);
         _mm256_mask_storeu_epi16(out + i, (__mmask16)((1u << lout) - 1), round16(v));
     }
+}
+
+static inline __mmask16 lanes(int n) {
+    return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
+}
+
+int gemm_bf16_softmax_round_avx512bf16(const float *row, float *dst, uint16_t *out, int n, float scale,
+                                       int len, int Kr) {
+    if (n > VM_ROW) return 0;
+    __m512 e[VM_ROW / 16];
+    float inv = 1.0f / scale_exp_sum16(e, row, (size_t)n, scale);
+    __m512 vi = _mm512_set1_ps(inv);
+    int nv = (n + 15) / 16;
+    /* as gemm_bf16_normalize_round_avx512bf16: zeros (times inv) past n */
+    for (int i = 0, j = 0; i < n || i < len || i < Kr; i += 16, j++) {
+        __m512 v = _mm512_mul_ps(j < nv ? e[j] : _mm512_setzero_ps(), vi);
+        __mmask16 mrow = lanes(len - i), mout = lanes(Kr - i);
+        if (mrow) _mm512_mask_storeu_ps(dst + i, mrow, v);
+        if (mout) _mm256_mask_storeu_epi16(out + i, mout, round16(v));
+    }
+    return 1;
+}
+
+void gemm_bf16_att_grad_pair_avx512bf16(const float *dp, const float *p, size_t ld, int t, int valid,
+                                        int cols, float scale, uint16_t *dsp, uint16_t *attp, size_t bstride,
+                                        uint16_t *a, int Ka) {
+    const float *dp1 = dp + ld, *p1 = p + ld;
+    __m512 s = _mm512_set1_ps(scale), tot0 = _mm512_set1_ps(softmax_grad_total16(dp, p, (size_t)t + 1));
+    __m512 tot1 = valid == 2 ? _mm512_set1_ps(softmax_grad_total16(dp1, p1, (size_t)t + 2)) : tot0;
+    int npan = (cols + 15) / 16;
+    for (int j = 0; j < npan; j++) {
+        int i = 16 * j;
+        __mmask16 m0 = lanes(t + 1 - i), m1 = valid == 2 ? lanes(t + 2 - i) : 0, mc = lanes(cols - i);
+        /* ds: the softmax backward on and below the diagonal, zero past it */
+        __m512 g0 = _mm512_maskz_mov_ps(
+            m0, softmax_grad16(s, _mm512_maskz_loadu_ps(m0, p + i), _mm512_maskz_loadu_ps(m0, dp + i), tot0));
+        __m512 g1 = _mm512_maskz_mov_ps(m1, softmax_grad16(s, _mm512_maskz_loadu_ps(m1, p1 + i),
+                                                           _mm512_maskz_loadu_ps(m1, dp1 + i), tot1));
+        __m512i lo = round32(g0), hi = round32(g1);
+        _mm512_storeu_si512(dsp + (size_t)j * bstride, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+        _mm256_storeu_si256((__m256i *)(a + i), _mm512_cvtepi32_epi16(lo));
+        if (valid == 2) _mm256_storeu_si256((__m256i *)(a + Ka + i), _mm512_cvtepi32_epi16(hi));
+        /* the probabilities as gemm_bf16_pack_bn reads them: keys [0, cols) */
+        __m512i plo = round32(_mm512_maskz_loadu_ps(mc, p + i));
+        __m512i phi = valid == 2 ? round32(_mm512_maskz_loadu_ps(mc, p1 + i)) : _mm512_setzero_si512();
+        _mm512_storeu_si512(attp + (size_t)j * bstride, _mm512_or_si512(plo, _mm512_slli_epi32(phi, 16)));
+    }
+    for (int r = 0; r < valid; r++)
+        memset(a + (size_t)r * Ka + 16 * npan, 0, sizeof(uint16_t) * (size_t)(Ka - 16 * npan));
 }

@@ -100,6 +100,20 @@ void gemm_bf16_pack_bn_avx512bf16(uint16_t *dst, size_t bstride, int npairs, con
                                   int rows, int cols, int stream);
 void gemm_bf16_normalize_round_avx512bf16(const float *row, float *dst, uint16_t *out, int n, float inv,
                                           int len, int Kr);
+/* The whole softmax row of attention_bf16.c in one pass when n <= 256: inv = 1 / vm_scale_exp_sum(row, n,
+ * scale) (the row stays in registers and is not written), then as gemm_bf16_normalize_round_avx512bf16 with
+ * that inv. Returns 0, having done nothing, for longer rows. */
+int gemm_bf16_softmax_round_avx512bf16(const float *row, float *dst, uint16_t *out, int n, float scale,
+                                       int len, int Kr);
+/* Rows t and t + 1 (valid of them, 1 or 2) of attention's backward, from d(att) (dp, the rows ld floats
+ * apart) and the probabilities p (as the forward formed them, ld apart): the score gradients ds = the
+ * softmax backward (vm_softmax_grad over keys [0, t] of row t, [0, t + 1] of row t + 1; zero past them), and
+ * p, rounded to bf16 into pair t / 2 of the B panels dsp and attp (the pointers at that pair, panels bstride
+ * apart, keys [0, cols) as gemm_bf16_pack_bn_avx512bf16 writes them), and ds as rows of a packed A (a, rows
+ * Ka apart; zero from key cols on). ds itself is not stored. */
+void gemm_bf16_att_grad_pair_avx512bf16(const float *dp, const float *p, size_t ld, int t, int valid,
+                                        int cols, float scale, uint16_t *dsp, uint16_t *attp, size_t bstride,
+                                        uint16_t *a, int Ka);
 /* At (MpT rows, ldt apart) = the transpose of a packed A (KT rows of Kp, zero padded): At[m][k] = Ap[k][m]
  * for m < MpT, k < KT. MpT <= Kp, both multiples of 16; KT a multiple of 32. */
 void gemm_bf16_transpose_packed_avx512bf16(uint16_t *At, size_t ldt, int KT, const uint16_t *Ap, int Kp,
