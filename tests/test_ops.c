@@ -10,6 +10,7 @@
 
 #include "tests/check.h"
 #include "core/base/common.h"
+#include "core/base/vmath.h"
 #include "core/model/linear.h"
 #include "core/model/ops.h"
 #include "core/base/rng.h"
@@ -317,6 +318,26 @@ static void test_swiglu_residual(void) {
     swiglu_backward(dg, du, c.w, c.x[0], c.x[1], n);
     check_grad("swiglu dgate", &c, c.x[0], dg, n);
     check_grad("swiglu dup", &c, c.x[1], du, n);
+    /* vm_swiglu_backward (the bf16 row backward's fused form): swiglu_backward_rows on zeroed buffers and
+     * vm_silu_mul, bit for bit, on both vmath paths; dout zero where u < 0 makes signed zeros, which the
+     * fused form must store as +0 as the additions to zero do */
+    float *dout = rand_buf(n, 1), *hs = zero_buf(n), *fg = zero_buf(n), *fu = zero_buf(n), *fo = zero_buf(n);
+    for (size_t i = 0; i < n; i += 3)
+        dout[i] = 0.0f;
+    for (int path = 0; path < 2; path++) {
+        vm_force_c(path);
+        memset(dg, 0, sizeof(float) * n), memset(du, 0, sizeof(float) * n);
+        swiglu_backward_rows(dg, du, dout, c.x[0], c.x[1], n);
+        vm_silu_mul(hs, c.x[0], c.x[1], n);
+        memcpy(fo, dout, sizeof(float) * n);
+        vm_swiglu_backward(fg, fu, fo, fo, c.x[0], c.x[1], n); /* the output over dout */
+        CHECKF(memcmp(dg, fg, sizeof(float) * n) == 0 && memcmp(du, fu, sizeof(float) * n) == 0 &&
+                   memcmp(hs, fo, sizeof(float) * n) == 0,
+               "vm_swiglu_backward differs from swiglu_backward_rows + vm_silu_mul (%s path)",
+               vm_path_name());
+    }
+    vm_force_c(0);
+    free(dout), free(hs), free(fg), free(fu), free(fo);
     c.forward = fwd_residual;
     float *da = zero_buf(n), *db = zero_buf(n);
     residual_backward(da, db, c.w, n);

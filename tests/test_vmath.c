@@ -91,7 +91,9 @@ static void test_paths_bit_exact(void) {
     }
     enum { N = 49153 };
     float *x = malloc(sizeof(float) * N), *u = malloc(sizeof(float) * N);
-    float *y1 = malloc(sizeof(float) * N), *y2 = malloc(sizeof(float) * N);
+    float *y1 = malloc(sizeof(float) * N), *y2 = malloc(sizeof(float) * N), *sw[2][2];
+    for (int i = 0; i < 4; i++)
+        sw[i / 2][i % 2] = malloc(sizeof(float) * N);
     rng_state r;
     rng_seed(&r, 11);
     size_t lens[] = {0, 1, 2, 7, 15, 16, 17, 31, 33, 100, 255, 256, 257, 1000, 4095, N};
@@ -142,6 +144,17 @@ static void test_paths_bit_exact(void) {
         vm_force_c(0);
         vm_sigmoid(y2, x, n);
         bad += !same_bits(y1, y2, n);
+
+        /* SwiGLU's backward: both gradients and the output formed again over dout (in place) */
+        for (int path = 0; path < 2; path++) {
+            float *hs = path ? y2 : y1;
+            memcpy(hs, u, sizeof(float) * n); /* dout */
+            vm_force_c(!path);
+            vm_swiglu_backward(sw[path][0], sw[path][1], hs, hs, x, u, n);
+        }
+        vm_force_c(0);
+        bad +=
+            !same_bits(sw[0][0], sw[1][0], n) || !same_bits(sw[0][1], sw[1][1], n) || !same_bits(y1, y2, n);
 
         vm_force_c(1);
         s1 = vm_dot_f64(x, u, n);
@@ -237,6 +250,8 @@ static void test_paths_bit_exact(void) {
         bad_bits += bits_of(y1[i]) != bits_of(y2[i]) && !(isnan(y1[i]) && isnan(y2[i]));
     CHECKF(bad_bits == 0, "%d of %zu special inputs differ between paths", bad_bits, n);
     free(x), free(u), free(y1), free(y2);
+    for (int i = 0; i < 4; i++)
+        free(sw[i / 2][i % 2]);
 }
 
 static void test_sums_and_max(void) {

@@ -137,6 +137,16 @@ static void sigmoid_c(float *s, const float *g, size_t n) {
         s[i] = 1.0f / (1.0f + vm_expf(-g[i]));
 }
 
+static void swiglu_backward_c(float *dgate, float *dup, float *hs, const float *dout, const float *g,
+                              const float *u, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        float gi = g[i], ui = u[i], d = dout[i], den = 1.0f + vm_expf(-gi), s = 1.0f / den;
+        dgate[i] = 0.0f + d * ui * (s + gi * s * (1.0f - s));
+        dup[i] = 0.0f + d * (gi * s);
+        if (hs) hs[i] = gi / den * ui;
+    }
+}
+
 /* ---------------------------------------------------------------- dispatch */
 
 static int force_c_;
@@ -251,4 +261,12 @@ void vm_sigmoid(float *s, const float *g, size_t n) {
         vm_sigmoid_avx512(s, g, n);
     else
         sigmoid_c(s, g, n);
+}
+
+void vm_swiglu_backward(float *dgate, float *dup, float *hs, const float *dout, const float *g,
+                        const float *u, size_t n) {
+    if (use_avx512())
+        vm_swiglu_backward_avx512(dgate, dup, hs, dout, g, u, n);
+    else
+        swiglu_backward_c(dgate, dup, hs, dout, g, u, n);
 }

@@ -59,6 +59,13 @@ void vm_silu_mul(float *out, const float *g, const float *u, size_t n);
 /* s[i] = 1 / (1 + exp(-g[i])). */
 void vm_sigmoid(float *s, const float *g, size_t n);
 
+/* SwiGLU's backward with its forward output formed again, one exponential per element: with s = sigmoid(g)
+ * as vm_sigmoid forms it, dgate = 0 + dout u (s + g s (1 - s)) and dup = 0 + dout (g s) (the expressions and
+ * order of swiglu_backward_rows on zeroed buffers, so the same bits), and, when hs is not NULL, hs = silu(g)
+ * u as vm_silu_mul forms it. hs may be dout (each element is read before it is written). */
+void vm_swiglu_backward(float *dgate, float *dup, float *hs, const float *dout, const float *g,
+                        const float *u, size_t n);
+
 /* out[i] = a[i] + b[i]. */
 void vm_add(float *out, const float *a, const float *b, size_t n);
 

@@ -245,3 +245,18 @@ void vm_sigmoid_avx512(float *s, const float *g, size_t n) {
         _mm512_mask_storeu_ps(s + i, m, _mm512_div_ps(one, _mm512_add_ps(one, e)));
     }
 }
+
+void vm_swiglu_backward_avx512(float *dgate, float *dup, float *hs, const float *dout, const float *g,
+                               const float *u, size_t n) {
+    __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 vg = load(g + i, m), vu = load(u + i, m), d = load(dout + i, m);
+        __m512 den = _mm512_add_ps(one, exp16(neg(vg))), s = _mm512_div_ps(one, den);
+        /* s + g s (1 - s), then dout u times it: the C expression's order, no contraction */
+        __m512 ds = _mm512_add_ps(s, _mm512_mul_ps(_mm512_mul_ps(vg, s), _mm512_sub_ps(one, s)));
+        _mm512_mask_storeu_ps(dgate + i, m, _mm512_add_ps(zero, _mm512_mul_ps(_mm512_mul_ps(d, vu), ds)));
+        _mm512_mask_storeu_ps(dup + i, m, _mm512_add_ps(zero, _mm512_mul_ps(d, _mm512_mul_ps(vg, s))));
+        if (hs) _mm512_mask_storeu_ps(hs + i, m, _mm512_mul_ps(_mm512_div_ps(vg, den), vu));
+    }
+}

@@ -41,5 +41,7 @@ void vm_rotate_pairs_avx512(float *y, const float *x, const float *c, const floa
 void vm_softmax_grad_avx512(float *d, const float *p, size_t n, float scale);
 void vm_silu_mul_avx512(float *out, const float *g, const float *u, size_t n);
 void vm_sigmoid_avx512(float *s, const float *g, size_t n);
+void vm_swiglu_backward_avx512(float *dgate, float *dup, float *hs, const float *dout, const float *g,
+                               const float *u, size_t n);
 
 #endif

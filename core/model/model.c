@@ -1600,13 +1600,10 @@ static void model_brows_ffn(model *m, const model_brows *p, model_brows_ws *ws, 
     float *dres = g->dresidual + off, *dln = g->dln + off, *dhs = ws->f1, *dh1 = ws->f2, *dh3 = ws->f3;
     model_brows_dout(p, ws, PROJ_DOWN, dres, D, r0, rows);
     model_brows_dinp(p, ws, rows, &pd[PROJ_DOWN], dhs, 1);
-    memset(dh1, 0, sizeof(float) * nh);
-    memset(dh3, 0, sizeof(float) * nh);
-    swiglu_backward_rows(dh1, dh3, dhs, x.h1 + offh, x.h3 + offh, nh);
-    if (p->x_hs) { /* the down projection's input again, while h1 and h3 are in cache */
-        vm_silu_mul(dhs, x.h1 + offh, x.h3 + offh, nh);
-        model_brows_input(p, ws, p->x_hs, dhs, H, r0, rows);
-    }
+    /* SwiGLU's backward and, when the down projection trains, its input again (over dhs) from the same
+     * exponentials */
+    vm_swiglu_backward(dh1, dh3, p->x_hs ? dhs : NULL, dhs, x.h1 + offh, x.h3 + offh, nh);
+    model_brows_input(p, ws, p->x_hs, dhs, H, r0, rows);
     if (p->x_ln) { /* gate's and up's input: the norm's output again */
         rmsnorm_apply_rows(dhs, x.res2 + off, m->params.rms_ffn + (size_t)l * D, x.ln2_rstd + r0, rows, D);
         model_brows_input(p, ws, p->x_ln, dhs, D, r0, rows);
