@@ -38,8 +38,9 @@ static double lora_forward_flops(const model_config *c, int N, int r) {
 
 /* The best bf16 GEMM rate over the model's product shapes (forward, input gradient and weight gradient of
  * the 256 -> 688, 688 -> 256 and 256 -> 256 projections over 1024 tokens): qlab's active path, and oneDNN's
- * bf16 matmul where it is installed (on bf16 inputs), whichever is faster; which names the winner. */
-static double best_bf16_gemm(int N, int D, int H, char *which, size_t n) {
+ * bf16 matmul where it is installed (on bf16 inputs), whichever is faster; which names the winner and *lib
+ * says whether it was oneDNN. */
+static double best_bf16_gemm(int N, int D, int H, char *which, size_t n, int *lib) {
     struct {
         const char *what;
         int ta, tb, M, Nn, K;
@@ -51,11 +52,12 @@ static double best_bf16_gemm(int N, int D, int H, char *which, size_t n) {
         char what[32], impl[64] = "";
         snprintf(what, sizeof what, shapes[s].what, shapes[s].M, shapes[s].Nn, shapes[s].K);
         double g = bench_bf16_gflops(shapes[s].ta, shapes[s].tb, shapes[s].M, shapes[s].Nn, shapes[s].K, 30);
-        if (g > best) best = g, snprintf(which, n, "qlab %s %s", bf16_path_name(bf16_active_path()), what);
+        if (g > best)
+            best = g, *lib = 0, snprintf(which, n, "qlab %s %s", bf16_path_name(bf16_active_path()), what);
 #ifdef QLAB_DNNL_MEASURED
         g = dnnl_bf16_gflops(shapes[s].ta, shapes[s].tb, shapes[s].M, shapes[s].Nn, shapes[s].K, 30, impl,
                              sizeof impl);
-        if (g > best) best = g, snprintf(which, n, "oneDNN %s %s", impl, what);
+        if (g > best) best = g, *lib = 1, snprintf(which, n, "oneDNN %s %s", impl, what);
 #endif
     }
     return best;
@@ -118,7 +120,8 @@ int main(int argc, char **argv) {
         tokens[i] = (int)rng_below(&rng, 512), targets[i] = (int)rng_below(&rng, 512);
 
     char which[96] = "", which2[96] = "";
-    double limit = best_bf16_gemm(N, c.dim, c.hidden_dim, which, sizeof which);
+    int lib = 0, lib2 = 0;
+    double limit = best_bf16_gemm(N, c.dim, c.hidden_dim, which, sizeof which, &lib);
     printf("bench_bf16_model: B=%d T=%d, %d threads (OpenMP wait %s), bf16 path %s; best bf16 gemm %.1f "
            "GFLOP/s (%s)\n",
            B, T, qlab_num_threads(), qlab_openmp_wait_policy(), path, limit, which);
@@ -137,13 +140,12 @@ int main(int argc, char **argv) {
         for (int j = 0; j < 3; j++)
             if (t[k][j] < 0) return qlab_report_error("bench_bf16_model");
     }
-    double limit_after = best_bf16_gemm(N, c.dim, c.hidden_dim, which2, sizeof which2);
-    if (limit_after > limit) limit = limit_after, memcpy(which, which2, sizeof which);
+    double limit_after = best_bf16_gemm(N, c.dim, c.hidden_dim, which2, sizeof which2, &lib2);
+    if (limit_after > limit) limit = limit_after, lib = lib2, memcpy(which, which2, sizeof which);
     printf("bench_bf16_model: best bf16 gemm after the runs %.1f GFLOP/s; limit %.1f GFLOP/s (%s)\n",
            limit_after, limit, which);
 
     char name[96], lim[64];
-    int lib = strncmp(which, "oneDNN", 6) == 0;
     snprintf(lim, sizeof lim, "best bf16 gemm (%s)", lib ? "oneDNN" : path);
     snprintf(name, sizeof name, "bf16 gemm best, %s", lib ? "oneDNN matmul" : path);
     bench_emit(name, limit, "GFLOP/s", "-", 0, 0);
