@@ -49,8 +49,8 @@ static void finetune_usage(FILE *f) {
         "  --eval-fraction F       or hold out this fraction of --data (default 0.1)\n"
         "  --eval-every N          held-out response NLL every N steps (default: 10 evaluations per run)\n"
         "Base model:\n"
-        "  --tokenizer T           tokenizer.bin or tokenizer.json (default: tokenizer.json beside a HF "
-        "model)\n"
+        "  --tokenizer T           tokenizer.bin, tokenizer.json or GGUF (default: a GGUF model's own, else\n"
+        "                          the tokenizer.json of a Hugging Face model directory)\n"
         "  --dtype D               fp32 (LoRA on an fp32 base) or a 4-bit type (default nf4; 'qlab dtypes'\n"
         "                          lists them)\n"
         "  --blocksize B           quantization block size (default 64)\n"
@@ -355,12 +355,17 @@ static int build_options(ft_run *r) {
 #ifdef _OPENMP
     if (a->threads) omp_set_num_threads((int)a->threads);
 #endif
-    /* --tokenizer defaults to the tokenizer.json of a Hugging Face model directory */
+    /* --tokenizer defaults to a GGUF model's own (as in ppl, generate and mmlu), else the tokenizer.json of
+     * a Hugging Face model directory */
     r->tok_path = a->tokenizer;
+    checkpoint_format fmt = CHECKPOINT_UNKNOWN;
+    if (!r->tok_path && checkpoint_detect(a->model, &fmt) == QLAB_OK && fmt == CHECKPOINT_GGUF)
+        r->tok_path = a->model;
     if (!r->tok_path) {
         snprintf(r->tok_buf, sizeof r->tok_buf, "%s/tokenizer.json", a->model);
         if (!file_exists(r->tok_buf)) {
-            fprintf(stderr, "%s: --tokenizer is needed (no tokenizer.json beside %s)\n", FT_CMD, a->model);
+            fprintf(stderr, "%s: --tokenizer is needed (%s is not a GGUF file and has no tokenizer.json)\n",
+                    FT_CMD, a->model);
             return 2;
         }
         r->tok_path = r->tok_buf;

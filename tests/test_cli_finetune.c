@@ -222,6 +222,33 @@ static void test_bad_record(void) {
     CHECKF(stat(dir, &sb) != 0, "%s was created by a failed run", dir);
 }
 
+/* Without --tokenizer a GGUF model's own tokenizer is used, as in ppl, generate and mmlu: a GGUF that has
+ * none (stories260K written by checkpoint_save_gguf) is refused with one line naming it and nothing
+ * written; SmolLM2-135M's GGUF (which embeds its tokenizer) runs one short step to a PEFT directory. */
+static void test_gguf_tokenizer(void) {
+    const char *gguf = tmp_path("s260k.gguf"), *dir = tmp_path("gguf_never"), *err = tmp_path("gguf.err");
+    model *m = NULL;
+    CHECK(checkpoint_load(model_path, &m) == QLAB_OK &&
+          checkpoint_save_gguf(m, gguf, CHECKPOINT_F32) == QLAB_OK);
+    model_free(m);
+    pid_t p = start(err, "--model", gguf, "--data", alpaca_path, "--out", dir, "--steps", "1", NULL);
+    int rc = finish(p, err);
+    CHECKF(rc != 0 && strstr(err_text, gguf) && strstr(err_text, "has no tokenizer"), "exit %d: %s", rc,
+           err_text);
+    struct stat sb;
+    CHECKF(stat(dir, &sb) != 0, "%s was created by a failed run", dir);
+    const char *smol = shared_data_path("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if (!smol) {
+        SKIP("../shared/data/models/SmolLM2-135M-Instruct.Q4_1.gguf missing: its own tokenizer not run");
+        return;
+    }
+    const char *out = tmp_path("gguf_smol"), *cfg = tmp_path("gguf_smol/adapter_config.json");
+    p = start(err, "--model", smol, "--data", alpaca_path, "--out", out, "--steps", "1", "--batch", "1",
+              "--max-len", "32", "--eval-fraction", "0.01", "--threads", "2", NULL);
+    rc = finish(p, err);
+    CHECKF(rc == 0 && access(cfg, R_OK) == 0, "SmolLM2 GGUF without --tokenizer: exit %d: %s", rc, err_text);
+}
+
 static void test_formats(void) {
     tokenizer *tok = NULL;
     if (tokenizer_load(tok_path, &tok) != QLAB_OK) {
@@ -372,6 +399,7 @@ int main(void) {
     test_tmp_dir_create("cli_finetune");
     test_formats();
     test_bad_record();
+    test_gguf_tokenizer();
     test_full();
     test_train_kill_resume();
     test_tmp_dir_remove();
