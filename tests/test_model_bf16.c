@@ -399,8 +399,58 @@ static void test_rows_eval(int quantized) {
     model_free(m);
 }
 
+/* With a frozen classifier and no logits asked for, a bf16 forward runs the classifier over the scored
+ * positions only (model.c, model_head_compacts): the loss and every gradient equal those of the same step
+ * with the logits asked for (every position through the classifier) and of the row-chunk step, bit for
+ * bit, on every path that has the form (ref, avx512bf16, amx); for a third of the targets ignored, all but
+ * one, and none. */
+static void test_head_scored_rows(void) {
+    model *m;
+    CHECK(model_create(&m, &small) == QLAB_OK);
+    train_init_params(m, 9);
+    model_set_compute(m, QLAB_COMPUTE_BF16);
+    model_set_trainable(m, MODEL_GROUP_WCLS, 0);
+    const int B = 3, T = 32, N = B * T, V = small.vocab_size;
+    int *tokens = markov_tokens(N + 1, V, 17), *targets = malloc(sizeof(int) * N);
+    size_t count;
+    model_get_param_buffer(m, &count);
+    float *logits = malloc(sizeof(float) * N * V), *gfull = calloc(count, sizeof(float)),
+          *gscored = calloc(count, sizeof(float)), *grows = calloc(count, sizeof(float));
+    const char *paths[] = {"ref", "avx512bf16", "amx"};
+    const bf16_path ids[] = {BF16_PATH_REF, BF16_PATH_AVX512BF16, BF16_PATH_AMX};
+    for (int pi = 0; pi < 3; pi++) {
+        if (!bf16_path_available(ids[pi])) {
+            SKIP("no %s path on this CPU: its scored-rows head not tested", paths[pi]);
+            continue;
+        }
+        CHECK(bf16_force_path(paths[pi]) == QLAB_OK);
+        for (int mask = 0; mask < 3; mask++) {
+            for (int i = 0; i < N; i++) /* a third ignored; all but position 37; none */
+                targets[i] = mask == 0   ? (i % 3 == 1 ? -1 : tokens[i + 1])
+                             : mask == 1 ? (i == 37 ? tokens[i + 1] : -1)
+                                         : tokens[i + 1];
+            float lfull, lscored, lrows;
+            model_set_row_passes(m, 0);
+            run_step(m, tokens, targets, B, T, logits, gfull, &lfull); /* logits asked for: all positions */
+            run_step(m, tokens, targets, B, T, NULL, gscored, &lscored);
+            model_set_row_passes(m, 1);
+            run_step(m, tokens, targets, B, T, NULL, grows, &lrows);
+            CHECKF(
+                lfull == lscored && lfull == lrows && !memcmp(gfull, gscored, sizeof(float) * count) &&
+                    !memcmp(gfull, grows, sizeof(float) * count),
+                "%s path, targets mask %d: the scored-rows head's loss or gradients differ (loss %.9g / %.9g "
+                "/ %.9g)",
+                paths[pi], mask, lfull, lscored, lrows);
+        }
+    }
+    bf16_force_path("auto");
+    free(tokens), free(targets), free(logits), free(gfull), free(gscored), free(grows);
+    model_free(m);
+}
+
 int main(void) {
     double t0 = qlab_now();
+    test_head_scored_rows();
     test_forward_backward(0);
     test_forward_backward(1);
     test_rows_eval(0);

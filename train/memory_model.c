@@ -180,7 +180,7 @@ qlab_status memory_model_predict(const memory_model_spec *s, memory_prediction *
     if (s->qlab_buffers) {
         uint64_t head = D / (uint64_t)a->n_heads;
         scratch += 2 * T * (head / 2) * 4 /* RoPE cos and sin */
-                   + 2 * N * 4            /* the tokens and targets model.c keeps for backward */
+                   + 3 * N * 4            /* the tokens, targets and head rows model.c keeps for backward */
                    + 2 * N * 4;           /* the batch the finetuning job assembles */
     }
     b[MEMORY_SCRATCH] = scratch;

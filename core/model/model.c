@@ -83,6 +83,8 @@ struct model {
     size_t act_capacity;
     model_acts acts;
     int *saved_tokens, *saved_targets; /* (N) copies of the last forward's inputs */
+    int *head_rows; /* (N) the positions the classifier ran over when it ran over scored ones only */
+    int head_n;     /* how many (head_rows, and saved_targets holds their targets), or -1: all N */
     size_t saved_capacity;
     int B, T, have_targets, target_count;
     int checkpointing; /* keep block inputs only; recompute each block in backward */
@@ -392,12 +394,13 @@ void model_free(model *m) {
     qlab_free_aligned(m->grad_act_buffer);
     free(m->saved_tokens);
     free(m->saved_targets);
+    free(m->head_rows);
     free(m->rope_cos);
     free(m->rope_sin);
     memacct_release(MEMACCT_FP_WEIGHTS, m->num_params * sizeof(float));
     if (m->grad_buffer) memacct_release(MEMACCT_GRADIENTS, m->num_params * sizeof(float));
     memacct_release(MEMACCT_ACTIVATIONS, (m->act_capacity + m->grad_act_capacity) * sizeof(float));
-    memacct_release(MEMACCT_SCRATCH, model_rope_bytes(m) + 2 * m->saved_capacity * sizeof(int));
+    memacct_release(MEMACCT_SCRATCH, model_rope_bytes(m) + 3 * m->saved_capacity * sizeof(int));
     /* the bf16 GEMM workspace is a per-thread cache that the next product re-reserves */
     bf16_workspace_release();
     free(m);
@@ -754,7 +757,7 @@ void model_get_memory(const model *m, model_memory *out) {
     out->activations = (m->act_capacity + m->grad_act_capacity) * sizeof(float);
     out->scratch = m->tile_floats * sizeof(float) +
                    2 * (size_t)m->rope_len * (m->head_size / 2) * sizeof(float) +
-                   2 * m->saved_capacity * sizeof(int);
+                   3 * m->saved_capacity * sizeof(int);
 }
 
 const char *model_full_precision_groups(const model *m, char *buf, size_t size) {
@@ -973,21 +976,26 @@ static qlab_status model_forward_prepare(model *m, const int *tokens, int B, int
     QLAB_TRY(model_reserve(&m->act_buffer, &m->act_capacity, model_layout_acts(&m->acts, NULL, m, B, T)));
     model_layout_acts(&m->acts, m->act_buffer, m, B, T);
     if (N > m->saved_capacity) {
-        QLAB_TRY(memacct_charge(MEMACCT_SCRATCH, 2 * N * sizeof(int)));
-        int *tk = qlab_calloc(N, sizeof(int)), *tg = qlab_calloc(N, sizeof(int));
-        if (!tk || !tg) {
+        QLAB_TRY(memacct_charge(MEMACCT_SCRATCH, 3 * N * sizeof(int)));
+        int *tk = qlab_calloc(N, sizeof(int)), *tg = qlab_calloc(N, sizeof(int)),
+            *hr = qlab_calloc(N, sizeof(int));
+        if (!tk || !tg || !hr) {
             free(tk);
             free(tg);
-            memacct_release(MEMACCT_SCRATCH, 2 * N * sizeof(int));
+            free(hr);
+            memacct_release(MEMACCT_SCRATCH, 3 * N * sizeof(int));
             return qlab_fail(QLAB_ERR_NOMEM, "model_forward: cannot keep %zu tokens for backward", N);
         }
         free(m->saved_tokens);
         free(m->saved_targets);
-        memacct_release(MEMACCT_SCRATCH, 2 * m->saved_capacity * sizeof(int));
+        free(m->head_rows);
+        memacct_release(MEMACCT_SCRATCH, 3 * m->saved_capacity * sizeof(int));
         m->saved_tokens = tk;
         m->saved_targets = tg;
+        m->head_rows = hr;
         m->saved_capacity = N;
     }
+    m->head_n = -1;
     memcpy(m->saved_tokens, tokens, sizeof(int) * N);
     if (m->has_adapter && m->adapter.begin) {
         qlab_status st = m->adapter.begin(m->adapter.ctx, B, T);
@@ -1030,39 +1038,69 @@ static qlab_status model_block_forward(model *m, int l, int keep) {
 }
 
 static void model_head_loss(model *m, const int *targets, float *logits, float *loss);
+static int model_group_trains(const model *m, model_group g);
+
+/* Whether the classifier runs over the scored positions only (targets >= 0), moved to the front of lnf: a
+ * forward with targets whose logits nobody asked for, bf16 products on a path where a row's bits do not
+ * depend on the other rows (not blas; fp32 sgemm's do), and a frozen classifier (its weight gradient would
+ * sum over the positions). The loss, and every gradient of the backward, are the same bits: the skipped
+ * rows' logits only ever gave zero gradient rows. A finetune that scores only the responses skips most of
+ * the classifier, the largest product of a model with a large vocabulary. */
+static int model_head_compacts(const model *m, const int *targets, const float *logits) {
+    model_group cls = m->cfg.shared_classifier ? MODEL_GROUP_TOKEN_EMBEDDING : MODEL_GROUP_WCLS;
+    return targets && !logits && m->compute == QLAB_COMPUTE_BF16 && bf16_active_path() != BF16_PATH_BLAS &&
+           !model_group_trains(m, cls);
+}
 
 /* Final norm and classifier; with targets, the softmax and the mean loss. */
 static qlab_status model_head_forward(model *m, const int *targets, float *logits, float *loss) {
     const model_config *c = &m->cfg;
     const model_params *p = &m->params;
     model_acts *a = &m->acts;
-    int N = m->B * m->T, D = c->dim, V = c->vocab_size;
+    int N = m->B * m->T, D = c->dim, V = c->vocab_size, rows = N;
     const float *last = a->res3 + (size_t)(c->n_layers - 1) * N * D;
     rmsnorm_forward_order(a->lnf, a->lnf_rstd, last, p->rms_final, N, D, c->norm_eps,
                           m->compute == QLAB_COMPUTE_BF16);
+    if (model_head_compacts(m, targets, logits)) {
+        int n = 0;
+        for (int i = 0; i < N; i++) {
+            if (targets[i] < 0) continue;
+            if (n != i) memcpy(a->lnf + (size_t)n * D, a->lnf + (size_t)i * D, sizeof(float) * (size_t)D);
+            m->head_rows[n++] = i;
+        }
+        if (n < N) {
+            rows = m->head_n = n;
+            for (int r = 0; r < n; r++)
+                m->saved_targets[r] = targets[m->head_rows[r]];
+        }
+    }
     /* Without targets the logits go straight to the caller's buffer (no copy of N x V floats). */
     float *out = logits && !targets ? logits : a->probs;
-    if (m->packed)
-        QLAB_TRY(bf16_gemm_packed(N, a->lnf, D, &m->packed[c->n_layers * PROJ_COUNT], 0, out, V));
-    else if (m->compute == QLAB_COMPUTE_BF16)
-        QLAB_TRY(bf16_gemm(0, 1, N, V, D, a->lnf, D, p->wcls, D, 0, out, V));
-    else
+    if (rows == 0) {
+        /* every target ignored: no classifier product, no loss */
+    } else if (m->packed) {
+        QLAB_TRY(bf16_gemm_packed(rows, a->lnf, D, &m->packed[c->n_layers * PROJ_COUNT], 0, out, V));
+    } else if (m->compute == QLAB_COMPUTE_BF16) {
+        QLAB_TRY(bf16_gemm(0, 1, rows, V, D, a->lnf, D, p->wcls, D, 0, out, V));
+    } else {
         matmul_forward(out, a->lnf, p->wcls, N, D, V);
-    model_head_loss(m, targets, logits, loss);
+    }
+    model_head_loss(m, m->head_n >= 0 ? m->saved_targets : targets, logits, loss);
     return QLAB_OK;
 }
 
-/* With targets, the logits (in acts.probs) copied to logits when given, then the softmax and the mean loss;
- * without, nothing. */
+/* With targets (those of the head's rows: all N, or the scored ones when the head ran over those), the
+ * logits (in acts.probs) copied to logits when given, then the softmax and the mean loss; without,
+ * nothing. */
 static void model_head_loss(model *m, const int *targets, float *logits, float *loss) {
     model_acts *a = &m->acts;
-    int N = m->B * m->T, V = m->cfg.vocab_size;
+    int N = m->head_n >= 0 ? m->head_n : m->B * m->T, V = m->cfg.vocab_size;
     if (logits && targets) memcpy(logits, a->probs, sizeof(float) * (size_t)N * V);
     if (targets) {
         softmax_forward(a->probs, a->probs, N, V);
         float mean = crossentropy_forward(a->losses, a->probs, targets, N, V, &m->target_count);
         if (loss) *loss = mean;
-        memcpy(m->saved_targets, targets, sizeof(int) * N);
+        if (targets != m->saved_targets) memcpy(m->saved_targets, targets, sizeof(int) * N);
         m->have_targets = 1;
     } else {
         m->target_count = 0;
@@ -1355,17 +1393,25 @@ static qlab_status model_head_backward(model *m) {
     model_params *gp = &m->grads;
     const model_acts *a = &m->acts;
     model_grad_acts *g = &m->gacts;
-    int N = m->B * m->T, D = c->dim, V = c->vocab_size;
+    int N = m->B * m->T, D = c->dim, V = c->vocab_size, rows = m->head_n >= 0 ? m->head_n : N;
     size_t ND = (size_t)N * D;
-    MODEL_ZERO(g->dlogits, (size_t)N * V);
-    crossentropy_softmax_backward(g->dlogits, a->probs, m->saved_targets, N, V,
+    MODEL_ZERO(g->dlogits, (size_t)rows * V);
+    crossentropy_softmax_backward(g->dlogits, a->probs, m->saved_targets, rows, V,
                                   1.0f / (float)m->target_count);
     MODEL_ZERO(g->dln, ND);
     model_group cls_group = c->shared_classifier ? MODEL_GROUP_TOKEN_EMBEDDING : MODEL_GROUP_WCLS;
     if (m->compute == QLAB_COMPUTE_BF16) {
         linear_weight cls = {V, D, p->wcls, NULL};
         QLAB_TRY(linear_backward_bf16(g->dln, model_grad_or_null(m, cls_group, gp->wcls), g->dlogits, a->lnf,
-                                      &cls, N));
+                                      &cls, rows));
+        /* the scored rows' input gradients to their positions (backwards: a row only moves later), zero
+         * rows elsewhere, as the skipped rows' zero logit gradients gave */
+        for (int r = rows - 1; m->head_n >= 0 && r >= 0; r--) {
+            int at = m->head_rows[r];
+            if (at == r) continue;
+            memcpy(g->dln + (size_t)at * D, g->dln + (size_t)r * D, sizeof(float) * (size_t)D);
+            memset(g->dln + (size_t)r * D, 0, sizeof(float) * (size_t)D);
+        }
     } else {
         matmul_backward(g->dln, model_grad_or_null(m, cls_group, gp->wcls), g->dlogits, a->lnf, p->wcls, N, D,
                         V);
