@@ -47,6 +47,10 @@ int cli_check_blocksize(const char *cmd, quant_dtype dt, long blocksize);
 int cli_parse_compute(const char *cmd, const char *text, qlab_compute *out);
 const char *cli_compute_help(void);
 
+/* The tokenizer a command takes when --tokenizer is not given: the model file itself when it is a GGUF
+ * (which may embed one; the tokenizer loader says so when it does not), else NULL. */
+const char *cli_gguf_tokenizer(const char *model_path);
+
 /* --adapter SPEC: a PEFT directory (adapter_config.json + adapter_model.safetensors, lora_load_peft) or a
  * single file written by lora_save (rank, alpha and targets in its metadata), attached to m (fp32 or
  * quantized base) in evaluation mode. The caller frees *out after model_free(m) or lora_detach(m). */

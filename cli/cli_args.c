@@ -3,7 +3,14 @@
 #include <stdio.h>
 
 #include "cli/cli.h"
+#include "core/model/checkpoint.h"
 #include "core/quant/quant.h"
+
+const char *cli_gguf_tokenizer(const char *model_path) {
+    checkpoint_format fmt = CHECKPOINT_UNKNOWN;
+    return model_path && checkpoint_detect(model_path, &fmt) == QLAB_OK && fmt == CHECKPOINT_GGUF ? model_path
+                                                                                                  : NULL;
+}
 
 int cli_parse_dtype(const char *cmd, const char *text, quant_dtype *dt) {
     if (quant_dtype_parse(text, dt) == QLAB_OK) return 1;

@@ -357,10 +357,7 @@ static int build_options(ft_run *r) {
 #endif
     /* --tokenizer defaults to a GGUF model's own (as in ppl, generate and mmlu), else the tokenizer.json of
      * a Hugging Face model directory */
-    r->tok_path = a->tokenizer;
-    checkpoint_format fmt = CHECKPOINT_UNKNOWN;
-    if (!r->tok_path && checkpoint_detect(a->model, &fmt) == QLAB_OK && fmt == CHECKPOINT_GGUF)
-        r->tok_path = a->model;
+    r->tok_path = a->tokenizer ? a->tokenizer : cli_gguf_tokenizer(a->model);
     if (!r->tok_path) {
         snprintf(r->tok_buf, sizeof r->tok_buf, "%s/tokenizer.json", a->model);
         if (!file_exists(r->tok_buf)) {

@@ -143,10 +143,7 @@ static int parse_generate_args(int argc, char **argv, generate_args *p) {
 
 /* The options checked together (a GGUF model supplies its own tokenizer): -1 when usable, else 2. */
 static int check_generate_args(generate_args *p) {
-    checkpoint_format fmt = CHECKPOINT_UNKNOWN;
-    if (p->model_path && !p->tok_path && checkpoint_detect(p->model_path, &fmt) == QLAB_OK &&
-        fmt == CHECKPOINT_GGUF)
-        p->tok_path = p->model_path; /* the tokenizer embedded in the GGUF */
+    if (!p->tok_path) p->tok_path = cli_gguf_tokenizer(p->model_path); /* the tokenizer in the GGUF */
     if (!p->model_path || !p->tok_path) {
         fprintf(stderr, "qlab generate: needs --model and --tokenizer (unless the model is a GGUF; see qlab "
                         "generate --help)\n");

@@ -178,9 +178,8 @@ static int check_ppl_args(ppl_args *p) {
                 "qlab ppl: needs --model and exactly one of --data / --tokens (see qlab ppl --help)\n");
         return 2;
     }
-    checkpoint_format model_format = CHECKPOINT_UNKNOWN;
-    if (p->data && !p->tok_path &&
-        (checkpoint_detect(p->model_path, &model_format) != QLAB_OK || model_format != CHECKPOINT_GGUF)) {
+    if (p->data && !p->tok_path) p->tok_path = cli_gguf_tokenizer(p->model_path); /* the GGUF's own */
+    if (p->data && !p->tok_path) {
         fprintf(stderr, "qlab ppl: --data needs --tokenizer unless the model is a GGUF file with its own "
                         "(see qlab ppl --help)\n");
         return 2;
@@ -197,10 +196,6 @@ static int check_ppl_args(ppl_args *p) {
 
 /* The token ids of --data (encoded) or --tokens, each checked against the model's vocabulary. */
 static qlab_status load_ppl_tokens(ppl_args *p, const model *m, int **ids, int64_t *n) {
-    checkpoint_format fmt = CHECKPOINT_UNKNOWN;
-    if (!p->tok_path && p->data && checkpoint_detect(p->model_path, &fmt) == QLAB_OK &&
-        fmt == CHECKPOINT_GGUF)
-        p->tok_path = p->model_path; /* the tokenizer embedded in the GGUF */
     if (p->data &&
         p->tok_path) { /* a tokenizer larger than the model is refused as in generate, mmlu, finetune */
         tokenizer *tok = NULL;
