@@ -37,12 +37,11 @@ static void softmax_round_rows(float *S, int r0, int r1, int T, float scale, uin
         float *row = S + (size_t)(t - r0) * T, *dst = keep ? keep + (size_t)(t - r0) * T : NULL;
         uint16_t *out = Aa + (size_t)(t - r0) * Kr;
         int n = t + 1;
-        if (vector && gemm_bf16_softmax_round_avx512bf16(row, dst, out, n, scale, keep ? T : 0, Kr)) continue;
-        float inv = 1.0f / vm_scale_exp_sum(row, (size_t)n, scale);
         if (vector) {
-            gemm_bf16_normalize_round_avx512bf16(row, dst, out, n, inv, keep ? T : 0, Kr);
+            gemm_bf16_softmax_round_avx512bf16(row, dst, out, n, scale, keep ? T : 0, Kr);
             continue;
         }
+        float inv = 1.0f / vm_scale_exp_sum(row, (size_t)n, scale);
         for (int i = 0; i < n; i++) {
             float pr = row[i] * inv;
             if (keep) dst[i] = pr;

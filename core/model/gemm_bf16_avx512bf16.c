@@ -8,10 +8,16 @@
 #include <immintrin.h>
 #include <string.h>
 
+#include "core/base/vmath.h"
 #include "core/base/vmath_avx512_inline.h"
 #include "core/model/gemm_bf16_kernels.h"
 
 #define MR 8
+
+/* The first n of 16 lanes (none for n <= 0, all for n >= 16). */
+static inline __mmask16 lanes(int n) {
+    return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
+}
 
 /* Rows [m0, m0 + rows) x panels j0, j0 + npan - 1 of C over k pairs [0, Kp/2): A rows lda elements apart,
  * B panels bstride elements apart. */
@@ -48,7 +54,7 @@ static inline __attribute__((always_inline)) void tile(const uint16_t *Ap, size_
         for (int q = 0; q < npan; q++) {
             int valid = ncols - (j0 + q) * GEMM_BF16_PANEL;
             if (valid <= 0) break;
-            __mmask16 mask = valid >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << valid) - 1);
+            __mmask16 mask = lanes(valid);
             __m512 v = acc[r][q];
             if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, c + q * 16), v);
             _mm512_mask_storeu_ps(c + q * 16, mask, v);
@@ -112,7 +118,7 @@ void gemm_bf16_round_avx512bf16(uint16_t *out, const float *in, size_t n) {
     for (; i + 16 <= n; i += 16)
         _mm256_storeu_si256((__m256i *)(out + i), round16(_mm512_loadu_ps(in + i)));
     if (i < n) {
-        __mmask16 mask = (__mmask16)((1u << (n - i)) - 1);
+        __mmask16 mask = lanes((int)(n - i));
         __m256i r = round16(_mm512_maskz_loadu_ps(mask, in + i));
         _mm256_mask_storeu_epi16(out + i, mask, r);
     }
@@ -122,11 +128,10 @@ void gemm_bf16_scale_round_avx512bf16(uint16_t *out, const float *x, float r, co
                                       int width) {
     __m512 vr = _mm512_set1_ps(r);
     for (int i = 0; i < width; i += 16) {
-        int valid = n - i < 0 ? 0 : n - i > 16 ? 16 : n - i, wide = width - i > 16 ? 16 : width - i;
-        __mmask16 m = (__mmask16)((1u << valid) - 1);
+        __mmask16 m = lanes(n - i);
         __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), vr),
                                  _mm512_maskz_loadu_ps(m, w + i));
-        _mm256_mask_storeu_epi16(out + i, (__mmask16)((1u << wide) - 1), round16(v));
+        _mm256_mask_storeu_epi16(out + i, lanes(width - i), round16(v));
     }
 }
 
@@ -158,7 +163,7 @@ static inline void transpose16(__m512i r[16]) {
 }
 
 void gemm_bf16_pack_at_avx512bf16(uint16_t *Ap, int Kp, const float *A, int lda, int K, int mn) {
-    __mmask16 mask = mn >= 16 ? (__mmask16)0xffff : mn <= 0 ? 0 : (__mmask16)((1u << mn) - 1);
+    __mmask16 mask = lanes(mn);
     for (int k0 = 0; k0 < Kp; k0 += 32) {
         /* r[p][i] = bf16(A[k0 + 2p][i]) | bf16(A[k0 + 2p + 1][i]) << 16: zero beyond K and mn */
         __m512i r[16];
@@ -210,7 +215,7 @@ void gemm_bf16_transpose_f32_avx512bf16(float *dst, size_t ldd, const float *src
     for (int r0 = 0; r0 < rows; r0 += 16)
         for (int c0 = 0; c0 < cols; c0 += 16) {
             int nr = rows - r0 < 16 ? rows - r0 : 16, nc = cols - c0 < 16 ? cols - c0 : 16;
-            __mmask16 mc = (__mmask16)((1u << nc) - 1), mr = (__mmask16)((1u << nr) - 1);
+            __mmask16 mc = lanes(nc), mr = lanes(nr);
             __m512i r[16];
             for (int i = 0; i < 16; i++)
                 r[i] = i < nr ? _mm512_maskz_loadu_epi32(mc, src + (size_t)(r0 + i) * lds + c0)
@@ -224,9 +229,8 @@ void gemm_bf16_transpose_f32_avx512bf16(float *dst, size_t ldd, const float *src
 /* 32 fp32 values (n <= 32 valid, zero beyond) rounded to 16 bf16 pairs: word p = bf16(x[2p]) | bf16(x[2p+1])
  * << 16. */
 static inline __m512i round_pairs(const float *x, int n) {
-    __mmask16 m0 = n >= 16 ? (__mmask16)0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
-    __mmask16 m1 = n >= 32 ? (__mmask16)0xffff : n <= 16 ? 0 : (__mmask16)((1u << (n - 16)) - 1);
-    __m256i lo = round16(_mm512_maskz_loadu_ps(m0, x)), hi = round16(_mm512_maskz_loadu_ps(m1, x + 16));
+    __m256i lo = round16(_mm512_maskz_loadu_ps(lanes(n), x)),
+            hi = round16(_mm512_maskz_loadu_ps(lanes(n - 16), x + 16));
     return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 }
 
@@ -255,8 +259,7 @@ void gemm_bf16_pack_bn_avx512bf16(uint16_t *dst, size_t bstride, int npairs, con
     for (int p = 0; p < npairs; p++) {
         int s = 2 * p;
         for (int j = 0; j < npan; j++) {
-            int valid = cols - 16 * j;
-            __mmask16 mask = valid >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << valid) - 1);
+            __mmask16 mask = lanes(cols - 16 * j);
             __m512i lo = s < rows ? round32(_mm512_maskz_loadu_ps(mask, X + (size_t)s * ld + 16 * j))
                                   : _mm512_setzero_si512();
             __m512i hi = s + 1 < rows
@@ -269,49 +272,29 @@ void gemm_bf16_pack_bn_avx512bf16(uint16_t *dst, size_t bstride, int npairs, con
     if (stream) _mm_sfence();
 }
 
-void gemm_bf16_normalize_round_avx512bf16(const float *row, float *dst, uint16_t *out, int n, float inv,
-                                          int len, int Kr) {
-    __m512 vi = _mm512_set1_ps(inv);
-    int i = 0;
-    for (; i + 16 <= n; i += 16) { /* whole vectors of the row */
-        __m512 v = _mm512_mul_ps(_mm512_loadu_ps(row + i), vi);
-        if (len) _mm512_storeu_ps(dst + i, v); /* len >= n */
-        _mm256_storeu_si256((__m256i *)(out + i), round16(v));
-    }
-    for (; i < len || i < Kr; i += 16) { /* the partial vector, then zeros */
-        int valid = n - i < 0 ? 0 : n - i > 16 ? 16 : n - i;
-        __mmask16 m = (__mmask16)((1u << valid) - 1);
-        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, row + i), vi); /* zero at and after n */
-        int lrow = len - i < 0    ? 0
-                   : len - i > 16 ? 16
-                                  : len - i,
-            lout = Kr - i < 0    ? 0
-                   : Kr - i > 16 ? 16
-                                 : Kr - i;
-        _mm512_mask_storeu_ps(dst + i, (__mmask16)((1u << lrow) - 1), v);
-        _mm256_mask_storeu_epi16(out + i, (__mmask16)((1u << lout) - 1), round16(v));
-    }
+/* A row's probabilities v of elements i.. to dst (lanes before len; none when len is 0) and, rounded, to
+ * out (lanes before Kr). */
+static inline void store_probs(float *dst, uint16_t *out, int i, __m512 v, int len, int Kr) {
+    __mmask16 mrow = lanes(len - i), mout = lanes(Kr - i);
+    if (mrow) _mm512_mask_storeu_ps(dst + i, mrow, v);
+    if (mout) _mm256_mask_storeu_epi16(out + i, mout, round16(v));
 }
 
-static inline __mmask16 lanes(int n) {
-    return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
-}
-
-int gemm_bf16_softmax_round_avx512bf16(const float *row, float *dst, uint16_t *out, int n, float scale,
-                                       int len, int Kr) {
-    if (n > VM_ROW) return 0;
+void gemm_bf16_softmax_round_avx512bf16(float *row, float *dst, uint16_t *out, int n, float scale, int len,
+                                        int Kr) {
+    /* past n, zeros times 1 / sum, as the scalar loops form them */
+    if (n > VM_ROW) { /* the exponentials over the row (vm_scale_exp_sum), then read back */
+        __m512 vi = _mm512_set1_ps(1.0f / vm_scale_exp_sum(row, (size_t)n, scale));
+        for (int i = 0; i < n || i < len || i < Kr; i += 16)
+            store_probs(dst, out, i, _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes(n - i), row + i), vi), len,
+                        Kr);
+        return;
+    }
     __m512 e[VM_ROW / 16];
-    float inv = 1.0f / scale_exp_sum16(e, row, (size_t)n, scale);
-    __m512 vi = _mm512_set1_ps(inv);
+    __m512 vi = _mm512_set1_ps(1.0f / scale_exp_sum16(e, row, (size_t)n, scale));
     int nv = (n + 15) / 16;
-    /* as gemm_bf16_normalize_round_avx512bf16: zeros (times inv) past n */
-    for (int i = 0, j = 0; i < n || i < len || i < Kr; i += 16, j++) {
-        __m512 v = _mm512_mul_ps(j < nv ? e[j] : _mm512_setzero_ps(), vi);
-        __mmask16 mrow = lanes(len - i), mout = lanes(Kr - i);
-        if (mrow) _mm512_mask_storeu_ps(dst + i, mrow, v);
-        if (mout) _mm256_mask_storeu_epi16(out + i, mout, round16(v));
-    }
-    return 1;
+    for (int i = 0, j = 0; i < n || i < len || i < Kr; i += 16, j++)
+        store_probs(dst, out, i, _mm512_mul_ps(j < nv ? e[j] : _mm512_setzero_ps(), vi), len, Kr);
 }
 
 void gemm_bf16_att_grad_pair_avx512bf16(const float *dp, const float *p, size_t ld, int t, int valid,

@@ -90,21 +90,17 @@ void gemm_bf16_pack_rows(uint16_t *dst, int Kp, const float *X, size_t ld, int r
 void gemm_bf16_pack_bt(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols, uint16_t *tmp);
 void gemm_bf16_pack_bn(uint16_t *dst, size_t bstride, int npairs, const float *X, size_t ld, int rows,
                        int cols, uint16_t *tmp, int stream);
-/* AVX-512 forms, bit-identical with the scalar code they stand in for: gemm_bf16_pack_bt / pack_bn above,
- * and attention_bf16.c's softmax row normalisation: dst[i] = row[i] * inv and out[i] = bf16(dst[i]) for i < n
- * (dst, which may be row, written only when len > 0), dst[i] = 0 for n <= i < len, out[i] = 0 for n <= i <
- * Kr. */
+/* AVX-512 forms, bit-identical with the scalar code they stand in for: gemm_bf16_pack_bt / pack_bn above. */
 void gemm_bf16_pack_bt_avx512bf16(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols);
 /* pack_bn: pairs [0, npairs) (rows 2p, 2p + 1 of X; zero from row rows on) of panels bstride apart. */
 void gemm_bf16_pack_bn_avx512bf16(uint16_t *dst, size_t bstride, int npairs, const float *X, size_t ld,
                                   int rows, int cols, int stream);
-void gemm_bf16_normalize_round_avx512bf16(const float *row, float *dst, uint16_t *out, int n, float inv,
-                                          int len, int Kr);
-/* The whole softmax row of attention_bf16.c in one pass when n <= 256: inv = 1 / vm_scale_exp_sum(row, n,
- * scale) (the row stays in registers and is not written), then as gemm_bf16_normalize_round_avx512bf16 with
- * that inv. Returns 0, having done nothing, for longer rows. */
-int gemm_bf16_softmax_round_avx512bf16(const float *row, float *dst, uint16_t *out, int n, float scale,
-                                       int len, int Kr);
+/* attention_bf16.c's softmax row rounded for the next product: with inv = 1 / vm_scale_exp_sum(row, n,
+ * scale), dst[i] = p = e[i] * inv and out[i] = bf16(p) for i < n (dst, which may be row, written only when
+ * len > 0), dst[i] = 0 for n <= i < len, out[i] = 0 for n <= i < Kr. A row of up to 256 values stays in
+ * registers (one pass, row not written); a longer one gets its exponentials written over it first. */
+void gemm_bf16_softmax_round_avx512bf16(float *row, float *dst, uint16_t *out, int n, float scale, int len,
+                                        int Kr);
 /* Rows t and t + 1 (valid of them, 1 or 2) of attention's backward, from d(att) (dp, the rows ld floats
  * apart) and the probabilities p (as the forward formed them, ld apart): the score gradients ds = the
  * softmax backward (vm_softmax_grad over keys [0, t] of row t, [0, t + 1] of row t + 1; zero past them), and
