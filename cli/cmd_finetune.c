@@ -3,7 +3,6 @@
  * datasets/finetune_data.h; this file parses options, validates everything before writing anything, and
  * drives the steps with a progress line and periodic saves. */
 #include <cJSON.h>
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -431,10 +430,9 @@ static qlab_status resume_state(ft_run *r) {
     return QLAB_OK;
 }
 
-/* A new run creates DIR and records its arguments in DIR/run.json. */
+/* A new run creates DIR (and its missing parents) and records its arguments in DIR/run.json. */
 static qlab_status create_out_dir(const ft_args *a, int argc, char **argv) {
-    if (mkdir(a->out, 0777) != 0 && errno != EEXIST)
-        return qlab_fail(QLAB_ERR_IO, "%s: cannot create directory: %s", a->out, strerror(errno));
+    QLAB_TRY(qlab_make_dirs(a->out));
     return write_run_json(a->out, argc, argv);
 }
 

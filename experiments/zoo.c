@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -77,23 +76,6 @@ static char *path_in(const char *dir, const char *file) {
     char *p = qlab_calloc(n, 1);
     if (p) snprintf(p, n, "%s/%s", dir, file);
     return p;
-}
-
-static qlab_status make_dirs(const char *dir) {
-    char buf[4096];
-    if (strlen(dir) >= sizeof buf) return qlab_fail(QLAB_ERR_ARG, "%s: path too long", dir);
-    strcpy(buf, dir);
-    for (char *p = buf + 1;; p++) {
-        if (*p == '/' || *p == 0) {
-            char c = *p;
-            *p = 0;
-            if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-                return qlab_fail(QLAB_ERR_IO, "%s: cannot create folder: %s", buf, strerror(errno));
-            *p = c;
-            if (!c) break;
-        }
-    }
-    return QLAB_OK;
 }
 
 static qlab_status parse_model(const config *cfg, const cJSON *item, zoo_model *z) {
@@ -539,7 +521,7 @@ static qlab_status read_models(zoo_run *run) {
 
 /* The cache folder, its manifest (a fresh one when absent) and the corpus and tokenizer files in it. */
 static qlab_status open_cache(zoo_run *run) {
-    QLAB_TRY(make_dirs(run->dir));
+    QLAB_TRY(qlab_make_dirs(run->dir));
     if (!(run->manifest_path = path_in(run->dir, ZOO_MANIFEST_FILE))) return QLAB_ERR_NOMEM;
     run->manifest = manifest_read(run->manifest_path);
     if (!run->manifest) {

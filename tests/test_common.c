@@ -1,5 +1,8 @@
-/* Tests of the shared utilities: error messages, atomic file writes, the RNG, fp16/bf16 conversion. */
+/* Tests of the shared utilities: error messages, atomic file writes, folder creation, the RNG, fp16/bf16
+ * conversion. */
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -31,6 +34,28 @@ static void test_atomic_write(void) {
     CHECK(qlab_read_file("/nonexistent/qlab/file", &data, &len) == QLAB_ERR_IO);
     CHECK(strstr(qlab_last_error(), "/nonexistent/qlab/file") != NULL);
     CHECK(qlab_write_file_atomic("/nonexistent/dir/out.bin", "x", 1) == QLAB_ERR_IO);
+}
+
+/* qlab_make_dirs: missing parents made, existing folders fine, a path through a file refused naming it. */
+static void test_make_dirs(void) {
+    char base[] = "/tmp/qlab_test_dirsXXXXXX", path[512], file[256];
+    CHECK(mkdtemp(base) != NULL);
+    snprintf(path, sizeof path, "%s/a/b/c", base);
+    CHECK(qlab_make_dirs(path) == QLAB_OK);
+    CHECK(access(path, W_OK) == 0);
+    CHECK(qlab_make_dirs(path) == QLAB_OK);
+    snprintf(file, sizeof file, "%s/a/f", base);
+    CHECK(qlab_write_file_atomic(file, "x", 1) == QLAB_OK);
+    snprintf(path, sizeof path, "%s/g", file);
+    CHECK(qlab_make_dirs(path) == QLAB_ERR_IO && strstr(qlab_last_error(), file) != NULL);
+    unlink(file);
+    snprintf(path, sizeof path, "%s/a/b/c", base);
+    rmdir(path);
+    snprintf(path, sizeof path, "%s/a/b", base);
+    rmdir(path);
+    snprintf(path, sizeof path, "%s/a", base);
+    rmdir(path);
+    rmdir(base);
 }
 
 static void test_rng(void) {
@@ -87,6 +112,7 @@ static void test_half(void) {
 int main(void) {
     test_errors();
     test_atomic_write();
+    test_make_dirs();
     test_rng();
     test_half();
     return check_summary();

@@ -107,6 +107,23 @@ void qlab_free_aligned(void *p) {
     free(p);
 }
 
+qlab_status qlab_make_dirs(const char *dir) {
+    char buf[4096];
+    if (strlen(dir) >= sizeof buf) return qlab_fail(QLAB_ERR_ARG, "%s: path too long", dir);
+    strcpy(buf, dir);
+    for (char *p = buf + 1;; p++) {
+        if (*p == '/' || *p == 0) {
+            char c = *p;
+            *p = 0;
+            if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+                return qlab_fail(QLAB_ERR_IO, "%s: cannot create folder: %s", buf, strerror(errno));
+            *p = c;
+            if (!c) break;
+        }
+    }
+    return QLAB_OK;
+}
+
 qlab_status qlab_read_file(const char *path, char **data, size_t *len) {
     *data = NULL;
     *len = 0;

@@ -48,6 +48,8 @@ void qlab_free_aligned(void *p);
 qlab_status qlab_read_file(const char *path, char **data, size_t *len);
 /* Writes bytes to path through path.tmp.<pid> and rename(), so a reader never sees a partial file. */
 qlab_status qlab_write_file_atomic(const char *path, const void *data, size_t len);
+/* Creates the folder dir and any missing parents (mkdir -p; existing ones are fine). */
+qlab_status qlab_make_dirs(const char *dir);
 
 /* Program-side helper: prints "prog: <last error>" to stderr and returns the exit code: QLAB_EXIT_BUDGET
  * when the last error was a memory-budget refusal, else 1. */
