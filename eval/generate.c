@@ -78,7 +78,7 @@ qlab_status generate(model *m, const int *prompt, int n_prompt, const generate_o
         return qlab_fail(QLAB_ERR_ARG,
                          "max_tokens %d must be between the prompt length %d and the model's context %d",
                          opt->max_tokens, n_prompt, cfg->seq_len);
-    float *logits = qlab_calloc((size_t)opt->max_tokens * cfg->vocab_size, sizeof(float));
+    float *logits = qlab_calloc((size_t)cfg->vocab_size, sizeof(float)); /* the last position's */
     if (!logits) return QLAB_ERR_NOMEM;
     rng_state rng;
     rng_seed(&rng, opt->seed);
@@ -86,15 +86,16 @@ qlab_status generate(model *m, const int *prompt, int n_prompt, const generate_o
     int n = n_prompt;
     qlab_status st = QLAB_OK;
     while (n < opt->max_tokens) {
-        st = model_forward(m, out, NULL, 1, n, logits, NULL);
+        const int last = n - 1;
+        st = model_forward_at(m, out, 1, n, &last, 1, logits);
         if (st != QLAB_OK) break;
-        const float *row = logits + (size_t)(n - 1) * cfg->vocab_size;
+        float *row = logits;
         for (int v = 0; v < cfg->vocab_size && st == QLAB_OK; v++)
             if (!isfinite(row[v]))
                 st = qlab_fail(QLAB_ERR_NUMERIC, "generate: the model's logits are %s at position %d",
                                isnan(row[v]) ? "nan" : "infinite", n - 1);
         if (st != QLAB_OK) break;
-        int next = generate_sample(logits + (size_t)(n - 1) * cfg->vocab_size, cfg->vocab_size, opt, &rng);
+        int next = generate_sample(row, cfg->vocab_size, opt, &rng);
         if (next == opt->stop_id_a || next == opt->stop_id_b) break;
         out[n++] = next;
         if (on_token) on_token(next, ctx);

@@ -78,10 +78,10 @@ qlab_status mmlu_scoring_pick(model *m, const mmlu_scoring *s, int *ids, int n, 
     const int vocab = model_get_config(m)->vocab_size;
     double sc[4];
     if (s->single_token) {
-        QLAB_TRY(model_forward(m, ids, NULL, 1, n, logits, NULL));
-        const float *last = logits + (size_t)(n - 1) * vocab;
+        const int at = n - 1; /* the classifier over the answer's position only */
+        QLAB_TRY(model_forward_at(m, ids, 1, n, &at, 1, logits));
         for (int j = 0; j < 4; j++)
-            sc[j] = last[s->tokens[j][0]];
+            sc[j] = logits[s->tokens[j][0]];
     } else {
         int done[4] = {0};
         /* Longest encodings first: a forward over prompt + letter j's tokens but the last also scores every
@@ -90,17 +90,19 @@ qlab_status mmlu_scoring_pick(model *m, const mmlu_scoring *s, int *ids, int n, 
             int j = -1;
             for (int k = 0; k < 4; k++)
                 if (!done[k] && (j < 0 || s->n_tokens[k] > s->n_tokens[j])) j = k;
-            int ext = s->n_tokens[j] - 1;
+            int ext = s->n_tokens[j] - 1, at[MMLU_MAX_LETTER_TOKENS];
             for (int i = 0; i < ext; i++)
                 ids[n + i] = s->tokens[j][i];
-            QLAB_TRY(model_forward(m, ids, NULL, 1, n + ext, logits, NULL));
+            for (int i = 0; i <= ext; i++) /* the positions that predict the letter's tokens */
+                at[i] = n - 1 + i;
+            QLAB_TRY(model_forward_at(m, ids, 1, n + ext, at, ext + 1, logits));
             for (int k = 0; k < 4; k++) {
                 if (done[k] || s->n_tokens[k] - 1 > ext ||
                     memcmp(s->tokens[k], s->tokens[j], (size_t)(s->n_tokens[k] - 1) * sizeof(int)))
                     continue;
                 double lp = 0;
                 for (int i = 0; i < s->n_tokens[k]; i++)
-                    lp += log_prob(logits + (size_t)(n - 1 + i) * vocab, vocab, s->tokens[k][i]);
+                    lp += log_prob(logits + (size_t)i * vocab, vocab, s->tokens[k][i]);
                 sc[k] = lp;
                 done[k] = 1;
             }
@@ -278,7 +280,8 @@ qlab_status mmlu_evaluate(model *m, const tokenizer *tok, const mmlu_eval_option
         return qlab_fail(QLAB_ERR_ARG, "mmlu: max_len %d leaves no room for a prompt", max_len);
     eval_plan p;
     qlab_status st = plan_build(opt, &p);
-    float *logits = st == QLAB_OK ? qlab_calloc((size_t)max_len * cfg->vocab_size, sizeof(float)) : NULL;
+    float *logits =
+        st == QLAB_OK ? qlab_calloc((size_t)MMLU_MAX_LETTER_TOKENS * cfg->vocab_size, sizeof(float)) : NULL;
     int *ids = NULL;
     if (st == QLAB_OK && !logits) st = QLAB_ERR_NOMEM;
     long long shots_used = 0;

@@ -38,7 +38,8 @@ qlab_status mmlu_scoring_init_spaced(const tokenizer *tok, mmlu_scoring *out);
 /* One line saying which ids are compared and how. */
 void mmlu_scoring_describe(const tokenizer *tok, const mmlu_scoring *s, char *buf, size_t cap);
 /* The predicted letter 0..3 for prompt ids[0..n) (BOS included); ids must have room for
- * n + MMLU_MAX_LETTER_TOKENS entries, and logits for (n + MMLU_MAX_LETTER_TOKENS) x vocab floats. score, if
+ * n + MMLU_MAX_LETTER_TOKENS entries, and logits for MMLU_MAX_LETTER_TOKENS x vocab floats (the logits of
+ * the positions that predict the letters, the only rows the classifier runs over). score, if
  * non-NULL, receives the four log-likelihoods (for single tokens: the logits). Ties go to the earlier
  * letter. */
 qlab_status mmlu_scoring_pick(model *m, const mmlu_scoring *s, int *ids, int n, float *logits, int *pick,

@@ -52,19 +52,21 @@ static double percentile_sorted(const double *v, int64_t n, double q) {
     return i + 1 < n ? v[i] * (1 - frac) + v[i + 1] * frac : v[n - 1];
 }
 
-/* NaN/Inf logits stop the evaluation naming the token position (in the input) where they appear: the
- * rows are checked in parallel and the first bad one in order is reported. */
-static qlab_status ppl_check_logits(const float *logits, int B, int T, int V, const ppl_window *win,
-                                    const char *who) {
-    long rows = (long)B * T, first = rows;
+/* NaN/Inf logits stop the evaluation naming the token position (in the input) where they appear: the rows
+ * (those of positions at[0..rows) of the batch's windows of T tokens) are checked in parallel and the first
+ * bad one in order is reported. */
+static qlab_status ppl_check_logits(const float *logits, int rows, const int *at, int T, int V,
+                                    const ppl_window *win, const char *who) {
+    int first = rows;
 #pragma omp parallel for schedule(static) reduction(min : first)
-    for (long r = 0; r < rows; r++)
+    for (int r = 0; r < rows; r++)
         if (r < first && vm_first_nonfinite(logits + (size_t)r * V, (size_t)V) < (size_t)V) first = r;
     if (first == rows) return QLAB_OK;
     const float *row = logits + (size_t)first * V;
     size_t v = vm_first_nonfinite(row, (size_t)V);
     return qlab_fail(QLAB_ERR_NUMERIC, "%s logits are %s at token position %lld (vocabulary entry %zu)", who,
-                     isnan(row[v]) ? "nan" : "infinite", (long long)(win[first / T].start + first % T), v);
+                     isnan(row[v]) ? "nan" : "infinite",
+                     (long long)(win[at[first] / T].start + at[first] % T), v);
 }
 
 typedef struct {
@@ -137,9 +139,12 @@ static qlab_status plan_evaluation(const model_config *cfg, const int *tokens, i
 
 /* ---------------------------------------------------------------- step 2: batched forward passes */
 
-/* Buffers of one batch: its tokens and the logits of the model (and of a live reference). */
+/* Buffers of one batch: its tokens, the positions it scores and their logits from the model (and from a
+ * live reference). */
 typedef struct {
     int *tokens;
+    int *at, n_at; /* the scored positions (window i's at i T + score_from ..), in order */
+    int *first;    /* per window, its first row of logits */
     float *logits, *ref_logits;
     int64_t w0; /* first window of the batch */
     int B, T;   /* windows in the batch, tokens per window */
@@ -147,15 +152,18 @@ typedef struct {
 
 static qlab_status batch_alloc(const eval_plan *p, int with_ref, int ctx, eval_batch *b) {
     memset(b, 0, sizeof *b);
-    size_t logits = (size_t)p->batch * (size_t)ctx * (size_t)p->vocab;
-    b->tokens = qlab_calloc((size_t)p->batch * (size_t)ctx, sizeof(int));
+    size_t positions = (size_t)p->batch * (size_t)ctx, logits = positions * (size_t)p->vocab;
+    b->tokens = qlab_calloc(positions, sizeof(int));
+    b->at = qlab_calloc(positions, sizeof(int));
+    b->first = qlab_calloc((size_t)p->batch, sizeof(int));
     b->logits = qlab_calloc(logits, sizeof(float));
     b->ref_logits = with_ref ? qlab_calloc(logits, sizeof(float)) : NULL;
-    return b->tokens && b->logits && (!with_ref || b->ref_logits) ? QLAB_OK : QLAB_ERR_NOMEM;
+    return b->tokens && b->at && b->first && b->logits && (!with_ref || b->ref_logits) ? QLAB_OK
+                                                                                       : QLAB_ERR_NOMEM;
 }
 
 static void batch_free(eval_batch *b) {
-    free(b->tokens), free(b->logits), free(b->ref_logits);
+    free(b->tokens), free(b->at), free(b->first), free(b->logits), free(b->ref_logits);
     memset(b, 0, sizeof *b);
 }
 
@@ -169,20 +177,26 @@ static qlab_status forward_batch(const eval_plan *p, int64_t w0, model *m, const
     b->T = p->windows[w0].len;
     while (b->B < p->batch && w0 + b->B < p->n_windows && p->windows[w0 + b->B].len == b->T)
         b->B++;
-    for (int i = 0; i < b->B; i++)
-        memcpy(b->tokens + (size_t)i * b->T, p->tokens + p->windows[w0 + i].start,
-               sizeof(int) * (size_t)b->T);
     const ppl_window *win = p->windows + w0;
-    QLAB_TRY(model_forward(m, b->tokens, NULL, b->B, b->T, b->logits, NULL));
-    QLAB_TRY(ppl_check_logits(b->logits, b->B, b->T, p->vocab, win, m_name));
+    b->n_at = 0;
+    for (int i = 0; i < b->B; i++) {
+        memcpy(b->tokens + (size_t)i * b->T, p->tokens + win[i].start, sizeof(int) * (size_t)b->T);
+        b->first[i] = b->n_at;
+        for (int t = win[i].score_from; t < win[i].len - 1; t++) /* the last token predicts nothing here */
+            b->at[b->n_at++] = i * b->T + t;
+    }
+    if (b->n_at == 0) return QLAB_OK;
+    /* the classifier over the scored positions only */
+    QLAB_TRY(model_forward_at(m, b->tokens, b->B, b->T, b->at, b->n_at, b->logits));
+    QLAB_TRY(ppl_check_logits(b->logits, b->n_at, b->at, b->T, p->vocab, win, m_name));
     if (!ref) return QLAB_OK;
-    QLAB_TRY(model_forward(ref, b->tokens, NULL, b->B, b->T, b->ref_logits, NULL));
-    return ppl_check_logits(b->ref_logits, b->B, b->T, p->vocab, win, "fp32 reference");
+    QLAB_TRY(model_forward_at(ref, b->tokens, b->B, b->T, b->at, b->n_at, b->ref_logits));
+    return ppl_check_logits(b->ref_logits, b->n_at, b->at, b->T, p->vocab, win, "fp32 reference");
 }
 
 /* Logits of the first scored position of window i of the batch; the others follow, one row of V each. */
 static const float *scored_rows(const eval_plan *p, const eval_batch *b, const float *logits, int i) {
-    return logits + ((size_t)i * b->T + (size_t)p->windows[b->w0 + i].score_from) * (size_t)p->vocab;
+    return logits + (size_t)b->first[i] * (size_t)p->vocab;
 }
 
 /* ---------------------------------------------------------------- step 3: scoring */

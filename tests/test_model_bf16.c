@@ -335,6 +335,36 @@ static void test_qlora_finetune(void) {
  * two threads. A training step (forward with targets in row chunks, weights packed again, then backward;
  * with checkpointing on the NF4 base) gives the logits, loss and every gradient of the whole-matrix step
  * (model_set_row_passes off), bit for bit. */
+/* model_forward_at over selections of the B*T positions (the first, the last, every third from 1, all)
+ * gives the rows of full (model_forward's logits of the same tokens) exactly when exact, else within
+ * 1e-5 of the largest logit. */
+static void check_forward_at(model *m, const int *tokens, int B, int T, const float *full, int exact,
+                             const char *what) {
+    int N = B * T, V = model_get_config(m)->vocab_size;
+    int *at = malloc(sizeof(int) * (size_t)N);
+    float *got = malloc(sizeof(float) * (size_t)N * V);
+    for (int sel = 0; sel < 4; sel++) {
+        int n = 0;
+        for (int i = 0; i < N; i++)
+            if (sel == 0 ? i == 0 : sel == 1 ? i == N - 1 : sel == 2 ? i % 3 == 1 : 1) at[n++] = i;
+        if (n == 0) continue;
+        memset(got, 0xff, sizeof(float) * (size_t)n * V);
+        CHECK(model_forward_at(m, tokens, B, T, at, n, got) == QLAB_OK);
+        double worst = 0, scale = 0;
+        for (int k = 0; k < n; k++)
+            for (int v = 0; v < V; v++) {
+                double a = full[(size_t)at[k] * V + v], d = fabs(got[(size_t)k * V + v] - a);
+                worst = d > worst || d != d ? d : worst;
+                scale = fabs(a) > scale ? fabs(a) : scale;
+            }
+        CHECKF(exact ? worst == 0 : worst <= 1e-5 * scale,
+               "%s, B=%d T=%d, selection %d (%d rows): "
+               "model_forward_at's logits differ from model_forward's by %g",
+               what, B, T, sel, n, worst);
+    }
+    free(at), free(got);
+}
+
 static void test_rows_eval(int quantized) {
     model_config cfg = small;
     cfg.seq_len = 64;
@@ -368,7 +398,9 @@ static void test_rows_eval(int quantized) {
             size_t bytes = sizeof(float) * (size_t)B * T * V;
             model_unpack_weights(m);
             CHECK(model_forward(m, tokens, NULL, B, T, whole, NULL) == QLAB_OK);
+            check_forward_at(m, tokens, B, T, whole, 1, paths[pi]);
             CHECK(model_pack_weights(m) == QLAB_OK);
+            check_forward_at(m, tokens, B, T, whole, 1, paths[pi]); /* the row-chunk forward's layers */
             for (int threads = 1; threads <= 2; threads++) {
                 omp_set_num_threads(threads);
                 memset(rows, 0, bytes);
@@ -448,9 +480,30 @@ static void test_head_scored_rows(void) {
     model_free(m);
 }
 
+/* model_forward_at in fp32 (OpenBLAS sums over fewer rows: within 1e-5) and its refusals. */
+static void test_forward_at_fp32(void) {
+    model *m;
+    CHECK(model_create(&m, &small) == QLAB_OK);
+    train_init_params(m, 4);
+    const int B = 2, T = 33, V = small.vocab_size;
+    int *tokens = markov_tokens(B * T, V, 5);
+    float *full = malloc(sizeof(float) * B * T * V);
+    CHECK(model_forward(m, tokens, NULL, B, T, full, NULL) == QLAB_OK);
+    check_forward_at(m, tokens, B, T, full, 0, "fp32");
+    const int unsorted[2] = {5, 3}, outside[1] = {B * T}, twice[2] = {4, 4};
+    CHECK(model_forward_at(m, tokens, B, T, unsorted, 2, full) == QLAB_ERR_ARG &&
+          strstr(qlab_last_error(), "entry 1"));
+    CHECK(model_forward_at(m, tokens, B, T, outside, 1, full) == QLAB_ERR_ARG);
+    CHECK(model_forward_at(m, tokens, B, T, twice, 2, full) == QLAB_ERR_ARG);
+    CHECK(model_forward_at(m, tokens, B, T, unsorted, 0, full) == QLAB_ERR_ARG);
+    free(tokens), free(full);
+    model_free(m);
+}
+
 int main(void) {
     double t0 = qlab_now();
     test_head_scored_rows();
+    test_forward_at_fp32();
     test_forward_backward(0);
     test_forward_backward(1);
     test_rows_eval(0);

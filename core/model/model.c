@@ -1052,12 +1052,39 @@ static int model_head_compacts(const model *m, const int *targets, const float *
            !model_group_trains(m, cls);
 }
 
+/* The classifier over the first rows rows of lnf into out (rows, V). */
+static qlab_status model_classifier(model *m, int rows, float *out) {
+    const model_config *c = &m->cfg;
+    int D = c->dim, V = c->vocab_size;
+    if (rows == 0) return QLAB_OK;
+    if (m->packed)
+        return bf16_gemm_packed(rows, m->acts.lnf, D, &m->packed[c->n_layers * PROJ_COUNT], 0, out, V);
+    if (m->compute == QLAB_COMPUTE_BF16)
+        return bf16_gemm(0, 1, rows, V, D, m->acts.lnf, D, m->params.wcls, D, 0, out, V);
+    matmul_forward(out, m->acts.lnf, m->params.wcls, rows, D, V);
+    return QLAB_OK;
+}
+
+/* The final norm and classifier of positions at[0..n) only (the last layer's output rows moved to its front
+ * first; an evaluation forward keeps nothing for a backward), into logits (n, V). */
+static qlab_status model_head_at(model *m, const int *at, int n, float *logits) {
+    const model_config *c = &m->cfg;
+    int N = m->B * m->T, D = c->dim;
+    float *last = m->acts.res3 + (size_t)(c->n_layers - 1) * N * D;
+    for (int k = 0; k < n; k++)
+        if (at[k] != k) memcpy(last + (size_t)k * D, last + (size_t)at[k] * D, sizeof(float) * (size_t)D);
+    rmsnorm_forward_order(m->acts.lnf, m->acts.lnf_rstd, last, m->params.rms_final, n, D, c->norm_eps,
+                          m->compute == QLAB_COMPUTE_BF16);
+    m->target_count = 0;
+    return model_classifier(m, n, logits);
+}
+
 /* Final norm and classifier; with targets, the softmax and the mean loss. */
 static qlab_status model_head_forward(model *m, const int *targets, float *logits, float *loss) {
     const model_config *c = &m->cfg;
     const model_params *p = &m->params;
     model_acts *a = &m->acts;
-    int N = m->B * m->T, D = c->dim, V = c->vocab_size, rows = N;
+    int N = m->B * m->T, D = c->dim, rows = N;
     const float *last = a->res3 + (size_t)(c->n_layers - 1) * N * D;
     rmsnorm_forward_order(a->lnf, a->lnf_rstd, last, p->rms_final, N, D, c->norm_eps,
                           m->compute == QLAB_COMPUTE_BF16);
@@ -1075,16 +1102,8 @@ static qlab_status model_head_forward(model *m, const int *targets, float *logit
         }
     }
     /* Without targets the logits go straight to the caller's buffer (no copy of N x V floats). */
-    float *out = logits && !targets ? logits : a->probs;
-    if (rows == 0) {
-        /* every target ignored: no classifier product, no loss */
-    } else if (m->packed) {
-        QLAB_TRY(bf16_gemm_packed(rows, a->lnf, D, &m->packed[c->n_layers * PROJ_COUNT], 0, out, V));
-    } else if (m->compute == QLAB_COMPUTE_BF16) {
-        QLAB_TRY(bf16_gemm(0, 1, rows, V, D, a->lnf, D, p->wcls, D, 0, out, V));
-    } else {
-        matmul_forward(out, a->lnf, p->wcls, N, D, V);
-    }
+    /* every target ignored: no classifier product, no loss */
+    QLAB_TRY(model_classifier(m, rows, logits && !targets ? logits : a->probs));
     model_head_loss(m, m->head_n >= 0 ? m->saved_targets : targets, logits, loss);
     return QLAB_OK;
 }
@@ -1321,11 +1340,13 @@ static qlab_status model_forward_rows(model *m, float *out, int keep) {
                                             c->n_heads, c->n_kv_heads, m->head_size));
         QLAB_TRY(model_rows_run(m, MODEL_ROWS_FFN, l, NULL, NULL, keep));
     }
-    return model_rows_run(m, MODEL_ROWS_HEAD, 0, out, NULL, keep);
+    return out ? model_rows_run(m, MODEL_ROWS_HEAD, 0, out, NULL, keep) : QLAB_OK;
 }
 
-qlab_status model_forward(model *m, const int *tokens, const int *targets, int B, int T, float *logits,
-                          float *loss) {
+/* model_forward, or with at (n positions) model_forward_at's forward: the layers, then the head of those
+ * positions only. */
+static qlab_status model_forward_run(model *m, const int *tokens, const int *targets, int B, int T,
+                                     float *logits, float *loss, const int *at, int n) {
     m->have_targets = 0;
     if (m->quant_missing > 0)
         return qlab_fail(QLAB_ERR_ARG,
@@ -1338,16 +1359,35 @@ qlab_status model_forward(model *m, const int *tokens, const int *targets, int B
     if (model_rows_usable(m) && (targets || model_weights_packed(m))) {
         /* training: the weights (changed by the last step) packed again into the kept panels */
         if (targets) QLAB_TRY(model_pack_all(m));
-        qlab_status st = model_forward_rows(m, !targets && logits ? logits : m->acts.probs, targets != NULL);
+        float *out = at ? NULL : !targets && logits ? logits : m->acts.probs;
+        qlab_status st = model_forward_rows(m, out, targets != NULL);
         /* a training forward's copies serve this forward only: the caller may write the weights next */
         if (targets) m->packed_valid = 0;
         QLAB_TRY(st);
+        if (at) return model_head_at(m, at, n, logits);
         model_head_loss(m, targets, logits, loss);
         return QLAB_OK;
     }
     for (int l = 0; l < m->cfg.n_layers; l++)
         QLAB_TRY(model_block_forward(m, l, targets != NULL)); /* no targets: no backward follows */
-    return model_head_forward(m, targets, logits, loss);
+    return at ? model_head_at(m, at, n, logits) : model_head_forward(m, targets, logits, loss);
+}
+
+qlab_status model_forward(model *m, const int *tokens, const int *targets, int B, int T, float *logits,
+                          float *loss) {
+    return model_forward_run(m, tokens, targets, B, T, logits, loss, NULL, 0);
+}
+
+qlab_status model_forward_at(model *m, const int *tokens, int B, int T, const int *at, int n, float *logits) {
+    if (n < 1 || n > B * T || !at || !logits)
+        return qlab_fail(QLAB_ERR_ARG, "model_forward_at: %d positions of %d x %d asked for", n, B, T);
+    for (int k = 0; k < n; k++)
+        if (at[k] < 0 || at[k] >= B * T || (k && at[k] <= at[k - 1]))
+            return qlab_fail(
+                QLAB_ERR_ARG,
+                "model_forward_at: position %d (entry %d) is not after the last and inside [0, %d)", at[k], k,
+                B * T);
+    return model_forward_run(m, tokens, NULL, B, T, logits, NULL, at, n);
 }
 
 /* ---------------------------------------------------------------- backward */

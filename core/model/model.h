@@ -205,6 +205,12 @@ void model_set_row_passes(model *m, int on);
  * logits, if non-NULL, receives (B,T,vocab) fp32. Activations are kept for model_backward. */
 qlab_status model_forward(model *m, const int *tokens, const int *targets, int B, int T, float *logits,
                           float *loss);
+/* Forward pass without targets whose logits are those of positions at[0..n) only (indices into the B*T
+ * positions, increasing): logits receives (n, vocab) fp32, the rows model_forward would give for them (the
+ * same bits with bf16 compute off the blas path; fp32 and blas sums may depend on the row count, ~1e-6
+ * relative). The classifier runs over those rows only: an evaluation that scores some positions (perplexity
+ * of a window's second half, a multiple-choice answer, the next token) skips the rest of it. */
+qlab_status model_forward_at(model *m, const int *tokens, int B, int T, const int *at, int n, float *logits);
 /* Backward pass of the last forward (which must have had targets): accumulates d(loss)/d(param) into the
  * gradient buffer. Gradients of quantized (frozen) projections are not formed. */
 qlab_status model_backward(model *m);
