@@ -85,9 +85,13 @@ qlab_status generate(model *m, const int *prompt, int n_prompt, const generate_o
     memcpy(out, prompt, sizeof(int) * (size_t)n_prompt);
     int n = n_prompt;
     qlab_status st = QLAB_OK;
+    /* bf16 weights rounded (4-bit ones dequantized) once for the whole generation, not per token; packing
+     * only saves work, so a failure (memory) leaves them unpacked, with the same bits */
+    int packed = model_get_compute(m) == QLAB_COMPUTE_BF16 && !model_weights_packed(m) &&
+                 model_pack_weights(m) == QLAB_OK;
+    model_cache_clear(m); /* the prompt's keys and values are formed once, then one position per token */
     while (n < opt->max_tokens) {
-        const int last = n - 1;
-        st = model_forward_at(m, out, 1, n, &last, 1, logits);
+        st = model_forward_next(m, out, n, logits);
         if (st != QLAB_OK) break;
         float *row = logits;
         for (int v = 0; v < cfg->vocab_size && st == QLAB_OK; v++)
@@ -100,6 +104,8 @@ qlab_status generate(model *m, const int *prompt, int n_prompt, const generate_o
         out[n++] = next;
         if (on_token) on_token(next, ctx);
     }
+    if (packed) model_unpack_weights(m);
+    model_cache_clear(m);
     free(logits);
     *n_out = n;
     return st;

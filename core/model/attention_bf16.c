@@ -407,3 +407,23 @@ qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float
     }
     return QLAB_OK;
 }
+
+qlab_status attention_forward_cached_bf16(float *out, const float *q, const float *k, const float *v,
+                                          size_t ld, int p0, int n, int NH, int NKV, int HS, float *scratch) {
+    int group = NH / NKV, qstride = NH * HS, L = p0 + n;
+    float scale = 1.0f / sqrtf((float)HS);
+    for (int h = 0; h < NH; h++) { /* the heads in turn, each product on every thread */
+        const float *kh = k + (size_t)(h / group) * HS, *vh = v + (size_t)(h / group) * HS;
+        QLAB_TRY(bf16_gemm(0, 1, n, L, HS, q + (size_t)h * HS, qstride, kh, (int)ld, 0, scratch, L));
+        for (int i = 0; i < n; i++) { /* softmax_round_rows' operations; the product rounds to bf16 */
+            float *row = scratch + (size_t)i * L;
+            int valid = p0 + i + 1;
+            float inv = 1.0f / vm_scale_exp_sum(row, (size_t)valid, scale);
+            for (int j = 0; j < valid; j++)
+                row[j] *= inv;
+            memset(row + valid, 0, sizeof(float) * (size_t)(L - valid));
+        }
+        QLAB_TRY(bf16_gemm(0, 0, n, HS, L, scratch, L, vh, (int)ld, 0, out + (size_t)h * HS, qstride));
+    }
+    return QLAB_OK;
+}

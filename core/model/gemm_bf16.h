@@ -143,6 +143,12 @@ qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float
                                     const float *k, const float *v, int B, int T, int NH, int NKV, int HS,
                                     float *scratch, int n_scratch);
 
+/* attention_forward_cached (core/model/ops.h) with attention_forward_bf16's numerics: bf16 operands, fp32
+ * accumulation, the scale and softmax in fp32 (the products' sums over the cached keys: not always the same
+ * bits as the whole-sequence forward). scratch holds n * (p0+n) floats. */
+qlab_status attention_forward_cached_bf16(float *out, const float *q, const float *k, const float *v,
+                                          size_t ld, int p0, int n, int NH, int NKV, int HS, float *scratch);
+
 /* The operands of attention_forward_bf16 rounded and packed ahead, for a caller that forms q, k and v in
  * chunks of positions and packs each chunk while it is in cache (evaluation in row chunks): q as NH blocks
  * of B*T + 32 rows of Kq (HS rounded up to 32) values, zero padded; per (batch, key/value head) the keys as

@@ -89,6 +89,13 @@ struct model {
     int B, T, have_targets, target_count;
     int checkpointing; /* keep block inputs only; recompute each block in backward */
 
+    /* Generation's cache (model_forward_next): per position, per layer the keys (after RoPE) and values of
+     * the sequence kv_tokens[0..kv_len); room for kv_cap positions. */
+    float *kv_cache;
+    int *kv_tokens, kv_len, kv_cap;
+    void *kv_scratch; /* the cached attention's scores */
+    size_t kv_scratch_bytes;
+
     float *grad_act_buffer;
     size_t grad_act_capacity;
     model_grad_acts gacts;
@@ -384,6 +391,8 @@ static void model_free_quantized(model *m) {
     m->tile_floats = 0;
 }
 
+static void model_cache_free(model *m);
+
 void model_free(model *m) {
     if (!m) return;
     model_unpack_weights(m);
@@ -397,6 +406,7 @@ void model_free(model *m) {
     free(m->head_rows);
     free(m->rope_cos);
     free(m->rope_sin);
+    model_cache_free(m);
     memacct_release(MEMACCT_FP_WEIGHTS, m->num_params * sizeof(float));
     if (m->grad_buffer) memacct_release(MEMACCT_GRADIENTS, m->num_params * sizeof(float));
     memacct_release(MEMACCT_ACTIVATIONS, (m->act_capacity + m->grad_act_capacity) * sizeof(float));
@@ -1005,36 +1015,59 @@ static qlab_status model_forward_prepare(model *m, const int *tokens, int B, int
     return QLAB_OK;
 }
 
-/* Transformer block l over the residual stream x.res_in, leaving it in x.res3. keep: the attention
- * probabilities are kept for backward (bf16 compute skips storing them otherwise). */
-static qlab_status model_block_forward(model *m, int l, int keep) {
+/* The start of block l: the norm of its input and the q, k, v projections, q and k rotated (RoPE) at their
+ * positions: t of each of the B rows of T, or p0 + t for one sequence's positions from p0 (generation's
+ * cache). */
+static qlab_status model_block_qkv(model *m, int l, int p0) {
     const model_config *c = &m->cfg;
-    const model_params *p = &m->params;
     int B = m->B, T = m->T, N = B * T, D = c->dim, NH = c->n_heads, NKV = c->n_kv_heads, HS = m->head_size;
+    model_layer_acts x = model_layer_views(m, l);
+    int lanes = m->compute == QLAB_COMPUTE_BF16; /* bf16 numerics: vectorized row sums */
+    rmsnorm_forward_order(x.ln1, x.ln1_rstd, x.res_in, m->params.rms_att + (size_t)l * D, N, D, c->norm_eps,
+                          lanes);
+    static const model_proj qkv[3] = {PROJ_Q, PROJ_K, PROJ_V};
+    QLAB_TRY(model_linear_forward_shared(m, l, qkv, (float *const[]){x.q, x.k, x.v}, 3, x.ln1, N));
+    if (p0 == 0) {
+        rope_forward(x.q, x.q, m->rope_cos, m->rope_sin, B, T, NH, HS);
+        rope_forward(x.k, x.k, m->rope_cos, m->rope_sin, B, T, NKV, HS);
+    } else { /* row i at position (p0 + i) % (p0 + T) */
+        rope_forward_rows(x.q, x.q, m->rope_cos, m->rope_sin, p0, T, p0 + T, NH, HS);
+        rope_forward_rows(x.k, x.k, m->rope_cos, m->rope_sin, p0, T, p0 + T, NKV, HS);
+    }
+    return QLAB_OK;
+}
+
+/* The rest of block l once attention's output is in x.atty: the output projection and residual, then the
+ * feed-forward block x + W2 (silu(W1 n(x)) * W3 n(x)) into x.res3. */
+static qlab_status model_block_output(model *m, int l) {
+    const model_config *c = &m->cfg;
+    int N = m->B * m->T, D = c->dim;
     size_t ND = (size_t)N * D, NHD = (size_t)N * c->hidden_dim;
     model_layer_acts x = model_layer_views(m, l);
-
-    /* attention block: x + Wo attention(rope(Wq n(x)), rope(Wk n(x)), Wv n(x)) */
-    int lanes = m->compute == QLAB_COMPUTE_BF16; /* bf16 numerics: vectorized row sums */
-    rmsnorm_forward_order(x.ln1, x.ln1_rstd, x.res_in, p->rms_att + (size_t)l * D, N, D, c->norm_eps, lanes);
-    static const model_proj qkv[3] = {PROJ_Q, PROJ_K, PROJ_V}, gate_up[2] = {PROJ_GATE, PROJ_UP};
-    QLAB_TRY(model_linear_forward_shared(m, l, qkv, (float *const[]){x.q, x.k, x.v}, 3, x.ln1, N));
-    rope_forward(x.q, x.q, m->rope_cos, m->rope_sin, B, T, NH, HS);
-    rope_forward(x.k, x.k, m->rope_cos, m->rope_sin, B, T, NKV, HS);
-    if (m->compute == QLAB_COMPUTE_BF16)
-        QLAB_TRY(attention_forward_bf16(x.atty, keep ? x.att : NULL, x.q, x.k, x.v, B, T, NH, NKV, HS));
-    else
-        attention_forward(x.atty, x.att, x.q, x.k, x.v, B, T, NH, NKV, HS);
+    static const model_proj gate_up[2] = {PROJ_GATE, PROJ_UP};
     QLAB_TRY(model_linear_forward(m, l, PROJ_O, x.res2, x.atty, N));
     residual_forward(x.res2, x.res2, x.res_in, ND);
-
-    /* feed-forward block: x + W2 (silu(W1 n(x)) * W3 n(x)) */
-    rmsnorm_forward_order(x.ln2, x.ln2_rstd, x.res2, p->rms_ffn + (size_t)l * D, N, D, c->norm_eps, lanes);
+    rmsnorm_forward_order(x.ln2, x.ln2_rstd, x.res2, m->params.rms_ffn + (size_t)l * D, N, D, c->norm_eps,
+                          m->compute == QLAB_COMPUTE_BF16);
     QLAB_TRY(model_linear_forward_shared(m, l, gate_up, (float *const[]){x.h1, x.h3}, 2, x.ln2, N));
     swiglu_forward(x.hs, x.h1, x.h3, NHD);
     QLAB_TRY(model_linear_forward(m, l, PROJ_DOWN, x.res3, x.hs, N));
     residual_forward(x.res3, x.res3, x.res2, ND);
     return QLAB_OK;
+}
+
+/* Transformer block l over the residual stream x.res_in, leaving it in x.res3. keep: the attention
+ * probabilities are kept for backward (bf16 compute skips storing them otherwise). */
+static qlab_status model_block_forward(model *m, int l, int keep) {
+    int B = m->B, T = m->T, NH = m->cfg.n_heads, NKV = m->cfg.n_kv_heads, HS = m->head_size;
+    model_layer_acts x = model_layer_views(m, l);
+    /* attention block: x + Wo attention(rope(Wq n(x)), rope(Wk n(x)), Wv n(x)) */
+    QLAB_TRY(model_block_qkv(m, l, 0));
+    if (m->compute == QLAB_COMPUTE_BF16)
+        QLAB_TRY(attention_forward_bf16(x.atty, keep ? x.att : NULL, x.q, x.k, x.v, B, T, NH, NKV, HS));
+    else
+        attention_forward(x.atty, x.att, x.q, x.k, x.v, B, T, NH, NKV, HS);
+    return model_block_output(m, l);
 }
 
 static void model_head_loss(model *m, const int *targets, float *logits, float *loss);
@@ -1348,6 +1381,7 @@ static qlab_status model_forward_rows(model *m, float *out, int keep) {
 static qlab_status model_forward_run(model *m, const int *tokens, const int *targets, int B, int T,
                                      float *logits, float *loss, const int *at, int n) {
     m->have_targets = 0;
+    m->kv_len = 0; /* the weights may have changed since generation's cache was filled */
     if (m->quant_missing > 0)
         return qlab_fail(QLAB_ERR_ARG,
                          "model_forward: %d quantized projections were never set (model_set_projection)",
@@ -1388,6 +1422,107 @@ qlab_status model_forward_at(model *m, const int *tokens, int B, int T, const in
                 "model_forward_at: position %d (entry %d) is not after the last and inside [0, %d)", at[k], k,
                 B * T);
     return model_forward_run(m, tokens, NULL, B, T, logits, NULL, at, n);
+}
+
+/* ---------------------------------------------------------------- generation's cache */
+
+static size_t model_kv_row(const model *m) { /* floats per cached position: keys and values of every layer */
+    return (size_t)m->cfg.n_layers * 2 * m->cfg.n_kv_heads * m->head_size;
+}
+
+void model_cache_clear(model *m) {
+    m->kv_len = 0;
+}
+
+/* The cache's arrays (not its scratch). */
+static void model_cache_release(model *m) {
+    memacct_release(MEMACCT_SCRATCH, (size_t)m->kv_cap * (model_kv_row(m) * sizeof(float) + sizeof(int)));
+    qlab_free_aligned(m->kv_cache);
+    free(m->kv_tokens);
+    m->kv_cache = NULL, m->kv_tokens = NULL, m->kv_len = m->kv_cap = 0;
+}
+
+static void model_cache_free(model *m) {
+    model_cache_release(m);
+    model_scratch_free(&m->kv_scratch, &m->kv_scratch_bytes);
+}
+
+/* Room for n positions, keeping the cached ones (grown to twice what it held, at least 64, at most
+ * seq_len). */
+static qlab_status model_cache_reserve(model *m, int n) {
+    if (n <= m->kv_cap) return QLAB_OK;
+    int cap = 2 * m->kv_cap > n ? 2 * m->kv_cap : n;
+    cap = cap < 64 ? 64 : cap;
+    cap = cap > m->cfg.seq_len ? m->cfg.seq_len : cap;
+    size_t row = model_kv_row(m), bytes = (size_t)cap * (row * sizeof(float) + sizeof(int));
+    QLAB_TRY(memacct_charge(MEMACCT_SCRATCH, bytes));
+    float *kv = qlab_alloc_aligned((size_t)cap * row * sizeof(float));
+    int *tk = qlab_calloc((size_t)cap, sizeof(int));
+    if (!kv || !tk) {
+        qlab_free_aligned(kv);
+        free(tk);
+        memacct_release(MEMACCT_SCRATCH, bytes);
+        return qlab_fail(QLAB_ERR_NOMEM, "model_forward_next: no room to cache %d positions (%zu bytes)", cap,
+                         bytes);
+    }
+    int len = m->kv_len;
+    if (len) {
+        memcpy(kv, m->kv_cache, (size_t)len * row * sizeof(float));
+        memcpy(tk, m->kv_tokens, (size_t)len * sizeof(int));
+    }
+    model_cache_release(m);
+    m->kv_cache = kv, m->kv_tokens = tk, m->kv_cap = cap, m->kv_len = len;
+    return QLAB_OK;
+}
+
+/* Block l of the new positions [p0, p0 + T) of one sequence: their keys and values join the cache, their
+ * queries attend over every cached position up to their own. */
+static qlab_status model_block_cached(model *m, int l, int p0) {
+    const model_config *c = &m->cfg;
+    int n = m->T, NH = c->n_heads, NKV = c->n_kv_heads, HS = m->head_size, kvd = NKV * HS;
+    model_layer_acts x = model_layer_views(m, l);
+    QLAB_TRY(model_block_qkv(m, l, p0));
+    size_t ld = model_kv_row(m);
+    float *kc = m->kv_cache + (size_t)l * 2 * kvd, *vc = kc + kvd;
+    for (int i = 0; i < n; i++) {
+        memcpy(kc + (size_t)(p0 + i) * ld, x.k + (size_t)i * kvd, sizeof(float) * (size_t)kvd);
+        memcpy(vc + (size_t)(p0 + i) * ld, x.v + (size_t)i * kvd, sizeof(float) * (size_t)kvd);
+    }
+    if (m->compute == QLAB_COMPUTE_BF16)
+        QLAB_TRY(attention_forward_cached_bf16(x.atty, x.q, kc, vc, ld, p0, n, NH, NKV, HS, m->kv_scratch));
+    else
+        attention_forward_cached(x.atty, x.q, kc, vc, ld, p0, n, NH, NKV, HS, m->kv_scratch,
+                                 (int)(m->kv_scratch_bytes / (sizeof(float) * (size_t)n * (p0 + n))));
+    return model_block_output(m, l);
+}
+
+qlab_status model_forward_next(model *m, const int *tokens, int n, float *logits) {
+    if (m->quant_missing > 0)
+        return qlab_fail(QLAB_ERR_ARG, "model_forward_next: %d quantized projections were never set",
+                         m->quant_missing);
+    QLAB_TRY(model_forward_check(m, tokens, NULL, 1, n));
+    int p0 = 0; /* the longest cached prefix of tokens, the last position always computed */
+    while (p0 < m->kv_len && p0 < n - 1 && m->kv_tokens[p0] == tokens[p0])
+        p0++;
+    m->kv_len = p0;
+    int fresh = n - p0, threads = 1;
+#ifdef _OPENMP
+    threads = omp_get_max_threads();
+#endif
+    QLAB_TRY(model_cache_reserve(m, n));
+    size_t scores = sizeof(float) * (size_t)fresh * n * (m->compute == QLAB_COMPUTE_BF16 ? 1 : threads);
+    QLAB_TRY(
+        model_scratch_reserve(&m->kv_scratch, &m->kv_scratch_bytes, scores, "model_forward_next: scores"));
+    QLAB_TRY(model_forward_prepare(m, tokens + p0, 1, fresh));
+    QLAB_TRY(model_rope_reserve(m, n));
+    if (m->compute == QLAB_COMPUTE_BF16) QLAB_TRY(linear_bf16_reserve(&m->cfg, fresh, 0));
+    embedding_forward(m->acts.encoded, tokens + p0, m->params.token_embedding, fresh, m->cfg.dim);
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        QLAB_TRY(model_block_cached(m, l, p0));
+    memcpy(m->kv_tokens + p0, tokens + p0, sizeof(int) * (size_t)fresh);
+    m->kv_len = n;
+    const int last = fresh - 1;
+    return model_head_at(m, &last, 1, logits);
 }
 
 /* ---------------------------------------------------------------- backward */

@@ -211,6 +211,15 @@ qlab_status model_forward(model *m, const int *tokens, const int *targets, int B
  * relative). The classifier runs over those rows only: an evaluation that scores some positions (perplexity
  * of a window's second half, a multiple-choice answer, the next token) skips the rest of it. */
 qlab_status model_forward_at(model *m, const int *tokens, int B, int T, const int *at, int n, float *logits);
+/* Generation: the logits (vocab floats) of the last position of one sequence tokens[0..n), reusing the keys
+ * and values this function cached for the longest prefix the sequence shares with the one of its last call
+ * (a generation loop adds one token per call: one position's work instead of n). The logits
+ * model_forward_at gives for that position: the same bits with bf16 compute on the ref and avx512bf16 paths
+ * (tests/test_model_bf16.c; amx not yet measured), fp32 within ~1e-5 of the largest logit (OpenBLAS sums
+ * over other blocks of rows). Any model_forward / model_forward_at drops the cache (the weights may have
+ * changed since), as does model_cache_clear; a caller that changes the weights otherwise must clear it. */
+qlab_status model_forward_next(model *m, const int *tokens, int n, float *logits);
+void model_cache_clear(model *m);
 /* Backward pass of the last forward (which must have had targets): accumulates d(loss)/d(param) into the
  * gradient buffer. Gradients of quantized (frozen) projections are not formed. */
 qlab_status model_backward(model *m);

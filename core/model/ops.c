@@ -342,20 +342,45 @@ void rope_backward(float *dinp, const float *dout, const float *cos_table, const
  * about 40% of the score and weighted-sum work at T = 256 compared with full T x T products. */
 #define OPS_ATT_BLOCK 64
 
+/* One row of the causal softmax: the first valid of its len entries scaled and normalised, the rest zero. */
+static void attention_softmax_row(float *row, int valid, int len, float scale) {
+    if (scale != 1.0f)
+        for (int t2 = 0; t2 < valid; t2++)
+            row[t2] *= scale;
+    size_t at;
+    float maxv = vm_max_index(row, (size_t)valid, &at);
+    float inv = 1.0f / vm_exp_shift_sum(row, row, (size_t)valid, maxv);
+    for (int t2 = 0; t2 < valid; t2++)
+        row[t2] *= inv;
+    for (int t2 = valid; t2 < len; t2++)
+        row[t2] = 0;
+}
+
 void attention_softmax_rows(float *a, int r0, int r1, int T, float scale) {
-    for (int t = r0; t < r1; t++) {
-        float *row = a + (size_t)t * T;
-        if (scale != 1.0f)
-            for (int t2 = 0; t2 <= t; t2++)
-                row[t2] *= scale;
-        size_t at;
-        float maxv = vm_max_index(row, (size_t)t + 1, &at);
-        float inv = 1.0f / vm_exp_shift_sum(row, row, (size_t)t + 1, maxv);
-        for (int t2 = 0; t2 <= t; t2++)
-            row[t2] *= inv;
-        for (int t2 = t + 1; t2 < T; t2++)
-            row[t2] = 0;
+    for (int t = r0; t < r1; t++)
+        attention_softmax_row(a + (size_t)t * T, t + 1, T, scale);
+}
+
+void attention_forward_cached(float *out, const float *q, const float *k, const float *v, size_t ld, int p0,
+                              int n, int NH, int NKV, int HS, float *scratch, int n_scratch) {
+    int group = NH / NKV, qstride = NH * HS, L = p0 + n;
+    float scale = 1.0f / sqrtf((float)HS);
+    int prev = ops_blas_serial_begin();
+#pragma omp parallel for schedule(static) num_threads(n_scratch)
+    for (int h = 0; h < NH; h++) {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *s = scratch + (size_t)tid * n * L;
+        const float *kh = k + (size_t)(h / group) * HS, *vh = v + (size_t)(h / group) * HS;
+        /* scores = scale * q k^T over every cached key, then each row's causal softmax */
+        ops_gemm_serial(0, 1, n, L, HS, scale, q + (size_t)h * HS, qstride, kh, (int)ld, 0.0f, s, L);
+        for (int i = 0; i < n; i++)
+            attention_softmax_row(s + (size_t)i * L, p0 + i + 1, L, 1.0f);
+        ops_gemm_serial(0, 0, n, HS, L, 1.0f, s, L, vh, (int)ld, 0.0f, out + (size_t)h * HS, qstride);
     }
+    ops_blas_serial_end(prev);
 }
 
 /* ds (T,T) holds d(att) of one head on entry and d(scores) on exit: scale * att * (ds - <att, ds>) on and

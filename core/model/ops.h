@@ -91,6 +91,12 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
 /* The fp32 attention's causal softmax (also the tests' reference for the bf16 one). Rows [r0, r1) of a (T
  * columns) hold scores: row t becomes softmax(scale * row[0..t]) (scale 1: the row as is), zeros after t. */
 void attention_softmax_rows(float *a, int r0, int r1, int T, float scale);
+/* attention_forward for generation with a cache: n new query rows q (n, NH*HS) at positions p0 .. p0+n-1
+ * over the keys and values of positions [0, p0+n), row p of k and v at k + p*ld and v + p*ld (the new rows
+ * included); out (n, NH*HS). The same operations as attention_forward for a row (OpenBLAS's sums over a
+ * different block of rows: not always the same bits). scratch holds n_scratch * n * (p0+n) floats. */
+void attention_forward_cached(float *out, const float *q, const float *k, const float *v, size_t ld, int p0,
+                              int n, int NH, int NKV, int HS, float *scratch, int n_scratch);
 
 /* out (N,H) = silu(gate) * up, gate and up (N,H); silu(x) = x / (1 + e^-x). */
 void swiglu_forward(float *out, const float *gate, const float *up, size_t n);
