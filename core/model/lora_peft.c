@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 #include <cjson/cJSON.h>
@@ -95,16 +96,38 @@ done:
     return st;
 }
 
-/* Keys whose only acceptable values are "absent, null, false, empty": anything else changes what the
- * adapter computes in a way qlab does not implement. */
-static qlab_status peft_refuse_if_set(const cJSON *root, const char *path, const char *key,
-                                      const char *what) {
+/* Keys whose only acceptable values are "absent, null, false, empty" (with sub_config, "absent or null":
+ * PEFT turns any object, {} too, into a sub-configuration that enables its variant): anything else changes
+ * what the adapter computes in a way qlab does not implement. */
+static qlab_status peft_refuse_if_set(const cJSON *root, const char *path, const char *key, const char *what,
+                                      int sub_config) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
-    if (!v || cJSON_IsNull(v) || cJSON_IsFalse(v)) return QLAB_OK;
-    if ((cJSON_IsObject(v) || cJSON_IsArray(v)) && cJSON_GetArraySize(v) == 0) return QLAB_OK;
+    if (!v || cJSON_IsNull(v) || (!sub_config && cJSON_IsFalse(v))) return QLAB_OK;
+    if (!sub_config && (cJSON_IsObject(v) || cJSON_IsArray(v)) && cJSON_GetArraySize(v) == 0) return QLAB_OK;
     char *shown = cJSON_PrintUnformatted(v);
     qlab_status st = qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: \"%s\" = %.80s: %s is not supported by qlab", path,
                                key, shown ? shown : "?", what);
+    free(shown);
+    return st;
+}
+
+/* init_lora_weights: PeftModel.from_pretrained runs the initialisation again before it loads A and B. true,
+ * false, "gaussian", "orthogonal" and "eva" only draw A and B, which the loaded weights then replace; the
+ * others rewrite the base weight from its SVD or a quantization (PiSSA, CorDA, OLoRA, LoftQ, LoRA-GA) or
+ * select another forward (MiCA), so the adapter means something else on the plain base. */
+static qlab_status peft_check_init(const cJSON *root, const char *path) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "init_lora_weights");
+    if (!v || cJSON_IsNull(v) || cJSON_IsBool(v)) return QLAB_OK;
+    if (cJSON_IsString(v) && (!strcasecmp(v->valuestring, "gaussian") ||
+                              !strcmp(v->valuestring, "orthogonal") || !strcmp(v->valuestring, "eva")))
+        return QLAB_OK;
+    char *shown = cJSON_PrintUnformatted(v);
+    qlab_status st =
+        qlab_fail(QLAB_ERR_UNSUPPORTED,
+                  "%s: \"init_lora_weights\" = %.40s: PEFT redoes this initialisation when it loads "
+                  "the adapter, changing the base weights or the forward, which qlab does not; save "
+                  "it converted (path_initial_model_for_weight_conversion) or merged",
+                  path, shown ? shown : "?");
     free(shown);
     return st;
 }
@@ -139,24 +162,32 @@ static qlab_status peft_parse(const char *path, const cJSON *root, lora_config *
                          "%s: \"bias\" must be \"none\": trained biases are not supported", path);
     static const struct {
         const char *key, *what;
+        int sub_config;
     } refused[] = {
-        {"use_dora", "DoRA"},
-        {"use_rslora", "rank-stabilised LoRA (scale alpha/sqrt(r))"},
-        {"fan_in_fan_out", "a transposed (Conv1D) layout"},
-        {"modules_to_save", "fully trained extra modules"},
-        {"rank_pattern", "a per-module rank"},
-        {"alpha_pattern", "a per-module alpha"},
-        {"layers_to_transform", "adapting only some layers"},
-        {"exclude_modules", "excluding modules"},
-        {"layer_replication", "layer replication"},
-        {"lora_bias", "a LoRA bias"},
-        {"trainable_token_indices", "trainable token embeddings"},
-        {"target_parameters", "adapting raw parameters"},
-        {"use_qalora", "QA-LoRA"},
-        {"alora_invocation_tokens", "activated LoRA"},
+        {"use_dora", "DoRA", 0},
+        {"use_rslora", "rank-stabilised LoRA (scale alpha/sqrt(r))", 0},
+        {"fan_in_fan_out", "a transposed (Conv1D) layout", 0},
+        {"modules_to_save", "fully trained extra modules", 0},
+        {"rank_pattern", "a per-module rank", 0},
+        {"alpha_pattern", "a per-module alpha", 0},
+        {"layers_to_transform", "adapting only some layers", 0},
+        {"exclude_modules", "excluding modules", 0},
+        {"layer_replication", "layer replication", 0},
+        {"lora_bias", "a LoRA bias", 0},
+        {"trainable_token_indices", "trainable token embeddings", 0},
+        {"target_parameters", "adapting raw parameters", 0},
+        {"use_qalora", "QA-LoRA", 0},
+        {"alora_invocation_tokens", "activated LoRA", 0},
+        /* the LoRA variants of PEFT 0.21 whose forward differs from W x + s B A x (VeLoRA changes only the
+         * backward pass, so its adapters load) */
+        {"arrow_config", "Arrow routing between adapters", 1},
+        {"use_bdlora", "block-diagonal LoRA (BD-LoRA)", 1},
+        {"monteclora_config", "MonteCLoRA's sampled A", 1},
+        {"kasa_config", "KaSA (a truncated base weight and a singular-value diagonal)", 1},
     };
     for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++)
-        QLAB_TRY(peft_refuse_if_set(root, path, refused[i].key, refused[i].what));
+        QLAB_TRY(peft_refuse_if_set(root, path, refused[i].key, refused[i].what, refused[i].sub_config));
+    QLAB_TRY(peft_check_init(root, path));
 
     const cJSON *r = cJSON_GetObjectItemCaseSensitive(root, "r");
     if (!cJSON_IsNumber(r) || r->valuedouble != floor(r->valuedouble) || r->valuedouble < 1 ||
