@@ -72,18 +72,22 @@ static const float *tensor_f32(const safetensors_file *f, const char *name, int6
     return (const float *)t->data;
 }
 
-static void test_merge_in_hf_order(void) {
+/* rslora: PEFT's use_rslora, whose scale is lora_alpha / math.sqrt(r) (PEFT 0.21.2 LoraLayer.update_layer).
+ */
+static void test_merge_in_hf_order(int rslora) {
     model_config c = tiny_config();
     model *m = random_model(&c);
-    lora_config lc = {LORA_TARGETS_ALL, 3, 6.0f, 0.1f, 5};
+    lora_config lc = {
+        .targets = LORA_TARGETS_ALL, .rank = 3, .alpha = 6.0f, .dropout = 0.1f, .seed = 5, .rslora = rslora};
     lora_set *l = NULL;
     CHECK(lora_create(&l, &c, &lc) == QLAB_OK);
     size_t n;
     float *p = lora_get_param_buffer(l, &n);
     for (size_t i = 0; i < n; i++)
         p[i] = (float)(0.3 * rng_normal(&rng)); /* B non-zero: every row of every module matters */
-    const char *base_dir = tmp_path("base"), *adapter_dir = tmp_path("adapter"),
-               *merged_dir = tmp_path("merged");
+    const char *base_dir = tmp_path(rslora ? "base_rs" : "base"),
+               *adapter_dir = tmp_path(rslora ? "adapter_rs" : "adapter"),
+               *merged_dir = tmp_path(rslora ? "merged_rs" : "merged");
     qlab_status st = checkpoint_save_hf(m, base_dir);
     CHECKF(st == QLAB_OK, "%s", qlab_last_error());
     st = lora_save_peft(l, adapter_dir, base_dir);
@@ -110,7 +114,8 @@ static void test_merge_in_hf_order(void) {
     CHECK(adapter.n_tensors == 2 * PROJ_COUNT * c.n_layers);
     const char *fmt = safetensors_metadata(&adapter, "format");
     CHECK(fmt && !strcmp(fmt, "pt"));
-    double scale = lc.alpha / lc.rank;
+    double scale = rslora ? lc.alpha / sqrt(lc.rank) : lc.alpha / lc.rank;
+    CHECKF(lora_scale(l) == (float)scale, "scale %.9g, PEFT's %.9g", lora_scale(l), scale);
     for (int layer = 0; layer < c.n_layers; layer++)
         for (int pj = 0; pj < PROJ_COUNT; pj++) {
             linear_weight lw = model_get_linear(m, layer, (model_proj)pj);
@@ -169,7 +174,7 @@ static void test_merge_in_hf_order(void) {
     if (back) {
         const lora_config *bc = lora_get_config(back);
         CHECK(bc->targets == lc.targets && bc->rank == lc.rank && bc->alpha == lc.alpha &&
-              bc->dropout == lc.dropout);
+              bc->dropout == lc.dropout && bc->rslora == rslora && lora_scale(back) == lora_scale(l));
         size_t nb;
         CHECK(memcmp(lora_get_param_buffer(back, &nb), p, n * sizeof(float)) == 0 && nb == n);
         lora_free(back);
@@ -180,10 +185,10 @@ static void test_merge_in_hf_order(void) {
     CHECK(lora_read_peft_config(path, &rc, &base_model) == QLAB_OK && base_model &&
           !strcmp(base_model, base_dir));
     free(base_model);
-    printf("  merged Hugging Face weights = W_hf + (alpha/r) B A for all 7 modules x %d layers; adapter vs "
-           "merged "
-           "forward max |diff| %.2g\n",
-           c.n_layers, worst);
+    CHECK(rc.rslora == rslora);
+    printf("  merged Hugging Face weights = W_hf + (alpha/%s) B A for all 7 modules x %d layers; adapter vs "
+           "merged forward max |diff| %.2g\n",
+           rslora ? "sqrt(r)" : "r", c.n_layers, worst);
 
     lora_detach(m);
     lora_free(l);
@@ -259,7 +264,7 @@ static void test_refusals(void) {
     const char *dir = tmp_path("bad");
     CHECK(mkdir(dir, 0777) == 0);
     expect_config_refused(dir, ", \"use_dora\": true", "use_dora");
-    expect_config_refused(dir, ", \"use_rslora\": true", "use_rslora");
+    expect_config_refused(dir, ", \"use_rslora\": 1", "use_rslora");
     expect_config_refused(dir, ", \"bias\": \"all\"", "bias");
     expect_config_refused(dir, ", \"modules_to_save\": [\"lm_head\"]", "modules_to_save");
     expect_config_refused(dir, ", \"rank_pattern\": {\"q_proj\": 2}", "rank_pattern");
@@ -286,7 +291,7 @@ static void test_refusals(void) {
 
     /* A weights file with a tensor qlab would not apply (a DoRA magnitude vector) is refused by name, and a
      * missing adapter is refused too. */
-    lora_config good = {LORA_TARGETS_QV, 3, 6.0f, 0, 1};
+    lora_config good = {.targets = LORA_TARGETS_QV, .rank = 3, .alpha = 6.0f, .seed = 1};
     lora_set *l = NULL;
     CHECK(lora_create(&l, &c, &good) == QLAB_OK);
     const char *adir = tmp_path("extra");
@@ -316,7 +321,8 @@ static void test_refusals(void) {
 int main(void) {
     rng_seed(&rng, 20261204);
     test_tmp_dir_create("lora_peft");
-    test_merge_in_hf_order();
+    test_merge_in_hf_order(0);
+    test_merge_in_hf_order(1);
     test_refusals();
     test_peft_inits_and_variants();
     test_tmp_dir_remove();

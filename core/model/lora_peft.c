@@ -80,7 +80,7 @@ qlab_status lora_save_peft(const lora_set *l, const char *dir, const char *base_
     cJSON_AddItemToObject(root, "target_modules", targets);
     cJSON_AddStringToObject(root, "task_type", "CAUSAL_LM");
     cJSON_AddBoolToObject(root, "use_dora", 0);
-    cJSON_AddBoolToObject(root, "use_rslora", 0);
+    cJSON_AddBoolToObject(root, "use_rslora", c->rslora != 0);
     char *text = cJSON_Print(root);
     if (!text) {
         st = qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory", config);
@@ -165,7 +165,6 @@ static qlab_status peft_parse(const char *path, const cJSON *root, lora_config *
         int sub_config;
     } refused[] = {
         {"use_dora", "DoRA", 0},
-        {"use_rslora", "rank-stabilised LoRA (scale alpha/sqrt(r))", 0},
         {"fan_in_fan_out", "a transposed (Conv1D) layout", 0},
         {"modules_to_save", "fully trained extra modules", 0},
         {"rank_pattern", "a per-module rank", 0},
@@ -203,6 +202,10 @@ static qlab_status peft_parse(const char *path, const cJSON *root, lora_config *
         !(cJSON_IsNumber(dropout) && dropout->valuedouble >= 0 && dropout->valuedouble < 1))
         return qlab_fail(QLAB_ERR_FORMAT, "%s: \"lora_dropout\" must be a number in [0, 1)", path);
     out->dropout = dropout && cJSON_IsNumber(dropout) ? (float)dropout->valuedouble : 0.0f;
+    const cJSON *rslora = cJSON_GetObjectItemCaseSensitive(root, "use_rslora");
+    if (rslora && !cJSON_IsNull(rslora) && !cJSON_IsBool(rslora))
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: \"use_rslora\" must be true or false", path);
+    out->rslora = cJSON_IsTrue(rslora); /* scale lora_alpha / sqrt(r) */
 
     const cJSON *tm = cJSON_GetObjectItemCaseSensitive(root, "target_modules");
     if (cJSON_IsString(tm)) {

@@ -3,7 +3,8 @@
  * tensors base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight, ..., rows of q_proj/k_proj's
  * lora_B in Hugging Face's half-split rotary order, which lora_save/lora_load take care of), so
  * PeftModel.from_pretrained on the Hugging Face copy of the same base gives the same outputs as qlab, and
- * an adapter trained by PEFT loads here. What qlab cannot apply (DoRA, rsLoRA's scale, biases,
+ * an adapter trained by PEFT loads here (rank-stabilised ones too: use_rslora, scale alpha / sqrt(r)). What
+ * qlab cannot apply (DoRA, an initialisation PEFT redoes on load such as PiSSA, biases,
  * modules_to_save, embed_tokens/lm_head targets, per-layer ranks, ...) is refused with a message naming
  * it, never ignored. */
 #ifndef QLAB_LORA_PEFT_H
