@@ -259,6 +259,71 @@ static void test_peft_inits_and_variants(void) {
                                 "\"arrow_config\": null, \"use_bdlora\": null, \"kasa_config\": null");
 }
 
+/* target_modules as config text, read for a model of config c: its target mask, or 0 with the error. The
+ * weights file holds the adapters of the targets lora_read_peft_config reads (which, knowing no model,
+ * matches the names of a one-layer model), or with `weights` non-zero those of `weights`. */
+static unsigned targets_of_weights(const model_config *c, const char *tm, unsigned weights) {
+    const char *dir = tmp_path("targets");
+    mkdir(dir, 0777);
+    char text[512], path[600];
+    snprintf(text, sizeof text, "{\"peft_type\": \"LORA\", \"r\": 2, \"target_modules\": %s}", tm);
+    snprintf(path, sizeof path, "%s/%s", dir, LORA_PEFT_CONFIG);
+    write_bytes(path, text, strlen(text));
+    lora_config lc = {.targets = weights, .rank = 2, .alpha = 8};
+    if (!weights && lora_read_peft_config(dir, &lc, NULL) != QLAB_OK) return 0;
+    /* the weights of those targets, so that lora_load_peft checks target_modules on every layer */
+    lora_set *l = NULL, *back = NULL;
+    CHECK(lora_create(&l, c, &lc) == QLAB_OK);
+    snprintf(path, sizeof path, "%s/%s", dir, LORA_PEFT_WEIGHTS);
+    CHECK(l && lora_save(l, path) == QLAB_OK);
+    lora_free(l);
+    qlab_status st = lora_load_peft(dir, c, &back);
+    unsigned got = back ? lora_get_config(back)->targets : 0;
+    lora_free(back);
+    return st == QLAB_OK ? got : 0;
+}
+
+static unsigned targets_of(const model_config *c, const char *tm) {
+    return targets_of_weights(c, tm, 0);
+}
+
+/* target_modules as PEFT 0.21.2 matches it against LlamaForCausalLM's module names: a list entry is the
+ * name or its end after a dot, a string a regular expression matched with re.fullmatch (so the string
+ * "q_proj" selects nothing: PEFT raises "Target modules q_proj not found in the base model", while
+ * ".*\.(q_proj|v_proj)" is an adapter PEFT saves as it is). A selection qlab cannot apply (an embedding,
+ * lm_head, some layers only, a Python-only pattern) is refused by name. */
+static void test_target_modules(void) {
+    model_config c = tiny_config(); /* 2 layers */
+    unsigned q = LORA_TARGET(PROJ_Q), v = LORA_TARGET(PROJ_V), down = LORA_TARGET(PROJ_DOWN);
+    CHECK(targets_of(&c, "[\"q_proj\", \"v_proj\"]") == (q | v));
+    CHECK(targets_of(&c, "[\"self_attn.q_proj\", \"mlp.down_proj\", \"q_proj\"]") == (q | down));
+    CHECK(targets_of(&c, "\".*\\\\.(q_proj|v_proj)\"") == (q | v));
+    CHECK(targets_of(&c, "\".*q_proj\"") == q);
+    CHECK(targets_of(&c, "\"model\\\\.layers\\\\.[0-9]+\\\\.mlp\\\\.down_proj\"") == down);
+    CHECK(targets_of_weights(&c, "[\"model.layers.0.self_attn.q_proj\", \"model.layers.1.self_attn.q_proj\"]",
+                             q) == q);
+    struct {
+        const char *tm, *expect;
+    } refused[] = {
+        {"\"q_proj\"", "selects no module"},
+        {"[\"q_proj\", \"lm_head\"]", "lm_head"},
+        {"[\"embed_tokens\"]", "embed_tokens"},
+        {"\".*\"", "cannot adapt"},
+        {"\".*layers\\\\.0\\\\..*_proj\"", "1 of 2 layers"},
+        {"\"model\\\\.layers\\\\.\\\\d+\\\\.mlp\\\\.down_proj\"", "regular expression"},
+        {"\".*(?:q|v)_proj\"", "regular expression"},
+        {"[\"q_proj\", \"qq_proj\"]", "qq_proj"},
+    };
+    unsigned t = targets_of_weights(
+        &c, "[\"model.layers.0.self_attn.q_proj\", \"model.layers.0.self_attn.q_proj\"]", q);
+    CHECKF(t == 0 && strstr(qlab_last_error(), "1 of 2 layers"), "layer 0 named twice: 0x%x", t);
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        t = targets_of(&c, refused[i].tm);
+        CHECKF(t == 0 && strstr(qlab_last_error(), refused[i].expect), "target_modules %s: 0x%x, '%s'",
+               refused[i].tm, t, t ? "" : qlab_last_error());
+    }
+}
+
 static void test_refusals(void) {
     model_config c = tiny_config();
     const char *dir = tmp_path("bad");
@@ -280,10 +345,6 @@ static void test_refusals(void) {
     lora_config lc;
     CHECK(lora_read_peft_config(dir, &lc, NULL) == QLAB_ERR_UNSUPPORTED &&
           strstr(qlab_last_error(), "embed_tokens"));
-    const char *regex = "{\"peft_type\": \"LORA\", \"r\": 3, \"target_modules\": \".*q_proj\"}";
-    write_bytes(path, regex, strlen(regex));
-    CHECK(lora_read_peft_config(dir, &lc, NULL) == QLAB_ERR_UNSUPPORTED &&
-          strstr(qlab_last_error(), "regular expression"));
     const char *ia3 = "{\"peft_type\": \"IA3\", \"r\": 3, \"target_modules\": [\"q_proj\"]}";
     write_bytes(path, ia3, strlen(ia3));
     CHECK(lora_read_peft_config(dir, &lc, NULL) == QLAB_ERR_UNSUPPORTED && strstr(qlab_last_error(), "IA3"));
@@ -325,6 +386,7 @@ int main(void) {
     test_merge_in_hf_order(1);
     test_refusals();
     test_peft_inits_and_variants();
+    test_target_modules();
     test_tmp_dir_remove();
     return check_summary();
 }

@@ -23,7 +23,10 @@
 qlab_status lora_save_peft(const lora_set *l, const char *dir, const char *base_model);
 
 /* Reads dir/adapter_config.json (dir may also be the path of that file) into *out (seed 0), refusing with
- * one line naming the file and the key anything qlab would not apply exactly. base_model, when non-NULL,
+ * one line naming the file and the key anything qlab would not apply exactly. target_modules is matched
+ * as PEFT does (a list entry: the module name or its end after a dot; a string: a regular expression over
+ * the whole name) against a LlamaForCausalLM's module names; knowing no model, this matches those of a
+ * one-layer model (lora_load_peft matches every layer of the model's). base_model, when non-NULL,
  * receives a malloc'd copy of base_model_name_or_path (NULL when absent or null). */
 qlab_status lora_read_peft_config(const char *dir, lora_config *out, char **base_model);
 
