@@ -33,6 +33,7 @@ void cli_print_option(void *f, const char *flag, int indent, const char *text);
 const char *cli_dtype_gnuplot_style(void);
 
 #include "core/base/common.h"
+#include "core/model/checkpoint.h"
 #include "core/model/lora.h"
 #include "core/model/model.h"
 #include "core/quant/quant.h"
@@ -55,5 +56,12 @@ const char *cli_gguf_tokenizer(const char *model_path);
  * single file written by lora_save (rank, alpha and targets in its metadata), attached to m (fp32 or
  * quantized base) in evaluation mode. The caller frees *out after model_free(m) or lora_detach(m). */
 qlab_status cli_load_adapters(const char *spec, model *m, lora_set **out);
+
+/* Writes m to out as --to says (hf, gguf or llama2c) with dtype (hf and gguf), as qlab convert and qlab
+ * merge do: the BOS/EOS ids of the checkpoint `source` go into the Hugging Face config.json and
+ * generation_config.json; llama2c refuses, naming it, a rope_theta, norm_eps, RoPE scaling or BOS/EOS that
+ * llama2.c's header cannot carry, instead of dropping it. */
+qlab_status cli_save_model(const model *m, const char *source, const char *to, checkpoint_dtype dtype,
+                           const char *out);
 
 #endif

@@ -1,5 +1,6 @@
 /* The --adapter option shared by qlab ppl, generate, mmlu and merge (cli.h). */
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 
 #include "cli/cli.h"
@@ -28,6 +29,8 @@ qlab_status cli_load_adapters(const char *spec, model *m, lora_set **out) {
         if (st == QLAB_OK) {
             lc.rank = atoi(rank);
             lc.alpha = (float)atof(alpha);
+            const char *rs = safetensors_metadata(&f, "use_rslora");
+            lc.rslora = rs && !strcmp(rs, "true");
             st = lora_parse_targets(targets, &lc.targets);
             if (st == QLAB_OK && lc.rank < 1)
                 st = qlab_fail(QLAB_ERR_FORMAT, "%s: lora_rank '%s' is not >= 1", spec, rank);

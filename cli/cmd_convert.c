@@ -89,36 +89,7 @@ static int cmd_convert(int argc, char **argv) {
            paths[0], checkpoint_format_name(fmt), c->dim, c->hidden_dim, c->n_layers, c->n_heads,
            c->n_kv_heads, c->vocab_size, c->seq_len, c->norm_eps, c->rope_theta,
            c->shared_classifier ? "shared" : "separate");
-    int bos = -1, eos = -1;
-    if (checkpoint_special_ids(paths[0], &bos, &eos) != QLAB_OK) {
-        model_free(m);
-        return qlab_report_error("qlab convert");
-    }
-    if (!strcmp(to, "llama2c")) {
-        /* llama2.c's header has no field for these: run.c assumes 10000, 1e-5, BOS 1 and EOS 2 */
-        const char *lost = c->rope_scaling != MODEL_ROPE_DEFAULT ? "rope_scaling factor"
-                           : c->rope_theta != 10000.0f           ? "rope_theta"
-                           : c->norm_eps != 1e-5f                ? "norm_eps"
-                           : (bos >= 0 && bos != 1)              ? "bos_token_id"
-                           : (eos >= 0 && eos != 2)              ? "eos_token_id"
-                                                                 : NULL;
-        if (lost) {
-            fprintf(stderr,
-                    "qlab convert: %s: --to llama2c cannot store %s = %g (llama2.c assumes rope_theta 10000, "
-                    "norm_eps 1e-5, BOS 1, EOS 2); use --to hf or --to gguf\n",
-                    paths[0], lost,
-                    !strcmp(lost, "rope_scaling factor") ? (double)c->rope_factor
-                    : !strcmp(lost, "rope_theta")        ? (double)c->rope_theta
-                    : !strcmp(lost, "norm_eps")          ? (double)c->norm_eps
-                    : !strcmp(lost, "bos_token_id")      ? (double)bos
-                                                         : (double)eos);
-            model_free(m);
-            return 1;
-        }
-    }
-    qlab_status st = !strcmp(to, "hf")     ? checkpoint_save_hf_ids(m, paths[1], dtype, bos, eos)
-                     : !strcmp(to, "gguf") ? checkpoint_save_gguf(m, paths[1], dtype)
-                                           : checkpoint_save_llama2c(m, paths[1]);
+    qlab_status st = cli_save_model(m, paths[0], to, dtype, paths[1]);
     model_free(m);
     if (st != QLAB_OK) return qlab_report_error("qlab convert");
     printf("wrote %s (%s, %s)\n", paths[1], to, dtype_name);

@@ -17,7 +17,10 @@ static void merge_usage(FILE *f) {
         "the fp32 base M (llama2.c .bin, GGUF or a Hugging Face directory) and writes the merged model.\n"
         "  --to F       output format: hf (default: config.json + model.safetensors in directory OUT),\n"
         "               gguf, or llama2c\n"
-        "  --dtype D    stored precision for hf and gguf: f32 (default), f16, bf16\n");
+        "  --dtype D    stored precision for hf and gguf: f32 (default), f16, bf16\n"
+        "As qlab convert: hf keeps M's BOS/EOS ids (config.json, generation_config.json); llama2c refuses a\n"
+        "model whose rope_theta, norm_eps or BOS/EOS differ from what llama2.c assumes (10000, 1e-5, 1, "
+        "2).\n");
 }
 
 static int cmd_merge(int argc, char **argv) {
@@ -75,10 +78,7 @@ static int cmd_merge(int argc, char **argv) {
     if (cli_load_adapters(adapter, m, &l) != QLAB_OK) goto done;
     lora_detach(m);
     if (lora_merge(l, m) != QLAB_OK) goto done;
-    qlab_status st = !strcmp(to, "hf")     ? checkpoint_save_hf_dtype(m, out, dtype)
-                     : !strcmp(to, "gguf") ? checkpoint_save_gguf(m, out, dtype)
-                                           : checkpoint_save_llama2c(m, out);
-    if (st != QLAB_OK) goto done;
+    if (cli_save_model(m, model_path, to, dtype, out) != QLAB_OK) goto done;
     const lora_config *c = lora_get_config(l);
     printf("merged %s (r %d, alpha %g) into %s: wrote %s (%s, %s)\n", adapter, c->rank, (double)c->alpha,
            model_path, out, to, dtype_name);

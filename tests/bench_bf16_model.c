@@ -101,7 +101,7 @@ int main(int argc, char **argv) {
     const char *path = bf16_path_name(bf16_active_path());
     model *m = NULL, *q = NULL;
     lora_set *lora = NULL;
-    lora_config lc = {LORA_TARGETS_ALL, rank, 16.0f, 0.05f, 1};
+    lora_config lc = {.targets = LORA_TARGETS_ALL, .rank = rank, .alpha = 16.0f, .dropout = 0.05f, .seed = 1};
     if (model_create(&m, &c) != QLAB_OK) return qlab_report_error("bench_bf16_model");
     init_params(m, &c);
     if (model_clone(m, &q) != QLAB_OK || model_quantize(q, QUANT_NF4, 64, 1) != QLAB_OK ||

@@ -130,7 +130,7 @@ static void test_vicuna(void) {
     model *m = NULL;
     lora_set *l = NULL;
     if (checkpoint_load(model_path, &m) == QLAB_OK) {
-        lora_config lc = {LORA_TARGETS_ALL, 4, 8.0f, 0.0f, 3};
+        lora_config lc = {.targets = LORA_TARGETS_ALL, .rank = 4, .alpha = 8.0f, .seed = 3};
         if (lora_create(&l, model_get_config(m), &lc) == QLAB_OK) {
             size_t count = 0;
             float *p = lora_get_param_buffer(l, &count);

@@ -356,8 +356,35 @@ done:
         model_free(m[i]);
 }
 
+/* llama2.c's header has no RoPE base nor RMSNorm epsilon (run.c and checkpoint_load assume 10000 and
+ * 1e-5): a model with others is refused by name and nothing is written, never saved as another model. */
+static void test_llama2c_refuses_theta_eps(void) {
+    const float thetas[2] = {500000.0f, 10000.0f}, eps[2] = {1e-5f, 1e-6f};
+    const char *names[2] = {"rope_theta", "norm_eps"};
+    for (int k = 0; k < 2; k++) {
+        model_config c = {.dim = 16,
+                          .hidden_dim = 32,
+                          .n_layers = 1,
+                          .n_heads = 2,
+                          .n_kv_heads = 2,
+                          .vocab_size = 20,
+                          .seq_len = 8,
+                          .norm_eps = eps[k],
+                          .rope_theta = thetas[k],
+                          .shared_classifier = 1};
+        model *m = NULL;
+        CHECK(model_create(&m, &c) == QLAB_OK);
+        const char *out = tmp_path(k ? "eps.bin" : "theta.bin");
+        qlab_status st = m ? checkpoint_save_llama2c(m, out) : QLAB_ERR_ARG;
+        CHECKF(st == QLAB_ERR_UNSUPPORTED && strstr(qlab_last_error(), names[k]) && access(out, F_OK) != 0,
+               "%s: status %d, '%s'", names[k], (int)st, st == QLAB_OK ? "" : qlab_last_error());
+        model_free(m);
+    }
+}
+
 int main(void) {
     test_tmp_dir_create("checkpoint");
+    test_llama2c_refuses_theta_eps();
     test_rotary_permutation();
     const char *bin = shared_data_path("models/stories260K.bin");
     const char *gguf = shared_data_path("models/stories260K.gguf");

@@ -2,7 +2,8 @@
  * "rope_parameters" (transformers 5) or top-level (older), a conflict between them refused; linear and
  * llama3 RoPE scaling computed (checked against a hand computation), other scalings and biases refused
  * by name, never ignored; the writer keeps theta, eps and BOS/EOS (config.json and
- * generation_config.json); `qlab convert --to llama2c` refuses what llama2.c cannot store. */
+ * generation_config.json), and so does `qlab merge`; `qlab convert --to llama2c` and `qlab merge --to
+ * llama2c` refuse what llama2.c cannot store. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +16,8 @@
 #include "core/base/common.h"
 #include "core/base/rng.h"
 #include "core/model/checkpoint.h"
+#include "core/model/lora.h"
+#include "core/model/lora_peft.h"
 #include "tests/test_util.h"
 
 static char dir[512], config[600];
@@ -185,6 +188,40 @@ static void test_rope_scaling(void) {
     model_free(m);
 }
 
+/* qlab merge writes what qlab convert writes: the base's BOS/EOS (7, 9) in the merged Hugging Face
+ * directory, and a refusal (rope_theta 500000) instead of a llama2.c file that would run with 10000. */
+static void test_merge(const char *qlab) {
+    model *m = NULL;
+    lora_set *l = NULL;
+    lora_config lc = {.targets = LORA_TARGETS_QV, .rank = 2, .alpha = 4, .seed = 1};
+    static char adapter[600], out[600], cmd[4096], log[600], path[700];
+    char *text = NULL;
+    snprintf(adapter, sizeof adapter, "%s/adapter", test_tmp_dir());
+    snprintf(log, sizeof log, "%s/merge_log", test_tmp_dir());
+    CHECK(checkpoint_load(dir, &m) == QLAB_OK && lora_create(&l, model_get_config(m), &lc) == QLAB_OK &&
+          lora_save_peft(l, adapter, NULL) == QLAB_OK);
+    lora_free(l);
+    model_free(m);
+    snprintf(out, sizeof out, "%s/merged_hf", test_tmp_dir());
+    snprintf(cmd, sizeof cmd, "%s merge --model %s --adapter %s --out %s >%s 2>&1", qlab, dir, adapter, out,
+             log);
+    CHECKF(run_shell(cmd) == 0, "%s", cmd);
+    int bos = -1, eos = -1;
+    snprintf(path, sizeof path, "%s/generation_config.json", out);
+    CHECKF(checkpoint_special_ids(out, &bos, &eos) == QLAB_OK && bos == 7 && eos == 9 &&
+               access(path, F_OK) == 0,
+           "merged BOS %d EOS %d, generation_config.json %s", bos, eos,
+           access(path, F_OK) ? "missing" : "present");
+    snprintf(out, sizeof out, "%s/merged.bin", test_tmp_dir());
+    snprintf(cmd, sizeof cmd, "%s merge --model %s --adapter %s --out %s --to llama2c >%s 2>&1", qlab, dir,
+             adapter, out, log);
+    int rc = run_shell(cmd);
+    size_t len;
+    CHECK(rc == 1 && access(out, F_OK) != 0);
+    CHECK(qlab_read_file(log, &text, &len) == QLAB_OK && strstr(text, "cannot store rope_theta = 500000"));
+    free(text);
+}
+
 int main(void) {
     test_tmp_dir_create("hf_config");
     snprintf(dir, sizeof dir, "%s/hf", test_tmp_dir());
@@ -275,6 +312,7 @@ int main(void) {
         CHECK(qlab_read_file(log, &text, &len) == QLAB_OK &&
               strstr(text, "cannot store rope_theta = 500000"));
         free(text);
+        test_merge(qlab);
     } else {
         SKIP("build/bin/qlab not built: convert refusal not run");
     }

@@ -72,18 +72,22 @@ static const float *tensor_f32(const safetensors_file *f, const char *name, int6
     return (const float *)t->data;
 }
 
-static void test_merge_in_hf_order(void) {
+/* rslora: PEFT's use_rslora, whose scale is lora_alpha / math.sqrt(r) (PEFT 0.21.2 LoraLayer.update_layer).
+ */
+static void test_merge_in_hf_order(int rslora) {
     model_config c = tiny_config();
     model *m = random_model(&c);
-    lora_config lc = {LORA_TARGETS_ALL, 3, 6.0f, 0.1f, 5};
+    lora_config lc = {
+        .targets = LORA_TARGETS_ALL, .rank = 3, .alpha = 6.0f, .dropout = 0.1f, .seed = 5, .rslora = rslora};
     lora_set *l = NULL;
     CHECK(lora_create(&l, &c, &lc) == QLAB_OK);
     size_t n;
     float *p = lora_get_param_buffer(l, &n);
     for (size_t i = 0; i < n; i++)
         p[i] = (float)(0.3 * rng_normal(&rng)); /* B non-zero: every row of every module matters */
-    const char *base_dir = tmp_path("base"), *adapter_dir = tmp_path("adapter"),
-               *merged_dir = tmp_path("merged");
+    const char *base_dir = tmp_path(rslora ? "base_rs" : "base"),
+               *adapter_dir = tmp_path(rslora ? "adapter_rs" : "adapter"),
+               *merged_dir = tmp_path(rslora ? "merged_rs" : "merged");
     qlab_status st = checkpoint_save_hf(m, base_dir);
     CHECKF(st == QLAB_OK, "%s", qlab_last_error());
     st = lora_save_peft(l, adapter_dir, base_dir);
@@ -110,7 +114,8 @@ static void test_merge_in_hf_order(void) {
     CHECK(adapter.n_tensors == 2 * PROJ_COUNT * c.n_layers);
     const char *fmt = safetensors_metadata(&adapter, "format");
     CHECK(fmt && !strcmp(fmt, "pt"));
-    double scale = lc.alpha / lc.rank;
+    double scale = rslora ? lc.alpha / sqrt(lc.rank) : lc.alpha / lc.rank;
+    CHECKF(lora_scale(l) == (float)scale, "scale %.9g, PEFT's %.9g", lora_scale(l), scale);
     for (int layer = 0; layer < c.n_layers; layer++)
         for (int pj = 0; pj < PROJ_COUNT; pj++) {
             linear_weight lw = model_get_linear(m, layer, (model_proj)pj);
@@ -169,7 +174,7 @@ static void test_merge_in_hf_order(void) {
     if (back) {
         const lora_config *bc = lora_get_config(back);
         CHECK(bc->targets == lc.targets && bc->rank == lc.rank && bc->alpha == lc.alpha &&
-              bc->dropout == lc.dropout);
+              bc->dropout == lc.dropout && bc->rslora == rslora && lora_scale(back) == lora_scale(l));
         size_t nb;
         CHECK(memcmp(lora_get_param_buffer(back, &nb), p, n * sizeof(float)) == 0 && nb == n);
         lora_free(back);
@@ -180,10 +185,10 @@ static void test_merge_in_hf_order(void) {
     CHECK(lora_read_peft_config(path, &rc, &base_model) == QLAB_OK && base_model &&
           !strcmp(base_model, base_dir));
     free(base_model);
-    printf("  merged Hugging Face weights = W_hf + (alpha/r) B A for all 7 modules x %d layers; adapter vs "
-           "merged "
-           "forward max |diff| %.2g\n",
-           c.n_layers, worst);
+    CHECK(rc.rslora == rslora);
+    printf("  merged Hugging Face weights = W_hf + (alpha/%s) B A for all 7 modules x %d layers; adapter vs "
+           "merged forward max |diff| %.2g\n",
+           rslora ? "sqrt(r)" : "r", c.n_layers, worst);
 
     lora_detach(m);
     lora_free(l);
@@ -212,12 +217,119 @@ static void expect_config_refused(const char *dir, const char *extra, const char
            st == QLAB_OK ? "" : qlab_last_error(), expect);
 }
 
+/* The same valid configuration with one key added is accepted. */
+static void expect_config_accepted(const char *dir, const char *extra) {
+    char text[1024], path[600];
+    snprintf(text, sizeof text,
+             "{\"peft_type\": \"LORA\", \"task_type\": \"CAUSAL_LM\", \"r\": 3, \"lora_alpha\": 6, "
+             "\"target_modules\": [\"q_proj\", \"v_proj\"]%s}",
+             extra);
+    snprintf(path, sizeof path, "%s/%s", dir, LORA_PEFT_CONFIG);
+    write_bytes(path, text, strlen(text));
+    lora_config lc;
+    qlab_status st = lora_read_peft_config(dir, &lc, NULL);
+    CHECKF(st == QLAB_OK, "config with %s refused: %s", extra, st == QLAB_OK ? "" : qlab_last_error());
+}
+
+/* PeftModel.from_pretrained (PEFT 0.21.2) redoes a PiSSA/OLoRA/... initialisation on load, rewriting the
+ * base weights before A and B are loaded: measured on stories260K, a PiSSA adapter's logits on the plain
+ * base plus B A were 12.2 away from PEFT's, OLoRA's 20.1 (a "gaussian" one's 5e-5). Such adapters, and
+ * the variants whose forward is not W x + s B A x, are refused; the inits that only draw A and B and
+ * VeLoRA (backward only) are accepted. */
+static void test_peft_inits_and_variants(void) {
+    const char *dir = tmp_path("inits");
+    CHECK(mkdir(dir, 0777) == 0);
+    const char *rewriting[] = {"\"pissa\"", "\"pissa_niter_4\"", "\"olora\"", "\"corda\"",
+                               "\"loftq\"", "\"lora_ga\"",       "\"mica\""};
+    char extra[128];
+    for (size_t i = 0; i < sizeof rewriting / sizeof rewriting[0]; i++) {
+        snprintf(extra, sizeof extra, ", \"init_lora_weights\": %s", rewriting[i]);
+        expect_config_refused(dir, extra, "init_lora_weights");
+    }
+    const char *drawing[] = {"true", "false", "\"gaussian\"", "\"orthogonal\"", "\"eva\""};
+    for (size_t i = 0; i < sizeof drawing / sizeof drawing[0]; i++) {
+        snprintf(extra, sizeof extra, ", \"init_lora_weights\": %s", drawing[i]);
+        expect_config_accepted(dir, extra);
+    }
+    expect_config_refused(dir, ", \"arrow_config\": {\"top_k\": 3}", "arrow_config");
+    expect_config_refused(dir, ", \"use_bdlora\": {\"nblocks\": 2}", "use_bdlora");
+    expect_config_refused(dir, ", \"monteclora_config\": {\"n_samples\": 4}", "monteclora_config");
+    expect_config_refused(dir, ", \"kasa_config\": {}", "kasa_config"); /* {} is KasaConfig() */
+    expect_config_accepted(dir, ", \"velora_config\": {\"num_groups\": 4}, \"loftq_config\": {}, "
+                                "\"arrow_config\": null, \"use_bdlora\": null, \"kasa_config\": null");
+}
+
+/* target_modules as config text, read for a model of config c: its target mask, or 0 with the error. The
+ * weights file holds the adapters of the targets lora_read_peft_config reads (which, knowing no model,
+ * matches the names of a one-layer model), or with `weights` non-zero those of `weights`. */
+static unsigned targets_of_weights(const model_config *c, const char *tm, unsigned weights) {
+    const char *dir = tmp_path("targets");
+    mkdir(dir, 0777);
+    char text[512], path[600];
+    snprintf(text, sizeof text, "{\"peft_type\": \"LORA\", \"r\": 2, \"target_modules\": %s}", tm);
+    snprintf(path, sizeof path, "%s/%s", dir, LORA_PEFT_CONFIG);
+    write_bytes(path, text, strlen(text));
+    lora_config lc = {.targets = weights, .rank = 2, .alpha = 8};
+    if (!weights && lora_read_peft_config(dir, &lc, NULL) != QLAB_OK) return 0;
+    /* the weights of those targets, so that lora_load_peft checks target_modules on every layer */
+    lora_set *l = NULL, *back = NULL;
+    CHECK(lora_create(&l, c, &lc) == QLAB_OK);
+    snprintf(path, sizeof path, "%s/%s", dir, LORA_PEFT_WEIGHTS);
+    CHECK(l && lora_save(l, path) == QLAB_OK);
+    lora_free(l);
+    qlab_status st = lora_load_peft(dir, c, &back);
+    unsigned got = back ? lora_get_config(back)->targets : 0;
+    lora_free(back);
+    return st == QLAB_OK ? got : 0;
+}
+
+static unsigned targets_of(const model_config *c, const char *tm) {
+    return targets_of_weights(c, tm, 0);
+}
+
+/* target_modules as PEFT 0.21.2 matches it against LlamaForCausalLM's module names: a list entry is the
+ * name or its end after a dot, a string a regular expression matched with re.fullmatch (so the string
+ * "q_proj" selects nothing: PEFT raises "Target modules q_proj not found in the base model", while
+ * ".*\.(q_proj|v_proj)" is an adapter PEFT saves as it is). A selection qlab cannot apply (an embedding,
+ * lm_head, some layers only, a Python-only pattern) is refused by name. */
+static void test_target_modules(void) {
+    model_config c = tiny_config(); /* 2 layers */
+    unsigned q = LORA_TARGET(PROJ_Q), v = LORA_TARGET(PROJ_V), down = LORA_TARGET(PROJ_DOWN);
+    CHECK(targets_of(&c, "[\"q_proj\", \"v_proj\"]") == (q | v));
+    CHECK(targets_of(&c, "[\"self_attn.q_proj\", \"mlp.down_proj\", \"q_proj\"]") == (q | down));
+    CHECK(targets_of(&c, "\".*\\\\.(q_proj|v_proj)\"") == (q | v));
+    CHECK(targets_of(&c, "\".*q_proj\"") == q);
+    CHECK(targets_of(&c, "\"model\\\\.layers\\\\.[0-9]+\\\\.mlp\\\\.down_proj\"") == down);
+    CHECK(targets_of_weights(&c, "[\"model.layers.0.self_attn.q_proj\", \"model.layers.1.self_attn.q_proj\"]",
+                             q) == q);
+    struct {
+        const char *tm, *expect;
+    } refused[] = {
+        {"\"q_proj\"", "selects no module"},
+        {"[\"q_proj\", \"lm_head\"]", "lm_head"},
+        {"[\"embed_tokens\"]", "embed_tokens"},
+        {"\".*\"", "cannot adapt"},
+        {"\".*layers\\\\.0\\\\..*_proj\"", "1 of 2 layers"},
+        {"\"model\\\\.layers\\\\.\\\\d+\\\\.mlp\\\\.down_proj\"", "regular expression"},
+        {"\".*(?:q|v)_proj\"", "regular expression"},
+        {"[\"q_proj\", \"qq_proj\"]", "qq_proj"},
+    };
+    unsigned t = targets_of_weights(
+        &c, "[\"model.layers.0.self_attn.q_proj\", \"model.layers.0.self_attn.q_proj\"]", q);
+    CHECKF(t == 0 && strstr(qlab_last_error(), "1 of 2 layers"), "layer 0 named twice: 0x%x", t);
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        t = targets_of(&c, refused[i].tm);
+        CHECKF(t == 0 && strstr(qlab_last_error(), refused[i].expect), "target_modules %s: 0x%x, '%s'",
+               refused[i].tm, t, t ? "" : qlab_last_error());
+    }
+}
+
 static void test_refusals(void) {
     model_config c = tiny_config();
     const char *dir = tmp_path("bad");
     CHECK(mkdir(dir, 0777) == 0);
     expect_config_refused(dir, ", \"use_dora\": true", "use_dora");
-    expect_config_refused(dir, ", \"use_rslora\": true", "use_rslora");
+    expect_config_refused(dir, ", \"use_rslora\": 1", "use_rslora");
     expect_config_refused(dir, ", \"bias\": \"all\"", "bias");
     expect_config_refused(dir, ", \"modules_to_save\": [\"lm_head\"]", "modules_to_save");
     expect_config_refused(dir, ", \"rank_pattern\": {\"q_proj\": 2}", "rank_pattern");
@@ -233,10 +345,6 @@ static void test_refusals(void) {
     lora_config lc;
     CHECK(lora_read_peft_config(dir, &lc, NULL) == QLAB_ERR_UNSUPPORTED &&
           strstr(qlab_last_error(), "embed_tokens"));
-    const char *regex = "{\"peft_type\": \"LORA\", \"r\": 3, \"target_modules\": \".*q_proj\"}";
-    write_bytes(path, regex, strlen(regex));
-    CHECK(lora_read_peft_config(dir, &lc, NULL) == QLAB_ERR_UNSUPPORTED &&
-          strstr(qlab_last_error(), "regular expression"));
     const char *ia3 = "{\"peft_type\": \"IA3\", \"r\": 3, \"target_modules\": [\"q_proj\"]}";
     write_bytes(path, ia3, strlen(ia3));
     CHECK(lora_read_peft_config(dir, &lc, NULL) == QLAB_ERR_UNSUPPORTED && strstr(qlab_last_error(), "IA3"));
@@ -244,7 +352,7 @@ static void test_refusals(void) {
 
     /* A weights file with a tensor qlab would not apply (a DoRA magnitude vector) is refused by name, and a
      * missing adapter is refused too. */
-    lora_config good = {LORA_TARGETS_QV, 3, 6.0f, 0, 1};
+    lora_config good = {.targets = LORA_TARGETS_QV, .rank = 3, .alpha = 6.0f, .seed = 1};
     lora_set *l = NULL;
     CHECK(lora_create(&l, &c, &good) == QLAB_OK);
     const char *adir = tmp_path("extra");
@@ -274,8 +382,11 @@ static void test_refusals(void) {
 int main(void) {
     rng_seed(&rng, 20261204);
     test_tmp_dir_create("lora_peft");
-    test_merge_in_hf_order();
+    test_merge_in_hf_order(0);
+    test_merge_in_hf_order(1);
     test_refusals();
+    test_peft_inits_and_variants();
+    test_target_modules();
     test_tmp_dir_remove();
     return check_summary();
 }

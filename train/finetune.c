@@ -38,7 +38,8 @@ void finetune_options_default(finetune_options *o) {
     o->base_dtype = QUANT_NF4;
     o->blocksize = 64;
     o->double_quant = 1;
-    o->lora = (lora_config){LORA_TARGETS_ALL, 8, 16.0f, 0.05f, 1};
+    o->lora =
+        (lora_config){.targets = LORA_TARGETS_ALL, .rank = 8, .alpha = 16.0f, .dropout = 0.05f, .seed = 1};
     o->batch = 16;
     o->grad_accum = 1;
     o->steps = 100;

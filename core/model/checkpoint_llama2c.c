@@ -218,6 +218,15 @@ qlab_status checkpoint_save_llama2c(const model *m, const char *path) {
             QLAB_ERR_UNSUPPORTED,
             "%s: llama2.c's format cannot store %s RoPE scaling; refusing rather than dropping it", path,
             model_rope_scaling_name(c->rope_scaling));
+    /* nor a RoPE base or an RMSNorm epsilon: its readers (run.c, checkpoint_load) assume 10000 and 1e-5 */
+    if (c->rope_theta != 10000.0f || c->norm_eps != 1e-5f)
+        return qlab_fail(
+            QLAB_ERR_UNSUPPORTED,
+            "%s: llama2.c's format cannot store %s %g (its readers assume %g); refusing rather than "
+            "dropping it",
+            path, c->rope_theta != 10000.0f ? "rope_theta" : "norm_eps",
+            c->rope_theta != 10000.0f ? (double)c->rope_theta : (double)c->norm_eps,
+            c->rope_theta != 10000.0f ? 10000.0 : 1e-5);
     const model_params *p = checkpoint_params(m);
     llama2c_layout lay;
     if (!llama2c_layout_of(c, &lay)) return qlab_fail(QLAB_ERR_ARG, "%s: model sizes overflow", path);

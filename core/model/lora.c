@@ -263,7 +263,9 @@ qlab_status lora_create(lora_set **out, const model_config *mc, const lora_confi
     if (!l) return QLAB_ERR_NOMEM;
     l->cfg = *lc;
     l->mc = *mc;
-    l->scale = lc->alpha / (float)lc->rank;
+    /* PEFT's scaling, a Python double rounded to fp32 by torch: lora_alpha / r or lora_alpha / math.sqrt(r)
+     */
+    l->scale = lc->rslora ? (float)((double)lc->alpha / sqrt((double)lc->rank)) : lc->alpha / (float)lc->rank;
     l->training = 1;
     int L = mc->n_layers, per_layer = 0;
     for (int p = 0; p < PROJ_COUNT; p++)
@@ -663,6 +665,8 @@ qlab_status lora_save(const lora_set *l, const char *path) {
     if (st == QLAB_OK) st = safetensors_writer_set_metadata(w, "lora_dropout", text);
     lora_targets_text(l->cfg.targets, text, sizeof text);
     if (st == QLAB_OK) st = safetensors_writer_set_metadata(w, "target_modules", text);
+    if (st == QLAB_OK)
+        st = safetensors_writer_set_metadata(w, "use_rslora", l->cfg.rslora ? "true" : "false");
     if (st == QLAB_OK) st = safetensors_writer_write(w, path);
     safetensors_writer_free(w);
     qlab_free_aligned(hf);
@@ -694,6 +698,10 @@ qlab_status lora_load(lora_set *l, const char *path) {
             st = qlab_fail(QLAB_ERR_FORMAT, "%s: lora_alpha is '%s' but the adapters use %.9g", path, alpha,
                            l->cfg.alpha);
     }
+    const char *rs = safetensors_metadata(&f, "use_rslora"); /* qlab's metadata; PEFT writes only format */
+    if (st == QLAB_OK && rs && !strcmp(rs, "true") != (l->cfg.rslora != 0))
+        st = qlab_fail(QLAB_ERR_FORMAT, "%s: use_rslora is %s but the adapters' is %s", path, rs,
+                       l->cfg.rslora ? "true" : "false");
     int charged = 0;
     if (st == QLAB_OK) {
         st = memacct_charge(MEMACCT_SCRATCH, l->num_params * sizeof(float));

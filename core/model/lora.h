@@ -1,7 +1,8 @@
 /* LoRA adapters for the projections of a model (QLoRA paper Eq. 5-6): Y = X W^T + s (dropout(X) A^T) B^T
- * with s = alpha / r, where W is the frozen (fp32 or quantized) weight and only A (r, in) and B (out, r)
- * train. Every adapter's A and B live in one contiguous fp32 buffer with a gradient buffer of the same
- * layout (llm.c style), so the optimizer is a single loop over a flat array. */
+ * with s = alpha / r (rank-stabilised LoRA: alpha / sqrt(r)), where W is the frozen (fp32 or quantized)
+ * weight and only A (r, in) and B (out, r) train. Every adapter's A and B live in one contiguous fp32 buffer
+ * with a gradient buffer of the same layout (llm.c style), so the optimizer is a single loop over a flat
+ * array. */
 #ifndef QLAB_LORA_H
 #define QLAB_LORA_H
 
@@ -21,9 +22,10 @@
 typedef struct {
     unsigned targets; /* mask of LORA_TARGET(p); non-zero */
     int rank;         /* r >= 1 */
-    float alpha;      /* the scale is alpha / rank */
+    float alpha;      /* the scale is alpha / rank (alpha / sqrt(rank) with rslora) */
     float dropout;    /* probability in [0, 1) of zeroing an input element (training mode only) */
     uint64_t seed;    /* initialisation of A and the dropout masks */
+    int rslora;       /* non-zero: rank-stabilised LoRA's scale alpha / sqrt(rank) (PEFT's use_rslora) */
 } lora_config;
 
 /* Parses "all", "attention", "qv", or a comma-separated list of projection names ("q_proj,v_proj"; the
@@ -80,7 +82,7 @@ typedef struct lora_set lora_set;
 qlab_status lora_create(lora_set **out, const model_config *mc, const lora_config *lc);
 void lora_free(lora_set *l);
 const lora_config *lora_get_config(const lora_set *l);
-float lora_scale(const lora_set *l); /* alpha / rank */
+float lora_scale(const lora_set *l); /* alpha / rank, or alpha / sqrt(rank) with rslora */
 
 /* The flat buffers (count elements each); the gradient buffer has the parameter buffer's layout. */
 float *lora_get_param_buffer(lora_set *l, size_t *count);

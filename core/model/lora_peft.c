@@ -1,11 +1,14 @@
 /* PEFT adapter directories (lora_peft.h). */
 #include "core/model/lora_peft.h"
 
+#include <ctype.h>
 #include <errno.h>
+#include <regex.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 #include <cjson/cJSON.h>
@@ -79,7 +82,7 @@ qlab_status lora_save_peft(const lora_set *l, const char *dir, const char *base_
     cJSON_AddItemToObject(root, "target_modules", targets);
     cJSON_AddStringToObject(root, "task_type", "CAUSAL_LM");
     cJSON_AddBoolToObject(root, "use_dora", 0);
-    cJSON_AddBoolToObject(root, "use_rslora", 0);
+    cJSON_AddBoolToObject(root, "use_rslora", c->rslora != 0);
     char *text = cJSON_Print(root);
     if (!text) {
         st = qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory", config);
@@ -95,13 +98,14 @@ done:
     return st;
 }
 
-/* Keys whose only acceptable values are "absent, null, false, empty": anything else changes what the
- * adapter computes in a way qlab does not implement. */
-static qlab_status peft_refuse_if_set(const cJSON *root, const char *path, const char *key,
-                                      const char *what) {
+/* Keys whose only acceptable values are "absent, null, false, empty" (with sub_config, "absent or null":
+ * PEFT turns any object, {} too, into a sub-configuration that enables its variant): anything else changes
+ * what the adapter computes in a way qlab does not implement. */
+static qlab_status peft_refuse_if_set(const cJSON *root, const char *path, const char *key, const char *what,
+                                      int sub_config) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
-    if (!v || cJSON_IsNull(v) || cJSON_IsFalse(v)) return QLAB_OK;
-    if ((cJSON_IsObject(v) || cJSON_IsArray(v)) && cJSON_GetArraySize(v) == 0) return QLAB_OK;
+    if (!v || cJSON_IsNull(v) || (!sub_config && cJSON_IsFalse(v))) return QLAB_OK;
+    if (!sub_config && (cJSON_IsObject(v) || cJSON_IsArray(v)) && cJSON_GetArraySize(v) == 0) return QLAB_OK;
     char *shown = cJSON_PrintUnformatted(v);
     qlab_status st = qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: \"%s\" = %.80s: %s is not supported by qlab", path,
                                key, shown ? shown : "?", what);
@@ -109,19 +113,157 @@ static qlab_status peft_refuse_if_set(const cJSON *root, const char *path, const
     return st;
 }
 
-static qlab_status peft_target(const char *path, const char *name, unsigned *mask) {
-    for (int p = 0; p < PROJ_COUNT; p++)
-        if (!strcmp(name, model_proj_name((model_proj)p))) {
-            *mask |= LORA_TARGET(p);
-            return QLAB_OK;
-        }
-    return qlab_fail(QLAB_ERR_UNSUPPORTED,
-                     "%s: target module \"%.80s\" cannot be adapted by qlab (only q_proj k_proj v_proj "
-                     "o_proj gate_proj up_proj down_proj)",
-                     path, name);
+/* init_lora_weights: PeftModel.from_pretrained runs the initialisation again before it loads A and B. true,
+ * false, "gaussian", "orthogonal" and "eva" only draw A and B, which the loaded weights then replace; the
+ * others rewrite the base weight from its SVD or a quantization (PiSSA, CorDA, OLoRA, LoftQ, LoRA-GA) or
+ * select another forward (MiCA), so the adapter means something else on the plain base. */
+static qlab_status peft_check_init(const cJSON *root, const char *path) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "init_lora_weights");
+    if (!v || cJSON_IsNull(v) || cJSON_IsBool(v)) return QLAB_OK;
+    if (cJSON_IsString(v) && (!strcasecmp(v->valuestring, "gaussian") ||
+                              !strcmp(v->valuestring, "orthogonal") || !strcmp(v->valuestring, "eva")))
+        return QLAB_OK;
+    char *shown = cJSON_PrintUnformatted(v);
+    qlab_status st =
+        qlab_fail(QLAB_ERR_UNSUPPORTED,
+                  "%s: \"init_lora_weights\" = %.40s: PEFT redoes this initialisation when it loads "
+                  "the adapter, changing the base weights or the forward, which qlab does not; save "
+                  "it converted (path_initial_model_for_weight_conversion) or merged",
+                  path, shown ? shown : "?");
+    free(shown);
+    return st;
 }
 
-static qlab_status peft_parse(const char *path, const cJSON *root, lora_config *out, char **base_model) {
+/* The module names of a LlamaForCausalLM (transformers' named_modules(), "" being the model itself) other
+ * than the seven projections; those of a layer take its index. */
+static const char *const peft_other_modules[] = {
+    "", "model", "model.embed_tokens", "model.layers", "model.norm", "model.rotary_emb", "lm_head"};
+static const char *const peft_layer_modules[] = {
+    "", ".self_attn", ".mlp", ".mlp.act_fn", ".input_layernorm", ".post_attention_layernorm"};
+#define PEFT_N_OTHER (sizeof peft_other_modules / sizeof peft_other_modules[0])
+#define PEFT_N_LAYER (sizeof peft_layer_modules / sizeof peft_layer_modules[0])
+
+/* One entry of target_modules as PEFT 0.21 matches it against a module name: a list entry equals the name
+ * or ends it after a dot ("q_proj", "self_attn.q_proj", "model.layers.0.self_attn.q_proj"); a string is a
+ * regular expression that must match the whole name (re.fullmatch). */
+typedef struct {
+    const char *text;
+    regex_t *re; /* NULL for a list entry */
+} peft_spec;
+
+static int peft_spec_matches(const peft_spec *s, const char *key) {
+    if (s->re) return regexec(s->re, key, 0, NULL, 0) == 0;
+    size_t n = strlen(key), k = strlen(s->text);
+    return !strcmp(key, s->text) || (n > k && key[n - k - 1] == '.' && !strcmp(key + n - k, s->text));
+}
+
+/* The name of module i of n_layers layers: the others first, then per layer its modules and projections. */
+static void peft_module_name(size_t i, int *layer, int *proj, char *buf, size_t cap) {
+    *layer = -1, *proj = -1;
+    if (i < PEFT_N_OTHER) {
+        snprintf(buf, cap, "%s", peft_other_modules[i]);
+        return;
+    }
+    size_t per = PEFT_N_LAYER + PROJ_COUNT, j = (i - PEFT_N_OTHER) % per;
+    *layer = (int)((i - PEFT_N_OTHER) / per);
+    if (j < PEFT_N_LAYER) {
+        snprintf(buf, cap, "model.layers.%d%s", *layer, peft_layer_modules[j]);
+        return;
+    }
+    *proj = (int)(j - PEFT_N_LAYER);
+    const model_proj_info *info = model_proj_get((model_proj)*proj);
+    snprintf(buf, cap, "model.layers.%d.%s.%s", *layer, info->block, info->name);
+}
+
+/* Marks in hit[layer * PROJ_COUNT + p] the projections s matches; refuses a match on any other module (PEFT
+ * would adapt an embedding or lm_head, or fail on the rest) and, for a list entry, one matching nothing. */
+static qlab_status peft_spec_apply(const char *path, const peft_spec *s, int n_layers, unsigned char *hit) {
+    char key[160];
+    int any = 0;
+    for (size_t i = 0; i < PEFT_N_OTHER + (size_t)n_layers * (PEFT_N_LAYER + PROJ_COUNT); i++) {
+        int layer, proj;
+        peft_module_name(i, &layer, &proj, key, sizeof key);
+        if (!peft_spec_matches(s, key)) continue;
+        any = 1;
+        if (proj < 0)
+            return qlab_fail(
+                QLAB_ERR_UNSUPPORTED,
+                "%s: target_modules \"%.80s\" selects module \"%s\", which qlab cannot adapt (only "
+                "q_proj k_proj v_proj o_proj gate_proj up_proj down_proj)",
+                path, s->text, *key ? key : "(the whole model)");
+        hit[(size_t)layer * PROJ_COUNT + proj] = 1;
+    }
+    if (!any && !s->re)
+        return qlab_fail(QLAB_ERR_UNSUPPORTED,
+                         "%s: target module \"%.80s\" cannot be adapted by qlab (only q_proj k_proj v_proj "
+                         "o_proj gate_proj up_proj down_proj)",
+                         path, s->text);
+    return QLAB_OK;
+}
+
+/* Compiles a target_modules string for PEFT's re.fullmatch as a POSIX extended expression, which reads the
+ * usual patterns (.*, \., (a|b), [0-9]+, ^, $) as Python does; an escape before a letter or digit (\d,
+ * \w) or a "(?" group, which Python reads otherwise, is refused. */
+static qlab_status peft_compile(const char *path, const char *pattern, regex_t *re) {
+    int python_only = strstr(pattern, "(?") != NULL;
+    for (const char *c = pattern; *c && !python_only; c++)
+        if (*c == '\\') python_only = isalnum((unsigned char)c[1]) != 0, c += c[1] != 0;
+    size_t n = strlen(pattern) + 8;
+    char *anchored = python_only ? NULL : malloc(n);
+    if (anchored) snprintf(anchored, n, "^(%s)$", pattern);
+    int bad = !anchored || regcomp(re, anchored, REG_EXTENDED | REG_NOSUB) != 0;
+    free(anchored);
+    if (bad)
+        return qlab_fail(QLAB_ERR_UNSUPPORTED,
+                         "%s: target_modules \"%.80s\" is a regular expression qlab cannot read the way "
+                         "Python does; give a list of module names",
+                         path, pattern);
+    return QLAB_OK;
+}
+
+/* target_modules (a list or a regular expression) into out->targets for a model of n_layers layers: every
+ * selected projection must be selected in every layer, since a qlab adapter set adapts all or none. */
+static qlab_status peft_targets(const char *path, const cJSON *tm, int n_layers, unsigned *targets) {
+    if (!cJSON_IsString(tm) && !cJSON_IsArray(tm))
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: \"target_modules\" must be a list of module names", path);
+    unsigned char *hit = calloc((size_t)n_layers * PROJ_COUNT, 1);
+    if (!hit) return qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory", path);
+    qlab_status st = QLAB_OK;
+    if (cJSON_IsString(tm)) {
+        regex_t re;
+        st = peft_compile(path, tm->valuestring, &re);
+        peft_spec s = {tm->valuestring, &re};
+        if (st == QLAB_OK) st = peft_spec_apply(path, &s, n_layers, hit), regfree(&re);
+    } else {
+        const cJSON *item;
+        cJSON_ArrayForEach(item, tm) {
+            peft_spec s = {item->valuestring, NULL};
+            if (st == QLAB_OK && !cJSON_IsString(item))
+                st = qlab_fail(QLAB_ERR_FORMAT, "%s: target_modules holds a non-string", path);
+            if (st == QLAB_OK) st = peft_spec_apply(path, &s, n_layers, hit);
+        }
+    }
+    *targets = 0;
+    for (int p = 0; p < PROJ_COUNT && st == QLAB_OK; p++) {
+        int layers = 0;
+        for (int l = 0; l < n_layers; l++)
+            layers += hit[(size_t)l * PROJ_COUNT + p];
+        if (layers > 0 && layers < n_layers)
+            st = qlab_fail(QLAB_ERR_UNSUPPORTED,
+                           "%s: target_modules selects %s in %d of %d layers; qlab adapts a module in every "
+                           "layer or in none",
+                           path, model_proj_name((model_proj)p), layers, n_layers);
+        if (layers) *targets |= LORA_TARGET(p);
+    }
+    free(hit);
+    if (st == QLAB_OK && !*targets)
+        st = qlab_fail(QLAB_ERR_UNSUPPORTED, "%s: target_modules selects no module", path);
+    return st;
+}
+
+/* n_layers: the model's, against which target_modules is matched. */
+static qlab_status peft_parse(const char *path, const cJSON *root, int n_layers, lora_config *out,
+                              char **base_model) {
     memset(out, 0, sizeof *out);
     if (!cJSON_IsObject(root)) return qlab_fail(QLAB_ERR_FORMAT, "%s: not a JSON object", path);
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "peft_type");
@@ -139,24 +281,31 @@ static qlab_status peft_parse(const char *path, const cJSON *root, lora_config *
                          "%s: \"bias\" must be \"none\": trained biases are not supported", path);
     static const struct {
         const char *key, *what;
+        int sub_config;
     } refused[] = {
-        {"use_dora", "DoRA"},
-        {"use_rslora", "rank-stabilised LoRA (scale alpha/sqrt(r))"},
-        {"fan_in_fan_out", "a transposed (Conv1D) layout"},
-        {"modules_to_save", "fully trained extra modules"},
-        {"rank_pattern", "a per-module rank"},
-        {"alpha_pattern", "a per-module alpha"},
-        {"layers_to_transform", "adapting only some layers"},
-        {"exclude_modules", "excluding modules"},
-        {"layer_replication", "layer replication"},
-        {"lora_bias", "a LoRA bias"},
-        {"trainable_token_indices", "trainable token embeddings"},
-        {"target_parameters", "adapting raw parameters"},
-        {"use_qalora", "QA-LoRA"},
-        {"alora_invocation_tokens", "activated LoRA"},
+        {"use_dora", "DoRA", 0},
+        {"fan_in_fan_out", "a transposed (Conv1D) layout", 0},
+        {"modules_to_save", "fully trained extra modules", 0},
+        {"rank_pattern", "a per-module rank", 0},
+        {"alpha_pattern", "a per-module alpha", 0},
+        {"layers_to_transform", "adapting only some layers", 0},
+        {"exclude_modules", "excluding modules", 0},
+        {"layer_replication", "layer replication", 0},
+        {"lora_bias", "a LoRA bias", 0},
+        {"trainable_token_indices", "trainable token embeddings", 0},
+        {"target_parameters", "adapting raw parameters", 0},
+        {"use_qalora", "QA-LoRA", 0},
+        {"alora_invocation_tokens", "activated LoRA", 0},
+        /* the LoRA variants of PEFT 0.21 whose forward differs from W x + s B A x (VeLoRA changes only the
+         * backward pass, so its adapters load) */
+        {"arrow_config", "Arrow routing between adapters", 1},
+        {"use_bdlora", "block-diagonal LoRA (BD-LoRA)", 1},
+        {"monteclora_config", "MonteCLoRA's sampled A", 1},
+        {"kasa_config", "KaSA (a truncated base weight and a singular-value diagonal)", 1},
     };
     for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++)
-        QLAB_TRY(peft_refuse_if_set(root, path, refused[i].key, refused[i].what));
+        QLAB_TRY(peft_refuse_if_set(root, path, refused[i].key, refused[i].what, refused[i].sub_config));
+    QLAB_TRY(peft_check_init(root, path));
 
     const cJSON *r = cJSON_GetObjectItemCaseSensitive(root, "r");
     if (!cJSON_IsNumber(r) || r->valuedouble != floor(r->valuedouble) || r->valuedouble < 1 ||
@@ -172,27 +321,13 @@ static qlab_status peft_parse(const char *path, const cJSON *root, lora_config *
         !(cJSON_IsNumber(dropout) && dropout->valuedouble >= 0 && dropout->valuedouble < 1))
         return qlab_fail(QLAB_ERR_FORMAT, "%s: \"lora_dropout\" must be a number in [0, 1)", path);
     out->dropout = dropout && cJSON_IsNumber(dropout) ? (float)dropout->valuedouble : 0.0f;
+    const cJSON *rslora = cJSON_GetObjectItemCaseSensitive(root, "use_rslora");
+    if (rslora && !cJSON_IsNull(rslora) && !cJSON_IsBool(rslora))
+        return qlab_fail(QLAB_ERR_FORMAT, "%s: \"use_rslora\" must be true or false", path);
+    out->rslora = cJSON_IsTrue(rslora); /* scale lora_alpha / sqrt(r) */
 
-    const cJSON *tm = cJSON_GetObjectItemCaseSensitive(root, "target_modules");
-    if (cJSON_IsString(tm)) {
-        /* PEFT matches a string as a regular expression against the full module name; only a bare
-         * module name reads the same either way. */
-        if (peft_target(path, tm->valuestring, &out->targets) != QLAB_OK)
-            return qlab_fail(QLAB_ERR_UNSUPPORTED,
-                             "%s: target_modules \"%.80s\" is a regular expression; qlab needs a list of "
-                             "module names",
-                             path, tm->valuestring);
-    } else if (cJSON_IsArray(tm)) {
-        const cJSON *item;
-        cJSON_ArrayForEach(item, tm) {
-            if (!cJSON_IsString(item))
-                return qlab_fail(QLAB_ERR_FORMAT, "%s: target_modules holds a non-string", path);
-            QLAB_TRY(peft_target(path, item->valuestring, &out->targets));
-        }
-    } else {
-        return qlab_fail(QLAB_ERR_FORMAT, "%s: \"target_modules\" must be a list of module names", path);
-    }
-    if (!out->targets) return qlab_fail(QLAB_ERR_FORMAT, "%s: target_modules is empty", path);
+    QLAB_TRY(peft_targets(path, cJSON_GetObjectItemCaseSensitive(root, "target_modules"), n_layers,
+                          &out->targets));
     if (base_model) {
         *base_model = NULL;
         const cJSON *b = cJSON_GetObjectItemCaseSensitive(root, "base_model_name_or_path");
@@ -202,7 +337,7 @@ static qlab_status peft_parse(const char *path, const cJSON *root, lora_config *
     return QLAB_OK;
 }
 
-qlab_status lora_read_peft_config(const char *path, lora_config *out, char **base_model) {
+static qlab_status peft_read_config(const char *path, int n_layers, lora_config *out, char **base_model) {
     if (base_model) *base_model = NULL;
     char *dir = peft_dir(path), *config = dir ? peft_join(dir, LORA_PEFT_CONFIG) : NULL;
     free(dir);
@@ -219,16 +354,20 @@ qlab_status lora_read_peft_config(const char *path, lora_config *out, char **bas
     if (!root)
         st = qlab_fail(QLAB_ERR_FORMAT, "%s: not valid JSON", config);
     else
-        st = peft_parse(config, root, out, base_model);
+        st = peft_parse(config, root, n_layers, out, base_model);
     cJSON_Delete(root);
     free(config);
     return st;
 }
 
+qlab_status lora_read_peft_config(const char *path, lora_config *out, char **base_model) {
+    return peft_read_config(path, 1, out, base_model); /* no model: a pattern is matched on layer 0 */
+}
+
 qlab_status lora_load_peft(const char *path, const model_config *mc, lora_set **out) {
     *out = NULL;
     lora_config lc;
-    QLAB_TRY(lora_read_peft_config(path, &lc, NULL));
+    QLAB_TRY(peft_read_config(path, mc->n_layers, &lc, NULL));
     char *dir = peft_dir(path), *weights = dir ? peft_join(dir, LORA_PEFT_WEIGHTS) : NULL;
     free(dir);
     if (!weights) return qlab_fail(QLAB_ERR_NOMEM, "%s: out of memory", path);
