@@ -1,8 +1,12 @@
 /* 4-bit blockwise quantization: the data types of the QLoRA paper (NF4, FP4, Int4) and newer ones
  * (AF4, MXFP4, NVFP4, IQ4_NL), with optional double quantization of the per-block constants.
- * NF4 and FP4 are bit-exact with bitsandbytes (codes, fp32 absmax, nibble order, tie rule); the exact
- * definitions are in ../shared/docs/PAPER.md §1-3. Every operation has a scalar reference (`_ref`) and the
- * default entry points pick the fastest kernel for this CPU, which is tested to match the reference. */
+ * NF4 and FP4 are bitsandbytes' formats bit for bit (files, fp32 absmax, maps, nibble order,
+ * dequantization) and quantize as its CUDA kernels do (x times the fp32 reciprocal, its threshold
+ * literals, strict >); its CPU backend departs from those kernels in rare ties, the sign code of tiny FP4
+ * values and the 8-bit codes of double quantization (tests/interop/check_bnb.py lists and checks each).
+ * The exact definitions are in ../shared/docs/PAPER.md §1-3. Every operation has a scalar reference (`_ref`)
+ * and the default entry points pick the fastest kernel for this CPU, which is tested to match the reference.
+ */
 #ifndef QLAB_QUANT_H
 #define QLAB_QUANT_H
 
