@@ -281,6 +281,41 @@ static void test_nested_offset_repr(void) {
     }
 }
 
+/* bitsandbytes' quant_storage (transformers' bnb_4bit_quant_storage, bfloat16 for FSDP): the packed codes
+ * are saved as a view of the same bytes in that dtype, e.g. BF16 [n/4, 1]. They load as the bytes they
+ * are; a codes tensor of the wrong byte size is refused. */
+static void test_quant_storage(void) {
+    enum { N = 64 * 3 + 8 };
+    float x[N], want[N], got[N];
+    rng_state r;
+    rng_seed(&r, 5);
+    for (int i = 0; i < N; i++)
+        x[i] = (float)rng_normal(&r);
+    quant_tensor q, back;
+    CHECK(quant_tensor_quantize_ref(&q, x, N, QUANT_NF4, 64, 1) == QLAB_OK);
+    CHECK(quant_tensor_dequantize_ref(&q, want) == QLAB_OK);
+    const char *p = tmp_path("storage.safetensors");
+    static const struct {
+        safetensors_dtype dt;
+        int64_t count;
+    } storage[] = {{SAFETENSORS_BF16, N / 4},
+                   {SAFETENSORS_F16, N / 4},
+                   {SAFETENSORS_I8, N / 2},
+                   {SAFETENSORS_F32, N / 8}};
+    for (size_t k = 0; k < sizeof storage / sizeof *storage; k++) {
+        override o[1] = {{"w", storage[k].dt, storage[k].count, q.codes}};
+        write_tampered(p, &q, o, 1, NULL);
+        CHECKF(quant_io_load(p, "w", &back) == QLAB_OK, "%s storage: %s",
+               safetensors_dtype_name(storage[k].dt), qlab_last_error());
+        CHECK(quant_tensor_dequantize(&back, got) == QLAB_OK && same_bits(got, want, sizeof want));
+        quant_tensor_free(&back);
+    }
+    override o[1] = {{"w", SAFETENSORS_BF16, N / 4 - 1, q.codes}};
+    write_tampered(p, &q, o, 1, NULL);
+    expect_fail(p, "expected 100 bytes");
+    quant_tensor_free(&q);
+}
+
 static void test_malformed(void) {
     float x[300];
     for (int i = 0; i < 300; i++)
@@ -332,7 +367,7 @@ static void test_malformed(void) {
                   "{\"quant_type\": \"nf4\", \"blocksize\": 64, \"dtype\": \"float32\", \"shape\": [301], "
                   "\"nested_blocksize\": 256, \"nested_dtype\": \"float32\", \"nested_offset\": 0.5}");
     write_tampered(p, &q, o, 1, NULL);
-    expect_fail(p, "expected U8 with 151");
+    expect_fail(p, "expected 151 bytes");
     json_override(&o[0], json,
                   "{\"quant_type\": \"nf4\", \"blocksize\": 64, \"dtype\": \"float32\", \"shape\": [-300], "
                   "\"nested_blocksize\": 256, \"nested_dtype\": \"float32\", \"nested_offset\": 0.5}");
@@ -527,6 +562,7 @@ int main(void) {
     test_round_trips();
     test_bitsandbytes_layout();
     test_nested_offset_repr();
+    test_quant_storage();
     test_malformed();
     test_tmp_dir_remove();
     return check_summary();

@@ -254,6 +254,20 @@ static qlab_status quant_io_take(const safetensors_file *f, const char *name, co
     return QLAB_OK;
 }
 
+/* The packed codes, tensor "<name>": (n + 1) / 2 bytes. bitsandbytes stores them in its quant_storage dtype
+ * (uint8 by default; bfloat16 for FSDP, as transformers' bnb_4bit_quant_storage saves them) as a view of
+ * the same bytes, [bytes / element size, 1]: any dtype holding exactly those bytes is read as bytes. */
+static qlab_status quant_io_take_codes(const safetensors_file *f, const char *name, int64_t nbytes,
+                                       uint8_t **out) {
+    const safetensors_tensor *t = safetensors_find(f, name);
+    if (t && (t->dtype == SAFETENSORS_BOOL || (int64_t)t->nbytes != nbytes))
+        return qlab_fail(QLAB_ERR_FORMAT,
+                         "%s: tensor '%s' is %s with %" PRId64 " elements (%zu bytes), expected %" PRId64
+                         " bytes of packed 4-bit codes",
+                         f->path, name, safetensors_dtype_name(t->dtype), t->count, t->nbytes, nbytes);
+    return quant_io_take(f, name, "", t ? t->dtype : SAFETENSORS_U8, t ? t->count : nbytes, (void **)out);
+}
+
 /* Reads the stored code book "<name><suffix>" (count fp32 values) and checks it against ours within
  * QUANT_MAP_ULP_TOLERANCE ulp per entry (ascending too for the nested map). bitsandbytes decodes the
  * absmax codes with its stored nested map (a torch without FMA builds one that differs from ours by up to
@@ -370,7 +384,7 @@ static qlab_status quant_io_read_state(const safetensors_file *f, const char *na
 }
 
 static qlab_status quant_io_read_tensors(const safetensors_file *f, const char *name, quant_tensor *qt) {
-    QLAB_TRY(quant_io_take(f, name, "", SAFETENSORS_U8, (qt->n + 1) / 2, (void **)&qt->codes));
+    QLAB_TRY(quant_io_take_codes(f, name, (qt->n + 1) / 2, &qt->codes));
     if (quant_dtype_has_fp32_absmax(qt->dtype)) {
         if (qt->double_quant) {
             QLAB_TRY(quant_io_take(f, name, ".absmax", SAFETENSORS_U8, qt->nblocks, (void **)&qt->dq_codes));

@@ -6,10 +6,10 @@ numpy 2.4.6 on x86-64 (AVX-512).  Usage: check_bnb.py [QLAB] [DATA]  (defaults .
 
 Exact, or FAIL: the safetensors layout (keys, dtypes, shapes), the quant_state JSON, the quant_map and
 nested_quant_map bits, the fp32 absmax; qlab dequant (fp32/fp16/bf16) of its own files and of files
-bitsandbytes wrote (QuantState.as_dict, a Linear4bit state_dict, transformers' save_pretrained) equals the
-format's definition (quant_map[code] * absmax[i // blocksize], absmax = nested_map[c] * nested_absmax +
-offset, then the dtype) computed by torch from the file, and bitsandbytes' dequantize_4bit of the same
-file. Where bnb's own CPU kernel departs from that definition the line says so (0.50.2: its scalar path
+bitsandbytes wrote (QuantState.as_dict, Linear4bit state_dicts, also with quant_storage bfloat16, and
+transformers' save_pretrained) equals the format's definition (quant_map[code] * absmax[i // blocksize],
+absmax = nested_map[c] * nested_absmax + offset, then the dtype) computed by torch from the file, and
+bitsandbytes' dequantize_4bit of the same file. Where bnb's own CPU kernel departs from that definition the line says so (0.50.2: its scalar path
 gives -0.0 for FP4 code 8, its other paths +0.0; its AVX-512 path takes absmax per row, wrongly, when the
 last dimension is a multiple of 16 but not of the block size); any other difference FAILs.
 
@@ -25,10 +25,11 @@ CUDA kernels, so a code may differ only where the two rules disagree; each diffe
   zero tail      an all-zero partial last block: the CPU stores absmax 1e-38, CUDA and qlab 0
   flat nested    nested absmax 0 (all absmax equal): the CPU writes code 0, qlab the code of 0.0 (CUDA: NaN)
 """
-import json, math, os, subprocess, sys, tempfile
+import atexit, json, math, os, shutil, subprocess, sys, tempfile
 from fractions import Fraction
 
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # bnb's CPU fallback is torch.compile'd: same math, eager
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # bnb's CPU backend tries to fetch an optional kernel at import
 
 def skip(why):
     print(f"SKIP bnb: {why}")
@@ -39,6 +40,7 @@ try:
     import bitsandbytes as bnb
     import bitsandbytes.functional as F
     from safetensors.numpy import load_file, save_file
+    from safetensors.torch import save_file as save_torch
 except Exception as e:  # noqa: BLE001 - any import problem means the library is not usable here
     skip(f"needs numpy, torch, bitsandbytes, safetensors ({e})")
 
@@ -47,6 +49,7 @@ DATA = sys.argv[2] if len(sys.argv) > 2 else "../shared/data"
 if not os.access(QLAB, os.X_OK):
     skip(f"no qlab binary at {QLAB} (make all)")
 WORK, CPU, f32 = tempfile.mkdtemp(prefix="check_bnb_"), torch.device("cpu"), np.float32
+atexit.register(shutil.rmtree, WORK, ignore_errors=True)
 fails = 0
 
 def report(ok, name, detail):
@@ -90,7 +93,7 @@ def definition(packed, st):  # quant_map[code] * absmax[i // blocksize] in fp32,
         s2 = st.state2
         absmax = s2.code[absmax.long()] * s2.absmax.repeat_interleave(s2.blocksize)[:len(absmax)] + st.offset
     n = math.prod(st.shape)
-    codes = torch.from_numpy(nibbles(packed.numpy())[:n])
+    codes = torch.from_numpy(nibbles(packed.contiguous().view(torch.uint8).numpy())[:n])
     return raw((st.code[codes] * absmax.repeat_interleave(st.blocksize)[:n]).to(st.dtype))
 
 def same(a, b):  # dtype and bits (bnb's CPU dequantize_4bit returns a 1-D weight as [1, n])
@@ -263,20 +266,24 @@ def inputs(dt):
         ("randn 300x257", torch.randn(300, 257, generator=g)), ("odd 7x11", torch.randn(7, 11, generator=g)),
         ("zeros", z), ("huge/tiny", h), ("ties", torch.tensor(blocks).reshape(-1, 64)), ("ternary", tern))]
 
-def check_linear4bit(qt, dq, dt):
-    """A Linear4bit's state_dict (what bnb and transformers save) against qlab quant of the same weight."""
+def check_linear4bit(qt, dq, dt, storage=torch.uint8):
+    """A Linear4bit's state_dict (what bnb and transformers save) against qlab quant of the same weight;
+    with another quant_storage (bfloat16 for FSDP) the packed codes are saved in that dtype."""
     w = torch.nn.Linear(130, 6).weight.data.to(dt)
-    l4 = bnb.nn.Linear4bit(130, 6, compute_dtype=dt, compress_statistics=dq, quant_type=qt)
-    l4.weight = bnb.nn.Params4bit(w.clone(), requires_grad=False, compress_statistics=dq, quant_type=qt)
+    l4 = bnb.nn.Linear4bit(130, 6, compute_dtype=dt, compress_statistics=dq, quant_type=qt, quant_storage=storage)
+    l4.weight = bnb.nn.Params4bit(w.clone(), requires_grad=False, compress_statistics=dq, quant_type=qt,
+                                  quant_storage=storage)
     l4 = l4.to("cpu")  # Params4bit quantizes on .to()
+    save_torch({k: v.contiguous() for k, v in l4.state_dict().items()}, f"{WORK}/linear.safetensors")
     sd = {k: raw(v) for k, v in l4.state_dict().items()}
-    save_file(sd, f"{WORK}/linear.safetensors")
     problems, notes = dequant_problems(f"{WORK}/linear.safetensors", sd)
-    problems += layout_problems(qlab_quant(w, qt, 64, dq), {k: v for k, v in sd.items() if k.startswith("weight")})
-    report(not problems, f"Linear4bit {qt} {str(dt)[6:]}{' dq' if dq else ''}", "; ".join(problems) or
-           f"state_dict {sorted(sd)}: qlab's layout and JSON; qlab dequant of it = the definition"
-           f"{'' if notes else ' = bnb dequantize_4bit'}, max diff 0"
-           + "".join(f"; {n}" for n in notes))
+    if storage == torch.uint8:
+        problems += layout_problems(qlab_quant(w, qt, 64, dq), {k: v for k, v in sd.items() if k.startswith("w")})
+    tag = f"{qt} {str(dt)[6:]}{' dq' if dq else ''}{' storage ' + str(storage)[6:] if storage != torch.uint8 else ''}"
+    report(not problems, f"Linear4bit {tag}", "; ".join(problems) or
+           f"state_dict {sorted(sd)} (weight {l4.weight.dtype}{tuple(l4.weight.shape)}): "
+           f"{'qlab layout and JSON; ' if storage == torch.uint8 else ''}qlab dequant of it = the definition"
+           f"{'' if notes else ' = bnb dequantize_4bit'}, max diff 0" + "".join(f"; {n}" for n in notes))
 
 def check_transformers(qt, dq):
     """transformers' save_pretrained of a tiny 4-bit Llama: every quantized weight read by qlab and bnb."""
@@ -327,6 +334,13 @@ def stories260k():
     return [(n, torch.from_numpy(w[o:o + r * dim].reshape(r, dim).copy())) for n, o, r in (
         ("stories260K tok_embeddings", 0, vocab), ("stories260K wq[0]", wq, dim), ("stories260K w1[0]", w1, hidden))]
 
+def run(check, *args):  # a check that raises (qlab refused a file, bnb failed) is a FAIL line, not a crash
+    try:
+        check(*args)
+    except Exception as e:  # noqa: BLE001
+        name = " ".join(str(a).replace("torch.", "") for a in args if isinstance(a, (str, int, torch.dtype)))
+        report(False, f"{check.__name__} {name}", f"{type(e).__name__}: {e}")
+
 def main():
     torch.set_num_threads(1)
     print(f"bitsandbytes {bnb.__version__}, torch {torch.__version__}, numpy {np.__version__}, qlab {QLAB}")
@@ -334,18 +348,19 @@ def main():
         for dt in (torch.float32, torch.float16, torch.bfloat16):
             for name, t in inputs(dt):
                 for dq in (False, True):
-                    check_tensor(name, t, qt, 64, dq)
+                    run(check_tensor, name, t, qt, 64, dq)
         for bs in (32, 128, 256, 512, 1024, 2048, 4096):
             for dq in (False, True):
-                check_tensor("randn 300x257", inputs(torch.float32)[0][1], qt, bs, dq)
+                run(check_tensor, "randn 300x257", inputs(torch.float32)[0][1], qt, bs, dq)
         for name, t in stories260k():
-            check_tensor(name, t, qt, 64, True)
+            run(check_tensor, name, t, qt, 64, True)
         for dq in (False, True):
             for dt in (torch.float32, torch.bfloat16):
-                check_linear4bit(qt, dq, dt)
-            check_transformers(qt, dq)
+                run(check_linear4bit, qt, dq, dt)
+            run(check_linear4bit, qt, dq, torch.bfloat16, torch.bfloat16)
+            run(check_transformers, qt, dq)
     for qt in ("int4", "af4"):
-        check_values(qt, torch.randn(96, 320, generator=torch.Generator().manual_seed(3)))
+        run(check_values, qt, torch.randn(96, 320, generator=torch.Generator().manual_seed(3)))
     print(f"{'FAIL' if fails else 'PASS'} bnb: {fails} check(s) failed")
     return 1 if fails else 0
 
