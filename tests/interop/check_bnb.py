@@ -322,6 +322,15 @@ def check_values(qt, x):
     report(same(got, want), f"values {qt}", f"qlab dequant vs bnb's CPU {qt} code book: "
            f"{int(np.sum(got != want))}/{got.size} differ, max diff {maxdiff(got, want)}")
 
+def check_e3m0():
+    """The paper's FP4 (E3M0): qlab's fp4_e3m0 code book is bnb's create_fp8_map(signed, 3 exponent bits,
+    0 mantissa bits, 4 bits) scaled to [-1, 1] (as value sets: the code order is qlab's own)."""
+    m = F.create_fp8_map(signed=True, exponent_bits=3, precision_bits=0, total_bits=4)
+    want = np.unique((m / m.abs().max()).numpy())
+    got = np.unique(qlab_quant(torch.randn(64), "fp4_e3m0", 64, False)["weight.quant_map"])
+    report(same(got, want), "codebook fp4_e3m0", f"{len(got)} distinct values vs bnb's {len(want)}, "
+           f"max diff {maxdiff(got, want)}")
+
 def stories260k():
     path = os.path.join(DATA, "models", "stories260K.bin")
     if not os.path.exists(path):
@@ -359,6 +368,7 @@ def main():
                 run(check_linear4bit, qt, dq, dt)
             run(check_linear4bit, qt, dq, torch.bfloat16, torch.bfloat16)
             run(check_transformers, qt, dq)
+    run(check_e3m0)
     for qt in ("int4", "af4"):
         run(check_values, qt, torch.randn(96, 320, generator=torch.Generator().manual_seed(3)))
     print(f"{'FAIL' if fails else 'PASS'} bnb: {fails} check(s) failed")
