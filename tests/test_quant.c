@@ -330,6 +330,29 @@ static void test_round_trip(void) {
     qlab_free_aligned(out);
 }
 
+/* The dynamic map is the one bitsandbytes 0.50.2 creates (torch 2.15 on x86-64: linspace compiled with
+ * FMA), stores as nested_quant_map and quantizes the absmax with: bit for bit, FNV-1a 64 of its 1024
+ * bytes. Spot entries that the unfused formula (start + step * i rounded twice) gets 1-2 ulp wrong. */
+static void test_dynamic_map_bits(void) {
+    static const struct {
+        int i;
+        uint32_t bits;
+    } spot[] = {{18, 0xbf3d6666}, {89, 0xbce7ae15}, {117, 0xb9c7e283}, {152, 0x3bcfdf3b}, {236, 0x3f3d6666}};
+    const float *map = quant_dynamic_map_signed();
+    for (size_t k = 0; k < sizeof spot / sizeof *spot; k++) {
+        uint32_t u;
+        memcpy(&u, &map[spot[k].i], 4);
+        CHECKF(u == spot[k].bits, "dynamic map[%d] = 0x%08x, bitsandbytes has 0x%08x", spot[k].i, u,
+               spot[k].bits);
+    }
+    uint64_t h = 0xcbf29ce484222325ull;
+    const unsigned char *b = (const unsigned char *)map;
+    for (int i = 0; i < 1024; i++)
+        h = (h ^ b[i]) * 0x100000001b3ull;
+    CHECKF(h == 0xd677f22a96665bc4ull, "dynamic map hash 0x%016llx differs from bitsandbytes'",
+           (unsigned long long)h);
+}
+
 static void test_double_quant(void) {
     int64_t n = 64 * 256 * 24; /* 24 full second-level blocks */
     float *x = random_normal(n, 5);
@@ -619,6 +642,7 @@ int main(void) {
     test_partial_blocks_and_zeros();
     test_bad_input();
     test_round_trip();
+    test_dynamic_map_bits();
     test_double_quant();
     test_other_formats();
     test_kernels_match_reference();

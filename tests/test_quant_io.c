@@ -238,6 +238,84 @@ static void json_override(override *o, char *buf, const char *json) {
     o->data = buf;
 }
 
+/* nested_offset is written as Python's repr() of the double, as json.dumps in bitsandbytes'
+ * QuantState.as_dict writes offset.item(): "2.0" for an integral value (not "2"), exponent notation below
+ * 1e-4 and from 1e16. Every block's absmax is v here, so the offset (their mean) is v exactly. */
+static void test_nested_offset_repr(void) {
+    static const struct {
+        float v;
+        const char *text;
+    } cases[] = {{2.0f, "2.0"},
+                 {0.5f, "0.5"},
+                 {1234567.0f, "1234567.0"},
+                 {65504.0f, "65504.0"},
+                 {3e-4f, "0.0003000000142492354"},
+                 {1e-4f, "9.999999747378752e-05"},
+                 {1e-5f, "9.999999747378752e-06"},
+                 {1e16f, "1.0000000272564224e+16"}};
+    enum { N = 64 * 3 };
+    float x[N];
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        for (int i = 0; i < N; i++)
+            x[i] = i % 64 == 5 ? (i % 128 == 5 ? cases[k].v : -cases[k].v) : cases[k].v * 0.25f;
+        quant_tensor q;
+        CHECK(quant_tensor_quantize_ref(&q, x, N, QUANT_NF4, 64, 1) == QLAB_OK);
+        CHECK(q.dq_offset == cases[k].v);
+        const char *path = tmp_path("offset.safetensors");
+        CHECK(quant_io_save(path, "w", &q) == QLAB_OK);
+        safetensors_file f;
+        CHECK(safetensors_open(&f, path) == QLAB_OK);
+        const safetensors_tensor *t = safetensors_find(&f, "w.quant_state.bitsandbytes__nf4");
+        char expect[512];
+        snprintf(expect, sizeof expect,
+                 "{\"quant_type\": \"nf4\", \"blocksize\": 64, \"dtype\": \"float32\", \"shape\": [192], "
+                 "\"nested_blocksize\": 256, \"nested_dtype\": \"float32\", \"nested_offset\": %s}",
+                 cases[k].text);
+        CHECKF(t && t->nbytes == strlen(expect) && !memcmp(t->data, expect, t->nbytes), "offset %s: got %.*s",
+               cases[k].text, t ? (int)t->nbytes : 0, t ? (const char *)t->data : "");
+        safetensors_close(&f);
+        quant_tensor back;
+        CHECK(quant_io_load(path, "w", &back) == QLAB_OK && back.dq_offset == cases[k].v);
+        quant_tensor_free(&back);
+        quant_tensor_free(&q);
+    }
+}
+
+/* bitsandbytes' quant_storage (transformers' bnb_4bit_quant_storage, bfloat16 for FSDP): the packed codes
+ * are saved as a view of the same bytes in that dtype, e.g. BF16 [n/4, 1]. They load as the bytes they
+ * are; a codes tensor of the wrong byte size is refused. */
+static void test_quant_storage(void) {
+    enum { N = 64 * 3 + 8 };
+    float x[N], want[N], got[N];
+    rng_state r;
+    rng_seed(&r, 5);
+    for (int i = 0; i < N; i++)
+        x[i] = (float)rng_normal(&r);
+    quant_tensor q, back;
+    CHECK(quant_tensor_quantize_ref(&q, x, N, QUANT_NF4, 64, 1) == QLAB_OK);
+    CHECK(quant_tensor_dequantize_ref(&q, want) == QLAB_OK);
+    const char *p = tmp_path("storage.safetensors");
+    static const struct {
+        safetensors_dtype dt;
+        int64_t count;
+    } storage[] = {{SAFETENSORS_BF16, N / 4},
+                   {SAFETENSORS_F16, N / 4},
+                   {SAFETENSORS_I8, N / 2},
+                   {SAFETENSORS_F32, N / 8}};
+    for (size_t k = 0; k < sizeof storage / sizeof *storage; k++) {
+        override o[1] = {{"w", storage[k].dt, storage[k].count, q.codes}};
+        write_tampered(p, &q, o, 1, NULL);
+        CHECKF(quant_io_load(p, "w", &back) == QLAB_OK, "%s storage: %s",
+               safetensors_dtype_name(storage[k].dt), qlab_last_error());
+        CHECK(quant_tensor_dequantize(&back, got) == QLAB_OK && same_bits(got, want, sizeof want));
+        quant_tensor_free(&back);
+    }
+    override o[1] = {{"w", SAFETENSORS_BF16, N / 4 - 1, q.codes}};
+    write_tampered(p, &q, o, 1, NULL);
+    expect_fail(p, "expected 100 bytes");
+    quant_tensor_free(&q);
+}
+
 static void test_malformed(void) {
     float x[300];
     for (int i = 0; i < 300; i++)
@@ -289,7 +367,7 @@ static void test_malformed(void) {
                   "{\"quant_type\": \"nf4\", \"blocksize\": 64, \"dtype\": \"float32\", \"shape\": [301], "
                   "\"nested_blocksize\": 256, \"nested_dtype\": \"float32\", \"nested_offset\": 0.5}");
     write_tampered(p, &q, o, 1, NULL);
-    expect_fail(p, "expected U8 with 151");
+    expect_fail(p, "expected 151 bytes");
     json_override(&o[0], json,
                   "{\"quant_type\": \"nf4\", \"blocksize\": 64, \"dtype\": \"float32\", \"shape\": [-300], "
                   "\"nested_blocksize\": 256, \"nested_dtype\": \"float32\", \"nested_offset\": 0.5}");
@@ -433,19 +511,29 @@ static void test_bitsandbytes_maps(void) {
     expect_fail(p, "float64");
     quant_tensor_free(&q);
 
-    /* FP4 as bitsandbytes stores it: quant_map[8] = +0.0; code 8 then decodes to +0.0 as in its CPU path. */
+    /* FP4 as bitsandbytes stores it (get_4bit_type("fp4") as float32, bit for bit): quant_map[8] = +0.0,
+     * and code 8 decodes to +0.0 as in its CPU path, from our own file too. */
+    static const uint32_t bnb_fp4_map[16] = {
+        0x00000000, 0x3baaaaab, 0x3f2aaaab, 0x3f800000, 0x3eaaaaab, 0x3f000000, 0x3e2aaaab, 0x3e800000,
+        0x00000000, 0xbbaaaaab, 0xbf2aaaab, 0xbf800000, 0xbeaaaaab, 0xbf000000, 0xbe2aaaab, 0xbe800000};
     float small[4] = {-1e-9f, 1.0f, -2e-9f, -1.0f};
     CHECK(quant_tensor_quantize_ref(&q, small, 4, QUANT_FP4, 64, 0) == QLAB_OK);
-    CHECK((q.codes[0] >> 4) == 8); /* -1e-9 -> -0: sign bit, magnitude 0 */
+    CHECK((q.codes[0] >> 4) == 8); /* -1e-9 -> -0: sign bit, magnitude 0, as bitsandbytes' CUDA kernel */
     float fp4map[16], out4[4];
     memcpy(fp4map, quant_codebook(QUANT_FP4), sizeof fp4map);
-    CHECK(fp4map[8] == 0.0f && signbit(fp4map[8]));
-    fp4map[8] = 0.0f;
-    o[0] = (override){"w.quant_map", SAFETENSORS_F32, 16, fp4map};
+    CHECK(same_bits(fp4map, bnb_fp4_map, sizeof fp4map));
     CHECK(quant_io_save(p, "w", &q) == QLAB_OK);
+    safetensors_file ownf;
+    CHECK(safetensors_open(&ownf, p) == QLAB_OK);
+    const safetensors_tensor *m = safetensors_find(&ownf, "w.quant_map");
+    CHECK(m && m->nbytes == sizeof bnb_fp4_map && same_bits(m->data, bnb_fp4_map, sizeof bnb_fp4_map));
+    safetensors_close(&ownf);
     CHECK(quant_io_load(p, "w", &back) == QLAB_OK && back.code_map == NULL);
-    CHECK(quant_tensor_dequantize(&back, out4) == QLAB_OK && signbit(out4[0]));
+    CHECK(quant_tensor_dequantize(&back, out4) == QLAB_OK && out4[0] == 0.0f && !signbit(out4[0]));
     quant_tensor_free(&back);
+    /* A map with -0.0 at code 8 (bitsandbytes' CUDA value; qlab's files before) loads and decodes so. */
+    fp4map[8] = -0.0f;
+    o[0] = (override){"w.quant_map", SAFETENSORS_F32, 16, fp4map};
     safetensors_file f;
     CHECK(safetensors_open(&f, p) == QLAB_OK);
     safetensors_writer *w = safetensors_writer_new();
@@ -460,7 +548,7 @@ static void test_bitsandbytes_maps(void) {
     safetensors_close(&f);
     CHECK(quant_io_load(p3, "w", &back) == QLAB_OK && back.code_map != NULL);
     CHECK(quant_tensor_dequantize(&back, out4) == QLAB_OK);
-    CHECK(out4[0] == 0.0f && !signbit(out4[0]) && out4[1] == 1.0f && out4[3] == -1.0f);
+    CHECK(out4[0] == 0.0f && signbit(out4[0]) && out4[1] == 1.0f && out4[3] == -1.0f);
     quant_tensor_free(&back);
     quant_tensor_free(&q);
     free(x);
@@ -473,6 +561,8 @@ int main(void) {
     test_bitsandbytes_maps();
     test_round_trips();
     test_bitsandbytes_layout();
+    test_nested_offset_repr();
+    test_quant_storage();
     test_malformed();
     test_tmp_dir_remove();
     return check_summary();

@@ -1,8 +1,12 @@
 /* 4-bit blockwise quantization: the data types of the QLoRA paper (NF4, FP4, Int4) and newer ones
  * (AF4, MXFP4, NVFP4, IQ4_NL), with optional double quantization of the per-block constants.
- * NF4 and FP4 are bit-exact with bitsandbytes (codes, fp32 absmax, nibble order, tie rule); the exact
- * definitions are in ../shared/docs/PAPER.md §1-3. Every operation has a scalar reference (`_ref`) and the
- * default entry points pick the fastest kernel for this CPU, which is tested to match the reference. */
+ * NF4 and FP4 are bitsandbytes' formats bit for bit (files, fp32 absmax, maps, nibble order,
+ * dequantization) and quantize as its CUDA kernels do (x times the fp32 reciprocal, its threshold
+ * literals, strict >); its CPU backend departs from those kernels in rare ties, the sign code of tiny FP4
+ * values and the 8-bit codes of double quantization (tests/interop/check_bnb.py lists and checks each).
+ * The exact definitions are in ../shared/docs/PAPER.md §1-3. Every operation has a scalar reference (`_ref`)
+ * and the default entry points pick the fastest kernel for this CPU, which is tested to match the reference.
+ */
 #ifndef QLAB_QUANT_H
 #define QLAB_QUANT_H
 
@@ -146,12 +150,11 @@ typedef struct quant_tensor {
     float *dq_absmax;   /* dq_nblocks fp32 */
     float dq_offset;    /* mean of the first-level absmax values */
     /* The 256-entry nested map double quantization decodes with: NULL = quant_dynamic_map_signed(); an
-     * owned copy of the map a file stored (bitsandbytes dequantizes with its stored map, which on x86 may
-     * differ from the scalar one by a few ulp; quant_check_dynamic_map accepted it). */
+     * owned copy of the map a file stored when it differs from ours (bitsandbytes dequantizes with its
+     * stored map, which a torch without FMA builds a few ulp away; quant_check_map_close accepted it). */
     float *dq_map;
     /* The 16 code values dequantization uses: NULL = quant_codebook(dtype); an owned copy of a file's
-     * stored quant_map when it differs from ours (bitsandbytes' CPU dequantization decodes with its code
-     * table: FP4's code 8 is +0.0 there, -0.0 in ours and in its CUDA kernel). */
+     * stored quant_map when it differs from ours (within 4 ulp or by the sign of a zero). */
     float *code_map;
 
     quant_orig_dtype orig_dtype; /* of the weight before quantization (quantize leaves QUANT_ORIG_F32) */

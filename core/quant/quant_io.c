@@ -27,13 +27,35 @@ static void quant_io_state_name(const char *name, quant_dtype dt, char *out, siz
     snprintf(out, cap, "%s.quant_state.%s", name, quant_type_traits_get(dt)->quant_state);
 }
 
-/* The shortest decimal that reads back as the same float (what Python's repr prints for the double). */
+/* v as Python's repr() prints the double (float)v, which json.dumps writes for bitsandbytes' nested_offset
+ * (QuantState.as_dict stores offset.item()): the shortest digits that read back as the same double, in
+ * positional notation with at least one decimal ("2.0", "0.0001", "1234567.0") when the decimal exponent
+ * is in [-4, 16), else as d.ddde-XX ("1e-05", "2.5e+16"). */
 static void quant_io_format_float(float v, char *out, size_t cap) {
-    for (int prec = 1; prec <= 17; prec++) {
-        snprintf(out, cap, "%.*g", prec, (double)v);
-        if ((float)strtod(out, NULL) == v && strtod(out, NULL) == (double)v) return;
+    double d = v;
+    char e[64], digits[32];
+    for (int prec = 0; prec <= 17; prec++) {
+        snprintf(e, sizeof e, "%.*e", prec, d);
+        if (strtod(e, NULL) == d) break;
     }
-    snprintf(out, cap, "%.17g", (double)v);
+    /* e is [-]D[.DDD]e(+|-)XX: collect the digits and the exponent of the first one */
+    const char *p = e, *sign = "";
+    if (*p == '-') sign = "-", p++;
+    int nd = 0;
+    for (; *p && *p != 'e'; p++)
+        if (*p != '.') digits[nd++] = *p;
+    digits[nd] = 0;
+    int exp10 = atoi(p + 1);
+    if (exp10 < -4 || exp10 >= 16) {
+        snprintf(out, cap, "%s%c%s%.*se%c%02d", sign, digits[0], nd > 1 ? "." : "", nd - 1, digits + 1,
+                 exp10 < 0 ? '-' : '+', exp10 < 0 ? -exp10 : exp10);
+    } else if (exp10 < 0) {
+        snprintf(out, cap, "%s0.%.*s%s", sign, -exp10 - 1, "0000", digits);
+    } else if (exp10 + 1 >= nd) {
+        snprintf(out, cap, "%s%s%.*s.0", sign, digits, exp10 + 1 - nd, "0000000000000000");
+    } else {
+        snprintf(out, cap, "%s%.*s.%s", sign, exp10 + 1, digits, digits + exp10 + 1);
+    }
 }
 
 static qlab_status quant_io_check(const char *name, const quant_tensor *qt) {
@@ -232,12 +254,26 @@ static qlab_status quant_io_take(const safetensors_file *f, const char *name, co
     return QLAB_OK;
 }
 
+/* The packed codes, tensor "<name>": (n + 1) / 2 bytes. bitsandbytes stores them in its quant_storage dtype
+ * (uint8 by default; bfloat16 for FSDP, as transformers' bnb_4bit_quant_storage saves them) as a view of
+ * the same bytes, [bytes / element size, 1]: any dtype holding exactly those bytes is read as bytes. */
+static qlab_status quant_io_take_codes(const safetensors_file *f, const char *name, int64_t nbytes,
+                                       uint8_t **out) {
+    const safetensors_tensor *t = safetensors_find(f, name);
+    if (t && (t->dtype == SAFETENSORS_BOOL || (int64_t)t->nbytes != nbytes))
+        return qlab_fail(QLAB_ERR_FORMAT,
+                         "%s: tensor '%s' is %s with %" PRId64 " elements (%zu bytes), expected %" PRId64
+                         " bytes of packed 4-bit codes",
+                         f->path, name, safetensors_dtype_name(t->dtype), t->count, t->nbytes, nbytes);
+    return quant_io_take(f, name, "", t ? t->dtype : SAFETENSORS_U8, t ? t->count : nbytes, (void **)out);
+}
+
 /* Reads the stored code book "<name><suffix>" (count fp32 values) and checks it against ours within
  * QUANT_MAP_ULP_TOLERANCE ulp per entry (ascending too for the nested map). bitsandbytes decodes the
- * absmax codes with its stored nested map (torch's vectorised linspace makes it differ from the scalar
- * map by up to 2 ulp on x86), so a differing one is kept in *kept (owned; NULL when it equals ours bit for
- * bit or kept is NULL). The same for quant_map: bitsandbytes' CPU dequantization decodes with the code
- * table it stores (get_4bit_type), whose FP4 code 8 is +0.0 where ours is -0.0. */
+ * absmax codes with its stored nested map (a torch without FMA builds one that differs from ours by up to
+ * 2 ulp), so a differing one is kept in *kept (owned; NULL when it equals ours bit for bit or kept is
+ * NULL). The same for quant_map (e.g. an FP4 map with -0.0 at code 8, as qlab wrote before it took
+ * bitsandbytes' +0.0). */
 static qlab_status quant_io_check_map(const safetensors_file *f, const char *name, const char *suffix,
                                       const float *expect, int count, int ascending, float **kept) {
     float *map = NULL;
@@ -348,7 +384,7 @@ static qlab_status quant_io_read_state(const safetensors_file *f, const char *na
 }
 
 static qlab_status quant_io_read_tensors(const safetensors_file *f, const char *name, quant_tensor *qt) {
-    QLAB_TRY(quant_io_take(f, name, "", SAFETENSORS_U8, (qt->n + 1) / 2, (void **)&qt->codes));
+    QLAB_TRY(quant_io_take_codes(f, name, (qt->n + 1) / 2, &qt->codes));
     if (quant_dtype_has_fp32_absmax(qt->dtype)) {
         if (qt->double_quant) {
             QLAB_TRY(quant_io_take(f, name, ".absmax", SAFETENSORS_U8, qt->nblocks, (void **)&qt->dq_codes));

@@ -3,7 +3,9 @@
  * a documented extension of the same scheme for the formats bitsandbytes lacks.
  *
  * For a tensor named P (e.g. "model.layers.0.self_attn.q_proj.weight"; "weight" for a single tensor):
- *   P                     U8  [ceil(n/2), 1]   packed codes, element 2j in the high nibble, 2j+1 in the low
+ *   P                     U8  [ceil(n/2), 1]   packed codes, element 2j in the high nibble, 2j+1 in the low.
+ *                                            Read: any dtype holding those ceil(n/2) bytes (bitsandbytes'
+ *                                            quant_storage, e.g. BF16 [ceil(n/2)/2, 1] for FSDP)
  *   P.absmax              F32 [nblocks]        absmax types without double quantization
  *                         U8  [nblocks]        with double quantization: indices into nested_quant_map
  *   P.quant_map           F32 [16]             the code book, quant_codebook(dtype) (checked on load to

@@ -159,15 +159,18 @@ const quant_kernel_set quant_kernels_scalar = {"scalar", quant_quantize_absmax_s
 
 /* ---------------------------------------------------------------- bitsandbytes' dynamic map */
 
-/* torch.linspace(start, end, steps) for float32 as ATen's scalar CPU path computes it: step in fp32, the
- * first half counted up from start, the second half down from end. (ATen's vectorized path computes some
- * entries as base + j*step instead, which can differ by 1 ulp in a few of the 256 map values; we cannot
- * know which SIMD width a given torch build used, so we follow the scalar formula.) */
+/* torch.linspace(start, end, steps) for float32 as ATen's CPU kernel computes it: step in fp32, the first
+ * half counted up from start (start + step * i), the second half down from end (end - step * (steps-1-i)).
+ * ATen's x86 builds compile that kernel with FMA contraction (its AVX2 kernels, which AVX-512 machines run
+ * too), so each value is rounded once: fmaf. This is the map bitsandbytes creates, stores as
+ * nested_quant_map and quantizes with on any x86-64 machine with AVX2 (checked bit for bit against
+ * torch 2.15 / bitsandbytes 0.50.2 in tests/interop/check_bnb.py); a torch without FMA (ATen's DEFAULT
+ * capability) rounds the product and the sum separately, which moves 42 of the 256 entries by 1-2 ulp. */
 static void torch_linspace_f32(float start, float end, int steps, float *out) {
     float step = (end - start) / (float)(steps - 1);
     int halfway = steps / 2;
     for (int i = 0; i < steps; i++)
-        out[i] = i < halfway ? start + step * (float)i : end - step * (float)(steps - i - 1);
+        out[i] = i < halfway ? fmaf(step, (float)i, start) : fmaf(-step, (float)(steps - i - 1), end);
 }
 
 static int cmp_float(const void *a, const void *b) {

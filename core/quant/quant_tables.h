@@ -34,10 +34,12 @@
 
 /* ---------------------------------------------------------------- FP4 (bitsandbytes)
  * Sign-magnitude: bit 3 = sign, bits 2-0 index the magnitudes {0, 1/16, 8, 12, 4, 6, 2, 3}/12.
- * Values are bitsandbytes' literals (dDequantizeFP4Tree); code 8 is -0. */
+ * Values are bitsandbytes' literals (dDequantizeFP4Tree). Code 8 is +0.0, as in bitsandbytes'
+ * get_4bit_type("fp4") (its Python literal -0 is the integer 0): the quant_map every bitsandbytes file
+ * stores, and what its CPU dequantization gives for code 8 (its CUDA tree gives -0.0; equal as numbers). */
 #define QUANT_TABLE_FP4                                                                                      \
     {                                                                                                        \
-        0.0f, 5.208333333e-03f, 0.66666667f, 1.0f, 0.33333333f, 0.5f, 0.16666667f, 0.25f, -0.0f,             \
+        0.0f, 5.208333333e-03f, 0.66666667f, 1.0f, 0.33333333f, 0.5f, 0.16666667f, 0.25f, 0.0f,              \
             -5.208333333e-03f, -0.66666667f, -1.0f, -0.33333333f, -0.5f, -0.16666667f, -0.25f                \
     }
 

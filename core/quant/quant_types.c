@@ -45,7 +45,8 @@ static const quant_type_traits quant_types[] = {
         .dtype = QUANT_NF4,
         .name = "nf4",
         .label = "NF4",
-        .description = "NormalFloat4: N(0,1) quantiles, bit-exact with bitsandbytes (QLoRA default)",
+        .description =
+            "NormalFloat4: N(0,1) quantiles, bit-exact with bitsandbytes' CUDA kernel (QLoRA default)",
         ABSMAX_TYPE,
         .codebook = cb_nf4,
         .thresholds = th_nf4,
@@ -59,7 +60,7 @@ static const quant_type_traits quant_types[] = {
         .dtype = QUANT_FP4,
         .name = "fp4",
         .label = "FP4",
-        .description = "bitsandbytes FP4: sign, 2 exponent, 1 mantissa bits; bit-exact with bitsandbytes",
+        .description = "bitsandbytes FP4: sign, 2 exponent, 1 mantissa bits; bit-exact with its CUDA kernel",
         ABSMAX_TYPE,
         .codebook = cb_fp4,
         .thresholds = th_fp4,
