@@ -15,5 +15,11 @@ interop-deps: ## Create INTEROP_VENV (default .interop-venv) with the pinned Pyt
 interop: all ## Cross-check qlab against bitsandbytes, tokenizers, transformers and PEFT (needs make interop-deps; data from ../shared/data)
 	@[ -x $(INTEROP_PY) ] || { echo "interop: no $(INTEROP_PY): run 'make interop-deps' first (or INTEROP_VENV=dir)" >&2; exit 2; }
 	@fail=0; for s in tests/interop/check_*.py; do echo "== $$s"; \
-	  OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(INTEROP_PY) $$s || fail=1; done; \
+	  OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} TQDM_DISABLE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 HF_HUB_OFFLINE=1 $(INTEROP_PY) $$s || fail=1; done; \
 	if [ $$fail -ne 0 ]; then echo "interop: some checks FAILED" >&2; exit 1; fi; echo "interop: all checks passed"
+
+.PHONY: bench-peers
+bench-peers: ## The peers' figures for make bench's model: PyTorch fp32/bf16 training and evaluation, bitsandbytes+PEFT QLoRA step (needs make interop-deps)
+	@[ -x $(INTEROP_PY) ] || { echo "bench-peers: no $(INTEROP_PY): run 'make interop-deps' first (or INTEROP_VENV=dir)" >&2; exit 2; }
+	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} TQDM_DISABLE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 HF_HUB_OFFLINE=1 \
+	  $(INTEROP_PY) tests/interop/bench_pytorch.py
