@@ -455,9 +455,10 @@ qlab_status tokenizer_decode(const tokenizer *t, const int *ids, size_t n, char 
         }
         /* llama2.c's <s> and </s> ("\n<s>\n") are markers that never come from text. In a tokenizer.json
          * special tokens do come from text (they are matched in it), so only the BOS that add_bos puts
-         * first is dropped and every other token decodes to its content. */
-        int marker =
-            t->kind == TOKENIZER_LLAMA2C ? (id == t->bos_id || id == t->eos_id) : (i == 0 && id == t->bos_id);
+         * first is dropped, and only for a tokenizer that adds one: SmolLM2's BOS <|im_start|> is never
+         * added, so a leading one came from the text and stays (as transformers' decode keeps it). */
+        int marker = t->kind == TOKENIZER_LLAMA2C ? (id == t->bos_id || id == t->eos_id)
+                                                  : (i == 0 && id == t->bos_id && t->add_bos);
         if (!marker) st = decode_piece(t, id, prev >= 0 && prev == t->bos_id, &b);
         prev = id;
     }
