@@ -293,6 +293,14 @@ static void test_llama2_pinned(void) {
     CHECK(tokenizer_decode(t, plain, 2, &text, &len) == QLAB_OK);
     CHECK(len == 12 && strcmp(text, " Hello world") == 0);
     free(text);
+    /* "▁" (U+2581) in the text is a space, as SentencePiece encodes it (sentencepiece 0.2.3 on Llama 2's
+     * model: "▁x ▁▁y" -> ▁ ▁x ▁▁ ▁y = 29871 921 259 343); run.c would spell it as byte pieces. */
+    static const char meta[] = "\xE2\x96\x81x \xE2\x96\x81\xE2\x96\x81y";
+    CHECK(tokenizer_encode(t, meta, strlen(meta), 1, &ids, &n) == QLAB_OK);
+    CHECKF(n == 5 && ids[0] == 1 && ids[1] == 29871 && ids[2] == 921 && ids[3] == 259 && ids[4] == 343,
+           "\"\\u2581x \\u2581\\u2581y\": %zu ids, first %d %d %d", n, n > 1 ? ids[1] : -1,
+           n > 2 ? ids[2] : -1, n > 3 ? ids[3] : -1);
+    free(ids);
     /* A newline is not a Llama 2 piece: byte fallback <0x0A> = 10 + 3. */
     CHECK(tokenizer_encode(t, "\n", 1, 0, &ids, &n) == QLAB_OK);
     CHECK(n == 2 && ids[0] == 29871 && ids[1] == 13);

@@ -32,7 +32,7 @@ int tokenizer_add_bos(const tokenizer *t);
 /* Encodes len bytes of text (any bytes: NUL and invalid UTF-8 go through byte fallback or the byte-level
  * map) into *ids (malloc'd, free() it). add_bos prepends the BOS id (an error when there is none).
  * tokenizer.bin follows run.c's encode(): the dummy-prefix " " token when the text is non-empty, then
- * highest-score merges, leftmost first on ties.
+ * highest-score merges, leftmost first on ties ("▁", U+2581, in the text is a space, as in SentencePiece).
  * tokenizer.json follows the Hugging Face pipeline: added tokens matched in the text, normalizer,
  * pre-tokenizer, merges by rank; a character with no piece, no byte fallback and no unk_token is dropped, as
  * Hugging Face's BPE does. */
@@ -45,8 +45,8 @@ qlab_status tokenizer_encode(const tokenizer *t, const char *text, size_t len, i
  * first id decodes to nothing when the tokenizer adds one (tokenizer_add_bos; SmolLM2's <|im_start|> is
  * not added, so a leading one is text), every other token (special ones included) to its text, because
  * special tokens spelled in the text are encoded as themselves. So decode(encode(x, tokenizer_add_bos()))
- * == x byte for byte, except characters a tokenizer.json vocabulary cannot spell (encoding drops them);
- * without the BOS the dummy-prefix space of
+ * == x byte for byte, except characters a tokenizer.json vocabulary cannot spell (encoding drops them)
+ * and a tokenizer.bin's "▁" (encoded as a space); without the BOS the dummy-prefix space of
  * SentencePiece-style tokenizers stays in the output. An id outside the vocabulary is an error. */
 qlab_status tokenizer_decode(const tokenizer *t, const int *ids, size_t n, char **text, size_t *len);
 
