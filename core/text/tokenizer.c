@@ -317,7 +317,10 @@ static qlab_status push_byte_fallback(const tokenizer *t, unsigned char byte, in
 }
 
 /* run.c's encode(): the dummy prefix, then the text split into UTF-8 characters (up to 4 bytes, stray
- * continuation bytes grouped the same way), each looked up whole or else spelled as byte pieces. */
+ * continuation bytes grouped the same way), each looked up whole or else spelled as byte pieces. One
+ * departure from run.c: "▁" (U+2581) in the text is a space, because SentencePiece, which made these
+ * vocabularies and the models' training ids, writes spaces as U+2581 before encoding (so do Hugging
+ * Face's Llama tokenizers and llama.cpp); run.c would spell it as three byte pieces. */
 static qlab_status encode_llama2c(const tokenizer *t, const char *text, size_t len, int **ids, size_t *n,
                                   size_t *cap) {
     if (len > 0) {
@@ -335,6 +338,7 @@ static qlab_status encode_llama2c(const tokenizer *t, const char *text, size_t l
         if ((s[i] & 0xC0) != 0x80) buf_len = 0;
         buf[buf_len++] = (char)s[i];
         if (i + 1 < len && (s[i + 1] & 0xC0) == 0x80 && buf_len < 4) continue;
+        if (buf_len == 3 && !memcmp(buf, "\xE2\x96\x81", 3)) buf[0] = ' ', buf_len = 1;
         int id = tokenizer_map_find(t, buf, buf_len);
         if (id >= 0) {
             QLAB_TRY(tokenizer_push_id(ids, n, cap, id));
@@ -455,9 +459,10 @@ qlab_status tokenizer_decode(const tokenizer *t, const int *ids, size_t n, char 
         }
         /* llama2.c's <s> and </s> ("\n<s>\n") are markers that never come from text. In a tokenizer.json
          * special tokens do come from text (they are matched in it), so only the BOS that add_bos puts
-         * first is dropped and every other token decodes to its content. */
-        int marker =
-            t->kind == TOKENIZER_LLAMA2C ? (id == t->bos_id || id == t->eos_id) : (i == 0 && id == t->bos_id);
+         * first is dropped, and only for a tokenizer that adds one: SmolLM2's BOS <|im_start|> is never
+         * added, so a leading one came from the text and stays (as transformers' decode keeps it). */
+        int marker = t->kind == TOKENIZER_LLAMA2C ? (id == t->bos_id || id == t->eos_id)
+                                                  : (i == 0 && id == t->bos_id && t->add_bos);
         if (!marker) st = decode_piece(t, id, prev >= 0 && prev == t->bos_id, &b);
         prev = id;
     }

@@ -32,18 +32,22 @@ int tokenizer_add_bos(const tokenizer *t);
 /* Encodes len bytes of text (any bytes: NUL and invalid UTF-8 go through byte fallback or the byte-level
  * map) into *ids (malloc'd, free() it). add_bos prepends the BOS id (an error when there is none).
  * tokenizer.bin follows run.c's encode(): the dummy-prefix " " token when the text is non-empty, then
- * highest-score merges, leftmost first on ties. tokenizer.json follows the Hugging Face pipeline: added
- * tokens matched in the text, normalizer, pre-tokenizer, merges by rank. */
+ * highest-score merges, leftmost first on ties ("▁", U+2581, in the text is a space, as in SentencePiece).
+ * tokenizer.json follows the Hugging Face pipeline: added tokens matched in the text, normalizer,
+ * pre-tokenizer, merges by rank; a character with no piece, no byte fallback and no unk_token is dropped, as
+ * Hugging Face's BPE does. */
 qlab_status tokenizer_encode(const tokenizer *t, const char *text, size_t len, int add_bos, int **ids,
                              size_t *n_ids);
 
 /* Decodes ids into *text (malloc'd, NUL-terminated, *len excludes the NUL; free() it). <0xNN> pieces give
  * the raw byte; the piece right after a BOS loses one leading space (the dummy prefix), as in run.c.
  * tokenizer.bin: BOS and EOS decode to nothing (run.c never prints them). tokenizer.json: a BOS as the
- * first id decodes to nothing, every other token (special ones included) to its text, because special
- * tokens spelled in the text are encoded as themselves. So decode(encode(x, add_bos=1)) == x byte for
- * byte; without the BOS the dummy-prefix space of SentencePiece-style tokenizers stays in the output. An
- * id outside the vocabulary is an error. */
+ * first id decodes to nothing when the tokenizer adds one (tokenizer_add_bos; SmolLM2's <|im_start|> is
+ * not added, so a leading one is text), every other token (special ones included) to its text, because
+ * special tokens spelled in the text are encoded as themselves. So decode(encode(x, tokenizer_add_bos()))
+ * == x byte for byte, except characters a tokenizer.json vocabulary cannot spell (encoding drops them)
+ * and a tokenizer.bin's "▁" (encoded as a space); without the BOS the dummy-prefix space of
+ * SentencePiece-style tokenizers stays in the output. An id outside the vocabulary is an error. */
 qlab_status tokenizer_decode(const tokenizer *t, const int *ids, size_t n, char **text, size_t *len);
 
 /* The raw piece of id as stored in the file (e.g. " the", "<0x0A>", "Ġthe", "▁the"), NUL-terminated, for

@@ -5,6 +5,9 @@
  *   in the text, and the pre-tokenizer that tokenizer.ggml.pre names: "smollm" (Digits with individual
  *   digits, then GPT-2's ByteLevel regex: llama.cpp's LLAMA_VOCAB_PRE_TYPE_SMOLLM) or "gpt-2" (the
  *   ByteLevel regex alone). Other pre-tokenizers (Llama 3's "llama-bpe", ...) are refused by name.
+ *   (transformers 5.25's GGUF loader knows no "smollm" and keeps only the ByteLevel step, so it differs
+ *   from SmolLM2's own tokenizer.json, and from qlab, on whitespace before a digit and on "½"-like
+ *   characters: 41 of 2,392 Alpaca fields; tests/interop/check_tokenizers.py.)
  * - model "llama" (SentencePiece-style BPE with scores): llama2.c's tokenizer.bin with "▁" spelled as a
  *   space, as llama2.c's exporter writes it; encoding is run.c's (dummy-prefix space, best score first).
  * BOS/EOS come from tokenizer.ggml.bos_token_id / eos_token_id, and tokenizer.ggml.add_bos_token says

@@ -695,13 +695,9 @@ static qlab_status encode_word(const tokenizer *t, tokenizer_workspace *ws, cons
             } else if (t->unk_id >= 0) {
                 if (!(t->fuse_unk && prev_unk)) QLAB_TRY(tokenizer_push_id(ids, n, cap, t->unk_id));
                 prev_unk = 1;
-            } else {
-                return qlab_fail(
-                    QLAB_ERR_ARG,
-                    "text holds a character (bytes 0x%02X.., %zu long) that is not in the vocabulary, "
-                    "and the tokenizer has neither byte fallback nor an unk_token",
-                    (unsigned char)w[i], step);
             }
+            /* Neither: Hugging Face's BPE drops the character (SmolLM2 has no piece for the bytes 0x04,
+             * 0x06, 0x13, ... of its byte-level alphabet, so "a\x04b" encodes as "a", "b"). */
         }
         i += step;
     }
