@@ -24,7 +24,7 @@ HAVE_OPENBLAS := $(call have,openblas)
 HAVE_OPENMP   := $(shell echo 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o /dev/null 2>/dev/null && echo yes)
 HAVE_NVCC     := $(shell command -v $(NVCC) >/dev/null 2>&1 && echo yes)
 HAVE_GNUPLOT  := $(shell command -v gnuplot >/dev/null 2>&1 && echo yes)
-# oneDNN (libdnnl-dev): linked by the bf16 benchmarks only, which measure its bf16 matmul beside qlab's kernels.
+# oneDNN (libdnnl-dev): linked by the benchmarks only: the bf16 ones measure its bf16 matmul beside qlab's kernels, bench_train its sgemm (the fp32 limit is the better of it and OpenBLAS's).
 HAVE_DNNL     := $(if $(wildcard /usr/include/oneapi/dnnl/dnnl.h),yes)
 GIT_COMMIT    := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 
@@ -184,8 +184,8 @@ $(BUILD)/bench/%: $(O)/tests/%.o $(LIB)
 	$(Q)$(CC) $(CFLAGS_ALL) $< $(LIB) $(LDLIBS_ALL) $(BENCH_LIBS) -o $@
 
 ifeq ($(HAVE_DNNL),yes)
-$(O)/tests/bench_gemm_bf16.o $(O)/tests/bench_bf16_model.o: CFLAGS_ALL += -DQLAB_HAVE_DNNL
-$(BUILD)/bench/bench_gemm_bf16 $(BUILD)/bench/bench_bf16_model: BENCH_LIBS := -ldnnl
+$(O)/tests/bench_gemm_bf16.o $(O)/tests/bench_bf16_model.o $(O)/tests/bench_train.o: CFLAGS_ALL += -DQLAB_HAVE_DNNL
+$(BUILD)/bench/bench_gemm_bf16 $(BUILD)/bench/bench_bf16_model $(BUILD)/bench/bench_train: BENCH_LIBS := -ldnnl
 endif
 
 # ---------------------------------------------------------------- tests and benchmarks

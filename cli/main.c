@@ -104,7 +104,7 @@ int cli_parse_double(const char *cmd, const char *flag, const char *text, double
 }
 
 int main(int argc, char **argv) {
-    qlab_openmp_prefer_passive(argv);
+    qlab_runtime_restart(argv);
     qsort(commands, (size_t)n_commands, sizeof commands[0], by_name);
     if (take_memory_budget(&argc, argv) != 0) return 2;
     if (argc < 2) {

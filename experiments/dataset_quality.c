@@ -688,7 +688,7 @@ static qlab_status run(const config *cfg, const char *out_path, int argc, char *
 }
 
 int main(int argc, char **argv) {
-    qlab_openmp_prefer_passive(argv);
+    qlab_runtime_restart(argv);
     experiment_args args;
     int early = experiment_parse_args(&args, "dataset_quality", argc, argv, usage);
     if (early >= 0) return early;

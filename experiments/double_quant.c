@@ -333,7 +333,7 @@ static qlab_status check_settings(const config *cfg) {
 }
 
 int main(int argc, char **argv) {
-    qlab_openmp_prefer_passive(argv);
+    qlab_runtime_restart(argv);
     if (config_key_set_default(config_keys, N_CONFIG_KEYS, "dtypes", quant_dtype_list_json()) != QLAB_OK)
         return qlab_report_error("double_quant");
     experiment_args args;

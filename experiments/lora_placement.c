@@ -107,7 +107,7 @@ static const finetune_experiment experiment = {
 };
 
 int main(int argc, char **argv) {
-    qlab_openmp_prefer_passive(argv);
+    qlab_runtime_restart(argv);
     experiment_args args;
     int early = experiment_parse_args(&args, "lora_placement", argc, argv, usage);
     if (early >= 0) return early;

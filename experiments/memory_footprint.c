@@ -464,7 +464,7 @@ static qlab_status write_paper(results *r, const config *cfg) {
 int main(int argc, char **argv) {
     int child = memory_probe_main(argc, argv);
     if (child >= 0) return child;
-    qlab_openmp_prefer_passive(argv);
+    qlab_runtime_restart(argv);
     experiment_args args;
     int early = experiment_parse_args(&args, "memory_footprint", argc, argv, usage);
     if (early >= 0) return early;

@@ -86,7 +86,7 @@ static qlab_status write_tables(results *r, const compare_grid *g, const compare
 }
 
 int main(int argc, char **argv) {
-    qlab_openmp_prefer_passive(argv);
+    qlab_runtime_restart(argv);
     if (config_key_set_default(config_keys, N_CONFIG_KEYS, "dtypes", quant_dtype_list_json()) != QLAB_OK)
         return qlab_report_error("nf4_vs_fp4");
     experiment_args args;

@@ -597,7 +597,7 @@ static qlab_status run_experiment(const config *cfg, const char *out_path, int a
 }
 
 int main(int argc, char **argv) {
-    qlab_openmp_prefer_passive(argv);
+    qlab_runtime_restart(argv);
     experiment_args args;
     int early = experiment_parse_args(&args, "paged_optimizer", argc, argv, usage);
     if (early >= 0) return early;

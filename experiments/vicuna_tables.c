@@ -671,7 +671,7 @@ static int fail_config(config *cfg, const char *fmt, const char *key, double val
 }
 
 int main(int argc, char **argv) {
-    qlab_openmp_prefer_passive(argv);
+    qlab_runtime_restart(argv);
     experiment_args args;
     int early = experiment_parse_args(&args, "vicuna_tables", argc, argv, usage);
     if (early >= 0) return early;

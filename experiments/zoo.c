@@ -634,7 +634,7 @@ static void zoo_run_free(zoo_run *run) {
 }
 
 int main(int argc, char **argv) {
-    qlab_openmp_prefer_passive(argv);
+    qlab_runtime_restart(argv);
     experiment_args args;
     int early = experiment_parse_args(&args, "zoo", argc, argv, usage);
     if (early >= 0) return early;

@@ -5,7 +5,7 @@
 INTEROP_VENV ?= .interop-venv
 INTEROP_PY = $(INTEROP_VENV)/bin/python
 INTEROP_PKGS = torch==2.15.0 transformers==5.25.0 peft==0.21.2 bitsandbytes==0.50.2 tokenizers==0.23.3 \
-  safetensors==0.8.0 gguf==0.19.0 numpy accelerate
+  safetensors==0.8.0 gguf==0.19.0 sentencepiece==0.2.3 protobuf==7.36.2 numpy accelerate
 
 .PHONY: interop interop-deps
 interop-deps: ## Create INTEROP_VENV (default .interop-venv) with the pinned Python libraries the cross-checks compare against (~4 GB from PyPI)

@@ -5,7 +5,7 @@
  * QLoRA row's limit is the LoRA row measured in the same run: issue 7 lets the 4-bit base cost at most
  * 10% (ratio >= 0.90). The two jobs take their steps alternately and the best step of each is kept, so a
  * burst of other work on a shared machine slows both alike. OpenMP waits passively, as in every qlab program
- * (qlab_openmp_prefer_passive). */
+ * (qlab_runtime_restart). */
 #include <string.h>
 
 #include "tests/bench.h"
@@ -30,7 +30,7 @@ static qlab_status make_job(finetune_job **j, model *m, finetune_mode mode, cons
 int main(int argc, char **argv) {
     (void)argc;
     /* As qlab finetune runs (cli/main.c): passive OpenMP waits, so idle workers do not starve OpenBLAS. */
-    qlab_openmp_prefer_passive(argv);
+    qlab_runtime_restart(argv);
     model_config c = bench_model_config();
     const int B = 4, T = 256, N = B * T;
     model *lora_base, *qlora_base;

@@ -8,7 +8,16 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 
+#include "core/base/common.h"
+
 static int check_passed_, check_failed_, check_skipped_;
+
+/* Test programs run OpenBLAS on the kernels qlab's programs choose (qlab_runtime_restart): restarted with
+ * OPENBLAS_CORETYPE before main when OpenBLAS did not recognise the CPU, so fp32 sums formed here and in
+ * the programs a test runs are the same bits. */
+__attribute__((constructor)) static void check_openblas_kernels_(void) {
+    qlab_openblas_restart();
+}
 
 #define CHECK(cond)                                                                                          \
     do {                                                                                                     \

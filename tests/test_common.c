@@ -109,10 +109,30 @@ static void test_half(void) {
     CHECK(bf16_to_f32(0xc000) == -2.0f);
 }
 
+/* The OpenBLAS core qlab_runtime_restart asks for: only when the detected one is of a weaker family than the
+ * CPU's instruction sets (Debian 12's OpenBLAS takes recent Xeons and Zen 5 for a Prescott). */
+static void test_openblas_core(void) {
+    const char *got;
+    CHECK((got = qlab_openblas_core_for("Prescott", 1, 1, 1)) && !strcmp(got, "Cooperlake"));
+    CHECK((got = qlab_openblas_core_for("Prescott", 1, 0, 1)) && !strcmp(got, "SkylakeX"));
+    CHECK((got = qlab_openblas_core_for("Zen", 1, 1, 1)) && !strcmp(got, "Cooperlake")); /* Zen 4/5 */
+    CHECK((got = qlab_openblas_core_for("Haswell", 1, 0, 1)) && !strcmp(got, "SkylakeX"));
+    CHECK((got = qlab_openblas_core_for("Prescott", 0, 0, 1)) && !strcmp(got, "Haswell"));
+    CHECK(!qlab_openblas_core_for("SkylakeX", 1, 1, 1) && !qlab_openblas_core_for("cooperlake", 1, 1, 1) &&
+          !qlab_openblas_core_for("SapphireRapids", 1, 1, 1));
+    CHECK(!qlab_openblas_core_for("Zen", 0, 0, 1) && !qlab_openblas_core_for("Haswell", 0, 0, 1));
+    CHECK(!qlab_openblas_core_for("Prescott", 0, 0, 0) && !qlab_openblas_core_for(NULL, 1, 1, 1));
+    /* this process (not restarted): what the restart would set, if anything, is one of those */
+    got = qlab_openblas_better_core();
+    CHECK(!got || !strcmp(got, "Cooperlake") || !strcmp(got, "SkylakeX") || !strcmp(got, "Haswell"));
+    printf("OpenBLAS core for this CPU: %s\n", got ? got : "(the detected one)");
+}
+
 int main(void) {
     test_errors();
     test_atomic_write();
     test_make_dirs();
+    test_openblas_core();
     test_rng();
     test_half();
     return check_summary();

@@ -9,10 +9,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+#ifdef QLAB_HAVE_OPENBLAS
+#include <cblas.h>
 #endif
 
 static _Thread_local char last_error[1024];
@@ -217,13 +221,70 @@ static int other_runnable(void) {
     return least;
 }
 
-void qlab_openmp_prefer_passive(char **argv) {
-    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT")) return;
-    if (setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0) return;
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    int others = other_runnable();
-    if (others >= 0 && others + qlab_num_threads() <= cores) setenv("GOMP_SPINCOUNT", QLAB_OMP_SHORT_SPIN, 1);
-    execv("/proc/self/exe", argv);
+/* Whether name (OpenBLAS's core, any case) is one of the n in list. */
+static int core_in(const char *name, const char *const *list, int n) {
+    for (int i = 0; i < n; i++)
+        if (!strcasecmp(name, list[i])) return 1;
+    return 0;
+}
+
+const char *qlab_openblas_core_for(const char *detected, int avx512, int avx512bf16, int avx2) {
+    static const char *const with_avx512[] = {"skylakex", "cooperlake", "sapphirerapids"};
+    static const char *const with_avx2[] = {"haswell",        "zen",      "skylakex", "cooperlake",
+                                            "sapphirerapids", "excavator"};
+    if (!detected) return NULL;
+    if (avx512) return core_in(detected, with_avx512, 3) ? NULL : avx512bf16 ? "Cooperlake" : "SkylakeX";
+    if (avx2) return core_in(detected, with_avx2, 6) ? NULL : "Haswell";
+    return NULL;
+}
+
+const char *qlab_openblas_better_core(void) {
+#ifdef QLAB_HAVE_OPENBLAS
+    __builtin_cpu_init();
+    int avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+                 __builtin_cpu_supports("avx512cd");
+    return qlab_openblas_core_for(openblas_get_corename(), avx512,
+                                  avx512 && __builtin_cpu_supports("avx512bf16"),
+                                  __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"));
+#else
+    return NULL;
+#endif
+}
+
+void qlab_openblas_restart(void) {
+    if (getenv("OPENBLAS_CORETYPE")) return;
+    const char *core = qlab_openblas_better_core();
+    if (!core) return;
+    static char cmdline[1 << 16];
+    FILE *f = fopen("/proc/self/cmdline", "rb");
+    if (!f) return;
+    size_t len = fread(cmdline, 1, sizeof cmdline - 1, f);
+    int whole = feof(f);
+    fclose(f);
+    if (!whole || len == 0) return;
+    cmdline[len] = 0;
+    char *argv[256];
+    int argc = 0;
+    for (size_t at = 0; at < len && argc < 255; at += strlen(cmdline + at) + 1)
+        argv[argc++] = cmdline + at;
+    argv[argc] = NULL;
+    if (setenv("OPENBLAS_CORETYPE", core, 1) == 0) execv("/proc/self/exe", argv);
+}
+
+void qlab_runtime_restart(char **argv) {
+    int restart = 0;
+    if (!getenv("OMP_WAIT_POLICY") && !getenv("GOMP_SPINCOUNT") &&
+        setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        int others = other_runnable();
+        if (others >= 0 && others + qlab_num_threads() <= cores)
+            setenv("GOMP_SPINCOUNT", QLAB_OMP_SHORT_SPIN, 1);
+        restart = 1;
+    }
+    const char *core = getenv("OPENBLAS_CORETYPE") ? NULL : qlab_openblas_better_core();
+    if (core && setenv("OPENBLAS_CORETYPE", core, 1) == 0) restart = 1;
+    if (restart) execv("/proc/self/exe", argv);
 }
 
 const char *qlab_openmp_wait_policy(void) {

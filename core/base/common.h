@@ -55,17 +55,34 @@ qlab_status qlab_make_dirs(const char *dir);
  * when the last error was a memory-budget refusal, else 1. */
 int qlab_report_error(const char *prog);
 
-/* Called first thing in main(): restarts the program (execv of /proc/self/exe) with OpenMP's wait policy
- * set, since libgomp reads it only at start-up: OMP_WAIT_POLICY=PASSIVE, plus GOMP_SPINCOUNT=
- * QLAB_OMP_SHORT_SPIN when the machine has a free core for every thread at start-up (runnable tasks in
- * /proc/loadavg, less this process's own runnable threads). With OpenBLAS and OpenMP sharing few cores,
- * spinning workers starve the BLAS threads (measured 13-37x slower with libgomp's default spin on a loaded
- * 2-core machine), so a loaded machine gets no spinning; on an idle one a short spin before sleeping saves
- * the futex wake-up of every parallel region (a bf16 training step of the bench model: 225 ms passive, 154 ms
- * with the short spin, Xeon, 2 threads). Does nothing when either variable is set or the restart fails; the
- * numbers are the same either way, only the speed differs. */
+/* Called first thing in main(): restarts the program (execv of /proc/self/exe) with what libgomp and
+ * OpenBLAS read only at start-up, each unless the user set it:
+ *  - OpenMP's wait policy: OMP_WAIT_POLICY=PASSIVE, plus GOMP_SPINCOUNT=QLAB_OMP_SHORT_SPIN when the machine
+ *    has a free core for every thread at start-up (runnable tasks in /proc/loadavg, less this process's own
+ *    runnable threads). With OpenBLAS and OpenMP sharing few cores, spinning workers starve the BLAS threads
+ *    (measured 13-37x slower with libgomp's default spin on a loaded 2-core machine), so a loaded machine
+ *    gets no spinning; on an idle one a short spin before sleeping saves the futex wake-up of every parallel
+ *    region (a bf16 training step of the bench model: 225 ms passive, 154 ms with the short spin, Xeon, 2
+ *    threads).
+ *  - OPENBLAS_CORETYPE when OpenBLAS did not recognise the CPU (qlab_openblas_better_core).
+ * Does nothing when nothing is to be set or the restart fails. The wait policy changes speed only; the
+ * OpenBLAS kernels change fp32 sums in their last bits (as between machines), the same on every run of
+ * the machine. */
 #define QLAB_OMP_SHORT_SPIN "3000"
-void qlab_openmp_prefer_passive(char **argv);
+void qlab_runtime_restart(char **argv);
+/* The OPENBLAS_CORETYPE this CPU should run with when the OpenBLAS loaded did not recognise it, else NULL:
+ * Debian 12's OpenBLAS 0.3.21 takes the Xeons and Zen 5 this project runs on for a "Prescott" (SSE3)
+ * and its sgemm runs at a fifth of the machine's speed (measured: 74 GFLOP/s vs 367 with Cooperlake's
+ * kernels at the bench model's shapes, 2 threads). Cooperlake with AVX-512 BF16, SkylakeX with AVX-512,
+ * Haswell with AVX2 + FMA, when the detected core is none of those families. */
+const char *qlab_openblas_better_core(void);
+/* Restarts this process (its /proc/self/cmdline) with OPENBLAS_CORETYPE set as qlab_runtime_restart sets
+ * it, when it would set it; for the test programs (tests/check.h), whose fp32 sums must match those of the
+ * qlab programs they run. */
+void qlab_openblas_restart(void);
+/* Its rule: the core for a CPU with the given instruction sets when OpenBLAS detected `detected`, or NULL
+ * when that one is already of the best family (or nothing better applies). */
+const char *qlab_openblas_core_for(const char *detected, int avx512, int avx512bf16, int avx2);
 /* The wait policy this process runs with, for logs: "PASSIVE, spin 3000", "PASSIVE", "default". */
 const char *qlab_openmp_wait_policy(void);
 
