@@ -37,9 +37,9 @@ static double lora_forward_flops(const model_config *c, int N, int r) {
 }
 
 /* The best bf16 GEMM rate over the model's product shapes (forward, input gradient and weight gradient of
- * the 256 -> 688, 688 -> 256 and 256 -> 256 projections over 1024 tokens): qlab's active path, and oneDNN's
- * bf16 matmul where it is installed (on bf16 inputs), whichever is faster; which names the winner and *lib
- * says whether it was oneDNN. */
+ * the 256 -> 688, 688 -> 256 and 256 -> 256 projections over 1024 tokens): every qlab path this CPU has
+ * and oneDNN's bf16 matmul where it is installed (on bf16 inputs), whichever is fastest; which names the
+ * winner and *lib says whose it was: -1 oneDNN, else the qlab path (bf16_path). */
 static double best_bf16_gemm(int N, int D, int H, char *which, size_t n, int *lib) {
     struct {
         const char *what;
@@ -51,13 +51,22 @@ static double best_bf16_gemm(int N, int D, int H, char *which, size_t n, int *li
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
         char what[32], impl[64] = "";
         snprintf(what, sizeof what, shapes[s].what, shapes[s].M, shapes[s].Nn, shapes[s].K);
-        double g = bench_bf16_gflops(shapes[s].ta, shapes[s].tb, shapes[s].M, shapes[s].Nn, shapes[s].K, 30);
-        if (g > best)
-            best = g, *lib = 0, snprintf(which, n, "qlab %s %s", bf16_path_name(bf16_active_path()), what);
+        /* every qlab path this CPU has (blas: OpenBLAS sgemm on the bf16-rounded inputs), then oneDNN's */
+        static const bf16_path paths[] = {BF16_PATH_AMX, BF16_PATH_AVX512BF16, BF16_PATH_BLAS};
+        double g;
+        for (int p = 0; p < 3; p++) {
+            if (!bf16_path_available(paths[p]) || bf16_force_path(bf16_path_name(paths[p])) != QLAB_OK)
+                continue;
+            g = bench_bf16_gflops(shapes[s].ta, shapes[s].tb, shapes[s].M, shapes[s].Nn, shapes[s].K, 30);
+            if (g > best)
+                best = g, *lib = (int)paths[p],
+                snprintf(which, n, "qlab %s %s", bf16_path_name(paths[p]), what);
+        }
+        bf16_force_path("auto");
 #ifdef QLAB_DNNL_MEASURED
         g = dnnl_bf16_gflops(shapes[s].ta, shapes[s].tb, shapes[s].M, shapes[s].Nn, shapes[s].K, 30, impl,
                              sizeof impl);
-        if (g > best) best = g, *lib = 1, snprintf(which, n, "oneDNN %s %s", impl, what);
+        if (g > best) best = g, *lib = -1, snprintf(which, n, "oneDNN %s %s", impl, what);
 #endif
     }
     return best;
@@ -146,8 +155,9 @@ int main(int argc, char **argv) {
            limit_after, limit, which);
 
     char name[96], lim[64];
-    snprintf(lim, sizeof lim, "best bf16 gemm (%s)", lib ? "oneDNN" : path);
-    snprintf(name, sizeof name, "bf16 gemm best, %s", lib ? "oneDNN matmul" : path);
+    const char *winner = lib < 0 ? "oneDNN" : bf16_path_name((bf16_path)lib);
+    snprintf(lim, sizeof lim, "best bf16 gemm (%s)", winner);
+    snprintf(name, sizeof name, "bf16 gemm best, %s", lib < 0 ? "oneDNN matmul" : winner);
     bench_emit(name, limit, "GFLOP/s", "-", 0, 0);
     static const char *const what[3] = {"train step (fwd+bwd)", "eval forward", "qlora step nf4+dq r8 all"};
     const double flops[3] = {3 * fwd, fwd, qlora}, targets_ratio[3] = {0.50, 0.50, 0};
