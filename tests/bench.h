@@ -66,8 +66,13 @@ static inline float bench_gemm_value(int b, size_t i) {
     return b ? (float)((i * 53) % 97) / 97.0f - 0.5f : (float)((i * 37) % 101) / 101.0f - 0.5f;
 }
 
-/* GFLOP/s of the best of reps bf16_gemm calls (after one warm-up) on the active path; 0 on failure. */
-static inline double bench_bf16_gflops(int ta, int tb, int M, int N, int K, int reps) {
+/* One GEMM implementation under test: C (M,N) = op(A) op(B), row-major as bf16_gemm takes them; 0 on
+ * success. */
+typedef int (*bench_gemm_fn)(int ta, int tb, int M, int N, int K, const float *A, int lda, const float *B,
+                             int ldb, float *C, int ldc);
+
+/* GFLOP/s of the best of reps calls of f (after one warm-up) on bench_gemm_value's operands; 0 on failure. */
+static inline double bench_gemm_gflops(bench_gemm_fn f, int ta, int tb, int M, int N, int K, int reps) {
     int lda = ta ? M : K, ldb = tb ? K : N;
     float *A = qlab_alloc_aligned(sizeof(float) * (size_t)M * K);
     float *B = qlab_alloc_aligned(sizeof(float) * (size_t)K * N);
@@ -80,15 +85,25 @@ static inline double bench_bf16_gflops(int ta, int tb, int M, int N, int K, int 
             B[i] = bench_gemm_value(1, i);
         for (int r = 0; r < reps + 1; r++) {
             double t0 = qlab_now();
-            if (bf16_gemm(ta, tb, M, N, K, A, lda, B, ldb, 0, C, N) != QLAB_OK) break;
+            if (f(ta, tb, M, N, K, A, lda, B, ldb, C, N) != 0) break;
             double dt = qlab_now() - t0;
-            if (r > 0 && dt < best) best = dt;
+            if (r > 0 && dt < best) best = dt; /* the first call warms up threads and caches */
         }
     }
     qlab_free_aligned(A);
     qlab_free_aligned(B);
     qlab_free_aligned(C);
     return best < 1e30 ? 2.0 * M * N * (double)K / best / 1e9 : 0;
+}
+
+static inline int bench_bf16_call(int ta, int tb, int M, int N, int K, const float *A, int lda,
+                                  const float *B, int ldb, float *C, int ldc) {
+    return bf16_gemm(ta, tb, M, N, K, A, lda, B, ldb, 0, C, ldc) != QLAB_OK;
+}
+
+/* GFLOP/s of the best of reps bf16_gemm calls (after one warm-up) on the active path; 0 on failure. */
+static inline double bench_bf16_gflops(int ta, int tb, int M, int N, int K, int reps) {
+    return bench_gemm_gflops(bench_bf16_call, ta, tb, M, N, K, reps);
 }
 
 /* Best-of-reps memcpy rate in GB/s of bytes written, for a buffer of `bytes` (make it >> last-level
@@ -112,27 +127,16 @@ static inline double bench_memcpy_gbps(size_t bytes, int reps) {
 }
 
 #ifdef QLAB_HAVE_OPENBLAS
+static inline int bench_sgemm_call(int ta, int tb, int M, int N, int K, const float *A, int lda,
+                                   const float *B, int ldb, float *C, int ldc) {
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, 1.0f,
+                A, lda, B, ldb, 0.0f, C, ldc);
+    return 0;
+}
+
 /* Best-of-reps OpenBLAS sgemm GFLOP/s for C(M,N) = A(M,K) B(K,N), with the thread count OpenBLAS uses. */
 static inline double bench_sgemm_gflops(int M, int N, int K, int reps) {
-    float *A = qlab_alloc_aligned(sizeof(float) * (size_t)M * K);
-    float *B = qlab_alloc_aligned(sizeof(float) * (size_t)K * N);
-    float *C = qlab_alloc_aligned(sizeof(float) * (size_t)M * N);
-    if (!A || !B || !C) return 0;
-    for (size_t i = 0; i < (size_t)M * K; i++)
-        A[i] = bench_gemm_value(0, i);
-    for (size_t i = 0; i < (size_t)K * N; i++)
-        B[i] = bench_gemm_value(1, i);
-    double best = 1e30;
-    for (int r = 0; r < reps + 1; r++) {
-        double t0 = qlab_now();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, K, B, N, 0.0f, C, N);
-        double dt = qlab_now() - t0;
-        if (r > 0 && dt < best) best = dt; /* the first call warms up threads and caches */
-    }
-    qlab_free_aligned(A);
-    qlab_free_aligned(B);
-    qlab_free_aligned(C);
-    return 2.0 * M * N * (double)K / best / 1e9;
+    return bench_gemm_gflops(bench_sgemm_call, 0, 0, M, N, K, reps);
 }
 #endif
 

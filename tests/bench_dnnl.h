@@ -129,29 +129,16 @@ static inline double dnnl_bf16_gflops(int ta, int tb, int M, int N, int K, int r
 #endif
 
 #ifdef QLAB_HAVE_DNNL
+static inline int bench_dnnl_sgemm_call(int ta, int tb, int M, int N, int K, const float *A, int lda,
+                                        const float *B, int ldb, float *C, int ldc) {
+    return dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, ldc) !=
+           dnnl_success;
+}
+
 /* Best-of-reps oneDNN sgemm (dnnl_sgemm: strict fp32, row-major) GFLOP/s for the same product as
  * bench_sgemm_gflops, on the same values: the machine's other fp32 GEMM, for the fp32 limit. 0 on failure. */
 static inline double bench_dnnl_sgemm_gflops(int M, int N, int K, int reps) {
-    float *A = qlab_alloc_aligned(sizeof(float) * (size_t)M * K);
-    float *B = qlab_alloc_aligned(sizeof(float) * (size_t)K * N);
-    float *C = qlab_alloc_aligned(sizeof(float) * (size_t)M * N);
-    double best = 1e30;
-    if (A && B && C) {
-        for (size_t i = 0; i < (size_t)M * K; i++)
-            A[i] = bench_gemm_value(0, i);
-        for (size_t i = 0; i < (size_t)K * N; i++)
-            B[i] = bench_gemm_value(1, i);
-        for (int r = 0; r < reps + 1; r++) {
-            double t0 = qlab_now();
-            if (dnnl_sgemm('N', 'N', M, N, K, 1.0f, A, K, B, N, 0.0f, C, N) != dnnl_success) break;
-            double dt = qlab_now() - t0;
-            if (r > 0 && dt < best) best = dt;
-        }
-    }
-    qlab_free_aligned(A);
-    qlab_free_aligned(B);
-    qlab_free_aligned(C);
-    return best < 1e30 ? 2.0 * M * N * (double)K / best / 1e9 : 0;
+    return bench_gemm_gflops(bench_dnnl_sgemm_call, 0, 0, M, N, K, reps);
 }
 #endif
 
