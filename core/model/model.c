@@ -1475,6 +1475,18 @@ static qlab_status model_cache_reserve(model *m, int n) {
     return QLAB_OK;
 }
 
+/* The threads of the fp32 cached attention, each with its own rows of scores (bf16's products run one
+ * head at a time on every thread). */
+static int model_cache_threads(const model *m) {
+    int threads = 1;
+#ifdef _OPENMP
+    if (m->compute != QLAB_COMPUTE_BF16) threads = omp_get_max_threads();
+#else
+    (void)m;
+#endif
+    return threads;
+}
+
 /* Block l of the new positions [p0, p0 + T) of one sequence: their keys and values join the cache, their
  * queries attend over every cached position up to their own. */
 static qlab_status model_block_cached(model *m, int l, int p0) {
@@ -1492,7 +1504,7 @@ static qlab_status model_block_cached(model *m, int l, int p0) {
         QLAB_TRY(attention_forward_cached_bf16(x.atty, x.q, kc, vc, ld, p0, n, NH, NKV, HS, m->kv_scratch));
     else
         attention_forward_cached(x.atty, x.q, kc, vc, ld, p0, n, NH, NKV, HS, m->kv_scratch,
-                                 (int)(m->kv_scratch_bytes / (sizeof(float) * (size_t)n * (p0 + n))));
+                                 model_cache_threads(m));
     return model_block_output(m, l);
 }
 
@@ -1505,12 +1517,10 @@ qlab_status model_forward_next(model *m, const int *tokens, int n, float *logits
     while (p0 < m->kv_len && p0 < n - 1 && m->kv_tokens[p0] == tokens[p0])
         p0++;
     m->kv_len = p0;
-    int fresh = n - p0, threads = 1;
-#ifdef _OPENMP
-    threads = omp_get_max_threads();
-#endif
+    int fresh = n - p0;
     QLAB_TRY(model_cache_reserve(m, n));
-    size_t scores = sizeof(float) * (size_t)fresh * n * (m->compute == QLAB_COMPUTE_BF16 ? 1 : threads);
+    /* scores of the fresh rows over up to kv_cap keys: the same buffer serves every token of a generation */
+    size_t scores = sizeof(float) * (size_t)fresh * (size_t)m->kv_cap * (size_t)model_cache_threads(m);
     QLAB_TRY(
         model_scratch_reserve(&m->kv_scratch, &m->kv_scratch_bytes, scores, "model_forward_next: scores"));
     QLAB_TRY(model_forward_prepare(m, tokens + p0, 1, fresh));
