@@ -7,19 +7,21 @@
 /* The first value llama2.c's header cannot carry (run.c assumes rope_theta 10000, norm_eps 1e-5, BOS 1,
  * EOS 2), or NULL; *value receives it. */
 static const char *llama2c_lost(const model_config *c, int bos, int eos, double *value) {
-    const char *lost = c->rope_scaling != MODEL_ROPE_DEFAULT ? "rope_scaling factor"
-                       : c->rope_theta != 10000.0f           ? "rope_theta"
-                       : c->norm_eps != 1e-5f                ? "norm_eps"
-                       : (bos >= 0 && bos != 1)              ? "bos_token_id"
-                       : (eos >= 0 && eos != 2)              ? "eos_token_id"
-                                                             : NULL;
-    *value = !lost                                  ? 0
-             : !strcmp(lost, "rope_scaling factor") ? (double)c->rope_factor
-             : !strcmp(lost, "rope_theta")          ? (double)c->rope_theta
-             : !strcmp(lost, "norm_eps")            ? (double)c->norm_eps
-             : !strcmp(lost, "bos_token_id")        ? (double)bos
-                                                    : (double)eos;
-    return lost;
+    const struct {
+        const char *name;
+        int lost;
+        double value;
+    } field[] = {{"rope_scaling factor", c->rope_scaling != MODEL_ROPE_DEFAULT, c->rope_factor},
+                 {"rope_theta", c->rope_theta != 10000.0f, c->rope_theta},
+                 {"norm_eps", c->norm_eps != 1e-5f, c->norm_eps},
+                 {"bos_token_id", bos >= 0 && bos != 1, bos},
+                 {"eos_token_id", eos >= 0 && eos != 2, eos}};
+    for (size_t i = 0; i < sizeof field / sizeof *field; i++)
+        if (field[i].lost) {
+            *value = field[i].value;
+            return field[i].name;
+        }
+    return NULL;
 }
 
 qlab_status cli_save_model(const model *m, const char *source, const char *to, checkpoint_dtype dtype,

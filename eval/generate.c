@@ -93,13 +93,12 @@ qlab_status generate(model *m, const int *prompt, int n_prompt, const generate_o
     while (n < opt->max_tokens) {
         st = model_forward_next(m, out, n, logits);
         if (st != QLAB_OK) break;
-        float *row = logits;
         for (int v = 0; v < cfg->vocab_size && st == QLAB_OK; v++)
-            if (!isfinite(row[v]))
+            if (!isfinite(logits[v]))
                 st = qlab_fail(QLAB_ERR_NUMERIC, "generate: the model's logits are %s at position %d",
-                               isnan(row[v]) ? "nan" : "infinite", n - 1);
+                               isnan(logits[v]) ? "nan" : "infinite", n - 1);
         if (st != QLAB_OK) break;
-        int next = generate_sample(row, cfg->vocab_size, opt, &rng);
+        int next = generate_sample(logits, cfg->vocab_size, opt, &rng);
         if (next == opt->stop_id_a || next == opt->stop_id_b) break;
         out[n++] = next;
         if (on_token) on_token(next, ctx);

@@ -104,7 +104,7 @@ static double time_evaluation(model *m, const int *tokens, float *logits, int B,
 
 int main(int argc, char **argv) {
     (void)argc;
-    qlab_runtime_restart(argv); /* as the programs do: spinning workers starve OpenBLAS when loaded */
+    qlab_runtime_restart(argv); /* as the programs do: wait policy, OpenBLAS kernels */
     model_config c = bench_model_config();
     const int B = 4, T = 256, N = B * T, rank = 8;
     const char *path = bf16_path_name(bf16_active_path());

@@ -22,7 +22,7 @@ static int openblas_has_sbgemm(void) {
 
 int main(int argc, char **argv) {
     (void)argc;
-    qlab_runtime_restart(argv); /* the wait policy the programs run with */
+    qlab_runtime_restart(argv); /* the wait policy and OpenBLAS kernels the programs run with */
     const int N = 1024, D = 256, H = 688, reps = 40;
     struct {
         const char *what;

@@ -39,7 +39,7 @@ static double time_generation(model *m, const int *tokens, int T, float *logits)
 
 int main(int argc, char **argv) {
     (void)argc;
-    qlab_runtime_restart(argv); /* the wait policy the programs run with */
+    qlab_runtime_restart(argv); /* the wait policy and OpenBLAS kernels the programs run with */
     model_config c = bench_model_config();
     const int B = 4, T = 256, N = B * T;
     model *m;

@@ -199,9 +199,8 @@ static void test_merge_in_hf_order(int rslora) {
     free(z_merged);
 }
 
-/* Writes adapter_config.json with one key changed from a valid configuration and expects a refusal whose
- * message contains `expect`. */
-static void expect_config_refused(const char *dir, const char *extra, const char *expect) {
+/* Writes adapter_config.json: a valid configuration with extra (more keys) added, and reads it back. */
+static qlab_status read_config_with(const char *dir, const char *extra) {
     char text[1024], path[600];
     snprintf(text, sizeof text,
              "{\"peft_type\": \"LORA\", \"task_type\": \"CAUSAL_LM\", \"r\": 3, \"lora_alpha\": 6, "
@@ -210,7 +209,12 @@ static void expect_config_refused(const char *dir, const char *extra, const char
     snprintf(path, sizeof path, "%s/%s", dir, LORA_PEFT_CONFIG);
     write_bytes(path, text, strlen(text));
     lora_config lc;
-    qlab_status st = lora_read_peft_config(dir, &lc, NULL);
+    return lora_read_peft_config(dir, &lc, NULL);
+}
+
+/* The configuration with extra is refused with a message naming adapter_config.json and `expect`. */
+static void expect_config_refused(const char *dir, const char *extra, const char *expect) {
+    qlab_status st = read_config_with(dir, extra);
     CHECKF(st != QLAB_OK && strstr(qlab_last_error(), expect) &&
                strstr(qlab_last_error(), "adapter_config.json"),
            "config with %s: status %d, message '%s' (expected one naming '%s')", extra, (int)st,
@@ -219,15 +223,7 @@ static void expect_config_refused(const char *dir, const char *extra, const char
 
 /* The same valid configuration with one key added is accepted. */
 static void expect_config_accepted(const char *dir, const char *extra) {
-    char text[1024], path[600];
-    snprintf(text, sizeof text,
-             "{\"peft_type\": \"LORA\", \"task_type\": \"CAUSAL_LM\", \"r\": 3, \"lora_alpha\": 6, "
-             "\"target_modules\": [\"q_proj\", \"v_proj\"]%s}",
-             extra);
-    snprintf(path, sizeof path, "%s/%s", dir, LORA_PEFT_CONFIG);
-    write_bytes(path, text, strlen(text));
-    lora_config lc;
-    qlab_status st = lora_read_peft_config(dir, &lc, NULL);
+    qlab_status st = read_config_with(dir, extra);
     CHECKF(st == QLAB_OK, "config with %s refused: %s", extra, st == QLAB_OK ? "" : qlab_last_error());
 }
 

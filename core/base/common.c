@@ -252,9 +252,13 @@ const char *qlab_openblas_better_core(void) {
 #endif
 }
 
+/* The OPENBLAS_CORETYPE a restart should set: qlab_openblas_better_core() unless the user set one. */
+static const char *openblas_core_to_set(void) {
+    return getenv("OPENBLAS_CORETYPE") ? NULL : qlab_openblas_better_core();
+}
+
 void qlab_openblas_restart(void) {
-    if (getenv("OPENBLAS_CORETYPE")) return;
-    const char *core = qlab_openblas_better_core();
+    const char *core = openblas_core_to_set();
     if (!core) return;
     static char cmdline[1 << 16];
     FILE *f = fopen("/proc/self/cmdline", "rb");
@@ -282,7 +286,7 @@ void qlab_runtime_restart(char **argv) {
             setenv("GOMP_SPINCOUNT", QLAB_OMP_SHORT_SPIN, 1);
         restart = 1;
     }
-    const char *core = getenv("OPENBLAS_CORETYPE") ? NULL : qlab_openblas_better_core();
+    const char *core = openblas_core_to_set();
     if (core && setenv("OPENBLAS_CORETYPE", core, 1) == 0) restart = 1;
     if (restart) execv("/proc/self/exe", argv);
 }

@@ -954,10 +954,14 @@ static qlab_status model_linear_forward_shared(model *m, int l, const model_proj
     return QLAB_OK;
 }
 
-/* Refuses shapes the buffers or the BLAS interface cannot take and tokens or targets outside the
- * vocabulary. */
+/* Refuses a quantized model whose projections were not all set, shapes the buffers or the BLAS interface
+ * cannot take and tokens or targets outside the vocabulary. */
 static qlab_status model_forward_check(const model *m, const int *tokens, const int *targets, int B, int T) {
     const model_config *c = &m->cfg;
+    if (m->quant_missing > 0)
+        return qlab_fail(QLAB_ERR_ARG,
+                         "model_forward: %d quantized projections were never set (model_set_projection)",
+                         m->quant_missing);
     if (B <= 0 || T <= 0 || T > c->seq_len)
         return qlab_fail(QLAB_ERR_ARG, "model_forward: B=%d, T=%d (need B >= 1 and 1 <= T <= seq_len %d)", B,
                          T, c->seq_len);
@@ -1382,10 +1386,6 @@ static qlab_status model_forward_run(model *m, const int *tokens, const int *tar
                                      float *logits, float *loss, const int *at, int n) {
     m->have_targets = 0;
     m->kv_len = 0; /* the weights may have changed since generation's cache was filled */
-    if (m->quant_missing > 0)
-        return qlab_fail(QLAB_ERR_ARG,
-                         "model_forward: %d quantized projections were never set (model_set_projection)",
-                         m->quant_missing);
     QLAB_TRY(model_forward_check(m, tokens, targets, B, T));
     QLAB_TRY(model_forward_prepare(m, tokens, B, T));
     if (m->compute == QLAB_COMPUTE_BF16) QLAB_TRY(linear_bf16_reserve(&m->cfg, B * T, 0));
@@ -1509,9 +1509,6 @@ static qlab_status model_block_cached(model *m, int l, int p0) {
 }
 
 qlab_status model_forward_next(model *m, const int *tokens, int n, float *logits) {
-    if (m->quant_missing > 0)
-        return qlab_fail(QLAB_ERR_ARG, "model_forward_next: %d quantized projections were never set",
-                         m->quant_missing);
     QLAB_TRY(model_forward_check(m, tokens, NULL, 1, n));
     int p0 = 0; /* the longest cached prefix of tokens, the last position always computed */
     while (p0 < m->kv_len && p0 < n - 1 && m->kv_tokens[p0] == tokens[p0])
