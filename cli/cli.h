@@ -23,6 +23,9 @@ int cli_run(const char *name, int argc, char **argv);
 /* Helpers for option parsing that print "qlab CMD: --flag needs a value" style errors. */
 int cli_parse_int(const char *cmd, const char *flag, const char *text, long lo, long hi, long *out);
 int cli_parse_double(const char *cmd, const char *flag, const char *text, double *out);
+/* Whether an output file can be written at path when the command gets there (atomic_file_check_destination):
+ * checked before a long computation; 0 after "qlab CMD: <what is wrong>" on stderr. */
+int cli_check_output(const char *cmd, const char *path);
 
 /* Prints one option of a --help text: flag padded to column indent, then text word-wrapped at 104 columns
  * with continuation lines indented to the same column (for help texts that embed derived lists). f is a

@@ -13,5 +13,5 @@ int cli_parse_compute(const char *cmd, const char *text, qlab_compute *out) {
 const char *cli_compute_help(void) {
     return "matrix products in fp32 (default, the reference) or bf16 with fp32 accumulation (QLoRA's "
            "compute dtype; fp32 master weights, norms, softmax and loss); bf16 runs on the best path this "
-           "CPU has (amx, avx512bf16, else blas; QLAB_BF16_PATH overrides)";
+           "CPU has (amx, the faster of avx512fma and avx512bf16, else blas; QLAB_BF16_PATH overrides)";
 }

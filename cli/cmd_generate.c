@@ -161,6 +161,7 @@ static int check_generate_args(generate_args *p) {
         fprintf(stderr, "qlab generate: --limit and --model-id need --prompts\n");
         return 2;
     }
+    if (p->answers_out && !cli_check_output("generate", p->answers_out)) return 2; /* written at the end */
     if (p->prompts && !p->have_temperature) p->temperature = 0.7;
     if (p->temperature < 0) {
         fprintf(stderr, "qlab generate: --temperature must be >= 0\n");

@@ -230,6 +230,8 @@ static int check_mmlu_args(mmlu_args *p) {
             snprintf(p->md_default, sizeof p->md_default, "%s.md", p->out_path);
         p->md_path = p->md_default;
     }
+    /* the results are written after the whole evaluation: their folders are checked now */
+    if (!cli_check_output("mmlu", p->out_path) || !cli_check_output("mmlu", p->md_path)) return 2;
     if (!p->data && !p->zero_shot && access(DEFAULT_ARCHIVE, R_OK) != 0 &&
         access(FETCHED_ARCHIVE, R_OK) == 0) {
         p->data = FETCHED_ARCHIVE;

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "core/base/atomic_file.h"
 #include "core/base/common.h"
 #include "core/base/memacct.h"
 
@@ -89,6 +90,12 @@ int cli_parse_int(const char *cmd, const char *flag, const char *text, long lo, 
     }
     *out = v;
     return 1;
+}
+
+int cli_check_output(const char *cmd, const char *path) {
+    if (atomic_file_check_destination(path) == QLAB_OK) return 1;
+    fprintf(stderr, "qlab %s: %s\n", cmd, qlab_last_error());
+    return 0;
 }
 
 int cli_parse_double(const char *cmd, const char *flag, const char *text, double *out) {

@@ -538,14 +538,14 @@ static qlab_status plan_training(zoo_run *run) {
     run->new_models = cJSON_AddArrayToObject(run->manifest, "models");
     qlab_status st = run->new_models ? QLAB_OK : QLAB_ERR_NOMEM;
     /* The cache key of an fp32 model is what it was before the compute key existed, so cached fp32
-     * models stay valid; a bf16 model's key adds the compute dtype and the bf16 path (the avx512bf16 and
-     * ref paths give identical bits, amx and blas sum in other orders), so it never stands in for an
-     * fp32 model or for one trained on another path; the revision of the bf16 numerics follows, so a
-     * model cached before they changed is trained again. */
+     * models stay valid; a bf16 model's key adds the compute dtype and the bf16 path's summation order
+     * (bf16_path_order: ref, avx512fma and avx512bf16 give identical bits, amx and blas sum in other
+     * orders), so it never stands in for an fp32 model or for one trained in another order; the revision of
+     * the bf16 numerics follows, so a model cached before they changed is trained again. */
     char compute_key[96] = "";
     if (run->compute == QLAB_COMPUTE_BF16)
         snprintf(compute_key, sizeof compute_key, ",\"compute\":\"bf16/%s\",\"bf16_numerics\":%d",
-                 qlab_compute_path_name(run->compute), QLAB_BF16_NUMERICS);
+                 bf16_path_order(bf16_active_path()), QLAB_BF16_NUMERICS);
     for (int i = 0; i < run->n_models && st == QLAB_OK; i++) {
         zoo_model *z = &run->models[i];
         size_t n = strlen(run->data_key) + strlen(config_effective_json(z->cfg)) + sizeof compute_key + 64;

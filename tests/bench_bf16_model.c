@@ -52,9 +52,10 @@ static double best_bf16_gemm(int N, int D, int H, char *which, size_t n, int *li
         char what[32], impl[64] = "";
         snprintf(what, sizeof what, shapes[s].what, shapes[s].M, shapes[s].Nn, shapes[s].K);
         /* every qlab path this CPU has (blas: OpenBLAS sgemm on the bf16-rounded inputs), then oneDNN's */
-        static const bf16_path paths[] = {BF16_PATH_AMX, BF16_PATH_AVX512BF16, BF16_PATH_BLAS};
+        static const bf16_path paths[] = {BF16_PATH_AMX, BF16_PATH_AVX512BF16, BF16_PATH_AVX512FMA,
+                                          BF16_PATH_BLAS};
         double g;
-        for (int p = 0; p < 3; p++) {
+        for (int p = 0; p < (int)(sizeof paths / sizeof *paths); p++) {
             if (!bf16_path_available(paths[p]) || bf16_force_path(bf16_path_name(paths[p])) != QLAB_OK)
                 continue;
             g = bench_bf16_gflops(shapes[s].ta, shapes[s].tb, shapes[s].M, shapes[s].Nn, shapes[s].K, 30);

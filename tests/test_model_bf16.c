@@ -115,17 +115,19 @@ static void test_forward_backward(int quantized) {
     CHECK(model_pack_weights(m) == QLAB_OK && !model_weights_packed(m));
     model_set_compute(m, QLAB_COMPUTE_BF16);
     run_step(m, tokens, tokens + 1, B, T, lbf, gbf, &lossbf);
-    if (bf16_path_available(BF16_PATH_AVX512BF16)) {
-        CHECK(bf16_force_path("ref") == QLAB_OK);
-        run_step(m, tokens, tokens + 1, B, T, lref, gref, &lossref);
-        CHECK(bf16_force_path("avx512bf16") == QLAB_OK);
+    CHECK(bf16_force_path("ref") == QLAB_OK);
+    run_step(m, tokens, tokens + 1, B, T, lref, gref, &lossref);
+    for (int e = 0; e < 2; e++) {
+        const char *name = e ? "avx512bf16" : "avx512fma";
+        if (bf16_force_path(name) != QLAB_OK) {
+            SKIP("no %s path on this CPU: its model-level bit-exactness not tested", name);
+            continue;
+        }
         run_step(m, tokens, tokens + 1, B, T, lbf, gbf, &lossbf);
-        bf16_force_path("auto");
-        CHECKF(memcmp(lref, lbf, sizeof(float) * N * V) == 0, "logits: ref and avx512bf16 paths differ");
-        CHECKF(memcmp(gref, gbf, sizeof(float) * count) == 0, "gradients: ref and avx512bf16 paths differ");
-    } else {
-        SKIP("no AVX-512 BF16: model-level bit-exactness of its path not tested");
+        CHECKF(memcmp(lref, lbf, sizeof(float) * N * V) == 0, "logits: ref and %s paths differ", name);
+        CHECKF(memcmp(gref, gbf, sizeof(float) * count) == 0, "gradients: ref and %s paths differ", name);
     }
+    bf16_force_path("auto");
     /* Back to fp32: exactly the fp32 results again. */
     model_set_compute(m, QLAB_COMPUTE_FP32);
     run_step(m, tokens, tokens + 1, B, T, lref, NULL, &lossref);
@@ -288,42 +290,45 @@ static void test_qlora_finetune(void) {
     finetune_result_free(&res[0]);
     finetune_result_free(&res[1]);
 
-    if (!bf16_path_available(BF16_PATH_AVX512BF16)) {
-        SKIP("no AVX-512 BF16 on this CPU: the QLoRA ref-vs-avx512bf16 bit-exactness check needs it");
-    } else {
-        /* the scalar reference is slow: 2 steps of 2 rows, 2 held-out rows */
+    {
+        /* the scalar reference is slow: 2 steps of 2 rows, 2 held-out rows; each AVX-512 path against it */
         o.steps = 2, o.batch = 2, o.eval_batch = 2, o.compute = QLAB_COMPUTE_BF16;
         finetune_rows few = task.heldout;
         few.n_rows = 2;
-        float *adapters[2] = {NULL, NULL};
-        size_t n[2] = {0, 0};
-        double loss[2] = {0, 0};
-        const char *paths[2] = {"ref", "avx512bf16"};
-        for (int k = 0; k < 2; k++) {
+        enum { npaths = 3 };
+        float *adapters[npaths] = {NULL, NULL, NULL};
+        size_t n[npaths] = {0, 0, 0};
+        double loss[npaths] = {0, 0, 0};
+        const char *paths[npaths] = {"ref", "avx512bf16", "avx512fma"};
+        for (int k = 0; k < npaths; k++) {
             model *m = NULL;
             lora_set *l = NULL;
-            CHECK(bf16_force_path(paths[k]) == QLAB_OK);
+            if (bf16_force_path(paths[k]) != QLAB_OK) {
+                SKIP("no %s path on this CPU: its QLoRA bit-exactness with ref not tested", paths[k]);
+                continue;
+            }
             CHECK(model_clone(task.base, &m) == QLAB_OK);
-            CHECK(m && finetune_run(m, &task.train, &few, &o, NULL, NULL, &l, &res[k]) == QLAB_OK);
+            CHECK(m && finetune_run(m, &task.train, &few, &o, NULL, NULL, &l, &res[0]) == QLAB_OK);
             if (l) {
                 float *p = lora_get_param_buffer(l, &n[k]);
                 adapters[k] = malloc(sizeof(float) * n[k]);
                 memcpy(adapters[k], p, sizeof(float) * n[k]);
             }
-            loss[k] = res[k].final_heldout_nll;
-            finetune_result_free(&res[k]);
+            loss[k] = res[0].final_heldout_nll;
+            finetune_result_free(&res[0]);
             lora_free(l);
             model_free(m);
+            if (k == 0) continue;
+            CHECKF(adapters[0] && adapters[k] && n[0] == n[k] &&
+                       !memcmp(adapters[0], adapters[k], sizeof(float) * n[0]) && loss[0] == loss[k],
+                   "qlora bf16, 2 steps: ref and %s adapters or held-out NLL differ", paths[k]);
+            printf("qlora bf16 ref vs %s, 2 steps: bit-identical adapters (%.1f s since the fp32/bf16 "
+                   "finetunes, which took %.1f s)\n",
+                   paths[k], qlab_now() - t1, t1 - t0);
         }
         bf16_force_path("auto");
-        CHECK(adapters[0] && adapters[1] && n[0] == n[1] &&
-              !memcmp(adapters[0], adapters[1], sizeof(float) * n[0]));
-        CHECK(loss[0] == loss[1]);
-        printf(
-            "qlora bf16 ref vs avx512bf16, 2 steps: bit-identical adapters (%.1f s; the finetunes %.1f s)\n",
-            qlab_now() - t1, t1 - t0);
-        free(adapters[0]);
-        free(adapters[1]);
+        for (int k = 0; k < npaths; k++)
+            free(adapters[k]);
     }
     finetune_task_free(&task);
 }
@@ -384,10 +389,10 @@ static void test_rows_eval(int quantized) {
     model_get_param_buffer(m, &count);
     float *gwhole = calloc(count, sizeof(float)), *grows = calloc(count, sizeof(float));
     if (quantized) model_set_checkpointing(m, 1); /* the backward recomputes each block (whole-matrix) */
-    const char *paths[] = {"ref", "avx512bf16", "amx"};
-    const bf16_path ids[] = {BF16_PATH_REF, BF16_PATH_AVX512BF16, BF16_PATH_AMX};
+    const char *paths[] = {"ref", "avx512fma", "avx512bf16", "amx"};
+    const bf16_path ids[] = {BF16_PATH_REF, BF16_PATH_AVX512FMA, BF16_PATH_AVX512BF16, BF16_PATH_AMX};
     int max_threads = omp_get_max_threads();
-    for (int pi = 0; pi < 3; pi++) {
+    for (int pi = 0; pi < 4; pi++) {
         if (!bf16_path_available(ids[pi])) {
             SKIP("no %s path on this CPU: its row-chunk evaluation not tested", paths[pi]);
             continue;
@@ -448,9 +453,9 @@ static void test_head_scored_rows(void) {
     model_get_param_buffer(m, &count);
     float *logits = malloc(sizeof(float) * N * V), *gfull = calloc(count, sizeof(float)),
           *gscored = calloc(count, sizeof(float)), *grows = calloc(count, sizeof(float));
-    const char *paths[] = {"ref", "avx512bf16", "amx"};
-    const bf16_path ids[] = {BF16_PATH_REF, BF16_PATH_AVX512BF16, BF16_PATH_AMX};
-    for (int pi = 0; pi < 3; pi++) {
+    const char *paths[] = {"ref", "avx512fma", "avx512bf16", "amx"};
+    const bf16_path ids[] = {BF16_PATH_REF, BF16_PATH_AVX512FMA, BF16_PATH_AVX512BF16, BF16_PATH_AMX};
+    for (int pi = 0; pi < 4; pi++) {
         if (!bf16_path_available(ids[pi])) {
             SKIP("no %s path on this CPU: its scored-rows head not tested", paths[pi]);
             continue;
@@ -520,8 +525,9 @@ static void test_forward_next(int quantized) {
     for (int i = 20; i < L; i++) /* leaves seq at position 20 */
         other[i] = (seq[i] + 1 + i) % V;
     float *want = malloc(sizeof(float) * V), *got = malloc(sizeof(float) * V);
-    const char *paths[] = {"fp32", "ref", "avx512bf16", "amx"};
-    const bf16_path ids[] = {BF16_PATH_REF, BF16_PATH_REF, BF16_PATH_AVX512BF16, BF16_PATH_AMX};
+    const char *paths[] = {"fp32", "ref", "avx512fma", "avx512bf16", "amx"};
+    const bf16_path ids[] = {BF16_PATH_REF, BF16_PATH_REF, BF16_PATH_AVX512FMA, BF16_PATH_AVX512BF16,
+                             BF16_PATH_AMX};
     /* (sequence, length) of each call in turn */
     const int calls[][2] = {{0, 7},  {0, 8},  {0, 9}, {0, 30}, {0, 31}, {1, 25},
                             {1, 26}, {0, 12}, {0, L}, {-1, 0}, {0, 13}, {0, 14}};

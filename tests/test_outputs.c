@@ -17,6 +17,7 @@
 #include "core/base/atomic_file.h"
 #include "core/base/common.h"
 #include "core/base/tmpfiles.h"
+#include "core/results/config.h"
 #include "core/results/results.h"
 #include "tests/test_util.h"
 
@@ -223,6 +224,43 @@ static void test_report(void) {
     CHECK(count_prefixed(dir, "run_e.") == 0);
 }
 
+/* An output that cannot be written is refused before the work, not after it (issue 13): the check itself,
+ * an experiment's argument parsing, and qlab mmlu / generate, which write their results only at the end. */
+static void test_destination(void) {
+    char missing[700], file_dir[700];
+    snprintf(missing, sizeof missing, "%s/no_such_folder/r.h5", test_tmp_dir());
+    snprintf(file_dir, sizeof file_dir, "%s/plain_file/r.h5", test_tmp_dir());
+    write_bytes(tmp_path("plain_file"), "x", 1);
+    CHECK(atomic_file_check_destination(tmp_path("r.h5")) == QLAB_OK);
+    CHECK(atomic_file_check_destination("r.h5") == QLAB_OK); /* the current folder */
+    CHECK(atomic_file_check_destination(missing) == QLAB_ERR_IO);
+    CHECKF(strstr(qlab_last_error(), "no_such_folder") && strstr(qlab_last_error(), "r.h5"), "%s",
+           qlab_last_error());
+    CHECK(atomic_file_check_destination(file_dir) == QLAB_ERR_IO);
+    CHECKF(strstr(qlab_last_error(), "is not a folder"), "%s", qlab_last_error());
+    CHECK(atomic_file_check_destination(test_tmp_dir()) == QLAB_ERR_IO);
+    CHECKF(strstr(qlab_last_error(), "is a folder"), "%s", qlab_last_error());
+    CHECK(atomic_file_check_destination("") == QLAB_ERR_IO);
+    CHECK(!exists(missing));
+
+    experiment_args a;
+    char *ok_argv[] = {"x", "--out", (char *)tmp_path("r.h5"), NULL},
+         *bad_argv[] = {"x", "--out", missing, NULL};
+    CHECK(experiment_parse_args(&a, "x", 3, ok_argv, NULL) == -1);
+    CHECK(experiment_parse_args(&a, "x", 3, bad_argv, NULL) == 2);
+
+    if (!cli_init()) return;
+    /* no model at all: the output is what is refused, before anything loads */
+    cli_expect_error(cli_run("mmlu", "--model", "no_such_model.gguf", "--out", missing, NULL), 2, missing,
+                     "no_such_folder", "qlab mmlu with --out in a missing folder");
+    cli_expect_error(
+        cli_run("mmlu", "--model", "no_such_model.gguf", "--out", tmp_path("r.h5"), "--md", file_dir, NULL),
+        2, file_dir, "is not a folder", "qlab mmlu with --md under a file");
+    cli_expect_error(cli_run("generate", "--model", "no_such_model.gguf", "--tokenizer", "t.bin", "--prompts",
+                             "p.jsonl", "--out", missing, NULL),
+                     2, missing, "no_such_folder", "qlab generate with --out in a missing folder");
+}
+
 /* The Makefile's experiment rule, run for real on a tiny config: everything lands under the config's name. */
 static void test_makefile_rule(const char *build) {
     if (access("Makefile", R_OK) != 0 || run_shell("command -v gnuplot > /dev/null 2>&1") != 0) {
@@ -260,6 +298,7 @@ int main(void) {
     test_stale_sweep();
     test_experiment_signal(build && build[0] ? build : "build");
     test_report();
+    test_destination();
     test_makefile_rule(build && build[0] ? build : "build");
     test_tmp_dir_remove();
     return check_summary();

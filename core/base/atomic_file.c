@@ -6,7 +6,32 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+qlab_status atomic_file_check_destination(const char *path) {
+    if (!path || !*path) return qlab_fail(QLAB_ERR_IO, "output path is empty");
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        return qlab_fail(QLAB_ERR_IO, "%s: is a folder, not a file name", path);
+    const char *slash = strrchr(path, '/');
+    char dir[4096];
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else if (slash == path)
+        snprintf(dir, sizeof dir, "/");
+    else if ((size_t)(slash - path) >= sizeof dir)
+        return qlab_fail(QLAB_ERR_IO, "%s: path too long", path);
+    else
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    if (stat(dir, &st) != 0)
+        return qlab_fail(QLAB_ERR_IO, "%s: cannot write there: folder '%s': %s", path, dir, strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return qlab_fail(QLAB_ERR_IO, "%s: cannot write there: '%s' is not a folder", path, dir);
+    if (access(dir, W_OK | X_OK) != 0)
+        return qlab_fail(QLAB_ERR_IO, "%s: cannot write there: folder '%s': %s", path, dir, strerror(errno));
+    return QLAB_OK;
+}
 
 qlab_status atomic_file_open(atomic_file *w, const char *path) {
     memset(w, 0, sizeof *w);

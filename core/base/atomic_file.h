@@ -20,6 +20,11 @@ typedef struct {
 } atomic_file;
 
 qlab_status atomic_file_open(atomic_file *w, const char *path);
+/* Whether a file can later be written at path this way, checked before a long computation whose results go
+ * there: its folder (the part before the last '/', else ".") exists, is a folder and can be written, and
+ * path itself is not a folder. QLAB_ERR_IO with one line naming path and what is wrong otherwise. Creates
+ * nothing. */
+qlab_status atomic_file_check_destination(const char *path);
 void atomic_file_write(atomic_file *w, const void *data, size_t bytes);
 /* Writes `bytes` zero bytes. */
 void atomic_file_pad(atomic_file *w, size_t bytes);

@@ -1,5 +1,5 @@
 /* The AVX-512 building blocks of core/base/vmath.h's kernels, shared with the other kernels that must give
- * the same bits (the bf16 attention's fused softmax in core/model/gemm_bf16_avx512bf16.c). Only for files
+ * the same bits (the bf16 attention's fused softmax in core/model/gemm_bf16_pack_avx512.c). Only for files
  * compiled with AVX-512 (AVX512_FLAGS and up). */
 #ifndef QLAB_CORE_BASE_VMATH_AVX512_INLINE_H
 #define QLAB_CORE_BASE_VMATH_AVX512_INLINE_H

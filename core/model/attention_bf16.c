@@ -38,7 +38,7 @@ static void softmax_round_rows(float *S, int r0, int r1, int T, float scale, uin
         uint16_t *out = Aa + (size_t)(t - r0) * Kr;
         int n = t + 1;
         if (vector) {
-            gemm_bf16_softmax_round_avx512bf16(row, dst, out, n, scale, keep ? T : 0, Kr);
+            gemm_bf16_softmax_round_avx512(row, dst, out, n, scale, keep ? T : 0, Kr);
             continue;
         }
         float inv = 1.0f / vm_scale_exp_sum(row, (size_t)n, scale);
@@ -319,7 +319,7 @@ static void head_backward_block(const att_bwd_plan *pl, const att_bwd_ws *w, con
                     w->wide);
     if (gemm_bf16_vector_packing()) { /* the loops below fused: ds rounded straight from registers */
         for (int t = r0; t < r1; t += 2)
-            gemm_bf16_att_grad_pair_avx512bf16(
+            gemm_bf16_att_grad_pair_avx512(
                 ds + (size_t)t * T, P + (size_t)(t - r0) * T, (size_t)T, t, r1 - t < 2 ? r1 - t : 2,
                 t + 2 < T ? t + 2 : T, scale, w->dsp + (size_t)t * GEMM_BF16_PANEL,
                 w->attp + (size_t)t * GEMM_BF16_PANEL, bs, w->a + (size_t)(t - r0) * Kr, Kr);
@@ -357,7 +357,7 @@ static void key_products(const att_bwd_plan *pl, const att_bwd_ws *w, const uint
 /* dst[c][r] = src[r][c] for r < rows, c < cols. */
 static void transpose_f32(float *dst, size_t ldd, const float *src, size_t lds, int rows, int cols) {
     if (gemm_bf16_vector_packing()) {
-        gemm_bf16_transpose_f32_avx512bf16(dst, ldd, src, lds, rows, cols);
+        gemm_bf16_transpose_f32_avx512(dst, ldd, src, lds, rows, cols);
         return;
     }
     for (int c = 0; c < cols; c++)

@@ -1,5 +1,6 @@
 /* bf16 GEMM driver (gemm_bf16.h): packing of fp32 or 4-bit operands into bf16 panels, the scalar reference
- * kernel, the portable path through OpenBLAS, and the run-time choice of the AVX-512 BF16 or AMX kernel.
+ * kernel, the portable path through OpenBLAS, and the run-time choice of the AVX-512 (FMA or BF16) or AMX
+ * kernel.
  * A product packs op(A) once, then walks B in chunks of at most GEMM_BF16_CHUNK_BYTES of packed panels:
  * pack a chunk (from fp32, or dequantizing 4-bit codes straight to bf16), multiply it, next chunk. */
 #include "core/model/gemm_bf16.h"
@@ -16,6 +17,7 @@
 #endif
 
 #include "core/base/half.h"
+#include "core/base/progress.h"
 #include "core/model/gemm_bf16_kernels.h"
 #include "core/model/ops.h"
 
@@ -24,24 +26,42 @@
 
 /* ---------------------------------------------------------------- paths */
 
-static const char *const path_names[BF16_PATH_COUNT] = {"ref", "blas", "avx512bf16", "amx"};
+static const char *const path_names[BF16_PATH_COUNT] = {"ref", "blas", "avx512fma", "avx512bf16", "amx"};
 
 const char *bf16_path_name(bf16_path p) {
     return (p >= 0 && p < BF16_PATH_COUNT) ? path_names[p] : "unknown";
 }
 
-static int cpu_avx512bf16_ = -1;
+const char *bf16_path_order(bf16_path p) {
+    return (p == BF16_PATH_REF || p == BF16_PATH_AVX512FMA) ? path_names[BF16_PATH_AVX512BF16]
+                                                            : bf16_path_name(p);
+}
 
-static int cpu_has_avx512bf16(void) {
-    if (cpu_avx512bf16_ >= 0) return cpu_avx512bf16_;
+static int cpu_avx512_ = -1, cpu_avx512bf16_ = -1;
+
+/* The ISA the *_avx512.c files are compiled for (the Makefile's AVX512_FLAGS). */
+static int cpu_has_avx512(void) {
+    if (cpu_avx512_ >= 0) return cpu_avx512_;
     int ok = 0;
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
     ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 #endif
-    cpu_avx512bf16_ = ok;
+    cpu_avx512_ = ok;
     return ok;
+}
+
+/* ... and the *_avx512bf16.c files (AVX512BF16_FLAGS: the same plus vdpbf16ps). */
+static int cpu_has_avx512bf16(void) {
+    if (cpu_avx512bf16_ < 0) {
+        cpu_avx512bf16_ = 0;
+#if defined(__x86_64__) || defined(__i386__)
+        cpu_avx512bf16_ = cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
+#endif
+    }
+    return cpu_avx512bf16_;
 }
 
 int bf16_path_available(bf16_path p) {
@@ -49,6 +69,8 @@ int bf16_path_available(bf16_path p) {
     case BF16_PATH_REF:
     case BF16_PATH_BLAS:
         return 1;
+    case BF16_PATH_AVX512FMA:
+        return cpu_has_avx512();
     case BF16_PATH_AVX512BF16:
         return cpu_has_avx512bf16();
     case BF16_PATH_AMX:
@@ -60,13 +82,53 @@ int bf16_path_available(bf16_path p) {
 
 static int forced_path_ = -1, auto_path_ = -1;
 
+static void gemm_bf16_block_dispatch(bf16_path path, const uint16_t *A, size_t lda, const uint16_t *B,
+                                     size_t bstride, int M, int ncols, int Kp, float *C, int ldc,
+                                     int accumulate);
+
+/* Seconds of the best of three single-thread block products (48 x 256 x 512, 12.6 MFLOP) on a path. */
+static double time_path(bf16_path path, const uint16_t *A, const uint16_t *B, float *C) {
+    double best = 1e30;
+    for (int rep = 0; rep < 3; rep++) {
+        double t0 = qlab_now();
+        gemm_bf16_block_dispatch(path, A, 512, B, (size_t)GEMM_BF16_PANEL * 512, 48, 256, 512, C, 256, 0);
+        double t = qlab_now() - t0;
+        if (t < best) best = t;
+    }
+    return best;
+}
+
+/* The faster of the two AVX-512 kernels on this CPU: they give the same bits, so only speed decides.
+ * avx512bf16 when the operands cannot be allocated. */
+static bf16_path faster_avx512_path(void) {
+    size_t na = (size_t)48 * 512, nb = (size_t)256 * 512;
+    uint16_t *A = qlab_alloc_aligned(sizeof(uint16_t) * (na + nb));
+    float *C = qlab_alloc_aligned(sizeof(float) * 48 * 256);
+    bf16_path p = BF16_PATH_AVX512BF16;
+    if (A && C) {
+        for (size_t i = 0; i < na + nb; i++) /* bf16 values in [1, 2) */
+            A[i] = (uint16_t)(0x3f80u | (uint16_t)((i * 37u) & 0x7fu));
+        time_path(BF16_PATH_AVX512FMA, A, A + na, C); /* first touch */
+        double tf = time_path(BF16_PATH_AVX512FMA, A, A + na, C);
+        double tb = time_path(BF16_PATH_AVX512BF16, A, A + na, C);
+        if (tf < tb) p = BF16_PATH_AVX512FMA;
+    }
+    qlab_free_aligned(A);
+    qlab_free_aligned(C);
+    return p;
+}
+
 static bf16_path best_path(void) {
     if (auto_path_ >= 0) return (bf16_path)auto_path_;
     bf16_path p = BF16_PATH_BLAS;
     if (bf16_path_available(BF16_PATH_AMX))
         p = BF16_PATH_AMX;
+    else if (bf16_path_available(BF16_PATH_AVX512BF16) && bf16_path_available(BF16_PATH_AVX512FMA))
+        p = faster_avx512_path();
     else if (bf16_path_available(BF16_PATH_AVX512BF16))
         p = BF16_PATH_AVX512BF16;
+    else if (bf16_path_available(BF16_PATH_AVX512FMA))
+        p = BF16_PATH_AVX512FMA;
     const char *env = getenv("QLAB_BF16_PATH");
     if (env && *env && strcmp(env, "auto") != 0) {
         int found = -1;
@@ -74,8 +136,9 @@ static bf16_path best_path(void) {
             if (strcmp(env, path_names[i]) == 0) found = i;
         if (found < 0)
             fprintf(stderr,
-                    "qlab: QLAB_BF16_PATH=%s is not one of ref, blas, avx512bf16, amx, auto; using %s\n", env,
-                    path_names[p]);
+                    "qlab: QLAB_BF16_PATH=%s is not one of ref, blas, avx512fma, avx512bf16, amx, auto; "
+                    "using %s\n",
+                    env, path_names[p]);
         else if (!bf16_path_available((bf16_path)found))
             fprintf(stderr, "qlab: QLAB_BF16_PATH=%s is not available on this CPU; using %s\n", env,
                     path_names[p]);
@@ -102,8 +165,8 @@ qlab_status bf16_force_path(const char *name) {
             forced_path_ = i;
             return QLAB_OK;
         }
-    return qlab_fail(QLAB_ERR_ARG, "unknown bf16 path '%s' (expected ref, blas, avx512bf16, amx or auto)",
-                     name);
+    return qlab_fail(QLAB_ERR_ARG,
+                     "unknown bf16 path '%s' (expected ref, blas, avx512fma, avx512bf16, amx or auto)", name);
 }
 
 /* ---------------------------------------------------------------- compute dtype */
@@ -131,8 +194,8 @@ const char *qlab_compute_path_name(qlab_compute c) {
 /* ---------------------------------------------------------------- rounding */
 
 void bf16_round_array(uint16_t *out, const float *in, size_t n) {
-    if (cpu_has_avx512bf16()) {
-        gemm_bf16_round_avx512bf16(out, in, n);
+    if (cpu_has_avx512()) {
+        gemm_bf16_round_avx512(out, in, n);
         return;
     }
     for (size_t i = 0; i < n; i++)
@@ -140,8 +203,8 @@ void bf16_round_array(uint16_t *out, const float *in, size_t n) {
 }
 
 void bf16_scale_round(uint16_t *out, const float *x, float r, const float *w, int n, int width) {
-    if (cpu_has_avx512bf16()) {
-        gemm_bf16_scale_round_avx512bf16(out, x, r, w, n, width);
+    if (cpu_has_avx512()) {
+        gemm_bf16_scale_round_avx512(out, x, r, w, n, width);
         return;
     }
     for (int c = 0; c < n; c++)
@@ -151,7 +214,7 @@ void bf16_scale_round(uint16_t *out, const float *x, float r, const float *w, in
 
 int gemm_bf16_vector_packing(void) {
     bf16_path p = bf16_active_path();
-    return p == BF16_PATH_AVX512BF16 || p == BF16_PATH_AMX;
+    return p == BF16_PATH_AVX512FMA || p == BF16_PATH_AVX512BF16 || p == BF16_PATH_AMX;
 }
 
 /* ---------------------------------------------------------------- workspace */
@@ -309,7 +372,7 @@ static void interleave_pair(uint16_t *dst, size_t bstride, int p, const uint16_t
 
 void gemm_bf16_pack_bt(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols, uint16_t *tmp) {
     if (gemm_bf16_vector_packing()) {
-        gemm_bf16_pack_bt_avx512bf16(dst, Kp, X, ld, rows, cols);
+        gemm_bf16_pack_bt_avx512(dst, Kp, X, ld, rows, cols);
         return;
     }
     int npan = (rows + GEMM_BF16_PANEL - 1) / GEMM_BF16_PANEL;
@@ -323,7 +386,7 @@ void gemm_bf16_pack_bt(uint16_t *dst, int Kp, const float *X, size_t ld, int row
 void gemm_bf16_pack_bn(uint16_t *dst, size_t bstride, int npairs, const float *X, size_t ld, int rows,
                        int cols, uint16_t *tmp, int stream) {
     if (gemm_bf16_vector_packing()) {
-        gemm_bf16_pack_bn_avx512bf16(dst, bstride, npairs, X, ld, rows, cols, stream);
+        gemm_bf16_pack_bn_avx512(dst, bstride, npairs, X, ld, rows, cols, stream);
         return;
     }
     int npan = (cols + GEMM_BF16_PANEL - 1) / GEMM_BF16_PANEL, width = npan * GEMM_BF16_PANEL;
@@ -478,19 +541,28 @@ void gemm_bf16_block_end(bf16_path path) {
     if (path == BF16_PATH_AMX) gemm_bf16_amx_end();
 }
 
+/* The block product of one of the paths that need no fp32 copies (all but blas). */
+static void gemm_bf16_block_dispatch(bf16_path path, const uint16_t *A, size_t lda, const uint16_t *B,
+                                     size_t bstride, int M, int ncols, int Kp, float *C, int ldc,
+                                     int accumulate) {
+    if (path == BF16_PATH_AMX)
+        gemm_bf16_block_amx(A, lda, B, bstride, M, ncols, Kp, C, ldc, accumulate);
+    else if (path == BF16_PATH_AVX512BF16)
+        gemm_bf16_block_avx512bf16(A, lda, B, bstride, M, ncols, Kp, C, ldc, accumulate);
+    else if (path == BF16_PATH_AVX512FMA)
+        gemm_bf16_block_avx512fma(A, lda, B, bstride, M, ncols, Kp, C, ldc, accumulate);
+    else
+        gemm_bf16_block_ref(A, lda, B, bstride, M, ncols, Kp, C, ldc, accumulate);
+}
+
 void gemm_bf16_block(bf16_path path, const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride, int M,
                      int ncols, int Kp, float *C, int ldc, int accumulate, float *wide) {
     if (M <= 0 || ncols <= 0) return;
-    if (path == BF16_PATH_AMX) {
-        gemm_bf16_block_amx(A, lda, B, bstride, M, ncols, Kp, C, ldc, accumulate);
-    } else if (path == BF16_PATH_AVX512BF16) {
-        gemm_bf16_block_avx512bf16(A, lda, B, bstride, M, ncols, Kp, C, ldc, accumulate);
-    } else if (path == BF16_PATH_BLAS) {
+    if (path == BF16_PATH_BLAS)
         gemm_bf16_blas(A, lda, B, bstride, M, ncols, Kp, C, ldc, accumulate, wide, wide + (size_t)M * Kp, 0,
                        1);
-    } else {
-        gemm_bf16_block_ref(A, lda, B, bstride, M, ncols, Kp, C, ldc, accumulate);
-    }
+    else
+        gemm_bf16_block_dispatch(path, A, lda, B, bstride, M, ncols, Kp, C, ldc, accumulate);
 }
 
 void gemm_bf16_pack_at(uint16_t *Ap, int Kp, const float *A, int lda, int K, int M, int Mp) {
@@ -499,7 +571,7 @@ void gemm_bf16_pack_at(uint16_t *Ap, int Kp, const float *A, int lda, int K, int
         int mn = M - m0 < 16 ? M - m0 : 16;
         if (mn < 0) mn = 0;
         if (vector) {
-            gemm_bf16_pack_at_avx512bf16(Ap + (size_t)m0 * Kp, Kp, A + (mn > 0 ? m0 : 0), lda, K, mn);
+            gemm_bf16_pack_at_avx512(Ap + (size_t)m0 * Kp, Kp, A + (mn > 0 ? m0 : 0), lda, K, mn);
             continue;
         }
         for (int i = 0; i < 16; i++)
@@ -513,6 +585,7 @@ void gemm_bf16_pack_at(uint16_t *Ap, int Kp, const float *A, int lda, int K, int
 
 static gemm_bf16_kernel path_kernel(bf16_path path) {
     if (path == BF16_PATH_AVX512BF16) return gemm_bf16_kernel_avx512bf16;
+    if (path == BF16_PATH_AVX512FMA) return gemm_bf16_kernel_avx512fma;
     if (path == BF16_PATH_AMX) return gemm_bf16_kernel_amx;
     return gemm_bf16_kernel_ref;
 }
@@ -605,7 +678,7 @@ qlab_status bf16_gemm_quant(int trans_a, int trans_b, int M, int N, int K, const
 void gemm_bf16_transpose_rows(uint16_t *At, size_t ldt, int KT, const uint16_t *Ap, int Kp, int MpT,
                               int stream) {
     if (gemm_bf16_vector_packing()) {
-        gemm_bf16_transpose_packed_avx512bf16(At, ldt, KT, Ap, Kp, MpT, stream);
+        gemm_bf16_transpose_packed_avx512(At, ldt, KT, Ap, Kp, MpT, stream);
         return;
     }
     for (int i = 0; i < MpT; i++)

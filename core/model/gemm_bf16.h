@@ -7,15 +7,18 @@
  * fma(a[2p], b[2p], acc), with bf16 subnormal inputs read as zero and subnormal results flushed to zero
  * (the instruction's fixed DAZ/FTZ); K is padded with zeros to a multiple of 32. The result is then
  * stored (C = acc) or added (C = C + acc, one fp32 addition). The AVX-512 BF16 kernel is bit-exact with
- * the reference (tests/test_gemm_bf16.c). The AMX kernel (TDPBF16PS) and the portable path (the same
- * bf16-rounded inputs through OpenBLAS sgemm) sum in another order: they differ from the reference by
- * at most the fp32 summation bound 2 * K * 2^-24 * sum_k |a_k b_k| per element (tested on every path the
- * CPU has; the AMX tests skip on CPUs without AMX).
+ * the reference (tests/test_gemm_bf16.c), and so is the "avx512fma" kernel, which forms the same FMAs from
+ * operands widened to fp32 under MXCSR's DAZ/FTZ (faster where vdpbf16ps issues at half the FMA rate). The
+ * AMX kernel (TDPBF16PS) and the portable path (the same bf16-rounded inputs through OpenBLAS sgemm) sum in
+ * another order: they differ from the reference by at most the fp32 summation bound
+ * 2 * K * 2^-24 * sum_k |a_k b_k| per element (tested on every path the CPU has; the AMX tests skip on CPUs
+ * without AMX).
  *
- * Paths: "ref" (scalar, slow), "blas" (portable), "avx512bf16", "amx". The best available one is picked at
- * first use (amx > avx512bf16 > blas); QLAB_BF16_PATH=name in the environment or bf16_force_path
- * overrides it (for tests and benchmarks). Every path runs each output tile on one thread, so results do
- * not depend on the thread count. */
+ * Paths: "ref" (scalar, slow), "blas" (portable), "avx512fma", "avx512bf16", "amx". The best available one
+ * is picked at first use: amx, else the faster of avx512bf16 and avx512fma in a short timing of the two
+ * kernels (they give the same bits, so the choice changes speed only), else blas; QLAB_BF16_PATH=name in
+ * the environment or bf16_force_path overrides it (for tests and benchmarks). Every path runs each output
+ * tile on one thread, so results do not depend on the thread count. */
 #ifndef QLAB_GEMM_BF16_H
 #define QLAB_GEMM_BF16_H
 
@@ -43,12 +46,17 @@ const char *qlab_compute_path_name(qlab_compute c);
 typedef enum {
     BF16_PATH_REF = 0,
     BF16_PATH_BLAS,
+    BF16_PATH_AVX512FMA,
     BF16_PATH_AVX512BF16,
     BF16_PATH_AMX,
     BF16_PATH_COUNT
 } bf16_path;
 
-const char *bf16_path_name(bf16_path p); /* "ref", "blas", "avx512bf16", "amx" */
+const char *bf16_path_name(bf16_path p); /* "ref", "blas", "avx512fma", "avx512bf16", "amx" */
+/* The summation order a path keeps, for cache keys of results that depend on bits: "avx512bf16" for the
+ * paths that keep the reference's order (ref, avx512fma, avx512bf16: the name keys had before avx512fma
+ * existed), else the path's own name. */
+const char *bf16_path_order(bf16_path p);
 /* Whether this CPU (and, for AMX, the kernel's permission request) allows the path. */
 int bf16_path_available(bf16_path p);
 /* The path in use: QLAB_BF16_PATH if set and valid (an unknown or unavailable name is reported once on

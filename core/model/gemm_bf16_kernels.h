@@ -1,5 +1,6 @@
 /* Internal interface between core/model/gemm_bf16.c (packing, dispatch, reference) and the per-ISA kernels
- * (gemm_bf16_avx512bf16.c, gemm_bf16_amx.c). Not part of the public API.
+ * (gemm_bf16_fma_avx512.c, gemm_bf16_avx512bf16.c, gemm_bf16_amx.c) and their AVX-512 packing
+ * (gemm_bf16_pack_avx512.c). Not part of the public API.
  *
  * Packed operands (bf16 bits, zero padded): Kp = K rounded up to GEMM_BF16_KALIGN.
  *  A: Mp rows (M rounded up to GEMM_BF16_MALIGN) of Kp values, row-major.
@@ -40,12 +41,14 @@ void gemm_bf16_block_ref(const uint16_t *A, size_t lda, const uint16_t *B, size_
                          int Kp, float *C, int ldc, int accumulate);
 void gemm_bf16_block_avx512bf16(const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride, int M,
                                 int ncols, int Kp, float *C, int ldc, int accumulate);
+void gemm_bf16_block_avx512fma(const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride, int M,
+                               int ncols, int Kp, float *C, int ldc, int accumulate);
 void gemm_bf16_block_amx(const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride, int M, int ncols,
                          int Kp, float *C, int ldc, int accumulate);
 
-/* Whether packing (and attention's softmax rounding) uses the AVX-512 forms below: on the avx512bf16 and
- * amx paths. The ref and blas paths keep the scalar loops, which give the same bits, so the tests'
- * ref-vs-avx512bf16 comparisons cover both. */
+/* Whether packing (and attention's softmax rounding) uses the AVX-512 forms below (gemm_bf16_pack_avx512.c):
+ * on the avx512fma, avx512bf16 and amx paths. The ref and blas paths keep the scalar loops, which give the
+ * same bits, so the tests' ref-vs-avx512 comparisons cover both. */
 int gemm_bf16_vector_packing(void);
 /* The calling thread's GEMM workspace, reserved to at least bytes (bf16_workspace_reserve), for callers
  * whose scratch lives between products (attention): NULL when it cannot be allocated (the error recorded).
@@ -71,12 +74,14 @@ void gemm_bf16_pack_at(uint16_t *Ap, int Kp, const float *A, int lda, int K, int
  * bits are those of the whole Kp loop (tests/test_gemm_bf16.c: K 8 and 16, and the subnormal shapes). */
 void gemm_bf16_kernel_avx512bf16(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, int K,
                                  float *C, int ldc, int accumulate);
-void gemm_bf16_round_avx512bf16(uint16_t *out, const float *in, size_t n);
-void gemm_bf16_scale_round_avx512bf16(uint16_t *out, const float *x, float r, const float *w, int n,
-                                      int width);
+/* The same order and bits on fp32 FMAs over widened operands (gemm_bf16_fma_avx512.c). */
+void gemm_bf16_kernel_avx512fma(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, int K,
+                                float *C, int ldc, int accumulate);
+void gemm_bf16_round_avx512(uint16_t *out, const float *in, size_t n);
+void gemm_bf16_scale_round_avx512(uint16_t *out, const float *x, float r, const float *w, int n, int width);
 /* 16 rows of a packed A from a transposed source: Ap[i][k] = bf16(A[k][i]) for i < mn, k < K, zero for
  * the rest of the 16 x Kp block (A points at the block's first column, row stride lda). */
-void gemm_bf16_pack_at_avx512bf16(uint16_t *Ap, int Kp, const float *A, int lda, int K, int mn);
+void gemm_bf16_pack_at_avx512(uint16_t *Ap, int Kp, const float *A, int lda, int K, int mn);
 /* Rows [0, rows) of X (row stride ld), columns [0, cols), rounded into dst rows of Kp values (zero beyond
  * cols), rows [rows, rows_pad) zero: a packed A on the calling thread. */
 void gemm_bf16_pack_rows(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols, int rows_pad);
@@ -91,32 +96,31 @@ void gemm_bf16_pack_bt(uint16_t *dst, int Kp, const float *X, size_t ld, int row
 void gemm_bf16_pack_bn(uint16_t *dst, size_t bstride, int npairs, const float *X, size_t ld, int rows,
                        int cols, uint16_t *tmp, int stream);
 /* AVX-512 forms, bit-identical with the scalar code they stand in for: gemm_bf16_pack_bt / pack_bn above. */
-void gemm_bf16_pack_bt_avx512bf16(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols);
+void gemm_bf16_pack_bt_avx512(uint16_t *dst, int Kp, const float *X, size_t ld, int rows, int cols);
 /* pack_bn: pairs [0, npairs) (rows 2p, 2p + 1 of X; zero from row rows on) of panels bstride apart. */
-void gemm_bf16_pack_bn_avx512bf16(uint16_t *dst, size_t bstride, int npairs, const float *X, size_t ld,
-                                  int rows, int cols, int stream);
+void gemm_bf16_pack_bn_avx512(uint16_t *dst, size_t bstride, int npairs, const float *X, size_t ld, int rows,
+                              int cols, int stream);
 /* attention_bf16.c's softmax row rounded for the next product: with inv = 1 / vm_scale_exp_sum(row, n,
  * scale), dst[i] = p = e[i] * inv and out[i] = bf16(p) for i < n (dst, which may be row, written only when
  * len > 0), dst[i] = 0 for n <= i < len, out[i] = 0 for n <= i < Kr. A row of up to 256 values stays in
  * registers (one pass, row not written); a longer one gets its exponentials written over it first. */
-void gemm_bf16_softmax_round_avx512bf16(float *row, float *dst, uint16_t *out, int n, float scale, int len,
-                                        int Kr);
+void gemm_bf16_softmax_round_avx512(float *row, float *dst, uint16_t *out, int n, float scale, int len,
+                                    int Kr);
 /* Rows t and t + 1 (valid of them, 1 or 2) of attention's backward, from d(att) (dp, the rows ld floats
  * apart) and the probabilities p (as the forward formed them, ld apart): the score gradients ds = the
  * softmax backward (vm_softmax_grad over keys [0, t] of row t, [0, t + 1] of row t + 1; zero past them), and
  * p, rounded to bf16 into pair t / 2 of the B panels dsp and attp (the pointers at that pair, panels bstride
- * apart, keys [0, cols) as gemm_bf16_pack_bn_avx512bf16 writes them), and ds as rows of a packed A (a, rows
+ * apart, keys [0, cols) as gemm_bf16_pack_bn_avx512 writes them), and ds as rows of a packed A (a, rows
  * Ka apart; zero from key cols on). ds itself is not stored. */
-void gemm_bf16_att_grad_pair_avx512bf16(const float *dp, const float *p, size_t ld, int t, int valid,
-                                        int cols, float scale, uint16_t *dsp, uint16_t *attp, size_t bstride,
-                                        uint16_t *a, int Ka);
+void gemm_bf16_att_grad_pair_avx512(const float *dp, const float *p, size_t ld, int t, int valid, int cols,
+                                    float scale, uint16_t *dsp, uint16_t *attp, size_t bstride, uint16_t *a,
+                                    int Ka);
 /* At (MpT rows, ldt apart) = the transpose of a packed A (KT rows of Kp, zero padded): At[m][k] = Ap[k][m]
  * for m < MpT, k < KT. MpT <= Kp, both multiples of 16; KT a multiple of 32. */
-void gemm_bf16_transpose_packed_avx512bf16(uint16_t *At, size_t ldt, int KT, const uint16_t *Ap, int Kp,
-                                           int MpT, int stream);
+void gemm_bf16_transpose_packed_avx512(uint16_t *At, size_t ldt, int KT, const uint16_t *Ap, int Kp, int MpT,
+                                       int stream);
 /* dst[c][r] = src[r][c] for r < rows, c < cols (fp32 matrices, rows ldd / lds apart). */
-void gemm_bf16_transpose_f32_avx512bf16(float *dst, size_t ldd, const float *src, size_t lds, int rows,
-                                        int cols);
+void gemm_bf16_transpose_f32_avx512(float *dst, size_t ldd, const float *src, size_t lds, int rows, int cols);
 /* The same on the calling thread on any path (the AVX-512 form on the vector paths, else a scalar loop): for
  * callers that transpose a chunk of rows into columns [k0, k0 + KT) of a larger At (At pointing at column
  * k0); stream as for gemm_bf16_pack_bn. */

@@ -2,6 +2,8 @@
  * parse errors located by line and column. See config.h. */
 #include "core/results/config.h"
 
+#include "core/base/atomic_file.h"
+
 #include "core/base/memacct.h"
 
 #include <math.h>
@@ -471,6 +473,11 @@ int experiment_parse_args(experiment_args *a, const char *name, int argc, char *
             fprintf(stderr, "%s: more than %d --set options\n", name, EXPERIMENT_MAX_OVERRIDES);
             return 2;
         }
+    }
+    /* before the experiment runs, not after it: the results are written at the end */
+    if (atomic_file_check_destination(a->out_path) != QLAB_OK) {
+        fprintf(stderr, "%s: %s\n", name, qlab_last_error());
+        return 2;
     }
     return -1;
 }
