@@ -211,6 +211,36 @@ static void test_subnormal(void) {
     test_shape(5, 17, 33, &r, 3e-20);
 }
 
+/* NaNs (quiet, signalling, negative; with payloads), infinities, zeros and products that overflow: the
+ * bit-exact paths give the reference's bits, NaN payloads included. */
+static void test_special(void) {
+    enum { M = 13, N = 37, K = 70 };
+    static float A[M * K], B[K * N], C0[M * N], C1[M * N];
+    for (int i = 0; i < M * K; i++)
+        A[i] = (float)((i * 7) % 11) - 5.0f;
+    for (int i = 0; i < K * N; i++)
+        B[i] = (float)((i * 5) % 13) - 6.0f;
+    const uint32_t qnan = 0x7fc12345u, snan = 0x7f812345u, nneg = 0xffc00001u;
+    memcpy(&A[3], &qnan, 4), memcpy(&A[K + 5], &qnan, 4), memcpy(&B[4 * N + 2], &snan, 4);
+    memcpy(&A[2 * K + 9], &nneg, 4), memcpy(&B[9 * N + 7], &nneg, 4);
+    A[5 * K + 1] = INFINITY, B[1 * N + 3] = -INFINITY, B[2 * N + 8] = INFINITY, A[6 * K + 2] = 0.0f;
+    B[10 * N + 11] = 3e38f, A[7 * K + 10] = 3e38f, A[7 * K + 11] = -3e38f, B[11 * N + 11] = 3e38f;
+    CHECK(bf16_force_path("ref") == QLAB_OK);
+    CHECK(bf16_gemm(0, 0, M, N, K, A, K, B, N, 0, C0, N) == QLAB_OK);
+    int nans = 0, infs = 0;
+    for (int i = 0; i < M * N; i++)
+        nans += isnan(C0[i]) != 0, infs += isinf(C0[i]) != 0;
+    CHECKF(nans > 50 && infs > 0, "special values: %d NaN and %d infinite outputs", nans, infs);
+    for (int path = BF16_PATH_BLAS; path < BF16_PATH_COUNT; path++) {
+        if (!bit_exact_path((bf16_path)path) || !bf16_path_available((bf16_path)path)) continue;
+        CHECK(bf16_force_path(bf16_path_name((bf16_path)path)) == QLAB_OK);
+        CHECK(bf16_gemm(0, 0, M, N, K, A, K, B, N, 0, C1, N) == QLAB_OK);
+        CHECKF(memcmp(C0, C1, sizeof C0) == 0, "%s vs ref with NaN/Inf/overflow inputs: not bit-exact",
+               bf16_path_name((bf16_path)path));
+    }
+    bf16_force_path("auto");
+}
+
 static void test_quantized(void) {
     rng_state r;
     rng_seed(&r, 5);
@@ -398,6 +428,7 @@ int main(void) {
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
         test_shape(shapes[i][0], shapes[i][1], shapes[i][2], &r, 1.0);
     test_subnormal();
+    test_special();
     test_quantized();
     test_packed();
     test_threads();
