@@ -45,9 +45,10 @@ static int cpu_has_avx512(void) {
     int ok = 0;
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
+    /* F16C, also in the flags, comes with every AVX-512 CPU (and clang's builtin cannot name it) */
     ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-         __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+         __builtin_cpu_supports("fma");
 #endif
     cpu_avx512_ = ok;
     return ok;
