@@ -6,7 +6,10 @@
  * independence of the thread count. */
 #include <float.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -406,7 +409,58 @@ static void test_threads(void) {
 #endif
 }
 
+/* The path a fresh process takes with QLAB_BF16_PATH=value (NULL: unset): its bf16_active_path, or -1. The
+ * choice is made once per process, so each value runs in a child forked before this process made it. */
+static int path_with_env(const char *value) {
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (value)
+            setenv("QLAB_BF16_PATH", value, 1);
+        else
+            unsetenv("QLAB_BF16_PATH");
+        if (!freopen("/dev/null", "w", stderr)) _exit(100); /* the warnings of the bad values */
+        _exit((int)bf16_active_path());
+    }
+    int status;
+    if (pid < 0 || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status)) return -1;
+    return WEXITSTATUS(status);
+}
+
+/* QLAB_BF16_PATH: a usable value is taken; an unknown or unavailable one, "auto" and none give the automatic
+ * choice, which is amx when present, else one of the AVX-512 kernels (timed against each other), else
+ * blas. */
+static void test_env_choice(void) {
+    int auto_path = path_with_env(NULL);
+    int avx512 = bf16_path_available(BF16_PATH_AVX512FMA) || bf16_path_available(BF16_PATH_AVX512BF16);
+    if (bf16_path_available(BF16_PATH_AMX))
+        CHECK(auto_path == BF16_PATH_AMX);
+    else if (avx512)
+        CHECKF((auto_path == BF16_PATH_AVX512FMA || auto_path == BF16_PATH_AVX512BF16) &&
+                   bf16_path_available((bf16_path)auto_path),
+               "automatic choice %d", auto_path);
+    else
+        CHECK(auto_path == BF16_PATH_BLAS);
+    for (int p = 0; p < BF16_PATH_COUNT; p++) {
+        int got = path_with_env(bf16_path_name((bf16_path)p));
+        if (bf16_path_available((bf16_path)p))
+            CHECKF(got == p, "QLAB_BF16_PATH=%s gave path %d", bf16_path_name((bf16_path)p), got);
+        else /* the automatic choice's candidates (its timing may differ between processes) */
+            CHECKF(got >= 0 && got != p && bf16_path_available((bf16_path)got) &&
+                       (avx512 ? got >= BF16_PATH_AVX512FMA : got == BF16_PATH_BLAS),
+                   "QLAB_BF16_PATH=%s (unavailable) gave path %d", bf16_path_name((bf16_path)p), got);
+    }
+    const char *bad[] = {"auto", "bogus", ""};
+    for (int i = 0; i < 3; i++) {
+        int got = path_with_env(bad[i]);
+        CHECKF(got >= 0 && bf16_path_available((bf16_path)got) && got != BF16_PATH_REF &&
+                   (avx512 || got == BF16_PATH_BLAS) && (!avx512 || got >= BF16_PATH_AVX512FMA),
+               "QLAB_BF16_PATH='%s' gave path %d", bad[i], got);
+    }
+}
+
 int main(void) {
+    test_env_choice(); /* first: before this process makes its own choice */
     printf("bf16 paths on this CPU:");
     for (int p = 0; p < BF16_PATH_COUNT; p++)
         printf(" %s%s", bf16_path_name((bf16_path)p), bf16_path_available((bf16_path)p) ? "" : "(absent)");

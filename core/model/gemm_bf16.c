@@ -119,33 +119,31 @@ static bf16_path faster_avx512_path(void) {
     return p;
 }
 
+/* The automatic choice: amx, the faster of the AVX-512 kernels, else blas. */
+static bf16_path auto_choice(void) {
+    int fma = bf16_path_available(BF16_PATH_AVX512FMA), bf16 = bf16_path_available(BF16_PATH_AVX512BF16);
+    if (bf16_path_available(BF16_PATH_AMX)) return BF16_PATH_AMX;
+    if (fma && bf16) return faster_avx512_path();
+    return bf16 ? BF16_PATH_AVX512BF16 : fma ? BF16_PATH_AVX512FMA : BF16_PATH_BLAS;
+}
+
 static bf16_path best_path(void) {
     if (auto_path_ >= 0) return (bf16_path)auto_path_;
-    bf16_path p = BF16_PATH_BLAS;
-    if (bf16_path_available(BF16_PATH_AMX))
-        p = BF16_PATH_AMX;
-    else if (bf16_path_available(BF16_PATH_AVX512BF16) && bf16_path_available(BF16_PATH_AVX512FMA))
-        p = faster_avx512_path();
-    else if (bf16_path_available(BF16_PATH_AVX512BF16))
-        p = BF16_PATH_AVX512BF16;
-    else if (bf16_path_available(BF16_PATH_AVX512FMA))
-        p = BF16_PATH_AVX512FMA;
     const char *env = getenv("QLAB_BF16_PATH");
-    if (env && *env && strcmp(env, "auto") != 0) {
-        int found = -1;
+    int found = -1;
+    if (env && *env && strcmp(env, "auto") != 0)
         for (int i = 0; i < BF16_PATH_COUNT; i++)
             if (strcmp(env, path_names[i]) == 0) found = i;
-        if (found < 0)
-            fprintf(stderr,
-                    "qlab: QLAB_BF16_PATH=%s is not one of ref, blas, avx512fma, avx512bf16, amx, auto; "
-                    "using %s\n",
-                    env, path_names[p]);
-        else if (!bf16_path_available((bf16_path)found))
-            fprintf(stderr, "qlab: QLAB_BF16_PATH=%s is not available on this CPU; using %s\n", env,
-                    path_names[p]);
-        else
-            p = (bf16_path)found;
-    }
+    /* a usable QLAB_BF16_PATH spares the timing of the automatic choice */
+    bf16_path p = found >= 0 && bf16_path_available((bf16_path)found) ? (bf16_path)found : auto_choice();
+    if (env && *env && strcmp(env, "auto") != 0 && found < 0)
+        fprintf(
+            stderr,
+            "qlab: QLAB_BF16_PATH=%s is not one of ref, blas, avx512fma, avx512bf16, amx, auto; using %s\n",
+            env, path_names[p]);
+    else if (found >= 0 && p != (bf16_path)found)
+        fprintf(stderr, "qlab: QLAB_BF16_PATH=%s is not available on this CPU; using %s\n", env,
+                path_names[p]);
     auto_path_ = (int)p;
     return p;
 }
