@@ -65,6 +65,23 @@ static inline double bench_time_steps(model *m, const int *tokens, const int *ta
     return best;
 }
 
+/* Cached generation (model_forward_next): the best of 3 runs of a 32-token prompt then one token per call
+ * up to T, in generated tokens per second; -1 on failure. */
+static inline double bench_time_generation(model *m, const int *tokens, int T, float *logits) {
+    double best = 1e30;
+    for (int run = 0; run < 3; run++) {
+        model_cache_clear(m);
+        if (model_forward_next(m, tokens, 32, logits) != QLAB_OK) return -1;
+        double t0 = qlab_now();
+        for (int n = 33; n <= T; n++)
+            if (model_forward_next(m, tokens, n, logits) != QLAB_OK) return -1;
+        double dt = qlab_now() - t0;
+        if (dt < best) best = dt;
+    }
+    model_cache_clear(m);
+    return (T - 32) / best;
+}
+
 /* Element i (in storage order) of the A (b = 0) or B (b = 1) operand every GEMM benchmark multiplies:
  * sgemm, qlab's bf16 paths and oneDNN see the same values. */
 static inline float bench_gemm_value(int b, size_t i) {

@@ -20,23 +20,6 @@ static double forward_flops(const model_config *c, int B, int T) {
     return 2 * N * p_mm + 4 * B * L * D * (T * (T + 1.0) / 2);
 }
 
-/* Cached generation (model_forward_next): the best of 3 runs of a 32-token prompt then one token per call
- * up to T, in generated tokens per second; -1 on failure. */
-static double time_generation(model *m, const int *tokens, int T, float *logits) {
-    double best = 1e30;
-    for (int run = 0; run < 3; run++) {
-        model_cache_clear(m);
-        if (model_forward_next(m, tokens, 32, logits) != QLAB_OK) return -1;
-        double t0 = qlab_now();
-        for (int n = 33; n <= T; n++)
-            if (model_forward_next(m, tokens, n, logits) != QLAB_OK) return -1;
-        double dt = qlab_now() - t0;
-        if (dt < best) best = dt;
-    }
-    model_cache_clear(m);
-    return (T - 32) / best;
-}
-
 int main(int argc, char **argv) {
     (void)argc;
     qlab_runtime_restart(argv); /* the wait policy and OpenBLAS kernels the programs run with */
@@ -96,7 +79,7 @@ int main(int argc, char **argv) {
     /* Generation reads every weight once per token: its limit is memcpy bandwidth over the weights' bytes
      * (they may sit in cache: a ratio above 1 is possible). No target; it guards the cache's speed. */
     float *logits = malloc(sizeof(float) * c.vocab_size);
-    double gen = logits ? time_generation(m, tokens, T, logits) : -1;
+    double gen = logits ? bench_time_generation(m, tokens, T, logits) : -1;
     free(logits);
     if (gen < 0) return qlab_report_error("bench_train");
     double weight_reads = bench_memcpy_gbps((size_t)1 << 28, 5) * 1e9 / (4.0 * (double)count);

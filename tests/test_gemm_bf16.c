@@ -476,9 +476,11 @@ int main(void) {
     rng_seed(&r, 1);
     /* K = 8 and 16: LoRA's rank-r products, where the AVX-512 kernels stop at K instead of K's 32-padding
      * (the same bits); K 300 and 600: the avx512fma kernel's several slices of 128 k pairs; N 530 and 700:
-     * several of its tiles of 16 panels, one row (the split of the columns between threads) */
-    int shapes[][3] = {{1, 1, 1},    {1, 16, 32}, {8, 32, 64},  {37, 45, 70},   {33, 17, 3},  {64, 100, 300},
-                       {5, 200, 31}, {40, 88, 8}, {19, 40, 16}, {30, 530, 600}, {1, 700, 40}, {13, 33, 257}};
+     * several of its tiles of 16 panels, one row (the split of the columns between threads); M 1, 3 and 40
+     * (12 + 12 + 12 + 4): its 1-row and 4-row blocks */
+    int shapes[][3] = {{1, 1, 1},      {1, 16, 32},   {8, 32, 64}, {37, 45, 70}, {33, 17, 3},
+                       {64, 100, 300}, {5, 200, 31},  {40, 88, 8}, {19, 40, 16}, {30, 530, 600},
+                       {1, 700, 40},   {13, 33, 257}, {3, 70, 300}};
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
         test_shape(shapes[i][0], shapes[i][1], shapes[i][2], &r, 1.0);
     test_subnormal();

@@ -277,7 +277,7 @@ static gemm_plan make_plan(int M, int N, int K, bf16_path path) {
     cp &= ~(size_t)1;
     if (cp > (size_t)p.npanels) cp = (size_t)p.npanels;
     p.chunk_panels = (int)cp;
-    p.threads = max_threads();
+    p.threads = gemm_bf16_parallel(M, N, K) ? max_threads() : 1;
     p.a_elems = (size_t)p.Mp * p.Kp;
     p.b_elems = (size_t)p.chunk_panels * GEMM_BF16_PANEL * p.Kp;
     size_t per_thread = (size_t)GEMM_BF16_PANEL * p.Kp;

@@ -127,7 +127,7 @@ void gemm_bf16_kernel_amx(const uint16_t *Ap, const uint16_t *Bp, int M, int nco
     int npanels = (ncols + GEMM_BF16_PANEL - 1) / GEMM_BF16_PANEL;
     int mt = (M + 31) / 32, nt = (npanels + 1) / 2;
     long tiles = (long)mt * nt;
-#pragma omp parallel
+#pragma omp parallel if (gemm_bf16_parallel(M, ncols, Kp))
     {
         amx_configure();
         float out[4][256] __attribute__((aligned(64)));

@@ -65,7 +65,7 @@ void gemm_bf16_kernel_avx512bf16(const uint16_t *Ap, const uint16_t *Bp, int M, 
     if (Ku > Kp) Ku = Kp;
     int mt = (M + MR - 1) / MR, nt = (npanels + 1) / 2;
     long tiles = (long)mt * nt;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (gemm_bf16_parallel(M, ncols, K))
     for (long t = 0; t < tiles; t++) {
         int jt = (int)(t / mt), it = (int)(t % mt);
         int m0 = it * MR, rows = M - m0 < MR ? M - m0 : MR, j0 = 2 * jt;

@@ -45,14 +45,16 @@ static void widen_a(float *aw, const uint16_t *A, size_t lda, int rows, int np) 
     }
 }
 
-/* Rows x (one or two panels) over np widened pairs: the accumulators start at zero (first) or at part and
- * end in part (MR rows of 32 floats). */
-static inline __attribute__((always_inline)) void
-pair_tile(const float *aw, const uint16_t *b0, const uint16_t *b1, int np, float *part, int first, int npan) {
+/* R rows (MR, or 4 or 1 for the short blocks of few-row products: generation's one position) x (one or two
+ * panels) over np widened pairs: the accumulators start at zero (first) or at part and end in part (rows of
+ * 32 floats). The same sums per element whatever R. */
+static inline __attribute__((always_inline)) void pair_tile(const float *aw, const uint16_t *b0,
+                                                            const uint16_t *b1, int np, float *part,
+                                                            int first, int npan, int R) {
     const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
     __m512 acc[MR][2];
 #pragma GCC unroll 12
-    for (int r = 0; r < MR; r++) {
+    for (int r = 0; r < R; r++) {
         acc[r][0] = first ? _mm512_setzero_ps() : _mm512_load_ps(part + r * 32);
         acc[r][1] = (first || npan == 1) ? _mm512_setzero_ps() : _mm512_load_ps(part + r * 32 + 16);
     }
@@ -63,7 +65,7 @@ pair_tile(const float *aw, const uint16_t *b0, const uint16_t *b1, int np, float
         __m512 o0 = _mm512_castsi512_ps(_mm512_and_si512(w0, hi));
         __m512 o1 = _mm512_castsi512_ps(_mm512_and_si512(w1, hi));
 #pragma GCC unroll 12
-        for (int r = 0; r < MR; r++) {
+        for (int r = 0; r < R; r++) {
             __m512 va = _mm512_set1_ps(a[r]);
             acc[r][0] = _mm512_fmadd_ps(va, o0, acc[r][0]);
             if (npan == 2) acc[r][1] = _mm512_fmadd_ps(va, o1, acc[r][1]);
@@ -71,14 +73,14 @@ pair_tile(const float *aw, const uint16_t *b0, const uint16_t *b1, int np, float
         __m512 e0 = _mm512_castsi512_ps(_mm512_slli_epi32(w0, 16));
         __m512 e1 = _mm512_castsi512_ps(_mm512_slli_epi32(w1, 16));
 #pragma GCC unroll 12
-        for (int r = 0; r < MR; r++) {
+        for (int r = 0; r < R; r++) {
             __m512 va = _mm512_set1_ps(a[16 + r]);
             acc[r][0] = _mm512_fmadd_ps(va, e0, acc[r][0]);
             if (npan == 2) acc[r][1] = _mm512_fmadd_ps(va, e1, acc[r][1]);
         }
     }
 #pragma GCC unroll 12
-    for (int r = 0; r < MR; r++) {
+    for (int r = 0; r < R; r++) {
         _mm512_store_ps(part + r * 32, acc[r][0]);
         if (npan == 2) _mm512_store_ps(part + r * 32 + 16, acc[r][1]);
     }
@@ -99,10 +101,17 @@ static void tile(const uint16_t *A, size_t lda, const uint16_t *B, size_t bstrid
         widen_a(aw, a + 2 * (size_t)p0, lda, rows, (np + 15) / 16 * 16);
         for (int q = 0; q < npan; q += 2) {
             const uint16_t *b0 = B + (size_t)(j0 + q) * bstride + (size_t)p0 * 32;
-            if (q + 1 < npan)
-                pair_tile(aw, b0, b0 + bstride, np, part[q / 2], p0 == 0, 2);
+            int two = q + 1 < npan, first = p0 == 0;
+            const uint16_t *b1 = two ? b0 + bstride : b0;
+            if (rows > 4)
+                two ? pair_tile(aw, b0, b1, np, part[q / 2], first, 2, MR)
+                    : pair_tile(aw, b0, b1, np, part[q / 2], first, 1, MR);
+            else if (rows > 1)
+                two ? pair_tile(aw, b0, b1, np, part[q / 2], first, 2, 4)
+                    : pair_tile(aw, b0, b1, np, part[q / 2], first, 1, 4);
             else
-                pair_tile(aw, b0, b0, np, part[q / 2], p0 == 0, 1);
+                two ? pair_tile(aw, b0, b1, np, part[q / 2], first, 2, 1)
+                    : pair_tile(aw, b0, b1, np, part[q / 2], first, 1, 1);
         }
     }
     __asm__ volatile("" ::: "memory");
@@ -126,9 +135,9 @@ void gemm_bf16_kernel_avx512fma(const uint16_t *Ap, const uint16_t *Bp, int M, i
     /* the pairs up to K and one pair of padding, as the AVX-512 BF16 kernel (gemm_bf16_kernels.h) */
     int Ku = (K + 1) / 2 * 2 + 2;
     if (Ku > Kp) Ku = Kp;
-    int mt = (M + MR - 1) / MR, threads = 1;
+    int mt = (M + MR - 1) / MR, threads = 1, parallel = gemm_bf16_parallel(M, ncols, K);
 #ifdef _OPENMP
-    threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+    threads = omp_in_parallel() || !parallel ? 1 : omp_get_max_threads();
 #endif
     /* panels per tile: up to MAX_PANELS, fewer when the rows alone give the threads too few tiles (the split
      * does not change any output's sums) */
@@ -139,7 +148,7 @@ void gemm_bf16_kernel_avx512fma(const uint16_t *Ap, const uint16_t *Bp, int M, i
     int nc = (npanels + chunk - 1) / chunk;
     long tiles = (long)mt * nc;
     size_t bstride = (size_t)GEMM_BF16_PANEL * Kp;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel)
     for (long t = 0; t < tiles; t++) {
         int jc = (int)(t / mt), it = (int)(t % mt);
         int m0 = it * MR, rows = M - m0 < MR ? M - m0 : MR, j0 = jc * chunk;

@@ -17,6 +17,13 @@
 #define GEMM_BF16_KALIGN 32
 #define GEMM_BF16_MALIGN 32
 #define GEMM_BF16_PANEL 16
+/* Products of fewer multiply-adds than this run on the calling thread alone (packing and kernel): a
+ * parallel region costs more than it saves there (generation's one-position products, the cached
+ * attention's per-head ones). The split never changes a result's bits. */
+#define GEMM_BF16_SERIAL_MACS (1 << 20)
+static inline int gemm_bf16_parallel(int M, int N, int K) {
+    return (double)M * N * K >= GEMM_BF16_SERIAL_MACS;
+}
 /* K rounded up to GEMM_BF16_KALIGN (a packed operand's Kp) and rows rounded up to GEMM_BF16_MALIGN (the rows
  * of a packed A that the kernels read). */
 static inline int gemm_bf16_kp(int k) {
