@@ -86,6 +86,18 @@ static inline __attribute__((always_inline)) void pair_tile(const float *aw, con
     }
 }
 
+/* pair_tile with the block height for rows (MR, 4 or 1), each shape its own instantiation. */
+static inline __attribute__((always_inline)) void pair_tile_rows(const float *aw, const uint16_t *b0,
+                                                                 const uint16_t *b1, int np, float *part,
+                                                                 int first, int npan, int rows) {
+    if (rows > 4)
+        pair_tile(aw, b0, b1, np, part, first, npan, MR);
+    else if (rows > 1)
+        pair_tile(aw, b0, b1, np, part, first, npan, 4);
+    else
+        pair_tile(aw, b0, b1, np, part, first, npan, 1);
+}
+
 /* Rows [m0, m0 + rows) x panels [j0, j0 + npan) of C over k pairs [0, KP2): A rows lda apart, B panels
  * bstride apart (pair p at 32 p), C's columns past ncols untouched. */
 static void tile(const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride, int KP2, int m0, int rows,
@@ -101,17 +113,10 @@ static void tile(const uint16_t *A, size_t lda, const uint16_t *B, size_t bstrid
         widen_a(aw, a + 2 * (size_t)p0, lda, rows, (np + 15) / 16 * 16);
         for (int q = 0; q < npan; q += 2) {
             const uint16_t *b0 = B + (size_t)(j0 + q) * bstride + (size_t)p0 * 32;
-            int two = q + 1 < npan, first = p0 == 0;
-            const uint16_t *b1 = two ? b0 + bstride : b0;
-            if (rows > 4)
-                two ? pair_tile(aw, b0, b1, np, part[q / 2], first, 2, MR)
-                    : pair_tile(aw, b0, b1, np, part[q / 2], first, 1, MR);
-            else if (rows > 1)
-                two ? pair_tile(aw, b0, b1, np, part[q / 2], first, 2, 4)
-                    : pair_tile(aw, b0, b1, np, part[q / 2], first, 1, 4);
+            if (q + 1 < npan)
+                pair_tile_rows(aw, b0, b0 + bstride, np, part[q / 2], p0 == 0, 2, rows);
             else
-                two ? pair_tile(aw, b0, b1, np, part[q / 2], first, 2, 1)
-                    : pair_tile(aw, b0, b1, np, part[q / 2], first, 1, 1);
+                pair_tile_rows(aw, b0, b0, np, part[q / 2], p0 == 0, 1, rows);
         }
     }
     __asm__ volatile("" ::: "memory");
