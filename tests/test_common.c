@@ -128,8 +128,28 @@ static void test_openblas_core(void) {
     printf("OpenBLAS core for this CPU: %s\n", got ? got : "(the detected one)");
 }
 
+/* The instruction-set checks every kernel choice asks: each level implies the one below, repeated calls
+ * agree, and on x86-64 they match the CPU's own flags for the core of each set. */
+static void test_cpu_isa(void) {
+    int a2 = qlab_cpu_avx2(), a512 = qlab_cpu_avx512(), bf = qlab_cpu_avx512bf16();
+    CHECK(a2 == qlab_cpu_avx2() && a512 == qlab_cpu_avx512() && bf == qlab_cpu_avx512bf16());
+    CHECK(!bf || a512);
+    CHECK(!a512 || a2);
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    CHECK(!a2 || (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")));
+    CHECK(!a512 || (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                    __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")));
+    CHECK(!bf || __builtin_cpu_supports("avx512bf16"));
+    CHECK(a512 == (a2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")));
+#endif
+    printf("instruction sets: avx2 %d, avx512 %d, avx512bf16 %d\n", a2, a512, bf);
+}
+
 int main(void) {
     test_errors();
+    test_cpu_isa();
     test_atomic_write();
     test_make_dirs();
     test_openblas_core();

@@ -18,6 +18,9 @@
 #ifdef QLAB_HAVE_OPENBLAS
 #include <cblas.h>
 #endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 
 static _Thread_local char last_error[1024];
 static _Thread_local qlab_status last_status;
@@ -221,6 +224,40 @@ static int other_runnable(void) {
     return least;
 }
 
+/* The three answers of the qlab_cpu_* checks as bits (1 avx2, 2 avx512, 4 avx512bf16), -1 until asked; the
+ * answer is the same in every thread. */
+static int cpu_isa_ = -1;
+
+static int cpu_isa(void) {
+    int isa = __atomic_load_n(&cpu_isa_, __ATOMIC_RELAXED);
+    if (isa >= 0) return isa;
+    isa = 0;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    /* F16C from CPUID leaf 1 (ECX bit 29): clang 14's __builtin_cpu_supports does not know "f16c" */
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    int f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C);
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+    int avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    isa = avx2 | avx512 << 1 | (avx512 && __builtin_cpu_supports("avx512bf16")) << 2;
+#endif
+    __atomic_store_n(&cpu_isa_, isa, __ATOMIC_RELAXED);
+    return isa;
+}
+
+int qlab_cpu_avx2(void) {
+    return cpu_isa() & 1;
+}
+
+int qlab_cpu_avx512(void) {
+    return (cpu_isa() >> 1) & 1;
+}
+
+int qlab_cpu_avx512bf16(void) {
+    return (cpu_isa() >> 2) & 1;
+}
+
 /* Whether name (OpenBLAS's core, any case) is one of the n in list. */
 static int core_in(const char *name, const char *const *list, int n) {
     for (int i = 0; i < n; i++)
@@ -240,13 +277,10 @@ const char *qlab_openblas_core_for(const char *detected, int avx512, int avx512b
 
 const char *qlab_openblas_better_core(void) {
 #ifdef QLAB_HAVE_OPENBLAS
-    __builtin_cpu_init();
-    int avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                 __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-                 __builtin_cpu_supports("avx512cd");
-    return qlab_openblas_core_for(openblas_get_corename(), avx512,
-                                  avx512 && __builtin_cpu_supports("avx512bf16"),
-                                  __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"));
+    /* OpenBLAS's SkylakeX kernels also use AVX-512 CD */
+    int avx512 = qlab_cpu_avx512() && __builtin_cpu_supports("avx512cd");
+    return qlab_openblas_core_for(openblas_get_corename(), avx512, avx512 && qlab_cpu_avx512bf16(),
+                                  qlab_cpu_avx2());
 #else
     return NULL;
 #endif

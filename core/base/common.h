@@ -83,6 +83,13 @@ void qlab_openblas_restart(void);
 /* Its rule: the core for a CPU with the given instruction sets when OpenBLAS detected `detected`, or NULL
  * when that one is already of the best family (or nothing better applies). */
 const char *qlab_openblas_core_for(const char *detected, int avx512, int avx512bf16, int avx2);
+/* Whether this CPU runs the code the Makefile compiles for an instruction set, asked once: qlab_cpu_avx2 for
+ * *_avx2.c (AVX2_FLAGS: AVX2, FMA, F16C), qlab_cpu_avx512 for *_avx512.c (AVX512_FLAGS: those and AVX-512
+ * F, BW, VL, DQ), qlab_cpu_avx512bf16 for *_avx512bf16.c (those and AVX-512 BF16). Every run-time kernel
+ * choice asks these, so a kernel is never taken on a CPU that lacks an instruction its file may use. */
+int qlab_cpu_avx2(void);
+int qlab_cpu_avx512(void);
+int qlab_cpu_avx512bf16(void);
 /* The wait policy this process runs with, for logs: "PASSIVE, spin 3000", "PASSIVE", "default". */
 const char *qlab_openmp_wait_policy(void);
 

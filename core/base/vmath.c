@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "core/base/common.h"
 #include "core/base/vmath_internal.h"
 
 /* ---------------------------------------------------------------- the reference */
@@ -150,22 +151,9 @@ static void swiglu_backward_c(float *dgate, float *dup, float *hs, const float *
 /* ---------------------------------------------------------------- dispatch */
 
 static int force_c_;
-static int avx512_ = -1; /* -1: not yet asked; the answer is the same in every thread */
 
 static int use_avx512(void) {
-    if (force_c_) return 0;
-    int a = __atomic_load_n(&avx512_, __ATOMIC_RELAXED);
-    if (a < 0) {
-        a = 0;
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_cpu_init();
-        a = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-            __builtin_cpu_supports("fma");
-#endif
-        __atomic_store_n(&avx512_, a, __ATOMIC_RELAXED);
-    }
-    return a;
+    return !force_c_ && qlab_cpu_avx512();
 }
 
 const char *vm_path_name(void) {

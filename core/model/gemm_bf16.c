@@ -37,43 +37,15 @@ const char *bf16_path_order(bf16_path p) {
                                                             : bf16_path_name(p);
 }
 
-static int cpu_avx512_ = -1, cpu_avx512bf16_ = -1;
-
-/* The ISA the *_avx512.c files are compiled for (the Makefile's AVX512_FLAGS). */
-static int cpu_has_avx512(void) {
-    if (cpu_avx512_ >= 0) return cpu_avx512_;
-    int ok = 0;
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
-    /* F16C, also in the flags, comes with every AVX-512 CPU (and clang's builtin cannot name it) */
-    ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-         __builtin_cpu_supports("fma");
-#endif
-    cpu_avx512_ = ok;
-    return ok;
-}
-
-/* ... and the *_avx512bf16.c files (AVX512BF16_FLAGS: the same plus vdpbf16ps). */
-static int cpu_has_avx512bf16(void) {
-    if (cpu_avx512bf16_ < 0) {
-        cpu_avx512bf16_ = 0;
-#if defined(__x86_64__) || defined(__i386__)
-        cpu_avx512bf16_ = cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
-#endif
-    }
-    return cpu_avx512bf16_;
-}
-
 int bf16_path_available(bf16_path p) {
     switch (p) {
     case BF16_PATH_REF:
     case BF16_PATH_BLAS:
         return 1;
     case BF16_PATH_AVX512FMA:
-        return cpu_has_avx512();
+        return qlab_cpu_avx512();
     case BF16_PATH_AVX512BF16:
-        return cpu_has_avx512bf16();
+        return qlab_cpu_avx512bf16();
     case BF16_PATH_AMX:
         return gemm_bf16_amx_usable();
     default:
@@ -193,7 +165,7 @@ const char *qlab_compute_path_name(qlab_compute c) {
 /* ---------------------------------------------------------------- rounding */
 
 void bf16_round_array(uint16_t *out, const float *in, size_t n) {
-    if (cpu_has_avx512()) {
+    if (qlab_cpu_avx512()) {
         gemm_bf16_round_avx512(out, in, n);
         return;
     }
@@ -202,7 +174,7 @@ void bf16_round_array(uint16_t *out, const float *in, size_t n) {
 }
 
 void bf16_scale_round(uint16_t *out, const float *x, float r, const float *w, int n, int width) {
-    if (cpu_has_avx512()) {
+    if (qlab_cpu_avx512()) {
         gemm_bf16_scale_round_avx512(out, x, r, w, n, width);
         return;
     }

@@ -29,9 +29,8 @@ int gemm_bf16_amx_usable(void) {
     int ok = 0;
 #if defined(__x86_64__) && defined(__linux__)
     unsigned a, b, c, d;
-    __builtin_cpu_init();
     if (__get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 24)) && (d & (1u << 22)) &&
-        __builtin_cpu_supports("avx512f")) {
+        qlab_cpu_avx512()) {
         unsigned lo, hi;
         __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
         (void)hi;

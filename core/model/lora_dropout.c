@@ -3,6 +3,8 @@
  * lora.c calls. */
 #include "core/model/lora_dropout.h"
 
+#include "core/base/common.h"
+
 #include <math.h>
 #include <string.h>
 
@@ -53,19 +55,10 @@ void lora_dropout_mul_add_ref(float *out, const float *in, const void *bits, int
 
 /* ---------------------------------------------------------------- paths */
 
-static int cpu_avx512_ = -1, use_reference_;
+static int use_reference_;
 
 int lora_dropout_avx512_usable(void) {
-    int ok = __atomic_load_n(&cpu_avx512_, __ATOMIC_ACQUIRE);
-    if (ok >= 0) return ok;
-    ok = 0;
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
-    ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
-#endif
-    __atomic_store_n(&cpu_avx512_, ok, __ATOMIC_RELEASE);
-    return ok;
+    return qlab_cpu_avx512();
 }
 
 static int use_avx512(void) {

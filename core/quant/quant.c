@@ -10,9 +10,6 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if defined(__x86_64__) || defined(__i386__)
-#include <cpuid.h>
-#endif
 
 #include "core/base/half.h"
 #include "core/quant/quant.h"
@@ -25,13 +22,7 @@ static const quant_kernel_set *kernels_for_name(const char *name, qlab_status *s
     *st = QLAB_OK;
     if (strcmp(name, "scalar") == 0) return &quant_kernels_scalar;
 #if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
-    /* F16C from CPUID leaf 1 (ECX bit 29): clang 14's __builtin_cpu_supports does not know "f16c". */
-    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-    int has_f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C);
-    int has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c;
-    int has_avx512 = has_avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                     __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    int has_avx2 = qlab_cpu_avx2(), has_avx512 = qlab_cpu_avx512();
     if (strcmp(name, "auto") == 0)
         return has_avx512 ? &quant_kernels_avx512 : has_avx2 ? &quant_kernels_avx2 : &quant_kernels_scalar;
     if (strcmp(name, "avx2") == 0 || strcmp(name, "avx512") == 0) {
