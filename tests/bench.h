@@ -32,13 +32,13 @@ static inline model_config bench_model_config(void) {
     return c;
 }
 
-/* Best single step (forward, plus backward when asked) over at least min_seconds and 3 calls, after one
- * warm-up step; -1 on failure. */
 /* Benchmarks time their figures in this many windows taken in turn and keep each figure's best: a burst of
  * other work on a shared machine (seconds to tens of seconds on the VMs this runs on) then slows one window
  * of every figure rather than the whole of one. */
 #define BENCH_ROUNDS 3
 
+/* Best single step (forward, plus backward when asked) over at least min_seconds and 3 calls, after one
+ * warm-up step; -1 on failure. */
 static inline double bench_time_steps(model *m, const int *tokens, const int *targets, int B, int T,
                                       int backward, double min_seconds) {
     float loss;

@@ -99,21 +99,24 @@ static bf16_path auto_choice(void) {
     return bf16 ? BF16_PATH_AVX512BF16 : fma ? BF16_PATH_AVX512FMA : BF16_PATH_BLAS;
 }
 
+/* The path with that name (path_names), or -1; PATH_LIST spells them for messages. */
+#define PATH_LIST "ref, blas, avx512fma, avx512bf16, amx"
+static int path_named(const char *name) {
+    for (int i = 0; i < BF16_PATH_COUNT; i++)
+        if (strcmp(name, path_names[i]) == 0) return i;
+    return -1;
+}
+
 static bf16_path best_path(void) {
     if (auto_path_ >= 0) return (bf16_path)auto_path_;
     const char *env = getenv("QLAB_BF16_PATH");
-    int found = -1;
-    if (env && *env && strcmp(env, "auto") != 0)
-        for (int i = 0; i < BF16_PATH_COUNT; i++)
-            if (strcmp(env, path_names[i]) == 0) found = i;
+    int asked = env && *env && strcmp(env, "auto") != 0, found = asked ? path_named(env) : -1;
     /* a usable QLAB_BF16_PATH spares the timing of the automatic choice */
     bf16_path p = found >= 0 && bf16_path_available((bf16_path)found) ? (bf16_path)found : auto_choice();
-    if (env && *env && strcmp(env, "auto") != 0 && found < 0)
-        fprintf(
-            stderr,
-            "qlab: QLAB_BF16_PATH=%s is not one of ref, blas, avx512fma, avx512bf16, amx, auto; using %s\n",
-            env, path_names[p]);
-    else if (found >= 0 && p != (bf16_path)found)
+    if (asked && found < 0)
+        fprintf(stderr, "qlab: QLAB_BF16_PATH=%s is not one of " PATH_LIST ", auto; using %s\n", env,
+                path_names[p]);
+    else if (asked && p != (bf16_path)found)
         fprintf(stderr, "qlab: QLAB_BF16_PATH=%s is not available on this CPU; using %s\n", env,
                 path_names[p]);
     auto_path_ = (int)p;
@@ -129,15 +132,13 @@ qlab_status bf16_force_path(const char *name) {
         forced_path_ = -1;
         return QLAB_OK;
     }
-    for (int i = 0; i < BF16_PATH_COUNT; i++)
-        if (strcmp(name, path_names[i]) == 0) {
-            if (!bf16_path_available((bf16_path)i))
-                return qlab_fail(QLAB_ERR_UNSUPPORTED, "bf16 path '%s' is not available on this CPU", name);
-            forced_path_ = i;
-            return QLAB_OK;
-        }
-    return qlab_fail(QLAB_ERR_ARG,
-                     "unknown bf16 path '%s' (expected ref, blas, avx512fma, avx512bf16, amx or auto)", name);
+    int i = path_named(name);
+    if (i < 0)
+        return qlab_fail(QLAB_ERR_ARG, "unknown bf16 path '%s' (expected " PATH_LIST " or auto)", name);
+    if (!bf16_path_available((bf16_path)i))
+        return qlab_fail(QLAB_ERR_UNSUPPORTED, "bf16 path '%s' is not available on this CPU", name);
+    forced_path_ = i;
+    return QLAB_OK;
 }
 
 /* ---------------------------------------------------------------- compute dtype */
