@@ -170,16 +170,6 @@ static void write_table_md(text_buffer *b, const results_table_data *t) {
 
 /* ---------------------------------------------------------------- files */
 
-static void dir_of(const char *path, char *out, size_t n) {
-    const char *slash = strrchr(path, '/');
-    if (!slash)
-        snprintf(out, n, ".");
-    else if (slash == path)
-        snprintf(out, n, "/");
-    else
-        snprintf(out, n, "%.*s", (int)(slash - path), path);
-}
-
 /* The run's name: the file name of `path` without its extension (results/nf4_vs_fp4_real.md ->
  * nf4_vs_fp4_real). The .dat files are named after it, so two runs of one experiment never share data. */
 static void run_name_of(const char *path, char *out, size_t n) {
@@ -216,8 +206,8 @@ static int remove_stale_dat(const char *dir, const char *run) {
  * for the image link in the Markdown. Falls back to target itself. */
 static void relative_path(const char *from, const char *target, char *out, size_t n) {
     char from_dir[PATH_MAX], target_dir[PATH_MAX], a[PATH_MAX], t[PATH_MAX];
-    dir_of(from, from_dir, sizeof from_dir);
-    dir_of(target, target_dir, sizeof target_dir);
+    qlab_path_dir(from, from_dir, sizeof from_dir);
+    qlab_path_dir(target, target_dir, sizeof target_dir);
     const char *base = strrchr(target, '/') ? strrchr(target, '/') + 1 : target;
     if (!realpath(from_dir, a) || !realpath(target_dir, t)) {
         snprintf(out, n, "%s", target);
@@ -463,7 +453,7 @@ static int find_script(const report_args *a, const char *experiment, char *scrip
         snprintf(script, cap, "plots/%s.gp", experiment);
     if (!a->script && !file_exists(script)) { /* run from elsewhere: look beside the output */
         char out_dir[PATH_MAX];
-        dir_of(a->plot, out_dir, sizeof out_dir);
+        qlab_path_dir(a->plot, out_dir, sizeof out_dir);
         snprintf(script, cap, "%s/%s.gp", out_dir, experiment);
     }
     if (file_exists(script)) return 1;
@@ -480,7 +470,7 @@ static int draw_figure(const report_args *a, const char *experiment, const char 
                        char *svg, size_t svg_cap) {
     char script[PATH_MAX + 64], script_dir[PATH_MAX];
     if (!find_script(a, experiment, script, sizeof script)) return 0;
-    dir_of(script, script_dir, sizeof script_dir);
+    qlab_path_dir(script, script_dir, sizeof script_dir);
     if (!safe_for_gnuplot(a->plot) || !safe_for_gnuplot(data_dir) || !safe_for_gnuplot(script_dir)) {
         fprintf(stderr, "qlab report: paths given to gnuplot may not contain quotes\n");
         return 0;
@@ -538,7 +528,7 @@ static int cmd_report(int argc, char **argv) {
     if (a.data_dir)
         snprintf(data_dir, sizeof data_dir, "%s", a.data_dir);
     else
-        dir_of(named_after, data_dir, sizeof data_dir);
+        qlab_path_dir(named_after, data_dir, sizeof data_dir);
     run_name_of(named_after, run, sizeof run);
     if (!run[0] || !safe_for_gnuplot(run)) {
         fprintf(stderr, "qlab report: %s: cannot name the run's data files after this file name\n",

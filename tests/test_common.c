@@ -147,8 +147,18 @@ static void test_cpu_isa(void) {
     printf("instruction sets: avx2 %d, avx512 %d, avx512bf16 %d\n", a2, a512, bf);
 }
 
+static void test_path_dir(void) {
+    char d[16];
+    CHECK(qlab_path_dir("results/x.h5", d, sizeof d) && !strcmp(d, "results"));
+    CHECK(qlab_path_dir("a/b/c.md", d, sizeof d) && !strcmp(d, "a/b"));
+    CHECK(qlab_path_dir("x.h5", d, sizeof d) && !strcmp(d, "."));
+    CHECK(qlab_path_dir("/x.h5", d, sizeof d) && !strcmp(d, "/"));
+    CHECK(!qlab_path_dir("a_very_long_folder_name/x", d, sizeof d)); /* does not fit in 16 bytes */
+}
+
 int main(void) {
     test_errors();
+    test_path_dir();
     test_cpu_isa();
     test_atomic_write();
     test_make_dirs();

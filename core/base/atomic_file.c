@@ -14,16 +14,8 @@ qlab_status atomic_file_check_destination(const char *path) {
     struct stat st;
     if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
         return qlab_fail(QLAB_ERR_IO, "%s: is a folder, not a file name", path);
-    const char *slash = strrchr(path, '/');
     char dir[4096];
-    if (!slash)
-        snprintf(dir, sizeof dir, ".");
-    else if (slash == path)
-        snprintf(dir, sizeof dir, "/");
-    else if ((size_t)(slash - path) >= sizeof dir)
-        return qlab_fail(QLAB_ERR_IO, "%s: path too long", path);
-    else
-        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    if (!qlab_path_dir(path, dir, sizeof dir)) return qlab_fail(QLAB_ERR_IO, "%s: path too long", path);
     if (stat(dir, &st) != 0)
         return qlab_fail(QLAB_ERR_IO, "%s: cannot write there: folder '%s': %s", path, dir, strerror(errno));
     if (!S_ISDIR(st.st_mode))

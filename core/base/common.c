@@ -114,6 +114,14 @@ void qlab_free_aligned(void *p) {
     free(p);
 }
 
+int qlab_path_dir(const char *path, char *out, size_t n) {
+    const char *slash = strrchr(path, '/');
+    int len = !slash          ? snprintf(out, n, ".")
+              : slash == path ? snprintf(out, n, "/")
+                              : snprintf(out, n, "%.*s", (int)(slash - path), path);
+    return len >= 0 && (size_t)len < n;
+}
+
 qlab_status qlab_make_dirs(const char *dir) {
     char buf[4096];
     if (strlen(dir) >= sizeof buf) return qlab_fail(QLAB_ERR_ARG, "%s: path too long", dir);

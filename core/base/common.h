@@ -50,6 +50,9 @@ qlab_status qlab_read_file(const char *path, char **data, size_t *len);
 qlab_status qlab_write_file_atomic(const char *path, const void *data, size_t len);
 /* Creates the folder dir and any missing parents (mkdir -p; existing ones are fine). */
 qlab_status qlab_make_dirs(const char *dir);
+/* The folder of path into out (n bytes): the part before its last '/', "/" for a file at the root, "." for
+ * a bare name. 1 when it fits, else 0 (out then holds a truncated prefix). */
+int qlab_path_dir(const char *path, char *out, size_t n);
 
 /* Program-side helper: prints "prog: <last error>" to stderr and returns the exit code: QLAB_EXIT_BUDGET
  * when the last error was a memory-budget refusal, else 1. */

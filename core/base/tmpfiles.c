@@ -2,6 +2,8 @@
  * calls async-signal-safe functions (unlink, write, _exit) on a fixed table filled before it can run. */
 #include "core/base/tmpfiles.h"
 
+#include "core/base/common.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
@@ -74,15 +76,7 @@ void qlab_tmpfile_unregister(const char *tmp_path) {
 int qlab_tmpfile_sweep_stale(const char *path) {
     char dir[TMP_PATH_CAP], prefix[TMP_PATH_CAP];
     const char *slash = strrchr(path, '/');
-    if (slash) {
-        size_t n = (size_t)(slash - path);
-        if (n >= sizeof dir) return 0;
-        memcpy(dir, path, n);
-        dir[n] = 0;
-        if (n == 0) snprintf(dir, sizeof dir, "/");
-    } else {
-        snprintf(dir, sizeof dir, ".");
-    }
+    if (!qlab_path_dir(path, dir, sizeof dir)) return 0;
     if (snprintf(prefix, sizeof prefix, "%s.tmp.", slash ? slash + 1 : path) >= (int)sizeof prefix) return 0;
     size_t plen = strlen(prefix);
     DIR *d = opendir(dir);
