@@ -536,6 +536,35 @@ static const char *dequant_unusable(const quant_tensor *qt) {
     return missing ? "block constants missing" : NULL;
 }
 
+/* One dequantization request split into work items of QUANT_CHUNK_BLOCKS blocks. */
+typedef struct {
+    const quant_tensor *qt;
+    const quant_kernel_set *ks;
+    const float *table;
+    int64_t start, count;
+    float *out_f32;
+    uint16_t *out_bf16;
+    int64_t b_first, b_end;
+    int streaming;
+} dequant_job;
+
+/* Work item c of job: its blocks' scales into a small stack buffer, then the kernel over its elements. */
+static void dequant_chunk(const dequant_job *j, int64_t c) {
+    float scales[QUANT_CHUNK_BLOCKS];
+    int bs = j->qt->blocksize;
+    int64_t b0 = j->b_first + c * QUANT_CHUNK_BLOCKS,
+            b1 = b0 + QUANT_CHUNK_BLOCKS < j->b_end ? b0 + QUANT_CHUNK_BLOCKS : j->b_end;
+    fill_block_scales(j->qt, b0, b1, scales);
+    int64_t e0 = b0 * bs > j->start ? b0 * bs : j->start;
+    int64_t e1 = b1 * bs < j->start + j->count ? b1 * bs : j->start + j->count;
+    if (j->out_f32)
+        j->ks->dequantize(j->table, j->qt->codes, scales, b0, bs, e0, e1 - e0, j->out_f32 + (e0 - j->start),
+                          j->streaming);
+    else
+        j->ks->dequantize_bf16(j->table, j->qt->codes, scales, b0, bs, e0, e1 - e0,
+                               j->out_bf16 + (e0 - j->start));
+}
+
 /* Elements [start, start + count) through kernel set ks, split into work items of whole blocks (so each
  * computes its block scales into a small stack buffer and no allocation can fail). Refuses a bad tensor
  * or range with a message; an out-of-range request also fills the output with NaN. */
@@ -569,21 +598,27 @@ static qlab_status dequant_impl(const quant_tensor *qt, int64_t start, int64_t c
         start++;
         if (--count == 0) return QLAB_OK;
     }
-    int64_t b_first = start / bs, b_end = (start + count - 1) / bs + 1;
-    int64_t nchunks = (b_end - b_first + QUANT_CHUNK_BLOCKS - 1) / QUANT_CHUNK_BLOCKS;
-    int streaming = (size_t)count * (out_f32 ? 4 : 2) >= QUANT_STREAM_MIN_BYTES;
-#pragma omp parallel for schedule(static) if (parallel && count >= (1 << 18))
-    for (int64_t c = 0; c < nchunks; c++) {
-        float scales[QUANT_CHUNK_BLOCKS];
-        int64_t b0 = b_first + c * QUANT_CHUNK_BLOCKS,
-                b1 = b0 + QUANT_CHUNK_BLOCKS < b_end ? b0 + QUANT_CHUNK_BLOCKS : b_end;
-        fill_block_scales(qt, b0, b1, scales);
-        int64_t e0 = b0 * bs > start ? b0 * bs : start;
-        int64_t e1 = b1 * bs < start + count ? b1 * bs : start + count;
-        if (out_f32)
-            ks->dequantize(table, qt->codes, scales, b0, bs, e0, e1 - e0, out_f32 + (e0 - start), streaming);
-        else
-            ks->dequantize_bf16(table, qt->codes, scales, b0, bs, e0, e1 - e0, out_bf16 + (e0 - start));
+    dequant_job job = {qt,
+                       ks,
+                       table,
+                       start,
+                       count,
+                       out_f32,
+                       out_bf16,
+                       start / bs,
+                       (start + count - 1) / bs + 1,
+                       (size_t)count * (out_f32 ? 4 : 2) >= QUANT_STREAM_MIN_BYTES};
+    int64_t nchunks = (job.b_end - job.b_first + QUANT_CHUNK_BLOCKS - 1) / QUANT_CHUNK_BLOCKS;
+    /* a serial request never enters the OpenMP runtime, where even an if (0) parallel region sets up a team
+     * (~0.3-0.5 us): gemm_bf16.c packs a quantized operand a row at a time, ~5 * 10^4 requests in a bf16
+     * QLoRA step of the bench model */
+    if (parallel && count >= (1 << 18)) {
+#pragma omp parallel for schedule(static)
+        for (int64_t c = 0; c < nchunks; c++)
+            dequant_chunk(&job, c);
+    } else {
+        for (int64_t c = 0; c < nchunks; c++)
+            dequant_chunk(&job, c);
     }
     return QLAB_OK;
 }
