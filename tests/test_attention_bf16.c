@@ -17,6 +17,7 @@
 #include "tests/bf16_ref.h"
 #include "core/base/rng.h"
 #include "core/model/gemm_bf16.h"
+#include "core/model/gemm_bf16_kernels.h"
 #include "core/model/ops.h"
 
 typedef struct {
@@ -216,6 +217,11 @@ static void test_shape(const shape *s) {
 }
 
 int main(void) {
+    /* the automatic choice made first, from the CPU's own paths; then, without AMX, the amx path's kernel on
+     * emulated tiles (scalar: slow, but every product the tests form) */
+    bf16_active_path();
+    if (!bf16_path_available(BF16_PATH_AMX) && gemm_bf16_emulate_amx(1))
+        printf("no AMX on this CPU: the amx path runs on emulated tiles\n");
     const shape shapes[] = {{2, 150, 4, 2, 40}, {1, 64, 2, 2, 32}, {1, 5, 3, 1, 8},  {2, 200, 2, 2, 64},
                             {3, 96, 4, 2, 40},  {2, 32, 2, 1, 8},  {1, 300, 2, 1, 8}};
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)

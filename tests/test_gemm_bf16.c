@@ -2,12 +2,15 @@
  * independent in-test implementation of the documented order (bit-exact) and against double precision
  * (the fp32 summation bound); every path this CPU has against the reference (AVX-512 BF16 and the
  * AVX-512 FMA kernel bit-exact, the portable OpenBLAS path within the bound, AMX within the bound when
- * present); tails, transposes, accumulation, subnormals, 4-bit weights dequantized to bf16 panels, and
- * independence of the thread count. */
+ * present, else its kernel on emulated tiles bit-exact with the SDM's order); tails, transposes,
+ * accumulation, subnormals, 4-bit weights dequantized to bf16 panels, and independence of the thread count.
+ */
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #ifdef _OPENMP
@@ -19,6 +22,7 @@
 #include "core/base/half.h"
 #include "core/base/rng.h"
 #include "core/model/gemm_bf16.h"
+#include "core/model/gemm_bf16_kernels.h"
 
 static float round_bf16(float x) {
     return bf16_to_f32(f32_to_bf16(x));
@@ -80,7 +84,9 @@ static float elem_b(const problem *p, int k, int n) {
     return p->tb ? p->B[(size_t)n * p->ldb + k] : p->B[(size_t)k * p->ldb + n];
 }
 
-static void def_gemm(const problem *p, int accumulate, float *C, int ldc) {
+/* even_first: the Intel SDM's TDPBF16PS order (even element of each pair first), which the emulated AMX
+ * tiles follow (core/model/gemm_bf16_amx_emu_avx512.c); else the reference's (odd first). */
+static void def_gemm_order(const problem *p, int accumulate, float *C, int ldc, int even_first) {
     for (int m = 0; m < p->M; m++)
         for (int n = 0; n < p->N; n++) {
             float acc = 0;
@@ -89,12 +95,21 @@ static void def_gemm(const problem *p, int accumulate, float *C, int ldc) {
                 float a1 = k + 1 < p->K ? elem_a(p, m, k + 1) : 0,
                       b1 = k + 1 < p->K ? elem_b(p, k + 1, n) : 0;
                 float a0 = k < p->K ? elem_a(p, m, k) : 0, b0 = k < p->K ? elem_b(p, k, n) : 0;
-                acc = def_step(acc, a1, b1);
-                acc = def_step(acc, a0, b0);
+                if (even_first) {
+                    acc = def_step(acc, a0, b0);
+                    acc = def_step(acc, a1, b1);
+                } else {
+                    acc = def_step(acc, a1, b1);
+                    acc = def_step(acc, a0, b0);
+                }
             }
             float *c = C + (size_t)m * ldc + n;
             *c = accumulate ? *c + acc : acc;
         }
+}
+
+static void def_gemm(const problem *p, int accumulate, float *C, int ldc) {
+    def_gemm_order(p, accumulate, C, ldc, 0);
 }
 
 static void make_problem(problem *p, int M, int N, int K, int ta, int tb, rng_state *r, double scale) {
@@ -157,6 +172,9 @@ static int bit_exact_path(bf16_path p) {
     return p == BF16_PATH_AVX512BF16 || p == BF16_PATH_AVX512FMA;
 }
 
+/* Whether the amx path runs on emulated tiles here (no AMX): then its order is the SDM's, known exactly. */
+static int amx_emulated;
+
 static void test_shape(int M, int N, int K, rng_state *r, double scale) {
     for (int ta = 0; ta < 2; ta++)
         for (int tb = 0; tb < 2; tb++)
@@ -189,11 +207,18 @@ static void test_shape(int M, int N, int K, rng_state *r, double scale) {
                         double q = bound_ratio(&p, got, ref, ldc, acc ? C0 : NULL);
                         CHECKF(q <= 1, "%s vs ref: %.3g of the bound (%dx%dx%d ta %d tb %d acc %d)", name, q,
                                M, N, K, ta, tb, acc);
-                        continue;
+                        if (!(path == BF16_PATH_AMX && amx_emulated)) continue;
+                    }
+                    /* emulated AMX: bit-exact with the SDM's order, which checks every tile's placement */
+                    const float *want = ref;
+                    if (path == BF16_PATH_AMX) {
+                        memcpy(def, C0, sizeof(float) * nc);
+                        def_gemm_order(&p, acc, def, ldc, 1);
+                        want = def;
                     }
                     int bad = 0;
                     for (int m = 0; m < M; m++)
-                        bad += memcmp(got + (size_t)m * ldc, ref + (size_t)m * ldc, sizeof(float) * N) != 0;
+                        bad += memcmp(got + (size_t)m * ldc, want + (size_t)m * ldc, sizeof(float) * N) != 0;
                     /* the padding columns of C must be left alone */
                     for (int m = 0; m < M; m++)
                         for (int n = N; n < ldc; n++)
@@ -459,6 +484,32 @@ static void test_env_choice(void) {
     }
 }
 
+/* The emulated tiles refuse what the hardware would fault on, so a kernel bug cannot pass as a result: a
+ * block product without the tile configuration (no gemm_bf16_block_begin) stops the process. */
+static void test_amx_emulation_faults(void) {
+    _Alignas(64) uint16_t A[32 * 32] = {0}, B[16 * 32] = {0};
+    float C[32 * 16];
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct rlimit no_core = {0, 0}; /* the abort is expected: no core file */
+        setrlimit(RLIMIT_CORE, &no_core);
+        if (!freopen("/dev/null", "w", stderr)) _exit(100);
+        gemm_bf16_block(BF16_PATH_AMX, A, 32, B, 16 * 32, 32, 16, 32, C, 16, 0, NULL);
+        _exit(0);
+    }
+    int status;
+    CHECKF(pid > 0 && waitpid(pid, &status, 0) == pid && WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT,
+           "emulated AMX: a block product without the tile configuration was not refused");
+    gemm_bf16_block_begin(BF16_PATH_AMX); /* and with it, the product of zeros */
+    gemm_bf16_block(BF16_PATH_AMX, A, 32, B, 16 * 32, 32, 16, 32, C, 16, 0, NULL);
+    gemm_bf16_block_end(BF16_PATH_AMX);
+    int zeros = 1;
+    for (int i = 0; i < 32 * 16; i++)
+        zeros &= C[i] == 0;
+    CHECK(zeros);
+}
+
 int main(void) {
     test_env_choice(); /* first: before this process makes its own choice */
     printf("bf16 paths on this CPU:");
@@ -469,8 +520,15 @@ int main(void) {
         SKIP("no AVX-512 on this CPU: the avx512fma kernel is compiled but not tested");
     if (!bf16_path_available(BF16_PATH_AVX512BF16))
         SKIP("no AVX-512 BF16 on this CPU: its kernel is not tested");
-    if (!bf16_path_available(BF16_PATH_AMX))
-        SKIP("no AMX on this CPU: the AMX kernel is compiled but not tested");
+    if (!bf16_path_available(BF16_PATH_AMX)) {
+        amx_emulated = gemm_bf16_emulate_amx(1);
+        if (amx_emulated) {
+            printf(
+                "no AMX on this CPU: the AMX kernel runs on emulated tiles (the SDM's order, bit for bit)\n");
+            test_amx_emulation_faults();
+        } else
+            SKIP("neither AMX nor AVX-512 on this CPU: the AMX kernel is compiled but not tested");
+    }
     test_rounding();
     rng_state r;
     rng_seed(&r, 1);

@@ -16,6 +16,7 @@
 #include "core/base/rng.h"
 #include "core/model/checkpoint.h"
 #include "core/model/gemm_bf16.h"
+#include "core/model/gemm_bf16_kernels.h"
 #include "core/model/model.h"
 #include "eval/ppl.h"
 #include "eval/tokens.h"
@@ -574,6 +575,11 @@ static void test_forward_next(int quantized) {
 
 int main(void) {
     double t0 = qlab_now();
+    /* the automatic choice made first, from the CPU's own paths; then, without AMX, the amx path's kernel on
+     * emulated tiles (scalar: slow, but every product the tests form) */
+    bf16_active_path();
+    if (!bf16_path_available(BF16_PATH_AMX) && gemm_bf16_emulate_amx(1))
+        printf("no AMX on this CPU: the amx path runs on emulated tiles\n");
     test_head_scored_rows();
     test_forward_at_fp32();
     test_forward_next(0);

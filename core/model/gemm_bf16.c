@@ -37,6 +37,13 @@ const char *bf16_path_order(bf16_path p) {
                                                             : bf16_path_name(p);
 }
 
+static int amx_emulated_; /* tests: the amx path on emulated tiles (gemm_bf16_emulate_amx) */
+
+int gemm_bf16_emulate_amx(int on) {
+    amx_emulated_ = on && qlab_cpu_avx512() && !gemm_bf16_amx_usable();
+    return amx_emulated_;
+}
+
 int bf16_path_available(bf16_path p) {
     switch (p) {
     case BF16_PATH_REF:
@@ -47,7 +54,7 @@ int bf16_path_available(bf16_path p) {
     case BF16_PATH_AVX512BF16:
         return qlab_cpu_avx512bf16();
     case BF16_PATH_AMX:
-        return gemm_bf16_amx_usable();
+        return amx_emulated_ || gemm_bf16_amx_usable();
     default:
         return 0;
     }
@@ -506,18 +513,20 @@ size_t gemm_bf16_block_wide_floats(bf16_path path, int M, int ncols, int Kp) {
 }
 
 void gemm_bf16_block_begin(bf16_path path) {
-    if (path == BF16_PATH_AMX) gemm_bf16_amx_begin();
+    if (path == BF16_PATH_AMX) amx_emulated_ ? gemm_bf16_amx_begin_emu() : gemm_bf16_amx_begin();
 }
 
 void gemm_bf16_block_end(bf16_path path) {
-    if (path == BF16_PATH_AMX) gemm_bf16_amx_end();
+    if (path == BF16_PATH_AMX) amx_emulated_ ? gemm_bf16_amx_end_emu() : gemm_bf16_amx_end();
 }
 
 /* The block product of one of the paths that need no fp32 copies (all but blas). */
 static void gemm_bf16_block_dispatch(bf16_path path, const uint16_t *A, size_t lda, const uint16_t *B,
                                      size_t bstride, int M, int ncols, int Kp, float *C, int ldc,
                                      int accumulate) {
-    if (path == BF16_PATH_AMX)
+    if (path == BF16_PATH_AMX && amx_emulated_)
+        gemm_bf16_block_amx_emu(A, lda, B, bstride, M, ncols, Kp, C, ldc, accumulate);
+    else if (path == BF16_PATH_AMX)
         gemm_bf16_block_amx(A, lda, B, bstride, M, ncols, Kp, C, ldc, accumulate);
     else if (path == BF16_PATH_AVX512BF16)
         gemm_bf16_block_avx512bf16(A, lda, B, bstride, M, ncols, Kp, C, ldc, accumulate);
@@ -558,7 +567,7 @@ void gemm_bf16_pack_at(uint16_t *Ap, int Kp, const float *A, int lda, int K, int
 static gemm_bf16_kernel path_kernel(bf16_path path) {
     if (path == BF16_PATH_AVX512BF16) return gemm_bf16_kernel_avx512bf16;
     if (path == BF16_PATH_AVX512FMA) return gemm_bf16_kernel_avx512fma;
-    if (path == BF16_PATH_AMX) return gemm_bf16_kernel_amx;
+    if (path == BF16_PATH_AMX) return amx_emulated_ ? gemm_bf16_kernel_amx_emu : gemm_bf16_kernel_amx;
     return gemm_bf16_kernel_ref;
 }
 

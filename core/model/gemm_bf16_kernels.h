@@ -147,5 +147,16 @@ void gemm_bf16_kernel_amx(const uint16_t *Ap, const uint16_t *Bp, int M, int nco
 /* Whether the CPU has AMX-TILE and AMX-BF16 and Linux granted this process the tile data state
  * (arch_prctl(ARCH_REQ_XCOMP_PERM)); asks once. */
 int gemm_bf16_amx_usable(void);
+/* The same kernel on emulated tiles (gemm_bf16_amx_emu_avx512.c; needs AVX-512F), and the switch that puts
+ * it behind the amx path for tests on CPUs without AMX: on (when the CPU has AVX-512F and no usable AMX),
+ * bf16_path_available(BF16_PATH_AMX) is true and every amx product runs on the emulation (slowly: scalar);
+ * off restores the CPU's own answer. Returns whether the emulation is now in use. Not for the programs. */
+void gemm_bf16_amx_begin_emu(void);
+void gemm_bf16_amx_end_emu(void);
+void gemm_bf16_kernel_amx_emu(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, int K,
+                              float *C, int ldc, int accumulate);
+void gemm_bf16_block_amx_emu(const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride, int M,
+                             int ncols, int Kp, float *C, int ldc, int accumulate);
+int gemm_bf16_emulate_amx(int on);
 
 #endif
