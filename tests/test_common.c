@@ -10,6 +10,9 @@
 #include "core/base/common.h"
 #include "core/base/half.h"
 #include "core/base/rng.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 static void test_errors(void) {
     qlab_status st = qlab_fail(QLAB_ERR_FORMAT, "%s: bad magic 0x%x", "x.bin", 0x12);
@@ -156,8 +159,51 @@ static void test_path_dir(void) {
     CHECK(!qlab_path_dir("a_very_long_folder_name/x", d, sizeof d)); /* does not fit in 16 bytes */
 }
 
+/* qlab_run_tasks: every task once; one thread (or a call inside a region) opens no OpenMP region, so the
+ * task sees the caller's nesting level; more threads run on a team of them. */
+typedef struct {
+    int runs[100], level[100], team[100];
+} tasks_seen;
+
+static void note_task(void *ctx, long i) {
+    tasks_seen *s = ctx;
+    __atomic_fetch_add(&s->runs[i], 1, __ATOMIC_RELAXED);
+#ifdef _OPENMP
+    s->level[i] = omp_get_level();
+    s->team[i] = omp_get_num_threads();
+#endif
+}
+
+static int tasks_ok(const tasks_seen *s, int level, int team) {
+    int ok = 1;
+    for (int i = 0; i < 100; i++)
+        ok &= s->runs[i] == 1 && s->level[i] == level && s->team[i] == team;
+    return ok;
+}
+
+static void test_run_tasks(void) {
+    tasks_seen s = {0};
+    qlab_run_tasks(100, 1, note_task, &s);
+    CHECK(tasks_ok(&s, 0, 1));
+    qlab_run_tasks(0, 2, note_task, &s); /* no tasks: nothing runs */
+    CHECK(tasks_ok(&s, 0, 1));
+#ifdef _OPENMP
+    memset(&s, 0, sizeof s);
+    qlab_run_tasks(100, 2, note_task, &s);
+    CHECK(tasks_ok(&s, 1, 2));
+    memset(&s, 0, sizeof s);
+#pragma omp parallel num_threads(2)
+    {
+#pragma omp single
+        qlab_run_tasks(100, 2, note_task, &s); /* inside a region: runs here, no nested one */
+    }
+    CHECK(tasks_ok(&s, 1, 2));
+#endif
+}
+
 int main(void) {
     test_errors();
+    test_run_tasks();
     test_path_dir();
     test_cpu_isa();
     test_atomic_write();

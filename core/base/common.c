@@ -361,3 +361,18 @@ int qlab_num_threads(void) {
     return 1;
 #endif
 }
+
+void qlab_run_tasks(long n, int threads, void (*task)(void *ctx, long i), void *ctx) {
+#ifdef _OPENMP
+    if (threads > 1 && !omp_in_parallel()) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (long i = 0; i < n; i++)
+            task(ctx, i);
+        return;
+    }
+#else
+    (void)threads;
+#endif
+    for (long i = 0; i < n; i++)
+        task(ctx, i);
+}

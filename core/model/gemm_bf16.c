@@ -298,19 +298,33 @@ void gemm_bf16_pack_rows(uint16_t *dst, int Kp, const float *X, size_t ld, int r
         round_row(dst + (size_t)r * Kp, X, ld, r, rows, cols, Kp);
 }
 
-/* op(A) (M,K) -> Ap (Mp, Kp), zero padded. */
-static void pack_a(uint16_t *Ap, const gemm_plan *pl, const float *A, int lda, int trans_a) {
-    int M = pl->M, K = pl->K, Kp = pl->Kp;
-    if (!trans_a) {
-#pragma omp parallel for schedule(static) num_threads(pl->threads)
-        for (int m = 0; m < pl->Mp; m++)
-            round_row(Ap + (size_t)m * Kp, A, (size_t)lda, m, M, K, Kp);
+typedef struct {
+    uint16_t *Ap;
+    const gemm_plan *pl;
+    const float *A;
+    int lda, trans_a;
+} pack_a_job;
+
+/* Rows [16 t, 16 t + 16) of Ap from op(A): rounded rows, or (trans_a: A is (K, M)) 16 m columns transposed.
+ */
+static void pack_a_rows(void *job, long t) {
+    const pack_a_job *j = job;
+    const gemm_plan *pl = j->pl;
+    uint16_t *Ap = j->Ap;
+    const float *A = j->A;
+    int M = pl->M, K = pl->K, Kp = pl->Kp, lda = j->lda, m0 = 16 * (int)t;
+    if (j->trans_a) {
+        gemm_bf16_pack_at(Ap + (size_t)m0 * Kp, Kp, A + (m0 < M ? m0 : 0), lda, K, m0 < M ? M - m0 : 0, 16);
         return;
     }
-    /* A is (K, M): blocks of 16 m columns, one thread each */
-#pragma omp parallel for schedule(static) num_threads(pl->threads)
-    for (int m0 = 0; m0 < pl->Mp; m0 += 16)
-        gemm_bf16_pack_at(Ap + (size_t)m0 * Kp, Kp, A + (m0 < M ? m0 : 0), lda, K, m0 < M ? M - m0 : 0, 16);
+    for (int m = m0; m < m0 + 16 && m < pl->Mp; m++)
+        round_row(Ap + (size_t)m * Kp, A, (size_t)lda, m, M, K, Kp);
+}
+
+/* op(A) (M,K) -> Ap (Mp, Kp), zero padded, 16 rows per task. */
+static void pack_a(uint16_t *Ap, const gemm_plan *pl, const float *A, int lda, int trans_a) {
+    pack_a_job j = {Ap, pl, A, lda, trans_a};
+    qlab_run_tasks((pl->Mp + 15) / 16, pl->threads, pack_a_rows, &j);
 }
 
 /* Source of B: fp32 (ld) or quantized (row length = its second dimension). */
@@ -321,10 +335,12 @@ typedef struct {
     int trans;
 } bsrc;
 
+/* This thread's part of scratch. A one-thread plan runs on the calling thread, which may be any thread of
+ * someone else's team (max_threads): its part is the whole. */
 static uint16_t *thread_scratch(uint16_t *scratch, const gemm_plan *pl) {
     int id = 0;
 #ifdef _OPENMP
-    id = omp_get_thread_num();
+    if (pl->threads > 1) id = omp_get_thread_num();
 #endif
     size_t per_thread = pl->scratch_elems / (size_t)pl->threads;
     return scratch + per_thread * (size_t)id;
@@ -376,59 +392,73 @@ void gemm_bf16_pack_bn(uint16_t *dst, size_t bstride, int npairs, const float *X
     }
 }
 
-/* Packs panels [p0, p0 + pc) of op(B) into Bp. Fails only when a quantized B cannot be dequantized. */
-static qlab_status pack_b(uint16_t *Bp, uint16_t *scratch, const gemm_plan *pl, const bsrc *b, int p0,
-                          int pc) {
+typedef struct {
+    uint16_t *Bp, *scratch;
+    const gemm_plan *pl;
+    const bsrc *b;
+    int p0, pc;
+    int bad; /* set (atomically) by a task whose quantized rows could not be dequantized */
+} pack_b_job;
+
+/* Task i of packing panels [p0, p0 + pc) of op(B) into Bp: panel p0 + i (trans: from rows of W), else k pairs
+ * [16 i, 16 i + 16) of every panel (from pairs of rows of B). fp32 rows are rounded; quantized ones are
+ * dequantized straight to bf16 and interleaved. Returns nonzero when a quantized row cannot be dequantized
+ * (the message is on this thread). */
+static int pack_b_panels(uint16_t *Bp, uint16_t *scratch, const gemm_plan *pl, const bsrc *b, int p0, int pc,
+                         int i) {
     int N = pl->N, K = pl->K, Kp = pl->Kp, KP2 = Kp / 2, bad = 0;
     size_t bstride = (size_t)GEMM_BF16_PANEL * Kp;
     int n0 = p0 * GEMM_BF16_PANEL, ncols = pc * GEMM_BF16_PANEL, nvalid = N - n0 < ncols ? N - n0 : ncols;
-    if (!b->q) {
-        /* fp32: op(B)[k][n] = W[n][k] (trans), a panel per thread; or op(B) = B (K,N), 16 k pairs per thread
-         */
-        if (b->trans) {
-#pragma omp parallel for schedule(static) num_threads(pl->threads)
-            for (int j = p0; j < p0 + pc; j++) {
-                int n = j * GEMM_BF16_PANEL, rows = N - n < GEMM_BF16_PANEL ? N - n : GEMM_BF16_PANEL;
-                gemm_bf16_pack_bt(Bp + (size_t)(j - p0) * bstride, Kp, b->f + (size_t)n * b->ld,
-                                  (size_t)b->ld, rows, K, thread_scratch(scratch, pl));
-            }
-        } else {
-#pragma omp parallel for schedule(static) num_threads(pl->threads)
-            for (int q = 0; q < KP2; q += 16)
-                gemm_bf16_pack_bn(Bp + (size_t)q * 32, bstride, KP2 - q < 16 ? KP2 - q : 16,
-                                  b->f + (size_t)(2 * q) * b->ld + n0, (size_t)b->ld, K - 2 * q, nvalid,
-                                  thread_scratch(scratch, pl), 0);
-        }
-        return QLAB_OK;
-    }
-    /* quantized: rows of W (trans) or of B dequantized straight to bf16, then interleaved */
+    uint16_t *tmp = thread_scratch(scratch, pl);
     if (b->trans) {
-#pragma omp parallel for schedule(static) num_threads(pl->threads) reduction(| : bad)
-        for (int j = p0; j < p0 + pc; j++) {
-            uint16_t *row = thread_scratch(scratch, pl);
-            for (int c = 0; c < GEMM_BF16_PANEL; c++) {
-                int n = j * GEMM_BF16_PANEL + c, len = n < N ? K : 0;
-                if (len) bad |= quant_tensor_dequantize_range_bf16(b->q, (int64_t)n * K, K, row) != QLAB_OK;
-                memset(row + len, 0, sizeof(uint16_t) * (size_t)(Kp - len));
-                interleave_row((uint32_t *)(Bp + (size_t)(j - p0) * bstride), row, KP2, c);
-            }
+        int j = p0 + i, n = j * GEMM_BF16_PANEL;
+        uint16_t *panel = Bp + (size_t)i * bstride;
+        if (!b->q) {
+            gemm_bf16_pack_bt(panel, Kp, b->f + (size_t)n * b->ld, (size_t)b->ld,
+                              N - n < GEMM_BF16_PANEL ? N - n : GEMM_BF16_PANEL, K, tmp);
+            return 0;
         }
-    } else {
-#pragma omp parallel for schedule(static) num_threads(pl->threads) reduction(| : bad)
-        for (int p = 0; p < KP2; p++) {
-            uint16_t *r[2] = {thread_scratch(scratch, pl), thread_scratch(scratch, pl) + ncols};
-            for (int e = 0; e < 2; e++) {
-                int k = 2 * p + e, len = k < K ? nvalid : 0;
-                if (len)
-                    bad |= quant_tensor_dequantize_range_bf16(b->q, (int64_t)k * N + n0, nvalid, r[e]) !=
-                           QLAB_OK;
-                memset(r[e] + len, 0, sizeof(uint16_t) * (size_t)(ncols - len));
-            }
-            interleave_pair(Bp, bstride, p, r[0], r[1], pc);
+        for (int c = 0; c < GEMM_BF16_PANEL; c++) {
+            int len = n + c < N ? K : 0;
+            if (len) bad |= quant_tensor_dequantize_range_bf16(b->q, (int64_t)(n + c) * K, K, tmp) != QLAB_OK;
+            memset(tmp + len, 0, sizeof(uint16_t) * (size_t)(Kp - len));
+            interleave_row((uint32_t *)panel, tmp, KP2, c);
         }
+        return bad;
     }
+    int q = 16 * i, np = KP2 - q < 16 ? KP2 - q : 16;
+    if (!b->q) {
+        gemm_bf16_pack_bn(Bp + (size_t)q * 32, bstride, np, b->f + (size_t)(2 * q) * b->ld + n0,
+                          (size_t)b->ld, K - 2 * q, nvalid, tmp, 0);
+        return 0;
+    }
+    for (int p = q; p < q + np; p++) {
+        uint16_t *r[2] = {tmp, tmp + ncols};
+        for (int e = 0; e < 2; e++) {
+            int k = 2 * p + e, len = k < K ? nvalid : 0;
+            if (len)
+                bad |= quant_tensor_dequantize_range_bf16(b->q, (int64_t)k * N + n0, nvalid, r[e]) != QLAB_OK;
+            memset(r[e] + len, 0, sizeof(uint16_t) * (size_t)(ncols - len));
+        }
+        interleave_pair(Bp, bstride, p, r[0], r[1], pc);
+    }
+    return bad;
+}
+
+static void pack_b_task(void *job, long i) {
+    pack_b_job *j = job;
+    if (pack_b_panels(j->Bp, j->scratch, j->pl, j->b, j->p0, j->pc, (int)i))
+        __atomic_store_n(&j->bad, 1, __ATOMIC_RELAXED);
+}
+
+/* Packs panels [p0, p0 + pc) of op(B) into Bp (a panel per task, or 16 k pairs of every panel). Fails only
+ * when a quantized B cannot be dequantized. */
+static qlab_status pack_b(uint16_t *Bp, uint16_t *scratch, const gemm_plan *pl, const bsrc *b, int p0,
+                          int pc) {
+    pack_b_job j = {Bp, scratch, pl, b, p0, pc, 0};
+    qlab_run_tasks(b->trans ? pc : (pl->Kp / 2 + 15) / 16, pl->threads, pack_b_task, &j);
     /* the worker's own message is on its thread: give the caller one */
-    if (bad) return qlab_fail(QLAB_ERR_ARG, "bf16 GEMM: the quantized operand could not be dequantized");
+    if (j.bad) return qlab_fail(QLAB_ERR_ARG, "bf16 GEMM: the quantized operand could not be dequantized");
     return QLAB_OK;
 }
 
@@ -447,60 +477,77 @@ static float ref_step(float acc, uint16_t a, uint16_t b) {
     return r;
 }
 
-/* C[m][n] for m < M, n < ncols over k pairs [0, Kp/2) in the documented order; OpenMP over rows when
- * threads > 1. */
-static void ref_product(const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride, int M, int ncols,
-                        int Kp, float *C, int ldc, int accumulate, int threads) {
-    int KP2 = Kp / 2;
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-    for (int m = 0; m < M; m++) {
-        const uint16_t *a = A + (size_t)m * lda;
-        for (int n = 0; n < ncols; n++) {
-            const uint16_t *b = B + (size_t)(n / GEMM_BF16_PANEL) * bstride + 2 * (n % GEMM_BF16_PANEL);
-            float acc = 0;
-            for (int p = 0; p < KP2; p++) {
-                const uint16_t *bp = b + (size_t)p * 2 * GEMM_BF16_PANEL;
-                acc = ref_step(acc, a[2 * p + 1], bp[1]);
-                acc = ref_step(acc, a[2 * p], bp[0]);
-            }
-            float *c = C + (size_t)m * ldc + n;
-            *c = accumulate ? *c + acc : acc;
+typedef struct {
+    const uint16_t *A, *B;
+    size_t lda, bstride;
+    int ncols, Kp, ldc, accumulate;
+    float *C;
+} ref_job;
+
+/* Row m of C (n < ncols) over k pairs [0, Kp/2) in the documented order. */
+static void ref_row(void *job, long m) {
+    const ref_job *j = job;
+    const uint16_t *a = j->A + (size_t)m * j->lda;
+    for (int n = 0; n < j->ncols; n++) {
+        const uint16_t *b = j->B + (size_t)(n / GEMM_BF16_PANEL) * j->bstride + 2 * (n % GEMM_BF16_PANEL);
+        float acc = 0;
+        for (int p = 0; p < j->Kp / 2; p++) {
+            const uint16_t *bp = b + (size_t)p * 2 * GEMM_BF16_PANEL;
+            acc = ref_step(acc, a[2 * p + 1], bp[1]);
+            acc = ref_step(acc, a[2 * p], bp[0]);
         }
+        float *c = j->C + (size_t)m * j->ldc + n;
+        *c = j->accumulate ? *c + acc : acc;
     }
 }
 
 static void gemm_bf16_kernel_ref(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, int K,
                                  float *C, int ldc, int accumulate) {
     (void)K; /* the reference runs every packed k value: the definition the others match */
-    ref_product(Ap, (size_t)Kp, Bp, (size_t)GEMM_BF16_PANEL * Kp, M, ncols, Kp, C, ldc, accumulate,
-                max_threads());
+    ref_job j = {Ap, Bp, (size_t)Kp, (size_t)GEMM_BF16_PANEL * Kp, ncols, Kp, ldc, accumulate, C};
+    qlab_run_tasks(M, max_threads(), ref_row, &j);
 }
 
 void gemm_bf16_block_ref(const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride, int M, int ncols,
                          int Kp, float *C, int ldc, int accumulate) {
-    ref_product(A, lda, B, bstride, M, ncols, Kp, C, ldc, accumulate, 1);
+    ref_job j = {A, B, lda, bstride, ncols, Kp, ldc, accumulate, C};
+    qlab_run_tasks(M, 1, ref_row, &j);
 }
 
 /* ---------------------------------------------------------------- portable path */
+
+typedef struct {
+    const uint16_t *src;
+    size_t stride;
+    int width, ldb;
+    float *dst;
+} widen_job;
+
+/* Row m of packed A widened (A row-major, width Kp values). */
+static void widen_a_row(void *job, long m) {
+    const widen_job *j = job;
+    for (int k = 0; k < j->width; k++)
+        j->dst[(size_t)m * j->width + k] = bf16_to_f32(j->src[(size_t)m * j->stride + k]);
+}
+
+/* Row k of B (ldb columns) widened out of its panels. */
+static void widen_b_row(void *job, long k) {
+    const widen_job *j = job;
+    for (int n = 0; n < j->ldb; n++) {
+        int p = n / GEMM_BF16_PANEL, c = n % GEMM_BF16_PANEL;
+        j->dst[(size_t)k * j->ldb + n] = bf16_to_f32(
+            j->src[(size_t)p * j->stride + ((size_t)(k / 2) * GEMM_BF16_PANEL + c) * 2 + (k & 1)]);
+    }
+}
 
 /* The packed bf16 operands widened back to fp32 (exactly) and multiplied by sgemm. */
 static void gemm_bf16_blas(const uint16_t *Ap, size_t lda, const uint16_t *Bp, size_t bstride, int M,
                            int ncols, int Kp, float *C, int ldc, int accumulate, float *Af, float *Bf,
                            int a_ready, int threads) {
-    if (!a_ready) {
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-        for (int m = 0; m < M; m++)
-            for (int k = 0; k < Kp; k++)
-                Af[(size_t)m * Kp + k] = bf16_to_f32(Ap[(size_t)m * lda + k]);
-    }
     int npan = (ncols + GEMM_BF16_PANEL - 1) / GEMM_BF16_PANEL, ldb = npan * GEMM_BF16_PANEL;
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-    for (int k = 0; k < Kp; k++)
-        for (int n = 0; n < ldb; n++) {
-            int j = n / GEMM_BF16_PANEL, c = n % GEMM_BF16_PANEL;
-            Bf[(size_t)k * ldb + n] =
-                bf16_to_f32(Bp[(size_t)j * bstride + ((size_t)(k / 2) * GEMM_BF16_PANEL + c) * 2 + (k & 1)]);
-        }
+    widen_job a = {Ap, lda, Kp, 0, Af}, b = {Bp, bstride, 0, ldb, Bf};
+    if (!a_ready) qlab_run_tasks(M, threads, widen_a_row, &a);
+    qlab_run_tasks(Kp, threads, widen_b_row, &b);
     ops_gemm(0, 0, M, ncols, Kp, 1.0f, Af, Kp, Bf, ldb, accumulate ? 1.0f : 0.0f, C, ldc);
 }
 

@@ -99,7 +99,14 @@ void AMX_NAME(gemm_bf16_kernel_amx)(const uint16_t *Ap, const uint16_t *Bp, int 
     int npanels = (ncols + GEMM_BF16_PANEL - 1) / GEMM_BF16_PANEL;
     int mt = (M + 31) / 32, nt = (npanels + 1) / 2;
     long tiles = (long)mt * nt;
-#pragma omp parallel if (gemm_bf16_parallel(M, ncols, Kp))
+    if (gemm_bf16_kernel_threads(M, ncols, Kp) == 1) { /* no OpenMP region at all (gemm_bf16_kernels.h) */
+        amx_configure();
+        AMX_NAME(gemm_bf16_block_amx)
+        (Ap, (size_t)Kp, Bp, (size_t)GEMM_BF16_PANEL * Kp, M, ncols, Kp, C, ldc, accumulate);
+        AMX_RELEASE();
+        return;
+    }
+#pragma omp parallel
     {
         amx_configure();
         float out[4][256] __attribute__((aligned(64)));

@@ -55,6 +55,26 @@ static inline __attribute__((always_inline)) void tile(const uint16_t *Ap, size_
     }
 }
 
+/* The tiles of one kernel call: tile t covers row block t % mt and panels 2 (t / mt), + 1. */
+typedef struct {
+    const uint16_t *Ap, *Bp;
+    int M, ncols, Kp, Ku, npanels, mt, ldc, accumulate;
+    float *C;
+} tiling;
+
+static void tile_task(void *tiles, long t) {
+    const tiling *g = tiles;
+    int jt = (int)(t / g->mt), it = (int)(t % g->mt);
+    int m0 = it * MR, rows = g->M - m0 < MR ? g->M - m0 : MR, j0 = 2 * jt;
+    size_t bstride = (size_t)GEMM_BF16_PANEL * g->Kp;
+    if (j0 + 1 < g->npanels) /* two panels or one: each its own inlined tile */
+        tile(g->Ap, (size_t)g->Kp, g->Bp, bstride, g->Ku, m0, rows, j0, 2, g->ncols, g->C, g->ldc,
+             g->accumulate);
+    else
+        tile(g->Ap, (size_t)g->Kp, g->Bp, bstride, g->Ku, m0, rows, j0, 1, g->ncols, g->C, g->ldc,
+             g->accumulate);
+}
+
 void gemm_bf16_kernel_avx512bf16(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, int K,
                                  float *C, int ldc, int accumulate) {
     int npanels = (ncols + GEMM_BF16_PANEL - 1) / GEMM_BF16_PANEL;
@@ -65,16 +85,8 @@ void gemm_bf16_kernel_avx512bf16(const uint16_t *Ap, const uint16_t *Bp, int M, 
     if (Ku > Kp) Ku = Kp;
     int mt = (M + MR - 1) / MR, nt = (npanels + 1) / 2;
     long tiles = (long)mt * nt;
-#pragma omp parallel for schedule(static) if (gemm_bf16_parallel(M, ncols, K))
-    for (long t = 0; t < tiles; t++) {
-        int jt = (int)(t / mt), it = (int)(t % mt);
-        int m0 = it * MR, rows = M - m0 < MR ? M - m0 : MR, j0 = 2 * jt;
-        size_t bstride = (size_t)GEMM_BF16_PANEL * Kp;
-        if (j0 + 1 < npanels)
-            tile(Ap, (size_t)Kp, Bp, bstride, Ku, m0, rows, j0, 2, ncols, C, ldc, accumulate);
-        else
-            tile(Ap, (size_t)Kp, Bp, bstride, Ku, m0, rows, j0, 1, ncols, C, ldc, accumulate);
-    }
+    tiling g = {Ap, Bp, M, ncols, Kp, Ku, npanels, mt, ldc, accumulate, C};
+    qlab_run_tasks(tiles, gemm_bf16_kernel_threads(M, ncols, K), tile_task, &g);
 }
 
 void gemm_bf16_block_avx512bf16(const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride, int M,

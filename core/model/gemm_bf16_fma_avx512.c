@@ -14,9 +14,6 @@
  * summation order of every output element is the reference's whatever the slicing. */
 #include <immintrin.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "core/model/gemm_bf16_avx512_inline.h"
 #include "core/model/gemm_bf16_kernels.h"
@@ -134,16 +131,29 @@ static void tile(const uint16_t *A, size_t lda, const uint16_t *B, size_t bstrid
     }
 }
 
+/* The tiles of one kernel call: tile t covers row block t % mt and panel chunk t / mt. */
+typedef struct {
+    const uint16_t *Ap, *Bp;
+    int M, ncols, Kp, KP2, npanels, mt, chunk, ldc, accumulate;
+    float *C;
+} tiling;
+
+static void tile_task(void *tiles, long t) {
+    const tiling *g = tiles;
+    int jc = (int)(t / g->mt), it = (int)(t % g->mt);
+    int m0 = it * MR, rows = g->M - m0 < MR ? g->M - m0 : MR, j0 = jc * g->chunk;
+    int npan = g->npanels - j0 < g->chunk ? g->npanels - j0 : g->chunk;
+    tile(g->Ap, (size_t)g->Kp, g->Bp, (size_t)GEMM_BF16_PANEL * g->Kp, g->KP2, m0, rows, j0, npan, g->ncols,
+         g->C, g->ldc, g->accumulate);
+}
+
 void gemm_bf16_kernel_avx512fma(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, int K,
                                 float *C, int ldc, int accumulate) {
     int npanels = (ncols + GEMM_BF16_PANEL - 1) / GEMM_BF16_PANEL;
     /* the pairs up to K and one pair of padding, as the AVX-512 BF16 kernel (gemm_bf16_kernels.h) */
     int Ku = (K + 1) / 2 * 2 + 2;
     if (Ku > Kp) Ku = Kp;
-    int mt = (M + MR - 1) / MR, threads = 1, parallel = gemm_bf16_parallel(M, ncols, K);
-#ifdef _OPENMP
-    threads = omp_in_parallel() || !parallel ? 1 : omp_get_max_threads();
-#endif
+    int mt = (M + MR - 1) / MR, threads = gemm_bf16_kernel_threads(M, ncols, K);
     /* panels per tile: up to MAX_PANELS, fewer when the rows alone give the threads too few tiles (the split
      * does not change any output's sums) */
     int want = (4 * threads + mt - 1) / mt, chunk = (npanels + want - 1) / want;
@@ -152,14 +162,8 @@ void gemm_bf16_kernel_avx512fma(const uint16_t *Ap, const uint16_t *Bp, int M, i
     if (chunk < 2) chunk = 2;
     int nc = (npanels + chunk - 1) / chunk;
     long tiles = (long)mt * nc;
-    size_t bstride = (size_t)GEMM_BF16_PANEL * Kp;
-#pragma omp parallel for schedule(static) if (parallel)
-    for (long t = 0; t < tiles; t++) {
-        int jc = (int)(t / mt), it = (int)(t % mt);
-        int m0 = it * MR, rows = M - m0 < MR ? M - m0 : MR, j0 = jc * chunk;
-        int npan = npanels - j0 < chunk ? npanels - j0 : chunk;
-        tile(Ap, (size_t)Kp, Bp, bstride, Ku / 2, m0, rows, j0, npan, ncols, C, ldc, accumulate);
-    }
+    tiling g = {Ap, Bp, M, ncols, Kp, Ku / 2, npanels, mt, chunk, ldc, accumulate, C};
+    qlab_run_tasks(tiles, threads, tile_task, &g);
 }
 
 void gemm_bf16_block_avx512fma(const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride, int M,

@@ -11,7 +11,11 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
+#include "core/base/common.h"
 #include "core/model/gemm_bf16.h"
 
 #define GEMM_BF16_KALIGN 32
@@ -19,10 +23,23 @@
 #define GEMM_BF16_PANEL 16
 /* Products of fewer multiply-adds than this run on the calling thread alone (packing and kernel): a
  * parallel region costs more than it saves there (generation's one-position products, the cached
- * attention's per-head ones). The split never changes a result's bits. */
+ * attention's per-head ones). They enter no OpenMP construct at all: even a one-thread region (an if
+ * clause that is false, num_threads(1)) sets up a team, ~0.3-0.5 us, and generation forms thousands of
+ * these products per token. The split never changes a result's bits. */
 #define GEMM_BF16_SERIAL_MACS (1 << 20)
 static inline int gemm_bf16_parallel(int M, int N, int K) {
     return (double)M * N * K >= GEMM_BF16_SERIAL_MACS;
+}
+/* Threads a kernel call runs its output tiles on (qlab_run_tasks): all of them for a product large enough
+ * and not already inside a region (attention calls the kernels from its per-head tasks, where a nested
+ * region would get one thread and only cost its set-up), else 1, which enters no OpenMP region at all. */
+static inline int gemm_bf16_kernel_threads(int M, int N, int K) {
+#ifdef _OPENMP
+    return gemm_bf16_parallel(M, N, K) && !omp_in_parallel() ? omp_get_max_threads() : 1;
+#else
+    (void)M, (void)N, (void)K;
+    return 1;
+#endif
 }
 /* K rounded up to GEMM_BF16_KALIGN (a packed operand's Kp) and rows rounded up to GEMM_BF16_MALIGN (the rows
  * of a packed A that the kernels read). */

@@ -549,7 +549,8 @@ typedef struct {
 } dequant_job;
 
 /* Work item c of job: its blocks' scales into a small stack buffer, then the kernel over its elements. */
-static void dequant_chunk(const dequant_job *j, int64_t c) {
+static void dequant_chunk(void *job, long c) {
+    const dequant_job *j = job;
     float scales[QUANT_CHUNK_BLOCKS];
     int bs = j->qt->blocksize;
     int64_t b0 = j->b_first + c * QUANT_CHUNK_BLOCKS,
@@ -609,17 +610,10 @@ static qlab_status dequant_impl(const quant_tensor *qt, int64_t start, int64_t c
                        (start + count - 1) / bs + 1,
                        (size_t)count * (out_f32 ? 4 : 2) >= QUANT_STREAM_MIN_BYTES};
     int64_t nchunks = (job.b_end - job.b_first + QUANT_CHUNK_BLOCKS - 1) / QUANT_CHUNK_BLOCKS;
-    /* a serial request never enters the OpenMP runtime, where even an if (0) parallel region sets up a team
-     * (~0.3-0.5 us): gemm_bf16.c packs a quantized operand a row at a time, ~5 * 10^4 requests in a bf16
-     * QLoRA step of the bench model */
-    if (parallel && count >= (1 << 18)) {
-#pragma omp parallel for schedule(static)
-        for (int64_t c = 0; c < nchunks; c++)
-            dequant_chunk(&job, c);
-    } else {
-        for (int64_t c = 0; c < nchunks; c++)
-            dequant_chunk(&job, c);
-    }
+    /* a serial request never enters the OpenMP runtime (qlab_run_tasks): gemm_bf16.c packs a quantized
+     * operand a row at a time, ~5 * 10^4 requests in a bf16 QLoRA step of the bench model */
+    qlab_run_tasks((long)nchunks, parallel && count >= (1 << 18) ? qlab_num_threads() : 1, dequant_chunk,
+                   &job);
     return QLAB_OK;
 }
 
