@@ -14,10 +14,20 @@
 #include <cblas.h>
 #endif
 
+#include "core/base/common.h"
 #include "core/base/vmath.h"
 
 /* Elementwise loops (SwiGLU) run in chunks of this many elements: one vmath call each, OpenMP over chunks. */
 #define OPS_ELEM_CHUNK 1024
+/* The forward ops generation calls for every token (normalisation, SwiGLU, residual) run on the calling
+ * thread alone below this many elements, entering no OpenMP region (qlab_run_tasks): a one-position row is
+ * a few hundred elements, and waking a team for it costs more than the work. Elements are independent (and
+ * a row's sums stay in one task), so the split never changes a result's bits. */
+#define OPS_SERIAL_ELEMS (1 << 15)
+
+static int elem_threads(size_t n) {
+    return n >= OPS_SERIAL_ELEMS ? qlab_num_threads() : 1;
+}
 
 /* ---------------------------------------------------------------- matrix products */
 
@@ -159,11 +169,24 @@ void rmsnorm_apply_rows(float *out, const float *x, const float *weight, const f
         rmsnorm_scale(out + (size_t)n * C, x + (size_t)n * C, rstd[n], weight, C);
 }
 
+typedef struct {
+    float *out, *rstd;
+    const float *inp, *weight, *a, *b;
+    int C, lanes, add;
+    float eps;
+    size_t n;
+} fwd_job;
+
+static void rmsnorm_task(void *job, long n) {
+    const fwd_job *j = job;
+    j->rstd[n] =
+        rmsnorm_row(j->out + (size_t)n * j->C, j->inp + (size_t)n * j->C, j->weight, j->C, j->eps, j->lanes);
+}
+
 void rmsnorm_forward_order(float *out, float *rstd, const float *inp, const float *weight, int N, int C,
                            float eps, int lanes) {
-#pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++)
-        rstd[n] = rmsnorm_row(out + (size_t)n * C, inp + (size_t)n * C, weight, C, eps, lanes);
+    fwd_job j = {.out = out, .rstd = rstd, .inp = inp, .weight = weight, .C = C, .lanes = lanes, .eps = eps};
+    qlab_run_tasks(N, elem_threads((size_t)N * C), rmsnorm_task, &j);
 }
 
 void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
@@ -361,25 +384,41 @@ void attention_softmax_rows(float *a, int r0, int r1, int T, float scale) {
         attention_softmax_row(a + (size_t)t * T, t + 1, T, scale);
 }
 
+typedef struct {
+    float *out, *scratch;
+    const float *q, *k, *v;
+    size_t ld;
+    int p0, n, NH, NKV, HS, threads;
+} cached_job;
+
+/* Head h of attention_forward_cached, in this thread's part of the scratch. */
+static void cached_head(void *job, long h) {
+    const cached_job *j = job;
+    int group = j->NH / j->NKV, qstride = j->NH * j->HS, L = j->p0 + j->n, n = j->n, HS = j->HS, tid = 0;
+#ifdef _OPENMP
+    if (j->threads > 1) tid = omp_get_thread_num();
+#endif
+    float *s = j->scratch + (size_t)tid * n * L, scale = 1.0f / sqrtf((float)HS);
+    const float *kh = j->k + (size_t)(h / group) * HS, *vh = j->v + (size_t)(h / group) * HS;
+    /* scores = scale * q k^T over every cached key, then each row's causal softmax */
+    ops_gemm_serial(0, 1, n, L, HS, scale, j->q + (size_t)h * HS, qstride, kh, (int)j->ld, 0.0f, s, L);
+    for (int i = 0; i < n; i++)
+        attention_softmax_row(s + (size_t)i * L, j->p0 + i + 1, L, 1.0f);
+    ops_gemm_serial(0, 0, n, HS, L, 1.0f, s, L, vh, (int)j->ld, 0.0f, j->out + (size_t)h * HS, qstride);
+}
+
 void attention_forward_cached(float *out, const float *q, const float *k, const float *v, size_t ld, int p0,
                               int n, int NH, int NKV, int HS, float *scratch, int n_scratch) {
-    int group = NH / NKV, qstride = NH * HS, L = p0 + n;
-    float scale = 1.0f / sqrtf((float)HS);
-    int prev = ops_blas_serial_begin();
-#pragma omp parallel for schedule(static) num_threads(n_scratch)
-    for (int h = 0; h < NH; h++) {
-        int tid = 0;
+    /* below 2^20 multiply-adds (a position over a cache of a few hundred, on a small model) the heads run
+     * on this thread, as the bf16 products below GEMM_BF16_SERIAL_MACS: waking a team costs more */
+    int threads = 2.0 * n * (p0 + n) * NH * HS >= (double)(1 << 20) ? n_scratch : 1;
 #ifdef _OPENMP
-        tid = omp_get_thread_num();
+    if (omp_in_parallel())
+        threads = 1; /* then qlab_run_tasks runs here, and this thread's part is the first */
 #endif
-        float *s = scratch + (size_t)tid * n * L;
-        const float *kh = k + (size_t)(h / group) * HS, *vh = v + (size_t)(h / group) * HS;
-        /* scores = scale * q k^T over every cached key, then each row's causal softmax */
-        ops_gemm_serial(0, 1, n, L, HS, scale, q + (size_t)h * HS, qstride, kh, (int)ld, 0.0f, s, L);
-        for (int i = 0; i < n; i++)
-            attention_softmax_row(s + (size_t)i * L, p0 + i + 1, L, 1.0f);
-        ops_gemm_serial(0, 0, n, HS, L, 1.0f, s, L, vh, (int)ld, 0.0f, out + (size_t)h * HS, qstride);
-    }
+    cached_job j = {out, scratch, q, k, v, ld, p0, n, NH, NKV, HS, threads};
+    int prev = ops_blas_serial_begin();
+    qlab_run_tasks(NH, threads, cached_head, &j);
     ops_blas_serial_end(prev);
 }
 
@@ -489,10 +528,27 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
     ops_blas_serial_end(prev);
 }
 
+/* Chunk c of an elementwise op: out = a + b (add) or silu(a) * b. */
+static void elem_task(void *job, long c) {
+    const fwd_job *j = job;
+    size_t i0 = (size_t)c * OPS_ELEM_CHUNK, len = j->n - i0 < OPS_ELEM_CHUNK ? j->n - i0 : OPS_ELEM_CHUNK;
+    if (j->add) {
+        float *out = j->out + i0;
+        const float *a = j->a + i0, *b = j->b + i0;
+#pragma omp simd
+        for (size_t i = 0; i < len; i++)
+            out[i] = a[i] + b[i];
+    } else
+        vm_silu_mul(j->out + i0, j->a + i0, j->b + i0, len);
+}
+
+static void elem_forward(float *out, const float *a, const float *b, size_t n, int add) {
+    fwd_job j = {.out = out, .a = a, .b = b, .add = add, .n = n};
+    qlab_run_tasks((long)((n + OPS_ELEM_CHUNK - 1) / OPS_ELEM_CHUNK), elem_threads(n), elem_task, &j);
+}
+
 void swiglu_forward(float *out, const float *gate, const float *up, size_t n) {
-#pragma omp parallel for schedule(static)
-    for (size_t i0 = 0; i0 < n; i0 += OPS_ELEM_CHUNK)
-        vm_silu_mul(out + i0, gate + i0, up + i0, n - i0 < OPS_ELEM_CHUNK ? n - i0 : OPS_ELEM_CHUNK);
+    elem_forward(out, gate, up, n, 0);
 }
 
 void swiglu_backward_rows(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
@@ -523,9 +579,7 @@ void swiglu_backward(float *dgate, float *dup, const float *dout, const float *g
 }
 
 void residual_forward(float *out, const float *a, const float *b, size_t n) {
-#pragma omp parallel for simd schedule(static)
-    for (size_t i = 0; i < n; i++)
-        out[i] = a[i] + b[i];
+    elem_forward(out, a, b, n, 1);
 }
 
 void residual_backward(float *da, float *db, const float *dout, size_t n) {
