@@ -362,6 +362,14 @@ int qlab_num_threads(void) {
 #endif
 }
 
+int qlab_region_threads(void) {
+#ifdef _OPENMP
+    return omp_in_parallel() ? 1 : omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
 void qlab_run_tasks(long n, int threads, void (*task)(void *ctx, long i), void *ctx) {
 #ifdef _OPENMP
     if (threads > 1 && !omp_in_parallel()) {

@@ -98,6 +98,9 @@ const char *qlab_openmp_wait_policy(void);
 
 /* Number of OpenMP threads in use (1 without OpenMP). */
 int qlab_num_threads(void);
+/* Threads a parallel region opened here would run on: 1 inside one already (nested regions get one
+ * thread), else qlab_num_threads(). */
+int qlab_region_threads(void);
 
 /* task(ctx, i) for every i in [0, n): on a team of `threads` (static schedule) when threads > 1 and not
  * inside a parallel region already (a nested one gets one thread), else in a plain loop that never enters

@@ -159,11 +159,8 @@ static size_t att_v_block(const bf16_att_operands *o) {
  * softmax in fp32 (the probabilities written to att when kept), out = att v. */
 static qlab_status forward_run(float *out, float *att, const float *q, const float *k, const float *v,
                                const bf16_att_operands *o, int B, int T, int NH, int NKV, int HS) {
-    int group = NH / NKV, qstride = NH * HS, kvstride = NKV * HS, threads = 1;
+    int group = NH / NKV, qstride = NH * HS, kvstride = NKV * HS, threads = qlab_region_threads();
     float scale = 1.0f / sqrtf((float)HS);
-#ifdef _OPENMP
-    threads = omp_in_parallel() ? 1 : omp_get_max_threads();
-#endif
     att_plan pl = make_att_plan(T, HS, 1);
     char *base;
     QLAB_TRY(att_alloc(&base, pl.per_thread * (size_t)threads));

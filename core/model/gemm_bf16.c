@@ -226,14 +226,6 @@ void bf16_workspace_release(void) {
     ws_bytes_ = 0;
 }
 
-static int max_threads(void) {
-#ifdef _OPENMP
-    return omp_in_parallel() ? 1 : omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
 /* Sizes of one product: all counts in elements. */
 typedef struct {
     int M, N, K, Mp, Kp, npanels, chunk_panels, threads;
@@ -257,7 +249,7 @@ static gemm_plan make_plan(int M, int N, int K, bf16_path path) {
     cp &= ~(size_t)1;
     if (cp > (size_t)p.npanels) cp = (size_t)p.npanels;
     p.chunk_panels = (int)cp;
-    p.threads = gemm_bf16_parallel(M, N, K) ? max_threads() : 1;
+    p.threads = gemm_bf16_parallel(M, N, K) ? qlab_region_threads() : 1;
     p.a_elems = (size_t)p.Mp * p.Kp;
     p.b_elems = (size_t)p.chunk_panels * GEMM_BF16_PANEL * p.Kp;
     size_t per_thread = (size_t)GEMM_BF16_PANEL * p.Kp;
@@ -505,7 +497,7 @@ static void gemm_bf16_kernel_ref(const uint16_t *Ap, const uint16_t *Bp, int M, 
                                  float *C, int ldc, int accumulate) {
     (void)K; /* the reference runs every packed k value: the definition the others match */
     ref_job j = {Ap, Bp, (size_t)Kp, (size_t)GEMM_BF16_PANEL * Kp, ncols, Kp, ldc, accumulate, C};
-    qlab_run_tasks(M, max_threads(), ref_row, &j);
+    qlab_run_tasks(M, qlab_region_threads(), ref_row, &j);
 }
 
 void gemm_bf16_block_ref(const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride, int M, int ncols,

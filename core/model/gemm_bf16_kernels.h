@@ -11,9 +11,6 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "core/base/common.h"
 #include "core/model/gemm_bf16.h"
@@ -34,12 +31,7 @@ static inline int gemm_bf16_parallel(int M, int N, int K) {
  * and not already inside a region (attention calls the kernels from its per-head tasks, where a nested
  * region would get one thread and only cost its set-up), else 1, which enters no OpenMP region at all. */
 static inline int gemm_bf16_kernel_threads(int M, int N, int K) {
-#ifdef _OPENMP
-    return gemm_bf16_parallel(M, N, K) && !omp_in_parallel() ? omp_get_max_threads() : 1;
-#else
-    (void)M, (void)N, (void)K;
-    return 1;
-#endif
+    return gemm_bf16_parallel(M, N, K) ? qlab_region_threads() : 1;
 }
 /* K rounded up to GEMM_BF16_KALIGN (a packed operand's Kp) and rows rounded up to GEMM_BF16_MALIGN (the rows
  * of a packed A that the kernels read). */

@@ -171,21 +171,20 @@ void rmsnorm_apply_rows(float *out, const float *x, const float *weight, const f
 
 typedef struct {
     float *out, *rstd;
-    const float *inp, *weight, *a, *b;
-    int C, lanes, add;
+    const float *inp, *weight;
+    int C, lanes;
     float eps;
-    size_t n;
-} fwd_job;
+} rmsnorm_job;
 
 static void rmsnorm_task(void *job, long n) {
-    const fwd_job *j = job;
+    const rmsnorm_job *j = job;
     j->rstd[n] =
         rmsnorm_row(j->out + (size_t)n * j->C, j->inp + (size_t)n * j->C, j->weight, j->C, j->eps, j->lanes);
 }
 
 void rmsnorm_forward_order(float *out, float *rstd, const float *inp, const float *weight, int N, int C,
                            float eps, int lanes) {
-    fwd_job j = {.out = out, .rstd = rstd, .inp = inp, .weight = weight, .C = C, .lanes = lanes, .eps = eps};
+    rmsnorm_job j = {out, rstd, inp, weight, C, lanes, eps};
     qlab_run_tasks(N, elem_threads((size_t)N * C), rmsnorm_task, &j);
 }
 
@@ -411,11 +410,8 @@ void attention_forward_cached(float *out, const float *q, const float *k, const 
                               int n, int NH, int NKV, int HS, float *scratch, int n_scratch) {
     /* below 2^20 multiply-adds (a position over a cache of a few hundred, on a small model) the heads run
      * on this thread, as the bf16 products below GEMM_BF16_SERIAL_MACS: waking a team costs more */
-    int threads = 2.0 * n * (p0 + n) * NH * HS >= (double)(1 << 20) ? n_scratch : 1;
-#ifdef _OPENMP
-    if (omp_in_parallel())
-        threads = 1; /* then qlab_run_tasks runs here, and this thread's part is the first */
-#endif
+    int threads =
+        2.0 * n * (p0 + n) * NH * HS >= (double)(1 << 20) && qlab_region_threads() > 1 ? n_scratch : 1;
     cached_job j = {out, scratch, q, k, v, ld, p0, n, NH, NKV, HS, threads};
     int prev = ops_blas_serial_begin();
     qlab_run_tasks(NH, threads, cached_head, &j);
@@ -528,9 +524,16 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
     ops_blas_serial_end(prev);
 }
 
+typedef struct {
+    float *out;
+    const float *a, *b;
+    size_t n;
+    int add;
+} elem_job;
+
 /* Chunk c of an elementwise op: out = a + b (add) or silu(a) * b. */
 static void elem_task(void *job, long c) {
-    const fwd_job *j = job;
+    const elem_job *j = job;
     size_t i0 = (size_t)c * OPS_ELEM_CHUNK, len = j->n - i0 < OPS_ELEM_CHUNK ? j->n - i0 : OPS_ELEM_CHUNK;
     if (j->add) {
         float *out = j->out + i0;
@@ -543,7 +546,7 @@ static void elem_task(void *job, long c) {
 }
 
 static void elem_forward(float *out, const float *a, const float *b, size_t n, int add) {
-    fwd_job j = {.out = out, .a = a, .b = b, .add = add, .n = n};
+    elem_job j = {out, a, b, n, add};
     qlab_run_tasks((long)((n + OPS_ELEM_CHUNK - 1) / OPS_ELEM_CHUNK), elem_threads(n), elem_task, &j);
 }
 
