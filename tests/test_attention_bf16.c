@@ -113,6 +113,57 @@ static void check_without_att(const shape *s, const run *in, const run *r) {
     free(out);
 }
 
+/* Equal as numbers (a zero's sign aside: the cached attention adds the zero probabilities of other keys). */
+static int equal_values(const float *a, const float *b, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!(a[i] == b[i])) return 0;
+    return 1;
+}
+
+/* Generation's cached attention (one sequence): the keys and values put into a packed bf16_kv_cache in
+ * three calls (a prompt, one position, the rest), each call's new rows attending over the cache, give the
+ * whole-sequence forward's outputs; on the blas path (sgemm sums in its own order) within 1e-6. A shorter
+ * sequence put over a longer one clears the values after it up to the products' padding: a non-finite
+ * value left there would reach the output through a zero probability. */
+static void check_cached(const shape *s, const run *in, const run *r, const char *path) {
+    if (s->B != 1) return;
+    int T = s->T, qs = s->NH * s->HS, ks = s->NKV * s->HS;
+    bf16_kv_cache c;
+    size_t bytes = bf16_kv_cache_bytes(1, s->NKV, s->HS, T);
+    void *base = qlab_alloc_aligned(bytes);
+    memset(base, 0, bytes);
+    bf16_kv_cache_layout(&c, base, 1, s->NKV, s->HS, T);
+    float *out = malloc(sizeof(float) * r->nq);
+    memset(out, 0xff, sizeof(float) * r->nq);
+    int cuts[] = {0, T / 3, T / 3 + 1, T};
+    for (int i = 0; i < 3; i++) {
+        int p0 = cuts[i], n = cuts[i + 1] - cuts[i];
+        if (n <= 0) continue;
+        bf16_kv_cache_put(&c, 0, in->k, in->v, (size_t)ks, p0, n);
+        CHECK(attention_forward_cached_bf16(out + (size_t)p0 * qs, in->q + (size_t)p0 * qs, &c, 0, p0, n,
+                                            s->NH) == QLAB_OK);
+    }
+    int blas = !strcmp(path, "blas");
+    CHECKF(blas ? rel_l2(out, r->out, r->nq) <= 1e-6 : equal_values(out, r->out, r->nq),
+           "%s, T %d HS %d NH %d NKV %d: the cached attention differs from the whole-sequence forward", path,
+           T, s->HS, s->NH, s->NKV);
+    if (T >= 32) { /* a NaN value at position 25 from a sequence of 30, then a sequence of 20 */
+        float *bad = malloc(sizeof(float) * r->nkv);
+        memcpy(bad, in->v, sizeof(float) * r->nkv);
+        bad[(size_t)25 * ks] = NAN;
+        bf16_kv_cache_put(&c, 0, in->k, bad, (size_t)ks, 0, 30);
+        bf16_kv_cache_put(&c, 0, in->k, in->v, (size_t)ks, 0, 20);
+        CHECK(attention_forward_cached_bf16(out, in->q, &c, 0, 0, 20, s->NH) == QLAB_OK);
+        CHECKF(blas ? rel_l2(out, r->out, (size_t)20 * qs) <= 1e-6
+                    : equal_values(out, r->out, (size_t)20 * qs),
+               "%s, T %d HS %d: a value left after a shorter sequence reaches the cached attention", path, T,
+               s->HS);
+        free(bad);
+    }
+    free(out);
+    qlab_free_aligned(base);
+}
+
 /* Forward and backward of one path ("fp32" for ops.c) with the given thread count. */
 static void run_path(const char *path, const shape *s, const run *in, run *r, int threads) {
 #ifdef _OPENMP
@@ -135,6 +186,7 @@ static void run_path(const char *path, const shape *s, const run *in, run *r, in
         CHECK(attention_backward_bf16(r->dq, r->dk, r->dv, in->dout, in->q, in->k, in->v, s->B, s->T, s->NH,
                                       s->NKV, s->HS, scratch, threads) == QLAB_OK);
         check_without_att(s, in, r);
+        check_cached(s, in, r, path);
         CHECK(bf16_force_path("auto") == QLAB_OK);
     }
     free(scratch);

@@ -405,22 +405,120 @@ qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float
     return QLAB_OK;
 }
 
-qlab_status attention_forward_cached_bf16(float *out, const float *q, const float *k, const float *v,
-                                          size_t ld, int p0, int n, int NH, int NKV, int HS, float *scratch) {
-    int group = NH / NKV, qstride = NH * HS, L = p0 + n;
-    float scale = 1.0f / sqrtf((float)HS);
-    for (int h = 0; h < NH; h++) { /* the heads in turn, each product on every thread */
-        const float *kh = k + (size_t)(h / group) * HS, *vh = v + (size_t)(h / group) * HS;
-        QLAB_TRY(bf16_gemm(0, 1, n, L, HS, q + (size_t)h * HS, qstride, kh, (int)ld, 0, scratch, L));
-        for (int i = 0; i < n; i++) { /* softmax_round_rows' operations; the product rounds to bf16 */
-            float *row = scratch + (size_t)i * L;
-            int valid = p0 + i + 1;
-            float inv = 1.0f / vm_scale_exp_sum(row, (size_t)valid, scale);
-            for (int j = 0; j < valid; j++)
-                row[j] *= inv;
-            memset(row + valid, 0, sizeof(float) * (size_t)(L - valid));
+/* ---------------------------------------------------------------- generation's cache, packed */
+
+/* Query rows per task of the cached attention (one packed A of them). */
+#define CACHED_ROWS 32
+
+static int round_up_panels(int n) { /* panels of 16 over n columns, rounded up to an even count */
+    return (n + 2 * GEMM_BF16_PANEL - 1) / (2 * GEMM_BF16_PANEL) * 2;
+}
+
+void bf16_kv_cache_layout(bf16_kv_cache *c, void *base, int layers, int NKV, int HS, int cap) {
+    c->base = base;
+    c->layers = layers, c->NKV = NKV, c->HS = HS, c->cap = cap;
+    c->Kh = gemm_bf16_kp(HS), c->Kc = gemm_bf16_kp(cap);
+    c->keys = (size_t)round_up_panels(cap) * GEMM_BF16_PANEL * c->Kh;
+    c->values = (size_t)round_up_panels(HS) * GEMM_BF16_PANEL * c->Kc;
+}
+
+size_t bf16_kv_cache_bytes(int layers, int NKV, int HS, int cap) {
+    bf16_kv_cache c;
+    bf16_kv_cache_layout(&c, NULL, layers, NKV, HS, cap);
+    return (size_t)layers * NKV * (c.keys + c.values) * sizeof(uint16_t);
+}
+
+static uint16_t *cache_keys(const bf16_kv_cache *c, int l, int g) {
+    return c->base + ((size_t)l * c->NKV + g) * (c->keys + c->values);
+}
+
+static uint16_t *cache_values(const bf16_kv_cache *c, int l, int g) {
+    return cache_keys(c, l, g) + c->keys;
+}
+
+void bf16_kv_cache_put(const bf16_kv_cache *c, int l, const float *k, const float *v, size_t ld, int p0,
+                       int n) {
+    int HS = c->HS, P = GEMM_BF16_PANEL, end = p0 + n,
+        pad = gemm_bf16_kp(end) < c->Kc ? gemm_bf16_kp(end) : c->Kc;
+    for (int g = 0; g < c->NKV; g++) {
+        uint16_t *K = cache_keys(c, l, g), *V = cache_values(c, l, g);
+        size_t vstride = (size_t)P * c->Kc;
+        for (int t = p0; t < end; t++) {
+            const float *kt = k + (size_t)t * ld + (size_t)g * HS, *vt = v + (size_t)t * ld + (size_t)g * HS;
+            /* key t: column t % 16 of panel t / 16, one pair per two head dimensions (zero past HS) */
+            uint16_t *kd = K + (size_t)(t / P) * P * c->Kh + 2 * (t % P);
+            for (int i = 0; i < c->Kh / 2; i++) {
+                kd[(size_t)i * 2 * P] = 2 * i < HS ? f32_to_bf16(kt[2 * i]) : 0;
+                kd[(size_t)i * 2 * P + 1] = 2 * i + 1 < HS ? f32_to_bf16(kt[2 * i + 1]) : 0;
+            }
+            /* value t: half t % 2 of pair t / 2 in every head dimension's column */
+            uint16_t *vd = V + (size_t)(t / 2) * 2 * P + (t % 2);
+            for (int d = 0; d < HS; d++)
+                vd[(size_t)(d / P) * vstride + 2 * (d % P)] = f32_to_bf16(vt[d]);
         }
-        QLAB_TRY(bf16_gemm(0, 0, n, HS, L, scratch, L, vh, (int)ld, 0, out + (size_t)h * HS, qstride));
+        /* positions after the last one written, up to the products' padding: zero (a longer sequence may
+         * have left values there, and a zero probability times a non-finite one is not zero) */
+        for (int t = end; t < pad; t++) {
+            uint16_t *vd = V + (size_t)(t / 2) * 2 * P + (t % 2);
+            for (int d = 0; d < HS; d++)
+                vd[(size_t)(d / P) * vstride + 2 * (d % P)] = 0;
+        }
     }
+}
+
+typedef struct {
+    const bf16_kv_cache *c;
+    const float *q;
+    float *out;
+    char *scratch;
+    size_t per_thread, wide; /* bytes of a thread's scratch; floats of its blas copies */
+    int l, p0, n, NH, threads;
+    float scale;
+    bf16_path path;
+} cached_job;
+
+/* Size of one thread's scratch: the block's scores, its queries and probabilities packed, the blas
+ * path's fp32 copies. */
+static size_t cached_scratch(const bf16_kv_cache *c, bf16_path path, size_t *wide) {
+    size_t w1 = gemm_bf16_block_wide_floats(path, CACHED_ROWS, c->Kc, c->Kh),
+           w2 = gemm_bf16_block_wide_floats(path, CACHED_ROWS, c->HS, c->Kc);
+    *wide = w1 > w2 ? w1 : w2;
+    size_t bytes = (size_t)CACHED_ROWS * c->Kc * sizeof(float) + *wide * sizeof(float) +
+                   (size_t)CACHED_ROWS * (c->Kh + c->Kc) * sizeof(uint16_t);
+    return (bytes + 63) / 64 * 64;
+}
+
+/* Task t: head t % NH over query rows [CACHED_ROWS (t / NH), +CACHED_ROWS) of the n new ones, whose keys
+ * are positions [0, p0 + last row + 1). */
+static void cached_task(void *ctx, long t) {
+    const cached_job *j = ctx;
+    const bf16_kv_cache *c = j->c;
+    int h = (int)(t % j->NH), i0 = (int)(t / j->NH) * CACHED_ROWS;
+    int rows = j->n - i0 < CACHED_ROWS ? j->n - i0 : CACHED_ROWS, L = j->p0 + i0 + rows, Kr = gemm_bf16_kp(L);
+    int g = h / (j->NH / c->NKV), qstride = j->NH * c->HS;
+    char *u = j->scratch + j->per_thread * (size_t)(j->threads > 1 ? thread_id() : 0);
+    float *S = (float *)u, *wide = S + (size_t)CACHED_ROWS * c->Kc;
+    uint16_t *qa = (uint16_t *)(wide + j->wide), *pa = qa + (size_t)CACHED_ROWS * c->Kh;
+    const float *q = j->q + (size_t)i0 * qstride + (size_t)h * c->HS;
+    gemm_bf16_block_begin(j->path);
+    gemm_bf16_pack_rows(qa, c->Kh, q, (size_t)qstride, rows, c->HS, gemm_bf16_mp(rows));
+    gemm_bf16_block(j->path, qa, (size_t)c->Kh, cache_keys(c, j->l, g), (size_t)GEMM_BF16_PANEL * c->Kh, rows,
+                    L, c->Kh, S, L, 0, wide);
+    softmax_round_rows(S, j->p0 + i0, j->p0 + i0 + rows, L, j->scale, pa, Kr, NULL);
+    gemm_bf16_block(j->path, pa, (size_t)Kr, cache_values(c, j->l, g), (size_t)GEMM_BF16_PANEL * c->Kc, rows,
+                    c->HS, Kr, j->out + (size_t)i0 * qstride + (size_t)h * c->HS, qstride, 0, wide);
+    gemm_bf16_block_end(j->path);
+}
+
+qlab_status attention_forward_cached_bf16(float *out, const float *q, const bf16_kv_cache *c, int l, int p0,
+                                          int n, int NH) {
+    cached_job j = {c, q, out, NULL, 0, 0, l, p0, n, NH, 1, 1.0f / sqrtf((float)c->HS), bf16_active_path()};
+    long blocks = (n + CACHED_ROWS - 1) / CACHED_ROWS, tasks = blocks * NH;
+    /* one thread for generation's one-row calls: a region costs more than their products */
+    if ((double)n * (p0 + n) * c->HS * NH * 2 >= GEMM_BF16_SERIAL_MACS) j.threads = qlab_region_threads();
+    if (j.threads > tasks) j.threads = (int)tasks;
+    j.per_thread = cached_scratch(c, j.path, &j.wide);
+    QLAB_TRY(att_alloc(&j.scratch, j.per_thread * (size_t)j.threads));
+    qlab_run_tasks(tasks, j.threads, cached_task, &j);
     return QLAB_OK;
 }

@@ -151,11 +151,30 @@ qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float
                                     const float *k, const float *v, int B, int T, int NH, int NKV, int HS,
                                     float *scratch, int n_scratch);
 
-/* attention_forward_cached (core/model/ops.h) with attention_forward_bf16's numerics: bf16 operands, fp32
- * accumulation, the scale and softmax in fp32 (the products' sums over the cached keys: not always the same
- * bits as the whole-sequence forward). scratch holds n * (p0+n) floats. */
-qlab_status attention_forward_cached_bf16(float *out, const float *q, const float *k, const float *v,
-                                          size_t ld, int p0, int n, int NH, int NKV, int HS, float *scratch);
+/* Generation's keys and values for bf16 compute, rounded (RNE) and packed as the cached attention's
+ * products read them: per (layer, key/value head), the keys as k^T panels over positions (Kh values per
+ * position) and the values as panels over head dimensions, position pairs interleaved (Kc positions per
+ * panel), for up to cap positions. base is 64-byte aligned and zeroed before first use. */
+typedef struct {
+    uint16_t *base;
+    int layers, NKV, HS, cap;
+    int Kh, Kc;          /* HS and cap rounded up to 32 */
+    size_t keys, values; /* elements of one (layer, head)'s keys and values */
+} bf16_kv_cache;
+size_t bf16_kv_cache_bytes(int layers, int NKV, int HS, int cap);
+void bf16_kv_cache_layout(bf16_kv_cache *c, void *base, int layers, int NKV, int HS, int cap);
+/* Positions [p0, p0 + n) of layer l from the fp32 cache (position t's keys at k + t ld, its values at
+ * v + t ld, head g at g HS), and zero values after them up to the products' padding. */
+void bf16_kv_cache_put(const bf16_kv_cache *c, int l, const float *k, const float *v, size_t ld, int p0,
+                       int n);
+
+/* attention_forward_cached (core/model/ops.h) with attention_forward_bf16's numerics, over layer l of the
+ * packed cache c (positions [0, p0 + n) put there): bf16 operands, fp32 accumulation, the scale and
+ * softmax in fp32 (softmax_round_rows), each query row's products over the keys up to the last row of its
+ * block of 32. One task per (head, block of rows), on the calling thread for products below
+ * GEMM_BF16_SERIAL_MACS. Fails only when its per-thread scratch cannot be allocated. */
+qlab_status attention_forward_cached_bf16(float *out, const float *q, const bf16_kv_cache *c, int l, int p0,
+                                          int n, int NH);
 
 /* The operands of attention_forward_bf16 rounded and packed ahead, for a caller that forms q, k and v in
  * chunks of positions and packs each chunk while it is in cache (evaluation in row chunks): q as NH blocks

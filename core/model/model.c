@@ -93,8 +93,14 @@ struct model {
      * the sequence kv_tokens[0..kv_len); room for kv_cap positions. */
     float *kv_cache;
     int *kv_tokens, kv_len, kv_cap;
-    void *kv_scratch; /* the cached attention's scores */
+    void *kv_scratch; /* the fp32 cached attention's scores */
     size_t kv_scratch_bytes;
+    /* With bf16 compute, the cache's positions [0, kvb_len) also rounded and packed for the cached
+     * attention's products (allocated for kv_cap positions at first bf16 use, dropped when the cache
+     * grows), so a generated token packs only its own key and value. */
+    uint16_t *kv_bf16;
+    bf16_kv_cache kvb;
+    int kvb_len;
 
     float *grad_act_buffer;
     size_t grad_act_capacity;
@@ -1434,12 +1440,41 @@ void model_cache_clear(model *m) {
     m->kv_len = 0;
 }
 
+/* The packed bf16 copy of the cache (model.kv_bf16), if any. */
+static void model_cache_bf16_release(model *m) {
+    if (m->kv_bf16) {
+        memacct_release(MEMACCT_SCRATCH,
+                        bf16_kv_cache_bytes(m->kvb.layers, m->kvb.NKV, m->kvb.HS, m->kvb.cap));
+        qlab_free_aligned(m->kv_bf16);
+    }
+    m->kv_bf16 = NULL, m->kvb_len = 0;
+}
+
+/* The packed bf16 copy for the cache's kv_cap positions, allocated (zeroed) if the cache has none. */
+static qlab_status model_cache_bf16_reserve(model *m) {
+    if (m->kv_bf16) return QLAB_OK;
+    const model_config *c = &m->cfg;
+    size_t bytes = bf16_kv_cache_bytes(c->n_layers, c->n_kv_heads, m->head_size, m->kv_cap);
+    QLAB_TRY(memacct_charge(MEMACCT_SCRATCH, bytes));
+    if (!(m->kv_bf16 = qlab_alloc_aligned(bytes))) {
+        memacct_release(MEMACCT_SCRATCH, bytes);
+        return qlab_fail(QLAB_ERR_NOMEM,
+                         "model_forward_next: no room for the bf16 cache of %d positions (%zu bytes)",
+                         m->kv_cap, bytes);
+    }
+    memset(m->kv_bf16, 0, bytes);
+    bf16_kv_cache_layout(&m->kvb, m->kv_bf16, c->n_layers, c->n_kv_heads, m->head_size, m->kv_cap);
+    m->kvb_len = 0;
+    return QLAB_OK;
+}
+
 /* The cache's arrays (not its scratch). */
 static void model_cache_release(model *m) {
     memacct_release(MEMACCT_SCRATCH, (size_t)m->kv_cap * (model_kv_row(m) * sizeof(float) + sizeof(int)));
     qlab_free_aligned(m->kv_cache);
     free(m->kv_tokens);
     m->kv_cache = NULL, m->kv_tokens = NULL, m->kv_len = m->kv_cap = 0;
+    model_cache_bf16_release(m);
 }
 
 static void model_cache_free(model *m) {
@@ -1475,18 +1510,6 @@ static qlab_status model_cache_reserve(model *m, int n) {
     return QLAB_OK;
 }
 
-/* The threads of the fp32 cached attention, each with its own rows of scores (bf16's products run one
- * head at a time on every thread). */
-static int model_cache_threads(const model *m) {
-    int threads = 1;
-#ifdef _OPENMP
-    if (m->compute != QLAB_COMPUTE_BF16) threads = omp_get_max_threads();
-#else
-    (void)m;
-#endif
-    return threads;
-}
-
 /* Block l of the new positions [p0, p0 + T) of one sequence: their keys and values join the cache, their
  * queries attend over every cached position up to their own. */
 static qlab_status model_block_cached(model *m, int l, int p0) {
@@ -1500,11 +1523,12 @@ static qlab_status model_block_cached(model *m, int l, int p0) {
         memcpy(kc + (size_t)(p0 + i) * ld, x.k + (size_t)i * kvd, sizeof(float) * (size_t)kvd);
         memcpy(vc + (size_t)(p0 + i) * ld, x.v + (size_t)i * kvd, sizeof(float) * (size_t)kvd);
     }
-    if (m->compute == QLAB_COMPUTE_BF16)
-        QLAB_TRY(attention_forward_cached_bf16(x.atty, x.q, kc, vc, ld, p0, n, NH, NKV, HS, m->kv_scratch));
-    else
+    if (m->compute == QLAB_COMPUTE_BF16) { /* the positions not yet packed (the new ones at least) */
+        bf16_kv_cache_put(&m->kvb, l, kc, vc, ld, m->kvb_len, p0 + n - m->kvb_len);
+        QLAB_TRY(attention_forward_cached_bf16(x.atty, x.q, &m->kvb, l, p0, n, NH));
+    } else
         attention_forward_cached(x.atty, x.q, kc, vc, ld, p0, n, NH, NKV, HS, m->kv_scratch,
-                                 model_cache_threads(m));
+                                 qlab_num_threads());
     return model_block_output(m, l);
 }
 
@@ -1514,12 +1538,16 @@ qlab_status model_forward_next(model *m, const int *tokens, int n, float *logits
     while (p0 < m->kv_len && p0 < n - 1 && m->kv_tokens[p0] == tokens[p0])
         p0++;
     m->kv_len = p0;
+    if (m->kvb_len > p0) m->kvb_len = p0; /* the packed copy holds what is kept, at most */
     int fresh = n - p0;
     QLAB_TRY(model_cache_reserve(m, n));
-    /* scores of the fresh rows over up to kv_cap keys: the same buffer serves every token of a generation */
-    size_t scores = sizeof(float) * (size_t)fresh * (size_t)m->kv_cap * (size_t)model_cache_threads(m);
-    QLAB_TRY(
-        model_scratch_reserve(&m->kv_scratch, &m->kv_scratch_bytes, scores, "model_forward_next: scores"));
+    if (m->compute == QLAB_COMPUTE_BF16) QLAB_TRY(model_cache_bf16_reserve(m));
+    /* fp32: scores of the fresh rows over up to kv_cap keys (the same buffer serves every token of a
+     * generation); bf16's attention keeps its scratch in the GEMM workspace */
+    size_t scores = sizeof(float) * (size_t)fresh * (size_t)m->kv_cap * (size_t)qlab_num_threads();
+    if (m->compute != QLAB_COMPUTE_BF16)
+        QLAB_TRY(model_scratch_reserve(&m->kv_scratch, &m->kv_scratch_bytes, scores,
+                                       "model_forward_next: scores"));
     QLAB_TRY(model_forward_prepare(m, tokens + p0, 1, fresh));
     QLAB_TRY(model_rope_reserve(m, n));
     if (m->compute == QLAB_COMPUTE_BF16) QLAB_TRY(linear_bf16_reserve(&m->cfg, fresh, 0));
@@ -1528,6 +1556,7 @@ qlab_status model_forward_next(model *m, const int *tokens, int n, float *logits
         QLAB_TRY(model_block_cached(m, l, p0));
     memcpy(m->kv_tokens + p0, tokens + p0, sizeof(int) * (size_t)fresh);
     m->kv_len = n;
+    if (m->compute == QLAB_COMPUTE_BF16) m->kvb_len = n;
     const int last = fresh - 1;
     return model_head_at(m, &last, 1, logits);
 }
