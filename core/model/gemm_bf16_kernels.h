@@ -19,11 +19,14 @@
 #define GEMM_BF16_MALIGN 32
 #define GEMM_BF16_PANEL 16
 /* Products of fewer multiply-adds than this run on the calling thread alone (packing and kernel): a
- * parallel region costs more than it saves there (generation's one-position products, the cached
- * attention's per-head ones). They enter no OpenMP construct at all: even a one-thread region (an if
- * clause that is false, num_threads(1)) sets up a team, ~0.3-0.5 us, and generation forms thousands of
- * these products per token. The split never changes a result's bits. */
-#define GEMM_BF16_SERIAL_MACS (1 << 20)
+ * parallel region costs more than it saves there (the cached attention's per-head products early in a
+ * sequence, stories260K's one-position ones). They enter no OpenMP construct at all: even a one-thread
+ * region (an if clause that is false, num_threads(1)) sets up a team, ~0.3-0.5 us. Generation's
+ * one-position weight products of the bench model (65K-176K multiply-adds) and of SmolLM2 (110K-885K) run
+ * on every thread: measured on the bench model (Zen 4, 2 threads), 2^20 -> 2^18 / 2^17 / 2^16 / 2^15 gave
+ * 1,315-1,509 -> 1,564-1,613 / 2,017-2,051 / 2,162-2,373 / 2,352-2,415 tok/s. The split never changes a
+ * result's bits. */
+#define GEMM_BF16_SERIAL_MACS (1 << 16)
 static inline int gemm_bf16_parallel(int M, int N, int K) {
     return (double)M * N * K >= GEMM_BF16_SERIAL_MACS;
 }
