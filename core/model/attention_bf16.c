@@ -514,7 +514,8 @@ qlab_status attention_forward_cached_bf16(float *out, const float *q, const bf16
                                           int n, int NH) {
     cached_job j = {c, q, out, NULL, 0, 0, l, p0, n, NH, 1, 1.0f / sqrtf((float)c->HS), bf16_active_path()};
     long blocks = (n + CACHED_ROWS - 1) / CACHED_ROWS, tasks = blocks * NH;
-    /* one thread for generation's one-row calls: a region costs more than their products */
+    /* both products' multiply-adds: one thread below GEMM_BF16_SERIAL_MACS (a generated token's call
+     * until 128 positions are cached, on the bench model), where a region costs more than it saves */
     if ((double)n * (p0 + n) * c->HS * NH * 2 >= GEMM_BF16_SERIAL_MACS) j.threads = qlab_region_threads();
     if (j.threads > tasks) j.threads = (int)tasks;
     j.per_thread = cached_scratch(c, j.path, &j.wide);
