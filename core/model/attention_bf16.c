@@ -436,33 +436,34 @@ static uint16_t *cache_values(const bf16_kv_cache *c, int l, int g) {
     return cache_keys(c, l, g) + c->keys;
 }
 
+/* Value of position t (vt, or zeros when NULL): half t % 2 of pair t / 2 in every head dimension's column. */
+static void put_value(const bf16_kv_cache *c, uint16_t *V, int t, const float *vt) {
+    int P = GEMM_BF16_PANEL;
+    uint16_t *vd = V + (size_t)(t / 2) * 2 * P + (t % 2);
+    for (int d = 0; d < c->HS; d++)
+        vd[(size_t)(d / P) * P * c->Kc + 2 * (d % P)] = vt ? f32_to_bf16(vt[d]) : 0;
+}
+
 void bf16_kv_cache_put(const bf16_kv_cache *c, int l, const float *k, const float *v, size_t ld, int p0,
                        int n) {
     int HS = c->HS, P = GEMM_BF16_PANEL, end = p0 + n,
         pad = gemm_bf16_kp(end) < c->Kc ? gemm_bf16_kp(end) : c->Kc;
     for (int g = 0; g < c->NKV; g++) {
         uint16_t *K = cache_keys(c, l, g), *V = cache_values(c, l, g);
-        size_t vstride = (size_t)P * c->Kc;
         for (int t = p0; t < end; t++) {
-            const float *kt = k + (size_t)t * ld + (size_t)g * HS, *vt = v + (size_t)t * ld + (size_t)g * HS;
+            const float *kt = k + (size_t)t * ld + (size_t)g * HS;
             /* key t: column t % 16 of panel t / 16, one pair per two head dimensions (zero past HS) */
             uint16_t *kd = K + (size_t)(t / P) * P * c->Kh + 2 * (t % P);
             for (int i = 0; i < c->Kh / 2; i++) {
                 kd[(size_t)i * 2 * P] = 2 * i < HS ? f32_to_bf16(kt[2 * i]) : 0;
                 kd[(size_t)i * 2 * P + 1] = 2 * i + 1 < HS ? f32_to_bf16(kt[2 * i + 1]) : 0;
             }
-            /* value t: half t % 2 of pair t / 2 in every head dimension's column */
-            uint16_t *vd = V + (size_t)(t / 2) * 2 * P + (t % 2);
-            for (int d = 0; d < HS; d++)
-                vd[(size_t)(d / P) * vstride + 2 * (d % P)] = f32_to_bf16(vt[d]);
+            put_value(c, V, t, v + (size_t)t * ld + (size_t)g * HS);
         }
         /* positions after the last one written, up to the products' padding: zero (a longer sequence may
          * have left values there, and a zero probability times a non-finite one is not zero) */
-        for (int t = end; t < pad; t++) {
-            uint16_t *vd = V + (size_t)(t / 2) * 2 * P + (t % 2);
-            for (int d = 0; d < HS; d++)
-                vd[(size_t)(d / P) * vstride + 2 * (d % P)] = 0;
-        }
+        for (int t = end; t < pad; t++)
+            put_value(c, V, t, NULL);
     }
 }
 

@@ -96,9 +96,8 @@ struct model {
     void *kv_scratch; /* the fp32 cached attention's scores */
     size_t kv_scratch_bytes;
     /* With bf16 compute, the cache's positions [0, kvb_len) also rounded and packed for the cached
-     * attention's products (allocated for kv_cap positions at first bf16 use, dropped when the cache
-     * grows), so a generated token packs only its own key and value. */
-    uint16_t *kv_bf16;
+     * attention's products (kvb.base allocated for kv_cap positions at first bf16 use, dropped when the
+     * cache grows), so a generated token packs only its own key and value. */
     bf16_kv_cache kvb;
     int kvb_len;
 
@@ -1440,30 +1439,31 @@ void model_cache_clear(model *m) {
     m->kv_len = 0;
 }
 
-/* The packed bf16 copy of the cache (model.kv_bf16), if any. */
+/* The packed bf16 copy of the cache (model.kvb), if any. */
 static void model_cache_bf16_release(model *m) {
-    if (m->kv_bf16) {
+    if (m->kvb.base) {
         memacct_release(MEMACCT_SCRATCH,
                         bf16_kv_cache_bytes(m->kvb.layers, m->kvb.NKV, m->kvb.HS, m->kvb.cap));
-        qlab_free_aligned(m->kv_bf16);
+        qlab_free_aligned(m->kvb.base);
     }
-    m->kv_bf16 = NULL, m->kvb_len = 0;
+    m->kvb.base = NULL, m->kvb_len = 0;
 }
 
 /* The packed bf16 copy for the cache's kv_cap positions, allocated (zeroed) if the cache has none. */
 static qlab_status model_cache_bf16_reserve(model *m) {
-    if (m->kv_bf16) return QLAB_OK;
+    if (m->kvb.base) return QLAB_OK;
     const model_config *c = &m->cfg;
     size_t bytes = bf16_kv_cache_bytes(c->n_layers, c->n_kv_heads, m->head_size, m->kv_cap);
     QLAB_TRY(memacct_charge(MEMACCT_SCRATCH, bytes));
-    if (!(m->kv_bf16 = qlab_alloc_aligned(bytes))) {
+    uint16_t *base = qlab_alloc_aligned(bytes);
+    if (!base) {
         memacct_release(MEMACCT_SCRATCH, bytes);
         return qlab_fail(QLAB_ERR_NOMEM,
                          "model_forward_next: no room for the bf16 cache of %d positions (%zu bytes)",
                          m->kv_cap, bytes);
     }
-    memset(m->kv_bf16, 0, bytes);
-    bf16_kv_cache_layout(&m->kvb, m->kv_bf16, c->n_layers, c->n_kv_heads, m->head_size, m->kv_cap);
+    memset(base, 0, bytes);
+    bf16_kv_cache_layout(&m->kvb, base, c->n_layers, c->n_kv_heads, m->head_size, m->kv_cap);
     m->kvb_len = 0;
     return QLAB_OK;
 }
@@ -1544,10 +1544,11 @@ qlab_status model_forward_next(model *m, const int *tokens, int n, float *logits
     if (m->compute == QLAB_COMPUTE_BF16) QLAB_TRY(model_cache_bf16_reserve(m));
     /* fp32: scores of the fresh rows over up to kv_cap keys (the same buffer serves every token of a
      * generation); bf16's attention keeps its scratch in the GEMM workspace */
-    size_t scores = sizeof(float) * (size_t)fresh * (size_t)m->kv_cap * (size_t)qlab_num_threads();
-    if (m->compute != QLAB_COMPUTE_BF16)
+    if (m->compute != QLAB_COMPUTE_BF16) {
+        size_t scores = sizeof(float) * (size_t)fresh * (size_t)m->kv_cap * (size_t)qlab_num_threads();
         QLAB_TRY(model_scratch_reserve(&m->kv_scratch, &m->kv_scratch_bytes, scores,
                                        "model_forward_next: scores"));
+    }
     QLAB_TRY(model_forward_prepare(m, tokens + p0, 1, fresh));
     QLAB_TRY(model_rope_reserve(m, n));
     if (m->compute == QLAB_COMPUTE_BF16) QLAB_TRY(linear_bf16_reserve(&m->cfg, fresh, 0));

@@ -24,6 +24,9 @@
  * a few hundred elements, and waking a team for it costs more than the work. Elements are independent (and
  * a row's sums stay in one task), so the split never changes a result's bits. */
 #define OPS_SERIAL_ELEMS (1 << 15)
+/* The fp32 cached attention's heads run on the calling thread below this many multiply-adds (measured on
+ * an Intel Xeon VM when chosen; the bf16 one has its own threshold, GEMM_BF16_SERIAL_MACS). */
+#define OPS_CACHED_SERIAL_MACS (double)(1 << 20)
 
 static int elem_threads(size_t n) {
     return n >= OPS_SERIAL_ELEMS ? qlab_num_threads() : 1;
@@ -408,10 +411,10 @@ static void cached_head(void *job, long h) {
 
 void attention_forward_cached(float *out, const float *q, const float *k, const float *v, size_t ld, int p0,
                               int n, int NH, int NKV, int HS, float *scratch, int n_scratch) {
-    /* below 2^20 multiply-adds (a position over a cache of a few hundred, on a small model) the heads run
-     * on this thread, as the bf16 products below GEMM_BF16_SERIAL_MACS: waking a team costs more */
+    /* below OPS_CACHED_SERIAL_MACS (a position over a cache of a few hundred, on a small model) the heads
+     * run on this thread: waking a team costs more */
     int threads =
-        2.0 * n * (p0 + n) * NH * HS >= (double)(1 << 20) && qlab_region_threads() > 1 ? n_scratch : 1;
+        2.0 * n * (p0 + n) * NH * HS >= OPS_CACHED_SERIAL_MACS && qlab_region_threads() > 1 ? n_scratch : 1;
     cached_job j = {out, scratch, q, k, v, ld, p0, n, NH, NKV, HS, threads};
     int prev = ops_blas_serial_begin();
     qlab_run_tasks(NH, threads, cached_head, &j);
