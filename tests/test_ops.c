@@ -257,9 +257,34 @@ static void test_rope(void) {
     size_t n = (size_t)c.B * c.T * c.NH * c.HS;
     c.x[0] = rand_buf(n, 1), c.nout = n, c.out = zero_buf(n), c.w = rand_buf(n, 1);
     c.forward = fwd_rope;
-    float *dx = zero_buf(n);
+    float *dx = rand_buf(n, 1); /* stored over, not added to */
     rope_backward(dx, c.w, c.cos_table, c.sin_table, c.B, c.T, c.NH, c.HS);
     check_grad("rope dinp", &c, c.x[0], dx, n);
+    /* the bits of the rotation added to zeros: a zero gradient (dout zero on a whole pair) is +0, and the
+     * row form gives what the whole form does */
+    float *dz = rand_buf(n, 1), *dr = zero_buf(n);
+    for (size_t i = 0; i < 4 * (size_t)c.HS; i++)
+        dz[i] = -0.0f;
+    rope_backward(dx, dz, c.cos_table, c.sin_table, c.B, c.T, c.NH, c.HS);
+    int bad = 0;
+    for (int bt = 0; bt < c.B * c.T; bt++) {
+        int t = bt % c.T, half = c.HS / 2;
+        for (int h = 0; h < c.NH; h++)
+            for (int j = 0; j < half; j++) {
+                size_t i = ((size_t)bt * c.NH + h) * c.HS + 2 * (size_t)j;
+                float cs = c.cos_table[t * half + j], sn = c.sin_table[t * half + j], z0 = 0.0f, z1 = 0.0f;
+                z0 += dz[i] * cs + dz[i + 1] * sn;
+                z1 += dz[i + 1] * cs - dz[i] * sn;
+                bad += memcmp(&z0, dx + i, 4) != 0 || memcmp(&z1, dx + i + 1, 4) != 0;
+            }
+    }
+    CHECKF(bad == 0, "rope_backward: %d values differ from the rotation added to zeros", bad);
+    CHECK(!signbit(dx[0]) && !signbit(dx[1]) && dx[0] == 0.0f);
+    rope_backward_rows(dr + 3 * (size_t)c.NH * c.HS, dz + 3 * (size_t)c.NH * c.HS, c.cos_table, c.sin_table,
+                       3, c.B * c.T - 3, c.T, c.NH, c.HS);
+    CHECK(memcmp(dr + 3 * (size_t)c.NH * c.HS, dx + 3 * (size_t)c.NH * c.HS,
+                 sizeof(float) * (n - 3 * (size_t)c.NH * c.HS)) == 0);
+    free(dz), free(dr);
     /* Position 0 is the identity; a rotation keeps each pair's length. */
     rope_forward(c.out, c.x[0], c.cos_table, c.sin_table, c.B, c.T, c.NH, c.HS);
     CHECK(memcmp(c.out, c.x[0], sizeof(float) * c.NH * c.HS) == 0);
@@ -308,36 +333,58 @@ static void test_attention(int NKV, int T) {
     free(dq), free(dk), free(dv), free(scratch);
 }
 
+/* SwiGLU's gradients as the textbook writes them (s = sigmoid(g) as vm_sigmoid forms it, silu'(g) =
+ * s + g s (1 - s)), added to zeroed dgate and dup: the reference for swiglu_backward's bits. */
+static void swiglu_backward_ref(float *dgate, float *dup, const float *dout, const float *gate,
+                                const float *up, size_t n) {
+    float *sig = malloc(sizeof(float) * n);
+    vm_sigmoid(sig, gate, n);
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i], s = sig[i], zg = 0.0f, zu = 0.0f;
+        zg += dout[i] * up[i] * (s + g * s * (1.0f - s));
+        zu += dout[i] * (g * s);
+        dgate[i] = zg, dup[i] = zu;
+    }
+    free(sig);
+}
+
 static void test_swiglu_residual(void) {
     op_case c = {0};
     size_t n = 40;
     c.x[0] = rand_buf(n, 2), c.x[1] = rand_buf(n, 1);
     c.nout = n, c.out = zero_buf(n), c.w = rand_buf(n, 1);
     c.forward = fwd_swiglu;
-    float *dg = zero_buf(n), *du = zero_buf(n);
+    float *dg = rand_buf(n, 1), *du = rand_buf(n, 1); /* stored over, not added to */
     swiglu_backward(dg, du, c.w, c.x[0], c.x[1], n);
     check_grad("swiglu dgate", &c, c.x[0], dg, n);
     check_grad("swiglu dup", &c, c.x[1], du, n);
-    /* vm_swiglu_backward (the bf16 row backward's fused form): swiglu_backward_rows on zeroed buffers and
-     * vm_silu_mul, bit for bit, on both vmath paths; dout zero where u < 0 makes signed zeros, which the
-     * fused form must store as +0 as the additions to zero do */
-    float *dout = rand_buf(n, 1), *hs = zero_buf(n), *fg = zero_buf(n), *fu = zero_buf(n), *fo = zero_buf(n);
-    for (size_t i = 0; i < n; i += 3)
+    free(dg), free(du);
+    /* swiglu_backward and vm_swiglu_backward (the bf16 row backward's form): the textbook gradients added to
+     * zeroed buffers and vm_silu_mul, bit for bit, on both vmath paths, over several of swiglu_backward's
+     * chunks; dout zero where u < 0 makes signed zeros, which must come out +0 as the additions give */
+    size_t nb = 2500;
+    float *gx = rand_buf(nb, 2), *gu = rand_buf(nb, 1);
+    dg = zero_buf(nb), du = zero_buf(nb);
+    float *dout = rand_buf(nb, 1), *hs = zero_buf(nb), *fg = zero_buf(nb), *fu = zero_buf(nb);
+    float *fo = zero_buf(nb), *sg = zero_buf(nb), *su = zero_buf(nb);
+    for (size_t i = 0; i < nb; i += 3)
         dout[i] = 0.0f;
     for (int path = 0; path < 2; path++) {
         vm_force_c(path);
-        memset(dg, 0, sizeof(float) * n), memset(du, 0, sizeof(float) * n);
-        swiglu_backward_rows(dg, du, dout, c.x[0], c.x[1], n);
-        vm_silu_mul(hs, c.x[0], c.x[1], n);
-        memcpy(fo, dout, sizeof(float) * n);
-        vm_swiglu_backward(fg, fu, fo, fo, c.x[0], c.x[1], n); /* the output over dout */
-        CHECKF(memcmp(dg, fg, sizeof(float) * n) == 0 && memcmp(du, fu, sizeof(float) * n) == 0 &&
-                   memcmp(hs, fo, sizeof(float) * n) == 0,
-               "vm_swiglu_backward differs from swiglu_backward_rows + vm_silu_mul (%s path)",
+        swiglu_backward_ref(dg, du, dout, gx, gu, nb);
+        vm_silu_mul(hs, gx, gu, nb);
+        memcpy(fo, dout, sizeof(float) * nb);
+        vm_swiglu_backward(fg, fu, fo, fo, gx, gu, nb); /* the output over dout */
+        CHECKF(memcmp(dg, fg, sizeof(float) * nb) == 0 && memcmp(du, fu, sizeof(float) * nb) == 0 &&
+                   memcmp(hs, fo, sizeof(float) * nb) == 0,
+               "vm_swiglu_backward differs from the gradients added to zeros + vm_silu_mul (%s path)",
                vm_path_name());
+        swiglu_backward(sg, su, dout, gx, gu, nb);
+        CHECKF(memcmp(dg, sg, sizeof(float) * nb) == 0 && memcmp(du, su, sizeof(float) * nb) == 0,
+               "swiglu_backward differs from the gradients added to zeros (%s path)", vm_path_name());
     }
     vm_force_c(0);
-    free(dout), free(hs), free(fg), free(fu), free(fo);
+    free(dout), free(hs), free(fg), free(fu), free(fo), free(sg), free(su), free(gx), free(gu);
     c.forward = fwd_residual;
     float *da = zero_buf(n), *db = zero_buf(n);
     residual_backward(da, db, c.w, n);

@@ -1650,8 +1650,6 @@ static qlab_status model_block_backward(model *m, int l, int threads) {
     /* feed-forward block; the residual passes dresidual through unchanged */
     MODEL_ZERO(g->dhs, NHD);
     QLAB_TRY(model_linear_backward(m, l, PROJ_DOWN, g->dhs, g->dresidual, x.hs, N));
-    MODEL_ZERO(g->dh1, NHD);
-    MODEL_ZERO(g->dh3, NHD);
     swiglu_backward(g->dh1, g->dh3, g->dhs, x.h1, x.h3, NHD);
     MODEL_ZERO(g->dln, ND);
     QLAB_TRY(model_linear_backward(m, l, PROJ_GATE, g->dln, g->dh1, x.ln2, N));
@@ -1673,8 +1671,6 @@ static qlab_status model_block_backward(model *m, int l, int threads) {
         attention_backward(g->dq, g->dk, g->dv, g->datty, x.att, x.q, x.k, x.v, B, T, NH, NKV, HS,
                            g->att_scratch, threads);
     }
-    MODEL_ZERO(g->dq_pre, ND);
-    MODEL_ZERO(g->dk_pre, NKVD);
     rope_backward(g->dq_pre, g->dq, m->rope_cos, m->rope_sin, B, T, NH, HS);
     rope_backward(g->dk_pre, g->dk, m->rope_cos, m->rope_sin, B, T, NKV, HS);
     MODEL_ZERO(g->dln, ND);
@@ -1888,11 +1884,9 @@ static void model_brows_qkv(model *m, const model_brows *p, model_brows_ws *ws, 
     int D = c->dim, KV = m->kv_dim, rows = r1 - r0;
     size_t off = (size_t)r0 * D, offkv = (size_t)r0 * KV;
     float *dres = g->dresidual + off, *dln = g->dln + off, *dq = ws->f1, *dk = ws->f2;
-    memset(dq, 0, sizeof(float) * (size_t)rows * D);
     rope_backward_rows(dq, g->dq + off, m->rope_cos, m->rope_sin, r0, rows, m->T, c->n_heads, m->head_size);
     model_brows_dout(p, ws, PROJ_Q, dq, D, r0, rows);
     model_brows_dinp(p, ws, rows, &pd[PROJ_Q], dln, 1);
-    memset(dk, 0, sizeof(float) * (size_t)rows * KV);
     rope_backward_rows(dk, g->dk + offkv, m->rope_cos, m->rope_sin, r0, rows, m->T, c->n_kv_heads,
                        m->head_size);
     model_brows_dout(p, ws, PROJ_K, dk, KV, r0, rows);

@@ -347,8 +347,8 @@ void rope_backward_rows(float *dinp, const float *dout, const float *cos_table, 
 #pragma omp simd
             for (int j = 0; j < half; j++) {
                 float d0 = dy[2 * j], d1 = dy[2 * j + 1];
-                dx[2 * j] += d0 * cs[j] + d1 * sn[j];
-                dx[2 * j + 1] += d1 * cs[j] - d0 * sn[j];
+                dx[2 * j] = 0.0f + (d0 * cs[j] + d1 * sn[j]);
+                dx[2 * j + 1] = 0.0f + (d1 * cs[j] - d0 * sn[j]);
             }
         }
     }
@@ -557,30 +557,12 @@ void swiglu_forward(float *out, const float *gate, const float *up, size_t n) {
     elem_forward(out, gate, up, n, 0);
 }
 
-void swiglu_backward_rows(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
-                          size_t n) {
-    for (size_t i0 = 0; i0 < n; i0 += OPS_ELEM_CHUNK) {
-        float sig[OPS_ELEM_CHUNK];
-        size_t len = n - i0 < OPS_ELEM_CHUNK ? n - i0 : OPS_ELEM_CHUNK;
-        vm_sigmoid(sig, gate + i0, len);
-#pragma omp simd
-        for (size_t j = 0; j < len; j++) {
-            size_t i = i0 + j;
-            float g = gate[i], s = sig[j];
-            float silu = g * s;
-            /* silu'(g) = s + g s (1 - s) */
-            dgate[i] += dout[i] * up[i] * (s + g * s * (1.0f - s));
-            dup[i] += dout[i] * silu;
-        }
-    }
-}
-
 void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                      size_t n) {
 #pragma omp parallel for schedule(static)
     for (size_t i0 = 0; i0 < n; i0 += OPS_ELEM_CHUNK) {
         size_t len = n - i0 < OPS_ELEM_CHUNK ? n - i0 : OPS_ELEM_CHUNK;
-        swiglu_backward_rows(dgate + i0, dup + i0, dout + i0, gate + i0, up + i0, len);
+        vm_swiglu_backward(dgate + i0, dup + i0, NULL, dout + i0, gate + i0, up + i0, len);
     }
 }
 

@@ -70,7 +70,8 @@ void rope_forward(float *out, const float *inp, const float *cos_table, const fl
  * row n0 (row i is at position (n0 + i) % T). */
 void rope_forward_rows(float *out, const float *inp, const float *cos_table, const float *sin_table, int n0,
                        int rows, int T, int NH, int HS);
-/* dinp (B,T,NH,HS) += rotation^T dout (B,T,NH,HS); dinp must not alias dout. */
+/* dinp (B,T,NH,HS) = 0 + rotation^T dout (B,T,NH,HS): stored, not accumulated, with the bits an addition to a
+ * zeroed buffer gives (a signed zero comes out +0); dinp must not alias dout. */
 void rope_backward(float *dinp, const float *dout, const float *cos_table, const float *sin_table, int B,
                    int T, int NH, int HS);
 /* rope_backward of rows [n0, n0 + rows) on the calling thread: dinp and dout point at row n0. */
@@ -100,12 +101,10 @@ void attention_forward_cached(float *out, const float *q, const float *k, const 
 
 /* out (N,H) = silu(gate) * up, gate and up (N,H); silu(x) = x / (1 + e^-x). */
 void swiglu_forward(float *out, const float *gate, const float *up, size_t n);
-/* dgate, dup (n) += gradients from dout (n). */
+/* dgate, dup (n) = 0 + the gradients from dout (n): stored, not accumulated, as vm_swiglu_backward forms them
+ * (one exponential per element; the bits of additions to zeroed buffers), on chunks of the n values. */
 void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
                      size_t n);
-/* The same on the calling thread (swiglu_backward runs it on chunks of the n values). */
-void swiglu_backward_rows(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
-                          size_t n);
 
 /* out (n) = a + b; backward: da += dout, db += dout. */
 void residual_forward(float *out, const float *a, const float *b, size_t n);
