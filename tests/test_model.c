@@ -437,7 +437,8 @@ static void test_freeze_and_adapter(void) {
     test_adapter ad = {0};
     for (int i = 0; i < 80; i++)
         ad.a[i] = (float)(0.3 * rng_normal(&rng)), ad.b[i] = (float)(0.3 * rng_normal(&rng));
-    model_adapter hook = {&ad, adapter_begin, adapter_forward, adapter_backward, NULL};
+    model_adapter hook = {
+        .ctx = &ad, .begin = adapter_begin, .forward = adapter_forward, .backward = adapter_backward};
     /* Freeze everything but the embedding and the norms: the gradients reaching them pass through every
      * projection's input gradient, adapter included. */
     model_set_all_trainable(m, 0);
@@ -466,7 +467,8 @@ static void test_adapter_failure(void) {
     test_adapter ad = {0};
     for (int i = 0; i < 80; i++)
         ad.a[i] = (float)(0.3 * rng_normal(&rng)), ad.b[i] = (float)(0.3 * rng_normal(&rng));
-    model_adapter hook = {&ad, adapter_begin, adapter_forward, adapter_backward, NULL};
+    model_adapter hook = {
+        .ctx = &ad, .begin = adapter_begin, .forward = adapter_forward, .backward = adapter_backward};
     model_set_adapter(m, &hook);
     float loss = 0;
 

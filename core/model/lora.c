@@ -9,10 +9,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "core/base/memacct.h"
 #include "core/model/checkpoint.h"
 #include "core/model/gemm_bf16.h"
+#include "core/model/gemm_bf16_kernels.h"
 #include "core/model/lora_dropout.h"
 #include "core/model/ops.h"
 #include "core/base/rng.h"
@@ -227,7 +231,15 @@ struct lora_set {
     size_t scratch_floats;
     int max_in_features;
     size_t charged_params, charged_hidden; /* bytes charged to memory accounting for the buffers above */
+    /* The row passes' state (lora_rows_begin): per projection kind, then the threads' scratch and a
+     * backward pass's operands (charged to memory accounting as scratch). */
+    struct lora_rows_proj *rows;
+    char *rows_scratch, *rows_ops;
+    size_t rows_thread_bytes, rows_scratch_bytes, rows_ops_bytes;
+    int rows_N, rows_KpN;
 };
+
+static void lora_rows_free(lora_set *l);
 
 static qlab_status lora_check_config(const model_config *mc, const lora_config *lc) {
     if (mc->dim <= 0 || mc->hidden_dim <= 0 || mc->n_layers <= 0 || mc->n_heads <= 0 || mc->n_kv_heads <= 0 ||
@@ -353,6 +365,7 @@ void lora_free(lora_set *l) {
     memacct_release(MEMACCT_GRADIENTS, l->charged_params);
     memacct_release(MEMACCT_ACTIVATIONS, l->charged_hidden);
     memacct_release(MEMACCT_SCRATCH, l->scratch_floats * sizeof(float));
+    lora_rows_free(l);
     free(l);
 }
 
@@ -474,18 +487,16 @@ static qlab_status lora_hook_begin(void *ctx, int B, int T) {
     return lora_reserve(ctx, B * T);
 }
 
-static qlab_status lora_hook_forward(void *ctx, int layer, model_proj p, const float *inp, float *out,
-                                     int N) {
-    lora_set *l = ctx;
-    int s = lora_slot(l, layer, p);
-    if (s < 0) return QLAB_OK; /* this projection is not adapted */
+/* A forward of adapter s (layer, p) over N rows begins: the buffers hold N rows, and m is the dropout mask
+ * it applies (drawn from the next seed of its stream and kept as bits, or, recomputing, the last forward's
+ * read back), which the backward will repeat. */
+static qlab_status lora_forward_mask(lora_set *l, int s, int layer, model_proj p, int N, lora_mask *m) {
     /* model_forward reserved B*T rows through lora_hook_begin (and failed if it could not); growing here
      * serves a caller that runs the hook without it, and its failure fails the forward. */
     if (N > l->capacity) {
         l->last_N[s] = 0;
         QLAB_TRY(lora_reserve(l, N));
     }
-    const lora_adapter *a = &l->adapters[s];
     float dropout = l->training ? l->cfg.dropout : 0.0f;
     uint64_t mask_seed = 0;
     if (l->recomputing) {
@@ -501,18 +512,28 @@ static qlab_status lora_hook_forward(void *ctx, int layer, model_proj p, const f
         mask_seed = lora_dropout_mix64(
             l->cfg.seed ^ lora_dropout_mix64(stream ^ lora_dropout_mix64(l->forward_count[s]++)));
     }
-    float *hidden = l->hidden + (size_t)s * l->capacity * a->rank;
     /* A training forward draws the mask and keeps its bits; recomputing reads them back (the same mask). */
-    lora_mask m = {dropout, mask_seed, dropout > 0 ? lora_mask_bits(l, s) : NULL, l->recomputing};
-    if (l->model && model_get_compute(l->model) == QLAB_COMPUTE_BF16)
-        QLAB_TRY(lora_forward_bf16_masked(out, hidden, l->scratch, inp, a->A, a->B, N, a->in_features,
-                                          a->out_features, a->rank, l->scale, &m));
-    else
-        lora_forward_masked(out, hidden, l->scratch, inp, a->A, a->B, N, a->in_features, a->out_features,
-                            a->rank, l->scale, &m);
+    *m = (lora_mask){dropout, mask_seed, dropout > 0 ? lora_mask_bits(l, s) : NULL, l->recomputing};
     l->last_mask_seed[s] = mask_seed;
     l->last_dropout[s] = dropout;
     l->last_N[s] = N;
+    return QLAB_OK;
+}
+
+static qlab_status lora_hook_forward(void *ctx, int layer, model_proj p, const float *inp, float *out,
+                                     int N) {
+    lora_set *l = ctx;
+    int s = lora_slot(l, layer, p);
+    if (s < 0) return QLAB_OK; /* this projection is not adapted */
+    lora_mask m;
+    QLAB_TRY(lora_forward_mask(l, s, layer, p, N, &m));
+    const lora_adapter *a = &l->adapters[s];
+    float *hidden = l->hidden + (size_t)s * l->capacity * a->rank;
+    if (l->model && model_get_compute(l->model) == QLAB_COMPUTE_BF16)
+        return lora_forward_bf16_masked(out, hidden, l->scratch, inp, a->A, a->B, N, a->in_features,
+                                        a->out_features, a->rank, l->scale, &m);
+    lora_forward_masked(out, hidden, l->scratch, inp, a->A, a->B, N, a->in_features, a->out_features, a->rank,
+                        l->scale, &m);
     return QLAB_OK;
 }
 
@@ -521,26 +542,320 @@ static qlab_status lora_hook_recompute(void *ctx, int recomputing) {
     return QLAB_OK;
 }
 
-static qlab_status lora_hook_backward(void *ctx, int layer, model_proj p, const float *inp, const float *dout,
-                                      float *dinp, int N) {
-    lora_set *l = ctx;
-    int s = lora_slot(l, layer, p);
-    if (s < 0) return QLAB_OK; /* this projection is not adapted */
+/* A backward of adapter s (layer, p) over N rows: its last forward must have run over N rows; m is that
+ * forward's mask, read back from its bits. */
+static qlab_status lora_backward_mask(const lora_set *l, int s, int layer, model_proj p, int N,
+                                      lora_mask *m) {
     if (l->last_N[s] != N)
         return qlab_fail(QLAB_ERR_ARG,
                          "lora: layer %d %s has no saved forward over %d positions (it holds %d): the "
                          "adapters were resized or not run by the forward this backward follows",
                          layer, model_proj_name(p), N, l->last_N[s]);
+    float drop = l->last_dropout[s];
+    *m = (lora_mask){drop, l->last_mask_seed[s], drop > 0 ? lora_mask_bits(l, s) : NULL, 1}; /* its bits */
+    return QLAB_OK;
+}
+
+static qlab_status lora_hook_backward(void *ctx, int layer, model_proj p, const float *inp, const float *dout,
+                                      float *dinp, int N) {
+    lora_set *l = ctx;
+    int s = lora_slot(l, layer, p);
+    if (s < 0) return QLAB_OK; /* this projection is not adapted */
+    lora_mask m;
+    QLAB_TRY(lora_backward_mask(l, s, layer, p, N, &m));
     const lora_adapter *a = &l->adapters[s];
     const float *hidden = l->hidden + (size_t)s * l->capacity * a->rank;
-    float drop = l->last_dropout[s];
-    lora_mask m = {drop, l->last_mask_seed[s], drop > 0 ? lora_mask_bits(l, s) : NULL, 1}; /* its bits */
     if (l->model && model_get_compute(l->model) == QLAB_COMPUTE_BF16)
         return lora_backward_bf16_masked(a->dA, a->dB, dinp, dout, inp, hidden, a->A, a->B, N, a->in_features,
                                          a->out_features, a->rank, l->scale, &m, l->scratch);
     lora_backward_masked(a->dA, a->dB, dinp, dout, inp, hidden, a->A, a->B, N, a->in_features,
                          a->out_features, a->rank, l->scale, &m, l->scratch);
     return QLAB_OK;
+}
+
+/* ---------------------------------------------------------------- the model's row passes */
+
+/* The adapters inside the model's bf16 passes over chunks of positions (model_adapter's row hooks): the
+ * operands, products and order of lora_forward_bf16_masked and lora_backward_bf16_masked, row by row, so the
+ * same bits. A pass holds one layer, so one adapter per projection kind: its A and B packed for the pass's
+ * products, and in a backward the operands of dA and dB gathered chunk by chunk (dout^T from the chunk's
+ * rounded dout, the dropped input as B panels over position pairs, scale dout B) and multiplied at
+ * rows_end, as the model's row backward forms its weight gradients. */
+typedef struct lora_rows_proj {
+    bf16_packed_weight a, b; /* A (r,IC) and B (OC,r): for y = x W^T (forward) or for dinp (backward) */
+    lora_mask m;             /* the pass's mask (its bits from row 0) */
+    uint16_t *dout_t;        /* backward: round32(OC) rows of KpN, dout^T */
+    uint16_t *x_panels;      /* backward: the dropped input as round16(IC) / 16 panels of 16 x KpN */
+    float *dhidden;          /* backward: (N, r) = scale dout B */
+} lora_rows_proj;
+
+/* A thread's buffers for one chunk: the dropped input rows or the dinp plane (MODEL_ROWS_MAX x max IC), x
+ * rounded (x MODEL_ROWS_MAX rows of round32(max IC)), scaled hidden rows in fp32 and rounded, and
+ * gemm_bf16_pack_bn's staging. */
+typedef struct {
+    float *x, *h;
+    uint16_t *ax, *ah, *t;
+} lora_rows_ws;
+
+static size_t lora_round64(size_t bytes) {
+    return (bytes + 63) / 64 * 64;
+}
+
+static lora_rows_ws lora_rows_thread(const lora_set *l, int id) {
+    size_t R = MODEL_ROWS_MAX, IC = (size_t)l->max_in_features, r = (size_t)l->cfg.rank;
+    char *u = l->rows_scratch + l->rows_thread_bytes * (size_t)id;
+    lora_rows_ws w;
+    w.x = (float *)u, u += lora_round64(R * IC * sizeof(float));
+    w.h = (float *)u, u += lora_round64(R * r * sizeof(float));
+    w.ax = (uint16_t *)u, u += lora_round64(R * (size_t)gemm_bf16_kp((int)IC) * sizeof(uint16_t));
+    w.ah = (uint16_t *)u, u += lora_round64(R * (size_t)gemm_bf16_kp((int)r) * sizeof(uint16_t));
+    w.t = (uint16_t *)u;
+    return w;
+}
+
+static lora_rows_ws lora_rows_this_thread(const lora_set *l) {
+    int id = 0;
+#ifdef _OPENMP
+    id = omp_get_thread_num();
+#endif
+    return lora_rows_thread(l, id);
+}
+
+/* Grows *buf (charged as scratch) to hold bytes. */
+static qlab_status lora_rows_grow(char **buf, size_t *have, size_t bytes, const char *what) {
+    if (bytes <= *have) return QLAB_OK;
+    QLAB_TRY(memacct_charge(MEMACCT_SCRATCH, bytes));
+    char *b = qlab_alloc_aligned(bytes);
+    if (!b) {
+        memacct_release(MEMACCT_SCRATCH, bytes);
+        return qlab_fail(QLAB_ERR_NOMEM, "lora: %s (%zu bytes)", what, bytes);
+    }
+    qlab_free_aligned(*buf);
+    memacct_release(MEMACCT_SCRATCH, *have);
+    *buf = b, *have = bytes;
+    return QLAB_OK;
+}
+
+static qlab_status lora_rows_reserve_threads(lora_set *l) {
+    int threads = 1;
+#ifdef _OPENMP
+    threads = omp_get_max_threads();
+#endif
+    size_t R = MODEL_ROWS_MAX, IC = (size_t)l->max_in_features, r = (size_t)l->cfg.rank;
+    l->rows_thread_bytes = lora_round64(R * IC * sizeof(float)) + lora_round64(R * r * sizeof(float)) +
+                           lora_round64(R * (size_t)gemm_bf16_kp((int)IC) * sizeof(uint16_t)) +
+                           lora_round64(R * (size_t)gemm_bf16_kp((int)r) * sizeof(uint16_t)) +
+                           lora_round64(2 * (IC + 16) * sizeof(uint16_t));
+    return lora_rows_grow(&l->rows_scratch, &l->rows_scratch_bytes, l->rows_thread_bytes * (size_t)threads,
+                          "row passes' scratch");
+}
+
+/* A and B of adapter a packed for the pass (dinp: for the input gradient), into the kind's panels. */
+static qlab_status lora_rows_pack(lora_rows_proj *rp, const lora_adapter *a, int dinp) {
+    if (rp->a.panels && rp->a.dinp == dinp) {
+        QLAB_TRY(bf16_repack_weight(a->A, NULL, &rp->a));
+        return bf16_repack_weight(a->B, NULL, &rp->b);
+    }
+    bf16_packed_weight_free(&rp->a);
+    bf16_packed_weight_free(&rp->b);
+    qlab_status (*pack)(const float *, const quant_tensor *, int, int, bf16_packed_weight *) =
+        dinp ? bf16_pack_weight_dinp : bf16_pack_weight;
+    QLAB_TRY(pack(a->A, NULL, a->rank, a->in_features, &rp->a));
+    return pack(a->B, NULL, a->out_features, a->rank, &rp->b);
+}
+
+/* A backward's operands of one adapter over N positions (KpN of them rounded up). */
+static size_t lora_rows_proj_bytes(const lora_adapter *a, int KpN) {
+    size_t in16 = ((size_t)a->in_features + 15) / 16 * 16;
+    return lora_round64((size_t)gemm_bf16_kp(a->out_features) * KpN * sizeof(uint16_t)) +
+           lora_round64(in16 * KpN * sizeof(uint16_t)) + lora_round64((size_t)KpN * a->rank * sizeof(float));
+}
+
+/* rows_end's operands: scale hidden (KpN, r) in fp32 and as B panels, dhidden^T as a packed A. */
+static size_t lora_rows_end_bytes(int rank, int KpN) {
+    size_t r16 = ((size_t)rank + 15) / 16 * 16, r32 = (size_t)gemm_bf16_kp(rank);
+    return lora_round64((size_t)KpN * rank * sizeof(float)) + lora_round64(r16 * KpN * sizeof(uint16_t)) +
+           lora_round64(r32 * KpN * sizeof(uint16_t));
+}
+
+/* The operands of the adapted projections of layer's backward pass holding p (q, k, v; or o, gate, up, down)
+ * laid out after rows_end's, for N positions. */
+static qlab_status lora_rows_layout(lora_set *l, int layer, model_proj p, int N) {
+    static const model_proj qkv[] = {PROJ_Q, PROJ_K, PROJ_V}, ffn[] = {PROJ_O, PROJ_GATE, PROJ_UP, PROJ_DOWN};
+    int in_qkv = p == PROJ_Q || p == PROJ_K || p == PROJ_V, n = in_qkv ? 3 : 4;
+    const model_proj *ps = in_qkv ? qkv : ffn;
+    int KpN = gemm_bf16_kp(N);
+    size_t bytes = lora_rows_end_bytes(l->cfg.rank, KpN);
+    for (int i = 0; i < n; i++) {
+        int s = lora_slot(l, layer, ps[i]);
+        if (s >= 0) bytes += lora_rows_proj_bytes(&l->adapters[s], KpN);
+    }
+    QLAB_TRY(lora_rows_grow(&l->rows_ops, &l->rows_ops_bytes, bytes, "row backward's operands"));
+    l->rows_N = N, l->rows_KpN = KpN;
+    char *u = l->rows_ops + lora_rows_end_bytes(l->cfg.rank, KpN);
+    for (int i = 0; i < n; i++) {
+        int s = lora_slot(l, layer, ps[i]);
+        if (s < 0) continue;
+        const lora_adapter *a = &l->adapters[s];
+        lora_rows_proj *rp = &l->rows[ps[i]];
+        size_t in16 = ((size_t)a->in_features + 15) / 16 * 16;
+        rp->dout_t = (uint16_t *)u;
+        u += lora_round64((size_t)gemm_bf16_kp(a->out_features) * KpN * sizeof(uint16_t));
+        rp->x_panels = (uint16_t *)u;
+        u += lora_round64(in16 * KpN * sizeof(uint16_t));
+        rp->dhidden = (float *)u;
+        u += lora_round64((size_t)KpN * a->rank * sizeof(float));
+    }
+    return QLAB_OK;
+}
+
+static qlab_status lora_rows_begin(void *ctx, int layer, model_proj p, int N, int backward) {
+    lora_set *l = ctx;
+    int s = lora_slot(l, layer, p);
+    if (s < 0) return QLAB_OK; /* this projection is not adapted */
+    if (!l->rows && !(l->rows = qlab_calloc(PROJ_COUNT, sizeof *l->rows))) return QLAB_ERR_NOMEM;
+    lora_rows_proj *rp = &l->rows[p];
+    QLAB_TRY(lora_rows_reserve_threads(l));
+    if (backward) {
+        QLAB_TRY(lora_backward_mask(l, s, layer, p, N, &rp->m));
+        QLAB_TRY(lora_rows_layout(l, layer, p, N));
+    } else {
+        QLAB_TRY(lora_forward_mask(l, s, layer, p, N, &rp->m));
+    }
+    return lora_rows_pack(rp, &l->adapters[s], backward);
+}
+
+/* The rows' mask row n0 on: its bits as the pass stores them. */
+static unsigned char *lora_rows_bits(const lora_rows_proj *rp, int IC, int n0) {
+    return (unsigned char *)rp->m.bits + (size_t)n0 * lora_dropout_row_words(IC) * sizeof(uint64_t);
+}
+
+/* out = inp's rows dropped under the kept mask (the forward's own draw stores it first). */
+static void lora_rows_drop(const lora_rows_proj *rp, float *out, const float *inp, int IC, int r0, int rows,
+                           int draw) {
+    lora_dropout_spec d = lora_dropout_spec_of(rp->m.p);
+    unsigned char *bits = lora_rows_bits(rp, IC, r0);
+    if (draw) {
+        lora_dropout_apply_rows(out, inp, r0, rows, IC, d, rp->m.seed, bits);
+        return;
+    }
+    size_t row_bytes = (size_t)lora_dropout_row_words(IC) * sizeof(uint64_t);
+    for (int i = 0; i < rows; i++)
+        lora_dropout_mul(out + (size_t)i * IC, inp + (size_t)i * IC, bits + (size_t)i * row_bytes, IC,
+                         d.keep_scale);
+}
+
+/* C (rows x w->N, ldc) = / += a w^T on the calling thread, a packed rows of w->Kp values. */
+static void lora_rows_product(const uint16_t *a, int rows, const bf16_packed_weight *w, float *C, int ldc,
+                              int accumulate) {
+    gemm_bf16_block(bf16_active_path(), a, (size_t)w->Kp, w->panels, (size_t)GEMM_BF16_PANEL * w->Kp, rows,
+                    w->N, w->Kp, C, ldc, accumulate, NULL);
+}
+
+static void lora_rows_forward(void *ctx, int layer, model_proj p, const float *inp, float *out, int r0,
+                              int rows) {
+    lora_set *l = ctx;
+    int s = lora_slot(l, layer, p);
+    if (s < 0) return;
+    const lora_adapter *a = &l->adapters[s];
+    const lora_rows_proj *rp = &l->rows[p];
+    lora_rows_ws w = lora_rows_this_thread(l);
+    int IC = a->in_features, r = a->rank, mp = gemm_bf16_mp(rows);
+    const float *x = inp;
+    if (rp->m.p > 0) {
+        lora_rows_drop(rp, w.x, inp, IC, r0, rows, !rp->m.stored);
+        x = w.x;
+    }
+    /* hidden = x A^T (kept for the backward); out += (scale hidden) B^T */
+    float *hidden = l->hidden + ((size_t)s * l->capacity + (size_t)r0) * r;
+    gemm_bf16_pack_rows(w.ax, rp->a.Kp, x, (size_t)IC, rows, IC, mp);
+    lora_rows_product(w.ax, rows, &rp->a, hidden, r, 0);
+    for (size_t i = 0; i < (size_t)rows * r; i++)
+        w.h[i] = l->scale * hidden[i];
+    gemm_bf16_pack_rows(w.ah, rp->b.Kp, w.h, (size_t)r, rows, r, mp);
+    lora_rows_product(w.ah, rows, &rp->b, out, a->out_features, 1);
+}
+
+static void lora_rows_backward(void *ctx, int layer, model_proj p, const uint16_t *dout_a, float *dinp,
+                               int r0, int rows) {
+    lora_set *l = ctx;
+    int s = lora_slot(l, layer, p);
+    if (s < 0) return;
+    const lora_adapter *a = &l->adapters[s];
+    const lora_rows_proj *rp = &l->rows[p];
+    lora_rows_ws w = lora_rows_this_thread(l);
+    int IC = a->in_features, r = a->rank, mp = gemm_bf16_mp(rows), Ko = rp->b.Kp;
+    /* dout^T's columns for dB; dhidden = scale (dout B); dinp += dropout'(dhidden A) */
+    gemm_bf16_transpose_rows(rp->dout_t + r0, (size_t)l->rows_KpN, mp, dout_a, Ko, Ko, 1);
+    float *dh = rp->dhidden + (size_t)r0 * r;
+    lora_rows_product(dout_a, rows, &rp->b, dh, r, 0);
+    for (size_t i = 0; i < (size_t)rows * r; i++)
+        dh[i] *= l->scale;
+    gemm_bf16_pack_rows(w.ah, rp->a.Kp, dh, (size_t)r, rows, r, mp);
+    if (rp->m.p <= 0) {
+        lora_rows_product(w.ah, rows, &rp->a, dinp, IC, 1);
+        return;
+    }
+    lora_rows_product(w.ah, rows, &rp->a, w.x, IC, 0);
+    size_t row_bytes = (size_t)lora_dropout_row_words(IC) * sizeof(uint64_t);
+    const unsigned char *bits = lora_rows_bits(rp, IC, r0);
+    float keep = lora_dropout_spec_of(rp->m.p).keep_scale;
+    for (int i = 0; i < rows; i++)
+        lora_dropout_mul_add(dinp + (size_t)i * IC, w.x + (size_t)i * IC, bits + (size_t)i * row_bytes, IC,
+                             keep);
+}
+
+static void lora_rows_input(void *ctx, int layer, model_proj p, const float *inp, int r0, int rows) {
+    lora_set *l = ctx;
+    int s = lora_slot(l, layer, p);
+    if (s < 0) return;
+    const lora_adapter *a = &l->adapters[s];
+    const lora_rows_proj *rp = &l->rows[p];
+    lora_rows_ws w = lora_rows_this_thread(l);
+    int IC = a->in_features;
+    const float *x = inp;
+    if (rp->m.p > 0) {
+        lora_rows_drop(rp, w.x, inp, IC, r0, rows, 0);
+        x = w.x;
+    }
+    gemm_bf16_pack_bn(rp->x_panels + (size_t)r0 * GEMM_BF16_PANEL, (size_t)GEMM_BF16_PANEL * l->rows_KpN,
+                      gemm_bf16_mp(rows) / 2, x, (size_t)IC, rows, IC, w.t, 1);
+}
+
+static qlab_status lora_rows_end(void *ctx, int layer, model_proj p, int backward) {
+    lora_set *l = ctx;
+    int s = lora_slot(l, layer, p);
+    if (s < 0 || !backward) return QLAB_OK;
+    const lora_adapter *a = &l->adapters[s];
+    const lora_rows_proj *rp = &l->rows[p];
+    int N = l->rows_N, KpN = l->rows_KpN, r = a->rank;
+    bf16_path path = bf16_active_path();
+    /* dB += dout^T (scale hidden), then dA += dhidden^T dropout(x), over all positions */
+    float *sh = (float *)l->rows_ops;
+    uint16_t *shp = (uint16_t *)(l->rows_ops + lora_round64((size_t)KpN * r * sizeof(float)));
+    uint16_t *dht =
+        shp + lora_round64(((size_t)r + 15) / 16 * 16 * KpN * sizeof(uint16_t)) / sizeof(uint16_t);
+    const float *hidden = l->hidden + (size_t)s * l->capacity * r;
+    for (size_t i = 0; i < (size_t)N * r; i++)
+        sh[i] = l->scale * hidden[i];
+    gemm_bf16_pack_bn(shp, (size_t)GEMM_BF16_PANEL * KpN, KpN / 2, sh, (size_t)r, N, r,
+                      lora_rows_thread(l, 0).t, 0);
+    gemm_bf16_multiply(path, rp->dout_t, shp, a->out_features, r, KpN, a->dB, r, 1);
+    gemm_bf16_pack_at(dht, KpN, rp->dhidden, r, N, r, gemm_bf16_kp(r));
+    gemm_bf16_multiply(path, dht, rp->x_panels, r, a->in_features, KpN, a->dA, a->in_features, 1);
+    return QLAB_OK;
+}
+
+static void lora_rows_free(lora_set *l) {
+    if (l->rows)
+        for (int p = 0; p < PROJ_COUNT; p++) {
+            bf16_packed_weight_free(&l->rows[p].a);
+            bf16_packed_weight_free(&l->rows[p].b);
+        }
+    free(l->rows);
+    qlab_free_aligned(l->rows_scratch);
+    qlab_free_aligned(l->rows_ops);
+    memacct_release(MEMACCT_SCRATCH, l->rows_scratch_bytes + l->rows_ops_bytes);
 }
 
 qlab_status lora_attach(lora_set *l, model *m, int freeze_base) {
@@ -558,7 +873,12 @@ qlab_status lora_attach(lora_set *l, model *m, int freeze_base) {
                           .begin = lora_hook_begin,
                           .forward = lora_hook_forward,
                           .backward = lora_hook_backward,
-                          .recompute = lora_hook_recompute};
+                          .recompute = lora_hook_recompute,
+                          .rows_begin = lora_rows_begin,
+                          .rows_forward = lora_rows_forward,
+                          .rows_backward = lora_rows_backward,
+                          .rows_input = lora_rows_input,
+                          .rows_end = lora_rows_end};
     if (freeze_base) model_set_all_trainable(m, 0);
     model_set_adapter(m, &hook);
     l->model = m;

@@ -96,24 +96,32 @@ void lora_dropout_mul_add(float *out, const float *in, const void *bits, int n, 
 
 /* ---------------------------------------------------------------- the row-parallel drivers */
 
-void lora_dropout_apply(float *out, const float *in, int N, int IC, lora_dropout_spec d, uint64_t seed,
-                        void *row_bits) {
+void lora_dropout_apply_rows(float *out, const float *in, int n0, int rows, int IC, lora_dropout_spec d,
+                             uint64_t seed, void *row_bits) {
     int words = lora_dropout_row_words(IC);
     size_t row_bytes = (size_t)words * sizeof(uint64_t);
-#pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) {
-        uint64_t key = lora_dropout_row_key(seed, (uint64_t)n), chunk[LORA_DROPOUT_CHUNK_WORDS];
+    for (int i = 0; i < rows; i++) {
+        uint64_t key = lora_dropout_row_key(seed, (uint64_t)(n0 + i)), chunk[LORA_DROPOUT_CHUNK_WORDS];
         for (int w0 = 0; w0 < words; w0 += LORA_DROPOUT_CHUNK_WORDS) {
             int nw = words - w0 < LORA_DROPOUT_CHUNK_WORDS ? words - w0 : LORA_DROPOUT_CHUNK_WORDS;
             int c0 = 64 * w0, len = IC - c0 < 64 * nw ? IC - c0 : 64 * nw;
-            size_t at = (size_t)n * IC + (size_t)c0;
+            size_t at = (size_t)i * IC + (size_t)c0;
             lora_dropout_bits(chunk, key, w0, nw, d.drop_below);
             lora_dropout_mul(out + at, in + at, chunk, len, d.keep_scale);
             if (row_bits)
-                memcpy((unsigned char *)row_bits + (size_t)n * row_bytes + (size_t)w0 * sizeof(uint64_t),
+                memcpy((unsigned char *)row_bits + (size_t)i * row_bytes + (size_t)w0 * sizeof(uint64_t),
                        chunk, (size_t)nw * sizeof(uint64_t));
         }
     }
+}
+
+void lora_dropout_apply(float *out, const float *in, int N, int IC, lora_dropout_spec d, uint64_t seed,
+                        void *row_bits) {
+    size_t row_bytes = (size_t)lora_dropout_row_words(IC) * sizeof(uint64_t);
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++)
+        lora_dropout_apply_rows(out + (size_t)n * IC, in + (size_t)n * IC, n, 1, IC, d, seed,
+                                row_bits ? (unsigned char *)row_bits + (size_t)n * row_bytes : NULL);
 }
 
 void lora_dropout_apply_bits(float *out, const float *in, int N, int IC, float keep_scale,

@@ -71,6 +71,10 @@ static inline int lora_dropout_row_words(int IC) {
 /* out = in ⊙ mask(seed); out may be in. */
 void lora_dropout_apply(float *out, const float *in, int N, int IC, lora_dropout_spec d, uint64_t seed,
                         void *row_bits);
+/* lora_dropout_apply of rows [n0, n0 + rows) of the mask on the calling thread: out, in and row_bits (if
+ * not NULL) point at row n0. */
+void lora_dropout_apply_rows(float *out, const float *in, int n0, int rows, int IC, lora_dropout_spec d,
+                             uint64_t seed, void *row_bits);
 /* out = in ⊙ mask, the mask read back from row_bits (as lora_dropout_apply stored it); out may be in. */
 void lora_dropout_apply_bits(float *out, const float *in, int N, int IC, float keep_scale,
                              const void *row_bits);

@@ -69,7 +69,10 @@ struct model {
     size_t att_ops_bytes;
     bf16_packed_weight
         *packed_dinp; /* PROJ_COUNT: a layer's weights for its input gradients (row backward) */
-    void *bwd_ops;    /* the row backward's weight-gradient operands (model_brows) */
+    /* PROJ_COUNT: a layer's weights for a training forward in row chunks over a quantized base, which packs
+     * one layer at a time (a bf16 copy of every layer would outweigh the 4-bit base) */
+    bf16_packed_weight *packed_layer;
+    void *bwd_ops; /* the row backward's weight-gradient operands (model_brows) */
     size_t bwd_ops_bytes;
     float *tile; /* scratch for dequantized weight rows */
     size_t tile_floats;
@@ -572,6 +575,12 @@ void model_unpack_weights(model *m) {
         free(m->packed_dinp);
         m->packed_dinp = NULL;
     }
+    if (m->packed_layer) {
+        for (int p = 0; p < PROJ_COUNT; p++)
+            bf16_packed_weight_free(&m->packed_layer[p]);
+        free(m->packed_layer);
+        m->packed_layer = NULL;
+    }
     m->packed_valid = 0;
     if (!m->packed) return;
     for (int i = 0; i <= m->cfg.n_layers * PROJ_COUNT; i++)
@@ -604,6 +613,23 @@ static qlab_status model_pack_all(model *m) {
         return st;
     }
     m->packed_valid = 1;
+    return QLAB_OK;
+}
+
+/* Packs layer l's projections into *slots (PROJ_COUNT, allocated on first use, then packed again in
+ * place): for the forward's products, or (dinp) for their input gradients. */
+static qlab_status model_pack_layer(model *m, int l, bf16_packed_weight **slots, int dinp) {
+    if (!*slots && !(*slots = qlab_calloc(PROJ_COUNT, sizeof **slots))) return QLAB_ERR_NOMEM;
+    for (int p = 0; p < PROJ_COUNT; p++) {
+        linear_weight lw = model_get_linear(m, l, (model_proj)p);
+        bf16_packed_weight *w = &(*slots)[p];
+        qlab_status st = w->panels ? bf16_repack_weight(lw.w, lw.q, w)
+                         : dinp    ? bf16_pack_weight_dinp(lw.w, lw.q, lw.out_features, lw.in_features, w)
+                                   : bf16_pack_weight(lw.w, lw.q, lw.out_features, lw.in_features, w);
+        if (st != QLAB_OK)
+            return qlab_fail_context(st, "layer %d %s, packing for the %s", l, model_proj_name((model_proj)p),
+                                     dinp ? "backward" : "forward");
+    }
     return QLAB_OK;
 }
 
@@ -1180,15 +1206,41 @@ static void model_head_loss(model *m, const int *targets, float *logits, float *
  * same order, each output tile of a product by the same kernel code: the same bits (tests/
  * test_model_bf16.c). Not taken on the blas path (sgemm's summation order may depend on the number of rows)
  * nor with an adapter's forward. */
+/* Whether the adapter (if any) takes part in the row passes through its row hooks. */
+static int model_adapter_rows(const model *m) {
+    const model_adapter *a = &m->adapter;
+    return m->has_adapter && a->rows_begin && a->rows_forward && a->rows_backward && a->rows_input &&
+           a->rows_end;
+}
+
 static int model_rows_usable(const model *m) {
-    return m->compute == QLAB_COMPUTE_BF16 && m->row_passes && !(m->has_adapter && m->adapter.forward) &&
+    return m->compute == QLAB_COMPUTE_BF16 && m->row_passes &&
+           !(m->has_adapter && m->adapter.forward && !model_adapter_rows(m)) &&
            bf16_active_path() != BF16_PATH_BLAS;
 }
 
 /* Whether a backward runs in row chunks (model_brows below): bf16 row passes with no adapter taking part in
  * the backward. */
 static int model_brows_usable(const model *m) {
-    return model_rows_usable(m) && !(m->has_adapter && m->adapter.backward);
+    return model_rows_usable(m) && !(m->has_adapter && m->adapter.backward && !model_adapter_rows(m));
+}
+
+/* The row hooks of a pass (model_adapter_rows): rows_begin for each of its n projections, or rows_end. */
+static qlab_status model_rows_hooks(model *m, int l, const model_proj *ps, int n, int backward, int end) {
+    if (!model_adapter_rows(m)) return QLAB_OK;
+    for (int i = 0; i < n; i++) {
+        qlab_status st = end ? m->adapter.rows_end(m->adapter.ctx, l, ps[i], backward)
+                             : m->adapter.rows_begin(m->adapter.ctx, l, ps[i], m->B * m->T, backward);
+        if (st != QLAB_OK)
+            return qlab_fail_context(st, "adapter of layer %d %s (row passes)", l, model_proj_name(ps[i]));
+    }
+    return QLAB_OK;
+}
+
+/* out rows [r0, r0 + rows) += the adapter of projection p (when its row hooks take part). */
+static void model_rows_adapter(const model *m, int l, model_proj p, const float *inp, float *out, int r0,
+                               int rows) {
+    if (model_adapter_rows(m)) m->adapter.rows_forward(m->adapter.ctx, l, p, inp, out, r0, rows);
 }
 
 typedef struct {
@@ -1203,6 +1255,8 @@ typedef struct {
     /* with keep: also the projections' inputs (the norms' outputs, SwiGLU's), which the backward in row
      * chunks forms again (model_brows) but the whole-matrix backward reads */
     int keep_inputs;
+    int norm_out;                 /* the norms' outputs written (fp32): with keep_inputs, or for an adapter */
+    const bf16_packed_weight *pk; /* the layer's PROJ_COUNT packed projections */
 } model_rows;
 
 typedef struct {
@@ -1220,6 +1274,7 @@ static qlab_status model_rows_plan(model_rows *p, const model *m, bf16_att_opera
     p->path = bf16_active_path();
     p->keep = keep;
     p->keep_inputs = keep && !model_brows_usable(m);
+    p->norm_out = p->keep_inputs || model_adapter_rows(m); /* an adapter reads the norms' fp32 outputs */
     p->N = m->B * m->T;
     p->R = p->N >= 128 * threads ? 64 : 32;
     p->ops = ops && bf16_att_operands_fit(m->T) ? ops : NULL;
@@ -1279,9 +1334,9 @@ static void model_rows_qkv(model *m, const model_rows *p, model_rows_ws *ws, int
     const model_config *c = &m->cfg;
     model_layer_acts x = model_layer_views(m, l);
     int D = c->dim, KV = m->kv_dim, rows = r1 - r0;
-    const bf16_packed_weight *pk = &m->packed[l * PROJ_COUNT];
+    const bf16_packed_weight *pk = p->pk;
     model_rows_norm(p, ws, x.res_in + (size_t)r0 * D, m->params.rms_att + (size_t)l * D, rows, D, c->norm_eps,
-                    x.ln1 + (size_t)r0 * D, x.ln1_rstd + r0, p->keep_inputs);
+                    x.ln1 + (size_t)r0 * D, x.ln1_rstd + r0, p->norm_out);
     /* evaluation packing ahead keeps q, k, v in this thread's buffers; otherwise they are the activations */
     int local = p->ops && !p->keep;
     float *q = local ? ws->f1 : x.q + (size_t)r0 * D, *k = local ? ws->g : x.k + (size_t)r0 * KV;
@@ -1289,6 +1344,10 @@ static void model_rows_qkv(model *m, const model_rows *p, model_rows_ws *ws, int
     model_rows_product(p, ws->a, rows, &pk[PROJ_Q], q, D);
     model_rows_product(p, ws->a, rows, &pk[PROJ_K], k, KV);
     model_rows_product(p, ws->a, rows, &pk[PROJ_V], v, KV);
+    const float *ln = x.ln1 + (size_t)r0 * D;
+    model_rows_adapter(m, l, PROJ_Q, ln, q, r0, rows);
+    model_rows_adapter(m, l, PROJ_K, ln, k, r0, rows);
+    model_rows_adapter(m, l, PROJ_V, ln, v, r0, rows);
     rope_forward_rows(q, q, m->rope_cos, m->rope_sin, r0, rows, m->T, c->n_heads, m->head_size);
     rope_forward_rows(k, k, m->rope_cos, m->rope_sin, r0, rows, m->T, c->n_kv_heads, m->head_size);
     if (p->ops) bf16_att_operands_pack(p->ops, r0, rows, q, k, v, ws->a); /* rounded for the attention */
@@ -1300,19 +1359,22 @@ static void model_rows_ffn(model *m, const model_rows *p, model_rows_ws *ws, int
     model_layer_acts x = model_layer_views(m, l);
     int D = c->dim, H = c->hidden_dim, rows = r1 - r0;
     size_t n = (size_t)rows * D, off = (size_t)r0 * D;
-    const bf16_packed_weight *pk = &m->packed[l * PROJ_COUNT];
+    const bf16_packed_weight *pk = p->pk;
     float *res2 = x.res2 + off, *res3 = x.res3 + off;
     const float *res_in = x.res_in + off;
     gemm_bf16_pack_rows(ws->a, gemm_bf16_kp(D), x.atty + off, (size_t)D, rows, D, gemm_bf16_mp(rows));
     model_rows_product(p, ws->a, rows, &pk[PROJ_O], res2, D);
+    model_rows_adapter(m, l, PROJ_O, x.atty + off, res2, r0, rows);
     vm_add(res2, res2, res_in, n);
     model_rows_norm(p, ws, res2, m->params.rms_ffn + (size_t)l * D, rows, D, c->norm_eps, x.ln2 + off,
-                    x.ln2_rstd + r0, p->keep_inputs);
+                    x.ln2_rstd + r0, p->norm_out);
     size_t offh = (size_t)r0 * H;
     float *h1 = p->keep ? x.h1 + offh : ws->f1, *h3 = p->keep ? x.h3 + offh : ws->f2;
     float *hs = p->keep_inputs ? x.hs + offh : ws->f1;
     model_rows_product(p, ws->a, rows, &pk[PROJ_GATE], h1, H);
     model_rows_product(p, ws->a, rows, &pk[PROJ_UP], h3, H);
+    model_rows_adapter(m, l, PROJ_GATE, x.ln2 + off, h1, r0, rows);
+    model_rows_adapter(m, l, PROJ_UP, x.ln2 + off, h3, r0, rows);
     int Kh = gemm_bf16_kp(H);
     for (int i = 0; i < rows; i++) { /* SwiGLU row by row, rounded while the row is in cache */
         float *g = hs + (size_t)i * H;
@@ -1321,6 +1383,7 @@ static void model_rows_ffn(model *m, const model_rows *p, model_rows_ws *ws, int
     }
     memset(ws->a + (size_t)rows * Kh, 0, sizeof(uint16_t) * (size_t)(gemm_bf16_mp(rows) - rows) * Kh);
     model_rows_product(p, ws->a, rows, &pk[PROJ_DOWN], res3, D);
+    model_rows_adapter(m, l, PROJ_DOWN, hs, res3, r0, rows);
     vm_add(res3, res3, res2, n);
 }
 
@@ -1337,10 +1400,15 @@ static void model_rows_head(model *m, const model_rows *p, model_rows_ws *ws, fl
 
 typedef enum { MODEL_ROWS_QKV, MODEL_ROWS_FFN, MODEL_ROWS_HEAD } model_rows_pass;
 
-static qlab_status model_rows_run(model *m, model_rows_pass pass, int l, float *out, bf16_att_operands *ops,
-                                  int keep) {
+static qlab_status model_rows_run(model *m, model_rows_pass pass, int l, const bf16_packed_weight *pk,
+                                  float *out, bf16_att_operands *ops, int keep) {
     model_rows p;
     QLAB_TRY(model_rows_plan(&p, m, ops, keep));
+    p.pk = pk;
+    static const model_proj qkv[] = {PROJ_Q, PROJ_K, PROJ_V}, ffn[] = {PROJ_O, PROJ_GATE, PROJ_UP, PROJ_DOWN};
+    const model_proj *ps = pass == MODEL_ROWS_QKV ? qkv : ffn;
+    int nps = pass == MODEL_ROWS_QKV ? 3 : pass == MODEL_ROWS_FFN ? 4 : 0;
+    QLAB_TRY(model_rows_hooks(m, l, ps, nps, 0, 0));
 #pragma omp parallel
     {
         model_rows_ws ws = model_rows_thread(&p);
@@ -1357,12 +1425,13 @@ static qlab_status model_rows_run(model *m, model_rows_pass pass, int l, float *
         }
         gemm_bf16_block_end(p.path);
     }
-    return QLAB_OK;
+    return model_rows_hooks(m, l, ps, nps, 0, 1);
 }
 
 /* The forward in row chunks from the embedded tokens to the logits (out); with keep (training) the
- * activations a backward needs are written as model_block_forward and model_head_forward write them. */
-static qlab_status model_forward_rows(model *m, float *out, int keep) {
+ * activations a backward needs are written as model_block_forward and model_head_forward write them. The
+ * layers' weights are m->packed, or with per_layer packed one layer at a time into m->packed_layer. */
+static qlab_status model_forward_rows(model *m, float *out, int keep, int per_layer) {
     const model_config *c = &m->cfg;
     bf16_att_operands ops, *po = NULL;
     if (bf16_att_operands_fit(m->T)) { /* the attention's operands packed ahead */
@@ -1374,15 +1443,17 @@ static qlab_status model_forward_rows(model *m, float *out, int keep) {
     }
     for (int l = 0; l < c->n_layers; l++) {
         model_layer_acts x = model_layer_views(m, l);
-        QLAB_TRY(model_rows_run(m, MODEL_ROWS_QKV, l, NULL, po, keep));
+        if (per_layer) QLAB_TRY(model_pack_layer(m, l, &m->packed_layer, 0));
+        const bf16_packed_weight *pk = per_layer ? m->packed_layer : &m->packed[l * PROJ_COUNT];
+        QLAB_TRY(model_rows_run(m, MODEL_ROWS_QKV, l, pk, NULL, po, keep));
         if (po)
             QLAB_TRY(attention_forward_bf16_packed(x.atty, keep ? x.att : NULL, po));
         else
             QLAB_TRY(attention_forward_bf16(x.atty, keep ? x.att : NULL, x.q, x.k, x.v, m->B, m->T,
                                             c->n_heads, c->n_kv_heads, m->head_size));
-        QLAB_TRY(model_rows_run(m, MODEL_ROWS_FFN, l, NULL, NULL, keep));
+        QLAB_TRY(model_rows_run(m, MODEL_ROWS_FFN, l, pk, NULL, NULL, keep));
     }
-    return out ? model_rows_run(m, MODEL_ROWS_HEAD, 0, out, NULL, keep) : QLAB_OK;
+    return out ? model_rows_run(m, MODEL_ROWS_HEAD, 0, NULL, out, NULL, keep) : QLAB_OK;
 }
 
 /* model_forward, or with at (n positions) model_forward_at's forward: the layers, then the head of those
@@ -1396,14 +1467,17 @@ static qlab_status model_forward_run(model *m, const int *tokens, const int *tar
     if (m->compute == QLAB_COMPUTE_BF16) QLAB_TRY(linear_bf16_reserve(&m->cfg, B * T, 0));
     embedding_forward(m->acts.encoded, tokens, m->params.token_embedding, B * T, m->cfg.dim);
     if (model_rows_usable(m) && (targets || model_weights_packed(m))) {
-        /* training: the weights (changed by the last step) packed again into the kept panels */
-        if (targets) QLAB_TRY(model_pack_all(m));
-        float *out = at ? NULL : !targets && logits ? logits : m->acts.probs;
-        qlab_status st = model_forward_rows(m, out, targets != NULL);
+        /* training: the weights (changed by the last step) packed again into the kept panels; over a
+         * quantized base never packed whole, one layer at a time, and the head as model_head_forward */
+        int per_layer = targets && m->quantized && !m->packed;
+        if (targets && !per_layer) QLAB_TRY(model_pack_all(m));
+        float *out = at || per_layer ? NULL : !targets && logits ? logits : m->acts.probs;
+        qlab_status st = model_forward_rows(m, out, targets != NULL, per_layer);
         /* a training forward's copies serve this forward only: the caller may write the weights next */
         if (targets) m->packed_valid = 0;
         QLAB_TRY(st);
         if (at) return model_head_at(m, at, n, logits);
+        if (per_layer) return model_head_forward(m, targets, logits, loss);
         model_head_loss(m, targets, logits, loss);
         return QLAB_OK;
     }
@@ -1722,18 +1796,7 @@ typedef struct {
 
 /* Packs layer l's projections for their input gradients into m->packed_dinp. */
 static qlab_status model_pack_dinp(model *m, int l) {
-    if (!m->packed_dinp && !(m->packed_dinp = qlab_calloc(PROJ_COUNT, sizeof *m->packed_dinp)))
-        return QLAB_ERR_NOMEM;
-    for (int p = 0; p < PROJ_COUNT; p++) {
-        linear_weight lw = model_get_linear(m, l, (model_proj)p);
-        bf16_packed_weight *w = &m->packed_dinp[p];
-        qlab_status st = w->panels ? bf16_repack_weight(lw.w, lw.q, w)
-                                   : bf16_pack_weight_dinp(lw.w, lw.q, lw.out_features, lw.in_features, w);
-        if (st != QLAB_OK)
-            return qlab_fail_context(st, "layer %d %s, packing for the backward", l,
-                                     model_proj_name((model_proj)p));
-    }
-    return QLAB_OK;
+    return model_pack_layer(m, l, &m->packed_dinp, 1);
 }
 
 static size_t model_round64(size_t bytes) {
@@ -1829,6 +1892,17 @@ static void model_brows_input(const model_brows *p, model_brows_ws *ws, uint16_t
                       gemm_bf16_mp(rows) / 2, x, (size_t)in, rows, in, ws->t, 1);
 }
 
+/* dinp rows += the adapter's input gradient of projection p, from the chunk's rounded dout in ws->a (when
+ * the adapter's row hooks take part). */
+static void model_brows_adapter(const model *m, const model_brows_ws *ws, int l, model_proj p, float *dinp,
+                                int r0, int rows) {
+    if (model_adapter_rows(m)) m->adapter.rows_backward(m->adapter.ctx, l, p, ws->a, dinp, r0, rows);
+}
+
+static void model_brows_adapter_input(const model *m, int l, model_proj p, const float *x, int r0, int rows) {
+    if (model_adapter_rows(m)) m->adapter.rows_input(m->adapter.ctx, l, p, x, r0, rows);
+}
+
 /* The norm weight gradient's partial sums of rows [r0, r1) (dln and x at row r0), per block of rows. */
 static void model_brows_norm_weight(const model_brows *p, const float *dln, const float *x, const float *rstd,
                                     int D, int r0, int r1) {
@@ -1852,26 +1926,35 @@ static void model_brows_ffn(model *m, const model_brows *p, model_brows_ws *ws, 
     int D = c->dim, H = c->hidden_dim, rows = r1 - r0;
     size_t off = (size_t)r0 * D, offh = (size_t)r0 * H, nh = (size_t)rows * H;
     float *dres = g->dresidual + off, *dln = g->dln + off, *dhs = ws->f1, *dh1 = ws->f2, *dh3 = ws->f3;
+    int hook = model_adapter_rows(m);
     model_brows_dout(p, ws, PROJ_DOWN, dres, D, r0, rows);
     model_brows_dinp(p, ws, rows, &pd[PROJ_DOWN], dhs, 1);
-    /* SwiGLU's backward and, when the down projection trains, its input again (over dhs) from the same
-     * exponentials */
-    vm_swiglu_backward(dh1, dh3, p->x_hs ? dhs : NULL, dhs, x.h1 + offh, x.h3 + offh, nh);
+    model_brows_adapter(m, ws, l, PROJ_DOWN, dhs, r0, rows);
+    /* SwiGLU's backward and, when the down projection trains or has an adapter, its input again (over dhs)
+     * from the same exponentials */
+    vm_swiglu_backward(dh1, dh3, p->x_hs || hook ? dhs : NULL, dhs, x.h1 + offh, x.h3 + offh, nh);
     model_brows_input(p, ws, p->x_hs, dhs, H, r0, rows);
-    if (p->x_ln) { /* gate's and up's input: the norm's output again */
+    model_brows_adapter_input(m, l, PROJ_DOWN, dhs, r0, rows);
+    if (p->x_ln || hook) { /* gate's and up's input: the norm's output again */
         rmsnorm_apply_rows(dhs, x.res2 + off, m->params.rms_ffn + (size_t)l * D, x.ln2_rstd + r0, rows, D);
         model_brows_input(p, ws, p->x_ln, dhs, D, r0, rows);
+        model_brows_adapter_input(m, l, PROJ_GATE, dhs, r0, rows);
+        model_brows_adapter_input(m, l, PROJ_UP, dhs, r0, rows);
     }
     model_brows_dout(p, ws, PROJ_GATE, dh1, H, r0, rows);
     model_brows_dinp(p, ws, rows, &pd[PROJ_GATE], dln, 1);
+    model_brows_adapter(m, ws, l, PROJ_GATE, dln, r0, rows);
     model_brows_dout(p, ws, PROJ_UP, dh3, H, r0, rows);
     model_brows_dinp(p, ws, rows, &pd[PROJ_UP], dln, 0);
+    model_brows_adapter(m, ws, l, PROJ_UP, dln, r0, rows);
     rmsnorm_backward_rows(dres, dln, x.res2 + off, m->params.rms_ffn + (size_t)l * D, x.ln2_rstd + r0, rows,
                           D, 1);
     model_brows_norm_weight(p, dln, x.res2 + off, x.ln2_rstd + r0, D, r0, r1);
     model_brows_dout(p, ws, PROJ_O, dres, D, r0, rows);
     model_brows_dinp(p, ws, rows, &pd[PROJ_O], g->datty + off, 1);
+    model_brows_adapter(m, ws, l, PROJ_O, g->datty + off, r0, rows);
     model_brows_input(p, ws, p->x_atty, x.atty + off, D, r0, rows);
+    model_brows_adapter_input(m, l, PROJ_O, x.atty + off, r0, rows);
 }
 
 /* Rows [r0, r1) from the attention's input gradients (g->dq, g->dk after RoPE, g->dv) through RoPE, the
@@ -1887,16 +1970,22 @@ static void model_brows_qkv(model *m, const model_brows *p, model_brows_ws *ws, 
     rope_backward_rows(dq, g->dq + off, m->rope_cos, m->rope_sin, r0, rows, m->T, c->n_heads, m->head_size);
     model_brows_dout(p, ws, PROJ_Q, dq, D, r0, rows);
     model_brows_dinp(p, ws, rows, &pd[PROJ_Q], dln, 1);
+    model_brows_adapter(m, ws, l, PROJ_Q, dln, r0, rows);
     rope_backward_rows(dk, g->dk + offkv, m->rope_cos, m->rope_sin, r0, rows, m->T, c->n_kv_heads,
                        m->head_size);
     model_brows_dout(p, ws, PROJ_K, dk, KV, r0, rows);
     model_brows_dinp(p, ws, rows, &pd[PROJ_K], dln, 0);
+    model_brows_adapter(m, ws, l, PROJ_K, dln, r0, rows);
     model_brows_dout(p, ws, PROJ_V, g->dv + offkv, KV, r0, rows);
     model_brows_dinp(p, ws, rows, &pd[PROJ_V], dln, 0);
-    if (p->x_ln) { /* the projections' input: the norm's output again */
+    model_brows_adapter(m, ws, l, PROJ_V, dln, r0, rows);
+    if (p->x_ln || model_adapter_rows(m)) { /* the projections' input: the norm's output again */
         rmsnorm_apply_rows(ws->f3, x.res_in + off, m->params.rms_att + (size_t)l * D, x.ln1_rstd + r0, rows,
                            D);
         model_brows_input(p, ws, p->x_ln, ws->f3, D, r0, rows);
+        model_brows_adapter_input(m, l, PROJ_Q, ws->f3, r0, rows);
+        model_brows_adapter_input(m, l, PROJ_K, ws->f3, r0, rows);
+        model_brows_adapter_input(m, l, PROJ_V, ws->f3, r0, rows);
     }
     rmsnorm_backward_rows(dres, dln, x.res_in + off, m->params.rms_att + (size_t)l * D, x.ln1_rstd + r0, rows,
                           D, 1);
@@ -1908,6 +1997,10 @@ static void model_brows_qkv(model *m, const model_brows *p, model_brows_ws *ws, 
 static qlab_status model_brows_run(model *m, int l, model_brows_pass pass) {
     model_brows p;
     QLAB_TRY(model_brows_plan(&p, m, l, pass));
+    static const model_proj qkv[] = {PROJ_Q, PROJ_K, PROJ_V}, ffn[] = {PROJ_DOWN, PROJ_GATE, PROJ_UP, PROJ_O};
+    const model_proj *ps = pass == MODEL_BROWS_FFN ? ffn : qkv;
+    int nps = pass == MODEL_BROWS_FFN ? 4 : 3;
+    QLAB_TRY(model_rows_hooks(m, l, ps, nps, 1, 0));
 #pragma omp parallel
     {
         model_brows_ws ws = model_brows_thread(&p);
@@ -1937,7 +2030,7 @@ static qlab_status model_brows_run(model *m, int l, model_brows_pass pass) {
         gemm_bf16_multiply(p.path, p.at[pj], xs[pj], out, in, p.KpN, model_proj_dweight(m, l, (model_proj)pj),
                            in, 1);
     }
-    return QLAB_OK;
+    return model_rows_hooks(m, l, ps, nps, 1, 1);
 }
 
 /* model_block_backward in row chunks (model_brows_usable): the same gradients, bit for bit. */

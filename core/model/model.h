@@ -260,7 +260,27 @@ typedef struct {
      * recompute(ctx, 1) and recompute(ctx, 0) the forward calls repeat the last forward's calls for that
      * block and must compute the same values (e.g. the same dropout masks), not start new ones. */
     qlab_status (*recompute)(void *ctx, int recomputing);
+    /* Optional, all five or none: the adapter inside the bf16 passes over chunks of positions (model.c,
+     * model_set_row_passes), which otherwise run only without an adapter. For each pass over the N
+     * positions of layer l, rows_begin runs once per projection p of the pass before its chunks (backward
+     * 0: a forward, counting as p's forward call as forward above does; 1: a backward), then on every
+     * chunk rows_forward, or rows_backward and rows_input, concurrently for different chunks on different
+     * threads, then rows_end after the chunks. A chunk is rows [r0, r0 + rows), rows <= MODEL_ROWS_MAX.
+     * Together they must give the bits of forward and backward over all N positions. */
+    qlab_status (*rows_begin)(void *ctx, int layer, model_proj p, int N, int backward);
+    /* out (rows, out_features) += adapter(inp (rows, in_features)). */
+    void (*rows_forward)(void *ctx, int layer, model_proj p, const float *inp, float *out, int r0, int rows);
+    /* dout_a: the rows of dout rounded to bf16, each round32(out_features) values, padded with zero rows to
+     * a multiple of 32; dinp (rows, in_features) += d(adapter output)/d(inp)^T dout. */
+    void (*rows_backward)(void *ctx, int layer, model_proj p, const uint16_t *dout_a, float *dinp, int r0,
+                          int rows);
+    /* The projection's input rows again (backward), for the adapter's own gradients. */
+    void (*rows_input)(void *ctx, int layer, model_proj p, const float *inp, int r0, int rows);
+    /* After a backward's chunks: the adapter's own gradients accumulated. */
+    qlab_status (*rows_end)(void *ctx, int layer, model_proj p, int backward);
 } model_adapter;
+/* The most positions a chunk of the row passes holds (rows_forward, rows_backward, rows_input). */
+#define MODEL_ROWS_MAX 64
 /* Installs (copies) an adapter, or removes it with NULL. The callbacks run on the calling thread. */
 void model_set_adapter(model *m, const model_adapter *adapter);
 
