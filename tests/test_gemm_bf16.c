@@ -510,6 +510,54 @@ static void test_amx_emulation_faults(void) {
     CHECK(zeros);
 }
 
+/* gemm_bf16_block_depth: a block product of depth K (the packed values past it zero) gives the bits of the
+ * whole Kp loop on every path with block kernels, accumulating or not, for K odd and even, one and two
+ * pairs short of 32, and products flushed to -0 (a negative subnormal under FTZ), which one zero pair past
+ * K must turn into +0 as the rest of the padding does. */
+static void test_block_depth(void) {
+    rng_state r;
+    rng_seed(&r, 23);
+    const int M = 13, ncols = 37, Ks[] = {1, 2, 7, 8, 20, 30};
+    for (size_t ki = 0; ki < sizeof Ks / sizeof *Ks; ki++)
+        for (int tiny = 0; tiny < 2; tiny++) {
+            int K = Ks[ki], Kp = gemm_bf16_kp(K);
+            float *a = malloc(sizeof(float) * M * K), *w = malloc(sizeof(float) * ncols * K);
+            for (int i = 0; i < M * K; i++)
+                a[i] = (float)(rng_normal(&r) * (tiny ? 1e-20 : 1.0));
+            for (int i = 0; i < ncols * K; i++)
+                w[i] = (float)(rng_normal(&r) * (tiny ? 1e-20 : 1.0));
+            if (tiny) { /* row 0 x column 0: one product of -1e-40 and zeros */
+                for (int k = 0; k < K; k++)
+                    a[k] = 0.0f, w[k] = 0.0f;
+                a[0] = -1e-20f, w[0] = 1e-20f;
+            }
+            bf16_packed_weight pw;
+            CHECK(bf16_pack_weight(w, NULL, ncols, K, &pw) == QLAB_OK);
+            uint16_t *ap = calloc((size_t)gemm_bf16_mp(M) * Kp, sizeof(uint16_t));
+            gemm_bf16_pack_rows(ap, Kp, a, (size_t)K, M, K, gemm_bf16_mp(M));
+            float *full = malloc(sizeof(float) * M * ncols), *part = malloc(sizeof(float) * M * ncols);
+            for (int path = 0; path < BF16_PATH_COUNT; path++) {
+                if (path == BF16_PATH_BLAS || !bf16_path_available((bf16_path)path)) continue;
+                for (int acc = 0; acc < 2; acc++) {
+                    for (int i = 0; i < M * ncols; i++)
+                        full[i] = part[i] = acc ? 0.0f : NAN;
+                    gemm_bf16_block_begin((bf16_path)path);
+                    gemm_bf16_block((bf16_path)path, ap, (size_t)Kp, pw.panels, (size_t)GEMM_BF16_PANEL * Kp,
+                                    M, ncols, Kp, full, ncols, acc, NULL);
+                    gemm_bf16_block_depth((bf16_path)path, ap, (size_t)Kp, pw.panels,
+                                          (size_t)GEMM_BF16_PANEL * Kp, M, ncols, Kp, K, part, ncols, acc);
+                    gemm_bf16_block_end((bf16_path)path);
+                    CHECKF(memcmp(full, part, sizeof(float) * M * ncols) == 0,
+                           "%s: gemm_bf16_block_depth K %d (%s) acc %d differs from the whole Kp loop",
+                           bf16_path_name((bf16_path)path), K, tiny ? "subnormal" : "normal", acc);
+                    if (tiny) CHECK(full[0] == 0.0f && !signbit(full[0])); /* +0, not the flushed -0 */
+                }
+            }
+            bf16_packed_weight_free(&pw);
+            free(a), free(w), free(ap), free(full), free(part);
+        }
+}
+
 int main(void) {
     test_env_choice(); /* first: before this process makes its own choice */
     printf("bf16 paths on this CPU:");
@@ -545,6 +593,7 @@ int main(void) {
     test_special();
     test_quantized();
     test_packed();
+    test_block_depth();
     test_threads();
     return check_summary();
 }

@@ -585,6 +585,15 @@ void gemm_bf16_block(bf16_path path, const uint16_t *A, size_t lda, const uint16
         gemm_bf16_block_dispatch(path, A, lda, B, bstride, M, ncols, Kp, C, ldc, accumulate);
 }
 
+void gemm_bf16_block_depth(bf16_path path, const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride,
+                           int M, int ncols, int Kp, int K, float *C, int ldc, int accumulate) {
+    /* the AVX-512 BF16 kernel's rule for the whole product (gemm_bf16_kernel_avx512bf16): the pairs up to K
+     * and one zero pair give the bits of all Kp */
+    int Ku = (K + 1) / 2 * 2 + 2;
+    if (path == BF16_PATH_AVX512BF16 && Ku < Kp) Kp = Ku;
+    gemm_bf16_block(path, A, lda, B, bstride, M, ncols, Kp, C, ldc, accumulate, NULL);
+}
+
 void gemm_bf16_pack_at(uint16_t *Ap, int Kp, const float *A, int lda, int K, int M, int Mp) {
     int vector = gemm_bf16_vector_packing();
     for (int m0 = 0; m0 < Mp; m0 += 16) {

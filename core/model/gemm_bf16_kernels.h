@@ -83,6 +83,11 @@ void gemm_bf16_block_end(bf16_path path);
 size_t gemm_bf16_block_wide_floats(bf16_path path, int M, int ncols, int Kp);
 void gemm_bf16_block(bf16_path path, const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride, int M,
                      int ncols, int Kp, float *C, int ldc, int accumulate, float *wide);
+/* gemm_bf16_block on a path other than blas for a product of depth K <= Kp (the packed k values past it
+ * zero), which the AVX-512 BF16 kernel stops one pair past, as its whole product does: the same bits (the
+ * LoRA products, K = r padded to 32). */
+void gemm_bf16_block_depth(bf16_path path, const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride,
+                           int M, int ncols, int Kp, int K, float *C, int ldc, int accumulate);
 /* Packed A (Mp rows of Kp) of a transposed source on the calling thread: Ap[i][k] = bf16(A[k][i]) for
  * i < M, k < K; zero elsewhere. Mp is a multiple of 16. */
 void gemm_bf16_pack_at(uint16_t *Ap, int Kp, const float *A, int lda, int K, int M, int Mp);

@@ -748,8 +748,8 @@ static void lora_rows_drop(const lora_rows_proj *rp, float *out, const float *in
 /* C (rows x w->N, ldc) = / += a w^T on the calling thread, a packed rows of w->Kp values. */
 static void lora_rows_product(const uint16_t *a, int rows, const bf16_packed_weight *w, float *C, int ldc,
                               int accumulate) {
-    gemm_bf16_block(bf16_active_path(), a, (size_t)w->Kp, w->panels, (size_t)GEMM_BF16_PANEL * w->Kp, rows,
-                    w->N, w->Kp, C, ldc, accumulate, NULL);
+    gemm_bf16_block_depth(bf16_active_path(), a, (size_t)w->Kp, w->panels, (size_t)GEMM_BF16_PANEL * w->Kp,
+                          rows, w->N, w->Kp, w->K, C, ldc, accumulate);
 }
 
 static void lora_rows_forward(void *ctx, int layer, model_proj p, const float *inp, float *out, int r0,
