@@ -587,10 +587,7 @@ void gemm_bf16_block(bf16_path path, const uint16_t *A, size_t lda, const uint16
 
 void gemm_bf16_block_depth(bf16_path path, const uint16_t *A, size_t lda, const uint16_t *B, size_t bstride,
                            int M, int ncols, int Kp, int K, float *C, int ldc, int accumulate) {
-    /* the AVX-512 BF16 kernel's rule for the whole product (gemm_bf16_kernel_avx512bf16): the pairs up to K
-     * and one zero pair give the bits of all Kp */
-    int Ku = (K + 1) / 2 * 2 + 2;
-    if (path == BF16_PATH_AVX512BF16 && Ku < Kp) Kp = Ku;
+    if (path == BF16_PATH_AVX512BF16) Kp = gemm_bf16_depth_run(K, Kp); /* its whole kernel's rule */
     gemm_bf16_block(path, A, lda, B, bstride, M, ncols, Kp, C, ldc, accumulate, NULL);
 }
 

@@ -78,11 +78,7 @@ static void tile_task(void *tiles, long t) {
 void gemm_bf16_kernel_avx512bf16(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, int K,
                                  float *C, int ldc, int accumulate) {
     int npanels = (ncols + GEMM_BF16_PANEL - 1) / GEMM_BF16_PANEL;
-    /* whole pairs (a pair with one padding zero still runs), then one pair of padding zeros: it turns an
-     * accumulator flushed to -0 into +0 as the rest of the padding would, and the pairs after it change
-     * nothing */
-    int Ku = (K + 1) / 2 * 2 + 2;
-    if (Ku > Kp) Ku = Kp;
+    int Ku = gemm_bf16_depth_run(K, Kp);
     int mt = (M + MR - 1) / MR, nt = (npanels + 1) / 2;
     long tiles = (long)mt * nt;
     tiling g = {Ap, Bp, M, ncols, Kp, Ku, npanels, mt, ldc, accumulate, C};

@@ -150,9 +150,7 @@ static void tile_task(void *tiles, long t) {
 void gemm_bf16_kernel_avx512fma(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, int K,
                                 float *C, int ldc, int accumulate) {
     int npanels = (ncols + GEMM_BF16_PANEL - 1) / GEMM_BF16_PANEL;
-    /* the pairs up to K and one pair of padding, as the AVX-512 BF16 kernel (gemm_bf16_kernels.h) */
-    int Ku = (K + 1) / 2 * 2 + 2;
-    if (Ku > Kp) Ku = Kp;
+    int Ku = gemm_bf16_depth_run(K, Kp);
     int mt = (M + MR - 1) / MR, threads = gemm_bf16_kernel_threads(M, ncols, K);
     /* panels per tile: up to MAX_PANELS, fewer when the rows alone give the threads too few tiles (the split
      * does not change any output's sums) */

@@ -44,6 +44,14 @@ static inline int gemm_bf16_kp(int k) {
 static inline int gemm_bf16_mp(int m) {
     return (m + GEMM_BF16_MALIGN - 1) / GEMM_BF16_MALIGN * GEMM_BF16_MALIGN;
 }
+/* The packed depth the AVX-512 kernels run of a product of depth K (<= Kp): the whole pairs up to K (a pair
+ * with one padding zero still runs), then one pair of padding zeros, which turns an accumulator flushed to
+ * -0 into +0 as the rest of the padding would; the pairs after it change nothing, so the bits are those of
+ * all Kp. */
+static inline int gemm_bf16_depth_run(int K, int Kp) {
+    int Ku = (K + 1) / 2 * 2 + 2;
+    return Ku < Kp ? Ku : Kp;
+}
 
 /* C[m][n] (m < M, n < ncols) = / += A_m . B_n over the packed operands; B holds ceil(ncols/16) panels.
  * Runs an OpenMP loop over output tiles (each tile on one thread). K (<= Kp) is the product's own depth:

@@ -597,19 +597,30 @@ typedef struct {
     uint16_t *ax, *ah, *t;
 } lora_rows_ws;
 
-static size_t lora_round64(size_t bytes) {
-    return (bytes + 63) / 64 * 64;
+/* The next buffer of a layout: bytes (rounded up to 64) at offset *off of base, or none when base is NULL
+ * (the layout only sized); *off moves past it. */
+static void *lora_take(char *base, size_t *off, size_t bytes) {
+    void *p = base ? base + *off : NULL;
+    *off += (bytes + 63) / 64 * 64;
+    return p;
+}
+
+/* A thread's buffers laid out from base (NULL: only sized); returns their bytes. */
+static size_t lora_rows_thread_place(const lora_set *l, char *base, lora_rows_ws *w) {
+    size_t R = MODEL_ROWS_MAX, IC = (size_t)l->max_in_features, r = (size_t)l->cfg.rank, off = 0;
+    lora_rows_ws v;
+    v.x = lora_take(base, &off, R * IC * sizeof(float));
+    v.h = lora_take(base, &off, R * r * sizeof(float));
+    v.ax = lora_take(base, &off, R * (size_t)gemm_bf16_kp((int)IC) * sizeof(uint16_t));
+    v.ah = lora_take(base, &off, R * (size_t)gemm_bf16_kp((int)r) * sizeof(uint16_t));
+    v.t = lora_take(base, &off, 2 * (IC + 16) * sizeof(uint16_t));
+    if (w) *w = v;
+    return off;
 }
 
 static lora_rows_ws lora_rows_thread(const lora_set *l, int id) {
-    size_t R = MODEL_ROWS_MAX, IC = (size_t)l->max_in_features, r = (size_t)l->cfg.rank;
-    char *u = l->rows_scratch + l->rows_thread_bytes * (size_t)id;
     lora_rows_ws w;
-    w.x = (float *)u, u += lora_round64(R * IC * sizeof(float));
-    w.h = (float *)u, u += lora_round64(R * r * sizeof(float));
-    w.ax = (uint16_t *)u, u += lora_round64(R * (size_t)gemm_bf16_kp((int)IC) * sizeof(uint16_t));
-    w.ah = (uint16_t *)u, u += lora_round64(R * (size_t)gemm_bf16_kp((int)r) * sizeof(uint16_t));
-    w.t = (uint16_t *)u;
+    lora_rows_thread_place(l, l->rows_scratch + l->rows_thread_bytes * (size_t)id, &w);
     return w;
 }
 
@@ -641,11 +652,7 @@ static qlab_status lora_rows_reserve_threads(lora_set *l) {
 #ifdef _OPENMP
     threads = omp_get_max_threads();
 #endif
-    size_t R = MODEL_ROWS_MAX, IC = (size_t)l->max_in_features, r = (size_t)l->cfg.rank;
-    l->rows_thread_bytes = lora_round64(R * IC * sizeof(float)) + lora_round64(R * r * sizeof(float)) +
-                           lora_round64(R * (size_t)gemm_bf16_kp((int)IC) * sizeof(uint16_t)) +
-                           lora_round64(R * (size_t)gemm_bf16_kp((int)r) * sizeof(uint16_t)) +
-                           lora_round64(2 * (IC + 16) * sizeof(uint16_t));
+    l->rows_thread_bytes = lora_rows_thread_place(l, NULL, NULL);
     return lora_rows_grow(&l->rows_scratch, &l->rows_scratch_bytes, l->rows_thread_bytes * (size_t)threads,
                           "row passes' scratch");
 }
@@ -664,18 +671,32 @@ static qlab_status lora_rows_pack(lora_rows_proj *rp, const lora_adapter *a, int
     return pack(a->B, NULL, a->out_features, a->rank, &rp->b);
 }
 
-/* A backward's operands of one adapter over N positions (KpN of them rounded up). */
-static size_t lora_rows_proj_bytes(const lora_adapter *a, int KpN) {
-    size_t in16 = ((size_t)a->in_features + 15) / 16 * 16;
-    return lora_round64((size_t)gemm_bf16_kp(a->out_features) * KpN * sizeof(uint16_t)) +
-           lora_round64(in16 * KpN * sizeof(uint16_t)) + lora_round64((size_t)KpN * a->rank * sizeof(float));
+/* A backward's operands of adapter a over KpN positions laid out from base into rp (NULL, NULL: only
+ * sized); returns their bytes. */
+static size_t lora_rows_proj_place(char *base, const lora_adapter *a, int KpN, lora_rows_proj *rp) {
+    size_t off = 0, in16 = ((size_t)a->in_features + 15) / 16 * 16;
+    uint16_t *dout_t = lora_take(base, &off, (size_t)gemm_bf16_kp(a->out_features) * KpN * sizeof(uint16_t));
+    uint16_t *x_panels = lora_take(base, &off, in16 * KpN * sizeof(uint16_t));
+    float *dhidden = lora_take(base, &off, (size_t)KpN * a->rank * sizeof(float));
+    if (rp) rp->dout_t = dout_t, rp->x_panels = x_panels, rp->dhidden = dhidden;
+    return off;
 }
 
-/* rows_end's operands: scale hidden (KpN, r) in fp32 and as B panels, dhidden^T as a packed A. */
-static size_t lora_rows_end_bytes(int rank, int KpN) {
-    size_t r16 = ((size_t)rank + 15) / 16 * 16, r32 = (size_t)gemm_bf16_kp(rank);
-    return lora_round64((size_t)KpN * rank * sizeof(float)) + lora_round64(r16 * KpN * sizeof(uint16_t)) +
-           lora_round64(r32 * KpN * sizeof(uint16_t));
+/* rows_end's operands: scale hidden (KpN, r) in fp32 and as B panels, dhidden^T as a packed A; laid out
+ * from base (NULL: only sized), first in the backward's buffer. */
+typedef struct {
+    float *sh;
+    uint16_t *sh_panels, *dh_t;
+} lora_rows_end_ops;
+
+static size_t lora_rows_end_place(char *base, int rank, int KpN, lora_rows_end_ops *e) {
+    size_t off = 0, r16 = ((size_t)rank + 15) / 16 * 16, r32 = (size_t)gemm_bf16_kp(rank);
+    lora_rows_end_ops v;
+    v.sh = lora_take(base, &off, (size_t)KpN * rank * sizeof(float));
+    v.sh_panels = lora_take(base, &off, r16 * KpN * sizeof(uint16_t));
+    v.dh_t = lora_take(base, &off, r32 * KpN * sizeof(uint16_t));
+    if (e) *e = v;
+    return off;
 }
 
 /* The operands of the adapted projections of layer's backward pass holding p (q, k, v; or o, gate, up, down)
@@ -685,26 +706,17 @@ static qlab_status lora_rows_layout(lora_set *l, int layer, model_proj p, int N)
     int in_qkv = p == PROJ_Q || p == PROJ_K || p == PROJ_V, n = in_qkv ? 3 : 4;
     const model_proj *ps = in_qkv ? qkv : ffn;
     int KpN = gemm_bf16_kp(N);
-    size_t bytes = lora_rows_end_bytes(l->cfg.rank, KpN);
+    size_t end = lora_rows_end_place(NULL, l->cfg.rank, KpN, NULL), bytes = end;
     for (int i = 0; i < n; i++) {
         int s = lora_slot(l, layer, ps[i]);
-        if (s >= 0) bytes += lora_rows_proj_bytes(&l->adapters[s], KpN);
+        if (s >= 0) bytes += lora_rows_proj_place(NULL, &l->adapters[s], KpN, NULL);
     }
     QLAB_TRY(lora_rows_grow(&l->rows_ops, &l->rows_ops_bytes, bytes, "row backward's operands"));
     l->rows_N = N, l->rows_KpN = KpN;
-    char *u = l->rows_ops + lora_rows_end_bytes(l->cfg.rank, KpN);
+    char *u = l->rows_ops + end;
     for (int i = 0; i < n; i++) {
         int s = lora_slot(l, layer, ps[i]);
-        if (s < 0) continue;
-        const lora_adapter *a = &l->adapters[s];
-        lora_rows_proj *rp = &l->rows[ps[i]];
-        size_t in16 = ((size_t)a->in_features + 15) / 16 * 16;
-        rp->dout_t = (uint16_t *)u;
-        u += lora_round64((size_t)gemm_bf16_kp(a->out_features) * KpN * sizeof(uint16_t));
-        rp->x_panels = (uint16_t *)u;
-        u += lora_round64(in16 * KpN * sizeof(uint16_t));
-        rp->dhidden = (float *)u;
-        u += lora_round64((size_t)KpN * a->rank * sizeof(float));
+        if (s >= 0) u += lora_rows_proj_place(u, &l->adapters[s], KpN, &l->rows[ps[i]]);
     }
     return QLAB_OK;
 }
@@ -831,18 +843,16 @@ static qlab_status lora_rows_end(void *ctx, int layer, model_proj p, int backwar
     int N = l->rows_N, KpN = l->rows_KpN, r = a->rank;
     bf16_path path = bf16_active_path();
     /* dB += dout^T (scale hidden), then dA += dhidden^T dropout(x), over all positions */
-    float *sh = (float *)l->rows_ops;
-    uint16_t *shp = (uint16_t *)(l->rows_ops + lora_round64((size_t)KpN * r * sizeof(float)));
-    uint16_t *dht =
-        shp + lora_round64(((size_t)r + 15) / 16 * 16 * KpN * sizeof(uint16_t)) / sizeof(uint16_t);
+    lora_rows_end_ops e;
+    lora_rows_end_place(l->rows_ops, r, KpN, &e);
     const float *hidden = l->hidden + (size_t)s * l->capacity * r;
     for (size_t i = 0; i < (size_t)N * r; i++)
-        sh[i] = l->scale * hidden[i];
-    gemm_bf16_pack_bn(shp, (size_t)GEMM_BF16_PANEL * KpN, KpN / 2, sh, (size_t)r, N, r,
+        e.sh[i] = l->scale * hidden[i];
+    gemm_bf16_pack_bn(e.sh_panels, (size_t)GEMM_BF16_PANEL * KpN, KpN / 2, e.sh, (size_t)r, N, r,
                       lora_rows_thread(l, 0).t, 0);
-    gemm_bf16_multiply(path, rp->dout_t, shp, a->out_features, r, KpN, a->dB, r, 1);
-    gemm_bf16_pack_at(dht, KpN, rp->dhidden, r, N, r, gemm_bf16_kp(r));
-    gemm_bf16_multiply(path, dht, rp->x_panels, r, a->in_features, KpN, a->dA, a->in_features, 1);
+    gemm_bf16_multiply(path, rp->dout_t, e.sh_panels, a->out_features, r, KpN, a->dB, r, 1);
+    gemm_bf16_pack_at(e.dh_t, KpN, rp->dhidden, r, N, r, gemm_bf16_kp(r));
+    gemm_bf16_multiply(path, e.dh_t, rp->x_panels, r, a->in_features, KpN, a->dA, a->in_features, 1);
     return QLAB_OK;
 }
 

@@ -566,21 +566,20 @@ static qlab_status model_scratch_reserve(void **buf, size_t *bytes, size_t need,
     return QLAB_OK;
 }
 
+/* Frees a layer's PROJ_COUNT packed projections (model_pack_layer's slots). */
+static void model_free_layer_slots(bf16_packed_weight **slots) {
+    if (!*slots) return;
+    for (int p = 0; p < PROJ_COUNT; p++)
+        bf16_packed_weight_free(&(*slots)[p]);
+    free(*slots);
+    *slots = NULL;
+}
+
 void model_unpack_weights(model *m) {
     model_scratch_free(&m->att_ops, &m->att_ops_bytes);
     model_scratch_free(&m->bwd_ops, &m->bwd_ops_bytes);
-    if (m->packed_dinp) {
-        for (int p = 0; p < PROJ_COUNT; p++)
-            bf16_packed_weight_free(&m->packed_dinp[p]);
-        free(m->packed_dinp);
-        m->packed_dinp = NULL;
-    }
-    if (m->packed_layer) {
-        for (int p = 0; p < PROJ_COUNT; p++)
-            bf16_packed_weight_free(&m->packed_layer[p]);
-        free(m->packed_layer);
-        m->packed_layer = NULL;
-    }
+    model_free_layer_slots(&m->packed_dinp);
+    model_free_layer_slots(&m->packed_layer);
     m->packed_valid = 0;
     if (!m->packed) return;
     for (int i = 0; i <= m->cfg.n_layers * PROJ_COUNT; i++)
@@ -1205,7 +1204,8 @@ static void model_head_loss(model *m, const int *targets, float *logits, float *
  * same way. Each value is formed by the operations of model_block_forward and model_head_forward in the
  * same order, each output tile of a product by the same kernel code: the same bits (tests/
  * test_model_bf16.c). Not taken on the blas path (sgemm's summation order may depend on the number of rows)
- * nor with an adapter's forward. */
+ * nor with an adapter that has no row hooks (model_adapter). */
+
 /* Whether the adapter (if any) takes part in the row passes through its row hooks. */
 static int model_adapter_rows(const model *m) {
     const model_adapter *a = &m->adapter;
