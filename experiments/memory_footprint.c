@@ -15,6 +15,7 @@
 #include "core/base/tmpfiles.h"
 #include "core/results/config.h"
 #include "core/results/results.h"
+#include "experiments/harness/experiment_compute.h"
 #include "experiments/harness/memory_probe.h"
 #include "train/memory_model.h"
 
@@ -37,6 +38,7 @@ static const config_key config_keys[] = {
     {"lora_dropout", CONFIG_DOUBLE, "0.05", "LoRA dropout"},
     {"blocksize", CONFIG_INT, "64", "block size of the 4-bit bases"},
     {"seed", CONFIG_INT, "1", "seed of the synthetic rows and the adapters"},
+    EXPERIMENT_COMPUTE_KEY,
     {"target_ratio", CONFIG_DOUBLE, "0.10", "the |measured / predicted - 1| the model aims for"},
     {"paper_source", CONFIG_STRING, "\"\"", "citation of the paper's figures below"},
     {"paper_models", CONFIG_STRING_ARRAY, "[]", "LLaMA sizes of the paper's memory figure"},
@@ -113,6 +115,7 @@ static qlab_status read_settings(const config *cfg, grid_settings *g) {
     b->blocksize = (int)config_int(cfg, "blocksize");
     b->seed = (uint64_t)config_int(cfg, "seed");
     b->dtype = QUANT_NF4;
+    QLAB_TRY(experiment_config_compute(cfg, &b->compute));
     g->batch_by_model = config_object(cfg, "batch_by_model");
     const cJSON *e;
     cJSON_ArrayForEach(e, g->batch_by_model) if (
@@ -473,6 +476,9 @@ int main(int argc, char **argv) {
     qlab_status st = experiment_load_config(&args, &cfg, config_keys, N_CONFIG_KEYS);
     if (st == QLAB_OK) st = results_create(&r, args.out_path, "memory_footprint", cfg, argc, argv);
     if (st == QLAB_OK) results_require_rows(r);
+    qlab_compute compute = QLAB_COMPUTE_FP32;
+    if (st == QLAB_OK) st = experiment_config_compute(cfg, &compute);
+    if (st == QLAB_OK) st = experiment_results_compute(r, compute);
     for (int i = 0; st == QLAB_OK && i < config_array_length(cfg, "paper_models"); i++) {
         model_config a; /* the paper's settings are checked before anything is measured */
         st = paper_arch(cfg, i, &a);

@@ -1,10 +1,10 @@
 /* Memory of a finetuning step, each figure measured in a fresh process (experiments/harness/memory_probe:
  * the program re-executes itself, so VmHWM belongs to one configuration): (a) the peak resident memory of a
- * QLoRA (NF4+DQ) step at bench_train's shape (dim 256, hidden 688, 8 layers, vocab 512, batch 4 x 256)
- * against the memory model's prediction, both ways round so the 0.9-1.1 target shows in two rows; (b) the
- * peak of QLoRA NF4+DQ over LoRA on the fp32 base, same model and batch, for that model and for SmolLM2-135M
- * when ../shared/data has it, without and with checkpointing; (c) the step time with gradient checkpointing
- * over the time without (the recomputation's cost). */
+ * QLoRA (NF4+DQ) step at bench_train's shape (dim 256, hidden 688, 8 layers, vocab 512, batch 4 x 256),
+ * with fp32 and with bf16 compute, against the memory model's prediction, both ways round so the 0.9-1.1
+ * target shows in two rows; (b) the peak of QLoRA NF4+DQ over LoRA on the fp32 base, same model and batch,
+ * for that model and for SmolLM2-135M when ../shared/data has it, without and with checkpointing; (c) the
+ * step time with gradient checkpointing over the time without (the recomputation's cost). */
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -51,6 +51,29 @@ static int qlora_over_lora(const char *path, const char *label, int batch, int s
     return 1;
 }
 
+/* (a): the peak of a QLoRA step against the memory model's prediction, both ways round. */
+static int against_model(const char *path, qlab_compute compute, int B, int T) {
+    memory_probe_spec s = probe_spec(path, FINETUNE_QLORA, 0, B, T, 3);
+    s.compute = compute;
+    memory_probe_result r;
+    memory_model_spec ms;
+    memory_prediction pred;
+    if (!probe(&s, &r)) return 0;
+    memory_probe_model_spec(&s, &r, &ms);
+    if (memory_model_predict(&ms, &pred) != QLAB_OK) return 0;
+    const char *suffix = compute == QLAB_COMPUTE_BF16 ? ", bf16" : "";
+    printf("bench_memory: QLoRA NF4+DQ B=%d T=%d, %s compute, %d threads: baseline %.1f MB, peak %.1f MB, "
+           "predicted %.1f MB\n",
+           B, T, qlab_compute_name(compute), r.threads, (double)r.baseline_bytes / 1e6,
+           (double)r.peak_bytes / 1e6, (double)pred.total / 1e6);
+    char name[96];
+    snprintf(name, sizeof name, "peak RSS QLoRA step%s / memory model", suffix);
+    bench_emit(name, (double)r.peak_bytes / 1e6, "MB", "predicted MB", (double)pred.total / 1e6, 0.90);
+    snprintf(name, sizeof name, "memory model / peak RSS QLoRA step%s", suffix);
+    bench_emit(name, (double)pred.total / 1e6, "MB", "measured MB", (double)r.peak_bytes / 1e6, 1 / 1.1);
+    return 1;
+}
+
 int main(int argc, char **argv) {
     int child = memory_probe_main(argc, argv);
     if (child >= 0) return child;
@@ -60,26 +83,8 @@ int main(int argc, char **argv) {
     snprintf(path, sizeof path, "/tmp/qlab_bench_memory_%ld.bin", (long)getpid());
     if (memory_probe_write_random_model(&c, 7, path) != QLAB_OK) return qlab_report_error("bench_memory");
 
-    /* (a) QLoRA step peak against the memory model */
-    memory_probe_spec s = probe_spec(path, FINETUNE_QLORA, 0, B, T, 3);
-    memory_probe_result r;
-    memory_model_spec ms;
-    memory_prediction pred;
-    int ok = probe(&s, &r);
-    if (ok) {
-        memory_probe_model_spec(&s, &r, &ms);
-        ok = memory_model_predict(&ms, &pred) == QLAB_OK;
-    }
-    if (ok) {
-        printf("bench_memory: QLoRA NF4+DQ B=%d T=%d, %d threads: baseline %.1f MB, peak %.1f MB, predicted "
-               "%.1f MB\n",
-               B, T, r.threads, (double)r.baseline_bytes / 1e6, (double)r.peak_bytes / 1e6,
-               (double)pred.total / 1e6);
-        bench_emit("peak RSS QLoRA step / memory model", (double)r.peak_bytes / 1e6, "MB", "predicted MB",
-                   (double)pred.total / 1e6, 0.90);
-        bench_emit("memory model / peak RSS QLoRA step", (double)pred.total / 1e6, "MB", "measured MB",
-                   (double)r.peak_bytes / 1e6, 1 / 1.1);
-    }
+    /* (a) QLoRA step peak against the memory model, with fp32 and with bf16 compute */
+    int ok = against_model(path, QLAB_COMPUTE_FP32, B, T) && against_model(path, QLAB_COMPUTE_BF16, B, T);
 
     /* (b) the 4-bit base against the fp32 base */
     ok &= qlora_over_lora(path, "bench model", B, T);

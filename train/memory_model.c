@@ -158,14 +158,15 @@ qlab_status memory_model_predict(const memory_model_spec *s, memory_prediction *
     /* activations kept for backward, the adapters' hidden states and dropout-mask bits (rows: lora_attach
      * reserves the model's context, a forward grows it to B*T), and the backward's activation gradients */
     uint64_t ab = (uint64_t)s->activation_bytes;
+    int bf16 = s->compute == QLAB_COMPUTE_BF16, recompute = s->recompute_attention || bf16;
     uint64_t lora_rows = lora ? ((uint64_t)a->seq_len > N ? (uint64_t)a->seq_len : N) : 0;
     b[MEMORY_ACTIVATIONS] =
-        memory_model_activation_elements(a, s->batch, s->seq, s->checkpointing, s->recompute_attention) * ab +
+        memory_model_activation_elements(a, s->batch, s->seq, s->checkpointing, recompute) * ab +
         n_adapters * lora_rows * (uint64_t)s->rank * ab + lora_rows * mask_bytes_per_row;
     b[MEMORY_INPUT_GRADIENTS] = memory_model_input_gradient_elements(a, s->batch, s->seq) * ab;
 
     /* scratch: attention backward (T x T per thread), LoRA's backward planes, the dequantization tile,
-     * and qlab's small buffers */
+     * qlab's small buffers, and with bf16 compute its packed operands */
     uint64_t scratch = (uint64_t)s->threads * T * T * ab;
     if (lora) scratch += (uint64_t)lora_scratch_floats((int)lora_rows, (int)max_in, s->rank, s->dropout) * ab;
     if (quantized && s->quantized_scratch) {
@@ -182,6 +183,14 @@ qlab_status memory_model_predict(const memory_model_spec *s, memory_prediction *
         scratch += 2 * T * (head / 2) * 4 /* RoPE cos and sin */
                    + 3 * N * 4            /* the tokens, targets and head rows model.c keeps for backward */
                    + 2 * N * 4;           /* the batch the finetuning job assembles */
+    }
+    if (bf16 &&
+        s->qlab_buffers) { /* the bf16 path's packed weights and operands, the adapters' row buffers */
+        int full = s->mode == FINETUNE_FULL;
+        unsigned trains = full ? (1u << PROJ_COUNT) - 1 : 0;
+        scratch += model_bf16_training_bytes(a, s->batch, s->seq, s->threads, quantized, trains, full);
+        if (lora && model_bf16_row_path())
+            scratch += lora_rows_bytes(a, s->lora_targets, s->rank, (int)N, s->threads);
     }
     b[MEMORY_SCRATCH] = scratch;
     b[MEMORY_BASELINE] = s->baseline_bytes;

@@ -54,6 +54,7 @@ typedef struct {
     int batch, seq; /* B rows of T tokens per step */
     int checkpointing;
     int recompute_attention; /* 1: backward forms the attention probabilities again (qlab's bf16 compute) */
+    qlab_compute compute;    /* with qlab_buffers: QLAB_COMPUTE_BF16 adds the bf16 path's packed operands */
     int threads;             /* attention backward keeps one T x T scratch per thread */
     int quantized_scratch;   /* include the dequantization tile (qlab's 4-bit linear layers) */
     int qlab_buffers;        /* 1: add qlab's own small buffers (saved tokens, RoPE tables, job batch) */

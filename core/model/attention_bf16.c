@@ -362,6 +362,10 @@ static void transpose_f32(float *dst, size_t ldd, const float *src, size_t lds, 
             dst[(size_t)c * ldd + r] = src[(size_t)r * lds + c];
 }
 
+size_t attention_bf16_workspace_bytes(int T, int HS, int threads) {
+    return att_max(make_att_plan(T, HS, 1).per_thread, make_bwd_plan(T, HS).per_thread) * (size_t)threads;
+}
+
 qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float *dout, const float *q,
                                     const float *k, const float *v, int B, int T, int NH, int NKV, int HS,
                                     float *scratch, int n_scratch) {

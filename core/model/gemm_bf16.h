@@ -95,6 +95,8 @@ qlab_status bf16_pack_weight(const float *W, const quant_tensor *q, int N, int K
  * out->K = N the reduction. Its products give the same bits as bf16_gemm_backward's dinp. */
 qlab_status bf16_pack_weight_dinp(const float *W, const quant_tensor *q, int N, int K,
                                   bf16_packed_weight *out);
+/* The panels' bytes of an N x K weight packed by bf16_pack_weight (dinp 0) or bf16_pack_weight_dinp. */
+size_t bf16_packed_weight_bytes(int N, int K, int dinp);
 void bf16_packed_weight_free(bf16_packed_weight *w);
 /* Packs W or q (the shape of w) again into w's panels: for weights that changed (a training step), without
  * allocating them again. */
@@ -150,6 +152,9 @@ qlab_status attention_forward_bf16(float *out, float *att, const float *q, const
 qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float *dout, const float *q,
                                     const float *k, const float *v, int B, int T, int NH, int NKV, int HS,
                                     float *scratch, int n_scratch);
+/* The per-thread packing workspace the forward (threads threads) and the backward (n_scratch = threads)
+ * take from the calling thread's bf16 workspace, the larger of the two. */
+size_t attention_bf16_workspace_bytes(int T, int HS, int threads);
 
 /* Generation's keys and values for bf16 compute, rounded (RNE) and packed as the cached attention's
  * products read them: per (layer, key/value head), the keys as k^T panels over positions (Kh values per

@@ -90,7 +90,7 @@ qlab_status linear_backward_bf16(float *dinp, float *dweight, const float *dout,
                               dinp, lw->w ? dweight : NULL);
 }
 
-qlab_status linear_bf16_reserve(const model_config *c, int N, int backward) {
+size_t linear_bf16_workspace_bytes(const model_config *c, int N, int backward) {
     int D = c->dim, H = c->hidden_dim, KV = c->n_kv_heads * (c->dim / c->n_heads), V = c->vocab_size;
     int shapes[][2] = {{D, D}, {KV, D}, {H, D}, {D, H}, {V, D}}; /* (out, in) */
     size_t most = 0;
@@ -101,5 +101,9 @@ qlab_status linear_bf16_reserve(const model_config *c, int N, int backward) {
         for (int j = 0; j < 2; j++)
             if (need[j] > most) most = need[j];
     }
-    return bf16_workspace_reserve(most);
+    return most;
+}
+
+qlab_status linear_bf16_reserve(const model_config *c, int N, int backward) {
+    return bf16_workspace_reserve(linear_bf16_workspace_bytes(c, N, backward));
 }

@@ -36,5 +36,7 @@ qlab_status linear_backward_bf16(float *dinp, float *dweight, const float *dout,
 /* Reserves, for the calling thread, the bf16 workspace of every product a model of this configuration
  * forms over N positions (forward, and backward when asked): projections and classifier. */
 qlab_status linear_bf16_reserve(const model_config *c, int N, int backward);
+/* The bytes linear_bf16_reserve reserves. */
+size_t linear_bf16_workspace_bytes(const model_config *c, int N, int backward);
 
 #endif

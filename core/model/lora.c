@@ -605,9 +605,10 @@ static void *lora_take(char *base, size_t *off, size_t bytes) {
     return p;
 }
 
-/* A thread's buffers laid out from base (NULL: only sized); returns their bytes. */
-static size_t lora_rows_thread_place(const lora_set *l, char *base, lora_rows_ws *w) {
-    size_t R = MODEL_ROWS_MAX, IC = (size_t)l->max_in_features, r = (size_t)l->cfg.rank, off = 0;
+/* A thread's buffers for inputs up to IC wide and rank r laid out from base (NULL: only sized); returns
+ * their bytes. */
+static size_t lora_rows_thread_place(int IC_, int r_, char *base, lora_rows_ws *w) {
+    size_t R = MODEL_ROWS_MAX, IC = (size_t)IC_, r = (size_t)r_, off = 0;
     lora_rows_ws v;
     v.x = lora_take(base, &off, R * IC * sizeof(float));
     v.h = lora_take(base, &off, R * r * sizeof(float));
@@ -620,7 +621,8 @@ static size_t lora_rows_thread_place(const lora_set *l, char *base, lora_rows_ws
 
 static lora_rows_ws lora_rows_thread(const lora_set *l, int id) {
     lora_rows_ws w;
-    lora_rows_thread_place(l, l->rows_scratch + l->rows_thread_bytes * (size_t)id, &w);
+    lora_rows_thread_place(l->max_in_features, l->cfg.rank,
+                           l->rows_scratch + l->rows_thread_bytes * (size_t)id, &w);
     return w;
 }
 
@@ -632,17 +634,19 @@ static lora_rows_ws lora_rows_this_thread(const lora_set *l) {
     return lora_rows_thread(l, id);
 }
 
-/* Grows *buf (charged as scratch) to hold bytes. */
+/* Grows *buf (charged as scratch) to hold bytes; the contents are not kept, so the old buffer goes first
+ * (growing never holds both). */
 static qlab_status lora_rows_grow(char **buf, size_t *have, size_t bytes, const char *what) {
     if (bytes <= *have) return QLAB_OK;
+    qlab_free_aligned(*buf);
+    memacct_release(MEMACCT_SCRATCH, *have);
+    *buf = NULL, *have = 0;
     QLAB_TRY(memacct_charge(MEMACCT_SCRATCH, bytes));
     char *b = qlab_alloc_aligned(bytes);
     if (!b) {
         memacct_release(MEMACCT_SCRATCH, bytes);
         return qlab_fail(QLAB_ERR_NOMEM, "lora: %s (%zu bytes)", what, bytes);
     }
-    qlab_free_aligned(*buf);
-    memacct_release(MEMACCT_SCRATCH, *have);
     *buf = b, *have = bytes;
     return QLAB_OK;
 }
@@ -652,7 +656,7 @@ static qlab_status lora_rows_reserve_threads(lora_set *l) {
 #ifdef _OPENMP
     threads = omp_get_max_threads();
 #endif
-    l->rows_thread_bytes = lora_rows_thread_place(l, NULL, NULL);
+    l->rows_thread_bytes = lora_rows_thread_place(l->max_in_features, l->cfg.rank, NULL, NULL);
     return lora_rows_grow(&l->rows_scratch, &l->rows_scratch_bytes, l->rows_thread_bytes * (size_t)threads,
                           "row passes' scratch");
 }
@@ -671,13 +675,13 @@ static qlab_status lora_rows_pack(lora_rows_proj *rp, const lora_adapter *a, int
     return pack(a->B, NULL, a->out_features, a->rank, &rp->b);
 }
 
-/* A backward's operands of adapter a over KpN positions laid out from base into rp (NULL, NULL: only
- * sized); returns their bytes. */
-static size_t lora_rows_proj_place(char *base, const lora_adapter *a, int KpN, lora_rows_proj *rp) {
-    size_t off = 0, in16 = ((size_t)a->in_features + 15) / 16 * 16;
-    uint16_t *dout_t = lora_take(base, &off, (size_t)gemm_bf16_kp(a->out_features) * KpN * sizeof(uint16_t));
+/* A backward's operands of an adapter (in x out, rank r) over KpN positions laid out from base into rp
+ * (NULL, NULL: only sized); returns their bytes. */
+static size_t lora_rows_proj_place(char *base, int in, int out, int r, int KpN, lora_rows_proj *rp) {
+    size_t off = 0, in16 = ((size_t)in + 15) / 16 * 16;
+    uint16_t *dout_t = lora_take(base, &off, (size_t)gemm_bf16_kp(out) * KpN * sizeof(uint16_t));
     uint16_t *x_panels = lora_take(base, &off, in16 * KpN * sizeof(uint16_t));
-    float *dhidden = lora_take(base, &off, (size_t)KpN * a->rank * sizeof(float));
+    float *dhidden = lora_take(base, &off, (size_t)KpN * r * sizeof(float));
     if (rp) rp->dout_t = dout_t, rp->x_panels = x_panels, rp->dhidden = dhidden;
     return off;
 }
@@ -709,16 +713,43 @@ static qlab_status lora_rows_layout(lora_set *l, int layer, model_proj p, int N)
     size_t end = lora_rows_end_place(NULL, l->cfg.rank, KpN, NULL), bytes = end;
     for (int i = 0; i < n; i++) {
         int s = lora_slot(l, layer, ps[i]);
-        if (s >= 0) bytes += lora_rows_proj_place(NULL, &l->adapters[s], KpN, NULL);
+        if (s >= 0)
+            bytes += lora_rows_proj_place(NULL, l->adapters[s].in_features, l->adapters[s].out_features,
+                                          l->adapters[s].rank, KpN, NULL);
     }
     QLAB_TRY(lora_rows_grow(&l->rows_ops, &l->rows_ops_bytes, bytes, "row backward's operands"));
     l->rows_N = N, l->rows_KpN = KpN;
     char *u = l->rows_ops + end;
     for (int i = 0; i < n; i++) {
         int s = lora_slot(l, layer, ps[i]);
-        if (s >= 0) u += lora_rows_proj_place(u, &l->adapters[s], KpN, &l->rows[ps[i]]);
+        if (s >= 0)
+            u += lora_rows_proj_place(u, l->adapters[s].in_features, l->adapters[s].out_features,
+                                      l->adapters[s].rank, KpN, &l->rows[ps[i]]);
     }
     return QLAB_OK;
+}
+
+size_t lora_rows_bytes(const model_config *c, unsigned targets, int rank, int N, int threads) {
+    static const model_proj passes[2][4] = {{PROJ_Q, PROJ_K, PROJ_V, PROJ_COUNT},
+                                            {PROJ_O, PROJ_GATE, PROJ_UP, PROJ_DOWN}};
+    int KpN = gemm_bf16_kp(N), max_in = 0;
+    size_t ops = 0, packed = 0, end = lora_rows_end_place(NULL, rank, KpN, NULL);
+    for (int k = 0; k < 2; k++) {
+        size_t pass = 0;
+        for (int i = 0; i < 4 && passes[k][i] != PROJ_COUNT; i++) {
+            model_proj p = passes[k][i];
+            if (!(targets & LORA_TARGET(p))) continue;
+            int out, in;
+            model_proj_shape(c, p, &out, &in);
+            if (in > max_in) max_in = in;
+            pass += lora_rows_proj_place(NULL, in, out, rank, KpN, NULL);
+            size_t fwd = bf16_packed_weight_bytes(rank, in, 0) + bf16_packed_weight_bytes(out, rank, 0),
+                   back = bf16_packed_weight_bytes(rank, in, 1) + bf16_packed_weight_bytes(out, rank, 1);
+            packed += fwd > back ? fwd : back;
+        }
+        if (pass && end + pass > ops) ops = end + pass;
+    }
+    return max_in ? lora_rows_thread_place(max_in, rank, NULL, NULL) * (size_t)threads + ops + packed : 0;
 }
 
 static qlab_status lora_rows_begin(void *ctx, int layer, model_proj p, int N, int backward) {

@@ -37,6 +37,11 @@ qlab_status lora_parse_targets(const char *text, unsigned *targets);
 /* Floats of scratch lora_backward needs: (N, r), plus with dropout > 0 one (N, IC) plane and the mask's
  * bits (N * ceil(IC / 64) 64-bit words). */
 size_t lora_scratch_floats(int N, int IC, int rank, float dropout);
+/* The bytes the adapters on the projections in targets (LORA_TARGET mask) hold in the model's bf16 row passes
+ * over N positions on `threads` threads: the threads' chunk buffers, the backward's operands of the larger
+ * pass (dout^T, the dropped input's panels, dhidden, and rows_end's), and each adapter kind's A and B packed
+ * (the larger of the forward's and the input gradient's packing). */
+size_t lora_rows_bytes(const model_config *c, unsigned targets, int rank, int N, int threads);
 
 /* Bytes of dropout-mask bits the model hook keeps per adapter from a training forward to its backward, for
  * N rows of IC inputs: N * ceil(IC / 64) 64-bit words with dropout > 0, else 0 (charged as activations). */

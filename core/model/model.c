@@ -1213,10 +1213,13 @@ static int model_adapter_rows(const model *m) {
            a->rows_end;
 }
 
+int model_bf16_row_path(void) {
+    return bf16_active_path() != BF16_PATH_BLAS;
+}
+
 static int model_rows_usable(const model *m) {
     return m->compute == QLAB_COMPUTE_BF16 && m->row_passes &&
-           !(m->has_adapter && m->adapter.forward && !model_adapter_rows(m)) &&
-           bf16_active_path() != BF16_PATH_BLAS;
+           !(m->has_adapter && m->adapter.forward && !model_adapter_rows(m)) && model_bf16_row_path();
 }
 
 /* Whether a backward runs in row chunks (model_brows below): bf16 row passes with no adapter taking part in
@@ -1265,8 +1268,26 @@ typedef struct {
     float *g;       /* R x 2 KV fp32: the chunk's keys and values when the operands are packed ahead */
 } model_rows_ws;
 
+/* A pass's chunking and per-thread buffer sizes for N positions of T (packed_ops: the attention's operands
+ * packed ahead, which needs chunks inside one batch row). */
+static void model_rows_sizes(model_rows *p, const model_config *c, int N, int T, int threads,
+                             int packed_ops) {
+    int KV = c->n_kv_heads * (c->dim / c->n_heads), HS = c->dim / c->n_heads;
+    p->N = N;
+    p->R = N >= 128 * threads ? 64 : 32;
+    if (packed_ops && T % p->R) p->R = 32; /* packing ahead: no chunk straddles two batch rows */
+    p->chunks = (N + p->R - 1) / p->R;
+    int widest = c->hidden_dim > c->dim ? c->hidden_dim : c->dim;
+    p->Ka = gemm_bf16_kp(widest);
+    size_t staging = 2 * ((size_t)gemm_bf16_kp(HS) + 32);
+    size_t a = (size_t)p->R * p->Ka > staging ? (size_t)p->R * p->Ka : staging;
+    p->a = (a * sizeof(uint16_t) + 63) / 64 * 64;
+    p->f = ((size_t)p->R * widest * sizeof(float) + 63) / 64 * 64;
+    p->g = ((size_t)p->R * 2 * KV * sizeof(float) + 63) / 64 * 64;
+    p->per_thread = p->a + 2 * p->f + p->g;
+}
+
 static qlab_status model_rows_plan(model_rows *p, const model *m, bf16_att_operands *ops, int keep) {
-    const model_config *c = &m->cfg;
     int threads = 1;
 #ifdef _OPENMP
     threads = omp_get_max_threads();
@@ -1275,19 +1296,8 @@ static qlab_status model_rows_plan(model_rows *p, const model *m, bf16_att_opera
     p->keep = keep;
     p->keep_inputs = keep && !model_brows_usable(m);
     p->norm_out = p->keep_inputs || model_adapter_rows(m); /* an adapter reads the norms' fp32 outputs */
-    p->N = m->B * m->T;
-    p->R = p->N >= 128 * threads ? 64 : 32;
     p->ops = ops && bf16_att_operands_fit(m->T) ? ops : NULL;
-    if (p->ops && m->T % p->R) p->R = 32; /* packing ahead: no chunk straddles two batch rows */
-    p->chunks = (p->N + p->R - 1) / p->R;
-    int widest = c->hidden_dim > c->dim ? c->hidden_dim : c->dim;
-    p->Ka = gemm_bf16_kp(widest);
-    size_t staging = 2 * ((size_t)gemm_bf16_kp(m->head_size) + 32);
-    size_t a = (size_t)p->R * p->Ka > staging ? (size_t)p->R * p->Ka : staging;
-    p->a = (a * sizeof(uint16_t) + 63) / 64 * 64;
-    p->f = ((size_t)p->R * widest * sizeof(float) + 63) / 64 * 64;
-    p->g = ((size_t)p->R * 2 * m->kv_dim * sizeof(float) + 63) / 64 * 64;
-    p->per_thread = p->a + 2 * p->f + p->g;
+    model_rows_sizes(p, &m->cfg, m->B * m->T, m->T, threads, p->ops != NULL);
     p->base = gemm_bf16_workspace(p->per_thread * (size_t)threads);
     return p->base ? QLAB_OK : qlab_last_status();
 }
@@ -1803,54 +1813,93 @@ static size_t model_round64(size_t bytes) {
     return (bytes + 63) / 64 * 64;
 }
 
+/* A backward pass's chunking and per-thread buffer sizes for N positions. */
+static void model_brows_sizes(model_brows *p, const model_config *c, int N, int threads) {
+    int D = c->dim, H = c->hidden_dim, widest = H > D ? H : D;
+    p->N = N;
+    p->R = N >= 128 * threads ? 64 : 32;
+    p->chunks = (N + p->R - 1) / p->R;
+    p->KpN = gemm_bf16_kp(N);
+    p->a = model_round64((size_t)p->R * gemm_bf16_kp(widest) * sizeof(uint16_t));
+    p->t = model_round64(2 * ((size_t)widest + GEMM_BF16_PANEL) * sizeof(uint16_t));
+    p->f = model_round64((size_t)p->R * widest * sizeof(float));
+    p->per_thread = p->a + p->t + 3 * p->f;
+}
+
+/* A pass's weight-gradient operands over N positions for the projections whose weights train (bit 1 << p
+ * of trains): each one's dout^T (Kp(out) rows of Kp(N)), then the inputs they multiply as B panels
+ * (SwiGLU's output for down, the norm's output for gate/up or q/k/v, the attention's output for o); laid
+ * out from base into p's pointers (base NULL: only sized). Returns their bytes. */
+static size_t model_brows_place(const model_config *c, int N, unsigned trains, model_brows_pass pass,
+                                uint16_t *base, model_brows *p) {
+    static const model_proj ffn[] = {PROJ_DOWN, PROJ_GATE, PROJ_UP, PROJ_O}, qkv[] = {PROJ_Q, PROJ_K, PROJ_V};
+    const model_proj *ps = pass == MODEL_BROWS_FFN ? ffn : qkv;
+    int n = pass == MODEL_BROWS_FFN ? 4 : 3;
+    size_t KpN = (size_t)gemm_bf16_kp(N), r16 = GEMM_BF16_PANEL, used = 0;
+    size_t cols_d = ((size_t)c->dim + r16 - 1) / r16 * r16,
+           cols_h = ((size_t)c->hidden_dim + r16 - 1) / r16 * r16;
+#define MODEL_BROWS_TAKE(ptr, rows)                                                                          \
+    do {                                                                                                     \
+        if (base) p->ptr = base + used;                                                                      \
+        used += (rows)*KpN;                                                                                  \
+    } while (0)
+    for (int i = 0; i < n; i++) {
+        int out, in;
+        model_proj_shape(c, ps[i], &out, &in);
+        if (trains & (1u << ps[i])) MODEL_BROWS_TAKE(at[ps[i]], (size_t)gemm_bf16_kp(out));
+    }
+    unsigned gate_up = (1u << PROJ_GATE) | (1u << PROJ_UP),
+             q_k_v = (1u << PROJ_Q) | (1u << PROJ_K) | (1u << PROJ_V);
+    if (pass == MODEL_BROWS_FFN) {
+        if (trains & (1u << PROJ_DOWN)) MODEL_BROWS_TAKE(x_hs, cols_h);
+        if (trains & gate_up) MODEL_BROWS_TAKE(x_ln, cols_d);
+        if (trains & (1u << PROJ_O)) MODEL_BROWS_TAKE(x_atty, cols_d);
+    } else if (trains & q_k_v) {
+        MODEL_BROWS_TAKE(x_ln, cols_d);
+    }
+#undef MODEL_BROWS_TAKE
+    return used * sizeof(uint16_t);
+}
+
+/* Both passes' operands share one buffer: the larger pass's bytes. */
+static size_t model_brows_ops_bytes(const model_config *c, int N, unsigned trains) {
+    size_t f = model_brows_place(c, N, trains, MODEL_BROWS_FFN, NULL, NULL),
+           q = model_brows_place(c, N, trains, MODEL_BROWS_QKV, NULL, NULL);
+    return f > q ? f : q;
+}
+
+/* The norm weights' partial sums (one row of D per block of OPS_NORM_BLOCK positions), after the operands
+ * when a norm trains. */
+static size_t model_brows_norm_bytes(const model_config *c, int N, int norms_train) {
+    return norms_train ? (size_t)(N + OPS_NORM_BLOCK - 1) / OPS_NORM_BLOCK * c->dim * sizeof(float) : 0;
+}
+
+static unsigned model_trained_projections(const model *m) {
+    unsigned trains = 0;
+    for (int pj = 0; pj < PROJ_COUNT; pj++)
+        if (model_proj_dweight(m, 0, (model_proj)pj)) trains |= 1u << pj;
+    return trains;
+}
+
 static qlab_status model_brows_plan(model_brows *p, model *m, int l, model_brows_pass pass) {
     const model_config *c = &m->cfg;
     int threads = 1;
 #ifdef _OPENMP
     threads = omp_get_max_threads();
 #endif
-    int D = c->dim, H = c->hidden_dim, KV = m->kv_dim, widest = H > D ? H : D;
     memset(p, 0, sizeof *p);
     p->path = bf16_active_path();
-    p->N = m->B * m->T;
-    p->R = p->N >= 128 * threads ? 64 : 32;
-    p->chunks = (p->N + p->R - 1) / p->R;
-    p->KpN = gemm_bf16_kp(p->N);
-    p->a = model_round64((size_t)p->R * gemm_bf16_kp(widest) * sizeof(uint16_t));
-    p->t = model_round64(2 * ((size_t)widest + GEMM_BF16_PANEL) * sizeof(uint16_t));
-    p->f = model_round64((size_t)p->R * widest * sizeof(float));
-    p->per_thread = p->a + p->t + 3 * p->f;
-    /* the weight-gradient operands: the larger pass's dout^T rows and input columns */
-    size_t r16 = GEMM_BF16_PANEL, cols_d = ((size_t)D + r16 - 1) / r16 * r16;
-    size_t cols_h = ((size_t)H + r16 - 1) / r16 * r16;
-    size_t rows_ffn = 2 * (size_t)gemm_bf16_kp(D) + 2 * (size_t)gemm_bf16_kp(H);
-    size_t rows_qkv = (size_t)gemm_bf16_kp(D) + 2 * (size_t)gemm_bf16_kp(KV);
-    size_t at_rows = rows_ffn > rows_qkv ? rows_ffn : rows_qkv, x_cols = cols_h + 2 * cols_d;
-    size_t ops_bytes = (at_rows + x_cols) * (size_t)p->KpN * sizeof(uint16_t);
+    model_brows_sizes(p, c, m->B * m->T, threads);
+    int norms = model_group_trains(m, MODEL_GROUP_RMS_FFN) || model_group_trains(m, MODEL_GROUP_RMS_ATT);
+    unsigned trains = model_trained_projections(m);
+    size_t ops_bytes = model_brows_ops_bytes(c, p->N, trains);
     p->norm_blocks = (p->N + OPS_NORM_BLOCK - 1) / OPS_NORM_BLOCK;
     QLAB_TRY(model_scratch_reserve(&m->bwd_ops, &m->bwd_ops_bytes,
-                                   ops_bytes + (size_t)p->norm_blocks * D * sizeof(float),
+                                   ops_bytes + model_brows_norm_bytes(c, p->N, norms),
                                    "model_backward: weight-gradient operands"));
-    uint16_t *next = m->bwd_ops;
     model_group norm = pass == MODEL_BROWS_FFN ? MODEL_GROUP_RMS_FFN : MODEL_GROUP_RMS_ATT;
     if (model_group_trains(m, norm)) p->norm_partials = (float *)((char *)m->bwd_ops + ops_bytes);
-    static const model_proj ffn[] = {PROJ_DOWN, PROJ_GATE, PROJ_UP, PROJ_O}, qkv[] = {PROJ_Q, PROJ_K, PROJ_V};
-    const model_proj *ps = pass == MODEL_BROWS_FFN ? ffn : qkv;
-    int n = pass == MODEL_BROWS_FFN ? 4 : 3;
-    for (int i = 0; i < n; i++) {
-        int out, in;
-        model_proj_shape(c, ps[i], &out, &in);
-        if (!model_proj_dweight(m, l, ps[i])) continue;
-        p->at[ps[i]] = next;
-        next += (size_t)gemm_bf16_kp(out) * p->KpN;
-    }
-    if (pass == MODEL_BROWS_FFN) {
-        if (p->at[PROJ_DOWN]) p->x_hs = next, next += cols_h * p->KpN;
-        if (p->at[PROJ_GATE] || p->at[PROJ_UP]) p->x_ln = next, next += cols_d * p->KpN;
-        if (p->at[PROJ_O]) p->x_atty = next;
-    } else if (p->at[PROJ_Q] || p->at[PROJ_K] || p->at[PROJ_V]) {
-        p->x_ln = next;
-    }
+    model_brows_place(c, p->N, trains, pass, m->bwd_ops, p);
     p->base = gemm_bf16_workspace(p->per_thread * (size_t)threads);
     return p->base ? QLAB_OK : qlab_last_status();
 }
@@ -2110,4 +2159,33 @@ qlab_status model_backward(model *m) {
         embedding_backward(m->grads.token_embedding, m->gacts.dresidual, m->saved_tokens, m->B * m->T,
                            m->cfg.dim);
     return QLAB_OK;
+}
+
+size_t model_bf16_training_bytes(const model_config *c, int B, int T, int threads, int quantized,
+                                 unsigned trains, int norms_train) {
+    int N = B * T, HS = c->dim / c->n_heads;
+    size_t forward = 0, dinp = 0;
+    for (int p = 0; p < PROJ_COUNT; p++) {
+        int out, in;
+        model_proj_shape(c, (model_proj)p, &out, &in);
+        forward += bf16_packed_weight_bytes(out, in, 0);
+        dinp += bf16_packed_weight_bytes(out, in, 1);
+    }
+    size_t packed = quantized
+                        ? forward
+                        : forward * (size_t)c->n_layers + bf16_packed_weight_bytes(c->vocab_size, c->dim, 0);
+    size_t ops = bf16_att_operands_fit(T) ? bf16_att_operands_bytes(B, T, c->n_heads, c->n_kv_heads, HS) : 0;
+    size_t grads = model_brows_ops_bytes(c, N, trains) + model_brows_norm_bytes(c, N, norms_train);
+    size_t ws = linear_bf16_workspace_bytes(c, N, 1), att = attention_bf16_workspace_bytes(T, HS, threads);
+    if (!model_bf16_row_path()) return ws > att ? ws : att; /* whole-matrix products only */
+    model_rows rows;
+    model_brows brows;
+    for (int ahead = 0; ahead < 2; ahead++) {
+        model_rows_sizes(&rows, c, N, T, threads, ahead && ops);
+        if (rows.per_thread * (size_t)threads > ws) ws = rows.per_thread * (size_t)threads;
+    }
+    model_brows_sizes(&brows, c, N, threads);
+    if (brows.per_thread * (size_t)threads > ws) ws = brows.per_thread * (size_t)threads;
+    if (att > ws) ws = att;
+    return packed + dinp + ops + grads + ws;
 }

@@ -95,6 +95,7 @@ static void probe_options(const memory_probe_spec *s, finetune_options *o) {
     o->max_lr = 1e-4;
     o->state_kind = OPTIM_STATE_HOST;
     o->checkpointing = s->checkpointing;
+    o->compute = s->compute;
 }
 
 static qlab_status train_steps(model *m, const memory_probe_spec *s, memory_probe_result *out) {
@@ -145,7 +146,7 @@ qlab_status memory_probe_run(const memory_probe_spec *s, memory_probe_result *ou
 
 /* ---------------------------------------------------------------- child and parent */
 
-#define PROBE_ARGS 12
+#define PROBE_ARGS 13
 
 static void spec_to_args(const memory_probe_spec *s, char buf[PROBE_ARGS][64], char **argv) {
     snprintf(buf[0], 64, "%s", finetune_mode_name(s->mode));
@@ -159,6 +160,7 @@ static void spec_to_args(const memory_probe_spec *s, char buf[PROBE_ARGS][64], c
     snprintf(buf[8], 64, "%d", s->rank);
     snprintf(buf[9], 64, "%.17g", s->dropout);
     snprintf(buf[10], 64, "%llu", (unsigned long long)s->seed);
+    snprintf(buf[11], 64, "%s", qlab_compute_name(s->compute));
     for (int i = 0; i < PROBE_ARGS - 1; i++)
         argv[i] = buf[i];
 }
@@ -181,7 +183,7 @@ static qlab_status spec_from_args(int argc, char **argv, memory_probe_spec *s) {
     s->rank = atoi(a[8]);
     s->dropout = strtod(a[9], NULL);
     s->seed = strtoull(a[10], NULL, 10);
-    return QLAB_OK;
+    return qlab_compute_parse(a[11], &s->compute);
 }
 
 int memory_probe_main(int argc, char **argv) {
@@ -271,6 +273,7 @@ void memory_probe_model_spec(const memory_probe_spec *s, const memory_probe_resu
     out->batch = s->batch;
     out->seq = s->seq;
     out->checkpointing = s->checkpointing;
+    out->compute = s->compute;
     out->threads = r->threads > 0 ? r->threads : 1;
     out->baseline_bytes = r->baseline_bytes;
 }

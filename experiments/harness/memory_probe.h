@@ -27,6 +27,7 @@ typedef struct {
     int batch, seq, steps, rank;
     double dropout;
     uint64_t seed;
+    qlab_compute compute; /* the finetuning job's matrix products (fp32 when zeroed) */
 } memory_probe_spec;
 
 typedef struct {
