@@ -1874,10 +1874,11 @@ static size_t model_brows_norm_bytes(const model_config *c, int N, int norms_tra
     return norms_train ? (size_t)(N + OPS_NORM_BLOCK - 1) / OPS_NORM_BLOCK * c->dim * sizeof(float) : 0;
 }
 
-static unsigned model_trained_projections(const model *m) {
+/* Bit 1 << p for each projection of layer l whose weight trains. */
+static unsigned model_trained_projections(const model *m, int l) {
     unsigned trains = 0;
     for (int pj = 0; pj < PROJ_COUNT; pj++)
-        if (model_proj_dweight(m, 0, (model_proj)pj)) trains |= 1u << pj;
+        if (model_proj_dweight(m, l, (model_proj)pj)) trains |= 1u << pj;
     return trains;
 }
 
@@ -1891,7 +1892,7 @@ static qlab_status model_brows_plan(model_brows *p, model *m, int l, model_brows
     p->path = bf16_active_path();
     model_brows_sizes(p, c, m->B * m->T, threads);
     int norms = model_group_trains(m, MODEL_GROUP_RMS_FFN) || model_group_trains(m, MODEL_GROUP_RMS_ATT);
-    unsigned trains = model_trained_projections(m);
+    unsigned trains = model_trained_projections(m, l);
     size_t ops_bytes = model_brows_ops_bytes(c, p->N, trains);
     p->norm_blocks = (p->N + OPS_NORM_BLOCK - 1) / OPS_NORM_BLOCK;
     QLAB_TRY(model_scratch_reserve(&m->bwd_ops, &m->bwd_ops_bytes,
