@@ -2,9 +2,9 @@
  * measured table has a row per (model, run, checkpointing) with the measured peak within a loose bound of the
  * memory model's prediction (the experiment reports the 10% target; this only catches a broken probe or
  * model), checkpointing lowers both, the paper table has its rows with the paper's figures beside them,
- * the provenance, `qlab report` with the figure, and a bad config failing with one line. zoo-0.3M needs no
- * data (random weights of its architecture when `make zoo` has not run); stories260K is measured when
- * ../shared/data has it. */
+ * the provenance, `qlab report` with the figure, all of it with fp32 and with bf16 compute, and a bad
+ * config failing with one line. zoo-0.3M needs no data (random weights of its architecture when `make zoo`
+ * has not run); stories260K is measured when ../shared/data has it. */
 #include <string.h>
 #include <unistd.h>
 
@@ -110,13 +110,15 @@ static void check_paper(const results_table_data *t) {
     }
 }
 
-static void test_run(void) {
+/* The small config with compute fp32 or bf16 (the memory model's bf16 terms against the bf16 run). */
+static void test_run(const char *compute) {
     char program[600], out[160], log[160], command[2048];
     snprintf(program, sizeof program, "%s/bin/memory_footprint", build_dir);
     snprintf(out, sizeof out, "/tmp/qlab_test_memory_footprint_%ld.h5", (long)getpid());
     snprintf(log, sizeof log, "/tmp/qlab_test_memory_footprint_%ld.log", (long)getpid());
-    snprintf(command, sizeof command, "QLAB_QUIET=1 '%s' --config %s --out '%s' > '%s' 2>&1", program,
-             SMALL_CONFIG, out, log);
+    snprintf(command, sizeof command,
+             "QLAB_QUIET=1 '%s' --config %s --out '%s' --set 'compute=\"%s\"' > '%s' 2>&1", program,
+             SMALL_CONFIG, out, compute, log);
     int rc = run_shell(command);
     CHECKF(rc == 0, "memory_footprint exited with %d (log in %s)", rc, log);
     if (rc != 0) return;
@@ -132,6 +134,8 @@ static void test_run(void) {
     const char *commit = results_file_attr(&f, "git_commit");
     CHECKF(commit && strlen(commit) == 40, "git_commit '%s'", commit ? commit : "(missing)");
     CHECK(results_file_attr(&f, "config") && strstr(results_file_attr(&f, "config"), "zoo:zoo-0.3M"));
+    const char *recorded = results_file_attr(&f, "compute");
+    CHECKF(recorded && !strcmp(recorded, compute), "compute '%s'", recorded ? recorded : "(missing)");
     int notes = 0;
     for (int i = 0; i < f.nnotes; i++)
         notes +=
@@ -151,10 +155,11 @@ static void test_bad_config(void) {
     snprintf(program, sizeof program, "%s/bin/memory_footprint", build_dir);
     snprintf(out, sizeof out, "/tmp/qlab_test_memory_footprint_bad_%ld.h5", (long)getpid());
     snprintf(log, sizeof log, "/tmp/qlab_test_memory_footprint_bad_%ld.log", (long)getpid());
-    const char *bad[] = {"--set 'runs=[\"qlora-nf5\"]'", "--set batch=0", "--set 'checkpointing=[2]'",
-                         "--set 'paper_dim=[4096]'", "--set 'batch_by_model={\"x\": 0.5}'"};
-    const char *expect[] = {"runs", "batch", "checkpointing", "paper_dim", "batch_by_model"};
-    for (int i = 0; i < 5; i++) {
+    const char *bad[] = {"--set 'runs=[\"qlora-nf5\"]'",        "--set batch=0",
+                         "--set 'checkpointing=[2]'",           "--set 'paper_dim=[4096]'",
+                         "--set 'batch_by_model={\"x\": 0.5}'", "--set 'compute=\"fp16\"'"};
+    const char *expect[] = {"runs", "batch", "checkpointing", "paper_dim", "batch_by_model", "compute"};
+    for (int i = 0; i < 6; i++) {
         snprintf(command, sizeof command, "QLAB_QUIET=1 '%s' --config %s --out '%s' %s > '%s' 2>&1", program,
                  SMALL_CONFIG, out, bad[i], log);
         CHECK(run_shell(command) != 0);
@@ -179,6 +184,7 @@ int main(void) {
         return check_summary();
     }
     test_bad_config();
-    test_run();
+    test_run("fp32");
+    test_run("bf16");
     return check_summary();
 }
