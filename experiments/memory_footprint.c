@@ -223,6 +223,7 @@ static qlab_status measure_one(results_table *t, const grid_settings *g, const m
 static qlab_status write_measured(results *r, const config *cfg, const char *out_path) {
     grid_settings g;
     QLAB_TRY(read_settings(cfg, &g));
+    QLAB_TRY(experiment_results_compute(r, g.base.compute));
     results_table *t;
     QLAB_TRY(declare_measured(r, &t));
     int n_models = config_array_length(cfg, "models"), n_runs = config_array_length(cfg, "runs");
@@ -476,9 +477,6 @@ int main(int argc, char **argv) {
     qlab_status st = experiment_load_config(&args, &cfg, config_keys, N_CONFIG_KEYS);
     if (st == QLAB_OK) st = results_create(&r, args.out_path, "memory_footprint", cfg, argc, argv);
     if (st == QLAB_OK) results_require_rows(r);
-    qlab_compute compute = QLAB_COMPUTE_FP32;
-    if (st == QLAB_OK) st = experiment_config_compute(cfg, &compute);
-    if (st == QLAB_OK) st = experiment_results_compute(r, compute);
     for (int i = 0; st == QLAB_OK && i < config_array_length(cfg, "paper_models"); i++) {
         model_config a; /* the paper's settings are checked before anything is measured */
         st = paper_arch(cfg, i, &a);

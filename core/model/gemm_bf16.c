@@ -779,9 +779,14 @@ static gemm_plan packed_plan(int N, int K) {
     return make_plan(1, N, K, bf16_active_path());
 }
 
+/* The panels' bytes of a packed plan. */
+static size_t packed_bytes(const gemm_plan *pl) {
+    return (size_t)pl->npanels * GEMM_BF16_PANEL * pl->Kp * sizeof(uint16_t);
+}
+
 size_t bf16_packed_weight_bytes(int N, int K, int dinp) {
     gemm_plan pl = packed_plan(dinp ? K : N, dinp ? N : K);
-    return (size_t)pl.npanels * GEMM_BF16_PANEL * pl.Kp * sizeof(uint16_t);
+    return packed_bytes(&pl);
 }
 
 static qlab_status pack_weight(const float *W, const quant_tensor *q, int N, int K, int dinp,
@@ -794,7 +799,7 @@ static qlab_status pack_weight(const float *W, const quant_tensor *q, int N, int
                          N, K);
     int cols = dinp ? K : N, red = dinp ? N : K; /* the product's output columns and reduction */
     gemm_plan pl = packed_plan(cols, red);
-    size_t bytes = bf16_packed_weight_bytes(N, K, dinp);
+    size_t bytes = packed_bytes(&pl);
     QLAB_TRY(memacct_charge(MEMACCT_SCRATCH, bytes));
     uint16_t *panels = qlab_alloc_aligned(bytes);
     qlab_status st = panels ? fill_panels(panels, pl, W, q, K, !dinp)

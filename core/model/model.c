@@ -1868,10 +1868,14 @@ static size_t model_brows_ops_bytes(const model_config *c, int N, unsigned train
     return f > q ? f : q;
 }
 
-/* The norm weights' partial sums (one row of D per block of OPS_NORM_BLOCK positions), after the operands
- * when a norm trains. */
+/* Blocks of OPS_NORM_BLOCK positions over N: the norm weights' partial sums keep one row of D per block. */
+static int model_norm_blocks(int N) {
+    return (N + OPS_NORM_BLOCK - 1) / OPS_NORM_BLOCK;
+}
+
+/* The norm weights' partial sums, after the operands when a norm trains. */
 static size_t model_brows_norm_bytes(const model_config *c, int N, int norms_train) {
-    return norms_train ? (size_t)(N + OPS_NORM_BLOCK - 1) / OPS_NORM_BLOCK * c->dim * sizeof(float) : 0;
+    return norms_train ? (size_t)model_norm_blocks(N) * c->dim * sizeof(float) : 0;
 }
 
 /* Bit 1 << p for each projection of layer l whose weight trains. */
@@ -1894,7 +1898,7 @@ static qlab_status model_brows_plan(model_brows *p, model *m, int l, model_brows
     int norms = model_group_trains(m, MODEL_GROUP_RMS_FFN) || model_group_trains(m, MODEL_GROUP_RMS_ATT);
     unsigned trains = model_trained_projections(m, l);
     size_t ops_bytes = model_brows_ops_bytes(c, p->N, trains);
-    p->norm_blocks = (p->N + OPS_NORM_BLOCK - 1) / OPS_NORM_BLOCK;
+    p->norm_blocks = model_norm_blocks(p->N);
     QLAB_TRY(model_scratch_reserve(&m->bwd_ops, &m->bwd_ops_bytes,
                                    ops_bytes + model_brows_norm_bytes(c, p->N, norms),
                                    "model_backward: weight-gradient operands"));
