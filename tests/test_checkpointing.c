@@ -1,7 +1,10 @@
 /* Gradient checkpointing (model_set_checkpointing): the loss, logits and every gradient are bit-identical
  * to the run that keeps all activations — for full training of an fp32 model, and for LoRA with dropout on
  * an NF4 base (the recomputed forward must repeat the adapters' dropout masks) — over several steps, with
- * the setting switched between steps; and the activations kept shrink as the layer count says. */
+ * the setting switched between steps; and the activations kept shrink as the layer count says. A forward no
+ * backward can follow (no targets: evaluation, generation) keeps one layer's working activations, two
+ * slots of the residual stream and no logits buffer, and gives the logits of the forward that keeps all. */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,6 +110,80 @@ static void compare_runs(int use_lora) {
     }
 }
 
+/* A fresh model's activation bytes after one forward of B x T (targets or none). */
+static size_t forward_bytes(model *m, const int *tg, float *logits) {
+    float loss;
+    if (model_forward(m, tokens, tg, B, T, logits, tg ? &loss : NULL) != QLAB_OK) {
+        CHECKF(0, "%s", qlab_last_error());
+        return 0;
+    }
+    model_memory mem;
+    model_get_memory(m, &mem);
+    return mem.activations;
+}
+
+static void evaluation_layout(qlab_compute compute, int packed) {
+    size_t n_logits = (size_t)B * T * cfg.vocab_size, N = (size_t)B * T;
+    float *keep = malloc(n_logits * sizeof(float)), *eval = malloc(n_logits * sizeof(float));
+    float *at = malloc(2 * (size_t)cfg.vocab_size * sizeof(float));
+    model *m[3];
+    for (int k = 0; k < 3; k++) {
+        CHECK(model_create(&m[k], &cfg) == QLAB_OK);
+        train_init_params(m[k], 5);
+        model_set_compute(m[k], compute);
+        if (packed) CHECK(model_pack_weights(m[k]) == QLAB_OK);
+    }
+    model_set_checkpointing(m[1], 1);
+    size_t full = forward_bytes(m[0], targets, keep), ckpt = forward_bytes(m[1], targets, NULL);
+    size_t ev = forward_bytes(m[2], NULL, eval);
+    /* checkpointing's layout less the res3 slots past two and the logits buffer */
+    size_t expect = ckpt - ((size_t)(cfg.n_layers - 2) * N * cfg.dim + N * cfg.vocab_size) * sizeof(float);
+    CHECKF(ev == expect,
+           "compute %d packed %d: evaluation activations %zu bytes, expected %zu (training %zu)",
+           (int)compute, packed, ev, expect, full);
+    CHECKF(!memcmp(keep, eval, n_logits * sizeof(float)), "compute %d packed %d: evaluation logits differ",
+           (int)compute, packed);
+    CHECK(model_backward(m[2]) == QLAB_ERR_ARG); /* nothing kept to differentiate */
+    /* model_forward_at over the same layout: the logits of those positions (bit for bit in bf16; fp32's
+     * classifier over 2 rows may sum in another order than over all B*T) */
+    const int pos[2] = {T + 5, 2 * T - 1};
+    CHECK(model_forward_at(m[2], tokens, B, T, pos, 2, at) == QLAB_OK);
+    double worst = 0;
+    for (int r = 0; r < 2; r++)
+        for (int v = 0; v < cfg.vocab_size; v++) {
+            double d = fabs((double)at[r * cfg.vocab_size + v] - keep[(size_t)pos[r] * cfg.vocab_size + v]);
+            worst = d > worst ? d : worst;
+        }
+    CHECKF(compute == QLAB_COMPUTE_FP32 ? worst < 1e-5 : worst == 0,
+           "compute %d packed %d: model_forward_at's logits differ by %g", (int)compute, packed, worst);
+    /* and a training step after it lays the activations out for the backward again */
+    float l0, l2;
+    CHECK(model_forward(m[2], tokens, targets, B, T, eval, &l2) == QLAB_OK &&
+          model_backward(m[2]) == QLAB_OK);
+    CHECK(model_forward(m[0], tokens, targets, B, T, NULL, &l0) == QLAB_OK && l0 == l2);
+    CHECK(!memcmp(keep, eval, n_logits * sizeof(float)));
+    for (int k = 0; k < 3; k++)
+        model_free(m[k]);
+    free(keep), free(eval), free(at);
+}
+
+/* A bf16 training forward in the row passes keeps only what their backward reads: a backward asked for
+ * after the row passes were switched off refuses with one line, and runs after the next forward. */
+static void row_layout_guard(void) {
+    if (!model_bf16_row_path()) return; /* the blas path has no row passes */
+    model *m;
+    CHECK(model_create(&m, &cfg) == QLAB_OK);
+    train_init_params(m, 5);
+    model_set_compute(m, QLAB_COMPUTE_BF16);
+    float loss;
+    CHECK(model_forward(m, tokens, targets, B, T, NULL, &loss) == QLAB_OK);
+    model_set_row_passes(m, 0);
+    CHECK(model_backward(m) == QLAB_ERR_ARG);
+    CHECK(strstr(qlab_last_error(), "run model_forward again") != NULL);
+    CHECK(model_forward(m, tokens, targets, B, T, NULL, &loss) == QLAB_OK && model_backward(m) == QLAB_OK);
+    model_free(m);
+}
+
 int main(void) {
     rng_state r;
     rng_seed(&r, 1);
@@ -116,5 +193,9 @@ int main(void) {
     }
     compare_runs(0);
     compare_runs(1);
+    evaluation_layout(QLAB_COMPUTE_FP32, 0);
+    evaluation_layout(QLAB_COMPUTE_BF16, 0);
+    evaluation_layout(QLAB_COMPUTE_BF16, 1);
+    row_layout_guard();
     return check_summary();
 }

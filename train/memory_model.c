@@ -64,32 +64,36 @@ static uint64_t kv_width(const model_config *a) {
 
 /* model.c's model_layout_acts: with checkpointing the per-layer working arrays exist once, the residual
  * stream leaving every block (res3) is always kept per layer; the attention probabilities only when the
- * backward does not form them again. */
+ * backward does not form them again; the norms' and SwiGLU's outputs only when the backward reads them. */
 uint64_t memory_model_activation_elements(const model_config *a, int B, int T, int checkpointing,
-                                          int recompute_attention) {
+                                          int recompute_attention, int row_backward, int adapters) {
     uint64_t N = (uint64_t)B * (uint64_t)T, D = (uint64_t)a->dim, H = (uint64_t)a->hidden_dim;
     uint64_t KV = kv_width(a), V = (uint64_t)a->vocab_size, NH = (uint64_t)a->n_heads;
     uint64_t L = (uint64_t)a->n_layers, W = checkpointing ? 1 : L;
-    uint64_t per_layer = 5 * N * D    /* ln1, q, atty, res2, ln2 */
-                         + 2 * N      /* ln1_rstd, ln2_rstd */
-                         + 2 * N * KV /* k, v */
+    int rows = row_backward && !checkpointing, norms = !rows || adapters;
+    uint64_t per_layer = 3 * N * D                 /* q, atty, res2 */
+                         + (norms ? 2 * N * D : 0) /* ln1, ln2 */
+                         + 2 * N                   /* ln1_rstd, ln2_rstd */
+                         + 2 * N * KV              /* k, v */
                          +
                          (recompute_attention ? 0 : (uint64_t)B * NH * (uint64_t)T * (uint64_t)T) /* probs */
-                         + 3 * N * H;  /* h1, h3, silu(h1) h3 */
-    return N * D                       /* encoded */
-           + W * per_layer + L * N * D /* res3 */
-           + N * D + N                 /* lnf, lnf_rstd */
-           + N * V + N;                /* probabilities, losses */
+                         + (rows ? 2 : 3) * N * H; /* h1, h3, silu(h1) h3 */
+    return N * D                                   /* encoded */
+           + W * per_layer + L * N * D             /* res3 */
+           + N * D + N                             /* lnf, lnf_rstd */
+           + N * V + N;                            /* probabilities, losses */
 }
 
 /* model.c's model_layout_grad_acts without the per-thread attention scratch. */
-uint64_t memory_model_input_gradient_elements(const model_config *a, int B, int T) {
+uint64_t memory_model_input_gradient_elements(const model_config *a, int B, int T, int row_backward) {
     uint64_t N = (uint64_t)B * (uint64_t)T, D = (uint64_t)a->dim, H = (uint64_t)a->hidden_dim;
-    uint64_t KV = kv_width(a), V = (uint64_t)a->vocab_size;
-    return 5 * N * D    /* dresidual, dln, dq, dq_pre, datty */
-           + 3 * N * KV /* dk, dk_pre, dv */
-           + 3 * N * H  /* dh1, dh3, dhs */
-           + N * V;     /* dlogits */
+    uint64_t KV = kv_width(a), V = (uint64_t)a->vocab_size, whole = row_backward ? 0 : 1;
+    return 4 * N * D           /* dresidual, dln, dq, datty */
+           + whole * N * D     /* dq_pre */
+           + 2 * N * KV        /* dk, dv */
+           + whole * N * KV    /* dk_pre */
+           + whole * 3 * N * H /* dh1, dh3, dhs */
+           + N * V;            /* dlogits */
 }
 
 static qlab_status check_spec(const memory_model_spec *s) {
@@ -159,11 +163,12 @@ qlab_status memory_model_predict(const memory_model_spec *s, memory_prediction *
      * reserves the model's context, a forward grows it to B*T), and the backward's activation gradients */
     uint64_t ab = (uint64_t)s->activation_bytes;
     int bf16 = s->compute == QLAB_COMPUTE_BF16, recompute = s->recompute_attention || bf16;
+    int rows = bf16 && s->qlab_buffers && model_bf16_row_path(); /* qlab's bf16 row passes */
     uint64_t lora_rows = lora ? ((uint64_t)a->seq_len > N ? (uint64_t)a->seq_len : N) : 0;
     b[MEMORY_ACTIVATIONS] =
-        memory_model_activation_elements(a, s->batch, s->seq, s->checkpointing, recompute) * ab +
+        memory_model_activation_elements(a, s->batch, s->seq, s->checkpointing, recompute, rows, lora) * ab +
         n_adapters * lora_rows * (uint64_t)s->rank * ab + lora_rows * mask_bytes_per_row;
-    b[MEMORY_INPUT_GRADIENTS] = memory_model_input_gradient_elements(a, s->batch, s->seq) * ab;
+    b[MEMORY_INPUT_GRADIENTS] = memory_model_input_gradient_elements(a, s->batch, s->seq, rows) * ab;
 
     /* scratch: attention backward (T x T per thread), LoRA's backward planes, the dequantization tile,
      * qlab's small buffers, and with bf16 compute its packed operands */

@@ -85,10 +85,13 @@ void memory_model_spec_paper(memory_model_spec *s, finetune_mode mode);
 qlab_status memory_model_predict(const memory_model_spec *s, memory_prediction *out);
 
 /* Elements of the activations model.c keeps for backward over (B, T), and of the backward's activation
- * gradients (threads T x T attention scratch excluded), for this architecture and checkpointing setting. */
+ * gradients (threads T x T attention scratch excluded), for this architecture and checkpointing setting.
+ * row_backward: the backward runs in bf16 row passes (model_bf16_row_path), which keep neither SwiGLU's
+ * output nor, unless adapters read them in the forward, the norms' outputs (not with checkpointing, whose
+ * recomputation runs whole matrices), nor the gradients before RoPE and of the feed-forward hidden layer. */
 uint64_t memory_model_activation_elements(const model_config *arch, int B, int T, int checkpointing,
-                                          int recompute_attention);
-uint64_t memory_model_input_gradient_elements(const model_config *arch, int B, int T);
+                                          int recompute_attention, int row_backward, int adapters);
+uint64_t memory_model_input_gradient_elements(const model_config *arch, int B, int T, int row_backward);
 
 /* The stored bytes of one out x in projection in a 4-bit type (codes, block constants, DQ). */
 uint64_t memory_model_quant_tensor_bytes(quant_dtype dt, int blocksize, int double_quant, uint64_t n);

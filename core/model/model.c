@@ -19,7 +19,8 @@
 #include "core/model/ops.h"
 
 /* Activations of one forward pass over N = B*T positions; per-layer arrays are (n_layers, ...). Kept for
- * the backward pass, which needs every layer's inputs. */
+ * the backward pass, which needs every layer's inputs. A forward no backward can follow (no targets) keeps
+ * one layer's arrays and two of res3 (model_layout_acts). */
 typedef struct {
     float *encoded;        /* (N,D) token embeddings: the residual stream entering layer 0 */
     float *ln1, *ln1_rstd; /* (L,N,D), (L,N) */
@@ -91,6 +92,8 @@ struct model {
     size_t saved_capacity;
     int B, T, have_targets, target_count;
     int checkpointing; /* keep block inputs only; recompute each block in backward */
+    int acts_keep;     /* the last forward's activations are laid out for a backward (it had targets) */
+    int acts_rows;     /* ... for the row passes' backward only (model_acts_rows) */
 
     /* Generation's cache (model_forward_next): per position, per layer the keys (after RoPE) and values of
      * the sequence kv_tokens[0..kv_len); room for kv_cap positions. */
@@ -827,20 +830,36 @@ static int model_keeps_probs(const model *m) {
     return m->compute != QLAB_COMPUTE_BF16;
 }
 
-/* Points the activation views for (B,T) into base (or only counts when base is NULL); returns floats. */
-static size_t model_layout_acts(model_acts *a, float *base, const model *m, int B, int T) {
-    /* Per-layer working activations: one layer's worth with checkpointing (recomputed in backward), else
-     * one per layer. The residual stream leaving each block (res3) is always kept per layer. */
-    size_t N = (size_t)B * T, L = m->checkpointing ? 1 : (size_t)m->cfg.n_layers, D = (size_t)m->cfg.dim;
+static int model_adapter_rows(const model *m);
+static int model_brows_usable(const model *m);
+
+/* Whether a forward that keeps its activations keeps only what the bf16 row passes' backward reads: not the
+ * norms' outputs (the backward forms them again; kept only for an adapter's row hooks, which read them in
+ * the forward), nor SwiGLU's output. Not with checkpointing, whose recomputation runs the whole-matrix
+ * block forward. */
+static int model_acts_rows(const model *m, int keep) {
+    return keep && !m->checkpointing && model_brows_usable(m);
+}
+
+/* Points the activation views for (B,T) into base (or only counts when base is NULL); returns floats. With
+ * keep (a backward may follow) the per-layer working activations are one layer's worth with checkpointing
+ * (recomputed in backward), else one per layer, and the residual stream leaving each block (res3) is kept
+ * per layer; the logits have their own buffer. Without keep (an evaluation or generation forward) each
+ * layer's working activations replace the last one's, res3 takes two slots in turn (model_res_slot: a
+ * layer reads the previous one's while writing its own) and the head writes the caller's logits. */
+static size_t model_layout_acts(model_acts *a, float *base, const model *m, int B, int T, int keep) {
+    size_t NL = (size_t)m->cfg.n_layers, L = keep && !m->checkpointing ? NL : 1, D = (size_t)m->cfg.dim;
+    size_t N = (size_t)B * T, R = keep ? NL : NL < 2 ? 1 : 2;
     size_t H = (size_t)m->cfg.hidden_dim, KV = (size_t)m->kv_dim, V = (size_t)m->cfg.vocab_size;
     size_t NH = (size_t)m->cfg.n_heads, total = 0;
+    int rows = model_acts_rows(m, keep), norms = !rows || model_adapter_rows(m);
 #define MODEL_TAKE(field, n)                                                                                 \
     do {                                                                                                     \
-        a->field = base ? base + total : NULL;                                                               \
+        a->field = base && (n) != 0 ? base + total : NULL;                                                   \
         total += (n);                                                                                        \
     } while (0)
     MODEL_TAKE(encoded, N * D);
-    MODEL_TAKE(ln1, L * N * D);
+    MODEL_TAKE(ln1, norms ? L * N * D : 0);
     MODEL_TAKE(ln1_rstd, L * N);
     MODEL_TAKE(q, L * N * D);
     MODEL_TAKE(k, L * N * KV);
@@ -848,40 +867,43 @@ static size_t model_layout_acts(model_acts *a, float *base, const model *m, int 
     MODEL_TAKE(att, model_keeps_probs(m) ? L * (size_t)B * NH * T * T : 0);
     MODEL_TAKE(atty, L * N * D);
     MODEL_TAKE(res2, L * N * D);
-    MODEL_TAKE(ln2, L * N * D);
+    MODEL_TAKE(ln2, norms ? L * N * D : 0);
     MODEL_TAKE(ln2_rstd, L * N);
     MODEL_TAKE(h1, L * N * H);
     MODEL_TAKE(h3, L * N * H);
-    MODEL_TAKE(hs, L * N * H);
-    MODEL_TAKE(res3, (size_t)m->cfg.n_layers * N * D);
+    MODEL_TAKE(hs, rows ? 0 : L * N * H);
+    MODEL_TAKE(res3, R * N * D);
     MODEL_TAKE(lnf, N * D);
     MODEL_TAKE(lnf_rstd, N);
-    MODEL_TAKE(probs, N * V);
+    MODEL_TAKE(probs, keep ? N * V : 0);
     MODEL_TAKE(losses, N);
 #undef MODEL_TAKE
     return total;
 }
 
+/* The backward's activation gradients; the row passes' backward (model_brows_usable) keeps the gradients
+ * before RoPE and those of the feed-forward block's hidden layer in its threads' chunk buffers instead. */
 static size_t model_layout_grad_acts(model_grad_acts *g, float *base, const model *m, int B, int T,
                                      int threads) {
     size_t N = (size_t)B * T, D = (size_t)m->cfg.dim, H = (size_t)m->cfg.hidden_dim;
     size_t KV = (size_t)m->kv_dim, V = (size_t)m->cfg.vocab_size, total = 0;
+    size_t whole = model_brows_usable(m) ? 0 : 1;
 #define MODEL_TAKE(field, n)                                                                                 \
     do {                                                                                                     \
-        g->field = base ? base + total : NULL;                                                               \
+        g->field = base && (n) != 0 ? base + total : NULL;                                                   \
         total += (n);                                                                                        \
     } while (0)
     MODEL_TAKE(dresidual, N * D);
     MODEL_TAKE(dln, N * D);
     MODEL_TAKE(dq, N * D);
-    MODEL_TAKE(dq_pre, N * D);
+    MODEL_TAKE(dq_pre, whole * N * D);
     MODEL_TAKE(dk, N * KV);
-    MODEL_TAKE(dk_pre, N * KV);
+    MODEL_TAKE(dk_pre, whole * N * KV);
     MODEL_TAKE(dv, N * KV);
     MODEL_TAKE(datty, N * D);
-    MODEL_TAKE(dh1, N * H);
-    MODEL_TAKE(dh3, N * H);
-    MODEL_TAKE(dhs, N * H);
+    MODEL_TAKE(dh1, whole * N * H);
+    MODEL_TAKE(dh3, whole * N * H);
+    MODEL_TAKE(dhs, whole * N * H);
     MODEL_TAKE(dlogits, N * V);
     MODEL_TAKE(att_scratch, (size_t)threads * T * T);
 #undef MODEL_TAKE
@@ -919,18 +941,29 @@ typedef struct {
     float *res3;           /* (N,D) the residual stream leaving the layer */
 } model_layer_acts;
 
+/* The res3 slot of layer l's output (model_layout_acts). */
+static size_t model_res_slot(const model *m, int l) {
+    return m->acts_keep ? (size_t)l : (size_t)l % 2;
+}
+
+/* The last layer's output: the head's input. */
+static float *model_last_output(const model *m) {
+    return m->acts.res3 + model_res_slot(m, m->cfg.n_layers - 1) * (size_t)m->B * m->T * m->cfg.dim;
+}
+
 static model_layer_acts model_layer_views(const model *m, int l) {
     const model_acts *a = &m->acts;
     size_t N = (size_t)m->B * m->T, ND = N * m->cfg.dim, NKVD = N * m->kv_dim, NHD = N * m->cfg.hidden_dim;
     size_t att = model_keeps_probs(m) ? (size_t)m->B * m->cfg.n_heads * m->T * m->T : 0;
-    size_t w = m->checkpointing ? 0 : (size_t)l; /* the slot of the working activations */
+    size_t w = m->checkpointing || !m->acts_keep ? 0 : (size_t)l; /* the slot of the working activations */
     model_layer_acts v;
-    v.res_in = l == 0 ? a->encoded : a->res3 + (l - 1) * ND;
-    v.ln1 = a->ln1 + w * ND, v.ln1_rstd = a->ln1_rstd + w * N;
+    v.res_in = l == 0 ? a->encoded : a->res3 + model_res_slot(m, l - 1) * ND;
+    v.ln1 = a->ln1 ? a->ln1 + w * ND : NULL, v.ln1_rstd = a->ln1_rstd + w * N; /* model_acts_rows */
     v.q = a->q + w * ND, v.k = a->k + w * NKVD, v.v = a->v + w * NKVD;
     v.att = att ? a->att + w * att : NULL, v.atty = a->atty + w * ND, v.res2 = a->res2 + w * ND;
-    v.ln2 = a->ln2 + w * ND, v.ln2_rstd = a->ln2_rstd + w * N;
-    v.h1 = a->h1 + w * NHD, v.h3 = a->h3 + w * NHD, v.hs = a->hs + w * NHD, v.res3 = a->res3 + l * ND;
+    v.ln2 = a->ln2 ? a->ln2 + w * ND : NULL, v.ln2_rstd = a->ln2_rstd + w * N;
+    v.h1 = a->h1 + w * NHD, v.h3 = a->h3 + w * NHD, v.hs = a->hs ? a->hs + w * NHD : NULL;
+    v.res3 = a->res3 + model_res_slot(m, l) * ND;
     return v;
 }
 
@@ -1014,11 +1047,15 @@ static qlab_status model_forward_check(const model *m, const int *tokens, const 
 
 /* Sizes the RoPE tables and the activations for (B,T), keeps a copy of the tokens for backward and lets
  * the adapter size what it keeps. */
-static qlab_status model_forward_prepare(model *m, const int *tokens, int B, int T) {
+/* keep: a backward may follow (model_layout_acts). */
+static qlab_status model_forward_prepare(model *m, const int *tokens, int B, int T, int keep) {
     size_t N = (size_t)B * T;
     QLAB_TRY(model_rope_reserve(m, T));
-    QLAB_TRY(model_reserve(&m->act_buffer, &m->act_capacity, model_layout_acts(&m->acts, NULL, m, B, T)));
-    model_layout_acts(&m->acts, m->act_buffer, m, B, T);
+    QLAB_TRY(
+        model_reserve(&m->act_buffer, &m->act_capacity, model_layout_acts(&m->acts, NULL, m, B, T, keep)));
+    model_layout_acts(&m->acts, m->act_buffer, m, B, T, keep);
+    m->acts_keep = keep;
+    m->acts_rows = model_acts_rows(m, keep);
     if (N > m->saved_capacity) {
         QLAB_TRY(memacct_charge(MEMACCT_SCRATCH, 3 * N * sizeof(int)));
         int *tk = qlab_calloc(N, sizeof(int)), *tg = qlab_calloc(N, sizeof(int)),
@@ -1136,8 +1173,8 @@ static qlab_status model_classifier(model *m, int rows, float *out) {
  * first; an evaluation forward keeps nothing for a backward), into logits (n, V). */
 static qlab_status model_head_at(model *m, const int *at, int n, float *logits) {
     const model_config *c = &m->cfg;
-    int N = m->B * m->T, D = c->dim;
-    float *last = m->acts.res3 + (size_t)(c->n_layers - 1) * N * D;
+    int D = c->dim;
+    float *last = model_last_output(m);
     for (int k = 0; k < n; k++)
         if (at[k] != k) memcpy(last + (size_t)k * D, last + (size_t)at[k] * D, sizeof(float) * (size_t)D);
     rmsnorm_forward_order(m->acts.lnf, m->acts.lnf_rstd, last, m->params.rms_final, n, D, c->norm_eps,
@@ -1152,7 +1189,11 @@ static qlab_status model_head_forward(model *m, const int *targets, float *logit
     const model_params *p = &m->params;
     model_acts *a = &m->acts;
     int N = m->B * m->T, D = c->dim, rows = N;
-    const float *last = a->res3 + (size_t)(c->n_layers - 1) * N * D;
+    if (!targets && !logits) { /* nothing asked of the head */
+        m->target_count = 0;
+        return QLAB_OK;
+    }
+    const float *last = model_last_output(m);
     rmsnorm_forward_order(a->lnf, a->lnf_rstd, last, p->rms_final, N, D, c->norm_eps,
                           m->compute == QLAB_COMPUTE_BF16);
     if (model_head_compacts(m, targets, logits)) {
@@ -1345,8 +1386,9 @@ static void model_rows_qkv(model *m, const model_rows *p, model_rows_ws *ws, int
     model_layer_acts x = model_layer_views(m, l);
     int D = c->dim, KV = m->kv_dim, rows = r1 - r0;
     const bf16_packed_weight *pk = p->pk;
+    float *ln = x.ln1 ? x.ln1 + (size_t)r0 * D : NULL; /* written with p->norm_out */
     model_rows_norm(p, ws, x.res_in + (size_t)r0 * D, m->params.rms_att + (size_t)l * D, rows, D, c->norm_eps,
-                    x.ln1 + (size_t)r0 * D, x.ln1_rstd + r0, p->norm_out);
+                    ln, x.ln1_rstd + r0, p->norm_out);
     /* evaluation packing ahead keeps q, k, v in this thread's buffers; otherwise they are the activations */
     int local = p->ops && !p->keep;
     float *q = local ? ws->f1 : x.q + (size_t)r0 * D, *k = local ? ws->g : x.k + (size_t)r0 * KV;
@@ -1354,7 +1396,6 @@ static void model_rows_qkv(model *m, const model_rows *p, model_rows_ws *ws, int
     model_rows_product(p, ws->a, rows, &pk[PROJ_Q], q, D);
     model_rows_product(p, ws->a, rows, &pk[PROJ_K], k, KV);
     model_rows_product(p, ws->a, rows, &pk[PROJ_V], v, KV);
-    const float *ln = x.ln1 + (size_t)r0 * D;
     model_rows_adapter(m, l, PROJ_Q, ln, q, r0, rows);
     model_rows_adapter(m, l, PROJ_K, ln, k, r0, rows);
     model_rows_adapter(m, l, PROJ_V, ln, v, r0, rows);
@@ -1376,15 +1417,16 @@ static void model_rows_ffn(model *m, const model_rows *p, model_rows_ws *ws, int
     model_rows_product(p, ws->a, rows, &pk[PROJ_O], res2, D);
     model_rows_adapter(m, l, PROJ_O, x.atty + off, res2, r0, rows);
     vm_add(res2, res2, res_in, n);
-    model_rows_norm(p, ws, res2, m->params.rms_ffn + (size_t)l * D, rows, D, c->norm_eps, x.ln2 + off,
-                    x.ln2_rstd + r0, p->norm_out);
+    float *ln = x.ln2 ? x.ln2 + off : NULL; /* written with p->norm_out */
+    model_rows_norm(p, ws, res2, m->params.rms_ffn + (size_t)l * D, rows, D, c->norm_eps, ln, x.ln2_rstd + r0,
+                    p->norm_out);
     size_t offh = (size_t)r0 * H;
     float *h1 = p->keep ? x.h1 + offh : ws->f1, *h3 = p->keep ? x.h3 + offh : ws->f2;
     float *hs = p->keep_inputs ? x.hs + offh : ws->f1;
     model_rows_product(p, ws->a, rows, &pk[PROJ_GATE], h1, H);
     model_rows_product(p, ws->a, rows, &pk[PROJ_UP], h3, H);
-    model_rows_adapter(m, l, PROJ_GATE, x.ln2 + off, h1, r0, rows);
-    model_rows_adapter(m, l, PROJ_UP, x.ln2 + off, h3, r0, rows);
+    model_rows_adapter(m, l, PROJ_GATE, ln, h1, r0, rows);
+    model_rows_adapter(m, l, PROJ_UP, ln, h3, r0, rows);
     int Kh = gemm_bf16_kp(H);
     for (int i = 0; i < rows; i++) { /* SwiGLU row by row, rounded while the row is in cache */
         float *g = hs + (size_t)i * H;
@@ -1401,7 +1443,7 @@ static void model_rows_ffn(model *m, const model_rows *p, model_rows_ws *ws, int
 static void model_rows_head(model *m, const model_rows *p, model_rows_ws *ws, float *out, int r0, int r1) {
     const model_config *c = &m->cfg;
     int D = c->dim, V = c->vocab_size;
-    const float *last = m->acts.res3 + (size_t)(c->n_layers - 1) * p->N * D;
+    const float *last = model_last_output(m);
     model_rows_norm(p, ws, last + (size_t)r0 * D, m->params.rms_final, r1 - r0, D, c->norm_eps,
                     m->acts.lnf + (size_t)r0 * D, m->acts.lnf_rstd + r0,
                     p->keep); /* the head's backward reads lnf */
@@ -1473,7 +1515,7 @@ static qlab_status model_forward_run(model *m, const int *tokens, const int *tar
     m->have_targets = 0;
     m->kv_len = 0; /* the weights may have changed since generation's cache was filled */
     QLAB_TRY(model_forward_check(m, tokens, targets, B, T));
-    QLAB_TRY(model_forward_prepare(m, tokens, B, T));
+    QLAB_TRY(model_forward_prepare(m, tokens, B, T, targets != NULL));
     if (m->compute == QLAB_COMPUTE_BF16) QLAB_TRY(linear_bf16_reserve(&m->cfg, B * T, 0));
     embedding_forward(m->acts.encoded, tokens, m->params.token_embedding, B * T, m->cfg.dim);
     if (model_rows_usable(m) && (targets || model_weights_packed(m))) {
@@ -1481,7 +1523,7 @@ static qlab_status model_forward_run(model *m, const int *tokens, const int *tar
          * quantized base never packed whole, one layer at a time, and the head as model_head_forward */
         int per_layer = targets && m->quantized && !m->packed;
         if (targets && !per_layer) QLAB_TRY(model_pack_all(m));
-        float *out = at || per_layer ? NULL : !targets && logits ? logits : m->acts.probs;
+        float *out = at || per_layer ? NULL : targets ? m->acts.probs : logits; /* no logits asked: no head */
         qlab_status st = model_forward_rows(m, out, targets != NULL, per_layer);
         /* a training forward's copies serve this forward only: the caller may write the weights next */
         if (targets) m->packed_valid = 0;
@@ -1633,7 +1675,7 @@ qlab_status model_forward_next(model *m, const int *tokens, int n, float *logits
         QLAB_TRY(model_scratch_reserve(&m->kv_scratch, &m->kv_scratch_bytes, scores,
                                        "model_forward_next: scores"));
     }
-    QLAB_TRY(model_forward_prepare(m, tokens + p0, 1, fresh));
+    QLAB_TRY(model_forward_prepare(m, tokens + p0, 1, fresh, 0));
     QLAB_TRY(model_rope_reserve(m, n));
     if (m->compute == QLAB_COMPUTE_BF16) QLAB_TRY(linear_bf16_reserve(&m->cfg, fresh, 0));
     embedding_forward(m->acts.encoded, tokens + p0, m->params.token_embedding, fresh, m->cfg.dim);
@@ -1714,7 +1756,7 @@ static qlab_status model_head_backward(model *m) {
     }
     MODEL_ZERO(g->dresidual, ND);
     rmsnorm_backward_order(g->dresidual, model_grad_or_null(m, MODEL_GROUP_RMS_FINAL, gp->rms_final), g->dln,
-                           a->res3 + (size_t)(c->n_layers - 1) * ND, p->rms_final, a->lnf_rstd, N, D,
+                           model_last_output(m), p->rms_final, a->lnf_rstd, N, D,
                            m->compute == QLAB_COMPUTE_BF16);
     return QLAB_OK;
 }
@@ -2126,7 +2168,7 @@ int model_get_checkpointing(const model *m) {
 
 size_t model_activation_bytes(const model *m, int B, int T, int with_backward) {
     model_acts a;
-    size_t floats = model_layout_acts(&a, NULL, m, B, T);
+    size_t floats = model_layout_acts(&a, NULL, m, B, T, 1);
     if (with_backward) {
         int threads = qlab_num_threads();
         model_grad_acts g;
@@ -2139,6 +2181,10 @@ qlab_status model_backward(model *m) {
     m->packed_valid = 0; /* an optimizer step may follow: the packed copies would go stale (kept for reuse) */
     if (!m->have_targets)
         return qlab_fail(QLAB_ERR_ARG, "model_backward: the last model_forward had no targets (or failed)");
+    int rows = model_brows_usable(m);
+    if (m->acts_rows && !rows) /* row passes, compute or adapter changed since the forward */
+        return qlab_fail(QLAB_ERR_ARG, "model_backward: the last model_forward kept only what the bf16 row "
+                                       "passes' backward reads; run model_forward again");
     /* With every base group frozen (LoRA on a frozen or quantized base) no base gradient is formed, so
      * the gradient buffer, as large as the model, is not allocated. */
     int any_trains = 0;
@@ -2154,7 +2200,6 @@ qlab_status model_backward(model *m) {
     if (m->target_count == 0) return QLAB_OK; /* every target ignored: the loss is a constant */
 
     QLAB_TRY(model_head_backward(m));
-    int rows = model_brows_usable(m);
     for (int l = m->cfg.n_layers - 1; l >= 0; l--) {
         /* The working slot holds the last block from the forward; every other block is recomputed. */
         if (m->checkpointing && l < m->cfg.n_layers - 1) QLAB_TRY(model_block_recompute(m, l));

@@ -202,7 +202,9 @@ void model_set_row_passes(model *m, int on);
 
 /* Forward pass over B sequences of T tokens (T <= seq_len). tokens (B,T). If targets is non-NULL
  * (B,T; entries < 0 are ignored) the mean cross-entropy over non-ignored positions is returned in *loss.
- * logits, if non-NULL, receives (B,T,vocab) fp32. Activations are kept for model_backward. */
+ * logits, if non-NULL, receives (B,T,vocab) fp32. With targets the activations are kept for model_backward
+ * (every layer's, or one layer's and the block inputs with checkpointing); without, no backward can follow
+ * and each layer's activations replace the last one's (an evaluation's memory does not grow with depth). */
 qlab_status model_forward(model *m, const int *tokens, const int *targets, int B, int T, float *logits,
                           float *loss);
 /* Forward pass without targets whose logits are those of positions at[0..n) only (indices into the B*T
