@@ -1,7 +1,8 @@
 /* Gradient checkpointing (model_set_checkpointing): the loss, logits and every gradient are bit-identical
  * to the run that keeps all activations — for full training of an fp32 model, and for LoRA with dropout on
- * an NF4 base (the recomputed forward must repeat the adapters' dropout masks) — over several steps, with
- * the setting switched between steps; and the activations kept shrink as the layer count says. A forward no
+ * an NF4 base (the recomputed forward must repeat the adapters' dropout masks), in fp32 and in bf16 compute
+ * (whose recomputed blocks run in row chunks, as its forward) — over several steps, with the setting
+ * switched between steps; and the activations kept shrink as the layer count says. A forward no
  * backward can follow (no targets: evaluation, generation) keeps one layer's working activations, two
  * slots of the residual stream and no logits buffer, and gives the logits of the forward that keeps all. */
 #include <math.h>
@@ -45,7 +46,7 @@ static int step(model *m, lora_set *l, float *loss, float *logits, float *grads,
     return 1;
 }
 
-static void compare_runs(int use_lora) {
+static void compare_runs(int use_lora, qlab_compute compute) {
     model *m[2] = {NULL, NULL};
     lora_set *l[2] = {NULL, NULL};
     for (int k = 0; k < 2; k++) {
@@ -54,6 +55,7 @@ static void compare_runs(int use_lora) {
             return;
         }
         train_init_params(m[k], 5);
+        model_set_compute(m[k], compute);
         if (use_lora) {
             CHECK(model_quantize(m[k], QUANT_NF4, 64, 1) == QLAB_OK);
             lora_config lc = {.targets = LORA_TARGETS_ALL, .rank = 4, .alpha = 8, .dropout = 0.2f, .seed = 3};
@@ -86,11 +88,11 @@ static void compare_runs(int use_lora) {
         float loss[2];
         for (int k = 0; k < 2; k++)
             CHECK(step(m[k], l[k], &loss[k], lg[k], gr[k], n_grads));
-        CHECKF(loss[0] == loss[1], "%s step %d: loss %.9g vs %.9g", use_lora ? "lora" : "full", s, loss[0],
-               loss[1]);
+        CHECKF(loss[0] == loss[1], "%s compute %d step %d: loss %.9g vs %.9g", use_lora ? "lora" : "full",
+               (int)compute, s, loss[0], loss[1]);
         CHECK(!memcmp(lg[0], lg[1], n_logits * sizeof(float)));
-        CHECKF(!memcmp(gr[0], gr[1], n_grads * sizeof(float)), "%s step %d: gradients differ",
-               use_lora ? "lora" : "full", s);
+        CHECKF(!memcmp(gr[0], gr[1], n_grads * sizeof(float)), "%s compute %d step %d: gradients differ",
+               use_lora ? "lora" : "full", (int)compute, s);
         double norm = 0;
         for (size_t i = 0; i < n_grads; i++)
             norm += (double)gr[0][i] * gr[0][i];
@@ -136,8 +138,11 @@ static void evaluation_layout(qlab_compute compute, int packed) {
     model_set_checkpointing(m[1], 1);
     size_t full = forward_bytes(m[0], targets, keep), ckpt = forward_bytes(m[1], targets, NULL);
     size_t ev = forward_bytes(m[2], NULL, eval);
-    /* checkpointing's layout less the res3 slots past two and the logits buffer */
-    size_t expect = ckpt - ((size_t)(cfg.n_layers - 2) * N * cfg.dim + N * cfg.vocab_size) * sizeof(float);
+    /* checkpointing's layout less the res3 slots past two and the logits buffer; bf16 training in the row
+     * passes keeps no norm or SwiGLU outputs, which the evaluation's one layer has */
+    size_t rows = compute == QLAB_COMPUTE_BF16 && model_bf16_row_path() ? 1 : 0;
+    size_t expect = ckpt - ((size_t)(cfg.n_layers - 2) * N * cfg.dim + N * cfg.vocab_size) * sizeof(float) +
+                    rows * N * (2 * (size_t)cfg.dim + cfg.hidden_dim) * sizeof(float);
     CHECKF(ev == expect,
            "compute %d packed %d: evaluation activations %zu bytes, expected %zu (training %zu)",
            (int)compute, packed, ev, expect, full);
@@ -168,7 +173,8 @@ static void evaluation_layout(qlab_compute compute, int packed) {
 }
 
 /* A bf16 training forward in the row passes keeps only what their backward reads: a backward asked for
- * after the row passes were switched off refuses with one line, and runs after the next forward. */
+ * after the row passes were switched off, or (checkpointing) after the packed weights were released,
+ * refuses with one line, and runs after the next forward. */
 static void row_layout_guard(void) {
     if (!model_bf16_row_path()) return; /* the blas path has no row passes */
     model *m;
@@ -181,6 +187,14 @@ static void row_layout_guard(void) {
     CHECK(model_backward(m) == QLAB_ERR_ARG);
     CHECK(strstr(qlab_last_error(), "run model_forward again") != NULL);
     CHECK(model_forward(m, tokens, targets, B, T, NULL, &loss) == QLAB_OK && model_backward(m) == QLAB_OK);
+    /* with checkpointing the recomputation needs the packed weights the forward ran on */
+    model_set_row_passes(m, 1);
+    model_set_checkpointing(m, 1);
+    CHECK(model_forward(m, tokens, targets, B, T, NULL, &loss) == QLAB_OK);
+    model_unpack_weights(m);
+    CHECK(model_backward(m) == QLAB_ERR_ARG);
+    CHECK(strstr(qlab_last_error(), "released") != NULL);
+    CHECK(model_forward(m, tokens, targets, B, T, NULL, &loss) == QLAB_OK && model_backward(m) == QLAB_OK);
     model_free(m);
 }
 
@@ -191,8 +205,10 @@ int main(void) {
         tokens[i] = (int)rng_below(&r, cfg.vocab_size);
         targets[i] = i % 5 == 0 ? -1 : (int)rng_below(&r, cfg.vocab_size);
     }
-    compare_runs(0);
-    compare_runs(1);
+    compare_runs(0, QLAB_COMPUTE_FP32);
+    compare_runs(1, QLAB_COMPUTE_FP32);
+    compare_runs(0, QLAB_COMPUTE_BF16); /* the recomputed blocks in row chunks, as the forward ran them */
+    compare_runs(1, QLAB_COMPUTE_BF16);
     evaluation_layout(QLAB_COMPUTE_FP32, 0);
     evaluation_layout(QLAB_COMPUTE_BF16, 0);
     evaluation_layout(QLAB_COMPUTE_BF16, 1);

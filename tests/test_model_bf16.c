@@ -390,7 +390,7 @@ static void test_rows_eval(int quantized) {
     size_t count;
     model_get_param_buffer(m, &count);
     float *gwhole = calloc(count, sizeof(float)), *grows = calloc(count, sizeof(float));
-    if (quantized) model_set_checkpointing(m, 1); /* the backward recomputes each block (whole-matrix) */
+    if (quantized) model_set_checkpointing(m, 1); /* the backward recomputes each block (its own form) */
     const char *paths[] = {"ref", "avx512fma", "avx512bf16", "amx"};
     const bf16_path ids[] = {BF16_PATH_REF, BF16_PATH_AVX512FMA, BF16_PATH_AVX512BF16, BF16_PATH_AMX};
     int max_threads = omp_get_max_threads();
@@ -631,9 +631,9 @@ static void test_forward_next_packed_copy(void) {
  * row form (ref, avx512fma, avx512bf16, amx), on one and two threads, for N = 120 (chunks of 32, the last
  * partial), 256 (chunks of 64) and 5: with dropout 0.1 (the masks drawn chunk by chunk) and without, ranks 4
  * and 20 (one and two 16-column panels), over an fp32 base (frozen, and trained beside the adapters) and an
- * NF4 + double-quant base (packed a layer at a time; with checkpointing, whose recomputed blocks run the
- * whole-matrix hooks on the row forward's masks); then an evaluation forward over packed weights gives the
- * whole-matrix logits. */
+ * NF4 + double-quant base (packed a layer at a time; with checkpointing, whose recomputed blocks run in
+ * row chunks or whole matrices as the step does, on the forward's masks); then an evaluation forward over
+ * packed weights gives the whole-matrix logits. */
 static void test_rows_lora(void) {
     const struct {
         int quantized, freeze, rank;

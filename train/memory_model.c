@@ -70,7 +70,7 @@ uint64_t memory_model_activation_elements(const model_config *a, int B, int T, i
     uint64_t N = (uint64_t)B * (uint64_t)T, D = (uint64_t)a->dim, H = (uint64_t)a->hidden_dim;
     uint64_t KV = kv_width(a), V = (uint64_t)a->vocab_size, NH = (uint64_t)a->n_heads;
     uint64_t L = (uint64_t)a->n_layers, W = checkpointing ? 1 : L;
-    int rows = row_backward && !checkpointing, norms = !rows || adapters;
+    int rows = row_backward, norms = !rows || adapters;
     uint64_t per_layer = 3 * N * D                 /* q, atty, res2 */
                          + (norms ? 2 * N * D : 0) /* ln1, ln2 */
                          + 2 * N                   /* ln1_rstd, ln2_rstd */

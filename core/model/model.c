@@ -835,10 +835,10 @@ static int model_brows_usable(const model *m);
 
 /* Whether a forward that keeps its activations keeps only what the bf16 row passes' backward reads: not the
  * norms' outputs (the backward forms them again; kept only for an adapter's row hooks, which read them in
- * the forward), nor SwiGLU's output. Not with checkpointing, whose recomputation runs the whole-matrix
- * block forward. */
+ * the forward), nor SwiGLU's output. With checkpointing the recomputed blocks run in row chunks too
+ * (model_block_redo). */
 static int model_acts_rows(const model *m, int keep) {
-    return keep && !m->checkpointing && model_brows_usable(m);
+    return keep && model_brows_usable(m);
 }
 
 /* Points the activation views for (B,T) into base (or only counts when base is NULL); returns floats. With
@@ -1480,31 +1480,44 @@ static qlab_status model_rows_run(model *m, model_rows_pass pass, int l, const b
     return model_rows_hooks(m, l, ps, nps, 0, 1);
 }
 
+/* The attention's operands packed ahead (into m->att_ops) when the sequence length allows: *po points to
+ * their layout in ops, else is NULL. */
+static qlab_status model_att_operands(model *m, bf16_att_operands *ops, bf16_att_operands **po) {
+    const model_config *c = &m->cfg;
+    *po = NULL;
+    if (!bf16_att_operands_fit(m->T)) return QLAB_OK;
+    size_t bytes = bf16_att_operands_bytes(m->B, m->T, c->n_heads, c->n_kv_heads, m->head_size);
+    QLAB_TRY(
+        model_scratch_reserve(&m->att_ops, &m->att_ops_bytes, bytes, "model_forward: attention operands"));
+    bf16_att_operands_layout(ops, m->att_ops, m->B, m->T, c->n_heads, c->n_kv_heads, m->head_size);
+    *po = ops;
+    return QLAB_OK;
+}
+
+/* Layer l of the forward in row chunks: its weights m->packed, or with per_layer packed into
+ * m->packed_layer first. */
+static qlab_status model_layer_rows(model *m, int l, bf16_att_operands *po, int keep, int per_layer) {
+    const model_config *c = &m->cfg;
+    model_layer_acts x = model_layer_views(m, l);
+    if (per_layer) QLAB_TRY(model_pack_layer(m, l, &m->packed_layer, 0));
+    const bf16_packed_weight *pk = per_layer ? m->packed_layer : &m->packed[l * PROJ_COUNT];
+    QLAB_TRY(model_rows_run(m, MODEL_ROWS_QKV, l, pk, NULL, po, keep));
+    if (po)
+        QLAB_TRY(attention_forward_bf16_packed(x.atty, keep ? x.att : NULL, po));
+    else
+        QLAB_TRY(attention_forward_bf16(x.atty, keep ? x.att : NULL, x.q, x.k, x.v, m->B, m->T, c->n_heads,
+                                        c->n_kv_heads, m->head_size));
+    return model_rows_run(m, MODEL_ROWS_FFN, l, pk, NULL, NULL, keep);
+}
+
 /* The forward in row chunks from the embedded tokens to the logits (out); with keep (training) the
  * activations a backward needs are written as model_block_forward and model_head_forward write them. The
  * layers' weights are m->packed, or with per_layer packed one layer at a time into m->packed_layer. */
 static qlab_status model_forward_rows(model *m, float *out, int keep, int per_layer) {
-    const model_config *c = &m->cfg;
-    bf16_att_operands ops, *po = NULL;
-    if (bf16_att_operands_fit(m->T)) { /* the attention's operands packed ahead */
-        size_t bytes = bf16_att_operands_bytes(m->B, m->T, c->n_heads, c->n_kv_heads, m->head_size);
-        QLAB_TRY(model_scratch_reserve(&m->att_ops, &m->att_ops_bytes, bytes,
-                                       "model_forward: attention operands"));
-        bf16_att_operands_layout(&ops, m->att_ops, m->B, m->T, c->n_heads, c->n_kv_heads, m->head_size);
-        po = &ops;
-    }
-    for (int l = 0; l < c->n_layers; l++) {
-        model_layer_acts x = model_layer_views(m, l);
-        if (per_layer) QLAB_TRY(model_pack_layer(m, l, &m->packed_layer, 0));
-        const bf16_packed_weight *pk = per_layer ? m->packed_layer : &m->packed[l * PROJ_COUNT];
-        QLAB_TRY(model_rows_run(m, MODEL_ROWS_QKV, l, pk, NULL, po, keep));
-        if (po)
-            QLAB_TRY(attention_forward_bf16_packed(x.atty, keep ? x.att : NULL, po));
-        else
-            QLAB_TRY(attention_forward_bf16(x.atty, keep ? x.att : NULL, x.q, x.k, x.v, m->B, m->T,
-                                            c->n_heads, c->n_kv_heads, m->head_size));
-        QLAB_TRY(model_rows_run(m, MODEL_ROWS_FFN, l, pk, NULL, NULL, keep));
-    }
+    bf16_att_operands ops, *po;
+    QLAB_TRY(model_att_operands(m, &ops, &po));
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        QLAB_TRY(model_layer_rows(m, l, po, keep, per_layer));
     return out ? model_rows_run(m, MODEL_ROWS_HEAD, 0, NULL, out, NULL, keep) : QLAB_OK;
 }
 
@@ -2141,6 +2154,21 @@ static qlab_status model_block_backward_rows(model *m, int l, int threads) {
     return model_brows_run(m, l, MODEL_BROWS_QKV);
 }
 
+/* Block l's forward again for the backward: in row chunks when the forward ran them (over the weights it
+ * packed: unchanged until the optimizer's step), else whole matrices; the same bits either way. */
+static qlab_status model_block_redo(model *m, int l) {
+    int per_layer = m->quantized && !m->packed;
+    if (!model_rows_usable(m) || (!per_layer && !m->packed)) {
+        if (m->acts_rows) /* its layout has no room for the whole-matrix block's outputs */
+            return qlab_fail(QLAB_ERR_ARG, "model_backward: the weights the forward packed were released "
+                                           "before its backward; run model_forward again");
+        return model_block_forward(m, l, 1);
+    }
+    bf16_att_operands ops, *po;
+    QLAB_TRY(model_att_operands(m, &ops, &po));
+    return model_layer_rows(m, l, po, 1, per_layer);
+}
+
 /* Block l's forward again, from its kept input, with the adapter told to repeat its last forward. */
 static qlab_status model_block_recompute(model *m, int l) {
     int hook = m->has_adapter && m->adapter.recompute;
@@ -2148,7 +2176,7 @@ static qlab_status model_block_recompute(model *m, int l) {
         qlab_status st = m->adapter.recompute(m->adapter.ctx, 1);
         if (st != QLAB_OK) return qlab_fail_context(st, "adapter, recomputing layer %d", l);
     }
-    qlab_status st = model_block_forward(m, l, 1);
+    qlab_status st = model_block_redo(m, l);
     if (hook) {
         qlab_status st2 = m->adapter.recompute(m->adapter.ctx, 0);
         if (st == QLAB_OK && st2 != QLAB_OK)
