@@ -4,7 +4,8 @@
  * (whose recomputed blocks run in row chunks, as its forward) — over several steps, with the setting
  * switched between steps; and the activations kept shrink as the layer count says. A forward no
  * backward can follow (no targets: evaluation, generation) keeps one layer's working activations, two
- * slots of the residual stream and no logits buffer, and gives the logits of the forward that keeps all. */
+ * slots of the residual stream and no logits buffer, and gives the logits of the forward that keeps all.
+ * The logits' gradient takes the probabilities' place: a second backward forms them again. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -198,6 +199,41 @@ static void row_layout_guard(void) {
     model_free(m);
 }
 
+/* The logits' gradient is formed in place of the probabilities: a second backward of the same forward forms
+ * them again, as the forward did, and gives the same gradients bit for bit (full training over an fp32 base,
+ * LoRA over an NF4 base; fp32 and bf16). */
+static void second_backward(qlab_compute compute, int use_lora) {
+    model *m;
+    lora_set *l = NULL;
+    CHECK(model_create(&m, &cfg) == QLAB_OK);
+    train_init_params(m, 5);
+    model_set_compute(m, compute);
+    if (use_lora) {
+        CHECK(model_quantize(m, QUANT_NF4, 64, 1) == QLAB_OK);
+        lora_config lc = {.targets = LORA_TARGETS_ALL, .rank = 4, .alpha = 8, .dropout = 0.0f, .seed = 3};
+        CHECK(lora_create(&l, &cfg, &lc) == QLAB_OK && lora_attach(l, m, 1) == QLAB_OK);
+        size_t n;
+        float *p = lora_get_param_buffer(l, &n);
+        for (size_t i = 0; i < n; i++)
+            p[i] = 0.01f * (float)(i % 7);
+    }
+    size_t n_grads;
+    float *g = use_lora ? lora_get_grad_buffer(l, &n_grads) : model_get_grad_buffer(m, &n_grads);
+    float *first = malloc(n_grads * sizeof(float)), loss;
+    CHECK(model_forward(m, tokens, targets, B, T, NULL, &loss) == QLAB_OK);
+    for (int k = 0; k < 2; k++) {
+        use_lora ? lora_zero_grad(l) : model_zero_grad(m);
+        CHECK(model_backward(m) == QLAB_OK);
+        if (k == 0) memcpy(first, g, n_grads * sizeof(float));
+    }
+    CHECKF(!memcmp(first, g, n_grads * sizeof(float)),
+           "compute %d %s: the second backward's gradients differ", (int)compute, use_lora ? "lora" : "full");
+    if (l) lora_detach(m);
+    lora_free(l);
+    model_free(m);
+    free(first);
+}
+
 int main(void) {
     rng_state r;
     rng_seed(&r, 1);
@@ -213,5 +249,9 @@ int main(void) {
     evaluation_layout(QLAB_COMPUTE_BF16, 0);
     evaluation_layout(QLAB_COMPUTE_BF16, 1);
     row_layout_guard();
+    for (int k = 0; k < 2; k++) {
+        second_backward(QLAB_COMPUTE_FP32, k);
+        second_backward(QLAB_COMPUTE_BF16, k);
+    }
     return check_summary();
 }

@@ -425,6 +425,12 @@ static void test_softmax_crossentropy(void) {
     for (int i = 0; i < c.V; i++)
         zero_rows &= dl[1 * c.V + i] == 0 && dl[4 * c.V + i] == 0;
     CHECK(zero_rows);
+    /* in place of the probabilities: the same bits, the ignored rows zero */
+    float *inplace = malloc(sizeof(float) * n);
+    memcpy(inplace, probs, sizeof(float) * n);
+    crossentropy_softmax_grad_inplace(inplace, targets, c.N, c.V, 1.0f / count);
+    CHECK(memcmp(inplace, dl, sizeof(float) * n) == 0);
+    free(inplace);
     /* Changing the logits of an ignored position leaves the loss unchanged. */
     c.x[0][1 * c.V + 2] += 5.0f;
     double before = mean, after = op_loss(&c);

@@ -87,13 +87,12 @@ uint64_t memory_model_activation_elements(const model_config *a, int B, int T, i
 /* model.c's model_layout_grad_acts without the per-thread attention scratch. */
 uint64_t memory_model_input_gradient_elements(const model_config *a, int B, int T, int row_backward) {
     uint64_t N = (uint64_t)B * (uint64_t)T, D = (uint64_t)a->dim, H = (uint64_t)a->hidden_dim;
-    uint64_t KV = kv_width(a), V = (uint64_t)a->vocab_size, whole = row_backward ? 0 : 1;
-    return 4 * N * D           /* dresidual, dln, dq, datty */
-           + whole * N * D     /* dq_pre */
-           + 2 * N * KV        /* dk, dv */
-           + whole * N * KV    /* dk_pre */
-           + whole * 3 * N * H /* dh1, dh3, dhs */
-           + N * V;            /* dlogits */
+    uint64_t KV = kv_width(a), whole = row_backward ? 0 : 1;
+    return 4 * N * D            /* dresidual, dln, dq, datty (the logits' in place of the probabilities) */
+           + whole * N * D      /* dq_pre */
+           + 2 * N * KV         /* dk, dv */
+           + whole * N * KV     /* dk_pre */
+           + whole * 3 * N * H; /* dh1, dh3, dhs */
 }
 
 static qlab_status check_spec(const memory_model_spec *s) {

@@ -44,7 +44,6 @@ typedef struct {
     float *dk, *dk_pre, *dv; /* (N,KV) */
     float *datty;            /* (N,D) */
     float *dh1, *dh3, *dhs;  /* (N,H) */
-    float *dlogits;          /* (N,V) */
     float *att_scratch;      /* (threads, T, T) */
 } model_grad_acts;
 
@@ -94,6 +93,7 @@ struct model {
     int checkpointing; /* keep block inputs only; recompute each block in backward */
     int acts_keep;     /* the last forward's activations are laid out for a backward (it had targets) */
     int acts_rows;     /* ... for the row passes' backward only (model_acts_rows) */
+    int probs_grad;    /* acts.probs holds the logits' gradient (model_head_backward), not probabilities */
 
     /* Generation's cache (model_forward_next): per position, per layer the keys (after RoPE) and values of
      * the sequence kv_tokens[0..kv_len); room for kv_cap positions. */
@@ -882,11 +882,12 @@ static size_t model_layout_acts(model_acts *a, float *base, const model *m, int 
 }
 
 /* The backward's activation gradients; the row passes' backward (model_brows_usable) keeps the gradients
- * before RoPE and those of the feed-forward block's hidden layer in its threads' chunk buffers instead. */
+ * before RoPE and those of the feed-forward block's hidden layer in its threads' chunk buffers instead. The
+ * logits' gradient takes the place of the probabilities (model_head_backward). */
 static size_t model_layout_grad_acts(model_grad_acts *g, float *base, const model *m, int B, int T,
                                      int threads) {
     size_t N = (size_t)B * T, D = (size_t)m->cfg.dim, H = (size_t)m->cfg.hidden_dim;
-    size_t KV = (size_t)m->kv_dim, V = (size_t)m->cfg.vocab_size, total = 0;
+    size_t KV = (size_t)m->kv_dim, total = 0;
     size_t whole = model_brows_usable(m) ? 0 : 1;
 #define MODEL_TAKE(field, n)                                                                                 \
     do {                                                                                                     \
@@ -904,7 +905,6 @@ static size_t model_layout_grad_acts(model_grad_acts *g, float *base, const mode
     MODEL_TAKE(dh1, whole * N * H);
     MODEL_TAKE(dh3, whole * N * H);
     MODEL_TAKE(dhs, whole * N * H);
-    MODEL_TAKE(dlogits, N * V);
     MODEL_TAKE(att_scratch, (size_t)threads * T * T);
 #undef MODEL_TAKE
     return total;
@@ -1055,6 +1055,7 @@ static qlab_status model_forward_prepare(model *m, const int *tokens, int B, int
         model_reserve(&m->act_buffer, &m->act_capacity, model_layout_acts(&m->acts, NULL, m, B, T, keep)));
     model_layout_acts(&m->acts, m->act_buffer, m, B, T, keep);
     m->acts_keep = keep;
+    m->probs_grad = 0;
     m->acts_rows = model_acts_rows(m, keep);
     if (N > m->saved_capacity) {
         QLAB_TRY(memacct_charge(MEMACCT_SCRATCH, 3 * N * sizeof(int)));
@@ -1742,18 +1743,23 @@ static qlab_status model_head_backward(model *m) {
     const model_config *c = &m->cfg;
     const model_params *p = &m->params;
     model_params *gp = &m->grads;
-    const model_acts *a = &m->acts;
+    model_acts *a = &m->acts;
     model_grad_acts *g = &m->gacts;
     int N = m->B * m->T, D = c->dim, V = c->vocab_size, rows = m->head_n >= 0 ? m->head_n : N;
     size_t ND = (size_t)N * D;
-    MODEL_ZERO(g->dlogits, (size_t)rows * V);
-    crossentropy_softmax_backward(g->dlogits, a->probs, m->saved_targets, rows, V,
-                                  1.0f / (float)m->target_count);
+    if (m->probs_grad) { /* a second backward of one forward: the probabilities again, as it formed them */
+        QLAB_TRY(model_classifier(m, rows, a->probs));
+        softmax_forward(a->probs, a->probs, rows, V);
+    }
+    /* the logits' gradient in place of the probabilities (no second (N,V) buffer) */
+    crossentropy_softmax_grad_inplace(a->probs, m->saved_targets, rows, V, 1.0f / (float)m->target_count);
+    m->probs_grad = 1;
+    float *dlogits = a->probs;
     MODEL_ZERO(g->dln, ND);
     model_group cls_group = c->shared_classifier ? MODEL_GROUP_TOKEN_EMBEDDING : MODEL_GROUP_WCLS;
     if (m->compute == QLAB_COMPUTE_BF16) {
         linear_weight cls = {V, D, p->wcls, NULL};
-        QLAB_TRY(linear_backward_bf16(g->dln, model_grad_or_null(m, cls_group, gp->wcls), g->dlogits, a->lnf,
+        QLAB_TRY(linear_backward_bf16(g->dln, model_grad_or_null(m, cls_group, gp->wcls), dlogits, a->lnf,
                                       &cls, rows));
         /* the scored rows' input gradients to their positions (backwards: a row only moves later), zero
          * rows elsewhere, as the skipped rows' zero logit gradients gave */
@@ -1764,7 +1770,7 @@ static qlab_status model_head_backward(model *m) {
             memset(g->dln + (size_t)r * D, 0, sizeof(float) * (size_t)D);
         }
     } else {
-        matmul_backward(g->dln, model_grad_or_null(m, cls_group, gp->wcls), g->dlogits, a->lnf, p->wcls, N, D,
+        matmul_backward(g->dln, model_grad_or_null(m, cls_group, gp->wcls), dlogits, a->lnf, p->wcls, N, D,
                         V);
     }
     MODEL_ZERO(g->dresidual, ND);

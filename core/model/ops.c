@@ -623,6 +623,20 @@ float crossentropy_forward(float *losses, const float *probs, const int *targets
     return valid ? (float)(sum / valid) : 0.0f;
 }
 
+void crossentropy_softmax_grad_inplace(float *probs, const int *targets, int N, int V, float dloss) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        int y = targets[n];
+        float *p = probs + (size_t)n * V;
+        if (y < 0) {
+            memset(p, 0, sizeof(float) * (size_t)V);
+            continue;
+        }
+        for (int i = 0; i < V; i++) /* 0 + x: a zero buffer's first addition (-0 becomes +0) */
+            p[i] = 0.0f + dloss * (p[i] - (i == y ? 1.0f : 0.0f));
+    }
+}
+
 void crossentropy_softmax_backward(float *dlogits, const float *probs, const int *targets, int N, int V,
                                    float dloss) {
 #pragma omp parallel for schedule(static)

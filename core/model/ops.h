@@ -120,6 +120,9 @@ void softmax_backward(float *dlogits, const float *dprobs, const float *probs, i
 float crossentropy_forward(float *losses, const float *probs, const int *targets, int N, int V, int *count);
 /* dlogits (N,V) += dloss * (probs - onehot(target)) for each non-ignored row: the fused backward of
  * softmax + cross-entropy, where dloss is d(result)/d(loss of one position) (1/count for the mean). */
+/* The same gradient formed in place of probs (ignored rows zeroed): the bits of
+ * crossentropy_softmax_backward into a zeroed dlogits, without a second (N,V) buffer. */
+void crossentropy_softmax_grad_inplace(float *probs, const int *targets, int N, int V, float dloss);
 void crossentropy_softmax_backward(float *dlogits, const float *probs, const int *targets, int N, int V,
                                    float dloss);
 
