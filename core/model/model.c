@@ -1045,9 +1045,8 @@ static qlab_status model_forward_check(const model *m, const int *tokens, const 
     return QLAB_OK;
 }
 
-/* Sizes the RoPE tables and the activations for (B,T), keeps a copy of the tokens for backward and lets
- * the adapter size what it keeps. */
-/* keep: a backward may follow (model_layout_acts). */
+/* Sizes the RoPE tables and the activations for (B,T) (keep: laid out for a backward, model_layout_acts),
+ * keeps a copy of the tokens for backward and lets the adapter size what it keeps. */
 static qlab_status model_forward_prepare(model *m, const int *tokens, int B, int T, int keep) {
     size_t N = (size_t)B * T;
     QLAB_TRY(model_rope_reserve(m, T));
