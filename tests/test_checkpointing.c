@@ -47,20 +47,36 @@ static int step(model *m, lora_set *l, float *loss, float *logits, float *grads,
     return 1;
 }
 
+/* A model of cfg computing in compute; with use_lora its projections NF4 + DQ and LoRA r 4 on all of them
+ * (*l), else *l NULL. Returns 0 (after a failed check) when it cannot be built. */
+static int make_model(model **m, lora_set **l, qlab_compute compute, int use_lora, float dropout) {
+    *l = NULL;
+    if (model_create(m, &cfg) != QLAB_OK) {
+        CHECKF(0, "%s", qlab_last_error());
+        return 0;
+    }
+    train_init_params(*m, 5);
+    model_set_compute(*m, compute);
+    if (!use_lora) return 1;
+    lora_config lc = {.targets = LORA_TARGETS_ALL, .rank = 4, .alpha = 8, .dropout = dropout, .seed = 3};
+    int ok = model_quantize(*m, QUANT_NF4, 64, 1) == QLAB_OK && lora_create(l, &cfg, &lc) == QLAB_OK &&
+             lora_attach(*l, *m, 1) == QLAB_OK;
+    CHECKF(ok, "%s", qlab_last_error());
+    return ok;
+}
+
+static void free_model(model *m, lora_set *l) {
+    if (l) lora_detach(m);
+    lora_free(l);
+    model_free(m);
+}
+
 static void compare_runs(int use_lora, qlab_compute compute) {
     model *m[2] = {NULL, NULL};
     lora_set *l[2] = {NULL, NULL};
     for (int k = 0; k < 2; k++) {
-        if (model_create(&m[k], &cfg) != QLAB_OK) {
-            CHECKF(0, "%s", qlab_last_error());
-            return;
-        }
-        train_init_params(m[k], 5);
-        model_set_compute(m[k], compute);
+        if (!make_model(&m[k], &l[k], compute, use_lora, 0.2f)) return;
         if (use_lora) {
-            CHECK(model_quantize(m[k], QUANT_NF4, 64, 1) == QLAB_OK);
-            lora_config lc = {.targets = LORA_TARGETS_ALL, .rank = 4, .alpha = 8, .dropout = 0.2f, .seed = 3};
-            CHECK(lora_create(&l[k], &cfg, &lc) == QLAB_OK && lora_attach(l[k], m[k], 1) == QLAB_OK);
             lora_set_training(l[k], 1);
             /* Non-zero B so the adapters shape the loss and their dropout matters. */
             size_t n;
@@ -106,9 +122,7 @@ static void compare_runs(int use_lora, qlab_compute compute) {
     size_t ckpt = model_activation_bytes(m[1], B, T, 0);
     CHECKF(ckpt < full / 2, "activations %zu bytes with checkpointing vs %zu without", ckpt, full);
     for (int k = 0; k < 2; k++) {
-        if (l[k]) lora_detach(m[k]);
-        lora_free(l[k]);
-        model_free(m[k]);
+        free_model(m[k], l[k]);
         free(lg[k]), free(gr[k]);
     }
 }
@@ -199,19 +213,54 @@ static void row_layout_guard(void) {
     model_free(m);
 }
 
+/* model_forward_loss: the loss of the training forward, bit for bit, over the evaluation layout plus the
+ * probabilities (fp32 and bf16; full, and LoRA over an NF4 base); no backward follows it. */
+static void loss_only(qlab_compute compute, int use_lora) {
+    model *m[2];
+    lora_set *l[2] = {NULL, NULL};
+    float loss[2];
+    size_t bytes[2];
+    for (int k = 0; k < 2; k++) {
+        if (!make_model(&m[k], &l[k], compute, use_lora, 0.0f)) return;
+        CHECK((k ? model_forward_loss(m[k], tokens, targets, B, T, &loss[k])
+                 : model_forward(m[k], tokens, targets, B, T, NULL, &loss[k])) == QLAB_OK);
+        model_memory mem;
+        model_get_memory(m[k], &mem);
+        bytes[k] = mem.activations;
+    }
+    CHECKF(loss[0] == loss[1], "compute %d %s: model_forward_loss %.9g, model_forward %.9g", (int)compute,
+           use_lora ? "lora" : "full", loss[1], loss[0]);
+    CHECK(model_last_target_count(m[0]) == model_last_target_count(m[1]) &&
+          model_last_target_count(m[1]) > 0);
+    CHECK(model_backward(m[1]) == QLAB_ERR_ARG);
+    /* the evaluation layout (one working layer, two res3 slots) plus the probabilities; in bf16 row chunks
+     * without SwiGLU's output, and without the norms' outputs but for an adapter */
+    float *logits = malloc((size_t)B * T * cfg.vocab_size * sizeof(float));
+    model *e;
+    CHECK(model_create(&e, &cfg) == QLAB_OK);
+    model_set_compute(e, compute);
+    CHECK(model_forward(e, tokens, NULL, B, T, logits, NULL) == QLAB_OK);
+    model_memory me;
+    model_get_memory(e, &me);
+    size_t N = (size_t)B * T, rows = compute == QLAB_COMPUTE_BF16 && model_bf16_row_path();
+    size_t lean = rows * N * (cfg.hidden_dim + (use_lora ? 0 : 2 * (size_t)cfg.dim)) * sizeof(float);
+    CHECKF(bytes[1] == me.activations + N * cfg.vocab_size * sizeof(float) - lean,
+           "compute %d %s: loss-only activations %zu bytes, evaluation %zu (training %zu)", (int)compute,
+           use_lora ? "lora" : "full", bytes[1], me.activations, bytes[0]);
+    model_free(e);
+    free(logits);
+    for (int k = 0; k < 2; k++)
+        free_model(m[k], l[k]);
+}
+
 /* The logits' gradient is formed in place of the probabilities: a second backward of the same forward forms
  * them again, as the forward did, and gives the same gradients bit for bit (full training over an fp32 base,
  * LoRA over an NF4 base; fp32 and bf16). */
 static void second_backward(qlab_compute compute, int use_lora) {
     model *m;
-    lora_set *l = NULL;
-    CHECK(model_create(&m, &cfg) == QLAB_OK);
-    train_init_params(m, 5);
-    model_set_compute(m, compute);
+    lora_set *l;
+    if (!make_model(&m, &l, compute, use_lora, 0.0f)) return;
     if (use_lora) {
-        CHECK(model_quantize(m, QUANT_NF4, 64, 1) == QLAB_OK);
-        lora_config lc = {.targets = LORA_TARGETS_ALL, .rank = 4, .alpha = 8, .dropout = 0.0f, .seed = 3};
-        CHECK(lora_create(&l, &cfg, &lc) == QLAB_OK && lora_attach(l, m, 1) == QLAB_OK);
         size_t n;
         float *p = lora_get_param_buffer(l, &n);
         for (size_t i = 0; i < n; i++)
@@ -228,9 +277,7 @@ static void second_backward(qlab_compute compute, int use_lora) {
     }
     CHECKF(!memcmp(first, g, n_grads * sizeof(float)),
            "compute %d %s: the second backward's gradients differ", (int)compute, use_lora ? "lora" : "full");
-    if (l) lora_detach(m);
-    lora_free(l);
-    model_free(m);
+    free_model(m, l);
     free(first);
 }
 
@@ -250,6 +297,8 @@ int main(void) {
     evaluation_layout(QLAB_COMPUTE_BF16, 1);
     row_layout_guard();
     for (int k = 0; k < 2; k++) {
+        loss_only(QLAB_COMPUTE_FP32, k);
+        loss_only(QLAB_COMPUTE_BF16, k);
         second_backward(QLAB_COMPUTE_FP32, k);
         second_backward(QLAB_COMPUTE_BF16, k);
     }

@@ -135,7 +135,7 @@ qlab_status finetune_heldout_nll(model *m, const finetune_rows *rows, int eval_b
         int n = rows->n_rows - r0 < eval_batch ? (int)(rows->n_rows - r0) : eval_batch;
         size_t at = (size_t)r0 * (size_t)T;
         float loss = 0;
-        QLAB_TRY(model_forward(m, rows->tokens + at, rows->targets + at, n, T, NULL, &loss));
+        QLAB_TRY(model_forward_loss(m, rows->tokens + at, rows->targets + at, n, T, &loss));
         int count = model_last_target_count(m);
         if (count > 0 && !isfinite(loss))
             return qlab_fail(QLAB_ERR_NUMERIC, "finetune: held-out NLL is %s on rows %lld..%lld",

@@ -109,7 +109,7 @@ qlab_status train_heldout_loss(model *m, const int *tokens, int64_t n, int seq_l
             starts[b] = windows == 1 ? 0 : (int64_t)((double)last_start * (w0 + b) / (windows - 1));
         fill_batch(tokens, starts, rows, seq_len, inputs, targets);
         float batch_loss;
-        st = model_forward(m, inputs, targets, rows, seq_len, NULL, &batch_loss);
+        st = model_forward_loss(m, inputs, targets, rows, seq_len, &batch_loss);
         if (st == QLAB_OK && !isfinite(batch_loss))
             st = qlab_fail(QLAB_ERR_NUMERIC, "held-out loss is %s on windows %d..%d (tokens from %lld)",
                            isnan(batch_loss) ? "nan" : "infinite", w0, w0 + rows - 1, (long long)starts[0]);

@@ -831,25 +831,32 @@ static int model_keeps_probs(const model *m) {
 }
 
 static int model_adapter_rows(const model *m);
+static int model_rows_usable(const model *m);
 static int model_brows_usable(const model *m);
 
-/* Whether a forward that keeps its activations keeps only what the bf16 row passes' backward reads: not the
- * norms' outputs (the backward forms them again; kept only for an adapter's row hooks, which read them in
- * the forward), nor SwiGLU's output. With checkpointing the recomputed blocks run in row chunks too
- * (model_block_redo). */
+/* What a forward lays its activations out for: no backward and no loss (logits to the caller), the loss
+ * without a backward (model_forward_loss: the probabilities too), or a backward. */
+enum { MODEL_ACTS_EVAL, MODEL_ACTS_LOSS, MODEL_ACTS_TRAIN };
+
+/* Whether a forward keeps only what the bf16 row passes read: not the norms' outputs (a backward forms them
+ * again; kept only for an adapter's row hooks, which read them in the forward), nor SwiGLU's output. For a
+ * backward in row passes (with checkpointing its recomputed blocks run in row chunks too,
+ * model_block_redo), and for a loss-only forward, which runs in row chunks whenever they are usable. */
 static int model_acts_rows(const model *m, int keep) {
-    return keep && model_brows_usable(m);
+    return keep == MODEL_ACTS_TRAIN ? model_brows_usable(m) : keep == MODEL_ACTS_LOSS && model_rows_usable(m);
 }
 
 /* Points the activation views for (B,T) into base (or only counts when base is NULL); returns floats. With
- * keep (a backward may follow) the per-layer working activations are one layer's worth with checkpointing
- * (recomputed in backward), else one per layer, and the residual stream leaving each block (res3) is kept
- * per layer; the logits have their own buffer. Without keep (an evaluation or generation forward) each
- * layer's working activations replace the last one's, res3 takes two slots in turn (model_res_slot: a
- * layer reads the previous one's while writing its own) and the head writes the caller's logits. */
+ * keep MODEL_ACTS_TRAIN (a backward may follow) the per-layer working activations are one layer's worth with
+ * checkpointing (recomputed in backward), else one per layer, and the residual stream leaving each block
+ * (res3) is kept per layer; the logits have their own buffer. Otherwise (evaluation, generation: no backward
+ * follows) each layer's working activations replace the last one's, res3 takes two slots in turn
+ * (model_res_slot: a layer reads the previous one's while writing its own) and the head writes the caller's
+ * logits, or with MODEL_ACTS_LOSS the probabilities buffer the loss is taken from. */
 static size_t model_layout_acts(model_acts *a, float *base, const model *m, int B, int T, int keep) {
-    size_t NL = (size_t)m->cfg.n_layers, L = keep && !m->checkpointing ? NL : 1, D = (size_t)m->cfg.dim;
-    size_t N = (size_t)B * T, R = keep ? NL : NL < 2 ? 1 : 2;
+    int train = keep == MODEL_ACTS_TRAIN;
+    size_t NL = (size_t)m->cfg.n_layers, L = train && !m->checkpointing ? NL : 1, D = (size_t)m->cfg.dim;
+    size_t N = (size_t)B * T, R = train ? NL : NL < 2 ? 1 : 2;
     size_t H = (size_t)m->cfg.hidden_dim, KV = (size_t)m->kv_dim, V = (size_t)m->cfg.vocab_size;
     size_t NH = (size_t)m->cfg.n_heads, total = 0;
     int rows = model_acts_rows(m, keep), norms = !rows || model_adapter_rows(m);
@@ -875,7 +882,7 @@ static size_t model_layout_acts(model_acts *a, float *base, const model *m, int 
     MODEL_TAKE(res3, R * N * D);
     MODEL_TAKE(lnf, N * D);
     MODEL_TAKE(lnf_rstd, N);
-    MODEL_TAKE(probs, keep ? N * V : 0);
+    MODEL_TAKE(probs, keep != MODEL_ACTS_EVAL ? N * V : 0);
     MODEL_TAKE(losses, N);
 #undef MODEL_TAKE
     return total;
@@ -1045,15 +1052,15 @@ static qlab_status model_forward_check(const model *m, const int *tokens, const 
     return QLAB_OK;
 }
 
-/* Sizes the RoPE tables and the activations for (B,T) (keep: laid out for a backward, model_layout_acts),
- * keeps a copy of the tokens for backward and lets the adapter size what it keeps. */
+/* Sizes the RoPE tables and the activations for (B,T) (keep: what for, model_layout_acts), keeps a copy of
+ * the tokens for backward and lets the adapter size what it keeps. */
 static qlab_status model_forward_prepare(model *m, const int *tokens, int B, int T, int keep) {
     size_t N = (size_t)B * T;
     QLAB_TRY(model_rope_reserve(m, T));
     QLAB_TRY(
         model_reserve(&m->act_buffer, &m->act_capacity, model_layout_acts(&m->acts, NULL, m, B, T, keep)));
     model_layout_acts(&m->acts, m->act_buffer, m, B, T, keep);
-    m->acts_keep = keep;
+    m->acts_keep = keep == MODEL_ACTS_TRAIN;
     m->probs_grad = 0;
     m->acts_rows = model_acts_rows(m, keep);
     if (N > m->saved_capacity) {
@@ -1521,39 +1528,52 @@ static qlab_status model_forward_rows(model *m, float *out, int keep, int per_la
     return out ? model_rows_run(m, MODEL_ROWS_HEAD, 0, NULL, out, NULL, keep) : QLAB_OK;
 }
 
-/* model_forward, or with at (n positions) model_forward_at's forward: the layers, then the head of those
- * positions only. */
+/* model_forward (train: with targets), model_forward_loss (targets, not train), or with at (n positions)
+ * model_forward_at's forward: the layers, then the head (of those positions only). */
 static qlab_status model_forward_run(model *m, const int *tokens, const int *targets, int B, int T,
-                                     float *logits, float *loss, const int *at, int n) {
+                                     float *logits, float *loss, const int *at, int n, int train) {
     m->have_targets = 0;
     m->kv_len = 0; /* the weights may have changed since generation's cache was filled */
     QLAB_TRY(model_forward_check(m, tokens, targets, B, T));
-    QLAB_TRY(model_forward_prepare(m, tokens, B, T, targets != NULL));
+    int keep = train ? MODEL_ACTS_TRAIN : targets ? MODEL_ACTS_LOSS : MODEL_ACTS_EVAL;
+    QLAB_TRY(model_forward_prepare(m, tokens, B, T, keep));
     if (m->compute == QLAB_COMPUTE_BF16) QLAB_TRY(linear_bf16_reserve(&m->cfg, B * T, 0));
     embedding_forward(m->acts.encoded, tokens, m->params.token_embedding, B * T, m->cfg.dim);
+    qlab_status st = QLAB_OK;
     if (model_rows_usable(m) && (targets || model_weights_packed(m))) {
         /* training: the weights (changed by the last step) packed again into the kept panels; over a
          * quantized base never packed whole, one layer at a time, and the head as model_head_forward */
         int per_layer = targets && m->quantized && !m->packed;
         if (targets && !per_layer) QLAB_TRY(model_pack_all(m));
         float *out = at || per_layer ? NULL : targets ? m->acts.probs : logits; /* no logits asked: no head */
-        qlab_status st = model_forward_rows(m, out, targets != NULL, per_layer);
+        st = model_forward_rows(m, out, train, per_layer);
         /* a training forward's copies serve this forward only: the caller may write the weights next */
         if (targets) m->packed_valid = 0;
         QLAB_TRY(st);
         if (at) return model_head_at(m, at, n, logits);
-        if (per_layer) return model_head_forward(m, targets, logits, loss);
-        model_head_loss(m, targets, logits, loss);
-        return QLAB_OK;
+        if (per_layer)
+            st = model_head_forward(m, targets, logits, loss);
+        else
+            model_head_loss(m, targets, logits, loss);
+    } else {
+        for (int l = 0; l < m->cfg.n_layers; l++)
+            QLAB_TRY(model_block_forward(m, l, train));
+        if (at) return model_head_at(m, at, n, logits);
+        st = model_head_forward(m, targets, logits, loss);
     }
-    for (int l = 0; l < m->cfg.n_layers; l++)
-        QLAB_TRY(model_block_forward(m, l, targets != NULL)); /* no targets: no backward follows */
-    return at ? model_head_at(m, at, n, logits) : model_head_forward(m, targets, logits, loss);
+    if (!train) m->have_targets = 0; /* nothing was kept to differentiate */
+    return st;
 }
 
 qlab_status model_forward(model *m, const int *tokens, const int *targets, int B, int T, float *logits,
                           float *loss) {
-    return model_forward_run(m, tokens, targets, B, T, logits, loss, NULL, 0);
+    return model_forward_run(m, tokens, targets, B, T, logits, loss, NULL, 0, targets != NULL);
+}
+
+qlab_status model_forward_loss(model *m, const int *tokens, const int *targets, int B, int T, float *loss) {
+    if (!targets || !loss)
+        return qlab_fail(QLAB_ERR_ARG, "model_forward_loss: no targets or no loss to fill");
+    return model_forward_run(m, tokens, targets, B, T, NULL, loss, NULL, 0, 0);
 }
 
 qlab_status model_forward_at(model *m, const int *tokens, int B, int T, const int *at, int n, float *logits) {
@@ -1565,7 +1585,7 @@ qlab_status model_forward_at(model *m, const int *tokens, int B, int T, const in
                 QLAB_ERR_ARG,
                 "model_forward_at: position %d (entry %d) is not after the last and inside [0, %d)", at[k], k,
                 B * T);
-    return model_forward_run(m, tokens, NULL, B, T, logits, NULL, at, n);
+    return model_forward_run(m, tokens, NULL, B, T, logits, NULL, at, n, 0);
 }
 
 /* ---------------------------------------------------------------- generation's cache */
@@ -1688,7 +1708,7 @@ qlab_status model_forward_next(model *m, const int *tokens, int n, float *logits
         QLAB_TRY(model_scratch_reserve(&m->kv_scratch, &m->kv_scratch_bytes, scores,
                                        "model_forward_next: scores"));
     }
-    QLAB_TRY(model_forward_prepare(m, tokens + p0, 1, fresh, 0));
+    QLAB_TRY(model_forward_prepare(m, tokens + p0, 1, fresh, MODEL_ACTS_EVAL));
     QLAB_TRY(model_rope_reserve(m, n));
     if (m->compute == QLAB_COMPUTE_BF16) QLAB_TRY(linear_bf16_reserve(&m->cfg, fresh, 0));
     embedding_forward(m->acts.encoded, tokens + p0, m->params.token_embedding, fresh, m->cfg.dim);
@@ -2201,7 +2221,7 @@ int model_get_checkpointing(const model *m) {
 
 size_t model_activation_bytes(const model *m, int B, int T, int with_backward) {
     model_acts a;
-    size_t floats = model_layout_acts(&a, NULL, m, B, T, 1);
+    size_t floats = model_layout_acts(&a, NULL, m, B, T, MODEL_ACTS_TRAIN);
     if (with_backward) {
         int threads = qlab_num_threads();
         model_grad_acts g;

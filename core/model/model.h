@@ -207,6 +207,10 @@ void model_set_row_passes(model *m, int on);
  * and each layer's activations replace the last one's (an evaluation's memory does not grow with depth). */
 qlab_status model_forward(model *m, const int *tokens, const int *targets, int B, int T, float *logits,
                           float *loss);
+/* The mean cross-entropy model_forward gives for these targets (the same bits; model_last_target_count the
+ * positions scored), for evaluation: no backward can follow (model_backward refuses), so the activations
+ * are laid out as without targets, one layer's at a time, plus the (B*T, vocab) probabilities. */
+qlab_status model_forward_loss(model *m, const int *tokens, const int *targets, int B, int T, float *loss);
 /* Forward pass without targets whose logits are those of positions at[0..n) only (indices into the B*T
  * positions, increasing): logits receives (n, vocab) fp32, the rows model_forward would give for them (the
  * same bits with bf16 compute off the blas path; fp32 and blas sums may depend on the row count, ~1e-6
