@@ -19,8 +19,8 @@
 #include "core/model/ops.h"
 
 /* Activations of one forward pass over N = B*T positions; per-layer arrays are (n_layers, ...). Kept for
- * the backward pass, which needs every layer's inputs. A forward no backward can follow (no targets) keeps
- * one layer's arrays and two of res3 (model_layout_acts). */
+ * the backward pass, which needs every layer's inputs. A forward no backward can follow (no targets, or
+ * model_forward_loss) keeps one layer's arrays and two of res3 (model_layout_acts). */
 typedef struct {
     float *encoded;        /* (N,D) token embeddings: the residual stream entering layer 0 */
     float *ln1, *ln1_rstd; /* (L,N,D), (L,N) */
@@ -91,7 +91,7 @@ struct model {
     size_t saved_capacity;
     int B, T, have_targets, target_count;
     int checkpointing; /* keep block inputs only; recompute each block in backward */
-    int acts_keep;     /* the last forward's activations are laid out for a backward (it had targets) */
+    int acts_keep;     /* the last forward's activations are laid out for a backward (MODEL_ACTS_TRAIN) */
     int acts_rows;     /* ... for the row passes' backward only (model_acts_rows) */
     int probs_grad;    /* acts.probs holds the logits' gradient (model_head_backward), not probabilities */
 
@@ -1487,6 +1487,12 @@ static qlab_status model_rows_run(model *m, model_rows_pass pass, int l, const b
     return model_rows_hooks(m, l, ps, nps, 0, 1);
 }
 
+/* Whether a training forward in row chunks packs the layers one at a time (a quantized base never packed
+ * whole) rather than all of them into m->packed. */
+static int model_packs_per_layer(const model *m) {
+    return m->quantized && !m->packed;
+}
+
 /* The attention's operands packed ahead (into m->att_ops) when the sequence length allows: *po points to
  * their layout in ops, else is NULL. */
 static qlab_status model_att_operands(model *m, bf16_att_operands *ops, bf16_att_operands **po) {
@@ -1543,7 +1549,7 @@ static qlab_status model_forward_run(model *m, const int *tokens, const int *tar
     if (model_rows_usable(m) && (targets || model_weights_packed(m))) {
         /* training: the weights (changed by the last step) packed again into the kept panels; over a
          * quantized base never packed whole, one layer at a time, and the head as model_head_forward */
-        int per_layer = targets && m->quantized && !m->packed;
+        int per_layer = targets && model_packs_per_layer(m);
         if (targets && !per_layer) QLAB_TRY(model_pack_all(m));
         float *out = at || per_layer ? NULL : targets ? m->acts.probs : logits; /* no logits asked: no head */
         st = model_forward_rows(m, out, train, per_layer);
@@ -2182,7 +2188,7 @@ static qlab_status model_block_backward_rows(model *m, int l, int threads) {
 /* Block l's forward again for the backward: in row chunks when the forward ran them (over the weights it
  * packed: unchanged until the optimizer's step), else whole matrices; the same bits either way. */
 static qlab_status model_block_redo(model *m, int l) {
-    int per_layer = m->quantized && !m->packed;
+    int per_layer = model_packs_per_layer(m);
     if (!model_rows_usable(m) || (!per_layer && !m->packed)) {
         if (m->acts_rows) /* its layout has no room for the whole-matrix block's outputs */
             return qlab_fail(QLAB_ERR_ARG, "model_backward: the weights the forward packed were released "

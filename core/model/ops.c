@@ -636,16 +636,3 @@ void crossentropy_softmax_grad_inplace(float *probs, const int *targets, int N, 
             p[i] = 0.0f + dloss * (p[i] - (i == y ? 1.0f : 0.0f));
     }
 }
-
-void crossentropy_softmax_backward(float *dlogits, const float *probs, const int *targets, int N, int V,
-                                   float dloss) {
-#pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) {
-        int y = targets[n];
-        if (y < 0) continue;
-        const float *p = probs + (size_t)n * V;
-        float *d = dlogits + (size_t)n * V;
-        for (int i = 0; i < V; i++)
-            d[i] += dloss * (p[i] - (i == y ? 1.0f : 0.0f));
-    }
-}

@@ -118,12 +118,9 @@ void softmax_backward(float *dlogits, const float *dprobs, const float *probs, i
 /* Cross-entropy of probs (N,V) against targets (N); targets < 0 are ignored (loss 0). losses (N).
  * Returns the mean over non-ignored positions (0 when all are ignored) and their count in *count. */
 float crossentropy_forward(float *losses, const float *probs, const int *targets, int N, int V, int *count);
-/* dlogits (N,V) += dloss * (probs - onehot(target)) for each non-ignored row: the fused backward of
- * softmax + cross-entropy, where dloss is d(result)/d(loss of one position) (1/count for the mean). */
-/* The same gradient formed in place of probs (ignored rows zeroed): the bits of
- * crossentropy_softmax_backward into a zeroed dlogits, without a second (N,V) buffer. */
+/* The fused backward of softmax + cross-entropy in place of probs (N,V): each non-ignored row becomes
+ * dloss * (probs - onehot(target)), where dloss is d(result)/d(loss of one position) (1/count for the
+ * mean), as 0 + that (the bits of accumulating into a zeroed buffer); ignored rows become zero. */
 void crossentropy_softmax_grad_inplace(float *probs, const int *targets, int N, int V, float dloss);
-void crossentropy_softmax_backward(float *dlogits, const float *probs, const int *targets, int N, int V,
-                                   float dloss);
 
 #endif
