@@ -164,6 +164,30 @@ static void check_cached(const shape *s, const run *in, const run *r, const char
     qlab_free_aligned(base);
 }
 
+/* The backward from q, k and v rounded to bf16 first (attention_backward_bf16_rounded, as a training forward
+ * keeping them at 2 bytes hands them over) gives r's gradients bit for bit. */
+static void check_rounded(const shape *s, const run *in, const run *r, float *scratch, int threads) {
+    uint16_t *h[3];
+    const float *src[3] = {in->q, in->k, in->v};
+    size_t n[3] = {r->nq, r->nkv, r->nkv};
+    for (int i = 0; i < 3; i++) {
+        h[i] = malloc(sizeof(uint16_t) * n[i]);
+        bf16_round_array(h[i], src[i], n[i]);
+    }
+    run x;
+    run_alloc(&x, s);
+    memset(x.dk, 0x7f, sizeof(float) * x.nkv); /* stored, not added */
+    CHECK(attention_backward_bf16_rounded(x.dq, x.dk, x.dv, in->dout, h[0], h[1], h[2], s->B, s->T, s->NH,
+                                          s->NKV, s->HS, scratch, threads) == QLAB_OK);
+    CHECKF(!memcmp(x.dq, r->dq, sizeof(float) * x.nq) && !memcmp(x.dk, r->dk, sizeof(float) * x.nkv) &&
+               !memcmp(x.dv, r->dv, sizeof(float) * x.nkv),
+           "%s, T %d HS %d NH %d NKV %d: the backward from bf16 q, k, v differs",
+           bf16_path_name(bf16_active_path()), s->T, s->HS, s->NH, s->NKV);
+    run_free(&x);
+    for (int i = 0; i < 3; i++)
+        free(h[i]);
+}
+
 /* Forward and backward of one path ("fp32" for ops.c) with the given thread count. */
 static void run_path(const char *path, const shape *s, const run *in, run *r, int threads) {
 #ifdef _OPENMP
@@ -186,6 +210,7 @@ static void run_path(const char *path, const shape *s, const run *in, run *r, in
         CHECK(attention_backward_bf16(r->dq, r->dk, r->dv, in->dout, in->q, in->k, in->v, s->B, s->T, s->NH,
                                       s->NKV, s->HS, scratch, threads) == QLAB_OK);
         check_without_att(s, in, r);
+        check_rounded(s, in, r, scratch, threads);
         check_cached(s, in, r, path);
         CHECK(bf16_force_path("auto") == QLAB_OK);
     }

@@ -154,10 +154,12 @@ static void evaluation_layout(qlab_compute compute, int packed) {
     size_t full = forward_bytes(m[0], targets, keep), ckpt = forward_bytes(m[1], targets, NULL);
     size_t ev = forward_bytes(m[2], NULL, eval);
     /* checkpointing's layout less the res3 slots past two and the logits buffer; bf16 training in the row
-     * passes keeps no norm or SwiGLU outputs, which the evaluation's one layer has */
+     * passes keeps no norm or SwiGLU outputs, which the evaluation's one layer has, and keeps q, k and v at
+     * 2 bytes each (T a multiple of 32), which the evaluation's layer has at 4 */
     size_t rows = compute == QLAB_COMPUTE_BF16 && model_bf16_row_path() ? 1 : 0;
+    size_t qkv = N * (cfg.dim + 2 * (size_t)cfg.n_kv_heads * (cfg.dim / cfg.n_heads)), half = T % 32 == 0;
     size_t expect = ckpt - ((size_t)(cfg.n_layers - 2) * N * cfg.dim + N * cfg.vocab_size) * sizeof(float) +
-                    rows * N * (2 * (size_t)cfg.dim + cfg.hidden_dim) * sizeof(float);
+                    rows * (N * (2 * (size_t)cfg.dim + cfg.hidden_dim) + half * qkv / 2) * sizeof(float);
     CHECKF(ev == expect,
            "compute %d packed %d: evaluation activations %zu bytes, expected %zu (training %zu)",
            (int)compute, packed, ev, expect, full);

@@ -87,6 +87,18 @@ static void test_activation_terms(void) {
         CHECK(memory_model_input_gradient_elements(&c, 2, 3, 0) -
                   memory_model_input_gradient_elements(&c, 2, 3, 1) ==
               360);
+        /* T a multiple of 32: the row passes keep q, k, v at 2 bytes, (ND 512 + 2N KV 512) / 2 per working
+         * layer of B 2 x T 32, besides the norms' (2ND 1024) and SwiGLU's (NH 1024) outputs */
+        CHECK(memory_model_activation_elements(&c, 2, 32, ckpt, 1, 0, 0) -
+                  memory_model_activation_elements(&c, 2, 32, ckpt, 1, 1, 0) ==
+              (ckpt ? 1u : 2u) * 2560);
+        expect = (size_t)(memory_model_activation_elements(&c, 2, 32, ckpt, 1, rows, 0) +
+                          memory_model_input_gradient_elements(&c, 2, 32, rows) + (uint64_t)threads * 1024) *
+                 4;
+        CHECKF(model_activation_bytes(m, 2, 32, 1) == expect,
+               "bf16, T 32, checkpointing %d: model.c %zu, "
+               "model %zu",
+               ckpt, model_activation_bytes(m, 2, 32, 1), expect);
         model_set_compute(m, QLAB_COMPUTE_FP32);
     }
     model_free(m);

@@ -6,6 +6,7 @@
 
 #include <string.h>
 
+#include "core/model/gemm_bf16.h"
 #include "core/model/linear.h"
 #include "core/model/lora.h"
 
@@ -71,10 +72,12 @@ uint64_t memory_model_activation_elements(const model_config *a, int B, int T, i
     uint64_t KV = kv_width(a), V = (uint64_t)a->vocab_size, NH = (uint64_t)a->n_heads;
     uint64_t L = (uint64_t)a->n_layers, W = checkpointing ? 1 : L;
     int rows = row_backward, norms = !rows || adapters;
-    uint64_t per_layer = 3 * N * D                 /* q, atty, res2 */
-                         + (norms ? 2 * N * D : 0) /* ln1, ln2 */
-                         + 2 * N                   /* ln1_rstd, ln2_rstd */
-                         + 2 * N * KV              /* k, v */
+    uint64_t qkv = N * D + 2 * N * KV; /* q, k, v; at 2 bytes when the row passes pack the attention's */
+    if (rows && bf16_att_operands_fit(T)) qkv /= 2; /* operands from their own buffers (model_keeps_qkv16) */
+    uint64_t per_layer = 2 * N * D                  /* atty, res2 */
+                         + qkv                      /* q, k, v */
+                         + (norms ? 2 * N * D : 0)  /* ln1, ln2 */
+                         + 2 * N                    /* ln1_rstd, ln2_rstd */
                          +
                          (recompute_attention ? 0 : (uint64_t)B * NH * (uint64_t)T * (uint64_t)T) /* probs */
                          + (rows ? 2 : 3) * N * H; /* h1, h3, silu(h1) h3 */

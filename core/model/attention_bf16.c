@@ -253,12 +253,13 @@ typedef struct {
     int Kq, Kt, Tp, Hm;       /* HS and T rounded up to 32, T to 16 (key panels), HS rows to 32 */
     size_t kn, vt, a, ht, pp; /* bf16 elements: Kn, Vt and Kt, A (a block's rows), one of DoT/QT, AttP/DsP */
     size_t tmp, wide, ct, pf; /* bf16 staging; floats: the blas path's copies, one of dvT/dkT, a block of P */
+    size_t rows;              /* floats: one head's q, k or v widened from bf16 (T x HS) */
     size_t per_thread;        /* bytes */
 } att_bwd_plan;
 
 typedef struct {
     uint16_t *kn, *vt, *kt, *a, *pb, *dot, *qt, *attp, *dsp, *tmp;
-    float *wide, *dvt, *dkt, *pf;
+    float *wide, *dvt, *dkt, *pf, *qw, *kw, *vw;
 } att_bwd_ws;
 
 static size_t att_max(size_t a, size_t b) {
@@ -277,9 +278,10 @@ static att_bwd_plan make_bwd_plan(int T, int HS) {
            w2 = gemm_bf16_block_wide_floats(p.path, ATT_BLOCK, (int)Hp, p.Kt),
            w3 = gemm_bf16_block_wide_floats(p.path, p.Hm, 32, p.Kt);
     p.wide = att_max(att_max(w1, w2), w3);
-    p.ct = (size_t)p.Hm * p.Tp, p.pf = (size_t)ATT_BLOCK * T;
+    p.ct = (size_t)p.Hm * p.Tp, p.pf = (size_t)ATT_BLOCK * T, p.rows = (size_t)T * HS;
     size_t bf16 = p.kn + 2 * p.vt + 2 * p.a + 2 * p.ht + 2 * p.pp + p.tmp;
-    p.per_thread = (bf16 * sizeof(uint16_t) + 63) / 64 * 64 + (p.wide + 2 * p.ct + p.pf) * sizeof(float);
+    p.per_thread =
+        (bf16 * sizeof(uint16_t) + 63) / 64 * 64 + (p.wide + 2 * p.ct + p.pf + 3 * p.rows) * sizeof(float);
     p.per_thread = (p.per_thread + 63) / 64 * 64;
     return p;
 }
@@ -293,6 +295,7 @@ static att_bwd_ws bwd_thread_ws(char *base, const att_bwd_plan *p, int id) {
     size_t bf16 = p->kn + 2 * p->vt + 2 * p->a + 2 * p->ht + 2 * p->pp + p->tmp;
     w.wide = (float *)((char *)u + (bf16 * sizeof(uint16_t) + 63) / 64 * 64);
     w.dvt = w.wide + p->wide, w.dkt = w.dvt + p->ct, w.pf = w.dkt + p->ct;
+    w.qw = w.pf + p->pf, w.kw = w.qw + p->rows, w.vw = w.kw + p->rows;
     return w;
 }
 
@@ -300,14 +303,13 @@ static att_bwd_ws bwd_thread_ws(char *base, const att_bwd_plan *p, int id) {
  * keys [0, r1), the causal softmax: the same bits) into P, d(att) = dout v^T into ds (rows T floats apart),
  * the softmax backward row by row (zeros after the diagonal up to the block's end), the probabilities and
  * score gradients of each pair of rows into their pair panels, then dq = ds k (stored). */
-static void head_backward_block(const att_bwd_plan *pl, const att_bwd_ws *w, const float *qb,
+static void head_backward_block(const att_bwd_plan *pl, const att_bwd_ws *w, const float *qb, size_t qld,
                                 const float *dob, float *dqb, int qstride, float *ds, int r0, int r1, int T,
                                 int HS, float scale) {
     int rows = r1 - r0, Kr = gemm_bf16_kp(r1);
     size_t bs = (size_t)GEMM_BF16_PANEL * pl->Kt, bq = (size_t)GEMM_BF16_PANEL * pl->Kq;
     float *P = w->pf; /* row t at P + (t - r0) T */
-    gemm_bf16_pack_rows(w->a, pl->Kq, qb + (size_t)r0 * qstride, (size_t)qstride, rows, HS,
-                        gemm_bf16_mp(rows));
+    gemm_bf16_pack_rows(w->a, pl->Kq, qb + (size_t)r0 * qld, qld, rows, HS, gemm_bf16_mp(rows));
     gemm_bf16_block(pl->path, w->a, (size_t)pl->Kq, w->kt, bq, rows, r1, pl->Kq, P, T, 0, w->wide);
     softmax_round_rows(P, r0, r1, T, scale, w->pb, Kr, P);
     gemm_bf16_pack_rows(w->a, pl->Kq, dob + (size_t)r0 * qstride, (size_t)qstride, rows, HS,
@@ -366,9 +368,27 @@ size_t attention_bf16_workspace_bytes(int T, int HS, int threads) {
     return att_max(make_att_plan(T, HS, 1).per_thread, make_bwd_plan(T, HS).per_thread) * (size_t)threads;
 }
 
-qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                                    const float *k, const float *v, int B, int T, int NH, int NKV, int HS,
-                                    float *scratch, int n_scratch) {
+/* q, k or v as the backward reads them: fp32 activations, or bf16 ones (h) widened into a workspace. */
+typedef struct {
+    const float *f;
+    const uint16_t *h;
+} att_src;
+
+/* T rows of HS values of src at offset off (rows ld apart): the fp32 rows themselves, or the bf16 rows
+ * widened into into (rows HS apart); *out_ld their row stride. */
+static const float *att_rows(att_src src, size_t off, int ld, int T, int HS, float *into, size_t *out_ld) {
+    if (!src.h) {
+        *out_ld = (size_t)ld;
+        return src.f + off;
+    }
+    bf16_widen_rows(into, (size_t)HS, src.h + off, (size_t)ld, T, HS);
+    *out_ld = (size_t)HS;
+    return into;
+}
+
+static qlab_status backward_run(float *dq, float *dk, float *dv, const float *dout, att_src q, att_src k,
+                                att_src v, int B, int T, int NH, int NKV, int HS, float *scratch,
+                                int n_scratch) {
     int group = NH / NKV, qstride = NH * HS, kvstride = NKV * HS;
     float scale = 1.0f / sqrtf((float)HS);
     att_bwd_plan pl = make_bwd_plan(T, HS);
@@ -386,17 +406,20 @@ qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float
         att_bwd_ws w = bwd_thread_ws(base, &pl, tid);
         float *ds = scratch + (size_t)tid * T * T;
         int b = bg / NKV, kvh = bg % NKV;
-        size_t kvo = (size_t)b * T * kvstride + (size_t)kvh * HS;
-        pack_bn(w.kn, pl.Kt, k + kvo, (size_t)kvstride, T, HS, w.tmp);           /* for dq = ds k */
-        gemm_bf16_pack_bt(w.vt, pl.Kq, v + kvo, (size_t)kvstride, T, HS, w.tmp); /* for d(att) = dout v^T */
-        gemm_bf16_pack_bt(w.kt, pl.Kq, k + kvo, (size_t)kvstride, T, HS, w.tmp); /* for the scores q k^T */
+        size_t kvo = (size_t)b * T * kvstride + (size_t)kvh * HS, kld, vld, qld;
+        const float *kb = att_rows(k, kvo, kvstride, T, HS, w.kw, &kld);
+        const float *vb = att_rows(v, kvo, kvstride, T, HS, w.vw, &vld);
+        pack_bn(w.kn, pl.Kt, kb, kld, T, HS, w.tmp);           /* for dq = ds k */
+        gemm_bf16_pack_bt(w.vt, pl.Kq, vb, vld, T, HS, w.tmp); /* for d(att) = dout v^T */
+        gemm_bf16_pack_bt(w.kt, pl.Kq, kb, kld, T, HS, w.tmp); /* for the scores q k^T */
         gemm_bf16_block_begin(pl.path);
         for (int h = kvh * group; h < (kvh + 1) * group; h++) {
             size_t qo = (size_t)b * T * qstride + (size_t)h * HS;
+            const float *qb = att_rows(q, qo, qstride, T, HS, w.qw, &qld);
             gemm_bf16_pack_at(w.dot, pl.Kt, dout + qo, qstride, T, HS, pl.Hm);
-            gemm_bf16_pack_at(w.qt, pl.Kt, q + qo, qstride, T, HS, pl.Hm);
+            gemm_bf16_pack_at(w.qt, pl.Kt, qb, (int)qld, T, HS, pl.Hm);
             for (int r0 = 0; r0 < T; r0 += ATT_BLOCK)
-                head_backward_block(&pl, &w, q + qo, dout + qo, dq + qo, qstride, ds, r0,
+                head_backward_block(&pl, &w, qb, qld, dout + qo, dq + qo, qstride, ds, r0,
                                     r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, T, HS, scale);
             int first = h == kvh * group; /* the group's first head stores, the others add */
             key_products(&pl, &w, w.dot, w.attp, w.dvt, T, HS, !first); /* dv^T = dout^T att */
@@ -407,6 +430,20 @@ qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float
         transpose_f32(dk + kvo, (size_t)kvstride, w.dkt, (size_t)pl.Tp, HS, T);
     }
     return QLAB_OK;
+}
+
+qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                    const float *k, const float *v, int B, int T, int NH, int NKV, int HS,
+                                    float *scratch, int n_scratch) {
+    return backward_run(dq, dk, dv, dout, (att_src){q, NULL}, (att_src){k, NULL}, (att_src){v, NULL}, B, T,
+                        NH, NKV, HS, scratch, n_scratch);
+}
+
+qlab_status attention_backward_bf16_rounded(float *dq, float *dk, float *dv, const float *dout,
+                                            const uint16_t *q, const uint16_t *k, const uint16_t *v, int B,
+                                            int T, int NH, int NKV, int HS, float *scratch, int n_scratch) {
+    return backward_run(dq, dk, dv, dout, (att_src){NULL, q}, (att_src){NULL, k}, (att_src){NULL, v}, B, T,
+                        NH, NKV, HS, scratch, n_scratch);
 }
 
 /* ---------------------------------------------------------------- generation's cache, packed */

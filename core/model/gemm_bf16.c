@@ -181,6 +181,16 @@ void bf16_round_array(uint16_t *out, const float *in, size_t n) {
         out[i] = f32_to_bf16(in[i]);
 }
 
+void bf16_widen_rows(float *dst, size_t ldd, const uint16_t *src, size_t lds, int rows, int cols) {
+    if (gemm_bf16_vector_packing()) {
+        gemm_bf16_widen_avx512(dst, ldd, src, lds, rows, cols);
+        return;
+    }
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+            dst[(size_t)r * ldd + c] = bf16_to_f32(src[(size_t)r * lds + c]);
+}
+
 void bf16_scale_round(uint16_t *out, const float *x, float r, const float *w, int n, int width) {
     if (qlab_cpu_avx512()) {
         gemm_bf16_scale_round_avx512(out, x, r, w, n, width);

@@ -152,6 +152,13 @@ qlab_status attention_forward_bf16(float *out, float *att, const float *q, const
 qlab_status attention_backward_bf16(float *dq, float *dk, float *dv, const float *dout, const float *q,
                                     const float *k, const float *v, int B, int T, int NH, int NKV, int HS,
                                     float *scratch, int n_scratch);
+/* attention_backward_bf16 with q, k and v stored already rounded (bf16_round_array), as a training forward
+ * that keeps them at 2 bytes each hands them over: the same bits, since the backward rounds them to bf16
+ * before every product and rounding a bf16 value again leaves it unchanged. Each task widens the rows it
+ * packs into its workspace first. */
+qlab_status attention_backward_bf16_rounded(float *dq, float *dk, float *dv, const float *dout,
+                                            const uint16_t *q, const uint16_t *k, const uint16_t *v, int B,
+                                            int T, int NH, int NKV, int HS, float *scratch, int n_scratch);
 /* The per-thread packing workspace the forward (threads threads) and the backward (n_scratch = threads)
  * take from the calling thread's bf16 workspace, the larger of the two. */
 size_t attention_bf16_workspace_bytes(int T, int HS, int threads);
@@ -205,5 +212,8 @@ qlab_status attention_forward_bf16_packed(float *out, float *att, const bf16_att
 void bf16_scale_round(uint16_t *out, const float *x, float r, const float *w, int n, int width);
 /* Rounds n fp32 values to bf16 (RNE) on the fastest path, bit-identical to f32_to_bf16. */
 void bf16_round_array(uint16_t *out, const float *in, size_t n);
+/* dst rows (ldd apart) = src's bf16 rows (lds apart) widened exactly to fp32, rows x cols, on the calling
+ * thread. */
+void bf16_widen_rows(float *dst, size_t ldd, const uint16_t *src, size_t lds, int rows, int cols);
 
 #endif

@@ -110,6 +110,8 @@ void gemm_bf16_kernel_avx512bf16(const uint16_t *Ap, const uint16_t *Bp, int M, 
 void gemm_bf16_kernel_avx512fma(const uint16_t *Ap, const uint16_t *Bp, int M, int ncols, int Kp, int K,
                                 float *C, int ldc, int accumulate);
 void gemm_bf16_round_avx512(uint16_t *out, const float *in, size_t n);
+/* dst rows (ldd apart) = the bf16 values of src rows (lds apart) widened exactly to fp32, rows x cols. */
+void gemm_bf16_widen_avx512(float *dst, size_t ldd, const uint16_t *src, size_t lds, int rows, int cols);
 void gemm_bf16_scale_round_avx512(uint16_t *out, const float *x, float r, const float *w, int n, int width);
 /* 16 rows of a packed A from a transposed source: Ap[i][k] = bf16(A[k][i]) for i < mn, k < K, zero for
  * the rest of the 16 x Kp block (A points at the block's first column, row stride lda). */

@@ -38,6 +38,18 @@ void gemm_bf16_round_avx512(uint16_t *out, const float *in, size_t n) {
     }
 }
 
+void gemm_bf16_widen_avx512(float *dst, size_t ldd, const uint16_t *src, size_t lds, int rows, int cols) {
+    for (int r = 0; r < rows; r++) {
+        const uint16_t *s = src + (size_t)r * lds;
+        float *d = dst + (size_t)r * ldd;
+        for (int c = 0; c < cols; c += 16) {
+            __mmask16 mask = lanes(cols - c);
+            __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, s + c));
+            _mm512_mask_storeu_ps(d + c, mask, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+        }
+    }
+}
+
 void gemm_bf16_scale_round_avx512(uint16_t *out, const float *x, float r, const float *w, int n, int width) {
     __m512 vr = _mm512_set1_ps(r);
     for (int i = 0; i < width; i += 16) {

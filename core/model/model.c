@@ -25,6 +25,7 @@ typedef struct {
     float *encoded;        /* (N,D) token embeddings: the residual stream entering layer 0 */
     float *ln1, *ln1_rstd; /* (L,N,D), (L,N) */
     float *q, *k, *v;      /* (L,N,D), (L,N,KV), (L,N,KV); q and k after RoPE */
+    float *qkv16;          /* or, for the row passes' backward, per layer q, k, v rounded to bf16 (2 bytes) */
     float *att;            /* (L,B,NH,T,T) attention probabilities */
     float *atty;           /* (L,N,D) attention output before the o projection */
     float *res2;           /* (L,N,D) residual stream after attention */
@@ -846,6 +847,19 @@ static int model_acts_rows(const model *m, int keep) {
     return keep == MODEL_ACTS_TRAIN ? model_brows_usable(m) : keep == MODEL_ACTS_LOSS && model_rows_usable(m);
 }
 
+/* Whether a training forward in row passes (rows: model_acts_rows) keeps q, k and v as bf16: the backward
+ * reads them only rounded, and the forward then packs the attention's operands from its own chunk buffers
+ * (they fit: T a multiple of 32), so no fp32 copy is needed (memory_model_activation_elements). */
+static int model_keeps_qkv16(int rows, int T) {
+    return rows && bf16_att_operands_fit(T);
+}
+
+/* A forward whose layout keeps q, k and v as bf16 only, on a path that would write them in fp32. */
+static qlab_status model_no_fp32_qkv(void) {
+    return qlab_fail(QLAB_ERR_ARG, "model_forward: the activations were laid out for the bf16 row passes, "
+                                   "which this forward does not run");
+}
+
 /* Points the activation views for (B,T) into base (or only counts when base is NULL); returns floats. With
  * keep MODEL_ACTS_TRAIN (a backward may follow) the per-layer working activations are one layer's worth with
  * checkpointing (recomputed in backward), else one per layer, and the residual stream leaving each block
@@ -860,6 +874,7 @@ static size_t model_layout_acts(model_acts *a, float *base, const model *m, int 
     size_t H = (size_t)m->cfg.hidden_dim, KV = (size_t)m->kv_dim, V = (size_t)m->cfg.vocab_size;
     size_t NH = (size_t)m->cfg.n_heads, total = 0;
     int rows = model_acts_rows(m, keep), norms = !rows || model_adapter_rows(m);
+    size_t qkv = train && model_keeps_qkv16(rows, T) ? 0 : 1; /* else half a float per value */
 #define MODEL_TAKE(field, n)                                                                                 \
     do {                                                                                                     \
         a->field = base && (n) != 0 ? base + total : NULL;                                                   \
@@ -868,9 +883,10 @@ static size_t model_layout_acts(model_acts *a, float *base, const model *m, int 
     MODEL_TAKE(encoded, N * D);
     MODEL_TAKE(ln1, norms ? L * N * D : 0);
     MODEL_TAKE(ln1_rstd, L * N);
-    MODEL_TAKE(q, L * N * D);
-    MODEL_TAKE(k, L * N * KV);
-    MODEL_TAKE(v, L * N * KV);
+    MODEL_TAKE(q, qkv * L * N * D);
+    MODEL_TAKE(k, qkv * L * N * KV);
+    MODEL_TAKE(v, qkv * L * N * KV);
+    MODEL_TAKE(qkv16, (1 - qkv) * L * N * (D + 2 * KV) / 2);
     MODEL_TAKE(att, model_keeps_probs(m) ? L * (size_t)B * NH * T * T : 0);
     MODEL_TAKE(atty, L * N * D);
     MODEL_TAKE(res2, L * N * D);
@@ -940,7 +956,8 @@ static qlab_status model_reserve(float **buffer, size_t *capacity, size_t need) 
 typedef struct {
     float *res_in;         /* (N,D) the residual stream entering the layer */
     float *ln1, *ln1_rstd; /* (N,D), (N) */
-    float *q, *k, *v;      /* (N,D), (N,KV), (N,KV) */
+    float *q, *k, *v;      /* (N,D), (N,KV), (N,KV); NULL when kept as bf16: */
+    uint16_t *q16, *k16, *v16;
     float *att;            /* (B,NH,T,T) */
     float *atty, *res2;    /* (N,D) */
     float *ln2, *ln2_rstd; /* (N,D), (N) */
@@ -966,7 +983,10 @@ static model_layer_acts model_layer_views(const model *m, int l) {
     model_layer_acts v;
     v.res_in = l == 0 ? a->encoded : a->res3 + model_res_slot(m, l - 1) * ND;
     v.ln1 = a->ln1 ? a->ln1 + w * ND : NULL, v.ln1_rstd = a->ln1_rstd + w * N; /* model_acts_rows */
-    v.q = a->q + w * ND, v.k = a->k + w * NKVD, v.v = a->v + w * NKVD;
+    v.q = a->q ? a->q + w * ND : NULL, v.k = a->k ? a->k + w * NKVD : NULL,
+    v.v = a->v ? a->v + w * NKVD : NULL;
+    v.q16 = a->qkv16 ? (uint16_t *)a->qkv16 + w * (ND + 2 * NKVD) : NULL;
+    v.k16 = v.q16 ? v.q16 + ND : NULL, v.v16 = v.q16 ? v.k16 + NKVD : NULL;
     v.att = att ? a->att + w * att : NULL, v.atty = a->atty + w * ND, v.res2 = a->res2 + w * ND;
     v.ln2 = a->ln2 ? a->ln2 + w * ND : NULL, v.ln2_rstd = a->ln2_rstd + w * N;
     v.h1 = a->h1 + w * NHD, v.h3 = a->h3 + w * NHD, v.hs = a->hs ? a->hs + w * NHD : NULL;
@@ -1139,6 +1159,7 @@ static qlab_status model_block_output(model *m, int l) {
 static qlab_status model_block_forward(model *m, int l, int keep) {
     int B = m->B, T = m->T, NH = m->cfg.n_heads, NKV = m->cfg.n_kv_heads, HS = m->head_size;
     model_layer_acts x = model_layer_views(m, l);
+    if (!x.q) return model_no_fp32_qkv();
     /* attention block: x + Wo attention(rope(Wq n(x)), rope(Wk n(x)), Wv n(x)) */
     QLAB_TRY(model_block_qkv(m, l, 0));
     if (m->compute == QLAB_COMPUTE_BF16)
@@ -1396,8 +1417,9 @@ static void model_rows_qkv(model *m, const model_rows *p, model_rows_ws *ws, int
     float *ln = x.ln1 ? x.ln1 + (size_t)r0 * D : NULL; /* written with p->norm_out */
     model_rows_norm(p, ws, x.res_in + (size_t)r0 * D, m->params.rms_att + (size_t)l * D, rows, D, c->norm_eps,
                     ln, x.ln1_rstd + r0, p->norm_out);
-    /* evaluation packing ahead keeps q, k, v in this thread's buffers; otherwise they are the activations */
-    int local = p->ops && !p->keep;
+    /* packing ahead keeps q, k, v in this thread's buffers (evaluation; training keeping them as bf16),
+     * otherwise they are the activations */
+    int local = p->ops && (!p->keep || x.q16);
     float *q = local ? ws->f1 : x.q + (size_t)r0 * D, *k = local ? ws->g : x.k + (size_t)r0 * KV;
     float *v = local ? ws->g + (size_t)rows * KV : x.v + (size_t)r0 * KV;
     model_rows_product(p, ws->a, rows, &pk[PROJ_Q], q, D);
@@ -1409,6 +1431,11 @@ static void model_rows_qkv(model *m, const model_rows *p, model_rows_ws *ws, int
     rope_forward_rows(q, q, m->rope_cos, m->rope_sin, r0, rows, m->T, c->n_heads, m->head_size);
     rope_forward_rows(k, k, m->rope_cos, m->rope_sin, r0, rows, m->T, c->n_kv_heads, m->head_size);
     if (p->ops) bf16_att_operands_pack(p->ops, r0, rows, q, k, v, ws->a); /* rounded for the attention */
+    if (p->keep && x.q16) { /* for the backward, which reads them only rounded */
+        bf16_round_array(x.q16 + (size_t)r0 * D, q, (size_t)rows * D);
+        bf16_round_array(x.k16 + (size_t)r0 * KV, k, (size_t)rows * KV);
+        bf16_round_array(x.v16 + (size_t)r0 * KV, v, (size_t)rows * KV);
+    }
 }
 
 /* The rest of layer l for rows [r0, r1): output projection, residual, feed-forward block, residual. */
@@ -1517,6 +1544,8 @@ static qlab_status model_layer_rows(model *m, int l, bf16_att_operands *po, int 
     QLAB_TRY(model_rows_run(m, MODEL_ROWS_QKV, l, pk, NULL, po, keep));
     if (po)
         QLAB_TRY(attention_forward_bf16_packed(x.atty, keep ? x.att : NULL, po));
+    else if (!x.q)
+        return model_no_fp32_qkv();
     else
         QLAB_TRY(attention_forward_bf16(x.atty, keep ? x.att : NULL, x.q, x.k, x.v, m->B, m->T, c->n_heads,
                                         c->n_kv_heads, m->head_size));
@@ -2180,8 +2209,13 @@ static qlab_status model_block_backward_rows(model *m, int l, int threads) {
     model_layer_acts x = model_layer_views(m, l);
     QLAB_TRY(model_pack_dinp(m, l));
     QLAB_TRY(model_brows_run(m, l, MODEL_BROWS_FFN));
-    QLAB_TRY(attention_backward_bf16(g->dq, g->dk, g->dv, g->datty, x.q, x.k, x.v, m->B, m->T, c->n_heads,
-                                     c->n_kv_heads, m->head_size, g->att_scratch, threads));
+    if (x.q16)
+        QLAB_TRY(attention_backward_bf16_rounded(g->dq, g->dk, g->dv, g->datty, x.q16, x.k16, x.v16, m->B,
+                                                 m->T, c->n_heads, c->n_kv_heads, m->head_size,
+                                                 g->att_scratch, threads));
+    else
+        QLAB_TRY(attention_backward_bf16(g->dq, g->dk, g->dv, g->datty, x.q, x.k, x.v, m->B, m->T, c->n_heads,
+                                         c->n_kv_heads, m->head_size, g->att_scratch, threads));
     return model_brows_run(m, l, MODEL_BROWS_QKV);
 }
 
