@@ -161,12 +161,12 @@ qlab_status memory_model_predict(const memory_model_spec *s, memory_prediction *
         optimizer = s->optimizer_resident_bytes;
     b[MEMORY_OPTIMIZER] = optimizer;
 
-    /* activations kept for backward, the adapters' hidden states and dropout-mask bits (rows: lora_attach
-     * reserves the model's context, a forward grows it to B*T), and the backward's activation gradients */
+    /* activations kept for backward, the adapters' hidden states and dropout-mask bits (B*T rows, which a
+     * forward reserves), and the backward's activation gradients */
     uint64_t ab = (uint64_t)s->activation_bytes;
     int bf16 = s->compute == QLAB_COMPUTE_BF16, recompute = s->recompute_attention || bf16;
     int rows = bf16 && s->qlab_buffers && model_bf16_row_path(); /* qlab's bf16 row passes */
-    uint64_t lora_rows = lora ? ((uint64_t)a->seq_len > N ? (uint64_t)a->seq_len : N) : 0;
+    uint64_t lora_rows = lora ? N : 0;
     b[MEMORY_ACTIVATIONS] =
         memory_model_activation_elements(a, s->batch, s->seq, s->checkpointing, recompute, rows, lora) * ab +
         n_adapters * lora_rows * (uint64_t)s->rank * ab + lora_rows * mask_bytes_per_row;

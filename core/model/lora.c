@@ -909,7 +909,6 @@ qlab_status lora_attach(lora_set *l, model *m, int freeze_base) {
             "model has dim %d, hidden_dim %d, %d layers, %d/%d heads",
             l->mc.dim, l->mc.hidden_dim, l->mc.n_layers, l->mc.n_heads, l->mc.n_kv_heads, c->dim,
             c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads);
-    QLAB_TRY(lora_reserve(l, c->seq_len));
     model_adapter hook = {.ctx = l,
                           .begin = lora_hook_begin,
                           .forward = lora_hook_forward,

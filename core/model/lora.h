@@ -119,7 +119,8 @@ void lora_get_stream(const lora_set *l, uint64_t *forward_counts);
 void lora_set_stream(lora_set *l, const uint64_t *forward_counts);
 
 /* Makes room for forwards over up to n_positions = B*T rows (the saved hidden states and the backward
- * scratch). lora_attach reserves seq_len rows; the model's adapter hook reserves B*T at each forward. */
+ * scratch); never shrinks. The model's adapter hook reserves B*T at each forward (lora_attach reserves
+ * nothing: a model's context, e.g. 8,192 positions, may be far longer than the batches it trains on). */
 qlab_status lora_reserve(lora_set *l, int n_positions);
 
 /* Installs the adapters into the model's adapter hook (model_set_adapter). With freeze_base non-zero every
