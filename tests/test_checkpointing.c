@@ -236,7 +236,7 @@ static void loss_only(qlab_compute compute, int use_lora) {
           model_last_target_count(m[1]) > 0);
     CHECK(model_backward(m[1]) == QLAB_ERR_ARG);
     /* the evaluation layout (one working layer, two res3 slots) plus the probabilities; in bf16 row chunks
-     * without SwiGLU's output, and without the norms' outputs but for an adapter */
+     * without SwiGLU's output nor the norms' outputs (an adapter's row hooks read the chunk's own) */
     float *logits = malloc((size_t)B * T * cfg.vocab_size * sizeof(float));
     model *e;
     CHECK(model_create(&e, &cfg) == QLAB_OK);
@@ -245,7 +245,7 @@ static void loss_only(qlab_compute compute, int use_lora) {
     model_memory me;
     model_get_memory(e, &me);
     size_t N = (size_t)B * T, rows = compute == QLAB_COMPUTE_BF16 && model_bf16_row_path();
-    size_t lean = rows * N * (cfg.hidden_dim + (use_lora ? 0 : 2 * (size_t)cfg.dim)) * sizeof(float);
+    size_t lean = rows * N * (cfg.hidden_dim + 2 * (size_t)cfg.dim) * sizeof(float);
     CHECKF(bytes[1] == me.activations + N * cfg.vocab_size * sizeof(float) - lean,
            "compute %d %s: loss-only activations %zu bytes, evaluation %zu (training %zu)", (int)compute,
            use_lora ? "lora" : "full", bytes[1], me.activations, bytes[0]);

@@ -45,8 +45,8 @@ static void test_activation_terms(void) {
     model_config c = tiny();
     /* B 2, T 3: N 6. Per layer 5ND 240 + 2N 12 + 2N KV 48 + B NH T T 36 + 3NH 288 = 624; plus encoded 48,
      * res3 L N D 96, lnf 48 + 6, probabilities 60 + losses 6. */
-    CHECK(memory_model_activation_elements(&c, 2, 3, 0, 0, 0, 0) == 48 + 2 * 624 + 96 + 54 + 66);
-    CHECK(memory_model_activation_elements(&c, 2, 3, 1, 0, 0, 0) == 48 + 624 + 96 + 54 + 66);
+    CHECK(memory_model_activation_elements(&c, 2, 3, 0, 0, 0) == 48 + 2 * 624 + 96 + 54 + 66);
+    CHECK(memory_model_activation_elements(&c, 2, 3, 1, 0, 0) == 48 + 624 + 96 + 54 + 66);
     /* 5ND 240 + 3N KV 72 + 3NH 288 (the logits' gradient takes the probabilities' place) */
     CHECK(memory_model_input_gradient_elements(&c, 2, 3, 0) == 600);
     /* model.c's own layout: the same, plus the attention scratch of each thread (T x T) */
@@ -55,44 +55,41 @@ static void test_activation_terms(void) {
     int threads = qlab_num_threads() < 1 ? 1 : qlab_num_threads();
     for (int ckpt = 0; ckpt < 2; ckpt++) {
         model_set_checkpointing(m, ckpt);
-        size_t expect = (size_t)(memory_model_activation_elements(&c, 2, 3, ckpt, 0, 0, 0) +
+        size_t expect = (size_t)(memory_model_activation_elements(&c, 2, 3, ckpt, 0, 0) +
                                  memory_model_input_gradient_elements(&c, 2, 3, 0) + (uint64_t)threads * 9) *
                         4;
         CHECKF(model_activation_bytes(m, 2, 3, 1) == expect, "checkpointing %d: model.c %zu, model %zu", ckpt,
                model_activation_bytes(m, 2, 3, 1), expect);
         CHECK(model_activation_bytes(m, 5, 7, 0) ==
-              memory_model_activation_elements(&c, 5, 7, ckpt, 0, 0, 0) * 4);
+              memory_model_activation_elements(&c, 5, 7, ckpt, 0, 0) * 4);
         /* bf16 compute keeps no attention probabilities: B NH T T = 2 * 2 * 9 = 36 per working layer */
         model_set_compute(m, QLAB_COMPUTE_BF16);
         int rows = model_bf16_row_path();
         CHECK(model_activation_bytes(m, 5, 7, 0) ==
-              memory_model_activation_elements(&c, 5, 7, ckpt, 1, rows, 0) * 4);
-        expect = (size_t)(memory_model_activation_elements(&c, 2, 3, ckpt, 1, rows, 0) +
+              memory_model_activation_elements(&c, 5, 7, ckpt, 1, rows) * 4);
+        expect = (size_t)(memory_model_activation_elements(&c, 2, 3, ckpt, 1, rows) +
                           memory_model_input_gradient_elements(&c, 2, 3, rows) + (uint64_t)threads * 9) *
                  4;
         CHECKF(model_activation_bytes(m, 2, 3, 1) == expect, "bf16, checkpointing %d: model.c %zu, model %zu",
                ckpt, model_activation_bytes(m, 2, 3, 1), expect);
-        CHECK(memory_model_activation_elements(&c, 2, 3, ckpt, 0, 0, 0) -
-                  memory_model_activation_elements(&c, 2, 3, ckpt, 1, 0, 0) ==
+        CHECK(memory_model_activation_elements(&c, 2, 3, ckpt, 0, 0) -
+                  memory_model_activation_elements(&c, 2, 3, ckpt, 1, 0) ==
               (ckpt ? 1u : 2u) * 36);
-        /* the row passes keep no norm outputs (2ND 96) unless adapters read them, no SwiGLU output (NH 96),
-         * per working layer; nor the gradients before RoPE (ND 48 + N KV 24) and of the hidden layer (3NH
-         * 288) */
-        CHECK(memory_model_activation_elements(&c, 2, 3, ckpt, 1, 0, 0) -
-                  memory_model_activation_elements(&c, 2, 3, ckpt, 1, 1, 0) ==
+        /* the row passes keep no norm outputs (2ND 96; an adapter's row hooks read the chunk's own), no
+         * SwiGLU output (NH 96), per working layer; nor the gradients before RoPE (ND 48 + N KV 24) and of
+         * the hidden layer (3NH 288) */
+        CHECK(memory_model_activation_elements(&c, 2, 3, ckpt, 1, 0) -
+                  memory_model_activation_elements(&c, 2, 3, ckpt, 1, 1) ==
               (ckpt ? 1u : 2u) * 192);
-        CHECK(memory_model_activation_elements(&c, 2, 3, ckpt, 1, 1, 1) -
-                  memory_model_activation_elements(&c, 2, 3, ckpt, 1, 1, 0) ==
-              (ckpt ? 1u : 2u) * 96);
         CHECK(memory_model_input_gradient_elements(&c, 2, 3, 0) -
                   memory_model_input_gradient_elements(&c, 2, 3, 1) ==
               360);
         /* T a multiple of 32: the row passes keep q, k, v at 2 bytes, (ND 512 + 2N KV 512) / 2 per working
          * layer of B 2 x T 32, besides the norms' (2ND 1024) and SwiGLU's (NH 1024) outputs */
-        CHECK(memory_model_activation_elements(&c, 2, 32, ckpt, 1, 0, 0) -
-                  memory_model_activation_elements(&c, 2, 32, ckpt, 1, 1, 0) ==
+        CHECK(memory_model_activation_elements(&c, 2, 32, ckpt, 1, 0) -
+                  memory_model_activation_elements(&c, 2, 32, ckpt, 1, 1) ==
               (ckpt ? 1u : 2u) * 2560);
-        expect = (size_t)(memory_model_activation_elements(&c, 2, 32, ckpt, 1, rows, 0) +
+        expect = (size_t)(memory_model_activation_elements(&c, 2, 32, ckpt, 1, rows) +
                           memory_model_input_gradient_elements(&c, 2, 32, rows) + (uint64_t)threads * 1024) *
                  4;
         CHECKF(model_activation_bytes(m, 2, 32, 1) == expect,

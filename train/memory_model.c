@@ -67,11 +67,11 @@ static uint64_t kv_width(const model_config *a) {
  * stream leaving every block (res3) is always kept per layer; the attention probabilities only when the
  * backward does not form them again; the norms' and SwiGLU's outputs only when the backward reads them. */
 uint64_t memory_model_activation_elements(const model_config *a, int B, int T, int checkpointing,
-                                          int recompute_attention, int row_backward, int adapters) {
+                                          int recompute_attention, int row_backward) {
     uint64_t N = (uint64_t)B * (uint64_t)T, D = (uint64_t)a->dim, H = (uint64_t)a->hidden_dim;
     uint64_t KV = kv_width(a), V = (uint64_t)a->vocab_size, NH = (uint64_t)a->n_heads;
     uint64_t L = (uint64_t)a->n_layers, W = checkpointing ? 1 : L;
-    int rows = row_backward, norms = !rows || adapters;
+    int rows = row_backward, norms = !rows;
     uint64_t qkv = N * D + 2 * N * KV; /* q, k, v; at 2 bytes when the row passes pack the attention's */
     if (rows && bf16_att_operands_fit(T)) qkv /= 2; /* operands from their own buffers (model_keeps_qkv16) */
     uint64_t per_layer = 2 * N * D                  /* atty, res2 */
@@ -168,7 +168,7 @@ qlab_status memory_model_predict(const memory_model_spec *s, memory_prediction *
     int rows = bf16 && s->qlab_buffers && model_bf16_row_path(); /* qlab's bf16 row passes */
     uint64_t lora_rows = lora ? N : 0;
     b[MEMORY_ACTIVATIONS] =
-        memory_model_activation_elements(a, s->batch, s->seq, s->checkpointing, recompute, rows, lora) * ab +
+        memory_model_activation_elements(a, s->batch, s->seq, s->checkpointing, recompute, rows) * ab +
         n_adapters * lora_rows * (uint64_t)s->rank * ab + lora_rows * mask_bytes_per_row;
     b[MEMORY_INPUT_GRADIENTS] = memory_model_input_gradient_elements(a, s->batch, s->seq, rows) * ab;
 

@@ -87,10 +87,11 @@ qlab_status memory_model_predict(const memory_model_spec *s, memory_prediction *
 /* Elements of the activations model.c keeps for backward over (B, T), and of the backward's activation
  * gradients (threads T x T attention scratch excluded), for this architecture and checkpointing setting.
  * row_backward: the backward runs in bf16 row passes (model_bf16_row_path), which keep neither SwiGLU's
- * output nor, unless adapters read them in the forward, the norms' outputs, nor the gradients before RoPE
- * and of the feed-forward hidden layer, and keep q, k and v at 2 bytes each when T is a multiple of 32. */
+ * output nor the norms' outputs (adapters included: their row hooks read the chunk's own), nor the
+ * gradients before RoPE and of the feed-forward hidden layer, and keep q, k and v at 2 bytes each when T
+ * is a multiple of 32. */
 uint64_t memory_model_activation_elements(const model_config *arch, int B, int T, int checkpointing,
-                                          int recompute_attention, int row_backward, int adapters);
+                                          int recompute_attention, int row_backward);
 uint64_t memory_model_input_gradient_elements(const model_config *arch, int B, int T, int row_backward);
 
 /* The stored bytes of one out x in projection in a 4-bit type (codes, block constants, DQ). */

@@ -840,7 +840,7 @@ static int model_brows_usable(const model *m);
 enum { MODEL_ACTS_EVAL, MODEL_ACTS_LOSS, MODEL_ACTS_TRAIN };
 
 /* Whether a forward keeps only what the bf16 row passes read: not the norms' outputs (a backward forms them
- * again; kept only for an adapter's row hooks, which read them in the forward), nor SwiGLU's output. For a
+ * again; an adapter's row hooks read the chunk's own in the forward), nor SwiGLU's output. For a
  * backward in row passes (with checkpointing its recomputed blocks run in row chunks too,
  * model_block_redo), and for a loss-only forward, which runs in row chunks whenever they are usable. */
 static int model_acts_rows(const model *m, int keep) {
@@ -873,7 +873,7 @@ static size_t model_layout_acts(model_acts *a, float *base, const model *m, int 
     size_t N = (size_t)B * T, R = train ? NL : NL < 2 ? 1 : 2;
     size_t H = (size_t)m->cfg.hidden_dim, KV = (size_t)m->kv_dim, V = (size_t)m->cfg.vocab_size;
     size_t NH = (size_t)m->cfg.n_heads, total = 0;
-    int rows = model_acts_rows(m, keep), norms = !rows || model_adapter_rows(m);
+    int rows = model_acts_rows(m, keep), norms = !rows;       /* an adapter's hooks read the chunk's own */
     size_t qkv = train && model_keeps_qkv16(rows, T) ? 0 : 1; /* else half a float per value */
 #define MODEL_TAKE(field, n)                                                                                 \
     do {                                                                                                     \
@@ -1319,7 +1319,7 @@ typedef struct {
     bf16_path path;
     int R, N, chunks;  /* rows per chunk (a multiple of 32), positions, chunks */
     int Ka;            /* widest product input rounded up to 32 */
-    size_t a, f, g;    /* bytes of a thread's buffers below */
+    size_t a, f, g, n; /* bytes of a thread's buffers below */
     size_t per_thread; /* bytes of one thread's buffers */
     char *base;
     bf16_att_operands *ops; /* the attention's operands packed ahead, or NULL */
@@ -1335,6 +1335,7 @@ typedef struct {
     uint16_t *a;    /* R x Ka bf16: the chunk's packed product input; then the packers' staging */
     float *f1, *f2; /* R x max(D, H) fp32 */
     float *g;       /* R x 2 KV fp32: the chunk's keys and values when the operands are packed ahead */
+    float *ln;      /* R x D fp32: the chunk's norm output for an adapter's row hooks, when not kept */
 } model_rows_ws;
 
 /* A pass's chunking and per-thread buffer sizes for N positions of T (packed_ops: the attention's operands
@@ -1353,7 +1354,8 @@ static void model_rows_sizes(model_rows *p, const model_config *c, int N, int T,
     p->a = (a * sizeof(uint16_t) + 63) / 64 * 64;
     p->f = ((size_t)p->R * widest * sizeof(float) + 63) / 64 * 64;
     p->g = ((size_t)p->R * 2 * KV * sizeof(float) + 63) / 64 * 64;
-    p->per_thread = p->a + 2 * p->f + p->g;
+    p->n = ((size_t)p->R * c->dim * sizeof(float) + 63) / 64 * 64;
+    p->per_thread = p->a + 2 * p->f + p->g + p->n;
 }
 
 static qlab_status model_rows_plan(model_rows *p, const model *m, bf16_att_operands *ops, int keep) {
@@ -1378,7 +1380,7 @@ static model_rows_ws model_rows_thread(const model_rows *p) {
 #endif
     char *u = p->base + p->per_thread * (size_t)id;
     return (model_rows_ws){(uint16_t *)u, (float *)(u + p->a), (float *)(u + p->a + p->f),
-                           (float *)(u + p->a + 2 * p->f)};
+                           (float *)(u + p->a + 2 * p->f), (float *)(u + p->a + 2 * p->f + p->g)};
 }
 
 /* C (rows x w->N, row stride ldc) = a w^T, a packed rows of w->Kp values. */
@@ -1414,7 +1416,7 @@ static void model_rows_qkv(model *m, const model_rows *p, model_rows_ws *ws, int
     model_layer_acts x = model_layer_views(m, l);
     int D = c->dim, KV = m->kv_dim, rows = r1 - r0;
     const bf16_packed_weight *pk = p->pk;
-    float *ln = x.ln1 ? x.ln1 + (size_t)r0 * D : NULL; /* written with p->norm_out */
+    float *ln = x.ln1 ? x.ln1 + (size_t)r0 * D : ws->ln; /* written with p->norm_out */
     model_rows_norm(p, ws, x.res_in + (size_t)r0 * D, m->params.rms_att + (size_t)l * D, rows, D, c->norm_eps,
                     ln, x.ln1_rstd + r0, p->norm_out);
     /* packing ahead keeps q, k, v in this thread's buffers (evaluation; training keeping them as bf16),
@@ -1451,7 +1453,7 @@ static void model_rows_ffn(model *m, const model_rows *p, model_rows_ws *ws, int
     model_rows_product(p, ws->a, rows, &pk[PROJ_O], res2, D);
     model_rows_adapter(m, l, PROJ_O, x.atty + off, res2, r0, rows);
     vm_add(res2, res2, res_in, n);
-    float *ln = x.ln2 ? x.ln2 + off : NULL; /* written with p->norm_out */
+    float *ln = x.ln2 ? x.ln2 + off : ws->ln; /* written with p->norm_out */
     model_rows_norm(p, ws, res2, m->params.rms_ffn + (size_t)l * D, rows, D, c->norm_eps, ln, x.ln2_rstd + r0,
                     p->norm_out);
     size_t offh = (size_t)r0 * H;
