@@ -1,10 +1,13 @@
 /* Tests of the shared utilities: error messages, atomic file writes, folder creation, the RNG, fp16/bf16
- * conversion. */
+ * conversion, large buffers. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "tests/check.h"
 #include "core/base/common.h"
@@ -201,7 +204,26 @@ static void test_run_tasks(void) {
 #endif
 }
 
+/* A large buffer freed returns its pages: after an 8 MiB one is freed, a 4 MiB one is still mmapped (glibc's
+ * dynamic threshold would have risen to 8 MiB and served it from the heap, where freed blocks can stay
+ * resident), and freeing it gives the mapping back. */
+static void test_large_buffers(void) {
+#ifdef __GLIBC__
+    qlab_free_aligned(qlab_alloc_aligned(8u << 20));
+    size_t before = mallinfo2().hblkhd;
+    void *p = qlab_alloc_aligned(4u << 20);
+    CHECK(p != NULL);
+    size_t held = mallinfo2().hblkhd;
+    CHECKF(held >= before + (4u << 20), "a 4 MiB buffer added %zu bytes of mmapped blocks", held - before);
+    qlab_free_aligned(p);
+    CHECK(mallinfo2().hblkhd == before);
+#else
+    SKIP("not glibc: its mmap threshold is not set");
+#endif
+}
+
 int main(void) {
+    test_large_buffers();
     test_errors();
     test_run_tasks();
     test_path_dir();

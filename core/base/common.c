@@ -12,6 +12,10 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#include <pthread.h>
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -99,7 +103,22 @@ void *qlab_calloc(size_t count, size_t size) {
     return p;
 }
 
+#ifdef __GLIBC__
+/* glibc raises its mmap threshold to the size of each mmapped block freed, after which blocks up to that size
+ * come from the heap and, once freed, can stay resident between live ones. qlab's large buffers are few and
+ * long-lived (reserved, then grown), so a fixed threshold, which also turns the raising off, keeps each of
+ * them mmapped: freeing one returns its pages, and peak RSS follows the memory accounting. */
+static pthread_once_t malloc_once = PTHREAD_ONCE_INIT;
+
+static void malloc_setup(void) {
+    mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+}
+#endif
+
 void *qlab_alloc_aligned(size_t bytes) {
+#ifdef __GLIBC__
+    pthread_once(&malloc_once, malloc_setup);
+#endif
     void *p = NULL;
     size_t rounded = (bytes + 63) & ~(size_t)63;
     if (rounded < bytes || posix_memalign(&p, 64, rounded ? rounded : 64) != 0) {
