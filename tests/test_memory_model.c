@@ -276,12 +276,39 @@ static void test_prequantized_base(void) {
     model_free(f);
 }
 
+/* One probe run (two finetuning steps of the model at path) against the memory model: the model counts every
+ * buffer the steps charge, and at most 16 KiB more. */
+static void probe_against_model(const char *path, finetune_mode mode, qlab_compute compute, int ckpt, int B,
+                                int T) {
+    memory_probe_spec s;
+    memset(&s, 0, sizeof s);
+    snprintf(s.model_path, sizeof s.model_path, "%s", path);
+    s.mode = mode, s.compute = compute;
+    s.dtype = QUANT_NF4, s.blocksize = 64, s.double_quant = 1;
+    s.checkpointing = ckpt, s.batch = B, s.seq = T, s.steps = 2;
+    s.rank = 4, s.dropout = 0.1, s.seed = 2;
+    memacct_reset();
+    memory_probe_result r;
+    CHECK(memory_probe_run(&s, &r) == QLAB_OK);
+    memory_model_spec ms;
+    memory_probe_model_spec(&s, &r, &ms);
+    memory_prediction p;
+    CHECK(memory_model_predict(&ms, &p) == QLAB_OK);
+    double charged = (double)memacct_process_peak_total(),
+           predicted = (double)(p.total - p.bytes[MEMORY_BASELINE]);
+    CHECKF(predicted >= charged && predicted - charged < 16384,
+           "%s %s ckpt %d, %d x %d: charged %.0f, model %.0f", finetune_mode_name(s.mode),
+           qlab_compute_name(s.compute), ckpt, B, T, charged, predicted);
+}
+
 /* The model against what the library itself charges (core/base/memacct) over real finetuning steps, every
  * mode with fp32 and bf16 compute, with and without checkpointing, at a shape where the attention's
  * operands are packed ahead (T 64) and one where they are not (T 40), and one of fewer positions than the
  * model's context (1 x 32 of 64: nothing is sized by the context): each buffer the steps allocate is
  * charged, so a buffer the model leaves out or sizes wrongly shows as a gap. What the model counts that is
- * not charged (the job's batch, the saved tokens) is under 4 KiB here. */
+ * not charged (the job's batch, the saved tokens) is under 4 KiB here. Then a vocabulary large enough that
+ * the classifier's backward sets the bf16 workspace: with room for its weight gradient's operand only when
+ * that weight trains (full finetuning, not LoRA or QLoRA). */
 static void test_against_accounting(void) {
     model_config c = tiny(); /* widths where every packing pads: 172 is no multiple of 16 or 32 */
     c.dim = 64, c.hidden_dim = 172, c.n_heads = 4, c.n_kv_heads = 2, c.vocab_size = 96, c.seq_len = 64;
@@ -293,27 +320,13 @@ static void test_against_accounting(void) {
     static const int shapes[][2] = {{3, 64}, {2, 40}, {1, 32}};
     for (int mi = 0; mi < 3; mi++)
         for (int cp = 0; cp < 2; cp++)
-            for (int k = 0; k < 3; k++) {
-                memory_probe_spec s;
-                memset(&s, 0, sizeof s);
-                snprintf(s.model_path, sizeof s.model_path, "%s", path);
-                s.mode = modes[mi], s.compute = cp ? QLAB_COMPUTE_BF16 : QLAB_COMPUTE_FP32;
-                s.dtype = QUANT_NF4, s.blocksize = 64, s.double_quant = 1;
-                s.checkpointing = k == 1, s.batch = shapes[k][0], s.seq = shapes[k][1], s.steps = 2;
-                s.rank = 4, s.dropout = 0.1, s.seed = 2;
-                memacct_reset();
-                memory_probe_result r;
-                CHECK(memory_probe_run(&s, &r) == QLAB_OK);
-                memory_model_spec ms;
-                memory_probe_model_spec(&s, &r, &ms);
-                memory_prediction p;
-                CHECK(memory_model_predict(&ms, &p) == QLAB_OK);
-                double charged = (double)memacct_process_peak_total(),
-                       predicted = (double)(p.total - p.bytes[MEMORY_BASELINE]);
-                CHECKF(predicted >= charged && predicted - charged < 16384,
-                       "%s %s ckpt %d, %d x %d: charged %.0f, model %.0f", finetune_mode_name(s.mode),
-                       qlab_compute_name(s.compute), s.checkpointing, s.batch, s.seq, charged, predicted);
-            }
+            for (int k = 0; k < 3; k++)
+                probe_against_model(path, modes[mi], cp ? QLAB_COMPUTE_BF16 : QLAB_COMPUTE_FP32, k == 1,
+                                    shapes[k][0], shapes[k][1]);
+    c.vocab_size = 4000;
+    CHECK(memory_probe_write_random_model(&c, 3, path) == QLAB_OK);
+    for (int mi = 0; mi < 3; mi++)
+        probe_against_model(path, modes[mi], QLAB_COMPUTE_BF16, 0, 2, 64);
     unlink(path);
 }
 

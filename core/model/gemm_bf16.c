@@ -729,9 +729,10 @@ static void transpose_packed(uint16_t *At, int KpT, const uint16_t *Ap, int Kp, 
         gemm_bf16_transpose_rows(At + (size_t)m0 * KpT, (size_t)KpT, KpT, Ap + m0, Kp, 16, 0);
 }
 
-size_t bf16_gemm_backward_bytes(int N, int IC, int OC) {
+size_t bf16_gemm_backward_bytes(int N, int IC, int OC, int weight_grad) {
     bf16_path path = bf16_active_path();
     gemm_plan pd = make_plan(N, IC, OC, path), pw = make_plan(OC, IC, N, path);
+    if (!weight_grad) return pd.a_elems * 2 + plan_tail_bytes(&pd);
     size_t tail = plan_tail_bytes(&pd) > plan_tail_bytes(&pw) ? plan_tail_bytes(&pd) : plan_tail_bytes(&pw);
     return (pd.a_elems + pw.a_elems) * 2 + tail;
 }
@@ -747,8 +748,9 @@ qlab_status bf16_gemm_backward(int N, int IC, int OC, const float *dout, const f
     if (N <= 0 || IC <= 0 || OC <= 0) return QLAB_OK; /* nothing to add */
     bf16_path path = bf16_active_path();
     gemm_plan pd = make_plan(N, IC, OC, path), pw = make_plan(OC, IC, N, path);
-    QLAB_TRY(bf16_workspace_reserve(bf16_gemm_backward_bytes(N, IC, OC)));
-    uint16_t *Ap = ws_ptr_, *At = Ap + pd.a_elems, *work = At + pw.a_elems;
+    QLAB_TRY(bf16_workspace_reserve(bf16_gemm_backward_bytes(N, IC, OC, dW != NULL)));
+    /* without dW, no room for its operand: dinp's product works right after dout's rows */
+    uint16_t *Ap = ws_ptr_, *At = Ap + pd.a_elems, *work = dW ? At + pw.a_elems : At;
     pack_a(Ap, &pd, dout, OC, 0); /* dout rounded once: rows for dinp, transposed for dW */
     if (dinp) {
         bsrc b = {W, IC, q, 0};

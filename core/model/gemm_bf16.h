@@ -127,7 +127,8 @@ qlab_status bf16_gemm_shared(int M, int K, const float *A, int lda, int n, const
  * bf16_gemm(0, 0, ...) / bf16_gemm_quant for dinp and bf16_gemm(1, 0, ...) for dW. */
 qlab_status bf16_gemm_backward(int N, int IC, int OC, const float *dout, const float *W,
                                const quant_tensor *q, const float *X, float *dinp, float *dW);
-size_t bf16_gemm_backward_bytes(int N, int IC, int OC);
+/* Its workspace, with (weight_grad) or without room for dW's operand (dout transposed). */
+size_t bf16_gemm_backward_bytes(int N, int IC, int OC, int weight_grad);
 
 /* Bytes of workspace a product of these sizes needs on the active path, and a reservation of that much
  * for the calling thread (kept and reused; products on that thread then never allocate). */

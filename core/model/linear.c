@@ -97,7 +97,7 @@ size_t linear_bf16_workspace_bytes(const model_config *c, int N, int backward) {
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
         int OC = shapes[i][0], IC = shapes[i][1];
         size_t need[2] = {bf16_workspace_bytes(N, OC, IC),
-                          backward ? bf16_gemm_backward_bytes(N, IC, OC) : 0};
+                          backward ? bf16_gemm_backward_bytes(N, IC, OC, backward > 1) : 0};
         for (int j = 0; j < 2; j++)
             if (need[j] > most) most = need[j];
     }

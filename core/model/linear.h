@@ -34,7 +34,8 @@ qlab_status linear_forward_bf16(float *out, const float *inp, const linear_weigh
 qlab_status linear_backward_bf16(float *dinp, float *dweight, const float *dout, const float *inp,
                                  const linear_weight *lw, int N);
 /* Reserves, for the calling thread, the bf16 workspace of every product a model of this configuration
- * forms over N positions (forward, and backward when asked): projections and classifier. */
+ * forms over N positions: projections and classifier, forward (backward 0), and backward for the input
+ * gradients (1) or for the input and weight gradients (2). */
 qlab_status linear_bf16_reserve(const model_config *c, int N, int backward);
 /* The bytes linear_bf16_reserve reserves. */
 size_t linear_bf16_workspace_bytes(const model_config *c, int N, int backward);

@@ -2272,6 +2272,19 @@ size_t model_activation_bytes(const model *m, int B, int T, int with_backward) {
     return floats * sizeof(float);
 }
 
+/* The whole-matrix backward's workspace level (linear_bf16_reserve): 2 when a projection's or the
+ * classifier's weight trains (room for its gradient's operand), else 1 (input gradients only: LoRA, QLoRA).
+ */
+static int model_linear_backward_level(const model *m) {
+    static const model_group weights[] = {MODEL_GROUP_WQ, MODEL_GROUP_WK, MODEL_GROUP_WV, MODEL_GROUP_WO,
+                                          MODEL_GROUP_W1, MODEL_GROUP_W2, MODEL_GROUP_W3};
+    int trains =
+        model_group_trains(m, m->cfg.shared_classifier ? MODEL_GROUP_TOKEN_EMBEDDING : MODEL_GROUP_WCLS);
+    for (size_t i = 0; i < sizeof weights / sizeof *weights; i++)
+        trains |= model_group_trains(m, weights[i]);
+    return trains ? 2 : 1;
+}
+
 qlab_status model_backward(model *m) {
     m->packed_valid = 0; /* an optimizer step may follow: the packed copies would go stale (kept for reuse) */
     if (!m->have_targets)
@@ -2291,7 +2304,8 @@ qlab_status model_backward(model *m) {
     QLAB_TRY(model_reserve(&m->grad_act_buffer, &m->grad_act_capacity,
                            model_layout_grad_acts(&m->gacts, NULL, m, m->B, m->T, threads)));
     model_layout_grad_acts(&m->gacts, m->grad_act_buffer, m, m->B, m->T, threads);
-    if (m->compute == QLAB_COMPUTE_BF16) QLAB_TRY(linear_bf16_reserve(&m->cfg, m->B * m->T, 1));
+    if (m->compute == QLAB_COMPUTE_BF16)
+        QLAB_TRY(linear_bf16_reserve(&m->cfg, m->B * m->T, model_linear_backward_level(m)));
     if (m->target_count == 0) return QLAB_OK; /* every target ignored: the loss is a constant */
 
     QLAB_TRY(model_head_backward(m));
@@ -2321,7 +2335,8 @@ size_t model_bf16_training_bytes(const model_config *c, int B, int T, int thread
                         : forward * (size_t)c->n_layers + bf16_packed_weight_bytes(c->vocab_size, c->dim, 0);
     size_t ops = bf16_att_operands_fit(T) ? bf16_att_operands_bytes(B, T, c->n_heads, c->n_kv_heads, HS) : 0;
     size_t grads = model_brows_ops_bytes(c, N, trains) + model_brows_norm_bytes(c, N, norms_train);
-    size_t ws = linear_bf16_workspace_bytes(c, N, 1), att = attention_bf16_workspace_bytes(T, HS, threads);
+    size_t ws = linear_bf16_workspace_bytes(c, N, trains ? 2 : 1),
+           att = attention_bf16_workspace_bytes(T, HS, threads);
     if (!model_bf16_row_path()) return ws > att ? ws : att; /* whole-matrix products only */
     model_rows rows;
     model_brows brows;
