@@ -309,7 +309,8 @@ static void test_quantized(void) {
 static void test_packed(void) {
     rng_state r;
     rng_seed(&r, 11);
-    int shapes[][3] = {{1, 1, 1}, {23, 80, 192}, {37, 1001, 70}, {64, 3000, 576}, {9, 33, 1536}};
+    int shapes[][3] = {{1, 1, 1},       {23, 80, 192}, {37, 1001, 70},
+                       {64, 3000, 576}, {9, 33, 1536}, {100, 256, 96}};
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
         int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
         float *w = malloc(sizeof(float) * N * K), *A = malloc(sizeof(float) * M * K);
@@ -386,6 +387,21 @@ static void test_packed(void) {
                            memcmp(dw1, dw2, sizeof(float) * N * K) == 0,
                        "%s: bf16_gemm_backward %dx%dx%d (%s weight) differs from the two products",
                        bf16_path_name((bf16_path)path), M, N, K, src ? "NF4+DQ" : "fp32");
+                /* consuming dout (rounded into its own buffer where that fits, else as above): the same
+                 * bits, with and without dW */
+                for (int with_dw = 0; with_dw < 2; with_dw++) {
+                    float *dc = malloc(sizeof(float) * M * N);
+                    memcpy(dc, c0, sizeof(float) * M * N);
+                    memset(dinp2, 0, sizeof(float) * M * K), memset(dw2, 0, sizeof(float) * N * K);
+                    CHECK(bf16_gemm_backward_consume(M, K, N, dc, (size_t)M * N, src ? NULL : w,
+                                                     src ? &q : NULL, A, dinp2,
+                                                     with_dw ? dw2 : NULL) == QLAB_OK);
+                    CHECKF(memcmp(dinp1, dinp2, sizeof(float) * M * K) == 0 &&
+                               (!with_dw || memcmp(dw1, dw2, sizeof(float) * N * K) == 0),
+                           "%s: bf16_gemm_backward_consume %dx%dx%d (%s weight, dW %d) differs",
+                           bf16_path_name((bf16_path)path), M, N, K, src ? "NF4+DQ" : "fp32", with_dw);
+                    free(dc);
+                }
             }
             free(dinp1), free(dinp2), free(dw1), free(dw2);
             CHECK(bf16_gemm_shared(M, K, A, K, 3, prods) == QLAB_ERR_ARG);

@@ -737,14 +737,35 @@ size_t bf16_gemm_backward_bytes(int N, int IC, int OC, int weight_grad) {
     return (pd.a_elems + pw.a_elems) * 2 + tail;
 }
 
-qlab_status bf16_gemm_backward(int N, int IC, int OC, const float *dout, const float *W,
-                               const quant_tensor *q, const float *X, float *dinp, float *dW) {
-    if (!dinp && !dW) return QLAB_OK;
+static qlab_status backward_check(int N, int IC, int OC, const float *W, const quant_tensor *q, float *dinp) {
     if (dinp && !W == !q)
         return qlab_fail(QLAB_ERR_ARG, "bf16_gemm_backward: the input gradient needs exactly one weight");
     if (q && q->n != (int64_t)OC * IC)
         return qlab_fail(QLAB_ERR_ARG, "bf16_gemm_backward: quantized matrix of %lld elements for %d x %d",
                          (long long)q->n, OC, IC);
+    return QLAB_OK;
+}
+
+/* dinp and dW from dout packed in Ap (plan pd), At dW's operand, work the rest of the workspace. */
+static qlab_status backward_products(bf16_path path, const gemm_plan *pd, const gemm_plan *pw,
+                                     const uint16_t *Ap, uint16_t *At, uint16_t *work, int IC, const float *W,
+                                     const quant_tensor *q, const float *X, float *dinp, float *dW) {
+    if (dinp) {
+        bsrc b = {W, IC, q, 0};
+        QLAB_TRY(multiply_a(path, pd, Ap, work, &b, NULL, 1, dinp, IC));
+    }
+    if (dW) {
+        transpose_packed(At, pw->Kp, Ap, pd->Kp, pw->Mp, pd->threads);
+        bsrc b = {X, IC, NULL, 0};
+        QLAB_TRY(multiply_a(path, pw, At, work, &b, NULL, 1, dW, IC));
+    }
+    return QLAB_OK;
+}
+
+qlab_status bf16_gemm_backward(int N, int IC, int OC, const float *dout, const float *W,
+                               const quant_tensor *q, const float *X, float *dinp, float *dW) {
+    if (!dinp && !dW) return QLAB_OK;
+    QLAB_TRY(backward_check(N, IC, OC, W, q, dinp));
     if (N <= 0 || IC <= 0 || OC <= 0) return QLAB_OK; /* nothing to add */
     bf16_path path = bf16_active_path();
     gemm_plan pd = make_plan(N, IC, OC, path), pw = make_plan(OC, IC, N, path);
@@ -752,16 +773,69 @@ qlab_status bf16_gemm_backward(int N, int IC, int OC, const float *dout, const f
     /* without dW, no room for its operand: dinp's product works right after dout's rows */
     uint16_t *Ap = ws_ptr_, *At = Ap + pd.a_elems, *work = dW ? At + pw.a_elems : At;
     pack_a(Ap, &pd, dout, OC, 0); /* dout rounded once: rows for dinp, transposed for dW */
-    if (dinp) {
-        bsrc b = {W, IC, q, 0};
-        QLAB_TRY(multiply_a(path, &pd, Ap, work, &b, NULL, 1, dinp, IC));
+    return backward_products(path, &pd, &pw, Ap, At, work, IC, W, q, X, dinp, dW);
+}
+
+/* Whether dout (N rows of OC, in a buffer of cap floats) can hold its own packed form: Mp rows of Kp bf16
+ * values, each row's packed form no longer than twice its fp32 one (so written over what was read). */
+static int backward_fits_in_place(const gemm_plan *pd, int OC, size_t cap) {
+    return pd->Kp <= 2 * OC && pd->a_elems * 2 <= cap * sizeof(float);
+}
+
+size_t bf16_gemm_backward_consume_bytes(int N, int IC, int OC, int weight_grad, size_t cap) {
+    bf16_path path = bf16_active_path();
+    gemm_plan pd = make_plan(N, IC, OC, path), pw = make_plan(OC, IC, N, path);
+    if (!backward_fits_in_place(&pd, OC, cap)) return bf16_gemm_backward_bytes(N, IC, OC, weight_grad);
+    if (!weight_grad) return plan_tail_bytes(&pd);
+    size_t tail = plan_tail_bytes(&pd) > plan_tail_bytes(&pw) ? plan_tail_bytes(&pd) : plan_tail_bytes(&pw);
+    return pw.a_elems * 2 + tail;
+}
+
+/* Row m's K values rounded into dst (then zeros up to Kp), where dst may lie below src in the same buffer:
+ * each chunk is read before its rounded form, at most half as long and no further on, is written. */
+static void round_row_over(uint16_t *dst, const float *src, int K, int Kp) {
+    float in[64];
+    uint16_t out[64];
+    for (int i = 0; i < K; i += 64) {
+        int n = K - i < 64 ? K - i : 64;
+        memcpy(in, src + i, sizeof(float) * (size_t)n);
+        bf16_round_array(out, in, (size_t)n);
+        memcpy(dst + i, out, sizeof(uint16_t) * (size_t)n);
     }
-    if (dW) {
-        transpose_packed(At, pw.Kp, Ap, pd.Kp, pw.Mp, pd.threads);
-        bsrc b = {X, IC, NULL, 0};
-        QLAB_TRY(multiply_a(path, &pw, At, work, &b, NULL, 1, dW, IC));
+    memset(dst + K, 0, sizeof(uint16_t) * (size_t)(Kp - K));
+}
+
+/* pack_a of A (M rows of K, row stride K) into A's own buffer: the same Ap. Rows go in groups [r0, r1)
+ * whose packed forms all end before row r0's fp32 form begins ((m + 1) Kp <= 2 K r0), so a group's rows
+ * are rounded in parallel over rows already read; the groups double in length. */
+static void pack_a_over(const gemm_plan *pl, float *A) {
+    uint16_t *Ap = (uint16_t *)A;
+    int M = pl->M, K = pl->K, Kp = pl->Kp;
+    for (int r0 = 0; r0 < M;) {
+        long r1 = (long)r0 * 2 * K / Kp;
+        if (r1 <= r0) r1 = r0 + 1; /* one row: only over its own fp32 form */
+        if (r1 > M) r1 = M;
+        int threads = r1 - r0 > 1 ? pl->threads : 1;
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (long m = r0; m < r1; m++)
+            round_row_over(Ap + (size_t)m * Kp, A + (size_t)m * K, K, Kp);
+        r0 = (int)r1;
     }
-    return QLAB_OK;
+    memset(Ap + (size_t)M * Kp, 0, sizeof(uint16_t) * (size_t)(pl->Mp - M) * Kp);
+}
+
+qlab_status bf16_gemm_backward_consume(int N, int IC, int OC, float *dout, size_t cap, const float *W,
+                                       const quant_tensor *q, const float *X, float *dinp, float *dW) {
+    if (!dinp && !dW) return QLAB_OK;
+    QLAB_TRY(backward_check(N, IC, OC, W, q, dinp));
+    if (N <= 0 || IC <= 0 || OC <= 0) return QLAB_OK;
+    bf16_path path = bf16_active_path();
+    gemm_plan pd = make_plan(N, IC, OC, path), pw = make_plan(OC, IC, N, path);
+    if (!backward_fits_in_place(&pd, OC, cap)) return bf16_gemm_backward(N, IC, OC, dout, W, q, X, dinp, dW);
+    QLAB_TRY(bf16_workspace_reserve(bf16_gemm_backward_consume_bytes(N, IC, OC, dW != NULL, cap)));
+    uint16_t *At = ws_ptr_, *work = dW ? At + pw.a_elems : At;
+    pack_a_over(&pd, dout);
+    return backward_products(path, &pd, &pw, (const uint16_t *)dout, At, work, IC, W, q, X, dinp, dW);
 }
 
 /* ---------------------------------------------------------------- packed weights */

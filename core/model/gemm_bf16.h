@@ -129,6 +129,12 @@ qlab_status bf16_gemm_backward(int N, int IC, int OC, const float *dout, const f
                                const quant_tensor *q, const float *X, float *dinp, float *dW);
 /* Its workspace, with (weight_grad) or without room for dW's operand (dout transposed). */
 size_t bf16_gemm_backward_bytes(int N, int IC, int OC, int weight_grad);
+/* bf16_gemm_backward that consumes dout (its buffer holds cap floats): dout is rounded into its own buffer
+ * as the packed operand, where that fits (so the workspace holds no copy of it), and is left holding that.
+ * The same dinp and dW bits. */
+qlab_status bf16_gemm_backward_consume(int N, int IC, int OC, float *dout, size_t cap, const float *W,
+                                       const quant_tensor *q, const float *X, float *dinp, float *dW);
+size_t bf16_gemm_backward_consume_bytes(int N, int IC, int OC, int weight_grad, size_t cap);
 
 /* Bytes of workspace a product of these sizes needs on the active path, and a reservation of that much
  * for the calling thread (kept and reused; products on that thread then never allocate). */

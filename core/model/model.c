@@ -1814,9 +1814,10 @@ static qlab_status model_head_backward(model *m) {
     MODEL_ZERO(g->dln, ND);
     model_group cls_group = c->shared_classifier ? MODEL_GROUP_TOKEN_EMBEDDING : MODEL_GROUP_WCLS;
     if (m->compute == QLAB_COMPUTE_BF16) {
-        linear_weight cls = {V, D, p->wcls, NULL};
-        QLAB_TRY(linear_backward_bf16(g->dln, model_grad_or_null(m, cls_group, gp->wcls), dlogits, a->lnf,
-                                      &cls, rows));
+        /* the logits' gradient rounded into its own buffer (no copy in the workspace); a second backward
+         * forms the probabilities again */
+        QLAB_TRY(bf16_gemm_backward_consume(rows, D, V, dlogits, (size_t)N * V, p->wcls, NULL, a->lnf, g->dln,
+                                            model_grad_or_null(m, cls_group, gp->wcls)));
         /* the scored rows' input gradients to their positions (backwards: a row only moves later), zero
          * rows elsewhere, as the skipped rows' zero logit gradients gave */
         for (int r = rows - 1; m->head_n >= 0 && r >= 0; r--) {
