@@ -375,7 +375,7 @@ typedef struct {
 } att_src;
 
 /* T rows of HS values of src at offset off (rows ld apart): the fp32 rows themselves, or the bf16 rows
- * widened into into (rows HS apart); *out_ld their row stride. */
+ * widened into the buffer `into` (rows HS apart); *out_ld their row stride. */
 static const float *att_rows(att_src src, size_t off, int ld, int T, int HS, float *into, size_t *out_ld) {
     if (!src.h) {
         *out_ld = (size_t)ld;

@@ -737,7 +737,7 @@ size_t bf16_gemm_backward_bytes(int N, int IC, int OC, int weight_grad) {
     return (pd.a_elems + pw.a_elems) * 2 + tail;
 }
 
-static qlab_status backward_check(int N, int IC, int OC, const float *W, const quant_tensor *q, float *dinp) {
+static qlab_status backward_check(int IC, int OC, const float *W, const quant_tensor *q, float *dinp) {
     if (dinp && !W == !q)
         return qlab_fail(QLAB_ERR_ARG, "bf16_gemm_backward: the input gradient needs exactly one weight");
     if (q && q->n != (int64_t)OC * IC)
@@ -765,7 +765,7 @@ static qlab_status backward_products(bf16_path path, const gemm_plan *pd, const 
 qlab_status bf16_gemm_backward(int N, int IC, int OC, const float *dout, const float *W,
                                const quant_tensor *q, const float *X, float *dinp, float *dW) {
     if (!dinp && !dW) return QLAB_OK;
-    QLAB_TRY(backward_check(N, IC, OC, W, q, dinp));
+    QLAB_TRY(backward_check(IC, OC, W, q, dinp));
     if (N <= 0 || IC <= 0 || OC <= 0) return QLAB_OK; /* nothing to add */
     bf16_path path = bf16_active_path();
     gemm_plan pd = make_plan(N, IC, OC, path), pw = make_plan(OC, IC, N, path);
@@ -827,7 +827,7 @@ static void pack_a_over(const gemm_plan *pl, float *A) {
 qlab_status bf16_gemm_backward_consume(int N, int IC, int OC, float *dout, size_t cap, const float *W,
                                        const quant_tensor *q, const float *X, float *dinp, float *dW) {
     if (!dinp && !dW) return QLAB_OK;
-    QLAB_TRY(backward_check(N, IC, OC, W, q, dinp));
+    QLAB_TRY(backward_check(IC, OC, W, q, dinp));
     if (N <= 0 || IC <= 0 || OC <= 0) return QLAB_OK;
     bf16_path path = bf16_active_path();
     gemm_plan pd = make_plan(N, IC, OC, path), pw = make_plan(OC, IC, N, path);

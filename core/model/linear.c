@@ -96,8 +96,8 @@ size_t linear_bf16_workspace_bytes(const model_config *c, int N, int backward) {
     size_t most = 0;
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
         int OC = shapes[i][0], IC = shapes[i][1];
-        /* the classifier's backward consumes the logits' gradient (model.c's head), the others do not */
-        size_t back = OC == V && IC == D
+        /* the classifier's backward (the last shape) consumes the logits' gradient (model.c's head) */
+        size_t back = i == sizeof shapes / sizeof *shapes - 1
                           ? bf16_gemm_backward_consume_bytes(N, IC, OC, backward > 1, (size_t)N * V)
                           : bf16_gemm_backward_bytes(N, IC, OC, backward > 1);
         size_t need[2] = {bf16_workspace_bytes(N, OC, IC), backward ? back : 0};

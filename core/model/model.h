@@ -312,7 +312,8 @@ int model_bf16_row_path(void);
  * at a time), one layer packed for the input gradients, the attention's operands packed ahead, the
  * weight-gradient operands of the projections whose weights train (bit 1 << p of trains) and the norm
  * weights' partial sums (norms_train), and the calling thread's bf16 workspace: the largest request of the
- * whole-matrix products, the row passes and the attention. On a path without row passes
+ * whole-matrix products (with room for a weight gradient's operand when any weight trains), the row passes
+ * and the attention. On a path without row passes
  * (model_bf16_row_path) only the workspace. */
 size_t model_bf16_training_bytes(const model_config *c, int B, int T, int threads, int quantized,
                                  unsigned trains, int norms_train);
