@@ -528,8 +528,8 @@ typedef struct {
 /* Row m of packed A widened (A row-major, width Kp values). */
 static void widen_a_row(void *job, long m) {
     const widen_job *j = job;
-    for (int k = 0; k < j->width; k++)
-        j->dst[(size_t)m * j->width + k] = bf16_to_f32(j->src[(size_t)m * j->stride + k]);
+    bf16_widen_rows(j->dst + (size_t)m * j->width, (size_t)j->width, j->src + (size_t)m * j->stride,
+                    j->stride, 1, j->width);
 }
 
 /* Row k of B (ldb columns) widened out of its panels. */
@@ -783,12 +783,10 @@ static int backward_fits_in_place(const gemm_plan *pd, int OC, size_t cap) {
 }
 
 size_t bf16_gemm_backward_consume_bytes(int N, int IC, int OC, int weight_grad, size_t cap) {
-    bf16_path path = bf16_active_path();
-    gemm_plan pd = make_plan(N, IC, OC, path), pw = make_plan(OC, IC, N, path);
-    if (!backward_fits_in_place(&pd, OC, cap)) return bf16_gemm_backward_bytes(N, IC, OC, weight_grad);
-    if (!weight_grad) return plan_tail_bytes(&pd);
-    size_t tail = plan_tail_bytes(&pd) > plan_tail_bytes(&pw) ? plan_tail_bytes(&pd) : plan_tail_bytes(&pw);
-    return pw.a_elems * 2 + tail;
+    gemm_plan pd = make_plan(N, IC, OC, bf16_active_path());
+    size_t bytes = bf16_gemm_backward_bytes(N, IC, OC, weight_grad);
+    return backward_fits_in_place(&pd, OC, cap) ? bytes - pd.a_elems * 2
+                                                : bytes; /* no room for dout's copy */
 }
 
 /* Row m's K values rounded into dst (then zeros up to Kp), where dst may lie below src in the same buffer:

@@ -1172,6 +1172,11 @@ static qlab_status model_block_forward(model *m, int l, int keep) {
 static void model_head_loss(model *m, const int *targets, float *logits, float *loss);
 static int model_group_trains(const model *m, model_group g);
 
+/* The group the classifier's weight belongs to: the token embedding when shared, else its own. */
+static model_group model_classifier_group(const model *m) {
+    return m->cfg.shared_classifier ? MODEL_GROUP_TOKEN_EMBEDDING : MODEL_GROUP_WCLS;
+}
+
 /* Whether the classifier runs over the scored positions only (targets >= 0), moved to the front of lnf: a
  * forward with targets whose logits nobody asked for, bf16 products on a path where a row's bits do not
  * depend on the other rows (not blas; fp32 sgemm's do), and a frozen classifier (its weight gradient would
@@ -1179,9 +1184,8 @@ static int model_group_trains(const model *m, model_group g);
  * rows' logits only ever gave zero gradient rows. A finetune that scores only the responses skips most of
  * the classifier, the largest product of a model with a large vocabulary. */
 static int model_head_compacts(const model *m, const int *targets, const float *logits) {
-    model_group cls = m->cfg.shared_classifier ? MODEL_GROUP_TOKEN_EMBEDDING : MODEL_GROUP_WCLS;
     return targets && !logits && m->compute == QLAB_COMPUTE_BF16 && bf16_active_path() != BF16_PATH_BLAS &&
-           !model_group_trains(m, cls);
+           !model_group_trains(m, model_classifier_group(m));
 }
 
 /* The classifier over the first rows rows of lnf into out (rows, V). */
@@ -1812,7 +1816,7 @@ static qlab_status model_head_backward(model *m) {
     m->probs_grad = 1;
     float *dlogits = a->probs;
     MODEL_ZERO(g->dln, ND);
-    model_group cls_group = c->shared_classifier ? MODEL_GROUP_TOKEN_EMBEDDING : MODEL_GROUP_WCLS;
+    model_group cls_group = model_classifier_group(m);
     if (m->compute == QLAB_COMPUTE_BF16) {
         /* the logits' gradient rounded into its own buffer (no copy in the workspace); a second backward
          * forms the probabilities again */
@@ -2279,8 +2283,7 @@ size_t model_activation_bytes(const model *m, int B, int T, int with_backward) {
 static int model_linear_backward_level(const model *m) {
     static const model_group weights[] = {MODEL_GROUP_WQ, MODEL_GROUP_WK, MODEL_GROUP_WV, MODEL_GROUP_WO,
                                           MODEL_GROUP_W1, MODEL_GROUP_W2, MODEL_GROUP_W3};
-    int trains =
-        model_group_trains(m, m->cfg.shared_classifier ? MODEL_GROUP_TOKEN_EMBEDDING : MODEL_GROUP_WCLS);
+    int trains = model_group_trains(m, model_classifier_group(m));
     for (size_t i = 0; i < sizeof weights / sizeof *weights; i++)
         trains |= model_group_trains(m, weights[i]);
     return trains ? 2 : 1;
