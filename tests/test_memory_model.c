@@ -45,8 +45,8 @@ static void test_activation_terms(void) {
     model_config c = tiny();
     /* B 2, T 3: N 6. Per layer 5ND 240 + 2N 12 + 2N KV 48 + B NH T T 36 + 3NH 288 = 624; plus encoded 48,
      * res3 L N D 96, lnf 48 + 6, probabilities 60 + losses 6. */
-    CHECK(memory_model_activation_elements(&c, 2, 3, 0, 0, 0) == 48 + 2 * 624 + 96 + 54 + 66);
-    CHECK(memory_model_activation_elements(&c, 2, 3, 1, 0, 0) == 48 + 624 + 96 + 54 + 66);
+    CHECK(memory_model_activation_elements(&c, 2, 3, 0, 0, 0, 0) == 48 + 2 * 624 + 96 + 54 + 66);
+    CHECK(memory_model_activation_elements(&c, 2, 3, 1, 0, 0, 0) == 48 + 624 + 96 + 54 + 66);
     /* 5ND 240 + 3N KV 72 + 3NH 288 (the logits' gradient takes the probabilities' place) */
     CHECK(memory_model_input_gradient_elements(&c, 2, 3, 0) == 600);
     /* model.c's own layout: the same, plus the attention scratch of each thread (T x T) */
@@ -55,47 +55,63 @@ static void test_activation_terms(void) {
     int threads = qlab_num_threads() < 1 ? 1 : qlab_num_threads();
     for (int ckpt = 0; ckpt < 2; ckpt++) {
         model_set_checkpointing(m, ckpt);
-        size_t expect = (size_t)(memory_model_activation_elements(&c, 2, 3, ckpt, 0, 0) +
+        size_t expect = (size_t)(memory_model_activation_elements(&c, 2, 3, ckpt, 0, 0, 0) +
                                  memory_model_input_gradient_elements(&c, 2, 3, 0) + (uint64_t)threads * 9) *
                         4;
         CHECKF(model_activation_bytes(m, 2, 3, 1) == expect, "checkpointing %d: model.c %zu, model %zu", ckpt,
                model_activation_bytes(m, 2, 3, 1), expect);
         CHECK(model_activation_bytes(m, 5, 7, 0) ==
-              memory_model_activation_elements(&c, 5, 7, ckpt, 0, 0) * 4);
+              memory_model_activation_elements(&c, 5, 7, ckpt, 0, 0, 0) * 4);
         /* bf16 compute keeps no attention probabilities: B NH T T = 2 * 2 * 9 = 36 per working layer */
         model_set_compute(m, QLAB_COMPUTE_BF16);
         int rows = model_bf16_row_path();
         CHECK(model_activation_bytes(m, 5, 7, 0) ==
-              memory_model_activation_elements(&c, 5, 7, ckpt, 1, rows) * 4);
-        expect = (size_t)(memory_model_activation_elements(&c, 2, 3, ckpt, 1, rows) +
+              memory_model_activation_elements(&c, 5, 7, ckpt, 1, rows, 0) * 4);
+        expect = (size_t)(memory_model_activation_elements(&c, 2, 3, ckpt, 1, rows, 0) +
                           memory_model_input_gradient_elements(&c, 2, 3, rows) + (uint64_t)threads * 9) *
                  4;
         CHECKF(model_activation_bytes(m, 2, 3, 1) == expect, "bf16, checkpointing %d: model.c %zu, model %zu",
                ckpt, model_activation_bytes(m, 2, 3, 1), expect);
-        CHECK(memory_model_activation_elements(&c, 2, 3, ckpt, 0, 0) -
-                  memory_model_activation_elements(&c, 2, 3, ckpt, 1, 0) ==
+        CHECK(memory_model_activation_elements(&c, 2, 3, ckpt, 0, 0, 0) -
+                  memory_model_activation_elements(&c, 2, 3, ckpt, 1, 0, 0) ==
               (ckpt ? 1u : 2u) * 36);
         /* the row passes keep no norm outputs (2ND 96; an adapter's row hooks read the chunk's own), no
          * SwiGLU output (NH 96), per working layer; nor the gradients before RoPE (ND 48 + N KV 24) and of
          * the hidden layer (3NH 288) */
-        CHECK(memory_model_activation_elements(&c, 2, 3, ckpt, 1, 0) -
-                  memory_model_activation_elements(&c, 2, 3, ckpt, 1, 1) ==
+        CHECK(memory_model_activation_elements(&c, 2, 3, ckpt, 1, 0, 0) -
+                  memory_model_activation_elements(&c, 2, 3, ckpt, 1, 1, 0) ==
               (ckpt ? 1u : 2u) * 192);
         CHECK(memory_model_input_gradient_elements(&c, 2, 3, 0) -
                   memory_model_input_gradient_elements(&c, 2, 3, 1) ==
               360);
         /* T a multiple of 32: the row passes keep q, k, v at 2 bytes, (ND 512 + 2N KV 512) / 2 per working
          * layer of B 2 x T 32, besides the norms' (2ND 1024) and SwiGLU's (NH 1024) outputs */
-        CHECK(memory_model_activation_elements(&c, 2, 32, ckpt, 1, 0) -
-                  memory_model_activation_elements(&c, 2, 32, ckpt, 1, 1) ==
+        CHECK(memory_model_activation_elements(&c, 2, 32, ckpt, 1, 0, 0) -
+                  memory_model_activation_elements(&c, 2, 32, ckpt, 1, 1, 0) ==
               (ckpt ? 1u : 2u) * 2560);
-        expect = (size_t)(memory_model_activation_elements(&c, 2, 32, ckpt, 1, rows) +
+        expect = (size_t)(memory_model_activation_elements(&c, 2, 32, ckpt, 1, rows, 0) +
                           memory_model_input_gradient_elements(&c, 2, 32, rows) + (uint64_t)threads * 1024) *
                  4;
         CHECKF(model_activation_bytes(m, 2, 32, 1) == expect,
                "bf16, T 32, checkpointing %d: model.c %zu, "
                "model %zu",
                ckpt, model_activation_bytes(m, 2, 32, 1), expect);
+        /* with the classifier frozen the head runs in row chunks (not on the blas path): the forward keeps
+         * the classifier's input gradient (ND 48 at B 2 x T 3) besides the logits, which over more than
+         * MODEL_HEAD_CHUNK positions are a chunk's (V 10 per row fewer) */
+        model_set_trainable(m, MODEL_GROUP_WCLS, 0);
+        expect = (size_t)(memory_model_activation_elements(&c, 2, 3, ckpt, 1, rows, rows) +
+                          memory_model_input_gradient_elements(&c, 2, 3, rows) + (uint64_t)threads * 9) *
+                 4;
+        CHECKF(model_activation_bytes(m, 2, 3, 1) == expect,
+               "bf16, frozen classifier: model.c %zu, model %zu", model_activation_bytes(m, 2, 3, 1), expect);
+        model_set_trainable(m, MODEL_GROUP_WCLS, 1);
+        CHECK(memory_model_activation_elements(&c, 2, 3, ckpt, 1, 1, 1) -
+                  memory_model_activation_elements(&c, 2, 3, ckpt, 1, 1, 0) ==
+              48);
+        CHECK(memory_model_activation_elements(&c, 30, 10, ckpt, 1, 1, 1) -
+                  memory_model_activation_elements(&c, 30, 10, ckpt, 1, 1, 0) ==
+              300 * 8 - (300 - MODEL_HEAD_CHUNK) * 10);
         model_set_compute(m, QLAB_COMPUTE_FP32);
     }
     model_free(m);
@@ -308,7 +324,8 @@ static void probe_against_model(const char *path, finetune_mode mode, qlab_compu
  * charged, so a buffer the model leaves out or sizes wrongly shows as a gap. What the model counts that is
  * not charged (the job's batch, the saved tokens) is under 4 KiB here. Then a vocabulary large enough that
  * the classifier's backward sets the bf16 workspace: with room for its weight gradient's operand only when
- * that weight trains (full finetuning, not LoRA or QLoRA). */
+ * that weight trains (full finetuning, not LoRA or QLoRA), over fewer and more positions than the head's
+ * chunk of rows when frozen. */
 static void test_against_accounting(void) {
     model_config c = tiny(); /* widths where every packing pads: 172 is no multiple of 16 or 32 */
     c.dim = 64, c.hidden_dim = 172, c.n_heads = 4, c.n_kv_heads = 2, c.vocab_size = 96, c.seq_len = 64;
@@ -325,8 +342,10 @@ static void test_against_accounting(void) {
                                     shapes[k][0], shapes[k][1]);
     c.vocab_size = 4000;
     CHECK(memory_probe_write_random_model(&c, 3, path) == QLAB_OK);
-    for (int mi = 0; mi < 3; mi++)
+    for (int mi = 0; mi < 3; mi++) { /* and over more positions than one chunk of the head's rows */
         probe_against_model(path, modes[mi], QLAB_COMPUTE_BF16, 0, 2, 64);
+        probe_against_model(path, modes[mi], QLAB_COMPUTE_BF16, 1, 5, 64);
+    }
     unlink(path);
 }
 

@@ -439,17 +439,19 @@ static void test_rows_eval(int quantized) {
 }
 
 /* With a frozen classifier and no logits asked for, a bf16 forward runs the classifier over the scored
- * positions only (model.c, model_head_compacts): the loss and every gradient equal those of the same step
- * with the logits asked for (every position through the classifier) and of the row-chunk step, bit for
- * bit, on every path that has the form (ref, avx512bf16, amx); for a third of the targets ignored, all but
- * one, and none. */
+ * positions only, MODEL_HEAD_CHUNK rows at a time, forming the classifier's input gradient in the forward
+ * (model.c, model_head_fuses): the loss and every gradient equal those of the same step with the logits
+ * asked for (every position through the classifier at once, its backward in model_backward) and of the
+ * row-chunk step, bit for bit, on every path that has the form (ref, avx512bf16, amx); for a third of the
+ * targets ignored (exactly one chunk), all but one, a seventh (a chunk and a part) and none (the same); the
+ * loss-only forward gives the same loss; a backward after the classifier was unfrozen refuses. */
 static void test_head_scored_rows(void) {
     model *m;
     CHECK(model_create(&m, &small) == QLAB_OK);
     train_init_params(m, 9);
     model_set_compute(m, QLAB_COMPUTE_BF16);
     model_set_trainable(m, MODEL_GROUP_WCLS, 0);
-    const int B = 3, T = 32, N = B * T, V = small.vocab_size;
+    const int B = 12, T = 32, N = B * T, V = small.vocab_size;
     int *tokens = markov_tokens(N + 1, V, 17), *targets = malloc(sizeof(int) * N);
     size_t count;
     model_get_param_buffer(m, &count);
@@ -463,12 +465,13 @@ static void test_head_scored_rows(void) {
             continue;
         }
         CHECK(bf16_force_path(paths[pi]) == QLAB_OK);
-        for (int mask = 0; mask < 3; mask++) {
-            for (int i = 0; i < N; i++) /* a third ignored; all but position 37; none */
+        for (int mask = 0; mask < 4; mask++) {
+            for (int i = 0; i < N; i++) /* a third ignored; all but position 37; a seventh; none */
                 targets[i] = mask == 0   ? (i % 3 == 1 ? -1 : tokens[i + 1])
                              : mask == 1 ? (i == 37 ? tokens[i + 1] : -1)
+                             : mask == 2 ? (i % 7 == 3 ? -1 : tokens[i + 1])
                                          : tokens[i + 1];
-            float lfull, lscored, lrows;
+            float lfull, lscored, lrows, lonly;
             model_set_row_passes(m, 0);
             run_step(m, tokens, targets, B, T, logits, gfull, &lfull); /* logits asked for: all positions */
             run_step(m, tokens, targets, B, T, NULL, gscored, &lscored);
@@ -480,8 +483,16 @@ static void test_head_scored_rows(void) {
                 "%s path, targets mask %d: the scored-rows head's loss or gradients differ (loss %.9g / %.9g "
                 "/ %.9g)",
                 paths[pi], mask, lfull, lscored, lrows);
+            CHECK(model_forward_loss(m, tokens, targets, B, T, &lonly) == QLAB_OK);
+            CHECKF(lonly == lfull, "%s path, targets mask %d: the loss-only forward's loss %.9g, %.9g",
+                   paths[pi], mask, lonly, lfull);
         }
     }
+    float loss;
+    CHECK(model_forward(m, tokens, targets, B, T, NULL, &loss) == QLAB_OK);
+    model_set_trainable(m, MODEL_GROUP_WCLS, 1);
+    CHECK(model_backward(m) == QLAB_ERR_ARG && strstr(qlab_last_error(), "run model_forward again"));
+    CHECK(model_forward(m, tokens, targets, B, T, NULL, &loss) == QLAB_OK && model_backward(m) == QLAB_OK);
     bf16_force_path("auto");
     free(tokens), free(targets), free(logits), free(gfull), free(gscored), free(grows);
     model_free(m);

@@ -67,7 +67,7 @@ static uint64_t kv_width(const model_config *a) {
  * stream leaving every block (res3) is always kept per layer; the attention probabilities only when the
  * backward does not form them again; the norms' and SwiGLU's outputs only when the backward reads them. */
 uint64_t memory_model_activation_elements(const model_config *a, int B, int T, int checkpointing,
-                                          int recompute_attention, int row_backward) {
+                                          int recompute_attention, int row_backward, int fused_head) {
     uint64_t N = (uint64_t)B * (uint64_t)T, D = (uint64_t)a->dim, H = (uint64_t)a->hidden_dim;
     uint64_t KV = kv_width(a), V = (uint64_t)a->vocab_size, NH = (uint64_t)a->n_heads;
     uint64_t L = (uint64_t)a->n_layers, W = checkpointing ? 1 : L;
@@ -81,10 +81,12 @@ uint64_t memory_model_activation_elements(const model_config *a, int B, int T, i
                          +
                          (recompute_attention ? 0 : (uint64_t)B * NH * (uint64_t)T * (uint64_t)T) /* probs */
                          + (rows ? 2 : 3) * N * H; /* h1, h3, silu(h1) h3 */
-    return N * D                                   /* encoded */
-           + W * per_layer + L * N * D             /* res3 */
-           + N * D + N                             /* lnf, lnf_rstd */
-           + N * V + N;                            /* probabilities, losses */
+    uint64_t logits = fused_head && N > MODEL_HEAD_CHUNK ? MODEL_HEAD_CHUNK : N;
+    return N * D                       /* encoded */
+           + W * per_layer + L * N * D /* res3 */
+           + N * D + N                 /* lnf, lnf_rstd */
+           + logits * V + N            /* probabilities (a chunk's when fused), losses */
+           + (fused_head ? N * D : 0); /* the classifier's input gradient */
 }
 
 /* model.c's model_layout_grad_acts without the per-thread attention scratch. */
@@ -167,9 +169,10 @@ qlab_status memory_model_predict(const memory_model_spec *s, memory_prediction *
     int bf16 = s->compute == QLAB_COMPUTE_BF16, recompute = s->recompute_attention || bf16;
     int rows = bf16 && s->qlab_buffers && model_bf16_row_path(); /* qlab's bf16 row passes */
     uint64_t lora_rows = lora ? N : 0;
-    b[MEMORY_ACTIVATIONS] =
-        memory_model_activation_elements(a, s->batch, s->seq, s->checkpointing, recompute, rows) * ab +
-        n_adapters * lora_rows * (uint64_t)s->rank * ab + lora_rows * mask_bytes_per_row;
+    b[MEMORY_ACTIVATIONS] = memory_model_activation_elements(a, s->batch, s->seq, s->checkpointing, recompute,
+                                                             rows, rows && lora) *
+                                ab +
+                            n_adapters * lora_rows * (uint64_t)s->rank * ab + lora_rows * mask_bytes_per_row;
     b[MEMORY_INPUT_GRADIENTS] = memory_model_input_gradient_elements(a, s->batch, s->seq, rows) * ab;
 
     /* scratch: attention backward (T x T per thread), LoRA's backward planes, the dequantization tile,

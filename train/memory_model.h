@@ -89,9 +89,11 @@ qlab_status memory_model_predict(const memory_model_spec *s, memory_prediction *
  * row_backward: the backward runs in bf16 row passes (model_bf16_row_path), which keep neither SwiGLU's
  * output nor the norms' outputs (adapters included: their row hooks read the chunk's own), nor the
  * gradients before RoPE and of the feed-forward hidden layer, and keep q, k and v at 2 bytes each when T
- * is a multiple of 32. */
+ * is a multiple of 32. fused_head: the head runs in row chunks (a bf16 step on a row path with a frozen
+ * classifier, model.c's model_head_fuses), keeping MODEL_HEAD_CHUNK rows of logits instead of B*T, and the
+ * classifier's input gradient (B*T, dim) the forward forms. */
 uint64_t memory_model_activation_elements(const model_config *arch, int B, int T, int checkpointing,
-                                          int recompute_attention, int row_backward);
+                                          int recompute_attention, int row_backward, int fused_head);
 uint64_t memory_model_input_gradient_elements(const model_config *arch, int B, int T, int row_backward);
 
 /* The stored bytes of one out x in projection in a 4-bit type (codes, block constants, DQ). */

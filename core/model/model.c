@@ -33,7 +33,10 @@ typedef struct {
     float *h1, *h3, *hs;   /* (L,N,H) gate, up, silu(gate)*up */
     float *res3;           /* (L,N,D) residual stream after the feed-forward block */
     float *lnf, *lnf_rstd; /* (N,D), (N) */
-    float *probs;          /* (N,V) logits, turned into probabilities in place when targets are given */
+    float *probs;          /* (N,V) logits, turned into probabilities in place when targets are given; with
+                            * the head in row chunks (model_head_fuses) one chunk's (MODEL_HEAD_CHUNK,V) */
+    float *dlnf;           /* (N,D) with the head in row chunks before a backward: the classifier's input
+                            * gradient, which the forward forms chunk by chunk */
     float *losses;         /* (N) */
 } model_acts;
 
@@ -95,6 +98,7 @@ struct model {
     int acts_keep;     /* the last forward's activations are laid out for a backward (MODEL_ACTS_TRAIN) */
     int acts_rows;     /* ... for the row passes' backward only (model_acts_rows) */
     int probs_grad;    /* acts.probs holds the logits' gradient (model_head_backward), not probabilities */
+    int head_fused;    /* the last forward ran the head in row chunks (model_head_fuses) */
 
     /* Generation's cache (model_forward_next): per position, per layer the keys (after RoPE) and values of
      * the sequence kv_tokens[0..kv_len); room for kv_cap positions. */
@@ -839,6 +843,25 @@ static int model_brows_usable(const model *m);
  * without a backward (model_forward_loss: the probabilities too), or a backward. */
 enum { MODEL_ACTS_EVAL, MODEL_ACTS_LOSS, MODEL_ACTS_TRAIN };
 
+static int model_group_trains(const model *m, model_group g);
+static model_group model_classifier_group(const model *m);
+static int model_linear_backward_level(const model *m);
+
+/* Whether a forward with targets (keep MODEL_ACTS_LOSS or MODEL_ACTS_TRAIN) runs its head over the scored
+ * positions only, in chunks of MODEL_HEAD_CHUNK rows (model_head_chunks), instead of through an (N, V)
+ * logits buffer: no logits asked for, bf16 products on a path where a row's bits do not depend on the other
+ * rows (not blas; fp32 sgemm's may), and for a backward a frozen classifier (its weight gradient would sum
+ * over every row; a frozen one's backward is only the input gradient, which the forward then forms chunk by
+ * chunk). The loss and every gradient are the same bits as the whole head's: the skipped rows' logits only
+ * ever gave zero gradient rows. A finetune that scores only the responses skips most of the classifier, the
+ * largest product of a model with a large vocabulary, and keeps a chunk of logits instead of N rows (SmolLM2:
+ * 49,152 floats a row). */
+static int model_head_fuses(const model *m, int keep, int logits_asked) {
+    return keep != MODEL_ACTS_EVAL && !logits_asked && m->compute == QLAB_COMPUTE_BF16 &&
+           bf16_active_path() != BF16_PATH_BLAS &&
+           (keep == MODEL_ACTS_LOSS || !model_group_trains(m, model_classifier_group(m)));
+}
+
 /* Whether a forward keeps only what the bf16 row passes read: not the norms' outputs (a backward forms them
  * again; an adapter's row hooks read the chunk's own in the forward), nor SwiGLU's output. For a
  * backward in row passes (with checkpointing its recomputed blocks run in row chunks too,
@@ -867,7 +890,8 @@ static qlab_status model_no_fp32_qkv(void) {
  * follows) each layer's working activations replace the last one's, res3 takes two slots in turn
  * (model_res_slot: a layer reads the previous one's while writing its own) and the head writes the caller's
  * logits, or with MODEL_ACTS_LOSS the probabilities buffer the loss is taken from. */
-static size_t model_layout_acts(model_acts *a, float *base, const model *m, int B, int T, int keep) {
+static size_t model_layout_acts(model_acts *a, float *base, const model *m, int B, int T, int keep,
+                                int fused) {
     int train = keep == MODEL_ACTS_TRAIN;
     size_t NL = (size_t)m->cfg.n_layers, L = train && !m->checkpointing ? NL : 1, D = (size_t)m->cfg.dim;
     size_t N = (size_t)B * T, R = train ? NL : NL < 2 ? 1 : 2;
@@ -898,7 +922,9 @@ static size_t model_layout_acts(model_acts *a, float *base, const model *m, int 
     MODEL_TAKE(res3, R * N * D);
     MODEL_TAKE(lnf, N * D);
     MODEL_TAKE(lnf_rstd, N);
-    MODEL_TAKE(probs, keep != MODEL_ACTS_EVAL ? N * V : 0);
+    MODEL_TAKE(probs,
+               keep == MODEL_ACTS_EVAL ? 0 : (fused && N > MODEL_HEAD_CHUNK ? MODEL_HEAD_CHUNK : N) * V);
+    MODEL_TAKE(dlnf, fused && train ? N * D : 0);
     MODEL_TAKE(losses, N);
 #undef MODEL_TAKE
     return total;
@@ -1074,13 +1100,14 @@ static qlab_status model_forward_check(const model *m, const int *tokens, const 
 
 /* Sizes the RoPE tables and the activations for (B,T) (keep: what for, model_layout_acts), keeps a copy of
  * the tokens for backward and lets the adapter size what it keeps. */
-static qlab_status model_forward_prepare(model *m, const int *tokens, int B, int T, int keep) {
+static qlab_status model_forward_prepare(model *m, const int *tokens, int B, int T, int keep, int fused) {
     size_t N = (size_t)B * T;
     QLAB_TRY(model_rope_reserve(m, T));
-    QLAB_TRY(
-        model_reserve(&m->act_buffer, &m->act_capacity, model_layout_acts(&m->acts, NULL, m, B, T, keep)));
-    model_layout_acts(&m->acts, m->act_buffer, m, B, T, keep);
+    QLAB_TRY(model_reserve(&m->act_buffer, &m->act_capacity,
+                           model_layout_acts(&m->acts, NULL, m, B, T, keep, fused)));
+    model_layout_acts(&m->acts, m->act_buffer, m, B, T, keep, fused);
     m->acts_keep = keep == MODEL_ACTS_TRAIN;
+    m->head_fused = fused;
     m->probs_grad = 0;
     m->acts_rows = model_acts_rows(m, keep);
     if (N > m->saved_capacity) {
@@ -1170,34 +1197,53 @@ static qlab_status model_block_forward(model *m, int l, int keep) {
 }
 
 static void model_head_loss(model *m, const int *targets, float *logits, float *loss);
-static int model_group_trains(const model *m, model_group g);
 
 /* The group the classifier's weight belongs to: the token embedding when shared, else its own. */
 static model_group model_classifier_group(const model *m) {
     return m->cfg.shared_classifier ? MODEL_GROUP_TOKEN_EMBEDDING : MODEL_GROUP_WCLS;
 }
 
-/* Whether the classifier runs over the scored positions only (targets >= 0), moved to the front of lnf: a
- * forward with targets whose logits nobody asked for, bf16 products on a path where a row's bits do not
- * depend on the other rows (not blas; fp32 sgemm's do), and a frozen classifier (its weight gradient would
- * sum over the positions). The loss, and every gradient of the backward, are the same bits: the skipped
- * rows' logits only ever gave zero gradient rows. A finetune that scores only the responses skips most of
- * the classifier, the largest product of a model with a large vocabulary. */
-static int model_head_compacts(const model *m, const int *targets, const float *logits) {
-    return targets && !logits && m->compute == QLAB_COMPUTE_BF16 && bf16_active_path() != BF16_PATH_BLAS &&
-           !model_group_trains(m, model_classifier_group(m));
-}
-
-/* The classifier over the first rows rows of lnf into out (rows, V). */
-static qlab_status model_classifier(model *m, int rows, float *out) {
+/* The classifier over rows [r0, r0 + rows) of lnf into out (rows, V). */
+static qlab_status model_classifier(model *m, int r0, int rows, float *out) {
     const model_config *c = &m->cfg;
     int D = c->dim, V = c->vocab_size;
+    const float *x = m->acts.lnf + (size_t)r0 * D;
     if (rows == 0) return QLAB_OK;
-    if (m->packed)
-        return bf16_gemm_packed(rows, m->acts.lnf, D, &m->packed[c->n_layers * PROJ_COUNT], 0, out, V);
+    if (m->packed) return bf16_gemm_packed(rows, x, D, &m->packed[c->n_layers * PROJ_COUNT], 0, out, V);
     if (m->compute == QLAB_COMPUTE_BF16)
-        return bf16_gemm(0, 1, rows, V, D, m->acts.lnf, D, m->params.wcls, D, 0, out, V);
-    matmul_forward(out, m->acts.lnf, m->params.wcls, rows, D, V);
+        return bf16_gemm(0, 1, rows, V, D, x, D, m->params.wcls, D, 0, out, V);
+    matmul_forward(out, x, m->params.wcls, rows, D, V);
+    return QLAB_OK;
+}
+
+/* The fused head (model_head_fuses) over the first rows rows of lnf with their targets: per chunk of
+ * MODEL_HEAD_CHUNK rows the classifier into acts.probs, the softmax and each row's loss, and before a
+ * backward the logits' gradient and from it the classifier's input gradient into acts.dlnf (the frozen
+ * classifier's whole backward); then the mean loss. Each row's values are those of the whole head. */
+static qlab_status model_head_chunks(model *m, const int *targets, int rows, float *loss) {
+    const model_config *c = &m->cfg;
+    model_acts *a = &m->acts;
+    int D = c->dim, V = c->vocab_size, count = 0;
+    for (int r = 0; r < rows; r++)
+        count += targets[r] >= 0;
+    if (a->dlnf) {
+        qlab_zero_floats(a->dlnf, (size_t)rows * D);
+        QLAB_TRY(linear_bf16_reserve(c, m->B * m->T, model_linear_backward_level(m)));
+    }
+    for (int r0 = 0; r0 < rows; r0 += MODEL_HEAD_CHUNK) {
+        int n = rows - r0 < MODEL_HEAD_CHUNK ? rows - r0 : MODEL_HEAD_CHUNK;
+        QLAB_TRY(model_classifier(m, r0, n, a->probs));
+        softmax_forward(a->probs, a->probs, n, V);
+        crossentropy_forward(a->losses + r0, a->probs, targets + r0, n, V, NULL);
+        if (!a->dlnf || count == 0) continue;
+        crossentropy_softmax_grad_inplace(a->probs, targets + r0, n, V, 1.0f / (float)count);
+        QLAB_TRY(bf16_gemm_backward_consume(n, D, V, a->probs, (size_t)MODEL_HEAD_CHUNK * V, m->params.wcls,
+                                            NULL, a->lnf + (size_t)r0 * D, a->dlnf + (size_t)r0 * D, NULL));
+    }
+    float mean = crossentropy_mean(a->losses, targets, rows, &m->target_count);
+    if (loss) *loss = mean;
+    if (targets != m->saved_targets) memcpy(m->saved_targets, targets, sizeof(int) * rows);
+    m->have_targets = 1;
     return QLAB_OK;
 }
 
@@ -1212,7 +1258,7 @@ static qlab_status model_head_at(model *m, const int *at, int n, float *logits) 
     rmsnorm_forward_order(m->acts.lnf, m->acts.lnf_rstd, last, m->params.rms_final, n, D, c->norm_eps,
                           m->compute == QLAB_COMPUTE_BF16);
     m->target_count = 0;
-    return model_classifier(m, n, logits);
+    return model_classifier(m, 0, n, logits);
 }
 
 /* Final norm and classifier; with targets, the softmax and the mean loss. */
@@ -1228,7 +1274,7 @@ static qlab_status model_head_forward(model *m, const int *targets, float *logit
     const float *last = model_last_output(m);
     rmsnorm_forward_order(a->lnf, a->lnf_rstd, last, p->rms_final, N, D, c->norm_eps,
                           m->compute == QLAB_COMPUTE_BF16);
-    if (model_head_compacts(m, targets, logits)) {
+    if (m->head_fused) { /* the scored rows to the front, their targets in saved_targets */
         int n = 0;
         for (int i = 0; i < N; i++) {
             if (targets[i] < 0) continue;
@@ -1241,9 +1287,9 @@ static qlab_status model_head_forward(model *m, const int *targets, float *logit
                 m->saved_targets[r] = targets[m->head_rows[r]];
         }
     }
+    if (m->head_fused) return model_head_chunks(m, m->head_n >= 0 ? m->saved_targets : targets, rows, loss);
     /* Without targets the logits go straight to the caller's buffer (no copy of N x V floats). */
-    /* every target ignored: no classifier product, no loss */
-    QLAB_TRY(model_classifier(m, rows, logits && !targets ? logits : a->probs));
+    QLAB_TRY(model_classifier(m, 0, rows, logits && !targets ? logits : a->probs));
     model_head_loss(m, m->head_n >= 0 ? m->saved_targets : targets, logits, loss);
     return QLAB_OK;
 }
@@ -1577,7 +1623,7 @@ static qlab_status model_forward_run(model *m, const int *tokens, const int *tar
     m->kv_len = 0; /* the weights may have changed since generation's cache was filled */
     QLAB_TRY(model_forward_check(m, tokens, targets, B, T));
     int keep = train ? MODEL_ACTS_TRAIN : targets ? MODEL_ACTS_LOSS : MODEL_ACTS_EVAL;
-    QLAB_TRY(model_forward_prepare(m, tokens, B, T, keep));
+    QLAB_TRY(model_forward_prepare(m, tokens, B, T, keep, !at && model_head_fuses(m, keep, logits != NULL)));
     if (m->compute == QLAB_COMPUTE_BF16) QLAB_TRY(linear_bf16_reserve(&m->cfg, B * T, 0));
     embedding_forward(m->acts.encoded, tokens, m->params.token_embedding, B * T, m->cfg.dim);
     qlab_status st = QLAB_OK;
@@ -1586,13 +1632,14 @@ static qlab_status model_forward_run(model *m, const int *tokens, const int *tar
          * quantized base never packed whole, one layer at a time, and the head as model_head_forward */
         int per_layer = targets && model_packs_per_layer(m);
         if (targets && !per_layer) QLAB_TRY(model_pack_all(m));
-        float *out = at || per_layer ? NULL : targets ? m->acts.probs : logits; /* no logits asked: no head */
+        int whole = per_layer || m->head_fused; /* the head as model_head_forward */
+        float *out = at || whole ? NULL : targets ? m->acts.probs : logits; /* no logits asked: no head */
         st = model_forward_rows(m, out, train, per_layer);
         /* a training forward's copies serve this forward only: the caller may write the weights next */
         if (targets) m->packed_valid = 0;
         QLAB_TRY(st);
         if (at) return model_head_at(m, at, n, logits);
-        if (per_layer)
+        if (whole)
             st = model_head_forward(m, targets, logits, loss);
         else
             model_head_loss(m, targets, logits, loss);
@@ -1749,7 +1796,7 @@ qlab_status model_forward_next(model *m, const int *tokens, int n, float *logits
         QLAB_TRY(model_scratch_reserve(&m->kv_scratch, &m->kv_scratch_bytes, scores,
                                        "model_forward_next: scores"));
     }
-    QLAB_TRY(model_forward_prepare(m, tokens + p0, 1, fresh, MODEL_ACTS_EVAL));
+    QLAB_TRY(model_forward_prepare(m, tokens + p0, 1, fresh, MODEL_ACTS_EVAL, 0));
     QLAB_TRY(model_rope_reserve(m, n));
     if (m->compute == QLAB_COMPUTE_BF16) QLAB_TRY(linear_bf16_reserve(&m->cfg, fresh, 0));
     embedding_forward(m->acts.encoded, tokens + p0, m->params.token_embedding, fresh, m->cfg.dim);
@@ -1798,45 +1845,53 @@ static qlab_status model_linear_backward(model *m, int l, model_proj p, float *d
 
 #define MODEL_ZERO(ptr, n) qlab_zero_floats((ptr), (n))
 
+/* The whole head's backward into g->dln (zeroed), rows the rows the classifier ran over: the logits'
+ * gradient in place of the probabilities (no second (N,V) buffer; a second backward of one forward forms
+ * the probabilities again, as it did), then the classifier's input gradient and, when it trains, its weight
+ * gradient. */
+static qlab_status model_head_backward_whole(model *m, int rows) {
+    const model_config *c = &m->cfg;
+    const model_params *p = &m->params;
+    model_acts *a = &m->acts;
+    int N = m->B * m->T, D = c->dim, V = c->vocab_size;
+    if (m->probs_grad) {
+        QLAB_TRY(model_classifier(m, 0, rows, a->probs));
+        softmax_forward(a->probs, a->probs, rows, V);
+    }
+    crossentropy_softmax_grad_inplace(a->probs, m->saved_targets, rows, V, 1.0f / (float)m->target_count);
+    m->probs_grad = 1;
+    float *dwcls = model_grad_or_null(m, model_classifier_group(m), m->grads.wcls);
+    if (m->compute != QLAB_COMPUTE_BF16) {
+        matmul_backward(m->gacts.dln, dwcls, a->probs, a->lnf, p->wcls, N, D, V);
+        return QLAB_OK;
+    }
+    /* the logits' gradient rounded into its own buffer (no copy in the workspace) */
+    return bf16_gemm_backward_consume(rows, D, V, a->probs, (size_t)N * V, p->wcls, NULL, a->lnf,
+                                      m->gacts.dln, dwcls);
+}
+
 /* From the loss to g->dresidual, the gradient of the residual stream leaving the last block. */
 static qlab_status model_head_backward(model *m) {
     const model_config *c = &m->cfg;
-    const model_params *p = &m->params;
-    model_params *gp = &m->grads;
-    model_acts *a = &m->acts;
     model_grad_acts *g = &m->gacts;
-    int N = m->B * m->T, D = c->dim, V = c->vocab_size, rows = m->head_n >= 0 ? m->head_n : N;
+    int N = m->B * m->T, D = c->dim, rows = m->head_n >= 0 ? m->head_n : N;
     size_t ND = (size_t)N * D;
-    if (m->probs_grad) { /* a second backward of one forward: the probabilities again, as it formed them */
-        QLAB_TRY(model_classifier(m, rows, a->probs));
-        softmax_forward(a->probs, a->probs, rows, V);
-    }
-    /* the logits' gradient in place of the probabilities (no second (N,V) buffer) */
-    crossentropy_softmax_grad_inplace(a->probs, m->saved_targets, rows, V, 1.0f / (float)m->target_count);
-    m->probs_grad = 1;
-    float *dlogits = a->probs;
     MODEL_ZERO(g->dln, ND);
-    model_group cls_group = model_classifier_group(m);
-    if (m->compute == QLAB_COMPUTE_BF16) {
-        /* the logits' gradient rounded into its own buffer (no copy in the workspace); a second backward
-         * forms the probabilities again */
-        QLAB_TRY(bf16_gemm_backward_consume(rows, D, V, dlogits, (size_t)N * V, p->wcls, NULL, a->lnf, g->dln,
-                                            model_grad_or_null(m, cls_group, gp->wcls)));
-        /* the scored rows' input gradients to their positions (backwards: a row only moves later), zero
-         * rows elsewhere, as the skipped rows' zero logit gradients gave */
-        for (int r = rows - 1; m->head_n >= 0 && r >= 0; r--) {
-            int at = m->head_rows[r];
-            if (at == r) continue;
-            memcpy(g->dln + (size_t)at * D, g->dln + (size_t)r * D, sizeof(float) * (size_t)D);
-            memset(g->dln + (size_t)r * D, 0, sizeof(float) * (size_t)D);
-        }
-    } else {
-        matmul_backward(g->dln, model_grad_or_null(m, cls_group, gp->wcls), dlogits, a->lnf, p->wcls, N, D,
-                        V);
+    if (m->head_fused) /* the forward formed the classifier's input gradient (model_head_chunks) */
+        memcpy(g->dln, m->acts.dlnf, sizeof(float) * (size_t)rows * D);
+    else
+        QLAB_TRY(model_head_backward_whole(m, rows));
+    /* the scored rows' input gradients to their positions (backwards: a row only moves later), zero rows
+     * elsewhere, as the skipped rows' zero logit gradients gave */
+    for (int r = rows - 1; m->head_n >= 0 && r >= 0; r--) {
+        int at = m->head_rows[r];
+        if (at == r) continue;
+        memcpy(g->dln + (size_t)at * D, g->dln + (size_t)r * D, sizeof(float) * (size_t)D);
+        memset(g->dln + (size_t)r * D, 0, sizeof(float) * (size_t)D);
     }
     MODEL_ZERO(g->dresidual, ND);
-    rmsnorm_backward_order(g->dresidual, model_grad_or_null(m, MODEL_GROUP_RMS_FINAL, gp->rms_final), g->dln,
-                           model_last_output(m), p->rms_final, a->lnf_rstd, N, D,
+    rmsnorm_backward_order(g->dresidual, model_grad_or_null(m, MODEL_GROUP_RMS_FINAL, m->grads.rms_final),
+                           g->dln, model_last_output(m), m->params.rms_final, m->acts.lnf_rstd, N, D,
                            m->compute == QLAB_COMPUTE_BF16);
     return QLAB_OK;
 }
@@ -2268,7 +2323,8 @@ int model_get_checkpointing(const model *m) {
 
 size_t model_activation_bytes(const model *m, int B, int T, int with_backward) {
     model_acts a;
-    size_t floats = model_layout_acts(&a, NULL, m, B, T, MODEL_ACTS_TRAIN);
+    size_t floats =
+        model_layout_acts(&a, NULL, m, B, T, MODEL_ACTS_TRAIN, model_head_fuses(m, MODEL_ACTS_TRAIN, 0));
     if (with_backward) {
         int threads = qlab_num_threads();
         model_grad_acts g;
@@ -2297,6 +2353,11 @@ qlab_status model_backward(model *m) {
     if (m->acts_rows && !rows) /* row passes, compute or adapter changed since the forward */
         return qlab_fail(QLAB_ERR_ARG, "model_backward: the last model_forward kept only what the bf16 row "
                                        "passes' backward reads; run model_forward again");
+    if (m->head_fused && !model_head_fuses(m, MODEL_ACTS_TRAIN, 0))
+        return qlab_fail(QLAB_ERR_ARG,
+                         "model_backward: the last model_forward formed only the input gradient "
+                         "of a frozen bf16 classifier, which it no longer is; run model_forward "
+                         "again");
     /* With every base group frozen (LoRA on a frozen or quantized base) no base gradient is formed, so
      * the gradient buffer, as large as the model, is not allocated. */
     int any_trains = 0;

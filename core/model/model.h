@@ -302,6 +302,13 @@ int model_get_checkpointing(const model *m);
  * buffers when with_backward), with the model's current checkpointing setting. For memory accounting. */
 size_t model_activation_bytes(const model *m, int B, int T, int with_backward);
 
+/* A bf16 forward with targets and no logits asked for (model_forward's training step with a frozen
+ * classifier, model_forward_loss) runs the classifier over the scored positions only, this many rows at a
+ * time, keeping one chunk of logits instead of B*T rows (model.c, model_head_fuses; not on the blas path).
+ * 256 rows keep the classifier's products within about 10% of their speed over 512 rows at SmolLM2's shape
+ * (each chunk packs the classifier's weight again). */
+#define MODEL_HEAD_CHUNK 256
+
 /* Whether bf16 compute runs in the row passes (model_set_row_passes) on this CPU's bf16 path: all paths
  * but blas. */
 int model_bf16_row_path(void);

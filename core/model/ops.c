@@ -605,8 +605,6 @@ void softmax_backward(float *dlogits, const float *dprobs, const float *probs, i
 }
 
 float crossentropy_forward(float *losses, const float *probs, const int *targets, int N, int V, int *count) {
-    double sum = 0;
-    int valid = 0;
     for (int n = 0; n < N; n++) {
         if (targets[n] < 0) {
             losses[n] = 0;
@@ -616,6 +614,15 @@ float crossentropy_forward(float *losses, const float *probs, const int *targets
          * (from NaN logits) stays NaN: clamping it would report a finite loss of 87.3. */
         float p = probs[(size_t)n * V + targets[n]];
         losses[n] = -logf(isnan(p) || p > 1.17549435e-38f ? p : 1.17549435e-38f);
+    }
+    return crossentropy_mean(losses, targets, N, count);
+}
+
+float crossentropy_mean(const float *losses, const int *targets, int N, int *count) {
+    double sum = 0;
+    int valid = 0;
+    for (int n = 0; n < N; n++) {
+        if (targets[n] < 0) continue;
         sum += losses[n];
         valid++;
     }

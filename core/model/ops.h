@@ -118,6 +118,9 @@ void softmax_backward(float *dlogits, const float *dprobs, const float *probs, i
 /* Cross-entropy of probs (N,V) against targets (N); targets < 0 are ignored (loss 0). losses (N).
  * Returns the mean over non-ignored positions (0 when all are ignored) and their count in *count. */
 float crossentropy_forward(float *losses, const float *probs, const int *targets, int N, int V, int *count);
+/* The mean of the non-ignored losses (N) and their count in *count, summed as crossentropy_forward sums:
+ * over rows whose losses were formed in pieces, the same bits. */
+float crossentropy_mean(const float *losses, const int *targets, int N, int *count);
 /* The fused backward of softmax + cross-entropy in place of probs (N,V): each non-ignored row becomes
  * dloss * (probs - onehot(target)), where dloss is d(result)/d(loss of one position) (1/count for the
  * mean), as 0 + that (the bits of accumulating into a zeroed buffer); ignored rows become zero. */
