@@ -198,7 +198,8 @@ qlab_status memory_model_predict(const memory_model_spec *s, memory_prediction *
         s->qlab_buffers) { /* the bf16 path's packed weights and operands, the adapters' row buffers */
         int full = s->mode == FINETUNE_FULL;
         unsigned trains = full ? (1u << PROJ_COUNT) - 1 : 0;
-        scratch += model_bf16_training_bytes(a, s->batch, s->seq, s->threads, quantized, trains, full);
+        scratch += model_bf16_training_bytes(a, s->batch, s->seq, s->threads, quantized || !s->checkpointing,
+                                             trains, full);
         if (lora && model_bf16_row_path())
             scratch += lora_rows_bytes(a, s->lora_targets, s->rank, (int)N, s->threads);
     }

@@ -1566,10 +1566,13 @@ static qlab_status model_rows_run(model *m, model_rows_pass pass, int l, const b
     return model_rows_hooks(m, l, ps, nps, 0, 1);
 }
 
-/* Whether a training forward in row chunks packs the layers one at a time (a quantized base never packed
- * whole) rather than all of them into m->packed. */
+/* Whether a training forward in row chunks packs the layers one at a time rather than all of them into
+ * m->packed (unless a packed copy is already there): over a quantized base, never packed whole (a bf16 copy
+ * of every layer would outweigh the 4-bit base), and without checkpointing, where nothing reads the forward's
+ * packed weights again (the backward packs each layer for its input gradients; checkpointing's
+ * recomputation would pack every layer a second time). The same packing work, the same bits. */
 static int model_packs_per_layer(const model *m) {
-    return m->quantized && !m->packed;
+    return !m->packed && (m->quantized || !m->checkpointing);
 }
 
 /* The attention's operands packed ahead (into m->att_ops) when the sequence length allows: *po points to
@@ -2385,7 +2388,7 @@ qlab_status model_backward(model *m) {
     return QLAB_OK;
 }
 
-size_t model_bf16_training_bytes(const model_config *c, int B, int T, int threads, int quantized,
+size_t model_bf16_training_bytes(const model_config *c, int B, int T, int threads, int per_layer,
                                  unsigned trains, int norms_train) {
     int N = B * T, HS = c->dim / c->n_heads;
     size_t forward = 0, dinp = 0;
@@ -2395,7 +2398,7 @@ size_t model_bf16_training_bytes(const model_config *c, int B, int T, int thread
         forward += bf16_packed_weight_bytes(out, in, 0);
         dinp += bf16_packed_weight_bytes(out, in, 1);
     }
-    size_t packed = quantized
+    size_t packed = per_layer
                         ? forward
                         : forward * (size_t)c->n_layers + bf16_packed_weight_bytes(c->vocab_size, c->dim, 0);
     size_t ops = bf16_att_operands_fit(T) ? bf16_att_operands_bytes(B, T, c->n_heads, c->n_kv_heads, HS) : 0;

@@ -315,14 +315,14 @@ int model_bf16_row_path(void);
 
 /* The bytes of the bf16 path's own buffers in a training step (forward and backward) of B x T positions on
  * `threads` threads, as model.c allocates them (the memory model's bf16 term, train/memory_model.c): the
- * weights packed for the forward (every projection and the classifier, or over a quantized base one layer
- * at a time), one layer packed for the input gradients, the attention's operands packed ahead, the
- * weight-gradient operands of the projections whose weights train (bit 1 << p of trains) and the norm
- * weights' partial sums (norms_train), and the calling thread's bf16 workspace: the largest request of the
- * whole-matrix products (with room for a weight gradient's operand when any weight trains), the row passes
- * and the attention. On a path without row passes
- * (model_bf16_row_path) only the workspace. */
-size_t model_bf16_training_bytes(const model_config *c, int B, int T, int threads, int quantized,
+ * weights packed for the forward (every projection and the classifier, or with per_layer one layer at a
+ * time: over a quantized base, and without checkpointing), one layer packed for the input gradients, the
+ * attention's operands packed ahead, the weight-gradient operands of the projections whose weights train (bit
+ * 1 << p of trains) and the norm weights' partial sums (norms_train), and the calling thread's bf16
+ * workspace: the largest request of the whole-matrix products (with room for a weight gradient's operand when
+ * any weight trains), the row passes and the attention. On a path without row passes (model_bf16_row_path)
+ * only the workspace. */
+size_t model_bf16_training_bytes(const model_config *c, int B, int T, int threads, int per_layer,
                                  unsigned trains, int norms_train);
 
 /* Number of positions with a non-ignored target in the last forward (the divisor of the mean loss). */
