@@ -2,9 +2,10 @@
  * the program re-executes itself, so VmHWM belongs to one configuration): (a) the peak resident memory of a
  * QLoRA (NF4+DQ) step at bench_train's shape (dim 256, hidden 688, 8 layers, vocab 512, batch 4 x 256),
  * with fp32 and with bf16 compute, against the memory model's prediction, both ways round so the 0.9-1.1
- * target shows in two rows; (b) the peak of QLoRA NF4+DQ over LoRA on the fp32 base, same model and batch,
- * for that model and for SmolLM2-135M when ../shared/data has it, without and with checkpointing; (c) the
- * step time with gradient checkpointing over the time without (the recomputation's cost). */
+ * target shows in two rows, and so the paper's recipe on SmolLM2-135M when ../shared/data has it (bf16,
+ * checkpointing, batch 2 x 256); (b) the peak of QLoRA NF4+DQ over LoRA on the fp32 base, same model and
+ * batch, for that model and for SmolLM2-135M when ../shared/data has it, without and with checkpointing; (c)
+ * the step time with gradient checkpointing over the time without (the recomputation's cost). */
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -51,9 +52,10 @@ static int qlora_over_lora(const char *path, const char *label, int batch, int s
     return 1;
 }
 
-/* (a): the peak of a QLoRA step against the memory model's prediction, both ways round. */
-static int against_model(const char *path, qlab_compute compute, int B, int T) {
-    memory_probe_spec s = probe_spec(path, FINETUNE_QLORA, 0, B, T, 3);
+/* (a): the peak of a QLoRA step against the memory model's prediction, both ways round; label names a model
+ * other than the bench's. */
+static int against_model(const char *path, const char *label, qlab_compute compute, int ckpt, int B, int T) {
+    memory_probe_spec s = probe_spec(path, FINETUNE_QLORA, ckpt, B, T, 3);
     s.compute = compute;
     memory_probe_result r;
     memory_model_spec ms;
@@ -61,12 +63,15 @@ static int against_model(const char *path, qlab_compute compute, int B, int T) {
     if (!probe(&s, &r)) return 0;
     memory_probe_model_spec(&s, &r, &ms);
     if (memory_model_predict(&ms, &pred) != QLAB_OK) return 0;
-    const char *suffix = compute == QLAB_COMPUTE_BF16 ? ", bf16" : "";
-    printf("bench_memory: QLoRA NF4+DQ B=%d T=%d, %s compute, %d threads: baseline %.1f MB, peak %.1f MB, "
-           "predicted %.1f MB\n",
-           B, T, qlab_compute_name(compute), r.threads, (double)r.baseline_bytes / 1e6,
-           (double)r.peak_bytes / 1e6, (double)pred.total / 1e6);
-    char name[96];
+    char suffix[64];
+    snprintf(suffix, sizeof suffix, "%s%s%s", compute == QLAB_COMPUTE_BF16 ? ", bf16" : "",
+             ckpt ? ", ckpt" : "", label ? label : "");
+    printf(
+        "bench_memory: QLoRA NF4+DQ%s B=%d T=%d, %s compute%s, %d threads: baseline %.1f MB, peak %.1f MB, "
+        "predicted %.1f MB\n",
+        label ? label : "", B, T, qlab_compute_name(compute), ckpt ? ", checkpointing" : "", r.threads,
+        (double)r.baseline_bytes / 1e6, (double)r.peak_bytes / 1e6, (double)pred.total / 1e6);
+    char name[128];
     snprintf(name, sizeof name, "peak RSS QLoRA step%s / memory model", suffix);
     bench_emit(name, (double)r.peak_bytes / 1e6, "MB", "predicted MB", (double)pred.total / 1e6, 0.90);
     snprintf(name, sizeof name, "memory model / peak RSS QLoRA step%s", suffix);
@@ -84,14 +89,17 @@ int main(int argc, char **argv) {
     if (memory_probe_write_random_model(&c, 7, path) != QLAB_OK) return qlab_report_error("bench_memory");
 
     /* (a) QLoRA step peak against the memory model, with fp32 and with bf16 compute */
-    int ok = against_model(path, QLAB_COMPUTE_FP32, B, T) && against_model(path, QLAB_COMPUTE_BF16, B, T);
-
-    /* (b) the 4-bit base against the fp32 base */
-    ok &= qlora_over_lora(path, "bench model", B, T);
+    int ok = against_model(path, NULL, QLAB_COMPUTE_FP32, 0, B, T) &&
+             against_model(path, NULL, QLAB_COMPUTE_BF16, 0, B, T);
     const char *root = getenv("QLAB_SHARED_DATA");
     char smol[1024];
     snprintf(smol, sizeof smol, "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", root ? root : "../shared/data");
-    if (access(smol, R_OK) == 0)
+    int have_smol = access(smol, R_OK) == 0;
+    if (have_smol) ok &= against_model(smol, ", SmolLM2-135M", QLAB_COMPUTE_BF16, 1, 2, 256);
+
+    /* (b) the 4-bit base against the fp32 base */
+    ok &= qlora_over_lora(path, "bench model", B, T);
+    if (have_smol)
         ok &= qlora_over_lora(smol, "SmolLM2-135M", 1, 256);
     else
         printf("bench_memory: ../shared/data/models/SmolLM2-135M-Instruct.Q4_1.gguf absent: SmolLM2 row "
