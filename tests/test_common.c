@@ -224,8 +224,53 @@ static void test_large_buffers(void) {
 #endif
 }
 
+/* The VmFlags of the mapping holding address a in /proc/self/smaps into flags; 0 when not found. */
+static int mapping_flags(uintptr_t a, char *flags, size_t n) {
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) return 0;
+    char line[512];
+    int inside = 0, found = 0;
+    while (!found && fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' '))
+            inside = a >= lo && a < hi;
+        else if (inside && strncmp(line, "VmFlags:", 8) == 0)
+            found = snprintf(flags, n, "%s", line + 8) > 0;
+    }
+    fclose(f);
+    return found;
+}
+
+/* Buffers of 4 MiB and more are advised onto transparent huge pages (the kernel's "hg" flag on their
+ * mapping), smaller ones not; the contents are zero either way. */
+static void test_huge_pages(void) {
+    const char *e = getenv("QLAB_HUGEPAGES");
+    if (e && strcmp(e, "0") == 0) {
+        SKIP("QLAB_HUGEPAGES=0: huge pages not advised");
+        return;
+    }
+    size_t big = 8u << 20, small = 1u << 20;
+    unsigned char *p = qlab_alloc_aligned(big), *q = qlab_alloc_aligned(small);
+    CHECK(p && q);
+    char flags[256];
+    uintptr_t inner = ((uintptr_t)p + (2u << 20) - 1) & ~(uintptr_t)((2u << 20) - 1);
+    if (!mapping_flags(inner, flags, sizeof flags)) {
+        SKIP("no VmFlags in /proc/self/smaps: huge-page advice not checked");
+    } else {
+        CHECKF(strstr(flags, " hg") != NULL, "an 8 MiB buffer's mapping is not advised (VmFlags:%s)", flags);
+        CHECK(mapping_flags((uintptr_t)q, flags, sizeof flags) && strstr(flags, " hg") == NULL);
+    }
+    size_t nonzero = 0;
+    for (size_t i = 0; i < big; i++)
+        nonzero += p[i] != 0;
+    CHECK(nonzero == 0);
+    qlab_free_aligned(p);
+    qlab_free_aligned(q);
+}
+
 int main(void) {
     test_large_buffers();
+    test_huge_pages();
     test_errors();
     test_run_tasks();
     test_path_dir();

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -109,11 +110,35 @@ void *qlab_calloc(size_t count, size_t size) {
  * long-lived (reserved, then grown), so a fixed threshold, which also turns the raising off, keeps each of
  * them mmapped: freeing one returns its pages, and peak RSS follows the memory accounting. */
 static pthread_once_t malloc_once = PTHREAD_ONCE_INIT;
+#endif
 
+/* Buffers of HUGE_MIN bytes and more are advised onto transparent huge pages (MADV_HUGEPAGE: taken when the
+ * system's THP mode is madvise or always) unless QLAB_HUGEPAGES=0: the passes over large weights with a
+ * stride (a weight packed panel by panel, columns of its rows at a time) then miss the TLB far less. The
+ * resident size is the same: every buffer is zeroed at allocation, so all its pages are touched anyway. */
+#define HUGE_MIN ((size_t)4 << 20)
+#define HUGE_PAGE ((uintptr_t)2 << 20)
+static int huge_pages = 1;
+
+#ifdef __GLIBC__
 static void malloc_setup(void) {
     mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+    const char *e = getenv("QLAB_HUGEPAGES");
+    huge_pages = !(e && strcmp(e, "0") == 0);
 }
 #endif
+
+/* The whole huge pages inside [p, p + bytes) advised as such (see HUGE_MIN). */
+static void advise_huge(void *p, size_t bytes) {
+#ifdef MADV_HUGEPAGE
+    if (!huge_pages || bytes < HUGE_MIN) return;
+    uintptr_t lo = ((uintptr_t)p + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1),
+              hi = ((uintptr_t)p + bytes) & ~(HUGE_PAGE - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_HUGEPAGE); /* advice only: a refusal changes nothing */
+#else
+    (void)p, (void)bytes;
+#endif
+}
 
 void *qlab_alloc_aligned(size_t bytes) {
 #ifdef __GLIBC__
@@ -125,6 +150,7 @@ void *qlab_alloc_aligned(size_t bytes) {
         qlab_fail(QLAB_ERR_NOMEM, "out of memory (%zu bytes)", bytes);
         return NULL;
     }
+    advise_huge(p, rounded);
     memset(p, 0, rounded ? rounded : 64);
     return p;
 }
