@@ -13,9 +13,9 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <pthread.h>
 #ifdef __GLIBC__
 #include <malloc.h>
-#include <pthread.h>
 #endif
 #ifdef _OPENMP
 #include <omp.h>
@@ -104,14 +104,6 @@ void *qlab_calloc(size_t count, size_t size) {
     return p;
 }
 
-#ifdef __GLIBC__
-/* glibc raises its mmap threshold to the size of each mmapped block freed, after which blocks up to that size
- * come from the heap and, once freed, can stay resident between live ones. qlab's large buffers are few and
- * long-lived (reserved, then grown), so a fixed threshold, which also turns the raising off, keeps each of
- * them mmapped: freeing one returns its pages, and peak RSS follows the memory accounting. */
-static pthread_once_t malloc_once = PTHREAD_ONCE_INIT;
-#endif
-
 /* Buffers of HUGE_MIN bytes and more are advised onto transparent huge pages (MADV_HUGEPAGE: taken when the
  * system's THP mode is madvise or always) unless QLAB_HUGEPAGES=0: the passes over large weights with a
  * stride (a weight packed panel by panel, columns of its rows at a time) then miss the TLB far less. The
@@ -119,14 +111,20 @@ static pthread_once_t malloc_once = PTHREAD_ONCE_INIT;
 #define HUGE_MIN ((size_t)4 << 20)
 #define HUGE_PAGE ((uintptr_t)2 << 20)
 static int huge_pages = 1;
+static pthread_once_t malloc_once = PTHREAD_ONCE_INIT;
 
-#ifdef __GLIBC__
+/* Once, at the first aligned allocation: QLAB_HUGEPAGES, and glibc's mmap threshold. glibc raises that
+ * threshold to the size of each mmapped block freed, after which blocks up to that size come from the heap
+ * and, once freed, can stay resident between live ones. qlab's large buffers are few and long-lived
+ * (reserved, then grown), so a fixed threshold, which also turns the raising off, keeps each of them mmapped:
+ * freeing one returns its pages, and peak RSS follows the memory accounting. */
 static void malloc_setup(void) {
+#ifdef __GLIBC__
     mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+#endif
     const char *e = getenv("QLAB_HUGEPAGES");
     huge_pages = !(e && strcmp(e, "0") == 0);
 }
-#endif
 
 /* The whole huge pages inside [p, p + bytes) advised as such (see HUGE_MIN). */
 static void advise_huge(void *p, size_t bytes) {
@@ -141,9 +139,7 @@ static void advise_huge(void *p, size_t bytes) {
 }
 
 void *qlab_alloc_aligned(size_t bytes) {
-#ifdef __GLIBC__
     pthread_once(&malloc_once, malloc_setup);
-#endif
     void *p = NULL;
     size_t rounded = (bytes + 63) & ~(size_t)63;
     if (rounded < bytes || posix_memalign(&p, 64, rounded ? rounded : 64) != 0) {
