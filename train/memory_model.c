@@ -65,7 +65,9 @@ static uint64_t kv_width(const model_config *a) {
 
 /* model.c's model_layout_acts: with checkpointing the per-layer working arrays exist once, the residual
  * stream leaving every block (res3) is always kept per layer; the attention probabilities only when the
- * backward does not form them again; the norms' and SwiGLU's outputs only when the backward reads them. */
+ * backward does not form them again; the norms' and SwiGLU's outputs only when the backward reads them; the
+ * logits of every position, or with the head in row chunks one chunk's and the classifier's input gradient.
+ */
 uint64_t memory_model_activation_elements(const model_config *a, int B, int T, int checkpointing,
                                           int recompute_attention, int row_backward, int fused_head) {
     uint64_t N = (uint64_t)B * (uint64_t)T, D = (uint64_t)a->dim, H = (uint64_t)a->hidden_dim;
