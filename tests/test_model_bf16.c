@@ -444,7 +444,9 @@ static void test_rows_eval(int quantized) {
  * asked for (every position through the classifier at once, its backward in model_backward) and of the
  * row-chunk step, bit for bit, on every path that has the form (ref, avx512bf16, amx); for a third of the
  * targets ignored (exactly one chunk), all but one, a seventh (a chunk and a part) and none (the same); the
- * loss-only forward gives the same loss; a backward after the classifier was unfrozen refuses. */
+ * loss-only forward gives the same loss; so over 8 positions (fewer than the 32 rows the packed logits'
+ * gradient pads to, which must still fit the chunk's buffer); a backward after the classifier was unfrozen
+ * refuses. */
 static void test_head_scored_rows(void) {
     model *m;
     CHECK(model_create(&m, &small) == QLAB_OK);
@@ -487,6 +489,15 @@ static void test_head_scored_rows(void) {
             CHECKF(lonly == lfull, "%s path, targets mask %d: the loss-only forward's loss %.9g, %.9g",
                    paths[pi], mask, lonly, lfull);
         }
+        float lfull, lscored;
+        for (int i = 0; i < 8; i++)
+            targets[i] = tokens[i + 1];
+        model_set_row_passes(m, 0);
+        run_step(m, tokens, targets, 1, 8, logits, gfull, &lfull);
+        run_step(m, tokens, targets, 1, 8, NULL, gscored, &lscored);
+        CHECKF(lfull == lscored && !memcmp(gfull, gscored, sizeof(float) * count),
+               "%s path, 1 x 8 positions: the head in row chunks differs (loss %.9g / %.9g)", paths[pi],
+               lfull, lscored);
     }
     float loss;
     CHECK(model_forward(m, tokens, targets, B, T, NULL, &loss) == QLAB_OK);

@@ -862,6 +862,11 @@ static int model_head_fuses(const model *m, int keep, int logits_asked) {
            (keep == MODEL_ACTS_LOSS || !model_group_trains(m, model_classifier_group(m)));
 }
 
+/* Rows of logits a forward with targets over N positions keeps: a chunk's with the head in row chunks. */
+static size_t model_head_buffer_rows(size_t N, int fused) {
+    return fused && N > MODEL_HEAD_CHUNK ? MODEL_HEAD_CHUNK : N;
+}
+
 /* Whether a forward keeps only what the bf16 row passes read: not the norms' outputs (a backward forms them
  * again; an adapter's row hooks read the chunk's own in the forward), nor SwiGLU's output. For a
  * backward in row passes (with checkpointing its recomputed blocks run in row chunks too,
@@ -922,8 +927,7 @@ static size_t model_layout_acts(model_acts *a, float *base, const model *m, int 
     MODEL_TAKE(res3, R * N * D);
     MODEL_TAKE(lnf, N * D);
     MODEL_TAKE(lnf_rstd, N);
-    MODEL_TAKE(probs,
-               keep == MODEL_ACTS_EVAL ? 0 : (fused && N > MODEL_HEAD_CHUNK ? MODEL_HEAD_CHUNK : N) * V);
+    MODEL_TAKE(probs, keep == MODEL_ACTS_EVAL ? 0 : model_head_buffer_rows(N, fused) * V);
     MODEL_TAKE(dlnf, fused && train ? N * D : 0);
     MODEL_TAKE(losses, N);
 #undef MODEL_TAKE
@@ -1224,6 +1228,7 @@ static qlab_status model_head_chunks(model *m, const int *targets, int rows, flo
     const model_config *c = &m->cfg;
     model_acts *a = &m->acts;
     int D = c->dim, V = c->vocab_size, count = 0;
+    size_t cap = model_head_buffer_rows((size_t)m->B * m->T, 1) * V; /* the buffer's floats: dout's room */
     for (int r = 0; r < rows; r++)
         count += targets[r] >= 0;
     if (a->dlnf) {
@@ -1237,8 +1242,8 @@ static qlab_status model_head_chunks(model *m, const int *targets, int rows, flo
         crossentropy_forward(a->losses + r0, a->probs, targets + r0, n, V, NULL);
         if (!a->dlnf || count == 0) continue;
         crossentropy_softmax_grad_inplace(a->probs, targets + r0, n, V, 1.0f / (float)count);
-        QLAB_TRY(bf16_gemm_backward_consume(n, D, V, a->probs, (size_t)MODEL_HEAD_CHUNK * V, m->params.wcls,
-                                            NULL, a->lnf + (size_t)r0 * D, a->dlnf + (size_t)r0 * D, NULL));
+        QLAB_TRY(bf16_gemm_backward_consume(n, D, V, a->probs, cap, m->params.wcls, NULL,
+                                            a->lnf + (size_t)r0 * D, a->dlnf + (size_t)r0 * D, NULL));
     }
     float mean = crossentropy_mean(a->losses, targets, rows, &m->target_count);
     if (loss) *loss = mean;
