@@ -1220,6 +1220,14 @@ static qlab_status model_classifier(model *m, int r0, int rows, float *out) {
     return QLAB_OK;
 }
 
+/* The end of a head with targets over rows rows: the mean loss to *loss (when asked), the targets kept for
+ * the backward. */
+static void model_head_kept(model *m, const int *targets, int rows, float mean, float *loss) {
+    if (loss) *loss = mean;
+    if (targets != m->saved_targets) memcpy(m->saved_targets, targets, sizeof(int) * (size_t)rows);
+    m->have_targets = 1;
+}
+
 /* The fused head (model_head_fuses) over the first rows rows of lnf with their targets: per chunk of
  * MODEL_HEAD_CHUNK rows the classifier into acts.probs, the softmax and each row's loss, and before a
  * backward the logits' gradient and from it the classifier's input gradient into acts.dlnf (the frozen
@@ -1245,10 +1253,7 @@ static qlab_status model_head_chunks(model *m, const int *targets, int rows, flo
         QLAB_TRY(bf16_gemm_backward_consume(n, D, V, a->probs, cap, m->params.wcls, NULL,
                                             a->lnf + (size_t)r0 * D, a->dlnf + (size_t)r0 * D, NULL));
     }
-    float mean = crossentropy_mean(a->losses, targets, rows, &m->target_count);
-    if (loss) *loss = mean;
-    if (targets != m->saved_targets) memcpy(m->saved_targets, targets, sizeof(int) * rows);
-    m->have_targets = 1;
+    model_head_kept(m, targets, rows, crossentropy_mean(a->losses, targets, rows, &m->target_count), loss);
     return QLAB_OK;
 }
 
@@ -1308,10 +1313,8 @@ static void model_head_loss(model *m, const int *targets, float *logits, float *
     if (logits && targets) memcpy(logits, a->probs, sizeof(float) * (size_t)N * V);
     if (targets) {
         softmax_forward(a->probs, a->probs, N, V);
-        float mean = crossentropy_forward(a->losses, a->probs, targets, N, V, &m->target_count);
-        if (loss) *loss = mean;
-        if (targets != m->saved_targets) memcpy(m->saved_targets, targets, sizeof(int) * N);
-        m->have_targets = 1;
+        model_head_kept(m, targets, N,
+                        crossentropy_forward(a->losses, a->probs, targets, N, V, &m->target_count), loss);
     } else {
         m->target_count = 0;
     }
